@@ -1,0 +1,54 @@
+"""Exceptions raised by intertwiner. Each says what went wrong and what to do about it.
+
+They subclass the matching built-in exception (ValueError, KeyError, ...) so that callers who catch the
+built-in keep working.
+"""
+
+from __future__ import annotations
+
+
+class IntertwinerError(Exception):
+    """Base class of every error raised on purpose by intertwiner."""
+
+
+class UnknownActivationError(IntertwinerError, KeyError):
+    """An activation that the intertwiner table does not know; use ``groups.discover``."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class NotElementwiseError(IntertwinerError, ValueError):
+    """A function that is not elementwise, so it has no intertwiner group in the paper's sense."""
+
+
+class SingularActivationError(IntertwinerError, ValueError):
+    """sigma(I) is singular, so phi(A) = sigma(A) sigma(I)^-1 is undefined."""
+
+
+class UnsupportedGroupError(IntertwinerError, ValueError):
+    """A symmetry that none of the supported group families or phi kinds describes."""
+
+
+class ShapeError(IntertwinerError, ValueError):
+    """Inputs with shapes that do not fit together."""
+
+
+class NonFiniteError(IntertwinerError, ValueError):
+    """Inputs that contain NaN or Inf."""
+
+
+class TooFewSamplesError(IntertwinerError, ValueError):
+    """Fewer samples than an estimator needs."""
+
+
+class DataNotFoundError(IntertwinerError, FileNotFoundError):
+    """A dataset folder that is missing or not in the expected layout."""
+
+
+class CheckpointError(IntertwinerError, ValueError):
+    """A checkpoint that is missing, truncated, tampered with or does not match its metadata."""
+
+
+class UnsupportedModuleError(IntertwinerError, NotImplementedError):
+    """A module or pattern that the symmetry tracer cannot handle."""

@@ -1,0 +1,67 @@
+"""Intertwiner groups of activations: families, structured elements, phi, the table, discovery.
+
+For an elementwise activation sigma, G_sigma is the group of invertible A with
+``sigma(A x) = phi(A) sigma(x)`` for all x. ReLU: permutations times positive scalings; tanh: signed
+permutations; GELU: permutations; identity: GL(n).
+"""
+
+from intertwiner.groups.activations import (
+    PAPER_ROWS,
+    TABLE_ROWS,
+    RBF,
+    Abs,
+    Elementwise,
+    Power,
+    activation_module,
+    activation_name,
+    for_activation,
+)
+from intertwiner.groups.discovery import DiscoveryEvidence, discover
+from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.groups.families import (
+    FAMILIES,
+    LARGER,
+    Family,
+    GeneralLinear,
+    Monomial,
+    Orthogonal,
+    Permutation,
+    PositiveMonomial,
+    SignedPermutation,
+    family,
+    intersect,
+    is_subgroup,
+)
+from intertwiner.groups.group import IntertwinerGroup
+from intertwiner.groups.verify import verify
+
+__all__ = [
+    "Abs",
+    "DenseElement",
+    "DiscoveryEvidence",
+    "Elementwise",
+    "FAMILIES",
+    "Family",
+    "GeneralLinear",
+    "GroupElement",
+    "IntertwinerGroup",
+    "LARGER",
+    "Monomial",
+    "MonomialElement",
+    "Orthogonal",
+    "PAPER_ROWS",
+    "Permutation",
+    "PositiveMonomial",
+    "Power",
+    "RBF",
+    "SignedPermutation",
+    "TABLE_ROWS",
+    "activation_module",
+    "activation_name",
+    "discover",
+    "family",
+    "for_activation",
+    "intersect",
+    "is_subgroup",
+    "verify",
+]

@@ -1,0 +1,307 @@
+"""Matrix group families: GL_n, O_n, permutations, signed permutations and monomial groups.
+
+Each family samples elements, tests membership and projects a matrix onto its nearest element in
+Frobenius norm. Families are stateless singletons; ``FAMILIES[name]`` looks one up by name.
+Subgroup order (each contained in the next where an arrow is drawn):
+``Permutation -> SignedPermutation -> Monomial -> GeneralLinear``,
+``Permutation -> PositiveMonomial -> Monomial``, ``SignedPermutation -> Orthogonal -> GeneralLinear``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from intertwiner.errors import ShapeError
+from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
+
+# Smallest scale `project` returns for the monomial families when the nearest point lies on the
+# boundary (a zero or wrong-signed entry): the infimum is not attained inside the group.
+MIN_SCALE = 1e-12
+
+
+def _as_square(matrix: torch.Tensor | np.ndarray) -> torch.Tensor:
+    m = torch.as_tensor(matrix)
+    if m.dim() != 2 or m.shape[0] != m.shape[1]:
+        raise ShapeError(f"expected a square matrix, got shape {tuple(m.shape)}")
+    if not torch.is_floating_point(m):
+        m = m.to(torch.float64)
+    return m
+
+
+class Family:
+    """A family of matrix groups, one group per size n."""
+
+    name: str = ""
+    #: Human-readable description, e.g. "P D, D > 0".
+    description: str = ""
+    #: True when elements are MonomialElement (permutation + scale).
+    monomial: bool = False
+    #: Continuous degrees of freedom of the size-n group, as a function of n.
+    dof: str = ""
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+    ) -> GroupElement:
+        raise NotImplementedError
+
+    def identity(self, n: int, dtype: torch.dtype = torch.float64) -> GroupElement:
+        if self.monomial:
+            return MonomialElement(torch.arange(n), torch.ones(n, dtype=dtype))
+        return DenseElement(torch.eye(n, dtype=dtype))
+
+    def contains(self, matrix: torch.Tensor | GroupElement, atol: float = 1e-8) -> bool:
+        raise NotImplementedError
+
+    def project(self, matrix: torch.Tensor) -> GroupElement:
+        """The element nearest to ``matrix`` in Frobenius norm."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Family) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+def _randperm(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randperm(n, generator=generator)
+
+
+class _MonomialFamily(Family):
+    """Shared logic for families of matrices ``diag(scale) @ P``."""
+
+    monomial = True
+
+    def _sample_scale(
+        self, n: int, generator: torch.Generator | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _scale_ok(self, scale: torch.Tensor, atol: float) -> bool:
+        raise NotImplementedError
+
+    def _assignment_gain(self, m: np.ndarray) -> np.ndarray:
+        """Reduction of ||M - A||^2 from putting the best allowed scale at each entry."""
+        raise NotImplementedError
+
+    def _best_scale(self, entries: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, n, generator=None, dtype=torch.float64):
+        perm = _randperm(n, generator)
+        return MonomialElement(perm, self._sample_scale(n, generator, dtype))
+
+    def contains(self, matrix, atol=1e-8):
+        if isinstance(matrix, MonomialElement):
+            return self._scale_ok(matrix.scale, atol)
+        m = _as_square(matrix.matrix() if isinstance(matrix, GroupElement) else matrix)
+        nonzero = m.abs() > atol
+        if not (bool((nonzero.sum(0) == 1).all()) and bool((nonzero.sum(1) == 1).all())):
+            return False
+        return self._scale_ok(m[nonzero], atol)
+
+    def project(self, matrix):
+        m = _as_square(matrix)
+        gain = self._assignment_gain(m.detach().cpu().double().numpy())
+        rows, cols = linear_sum_assignment(gain, maximize=True)
+        perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+        entries = m[torch.arange(m.shape[0]), perm]
+        return MonomialElement(perm, self._best_scale(entries).to(m.dtype))
+
+
+class Permutation(_MonomialFamily):
+    name = "permutation"
+    description = "P"
+    dof = "0"
+
+    def _sample_scale(self, n, generator, dtype):
+        return torch.ones(n, dtype=dtype)
+
+    def _scale_ok(self, scale, atol):
+        return bool(((scale - 1).abs() <= atol).all())
+
+    def _assignment_gain(self, m):
+        return m  # ||M - P||^2 = ||M||^2 + n - 2 <M, P>
+
+    def _best_scale(self, entries):
+        return torch.ones_like(entries)
+
+
+class SignedPermutation(_MonomialFamily):
+    name = "signed_permutation"
+    description = "P D, D = diag(+-1)"
+    dof = "0"
+
+    def _sample_scale(self, n, generator, dtype):
+        return torch.randint(0, 2, (n,), generator=generator).to(dtype) * 2 - 1
+
+    def _scale_ok(self, scale, atol):
+        return bool(((scale.abs() - 1).abs() <= atol).all())
+
+    def _assignment_gain(self, m):
+        return np.abs(m)
+
+    def _best_scale(self, entries):
+        return torch.where(entries < 0, -torch.ones_like(entries), torch.ones_like(entries))
+
+
+class PositiveMonomial(_MonomialFamily):
+    """G_ReLU: permutation times positive diagonal."""
+
+    name = "positive_monomial"
+    description = "P D, D > 0"
+    dof = "n"
+
+    def _sample_scale(self, n, generator, dtype):
+        # Log-normal scales with mean 1, as the paper's sanity test draws them.
+        g = torch.randn(n, generator=generator, dtype=torch.float64)
+        return torch.exp(g - 0.5).to(dtype)
+
+    def _scale_ok(self, scale, atol):
+        return bool((scale > atol).all())
+
+    def _assignment_gain(self, m):
+        return np.maximum(m, 0.0) ** 2
+
+    def _best_scale(self, entries):
+        return entries.clamp_min(MIN_SCALE)
+
+
+class Monomial(_MonomialFamily):
+    """Permutation times any invertible diagonal."""
+
+    name = "monomial"
+    description = "P D, D invertible"
+    dof = "n"
+
+    def _sample_scale(self, n, generator, dtype):
+        g = torch.randn(n, generator=generator, dtype=torch.float64)
+        sign = torch.randint(0, 2, (n,), generator=generator).to(torch.float64) * 2 - 1
+        return (sign * torch.exp(g - 0.5)).to(dtype)
+
+    def _scale_ok(self, scale, atol):
+        return bool((scale.abs() > atol).all())
+
+    def _assignment_gain(self, m):
+        return m**2
+
+    def _best_scale(self, entries):
+        sign = torch.where(entries < 0, -torch.ones_like(entries), torch.ones_like(entries))
+        return sign * entries.abs().clamp_min(MIN_SCALE)
+
+
+def _haar_orthogonal(n: int, generator: torch.Generator | None, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.randn(n, n, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    # Sign correction makes the distribution Haar (Mezzadri 2007).
+    d = torch.sign(torch.diagonal(r))
+    d[d == 0] = 1
+    return (q * d).to(dtype)
+
+
+class Orthogonal(Family):
+    name = "orthogonal"
+    description = "O(n)"
+    dof = "n(n-1)/2"
+
+    def sample(self, n, generator=None, dtype=torch.float64):
+        return DenseElement(_haar_orthogonal(n, generator, dtype))
+
+    def contains(self, matrix, atol=1e-8):
+        m = _as_square(matrix.matrix() if isinstance(matrix, GroupElement) else matrix)
+        eye = torch.eye(m.shape[0], dtype=m.dtype)
+        return bool(((m.T @ m - eye).abs() <= atol).all())
+
+    def project(self, matrix):
+        m = _as_square(matrix)
+        u, _, vh = torch.linalg.svd(m)
+        return DenseElement(u @ vh)  # polar factor: nearest orthogonal matrix
+
+
+class GeneralLinear(Family):
+    name = "general_linear"
+    description = "GL(n)"
+    dof = "n^2"
+
+    def sample(self, n, generator=None, dtype=torch.float64):
+        # U diag(s) V^T with singular values in [1/2, 2]: generic, yet well conditioned so that
+        # verification errors measure the symmetry, not round-off.
+        u = _haar_orthogonal(n, generator, torch.float64)
+        v = _haar_orthogonal(n, generator, torch.float64)
+        s = 0.5 * 4.0 ** torch.rand(n, generator=generator, dtype=torch.float64)
+        return DenseElement(((u * s) @ v.T).to(dtype))
+
+    def contains(self, matrix, atol=1e-8):
+        m = _as_square(matrix.matrix() if isinstance(matrix, GroupElement) else matrix)
+        return bool(torch.linalg.svdvals(m.double()).min() > atol)
+
+    def project(self, matrix):
+        m = _as_square(matrix)
+        if not self.contains(m, atol=0.0):
+            # Singular matrices are limits of invertible ones; nudge the zero singular values.
+            u, s, vh = torch.linalg.svd(m)
+            m = (u * s.clamp_min(MIN_SCALE)) @ vh
+        return DenseElement(m.clone())
+
+
+PERMUTATION = Permutation()
+SIGNED_PERMUTATION = SignedPermutation()
+POSITIVE_MONOMIAL = PositiveMonomial()
+MONOMIAL = Monomial()
+ORTHOGONAL = Orthogonal()
+GENERAL_LINEAR = GeneralLinear()
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (PERMUTATION, SIGNED_PERMUTATION, POSITIVE_MONOMIAL, MONOMIAL, ORTHOGONAL, GENERAL_LINEAR)
+}
+
+# The smallest families that strictly contain each family: used by tests to show non-invariance.
+LARGER: dict[str, tuple[str, ...]] = {
+    "permutation": ("signed_permutation", "positive_monomial"),
+    "signed_permutation": ("monomial", "orthogonal"),
+    "positive_monomial": ("monomial",),
+    "monomial": ("general_linear",),
+    "orthogonal": ("general_linear",),
+    "general_linear": (),
+}
+
+# Subgroup relation (reflexive, transitive), for intersections of restrictions.
+_SUBGROUPS: dict[str, set[str]] = {
+    "permutation": {"permutation"},
+    "signed_permutation": {"permutation", "signed_permutation"},
+    "positive_monomial": {"permutation", "positive_monomial"},
+    "monomial": {"permutation", "signed_permutation", "positive_monomial", "monomial"},
+    "orthogonal": {"permutation", "signed_permutation", "orthogonal"},
+    "general_linear": set(FAMILIES),
+}
+
+
+def family(name: str | Family) -> Family:
+    """Look a family up by name (``"positive_monomial"``, ...) or pass one through."""
+    if isinstance(name, Family):
+        return name
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown group family {name!r}; choose one of {sorted(FAMILIES)}") from None
+
+
+def is_subgroup(a: str | Family, b: str | Family) -> bool:
+    """True when family ``a`` is contained in family ``b``."""
+    return family(a).name in _SUBGROUPS[family(b).name]
+
+
+def intersect(a: str | Family, b: str | Family) -> Family:
+    """The largest family contained in both ``a`` and ``b``."""
+    common = _SUBGROUPS[family(a).name] & _SUBGROUPS[family(b).name]
+    # The largest common subgroup is the one containing all the others.
+    for name in common:
+        if common <= _SUBGROUPS[name]:
+            return FAMILIES[name]
+    raise AssertionError("unreachable: permutation is a subgroup of every family")
