@@ -7,8 +7,8 @@ permutations; GELU: permutations; identity: GL(n).
 
 from intertwiner.groups.activations import (
     PAPER_ROWS,
-    TABLE_ROWS,
     RBF,
+    TABLE_ROWS,
     Abs,
     Elementwise,
     Power,

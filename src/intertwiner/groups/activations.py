@@ -125,7 +125,17 @@ _ALIASES = {
 }
 
 # Rows printed by ``intertwiner groups``: the paper's table first, then the rest of torch.nn.
-PAPER_ROWS = ["identity", "relu", "leaky_relu", "gelu", "sigmoid", "tanh", "rbf", "power2", "power3"]
+PAPER_ROWS = [
+    "identity",
+    "relu",
+    "leaky_relu",
+    "gelu",
+    "sigmoid",
+    "tanh",
+    "rbf",
+    "power2",
+    "power3",
+]
 TORCH_ROWS = [
     "abs",
     "elu",

@@ -258,7 +258,14 @@ GENERAL_LINEAR = GeneralLinear()
 
 FAMILIES: dict[str, Family] = {
     f.name: f
-    for f in (PERMUTATION, SIGNED_PERMUTATION, POSITIVE_MONOMIAL, MONOMIAL, ORTHOGONAL, GENERAL_LINEAR)
+    for f in (
+        PERMUTATION,
+        SIGNED_PERMUTATION,
+        POSITIVE_MONOMIAL,
+        MONOMIAL,
+        ORTHOGONAL,
+        GENERAL_LINEAR,
+    )
 }
 
 # The smallest families that strictly contain each family: used by tests to show non-invariance.

@@ -8,7 +8,7 @@ absolute value) and ``("power", d)`` (entrywise d-th power).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -16,7 +16,7 @@ from intertwiner.errors import UnsupportedGroupError
 from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
 from intertwiner.groups.families import Family, family
 
-PhiKind = Union[str, tuple[str, float]]
+PhiKind = str | tuple[str, float]
 
 
 def normalize_phi(phi: Any) -> PhiKind:
@@ -30,9 +30,7 @@ def normalize_phi(phi: Any) -> PhiKind:
         if d == 0.0:
             raise UnsupportedGroupError("phi = A^0 is not invertible; a power phi needs d != 0")
         return ("power", int(d) if d.is_integer() else d)
-    raise UnsupportedGroupError(
-        f"unknown phi kind {phi!r}; use 'identity', 'abs' or ('power', d)"
-    )
+    raise UnsupportedGroupError(f"unknown phi kind {phi!r}; use 'identity', 'abs' or ('power', d)")
 
 
 def phi_label(phi: PhiKind) -> str:
@@ -40,7 +38,7 @@ def phi_label(phi: PhiKind) -> str:
         return "A"
     if phi == "abs":
         return "abs(A)"
-    return f"A^(.{phi[1]})"
+    return f"A.^{phi[1]}"
 
 
 @dataclass(frozen=True, eq=False)

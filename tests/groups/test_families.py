@@ -1,0 +1,158 @@
+"""Group axioms, structured elements and projections for every family."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from intertwiner.errors import ShapeError
+from intertwiner.groups import FAMILIES, LARGER, DenseElement, MonomialElement, family
+
+FAMILY_NAMES = sorted(FAMILIES)
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+sizes = st.integers(min_value=1, max_value=7)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+@given(seed=seeds, n=sizes)
+@settings(max_examples=25, deadline=None)
+def test_group_axioms(name, seed, n):
+    fam = family(name)
+    g = gen(seed)
+    a, b, c = (fam.sample(n, generator=g) for _ in range(3))
+    eye = torch.eye(n, dtype=torch.float64)
+    # closure
+    assert fam.contains(a @ b, atol=1e-8)
+    torch.testing.assert_close((a @ b).matrix(), a.matrix() @ b.matrix())
+    # identity
+    e = fam.identity(n)
+    torch.testing.assert_close((a @ e).matrix(), a.matrix())
+    torch.testing.assert_close((e @ a).matrix(), a.matrix())
+    # inverse
+    assert fam.contains(a.inverse(), atol=1e-8)
+    torch.testing.assert_close((a @ a.inverse()).matrix(), eye)
+    torch.testing.assert_close((a.inverse() @ a).matrix(), eye)
+    # associativity
+    torch.testing.assert_close(((a @ b) @ c).matrix(), (a @ (b @ c)).matrix())
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+@given(seed=seeds, n=sizes, dim=st.integers(0, 2))
+@settings(max_examples=20, deadline=None)
+def test_apply_equals_matrix_product(name, seed, n, dim):
+    g = gen(seed)
+    a = family(name).sample(n, generator=g)
+    shape = [3, 4, 2]
+    shape[dim] = n
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    expected = (x.movedim(dim, -1) @ a.matrix().T).movedim(-1, dim)
+    torch.testing.assert_close(a.apply(x, dim=dim), expected)
+    torch.testing.assert_close(a.transpose().matrix(), a.matrix().T)
+
+
+def test_apply_in_float32_keeps_dtype():
+    a = family("positive_monomial").sample(5, generator=gen(0))
+    x = torch.randn(10, 5)
+    y = a.apply(x, dim=1)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, x @ a.matrix(torch.float32).T)
+
+
+def test_monomial_element_never_builds_a_dense_matrix(monkeypatch):
+    a = family("monomial").sample(4096, generator=gen(0))
+    monkeypatch.setattr(MonomialElement, "matrix", lambda *_: pytest.fail("dense matrix built"))
+    y = a.apply(torch.randn(8, 4096), dim=1)
+    assert y.shape == (8, 4096)
+    _ = (a @ a.inverse()).apply(y, dim=1)
+
+
+def test_apply_rejects_wrong_size():
+    a = family("permutation").sample(4, generator=gen(0))
+    with pytest.raises(ShapeError, match="size 3"):
+        a.apply(torch.zeros(2, 3), dim=1)
+    with pytest.raises(ShapeError):
+        DenseElement(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_samples_are_members_and_larger_samples_are_not(name):
+    fam = family(name)
+    g = gen(1)
+    for _ in range(5):
+        assert fam.contains(fam.sample(6, generator=g))
+    for bigger in LARGER[name]:
+        # A generic element of a larger family lies outside the smaller one.
+        assert not fam.contains(family(bigger).sample(6, generator=g))
+
+
+def _brute_force_distance(name: str, m: np.ndarray) -> float:
+    """min over the family of ||M - A||_F, by enumerating permutations (n <= 5)."""
+    n = m.shape[0]
+    best = np.inf
+    for perm in itertools.permutations(range(n)):
+        entries = m[np.arange(n), perm]
+        if name == "permutation":
+            s = np.ones(n)
+        elif name == "signed_permutation":
+            s = np.where(entries < 0, -1.0, 1.0)
+        elif name == "positive_monomial":
+            s = np.maximum(entries, 0.0)  # infimum over s > 0
+        else:
+            s = entries
+        a = np.zeros((n, n))
+        a[np.arange(n), perm] = s
+        best = min(best, np.linalg.norm(m - a))
+    return best
+
+
+@pytest.mark.parametrize(
+    "name", ["permutation", "signed_permutation", "positive_monomial", "monomial"]
+)
+@given(seed=seeds, n=st.integers(1, 5))
+@settings(max_examples=20, deadline=None)
+def test_project_is_nearest_by_brute_force(name, seed, n):
+    m = torch.randn(n, n, generator=gen(seed), dtype=torch.float64)
+    p = family(name).project(m)
+    assert family(name).contains(p, atol=0.0)
+    dist = float(torch.linalg.norm(m - p.matrix()))
+    assert dist == pytest.approx(_brute_force_distance(name, m.numpy()), abs=1e-9)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+@given(seed=seeds, n=sizes)
+@settings(max_examples=15, deadline=None)
+def test_project_is_idempotent_and_fixes_members(name, seed, n):
+    fam = family(name)
+    g = gen(seed)
+    a = fam.sample(n, generator=g)
+    torch.testing.assert_close(fam.project(a.matrix()).matrix(), a.matrix())
+    p = fam.project(torch.randn(n, n, generator=g, dtype=torch.float64))
+    torch.testing.assert_close(fam.project(p.matrix()).matrix(), p.matrix())
+
+
+def test_orthogonal_projection_beats_random_rotations():
+    fam = family("orthogonal")
+    g = gen(3)
+    m = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    best = float(torch.linalg.norm(m - fam.project(m).matrix()))
+    for _ in range(200):
+        assert best <= float(torch.linalg.norm(m - fam.sample(6, generator=g).matrix())) + 1e-12
+
+
+def test_same_seed_same_sample():
+    for name in FAMILY_NAMES:
+        a = family(name).sample(9, generator=gen(7))
+        b = family(name).sample(9, generator=gen(7))
+        torch.testing.assert_close(a.matrix(), b.matrix(), rtol=0, atol=0)
+
+
+def test_unknown_family_is_a_clear_error():
+    with pytest.raises(KeyError, match="positive_monomial"):
+        family("wreath")
