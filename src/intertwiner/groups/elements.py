@@ -130,7 +130,8 @@ class MonomialElement(GroupElement):
         out = x.index_select(dim, self.perm.to(x.device))
         shape = [1] * x.dim()
         shape[dim] = self.n
-        return out * self.scale.to(dtype=x.dtype, device=x.device).view(shape)
+        # In place on the fresh gather: one pass less over memory than `out * scale`.
+        return out.mul_(self.scale.to(dtype=x.dtype, device=x.device).view(shape))
 
     def __matmul__(self, other: GroupElement) -> GroupElement:
         if isinstance(other, MonomialElement):
