@@ -1,0 +1,202 @@
+"""Safe checkpoints: weights in safetensors, metadata in a JSON sidecar; no pickle anywhere.
+
+``save(model, "m.safetensors", metadata)`` writes ``m.safetensors`` and ``m.json``. The JSON holds
+``arch`` and ``config`` (from ``model.intertwiner_config``, so only models from ``models.build`` can be
+saved), ``activation``, the caller's metadata (dataset, split seed, train seed, val/test accuracy,
+...), ``library_version``, ``torch_version``, ``created`` and ``sha256`` (of the safetensors file).
+Each file is written to a temporary name in the same folder, flushed, fsynced and moved into place
+with ``os.replace``, so a crash leaves the old file or none, never half a file. A crash between the
+two moves leaves a hash mismatch, which ``load`` and ``is_valid`` detect.
+
+``load(path)`` rebuilds the model with ``models.build``, checks the hash, the tensor names, shapes
+and dtypes, and raises ``CheckpointError`` for anything missing, truncated, tampered or mismatched.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from intertwiner._version import __version__
+from intertwiner.errors import CheckpointError
+
+FORMAT = "intertwiner-checkpoint"
+FORMAT_VERSION = 1
+
+
+def sidecar(path: str | Path) -> Path:
+    """The JSON metadata path of a checkpoint: ``path.with_suffix(".json")``."""
+    return Path(path).with_suffix(".json")
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sites_signature(model: nn.Module) -> list[tuple[str, str, str]]:
+    from intertwiner.models import sites
+
+    mods = dict(model.named_modules())
+    return [(s, type(mods[s]).__name__, mods[s].extra_repr()) for s in sites(model)]
+
+
+def _rebuild(config: dict[str, Any]) -> nn.Module:
+    from intertwiner.models import build
+
+    cfg = dict(config)
+    arch = cfg.pop("arch", None)
+    if arch is None:
+        raise CheckpointError("checkpoint config has no 'arch'; it was not written by intertwiner")
+    try:
+        return build(arch, **cfg)
+    except Exception as e:  # noqa: BLE001 (any failure to rebuild is a checkpoint problem)
+        raise CheckpointError(f"cannot rebuild {arch} from the stored config {cfg}: {e}") from e
+
+
+def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(metadata, allow_nan=True))
+    except TypeError as e:
+        raise CheckpointError(
+            f"metadata must be JSON-serialisable (numbers, strings, lists, dicts): {e}"
+        ) from e
+
+
+def save(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s state to ``path`` (``.safetensors``) and metadata to ``path.json``.
+
+    The model must come from ``models.build`` (its ``intertwiner_config`` is what ``load`` rebuilds)
+    and must still match that config: a model whose activations or tensor shapes differ from what
+    the config builds raises ``CheckpointError`` instead of writing an unloadable file.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"checkpoint paths end in .safetensors, got {path.name}")
+    config = getattr(model, "intertwiner_config", None)
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            "this model has no intertwiner_config; build it with intertwiner.models.build so that "
+            "load() can rebuild it"
+        )
+    reference = _rebuild(config)
+    if _sites_signature(reference) != _sites_signature(model):
+        raise CheckpointError(
+            f"the model's activations {_sites_signature(model)[:1]} differ from what its config "
+            f"rebuilds {_sites_signature(reference)[:1]}; pass the activation by a name that "
+            "rebuilds it (e.g. 'leaky_relu' with the default slope)"
+        )
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    _check_state(state, reference, what=str(path))
+    blob = st_save(state, metadata={"format": FORMAT})
+    meta = _jsonable(dict(metadata or {}))
+    meta.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        arch=config["arch"],
+        config=_jsonable(config),
+        activation=config.get("activation"),
+        library_version=__version__,
+        torch_version=torch.__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        sha256=hashlib.sha256(blob).hexdigest(),
+        tensors={k: list(v.shape) for k, v in state.items()},
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, blob)
+    _atomic_write(sidecar(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def _check_state(state: dict[str, torch.Tensor], reference: nn.Module, *, what: str) -> None:
+    expected = reference.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{what}: tensor names do not match the architecture (missing {missing[:5]}, "
+            f"unexpected {extra[:5]}); the file and its metadata belong to different models"
+        )
+    for k, ref in expected.items():
+        t = state[k]
+        if t.shape != ref.shape or t.dtype != ref.dtype:
+            raise CheckpointError(
+                f"{what}: tensor {k} is {t.dtype} {tuple(t.shape)}, the architecture needs "
+                f"{ref.dtype} {tuple(ref.shape)}"
+            )
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of checkpoint ``path`` (no hash check; see ``load``)."""
+    meta_path = sidecar(path)
+    if not meta_path.is_file():
+        raise CheckpointError(f"missing metadata {meta_path} next to {path}; re-save the model")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({e}); the file is corrupt") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path} is not an intertwiner checkpoint sidecar")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_path} has format_version {meta.get('format_version')}; upgrade intertwiner"
+        )
+    return meta
+
+
+def load(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild, verify and load checkpoint ``path``; returns ``(model in eval mode, metadata)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    meta = read_metadata(path)
+    blob = path.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != meta.get("sha256"):
+        raise CheckpointError(
+            f"{path}: sha256 {digest[:12]}... does not match the metadata "
+            f"({str(meta.get('sha256'))[:12]}...); the file is truncated, tampered with or "
+            "belongs to another run. Delete it and retrain (train_zoo resumes from here)."
+        )
+    try:
+        state = st_load(blob)
+    except Exception as e:  # noqa: BLE001 (safetensors raises several types for bad headers)
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{sidecar(path)} has no model config")
+    model = _rebuild(config)
+    _check_state(state, model, what=str(path))
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return model, meta
+
+
+def is_valid(path: str | Path) -> bool:
+    """True when ``load(path)`` would succeed (files present, hash, names and shapes all agree)."""
+    try:
+        load(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+__all__ = ["FORMAT", "is_valid", "load", "read_metadata", "save", "sidecar"]

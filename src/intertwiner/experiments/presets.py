@@ -1,0 +1,245 @@
+"""Presets: the sizes of each stage for ``test`` (seconds), ``quick`` (<= 15 min on 2 CPU cores),
+``full`` (about an hour on CPU) and ``paper`` (the paper's scale on CIFAR-10; GPUs/clusters).
+
+``build_plan(preset, data=..., data_dir=...)`` turns a preset into the ordered list of stages.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from intertwiner.errors import DataNotFoundError
+from intertwiner.experiments import (
+    dissection_job,
+    group_table,
+    metrics_sweep,
+    sanity_job,
+    stitching_sweep,
+    zoo,
+)
+from intertwiner.experiments.base import Stage
+from intertwiner.experiments.common import pairs
+
+PAPER_ACTIVATIONS = [
+    "identity",
+    "relu",
+    "leaky_relu",
+    "gelu",
+    "sigmoid",
+    "tanh",
+    "rbf",
+    "power2",
+    "power3",
+]
+
+# Each preset: data, zoo sizes, and the per-stage sizes. Widths are small on CPU presets; the
+# paper preset uses the paper's architectures and counts (100 seeds, 32 pairs, 50 epochs).
+PRESETS: dict[str, dict] = {
+    "test": {
+        "data": "digits",
+        "archs": {"mlp": {"widths": [16, 16]}},
+        "seeds": 2,
+        "train": {"epochs": 1, "batch_size": 128, "lr": 1e-3},
+        "group_trials": 4,
+        "activations": ["identity", "relu", "tanh"],
+        "pairs": 1,
+        "metrics": {"n_samples": 64},
+        "stitch": {"kinds": ["full", "perm_scale"], "epochs": 1, "sites": 1},
+        "sanity": None,
+        "dissection": None,
+    },
+    "quick": {
+        "data": "mnist",
+        "archs": {
+            "mlp": {"widths": [64, 64]},
+            "myrtle_cnn": {"width": 8},
+            "resnet20": {"width": 8, "blocks_per_stage": 1},
+        },
+        "seeds": 3,
+        "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3},
+        "train_overrides": {"resnet20": {"epochs": 3}},
+        "group_trials": 16,
+        "activations": PAPER_ACTIVATIONS,
+        "pairs": 1,
+        "metrics": {"n_samples": 256},
+        "stitch": {
+            "kinds": ["full", ["low_rank", 2], "perm_scale", "orthogonal"],
+            "epochs": 1,
+            "sites": 4,
+        },
+        "sanity": {
+            "activations": ["relu", "sigmoid", "gelu"],
+            "repeats": 2,
+            "epochs": 1,
+            "arch": "myrtle_cnn",
+            "model": {"width": 8, "batchnorm": False},
+        },
+        "dissection": {
+            "arch": "myrtle_cnn",
+            "model": {"width": 16},
+            "seeds": 1,
+            "data": {"name": "concepts", "n_train": 2000, "n_test": 500},
+            "train": {"epochs": 3, "batch_size": 64, "lr": 3e-3},
+            "layers": [2, 3],
+            "rotations": [0.0, 0.25, 0.5, 0.75, 1.0],
+        },
+    },
+    "full": {
+        "data": "mnist",
+        "archs": {
+            "mlp": {"widths": [128, 128]},
+            "myrtle_cnn": {"width": 16},
+            "resnet20": {"width": 8},
+        },
+        "seeds": 6,
+        "train": {"epochs": 5, "batch_size": 128, "lr": 2e-3},
+        "train_overrides": {"resnet20": {"epochs": 8}},
+        "group_trials": 32,
+        "activations": PAPER_ACTIVATIONS,
+        "pairs": 3,
+        "metrics": {"n_samples": 1000},
+        "stitch": {
+            "kinds": [
+                "full",
+                ["low_rank", 1],
+                ["low_rank", 2],
+                ["low_rank", 4],
+                "perm_scale",
+                "orthogonal",
+                "signed_perm",
+            ],
+            "epochs": 3,
+            "sites": 8,
+        },
+        "sanity": {
+            "activations": ["relu", "sigmoid", "gelu"],
+            "repeats": 5,
+            "epochs": 3,
+            "arch": "myrtle_cnn",
+            "model": {"width": 16, "batchnorm": False},
+        },
+        "dissection": {
+            "arch": "myrtle_cnn",
+            "model": {"width": 32},
+            "seeds": 3,
+            "data": {"name": "concepts", "n_train": 4000, "n_test": 1000},
+            "train": {"epochs": 8, "batch_size": 64, "lr": 2e-3},
+            "layers": [1, 2, 3],
+            "rotations": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
+        },
+    },
+    "paper": {
+        "data": "cifar10",
+        "archs": {
+            "myrtle_cnn": {"width": 64},
+            "resnet20": {"width": 16},
+            "resnet18": {"width": 64},
+        },
+        "seeds": 100,
+        "train": {"epochs": 50, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4},
+        "group_trials": 64,
+        "activations": PAPER_ACTIVATIONS,
+        "pairs": 32,
+        "metrics": {"n_samples": 10000},
+        "stitch": {
+            "kinds": ["full", ["low_rank", 1], ["low_rank", 2], ["low_rank", 4], "perm_scale"],
+            "epochs": 20,
+            "sites": 100,
+        },
+        "sanity": {
+            "activations": ["relu", "sigmoid"],
+            "repeats": 10,
+            "epochs": 50,
+            "arch": "myrtle_cnn",
+            "model": {"width": 64, "batchnorm": False},
+        },
+        "dissection": {
+            "arch": "myrtle_cnn",
+            "model": {"width": 64},
+            "seeds": 3,
+            "data": {"name": "concepts", "n_train": 20000, "n_test": 2000},
+            "train": {"epochs": 30, "batch_size": 64, "lr": 1e-3},
+            "layers": [1, 2, 3],
+            "rotations": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
+        },
+    },
+}
+
+
+def data_spec(name: str, data_dir: str | None) -> dict:
+    """The data part of a job config; ``data_dir`` is checked here, before any job is built."""
+    spec: dict = {"name": name}
+    if name == "cifar10":
+        if not data_dir:
+            raise DataNotFoundError(
+                "the cifar10 data needs --data-dir pointing at the extracted CIFAR-10 python "
+                "batches (cifar-10-batches-py); nothing is downloaded at run time"
+            )
+        if not Path(data_dir).is_dir():
+            raise DataNotFoundError(f"--data-dir {data_dir} is not a folder")
+    if data_dir:
+        spec["root"] = os.path.abspath(data_dir)
+    return spec
+
+
+def validate_data(spec: dict) -> None:
+    """Load the data once in this process so a bad folder fails before any job is scheduled."""
+    from intertwiner.experiments.common import load_data
+
+    load_data(spec)
+
+
+def build_plan(preset: str, data: str | None = None, data_dir: str | None = None) -> list[Stage]:
+    """The ordered stages of ``preset`` (raises DataNotFoundError on a bad data folder)."""
+    p = PRESETS[preset]
+    dspec = data_spec(data or p["data"], data_dir)
+    if dspec["name"] == "cifar10":
+        validate_data(dspec)
+    stages = [group_table.stage(p["activations"], trials=p["group_trials"])]
+
+    zoo_cfgs: dict[str, list[dict]] = {
+        arch: [
+            zoo.zoo_config(
+                arch,
+                "relu",
+                s,
+                mcfg,
+                {**p["train"], **p.get("train_overrides", {}).get(arch, {})},
+                dspec,
+            )
+            for s in range(p["seeds"])
+        ]
+        for arch, mcfg in p["archs"].items()
+    }
+    zoo_list = [c for cs in zoo_cfgs.values() for c in cs]
+    sanity_models: dict[str, dict] = {}
+    if p["sanity"]:
+        sp = p["sanity"]
+        sanity_models = {
+            act: zoo.zoo_config(sp["arch"], act, 0, sp["model"], p["train"], dspec, "sanity")
+            for act in sp["activations"]
+        }
+    dis_models: list[dict] = []
+    if p["dissection"]:
+        dp = p["dissection"]
+        dis_models = [
+            zoo.zoo_config(
+                dp["arch"], "relu", s, dp["model"], dp["train"], dp["data"], "dissection"
+            )
+            for s in range(dp["seeds"])
+        ]
+    stages.append(zoo.stage(zoo_list + list(sanity_models.values()) + dis_models))
+    model_pairs = {
+        arch: [(cs[i], cs[j]) for i, j in pairs(len(cs), p["pairs"])]
+        for arch, cs in zoo_cfgs.items()
+    }
+    stages.append(metrics_sweep.stage(model_pairs, **p["metrics"]))
+    stages.append(stitching_sweep.stage(model_pairs, **p["stitch"]))
+    if p["sanity"]:
+        sp = p["sanity"]
+        stages.append(sanity_job.stage(sanity_models, repeats=sp["repeats"], epochs=sp["epochs"]))
+    if p["dissection"]:
+        dp = p["dissection"]
+        stages.append(dissection_job.stage(dis_models, dp["layers"], dp["rotations"]))
+    return stages

@@ -1,0 +1,487 @@
+"""The rotation "sanity test" (paper section 3.3; paper.md section 4).
+
+Insert a fixed invertible map M right before the activation at a site of a trained model
+(``x -> act(M x)``, M acting on channels at every pixel, i.e. a 1x1 conv, or on features), freeze
+everything up to and including M (frozen BatchNorm stays in eval mode), retrain the rest from the
+trained weights with epochs selected on validation, and report
+
+    penalty = base test accuracy - retrained test accuracy.
+
+When M lies in the activation's intertwiner group G_sigma, the next layer can absorb
+phi(M)^-1 exactly, so the penalty should be about zero; an orthogonal M cannot be absorbed by a
+ReLU net. ``kind`` chooses M: ``"identity"``, ``"group"`` (a random element of the site's own
+group, ``groups.for_activation``), or any family name (``"positive_monomial"`` = G_ReLU,
+``"permutation"``, ``"orthogonal"``, ``"general_linear"``, ...; aliases ``"g_relu"``, ``"gl"``).
+With ``kind="identity"`` and ``epochs=0`` the penalty is exactly 0.
+
+One unit of work is ``sanity_run`` (a flat JSON-safe row); ``sanity_test`` loops with a progress
+bar; ``summarize`` gives mean and std per (activation, site, kind); ``run_job`` is the pipeline's
+job function (config dict -> row).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from intertwiner.errors import IntertwinerError, ShapeError
+from intertwiner.groups import (
+    FAMILIES,
+    GroupElement,
+    MonomialElement,
+    activation_name,
+    family,
+    for_activation,
+)
+
+__all__ = [
+    "FixedTransform",
+    "KINDS",
+    "PreTransformed",
+    "SanityConfig",
+    "SanityModel",
+    "format_table",
+    "insert_transform",
+    "plot_penalties",
+    "run_job",
+    "sample_transform",
+    "sanity_run",
+    "sanity_test",
+    "summarize",
+]
+
+ALIASES = {"g_relu": "positive_monomial", "gl": "general_linear", "o": "orthogonal"}
+KINDS = ("identity", "group", *FAMILIES)
+
+
+class UnknownTransformKindError(IntertwinerError, KeyError):
+    """A sanity-test transform kind that is neither identity, group nor a family name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class SanityConfig:
+    """Retraining settings (the paper: Adam 1e-3, StepLR, 50 epochs; here a few for speed).
+
+    ``epochs=0`` evaluates the transformed model without retraining. ``seed`` offsets every
+    transform and retraining seed, which also depend on (site, kind, repeat).
+    """
+
+    epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "step"
+    seed: int = 0
+    device: str | None = None
+    num_threads: int | None = None
+    progress: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class FixedTransform(nn.Module):
+    """A fixed (non-trainable) group element acting on the neuron axis: dim 1 for (N, C) and
+    (N, C, H, W) inputs, the last dim for tokens (N, T, D). Stored as buffers, so it round-trips
+    through ``state_dict``; a monomial element is applied as gather-and-scale (exact for identity).
+    """
+
+    def __init__(self, element: GroupElement, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.n = element.n
+        if isinstance(element, MonomialElement):
+            self.register_buffer("perm", element.perm.clone().long())
+            self.register_buffer("scale", element.scale.to(dtype).clone())
+            self.register_buffer("weight", None)
+        else:
+            self.register_buffer("perm", None)
+            self.register_buffer("scale", None)
+            self.register_buffer("weight", element.matrix().to(dtype).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = 1 if x.ndim in (2, 4) else x.ndim - 1
+        if x.shape[dim] != self.n:
+            raise ShapeError(f"transform of size {self.n} on a tensor of shape {tuple(x.shape)}")
+        if self.perm is not None:
+            shape = [1] * x.ndim
+            shape[dim] = self.n
+            return x.index_select(dim, self.perm) * self.scale.view(shape)
+        return (x.movedim(dim, -1) @ self.weight.T).movedim(-1, dim)
+
+
+class PreTransformed(nn.Module):
+    """``act(transform(x))``: the site's activation with a fixed map inserted before it."""
+
+    def __init__(self, transform: FixedTransform, act: nn.Module):
+        super().__init__()
+        self.transform = transform
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.transform(x))
+
+
+class SanityModel(nn.Module):
+    """Wraps the transformed model; the modules in ``frozen`` stay in eval mode whatever
+    ``train()`` is called with (frozen BatchNorm must not update its running statistics).
+    """
+
+    def __init__(self, model: nn.Module, frozen: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.frozen = list(frozen)
+
+    def train(self, mode: bool = True) -> SanityModel:
+        super().train(mode)
+        modules = dict(self.model.named_modules())
+        for name in self.frozen:
+            modules[name].eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _resolve_family(kind: str, act: nn.Module):
+    key = ALIASES.get(kind.strip().lower(), kind.strip().lower())
+    if key == "group":
+        return for_activation(act).family
+    if key in FAMILIES:
+        return family(key)
+    raise UnknownTransformKindError(
+        f"unknown transform kind {kind!r}; choose identity, group, or one of "
+        f"{', '.join(FAMILIES)} (aliases: {', '.join(ALIASES)})"
+    )
+
+
+def sample_transform(
+    kind: str, act: nn.Module, n: int, generator: torch.Generator | None = None
+) -> tuple[GroupElement, str]:
+    """``(element, family name)`` of size n for ``kind`` at an activation ``act``."""
+    if kind.strip().lower() == "identity":
+        fam = for_activation(act).family
+        return fam.identity(n, dtype=torch.float64), "identity"
+    fam = _resolve_family(kind, act)
+    return fam.sample(n, generator=generator, dtype=torch.float64), fam.name
+
+
+def _site_width(model: nn.Module, site: str, example: torch.Tensor) -> int:
+    seen: dict[str, torch.Tensor] = {}
+    module = model.get_submodule(site)
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0]))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        handle.remove()
+        model.train(was)
+    if "x" not in seen:
+        raise ShapeError(f"site {site!r} was not called in the forward pass")
+    x = seen["x"]
+    return int(x.shape[1] if x.ndim in (2, 4) else x.shape[-1])
+
+
+def _execution_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Module names in the order of their first call (pre-hooks) during one forward pass."""
+    order: list[str] = []
+    handles = []
+    for name, mod in model.named_modules():
+        if name:
+            handles.append(
+                mod.register_forward_pre_hook(
+                    lambda _m, _a, name=name: order.append(name) if name not in order else None
+                )
+            )
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return order
+
+
+def insert_transform(
+    model: nn.Module, site: str, element: GroupElement, example: torch.Tensor
+) -> SanityModel:
+    """A copy of ``model`` with ``element`` inserted before the activation ``site``, everything up
+    to and including it frozen (``requires_grad=False``, eval mode), wrapped in ``SanityModel``.
+    """
+    names = dict(model.named_modules())
+    if site not in names:
+        raise ShapeError(f"site {site!r} is not a module of {type(model).__name__}")
+    model = copy.deepcopy(model)
+    act = model.get_submodule(site)
+    parent, child = _parent(model, site)
+    setattr(parent, child, PreTransformed(FixedTransform(element), act))
+    order = _execution_order(model, example)
+    cut = order.index(f"{site}.transform")
+    frozen = []
+    for name in order[: cut + 1]:
+        mod = model.get_submodule(name)
+        own = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+        if own:
+            frozen.append(name)
+            for p in mod.parameters(recurse=False):
+                p.requires_grad_(False)
+    wrapped = SanityModel(model, frozen)
+    wrapped.eval()
+    return wrapped
+
+
+def _stable_seed(*parts: Any) -> int:
+    return zlib.crc32("|".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
+
+
+def _load_model(checkpoint_or_model: Any) -> tuple[nn.Module, dict[str, Any]]:
+    if isinstance(checkpoint_or_model, nn.Module):
+        return checkpoint_or_model, {}
+    from intertwiner import checkpoints
+
+    return checkpoints.load(checkpoint_or_model)
+
+
+def _example(data: Any) -> torch.Tensor:
+    ds = data.test
+    if hasattr(ds, "get_batch"):
+        return ds.get_batch(torch.arange(min(2, len(ds))))[0]
+    return torch.stack([ds[i][0] for i in range(min(2, len(ds)))])
+
+
+def sanity_run(
+    checkpoint_or_model: Any,
+    site: str,
+    transform_kind: str,
+    repeat: int,
+    data: Any,
+    config: SanityConfig | None = None,
+    *,
+    base: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """One repeat of the sanity test at ``site``: a flat JSON-safe row with ``penalty``.
+
+    ``checkpoint_or_model``: a trained model (not modified) or a checkpoint path. ``data``:
+    ``DataSplits`` (selection on ``val``, penalty on ``test``). ``base``: the base model's
+    ``{"accuracy", "val_accuracy"}`` if already measured (saves two evaluations per repeat).
+    """
+    from intertwiner.training import TrainConfig, evaluate, train
+
+    config = config or SanityConfig()
+    if config.epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {config.epochs}")
+    start = time.perf_counter()
+    model, _ = _load_model(checkpoint_or_model)
+    example = _example(data)
+    if base is None:
+        base = {
+            "accuracy": evaluate(model, data.test)["accuracy"],
+            "val_accuracy": evaluate(model, data.val)["accuracy"],
+        }
+    act = model.get_submodule(site)
+    n = _site_width(model, site, example)
+    t_seed = _stable_seed(config.seed, site, transform_kind, repeat, "transform")
+    element, fam = sample_transform(transform_kind, act, n, torch.Generator().manual_seed(t_seed))
+    sane = insert_transform(model, site, element, example)
+    initial = evaluate(sane, data.test)["accuracy"]
+    row: dict[str, Any] = {
+        "activation": activation_name(act),
+        "site": site,
+        "kind": transform_kind,
+        "family": fam,
+        "repeat": int(repeat),
+        "width": n,
+        "epochs": int(config.epochs),
+        "base_accuracy": base["accuracy"],
+        "base_val_accuracy": base["val_accuracy"],
+        "initial_accuracy": initial,
+        "transform_seed": t_seed,
+        "n_frozen_modules": len(sane.frozen),
+    }
+    if config.epochs == 0:
+        retrained = {"test": initial, "val": evaluate(sane, data.val)["accuracy"], "epoch": 0}
+    else:
+        tc = TrainConfig(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            optimizer=config.optimizer,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            schedule=config.schedule,
+            seed=_stable_seed(config.seed, site, transform_kind, repeat, "train"),
+            device=config.device,
+            progress=config.progress,
+            num_threads=config.num_threads,
+        )
+        result = train(sane, data, tc)
+        retrained = {"test": result.test_accuracy, "val": result.val_accuracy,
+                     "epoch": result.best_epoch}  # fmt: skip
+    row.update(
+        retrained_accuracy=retrained["test"],
+        retrained_val_accuracy=retrained["val"],
+        best_epoch=retrained["epoch"],
+        penalty=base["accuracy"] - retrained["test"],
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return row
+
+
+def sanity_test(
+    model: nn.Module,
+    sites: Sequence[str],
+    kinds: Sequence[str],
+    repeats: int,
+    data: Any,
+    config: SanityConfig | None = None,
+    *,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """``sanity_run`` for every (site, kind, repeat), with one progress bar; returns the rows."""
+    from intertwiner.training import evaluate
+
+    config = config or SanityConfig()
+    for kind in kinds:  # fail early on a bad kind, before any training
+        if kind.strip().lower() != "identity":
+            _resolve_family(kind, model.get_submodule(sites[0]))
+    base = {
+        "accuracy": evaluate(model, data.test)["accuracy"],
+        "val_accuracy": evaluate(model, data.val)["accuracy"],
+    }
+    jobs = [(s, k, r) for s in sites for k in kinds for r in range(repeats)]
+    rows = []
+    bar = tqdm(jobs, desc="sanity", disable=not progress)
+    for site, kind, rep in bar:
+        bar.set_postfix(site=site, kind=kind, repeat=rep)
+        rows.append(sanity_run(model, site, kind, rep, data, config, base=base))
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std (ddof 1) of penalty and retrained accuracy per (activation, site, kind)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["activation"], r["site"], r["kind"]), []).append(r)
+    out = []
+    for (act, site, kind), rs in groups.items():
+        pen = np.array([r["penalty"] for r in rs], dtype=np.float64)
+        acc = np.array([r["retrained_accuracy"] for r in rs], dtype=np.float64)
+        init = np.array([r["initial_accuracy"] for r in rs], dtype=np.float64)
+        out.append(
+            {
+                "activation": act,
+                "site": site,
+                "kind": kind,
+                "family": rs[0]["family"],
+                "repeats": len(rs),
+                "epochs": rs[0]["epochs"],
+                "base_accuracy": rs[0]["base_accuracy"],
+                "initial_accuracy": float(init.mean()),
+                "retrained_accuracy": float(acc.mean()),
+                "penalty_mean": float(pen.mean()),
+                "penalty_std": float(pen.std(ddof=1)) if len(pen) > 1 else 0.0,
+            }
+        )
+    return out
+
+
+def format_table(summary: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of ``summarize`` rows (accuracies and penalties in points)."""
+    head = ("activation", "site", "kind", "family", "n", "base", "before", "after", "penalty")
+    lines = [f"{head[0]:<10} {head[1]:<11} {head[2]:<18} {head[3]:<18} {head[4]:>2} "
+             f"{head[5]:>6} {head[6]:>6} {head[7]:>6} {head[8]:>14}"]  # fmt: skip
+    for r in summary:
+        pen = f"{100 * r['penalty_mean']:.2f} ± {100 * r['penalty_std']:.2f}"
+        lines.append(
+            f"{r['activation']:<10} {r['site']:<11} {r['kind']:<18} {r['family']:<18} "
+            f"{r['repeats']:>2} {100 * r['base_accuracy']:6.2f} {100 * r['initial_accuracy']:6.2f} "
+            f"{100 * r['retrained_accuracy']:6.2f} {pen:>14}"
+        )
+    return "\n".join(lines)
+
+
+def plot_penalties(summary: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Bar chart of the penalty (points, mean ± std) per site, one bar per (activation, kind)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from intertwiner.dissection import _atomic_savefig
+
+    sites = list(dict.fromkeys(r["site"] for r in summary))
+    series = list(dict.fromkeys((r["activation"], r["kind"]) for r in summary))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(sites) * max(1, len(series) / 2), 3.6))
+    for j, (act, kind) in enumerate(series):
+        vals, errs = [], []
+        for s in sites:
+            r = next((r for r in summary if (r["activation"], r["kind"], r["site"]) ==
+                      (act, kind, s)), None)  # fmt: skip
+            vals.append(100 * r["penalty_mean"] if r else math.nan)
+            errs.append(100 * r["penalty_std"] if r else 0.0)
+        xs = np.arange(len(sites)) + (j - (len(series) - 1) / 2) * width
+        ax.bar(xs, vals, width, yerr=errs, capsize=3, label=f"{act} / {kind}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(sites)), sites)
+    ax.set_ylabel("penalty (accuracy points)")
+    ax.set_title("sanity test: fixed transform before the activation, rest retrained")
+    ax.legend(fontsize=8)
+    try:
+        return _atomic_savefig(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def run_job(config: dict[str, Any]) -> dict[str, Any]:
+    """Pipeline job: ``{"checkpoint", "site", "kind", "repeat", "epochs", ...}`` -> one row.
+
+    Optional keys: ``data`` (default: the checkpoint's dataset), ``data_options`` (dict passed to
+    ``intertwiner.data.load``; default: the checkpoint's split seed), ``seed``, ``batch_size``,
+    ``lr``, ``optimizer``, ``weight_decay``, ``schedule``, ``num_threads``, ``device``.
+    """
+    from intertwiner import checkpoints
+    from intertwiner import data as data_mod
+
+    model, meta = checkpoints.load(config["checkpoint"])
+    name = config.get("data") or meta.get("dataset")
+    if not name:
+        raise ValueError("the job config needs 'data' (the checkpoint does not name its dataset)")
+    options = dict(config.get("data_options") or {})
+    data_meta = meta.get("data_meta") or {}
+    if "split_seed" in meta:
+        options.setdefault("seed", meta["split_seed"])
+    if name == "concepts" and "generator" in data_meta:
+        for k, v in data_meta["generator"].items():
+            options.setdefault(k, v)
+    splits = data_mod.load(name, **options)
+    fields = {f.name for f in dataclasses.fields(SanityConfig)}
+    sc = SanityConfig(**{k: v for k, v in config.items() if k in fields and k != "progress"})
+    row = sanity_run(model, config["site"], config["kind"], int(config.get("repeat", 0)),
+                     splits, sc)  # fmt: skip
+    row["checkpoint"] = str(config["checkpoint"])
+    return row

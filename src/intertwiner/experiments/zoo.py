@@ -1,0 +1,82 @@
+"""Stage "zoo": train one model per (architecture, activation, seed) and save its checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+from intertwiner.experiments.base import Stage
+from intertwiner.experiments.common import filtered, input_shape, load_data, zoo_checkpoint
+
+
+def zoo_config(
+    arch: str, activation: str, seed: int, model: dict, train: dict, data: dict, role: str = "zoo"
+) -> dict:
+    """The JSON config of one zoo model (its hash names the checkpoint). ``role``: what the model
+    is for ("zoo" for metrics/stitching pairs, "sanity", "dissection")."""
+    return {
+        "stage": "zoo",
+        "role": role,
+        "arch": arch,
+        "activation": activation,
+        "seed": int(seed),
+        "model": dict(model),
+        "train": dict(train),
+        "data": dict(data),
+    }
+
+
+def train_job(config: dict) -> dict:
+    """Build, train (selecting on validation), evaluate on test and save one zoo model."""
+    import torch
+
+    from intertwiner import checkpoints, models, training
+
+    splits = load_data(config["data"])
+    channels, size, num_classes = input_shape(splits)
+    torch.manual_seed(config["seed"])
+    model = models.build(
+        config["arch"],
+        activation=config["activation"],
+        in_channels=channels,
+        input_size=size,
+        num_classes=num_classes,
+        **config["model"],
+    )
+    tcfg = filtered(
+        training.TrainConfig, {**config["train"], "seed": config["seed"], "progress": False}
+    )
+    t0 = time.perf_counter()
+    result = training.train(model, splits, config=tcfg)
+    seconds = time.perf_counter() - t0
+    model = getattr(result, "model", None) or model
+    model.eval()
+    test = training.evaluate(model, splits.test)
+    val = training.evaluate(model, splits.val)
+    path = zoo_checkpoint(config, config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints.save(model, path, {"zoo_config": {k: v for k, v in config.items() if k[0] != "_"}})
+    return {
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "val_accuracy": float(val["accuracy"]),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "train_seconds": seconds,
+        "best_epoch": getattr(result, "best_epoch", None),
+        "checkpoint": str(path.relative_to(path.parents[2])),
+    }
+
+
+def stage(configs: list[dict]) -> Stage:
+    return Stage(
+        name="zoo",
+        kind="zoo",
+        fn=train_job,
+        configs=configs,
+        requires=(
+            "intertwiner.models",
+            "intertwiner.training",
+            "intertwiner.data",
+            "intertwiner.checkpoints",
+        ),
+        description="model zoo: independently seeded models per architecture and activation",
+    )

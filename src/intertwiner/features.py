@@ -1,0 +1,264 @@
+"""Capture activations at named modules, in eval mode under no_grad, streamed over the data.
+
+Layers are named as in ``model.named_modules()`` (``""`` is the whole model). Captured layouts are
+the module outputs as produced: (N, C) dense, (N, C, H, W) conv (channels are the neurons), (N, T, D)
+tokens. ``layout="matrix"`` converts each to (samples, neurons) with ``metrics.to_matrix``.
+A module that returns a tuple contributes its first tensor; a module called twice in one forward
+contributes its first call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from intertwiner.errors import IntertwinerError, ShapeError
+
+__all__ = ["Capturer", "LayerNotFoundError", "capture", "iter_batches", "stream"]
+
+LAYOUTS = (None, "matrix")
+
+
+class LayerNotFoundError(IntertwinerError, KeyError):
+    """A layer name that is not among ``model.named_modules()``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class _StopForward(Exception):
+    """Raised by the last needed hook: the rest of the forward pass is not needed."""
+
+
+def _inputs_of(batch: Any) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]  # (x, y) pairs
+    if isinstance(batch, dict) and isinstance(batch.get("x"), torch.Tensor):
+        return batch["x"]
+    raise TypeError(
+        f"cannot find the inputs in a batch of type {type(batch).__name__}; batches must be "
+        "tensors, (x, y) tuples, or dicts with an 'x' entry"
+    )
+
+
+def iter_batches(data: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
+    """Input batches from a DataLoader (or any iterable of batches), a Dataset, or a tensor."""
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if isinstance(data, torch.Tensor):
+        for i in range(0, data.shape[0], batch_size):
+            yield data[i : i + batch_size]
+        return
+    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    if not isinstance(data, Iterable):
+        raise TypeError(f"data must be a DataLoader, Dataset or tensor, got {type(data).__name__}")
+    for batch in data:
+        yield _inputs_of(batch)
+
+
+def _resolve(model: nn.Module, layers: str | Sequence[str]) -> dict[str, nn.Module]:
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names:
+        raise ValueError("no layers requested")
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        avail = ", ".join(repr(n) for n in modules if n) or "(none)"
+        raise LayerNotFoundError(
+            f"layer(s) {missing} not found in {type(model).__name__}; available module names: "
+            f"{avail}"
+        )
+    return {n: modules[n] for n in dict.fromkeys(names)}
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Eval mode for every submodule; each module's own train flag is restored afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            if isinstance(o, torch.Tensor):
+                return o
+    raise TypeError(f"module output of type {type(out).__name__} holds no tensor to capture")
+
+
+def _convert(t: torch.Tensor, layout: str | None) -> torch.Tensor:
+    if layout is None:
+        return t
+    from intertwiner.metrics import to_matrix
+
+    if t.dim() not in (2, 3, 4):
+        raise ShapeError(f"cannot convert a {t.dim()}-d output to a matrix: {tuple(t.shape)}")
+    return to_matrix(t)
+
+
+class Capturer:
+    """Forward hooks on the named modules of one model; ``run(x)`` returns their outputs.
+
+    Use as a context manager (hooks removed and train/eval flags restored on exit). The forward
+    stops early once every requested layer has produced its output.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: str | Sequence[str],
+        *,
+        device: torch.device | str | None = None,
+        layout: str | None = None,
+    ) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.model, self.layout = model, layout
+        self.targets = _resolve(model, layers)
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        if device is not None:
+            model.to(self.device)
+        self._captured: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        self._mode = None
+
+    def _hook_for(self, name: str):
+        def hook(_module, _inputs, output):
+            if name not in self._captured:
+                self._captured[name] = _first_tensor(output).detach()
+                if len(self._captured) == len(self.targets):
+                    raise _StopForward
+
+        return hook
+
+    def __enter__(self) -> Capturer:
+        self._handles = [
+            m.register_forward_hook(self._hook_for(n)) for n, m in self.targets.items()
+        ]
+        self._mode = _eval_mode(self.model)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+
+    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{layer: output}`` for one input batch (CPU, detached, converted to ``layout``)."""
+        self._captured.clear()
+        with torch.no_grad():
+            try:
+                self.model(x.to(self.device))
+            except _StopForward:
+                pass
+        missing = [n for n in self.targets if n not in self._captured]
+        if missing:
+            raise LayerNotFoundError(
+                f"layer(s) {missing} exist but were not called during the forward pass"
+            )
+        return {n: _convert(self._captured[n].cpu(), self.layout) for n in self.targets}
+
+
+def limited_batches(
+    data: Any, batch_size: int, max_samples: int | None, progress: bool, desc: str = "features"
+) -> Iterator[torch.Tensor]:
+    """Input batches truncated to ``max_samples``, with an optional tqdm bar."""
+    from tqdm.auto import tqdm
+
+    seen = 0
+    bar = tqdm(disable=not progress, desc=desc, unit="sample", total=max_samples)
+    try:
+        for x in iter_batches(data, batch_size):
+            if max_samples is not None:
+                if seen >= max_samples:
+                    break
+                x = x[: max_samples - seen]
+            seen += x.shape[0]
+            bar.update(x.shape[0])
+            yield x
+    finally:
+        bar.close()
+
+
+def stream(
+    model: nn.Module,
+    data: Any,
+    layers: str | Sequence[str],
+    *,
+    layout: str | None = None,
+    device: torch.device | str | None = None,
+    max_samples: int | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield ``{layer: features of one batch}`` (on CPU, detached) batch by batch.
+
+    ``data``: a DataLoader (or iterable of batches), a Dataset of (x, y) pairs, or a tensor of
+    inputs. ``device``: where the model runs (default: where its parameters are). ``max_samples``
+    truncates the data. The model's train/eval flags are restored afterwards.
+    """
+    with Capturer(model, layers, device=device, layout=layout) as cap:
+        for x in limited_batches(data, batch_size, max_samples, progress):
+            yield cap.run(x)
+
+
+def capture(
+    model: nn.Module,
+    data: Any,
+    layers: str | Sequence[str],
+    *,
+    layout: str | None = None,
+    device: torch.device | str | None = None,
+    max_samples: int | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``{layer: features of all samples}``, batches concatenated along dim 0 (CPU tensors).
+
+    Memory is N times the layer width; use ``stream`` with the streaming accumulators in
+    ``intertwiner.metrics`` (or ``max_samples``) to bound it.
+    """
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in stream(
+        model,
+        data,
+        layers,
+        layout=layout,
+        device=device,
+        max_samples=max_samples,
+        batch_size=batch_size,
+        progress=progress,
+    ):
+        for name, t in batch.items():
+            parts.setdefault(name, []).append(t)
+    if not parts:
+        raise ValueError("no data: the data source yielded no batches")
+    return {n: torch.cat(ts) for n, ts in parts.items()}

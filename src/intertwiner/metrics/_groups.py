@@ -1,0 +1,61 @@
+"""Which group a metric quotients out, and which families it is invariant to.
+
+A representation h = sigma(z) of a layer with intertwiner group G changes by phi(A), not A, when
+the weights change by A in G. So an ``IntertwinerGroup`` is mapped to the family of phi(G): for
+ReLU, tanh, GELU (phi = identity) that is G's own family; for abs and even powers the signs are
+squared away (monomial -> positive_monomial, signed_permutation -> permutation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from intertwiner.errors import UnsupportedGroupError
+from intertwiner.groups import FAMILIES, Family, IntertwinerGroup, is_subgroup
+
+_UNSIGNED = {
+    "monomial": "positive_monomial",
+    "signed_permutation": "permutation",
+    "positive_monomial": "positive_monomial",
+    "permutation": "permutation",
+}
+
+
+def family_name(group: Any) -> str:
+    """Family name of the action on representations: a name, a ``Family`` or an IntertwinerGroup."""
+    if isinstance(group, IntertwinerGroup):
+        name, phi = group.family.name, group.phi_kind
+        if phi == "identity":
+            return name
+        even = phi == "abs" or (
+            isinstance(phi, tuple) and float(phi[1]).is_integer() and int(phi[1]) % 2 == 0
+        )
+        non_integer = isinstance(phi, tuple) and not float(phi[1]).is_integer()
+        if (even or non_integer) and name in _UNSIGNED:
+            return _UNSIGNED[name]
+        return name
+    if isinstance(group, Family):
+        return group.name
+    if isinstance(group, str):
+        if group not in FAMILIES:
+            raise UnsupportedGroupError(
+                f"unknown group {group!r}; choose one of {sorted(FAMILIES)} or pass an "
+                "IntertwinerGroup from intertwiner.groups.for_activation"
+            )
+        return group
+    raise TypeError(f"group must be a family name, Family or IntertwinerGroup, got {group!r}")
+
+
+def subgroups(name: str) -> tuple[str, ...]:
+    """Every family contained in ``name`` (itself included), in a fixed order."""
+    return tuple(f for f in FAMILIES if is_subgroup(f, name))
+
+
+def declare(invariant_to: tuple[str, ...]):
+    """Decorator: attach ``.invariant_to`` (family names) to a metric function."""
+
+    def wrap(fn):
+        fn.invariant_to = tuple(invariant_to)
+        return fn
+
+    return wrap

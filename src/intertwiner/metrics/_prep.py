@@ -1,0 +1,174 @@
+"""Input handling shared by every metric: layouts, validation, padding and upsampling.
+
+Layouts of a feature tensor (the neuron axis is the one a group element acts on):
+
+- ``"dense"``  (N, C): N samples, C neurons.
+- ``"conv"``   (N, C, H, W): channels are the neurons, the same at every pixel.
+- ``"tokens"`` (N, T, D): D is the neuron axis, the same at every token.
+
+``to_matrix`` turns any layout into a (samples, neurons) matrix with one row per sample *position*
+(conv: N*H*W rows; tokens: N*T rows); Procrustes metrics work on that matrix. ``to_flat`` gives one
+row per input (conv: (N, C*H*W)); CKA-type metrics compare N x N kernels over inputs, so layers with
+different spatial sizes can be compared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
+
+LAYOUTS = ("dense", "conv", "tokens")
+_NDIM_TO_LAYOUT = {2: "dense", 3: "tokens", 4: "conv"}
+
+
+def as_tensor(x: Any, name: str = "features") -> torch.Tensor:
+    """A torch tensor from a tensor or numpy array (no copy when possible); rejects other types."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+
+
+def infer_layout(x: torch.Tensor, layout: str | None = None) -> str:
+    """The layout of ``x``: given explicitly, or from its number of dimensions (2, 3 or 4)."""
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise ShapeError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+        want = {v: k for k, v in _NDIM_TO_LAYOUT.items()}[layout]
+        if x.dim() != want:
+            raise ShapeError(
+                f"layout {layout!r} needs a {want}-d tensor, got shape {tuple(x.shape)}"
+            )
+        return layout
+    if x.dim() not in _NDIM_TO_LAYOUT:
+        raise ShapeError(
+            f"features must be (N, C), (N, T, D) or (N, C, H, W); got shape {tuple(x.shape)}. "
+            "Flatten other layouts yourself, keeping the neuron axis."
+        )
+    return _NDIM_TO_LAYOUT[x.dim()]
+
+
+def neuron_dim(x: torch.Tensor, layout: str | None = None) -> int:
+    """The axis of ``x`` that holds the neurons (1 for dense and conv, 2 for tokens)."""
+    return 2 if infer_layout(x, layout) == "tokens" else 1
+
+
+def check_finite(x: torch.Tensor, name: str = "features") -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise NonFiniteError(
+            f"{name} contain {bad} NaN/Inf values; fix the model or data that produced them "
+            "(e.g. a diverged run) before comparing representations"
+        )
+
+
+def validate(x: Any, name: str = "features", layout: str | None = None) -> torch.Tensor:
+    """Tensor, finite, known layout, at least one sample; dtype unchanged."""
+    t = as_tensor(x, name)
+    infer_layout(t, layout)
+    if t.shape[0] == 0:
+        raise TooFewSamplesError(f"{name} have no samples")
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    check_finite(t, name)
+    return t
+
+
+def to_matrix(features: Any, layout: str | None = None) -> torch.Tensor:
+    """(samples, neurons): dense (N, C) as is; conv (N*H*W, C); tokens (N*T, D). Dtype kept."""
+    x = as_tensor(features)
+    lay = infer_layout(x, layout)
+    if lay == "dense":
+        return x
+    if lay == "conv":
+        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return x.reshape(-1, x.shape[2])
+
+
+def to_flat(features: Any, layout: str | None = None) -> torch.Tensor:
+    """(N, everything else): one row per input, for kernels over inputs (CKA)."""
+    x = as_tensor(features)
+    infer_layout(x, layout)
+    return x.reshape(x.shape[0], -1)
+
+
+def to_sites(features: Any, layout: str | None = None) -> torch.Tensor:
+    """(N, S, C): per input, S positions (pixels or tokens; 1 for dense) times C neurons."""
+    x = as_tensor(features)
+    lay = infer_layout(x, layout)
+    if lay == "dense":
+        return x.unsqueeze(1)
+    if lay == "conv":
+        return x.flatten(2).transpose(1, 2)
+    return x
+
+
+def check_same_n(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ShapeError(
+            f"X has {x.shape[0]} samples and Y has {y.shape[0]}: both representations must come "
+            "from the same inputs, in the same order"
+        )
+
+
+def match_positions(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    upsample: bool = False,
+    layout_x: str | None = None,
+    layout_y: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make conv spatial sizes (or token counts) equal so rows of ``to_matrix`` correspond.
+
+    Differing sizes are an error unless ``upsample=True``, which upsamples the smaller map by
+    nearest neighbour to the larger one, as the paper does (sizes must then divide evenly, e.g.
+    8x8 -> 16x16). Token counts must always match.
+    """
+    lx, ly = infer_layout(x, layout_x), infer_layout(y, layout_y)
+    check_same_n(x, y)
+    if lx != ly:
+        raise ShapeError(
+            f"cannot compare a {lx} layout {tuple(x.shape)} with a {ly} layout "
+            f"{tuple(y.shape)} position by position; use CKA, which compares inputs"
+        )
+    if lx == "tokens" and x.shape[1] != y.shape[1]:
+        raise ShapeError(f"token counts differ: {x.shape[1]} vs {y.shape[1]}")
+    if lx != "conv" or x.shape[2:] == y.shape[2:]:
+        return x, y
+    if not upsample:
+        raise ShapeError(
+            f"spatial sizes differ: {tuple(x.shape[2:])} vs {tuple(y.shape[2:])}; pass "
+            "upsample=True to upsample the smaller map by nearest neighbour (the paper's choice)"
+        )
+    big = (max(x.shape[2], y.shape[2]), max(x.shape[3], y.shape[3]))
+    for s in (x.shape[2:], y.shape[2:]):
+        if big[0] % s[0] or big[1] % s[1]:
+            raise ShapeError(
+                f"cannot upsample {tuple(s)} to {big} by an integer factor; crop or pool first"
+            )
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        if tuple(t.shape[2:]) == big:
+            return t
+        src = t if t.is_floating_point() else t.double()
+        return F.interpolate(src, size=big, mode="nearest")
+
+    return up(x), up(y)
+
+
+def pad_columns(m: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad a (rows, C) matrix to ``width`` columns (the paper pads the smaller layer)."""
+    if m.shape[1] == width:
+        return m
+    return F.pad(m, (0, width - m.shape[1]))
+
+
+def f64(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float64)

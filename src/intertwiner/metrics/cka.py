@@ -1,0 +1,237 @@
+"""Centered kernel alignment (CKA), linear and RBF, biased and debiased.
+
+Samples are the N inputs: a conv feature (N, C, H, W) is compared as N vectors of length C*H*W, so
+layers of different widths and spatial sizes can be compared. CKA = HSIC(K, L) / sqrt(HSIC(K, K)
+HSIC(L, L)) for N x N kernels K (of X) and L (of Y).
+
+- biased: HSIC_0 = tr(K H L H) (the 1/(n-1)^2 factor cancels in CKA).
+- debiased: the unbiased HSIC_1 of Song et al. (2012), as in paper.md section 6:
+  ``HSIC_1 = [tr(K~L~) + (1'K~1)(1'L~1)/((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))`` with K~ the
+  kernel with its diagonal set to zero.
+
+Linear CKA with N larger than the widths uses the feature-space form (memory O(C^2), not O(N^2));
+the same sufficient statistics drive the streaming accumulator, so both agree to round-off.
+A constant representation has no variance, so CKA is 0/0: we warn and return 0.0, never NaN.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from intertwiner.errors import TooFewSamplesError
+from intertwiner.metrics._groups import declare, subgroups
+from intertwiner.metrics._prep import check_same_n, f64, to_flat, validate
+
+_ORTHOGONAL = subgroups("orthogonal")
+# Relative size below which a self-HSIC counts as zero (a constant representation).
+_DEGENERATE = 1e-12
+
+
+def min_samples(debiased: bool) -> int:
+    return 4 if debiased else 2
+
+
+def check_samples(n: int, debiased: bool) -> None:
+    need = min_samples(debiased)
+    if n < need:
+        what = "the debiased (unbiased HSIC) estimator" if debiased else "CKA"
+        raise TooFewSamplesError(
+            f"{what} needs at least {need} samples, got {n}; pass more inputs"
+            + (" or use debiased=False" if debiased else "")
+        )
+
+
+def hsic1_from_terms(tr_kl: Any, sum_k: Any, sum_l: Any, sum_kl: Any, n: int) -> Any:
+    """Unbiased HSIC_1 from tr(K~L~), 1'K~1, 1'L~1 and 1'K~L~1 (paper.md section 6)."""
+    return (tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * sum_kl) / (n * (n - 3))
+
+
+def hsic_gram(k: torch.Tensor, l: torch.Tensor, *, debiased: bool = False) -> float:
+    """HSIC of two N x N kernel matrices: biased tr(KHLH)/(n-1)^2, or the unbiased HSIC_1."""
+    n = k.shape[0]
+    check_samples(n, debiased)
+    k, l = f64(k), f64(l)
+    if not debiased:
+        kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+        return float((kc * l).sum()) / (n - 1) ** 2
+    kt = k.clone()
+    lt = l.clone()
+    kt.fill_diagonal_(0.0)
+    lt.fill_diagonal_(0.0)
+    return float(hsic1_from_terms((kt * lt).sum(), kt.sum(), lt.sum(), kt.sum(1) @ lt.sum(1), n))
+
+
+def cka_from_hsic(xy: float, xx: float, yy: float) -> float:
+    """CKA from the three HSICs; 0.0 with a warning when a representation is constant."""
+    scale = max(abs(xx), abs(yy), 1e-300)
+    if xx <= _DEGENERATE * scale or yy <= _DEGENERATE * scale or xx <= 0 or yy <= 0:
+        warnings.warn(
+            "CKA of a (numerically) constant representation is undefined; returning 0.0",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return 0.0
+    return float(xy / (xx * yy) ** 0.5)
+
+
+def gram_cka(k: torch.Tensor, l: torch.Tensor, *, debiased: bool = False) -> float:
+    """CKA of two N x N kernel matrices."""
+    return cka_from_hsic(
+        hsic_gram(k, l, debiased=debiased),
+        hsic_gram(k, k, debiased=debiased),
+        hsic_gram(l, l, debiased=debiased),
+    )
+
+
+@dataclass
+class LinearCKAStats:
+    """Sufficient statistics of linear CKA, additive over samples; memory O(p^2 + q^2 + pq).
+
+    Rows are shifted by a fixed vector (the first batch's mean) before accumulation: CKA (biased
+    with explicit centring, and the unbiased HSIC_1) is translation invariant, and the shift keeps
+    round-off small.
+    """
+
+    n: int = 0
+    shift_x: torch.Tensor | None = None
+    shift_y: torch.Tensor | None = None
+    gxy: torch.Tensor | None = None
+    gxx: torch.Tensor | None = None
+    gyy: torch.Tensor | None = None
+    sx: torch.Tensor | None = None
+    sy: torch.Tensor | None = None
+    # Debiased terms: a_i = |x_i|^2, b_i = |y_i|^2.
+    scal: dict[str, float] = field(default_factory=dict)
+    vec: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add rows: x (b, p) and y (b, q), float64."""
+        if self.shift_x is None:
+            self.shift_x, self.shift_y = x.mean(0), y.mean(0)
+            p, q = x.shape[1], y.shape[1]
+            z = dict(dtype=torch.float64, device=x.device)
+            self.gxy, self.gxx, self.gyy = (
+                torch.zeros(p, q, **z),
+                torch.zeros(p, p, **z),
+                torch.zeros(q, q, **z),
+            )
+            self.sx, self.sy = torch.zeros(p, **z), torch.zeros(q, **z)
+            for k in ("a", "b", "aa", "bb", "ab"):
+                self.scal[k] = 0.0
+            self.vec = {
+                "xa": torch.zeros(p, **z),
+                "xb": torch.zeros(p, **z),
+                "ya": torch.zeros(q, **z),
+                "yb": torch.zeros(q, **z),
+            }
+        x = x - self.shift_x
+        y = y - self.shift_y
+        self.n += x.shape[0]
+        self.gxy += x.T @ y
+        self.gxx += x.T @ x
+        self.gyy += y.T @ y
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        a = (x * x).sum(1)
+        b = (y * y).sum(1)
+        self.scal["a"] += float(a.sum())
+        self.scal["b"] += float(b.sum())
+        self.scal["aa"] += float(a @ a)
+        self.scal["bb"] += float(b @ b)
+        self.scal["ab"] += float(a @ b)
+        self.vec["xa"] += a @ x
+        self.vec["xb"] += b @ x
+        self.vec["ya"] += a @ y
+        self.vec["yb"] += b @ y
+
+    def cka(self, debiased: bool) -> float:
+        n = self.n
+        check_samples(n, debiased)
+        if not debiased:
+            cxy = self.gxy - torch.outer(self.sx, self.sy) / n
+            cxx = self.gxx - torch.outer(self.sx, self.sx) / n
+            cyy = self.gyy - torch.outer(self.sy, self.sy) / n
+            return cka_from_hsic(
+                float((cxy * cxy).sum()), float((cxx * cxx).sum()), float((cyy * cyy).sum())
+            )
+        s, v = self.scal, self.vec
+        sx, sy = self.sx, self.sy
+        xy = hsic1_from_terms(
+            float((self.gxy * self.gxy).sum()) - s["ab"],
+            float(sx @ sx) - s["a"],
+            float(sy @ sy) - s["b"],
+            float(sx @ self.gxy @ sy) - float(v["xb"] @ sx) - float(v["ya"] @ sy) + s["ab"],
+            n,
+        )
+        xx = hsic1_from_terms(
+            float((self.gxx * self.gxx).sum()) - s["aa"],
+            float(sx @ sx) - s["a"],
+            float(sx @ sx) - s["a"],
+            float(sx @ self.gxx @ sx) - 2 * float(v["xa"] @ sx) + s["aa"],
+            n,
+        )
+        yy = hsic1_from_terms(
+            float((self.gyy * self.gyy).sum()) - s["bb"],
+            float(sy @ sy) - s["b"],
+            float(sy @ sy) - s["b"],
+            float(sy @ self.gyy @ sy) - 2 * float(v["yb"] @ sy) + s["bb"],
+            n,
+        )
+        return cka_from_hsic(xy, xx, yy)
+
+
+def _prepare(x: Any, y: Any, debiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    xt, yt = validate(x, "X"), validate(y, "Y")
+    check_same_n(xt, yt)
+    check_samples(xt.shape[0], debiased)
+    xf, yf = f64(to_flat(xt)), f64(to_flat(yt))
+    return xf - xf.mean(0), yf - yf.mean(0)
+
+
+def _median_sigma(sq: torch.Tensor) -> float:
+    n = sq.shape[0]
+    iu = torch.triu_indices(n, n, offset=1, device=sq.device)
+    d = sq[iu[0], iu[1]]
+    med = float(d.median())
+    if med <= 0:
+        pos = d[d > 0]
+        med = float(pos.mean()) if pos.numel() else 1.0
+    return med**0.5
+
+
+def rbf_kernel(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+    """exp(-|x_i - x_j|^2 / (2 sigma^2)); sigma defaults to sqrt(median squared distance)."""
+    sq = torch.cdist(x, x).pow(2)
+    s = _median_sigma(sq) if sigma is None else float(sigma)
+    return torch.exp(-sq / (2.0 * s * s))
+
+
+@declare(_ORTHOGONAL)
+def cka(
+    X: Any,
+    Y: Any,
+    *,
+    kernel: str = "linear",
+    debiased: bool = False,
+    sigma: float | None = None,
+) -> float:
+    """CKA similarity (1 = same up to rotation and scale) of X and Y, each (N, ...) over N inputs.
+
+    ``kernel="linear"`` or ``"rbf"`` (``sigma=None``: sqrt of the median squared distance).
+    ``debiased=True`` uses the unbiased HSIC_1 and needs N >= 4. Computed in float64.
+    """
+    xc, yc = _prepare(X, Y, debiased)
+    n, p, q = xc.shape[0], xc.shape[1], yc.shape[1]
+    if kernel == "rbf":
+        return gram_cka(rbf_kernel(xc, sigma), rbf_kernel(yc, sigma), debiased=debiased)
+    if kernel != "linear":
+        raise ValueError(f"unknown kernel {kernel!r}; use 'linear' or 'rbf'")
+    if p * p + q * q + p * q <= n * (p + q):  # feature space is the cheaper form
+        stats = LinearCKAStats()
+        stats.update(xc, yc)
+        return stats.cka(debiased)
+    return gram_cka(xc @ xc.T, yc @ yc.T, debiased=debiased)

@@ -1,0 +1,222 @@
+"""Procrustes distances modulo a group acting on the neuron axis.
+
+Features become (rows, neurons) matrices with ``to_matrix`` (conv: one row per image and pixel), so
+X and Y need the same rows: same inputs, same spatial size (``upsample=True`` upsamples the smaller
+map by nearest neighbour, as the paper does). Differing neuron counts are zero-padded to the larger
+one, as the paper does. Nothing is centred unless ``center=True`` (the paper does not centre).
+
+Everything reduces to the neuron cross matrix M = X'Y and the neuron norms:
+
+- ``orthogonal``: best alignment = nuclear norm of M (SVD).
+- ``permutation``: optimal assignment (Hungarian) maximising sum_i M[i, pi(i)].
+- ``signed_permutation`` (tanh): assignment on |M|, each matched pair taking the sign of M.
+- ``positive_monomial`` (G_ReLU): each neuron unit-normalised first (this quotients out the
+  positive scales), then a permutation assignment; the paper's G_ReLU-Procrustes.
+- ``monomial``: unit-normalised neurons, then a signed assignment.
+
+With X^, Y^ the normalised matrices (unit Frobenius norm; monomial groups: unit neurons, then unit
+Frobenius norm) and g* the best group element, ``procrustes_distance`` is
+
+- ``kind="angular"`` (default): arccos <X^, Y^ g*> in [0, pi] (a metric on orbits);
+- ``kind="euclidean"``: |X^ - Y^ g*|_F = sqrt(2 - 2 cos) in [0, 2].
+
+``procrustes_similarity`` is the paper's number: 1 - d with d = 1/2 sqrt(2 - 2 |X^'Y^|_*) for
+orthogonal (and the other isometry groups) and d = sqrt(d^2 / (4 C)) with d^2 = |H1^|^2 + |H2^|^2 -
+2 sum_i C_{i pi(i)} for G_ReLU (C = padded neuron count; dead neurons count as zero vectors).
+Without dead or padded neurons it equals 1 - procrustes_distance(kind="euclidean") / 2.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from intertwiner.errors import UnsupportedGroupError
+from intertwiner.metrics._groups import declare, family_name, subgroups
+from intertwiner.metrics._prep import f64, match_positions, to_matrix, validate
+
+GROUPS = ("orthogonal", "permutation", "signed_permutation", "positive_monomial", "monomial")
+_PER_NEURON = {"positive_monomial", "monomial"}
+_SIGNED = {"signed_permutation", "monomial"}
+KINDS = ("angular", "euclidean")
+
+
+def procrustes_group(group: Any) -> str:
+    """The family a Procrustes metric quotients out; a clear error for GL."""
+    name = family_name(group)
+    if name == "general_linear":
+        raise UnsupportedGroupError(
+            "Procrustes modulo GL(n) is degenerate (any full-rank representations align); the "
+            "identity activation's group is GL(n), so compare such layers with cka(...) "
+            "(invariant to orthogonal maps) or a CCA-type similarity instead"
+        )
+    if name not in GROUPS:
+        raise UnsupportedGroupError(f"no Procrustes metric for group {name!r}; use one of {GROUPS}")
+    return name
+
+
+def invariant_families(group: Any) -> tuple[str, ...]:
+    """Families a Procrustes metric for ``group`` is invariant to (the group and its subgroups)."""
+    return subgroups(procrustes_group(group))
+
+
+@dataclass
+class ProcrustesStats:
+    """Additive sufficient statistics: M = X'Y, neuron sums of squares and sums, row count."""
+
+    n: int = 0
+    gxy: torch.Tensor | None = None
+    xsq: torch.Tensor | None = None
+    ysq: torch.Tensor | None = None
+    xsum: torch.Tensor | None = None
+    ysum: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add rows of x (b, p) and y (b, q), float64."""
+        gxy = x.T @ y
+        xsq = torch.linalg.vector_norm(x, dim=0).square()
+        ysq = torch.linalg.vector_norm(y, dim=0).square()
+        xs, ys = x.sum(0), y.sum(0)
+        if self.gxy is None:
+            self.gxy, self.xsq, self.ysq, self.xsum, self.ysum = gxy, xsq, ysq, xs, ys
+        else:
+            self.gxy += gxy
+            self.xsq += xsq
+            self.ysq += ysq
+            self.xsum += xs
+            self.ysum += ys
+        self.n += x.shape[0]
+
+    def _centred(self, center: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not center:
+            return self.gxy, self.xsq, self.ysq
+        n = self.n
+        return (
+            self.gxy - torch.outer(self.xsum, self.ysum) / n,
+            (self.xsq - self.xsum.square() / n).clamp_min(0.0),
+            (self.ysq - self.ysum.square() / n).clamp_min(0.0),
+        )
+
+    def alignment(self, group: str, center: bool = False) -> tuple[float, float, float, int]:
+        """(best <X, Y g>, |X|^2, |Y|^2, padded width) after per-neuron normalisation if needed."""
+        m, xsq, ysq = self._centred(center)
+        width = max(m.shape)
+        if group in _PER_NEURON:
+            # Unit-normalise each neuron; dead (zero) neurons stay zero vectors instead of NaN.
+            xn, yn = xsq.sqrt(), ysq.sqrt()
+            ix = torch.where(xn > 0, 1.0 / xn.clamp_min(1e-300), torch.zeros_like(xn))
+            iy = torch.where(yn > 0, 1.0 / yn.clamp_min(1e-300), torch.zeros_like(yn))
+            m = m * ix[:, None] * iy[None, :]
+            nx, ny = float((xn > 0).sum()), float((yn > 0).sum())
+        else:
+            nx, ny = float(xsq.sum()), float(ysq.sum())
+        return best_alignment(m, group, width), nx, ny, width
+
+
+def best_alignment(m: torch.Tensor, group: str, width: int | None = None) -> float:
+    """max over g in the group (zero-padded to ``width``) of <X, Y g> = tr(g' M)-type sums."""
+    if group == "orthogonal":
+        return float(torch.linalg.svdvals(m).sum())
+    width = width or max(m.shape)
+    gain = m.abs() if group in _SIGNED else m
+    # Pad to square, as the paper zero-pads neurons: a neuron may match a padded one with gain 0.
+    g = np.zeros((width, width))
+    g[: m.shape[0], : m.shape[1]] = gain.cpu().numpy()
+    rows, cols = linear_sum_assignment(g, maximize=True)
+    return float(g[rows, cols].sum())
+
+
+def _degenerate(nx: float, ny: float) -> bool:
+    if nx <= 0 or ny <= 0:
+        warnings.warn(
+            "Procrustes of an all-zero representation is undefined; treating it as orthogonal "
+            "to the other (cos = 0)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return True
+    return False
+
+
+def distance_from_stats(
+    stats: ProcrustesStats, group: str, kind: str = "angular", center: bool = False
+) -> float:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
+    gain, nx, ny, _ = stats.alignment(group, center)
+    cos = 0.0 if _degenerate(nx, ny) else min(max(gain / math.sqrt(nx * ny), -1.0), 1.0)
+    if kind == "angular":
+        return math.acos(cos)
+    return math.sqrt(max(2.0 - 2.0 * cos, 0.0))
+
+
+def similarity_from_stats(stats: ProcrustesStats, group: str, center: bool = False) -> float:
+    gain, nx, ny, width = stats.alignment(group, center)
+    if group in _PER_NEURON:
+        d2 = max(nx + ny - 2.0 * gain, 0.0)
+        return 1.0 - math.sqrt(d2 / (4.0 * width))
+    cos = 0.0 if _degenerate(nx, ny) else gain / math.sqrt(nx * ny)
+    return 1.0 - 0.5 * math.sqrt(max(2.0 - 2.0 * cos, 0.0))
+
+
+def prepare_rows(
+    X: Any, Y: Any, *, upsample: bool = False, layout: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated float64 (rows, neurons) matrices of X and Y with matching rows."""
+    xt, yt = validate(X, "X", layout), validate(Y, "Y", layout)
+    xt, yt = match_positions(xt, yt, upsample=upsample, layout_x=layout, layout_y=layout)
+    return f64(to_matrix(xt, layout)), f64(to_matrix(yt, layout))
+
+
+def _stats(X: Any, Y: Any, upsample: bool, layout: str | None) -> ProcrustesStats:
+    x, y = prepare_rows(X, Y, upsample=upsample, layout=layout)
+    stats = ProcrustesStats()
+    stats.update(x, y)  # unequal widths: best_alignment zero-pads the cross matrix
+    return stats
+
+
+@declare(subgroups("orthogonal"))
+def procrustes_distance(
+    X: Any,
+    Y: Any,
+    *,
+    group: Any = "orthogonal",
+    kind: str = "angular",
+    center: bool = False,
+    upsample: bool = False,
+    layout: str | None = None,
+) -> float:
+    """Procrustes distance between X and Y modulo ``group`` acting on the neuron axis.
+
+    X, Y: (N, C), (N, C, H, W) or (N, T, D) over the same N inputs. ``group``: a family name in
+    ``GROUPS`` or an IntertwinerGroup (mapped to the family of phi(G)). 0 for identical inputs.
+    Invariant to the group (see ``invariant_families(group)``); ``.invariant_to`` is for the default.
+    """
+    g = procrustes_group(group)
+    return distance_from_stats(_stats(X, Y, upsample, layout), g, kind, center)
+
+
+@declare(subgroups("orthogonal"))
+def procrustes_similarity(
+    X: Any,
+    Y: Any,
+    *,
+    group: Any = "orthogonal",
+    center: bool = False,
+    upsample: bool = False,
+    layout: str | None = None,
+) -> float:
+    """The paper's Procrustes similarity 1 - d (paper.md section 6), in [1 - sqrt(2)/2, 1].
+
+    ``group="positive_monomial"`` is the paper's G_ReLU-Procrustes, ``"orthogonal"`` its orthogonal
+    Procrustes; the other groups follow the same convention (isometry groups like orthogonal,
+    monomial like G_ReLU).
+    """
+    g = procrustes_group(group)
+    return similarity_from_stats(_stats(X, Y, upsample, layout), g, center)

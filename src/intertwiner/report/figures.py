@@ -1,0 +1,273 @@
+"""Matplotlib figures (Agg) for the report; each takes store rows and returns a Figure or None.
+
+Aggregation helpers (``stitch_table``, ``metric_means``, ...) are shared with the comparison table.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from intertwiner.store import Row  # noqa: E402
+
+METRIC_LABELS = {
+    "cka": "linear CKA",
+    "grelu_cka": "G_ReLU-CKA",
+    "orthogonal_procrustes": "orthogonal Procrustes sim.",
+    "grelu_procrustes": "G_ReLU Procrustes sim.",
+}
+
+
+def to_png_base64(fig, dpi: int = 90) -> str:
+    """PNG bytes of ``fig``, base64 encoded; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+
+
+# -- aggregation ---------------------------------------------------------------------------------
+def stitch_table(rows: list[Row]) -> dict:
+    """arch -> layer label -> site index -> list of penalties (accuracy points)."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        out[r.config["arch"]][r.config["layer_label"]][r.config["site_index"]].append(
+            _points(r.metrics["penalty"])
+        )
+    return out
+
+
+def _points(x: float | None) -> float | None:
+    """Penalties in accuracy points; the library reports accuracies as fractions in [0, 1]."""
+    return None if x is None else 100.0 * x
+
+
+def metric_means(rows: list[Row]) -> dict:
+    """arch -> metric -> (sites, mean matrix, std matrix, n pairs) averaged over pairs."""
+    by: dict = defaultdict(list)
+    for r in rows:
+        by[r.config["arch"]].append(r)
+    out: dict = {}
+    for arch, rs in by.items():
+        sites = rs[0].metrics["sites"]
+        out[arch] = {}
+        for m in rs[0].config["metrics"]:
+            mats = [
+                np.array([[np.nan if v is None else v for v in row] for row in r.metrics[m]], float)
+                for r in rs
+                if m in r.metrics
+            ]
+            if not mats:
+                continue
+            stack = np.stack(mats)
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(stack, axis=0) if np.isfinite(stack).any() else stack[0]
+                std = np.nanstd(stack, axis=0)
+            out[arch][m] = (sites, mean, std, len(mats))
+    return out
+
+
+# -- figures -------------------------------------------------------------------------------------
+def stitching_figure(rows: list[Row]):
+    """Bars of the stitching penalty per site, one group per layer kind, error bars = std."""
+    table = stitch_table(rows)
+    if not table:
+        return None
+    archs = sorted(table)
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.4), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        kinds = sorted(table[arch])
+        sites = sorted({s for k in kinds for s in table[arch][k]})
+        width = 0.8 / max(1, len(kinds))
+        for j, k in enumerate(kinds):
+            stats = [mean_std(table[arch][k].get(s, [])) for s in sites]
+            ax.bar(
+                np.arange(len(sites)) + (j - (len(kinds) - 1) / 2) * width,
+                [m for m, _, _ in stats],
+                width,
+                yerr=[sd for _, sd, _ in stats],
+                capsize=2,
+                label=k,
+            )
+        ax.set_xticks(range(len(sites)), [f"site {s}" for s in sites])
+        ax.set_title(arch)
+        ax.set_ylabel("penalty (accuracy points)")
+        ax.axhline(0, color="k", lw=0.5)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(arch: str, means: dict):
+    """One heatmap per metric (mean over pairs), rows = model a sites, columns = model b sites."""
+    names = [m for m in METRIC_LABELS if m in means]
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], names):
+        sites, mean, _, n = means[m]
+        im = ax.imshow(mean, vmin=0, vmax=1, cmap="viridis")
+        for i in range(mean.shape[0]):
+            for j in range(mean.shape[1]):
+                if np.isfinite(mean[i, j]) and mean.shape[0] <= 8:
+                    ax.text(
+                        j,
+                        i,
+                        f"{mean[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="w" if mean[i, j] < 0.6 else "k",
+                    )
+        ax.set_title(f"{METRIC_LABELS[m]}\n({n} pair{'s' * (n != 1)})", fontsize=8)
+        ax.set_xticks(range(len(sites)), range(len(sites)), fontsize=6)
+        ax.set_yticks(range(len(sites)), range(len(sites)), fontsize=6)
+        ax.set_xlabel("site of model b", fontsize=7)
+        ax.set_ylabel("site of model a", fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.7)
+    fig.suptitle(arch, fontsize=9)
+    return fig
+
+
+def diagonal_figure(all_means: dict):
+    """Same-layer similarity against depth, every metric, one panel per architecture."""
+    archs = sorted(all_means)
+    if not archs:
+        return None
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.2), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for m, (_sites, mean, std, _) in all_means[arch].items():
+            d, s = np.diag(mean), np.diag(std)
+            ax.errorbar(range(len(d)), d, yerr=s, marker="o", capsize=2, label=METRIC_LABELS[m])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(arch)
+        ax.set_xlabel("site (depth)")
+        ax.set_ylabel("same-layer similarity")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def groups_figure(rows: list[Row]):
+    """Relative verification error of each activation's group against the next larger family."""
+    if not rows:
+        return None
+    names = [r.metrics["activation"] for r in rows]
+    own = [max(r.metrics.get("verify_error_float64") or 0.0, 1e-17) for r in rows]
+    larger = [r.metrics.get("larger_family_error") for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, own, 0.4, label="tabulated group (must be ~0)")
+    ax.bar(x + 0.2, [v if v else np.nan for v in larger], 0.4, label="next larger family")
+    ax.set_yscale("log")
+    ax.set_xticks(x, names, rotation=30, fontsize=8)
+    ax.set_ylabel("relative error")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sanity_figure(rows: list[Row]):
+    """Rotation penalty per layer: G_ReLU vs orthogonal, one panel per activation."""
+    if not rows:
+        return None
+    by: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        c = r.config
+        by[c["activation"]][c["group"]][c["layer"]].append(_points(r.metrics["penalty"]))
+    acts = sorted(by)
+    fig, axes = plt.subplots(1, len(acts), figsize=(3.6 * len(acts), 3.2), squeeze=False)
+    for ax, act in zip(axes[0], acts):
+        groups = sorted(by[act])
+        layers = sorted({lay for g in groups for lay in by[act][g]})
+        for j, g in enumerate(groups):
+            stats = [mean_std(by[act][g].get(lay, [])) for lay in layers]
+            ax.bar(
+                np.arange(len(layers)) + (j - 0.5) * 0.4,
+                [m for m, _, _ in stats],
+                0.4,
+                yerr=[s for _, s, _ in stats],
+                capsize=2,
+                label=g,
+            )
+        ax.set_xticks(range(len(layers)), [f"conv {lay}" for lay in layers])
+        ax.set_title(act)
+        ax.set_ylabel("rotation penalty (points)")
+        ax.axhline(0, color="k", lw=0.5)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def dissection_table(rows: list[Row]) -> dict:
+    """layer -> {"powers", "power_counts" (list per model), "identity", "group", "orthogonal"}."""
+    out: dict = {}
+    for r in rows:
+        m = r.metrics
+        d = out.setdefault(
+            m["layer"],
+            {
+                "powers": m["powers"],
+                "power_counts": [],
+                "identity": [],
+                "group": [],
+                "orthogonal": [],
+                "n_units": m["n_units"],
+                "group_name": m["group"],
+            },
+        )
+        d["power_counts"].append(m["power_counts"])
+        d["identity"].append(m["counts"].get("identity"))
+        d["group"].append(m["counts"].get(m["group"]))
+        d["orthogonal"] += [v for k, v in m["counts"].items() if k.startswith("orthogonal")]
+    return out
+
+
+def dissection_figure(rows: list[Row]):
+    """Interpretable units against the rotation power (0 = neuron basis, 1 = a Haar rotation)."""
+    table = dissection_table(rows)
+    if not table:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for j, (layer, d) in enumerate(sorted(table.items())):
+        counts = np.array(d["power_counts"], dtype=float)
+        color = f"C{j}"
+        ax.errorbar(
+            d["powers"],
+            counts.mean(0),
+            yerr=counts.std(0),
+            marker="o",
+            capsize=2,
+            color=color,
+            label=f"{layer} ({d['n_units']} units): rotation power",
+        )
+        ax.plot(
+            [1.0],
+            [np.mean(d["group"])],
+            marker="*",
+            ms=11,
+            color=color,
+            ls="none",
+            label=f"{layer}: random {d['group_name']} element",
+        )
+    ax.set_xlabel("rotation power t (basis R^t)")
+    ax.set_ylabel("interpretable units")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig

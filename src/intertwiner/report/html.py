@@ -1,0 +1,257 @@
+"""The self-contained HTML report of a run folder (figures embedded as base64 PNG)."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from intertwiner.report import figures as F
+from intertwiner.report.compare import comparison
+from intertwiner.report.paper_numbers import SOURCE
+from intertwiner.store import Row, open_existing
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;
+max-width:1100px;padding:0 16px 40px;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:2em}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}
+img{max-width:100%;height:auto;display:block;margin:8px 0}
+pre{white-space:pre-wrap;word-break:break-all;background:#f7f7f7;padding:8px;font-size:12px}
+.note{background:#fff7e0;border-left:4px solid #e0a800;padding:6px 10px;margin:8px 0}
+.bad{color:#b00020;font-weight:600}.good{color:#1b7f3b;font-weight:600}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _table(rows: list[dict], cols: list[str] | None = None) -> str:
+    if not rows:
+        return "<p><em>no rows</em></p>"
+    cols = cols or list(rows[0])
+    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows
+    )
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if v in ("DIFFERS", "does not hold"):
+        return f'<span class="bad">{_e(v)}</span>'
+    if v in ("agrees", "holds"):
+        return f'<span class="good">{_e(v)}</span>'
+    return _e("" if v is None else v)
+
+
+def _img(fig, alt: str) -> str:
+    if fig is None:
+        return ""
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{F.to_png_base64(fig)}">'
+
+
+def _zoo_table(rows: list[Row]) -> list[dict]:
+    by: dict = defaultdict(list)
+    for r in rows:
+        c = r.config
+        by[
+            (c.get("role", "zoo"), c["arch"], c["activation"], c.get("data", {}).get("name", ""))
+        ].append(r)
+    out = []
+    for (role, arch, act, data), rs in sorted(by.items()):
+        te = F.mean_std([100 * r.metrics["test_accuracy"] for r in rs])
+        va = F.mean_std([100 * r.metrics["val_accuracy"] for r in rs])
+        out.append(
+            {
+                "role": role,
+                "arch": arch,
+                "activation": act,
+                "data": data,
+                "models": len(rs),
+                "test acc % (mean ± std)": f"{te[0]:.2f} ± {te[1]:.2f}",
+                "val acc %": f"{va[0]:.2f} ± {va[1]:.2f}",
+                "parameters": rs[0].metrics.get("parameters"),
+                "epochs": rs[0].config["train"].get("epochs"),
+                "train s (mean)": f"{F.mean_std([r.metrics['train_seconds'] for r in rs])[0]:.1f}",
+            }
+        )
+    return out
+
+
+def _stitch_rows(rows: list[Row]) -> list[dict]:
+    out = []
+    for arch, kinds in sorted(F.stitch_table(rows).items()):
+        for kind, sites in sorted(kinds.items()):
+            for s, vals in sorted(sites.items()):
+                m, sd, n = F.mean_std(vals)
+                out.append(
+                    {
+                        "arch": arch,
+                        "layer kind": kind,
+                        "site": s,
+                        "pairs": n,
+                        "penalty (points)": f"{m:.2f} ± {sd:.2f}",
+                    }
+                )
+    return out
+
+
+def render(folder: str | os.PathLike) -> str:
+    """The report HTML of the run in ``folder`` (reads only the results store)."""
+    store = open_existing(folder)
+    meta = store.meta()
+    run = meta.get("run", {})
+    stages = meta.get("stages", [])
+    rows_by_kind = {k: store.rows(k) for k in store.kinds()}
+    parts = [f"<h1>intertwiner reproduce: {_e(Path(folder).resolve().name)}</h1>"]
+    parts.append(
+        f"<p>Preset <b>{_e(run.get('preset'))}</b>, data <b>{_e(run.get('data') or 'preset default')}"
+        f"</b>, executor <code>{_e(json.dumps(run.get('executor')))}</code>. "
+        f"{len(store)} finished jobs. Report built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
+        "</p>"
+    )
+    parts.append(
+        '<p class="note">Scale caveat: the CPU presets train small models for a few epochs on '
+        "5,000 MNIST images (or sklearn digits); the paper trains full-size models for 50 epochs "
+        "on CIFAR-10 (100 seeds, 16-32 pairs). Compare the <em>direction</em> of effects, not the "
+        "absolute numbers.</p>"
+    )
+    # Stage status, with every stage that did not run and why.
+    st_rows = []
+    for s in stages:
+        notes = list(s.get("notes", []))
+        for f in s.get("failed", [])[:3]:
+            notes.append("failed job: " + f["error"].splitlines()[-1] if f["error"] else "failed")
+        if len(s.get("failed", [])) > 3:
+            notes.append(f"... and {len(s['failed']) - 3} more failed jobs")
+        st_rows.append(
+            {
+                "stage": s["stage"],
+                "what": s.get("description", ""),
+                "status": s.get("status"),
+                "jobs": s.get("jobs"),
+                "resumed (already done)": s.get("skipped_done", ""),
+                "notes": "; ".join(notes),
+            }
+        )
+    parts += ["<h2>Stages</h2>", _table(st_rows)]
+
+    parts += [
+        "<h2>Our numbers beside the paper's</h2>",
+        f"<p>Paper: {_e(SOURCE)}. mCNN = our <code>myrtle_cnn</code> (narrow, on MNIST). "
+        "Difference = ours − paper, in the quantity's units (accuracy points or "
+        "similarity). Penalties = mean clean accuracy − stitched/rotated accuracy.</p>",
+        _table(comparison(rows_by_kind)),
+    ]
+    absent = [
+        label
+        for kind, label in (
+            ("sanity", "3.3 sanity test"),
+            ("stitching", "4 stitching"),
+            ("metrics", "5 metrics"),
+            ("dissection", "6 dissection"),
+        )
+        if kind not in rows_by_kind
+    ]
+    if absent:
+        parts.append(
+            f'<p class="note">Not measured in this run: {_e(", ".join(absent))} '
+            "(see Stages for why).</p>"
+        )
+
+    g = rows_by_kind.get("group_table", [])
+    if g:
+        cols = [
+            "activation",
+            "group",
+            "family",
+            "phi",
+            "verify_error_float64",
+            "verify_error_float32",
+            "larger_family_error",
+            "discovered_family",
+            "discover_agrees",
+        ]
+        parts += [
+            "<h2>Table 1: intertwiner groups</h2>",
+            _table([{c: r.metrics.get(c) for c in cols} for r in g]),
+            _img(F.groups_figure(g), "group verification errors"),
+        ]
+    z = rows_by_kind.get("zoo", [])
+    if z:
+        parts += ["<h2>Model zoo</h2>", _table(_zoo_table(z))]
+    s = rows_by_kind.get("stitching", [])
+    if s:
+        parts += [
+            "<h2>Section 4: stitching penalties</h2>",
+            "<p>Mean ± std over model pairs of (mean clean accuracy − stitched accuracy), "
+            "per activation site and stitching-layer kind.</p>",
+            _img(F.stitching_figure(s), "stitching penalties"),
+            _table(_stitch_rows(s)),
+        ]
+    m = rows_by_kind.get("metrics", [])
+    if m:
+        means = F.metric_means(m)
+        parts += [
+            "<h2>Section 5: representation similarity</h2>",
+            "<p>Layer × layer similarity between independently trained models (mean over "
+            "pairs), then the same-layer values against depth.</p>",
+        ]
+        parts += [_img(F.heatmap_figure(a, means[a]), f"heatmaps {a}") for a in sorted(means)]
+        parts.append(_img(F.diagonal_figure(means), "diagonals"))
+    sa = rows_by_kind.get("sanity", [])
+    if sa:
+        parts += [
+            "<h2>Section 3.3: rotation sanity test</h2>",
+            _img(F.sanity_figure(sa), "sanity test"),
+        ]
+    d = rows_by_kind.get("dissection", [])
+    if d:
+        parts += ["<h2>Section 6: dissection</h2>", _img(F.dissection_figure(d), "dissection")]
+
+    # Provenance.
+    timing = []
+    for kind, rs in rows_by_kind.items():
+        secs = [r.seconds or 0.0 for r in rs]
+        timing.append(
+            {
+                "kind": kind,
+                "rows": len(rs),
+                "job seconds (sum)": f"{sum(secs):.1f}",
+                "slowest job s": f"{max(secs):.1f}",
+            }
+        )
+    seeds = sorted({r.config["seed"] for r in z}) if z else []
+    parts += [
+        "<h2>Provenance</h2>",
+        _table(timing),
+        f"<p>Zoo seeds: {_e(seeds)}. Wall time of the last run: "
+        f"{_e(round(meta.get('last_run', {}).get('seconds', 0.0), 1))} s.</p>",
+        "<pre>" + _e(json.dumps(run, indent=1, default=str)) + "</pre>",
+    ]
+    body = "\n".join(p for p in parts if p)
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>intertwiner report</title><style>{CSS}</style></head><body>{body}</body></html>"
+    )
+
+
+def build_report(folder: str | os.PathLike) -> Path:
+    """Write ``folder/report.html`` atomically from the store and return its path."""
+    text = render(folder)
+    path = Path(folder) / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,159 @@
+"""Closed-form and matching solvers for stitch layers, from streamed feature statistics.
+
+``FeatureStats`` accumulates, in float64, the first and second moments of A's features ``x``
+(``c_in`` channels) and B's features ``y`` (``c_out`` channels) at a site, every spatial position or
+token counting as a sample. From them:
+
+- ``lstsq``: ridge least squares ``min ||M x + b - y||^2`` (the ``full`` init),
+- ``procrustes``: the nearest orthogonal map (the ``orthogonal`` init),
+- ``reduced_rank``: the best rank-r map (reduced-rank regression, the ``low_rank`` init),
+- ``diagonal``: per-unit least squares,
+- ``match``: the activation-matching solver for monomial kinds: Pearson correlation between every
+  unit of B and every unit of A, Hungarian assignment on it, then least-squares scales under the
+  kind's constraint (``>= 0`` for ``perm_scale``, signs for ``signed_perm``, 1 for ``permutation``).
+"""
+
+from __future__ import annotations
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
+
+
+def channels_last(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """``x`` with the channel axis moved last and every other axis flattened: ``(samples, C)``."""
+    return x.movedim(channel_dim, -1).reshape(-1, x.shape[channel_dim])
+
+
+class FeatureStats:
+    """Streaming float64 moments of paired features; ``update(x, y)`` takes ``(M, c_in), (M, c_out)``."""
+
+    def __init__(self, c_in: int, c_out: int, device: torch.device | str | None = None):
+        kw = dict(dtype=torch.float64, device=device)
+        self.n = 0
+        self.sx, self.sy = torch.zeros(c_in, **kw), torch.zeros(c_out, **kw)
+        self.sxx = torch.zeros(c_in, c_in, **kw)
+        self.syy = torch.zeros(c_out, c_out, **kw)
+        self.sxy = torch.zeros(c_in, c_out, **kw)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.shape[0] != y.shape[0]:
+            raise ShapeError(f"paired features need equal sample counts, got {x.shape}, {y.shape}")
+        x, y = x.to(self.sx), y.to(self.sy)
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            raise NonFiniteError("features contain NaN or Inf; check the models and the data")
+        self.n += x.shape[0]
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.sxx += x.T @ x
+        self.syy += y.T @ y
+        self.sxy += x.T @ y
+
+    def moments(self, center: bool) -> tuple[torch.Tensor, ...]:
+        """``(mx, my, Cxx, Cyy, Cxy)``: means and (centered if ``center``) second moments / n."""
+        if self.n < 2:
+            raise TooFewSamplesError(f"need at least 2 feature samples, got {self.n}")
+        mx, my = self.sx / self.n, self.sy / self.n
+        cxx, cyy, cxy = self.sxx / self.n, self.syy / self.n, self.sxy / self.n
+        if center:
+            cxx = cxx - torch.outer(mx, mx)
+            cyy = cyy - torch.outer(my, my)
+            cxy = cxy - torch.outer(mx, my)
+        return mx, my, cxx, cyy, cxy
+
+    def residual(self, m: torch.Tensor, b: torch.Tensor | None = None) -> float:
+        """Relative squared error ``E||M x + b - y||^2 / E||y||^2`` of the map ``(M, b)``."""
+        mx, my, cxx, cyy, cxy = self.moments(center=False)
+        m = m.to(cxx)
+        err = (m @ cxx @ m.T).trace() - 2 * (m @ cxy).trace() + cyy.trace()
+        if b is not None:
+            b = b.to(cxx)
+            err = err + 2 * b @ (m @ mx - my) + b @ b
+        return float(err.clamp(min=0) / cyy.trace().clamp(min=1e-300))
+
+
+def _bias(m: torch.Tensor, mx: torch.Tensor, my: torch.Tensor, center: bool):
+    return my - m @ mx if center else None
+
+
+def lstsq(stats: FeatureStats, *, bias: bool, ridge: float = 1e-4):
+    """``(M (c_out, c_in), b or None)`` minimising ``||M x + b - y||^2 + ridge * tr(Cxx)/c * ||M||^2``."""
+    mx, my, cxx, _, cxy = stats.moments(center=bias)
+    c = cxx.shape[0]
+    lam = ridge * cxx.trace().clamp(min=1e-300) / c
+    m = torch.linalg.solve(cxx + lam * torch.eye(c, dtype=cxx.dtype, device=cxx.device), cxy).T
+    return m, _bias(m, mx, my, bias)
+
+
+def procrustes(stats: FeatureStats, *, bias: bool):
+    """Orthogonal ``Q`` minimising ``||Q x + b - y||^2``: ``Q = U V^T`` for ``Cyx = U S V^T``."""
+    mx, my, _, _, cxy = stats.moments(center=bias)
+    u, _, vh = torch.linalg.svd(cxy.T)
+    q = u @ vh
+    return q, _bias(q, mx, my, bias)
+
+
+def reduced_rank(stats: FeatureStats, rank: int, *, bias: bool, ridge: float = 1e-4):
+    """Best rank-r map: least squares, then projection onto the top-r directions of its fitted
+    values (reduced-rank regression). Returns ``(up (c_out, r), down (r, c_in), b)``."""
+    m, _ = lstsq(stats, bias=bias, ridge=ridge)
+    mx, my, cxx, _, _ = stats.moments(center=bias)
+    fitted_cov = m @ cxx @ m.T  # covariance of the least-squares predictions, (c_out, c_out)
+    _, vecs = torch.linalg.eigh(fitted_cov)
+    v = vecs[:, -rank:]  # top-r eigenvectors
+    up, down = v, v.T @ m
+    return up, down, _bias(up @ down, mx, my, bias)
+
+
+def diagonal(stats: FeatureStats, *, bias: bool):
+    """Per-unit least squares ``y_i ~ s_i x_i (+ b_i)``."""
+    mx, my, cxx, _, cxy = stats.moments(center=bias)
+    var = cxx.diagonal()
+    s = torch.where(var > 0, cxy.diagonal() / var.clamp(min=1e-300), torch.ones_like(var))
+    return s, (my - s * mx) if bias else None
+
+
+def correlation(stats: FeatureStats) -> torch.Tensor:
+    """Pearson correlation ``(c_out, c_in)`` between B's units (rows) and A's units (columns);
+    a unit with zero variance correlates 0 with everything."""
+    _, _, cxx, cyy, cxy = stats.moments(center=True)
+    sx = cxx.diagonal().clamp(min=0).sqrt()
+    sy = cyy.diagonal().clamp(min=0).sqrt()
+    denom = torch.outer(sy, sx)
+    return torch.where(denom > 0, cxy.T / denom.clamp(min=1e-300), torch.zeros_like(denom))
+
+
+def match(stats: FeatureStats, kind: str, *, bias: bool):
+    """Activation matching for a monomial ``kind``: returns ``(perm, scale, b or None)`` with the
+    ``MonomialElement`` convention ``y_i ~ scale[i] * x[perm[i]] (+ b_i)``.
+
+    The assignment maximises the summed correlation (``perm_scale``, ``permutation``) or summed
+    absolute correlation (``signed_perm``, ``monomial``, whose scales may be negative). Scales are
+    then the least-squares optimum of each matched pair under the kind's constraint.
+    """
+    corr = correlation(stats)
+    score = corr.abs() if kind in ("signed_perm", "monomial") else corr
+    rows, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
+    perm = torch.empty(corr.shape[0], dtype=torch.long)
+    perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
+    mx, my, cxx, _, cxy = stats.moments(center=bias)
+    dev = cxx.device
+    idx = torch.arange(len(perm), device=dev)
+    p = perm.to(dev)
+    var = cxx.diagonal()[p]  # second moment of the matched A unit
+    cov = cxy[p, idx]  # cross moment of (x_{perm[i]}, y_i)
+    ls = torch.where(var > 0, cov / var.clamp(min=1e-300), torch.ones_like(var))
+    if kind == "perm_scale":
+        scale = ls.clamp(min=0.0)
+    elif kind == "monomial":
+        scale = torch.where(ls == 0, torch.ones_like(ls), ls)  # keep the element invertible
+    elif kind == "signed_perm":
+        sign = torch.sign(corr[idx.cpu(), perm].to(dev))
+        scale = torch.where(sign == 0, torch.ones_like(sign), sign)
+    elif kind == "permutation":
+        scale = torch.ones_like(ls)
+    else:
+        raise ValueError(f"match handles monomial kinds only, got {kind!r}")
+    b = (my - scale * mx[p]) if bias else None
+    return perm, scale, b

@@ -1,0 +1,214 @@
+"""Splicing by module name with torch.fx: the front of model A, stitch layers, the back of model B.
+
+Both models are traced with the module at the site (and every activation) kept as a leaf. In B's
+graph, the *front* is every data-dependent node that the site depends on (the site included); the
+*back* is everything else. The **cut** is the set of front nodes that the back still reads, in graph
+order. For a plain feed-forward site the cut is just the site. For a site inside a residual branch
+(ResNet ``layerX.Y.act1``, a transformer MLP activation) the cut also holds the residual stream the
+block read before the branch, because B's skip path reads it after the site.
+
+Residual policy (``residual=``): ``"stitch"`` (default) puts a stitch layer on *every* tensor of the
+cut, so the skip path receives A's stream mapped into B's basis, never A's raw features (the
+reference code fed them straight through, the paper's ResNet-18 layer-70 failure). ``"error"``
+refuses such sites with ``ResidualSiteError``. Graph inputs that the back reads again are passed
+through untouched (they are the same images for both models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from intertwiner.errors import IntertwinerError, UnsupportedModuleError
+from intertwiner.groups import activation_name
+
+
+class UnknownSiteError(IntertwinerError, KeyError):
+    """A site name that is not a module of the model (or never called in its forward)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ResidualSiteError(IntertwinerError, ValueError):
+    """A site inside a residual branch, refused because ``residual="error"`` was asked for."""
+
+
+def _is_activation(module: nn.Module) -> bool:
+    if list(module.children()):
+        return False
+    try:
+        activation_name(module)
+    except Exception:  # noqa: BLE001 (not an activation)
+        return False
+    return True
+
+
+class _SiteTracer(fx.Tracer):
+    """Keeps ``leaves`` (by qualified name) and every activation module opaque."""
+
+    def __init__(self, leaves: set[str]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or _is_activation(m) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module, at: str) -> fx.GraphModule:
+    """``model`` traced with the module ``at`` as a leaf; raises ``UnknownSiteError``."""
+    names = dict(model.named_modules())
+    if not at or at not in names:
+        acts = [n for n, m in model.named_modules() if n and _is_activation(m)]
+        raise UnknownSiteError(
+            f"site {at!r} is not a module of {type(model).__name__}; activation sites are "
+            f"{acts[:20]}{' ...' if len(acts) > 20 else ''}"
+        )
+    tracer = _SiteTracer({at})
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # noqa: BLE001 (fx raises many kinds)
+        raise UnsupportedModuleError(
+            f"cannot trace {type(model).__name__} with torch.fx ({e}); stitching needs an "
+            "fx-traceable model"
+        ) from e
+    return fx.GraphModule(tracer.root, graph)
+
+
+def _site_node(gm: fx.GraphModule, at: str) -> fx.Node:
+    found = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == at]
+    if not found:
+        raise UnknownSiteError(f"module {at!r} is never called in the forward pass")
+    if len(found) > 1:
+        raise UnsupportedModuleError(
+            f"module {at!r} is called {len(found)} times in the forward pass; a stitch site must "
+            "be used once (give each use its own module)"
+        )
+    return found[0]
+
+
+@dataclass
+class Cut:
+    """The tensors B's back reads: ``names`` (fx node names, the site first), ``site`` (its node),
+    ``passthrough`` (graph inputs, passed unchanged), ``targets`` (module name or None per node)."""
+
+    names: list[str]
+    targets: list[str | None]
+    passthrough: list[bool]
+
+    @property
+    def residual(self) -> bool:
+        """True when the back reads more than the site (a residual stream or similar)."""
+        return sum(not p for p in self.passthrough) > 1
+
+
+def _front_nodes(gm: fx.GraphModule, site: fx.Node) -> set[fx.Node]:
+    data: set[fx.Node] = set()
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" or any(a in data for a in n.all_input_nodes):
+            data.add(n)
+    anc: set[fx.Node] = set()
+    stack = [site]
+    while stack:
+        n = stack.pop()
+        if n not in anc:
+            anc.add(n)
+            stack.extend(n.all_input_nodes)
+    # Parameter reads and constants are not data: the back recomputes them from B.
+    return anc & data
+
+
+def find_cut(gm_b: fx.GraphModule, at: str) -> Cut:
+    """The cut of B's graph at site ``at`` (see the module docstring)."""
+    site = _site_node(gm_b, at)
+    front = _front_nodes(gm_b, site)
+    cut = [n for n in gm_b.graph.nodes if n in front and any(u not in front for u in n.users)]
+    cut.remove(site)
+    cut.insert(0, site)
+    return Cut(
+        names=[n.name for n in cut],
+        targets=[n.target if n.op == "call_module" else None for n in cut],
+        passthrough=[n.op == "placeholder" for n in cut],
+    )
+
+
+def build_back(gm_b: fx.GraphModule, at: str, cut: Cut) -> fx.GraphModule:
+    """B from the cut on: a GraphModule taking the cut tensors (in ``cut.names`` order)."""
+    site = _site_node(gm_b, at)
+    front = _front_nodes(gm_b, site)
+    by_name = {n.name: n for n in gm_b.graph.nodes}
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for name in cut.names:
+        env[by_name[name]] = g.placeholder(f"cut_{name}")
+    for n in gm_b.graph.nodes:
+        if n not in front:
+            env[n] = g.node_copy(n, lambda a: env[a])
+    back = fx.GraphModule(gm_b, g)
+    back.graph.lint()
+    return back
+
+
+def _match_node(gm_a: fx.GraphModule, name: str, target: str | None) -> fx.Node:
+    for n in gm_a.graph.nodes:
+        if target is not None and n.op == "call_module" and n.target == target:
+            return n
+        if target is None and n.name == name:
+            return n
+    what = f"module {target!r}" if target else f"graph value {name!r}"
+    raise UnsupportedModuleError(
+        f"model B's remainder reads {what} at this site, but model A has no such value; "
+        "stitch models of the same architecture, or pick a site outside residual branches"
+    )
+
+
+def build_front(gm_a: fx.GraphModule, cut: Cut) -> fx.GraphModule:
+    """A up to the cut: a GraphModule returning the tuple of A's tensors matching ``cut``."""
+    outs = [_match_node(gm_a, nm, tg) for nm, tg in zip(cut.names, cut.targets)]
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in gm_a.graph.nodes:
+        if n.op == "output":
+            break
+        env[n] = g.node_copy(n, lambda a: env[a])
+    g.output(tuple(env[n] for n in outs))
+    front = fx.GraphModule(gm_a, g)
+    front.graph.eliminate_dead_code()
+    front = fx.GraphModule(gm_a, front.graph)  # again, so unused submodules are not kept
+    front.graph.lint()
+    return front
+
+
+class StitchedModel(nn.Module):
+    """``back_B(S_1(a_1), ..., S_k(a_k))`` with ``(a_1..a_k) = front_A(x)``; ``S_1`` is the site's.
+
+    ``stitches`` is a ModuleDict keyed by the cut's node names (passthrough inputs are Identity).
+    ``train()`` only switches the stitch layers: front and back always stay in eval mode, so their
+    BatchNorm statistics are used, never updated.
+    """
+
+    def __init__(self, front: nn.Module, stitches: nn.ModuleDict, back: nn.Module, order: list[str]):
+        super().__init__()
+        self.front, self.stitches, self.back = front, stitches, back
+        self.order = list(order)
+        self.train(False)
+
+    def stitch_features(self, feats: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        return [self.stitches[k](f) for k, f in zip(self.order, feats)]
+
+    def forward_from_front(self, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The stitched output from cached front-of-A features."""
+        return self.back(*self.stitch_features(feats))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.front(x)
+        return self.forward_from_front(feats)
+
+    def train(self, mode: bool = True) -> StitchedModel:
+        self.training = mode
+        self.stitches.train(mode)
+        self.front.eval()
+        self.back.eval()
+        return self

@@ -1,0 +1,81 @@
+"""Sample group elements for every site of a SymmetrySpec and apply them to a copy of a model."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from intertwiner.errors import ShapeError
+from intertwiner.groups import GroupElement
+from intertwiner.symmetry.spec import ParamAxis, Site, SymmetrySpec, _apply_view, permutation_part
+
+
+def random_elements(
+    spec: SymmetrySpec,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, GroupElement]:
+    """One random element of each site's group: ``{site name: element}`` (same seed, same result)."""
+    return {s.name: s.group.sample(s.width, generator=generator, dtype=dtype) for s in spec.sites}
+
+
+def _matrix_for(site: Site, kind: str, g: GroupElement) -> GroupElement:
+    if kind == "A":
+        return g
+    if kind == "P":
+        return permutation_part(g)
+    if kind == "phi(A)":
+        return site.group.phi(g)
+    if kind == "A^-T":
+        return g.inverse().transpose()
+    if kind == "phi(A)^-T":
+        return site.group.phi(g).inverse().transpose()
+    raise ValueError(f"unknown action kind {kind!r}")  # pragma: no cover
+
+
+def _tensor(model: nn.Module, a: ParamAxis) -> torch.Tensor:
+    return model.get_buffer(a.name) if a.buffer else model.get_parameter(a.name)
+
+
+def apply(
+    model: nn.Module,
+    spec: SymmetrySpec,
+    elements: dict[str, GroupElement],
+    *,
+    validate: bool = True,
+) -> nn.Module:
+    """A deep copy of ``model`` with each site's element applied (sites missing from ``elements``
+    keep the identity). ``model`` is untouched.
+
+    ``validate``: check each element lies in its site's group (set False to apply elements of a
+    larger group on purpose, e.g. to show that they break the function).
+    """
+    names = set(spec.names)
+    unknown = [k for k in elements if k not in names]
+    if unknown:
+        raise KeyError(f"elements for unknown sites {unknown}; sites: {spec.names}")
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        for site in spec.sites:
+            g = elements.get(site.name)
+            if g is None:
+                continue
+            if g.n != site.width:
+                raise ShapeError(
+                    f"site {site.name!r} has width {site.width}, got an element of size {g.n}"
+                )
+            if validate and not site.group.contains(g, atol=1e-6):
+                raise ValueError(
+                    f"the element for site {site.name!r} is not in its group {site.group.name} "
+                    f"({site.group.family.description}); pass validate=False to apply it anyway"
+                )
+            g64 = g.to(torch.float64)
+            cache: dict[str, GroupElement] = {}
+            for a in site.actions:
+                if a.kind not in cache:
+                    cache[a.kind] = _matrix_for(site, a.kind, g64)
+                t = _tensor(new, a)
+                t.copy_(_apply_view(t, a.axis, a, cache[a.kind], a.channels))
+    return new

@@ -1,0 +1,249 @@
+"""The result of tracing: a SymmetrySpec, its Sites, and the parameter axes each Site acts on.
+
+A *site* is one group element's worth of symmetry: a hidden activation (``h = sigma(W x + b)``), a
+residual stream (every layer that reads or writes it shares the element), or an attention
+sub-symmetry (heads, per-head query/key or value/output maps). The element ``A`` of a site acts on
+parameter axes in one of these ways (``ParamAxis.kind``)::
+
+    "A"           t <- A t           rows (and bias) of a producing Linear/Conv, BN gamma/beta, ...
+    "P"           t <- P t           only the permutation part of a monomial A = D P (conv rows
+                                     before a BatchNorm that absorbs the scale, running statistics)
+    "A^-T"        t <- A^-T t        input axis of a consumer of a pre-activation tensor (W <- W A^-1)
+    "phi(A)^-T"   t <- phi(A)^-T t   input axis of a consumer of an activation output (W <- W phi(A)^-1)
+
+An axis of size ``outer * n_total * inner`` is viewed as ``(outer, n_total, inner)`` (``inner`` is
+the block of H*W positions per channel after a Flatten; ``outer`` counts positions merged in front);
+the element acts on the ``channels`` subset of the ``n_total`` logical channels (all when None), in
+that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from intertwiner.groups import GroupElement, IntertwinerGroup, MonomialElement
+
+KINDS = ("A", "P", "A^-T", "phi(A)^-T")
+SITE_KINDS = ("activation", "stream", "linear", "attention_heads", "attention_qk", "attention_vo")
+
+
+@dataclass(frozen=True)
+class ParamAxis:
+    """One axis of one parameter or buffer that a site's element acts on (see module docstring)."""
+
+    name: str
+    axis: int
+    kind: str
+    n_total: int
+    outer: int = 1
+    inner: int = 1
+    channels: tuple[int, ...] | None = None
+    buffer: bool = False
+
+    @property
+    def width(self) -> int:
+        return self.n_total if self.channels is None else len(self.channels)
+
+    def describe(self) -> str:
+        block = ""
+        if self.outer != 1 or self.inner != 1:
+            block = f" as ({self.outer}, {self.n_total}, {self.inner})"
+        sub = "" if self.channels is None else f" channels {_ranges(self.channels)}"
+        return f"{self.name}[axis {self.axis}{block}{sub}] <- {self.kind}"
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "axis": self.axis,
+            "kind": self.kind,
+            "n_total": self.n_total,
+            "outer": self.outer,
+            "inner": self.inner,
+            "channels": None if self.channels is None else list(self.channels),
+            "buffer": self.buffer,
+        }
+
+
+@dataclass(frozen=True)
+class ActivationAxis:
+    """Where a site's element moves an activation output: feature dim (counted from the end),
+    the ``(outer, n_total, inner)`` view of that dim and the channel subset (None = all)."""
+
+    dim: int
+    n_total: int
+    outer: int = 1
+    inner: int = 1
+    channels: tuple[int, ...] | None = None
+
+
+@dataclass
+class Site:
+    """One hidden symmetry site: its name, width, group and everything its element touches.
+
+    ``activations`` are module names (a functional activation has its fx node name) whose outputs
+    the element moves by ``group.phi(g)``; ``activation_axes[name]`` says along which axis and which
+    channels (a zero-padding shortcut makes a site cover only part of an activation's channels).
+    """
+
+    name: str
+    kind: str
+    width: int
+    group: IntertwinerGroup
+    restrictions: list[str] = field(default_factory=list)
+    actions: list[ParamAxis] = field(default_factory=list)
+    activations: list[str] = field(default_factory=list)
+    activation_axes: dict[str, ActivationAxis] = field(default_factory=dict)
+    writers: list[str] = field(default_factory=list)
+
+    def acts_on(self) -> str:
+        """Short summary: the parameters (not buffers) the element touches."""
+        names = []
+        for a in self.actions:
+            if a.name not in names:
+                names.append(a.name)
+        return ", ".join(names)
+
+    def move(self, activation: str, h: torch.Tensor, element: GroupElement) -> torch.Tensor:
+        """``h`` (output of ``activation``) as the transformed model computes it: phi(g) applied
+        along the activation's feature axis on the channels this site covers."""
+        ax = self.activation_axes[activation]
+        return _apply_view(h, h.dim() + ax.dim, ax, self.group.phi(element), ax.channels)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "width": self.width,
+            "group": self.group.to_dict(),
+            "restrictions": list(self.restrictions),
+            "activations": list(self.activations),
+            "writers": list(self.writers),
+            "actions": [a.to_dict() for a in self.actions],
+        }
+
+
+def _apply_view(
+    t: torch.Tensor,
+    dim: int,
+    view: ParamAxis | ActivationAxis,
+    element: GroupElement,
+    channels: tuple[int, ...] | None,
+) -> torch.Tensor:
+    """Apply ``element`` along ``dim`` of ``t`` viewed as ``(outer, n_total, inner)``."""
+    shape = list(t.shape)
+    v = t.reshape(*shape[:dim], view.outer, view.n_total, view.inner, *shape[dim + 1 :])
+    cdim = dim + 1
+    elem = element.to(dtype=t.dtype, device=t.device)
+    if channels is None:
+        out = elem.apply(v, cdim)
+    else:
+        idx = torch.as_tensor(channels, dtype=torch.long, device=t.device)
+        out = v.clone()
+        out.index_copy_(cdim, idx, elem.apply(v.index_select(cdim, idx), cdim))
+    return out.reshape(shape)
+
+
+def permutation_part(element: GroupElement) -> MonomialElement:
+    """P of a monomial element A = D P."""
+    if not isinstance(element, MonomialElement):
+        raise TypeError(
+            "this site has actions of kind 'P' (permutation part), which needs a monomial element "
+            f"(MonomialElement), got {type(element).__name__}"
+        )
+    return MonomialElement(element.perm, torch.ones_like(element.scale))
+
+
+def _ranges(channels: tuple[int, ...]) -> str:
+    """Compact text for an index list: ``0:4,12:16``."""
+    parts, start = [], None
+    for i, c in enumerate(channels):
+        if start is None:
+            start = prev = c
+        elif c == prev + 1:
+            prev = c
+        else:
+            parts.append((start, prev))
+            start = prev = c
+        if i == len(channels) - 1:
+            parts.append((start, prev))
+    return ",".join(f"{a}:{b + 1}" for a, b in parts)
+
+
+@dataclass
+class SymmetrySpec:
+    """All hidden sites of a model, in forward order, plus the frozen (non-symmetric) spaces."""
+
+    sites: list[Site]
+    frozen: list[tuple[str, str]] = field(default_factory=list)
+    model_name: str = ""
+
+    def site(self, name: str) -> Site:
+        """The site called ``name``; an activation module name also finds the one site whose
+        element moves all of that activation's channels (e.g. ``layer1.1.act2`` -> ``stem.act``)."""
+        for s in self.sites:
+            if s.name == name:
+                return s
+        covering = [s for s in self.sites if name in s.activations]
+        full = [s for s in covering if s.activation_axes[name].channels is None]
+        if len(full) == 1:
+            return full[0]
+        if covering:
+            raise KeyError(
+                f"activation {name!r} is moved by several sites, each on part of its channels: "
+                f"{[s.name for s in covering]}; use spec.sites_for({name!r})"
+            )
+        raise KeyError(f"no site {name!r}; sites: {[s.name for s in self.sites]}")
+
+    def sites_for(self, activation: str) -> list[Site]:
+        """Every site whose element moves (some channels of) ``activation``'s output."""
+        return [s for s in self.sites if activation in s.activations]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sites]
+
+    def table(self, errors: dict[str, float] | None = None) -> str:
+        """Plain-text table: name, kind, width, group, restrictions and what the element acts on."""
+        headers = ["site", "kind", "width", "group", "family", "acts on"]
+        if errors is not None:
+            headers.append("error")
+        rows = []
+        for s in self.sites:
+            row = [
+                s.name,
+                s.kind,
+                str(s.width),
+                s.group.name,
+                s.group.family.description,
+                _truncate(s.acts_on(), 60),
+            ]
+            if errors is not None:
+                err = errors.get(s.name)
+                row.append("-" if err is None else f"{err:.1e}")
+            rows.append(row)
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+        out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+        out.append("  ".join("-" * w for w in widths))
+        out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        notes = [(s.name, r) for s in self.sites for r in s.restrictions]
+        if notes:
+            out.append("")
+            out.append("restrictions:")
+            out += [f"  {n}: {r}" for n, r in notes]
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model_name,
+            "sites": [s.to_dict() for s in self.sites],
+            "frozen": [{"space": n, "reason": r} for n, r in self.frozen],
+        }
+
+
+def _truncate(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."

@@ -1,0 +1,168 @@
+"""Public test helpers: check that a representation metric is (or is not) invariant to a group.
+
+``assert_invariant(metric, group, X, Y)`` samples group elements g1, g2, applies them to the neuron
+axis of the features (dim 1 of (N, C) and (N, C, H, W), dim 2 of (N, T, D)) and asserts
+``metric(g1 X, g2 Y) == metric(X, Y)`` to tolerance. With ``Y=None`` it asserts that X and a
+transformed copy are as similar as X and itself: ``metric(X, g X) == metric(g X, X) == metric(X, X)``.
+
+``group`` is a family name, a ``Family`` or an ``IntertwinerGroup``; for the latter the features
+change by phi(A), as hidden representations do when the weights change by A.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from intertwiner.groups import Family, GroupElement, IntertwinerGroup, family
+from intertwiner.metrics._prep import as_tensor, neuron_dim
+
+__all__ = [
+    "apply_to_neurons",
+    "assert_invariant",
+    "assert_not_invariant",
+    "invariance_gaps",
+    "sample_neuron_element",
+]
+
+
+def _generator(generator: torch.Generator | int | None) -> torch.Generator:
+    if isinstance(generator, torch.Generator):
+        return generator
+    return torch.Generator().manual_seed(0 if generator is None else int(generator))
+
+
+def sample_neuron_element(
+    group: Any, n: int, generator: torch.Generator | None = None
+) -> GroupElement:
+    """A random element acting on representations: phi(A) for an IntertwinerGroup, else A."""
+    if isinstance(group, IntertwinerGroup):
+        return group.phi(group.sample(n, generator=generator, dtype=torch.float64))
+    fam = group if isinstance(group, Family) else family(group)
+    return fam.sample(n, generator=generator, dtype=torch.float64)
+
+
+def apply_to_neurons(x: Any, element: GroupElement, layout: str | None = None) -> torch.Tensor:
+    """``element`` applied along the neuron axis of features x (any supported layout)."""
+    t = as_tensor(x)
+    return element.apply(t, dim=neuron_dim(t, layout))
+
+
+def _metric(metric: Any) -> Callable[[Any, Any], float]:
+    if isinstance(metric, str):
+        from intertwiner.metrics.registry import metric as make
+
+        return make(metric)
+    return metric
+
+
+def _tolerances(dtype: torch.dtype, atol: float | None, rtol: float | None) -> tuple[float, float]:
+    if dtype == torch.float64:
+        # Distances near 0 come from 1 - cos, so their float64 floor is sqrt(eps) ~ 1.5e-8.
+        return (1e-7 if atol is None else atol), (1e-7 if rtol is None else rtol)
+    return (1e-5 if atol is None else atol), (1e-4 if rtol is None else rtol)
+
+
+def invariance_gaps(
+    metric: Any,
+    group: Any,
+    X: Any,
+    Y: Any = None,
+    *,
+    n_samples: int = 3,
+    dtype: torch.dtype | None = None,
+    generator: torch.Generator | int | None = None,
+    layout: str | None = None,
+) -> tuple[float, list[float]]:
+    """(reference value, [transformed values]) as used by the two assertions."""
+    fn = _metric(metric)
+    gen = _generator(generator)
+    x = as_tensor(X)
+    x = x.to(dtype) if dtype is not None else x
+    y = None if Y is None else as_tensor(Y)
+    if y is not None and dtype is not None:
+        y = y.to(dtype)
+    nx = x.shape[neuron_dim(x, layout)]
+    values: list[float] = []
+    if y is None:
+        ref = float(fn(x, x))
+        for _ in range(n_samples):
+            gx = apply_to_neurons(x, sample_neuron_element(group, nx, gen), layout)
+            values += [float(fn(x, gx)), float(fn(gx, x))]
+        return ref, values
+    ny = y.shape[neuron_dim(y, layout)]
+    ref = float(fn(x, y))
+    for _ in range(n_samples):
+        gx = apply_to_neurons(x, sample_neuron_element(group, nx, gen), layout)
+        gy = apply_to_neurons(y, sample_neuron_element(group, ny, gen), layout)
+        values.append(float(fn(gx, gy)))
+    return ref, values
+
+
+def _name(metric: Any) -> str:
+    return getattr(metric, "name", getattr(metric, "__name__", repr(metric)))
+
+
+def _group_name(group: Any) -> str:
+    return getattr(group, "name", str(group))
+
+
+def assert_invariant(
+    metric: Any,
+    group: Any,
+    X: Any,
+    Y: Any = None,
+    *,
+    n_samples: int = 3,
+    dtype: torch.dtype | None = None,
+    generator: torch.Generator | int | None = None,
+    layout: str | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> None:
+    """Assert ``metric`` is unchanged when sampled group elements act on the neurons of X and Y.
+
+    ``metric``: a callable ``(X, Y) -> float`` or a metric spec string (``"cka"``,
+    ``"procrustes_distance:positive_monomial"``, ...). Default tolerances: atol 1e-7 / rtol 1e-7
+    for float64 inputs, 1e-5 / 1e-4 otherwise. Raises AssertionError naming the worst sample.
+    """
+    x_dtype = dtype or (as_tensor(X).dtype if as_tensor(X).is_floating_point() else torch.float64)
+    a, r = _tolerances(x_dtype, atol, rtol)
+    ref, values = invariance_gaps(
+        metric, group, X, Y, n_samples=n_samples, dtype=dtype, generator=generator, layout=layout
+    )
+    gaps = [abs(v - ref) for v in values]
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
+    if gaps[worst] > a + r * abs(ref):
+        raise AssertionError(
+            f"{_name(metric)} is not invariant to {_group_name(group)}: {ref!r} became "
+            f"{values[worst]!r} (sample {worst}, |difference| {gaps[worst]:.3g} > atol {a:g} + "
+            f"rtol {r:g} * |value|)"
+        )
+
+
+def assert_not_invariant(
+    metric: Any,
+    group: Any,
+    X: Any,
+    Y: Any = None,
+    *,
+    n_samples: int = 3,
+    dtype: torch.dtype | None = None,
+    generator: torch.Generator | int | None = None,
+    layout: str | None = None,
+    min_change: float = 1e-3,
+) -> None:
+    """Assert some sampled element of ``group`` changes ``metric`` by more than ``min_change``."""
+    ref, values = invariance_gaps(
+        metric, group, X, Y, n_samples=n_samples, dtype=dtype, generator=generator, layout=layout
+    )
+    biggest = max(abs(v - ref) for v in values)
+    if biggest <= min_change:
+        raise AssertionError(
+            f"{_name(metric)} did not change under {n_samples} sampled elements of "
+            f"{_group_name(group)} (largest change {biggest:.3g} <= {min_change:g}); it looks "
+            "invariant to that group"
+        )

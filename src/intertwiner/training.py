@@ -1,0 +1,392 @@
+"""Training and evaluation with seeds, a held-out validation split and progress bars.
+
+``train(model, data, config)`` keeps the epoch with the best *validation* accuracy (ties: lower
+validation loss, then the earlier epoch); the test split is evaluated once, on the kept weights, and
+never used for any choice. With the same seed on CPU the final weights are bit-identical.
+``evaluate`` sums the loss and correct predictions per example (no per-batch averaging bias).
+``train_zoo`` trains one checkpoint per seed and resumes by skipping valid checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from intertwiner.data.splits import ArrayDataset, DataSplits
+from intertwiner.errors import NonFiniteError
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of ``train``. Defaults follow the paper's recipe (paper.md section 3).
+
+    - ``optimizer``: ``"adam"`` (paper: lr 1e-3) or ``"sgd"`` (with ``momentum``, Nesterov off).
+    - ``weight_decay`` is applied as the paper's code does (``weight_decay_on="weights"``: every
+      parameter whose name ends in ``weight``, BatchNorm/LayerNorm gains included, biases excluded),
+      or to every parameter (``"all"``). It is L2 added to the gradient (torch's ``weight_decay``).
+    - ``schedule``: ``"none"``, ``"step"`` (x``step_gamma`` every ``max(1, epochs // 4)`` epochs, as
+      the paper) or ``"cosine"`` (to 0 over ``epochs``, stepped per epoch).
+    - ``device``: ``None`` picks CUDA when available, else CPU. Bit-identical runs are promised on
+      CPU only. ``num_threads``: torch intra-op threads during the call (restored after); None
+      leaves torch's setting alone.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_on: str = "weights"
+    schedule: str = "step"
+    step_gamma: float = 0.5
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+    num_threads: int | None = None
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("none", "step", "cosine"):
+            raise ValueError(f"schedule must be 'none', 'step' or 'cosine', got {self.schedule!r}")
+        if self.weight_decay_on not in ("weights", "all"):
+            raise ValueError(
+                f"weight_decay_on must be 'weights' or 'all': {self.weight_decay_on!r}"
+            )
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly copy (stored in checkpoint metadata)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the model with the kept (best-validation) weights loaded, in eval mode.
+
+    ``history``: one dict per epoch with ``epoch`` (1-based), ``train_loss``, ``train_accuracy``,
+    ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``. ``test_accuracy``/``test_loss`` are of the
+    kept weights, measured once after training.
+    """
+
+    model: nn.Module
+    history: list[dict[str, float]]
+    best_epoch: int
+    val_accuracy: float
+    val_loss: float
+    test_accuracy: float
+    test_loss: float
+    seconds: float
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Scalars only (no model or history), for tables and metadata."""
+        return {
+            "best_epoch": self.best_epoch,
+            "val_accuracy": self.val_accuracy,
+            "val_loss": self.val_loss,
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "seconds": round(self.seconds, 3),
+            "epochs": len(self.history),
+        }
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA if available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _batches(
+    data: Dataset | DataLoader | Iterable,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``(x, y)``. ``ArrayDataset`` is sliced directly (no per-item collation)."""
+    if isinstance(data, ArrayDataset):
+        n = len(data)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            yield data.get_batch(order[start : start + batch_size], generator)
+    elif isinstance(data, Dataset):
+        yield from DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    else:  # a DataLoader or any iterable of (x, y)
+        yield from data
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset_or_loader: Dataset | DataLoader | Iterable,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 512,
+) -> dict[str, float]:
+    """``{"accuracy", "loss", "n"}``: mean cross-entropy and accuracy *per example*, in eval mode.
+
+    Loss is summed in float64 over examples and divided by their count, so a small last batch weighs
+    as much as its size. The model's train/eval mode is restored afterwards. ``device=None`` uses
+    the device of the model's first parameter (CPU for a parameter-free model).
+    """
+    if device is None:
+        p = next(model.parameters(), None)
+        dev = p.device if p is not None else torch.device("cpu")
+    else:
+        dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), dtype=torch.float64)
+    correct = 0
+    n = 0
+    try:
+        for x, y in _batches(dataset_or_loader, batch_size, shuffle=False, generator=None):
+            x, y = x.to(dev), y.to(dev)
+            logits = model(x)
+            total_loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
+            correct += int((logits.argmax(dim=1) == y).sum())
+            n += len(y)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
+    return {"accuracy": correct / n, "loss": float(total_loss) / n, "n": n}
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if config.weight_decay_on == "all" or name.endswith("weight"):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or SGD over the model's trainable parameters, weight decay as ``config`` says."""
+    groups = _param_groups(model, config)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch learning-rate schedule (``None`` for ``"none"``)."""
+    if config.schedule == "step":
+        step = max(1, config.epochs // 4)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.step_gamma)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return None
+
+
+def train(model: nn.Module, data: DataSplits, config: TrainConfig | None = None) -> TrainResult:
+    """Train ``model`` on ``data.train``; keep the epoch with the best ``data.val`` accuracy.
+
+    Shuffling and augmentation draw from a ``torch.Generator`` seeded with ``config.seed``; the global
+    RNG is also seeded (for any randomness inside the model) and restored afterwards. If the
+    validation split is empty, the last epoch is kept. Raises ``NonFiniteError`` if the loss
+    becomes NaN/Inf (lower ``lr``). Returns a ``TrainResult`` whose ``model`` is ``model`` itself,
+    on ``config.device``, in eval mode.
+    """
+    config = config or TrainConfig()
+    device = resolve_device(config.device)
+    start = time.perf_counter()
+    with _threads(config.num_threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
+        model.to(device)
+        optimizer = make_optimizer(model, config)
+        scheduler = make_scheduler(optimizer, config)
+        history: list[dict[str, float]] = []
+        best: tuple[float, float] | None = None
+        best_state: dict[str, torch.Tensor] = {}
+        best_epoch = 0
+        has_val = len(data.val) > 0
+        bar = tqdm(
+            range(1, config.epochs + 1), desc="train", disable=not config.progress, leave=False
+        )
+        for epoch in bar:
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            model.train()
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            correct = n = 0
+            batches = _batches(data.train, config.batch_size, shuffle=True, generator=generator)
+            for x, y in batches:
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(
+                        f"training loss became {loss.item()} at epoch {epoch}; lower lr "
+                        f"(now {lr}) or check the data for NaN/Inf"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach().double().cpu() * len(y)
+                correct += int((logits.detach().argmax(dim=1) == y).sum())
+                n += len(y)
+            if scheduler is not None:
+                scheduler.step()
+            val = evaluate(model, data.val, device=device, batch_size=config.eval_batch_size)
+            row = {
+                "epoch": epoch,
+                "train_loss": float(loss_sum) / max(n, 1),
+                "train_accuracy": correct / max(n, 1),
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(row)
+            key = (val["accuracy"], -val["loss"]) if has_val else (float(epoch), 0.0)
+            if best is None or key > best:
+                best, best_epoch = key, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}",
+                acc=f"{row['train_accuracy']:.3f}",
+                val=f"{row['val_accuracy']:.3f}",
+            )
+        model.load_state_dict(best_state)
+        model.eval()
+        test = evaluate(model, data.test, device=device, batch_size=config.eval_batch_size)
+    kept = history[best_epoch - 1]
+    return TrainResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        val_accuracy=kept["val_accuracy"],
+        val_loss=kept["val_loss"],
+        test_accuracy=test["accuracy"],
+        test_loss=test["loss"],
+        seconds=time.perf_counter() - start,
+        config=config.to_dict(),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The zoo: one checkpoint per seed, resumable.
+
+
+def zoo_filename(arch: str, activation: str, seed: int) -> str:
+    """``{arch}-{activation}-seed{seed}.safetensors``."""
+    return f"{arch}-{activation}-seed{int(seed)}.safetensors"
+
+
+def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
+    """``"0-3"`` -> [0, 1, 2, 3]; ``"0,2,5"`` -> [0, 2, 5]; ints and lists pass through."""
+    if isinstance(spec, int):
+        return [spec]
+    if not isinstance(spec, str):
+        return [int(s) for s in spec]
+    seeds: list[int] = []
+    for part in spec.replace(" ", "").split(","):
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            if int(hi) < int(lo):
+                raise ValueError(f"empty seed range {part!r}; write low-high, e.g. 0-3")
+            seeds.extend(range(int(lo), int(hi) + 1))
+        else:
+            seeds.append(int(part))
+    if not seeds:
+        raise ValueError(f"no seeds in {spec!r}; use e.g. '0-3' or '0,1,2'")
+    return seeds
+
+
+def train_zoo(
+    arch: str,
+    seeds: Sequence[int] | str,
+    data: DataSplits,
+    out_dir: str | Path,
+    *,
+    model_config: dict[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Train one ``arch`` model per seed on ``data`` and save ``{arch}-{activation}-seed{s}``.
+
+    The seed sets both the initial weights (``models.build(seed=s)``) and the training order
+    (``TrainConfig.seed``); the data split is the one in ``data`` for every seed. ``in_channels``,
+    ``input_size`` and ``num_classes`` default to ``data.meta``. A seed whose checkpoint exists and
+    passes ``checkpoints.is_valid`` is skipped, so an interrupted zoo resumes where it stopped.
+    Returns the checkpoint paths in seed order.
+    """
+    from intertwiner import checkpoints, models
+    from intertwiner.groups import activation_name
+
+    cfg = {**data.model_config(), **(model_config or {})}
+    activation = activation_name(cfg.get("activation", models.defaults(arch)["activation"]))
+    base = train_config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    seed_list = parse_seeds(seeds)
+    bar = tqdm(seed_list, desc=f"zoo {arch}-{activation}", disable=not progress)
+    for seed in bar:
+        path = out / zoo_filename(arch, activation, seed)
+        paths.append(path)
+        if checkpoints.is_valid(path):
+            bar.set_postfix(seed=seed, status="exists")
+            continue
+        model = models.build(arch, seed=seed, **cfg)
+        tc = dataclasses.replace(base, seed=seed, progress=base.progress and progress)
+        result = train(model, data, tc)
+        checkpoints.save(
+            result.model,
+            path,
+            {
+                "dataset": data.meta.get("name"),
+                "data_meta": data.meta,
+                "split_seed": data.meta.get("split_seed"),
+                "train_seed": seed,
+                "init_seed": seed,
+                "train_config": tc.to_dict(),
+                "history": result.history,
+                **result.summary(),
+            },
+        )
+        bar.set_postfix(seed=seed, test=f"{result.test_accuracy:.4f}")
+    return paths

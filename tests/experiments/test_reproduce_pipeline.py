@@ -1,0 +1,152 @@
+"""reproduce: stages run into the store, resume skips finished jobs, kill -9 loses nothing."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from intertwiner.errors import DataNotFoundError
+from intertwiner.experiments.base import Stage
+from intertwiner.experiments.pipeline import reproduce, run_stage
+from intertwiner.experiments.presets import PRESETS, build_plan
+from intertwiner.runners import get_executor
+from intertwiner.runners.probe import failing_probe_job
+from intertwiner.store import Store
+
+VOLATILE = ("seconds", "checkpoint")  # timings and paths differ between runs; nothing else may
+
+
+def _comparable(store: Store) -> dict:
+    return {
+        r.key: (r.kind, {k: v for k, v in r.metrics.items() if not any(s in k for s in VOLATILE)})
+        for r in store.rows()
+    }
+
+
+def _close(va, vb) -> bool:
+    """Equal, with float tolerance (thread counts may change the last bits), recursively."""
+    if isinstance(va, float) and isinstance(vb, float):
+        return math.isclose(va, vb, rel_tol=1e-6, abs_tol=1e-9)
+    if isinstance(va, list) and isinstance(vb, list):
+        return len(va) == len(vb) and all(_close(x, y) for x, y in zip(va, vb))
+    if isinstance(va, dict) and isinstance(vb, dict):
+        return va.keys() == vb.keys() and all(_close(va[k], vb[k]) for k in va)
+    return va == vb
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k][0] == b[k][0]
+        for name in a[k][1].keys() | b[k][1].keys():
+            assert _close(a[k][1].get(name), b[k][1].get(name)), (a[k][0], name)
+
+
+def test_run_stores_every_stage(test_run):
+    out, summary = test_run
+    store = Store(out)
+    by_stage = {s["stage"]: s for s in summary["stages"]}
+    assert by_stage["groups"]["status"] == "done" and by_stage["zoo"]["status"] == "done"
+    assert len(store.rows("group_table")) == len(PRESETS["test"]["activations"])
+    zoo = store.rows("zoo")
+    assert len(zoo) == PRESETS["test"]["seeds"]
+    assert all(0.0 <= r.metrics["test_accuracy"] <= 1.0 for r in zoo)
+    assert all((out / r.metrics["checkpoint"]).is_file() for r in zoo)
+    # Every stage either ran, or says plainly why it did not.
+    for s in summary["stages"]:
+        assert s["status"] in ("done", "not run", "failed jobs")
+        if s["status"] == "not run":
+            assert any(n.startswith("not run:") for n in s["notes"])
+    assert (out / "report.html").is_file()
+
+
+def test_rerun_redoes_nothing(test_run):
+    out, _ = test_run
+    before = {r.key: r.created for r in Store(out).rows()}
+    again = reproduce(out, preset="test", workers=1, progress=False, report=False)
+    for s in again["stages"]:
+        if s["status"] != "not run":
+            assert s["skipped_done"] + len(s["failed"]) == s["jobs"] and s["ran"] == 0
+    assert {r.key: r.created for r in Store(out).rows()} == before
+
+
+def test_failed_jobs_are_reported_not_stored(tmp_path):
+    st = Stage("probe", "probe", failing_probe_job, [{"seed": s, "fail": s == 1} for s in range(3)])
+    with get_executor("local", workers=1) as ex:
+        status = run_stage(st, Store(tmp_path), ex, tmp_path, progress=False)
+    assert status["ran"] == 2 and len(status["failed"]) == 1
+    assert "probe failure requested" in status["failed"][0]["error"]
+    assert len(Store(tmp_path)) == 2
+    with get_executor("local", workers=1) as ex:  # the failed job is retried on the next run
+        status = run_stage(st, Store(tmp_path), ex, tmp_path, progress=False)
+    assert status["skipped_done"] == 2 and len(status["failed"]) == 1
+
+
+def test_kill_minus_9_then_resume_gives_same_results(test_run, tmp_path):
+    ref_out, _ = test_run
+    out = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "intertwiner.cli",
+        "reproduce",
+        "--out",
+        str(out),
+        "--preset",
+        "test",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.time() + 120
+    n = 0
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "results.sqlite").exists():
+            n = len(Store(out))
+            if n >= 2:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()!r}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = Store(out)
+    done_before = {r.key: r.created for r in killed.rows()}
+    assert 2 <= len(done_before) < len(Store(ref_out))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode in (0, 1), res.stderr
+    after = Store(out)
+    # Nothing finished before the kill was redone, and the end state equals an uninterrupted run.
+    assert all(
+        after.get(r.config).created == done_before[r.key]
+        for r in killed.rows()
+        if r.key in done_before
+    )
+    _assert_same(_comparable(after), _comparable(Store(ref_out)))
+    assert (out / "report.html").is_file()
+
+
+def test_presets_build_their_job_lists():
+    for name in ("quick", "full"):
+        plan = build_plan(name)
+        assert [s.name for s in plan][:2] == ["groups", "zoo"]
+        assert all(isinstance(c, dict) for s in plan for c in s.configs)
+    quick_zoo = next(s for s in build_plan("quick") if s.name == "zoo")
+    assert {c["arch"] for c in quick_zoo.configs} == {"mlp", "myrtle_cnn", "resnet20"}
+
+
+def test_paper_preset_needs_a_real_data_folder(tmp_path):
+    with pytest.raises(DataNotFoundError, match="--data-dir"):
+        build_plan("paper")
+    with pytest.raises(DataNotFoundError):
+        build_plan("paper", data_dir=str(tmp_path / "missing"))
+    with pytest.raises(DataNotFoundError):
+        build_plan("paper", data_dir=str(tmp_path))  # a folder without CIFAR-10 in it

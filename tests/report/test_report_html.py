@@ -1,0 +1,80 @@
+"""The HTML report: self-contained, every section drawn, comparison stated, opens in Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+from _report_browser import chromium, inspect
+from typer.testing import CliRunner
+
+from intertwiner.cli import app
+from intertwiner.errors import DataNotFoundError
+from intertwiner.report import build_report, render
+from intertwiner.report.compare import comparison
+from intertwiner.store import Store
+
+
+def test_report_is_self_contained_and_complete(synthetic_run):
+    text = render(synthetic_run)
+    imgs = re.findall(r'<img [^>]*src="([^"]+)"', text)
+    # groups, stitching, 2 heatmaps, diagonals, sanity, dissection
+    assert len(imgs) == 7 and all(s.startswith("data:image/png;base64,") for s in imgs)
+    assert not re.search(r'(src|href)="(http|//|file:)', text)  # nothing fetched from outside
+    for heading in (
+        "Table 1",
+        "Model zoo",
+        "Section 4",
+        "Section 5",
+        "Section 3.3",
+        "Section 6",
+        "Provenance",
+        "beside the paper",
+    ):
+        assert heading in text
+    assert "not run: dependency unavailable" in text
+    assert "MNIST" in text and "CIFAR-10" in text  # the scale caveat
+
+
+def test_comparison_states_differences(synthetic_run):
+    store = Store(synthetic_run)
+    rows = comparison({k: store.rows(k) for k in store.kinds()})
+    stitched = [r for r in rows if r["quantity"] == "full penalty, site 0"]
+    assert len(stitched) == 1
+    ours = float(stitched[0]["ours"].split(" ± ")[0])
+    assert float(stitched[0]["difference"]) == pytest.approx(ours - 1.5, abs=0.011)
+    procr = [r for r in rows if r["quantity"] == "grelu_procrustes same layer 0"]
+    assert procr and procr[0]["paper"] == "0.621"
+    assert any(r["experiment"] == "Table 1 groups" and r["difference"] == "agrees" for r in rows)
+
+
+def test_cli_report_and_results(synthetic_run, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(synthetic_run)])
+    assert res.exit_code == 0 and (synthetic_run / "report.html").is_file()
+    res = runner.invoke(app, ["results", str(synthetic_run), "--format", "json", "--kind", "zoo"])
+    assert res.exit_code == 0 and res.output.count('"kind": "zoo"') == 4
+    res = runner.invoke(app, ["results", str(synthetic_run), "--format", "csv"])
+    assert res.exit_code == 0 and len(res.output.strip().splitlines()) == 1 + len(
+        Store(synthetic_run)
+    )
+    res = runner.invoke(app, ["results", str(tmp_path / "nothing")])
+    assert res.exit_code != 0 and isinstance(res.exception, DataNotFoundError)
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium binary (apt-get install chromium)")
+@pytest.mark.parametrize("width", [1280, 700])
+def test_report_in_headless_chromium(synthetic_run, tmp_path, width):
+    path = build_report(synthetic_run)
+    shot = tmp_path / f"report_{width}.png"
+    check = inspect(path, shot, width=width)
+    assert check["images"] == 7
+    assert all(w > 0 for w in check["widths"]), check  # every figure decoded
+    assert check["scrollWidth"] <= check["clientWidth"], check  # no horizontal overflow
+    assert check["overflowing"] == [], check
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    keep = os.environ.get("INTERTWINER_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(shot, keep)

@@ -1,0 +1,60 @@
+"""Every executor gives the same rows for the same jobs; failures are captured per job."""
+
+from __future__ import annotations
+
+import pytest
+
+from intertwiner.runners import ExecutorError, get_executor
+from intertwiner.runners.probe import failing_probe_job, probe_job
+
+CONFIGS = [{"seed": s} for s in range(5)]
+
+
+def _rows(ex, fn=probe_job, configs=CONFIGS):
+    with ex:
+        out = {c["seed"]: r for c, r in ex.map(fn, configs)}
+    return out
+
+
+def _values(rows):
+    assert all(r.ok for r in rows.values()), [r.error for r in rows.values()]
+    return {k: r.value for k, r in rows.items()}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _values(_rows(get_executor("local", workers=1)))
+
+
+def test_local_in_process(reference):
+    assert sorted(reference) == list(range(5))
+    assert reference[3]["sq"] == 9
+
+
+def test_local_pool_matches(reference):
+    assert _values(_rows(get_executor("local", workers=2))) == reference
+
+
+def test_failures_are_captured_not_raised():
+    cfgs = [{"seed": s, "fail": s == 1} for s in range(3)]
+    rows = _rows(get_executor("local", workers=2), failing_probe_job, cfgs)
+    assert rows[0].ok and rows[2].ok and not rows[1].ok
+    assert "probe failure requested" in rows[1].error and rows[1].value is None
+
+
+def test_slurm_via_submitit_local_executors(reference, tmp_path):
+    for cluster in ("debug", "local"):
+        ex = get_executor("slurm", folder=tmp_path / cluster, cluster=cluster, time_min=5)
+        assert ex.describe()["cluster"] == cluster
+        assert _values(_rows(ex)) == reference
+
+
+def test_ray_local_cluster(reference):
+    pytest.importorskip("ray")
+    ex = get_executor("ray", workers=2)
+    assert _values(_rows(ex)) == reference
+
+
+def test_unknown_executor():
+    with pytest.raises(ExecutorError, match="local, ray, slurm"):
+        get_executor("kubernetes")

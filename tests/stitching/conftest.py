@@ -1,0 +1,169 @@
+"""Fixtures: tiny models trained for a second on sklearn digits, and hand-made symmetry copies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+class Splits:
+    def __init__(self, train, val, test):
+        self.train, self.val, self.test = train, val, test
+
+
+def digits_splits(dtype=torch.float32, n_train=900, n_val=300) -> Splits:
+    """Digits as (N, 1, 8, 8) images in [0, 1], split disjointly train/val/test with a fixed seed."""
+    x, y = load_digits(return_X_y=True)
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(y), generator=g)
+    x = torch.as_tensor(x, dtype=dtype)[order].reshape(-1, 1, 8, 8) / 16.0
+    y = torch.as_tensor(y, dtype=torch.long)[order]
+    a, b = n_train, n_train + n_val
+    return Splits(
+        TensorDataset(x[:a], y[:a]), TensorDataset(x[a:b], y[a:b]), TensorDataset(x[b:], y[b:])
+    )
+
+
+def train_quick(model: nn.Module, data: Splits, steps: int = 150, seed: int = 0) -> nn.Module:
+    """Full-batch Adam on the training split; a second on CPU."""
+    torch.manual_seed(seed)
+    x, y = data.train.tensors
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+class TinyMLP(nn.Module):
+    """flatten -> fc1 -> act1 -> fc2 -> act2 -> head; sites act1, act2."""
+
+    def __init__(self, act=nn.ReLU, widths=(24, 16), seed=0, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(64, widths[0], dtype=dtype)
+        self.act1 = act()
+        self.fc2 = nn.Linear(widths[0], widths[1], dtype=dtype)
+        self.act2 = act()
+        self.head = nn.Linear(widths[1], 10, dtype=dtype)
+
+    def forward(self, x):
+        return self.head(self.act2(self.fc2(self.act1(self.fc1(self.flatten(x))))))
+
+
+class TinyResMLP(nn.Module):
+    """A residual MLP: ``s = act0(fc0 x)``; block ``act2(fc2(act1(fc1 s)) + s)``; head.
+
+    ``act1`` lies inside the residual branch: the skip path reads the stream ``act0``.
+    """
+
+    def __init__(self, width=16, hidden=20, seed=0, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.flatten = nn.Flatten()
+        self.fc0 = nn.Linear(64, width, dtype=dtype)
+        self.act0 = nn.ReLU()
+        self.fc1 = nn.Linear(width, hidden, dtype=dtype)
+        self.act1 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, width, dtype=dtype)
+        self.act2 = nn.ReLU()
+        self.head = nn.Linear(width, 10, dtype=dtype)
+
+    def forward(self, x):
+        s = self.act0(self.fc0(self.flatten(x)))
+        return self.head(self.act2(self.fc2(self.act1(self.fc1(s))) + s))
+
+
+def random_monomial(n, generator, log_std=0.5, dtype=torch.float64):
+    perm = torch.randperm(n, generator=generator)
+    scale = torch.exp(log_std * torch.randn(n, generator=generator, dtype=torch.float64)).to(dtype)
+    return perm, scale
+
+
+def monomial_matrix(perm, scale):
+    m = torch.zeros(len(perm), len(perm), dtype=scale.dtype)
+    m[torch.arange(len(perm)), perm] = scale
+    return m
+
+
+def transform_linear(layer_in: nn.Linear | None, layer_out: nn.Linear | None, a_in, a_out):
+    """In place: ``layer_out`` now writes ``A_out y`` and reads ``A_in``-transformed input."""
+    with torch.no_grad():
+        if layer_out is not None:
+            w = layer_out.weight.double()
+            b = layer_out.bias.double()
+            if a_in is not None:
+                w = w @ torch.linalg.inv(a_in)
+            if a_out is not None:
+                w, b = a_out @ w, a_out @ b
+            layer_out.weight.copy_(w)
+            layer_out.bias.copy_(b)
+
+
+def transformed_mlp(model: TinyMLP, generator):
+    """A copy of ``model`` with G_ReLU elements A1, A2 at act1, act2 (same function)."""
+    import copy
+
+    m = copy.deepcopy(model)
+    p1, s1 = random_monomial(m.fc1.out_features, generator)
+    p2, s2 = random_monomial(m.fc2.out_features, generator)
+    a1, a2 = monomial_matrix(p1, s1), monomial_matrix(p2, s2)
+    transform_linear(None, m.fc1, None, a1)
+    transform_linear(None, m.fc2, a1, a2)
+    transform_linear(None, m.head, a2, None)
+    return m, {"act1": (p1, s1), "act2": (p2, s2)}
+
+
+def transformed_resmlp(model: TinyResMLP, generator):
+    """A copy with G_ReLU elements: A0 on the residual stream (act0 and act2 share it), A1 on act1."""
+    import copy
+
+    m = copy.deepcopy(model)
+    p0, s0 = random_monomial(m.fc0.out_features, generator)
+    p1, s1 = random_monomial(m.fc1.out_features, generator)
+    a0, a1 = monomial_matrix(p0, s0), monomial_matrix(p1, s1)
+    transform_linear(None, m.fc0, None, a0)
+    transform_linear(None, m.fc1, a0, a1)
+    transform_linear(None, m.fc2, a1, a0)
+    transform_linear(None, m.head, a0, None)
+    return m, {"act0": (p0, s0), "act1": (p1, s1)}
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return digits_splits()
+
+
+@pytest.fixture(scope="session")
+def digits64():
+    return digits_splits(torch.float64)
+
+
+@pytest.fixture(scope="session")
+def mlp(digits):
+    return train_quick(TinyMLP(), digits)
+
+
+@pytest.fixture(scope="session")
+def mlp64(digits64):
+    return train_quick(TinyMLP(dtype=torch.float64), digits64)
+
+
+@pytest.fixture(scope="session")
+def resmlp64(digits64):
+    return train_quick(TinyResMLP(dtype=torch.float64), digits64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is ~10x faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

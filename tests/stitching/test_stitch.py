@@ -1,0 +1,282 @@
+"""End-to-end stitching: self-stitching, symmetry-transformed copies, residual sites, frozen models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import (
+    TinyMLP,
+    TinyResMLP,
+    digits_splits,
+    monomial_matrix,
+    random_monomial,
+    train_quick,
+    transformed_mlp,
+    transformed_resmlp,
+)
+
+from intertwiner import models
+from intertwiner.errors import ShapeError
+from intertwiner.stitching import (
+    MonomialStitch,
+    ResidualSiteError,
+    StitchConfig,
+    UnknownLayerKindError,
+    UnknownSiteError,
+    stitch,
+)
+
+QUIET = dict(progress=False, batch_size=256)
+
+
+def _cfg(**kw):
+    return StitchConfig(**{**QUIET, **kw})
+
+
+def _live(model, data, site):
+    """Units of ``site`` that are nonzero on some training input (dead units are unidentifiable)."""
+    out = {}
+    handle = dict(model.named_modules())[site].register_forward_hook(
+        lambda m, i, o: out.setdefault("h", o)
+    )
+    with torch.no_grad():
+        model(data.train.tensors[0])
+    handle.remove()
+    return (out["h"] != 0).any(0)
+
+
+@pytest.mark.parametrize("site", ["act1", "act2"])
+@pytest.mark.parametrize("layer", ["full", "perm_scale", "orthogonal", "diagonal"])
+def test_self_stitch_identity_is_exact(mlp, digits, site, layer):
+    r = stitch(mlp, mlp, site, layer=layer, data=digits, config=_cfg(init="identity", epochs=0))
+    assert r.acc_a == r.acc_b == r.acc_stitched > 0.5
+    assert r.penalty == 0.0
+    assert r.history[0]["epoch"] == 0 and r.best_epoch == 0
+
+
+def test_self_stitch_closed_form_full_is_near_exact(mlp, digits):
+    r = stitch(mlp, mlp, "act2", layer="full", data=digits, config=_cfg(epochs=0))
+    assert abs(r.penalty) <= 1 / len(digits.test)  # ridge shrinks a hair: at most one flip
+    assert r.feature_error < 1e-6
+
+
+@pytest.mark.parametrize("site", ["act1", "act2"])
+def test_match_recovers_a_symmetry_transformed_copy(mlp64, digits64, site):
+    twin, elements = transformed_mlp(mlp64, torch.Generator().manual_seed(1))
+    r = stitch(mlp64, twin, site, layer="perm_scale", data=digits64, config=_cfg(epochs=0))
+    perm, scale = elements[site]
+    live = _live(twin, digits64, site)
+    assert live.sum() >= 8
+    assert torch.equal(r.layer.perm[live], perm[live])
+    torch.testing.assert_close(r.layer.scale.detach()[live], scale[live], rtol=1e-6, atol=1e-6)
+    assert r.penalty == 0.0 and r.best_epoch == 0
+    x = digits64.test.tensors[0]
+    torch.testing.assert_close(r.model(x), twin(x), rtol=1e-9, atol=1e-9)  # exact function
+
+
+def test_match_recovers_every_unit_when_none_is_dead(digits64):
+    model = TinyMLP(dtype=torch.float64, seed=1).eval()  # untrained: all act1 units alive
+    assert _live(model, digits64, "act1").all()
+    twin, elements = transformed_mlp(model, torch.Generator().manual_seed(2))
+    r = stitch(model, twin, "act1", layer="perm_scale", data=digits64, config=_cfg(epochs=0))
+    assert torch.equal(r.layer.perm, elements["act1"][0])
+    torch.testing.assert_close(r.layer.scale.detach(), elements["act1"][1], rtol=1e-6, atol=1e-6)
+    assert r.penalty == 0.0
+
+
+def test_match_in_float32(mlp, digits):
+    twin, elements = transformed_mlp(mlp, torch.Generator().manual_seed(3))
+    r = stitch(mlp, twin, "act1", layer="auto", data=digits, config=_cfg(epochs=0))
+    assert r.kind == "perm_scale"
+    live = _live(twin, digits, "act1")
+    assert torch.equal(r.layer.perm[live], elements["act1"][0][live])
+    torch.testing.assert_close(
+        r.layer.scale.detach()[live].double(), elements["act1"][1][live], rtol=1e-5, atol=1e-5
+    )
+    assert abs(r.penalty) <= 1 / len(digits.test)
+
+
+def test_orthogonal_cannot_represent_the_scales(mlp64, digits64):
+    twin, _ = transformed_mlp(mlp64, torch.Generator().manual_seed(1))
+    cfg = _cfg(epochs=0)
+    ortho = stitch(mlp64, twin, "act1", layer="orthogonal", data=digits64, config=cfg)
+    monom = stitch(mlp64, twin, "act1", layer="perm_scale", data=digits64, config=cfg)
+    assert monom.feature_error < 1e-12
+    assert ortho.feature_error > 1e-2  # the best orthogonal map misses the scales
+    # ... while a pure permutation (scales 1) is orthogonal and is found exactly.
+    pure = copy.deepcopy(mlp64)
+    perm, _ = random_monomial(24, torch.Generator().manual_seed(5))
+    p = monomial_matrix(perm, torch.ones(24, dtype=torch.float64))
+    with torch.no_grad():
+        pure.fc1.weight.copy_(p @ pure.fc1.weight)
+        pure.fc1.bias.copy_(p @ pure.fc1.bias)
+        pure.fc2.weight.copy_(pure.fc2.weight @ p.T)
+    exact = stitch(mlp64, pure, "act1", layer="orthogonal", data=digits64, config=cfg)
+    assert exact.feature_error < 1e-12 and exact.penalty == 0.0
+    live = _live(mlp64, digits64, "act1")  # columns of dead units are arbitrary
+    torch.testing.assert_close(exact.layer.matrix()[:, live], p[:, live])
+
+
+def test_residual_site_stitches_the_stream_and_is_exact(resmlp64, digits64):
+    twin, elements = transformed_resmlp(resmlp64, torch.Generator().manual_seed(4))
+    x = digits64.test.tensors[0]
+    torch.testing.assert_close(twin(x), resmlp64(x))
+    r = stitch(resmlp64, twin, "act1", layer="perm_scale", data=digits64, config=_cfg(epochs=0))
+    assert r.residual_streams == ["act0"] and list(r.layers) == ["act1", "act0"]
+    torch.testing.assert_close(r.model(x), twin(x), rtol=1e-9, atol=1e-9)
+    assert r.penalty == 0.0
+    for site in ("act1", "act0"):
+        live = _live(twin, digits64, site)
+        assert torch.equal(r.layers[site].perm[live], elements[site][0][live])
+    # Without the stream stitch, A's raw stream would leak into B's skip path: not the same model.
+    leak = r.model.back(r.layers["act1"](r.model.front(x)[0]), r.model.front(x)[1])
+    assert (leak - twin(x)).abs().max() > 1e-3
+    with pytest.raises(ResidualSiteError):
+        stitch(resmlp64, twin, "act1", layer="perm_scale", data=digits64,
+               config=_cfg(epochs=0, residual="error"))  # fmt: skip
+    # A block-output site is the stream itself: one stitch, no refusal.
+    out = stitch(resmlp64, twin, "act2", layer="perm_scale", data=digits64,
+                 config=_cfg(epochs=0, residual="error"))  # fmt: skip
+    assert out.residual_streams == [] and out.penalty == 0.0
+
+
+def _mnist_like(n=96, size=8, channels=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, channels, size, size, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    ds = torch.utils.data.TensorDataset
+    return type("S", (), {"train": ds(x[:48], y[:48]), "val": ds(x[48:72], y[48:72]),
+                          "test": ds(x[72:], y[72:])})()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "arch,config,site,n_cut",
+    [
+        ("resnet20", dict(width=4, blocks_per_stage=1), "layer2.0.act1", 2),
+        ("resnet20", dict(width=4, blocks_per_stage=1), "layer1.0.act2", 1),
+        ("resnet18", dict(width=4), "layer4.1.act1", 2),
+        ("vit", dict(dim=8, depth=2, heads=2, patch_size=4), "blocks.1.act", 2),
+        ("myrtle_cnn", dict(width=4), "block3.act", 1),
+    ],
+)
+def test_self_stitch_zoo_layouts(arch, config, site, n_cut):
+    data = _mnist_like()
+    m = models.build(arch, seed=0, in_channels=1, input_size=8, **config).eval()
+    x = data.test.tensors[0]
+    r = stitch(m, m, site, layer="full", data=data, config=_cfg(init="identity", epochs=0))
+    assert len(r.layers) == n_cut
+    torch.testing.assert_close(r.model(x), m(x))
+    assert r.penalty == 0.0
+    r = stitch(m, m, site, layer="auto", data=data, config=_cfg(epochs=0))
+    assert r.kind == ("permutation" if arch == "vit" else "perm_scale")  # GELU vs ReLU
+    assert all(lay.kind == r.kind for lay in r.layers.values())
+    torch.testing.assert_close(r.model(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in {**dict(model.named_parameters()),
+                                      **dict(model.named_buffers())}.items()}  # fmt: skip
+
+
+def test_frozen_models_are_bit_identical_after_training():
+    data = _mnist_like(n=96, size=8)
+    a = models.build("myrtle_cnn", seed=0, in_channels=1, input_size=8, width=4)
+    b = models.build("myrtle_cnn", seed=1, in_channels=1, input_size=8, width=4)
+    for m in (a, b):  # non-trivial BN running statistics
+        m.train()
+        with torch.no_grad():
+            m(data.train.tensors[0] * 2 + 1)
+    a.eval()
+    b.train()  # a model handed over in train mode must be evaluated in eval mode anyway
+    before_a, before_b = _snapshot(a), _snapshot(b)
+    r = stitch(a, b, "block2.act", layer="full", data=data, config=_cfg(epochs=2, batch_size=16))
+    for before, model in ((before_a, a), (before_b, b)):
+        after = _snapshot(model)
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not a.training and b.training  # untouched, flags included
+    back_buffers = dict(r.model.back.named_buffers())
+    for name, buf in back_buffers.items():  # the copy of B inside the stitch did not drift either
+        assert torch.equal(buf, before_b[name]), name
+    assert len(r.history) == 3 and r.history[1]["train_loss"] is not None
+    assert not r.model.back.training and not r.model.front.training
+    r.model.train()
+    assert not r.model.back.training and r.model.stitches.training
+
+
+def test_training_improves_and_epoch_is_chosen_on_validation(digits):
+    a = train_quick(TinyMLP(seed=0), digits)
+    b = train_quick(TinyMLP(seed=1), digits, seed=1)
+    r = stitch(a, b, "act1", layer="perm_scale", data=digits, config=_cfg(epochs=3, lr=1e-2, bias=True))
+    vals = [h["val_acc"] for h in r.history]
+    assert r.val_acc == max(vals) and r.history[r.best_epoch]["val_acc"] == r.val_acc
+    assert r.penalty < 0.2
+    full = stitch(a, b, "act1", layer="full", data=digits, config=_cfg(epochs=2, lr=1e-2))
+    assert full.penalty < 0.1
+
+
+def test_birkhoff_solver_runs_and_rounds(digits):
+    a = train_quick(TinyMLP(seed=0), digits)
+    b = train_quick(TinyMLP(seed=1), digits, seed=1)
+    r = stitch(a, b, "act1", layer="perm_scale", data=digits,
+               config=_cfg(solver="birkhoff", epochs=2, batch_size=128))  # fmt: skip
+    assert isinstance(r.layer, MonomialStitch) and r.solver == "birkhoff"
+    assert sorted(r.layer.perm.tolist()) == list(range(24))
+    assert len(r.history) == 3
+    ident = stitch(a, a, "act1", layer="perm_scale", data=digits,
+                   config=_cfg(solver="birkhoff", init="identity", epochs=0))  # fmt: skip
+    assert ident.penalty == 0.0
+    with pytest.raises(ValueError):
+        stitch(a, b, "act1", layer="signed_perm", data=digits,
+               config=_cfg(solver="birkhoff", epochs=0))  # fmt: skip
+
+
+def test_same_seed_same_result_and_cache_is_transparent(mlp, digits):
+    b = train_quick(TinyMLP(seed=1), digits, seed=1)
+    cfg = _cfg(epochs=2, init="random", lr=1e-2)
+    r1 = stitch(mlp, b, "act1", layer="full", data=digits, config=cfg)
+    r2 = stitch(mlp, b, "act1", layer="full", data=digits, config=cfg)
+    r3 = stitch(mlp, b, "act1", layer="full", data=digits,
+                config=_cfg(epochs=2, init="random", lr=1e-2, cache_bytes=0))  # fmt: skip
+    assert r1.history[-1]["val_loss"] == r2.history[-1]["val_loss"]
+    torch.testing.assert_close(r1.layer.weight, r2.layer.weight, rtol=0, atol=0)
+    torch.testing.assert_close(r1.layer.weight, r3.layer.weight)
+    assert r1.penalty == r2.penalty == r3.penalty
+
+
+def test_lasso_reports_sparsity(mlp, digits):
+    r = stitch(mlp, mlp, "act2", layer=("lasso", 0.05), data=digits, config=_cfg(epochs=2, lr=1e-2))
+    assert 0.0 < r.sparsity <= 1.0
+    assert r.kind == "lasso:0.05"
+
+
+def test_bad_inputs(mlp, digits):
+    with pytest.raises(UnknownSiteError):
+        stitch(mlp, mlp, "act9", layer="full", data=digits, config=_cfg(epochs=0))
+    with pytest.raises(KeyError):  # UnknownSiteError is a KeyError too
+        stitch(mlp, mlp, "", layer="full", data=digits, config=_cfg(epochs=0))
+    with pytest.raises(UnknownLayerKindError):
+        stitch(mlp, mlp, "act1", layer="rotation", data=digits, config=_cfg(epochs=0))
+    with pytest.raises(UnknownLayerKindError):
+        stitch(mlp, mlp, "fc1", layer="auto", data=digits, config=_cfg(epochs=0))
+    wide = TinyMLP(widths=(20, 16))
+    with pytest.raises(ShapeError):
+        stitch(mlp, wide, "act1", layer="perm_scale", data=digits, config=_cfg(epochs=0))
+    r = stitch(mlp, wide, "act1", layer="full", data=digits, config=_cfg(epochs=0))
+    assert r.layer.matrix().shape == (20, 24)  # GL between widths is fine
+    with pytest.raises(ValueError):
+        StitchConfig(solver="sinkhorn")
+    with pytest.raises(ValueError):
+        stitch(mlp, mlp, "act1", layer="full", data=(digits.train, None, digits.test),
+               config=_cfg(epochs=1))  # fmt: skip
+
+
+def test_float64_and_digits_fixture_sanity():
+    d = digits_splits(torch.float64)
+    assert d.train.tensors[0].dtype == torch.float64
+    assert len(d.train) + len(d.val) + len(d.test) == 1797
+    x_tr = set(map(tuple, d.train.tensors[0].flatten(1).tolist()[:50]))
+    assert not x_tr & set(map(tuple, d.test.tensors[0].flatten(1).tolist()))
+    _ = TinyResMLP

@@ -1,0 +1,138 @@
+"""Checkpoints: exact round trips, metadata, and clear errors for damaged or mismatched files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from intertwiner import checkpoints
+from intertwiner.errors import CheckpointError
+from intertwiner.models import build
+
+TINY = {
+    "mlp": {"widths": [6, 5]},
+    "myrtle_cnn": {"width": 2},
+    "resnet20": {"width": 2, "blocks_per_stage": 1},
+    "resnet18": {"width": 2},
+    "vit": {"dim": 8, "depth": 1, "heads": 2},
+}
+META = {"dataset": "synthetic", "split_seed": 0, "train_seed": 1, "val_accuracy": 0.5,
+        "test_accuracy": 0.25}  # fmt: skip
+
+
+def randomised(arch: str, activation: str = "tanh") -> nn.Module:
+    model = build(arch, activation=activation, seed=0, in_channels=1, input_size=28, **TINY[arch])
+    with torch.no_grad():  # BN running stats too, so a forgotten buffer shows
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                buf.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_round_trip_identical_outputs(tmp_path, arch):
+    model = randomised(arch)
+    path = checkpoints.save(model, tmp_path / f"{arch}.safetensors", META)
+    loaded, meta = checkpoints.load(path)
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))
+    assert not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    assert meta["arch"] == arch and meta["activation"] == "tanh"
+    assert meta["config"] == model.intertwiner_config
+    for key in ("library_version", "sha256", "created", *META):
+        assert key in meta
+    assert meta["test_accuracy"] == 0.25
+    assert checkpoints.is_valid(path)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    return checkpoints.save(randomised("myrtle_cnn"), tmp_path / "m.safetensors", META)
+
+
+def test_truncated(saved):
+    saved.write_bytes(saved.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="sha256"):
+        checkpoints.load(saved)
+    assert not checkpoints.is_valid(saved)
+
+
+def test_tampered_byte(saved):
+    blob = bytearray(saved.read_bytes())
+    blob[-5] ^= 0xFF
+    saved.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="tampered"):
+        checkpoints.load(saved)
+
+
+def test_config_mismatch_with_matching_hash(saved):
+    meta_path = checkpoints.sidecar(saved)
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["width"] = 3  # the weights are width 2
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="architecture needs"):
+        checkpoints.load(saved)
+    meta["config"]["arch"] = "resnet20"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot rebuild|tensor names"):
+        checkpoints.load(saved)
+
+
+def test_missing_or_corrupt_sidecar(saved):
+    meta_path = checkpoints.sidecar(saved)
+    meta_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        checkpoints.load(saved)
+    meta_path.unlink()
+    with pytest.raises(CheckpointError, match="missing metadata"):
+        checkpoints.load(saved)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        checkpoints.load(saved.with_name("nope.safetensors"))
+
+
+def test_garbage_with_forged_hash(tmp_path, saved):
+    import hashlib
+
+    saved.write_bytes(b"\x00" * 64)
+    meta_path = checkpoints.sidecar(saved)
+    meta = json.loads(meta_path.read_text())
+    meta["sha256"] = hashlib.sha256(b"\x00" * 64).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="safetensors"):
+        checkpoints.load(saved)
+
+
+def test_refuses_models_it_cannot_rebuild(tmp_path):
+    with pytest.raises(CheckpointError, match="models.build"):
+        checkpoints.save(nn.Linear(2, 2), tmp_path / "x.safetensors", {})
+    odd = build("mlp", activation=nn.LeakyReLU(0.2), widths=[4], in_channels=1, input_size=4)
+    with pytest.raises(CheckpointError, match="activations"):
+        checkpoints.save(odd, tmp_path / "y.safetensors", {})
+    with pytest.raises(CheckpointError, match="JSON"):
+        checkpoints.save(randomised("mlp"), tmp_path / "z.safetensors", {"x": object()})
+    with pytest.raises(CheckpointError, match=".safetensors"):
+        checkpoints.save(randomised("mlp"), tmp_path / "z.pt", {})
+
+
+def test_crash_mid_save_keeps_old_file(tmp_path, monkeypatch, saved):
+    before = saved.read_bytes()
+    before_meta = checkpoints.sidecar(saved).read_text()
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoints.save(randomised("myrtle_cnn", "relu"), saved, META)
+    assert saved.read_bytes() == before
+    assert checkpoints.sidecar(saved).read_text() == before_meta
+    assert not list(saved.parent.glob("*.tmp"))
+    monkeypatch.undo()
+    assert checkpoints.is_valid(saved)

@@ -1,0 +1,161 @@
+"""Training: bit-identical seeds, validation-only selection, per-example evaluation, zoo resume, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from typer.testing import CliRunner
+
+from intertwiner import checkpoints, training
+from intertwiner.cli import app
+from intertwiner.data import ArrayDataset, DataSplits, load
+from intertwiner.errors import NonFiniteError
+from intertwiner.models import build
+from intertwiner.training import TrainConfig, evaluate, parse_seeds, train, train_zoo
+
+
+@pytest.fixture(scope="module")
+def data() -> DataSplits:
+    return load("synthetic", n_train=240, n_test=60, input_size=8, augment=True)
+
+
+def small_cnn(data: DataSplits, seed: int = 0):
+    return build("myrtle_cnn", width=2, seed=seed, **data.model_config())
+
+
+FAST = TrainConfig(epochs=3, batch_size=32, lr=3e-3, progress=False, num_threads=1)
+
+
+def test_same_seed_bit_identical_weights(data):
+    a = train(small_cnn(data), data, FAST)
+    b = train(small_cnn(data), data, FAST)
+    for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+    assert a.history == [{**h, "seconds": a.history[i]["seconds"]} for i, h in enumerate(b.history)]
+    c = train(small_cnn(data), data, TrainConfig(**{**FAST.to_dict(), "seed": 1}))
+    assert not torch.equal(a.model.block1.conv.weight, c.model.block1.conv.weight)
+
+
+def test_kept_epoch_is_best_on_validation(data):
+    res = train(small_cnn(data), data, TrainConfig(**{**FAST.to_dict(), "epochs": 4}))
+    val_accs = [h["val_accuracy"] for h in res.history]
+    assert res.val_accuracy == max(val_accs)
+    assert val_accs[res.best_epoch - 1] == max(val_accs)
+    assert evaluate(res.model, data.val)["accuracy"] == pytest.approx(res.val_accuracy)
+    assert evaluate(res.model, data.test)["accuracy"] == pytest.approx(res.test_accuracy)
+    assert not res.model.training
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
+
+
+def test_test_split_is_never_used_for_choices(data):
+    """Scrambling the test labels changes nothing but the reported test accuracy."""
+    t = data.test
+    scrambled = ArrayDataset(t.images, (t.labels + 1) % 10, mean=t.mean, std=t.std)
+    other = DataSplits(data.train, data.val, scrambled, data.meta)
+    a = train(small_cnn(data), data, FAST)
+    b = train(small_cnn(data), other, FAST)
+    assert a.best_epoch == b.best_epoch
+    for v, w in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(v, w)
+    assert a.test_accuracy != b.test_accuracy
+
+
+def test_evaluate_counts_per_example(data):
+    model = small_cnn(data)
+    model.train()
+    x, y = data.test.get_batch(torch.arange(len(data.test)))
+    with torch.no_grad():
+        model.eval()
+        logits = model(x)
+        model.train()
+    expected_loss = F.cross_entropy(logits.double(), y).item()
+    expected_acc = (logits.argmax(1) == y).double().mean().item()
+    for bs in (7, 60, 1000):  # 60 = 8 * 7 + 4: a small last batch must not be over-weighted
+        r = evaluate(model, data.test, batch_size=bs)
+        assert r["n"] == 60
+        assert r["loss"] == pytest.approx(expected_loss, rel=1e-5)
+        assert r["accuracy"] == pytest.approx(expected_acc)
+    loader = DataLoader(data.test, batch_size=7)
+    assert evaluate(model, loader)["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert model.training  # mode restored
+
+
+def test_weight_decay_groups_and_step_schedule(data):
+    model = small_cnn(data)
+    groups = training._param_groups(model, FAST)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") for p in groups[0]["params"])
+    assert all(not names[id(p)].endswith("weight") for p in groups[1]["params"])
+    assert groups[1]["weight_decay"] == 0.0
+    everything = training._param_groups(model, TrainConfig(weight_decay_on="all"))
+    assert len(everything[0]["params"]) == len(list(model.parameters()))
+    res = train(small_cnn(data), data, TrainConfig(**{**FAST.to_dict(), "epochs": 8}))
+    lrs = [h["lr"] for h in res.history]  # step every 8 // 4 = 2 epochs, x0.5
+    assert lrs == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3, 7.5e-4, 7.5e-4, 3.75e-4, 3.75e-4])
+
+
+def test_divergence_raises(data):
+    model = build("mlp", widths=[8], seed=0, **data.model_config())
+    cfg = TrainConfig(epochs=3, optimizer="sgd", lr=1e30, progress=False)
+    with pytest.raises(NonFiniteError, match="lower lr"):
+        train(model, data, cfg)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError):
+        TrainConfig(schedule="linear")
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("0,2,5") == [0, 2, 5]
+    assert parse_seeds("1-2,7") == [1, 2, 7]
+    assert parse_seeds([4, 5]) == [4, 5]
+    with pytest.raises(ValueError):
+        parse_seeds("3-1")
+
+
+def test_zoo_resumes_and_skips_valid_checkpoints(tmp_path, data, monkeypatch):
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False)
+    mc = {"widths": [8]}
+    paths = train_zoo("mlp", "0-1", data, tmp_path, model_config=mc, train_config=cfg,
+                      progress=False)  # fmt: skip
+    assert [p.name for p in paths] == ["mlp-relu-seed0.safetensors", "mlp-relu-seed1.safetensors"]
+    assert all(checkpoints.is_valid(p) for p in paths)
+    meta = checkpoints.read_metadata(paths[1])
+    assert meta["train_seed"] == 1 and meta["dataset"] == "synthetic"
+    assert meta["split_seed"] == 0 and 0 <= meta["test_accuracy"] <= 1
+
+    calls = []
+    real_train = training.train
+    monkeypatch.setattr(
+        training, "train", lambda m, d, c: calls.append(c.seed) or real_train(m, d, c)
+    )
+    paths[0].write_bytes(paths[0].read_bytes()[:-10])  # truncated: must be retrained
+    again = train_zoo("mlp", [0, 1, 2], data, tmp_path, model_config=mc, train_config=cfg,
+                      progress=False)  # fmt: skip
+    assert calls == [0, 2]
+    assert all(checkpoints.is_valid(p) for p in again)
+
+
+def test_cli_train_and_zoo(tmp_path):
+    runner = CliRunner()
+    args = ["--arch", "mlp", "--data", "synthetic", "--epochs", "1", "--quiet",
+            "--model-config", '{"widths": [8]}', "--out", str(tmp_path)]  # fmt: skip
+    r = runner.invoke(app, ["train", *args, "--activation", "tanh", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["checkpoint"].endswith("mlp-tanh-seed3.safetensors")
+    model, meta = checkpoints.load(out["checkpoint"])
+    assert meta["activation"] == "tanh" and meta["train_seed"] == 3
+    r = runner.invoke(app, ["zoo", *args, "--seeds", "0-1"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)) == 2
+    r = runner.invoke(app, ["train", "--arch", "mlp", "--data", "cifar10", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "cifar-10-python.tar.gz" in r.output
