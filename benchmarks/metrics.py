@@ -9,14 +9,14 @@
    n_ref inputs and extrapolated by the number of (i, j) pairs, since its cost is one O(j C h w)
    product per row i; both implementations are also timed on that same subset.
 
-Run: ``python benchmarks/metrics.py [--quick]``. Timings are wall-clock medians.
+Run: ``python benchmarks/metrics.py [--quick]``. Procrustes: minima of 5 runs, wall and process
+CPU time (CPU time is less sensitive to other jobs on a shared machine); the rest: single runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import threading
 import time
 
@@ -27,12 +27,19 @@ from intertwiner.metrics.cka import hsic1_from_terms
 
 
 def timed(fn, repeat: int = 3) -> float:
-    times = []
+    """Minimum wall-clock seconds."""
+    return timed2(fn, repeat)[0]
+
+
+def timed2(fn, repeat: int = 5) -> tuple[float, float]:
+    """(minimum wall seconds, minimum process CPU seconds): minima resist a shared machine."""
+    wall, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return min(wall), min(cpu)
 
 
 def _rss() -> int:
@@ -69,23 +76,37 @@ def procrustes_table(n: int, c: int, repeat: int) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, generator=g, dtype=torch.float64).relu()
     y = (x @ torch.randn(c, c, generator=g, dtype=torch.float64) / c**0.5).relu()
-    base = timed(lambda: x.T @ y, repeat)
-    print(f"\nProcrustes, N = {n}, C = {c}, float64 inputs (X'Y alone: {base:.3f} s)")
-    print(f"{'metric':44s} {'seconds':>8s} {'x X^T Y':>8s}")
+    base, base_cpu = timed2(lambda: x.T @ y, repeat)
+    print(
+        f"\nProcrustes, N = {n}, C = {c}, float64 inputs; X'Y alone: {base:.3f} s wall, "
+        f"{base_cpu:.3f} s CPU (minima of {repeat})"
+    )
+    print(f"{'metric':46s} {'wall s':>7s} {'ratio':>6s} {'CPU s':>7s} {'ratio':>6s}")
     rows = [
         (f"procrustes_distance[{grp}]", lambda grp=grp: procrustes_distance(x, y, group=grp))
-        for grp in ("orthogonal", "permutation", "signed_permutation", "positive_monomial",
-                    "monomial")
+        for grp in (
+            "orthogonal",
+            "permutation",
+            "signed_permutation",
+            "positive_monomial",
+            "monomial",
+        )
     ] + [
-        ("procrustes_similarity[positive_monomial]",
-         lambda: procrustes_similarity(x, y, group="positive_monomial")),
+        (
+            "procrustes_similarity[positive_monomial]",
+            lambda: procrustes_similarity(x, y, group="positive_monomial"),
+        ),
     ]
     xf, yf = x.float(), y.float()
-    rows.append(("procrustes_distance[positive_monomial] f32 in",
-                 lambda: procrustes_distance(xf, yf, group="positive_monomial")))
+    rows.append(
+        (
+            "procrustes_distance[positive_monomial] f32 in",
+            lambda: procrustes_distance(xf, yf, group="positive_monomial"),
+        )
+    )
     for name, fn in rows:
-        t = timed(fn, repeat)
-        print(f"{name:44s} {t:8.3f} {t / base:8.2f}")
+        t, tc = timed2(fn, repeat)
+        print(f"{name:46s} {t:7.3f} {t / base:6.2f} {tc:7.3f} {tc / base_cpu:6.2f}")
 
 
 def preprocess_reference(h: torch.Tensor) -> torch.Tensor:
@@ -134,8 +155,10 @@ def group_cka_table(n: int, n_ref: int) -> None:
         print(f"{label:40s} {t:8.2f} {mem.extra_mib:15.0f} {v:10.6f}")
 
     small = min(n, 3000)
-    print(f"\nmemory against chunk size (N = {small}; features alone: "
-          f"{2 * small * 64 * 64 * 8 / 2**20:.0f} MiB as float64)")
+    print(
+        f"\nmemory against chunk size (N = {small}; features alone: "
+        f"{2 * small * 64 * 64 * 8 / 2**20:.0f} MiB as float64)"
+    )
     for chunk in (64, 256, 1024):
         with PeakRSS() as mem:
             t0 = time.perf_counter()
@@ -152,10 +175,14 @@ def group_cka_table(n: int, n_ref: int) -> None:
     with PeakRSS():
         t_full = timed(lambda: group_cka(h1, h2), 1)
     print(f"\nreference Python loop vs group_cka (float64); loop timed on N = {n_ref}")
-    print(f"same subset N = {n_ref}: loop {t_ref:.2f} s, group_cka {t_ours_sub:.2f} s, "
-          f"speed-up {t_ref / t_ours_sub:.1f}x, |difference| {abs(v_ref - v_ours):.1e}")
-    print(f"N = {n}: loop extrapolated {t_ref_full:.0f} s, group_cka measured {t_full:.1f} s, "
-          f"speed-up {t_ref_full / t_full:.1f}x")
+    print(
+        f"same subset N = {n_ref}: loop {t_ref:.2f} s, group_cka {t_ours_sub:.2f} s, "
+        f"speed-up {t_ref / t_ours_sub:.1f}x, |difference| {abs(v_ref - v_ours):.1e}"
+    )
+    print(
+        f"N = {n}: loop extrapolated {t_ref_full:.0f} s, group_cka measured {t_full:.1f} s, "
+        f"speed-up {t_ref_full / t_full:.1f}x"
+    )
 
 
 def main() -> None:
@@ -164,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     n = 2000 if args.quick else 10_000
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    procrustes_table(n, 128 if args.quick else 512, repeat=3)
+    procrustes_table(n, 128 if args.quick else 512, repeat=5)
     group_cka_table(n, n_ref=300 if args.quick else 1000)
 
 

@@ -30,8 +30,13 @@ def test_assert_invariant_passes_and_fails():
 def test_string_specs_layouts_and_dtypes():
     x = torch.randn(6, 3, 2, 2).relu()
     for dtype in (torch.float32, torch.float64):
-        assert_invariant("procrustes_distance:positive_monomial", "positive_monomial", x,
-                         dtype=dtype, generator=0)
+        assert_invariant(
+            "procrustes_distance:positive_monomial",
+            "positive_monomial",
+            x,
+            dtype=dtype,
+            generator=0,
+        )
     tok = torch.randn(4, 5, 3)
     e = sample_neuron_element("permutation", 3, torch.Generator().manual_seed(0))
     assert torch.equal(apply_to_neurons(tok, e), tok[..., e.perm])

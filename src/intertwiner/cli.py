@@ -288,5 +288,201 @@ def report(run_dir: str = typer.Argument(..., help="Run folder with results.sqli
     typer.echo(str(build_report(run_dir)))
 
 
+# ---- sanity / dissect (engineer D) -------------------------------------------------------------
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@app.command()
+def sanity(
+    arch: str = typer.Option("myrtle_cnn", "--arch", help=_ARCH_HELP),
+    activation: str = typer.Option("relu", "--activation", "-a", help="Comma list: relu,sigmoid."),
+    data: str = typer.Option("mnist", "--data", help="digits | mnist | concepts | synthetic"),
+    sites: str | None = typer.Option(None, "--sites", help="Comma list; default: all but last."),
+    kinds: str = typer.Option("group,orthogonal", "--kinds", help="identity,group,orthogonal,.."),
+    repeats: int = typer.Option(3, "--repeats"),
+    epochs: int = typer.Option(2, "--epochs", help="Retraining epochs (0: no retraining)."),
+    base_epochs: int = typer.Option(6, "--base-epochs", help="Epochs for the base model."),
+    width: int = typer.Option(8, "--width", help="Width of the base model."),
+    batchnorm: bool = typer.Option(False, "--batchnorm/--no-batchnorm", help="Paper: none."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="Use this trained model."),
+    seed: int = typer.Option(0, "--seed", help="Base model, transforms and retraining."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
+    out: str = typer.Option(..., "--out", help="Folder for checkpoints, rows and figure."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Rotation sanity test: fixed transform before an activation, retrain the rest, penalty."""
+    from pathlib import Path
+
+    from intertwiner import checkpoints, models
+    from intertwiner import data as data_mod
+    from intertwiner.errors import IntertwinerError
+    from intertwiner.experiments import sanity as san
+    from intertwiner.training import TrainConfig
+    from intertwiner.training import train as fit
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    try:
+        splits = data_mod.load(data, seed=seed)
+        config = san.SanityConfig(epochs=epochs, lr=lr, seed=seed, num_threads=threads)
+        for act in [None] if checkpoint else _csv(activation):
+            if checkpoint:
+                model, _ = checkpoints.load(checkpoint)
+            else:
+                path = out_dir / f"base-{arch}-{act}-w{width}-seed{seed}.safetensors"
+                if checkpoints.is_valid(path):
+                    model, _ = checkpoints.load(path)
+                else:
+                    cfg = {**splits.model_config(), "activation": act}
+                    if "batchnorm" in models.defaults(arch):
+                        cfg["batchnorm"] = batchnorm
+                    if "width" in models.defaults(arch):
+                        cfg["width"] = width
+                    model = models.build(arch, seed=seed, **cfg)
+                    tc = TrainConfig(epochs=base_epochs, seed=seed, num_threads=threads,
+                                     progress=not quiet)  # fmt: skip
+                    result = fit(model, splits, tc)
+                    checkpoints.save(model, path, {"dataset": splits.meta["name"],
+                                                   "split_seed": seed, **result.summary()})  # fmt: skip
+            site_list = _csv(sites) if sites else models.sites(model)[:-1]
+            rows += san.sanity_test(model, site_list, _csv(kinds), repeats, splits, config,
+                                    progress=not quiet)  # fmt: skip
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    summary = san.summarize(rows)
+    (out_dir / "sanity_rows.json").write_text(json.dumps(rows, indent=2))
+    (out_dir / "sanity_summary.json").write_text(json.dumps(summary, indent=2))
+    figure = san.plot_penalties(summary, out_dir / "sanity.png")
+    typer.echo(san.format_table(summary))
+    typer.echo(f"(accuracies and penalties in points; {repeats} repeats, {epochs} epochs)")
+    typer.echo(f"rows: {out_dir / 'sanity_rows.json'}  figure: {figure}")
+
+
+@app.command()
+def dissect(
+    checkpoint: str = typer.Argument(..., help="A model checkpoint (.safetensors)."),
+    layer: str = typer.Option(..., "--layer", help="A conv activation site, e.g. block2.act."),
+    data: str = typer.Option("concepts", "--data", help="Only concepts (scenes with masks)."),
+    n_orthogonal: int = typer.Option(3, "--n-orthogonal", help="Random rotations to try."),
+    powers: str = typer.Option("0,0.1,0.2,0.3,0.5,0.7,1", "--powers", help="Rotation powers."),
+    quantile: float = typer.Option(0.005, "--quantile", help="Top fraction that is 'on'."),
+    iou_threshold: float = typer.Option(0.04, "--iou-threshold"),
+    n_rotations: int = typer.Option(4, "--n-rotations", help="For the label-free statistics."),
+    seed: int = typer.Option(0, "--seed", help="Group element and rotations."),
+    out: str | None = typer.Option(None, "--out", help="Folder for JSON and the figure."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Network dissection of LAYER on the concept scenes under changes of basis."""
+    from pathlib import Path
+
+    from intertwiner import checkpoints
+    from intertwiner import dissection as dis
+    from intertwiner.data.concepts import load_concepts
+    from intertwiner.errors import IntertwinerError
+
+    if data != "concepts":
+        raise fail("dissection needs concept masks: only --data concepts is available")
+    try:
+        model, meta = checkpoints.load(checkpoint)
+        dm = meta.get("data_meta") or {}
+        options = dict(dm.get("generator") or {}) if meta.get("dataset") == "concepts" else {}
+        options.setdefault("size", int(model.intertwiner_config.get("input_size", 32)))
+        splits = load_concepts(seed=int(meta.get("split_seed", 0) or 0), **options)
+        exp = dis.dissection_experiment(
+            model, layer, splits.test, n_orthogonal=n_orthogonal,
+            powers=[float(p) for p in _csv(powers)], seed=seed, quantile=quantile,
+            iou_threshold=iou_threshold, progress=not quiet,
+        )  # fmt: skip
+        align = dis.basis_alignment(model, layer, splits.test, n_rotations=n_rotations, seed=seed)
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    payload = {"checkpoint": checkpoint, "layer": layer, "rows": exp["rows"], "alignment": align}
+    figure = None
+    if out is not None:
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"dissection-{layer}.json").write_text(json.dumps(payload, indent=2))
+        figure = dis.plot_rotation_curve(exp, out_dir / f"dissection-{layer}.png")
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    n_units = exp["rows"][0]["n_units"]
+    typer.echo(f"{layer}: {n_units} units, {exp['rows'][0]['n_images']} test scenes, "
+               f"IoU > {iou_threshold} at the top {quantile:g} quantile")  # fmt: skip
+    typer.echo(f"{'basis':<14} {'interpretable':>13} {'concepts':>8} {'mean IoU':>8}  detected")
+    for r in exp["rows"]:
+        typer.echo(f"{r['basis']:<14} {r['n_interpretable']:>13} {r['n_concepts']:>8} "
+                   f"{r['mean_best_iou']:>8.3f}  {r['concepts']}")  # fmt: skip
+    typer.echo(f"\n{'basis':<14} {'kurtosis':>9} {'hoyer':>6} {'near 0':>6}  (label-free)")
+    for r in align:
+        typer.echo(f"{r['basis']:<14} {r['kurtosis']:>9.2f} {r['hoyer']:>6.3f} "
+                   f"{r['near_zero']:>6.3f}")  # fmt: skip
+    if figure is not None:
+        typer.echo(f"figure: {figure}")
+
+
+# ---- end sanity / dissect (engineer D) ---------------------------------------------------------
+
+
+# ---- symmetries (engineer C) -------------------------------------------------------------------
+@app.command()
+def symmetries(
+    checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by train/zoo."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    seed: int = typer.Option(0, help="Seed for the random input batch and group elements."),
+    batch: int = typer.Option(8, help="Random inputs used to verify each site."),
+) -> None:
+    """Trace a checkpoint's weight-space symmetries and verify each site.
+
+    Errors are relative: max |f(x) - f_g(x)| / max |f(x)| with a random element g at one site,
+    in float64 (exactness of the symmetry) and in float32 (round-off at the model's precision).
+    """
+    import torch
+
+    from intertwiner.checkpoints import load
+    from intertwiner.errors import IntertwinerError
+    from intertwiner.symmetry import check, random_elements, site_errors, trace
+
+    try:
+        model, meta = load(checkpoint)
+        config = meta.get("config", {})
+        gen = torch.Generator().manual_seed(seed)
+        shape = (batch, int(config.get("in_channels", 3)), *(2 * [int(config.get("input_size", 32))]))
+        x = torch.randn(shape, generator=gen)
+        model = model.float()
+        spec = trace(model, x)
+        err32 = site_errors(model, spec, x, generator=torch.Generator().manual_seed(seed))
+        m64, x64 = model.double(), x.double()
+        err64 = site_errors(m64, spec, x64, generator=torch.Generator().manual_seed(seed))
+        elements = random_elements(spec, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            ref = float(m64.eval()(x64).abs().max()) or 1.0
+        total64 = check(m64, spec, x64, elements=elements) / ref
+    except IntertwinerError as e:
+        raise fail(e) from None
+    if as_json:
+        out = spec.to_dict()
+        for s in out["sites"]:
+            s["error_float64"], s["error_float32"] = err64[s["name"]], err32[s["name"]]
+        out["all_sites_error_float64"] = total64
+        out["checkpoint"] = checkpoint
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"{checkpoint}: {meta.get('arch')} ({meta.get('activation')}), {len(spec.sites)} sites")
+    typer.echo(spec.table(errors=err64, error_label="err f64"))
+    typer.echo(
+        f"\nerr f64: relative output change with a random element at one site (float64); "
+        f"float32 max {max(err32.values(), default=0.0):.1e}; all sites at once (float64) "
+        f"{total64:.1e}."
+    )
+
+
+# ---- end symmetries (engineer C) ---------------------------------------------------------------
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -659,7 +659,9 @@ def plot_rotation_curve(
         if kind == "power":
             continue
         colour, ls = styles.get(kind, ("tab:green", "-."))
-        ax.axhline(float(np.mean(counts)), color=colour, ls=ls, label=f"{kind} ({np.mean(counts):g})")
+        ax.axhline(
+            float(np.mean(counts)), color=colour, ls=ls, label=f"{kind} ({np.mean(counts):g})"
+        )
     ax.set_xlabel("rotation power p (0 = neuron basis, 1 = full random rotation)")
     ax.set_ylabel("interpretable units")
     n_units = rows[0]["n_units"]

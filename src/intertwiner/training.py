@@ -40,6 +40,9 @@ class TrainConfig:
     - ``device``: ``None`` picks CUDA when available, else CPU. Bit-identical runs are promised on
       CPU only. ``num_threads``: torch intra-op threads during the call (restored after); None
       leaves torch's setting alone.
+    - ``max_seconds``: stop early when another epoch (at the mean epoch time so far) would overrun
+      this wall-clock budget (None: run every epoch). Timing-dependent, so runs that stop early
+      are not reproducible; meant for benchmarks.
     """
 
     epochs: int = 10
@@ -56,6 +59,7 @@ class TrainConfig:
     progress: bool = True
     num_threads: int | None = None
     eval_batch_size: int = 512
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
@@ -288,6 +292,10 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig | None = None)
                 acc=f"{row['train_accuracy']:.3f}",
                 val=f"{row['val_accuracy']:.3f}",
             )
+            if config.max_seconds is not None:
+                elapsed = time.perf_counter() - start
+                if elapsed * (epoch + 1) / epoch > config.max_seconds:  # next epoch would overrun
+                    break
         model.load_state_dict(best_state)
         model.eval()
         test = evaluate(model, data.test, device=device, batch_size=config.eval_batch_size)

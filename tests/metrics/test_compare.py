@@ -74,8 +74,15 @@ def test_compare_with_upsampling_and_same_model():
     a = tiny_cnn(0)
     data = torch.randn(20, 3, 8, 8)
     res = compare(
-        a, a, data, ["1", "3"], ["1", "3"], "procrustes_similarity:positive_monomial",
-        upsample=True, progress=False, batch_size=7,
+        a,
+        a,
+        data,
+        ["1", "3"],
+        ["1", "3"],
+        "procrustes_similarity:positive_monomial",
+        upsample=True,
+        progress=False,
+        batch_size=7,
     )
     m = res.matrices["procrustes_similarity[positive_monomial]"]
     assert np.isfinite(m).all()
@@ -95,8 +102,9 @@ def test_compare_is_invariant_to_a_relu_symmetry_of_model_b():
         b[2].weight.copy_(e.inverse().transpose().apply(a[2].weight, 1))
     data = torch.randn(24, 3, 8, 8)
     assert torch.allclose(a(data), b(data), atol=1e-5)
-    res = compare(a, b, data, "1", "1", ["procrustes_distance:positive_monomial", "cka"],
-                  progress=False)
+    res = compare(
+        a, b, data, "1", "1", ["procrustes_distance:positive_monomial", "cka"], progress=False
+    )
     assert res.matrices["procrustes_distance[positive_monomial,angular]"][0, 0] == pytest.approx(
         0.0, abs=1e-3
     )

@@ -158,6 +158,7 @@ def paper_preprocess(h1, h2):
     size = (max(h1.shape[2], h2.shape[2]), max(h1.shape[3], h2.shape[3]))
     h1, h2 = upsample_nearest(h1, size), upsample_nearest(h2, size)
     c = max(h1.shape[1], h2.shape[1])
+
     def pad(h):
         return np.pad(h, ((0, 0), (0, c - h.shape[1]), (0, 0), (0, 0)))
 

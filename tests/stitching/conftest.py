@@ -28,7 +28,16 @@ def digits_splits(dtype=torch.float32, n_train=900, n_val=300) -> Splits:
 
 
 def train_quick(model: nn.Module, data: Splits, steps: int = 150, seed: int = 0) -> nn.Module:
-    """Full-batch Adam on the training split; a second on CPU."""
+    """Full-batch Adam on the training split; a second on CPU (one thread: tiny tensors)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model, data, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: nn.Module, data: Splits, steps: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     x, y = data.train.tensors
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -68,15 +68,19 @@ def check_finite(x: torch.Tensor, name: str = "features") -> None:
         )
 
 
-def validate(x: Any, name: str = "features", layout: str | None = None) -> torch.Tensor:
-    """Tensor, finite, known layout, at least one sample; dtype unchanged."""
+def validate(
+    x: Any, name: str = "features", layout: str | None = None, *, finite: bool = True
+) -> torch.Tensor:
+    """Tensor, finite (unless ``finite=False``: the caller checks), known layout, at least one
+    sample; floating dtypes unchanged."""
     t = as_tensor(x, name)
     infer_layout(t, layout)
     if t.shape[0] == 0:
         raise TooFewSamplesError(f"{name} have no samples")
     if not t.is_floating_point():
         t = t.to(torch.float64)
-    check_finite(t, name)
+    if finite:
+        check_finite(t, name)
     return t
 
 

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from intertwiner.errors import UnsupportedGroupError
+from intertwiner.errors import NonFiniteError, UnsupportedGroupError
 from intertwiner.metrics._groups import declare, family_name, subgroups
-from intertwiner.metrics._prep import f64, match_positions, to_matrix, validate
+from intertwiner.metrics._prep import check_finite, f64, match_positions, to_matrix, validate
 
 GROUPS = ("orthogonal", "permutation", "signed_permutation", "positive_monomial", "monomial")
 _PER_NEURON = {"positive_monomial", "monomial"}
@@ -76,26 +76,36 @@ class ProcrustesStats:
     ysq: torch.Tensor | None = None
     xsum: torch.Tensor | None = None
     ysum: torch.Tensor | None = None
+    #: Neuron sums are only needed to centre.
+    with_sums: bool = True
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add rows of x (b, p) and y (b, q), float64."""
-        gxy = x.T @ y
+        """Add rows of x (b, p) and y (b, q), float64 (finiteness is checked here, cheaply)."""
         xsq = torch.linalg.vector_norm(x, dim=0).square()
         ysq = torch.linalg.vector_norm(y, dim=0).square()
-        xs, ys = x.sum(0), y.sum(0)
+        _check_finite_via_norms(x, xsq, "X")
+        _check_finite_via_norms(y, ysq, "Y")
+        gxy = x.T @ y
+        if self.with_sums:
+            xs, ys = x.sum(0), y.sum(0)
+        else:
+            xs = ys = None
         if self.gxy is None:
             self.gxy, self.xsq, self.ysq, self.xsum, self.ysum = gxy, xsq, ysq, xs, ys
         else:
             self.gxy += gxy
             self.xsq += xsq
             self.ysq += ysq
-            self.xsum += xs
-            self.ysum += ys
+            if self.with_sums:
+                self.xsum += xs
+                self.ysum += ys
         self.n += x.shape[0]
 
     def _centred(self, center: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not center:
             return self.gxy, self.xsq, self.ysq
+        if not self.with_sums:
+            raise ValueError("these statistics were gathered without neuron sums; cannot centre")
         n = self.n
         return (
             self.gxy - torch.outer(self.xsum, self.ysum) / n,
@@ -117,6 +127,16 @@ class ProcrustesStats:
         else:
             nx, ny = float(xsq.sum()), float(ysq.sum())
         return best_alignment(m, group, width), nx, ny, width
+
+
+def _check_finite_via_norms(m: torch.Tensor, sq: torch.Tensor, name: str) -> None:
+    # NaN/Inf anywhere makes its neuron's sum of squares non-finite: one pass saved on big inputs.
+    if bool(torch.isfinite(sq).all()):
+        return
+    check_finite(m, name)  # raises NonFiniteError naming the bad values
+    raise NonFiniteError(
+        f"{name} has values so large that their squares overflow float64; rescale the features"
+    )
 
 
 def best_alignment(m: torch.Tensor, group: str, width: int | None = None) -> float:
@@ -169,14 +189,15 @@ def prepare_rows(
     X: Any, Y: Any, *, upsample: bool = False, layout: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated float64 (rows, neurons) matrices of X and Y with matching rows."""
-    xt, yt = validate(X, "X", layout), validate(Y, "Y", layout)
+    # Finiteness is checked by ProcrustesStats.update from the neuron norms.
+    xt, yt = validate(X, "X", layout, finite=False), validate(Y, "Y", layout, finite=False)
     xt, yt = match_positions(xt, yt, upsample=upsample, layout_x=layout, layout_y=layout)
     return f64(to_matrix(xt, layout)), f64(to_matrix(yt, layout))
 
 
-def _stats(X: Any, Y: Any, upsample: bool, layout: str | None) -> ProcrustesStats:
+def _stats(X: Any, Y: Any, upsample: bool, layout: str | None, center: bool) -> ProcrustesStats:
     x, y = prepare_rows(X, Y, upsample=upsample, layout=layout)
-    stats = ProcrustesStats()
+    stats = ProcrustesStats(with_sums=center)
     stats.update(x, y)  # unequal widths: best_alignment zero-pads the cross matrix
     return stats
 
@@ -199,7 +220,7 @@ def procrustes_distance(
     Invariant to the group (see ``invariant_families(group)``); ``.invariant_to`` is for the default.
     """
     g = procrustes_group(group)
-    return distance_from_stats(_stats(X, Y, upsample, layout), g, kind, center)
+    return distance_from_stats(_stats(X, Y, upsample, layout, center), g, kind, center)
 
 
 @declare(subgroups("orthogonal"))
@@ -219,4 +240,4 @@ def procrustes_similarity(
     monomial like G_ReLU).
     """
     g = procrustes_group(group)
-    return similarity_from_stats(_stats(X, Y, upsample, layout), g, center)
+    return similarity_from_stats(_stats(X, Y, upsample, layout, center), g, center)

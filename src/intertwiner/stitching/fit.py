@@ -55,15 +55,20 @@ class StitchConfig:
 
     ``solver``: for monomial kinds, ``"match"`` (ours: activation matching, then fine-tune scales and
     bias) or ``"birkhoff"`` (the paper's relaxation; ``perm_scale`` and ``permutation`` only).
+    ``match_score``: ``"lsq"`` (exact least-squares assignment) or ``"corr"`` (Pearson correlation).
     ``init``: ``"auto"`` (closed form or matching; the paper's Sinkhorn init for birkhoff),
     ``"closed_form"``, ``"identity"`` or ``"random"`` (PyTorch default; a random permutation for
     monomial kinds). ``epochs=0`` evaluates the initialisation alone. ``optimizer="auto"`` is SGD for
     birkhoff (the paper's) and Adam otherwise; ``weight_decay=None`` is the paper's 1e-4 on the
     scales for birkhoff and 0 otherwise. ``warmup``: fraction of birkhoff epochs with scales off.
     ``residual``: ``"stitch"`` (stitch the residual stream too) or ``"error"`` (refuse such sites).
+    ``cache_bytes``: cache front-of-A features up to this size. ``channel_dim``: the neuron axis of
+    the features (default: 1, or 2 for 3-d token features). ``num_threads``: torch intra-op threads
+    during the call (restored after; None leaves torch's setting alone).
     """
 
     solver: str = "match"
+    match_score: str = "lsq"
     init: str = "auto"
     epochs: int = 3
     optimizer: str = "auto"
@@ -82,6 +87,7 @@ class StitchConfig:
     cache_bytes: int = 1 << 30
     residual: str = "stitch"
     channel_dim: int | None = None
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -184,15 +190,17 @@ class _Features:
 
     def batches(self, shuffle: bool, generator=None) -> Iterator[tuple[tuple, torch.Tensor]]:
         bs = self.cfg.batch_size
+        # One order for both paths, so caching never changes the result.
+        order = torch.randperm(self.n, generator=generator) if shuffle else torch.arange(self.n)
         if self.cache is not None:
             cat, labels = self.cache
-            order = torch.randperm(self.n, generator=generator) if shuffle else torch.arange(self.n)
             order = order.to(labels.device)
             for s in range(0, self.n, bs):
                 idx = order[s : s + bs]
                 yield tuple(c[idx] if c is not None else None for c in cat), labels[idx]
             return
-        for x, y in _loader(self.ds, bs, shuffle=shuffle, generator=generator):
+        loader = DataLoader(self.ds, batch_size=bs, sampler=order.tolist())
+        for x, y in loader:
             with torch.no_grad():
                 feats = self.front(x.to(self.device))
             yield tuple(feats), torch.as_tensor(y).to(self.device)
@@ -298,7 +306,7 @@ def _init_closed_form(layer: StitchLayer, stats: solvers.FeatureStats, cfg: Stit
         s, b = solvers.diagonal(stats, bias=bias)
         layer.set_(d(s), d(b))
     elif isinstance(layer, MonomialStitch):
-        perm, scale, b = solvers.match(stats, layer.kind, bias=bias)
+        perm, scale, b = solvers.match(stats, layer.kind, bias=bias, score=cfg.match_score)
         layer.set_(perm.to(dev), d(scale), d(b))
     else:  # pragma: no cover
         raise ValueError(f"no closed form for {layer.kind!r}")
@@ -365,10 +373,16 @@ def stitch(
     if cfg.epochs > 0 and (val_ds is None or len(val_ds) == 0):
         raise TooFewSamplesError("training a stitch needs a validation split to choose the epoch")
     device = torch.device(cfg.device) if cfg.device is not None else torch.device("cpu")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.seed))
-        gen = torch.Generator().manual_seed(int(cfg.seed))
-        result = _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device, gen)
+    threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(int(cfg.num_threads))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed))
+            gen = torch.Generator().manual_seed(int(cfg.seed))
+            result = _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device, gen)
+    finally:
+        torch.set_num_threads(threads)
     result.wall_time_s = time.perf_counter() - t0
     return result
 
@@ -462,7 +476,7 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
             opt.step()
             for m in trainable:
                 m.project_(cfg.lr)
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             count += len(y)
         model.train(False)
         va, vl = _evaluate_stitched(model, val_f)

@@ -124,17 +124,42 @@ def correlation(stats: FeatureStats) -> torch.Tensor:
     return torch.where(denom > 0, cxy.T / denom.clamp(min=1e-300), torch.zeros_like(denom))
 
 
-def match(stats: FeatureStats, kind: str, *, bias: bool):
+def lsq_gain(stats: FeatureStats, kind: str, *, bias: bool) -> torch.Tensor:
+    """``gain[i, j]``: how much pairing B's unit i with A's unit j (best scale under ``kind``)
+    lowers ``E||y_i - s x_j (- b_i)||^2``. The monomial map's total error is ``E||y||^2 - sum_i
+    gain[i, perm[i]]``, so Hungarian on ``gain`` is the exact least-squares fit over the kind."""
+    _, _, cxx, _, cxy = stats.moments(center=bias)
+    xy = cxy.T  # (c_out, c_in): E[x_j y_i]
+    xx = cxx.diagonal().unsqueeze(0)  # E[x_j^2]
+    safe = xx.clamp(min=1e-300)
+    if kind == "perm_scale":
+        return torch.where(xx > 0, xy.clamp(min=0) ** 2 / safe, torch.zeros_like(xy))
+    if kind == "monomial":
+        return torch.where(xx > 0, xy**2 / safe, torch.zeros_like(xy))
+    if kind == "signed_perm":
+        return 2 * xy.abs() - xx
+    if kind == "permutation":
+        return 2 * xy - xx
+    raise ValueError(f"match handles monomial kinds only, got {kind!r}")
+
+
+def match(stats: FeatureStats, kind: str, *, bias: bool, score: str = "lsq"):
     """Activation matching for a monomial ``kind``: returns ``(perm, scale, b or None)`` with the
     ``MonomialElement`` convention ``y_i ~ scale[i] * x[perm[i]] (+ b_i)``.
 
-    The assignment maximises the summed correlation (``perm_scale``, ``permutation``) or summed
-    absolute correlation (``signed_perm``, ``monomial``, whose scales may be negative). Scales are
-    then the least-squares optimum of each matched pair under the kind's constraint.
+    ``score="lsq"`` (default) assigns with ``lsq_gain``: the exact least-squares optimum over the
+    kind. ``score="corr"`` maximises the summed Pearson correlation (absolute for ``signed_perm``
+    and ``monomial``), the classic unit matching. Scales are then the least-squares optimum of each
+    matched pair under the kind's constraint.
     """
     corr = correlation(stats)
-    score = corr.abs() if kind in ("signed_perm", "monomial") else corr
-    rows, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
+    if score == "lsq":
+        gain = lsq_gain(stats, kind, bias=bias)
+    elif score == "corr":
+        gain = corr.abs() if kind in ("signed_perm", "monomial") else corr
+    else:
+        raise ValueError(f"score must be 'lsq' or 'corr', got {score!r}")
+    rows, cols = linear_sum_assignment(gain.cpu().numpy(), maximize=True)
     perm = torch.empty(corr.shape[0], dtype=torch.long)
     perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
     mx, my, cxx, _, cxy = stats.moments(center=bias)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from intertwiner.errors import NonFiniteError
 from intertwiner.groups import GroupElement
 from intertwiner.symmetry.apply import apply, random_elements
 from intertwiner.symmetry.spec import SymmetrySpec
@@ -112,6 +113,8 @@ def hidden_errors(
     h_new = capture(new, acts, example_input)
     out = {}
     for a in acts:
+        if not bool(torch.isfinite(h_old[a]).all()):
+            raise NonFiniteError(f"activation {a!r} is not finite on the example input")
         expected = h_old[a]
         for s in spec.sites_for(a):
             expected = s.move(a, expected, elements[s.name])
@@ -142,6 +145,11 @@ def assert_function_preserved(
     elements = random_elements(spec, generator=generator, dtype=torch.float64)
     new = apply(work, spec, elements)
     ref, got = _run(work, inputs), _run(new, inputs)
+    if not bool(torch.isfinite(ref).all()):
+        raise NonFiniteError(
+            f"{type(model).__name__} gives non-finite outputs on the example input, so nothing "
+            "can be verified; use smaller inputs or weights (x^d activations grow fast)"
+        )
     err = float((ref - got).abs().max())
     scale = float(ref.abs().max())
     if err > atol + rtol * scale:

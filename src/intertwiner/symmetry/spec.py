@@ -204,11 +204,11 @@ class SymmetrySpec:
     def names(self) -> list[str]:
         return [s.name for s in self.sites]
 
-    def table(self, errors: dict[str, float] | None = None) -> str:
+    def table(self, errors: dict[str, float] | None = None, error_label: str = "error") -> str:
         """Plain-text table: name, kind, width, group, restrictions and what the element acts on."""
         headers = ["site", "kind", "width", "group", "family", "acts on"]
         if errors is not None:
-            headers.append("error")
+            headers.append(error_label)
         rows = []
         for s in self.sites:
             row = [

@@ -36,6 +36,7 @@ Restrictions (each recorded with its reason on the site):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -513,8 +514,10 @@ class _Analysis:
             out_parts.append(part)
         return x.moved(parts=tuple(out_parts))
 
-    def layernorm(self, m: nn.LayerNorm, name: str, x: _Info) -> _Info:
+    def layernorm(self, m: nn.LayerNorm, name: str, x: _Info | None) -> _Info | None:
         self.once(name, m)
+        if x is None:
+            return None
         if len(m.normalized_shape) != 1 or x.dim != -1 or x.outer != 1 or x.inner != 1:
             raise UnsupportedModuleError(
                 f"LayerNorm {name!r} must normalise exactly the feature axis (the last dim); "
@@ -532,7 +535,9 @@ class _Analysis:
             self.act(x, f"{name}.bias", 0, "out")
         return x
 
-    def activation(self, name: str, group: IntertwinerGroup, x: _Info) -> _Info:
+    def activation(self, name: str, group: IntertwinerGroup, x: _Info | None) -> _Info | None:
+        if x is None:
+            return None
         out = []
         for part in self.parts(x):
             sid, mode, ch = part
@@ -1022,6 +1027,40 @@ class _Runner(fx.Interpreter):
         return x.moved(dim=new_pos - value.dim())
 
 
+class _Root1(nn.Module):
+    """Holds a model whose own type is a leaf (e.g. a bare nn.TransformerEncoderLayer) so that
+    fx records one call_module node for it; names are un-prefixed after tracing."""
+
+    def __init__(self, root: nn.Module):
+        super().__init__()
+        self.root = root
+
+    def forward(self, x):
+        return self.root(x)
+
+
+class _Root3(_Root1):
+    def forward(self, q, k, v):
+        return self.root(q, k, v)
+
+
+def _strip(name: str) -> str:
+    if name == "root":
+        return ""
+    return name[5:] if name.startswith("root.") else name
+
+
+def _unwrap(spec: SymmetrySpec) -> SymmetrySpec:
+    for s in spec.sites:
+        s.name = _strip(s.name)
+        s.actions = [dataclasses.replace(a, name=_strip(a.name)) for a in s.actions]
+        s.activation_axes = {_strip(k): v for k, v in s.activation_axes.items()}
+        s.activations = [_strip(a) for a in s.activations]
+        s.writers = [_strip(w) for w in s.writers]
+    spec.frozen = [(_strip(a), b) for a, b in spec.frozen]
+    return spec
+
+
 def trace(model: nn.Module, example_input: Any) -> SymmetrySpec:
     """The hidden symmetry sites of ``model`` (see the module docstring for the rules).
 
@@ -1031,6 +1070,14 @@ def trace(model: nn.Module, example_input: Any) -> SymmetrySpec:
     work = copy.deepcopy(model).eval()
     zoo = _zoo_attention()
     tracer = _Tracer(((zoo,) if zoo is not None else ()) + (RBF, Power, Abs, Elementwise))
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    wrapped = tracer.is_leaf_module(work, "")
+    if wrapped:
+        if len(inputs) not in (1, 3):
+            raise UnsupportedModuleError(
+                f"a bare {type(model).__name__} must take 1 (or 3: query, key, value) inputs"
+            )
+        work = (_Root1 if len(inputs) == 1 else _Root3)(work)
     try:
         graph = tracer.trace(work)
     except Exception as e:  # noqa: BLE001 (fx raises many types; report one)
@@ -1041,7 +1088,6 @@ def trace(model: nn.Module, example_input: Any) -> SymmetrySpec:
         ) from e
     gm = fx.GraphModule(work, graph)
     an = _Analysis(work)
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     runner = _Runner(gm, an, zoo)
     try:
         with torch.no_grad():
@@ -1050,7 +1096,8 @@ def trace(model: nn.Module, example_input: Any) -> SymmetrySpec:
         if runner.error is None:
             raise
         raise UnsupportedModuleError(runner.error) from None
-    return _build(an, type(model).__name__)
+    spec = _build(an, type(model).__name__)
+    return _unwrap(spec) if wrapped else spec
 
 
 def _build(an: _Analysis, model_name: str) -> SymmetrySpec:
