@@ -90,7 +90,9 @@ def test_agrees_with_brute_force_and_streams(scenes, pool):
 def test_exactly_invariant_under_g_relu_units_relabelled(scenes, dtype, seed):
     images, masks = scenes
     model = _net(seed)
-    el = for_activation("relu").sample(6, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    el = for_activation("relu").sample(
+        6, generator=torch.Generator().manual_seed(seed), dtype=dtype
+    )
     both = dissect_bases(model, "2", (images, masks), {"id": None, "g": el}, progress=False)
     res, res_g = both["id"], both["g"]
     assert res_g.n_interpretable == res.n_interpretable

@@ -308,6 +308,7 @@ def sanity(
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Use this trained model."),
     seed: int = typer.Option(0, "--seed", help="Base model, transforms and retraining."),
     lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(128, "--batch-size", help="Base training and retraining."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
     out: str = typer.Option(..., "--out", help="Folder for checkpoints, rows and figure."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -327,12 +328,15 @@ def sanity(
     rows: list[dict] = []
     try:
         splits = data_mod.load(data, seed=seed)
-        config = san.SanityConfig(epochs=epochs, lr=lr, seed=seed, num_threads=threads)
+        config = san.SanityConfig(
+            epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, num_threads=threads
+        )
         for act in [None] if checkpoint else _csv(activation):
             if checkpoint:
                 model, _ = checkpoints.load(checkpoint)
             else:
-                path = out_dir / f"base-{arch}-{act}-w{width}-seed{seed}.safetensors"
+                bn = "-bn" if batchnorm else ""
+                path = out_dir / f"base-{arch}-{act}-w{width}{bn}-seed{seed}.safetensors"
                 if checkpoints.is_valid(path):
                     model, _ = checkpoints.load(path)
                 else:
@@ -342,8 +346,8 @@ def sanity(
                     if "width" in models.defaults(arch):
                         cfg["width"] = width
                     model = models.build(arch, seed=seed, **cfg)
-                    tc = TrainConfig(epochs=base_epochs, seed=seed, num_threads=threads,
-                                     progress=not quiet)  # fmt: skip
+                    tc = TrainConfig(epochs=base_epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                     num_threads=threads, progress=not quiet)  # fmt: skip
                     result = fit(model, splits, tc)
                     checkpoints.save(model, path, {"dataset": splits.meta["name"],
                                                    "split_seed": seed, **result.summary()})  # fmt: skip
@@ -451,7 +455,8 @@ def symmetries(
         model, meta = load(checkpoint)
         config = meta.get("config", {})
         gen = torch.Generator().manual_seed(seed)
-        shape = (batch, int(config.get("in_channels", 3)), *(2 * [int(config.get("input_size", 32))]))
+        size = int(config.get("input_size", 32))
+        shape = (batch, int(config.get("in_channels", 3)), size, size)
         x = torch.randn(shape, generator=gen)
         model = model.float()
         spec = trace(model, x)
@@ -472,7 +477,8 @@ def symmetries(
         out["checkpoint"] = checkpoint
         typer.echo(json.dumps(out, indent=2))
         return
-    typer.echo(f"{checkpoint}: {meta.get('arch')} ({meta.get('activation')}), {len(spec.sites)} sites")
+    arch, act = meta.get("arch"), meta.get("activation")
+    typer.echo(f"{checkpoint}: {arch} ({act}), {len(spec.sites)} sites")
     typer.echo(spec.table(errors=err64, error_label="err f64"))
     typer.echo(
         f"\nerr f64: relative output change with a random element at one site (float64); "
@@ -482,6 +488,84 @@ def symmetries(
 
 
 # ---- end symmetries (engineer C) ---------------------------------------------------------------
+
+
+# ---- stitch (engineer E) -----------------------------------------------------------------------
+@app.command("stitch")
+def stitch_command(
+    checkpoint_a: str = typer.Argument(..., help="Checkpoint of model A (its front is used)."),
+    checkpoint_b: str = typer.Argument(..., help="Checkpoint of model B (its back is used)."),
+    at: str = typer.Option(..., "--at", help="Site: a module name such as block2.act."),
+    layer: str = typer.Option(
+        "auto",
+        "--layer",
+        help="full | orthogonal | low_rank:R | lasso:LAM | diagonal | permutation | perm_scale "
+        "| signed_perm | monomial | auto (the group of the site's activation).",
+    ),
+    solver: str = typer.Option("match", help="perm_scale/permutation solver: match | birkhoff."),
+    epochs: int = typer.Option(3, help="Training epochs of the stitch (0: initialisation only)."),
+    lr: float = typer.Option(1e-3, help="Learning rate."),
+    bias: bool = typer.Option(False, "--bias/--no-bias", help="Give the stitch a bias."),
+    batch_size: int = typer.Option(128, help="Batch size."),
+    data: str | None = typer.Option(
+        None, "--data", help="Dataset name (default: the one in A's checkpoint metadata)."
+    ),
+    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
+    seed: int = typer.Option(0, help="Seed of the stitch's initialisation and batch order."),
+    residual: str = typer.Option("stitch", help="Residual-branch sites: stitch | error."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default cpu)."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Stitch A's front into B's back at a site and print accuracies and the stitching penalty."""
+    from intertwiner import checkpoints
+    from intertwiner import data as data_mod
+    from intertwiner.errors import IntertwinerError
+    from intertwiner.stitching import StitchConfig, stitch
+
+    try:
+        model_a, meta_a = checkpoints.load(checkpoint_a)
+        model_b, _ = checkpoints.load(checkpoint_b)
+        name = data or meta_a.get("dataset")
+        if not name:
+            raise ValueError(f"{checkpoint_a} does not record its dataset; pass --data")
+        options: dict = {"seed": int(meta_a.get("split_seed") or 0)}
+        if data_dir is not None:
+            options["root"] = data_dir
+        splits = data_mod.load(name, **options)
+        config = StitchConfig(
+            solver=solver,
+            epochs=epochs,
+            lr=lr,
+            bias=bias,
+            batch_size=batch_size,
+            seed=seed,
+            residual=residual,
+            device=device,
+            num_threads=threads,
+            progress=not quiet,
+        )
+        result = stitch(model_a, model_b, at, layer=layer, data=splits, config=config)
+    except (IntertwinerError, ValueError) as e:
+        raise fail(e) from None
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    streams = f" (also stitched the residual stream {result.residual_streams})"
+    typer.echo(f"site {result.site}, layer {result.kind}"
+               + (f" ({result.solver})" if result.solver else "")
+               + (streams if result.residual_streams else ""))  # fmt: skip
+    typer.echo(f"test accuracy  A {100 * result.acc_a:.2f}%  B {100 * result.acc_b:.2f}%  "
+               f"stitched {100 * result.acc_stitched:.2f}%")  # fmt: skip
+    typer.echo(f"penalty        {100 * result.penalty:.2f} points (mean of A and B minus stitched)")
+    typer.echo(f"chosen epoch   {result.best_epoch} (validation accuracy "
+               f"{100 * result.val_acc:.2f}%), {result.wall_time_s:.1f}s")  # fmt: skip
+    if result.sparsity is not None and result.kind.startswith("lasso"):
+        typer.echo(f"sparsity       {result.sparsity:.3f}")
+
+
+# ---- end stitch (engineer E) -------------------------------------------------------------------
 
 
 if __name__ == "__main__":  # pragma: no cover

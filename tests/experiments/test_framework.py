@@ -44,3 +44,15 @@ def test_missing_requirements_are_named():
 
 def test_kind_label():
     assert kind_label("full") == "full" and kind_label(["low_rank", 2]) == "low_rank_2"
+
+
+def test_spread_sites():
+    from intertwiner.experiments.stitching_sweep import spread
+
+    assert spread(19, 100) == list(range(19))
+    assert spread(7, 4) == [0, 2, 4, 6]
+    assert spread(4, 4) == [0, 1, 2, 3]
+    for n in range(1, 20):
+        for k in range(1, 25):
+            s = spread(n, k)
+            assert len(s) == min(n, k) and s == sorted(set(s)) and s[-1] == n - 1

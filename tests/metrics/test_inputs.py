@@ -110,3 +110,31 @@ def test_all_constant_representation_warns_and_returns_zero():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cka(x, x)
+
+
+def test_overflowing_values_are_reported():
+    x = relu_features((10, 3), 0)
+    with pytest.raises(NonFiniteError, match="overflow"):
+        procrustes_distance(x * 1e200, x)
+
+
+def test_intertwiner_groups_map_to_the_family_of_phi():
+    from intertwiner.groups import for_activation
+    from intertwiner.metrics._groups import family_name
+
+    expect = {
+        "relu": "positive_monomial",
+        "tanh": "signed_permutation",
+        "gelu": "permutation",
+        "power2": "positive_monomial",  # phi(A) = A^2 entrywise: signs squared away
+        "power3": "monomial",
+        "abs": "positive_monomial",
+        "rbf": "permutation",
+        "identity": "general_linear",
+    }
+    for act, fam in expect.items():
+        assert family_name(for_activation(act)) == fam
+    x, y = relu_features((20, 4), 0), relu_features((20, 4), 1)
+    assert procrustes_distance(x, y, group=for_activation("relu")) == procrustes_distance(
+        x, y, group="positive_monomial"
+    )

@@ -159,7 +159,9 @@ def test_hungarian_matches_brute_force():
     gen = torch.Generator().manual_seed(1)
     for _ in range(5):
         w = torch.rand(5, 5, generator=gen, dtype=torch.float64)
-        best = max(itertools.permutations(range(5)), key=lambda p: sum(w[i, p[i]] for i in range(5)))
+        best = max(
+            itertools.permutations(range(5)), key=lambda p: sum(w[i, p[i]] for i in range(5))
+        )
         assert hungarian(w).tolist() == list(best)
 
 

@@ -8,8 +8,7 @@ import scipy.linalg
 import torch
 
 from intertwiner.errors import NonFiniteError, TooFewSamplesError
-from intertwiner.stitching import FeatureStats
-from intertwiner.stitching import solvers
+from intertwiner.stitching import FeatureStats, solvers
 
 
 def _stats(x, y, chunks=3):

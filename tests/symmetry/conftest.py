@@ -17,7 +17,10 @@ ZOO = {
         "myrtle_cnn",
         {"width": 2, "in_channels": 2, "input_size": 8, "batchnorm": False},
     ),
-    "resnet20": ("resnet20", {"width": 2, "in_channels": 2, "input_size": 8, "blocks_per_stage": 2}),
+    "resnet20": (
+        "resnet20",
+        {"width": 2, "in_channels": 2, "input_size": 8, "blocks_per_stage": 2},
+    ),
     "resnet18": ("resnet18", {"width": 2, "in_channels": 2, "input_size": 8}),
     "vit": (
         "vit",

@@ -1,7 +1,9 @@
 """Stage "metrics": layer x layer CKA, G_ReLU-CKA and orthogonal / G_ReLU Procrustes per model pair.
 
 Features are the outputs of every activation site on the first ``n_samples`` test images (paper
-section 5 uses the 10,000 CIFAR-10 test images). Procrustes similarity is the paper's 1 - d.
+section 5 uses the 10,000 CIFAR-10 test images). Procrustes similarity is the paper's 1 - d; between
+layers of different spatial size the smaller map is upsampled by nearest neighbour (the paper's
+choice) and the narrower layer zero-padded.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ def _metric_fns() -> dict:
         "cka": lambda x, y: metrics.cka(x, y, debiased=True),
         "grelu_cka": lambda x, y: metrics.group_cka(x, y, group="positive_monomial", debiased=True),
         "orthogonal_procrustes": lambda x, y: metrics.procrustes_similarity(
-            x, y, group="orthogonal"
+            x, y, group="orthogonal", upsample=True
         ),
         "grelu_procrustes": lambda x, y: metrics.procrustes_similarity(
-            x, y, group="positive_monomial"
+            x, y, group="positive_monomial", upsample=True
         ),
     }
 

@@ -71,9 +71,11 @@ PRESETS: dict[str, dict] = {
         "sanity": {
             "activations": ["relu", "sigmoid", "gelu"],
             "repeats": 2,
-            "epochs": 1,
+            "epochs": 2,
+            "lr": 3e-3,
             "arch": "myrtle_cnn",
-            "model": {"width": 8, "batchnorm": False},
+            "model": {"width": 8, "batchnorm": True},
+            "train": {"epochs": 3, "batch_size": 128, "lr": 3e-3},
         },
         "dissection": {
             "arch": "myrtle_cnn",
@@ -117,7 +119,8 @@ PRESETS: dict[str, dict] = {
             "repeats": 5,
             "epochs": 3,
             "arch": "myrtle_cnn",
-            "model": {"width": 16, "batchnorm": False},
+            "model": {"width": 16, "batchnorm": True},
+            "train": {"epochs": 6, "batch_size": 128, "lr": 2e-3},
         },
         "dissection": {
             "arch": "myrtle_cnn",
@@ -217,7 +220,9 @@ def build_plan(preset: str, data: str | None = None, data_dir: str | None = None
     if p["sanity"]:
         sp = p["sanity"]
         sanity_models = {
-            act: zoo.zoo_config(sp["arch"], act, 0, sp["model"], p["train"], dspec, "sanity")
+            act: zoo.zoo_config(
+                sp["arch"], act, 0, sp["model"], sp.get("train", p["train"]), dspec, "sanity"
+            )
             for act in sp["activations"]
         }
     dis_models: list[dict] = []
@@ -238,7 +243,11 @@ def build_plan(preset: str, data: str | None = None, data_dir: str | None = None
     stages.append(stitching_sweep.stage(model_pairs, **p["stitch"]))
     if p["sanity"]:
         sp = p["sanity"]
-        stages.append(sanity_job.stage(sanity_models, repeats=sp["repeats"], epochs=sp["epochs"]))
+        stages.append(
+            sanity_job.stage(
+                sanity_models, repeats=sp["repeats"], epochs=sp["epochs"], lr=sp.get("lr", 1e-3)
+            )
+        )
     if p["dissection"]:
         dp = p["dissection"]
         stages.append(dissection_job.stage(dis_models, dp["layers"], dp["rotations"]))

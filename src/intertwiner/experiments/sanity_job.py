@@ -39,9 +39,19 @@ def sanity_job(config: dict) -> dict:
 
 
 def stage(
-    models_by_activation: dict[str, dict], layers: int = 3, repeats: int = 2, epochs: int = 1
+    models_by_activation: dict[str, dict],
+    layers: int = 3,
+    repeats: int = 2,
+    epochs: int = 1,
+    lr: float = 1e-3,
 ) -> Stage:
     """Jobs over activation x layer (the first ``layers`` sites) x {G_ReLU, orthogonal} x repeat."""
+    notes = []
+    if any(m["model"].get("batchnorm") for m in models_by_activation.values()):
+        notes.append(
+            "the models have BatchNorm (frozen in eval mode up to the inserted map); the paper's "
+            "mCNN_k has none, but without BN a sigmoid net does not train in a few epochs"
+        )
     configs = [
         {
             "stage": "sanity",
@@ -51,6 +61,7 @@ def stage(
             "group": g,
             "repeat": r,
             "epochs": epochs,
+            "lr": lr,
         }
         for act, zcfg in models_by_activation.items()
         for layer in range(layers)
@@ -64,4 +75,5 @@ def stage(
         configs=configs,
         requires=("intertwiner.experiments.sanity:run_job", "intertwiner.checkpoints:load"),
         description="section 3.3: fix a G_ReLU or orthogonal map before a layer, retrain the rest",
+        notes=notes,
     )

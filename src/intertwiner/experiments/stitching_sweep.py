@@ -17,6 +17,14 @@ def kind_label(kind) -> str:
     return kind if isinstance(kind, str) else "_".join(str(k) for k in kind)
 
 
+def spread(n: int, k: int) -> list[int]:
+    """``min(k, n)`` indices among 0..n-1 spread evenly over depth, first and last included."""
+    k = min(k, n)
+    if k <= 1:
+        return [n - 1] if k == 1 and n > 1 else list(range(k))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
 def _scalars(obj) -> dict:
     """The float/int/str fields of a result object (to_dict() if it has one)."""
     d = (
@@ -69,9 +77,7 @@ def stage(
         a0 = ps[0][0]
         # Sites are module names, independent of the input size: default build is enough.
         n_sites = len(models.sites(models.build(arch, **a0["model"])))
-        idx = sorted(
-            {round(i * (n_sites - 1) / max(1, sites - 1)) for i in range(min(sites, n_sites))}
-        )
+        idx = spread(n_sites, sites)
         for p, (a, b) in enumerate(ps):
             for s in idx:
                 for kind in kinds:

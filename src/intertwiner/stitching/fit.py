@@ -380,7 +380,9 @@ def stitch(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.seed))
             gen = torch.Generator().manual_seed(int(cfg.seed))
-            result = _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device, gen)
+            result = _stitch(
+                model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device, gen
+            )
     finally:
         torch.set_num_threads(threads)
     result.wall_time_s = time.perf_counter() - t0
@@ -392,12 +394,10 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
     gm_a, gm_b = trace(a, at), trace(b, at)
     cut = find_cut(gm_b, at)
     kind, arg = resolve_kind(layer, dict(b.named_modules())[at])
-    if cfg.solver == "birkhoff" and kind in MONOMIAL_KINDS and kind not in (
-        "perm_scale",
-        "permutation",
-    ):
+    if cfg.solver == "birkhoff" and kind in ("signed_perm", "monomial"):
         raise ValueError(f"the birkhoff solver fits 'perm_scale' and 'permutation', not {kind!r}")
-    front_a, front_b, back = build_front(gm_a, cut), build_front(gm_b, cut), build_back(gm_b, at, cut)
+    front_a, front_b = build_front(gm_a, cut), build_front(gm_b, cut)
+    back = build_back(gm_b, at, cut)
 
     x0 = next(iter(_loader(train_ds, min(cfg.batch_size, 8))))[0].to(device)
     with torch.no_grad():
@@ -454,7 +454,9 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
     best, best_key, best_epoch = copy.deepcopy(stitches), None, 0
     if val_f is not None:
         va, vl = _evaluate_stitched(model, val_f)
-        history.append({"epoch": 0, "train_loss": None, "val_acc": va, "val_loss": vl, "seconds": 0.0})
+        history.append(
+            {"epoch": 0, "train_loss": None, "val_acc": va, "val_loss": vl, "seconds": 0.0}
+        )
         best_key = (va, -vl)
     trainable = [stitches[n] for n in stitched_names]
     opt = _optimizer(trainable, kind, cfg) if cfg.epochs > 0 else None

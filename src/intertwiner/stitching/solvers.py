@@ -34,31 +34,34 @@ class FeatureStats:
         self.n = 0
         self.sx, self.sy = torch.zeros(c_in, **kw), torch.zeros(c_out, **kw)
         self.sxx = torch.zeros(c_in, c_in, **kw)
-        self.syy = torch.zeros(c_out, c_out, **kw)
+        self.syy = torch.zeros(c_out, **kw)  # only the diagonal of y^T y is ever needed
         self.sxy = torch.zeros(c_in, c_out, **kw)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape[0] != y.shape[0]:
             raise ShapeError(f"paired features need equal sample counts, got {x.shape}, {y.shape}")
         x, y = x.to(self.sx), y.to(self.sy)
-        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        sx, sy = x.sum(0), y.sum(0)
+        # A NaN or Inf anywhere makes its column sum non-finite: O(C) check instead of O(size).
+        if not (torch.isfinite(sx).all() and torch.isfinite(sy).all()):
             raise NonFiniteError("features contain NaN or Inf; check the models and the data")
         self.n += x.shape[0]
-        self.sx += x.sum(0)
-        self.sy += y.sum(0)
+        self.sx += sx
+        self.sy += sy
         self.sxx += x.T @ x
-        self.syy += y.T @ y
+        self.syy += (y * y).sum(0)
         self.sxy += x.T @ y
 
     def moments(self, center: bool) -> tuple[torch.Tensor, ...]:
-        """``(mx, my, Cxx, Cyy, Cxy)``: means and (centered if ``center``) second moments / n."""
+        """``(mx, my, Cxx, vyy, Cxy)``: means, (centered if ``center``) second moments / n; for y
+        only the diagonal ``vyy`` is kept."""
         if self.n < 2:
             raise TooFewSamplesError(f"need at least 2 feature samples, got {self.n}")
         mx, my = self.sx / self.n, self.sy / self.n
         cxx, cyy, cxy = self.sxx / self.n, self.syy / self.n, self.sxy / self.n
         if center:
             cxx = cxx - torch.outer(mx, mx)
-            cyy = cyy - torch.outer(my, my)
+            cyy = cyy - my * my
             cxy = cxy - torch.outer(mx, my)
         return mx, my, cxx, cyy, cxy
 
@@ -66,11 +69,11 @@ class FeatureStats:
         """Relative squared error ``E||M x + b - y||^2 / E||y||^2`` of the map ``(M, b)``."""
         mx, my, cxx, cyy, cxy = self.moments(center=False)
         m = m.to(cxx)
-        err = (m @ cxx @ m.T).trace() - 2 * (m @ cxy).trace() + cyy.trace()
+        err = (m @ cxx @ m.T).trace() - 2 * (m @ cxy).trace() + cyy.sum()
         if b is not None:
             b = b.to(cxx)
             err = err + 2 * b @ (m @ mx - my) + b @ b
-        return float(err.clamp(min=0) / cyy.trace().clamp(min=1e-300))
+        return float(err.clamp(min=0) / cyy.sum().clamp(min=1e-300))
 
 
 def _bias(m: torch.Tensor, mx: torch.Tensor, my: torch.Tensor, center: bool):
@@ -119,7 +122,7 @@ def correlation(stats: FeatureStats) -> torch.Tensor:
     a unit with zero variance correlates 0 with everything."""
     _, _, cxx, cyy, cxy = stats.moments(center=True)
     sx = cxx.diagonal().clamp(min=0).sqrt()
-    sy = cyy.diagonal().clamp(min=0).sqrt()
+    sy = cyy.clamp(min=0).sqrt()
     denom = torch.outer(sy, sx)
     return torch.where(denom > 0, cxy.T / denom.clamp(min=1e-300), torch.zeros_like(denom))
 

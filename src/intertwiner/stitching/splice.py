@@ -189,7 +189,9 @@ class StitchedModel(nn.Module):
     BatchNorm statistics are used, never updated.
     """
 
-    def __init__(self, front: nn.Module, stitches: nn.ModuleDict, back: nn.Module, order: list[str]):
+    def __init__(
+        self, front: nn.Module, stitches: nn.ModuleDict, back: nn.Module, order: list[str]
+    ):
         super().__init__()
         self.front, self.stitches, self.back = front, stitches, back
         self.order = list(order)

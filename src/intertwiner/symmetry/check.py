@@ -84,6 +84,7 @@ def capture(model: nn.Module, names: list[str], example_input: Any) -> dict[str,
     store: dict[str, torch.Tensor] = {}
     handles = []
     for name in names:
+
         def hook(_m, _i, o, name=name):
             store[name] = o.detach().clone()
 
@@ -105,10 +106,12 @@ def hidden_errors(
 ) -> dict[str, float]:
     """Per activation module: relative max |h_new - phi(g) h| (all sites' elements applied).
 
-    Activations without a module (functional ones) are skipped."""
+    Activations without a module (functional ones) and modules called more than once (their
+    later calls are named ``name#2``, ...; a hook cannot tell the calls apart) are skipped."""
     modules = dict(model.named_modules())
-    acts = [a for s in spec.sites for a in s.activations if a in modules]
-    acts = list(dict.fromkeys(acts))
+    every = [a for s in spec.sites for a in s.activations]
+    reused = {a.split("#")[0] for a in every if "#" in a}
+    acts = list(dict.fromkeys(a for a in every if a in modules and a not in reused))
     h_old = capture(model, acts, example_input)
     h_new = capture(new, acts, example_input)
     out = {}

@@ -223,7 +223,10 @@ class SymmetrySpec:
                 err = errors.get(s.name)
                 row.append("-" if err is None else f"{err:.1e}")
             rows.append(row)
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+        widths = [
+            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+            for i, h in enumerate(headers)
+        ]
         out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
         out.append("  ".join("-" * w for w in widths))
         out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

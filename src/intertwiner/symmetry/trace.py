@@ -212,6 +212,7 @@ class _Analysis:
         self.buffers = dict(model.named_buffers())
         self.zoo_sites = set(getattr(model, "intertwiner_sites", []) or [])
         self.called: set[str] = set()
+        self.act_calls: dict[str, int] = {}
         self.frozen: list[tuple[str, str]] = []
 
     # -- sites ------------------------------------------------------------------------------
@@ -538,6 +539,11 @@ class _Analysis:
     def activation(self, name: str, group: IntertwinerGroup, x: _Info | None) -> _Info | None:
         if x is None:
             return None
+        # A module instance applied at several places (``self.relu`` reused) gets ``name#2``, ...
+        # for its later calls: each call is its own site, and hooks can only see the last one.
+        self.act_calls[name] = self.act_calls.get(name, 0) + 1
+        if self.act_calls[name] > 1:
+            name = f"{name}#{self.act_calls[name]}"
         out = []
         for part in self.parts(x):
             sid, mode, ch = part
@@ -737,6 +743,7 @@ class _Runner(fx.Interpreter):
         if n.op == "get_attr":
             return _Param(n.target)
         if n.op == "output":
+
             def walk(a):
                 if isinstance(a, fx.Node):
                     i = self.infos.get(a)
@@ -752,6 +759,7 @@ class _Runner(fx.Interpreter):
                 elif isinstance(a, dict):
                     for b in a.values():
                         walk(b)
+
             walk(n.args)
             return None
         if n.op == "call_function" and n.target is operator.getitem:
