@@ -188,11 +188,17 @@ def group_cka_table(n: int, n_ref: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--only", choices=["procrustes", "group_cka"], default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n = 2000 if args.quick else 10_000
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    procrustes_table(n, 128 if args.quick else 512, repeat=5)
-    group_cka_table(n, n_ref=300 if args.quick else 1000)
+    if args.only in (None, "procrustes"):
+        procrustes_table(n, 128 if args.quick else 512, repeat=5)
+    if args.only in (None, "group_cka"):
+        group_cka_table(n, n_ref=300 if args.quick else 1000)
 
 
 if __name__ == "__main__":

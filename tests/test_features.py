@@ -107,3 +107,11 @@ def test_forward_stops_after_last_requested_layer():
     capture(net, data()[0], "act", batch_size=10)
     assert calls == []  # the head never ran
     assert np.all(np.isfinite(capture(net, data()[0], "head")["head"].numpy()))
+
+
+def test_inplace_activation_does_not_overwrite_captured_input():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(inplace=True), nn.Linear(6, 2))
+    feats = capture(net, torch.randn(30, 3), ["0", "1"])
+    assert (feats["0"] < 0).any()
+    assert torch.equal(feats["1"], feats["0"].relu())

@@ -149,7 +149,8 @@ class Capturer:
     def _hook_for(self, name: str):
         def hook(_module, _inputs, output):
             if name not in self._captured:
-                self._captured[name] = _first_tensor(output).detach()
+                # Clone: a later in-place op (ReLU(inplace=True)) would otherwise overwrite it.
+                self._captured[name] = _first_tensor(output).detach().clone()
                 if len(self._captured) == len(self.targets):
                     raise _StopForward
 

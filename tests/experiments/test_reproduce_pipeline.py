@@ -150,3 +150,26 @@ def test_paper_preset_needs_a_real_data_folder(tmp_path):
         build_plan("paper", data_dir=str(tmp_path / "missing"))
     with pytest.raises(DataNotFoundError):
         build_plan("paper", data_dir=str(tmp_path))  # a folder without CIFAR-10 in it
+
+
+def test_paper_preset_builds_its_job_list_on_a_cifar_folder(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
+                 b"labels": [i % 10 for i in range(20)]}  # fmt: skip
+        (folder / name).write_bytes(pickle.dumps(batch))  # a tiny stand-in with the real layout
+    plan = {s.name: s for s in build_plan("paper", data_dir=str(tmp_path))}
+    zoo = [c for c in plan["zoo"].configs if c["role"] == "zoo"]
+    assert len(zoo) == 3 * 100 and {c["data"]["name"] for c in zoo} == {"cifar10"}
+    assert len(plan["metrics"].configs) == 3 * 32
+    per_arch = {}
+    for c in plan["stitching"].configs:
+        per_arch.setdefault(c["arch"], set()).add(c["site_index"])
+    assert {a: len(s) for a, s in per_arch.items()} == {"myrtle_cnn": 4, "resnet20": 19,
+                                                        "resnet18": 17}  # fmt: skip

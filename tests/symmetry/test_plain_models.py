@@ -253,7 +253,7 @@ def test_batchnorm_after_activation():
 
 
 def test_resnet20_option_a_ties_stages():
-    from tests.symmetry.conftest import build_zoo
+    from .conftest import build_zoo
 
     model, x = build_zoo("resnet20", "relu")
     spec = trace(model, x)
@@ -369,7 +369,8 @@ def test_lstm_is_unsupported_with_a_clear_message():
         trace(Net(), torch.randn(5, 2, 3))
 
 
-def test_cross_attention_is_unsupported():
+@pytest.mark.parametrize("by_keyword", [False, True])
+def test_cross_attention_is_unsupported(by_keyword):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -378,6 +379,8 @@ def test_cross_attention_is_unsupported():
 
         def forward(self, x):
             kv = self.b(x)
+            if by_keyword:
+                return self.mha(query=self.a(x), key=kv, value=kv)[0]
             return self.mha(self.a(x), kv, kv)[0]
 
     with pytest.raises(UnsupportedModuleError, match="cross-attention"):
@@ -405,3 +408,13 @@ def test_reused_activation_module_gets_one_site_per_call():
     spec = assert_function_preserved(Net(), torch.randn(4, 3, generator=_gen()))
     assert spec.names == ["relu", "relu#2"]
     assert [s.width for s in spec.sites] == [4, 5]
+
+
+@pytest.mark.parametrize(
+    "layer", [nn.MaxPool1d(2), nn.AvgPool1d(2), nn.Conv1d(2, 4, 1), nn.AdaptiveAvgPool1d(1)]
+)
+def test_unbatched_1d_ops_on_features_raise(layer):
+    """A 1d pool/conv on (N, features) treats it as unbatched and mixes the features."""
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), layer)
+    with pytest.raises(UnsupportedModuleError, match="unbatched"):
+        trace(model, torch.randn(2, 3))

@@ -221,7 +221,8 @@ def cka(
 ) -> float:
     """CKA similarity (1 = same up to rotation and scale) of X and Y, each (N, ...) over N inputs.
 
-    ``kernel="linear"`` or ``"rbf"`` (``sigma=None``: sqrt of the median squared distance).
+    ``kernel="linear"`` (memory O(width^2) when N exceeds the widths) or ``"rbf"`` (N x N Gram
+    matrices; ``sigma=None``: sqrt of the median squared distance between inputs).
     ``debiased=True`` uses the unbiased HSIC_1 and needs N >= 4. Computed in float64.
     """
     xc, yc = _prepare(X, Y, debiased)

@@ -82,6 +82,8 @@ class Comparison:
             ax.set_yticks(range(len(self.layers_a)), self.layers_a)
             ax.set_xlabel("model b")
             ax.set_ylabel("model a")
+            finite = m[np.isfinite(m)]
+            mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
             for i in range(m.shape[0]):
                 for j in range(m.shape[1]):
                     if np.isfinite(m[i, j]):
@@ -92,7 +94,7 @@ class Comparison:
                             ha="center",
                             va="center",
                             fontsize=7,
-                            color="white",
+                            color="black" if m[i, j] > mid else "white",
                         )
             fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()

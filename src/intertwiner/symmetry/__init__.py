@@ -9,7 +9,6 @@
 from intertwiner.symmetry.apply import apply, random_elements
 from intertwiner.symmetry.check import (
     assert_function_preserved,
-    capture,
     check,
     hidden_errors,
     site_errors,
@@ -25,7 +24,6 @@ __all__ = [
     "SymmetrySpec",
     "apply",
     "assert_function_preserved",
-    "capture",
     "check",
     "hidden_errors",
     "random_elements",

@@ -15,6 +15,19 @@ An axis of size ``outer * n_total * inner`` is viewed as ``(outer, n_total, inne
 the block of H*W positions per channel after a Flatten; ``outer`` counts positions merged in front);
 the element acts on the ``channels`` subset of the ``n_total`` logical channels (all when None), in
 that order.
+
+Site names and kinds (``Site.kind``):
+
+- ``"activation"``: a hidden activation; named after its module (``named_modules()`` name; a
+  functional activation has its fx node name, a module instance called twice gets ``name#2``).
+- ``"stream"``: a residual stream (a residual addition tied several spaces together). Named after
+  the first activation module whose output is the stream (post-activation ResNets: ``stem.act``
+  also covers ``layer1.*.act2``; ``spec.site("layer1.1.act2")`` finds it), else
+  ``stream:<first writer>`` (pre-LN transformers: ``stream:patch_embed``). A zero-padding shortcut
+  adds a site ``<shortcut>.pad`` for the padded channels.
+- ``"linear"``: a space between two linear maps with no activation: ``linear:<writer>`` (GL).
+- ``"attention_heads"`` (``<attn>.heads``, permutations of heads), ``"attention_qk"``
+  (``<attn>.qk<h>``, GL(head_dim)) and ``"attention_vo"`` (``<attn>.vo<h>``, GL(head_dim)).
 """
 
 from __future__ import annotations

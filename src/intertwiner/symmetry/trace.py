@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import operator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,11 +45,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from intertwiner.errors import (
-    IntertwinerError,
-    NotElementwiseError,
-    UnsupportedModuleError,
-)
+from intertwiner.errors import IntertwinerError, NotElementwiseError, UnsupportedModuleError
 from intertwiner.groups import (
     RBF,
     Abs,
@@ -62,124 +57,32 @@ from intertwiner.groups import (
     intersect,
     is_subgroup,
 )
+from intertwiner.symmetry.rules import (
+    _AVGPOOL,
+    _AVGPOOL_F,
+    _BN,
+    _CONV,
+    _DROPOUT,
+    _MAXPOOL,
+    _MAXPOOL_F,
+    Rules,
+)
+from intertwiner.symmetry.spaces import SUPPORTED, Info, ParamRef
 from intertwiner.symmetry.spec import ActivationAxis, ParamAxis, Site, SymmetrySpec
 
-SUPPORTED = (
-    "nn.Linear, nn.Conv1d/2d/3d (groups=1), nn.BatchNorm1d/2d/3d, nn.LayerNorm (last dim), "
-    "elementwise activations (modules, F./torch. functionals, tensor methods), "
-    "nn.MaxPool*/AdaptiveMaxPool*, nn.AvgPool*/AdaptiveAvgPool*, nn.Flatten/Unflatten, "
-    "nn.Dropout*, nn.Identity, nn.MultiheadAttention (self-attention, packed in_proj), "
-    "nn.TransformerEncoderLayer/TransformerEncoder, the zoo ViT Attention, residual +/-, "
-    "adding a parameter (position embeddings), scalar * and /, reshape/flatten/view/transpose/"
-    "permute/getitem slicing and mean/sum over non-feature dims, F.pad (zero channels)"
-)
-
-Part = tuple[int, str, tuple[int, ...] | None]  # (site id, mode, channels in the tensor's frame)
-
-
-@dataclass(frozen=True)
-class _Info:
-    """A tensor's feature axis: ``dim`` (negative) viewed as (outer, n, inner); parts cover n."""
-
-    parts: tuple[Part, ...]
-    n: int
-    dim: int
-    outer: int = 1
-    inner: int = 1
-
-    def moved(self, **kw) -> _Info:
-        d = {"parts": self.parts, "n": self.n, "dim": self.dim, "outer": self.outer}
-        d["inner"] = self.inner
-        d.update(kw)
-        return _Info(**d)
-
-
-@dataclass(frozen=True)
-class _Param:
-    name: str
-
-
-class _SiteState:
-    def __init__(self, sid: int, width: int, name: str | None = None, kind: str | None = None):
-        self.id = sid
-        self.width = width
-        self.family = family("general_linear")
-        self.phi: Any = None
-        self.needs_fixed = False
-        self.restrictions: list[str] = []
-        self.actions: list[ParamAxis] = []
-        self.activations: list[tuple[int, str, ActivationAxis, IntertwinerGroup]] = []
-        self.writers: list[tuple[int, str]] = []
-        self.merged_into: int | None = None
-        self.split: list[tuple[int, tuple[int, ...]]] | None = None
-        self.residual = False
-        self.explicit_name = name
-        self.kind = kind
-        self.frozen_reason: str | None = None
-
-
-def _compose(ch: tuple[int, ...] | None, sub: tuple[int, ...]) -> tuple[int, ...]:
-    return sub if ch is None else tuple(ch[k] for k in sub)
-
-
-def _fixed_point_family(phi: Any) -> str:
-    """The largest family of A with phi(A) = A."""
-    if phi in (None, "identity"):
-        return "general_linear"
-    if phi == "abs":
-        return "positive_monomial"
-    d = phi[1]
-    return "signed_permutation" if int(d) % 2 else "permutation"
-
-
-def _phi_preimage(phi: Any, target: str) -> str:
-    """The largest family of monomial A with phi(A) in ``target``."""
-    if phi in (None, "identity"):
-        return target
-    # Conditions on the scales s of A; phi acts on scales by |s| or s^d.
-    want = {
-        "permutation": "one",
-        "signed_permutation": "abs_one",
-        "orthogonal": "abs_one",
-        "positive_monomial": "positive",
-    }.get(target)
-    if want is None:  # monomial, general_linear: every monomial phi(A) qualifies
-        return "monomial"
-    if want == "abs_one":
-        return "signed_permutation"
-    even = phi == "abs" or int(phi[1]) % 2 == 0
-    if want == "one":
-        return "signed_permutation" if even else "permutation"
-    return "monomial" if even else "positive_monomial"  # positive scales
-
-
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_MAXPOOL = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-)
-_AVGPOOL = (
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-)
-_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-_MAXPOOL_F = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d}
-_MAXPOOL_F |= {F.adaptive_max_pool2d, F.adaptive_max_pool3d}
-_AVGPOOL_F = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d}
-_AVGPOOL_F |= {F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
 _ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
 _SCALE = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div}
 _RESHAPE_METHODS = {"flatten", "view", "reshape", "unflatten"}
 _PASS_METHODS = {"contiguous", "clone", "float", "double", "to", "detach", "half", "bfloat16"}
+
+
+def _batched_ndim(op: Any) -> int:
+    """Input ndim of a batched call of a 1d/2d/3d pooling module or functional."""
+    name = op.__name__ if callable(op) and not isinstance(op, nn.Module) else type(op).__name__
+    for d in (1, 2, 3):
+        if name.lower().endswith(f"{d}d"):
+            return d + 2
+    raise UnsupportedModuleError(f"cannot tell the dimensionality of {name}")  # pragma: no cover
 
 
 def _zoo_attention() -> type | None:
@@ -201,519 +104,12 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-class _Analysis:
-    """The space bookkeeping (union-find of sites with splits) and the per-operation rules."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.sites: list[_SiteState] = [_SiteState(0, 0)]  # id 0: the fixed space
-        self.order = 0
-        self.params = dict(model.named_parameters())
-        self.buffers = dict(model.named_buffers())
-        self.zoo_sites = set(getattr(model, "intertwiner_sites", []) or [])
-        self.called: set[str] = set()
-        self.act_calls: dict[str, int] = {}
-        self.frozen: list[tuple[str, str]] = []
-
-    # -- sites ------------------------------------------------------------------------------
-    def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:
-        s = _SiteState(len(self.sites), width, name, kind)
-        self.sites.append(s)
-        return s.id
-
-    def find(self, sid: int) -> int:
-        while self.sites[sid].merged_into is not None:
-            sid = self.sites[sid].merged_into
-        return sid
-
-    def expand(self, sid: int, mode: str, ch: tuple[int, ...] | None) -> list[Part]:
-        r = self.find(sid)
-        split = self.sites[r].split
-        if split is None:
-            return [(r, mode, ch)]
-        out: list[Part] = []
-        for child, sub in split:
-            out += self.expand(child, mode, _compose(ch, sub))
-        return out
-
-    def parts(self, info: _Info) -> list[Part]:
-        out: list[Part] = []
-        for sid, mode, ch in info.parts:
-            out += self.expand(sid, mode, ch)
-        return out
-
-    def tick(self) -> int:
-        self.order += 1
-        return self.order
-
-    def restrict(self, sid: int, fam: str, reason: str) -> None:
-        r = self.find(sid)
-        s = self.sites[r]
-        if r == 0:
-            return
-        if s.split is not None:
-            for child, _ in s.split:
-                self.restrict(child, fam, reason)
-            return
-        new = intersect(s.family, fam)
-        if new != s.family:
-            s.family = new
-            if reason not in [r for r, _ in s.restrictions]:
-                s.restrictions.append((reason, family(fam).name))
-
-    def restrict_matrix(self, part: Part, target: str, reason: str) -> None:
-        """Restrict so that the matrix moving this part (in its mode) lies in ``target``."""
-        sid, mode, _ = part
-        if mode == "P":
-            return  # a permutation lies in every family
-        phi = self.sites[self.find(sid)].phi if mode == "phi" else None
-        self.restrict(sid, _phi_preimage(phi, target), reason)
-
-    def fixed_point(self, sid: int, reason: str) -> None:
-        r = self.find(sid)
-        s = self.sites[r]
-        if r == 0:
-            return
-        if s.split is not None:
-            for child, _ in s.split:
-                self.fixed_point(child, reason)
-            return
-        s.needs_fixed = True
-        if s.phi is not None:
-            self.restrict(r, _fixed_point_family(s.phi), reason)
-
-    def set_phi(self, sid: int, phi: Any, reason: str) -> None:
-        s = self.sites[sid]
-        if s.phi is None:
-            s.phi = phi
-        elif s.phi != phi:
-            self.restrict(sid, _fixed_point_family(s.phi), reason)
-            self.restrict(sid, _fixed_point_family(phi), reason)
-            s.phi = "identity"
-        if s.needs_fixed:
-            self.restrict(sid, _fixed_point_family(s.phi), "residual stream: phi(A) = A needed")
-
-    def freeze(self, sid: int, reason: str) -> None:
-        r = self.find(sid)
-        if r == 0:
-            return
-        s = self.sites[r]
-        if s.split is not None:
-            for child, _ in s.split:
-                self.freeze(child, reason)
-            return
-        s.merged_into = 0
-        s.frozen_reason = reason
-
-    def merge(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if ra == 0 or rb == 0:
-            self.freeze(rb if ra == 0 else ra, "tied to the model input or output")
-            return
-        root, other = (ra, rb) if ra < rb else (rb, ra)
-        s, o = self.sites[root], self.sites[other]
-        if s.width != o.width:  # pragma: no cover (guarded by callers)
-            raise UnsupportedModuleError(f"cannot tie spaces of widths {s.width} and {o.width}")
-        s.family = intersect(s.family, o.family)
-        s.restrictions += [r for r in o.restrictions if r not in s.restrictions]
-        s.needs_fixed = s.needs_fixed or o.needs_fixed
-        s.residual = True
-        s.explicit_name = s.explicit_name or o.explicit_name
-        o.merged_into = root
-        if o.phi is not None:
-            self.set_phi(root, o.phi, "residual stream joins activations with different phi")
-        elif s.needs_fixed and s.phi is not None:
-            self.set_phi(root, s.phi, "residual stream: phi(A) = A needed")
-
-    def unify_parts(self, p: Part, q: Part, reason: str) -> None:
-        (s1, m1, _), (s2, m2, _) = p, q
-        if self.find(s1) == 0 or self.find(s2) == 0:
-            self.freeze(s2 if self.find(s1) == 0 else s1, reason)
-            return
-        if m1 != m2:
-            if "P" in (m1, m2):
-                why = f"{reason}: a pre-BatchNorm tensor is tied to another one (permutations only)"
-                self.restrict(s1, "permutation", why)
-                self.restrict(s2, "permutation", why)
-            else:
-                why = (
-                    f"{reason}: an activation output is added to a pre-activation tensor, "
-                    "so phi(A) = A is needed"
-                )
-                self.fixed_point(s1, why)
-                self.fixed_point(s2, why)
-        self.merge(s1, s2)
-
-    def unify(self, a: _Info | None, b: _Info | None, reason: str) -> None:
-        """Both tensors must be moved by the same matrix (residual addition, model output)."""
-        if a is None and b is None:
-            return
-        if a is None or b is None:
-            for sid, _, _ in self.parts(a or b):
-                self.freeze(sid, reason)
-            return
-        if (a.n, a.outer, a.inner) != (b.n, b.outer, b.inner) or a.dim != b.dim:
-            raise UnsupportedModuleError(
-                f"{reason}: the two tensors have feature axes that do not line up "
-                f"(dim {a.dim} size {a.n} vs dim {b.dim} size {b.n}); supported: {SUPPORTED}"
-            )
-        pa, pb = self.parts(a), self.parts(b)
-
-        def key(parts):
-            return sorted(tuple(range(a.n)) if ch is None else ch for _, _, ch in parts)
-
-        if len(pa) == 1 and len(pb) == 1:
-            self.unify_parts(pa[0], pb[0], reason)
-            return
-        if key(pa) == key(pb):
-            by = {tuple(range(a.n)) if ch is None else ch: (s, m, ch) for s, m, ch in pb}
-            for s, m, ch in pa:
-                self.unify_parts((s, m, ch), by[tuple(range(a.n)) if ch is None else ch], reason)
-            return
-        single, other = (pa, pb) if len(pa) == 1 else (pb, pa) if len(pb) == 1 else (None, None)
-        if single is None or single[0][2] is not None:
-            raise UnsupportedModuleError(
-                f"{reason}: two tensors whose channels are split differently between sites are "
-                f"added; supported: {SUPPORTED}"
-            )
-        sid, mode, _ = single[0]
-        if sid == 0:
-            for s, _, _ in other:
-                self.freeze(s, reason)
-            return
-        s = self.sites[sid]
-        children = []
-        for _, _, ch in other:
-            c = self.new_site(len(ch))
-            cs = self.sites[c]
-            cs.family, cs.phi, cs.needs_fixed = s.family, s.phi, s.needs_fixed
-            cs.restrictions = list(s.restrictions)
-            cs.residual = True
-            if not s.family.monomial:
-                cs.restrictions.append(
-                    ("zero-padded shortcut: block diagonal on carried vs padded channels", "")
-                )
-            children.append((c, ch))
-        s.split = children
-        for (c, ch), q in zip(children, other, strict=True):
-            self.unify_parts((c, mode, ch), q, reason)
-
-    # -- actions ----------------------------------------------------------------------------
-    def act(self, info: _Info, pname: str, axis: int, role: str, *, buffer: bool = False) -> None:
-        """Record that ``info``'s elements act on ``pname[axis]`` as writer (out) or reader (in)."""
-        for sid, mode, ch in self.parts(info):
-            if sid == 0:
-                continue
-            if role == "out":
-                kind = {"A": "A", "P": "P", "phi": "phi(A)"}[mode]
-            elif role == "in":
-                kind = {"A": "A^-T", "P": "P", "phi": "phi(A)^-T"}[mode]
-            else:
-                kind = role  # explicit kind
-            self.sites[sid].actions.append(
-                ParamAxis(pname, axis, kind, info.n, info.outer, info.inner, ch, buffer)
-            )
-
-    def act_raw(self, sid: int, pname: str, axis: int, kind: str, n_total: int, **kw) -> None:
-        self.sites[sid].actions.append(ParamAxis(pname, axis, kind, n_total, **kw))
-
-    def writer(self, name: str, width: int, mode: str = "A") -> _Info:
-        sid = self.new_site(width)
-        self.sites[sid].writers.append((self.tick(), name))
-        return _Info(((sid, mode, None),), width, -1)
-
-    def once(self, name: str, module: nn.Module) -> None:
-        if any(True for _ in module.parameters(recurse=True)) or any(
-            True for _ in module.buffers(recurse=True)
-        ):
-            if name in self.called:
-                raise UnsupportedModuleError(
-                    f"module {name!r} ({type(module).__name__}) is called more than once; shared "
-                    "weights would need one element to satisfy two places at once. Supported: "
-                    f"{SUPPORTED}"
-                )
-            self.called.add(name)
-
-    # -- rules ------------------------------------------------------------------------------
-    def linear(self, m: nn.Linear, name: str, x: _Info | None, mode: str = "A") -> _Info:
-        self.once(name, m)
-        if x is not None:
-            if x.dim != -1 or x.n * x.outer * x.inner != m.in_features:
-                raise UnsupportedModuleError(
-                    f"Linear {name!r} reads a tensor whose feature axis is not its last dim; "
-                    f"supported: {SUPPORTED}"
-                )
-            self.act(x, f"{name}.weight", 1, "in")
-        out = self.writer(name, m.out_features, mode)
-        self.act(out, f"{name}.weight", 0, "out")
-        if m.bias is not None:
-            self.act(out, f"{name}.bias", 0, "out")
-        return out
-
-    def conv(self, m: nn.Module, name: str, x: _Info | None, ndim: int, mode: str) -> _Info:
-        self.once(name, m)
-        if m.groups != 1:
-            raise UnsupportedModuleError(
-                f"{type(m).__name__} {name!r} has groups={m.groups}; grouped/depthwise "
-                f"convolutions are not supported. Supported: {SUPPORTED}"
-            )
-        if x is not None:
-            self.need_channels(x, ndim, name)
-            self.act(x, f"{name}.weight", 1, "in")
-        out = self.writer(name, m.out_channels, mode)
-        out = out.moved(dim=1 - ndim)
-        self.act(out, f"{name}.weight", 0, "out")
-        if m.bias is not None:
-            self.act(out, f"{name}.bias", 0, "out")
-        return out
-
-    def need_channels(self, x: _Info, ndim: int, name: str) -> None:
-        if x.dim + ndim != 1 or x.outer != 1 or x.inner != 1:
-            raise UnsupportedModuleError(
-                f"{name!r} needs the feature axis at dim 1 (channels), got dim {x.dim} of a "
-                f"{ndim}-d tensor; supported: {SUPPORTED}"
-            )
-
-    def batchnorm(self, m: nn.Module, name: str, x: _Info, ndim: int) -> _Info:
-        self.once(name, m)
-        self.need_channels(x, ndim, name)
-        out_parts = []
-        stats = m.running_mean is not None
-        for part in self.parts(x):
-            sid, mode, ch = part
-            one = x.moved(parts=(part,))
-            if sid == 0:
-                out_parts.append(part)
-                continue
-            self.restrict(sid, "monomial", "BatchNorm is a per-channel affine map: monomial only")
-            if mode == "P":
-                if m.affine:  # the scale moves onto gamma/beta: exact in train and eval mode
-                    self.act(one, f"{name}.weight", 0, "A")
-                    self.act(one, f"{name}.bias", 0, "A")
-                    mode = "A"
-                if stats:
-                    self.act(one, f"{name}.running_mean", 0, "P", buffer=True)
-                    self.act(one, f"{name}.running_var", 0, "P", buffer=True)
-                out_parts.append((sid, mode, ch))
-                continue
-            if not m.affine or not stats:
-                self.restrict_matrix(
-                    part,
-                    "permutation",
-                    "BatchNorm without affine parameters or running statistics after a "
-                    "nonlinearity: only permutations pass through",
-                )
-            full = "A" if mode == "A" else "phi(A)"
-            if m.affine:
-                self.act(one, f"{name}.weight", 0, "P")
-                self.act(one, f"{name}.bias", 0, full)
-            if stats:
-                self.act(one, f"{name}.running_mean", 0, full, buffer=True)
-                self.act(one, f"{name}.running_var", 0, "P", buffer=True)
-            out_parts.append(part)
-        return x.moved(parts=tuple(out_parts))
-
-    def layernorm(self, m: nn.LayerNorm, name: str, x: _Info | None) -> _Info | None:
-        self.once(name, m)
-        if x is None:
-            return None
-        if len(m.normalized_shape) != 1 or x.dim != -1 or x.outer != 1 or x.inner != 1:
-            raise UnsupportedModuleError(
-                f"LayerNorm {name!r} must normalise exactly the feature axis (the last dim); "
-                f"supported: {SUPPORTED}"
-            )
-        for part in self.parts(x):
-            self.restrict_matrix(
-                part,
-                "permutation",
-                "LayerNorm centres and normalises over features: only permutations commute",
-            )
-        if m.weight is not None:
-            self.act(x, f"{name}.weight", 0, "out")
-        if getattr(m, "bias", None) is not None:
-            self.act(x, f"{name}.bias", 0, "out")
-        return x
-
-    def activation(self, name: str, group: IntertwinerGroup, x: _Info | None) -> _Info | None:
-        if x is None:
-            return None
-        # A module instance applied at several places (``self.relu`` reused) gets ``name#2``, ...
-        # for its later calls: each call is its own site, and hooks can only see the last one.
-        self.act_calls[name] = self.act_calls.get(name, 0) + 1
-        if self.act_calls[name] > 1:
-            name = f"{name}#{self.act_calls[name]}"
-        out = []
-        for part in self.parts(x):
-            sid, mode, ch = part
-            if sid == 0:
-                out.append(part)
-                continue
-            if mode == "phi":
-                self.fixed_point(sid, f"{name} is applied to another activation's output")
-            elif mode == "P":
-                self.restrict(sid, "permutation", f"{name} reads a pre-BatchNorm tensor")
-            for s2, _, ch2 in self.expand(sid, "A", ch):
-                s = self.sites[s2]
-                s.family = intersect(s.family, group.family)
-                self.set_phi(s2, group.phi_kind, f"{name}: activations with different phi")
-                ax = ActivationAxis(x.dim, x.n, x.outer, x.inner, ch2)
-                s.activations.append((self.tick(), name, ax, group))
-                out.append((s2, "phi", ch2))
-        return x.moved(parts=tuple(out))
-
-    def maxpool(self, x: _Info, ndim: int, name: str) -> _Info:
-        self.need_channels(x, ndim, name)
-        for part in self.parts(x):
-            self.restrict_matrix(
-                part,
-                "positive_monomial",
-                f"max pooling ({name}): positive scalings only (max does not commute with a sign "
-                "flip)",
-            )
-        return x
-
-    def add_param(self, x: _Info, p: _Param, reason: str) -> None:
-        t = self.params.get(p.name, self.buffers.get(p.name))
-        pd = t.dim() + x.dim
-        if pd < 0 or t.shape[pd] == 1:
-            for part in self.parts(x):
-                self.restrict_matrix(
-                    part, "permutation", f"{reason}: the same value is added to every feature"
-                )
-            return
-        if t.shape[pd] != x.n * x.outer * x.inner:  # pragma: no cover (broadcast would fail)
-            raise UnsupportedModuleError(f"{reason}: parameter {p.name} does not line up")
-        if p.name in self.called:
-            raise UnsupportedModuleError(f"parameter {p.name!r} is used more than once")
-        self.called.add(p.name)
-        self.act(x, p.name, pd, "out", buffer=p.name not in self.params)
-
-    def pad(self, x: _Info, pad: tuple, mode: str, value: Any, ndim: int, where: str) -> _Info:
-        pos = x.dim + ndim
-        j = ndim - 1 - pos
-        before, after = (pad[2 * j], pad[2 * j + 1]) if 2 * j + 1 < len(pad) else (0, 0)
-        if before == 0 and after == 0:
-            return x
-        if mode != "constant" or value not in (None, 0, 0.0) or before < 0 or after < 0:
-            raise UnsupportedModuleError(
-                f"{where}: padding of the feature axis is supported only with zeros "
-                f"(mode='constant', value=0); supported: {SUPPORTED}"
-            )
-        if x.outer != 1 or x.inner != 1:
-            raise UnsupportedModuleError(f"{where}: padding a flattened feature axis")
-        n = x.n + before + after
-        parts = [(s, m, tuple(c + before for c in (ch or range(x.n)))) for s, m, ch in x.parts]
-        padded = tuple(range(before)) + tuple(range(before + x.n, n))
-        sid = self.new_site(len(padded), name=f"{where}.pad")
-        parts.append((sid, "A", padded))
-        return x.moved(parts=tuple(parts), n=n)
-
-    def attention(
-        self, name: str, x: _Info | None, e: int, heads: int, packed: str | None, sep: str | None
-    ) -> _Info:
-        """Shared by nn.MultiheadAttention (``packed`` = its name: in_proj_weight rows q|k|v) and
-        the zoo Attention (``sep`` = its name: separate q, k, v, out Linears)."""
-        hd = e // heads
-        if packed is not None:
-            rows = {key: (f"{packed}.in_proj_weight", i * e) for i, key in enumerate("qkv")}
-            bias = {key: (f"{packed}.in_proj_bias", i * e) for i, key in enumerate("qkv")}
-            out_w, out_b = f"{packed}.out_proj.weight", f"{packed}.out_proj.bias"
-        else:
-            rows = {key: (f"{sep}.{key}.weight", 0) for key in "qkv"}
-            bias = {key: (f"{sep}.{key}.bias", 0) for key in "qkv"}
-            out_w, out_b = f"{sep}.out.weight", f"{sep}.out.bias"
-        bias = {k: v for k, v in bias.items() if v[0] in self.params}
-        if x is not None:
-            if x.dim != -1 or x.n * x.outer * x.inner != e:
-                raise UnsupportedModuleError(f"attention {name!r}: features must be the last dim")
-            for pname in dict.fromkeys(p for p, _ in rows.values()):
-                self.act(x, pname, 1, "in")
-        # Heads: one permutation of whole heads in q, k, v (rows) and in out (columns).
-        hs = self.new_site(heads, name=f"{name}.heads", kind="attention_heads")
-        self.sites[hs].family = family("permutation")
-        outer = 3 if packed is not None else 1
-        for table in (rows, bias):
-            for pname in dict.fromkeys(p for p, _ in table.values()):
-                self.act_raw(hs, pname, 0, "A", heads, outer=outer, inner=hd)
-        self.act_raw(hs, out_w, 1, "A^-T", heads, inner=hd)
-        # Per head: q <- G q, k <- G^-T k (scores unchanged); v <- G v, out <- out G^-1.
-        for h in range(heads):
-            rng = range(h * hd, (h + 1) * hd)
-            for pair, first, second in (("qk", "q", "k"), ("vo", "v", None)):
-                sid = self.new_site(hd, name=f"{name}.{pair}{h}", kind=f"attention_{pair}")
-                for key, kind in ((first, "A"), (second, "A^-T")):
-                    if key is None:
-                        continue
-                    for table in (rows, bias):
-                        if key not in table:
-                            continue
-                        pname, off = table[key]
-                        n_total = self.params[pname].shape[0]
-                        ch = tuple(off + c for c in rng)
-                        self.act_raw(sid, pname, 0, kind, n_total, channels=ch)
-                if pair == "vo":
-                    self.act_raw(sid, out_w, 1, "A^-T", e, channels=tuple(rng))
-        out = self.writer(name, e)
-        self.act(out, out_w, 0, "out")
-        if out_b in self.params:
-            self.act(out, out_b, 0, "out")
-        return out
-
-    def mha(self, m: nn.MultiheadAttention, name: str, x: _Info | None) -> _Info:
-        self.once(name, m)
-        if (
-            not m._qkv_same_embed_dim
-            or m.bias_k is not None
-            or m.add_zero_attn
-            or m.in_proj_weight is None
-        ):
-            raise UnsupportedModuleError(
-                f"nn.MultiheadAttention {name!r}: only the packed in_proj form without bias_k/"
-                f"bias_v/add_zero_attn is supported; supported: {SUPPORTED}"
-            )
-        return self.attention(name, x, m.embed_dim, m.num_heads, packed=name, sep=None)
-
-    def zoo_attention(self, m: nn.Module, name: str, x: _Info | None) -> _Info:
-        self.once(name, m)
-        return self.attention(name, x, m.q.out_features, m.heads, packed=None, sep=name)
-
-    def encoder_layer(self, m: nn.TransformerEncoderLayer, name: str, x: _Info | None):
-        act = m.activation
-        act_name = f"{name}.activation"
-        try:
-            group = for_activation(act)
-        except IntertwinerError as e:
-            raise UnsupportedModuleError(f"{act_name}: {e}") from e
-
-        def sa(t):
-            return self.mha(m.self_attn, f"{name}.self_attn", t)
-
-        def ff(t):
-            h = self.linear(m.linear1, f"{name}.linear1", t)
-            h = self.activation(act_name, group, h)
-            return self.linear(m.linear2, f"{name}.linear2", h)
-
-        def add(a, b, where):
-            self.unify(a, b, f"residual addition in {where}")
-            return b if a is None else a
-
-        if m.norm_first:
-            x = add(x, sa(self.layernorm(m.norm1, f"{name}.norm1", x)), name)
-            x = add(x, ff(self.layernorm(m.norm2, f"{name}.norm2", x)), name)
-        else:
-            x = self.layernorm(m.norm1, f"{name}.norm1", add(x, sa(x), name))
-            x = self.layernorm(m.norm2, f"{name}.norm2", add(x, ff(x), name))
-        return x
-
-
-def tracked_of(args: list) -> list[_Info]:
-    return [a for a in args if isinstance(a, _Info)]
+def tracked_of(args: list) -> list[Info]:
+    return [a for a in args if isinstance(a, Info)]
 
 
 class _Runner(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, an: _Analysis, zoo_attention: type | None):
+    def __init__(self, gm: fx.GraphModule, an: Rules, zoo_attention: type | None):
         super().__init__(gm)
         self.an = an
         self.infos: dict[fx.Node, Any] = {}
@@ -741,7 +137,7 @@ class _Runner(fx.Interpreter):
         if n.op == "placeholder":
             return None
         if n.op == "get_attr":
-            return _Param(n.target)
+            return ParamRef(n.target)
         if n.op == "output":
 
             def walk(a):
@@ -749,9 +145,9 @@ class _Runner(fx.Interpreter):
                     i = self.infos.get(a)
                     if isinstance(i, tuple):
                         for j in i:
-                            if isinstance(j, _Info):
+                            if isinstance(j, Info):
                                 an.unify(j, None, "the model output")
-                    elif isinstance(i, _Info):
+                    elif isinstance(i, Info):
                         an.unify(i, None, "the model output")
                 elif isinstance(a, (tuple, list)):
                     for b in a:
@@ -768,13 +164,13 @@ class _Runner(fx.Interpreter):
                 return base[n.args[1]]
         args = [self.info(a) for a in n.args]
         kwargs = {k: self.info(v) for k, v in n.kwargs.items()}
-        tracked = [a for a in list(args) + list(kwargs.values()) if isinstance(a, _Info)]
+        tracked = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Info)]
         vals = [self.env[a] if isinstance(a, fx.Node) else a for a in n.args]
         if n.op == "call_module":
             return self.module_rule(n, value, args, tracked)
         if not tracked:
             return None
-        x = args[0] if args and isinstance(args[0], _Info) else tracked[0]
+        x = args[0] if args and isinstance(args[0], Info) else tracked[0]
         ndim = vals[0].dim() if vals and isinstance(vals[0], torch.Tensor) else None
         if n.op == "call_function":
             return self.function_rule(n, value, args, vals, x, ndim)
@@ -794,7 +190,7 @@ class _Runner(fx.Interpreter):
         name = str(n.target)
         m = self.fetch_attr(name)
         x = args[0] if args else None
-        x = x if isinstance(x, _Info) else None
+        x = x if isinstance(x, Info) else None
         ndim = self.env[n.args[0]].dim() if n.args and isinstance(n.args[0], fx.Node) else None
 
         def bn_users() -> bool:
@@ -813,16 +209,17 @@ class _Runner(fx.Interpreter):
         if self.zoo_attention is not None and isinstance(m, self.zoo_attention):
             return an.zoo_attention(m, name, x)
         if isinstance(m, nn.MultiheadAttention):
-            q = args[0] if len(args) > 0 else self.info(n.kwargs.get("query"))
-            k = args[1] if len(args) > 1 else self.info(n.kwargs.get("key"))
-            v = args[2] if len(args) > 2 else self.info(n.kwargs.get("value"))
-            same = n.args[:3] if len(n.args) >= 3 else None
-            if same is not None and not (same[0] is same[1] is same[2]):
-                if any(isinstance(t, _Info) for t in (q, k, v)):
-                    raise UnsupportedModuleError(
-                        f"nn.MultiheadAttention {name!r}: cross-attention is not supported; "
-                        f"supported: {SUPPORTED}"
-                    )
+            nodes = [
+                n.args[i] if len(n.args) > i else n.kwargs.get(key)
+                for i, key in enumerate(("query", "key", "value"))
+            ]
+            infos = [self.info(a) for a in nodes]
+            if not (nodes[0] is nodes[1] is nodes[2]) and any(isinstance(t, Info) for t in infos):
+                raise UnsupportedModuleError(
+                    f"nn.MultiheadAttention {name!r}: cross-attention (different query, key and "
+                    f"value tensors) is not supported; supported: {SUPPORTED}"
+                )
+            q = infos[0]
             return (an.mha(m, name, q), None)
         if isinstance(m, nn.TransformerEncoderLayer):
             return an.encoder_layer(m, name, x)
@@ -847,9 +244,9 @@ class _Runner(fx.Interpreter):
         if isinstance(m, _MAXPOOL):
             if getattr(m, "return_indices", False):
                 raise self.unsupported(f"{name!r} with return_indices")
-            return an.maxpool(x, ndim, name)
+            return an.maxpool(x, ndim, name, _batched_ndim(m))
         if isinstance(m, _AVGPOOL):
-            an.need_channels(x, ndim, name)
+            an.need_channels(x, ndim, name, _batched_ndim(m))
             return x
         if isinstance(m, (nn.Flatten, nn.Unflatten)):
             return self.reshape(x, self.env[n.args[0]].shape, value.shape, name)
@@ -871,7 +268,7 @@ class _Runner(fx.Interpreter):
             tensors = sum(isinstance(v, torch.Tensor) and v.dim() > 0 for v in vals)
             if len(tracked_of(args)) != 1 or tensors != 1:
                 raise self.unsupported(f"{t.__name__} involving two tensors in {where!r}")
-            if t in (operator.truediv, torch.div) and not isinstance(args[0], _Info):
+            if t in (operator.truediv, torch.div) and not isinstance(args[0], Info):
                 raise self.unsupported(f"dividing by a hidden tensor in {where!r}")
             return x
         if t in (operator.neg, torch.neg, F.dropout):
@@ -894,9 +291,9 @@ class _Runner(fx.Interpreter):
             val = n.args[3] if len(n.args) > 3 else n.kwargs.get("value")
             return an.pad(x, tuple(pad), mode, val, ndim, where)
         if t in _MAXPOOL_F:
-            return an.maxpool(x, ndim, where)
+            return an.maxpool(x, ndim, where, _batched_ndim(t))
         if t in _AVGPOOL_F:
-            an.need_channels(x, ndim, where)
+            an.need_channels(x, ndim, where, _batched_ndim(t))
             return x
         try:
             group = for_activation(t)
@@ -906,7 +303,7 @@ class _Runner(fx.Interpreter):
 
     def method_rule(self, n, value, args, vals, x, ndim) -> Any:
         t, where = n.target, self.where(n)
-        if not isinstance(args[0], _Info):
+        if not isinstance(args[0], Info):
             raise self.unsupported(f"method {t} with a hidden tensor as argument in {where!r}")
         if t in ("size", "dim"):
             return None
@@ -939,13 +336,13 @@ class _Runner(fx.Interpreter):
         if isinstance(b, fx.Node):  # kwargs are raw nodes
             b = self.info(b)
         reason = f"residual addition in {where!r}"
-        if isinstance(a, _Info) and isinstance(b, _Info):
+        if isinstance(a, Info) and isinstance(b, Info):
             out_nd = max(va.dim(), vb.dim())
             del out_nd
             self.an.unify(a, b, reason)
             return a
-        x, other, vo = (a, b, vb) if isinstance(a, _Info) else (b, a, va)
-        if isinstance(other, _Param):
+        x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
+        if isinstance(other, ParamRef):
             self.an.add_param(x, other, f"adding parameter {other.name} in {where!r}")
             return x
         if other is None and isinstance(vo, torch.Tensor) and vo.dim() > 0:
@@ -958,7 +355,7 @@ class _Runner(fx.Interpreter):
             )
         return x
 
-    def reshape(self, x: _Info, s_in, s_out, where: str) -> _Info:
+    def reshape(self, x: Info, s_in, s_out, where: str) -> Info:
         s_in, s_out = list(s_in), list(s_out)
         pos = x.dim + len(s_in)
         after = 1
@@ -981,18 +378,18 @@ class _Runner(fx.Interpreter):
         _, d, p, big = min(cands)
         return x.moved(dim=d - len(s_out), inner=st // p, outer=big // span)
 
-    def transpose(self, x: _Info, ndim: int, a: int, b: int) -> _Info:
+    def transpose(self, x: Info, ndim: int, a: int, b: int) -> Info:
         pos = x.dim + ndim
         a, b = a % ndim, b % ndim
         new = b if pos == a else a if pos == b else pos
         return x.moved(dim=new - ndim)
 
-    def permute(self, x: _Info, ndim: int, dims) -> _Info:
+    def permute(self, x: Info, ndim: int, dims) -> Info:
         pos = x.dim + ndim
         dims = [d % ndim for d in dims]
         return x.moved(dim=dims.index(pos) - ndim)
 
-    def reduce(self, x: _Info, ndim: int, n: fx.Node, value: torch.Tensor) -> _Info:
+    def reduce(self, x: Info, ndim: int, n: fx.Node, value: torch.Tensor) -> Info:
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
         if dim is None:
             raise self.unsupported(f"a reduction over all dims in {self.where(n)!r}")
@@ -1004,7 +401,7 @@ class _Runner(fx.Interpreter):
         new = pos if keep else pos - sum(1 for d in dims if d < pos)
         return x.moved(dim=new - value.dim())
 
-    def getitem(self, x: _Info, val: torch.Tensor, idx: Any, value: Any, where: str) -> _Info:
+    def getitem(self, x: Info, val: torch.Tensor, idx: Any, value: Any, where: str) -> Info:
         if not isinstance(idx, tuple):
             idx = (idx,)
         ndim = val.dim()
@@ -1095,7 +492,7 @@ def trace(model: nn.Module, example_input: Any) -> SymmetrySpec:
             f"{SUPPORTED}"
         ) from e
     gm = fx.GraphModule(work, graph)
-    an = _Analysis(work)
+    an = Rules(work)
     runner = _Runner(gm, an, zoo)
     try:
         with torch.no_grad():
@@ -1108,7 +505,7 @@ def trace(model: nn.Module, example_input: Any) -> SymmetrySpec:
     return _unwrap(spec) if wrapped else spec
 
 
-def _build(an: _Analysis, model_name: str) -> SymmetrySpec:
+def _build(an: Rules, model_name: str) -> SymmetrySpec:
     leaves: dict[int, dict[str, list]] = {}
 
     def slot(r: int) -> dict[str, list]:

@@ -1,0 +1,346 @@
+"""Spaces and sites: the bookkeeping behind ``trace``.
+
+Every tensor with a hidden feature axis carries an ``Info``: which sites move it (``parts``: site
+id, mode, channels), along which dim, viewed as ``(outer, n, inner)``. Modes: ``"A"`` (moved by the
+site's element, e.g. a pre-activation), ``"P"`` (only by its permutation part: conv rows before a
+BatchNorm that absorbs the scale) and ``"phi"`` (by phi(A): an activation output). Sites form a
+union-find: residual additions merge them, a zero-padding shortcut splits one into channel blocks,
+the model input/output is the fixed site 0 (merging into it freezes a site).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from intertwiner.errors import UnsupportedModuleError
+from intertwiner.groups import IntertwinerGroup, family, intersect
+from intertwiner.symmetry.spec import ActivationAxis, ParamAxis
+
+SUPPORTED = (
+    "nn.Linear, nn.Conv1d/2d/3d (groups=1), nn.BatchNorm1d/2d/3d, nn.LayerNorm (last dim), "
+    "elementwise activations (modules, F./torch. functionals, tensor methods), "
+    "nn.MaxPool*/AdaptiveMaxPool*, nn.AvgPool*/AdaptiveAvgPool*, nn.Flatten/Unflatten, "
+    "nn.Dropout*, nn.Identity, nn.MultiheadAttention (self-attention, packed in_proj), "
+    "nn.TransformerEncoderLayer/TransformerEncoder, the zoo ViT Attention, residual +/-, "
+    "adding a parameter (position embeddings), scalar * and /, reshape/flatten/view/transpose/"
+    "permute/getitem slicing and mean/sum over non-feature dims, F.pad (zero channels)"
+)
+
+Part = tuple[int, str, tuple[int, ...] | None]  # (site id, mode, channels in the tensor's frame)
+
+
+@dataclass(frozen=True)
+class Info:
+    """A tensor's feature axis: ``dim`` (negative) viewed as (outer, n, inner); parts cover n."""
+
+    parts: tuple[Part, ...]
+    n: int
+    dim: int
+    outer: int = 1
+    inner: int = 1
+
+    def moved(self, **kw) -> Info:
+        d = {"parts": self.parts, "n": self.n, "dim": self.dim, "outer": self.outer}
+        d["inner"] = self.inner
+        d.update(kw)
+        return Info(**d)
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    name: str
+
+
+class _SiteState:
+    def __init__(self, sid: int, width: int, name: str | None = None, kind: str | None = None):
+        self.id = sid
+        self.width = width
+        self.family = family("general_linear")
+        self.phi: Any = None
+        self.needs_fixed = False
+        self.restrictions: list[str] = []
+        self.actions: list[ParamAxis] = []
+        self.activations: list[tuple[int, str, ActivationAxis, IntertwinerGroup]] = []
+        self.writers: list[tuple[int, str]] = []
+        self.merged_into: int | None = None
+        self.split: list[tuple[int, tuple[int, ...]]] | None = None
+        self.residual = False
+        self.explicit_name = name
+        self.kind = kind
+        self.frozen_reason: str | None = None
+
+
+def _compose(ch: tuple[int, ...] | None, sub: tuple[int, ...]) -> tuple[int, ...]:
+    return sub if ch is None else tuple(ch[k] for k in sub)
+
+
+def fixed_point_family(phi: Any) -> str:
+    """The largest family of A with phi(A) = A."""
+    if phi in (None, "identity"):
+        return "general_linear"
+    if phi == "abs":
+        return "positive_monomial"
+    d = phi[1]
+    return "signed_permutation" if int(d) % 2 else "permutation"
+
+
+def phi_preimage(phi: Any, target: str) -> str:
+    """The largest family of monomial A with phi(A) in ``target``."""
+    if phi in (None, "identity"):
+        return target
+    # Conditions on the scales s of A; phi acts on scales by |s| or s^d.
+    want = {
+        "permutation": "one",
+        "signed_permutation": "abs_one",
+        "orthogonal": "abs_one",
+        "positive_monomial": "positive",
+    }.get(target)
+    if want is None:  # monomial, general_linear: every monomial phi(A) qualifies
+        return "monomial"
+    if want == "abs_one":
+        return "signed_permutation"
+    even = phi == "abs" or int(phi[1]) % 2 == 0
+    if want == "one":
+        return "signed_permutation" if even else "permutation"
+    return "monomial" if even else "positive_monomial"  # positive scales
+
+
+class Spaces:
+    """Union-find of sites (with splits for zero-padded channels), restrictions and actions."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.sites: list[_SiteState] = [_SiteState(0, 0)]  # id 0: the fixed space
+        self.order = 0
+        self.params = dict(model.named_parameters())
+        self.buffers = dict(model.named_buffers())
+        self.zoo_sites = set(getattr(model, "intertwiner_sites", []) or [])
+        self.called: set[str] = set()
+        self.act_calls: dict[str, int] = {}
+        self.frozen: list[tuple[str, str]] = []
+
+    # -- sites ------------------------------------------------------------------------------
+    def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:
+        s = _SiteState(len(self.sites), width, name, kind)
+        self.sites.append(s)
+        return s.id
+
+    def find(self, sid: int) -> int:
+        while self.sites[sid].merged_into is not None:
+            sid = self.sites[sid].merged_into
+        return sid
+
+    def expand(self, sid: int, mode: str, ch: tuple[int, ...] | None) -> list[Part]:
+        r = self.find(sid)
+        split = self.sites[r].split
+        if split is None:
+            return [(r, mode, ch)]
+        out: list[Part] = []
+        for child, sub in split:
+            out += self.expand(child, mode, _compose(ch, sub))
+        return out
+
+    def parts(self, info: Info) -> list[Part]:
+        out: list[Part] = []
+        for sid, mode, ch in info.parts:
+            out += self.expand(sid, mode, ch)
+        return out
+
+    def tick(self) -> int:
+        self.order += 1
+        return self.order
+
+    def restrict(self, sid: int, fam: str, reason: str) -> None:
+        r = self.find(sid)
+        s = self.sites[r]
+        if r == 0:
+            return
+        if s.split is not None:
+            for child, _ in s.split:
+                self.restrict(child, fam, reason)
+            return
+        new = intersect(s.family, fam)
+        if new != s.family:
+            s.family = new
+            if reason not in [r for r, _ in s.restrictions]:
+                s.restrictions.append((reason, family(fam).name))
+
+    def restrict_matrix(self, part: Part, target: str, reason: str) -> None:
+        """Restrict so that the matrix moving this part (in its mode) lies in ``target``."""
+        sid, mode, _ = part
+        if mode == "P":
+            return  # a permutation lies in every family
+        phi = self.sites[self.find(sid)].phi if mode == "phi" else None
+        self.restrict(sid, phi_preimage(phi, target), reason)
+
+    def fixed_point(self, sid: int, reason: str) -> None:
+        r = self.find(sid)
+        s = self.sites[r]
+        if r == 0:
+            return
+        if s.split is not None:
+            for child, _ in s.split:
+                self.fixed_point(child, reason)
+            return
+        s.needs_fixed = True
+        if s.phi is not None:
+            self.restrict(r, fixed_point_family(s.phi), reason)
+
+    def set_phi(self, sid: int, phi: Any, reason: str) -> None:
+        s = self.sites[sid]
+        if s.phi is None:
+            s.phi = phi
+        elif s.phi != phi:
+            self.restrict(sid, fixed_point_family(s.phi), reason)
+            self.restrict(sid, fixed_point_family(phi), reason)
+            s.phi = "identity"
+        if s.needs_fixed:
+            self.restrict(sid, fixed_point_family(s.phi), "residual stream: phi(A) = A needed")
+
+    def freeze(self, sid: int, reason: str) -> None:
+        r = self.find(sid)
+        if r == 0:
+            return
+        s = self.sites[r]
+        if s.split is not None:
+            for child, _ in s.split:
+                self.freeze(child, reason)
+            return
+        s.merged_into = 0
+        s.frozen_reason = reason
+
+    def merge(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if ra == 0 or rb == 0:
+            self.freeze(rb if ra == 0 else ra, "tied to the model input or output")
+            return
+        root, other = (ra, rb) if ra < rb else (rb, ra)
+        s, o = self.sites[root], self.sites[other]
+        if s.width != o.width:  # pragma: no cover (guarded by callers)
+            raise UnsupportedModuleError(f"cannot tie spaces of widths {s.width} and {o.width}")
+        s.family = intersect(s.family, o.family)
+        s.restrictions += [r for r in o.restrictions if r not in s.restrictions]
+        s.needs_fixed = s.needs_fixed or o.needs_fixed
+        s.residual = True
+        s.explicit_name = s.explicit_name or o.explicit_name
+        o.merged_into = root
+        if o.phi is not None:
+            self.set_phi(root, o.phi, "residual stream joins activations with different phi")
+        elif s.needs_fixed and s.phi is not None:
+            self.set_phi(root, s.phi, "residual stream: phi(A) = A needed")
+
+    def unify_parts(self, p: Part, q: Part, reason: str) -> None:
+        (s1, m1, _), (s2, m2, _) = p, q
+        if self.find(s1) == 0 or self.find(s2) == 0:
+            self.freeze(s2 if self.find(s1) == 0 else s1, reason)
+            return
+        if m1 != m2:
+            if "P" in (m1, m2):
+                why = f"{reason}: a pre-BatchNorm tensor is tied to another one (permutations only)"
+                self.restrict(s1, "permutation", why)
+                self.restrict(s2, "permutation", why)
+            else:
+                why = (
+                    f"{reason}: an activation output is added to a pre-activation tensor, "
+                    "so phi(A) = A is needed"
+                )
+                self.fixed_point(s1, why)
+                self.fixed_point(s2, why)
+        self.merge(s1, s2)
+
+    def unify(self, a: Info | None, b: Info | None, reason: str) -> None:
+        """Both tensors must be moved by the same matrix (residual addition, model output)."""
+        if a is None and b is None:
+            return
+        if a is None or b is None:
+            for sid, _, _ in self.parts(a or b):
+                self.freeze(sid, reason)
+            return
+        if (a.n, a.outer, a.inner) != (b.n, b.outer, b.inner) or a.dim != b.dim:
+            raise UnsupportedModuleError(
+                f"{reason}: the two tensors have feature axes that do not line up "
+                f"(dim {a.dim} size {a.n} vs dim {b.dim} size {b.n}); supported: {SUPPORTED}"
+            )
+        pa, pb = self.parts(a), self.parts(b)
+
+        def key(parts):
+            return sorted(tuple(range(a.n)) if ch is None else ch for _, _, ch in parts)
+
+        if len(pa) == 1 and len(pb) == 1:
+            self.unify_parts(pa[0], pb[0], reason)
+            return
+        if key(pa) == key(pb):
+            by = {tuple(range(a.n)) if ch is None else ch: (s, m, ch) for s, m, ch in pb}
+            for s, m, ch in pa:
+                self.unify_parts((s, m, ch), by[tuple(range(a.n)) if ch is None else ch], reason)
+            return
+        single, other = (pa, pb) if len(pa) == 1 else (pb, pa) if len(pb) == 1 else (None, None)
+        if single is None or single[0][2] is not None:
+            raise UnsupportedModuleError(
+                f"{reason}: two tensors whose channels are split differently between sites are "
+                f"added; supported: {SUPPORTED}"
+            )
+        sid, mode, _ = single[0]
+        if sid == 0:
+            for s, _, _ in other:
+                self.freeze(s, reason)
+            return
+        s = self.sites[sid]
+        children = []
+        for _, _, ch in other:
+            c = self.new_site(len(ch))
+            cs = self.sites[c]
+            cs.family, cs.phi, cs.needs_fixed = s.family, s.phi, s.needs_fixed
+            cs.restrictions = list(s.restrictions)
+            cs.residual = True
+            if not s.family.monomial:
+                cs.restrictions.append(
+                    ("zero-padded shortcut: block diagonal on carried vs padded channels", "")
+                )
+            children.append((c, ch))
+        s.split = children
+        for (c, ch), q in zip(children, other, strict=True):
+            self.unify_parts((c, mode, ch), q, reason)
+
+    # -- actions ----------------------------------------------------------------------------
+    def act(self, info: Info, pname: str, axis: int, role: str, *, buffer: bool = False) -> None:
+        """Record that ``info``'s elements act on ``pname[axis]`` as writer (out) or reader (in)."""
+        for sid, mode, ch in self.parts(info):
+            if sid == 0:
+                continue
+            if role == "out":
+                kind = {"A": "A", "P": "P", "phi": "phi(A)"}[mode]
+            elif role == "in":
+                kind = {"A": "A^-T", "P": "P", "phi": "phi(A)^-T"}[mode]
+            else:
+                kind = role  # explicit kind
+            self.sites[sid].actions.append(
+                ParamAxis(pname, axis, kind, info.n, info.outer, info.inner, ch, buffer)
+            )
+
+    def act_raw(self, sid: int, pname: str, axis: int, kind: str, n_total: int, **kw) -> None:
+        self.sites[sid].actions.append(ParamAxis(pname, axis, kind, n_total, **kw))
+
+    def writer(self, name: str, width: int, mode: str = "A") -> Info:
+        sid = self.new_site(width)
+        self.sites[sid].writers.append((self.tick(), name))
+        return Info(((sid, mode, None),), width, -1)
+
+    def once(self, name: str, module: nn.Module) -> None:
+        if any(True for _ in module.parameters(recurse=True)) or any(
+            True for _ in module.buffers(recurse=True)
+        ):
+            if name in self.called:
+                raise UnsupportedModuleError(
+                    f"module {name!r} ({type(module).__name__}) is called more than once; shared "
+                    "weights would need one element to satisfy two places at once. Supported: "
+                    f"{SUPPORTED}"
+                )
+            self.called.add(name)
+
+    # -- rules ------------------------------------------------------------------------------
