@@ -138,3 +138,28 @@ def test_intertwiner_groups_map_to_the_family_of_phi():
     assert procrustes_distance(x, y, group=for_activation("relu")) == procrustes_distance(
         x, y, group="positive_monomial"
     )
+
+
+def test_small_scale_is_not_mistaken_for_constant():
+    x, y = relu_features((30, 4), 0), relu_features((30, 5), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for debiased in (False, True):
+            assert cka(x * 1e-9, y * 1e6, debiased=debiased) == pytest.approx(
+                cka(x, y, debiased=debiased), rel=1e-9
+            )
+        assert group_cka(x * 1e-9, y) == pytest.approx(group_cka(x, y), rel=1e-9)
+
+
+def test_constant_neurons_with_inexact_means_act_as_dead_neurons():
+    x, y = relu_features((21, 4, 2, 2), 0), relu_features((21, 3, 2, 2), 1)
+    const, dead = x.clone(), x.clone()
+    const[:, 2] = 0.1  # the mean of 0.1s is not exactly 0.1 in floating point
+    dead[:, 2] = 0.0
+    assert group_cka(const, y) == pytest.approx(group_cka(dead, y), abs=1e-12)
+    for g in ("positive_monomial", "monomial"):
+        assert procrustes_distance(const, y, group=g, center=True) == pytest.approx(
+            procrustes_distance(dead, y, group=g, center=True), abs=1e-12
+        )
+    with pytest.warns(RuntimeWarning, match="constant"):
+        assert cka(torch.full((21, 3), 0.1, dtype=torch.float64), y) == 0.0

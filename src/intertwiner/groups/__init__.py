@@ -33,6 +33,7 @@ from intertwiner.groups.families import (
     is_subgroup,
 )
 from intertwiner.groups.group import IntertwinerGroup
+from intertwiner.groups.homogeneity import homogeneity_defect, homogeneity_profile
 from intertwiner.groups.verify import verify
 
 __all__ = [
@@ -61,6 +62,8 @@ __all__ = [
     "discover",
     "family",
     "for_activation",
+    "homogeneity_defect",
+    "homogeneity_profile",
     "intersect",
     "is_subgroup",
     "verify",

@@ -27,8 +27,14 @@ from intertwiner.metrics._groups import declare, subgroups
 from intertwiner.metrics._prep import check_same_n, f64, to_flat, validate
 
 _ORTHOGONAL = subgroups("orthogonal")
-# Relative size below which a self-HSIC counts as zero (a constant representation).
-_DEGENERATE = 1e-12
+# A representation whose centred sum of squares is below this fraction of its raw sum of squares
+# is constant up to round-off (std/mean < 1e-10): what is left after centring is rounding noise.
+CONSTANT_RATIO = 1e-20
+
+
+def is_constant(centred_sq: float, raw_sq: float) -> bool:
+    """True when centring left only round-off (or nothing) of a representation."""
+    return centred_sq <= CONSTANT_RATIO * raw_sq
 
 
 def min_samples(debiased: bool) -> int:
@@ -65,10 +71,9 @@ def hsic_gram(k: torch.Tensor, l: torch.Tensor, *, debiased: bool = False) -> fl
     return float(hsic1_from_terms((kt * lt).sum(), kt.sum(), lt.sum(), kt.sum(1) @ lt.sum(1), n))
 
 
-def cka_from_hsic(xy: float, xx: float, yy: float) -> float:
+def cka_from_hsic(xy: float, xx: float, yy: float, constant: bool = False) -> float:
     """CKA from the three HSICs; 0.0 with a warning when a representation is constant."""
-    scale = max(abs(xx), abs(yy), 1e-300)
-    if xx <= _DEGENERATE * scale or yy <= _DEGENERATE * scale or xx <= 0 or yy <= 0:
+    if constant or xx <= 0 or yy <= 0:
         warnings.warn(
             "CKA of a (numerically) constant representation is undefined; returning 0.0",
             RuntimeWarning,
@@ -78,12 +83,15 @@ def cka_from_hsic(xy: float, xx: float, yy: float) -> float:
     return float(xy / (xx * yy) ** 0.5)
 
 
-def gram_cka(k: torch.Tensor, l: torch.Tensor, *, debiased: bool = False) -> float:
-    """CKA of two N x N kernel matrices."""
+def gram_cka(
+    k: torch.Tensor, l: torch.Tensor, *, debiased: bool = False, constant: bool = False
+) -> float:
+    """CKA of two N x N kernel matrices (``constant``: a representation is known constant)."""
     return cka_from_hsic(
         hsic_gram(k, l, debiased=debiased),
         hsic_gram(k, k, debiased=debiased),
         hsic_gram(l, l, debiased=debiased),
+        constant,
     )
 
 
@@ -120,7 +128,7 @@ class LinearCKAStats:
                 torch.zeros(q, q, **z),
             )
             self.sx, self.sy = torch.zeros(p, **z), torch.zeros(q, **z)
-            for k in ("a", "b", "aa", "bb", "ab"):
+            for k in ("a", "b", "aa", "bb", "ab", "raw_x", "raw_y"):
                 self.scal[k] = 0.0
             self.vec = {
                 "xa": torch.zeros(p, **z),
@@ -128,6 +136,8 @@ class LinearCKAStats:
                 "ya": torch.zeros(q, **z),
                 "yb": torch.zeros(q, **z),
             }
+        self.scal["raw_x"] += float(x.square().sum())
+        self.scal["raw_y"] += float(y.square().sum())
         x = x - self.shift_x
         y = y - self.shift_y
         self.n += x.shape[0]
@@ -148,15 +158,26 @@ class LinearCKAStats:
         self.vec["ya"] += a @ y
         self.vec["yb"] += b @ y
 
-    def cka(self, debiased: bool) -> float:
+    def constant(self) -> bool:
+        """Either representation constant up to round-off (see ``is_constant``)."""
+        n, s = self.n, self.scal
+        cx = float(self.gxx.diagonal().sum() - self.sx @ self.sx / n)
+        cy = float(self.gyy.diagonal().sum() - self.sy @ self.sy / n)
+        return is_constant(cx, s["raw_x"]) or is_constant(cy, s["raw_y"])
+
+    def cka(self, debiased: bool, constant: bool = False) -> float:
         n = self.n
         check_samples(n, debiased)
+        constant = constant or self.constant()
         if not debiased:
             cxy = self.gxy - torch.outer(self.sx, self.sy) / n
             cxx = self.gxx - torch.outer(self.sx, self.sx) / n
             cyy = self.gyy - torch.outer(self.sy, self.sy) / n
             return cka_from_hsic(
-                float((cxy * cxy).sum()), float((cxx * cxx).sum()), float((cyy * cyy).sum())
+                float((cxy * cxy).sum()),
+                float((cxx * cxx).sum()),
+                float((cyy * cyy).sum()),
+                constant,
             )
         s, v = self.scal, self.vec
         sx, sy = self.sx, self.sy
@@ -181,15 +202,21 @@ class LinearCKAStats:
             float(sy @ self.gyy @ sy) - 2 * float(v["yb"] @ sy) + s["bb"],
             n,
         )
-        return cka_from_hsic(xy, xx, yy)
+        return cka_from_hsic(xy, xx, yy, constant)
 
 
-def _prepare(x: Any, y: Any, debiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(x: Any, y: Any, debiased: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Centred float64 (N, width) matrices and whether either is constant."""
     xt, yt = validate(x, "X"), validate(y, "Y")
     check_same_n(xt, yt)
     check_samples(xt.shape[0], debiased)
-    xf, yf = f64(to_flat(xt)), f64(to_flat(yt))
-    return xf - xf.mean(0), yf - yf.mean(0)
+    out, constant = [], False
+    for t in (xt, yt):
+        f = f64(to_flat(t))
+        c = f - f.mean(0)
+        constant = constant or is_constant(float(c.square().sum()), float(f.square().sum()))
+        out.append(c)
+    return out[0], out[1], constant
 
 
 def _median_sigma(sq: torch.Tensor) -> float:
@@ -225,14 +252,15 @@ def cka(
     matrices; ``sigma=None``: sqrt of the median squared distance between inputs).
     ``debiased=True`` uses the unbiased HSIC_1 and needs N >= 4. Computed in float64.
     """
-    xc, yc = _prepare(X, Y, debiased)
+    xc, yc, constant = _prepare(X, Y, debiased)
     n, p, q = xc.shape[0], xc.shape[1], yc.shape[1]
     if kernel == "rbf":
-        return gram_cka(rbf_kernel(xc, sigma), rbf_kernel(yc, sigma), debiased=debiased)
+        k, l = rbf_kernel(xc, sigma), rbf_kernel(yc, sigma)
+        return gram_cka(k, l, debiased=debiased, constant=constant)
     if kernel != "linear":
         raise ValueError(f"unknown kernel {kernel!r}; use 'linear' or 'rbf'")
     if p * p + q * q + p * q <= n * (p + q):  # feature space is the cheaper form
         stats = LinearCKAStats()
         stats.update(xc, yc)
-        return stats.cka(debiased)
-    return gram_cka(xc @ xc.T, yc @ yc.T, debiased=debiased)
+        return stats.cka(debiased, constant)
+    return gram_cka(xc @ xc.T, yc @ yc.T, debiased=debiased, constant=constant)

@@ -29,7 +29,7 @@ import torch
 from intertwiner.errors import UnsupportedGroupError
 from intertwiner.metrics._groups import declare, family_name, subgroups
 from intertwiner.metrics._prep import check_same_n, to_sites, validate
-from intertwiner.metrics.cka import check_samples, cka_from_hsic, hsic1_from_terms
+from intertwiner.metrics.cka import CONSTANT_RATIO, check_samples, cka_from_hsic, hsic1_from_terms
 
 REDUCTIONS = ("max", "median", "sum")
 _NORMALISED = {"positive_monomial", "monomial"}
@@ -64,11 +64,14 @@ def preprocess(x: torch.Tensor, normalise: bool, dtype: torch.dtype) -> torch.Te
     n, s, c = sites.shape
     h = torch.empty((c, n, s), dtype=dtype, device=x.device)
     h.copy_(sites.permute(2, 0, 1))
+    raw = torch.linalg.vector_norm(h, dim=(1, 2), keepdim=True, dtype=torch.float64)
     h.sub_(h.mean(dim=(1, 2), keepdim=True, dtype=torch.float64).to(dtype))
-    if normalise:
-        norm = torch.linalg.vector_norm(h, dim=(1, 2), keepdim=True, dtype=torch.float64)
-        # A dead (constant) neuron is exactly zero after centring and stays zero, never NaN.
-        h.div_(norm.clamp_min(1e-300).to(dtype))
+    norm = torch.linalg.vector_norm(h, dim=(1, 2), keepdim=True, dtype=torch.float64)
+    # A dead or constant neuron is (rounding noise around) zero after centring: make it exactly
+    # zero, so that normalising cannot blow the noise up to a unit-norm neuron (and never NaN).
+    constant = norm.square() <= CONSTANT_RATIO * raw.square()
+    scale = 1.0 / norm.clamp_min(1e-300) if normalise else torch.ones_like(norm)
+    h.mul_(torch.where(constant, torch.zeros_like(scale), scale).to(dtype))
     return h
 
 

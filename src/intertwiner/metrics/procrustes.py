@@ -40,6 +40,7 @@ from scipy.optimize import linear_sum_assignment
 from intertwiner.errors import NonFiniteError, UnsupportedGroupError
 from intertwiner.metrics._groups import declare, family_name, subgroups
 from intertwiner.metrics._prep import check_finite, f64, match_positions, to_matrix, validate
+from intertwiner.metrics.cka import CONSTANT_RATIO
 
 GROUPS = ("orthogonal", "permutation", "signed_permutation", "positive_monomial", "monomial")
 _PER_NEURON = {"positive_monomial", "monomial"}
@@ -107,10 +108,16 @@ class ProcrustesStats:
         if not self.with_sums:
             raise ValueError("these statistics were gathered without neuron sums; cannot centre")
         n = self.n
+
+        def centred_sq(sq: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+            c = sq - total.square() / n
+            # A constant neuron leaves only rounding noise: make it exactly zero (a dead neuron).
+            return torch.where(c <= CONSTANT_RATIO * sq, torch.zeros_like(c), c)
+
         return (
             self.gxy - torch.outer(self.xsum, self.ysum) / n,
-            (self.xsq - self.xsum.square() / n).clamp_min(0.0),
-            (self.ysq - self.ysum.square() / n).clamp_min(0.0),
+            centred_sq(self.xsq, self.xsum),
+            centred_sq(self.ysq, self.ysum),
         )
 
     def alignment(self, group: str, center: bool = False) -> tuple[float, float, float, int]:
