@@ -93,7 +93,7 @@ def test_retraining_freezes_the_prefix_and_its_batchnorm_statistics(data):
     assert wrapped.frozen == ["block1.conv", "block1.bn", "block2.conv", "block2.bn",
                               "block2.act.transform"]  # fmt: skip
     before = {k: v.clone() for k, v in wrapped.state_dict().items()}
-    train(wrapped, data, TrainConfig(epochs=1, progress=False))
+    train(wrapped, data, TrainConfig(epochs=1, progress=False, num_threads=1))
     after = wrapped.state_dict()
     for k in before:
         if k.startswith(("model.block1.", "model.block2.")):
@@ -109,9 +109,9 @@ def test_retraining_freezes_the_prefix_and_its_batchnorm_statistics(data):
 
 def test_sanity_test_summary_table_and_figure(data, tmp_path):
     model = _model(batchnorm=False)
-    train(model, data, TrainConfig(epochs=1, progress=False))
+    train(model, data, TrainConfig(epochs=1, progress=False, num_threads=1))
     rows = sanity_test(model, ["block1.act"], ["group", "orthogonal"], 2, data,
-                       SanityConfig(epochs=1), progress=False)  # fmt: skip
+                       SanityConfig(epochs=1, num_threads=1), progress=False)  # fmt: skip
     assert len(rows) == 4
     summary = summarize(rows)
     assert [(r["kind"], r["repeats"]) for r in summary] == [("group", 2), ("orthogonal", 2)]
@@ -121,10 +121,29 @@ def test_sanity_test_summary_table_and_figure(data, tmp_path):
     assert "orthogonal" in format_table(summary)
     assert plot_penalties(summary, tmp_path / "s.png").stat().st_size > 1000
     # same seeds, same rows (apart from timing)
-    again = sanity_run(model, "block1.act", "group", 0, data, SanityConfig(epochs=1))
+    again = sanity_run(model, "block1.act", "group", 0, data, SanityConfig(epochs=1, num_threads=1))
     assert {k: v for k, v in again.items() if k != "seconds"} == {
         k: v for k, v in rows[0].items() if k != "seconds"
     }
+
+
+def test_summarize_statistics_and_identity_control():
+    def row(kind, pen, rep):
+        return {"activation": "relu", "site": "s", "kind": kind, "family": kind, "epochs": 1,
+                "base_accuracy": 0.9, "initial_accuracy": 0.5, "retrained_accuracy": 0.9 - pen,
+                "penalty": pen, "repeat": rep}  # fmt: skip
+
+    rows = [row("identity", -0.01, 0), row("identity", -0.03, 1), row("orthogonal", 0.02, 0),
+            row("orthogonal", 0.06, 1), row("orthogonal", 0.04, 2)]  # fmt: skip
+    ident, orth = summarize(rows)
+    assert ident["penalty_mean"] == pytest.approx(-0.02) and ident["penalty_vs_identity"] == 0.0
+    assert orth["penalty_mean"] == pytest.approx(0.04) and orth["penalty_std"] == pytest.approx(
+        0.02
+    )
+    assert orth["penalty_vs_identity"] == pytest.approx(0.06)
+    assert orth["retrained_accuracy"] == pytest.approx(0.86) and orth["repeats"] == 3
+    assert "6.00" in format_table([ident, orth])
+    assert summarize(rows[2:])[0]["penalty_vs_identity"] is None
 
 
 def test_run_job_from_a_checkpoint(data, tmp_path):

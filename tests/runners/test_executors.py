@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from intertwiner.experiments import group_table
 from intertwiner.runners import ExecutorError, get_executor
 from intertwiner.runners.probe import failing_probe_job, probe_job
 
@@ -52,7 +53,13 @@ def test_slurm_via_submitit_local_executors(reference, tmp_path):
 def test_ray_local_cluster(reference):
     pytest.importorskip("ray")
     ex = get_executor("ray", workers=2)
-    assert _values(_rows(ex)) == reference
+    with ex:
+        assert _values({c["seed"]: r for c, r in ex.map(probe_job, CONFIGS)}) == reference
+        # A real stage's job function gives the same rows on Ray as in-process.
+        stage = group_table.stage(["relu", "tanh"], trials=2)
+        on_ray = {c["activation"]: r.value for c, r in ex.map(stage.fn, stage.configs)}
+    here = {c["activation"]: stage.fn(c) for c in stage.configs}
+    assert on_ray == here
 
 
 def test_unknown_executor():

@@ -382,7 +382,11 @@ def sanity_test(
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std (ddof 1) of penalty and retrained accuracy per (activation, site, kind)."""
+    """Mean and std (ddof 1) of penalty and retrained accuracy per (activation, site, kind).
+
+    ``penalty_vs_identity``: mean penalty minus that of the ``"identity"`` rows of the same
+    (activation, site) when those were run (the effect of retraining itself), else None.
+    """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["activation"], r["site"], r["kind"]), []).append(r)
@@ -406,20 +410,31 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "penalty_std": float(pen.std(ddof=1)) if len(pen) > 1 else 0.0,
             }
         )
+    # Retraining alone moves accuracy (an under-trained base gains); the identity rows measure
+    # that, so the penalty net of it is the part due to the transform.
+    control = {
+        (r["activation"], r["site"]): r["penalty_mean"] for r in out if r["kind"] == "identity"
+    }
+    for r in out:
+        ref = control.get((r["activation"], r["site"]))
+        r["penalty_vs_identity"] = None if ref is None else r["penalty_mean"] - ref
     return out
 
 
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of ``summarize`` rows (accuracies and penalties in points)."""
-    head = ("activation", "site", "kind", "family", "n", "base", "before", "after", "penalty")
-    lines = [f"{head[0]:<10} {head[1]:<11} {head[2]:<18} {head[3]:<18} {head[4]:>2} "
-             f"{head[5]:>6} {head[6]:>6} {head[7]:>6} {head[8]:>14}"]  # fmt: skip
+    head = ("activation", "site", "kind", "family", "n", "base", "before", "after", "penalty",
+            "vs identity")  # fmt: skip
+    lines = [f"{head[0]:<10} {head[1]:<11} {head[2]:<11} {head[3]:<18} {head[4]:>2} "
+             f"{head[5]:>6} {head[6]:>6} {head[7]:>6} {head[8]:>14} {head[9]:>11}"]  # fmt: skip
     for r in summary:
         pen = f"{100 * r['penalty_mean']:.2f} ± {100 * r['penalty_std']:.2f}"
+        rel = r.get("penalty_vs_identity")
+        rel_s = "" if rel is None else f"{100 * rel:.2f}"
         lines.append(
-            f"{r['activation']:<10} {r['site']:<11} {r['kind']:<18} {r['family']:<18} "
+            f"{r['activation']:<10} {r['site']:<11} {r['kind']:<11} {r['family']:<18} "
             f"{r['repeats']:>2} {100 * r['base_accuracy']:6.2f} {100 * r['initial_accuracy']:6.2f} "
-            f"{100 * r['retrained_accuracy']:6.2f} {pen:>14}"
+            f"{100 * r['retrained_accuracy']:6.2f} {pen:>14} {rel_s:>11}"
         )
     return "\n".join(lines)
 

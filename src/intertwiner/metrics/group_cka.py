@@ -79,9 +79,12 @@ class _Products:
     """Batched per-neuron products into one reused buffer (fresh 100 MiB allocations cost more
     than the reduction that follows)."""
 
-    def __init__(self, h: torch.Tensor, b: int) -> None:
+    def __init__(self, h: torch.Tensor, b: int, buf: torch.Tensor | None = None) -> None:
         self.h = h
-        self.buf = torch.empty(h.shape[0] * b * b, dtype=h.dtype, device=h.device)
+        size = h.shape[0] * b * b
+        if buf is None or buf.numel() < size:
+            buf = torch.empty(size, dtype=h.dtype, device=h.device)
+        self.buf = buf
 
     def __call__(self, rows: slice, cols: slice, reduce: str) -> torch.Tensor:
         a, bt = self.h[:, rows], self.h[:, cols].transpose(1, 2)
@@ -130,7 +133,8 @@ def hsic_sums(
     z = dict(dtype=torch.float64, device=hx.device)
     rk, rl = torch.zeros(n, **z), torch.zeros(n, **z)
     tr = {"kl": 0.0, "kk": 0.0, "ll": 0.0}
-    px, py = _Products(hx, b), _Products(hy, b)
+    px = _Products(hx, b)
+    py = _Products(hy, b, px.buf)  # each block is reduced before the next product: share
     for i in range(0, n, b):
         for j in range(i, n, b):
             k = px(slice(i, i + b), slice(j, j + b), reduce)

@@ -69,16 +69,20 @@ def invariant_families(group: Any) -> tuple[str, ...]:
 
 @dataclass
 class ProcrustesStats:
-    """Additive sufficient statistics: M = X'Y, neuron sums of squares and sums, row count."""
+    """Additive sufficient statistics: M = X'Y, neuron sums of squares, row count; with
+    ``centering=True`` also neuron sums, all taken on rows shifted by the first batch's mean
+    (centring is shift invariant, and the shift keeps round-off small)."""
 
+    centering: bool = False
     n: int = 0
     gxy: torch.Tensor | None = None
     xsq: torch.Tensor | None = None
     ysq: torch.Tensor | None = None
     xsum: torch.Tensor | None = None
     ysum: torch.Tensor | None = None
-    #: Neuron sums are only needed to centre.
-    with_sums: bool = True
+    raw_xsq: torch.Tensor | None = None
+    raw_ysq: torch.Tensor | None = None
+    shift: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows of x (b, p) and y (b, q), float64 (finiteness is checked here, cheaply)."""
@@ -86,38 +90,47 @@ class ProcrustesStats:
         ysq = torch.linalg.vector_norm(y, dim=0).square()
         _check_finite_via_norms(x, xsq, "X")
         _check_finite_via_norms(y, ysq, "Y")
-        gxy = x.T @ y
-        if self.with_sums:
-            xs, ys = x.sum(0), y.sum(0)
-        else:
-            xs = ys = None
+        if self.centering:
+            if self.shift is None:
+                self.shift = (x.mean(0), y.mean(0))
+                self.raw_xsq, self.raw_ysq = torch.zeros_like(xsq), torch.zeros_like(ysq)
+            self.raw_xsq += xsq
+            self.raw_ysq += ysq
+            x, y = x - self.shift[0], y - self.shift[1]
+            xsq = torch.linalg.vector_norm(x, dim=0).square()
+            ysq = torch.linalg.vector_norm(y, dim=0).square()
+        parts = [x.T @ y, xsq, ysq]
+        if self.centering:
+            parts += [x.sum(0), y.sum(0)]
         if self.gxy is None:
-            self.gxy, self.xsq, self.ysq, self.xsum, self.ysum = gxy, xsq, ysq, xs, ys
+            self.gxy, self.xsq, self.ysq = parts[:3]
+            if self.centering:
+                self.xsum, self.ysum = parts[3:]
         else:
-            self.gxy += gxy
-            self.xsq += xsq
-            self.ysq += ysq
-            if self.with_sums:
-                self.xsum += xs
-                self.ysum += ys
+            self.gxy += parts[0]
+            self.xsq += parts[1]
+            self.ysq += parts[2]
+            if self.centering:
+                self.xsum += parts[3]
+                self.ysum += parts[4]
         self.n += x.shape[0]
 
     def _centred(self, center: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if center != self.centering:
+            raise ValueError(f"these statistics were gathered with centering={self.centering}")
         if not center:
             return self.gxy, self.xsq, self.ysq
-        if not self.with_sums:
-            raise ValueError("these statistics were gathered without neuron sums; cannot centre")
         n = self.n
 
-        def centred_sq(sq: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        def centred_sq(sq: torch.Tensor, total: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
             c = sq - total.square() / n
             # A constant neuron leaves only rounding noise: make it exactly zero (a dead neuron).
-            return torch.where(c <= CONSTANT_RATIO * sq, torch.zeros_like(c), c)
+            return torch.where(c <= CONSTANT_RATIO * raw, torch.zeros_like(c), c)
 
         return (
             self.gxy - torch.outer(self.xsum, self.ysum) / n,
-            centred_sq(self.xsq, self.xsum),
-            centred_sq(self.ysq, self.ysum),
+            centred_sq(self.xsq, self.xsum, self.raw_xsq),
+            centred_sq(self.ysq, self.ysum, self.raw_ysq),
         )
 
     def alignment(self, group: str, center: bool = False) -> tuple[float, float, float, int]:
@@ -204,7 +217,7 @@ def prepare_rows(
 
 def _stats(X: Any, Y: Any, upsample: bool, layout: str | None, center: bool) -> ProcrustesStats:
     x, y = prepare_rows(X, Y, upsample=upsample, layout=layout)
-    stats = ProcrustesStats(with_sums=center)
+    stats = ProcrustesStats(centering=center)
     stats.update(x, y)  # unequal widths: best_alignment zero-pads the cross matrix
     return stats
 

@@ -93,7 +93,7 @@ class _Procrustes(Accumulator):
         super().__init__()
 
     def _new_state(self) -> _pr.ProcrustesStats:
-        return _pr.ProcrustesStats(with_sums=self.center)
+        return _pr.ProcrustesStats(centering=self.center)
 
     def update(self, X: Any, Y: Any) -> None:
         x, y = _pr.prepare_rows(X, Y, upsample=self.upsample, layout=self.layout)
