@@ -21,6 +21,7 @@ from intertwiner.metrics._prep import as_tensor, neuron_dim
 
 __all__ = [
     "apply_to_neurons",
+    "assert_function_preserved",
     "assert_invariant",
     "assert_not_invariant",
     "invariance_gaps",
@@ -166,3 +167,7 @@ def assert_not_invariant(
             f"{_group_name(group)} (largest change {biggest:.3g} <= {min_change:g}); it looks "
             "invariant to that group"
         )
+
+
+# Weight-space symmetries: trace a model, apply random elements, assert the function is unchanged.
+from intertwiner.symmetry.check import assert_function_preserved  # noqa: E402

@@ -19,7 +19,7 @@ from intertwiner.runners import get_executor
 from intertwiner.runners.probe import failing_probe_job
 from intertwiner.store import Store
 
-VOLATILE = ("seconds", "checkpoint")  # timings and paths differ between runs; nothing else may
+VOLATILE = ("seconds", "time", "checkpoint")  # timings and paths differ between runs; nothing else
 
 
 def _comparable(store: Store) -> dict:

@@ -246,6 +246,9 @@ def test_same_seed_same_result_and_cache_is_transparent(mlp, digits):
     torch.testing.assert_close(r1.layer.weight, r2.layer.weight, rtol=0, atol=0)
     torch.testing.assert_close(r1.layer.weight, r3.layer.weight)
     assert r1.penalty == r2.penalty == r3.penalty
+    assert set(r1.timings) == {"features", "init", "train", "evaluate"}
+    assert 0 < r1.fit_time_s <= r1.wall_time_s
+    assert r1.to_dict()["fit_time_s"] == r1.fit_time_s
 
 
 def test_lasso_reports_sparsity(mlp, digits):

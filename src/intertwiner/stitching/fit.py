@@ -133,12 +133,20 @@ class StitchResult:
     feature_error: float | None = None
     residual_streams: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fit_time_s(self) -> float:
+        """Seconds spent by the solver itself: initialisation (B's features at the site, the
+        closed form or matching) plus training, without the work every kind shares (tracing,
+        caching A's features, evaluating A, B and the stitched model on test)."""
+        return self.timings.get("init", 0.0) + self.timings.get("train", 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        """The scalar fields and history (JSON-serialisable)."""
+        """The scalar fields, timings and history (JSON-serialisable)."""
         keys = (
             "site kind solver acc_a acc_b acc_stitched penalty val_acc best_epoch sparsity "
-            "feature_error residual_streams wall_time_s history"
+            "feature_error residual_streams wall_time_s fit_time_s timings history"
         ).split()
         return {k: getattr(self, k) for k in keys}
 
@@ -425,8 +433,14 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
 
     train_f = _Features(front_a, train_ds, cfg, device, per_sample)
     index = {n: i for i, n in enumerate(cut.names)}
+    timings = {"init": 0.0}
 
     def accumulate(x, feats_a):
+        t = time.perf_counter()
+        _accumulate(x, feats_a)
+        timings["init"] += time.perf_counter() - t
+
+    def _accumulate(x, feats_a):
         feats_b = front_b(x)
         for name, st in stats_of.items():
             cdim = stitches[name].channel_dim
@@ -435,8 +449,11 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
                 solvers.channels_last(feats_b[index[name]], cdim),
             )
 
+    t = time.perf_counter()
     if train_f.fits or stats_of:
         train_f.fill(accumulate if stats_of else None)
+    timings["features"] = time.perf_counter() - t - timings["init"]
+    t = time.perf_counter()
     for name in stitched_names:
         lay = stitches[name]
         if cfg.init == "identity":
@@ -446,9 +463,13 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
         elif name in stats_of:
             _init_closed_form(lay, stats_of[name], cfg)
 
+    timings["init"] += time.perf_counter() - t
+    t = time.perf_counter()
     val_f = _Features(front_a, val_ds, cfg, device, per_sample) if val_ds is not None else None
     if val_f is not None and val_f.fits:
         val_f.fill()
+    timings["features"] += time.perf_counter() - t
+    t = time.perf_counter()
     model = StitchedModel(front_a, stitches, back, cut.names)
     history: list[dict[str, Any]] = []
     best, best_key, best_epoch = copy.deepcopy(stitches), None, 0
@@ -493,7 +514,9 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
         lay = best[name]
         stitches[name] = lay.to_monomial() if isinstance(lay, BirkhoffStitch) else lay
     model.train(False)
+    timings["train"] = time.perf_counter() - t
 
+    t = time.perf_counter()
     test_f = _Features(front_a, test_ds, cfg, device, 0)
     test_f.fits = False  # evaluated once: no point caching
     acc_s, _ = _evaluate_stitched(model, test_f)
@@ -505,6 +528,7 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
         feature_error = stats_of[cut.names[0]].residual(
             site_layer.matrix(), site_layer.bias_vector()
         )
+    timings["evaluate"] = time.perf_counter() - t
     solver = cfg.solver if kind in MONOMIAL_KINDS else None
     return StitchResult(
         site=at,
@@ -523,4 +547,5 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
         sparsity=site_layer.sparsity(),
         feature_error=feature_error,
         residual_streams=stitched_names[1:],
+        timings=timings,
     )
