@@ -214,8 +214,12 @@ def zoo(
 # ---- reproduce / results / report (engineer F) -------------------------------------------------
 @app.command()
 def reproduce(
-    out: str = typer.Option(..., "--out", "-o", help="Run folder, e.g. runs/quick (resumes if it exists)."),
-    preset: str = typer.Option("quick", help="quick (<= 15 min CPU) | full (~1 h CPU) | paper (GPU/cluster)."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Run folder, e.g. runs/quick (resumes if it exists)."
+    ),
+    preset: str = typer.Option(
+        "quick", help="quick (<= 15 min CPU) | full (~1 h CPU) | paper (GPU/cluster)."
+    ),
     data: str | None = typer.Option(
         None, help="mnist | digits | concepts | cifar10 (default: the preset's)."
     ),
@@ -235,6 +239,7 @@ def reproduce(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Run every experiment of a preset, store the results and write OUT/report.html."""
+    from intertwiner.errors import IntertwinerError
     from intertwiner.experiments.pipeline import reproduce as run
 
     opts: dict = {}
@@ -242,8 +247,20 @@ def reproduce(
         opts = {"address": address, "gpus_per_job": gpus}
     elif executor == "slurm":
         opts = {"partition": partition, "time_min": time_min, "gpus": gpus}
-    summary = run(out, preset=preset, data=data, data_dir=data_dir, executor=executor,
-                  workers=workers, progress=not quiet, executor_options=opts)
+    try:
+        summary = run(
+            out,
+            preset=preset,
+            data=data,
+            data_dir=data_dir,
+            executor=executor,
+            workers=workers,
+            progress=not quiet,
+            executor_options=opts,
+        )
+    except (IntertwinerError, ValueError) as e:  # bad preset / data folder / executor
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     failed = 0
     for st in summary["stages"]:
         n_failed = len(st.get("failed", []))
@@ -262,16 +279,22 @@ def results(
     run_dir: str = typer.Argument(..., help="Run folder written by `intertwiner reproduce`."),
     fmt: str = typer.Option("csv", "--format", "-f", help="csv | json"),
     kind: str | None = typer.Option(
-        None, help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, dissection."
+        None,
+        help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, dissection.",
     ),
     output: str | None = typer.Option(None, "--output", help="Write to a file, not stdout."),
 ) -> None:
     """Export the results store of a run as CSV (flat columns) or JSON."""
+    from intertwiner.errors import IntertwinerError
     from intertwiner.store import open_existing
 
     if fmt not in ("csv", "json"):
         raise typer.BadParameter("--format must be csv or json")
-    store = open_existing(run_dir)
+    try:
+        store = open_existing(run_dir)
+    except IntertwinerError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     text = store.to_csv(kind) if fmt == "csv" else store.to_json(kind)
     if output:
         with open(output, "w", encoding="utf-8") as fh:
@@ -283,9 +306,14 @@ def results(
 @app.command()
 def report(run_dir: str = typer.Argument(..., help="Run folder with results.sqlite.")) -> None:
     """Rebuild RUN_DIR/report.html from the results store."""
+    from intertwiner.errors import IntertwinerError
     from intertwiner.report import build_report
 
-    typer.echo(str(build_report(run_dir)))
+    try:
+        typer.echo(str(build_report(run_dir)))
+    except IntertwinerError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 # ---- sanity / dissect (engineer D) -------------------------------------------------------------

@@ -11,7 +11,6 @@ from _report_browser import chromium, inspect
 from typer.testing import CliRunner
 
 from intertwiner.cli import app
-from intertwiner.errors import DataNotFoundError
 from intertwiner.report import build_report, render
 from intertwiner.report.compare import comparison
 from intertwiner.store import Store
@@ -61,7 +60,9 @@ def test_cli_report_and_results(synthetic_run, tmp_path):
         Store(synthetic_run)
     )
     res = runner.invoke(app, ["results", str(tmp_path / "nothing")])
-    assert res.exit_code != 0 and isinstance(res.exception, DataNotFoundError)
+    assert res.exit_code == 2 and "intertwiner reproduce --out" in res.output
+    res = runner.invoke(app, ["report", str(tmp_path / "nothing")])
+    assert res.exit_code == 2
 
 
 @pytest.mark.skipif(chromium() is None, reason="no chromium binary (apt-get install chromium)")
