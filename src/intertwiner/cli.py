@@ -420,6 +420,8 @@ def dissect(
         raise fail("dissection needs concept masks: only --data concepts is available")
     try:
         model, meta = checkpoints.load(checkpoint)
+        if int(model.intertwiner_config.get("in_channels", 3)) != 3:
+            raise ValueError("the concept scenes are RGB: dissect a model with in_channels=3")
         dm = meta.get("data_meta") or {}
         options = dict(dm.get("generator") or {}) if meta.get("dataset") == "concepts" else {}
         options.setdefault("size", int(model.intertwiner_config.get("input_size", 32)))

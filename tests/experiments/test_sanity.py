@@ -56,6 +56,28 @@ def test_identity_transform_preserves_outputs_bitwise(data):
         assert torch.equal(wrapped(x), model.eval()(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_group_transform_is_undone_by_phi_inverse_in_the_next_layer(data, dtype):
+    """The retraining target exists: W_next phi(M)^-1 restores the function for M in G_ReLU."""
+    model = _model(batchnorm=False).to(dtype)
+    x = data.test.get_batch(torch.arange(16))[0].to(dtype)
+    g = for_activation("relu")
+    el = g.sample(4, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    wrapped = insert_transform(model, "block2.act", el, x)
+    conv = wrapped.model.block3.conv
+    with torch.no_grad():
+        assert not torch.allclose(wrapped(x), model(x), atol=1e-3)
+        inv = g.phi(el).inverse().matrix().to(dtype)
+        conv.weight.copy_(torch.einsum("oihw,ij->ojhw", conv.weight, inv))
+        torch.testing.assert_close(wrapped(x), model(x))
+        # an orthogonal M is not undone this way (ReLU does not commute with it)
+        orth = family("orthogonal").sample(4, generator=torch.Generator().manual_seed(3))
+        w2 = insert_transform(model, "block2.act", orth, x)
+        c2 = w2.model.block3.conv
+        c2.weight.copy_(torch.einsum("oihw,ij->ojhw", c2.weight, orth.inverse().matrix().to(dtype)))
+        assert not torch.allclose(w2(x), model(x), atol=1e-3)
+
+
 def test_group_element_at_relu_changes_function_but_orthogonal_is_not_in_the_group():
     act = torch.nn.ReLU()
     g = torch.Generator().manual_seed(0)

@@ -148,6 +148,7 @@ def reproduce(
                 "versions": versions(),
                 "argv": sys.argv,
                 "started": t_start,
+                "preset_config": PRESETS[preset],
             },
         )
         total = sum(len(s.configs) for s in runnable)

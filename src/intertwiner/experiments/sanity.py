@@ -121,8 +121,8 @@ class FixedTransform(nn.Module):
         if self.perm is not None:
             shape = [1] * x.ndim
             shape[dim] = self.n
-            return x.index_select(dim, self.perm) * self.scale.view(shape)
-        return (x.movedim(dim, -1) @ self.weight.T).movedim(-1, dim)
+            return x.index_select(dim, self.perm) * self.scale.to(x.dtype).view(shape)
+        return (x.movedim(dim, -1) @ self.weight.to(x.dtype).T).movedim(-1, dim)
 
 
 class PreTransformed(nn.Module):
@@ -239,7 +239,10 @@ def insert_transform(
     model = copy.deepcopy(model)
     act = model.get_submodule(site)
     parent, child = _parent(model, site)
-    setattr(parent, child, PreTransformed(FixedTransform(element), act))
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    transform = FixedTransform(element, dtype=dtype).to(p.device if p is not None else "cpu")
+    setattr(parent, child, PreTransformed(transform, act))
     order = _execution_order(model, example)
     cut = order.index(f"{site}.transform")
     frozen = []
