@@ -61,10 +61,10 @@ PRESETS: dict[str, dict] = {
         "train_overrides": {"resnet20": {"epochs": 3}},
         "group_trials": 16,
         "activations": PAPER_ACTIVATIONS,
-        "pairs": 1,
+        "pairs": 2,
         "metrics": {"n_samples": 256},
         "stitch": {
-            "kinds": ["full", ["low_rank", 2], "perm_scale", "orthogonal"],
+            "kinds": ["full", ["low_rank", 2], "perm_scale"],
             "epochs": 1,
             "sites": 4,
         },
