@@ -50,6 +50,10 @@ def methods(epochs: int, birkhoff_epochs: int, lr: float) -> dict[str, tuple[obj
         "perm_scale/match+bias": ("perm_scale", {**ours, "solver": "match", "bias": True}),
         "perm_scale/match0": ("perm_scale", {"epochs": 0, "solver": "match"}),
         "perm_scale/match1": ("perm_scale", {**ours, "epochs": 1, "solver": "match"}),
+        "perm_scale/match1-1k": (
+            "perm_scale",
+            {**ours, "epochs": 1, "solver": "match", "init_samples": 1024},
+        ),
         "perm_scale/birkhoff": ("perm_scale", {**birk, "lr": 1e-3}),
         "perm_scale/birkhoff-adam": ("perm_scale", {**birk, "lr": 1e-2, "optimizer": "adam"}),
         "perm_scale/birkhoff20": ("perm_scale", {**birk, "epochs": 20, "lr": 1e-3}),  # paper's
@@ -163,7 +167,7 @@ def report(rows: list[dict], sites: list[str], names: list[str]) -> None:
             cells.append(f"{fmt(pen)} ({statistics.mean(sec):5.1f}s {n})" if sec else "-")
         print(f"{name:24s} " + " ".join(f"{c:>28s}" for c in cells))
 
-    if "perm_scale/match" in names and any("birkhoff" in n for n in names):
+    if any("match" in n for n in names) and any("birkhoff" in n for n in names):
         print("\nmatch vs birkhoff (perm_scale): penalty, and time ratio birkhoff/match for the whole "
               "call (wall) and for the solver alone (fit: init + training)")  # fmt: skip
         matches = [n for n in names if n.startswith("perm_scale/match")]

@@ -86,6 +86,15 @@ def test_match_recovers_every_unit_when_none_is_dead(digits64):
     assert r.penalty == 0.0
 
 
+def test_init_samples_subset_still_recovers_the_symmetry(mlp64, digits64):
+    twin, elements = transformed_mlp(mlp64, torch.Generator().manual_seed(1))
+    cfg = _cfg(epochs=0, init_samples=256, batch_size=128)
+    r = stitch(mlp64, twin, "act1", layer="perm_scale", data=digits64, config=cfg)
+    live = _live(twin, digits64, "act1")
+    assert torch.equal(r.layer.perm[live], elements["act1"][0][live])
+    assert r.penalty == 0.0
+
+
 def test_match_in_float32(mlp, digits):
     twin, elements = transformed_mlp(mlp, torch.Generator().manual_seed(3))
     r = stitch(mlp, twin, "act1", layer="auto", data=digits, config=_cfg(epochs=0))

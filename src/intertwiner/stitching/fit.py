@@ -64,7 +64,9 @@ class StitchConfig:
     ``residual``: ``"stitch"`` (stitch the residual stream too) or ``"error"`` (refuse such sites).
     ``cache_bytes``: cache front-of-A features up to this size. ``channel_dim``: the neuron axis of
     the features (default: 1, or 2 for 3-d token features). ``num_threads``: torch intra-op threads
-    during the call (restored after; None leaves torch's setting alone).
+    during the call (restored after; None leaves torch's setting alone). ``init_samples``: at most
+    this many training inputs (whole batches, in data order) feed the closed-form / matching
+    statistics (None: all); fewer makes the initialisation cheaper where B's front is expensive.
     """
 
     solver: str = "match"
@@ -88,6 +90,7 @@ class StitchConfig:
     residual: str = "stitch"
     channel_dim: int | None = None
     num_threads: int | None = None
+    init_samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -434,8 +437,12 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
     train_f = _Features(front_a, train_ds, cfg, device, per_sample)
     index = {n: i for i, n in enumerate(cut.names)}
     timings = {"init": 0.0}
+    seen = [0]
 
     def accumulate(x, feats_a):
+        if cfg.init_samples is not None and seen[0] >= cfg.init_samples:
+            return
+        seen[0] += len(x)
         t = time.perf_counter()
         _accumulate(x, feats_a)
         timings["init"] += time.perf_counter() - t
