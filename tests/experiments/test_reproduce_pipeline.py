@@ -173,3 +173,23 @@ def test_paper_preset_builds_its_job_list_on_a_cifar_folder(tmp_path):
         per_arch.setdefault(c["arch"], set()).add(c["site_index"])
     assert {a: len(s) for a, s in per_arch.items()} == {"myrtle_cnn": 4, "resnet20": 19,
                                                         "resnet18": 17}  # fmt: skip
+
+
+def test_stage_with_missing_dependency_is_reported_not_run(tmp_path, monkeypatch):
+    from intertwiner.experiments import pipeline
+    from intertwiner.runners.probe import probe_job
+
+    plan = [
+        Stage("probe", "probe", probe_job, [{"seed": 0}, {"seed": 1}]),
+        Stage("later", "later", probe_job, [{"seed": 2}], requires=("intertwiner.not_written",)),
+    ]
+    monkeypatch.setattr(pipeline, "build_plan", lambda *a, **k: plan)
+    summary = reproduce(tmp_path, preset="test", workers=1, progress=False)
+    status = {s["stage"]: s for s in summary["stages"]}
+    assert status["probe"]["status"] == "done" and status["later"]["status"] == "not run"
+    assert "intertwiner.not_written" in status["later"]["notes"][0]
+    assert len(Store(tmp_path)) == 2
+    assert (
+        "not run: dependency unavailable (intertwiner.not_written"
+        in (tmp_path / "report.html").read_text()
+    )

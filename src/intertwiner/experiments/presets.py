@@ -1,5 +1,6 @@
 """Presets: the sizes of each stage for ``test`` (seconds), ``quick`` (<= 15 min on 2 CPU cores),
-``full`` (about an hour on CPU) and ``paper`` (the paper's scale on CIFAR-10; GPUs/clusters).
+``full`` (estimated at about an hour on CPU; not measured yet) and ``paper`` (the paper's scale
+on CIFAR-10; GPUs/clusters).
 
 ``build_plan(preset, data=..., data_dir=...)`` turns a preset into the ordered list of stages.
 """
@@ -109,10 +110,9 @@ PRESETS: dict[str, dict] = {
                 ["low_rank", 4],
                 "perm_scale",
                 "orthogonal",
-                "signed_perm",
             ],
             "epochs": 3,
-            "sites": 8,
+            "sites": 4,
         },
         "sanity": {
             "activations": ["relu", "sigmoid", "gelu"],
