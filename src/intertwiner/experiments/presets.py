@@ -66,8 +66,11 @@ PRESETS: dict[str, dict] = {
         "metrics": {"n_samples": 256},
         "stitch": {
             "kinds": ["full", ["low_rank", 2], "perm_scale"],
-            "epochs": 1,
+            "epochs": 2,
             "sites": 4,
+            # Adam at 1e-2: the stitch layers have few parameters and few steps here
+            # (benchmarks/stitching.py); the paper's SGD at 1e-3 barely moves in 2 epochs.
+            "stitch_config": {"lr": 1e-2},
         },
         "sanity": {
             "activations": ["relu", "sigmoid", "gelu"],
@@ -113,6 +116,7 @@ PRESETS: dict[str, dict] = {
             ],
             "epochs": 3,
             "sites": 4,
+            "stitch_config": {"lr": 1e-2},
         },
         "sanity": {
             "activations": ["relu", "sigmoid", "gelu"],

@@ -65,9 +65,11 @@ def stage(
     kinds: list = ("full", "perm_scale"),
     epochs: int = 1,
     sites: int = 4,
+    stitch_config: dict | None = None,
 ) -> Stage:
     """Jobs over arch x pair x site x layer kind; ``sites`` caps the number of sites per arch,
-    spread evenly over depth (site indices are resolved in the job from ``models.sites``)."""
+    spread evenly over depth (site indices are resolved in the job from ``models.sites``).
+    ``stitch_config`` holds extra ``StitchConfig`` fields (e.g. ``{"lr": 1e-2}``) for every job."""
     from intertwiner import models
 
     configs = []
@@ -94,6 +96,7 @@ def stage(
                             "layer_label": kind_label(kind),
                             "epochs": epochs,
                             "seed": p,
+                            "stitch_config": dict(stitch_config or {}),
                         }
                     )
     return Stage(
