@@ -47,6 +47,13 @@ def methods(epochs: int, birkhoff_epochs: int, lr: float) -> dict[str, tuple[obj
         "permutation": ("permutation", ours),
         "signed_perm": ("signed_perm", ours),
         "perm_scale/match": ("perm_scale", {**ours, "solver": "match"}),
+        # init_samples=None: B's statistics over the whole training set (the old default, before
+        # "auto" stopped the pass once the assignment had converged)
+        "perm_scale/match-all": ("perm_scale", {**ours, "solver": "match", "init_samples": None}),
+        "perm_scale/match1-all": (
+            "perm_scale",
+            {**ours, "epochs": 1, "solver": "match", "init_samples": None},
+        ),
         "perm_scale/match+bias": ("perm_scale", {**ours, "solver": "match", "bias": True}),
         "perm_scale/match0": ("perm_scale", {"epochs": 0, "solver": "match"}),
         "perm_scale/match1": ("perm_scale", {**ours, "epochs": 1, "solver": "match"}),
@@ -89,6 +96,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--seeds", default="0-3")
     p.add_argument("--train-epochs", type=int, default=6)
+    p.add_argument("--train-lr", type=float, default=1e-3, help="Adam lr of the zoo's training")
     p.add_argument("--pairs", type=int, default=None, help="use the first N pairs (default all)")
     p.add_argument("--sites", default=None, help="comma-separated sites (default all)")
     p.add_argument("--methods", default=None, help="comma-separated method names (default all)")
@@ -118,7 +126,7 @@ def main() -> None:
         Path(args.zoo_dir),
         model_config=model_config,
         train_config=TrainConfig(
-            epochs=args.train_epochs, num_threads=args.threads, progress=False
+            epochs=args.train_epochs, lr=args.train_lr, num_threads=args.threads, progress=False
         ),
         progress=False,
     )

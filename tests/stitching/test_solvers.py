@@ -112,3 +112,30 @@ def test_bad_statistics():
         st.moments(True)
     with pytest.raises(NonFiniteError):
         st.update(torch.tensor([[float("nan"), 0.0]]), torch.zeros(1, 2))
+
+
+def test_assignment_converged_compares_objectives():
+    g = torch.Generator().manual_seed(0)
+    n = 10
+    x = torch.relu(torch.randn(400, n, generator=g, dtype=torch.float64)) + 0.1
+    perm = torch.randperm(n, generator=g)
+    scale = torch.exp(torch.randn(n, generator=g, dtype=torch.float64))
+    st = _stats(x, x[:, perm] * scale)
+    got, _ = solvers.assignment(st, "perm_scale", bias=False)
+    assert torch.equal(got, perm)
+    ok, current = solvers.assignment_converged(st, "perm_scale", perm, bias=False)
+    assert ok and torch.equal(current, perm)
+    # Swapping the two units with the largest scales costs far more than tol of E||y||^2.
+    a, b = scale.argsort()[-2:].tolist()
+    wrong = perm.clone()
+    wrong[[a, b]] = perm[[b, a]]
+    ok, current = solvers.assignment_converged(st, "perm_scale", wrong, bias=False, tol=1e-3)
+    assert not ok and torch.equal(current, perm)
+    # ... but is within a loose enough tolerance (the test is on the objective, not the labels).
+    _, gain = solvers.assignment(st, "perm_scale", bias=False)
+    idx = torch.arange(n)
+    loss = float(gain[idx, perm].sum() - gain[idx, wrong].sum())
+    total = float((x[:, perm] * scale).pow(2).mean(0).sum())
+    assert solvers.assignment_converged(
+        st, "perm_scale", wrong, bias=False, tol=1.01 * loss / total
+    )[0]

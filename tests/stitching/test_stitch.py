@@ -27,6 +27,7 @@ from intertwiner.stitching import (
     UnknownSiteError,
     stitch,
 )
+from intertwiner.stitching.fit import AUTO_INIT_MIN
 
 QUIET = dict(progress=False, batch_size=256)
 
@@ -327,3 +328,52 @@ def test_resnet_residual_site_with_symmetry_transformed_copy_is_exact(site):
     front = r.model.front(x)
     leak = r.model.back(r.layers[r.model.order[0]](front[0]), front[1])  # raw stream into B
     assert (leak - twin(x)).abs().max() > 1e-3
+
+
+def test_auto_init_samples_stops_early_and_stays_exact(mlp64, digits64):
+    twin, elements = transformed_mlp(mlp64, torch.Generator().manual_seed(1))
+    n = len(digits64.train)
+    auto = stitch(mlp64, twin, "act1", layer="perm_scale", data=digits64,
+                  config=_cfg(epochs=0, batch_size=128))  # fmt: skip
+    every = stitch(mlp64, twin, "act1", layer="perm_scale", data=digits64,
+                   config=_cfg(epochs=0, batch_size=128, init_samples=None))  # fmt: skip
+    assert every.init_samples == n
+    # two checks (256, then 512 inputs) agree on an exact twin: stop there
+    assert 2 * AUTO_INIT_MIN <= auto.init_samples < n
+    assert torch.equal(auto.layer.perm, every.layer.perm)
+    live = _live(twin, digits64, "act1")
+    assert torch.equal(auto.layer.perm[live], elements["act1"][0][live])
+    torch.testing.assert_close(
+        auto.layer.scale.detach()[live], elements["act1"][1][live], rtol=1e-6, atol=1e-6
+    )
+    assert auto.penalty == 0.0
+
+
+def test_auto_init_samples_only_for_match(mlp, digits):
+    n = len(digits.train)
+    r = stitch(mlp, mlp, "act1", layer="full", data=digits, config=_cfg(epochs=0))
+    assert r.init_samples == n  # closed forms use every input
+    r = stitch(mlp, mlp, "act1", layer="perm_scale", data=digits,
+               config=_cfg(epochs=0, solver="birkhoff"))  # fmt: skip
+    assert r.init_samples is None  # birkhoff computes no statistics
+    r = stitch(mlp, mlp, "act1", layer="perm_scale", data=digits,
+               config=_cfg(epochs=0, init_samples=300))  # fmt: skip
+    assert r.init_samples == 512  # whole batches (256) until the limit is reached
+
+
+def test_auto_init_samples_runs_on_while_the_assignment_moves(mlp, digits):
+    other = train_quick(TinyMLP(seed=5), digits, seed=5)
+    n = len(digits.train)
+    r = stitch(mlp, other, "act1", layer="perm_scale", data=digits,
+               config=_cfg(epochs=0, batch_size=128, auto_tol=0.0))  # fmt: skip
+    every = stitch(mlp, other, "act1", layer="perm_scale", data=digits,
+                   config=_cfg(epochs=0, batch_size=128, init_samples=None))  # fmt: skip
+    assert r.init_samples > 2 * AUTO_INIT_MIN  # unrelated models: no early agreement at tol 0
+    if r.init_samples == n:
+        assert torch.equal(r.layer.perm, every.layer.perm)
+
+
+@pytest.mark.parametrize("bad", [0, -3, "all", 1.5])
+def test_bad_init_samples(bad):
+    with pytest.raises(ValueError, match="init_samples"):
+        StitchConfig(init_samples=bad)

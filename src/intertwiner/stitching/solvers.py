@@ -146,6 +146,48 @@ def lsq_gain(stats: FeatureStats, kind: str, *, bias: bool) -> torch.Tensor:
     raise ValueError(f"match handles monomial kinds only, got {kind!r}")
 
 
+def _score_matrix(stats: FeatureStats, kind: str, *, bias: bool, score: str):
+    """``(gain (c_out, c_in), total)``: the matrix Hungarian maximises and the scale of its sum
+    (``E||y (- my)||^2`` for ``lsq``, ``c_out`` for ``corr``) used by ``assignment_converged``."""
+    if score == "lsq":
+        _, _, _, cyy, _ = stats.moments(center=bias)
+        return lsq_gain(stats, kind, bias=bias), float(cyy.sum())
+    if score == "corr":
+        corr = correlation(stats)
+        gain = corr.abs() if kind in ("signed_perm", "monomial") else corr
+        return gain, float(corr.shape[0])
+    raise ValueError(f"score must be 'lsq' or 'corr', got {score!r}")
+
+
+def assignment(stats: FeatureStats, kind: str, *, bias: bool, score: str = "lsq"):
+    """``(perm (c_out,), gain)``: the Hungarian assignment of ``match`` (B's unit i <- A's unit
+    ``perm[i]``) and the score matrix it maximises."""
+    gain, _ = _score_matrix(stats, kind, bias=bias, score=score)
+    rows, cols = linear_sum_assignment(gain.cpu().numpy(), maximize=True)
+    perm = torch.empty(gain.shape[0], dtype=torch.long)
+    perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
+    return perm, gain
+
+
+def assignment_converged(
+    stats: FeatureStats, kind: str, previous: torch.Tensor, *, bias: bool, score: str = "lsq",
+    tol: float = 1e-3,
+) -> tuple[bool, torch.Tensor]:  # fmt: skip
+    """Is ``previous`` (an assignment fitted on fewer samples) still optimal, to ``tol``, on the
+    statistics seen so far? Returns ``(converged, perm)`` with ``perm`` the current optimum.
+
+    Compares objectives, not permutations: near-tied units (dead or duplicated ones) may swap
+    forever without changing the fit. For ``lsq`` the test reads: the previous assignment's
+    least-squares error exceeds the optimum's by at most ``tol * E||y||^2``."""
+    perm, gain = assignment(stats, kind, bias=bias, score=score)
+    _, total = _score_matrix(stats, kind, bias=bias, score=score)
+    idx = torch.arange(len(perm))
+    g = gain.cpu()
+    best = float(g[idx, perm].sum())
+    prev = float(g[idx, previous.cpu()].sum())
+    return best - prev <= tol * max(total, 1e-300), perm
+
+
 def match(stats: FeatureStats, kind: str, *, bias: bool, score: str = "lsq"):
     """Activation matching for a monomial ``kind``: returns ``(perm, scale, b or None)`` with the
     ``MonomialElement`` convention ``y_i ~ scale[i] * x[perm[i]] (+ b_i)``.
@@ -156,15 +198,7 @@ def match(stats: FeatureStats, kind: str, *, bias: bool, score: str = "lsq"):
     matched pair under the kind's constraint.
     """
     corr = correlation(stats)
-    if score == "lsq":
-        gain = lsq_gain(stats, kind, bias=bias)
-    elif score == "corr":
-        gain = corr.abs() if kind in ("signed_perm", "monomial") else corr
-    else:
-        raise ValueError(f"score must be 'lsq' or 'corr', got {score!r}")
-    rows, cols = linear_sum_assignment(gain.cpu().numpy(), maximize=True)
-    perm = torch.empty(corr.shape[0], dtype=torch.long)
-    perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
+    perm, _ = assignment(stats, kind, bias=bias, score=score)
     mx, my, cxx, _, cxy = stats.moments(center=bias)
     dev = cxx.device
     idx = torch.arange(len(perm), device=dev)
