@@ -109,26 +109,43 @@ def _fit_options(
 
 _ARCH_HELP = "mlp | myrtle_cnn | resnet20 | resnet18 | vit"
 
+# Options shared by `train` and `zoo` (typer reads each as a default value).
+_OPT_ACTIVATION = typer.Option(None, "--activation", "-a", help="e.g. relu, tanh.")
+_OPT_DATA = typer.Option("mnist", "--data", help="mnist | digits | concepts | synthetic | cifar10")
+_OPT_DATA_DIR = typer.Option(None, "--data-dir", help="Has cifar-10-batches-py/.")
+_OPT_SPLIT_SEED = typer.Option(0, "--split-seed", help="Which examples form validation.")
+_OPT_VAL_FRACTION = typer.Option(0.1, "--val-fraction")
+_OPT_AUGMENT = typer.Option(False, "--augment/--no-augment", help="Flip/translate train.")
+_OPT_WIDTH = typer.Option(None, "--width", help="Width multiplier (vit: dim).")
+_OPT_MODEL_CONFIG = typer.Option(None, "--model-config", help="JSON of build() keys.")
+_OPT_EPOCHS = typer.Option(5, "--epochs")
+_OPT_BATCH_SIZE = typer.Option(128, "--batch-size")
+_OPT_OPTIMIZER = typer.Option("adam", "--optimizer", help="adam | sgd")
+_OPT_LR = typer.Option(1e-3, "--lr")
+_OPT_WEIGHT_DECAY = typer.Option(1e-4, "--weight-decay")
+_OPT_SCHEDULE = typer.Option("step", "--schedule", help="none | step | cosine")
+_OPT_THREADS = typer.Option(None, "--threads", help="torch CPU threads.")
+
 
 @app.command()
 def train(
     arch: str = typer.Option(..., "--arch", help=_ARCH_HELP),
-    activation: str | None = typer.Option(None, "--activation", "-a", help="e.g. relu, tanh."),
-    data: str = typer.Option("mnist", "--data", help="digits | mnist | cifar10 | synthetic"),
-    data_dir: str | None = typer.Option(None, "--data-dir", help="Has cifar-10-batches-py/."),
+    activation: str | None = _OPT_ACTIVATION,
+    data: str = _OPT_DATA,
+    data_dir: str | None = _OPT_DATA_DIR,
     seed: int = typer.Option(0, "--seed", help="Initial weights and batch order."),
-    split_seed: int = typer.Option(0, "--split-seed", help="Which examples form validation."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction"),
-    augment: bool = typer.Option(False, "--augment/--no-augment", help="Flip/translate train."),
-    width: int | None = typer.Option(None, "--width", help="Width multiplier (vit: dim)."),
-    model_config: str | None = typer.Option(None, "--model-config", help="JSON of build() keys."),
-    epochs: int = typer.Option(5, "--epochs"),
-    batch_size: int = typer.Option(128, "--batch-size"),
-    optimizer: str = typer.Option("adam", "--optimizer", help="adam | sgd"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-    schedule: str = typer.Option("step", "--schedule", help="none | step | cosine"),
-    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
+    split_seed: int = _OPT_SPLIT_SEED,
+    val_fraction: float = _OPT_VAL_FRACTION,
+    augment: bool = _OPT_AUGMENT,
+    width: int | None = _OPT_WIDTH,
+    model_config: str | None = _OPT_MODEL_CONFIG,
+    epochs: int = _OPT_EPOCHS,
+    batch_size: int = _OPT_BATCH_SIZE,
+    optimizer: str = _OPT_OPTIMIZER,
+    lr: float = _OPT_LR,
+    weight_decay: float = _OPT_WEIGHT_DECAY,
+    schedule: str = _OPT_SCHEDULE,
+    threads: int | None = _OPT_THREADS,
     out: str = typer.Option(..., "--out", help="Folder for the checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -170,21 +187,21 @@ def train(
 def zoo(
     arch: str = typer.Option(..., "--arch", help=_ARCH_HELP),
     seeds: str = typer.Option("0-3", "--seeds", help="e.g. 0-3 or 0,2,5."),
-    activation: str | None = typer.Option(None, "--activation", "-a", help="e.g. relu, tanh."),
-    data: str = typer.Option("mnist", "--data", help="digits | mnist | cifar10 | synthetic"),
-    data_dir: str | None = typer.Option(None, "--data-dir", help="Has cifar-10-batches-py/."),
-    split_seed: int = typer.Option(0, "--split-seed", help="Which examples form validation."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction"),
-    augment: bool = typer.Option(False, "--augment/--no-augment", help="Flip/translate train."),
-    width: int | None = typer.Option(None, "--width", help="Width multiplier (vit: dim)."),
-    model_config: str | None = typer.Option(None, "--model-config", help="JSON of build() keys."),
-    epochs: int = typer.Option(5, "--epochs"),
-    batch_size: int = typer.Option(128, "--batch-size"),
-    optimizer: str = typer.Option("adam", "--optimizer", help="adam | sgd"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-    schedule: str = typer.Option("step", "--schedule", help="none | step | cosine"),
-    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
+    activation: str | None = _OPT_ACTIVATION,
+    data: str = _OPT_DATA,
+    data_dir: str | None = _OPT_DATA_DIR,
+    split_seed: int = _OPT_SPLIT_SEED,
+    val_fraction: float = _OPT_VAL_FRACTION,
+    augment: bool = _OPT_AUGMENT,
+    width: int | None = _OPT_WIDTH,
+    model_config: str | None = _OPT_MODEL_CONFIG,
+    epochs: int = _OPT_EPOCHS,
+    batch_size: int = _OPT_BATCH_SIZE,
+    optimizer: str = _OPT_OPTIMIZER,
+    lr: float = _OPT_LR,
+    weight_decay: float = _OPT_WEIGHT_DECAY,
+    schedule: str = _OPT_SCHEDULE,
+    threads: int | None = _OPT_THREADS,
     out: str = typer.Option(..., "--out", help="Folder for the checkpoints."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
