@@ -54,6 +54,20 @@ def methods(epochs: int, birkhoff_epochs: int, lr: float) -> dict[str, tuple[obj
             "perm_scale",
             {**ours, "epochs": 1, "solver": "match", "init_samples": None},
         ),
+        "perm_scale/match-auto": (
+            "perm_scale",
+            {**ours, "solver": "match", "init_samples": "auto"},
+        ),
+        # channels_last=False: the NCHW pipeline before it became the default (every kind gains)
+        "perm_scale/match-nchw": (
+            "perm_scale",
+            {**ours, "solver": "match", "channels_last": False},
+        ),
+        "perm_scale/birkhoff-nchw": ("perm_scale", {**birk, "lr": 1e-3, "channels_last": False}),
+        "perm_scale/birkhoff20-nchw": (
+            "perm_scale",
+            {**birk, "epochs": 20, "lr": 1e-3, "channels_last": False},
+        ),
         "perm_scale/match+bias": ("perm_scale", {**ours, "solver": "match", "bias": True}),
         "perm_scale/match0": ("perm_scale", {"epochs": 0, "solver": "match"}),
         "perm_scale/match1": ("perm_scale", {**ours, "epochs": 1, "solver": "match"}),

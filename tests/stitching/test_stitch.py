@@ -334,7 +334,7 @@ def test_auto_init_samples_stops_early_and_stays_exact(mlp64, digits64):
     twin, elements = transformed_mlp(mlp64, torch.Generator().manual_seed(1))
     n = len(digits64.train)
     auto = stitch(mlp64, twin, "act1", layer="perm_scale", data=digits64,
-                  config=_cfg(epochs=0, batch_size=128))  # fmt: skip
+                  config=_cfg(epochs=0, batch_size=128, init_samples="auto"))  # fmt: skip
     every = stitch(mlp64, twin, "act1", layer="perm_scale", data=digits64,
                    config=_cfg(epochs=0, batch_size=128, init_samples=None))  # fmt: skip
     assert every.init_samples == n
@@ -351,10 +351,11 @@ def test_auto_init_samples_stops_early_and_stays_exact(mlp64, digits64):
 
 def test_auto_init_samples_only_for_match(mlp, digits):
     n = len(digits.train)
-    r = stitch(mlp, mlp, "act1", layer="full", data=digits, config=_cfg(epochs=0))
+    r = stitch(mlp, mlp, "act1", layer="full", data=digits,
+               config=_cfg(epochs=0, init_samples="auto"))  # fmt: skip
     assert r.init_samples == n  # closed forms use every input
     r = stitch(mlp, mlp, "act1", layer="perm_scale", data=digits,
-               config=_cfg(epochs=0, solver="birkhoff"))  # fmt: skip
+               config=_cfg(epochs=0, solver="birkhoff", init_samples="auto"))  # fmt: skip
     assert r.init_samples is None  # birkhoff computes no statistics
     r = stitch(mlp, mlp, "act1", layer="perm_scale", data=digits,
                config=_cfg(epochs=0, init_samples=300))  # fmt: skip
@@ -365,7 +366,7 @@ def test_auto_init_samples_runs_on_while_the_assignment_moves(mlp, digits):
     other = train_quick(TinyMLP(seed=5), digits, seed=5)
     n = len(digits.train)
     r = stitch(mlp, other, "act1", layer="perm_scale", data=digits,
-               config=_cfg(epochs=0, batch_size=128, auto_tol=0.0))  # fmt: skip
+               config=_cfg(epochs=0, batch_size=128, init_samples="auto", auto_tol=0.0))  # fmt: skip
     every = stitch(mlp, other, "act1", layer="perm_scale", data=digits,
                    config=_cfg(epochs=0, batch_size=128, init_samples=None))  # fmt: skip
     assert r.init_samples > 2 * AUTO_INIT_MIN  # unrelated models: no early agreement at tol 0
@@ -377,3 +378,16 @@ def test_auto_init_samples_runs_on_while_the_assignment_moves(mlp, digits):
 def test_bad_init_samples(bad):
     with pytest.raises(ValueError, match="init_samples"):
         StitchConfig(init_samples=bad)
+
+
+def test_channels_last_is_the_same_function():
+    data = _mnist_like(n=96, size=8)
+    a = models.build("myrtle_cnn", seed=0, in_channels=1, input_size=8, width=4).eval()
+    b = models.build("myrtle_cnn", seed=1, in_channels=1, input_size=8, width=4).eval()
+    x = data.test.tensors[0]
+    runs = [stitch(a, b, "block3.act", layer="perm_scale", data=data,
+                   config=_cfg(epochs=1, lr=1e-2, channels_last=cl)) for cl in (True, False)]  # fmt: skip
+    assert torch.equal(runs[0].layer.perm, runs[1].layer.perm)
+    torch.testing.assert_close(runs[0].model(x), runs[1].model(x), rtol=1e-4, atol=1e-4)
+    assert runs[0].acc_a == runs[1].acc_a and runs[0].acc_b == runs[1].acc_b
+    assert next(a.parameters()).is_contiguous()  # the caller's models are not converted
