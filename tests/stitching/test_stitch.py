@@ -135,6 +135,7 @@ def test_residual_site_stitches_the_stream_and_is_exact(resmlp64, digits64):
     torch.testing.assert_close(twin(x), resmlp64(x))
     r = stitch(resmlp64, twin, "act1", layer="perm_scale", data=digits64, config=_cfg(epochs=0))
     assert r.residual_streams == ["act0"] and list(r.layers) == ["act1", "act0"]
+    assert list(r.feature_errors) == ["act1", "act0"] and max(r.feature_errors.values()) < 1e-12
     torch.testing.assert_close(r.model(x), twin(x), rtol=1e-9, atol=1e-9)
     assert r.penalty == 0.0
     for site in ("act1", "act0"):
@@ -297,11 +298,14 @@ def test_float64_and_digits_fixture_sanity():
     _ = TinyResMLP
 
 
+@pytest.mark.parametrize("layer", ["perm_scale", "full"])
 @pytest.mark.parametrize("site", ["layer1.0.act1", "layer2.0.act1", "layer3.0.act1"])
-def test_resnet_residual_site_with_symmetry_transformed_copy_is_exact(site):
+def test_resnet_residual_site_with_symmetry_transformed_copy_is_exact(site, layer):
     """ResNet-20 (option-A shortcuts, BN in eval) and a copy moved by random G_ReLU elements at
     every site (``intertwiner.symmetry``): stitching inside a residual branch also stitches the
-    block's input stream, and the stitched model equals the copy, without training."""
+    block's input stream, and the stitched model equals the copy, without training. ``full``:
+    the two closed-form least-squares fits (site and stream, each fitted alone) are exact too, so
+    the site and stream stitches are wired to the right tensors and fitted on B's eval features."""
     symmetry = pytest.importorskip("intertwiner.symmetry")
     raw = _mnist_like(n=96, size=8)
     ds = torch.utils.data.TensorDataset
@@ -321,9 +325,13 @@ def test_resnet_residual_site_with_symmetry_transformed_copy_is_exact(site):
     spec = symmetry.trace(m, x[:2])
     twin = symmetry.apply(m, spec, symmetry.random_elements(spec, torch.Generator().manual_seed(1)))
     torch.testing.assert_close(twin(x), m(x))
-    r = stitch(m, twin, site, layer="perm_scale", data=data, config=_cfg(epochs=0))
+    r = stitch(m, twin, site, layer=layer, data=data, config=_cfg(epochs=0, ridge=1e-12))
     assert len(r.residual_streams) == 1
-    torch.testing.assert_close(r.model(x), twin(x), rtol=1e-10, atol=1e-10)
+    assert list(r.feature_errors) == r.model.order  # the site first, then the stream
+    assert r.feature_errors[r.model.order[0]] == r.feature_error
+    assert max(r.feature_errors.values()) < (1e-12 if layer == "perm_scale" else 1e-6)
+    tol = 1e-10 if layer == "perm_scale" else 1e-5
+    torch.testing.assert_close(r.model(x), twin(x), rtol=tol, atol=tol)
     assert r.penalty == 0.0
     front = r.model.front(x)
     leak = r.model.back(r.layers[r.model.order[0]](front[0]), front[1])  # raw stream into B

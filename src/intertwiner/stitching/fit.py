@@ -140,7 +140,9 @@ class StitchResult:
     ``history``: one dict per epoch (epoch 0 = initialisation) with ``train_loss``, ``val_loss``,
     ``val_acc`` and ``seconds``. ``best_epoch`` was chosen on validation. ``feature_error``: relative
     squared error ``E||S a - b||^2 / E||b||^2`` of the site's stitch on the training features (None
-    when no feature statistics were computed).
+    when no feature statistics were computed). ``feature_errors``: the same error for every stitch
+    of the cut that has statistics (the site and any residual stream), keyed like ``layers``; at a
+    residual site the stream's error is as important as the site's (B's skip path reads it).
     """
 
     site: str
@@ -158,6 +160,7 @@ class StitchResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     sparsity: float | None = None
     feature_error: float | None = None
+    feature_errors: dict[str, float] = field(default_factory=dict)
     residual_streams: list[str] = field(default_factory=list)
     init_samples: int | None = None
     wall_time_s: float = 0.0
@@ -174,7 +177,7 @@ class StitchResult:
         """The scalar fields, timings and history (JSON-serialisable)."""
         keys = (
             "site kind solver acc_a acc_b acc_stitched penalty val_acc best_epoch sparsity "
-            "feature_error residual_streams init_samples wall_time_s fit_time_s timings history"
+            "feature_error feature_errors residual_streams init_samples wall_time_s fit_time_s timings history"
         ).split()
         return {k: getattr(self, k) for k in keys}
 
@@ -587,11 +590,11 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
     acc_a = _evaluate_model(a, test_ds, cfg.batch_size, device, cfg.channels_last)
     acc_b = _evaluate_model(b, test_ds, cfg.batch_size, device, cfg.channels_last)
     site_layer = stitches[cut.names[0]]
-    feature_error = None
-    if cut.names[0] in stats_of:
-        feature_error = stats_of[cut.names[0]].residual(
-            site_layer.matrix(), site_layer.bias_vector()
-        )
+    feature_errors = {
+        name: float(st.residual(stitches[name].matrix(), stitches[name].bias_vector()))
+        for name, st in stats_of.items()
+    }
+    feature_error = feature_errors.get(cut.names[0])
     timings["evaluate"] = time.perf_counter() - t
     solver = cfg.solver if kind in MONOMIAL_KINDS else None
     return StitchResult(
@@ -610,6 +613,7 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
         history=history,
         sparsity=site_layer.sparsity(),
         feature_error=feature_error,
+        feature_errors=feature_errors,
         residual_streams=stitched_names[1:],
         init_samples=seen[0] if stats_of else None,
         timings=timings,
