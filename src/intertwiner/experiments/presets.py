@@ -21,18 +21,10 @@ from intertwiner.experiments import (
 )
 from intertwiner.experiments.base import Stage
 from intertwiner.experiments.common import pairs
+from intertwiner.groups import PAPER_ROWS
 
-PAPER_ACTIVATIONS = [
-    "identity",
-    "relu",
-    "leaky_relu",
-    "gelu",
-    "sigmoid",
-    "tanh",
-    "rbf",
-    "power2",
-    "power3",
-]
+# The rows of the paper's Table 1, as the group table knows them.
+PAPER_ACTIVATIONS = list(PAPER_ROWS)
 
 # Each preset: data, zoo sizes, and the per-stage sizes. Widths are small on CPU presets; the
 # paper preset uses the paper's architectures and counts (100 seeds, 32 pairs, 50 epochs).
