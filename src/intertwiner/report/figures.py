@@ -83,6 +83,24 @@ def metric_means(rows: list[Row]) -> dict:
 
 
 # -- figures -------------------------------------------------------------------------------------
+def _grouped_bars(ax, values: dict, xs: list, xlabels: list[str]) -> None:
+    """One bar group per x, one bar per key of ``values`` ({key: {x: [samples]}}), error = std."""
+    keys = sorted(values)
+    width = 0.8 / max(1, len(keys))
+    for j, key in enumerate(keys):
+        stats = [mean_std(values[key].get(x, [])) for x in xs]
+        ax.bar(
+            np.arange(len(xs)) + (j - (len(keys) - 1) / 2) * width,
+            [m for m, _, _ in stats],
+            width,
+            yerr=[sd for _, sd, _ in stats],
+            capsize=2,
+            label=key,
+        )
+    ax.set_xticks(range(len(xs)), xlabels)
+    ax.axhline(0, color="k", lw=0.5)
+
+
 def stitching_figure(rows: list[Row]):
     """Bars of the stitching penalty per site, one group per layer kind, error bars = std."""
     table = stitch_table(rows)
@@ -91,23 +109,10 @@ def stitching_figure(rows: list[Row]):
     archs = sorted(table)
     fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.4), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        kinds = sorted(table[arch])
-        sites = sorted({s for k in kinds for s in table[arch][k]})
-        width = 0.8 / max(1, len(kinds))
-        for j, k in enumerate(kinds):
-            stats = [mean_std(table[arch][k].get(s, [])) for s in sites]
-            ax.bar(
-                np.arange(len(sites)) + (j - (len(kinds) - 1) / 2) * width,
-                [m for m, _, _ in stats],
-                width,
-                yerr=[sd for _, sd, _ in stats],
-                capsize=2,
-                label=k,
-            )
-        ax.set_xticks(range(len(sites)), [f"site {s}" for s in sites])
+        sites = sorted({s for k in table[arch] for s in table[arch][k]})
+        _grouped_bars(ax, table[arch], sites, [f"site {s}" for s in sites])
         ax.set_title(arch)
         ax.set_ylabel("penalty (accuracy points)")
-        ax.axhline(0, color="k", lw=0.5)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -193,22 +198,10 @@ def sanity_figure(rows: list[Row]):
     acts = sorted(by)
     fig, axes = plt.subplots(1, len(acts), figsize=(3.6 * len(acts), 3.2), squeeze=False)
     for ax, act in zip(axes[0], acts):
-        groups = sorted(by[act])
-        layers = sorted({lay for g in groups for lay in by[act][g]})
-        for j, g in enumerate(groups):
-            stats = [mean_std(by[act][g].get(lay, [])) for lay in layers]
-            ax.bar(
-                np.arange(len(layers)) + (j - 0.5) * 0.4,
-                [m for m, _, _ in stats],
-                0.4,
-                yerr=[s for _, s, _ in stats],
-                capsize=2,
-                label=g,
-            )
-        ax.set_xticks(range(len(layers)), [f"conv {lay}" for lay in layers])
+        layers = sorted({lay for g in by[act] for lay in by[act][g]})
+        _grouped_bars(ax, by[act], layers, [f"conv {lay}" for lay in layers])
         ax.set_title(act)
         ax.set_ylabel("rotation penalty (points)")
-        ax.axhline(0, color="k", lw=0.5)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     return fig
