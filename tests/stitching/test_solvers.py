@@ -139,3 +139,41 @@ def test_assignment_converged_compares_objectives():
     assert solvers.assignment_converged(
         st, "perm_scale", wrong, bias=False, tol=1.01 * loss / total
     )[0]
+
+
+def test_float32_features_agree_with_float64_moments():
+    # float32 features take the blocked float32 products; they must match the float64 path.
+    g = torch.Generator().manual_seed(3)
+    x = torch.relu(torch.randn(20000, 12, generator=g)) * 3.0
+    y = torch.relu(x[:, :9] @ torch.randn(9, 7, generator=g) + 0.5)
+    fast = FeatureStats(12, 7, block_rows=1000)
+    exact = FeatureStats(12, 7)
+    for xb, yb in zip(x.chunk(3), y.chunk(3)):
+        fast.update(xb, yb)
+        exact.update(xb.double(), yb.double())
+    for u, v in zip(fast.moments(True), exact.moments(True)):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+
+
+def test_diagonal_only_statistics():
+    x, y = _data(c_out=6)
+    full, diag = FeatureStats(6, 6), FeatureStats(6, 6, cross_x=False)
+    for xb, yb in zip(x.chunk(4), y.chunk(4)):
+        full.update(xb, yb)
+        diag.update(xb, yb)
+    torch.testing.assert_close(diag.var_x(True), full.var_x(True))
+    for kind in ("perm_scale", "signed_perm", "monomial", "permutation"):
+        for a, b in zip(solvers.match(full, kind, bias=True), solvers.match(diag, kind, bias=True)):
+            torch.testing.assert_close(a, b)
+    s_full, _ = solvers.diagonal(full, bias=False)
+    s_diag, _ = solvers.diagonal(diag, bias=False)
+    torch.testing.assert_close(s_full, s_diag)
+    # the residual of a monomial map needs only the diagonal; a dense map needs the full matrix
+    mono = torch.zeros(6, 6, dtype=torch.float64)
+    mono[torch.arange(6), torch.tensor([2, 0, 1, 5, 3, 4])] = torch.linspace(-1.0, 2.0, 6).double()
+    b = torch.linspace(0.0, 1.0, 6, dtype=torch.float64)
+    assert diag.residual(mono, b) == pytest.approx(full.residual(mono, b), rel=1e-12)
+    with pytest.raises(ValueError, match="cross_x=True"):
+        diag.residual(torch.ones(6, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="cross_x=True"):
+        solvers.lstsq(diag, bias=False)

@@ -466,7 +466,9 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
         stitched_names.append(name)
         per_sample += ta[0].numel() * ta.element_size()
         if _needs_stats(kind, cfg):
-            stats_of[name] = solvers.FeatureStats(c_in, c_out, device=device)
+            # Monomial and diagonal maps (and their residuals) read only the diagonal of x^T x.
+            cross = not (kind in MONOMIAL_KINDS or kind == "diagonal")
+            stats_of[name] = solvers.FeatureStats(c_in, c_out, device=device, cross_x=cross)
     if len(stitched_names) > 1 and cfg.residual == "error":
         raise ResidualSiteError(
             f"site {at!r} lies inside a residual branch: model B's remainder also reads "

@@ -27,51 +27,100 @@ def channels_last(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
 
 
 class FeatureStats:
-    """Streaming float64 moments of paired features; ``update(x, y)`` takes ``(M, c_in), (M, c_out)``."""
+    """Streaming float64 moments of paired features; ``update(x, y)`` takes ``(M, c_in), (M, c_out)``.
 
-    def __init__(self, c_in: int, c_out: int, device: torch.device | str | None = None):
+    ``cross_x=False`` keeps only the diagonal of ``x^T x``: enough for ``match``, ``diagonal`` and
+    the residual of monomial or diagonal maps, and half the work of the full moments.
+    Precision: float64 features are multiplied in float64. Lower-precision features are multiplied
+    in float32 over blocks of at most ``block_rows`` samples, each block's product added to the
+    float64 totals (float64 products run several times slower on CPU, and the features carry
+    only float32 precision anyway); sums and squares are accumulated in float64 directly.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        device: torch.device | str | None = None,
+        *,
+        cross_x: bool = True,
+        block_rows: int = 4096,
+    ):
         kw = dict(dtype=torch.float64, device=device)
         self.n = 0
+        self.cross_x = bool(cross_x)
+        self.block_rows = int(block_rows)
         self.sx, self.sy = torch.zeros(c_in, **kw), torch.zeros(c_out, **kw)
-        self.sxx = torch.zeros(c_in, c_in, **kw)
+        # the full x^T x, or only its diagonal (then a (c_in,) vector)
+        self.sxx = torch.zeros(c_in, c_in, **kw) if cross_x else torch.zeros(c_in, **kw)
         self.syy = torch.zeros(c_out, **kw)  # only the diagonal of y^T y is ever needed
         self.sxy = torch.zeros(c_in, c_out, **kw)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape[0] != y.shape[0]:
             raise ShapeError(f"paired features need equal sample counts, got {x.shape}, {y.shape}")
-        x, y = x.to(self.sx), y.to(self.sy)
-        sx, sy = x.sum(0), y.sum(0)
+        f64 = torch.float64
+        exact = x.dtype == f64 or y.dtype == f64
+        work = f64 if exact else torch.float32
+        x, y = x.to(device=self.sx.device, dtype=work), y.to(device=self.sy.device, dtype=work)
+        sx, sy = x.sum(0, dtype=f64), y.sum(0, dtype=f64)
         # A NaN or Inf anywhere makes its column sum non-finite: O(C) check instead of O(size).
         if not (torch.isfinite(sx).all() and torch.isfinite(sy).all()):
             raise NonFiniteError("features contain NaN or Inf; check the models and the data")
         self.n += x.shape[0]
         self.sx += sx
         self.sy += sy
-        self.sxx += x.T @ x
-        self.syy += (y * y).sum(0)
-        self.sxy += x.T @ y
+        self.syy += (y * y).sum(0, dtype=f64)
+        if not self.cross_x:
+            self.sxx += (x * x).sum(0, dtype=f64)
+        step = x.shape[0] if exact else max(self.block_rows, 1)
+        for start in range(0, x.shape[0], step):
+            xb, yb = x[start : start + step], y[start : start + step]
+            if self.cross_x:
+                self.sxx += (xb.T @ xb).to(f64)
+            self.sxy += (xb.T @ yb).to(f64)
+
+    def require_cross_x(self, what: str) -> None:
+        """Raise unless the full ``x^T x`` was kept (``what`` names the solver that needs it)."""
+        if not self.cross_x:
+            raise ValueError(
+                f"{what} needs the full x^T x, but these statistics keep only its diagonal "
+                "(cross_x=False); build them with cross_x=True"
+            )
 
     def moments(self, center: bool) -> tuple[torch.Tensor, ...]:
         """``(mx, my, Cxx, vyy, Cxy)``: means, (centered if ``center``) second moments / n; for y
-        only the diagonal ``vyy`` is kept."""
+        only the diagonal ``vyy`` is kept, and ``Cxx`` is the diagonal alone (a vector) when the
+        statistics were built with ``cross_x=False``."""
         if self.n < 2:
             raise TooFewSamplesError(f"need at least 2 feature samples, got {self.n}")
         mx, my = self.sx / self.n, self.sy / self.n
         cxx, cyy, cxy = self.sxx / self.n, self.syy / self.n, self.sxy / self.n
         if center:
-            cxx = cxx - torch.outer(mx, mx)
+            cxx = cxx - (torch.outer(mx, mx) if self.cross_x else mx * mx)
             cyy = cyy - my * my
             cxy = cxy - torch.outer(mx, my)
         return mx, my, cxx, cyy, cxy
 
+    def var_x(self, center: bool) -> torch.Tensor:
+        """The diagonal of ``Cxx`` (c_in,), whichever form the statistics keep."""
+        cxx = self.moments(center)[2]
+        return cxx.diagonal() if self.cross_x else cxx
+
     def residual(self, m: torch.Tensor, b: torch.Tensor | None = None) -> float:
-        """Relative squared error ``E||M x + b - y||^2 / E||y||^2`` of the map ``(M, b)``."""
+        """Relative squared error ``E||M x + b - y||^2 / E||y||^2`` of the map ``(M, b)``; with
+        ``cross_x=False`` only for maps with at most one nonzero per row (monomial, diagonal)."""
         mx, my, cxx, cyy, cxy = self.moments(center=False)
-        m = m.to(cxx)
-        err = (m @ cxx @ m.T).trace() - 2 * (m @ cxy).trace() + cyy.sum()
+        m = m.to(cxy)
+        if self.cross_x:
+            quad = (m @ cxx @ m.T).trace()
+        elif bool(((m != 0).sum(1) <= 1).all()):
+            quad = (m * m * cxx.unsqueeze(0)).sum()  # (M Cxx M^T)_ii = M_ip^2 Cxx_pp
+        else:
+            self.require_cross_x("the residual of a map with several inputs per output")
+        err = quad - 2 * (m @ cxy).trace() + cyy.sum()
         if b is not None:
-            b = b.to(cxx)
+            b = b.to(cxy)
             err = err + 2 * b @ (m @ mx - my) + b @ b
         return float(err.clamp(min=0) / cyy.sum().clamp(min=1e-300))
 
@@ -82,6 +131,7 @@ def _bias(m: torch.Tensor, mx: torch.Tensor, my: torch.Tensor, center: bool):
 
 def lstsq(stats: FeatureStats, *, bias: bool, ridge: float = 1e-4):
     """``(M (c_out, c_in), b or None)`` minimising ``||M x + b - y||^2 + ridge * tr(Cxx)/c * ||M||^2``."""
+    stats.require_cross_x("lstsq")
     mx, my, cxx, _, cxy = stats.moments(center=bias)
     c = cxx.shape[0]
     lam = ridge * cxx.trace().clamp(min=1e-300) / c
@@ -111,8 +161,8 @@ def reduced_rank(stats: FeatureStats, rank: int, *, bias: bool, ridge: float = 1
 
 def diagonal(stats: FeatureStats, *, bias: bool):
     """Per-unit least squares ``y_i ~ s_i x_i (+ b_i)``."""
-    mx, my, cxx, _, cxy = stats.moments(center=bias)
-    var = cxx.diagonal()
+    mx, my, _, _, cxy = stats.moments(center=bias)
+    var = stats.var_x(center=bias)
     s = torch.where(var > 0, cxy.diagonal() / var.clamp(min=1e-300), torch.ones_like(var))
     return s, (my - s * mx) if bias else None
 
@@ -120,8 +170,8 @@ def diagonal(stats: FeatureStats, *, bias: bool):
 def correlation(stats: FeatureStats) -> torch.Tensor:
     """Pearson correlation ``(c_out, c_in)`` between B's units (rows) and A's units (columns);
     a unit with zero variance correlates 0 with everything."""
-    _, _, cxx, cyy, cxy = stats.moments(center=True)
-    sx = cxx.diagonal().clamp(min=0).sqrt()
+    _, _, _, cyy, cxy = stats.moments(center=True)
+    sx = stats.var_x(center=True).clamp(min=0).sqrt()
     sy = cyy.clamp(min=0).sqrt()
     denom = torch.outer(sy, sx)
     return torch.where(denom > 0, cxy.T / denom.clamp(min=1e-300), torch.zeros_like(denom))
@@ -131,9 +181,9 @@ def lsq_gain(stats: FeatureStats, kind: str, *, bias: bool) -> torch.Tensor:
     """``gain[i, j]``: how much pairing B's unit i with A's unit j (best scale under ``kind``)
     lowers ``E||y_i - s x_j (- b_i)||^2``. The monomial map's total error is ``E||y||^2 - sum_i
     gain[i, perm[i]]``, so Hungarian on ``gain`` is the exact least-squares fit over the kind."""
-    _, _, cxx, _, cxy = stats.moments(center=bias)
+    _, _, _, _, cxy = stats.moments(center=bias)
     xy = cxy.T  # (c_out, c_in): E[x_j y_i]
-    xx = cxx.diagonal().unsqueeze(0)  # E[x_j^2]
+    xx = stats.var_x(center=bias).unsqueeze(0)  # E[x_j^2]
     safe = xx.clamp(min=1e-300)
     if kind == "perm_scale":
         return torch.where(xx > 0, xy.clamp(min=0) ** 2 / safe, torch.zeros_like(xy))
@@ -199,11 +249,11 @@ def match(stats: FeatureStats, kind: str, *, bias: bool, score: str = "lsq"):
     """
     corr = correlation(stats)
     perm, _ = assignment(stats, kind, bias=bias, score=score)
-    mx, my, cxx, _, cxy = stats.moments(center=bias)
-    dev = cxx.device
+    mx, my, _, _, cxy = stats.moments(center=bias)
+    dev = cxy.device
     idx = torch.arange(len(perm), device=dev)
     p = perm.to(dev)
-    var = cxx.diagonal()[p]  # second moment of the matched A unit
+    var = stats.var_x(center=bias)[p]  # second moment of the matched A unit
     cov = cxy[p, idx]  # cross moment of (x_{perm[i]}, y_i)
     ls = torch.where(var > 0, cov / var.clamp(min=1e-300), torch.ones_like(var))
     if kind == "perm_scale":
