@@ -550,8 +550,14 @@ def stitch_command(
         "| signed_perm | monomial | auto (the group of the site's activation).",
     ),
     solver: str = typer.Option("match", help="perm_scale/permutation solver: match | birkhoff."),
-    epochs: int = typer.Option(3, help="Training epochs of the stitch (0: initialisation only)."),
-    lr: float = typer.Option(1e-3, help="Learning rate."),
+    epochs: int | None = typer.Option(
+        None,
+        help="Training epochs of the stitch (0: initialisation only; default 2, or the paper's 20 "
+        "for birkhoff).",
+    ),
+    lr: float | None = typer.Option(
+        None, help="Learning rate (default 1e-2 Adam, or the paper's 1e-3 SGD for birkhoff)."
+    ),
     bias: bool = typer.Option(False, "--bias/--no-bias", help="Give the stitch a bias."),
     batch_size: int = typer.Option(128, help="Batch size."),
     data: str | None = typer.Option(

@@ -399,3 +399,23 @@ def test_channels_last_is_the_same_function():
     torch.testing.assert_close(runs[0].model(x), runs[1].model(x), rtol=1e-4, atol=1e-4)
     assert runs[0].acc_a == runs[1].acc_a and runs[0].acc_b == runs[1].acc_b
     assert next(a.parameters()).is_contiguous()  # the caller's models are not converted
+
+
+def test_default_recipes_resolve_per_kind():
+    from intertwiner.stitching.fit import resolve_config
+
+    ours = resolve_config(StitchConfig(), "perm_scale")
+    assert (ours.epochs, ours.lr) == (2, 1e-2)
+    paper = resolve_config(StitchConfig(solver="birkhoff"), "perm_scale")
+    assert (paper.epochs, paper.lr) == (20, 1e-3)  # the paper's recipe
+    # the solver applies to monomial kinds only: a full layer keeps our recipe
+    assert resolve_config(StitchConfig(solver="birkhoff"), "full").epochs == 2
+    assert resolve_config(StitchConfig(init="random"), "full").epochs == 20
+    explicit = resolve_config(StitchConfig(solver="birkhoff", epochs=3, lr=0.5), "perm_scale")
+    assert (explicit.epochs, explicit.lr) == (3, 0.5)
+
+
+def test_result_records_the_resolved_recipe(mlp, digits):
+    r = stitch(mlp, mlp, "act1", layer="perm_scale", data=digits, config=_cfg(epochs=None))
+    assert (r.epochs, r.lr) == (2, 1e-2)
+    assert [h["epoch"] for h in r.history] == [0, 1, 2]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -59,8 +59,11 @@ class StitchConfig:
     ``match_score``: ``"lsq"`` (exact least-squares assignment) or ``"corr"`` (Pearson correlation).
     ``init``: ``"auto"`` (closed form or matching; the paper's Sinkhorn init for birkhoff),
     ``"closed_form"``, ``"identity"`` or ``"random"`` (PyTorch default; a random permutation for
-    monomial kinds). ``epochs=0`` evaluates the initialisation alone. ``optimizer="auto"`` is SGD for
-    birkhoff (the paper's) and Adam otherwise; ``weight_decay=None`` is the paper's 1e-4 on the
+    monomial kinds). ``epochs=0`` evaluates the initialisation alone; ``epochs=None`` and
+    ``lr=None`` are the benchmarked recipes (benchmarks/stitching.py): 2 epochs of Adam at 1e-2 after
+    a closed-form or matching initialisation, and the paper's 20 epochs of SGD at 1e-3 for birkhoff
+    (or for ``init="random"``, which has nothing better to start from, 20 epochs of Adam at 1e-2).
+    ``optimizer="auto"`` is SGD for birkhoff (the paper's) and Adam otherwise; ``weight_decay=None`` is the paper's 1e-4 on the
     scales for birkhoff and 0 otherwise. ``warmup``: fraction of birkhoff epochs with scales off.
     ``residual``: ``"stitch"`` (stitch the residual stream too) or ``"error"`` (refuse such sites).
     ``cache_bytes``: cache front-of-A features up to this size. ``channel_dim``: the neuron axis of
@@ -86,9 +89,9 @@ class StitchConfig:
     solver: str = "match"
     match_score: str = "lsq"
     init: str = "auto"
-    epochs: int = 3
+    epochs: int | None = None
     optimizer: str = "auto"
-    lr: float = 1e-3
+    lr: float | None = None
     momentum: float = 0.0
     weight_decay: float | None = None
     alpha: float = 0.1
@@ -117,8 +120,12 @@ class StitchConfig:
             raise ValueError(f"optimizer must be 'auto', 'adam' or 'sgd', got {self.optimizer!r}")
         if self.residual not in ("stitch", "error"):
             raise ValueError(f"residual must be 'stitch' or 'error', got {self.residual!r}")
-        if int(self.epochs) < 0 or int(self.batch_size) < 1 or not self.lr > 0:
-            raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if (
+            (self.epochs is not None and int(self.epochs) < 0)
+            or int(self.batch_size) < 1
+            or (self.lr is not None and not self.lr > 0)
+        ):
+            raise ValueError("epochs must be >= 0 (or None), batch_size >= 1 and lr > 0 (or None)")
         if not (
             self.init_samples is None
             or self.init_samples == "auto"
@@ -138,7 +145,7 @@ class StitchResult:
     ``layer`` is the stitch at the site; ``layers`` every stitch of the cut (the site first, then any
     residual stream that B's remainder reads, see ``splice``); ``model`` the stitched network.
     ``history``: one dict per epoch (epoch 0 = initialisation) with ``train_loss``, ``val_loss``,
-    ``val_acc`` and ``seconds``. ``best_epoch`` was chosen on validation. ``feature_error``: relative
+    ``val_acc`` and ``seconds``. ``best_epoch`` was chosen on validation out of ``epochs`` (the resolved recipe, with ``lr``). ``feature_error``: relative
     squared error ``E||S a - b||^2 / E||b||^2`` of the site's stitch on the training features (None
     when no feature statistics were computed). ``feature_errors``: the same error for every stitch
     of the cut that has statistics (the site and any residual stream), keyed like ``layers``; at a
@@ -163,6 +170,8 @@ class StitchResult:
     feature_errors: dict[str, float] = field(default_factory=dict)
     residual_streams: list[str] = field(default_factory=list)
     init_samples: int | None = None
+    epochs: int = 0
+    lr: float = 0.0
     wall_time_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -177,7 +186,8 @@ class StitchResult:
         """The scalar fields, timings and history (JSON-serialisable)."""
         keys = (
             "site kind solver acc_a acc_b acc_stitched penalty val_acc best_epoch sparsity "
-            "feature_error feature_errors residual_streams init_samples wall_time_s fit_time_s timings history"
+            "feature_error feature_errors residual_streams init_samples epochs lr wall_time_s fit_time_s "
+            "timings history"
         ).split()
         return {k: getattr(self, k) for k in keys}
 
@@ -367,6 +377,18 @@ def _needs_stats(kind: str, cfg: StitchConfig) -> bool:
     return not (kind in MONOMIAL_KINDS and cfg.solver == "birkhoff")
 
 
+def resolve_config(cfg: StitchConfig, kind: str) -> StitchConfig:
+    """``cfg`` with ``epochs=None`` / ``lr=None`` replaced by the recipe for ``kind`` (see
+    ``StitchConfig``): 20 epochs (the paper's) for birkhoff and random inits, else 2; lr 1e-3 (the
+    paper's SGD) for birkhoff, else 1e-2 (Adam)."""
+    birkhoff = kind in MONOMIAL_KINDS and cfg.solver == "birkhoff"
+    epochs = (
+        cfg.epochs if cfg.epochs is not None else (20 if birkhoff or cfg.init == "random" else 2)
+    )
+    lr = cfg.lr if cfg.lr is not None else (1e-3 if birkhoff else 1e-2)
+    return replace(cfg, epochs=int(epochs), lr=float(lr))
+
+
 def _optimizer(layers: list[nn.Module], kind: str, cfg: StitchConfig) -> torch.optim.Optimizer:
     birkhoff = kind in MONOMIAL_KINDS and cfg.solver == "birkhoff"
     use_sgd = cfg.optimizer == "sgd" or (cfg.optimizer == "auto" and birkhoff)
@@ -419,8 +441,6 @@ def stitch(
     train_ds, val_ds, test_ds = _splits(data)
     if len(train_ds) == 0 or len(test_ds) == 0:
         raise TooFewSamplesError("stitching needs non-empty train and test splits")
-    if cfg.epochs > 0 and (val_ds is None or len(val_ds) == 0):
-        raise TooFewSamplesError("training a stitch needs a validation split to choose the epoch")
     device = torch.device(cfg.device) if cfg.device is not None else torch.device("cpu")
     threads = torch.get_num_threads()
     if cfg.num_threads is not None:
@@ -445,6 +465,9 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
     gm_a, gm_b = trace(a, at), trace(b, at)
     cut = find_cut(gm_b, at)
     kind, arg = resolve_kind(layer, dict(b.named_modules())[at])
+    cfg = resolve_config(cfg, kind)
+    if cfg.epochs > 0 and (val_ds is None or len(val_ds) == 0):
+        raise TooFewSamplesError("training a stitch needs a validation split to choose the epoch")
     if cfg.solver == "birkhoff" and kind in ("signed_perm", "monomial"):
         raise ValueError(f"the birkhoff solver fits 'perm_scale' and 'permutation', not {kind!r}")
     front_a, front_b = build_front(gm_a, cut), build_front(gm_b, cut)
@@ -618,5 +641,7 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
         feature_errors=feature_errors,
         residual_streams=stitched_names[1:],
         init_samples=seen[0] if stats_of else None,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
         timings=timings,
     )
