@@ -55,6 +55,8 @@ def methods(epochs: int, birkhoff_epochs: int, lr: float) -> dict[str, tuple[obj
             "perm_scale",
             {**ours, "solver": "match", "init_samples": "auto"},
         ),
+        # B's statistics on the first 1024 training inputs only (a third of B's front pass here)
+        "perm_scale/match-1k": ("perm_scale", {**ours, "solver": "match", "init_samples": 1024}),
         "perm_scale/match+bias": ("perm_scale", {**ours, "solver": "match", "bias": True}),
         # channels_last=False: the NCHW pipeline before channels-last became the default
         "perm_scale/match-nchw": (
@@ -105,6 +107,7 @@ def main() -> None:
     p.add_argument("--zoo-dir", default="/tmp/intertwiner_zoo_stitching")
     p.add_argument("--arch", default="myrtle_cnn", choices=["myrtle_cnn", "resnet20"])
     p.add_argument("--width", type=int, default=16)
+    p.add_argument("--blocks", type=int, default=3, help="resnet20 blocks per stage (3: ResNet-20)")
     p.add_argument("--seeds", default="0-3")
     p.add_argument("--train-epochs", type=int, default=6)
     p.add_argument("--train-lr", type=float, default=1e-3, help="Adam lr of the zoo's training")
@@ -128,7 +131,7 @@ def main() -> None:
     splits = data.load("mnist")
     model_config = {"width": args.width}
     if args.arch == "resnet20":
-        model_config = {"width": args.width, "blocks_per_stage": 1}
+        model_config = {"width": args.width, "blocks_per_stage": args.blocks}
     t0 = time.perf_counter()
     paths = train_zoo(
         args.arch,
@@ -201,9 +204,12 @@ def report(rows: list[dict], sites: list[str], names: list[str]) -> None:
         print(
             "\nmatch vs birkhoff (perm_scale), per site over pairs: mean test penalty; solver time "
             "(fit = B's statistics, matching and training; A's cached features and the test pass "
-            "are shared by every kind and not counted); 'reach' = match's solver time until its "
-            "validation accuracy first reaches birkhoff's chosen one (epoch 0 = the matching "
-            "alone). PASS: penalty no worse and reach <= birkhoff's fit / 5."
+            "are shared by every kind and not counted), and the ratio birkhoff / match; 'reach' = "
+            "in how many pairs match's validation accuracy reaches birkhoff's chosen one, and its "
+            "solver time until it first does (epoch 0 = the matching alone) as a ratio to "
+            "birkhoff's fit (mean over those pairs). PASS (the issue's test): mean penalty no "
+            "worse, and in every pair match reaches birkhoff's accuracy in at most a fifth of "
+            "birkhoff's time."
         )
         matches = [n for n in names if n.startswith("perm_scale/match")]
         births = [n for n in names if n.startswith("perm_scale/birkhoff")]
@@ -216,13 +222,15 @@ def report(rows: list[dict], sites: list[str], names: list[str]) -> None:
                 pb = statistics.mean(b["penalty"] for _, b in pairs)
                 fm = statistics.mean(m["fit_time_s"] for m, _ in pairs)
                 fb = statistics.mean(b["fit_time_s"] for _, b in pairs)
-                reach = [time_to_target(m, b["val_acc"]) for m, b in pairs]
-                if any(t is None for t in reach):
-                    reach_s, ratio = "never", 0.0
-                else:
-                    ratio = statistics.mean(b["fit_time_s"] / t for t, (_, b) in zip(reach, pairs))
-                    reach_s = f"{statistics.mean(reach):5.2f}s x{ratio:5.1f}"
-                ok = pm <= pb and ratio >= 5
+                reach = [
+                    (t, b["fit_time_s"] / t)
+                    for m, b in pairs
+                    if (t := time_to_target(m, b["val_acc"])) is not None
+                ]
+                reach_s = f"{len(reach)}/{len(pairs)}"
+                if reach:
+                    reach_s += f" x{statistics.mean(r for _, r in reach):5.1f}"
+                ok = pm <= pb and len(reach) == len(pairs) and min(r for _, r in reach) >= 5
                 print(f"  {s:13s} {variant:20s} vs {base:24s} {100 * pm:6.2f} vs {100 * pb:6.2f} pts; "
                       f"fit {fm:5.2f}s vs {fb:6.2f}s x{fb / fm:5.1f}; reach {reach_s}  "
                       f"{'PASS' if ok else 'FAIL'}")  # fmt: skip
