@@ -54,36 +54,38 @@ INITS = ("auto", "closed_form", "identity", "random")
 class StitchConfig:
     """How to fit a stitch layer.
 
-    ``solver``: for monomial kinds, ``"match"`` (ours: activation matching, then fine-tune scales and
-    bias) or ``"birkhoff"`` (the paper's relaxation; ``perm_scale`` and ``permutation`` only).
-    ``match_score``: ``"lsq"`` (exact least-squares assignment) or ``"corr"`` (Pearson correlation).
-    ``init``: ``"auto"`` (closed form or matching; the paper's Sinkhorn init for birkhoff),
-    ``"closed_form"``, ``"identity"`` or ``"random"`` (PyTorch default; a random permutation for
-    monomial kinds). ``epochs=0`` evaluates the initialisation alone; ``epochs=None`` and
-    ``lr=None`` are the benchmarked recipes (benchmarks/stitching.py): 2 epochs of Adam at 1e-2 after
-    a closed-form or matching initialisation, and the paper's 20 epochs of SGD at 1e-3 for birkhoff
-    (or for ``init="random"``, which has nothing better to start from, 20 epochs of Adam at 1e-2).
-    ``optimizer="auto"`` is SGD for birkhoff (the paper's) and Adam otherwise; ``weight_decay=None`` is the paper's 1e-4 on the
-    scales for birkhoff and 0 otherwise. ``warmup``: fraction of birkhoff epochs with scales off.
-    ``residual``: ``"stitch"`` (stitch the residual stream too) or ``"error"`` (refuse such sites).
-    ``cache_bytes``: cache front-of-A features up to this size. ``channel_dim``: the neuron axis of
-    the features (default: 1, or 2 for 3-d token features). ``num_threads``: torch intra-op threads
-    during the call (restored after; None leaves torch's setting alone). ``init_samples``: at most
-    this many training inputs (whole batches, in data order) feed the closed-form / matching
-    statistics (None: all); fewer makes the initialisation cheaper where B's front is expensive.
-    ``"auto"``: for the ``match`` solver, B's features are computed only until the
-    assignment has converged: after ``AUTO_INIT_MIN`` inputs and then at every doubling, the
-    assignment fitted on half the samples must still be optimal to ``auto_tol`` (relative
-    least-squares error, see ``solvers.assignment_converged``) on all of them; other kinds use
-    every input. B's front runs over the training set for the statistics alone, so at late sites
-    this pass is most of ``match``'s cost. The default 1e-2 is about the sampling noise of the
-    assignment's objective at late myrtle_cnn sites on MNIST (optima fitted on 512, 1024 and 2048
-    inputs differ by 0.5-1% of ``E||y||^2`` with a fit error near 55%), where more inputs do not
-    buy a better assignment; an exact symmetry stops at the second check (difference 0). It is
-    not the default: on that benchmark it costs match 0.4-3.6 penalty points at block4.act.
-    ``channels_last``: run both models on 4-d (image) inputs in channels-last memory format (the
-    same function, equal up to float rounding; on CPU oneDNN's convolutions and max-pooling are
-    markedly faster in it, which is most of ``match``'s statistics pass and of every feature pass).
+    - ``solver``: for monomial kinds, ``"match"`` (ours: activation matching, then fine-tune the
+      scales (and bias)) or ``"birkhoff"`` (the paper's relaxation; ``perm_scale`` and
+      ``permutation`` only). ``match_score``: ``"lsq"`` (exact least-squares assignment) or
+      ``"corr"`` (Pearson correlation).
+    - ``init``: ``"auto"`` (closed form or matching; the paper's Sinkhorn init for birkhoff),
+      ``"closed_form"``, ``"identity"`` or ``"random"`` (PyTorch default; a random permutation for
+      monomial kinds).
+    - ``epochs=0`` evaluates the initialisation alone. ``epochs=None`` and ``lr=None`` are the
+      benchmarked recipes (benchmarks/stitching.py, see ``resolve_config``): 2 epochs of Adam at
+      1e-2 after a closed-form or matching initialisation; the paper's 20 epochs of SGD at 1e-3
+      for birkhoff; 20 epochs of Adam at 1e-2 for ``init="random"``, which starts from nothing.
+    - ``optimizer="auto"`` is SGD for birkhoff (the paper's) and Adam otherwise;
+      ``weight_decay=None`` is the paper's 1e-4 on the scales for birkhoff and 0 otherwise.
+      ``warmup``: fraction of birkhoff epochs with the scales off (the paper's half).
+    - ``residual``: ``"stitch"`` (stitch the residual stream too) or ``"error"`` (refuse such
+      sites). ``channel_dim``: the neuron axis of the features (default: 1, or 2 for 3-d tokens).
+    - ``cache_bytes``: cache front-of-A features up to this size. ``num_threads``: torch intra-op
+      threads during the call (restored after; None leaves torch's setting alone).
+    - ``init_samples``: at most this many training inputs (whole batches, in data order) feed the
+      closed-form / matching statistics (None: all). B's front runs over them for the statistics
+      alone, so at late sites this pass is most of ``match``'s cost; but the assignment keeps
+      improving with more inputs (myrtle_cnn on MNIST, block4.act: the matched stitch's validation
+      accuracy before training is 38%, 50%, 70% and 82% on 512, 1024, 2048 and all 3600), so the
+      default uses all. 1024 costs 0.3-1.3 penalty points there after training.
+      ``"auto"``: for ``match``, stop once the assignment has converged: after ``AUTO_INIT_MIN``
+      inputs and then at every doubling, the assignment fitted on half the samples must still be
+      optimal to ``auto_tol`` (relative least-squares error, ``solvers.assignment_converged``) on
+      all of them (an exact symmetry stops at the second check); other kinds use every input.
+      Its sampling noise stops it early on real models (0.4-3.6 points at block4.act).
+    - ``channels_last``: run both models on 4-d (image) inputs in channels-last memory format (the
+      same function up to float rounding; on CPU oneDNN's convolutions and max-pooling are
+      markedly faster in it, which is most of ``match``'s statistics pass and every feature pass).
     """
 
     solver: str = "match"
