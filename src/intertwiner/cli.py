@@ -52,7 +52,7 @@ def groups(
         typer.echo(format_table(rows))
 
 
-# ---- train / zoo (engineer A) ------------------------------------------------------------------
+# ---- train / zoo --------------------------------------------------------------------------------
 def _fit_options(
     arch: str,
     activation: str | None,
@@ -228,7 +228,7 @@ def zoo(
     typer.echo(json.dumps(rows, indent=2))
 
 
-# ---- reproduce / results / report (engineer F) -------------------------------------------------
+# ---- reproduce / results / report ---------------------------------------------------------------
 @app.command()
 def reproduce(
     out: str = typer.Option(
@@ -333,7 +333,7 @@ def report(run_dir: str = typer.Argument(..., help="Run folder with results.sqli
         raise typer.Exit(2) from None
 
 
-# ---- sanity / dissect (engineer D) -------------------------------------------------------------
+# ---- sanity / dissect ---------------------------------------------------------------------------
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -476,10 +476,7 @@ def dissect(
         typer.echo(f"figure: {figure}")
 
 
-# ---- end sanity / dissect (engineer D) ---------------------------------------------------------
-
-
-# ---- symmetries (engineer C) -------------------------------------------------------------------
+# ---- symmetries ---------------------------------------------------------------------------------
 @app.command()
 def symmetries(
     checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by train/zoo."),
@@ -534,10 +531,19 @@ def symmetries(
     )
 
 
-# ---- end symmetries (engineer C) ---------------------------------------------------------------
+# ---- stitch -------------------------------------------------------------------------------------
+def _init_samples(text: str | None) -> int | str | None:
+    """``--init-samples``: None, "auto" or a positive int."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"--init-samples takes a number of inputs or 'auto', got {text!r}"
+        ) from None
 
 
-# ---- stitch (engineer E) -----------------------------------------------------------------------
 @app.command("stitch")
 def stitch_command(
     checkpoint_a: str = typer.Argument(..., help="Checkpoint of model A (its front is used)."),
@@ -559,6 +565,11 @@ def stitch_command(
         None, help="Learning rate (default 1e-2 Adam, or the paper's 1e-3 SGD for birkhoff)."
     ),
     bias: bool = typer.Option(False, "--bias/--no-bias", help="Give the stitch a bias."),
+    init_samples: str | None = typer.Option(
+        None,
+        help="Training inputs for the matching / closed-form statistics: N, or auto (stop when "
+        "the assignment has converged); default all. Fewer is faster, usually a little worse.",
+    ),
     batch_size: int = typer.Option(128, help="Batch size."),
     data: str | None = typer.Option(
         None, "--data", help="Dataset name (default: the one in A's checkpoint metadata)."
@@ -592,6 +603,7 @@ def stitch_command(
             epochs=epochs,
             lr=lr,
             bias=bias,
+            init_samples=_init_samples(init_samples),
             batch_size=batch_size,
             seed=seed,
             residual=residual,
@@ -616,9 +628,6 @@ def stitch_command(
                f"{100 * result.val_acc:.2f}%), {result.wall_time_s:.1f}s")  # fmt: skip
     if result.sparsity is not None and result.kind.startswith("lasso"):
         typer.echo(f"sparsity       {result.sparsity:.3f}")
-
-
-# ---- end stitch (engineer E) -------------------------------------------------------------------
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,7 @@
 
 For a zoo model trained on the concept scenes, each job dissects one layer under the neuron basis,
 a random element of the layer's intertwiner group, random rotations and fractional powers of one
-rotation (engineer D's ``dissection.dissection_experiment``).
+rotation (``dissection.dissection_experiment``).
 """
 
 from __future__ import annotations

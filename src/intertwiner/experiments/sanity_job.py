@@ -2,7 +2,7 @@
 
 A fixed G_ReLU (permutation x positive scale) or orthogonal map is inserted before the activation
 at one of the first three sites, everything up to it is frozen and the rest retrained; the row is
-engineer D's ``experiments.sanity.run_job`` row (``penalty`` = base - retrained test accuracy).
+the ``experiments.sanity.run_job`` row (``penalty`` = base - retrained test accuracy).
 """
 
 from __future__ import annotations
