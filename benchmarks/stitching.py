@@ -9,7 +9,9 @@ paper's ``birkhoff`` solver (penalty no worse, in at most a fifth of the time), 
 
     python benchmarks/stitching.py                        # myrtle_cnn, 4 seeds, all 6 pairs
     python benchmarks/stitching.py --pairs 3 --json out.json
-    python benchmarks/stitching.py --arch resnet20 --sites layer2.0.act1,layer2.0.act2
+    python benchmarks/stitching.py --arch resnet20 --pairs 3 --zoo-dir /tmp/zoo_resnet20 \
+        --sites stem.act,layer1.1.act1,layer2.2.act2,layer3.1.act1,layer3.2.act2
+    python benchmarks/stitching.py --report out.json      # the tables of a saved run
 
 Timings depend on the machine; on a shared CPU they are noisy (say so next to any number).
 """

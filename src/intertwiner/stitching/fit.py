@@ -147,9 +147,10 @@ class StitchResult:
     ``layer`` is the stitch at the site; ``layers`` every stitch of the cut (the site first, then any
     residual stream that B's remainder reads, see ``splice``); ``model`` the stitched network.
     ``history``: one dict per epoch (epoch 0 = initialisation) with ``train_loss``, ``val_loss``,
-    ``val_acc`` and ``seconds``. ``best_epoch`` was chosen on validation out of ``epochs`` (the resolved recipe, with ``lr``). ``feature_error``: relative
-    squared error ``E||S a - b||^2 / E||b||^2`` of the site's stitch on the training features (None
-    when no feature statistics were computed). ``feature_errors``: the same error for every stitch
+    ``val_acc`` and ``seconds``. ``best_epoch`` was chosen on validation out of ``epochs`` (the
+    resolved recipe, trained at ``lr``). ``feature_error``: relative squared error
+    ``E||S a - b||^2 / E||b||^2`` of the site's stitch on the training features (None when no
+    feature statistics were computed). ``feature_errors``: the same error for every stitch
     of the cut that has statistics (the site and any residual stream), keyed like ``layers``; at a
     residual site the stream's error is as important as the site's (B's skip path reads it).
     """

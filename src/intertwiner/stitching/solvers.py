@@ -73,7 +73,7 @@ class FeatureStats:
         self.syy += (y * y).sum(0, dtype=f64)
         if not self.cross_x:
             self.sxx += (x * x).sum(0, dtype=f64)
-        step = x.shape[0] if exact else max(self.block_rows, 1)
+        step = max(x.shape[0] if exact else self.block_rows, 1)
         for start in range(0, x.shape[0], step):
             xb, yb = x[start : start + step], y[start : start + step]
             if self.cross_x:
