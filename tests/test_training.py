@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from intertwiner import checkpoints, training
 from intertwiner.cli import app
 from intertwiner.data import ArrayDataset, DataSplits, load
-from intertwiner.errors import NonFiniteError
+from intertwiner.errors import CheckpointError, NonFiniteError
 from intertwiner.models import build
 from intertwiner.training import TrainConfig, evaluate, parse_seeds, train, train_zoo
 
@@ -159,3 +159,15 @@ def test_cli_train_and_zoo(tmp_path):
     assert len(json.loads(r.output)) == 2
     r = runner.invoke(app, ["train", "--arch", "mlp", "--data", "cifar10", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "cifar-10-python.tar.gz" in r.output
+
+
+def test_zoo_refuses_a_checkpoint_of_another_configuration(tmp_path, data):
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False)
+    train_zoo("mlp", [0], data, tmp_path, model_config={"widths": (8,)}, train_config=cfg,
+              progress=False)  # fmt: skip
+    # the same configuration (a tuple saved as a JSON list) is reused
+    train_zoo("mlp", [0], data, tmp_path, model_config={"widths": [8]}, train_config=cfg,
+              progress=False)  # fmt: skip
+    with pytest.raises(CheckpointError, match="widths: saved \\[8\\], asked \\[16\\]"):
+        train_zoo("mlp", [0], data, tmp_path, model_config={"widths": [16]}, train_config=cfg,
+                  progress=False)  # fmt: skip

@@ -10,6 +10,7 @@ never used for any choice. With the same seed on CPU the final weights are bit-i
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -344,6 +345,23 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     return seeds
 
 
+def _check_same_model(path: Path, arch: str, cfg: dict[str, Any]) -> None:
+    """Refuse to reuse a zoo checkpoint built with a different model configuration (a zoo folder
+    used for two widths would otherwise silently hand back the first one's models)."""
+    from intertwiner import checkpoints
+    from intertwiner.errors import CheckpointError
+
+    saved = checkpoints.read_metadata(path).get("config", {})
+    asked = json.loads(json.dumps({"arch": arch, **cfg}, default=str))  # as the metadata stores it
+    differ = {k: (saved[k], v) for k, v in asked.items() if k in saved and saved[k] != v}
+    if differ:
+        what = ", ".join(f"{k}: saved {a!r}, asked {b!r}" for k, (a, b) in differ.items())
+        raise CheckpointError(
+            f"{path} exists with another model configuration ({what}); use another zoo folder "
+            "or delete that checkpoint"
+        )
+
+
 def train_zoo(
     arch: str,
     seeds: Sequence[int] | str,
@@ -377,6 +395,7 @@ def train_zoo(
         path = out / zoo_filename(arch, activation, seed)
         paths.append(path)
         if checkpoints.is_valid(path):
+            _check_same_model(path, arch, cfg)
             bar.set_postfix(seed=seed, status="exists")
             continue
         model = models.build(arch, seed=seed, **cfg)
