@@ -235,7 +235,7 @@ def reproduce(
         ..., "--out", "-o", help="Run folder, e.g. runs/quick (resumes if it exists)."
     ),
     preset: str = typer.Option(
-        "quick", help="quick (<= 15 min CPU) | full (~1 h CPU) | paper (GPU/cluster)."
+        "quick", help="quick (<= 15 min CPU) | full (~50 min on 2 cores) | paper (GPU/cluster)."
     ),
     data: str | None = typer.Option(
         None, help="mnist | digits | concepts | cifar10 (default: the preset's)."
