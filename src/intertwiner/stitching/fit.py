@@ -315,8 +315,13 @@ def _check_shapes(fa: torch.Tensor, fb: torch.Tensor, cdim: int, name: str) -> N
         )
 
 
+def _uses_birkhoff(kind: str, cfg: StitchConfig) -> bool:
+    """The ``solver`` option applies to monomial kinds only; every other kind ignores it."""
+    return kind in MONOMIAL_KINDS and cfg.solver == "birkhoff"
+
+
 def _make(kind, arg, c_in, c_out, cdim, cfg: StitchConfig, dtype, gen) -> StitchLayer:
-    if kind in MONOMIAL_KINDS and cfg.solver == "birkhoff":
+    if _uses_birkhoff(kind, cfg):
         if c_in != c_out:
             raise ShapeError(f"a {kind!r} stitch is square; got {c_in} -> {c_out} channels")
         layer = BirkhoffStitch(
@@ -377,14 +382,14 @@ def _init_closed_form(layer: StitchLayer, stats: solvers.FeatureStats, cfg: Stit
 def _needs_stats(kind: str, cfg: StitchConfig) -> bool:
     if cfg.init in ("identity", "random"):
         return False
-    return not (kind in MONOMIAL_KINDS and cfg.solver == "birkhoff")
+    return not _uses_birkhoff(kind, cfg)
 
 
 def resolve_config(cfg: StitchConfig, kind: str) -> StitchConfig:
     """``cfg`` with ``epochs=None`` / ``lr=None`` replaced by the recipe for ``kind`` (see
     ``StitchConfig``): 20 epochs (the paper's) for birkhoff and random inits, else 2; lr 1e-3 (the
     paper's SGD) for birkhoff, else 1e-2 (Adam)."""
-    birkhoff = kind in MONOMIAL_KINDS and cfg.solver == "birkhoff"
+    birkhoff = _uses_birkhoff(kind, cfg)
     epochs = (
         cfg.epochs if cfg.epochs is not None else (20 if birkhoff or cfg.init == "random" else 2)
     )
@@ -393,7 +398,7 @@ def resolve_config(cfg: StitchConfig, kind: str) -> StitchConfig:
 
 
 def _optimizer(layers: list[nn.Module], kind: str, cfg: StitchConfig) -> torch.optim.Optimizer:
-    birkhoff = kind in MONOMIAL_KINDS and cfg.solver == "birkhoff"
+    birkhoff = _uses_birkhoff(kind, cfg)
     use_sgd = cfg.optimizer == "sgd" or (cfg.optimizer == "auto" and birkhoff)
     wd = cfg.weight_decay if cfg.weight_decay is not None else (1e-4 if birkhoff else 0.0)
     groups = []
