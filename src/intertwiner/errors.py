@@ -52,3 +52,7 @@ class CheckpointError(IntertwinerError, ValueError):
 
 class UnsupportedModuleError(IntertwinerError, NotImplementedError):
     """A module or pattern that the symmetry tracer cannot handle."""
+
+
+class UnverifiedSymmetryError(UnsupportedModuleError):
+    """A traced symmetry that changed the model's function when checked numerically."""

@@ -39,6 +39,37 @@ def _tensor(model: nn.Module, a: ParamAxis) -> torch.Tensor:
     return model.get_buffer(a.name) if a.buffer else model.get_parameter(a.name)
 
 
+def transform_site(
+    model: nn.Module,
+    site: Site,
+    element: GroupElement,
+    saved: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> None:
+    """Apply one site's ``element`` to ``model``'s parameters and buffers *in place*.
+
+    ``saved`` (optional) collects ``id(tensor) -> (tensor, original copy)`` before the first write
+    to each tensor, so that a caller can undo the change exactly with ``restore(saved)``.
+    """
+    g64 = element.to(torch.float64)
+    cache: dict[str, GroupElement] = {}
+    with torch.no_grad():
+        for a in site.actions:
+            if a.kind not in cache:
+                cache[a.kind] = _matrix_for(site, a.kind, g64)
+            t = _tensor(model, a)
+            if saved is not None and id(t) not in saved:
+                saved[id(t)] = (t, t.detach().clone())
+            t.copy_(_apply_view(t, a.axis, a, cache[a.kind], a.channels))
+
+
+def restore(saved: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Undo ``transform_site`` calls that recorded into ``saved`` (bit-exact)."""
+    with torch.no_grad():
+        for t, original in saved.values():
+            t.copy_(original)
+    saved.clear()
+
+
 def apply(
     model: nn.Module,
     spec: SymmetrySpec,
@@ -56,26 +87,22 @@ def apply(
     unknown = [k for k in elements if k not in names]
     if unknown:
         raise KeyError(f"elements for unknown sites {unknown}; sites: {spec.names}")
+    for site in spec.sites:
+        g = elements.get(site.name)
+        if g is None:
+            continue
+        if g.n != site.width:
+            raise ShapeError(
+                f"site {site.name!r} has width {site.width}, got an element of size {g.n}"
+            )
+        if validate and not site.group.contains(g, atol=1e-6):
+            raise ValueError(
+                f"the element for site {site.name!r} is not in its group {site.group.name} "
+                f"({site.group.family.description}); pass validate=False to apply it anyway"
+            )
     new = copy.deepcopy(model)
-    with torch.no_grad():
-        for site in spec.sites:
-            g = elements.get(site.name)
-            if g is None:
-                continue
-            if g.n != site.width:
-                raise ShapeError(
-                    f"site {site.name!r} has width {site.width}, got an element of size {g.n}"
-                )
-            if validate and not site.group.contains(g, atol=1e-6):
-                raise ValueError(
-                    f"the element for site {site.name!r} is not in its group {site.group.name} "
-                    f"({site.group.family.description}); pass validate=False to apply it anyway"
-                )
-            g64 = g.to(torch.float64)
-            cache: dict[str, GroupElement] = {}
-            for a in site.actions:
-                if a.kind not in cache:
-                    cache[a.kind] = _matrix_for(site, a.kind, g64)
-                t = _tensor(new, a)
-                t.copy_(_apply_view(t, a.axis, a, cache[a.kind], a.channels))
+    for site in spec.sites:
+        g = elements.get(site.name)
+        if g is not None:
+            transform_site(new, site, g)
     return new

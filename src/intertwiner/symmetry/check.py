@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -12,38 +10,16 @@ from torch import nn
 
 from intertwiner.errors import NonFiniteError
 from intertwiner.groups import GroupElement
+from intertwiner.symmetry._forward import as_inputs, eval_mode, flat_output, run_flat
 from intertwiner.symmetry.apply import apply, random_elements
 from intertwiner.symmetry.spec import SymmetrySpec
 from intertwiner.symmetry.trace import trace
 
 
-def _inputs(example_input: Any) -> tuple:
-    return example_input if isinstance(example_input, tuple) else (example_input,)
-
-
-def _flat(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out.reshape(-1)
-    if isinstance(out, (tuple, list)):
-        return torch.cat([_flat(o) for o in out if o is not None])
-    if isinstance(out, dict):
-        return torch.cat([_flat(o) for o in out.values()])
-    raise TypeError(f"cannot compare model outputs of type {type(out).__name__}")
-
-
-@contextmanager
-def _eval(model: nn.Module) -> Iterator[nn.Module]:
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
-
-
-def _run(model: nn.Module, example_input: Any) -> torch.Tensor:
-    with _eval(model), torch.no_grad():
-        return _flat(model(*_inputs(example_input)))
+_inputs = as_inputs
+_flat = flat_output
+_eval = eval_mode
+_run = run_flat
 
 
 def check(

@@ -191,6 +191,13 @@ class SymmetrySpec:
     sites: list[Site]
     frozen: list[tuple[str, str]] = field(default_factory=list)
     model_name: str = ""
+    #: Sites the rules proposed but ``trace`` refused to return, with the reason: a sampled element
+    #: changed the function (numerical verification), or a parameter is shared between two uses
+    #: that one element cannot satisfy.
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    #: Largest relative output change seen when verifying the returned sites together (None when
+    #: the spec was not verified).
+    verified_error: float | None = None
 
     def site(self, name: str) -> Site:
         """The site called ``name``; an activation module name also finds the one site whose
@@ -248,6 +255,10 @@ class SymmetrySpec:
             out.append("")
             out.append("restrictions:")
             out += [f"  {n}: {r}" for n, r in notes]
+        if self.dropped:
+            out.append("")
+            out.append("dropped (not returned):")
+            out += [f"  {n}: {r}" for n, r in self.dropped]
         return "\n".join(out)
 
     def __str__(self) -> str:
@@ -258,6 +269,8 @@ class SymmetrySpec:
             "model": self.model_name,
             "sites": [s.to_dict() for s in self.sites],
             "frozen": [{"space": n, "reason": r} for n, r in self.frozen],
+            "dropped": [{"site": n, "reason": r} for n, r in self.dropped],
+            "verified_error": self.verified_error,
         }
 
 

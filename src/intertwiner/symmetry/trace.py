@@ -57,6 +57,10 @@ from intertwiner.groups import (
     intersect,
     is_subgroup,
 )
+from intertwiner.symmetry._activation_calls import activation_group
+from intertwiner.symmetry._forward import to_float64
+from intertwiner.symmetry._shared import drop_shared_parameters
+from intertwiner.symmetry._verify import RTOL, verify_spec
 from intertwiner.symmetry.rules import (
     _AVGPOOL,
     _AVGPOOL_F,
@@ -71,6 +75,7 @@ from intertwiner.symmetry.spaces import SUPPORTED, Info, ParamRef
 from intertwiner.symmetry.spec import ActivationAxis, ParamAxis, Site, SymmetrySpec
 
 _ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
+_CAT = {torch.cat, torch.concat, torch.concatenate, torch.stack}
 _SCALE = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div}
 _RESHAPE_METHODS = {"flatten", "view", "reshape", "unflatten"}
 _PASS_METHODS = {"contiguous", "clone", "float", "double", "to", "detach", "half", "bfloat16"}
@@ -166,6 +171,14 @@ class _Runner(fx.Interpreter):
         kwargs = {k: self.info(v) for k, v in n.kwargs.items()}
         tracked = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Info)]
         vals = [self.env[a] if isinstance(a, fx.Node) else a for a in n.args]
+        if n.op == "call_function" and n.target in _CAT:
+            return self.concatenate(n, value)
+        nested = self.nested_infos(n)
+        if len(nested) != len(tracked):
+            raise self.unsupported(
+                f"{n.op} {getattr(n.target, '__name__', n.target)} in {self.where(n)!r} takes a "
+                "hidden tensor inside a list or tuple"
+            )
         if n.op == "call_module":
             return self.module_rule(n, value, args, tracked)
         if not tracked:
@@ -177,6 +190,67 @@ class _Runner(fx.Interpreter):
         if n.op == "call_method":
             return self.method_rule(n, value, args, vals, x, ndim)
         raise UnsupportedModuleError(f"unsupported fx node {n.op} {n.target}")  # pragma: no cover
+
+    def nested_infos(self, n: fx.Node) -> list:
+        """Every tracked Info among ``n``'s arguments, looking inside lists, tuples and dicts."""
+        found: list = []
+
+        def walk(a: Any) -> None:
+            if isinstance(a, fx.Node):
+                i = self.infos.get(a)
+                if isinstance(i, Info):
+                    found.append(i)
+            elif isinstance(a, (list, tuple)):
+                for b in a:
+                    walk(b)
+            elif isinstance(a, dict):
+                for b in a.values():
+                    walk(b)
+
+        walk(n.args)
+        walk(n.kwargs)
+        return found
+
+    def concatenate(self, n: fx.Node, value: torch.Tensor) -> Info | None:
+        """``torch.cat`` / ``torch.stack``: along the feature axis the output's channels are the
+        inputs' channels side by side (block-structured elements); along any other axis every input
+        must be moved by the same matrix."""
+        tensors = n.args[0] if n.args else n.kwargs["tensors"]
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        where = self.where(n)
+        infos = [self.info(a) for a in tensors]
+        vals = [self.env[a] if isinstance(a, fx.Node) else a for a in tensors]
+        if not any(isinstance(i, Info) for i in infos):
+            return None
+        ndim = vals[0].dim()
+        stack = n.target is torch.stack
+        first = next(i for i in infos if isinstance(i, Info))
+        pos = first.dim + ndim
+        d = dim % (ndim + 1 if stack else ndim)
+        if stack or d != pos:
+            reason = f"{'stacking' if stack else 'concatenating'} tensors in {where!r}"
+            for info, v in zip(infos, vals, strict=True):
+                if isinstance(info, Info):
+                    if info.dim != first.dim:
+                        raise self.unsupported(f"{reason} whose feature axes do not line up")
+                    self.an.unify(first, info, reason)
+                elif isinstance(info, ParamRef):
+                    self.an.add_param(first, info, reason, shape=v.shape)
+                else:
+                    self.an.unify(first, None, f"{reason}: joined with a tensor computed from the input")
+            new_pos = pos + (1 if stack and d <= pos else 0)
+            return first.moved(dim=new_pos - value.dim())
+        parts, offset = [], 0
+        for info, v in zip(infos, vals, strict=True):
+            width = v.shape[d]
+            if isinstance(info, Info):
+                if info.dim != first.dim or info.outer != 1 or info.inner != 1:
+                    raise self.unsupported(f"concatenating flattened feature axes in {where!r}")
+                for sid, mode, ch in info.parts:
+                    chans = range(info.n) if ch is None else ch
+                    parts.append((sid, mode, tuple(offset + c for c in chans)))
+            offset += width  # channels of untracked inputs belong to no site: they stay fixed
+        return Info(tuple(parts), offset, first.dim)
 
     def unsupported(self, what: str) -> UnsupportedModuleError:
         return UnsupportedModuleError(
@@ -295,10 +369,9 @@ class _Runner(fx.Interpreter):
         if t in _AVGPOOL_F:
             an.need_channels(x, ndim, where, _batched_ndim(t))
             return x
-        try:
-            group = for_activation(t)
-        except IntertwinerError:
-            raise self.unsupported(f"function {getattr(t, '__name__', t)} in {where!r}") from None
+        group = activation_group(t, n.args[1:], n.kwargs, where, method=False)
+        if group is None:
+            raise self.unsupported(f"function {getattr(t, '__name__', t)} in {where!r}")
         return an.activation(n.name, group, x)
 
     def method_rule(self, n, value, args, vals, x, ndim) -> Any:
@@ -322,19 +395,17 @@ class _Runner(fx.Interpreter):
             return self.binary(n, args, vals, where)
         if t in ("mul", "div") and not isinstance(vals[1], torch.Tensor):
             return x
-        try:
-            group = for_activation(t)
-        except IntertwinerError:
-            raise self.unsupported(f"tensor method .{t}() in {where!r}") from None
+        group = activation_group(t, n.args[1:], n.kwargs, where, method=True)
+        if group is None:
+            raise self.unsupported(f"tensor method .{t}() in {where!r}")
         return self.an.activation(n.name, group, x)
 
     # -- shape rules --------------------------------------------------------------------------
     def binary(self, n, args, vals, where) -> Any:
-        a, b = args[0], args[1] if len(args) > 1 else n.kwargs.get("other")
+        other = n.args[1] if len(n.args) > 1 else n.kwargs.get("other")
+        a, b = args[0], self.info(other)
         va = vals[0]
-        vb = vals[1] if len(vals) > 1 else None
-        if isinstance(b, fx.Node):  # kwargs are raw nodes
-            b = self.info(b)
+        vb = self.env[other] if isinstance(other, fx.Node) else other
         reason = f"residual addition in {where!r}"
         if isinstance(a, Info) and isinstance(b, Info):
             out_nd = max(va.dim(), vb.dim())
@@ -466,11 +537,26 @@ def _unwrap(spec: SymmetrySpec) -> SymmetrySpec:
     return spec
 
 
-def trace(model: nn.Module, example_input: Any) -> SymmetrySpec:
+def trace(
+    model: nn.Module,
+    example_input: Any,
+    *,
+    strict: bool = False,
+    verify: bool = True,
+    rtol: float = RTOL,
+    generator: torch.Generator | None = None,
+) -> SymmetrySpec:
     """The hidden symmetry sites of ``model`` (see the module docstring for the rules).
 
     ``example_input``: one batch the model accepts (a tensor, or a tuple of positional inputs). The
     model is traced and run on a deep copy in eval mode, so ``model`` is never modified.
+
+    Every returned site is verified numerically (``verify=True``, the default): random elements of
+    its group are applied to a float64 copy and must leave the outputs on the example input and on a
+    perturbed one unchanged to ``rtol`` (relative to ``max |f|``). Sites that fail, and sites whose
+    parameters are shared in a way one element cannot satisfy, are left out and listed with the
+    reason on ``spec.dropped``; with ``strict=True`` they raise ``UnverifiedSymmetryError``.
+    ``generator`` seeds the sampled elements (default: seed 0).
     """
     work = copy.deepcopy(model).eval()
     zoo = _zoo_attention()
@@ -502,7 +588,21 @@ def trace(model: nn.Module, example_input: Any) -> SymmetrySpec:
             raise
         raise UnsupportedModuleError(runner.error) from None
     spec = _build(an, type(model).__name__)
-    return _unwrap(spec) if wrapped else spec
+    if wrapped:
+        spec = _unwrap(spec)
+        work = work.root
+    drop_shared_parameters(work, spec, strict=strict)
+    if verify:
+        with torch.no_grad():
+            verify_spec(
+                work.double(),
+                spec,
+                to_float64(inputs),
+                rtol=rtol,
+                strict=strict,
+                generator=generator,
+            )
+    return spec
 
 
 def _build(an: Rules, model_name: str) -> SymmetrySpec:

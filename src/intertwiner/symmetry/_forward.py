@@ -1,0 +1,74 @@
+"""Running a model for verification: inputs as a tuple, outputs flattened into one vector, eval mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def as_inputs(example_input: Any) -> tuple:
+    """``example_input`` as a tuple of positional inputs."""
+    return example_input if isinstance(example_input, tuple) else (example_input,)
+
+
+def flat_output(out: Any) -> torch.Tensor:
+    """Every floating tensor of a model output (tensor, tuple, list, dict, dataclass-like
+    ``ModelOutput``) concatenated into one 1-d float64 vector."""
+    if isinstance(out, torch.Tensor):
+        return out.reshape(-1).to(torch.float64) if out.is_floating_point() else out.new_zeros(0)
+    if isinstance(out, (tuple, list)):
+        parts = [flat_output(o) for o in out if o is not None]
+    elif isinstance(out, dict):
+        parts = [flat_output(o) for o in out.values() if o is not None]
+    else:
+        raise TypeError(f"cannot compare model outputs of type {type(out).__name__}")
+    parts = [p.to(torch.float64) for p in parts]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the duration; its previous mode is restored after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def run_flat(model: nn.Module, example_input: Any) -> torch.Tensor:
+    """``model(*inputs)`` in eval mode without gradients, flattened by ``flat_output``."""
+    with eval_mode(model), torch.no_grad():
+        return flat_output(model(*as_inputs(example_input)))
+
+
+def to_float64(example_input: Any) -> tuple:
+    """The inputs with every floating tensor cast to float64 (integer inputs such as token ids
+    are kept)."""
+    return tuple(
+        t.to(torch.float64) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+        for t in as_inputs(example_input)
+    )
+
+
+def perturbed(inputs: tuple, generator: torch.Generator, size: float = 0.1) -> tuple:
+    """A second probe input near the example: floating tensors get Gaussian noise of ``size``
+    times their standard deviation; integer tensors (token ids, class labels) are redrawn in their
+    observed range."""
+    out = []
+    for t in inputs:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            scale = float(t.double().std()) if t.numel() > 1 else float(t.abs().max()) if t.numel() else 1.0
+            noise = torch.randn(t.shape, generator=generator, dtype=torch.float64)
+            out.append(t + (size * (scale or 1.0) * noise).to(t.dtype))
+        elif isinstance(t, torch.Tensor) and t.dtype in (torch.int32, torch.int64) and t.numel():
+            lo, hi = int(t.min()), int(t.max())
+            out.append(torch.randint(lo, hi + 1, t.shape, generator=generator, dtype=t.dtype))
+        else:
+            out.append(t)
+    return tuple(out)
