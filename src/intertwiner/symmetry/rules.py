@@ -187,6 +187,14 @@ class Rules(Spaces):
 
     def add_param(self, x: Info, p: ParamRef, reason: str) -> None:
         t = self.params.get(p.name, self.buffers.get(p.name))
+        if t is None:  # a plain tensor attribute: apply cannot move it
+            self.unify(
+                x,
+                None,
+                f"{reason}: {p.name!r} is a plain tensor attribute (neither parameter nor buffer), "
+                "which apply cannot transform; register it with register_buffer to keep a symmetry",
+            )
+            return
         pd = t.dim() + x.dim
         if pd < 0 or t.shape[pd] == 1:
             for part in self.parts(x):
@@ -220,6 +228,14 @@ class Rules(Spaces):
         sid = self.new_site(len(padded), name=f"{where}.pad")
         parts.append((sid, "A", padded))
         return x.moved(parts=tuple(parts), n=n)
+
+    def embedding(self, m: nn.Embedding, name: str) -> Info:
+        """A lookup table writes a fresh space: row i of the table is the feature vector of index
+        i, so the element acts on the table's columns (``weight[:, j]``, axis 1)."""
+        self.once(name, m)
+        out = self.writer(name, m.embedding_dim)
+        self.act(out, f"{name}.weight", 1, "out")
+        return out
 
     def attention(
         self, name: str, x: Info | None, e: int, heads: int, packed: str | None, sep: str | None

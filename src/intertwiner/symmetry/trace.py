@@ -75,6 +75,7 @@ from intertwiner.symmetry.spaces import SUPPORTED, Info, ParamRef
 from intertwiner.symmetry.spec import ActivationAxis, ParamAxis, Site, SymmetrySpec
 
 _ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
+_METADATA = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"}
 _CAT = {torch.cat, torch.concat, torch.concatenate, torch.stack}
 _SCALE = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div}
 _RESHAPE_METHODS = {"flatten", "view", "reshape", "unflatten"}
@@ -173,6 +174,8 @@ class _Runner(fx.Interpreter):
         vals = [self.env[a] if isinstance(a, fx.Node) else a for a in n.args]
         if n.op == "call_function" and n.target in _CAT:
             return self.concatenate(n, value)
+        if not tracked and args and isinstance(args[0], ParamRef):
+            return self.param_view(n, args[0], value)
         nested = self.nested_infos(n)
         if len(nested) != len(tracked):
             raise self.unsupported(
@@ -190,6 +193,23 @@ class _Runner(fx.Interpreter):
         if n.op == "call_method":
             return self.method_rule(n, value, args, vals, x, ndim)
         raise UnsupportedModuleError(f"unsupported fx node {n.op} {n.target}")  # pragma: no cover
+
+    def param_view(self, n: fx.Node, p: ParamRef, value: Any) -> ParamRef | None:
+        """A parameter seen through an op that keeps its trailing (feature) dim and only
+        broadcasts, slices or copies the others (``cls.expand(B, -1, -1)``, ``pos[:, :T]``) is
+        still that parameter for the rules; anything else is an untracked tensor."""
+        name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+        keeps = name in {"expand", "expand_as", "repeat", "getitem"} | _PASS_METHODS
+        t = self.an.params.get(p.name, self.an.buffers.get(p.name))
+        if t is None or not keeps or not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return None
+        if t.dim() == 0 or value.shape[-1] != t.shape[-1] or value.dim() < t.dim():
+            return None
+        if name == "getitem":
+            idx = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+            if Ellipsis in idx or None in idx or len(idx) >= t.dim():
+                return None  # the last index may touch the feature dim
+        return p
 
     def nested_infos(self, n: fx.Node) -> list:
         """Every tracked Info among ``n``'s arguments, looking inside lists, tuples and dicts."""
@@ -235,7 +255,7 @@ class _Runner(fx.Interpreter):
                         raise self.unsupported(f"{reason} whose feature axes do not line up")
                     self.an.unify(first, info, reason)
                 elif isinstance(info, ParamRef):
-                    self.an.add_param(first, info, reason, shape=v.shape)
+                    self.an.add_param(first, info, reason)
                 else:
                     self.an.unify(first, None, f"{reason}: joined with a tensor computed from the input")
             new_pos = pos + (1 if stack and d <= pos else 0)
@@ -278,6 +298,14 @@ class _Runner(fx.Interpreter):
 
         if isinstance(m, nn.Linear):
             return an.linear(m, name, x, "P" if bn_users() else "A")
+        if isinstance(m, nn.Embedding) and not tracked:
+            out = an.embedding(m, name)
+            if m.max_norm is not None:
+                for part in an.parts(out):
+                    an.restrict_matrix(
+                        part, "orthogonal", f"{name!r}: max_norm renormalises rows (norms kept)"
+                    )
+            return out
         if isinstance(m, _CONV):
             return an.conv(m, name, x, ndim, "P" if bn_users() else "A")
         if self.zoo_attention is not None and isinstance(m, self.zoo_attention):
@@ -336,6 +364,10 @@ class _Runner(fx.Interpreter):
     def function_rule(self, n, value, args, vals, x, ndim) -> Any:
         an, t = self.an, n.target
         where = self.where(n)
+        if t is getattr and n.args[1] in _METADATA:
+            return None  # h.shape, h.dtype, ...: no features
+        if t is getattr:
+            raise self.unsupported(f"the tensor attribute .{n.args[1]} in {where!r}")
         if t in _ADD:
             return self.binary(n, args, vals, where)
         if t in _SCALE:
