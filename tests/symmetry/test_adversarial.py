@@ -269,7 +269,7 @@ def test_verification_drops_a_rule_that_lies(monkeypatch):
     x = torch.randn(6, 3, dtype=F64)
     spec = trace(M(), x)
     assert spec.names == ["body.1"]  # the tanh site verifies
-    (name, reason), = spec.dropped
+    ((name, reason),) = spec.dropped
     assert name == "relu" and "verification failed" in reason and "G_ReLU_lie" in reason
     assert spec.verified_error is not None and spec.verified_error < 1e-12
     with pytest.raises(UnverifiedSymmetryError, match="relu"):

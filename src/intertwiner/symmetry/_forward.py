@@ -63,7 +63,13 @@ def perturbed(inputs: tuple, generator: torch.Generator, size: float = 0.1) -> t
     out = []
     for t in inputs:
         if isinstance(t, torch.Tensor) and t.is_floating_point():
-            scale = float(t.double().std()) if t.numel() > 1 else float(t.abs().max()) if t.numel() else 1.0
+            scale = (
+                float(t.double().std())
+                if t.numel() > 1
+                else float(t.abs().max())
+                if t.numel()
+                else 1.0
+            )
             noise = torch.randn(t.shape, generator=generator, dtype=torch.float64)
             out.append(t + (size * (scale or 1.0) * noise).to(t.dtype))
         elif isinstance(t, torch.Tensor) and t.dtype in (torch.int32, torch.int64) and t.numel():

@@ -28,7 +28,11 @@ class _Probe:
         self.generator = generator
         self.inputs = [inputs]
         self.refs = [run_flat(model, inputs)]
-        for size in (0.1, 0.01, 0.001):  # fast-growing activations (x^d) may overflow on larger noise
+        for size in (
+            0.1,
+            0.01,
+            0.001,
+        ):  # fast-growing activations (x^d) may overflow on larger noise
             near = perturbed(inputs, generator, size)
             ref = run_flat(model, near)
             if bool(torch.isfinite(ref).all()):

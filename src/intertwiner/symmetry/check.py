@@ -15,7 +15,6 @@ from intertwiner.symmetry.apply import apply, random_elements
 from intertwiner.symmetry.spec import SymmetrySpec
 from intertwiner.symmetry.trace import trace
 
-
 _inputs = as_inputs
 _flat = flat_output
 _eval = eval_mode

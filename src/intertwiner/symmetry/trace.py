@@ -249,7 +249,7 @@ class _Runner(fx.Interpreter):
         d = dim % (ndim + 1 if stack else ndim)
         if stack or d != pos:
             reason = f"{'stacking' if stack else 'concatenating'} tensors in {where!r}"
-            for info, v in zip(infos, vals, strict=True):
+            for info in infos:
                 if isinstance(info, Info):
                     if info.dim != first.dim:
                         raise self.unsupported(f"{reason} whose feature axes do not line up")
@@ -257,7 +257,9 @@ class _Runner(fx.Interpreter):
                 elif isinstance(info, ParamRef):
                     self.an.add_param(first, info, reason)
                 else:
-                    self.an.unify(first, None, f"{reason}: joined with a tensor computed from the input")
+                    self.an.unify(
+                        first, None, f"{reason}: joined with a tensor computed from the input"
+                    )
             new_pos = pos + (1 if stack and d <= pos else 0)
             return first.moved(dim=new_pos - value.dim())
         parts, offset = [], 0
