@@ -47,9 +47,10 @@ def drop_shared_parameters(model: nn.Module, spec: SymmetrySpec, *, strict: bool
     redundant: set[int] = set()
     for (pname, axis), group in uses.items():
         names = sorted({a.name for _, a in group})
-        if len(names) < 2:
+        calls = sorted({(a.name, a.use) for _, a in group})
+        if len(calls) < 2:
             continue  # one use (several sites may act on one use's axis: heads, channel blocks)
-        first = [(s, a) for s, a in group if a.name == names[0]]
+        first = [(s, a) for s, a in group if (a.name, a.use) == calls[0]]
         sites = {s.name: s for s, _ in group}
         if len(sites) == 1 and len(first) == 1 and _agree(first[0][0], [a for _, a in group]):
             redundant.update(id(a) for _, a in group if a is not first[0][1])

@@ -43,34 +43,78 @@ class Rules(Spaces):
 
     def linear(self, m: nn.Linear, name: str, x: Info | None, mode: str = "A") -> Info:
         self.once(name, m)
+        bias = f"{name}.bias" if m.bias is not None else None
+        return self.linear_named(
+            x, f"{name}.weight", bias, m.out_features, m.in_features, mode, where=name
+        )
+
+    def linear_named(
+        self,
+        x: Info | None,
+        weight: str,
+        bias: str | None,
+        out_features: int,
+        in_features: int,
+        mode: str = "A",
+        *,
+        where: str,
+        out_axis: int = 0,
+        read_only: bool = False,
+    ) -> Info | None:
+        """``y = x W^T + b`` (``out_axis=0``) or ``y = x W + b`` (``out_axis=1``, GPT-2's Conv1D /
+        addmm): the input axis of W reads ``x``'s space, its output axis and the bias write a fresh
+        one (``read_only``: the caller owns the output, e.g. an attention projection)."""
         if x is not None:
-            if x.dim != -1 or x.n * x.outer * x.inner != m.in_features:
+            if x.dim != -1 or x.n * x.outer * x.inner != in_features:
                 raise UnsupportedModuleError(
-                    f"Linear {name!r} reads a tensor whose feature axis is not its last dim; "
+                    f"Linear {where!r} reads a tensor whose feature axis is not its last dim; "
                     f"supported: {SUPPORTED}"
                 )
-            self.act(x, f"{name}.weight", 1, "in")
-        out = self.writer(name, m.out_features, mode)
-        self.act(out, f"{name}.weight", 0, "out")
-        if m.bias is not None:
-            self.act(out, f"{name}.bias", 0, "out")
+            self.act(x, weight, 1 - out_axis, "in")
+        if read_only:
+            return None
+        out = self.writer(where, out_features, mode)
+        self.act(out, weight, out_axis, "out")
+        if bias is not None:
+            self.act(out, bias, 0, "out")
         return out
 
     def conv(self, m: nn.Module, name: str, x: Info | None, ndim: int, mode: str) -> Info:
         self.once(name, m)
-        if m.groups != 1:
+        bias = f"{name}.bias" if m.bias is not None else None
+        return self.conv_named(
+            x, f"{name}.weight", bias, m.out_channels, m.groups, ndim, mode, where=name
+        )
+
+    def conv_named(
+        self,
+        x: Info | None,
+        weight: str,
+        bias: str | None,
+        out_channels: int,
+        groups: int,
+        ndim: int,
+        mode: str,
+        *,
+        where: str,
+        transposed: bool = False,
+    ) -> Info:
+        """A convolution: input channels (weight axis 1; 0 when ``transposed``) read ``x``'s
+        space, output channels and the bias write a fresh one."""
+        if groups != 1:
             raise UnsupportedModuleError(
-                f"{type(m).__name__} {name!r} has groups={m.groups}; grouped/depthwise "
+                f"convolution {where!r} has groups={groups}; grouped/depthwise "
                 f"convolutions are not supported. Supported: {SUPPORTED}"
             )
+        k = len(self.shape_of(weight)) - 2
         if x is not None:
-            self.need_channels(x, ndim, name, batched=len(m.kernel_size) + 2)
-            self.act(x, f"{name}.weight", 1, "in")
-        out = self.writer(name, m.out_channels, mode)
+            self.need_channels(x, ndim, where, batched=k + 2)
+            self.act(x, weight, 0 if transposed else 1, "in")
+        out = self.writer(where, out_channels, mode)
         out = out.moved(dim=1 - ndim)
-        self.act(out, f"{name}.weight", 0, "out")
-        if m.bias is not None:
-            self.act(out, f"{name}.bias", 0, "out")
+        self.act(out, weight, 1 if transposed else 0, "out")
+        if bias is not None:
+            self.act(out, bias, 0, "out")
         return out
 
     def need_channels(self, x: Info, ndim: int, name: str, batched: int | None = None) -> None:
@@ -89,9 +133,20 @@ class Rules(Spaces):
 
     def batchnorm(self, m: nn.Module, name: str, x: Info, ndim: int) -> Info:
         self.once(name, m)
+        names = {"weight": f"{name}.weight", "bias": f"{name}.bias"}
+        names |= {"running_mean": f"{name}.running_mean", "running_var": f"{name}.running_var"}
+        return self.batchnorm_named(
+            x, names, ndim, affine=m.affine, stats=m.running_mean is not None, where=name
+        )
+
+    def batchnorm_named(
+        self, x: Info, names: dict[str, str], ndim: int, *, affine: bool, stats: bool, where: str
+    ) -> Info:
+        """Per-channel affine normalisation; ``names`` maps weight/bias/running_mean/running_var
+        to parameter and buffer names."""
+        name = where
         self.need_channels(x, ndim, name)
         out_parts = []
-        stats = m.running_mean is not None
         for part in self.parts(x):
             sid, mode, ch = part
             one = x.moved(parts=(part,))
@@ -100,16 +155,16 @@ class Rules(Spaces):
                 continue
             self.restrict(sid, "monomial", "BatchNorm is a per-channel affine map: monomial only")
             if mode == "P":
-                if m.affine:  # the scale moves onto gamma/beta: exact in train and eval mode
-                    self.act(one, f"{name}.weight", 0, "A")
-                    self.act(one, f"{name}.bias", 0, "A")
+                if affine:  # the scale moves onto gamma/beta: exact in train and eval mode
+                    self.act(one, names["weight"], 0, "A")
+                    self.act(one, names["bias"], 0, "A")
                     mode = "A"
                 if stats:
-                    self.act(one, f"{name}.running_mean", 0, "P", buffer=True)
-                    self.act(one, f"{name}.running_var", 0, "P", buffer=True)
+                    self.act(one, names["running_mean"], 0, "P", buffer=True)
+                    self.act(one, names["running_var"], 0, "P", buffer=True)
                 out_parts.append((sid, mode, ch))
                 continue
-            if not m.affine or not stats:
+            if not affine or not stats:
                 self.restrict_matrix(
                     part,
                     "permutation",
@@ -117,20 +172,29 @@ class Rules(Spaces):
                     "nonlinearity: only permutations pass through",
                 )
             full = "A" if mode == "A" else "phi(A)"
-            if m.affine:
-                self.act(one, f"{name}.weight", 0, "P")
-                self.act(one, f"{name}.bias", 0, full)
+            if affine:
+                self.act(one, names["weight"], 0, "P")
+                self.act(one, names["bias"], 0, full)
             if stats:
-                self.act(one, f"{name}.running_mean", 0, full, buffer=True)
-                self.act(one, f"{name}.running_var", 0, "P", buffer=True)
+                self.act(one, names["running_mean"], 0, full, buffer=True)
+                self.act(one, names["running_var"], 0, "P", buffer=True)
             out_parts.append(part)
         return x.moved(parts=tuple(out_parts))
 
     def layernorm(self, m: nn.LayerNorm, name: str, x: Info | None) -> Info | None:
         self.once(name, m)
+        weight = f"{name}.weight" if m.weight is not None else None
+        bias = f"{name}.bias" if getattr(m, "bias", None) is not None else None
+        return self.layernorm_named(x, weight, bias, len(m.normalized_shape), where=name)
+
+    def layernorm_named(
+        self, x: Info | None, weight: str | None, bias: str | None, n_dims: int, *, where: str
+    ) -> Info | None:
+        """LayerNorm over the last ``n_dims`` dims with optional weight and bias."""
+        name = where
         if x is None:
             return None
-        if len(m.normalized_shape) != 1 or x.dim != -1 or x.outer != 1 or x.inner != 1:
+        if n_dims != 1 or x.dim != -1 or x.outer != 1 or x.inner != 1:
             raise UnsupportedModuleError(
                 f"LayerNorm {name!r} must normalise exactly the feature axis (the last dim); "
                 f"supported: {SUPPORTED}"
@@ -141,10 +205,10 @@ class Rules(Spaces):
                 "permutation",
                 "LayerNorm centres and normalises over features: only permutations commute",
             )
-        if m.weight is not None:
-            self.act(x, f"{name}.weight", 0, "out")
-        if getattr(m, "bias", None) is not None:
-            self.act(x, f"{name}.bias", 0, "out")
+        if weight is not None:
+            self.act(x, weight, 0, "out")
+        if bias is not None:
+            self.act(x, bias, 0, "out")
         return x
 
     def activation(self, name: str, group: IntertwinerGroup, x: Info | None) -> Info | None:

@@ -119,6 +119,9 @@ class Spaces:
         self.buffers = dict(model.named_buffers())
         self.zoo_sites = set(getattr(model, "intertwiner_sites", []) or [])
         self.called: set[str] = set()
+        #: The graph node whose rule is running: recorded on each ParamAxis as its ``use``, so
+        #: that two uses of one shared tensor can be told apart.
+        self.current_use = ""
         self.act_calls: dict[str, int] = {}
         self.frozen: list[tuple[str, str]] = []
 
@@ -320,11 +323,20 @@ class Spaces:
             else:
                 kind = role  # explicit kind
             self.sites[sid].actions.append(
-                ParamAxis(pname, axis, kind, info.n, info.outer, info.inner, ch, buffer)
+                ParamAxis(
+                    pname, axis, kind, info.n, info.outer, info.inner, ch, buffer, self.current_use
+                )
             )
 
     def act_raw(self, sid: int, pname: str, axis: int, kind: str, n_total: int, **kw) -> None:
+        kw.setdefault("use", self.current_use)
         self.sites[sid].actions.append(ParamAxis(pname, axis, kind, n_total, **kw))
+
+    def shape_of(self, pname: str) -> tuple[int, ...]:
+        t = self.params.get(pname, self.buffers.get(pname))
+        if t is None:
+            raise UnsupportedModuleError(f"{pname!r} is not a parameter or buffer of the model")
+        return tuple(t.shape)
 
     def writer(self, name: str, width: int, mode: str = "A") -> Info:
         sid = self.new_site(width)

@@ -54,6 +54,9 @@ class ParamAxis:
     inner: int = 1
     channels: tuple[int, ...] | None = None
     buffer: bool = False
+    #: The graph node (one call of a module or op) that asked for this action; two uses of one
+    #: shared tensor differ here. Not part of equality.
+    use: str = field(default="", compare=False)
 
     @property
     def width(self) -> int:

@@ -124,6 +124,7 @@ class _Runner(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
+        self.an.current_use = n.name
         try:
             self.infos[n] = self.rule(n, value)
         except UnsupportedModuleError as e:
@@ -707,7 +708,7 @@ def _build(an: Rules, model_name: str) -> SymmetrySpec:
             if ch is not None and ch == tuple(range(a.n_total)):
                 ch = None
             actions.append(
-                ParamAxis(a.name, a.axis, a.kind, a.n_total, a.outer, a.inner, ch, a.buffer)
+                ParamAxis(a.name, a.axis, a.kind, a.n_total, a.outer, a.inner, ch, a.buffer, a.use)
             )
         axes = {}
         for _, aname, ax, _, ch in acts:
