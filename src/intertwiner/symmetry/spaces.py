@@ -10,6 +10,7 @@ the model input/output is the fixed site 0 (merging into it freezes a site).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,13 +116,17 @@ class Spaces:
         self.model = model
         self.sites: list[_SiteState] = [_SiteState(0, 0)]  # id 0: the fixed space
         self.order = 0
-        self.params = dict(model.named_parameters())
-        self.buffers = dict(model.named_buffers())
+        # Aliases of tied tensors included: torch.export may name a tied weight by either name.
+        self.params = dict(model.named_parameters(remove_duplicate=False))
+        self.buffers = dict(model.named_buffers(remove_duplicate=False))
         self.zoo_sites = set(getattr(model, "intertwiner_sites", []) or [])
         self.called: set[str] = set()
         #: The graph node whose rule is running: recorded on each ParamAxis as its ``use``, so
         #: that two uses of one shared tensor can be told apart.
         self.current_use = ""
+        #: The least precise dtype the model casts to inside its forward (None: no casts); the
+        #: verification tolerance cannot be below that dtype's round-off.
+        self.cast_to = None
         self.act_calls: dict[str, int] = {}
         self.frozen: list[tuple[str, str]] = []
 
@@ -309,6 +314,40 @@ class Spaces:
         s.split = children
         for (c, ch), q in zip(children, other, strict=True):
             self.unify_parts((c, mode, ch), q, reason)
+
+    def gate(self, gate: Info, value: Info, reason: str) -> Info:
+        """``gate * value`` of two hidden tensors with one shared permutation (LLaMA's
+        ``act(gate_proj(x)) * up_proj(x)``, squeeze-excitation's ``h * sigmoid(...)``): the gate's
+        site is moved by the permutation part P only and joins the value's site, whose element
+        M = D P (any monomial) then moves the product like the value."""
+        pg, pv = self.parts(gate), self.parts(value)
+        if len(pg) != 1 or len(pv) != 1 or pg[0][2] is not None or pv[0][2] is not None:
+            raise UnsupportedModuleError(f"{reason}: gates split over several sites")
+        if gate.n != value.n or gate.dim != value.dim:
+            raise UnsupportedModuleError(f"{reason}: gate and value features do not line up")
+        (sg, _, _), (sv, _, _) = pg[0], pv[0]
+        if self.find(sg) == self.find(sv) or 0 in (self.find(sg), self.find(sv)):
+            raise UnsupportedModuleError(f"{reason}: a product of a space with itself")
+        self.restrict_matrix(
+            pv[0], "monomial", f"{reason}: a per-feature gate commutes with D P only"
+        )
+        g = self.sites[self.find(sg)]
+        g.actions = [dataclasses.replace(a, kind="P") for a in g.actions]
+        g.activations = [
+            (o, name, dataclasses.replace(ax, kind="P"), grp) for o, name, ax, grp in g.activations
+        ]
+        g.family, g.phi, g.needs_fixed, g.restrictions = family("general_linear"), None, False, []
+        root, other = sorted((self.find(sv), g.id))
+        keep = self.sites[root]
+        keep.family = intersect(keep.family, self.sites[other].family)
+        keep.restrictions += [
+            r for r in self.sites[other].restrictions if r not in keep.restrictions
+        ]
+        keep.needs_fixed = keep.needs_fixed or self.sites[other].needs_fixed
+        if keep.phi is None:
+            keep.phi = self.sites[other].phi
+        self.sites[other].merged_into = root
+        return value
 
     # -- actions ----------------------------------------------------------------------------
     def act(self, info: Info, pname: str, axis: int, role: str, *, buffer: bool = False) -> None:

@@ -85,13 +85,15 @@ class ParamAxis:
 @dataclass(frozen=True)
 class ActivationAxis:
     """Where a site's element moves an activation output: feature dim (counted from the end),
-    the ``(outer, n_total, inner)`` view of that dim and the channel subset (None = all)."""
+    the ``(outer, n_total, inner)`` view of that dim and the channel subset (None = all).
+    ``kind``: moved by ``"phi(A)"``, or by the permutation part ``"P"`` only (a gate)."""
 
     dim: int
     n_total: int
     outer: int = 1
     inner: int = 1
     channels: tuple[int, ...] | None = None
+    kind: str = "phi(A)"
 
 
 @dataclass
@@ -125,7 +127,8 @@ class Site:
         """``h`` (output of ``activation``) as the transformed model computes it: phi(g) applied
         along the activation's feature axis on the channels this site covers."""
         ax = self.activation_axes[activation]
-        return _apply_view(h, h.dim() + ax.dim, ax, self.group.phi(element), ax.channels)
+        moved = permutation_part(element) if ax.kind == "P" else self.group.phi(element)
+        return _apply_view(h, h.dim() + ax.dim, ax, moved, ax.channels)
 
     def to_dict(self) -> dict:
         return {
@@ -201,6 +204,9 @@ class SymmetrySpec:
     #: Largest relative output change seen when verifying the returned sites together (None when
     #: the spec was not verified).
     verified_error: float | None = None
+    #: The tolerance the sites were verified to (``rtol``, raised to the round-off of any lower
+    #: precision the model casts to inside its forward, e.g. float32 in LLaMA's RMSNorm).
+    verified_tolerance: float | None = None
 
     def site(self, name: str) -> Site:
         """The site called ``name``; an activation module name also finds the one site whose
@@ -274,6 +280,7 @@ class SymmetrySpec:
             "frozen": [{"space": n, "reason": r} for n, r in self.frozen],
             "dropped": [{"site": n, "reason": r} for n, r in self.dropped],
             "verified_error": self.verified_error,
+            "verified_tolerance": self.verified_tolerance,
         }
 
 

@@ -232,7 +232,9 @@ class _Runner(fx.Interpreter):
         walk(n.kwargs)
         return found
 
-    def concatenate(self, n: fx.Node, value: torch.Tensor) -> Info | None:
+    def concatenate(
+        self, n: fx.Node, value: torch.Tensor, stack: bool | None = None
+    ) -> Info | None:
         """``torch.cat`` / ``torch.stack``: along the feature axis the output's channels are the
         inputs' channels side by side (block-structured elements); along any other axis every input
         must be moved by the same matrix."""
@@ -244,7 +246,8 @@ class _Runner(fx.Interpreter):
         if not any(isinstance(i, Info) for i in infos):
             return None
         ndim = vals[0].dim()
-        stack = n.target is torch.stack
+        if stack is None:
+            stack = n.target is torch.stack
         first = next(i for i in infos if isinstance(i, Info))
         pos = first.dim + ndim
         d = dim % (ndim + 1 if stack else ndim)
@@ -580,6 +583,7 @@ def trace(
     verify: bool = True,
     rtol: float = RTOL,
     generator: torch.Generator | None = None,
+    frontend: str = "auto",
 ) -> SymmetrySpec:
     """The hidden symmetry sites of ``model`` (see the module docstring for the rules).
 
@@ -592,7 +596,14 @@ def trace(
     parameters are shared in a way one element cannot satisfy, are left out and listed with the
     reason on ``spec.dropped``; with ``strict=True`` they raise ``UnverifiedSymmetryError``.
     ``generator`` seeds the sampled elements (default: seed 0).
+
+    ``frontend``: ``"fx"`` (torch.fx symbolic tracing; an unsupported op raises), ``"export"``
+    (``torch.export`` ATen graphs; an unsupported op freezes the spaces it reads, listed on
+    ``spec.frozen``) or ``"auto"``: fx, and export for models fx cannot trace (Hugging Face
+    ``transformers`` models, ``**kwargs`` forwards, Python control flow).
     """
+    if frontend not in ("auto", "fx", "export"):
+        raise ValueError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
     work = copy.deepcopy(model).eval()
     zoo = _zoo_attention()
     tracer = _Tracer(((zoo,) if zoo is not None else ()) + (RBF, Power, Abs, Elementwise))
@@ -604,29 +615,44 @@ def trace(
                 f"a bare {type(model).__name__} must take 1 (or 3: query, key, value) inputs"
             )
         work = (_Root1 if len(inputs) == 1 else _Root3)(work)
-    try:
-        graph = tracer.trace(work)
-    except Exception as e:  # noqa: BLE001 (fx raises many types; report one)
-        raise UnsupportedModuleError(
-            f"torch.fx could not trace {type(model).__name__}: {e}. The tracer needs an "
-            f"fx-traceable forward (no Python control flow on tensor values). Supported: "
-            f"{SUPPORTED}"
-        ) from e
-    gm = fx.GraphModule(work, graph)
-    an = Rules(work)
-    runner = _Runner(gm, an, zoo)
-    try:
-        with torch.no_grad():
-            runner.run(*inputs)
-    except UnsupportedModuleError:
-        if runner.error is None:
-            raise
-        raise UnsupportedModuleError(runner.error) from None
+    graph, fx_error = None, None
+    if frontend != "export":
+        try:
+            graph = tracer.trace(work)
+        except Exception as e:  # noqa: BLE001 (fx raises many types; report one)
+            fx_error = e
+            if frontend == "fx":
+                raise UnsupportedModuleError(
+                    f"torch.fx could not trace {type(model).__name__}: {e}. Use "
+                    "frontend='export' (or 'auto') for models fx cannot follow."
+                ) from e
+    if graph is None:
+        if wrapped:
+            raise UnsupportedModuleError(
+                f"a bare {type(model).__name__} is traced with torch.fx only; wrap it in a module"
+            ) from fx_error
+        an = _export_rules(work, inputs, fx_error)
+    else:
+        gm = fx.GraphModule(work, graph)
+        an = Rules(work)
+        runner = _Runner(gm, an, zoo)
+        try:
+            with torch.no_grad():
+                runner.run(*inputs)
+        except UnsupportedModuleError:
+            if runner.error is None:
+                raise
+            raise UnsupportedModuleError(runner.error) from None
     spec = _build(an, type(model).__name__)
     if wrapped:
         spec = _unwrap(spec)
         work = work.root
     drop_shared_parameters(work, spec, strict=strict)
+    if an.cast_to is not None and torch.finfo(an.cast_to).eps > torch.finfo(torch.float64).eps:
+        # The model computes part of its forward in a lower precision whatever its own dtype,
+        # so the float64 check can only resolve that dtype's round-off.
+        rtol = max(rtol, 64 * torch.finfo(an.cast_to).eps)
+    spec.verified_tolerance = rtol if verify else None
     if verify:
         with torch.no_grad():
             verify_spec(
@@ -638,6 +664,26 @@ def trace(
                 generator=generator,
             )
     return spec
+
+
+def _export_rules(work: nn.Module, inputs: tuple, fx_error: Exception | None) -> Rules:
+    """Run the ATen rules over ``torch.export``'s graph of ``work``."""
+    from intertwiner.symmetry._aten import AtenRunner
+
+    try:
+        exported = torch.export.export(work, inputs, strict=False)
+    except Exception as e:  # noqa: BLE001 (export raises many types; report one)
+        fx_note = f" (torch.fx also failed: {fx_error})" if fx_error is not None else ""
+        raise UnsupportedModuleError(
+            f"torch.export could not capture {type(work).__name__}: {type(e).__name__}: "
+            f"{str(e)[:500]}{fx_note}. Pass example inputs the forward accepts as positional "
+            "tensors; wrap models that need keyword arguments (e.g. use_cache=False) or return "
+            "non-tensor objects in a module whose forward returns the logits."
+        ) from e
+    an = Rules(work)
+    with torch.no_grad():
+        AtenRunner(exported.module(), an, work).run(*inputs)
+    return an
 
 
 def _build(an: Rules, model_name: str) -> SymmetrySpec:
@@ -714,7 +760,7 @@ def _build(an: Rules, model_name: str) -> SymmetrySpec:
         for _, aname, ax, _, ch in acts:
             if ch is not None and ch == tuple(range(ax.n_total)):
                 ch = None
-            axes[aname] = ActivationAxis(ax.dim, ax.n_total, ax.outer, ax.inner, ch)
+            axes[aname] = ActivationAxis(ax.dim, ax.n_total, ax.outer, ax.inner, ch, ax.kind)
         sites.append(
             Site(
                 name=name,

@@ -1,0 +1,665 @@
+"""The torch.export front end of ``trace``: rules for the ATen graphs of models that ``torch.fx``
+symbolic tracing cannot follow (Hugging Face ``transformers`` models, ``**kwargs`` forwards, data-
+dependent Python).
+
+``torch.export.export(model, inputs, strict=False)`` runs the model's Python once and records ATen
+ops (``linear``, ``addmm``, ``conv2d``, ``batch_norm``, ``layer_norm``, ``embedding``, views,
+elementwise ops...). Parameters appear under their ``state_dict`` names and each node carries the
+module it came from (``nn_module_stack``), so sites keep ``named_modules()`` names.
+
+Unlike the fx front end, an op this front end does not know does not stop the trace: the spaces of
+its hidden inputs are frozen (recorded on ``spec.frozen`` with the op and module) and its output is
+treated as a fixed tensor. That is sound, because a frozen space is never transformed; every site
+that remains is then verified numerically like any other.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from intertwiner.errors import IntertwinerError, UnsupportedModuleError
+from intertwiner.groups import IntertwinerGroup, discover
+from intertwiner.symmetry._activation_calls import activation_group
+from intertwiner.symmetry._regions import (
+    IDENTITY,
+    Regions,
+    ancestors_within,
+    find_regions,
+    op_name,
+)
+from intertwiner.symmetry.rules import Rules
+from intertwiner.symmetry.spaces import Info, ParamRef
+
+_RESHAPE = {"view", "reshape", "_unsafe_view", "view_as", "flatten", "unflatten"}
+_NO_FEATURES = {"_assert_tensor_metadata", "sym_size", "sym_numel", "size", "dim", "sym_stride"}
+_MAXPOOL = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices"}
+_MAXPOOL |= {"max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d"}
+_AVGPOOL = {"avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d"}
+_AVGPOOL |= {"adaptive_avg_pool2d", "adaptive_avg_pool3d"}
+_CONV = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d"}
+_CONV |= {"conv_transpose3d"}
+_BN = {"batch_norm", "_native_batch_norm_legit_no_training"}
+_TUPLE_OUT = {"max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d"}
+_TUPLE_OUT |= {"adaptive_max_pool2d", "native_dropout", "_native_batch_norm_legit_no_training"}
+
+
+class _Square:
+    """``x * x`` (or ``x ** 2``) of a hidden tensor, kept only to feed a row statistic."""
+
+    def __init__(self, x: Info):
+        self.x = x
+
+
+class _RowStat:
+    """A per-row statistic of a hidden tensor over its feature axis (RMSNorm's ``mean(x^2)``
+    and elementwise functions of it): unchanged when ``x`` is moved by an orthogonal matrix."""
+
+    def __init__(self, x: Info, family: str):
+        self.x, self.family = x, family
+
+
+class _Frozen(Exception):
+    """Raised by a rule that cannot handle a node: its hidden inputs are frozen instead."""
+
+
+class AtenRunner(fx.Interpreter):
+    """Interprets an exported graph and applies the symmetry rules to every node."""
+
+    def __init__(self, gm: fx.GraphModule, an: Rules, model: nn.Module):
+        super().__init__(gm)
+        self.an = an
+        self.model = model
+        self.infos: dict[fx.Node, Any] = {}
+        self.squares = _squares_for_row_stats(gm.graph)
+        an.cast_to = _lowest_cast(gm.graph)
+        self.regions: Regions = find_regions(gm.graph, exclude=self.squares)
+        self._groups: dict[tuple, IntertwinerGroup] = {}
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        self.an.current_use = n.name
+        try:
+            self.infos[n] = self.rule(n, value)
+        except (_Frozen, UnsupportedModuleError) as e:
+            self.give_up(n, str(e))
+            self.infos[n] = None
+        return value
+
+    def info(self, a: Any) -> Any:
+        return self.infos.get(a) if isinstance(a, fx.Node) else None
+
+    def val(self, a: Any) -> Any:
+        return self.env[a] if isinstance(a, fx.Node) else a
+
+    def where(self, n: fx.Node) -> str:
+        stack = n.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        return f"{path or '<model>'} ({n.name})"
+
+    def nested(self, n: fx.Node) -> list[Info]:
+        found: list[Info] = []
+
+        def walk(a: Any) -> None:
+            if isinstance(a, fx.Node):
+                i = self.infos.get(a)
+                for j in i if isinstance(i, tuple) else (i,):
+                    if isinstance(j, Info):
+                        found.append(j)
+            elif isinstance(a, (list, tuple)):
+                for b in a:
+                    walk(b)
+            elif isinstance(a, dict):
+                for b in a.values():
+                    walk(b)
+
+        walk(n.args)
+        walk(n.kwargs)
+        return found
+
+    def give_up(self, n: fx.Node, why: str) -> None:
+        """Freeze every hidden space ``n`` reads: the op is not understood (sound: a frozen space
+        is never transformed, so the op sees its original inputs)."""
+        reason = f"{op_name(n)} in {self.where(n)}: {why}"
+        for info in self.nested(n):
+            self.an.unify(info, None, reason)
+
+    def frozen(self, what: str) -> _Frozen:
+        return _Frozen(what)
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def rule(self, n: fx.Node, value: Any) -> Any:  # noqa: C901 (a dispatch table)
+        if n.op == "placeholder":
+            return None
+        if n.op == "get_attr":
+            return ParamRef(str(n.target))
+        if n.op == "output":
+            for info in self.nested(n):
+                self.an.unify(info, None, "the model output")
+            return None
+        if n.op != "call_function":
+            return None
+        if n.target is operator.getitem:
+            base = self.info(n.args[0])
+            return base[n.args[1]] if isinstance(base, tuple) else None
+        name = op_name(n)
+        if n in self.squares:
+            x = self.info(n.args[0])
+            return _Square(x) if isinstance(x, Info) else None
+        if n in self.regions.region_of:
+            return self.region(n, name)
+        args = [self.info(a) for a in n.args]
+        tracked = self.nested(n) + [a for a in args if isinstance(a, (_Square, _RowStat))]
+        if name in _NO_FEATURES:
+            return None
+        if name == "embedding":
+            return self.embedding(n)
+        if name in ("linear", "addmm", "mm", "matmul"):
+            return self.linear(n, name, value)
+        if name in _CONV:
+            return self.conv(n, name)
+        if not tracked:
+            return self.param_passthrough(n, name, value, args)
+        x = args[0] if args and isinstance(args[0], Info) else None
+        x0 = self.val(n.args[0]) if n.args else None
+        ndim = x0.dim() if isinstance(x0, torch.Tensor) else None
+        out = self.structural(n, name, value, args, x, ndim)
+        if name in _TUPLE_OUT and out is not None:
+            return (out, *([None] * (len(value) - 1)))
+        return out
+
+    def structural(self, n, name, value, args, x, ndim) -> Any:  # noqa: C901 (a dispatch table)
+        an, where = self.an, self.where(n)
+        if name in ("cat", "concat", "stack"):
+            return self.concatenate(n, value, stack=name == "stack")
+        if name in ("add", "sub", "rsub"):
+            return self.binary(n, where)
+        if name in ("mul", "div"):
+            return self.product(n, where)
+        if name == "mean" and isinstance(self.info(n.args[0]), _Square):
+            return self.row_stat(n, ndim)
+        if x is None:
+            raise self.frozen("a hidden tensor in a position this rule does not read")
+        if name in _BN:
+            return self.batchnorm(n, x, ndim)
+        if name == "layer_norm":
+            shape, w, b = (list(n.args) + [None, None, None])[1:4]
+            return an.layernorm_named(x, self.pname(w), self.pname(b), len(shape), where=where)
+        if name in _MAXPOOL:
+            return an.maxpool(x, ndim, where, _pool_ndim(name, ndim))
+        if name in _AVGPOOL:
+            an.need_channels(x, ndim, where, _pool_ndim(name, ndim))
+            return x
+        if name in IDENTITY or name == "native_dropout" or name in ("expand", "expand_as"):
+            return self.same_features(x, value, ndim)
+        if name in _RESHAPE:
+            return self.reshape(x, x0_shape(self, n), value.shape, where)
+        if name in ("transpose", "swapaxes"):
+            return self.transpose(x, ndim, n.args[1], n.args[2])
+        if name == "t":
+            return self.transpose(x, ndim, 0, 1)
+        if name == "permute":
+            return self.permute(x, ndim, n.args[1])
+        if name == "unsqueeze":
+            pos, d = x.dim + ndim, n.args[1] % (ndim + 1)
+            return x.moved(dim=x.dim - 1 if d > pos else x.dim)
+        if name == "squeeze":
+            return self.reshape(x, x0_shape(self, n), value.shape, where)
+        if name in ("slice", "select", "narrow"):
+            return self.slice(n, name, x, ndim, value)
+        if name in ("mean", "sum", "amax", "amin"):
+            return self.reduce(n, x, ndim, value)
+        if name in ("split", "split_with_sizes", "chunk", "unbind"):
+            return self.split(n, x, ndim, value)
+        raise self.frozen("an op the symmetry tracer has no rule for")
+
+    # -- parameters ----------------------------------------------------------------------------
+    def pname(self, a: Any) -> str | None:
+        """The parameter/buffer name behind an argument (None when absent)."""
+        if a is None:
+            return None
+        info = self.info(a)
+        if isinstance(info, ParamRef):
+            return info.name
+        raise self.frozen("a weight that is computed, not a parameter (weight_norm, ...)")
+
+    def param_passthrough(self, n, name, value, args) -> Any:
+        """Views and casts of a parameter keep it a parameter if its last dim is untouched."""
+        if not args or not isinstance(args[0], ParamRef) or not isinstance(value, torch.Tensor):
+            return None
+        keeps = name in IDENTITY | {"expand", "expand_as", "unsqueeze", "slice", "select"}
+        t = self.an.params.get(args[0].name, self.an.buffers.get(args[0].name))
+        if not keeps or t is None or t.dim() == 0 or value.dim() == 0:
+            return None
+        if value.shape[-1] != t.shape[-1] or value.dim() < t.dim():
+            return None
+        if name in ("slice", "select") and n.args[1] % t.dim() == t.dim() - 1:
+            return None
+        return args[0]
+
+    # -- module-like rules ----------------------------------------------------------------------
+    def embedding(self, n: fx.Node) -> Info:
+        weight = self.pname(n.args[0])
+        out = self.an.writer(self.where(n), self.an.shape_of(weight)[1])
+        self.an.act(out, weight, 1, "out")
+        return out
+
+    def linear(self, n: fx.Node, name: str, value: Any) -> Info | None:
+        if name == "linear":
+            x_node, w_node = n.args[0], n.args[1]
+            b_node = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
+            out_axis = 0
+        elif name == "addmm":
+            b_node, x_node, w_node = n.args[0], n.args[1], n.args[2]
+            out_axis = 1
+        else:
+            x_node, w_node, b_node, out_axis = n.args[0], n.args[1], None, 1
+        if not isinstance(self.info(w_node), ParamRef):
+            raise self.frozen("a product of two computed tensors (attention scores, ...)")
+        weight, bias = self.pname(w_node), self.pname(b_node)
+        shape = self.an.shape_of(weight)
+        if len(shape) != 2:
+            raise self.frozen(f"a product with a {len(shape)}-d parameter")
+        x = self.info(x_node)
+        mode = "P" if self.bn_users(n) else "A"
+        return self.an.linear_named(
+            x if isinstance(x, Info) else None,
+            weight,
+            bias,
+            shape[out_axis],
+            shape[1 - out_axis],
+            mode,
+            where=_module_path(n) or n.name,
+            out_axis=out_axis,
+        )
+
+    def conv(self, n: fx.Node, name: str) -> Info:
+        args = list(n.args)
+        x, weight = self.info(args[0]), self.pname(args[1])
+        bias = self.pname(args[2]) if len(args) > 2 else None
+        if name == "convolution":
+            transposed, groups = bool(args[6]), int(args[8])
+        else:
+            transposed = name.startswith("conv_transpose")
+            groups = int(args[6]) if len(args) > 6 else 1  # conv{k}d and conv_transpose{k}d
+        shape = self.an.shape_of(weight)
+        out_ch = shape[1] * groups if transposed else shape[0]
+        ndim = self.val(args[0]).dim()
+        if groups > 1 and not transposed and groups == out_ch and shape[1] == 1:
+            return self.depthwise(n, x, weight, bias, ndim)
+        return self.an.conv_named(
+            x if isinstance(x, Info) else None,
+            weight,
+            bias,
+            out_ch,
+            groups,
+            ndim,
+            "P" if self.bn_users(n) else "A",
+            where=_module_path(n) or n.name,
+            transposed=transposed,
+        )
+
+    def depthwise(self, n: fx.Node, x: Any, weight: str, bias: str | None, ndim: int) -> Any:
+        """A depthwise convolution filters each channel on its own: like a per-channel affine map
+        it passes a monomial element through (filters permuted, the bias moved like the input)."""
+        if not isinstance(x, Info):
+            return None
+        where = _module_path(n) or n.name
+        self.an.need_channels(x, ndim, where)
+        for part in self.an.parts(x):
+            self.an.restrict_matrix(part, "monomial", f"depthwise convolution {where!r}")
+        self.an.act(x, weight, 0, "P")
+        if bias is not None:
+            self.an.act(x, bias, 0, "out")
+        return x
+
+    def bn_users(self, n: fx.Node) -> bool:
+        users = list(n.users)
+        return bool(users) and all(
+            u.op == "call_function" and op_name(u) in _BN and u.args[1] is not None for u in users
+        )
+
+    def batchnorm(self, n: fx.Node, x: Info, ndim: int) -> Info:
+        w, b, rm, rv = (list(n.args) + [None] * 5)[1:5]
+        names = {
+            "weight": self.pname(w),
+            "bias": self.pname(b),
+            "running_mean": self.pname(rm),
+            "running_var": self.pname(rv),
+        }
+        if op_name(n) == "batch_norm" and bool(n.args[5]):
+            raise self.frozen("BatchNorm in training mode (batch statistics)")
+        return self.an.batchnorm_named(
+            x,
+            names,
+            ndim,
+            affine=w is not None and b is not None,
+            stats=rm is not None,
+            where=_module_path(n) or n.name,
+        )
+
+    # -- elementwise regions --------------------------------------------------------------------
+    def region(self, n: fx.Node, name: str) -> Info | None:
+        if self.regions.interior(n):
+            return None
+        reg = self.regions.region_of[n]
+        x = self.info(reg.root)
+        if isinstance(x, _RowStat):
+            return x  # a function of a row statistic is one too
+        if isinstance(x, ParamRef) or not isinstance(x, Info):
+            return None
+        within = ancestors_within(n, set(reg.nodes))
+        nodes = [m for m in reg.nodes if m in within]
+        if all(op_name(m) in IDENTITY for m in nodes):
+            return x
+        group = self.region_group(reg, n, nodes)
+        if group.family.name == "general_linear" and group.phi_kind == "identity":
+            return x  # a linear function (a scalar multiple): commutes with every matrix
+        ops = [m for m in nodes if op_name(m) not in IDENTITY] or nodes
+        return self.an.activation(self.activation_name(ops[-1], ops), group, x)
+
+    def region_group(self, reg, n: fx.Node, nodes: list[fx.Node]) -> IntertwinerGroup:
+        key = reg.signature(n)
+        if key in self._groups:
+            return self._groups[key]
+        ops = [m for m in nodes if op_name(m) not in IDENTITY]
+        group = None
+        if len(ops) == 1 and ops[0].args and ops[0].args[0] is not None:
+            fn = getattr(torch.nn.functional, op_name(ops[0]), None) or getattr(
+                torch, op_name(ops[0]), None
+            )
+            if fn is not None and op_name(ops[0]) not in ("add", "sub", "mul", "div", "pow"):
+                try:
+                    group = activation_group(
+                        fn, ops[0].args[1:], ops[0].kwargs, self.where(n), method=False
+                    )
+                except IntertwinerError:
+                    group = None
+        if group is None:
+            label = _module_type(n) or op_name(n)
+            try:
+                found = discover(_named(reg.function(n), label))
+            except IntertwinerError as e:
+                why = f"an elementwise function without an intertwiner group ({e})"
+                raise self.frozen(why) from e
+            group = IntertwinerGroup(found.family, found.phi_kind, f"G_{label}", found.evidence)
+        self._groups[key] = group
+        return group
+
+    def activation_name(self, n: fx.Node, nodes: list[fx.Node]) -> str:
+        """The activation module's name when every op of the region ran inside one parameter-free
+        module (``h.0.mlp.act``); else the graph node's name."""
+        paths = {_module_path(m) for m in nodes}
+        if len(paths) == 1:
+            path = paths.pop()
+            if path:
+                try:
+                    mod = self.model.get_submodule(path)
+                except AttributeError:
+                    return n.name
+                if not any(True for _ in mod.parameters()):
+                    return path
+        return n.name
+
+    # -- shapes -------------------------------------------------------------------------------
+    def same_features(self, x: Info, value: Any, ndim: int | None) -> Info:
+        out = value[0] if isinstance(value, (tuple, list)) else value
+        if (
+            ndim is not None
+            and isinstance(out, torch.Tensor)
+            and out.shape[x.dim] != (x.n * x.outer * x.inner)
+        ):
+            raise self.frozen("an op that changes the size of the feature axis")
+        return x
+
+    def reshape(self, x: Info, s_in, s_out, where: str) -> Info:
+        s_in, s_out = list(s_in), list(s_out)
+        pos = x.dim + len(s_in)
+        after = 1
+        for v in s_in[pos + 1 :]:
+            after *= v
+        st = x.inner * after
+        span = x.n * st
+        cands = []
+        for d in range(len(s_out)):
+            p = 1
+            for v in s_out[d + 1 :]:
+                p *= v
+            big = p * s_out[d]
+            if st % p == 0 and big % span == 0:
+                cands.append((s_out[d] == 1, d, p, big))
+        if not cands:
+            raise self.frozen("a reshape that splits the feature axis over several dims")
+        _, d, p, big = min(cands)
+        return x.moved(dim=d - len(s_out), inner=st // p, outer=big // span)
+
+    def transpose(self, x: Info, ndim: int, a: int, b: int) -> Info:
+        pos = x.dim + ndim
+        a, b = a % ndim, b % ndim
+        new = b if pos == a else a if pos == b else pos
+        return x.moved(dim=new - ndim)
+
+    def permute(self, x: Info, ndim: int, dims) -> Info:
+        pos = x.dim + ndim
+        dims = [d % ndim for d in dims]
+        return x.moved(dim=dims.index(pos) - ndim)
+
+    def slice(self, n: fx.Node, name: str, x: Info, ndim: int, value: Any) -> Info:
+        pos = x.dim + ndim
+        d = (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)) % ndim
+        if d != pos:
+            return x if name != "select" else x.moved(dim=x.dim + 1 if d > pos else x.dim)
+        if name != "select" and value.shape[d] == self.val(n.args[0]).shape[d]:
+            return x  # a full slice
+        raise self.frozen("slicing the feature axis")
+
+    def reduce(self, n: fx.Node, x: Info, ndim: int, value: Any) -> Info:
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        if dims is None:
+            raise self.frozen("a reduction over all dims")
+        dims = [d % ndim for d in ((dims,) if isinstance(dims, int) else dims)]
+        pos = x.dim + ndim
+        if pos in dims:
+            raise self.frozen("a reduction over the feature axis")
+        if op_name(n) in ("amax", "amin"):
+            for part in self.an.parts(x):
+                self.an.restrict_matrix(part, "positive_monomial", f"max over positions in {n}")
+        keep = value.dim() == ndim
+        new = pos if keep else pos - sum(1 for d in dims if d < pos)
+        return x.moved(dim=new - value.dim())
+
+    def split(self, n: fx.Node, x: Info, ndim: int, value: Any) -> tuple:
+        dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
+        if op_name(n) == "unbind":
+            dim = n.args[1] if len(n.args) > 1 else 0
+        d, pos = dim % ndim, x.dim + ndim
+        if d == pos:
+            raise self.frozen("splitting the feature axis")
+        out = []
+        for v in value:
+            drop = op_name(n) == "unbind"
+            out.append(x.moved(dim=x.dim + 1 if drop and d > pos else x.dim) if v.dim() else None)
+        return tuple(out)
+
+    # -- binary ops ----------------------------------------------------------------------------
+    def binary(self, n: fx.Node, where: str) -> Info:
+        a_node = n.args[0]
+        b_node = n.args[1] if len(n.args) > 1 else n.kwargs.get("other")
+        a, b = self.info(a_node), self.info(b_node)
+        va, vb = self.val(a_node), self.val(b_node)
+        if isinstance(a, Info) and isinstance(b, Info):
+            self.an.unify(a, b, f"residual addition in {where}")
+            return a
+        x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
+        if isinstance(other, ParamRef):
+            self.an.add_param(x, other, f"adding parameter {other.name} in {where}")
+            return x
+        if isinstance(vo, torch.Tensor) and vo.dim() > 0 and vo.numel() > 1:
+            self.an.unify(x, None, f"{where}: added to a tensor computed from the input")
+            return x
+        for part in self.an.parts(x):
+            self.an.restrict_matrix(
+                part, "permutation", f"{where}: a constant is added to every feature"
+            )
+        return x
+
+    def product(self, n: fx.Node, where: str) -> Info:
+        a_node = n.args[0]
+        b_node = n.args[1] if len(n.args) > 1 else n.kwargs.get("other")
+        a, b = self.info(a_node), self.info(b_node)
+        va, vb = self.val(a_node), self.val(b_node)
+        if isinstance(a, Info) and isinstance(b, Info):
+            if op_name(n) == "div":
+                raise self.frozen("dividing by a hidden tensor")
+            return self.gate(a, b, where)
+        if isinstance(a, _RowStat) or isinstance(b, _RowStat):
+            return self.normalise(a, b, where)
+        x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
+        if op_name(n) == "div" and not isinstance(a, Info):
+            raise self.frozen("dividing by a hidden tensor")
+        if not isinstance(vo, torch.Tensor) or vo.numel() == 1:
+            return x  # a number: commutes with every matrix
+        if isinstance(other, ParamRef):
+            return self.scale_by_param(x, other, vo, where)
+        raise self.frozen("a product with a tensor computed from the input")
+
+    def gate(self, a: Info, b: Info, where: str) -> Info:
+        """A product of two hidden tensors: the one whose site has the smaller group is the gate
+        (moved by its permutation only), the other the value (any monomial)."""
+        fam = {id(i): self.an.sites[self.an.find(self.an.parts(i)[0][0])].family for i in (a, b)}
+        gate, value = (a, b) if fam[id(a)].name == "permutation" else (b, a)
+        return self.an.gate(gate, value, f"gated product in {where}")
+
+    def row_stat(self, n: fx.Node, ndim: int) -> _RowStat:
+        """``mean(x^2, dim=-1, keepdim=True)``: invariant under orthogonal maps of ``x``."""
+        x = self.info(n.args[0]).x
+        dims = n.args[1] if len(n.args) > 1 else None
+        dims = [d % ndim for d in ((dims,) if isinstance(dims, int) else (dims or []))]
+        keep = (n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)) is True
+        if dims != [x.dim + ndim] or not keep or x.outer != 1 or x.inner != 1:
+            raise self.frozen("a statistic over the feature axis other than mean(x^2, -1, keepdim)")
+        return _RowStat(x, "orthogonal")
+
+    def normalise(self, a: Any, b: Any, where: str) -> Info:
+        """``x * f(mean(x^2))`` (RMSNorm): ``x`` keeps its space, restricted to the matrices under
+        which the statistic is invariant; the statistic must come from ``x``'s own space."""
+        x, stat = (a, b) if isinstance(b, _RowStat) else (b, a)
+        if not isinstance(x, Info) or self.an.parts(x) != self.an.parts(stat.x):
+            raise self.frozen("normalising a tensor by the statistic of another one")
+        for part in self.an.parts(x):
+            self.an.restrict_matrix(part, stat.family, f"{where}: RMS normalisation over features")
+        return x
+
+    def scale_by_param(self, x: Info, p: ParamRef, vo: torch.Tensor, where: str) -> Info:
+        """``h * w`` with a per-feature parameter ``w`` (layer scale, an RMSNorm weight): only
+        monomial matrices commute with a diagonal map, and ``w`` takes their permutation part."""
+        t = self.an.params.get(p.name, self.an.buffers.get(p.name))
+        pd = t.dim() + x.dim
+        full = x.n * x.outer * x.inner
+        if pd < 0 or t.shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
+            raise self.frozen(f"a product with parameter {p.name} that is not one per feature")
+        for part in self.an.parts(x):
+            self.an.restrict_matrix(part, "monomial", f"{where}: scaled by {p.name} per feature")
+        self.an.act(x, p.name, pd, "P", buffer=p.name not in self.an.params)
+        return x
+
+    def concatenate(self, n: fx.Node, value: Any, stack: bool) -> Info | None:
+        tensors = n.args[0]
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        infos = [self.info(a) for a in tensors]
+        vals = [self.val(a) for a in tensors]
+        if not any(isinstance(i, Info) for i in infos):
+            return None
+        where = self.where(n)
+        ndim = vals[0].dim()
+        first = next(i for i in infos if isinstance(i, Info))
+        pos = first.dim + ndim
+        d = dim % (ndim + 1 if stack else ndim)
+        if stack or d != pos:
+            reason = f"{'stacking' if stack else 'concatenating'} tensors in {where}"
+            for info in infos:
+                if isinstance(info, Info):
+                    if info.dim != first.dim:
+                        raise self.frozen("joining tensors whose feature axes do not line up")
+                    self.an.unify(first, info, reason)
+                elif isinstance(info, ParamRef):
+                    self.an.add_param(first, info, reason)
+                else:
+                    self.an.unify(first, None, f"{reason}: joined with a tensor from the input")
+            new_pos = pos + (1 if stack and d <= pos else 0)
+            return first.moved(dim=new_pos - value.dim())
+        parts, offset = [], 0
+        for info, v in zip(infos, vals, strict=True):
+            if isinstance(info, Info):
+                if info.dim != first.dim or info.outer != 1 or info.inner != 1:
+                    raise self.frozen("concatenating flattened feature axes")
+                for sid, mode, ch in info.parts:
+                    chans = range(info.n) if ch is None else ch
+                    parts.append((sid, mode, tuple(offset + c for c in chans)))
+            offset += v.shape[d]
+        return Info(tuple(parts), offset, first.dim)
+
+
+def _lowest_cast(graph: fx.Graph) -> torch.dtype | None:
+    """The least precise floating dtype the graph casts to explicitly (LLaMA's RMSNorm computes
+    in float32 whatever the model's dtype), or None."""
+    casts = []
+    for n in graph.nodes:
+        if n.op == "call_function" and op_name(n) in ("to", "_to_copy"):
+            for a in (*n.args[1:], *n.kwargs.values()):
+                if isinstance(a, torch.dtype) and a.is_floating_point:
+                    casts.append(a)
+    return max(casts, key=lambda d: torch.finfo(d).eps) if casts else None
+
+
+def _squares_for_row_stats(graph: fx.Graph) -> set[fx.Node]:
+    """``pow(x, 2)`` / ``mul(x, x)`` nodes read only by a ``mean`` (RMSNorm's statistic): they must
+    not be taken for an activation ``x^2``."""
+    out = set()
+    for n in graph.nodes:
+        if n.op != "call_function" or op_name(n) not in ("pow", "mul", "square"):
+            continue
+        a = n.args
+        square = (
+            (op_name(n) == "pow" and len(a) > 1 and a[1] == 2)
+            or (op_name(n) == "mul" and len(a) > 1 and a[0] is a[1])
+            or op_name(n) == "square"
+        )
+        if square and n.users and all(op_name(u) == "mean" for u in n.users):
+            out.add(n)
+    return out
+
+
+def x0_shape(runner: AtenRunner, n: fx.Node) -> torch.Size:
+    return runner.val(n.args[0]).shape
+
+
+def _pool_ndim(name: str, ndim: int) -> int:
+    for k in (1, 2, 3):
+        if f"{k}d" in name:
+            return k + 2
+    return ndim
+
+
+def _module_path(n: fx.Node) -> str:
+    stack = n.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _module_type(n: fx.Node) -> str:
+    stack = n.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    t = list(stack.values())[-1][1]
+    name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    return name.rsplit(".", 1)[-1]
+
+
+def _named(fn, name: str):
+    fn.__name__ = name
+    return fn
