@@ -75,7 +75,7 @@ def _header(path: Path) -> bytes:
 def _foreign(path: Path, why: str) -> ForeignStoreError:
     return ForeignStoreError(
         f"{path} is not an intertwiner results store ({why}); nothing was written to it. Point "
-        "the command at a run folder made by `intertwiner reproduce`, or move that file away."
+        "the command at a run folder made by `intertwiner reproduce`, or move the file away."
     )
 
 
