@@ -327,3 +327,21 @@ def test_a_moved_run_folder_reports_and_resumes(test_run, tmp_path):
     }  # recomputed from the moved checkpoints, bit for bit (same threads, same process)
     assert "Preset <b>test</b>" in (moved / "report.html").read_text()
     assert set(Store(moved).keys()) == {config_key(r.config) for r in Store(original).rows()}
+
+
+# -- determinism as the README states it ---------------------------------------------------------
+def _timeless(store: Store) -> dict:
+    return {
+        r.key: {n: v for n, v in r.metrics.items() if "seconds" not in n and "time" not in n}
+        for r in store.rows()
+    }
+
+
+def test_same_threads_give_bit_identical_rows(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        pipeline.reproduce(tmp_path / name, preset="test", workers=1, progress=False, report=False,
+                           executor_options={"threads_per_worker": 1})  # fmt: skip
+        runs.append(_timeless(Store(tmp_path / name)))
+        assert Store(tmp_path / name).meta()["run"]["executor"]["threads"] == 1
+    assert runs[0] == runs[1] and runs[0]  # exact equality of every number, not a tolerance
