@@ -47,6 +47,11 @@ def _normalise(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
+def _short(value: Any, limit: int = 100) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def differences(old: Any, new: Any, where: str = "") -> list[str]:
     """Readable ``path: old -> new`` lines for every leaf where ``old`` and ``new`` differ."""
     old, new = _normalise(old), _normalise(new)
@@ -55,14 +60,14 @@ def differences(old: Any, new: Any, where: str = "") -> list[str]:
         for k in sorted(old.keys() | new.keys()):
             sub = f"{where}.{k}" if where else str(k)
             if k not in new:
-                out.append(f"{sub}: {json.dumps(old[k])} -> (absent)")
+                out.append(f"{sub}: {_short(old[k])} -> (absent)")
             elif k not in old:
-                out.append(f"{sub}: (absent) -> {json.dumps(new[k])}")
+                out.append(f"{sub}: (absent) -> {_short(new[k])}")
             else:
                 out += differences(old[k], new[k], sub)
         return out
     if old != new:
-        return [f"{where or 'value'}: {json.dumps(old)} -> {json.dumps(new)}"]
+        return [f"{where or 'value'}: {_short(old)} -> {_short(new)}"]
     return []
 
 
@@ -89,8 +94,8 @@ def conflicts(folder: Path, ident: dict, plan_keys: set[str]) -> list[str]:
         return []
     store = Store(folder, readonly=True)
     old = recorded_identity(store.meta())
-    if old is not None:
-        return differences(old, ident)
+    if old is not None:  # the preset first: it explains most of the rest
+        return [d for k in ("preset", "data", "config") for d in differences(old[k], ident[k], k)]
     foreign = store.keys() - plan_keys
     if foreign:
         return [
