@@ -44,6 +44,7 @@ def test_failures_are_captured_not_raised():
 
 
 def test_slurm_via_submitit_local_executors(reference, tmp_path):
+    pytest.importorskip("submitit")  # the [slurm] extra
     # "debug" runs in-process, "local" in subprocesses (slower: two jobs are enough there).
     for cluster, configs in (("debug", CONFIGS), ("local", CONFIGS[:2])):
         ex = get_executor("slurm", folder=tmp_path / cluster, cluster=cluster, time_min=5)
