@@ -164,6 +164,18 @@ def test_lock_excludes_within_one_process_and_is_released(tmp_path):
         pass
 
 
+def test_a_file_system_without_locks_is_refused_not_run_unlocked(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(RunLockedError, match="does not support file locks"):
+        RunLock(tmp_path).acquire()
+
+
 def test_a_lock_file_left_by_a_dead_process_does_not_block(probe, tmp_path):
     (tmp_path / runfolder.LOCK_NAME).write_text(json.dumps({"pid": 2**22 + 1, "host": "gone"}))
     assert _run(tmp_path)["rows"] == 2

@@ -165,19 +165,30 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock or raise RunLockedError naming the holder; never waits."""
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # no POSIX locks (Windows): refuse rather than run unlocked
+            raise RunLockedError(
+                "reproduce locks its run folder with POSIX file locks (fcntl), which this "
+                "platform lacks; run it on Linux or macOS (or WSL)"
+            ) from None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(fd)
             raise RunLockedError(
                 f"{self.path.parent} is being written by another reproduce run "
                 f"({_holder(self.path)}); wait for it to finish or stop that process. "
                 f"The lock is released when that process exits, even if it is killed."
             ) from None
+        except OSError as e:
+            os.close(fd)
+            raise RunLockedError(
+                f"cannot lock {self.path} ({e}); its file system does not support file locks. "
+                "Put the run folder on a local disk."
+            ) from e
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
