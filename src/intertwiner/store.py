@@ -106,10 +106,15 @@ def identify(path: str | os.PathLike) -> str:
     head = _header(path)
     if not head.startswith(_SQLITE_MAGIC):
         raise _foreign(path, "not an SQLite database")
-    try:
-        app_id, version, names = _inspect(path, wal=head[18:20] == b"\x02\x02")
-    except sqlite3.DatabaseError as e:
-        raise _foreign(path, f"unreadable: {e}") from e
+    if int.from_bytes(head[68:72], "big") == APPLICATION_ID:
+        # Our marks are written before WAL, so the header alone is reliable (and needs no
+        # connection, which matters while other processes write).
+        app_id, version, names = APPLICATION_ID, int.from_bytes(head[60:64], "big"), _TABLES
+    else:
+        try:
+            app_id, version, names = _inspect(path, wal=head[18:20] == b"\x02\x02")
+        except sqlite3.DatabaseError as e:
+            raise _foreign(path, f"unreadable: {e}") from e
     names = {n for n in names if not n.startswith("sqlite_")}
     if app_id == APPLICATION_ID:
         if version > SCHEMA_VERSION:

@@ -89,6 +89,19 @@ def test_new_run_goes_beside_and_resumes_there(probe, tmp_path, monkeypatch):
     assert meta["identity"]["config"]["seeds"] == 3 and meta["identity"]["library_version"]
 
 
+def test_resuming_with_another_library_version_warns_and_keeps_the_recorded_one(
+    probe, tmp_path, monkeypatch
+):
+    _run(tmp_path)
+    created_with = Store(tmp_path).meta()["identity"]["library_version"]
+    monkeypatch.setattr(runfolder, "__version__", "99.0")
+    summary = _run(tmp_path)
+    assert any(f"created with intertwiner {created_with}" in w for w in summary["warnings"])
+    assert Store(tmp_path).meta()["identity"]["library_version"] == created_with
+    res = CliRunner().invoke(app, ["reproduce", "--out", str(tmp_path), "--preset", "test", "-q"])
+    assert res.exit_code == 0 and "warning: this run was created with" in res.stderr
+
+
 def test_a_legacy_folder_of_another_preset_is_refused(probe, tmp_path):
     legacy = Store(tmp_path)  # written before identities: only the old "run" entry
     legacy.set_meta("run", {"preset": "quick", "preset_config": PRESETS["quick"], "data": None,
