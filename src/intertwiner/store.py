@@ -207,8 +207,6 @@ class Store:
             self.folder.mkdir(parents=True, exist_ok=True)
             if kind != "ours":
                 self._initialise()
-        except ForeignStoreError:
-            raise
         except sqlite3.DatabaseError as e:
             raise StoreError(
                 f"cannot open results store {self.path}: {e}; move the file away to start afresh"
