@@ -52,6 +52,30 @@ def _atomic_write(path: Path, payload: bytes) -> None:
         raise
 
 
+def _is_temporary(path: Path) -> bool:
+    """A temporary of ``_atomic_write``: ``.NAME.safetensors.RANDOM.tmp`` or ``.NAME.json.RANDOM.tmp``."""
+    name = path.name
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    return ".safetensors." in name or ".json." in name
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries that interrupted ``save`` calls left under ``folder``; returns them.
+
+    Only safe while nothing saves into ``folder`` (the pipeline calls it under its run lock).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.rglob(".*.tmp")):
+        if path.is_file() and _is_temporary(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def _sites_signature(model: nn.Module) -> list[tuple[str, str, str]]:
     from intertwiner.models import sites
 
@@ -199,4 +223,4 @@ def is_valid(path: str | Path) -> bool:
     return True
 
 
-__all__ = ["FORMAT", "is_valid", "load", "read_metadata", "save", "sidecar"]
+__all__ = ["FORMAT", "is_valid", "load", "read_metadata", "remove_temporaries", "save", "sidecar"]

@@ -253,9 +253,19 @@ def reproduce(
     partition: str | None = typer.Option(None, help="SLURM partition."),
     time_min: int = typer.Option(60, "--time-min", help="SLURM time limit per job, minutes."),
     gpus: int = typer.Option(0, help="GPUs per job (slurm/ray)."),
+    new_run: bool = typer.Option(
+        False,
+        "--new-run",
+        help="If OUT holds a run of another preset/configuration, write to OUT-2 (OUT-3, ...) "
+        "beside it instead of refusing.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Run every experiment of a preset, store the results and write OUT/report.html."""
+    """Run every experiment of a preset, store the results and write OUT/report.html.
+
+    OUT holds one run: a different preset or configuration there is refused (see --new-run), and
+    a second process writing to OUT is refused while the first one lives.
+    """
     from intertwiner.errors import IntertwinerError
     from intertwiner.experiments.pipeline import reproduce as run
 
@@ -274,10 +284,20 @@ def reproduce(
             workers=workers,
             progress=not quiet,
             executor_options=opts,
+            new_run=new_run,
         )
-    except (IntertwinerError, ValueError) as e:  # bad preset / data folder / executor
+    except (IntertwinerError, ValueError) as e:  # bad option / data / folder held by another run
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    _print_summary(summary)
+    if summary["first_failure"]:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: dict) -> None:
+    """Per-stage status lines, warnings, and the first failed job's error on stderr."""
+    for w in summary.get("warnings", []):
+        typer.echo(f"warning: {w}", err=True)
     failed = 0
     for st in summary["stages"]:
         n_failed = len(st.get("failed", []))
@@ -285,10 +305,17 @@ def reproduce(
         extra = f", {n_failed} failed" if n_failed else ""
         notes = "; ".join(st.get("notes", []))
         typer.echo(f"{st['stage']:>10}: {st['status']} ({st['jobs']} jobs{extra}) {notes}".rstrip())
+    out = summary["out"]
     typer.echo(f"{summary['rows']} rows in {out}/results.sqlite; {summary['seconds']:.0f} s")
     typer.echo(f"report: {summary.get('report')}")
-    if failed:
-        raise typer.Exit(1)
+    first = summary.get("first_failure")
+    if first:
+        cfg = json.dumps(first["config"], sort_keys=True)
+        typer.echo(
+            f"error: {failed} job(s) failed. First failure, stage {first['stage']}, job "
+            f"{cfg[:300]}:\n{first['error']}\nRerun the same command to retry the failed jobs.",
+            err=True,
+        )
 
 
 @app.command()
@@ -308,11 +335,11 @@ def results(
     if fmt not in ("csv", "json"):
         raise typer.BadParameter("--format must be csv or json")
     try:
-        store = open_existing(run_dir)
+        store = open_existing(run_dir)  # read-only; refuses a file that is not ours
+        text = store.to_csv(kind) if fmt == "csv" else store.to_json(kind)
     except IntertwinerError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    text = store.to_csv(kind) if fmt == "csv" else store.to_json(kind)
     if output:
         with open(output, "w", encoding="utf-8") as fh:
             fh.write(text)

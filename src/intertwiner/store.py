@@ -5,6 +5,14 @@ job is ``sha256`` of its canonical JSON config (sorted keys, no whitespace), so 
 always maps to the same row, and ``INSERT OR IGNORE`` makes re-running a finished job a no-op.
 WAL mode plus a busy timeout lets several worker processes write at the same time without
 corrupting the file; every write is one short transaction.
+
+The file is marked as ours: ``PRAGMA application_id`` is :data:`APPLICATION_ID` and
+``PRAGMA user_version`` the schema version :data:`SCHEMA_VERSION`, both written before the file
+switches to WAL so they sit in the main file's header. Opening a file that is not ours (another
+program's database, a newer schema, not a database at all) raises :class:`ForeignStoreError` and
+writes nothing; stores written before the marks existed (tables ``results`` and ``meta`` only) are
+recognised and marked on their next writable open. ``Store(folder, readonly=True)`` (what
+:func:`open_existing` returns) opens with ``mode=ro`` and never writes.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ from intertwiner._version import __version__
 from intertwiner.errors import IntertwinerError
 
 DB_NAME = "results.sqlite"
+APPLICATION_ID = 0x49545752  # "ITWR": PRAGMA application_id of every intertwiner results store
+SCHEMA_VERSION = 1  # PRAGMA user_version; bump (with a migration) when the tables change
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_TABLES = {"results", "meta"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -48,6 +60,76 @@ CREATE TABLE IF NOT EXISTS meta (
 
 class StoreError(IntertwinerError, ValueError):
     """A results store that cannot be opened or a row that cannot be stored (e.g. not JSON-able)."""
+
+
+class ForeignStoreError(StoreError):
+    """A ``results.sqlite`` that intertwiner did not write (or a newer schema): left untouched."""
+
+
+def _header(path: Path) -> bytes:
+    """The first 100 bytes of ``path`` (the SQLite header), read without SQLite (writes nothing)."""
+    with open(path, "rb") as fh:
+        return fh.read(100)
+
+
+def _foreign(path: Path, why: str) -> ForeignStoreError:
+    return ForeignStoreError(
+        f"{path} is not an intertwiner results store ({why}); nothing was written to it. Point "
+        "the command at a run folder made by `intertwiner reproduce`, or move the file away."
+    )
+
+
+def _inspect(path: Path, wal: bool) -> tuple[int, int, set[str]]:
+    """(application_id, user_version, table names) read through a read-only connection.
+
+    A file in WAL mode is opened ``immutable`` so that SQLite creates no ``-wal``/``-shm`` files
+    next to a database that may not be ours; our own files get their marks before switching to WAL.
+    """
+    uri = f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if wal else "")
+    con = sqlite3.connect(uri, uri=True, timeout=60.0)
+    try:
+        app_id = con.execute("PRAGMA application_id").fetchone()[0]
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        names = {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        con.close()
+    return app_id, version, names
+
+
+def identify(path: str | os.PathLike) -> str:
+    """What ``path`` is: ``"new"`` (absent or empty), ``"ours"``, or ``"legacy"`` (our tables,
+    written before stores were marked). Raises ForeignStoreError for anything else; writes nothing.
+    """
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return "new"
+    head = _header(path)
+    if not head.startswith(_SQLITE_MAGIC):
+        raise _foreign(path, "not an SQLite database")
+    if int.from_bytes(head[68:72], "big") == APPLICATION_ID:
+        # Our marks are written before WAL, so the header alone is reliable (and needs no
+        # connection, which matters while other processes write).
+        app_id, version, names = APPLICATION_ID, int.from_bytes(head[60:64], "big"), _TABLES
+    else:
+        try:
+            app_id, version, names = _inspect(path, wal=head[18:20] == b"\x02\x02")
+        except sqlite3.DatabaseError as e:
+            raise _foreign(path, f"unreadable: {e}") from e
+    names = {n for n in names if not n.startswith("sqlite_")}
+    if app_id == APPLICATION_ID:
+        if version > SCHEMA_VERSION:
+            raise ForeignStoreError(
+                f"{path} has schema version {version}, newer than this intertwiner's "
+                f"{SCHEMA_VERSION}; upgrade intertwiner to read it"
+            )
+        return "ours"
+    if app_id != 0:
+        raise _foreign(path, f"application_id {app_id:#x}, ours is {APPLICATION_ID:#x}")
+    if not names:
+        return "new"
+    if names == _TABLES:
+        return "legacy"
+    raise _foreign(path, f"tables {sorted(names)}, ours are {sorted(_TABLES)}")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -105,21 +187,50 @@ class Store:
     """The results store of one run folder. Cheap to open; safe to use from many processes.
 
     Each method opens its own short-lived connection, so a Store can be pickled to worker
-    processes and used there.
+    processes and used there. ``readonly=True`` needs an existing store, opens it with SQLite's
+    ``mode=ro`` and refuses ``put``/``set_meta``.
     """
 
-    def __init__(self, folder: str | os.PathLike, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, *, timeout: float = 60.0, readonly: bool = False
+    ) -> None:
         self.folder = Path(folder)
         self.path = self.folder / DB_NAME
         self.timeout = float(timeout)
+        self.readonly = bool(readonly)
         try:
+            kind = identify(self.path)
+            if self.readonly:
+                if kind == "new":
+                    raise StoreError(f"{self.path} is empty; it holds no results yet")
+                return
             self.folder.mkdir(parents=True, exist_ok=True)
-            with self._connect() as con:
-                con.executescript(_SCHEMA)
+            if kind != "ours":
+                self._initialise()
         except sqlite3.DatabaseError as e:
             raise StoreError(
                 f"cannot open results store {self.path}: {e}; move the file away to start afresh"
             ) from e
+
+    def _initialise(self) -> None:
+        """Create the tables and mark the file, all in one transaction, then switch to WAL.
+
+        The marks go in before WAL so that they live in the main file's header; on a store that
+        is already in WAL mode (written before the marks existed) a checkpoint moves them there.
+        """
+        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            con.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                con.execute(statement)
+            con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            con.execute("COMMIT")
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            con.close()
 
     @property
     def checkpoints(self) -> Path:
@@ -127,6 +238,11 @@ class Store:
         return self.folder / "checkpoints"
 
     def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            con = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            return con
         con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         # WAL: readers never block writers; synchronous=NORMAL is durable across process kills.
@@ -135,6 +251,10 @@ class Store:
         return con
 
     # -- writing ------------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only; open Store(folder) to write")
+
     def put(
         self,
         kind: str,
@@ -145,6 +265,7 @@ class Store:
         seconds: float | None = None,
     ) -> bool:
         """Store one finished job; returns False (and changes nothing) if its key is present."""
+        self._writable()
         key = config_key(config)
         row = (
             key,
@@ -165,6 +286,7 @@ class Store:
 
     def set_meta(self, name: str, value: Any) -> None:
         """Store run-level metadata (the preset, data, executor, ...); later values replace."""
+        self._writable()
         con = self._connect()
         try:
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, canonical_json(value)))
@@ -173,6 +295,7 @@ class Store:
 
     # -- reading ------------------------------------------------------------------------------
     def meta(self) -> dict:
+        """Every run-level metadata entry, by name."""
         con = self._connect()
         try:
             return {n: json.loads(v) for n, v in con.execute("SELECT name, value FROM meta")}
@@ -274,7 +397,8 @@ def rows_to_csv(flat: Iterable[dict]) -> str:
 
 
 def open_existing(folder: str | os.PathLike) -> Store:
-    """Open the store of an existing run folder, or raise DataNotFoundError saying what to run."""
+    """Open the store of an existing run folder read-only (writes nothing, refuses a foreign file),
+    or raise DataNotFoundError saying what to run."""
     from intertwiner.errors import DataNotFoundError
 
     path = Path(folder) / DB_NAME
@@ -282,4 +406,4 @@ def open_existing(folder: str | os.PathLike) -> Store:
         raise DataNotFoundError(
             f"no results store at {path}; run `intertwiner reproduce --out {folder}` first"
         )
-    return Store(folder)
+    return Store(folder, readonly=True)

@@ -6,7 +6,7 @@ import pytest
 
 from intertwiner.experiments import group_table
 from intertwiner.runners import ExecutorError, get_executor
-from intertwiner.runners.probe import failing_probe_job, probe_job
+from intertwiner.runners.probe import failing_probe_job, probe_job, thread_count_job
 
 CONFIGS = [{"seed": s} for s in range(5)]
 
@@ -44,6 +44,7 @@ def test_failures_are_captured_not_raised():
 
 
 def test_slurm_via_submitit_local_executors(reference, tmp_path):
+    pytest.importorskip("submitit")  # the [slurm] extra
     # "debug" runs in-process, "local" in subprocesses (slower: two jobs are enough there).
     for cluster, configs in (("debug", CONFIGS), ("local", CONFIGS[:2])):
         ex = get_executor("slurm", folder=tmp_path / cluster, cluster=cluster, time_min=5)
@@ -67,3 +68,20 @@ def test_ray_local_cluster(reference):
 def test_unknown_executor():
     with pytest.raises(ExecutorError, match="local, ray, slurm"):
         get_executor("kubernetes")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jobs_run_with_the_thread_count_that_describe_reports(workers):
+    import torch
+
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1  # differs from this process's count, so the test can fail
+    ex = get_executor("local", workers=workers, threads_per_worker=want)
+    rows = _values(_rows(ex, thread_count_job, CONFIGS[:3]))
+    assert {r["threads"] for r in rows.values()} == {ex.describe()["threads"]} == {want}
+    assert torch.get_num_threads() == before  # running in-process restores this process's count
+    in_process = get_executor("local", workers=1)
+    assert in_process.describe()["threads"] == torch.get_num_threads()
+    assert {r["threads"] for r in _values(_rows(in_process, thread_count_job)).values()} == {
+        torch.get_num_threads()
+    }

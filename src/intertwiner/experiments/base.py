@@ -7,6 +7,7 @@ when the job runs, so a run folder can be moved without changing any job key.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,3 +57,32 @@ def run_dir(config: dict) -> Path:
 def checkpoint_path(config: dict, name: str) -> Path:
     """Where a checkpoint of this run lives: ``RUN/checkpoints/NAME.safetensors``."""
     return run_dir(config) / "checkpoints" / f"{name}.safetensors"
+
+
+def run_relative(config: dict, path: str | os.PathLike) -> str:
+    """``path`` relative to the job's run folder, POSIX style: what rows store, so that a run
+    folder can be moved or shared. A path outside the run folder is returned absolute."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(run_dir(config).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve_stored_path(folder: str | os.PathLike, stored: str) -> Path:
+    """Where a path stored in a row of the run in ``folder`` is now.
+
+    Relative paths (current rows) are joined to ``folder``. Absolute paths (rows written before
+    paths were stored relative) are mapped into ``folder`` from their last ``checkpoints``
+    component when that file exists there, so a moved run folder still finds its files.
+    """
+    folder, path = Path(folder), Path(stored)
+    if not path.is_absolute():
+        return folder / path
+    parts = path.parts
+    if "checkpoints" in parts:
+        i = len(parts) - 1 - parts[::-1].index("checkpoints")
+        inside = folder.joinpath(*parts[i:])
+        if inside.exists():
+            return inside
+    return path

@@ -3,6 +3,10 @@
 Resumable by construction: a job whose config key is already in the store is skipped, and a job's
 row is written only once it has finished, so killing the run at any moment loses at most the jobs
 in flight. Stages run in order (later stages read the zoo's checkpoints).
+
+A run folder holds one run (``experiments.runfolder``): its identity is recorded on creation and
+checked on every later run, a lock keeps a second process out, and temporaries left by a killed
+run are removed before jobs start.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from intertwiner._version import __version__
+from intertwiner.experiments import runfolder
 from intertwiner.experiments.base import Stage, stored_config
-from intertwiner.experiments.presets import PRESETS, build_plan
-from intertwiner.runners import get_executor
+from intertwiner.experiments.presets import PRESETS, build_plan, resolve_data
+from intertwiner.runners import EXECUTORS, ExecutorError, get_executor
 from intertwiner.store import Store, config_key
 
 
@@ -90,6 +95,56 @@ def run_stage(
     return status
 
 
+def check_options(preset: str, executor: str, workers: int | None) -> None:
+    """Refuse an unknown preset or executor, an executor whose package is missing, or a worker
+    count below 1, before anything is created or run."""
+    import importlib.util
+
+    if preset not in PRESETS:
+        public = [p for p in PRESETS if p != "test"]  # "test" is for the test suite
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(public)}")
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    package = {"ray": "ray", "slurm": "submitit"}.get(executor)
+    if package and importlib.util.find_spec(package) is None:
+        extra = "ray" if executor == "ray" else "slurm"
+        raise ExecutorError(
+            f"the {executor} executor needs {package}: pip install 'intertwiner[{extra}]', or use "
+            "--executor local"
+        )
+    if workers is not None and workers < 1:
+        raise ExecutorError(f"--workers must be at least 1, got {workers}")
+
+
+def first_failure(stages: list[dict]) -> dict | None:
+    """The first failed job of a run summary's stages: ``{"stage", "config", "error"}``."""
+    for st in stages:
+        for f in st.get("failed", []):
+            return {"stage": st["stage"], **f}
+    return None
+
+
+def _not_run(st: Stage, missing: list[str]) -> dict:
+    return {
+        "stage": st.name,
+        "kind": st.kind,
+        "description": st.description,
+        "status": "not run",
+        "jobs": len(st.configs),
+        "notes": [f"not run: dependency unavailable ({m})" for m in missing] + st.notes,
+    }
+
+
+def _target(out: Path, ident: dict, plan_keys: set[str], new_run: bool) -> Path:
+    """The folder this run writes to: ``out``, or with ``new_run`` a fresh one beside it.
+    Raises RunConflictError when ``out`` holds another run (and ``new_run`` is off)."""
+    target = runfolder.sibling_for(out, ident, plan_keys) if new_run else out
+    diffs = runfolder.conflicts(target, ident, plan_keys)
+    if diffs:
+        raise runfolder.refusal(target, diffs)
+    return target
+
+
 def reproduce(
     out: str | os.PathLike,
     preset: str = "quick",
@@ -100,77 +155,95 @@ def reproduce(
     progress: bool = True,
     executor_options: dict | None = None,
     report: bool = True,
+    new_run: bool = False,
 ) -> dict:
     """Run (or resume) the experiments of ``preset`` into ``out`` and write ``out/report.html``.
 
-    Returns the run summary (the per-stage status that the report shows). Stages whose library
-    dependency does not import are skipped and listed as "not run" with the reason.
+    Every option is checked before anything runs. ``out`` holds one run: if it already holds a run
+    of another preset, configuration or data, this raises RunConflictError listing the
+    differences, or with ``new_run=True`` writes to ``out-2`` (``out-3``, ...) beside it instead.
+    A second process on the same folder gets RunLockedError. Returns the run summary (per-stage
+    status, ``out``: the folder used, ``warnings``, ``first_failure``); stages whose library
+    dependency does not import are listed as "not run" with the reason.
     """
-    from tqdm.auto import tqdm
-
-    out = Path(out)
-    if preset not in PRESETS:
-        public = [p for p in PRESETS if p != "test"]  # "test" is for the test suite
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(public)}")
+    check_options(preset, executor, workers)
+    ident = runfolder.identity(preset, PRESETS[preset], resolve_data(preset, data, data_dir))
     plan = build_plan(preset, data=data, data_dir=data_dir)
-    store = Store(out)
-    t_start = time.time()
-    runnable, statuses = [], []
-    for st in plan:
-        missing = st.missing()
-        if missing:
-            statuses.append(
-                {
-                    "stage": st.name,
-                    "kind": st.kind,
-                    "description": st.description,
-                    "status": "not run",
-                    "jobs": len(st.configs),
-                    "notes": [f"not run: dependency unavailable ({m})" for m in missing] + st.notes,
-                }
-            )
-        else:
-            runnable.append(st)
-    opts = dict(executor_options or {})
+    plan_keys = {config_key(stored_config(c)) for st in plan for c in st.configs}
+    out = _target(Path(out), ident, plan_keys, new_run)
+    run_info = {"preset": preset, "data": data, "data_dir": data_dir, "argv": sys.argv,
+                "preset_config": PRESETS[preset]}  # fmt: skip
+    with runfolder.RunLock(out):
+        diffs = runfolder.conflicts(out, ident, plan_keys)  # again: another run may have begun
+        if diffs:
+            raise runfolder.refusal(out, diffs)
+        ex = get_executor(executor, **_executor_options(out, executor, workers, executor_options))
+        try:
+            summary = _run_stages(out, plan, plan_keys, ident, ex, run_info, progress)
+        finally:
+            ex.close()
+        if report:
+            from intertwiner.report import build_report
+
+            summary["report"] = str(build_report(out))
+    return summary
+
+
+def _executor_options(out: Path, executor: str, workers: int | None, options: dict | None) -> dict:
+    opts = dict(options or {})
     if workers is not None:
         opts["workers"] = workers
     if executor == "slurm":
         opts.setdefault("folder", str(out / "submitit"))
-    ex = get_executor(executor, **opts)
-    try:
-        store.set_meta(
-            "run",
-            {
-                "preset": preset,
-                "data": data,
-                "data_dir": data_dir,
-                "executor": ex.describe(),
-                "versions": versions(),
-                "argv": sys.argv,
-                "started": t_start,
-                "preset_config": PRESETS[preset],
-            },
-        )
-        total = sum(len(s.configs) for s in runnable)
-        with tqdm(total=total, desc="   overall", disable=not progress) as bar:
-            for st in runnable:
-                statuses.append(run_stage(st, store, ex, out, bar=bar, progress=progress))
-                store.set_meta("stages", _ordered(plan, statuses))
-    finally:
-        ex.close()
-    summary = {
-        "preset": preset,
-        "stages": _ordered(plan, statuses),
-        "seconds": time.time() - t_start,
-        "rows": len(store),
-    }
-    store.set_meta("stages", summary["stages"])
-    store.set_meta("last_run", {"seconds": summary["seconds"], "finished": time.time()})
-    if report:
-        from intertwiner.report import build_report
+    return opts
 
-        summary["report"] = str(build_report(out))
-    return summary
+
+def _run_stages(
+    out: Path,
+    plan: list[Stage],
+    plan_keys: set[str],
+    ident: dict,
+    ex: Any,
+    run_info: dict,
+    progress: bool,
+) -> dict:
+    """Record the run, clean up leftovers, run every stage; returns the summary (no report)."""
+    from tqdm.auto import tqdm
+
+    store = Store(out)
+    warnings = runfolder.record_identity(store, ident)
+    store.set_meta("jobs", sorted(plan_keys))
+    removed = runfolder.remove_leftovers(out)
+    t_start = time.time()
+    store.set_meta(
+        "run", {**run_info, "executor": ex.describe(), "versions": versions(), "started": t_start}
+    )
+    statuses, runnable = [], []
+    for st in plan:
+        missing = st.missing()
+        if missing:
+            statuses.append(_not_run(st, missing))
+        else:
+            runnable.append(st)
+    total = sum(len(s.configs) for s in runnable)
+    with tqdm(total=total, desc="   overall", disable=not progress) as bar:
+        for st in runnable:
+            statuses.append(run_stage(st, store, ex, out.resolve(), bar=bar, progress=progress))
+            store.set_meta("stages", _ordered(plan, statuses))
+    stages = _ordered(plan, statuses)
+    seconds = time.time() - t_start
+    store.set_meta("stages", stages)
+    store.set_meta("last_run", {"seconds": seconds, "finished": time.time()})
+    return {
+        "preset": run_info["preset"],
+        "out": str(out),
+        "stages": stages,
+        "seconds": seconds,
+        "rows": len(store.keys() & plan_keys),
+        "warnings": warnings,
+        "removed_leftovers": [p.relative_to(out).as_posix() for p in removed],
+        "first_failure": first_failure(stages),
+    }
 
 
 def _ordered(plan: list[Stage], statuses: list[dict]) -> list[dict]:

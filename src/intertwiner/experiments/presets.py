@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from intertwiner.errors import DataNotFoundError
+from intertwiner.errors import DataNotFoundError, IntertwinerError
 from intertwiner.experiments import (
     dissection_job,
     group_table,
@@ -167,8 +167,27 @@ PRESETS: dict[str, dict] = {
 }
 
 
+_ALIASES = {"cifar_10": "cifar10", "cifar": "cifar10"}
+
+
+def dataset_name(name: str) -> str:
+    """The canonical name of dataset ``name`` (case, ``-`` and aliases folded), or
+    UnknownDatasetError listing the datasets ``reproduce`` can use."""
+    from intertwiner.data import DATASETS, UnknownDatasetError
+
+    key = str(name).strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise UnknownDatasetError(
+            f"unknown --data {name!r}; choose one of {', '.join(DATASETS)} (nothing was run)"
+        )
+    return key
+
+
 def data_spec(name: str, data_dir: str | None) -> dict:
-    """The data part of a job config; ``data_dir`` is checked here, before any job is built."""
+    """The data part of a job config; the name and ``data_dir`` are checked here, before any job
+    is built (only cifar10 reads a data folder, so a ``data_dir`` for another dataset is refused)."""
+    name = dataset_name(name)
     spec: dict = {"name": name}
     if name == "cifar10":
         if not data_dir:
@@ -178,24 +197,45 @@ def data_spec(name: str, data_dir: str | None) -> dict:
             )
         if not Path(data_dir).is_dir():
             raise DataNotFoundError(f"--data-dir {data_dir} is not a folder")
+    elif data_dir:
+        raise DataNotFoundError(
+            f"--data-dir is only read for cifar10, and the data here is {name} (shipped with the "
+            "library); drop --data-dir or pass --data cifar10"
+        )
     if data_dir:
         spec["root"] = os.path.abspath(data_dir)
     return spec
 
 
 def validate_data(spec: dict) -> None:
-    """Load the data once in this process so a bad folder fails before any job is scheduled."""
+    """Load the data once in this process so that bad data fails before any job is scheduled."""
     from intertwiner.experiments.common import load_data
 
-    load_data(spec)
+    try:
+        load_data(spec)
+    except IntertwinerError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a loader's own failure: missing package, bad files)
+        raise DataNotFoundError(
+            f"cannot load the data {spec}: {type(e).__name__}: {e}; nothing was run"
+        ) from e
+
+
+def resolve_data(preset: str, data: str | None = None, data_dir: str | None = None) -> dict:
+    """The checked data spec of a run of ``preset`` (``data`` overrides the preset's dataset).
+
+    Raises UnknownDatasetError or DataNotFoundError before anything runs.
+    """
+    spec = data_spec(data or PRESETS[preset]["data"], data_dir)
+    validate_data(spec)
+    return spec
 
 
 def build_plan(preset: str, data: str | None = None, data_dir: str | None = None) -> list[Stage]:
-    """The ordered stages of ``preset`` (raises DataNotFoundError on a bad data folder)."""
+    """The ordered stages of ``preset`` (raises UnknownDatasetError or DataNotFoundError on bad
+    data, after loading it once)."""
     p = PRESETS[preset]
-    dspec = data_spec(data or p["data"], data_dir)
-    if dspec["name"] == "cifar10":
-        validate_data(dspec)
+    dspec = resolve_data(preset, data, data_dir)
     stages = [group_table.stage(p["activations"], trials=p["group_trials"])]
 
     zoo_cfgs: dict[str, list[dict]] = {

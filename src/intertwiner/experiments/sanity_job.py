@@ -7,14 +7,15 @@ the ``experiments.sanity.run_job`` row (``penalty`` = base - retrained test accu
 
 from __future__ import annotations
 
-from intertwiner.experiments.base import Stage
+from intertwiner.experiments.base import Stage, run_relative
 from intertwiner.experiments.common import zoo_checkpoint
 
 GROUPS = {"G_ReLU": "positive_monomial", "orthogonal": "orthogonal"}
 
 
 def sanity_job(config: dict) -> dict:
-    """Run one (model, site, transform, repeat) of the sanity test."""
+    """Run one (model, site, transform, repeat) of the sanity test (checkpoint path stored
+    relative to the run folder)."""
     from intertwiner import checkpoints, models
     from intertwiner.experiments import sanity
 
@@ -22,7 +23,7 @@ def sanity_job(config: dict) -> dict:
     model, _ = checkpoints.load(path)
     site = models.sites(model)[config["layer"]]
     data = dict(config["model"]["data"])
-    return sanity.run_job(
+    row = sanity.run_job(
         {
             "checkpoint": str(path),
             "site": site,
@@ -36,6 +37,8 @@ def sanity_job(config: dict) -> dict:
             "num_threads": None,
         }
     )
+    row["checkpoint"] = run_relative(config, path)
+    return row
 
 
 def stage(

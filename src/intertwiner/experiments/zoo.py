@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from intertwiner.experiments.base import Stage
+from intertwiner.experiments.base import Stage, run_relative
 from intertwiner.experiments.common import filtered, input_shape, load_data, zoo_checkpoint
 
 
@@ -62,7 +62,7 @@ def train_job(config: dict) -> dict:
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "train_seconds": seconds,
         "best_epoch": getattr(result, "best_epoch", None),
-        "checkpoint": str(path.relative_to(path.parents[2])),
+        "checkpoint": run_relative(config, path),
     }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from intertwiner.report import figures as F
 from intertwiner.report.compare import comparison
 from intertwiner.report.paper_numbers import SOURCE
-from intertwiner.store import Row, open_existing
+from intertwiner.store import Row, Store, open_existing
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;
@@ -131,20 +131,38 @@ def _method_notes(rows_by_kind: dict[str, list[Row]]) -> str:
     return "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
 
 
+def _run_rows(store: Store, meta: dict) -> tuple[dict[str, list[Row]], int]:
+    """The rows of the run's own jobs by kind (``meta["jobs"]``; every row in a folder written
+    before that list existed), and how many other rows the store holds."""
+    jobs = meta.get("jobs")
+    rows_by_kind = {k: store.rows(k) for k in store.kinds()}
+    if jobs is None:
+        return rows_by_kind, 0
+    jobs = set(jobs)
+    kept = {k: [r for r in rs if r.key in jobs] for k, rs in rows_by_kind.items()}
+    left_out = sum(map(len, rows_by_kind.values())) - sum(map(len, kept.values()))
+    return {k: rs for k, rs in kept.items() if rs}, left_out
+
+
 def render(folder: str | os.PathLike) -> str:
     """The report HTML of the run in ``folder`` (reads only the results store)."""
     store = open_existing(folder)
     meta = store.meta()
     run = meta.get("run", {})
     stages = meta.get("stages", [])
-    rows_by_kind = {k: store.rows(k) for k in store.kinds()}
+    rows_by_kind, left_out = _run_rows(store, meta)
     parts = [f"<h1>intertwiner reproduce: {_e(Path(folder).resolve().name)}</h1>"]
     parts.append(
         f"<p>Preset <b>{_e(run.get('preset'))}</b>, data <b>{_e(run.get('data') or 'preset default')}"
         f"</b>, executor <code>{_e(json.dumps(run.get('executor')))}</code>. "
-        f"{len(store)} finished jobs. Report built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
-        "</p>"
+        f"{sum(map(len, rows_by_kind.values()))} finished jobs. "
+        f"Report built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"
     )
+    if left_out:
+        parts.append(
+            f'<p class="note">{left_out} stored rows are no job of this run\'s preset and '
+            "configuration (rows of an older run or library version); they are left out.</p>"
+        )
     parts.append(
         '<p class="note">Scale caveat: the CPU presets train small models for a few epochs on '
         "5,000 MNIST images (or sklearn digits); the paper trains full-size models for 50 epochs "

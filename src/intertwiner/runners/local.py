@@ -30,6 +30,7 @@ class LocalExecutor(Executor):
         cores = os.cpu_count() or 1
         self.workers = max(1, int(workers) if workers else cores)
         self.threads = threads_per_worker or max(1, cores // self.workers)
+        self._threads_given = threads_per_worker is not None
         self._pool: ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
@@ -45,8 +46,7 @@ class LocalExecutor(Executor):
     def map(self, fn: JobFn, configs: Sequence[dict]) -> Iterator[tuple[dict, JobResult]]:
         configs = list(configs)
         if self.workers == 1 or len(configs) <= 1 and self._pool is None:
-            for cfg in configs:
-                yield cfg, execute(fn, cfg)
+            yield from self._map_here(fn, configs)
             return
         pool = self._get_pool()
         # Keep at most 2 jobs per worker queued so an interrupted run has little in flight.
@@ -65,10 +65,31 @@ class LocalExecutor(Executor):
                 if nxt is not None:
                     pending[pool.submit(execute, fn, nxt)] = nxt
 
+    def _job_threads(self) -> int | None:
+        """Torch threads per job; None: this process's own count (``workers=1``, not given)."""
+        return None if self.workers == 1 and not self._threads_given else self.threads
+
+    def _map_here(self, fn: JobFn, configs: list[dict]) -> Iterator[tuple[dict, JobResult]]:
+        """Run in this process with the threads a worker would use (results depend on them)."""
+        import torch
+
+        before = torch.get_num_threads()
+        if self._job_threads():
+            torch.set_num_threads(self.threads)
+        try:
+            for cfg in configs:
+                yield cfg, execute(fn, cfg)
+        finally:
+            torch.set_num_threads(before)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def describe(self) -> dict:
-        return {"executor": self.name, "workers": self.workers, "threads": self.threads}
+        """Workers and the torch threads each job runs with (results depend on the latter)."""
+        import torch
+
+        threads = self._job_threads() or torch.get_num_threads()
+        return {"executor": self.name, "workers": self.workers, "threads": threads}

@@ -24,3 +24,10 @@ def failing_probe_job(config: dict) -> dict:
     if config.get("fail"):
         raise ValueError(f"probe failure requested (pid {os.getpid()})")
     return {"ok": config["seed"]}
+
+
+def thread_count_job(config: dict) -> dict:
+    """The torch thread count the job runs with (results depend on it; see LocalExecutor)."""
+    import torch
+
+    return {"seed": config["seed"], "threads": torch.get_num_threads()}
