@@ -23,8 +23,9 @@ import torch.fx as fx
 from torch import nn
 
 from intertwiner.errors import IntertwinerError, UnsupportedModuleError
-from intertwiner.groups import IntertwinerGroup, discover
+from intertwiner.groups import IntertwinerGroup, discover, family
 from intertwiner.symmetry._activation_calls import activation_group
+from intertwiner.symmetry._attention import AttentionBlock, find_attention
 from intertwiner.symmetry._regions import (
     IDENTITY,
     Regions,
@@ -75,6 +76,8 @@ class AtenRunner(fx.Interpreter):
         self.an = an
         self.model = model
         self.infos: dict[fx.Node, Any] = {}
+        self.blocks = {b.sdpa: b for b in find_attention(gm.graph)}
+        self.owned = {node for b in self.blocks.values() for node in b.owned}
         self.squares = _squares_for_row_stats(gm.graph)
         an.cast_to = _lowest_cast(gm.graph)
         self.regions: Regions = find_regions(gm.graph, exclude=self.squares)
@@ -163,6 +166,11 @@ class AtenRunner(fx.Interpreter):
             return self.linear(n, name, value)
         if name in _CONV:
             return self.conv(n, name)
+        if name == "scaled_dot_product_attention":
+            if n not in self.blocks:
+                raise self.frozen("an attention block whose projections or head layout differ")
+            self.attention(self.blocks[n])
+            return None
         if not tracked:
             return self.param_passthrough(n, name, value, args)
         x = args[0] if args and isinstance(args[0], Info) else None
@@ -276,6 +284,7 @@ class AtenRunner(fx.Interpreter):
             mode,
             where=_module_path(n) or n.name,
             out_axis=out_axis,
+            read_only=n in self.owned,
         )
 
     def conv(self, n: fx.Node, name: str) -> Info:
@@ -303,6 +312,40 @@ class AtenRunner(fx.Interpreter):
             where=_module_path(n) or n.name,
             transposed=transposed,
         )
+
+    def attention(self, b: AttentionBlock) -> None:
+        """The sites of one attention block (see ``_attention``)."""
+        an, rep = self.an, b.heads // b.kv_heads
+        hd, hdv = b.head_dim, b.head_dim_v
+
+        def on(sid: int, p, kind: str, channels: tuple[int, ...] | None, unit: int = 1) -> None:
+            n_total = p.total // unit
+            an.act_raw(sid, p.weight, p.out_axis, kind, n_total, inner=unit, channels=channels)
+            if p.bias is not None:
+                an.act_raw(sid, p.bias, 0, kind, n_total, inner=unit, channels=channels)
+
+        def into_out(sid: int, kind: str, channels: tuple[int, ...], unit: int = 1) -> None:
+            o = b.out
+            an.act_raw(sid, o.weight, 1 - o.out_axis, kind, o.total // unit, inner=unit,
+                       channels=channels)  # fmt: skip
+
+        heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
+        an.sites[heads].family = family("permutation")
+        for p, unit in ((b.q, rep * hd), (b.k, hd), (b.v, hdv)):
+            first = p.offset // unit
+            on(heads, p, "A", tuple(range(first, first + b.kv_heads)), unit)
+        into_out(heads, "A^-T", tuple(range(b.kv_heads)), rep * hdv)
+        for j in range(b.kv_heads):
+            vo = an.new_site(hdv, name=f"{b.name}.vo{j}", kind="attention_vo")
+            on(vo, b.v, "A", _block(b.v.offset + j * hdv, hdv))
+            for h in range(j * rep, (j + 1) * rep):
+                into_out(vo, "A^-T", _block(h * hdv, hdv))
+            if b.rotary:
+                continue  # rotary embeddings rotate q and k per position: no GL(head_dim) on them
+            qk = an.new_site(hd, name=f"{b.name}.qk{j}", kind="attention_qk")
+            for h in range(j * rep, (j + 1) * rep):
+                on(qk, b.q, "A", _block(b.q.offset + h * hd, hd))
+            on(qk, b.k, "A^-T", _block(b.k.offset + j * hd, hd))
 
     def depthwise(self, n: fx.Node, x: Any, weight: str, bias: str | None, ndim: int) -> Any:
         """A depthwise convolution filters each channel on its own: like a per-channel affine map
@@ -603,6 +646,10 @@ class AtenRunner(fx.Interpreter):
                     parts.append((sid, mode, tuple(offset + c for c in chans)))
             offset += v.shape[d]
         return Info(tuple(parts), offset, first.dim)
+
+
+def _block(start: int, size: int) -> tuple[int, ...]:
+    return tuple(range(start, start + size))
 
 
 def _lowest_cast(graph: fx.Graph) -> torch.dtype | None:
