@@ -605,6 +605,7 @@ def trace(
     if frontend not in ("auto", "fx", "export"):
         raise ValueError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
     work = copy.deepcopy(model).eval()
+    _disable_kv_cache(work)
     zoo = _zoo_attention()
     tracer = _Tracer(((zoo,) if zoo is not None else ()) + (RBF, Power, Abs, Elementwise))
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -664,6 +665,15 @@ def trace(
                 generator=generator,
             )
     return spec
+
+
+def _disable_kv_cache(model: nn.Module) -> None:
+    """Hugging Face models return a key/value cache object by default; the traced copy computes
+    the same outputs without it (``config.use_cache = False``)."""
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if config is not None and getattr(config, "use_cache", None):
+            config.use_cache = False
 
 
 def _export_rules(work: nn.Module, inputs: tuple, fx_error: Exception | None) -> Rules:
