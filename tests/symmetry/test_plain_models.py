@@ -351,7 +351,7 @@ class _Gate(nn.Module):
 def test_unsupported_patterns_raise(model, x, match):
     x = torch.randn(*(x or (2, 2, 4, 4)))
     with pytest.raises(UnsupportedModuleError, match=match) as info:
-        trace(model, x)
+        trace(model, x, frontend="fx")
     assert "Supported:" in str(info.value) or "supported" in str(info.value)
 
 
@@ -366,7 +366,7 @@ def test_lstm_is_unsupported_with_a_clear_message():
             return self.rnn(self.inp(x))[0]
 
     with pytest.raises(UnsupportedModuleError, match="LSTM"):
-        trace(Net(), torch.randn(5, 2, 3))
+        trace(Net(), torch.randn(5, 2, 3), frontend="fx")
 
 
 @pytest.mark.parametrize("by_keyword", [False, True])
@@ -384,7 +384,7 @@ def test_cross_attention_is_unsupported(by_keyword):
             return self.mha(self.a(x), kv, kv)[0]
 
     with pytest.raises(UnsupportedModuleError, match="cross-attention"):
-        trace(Net(), torch.randn(3, 2, 4))
+        trace(Net(), torch.randn(3, 2, 4), frontend="fx")
 
 
 def test_non_finite_outputs_are_reported():
@@ -417,4 +417,4 @@ def test_unbatched_1d_ops_on_features_raise(layer):
     """A 1d pool/conv on (N, features) treats it as unbatched and mixes the features."""
     model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), layer)
     with pytest.raises(UnsupportedModuleError, match="unbatched"):
-        trace(model, torch.randn(2, 3))
+        trace(model, torch.randn(2, 3), frontend="fx")

@@ -45,6 +45,12 @@ _AVGPOOL |= {"adaptive_avg_pool2d", "adaptive_avg_pool3d"}
 _CONV = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d"}
 _CONV |= {"conv_transpose3d"}
 _BN = {"batch_norm", "_native_batch_norm_legit_no_training"}
+# Spatial resampling acts on each channel alike: it commutes with every matrix on the channels.
+_RESAMPLE = {"upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d"}
+_RESAMPLE |= {"upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d"}
+_RESAMPLE |= {"_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "pixel_shuffle_spatial"}
+_PAD = {"pad", "constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "replication_pad1d"}
+_PAD |= {"replication_pad2d", "reflection_pad3d", "replication_pad3d"}
 _TUPLE_OUT = {"max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d"}
 _TUPLE_OUT |= {"adaptive_max_pool2d", "native_dropout", "_native_batch_norm_legit_no_training"}
 
@@ -203,6 +209,13 @@ class AtenRunner(fx.Interpreter):
         if name in _AVGPOOL:
             an.need_channels(x, ndim, where, _pool_ndim(name, ndim))
             return x
+        if name in _RESAMPLE:
+            an.need_channels(x, ndim, where)
+            return x
+        if name in _PAD:
+            return self.pad(n, x, ndim, where)
+        if name == "group_norm":
+            return self.group_norm(n, x, ndim, where)
         if name in IDENTITY or name == "native_dropout" or name in ("expand", "expand_as"):
             return self.same_features(x, value, ndim)
         if name in _RESHAPE:
@@ -346,6 +359,41 @@ class AtenRunner(fx.Interpreter):
             for h in range(j * rep, (j + 1) * rep):
                 on(qk, b.q, "A", _block(b.q.offset + h * hd, hd))
             on(qk, b.k, "A^-T", _block(b.k.offset + j * hd, hd))
+
+    def pad(self, n: fx.Node, x: Info, ndim: int, where: str) -> Info:
+        """Padding of positions (not channels): zeros, reflections and copies commute with every
+        channel matrix; a nonzero constant on every feature with permutations only."""
+        pad = list(n.args[1])
+        pos = x.dim + ndim
+        padded = {ndim - 1 - i // 2 for i, p in enumerate(pad) if p}
+        if pos in padded:
+            raise self.frozen("padding the feature axis")
+        name = op_name(n)
+        mode = n.args[2] if name == "pad" and len(n.args) > 2 else n.kwargs.get("mode", "constant")
+        value = n.args[-1] if name == "constant_pad_nd" and len(n.args) > 2 else None
+        if name == "pad":
+            value = n.args[3] if len(n.args) > 3 else n.kwargs.get("value")
+        if name.startswith(("reflection", "replication")) or mode != "constant" or not value:
+            return x
+        for part in self.an.parts(x):
+            self.an.restrict_matrix(part, "permutation", f"{where}: padded with {value}")
+        return x
+
+    def group_norm(self, n: fx.Node, x: Info, ndim: int, where: str) -> Info:
+        """GroupNorm normalises each group of C/G channels on its own: the space splits into G
+        blocks, each of which only permutations commute with (its weight and bias permuted
+        along)."""
+        groups = int(n.args[1])
+        w = self.pname(n.args[2]) if len(n.args) > 2 else None
+        b = self.pname(n.args[3]) if len(n.args) > 3 else None
+        self.an.need_channels(x, ndim, where)
+        blocks = self.an.split_blocks(x, groups, f"GroupNorm {where} ({groups} groups)")
+        for part in self.an.parts(blocks):
+            self.an.restrict_matrix(part, "permutation", f"GroupNorm {where}: centres and scales")
+        for pname in (w, b):
+            if pname is not None:
+                self.an.act(blocks, pname, 0, "out")
+        return blocks
 
     def depthwise(self, n: fx.Node, x: Any, weight: str, bias: str | None, ndim: int) -> Any:
         """A depthwise convolution filters each channel on its own: like a per-channel affine map

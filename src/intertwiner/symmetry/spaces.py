@@ -315,6 +315,28 @@ class Spaces:
         for (c, ch), q in zip(children, other, strict=True):
             self.unify_parts((c, mode, ch), q, reason)
 
+    def split_blocks(self, x: Info, k: int, reason: str) -> Info:
+        """``x`` with its space cut into ``k`` consecutive blocks of channels, each its own site
+        (block-diagonal elements): a GroupNorm treats each block on its own."""
+        parts = self.parts(x)
+        if len(parts) != 1 or parts[0][2] is not None or x.n % k or x.outer != 1 or x.inner != 1:
+            raise UnsupportedModuleError(f"{reason}: channels already split between sites")
+        sid, mode, _ = parts[0]
+        if sid == 0:
+            return x
+        s, size = self.sites[sid], x.n // k
+        children = []
+        for j in range(k):
+            chans = tuple(range(j * size, (j + 1) * size))
+            c = self.new_site(size)
+            cs = self.sites[c]
+            cs.family, cs.phi, cs.needs_fixed = s.family, s.phi, s.needs_fixed
+            cs.restrictions = list(s.restrictions) + [(reason + ": block diagonal", "")]
+            cs.residual = s.residual
+            children.append((c, chans))
+        s.split = children
+        return x.moved(parts=tuple((c, mode, chans) for c, chans in children))
+
     def gate(self, gate: Info, value: Info, reason: str) -> Info:
         """``gate * value`` of two hidden tensors with one shared permutation (LLaMA's
         ``act(gate_proj(x)) * up_proj(x)``, squeeze-excitation's ``h * sigmoid(...)``): the gate's

@@ -599,8 +599,9 @@ def trace(
 
     ``frontend``: ``"fx"`` (torch.fx symbolic tracing; an unsupported op raises), ``"export"``
     (``torch.export`` ATen graphs; an unsupported op freezes the spaces it reads, listed on
-    ``spec.frozen``) or ``"auto"``: fx, and export for models fx cannot trace (Hugging Face
-    ``transformers`` models, ``**kwargs`` forwards, Python control flow).
+    ``spec.frozen``) or ``"auto"``: fx, and export where fx cannot trace the model (Hugging Face
+    ``transformers`` models, ``**kwargs`` forwards, Python control flow) or its rules refuse an
+    op (then only the spaces that op reads lose their symmetry).
     """
     if frontend not in ("auto", "fx", "export"):
         raise ValueError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
@@ -634,16 +635,17 @@ def trace(
             ) from fx_error
         an = _export_rules(work, inputs, fx_error)
     else:
-        gm = fx.GraphModule(work, graph)
-        an = Rules(work)
-        runner = _Runner(gm, an, zoo)
         try:
-            with torch.no_grad():
-                runner.run(*inputs)
-        except UnsupportedModuleError:
-            if runner.error is None:
+            an = _fx_rules(work, graph, inputs, zoo)
+        except UnsupportedModuleError as e:
+            if frontend == "fx" or wrapped:
                 raise
-            raise UnsupportedModuleError(runner.error) from None
+            # The fx rules refuse the whole model at the first op they do not know; the export
+            # rules freeze only the spaces such an op reads.
+            try:
+                an = _export_rules(work, inputs, e)
+            except UnsupportedModuleError:
+                raise e from None
     spec = _build(an, type(model).__name__)
     if wrapped:
         spec = _unwrap(spec)
@@ -665,6 +667,21 @@ def trace(
                 generator=generator,
             )
     return spec
+
+
+def _fx_rules(work: nn.Module, graph: fx.Graph, inputs: tuple, zoo: type | None) -> Rules:
+    """Run the fx rules over ``graph``; the first unsupported op raises."""
+    gm = fx.GraphModule(work, graph)
+    an = Rules(work)
+    runner = _Runner(gm, an, zoo)
+    try:
+        with torch.no_grad():
+            runner.run(*inputs)
+    except UnsupportedModuleError:
+        if runner.error is None:
+            raise
+        raise UnsupportedModuleError(runner.error) from None
+    return an
 
 
 def _disable_kv_cache(model: nn.Module) -> None:
