@@ -52,3 +52,19 @@ class CheckpointError(IntertwinerError, ValueError):
 
 class UnsupportedModuleError(IntertwinerError, NotImplementedError):
     """A module or pattern that the symmetry tracer cannot handle."""
+
+
+class InvalidInputError(IntertwinerError, TypeError):
+    """An input of the wrong kind: not a tensor or array, complex, or not a callable."""
+
+
+class InvalidOptionError(IntertwinerError, ValueError):
+    """An option or size outside its valid range (a non-positive count, NaN learning rate, ...)."""
+
+
+class InvalidElementError(IntertwinerError, ValueError):
+    """A group element that is not one: a repeated permutation index, a zero or infinite scale."""
+
+
+class ConfigMismatchError(CheckpointError):
+    """An existing checkpoint made with other settings than the ones asked for (resume refused)."""
