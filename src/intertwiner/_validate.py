@@ -37,6 +37,7 @@ from intertwiner.errors import (
 __all__ = [
     "check_finite",
     "choice",
+    "device",
     "feature_tensor",
     "finite_number",
     "permutation",
@@ -179,6 +180,31 @@ def choice(value: Any, name: str, options: Sequence[Any]) -> Any:
             f"unknown {name} {value!r}; choose one of {', '.join(map(repr, options))}"
         )
     return value
+
+
+def device(value: Any, name: str = "device") -> torch.device:
+    """A torch device that exists here: 'cpu', 'cuda', 'cuda:1', 'mps', ... (CUDA/MPS only
+    when available), else ``InvalidOptionError`` saying which devices are."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidOptionError(
+            f"unknown {name} {value!r}; use 'cpu', 'cuda' or 'cuda:N' (with a GPU) or 'mps'"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidOptionError(
+            f"{name} {value!r} asked for, but CUDA is not available; use 'cpu'"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidOptionError(
+            f"{name} {value!r}: only {torch.cuda.device_count()} CUDA device(s) here"
+        )
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise InvalidOptionError(f"{name} {value!r} asked for, but MPS is not available; use 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps", "meta", "xpu"):
+        raise InvalidOptionError(f"{name} {value!r} is not supported; use 'cpu' or 'cuda'")
+    return dev
 
 
 # ---- group elements -----------------------------------------------------------------------------
