@@ -271,6 +271,12 @@ _SHAPE_MESSAGE = re.compile(
 
 
 def _describe(inputs: Any) -> str:
+    if isinstance(inputs, str):
+        return inputs
+    if isinstance(inputs, torch.Size) or (
+        isinstance(inputs, tuple) and all(isinstance(d, int) for d in inputs)
+    ):
+        return f"shape {tuple(inputs)}"
     if isinstance(inputs, torch.Tensor):
         return f"shape {tuple(inputs.shape)}"
     if isinstance(inputs, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in inputs):
@@ -290,6 +296,8 @@ def _expected(model: Any) -> str:
 def reraise_shape_errors(call: str, inputs: Any, model: Any = None) -> Iterator[None]:
     """Re-raise torch's shape errors from inside a model as ``ShapeError`` naming ``call`` and
     the shape of ``inputs`` (and, for models from ``intertwiner.models``, the shape expected).
+
+    ``inputs``: the tensor (or tensors) passed, a shape tuple, or a ready description.
 
     The original error is chained (``raise ... from``). Other errors pass through untouched.
     """

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from intertwiner import _validate
 from intertwiner.errors import IntertwinerError, ShapeError
 
 __all__ = ["Capturer", "LayerNotFoundError", "capture", "iter_batches", "stream"]
@@ -124,7 +125,8 @@ class Capturer:
     """Forward hooks on the named modules of one model; ``run(x)`` returns their outputs.
 
     Use as a context manager (hooks removed and train/eval flags restored on exit). The forward
-    stops early once every requested layer has produced its output.
+    stops early once every requested layer has produced its output. A shape error raised inside
+    the model becomes ``ShapeError`` naming ``call`` and the input shape.
     """
 
     def __init__(
@@ -134,12 +136,12 @@ class Capturer:
         *,
         device: torch.device | str | None = None,
         layout: str | None = None,
+        call: str = "capture",
     ) -> None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        self.model, self.layout = model, layout
+        _validate.choice(layout, "layout", LAYOUTS)
+        self.model, self.layout, self.call = model, layout, call
         self.targets = _resolve(model, layers)
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.device = _validate.device(device) if device is not None else _model_device(model)
         if device is not None:
             model.to(self.device)
         self._captured: dict[str, torch.Tensor] = {}
@@ -175,7 +177,7 @@ class Capturer:
     def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{layer: output}`` for one input batch (CPU, detached, converted to ``layout``)."""
         self._captured.clear()
-        with torch.no_grad():
+        with torch.no_grad(), _validate.reraise_shape_errors(self.call, x, self.model):
             try:
                 self.model(x.to(self.device))
             except _StopForward:
@@ -194,6 +196,9 @@ def limited_batches(
     """Input batches truncated to ``max_samples``, with an optional tqdm bar."""
     from tqdm.auto import tqdm
 
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    if max_samples is not None:
+        max_samples = _validate.positive_int(max_samples, "max_samples", hint="or None for all")
     seen = 0
     bar = tqdm(disable=not progress, desc=desc, unit="sample", total=max_samples)
     try:

@@ -156,8 +156,10 @@ def compare(
     kept_b: dict[str, list[torch.Tensor]] = {n: [] for n in lb} if keep else {}
 
     same = model_a is model_b
-    cap_a = Capturer(model_a, list(dict.fromkeys(la + lb)) if same else la, device=device)
-    cap_b = None if same else Capturer(model_b, lb, device=device)
+    cap_a = Capturer(
+        model_a, list(dict.fromkeys(la + lb)) if same else la, device=device, call="compare"
+    )
+    cap_b = None if same else Capturer(model_b, lb, device=device, call="compare")
     n = 0
     with cap_a:
         if cap_b is not None:
