@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from intertwiner.errors import IntertwinerError
+from intertwiner.errors import IntertwinerError, InvalidOptionError
 from intertwiner.metrics.registry import Metric, metric
 
 
@@ -142,7 +142,7 @@ def compare(
         ms.append(metric(s, upsample=True) if wants_up else metric(s))
     names = [m.name for m in ms]
     if len(set(names)) != len(names):
-        raise ValueError(f"metrics repeat: {names}")
+        raise InvalidOptionError(f"metrics repeat: {names}; list each metric once")
 
     acc: dict[tuple[str, int, int], Any] = {}
     failed: dict[tuple[str, int, int], str] = {}

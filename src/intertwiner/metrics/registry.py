@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from intertwiner.errors import InvalidInputError, InvalidOptionError
 from intertwiner.metrics import group_cka as _gc
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._groups import subgroups
@@ -66,7 +67,7 @@ def metric(spec: str | Metric, **options: Any) -> Metric:
     if isinstance(spec, Metric):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"a metric is a name or a Metric, got {spec!r}")
+        raise InvalidInputError(f"a metric is a name or a Metric, got {spec!r}; see NAMES")
     name, _, group = spec.partition(":")
     if group:
         options.setdefault("group", group)
@@ -116,4 +117,6 @@ def metric(spec: str | Metric, **options: Any) -> Metric:
             _gc.invariant_families(group),
             value_range=_gc.VALUE_RANGE,
         )
-    raise ValueError(f"unknown metric {spec!r}; choose one of {NAMES} (optionally 'name:group')")
+    raise InvalidOptionError(
+        f"unknown metric {spec!r}; choose one of {NAMES} (optionally 'name:group')"
+    )
