@@ -307,7 +307,7 @@ def cka(
     matrices; ``sigma=None``: sqrt of the median squared distance between inputs).
     ``debiased=True`` uses the unbiased HSIC_1 and needs N >= 4. Computed in float64.
 
-    Range: [0, 1] biased; [-1, 1] debiased, where values below 0 are the estimator's scatter
+    Range: [0, 1] biased; [-1, 1] debiased: the debiased estimator can be negative, its scatter
     around "no similarity" (see ``value_range``). Exactly scale-free; never NaN.
     """
     _validate.choice(kernel, "kernel", KERNELS)
