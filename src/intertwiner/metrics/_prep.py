@@ -74,28 +74,48 @@ def validate(
 
 
 def unit_scale(x: torch.Tensor, per_column: bool = False) -> torch.Tensor:
-    """``x`` times a power of two that brings its largest magnitude into [0.5, 1) (per column of a
-    2-d ``x`` with ``per_column=True``); all-zero parts are left alone.
+    """``x`` times a power of two that brings its largest magnitude into [0.5, 1) (one power per
+    entry of the last axis with ``per_column=True``); all-zero parts are left alone.
 
     Every metric here is scale-free, so this changes no value, but it keeps squares and products
     away from float64 underflow and overflow (features of 1e-170 or 1e160 would otherwise square
-    to 0 or Inf). Multiplying by a power of two is exact, so values of ordinary inputs are
-    bit-for-bit unchanged in relative terms.
+    to 0 or Inf). Multiplying by a power of two is exact, so ordinary inputs give the same values.
     """
     return times_power_of_two(x, scale_exponent(x, per_column))
 
 
-def scale_exponent(x: torch.Tensor, per_column: bool = False) -> torch.Tensor:
-    """The exponents ``unit_scale`` uses (kept by streaming metrics for later batches)."""
-    peak = x.abs().amax(dim=0) if per_column else x.abs().max()
-    return -torch.frexp(peak).exponent
+def scale_exponent(
+    x: torch.Tensor, per_column: bool = False, name: str = "features"
+) -> torch.Tensor:
+    """The exponents ``unit_scale`` uses (kept by streaming metrics for later batches): one, or one
+    per entry of the last axis. NaN/Inf in ``x`` raise ``NonFiniteError`` (the peak sees them)."""
+    if per_column and x.dim() > 1:
+        dims = tuple(range(x.dim() - 1))
+        peak = torch.maximum(x.amax(dim=dims), -x.amin(dim=dims))
+    else:
+        lo, hi = torch.aminmax(x)
+        peak = torch.maximum(hi, -lo)
+    if not bool(torch.isfinite(peak).all()):
+        check_finite(x, name)
+    return -torch.frexp(peak).exponent.to(torch.int64)
 
 
-def times_power_of_two(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-    """``x * 2**exponent`` exactly, in two halves so that 2**e itself never overflows (|e| may
-    exceed 1023 for subnormal or huge inputs)."""
-    half = torch.div(exponent, 2, rounding_mode="floor")
-    return torch.ldexp(torch.ldexp(x, half), exponent - half)
+def times_power_of_two(
+    x: torch.Tensor, exponent: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x * 2**exponent`` exactly (``exponent`` broadcasts against ``x``), into ``out`` if given.
+
+    One multiplication when every 2**e is a normal float64, else two halves (|e| may exceed 1023
+    for subnormal or huge inputs)."""
+    e = exponent.to(x.device)
+
+    def power(k: torch.Tensor) -> torch.Tensor:  # 2**k, exact
+        return torch.ldexp(torch.ones(k.shape, dtype=torch.float64, device=k.device), k)
+
+    if bool((e.abs() <= 1020).all()):
+        return torch.mul(x, power(e), out=out)
+    half = torch.div(e, 2, rounding_mode="floor")
+    return torch.mul(x * power(half), power(e - half), out=out)
 
 
 def to_matrix(features: Any, layout: str | None = None) -> torch.Tensor:

@@ -38,7 +38,13 @@ import torch
 from intertwiner import _validate
 from intertwiner.errors import UnsupportedGroupError
 from intertwiner.metrics._groups import declare, family_name, subgroups
-from intertwiner.metrics._prep import check_same_n, f64, to_sites, unit_scale, validate
+from intertwiner.metrics._prep import (
+    check_same_n,
+    scale_exponent,
+    times_power_of_two,
+    to_sites,
+    validate,
+)
 from intertwiner.metrics.cka import CONSTANT_RATIO, check_samples, cka_from_hsic, hsic1_from_terms
 
 REDUCTIONS = ("max", "median", "sum")
@@ -75,11 +81,11 @@ def preprocess(x: torch.Tensor, normalise: bool, dtype: torch.dtype) -> torch.Te
     sites = to_sites(x)  # (N, S, C) view
     n, s, c = sites.shape
     # Power-of-two scales (per neuron when normalising: the metric ignores them) keep the squares
-    # below in float64's range; exact, so ordinary inputs are unchanged.
-    flat = unit_scale(f64(sites.reshape(n * s, c)), per_column=normalise)
-    sites = flat.view(n, s, c)
+    # below in float64's range; exact, so ordinary inputs are unchanged. Applied while copying, so
+    # values of 1e-300 survive a float32 ``dtype``.
+    e = scale_exponent(sites, per_column=normalise)
     h = torch.empty((c, n, s), dtype=dtype, device=x.device)
-    h.copy_(sites.permute(2, 0, 1))
+    times_power_of_two(sites.permute(2, 0, 1), e.view(-1, 1, 1) if normalise else e, out=h)
     raw = torch.linalg.vector_norm(h, dim=(1, 2), keepdim=True, dtype=torch.float64)
     h.sub_(h.mean(dim=(1, 2), keepdim=True, dtype=torch.float64).to(dtype))
     norm = torch.linalg.vector_norm(h, dim=(1, 2), keepdim=True, dtype=torch.float64)

@@ -120,15 +120,17 @@ class ProcrustesStats:
 
         The first batch fixes power-of-two scales (one per side, or one per neuron with
         ``per_neuron=True``: the metric is invariant to them) that keep squares in range."""
-        check_finite(x, "X")
-        check_finite(y, "Y")
-        if self.exps is None:
-            self.exps = (scale_exponent(x, self.per_neuron), scale_exponent(y, self.per_neuron))
+        if self.exps is None:  # also checks the first batch for NaN/Inf
+            self.exps = (
+                scale_exponent(x, self.per_neuron, "X"),
+                scale_exponent(y, self.per_neuron, "Y"),
+            )
+        x0, y0 = x, y
         x, y = times_power_of_two(x, self.exps[0]), times_power_of_two(y, self.exps[1])
         xsq = torch.linalg.vector_norm(x, dim=0).square()
         ysq = torch.linalg.vector_norm(y, dim=0).square()
-        _check_finite_via_norms(x, xsq, "X")
-        _check_finite_via_norms(y, ysq, "Y")
+        _check_finite_via_norms(x0, xsq, "X")
+        _check_finite_via_norms(y0, ysq, "Y")
         if self.centering:
             if self.shift is None:
                 self.shift = (x.mean(0), y.mean(0))
@@ -189,9 +191,11 @@ class ProcrustesStats:
 
 
 def _check_finite_via_norms(m: torch.Tensor, sq: torch.Tensor, name: str) -> None:
-    # Inputs are finite and scaled by the first batch: only a later batch far larger overflows.
+    # NaN/Inf anywhere makes its neuron's sum of squares non-finite: one pass saved on big inputs.
+    # Otherwise (rows scaled by the first batch) only a later batch far larger can overflow.
     if bool(torch.isfinite(sq).all()):
         return
+    check_finite(m, name)  # raises NonFiniteError naming the bad values
     raise NonFiniteError(
         f"{name}: a batch is so much larger than the first (by more than about 1e150) that its "
         "squares overflow float64; rescale the batches to a common scale"
