@@ -266,6 +266,8 @@ CLI = [
     ("train unknown arch", ["train", "--arch", "nope", "--data", "synthetic", "--out", "{tmp}"], "choose one of"),
     ("train unknown data", ["train", "--arch", "mlp", "--data", "nope", "--out", "{tmp}"], "unknown dataset"),
     ("train bad json", ["train", "--arch", "mlp", "--data", "synthetic", "--model-config", "{bad", "--out", "{tmp}"], "not valid JSON"),
+    ("train model key of wrong type", ["train", "--arch", "mlp", "--data", "synthetic", "--model-config", '{"widths": -1}', "--out", "{tmp}"], "does not build mlp"),
+    ("groups empty activation", ["groups", "--activation", ""], "unknown activation"),
     ("train unknown model key", ["train", "--arch", "mlp", "--data", "synthetic", "--model-config", '{"nope": 1}', "--out", "{tmp}"], "config keys"),
     ("zoo seeds a", ["zoo", "--arch", "mlp", "--seeds", "a", "--out", "{tmp}"], "--seeds"),
     ("zoo seeds 3-1", ["zoo", "--arch", "mlp", "--seeds", "3-1", "--out", "{tmp}"], "empty seed range"),

@@ -102,7 +102,7 @@ def groups(
     from intertwiner.groups.table import format_table, group_table
 
     try:
-        rows = group_table([activation] if activation else None, trials=trials)
+        rows = group_table([activation] if activation is not None else None, trials=trials)
     except IntertwinerError as e:
         raise fail(e) from None
     if as_json:
@@ -158,6 +158,10 @@ def _fit_options(
             raise ValueError(f"{arch} has no single width; use --model-config (e.g. widths)")
         cfg[key] = width
     cfg = {**splits.model_config(), **cfg}
+    try:  # a wrong type in --model-config surfaces here, with the option named
+        models.build(arch, **cfg)
+    except TypeError as e:
+        raise ValueError(f"--model-config does not build {arch}: {e}") from None
     tc = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
