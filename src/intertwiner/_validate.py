@@ -263,11 +263,13 @@ def scales(scale: Any, name: str = "scale", n: int | None = None) -> torch.Tenso
 
 # ---- errors raised inside a user's model ---------------------------------------------------------
 _SHAPE_MESSAGE = re.compile(
-    r"shape|size mismatch|sizes? of tensors|must match the size|expected input|input channels|"
-    r"to have \d+ channels|dimension|Expected .*(?:size|dim)|cannot be multiplied|"
-    r"Given groups|out of bounds|but got",
+    r"shapes? cannot be|shape '\[|size mismatch|sizes? of tensors must match|must match the size|"
+    r"expected input\[|input channels|to have \d+ channels|Expected .*\b(?:size|dim)\b|"
+    r"Given groups|Given normalized_shape|mat\d and mat\d|should contain \d+ elements",
     re.IGNORECASE,
 )
+# A device or dtype clash is not the caller's input shape, even when the message mentions sizes.
+_NOT_SHAPE = re.compile(r"device|dtype|scalar type", re.IGNORECASE)
 
 
 def _describe(inputs: Any) -> str:
@@ -305,7 +307,7 @@ def reraise_shape_errors(call: str, inputs: Any, model: Any = None) -> Iterator[
         yield
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not _SHAPE_MESSAGE.search(str(e)):
+        if not _SHAPE_MESSAGE.search(str(e)) or _NOT_SHAPE.search(str(e)):
             raise
         raise ShapeError(
             f"{call}: the model could not run on the input of {_describe(inputs)} "
