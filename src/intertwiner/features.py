@@ -19,7 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from intertwiner import _validate
-from intertwiner.errors import IntertwinerError, ShapeError
+from intertwiner.errors import (
+    IntertwinerError,
+    InvalidInputError,
+    InvalidOptionError,
+    ShapeError,
+    TooFewSamplesError,
+)
 
 __all__ = ["Capturer", "LayerNotFoundError", "capture", "iter_batches", "stream"]
 
@@ -44,7 +50,7 @@ def _inputs_of(batch: Any) -> torch.Tensor:
         return batch[0]  # (x, y) pairs
     if isinstance(batch, dict) and isinstance(batch.get("x"), torch.Tensor):
         return batch["x"]
-    raise TypeError(
+    raise InvalidInputError(
         f"cannot find the inputs in a batch of type {type(batch).__name__}; batches must be "
         "tensors, (x, y) tuples, or dicts with an 'x' entry"
     )
@@ -61,7 +67,9 @@ def iter_batches(data: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
     if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False)
     if not isinstance(data, Iterable):
-        raise TypeError(f"data must be a DataLoader, Dataset or tensor, got {type(data).__name__}")
+        raise InvalidInputError(
+            f"data must be a DataLoader, Dataset or tensor, got {type(data).__name__}"
+        )
     for batch in data:
         yield _inputs_of(batch)
 
@@ -69,7 +77,7 @@ def iter_batches(data: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
 def _resolve(model: nn.Module, layers: str | Sequence[str]) -> dict[str, nn.Module]:
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
-        raise ValueError("no layers requested")
+        raise InvalidOptionError("no layers requested; name at least one module (see models.sites)")
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
@@ -108,7 +116,10 @@ def _first_tensor(out: Any) -> torch.Tensor:
         for o in out:
             if isinstance(o, torch.Tensor):
                 return o
-    raise TypeError(f"module output of type {type(out).__name__} holds no tensor to capture")
+    raise InvalidInputError(
+        f"module output of type {type(out).__name__} holds no tensor to capture; capture a "
+        "module that returns a tensor (or a tuple starting with one)"
+    )
 
 
 def _convert(t: torch.Tensor, layout: str | None) -> torch.Tensor:
@@ -266,5 +277,8 @@ def capture(
         for name, t in batch.items():
             parts.setdefault(name, []).append(t)
     if not parts:
-        raise ValueError("no data: the data source yielded no batches")
+        raise TooFewSamplesError(
+            "no data: the data source yielded no batches; pass a non-empty tensor, Dataset or "
+            "DataLoader"
+        )
     return {n: torch.cat(ts) for n, ts in parts.items()}

@@ -177,6 +177,7 @@ def evaluate(
     as much as its size. The model's train/eval mode is restored afterwards. ``device=None`` uses
     the device of the model's first parameter (CPU for a parameter-free model).
     """
+    batch_size = _validate.positive_int(batch_size, "batch_size")
     if device is None:
         p = next(model.parameters(), None)
         dev = p.device if p is not None else torch.device("cpu")

@@ -203,3 +203,18 @@ def test_value_range_is_carried_by_functions_metrics_and_accumulators():
     assert ProcrustesSimilarity(group="permutation").value_range == (0.0, 1.0)
     assert "negative" in (group_cka.__doc__ or "")
     assert "negative" in (cka.__doc__ or "")
+
+
+def test_comparison_reports_each_metrics_range():
+    from intertwiner.metrics import compare
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    res = compare(model, model, torch.randn(16, 4), ["1"], ["1"],
+                  ["cka_debiased", "group_cka", "procrustes_similarity:positive_monomial"],
+                  progress=False)  # fmt: skip
+    assert res.value_range["cka_debiased"] == (-1.0, 1.0)
+    assert res.value_range["group_cka[positive_monomial]"] == (-1.0, 1.0)
+    assert res.to_dict()["metrics"]["procrustes_similarity[positive_monomial]"]["value_range"] == [
+        0.0,
+        1.0,
+    ]

@@ -28,7 +28,7 @@ from intertwiner.data.splits import (
     square_side,
     stratified_split,
 )
-from intertwiner.errors import IntertwinerError, InvalidOptionError, ShapeError
+from intertwiner.errors import IntertwinerError, InvalidInputError, InvalidOptionError, ShapeError
 
 DATASETS = ("digits", "mnist", "cifar10", "synthetic", "concepts")
 
@@ -111,6 +111,8 @@ def load(name: str, **options: Any) -> DataSplits:
 
 def _as_images(X: Any, what: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    if t.is_complex():
+        raise InvalidInputError(f"{what} is complex ({t.dtype}); pass real images (e.g. x.abs())")
     if t.ndim == 2:
         side = square_side(t.shape[1])
         t = t.reshape(len(t), 1, side, side)
@@ -154,6 +156,11 @@ def from_arrays(
     then ``val_fraction`` of the rest. uint8 images stay compact; ``scale`` multiplies pixels
     (e.g. 1/255) before normalisation.
     """
+    scalars = dict(test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,
+                   augment=augment, normalize=normalize, scale=scale)  # fmt: skip
+    check_options("from_arrays", from_arrays, scalars)
+    if num_classes is not None:
+        _validate.positive_int(num_classes, "num_classes")
     images = _as_images(X, "X")
     labels = _as_labels(y, len(images), "y")
     if X_test is None:

@@ -36,6 +36,8 @@ class Comparison:
     invariant_to: dict[str, list[str]] = field(default_factory=dict)
     higher_is_similar: dict[str, bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: (low, high) each metric's values lie in; a CKA estimator that can be negative says so.
+    value_range: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN cells become None."""
@@ -52,6 +54,7 @@ class Comparison:
                     "values": [[cell(v) for v in row] for row in m.tolist()],
                     "invariant_to": list(self.invariant_to.get(name, [])),
                     "higher_is_similar": bool(self.higher_is_similar.get(name, True)),
+                    "value_range": list(self.value_range.get(name, (math.nan, math.nan))),
                 }
                 for name, m in self.matrices.items()
             },
@@ -211,4 +214,5 @@ def compare(
         invariant_to={m.name: list(m.invariant_to) for m in ms},
         higher_is_similar={m.name: m.higher_is_similar for m in ms},
         notes=notes,
+        value_range={m.name: tuple(m.value_range) for m in ms},
     )
