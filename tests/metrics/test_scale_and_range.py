@@ -218,3 +218,17 @@ def test_comparison_reports_each_metrics_range():
         0.0,
         1.0,
     ]
+
+
+def test_paper_range_holds_for_relu_outputs_without_centring():
+    # paper.md section 6: for ReLU outputs (>= 0, not centred) every cross-correlation is >= 0, so
+    # both Procrustes distances are at most sqrt(2)/2 and the similarity is in [0.29, 1].
+    g = torch.Generator().manual_seed(5)
+    low = 1 - math.sqrt(2) / 2
+    for n, c in ((3, 1), (4, 2), (9, 3), (30, 6)):
+        for _ in range(5):
+            x = torch.randn(n, c, generator=g, dtype=torch.float64).relu()
+            y = torch.randn(n, c, generator=g, dtype=torch.float64).relu()
+            x[0], y[1] = 1.0, 1.0  # no dead neurons
+            for group in GROUPS:
+                assert low - 1e-12 <= procrustes_similarity(x, y, group=group) <= 1.0
