@@ -279,6 +279,8 @@ def _describe(inputs: Any) -> str:
         isinstance(inputs, tuple) and all(isinstance(d, int) for d in inputs)
     ):
         return f"shape {tuple(inputs)}"
+    if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
+        inputs = inputs[0]
     if isinstance(inputs, torch.Tensor):
         return f"shape {tuple(inputs.shape)}"
     if isinstance(inputs, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in inputs):
