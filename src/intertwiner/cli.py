@@ -159,7 +159,7 @@ def _fit_options(
         cfg[key] = width
     cfg = {**splits.model_config(), **cfg}
     try:  # a wrong type in --model-config surfaces here, with the option named
-        models.build(arch, **cfg)
+        models.build(arch, seed=0, **cfg)  # seeded: leaves the global RNG alone
     except TypeError as e:
         raise ValueError(f"--model-config does not build {arch}: {e}") from None
     tc = TrainConfig(
