@@ -73,14 +73,16 @@ def test_tampered_byte(saved):
 
 
 def test_config_mismatch_with_matching_hash(saved):
+    # Matching hashes: the edited sidecar is re-sealed (as a forger would), so the checks behind
+    # the metadata integrity record are exercised; test_edited_metadata covers unsealed edits.
     meta_path = checkpoints.sidecar(saved)
     meta = json.loads(meta_path.read_text())
     meta["config"]["width"] = 3  # the weights are width 2
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(checkpoints.seal(meta)))
     with pytest.raises(CheckpointError, match="architecture needs"):
         checkpoints.load(saved)
     meta["config"]["arch"] = "resnet20"
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(checkpoints.seal(meta)))
     with pytest.raises(CheckpointError, match="cannot rebuild|tensor names"):
         checkpoints.load(saved)
 
@@ -104,7 +106,7 @@ def test_garbage_with_forged_hash(tmp_path, saved):
     meta_path = checkpoints.sidecar(saved)
     meta = json.loads(meta_path.read_text())
     meta["sha256"] = hashlib.sha256(b"\x00" * 64).hexdigest()
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(checkpoints.seal(meta)))
     with pytest.raises(CheckpointError, match="safetensors"):
         checkpoints.load(saved)
 
@@ -136,3 +138,53 @@ def test_crash_mid_save_keeps_old_file(tmp_path, monkeypatch, saved):
     assert not list(saved.parent.glob("*.tmp"))
     monkeypatch.undo()
     assert checkpoints.is_valid(saved)
+
+
+@pytest.mark.parametrize(
+    "field, edit",
+    [
+        ("activation", lambda m: m["config"].update(activation="tanh")),  # same shapes as relu
+        ("activation", lambda m: m.update(activation="tanh")),
+        ("test_accuracy", lambda m: m.update(test_accuracy=0.99)),
+        ("val_accuracy", lambda m: m.update(val_accuracy=0.99)),
+        ("injected", lambda m: m.update(injected=1)),
+        ("dataset", lambda m: m.pop("dataset")),
+    ],
+)
+def test_edited_metadata_is_refused_by_name(tmp_path, field, edit):
+    path = checkpoints.save(randomised("myrtle_cnn", "relu"), tmp_path / "m.safetensors", META)
+    meta_path = checkpoints.sidecar(path)
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+    key = "config" if field == "activation" and "activation" in meta["config"] else field
+    for call in (checkpoints.load, checkpoints.read_metadata):
+        with pytest.raises(CheckpointError, match="edited after saving") as info:
+            call(path)
+        assert key in str(info.value) or field in str(info.value)
+    assert not checkpoints.is_valid(path)
+
+
+def test_edited_integrity_record_is_refused(saved):
+    meta_path = checkpoints.sidecar(saved)
+    meta = json.loads(meta_path.read_text())
+    meta["integrity"]["fields"]["activation"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="integrity record"):
+        checkpoints.load(saved)
+
+
+def test_format_1_checkpoints_load_with_a_warning(saved):
+    meta_path = checkpoints.sidecar(saved)
+    meta = json.loads(meta_path.read_text())
+    del meta["integrity"]
+    meta["format_version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(checkpoints.MetadataNotAuthenticatedWarning, match="save it again"):
+        model, got = checkpoints.load(saved)
+    assert got["test_accuracy"] == META["test_accuracy"]
+    # A format-2 sidecar stripped of its record is refused, not downgraded silently.
+    meta["format_version"] = 2
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="integrity record"):
+        checkpoints.load(saved)

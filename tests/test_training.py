@@ -171,3 +171,33 @@ def test_zoo_refuses_a_checkpoint_of_another_configuration(tmp_path, data):
     with pytest.raises(CheckpointError, match="widths: saved \\[8\\], asked \\[16\\]"):
         train_zoo("mlp", [0], data, tmp_path, model_config={"widths": [16]}, train_config=cfg,
                   progress=False)  # fmt: skip
+
+
+def test_zoo_resume_refuses_other_training_settings(tmp_path):
+    # Issue 17: `zoo --epochs 3 --lr 0.01` into a folder holding a seed-0 model trained otherwise
+    # returned the old model with exit 0. Now: exit 2 naming the fields; the same settings resume.
+    runner = CliRunner()
+    args = ["zoo", "--arch", "mlp", "--data", "synthetic", "--seeds", "0", "--quiet",
+            "--model-config", '{"widths": [4]}', "--out", str(tmp_path)]  # fmt: skip
+    assert runner.invoke(app, [*args, "--epochs", "1"]).exit_code == 0
+    before = (tmp_path / "mlp-relu-seed0.safetensors").read_bytes()
+    r = runner.invoke(app, [*args, "--epochs", "3", "--lr", "0.01"])
+    assert r.exit_code == 2, r.output
+    assert "train_config.epochs: saved 1, asked 3" in r.output
+    assert "train_config.lr: saved 0.001, asked 0.01" in r.output
+    r = runner.invoke(app, [*args, "--epochs", "1", "--split-seed", "1"])
+    assert r.exit_code == 2 and "data.split_seed: saved 0, asked 1" in r.output
+    r = runner.invoke(app, [*args, "--epochs", "1", "--threads", "1"])  # run-only setting
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "mlp-relu-seed0.safetensors").read_bytes() == before
+
+
+def test_zoo_resume_refuses_a_checkpoint_without_training_config(tmp_path, data):
+    from intertwiner.errors import ConfigMismatchError
+
+    model = build("mlp", widths=[8], seed=0, **data.model_config())
+    checkpoints.save(model, tmp_path / "mlp-relu-seed0.safetensors", {"dataset": "synthetic"})
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False)
+    with pytest.raises(ConfigMismatchError, match="records no training configuration"):
+        train_zoo("mlp", [0], data, tmp_path, model_config={"widths": [8]}, train_config=cfg,
+                  progress=False)  # fmt: skip

@@ -10,6 +10,18 @@ two moves leaves a hash mismatch, which ``load`` and ``is_valid`` detect.
 
 ``load(path)`` rebuilds the model with ``models.build``, checks the hash, the tensor names, shapes
 and dtypes, and raises ``CheckpointError`` for anything missing, truncated, tampered or mismatched.
+
+Metadata integrity (format 2): the sidecar's ``integrity`` record holds a sha256 of every other
+field (``fields``) and a sha256 over those (``sha256``). So the whole sidecar is covered: the
+architecture config and activation that rebuild the model, the tensor hash, the reported
+accuracies and the training configuration. ``read_metadata`` and ``load`` refuse a sidecar edited
+after saving, naming the edited fields (e.g. an activation changed from relu to tanh, which has the
+same tensor shapes and would otherwise load a model computing another function). This detects
+edits and corruption; it is a checksum, not a signature, so someone who rewrites the integrity
+record too is not stopped (keep checkpoints where only you can write).
+
+Checkpoints from format 1 (no ``integrity`` record; the tensors are still hash-checked) load with a
+``MetadataNotAuthenticatedWarning``; re-save them with ``save`` to authenticate their metadata.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +44,56 @@ from intertwiner._version import __version__
 from intertwiner.errors import CheckpointError
 
 FORMAT = "intertwiner-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The sidecar field holding the metadata hashes (everything else is covered by it).
+INTEGRITY = "integrity"
+
+
+class MetadataNotAuthenticatedWarning(UserWarning):
+    """A format-1 checkpoint: its tensors are hash-checked, its metadata is not."""
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+
+
+def _sha(value: Any) -> str:
+    return hashlib.sha256(_canonical(value)).hexdigest()
+
+
+def seal(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with a fresh ``integrity`` record over all its other fields (used by ``save``)."""
+    body = {k: v for k, v in meta.items() if k != INTEGRITY}
+    fields = {k: _sha(v) for k, v in body.items()}
+    return {**body, INTEGRITY: {"algorithm": "sha256", "fields": fields, "sha256": _sha(fields)}}
+
+
+def verify_metadata(meta: dict[str, Any], where: str | Path) -> None:
+    """Refuse metadata edited after saving (naming the fields); warn on unauthenticated format 1."""
+    record = meta.get(INTEGRITY)
+    if record is None and meta.get("format_version", 0) < 2:
+        warnings.warn(
+            f"{where} is a format-1 checkpoint: its tensors are hash-checked but its metadata "
+            "(config, activation, accuracies) is not authenticated; load it and save it again "
+            "with intertwiner.checkpoints.save to authenticate it",
+            MetadataNotAuthenticatedWarning,
+            stacklevel=3,
+        )
+        return
+    fields = record.get("fields") if isinstance(record, dict) else None
+    if not isinstance(fields, dict) or _sha(fields) != record.get("sha256"):
+        raise CheckpointError(
+            f"{where}: the metadata integrity record is missing or was edited; the sidecar "
+            "cannot be trusted. Retrain or restore the checkpoint from a backup."
+        )
+    now = {k: _sha(v) for k, v in meta.items() if k != INTEGRITY}
+    edited = sorted(k for k in set(fields) | set(now) if fields.get(k) != now.get(k))
+    if edited:
+        raise CheckpointError(
+            f"{where}: metadata field(s) {edited} were edited after saving (they no longer "
+            "match the integrity record); the model or the numbers it reports would be wrong. "
+            "Restore the original sidecar, or retrain and save the model again."
+        )
 
 
 def sidecar(path: str | Path) -> Path:
@@ -146,6 +208,7 @@ def save(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = N
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, blob)
+    meta = seal(meta)
     _atomic_write(sidecar(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return path
 
@@ -168,8 +231,9 @@ def _check_state(state: dict[str, torch.Tensor], reference: nn.Module, *, what: 
             )
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of checkpoint ``path`` (no hash check; see ``load``)."""
+def read_metadata(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """The JSON metadata of checkpoint ``path``, refused if edited after saving (``verify``;
+    the tensors' hash is checked by ``load``)."""
     meta_path = sidecar(path)
     if not meta_path.is_file():
         raise CheckpointError(f"missing metadata {meta_path} next to {path}; re-save the model")
@@ -183,6 +247,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{meta_path} has format_version {meta.get('format_version')}; upgrade intertwiner"
         )
+    if verify:
+        verify_metadata(meta, meta_path)
     return meta
 
 
@@ -223,4 +289,15 @@ def is_valid(path: str | Path) -> bool:
     return True
 
 
-__all__ = ["FORMAT", "is_valid", "load", "read_metadata", "remove_temporaries", "save", "sidecar"]
+__all__ = [
+    "FORMAT",
+    "MetadataNotAuthenticatedWarning",
+    "is_valid",
+    "load",
+    "read_metadata",
+    "remove_temporaries",
+    "save",
+    "seal",
+    "sidecar",
+    "verify_metadata",
+]

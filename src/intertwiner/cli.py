@@ -24,6 +24,65 @@ def fail(error: Exception | str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+# ---- option checks (typer callbacks: bad input exits with code 2 and one line, no traceback) ----
+def _checked(check):
+    """A typer callback running ``check(value)`` (an ``intertwiner._validate`` function); its
+    error becomes typer's BadParameter (exit code 2, the option named, no traceback)."""
+
+    def callback(value):
+        if value is None:
+            return value
+        try:
+            return check(value)
+        except (ValueError, TypeError) as e:
+            raise typer.BadParameter(str(e)) from None
+
+    return callback
+
+
+def _folder(value: str) -> str:
+    from pathlib import Path
+
+    if Path(value).exists() and not Path(value).is_dir():
+        raise ValueError(f"{value} is an existing file; --out names a folder (new or existing)")
+    return value
+
+
+def _device(value: str) -> str:
+    from intertwiner._validate import device
+
+    return str(device(value, "--device"))
+
+
+def _fraction(value: float) -> float:
+    from intertwiner._validate import finite_number
+
+    return finite_number(value, "the fraction", low=0.0, high=1.0, high_open=True)
+
+
+def _positive_number(value: float) -> float:
+    from intertwiner._validate import finite_number
+
+    return finite_number(value, "the value", low=0.0, low_open=True)
+
+
+def _nonnegative_number(value: float) -> float:
+    from intertwiner._validate import finite_number
+
+    return finite_number(value, "the value", low=0.0)
+
+
+def _seeds(value: str) -> str:
+    from intertwiner.training import parse_seeds
+
+    parse_seeds(value)
+    return value
+
+
+_FOLDER, _DEVICE, _FRACTION = _checked(_folder), _checked(_device), _checked(_fraction)
+_POSITIVE, _NONNEGATIVE = _checked(_positive_number), _checked(_nonnegative_number)
+
+
 @app.callback()
 def _main() -> None:
     """intertwiner: symmetries of deep learning models and their internal representations."""
@@ -36,14 +95,14 @@ def groups(
         None, "--activation", "-a", help="Print one row: an activation name such as relu."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    trials: int = typer.Option(16, help="Sampled group elements per verification."),
+    trials: int = typer.Option(16, min=1, help="Sampled group elements per verification."),
 ) -> None:
     """Print the intertwiner group of every known activation, verified and rediscovered."""
     from intertwiner.errors import IntertwinerError
     from intertwiner.groups.table import format_table, group_table
 
     try:
-        rows = group_table([activation] if activation else None, trials=trials)
+        rows = group_table([activation] if activation is not None else None, trials=trials)
     except IntertwinerError as e:
         raise fail(e) from None
     if as_json:
@@ -83,7 +142,12 @@ def _fit_options(
     elif data.lower().startswith("cifar"):
         options["root"] = None  # cifar10 explains where to get the data
     splits = data_mod.load(data, **options)
-    cfg = json.loads(model_config) if model_config else {}
+    try:
+        cfg = json.loads(model_config) if model_config else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"--model-config is not valid JSON ({e}); write an object, e.g. '{{\"widths\": [64]}}'"
+        ) from None
     if not isinstance(cfg, dict):
         raise ValueError("--model-config must be a JSON object, e.g. '{\"widths\": [64, 32]}'")
     if activation is not None:
@@ -94,6 +158,10 @@ def _fit_options(
             raise ValueError(f"{arch} has no single width; use --model-config (e.g. widths)")
         cfg[key] = width
     cfg = {**splits.model_config(), **cfg}
+    try:  # a wrong type in --model-config surfaces here, with the option named
+        models.build(arch, seed=0, **cfg)  # seeded: leaves the global RNG alone
+    except TypeError as e:
+        raise ValueError(f"--model-config does not build {arch}: {e}") from None
     tc = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -113,18 +181,18 @@ _ARCH_HELP = "mlp | myrtle_cnn | resnet20 | resnet18 | vit"
 _OPT_ACTIVATION = typer.Option(None, "--activation", "-a", help="e.g. relu, tanh.")
 _OPT_DATA = typer.Option("mnist", "--data", help="mnist | digits | concepts | synthetic | cifar10")
 _OPT_DATA_DIR = typer.Option(None, "--data-dir", help="Has cifar-10-batches-py/.")
-_OPT_SPLIT_SEED = typer.Option(0, "--split-seed", help="Which examples form validation.")
-_OPT_VAL_FRACTION = typer.Option(0.1, "--val-fraction")
+_OPT_SPLIT_SEED = typer.Option(0, "--split-seed", min=0, help="Which examples form validation.")
+_OPT_VAL_FRACTION = typer.Option(0.1, "--val-fraction", callback=_FRACTION)
 _OPT_AUGMENT = typer.Option(False, "--augment/--no-augment", help="Flip/translate train.")
-_OPT_WIDTH = typer.Option(None, "--width", help="Width multiplier (vit: dim).")
+_OPT_WIDTH = typer.Option(None, "--width", min=1, help="Width multiplier (vit: dim).")
 _OPT_MODEL_CONFIG = typer.Option(None, "--model-config", help="JSON of build() keys.")
-_OPT_EPOCHS = typer.Option(5, "--epochs")
-_OPT_BATCH_SIZE = typer.Option(128, "--batch-size")
+_OPT_EPOCHS = typer.Option(5, "--epochs", min=1)
+_OPT_BATCH_SIZE = typer.Option(128, "--batch-size", min=1)
 _OPT_OPTIMIZER = typer.Option("adam", "--optimizer", help="adam | sgd")
-_OPT_LR = typer.Option(1e-3, "--lr")
-_OPT_WEIGHT_DECAY = typer.Option(1e-4, "--weight-decay")
+_OPT_LR = typer.Option(1e-3, "--lr", callback=_POSITIVE)
+_OPT_WEIGHT_DECAY = typer.Option(1e-4, "--weight-decay", callback=_NONNEGATIVE)
 _OPT_SCHEDULE = typer.Option("step", "--schedule", help="none | step | cosine")
-_OPT_THREADS = typer.Option(None, "--threads", help="torch CPU threads.")
+_OPT_THREADS = typer.Option(None, "--threads", min=1, help="torch CPU threads.")
 
 
 @app.command()
@@ -133,7 +201,7 @@ def train(
     activation: str | None = _OPT_ACTIVATION,
     data: str = _OPT_DATA,
     data_dir: str | None = _OPT_DATA_DIR,
-    seed: int = typer.Option(0, "--seed", help="Initial weights and batch order."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Initial weights and batch order."),
     split_seed: int = _OPT_SPLIT_SEED,
     val_fraction: float = _OPT_VAL_FRACTION,
     augment: bool = _OPT_AUGMENT,
@@ -146,7 +214,7 @@ def train(
     weight_decay: float = _OPT_WEIGHT_DECAY,
     schedule: str = _OPT_SCHEDULE,
     threads: int | None = _OPT_THREADS,
-    out: str = typer.Option(..., "--out", help="Folder for the checkpoint."),
+    out: str = typer.Option(..., "--out", callback=_FOLDER, help="Folder for the checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train one model and save {arch}-{activation}-seed{seed}.safetensors (+ .json) in --out."""
@@ -186,7 +254,7 @@ def train(
 @app.command()
 def zoo(
     arch: str = typer.Option(..., "--arch", help=_ARCH_HELP),
-    seeds: str = typer.Option("0-3", "--seeds", help="e.g. 0-3 or 0,2,5."),
+    seeds: str = typer.Option("0-3", "--seeds", callback=_checked(_seeds), help="e.g. 0-3, 0,2,5."),
     activation: str | None = _OPT_ACTIVATION,
     data: str = _OPT_DATA,
     data_dir: str | None = _OPT_DATA_DIR,
@@ -202,7 +270,7 @@ def zoo(
     weight_decay: float = _OPT_WEIGHT_DECAY,
     schedule: str = _OPT_SCHEDULE,
     threads: int | None = _OPT_THREADS,
-    out: str = typer.Option(..., "--out", help="Folder for the checkpoints."),
+    out: str = typer.Option(..., "--out", callback=_FOLDER, help="Folder for the checkpoints."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train one model per seed into --out; seeds with a valid checkpoint are skipped (resume)."""
@@ -372,17 +440,21 @@ def sanity(
     data: str = typer.Option("mnist", "--data", help="digits | mnist | concepts | synthetic"),
     sites: str | None = typer.Option(None, "--sites", help="Comma list; default: all but last."),
     kinds: str = typer.Option("group,orthogonal", "--kinds", help="identity,group,orthogonal,.."),
-    repeats: int = typer.Option(3, "--repeats"),
-    epochs: int = typer.Option(2, "--epochs", help="Retraining epochs (0: no retraining)."),
-    base_epochs: int = typer.Option(6, "--base-epochs", help="Epochs for the base model."),
-    width: int = typer.Option(8, "--width", help="Width of the base model."),
+    repeats: int = typer.Option(3, "--repeats", min=1),
+    epochs: int = typer.Option(2, "--epochs", min=0, help="Retraining epochs (0: no retraining)."),
+    base_epochs: int = typer.Option(6, "--base-epochs", min=1, help="Epochs for the base model."),
+    width: int = typer.Option(8, "--width", min=1, help="Width of the base model."),
     batchnorm: bool = typer.Option(False, "--batchnorm/--no-batchnorm", help="Paper: none."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Use this trained model."),
-    seed: int = typer.Option(0, "--seed", help="Base model, transforms and retraining."),
-    lr: float = typer.Option(1e-3, "--lr"),
-    batch_size: int = typer.Option(128, "--batch-size", help="Base training and retraining."),
-    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
-    out: str = typer.Option(..., "--out", help="Folder for checkpoints, rows and figure."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Base model, transforms and retraining."),
+    lr: float = typer.Option(1e-3, "--lr", callback=_POSITIVE),
+    batch_size: int = typer.Option(
+        128, "--batch-size", min=1, help="Base training and retraining."
+    ),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    out: str = typer.Option(
+        ..., "--out", callback=_FOLDER, help="Folder for checkpoints, rows and figure."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Rotation sanity test: fixed transform before an activation, retrain the rest, penalty."""
@@ -442,13 +514,19 @@ def dissect(
     checkpoint: str = typer.Argument(..., help="A model checkpoint (.safetensors)."),
     layer: str = typer.Option(..., "--layer", help="A conv activation site, e.g. block2.act."),
     data: str = typer.Option("concepts", "--data", help="Only concepts (scenes with masks)."),
-    n_orthogonal: int = typer.Option(3, "--n-orthogonal", help="Random rotations to try."),
+    n_orthogonal: int = typer.Option(3, "--n-orthogonal", min=0, help="Random rotations."),
     powers: str = typer.Option("0,0.1,0.2,0.3,0.5,0.7,1", "--powers", help="Rotation powers."),
-    quantile: float = typer.Option(0.005, "--quantile", help="Top fraction that is 'on'."),
-    iou_threshold: float = typer.Option(0.04, "--iou-threshold"),
-    n_rotations: int = typer.Option(4, "--n-rotations", help="For the label-free statistics."),
-    seed: int = typer.Option(0, "--seed", help="Group element and rotations."),
-    out: str | None = typer.Option(None, "--out", help="Folder for JSON and the figure."),
+    quantile: float = typer.Option(
+        0.005, "--quantile", callback=_FRACTION, help="Top fraction that is 'on'."
+    ),
+    iou_threshold: float = typer.Option(0.04, "--iou-threshold", callback=_FRACTION),
+    n_rotations: int = typer.Option(
+        4, "--n-rotations", min=1, help="For the label-free statistics."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Group element and rotations."),
+    out: str | None = typer.Option(
+        None, "--out", callback=_FOLDER, help="Folder for JSON and the figure."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -508,8 +586,8 @@ def dissect(
 def symmetries(
     checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by train/zoo."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    seed: int = typer.Option(0, help="Seed for the random input batch and group elements."),
-    batch: int = typer.Option(8, help="Random inputs used to verify each site."),
+    seed: int = typer.Option(0, min=0, help="Seed for the random input batch and elements."),
+    batch: int = typer.Option(8, min=1, help="Random inputs used to verify each site."),
 ) -> None:
     """Trace a checkpoint's weight-space symmetries and verify each site.
 
@@ -563,11 +641,13 @@ def _init_samples(text: str | None) -> int | str | None:
     """``--init-samples``: None, "auto" or a positive int."""
     if text is None or text == "auto":
         return text
+    from intertwiner._validate import positive_int
+
     try:
-        return int(text)
+        return positive_int(int(text), "--init-samples")
     except ValueError:
         raise ValueError(
-            f"--init-samples takes a number of inputs or 'auto', got {text!r}"
+            f"--init-samples takes a number of inputs (>= 1) or 'auto', got {text!r}"
         ) from None
 
 
@@ -585,11 +665,14 @@ def stitch_command(
     solver: str = typer.Option("match", help="perm_scale/permutation solver: match | birkhoff."),
     epochs: int | None = typer.Option(
         None,
+        min=0,
         help="Training epochs of the stitch (0: initialisation only; default 2, or the paper's 20 "
         "for birkhoff).",
     ),
     lr: float | None = typer.Option(
-        None, help="Learning rate (default 1e-2 Adam, or the paper's 1e-3 SGD for birkhoff)."
+        None,
+        callback=_POSITIVE,
+        help="Learning rate (default 1e-2 Adam, or the paper's 1e-3 SGD for birkhoff).",
     ),
     bias: bool = typer.Option(False, "--bias/--no-bias", help="Give the stitch a bias."),
     init_samples: str | None = typer.Option(
@@ -597,15 +680,15 @@ def stitch_command(
         help="Training inputs for the matching / closed-form statistics: N, or auto (stop when "
         "the assignment has converged); default all. Fewer is faster, usually a little worse.",
     ),
-    batch_size: int = typer.Option(128, help="Batch size."),
+    batch_size: int = typer.Option(128, min=1, help="Batch size."),
     data: str | None = typer.Option(
         None, "--data", help="Dataset name (default: the one in A's checkpoint metadata)."
     ),
     data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    seed: int = typer.Option(0, help="Seed of the stitch's initialisation and batch order."),
+    seed: int = typer.Option(0, min=0, help="Seed of the stitch's init and batch order."),
     residual: str = typer.Option("stitch", help="Residual-branch sites: stitch | error."),
-    device: str | None = typer.Option(None, help="cpu, cuda, ... (default cpu)."),
-    threads: int | None = typer.Option(None, help="torch intra-op threads."),
+    device: str | None = typer.Option(None, callback=_DEVICE, help="cpu, cuda, ... (default cpu)."),
+    threads: int | None = typer.Option(None, min=1, help="torch intra-op threads."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

@@ -56,3 +56,26 @@ class UnsupportedModuleError(IntertwinerError, NotImplementedError):
 
 class UnverifiedSymmetryError(UnsupportedModuleError):
     """A traced symmetry that changed the model's function when checked numerically."""
+
+
+class InvalidInputError(IntertwinerError, TypeError):
+    """An input of the wrong kind: not a tensor or array, complex, or not a callable."""
+
+
+class InvalidOptionError(IntertwinerError, ValueError):
+    """An option or size outside its valid range (a non-positive count, NaN learning rate, ...)."""
+
+
+class InvalidElementError(IntertwinerError, ValueError):
+    """A group element that is not one: a repeated permutation index, a zero or infinite scale."""
+
+
+class ConfigMismatchError(CheckpointError):
+    """An existing checkpoint made with other settings than the ones asked for (resume refused)."""
+
+
+class UnknownSiteError(IntertwinerError, KeyError):
+    """A site name that the SymmetrySpec does not have."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
+        return str(self.args[0]) if self.args else ""

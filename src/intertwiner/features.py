@@ -18,7 +18,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from intertwiner.errors import IntertwinerError, ShapeError
+from intertwiner import _validate
+from intertwiner.errors import (
+    IntertwinerError,
+    InvalidInputError,
+    InvalidOptionError,
+    ShapeError,
+    TooFewSamplesError,
+)
 
 __all__ = ["Capturer", "LayerNotFoundError", "capture", "iter_batches", "stream"]
 
@@ -43,7 +50,7 @@ def _inputs_of(batch: Any) -> torch.Tensor:
         return batch[0]  # (x, y) pairs
     if isinstance(batch, dict) and isinstance(batch.get("x"), torch.Tensor):
         return batch["x"]
-    raise TypeError(
+    raise InvalidInputError(
         f"cannot find the inputs in a batch of type {type(batch).__name__}; batches must be "
         "tensors, (x, y) tuples, or dicts with an 'x' entry"
     )
@@ -60,7 +67,9 @@ def iter_batches(data: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
     if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False)
     if not isinstance(data, Iterable):
-        raise TypeError(f"data must be a DataLoader, Dataset or tensor, got {type(data).__name__}")
+        raise InvalidInputError(
+            f"data must be a DataLoader, Dataset or tensor, got {type(data).__name__}"
+        )
     for batch in data:
         yield _inputs_of(batch)
 
@@ -68,7 +77,7 @@ def iter_batches(data: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
 def _resolve(model: nn.Module, layers: str | Sequence[str]) -> dict[str, nn.Module]:
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
-        raise ValueError("no layers requested")
+        raise InvalidOptionError("no layers requested; name at least one module (see models.sites)")
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
@@ -107,7 +116,10 @@ def _first_tensor(out: Any) -> torch.Tensor:
         for o in out:
             if isinstance(o, torch.Tensor):
                 return o
-    raise TypeError(f"module output of type {type(out).__name__} holds no tensor to capture")
+    raise InvalidInputError(
+        f"module output of type {type(out).__name__} holds no tensor to capture; capture a "
+        "module that returns a tensor (or a tuple starting with one)"
+    )
 
 
 def _convert(t: torch.Tensor, layout: str | None) -> torch.Tensor:
@@ -124,7 +136,8 @@ class Capturer:
     """Forward hooks on the named modules of one model; ``run(x)`` returns their outputs.
 
     Use as a context manager (hooks removed and train/eval flags restored on exit). The forward
-    stops early once every requested layer has produced its output.
+    stops early once every requested layer has produced its output. A shape error raised inside
+    the model becomes ``ShapeError`` naming ``call`` and the input shape.
     """
 
     def __init__(
@@ -134,12 +147,12 @@ class Capturer:
         *,
         device: torch.device | str | None = None,
         layout: str | None = None,
+        call: str = "capture",
     ) -> None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        self.model, self.layout = model, layout
+        _validate.choice(layout, "layout", LAYOUTS)
+        self.model, self.layout, self.call = model, layout, call
         self.targets = _resolve(model, layers)
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.device = _validate.device(device) if device is not None else _model_device(model)
         if device is not None:
             model.to(self.device)
         self._captured: dict[str, torch.Tensor] = {}
@@ -175,7 +188,7 @@ class Capturer:
     def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{layer: output}`` for one input batch (CPU, detached, converted to ``layout``)."""
         self._captured.clear()
-        with torch.no_grad():
+        with torch.no_grad(), _validate.reraise_shape_errors(self.call, x, self.model):
             try:
                 self.model(x.to(self.device))
             except _StopForward:
@@ -194,6 +207,9 @@ def limited_batches(
     """Input batches truncated to ``max_samples``, with an optional tqdm bar."""
     from tqdm.auto import tqdm
 
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    if max_samples is not None:
+        max_samples = _validate.positive_int(max_samples, "max_samples", hint="or None for all")
     seen = 0
     bar = tqdm(disable=not progress, desc=desc, unit="sample", total=max_samples)
     try:
@@ -261,5 +277,8 @@ def capture(
         for name, t in batch.items():
             parts.setdefault(name, []).append(t)
     if not parts:
-        raise ValueError("no data: the data source yielded no batches")
+        raise TooFewSamplesError(
+            "no data: the data source yielded no batches; pass a non-empty tensor, Dataset or "
+            "DataLoader"
+        )
     return {n: torch.cat(ts) for n, ts in parts.items()}

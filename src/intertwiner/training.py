@@ -24,8 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from intertwiner import _validate
 from intertwiner.data.splits import ArrayDataset, DataSplits
-from intertwiner.errors import NonFiniteError
+from intertwiner.errors import ConfigMismatchError, InvalidOptionError, NonFiniteError
 
 
 @dataclass
@@ -63,16 +64,28 @@ class TrainConfig:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.schedule not in ("none", "step", "cosine"):
-            raise ValueError(f"schedule must be 'none', 'step' or 'cosine', got {self.schedule!r}")
-        if self.weight_decay_on not in ("weights", "all"):
-            raise ValueError(
-                f"weight_decay_on must be 'weights' or 'all': {self.weight_decay_on!r}"
-            )
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        """Every field checked (``InvalidOptionError``, a ValueError, saying the valid range)."""
+        v = _validate
+        v.choice(self.optimizer, "optimizer", ("adam", "sgd"))
+        v.choice(self.schedule, "schedule", ("none", "step", "cosine"))
+        v.choice(self.weight_decay_on, "weight_decay_on", ("weights", "all"))
+        self.epochs = v.positive_int(self.epochs, "epochs")
+        self.batch_size = v.positive_int(self.batch_size, "batch_size")
+        self.eval_batch_size = v.positive_int(self.eval_batch_size, "eval_batch_size")
+        self.seed = v.positive_int(self.seed, "seed", minimum=0)
+        self.lr = v.finite_number(self.lr, "lr", low=0.0, low_open=True, hint="e.g. 1e-3")
+        self.momentum = v.finite_number(self.momentum, "momentum", low=0.0, high=1.0,
+                                        high_open=True)  # fmt: skip
+        self.weight_decay = v.finite_number(self.weight_decay, "weight_decay", low=0.0)
+        self.step_gamma = v.finite_number(self.step_gamma, "step_gamma", low=0.0, high=1.0,
+                                          low_open=True)  # fmt: skip
+        if self.num_threads is not None:
+            self.num_threads = v.positive_int(self.num_threads, "num_threads")
+        if self.max_seconds is not None:
+            self.max_seconds = v.finite_number(self.max_seconds, "max_seconds", low=0.0,
+                                               low_open=True)  # fmt: skip
+        if self.device is not None:
+            v.device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (stored in checkpoint metadata)."""
@@ -164,6 +177,7 @@ def evaluate(
     as much as its size. The model's train/eval mode is restored afterwards. ``device=None`` uses
     the device of the model's first parameter (CPU for a parameter-free model).
     """
+    batch_size = _validate.positive_int(batch_size, "batch_size")
     if device is None:
         p = next(model.parameters(), None)
         dev = p.device if p is not None else torch.device("cpu")
@@ -325,40 +339,67 @@ def zoo_filename(arch: str, activation: str, seed: int) -> str:
 
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     """``"0-3"`` -> [0, 1, 2, 3]; ``"0,2,5"`` -> [0, 2, 5]; ints and lists pass through."""
-    if isinstance(spec, int):
-        return [spec]
     if not isinstance(spec, str):
-        return [int(s) for s in spec]
+        items = list(spec) if isinstance(spec, Iterable) else [spec]
+        return [_validate.positive_int(s, "seed", minimum=0) for s in items]
     seeds: list[int] = []
     for part in spec.replace(" ", "").split(","):
         if not part:
             continue
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            if int(hi) < int(lo):
-                raise ValueError(f"empty seed range {part!r}; write low-high, e.g. 0-3")
-            seeds.extend(range(int(lo), int(hi) + 1))
-        else:
-            seeds.append(int(part))
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise InvalidOptionError(
+                f"cannot read seeds {spec!r}: {part!r} is not a seed (>= 0) or a range low-high; "
+                "use e.g. '0-3' or '0,2,5'"
+            )
+        if sep and int(hi) < int(lo):
+            raise InvalidOptionError(f"empty seed range {part!r}; write low-high, e.g. 0-3")
+        seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
     if not seeds:
-        raise ValueError(f"no seeds in {spec!r}; use e.g. '0-3' or '0,1,2'")
+        raise InvalidOptionError(f"no seeds in {spec!r}; use e.g. '0-3' or '0,1,2'")
     return seeds
 
 
-def _check_same_model(path: Path, arch: str, cfg: dict[str, Any]) -> None:
-    """Refuse to reuse a zoo checkpoint built with a different model configuration (a zoo folder
-    used for two widths would otherwise silently hand back the first one's models)."""
-    from intertwiner import checkpoints
-    from intertwiner.errors import CheckpointError
+#: TrainConfig fields that do not change the trained model (how it runs, not what it learns).
+_RUN_ONLY = ("progress", "num_threads", "device", "eval_batch_size")
 
-    saved = checkpoints.read_metadata(path).get("config", {})
-    asked = json.loads(json.dumps({"arch": arch, **cfg}, default=str))  # as the metadata stores it
-    differ = {k: (saved[k], v) for k, v in asked.items() if k in saved and saved[k] != v}
+
+def _check_resumable(
+    path: Path, arch: str, cfg: dict[str, Any], tc: TrainConfig, data_meta: dict[str, Any]
+) -> None:
+    """Refuse to reuse a zoo checkpoint made with another model configuration, training
+    configuration or data split (a zoo folder reused with new settings would otherwise silently
+    hand back the old models). ``ConfigMismatchError`` lists every differing field."""
+    from intertwiner import checkpoints
+
+    meta = checkpoints.read_metadata(path)
+
+    def jsonable(d: dict[str, Any]) -> dict[str, Any]:  # as the metadata stores it
+        return json.loads(json.dumps(d, default=str))
+
+    saved_train = meta.get("train_config")
+    if not isinstance(saved_train, dict):
+        raise ConfigMismatchError(
+            f"{path} exists but records no training configuration, so it cannot be resumed "
+            "safely; use another zoo folder or delete that checkpoint"
+        )
+    parts = {
+        "": (meta.get("config", {}), jsonable({"arch": arch, **cfg})),
+        "train_config.": (saved_train, jsonable(tc.to_dict())),
+        "data.": (meta.get("data_meta") or {}, jsonable(data_meta)),
+    }
+    differ = []
+    for prefix, (saved, asked) in parts.items():
+        for k, v in asked.items():
+            if prefix == "train_config." and k in _RUN_ONLY:
+                continue
+            if k in saved and saved[k] != v:
+                differ.append(f"{prefix}{k}: saved {saved[k]!r}, asked {v!r}")
     if differ:
-        what = ", ".join(f"{k}: saved {a!r}, asked {b!r}" for k, (a, b) in differ.items())
-        raise CheckpointError(
-            f"{path} exists with another model configuration ({what}); use another zoo folder "
-            "or delete that checkpoint"
+        raise ConfigMismatchError(
+            f"{path} exists with other settings ({'; '.join(differ)}); resuming would return "
+            "that model, not the one asked for. Use another zoo folder (--out) or delete that "
+            "checkpoint to retrain it"
         )
 
 
@@ -377,7 +418,10 @@ def train_zoo(
     The seed sets both the initial weights (``models.build(seed=s)``) and the training order
     (``TrainConfig.seed``); the data split is the one in ``data`` for every seed. ``in_channels``,
     ``input_size`` and ``num_classes`` default to ``data.meta``. A seed whose checkpoint exists and
-    passes ``checkpoints.is_valid`` is skipped, so an interrupted zoo resumes where it stopped.
+    passes ``checkpoints.is_valid`` is skipped, so an interrupted zoo resumes where it stopped; it
+    must have been made with the same model configuration, training configuration (all but
+    progress, threads, device and eval batch size) and data split, else ``ConfigMismatchError``
+    names the differing fields.
     Returns the checkpoint paths in seed order.
     """
     from intertwiner import checkpoints, models
@@ -394,12 +438,12 @@ def train_zoo(
     for seed in bar:
         path = out / zoo_filename(arch, activation, seed)
         paths.append(path)
+        tc = dataclasses.replace(base, seed=seed, progress=base.progress and progress)
         if checkpoints.is_valid(path):
-            _check_same_model(path, arch, cfg)
+            _check_resumable(path, arch, cfg, tc, data.meta)
             bar.set_postfix(seed=seed, status="exists")
             continue
         model = models.build(arch, seed=seed, **cfg)
-        tc = dataclasses.replace(base, seed=seed, progress=base.progress and progress)
         result = train(model, data, tc)
         checkpoints.save(
             result.model,

@@ -156,3 +156,32 @@ def test_same_seed_same_sample():
 def test_unknown_family_is_a_clear_error():
     with pytest.raises(KeyError, match="positive_monomial"):
         family("wreath")
+
+
+def test_elements_are_checked_when_built_and_contains_rechecks_edits():
+    import math
+
+    from intertwiner.errors import InvalidElementError
+    from intertwiner.groups.elements import MonomialElement
+    from intertwiner.groups.families import FAMILIES
+
+    bad = [
+        ([0, 0, 2], [1.0, 1.0, 1.0]),  # repeated index: singular (issue 17 saw f change by 0.77)
+        ([0, 1, 3], [1.0, 1.0, 1.0]),
+        ([0, 1, 2], [math.inf, 1.0, 1.0]),  # issue 19: apply then wrote NaN weights
+        ([0, 1, 2], [0.0, 1.0, 1.0]),
+        ([0, 1, 2], [math.nan, 1.0, 1.0]),
+    ]
+    for perm, scale in bad:
+        with pytest.raises(InvalidElementError):
+            MonomialElement(torch.tensor(perm), torch.tensor(scale, dtype=torch.float64))
+    ok = MonomialElement(torch.tensor([2, 0, 1]), torch.tensor([0.5, 2.0, 1.0]))
+    for name in ("positive_monomial", "monomial"):
+        assert FAMILIES[name].contains(ok)
+    edited = MonomialElement(torch.tensor([2, 0, 1]), torch.tensor([0.5, 2.0, 1.0]))
+    edited.scale[0] = math.inf  # edited after construction: contains must not accept it
+    dup = MonomialElement(torch.tensor([2, 0, 1]), torch.tensor([0.5, 2.0, 1.0]))
+    dup.perm[0] = 0
+    for name in ("positive_monomial", "monomial", "permutation", "signed_permutation"):
+        assert not FAMILIES[name].contains(edited)
+        assert not FAMILIES[name].contains(dup)

@@ -13,11 +13,14 @@ flips for CIFAR-10), ``normalize=True`` (per-channel mean/std of the training pa
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from intertwiner import _validate
 from intertwiner.data.splits import (
     ArrayDataset,
     DataSplits,
@@ -25,7 +28,7 @@ from intertwiner.data.splits import (
     square_side,
     stratified_split,
 )
-from intertwiner.errors import IntertwinerError, ShapeError
+from intertwiner.errors import IntertwinerError, InvalidInputError, InvalidOptionError, ShapeError
 
 DATASETS = ("digits", "mnist", "cifar10", "synthetic", "concepts")
 
@@ -37,34 +40,79 @@ class UnknownDatasetError(IntertwinerError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def load(name: str, **options: Any) -> DataSplits:
-    """Load dataset ``name`` (see the module docstring) with ``options``."""
-    key = str(name).strip().lower().replace("-", "_")
+def _loader(key: str) -> Callable[..., DataSplits] | None:
     if key == "digits":
         from intertwiner.data.digits import load_digits
 
-        return load_digits(**options)
+        return load_digits
     if key == "mnist":
         from intertwiner.data.mnist import load_mnist
 
-        return load_mnist(**options)
+        return load_mnist
     if key in ("cifar10", "cifar_10", "cifar"):
         from intertwiner.data.cifar10 import load_cifar10
 
-        return load_cifar10(**options)
+        return load_cifar10
     if key == "synthetic":
         from intertwiner.data.synthetic import load_synthetic
 
-        return load_synthetic(**options)
+        return load_synthetic
     if key == "concepts":
         from intertwiner.data.concepts import load_concepts
 
-        return load_concepts(**options)
-    raise UnknownDatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        return load_concepts
+    return None
+
+
+def check_options(name: str, fn: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse options ``fn`` does not take, and counts, seeds and fractions out of range.
+
+    By the type of each option's default: ints (not bools) must be integers (>= 0 for ``*seed``,
+    >= 1 otherwise), floats finite (``*fraction`` in [0, 1), others >= 0), bools bools.
+    """
+    signature = inspect.signature(fn).parameters
+    params = {
+        k: p for k, p in signature.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.values())
+    unknown = [] if takes_any else sorted(set(options) - set(params))
+    if unknown:
+        raise InvalidOptionError(
+            f"{name} does not take option(s) {unknown}; its options are {sorted(params)}"
+        )
+    out = dict(options)
+    for k, v in options.items():
+        default = params[k].default if k in params else None
+        if isinstance(default, bool):
+            if not isinstance(v, (bool, np.bool_)):
+                raise InvalidOptionError(f"{name} option {k} must be True or False, got {v!r}")
+        elif isinstance(default, int):
+            out[k] = _validate.positive_int(
+                v, f"{name} option {k}", minimum=0 if "seed" in k else 1
+            )
+        elif isinstance(default, float):
+            if k.endswith("fraction"):
+                out[k] = _validate.finite_number(v, f"{name} option {k}", low=0.0, high=1.0,
+                                                 high_open=True)  # fmt: skip
+            else:
+                out[k] = _validate.finite_number(v, f"{name} option {k}", low=0.0)
+    return out
+
+
+def load(name: str, **options: Any) -> DataSplits:
+    """Load dataset ``name`` (see the module docstring) with ``options``; unknown options and
+    values out of range raise ``InvalidOptionError`` listing what the dataset takes."""
+    key = str(name).strip().lower().replace("-", "_")
+    fn = _loader(key)
+    if fn is None:
+        raise UnknownDatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return fn(**check_options(key, fn, options))
 
 
 def _as_images(X: Any, what: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+    if t.is_complex():
+        raise InvalidInputError(f"{what} is complex ({t.dtype}); pass real images (e.g. x.abs())")
     if t.ndim == 2:
         side = square_side(t.shape[1])
         t = t.reshape(len(t), 1, side, side)
@@ -108,6 +156,11 @@ def from_arrays(
     then ``val_fraction`` of the rest. uint8 images stay compact; ``scale`` multiplies pixels
     (e.g. 1/255) before normalisation.
     """
+    scalars = dict(test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,
+                   augment=augment, normalize=normalize, scale=scale)  # fmt: skip
+    check_options("from_arrays", from_arrays, scalars)
+    if num_classes is not None:
+        _validate.positive_int(num_classes, "num_classes")
     images = _as_images(X, "X")
     labels = _as_labels(y, len(images), "y")
     if X_test is None:

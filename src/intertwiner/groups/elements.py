@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from intertwiner.errors import ShapeError
+from intertwiner import _validate
+from intertwiner.errors import InvalidElementError, ShapeError
 
 
 class GroupElement:
@@ -64,8 +65,12 @@ class DenseElement(GroupElement):
     """An element stored as a dense invertible matrix (GL, orthogonal)."""
 
     def __init__(self, matrix: torch.Tensor):
-        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise ShapeError(f"a group element needs a square matrix, got {tuple(matrix.shape)}")
+        try:
+            matrix = _validate.square_matrix(matrix, "a group element's matrix")
+        except ShapeError:
+            raise ShapeError(
+                f"a group element needs a square matrix, got {tuple(matrix.shape)}"
+            ) from None
         self._matrix = matrix
         self.n = int(matrix.shape[0])
 
@@ -91,17 +96,31 @@ class DenseElement(GroupElement):
 
 
 class MonomialElement(GroupElement):
-    """``A = diag(scale) @ P`` with ``P[i, perm[i]] = 1``: ``(A x)_i = scale[i] * x[perm[i]]``."""
+    """``A = diag(scale) @ P`` with ``P[i, perm[i]] = 1``: ``(A x)_i = scale[i] * x[perm[i]]``.
+
+    Checked on construction, so that no singular or non-finite element ever reaches ``contains``
+    or ``apply``: ``perm`` must hold each of 0..n-1 once, ``scale`` must be finite and nonzero.
+    """
 
     def __init__(self, perm: torch.Tensor, scale: torch.Tensor):
-        perm = torch.as_tensor(perm, dtype=torch.long)
-        if perm.dim() != 1 or scale.dim() != 1 or perm.shape != scale.shape:
+        perm_t = torch.as_tensor(perm) if isinstance(perm, (list, tuple)) else perm
+        scale_t = torch.as_tensor(scale) if isinstance(scale, (list, tuple)) else scale
+        if (
+            not isinstance(perm_t, torch.Tensor)
+            or not isinstance(scale_t, torch.Tensor)
+            or perm_t.dim() != 1
+            or scale_t.dim() != 1
+            or perm_t.shape != scale_t.shape
+        ):
             raise ShapeError(
-                f"perm and scale must be 1-d of equal length, got {tuple(perm.shape)} and "
-                f"{tuple(scale.shape)}"
+                f"perm and scale must be 1-d tensors of equal length, got "
+                f"{tuple(getattr(perm_t, 'shape', ()))} and {tuple(getattr(scale_t, 'shape', ()))}"
             )
-        self.perm = perm
-        self.scale = scale
+        try:
+            self.perm = _validate.permutation(perm_t, "perm")
+            self.scale = _validate.scales(scale_t, "scale")
+        except InvalidElementError as e:
+            raise InvalidElementError(f"not a valid MonomialElement: {e}") from None
         self.n = int(perm.shape[0])
 
     def matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:

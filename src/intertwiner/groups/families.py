@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from intertwiner.errors import ShapeError
+from intertwiner import _validate
+from intertwiner.errors import InvalidElementError
 from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
 
 # Smallest scale `project` returns for the monomial families when the nearest point lies on the
@@ -22,12 +23,16 @@ MIN_SCALE = 1e-12
 
 
 def _as_square(matrix: torch.Tensor | np.ndarray) -> torch.Tensor:
-    m = torch.as_tensor(matrix)
-    if m.dim() != 2 or m.shape[0] != m.shape[1]:
-        raise ShapeError(f"expected a square matrix, got shape {tuple(m.shape)}")
-    if not torch.is_floating_point(m):
-        m = m.to(torch.float64)
-    return m
+    """A real, finite, square floating matrix (integers converted); see ``_validate``."""
+    return _validate.square_matrix(matrix, "matrix")
+
+
+def _size(n: int) -> int:
+    return _validate.positive_int(n, "n (the group size)", hint="the number of neurons")
+
+
+def _atol(atol: float) -> float:
+    return _validate.finite_number(atol, "atol", low=0.0)
 
 
 class Family:
@@ -47,6 +52,7 @@ class Family:
         raise NotImplementedError
 
     def identity(self, n: int, dtype: torch.dtype = torch.float64) -> GroupElement:
+        n = _size(n)
         if self.monomial:
             return MonomialElement(torch.arange(n), torch.ones(n, dtype=dtype))
         return DenseElement(torch.eye(n, dtype=dtype))
@@ -93,11 +99,19 @@ class _MonomialFamily(Family):
         raise NotImplementedError
 
     def sample(self, n, generator=None, dtype=torch.float64):
+        n = _size(n)
         perm = _randperm(n, generator)
         return MonomialElement(perm, self._sample_scale(n, generator, dtype))
 
     def contains(self, matrix, atol=1e-8):
+        atol = _atol(atol)
         if isinstance(matrix, MonomialElement):
+            # Elements are checked when built; re-check in case perm/scale were edited since.
+            try:
+                _validate.permutation(matrix.perm, "perm")
+                _validate.scales(matrix.scale, "scale")
+            except InvalidElementError:
+                return False
             return self._scale_ok(matrix.scale, atol)
         m = _as_square(matrix.matrix() if isinstance(matrix, GroupElement) else matrix)
         nonzero = m.abs() > atol
@@ -210,9 +224,10 @@ class Orthogonal(Family):
     dof = "n(n-1)/2"
 
     def sample(self, n, generator=None, dtype=torch.float64):
-        return DenseElement(_haar_orthogonal(n, generator, dtype))
+        return DenseElement(_haar_orthogonal(_size(n), generator, dtype))
 
     def contains(self, matrix, atol=1e-8):
+        atol = _atol(atol)
         m = _as_square(matrix.matrix() if isinstance(matrix, GroupElement) else matrix)
         eye = torch.eye(m.shape[0], dtype=m.dtype)
         return bool(((m.T @ m - eye).abs() <= atol).all())
@@ -231,12 +246,14 @@ class GeneralLinear(Family):
     def sample(self, n, generator=None, dtype=torch.float64):
         # U diag(s) V^T with singular values in [1/2, 2]: generic, yet well conditioned so that
         # verification errors measure the symmetry, not round-off.
+        n = _size(n)
         u = _haar_orthogonal(n, generator, torch.float64)
         v = _haar_orthogonal(n, generator, torch.float64)
         s = 0.5 * 4.0 ** torch.rand(n, generator=generator, dtype=torch.float64)
         return DenseElement(((u * s) @ v.T).to(dtype))
 
     def contains(self, matrix, atol=1e-8):
+        atol = _atol(atol)
         m = _as_square(matrix.matrix() if isinstance(matrix, GroupElement) else matrix)
         return bool(torch.linalg.svdvals(m.double()).min() > atol)
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from intertwiner import _validate
+from intertwiner.errors import InvalidInputError
 from intertwiner.groups.group import IntertwinerGroup
 
 
@@ -27,6 +29,9 @@ def verify(
     error is divided by max |sigma(A x)| (useful for polynomial activations with large outputs).
     """
     fn = as_function(fn, dtype)
+    n = _validate.positive_int(n, "n")
+    trials = _validate.positive_int(trials, "trials", hint="verifying zero elements proves nothing")
+    samples = _validate.positive_int(samples, "samples")
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     worst = 0.0
@@ -48,7 +53,20 @@ def verify(
 def as_function(
     fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A module is copied to ``dtype`` in eval mode (PReLU needs matching dtypes, RReLU eval)."""
+    """A module is copied to ``dtype`` in eval mode (PReLU needs matching dtypes, RReLU eval).
+
+    A name or other non-callable is refused with ``InvalidInputError`` (names go through
+    ``for_activation``)."""
+    if isinstance(fn, str):
+        raise InvalidInputError(
+            f"expected a function or module, got the string {fn!r}; for a named activation use "
+            f"intertwiner.groups.for_activation({fn!r}), or pass the function itself "
+            "(e.g. torch.relu)"
+        )
+    if not callable(fn):
+        raise InvalidInputError(
+            f"expected a callable elementwise function or nn.Module, got {type(fn).__name__}"
+        )
     if isinstance(fn, nn.Module):
         return copy.deepcopy(fn).to(dtype).eval()
     return fn

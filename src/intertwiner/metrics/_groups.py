@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from intertwiner.errors import UnsupportedGroupError
+from intertwiner.errors import InvalidInputError, UnsupportedGroupError
 from intertwiner.groups import FAMILIES, Family, IntertwinerGroup, is_subgroup
 
 _UNSIGNED = {
@@ -43,7 +43,10 @@ def family_name(group: Any) -> str:
                 "IntertwinerGroup from intertwiner.groups.for_activation"
             )
         return group
-    raise TypeError(f"group must be a family name, Family or IntertwinerGroup, got {group!r}")
+    raise InvalidInputError(
+        f"group must be a family name, Family or IntertwinerGroup, got {group!r}; e.g. "
+        "'positive_monomial' or intertwiner.groups.for_activation('relu')"
+    )
 
 
 def subgroups(name: str) -> tuple[str, ...]:

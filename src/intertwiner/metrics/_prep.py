@@ -16,23 +16,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
+from intertwiner import _validate
+from intertwiner.errors import ShapeError
 
 LAYOUTS = ("dense", "conv", "tokens")
 _NDIM_TO_LAYOUT = {2: "dense", 3: "tokens", 4: "conv"}
 
 
 def as_tensor(x: Any, name: str = "features") -> torch.Tensor:
-    """A torch tensor from a tensor or numpy array (no copy when possible); rejects other types."""
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    """A real floating tensor from a tensor or numpy array (see ``_validate.real_tensor``)."""
+    return _validate.real_tensor(x, name)
 
 
 def infer_layout(x: torch.Tensor, layout: str | None = None) -> str:
@@ -60,28 +56,66 @@ def neuron_dim(x: torch.Tensor, layout: str | None = None) -> int:
 
 
 def check_finite(x: torch.Tensor, name: str = "features") -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise NonFiniteError(
-            f"{name} contain {bad} NaN/Inf values; fix the model or data that produced them "
-            "(e.g. a diverged run) before comparing representations"
-        )
+    """``NonFiniteError`` when ``x`` holds NaN/Inf (see ``_validate.check_finite``)."""
+    _validate.check_finite(
+        x, name, "fix the model or data that produced them (e.g. a diverged run) before "
+        "comparing representations"
+    )  # fmt: skip
 
 
 def validate(
     x: Any, name: str = "features", layout: str | None = None, *, finite: bool = True
 ) -> torch.Tensor:
-    """Tensor, finite (unless ``finite=False``: the caller checks), known layout, at least one
-    sample; floating dtypes unchanged."""
-    t = as_tensor(x, name)
+    """Real floating tensor (integers converted, complex refused), finite (unless
+    ``finite=False``: the caller checks), known layout, no empty axis; floating dtypes unchanged."""
+    t = _validate.feature_tensor(x, name, finite=finite)
     infer_layout(t, layout)
-    if t.shape[0] == 0:
-        raise TooFewSamplesError(f"{name} have no samples")
-    if not t.is_floating_point():
-        t = t.to(torch.float64)
-    if finite:
-        check_finite(t, name)
     return t
+
+
+def unit_scale(x: torch.Tensor, per_column: bool = False) -> torch.Tensor:
+    """``x`` times a power of two that brings its largest magnitude into [0.5, 1) (one power per
+    entry of the last axis with ``per_column=True``); all-zero parts are left alone.
+
+    Every metric here is scale-free, so this changes no value, but it keeps squares and products
+    away from float64 underflow and overflow (features of 1e-170 or 1e160 would otherwise square
+    to 0 or Inf). Multiplying by a power of two is exact, so ordinary inputs give the same values.
+    """
+    return times_power_of_two(x, scale_exponent(x, per_column))
+
+
+def scale_exponent(
+    x: torch.Tensor, per_column: bool = False, name: str = "features"
+) -> torch.Tensor:
+    """The exponents ``unit_scale`` uses (kept by streaming metrics for later batches): one, or one
+    per entry of the last axis. NaN/Inf in ``x`` raise ``NonFiniteError`` (the peak sees them)."""
+    if per_column and x.dim() > 1:
+        dims = tuple(range(x.dim() - 1))
+        peak = torch.maximum(x.amax(dim=dims), -x.amin(dim=dims))
+    else:
+        lo, hi = torch.aminmax(x)
+        peak = torch.maximum(hi, -lo)
+    if not bool(torch.isfinite(peak).all()):
+        check_finite(x, name)
+    return -torch.frexp(peak).exponent.to(torch.int64)
+
+
+def times_power_of_two(
+    x: torch.Tensor, exponent: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x * 2**exponent`` exactly (``exponent`` broadcasts against ``x``), into ``out`` if given.
+
+    One multiplication when every 2**e is a normal float64, else two halves (|e| may exceed 1023
+    for subnormal or huge inputs)."""
+    e = exponent.to(x.device)
+
+    def power(k: torch.Tensor) -> torch.Tensor:  # 2**k, exact
+        return torch.ldexp(torch.ones(k.shape, dtype=torch.float64, device=k.device), k)
+
+    if bool((e.abs() <= 1020).all()):
+        return torch.mul(x, power(e), out=out)
+    half = torch.div(e, 2, rounding_mode="floor")
+    return torch.mul(x * power(half), power(e - half), out=out)
 
 
 def to_matrix(features: Any, layout: str | None = None) -> torch.Tensor:

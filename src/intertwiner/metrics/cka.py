@@ -12,24 +12,51 @@ HSIC(L, L)) for N x N kernels K (of X) and L (of Y).
 Linear CKA with N larger than the widths uses the feature-space form (memory O(C^2), not O(N^2));
 the same sufficient statistics drive the streaming accumulator, so both agree to round-off.
 A constant representation has no variance, so CKA is 0/0: we warn and return 0.0, never NaN.
+
+Ranges: biased CKA (linear or RBF: positive semi-definite kernels) is in [0, 1]. The debiased
+estimator is in [-1, 1] (HSIC_1 is an inner product of U-centred kernels, so Cauchy-Schwarz bounds
+it) and *can be negative*: it is an unbiased estimate, and on unrelated or tiny samples it scatters
+around 0 on both sides. A negative value means "no detectable similarity", not an error.
+``VALUE_RANGE`` records both; the metric functions carry ``.value_range`` for their defaults.
+
+Scale: CKA is invariant to scaling X or Y. Inputs are multiplied by a power of two that brings their
+largest magnitude near 1 before anything is squared (``_prep.unit_scale``), so features of 1e-300 or
+1e300 give the same value as features of 1, in float64 and float32 alike.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from intertwiner.errors import TooFewSamplesError
+from intertwiner import _validate
+from intertwiner.errors import NonFiniteError, TooFewSamplesError
 from intertwiner.metrics._groups import declare, subgroups
-from intertwiner.metrics._prep import check_same_n, f64, to_flat, validate
+from intertwiner.metrics._prep import (
+    check_same_n,
+    f64,
+    scale_exponent,
+    times_power_of_two,
+    to_flat,
+    validate,
+)
 
 _ORTHOGONAL = subgroups("orthogonal")
 # A representation whose centred sum of squares is below this fraction of its raw sum of squares
 # is constant up to round-off (std/mean < 1e-10): what is left after centring is rounding noise.
 CONSTANT_RATIO = 1e-20
+KERNELS = ("linear", "rbf")
+#: (low, high) of the value: biased CKA (PSD kernels) and the debiased estimator.
+VALUE_RANGE = {"biased": (0.0, 1.0), "debiased": (-1.0, 1.0)}
+
+
+def value_range(debiased: bool) -> tuple[float, float]:
+    """The range CKA values lie in: [0, 1] biased, [-1, 1] debiased (can be negative)."""
+    return VALUE_RANGE["debiased" if debiased else "biased"]
 
 
 def is_constant(centred_sq: float, raw_sq: float) -> bool:
@@ -71,8 +98,16 @@ def hsic_gram(k: torch.Tensor, l: torch.Tensor, *, debiased: bool = False) -> fl
     return float(hsic1_from_terms((kt * lt).sum(), kt.sum(), lt.sum(), kt.sum(1) @ lt.sum(1), n))
 
 
-def cka_from_hsic(xy: float, xx: float, yy: float, constant: bool = False) -> float:
-    """CKA from the three HSICs; 0.0 with a warning when a representation is constant."""
+def cka_from_hsic(
+    xy: float, xx: float, yy: float, constant: bool = False, low: float = -1.0
+) -> float:
+    """CKA from the three HSICs, clipped to [low, 1] (the bounds hold exactly; only round-off
+    can step over them); 0.0 with a warning when a representation is constant."""
+    if not all(math.isfinite(v) for v in (xy, xx, yy)):
+        raise NonFiniteError(
+            "CKA statistics overflowed; the batches fed to a streaming accumulator differ in "
+            "scale by more than about 1e150: rescale them to a common scale"
+        )
     if constant or xx <= 0 or yy <= 0:
         warnings.warn(
             "CKA of a (numerically) constant representation is undefined; returning 0.0",
@@ -80,18 +115,25 @@ def cka_from_hsic(xy: float, xx: float, yy: float, constant: bool = False) -> fl
             stacklevel=3,
         )
         return 0.0
-    return float(xy / (xx * yy) ** 0.5)
+    return float(min(max(xy / (math.sqrt(xx) * math.sqrt(yy)), low), 1.0))
 
 
 def gram_cka(
-    k: torch.Tensor, l: torch.Tensor, *, debiased: bool = False, constant: bool = False
+    k: torch.Tensor,
+    l: torch.Tensor,
+    *,
+    debiased: bool = False,
+    constant: bool = False,
+    psd: bool = True,
 ) -> float:
-    """CKA of two N x N kernel matrices (``constant``: a representation is known constant)."""
+    """CKA of two N x N kernel matrices (``constant``: a representation is known constant;
+    ``psd``: both kernels positive semi-definite, so biased CKA is >= 0)."""
     return cka_from_hsic(
         hsic_gram(k, l, debiased=debiased),
         hsic_gram(k, k, debiased=debiased),
         hsic_gram(l, l, debiased=debiased),
         constant,
+        value_range(debiased)[0] if psd else -1.0,
     )
 
 
@@ -105,6 +147,8 @@ class LinearCKAStats:
     """
 
     n: int = 0
+    exp_x: torch.Tensor | None = None
+    exp_y: torch.Tensor | None = None
     shift_x: torch.Tensor | None = None
     shift_y: torch.Tensor | None = None
     gxy: torch.Tensor | None = None
@@ -117,7 +161,11 @@ class LinearCKAStats:
     vec: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add rows: x (b, p) and y (b, q), float64."""
+        """Add rows: x (b, p) and y (b, q), float64. The first batch fixes a power-of-two scale
+        per side (CKA is scale-invariant) that keeps the squares clear of underflow/overflow."""
+        if self.exp_x is None:
+            self.exp_x, self.exp_y = scale_exponent(x), scale_exponent(y)
+        x, y = times_power_of_two(x, self.exp_x), times_power_of_two(y, self.exp_y)
         if self.shift_x is None:
             self.shift_x, self.shift_y = x.mean(0), y.mean(0)
             p, q = x.shape[1], y.shape[1]
@@ -178,6 +226,7 @@ class LinearCKAStats:
                 float((cxx * cxx).sum()),
                 float((cyy * cyy).sum()),
                 constant,
+                0.0,
             )
         s, v = self.scal, self.vec
         sx, sy = self.sx, self.sy
@@ -205,18 +254,24 @@ class LinearCKAStats:
         return cka_from_hsic(xy, xx, yy, constant)
 
 
-def _prepare(x: Any, y: Any, debiased: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Centred float64 (N, width) matrices and whether either is constant."""
+def _prepare(
+    x: Any, y: Any, debiased: bool
+) -> tuple[torch.Tensor, torch.Tensor, bool, tuple[float, float]]:
+    """Centred float64 (N, width) matrices scaled by powers of two to a largest magnitude near 1,
+    whether either is constant, and the two factors used."""
     xt, yt = validate(x, "X"), validate(y, "Y")
     check_same_n(xt, yt)
     check_samples(xt.shape[0], debiased)
-    out, constant = [], False
+    out, constant, factors = [], False, []
     for t in (xt, yt):
         f = f64(to_flat(t))
+        e = scale_exponent(f)
+        f = times_power_of_two(f, e)
         c = f - f.mean(0)
         constant = constant or is_constant(float(c.square().sum()), float(f.square().sum()))
         out.append(c)
-    return out[0], out[1], constant
+        factors.append(math.ldexp(1.0, int(e)))
+    return out[0], out[1], constant, (factors[0], factors[1])
 
 
 def _median_sigma(sq: torch.Tensor) -> float:
@@ -251,16 +306,27 @@ def cka(
     ``kernel="linear"`` (memory O(width^2) when N exceeds the widths) or ``"rbf"`` (N x N Gram
     matrices; ``sigma=None``: sqrt of the median squared distance between inputs).
     ``debiased=True`` uses the unbiased HSIC_1 and needs N >= 4. Computed in float64.
+
+    Range: [0, 1] biased; [-1, 1] debiased: the debiased estimator can be negative, its scatter
+    around "no similarity" (see ``value_range``). Exactly scale-free; never NaN.
     """
-    xc, yc, constant = _prepare(X, Y, debiased)
+    _validate.choice(kernel, "kernel", KERNELS)
+    if sigma is not None:
+        sigma = _validate.finite_number(
+            sigma, "sigma", low=0.0, low_open=True, hint="or None for the median heuristic"
+        )
+    xc, yc, constant, (fx, fy) = _prepare(X, Y, debiased)
     n, p, q = xc.shape[0], xc.shape[1], yc.shape[1]
     if kernel == "rbf":
-        k, l = rbf_kernel(xc, sigma), rbf_kernel(yc, sigma)
+        # sigma is in the units of the inputs: scale it with them (the median default is free).
+        sx, sy = (None, None) if sigma is None else (sigma * fx, sigma * fy)
+        k, l = rbf_kernel(xc, sx), rbf_kernel(yc, sy)
         return gram_cka(k, l, debiased=debiased, constant=constant)
-    if kernel != "linear":
-        raise ValueError(f"unknown kernel {kernel!r}; use 'linear' or 'rbf'")
     if p * p + q * q + p * q <= n * (p + q):  # feature space is the cheaper form
         stats = LinearCKAStats()
         stats.update(xc, yc)
         return stats.cka(debiased, constant)
     return gram_cka(xc @ xc.T, yc @ yc.T, debiased=debiased, constant=constant)
+
+
+cka.value_range = VALUE_RANGE["biased"]

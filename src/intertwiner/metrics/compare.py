@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from intertwiner.errors import IntertwinerError
+from intertwiner.errors import IntertwinerError, InvalidOptionError
 from intertwiner.metrics.registry import Metric, metric
 
 
@@ -36,6 +36,8 @@ class Comparison:
     invariant_to: dict[str, list[str]] = field(default_factory=dict)
     higher_is_similar: dict[str, bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: (low, high) each metric's values lie in; a CKA estimator that can be negative says so.
+    value_range: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN cells become None."""
@@ -52,6 +54,7 @@ class Comparison:
                     "values": [[cell(v) for v in row] for row in m.tolist()],
                     "invariant_to": list(self.invariant_to.get(name, [])),
                     "higher_is_similar": bool(self.higher_is_similar.get(name, True)),
+                    "value_range": list(self.value_range.get(name, (math.nan, math.nan))),
                 }
                 for name, m in self.matrices.items()
             },
@@ -142,7 +145,7 @@ def compare(
         ms.append(metric(s, upsample=True) if wants_up else metric(s))
     names = [m.name for m in ms]
     if len(set(names)) != len(names):
-        raise ValueError(f"metrics repeat: {names}")
+        raise InvalidOptionError(f"metrics repeat: {names}; list each metric once")
 
     acc: dict[tuple[str, int, int], Any] = {}
     failed: dict[tuple[str, int, int], str] = {}
@@ -156,8 +159,10 @@ def compare(
     kept_b: dict[str, list[torch.Tensor]] = {n: [] for n in lb} if keep else {}
 
     same = model_a is model_b
-    cap_a = Capturer(model_a, list(dict.fromkeys(la + lb)) if same else la, device=device)
-    cap_b = None if same else Capturer(model_b, lb, device=device)
+    cap_a = Capturer(
+        model_a, list(dict.fromkeys(la + lb)) if same else la, device=device, call="compare"
+    )
+    cap_b = None if same else Capturer(model_b, lb, device=device, call="compare")
     n = 0
     with cap_a:
         if cap_b is not None:
@@ -209,4 +214,5 @@ def compare(
         invariant_to={m.name: list(m.invariant_to) for m in ms},
         higher_is_similar={m.name: m.higher_is_similar for m in ms},
         notes=notes,
+        value_range={m.name: tuple(m.value_range) for m in ms},
     )

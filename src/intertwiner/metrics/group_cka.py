@@ -15,6 +15,15 @@ removes positive scales. So ``group="positive_monomial"`` (the paper's G_ReLU-CK
 give the same number, invariant to the monomial group; ``"permutation"`` and
 ``"signed_permutation"`` skip the normalisation and are invariant to signed permutations only.
 
+Range: [-1, 1], and *it can be negative*. The max-over-neurons kernel is not positive
+semi-definite, and the default debiased estimator (unbiased HSIC_1) scatters around 0 on both sides
+for unrelated or small samples; Cauchy-Schwarz bounds it by 1 in magnitude. A negative value means
+"no detectable similarity". ``VALUE_RANGE`` records it; ``group_cka.value_range`` carries it.
+
+Scale: each neuron is multiplied by a power of two (one per representation for the unnormalised
+groups) that brings its largest magnitude near 1 before centring and squaring, so values are the
+same for features of 1e-300, 1 or 1e300.
+
 The kernel is never stored: N x N is processed in blocks of ``chunk_size`` inputs (upper triangle
 only, since K is symmetric) with batched matrix products over neurons, and only the sums HSIC needs
 are kept (memory O(C * chunk_size^2 + N) besides the features).
@@ -26,9 +35,16 @@ from typing import Any
 
 import torch
 
+from intertwiner import _validate
 from intertwiner.errors import UnsupportedGroupError
 from intertwiner.metrics._groups import declare, family_name, subgroups
-from intertwiner.metrics._prep import check_same_n, to_sites, validate
+from intertwiner.metrics._prep import (
+    check_same_n,
+    scale_exponent,
+    times_power_of_two,
+    to_sites,
+    validate,
+)
 from intertwiner.metrics.cka import CONSTANT_RATIO, check_samples, cka_from_hsic, hsic1_from_terms
 
 REDUCTIONS = ("max", "median", "sum")
@@ -36,6 +52,8 @@ _NORMALISED = {"positive_monomial", "monomial"}
 _UNNORMALISED = {"permutation", "signed_permutation"}
 # Elements of one C x b x b block product (about 128 MiB in float64).
 _BLOCK_BUDGET = 1 << 24
+VALUE_RANGE = (-1.0, 1.0)
+DTYPES = (torch.float64, torch.float32)
 
 
 def group_cka_group(group: Any) -> str:
@@ -62,8 +80,12 @@ def preprocess(x: torch.Tensor, normalise: bool, dtype: torch.dtype) -> torch.Te
     """
     sites = to_sites(x)  # (N, S, C) view
     n, s, c = sites.shape
+    # Power-of-two scales (per neuron when normalising: the metric ignores them) keep the squares
+    # below in float64's range; exact, so ordinary inputs are unchanged. Applied while copying, so
+    # values of 1e-300 survive a float32 ``dtype``.
+    e = scale_exponent(sites, per_column=normalise)
     h = torch.empty((c, n, s), dtype=dtype, device=x.device)
-    h.copy_(sites.permute(2, 0, 1))
+    times_power_of_two(sites.permute(2, 0, 1), e.view(-1, 1, 1) if normalise else e, out=h)
     raw = torch.linalg.vector_norm(h, dim=(1, 2), keepdim=True, dtype=torch.float64)
     h.sub_(h.mean(dim=(1, 2), keepdim=True, dtype=torch.float64).to(dtype))
     norm = torch.linalg.vector_norm(h, dim=(1, 2), keepdim=True, dtype=torch.float64)
@@ -186,10 +208,14 @@ def group_cka(
     X, Y: (N, C), (N, C, H, W) or (N, T, D); widths and spatial sizes may differ. ``chunk_size``:
     inputs per block (default: blocks of about 2^24 kernel entries). ``dtype``: of the batched
     products (float32 is about twice as fast); sums are float64. Debiased needs N >= 4.
+
+    Range [-1, 1]: the estimator can be negative (see the module docstring). Scale-free; never NaN.
     """
     name = group_cka_group(group)
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduce {reduce!r}; use one of {REDUCTIONS}")
+    _validate.choice(reduce, "reduce", REDUCTIONS)
+    _validate.choice(dtype, "dtype", DTYPES)
+    if chunk_size is not None:
+        chunk_size = _validate.positive_int(chunk_size, "chunk_size", hint="or None for auto")
     xt, yt = validate(X, "X"), validate(Y, "Y")
     check_same_n(xt, yt)
     check_samples(xt.shape[0], debiased)
@@ -197,3 +223,6 @@ def group_cka(
     hx, hy = preprocess(xt, normalise, dtype), preprocess(yt, normalise, dtype)
     sums = hsic_sums(hx, hy, reduce=reduce, debiased=debiased, chunk_size=chunk_size)
     return cka_from_sums(sums, debiased)
+
+
+group_cka.value_range = VALUE_RANGE

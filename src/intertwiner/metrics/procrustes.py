@@ -24,6 +24,17 @@ Frobenius norm) and g* the best group element, ``procrustes_distance`` is
 orthogonal (and the other isometry groups) and d = sqrt(d^2 / (4 C)) with d^2 = |H1^|^2 + |H2^|^2 -
 2 sum_i C_{i pi(i)} for G_ReLU (C = padded neuron count; dead neurons count as zero vectors).
 Without dead or padded neurons it equals 1 - procrustes_distance(kind="euclidean") / 2.
+
+Ranges (``similarity_range(group)``): [1 - sqrt(2)/2, 1] for the groups that can flip signs
+(orthogonal, signed_permutation, monomial), whose best alignment is never negative. For
+``permutation`` and ``positive_monomial`` a neuron cannot be flipped, so anti-correlated neurons
+(possible for centred or signed features, not for ReLU outputs without centring) give a negative
+alignment and the similarity reaches down to 0 (X = -Y). Distances: angular in [0, pi], euclidean
+in [0, 2].
+
+Scale: every quantity here is invariant to scaling X or Y (and, for the monomial groups, to scaling
+each neuron). Inputs are multiplied by powers of two (per neuron for the monomial groups) that bring
+their largest magnitudes near 1 before anything is squared, so 1e-300 and 1e300 give the values of 1.
 """
 
 from __future__ import annotations
@@ -37,15 +48,33 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from intertwiner import _validate
 from intertwiner.errors import NonFiniteError, UnsupportedGroupError
 from intertwiner.metrics._groups import declare, family_name, subgroups
-from intertwiner.metrics._prep import check_finite, f64, match_positions, to_matrix, validate
+from intertwiner.metrics._prep import (
+    check_finite,
+    f64,
+    match_positions,
+    scale_exponent,
+    times_power_of_two,
+    to_matrix,
+    validate,
+)
 from intertwiner.metrics.cka import CONSTANT_RATIO
 
 GROUPS = ("orthogonal", "permutation", "signed_permutation", "positive_monomial", "monomial")
 _PER_NEURON = {"positive_monomial", "monomial"}
 _SIGNED = {"signed_permutation", "monomial"}
 KINDS = ("angular", "euclidean")
+_SIGN_FREE = {"permutation", "positive_monomial"}
+#: Value ranges: of the distance per kind, of the similarity per group.
+DISTANCE_RANGE = {"angular": (0.0, math.pi), "euclidean": (0.0, 2.0)}
+
+
+def similarity_range(group: Any = "orthogonal") -> tuple[float, float]:
+    """[1 - sqrt(2)/2, 1] for groups that flip signs; [0, 1] for permutation and G_ReLU, which
+    cannot undo an anti-correlated neuron (see the module docstring)."""
+    return (0.0, 1.0) if procrustes_group(group) in _SIGN_FREE else (1.0 - math.sqrt(0.5), 1.0)
 
 
 def procrustes_group(group: Any) -> str:
@@ -74,7 +103,9 @@ class ProcrustesStats:
     (centring is shift invariant, and the shift keeps round-off small)."""
 
     centering: bool = False
+    per_neuron: bool = False
     n: int = 0
+    exps: tuple[torch.Tensor, torch.Tensor] | None = None
     gxy: torch.Tensor | None = None
     xsq: torch.Tensor | None = None
     ysq: torch.Tensor | None = None
@@ -85,11 +116,21 @@ class ProcrustesStats:
     shift: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add rows of x (b, p) and y (b, q), float64 (finiteness is checked here, cheaply)."""
+        """Add rows of x (b, p) and y (b, q), float64 (finiteness is checked here, cheaply).
+
+        The first batch fixes power-of-two scales (one per side, or one per neuron with
+        ``per_neuron=True``: the metric is invariant to them) that keep squares in range."""
+        if self.exps is None:  # also checks the first batch for NaN/Inf
+            self.exps = (
+                scale_exponent(x, self.per_neuron, "X"),
+                scale_exponent(y, self.per_neuron, "Y"),
+            )
+        x0, y0 = x, y
+        x, y = times_power_of_two(x, self.exps[0]), times_power_of_two(y, self.exps[1])
         xsq = torch.linalg.vector_norm(x, dim=0).square()
         ysq = torch.linalg.vector_norm(y, dim=0).square()
-        _check_finite_via_norms(x, xsq, "X")
-        _check_finite_via_norms(y, ysq, "Y")
+        _check_finite_via_norms(x0, xsq, "X")
+        _check_finite_via_norms(y0, ysq, "Y")
         if self.centering:
             if self.shift is None:
                 self.shift = (x.mean(0), y.mean(0))
@@ -151,11 +192,13 @@ class ProcrustesStats:
 
 def _check_finite_via_norms(m: torch.Tensor, sq: torch.Tensor, name: str) -> None:
     # NaN/Inf anywhere makes its neuron's sum of squares non-finite: one pass saved on big inputs.
+    # Otherwise (rows scaled by the first batch) only a later batch far larger can overflow.
     if bool(torch.isfinite(sq).all()):
         return
     check_finite(m, name)  # raises NonFiniteError naming the bad values
     raise NonFiniteError(
-        f"{name} has values so large that their squares overflow float64; rescale the features"
+        f"{name}: a batch is so much larger than the first (by more than about 1e150) that its "
+        "squares overflow float64; rescale the batches to a common scale"
     )
 
 
@@ -187,8 +230,7 @@ def _degenerate(nx: float, ny: float) -> bool:
 def distance_from_stats(
     stats: ProcrustesStats, group: str, kind: str = "angular", center: bool = False
 ) -> float:
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
+    _validate.choice(kind, "kind", KINDS)
     gain, nx, ny, _ = stats.alignment(group, center)
     cos = 0.0 if _degenerate(nx, ny) else min(max(gain / math.sqrt(nx * ny), -1.0), 1.0)
     if kind == "angular":
@@ -209,15 +251,22 @@ def prepare_rows(
     X: Any, Y: Any, *, upsample: bool = False, layout: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated float64 (rows, neurons) matrices of X and Y with matching rows."""
-    # Finiteness is checked by ProcrustesStats.update from the neuron norms.
+    # Finiteness is checked by ProcrustesStats.update.
     xt, yt = validate(X, "X", layout, finite=False), validate(Y, "Y", layout, finite=False)
     xt, yt = match_positions(xt, yt, upsample=upsample, layout_x=layout, layout_y=layout)
     return f64(to_matrix(xt, layout)), f64(to_matrix(yt, layout))
 
 
-def _stats(X: Any, Y: Any, upsample: bool, layout: str | None, center: bool) -> ProcrustesStats:
+def new_stats(group: str, center: bool) -> ProcrustesStats:
+    """Empty statistics for ``group`` (per-neuron scaling for the monomial groups)."""
+    return ProcrustesStats(centering=center, per_neuron=group in _PER_NEURON)
+
+
+def _stats(
+    X: Any, Y: Any, group: str, upsample: bool, layout: str | None, center: bool
+) -> ProcrustesStats:
     x, y = prepare_rows(X, Y, upsample=upsample, layout=layout)
-    stats = ProcrustesStats(centering=center)
+    stats = new_stats(group, center)
     stats.update(x, y)  # unequal widths: best_alignment zero-pads the cross matrix
     return stats
 
@@ -237,10 +286,12 @@ def procrustes_distance(
 
     X, Y: (N, C), (N, C, H, W) or (N, T, D) over the same N inputs. ``group``: a family name in
     ``GROUPS`` or an IntertwinerGroup (mapped to the family of phi(G)). 0 for identical inputs.
+    Range: [0, pi] angular, [0, 2] euclidean. Exactly scale-free (1e-300 to 1e300 alike).
     Invariant to the group (see ``invariant_families(group)``); ``.invariant_to`` is for the default.
     """
     g = procrustes_group(group)
-    return distance_from_stats(_stats(X, Y, upsample, layout, center), g, kind, center)
+    _validate.choice(kind, "kind", KINDS)
+    return distance_from_stats(_stats(X, Y, g, upsample, layout, center), g, kind, center)
 
 
 @declare(subgroups("orthogonal"))
@@ -253,11 +304,19 @@ def procrustes_similarity(
     upsample: bool = False,
     layout: str | None = None,
 ) -> float:
-    """The paper's Procrustes similarity 1 - d (paper.md section 6), in [1 - sqrt(2)/2, 1].
+    """The paper's Procrustes similarity 1 - d (paper.md section 6).
+
+    Range ``similarity_range(group)``: [1 - sqrt(2)/2, 1] for orthogonal and the signed groups;
+    [0, 1] for ``permutation`` and ``positive_monomial`` (anti-correlated neurons cannot be
+    flipped; ReLU outputs without centring stay in [1 - sqrt(2)/2, 1]). Exactly scale-free.
 
     ``group="positive_monomial"`` is the paper's G_ReLU-Procrustes, ``"orthogonal"`` its orthogonal
     Procrustes; the other groups follow the same convention (isometry groups like orthogonal,
     monomial like G_ReLU).
     """
     g = procrustes_group(group)
-    return similarity_from_stats(_stats(X, Y, upsample, layout, center), g, center)
+    return similarity_from_stats(_stats(X, Y, g, upsample, layout, center), g, center)
+
+
+procrustes_distance.value_range = DISTANCE_RANGE["angular"]
+procrustes_similarity.value_range = similarity_range("orthogonal")

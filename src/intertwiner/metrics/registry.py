@@ -8,14 +8,17 @@ defaults). ``compare`` and ``testing.assert_invariant`` accept these.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from intertwiner.errors import InvalidInputError, InvalidOptionError
 from intertwiner.metrics import group_cka as _gc
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._groups import subgroups
 from intertwiner.metrics.cka import cka
+from intertwiner.metrics.cka import value_range as cka_value_range
 from intertwiner.metrics.streaming import (
     Accumulator,
     LinearCKA,
@@ -43,6 +46,8 @@ class Metric:
     invariant_to: tuple[str, ...] = ()
     higher_is_similar: bool = True
     make_accumulator: Callable[[], Accumulator] | None = None
+    #: (low, high) of the values; CKA estimators that can be negative say so here.
+    value_range: tuple[float, float] = (0.0, 1.0)
 
     def __call__(self, X: Any, Y: Any) -> float:
         return self.fn(X, Y, **self.options)
@@ -62,7 +67,7 @@ def metric(spec: str | Metric, **options: Any) -> Metric:
     if isinstance(spec, Metric):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"a metric is a name or a Metric, got {spec!r}")
+        raise InvalidInputError(f"a metric is a name or a Metric, got {spec!r}; see NAMES")
     name, _, group = spec.partition(":")
     if group:
         options.setdefault("group", group)
@@ -75,7 +80,9 @@ def metric(spec: str | Metric, **options: Any) -> Metric:
         kernel = options.get("kernel", "linear")
         label = ("rbf_cka" if kernel == "rbf" else "cka") + ("_debiased" if debiased else "")
         acc = (lambda: LinearCKA(debiased=debiased)) if kernel == "linear" else None
-        return Metric(label, cka, options, subgroups("orthogonal"), True, acc)
+        return Metric(
+            label, cka, options, subgroups("orthogonal"), True, acc, cka_value_range(debiased)
+        )
     if name in ("procrustes_distance", "procrustes_similarity"):
         g = _pr.procrustes_group(options.get("group", "orthogonal"))
         inv = subgroups(g)
@@ -89,6 +96,7 @@ def metric(spec: str | Metric, **options: Any) -> Metric:
                 inv,
                 False,
                 lambda: ProcrustesDistance(group=g, **stream_opts),
+                _pr.DISTANCE_RANGE[kind] if kind in _pr.KINDS else (0.0, math.pi),
             )
         return Metric(
             f"procrustes_similarity[{g}]",
@@ -97,9 +105,18 @@ def metric(spec: str | Metric, **options: Any) -> Metric:
             inv,
             True,
             lambda: ProcrustesSimilarity(group=g, **stream_opts),
+            _pr.similarity_range(g),
         )
     if name == "group_cka":
         group = options.get("group", "positive_monomial")
         g = _gc.group_cka_group(group)
-        return Metric(f"group_cka[{g}]", _gc.group_cka, options, _gc.invariant_families(group))
-    raise ValueError(f"unknown metric {spec!r}; choose one of {NAMES} (optionally 'name:group')")
+        return Metric(
+            f"group_cka[{g}]",
+            _gc.group_cka,
+            options,
+            _gc.invariant_families(group),
+            value_range=_gc.VALUE_RANGE,
+        )
+    raise InvalidOptionError(
+        f"unknown metric {spec!r}; choose one of {NAMES} (optionally 'name:group')"
+    )

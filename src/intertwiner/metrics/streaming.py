@@ -16,17 +16,19 @@ from typing import Any
 
 import torch
 
+from intertwiner import _validate
 from intertwiner.errors import ShapeError
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._groups import subgroups
 from intertwiner.metrics._prep import check_same_n, f64, to_flat, validate
-from intertwiner.metrics.cka import LinearCKAStats, check_samples
+from intertwiner.metrics.cka import LinearCKAStats, check_samples, value_range
 
 
 class Accumulator:
     """Base class: subclasses define ``_new_state``, ``_update`` and ``compute``."""
 
     invariant_to: tuple[str, ...] = ()
+    value_range: tuple[float, float] = (0.0, 1.0)
     name: str = "accumulator"
     higher_is_similar: bool = True
 
@@ -62,6 +64,7 @@ class LinearCKA(Accumulator):
         self.debiased = debiased
         self.invariant_to = subgroups("orthogonal")
         self.name = "cka_debiased" if debiased else "cka"
+        self.value_range = value_range(debiased)
         super().__init__()
 
     def _new_state(self) -> LinearCKAStats:
@@ -93,7 +96,7 @@ class _Procrustes(Accumulator):
         super().__init__()
 
     def _new_state(self) -> _pr.ProcrustesStats:
-        return _pr.ProcrustesStats(centering=self.center)
+        return _pr.new_stats(self.group, self.center)
 
     def update(self, X: Any, Y: Any) -> None:
         x, y = _pr.prepare_rows(X, Y, upsample=self.upsample, layout=self.layout)
@@ -111,9 +114,8 @@ class ProcrustesDistance(_Procrustes):
     higher_is_similar = False
 
     def __init__(self, *, group: Any = "orthogonal", kind: str = "angular", **options: Any):
-        if kind not in _pr.KINDS:
-            raise ValueError(f"unknown kind {kind!r}; use one of {_pr.KINDS}")
-        self.kind = kind
+        self.kind = _validate.choice(kind, "kind", _pr.KINDS)
+        self.value_range = _pr.DISTANCE_RANGE[kind]
         super().__init__(group=group, **options)
         self.name = f"procrustes_distance[{self.group},{kind}]"
 
@@ -128,6 +130,7 @@ class ProcrustesSimilarity(_Procrustes):
     def __init__(self, *, group: Any = "orthogonal", **options: Any):
         super().__init__(group=group, **options)
         self.name = f"procrustes_similarity[{self.group}]"
+        self.value_range = _pr.similarity_range(self.group)
 
     def compute(self) -> float:
         self._check_ready()

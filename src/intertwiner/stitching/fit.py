@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from intertwiner import _validate
 from intertwiner.errors import ShapeError, TooFewSamplesError
 from intertwiner.stitching import solvers
 from intertwiner.stitching.layers import (
@@ -449,7 +450,7 @@ def stitch(
     train_ds, val_ds, test_ds = _splits(data)
     if len(train_ds) == 0 or len(test_ds) == 0:
         raise TooFewSamplesError("stitching needs non-empty train and test splits")
-    device = torch.device(cfg.device) if cfg.device is not None else torch.device("cpu")
+    device = _validate.device(cfg.device) if cfg.device is not None else torch.device("cpu")
     threads = torch.get_num_threads()
     if cfg.num_threads is not None:
         torch.set_num_threads(int(cfg.num_threads))
@@ -457,9 +458,11 @@ def stitch(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.seed))
             gen = torch.Generator().manual_seed(int(cfg.seed))
-            result = _stitch(
-                model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device, gen
-            )
+            shape = f"shape (batch, {', '.join(map(str, torch.as_tensor(train_ds[0][0]).shape))})"
+            with _validate.reraise_shape_errors("stitch", shape, model_a):
+                result = _stitch(
+                    model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device, gen
+                )
     finally:
         torch.set_num_threads(threads)
     result.wall_time_s = time.perf_counter() - t0

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from intertwiner._validate import reraise_shape_errors
+
 
 def as_inputs(example_input: Any) -> tuple:
     """``example_input`` as a tuple of positional inputs."""
@@ -41,10 +43,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was)
 
 
-def run_flat(model: nn.Module, example_input: Any) -> torch.Tensor:
-    """``model(*inputs)`` in eval mode without gradients, flattened by ``flat_output``."""
-    with eval_mode(model), torch.no_grad():
-        return flat_output(model(*as_inputs(example_input)))
+def run_flat(model: nn.Module, example_input: Any, call: str = "check") -> torch.Tensor:
+    """``model(*inputs)`` in eval mode without gradients, flattened by ``flat_output``; a shape
+    error inside the model is re-raised as ``ShapeError`` naming ``call`` and the input shape."""
+    inputs = as_inputs(example_input)
+    with eval_mode(model), torch.no_grad(), reraise_shape_errors(call, inputs, model):
+        return flat_output(model(*inputs))
 
 
 def to_float64(example_input: Any) -> tuple:

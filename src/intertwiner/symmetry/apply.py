@@ -7,8 +7,8 @@ import copy
 import torch
 from torch import nn
 
-from intertwiner.errors import ShapeError
-from intertwiner.groups import GroupElement
+from intertwiner.errors import InvalidElementError, ShapeError, UnknownSiteError
+from intertwiner.groups import DenseElement, GroupElement
 from intertwiner.symmetry.spec import ParamAxis, Site, SymmetrySpec, _apply_view, permutation_part
 
 
@@ -86,7 +86,7 @@ def apply(
     names = set(spec.names)
     unknown = [k for k in elements if k not in names]
     if unknown:
-        raise KeyError(f"elements for unknown sites {unknown}; sites: {spec.names}")
+        raise UnknownSiteError(f"elements for unknown sites {unknown}; sites: {spec.names}")
     for site in spec.sites:
         g = elements.get(site.name)
         if g is None:
@@ -94,6 +94,13 @@ def apply(
         if g.n != site.width:
             raise ShapeError(
                 f"site {site.name!r} has width {site.width}, got an element of size {g.n}"
+            )
+        if isinstance(g, DenseElement) and not bool(
+            torch.linalg.svdvals(g.matrix(torch.float64)).min() > 1e-12
+        ):
+            raise InvalidElementError(
+                f"the element for site {site.name!r} is singular (not invertible), so the "
+                "transformed model could not compute the same function; pass an invertible matrix"
             )
         if validate and not site.group.contains(g, atol=1e-6):
             raise ValueError(

@@ -45,6 +45,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from intertwiner._validate import reraise_shape_errors
 from intertwiner.errors import IntertwinerError, NotElementwiseError, UnsupportedModuleError
 from intertwiner.groups import (
     RBF,
@@ -607,6 +608,9 @@ def trace(
         raise ValueError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
     work = copy.deepcopy(model).eval()
     _disable_kv_cache(work)
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    with torch.no_grad(), reraise_shape_errors("trace", inputs, model):
+        work(*inputs)  # a wrong input fails here, named, before any graph is built
     zoo = _zoo_attention()
     tracer = _Tracer(((zoo,) if zoo is not None else ()) + (RBF, Power, Abs, Elementwise))
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
