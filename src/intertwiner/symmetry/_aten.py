@@ -266,7 +266,7 @@ class AtenRunner(fx.Interpreter):
     # -- module-like rules ----------------------------------------------------------------------
     def embedding(self, n: fx.Node) -> Info:
         weight = self.pname(n.args[0])
-        out = self.an.writer(self.where(n), self.an.shape_of(weight)[1])
+        out = self.an.writer(_module_path(n) or n.name, self.an.shape_of(weight)[1])
         self.an.act(out, weight, 1, "out")
         return out
 
@@ -705,9 +705,13 @@ def _lowest_cast(graph: fx.Graph) -> torch.dtype | None:
     in float32 whatever the model's dtype), or None."""
     casts = []
     for n in graph.nodes:
+        src = n.args[0].meta.get("val") if n.args and isinstance(n.args[0], fx.Node) else None
+        if not isinstance(src, torch.Tensor) or not src.is_floating_point():
+            continue  # casting a mask or indices loses nothing
         if n.op == "call_function" and op_name(n) in ("to", "_to_copy"):
             for a in (*n.args[1:], *n.kwargs.values()):
-                if isinstance(a, torch.dtype) and a.is_floating_point:
+                lossy = isinstance(a, torch.dtype) and a.is_floating_point
+                if lossy and torch.finfo(a).eps > torch.finfo(src.dtype).eps:
                     casts.append(a)
     return max(casts, key=lambda d: torch.finfo(d).eps) if casts else None
 

@@ -9,7 +9,13 @@ from torch import nn
 
 from intertwiner.errors import InvalidElementError, ShapeError, UnknownSiteError
 from intertwiner.groups import DenseElement, GroupElement
-from intertwiner.symmetry.spec import ParamAxis, Site, SymmetrySpec, _apply_view, permutation_part
+from intertwiner.symmetry.spec import (
+    ParamAxis,
+    Site,
+    SymmetrySpec,
+    apply_view_inplace,
+    permutation_part,
+)
 
 
 def random_elements(
@@ -59,7 +65,7 @@ def transform_site(
             t = _tensor(model, a)
             if saved is not None and id(t) not in saved:
                 saved[id(t)] = (t, t.detach().clone())
-            t.copy_(_apply_view(t, a.axis, a, cache[a.kind], a.channels))
+            apply_view_inplace(t, a.axis, a, cache[a.kind], a.channels)
 
 
 def restore(saved: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -164,6 +164,31 @@ def _apply_view(
     return out.reshape(shape)
 
 
+def apply_view_inplace(
+    t: torch.Tensor,
+    dim: int,
+    view: ParamAxis,
+    element: GroupElement,
+    channels: tuple[int, ...] | None,
+) -> None:
+    """``t.copy_(_apply_view(t, ...))`` without copying the channels the element does not touch:
+    a per-head map on a 2304-row projection then costs its 64 rows, not the whole tensor."""
+    if channels is None or not t.is_contiguous():
+        t.copy_(_apply_view(t, dim, view, element, channels))
+        return
+    shape = list(t.shape)
+    v = t.view(*shape[:dim], view.outer, view.n_total, view.inner, *shape[dim + 1 :])
+    cdim = dim + 1
+    elem = element.to(dtype=t.dtype, device=t.device)
+    start = channels[0]
+    if channels == tuple(range(start, start + len(channels))):  # a contiguous block: no gather
+        block = v.narrow(cdim, start, len(channels))
+        block.copy_(elem.apply(block, cdim))
+        return
+    idx = torch.as_tensor(channels, dtype=torch.long, device=t.device)
+    v.index_copy_(cdim, idx, elem.apply(v.index_select(cdim, idx), cdim))
+
+
 def permutation_part(element: GroupElement) -> MonomialElement:
     """P of a monomial element A = D P."""
     if not isinstance(element, MonomialElement):

@@ -589,7 +589,7 @@ def trace(
     """The hidden symmetry sites of ``model`` (see the module docstring for the rules).
 
     ``example_input``: one batch the model accepts (a tensor, or a tuple of positional inputs). The
-    model is traced and run on a deep copy in eval mode, so ``model`` is never modified.
+    model is traced and run on a float64 deep copy in eval mode, so ``model`` is never modified.
 
     Every returned site is verified numerically (``verify=True``, the default): random elements of
     its group are applied to a float64 copy and must leave the outputs on the example input and on a
@@ -606,14 +606,15 @@ def trace(
     """
     if frontend not in ("auto", "fx", "export"):
         raise ValueError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
-    work = copy.deepcopy(model).eval()
+    # Rules and verification run on a float64 copy: casts the model makes inside its forward
+    # (LLaMA's RMSNorm computes in float32) then show in the graph as what they are.
+    work = copy.deepcopy(model).double().eval()
     _disable_kv_cache(work)
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    inputs = to_float64(example_input)
     with torch.no_grad(), reraise_shape_errors("trace", inputs, model):
         work(*inputs)  # a wrong input fails here, named, before any graph is built
     zoo = _zoo_attention()
     tracer = _Tracer(((zoo,) if zoo is not None else ()) + (RBF, Power, Abs, Elementwise))
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     wrapped = tracer.is_leaf_module(work, "")
     if wrapped:
         if len(inputs) not in (1, 3):
@@ -663,9 +664,9 @@ def trace(
     if verify:
         with torch.no_grad():
             verify_spec(
-                work.double(),
+                work,
                 spec,
-                to_float64(inputs),
+                inputs,
                 rtol=rtol,
                 strict=strict,
                 generator=generator,

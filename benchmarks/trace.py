@@ -1,0 +1,97 @@
+"""Time of ``symmetry.trace`` (rules + numerical verification) on full-size models (not a test).
+
+Models (random weights; nothing downloaded):
+- ResNet-50 as torchvision writes it (25.6M parameters), one 224 x 224 image;
+- GPT-2 small from ``transformers`` (124M parameters, 12 layers, 12 heads), 16 tokens;
+- LLaMA-style (GQA, rotary, RMSNorm, gated MLP) at 8 layers x 512 wide, 16 tokens.
+
+For each: the time of the rules alone (``verify=False``), of trace with verification (the
+default), the number of sites, how many forward passes verification took, and the final joint
+error. The issue's target: trace + verification under a minute on the 2-core CPU machine.
+
+Run: ``python benchmarks/trace.py [--threads 2] [--only resnet50 gpt2 llama]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from intertwiner.models.reference import ResNet50
+from intertwiner.symmetry import _verify, trace
+
+
+def _resnet50():
+    return ResNet50().eval(), torch.randn(1, 3, 224, 224)
+
+
+def _gpt2():
+    import transformers as T
+
+    return T.GPT2LMHeadModel(T.GPT2Config()).eval(), torch.randint(0, 50257, (1, 16))
+
+
+def _llama():
+    import transformers as T
+
+    cfg = T.LlamaConfig(
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=32000,
+        max_position_embeddings=256,
+    )
+    return T.LlamaForCausalLM(cfg).eval(), torch.randint(0, 32000, (1, 16))
+
+
+MODELS = {"resnet50": _resnet50, "gpt2": _gpt2, "llama": _llama}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="*", default=list(MODELS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    calls = {"n": 0}
+    original = _verify._Probe.error
+
+    def counted(self, sites):
+        calls["n"] += 1
+        return original(self, sites)
+
+    _verify._Probe.error = counted
+    rows = []
+    for name in args.only:
+        model, x = MODELS[name]()
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        t0 = time.perf_counter()
+        trace(model, x, verify=False)
+        rules = time.perf_counter() - t0
+        calls["n"] = 0
+        t0 = time.perf_counter()
+        spec = trace(model, x)
+        total = time.perf_counter() - t0
+        rows.append(
+            (name, params, len(spec.sites), len(spec.dropped), rules, total, calls["n"], spec)
+        )
+        print(f"{name}: done in {total:.1f} s", flush=True)
+    print()
+    head = "model       params(M)  sites  dropped  rules(s)  trace+verify(s)  checks  joint error"
+    print(head)
+    print("-" * len(head))
+    for name, params, n, dropped, rules, total, checks, spec in rows:
+        print(
+            f"{name:<11} {params:9.1f}  {n:5d}  {dropped:7d}  {rules:8.1f}  {total:15.1f}  "
+            f"{checks:6d}  {spec.verified_error:.1e} (tol {spec.verified_tolerance:.0e})"
+        )
+    print(f"\ntorch threads: {args.threads}; target: trace + verification < 60 s per model")
+
+
+if __name__ == "__main__":
+    main()
