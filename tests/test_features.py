@@ -115,3 +115,43 @@ def test_inplace_activation_does_not_overwrite_captured_input():
     feats = capture(net, torch.randn(30, 3), ["0", "1"])
     assert (feats["0"] < 0).any()
     assert torch.equal(feats["1"], feats["0"].relu())
+
+
+class _Reused(torch.nn.Module):
+    """A ReLU module called twice and a functional ReLU (a site named after its fx node)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 5)
+        self.c, self.d = torch.nn.Linear(5, 6), torch.nn.Linear(6, 2)
+        self.relu = torch.nn.ReLU()
+
+    def forward(self, x):
+        h = self.relu(self.b(self.relu(self.a(x))))
+        return self.d(torch.nn.functional.relu(self.c(h)))
+
+
+def test_every_site_name_of_a_spec_can_be_captured_and_moves_by_phi():
+    from intertwiner.symmetry import apply, random_elements, trace
+
+    torch.manual_seed(0)
+    model = _Reused().double()
+    x = torch.randn(7, 3, dtype=torch.float64)
+    spec = trace(model, x)
+    names = [a for s in spec.sites for a in s.activations]
+    assert len(names) == 3 and {"relu", "relu#2"} <= set(names)  # + the functional call's node
+    g = random_elements(spec, generator=torch.Generator().manual_seed(1))
+    new = apply(model, spec, g)
+    before, after = capture(model, x, names), capture(new, x, names)
+    assert before["relu"].shape == (7, 4) and before["relu#2"].shape == (7, 5)
+    assert torch.equal(before["relu#2"], model.relu(model.b(before["relu"])))
+    for s in spec.sites:
+        for a in s.activations:
+            torch.testing.assert_close(after[a], s.move(a, before[a], g[s.name]))
+
+
+def test_a_name_that_is_no_module_call_or_node_is_refused_with_the_options():
+    with pytest.raises(LayerNotFoundError, match="functional call"):
+        capture(_Reused(), torch.randn(2, 3), ["nope"])
+    with pytest.raises(LayerNotFoundError, match="not called"):
+        capture(_Reused(), torch.randn(2, 3), ["relu#3"])

@@ -1,10 +1,12 @@
 """Capture activations at named modules, in eval mode under no_grad, streamed over the data.
 
-Layers are named as in ``model.named_modules()`` (``""`` is the whole model). Captured layouts are
-the module outputs as produced: (N, C) dense, (N, C, H, W) conv (channels are the neurons), (N, T, D)
-tokens. ``layout="matrix"`` converts each to (samples, neurons) with ``metrics.to_matrix``.
-A module that returns a tuple contributes its first tensor; a module called twice in one forward
-contributes its first call.
+Layers are named as in ``model.named_modules()`` (``""`` is the whole model); ``"name#k"`` is the
+k-th call of a module called several times in one forward, and the name of a functional call in
+the model's torch.fx graph (``"relu_1"``) captures its output: every site name that
+``symmetry.trace`` gives (fx front end) can be captured. Captured layouts are the module outputs as
+produced: (N, C) dense, (N, C, H, W) conv (channels are the neurons), (N, T, D) tokens.
+``layout="matrix"`` converts each to (samples, neurons) with ``metrics.to_matrix``. A module that
+returns a tuple contributes its first tensor; a module name alone means its first call.
 """
 
 from __future__ import annotations
@@ -74,19 +76,67 @@ def iter_batches(data: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
         yield _inputs_of(batch)
 
 
-def _resolve(model: nn.Module, layers: str | Sequence[str]) -> dict[str, nn.Module]:
+def _resolve(
+    model: nn.Module, layers: str | Sequence[str]
+) -> tuple[dict[str, tuple[nn.Module, int]], list[str]]:
+    """Module targets ``{name: (module, call)}`` and names of graph nodes (functional calls).
+
+    A name is a module (``named_modules()``), the k-th call of a module called several times in
+    one forward (``"relu#2"``: the names ``symmetry.trace`` gives later calls), or the graph node of
+    a functional call (``"relu_1"``, as ``trace`` names functional activation sites)."""
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
         raise InvalidOptionError("no layers requested; name at least one module (see models.sites)")
     modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
-    if missing:
-        avail = ", ".join(repr(n) for n in modules if n) or "(none)"
-        raise LayerNotFoundError(
-            f"layer(s) {missing} not found in {type(model).__name__}; available module names: "
-            f"{avail}"
-        )
-    return {n: modules[n] for n in dict.fromkeys(names)}
+    targets: dict[str, tuple[nn.Module, int]] = {}
+    nodes: list[str] = []
+    for n in dict.fromkeys(names):
+        base, _, call = n.rpartition("#") if "#" in n else (n, "", "1")
+        if base in modules and call.isdigit() and int(call) >= 1:
+            targets[n] = (modules[base], int(call))
+        else:
+            nodes.append(n)
+    return targets, nodes
+
+
+class _NodeTap:
+    """The outputs of named nodes of the model's torch.fx graph (functional calls that no hook
+    can see). Submodules still run as themselves, so module hooks fire as usual."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        import torch.fx as fx
+
+        try:
+            self.gm = fx.symbolic_trace(model)
+        except Exception as e:  # noqa: BLE001 (fx raises many types)
+            raise LayerNotFoundError(
+                f"layer(s) {names} are not modules of {type(model).__name__}, and its forward "
+                f"cannot be traced by torch.fx to find them as functional calls ({e})"
+            ) from e
+        graph_names = {node.name for node in self.gm.graph.nodes}
+        missing = [n for n in names if n not in graph_names]
+        if missing:
+            avail = ", ".join(repr(n) for n, _ in model.named_modules() if n) or "(none)"
+            raise LayerNotFoundError(
+                f"layer(s) {missing} not found in {type(model).__name__}: neither a module, the "
+                f"k-th call of one ('name#2'), nor a functional call in its torch.fx graph; "
+                f"available module names: {avail}"
+            )
+        self.names = set(names)
+
+    def run(self, x: torch.Tensor, store: dict[str, torch.Tensor]) -> None:
+        import torch.fx as fx
+
+        names = self.names
+
+        class _Interp(fx.Interpreter):
+            def run_node(self, n):
+                out = super().run_node(n)
+                if n.name in names:
+                    store[n.name] = _first_tensor(out).detach().clone()
+                return out
+
+        _Interp(self.gm).run(x)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -151,7 +201,11 @@ class Capturer:
     ) -> None:
         _validate.choice(layout, "layout", LAYOUTS)
         self.model, self.layout, self.call = model, layout, call
-        self.targets = _resolve(model, layers)
+        modules, nodes = _resolve(model, layers)
+        self._modules = modules
+        self._tap = _NodeTap(model, nodes) if nodes else None
+        self.targets = [n for n in dict.fromkeys([layers] if isinstance(layers, str) else layers)]
+        self._calls: dict[int, int] = {}
         self.device = _validate.device(device) if device is not None else _model_device(model)
         if device is not None:
             model.to(self.device)
@@ -159,20 +213,23 @@ class Capturer:
         self._handles: list[Any] = []
         self._mode = None
 
-    def _hook_for(self, name: str):
+    def _hook_for(self, module: nn.Module):
+        wanted = {call: n for n, (m, call) in self._modules.items() if m is module}
+
         def hook(_module, _inputs, output):
-            if name not in self._captured:
+            k = self._calls[id(module)] = self._calls.get(id(module), 0) + 1
+            name = wanted.get(k)
+            if name is not None and name not in self._captured:
                 # Clone: a later in-place op (ReLU(inplace=True)) would otherwise overwrite it.
                 self._captured[name] = _first_tensor(output).detach().clone()
-                if len(self._captured) == len(self.targets):
+                if len(self._captured) == len(self.targets) and self._tap is None:
                     raise _StopForward
 
         return hook
 
     def __enter__(self) -> Capturer:
-        self._handles = [
-            m.register_forward_hook(self._hook_for(n)) for n, m in self.targets.items()
-        ]
+        unique = {id(m): m for m, _ in self._modules.values()}
+        self._handles = [m.register_forward_hook(self._hook_for(m)) for m in unique.values()]
         self._mode = _eval_mode(self.model)
         self._mode.__enter__()
         return self
@@ -188,9 +245,13 @@ class Capturer:
     def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{layer: output}`` for one input batch (CPU, detached, converted to ``layout``)."""
         self._captured.clear()
+        self._calls.clear()
         with torch.no_grad(), _validate.reraise_shape_errors(self.call, x, self.model):
             try:
-                self.model(x.to(self.device))
+                if self._tap is not None:
+                    self._tap.run(x.to(self.device), self._captured)
+                else:
+                    self.model(x.to(self.device))
             except _StopForward:
                 pass
         missing = [n for n in self.targets if n not in self._captured]
