@@ -52,7 +52,12 @@ def _llama():
         vocab_size=50,
         max_position_embeddings=32,
     )
-    return T.LlamaForCausalLM(cfg), _tokens()
+    model = T.LlamaForCausalLM(cfg)
+    with torch.no_grad():  # RMSNorm weights start at 1: make them generic so folding is tested
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model, _tokens()
 
 
 def _vit():
@@ -191,3 +196,29 @@ def test_raw_hf_model_needs_no_wrapper(traced):
     """The KV cache is switched off on the traced copy; the user's model keeps its config."""
     model, _, _ = traced["gpt2"]
     assert model.config.use_cache
+
+
+def test_rmsnorm_stream_admits_orthogonal_maps_once_the_norm_weights_are_folded(traced):
+    """LLaMA's residual stream is read only through RMSNorms: with each norm's weight folded into
+    the layers that read it, any orthogonal map of the stream preserves the function; a general
+    invertible map does not."""
+    model, x, spec = traced["llama"]
+    stream = next(s for s in spec.sites if s.kind == "stream")
+    assert stream.group.family.name == "orthogonal"
+    scales = {f.scale for f in stream.folds}
+    assert (
+        "model.norm.weight" in scales and "model.layers.1.post_attention_layernorm.weight" in scales
+    )
+    into = {name for f in stream.folds for name, _ in f.into}
+    assert {"lm_head.weight", "model.layers.0.mlp.up_proj.weight"} <= into
+    ref = _run(model, x)
+    g = stream.group.sample(stream.width, generator=torch.Generator().manual_seed(4))
+    new = apply(model, spec, {stream.name: g})
+    assert float((_run(new, x) - ref).abs().max() / ref.abs().max()) < spec.verified_tolerance
+    assert torch.allclose(new.model.norm.weight, torch.ones_like(new.model.norm.weight))
+    assert not torch.allclose(model.model.norm.weight, torch.ones_like(model.model.norm.weight))
+    dense = family("general_linear").sample(
+        stream.width, generator=torch.Generator().manual_seed(5)
+    )
+    broken = apply(model, spec, {stream.name: dense}, validate=False)
+    assert float((_run(broken, x) - ref).abs().max() / ref.abs().max()) > 1e-3

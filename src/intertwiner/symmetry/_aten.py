@@ -616,7 +616,7 @@ class AtenRunner(fx.Interpreter):
         if not isinstance(vo, torch.Tensor) or vo.numel() == 1:
             return x  # a number: commutes with every matrix
         if isinstance(other, ParamRef):
-            return self.scale_by_param(x, other, vo, where)
+            return self.scale_by_param(x, other, vo, where, n)
         raise self.frozen("a product with a tensor computed from the input")
 
     def gate(self, a: Info, b: Info, where: str) -> Info:
@@ -646,14 +646,24 @@ class AtenRunner(fx.Interpreter):
             self.an.restrict_matrix(part, stat.family, f"{where}: RMS normalisation over features")
         return x
 
-    def scale_by_param(self, x: Info, p: ParamRef, vo: torch.Tensor, where: str) -> Info:
+    def scale_by_param(
+        self, x: Info, p: ParamRef, vo: torch.Tensor, where: str, n: fx.Node | None = None
+    ) -> Info:
         """``h * w`` with a per-feature parameter ``w`` (layer scale, an RMSNorm weight): only
-        monomial matrices commute with a diagonal map, and ``w`` takes their permutation part."""
+        monomial matrices commute with a diagonal map, and ``w`` takes their permutation part.
+        When only Linear layers read the product, ``w`` may instead be folded into them (see
+        ``spec.Fold``): the decision waits until the site's group is known (``trace._build``)."""
         t = self.an.params.get(p.name, self.an.buffers.get(p.name))
         pd = t.dim() + x.dim
         full = x.n * x.outer * x.inner
         if pd < 0 or t.shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
             raise self.frozen(f"a product with parameter {p.name} that is not one per feature")
+        into = _foldable_readers(n, self) if n is not None and t.dim() == 1 else None
+        parts = self.an.parts(x)
+        if into and len(parts) == 1 and parts[0][2] is None and parts[0][0] != 0:
+            reason = f"{where}: scaled by {p.name} per feature"
+            self.an.sites[parts[0][0]].folds.append((p.name, pd, into, reason))
+            return x
         for part in self.an.parts(x):
             self.an.restrict_matrix(part, "monomial", f"{where}: scaled by {p.name} per feature")
         self.an.act(x, p.name, pd, "P", buffer=p.name not in self.an.params)
@@ -694,6 +704,33 @@ class AtenRunner(fx.Interpreter):
                     parts.append((sid, mode, tuple(offset + c for c in chans)))
             offset += v.shape[d]
         return Info(tuple(parts), offset, first.dim)
+
+
+def _foldable_readers(n: fx.Node, runner: AtenRunner) -> tuple[tuple[str, int], ...] | None:
+    """The (weight, input axis) of every Linear / Conv1D that reads ``n`` (through casts and
+    views that keep the last dim), or None if anything else reads it or a weight is shared."""
+    out: list[tuple[str, int]] = []
+    stack = [n]
+    while stack:
+        cur = stack.pop()
+        for u in cur.users:
+            name = op_name(u)
+            if name in IDENTITY or (
+                name in ("view", "reshape", "_unsafe_view")
+                and u.meta.get("val") is not None
+                and u.meta["val"].shape[-1] == cur.meta["val"].shape[-1]
+            ):
+                stack.append(u)
+                continue
+            w = u.args[1] if name == "linear" else u.args[2] if name == "addmm" else None
+            x = u.args[0] if name == "linear" else u.args[1] if name == "addmm" else None
+            info = runner.info(w) if isinstance(w, fx.Node) else None
+            if x is not cur or not isinstance(info, ParamRef):
+                return None
+            out.append((info.name, 1 if name == "linear" else 0))
+    ids = [id(runner.an.params[w]) for w, _ in out if w in runner.an.params]
+    shared = sum(1 for pname, t in runner.an.params.items() if id(t) in ids) != len(ids)
+    return tuple(out) if out and not shared else None
 
 
 def _block(start: int, size: int) -> tuple[int, ...]:

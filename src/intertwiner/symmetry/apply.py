@@ -58,7 +58,23 @@ def transform_site(
     """
     g64 = element.to(torch.float64)
     cache: dict[str, GroupElement] = {}
+
+    def get(name: str) -> torch.Tensor:
+        t = model.get_parameter(name) if name in params else model.get_buffer(name)
+        if saved is not None and id(t) not in saved:
+            saved[id(t)] = (t, t.detach().clone())
+        return t
+
+    params = dict(model.named_parameters(remove_duplicate=False)) if site.folds else {}
     with torch.no_grad():
+        for fold in site.folds:
+            w = get(fold.scale)
+            for name, axis in fold.into:
+                t = get(name)
+                shape = [1] * t.dim()
+                shape[axis] = -1
+                t.mul_(w.reshape(shape).to(t.dtype))
+            w.fill_(1.0)
         for a in site.actions:
             if a.kind not in cache:
                 cache[a.kind] = _matrix_for(site, a.kind, g64)

@@ -72,6 +72,8 @@ class _SiteState:
         self.explicit_name = name
         self.kind = kind
         self.frozen_reason: str | None = None
+        #: (scale parameter, its axis, consumers ((param, axis), ...), reason) that may be folded
+        self.folds: list[tuple[str, int, tuple[tuple[str, int], ...], str]] = []
 
 
 def _compose(ch: tuple[int, ...] | None, sub: tuple[int, ...]) -> tuple[int, ...]:

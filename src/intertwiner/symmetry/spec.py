@@ -96,6 +96,20 @@ class ActivationAxis:
     kind: str = "phi(A)"
 
 
+@dataclass(frozen=True)
+class Fold:
+    """A per-feature scale ``w`` (an RMSNorm weight) folded into the layers that read it before the
+    site's element acts: ``W <- W diag(w)`` along ``axis`` of each ``into`` parameter, then
+    ``w <- 1``. Functionally a no-op; it lets the stream admit orthogonal maps, which a diagonal
+    ``w`` between the normalisation and the next layer would otherwise block."""
+
+    scale: str
+    into: tuple[tuple[str, int], ...]
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "into": [list(i) for i in self.into]}
+
+
 @dataclass
 class Site:
     """One hidden symmetry site: its name, width, group and everything its element touches.
@@ -114,6 +128,8 @@ class Site:
     activations: list[str] = field(default_factory=list)
     activation_axes: dict[str, ActivationAxis] = field(default_factory=dict)
     writers: list[str] = field(default_factory=list)
+    #: Scales folded into the next layers before the element acts (see ``Fold``).
+    folds: list[Fold] = field(default_factory=list)
 
     def acts_on(self) -> str:
         """Short summary: the parameters (not buffers) the element touches."""
@@ -140,6 +156,7 @@ class Site:
             "activations": list(self.activations),
             "writers": list(self.writers),
             "actions": [a.to_dict() for a in self.actions],
+            "folds": [f.to_dict() for f in self.folds],
         }
 
 

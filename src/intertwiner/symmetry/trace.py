@@ -73,7 +73,7 @@ from intertwiner.symmetry.rules import (
     Rules,
 )
 from intertwiner.symmetry.spaces import SUPPORTED, Info, ParamRef
-from intertwiner.symmetry.spec import ActivationAxis, ParamAxis, Site, SymmetrySpec
+from intertwiner.symmetry.spec import ActivationAxis, Fold, ParamAxis, Site, SymmetrySpec
 
 _ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
 _METADATA = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"}
@@ -722,7 +722,7 @@ def _build(an: Rules, model_name: str) -> SymmetrySpec:
     leaves: dict[int, dict[str, list]] = {}
 
     def slot(r: int) -> dict[str, list]:
-        return leaves.setdefault(r, {"actions": [], "activations": [], "writers": []})
+        return leaves.setdefault(r, {"actions": [], "activations": [], "writers": [], "folds": []})
 
     for s in an.sites[1:]:
         for a in s.actions:
@@ -734,6 +734,9 @@ def _build(an: Rules, model_name: str) -> SymmetrySpec:
         for order, name in s.writers:
             for r, _, _ in an.expand(s.id, "A", None):
                 slot(r)["writers"].append((order, name))
+        for fold in s.folds:
+            roots = an.expand(s.id, "A", None)
+            slot(roots[0][0])["folds"].append((fold, len(roots) == 1))
     sites: list[Site] = []
     frozen: list[tuple[str, str]] = []
     used: set[str] = set()
@@ -788,6 +791,12 @@ def _build(an: Rules, model_name: str) -> SymmetrySpec:
             actions.append(
                 ParamAxis(a.name, a.axis, a.kind, a.n_total, a.outer, a.inner, ch, a.buffer, a.use)
             )
+        folds = []
+        for (scale, axis, into, _), whole in data["folds"]:
+            if whole and not is_subgroup(s.family, "monomial"):
+                folds.append(Fold(scale, into))  # the larger group needs the scale folded away
+            else:  # a monomial element commutes with the scale once its P permutes it
+                actions.append(ParamAxis(scale, axis, "P", s.width))
         axes = {}
         for _, aname, ax, _, ch in acts:
             if ch is not None and ch == tuple(range(ax.n_total)):
@@ -804,6 +813,7 @@ def _build(an: Rules, model_name: str) -> SymmetrySpec:
                 activations=act_names,
                 activation_axes=axes,
                 writers=writers,
+                folds=folds,
             )
         )
     for s in an.sites[1:]:
