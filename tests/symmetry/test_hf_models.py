@@ -222,3 +222,20 @@ def test_rmsnorm_stream_admits_orthogonal_maps_once_the_norm_weights_are_folded(
     )
     broken = apply(model, spec, {stream.name: dense}, validate=False)
     assert float((_run(broken, x) - ref).abs().max() / ref.abs().max()) > 1e-3
+
+
+def test_t5_relative_position_bias_keeps_heads_in_place():
+    """T5 adds a learned bias per head to the attention scores: permuting heads would need the
+    bias permuted too, so no heads site is offered; per-head qk and vo maps remain."""
+    cfg = T.T5Config(d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, vocab_size=50)
+    torch.manual_seed(0)
+    model = T.T5EncoderModel(cfg).double().eval()
+    x = _tokens()
+    spec = trace(model, x)
+    kinds = [s.kind for s in spec.sites]
+    assert "attention_heads" not in kinds
+    assert kinds.count("attention_qk") == 4 and kinds.count("attention_vo") == 4
+    assert not spec.dropped
+    ref = _run(model, x)
+    new = apply(model, spec, random_elements(spec, generator=torch.Generator().manual_seed(0)))
+    assert float((_run(new, x) - ref).abs().max() / ref.abs().max()) < 1e-9

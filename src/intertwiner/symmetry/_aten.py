@@ -342,12 +342,13 @@ class AtenRunner(fx.Interpreter):
             an.act_raw(sid, o.weight, 1 - o.out_axis, kind, o.total // unit, inner=unit,
                        channels=channels)  # fmt: skip
 
-        heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
-        an.sites[heads].family = family("permutation")
-        for p, unit in ((b.q, rep * hd), (b.k, hd), (b.v, hdv)):
-            first = p.offset // unit
-            on(heads, p, "A", tuple(range(first, first + b.kv_heads)), unit)
-        into_out(heads, "A^-T", tuple(range(b.kv_heads)), rep * hdv)
+        if b.heads_permutable:
+            heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
+            an.sites[heads].family = family("permutation")
+            for p, unit in ((b.q, rep * hd), (b.k, hd), (b.v, hdv)):
+                first = p.offset // unit
+                on(heads, p, "A", tuple(range(first, first + b.kv_heads)), unit)
+            into_out(heads, "A^-T", tuple(range(b.kv_heads)), rep * hdv)
         for j in range(b.kv_heads):
             vo = an.new_site(hdv, name=f"{b.name}.vo{j}", kind="attention_vo")
             on(vo, b.v, "A", _block(b.v.offset + j * hdv, hdv))

@@ -60,6 +60,9 @@ class AttentionBlock:
     head_dim_v: int
     rotary: bool
     owned: set[fx.Node] = field(default_factory=set)
+    #: False when the additive mask differs between heads (T5's relative position bias, ALiBi):
+    #: permuting heads would then need the bias permuted too.
+    heads_permutable: bool = True
 
 
 def _val(n: fx.Node):
@@ -192,6 +195,9 @@ def _match(sdpa: fx.Node, names: dict[fx.Node, str]) -> AttentionBlock | None:
     name = list(stack.values())[-1][0] if stack else sdpa.name
     owned = {q.node, k.node, v.node}
     rotary = q_rot or k_rot
+    mask = sdpa.args[3] if len(sdpa.args) > 3 else sdpa.kwargs.get("attn_mask")
+    mask_val = _val(mask) if isinstance(mask, fx.Node) else None
+    per_head = isinstance(mask_val, torch.Tensor) and mask_val.dim() == 4 and mask_val.shape[1] > 1
     return AttentionBlock(
-        sdpa, name, q, k, v, o, heads, kv_heads, head_dim, head_dim_v, rotary, owned
+        sdpa, name, q, k, v, o, heads, kv_heads, head_dim, head_dim_v, rotary, owned, not per_head
     )
