@@ -144,6 +144,30 @@ class KeywordAdd(nn.Module):
         return self.c(torch.add(h, other=other))
 
 
+class GLU(nn.Module):
+    """``a * sigmoid(b)`` with ``a, b`` the two halves of one Linear's output (chunked)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 12), nn.Linear(6, 2)
+
+    def forward(self, x):
+        a, b = self.fc(x).chunk(2, dim=-1)
+        return self.out(a * torch.sigmoid(b))
+
+
+class SplitHeads(nn.Module):
+    """One Linear's output split into unequal blocks that go different ways."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.o1, self.o2 = nn.Linear(4, 10), nn.Linear(6, 2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        a, b = torch.split(self.fc(x), [6, 4], dim=-1)
+        return self.o1(torch.relu(a)) + self.o2(torch.tanh(b))
+
+
 def _float64(model):
     torch.manual_seed(0)
     return model.double().eval()
@@ -159,6 +183,8 @@ CASES = {
     "plain_attribute": (PlainAttribute, lambda: torch.randn(5, 3, dtype=F64)),
     "kwadd_hidden": (lambda: KeywordAdd(False), lambda: torch.randn(5, 3, dtype=F64)),
     "kwadd_input": (lambda: KeywordAdd(True), lambda: torch.randn(5, 3, dtype=F64)),
+    "glu": (GLU, lambda: torch.randn(5, 4, dtype=F64)),
+    "split": (SplitHeads, lambda: torch.randn(5, 4, dtype=F64)),
 }
 
 
@@ -283,3 +309,21 @@ def test_integer_output_cannot_be_verified():
 
     with pytest.raises(UnverifiedSymmetryError, match="no floating-point"):
         trace(Labels(), torch.randn(3, 3))
+
+
+def test_split_feature_axis_gives_one_site_per_block():
+    spec = trace(_float64(SplitHeads()), torch.randn(4, 4, dtype=F64))
+    assert [(s.width, s.group.family.name) for s in spec.sites] == [
+        (6, "positive_monomial"),
+        (4, "signed_permutation"),
+    ]
+    rows = {a.channels for s in spec.sites for a in s.actions if a.name == "fc.weight"}
+    assert rows == {tuple(range(6)), tuple(range(6, 10))}
+
+
+def test_glu_halves_share_a_permutation_and_the_value_half_any_scale():
+    spec = trace(_float64(GLU()), torch.randn(4, 4, dtype=F64))
+    (site,) = spec.sites
+    assert site.group.family.name == "monomial"
+    kinds = {(a.channels, a.kind) for a in site.actions if a.name == "fc.weight"}
+    assert kinds == {(tuple(range(6)), "A"), (tuple(range(6, 12)), "P")}

@@ -134,7 +134,8 @@ class AtenRunner(fx.Interpreter):
     def give_up(self, n: fx.Node, why: str) -> None:
         """Freeze every hidden space ``n`` reads: the op is not understood (sound: a frozen space
         is never transformed, so the op sees its original inputs)."""
-        reason = f"{op_name(n)} in {self.where(n)}: {why}"
+        line = _source_line(n)
+        reason = f"{op_name(n)} in {self.where(n)}{f' at {line}' if line else ''}: {why}"
         for info in self.nested(n):
             self.an.unify(info, None, reason)
 
@@ -571,7 +572,16 @@ class AtenRunner(fx.Interpreter):
             dim = n.args[1] if len(n.args) > 1 else 0
         d, pos = dim % ndim, x.dim + ndim
         if d == pos:
-            raise self.frozen("splitting the feature axis")
+            if op_name(n) == "unbind":
+                raise self.frozen("unbinding the feature axis")
+            sizes = [int(v.shape[d]) for v in value]
+            blocks = self.an.split_blocks(x, sizes, f"split of the feature axis in {self.where(n)}")
+            return tuple(
+                x.moved(parts=(part,), n=z)
+                for part, z in zip(
+                    [(sid, mode, None) for sid, mode, _ in blocks.parts], sizes, strict=True
+                )
+            )
         out = []
         for v in value:
             drop = op_name(n) == "unbind"
@@ -705,6 +715,22 @@ class AtenRunner(fx.Interpreter):
                     parts.append((sid, mode, tuple(offset + c for c in chans)))
             offset += v.shape[d]
         return Info(tuple(parts), offset, first.dim)
+
+
+def _source_line(n: fx.Node) -> str:
+    """``file.py:123`` of the user code that made ``n`` (the innermost frame outside torch)."""
+    trace = n.meta.get("stack_trace") or ""
+    found = ""
+    for line in trace.splitlines():
+        line = line.strip()
+        if line.startswith("File ") and "/torch/" not in line:
+            try:
+                path = line.split('"')[1]
+                lineno = line.split("line ")[1].split(",")[0]
+            except IndexError:
+                continue
+            found = f"{path.rsplit('/', 1)[-1]}:{lineno}"
+    return found
 
 
 def _foldable_readers(n: fx.Node, runner: AtenRunner) -> tuple[tuple[str, int], ...] | None:

@@ -72,6 +72,7 @@ class _SiteState:
         self.explicit_name = name
         self.kind = kind
         self.frozen_reason: str | None = None
+        self.gated = False  # merged into a gated product's site; moved by its permutation part
         #: (scale parameter, its axis, consumers ((param, axis), ...), reason) that may be folded
         self.folds: list[tuple[str, int, tuple[tuple[str, int], ...], str]] = []
 
@@ -144,7 +145,15 @@ class Spaces:
         return sid
 
     def expand(self, sid: int, mode: str, ch: tuple[int, ...] | None) -> list[Part]:
-        r = self.find(sid)
+        """The root sites (and channels) behind ``sid``; a gate on the way (``gate``) turns the
+        mode into ``"P"``: tensors of a gate move by the permutation part only."""
+        r = sid
+        while True:
+            if self.sites[r].gated:
+                mode = "P"
+            if self.sites[r].merged_into is None:
+                break
+            r = self.sites[r].merged_into
         split = self.sites[r].split
         if split is None:
             return [(r, mode, ch)]
@@ -317,19 +326,29 @@ class Spaces:
         for (c, ch), q in zip(children, other, strict=True):
             self.unify_parts((c, mode, ch), q, reason)
 
-    def split_blocks(self, x: Info, k: int, reason: str) -> Info:
-        """``x`` with its space cut into ``k`` consecutive blocks of channels, each its own site
-        (block-diagonal elements): a GroupNorm treats each block on its own."""
+    def split_blocks(self, x: Info, k: int | list[int], reason: str) -> Info:
+        """``x`` with its space cut into consecutive blocks of channels (``k`` equal ones, or the
+        given sizes), each its own site (block-diagonal elements): a GroupNorm treats each block
+        on its own, a split or chunk of the feature axis sends each block its own way."""
+        sizes = [x.n // k] * k if isinstance(k, int) else list(k)
         parts = self.parts(x)
-        if len(parts) != 1 or parts[0][2] is not None or x.n % k or x.outer != 1 or x.inner != 1:
+        if (
+            len(parts) != 1
+            or parts[0][2] is not None
+            or sum(sizes) != x.n
+            or any(z <= 0 for z in sizes)
+            or x.outer != 1
+            or x.inner != 1
+        ):
             raise UnsupportedModuleError(f"{reason}: channels already split between sites")
         sid, mode, _ = parts[0]
         if sid == 0:
             return x
-        s, size = self.sites[sid], x.n // k
-        children = []
-        for j in range(k):
-            chans = tuple(range(j * size, (j + 1) * size))
+        s = self.sites[sid]
+        children, start = [], 0
+        for size in sizes:
+            chans = tuple(range(start, start + size))
+            start += size
             c = self.new_site(size)
             cs = self.sites[c]
             cs.family, cs.phi, cs.needs_fixed = s.family, s.phi, s.needs_fixed
@@ -361,16 +380,10 @@ class Spaces:
             (o, name, dataclasses.replace(ax, kind="P"), grp) for o, name, ax, grp in g.activations
         ]
         g.family, g.phi, g.needs_fixed, g.restrictions = family("general_linear"), None, False, []
-        root, other = sorted((self.find(sv), g.id))
-        keep = self.sites[root]
-        keep.family = intersect(keep.family, self.sites[other].family)
-        keep.restrictions += [
-            r for r in self.sites[other].restrictions if r not in keep.restrictions
-        ]
-        keep.needs_fixed = keep.needs_fixed or self.sites[other].needs_fixed
-        if keep.phi is None:
-            keep.phi = self.sites[other].phi
-        self.sites[other].merged_into = root
+        g.gated = True  # actions recorded on a split parent are turned into "P" by ``expand``
+        keep = self.sites[self.find(sv)]
+        keep.needs_fixed = keep.needs_fixed or g.needs_fixed
+        g.merged_into = keep.id  # the value's site stays the root: a gate is never one
         return value
 
     # -- actions ----------------------------------------------------------------------------

@@ -726,11 +726,14 @@ def _build(an: Rules, model_name: str) -> SymmetrySpec:
 
     for s in an.sites[1:]:
         for a in s.actions:
-            for r, _, ch in an.expand(s.id, "A", a.channels):
-                slot(r)["actions"].append((a, ch))
+            for r, mode, ch in an.expand(s.id, "A", a.channels):
+                slot(r)["actions"].append(
+                    (a if mode != "P" else dataclasses.replace(a, kind="P"), ch)
+                )
         for order, name, ax, group in s.activations:
-            for r, _, ch in an.expand(s.id, "A", ax.channels):
-                slot(r)["activations"].append((order, name, ax, group, ch))
+            for r, mode, ch in an.expand(s.id, "A", ax.channels):
+                ax_r = ax if mode != "P" else dataclasses.replace(ax, kind="P")
+                slot(r)["activations"].append((order, name, ax_r, group, ch))
         for order, name in s.writers:
             for r, _, _ in an.expand(s.id, "A", None):
                 slot(r)["writers"].append((order, name))
