@@ -20,6 +20,7 @@ CASES = {
     "squeeze_excite": (lambda: R.SqueezeExcite(), (2, 3, 8, 8)),
     "groupnorm": (lambda: R.GroupNormNet(), (2, 3, 8, 8)),
     "lstm": (lambda: R.LSTMTagger(), (2, 5, 4)),
+    "resnext": (lambda: R.ResNeXtBlockNet(), (2, 3, 6, 6)),
 }
 
 
@@ -114,3 +115,13 @@ def test_lstm_is_frozen_by_name(specs):
     spec = specs["lstm"][2]
     assert any("lstm in rnn" in reason for _, reason in spec.frozen)
     assert spec.names == ["relu_1"]  # the MLP after the LSTM keeps its symmetry
+
+
+def test_grouped_convolution_splits_both_sides_into_groups(specs):
+    spec = specs["resnext"][2]
+    inner = [s for s in spec.sites if any("grouped convolution" in r for r in s.restrictions)]
+    assert sorted(s.width for s in inner) == [4, 4, 4, 4]  # 2 input and 2 output blocks
+    within = {
+        a.within for s in inner for a in s.actions if a.name == "conv2.weight" and a.axis == 1
+    }
+    assert within == {(0, 0, 4), (0, 4, 4)}  # group j's input channels act in group j's rows

@@ -65,6 +65,25 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class ResNeXtBlockNet(nn.Module):
+    """A stem and one ResNeXt bottleneck (1x1, grouped 3x3 with ``groups`` groups, 1x1)."""
+
+    def __init__(self, c: int = 8, width: int = 8, groups: int = 2, num_classes: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        y = F.relu(self.bn1(self.conv1(h)))
+        y = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(y)))))
+        return self.head(F.relu(h + y).mean(dim=(2, 3)))
+
+
 class InvertedResidual(nn.Module):
     """MobileNetV2's block: 1x1 expand + ReLU6, depthwise 3x3 + ReLU6, 1x1 linear projection."""
 

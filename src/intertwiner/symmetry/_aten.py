@@ -315,6 +315,8 @@ class AtenRunner(fx.Interpreter):
         ndim = self.val(args[0]).dim()
         if groups > 1 and not transposed and groups == out_ch and shape[1] == 1:
             return self.depthwise(n, x, weight, bias, ndim)
+        if groups > 1 and not transposed:
+            return self.grouped_conv(n, x, weight, bias, groups, ndim)
         return self.an.conv_named(
             x if isinstance(x, Info) else None,
             weight,
@@ -410,6 +412,32 @@ class AtenRunner(fx.Interpreter):
         if bias is not None:
             self.an.act(x, bias, 0, "out")
         return x
+
+    def grouped_conv(
+        self, n: fx.Node, x: Any, weight: str, bias: str | None, groups: int, ndim: int
+    ) -> Info:
+        """A grouped convolution: group j's outputs read only group j's inputs, so the input and
+        the output spaces split into ``groups`` blocks, each with an element of its own (any
+        element within a block; none across blocks)."""
+        an, where = self.an, _module_path(n) or n.name
+        out_ch, per_group_in = an.shape_of(weight)[0], an.shape_of(weight)[1]
+        per_group_out = out_ch // groups
+        if isinstance(x, Info):
+            an.need_channels(x, ndim, where)
+            blocks = an.split_blocks(x, groups, f"grouped convolution {where!r}")
+            for j, (sid, mode, _) in enumerate(blocks.parts):
+                if sid == 0:
+                    continue
+                kind = {"A": "A^-T", "P": "P", "phi": "phi(A)^-T"}[mode]
+                an.act_raw(
+                    sid, weight, 1, kind, per_group_in, within=(0, j * per_group_out, per_group_out)
+                )
+        mode = "P" if self.bn_users(n) else "A"
+        out = an.writer(where, out_ch, mode).moved(dim=1 - ndim)
+        an.act(out, weight, 0, "out")
+        if bias is not None:
+            an.act(out, bias, 0, "out")
+        return an.split_blocks(out, groups, f"grouped convolution {where!r} (outputs)")
 
     def bn_users(self, n: fx.Node) -> bool:
         users = list(n.users)

@@ -81,6 +81,8 @@ def transform_site(
             t = _tensor(model, a)
             if saved is not None and id(t) not in saved:
                 saved[id(t)] = (t, t.detach().clone())
+            if a.within is not None:
+                t = t.narrow(*a.within)  # a view: the update lands in the parameter
             apply_view_inplace(t, a.axis, a, cache[a.kind], a.channels)
 
 

@@ -57,6 +57,9 @@ class ParamAxis:
     #: The graph node (one call of a module or op) that asked for this action; two uses of one
     #: shared tensor differ here. Not part of equality.
     use: str = field(default="", compare=False)
+    #: ``(axis, start, length)``: act only on that slice along another axis (a grouped
+    #: convolution's input channels of group j live in its rows of group j). None: everywhere.
+    within: tuple[int, int, int] | None = None
 
     @property
     def width(self) -> int:
@@ -67,6 +70,9 @@ class ParamAxis:
         if self.outer != 1 or self.inner != 1:
             block = f" as ({self.outer}, {self.n_total}, {self.inner})"
         sub = "" if self.channels is None else f" channels {_ranges(self.channels)}"
+        if self.within is not None:
+            ax, start, length = self.within
+            sub += f" within axis {ax} [{start}:{start + length}]"
         return f"{self.name}[axis {self.axis}{block}{sub}] <- {self.kind}"
 
     def to_dict(self) -> dict:
@@ -79,6 +85,7 @@ class ParamAxis:
             "inner": self.inner,
             "channels": None if self.channels is None else list(self.channels),
             "buffer": self.buffer,
+            "within": None if self.within is None else list(self.within),
         }
 
 

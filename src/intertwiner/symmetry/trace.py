@@ -791,9 +791,7 @@ def _build(an: Rules, model_name: str) -> SymmetrySpec:
         for a, ch in data["actions"]:
             if ch is not None and ch == tuple(range(a.n_total)):
                 ch = None
-            actions.append(
-                ParamAxis(a.name, a.axis, a.kind, a.n_total, a.outer, a.inner, ch, a.buffer, a.use)
-            )
+            actions.append(dataclasses.replace(a, channels=ch))
         folds = []
         for (scale, axis, into, _), whole in data["folds"]:
             if whole and not is_subgroup(s.family, "monomial"):
