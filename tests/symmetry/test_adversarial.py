@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from intertwiner.errors import UnverifiedSymmetryError
+from intertwiner.errors import UnsupportedModuleError, UnverifiedSymmetryError
 from intertwiner.groups import IntertwinerGroup
 from intertwiner.symmetry import apply, random_elements, trace
 from intertwiner.symmetry.check import _run
@@ -327,3 +327,20 @@ def test_glu_halves_share_a_permutation_and_the_value_half_any_scale():
     assert site.group.family.name == "monomial"
     kinds = {(a.channels, a.kind) for a in site.actions if a.name == "fc.weight"}
     assert kinds == {(tuple(range(6)), "A"), (tuple(range(6, 12)), "P")}
+
+
+def test_parametrized_weight_is_frozen_not_crashed():
+    """weight_norm computes the weight from two tensors: no element may move it as a parameter."""
+    model = nn.Sequential(
+        nn.Linear(3, 5),
+        nn.ReLU(),
+        nn.utils.parametrizations.weight_norm(nn.Linear(5, 4)),
+        nn.Tanh(),
+        nn.Linear(4, 2),
+    ).double()
+    x = torch.randn(6, 3, dtype=F64)
+    spec = trace(model, x)
+    assert spec.sites == []
+    assert any("weight is computed" in r for _, r in spec.frozen)
+    with pytest.raises(UnsupportedModuleError, match="parametrized"):
+        trace(model, x, frontend="fx")

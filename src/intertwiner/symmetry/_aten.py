@@ -282,7 +282,10 @@ class AtenRunner(fx.Interpreter):
         else:
             x_node, w_node, b_node, out_axis = n.args[0], n.args[1], None, 1
         if not isinstance(self.info(w_node), ParamRef):
-            raise self.frozen("a product of two computed tensors (attention scores, ...)")
+            raise self.frozen(
+                "a product whose weight is computed, not a parameter (weight_norm or another "
+                "parametrization, attention scores, ...)"
+            )
         weight, bias = self.pname(w_node), self.pname(b_node)
         shape = self.an.shape_of(weight)
         if len(shape) != 2:

@@ -420,6 +420,15 @@ class Spaces:
         return Info(((sid, mode, None),), width, -1)
 
     def once(self, name: str, module: nn.Module) -> None:
+        from torch.nn.utils import parametrize
+
+        if parametrize.is_parametrized(module):
+            raise UnsupportedModuleError(
+                f"{type(module).__name__} {name!r} is parametrized (weight_norm, spectral_norm, "
+                "...): its weight is computed from other tensors, which the element would have to "
+                "move instead; remove the parametrization (torch.nn.utils.parametrize."
+                "remove_parametrizations) to get its symmetries"
+            )
         if any(True for _ in module.parameters(recurse=True)) or any(
             True for _ in module.buffers(recurse=True)
         ):
