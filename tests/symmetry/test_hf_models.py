@@ -239,3 +239,46 @@ def test_t5_relative_position_bias_keeps_heads_in_place():
     ref = _run(model, x)
     new = apply(model, spec, random_elements(spec, generator=torch.Generator().manual_seed(0)))
     assert float((_run(new, x) - ref).abs().max() / ref.abs().max()) < 1e-9
+
+
+def test_gemma_rmsnorm_scales_by_one_plus_weight_and_still_folds():
+    """Gemma's RMSNorm multiplies by ``1 + weight``: the fold divides that factor out (and sets
+    the weight to 0), so the stream admits orthogonal maps (untied head; a head tied to the
+    embedding cannot absorb the final norm: signed permutations); Falcon's ``x @ W.T``
+    projections read the stream like Linear layers."""
+    cfg = T.GemmaConfig(
+        tie_word_embeddings=False,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        vocab_size=50,
+    )
+    torch.manual_seed(0)
+    model = T.GemmaForCausalLM(cfg).double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 0.5)
+    x = _tokens()
+    spec = trace(model, x)
+    stream = next(s for s in spec.sites if s.kind == "stream")
+    assert stream.group.family.name == "orthogonal" and not spec.dropped
+    assert {(f.slope, f.offset) for f in stream.folds} == {(1.0, 1.0)}
+    ref = _run(model, x)
+    new = apply(model, spec, random_elements(spec, generator=torch.Generator().manual_seed(0)))
+    assert float((_run(new, x) - ref).abs().max() / ref.abs().max()) < spec.verified_tolerance
+    assert float(new.model.norm.weight.abs().max()) == 0.0
+    cfg.tie_word_embeddings = True
+    tied = T.GemmaForCausalLM(cfg).double().eval()
+    tied_stream = next(s for s in trace(tied, x).sites if s.kind == "stream")
+    assert tied_stream.group.family.name == "signed_permutation"
+
+    falcon = T.FalconForCausalLM(
+        T.FalconConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, vocab_size=50)
+    )
+    fspec = trace(falcon.double().eval(), x)
+    assert sum(s.kind == "activation" for s in fspec.sites) == 2
+    assert any(s.kind == "stream" for s in fspec.sites)

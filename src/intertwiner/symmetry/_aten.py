@@ -246,14 +246,19 @@ class AtenRunner(fx.Interpreter):
         if a is None:
             return None
         info = self.info(a)
-        if isinstance(info, ParamRef):
+        if isinstance(info, ParamRef) and info.plain:
             return info.name
         raise self.frozen("a weight that is computed, not a parameter (weight_norm, ...)")
 
     def param_passthrough(self, n, name, value, args) -> Any:
-        """Views and casts of a parameter keep it a parameter if its last dim is untouched."""
+        """Views and casts of a parameter keep it a parameter if its last dim is untouched; the
+        transpose of a 2-d weight is remembered as such (``x @ W.T``)."""
         if not args or not isinstance(args[0], ParamRef) or not isinstance(value, torch.Tensor):
             return None
+        if not args[0].plain:
+            return args[0] if name in IDENTITY else None
+        if name in ("t", "transpose", "permute", "numpy_T") and value.dim() == 2:
+            return ParamRef(args[0].name, transposed=True)
         keeps = name in IDENTITY | {"expand", "expand_as", "unsqueeze", "slice", "select"}
         t = self.an.params.get(args[0].name, self.an.buffers.get(args[0].name))
         if not keeps or t is None or t.dim() == 0 or value.dim() == 0:
@@ -281,12 +286,18 @@ class AtenRunner(fx.Interpreter):
             out_axis = 1
         else:
             x_node, w_node, b_node, out_axis = n.args[0], n.args[1], None, 1
-        if not isinstance(self.info(w_node), ParamRef):
+        w_info = self.info(w_node)
+        if isinstance(w_info, ParamRef) and w_info.transposed:  # x @ W.T: W's rows are outputs
+            w_node, out_axis = None, 1 - out_axis
+        if w_node is None:
+            weight, bias = w_info.name, self.pname(b_node)
+        elif not isinstance(w_info, ParamRef):
             raise self.frozen(
                 "a product whose weight is computed, not a parameter (weight_norm or another "
                 "parametrization, attention scores, ...)"
             )
-        weight, bias = self.pname(w_node), self.pname(b_node)
+        else:
+            weight, bias = self.pname(w_node), self.pname(b_node)
         shape = self.an.shape_of(weight)
         if len(shape) != 2:
             raise self.frozen(f"a product with a {len(shape)}-d parameter")
@@ -475,7 +486,9 @@ class AtenRunner(fx.Interpreter):
         x = self.info(reg.root)
         if isinstance(x, _RowStat):
             return x  # a function of a row statistic is one too
-        if isinstance(x, ParamRef) or not isinstance(x, Info):
+        if isinstance(x, ParamRef):
+            return _affine_of_param(x, reg.function(n))
+        if not isinstance(x, Info):
             return None
         within = ancestors_within(n, set(reg.nodes))
         nodes = [m for m in reg.nodes if m in within]
@@ -629,9 +642,11 @@ class AtenRunner(fx.Interpreter):
             self.an.unify(a, b, f"residual addition in {where}")
             return a
         x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
-        if isinstance(other, ParamRef):
+        if isinstance(other, ParamRef) and other.plain:
             self.an.add_param(x, other, f"adding parameter {other.name} in {where}")
             return x
+        if isinstance(other, ParamRef):
+            raise self.frozen("adding a transposed parameter or a function of one")
         if isinstance(vo, torch.Tensor) and vo.dim() > 0 and vo.numel() > 1:
             self.an.unify(x, None, f"{where}: added to a tensor computed from the input")
             return x
@@ -657,7 +672,7 @@ class AtenRunner(fx.Interpreter):
             raise self.frozen("dividing by a hidden tensor")
         if not isinstance(vo, torch.Tensor) or vo.numel() == 1:
             return x  # a number: commutes with every matrix
-        if isinstance(other, ParamRef):
+        if isinstance(other, ParamRef) and not other.transposed:
             return self.scale_by_param(x, other, vo, where, n)
         raise self.frozen("a product with a tensor computed from the input")
 
@@ -704,7 +719,8 @@ class AtenRunner(fx.Interpreter):
         parts = self.an.parts(x)
         if into and len(parts) == 1 and parts[0][2] is None and parts[0][0] != 0:
             reason = f"{where}: scaled by {p.name} per feature"
-            self.an.sites[parts[0][0]].folds.append((p.name, pd, into, reason))
+            fold = (p.name, pd, into, reason, *p.affine)
+            self.an.sites[parts[0][0]].folds.append(fold)
             return x
         for part in self.an.parts(x):
             self.an.restrict_matrix(part, "monomial", f"{where}: scaled by {p.name} per feature")
@@ -730,7 +746,7 @@ class AtenRunner(fx.Interpreter):
                     if info.dim != first.dim:
                         raise self.frozen("joining tensors whose feature axes do not line up")
                     self.an.unify(first, info, reason)
-                elif isinstance(info, ParamRef):
+                elif isinstance(info, ParamRef) and info.plain:
                     self.an.add_param(first, info, reason)
                 else:
                     self.an.unify(first, None, f"{reason}: joined with a tensor from the input")
@@ -746,6 +762,25 @@ class AtenRunner(fx.Interpreter):
                     parts.append((sid, mode, tuple(offset + c for c in chans)))
             offset += v.shape[d]
         return Info(tuple(parts), offset, first.dim)
+
+
+def _affine_of_param(p: ParamRef, fn) -> ParamRef | None:
+    """``fn(param)`` as a ParamRef when ``fn`` is affine (``1 + w``), else None (untracked)."""
+    if p.transposed:
+        return None
+    probe = torch.tensor([-1.5, 0.0, 0.5, 2.0], dtype=torch.float64)
+    try:
+        out = fn(probe)
+    except Exception:  # noqa: BLE001 (an op that needs the parameter's own shape)
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+        return None
+    slope = float(out[3] - out[1]) / 2.0
+    offset = float(out[1])
+    if slope == 0.0 or not torch.allclose(out, slope * probe + offset, rtol=0, atol=1e-12):
+        return None
+    a, b = p.affine
+    return ParamRef(p.name, affine=(slope * a, slope * b + offset))
 
 
 def _source_line(n: fx.Node) -> str:
@@ -783,7 +818,7 @@ def _foldable_readers(n: fx.Node, runner: AtenRunner) -> tuple[tuple[str, int], 
             w = u.args[1] if name == "linear" else u.args[2] if name == "addmm" else None
             x = u.args[0] if name == "linear" else u.args[1] if name == "addmm" else None
             info = runner.info(w) if isinstance(w, fx.Node) else None
-            if x is not cur or not isinstance(info, ParamRef):
+            if x is not cur or not isinstance(info, ParamRef) or not info.plain:
                 return None
             out.append((info.name, 1 if name == "linear" else 0))
     ids = [id(runner.an.params[w]) for w, _ in out if w in runner.an.params]

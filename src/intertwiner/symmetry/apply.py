@@ -69,12 +69,13 @@ def transform_site(
     with torch.no_grad():
         for fold in site.folds:
             w = get(fold.scale)
+            factor = fold.slope * w + fold.offset
             for name, axis in fold.into:
                 t = get(name)
                 shape = [1] * t.dim()
                 shape[axis] = -1
-                t.mul_(w.reshape(shape).to(t.dtype))
-            w.fill_(1.0)
+                t.mul_(factor.reshape(shape).to(t.dtype))
+            w.fill_((1.0 - fold.offset) / fold.slope)
         for a in site.actions:
             if a.kind not in cache:
                 cache[a.kind] = _matrix_for(site, a.kind, g64)

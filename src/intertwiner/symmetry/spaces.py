@@ -52,7 +52,18 @@ class Info:
 
 @dataclass(frozen=True)
 class ParamRef:
+    """A parameter (or buffer) by name; ``transposed``: seen through ``.t()`` / ``.T`` (a 2-d
+    weight used as ``x @ W.T``), which only a matrix product may read."""
+
     name: str
+    transposed: bool = False
+    #: ``(slope, offset)``: the tensor is ``slope * param + offset`` (Gemma's ``1 + weight``).
+    affine: tuple[float, float] = (1.0, 0.0)
+
+    @property
+    def plain(self) -> bool:
+        """The parameter itself, not a transpose or an affine function of it."""
+        return not self.transposed and self.affine == (1.0, 0.0)
 
 
 class _SiteState:
@@ -362,18 +373,34 @@ class Spaces:
         """``gate * value`` of two hidden tensors with one shared permutation (LLaMA's
         ``act(gate_proj(x)) * up_proj(x)``, squeeze-excitation's ``h * sigmoid(...)``): the gate's
         site is moved by the permutation part P only and joins the value's site, whose element
-        M = D P (any monomial) then moves the product like the value."""
-        pg, pv = self.parts(gate), self.parts(value)
-        if len(pg) != 1 or len(pv) != 1 or pg[0][2] is not None or pv[0][2] is not None:
-            raise UnsupportedModuleError(f"{reason}: gates split over several sites")
-        if gate.n != value.n or gate.dim != value.dim:
+        M = D P (any monomial) then moves the product like the value. A value split into channel
+        blocks (after a grouped convolution) splits the gate into the same blocks."""
+        if gate.n != value.n or gate.dim != value.dim or (gate.outer, gate.inner) != (1, 1):
             raise UnsupportedModuleError(f"{reason}: gate and value features do not line up")
-        (sg, _, _), (sv, _, _) = pg[0], pv[0]
+        pg, pv = self.parts(gate), self.parts(value)
+        if len(pg) == 1 and pg[0][2] is None and len(pv) > 1:
+            blocks = [tuple(range(value.n)) if ch is None else ch for _, _, ch in pv]
+            start, sizes = 0, []
+            for ch in blocks:
+                if ch != tuple(range(start, start + len(ch))):
+                    raise UnsupportedModuleError(f"{reason}: value blocks out of channel order")
+                start += len(ch)
+                sizes.append(len(ch))
+            pg = self.parts(self.split_blocks(gate, sizes, reason))
+        by_channels = {ch: (sid, mode) for sid, mode, ch in pg}
+        if len(by_channels) != len(pg):
+            raise UnsupportedModuleError(f"{reason}: gates split over several sites")
+        for part in pv:
+            if part[2] not in by_channels:
+                raise UnsupportedModuleError(f"{reason}: gates split over several sites")
+            self._gate_pair(by_channels[part[2]][0], part, reason)
+        return value
+
+    def _gate_pair(self, sg: int, pv: Part, reason: str) -> None:
+        sv = pv[0]
         if self.find(sg) == self.find(sv) or 0 in (self.find(sg), self.find(sv)):
             raise UnsupportedModuleError(f"{reason}: a product of a space with itself")
-        self.restrict_matrix(
-            pv[0], "monomial", f"{reason}: a per-feature gate commutes with D P only"
-        )
+        self.restrict_matrix(pv, "monomial", f"{reason}: a per-feature gate commutes with D P only")
         g = self.sites[self.find(sg)]
         g.actions = [dataclasses.replace(a, kind="P") for a in g.actions]
         g.activations = [
@@ -384,7 +411,6 @@ class Spaces:
         keep = self.sites[self.find(sv)]
         keep.needs_fixed = keep.needs_fixed or g.needs_fixed
         g.merged_into = keep.id  # the value's site stays the root: a gate is never one
-        return value
 
     # -- actions ----------------------------------------------------------------------------
     def act(self, info: Info, pname: str, axis: int, role: str, *, buffer: bool = False) -> None:

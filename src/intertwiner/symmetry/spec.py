@@ -112,9 +112,18 @@ class Fold:
 
     scale: str
     into: tuple[tuple[str, int], ...]
+    #: The folded factor is ``slope * w + offset`` (Gemma's RMSNorm scales by ``1 + w``); after
+    #: folding ``w`` is set so that the factor is 1.
+    slope: float = 1.0
+    offset: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "into": [list(i) for i in self.into]}
+        return {
+            "scale": self.scale,
+            "into": [list(i) for i in self.into],
+            "slope": self.slope,
+            "offset": self.offset,
+        }
 
 
 @dataclass

@@ -793,9 +793,10 @@ def _build(an: Rules, model_name: str) -> SymmetrySpec:
                 ch = None
             actions.append(dataclasses.replace(a, channels=ch))
         folds = []
-        for (scale, axis, into, _), whole in data["folds"]:
+        for (scale, axis, into, _, slope, offset), whole in data["folds"]:
             if whole and not is_subgroup(s.family, "monomial"):
-                folds.append(Fold(scale, into))  # the larger group needs the scale folded away
+                # the larger group needs the scale folded away
+                folds.append(Fold(scale, into, slope, offset))
             else:  # a monomial element commutes with the scale once its P permutes it
                 actions.append(ParamAxis(scale, axis, "P", s.width))
         axes = {}
