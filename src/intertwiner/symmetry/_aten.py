@@ -33,8 +33,8 @@ from intertwiner.symmetry._regions import (
     find_regions,
     op_name,
 )
-from intertwiner.symmetry.rules import Rules
-from intertwiner.symmetry.spaces import Info, ParamRef
+from intertwiner.symmetry._rules import Rules
+from intertwiner.symmetry._spaces import Info, ParamRef
 
 _RESHAPE = {"view", "reshape", "_unsafe_view", "view_as", "flatten", "unflatten"}
 _NO_FEATURES = {"_assert_tensor_metadata", "sym_size", "sym_numel", "size", "dim", "sym_stride"}

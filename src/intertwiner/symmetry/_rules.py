@@ -10,7 +10,7 @@ from torch import nn
 
 from intertwiner.errors import IntertwinerError, UnsupportedModuleError
 from intertwiner.groups import IntertwinerGroup, family, for_activation, intersect
-from intertwiner.symmetry.spaces import SUPPORTED, Info, ParamRef, Spaces
+from intertwiner.symmetry._spaces import SUPPORTED, Info, ParamRef, Spaces
 from intertwiner.symmetry.spec import ActivationAxis
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
