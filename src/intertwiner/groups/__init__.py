@@ -32,7 +32,7 @@ from intertwiner.groups.families import (
     intersect,
     is_subgroup,
 )
-from intertwiner.groups.group import IntertwinerGroup
+from intertwiner.groups.group import IntertwinerGroup, fixed_point_family, phi_preimage
 from intertwiner.groups.homogeneity import homogeneity_defect, homogeneity_profile
 from intertwiner.groups.verify import verify
 
@@ -58,6 +58,8 @@ __all__ = [
     "SignedPermutation",
     "TABLE_ROWS",
     "activation_module",
+    "fixed_point_family",
+    "phi_preimage",
     "activation_name",
     "discover",
     "family",

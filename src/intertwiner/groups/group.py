@@ -119,3 +119,36 @@ class IntertwinerGroup:
     def to_dict(self) -> dict:
         phi = self.phi_kind if isinstance(self.phi_kind, str) else list(self.phi_kind)
         return {"name": self.name, "family": self.family.name, "phi": phi}
+
+
+def fixed_point_family(phi: Any) -> str:
+    """The largest family of A with phi(A) = A (``phi``: a phi kind; None means identity): what a
+    residual stream needs where an activation output is added to a pre-activation tensor."""
+    if phi in (None, "identity"):
+        return "general_linear"
+    if phi == "abs":
+        return "positive_monomial"
+    d = phi[1]
+    return "signed_permutation" if int(d) % 2 else "permutation"
+
+
+def phi_preimage(phi: Any, target: str) -> str:
+    """The largest family of monomial A with phi(A) in ``target``: the restriction on a site whose
+    activation outputs (moved by phi(A)) must be moved by a matrix of ``target``."""
+    if phi in (None, "identity"):
+        return target
+    # Conditions on the scales s of A; phi acts on scales by |s| or s^d.
+    want = {
+        "permutation": "one",
+        "signed_permutation": "abs_one",
+        "orthogonal": "abs_one",
+        "positive_monomial": "positive",
+    }.get(target)
+    if want is None:  # monomial, general_linear: every monomial phi(A) qualifies
+        return "monomial"
+    if want == "abs_one":
+        return "signed_permutation"
+    even = phi == "abs" or int(phi[1]) % 2 == 0
+    if want == "one":
+        return "signed_permutation" if even else "permutation"
+    return "monomial" if even else "positive_monomial"  # positive scales

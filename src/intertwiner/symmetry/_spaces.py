@@ -17,7 +17,13 @@ from typing import Any
 from torch import nn
 
 from intertwiner.errors import UnsupportedModuleError
-from intertwiner.groups import IntertwinerGroup, family, intersect
+from intertwiner.groups import (
+    IntertwinerGroup,
+    family,
+    fixed_point_family,
+    intersect,
+    phi_preimage,
+)
 from intertwiner.symmetry.spec import ActivationAxis, ParamAxis
 
 SUPPORTED = (
@@ -90,37 +96,6 @@ class _SiteState:
 
 def _compose(ch: tuple[int, ...] | None, sub: tuple[int, ...]) -> tuple[int, ...]:
     return sub if ch is None else tuple(ch[k] for k in sub)
-
-
-def fixed_point_family(phi: Any) -> str:
-    """The largest family of A with phi(A) = A."""
-    if phi in (None, "identity"):
-        return "general_linear"
-    if phi == "abs":
-        return "positive_monomial"
-    d = phi[1]
-    return "signed_permutation" if int(d) % 2 else "permutation"
-
-
-def phi_preimage(phi: Any, target: str) -> str:
-    """The largest family of monomial A with phi(A) in ``target``."""
-    if phi in (None, "identity"):
-        return target
-    # Conditions on the scales s of A; phi acts on scales by |s| or s^d.
-    want = {
-        "permutation": "one",
-        "signed_permutation": "abs_one",
-        "orthogonal": "abs_one",
-        "positive_monomial": "positive",
-    }.get(target)
-    if want is None:  # monomial, general_linear: every monomial phi(A) qualifies
-        return "monomial"
-    if want == "abs_one":
-        return "signed_permutation"
-    even = phi == "abs" or int(phi[1]) % 2 == 0
-    if want == "one":
-        return "signed_permutation" if even else "permutation"
-    return "monomial" if even else "positive_monomial"  # positive scales
 
 
 class Spaces:
