@@ -1,34 +1,29 @@
-"""Assembling the SymmetrySpec from the rules' bookkeeping: one Site per root space, actions,
-activations and folds expanded through merges and channel splits, names, groups and reasons."""
+"""Assembling the SymmetrySpec from the rules' bookkeeping: one Site per root space, with the
+actions, activations, writers and folds recorded anywhere in its union-find tree (through merges
+and channel splits), its name, its group and the reasons for its restrictions."""
 
 from __future__ import annotations
 
 import dataclasses
-import operator
 
-import torch
-
-from intertwiner.groups import (
-    IntertwinerGroup,
-    family,
-    intersect,
-    is_subgroup,
-)
-from intertwiner.symmetry._rules import (
-    Rules,
-)
+from intertwiner.groups import IntertwinerGroup, family, intersect, is_subgroup
+from intertwiner.symmetry._spaces import Spaces, _SiteState
 from intertwiner.symmetry.spec import ActivationAxis, Fold, ParamAxis, Site, SymmetrySpec
 
-_ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
-_METADATA = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"}
-_CAT = {torch.cat, torch.concat, torch.concatenate, torch.stack}
-_SCALE = {operator.mul, operator.imul, torch.mul, operator.truediv, torch.div}
-_RESHAPE_METHODS = {"flatten", "view", "reshape", "unflatten"}
-_PASS_METHODS = {"contiguous", "clone", "float", "double", "to", "detach", "half", "bfloat16"}
+Leaves = dict[int, dict[str, list]]
 
 
-def build_spec(an: Rules, model_name: str) -> SymmetrySpec:
-    leaves: dict[int, dict[str, list]] = {}
+def build_spec(an: Spaces, model_name: str) -> SymmetrySpec:
+    """The spec of the root sites of ``an`` (site 0, the fixed space, excluded)."""
+    leaves = _collect(an)
+    used: set[str] = set()
+    sites = [_site(an.sites[r], leaves[r], r, used) for r in sorted(leaves) if r != 0]
+    return SymmetrySpec(sites=sites, frozen=_frozen(an), model_name=model_name)
+
+
+def _collect(an: Spaces) -> Leaves:
+    """Everything each root site holds. A path through a gate turns actions into ``"P"``."""
+    leaves: Leaves = {}
 
     def slot(r: int) -> dict[str, list]:
         return leaves.setdefault(r, {"actions": [], "activations": [], "writers": [], "folds": []})
@@ -36,101 +31,109 @@ def build_spec(an: Rules, model_name: str) -> SymmetrySpec:
     for s in an.sites[1:]:
         for a in s.actions:
             for r, mode, ch in an.expand(s.id, "A", a.channels):
-                slot(r)["actions"].append(
-                    (a if mode != "P" else dataclasses.replace(a, kind="P"), ch)
-                )
+                slot(r)["actions"].append((_as_p(a) if mode == "P" else a, ch))
         for order, name, ax, group in s.activations:
             for r, mode, ch in an.expand(s.id, "A", ax.channels):
-                ax_r = ax if mode != "P" else dataclasses.replace(ax, kind="P")
-                slot(r)["activations"].append((order, name, ax_r, group, ch))
+                slot(r)["activations"].append(
+                    (order, name, _as_p(ax) if mode == "P" else ax, group, ch)
+                )
         for order, name in s.writers:
             for r, _, _ in an.expand(s.id, "A", None):
                 slot(r)["writers"].append((order, name))
         for fold in s.folds:
             roots = an.expand(s.id, "A", None)
             slot(roots[0][0])["folds"].append((fold, len(roots) == 1))
-    sites: list[Site] = []
-    frozen: list[tuple[str, str]] = []
-    used: set[str] = set()
-    for r in sorted(leaves):
-        data = leaves[r]
-        if r == 0:
-            continue
-        s = an.sites[r]
-        acts = sorted(data["activations"], key=lambda t: t[0])
-        writers = [w for _, w in sorted(data["writers"])]
-        act_names = []
-        for _, name, _, _, _ in acts:
-            if name not in act_names:
-                act_names.append(name)
-        if s.kind is not None:
-            kind = s.kind
-        elif s.residual:
-            kind = "stream"
-        elif acts:
-            kind = "activation"
-        else:
-            kind = "linear"
-        if s.explicit_name:
-            name = s.explicit_name
-        elif act_names:
-            name = act_names[0]
-        else:
-            name = f"{kind}:{writers[0] if writers else r}"
-        base_name = name
-        k = 2
-        while name in used:
-            name = f"{base_name}#{k}"
-            k += 1
-        used.add(name)
-        phi = s.phi or "identity"
-        if acts:
-            base = acts[0][3]
-            same = base.family == s.family and base.phi_kind == phi
-            gname = base.name if same else f"{base.name}|{s.family.name}"
-        else:
-            gname = "G_Identity" if s.family.name == "general_linear" else ""
-        group = IntertwinerGroup(s.family, phi, gname)
-        # A reason is worth showing only if the activations' own group does not already imply it.
-        act_family = family("general_linear")
-        for a in acts:
-            act_family = intersect(act_family, a[3].family)
-        reasons = [r for r, fam in s.restrictions if not fam or not is_subgroup(act_family, fam)]
-        actions = []
-        for a, ch in data["actions"]:
-            if ch is not None and ch == tuple(range(a.n_total)):
-                ch = None
-            actions.append(dataclasses.replace(a, channels=ch))
-        folds = []
-        for (scale, axis, into, _, slope, offset), whole in data["folds"]:
-            if whole and not is_subgroup(s.family, "monomial"):
-                # the larger group needs the scale folded away
-                folds.append(Fold(scale, into, slope, offset))
-            else:  # a monomial element commutes with the scale once its P permutes it
-                actions.append(ParamAxis(scale, axis, "P", s.width))
-        axes = {}
-        for _, aname, ax, _, ch in acts:
-            if ch is not None and ch == tuple(range(ax.n_total)):
-                ch = None
-            axes[aname] = ActivationAxis(ax.dim, ax.n_total, ax.outer, ax.inner, ch, ax.kind)
-        sites.append(
-            Site(
-                name=name,
-                kind=kind,
-                width=s.width,
-                group=group,
-                restrictions=reasons,
-                actions=actions,
-                activations=act_names,
-                activation_axes=axes,
-                writers=writers,
-                folds=folds,
-            )
+    return leaves
+
+
+def _as_p(axis):
+    return dataclasses.replace(axis, kind="P")
+
+
+def _site(s: _SiteState, data: dict[str, list], r: int, used: set[str]) -> Site:
+    acts = sorted(data["activations"], key=lambda t: t[0])
+    writers = [w for _, w in sorted(data["writers"])]
+    act_names = list(dict.fromkeys(name for _, name, _, _, _ in acts))
+    kind = s.kind or ("stream" if s.residual else "activation" if acts else "linear")
+    name = _unique(s.explicit_name or (act_names[0] if act_names else None)
+                   or f"{kind}:{writers[0] if writers else r}", used)  # fmt: skip
+    actions = [
+        dataclasses.replace(a, channels=_all_is_none(ch, a.n_total)) for a, ch in data["actions"]
+    ]
+    folds = _folds(s, data["folds"], actions)
+    axes = {
+        aname: ActivationAxis(
+            ax.dim, ax.n_total, ax.outer, ax.inner, _all_is_none(ch, ax.n_total), ax.kind
         )
+        for _, aname, ax, _, ch in acts
+    }
+    return Site(
+        name=name,
+        kind=kind,
+        width=s.width,
+        group=_group(s, acts),
+        restrictions=_reasons(s, acts),
+        actions=actions,
+        activations=act_names,
+        activation_axes=axes,
+        writers=writers,
+        folds=folds,
+    )
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``name#2``, ``name#3``... if taken."""
+    base, k = name, 2
+    while name in used:
+        name, k = f"{base}#{k}", k + 1
+    used.add(name)
+    return name
+
+
+def _all_is_none(ch: tuple[int, ...] | None, n: int) -> tuple[int, ...] | None:
+    return None if ch is not None and ch == tuple(range(n)) else ch
+
+
+def _group(s: _SiteState, acts: list) -> IntertwinerGroup:
+    """The site's family and phi, named after its first activation (``G_ReLU``), marked with the
+    family when restrictions made it smaller (``G_SiLU|monomial``)."""
+    phi = s.phi or "identity"
+    if acts:
+        base = acts[0][3]
+        same = base.family == s.family and base.phi_kind == phi
+        name = base.name if same else f"{base.name}|{s.family.name}"
+    else:
+        name = "G_Identity" if s.family.name == "general_linear" else ""
+    return IntertwinerGroup(s.family, phi, name)
+
+
+def _reasons(s: _SiteState, acts: list) -> list[str]:
+    """Restrictions worth showing: those the activations' own groups do not already imply."""
+    act_family = family("general_linear")
+    for a in acts:
+        act_family = intersect(act_family, a[3].family)
+    return [r for r, fam in s.restrictions if not fam or not is_subgroup(act_family, fam)]
+
+
+def _folds(s: _SiteState, candidates: list, actions: list[ParamAxis]) -> list[Fold]:
+    """Fold a per-feature scale into its readers only where the site's group is larger than
+    monomial; a monomial element needs no fold: its permutation part moves the scale."""
+    folds = []
+    for (scale, axis, into, _, slope, offset), whole in candidates:
+        if whole and not is_subgroup(s.family, "monomial"):
+            folds.append(Fold(scale, into, slope, offset))
+        else:
+            actions.append(ParamAxis(scale, axis, "P", s.width))
+    return folds
+
+
+def _frozen(an: Spaces) -> list[tuple[str, str]]:
+    """(space label, reason) of every space that was frozen and touched something."""
+    out = []
     for s in an.sites[1:]:
         if s.frozen_reason and (s.actions or s.activations):
             label = (s.activations[0][1] if s.activations else None) or (
                 s.writers[0][1] if s.writers else f"space {s.id}"
             )
-            frozen.append((label, s.frozen_reason))
-    return SymmetrySpec(sites=sites, frozen=frozen, model_name=model_name)
+            out.append((label, s.frozen_reason))
+    return out
