@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from intertwiner._validate import reraise_shape_errors
-from intertwiner.errors import UnsupportedModuleError
+from intertwiner.errors import InvalidOptionError, UnsupportedModuleError
 from intertwiner.groups import RBF, Abs, Elementwise, Power
 from intertwiner.symmetry._build import build_spec
 from intertwiner.symmetry._forward import to_float64
@@ -57,52 +57,18 @@ def trace(
     op (then only the spaces that op reads lose their symmetry).
     """
     if frontend not in ("auto", "fx", "export"):
-        raise ValueError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
-    # Rules and verification run on a float64 copy: casts the model makes inside its forward
-    # (LLaMA's RMSNorm computes in float32) then show in the graph as what they are.
-    work = copy.deepcopy(model).double().eval()
-    _disable_kv_cache(work)
-    inputs = to_float64(example_input)
-    with torch.no_grad(), reraise_shape_errors("trace", inputs, model):
-        work(*inputs)  # a wrong input fails here, named, before any graph is built
+        raise InvalidOptionError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
+    work, inputs = _float64_copy(model, example_input)
     zoo = _zoo_attention()
     tracer = _Tracer(((zoo,) if zoo is not None else ()) + (RBF, Power, Abs, Elementwise))
     wrapped = tracer.is_leaf_module(work, "")
-    if wrapped:
+    if wrapped:  # a bare leaf (an attention or activation module): trace it inside a wrapper
         if len(inputs) not in (1, 3):
             raise UnsupportedModuleError(
                 f"a bare {type(model).__name__} must take 1 (or 3: query, key, value) inputs"
             )
         work = (_Root1 if len(inputs) == 1 else _Root3)(work)
-    graph, fx_error = None, None
-    if frontend != "export":
-        try:
-            graph = tracer.trace(work)
-        except Exception as e:  # noqa: BLE001 (fx raises many types; report one)
-            fx_error = e
-            if frontend == "fx":
-                raise UnsupportedModuleError(
-                    f"torch.fx could not trace {type(model).__name__}: {e}. Use "
-                    "frontend='export' (or 'auto') for models fx cannot follow."
-                ) from e
-    if graph is None:
-        if wrapped:
-            raise UnsupportedModuleError(
-                f"a bare {type(model).__name__} is traced with torch.fx only; wrap it in a module"
-            ) from fx_error
-        an = _export_rules(work, inputs, fx_error)
-    else:
-        try:
-            an = fx_rules(work, graph, inputs, zoo)
-        except UnsupportedModuleError as e:
-            if frontend == "fx" or wrapped:
-                raise
-            # The fx rules refuse the whole model at the first op they do not know; the export
-            # rules freeze only the spaces such an op reads.
-            try:
-                an = _export_rules(work, inputs, e)
-            except UnsupportedModuleError:
-                raise e from None
+    an = _run_rules(work, inputs, tracer, zoo, frontend, wrapped)
     spec = build_spec(an, type(model).__name__)
     if wrapped:
         spec = _unwrap(spec)
@@ -115,15 +81,54 @@ def trace(
     spec.verified_tolerance = rtol if verify else None
     if verify:
         with torch.no_grad():
-            verify_spec(
-                work,
-                spec,
-                inputs,
-                rtol=rtol,
-                strict=strict,
-                generator=generator,
-            )
+            verify_spec(work, spec, inputs, rtol=rtol, strict=strict, generator=generator)
     return spec
+
+
+def _float64_copy(model: nn.Module, example_input: Any) -> tuple[nn.Module, tuple]:
+    """A float64 eval-mode copy of ``model`` and the inputs, run once. Rules and verification use
+    it: casts the model makes inside its forward (LLaMA's RMSNorm computes in float32) then show in
+    the graph as what they are, and a wrong input fails here, named, before any graph is built."""
+    work = copy.deepcopy(model).double().eval()
+    _disable_kv_cache(work)
+    inputs = to_float64(example_input)
+    with torch.no_grad(), reraise_shape_errors("trace", inputs, model):
+        work(*inputs)
+    return work, inputs
+
+
+def _run_rules(
+    work: nn.Module, inputs: tuple, tracer: _Tracer, zoo: type | None, frontend: str, wrapped: bool
+) -> Rules:
+    """The rules run by the chosen front end (``trace``'s ``frontend``)."""
+    graph, fx_error = None, None
+    if frontend != "export":
+        try:
+            graph = tracer.trace(work)
+        except Exception as e:  # noqa: BLE001 (fx raises many types; report one)
+            fx_error = e
+            if frontend == "fx":
+                raise UnsupportedModuleError(
+                    f"torch.fx could not trace {type(work).__name__}: {e}. Use "
+                    "frontend='export' (or 'auto') for models fx cannot follow."
+                ) from e
+    if graph is None:
+        if wrapped:
+            raise UnsupportedModuleError(
+                f"a bare {type(work).__name__} is traced with torch.fx only; wrap it in a module"
+            ) from fx_error
+        return _export_rules(work, inputs, fx_error)
+    try:
+        return fx_rules(work, graph, inputs, zoo)
+    except UnsupportedModuleError as e:
+        if frontend == "fx" or wrapped:
+            raise
+        # The fx rules refuse the whole model at the first op they do not know; the export
+        # rules freeze only the spaces such an op reads.
+        try:
+            return _export_rules(work, inputs, e)
+        except UnsupportedModuleError:
+            raise e from None
 
 
 def _disable_kv_cache(model: nn.Module) -> None:
