@@ -273,6 +273,20 @@ class _Runner(fx.Interpreter):
         )
 
     # -- modules ----------------------------------------------------------------------------
+    def self_attention(self, n: fx.Node, m: nn.MultiheadAttention, name: str) -> Any:
+        """``nn.MultiheadAttention`` called with one tensor as query, key and value."""
+        nodes = [
+            n.args[i] if len(n.args) > i else n.kwargs.get(key)
+            for i, key in enumerate(("query", "key", "value"))
+        ]
+        infos = [self.info(a) for a in nodes]
+        if not (nodes[0] is nodes[1] is nodes[2]) and any(isinstance(t, Info) for t in infos):
+            raise UnsupportedModuleError(
+                f"nn.MultiheadAttention {name!r}: cross-attention (different query, key and "
+                f"value tensors) is not supported; supported: {SUPPORTED}"
+            )
+        return self.an.mha(m, name, infos[0])
+
     def module_rule(self, n: fx.Node, value: Any, args: list, tracked: list) -> Any:
         an = self.an
         name = str(n.target)
@@ -305,18 +319,7 @@ class _Runner(fx.Interpreter):
         if self.zoo_attention is not None and isinstance(m, self.zoo_attention):
             return an.zoo_attention(m, name, x)
         if isinstance(m, nn.MultiheadAttention):
-            nodes = [
-                n.args[i] if len(n.args) > i else n.kwargs.get(key)
-                for i, key in enumerate(("query", "key", "value"))
-            ]
-            infos = [self.info(a) for a in nodes]
-            if not (nodes[0] is nodes[1] is nodes[2]) and any(isinstance(t, Info) for t in infos):
-                raise UnsupportedModuleError(
-                    f"nn.MultiheadAttention {name!r}: cross-attention (different query, key and "
-                    f"value tensors) is not supported; supported: {SUPPORTED}"
-                )
-            q = infos[0]
-            return (an.mha(m, name, q), None)
+            return (self.self_attention(n, m, name), None)
         if isinstance(m, nn.TransformerEncoderLayer):
             return an.encoder_layer(m, name, x)
         if isinstance(m, nn.TransformerEncoder):
