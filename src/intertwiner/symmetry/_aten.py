@@ -22,8 +22,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from intertwiner.errors import IntertwinerError, UnsupportedModuleError
+from intertwiner.errors import IntertwinerError, UnsupportedGroupError, UnsupportedModuleError
 from intertwiner.groups import IntertwinerGroup, discover, family
+from intertwiner.groups import verify as verify_group
 from intertwiner.symmetry._activation_calls import activation_group
 from intertwiner.symmetry._attention import AttentionBlock, find_attention
 from intertwiner.symmetry._regions import (
@@ -494,7 +495,11 @@ class AtenRunner(fx.Interpreter):
         nodes = [m for m in reg.nodes if m in within]
         if all(op_name(m) in IDENTITY for m in nodes):
             return x
-        group = self.region_group(reg, n, nodes)
+        try:
+            group = self.region_group(reg, n, nodes)
+        except _Frozen as e:  # the region's root is what the unknown function reads
+            self.an.unify(x, None, f"{op_name(n)} in {self.where(n)}: {e}")
+            return None
         if group.family.name == "general_linear" and group.phi_kind == "identity":
             return x  # a linear function (a scalar multiple): commutes with every matrix
         ops = [m for m in nodes if op_name(m) not in IDENTITY] or nodes
@@ -519,12 +524,19 @@ class AtenRunner(fx.Interpreter):
                     group = None
         if group is None:
             label = _module_type(n) or op_name(n)
+            fn = _named(reg.function(n), label)
             try:
-                found = discover(_named(reg.function(n), label))
+                found = discover(fn)
+                group = IntertwinerGroup(found.family, found.phi_kind, f"G_{label}", found.evidence)
+            except UnsupportedGroupError:
+                # Elementwise, with a group no family describes (2x + 1: {A : A 1 = 1}); every
+                # elementwise function commutes with permutations, a subgroup of it.
+                group = IntertwinerGroup("permutation", "identity", f"G_{label}|permutation")
+                if verify_group(group, fn) > 1e-9:  # pragma: no cover (elementwise => holds)
+                    raise self.frozen(f"an elementwise function {label} without a group") from None
             except IntertwinerError as e:
                 why = f"an elementwise function without an intertwiner group ({e})"
                 raise self.frozen(why) from e
-            group = IntertwinerGroup(found.family, found.phi_kind, f"G_{label}", found.evidence)
         self._groups[key] = group
         return group
 
