@@ -120,3 +120,102 @@ def test_random_programs_are_sound(ops, d, seed, frontend):
         new = apply(model, spec, random_elements(spec, generator=torch.Generator().manual_seed(s)))
         err = float((_run(new, x) - ref).abs().max() / ref.abs().max())
         assert err < 1e-9, (ops, frontend, err, spec.names)
+
+
+class Attention(nn.Module):
+    """Self-attention written the way model code writes it, with switchable variations:
+    grouped-query heads, a rotary-style rotation of q and k, a per-head additive bias, a packed
+    q|k|v projection."""
+
+    def __init__(self, d: int, heads: int, kv_heads: int, rotary: bool, bias: bool, packed: bool):
+        super().__init__()
+        self.h, self.kv, self.hd = heads, kv_heads, d // heads
+        self.rotary, self.packed = rotary, packed
+        if packed:
+            self.qkv = nn.Linear(d, 3 * d)
+        else:
+            self.q = nn.Linear(d, d)
+            self.k = nn.Linear(d, kv_heads * self.hd)
+            self.v = nn.Linear(d, kv_heads * self.hd)
+        self.o = nn.Linear(d, d)
+        self.head_bias = nn.Parameter(torch.randn(heads, 1, 1)) if bias else None
+
+    def forward(self, x):
+        b, t, d = x.shape
+        if self.packed:
+            q, k, v = self.qkv(x).split(d, dim=-1)
+            kv = self.h
+        else:
+            q, k, v, kv = self.q(x), self.k(x), self.v(x), self.kv
+        q = q.view(b, t, self.h, self.hd).transpose(1, 2)
+        k = k.view(b, t, kv, self.hd).transpose(1, 2)
+        v = v.view(b, t, kv, self.hd).transpose(1, 2)
+        if self.rotary:
+            angle = torch.arange(t, dtype=x.dtype)[:, None] * 0.3
+            cos, sin = torch.cos(angle), torch.sin(angle)
+
+            def rot(z):
+                half = z.shape[-1] // 2
+                rotated = torch.cat([-z[..., half:], z[..., :half]], dim=-1)
+                return z * cos + rotated * sin
+
+            q, k = rot(q), rot(k)
+        mask = None
+        if self.head_bias is not None:
+            mask = self.head_bias.expand(self.h, t, t).unsqueeze(0).expand(b, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv != self.h)
+        return self.o(out.transpose(1, 2).reshape(b, t, d))
+
+
+class TokenProgram(nn.Module):
+    def __init__(self, blocks: list[tuple], heads: int, d: int):
+        super().__init__()
+        self.inp, self.out = nn.Linear(3, d), nn.Linear(d, 2)
+        self.attn = nn.ModuleList(Attention(d, heads, *b[:4]) for b in blocks)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) if b[4] else nn.Identity() for b in blocks)
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) for _ in blocks
+        )
+
+    def forward(self, x):
+        h = self.inp(x)
+        for attn, norm, mlp in zip(self.attn, self.norms, self.mlps, strict=True):
+            h = h + attn(norm(h))
+            h = h + mlp(norm(h))
+        return self.out(h)
+
+
+attention_block = st.tuples(
+    st.sampled_from([1, 2]),  # kv heads (with 2 or 4 query heads: plain or grouped-query)
+    st.booleans(),  # rotary
+    st.booleans(),  # per-head bias
+    st.booleans(),  # packed q|k|v (only without GQA)
+    st.booleans(),  # LayerNorm on the stream
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    blocks=st.lists(attention_block, min_size=1, max_size=2),
+    heads=st.sampled_from([2, 4]),
+    seed=st.integers(0, 999),
+)
+def test_random_attention_programs_are_sound(blocks, heads, seed):
+    blocks = [
+        (min(kv, heads), rot, bias, packed and kv == heads, ln)
+        for kv, rot, bias, packed, ln in blocks
+    ]
+    torch.manual_seed(seed)
+    model = TokenProgram(blocks, heads, d=2 * heads).double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    spec = trace(model, x)
+    assert not spec.dropped, (blocks, spec.dropped)
+    kinds = [s.kind for s in spec.sites]
+    assert kinds.count("attention_vo") == sum(
+        kv if not packed else heads for kv, _, _, packed, _ in blocks
+    )
+    ref = _run(model, x)
+    for s in range(2):
+        new = apply(model, spec, random_elements(spec, generator=torch.Generator().manual_seed(s)))
+        err = float((_run(new, x) - ref).abs().max() / ref.abs().max())
+        assert err < 1e-9, (blocks, err, spec.names)
