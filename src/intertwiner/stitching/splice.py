@@ -57,16 +57,21 @@ class _SiteTracer(fx.Tracer):
         return qualname in self.leaves or _is_activation(m) or super().is_leaf_module(m, qualname)
 
 
+def _module_of(at: str) -> str:
+    """The module behind a site name: ``relu#2`` (the second call of ``relu``) -> ``relu``."""
+    base, _, call = at.rpartition("#")
+    return base if base and call.isdigit() else at
+
+
 def trace(model: nn.Module, at: str) -> fx.GraphModule:
-    """``model`` traced with the module ``at`` as a leaf; raises ``UnknownSiteError``."""
+    """``model`` traced with the module ``at`` as a leaf; raises ``UnknownSiteError``.
+
+    ``at`` is a module name, ``name#k`` (the k-th call of a module used several times) or the
+    name of a functional call in the traced graph (``relu_2``), as ``symmetry.trace`` names sites.
+    """
     names = dict(model.named_modules())
-    if not at or at not in names:
-        acts = [n for n, m in model.named_modules() if n and _is_activation(m)]
-        raise UnknownSiteError(
-            f"site {at!r} is not a module of {type(model).__name__}; activation sites are "
-            f"{acts[:20]}{' ...' if len(acts) > 20 else ''}"
-        )
-    tracer = _SiteTracer({at})
+    module = _module_of(at)
+    tracer = _SiteTracer({module} if module in names else set())
     try:
         graph = tracer.trace(model)
     except Exception as e:  # noqa: BLE001 (fx raises many kinds)
@@ -74,17 +79,34 @@ def trace(model: nn.Module, at: str) -> fx.GraphModule:
             f"cannot trace {type(model).__name__} with torch.fx ({e}); stitching needs an "
             "fx-traceable model"
         ) from e
-    return fx.GraphModule(tracer.root, graph)
+    gm = fx.GraphModule(tracer.root, graph)
+    if module not in names and not any(n.name == at for n in gm.graph.nodes):
+        acts = [n for n, m in model.named_modules() if n and _is_activation(m)]
+        raise UnknownSiteError(
+            f"site {at!r} is not a module of {type(model).__name__} (nor the k-th call of one, "
+            f"'name#2', nor a functional call in its graph); activation sites are "
+            f"{acts[:20]}{' ...' if len(acts) > 20 else ''}"
+        )
+    return gm
 
 
 def _site_node(gm: fx.GraphModule, at: str) -> fx.Node:
-    found = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == at]
+    module = _module_of(at)
+    found = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == module]
     if not found:
+        by_name = [n for n in gm.graph.nodes if n.name == at and n.op == "call_function"]
+        if by_name:
+            return by_name[0]
         raise UnknownSiteError(f"module {at!r} is never called in the forward pass")
+    if module != at:  # name#k
+        k = int(at.rpartition("#")[2])
+        if k > len(found):
+            raise UnknownSiteError(f"module {module!r} is called {len(found)} times, not {k}")
+        return found[k - 1]
     if len(found) > 1:
         raise UnsupportedModuleError(
             f"module {at!r} is called {len(found)} times in the forward pass; a stitch site must "
-            "be used once (give each use its own module)"
+            f"be used once, or name the call: {at}#1 ... {at}#{len(found)}"
         )
     return found[0]
 
@@ -152,10 +174,13 @@ def build_back(gm_b: fx.GraphModule, at: str, cut: Cut) -> fx.GraphModule:
 
 
 def _match_node(gm_a: fx.GraphModule, name: str, target: str | None) -> fx.Node:
-    for n in gm_a.graph.nodes:
-        if target is not None and n.op == "call_module" and n.target == target:
-            return n
-        if target is None and n.name == name:
+    """A's node for B's cut node: the call of the same module (by graph name when the module is
+    called several times), or the graph value of the same name."""
+    calls = [n for n in gm_a.graph.nodes if n.op == "call_module" and n.target == target]
+    if target is not None and len(calls) == 1:
+        return calls[0]
+    for n in calls if target is not None else gm_a.graph.nodes:
+        if n.name == name:
             return n
     what = f"module {target!r}" if target else f"graph value {name!r}"
     raise UnsupportedModuleError(
