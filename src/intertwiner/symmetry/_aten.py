@@ -35,6 +35,7 @@ from intertwiner.symmetry._regions import (
     op_name,
 )
 from intertwiner.symmetry._rules import Rules
+from intertwiner.symmetry._shapes import ShapeRules, nested_infos
 from intertwiner.symmetry._spaces import Info, ParamRef
 
 _RESHAPE = {"view", "reshape", "_unsafe_view", "view_as", "flatten", "unflatten"}
@@ -75,7 +76,7 @@ class _Frozen(Exception):
     """Raised by a rule that cannot handle a node: its hidden inputs are frozen instead."""
 
 
-class AtenRunner(fx.Interpreter):
+class AtenRunner(ShapeRules, fx.Interpreter):
     """Interprets an exported graph and applies the symmetry rules to every node."""
 
     def __init__(self, gm: fx.GraphModule, an: Rules, model: nn.Module):
@@ -113,24 +114,7 @@ class AtenRunner(fx.Interpreter):
         return f"{path or '<model>'} ({n.name})"
 
     def nested(self, n: fx.Node) -> list[Info]:
-        found: list[Info] = []
-
-        def walk(a: Any) -> None:
-            if isinstance(a, fx.Node):
-                i = self.infos.get(a)
-                for j in i if isinstance(i, tuple) else (i,):
-                    if isinstance(j, Info):
-                        found.append(j)
-            elif isinstance(a, (list, tuple)):
-                for b in a:
-                    walk(b)
-            elif isinstance(a, dict):
-                for b in a.values():
-                    walk(b)
-
-        walk(n.args)
-        walk(n.kwargs)
-        return found
+        return nested_infos(self.infos, n)
 
     def give_up(self, n: fx.Node, why: str) -> None:
         """Freeze every hidden space ``n`` reads: the op is not understood (sound: a frozen space
@@ -141,6 +125,9 @@ class AtenRunner(fx.Interpreter):
             self.an.unify(info, None, reason)
 
     def frozen(self, what: str) -> _Frozen:
+        return _Frozen(what)
+
+    def refuse(self, what: str) -> _Frozen:
         return _Frozen(what)
 
     # -- dispatch -------------------------------------------------------------------------------
@@ -566,38 +553,6 @@ class AtenRunner(fx.Interpreter):
             raise self.frozen("an op that changes the size of the feature axis")
         return x
 
-    def reshape(self, x: Info, s_in, s_out, where: str) -> Info:
-        s_in, s_out = list(s_in), list(s_out)
-        pos = x.dim + len(s_in)
-        after = 1
-        for v in s_in[pos + 1 :]:
-            after *= v
-        st = x.inner * after
-        span = x.n * st
-        cands = []
-        for d in range(len(s_out)):
-            p = 1
-            for v in s_out[d + 1 :]:
-                p *= v
-            big = p * s_out[d]
-            if st % p == 0 and big % span == 0:
-                cands.append((s_out[d] == 1, d, p, big))
-        if not cands:
-            raise self.frozen("a reshape that splits the feature axis over several dims")
-        _, d, p, big = min(cands)
-        return x.moved(dim=d - len(s_out), inner=st // p, outer=big // span)
-
-    def transpose(self, x: Info, ndim: int, a: int, b: int) -> Info:
-        pos = x.dim + ndim
-        a, b = a % ndim, b % ndim
-        new = b if pos == a else a if pos == b else pos
-        return x.moved(dim=new - ndim)
-
-    def permute(self, x: Info, ndim: int, dims) -> Info:
-        pos = x.dim + ndim
-        dims = [d % ndim for d in dims]
-        return x.moved(dim=dims.index(pos) - ndim)
-
     def slice(self, n: fx.Node, name: str, x: Info, ndim: int, value: Any) -> Info:
         pos = x.dim + ndim
         d = (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)) % ndim
@@ -645,11 +600,14 @@ class AtenRunner(fx.Interpreter):
         return tuple(out)
 
     # -- binary ops ----------------------------------------------------------------------------
-    def binary(self, n: fx.Node, where: str) -> Info:
+    def operands(self, n: fx.Node) -> tuple[Any, Any, Any, Any]:
+        """Infos and values of a binary op's two operands (``other`` may be a keyword)."""
         a_node = n.args[0]
         b_node = n.args[1] if len(n.args) > 1 else n.kwargs.get("other")
-        a, b = self.info(a_node), self.info(b_node)
-        va, vb = self.val(a_node), self.val(b_node)
+        return self.info(a_node), self.info(b_node), self.val(a_node), self.val(b_node)
+
+    def binary(self, n: fx.Node, where: str) -> Info:
+        a, b, va, vb = self.operands(n)
         if isinstance(a, Info) and isinstance(b, Info):
             self.an.unify(a, b, f"residual addition in {where}")
             return a
@@ -669,10 +627,7 @@ class AtenRunner(fx.Interpreter):
         return x
 
     def product(self, n: fx.Node, where: str) -> Info:
-        a_node = n.args[0]
-        b_node = n.args[1] if len(n.args) > 1 else n.kwargs.get("other")
-        a, b = self.info(a_node), self.info(b_node)
-        va, vb = self.val(a_node), self.val(b_node)
+        a, b, va, vb = self.operands(n)
         if isinstance(a, Info) and isinstance(b, Info):
             if op_name(n) == "div":
                 raise self.frozen("dividing by a hidden tensor")
@@ -738,42 +693,6 @@ class AtenRunner(fx.Interpreter):
             self.an.restrict_matrix(part, "monomial", f"{where}: scaled by {p.name} per feature")
         self.an.act(x, p.name, pd, "P", buffer=p.name not in self.an.params)
         return x
-
-    def concatenate(self, n: fx.Node, value: Any, stack: bool) -> Info | None:
-        tensors = n.args[0]
-        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-        infos = [self.info(a) for a in tensors]
-        vals = [self.val(a) for a in tensors]
-        if not any(isinstance(i, Info) for i in infos):
-            return None
-        where = self.where(n)
-        ndim = vals[0].dim()
-        first = next(i for i in infos if isinstance(i, Info))
-        pos = first.dim + ndim
-        d = dim % (ndim + 1 if stack else ndim)
-        if stack or d != pos:
-            reason = f"{'stacking' if stack else 'concatenating'} tensors in {where}"
-            for info in infos:
-                if isinstance(info, Info):
-                    if info.dim != first.dim:
-                        raise self.frozen("joining tensors whose feature axes do not line up")
-                    self.an.unify(first, info, reason)
-                elif isinstance(info, ParamRef) and info.plain:
-                    self.an.add_param(first, info, reason)
-                else:
-                    self.an.unify(first, None, f"{reason}: joined with a tensor from the input")
-            new_pos = pos + (1 if stack and d <= pos else 0)
-            return first.moved(dim=new_pos - value.dim())
-        parts, offset = [], 0
-        for info, v in zip(infos, vals, strict=True):
-            if isinstance(info, Info):
-                if info.dim != first.dim or info.outer != 1 or info.inner != 1:
-                    raise self.frozen("concatenating flattened feature axes")
-                for sid, mode, ch in info.parts:
-                    chans = range(info.n) if ch is None else ch
-                    parts.append((sid, mode, tuple(offset + c for c in chans)))
-            offset += v.shape[d]
-        return Info(tuple(parts), offset, first.dim)
 
 
 def _affine_of_param(p: ParamRef, fn) -> ParamRef | None:

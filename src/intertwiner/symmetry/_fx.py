@@ -59,6 +59,7 @@ from intertwiner.symmetry._rules import (
     _MAXPOOL_F,
     Rules,
 )
+from intertwiner.symmetry._shapes import ShapeRules, nested_infos
 from intertwiner.symmetry._spaces import SUPPORTED, Info, ParamRef
 from intertwiner.symmetry.spec import SymmetrySpec
 
@@ -102,7 +103,7 @@ def tracked_of(args: list) -> list[Info]:
     return [a for a in args if isinstance(a, Info)]
 
 
-class _Runner(fx.Interpreter):
+class _Runner(ShapeRules, fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, an: Rules, zoo_attention: type | None):
         super().__init__(gm)
         self.an = an
@@ -134,24 +135,8 @@ class _Runner(fx.Interpreter):
         if n.op == "get_attr":
             return ParamRef(n.target)
         if n.op == "output":
-
-            def walk(a):
-                if isinstance(a, fx.Node):
-                    i = self.infos.get(a)
-                    if isinstance(i, tuple):
-                        for j in i:
-                            if isinstance(j, Info):
-                                an.unify(j, None, "the model output")
-                    elif isinstance(i, Info):
-                        an.unify(i, None, "the model output")
-                elif isinstance(a, (tuple, list)):
-                    for b in a:
-                        walk(b)
-                elif isinstance(a, dict):
-                    for b in a.values():
-                        walk(b)
-
-            walk(n.args)
+            for info in nested_infos(self.infos, n):
+                an.unify(info, None, "the model output")
             return None
         if n.op == "call_function" and n.target is operator.getitem:
             base = self.info(n.args[0])
@@ -162,7 +147,7 @@ class _Runner(fx.Interpreter):
         tracked = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Info)]
         vals = [self.env[a] if isinstance(a, fx.Node) else a for a in n.args]
         if n.op == "call_function" and n.target in _CAT:
-            return self.concatenate(n, value)
+            return self.concatenate(n, value, stack=n.target is torch.stack)
         if not tracked and args and isinstance(args[0], ParamRef):
             return self.param_view(n, args[0], value)
         nested = self.nested_infos(n)
@@ -201,70 +186,14 @@ class _Runner(fx.Interpreter):
         return p
 
     def nested_infos(self, n: fx.Node) -> list:
-        """Every tracked Info among ``n``'s arguments, looking inside lists, tuples and dicts."""
-        found: list = []
+        """Every tracked Info among ``n``'s arguments (inside lists, tuples, dicts too)."""
+        return nested_infos(self.infos, n)
 
-        def walk(a: Any) -> None:
-            if isinstance(a, fx.Node):
-                i = self.infos.get(a)
-                if isinstance(i, Info):
-                    found.append(i)
-            elif isinstance(a, (list, tuple)):
-                for b in a:
-                    walk(b)
-            elif isinstance(a, dict):
-                for b in a.values():
-                    walk(b)
+    def val(self, a: Any) -> Any:
+        return self.env[a] if isinstance(a, fx.Node) else a
 
-        walk(n.args)
-        walk(n.kwargs)
-        return found
-
-    def concatenate(
-        self, n: fx.Node, value: torch.Tensor, stack: bool | None = None
-    ) -> Info | None:
-        """``torch.cat`` / ``torch.stack``: along the feature axis the output's channels are the
-        inputs' channels side by side (block-structured elements); along any other axis every input
-        must be moved by the same matrix."""
-        tensors = n.args[0] if n.args else n.kwargs["tensors"]
-        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-        where = self.where(n)
-        infos = [self.info(a) for a in tensors]
-        vals = [self.env[a] if isinstance(a, fx.Node) else a for a in tensors]
-        if not any(isinstance(i, Info) for i in infos):
-            return None
-        ndim = vals[0].dim()
-        if stack is None:
-            stack = n.target is torch.stack
-        first = next(i for i in infos if isinstance(i, Info))
-        pos = first.dim + ndim
-        d = dim % (ndim + 1 if stack else ndim)
-        if stack or d != pos:
-            reason = f"{'stacking' if stack else 'concatenating'} tensors in {where!r}"
-            for info in infos:
-                if isinstance(info, Info):
-                    if info.dim != first.dim:
-                        raise self.unsupported(f"{reason} whose feature axes do not line up")
-                    self.an.unify(first, info, reason)
-                elif isinstance(info, ParamRef):
-                    self.an.add_param(first, info, reason)
-                else:
-                    self.an.unify(
-                        first, None, f"{reason}: joined with a tensor computed from the input"
-                    )
-            new_pos = pos + (1 if stack and d <= pos else 0)
-            return first.moved(dim=new_pos - value.dim())
-        parts, offset = [], 0
-        for info, v in zip(infos, vals, strict=True):
-            width = v.shape[d]
-            if isinstance(info, Info):
-                if info.dim != first.dim or info.outer != 1 or info.inner != 1:
-                    raise self.unsupported(f"concatenating flattened feature axes in {where!r}")
-                for sid, mode, ch in info.parts:
-                    chans = range(info.n) if ch is None else ch
-                    parts.append((sid, mode, tuple(offset + c for c in chans)))
-            offset += width  # channels of untracked inputs belong to no site: they stay fixed
-        return Info(tuple(parts), offset, first.dim)
+    def refuse(self, what: str) -> UnsupportedModuleError:
+        return self.unsupported(what)
 
     def unsupported(self, what: str) -> UnsupportedModuleError:
         return UnsupportedModuleError(
@@ -454,40 +383,6 @@ class _Runner(fx.Interpreter):
                 part, "permutation", f"{where!r}: a constant is added to every feature"
             )
         return x
-
-    def reshape(self, x: Info, s_in, s_out, where: str) -> Info:
-        s_in, s_out = list(s_in), list(s_out)
-        pos = x.dim + len(s_in)
-        after = 1
-        for v in s_in[pos + 1 :]:
-            after *= v
-        st = x.inner * after
-        span = x.n * st
-        cands = []
-        for d in range(len(s_out)):
-            p = 1
-            for v in s_out[d + 1 :]:
-                p *= v
-            big = p * s_out[d]
-            if st % p == 0 and big % span == 0:
-                cands.append((s_out[d] == 1, d, p, big))
-        if not cands:
-            raise self.unsupported(
-                f"a reshape in {where!r} that splits the feature axis (e.g. into heads)"
-            )
-        _, d, p, big = min(cands)
-        return x.moved(dim=d - len(s_out), inner=st // p, outer=big // span)
-
-    def transpose(self, x: Info, ndim: int, a: int, b: int) -> Info:
-        pos = x.dim + ndim
-        a, b = a % ndim, b % ndim
-        new = b if pos == a else a if pos == b else pos
-        return x.moved(dim=new - ndim)
-
-    def permute(self, x: Info, ndim: int, dims) -> Info:
-        pos = x.dim + ndim
-        dims = [d % ndim for d in dims]
-        return x.moved(dim=dims.index(pos) - ndim)
 
     def reduce(self, x: Info, ndim: int, n: fx.Node, value: torch.Tensor) -> Info:
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
