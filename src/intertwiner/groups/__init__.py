@@ -32,6 +32,7 @@ from intertwiner.groups.families import (
     intersect,
     is_subgroup,
 )
+from intertwiner.groups.fitting import FitTerm, exponents, fit_element, pair_costs
 from intertwiner.groups.group import IntertwinerGroup
 from intertwiner.groups.homogeneity import homogeneity_defect, homogeneity_profile
 from intertwiner.groups.verify import verify
@@ -43,6 +44,7 @@ __all__ = [
     "Elementwise",
     "FAMILIES",
     "Family",
+    "FitTerm",
     "GeneralLinear",
     "GroupElement",
     "IntertwinerGroup",
@@ -60,11 +62,14 @@ __all__ = [
     "activation_module",
     "activation_name",
     "discover",
+    "exponents",
     "family",
+    "fit_element",
     "for_activation",
     "homogeneity_defect",
     "homogeneity_profile",
     "intersect",
+    "pair_costs",
     "is_subgroup",
     "verify",
 ]
