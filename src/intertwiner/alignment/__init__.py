@@ -15,12 +15,26 @@ from intertwiner.alignment._align import (
     align,
     weight_distance,
 )
+from intertwiner.alignment._interpolate import (
+    Interpolation,
+    interpolate,
+    lerp,
+    merge,
+    reset_bn_statistics,
+)
+from intertwiner.alignment._plot import plot_curves
 
 __all__ = [
     "GROUPS",
     "METHODS",
     "Alignment",
+    "Interpolation",
     "SiteReport",
     "align",
+    "interpolate",
+    "lerp",
+    "merge",
+    "plot_curves",
+    "reset_bn_statistics",
     "weight_distance",
 ]

@@ -22,8 +22,10 @@ permutation of heads is the assignment on those residuals.
 Activation matching (``method="activations"``) streams, in one pass over ``data``, the cross and
 second moments of both models' features at every site (``Site.activations``: a residual stream
 pools all its activation outputs; memory O(width^2) per site, never N x C) and solves per site
-``min_g E || h_A - phi(g) h_B ||^2`` (least squares in the features themselves, with the
-site family's best scale per pair). Sites without captured activations (e.g. a pre-LN
+``min_g E || h_A - phi(g) h_B ||^2`` in the features themselves. Continuous scales are set per
+pair so that ``phi(s) h_B,j`` has the energy of ``h_A,i`` (the least-squares scale collapses to 0
+for uncorrelated pairs, which would blow up the weights downstream); signs and the permutation
+minimise the least-squares cost at those scales. Sites without captured activations (e.g. a pre-LN
 transformer's stream, attention maps) are then aligned by weight matching with the others fixed.
 """
 
@@ -183,9 +185,9 @@ def _terms(
     return terms
 
 
-def _fit(site: Site, group: str, terms: list[FitTerm]):
+def _fit(site: Site, group: str, terms: list[FitTerm], scale: str = "least_squares"):
     fam = family(_site_family(site, group))
-    return fit_element(fam, site.group.phi_kind, terms)
+    return fit_element(fam, site.group.phi_kind, terms, scale=scale)
 
 
 # -- attention heads: a permutation of blocks solved with the per-head maps -------------------
@@ -443,7 +445,7 @@ def _activation_sites(
         terms = [FitTerm(site.activation_axes[act].kind, *stats[(sname, act)]) for act in acts]
         if not all(torch.isfinite(t.cross).all() for t in terms):
             raise ValueError(f"non-finite features at site {sname!r}")
-        delta, _ = _fit(site, prob.group, terms)
+        delta, _ = _fit(site, prob.group, terms, scale="norm")
         transform_site(prob.b, site, delta)
         prob.elements[sname] = delta @ prob.elements[sname]
         done.append(site)

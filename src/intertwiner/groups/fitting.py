@@ -156,11 +156,36 @@ def _best_log_scale(groups, sign, shape) -> tuple[torch.Tensor, torch.Tensor]:
     return best_u, best
 
 
+def _norm_log_scale(terms: list[FitTerm], phi_kind, shape) -> torch.Tensor:
+    """Per pair, the log-scale at which B's scaled rows have A's energy:
+    ``exp(2 p u) sum |y_j|^2 = sum |x_i|^2`` over the terms the scale acts on (one exponent p)."""
+    ps = {exponents(t.kind, phi_kind)[0] for t in terms} - {0.0}
+    if len(ps) != 1:
+        raise ValueError("scale='norm' needs terms whose scale enters with one exponent")
+    p = ps.pop()
+    scaled = [t for t in terms if exponents(t.kind, phi_kind)[0] != 0.0]
+    sa = sum(t.sq_a.double() for t in scaled).unsqueeze(1)
+    sb = sum(t.diag().double() for t in scaled).unsqueeze(0)
+    tiny = torch.finfo(torch.float64).tiny
+    ones = torch.ones(shape, dtype=torch.float64)
+    # A unit with no energy on either side keeps its scale (u = 0).
+    ratio = torch.where((sa > 0) & (sb > 0), sa / sb.clamp_min(tiny), ones)
+    return (torch.log(ratio) / (2.0 * p)).expand(shape).clone()
+
+
 def pair_costs(
-    fam: Family | str, phi_kind, terms: list[FitTerm]
+    fam: Family | str, phi_kind, terms: list[FitTerm], *, scale: str = "least_squares"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For a monomial family: ``(cost, scale)``, both (n_A, n_B): the smallest J-contribution of
-    pairing A's unit i with B's unit j, and the scale that attains it."""
+    pairing A's unit i with B's unit j, and the scale that attains it.
+
+    ``scale="norm"``: continuous scales are not optimised but set so that B's scaled rows have A's
+    energy (signs are still optimised); the cost is J at that scale. Least-squares scales shrink
+    to 0 for a pair whose rows are uncorrelated; norm scales never degenerate, and they are
+    equally exact when B's rows are a scaled copy of A's.
+    """
+    if scale not in ("least_squares", "norm"):
+        raise ValueError(f"scale must be 'least_squares' or 'norm', got {scale!r}")
     fam = family(fam)
     if not fam.monomial:
         raise ValueError(f"pair_costs needs a monomial family, got {fam.name}")
@@ -169,6 +194,14 @@ def pair_costs(
     const = sum(t.sq_a.double() for t in terms).unsqueeze(1)
     name = fam.name
     one = torch.ones(shape, dtype=torch.float64)
+    if scale == "norm" and name in ("positive_monomial", "monomial"):
+        u = _norm_log_scale(terms, phi_kind, shape)
+        vp = _objective(groups, one, u)
+        if name == "positive_monomial":
+            return const + vp, torch.exp(u)
+        vm = _objective(groups, -one, u)
+        neg = vm < vp
+        return const + torch.minimum(vp, vm), torch.where(neg, -torch.exp(u), torch.exp(u))
     if name == "permutation":
         return const + _objective(groups, one, torch.zeros(shape, dtype=torch.float64)), one
     if name == "signed_permutation":
@@ -303,21 +336,24 @@ def _dense_objective_t(m: torch.Tensor, terms: list[FitTerm]) -> torch.Tensor:
     return total
 
 
-def fit_element(fam: Family | str, phi_kind, terms: list[FitTerm]) -> tuple[GroupElement, float]:
+def fit_element(
+    fam: Family | str, phi_kind, terms: list[FitTerm], *, scale: str = "least_squares"
+) -> tuple[GroupElement, float]:
     """The element of ``fam`` (with ``phi_kind``) minimising J (module docstring) and J there.
 
     Monomial families return a ``MonomialElement`` (exact minimiser: Hungarian assignment on the
-    per-pair optimal costs); orthogonal and general linear a ``DenseElement``.
+    per-pair optimal costs; ``scale="norm"``: energy-matching scales, see ``pair_costs``);
+    orthogonal and general linear a ``DenseElement`` (``scale`` is ignored).
     """
     fam = family(fam)
     n = _check_terms(terms)
     if not fam.monomial:
         return _fit_dense(fam, terms, n)
-    cost, scale = pair_costs(fam, phi_kind, terms)
+    cost, scales = pair_costs(fam, phi_kind, terms, scale=scale)
     c = cost.numpy()
     if not np.isfinite(c).all():
         raise ValueError("non-finite matching costs; check the weights or features for NaN/Inf")
     rows, cols = linear_sum_assignment(c)
     perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
     idx = torch.arange(n)
-    return MonomialElement(perm, scale[idx, perm].clone()), float(cost[idx, perm].sum())
+    return MonomialElement(perm, scales[idx, perm].clone()), float(cost[idx, perm].sum())
