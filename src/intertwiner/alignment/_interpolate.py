@@ -238,7 +238,9 @@ def merge(
         if k == reference or method is None:
             aligned.append(m)
         else:
-            aligned.append(align(ref, m, data=data, method=method, group=group, **align_options)[0])
+            aligned.append(
+                align(ref, m, data=data, method=method, group=group, **align_options).model
+            )
     out = _average(aligned, weights)
     if bn_data is not None:
         reset_bn_statistics(out, bn_data)
