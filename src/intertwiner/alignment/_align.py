@@ -22,10 +22,12 @@ permutation of heads is the assignment on those residuals.
 Activation matching (``method="activations"``) streams, in one pass over ``data``, the cross and
 second moments of both models' features at every site (``Site.activations``: a residual stream
 pools all its activation outputs; memory O(width^2) per site, never N x C) and solves per site
-``min_g E || h_A - phi(g) h_B ||^2`` in the features themselves. Continuous scales are set per
-pair so that ``phi(s) h_B,j`` has the energy of ``h_A,i`` (the least-squares scale collapses to 0
-for uncorrelated pairs, which would blow up the weights downstream); signs and the permutation
-minimise the least-squares cost at those scales. Sites without captured activations (e.g. a pre-LN
+``min_g E || h_A - phi(g) h_B ||^2`` in the features themselves for the permutation and signs,
+with continuous scales set per pair so that ``phi(s) h_B,j`` has the energy of ``h_A,i`` (the
+least-squares scale collapses to 0 for uncorrelated pairs). Features say little about the scale
+of a unit that rarely fires, so the continuous scales (ReLU's positive scaling) are then refined
+by weight matching with the permutations held fixed: activations choose *which* unit, weights
+*how much* (a scaled copy is recovered either way). Sites without captured activations (e.g. a pre-LN
 transformer's stream, attention maps) are then aligned by weight matching with the others fixed.
 """
 
@@ -48,6 +50,7 @@ from intertwiner.groups import (
     Permutation,
     family,
     fit_element,
+    pair_costs,
 )
 from intertwiner.symmetry import Site, SymmetrySpec, apply, trace
 from intertwiner.symmetry.apply import restore, transform_site
@@ -276,12 +279,17 @@ class _Problem:
         compose()
         return True
 
-    def step_site(self, site: Site) -> bool:
+    def step_site(self, site: Site, scales_only: bool = False) -> bool:
         fam = family(_site_family(site, self.group))
         terms = _terms(site, self.a, self.b, dense=not fam.monomial)
         if not terms:
             return False
-        delta, _ = _fit(site, self.group, terms)
+        if scales_only:
+            # The permutation stays; each unit gets its best scale (the diagonal pair costs).
+            _, scales = pair_costs(fam, site.group.phi_kind, terms)
+            delta = MonomialElement(torch.arange(site.width), torch.diagonal(scales).clone())
+        else:
+            delta, _ = _fit(site, self.group, terms)
 
         def compose():
             self.elements[site.name] = delta @ self.elements[site.name]
@@ -300,8 +308,6 @@ class _Problem:
         if block.uncovered:
             acts = [hs.actions[k] for k in block.uncovered]
             tmp = Site(hs.name, hs.kind, hs.width, hs.group, actions=acts)
-            from intertwiner.groups import pair_costs
-
             pc, _ = pair_costs(_PERMUTATION, "identity", _terms(tmp, self.a, self.b, False))
             cost += pc
         from scipy.optimize import linear_sum_assignment
@@ -333,6 +339,13 @@ class _Problem:
         return True
 
 
+@dataclass
+class _ScalesOnly:
+    """A site whose permutation is settled (by activations): only its scales are descended."""
+
+    site: Site
+
+
 def _example_input(model: nn.Module, data: Any, example_input: Any) -> Any:
     if example_input is not None:
         return example_input
@@ -361,8 +374,9 @@ def _weight_matching(
     tol: float,
     seed: int,
     progress: bool,
+    scale_sites: list[Site] = (),
 ) -> tuple[list[float], int]:
-    units: list[Any] = [*sites, *blocks]
+    units: list[Any] = [*sites, *blocks, *[_ScalesOnly(s) for s in scale_sites]]
     gen = torch.Generator().manual_seed(int(seed))
     history = [weight_distance(prob.a, prob.b, relative=False)]
     sweeps = 0
@@ -378,6 +392,8 @@ def _weight_matching(
                 u = units[k]
                 if isinstance(u, _HeadsBlock):
                     prob.step_heads(u)
+                elif isinstance(u, _ScalesOnly):
+                    prob.step_site(u.site, scales_only=True)
                 else:
                     prob.step_site(u)
             sweeps += 1
@@ -508,8 +524,21 @@ def align(
             )
             fixed = {s.name for s in done}
             free = [s for s in free if s.name not in fixed]
+            # Continuous scales come from the weights (see the module docstring).
+            scale_sites = [
+                s for s in done if _site_family(s, group).name in ("positive_monomial", "monomial")
+            ]
+        else:
+            scale_sites = []
         history, sweeps = _weight_matching(
-            prob, free, blocks, max_sweeps=max_sweeps, tol=tol, seed=seed, progress=progress
+            prob,
+            free,
+            blocks,
+            max_sweeps=max_sweeps,
+            tol=tol,
+            seed=seed,
+            progress=progress,
+            scale_sites=scale_sites,
         )
     aligned = apply(model_b, spec, prob.elements, validate=False)
     reports = []
