@@ -109,7 +109,7 @@ class Alignment:
         out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
         out.append("  ".join("-" * w for w in widths))
         out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        return "\n".join(out)
+        return "\n".join(line.rstrip() for line in out)
 
 
 # -- helpers -----------------------------------------------------------------------------------
