@@ -180,9 +180,9 @@ def _terms(
     for k, ax in enumerate(site.actions):
         if ax.buffer:
             continue
-        x = axis_rows(tensor_of(a, ax).detach(), ax).double()
+        x = axis_rows(tensor_of(a, ax).detach(), ax).double().cpu()
         ch = None if shift is None else shift.get(k)
-        y = axis_rows(tensor_of(b, ax).detach(), ax, ch).double()
+        y = axis_rows(tensor_of(b, ax).detach(), ax, ch).double().cpu()
         gram = y @ y.T if dense else (y * y).sum(1)
         terms.append(FitTerm(ax.kind, x @ y.T, gram, (x * x).sum(1)))
     return terms
