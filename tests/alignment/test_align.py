@@ -230,15 +230,25 @@ def _hf_models():
             attention_probs_dropout_prob=0.0,
         )
     )
-    return {"gpt2": gpt2, "bert": bert}
+    llama = tr.LlamaForCausalLM(
+        tr.LlamaConfig(
+            hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=2, vocab_size=11, max_position_embeddings=16, use_cache=False,
+        )
+    )  # fmt: skip
+    return {"gpt2": gpt2, "bert": bert, "llama": llama}
 
 
-@pytest.mark.parametrize("name", ["gpt2", "bert"])
-def test_hugging_face_recovery(name):
+@pytest.mark.parametrize("method", ["weights", "activations"])
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama"])
+def test_hugging_face_recovery(name, method):
+    """GPT-2 (GELU), BERT, LLaMA (gated SiLU MLP: monomial sites whose activation output moves by
+    the permutation only; RMSNorm stream: signed permutations)."""
     torch.manual_seed(0)
     a = _hf_models()[name].double().eval()
     x = torch.randint(0, 11, (2, 6))
     b, spec = _copy(a, x)
     assert spec.sites
-    res = align(a, b, spec=spec)
+    data = torch.randint(0, 11, (64, 6), generator=torch.Generator().manual_seed(0))
+    res = align(a, b, spec=spec, method=method, data=data)
     assert _max_rel_diff(a, res.model) < 1e-6

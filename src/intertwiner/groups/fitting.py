@@ -160,6 +160,8 @@ def _norm_log_scale(terms: list[FitTerm], phi_kind, shape) -> torch.Tensor:
     """Per pair, the log-scale at which B's scaled rows have A's energy:
     ``exp(2 p u) sum |y_j|^2 = sum |x_i|^2`` over the terms the scale acts on (one exponent p)."""
     ps = {exponents(t.kind, phi_kind)[0] for t in terms} - {0.0}
+    if not ps:  # no term sees the scale (e.g. a gate moved by the permutation only): keep it
+        return torch.zeros(shape, dtype=torch.float64)
     if len(ps) != 1:
         raise ValueError("scale='norm' needs terms whose scale enters with one exponent")
     p = ps.pop()
