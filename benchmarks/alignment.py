@@ -51,7 +51,13 @@ METHODS = [
 
 
 def _subset(ds, n):
-    return ds if n is None or n >= len(ds) else torch.utils.data.Subset(ds, range(n))
+    """``n`` examples drawn with a fixed seed (the splits are sorted by class: never the first n)."""
+    import torch
+
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
+    return torch.utils.data.Subset(ds, idx.tolist())  # random order: mixed batches for BN
 
 
 def run(args) -> list[dict]:

@@ -670,12 +670,14 @@ def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoin
     return data_mod.load(name, **options)
 
 
-def _subset(dataset, n: int | None):
+def _subset(ds, n):
+    """``n`` examples drawn with a fixed seed (the splits are sorted by class: never the first n)."""
     import torch
 
-    if n is None or n >= len(dataset):
-        return dataset
-    return torch.utils.data.Subset(dataset, range(n))
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
+    return torch.utils.data.Subset(ds, idx.tolist())  # random order: mixed batches for BN
 
 
 _OPT_METHOD = typer.Option("weights", "--method", help="weights | activations")

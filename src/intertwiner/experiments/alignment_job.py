@@ -25,9 +25,13 @@ ALIGNMENTS = [
 
 
 def _subset(ds, n):
+    """``n`` examples drawn with a fixed seed (the splits are sorted by class: never the first n)."""
     import torch
 
-    return ds if n is None or n >= len(ds) else torch.utils.data.Subset(ds, range(n))
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
+    return torch.utils.data.Subset(ds, idx.tolist())  # random order: mixed batches for BN
 
 
 def alignment_job(config: dict) -> dict:
