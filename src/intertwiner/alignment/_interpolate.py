@@ -64,15 +64,20 @@ def reset_bn_statistics(
     *,
     batch_size: int = 256,
     max_samples: int | None = None,
+    seed: int = 0,
 ) -> nn.Module:
     """Re-estimate every BatchNorm's running mean and variance on ``data`` (in place; returns
     ``model``): running statistics reset, a cumulative average (``momentum=None``) over one pass
-    with only the BN modules in train mode. Modes and momenta are restored; no BN: no-op."""
+    with only the BN modules in train mode. Modes and momenta are restored; no BN: no-op.
+
+    A Dataset or tensor is visited in an order shuffled with ``seed`` (batch statistics of
+    class-sorted data would misestimate the variance); a DataLoader is used as it comes."""
     from intertwiner.features import _model_device, limited_batches
 
     bns = _bn_modules(model)
     if not bns:
         return model
+    data = _shuffled(data, seed)
     flags = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in bns}
     device = _model_device(model)
@@ -94,6 +99,17 @@ def reset_bn_statistics(
         for m, mom in momenta.items():
             m.momentum = mom
     return model
+
+
+def _shuffled(data: Any, seed: int) -> Any:
+    from torch.utils.data import Dataset, IterableDataset, Subset
+
+    gen = torch.Generator().manual_seed(int(seed))
+    if isinstance(data, torch.Tensor):
+        return data[torch.randperm(data.shape[0], generator=gen)]
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        return Subset(data, torch.randperm(len(data), generator=gen).tolist())
+    return data
 
 
 @dataclass
