@@ -30,6 +30,7 @@ gradient steps; the candidate with the smallest J wins (never worse than the ide
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,11 +135,17 @@ def _best_log_scale(groups, sign, shape) -> tuple[torch.Tensor, torch.Tensor]:
     if not any(p != 0 for p, *_ in groups):
         return best_u, best
     steps = int(round(LOG_SCALE_RANGE / _GRID_STEP))
+    # On the grid u is one number for every pair: scalar exponentials, and the signed cross terms
+    # and B's norms are formed once.
+    signed = [(p, g.unsqueeze(0), c if q == 0 else sign * c) for p, q, c, g in groups]
     for k in range(-steps, steps + 1):
         if k == 0:
             continue
-        u = torch.full(shape, k * _GRID_STEP, dtype=torch.float64)
-        val = _objective(groups, sign, u)
+        u = k * _GRID_STEP
+        val = 0.0
+        for p, g, sc in signed:
+            e = math.exp(p * u)
+            val = val + (e * e) * g - (2.0 * e) * sc
         better = val < best
         best = torch.where(better, val, best)
         best_u = torch.where(better, u, best_u)
@@ -146,6 +153,9 @@ def _best_log_scale(groups, sign, shape) -> tuple[torch.Tensor, torch.Tensor]:
         d1, d2 = _derivs(groups, sign, best_u)
         step = torch.where(d2 > 0, -d1 / d2.clamp_min(1e-300), -torch.sign(d1) * _GRID_STEP)
         step = step.clamp(-_GRID_STEP, _GRID_STEP)
+        # Converged where the step no longer moves u (in its last bits).
+        if bool((step.abs() <= 1e-15 * (1.0 + best_u.abs())).all()):
+            break
         for _half in range(4):
             cand = best_u + step
             val = _objective(groups, sign, cand)
@@ -153,6 +163,8 @@ def _best_log_scale(groups, sign, shape) -> tuple[torch.Tensor, torch.Tensor]:
             best = torch.where(ok, val, best)
             best_u = torch.where(ok, cand, best_u)
             step = torch.where(ok, torch.zeros_like(step), step / 2)
+            if not bool((step != 0).any()):
+                break
     return best_u, best
 
 
