@@ -252,3 +252,23 @@ def test_hugging_face_recovery(name, method):
     data = torch.randint(0, 11, (64, 6), generator=torch.Generator().manual_seed(0))
     res = align(a, b, spec=spec, method=method, data=data)
     assert _max_rel_diff(a, res.model) < 1e-6
+
+
+class _CountingBatches:
+    """An iterable of input batches that counts how often it is iterated."""
+
+    def __init__(self, x: torch.Tensor, batch: int):
+        self.x, self.batch, self.passes = x, batch, 0
+
+    def __iter__(self):
+        self.passes += 1
+        for i in range(0, self.x.shape[0], self.batch):
+            yield self.x[i : i + self.batch]
+
+
+def test_activation_matching_is_one_pass():
+    a, x = build_zoo("resnet20", "relu", seed=0)
+    b, _ = build_zoo("resnet20", "relu", seed=1)
+    data = _CountingBatches(_inputs(x, 96), 32)
+    align(a, b, data=data, method="activations", example_input=x)
+    assert data.passes == 1
