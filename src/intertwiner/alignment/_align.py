@@ -14,8 +14,8 @@ monomial families, the site's element with every other site held fixed (``groups
 Hungarian assignment on per-pair costs with the family's best scale per pair; for positive scalings
 of ReLU that scale balances the incoming rows, which it multiplies, against the outgoing columns,
 which it divides; orthogonal Procrustes / least squares for dense sites), until a sweep lowers D
-by less than ``tol`` relative to its value. Each step is accepted only if it does not increase D, so D never
-increases. An attention-heads site is solved jointly with its per-head maps: the cost of pairing
+by less than ``tol`` relative to its value. Each step is accepted only if it does not increase D,
+so D never increases. An attention-heads site is solved jointly with its per-head maps: the cost of pairing
 head i of A with head j of B is the residual after the best per-head maps (qk, vo), and the
 permutation of heads is the assignment on those residuals.
 
@@ -27,8 +27,9 @@ with continuous scales set per pair so that ``phi(s) h_B,j`` has the energy of `
 least-squares scale collapses to 0 for uncorrelated pairs). Features say little about the scale
 of a unit that rarely fires, so the continuous scales (ReLU's positive scaling) are then refined
 by weight matching with the permutations held fixed: activations choose *which* unit, weights
-*how much* (a scaled copy is recovered either way). Sites without captured activations (e.g. a pre-LN
-transformer's stream, attention maps) are then aligned by weight matching with the others fixed.
+*how much* (a scaled copy is recovered either way). Sites without captured activations (e.g. a
+pre-LN transformer's stream, attention maps, a functional activation that no module hook can see)
+are then aligned by weight matching with the others fixed.
 """
 
 from __future__ import annotations
