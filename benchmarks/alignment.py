@@ -14,7 +14,7 @@ each with and without re-estimating BatchNorm statistics (on ``--bn-samples`` tr
 Prints, per architecture and method, the loss barrier and the accuracy at alpha = 0.5 (mean +- std
 over pairs), the weight distance after alignment and the time to align.
 
-    python benchmarks/alignment.py                               # mlp, myrtle_cnn, resnet20; seeds 0-2
+    python benchmarks/alignment.py                    # mlp, myrtle_cnn, resnet20; seeds 0-2
     python benchmarks/alignment.py --archs resnet20 --json out.json
     python benchmarks/alignment.py --report out.json             # the tables of a saved run
 
@@ -51,7 +51,7 @@ METHODS = [
 
 
 def _subset(ds, n):
-    """``n`` examples drawn with a fixed seed (the splits are sorted by class: never the first n)."""
+    """``n`` examples drawn with a fixed seed (splits are sorted by class: never the first n)."""
     import torch
 
     if n is None or n >= len(ds):

@@ -671,7 +671,7 @@ def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoin
 
 
 def _subset(ds, n):
-    """``n`` examples drawn with a fixed seed (the splits are sorted by class: never the first n)."""
+    """``n`` examples drawn with a fixed seed (splits are sorted by class: never the first n)."""
     import torch
 
     if n is None or n >= len(ds):

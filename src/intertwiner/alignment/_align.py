@@ -15,9 +15,9 @@ Hungarian assignment on per-pair costs with the family's best scale per pair; fo
 of ReLU that scale balances the incoming rows, which it multiplies, against the outgoing columns,
 which it divides; orthogonal Procrustes / least squares for dense sites), until a sweep lowers D
 by less than ``tol`` relative to its value. Each step is accepted only if it does not increase D,
-so D never increases. An attention-heads site is solved jointly with its per-head maps: the cost of pairing
-head i of A with head j of B is the residual after the best per-head maps (qk, vo), and the
-permutation of heads is the assignment on those residuals.
+so D never increases. An attention-heads site is solved jointly with its per-head maps: the cost
+of pairing head i of A with head j of B is the residual after the best per-head maps (qk, vo),
+and the permutation of heads is the assignment on those residuals.
 
 Activation matching (``method="activations"``) streams, in one pass over ``data``, the cross and
 second moments of both models' features at every site (``Site.activations``: a residual stream

@@ -1,4 +1,4 @@
-"""Stage "alignment": loss barriers between zoo pairs, unaligned and aligned modulo the symmetry group.
+"""Stage "alignment": loss barriers between zoo pairs, unaligned and aligned modulo the group.
 
 For each pair of independently trained zoo models and each alignment (none; permutations only,
 the Git Re-Basin baseline; each site's full intertwiner group; by weights or by activations), B is
@@ -25,7 +25,7 @@ ALIGNMENTS = [
 
 
 def _subset(ds, n):
-    """``n`` examples drawn with a fixed seed (the splits are sorted by class: never the first n)."""
+    """``n`` examples drawn with a fixed seed (splits are sorted by class: never the first n)."""
     import torch
 
     if n is None or n >= len(ds):

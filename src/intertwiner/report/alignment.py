@@ -1,4 +1,4 @@
-"""Report section for the "alignment" stage: barrier table and mean barrier curves per architecture."""
+"""Report section of the "alignment" stage: the barrier table and mean curves per architecture."""
 
 from __future__ import annotations
 
