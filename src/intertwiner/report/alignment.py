@@ -37,7 +37,7 @@ def alignment_table(rows: list[Row]) -> list[dict]:
                 "pairs": len(rs),
                 "barrier (BN reset)": ms("barrier_bn_reset") if has_bn else "no BN",
                 "barrier (no reset)": ms("barrier_no_reset"),
-                "acc @ 0.5 % (BN reset)": ms("mid_accuracy_bn_reset", 100.0),
+                "acc @ 0.5 % (BN reset)": ms("mid_accuracy_bn_reset", 100.0) if has_bn else "no BN",
                 "acc @ 0.5 % (no reset)": ms("mid_accuracy_no_reset", 100.0),
                 "distance to A": ms("distance_after"),
                 "align s": f"{mean_std([r.metrics['align_seconds'] for r in rs])[0]:.2f}",
