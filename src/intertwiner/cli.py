@@ -740,5 +740,152 @@ def stitch_command(
         typer.echo(f"sparsity       {result.sparsity:.3f}")
 
 
+# ---- align / interpolate -----------------------------------------------------------------------
+def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoint_a: str):
+    from intertwiner import data as data_mod
+
+    name = data or meta_a.get("dataset")
+    if not name:
+        raise ValueError(f"{checkpoint_a} does not record its dataset; pass --data")
+    options: dict = {"seed": int(meta_a.get("split_seed") or 0)}
+    if data_dir is not None:
+        options["root"] = data_dir
+    return data_mod.load(name, **options)
+
+
+def _subset(ds, n):
+    """``n`` examples drawn with a fixed seed (splits are sorted by class: never the first n)."""
+    import torch
+
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
+    return torch.utils.data.Subset(ds, idx.tolist())  # random order: mixed batches for BN
+
+
+_OPT_METHOD = typer.Option("weights", "--method", help="weights | activations")
+_OPT_GROUP = typer.Option(
+    "full", "--group", help="full (each site's intertwiner group) | permutation | none"
+)
+
+
+@app.command("align")
+def align_cmd(
+    checkpoint_a: str = typer.Argument(..., help="Reference model A (.safetensors)."),
+    checkpoint_b: str = typer.Argument(..., help="Model B to align to A (.safetensors)."),
+    out: str = typer.Option(..., "--out", help="Where to save aligned B (.safetensors)."),
+    method: str = _OPT_METHOD,
+    group: str = _OPT_GROUP,
+    data: str | None = typer.Option(
+        None, "--data", help="Dataset for activations (default: the one in A's metadata)."
+    ),
+    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
+    samples: int = typer.Option(4096, help="Training examples streamed for --method activations."),
+    seed: int = typer.Option(0, help="Seed of the site order in weight matching."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Align B to A modulo the intertwiner group of every traced site; save aligned B (same
+    function as B) and print, per site, B's relative weight distance to A before and after."""
+    from intertwiner import checkpoints
+    from intertwiner.alignment import align, weight_distance
+    from intertwiner.errors import IntertwinerError
+
+    try:
+        model_a, meta_a = checkpoints.load(checkpoint_a)
+        model_b, meta_b = checkpoints.load(checkpoint_b)
+        train = None
+        if method == "activations" or data is not None:
+            train = _subset(_pair_splits(meta_a, data, data_dir, checkpoint_a).train, samples)
+        res = align(
+            model_a, model_b, data=train, method=method, group=group, seed=seed,
+            progress=not quiet,
+        )  # fmt: skip
+        before, after = weight_distance(model_a, model_b), weight_distance(model_a, res.model)
+        meta = {
+            **{k: v for k, v in meta_b.items() if k != "alignment"},
+            "alignment": {
+                "reference": str(checkpoint_a),
+                "source": str(checkpoint_b),
+                "method": method,
+                "group": group,
+                "seed": seed,
+                "distance_before": before,
+                "distance_after": after,
+                "sweeps": res.sweeps,
+            },
+        }
+        checkpoints.save(res.model, out, meta)
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    if as_json:
+        typer.echo(json.dumps({**meta["alignment"], "out": out, "seconds": res.seconds,
+                               "sites": [vars(r) for r in res.sites]}, indent=2))  # fmt: skip
+        return
+    typer.echo(res.table())
+    typer.echo(f"\nweight distance to A (relative): {before:.4f} -> {after:.4f}  "
+               f"({method}, group {group}, {res.sweeps} sweeps, {res.seconds:.2f}s)")  # fmt: skip
+    typer.echo(f"saved {out}")
+
+
+@app.command("interpolate")
+def interpolate_cmd(
+    checkpoint_a: str = typer.Argument(..., help="Model A (.safetensors)."),
+    checkpoint_b: str = typer.Argument(..., help="Model B (.safetensors)."),
+    do_align: bool = typer.Option(
+        False, "--align/--no-align", help="Align B to A first (and show the unaligned line too)."
+    ),
+    method: str = _OPT_METHOD,
+    group: str = _OPT_GROUP,
+    alphas: int = typer.Option(11, help="Evenly spaced points from A (0) to B (1)."),
+    reset_bn: bool = typer.Option(
+        True, "--reset-bn/--no-reset-bn", help="Re-estimate BatchNorm statistics at each point."
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="Dataset (default: the one in A's metadata)."
+    ),
+    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
+    samples: int = typer.Option(4096, help="Training examples for BN statistics / activations."),
+    eval_samples: int | None = typer.Option(None, help="Test examples to evaluate (default all)."),
+    plot: str | None = typer.Option(None, "--plot", help="Save the barrier curves (PNG)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Loss and accuracy on the straight line from A to B (test split) and the loss barrier."""
+    from intertwiner import checkpoints
+    from intertwiner.alignment import align, interpolate, plot_curves
+    from intertwiner.errors import IntertwinerError
+
+    try:
+        model_a, meta_a = checkpoints.load(checkpoint_a)
+        model_b, _ = checkpoints.load(checkpoint_b)
+        splits = _pair_splits(meta_a, data, data_dir, checkpoint_a)
+        train, test = _subset(splits.train, samples), _subset(splits.test, eval_samples)
+        opts = dict(reset_bn=reset_bn, bn_data=train, progress=not quiet)
+        curves = [interpolate(model_a, model_b, alphas, test, label="no alignment", **opts)]
+        if do_align:
+            res = align(model_a, model_b, data=train, method=method, group=group,
+                        progress=not quiet)  # fmt: skip
+            label = f"aligned ({method}, {group})"
+            curves.append(interpolate(model_a, res.model, alphas, test, label=label, **opts))
+        if plot:
+            plot_curves(curves, plot, title=f"{checkpoint_a} -> {checkpoint_b}")
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    if as_json:
+        typer.echo(json.dumps([c.to_dict() for c in curves], indent=2))
+        return
+    for c in curves:
+        typer.echo(f"{c.label}{' (BN re-estimated)' if c.reset_bn else ''}")
+        typer.echo("  alpha   loss     accuracy")
+        for a, loss, acc in zip(c.alphas, c.losses, c.accuracies, strict=True):
+            typer.echo(f"  {a:5.2f}  {loss:7.4f}  {100 * acc:6.2f}%")
+        mid = c.midpoint
+        typer.echo(f"  loss barrier {c.barrier:.4f}, accuracy at alpha={mid['alpha']:.2f} "
+                   f"{100 * mid['accuracy']:.2f}%")  # fmt: skip
+    if plot:
+        typer.echo(f"saved {plot}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

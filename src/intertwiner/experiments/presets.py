@@ -12,6 +12,7 @@ from pathlib import Path
 
 from intertwiner.errors import DataNotFoundError, IntertwinerError
 from intertwiner.experiments import (
+    alignment_job,
     dissection_job,
     group_table,
     metrics_sweep,
@@ -41,6 +42,7 @@ PRESETS: dict[str, dict] = {
         "stitch": {"kinds": ["full", "perm_scale"], "epochs": 1, "sites": 1},
         "sanity": None,
         "dissection": None,
+        "alignment": {"alphas": 3, "eval_samples": 100, "bn_samples": 200},
     },
     "quick": {
         "data": "mnist",
@@ -83,6 +85,7 @@ PRESETS: dict[str, dict] = {
             "layers": [2, 3],
             "rotations": [0.0, 0.25, 0.5, 0.75, 1.0],
         },
+        "alignment": {"alphas": 5, "eval_samples": 500, "bn_samples": 1000},
     },
     "full": {
         "data": "mnist",
@@ -128,6 +131,7 @@ PRESETS: dict[str, dict] = {
             "layers": [1, 2, 3],
             "rotations": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
         },
+        "alignment": {"alphas": 11, "eval_samples": 1000, "bn_samples": 2000},
     },
     "paper": {
         "data": "cifar10",
@@ -288,4 +292,6 @@ def build_plan(preset: str, data: str | None = None, data_dir: str | None = None
     if p["dissection"]:
         dp = p["dissection"]
         stages.append(dissection_job.stage(dis_models, dp["layers"], dp["rotations"]))
+    if p.get("alignment"):
+        stages.append(alignment_job.stage(model_pairs, **p["alignment"]))
     return stages

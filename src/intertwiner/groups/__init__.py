@@ -32,6 +32,7 @@ from intertwiner.groups.families import (
     intersect,
     is_subgroup,
 )
+from intertwiner.groups.fitting import FitTerm, exponents, fit_element, pair_costs
 from intertwiner.groups.group import IntertwinerGroup, fixed_point_family, phi_preimage
 from intertwiner.groups.homogeneity import homogeneity_defect, homogeneity_profile
 from intertwiner.groups.verify import verify
@@ -43,6 +44,7 @@ __all__ = [
     "Elementwise",
     "FAMILIES",
     "Family",
+    "FitTerm",
     "GeneralLinear",
     "GroupElement",
     "IntertwinerGroup",
@@ -62,11 +64,14 @@ __all__ = [
     "phi_preimage",
     "activation_name",
     "discover",
+    "exponents",
     "family",
+    "fit_element",
     "for_activation",
     "homogeneity_defect",
     "homogeneity_profile",
     "intersect",
+    "pair_costs",
     "is_subgroup",
     "verify",
 ]

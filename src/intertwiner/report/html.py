@@ -262,6 +262,19 @@ def render(folder: str | os.PathLike) -> str:
     d = rows_by_kind.get("dissection", [])
     if d:
         parts += ["<h2>Section 6: dissection</h2>", _img(F.dissection_figure(d), "dissection")]
+    al = rows_by_kind.get("alignment", [])
+    if al:
+        from intertwiner.report.alignment import alignment_figure, alignment_table
+
+        parts += [
+            "<h2>Beyond the paper: alignment and loss barriers</h2>",
+            "<p>B aligned to A (weights or activations; permutations only = Git Re-Basin, or "
+            "each site's full intertwiner group), then the straight line between them on the "
+            "test split. Barrier = max over alpha of the loss minus the linear interpolation of "
+            "the endpoint losses. Mean ± std over pairs.</p>",
+            _img(alignment_figure(al), "barrier curves"),
+            _table(alignment_table(al)),
+        ]
 
     # Provenance.
     timing = []

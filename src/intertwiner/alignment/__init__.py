@@ -1,0 +1,40 @@
+"""Alignment and merging modulo the intertwiner groups of a traced model.
+
+>>> aligned_b, elements = align(model_a, model_b)                  # weight matching, full groups
+>>> aligned_b, _ = align(model_a, model_b, data=loader, method="activations")
+>>> curve = interpolate(model_a, aligned_b, alphas, test_data, bn_data=train_data)
+>>> curve.barrier, curve.accuracies
+>>> merged = merge([m0, m1, m2])                                    # aligned to m0, then averaged
+"""
+
+from intertwiner.alignment._align import (
+    GROUPS,
+    METHODS,
+    Alignment,
+    SiteReport,
+    align,
+    weight_distance,
+)
+from intertwiner.alignment._interpolate import (
+    Interpolation,
+    interpolate,
+    lerp,
+    merge,
+    reset_bn_statistics,
+)
+from intertwiner.alignment._plot import plot_curves
+
+__all__ = [
+    "GROUPS",
+    "METHODS",
+    "Alignment",
+    "Interpolation",
+    "SiteReport",
+    "align",
+    "interpolate",
+    "lerp",
+    "merge",
+    "plot_curves",
+    "reset_bn_statistics",
+    "weight_distance",
+]

@@ -1,0 +1,570 @@
+"""align(model_a, model_b): bring B as close as possible to A with one group element per site.
+
+The elements are those of ``trace(B)``: every site's intertwiner group (``group="full"``), its
+permutation subgroup (``group="permutation"``, the Git Re-Basin baseline) or nothing
+(``group="none"``). B transformed by them computes exactly B's function.
+
+Weight matching (``method="weights"``) minimises the squared Euclidean distance between the
+parameters (buffers such as BatchNorm running statistics are moved but not counted)
+
+    D(g) = sum over parameters || theta_A - (g . theta_B) ||^2
+
+by coordinate descent over sites in a seeded random order: each step solves, exactly for the
+monomial families, the site's element with every other site held fixed (``groups.fit_element``:
+Hungarian assignment on per-pair costs with the family's best scale per pair; for positive scalings
+of ReLU that scale balances the incoming rows, which it multiplies, against the outgoing columns,
+which it divides; orthogonal Procrustes / least squares for dense sites), until a sweep lowers D
+by less than ``tol`` relative to its value. Each step is accepted only if it does not increase D,
+so D never increases. An attention-heads site is solved jointly with its per-head maps: the cost
+of pairing head i of A with head j of B is the residual after the best per-head maps (qk, vo),
+and the permutation of heads is the assignment on those residuals.
+
+Activation matching (``method="activations"``) streams, in one pass over ``data``, the cross and
+second moments of both models' features at every site (``Site.activations``: a residual stream
+pools all its activation outputs; memory O(width^2) per site, never N x C) and solves per site
+``min_g E || h_A - phi(g) h_B ||^2`` in the features themselves for the permutation and signs,
+with continuous scales set per pair so that ``phi(s) h_B,j`` has the energy of ``h_A,i`` (the
+least-squares scale collapses to 0 for uncorrelated pairs). Features say little about the scale
+of a unit that rarely fires, so the continuous scales (ReLU's positive scaling) are then refined
+by weight matching with the permutations held fixed: activations choose *which* unit, weights
+*how much* (a scaled copy is recovered either way). Sites without captured activations (e.g. a
+pre-LN transformer's stream, attention maps, a functional activation that no module hook can see)
+are then aligned by weight matching with the others fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from intertwiner.alignment._views import axis_rows, feature_rows, tensor_of
+from intertwiner.errors import ShapeError
+from intertwiner.groups import (
+    FitTerm,
+    GroupElement,
+    MonomialElement,
+    Permutation,
+    family,
+    fit_element,
+    pair_costs,
+)
+from intertwiner.symmetry import Site, SymmetrySpec, apply, trace
+from intertwiner.symmetry.apply import restore, transform_site
+
+METHODS = ("weights", "activations")
+GROUPS = ("full", "permutation", "none")
+
+_PERMUTATION = Permutation()
+
+
+@dataclass
+class SiteReport:
+    """How far B moved toward A at one site: relative weight distance over the parameters the
+    site's element touches, before and after alignment."""
+
+    name: str
+    kind: str
+    group: str
+    width: int
+    before: float
+    after: float
+
+
+@dataclass
+class Alignment:
+    """Result of ``align``. Unpacks as ``model, elements = align(...)``.
+
+    ``model``: B transformed by ``elements`` (B itself is untouched). ``history``: total squared
+    weight distance D before alignment and after each sweep (weight matching; non-increasing).
+    """
+
+    model: nn.Module
+    elements: dict[str, GroupElement]
+    spec: SymmetrySpec
+    method: str
+    group: str
+    history: list[float] = field(default_factory=list)
+    sites: list[SiteReport] = field(default_factory=list)
+    seconds: float = 0.0
+    sweeps: int = 0
+
+    def __iter__(self):
+        yield self.model
+        yield self.elements
+
+    def table(self) -> str:
+        """Per site: relative weight distance to A before and after alignment."""
+        head = ["site", "kind", "group", "width", "before", "after"]
+        rows = [
+            [s.name, s.kind, s.group, str(s.width), f"{s.before:.4f}", f"{s.after:.4f}"]
+            for s in self.sites
+        ]
+        widths = [
+            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
+        ]
+        out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+        out.append("  ".join("-" * w for w in widths))
+        out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        return "\n".join(line.rstrip() for line in out)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def weight_distance(model_a: nn.Module, model_b: nn.Module, *, relative: bool = True) -> float:
+    """``||theta_A - theta_B|| / ||theta_A||`` over all parameters (``relative=False``: the squared
+    distance D itself). Buffers are not counted."""
+    pa, pb = dict(model_a.named_parameters()), dict(model_b.named_parameters())
+    _check_same(pa, pb)
+    d = sum(float(((pa[k].detach().double() - pb[k].detach().double()) ** 2).sum()) for k in pa)
+    if not relative:
+        return d
+    n = sum(float((pa[k].detach().double() ** 2).sum()) for k in pa)
+    return (d / n) ** 0.5 if n > 0 else 0.0
+
+
+def _check_same(pa: dict, pb: dict) -> None:
+    if pa.keys() != pb.keys():
+        raise ShapeError(
+            "models A and B have different parameters; alignment needs two models of one "
+            f"architecture (only in A: {sorted(set(pa) - set(pb))[:5]}, only in B: "
+            f"{sorted(set(pb) - set(pa))[:5]})"
+        )
+    bad = [k for k in pa if pa[k].shape != pb[k].shape]
+    if bad:
+        raise ShapeError(
+            f"models A and B differ in shape at {bad[:5]}; alignment needs equal architectures"
+        )
+
+
+def _site_family(site: Site, group: str):
+    return _PERMUTATION if group == "permutation" else site.group.family
+
+
+def _identity(site: Site, group: str) -> GroupElement:
+    return family(_site_family(site, group)).identity(site.width)
+
+
+def _param_names(sites: list[Site]) -> list[str]:
+    names: list[str] = []
+    for s in sites:
+        for a in s.actions:
+            if not a.buffer and a.name not in names:
+                names.append(a.name)
+    return names
+
+
+def _partial_distance(a: nn.Module, b: nn.Module, names: list[str]) -> float:
+    return sum(
+        float(
+            (
+                (a.get_parameter(n).detach().double() - b.get_parameter(n).detach().double()) ** 2
+            ).sum()
+        )
+        for n in names
+    )
+
+
+def _terms(
+    site: Site,
+    a: nn.Module,
+    b: nn.Module,
+    dense: bool,
+    shift: dict[int, tuple[int, ...]] | None = None,
+) -> list[FitTerm]:
+    """Weight statistics of one site: A's rows vs B's rows on every parameter axis it acts on.
+    ``shift[k]``: channels to read from B for action k instead of the action's own."""
+    terms = []
+    for k, ax in enumerate(site.actions):
+        if ax.buffer:
+            continue
+        x = axis_rows(tensor_of(a, ax).detach(), ax).double().cpu()
+        ch = None if shift is None else shift.get(k)
+        y = axis_rows(tensor_of(b, ax).detach(), ax, ch).double().cpu()
+        gram = y @ y.T if dense else (y * y).sum(1)
+        terms.append(FitTerm(ax.kind, x @ y.T, gram, (x * x).sum(1)))
+    return terms
+
+
+def _fit(site: Site, group: str, terms: list[FitTerm], scale: str = "least_squares"):
+    fam = family(_site_family(site, group))
+    return fit_element(fam, site.group.phi_kind, terms, scale=scale)
+
+
+# -- attention heads: a permutation of blocks solved with the per-head maps -------------------
+@dataclass
+class _HeadsBlock:
+    heads: Site
+    #: subs[h] = the per-head sites at head position h, in spec order (qk, vo, ...)
+    subs: list[list[Site]]
+    inner: dict[tuple[str, int], int]  # (param, axis) -> channels per head in the sub-site view
+    uncovered: list[int]  # indices of heads actions no per-head site touches
+
+
+def _heads_blocks(spec: SymmetrySpec) -> tuple[list[_HeadsBlock], set[str]]:
+    """Attention-heads sites with their per-head sites (found structurally: a site whose every
+    action lies inside one head's block of a heads action)."""
+    blocks, used = [], set()
+    for hs in spec.sites:
+        if hs.kind != "attention_heads" or not family(hs.group.family).monomial:
+            continue
+        views = {(a.name, a.axis): a for a in hs.actions}
+        subs: list[list[Site]] = [[] for _ in range(hs.width)]
+        inner: dict[tuple[str, int], int] = {}
+        covered: set[tuple[str, int]] = set()
+        for s in spec.sites:
+            if s is hs or s.name in used:
+                continue
+            pos = set()
+            ok = bool(s.actions)
+            for a in s.actions:
+                h = views.get((a.name, a.axis))
+                if (
+                    h is None
+                    or h.channels is not None
+                    or a.outer != h.outer
+                    or a.inner != 1
+                    or a.n_total != h.n_total * h.inner
+                    or a.channels is None
+                ):
+                    ok = False
+                    break
+                pos |= {c // h.inner for c in a.channels}
+            if not ok or len(pos) != 1:
+                continue
+            p = pos.pop()
+            subs[p].append(s)
+            for a in s.actions:
+                inner[(a.name, a.axis)] = views[(a.name, a.axis)].inner
+                covered.add((a.name, a.axis))
+        if not any(subs) or len({len(x) for x in subs}) != 1:
+            continue
+        for x in subs:
+            used.update(s.name for s in x)
+        uncovered = [k for k, a in enumerate(hs.actions) if (a.name, a.axis) not in covered]
+        blocks.append(_HeadsBlock(hs, subs, inner, uncovered))
+    return blocks, used
+
+
+def _shifted(sub: Site, block: _HeadsBlock, i: int, j: int) -> dict[int, tuple[int, ...]]:
+    out = {}
+    for k, a in enumerate(sub.actions):
+        step = block.inner[(a.name, a.axis)]
+        out[k] = tuple(c + (j - i) * step for c in a.channels)
+    return out
+
+
+class _Problem:
+    """Coordinate descent state: A, the working copy of B (float64) and the elements so far."""
+
+    def __init__(self, a: nn.Module, b: nn.Module, spec: SymmetrySpec, group: str):
+        self.a = copy.deepcopy(a).double().eval()
+        self.b = copy.deepcopy(b).double().eval()
+        self.spec, self.group = spec, group
+        self.elements = {s.name: _identity(s, group) for s in spec.sites}
+
+    def _guarded(self, sites: list[Site], deltas: dict[str, GroupElement], compose) -> bool:
+        names = _param_names(sites)
+        before = _partial_distance(self.a, self.b, names)
+        saved: dict = {}
+        for s in sites:
+            if s.name in deltas:
+                transform_site(self.b, s, deltas[s.name], saved)
+        after = _partial_distance(self.a, self.b, names)
+        if after > before * (1 + 1e-12) + 1e-300:
+            restore(saved)
+            return False
+        compose()
+        return True
+
+    def step_site(self, site: Site, scales_only: bool = False) -> bool:
+        fam = family(_site_family(site, self.group))
+        terms = _terms(site, self.a, self.b, dense=not fam.monomial)
+        if not terms:
+            return False
+        if scales_only:
+            # The permutation stays; each unit gets its best scale (the diagonal pair costs).
+            _, scales = pair_costs(fam, site.group.phi_kind, terms)
+            delta = MonomialElement(torch.arange(site.width), torch.diagonal(scales).clone())
+        else:
+            delta, _ = _fit(site, self.group, terms)
+
+        def compose():
+            self.elements[site.name] = delta @ self.elements[site.name]
+
+        return self._guarded([site], {site.name: delta}, compose)
+
+    def step_heads(self, block: _HeadsBlock) -> bool:
+        hs, n = block.heads, block.heads.width
+        cost = torch.zeros(n, n, dtype=torch.float64)
+        for i in range(n):
+            for j in range(n):
+                for sub in block.subs[i]:
+                    dense = not family(_site_family(sub, self.group)).monomial
+                    terms = _terms(sub, self.a, self.b, dense, _shifted(sub, block, i, j))
+                    cost[i, j] += _fit(sub, self.group, terms)[1]
+        if block.uncovered:
+            acts = [hs.actions[k] for k in block.uncovered]
+            tmp = Site(hs.name, hs.kind, hs.width, hs.group, actions=acts)
+            pc, _ = pair_costs(_PERMUTATION, "identity", _terms(tmp, self.a, self.b, False))
+            cost += pc
+        from scipy.optimize import linear_sum_assignment
+
+        rows, cols = linear_sum_assignment(cost.numpy())
+        perm = torch.as_tensor(cols[rows.argsort()], dtype=torch.long)
+        dperm = MonomialElement(perm, torch.ones(n, dtype=torch.float64))
+        names = _param_names([hs, *[s for x in block.subs for s in x]])
+        before = _partial_distance(self.a, self.b, names)
+        saved: dict = {}
+        transform_site(self.b, hs, dperm, saved)
+        sub_deltas = {}
+        for h in range(n):
+            for sub in block.subs[h]:
+                dense = not family(_site_family(sub, self.group)).monomial
+                d, _ = _fit(sub, self.group, _terms(sub, self.a, self.b, dense))
+                transform_site(self.b, sub, d, saved)
+                sub_deltas[sub.name] = d
+        after = _partial_distance(self.a, self.b, names)
+        if after > before * (1 + 1e-12) + 1e-300:
+            restore(saved)
+            return False
+        old = dict(self.elements)
+        self.elements[hs.name] = dperm @ old[hs.name]
+        for h in range(n):
+            src = int(perm[h])
+            for k, sub in enumerate(block.subs[h]):
+                self.elements[sub.name] = sub_deltas[sub.name] @ old[block.subs[src][k].name]
+        return True
+
+
+@dataclass
+class _ScalesOnly:
+    """A site whose permutation is settled (by activations): only its scales are descended."""
+
+    site: Site
+
+
+def _example_input(model: nn.Module, data: Any, example_input: Any) -> Any:
+    if example_input is not None:
+        return example_input
+    if data is not None:
+        from intertwiner.features import iter_batches
+
+        for x in iter_batches(data, batch_size=8):
+            return x[:8]
+    cfg = getattr(model, "intertwiner_config", None)
+    if cfg and "in_channels" in cfg and "input_size" in cfg:
+        gen = torch.Generator().manual_seed(0)
+        s = int(cfg["input_size"])
+        dtype = next(model.parameters()).dtype
+        return torch.randn(4, int(cfg["in_channels"]), s, s, generator=gen).to(dtype)
+    raise ValueError(
+        "align needs an input to trace model B: pass example_input= (one batch) or data="
+    )
+
+
+def _weight_matching(
+    prob: _Problem,
+    sites: list[Site],
+    blocks: list[_HeadsBlock],
+    *,
+    max_sweeps: int,
+    tol: float,
+    seed: int,
+    progress: bool,
+    scale_sites: list[Site] = (),
+) -> tuple[list[float], int]:
+    units: list[Any] = [*sites, *blocks, *[_ScalesOnly(s) for s in scale_sites]]
+    gen = torch.Generator().manual_seed(int(seed))
+    history = [weight_distance(prob.a, prob.b, relative=False)]
+    sweeps = 0
+    if not units:
+        return history, sweeps
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max_sweeps, disable=not progress, desc="align", unit="sweep")
+    try:
+        for _ in range(max_sweeps):
+            order = torch.randperm(len(units), generator=gen).tolist()
+            for k in order:
+                u = units[k]
+                if isinstance(u, _HeadsBlock):
+                    prob.step_heads(u)
+                elif isinstance(u, _ScalesOnly):
+                    prob.step_site(u.site, scales_only=True)
+                else:
+                    prob.step_site(u)
+            sweeps += 1
+            history.append(weight_distance(prob.a, prob.b, relative=False))
+            bar.update(1)
+            bar.set_postfix(distance=f"{history[-1]:.4g}")
+            if history[-2] - history[-1] <= tol * history[-2]:
+                break
+    finally:
+        bar.close()
+    return history, sweeps
+
+
+def _activation_sites(
+    prob: _Problem,
+    model_a: nn.Module,
+    model_b: nn.Module,
+    sites: list[Site],
+    data: Any,
+    *,
+    batch_size: int,
+    max_samples: int | None,
+    progress: bool,
+) -> list[Site]:
+    """Fit every site with captured activations from one streamed pass; returns those sites."""
+    from intertwiner.features import Capturer, limited_batches
+
+    modules_a = dict(model_a.named_modules())
+    modules_b = dict(model_b.named_modules())
+    plan: dict[str, list[str]] = {}
+    for s in sites:
+        acts = [n for n in s.activations if n in modules_a and n in modules_b and n]
+        if acts:
+            plan[s.name] = acts
+    if not plan:
+        return []
+    by_name = {s.name: s for s in sites}
+    dense = {n: not family(_site_family(by_name[n], prob.group)).monomial for n in plan}
+    layers = sorted({a for acts in plan.values() for a in acts})
+    stats: dict[tuple[str, str], list[torch.Tensor]] = {}
+    seen = 0
+    with Capturer(model_a, layers) as cap_a, Capturer(model_b, layers) as cap_b:
+        for x in limited_batches(data, batch_size, max_samples, progress, desc="activations"):
+            fa, fb = cap_a.run(x), cap_b.run(x)
+            seen += x.shape[0]
+            for sname, acts in plan.items():
+                site = by_name[sname]
+                for act in acts:
+                    ax = site.activation_axes[act]
+                    xa = feature_rows(fa[act], ax).double()
+                    xb = feature_rows(fb[act], ax).double()
+                    gram = xb.T @ xb if dense[sname] else (xb * xb).sum(0)
+                    new = [xa.T @ xb, gram, (xa * xa).sum(0)]
+                    key = (sname, act)
+                    if key in stats:
+                        for t, d in zip(stats[key], new, strict=True):
+                            t += d
+                    else:
+                        stats[key] = new
+    if seen == 0:
+        raise ValueError("no data: the data source yielded no batches")
+    done = []
+    for sname, acts in plan.items():
+        site = by_name[sname]
+        terms = [FitTerm(site.activation_axes[act].kind, *stats[(sname, act)]) for act in acts]
+        if not all(torch.isfinite(t.cross).all() for t in terms):
+            raise ValueError(f"non-finite features at site {sname!r}")
+        delta, _ = _fit(site, prob.group, terms, scale="norm")
+        transform_site(prob.b, site, delta)
+        prob.elements[sname] = delta @ prob.elements[sname]
+        done.append(site)
+    return done
+
+
+def align(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    *,
+    data: Any = None,
+    method: str = "weights",
+    group: str = "full",
+    spec: SymmetrySpec | None = None,
+    example_input: Any = None,
+    max_sweeps: int = 100,
+    tol: float = 1e-9,
+    seed: int = 0,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    progress: bool = False,
+) -> Alignment:
+    """B transformed by one element per site of ``trace(B)``, chosen to bring B close to A.
+
+    ``method``: ``"weights"`` (coordinate descent on the parameter distance; no data needed) or
+    ``"activations"`` (one streamed pass over ``data``; see the module docstring for both
+    objectives). ``group``: ``"full"`` (each site's intertwiner group), ``"permutation"`` (its
+    permutations only: Git Re-Basin) or ``"none"`` (identity everywhere). ``spec``: a traced spec
+    of B to reuse; otherwise B is traced on ``example_input`` (default: a batch of ``data``, or a
+    random input shaped from the zoo config). ``seed`` orders the sites of each sweep.
+    Returns an ``Alignment`` (unpacks as ``(aligned_b, elements)``); ``model_b`` is untouched.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    if method == "activations" and data is None and group != "none":
+        raise ValueError("method='activations' needs data= (a DataLoader, Dataset or tensor)")
+    _check_same(dict(model_a.named_parameters()), dict(model_b.named_parameters()))
+    start = time.perf_counter()
+    if spec is None:
+        spec = trace(model_b, _example_input(model_b, data, example_input))
+    prob = _Problem(model_a, model_b, spec, group)
+    history: list[float] = [weight_distance(prob.a, prob.b, relative=False)]
+    sweeps = 0
+    if group != "none":
+        blocks, in_blocks = _heads_blocks(spec)
+        heads = {b.heads.name for b in blocks}
+        free = [s for s in spec.sites if s.name not in heads and s.name not in in_blocks]
+        if method == "activations":
+            done = _activation_sites(
+                prob,
+                model_a,
+                model_b,
+                free,
+                data,
+                batch_size=batch_size,
+                max_samples=max_samples,
+                progress=progress,
+            )
+            fixed = {s.name for s in done}
+            free = [s for s in free if s.name not in fixed]
+            # Continuous scales come from the weights (see the module docstring).
+            scale_sites = [
+                s for s in done if _site_family(s, group).name in ("positive_monomial", "monomial")
+            ]
+        else:
+            scale_sites = []
+        history, sweeps = _weight_matching(
+            prob,
+            free,
+            blocks,
+            max_sweeps=max_sweeps,
+            tol=tol,
+            seed=seed,
+            progress=progress,
+            scale_sites=scale_sites,
+        )
+    aligned = apply(model_b, spec, prob.elements, validate=False)
+    reports = []
+    for s in spec.sites:
+        names = _param_names([s])
+        norm = sum(float((model_a.get_parameter(n).detach().double() ** 2).sum()) for n in names)
+        norm = max(norm, 1e-300)
+        reports.append(
+            SiteReport(
+                s.name,
+                s.kind,
+                s.group.name if group == "full" else ("P" if group == "permutation" else "1"),
+                s.width,
+                (_partial_distance(model_a, model_b, names) / norm) ** 0.5,
+                (_partial_distance(model_a, aligned, names) / norm) ** 0.5,
+            )
+        )
+    return Alignment(
+        model=aligned,
+        elements=prob.elements,
+        spec=spec,
+        method=method,
+        group=group,
+        history=history,
+        sites=reports,
+        seconds=time.perf_counter() - start,
+        sweeps=sweeps,
+    )

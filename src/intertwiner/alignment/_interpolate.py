@@ -1,0 +1,263 @@
+"""Linear interpolation between two models, the loss barrier, BatchNorm re-estimation, merging.
+
+``theta(alpha) = (1 - alpha) theta_A + alpha theta_B`` for every parameter and floating-point
+buffer (integer buffers such as ``num_batches_tracked`` are A's). The loss barrier is
+
+    barrier = max_alpha [ L(theta(alpha)) - ((1 - alpha) L(theta_A) + alpha L(theta_B)) ]
+
+(Frankle et al. 2020; Entezari et al. 2022), evaluated on the given alphas with the endpoints
+always included. Averaging two BatchNorm networks averages their running statistics, which do not
+describe the averaged network's pre-activations (its variance collapses): without re-estimating
+them (``reset_bn=True``: one pass over ``bn_data`` in train mode with a cumulative average,
+Jordan et al. 2022 "REPAIR") BN networks show a large spurious barrier.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from intertwiner.errors import ShapeError
+
+__all__ = ["Interpolation", "interpolate", "lerp", "merge", "reset_bn_statistics"]
+
+
+def _bn_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def lerp(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Module:
+    """A new model with ``(1 - alpha) * A + alpha * B`` in every parameter and float buffer."""
+    return _average([model_a, model_b], [1.0 - float(alpha), float(alpha)])
+
+
+def _average(models: Sequence[nn.Module], weights: Sequence[float]) -> nn.Module:
+    out = copy.deepcopy(models[0])
+    states = [m.state_dict() for m in models]
+    keys = states[0].keys()
+    for s in states[1:]:
+        if s.keys() != keys or any(s[k].shape != states[0][k].shape for k in keys):
+            raise ShapeError("models to average must have one architecture (same state dict)")
+    new = {}
+    for k in keys:
+        t0 = states[0][k]
+        if not torch.is_floating_point(t0):
+            new[k] = t0.clone()
+            continue
+        acc = torch.zeros_like(t0, dtype=torch.float64)
+        for w, s in zip(weights, states, strict=True):
+            acc += float(w) * s[k].double()
+        new[k] = acc.to(t0.dtype)
+    out.load_state_dict(new)
+    return out
+
+
+@torch.no_grad()
+def reset_bn_statistics(
+    model: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance on ``data`` (in place; returns
+    ``model``): running statistics reset, a cumulative average (``momentum=None``) over one pass
+    with only the BN modules in train mode. Modes and momenta are restored; no BN: no-op.
+
+    A Dataset or tensor is visited in an order shuffled with ``seed`` (batch statistics of
+    class-sorted data would misestimate the variance); a DataLoader is used as it comes."""
+    from intertwiner.features import _model_device, limited_batches
+
+    bns = _bn_modules(model)
+    if not bns:
+        return model
+    data = _shuffled(data, seed)
+    flags = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in bns}
+    device = _model_device(model)
+    try:
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        seen = 0
+        for x in limited_batches(data, batch_size, max_samples, False):
+            model(x.to(device=device, dtype=next(model.parameters()).dtype))
+            seen += x.shape[0]
+        if seen == 0:
+            raise ValueError("no data to re-estimate BatchNorm statistics")
+    finally:
+        for m, f in flags.items():
+            m.training = f
+        for m, mom in momenta.items():
+            m.momentum = mom
+    return model
+
+
+def _shuffled(data: Any, seed: int) -> Any:
+    from torch.utils.data import Dataset, IterableDataset, Subset
+
+    gen = torch.Generator().manual_seed(int(seed))
+    if isinstance(data, torch.Tensor):
+        return data[torch.randperm(data.shape[0], generator=gen)]
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        return Subset(data, torch.randperm(len(data), generator=gen).tolist())
+    return data
+
+
+@dataclass
+class Interpolation:
+    """Loss and accuracy along the line from A (alpha = 0) to B (alpha = 1)."""
+
+    alphas: list[float]
+    losses: list[float]
+    accuracies: list[float]
+    reset_bn: bool
+    label: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def _endpoints(self, values: list[float], alpha: float) -> float:
+        return (1 - alpha) * values[0] + alpha * values[-1]
+
+    @property
+    def barrier(self) -> float:
+        """max over alphas of loss minus the linear interpolation of the endpoint losses."""
+        return max(
+            loss - self._endpoints(self.losses, a)
+            for a, loss in zip(self.alphas, self.losses, strict=True)
+        )
+
+    @property
+    def accuracy_barrier(self) -> float:
+        """max over alphas of the endpoints' interpolated accuracy minus the accuracy."""
+        return max(
+            self._endpoints(self.accuracies, a) - acc
+            for a, acc in zip(self.alphas, self.accuracies, strict=True)
+        )
+
+    @property
+    def midpoint(self) -> dict[str, float]:
+        """Loss and accuracy at the alpha closest to 0.5."""
+        k = min(range(len(self.alphas)), key=lambda i: abs(self.alphas[i] - 0.5))
+        return {"alpha": self.alphas[k], "loss": self.losses[k], "accuracy": self.accuracies[k]}
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "alphas": list(self.alphas),
+            "losses": list(self.losses),
+            "accuracies": list(self.accuracies),
+            "reset_bn": self.reset_bn,
+            "barrier": self.barrier,
+            "accuracy_barrier": self.accuracy_barrier,
+            "midpoint": self.midpoint,
+            **self.extra,
+        }
+
+    def plot(self, path: str | None = None, **kwargs):
+        """Loss and accuracy against alpha (a matplotlib Figure); a PNG at ``path`` if given."""
+        from intertwiner.alignment._plot import plot_curves
+
+        return plot_curves([self], path=path, **kwargs)
+
+
+def _alphas(alphas: int | Sequence[float]) -> list[float]:
+    if isinstance(alphas, int):
+        if alphas < 2:
+            raise ValueError("alphas as a count needs at least 2 points")
+        vals = [i / (alphas - 1) for i in range(alphas)]
+    else:
+        vals = sorted({float(a) for a in alphas} | {0.0, 1.0})
+    if min(vals) < 0 or max(vals) > 1:
+        raise ValueError("alphas must lie in [0, 1]")
+    return vals
+
+
+def interpolate(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    alphas: int | Sequence[float],
+    data: Any,
+    *,
+    reset_bn: bool = True,
+    bn_data: Any = None,
+    bn_samples: int | None = None,
+    batch_size: int = 512,
+    label: str = "",
+    progress: bool = False,
+) -> Interpolation:
+    """Loss and accuracy of ``lerp(A, B, alpha)`` on ``data`` (a Dataset or DataLoader of
+    ``(x, y)``) for each alpha (a count of evenly spaced points, or values; 0 and 1 always added).
+
+    Align B to A first (``align``) to measure the barrier modulo the symmetry group.
+    ``reset_bn``: re-estimate BatchNorm statistics of each interpolated model on ``bn_data``
+    (default ``data``; pass training data to keep evaluation data unseen), capped at
+    ``bn_samples``. No effect on models without BatchNorm.
+    """
+    from tqdm.auto import tqdm
+
+    from intertwiner.training import evaluate
+
+    vals = _alphas(alphas)
+    has_bn = bool(_bn_modules(model_a))
+    losses, accs = [], []
+    for a in tqdm(vals, disable=not progress, desc="interpolate"):
+        m = lerp(model_a, model_b, a)
+        if reset_bn and has_bn:
+            reset_bn_statistics(m, data if bn_data is None else bn_data, max_samples=bn_samples)
+        r = evaluate(m, data, batch_size=batch_size)
+        losses.append(r["loss"])
+        accs.append(r["accuracy"])
+    return Interpolation(vals, losses, accs, bool(reset_bn and has_bn), label=label)
+
+
+def merge(
+    models: Sequence[nn.Module],
+    weights: Sequence[float] | None = None,
+    *,
+    reference: int = 0,
+    method: str | None = "weights",
+    group: str = "full",
+    data: Any = None,
+    bn_data: Any = None,
+    **align_options: Any,
+) -> nn.Module:
+    """A weighted average of ``models`` after aligning each to ``models[reference]``.
+
+    ``weights``: one per model (default: equal), normalised to sum 1. ``method``: ``"weights"``,
+    ``"activations"`` (needs ``data``) or None (plain averaging, no alignment). ``bn_data``:
+    when given, the merged model's BatchNorm statistics are re-estimated on it.
+    """
+    from intertwiner.alignment._align import align
+
+    models = list(models)
+    if not models:
+        raise ValueError("merge needs at least one model")
+    if weights is None:
+        weights = [1.0] * len(models)
+    if len(weights) != len(models):
+        raise ValueError(f"got {len(weights)} weights for {len(models)} models")
+    total = float(sum(weights))
+    if total == 0:
+        raise ValueError("merge weights sum to zero")
+    weights = [float(w) / total for w in weights]
+    ref = models[reference]
+    aligned = []
+    for k, m in enumerate(models):
+        if k == reference or method is None:
+            aligned.append(m)
+        else:
+            aligned.append(
+                align(ref, m, data=data, method=method, group=group, **align_options).model
+            )
+    out = _average(aligned, weights)
+    if bn_data is not None:
+        reset_bn_statistics(out, bn_data)
+    return out

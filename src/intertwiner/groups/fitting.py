@@ -1,0 +1,373 @@
+"""The group element that best matches one set of vectors to another, from second-moment statistics.
+
+A site's element ``g`` acts on several row sets ("terms"): term ``k`` maps B's rows ``y_j`` to
+``f_k(g) y`` and is compared with A's rows ``x_i``. The fitted element minimises
+
+    J(g) = sum_k || X_k - f_k(g) Y_k ||_F^2
+
+where ``f_k`` is one of the action kinds of ``intertwiner.symmetry``: ``"A"`` (g itself), ``"P"``
+(its permutation part), ``"A^-T"``, ``"phi(A)"`` or ``"phi(A)^-T"``. Only statistics enter: per
+term the cross moments ``C = X Y^T`` (n_A x n_B), B's second moments (the diagonal ``|y_j|^2`` for
+monomial families, the full ``Y Y^T`` for dense ones) and ``|x_i|^2``; so the same code fits
+weights (rows = weight slices) and activations (rows = features over samples).
+
+Monomial families (``g = diag(s) P``): for a monomial element every kind acts on row ``i`` as
+``sign^q * exp(p u) * y_perm[i]`` with ``s_i = sign * exp(u)``; ``(p, q)`` per kind come from
+``exponents``. So J separates over pairs (i, j = perm[i]): the best scale of each pair is a 1-d
+problem (closed form for signs; for positive or free scales a log-grid search polished by
+safeguarded Newton steps, which handles every phi, e.g. the ReLU objective
+``a s^2 - 2 b s + c / s^2 - 2 d / s`` whose stationarity condition is a quartic), and the
+permutation is a linear assignment on the per-pair minima (scipy's Hungarian solver). The result
+is the exact minimiser of J over the family (up to the grid's range, scales in ``exp(+-U)`` before
+polishing).
+
+Dense families: ``"orthogonal"``: orthogonal Procrustes on ``sum_k C_k`` (exact, since
+``A^-T = A``); ``"general_linear"``: J has no closed form when both ``A`` and ``A^-T`` terms
+occur, so the candidates are the identity, the Procrustes solution, the least-squares solution of
+the ``A`` terms (``M = C G^-1``) and that of the ``A^-T`` terms, followed by a few safeguarded
+gradient steps; the candidate with the smallest J wins (never worse than the identity).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from intertwiner.errors import ShapeError
+from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.groups.families import Family, family
+
+__all__ = ["FitTerm", "exponents", "fit_element", "pair_costs"]
+
+#: Range of log-scales searched on the grid (polishing may step beyond it).
+LOG_SCALE_RANGE = 9.0
+_GRID_STEP = 0.125
+_NEWTON_STEPS = 12
+
+INVERSE_KINDS = ("A^-T", "phi(A)^-T")
+
+
+@dataclass
+class FitTerm:
+    """Statistics of one row set acted on by ``kind``.
+
+    ``cross``: (n_A, n_B), entry (i, j) = <x_i, y_j>. ``gram``: B's second moments, (n_B,) (the
+    diagonal, enough for monomial families) or (n_B, n_B). ``sq_a``: (n_A,) |x_i|^2.
+    """
+
+    kind: str
+    cross: torch.Tensor
+    gram: torch.Tensor
+    sq_a: torch.Tensor
+
+    def diag(self) -> torch.Tensor:
+        return self.gram if self.gram.dim() == 1 else torch.diagonal(self.gram)
+
+
+def exponents(kind: str, phi_kind) -> tuple[float, int]:
+    """``(p, q)`` with which ``kind`` of a monomial element ``s = sign * exp(u)`` scales a row:
+    ``sign^q * exp(p u)``."""
+    if kind == "A":
+        return 1.0, 1
+    if kind == "P":
+        return 0.0, 0
+    if kind == "A^-T":
+        return -1.0, 1
+    if kind in ("phi(A)", "phi(A)^-T"):
+        sgn = -1.0 if kind == "phi(A)^-T" else 1.0
+        if phi_kind == "identity":
+            return sgn, 1
+        if phi_kind == "abs":
+            return sgn, 0
+        d = float(phi_kind[1])
+        q = int(d) % 2 if d.is_integer() else 0
+        return sgn * d, q
+    raise ValueError(f"unknown action kind {kind!r}")
+
+
+def _grouped(terms: list[FitTerm], phi_kind) -> list[tuple[float, int, torch.Tensor, torch.Tensor]]:
+    """Terms merged by exponent: ``(p, q, cross sum, gram-diagonal sum)``."""
+    merged: dict[tuple[float, int], list[torch.Tensor]] = {}
+    for t in terms:
+        key = exponents(t.kind, phi_kind)
+        c, g = t.cross.double(), t.diag().double()
+        if key in merged:
+            merged[key][0] = merged[key][0] + c
+            merged[key][1] = merged[key][1] + g
+        else:
+            merged[key] = [c, g]
+    return [(p, q, c, g) for (p, q), (c, g) in merged.items()]
+
+
+def _objective(groups, sign, u):
+    """J - sum |x|^2 at log-scale ``u`` (broadcast over pairs) and sign."""
+    out = 0.0
+    for p, q, c, g in groups:
+        e = torch.exp(p * u) if p != 0 else torch.ones_like(u)
+        sc = c if q == 0 else sign * c
+        out = out + g.unsqueeze(0) * e * e - 2.0 * sc * e
+    return out
+
+
+def _derivs(groups, sign, u):
+    d1 = 0.0
+    d2 = 0.0
+    for p, q, c, g in groups:
+        if p == 0:
+            continue
+        e = torch.exp(p * u)
+        sc = c if q == 0 else sign * c
+        gu = g.unsqueeze(0) * e * e
+        d1 = d1 + 2.0 * p * gu - 2.0 * p * sc * e
+        d2 = d2 + 4.0 * p * p * gu - 2.0 * p * p * sc * e
+    return d1, d2
+
+
+def _best_log_scale(groups, sign, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair, the log-scale minimising the objective (grid, then safeguarded Newton)."""
+    best_u = torch.zeros(shape, dtype=torch.float64)
+    best = _objective(groups, sign, best_u)
+    best = best.expand(shape).clone() if best.dim() else torch.full(shape, float(best))
+    if not any(p != 0 for p, *_ in groups):
+        return best_u, best
+    steps = int(round(LOG_SCALE_RANGE / _GRID_STEP))
+    # On the grid u is one number for every pair: scalar exponentials, and the signed cross terms
+    # and B's norms are formed once.
+    signed = [(p, g.unsqueeze(0), c if q == 0 else sign * c) for p, q, c, g in groups]
+    for k in range(-steps, steps + 1):
+        if k == 0:
+            continue
+        u = k * _GRID_STEP
+        val = 0.0
+        for p, g, sc in signed:
+            e = math.exp(p * u)
+            val = val + (e * e) * g - (2.0 * e) * sc
+        better = val < best
+        best = torch.where(better, val, best)
+        best_u = torch.where(better, u, best_u)
+    for _ in range(_NEWTON_STEPS):
+        d1, d2 = _derivs(groups, sign, best_u)
+        step = torch.where(d2 > 0, -d1 / d2.clamp_min(1e-300), -torch.sign(d1) * _GRID_STEP)
+        step = step.clamp(-_GRID_STEP, _GRID_STEP)
+        # Converged where the step no longer moves u (in its last bits).
+        if bool((step.abs() <= 1e-15 * (1.0 + best_u.abs())).all()):
+            break
+        for _half in range(4):
+            cand = best_u + step
+            val = _objective(groups, sign, cand)
+            ok = val <= best
+            best = torch.where(ok, val, best)
+            best_u = torch.where(ok, cand, best_u)
+            step = torch.where(ok, torch.zeros_like(step), step / 2)
+            if not bool((step != 0).any()):
+                break
+    return best_u, best
+
+
+def _norm_log_scale(terms: list[FitTerm], phi_kind, shape) -> torch.Tensor:
+    """Per pair, the log-scale at which B's scaled rows have A's energy:
+    ``exp(2 p u) sum |y_j|^2 = sum |x_i|^2`` over the terms the scale acts on (one exponent p)."""
+    ps = {exponents(t.kind, phi_kind)[0] for t in terms} - {0.0}
+    if not ps:  # no term sees the scale (e.g. a gate moved by the permutation only): keep it
+        return torch.zeros(shape, dtype=torch.float64)
+    if len(ps) != 1:
+        raise ValueError("scale='norm' needs terms whose scale enters with one exponent")
+    p = ps.pop()
+    scaled = [t for t in terms if exponents(t.kind, phi_kind)[0] != 0.0]
+    sa = sum(t.sq_a.double() for t in scaled).unsqueeze(1)
+    sb = sum(t.diag().double() for t in scaled).unsqueeze(0)
+    tiny = torch.finfo(torch.float64).tiny
+    ones = torch.ones(shape, dtype=torch.float64)
+    # A unit with no energy on either side keeps its scale (u = 0).
+    ratio = torch.where((sa > 0) & (sb > 0), sa / sb.clamp_min(tiny), ones)
+    return (torch.log(ratio) / (2.0 * p)).expand(shape).clone()
+
+
+def pair_costs(
+    fam: Family | str, phi_kind, terms: list[FitTerm], *, scale: str = "least_squares"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a monomial family: ``(cost, scale)``, both (n_A, n_B): the smallest J-contribution of
+    pairing A's unit i with B's unit j, and the scale that attains it.
+
+    ``scale="norm"``: continuous scales are not optimised but set so that B's scaled rows have A's
+    energy (signs are still optimised); the cost is J at that scale. Least-squares scales shrink
+    to 0 for a pair whose rows are uncorrelated; norm scales never degenerate, and they are
+    equally exact when B's rows are a scaled copy of A's.
+    """
+    if scale not in ("least_squares", "norm"):
+        raise ValueError(f"scale must be 'least_squares' or 'norm', got {scale!r}")
+    fam = family(fam)
+    if not fam.monomial:
+        raise ValueError(f"pair_costs needs a monomial family, got {fam.name}")
+    groups = _grouped(terms, phi_kind)
+    shape = tuple(groups[0][2].shape)
+    const = sum(t.sq_a.double() for t in terms).unsqueeze(1)
+    name = fam.name
+    one = torch.ones(shape, dtype=torch.float64)
+    if scale == "norm" and name in ("positive_monomial", "monomial"):
+        u = _norm_log_scale(terms, phi_kind, shape)
+        vp = _objective(groups, one, u)
+        if name == "positive_monomial":
+            return const + vp, torch.exp(u)
+        vm = _objective(groups, -one, u)
+        neg = vm < vp
+        return const + torch.minimum(vp, vm), torch.where(neg, -torch.exp(u), torch.exp(u))
+    if name == "permutation":
+        return const + _objective(groups, one, torch.zeros(shape, dtype=torch.float64)), one
+    if name == "signed_permutation":
+        zero = torch.zeros(shape, dtype=torch.float64)
+        plus, minus = _objective(groups, one, zero), _objective(groups, -one, zero)
+        sign = torch.where(minus < plus, -one, one)
+        return const + torch.minimum(plus, minus), sign
+    if name == "positive_monomial":
+        u, val = _best_log_scale(groups, one, shape)
+        return const + val, torch.exp(u)
+    if name == "monomial":
+        up, vp = _best_log_scale(groups, one, shape)
+        um, vm = _best_log_scale(groups, -one, shape)
+        neg = vm < vp
+        return const + torch.where(neg, vm, vp), torch.where(neg, -torch.exp(um), torch.exp(up))
+    raise ValueError(f"no pair costs for family {name}")  # pragma: no cover
+
+
+def _check_terms(terms: list[FitTerm]) -> int:
+    if not terms:
+        raise ValueError("fit_element needs at least one term")
+    n = terms[0].cross.shape[0]
+    for t in terms:
+        if t.cross.shape != (n, n):
+            raise ShapeError(
+                f"fit terms must be square and of one size, got {tuple(t.cross.shape)}"
+            )
+    return n
+
+
+def _dense_objective(m: torch.Tensor, terms: list[FitTerm]) -> float:
+    """J(M) for a dense element from statistics (inverse kinds use M^-T)."""
+    total = 0.0
+    inv_t = None
+    for t in terms:
+        if t.kind in INVERSE_KINDS:
+            if inv_t is None:
+                inv_t = torch.linalg.inv(m).T
+            mk = inv_t
+        else:
+            mk = m
+        g = t.gram.double()
+        gm = torch.diag(g) if g.dim() == 1 else g
+        total += float(
+            t.sq_a.double().sum() - 2.0 * (mk * t.cross.double()).sum() + (mk @ gm * mk).sum()
+        )
+    return total
+
+
+def _procrustes(c: torch.Tensor) -> torch.Tensor:
+    u, _, vh = torch.linalg.svd(c)
+    return u @ vh
+
+
+def _lstsq(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+    """M = C G^-1 (ridge-free; None when G is singular)."""
+    if g.dim() == 1:
+        g = torch.diag(g)
+    try:
+        return torch.linalg.solve(g.T, c.T).T
+    except RuntimeError:
+        return None
+
+
+def _fit_dense(fam: Family, terms: list[FitTerm], n: int) -> tuple[GroupElement, float]:
+    total_c = sum(t.cross.double() for t in terms)
+    cands = [torch.eye(n, dtype=torch.float64), _procrustes(total_c)]
+    if fam.name == "general_linear":
+        fwd = [t for t in terms if t.kind not in INVERSE_KINDS and t.kind != "P"]
+        inv = [t for t in terms if t.kind in INVERSE_KINDS]
+        for group, inverse in ((fwd, False), (inv, True)):
+            if not group:
+                continue
+            m = _lstsq(
+                sum(t.cross.double() for t in group),
+                sum(
+                    (torch.diag(t.gram.double()) if t.gram.dim() == 1 else t.gram.double())
+                    for t in group
+                ),
+            )
+            if m is None or not torch.isfinite(m).all():
+                continue
+            if inverse:
+                if torch.linalg.svdvals(m).min() < 1e-12:
+                    continue
+                m = torch.linalg.inv(m).T
+            cands.append(m)
+    scored = []
+    for m in cands:
+        if fam.name == "general_linear" and torch.linalg.svdvals(m).min() < 1e-12:
+            continue
+        scored.append((_dense_objective(m, terms), m))
+    val, m = min(scored, key=lambda vm: vm[0])
+    if fam.name == "general_linear" and any(t.kind in INVERSE_KINDS for t in terms):
+        m, val = _refine_gl(m, val, terms)
+    return DenseElement(m), val
+
+
+def _refine_gl(m: torch.Tensor, val: float, terms: list[FitTerm], steps: int = 30):
+    """Safeguarded gradient descent on J(M) over GL (A and A^-T terms together)."""
+    lr = 1.0 / max(
+        1e-12, float(sum(t.gram.double().abs().sum() for t in terms)) / max(1, m.shape[0])
+    )
+    for _ in range(steps):
+        x = m.clone().requires_grad_(True)
+        j = _dense_objective_t(x, terms)
+        (grad,) = torch.autograd.grad(j, x)
+        improved = False
+        for _half in range(20):
+            cand = (m - lr * grad).detach()
+            if torch.linalg.svdvals(cand).min() > 1e-12:
+                v = _dense_objective(cand, terms)
+                if v < val:
+                    m, val, improved = cand, v, True
+                    lr *= 2.0
+                    break
+            lr /= 4.0
+        if not improved:
+            break
+    return m, val
+
+
+def _dense_objective_t(m: torch.Tensor, terms: list[FitTerm]) -> torch.Tensor:
+    total = m.new_zeros(())
+    inv_t = torch.linalg.inv(m).T
+    for t in terms:
+        mk = inv_t if t.kind in INVERSE_KINDS else m
+        g = t.gram.double()
+        gm = torch.diag(g) if g.dim() == 1 else g
+        total = total + t.sq_a.double().sum() - 2.0 * (mk * t.cross.double()).sum()
+        total = total + (mk @ gm * mk).sum()
+    return total
+
+
+def fit_element(
+    fam: Family | str, phi_kind, terms: list[FitTerm], *, scale: str = "least_squares"
+) -> tuple[GroupElement, float]:
+    """The element of ``fam`` (with ``phi_kind``) minimising J (module docstring) and J there.
+
+    Monomial families return a ``MonomialElement`` (exact minimiser: Hungarian assignment on the
+    per-pair optimal costs; ``scale="norm"``: energy-matching scales, see ``pair_costs``);
+    orthogonal and general linear a ``DenseElement`` (``scale`` is ignored).
+    """
+    fam = family(fam)
+    n = _check_terms(terms)
+    if not fam.monomial:
+        return _fit_dense(fam, terms, n)
+    cost, scales = pair_costs(fam, phi_kind, terms, scale=scale)
+    c = cost.numpy()
+    if not np.isfinite(c).all():
+        raise ValueError("non-finite matching costs; check the weights or features for NaN/Inf")
+    rows, cols = linear_sum_assignment(c)
+    perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+    idx = torch.arange(n)
+    return MonomialElement(perm, scales[idx, perm].clone()), float(cost[idx, perm].sum())

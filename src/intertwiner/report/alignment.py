@@ -1,0 +1,72 @@
+"""Report section of the "alignment" stage: the barrier table and mean curves per architecture."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from intertwiner.report.figures import mean_std
+from intertwiner.store import Row
+
+ORDER = ["none", "perm/weights", "full/weights", "perm/activations", "full/activations"]
+
+
+def _order(label: str) -> int:
+    return ORDER.index(label) if label in ORDER else len(ORDER)
+
+
+def alignment_table(rows: list[Row]) -> list[dict]:
+    """Per architecture and alignment: loss barrier (BN re-estimated / not), accuracy at the
+    midpoint, relative weight distance to A and the time to align (mean +- std over pairs)."""
+    by: dict = defaultdict(list)
+    for r in rows:
+        by[(r.config["arch"], r.config["alignment"])].append(r)
+    out = []
+    for (arch, label), rs in sorted(by.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
+
+        def ms(key, scale=1.0, rs=rs):
+            m, s, _ = mean_std([scale * r.metrics[key] for r in rs if key in r.metrics])
+            return f"{m:.3f} ± {s:.3f}"
+
+        has_bn = any(r.metrics.get("has_bn") for r in rs)
+        out.append(
+            {
+                "arch": arch,
+                "alignment": label,
+                "pairs": len(rs),
+                "barrier (BN reset)": ms("barrier_bn_reset") if has_bn else "no BN",
+                "barrier (no reset)": ms("barrier_no_reset"),
+                "acc @ 0.5 % (BN reset)": ms("mid_accuracy_bn_reset", 100.0) if has_bn else "no BN",
+                "acc @ 0.5 % (no reset)": ms("mid_accuracy_no_reset", 100.0),
+                "distance to A": ms("distance_after"),
+                "align s": f"{mean_std([r.metrics['align_seconds'] for r in rs])[0]:.2f}",
+            }
+        )
+    return out
+
+
+def alignment_figure(rows: list[Row]):
+    """Mean test loss along alpha per alignment (BN re-estimated), one panel per architecture."""
+    if not rows:
+        return None
+    import matplotlib.pyplot as plt
+
+    archs = sorted({r.config["arch"] for r in rows})
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.2), squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
+        by: dict = defaultdict(list)
+        for r in rows:
+            if r.config["arch"] == arch and "losses_bn_reset" in r.metrics:
+                by[r.config["alignment"]].append(r)
+        for label in sorted(by, key=_order):
+            rs = by[label]
+            alphas = rs[0].metrics["alphas_bn_reset"]
+            losses = np.mean([r.metrics["losses_bn_reset"] for r in rs], axis=0)
+            ax.plot(alphas, losses, marker="o", ms=3, label=label)
+        ax.set_title(arch, fontsize=9)
+        ax.set_xlabel("alpha (0 = A, 1 = aligned B)")
+        ax.set_ylabel("test loss (BN re-estimated)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

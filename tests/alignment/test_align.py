@@ -1,0 +1,274 @@
+"""align(): recovery of randomly transformed copies, function preservation, monotone descent."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tests.alignment.conftest import ZOO, build_zoo
+
+from intertwiner import models
+from intertwiner.alignment import align, weight_distance
+from intertwiner.alignment._views import feature_rows
+from intertwiner.errors import ShapeError
+from intertwiner.features import capture
+from intertwiner.symmetry import apply, random_elements, trace
+
+ACTIVATIONS = ["relu", "tanh", "gelu"]
+ARCHS = [k for k in ZOO if k != "resnet18"] + ["resnet18"]
+
+
+def _max_rel_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """max over parameters and buffers of max|a - b| / max|a|."""
+    sa, sb = a.state_dict(), b.state_dict()
+    worst = 0.0
+    for k, t in sa.items():
+        if not torch.is_floating_point(t):
+            continue
+        scale = max(float(t.abs().max()), 1e-12)
+        worst = max(worst, float((t.double() - sb[k].double()).abs().max()) / scale)
+    return worst
+
+
+def _copy(model, x, seed=3):
+    spec = trace(model, x)
+    g = random_elements(spec, torch.Generator().manual_seed(seed))
+    return apply(model, spec, g), spec
+
+
+def _inputs(x: torch.Tensor, n: int = 512) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(n, *x.shape[1:], generator=gen, dtype=x.dtype)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_weight_matching_recovers_transformed_copy(arch, act):
+    a, x = build_zoo(arch, act)
+    b, spec = _copy(a, x)
+    assert _max_rel_diff(a, b) > 1e-2  # the copy really moved
+    res = align(a, b, example_input=x)
+    assert _max_rel_diff(a, res.model) < 1e-6
+    assert res.history[-1] <= 1e-12 * res.history[0]
+
+
+def _no_dead_units(model, spec, data) -> bool:
+    names = [n for s in spec.sites for n in s.activations]
+    feats = capture(model, data, names)
+    for s in spec.sites:
+        for n in s.activations:
+            rows = feature_rows(feats[n], s.activation_axes[n])
+            if bool(((rows.double() ** 2).sum(0) == 0).any()):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("arch", ["mlp", "myrtle_cnn", "resnet20", "vit"])
+def test_activation_matching_recovers_transformed_copy(arch, act):
+    a, x = build_zoo(arch, act, seed=1)
+    b, spec = _copy(a, x)
+    data = _inputs(x)
+    # A unit that never fires carries no information about its scale or place.
+    assert _no_dead_units(a, spec, data)
+    res = align(a, b, data=data, method="activations", spec=spec)
+    assert _max_rel_diff(a, res.model) < 1e-6
+
+
+@pytest.mark.parametrize("arch", ["mlp", "myrtle_cnn", "resnet20"])
+def test_permutation_only_fails_on_rescaled_copy(arch):
+    """ReLU copies with changed scales are out of reach of permutations: the scaling part works."""
+    a, x = build_zoo(arch, "relu")
+    b, _ = _copy(a, x)
+    perm = align(a, b, example_input=x, group="permutation")
+    full = align(a, b, example_input=x, group="full")
+    assert _max_rel_diff(a, perm.model) > 1e-2
+    assert _max_rel_diff(a, full.model) < 1e-6
+
+
+def test_permutation_only_recovers_gelu_copy():
+    a, x = build_zoo("resnet20", "gelu")
+    b, _ = _copy(a, x)
+    assert _max_rel_diff(a, align(a, b, example_input=x, group="permutation").model) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["weights", "activations"])
+@pytest.mark.parametrize("group", ["full", "permutation", "none"])
+@pytest.mark.parametrize("arch", ["myrtle_cnn", "resnet20", "vit"])
+def test_aligned_b_computes_b_and_b_untouched(arch, group, method):
+    a, x = build_zoo(arch, "relu", seed=0)
+    b, _ = build_zoo(arch, "relu", seed=7)  # an independent model
+    before = copy.deepcopy(b.state_dict())
+    res = align(a, b, data=_inputs(x, 64), method=method, group=group)
+    aligned, elements = res  # unpacks
+    with torch.no_grad():
+        out_b, out_al = b(x), aligned(x)
+    assert float((out_b - out_al).abs().max()) <= 1e-10 * max(1.0, float(out_b.abs().max()))
+    for k, t in b.state_dict().items():
+        assert torch.equal(t, before[k])
+    assert set(elements) == set(res.spec.names)
+    if group == "none":
+        assert _max_rel_diff(b, aligned) == 0.0
+    elif method == "weights":
+        assert weight_distance(a, aligned) < weight_distance(a, b)
+
+
+def _trained_pair(seed_a=0, seed_b=1):
+    from intertwiner.data import load
+    from intertwiner.training import TrainConfig, train
+
+    data = load("digits")
+    out = []
+    for seed in (seed_a, seed_b):
+        m = models.build(
+            "mlp", activation="relu", seed=seed, widths=(24, 16), in_channels=1, input_size=8
+        )
+        train(m, data, TrainConfig(epochs=2, batch_size=64, seed=seed, progress=False))
+        out.append(m)
+    return out, data
+
+
+@pytest.fixture(scope="module")
+def trained_pair():
+    torch.set_num_threads(1)
+    return _trained_pair()
+
+
+@pytest.mark.parametrize("group", ["full", "permutation"])
+def test_weight_matching_never_increases_distance(trained_pair, group):
+    (a, b), _ = trained_pair
+    res = align(a, b, group=group, seed=1)
+    h = res.history
+    assert len(h) >= 2
+    assert all(h[i + 1] <= h[i] * (1 + 1e-12) for i in range(len(h) - 1))
+    assert h[-1] < h[0]
+    assert weight_distance(a, res.model, relative=False) == pytest.approx(h[-1], rel=1e-6)
+
+
+def test_full_group_at_least_as_close_as_permutations_on_trained_pair(trained_pair):
+    (a, b), _ = trained_pair
+    # Start the full-group descent from the permutation solution: it can only go lower.
+    p = align(a, b, group="permutation")
+    f = align(a, p.model, group="full")
+    assert weight_distance(a, f.model) <= weight_distance(a, p.model) + 1e-12
+
+
+def test_same_seed_same_result(trained_pair):
+    (a, b), _ = trained_pair
+    r1, r2 = align(a, b, seed=3), align(a, b, seed=3)
+    for k in r1.elements:
+        assert torch.equal(r1.elements[k].matrix(), r2.elements[k].matrix())
+
+
+def test_activation_statistics_stream(trained_pair):
+    """Batch size changes nothing: the statistics are sums over samples."""
+    (a, b), data = trained_pair
+    # Permutations only: the elements come from the streamed statistics alone (full groups
+    # refine ReLU scales by weights afterwards).
+    kw = dict(method="activations", group="permutation", max_samples=300)
+    r1 = align(a, b, data=data.train, batch_size=37, **kw)
+    r2 = align(a, b, data=data.train, batch_size=300, **kw)
+    # Units that never fire tie (any place is as good); compare the objective, not the elements.
+    x = torch.stack([data.train[i][0] for i in range(300)])
+    fa = capture(a, x, ["act1", "act2"])
+    for name in ("act1", "act2"):
+        d1 = ((capture(r1.model, x, name)[name] - fa[name]) ** 2).sum()
+        d2 = ((capture(r2.model, x, name)[name] - fa[name]) ** 2).sum()
+        assert float(d1) == pytest.approx(float(d2), rel=1e-6)
+
+
+def test_bad_inputs():
+    a, x = build_zoo("mlp", "relu")
+    other = models.build("mlp", widths=(7, 5), in_channels=1, input_size=4).double()
+    with pytest.raises(ShapeError):
+        align(a, other, example_input=x)
+    with pytest.raises(ValueError, match="data"):
+        align(a, a, method="activations")
+    with pytest.raises(ValueError, match="group"):
+        align(a, a, group="orthogonal")
+    with pytest.raises(ValueError, match="method"):
+        align(a, a, method="gradients")
+
+
+def test_table_lists_every_site():
+    a, x = build_zoo("resnet20", "relu")
+    b, spec = _copy(a, x)
+    res = align(a, b, spec=spec)
+    text = res.table()
+    for s in spec.sites:
+        assert s.name in text
+    assert all(r.after <= r.before + 1e-12 for r in res.sites)
+
+
+def _hf_models():
+    tr = pytest.importorskip("transformers")
+    gpt2 = tr.GPT2LMHeadModel(
+        tr.GPT2Config(
+            n_embd=8,
+            n_layer=2,
+            n_head=2,
+            vocab_size=11,
+            n_positions=8,
+            use_cache=False,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
+    bert = tr.BertModel(
+        tr.BertConfig(
+            hidden_size=8,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=16,
+            vocab_size=11,
+            max_position_embeddings=8,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
+    llama = tr.LlamaForCausalLM(
+        tr.LlamaConfig(
+            hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=2, vocab_size=11, max_position_embeddings=16, use_cache=False,
+        )
+    )  # fmt: skip
+    return {"gpt2": gpt2, "bert": bert, "llama": llama}
+
+
+@pytest.mark.parametrize("method", ["weights", "activations"])
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama"])
+def test_hugging_face_recovery(name, method):
+    """GPT-2 (GELU), BERT, LLaMA (gated SiLU MLP: monomial sites whose activation output moves by
+    the permutation only; RMSNorm stream: signed permutations)."""
+    torch.manual_seed(0)
+    a = _hf_models()[name].double().eval()
+    x = torch.randint(0, 11, (2, 6))
+    b, spec = _copy(a, x)
+    assert spec.sites
+    data = torch.randint(0, 11, (64, 6), generator=torch.Generator().manual_seed(0))
+    res = align(a, b, spec=spec, method=method, data=data)
+    assert _max_rel_diff(a, res.model) < 1e-6
+
+
+class _CountingBatches:
+    """An iterable of input batches that counts how often it is iterated."""
+
+    def __init__(self, x: torch.Tensor, batch: int):
+        self.x, self.batch, self.passes = x, batch, 0
+
+    def __iter__(self):
+        self.passes += 1
+        for i in range(0, self.x.shape[0], self.batch):
+            yield self.x[i : i + self.batch]
+
+
+def test_activation_matching_is_one_pass():
+    a, x = build_zoo("resnet20", "relu", seed=0)
+    b, _ = build_zoo("resnet20", "relu", seed=1)
+    data = _CountingBatches(_inputs(x, 96), 32)
+    align(a, b, data=data, method="activations", example_input=x)
+    assert data.passes == 1

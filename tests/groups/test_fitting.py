@@ -1,0 +1,118 @@
+"""groups.fit_element: the best element of a family from second-moment statistics."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from scipy.optimize import minimize_scalar
+
+from intertwiner.groups import FitTerm, fit_element, pair_costs
+
+
+def _terms(kinds, n=3, m=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for k in kinds:
+        x = torch.randn(n, m, generator=gen, dtype=torch.float64)
+        y = torch.randn(n, m, generator=gen, dtype=torch.float64)
+        out.append((k, x, y, FitTerm(k, x @ y.T, (y * y).sum(1), (x * x).sum(1))))
+    return out
+
+
+def _factor(kind, s):
+    return {"A": s, "P": 1.0, "A^-T": 1.0 / s, "phi(A)": s, "phi(A)^-T": 1.0 / s}[kind]
+
+
+def _brute(raw, signs):
+    """min over permutations and per-unit scales (scipy on log-scale, both signs if asked)."""
+    n = raw[0][1].shape[0]
+    best = float("inf")
+    for perm in itertools.permutations(range(n)):
+        total = 0.0
+        for i, j in enumerate(perm):
+
+            def cost(s, i=i, j=j):
+                return sum(float(((x[i] - _factor(k, s) * y[j]) ** 2).sum()) for k, x, y, _ in raw)
+
+            opts = []
+            for sg in signs:
+                r = minimize_scalar(
+                    lambda u, sg=sg: cost(sg * float(torch.exp(torch.tensor(u)))),
+                    bounds=(-9, 9),
+                    method="bounded",
+                    options={"xatol": 1e-12},
+                )
+                opts.append(r.fun)
+            total += min(opts)
+        best = min(best, total)
+    return best
+
+
+@pytest.mark.parametrize("fam,signs", [("positive_monomial", (1.0,)), ("monomial", (1.0, -1.0))])
+def test_monomial_fit_matches_brute_force(fam, signs):
+    raw = _terms(["A", "P", "A^-T", "phi(A)^-T"])
+    _, val = fit_element(fam, "identity", [t for *_, t in raw])
+    assert val == pytest.approx(_brute(raw, signs), rel=1e-6)
+
+
+def test_signed_and_plain_permutation_fit_matches_brute_force():
+    raw = _terms(["A", "P", "A^-T"])
+    terms = [t for *_, t in raw]
+    n = 3
+    for fam, signs in (("permutation", (1.0,)), ("signed_permutation", (1.0, -1.0))):
+        best = min(
+            sum(
+                min(
+                    sum(float(((x[i] - _factor(k, s) * y[j]) ** 2).sum()) for k, x, y, _ in raw)
+                    for s in signs
+                )
+                for i, j in enumerate(perm)
+            )
+            for perm in itertools.permutations(range(n))
+        )
+        _, val = fit_element(fam, "identity", terms)
+        assert val == pytest.approx(best, rel=1e-12)
+
+
+def test_relu_scale_balances_incoming_and_outgoing():
+    """One unit: x_in = 2 y_in and x_out = y_out / 2 -> s = 2 exactly."""
+    y_in, y_out = torch.tensor([[1.0, 2.0]]).double(), torch.tensor([[3.0, -1.0]]).double()
+    x_in, x_out = 2 * y_in, y_out / 2
+    terms = [
+        FitTerm("A", x_in @ y_in.T, (y_in**2).sum(1), (x_in**2).sum(1)),
+        FitTerm("phi(A)^-T", x_out @ y_out.T, (y_out**2).sum(1), (x_out**2).sum(1)),
+    ]
+    g, val = fit_element("positive_monomial", "identity", terms)
+    assert float(g.scale[0]) == pytest.approx(2.0, rel=1e-12)
+    assert val == pytest.approx(0.0, abs=1e-20)
+
+
+def test_norm_scale_matches_energy():
+    x = torch.tensor([[3.0, 0.0], [0.0, 1.0]]).double()
+    y = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).double()
+    t = FitTerm("phi(A)", x @ y.T, (y * y).sum(1), (x * x).sum(1))
+    g, _ = fit_element("positive_monomial", "identity", [t], scale="norm")
+    assert g.perm.tolist() == [1, 0]
+    assert torch.allclose(g.scale, torch.tensor([3.0, 1.0]).double())
+    _, scales = pair_costs("positive_monomial", "identity", [t], scale="norm")
+    assert torch.allclose(scales, torch.tensor([[3.0, 3.0], [1.0, 1.0]]).double())
+
+
+@pytest.mark.parametrize("fam", ["orthogonal", "general_linear"])
+def test_dense_fit_recovers_exact_map(fam):
+    gen = torch.Generator().manual_seed(0)
+    n, m = 4, 9
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    mat = q if fam == "orthogonal" else q @ torch.diag(torch.tensor([0.5, 1.0, 2.0, 3.0]).double())
+    y1 = torch.randn(n, m, generator=gen, dtype=torch.float64)
+    y2 = torch.randn(n, m, generator=gen, dtype=torch.float64)
+    x1, x2 = mat @ y1, torch.linalg.inv(mat).T @ y2
+    terms = [
+        FitTerm("A", x1 @ y1.T, y1 @ y1.T, (x1 * x1).sum(1)),
+        FitTerm("A^-T", x2 @ y2.T, y2 @ y2.T, (x2 * x2).sum(1)),
+    ]
+    g, val = fit_element(fam, "identity", terms)
+    assert torch.allclose(g.matrix(), mat, atol=1e-9)
+    assert val == pytest.approx(0.0, abs=1e-12)
