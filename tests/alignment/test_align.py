@@ -243,7 +243,7 @@ def _hf_models():
 @pytest.mark.parametrize("name", ["gpt2", "bert", "llama"])
 def test_hugging_face_recovery(name, method):
     """GPT-2 (GELU), BERT, LLaMA (gated SiLU MLP: monomial sites whose activation output moves by
-    the permutation only; RMSNorm stream: signed permutations)."""
+    the permutation only; RMSNorm stream: orthogonal, its norm weights folded)."""
     torch.manual_seed(0)
     a = _hf_models()[name].double().eval()
     x = torch.randint(0, 11, (2, 6))

@@ -211,7 +211,11 @@ def _heads_blocks(spec: SymmetrySpec) -> tuple[list[_HeadsBlock], set[str]]:
     for hs in spec.sites:
         if hs.kind != "attention_heads" or not family(hs.group.family).monomial:
             continue
-        views = {(a.name, a.axis): a for a in hs.actions}
+        # A packed q|k|v projection gives the heads site several actions on one tensor axis,
+        # one per slot (channel blocks); a per-head action belongs to the slot holding its block.
+        views: dict[tuple[str, int], list] = {}
+        for a in hs.actions:
+            views.setdefault((a.name, a.axis), []).append(a)
         subs: list[list[Site]] = [[] for _ in range(hs.width)]
         inner: dict[tuple[str, int], int] = {}
         covered: set[tuple[str, int]] = set()
@@ -221,25 +225,18 @@ def _heads_blocks(spec: SymmetrySpec) -> tuple[list[_HeadsBlock], set[str]]:
             pos = set()
             ok = bool(s.actions)
             for a in s.actions:
-                h = views.get((a.name, a.axis))
-                if (
-                    h is None
-                    or h.channels is not None
-                    or a.outer != h.outer
-                    or a.inner != 1
-                    or a.n_total != h.n_total * h.inner
-                    or a.channels is None
-                ):
+                h = _slot_of(a, views.get((a.name, a.axis), []))
+                if h is None:
                     ok = False
                     break
-                pos |= {c // h.inner for c in a.channels}
+                slots = list(h.channels) if h.channels is not None else list(range(h.n_total))
+                pos |= {slots.index(c // h.inner) for c in a.channels}
+                inner[(a.name, a.axis)] = h.inner
             if not ok or len(pos) != 1:
                 continue
             p = pos.pop()
             subs[p].append(s)
-            for a in s.actions:
-                inner[(a.name, a.axis)] = views[(a.name, a.axis)].inner
-                covered.add((a.name, a.axis))
+            covered.update((a.name, a.axis) for a in s.actions)
         if not any(subs) or len({len(x) for x in subs}) != 1:
             continue
         for x in subs:
@@ -247,6 +244,19 @@ def _heads_blocks(spec: SymmetrySpec) -> tuple[list[_HeadsBlock], set[str]]:
         uncovered = [k for k, a in enumerate(hs.actions) if (a.name, a.axis) not in covered]
         blocks.append(_HeadsBlock(hs, subs, inner, uncovered))
     return blocks, used
+
+
+def _slot_of(a, candidates: list):
+    """The heads action (of ``candidates``, on ``a``'s tensor axis) whose head blocks hold every
+    channel of the per-head action ``a``; None if there is none."""
+    if a.channels is None or a.inner != 1:
+        return None
+    for h in candidates:
+        slots = set(h.channels) if h.channels is not None else set(range(h.n_total))
+        fits = a.outer == h.outer and a.n_total == h.n_total * h.inner
+        if fits and {c // h.inner for c in a.channels} <= slots:
+            return h
+    return None
 
 
 def _shifted(sub: Site, block: _HeadsBlock, i: int, j: int) -> dict[int, tuple[int, ...]]:

@@ -36,6 +36,8 @@ def rows(
 def axis_rows(t: torch.Tensor, a: ParamAxis, channels: Sequence[int] | None = None) -> torch.Tensor:
     """Rows of parameter ``t`` for action ``a`` (``channels`` overrides ``a.channels``)."""
     ch = a.channels if channels is None else channels
+    if a.within is not None:  # a grouped convolution's group: only its rows
+        t = t.narrow(*a.within)
     return rows(t, a.axis, a.outer, a.n_total, a.inner, ch)
 
 
