@@ -430,13 +430,19 @@ def _activation_sites(
     progress: bool,
 ) -> list[Site]:
     """Fit every site with captured activations from one streamed pass; returns those sites."""
-    from intertwiner.features import Capturer, limited_batches
+    from intertwiner.features import Capturer, LayerNotFoundError, limited_batches
 
-    modules_a = dict(model_a.named_modules())
-    modules_b = dict(model_b.named_modules())
+    def capturable(name: str) -> bool:
+        """A module, the k-th call of one (``relu#2``) or a functional call torch.fx can find."""
+        try:
+            Capturer(model_a, [name]), Capturer(model_b, [name])
+        except LayerNotFoundError:
+            return False
+        return bool(name)
+
     plan: dict[str, list[str]] = {}
     for s in sites:
-        acts = [n for n in s.activations if n in modules_a and n in modules_b and n]
+        acts = [n for n in s.activations if capturable(n)]
         if acts:
             plan[s.name] = acts
     if not plan:
