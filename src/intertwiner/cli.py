@@ -705,6 +705,9 @@ def stitch_command(
         if not name:
             raise ValueError(f"{checkpoint_a} does not record its dataset; pass --data")
         options: dict = {"seed": int(meta_a.get("split_seed") or 0)}
+        if data is None and isinstance(meta_a.get("data_options"), dict):
+            # a reproduce checkpoint: the same data options as its training run
+            options = {**meta_a["data_options"], **options}
         if data_dir is not None:
             options["root"] = data_dir
         splits = data_mod.load(name, **options)
