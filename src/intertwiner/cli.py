@@ -319,6 +319,12 @@ def reproduce(
         None, help="Ray cluster address (ray executor; default: start a local Ray)."
     ),
     partition: str | None = typer.Option(None, help="SLURM partition."),
+    slurm_cluster: str | None = typer.Option(
+        None,
+        "--slurm-cluster",
+        help="slurm (default: needs a SLURM cluster, else an error) | local | debug: run the "
+        "submitit jobs on this machine, on purpose.",
+    ),
     time_min: int = typer.Option(60, "--time-min", help="SLURM time limit per job, minutes."),
     gpus: int = typer.Option(0, help="GPUs per job (slurm/ray)."),
     new_run: bool = typer.Option(
@@ -342,6 +348,11 @@ def reproduce(
         opts = {"address": address, "gpus_per_job": gpus}
     elif executor == "slurm":
         opts = {"partition": partition, "time_min": time_min, "gpus": gpus}
+        if slurm_cluster is not None:
+            opts["cluster"] = slurm_cluster
+    elif slurm_cluster is not None:
+        typer.echo("error: --slurm-cluster goes with --executor slurm", err=True)
+        raise typer.Exit(2)
     try:
         summary = run(
             out,
