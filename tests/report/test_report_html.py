@@ -40,7 +40,7 @@ def test_report_is_self_contained_and_complete(synthetic_run):
 def test_comparison_states_differences(synthetic_run):
     store = Store(synthetic_run)
     rows = comparison({k: store.rows(k) for k in store.kinds()})
-    stitched = [r for r in rows if r["quantity"] == "full penalty, site 0"]
+    stitched = [r for r in rows if r["quantity"] == "full penalty, block1.act"]
     assert len(stitched) == 1
     ours = float(stitched[0]["ours"].split(" ± ")[0])
     assert float(stitched[0]["difference"]) == pytest.approx(ours - 1.5, abs=0.011)
@@ -79,3 +79,22 @@ def test_report_in_headless_chromium(synthetic_run, tmp_path, width):
     keep = os.environ.get("INTERTWINER_SCREENSHOT_DIR")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_report_reads_as_prose_with_module_names(synthetic_run):
+    text = render(synthetic_run)
+    assert "block1.act" in text and "act2*" in text  # names, and the residual-branch mark
+    assert "site 0" not in text
+    assert not re.search(r"\[\d+(, \d+)*\] ", text)  # no Python list syntax in prose
+    assert "epoch(s)" not in text
+    assert re.search(r"<details><summary>[^<]*</summary><pre>", text)  # provenance collapsed
+    assert "verify_error_float64" not in text  # short headers
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium binary (apt-get install chromium)")
+def test_report_at_1400px_hides_no_column(synthetic_run, tmp_path):
+    path = build_report(synthetic_run)
+    check = inspect(path, tmp_path / "report_1400.png", width=1400)
+    assert check["scrollWidth"] <= check["clientWidth"], check
+    assert check["clipped"] == [], check  # no table scrolls sideways inside its box
+    assert check["details"] == 1 and check["detailsOpen"] == 0, check

@@ -13,6 +13,7 @@ from intertwiner.report.figures import (
     dissection_table,
     mean_std,
     metric_means,
+    site_labels,
     stitch_table,
 )
 from intertwiner.store import Row
@@ -88,6 +89,7 @@ def comparison(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
         )
     # Section 4 stitching, mCNN.
     st = stitch_table(rows_by_kind.get("stitching", [])).get(MCNN, {})
+    names = site_labels(rows_by_kind.get("stitching", [])).get(MCNN, {})
     sites = sorted({s for k in st.values() for s in k})
     for kind, vals in P.STITCH_MCNN.items():
         if kind not in st:
@@ -95,7 +97,8 @@ def comparison(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
         for i, paper in enumerate(vals):
             if i < len(sites):
                 m, sd, _ = mean_std(st[kind].get(sites[i], []))
-                out.append(_row("4 stitching (mCNN)", f"{kind} penalty, site {i}", m, paper, 1, sd))
+                label = names.get(sites[i], f"site {i}")
+                out.append(_row("4 stitching (mCNN)", f"{kind} penalty, {label}", m, paper, 1, sd))
     if "full" in st and "perm_scale" in st:
         f = [mean_std(v)[0] for v in st["full"].values()]
         g = [mean_std(v)[0] for v in st["perm_scale"].values()]
