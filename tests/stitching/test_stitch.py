@@ -419,3 +419,13 @@ def test_result_records_the_resolved_recipe(mlp, digits):
     r = stitch(mlp, mlp, "act1", layer="perm_scale", data=digits, config=_cfg(epochs=None))
     assert (r.epochs, r.lr) == (2, 1e-2)
     assert [h["epoch"] for h in r.history] == [0, 1, 2]
+
+
+def test_lasso_at_its_documented_lambda_makes_zeros(mlp, digits):
+    """lam = 1e-3 (the default) must do something: the proximal step is taken in Adam's metric,
+    so the L1 term makes exact zeros (the plain lr * lam threshold left sparsity near 0.0)."""
+    cfg = StitchConfig(init="random", progress=False, seed=0)
+    plain = stitch(mlp, mlp, "act2", layer=("lasso", 0.0), data=digits, config=cfg)
+    lasso = stitch(mlp, mlp, "act2", layer=("lasso", 1e-3), data=digits, config=cfg)
+    assert lasso.sparsity >= plain.sparsity + 0.1, (plain.sparsity, lasso.sparsity)
+    assert lasso.penalty < 0.05  # still a good stitch

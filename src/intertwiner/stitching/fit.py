@@ -601,7 +601,7 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
             (loss + reg).backward()
             opt.step()
             for m in trainable:
-                m.project_(cfg.lr)
+                m.project_(cfg.lr, opt)
             total += float(loss.detach()) * len(y)
             count += len(y)
         model.train(False)
