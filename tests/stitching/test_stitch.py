@@ -327,14 +327,16 @@ def test_resnet_residual_site_with_symmetry_transformed_copy_is_exact(site, laye
     torch.testing.assert_close(twin(x), m(x))
     r = stitch(m, twin, site, layer=layer, data=data, config=_cfg(epochs=0, ridge=1e-12))
     assert len(r.residual_streams) == 1
-    assert list(r.feature_errors) == r.model.order  # the site first, then the stream
-    assert r.feature_errors[r.model.order[0]] == r.feature_error
+    assert list(r.feature_errors) == [r.site, *r.residual_streams]  # the site, then the stream
+    assert r.feature_errors[r.site] == r.feature_error
+    # module names, as models.sites and trace give them (not fx node names like "stem_act")
+    assert all(s in dict(m.named_modules()) for s in r.residual_streams), r.residual_streams
     assert max(r.feature_errors.values()) < (1e-12 if layer == "perm_scale" else 1e-6)
     tol = 1e-10 if layer == "perm_scale" else 1e-5
     torch.testing.assert_close(r.model(x), twin(x), rtol=tol, atol=tol)
     assert r.penalty == 0.0
     front = r.model.front(x)
-    leak = r.model.back(r.layers[r.model.order[0]](front[0]), front[1])  # raw stream into B
+    leak = r.model.back(r.layers[r.site](front[0]), front[1])  # raw stream into B
     assert (leak - twin(x)).abs().max() > 1e-3
 
 
