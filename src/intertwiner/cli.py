@@ -476,22 +476,29 @@ def _print_summary(summary: dict) -> None:
 @app.command()
 def results(
     run_dir: str = typer.Argument(..., help="Run folder written by `intertwiner reproduce`."),
-    fmt: str = typer.Option("csv", "--format", "-f", help="csv | json"),
+    fmt: str = typer.Option(
+        "csv",
+        "--format",
+        "-f",
+        help="csv (one wide row per job) | long (tidy CSV: one line per number, matrices "
+        "as cells) | json",
+    ),
     kind: str | None = typer.Option(
         None,
         help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, dissection.",
     ),
     output: str | None = typer.Option(None, "--output", help="Write to a file, not stdout."),
 ) -> None:
-    """Export the results store of a run as CSV (flat columns) or JSON."""
+    """Export the results store of a run as CSV (flat columns), tidy long CSV, or JSON."""
     from intertwiner.errors import IntertwinerError
     from intertwiner.store import open_existing
 
-    if fmt not in ("csv", "json"):
-        raise typer.BadParameter("--format must be csv or json")
+    if fmt not in ("csv", "long", "json"):
+        raise typer.BadParameter("--format must be csv, long or json")
     try:
         store = open_existing(run_dir)  # read-only; refuses a file that is not ours
-        text = store.to_csv(kind) if fmt == "csv" else store.to_json(kind)
+        export = {"csv": store.to_csv, "long": store.to_long_csv, "json": store.to_json}[fmt]
+        text = export(kind)
     except IntertwinerError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -98,3 +98,21 @@ def test_report_at_1400px_hides_no_column(synthetic_run, tmp_path):
     assert check["scrollWidth"] <= check["clientWidth"], check
     assert check["clipped"] == [], check  # no table scrolls sideways inside its box
     assert check["details"] == 1 and check["detailsOpen"] == 0, check
+
+
+def test_results_long_format_is_tidy(synthetic_run):
+    import csv
+    import io
+
+    res = CliRunner().invoke(app, ["results", str(synthetic_run), "--format", "long"])
+    assert res.exit_code == 0, res.output
+    lines = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert {"kind", "job", "metric", "i", "j", "value"} <= set(lines[0])
+    assert not any(str(v).startswith("[") for line in lines for v in line.values())  # no JSON
+    cells = [x for x in lines if x["kind"] == "metrics" and x["metric"] == "cka"]
+    # one line per matrix cell, named by site: myrtle_cnn 4 x 4 and mlp 2 x 2, two pairs each
+    assert len(cells) == 2 * 16 + 2 * 4
+    assert {x["i_name"] for x in cells} >= {"block1.act", "act2"}
+    assert float(cells[0]["value"]) == pytest.approx(
+        Store(synthetic_run).rows("metrics")[0].metrics["cka"][0][0]
+    )
