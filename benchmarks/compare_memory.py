@@ -8,7 +8,7 @@ blocked Gram form within its memory limit instead, and this script reports the p
 resident set size (``getrusage`` ru_maxrss: the kernel's high-water mark, torch allocations
 included) next to the plan's estimate. It must stay under 4 GB.
 
-Run: ``python benchmarks/compare_memory.py [--n 10000] [--limit 3GB]``; one thread (the default),
+Run: ``python benchmarks/compare_memory.py [--n 10000] [--limit 2.5GB]``; one thread (the default),
 since the machine is shared. The full case takes tens of minutes on one core; ``--n 1000`` is a
 quick check of the same code path.
 """
@@ -43,7 +43,7 @@ def rss_peak_bytes() -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000, help="number of inputs")
-    ap.add_argument("--limit", default="3GB", help="compare's memory_limit")
+    ap.add_argument("--limit", default=None, help="compare's memory_limit (default: its own)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()

@@ -67,10 +67,12 @@ class FeatureBank:
 
     @staticmethod
     def bytes_needed(widths: dict[Hashable, int], pairs: Sequence[tuple], batch: int) -> int:
-        """Statistics plus one batch's float64 rows."""
+        """Statistics, one batch's float64 rows of every layer, and the captured float32
+        features with as much again for the model's own activations."""
         per_layer = sum(p * p + 5 * p for p in widths.values())
         per_pair = sum(widths[a] * widths[b] + widths[a] + widths[b] for a, b in pairs)
-        return F64 * (per_layer + per_pair + 2 * batch * sum(widths.values()))
+        total_p = sum(widths.values())
+        return F64 * (per_layer + per_pair + batch * total_p) + 4 * 2 * batch * total_p
 
     def update(self, feats: dict[Hashable, torch.Tensor]) -> None:
         """Add one batch: ``feats[key]`` for every key of both sides (same inputs)."""
@@ -158,10 +160,13 @@ class GramBank:
 
     @staticmethod
     def bytes_needed(widths: dict[Hashable, int], block: int, batch: int, n: int) -> int:
-        """Held block rows, one batch's rows, the Gram blocks of one batch and per-sample vectors."""
+        """Held block rows, the Gram blocks of one batch, per-sample vectors, and one batch's
+        transients: the captured float32 features, as much again for the model's own activations,
+        and one layer's float64 rows (two copies while converting)."""
         total_p = sum(widths.values())
         k = len(widths)
-        return F64 * (block * total_p + 2 * batch * total_p + 2 * k * block * batch + 3 * k * n)
+        held = F64 * (block * total_p + 2 * k * block * batch + 3 * k * n)
+        return held + batch * (4 * 2 * total_p + F64 * 2 * max(widths.values()))
 
     def block_of(self, batch_index: int) -> int:
         return batch_index // self.block_batches
@@ -176,13 +181,13 @@ class GramBank:
         first_pass = self._block == 0
         inside = self.block_of(batch_index) == self._block
         grams: dict[Hashable, list[tuple[torch.Tensor, float]]] = {}
-        cur: dict[Hashable, torch.Tensor] = {}
-        for key in self.keys:
+        b = 0
+        for key in self.keys:  # one layer's float64 rows at a time: they are the big transient
             x, raw = self.rows(key, feats[key])
-            cur[key] = x
+            b = x.shape[0]
             if first_pass:
                 self.raw[key] += raw
-                self.rsum[key][batch_index] = torch.zeros(x.shape[0], dtype=torch.float64)
+                self.rsum[key][batch_index] = torch.zeros(b, dtype=torch.float64)
             parts = []
             if self._filled:
                 h = self._held[key][: self._filled]
@@ -195,26 +200,23 @@ class GramBank:
                 parts.append((g, 1.0))
                 self.diag[key][batch_index] = g.diagonal().clone()
                 self.rsum[key][batch_index] += g.sum(1)
+                buf = self._held.get(key)
+                if buf is None:  # preallocated: no copy of the block per batch
+                    buf = torch.empty(self.block_batches * b, x.shape[1], dtype=torch.float64)
+                elif buf.shape[0] < self._filled + b:
+                    buf = torch.cat([buf, torch.empty(b, buf.shape[1], dtype=torch.float64)])
+                buf[self._filled : self._filled + b] = x
+                self._held[key] = buf
             grams[key] = parts
+            del x
         for ka, kb in self.cross:
             for (ga, w), (gb, _) in zip(grams[ka], grams[kb], strict=True):
                 self.cross[(ka, kb)] += w * float((ga * gb).sum())
         if inside:
-            b = next(iter(cur.values())).shape[0]
-            for key in self.keys:
-                buf = self._held.get(key)
-                if buf is None:  # preallocated: no copy of the block per batch
-                    buf = torch.empty(
-                        self.block_batches * b, cur[key].shape[1], dtype=torch.float64
-                    )
-                elif buf.shape[0] < self._filled + b:
-                    buf = torch.cat([buf, torch.empty(b, buf.shape[1], dtype=torch.float64)])
-                buf[self._filled : self._filled + b] = cur[key]
-                self._held[key] = buf
             self._filled += b
             self._held_index.append(batch_index)
         if first_pass:
-            self.n += next(iter(cur.values())).shape[0]
+            self.n += b
 
     def _add_row_sums(self, key: Hashable, g: torch.Tensor) -> None:
         start = 0

@@ -132,7 +132,7 @@ def _names(layers: str | Sequence[str]) -> list[str]:
 
 FORMS = ("auto", "feature", "gram")
 #: Working memory ``compare`` plans for when ``memory_limit`` is None (bytes).
-DEFAULT_MEMORY_LIMIT = 3 * 10**9
+DEFAULT_MEMORY_LIMIT = 25 * 10**8
 _UNITS = {
     "": 1,
     "b": 1,
@@ -426,6 +426,7 @@ def compare(
                     except IntertwinerError as e:
                         bank_error = str(e)
                 if k > 0:
+                    fa = fb = feats = None
                     continue
                 n += x.shape[0]
                 for (name, i, j), a in acc.items():
@@ -439,6 +440,7 @@ def compare(
                     kept_a[key].append(fa[key])
                 for key in kept_b:
                     kept_b[key].append(fb[key])
+                fa = fb = feats = None  # free this batch's features before the next forward
     plan.n = n
 
     matrices: dict[str, np.ndarray] = {}
