@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from intertwiner.errors import IntertwinerError, ShapeError
+from intertwiner.errors import IntertwinerError, InvalidElementError, ShapeError
 from intertwiner.groups import MonomialElement, for_activation
 
 SQUARE_KINDS = (
@@ -348,8 +348,22 @@ class MonomialStitch(StitchLayer):
                 self.scale.clamp_(min=0.0)
 
     def element(self) -> MonomialElement:
-        """The layer as a ``groups.MonomialElement`` (same convention)."""
-        return MonomialElement(self.perm.detach().cpu(), self.scale.detach().cpu().clone())
+        """The layer as a ``groups.MonomialElement`` (same convention).
+
+        A fitted ``perm_scale`` layer can have zero scales (``project_`` clamps negative ones to
+        0, e.g. for units that are dead in B): it is then not invertible, not a group element,
+        and this raises ``InvalidElementError`` naming those units rather than handing out an
+        element whose inverse is NaN."""
+        scale = self.scale.detach().cpu().clone()
+        bad = torch.nonzero(~torch.isfinite(scale) | (scale == 0)).flatten().tolist()
+        if bad:
+            raise InvalidElementError(
+                f"the fitted stitch has zero (or non-finite) scale at output unit(s) {bad[:10]}"
+                f"{' ...' if len(bad) > 10 else ''}: it maps those units to nothing, so it is not "
+                "an invertible group element. Use the layer itself (layer(x)), or set those "
+                "scales to a positive value yourself if you need an element"
+            )
+        return MonomialElement(self.perm.detach().cpu(), scale)
 
     def sparsity(self) -> float:
         return 1.0 - 1.0 / self.c_in  # the paper's convention for G_ReLU layers
