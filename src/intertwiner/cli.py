@@ -824,7 +824,7 @@ def stitch_command(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    streams = f" (also stitched the residual stream {result.residual_streams})"
+    streams = f" (also stitched the residual stream {', '.join(result.residual_streams)})"
     typer.echo(f"site {result.site}, layer {result.kind}"
                + (f" ({result.solver})" if result.solver else "")
                + (streams if result.residual_streams else ""))  # fmt: skip
