@@ -44,7 +44,7 @@ def test_comparison_states_differences(synthetic_run):
     assert len(stitched) == 1
     ours = float(stitched[0]["ours"].split(" ± ")[0])
     assert float(stitched[0]["difference"]) == pytest.approx(ours - 1.5, abs=0.011)
-    procr = [r for r in rows if r["quantity"] == "grelu_procrustes same layer 0"]
+    procr = [r for r in rows if r["quantity"] == "grelu_procrustes same layer, block1.act"]
     assert procr and procr[0]["paper"] == "0.621"
     assert any(r["experiment"] == "Table 1 groups" and r["difference"] == "agrees" for r in rows)
 

@@ -91,7 +91,8 @@ class Comparison:
         from matplotlib.figure import Figure
 
         names = list(self.matrices)
-        fig = Figure(figsize=(0.6 + 3.6 * len(names), 3.4))
+        side = max(3.4, 0.5 * max(len(self.layers_a), len(self.layers_b)) + 2.0)
+        fig = Figure(figsize=(0.6 + (side + 0.4) * len(names), side))
         axes = fig.subplots(1, len(names), squeeze=False)
         for ax, name in zip(axes[0], names, strict=True):
             m = self.matrices[name]
@@ -112,7 +113,7 @@ class Comparison:
                             f"{m[i, j]:.2f}",
                             ha="center",
                             va="center",
-                            fontsize=7,
+                            fontsize=9 if m.shape[0] <= 8 else 7,
                             color="black" if m[i, j] > mid else "white",
                         )
             fig.colorbar(im, ax=ax, fraction=0.046)

@@ -21,6 +21,11 @@ from intertwiner.store import Row
 MCNN = "myrtle_cnn"
 
 
+def _site(sites, i: int) -> str:
+    """The module name of site ``i`` when the rows recorded names, else "site i"."""
+    return str(sites[i]) if isinstance(sites, list) and i < len(sites) else f"site {i}"
+
+
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
@@ -114,13 +119,13 @@ def comparison(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
     mm = metric_means(rows_by_kind.get("metrics", [])).get(MCNN, {})
     for name, vals in {**P.PROCRUSTES_MCNN}.items():
         if name in mm:
-            _, mean, std, _ = mm[name]
+            sites, mean, std, _ = mm[name]
             for i, paper in enumerate(vals):
                 if i < mean.shape[0]:
                     out.append(
                         _row(
                             "5 metrics (mCNN)",
-                            f"{name} same layer {i}",
+                            f"{name} same layer, {_site(sites, i)}",
                             float(mean[i, i]),
                             paper,
                             3,
@@ -129,12 +134,12 @@ def comparison(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
                     )
     for name, mat in P.CKA_MCNN.items():
         if name in mm:
-            _, mean, std, _ = mm[name]
+            sites, mean, std, _ = mm[name]
             for i in range(min(len(mat), mean.shape[0])):
                 out.append(
                     _row(
                         "5 metrics (mCNN)",
-                        f"{name} diagonal {i}",
+                        f"{name} same layer, {_site(sites, i)}",
                         float(mean[i, i]),
                         mat[i][i],
                         2,
