@@ -112,8 +112,6 @@ def test_garbage_with_forged_hash(tmp_path, saved):
 
 
 def test_refuses_models_it_cannot_rebuild(tmp_path):
-    with pytest.raises(CheckpointError, match="models.build"):
-        checkpoints.save(nn.Linear(2, 2), tmp_path / "x.safetensors", {})
     odd = build("mlp", activation=nn.LeakyReLU(0.2), widths=[4], in_channels=1, input_size=4)
     with pytest.raises(CheckpointError, match="activations"):
         checkpoints.save(odd, tmp_path / "y.safetensors", {})
@@ -188,3 +186,64 @@ def test_format_1_checkpoints_load_with_a_warning(saved):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="integrity record"):
         checkpoints.load(saved)
+
+
+class MyNet(nn.Module):
+    """A user's own model, not from models.build."""
+
+    def __init__(self, width: int = 5) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, width), nn.BatchNorm1d(width), nn.ReLU())
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_any_module_saves_its_weights_and_loads_into_a_model_you_construct(tmp_path):
+    torch.manual_seed(0)
+    net = MyNet().eval()
+    with torch.no_grad():
+        net.body[1].running_mean.uniform_(-1, 1)  # buffers travel too
+    path = checkpoints.save(net, tmp_path / "mine.safetensors", {"dataset": "tabular", "note": 1})
+    meta = checkpoints.read_metadata(path)
+    assert meta["kind"] == "weights" and meta["arch"] is None
+    assert meta["model_class"].endswith("MyNet") and meta["dataset"] == "tabular"
+    assert meta["integrity"]["fields"]  # the metadata is sealed like any checkpoint
+    assert checkpoints.is_valid(path) and checkpoints.is_valid(path, model=MyNet())
+    torch.manual_seed(1)
+    fresh = MyNet()
+    loaded, meta2 = checkpoints.load(path, model=fresh)
+    assert loaded is fresh and not loaded.training and meta2 == meta
+    x = torch.randn(4, 3)
+    assert torch.equal(loaded(x), net(x))
+    # without a model to fill, the error says how to load it
+    with pytest.raises(CheckpointError, match=r"model=YourModel"):
+        checkpoints.load(path)
+    # a model of another shape is refused by tensor name and shape
+    with pytest.raises(CheckpointError, match="tensor"):
+        checkpoints.load(path, model=MyNet(width=6))
+    assert not checkpoints.is_valid(path, model=MyNet(width=6))
+    with pytest.raises(CheckpointError, match="tensor names"):
+        checkpoints.load(path, model=nn.Linear(3, 2))
+
+
+def test_weights_checkpoint_metadata_is_integrity_checked(tmp_path):
+    path = checkpoints.save(MyNet(), tmp_path / "mine.safetensors", {"val_accuracy": 0.5})
+    side = checkpoints.sidecar(path)
+    meta = json.loads(side.read_text())
+    meta["val_accuracy"] = 0.99
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="val_accuracy"):
+        checkpoints.load(path, model=MyNet())
+    assert not checkpoints.is_valid(path)
+
+
+def test_built_models_load_into_a_given_model_too(tmp_path):
+    model = randomised("mlp")
+    path = checkpoints.save(model, tmp_path / "m.safetensors", META)
+    target = build("mlp", activation="tanh", in_channels=1, input_size=28, **TINY["mlp"])
+    loaded, _ = checkpoints.load(path, model=target)
+    assert loaded is target
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))

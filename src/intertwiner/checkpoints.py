@@ -1,8 +1,8 @@
 """Safe checkpoints: weights in safetensors, metadata in a JSON sidecar; no pickle anywhere.
 
 ``save(model, "m.safetensors", metadata)`` writes ``m.safetensors`` and ``m.json``. The JSON holds
-``arch`` and ``config`` (from ``model.intertwiner_config``, so only models from ``models.build`` can be
-saved), ``activation``, the caller's metadata (dataset, split seed, train seed, val/test accuracy,
+``arch`` and ``config`` (from ``model.intertwiner_config`` of a ``models.build`` model, so ``load``
+can rebuild it), ``activation``, the caller's metadata (dataset, split seed, train seed, val/test accuracy,
 ...), ``library_version``, ``torch_version``, ``created`` and ``sha256`` (of the safetensors file).
 Each file is written to a temporary name in the same folder, flushed, fsynced and moved into place
 with ``os.replace``, so a crash leaves the old file or none, never half a file. A crash between the
@@ -10,6 +10,12 @@ two moves leaves a hash mismatch, which ``load`` and ``is_valid`` detect.
 
 ``load(path)`` rebuilds the model with ``models.build``, checks the hash, the tensor names, shapes
 and dtypes, and raises ``CheckpointError`` for anything missing, truncated, tampered or mismatched.
+
+Any other ``nn.Module`` is saved as a *weights* checkpoint (``kind: "weights"``, ``arch`` and
+``config`` null, ``model_class`` recorded for the reader): its state dict and your metadata, with the
+same hashes and integrity record. Load it into a model you construct yourself:
+``load(path, model=MyNet())`` checks names, shapes and dtypes against ``model`` and fills it in
+(this also works for ``models.build`` checkpoints).
 
 Metadata integrity (format 2): the sidecar's ``integrity`` record holds a sha256 of every other
 field (``fields``) and a sha256 over those (``sha256``). So the whole sidecar is covered: the
@@ -26,6 +32,7 @@ Checkpoints from format 1 (no ``integrity`` record; the tensors are still hash-c
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
 import json
@@ -170,36 +177,39 @@ def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
 def save(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s state to ``path`` (``.safetensors``) and metadata to ``path.json``.
 
-    The model must come from ``models.build`` (its ``intertwiner_config`` is what ``load`` rebuilds)
-    and must still match that config: a model whose activations or tensor shapes differ from what
-    the config builds raises ``CheckpointError`` instead of writing an unloadable file.
+    A model from ``models.build`` is saved with its ``intertwiner_config`` (what ``load``
+    rebuilds) and must still match it: a model whose activations or tensor shapes differ from what
+    the config builds raises ``CheckpointError`` instead of writing an unloadable file. Any other
+    module is saved as weights plus metadata; load it with ``load(path, model=YourModel(...))``.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"checkpoint paths end in .safetensors, got {path.name}")
     config = getattr(model, "intertwiner_config", None)
-    if not isinstance(config, dict):
-        raise CheckpointError(
-            "this model has no intertwiner_config; build it with intertwiner.models.build so that "
-            "load() can rebuild it"
-        )
-    reference = _rebuild(config)
-    if _sites_signature(reference) != _sites_signature(model):
-        raise CheckpointError(
-            f"the model's activations {_sites_signature(model)[:1]} differ from what its config "
-            f"rebuilds {_sites_signature(reference)[:1]}; pass the activation by a name that "
-            "rebuilds it (e.g. 'leaky_relu' with the default slope)"
-        )
+    if isinstance(config, dict):
+        reference = _rebuild(config)
+        if _sites_signature(reference) != _sites_signature(model):
+            raise CheckpointError(
+                f"the model's activations {_sites_signature(model)[:1]} differ from what its "
+                f"config rebuilds {_sites_signature(reference)[:1]}; pass the activation by a "
+                "name that rebuilds it (e.g. 'leaky_relu' with the default slope)"
+            )
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    _check_state(state, reference, what=str(path))
+    if isinstance(config, dict):
+        _check_state(state, reference, what=str(path))
+    elif not state:
+        raise CheckpointError(f"{type(model).__name__} has no parameters or buffers to save")
     blob = st_save(state, metadata={"format": FORMAT})
     meta = _jsonable(dict(metadata or {}))
+    built = isinstance(config, dict)
     meta.update(
         format=FORMAT,
         format_version=FORMAT_VERSION,
-        arch=config["arch"],
-        config=_jsonable(config),
-        activation=config.get("activation"),
+        kind="built" if built else "weights",
+        model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+        arch=config["arch"] if built else None,
+        config=_jsonable(config) if built else None,
+        activation=config.get("activation") if built else None,
         library_version=__version__,
         torch_version=torch.__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -252,8 +262,18 @@ def read_metadata(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     return meta
 
 
-def load(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild, verify and load checkpoint ``path``; returns ``(model in eval mode, metadata)``."""
+def load(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    model: nn.Module | None = None,
+) -> tuple[nn.Module, dict]:
+    """Verify and load checkpoint ``path``; returns ``(model in eval mode, metadata)``.
+
+    Without ``model`` the architecture is rebuilt from the stored config (``models.build``
+    checkpoints). With ``model`` (a module you constructed), its tensors are checked against the
+    file's names, shapes and dtypes and overwritten in place; this is how weights checkpoints of
+    your own modules load."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -270,21 +290,41 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Mo
         state = st_load(blob)
     except Exception as e:  # noqa: BLE001 (safetensors raises several types for bad headers)
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-    config = meta.get("config")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{sidecar(path)} has no model config")
-    model = _rebuild(config)
+    if model is None:
+        config = meta.get("config")
+        if not isinstance(config, dict):
+            if meta.get("kind") == "weights":
+                raise CheckpointError(
+                    f"{path} holds the weights of a {meta.get('model_class')}, not a model "
+                    "intertwiner can rebuild: construct the model yourself and pass it, "
+                    "checkpoints.load(path, model=YourModel(...))"
+                )
+            raise CheckpointError(f"{sidecar(path)} has no model config")
+        model = _rebuild(config)
+    elif not isinstance(model, nn.Module):
+        raise CheckpointError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_state(state, model, what=str(path))
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return model, meta
 
 
-def is_valid(path: str | Path) -> bool:
-    """True when ``load(path)`` would succeed (files present, hash, names and shapes all agree)."""
+def is_valid(path: str | Path, *, model: nn.Module | None = None) -> bool:
+    """True when ``load(path)`` would succeed (files present, hash, names and shapes all agree);
+    a weights checkpoint is checked against ``model`` when given, else up to its tensors."""
     try:
-        load(path)
-    except CheckpointError:
+        meta = read_metadata(path)
+        if model is None and meta.get("kind") == "weights":
+            blob = Path(path).read_bytes()
+            if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+                return False
+            try:
+                st_load(blob)
+            except Exception:  # noqa: BLE001 (safetensors raises several types)
+                return False
+            return True
+        load(path, model=copy.deepcopy(model) if model is not None else None)
+    except (CheckpointError, OSError):
         return False
     return True
 

@@ -7,6 +7,9 @@ imports happen inside the commands so that ``intertwiner --help`` is fast.
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 
 import typer
 
@@ -16,6 +19,16 @@ app = typer.Typer(
     help="Symmetries of neural networks: intertwiner groups, weight-space symmetries, "
     "representation metrics modulo symmetry, model stitching.",
 )
+
+_display_type_rich = typer.core.TyperOption.display_type_rich
+
+
+def _flag_type(self, ctx):
+    """A flag takes no value: show no ``<bool>`` placeholder in --help (typer shows one)."""
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_type
 
 
 def fail(error: Exception | str, code: int = 2) -> typer.Exit:
@@ -83,9 +96,55 @@ _FOLDER, _DEVICE, _FRACTION = _checked(_folder), _checked(_device), _checked(_fr
 _POSITIVE, _NONNEGATIVE = _checked(_positive_number), _checked(_nonnegative_number)
 
 
+class PlainLog:
+    """A text stream for logs: progress bars' carriage returns become line breaks, terminal
+    escape codes and the blank lines bars leave when they clear are dropped (stderr when it is
+    not a terminal, e.g. a file or a CI log)."""
+
+    _ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        clean = self._ESCAPE.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+        out = []
+        for k, line in enumerate(clean.split("\n")):
+            if k > 0 and not self._at_line_start:
+                out.append("\n")
+                self._at_line_start = True
+            line = line.rstrip() if k < clean.count("\n") else line
+            if line.strip():
+                out.append(line)
+                self._at_line_start = False
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 @app.callback()
 def _main() -> None:
     """intertwiner: symmetries of deep learning models and their internal representations."""
+    if not isinstance(sys.stderr, PlainLog) and not _isatty(sys.stderr):
+        sys.stderr = PlainLog(sys.stderr)
+        # one progress line every 10 s is plenty in a log
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 # ---- groups ------------------------------------------------------------------------------------
@@ -96,13 +155,22 @@ def groups(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     trials: int = typer.Option(16, min=1, help="Sampled group elements per verification."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Print the intertwiner group of every known activation, verified and rediscovered."""
-    from intertwiner.errors import IntertwinerError
-    from intertwiner.groups.table import format_table, group_table
+    from tqdm.auto import tqdm
 
+    from intertwiner.errors import IntertwinerError
+    from intertwiner.groups.table import TABLE_ROWS, format_table, group_row
+
+    names = [activation] if activation is not None else list(TABLE_ROWS)
     try:
-        rows = group_table([activation] if activation is not None else None, trials=trials)
+        # about 2.5 s a row (verification and discovery): show which row is being worked on
+        bar = tqdm(names, desc="groups", unit="activation", disable=quiet or len(names) == 1)
+        rows = []
+        for name in bar:
+            bar.set_postfix_str(name)
+            rows.append(group_row(name, trials=trials))
     except IntertwinerError as e:
         raise fail(e) from None
     if as_json:
@@ -184,7 +252,13 @@ _OPT_DATA_DIR = typer.Option(None, "--data-dir", help="Has cifar-10-batches-py/.
 _OPT_SPLIT_SEED = typer.Option(0, "--split-seed", min=0, help="Which examples form validation.")
 _OPT_VAL_FRACTION = typer.Option(0.1, "--val-fraction", callback=_FRACTION)
 _OPT_AUGMENT = typer.Option(False, "--augment/--no-augment", help="Flip/translate train.")
-_OPT_WIDTH = typer.Option(None, "--width", min=1, help="Width multiplier (vit: dim).")
+_OPT_WIDTH = typer.Option(
+    None,
+    "--width",
+    min=1,
+    help="Channels of the first stage, a count, not a multiplier (myrtle_cnn, resnet: "
+    "later stages double it; vit: the embedding dim).",
+)
 _OPT_MODEL_CONFIG = typer.Option(None, "--model-config", help="JSON of build() keys.")
 _OPT_EPOCHS = typer.Option(5, "--epochs", min=1)
 _OPT_BATCH_SIZE = typer.Option(128, "--batch-size", min=1)
@@ -303,7 +377,9 @@ def reproduce(
         ..., "--out", "-o", help="Run folder, e.g. runs/quick (resumes if it exists)."
     ),
     preset: str = typer.Option(
-        "quick", help="quick (<= 15 min CPU) | full (~50 min on 2 cores) | paper (GPU/cluster)."
+        "quick",
+        help="quick (<= 15 min CPU) | full (~50 min on 2 cores) | paper (GPU/cluster) | test "
+        "(a minute: a smoke test of the whole pipeline).",
     ),
     data: str | None = typer.Option(
         None, help="mnist | digits | concepts | cifar10 (default: the preset's)."
@@ -319,6 +395,12 @@ def reproduce(
         None, help="Ray cluster address (ray executor; default: start a local Ray)."
     ),
     partition: str | None = typer.Option(None, help="SLURM partition."),
+    slurm_cluster: str | None = typer.Option(
+        None,
+        "--slurm-cluster",
+        help="slurm (default: needs a SLURM cluster, else an error) | local | debug: run the "
+        "submitit jobs on this machine, on purpose.",
+    ),
     time_min: int = typer.Option(60, "--time-min", help="SLURM time limit per job, minutes."),
     gpus: int = typer.Option(0, help="GPUs per job (slurm/ray)."),
     new_run: bool = typer.Option(
@@ -342,6 +424,11 @@ def reproduce(
         opts = {"address": address, "gpus_per_job": gpus}
     elif executor == "slurm":
         opts = {"partition": partition, "time_min": time_min, "gpus": gpus}
+        if slurm_cluster is not None:
+            opts["cluster"] = slurm_cluster
+    elif slurm_cluster is not None:
+        typer.echo("error: --slurm-cluster goes with --executor slurm", err=True)
+        raise typer.Exit(2)
     try:
         summary = run(
             out,
@@ -389,22 +476,29 @@ def _print_summary(summary: dict) -> None:
 @app.command()
 def results(
     run_dir: str = typer.Argument(..., help="Run folder written by `intertwiner reproduce`."),
-    fmt: str = typer.Option("csv", "--format", "-f", help="csv | json"),
+    fmt: str = typer.Option(
+        "csv",
+        "--format",
+        "-f",
+        help="csv (one wide row per job) | long (tidy CSV: one line per number, matrices "
+        "as cells) | json",
+    ),
     kind: str | None = typer.Option(
         None,
         help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, dissection.",
     ),
     output: str | None = typer.Option(None, "--output", help="Write to a file, not stdout."),
 ) -> None:
-    """Export the results store of a run as CSV (flat columns) or JSON."""
+    """Export the results store of a run as CSV (flat columns), tidy long CSV, or JSON."""
     from intertwiner.errors import IntertwinerError
     from intertwiner.store import open_existing
 
-    if fmt not in ("csv", "json"):
-        raise typer.BadParameter("--format must be csv or json")
+    if fmt not in ("csv", "long", "json"):
+        raise typer.BadParameter("--format must be csv, long or json")
     try:
         store = open_existing(run_dir)  # read-only; refuses a file that is not ours
-        text = store.to_csv(kind) if fmt == "csv" else store.to_json(kind)
+        export = {"csv": store.to_csv, "long": store.to_long_csv, "json": store.to_json}[fmt]
+        text = export(kind)
     except IntertwinerError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -705,6 +799,9 @@ def stitch_command(
         if not name:
             raise ValueError(f"{checkpoint_a} does not record its dataset; pass --data")
         options: dict = {"seed": int(meta_a.get("split_seed") or 0)}
+        if data is None and isinstance(meta_a.get("data_options"), dict):
+            # a reproduce checkpoint: the same data options as its training run
+            options = {**meta_a["data_options"], **options}
         if data_dir is not None:
             options["root"] = data_dir
         splits = data_mod.load(name, **options)
@@ -727,7 +824,7 @@ def stitch_command(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    streams = f" (also stitched the residual stream {result.residual_streams})"
+    streams = f" (also stitched the residual stream {', '.join(result.residual_streams)})"
     typer.echo(f"site {result.site}, layer {result.kind}"
                + (f" ({result.solver})" if result.solver else "")
                + (streams if result.residual_streams else ""))  # fmt: skip

@@ -79,3 +79,7 @@ class UnknownSiteError(IntertwinerError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
         return str(self.args[0]) if self.args else ""
+
+
+class MemoryBudgetError(IntertwinerError, MemoryError):
+    """Work whose estimated memory exceeds the limit it was given (checked before it starts)."""

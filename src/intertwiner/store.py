@@ -382,6 +382,63 @@ class Store:
         """Rows as CSV with flattened ``config.*``/``metrics.*`` columns (union over rows)."""
         return rows_to_csv([r.flat() for r in self.rows(kind)])
 
+    def to_long_csv(self, kind: str | None = None) -> str:
+        """Tidy CSV: one line per number (see ``long_rows``), for pandas/R/spreadsheets."""
+        return rows_to_csv(long_rows(self.rows(kind)))
+
+
+#: Config fields kept as identifying columns in the long format (when scalar).
+_ID_FIELDS = ("arch", "activation", "seed", "pair", "site_index", "layer_label", "layer",
+              "group", "repeat", "role", "kind", "epochs")  # fmt: skip
+
+
+def long_rows(rows: Iterable[Row]) -> list[dict]:
+    """Tidy lines: ``kind, job, <identifying config fields>, metric, i, j, value``.
+
+    A scalar metric is one line (i, j empty); a vector one line per entry (i); a matrix one line
+    per cell (i, j), with ``i_name``/``j_name`` from the row's ``sites`` (or ``layers``) list when
+    it has one. Strings stay values; nested dicts become ``metric.key`` names. Nothing is JSON."""
+    return [line for r in rows for line in _long_lines(r)]
+
+
+def _long_lines(r: Row) -> list[dict]:
+    out: list[dict] = []
+    ident = {"kind": r.kind, "job": r.key[:12]}
+    for f in _ID_FIELDS:
+        v = r.config.get(f)
+        if isinstance(v, str | int | float | bool):
+            ident[f] = v
+    names = r.metrics.get("sites") or r.metrics.get("layers")
+    names = names if isinstance(names, list) else None
+
+    def emit(metric: str, value: Any, i: Any = "", j: Any = "") -> None:
+        line = {**ident, "metric": metric, "i": i, "j": j}
+        if names is not None and i != "" and j != "":
+            line["i_name"] = names[i] if i < len(names) else ""
+            line["j_name"] = names[j] if j < len(names) else ""
+        out.append({**line, "value": value})
+
+    def walk(metric: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{metric}.{k}", v)
+        elif isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            for i, row in enumerate(value):
+                for j, v in enumerate(row):
+                    emit(metric, v, i, j)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                emit(metric, v, i)
+        else:
+            emit(metric, value)
+
+    for k, v in r.metrics.items():
+        if k not in ("sites", "layers"):
+            walk(k, v)
+    if r.seconds is not None:
+        emit("seconds", r.seconds)
+    return out
+
 
 def rows_to_csv(flat: Iterable[dict]) -> str:
     """CSV text of flat dicts; the header is the union of keys in first-seen order."""

@@ -128,7 +128,9 @@ def test_bad_inputs():
     with pytest.raises(NonFiniteError):
         from_arrays(X, np.arange(40) % 2)
     with pytest.raises(ShapeError):
-        from_arrays(rng.random((40, 15)), np.arange(40) % 2)  # 15 is not square
+        from_arrays(rng.random((40, 15)), np.arange(40) % 2, tabular=False)  # 15 is not square
+    with pytest.raises(ShapeError, match="tabular"):
+        from_arrays(rng.random((40, 4, 4)), np.arange(40) % 2, tabular=True)
     with pytest.raises(ShapeError):
         from_arrays(rng.random((40, 16)), np.arange(39) % 2)
 
@@ -203,3 +205,28 @@ def test_cifar_malformed_batch(tmp_path):
     (folder / "test_batch").write_bytes(b"not a pickle at all")
     with pytest.raises(DataNotFoundError):
         load("cifar10", root=tmp_path)
+
+
+def test_from_arrays_accepts_tabular_rows_and_trains_an_mlp_on_them():
+    from intertwiner import models, training
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 7)) * np.arange(1, 8) + 5.0  # 7 features: not an image
+    y = (X[:, 0] > 5.0).astype(int)
+    s = from_arrays(X, y, seed=0)
+    assert s.meta["layout"] == "tabular" and s.meta["in_features"] == 7
+    x0, y0 = s.train[0]
+    assert x0.shape == (7,) and x0.dtype == torch.float32
+    rows = torch.stack([s.train[i][0] for i in range(len(s.train))])
+    assert torch.allclose(rows.mean(0), torch.zeros(7), atol=1e-5)  # per-feature normalisation
+    assert s.model_config() == {"in_features": 7, "num_classes": 2}
+    model = models.build("mlp", widths=[8], seed=0, **s.model_config())
+    training.train(model, s, config=training.TrainConfig(epochs=1, progress=False))
+    assert 0.0 <= training.evaluate(model, s.test)["accuracy"] <= 1.0
+    # a square D may still be tabular when asked
+    assert from_arrays(rng.random((40, 16)), np.arange(40) % 2, tabular=True).meta["layout"] == (
+        "tabular"
+    )
+    assert from_arrays(rng.random((40, 16)), np.arange(40) % 2).meta["layout"] == "image"
+    with pytest.raises(ShapeError, match="augment"):
+        from_arrays(X, y, augment=True)

@@ -193,3 +193,24 @@ def test_stage_with_missing_dependency_is_reported_not_run(tmp_path, monkeypatch
         "not run: dependency unavailable (intertwiner.not_written"
         in (tmp_path / "report.html").read_text()
     )
+
+
+def test_zoo_checkpoints_record_their_data_so_stitch_needs_no_data_flag(test_run):
+    from typer.testing import CliRunner
+
+    from intertwiner import checkpoints, models
+    from intertwiner.cli import app
+
+    out, _ = test_run
+    paths = [out / r.metrics["checkpoint"] for r in Store(out).rows("zoo")]
+    meta = checkpoints.read_metadata(paths[0])
+    assert meta["dataset"] == PRESETS["test"]["data"]
+    assert isinstance(meta["data_options"], dict) and "split_seed" in meta
+    assert 0.0 <= meta["val_accuracy"] <= 1.0
+    model, _ = checkpoints.load(paths[0])
+    site = models.sites(model)[0]
+    res = CliRunner().invoke(
+        app, ["stitch", str(paths[0]), str(paths[-1]), "--at", site, "--epochs", "0", "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "penalty" in res.output

@@ -109,3 +109,76 @@ def test_compare_is_invariant_to_a_relu_symmetry_of_model_b():
         0.0, abs=1e-3
     )
     assert res.matrices["cka"][0, 0] < 0.999  # plain CKA sees the rescaling
+
+
+# --- memory: the two forms of linear CKA, blocks, the up-front estimate (issue 19) ---
+
+
+@pytest.mark.parametrize("form", ["feature", "gram"])
+def test_linear_cka_forms_agree_with_one_shot(form):
+    a, b = tiny_cnn(0), tiny_cnn(1)
+    data = torch.randn(70, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    layers = ["1", "3", "5"]
+    # a small limit forces the Gram form into several blocks (several passes over the data)
+    limit = 200_000 if form == "gram" else None
+    res = compare(
+        a, b, data, layers, layers, ["cka", "cka_debiased"], progress=False,
+        batch_size=8, form=form, memory_limit=limit,
+    )  # fmt: skip
+    assert res.plan["form"] == form
+    if form == "gram":
+        assert res.plan["passes"] > 1
+    fa, fb = capture(a, data, layers), capture(b, data, layers)
+    for i, x in enumerate(layers):
+        for j, y in enumerate(layers):
+            assert res.matrices["cka"][i, j] == pytest.approx(cka(fa[x], fb[y]), abs=1e-9)
+            assert res.matrices["cka_debiased"][i, j] == pytest.approx(
+                cka(fa[x], fb[y], debiased=True), abs=1e-9
+            )
+
+
+def test_same_model_shares_layer_statistics_and_gives_ones_on_the_diagonal():
+    a = tiny_cnn(0)
+    data = torch.randn(30, 3, 8, 8)
+    res = compare(a, a, data, ["1", "3"], ["1", "3"], "cka", progress=False, form="gram")
+    assert np.allclose(np.diag(res.matrices["cka"]), 1.0)
+    assert res.matrices["cka"][0, 1] == pytest.approx(res.matrices["cka"][1, 0], abs=1e-12)
+
+
+def test_memory_is_estimated_up_front_and_a_plan_that_does_not_fit_is_refused(capsys):
+    from intertwiner.errors import MemoryBudgetError
+
+    a, b = tiny_cnn(0), tiny_cnn(1)
+    loader = CountingLoader(torch.randn(32, 3, 8, 8))
+    with pytest.raises(MemoryBudgetError, match="estimated working memory"):
+        compare(a, b, loader, ["1"], ["1"], "cka", progress=False, memory_limit="10kB")
+    assert loader.passes == 1  # refused after the probe batch, before the work
+    res = compare(a, b, torch.randn(32, 3, 8, 8), ["1"], ["1"], "cka", memory_limit="1 GiB")
+    err = capsys.readouterr().err
+    assert "estimated working memory" in err and "limit 1.07 GB" in err
+    assert 0 < res.plan["estimated_bytes"] <= 2**30
+
+
+def test_wide_layers_choose_the_gram_form_and_narrow_ones_the_feature_form():
+    wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU())  # 64*16*16 = 16384 wide
+    x = torch.randn(20, 3, 16, 16)
+    assert compare(wide, wide, x, ["1"], ["1"], "cka", progress=False).plan["form"] == "gram"
+    narrow = nn.Sequential(nn.Linear(5, 4), nn.ReLU())
+    x = torch.randn(300, 5)
+    assert compare(narrow, narrow, x, ["1"], ["1"], "cka", progress=False).plan["form"] == (
+        "feature"
+    )
+
+
+def test_gram_form_refuses_data_that_changes_between_passes():
+    from intertwiner.errors import InvalidInputError, MemoryBudgetError
+
+    a = tiny_cnn(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(64, 3, 8, 8), torch.zeros(64))
+    shuffled = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True)
+    kw = dict(progress=False, batch_size=8, form="gram", memory_limit=100_000)
+    with pytest.raises(InvalidInputError, match="different batches"):
+        compare(a, a, shuffled, ["1"], ["3"], "cka", **kw)
+    one_shot = iter(torch.randn(64, 3, 8, 8).split(8))
+    with pytest.raises(MemoryBudgetError, match="one-shot"):
+        compare(a, a, one_shot, ["1"], ["3"], "cka", max_samples=64, **kw)

@@ -29,8 +29,14 @@ window.addEventListener('load', function () {
   var wide = Array.prototype.slice.call(document.body.querySelectorAll('*')).filter(function (e) {
     var r = e.getBoundingClientRect(); return r.right > doc.clientWidth + 1 && !e.closest('.scroll');
   }).map(function (e) { return e.tagName; });
+  var clipped = Array.prototype.slice.call(document.querySelectorAll('.scroll')).filter(
+    function (e) { return e.scrollWidth > e.clientWidth + 1; }).map(function (e) {
+      return e.textContent.slice(0, 40); });
+  var det = document.querySelectorAll('details');
   var out = {images: imgs.length, widths: imgs.map(function (i) { return i.naturalWidth; }),
-             scrollWidth: doc.scrollWidth, clientWidth: doc.clientWidth, overflowing: wide};
+             scrollWidth: doc.scrollWidth, clientWidth: doc.clientWidth, overflowing: wide,
+             clipped: clipped, details: det.length,
+             detailsOpen: Array.prototype.filter.call(det, function (d) { return d.open; }).length};
   var pre = document.createElement('pre'); pre.id = 'check';
   pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);

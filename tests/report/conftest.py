@@ -63,7 +63,10 @@ def fill(folder, seed: int = 0) -> Store:
                 },
             )
     for arch, n in (("myrtle_cnn", 4), ("mlp", 2)):
-        sites = [f"s{i}" for i in range(n)]
+        # module names, as the real stages store them
+        sites = (
+            [f"block{i + 1}.act" for i in range(n)] if n == 4 else [f"act{i + 1}" for i in range(n)]
+        )
         for pair in range(2):
             mets = {
                 m: rng.uniform(0.2, 1.0, (n, n)).tolist()
@@ -79,7 +82,11 @@ def fill(folder, seed: int = 0) -> Store:
                     s.put(
                         "stitching",
                         {"arch": arch, "pair": pair, "site_index": site, "layer_label": kind},
-                        {"penalty": float(rng.uniform(0, 0.3))},
+                        {
+                            "penalty": float(rng.uniform(0, 0.3)),
+                            "site": sites[site],
+                            "in_residual_branch": arch == "mlp" and site == 1,
+                        },
                     )
     for act in ("relu", "sigmoid"):
         for g in ("G_ReLU", "orthogonal"):

@@ -40,11 +40,11 @@ def test_report_is_self_contained_and_complete(synthetic_run):
 def test_comparison_states_differences(synthetic_run):
     store = Store(synthetic_run)
     rows = comparison({k: store.rows(k) for k in store.kinds()})
-    stitched = [r for r in rows if r["quantity"] == "full penalty, site 0"]
+    stitched = [r for r in rows if r["quantity"] == "full penalty, block1.act"]
     assert len(stitched) == 1
     ours = float(stitched[0]["ours"].split(" ± ")[0])
     assert float(stitched[0]["difference"]) == pytest.approx(ours - 1.5, abs=0.011)
-    procr = [r for r in rows if r["quantity"] == "grelu_procrustes same layer 0"]
+    procr = [r for r in rows if r["quantity"] == "grelu_procrustes same layer, block1.act"]
     assert procr and procr[0]["paper"] == "0.621"
     assert any(r["experiment"] == "Table 1 groups" and r["difference"] == "agrees" for r in rows)
 
@@ -79,3 +79,40 @@ def test_report_in_headless_chromium(synthetic_run, tmp_path, width):
     keep = os.environ.get("INTERTWINER_SCREENSHOT_DIR")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_report_reads_as_prose_with_module_names(synthetic_run):
+    text = render(synthetic_run)
+    assert "block1.act" in text and "act2*" in text  # names, and the residual-branch mark
+    assert "site 0" not in text
+    assert not re.search(r"\[\d+(, \d+)*\] ", text)  # no Python list syntax in prose
+    assert "epoch(s)" not in text
+    assert re.search(r"<details><summary>[^<]*</summary><pre>", text)  # provenance collapsed
+    assert "verify_error_float64" not in text  # short headers
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium binary (apt-get install chromium)")
+def test_report_at_1400px_hides_no_column(synthetic_run, tmp_path):
+    path = build_report(synthetic_run)
+    check = inspect(path, tmp_path / "report_1400.png", width=1400)
+    assert check["scrollWidth"] <= check["clientWidth"], check
+    assert check["clipped"] == [], check  # no table scrolls sideways inside its box
+    assert check["details"] == 1 and check["detailsOpen"] == 0, check
+
+
+def test_results_long_format_is_tidy(synthetic_run):
+    import csv
+    import io
+
+    res = CliRunner().invoke(app, ["results", str(synthetic_run), "--format", "long"])
+    assert res.exit_code == 0, res.output
+    lines = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert {"kind", "job", "metric", "i", "j", "value"} <= set(lines[0])
+    assert not any(str(v).startswith("[") for line in lines for v in line.values())  # no JSON
+    cells = [x for x in lines if x["kind"] == "metrics" and x["metric"] == "cka"]
+    # one line per matrix cell, named by site: myrtle_cnn 4 x 4 and mlp 2 x 2, two pairs each
+    assert len(cells) == 2 * 16 + 2 * 4
+    assert {x["i_name"] for x in cells} >= {"block1.act", "act2"}
+    assert float(cells[0]["value"]) == pytest.approx(
+        Store(synthetic_run).rows("metrics")[0].metrics["cka"][0][0]
+    )

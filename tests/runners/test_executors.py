@@ -85,3 +85,31 @@ def test_jobs_run_with_the_thread_count_that_describe_reports(workers):
     assert {r["threads"] for r in _values(_rows(in_process, thread_count_job)).values()} == {
         torch.get_num_threads()
     }
+
+
+def test_slurm_without_a_cluster_refuses_instead_of_running_locally(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from typer.testing import CliRunner
+
+    from intertwiner.cli import app
+    from intertwiner.runners import slurm
+
+    monkeypatch.setattr(slurm, "slurm_available", lambda: False)
+    with pytest.raises(ExecutorError, match="no SLURM cluster.*--executor local"):
+        get_executor("slurm", folder=tmp_path / "s")
+    with pytest.raises(ExecutorError, match="unknown SLURM cluster"):
+        get_executor("slurm", folder=tmp_path / "s", cluster="pbs")
+    # asked for explicitly, the local submitit path still works
+    ex = get_executor("slurm", folder=tmp_path / "d", cluster="debug", time_min=5)
+    assert ex.describe()["cluster"] == "debug"
+    res = CliRunner().invoke(
+        app, ["reproduce", "--out", str(tmp_path / "run"), "--preset", "test",
+              "--executor", "slurm", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "no SLURM cluster" in res.output
+    assert not (tmp_path / "run" / "report.html").exists()
+    res = CliRunner().invoke(
+        app, ["reproduce", "--out", str(tmp_path / "run"), "--slurm-cluster", "local", "-q"]
+    )
+    assert res.exit_code == 2 and "goes with --executor slurm" in res.output

@@ -122,6 +122,15 @@ def test_perm_scale_projection_keeps_scales_nonnegative():
         layer.scale.copy_(torch.tensor([-1.0, 0.5, -0.2, 2.0]))
     layer.project_(1e-3)
     assert torch.equal(layer.scale.detach(), torch.tensor([0.0, 0.5, 0.0, 2.0]))
+    # a fitted layer with zero scales is no group element: refused, naming the units
+    from intertwiner.errors import InvalidElementError
+
+    with pytest.raises(InvalidElementError, match=r"unit\(s\) \[0, 2\]"):
+        layer.element()
+    with torch.no_grad():
+        layer.scale.copy_(torch.tensor([0.1, 0.5, 0.3, 2.0]))
+    e = layer.element()
+    assert torch.isfinite(e.inverse().matrix()).all()
 
 
 def test_orthogonal_layer_stays_orthogonal():

@@ -327,14 +327,16 @@ def test_resnet_residual_site_with_symmetry_transformed_copy_is_exact(site, laye
     torch.testing.assert_close(twin(x), m(x))
     r = stitch(m, twin, site, layer=layer, data=data, config=_cfg(epochs=0, ridge=1e-12))
     assert len(r.residual_streams) == 1
-    assert list(r.feature_errors) == r.model.order  # the site first, then the stream
-    assert r.feature_errors[r.model.order[0]] == r.feature_error
+    assert list(r.feature_errors) == [r.site, *r.residual_streams]  # the site, then the stream
+    assert r.feature_errors[r.site] == r.feature_error
+    # module names, as models.sites and trace give them (not fx node names like "stem_act")
+    assert all(s in dict(m.named_modules()) for s in r.residual_streams), r.residual_streams
     assert max(r.feature_errors.values()) < (1e-12 if layer == "perm_scale" else 1e-6)
     tol = 1e-10 if layer == "perm_scale" else 1e-5
     torch.testing.assert_close(r.model(x), twin(x), rtol=tol, atol=tol)
     assert r.penalty == 0.0
     front = r.model.front(x)
-    leak = r.model.back(r.layers[r.model.order[0]](front[0]), front[1])  # raw stream into B
+    leak = r.model.back(r.layers[r.site](front[0]), front[1])  # raw stream into B
     assert (leak - twin(x)).abs().max() > 1e-3
 
 
@@ -448,3 +450,13 @@ def test_stitch_sites_named_like_symmetry_sites():
         out = back(*front(x))
         torch.testing.assert_close(out, model(x))
         assert front(x)[0].shape[-1] == {"relu#1": 4, "relu#2": 5}.get(at, 6)
+
+
+def test_lasso_at_its_documented_lambda_makes_zeros(mlp, digits):
+    """lam = 1e-3 (the default) must do something: the proximal step is taken in Adam's metric,
+    so the L1 term makes exact zeros (the plain lr * lam threshold left sparsity near 0.0)."""
+    cfg = StitchConfig(init="random", progress=False, seed=0)
+    plain = stitch(mlp, mlp, "act2", layer=("lasso", 0.0), data=digits, config=cfg)
+    lasso = stitch(mlp, mlp, "act2", layer=("lasso", 1e-3), data=digits, config=cfg)
+    assert lasso.sparsity >= plain.sparsity + 0.1, (plain.sparsity, lasso.sparsity)
+    assert lasso.penalty < 0.05  # still a good stitch

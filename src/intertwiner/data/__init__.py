@@ -14,6 +14,7 @@ flips for CIFAR-10), ``normalize=True`` (per-channel mean/std of the training pa
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -109,10 +110,14 @@ def load(name: str, **options: Any) -> DataSplits:
     return fn(**check_options(key, fn, options))
 
 
-def _as_images(X: Any, what: str) -> torch.Tensor:
+def _as_images(X: Any, what: str, tabular: bool | None = None) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
     if t.is_complex():
         raise InvalidInputError(f"{what} is complex ({t.dtype}); pass real images (e.g. x.abs())")
+    if tabular and t.ndim != 2:
+        raise ShapeError(f"tabular=True needs {what} as (N, D) rows, got {tuple(t.shape)}")
+    if t.ndim == 2 and (tabular or (tabular is None and not _is_square(t.shape[1]))):
+        return t.to(torch.float32)  # (N, D) feature rows
     if t.ndim == 2:
         side = square_side(t.shape[1])
         t = t.reshape(len(t), 1, side, side)
@@ -121,6 +126,10 @@ def _as_images(X: Any, what: str) -> torch.Tensor:
     elif t.ndim != 4:
         raise ShapeError(f"{what} must be (N, D), (N, H, W) or (N, C, H, W), got {tuple(t.shape)}")
     return t if t.dtype == torch.uint8 else t.to(torch.float32)
+
+
+def _is_square(d: int) -> bool:
+    return d > 0 and math.isqrt(d) ** 2 == d
 
 
 def _as_labels(y: Any, n: int, what: str) -> torch.Tensor:
@@ -149,8 +158,13 @@ def from_arrays(
     scale: float = 1.0,
     num_classes: int | None = None,
     name: str = "arrays",
+    tabular: bool | None = None,
 ) -> DataSplits:
-    """``DataSplits`` from arrays: ``X`` (N, C, H, W), (N, H, W) or (N, D) with D square; ``y`` (N,).
+    """``DataSplits`` from arrays: ``X`` (N, C, H, W), (N, H, W) or (N, D); ``y`` (N,).
+
+    (N, D) rows are tabular data (items are (D,) vectors, normalised per feature, for an ``mlp``
+    built with ``splits.model_config()``), except that a square D is read as a flattened one-channel
+    image unless ``tabular=True`` (``tabular=False`` insists on images).
 
     Without ``X_test``/``y_test``, a stratified ``test_fraction`` is held out first (with ``seed``),
     then ``val_fraction`` of the rest. uint8 images stay compact; ``scale`` multiplies pixels
@@ -161,7 +175,9 @@ def from_arrays(
     check_options("from_arrays", from_arrays, scalars)
     if num_classes is not None:
         _validate.positive_int(num_classes, "num_classes")
-    images = _as_images(X, "X")
+    if tabular is not None and not isinstance(tabular, bool):
+        raise InvalidOptionError(f"tabular must be True, False or None, got {tabular!r}")
+    images = _as_images(X, "X", tabular)
     labels = _as_labels(y, len(images), "y")
     if X_test is None:
         if y_test is not None:
@@ -170,7 +186,7 @@ def from_arrays(
         test_images, test_labels = images[held], labels[held]
         images, labels = images[keep], labels[keep]
     else:
-        test_images = _as_images(X_test, "X_test")
+        test_images = _as_images(X_test, "X_test", images.ndim == 2)
         test_labels = _as_labels(y_test, len(test_images), "y_test")
     return make_splits(
         images,

@@ -52,7 +52,9 @@ def stratified_split(
 
 
 class ArrayDataset(Dataset):
-    """Images held in memory: item ``i`` is ``(image float32 (C, H, W), label int64 scalar)``.
+    """Images held in memory: item ``i`` is ``(image float32 (C, H, W), label int64 scalar)``;
+    tabular rows ``(N, D)`` give items ``(row float32 (D,), label)`` (normalised per feature, never
+    augmented).
 
     ``images`` (N, C, H, W) may be uint8 (kept compact; CIFAR-10 is 150 MB this way) or float; an
     item is ``normalize(images[i] * scale, mean, std)``, then augmented when ``augment`` is true
@@ -72,11 +74,13 @@ class ArrayDataset(Dataset):
         flip: bool = False,
         pad: int = 2,
     ):
-        if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+        if images.ndim not in (2, 4) or labels.ndim != 1 or len(images) != len(labels):
             raise ShapeError(
-                f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and "
-                f"{tuple(labels.shape)}"
+                f"expected images (N, C, H, W) or rows (N, D) and labels (N,), got "
+                f"{tuple(images.shape)} and {tuple(labels.shape)}"
             )
+        if images.ndim == 2 and augment:
+            raise ShapeError("tabular rows (N, D) cannot be augmented; pass augment=False")
         c = images.shape[1]
         self.images = images
         self.labels = labels.to(torch.long)
@@ -133,7 +137,13 @@ class DataSplits:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def model_config(self) -> dict[str, int]:
-        """``in_channels``, ``input_size`` and ``num_classes`` for ``models.build``."""
+        """``in_channels``, ``input_size`` and ``num_classes`` for ``models.build``; for tabular
+        data (``meta["layout"] == "tabular"``) ``in_features`` and ``num_classes`` (an ``mlp``)."""
+        if self.meta.get("layout") == "tabular":
+            return {
+                "in_features": int(self.meta["in_features"]),
+                "num_classes": int(self.meta["num_classes"]),
+            }
         return {k: int(self.meta[k]) for k in ("in_channels", "input_size", "num_classes")}
 
 
@@ -158,9 +168,12 @@ def make_splits(
     Normalisation statistics come from the training part only (after the validation carve-out), so
     neither val nor test influences anything; augmentation applies to ``train`` only.
     """
+    tabular = images.ndim == 2
     for what, t in (("images", images), ("test images", test_images)):
-        if t.ndim != 4:
-            raise ShapeError(f"{what} must be (N, C, H, W), got {tuple(t.shape)}")
+        if t.ndim != (2 if tabular else 4):
+            raise ShapeError(
+                f"{what} must be (N, C, H, W) (or (N, D) rows for both), got {tuple(t.shape)}"
+            )
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise NonFiniteError(f"{what} contain NaN or Inf; clean the data first")
     if images.shape[1:] != test_images.shape[1:]:
@@ -168,7 +181,7 @@ def make_splits(
             f"train and test images differ in shape: {tuple(images.shape[1:])} vs "
             f"{tuple(test_images.shape[1:])}"
         )
-    if images.shape[2] != images.shape[3]:
+    if not tabular and images.shape[2] != images.shape[3]:
         raise ShapeError(f"images must be square, got {tuple(images.shape[2:])}")
     keep, held = stratified_split(labels.numpy(), val_fraction, seed)
     keep_t, held_t = torch.as_tensor(keep), torch.as_tensor(held)
@@ -187,8 +200,9 @@ def make_splits(
     )
     meta = {
         "name": name,
-        "in_channels": int(images.shape[1]),
-        "input_size": int(images.shape[2]),
+        "layout": "tabular" if tabular else "image",
+        "in_channels": 1 if tabular else int(images.shape[1]),
+        "input_size": int(images.shape[1]) if tabular else int(images.shape[2]),
         "num_classes": k,
         "split_seed": int(seed),
         "val_fraction": float(val_fraction),
@@ -198,6 +212,8 @@ def make_splits(
         "n_val": len(val),
         "n_test": len(test),
     }
+    if tabular:
+        meta["in_features"] = int(images.shape[1])
     if mean is not None:
         meta["mean"] = [round(float(v), 6) for v in mean]
         meta["std"] = [round(float(v), 6) for v in std]

@@ -11,16 +11,19 @@ import torch
 
 
 def channel_stats(images: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of ``images * scale`` (``(N, C, H, W)``), accumulated in float64."""
+    """Per-channel mean and std of ``images * scale`` (``(N, C, H, W)``; per feature for tabular
+    ``(N, D)``), accumulated in float64."""
     x = images.to(torch.float64) * scale
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-8)
+    dims = (0,) if x.dim() == 2 else (0, 2, 3)
+    mean = x.mean(dim=dims)
+    std = x.std(dim=dims).clamp_min(1e-8)
     return mean.float(), std.float()
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) / std`` per channel; ``x`` is ``(C, H, W)`` or ``(N, C, H, W)``."""
-    shape = (-1, 1, 1)
+    """``(x - mean) / std`` per channel; ``x`` is ``(C, H, W)`` or ``(N, C, H, W)``, or per feature
+    for tabular rows ``(D,)`` / ``(N, D)``."""
+    shape = (-1,) if x.dim() <= 2 else (-1, 1, 1)
     return (x - mean.view(shape)) / std.view(shape)
 
 

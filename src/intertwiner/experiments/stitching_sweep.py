@@ -56,6 +56,8 @@ def stitch_job(config: dict) -> dict:
     res = stitching.stitch(a, b, site, layer=kind, data=splits, config=scfg)
     out = _scalars(res)
     out["site"] = site
+    # a site inside a residual branch also stitched the block's input stream (report marks it)
+    out["in_residual_branch"] = bool(getattr(res, "residual_streams", None))
     out["penalty"] = float(res.penalty)
     return out
 

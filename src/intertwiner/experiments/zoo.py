@@ -54,7 +54,17 @@ def train_job(config: dict) -> dict:
     val = training.evaluate(model, splits.val)
     path = zoo_checkpoint(config, config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoints.save(model, path, {"zoo_config": {k: v for k, v in config.items() if k[0] != "_"}})
+    data_options = {k: v for k, v in config["data"].items() if k != "name" and v is not None}
+    meta = {
+        "zoo_config": {k: v for k, v in config.items() if k[0] != "_"},
+        # what `intertwiner stitch` (and anyone) needs to reload the exact data, without --data
+        "dataset": config["data"]["name"],
+        "data_options": data_options,
+        "split_seed": int(splits.meta.get("split_seed", data_options.get("seed", 0))),
+        "val_accuracy": float(val["accuracy"]),
+        "test_accuracy": float(test["accuracy"]),
+    }
+    checkpoints.save(model, path, meta)
     return {
         "test_accuracy": float(test["accuracy"]),
         "test_loss": float(test["loss"]),

@@ -1,7 +1,8 @@
-"""Layer x layer comparison of two models on the same data, several metrics, one pass.
+"""Layer x layer comparison of two models on the same data, several metrics.
 
 Streaming metrics (linear CKA, every Procrustes variant) are accumulated batch by batch with memory
-independent of N. The others (group CKA, RBF CKA) need all samples: the features of the layers they
+independent of N; linear CKA shares each layer's statistics across all pairs and switches to
+blocked Gram matrices for wide layers (``metrics._bank``), within a memory limit checked up front. The others (group CKA, RBF CKA) need all samples: the features of the layers they
 use are kept (on CPU) and the metric is computed at the end, so bound N with ``max_samples``.
 A cell that cannot be computed (e.g. Procrustes between layers with different spatial sizes
 without ``upsample=True``) is NaN, with the reason in ``Comparison.notes``.
@@ -9,19 +10,32 @@ without ``upsample=True``) is NaN, with the reason in ``Comparison.notes``.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import os
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from intertwiner.errors import IntertwinerError, InvalidOptionError
+from intertwiner import _validate
+from intertwiner.errors import (
+    IntertwinerError,
+    InvalidInputError,
+    InvalidOptionError,
+    MemoryBudgetError,
+    NonFiniteError,
+)
+from intertwiner.metrics._bank import FeatureBank, GramBank
+from intertwiner.metrics.cka import check_samples, cka
 from intertwiner.metrics.registry import Metric, metric
 
 
@@ -38,6 +52,8 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     #: (low, high) each metric's values lie in; a CKA estimator that can be negative says so.
     value_range: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: How it ran: linear-CKA form, passes, estimated working memory (see ``compare``).
+    plan: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN cells become None."""
@@ -75,7 +91,8 @@ class Comparison:
         from matplotlib.figure import Figure
 
         names = list(self.matrices)
-        fig = Figure(figsize=(0.6 + 3.6 * len(names), 3.4))
+        side = max(3.4, 0.5 * max(len(self.layers_a), len(self.layers_b)) + 2.0)
+        fig = Figure(figsize=(0.6 + (side + 0.4) * len(names), side))
         axes = fig.subplots(1, len(names), squeeze=False)
         for ax, name in zip(axes[0], names, strict=True):
             m = self.matrices[name]
@@ -96,7 +113,7 @@ class Comparison:
                             f"{m[i, j]:.2f}",
                             ha="center",
                             va="center",
-                            fontsize=7,
+                            fontsize=9 if m.shape[0] <= 8 else 7,
                             color="black" if m[i, j] > mid else "white",
                         )
             fig.colorbar(im, ax=ax, fraction=0.046)
@@ -114,6 +131,163 @@ def _names(layers: str | Sequence[str]) -> list[str]:
     return [layers] if isinstance(layers, str) else list(layers)
 
 
+FORMS = ("auto", "feature", "gram")
+#: Working memory ``compare`` plans for when ``memory_limit`` is None (bytes).
+DEFAULT_MEMORY_LIMIT = 25 * 10**8
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def parse_bytes(value: int | float | str, name: str = "memory_limit") -> int:
+    """Bytes from a number or a string such as ``"4GB"``, ``"512 MiB"``."""
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        num = text.rstrip("kmgib")
+        unit = text[len(num) :]
+        if unit not in _UNITS or not num:
+            raise InvalidOptionError(
+                f"{name}={value!r} is not a size; write e.g. 4e9, '4GB' or '3.5 GiB'"
+            )
+        value = float(num) * _UNITS[unit]
+    return int(_validate.finite_number(value, name, low=1.0))
+
+
+def _gb(b: float) -> str:
+    if b >= 1e8:
+        return f"{b / 1e9:.2f} GB"
+    return f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
+
+
+def _is_linear_cka(m: Metric) -> bool:
+    return m.fn is cka and m.options.get("kernel", "linear") == "linear" and m.streaming
+
+
+def _n_inputs(data: Any, max_samples: int | None) -> int | None:
+    """The number of inputs ``data`` holds, when it can be known without iterating it."""
+    n = None
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        n = int(data.shape[0])
+    elif isinstance(data, DataLoader):
+        ds = data.dataset
+        if not isinstance(ds, IterableDataset) and hasattr(ds, "__len__"):
+            n = len(data.sampler) if hasattr(data.sampler, "__len__") else len(ds)
+    elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+        n = len(data)
+    if max_samples is not None:  # an upper bound is enough to plan with
+        n = int(max_samples) if n is None else min(n, int(max_samples))
+    return n
+
+
+@dataclass
+class _Plan:
+    """How ``compare`` will run: the form of linear CKA, blocks, passes and the memory estimate."""
+
+    form: str | None
+    bytes: int
+    limit: int
+    n: int | None
+    block_batches: int = 0
+    passes: int = 1
+    detail: dict[str, int] = field(default_factory=dict)
+
+    def message(self) -> str:
+        what = {
+            None: "no linear CKA",
+            "feature": "linear CKA in feature space (one pass)",
+            "gram": f"linear CKA from blocked Gram matrices ({self.passes} passes over the data)",
+        }[self.form]
+        return (
+            f"compare: {what}; estimated working memory {_gb(self.bytes)} "
+            f"(limit {_gb(self.limit)}, models and data not included)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "form": self.form,
+            "estimated_bytes": int(self.bytes),
+            "memory_limit": int(self.limit),
+            "n_samples": self.n,
+            "block_size": self.block_batches,
+            "passes": self.passes,
+            **self.detail,
+        }
+
+
+def _plan(
+    widths: dict[Any, int],
+    shapes: dict[Any, tuple[int, ...]],
+    keys_a: list[Any],
+    keys_b: list[Any],
+    ms: list[Metric],
+    n: int | None,
+    batch: int,
+    limit: int,
+    form: str,
+) -> _Plan:
+    """Choose the linear-CKA form that fits ``limit`` (the cheaper in arithmetic when both do)
+    and estimate the working memory; ``MemoryBudgetError`` when nothing fits."""
+    pairs = [(a, b) for a in keys_a for b in keys_b]
+    other = 0
+    detail: dict[str, int] = {}
+    if any(m.streaming and not _is_linear_cka(m) for m in ms):  # Procrustes: C_a x C_b per pair
+        chan = {k: (s[0] if len(s) != 2 else s[-1]) if s else 1 for k, s in shapes.items()}
+        other += 8 * sum(3 * chan[a] * chan[b] + 4 * (chan[a] + chan[b]) for a, b in pairs)
+        other += 8 * 2 * batch * max(widths.values())
+    kept = any(not m.streaming for m in ms)
+    if kept:
+        if n is None:  # a loader of unknown length: the kept features cannot be estimated
+            detail["kept_features_not_estimated"] = 1
+        else:
+            other += 4 * n * sum(widths.values()) + 8 * 4 * n * n
+    detail["other_bytes"] = other
+    if not any(_is_linear_cka(m) for m in ms):
+        plan = _Plan(None, other, limit, n, detail=detail)
+    else:
+        feat = FeatureBank.bytes_needed(widths, pairs, batch)
+        feat_flops = (n or 1) * (
+            sum(p * p for p in widths.values()) + sum(widths[a] * widths[b] for a, b in pairs)
+        )
+        room = limit - other
+        blocks = 0
+        if n is not None:
+            fixed = GramBank.bytes_needed(widths, 0, batch, n)
+            per_row = GramBank.bytes_needed(widths, 1, batch, n) - fixed
+            blocks = max(0, int((room - fixed) // per_row) // batch)
+            blocks = min(blocks, -(-n // batch))
+        gram_flops = (n or 1) ** 2 / 2 * sum(widths.values())
+        feat_fits, gram_fits = feat <= room, blocks >= 1
+        if form == "feature" or (
+            form == "auto" and feat_fits and (not gram_fits or feat_flops <= gram_flops)
+        ):
+            plan = _Plan("feature", other + feat, limit, n, detail=detail)
+        else:
+            b = max(blocks, 1)
+            passes = -(-(n or 0) // (b * batch))
+            gram = GramBank.bytes_needed(widths, b * batch, batch, n or 0)
+            plan = _Plan("gram", other + gram, limit, n, b, max(passes, 1), detail)
+        if plan.form == "gram" and n is None:
+            raise MemoryBudgetError(
+                f"linear CKA in feature space: estimated working memory {_gb(other + feat)} "
+                f"exceeds the limit {_gb(limit)}, and the blocked Gram form needs the number of "
+                "inputs: pass a Dataset, a tensor, a DataLoader over a sized dataset, or "
+                "max_samples (or raise memory_limit)"
+            )
+    if plan.bytes > limit:
+        raise MemoryBudgetError(
+            f"{plan.message()} exceeds the limit: raise memory_limit, lower batch_size, compare "
+            "fewer or narrower layers, or bound the inputs with max_samples"
+        )
+    return plan
+
+
 def compare(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -127,13 +301,23 @@ def compare(
     max_samples: int | None = None,
     batch_size: int = 256,
     upsample: bool = False,
+    memory_limit: int | float | str | None = None,
+    form: str = "auto",
 ) -> Comparison:
     """Compare every layer of ``layers_a`` in model a with every layer of ``layers_b`` in model b.
 
     ``metrics``: names or specs (``"cka"``, ``"cka_debiased"``, ``"rbf_cka"``,
     ``"procrustes_distance:positive_monomial"``, ``"procrustes_similarity:orthogonal"``,
     ``"group_cka"``...) or ``Metric`` objects. ``upsample`` applies to Procrustes metrics.
-    One pass over ``data``; both models see the same batches.
+    Both models see the same batches.
+
+    Memory: before any work, ``compare`` estimates its working memory (statistics, one batch,
+    kept features; the models and the data are not counted), says so when ``progress``, and
+    raises ``MemoryBudgetError`` if it exceeds ``memory_limit`` (bytes or ``"4GB"``; default
+    ``DEFAULT_MEMORY_LIMIT``). Linear CKA shares each layer's statistics across pairs and uses
+    ``form="feature"`` (p x p covariances, one pass) or ``"gram"`` (N x N Gram matrices in
+    blocks of inputs, several passes over ``data``, which must then give the same batches each
+    time); ``"auto"`` takes the cheaper form that fits. The plan is in ``Comparison.plan``.
     """
     from intertwiner.features import Capturer, limited_batches
 
@@ -146,31 +330,105 @@ def compare(
     names = [m.name for m in ms]
     if len(set(names)) != len(names):
         raise InvalidOptionError(f"metrics repeat: {names}; list each metric once")
+    _validate.choice(form, "form", FORMS)
+    limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else parse_bytes(memory_limit)
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+
+    one_shot = isinstance(data, Iterator)
+    # The first pass also gives the probe batch, so a single-pass run reads data once.
+    first_pass = limited_batches(data, batch_size, max_samples, progress, desc="compare")
+    probe = next(first_pass, None)
+    if probe is None:
+        check_samples(0, False)
+
+    same = model_a is model_b
+    key_a = {name: ("a", name) for name in la}
+    key_b = {name: ("a" if same else "b", name) for name in lb}
+    lin = [m for m in ms if _is_linear_cka(m)]
+    streamed = [m for m in ms if m.streaming and not _is_linear_cka(m)]
 
     acc: dict[tuple[str, int, int], Any] = {}
     failed: dict[tuple[str, int, int], str] = {}
-    for m in ms:
-        if m.streaming:
-            for i in range(len(la)):
-                for j in range(len(lb)):
-                    acc[(m.name, i, j)] = m.accumulator()
+    for m in streamed:
+        for i in range(len(la)):
+            for j in range(len(lb)):
+                acc[(m.name, i, j)] = m.accumulator()
     keep = any(not m.streaming for m in ms)
     kept_a: dict[str, list[torch.Tensor]] = {n: [] for n in la} if keep else {}
     kept_b: dict[str, list[torch.Tensor]] = {n: [] for n in lb} if keep else {}
 
-    same = model_a is model_b
     cap_a = Capturer(
         model_a, list(dict.fromkeys(la + lb)) if same else la, device=device, call="compare"
     )
     cap_b = None if same else Capturer(model_b, lb, device=device, call="compare")
     n = 0
-    with cap_a:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(cap_a)
         if cap_b is not None:
-            cap_b.__enter__()
-        try:
-            for x in limited_batches(data, batch_size, max_samples, progress, desc="compare"):
-                fa = cap_a.run(x)
-                fb = fa if cap_b is None else cap_b.run(x)
+            stack.enter_context(cap_b)
+
+        def features(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+            fa = cap_a.run(x)
+            return fa, (fa if cap_b is None else cap_b.run(x))
+
+        pa, pb = features(probe[:2])
+        shapes = {key_a[k]: tuple(pa[k].shape[1:]) for k in la}
+        shapes.update({key_b[k]: tuple(pb[k].shape[1:]) for k in lb})
+        widths = {k: math.prod(s) for k, s in shapes.items()}
+        keys_a = list(dict.fromkeys(key_a[k] for k in la))
+        keys_b = list(dict.fromkeys(key_b[k] for k in lb))
+        n_est = _n_inputs(data, max_samples)
+        plan = _plan(widths, shapes, keys_a, keys_b, ms, n_est, batch_size, limit, form)
+        if plan.form == "gram" and one_shot and plan.passes > 1:
+            raise MemoryBudgetError(
+                f"{plan.message()}: data is a one-shot iterator, so it cannot be read "
+                f"{plan.passes} times; pass a Dataset, a tensor or a DataLoader"
+            )
+        if progress:
+            print(plan.message(), file=sys.stderr, flush=True)
+        bank: FeatureBank | GramBank | None = None
+        if plan.form == "feature":
+            bank = FeatureBank(keys_a, keys_b)
+        elif plan.form == "gram":
+            bank = GramBank(keys_a, keys_b, plan.block_batches)
+            bank.begin_pass(0)
+        bank_error: str | None = None
+        checksums: list[tuple[tuple[int, ...], float]] = []
+        passes = plan.passes if plan.form == "gram" else 1
+        for k in range(passes):
+            if k > 0:
+                bank.begin_pass(k)
+            if k == 0:
+                batches = itertools.chain([probe], first_pass)
+            else:
+                desc = f"compare (pass {k + 1}/{passes})"
+                batches = limited_batches(data, batch_size, max_samples, progress, desc=desc)
+            for bi, x in enumerate(batches):
+                stamp = (tuple(x.shape), float(x.double().sum()))
+                if k == 0:
+                    checksums.append(stamp)
+                elif bi >= len(checksums) or checksums[bi] != stamp:
+                    raise InvalidInputError(
+                        f"data gave different batches on pass {k + 1} (batch {bi}); the Gram "
+                        "form reads the data several times: pass an unshuffled DataLoader, a "
+                        "Dataset without random augmentation, or a tensor"
+                    )
+                if isinstance(bank, GramBank) and bank.block_of(bi) < k:
+                    continue
+                fa, fb = features(x)
+                if bank is not None and bank_error is None:
+                    feats = {key_a[name]: fa[name] for name in la}
+                    feats.update({key_b[name]: fb[name] for name in lb})
+                    try:
+                        if isinstance(bank, GramBank):
+                            bank.update(bi, feats)
+                        else:
+                            bank.update(feats)
+                    except IntertwinerError as e:
+                        bank_error = str(e)
+                if k > 0:
+                    fa = fb = feats = None
+                    continue
                 n += x.shape[0]
                 for (name, i, j), a in acc.items():
                     if (name, i, j) in failed:
@@ -179,13 +437,12 @@ def compare(
                         a.update(fa[la[i]], fb[lb[j]])
                     except IntertwinerError as e:
                         failed[(name, i, j)] = f"{name} {la[i]} vs {lb[j]}: {e}"
-                for k in kept_a:
-                    kept_a[k].append(fa[k])
-                for k in kept_b:
-                    kept_b[k].append(fb[k])
-        finally:
-            if cap_b is not None:
-                cap_b.__exit__(None, None, None)
+                for key in kept_a:
+                    kept_a[key].append(fa[key])
+                for key in kept_b:
+                    kept_b[key].append(fb[key])
+                fa = fb = feats = None  # free this batch's features before the next forward
+    plan.n = n
 
     matrices: dict[str, np.ndarray] = {}
     notes: list[str] = []
@@ -200,9 +457,16 @@ def compare(
                     notes.append(failed[key])
                     continue
                 try:
-                    out[i, j] = (
-                        acc[key].compute() if m.streaming else m(full_a[la[i]], full_b[lb[j]])
-                    )
+                    if m in lin:
+                        if bank_error is not None:
+                            raise NonFiniteError(bank_error)
+                        debiased = bool(m.options.get("debiased", False))
+                        check_samples(n, debiased)
+                        out[i, j] = bank.cka(key_a[la[i]], key_b[lb[j]], debiased)
+                    elif m.streaming:
+                        out[i, j] = acc[key].compute()
+                    else:
+                        out[i, j] = m(full_a[la[i]], full_b[lb[j]])
                 except IntertwinerError as e:
                     notes.append(f"{m.name} {la[i]} vs {lb[j]}: {e}")
         matrices[m.name] = out
@@ -215,4 +479,5 @@ def compare(
         higher_is_similar={m.name: m.higher_is_similar for m in ms},
         notes=notes,
         value_range={m.name: tuple(m.value_range) for m in ms},
+        plan=plan.to_dict(),
     )

@@ -1,4 +1,4 @@
-"""A fully connected network on flattened images.
+"""A fully connected network on flattened images (or tabular rows: ``in_features=D``).
 
 Module names (``named_modules()``), in forward order::
 
@@ -34,14 +34,18 @@ class MLP(nn.Module):
         in_channels: int = 3,
         input_size: int = 32,
         widths: Sequence[int] = (256, 128),
+        in_features: int | None = None,
     ):
         super().__init__()
         check_common(in_channels, input_size, num_classes)
+        if in_features is not None and int(in_features) < 1:
+            raise ShapeError(f"in_features must be a positive integer, got {in_features}")
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
             raise ShapeError(f"widths must be a non-empty list of positive ints, got {widths}")
         self.flatten = nn.Flatten()
-        fan_in = in_channels * input_size * input_size
+        # in_features: tabular rows (N, D); otherwise images (N, C, H, W) flattened
+        fan_in = int(in_features) if in_features else in_channels * input_size * input_size
         for i, w in enumerate(widths, start=1):
             self.add_module(f"fc{i}", nn.Linear(fan_in, w))
             self.add_module(f"act{i}", new_activation(activation))

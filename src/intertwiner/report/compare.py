@@ -13,11 +13,17 @@ from intertwiner.report.figures import (
     dissection_table,
     mean_std,
     metric_means,
+    site_labels,
     stitch_table,
 )
 from intertwiner.store import Row
 
 MCNN = "myrtle_cnn"
+
+
+def _site(sites, i: int) -> str:
+    """The module name of site ``i`` when the rows recorded names, else "site i"."""
+    return str(sites[i]) if isinstance(sites, list) and i < len(sites) else f"site {i}"
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -88,6 +94,7 @@ def comparison(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
         )
     # Section 4 stitching, mCNN.
     st = stitch_table(rows_by_kind.get("stitching", [])).get(MCNN, {})
+    names = site_labels(rows_by_kind.get("stitching", [])).get(MCNN, {})
     sites = sorted({s for k in st.values() for s in k})
     for kind, vals in P.STITCH_MCNN.items():
         if kind not in st:
@@ -95,7 +102,8 @@ def comparison(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
         for i, paper in enumerate(vals):
             if i < len(sites):
                 m, sd, _ = mean_std(st[kind].get(sites[i], []))
-                out.append(_row("4 stitching (mCNN)", f"{kind} penalty, site {i}", m, paper, 1, sd))
+                label = names.get(sites[i], f"site {i}")
+                out.append(_row("4 stitching (mCNN)", f"{kind} penalty, {label}", m, paper, 1, sd))
     if "full" in st and "perm_scale" in st:
         f = [mean_std(v)[0] for v in st["full"].values()]
         g = [mean_std(v)[0] for v in st["perm_scale"].values()]
@@ -111,13 +119,13 @@ def comparison(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
     mm = metric_means(rows_by_kind.get("metrics", [])).get(MCNN, {})
     for name, vals in {**P.PROCRUSTES_MCNN}.items():
         if name in mm:
-            _, mean, std, _ = mm[name]
+            sites, mean, std, _ = mm[name]
             for i, paper in enumerate(vals):
                 if i < mean.shape[0]:
                     out.append(
                         _row(
                             "5 metrics (mCNN)",
-                            f"{name} same layer {i}",
+                            f"{name} same layer, {_site(sites, i)}",
                             float(mean[i, i]),
                             paper,
                             3,
@@ -126,12 +134,12 @@ def comparison(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
                     )
     for name, mat in P.CKA_MCNN.items():
         if name in mm:
-            _, mean, std, _ = mm[name]
+            sites, mean, std, _ = mm[name]
             for i in range(min(len(mat), mean.shape[0])):
                 out.append(
                     _row(
                         "5 metrics (mCNN)",
-                        f"{name} diagonal {i}",
+                        f"{name} same layer, {_site(sites, i)}",
                         float(mean[i, i]),
                         mat[i][i],
                         2,

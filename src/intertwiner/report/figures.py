@@ -52,6 +52,20 @@ def stitch_table(rows: list[Row]) -> dict:
     return out
 
 
+def site_labels(rows: list[Row]) -> dict:
+    """arch -> site index -> module name (``*`` appended inside a residual branch); the index
+    itself for rows stored before the name was recorded."""
+    out: dict = defaultdict(dict)
+    for r in rows:
+        i = r.config["site_index"]
+        name = r.metrics.get("site")
+        label = str(name) if name else f"site {i}"
+        if r.metrics.get("in_residual_branch"):
+            label += "*"
+        out[r.config["arch"]][i] = label
+    return out
+
+
 def _points(x: float | None) -> float | None:
     """Penalties in accuracy points; the library reports accuracies as fractions in [0, 1]."""
     return None if x is None else 100.0 * x
@@ -106,14 +120,21 @@ def stitching_figure(rows: list[Row]):
     table = stitch_table(rows)
     if not table:
         return None
+    labels = site_labels(rows)
     archs = sorted(table)
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(archs), figsize=(5.2 * len(archs), 4.0), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         sites = sorted({s for k in table[arch] for s in table[arch][k]})
-        _grouped_bars(ax, table[arch], sites, [f"site {s}" for s in sites])
-        ax.set_title(arch)
-        ax.set_ylabel("penalty (accuracy points)")
-    axes[0][-1].legend(fontsize=7)
+        names = [labels[arch].get(s, f"site {s}") for s in sites]
+        _grouped_bars(ax, table[arch], sites, names)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=9)
+        ax.set_title(arch, fontsize=11)
+        ax.set_ylabel("penalty (accuracy points)", fontsize=10)
+        if any(n.endswith("*") for n in names):
+            ax.set_xlabel("* inside a residual branch (its input stream stitched too)", fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, title="stitching layer", fontsize=9, title_fontsize=9,
+               loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(names), 5))  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -123,29 +144,40 @@ def heatmap_figure(arch: str, means: dict):
     names = [m for m in METRIC_LABELS if m in means]
     if not names:
         return None
-    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.2), squeeze=False)
-    for ax, m in zip(axes[0], names):
+    sites = means[names[0]][0]
+    side = max(3.6, 0.55 * len(sites) + 2.2)
+    # two panels a row: the page shows the figure at its natural size, numbers stay readable
+    ncol = min(2, len(names))
+    nrow = -(-len(names) // ncol)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(side * ncol + 1, side * nrow), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for k, (ax, m) in enumerate(zip(axes.flat, names)):
         sites, mean, _, n = means[m]
         im = ax.imshow(mean, vmin=0, vmax=1, cmap="viridis")
         for i in range(mean.shape[0]):
             for j in range(mean.shape[1]):
-                if np.isfinite(mean[i, j]) and mean.shape[0] <= 8:
+                if np.isfinite(mean[i, j]) and mean.shape[0] <= 10:
                     ax.text(
                         j,
                         i,
                         f"{mean[i, j]:.2f}",
                         ha="center",
                         va="center",
-                        fontsize=6,
+                        fontsize=10 if mean.shape[0] <= 6 else 8,
                         color="w" if mean[i, j] < 0.6 else "k",
                     )
-        ax.set_title(f"{METRIC_LABELS[m]}\n({n} pair{'s' * (n != 1)})", fontsize=8)
-        ax.set_xticks(range(len(sites)), range(len(sites)), fontsize=6)
-        ax.set_yticks(range(len(sites)), range(len(sites)), fontsize=6)
-        ax.set_xlabel("site of model b", fontsize=7)
-        ax.set_ylabel("site of model a", fontsize=7)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.7)
-    fig.suptitle(arch, fontsize=9)
+        ax.set_title(f"{METRIC_LABELS[m]}\n({n} pair{'s' * (n != 1)})", fontsize=11)
+        ax.set_xticks(range(len(sites)), sites, fontsize=8, rotation=45, ha="right")
+        # names on the first panel only: they would run into the panel on the left
+        ax.set_yticks(range(len(sites)), sites if k % ncol == 0 else [], fontsize=8)
+        ax.set_xlabel("site of model b", fontsize=9)
+        if k % ncol == 0:
+            ax.set_ylabel("site of model a", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7)
+    fig.suptitle(arch, fontsize=12)
     return fig
 
 
@@ -154,16 +186,21 @@ def diagonal_figure(all_means: dict):
     archs = sorted(all_means)
     if not archs:
         return None
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(archs), figsize=(5.2 * len(archs), 4.0), squeeze=False)
     for ax, arch in zip(axes[0], archs):
+        sites = next(iter(all_means[arch].values()))[0] if all_means[arch] else []
         for m, (_sites, mean, std, _) in all_means[arch].items():
             d, s = np.diag(mean), np.diag(std)
             ax.errorbar(range(len(d)), d, yerr=s, marker="o", capsize=2, label=METRIC_LABELS[m])
+        # one tick per site, named: no fractional ticks between two sites
+        ax.set_xticks(range(len(sites)), sites, rotation=30, ha="right", fontsize=9)
         ax.set_ylim(0, 1.05)
-        ax.set_title(arch)
-        ax.set_xlabel("site (depth)")
-        ax.set_ylabel("same-layer similarity")
-    axes[0][-1].legend(fontsize=7)
+        ax.set_title(arch, fontsize=11)
+        ax.set_xlabel("site (by depth)", fontsize=10)
+        ax.set_ylabel("same-layer similarity", fontsize=10)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(names), 4))  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -182,7 +219,7 @@ def groups_figure(rows: list[Row]):
     ax.set_yscale("log")
     ax.set_xticks(x, names, rotation=30, fontsize=8)
     ax.set_ylabel("relative error")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -200,9 +237,9 @@ def sanity_figure(rows: list[Row]):
     for ax, act in zip(axes[0], acts):
         layers = sorted({lay for g in by[act] for lay in by[act][g]})
         _grouped_bars(ax, by[act], layers, [f"conv {lay}" for lay in layers])
-        ax.set_title(act)
-        ax.set_ylabel("rotation penalty (points)")
-    axes[0][-1].legend(fontsize=7)
+        ax.set_title(act, fontsize=11)
+        ax.set_ylabel("rotation penalty (points)", fontsize=10)
+    axes[0][-1].legend(title="fixed map", fontsize=9, title_fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -261,6 +298,7 @@ def dissection_figure(rows: list[Row]):
     ax.set_xlabel("rotation power t (basis R^t)")
     ax.set_ylabel("interpretable units")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=6)
+    ax.yaxis.get_major_locator().set_params(integer=True)  # unit counts
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

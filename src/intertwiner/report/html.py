@@ -19,8 +19,10 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 max-width:1100px;padding:0 16px 40px;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:2em}
 .scroll{overflow-x:auto;max-width:100%}
-table{border-collapse:collapse;font-size:13px;margin:8px 0}
-td,th{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:13px;margin:8px 0;max-width:100%}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
+details{margin:8px 0}summary{cursor:pointer;color:#333}
 th{background:#f3f3f3}
 img{max-width:100%;height:auto;display:block;margin:8px 0}
 pre{white-space:pre-wrap;word-break:break-all;background:#f7f7f7;padding:8px;font-size:12px}
@@ -52,6 +54,16 @@ def _cell(v) -> str:
     if v in ("agrees", "holds"):
         return f'<span class="good">{_e(v)}</span>'
     return _e("" if v is None else v)
+
+
+def _counts(values, unit: str) -> str:
+    """``[2]`` epochs -> "2 epochs"; ``[1, 3]`` -> "1 to 3 epochs" (no Python list syntax in prose)."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return f"an unrecorded number of {unit}s"
+    lo, hi = vals[0], vals[-1]
+    text = f"{lo:,}" if lo == hi else f"{lo:,} to {hi:,}"
+    return f"{text} {unit}{'' if lo == hi == 1 else 's'}"
 
 
 def _img(fig, alt: str) -> str:
@@ -90,6 +102,7 @@ def _zoo_table(rows: list[Row]) -> list[dict]:
 
 def _stitch_rows(rows: list[Row]) -> list[dict]:
     out = []
+    labels = F.site_labels(rows)
     for arch, kinds in sorted(F.stitch_table(rows).items()):
         for kind, sites in sorted(kinds.items()):
             for s, vals in sorted(sites.items()):
@@ -98,7 +111,7 @@ def _stitch_rows(rows: list[Row]) -> list[dict]:
                     {
                         "arch": arch,
                         "layer kind": kind,
-                        "site": s,
+                        "site": labels[arch].get(s, s),
                         "pairs": n,
                         "penalty (points)": f"{m:.2f} ± {sd:.2f}",
                     }
@@ -111,24 +124,32 @@ def _method_notes(rows_by_kind: dict[str, list[Row]]) -> str:
     notes = []
     st = rows_by_kind.get("stitching", [])
     if st:
-        ep = sorted({r.config.get("epochs") for r in st})
+        ep = {r.config.get("epochs") for r in st}
         notes.append(
-            f"Stitching: {ep} epoch(s) per stitch; the epoch is chosen on a validation split and "
+            f"Stitching: {_counts(ep, 'epoch')} per stitch; the epoch is chosen on a validation split and "
             "the penalty measured on test data (the paper takes the best test accuracy over "
             "epochs, which flatters every method); perm_scale uses the library's default solver "
             "(activation matching, then fine-tuning), not the paper's Birkhoff relaxation."
         )
     met = rows_by_kind.get("metrics", [])
     if met:
-        n = sorted({r.metrics.get("n_samples") for r in met})
-        notes.append(f"Metrics on the first {n} test images (the paper: all 10,000).")
+        n = {r.metrics.get("n_samples") for r in met}
+        notes.append(f"Metrics on the first {_counts(n, 'test image')} (the paper: all 10,000).")
     san = rows_by_kind.get("sanity", [])
     if san:
-        ep = sorted({r.config.get("epochs") for r in san})
-        notes.append(f"Sanity test: {ep} retraining epoch(s) (the paper: 50).")
+        ep = {r.config.get("epochs") for r in san}
+        notes.append(f"Sanity test: {_counts(ep, 'retraining epoch')} (the paper: 50).")
     if not notes:
         return ""
     return "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
+
+
+def _executor_text(ex) -> str:
+    """``{"executor": "local", "workers": 2, ...}`` -> "local (workers 2, ...)"."""
+    if not isinstance(ex, dict):
+        return str(ex)
+    rest = ", ".join(f"{k} {v}" for k, v in ex.items() if k != "executor" and v not in (None, ""))
+    return f"{ex.get('executor', '?')}" + (f" ({rest})" if rest else "")
 
 
 def _run_rows(store: Store, meta: dict) -> tuple[dict[str, list[Row]], int]:
@@ -154,7 +175,7 @@ def render(folder: str | os.PathLike) -> str:
     parts = [f"<h1>intertwiner reproduce: {_e(Path(folder).resolve().name)}</h1>"]
     parts.append(
         f"<p>Preset <b>{_e(run.get('preset'))}</b>, data <b>{_e(run.get('data') or 'preset default')}"
-        f"</b>, executor <code>{_e(json.dumps(run.get('executor')))}</code>. "
+        f"</b>, executor <b>{_e(_executor_text(run.get('executor')))}</b>. "
         f"{sum(map(len, rows_by_kind.values()))} finished jobs. "
         f"Report built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"
     )
@@ -215,20 +236,20 @@ def render(folder: str | os.PathLike) -> str:
 
     g = rows_by_kind.get("group_table", [])
     if g:
-        cols = [
-            "activation",
-            "group",
-            "family",
-            "phi",
-            "verify_error_float64",
-            "verify_error_float32",
-            "larger_family_error",
-            "discovered_family",
-            "discover_agrees",
-        ]
+        cols = {  # short headers: the table fits the page
+            "activation": "activation",
+            "group": "group",
+            "family": "family",
+            "phi": "φ",
+            "verify_error_float64": "error f64",
+            "verify_error_float32": "error f32",
+            "larger_family_error": "error, next larger family",
+            "discovered_family": "discovered",
+            "discover_agrees": "agrees",
+        }
         parts += [
             "<h2>Table 1: intertwiner groups</h2>",
-            _table([{c: r.metrics.get(c) for c in cols} for r in g]),
+            _table([{h: r.metrics.get(c) for c, h in cols.items()} for r in g]),
             _img(F.groups_figure(g), "group verification errors"),
         ]
     z = rows_by_kind.get("zoo", [])
@@ -239,7 +260,8 @@ def render(folder: str | os.PathLike) -> str:
         parts += [
             "<h2>Section 4: stitching penalties</h2>",
             "<p>Mean ± std over model pairs of (mean clean accuracy − stitched accuracy), "
-            "per activation site and stitching-layer kind.</p>",
+            "per activation site (its module name) and stitching-layer kind. A site marked * "
+            "sits inside a residual branch: the block's input stream is stitched too.</p>",
             _img(F.stitching_figure(s), "stitching penalties"),
             _table(_stitch_rows(s)),
         ]
@@ -292,9 +314,11 @@ def render(folder: str | os.PathLike) -> str:
     parts += [
         "<h2>Provenance</h2>",
         _table(timing),
-        f"<p>Zoo seeds: {_e(seeds)}. Wall time of the last run: "
+        f"<p>Zoo seeds: {_e(', '.join(map(str, seeds)) or 'none')}. Wall time of the last run: "
         f"{_e(round(meta.get('last_run', {}).get('seconds', 0.0), 1))} s.</p>",
-        "<pre>" + _e(json.dumps(run, indent=1, default=str)) + "</pre>",
+        "<details><summary>Run configuration, versions and executor (JSON)</summary><pre>"
+        + _e(json.dumps(run, indent=1, default=str))
+        + "</pre></details>",
     ]
     body = "\n".join(p for p in parts if p)
     return (

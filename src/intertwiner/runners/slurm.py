@@ -1,7 +1,9 @@
 """SLURM executor through submitit: one array job per stage, one task per config.
 
 ``cluster="local"`` / ``"debug"`` use submitit's local (subprocess) and debug (in-process)
-executors, which run the same code path without a SLURM controller; tests use those.
+executors, which run the same code path without a SLURM controller; tests use those. They must be
+asked for: with ``cluster=None`` (or ``"slurm"``) and no SLURM controller on this machine, submitit
+would silently fall back to running locally, so ``SlurmExecutor`` raises ``ExecutorError`` instead.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from intertwiner.runners.base import Executor, ExecutorError, JobFn, JobResult, execute
+
+
+def slurm_available() -> bool:
+    """Whether a SLURM controller can be reached from here (``sbatch`` on PATH, as submitit checks)."""
+    import shutil
+
+    return shutil.which("sbatch") is not None
 
 
 class SlurmExecutor(Executor):
@@ -43,7 +52,16 @@ class SlurmExecutor(Executor):
                 "the slurm executor needs submitit: pip install 'intertwiner[slurm]'"
             ) from e
         self.folder = Path(folder)
+        if cluster not in (None, "slurm", "local", "debug"):
+            raise ExecutorError(f"unknown SLURM cluster {cluster!r}; choose slurm, local or debug")
         self.cluster = cluster
+        if cluster in (None, "slurm") and not slurm_available():
+            raise ExecutorError(
+                "--executor slurm found no SLURM cluster on this machine (no sbatch on PATH), "
+                "so nothing would be submitted. Run it on a SLURM login node; or run here on "
+                "purpose with --executor local, or with --slurm-cluster local to test the "
+                "submitit code path locally"
+            )
         try:
             self._ex = submitit.AutoExecutor(folder=str(self.folder), cluster=cluster)
         except Exception as e:  # noqa: BLE001 (submitit raises RuntimeError without sbatch)
@@ -51,6 +69,11 @@ class SlurmExecutor(Executor):
                 f"submitit could not build a {cluster or 'slurm'} executor: {e}; without a SLURM "
                 "controller use --executor local"
             ) from e
+        if cluster in (None, "slurm") and self._ex.cluster != "slurm":  # belt and braces
+            raise ExecutorError(
+                f"submitit chose its {self._ex.cluster!r} executor, not slurm; pass "
+                "--slurm-cluster local to run locally on purpose"
+            )
         params: dict = {"timeout_min": int(time_min), "cpus_per_task": int(cpus)}
         if self._ex.cluster == "slurm":
             params["slurm_array_parallelism"] = int(workers or array_parallelism)

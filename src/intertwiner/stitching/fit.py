@@ -601,7 +601,7 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
             (loss + reg).backward()
             opt.step()
             for m in trainable:
-                m.project_(cfg.lr)
+                m.project_(cfg.lr, opt)
             total += float(loss.detach()) * len(y)
             count += len(y)
         model.train(False)
@@ -631,6 +631,11 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
         for name, st in stats_of.items()
     }
     feature_error = feature_errors.get(cut.names[0])
+    # Report module names ("stem.act", as models.sites, trace and capture name them), not fx node
+    # names ("stem_act"); a stream that is no module's output keeps its node name.
+    shown = {n: (tg if isinstance(tg, str) else n) for n, tg in zip(cut.names, cut.targets)}
+    shown[cut.names[0]] = at
+    feature_errors = {shown[n]: v for n, v in feature_errors.items()}
     timings["evaluate"] = time.perf_counter() - t
     solver = cfg.solver if kind in MONOMIAL_KINDS else None
     return StitchResult(
@@ -644,13 +649,13 @@ def _stitch(model_a, model_b, at, layer, cfg, train_ds, val_ds, test_ds, device,
         val_acc=best_key[0] if best_key else float("nan"),
         best_epoch=best_epoch,
         layer=site_layer,
-        layers={n: stitches[n] for n in cut.names},
+        layers={shown[n]: stitches[n] for n in cut.names},
         model=model,
         history=history,
         sparsity=site_layer.sparsity(),
         feature_error=feature_error,
         feature_errors=feature_errors,
-        residual_streams=stitched_names[1:],
+        residual_streams=[shown[n] for n in stitched_names[1:]],
         init_samples=seen[0] if stats_of else None,
         epochs=cfg.epochs,
         lr=cfg.lr,
