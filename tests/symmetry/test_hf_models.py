@@ -282,3 +282,23 @@ def test_gemma_rmsnorm_scales_by_one_plus_weight_and_still_folds():
     fspec = trace(falcon.double().eval(), x)
     assert sum(s.kind == "activation" for s in fspec.sites) == 2
     assert any(s.kind == "stream" for s in fspec.sites)
+
+
+def test_gpt_neox_packs_qkv_per_head():
+    """GPT-NeoX (Pythia) packs q|k|v per head: one Linear's output viewed as (heads, 3 x head_dim)
+    and split on the last dim. Heads are permuted with their three slots; vo maps per head."""
+    cfg = T.GPTNeoXConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=50,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = T.GPTNeoXForCausalLM(cfg).double().eval()
+    x = _tokens()
+    spec = trace(model, x)
+    heads = spec.site("gpt_neox.layers.0.attention.heads")
+    qkv = [a for a in heads.actions if a.name.endswith("query_key_value.weight")]
+    assert sorted(a.channels for a in qkv) == [(0, 3), (1, 4), (2, 5)]  # slot s of head h: 3h + s
+    assert sum(s.kind == "attention_vo" for s in spec.sites) == 4 and not spec.dropped
+    ref = _run(model, x)
+    new = apply(model, spec, random_elements(spec, generator=torch.Generator().manual_seed(0)))
+    assert float((_run(new, x) - ref).abs().max() / ref.abs().max()) < spec.verified_tolerance

@@ -347,24 +347,28 @@ class AtenRunner(ShapeRules, fx.Interpreter):
             an.act_raw(sid, o.weight, 1 - o.out_axis, kind, o.total // unit, inner=unit,
                        channels=channels)  # fmt: skip
 
-        if b.heads_permutable:
+        if b.heads_permutable and all(
+            (p.offset + j * p.block) % unit == 0
+            for p, unit in ((b.q, rep * hd), (b.k, hd), (b.v, hdv))
+            for j in range(b.kv_heads)
+        ):
             heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
             an.sites[heads].family = family("permutation")
             for p, unit in ((b.q, rep * hd), (b.k, hd), (b.v, hdv)):
-                first = p.offset // unit
-                on(heads, p, "A", tuple(range(first, first + b.kv_heads)), unit)
+                groups = tuple((p.offset + j * p.block) // unit for j in range(b.kv_heads))
+                on(heads, p, "A", groups, unit)
             into_out(heads, "A^-T", tuple(range(b.kv_heads)), rep * hdv)
         for j in range(b.kv_heads):
             vo = an.new_site(hdv, name=f"{b.name}.vo{j}", kind="attention_vo")
-            on(vo, b.v, "A", _block(b.v.offset + j * hdv, hdv))
+            on(vo, b.v, "A", _block(b.v.offset + j * b.v.block, hdv))
             for h in range(j * rep, (j + 1) * rep):
                 into_out(vo, "A^-T", _block(h * hdv, hdv))
             if b.rotary:
                 continue  # rotary embeddings rotate q and k per position: no GL(head_dim) on them
             qk = an.new_site(hd, name=f"{b.name}.qk{j}", kind="attention_qk")
-            for h in range(j * rep, (j + 1) * rep):
-                on(qk, b.q, "A", _block(b.q.offset + h * hd, hd))
-            on(qk, b.k, "A^-T", _block(b.k.offset + j * hd, hd))
+            for h in range(rep):
+                on(qk, b.q, "A", _block(b.q.offset + j * b.q.block + h * hd, hd))
+            on(qk, b.k, "A^-T", _block(b.k.offset + j * b.k.block, hd))
 
     def pad(self, n: fx.Node, x: Info, ndim: int, where: str) -> Info:
         """Padding of positions (not channels): zeros, reflections and copies commute with every

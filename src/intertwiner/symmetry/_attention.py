@@ -44,6 +44,10 @@ class Projection:
     offset: int  # first output channel of this slot (packed q|k|v)
     width: int  # output channels of this slot
     total: int  # all output channels of the projection
+    #: Channels from one kv-head group's start to the next; None until known: ``rep * head_dim``
+    #: (q) or ``head_dim`` (k, v) for the usual layout, ``3 * head_dim`` for a q|k|v packed per
+    #: head (GPT-NeoX / Pythia: a view to (heads, 3 * head_dim), then a split of the last dim).
+    block: int | None = None
 
 
 @dataclass
@@ -95,7 +99,7 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
     seen: set[fx.Node] = set()
     found: list[Projection] = []
     rotary = False
-    stack = [(start, None)]
+    stack: list[tuple[fx.Node, tuple[int, int, int | None] | None]] = [(start, None)]
     while stack:
         n, slot = stack.pop()
         if n in seen:
@@ -109,7 +113,9 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
             if p is None:
                 return None
             if slot is not None:
-                p.offset, p.width = slot
+                p.offset, p.width, p.block = slot
+                if p.block is not None:  # per-head packing: the slot recurs in every head block
+                    p.width = (p.total // p.block) * p.width
             found.append(p)
             continue
         if n.target is operator.getitem and op_name(n.args[0]) in _SPLITS:
@@ -117,10 +123,10 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
             sizes = [int(t.shape[_split_dim(split)]) for t in _val(split)]
             i = int(n.args[1])
             seen.add(split)
-            stack.append((split.args[0], (sum(sizes[:i]), sizes[i])))
+            stack.append((split.args[0], (sum(sizes[:i]), sizes[i], None)))
             continue
         if name in _SHAPING:
-            stack.append((n.args[0], slot))
+            stack.append((n.args[0], _through_view(n, slot)))
         elif name in _ROTARY:
             rotary = True
             for a in n.all_input_nodes:
@@ -130,6 +136,19 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
     if len({id(p.node) for p in found}) != 1 or len({(p.offset, p.width) for p in found}) != 1:
         return None
     return found[0], seen, rotary
+
+
+def _through_view(n: fx.Node, slot):
+    """A slot taken from the last dim of a tensor viewed as (..., heads, X) out of (..., heads * X)
+    recurs in every head's block of X channels (GPT-NeoX packs q|k|v per head)."""
+    if slot is None or slot[2] is not None or op_name(n) not in ("view", "reshape", "_unsafe_view"):
+        return slot
+    src, out = _val(n.args[0]), _val(n)
+    if src is None or out is None or src.dim() < 1 or out.dim() < 2:
+        return slot
+    if out.shape[-1] != src.shape[-1] and out.shape[-2] * out.shape[-1] == src.shape[-1]:
+        return (slot[0], slot[1], int(out.shape[-1]))
+    return slot
 
 
 def _split_dim(split: fx.Node) -> int:
@@ -191,6 +210,18 @@ def _match(sdpa: fx.Node, names: dict[fx.Node, str]) -> AttentionBlock | None:
     packed = len({id(p.node) for p in (q, k, v)}) == 1
     if packed and not (kv_heads == heads and head_dim == head_dim_v):
         return None  # a packed q|k|v with unequal blocks: not handled
+    rep = heads // kv_heads
+    per_head = [p.block is not None for p in (q, k, v)]
+    if any(per_head) and (
+        not all(per_head)
+        or rep != 1
+        or len({p.block for p in (q, k, v)}) != 1
+        or q.total // q.block != heads
+    ):
+        return None  # per-head packing of only some of q, k, v, with grouped queries, or blocks
+        # that are not one per head (CodeGen's model-parallel packing)
+    for p, block in ((q, rep * head_dim), (k, head_dim), (v, head_dim_v)):
+        p.block = block if p.block is None else p.block
     stack = sdpa.meta.get("nn_module_stack") or {}
     name = list(stack.values())[-1][0] if stack else sdpa.name
     owned = {q.node, k.node, v.node}
