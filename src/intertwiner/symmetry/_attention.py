@@ -146,8 +146,15 @@ def _through_view(n: fx.Node, slot):
     src, out = _val(n.args[0]), _val(n)
     if src is None or out is None or src.dim() < 1 or out.dim() < 2:
         return slot
-    if out.shape[-1] != src.shape[-1] and out.shape[-2] * out.shape[-1] == src.shape[-1]:
-        return (slot[0], slot[1], int(out.shape[-1]))
+    width = int(src.shape[-1])
+    for k in range(out.dim() - 2, -1, -1):  # out = (..., heads, *X) with prod(heads, *X) = width
+        block = 1
+        for v in out.shape[k + 1 :]:
+            block *= int(v)
+        if block * int(out.shape[k]) == width:
+            return (slot[0], slot[1], block) if block != width else slot
+        if block * int(out.shape[k]) > width:
+            break
     return slot
 
 
