@@ -34,6 +34,8 @@ import torch
 
 from intertwiner import checkpoints, data
 from intertwiner.alignment import align, interpolate, weight_distance
+from intertwiner.data import random_subset
+from intertwiner.experiments.alignment_job import ALIGNMENTS
 from intertwiner.training import TrainConfig, parse_seeds, train_zoo
 
 ARCHS = {
@@ -41,31 +43,14 @@ ARCHS = {
     "myrtle_cnn": ({"width": 16}, 4),
     "resnet20": ({"width": 16}, 4),
 }
-METHODS = [
-    ("none", None, "none"),
-    ("perm/weights", "weights", "permutation"),
-    ("full/weights", "weights", "full"),
-    ("perm/activations", "activations", "permutation"),
-    ("full/activations", "activations", "full"),
-]
-
-
-def _subset(ds, n):
-    """``n`` examples drawn with a fixed seed (splits are sorted by class: never the first n)."""
-    import torch
-
-    if n is None or n >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
-    return torch.utils.data.Subset(ds, idx.tolist())  # random order: mixed batches for BN
 
 
 def run(args) -> list[dict]:
     torch.set_num_threads(args.threads)
     splits = data.load("mnist")
-    train = _subset(splits.train, args.bn_samples)
-    act_data = _subset(splits.train, args.act_samples)
-    test = _subset(splits.test, args.eval_samples)
+    train = random_subset(splits.train, args.bn_samples)
+    act_data = random_subset(splits.train, args.act_samples)
+    test = random_subset(splits.test, args.eval_samples)
     rows = []
     for arch in args.archs.split(","):
         cfg, epochs = ARCHS[arch]
@@ -82,7 +67,7 @@ def run(args) -> list[dict]:
         for ia, ib in pairs:
             a, meta_a = checkpoints.load(paths[ia])
             b, meta_b = checkpoints.load(paths[ib])
-            for label, method, group in METHODS:
+            for label, method, group in ALIGNMENTS:
                 t0 = time.perf_counter()
                 if method is None:
                     aligned, sweeps = b, 0

@@ -838,6 +838,12 @@ def stitch_command(
 
 
 # ---- align / interpolate -----------------------------------------------------------------------
+def _random_subset(ds, n):
+    from intertwiner.data import random_subset
+
+    return random_subset(ds, n)
+
+
 def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoint_a: str):
     from intertwiner import data as data_mod
 
@@ -848,16 +854,6 @@ def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoin
     if data_dir is not None:
         options["root"] = data_dir
     return data_mod.load(name, **options)
-
-
-def _subset(ds, n):
-    """``n`` examples drawn with a fixed seed (splits are sorted by class: never the first n)."""
-    import torch
-
-    if n is None or n >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
-    return torch.utils.data.Subset(ds, idx.tolist())  # random order: mixed batches for BN
 
 
 _OPT_METHOD = typer.Option("weights", "--method", help="weights | activations")
@@ -893,7 +889,9 @@ def align_cmd(
         model_b, meta_b = checkpoints.load(checkpoint_b)
         train = None
         if method == "activations" or data is not None:
-            train = _subset(_pair_splits(meta_a, data, data_dir, checkpoint_a).train, samples)
+            train = _random_subset(
+                _pair_splits(meta_a, data, data_dir, checkpoint_a).train, samples
+            )
         res = align(
             model_a, model_b, data=train, method=method, group=group, seed=seed,
             progress=not quiet,
@@ -957,7 +955,10 @@ def interpolate_cmd(
         model_a, meta_a = checkpoints.load(checkpoint_a)
         model_b, _ = checkpoints.load(checkpoint_b)
         splits = _pair_splits(meta_a, data, data_dir, checkpoint_a)
-        train, test = _subset(splits.train, samples), _subset(splits.test, eval_samples)
+        train, test = (
+            _random_subset(splits.train, samples),
+            _random_subset(splits.test, eval_samples),
+        )
         opts = dict(reset_bn=reset_bn, bn_data=train, progress=not quiet)
         curves = [interpolate(model_a, model_b, alphas, test, label="no alignment", **opts)]
         if do_align:

@@ -110,6 +110,16 @@ def load(name: str, **options: Any) -> DataSplits:
     return fn(**check_options(key, fn, options))
 
 
+def random_subset(ds: Any, n: int | None, seed: int = 0) -> Any:
+    """``n`` examples of ``ds`` drawn with ``seed``, in random order (the splits are sorted by
+    class: the first ``n`` would hold a few classes, and BN statistics need mixed batches);
+    ``ds`` itself when ``n`` is None or covers it."""
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.utils.data.Subset(ds, idx.tolist())
+
+
 def _as_images(X: Any, what: str, tabular: bool | None = None) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
     if t.is_complex():
@@ -204,6 +214,7 @@ def from_arrays(
 
 
 __all__ = [
+    "random_subset",
     "ArrayDataset",
     "DATASETS",
     "DataSplits",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from intertwiner.data import random_subset as _subset
 from intertwiner.experiments.base import Stage
 from intertwiner.experiments.common import load_data, load_model
 
@@ -22,16 +23,6 @@ ALIGNMENTS = [
     ("perm/activations", "activations", "permutation"),
     ("full/activations", "activations", "full"),
 ]
-
-
-def _subset(ds, n):
-    """``n`` examples drawn with a fixed seed (splits are sorted by class: never the first n)."""
-    import torch
-
-    if n is None or n >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
-    return torch.utils.data.Subset(ds, idx.tolist())  # random order: mixed batches for BN
 
 
 def alignment_job(config: dict) -> dict:
