@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from intertwiner.features import LayerNotFoundError, capture, stream
+from intertwiner.models.reference import ReusedActivations
 
 
 class Net(nn.Module):
@@ -117,25 +118,11 @@ def test_inplace_activation_does_not_overwrite_captured_input():
     assert torch.equal(feats["1"], feats["0"].relu())
 
 
-class _Reused(torch.nn.Module):
-    """A ReLU module called twice and a functional ReLU (a site named after its fx node)."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 5)
-        self.c, self.d = torch.nn.Linear(5, 6), torch.nn.Linear(6, 2)
-        self.relu = torch.nn.ReLU()
-
-    def forward(self, x):
-        h = self.relu(self.b(self.relu(self.a(x))))
-        return self.d(torch.nn.functional.relu(self.c(h)))
-
-
 def test_every_site_name_of_a_spec_can_be_captured_and_moves_by_phi():
     from intertwiner.symmetry import apply, random_elements, trace
 
     torch.manual_seed(0)
-    model = _Reused().double()
+    model = ReusedActivations().double()
     x = torch.randn(7, 3, dtype=torch.float64)
     spec = trace(model, x)
     names = [a for s in spec.sites for a in s.activations]
@@ -152,6 +139,6 @@ def test_every_site_name_of_a_spec_can_be_captured_and_moves_by_phi():
 
 def test_a_name_that_is_no_module_call_or_node_is_refused_with_the_options():
     with pytest.raises(LayerNotFoundError, match="functional call"):
-        capture(_Reused(), torch.randn(2, 3), ["nope"])
+        capture(ReusedActivations(), torch.randn(2, 3), ["nope"])
     with pytest.raises(LayerNotFoundError, match="not called"):
-        capture(_Reused(), torch.randn(2, 3), ["relu#3"])
+        capture(ReusedActivations(), torch.randn(2, 3), ["relu#3"])

@@ -2,16 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-from tests.symmetry.conftest import ZOO, build_zoo
+from tests.symmetry.conftest import ZOO, _one_thread, build_zoo
 
-__all__ = ["ZOO", "build_zoo"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+__all__ = ["ZOO", "_one_thread", "build_zoo"]  # _one_thread: the autouse fixture, shared

@@ -426,21 +426,11 @@ def test_result_records_the_resolved_recipe(mlp, digits):
 def test_stitch_sites_named_like_symmetry_sites():
     """A stitch can sit at the k-th call of a reused module (``relu#2``) or at a functional call,
     as ``symmetry.trace`` and ``features.capture`` name them: with B = A the stitched model is A."""
+    from intertwiner.models.reference import ReusedActivations
     from intertwiner.stitching.splice import build_back, build_front, find_cut, trace
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 5)
-            self.c, self.d = torch.nn.Linear(5, 6), torch.nn.Linear(6, 2)
-            self.relu = torch.nn.ReLU()
-
-        def forward(self, x):
-            h = self.relu(self.b(self.relu(self.a(x))))
-            return self.d(torch.nn.functional.relu(self.c(h)))
-
     torch.manual_seed(0)
-    model = Net().double()
+    model = ReusedActivations().double()
     x = torch.randn(4, 3, dtype=torch.float64)
     functional = [n.name for n in trace(model, "a").graph.nodes if n.op == "call_function"]
     for at in ("relu#1", "relu#2", functional[0]):

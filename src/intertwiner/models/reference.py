@@ -84,6 +84,21 @@ class ResNeXtBlockNet(nn.Module):
         return self.head(F.relu(h + y).mean(dim=(2, 3)))
 
 
+class ReusedActivations(nn.Module):
+    """A ReLU module called twice and a functional ReLU: sites named ``relu``, ``relu#2`` and
+    after the functional call's graph node, which capture and stitch must address."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 5)
+        self.c, self.d = nn.Linear(5, 6), nn.Linear(6, 2)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.b(self.relu(self.a(x))))
+        return self.d(F.relu(self.c(h)))
+
+
 class InvertedResidual(nn.Module):
     """MobileNetV2's block: 1x1 expand + ReLU6, depthwise 3x3 + ReLU6, 1x1 linear projection."""
 

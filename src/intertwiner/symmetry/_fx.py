@@ -363,11 +363,9 @@ class _Runner(ShapeRules, fx.Interpreter):
         other = n.args[1] if len(n.args) > 1 else n.kwargs.get("other")
         a, b = args[0], self.info(other)
         va = vals[0]
-        vb = self.env[other] if isinstance(other, fx.Node) else other
+        vb = self.val(other)
         reason = f"residual addition in {where!r}"
         if isinstance(a, Info) and isinstance(b, Info):
-            out_nd = max(va.dim(), vb.dim())
-            del out_nd
             self.an.unify(a, b, reason)
             return a
         x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
