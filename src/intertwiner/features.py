@@ -5,7 +5,7 @@ k-th call of a module called several times in one forward, and the name of a fun
 the model's torch.fx graph (``"relu_1"``) captures its output: every site name that
 ``symmetry.trace`` gives (fx front end) can be captured. Captured layouts are the module outputs as
 produced: (N, C) dense, (N, C, H, W) conv (channels are the neurons), (N, T, D) tokens.
-``layout="matrix"`` converts each to (samples, neurons) with ``metrics.to_matrix``. A module that
+``layout="matrix"`` converts each to (samples, neurons) with ``layouts.to_matrix``. A module that
 returns a tuple contributes its first tensor; a module name alone means its first call.
 """
 
@@ -28,6 +28,7 @@ from intertwiner.errors import (
     ShapeError,
     TooFewSamplesError,
 )
+from intertwiner.layouts import to_matrix
 
 __all__ = ["Capturer", "LayerNotFoundError", "capture", "iter_batches", "stream"]
 
@@ -175,8 +176,6 @@ def _first_tensor(out: Any) -> torch.Tensor:
 def _convert(t: torch.Tensor, layout: str | None) -> torch.Tensor:
     if layout is None:
         return t
-    from intertwiner.metrics import to_matrix
-
     if t.dim() not in (2, 3, 4):
         raise ShapeError(f"cannot convert a {t.dim()}-d output to a matrix: {tuple(t.shape)}")
     return to_matrix(t)

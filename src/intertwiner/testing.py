@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from intertwiner._validate import real_tensor
 from intertwiner.groups import Family, GroupElement, IntertwinerGroup, family
-from intertwiner.metrics._prep import as_tensor, neuron_dim
+from intertwiner.layouts import neuron_dim
 
 __all__ = [
     "apply_to_neurons",
@@ -45,9 +46,13 @@ def sample_neuron_element(
     return fam.sample(n, generator=generator, dtype=torch.float64)
 
 
+def _tensor(x: Any) -> torch.Tensor:
+    return real_tensor(x, "features")
+
+
 def apply_to_neurons(x: Any, element: GroupElement, layout: str | None = None) -> torch.Tensor:
     """``element`` applied along the neuron axis of features x (any supported layout)."""
-    t = as_tensor(x)
+    t = _tensor(x)
     return element.apply(t, dim=neuron_dim(t, layout))
 
 
@@ -80,9 +85,9 @@ def invariance_gaps(
     """(reference value, [transformed values]) as used by the two assertions."""
     fn = _metric(metric)
     gen = _generator(generator)
-    x = as_tensor(X)
+    x = _tensor(X)
     x = x.to(dtype) if dtype is not None else x
-    y = None if Y is None else as_tensor(Y)
+    y = None if Y is None else _tensor(Y)
     if y is not None and dtype is not None:
         y = y.to(dtype)
     nx = x.shape[neuron_dim(x, layout)]
@@ -129,7 +134,7 @@ def assert_invariant(
     ``"procrustes_distance:positive_monomial"``, ...). Default tolerances: atol 1e-7 / rtol 1e-7
     for float64 inputs, 1e-5 / 1e-4 otherwise. Raises AssertionError naming the worst sample.
     """
-    x_dtype = dtype or (as_tensor(X).dtype if as_tensor(X).is_floating_point() else torch.float64)
+    x_dtype = dtype or (_tensor(X).dtype if _tensor(X).is_floating_point() else torch.float64)
     a, r = _tolerances(x_dtype, atol, rtol)
     ref, values = invariance_gaps(
         metric, group, X, Y, n_samples=n_samples, dtype=dtype, generator=generator, layout=layout

@@ -4,7 +4,7 @@ Every metric takes features (N, C), (N, C, H, W) or (N, T, D) (tensors or numpy 
 float64 and carries ``.invariant_to``: the group families it is invariant to.
 """
 
-from intertwiner.metrics._prep import to_matrix
+from intertwiner.layouts import to_matrix
 from intertwiner.metrics.cka import cka, hsic_gram
 from intertwiner.metrics.compare import Comparison, compare
 from intertwiner.metrics.group_cka import group_cka

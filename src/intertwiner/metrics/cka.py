@@ -20,7 +20,7 @@ around 0 on both sides. A negative value means "no detectable similarity", not a
 ``VALUE_RANGE`` records both; the metric functions carry ``.value_range`` for their defaults.
 
 Scale: CKA is invariant to scaling X or Y. Inputs are multiplied by a power of two that brings their
-largest magnitude near 1 before anything is squared (``_prep.unit_scale``), so features of 1e-300 or
+largest magnitude near 1 before anything is squared (``_prep.scale_exponent``), so features of 1e-300 or
 1e300 give the same value as features of 1, in float64 and float32 alike.
 """
 
@@ -35,13 +35,13 @@ import torch
 
 from intertwiner import _validate
 from intertwiner.errors import NonFiniteError, TooFewSamplesError
+from intertwiner.layouts import to_flat
 from intertwiner.metrics._groups import declare, subgroups
 from intertwiner.metrics._prep import (
     check_same_n,
     f64,
     scale_exponent,
     times_power_of_two,
-    to_flat,
     validate,
 )
 

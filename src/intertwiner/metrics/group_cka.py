@@ -37,12 +37,12 @@ import torch
 
 from intertwiner import _validate
 from intertwiner.errors import UnsupportedGroupError
+from intertwiner.layouts import to_sites
 from intertwiner.metrics._groups import declare, family_name, subgroups
 from intertwiner.metrics._prep import (
     check_same_n,
     scale_exponent,
     times_power_of_two,
-    to_sites,
     validate,
 )
 from intertwiner.metrics.cka import CONSTANT_RATIO, check_samples, cka_from_hsic, hsic1_from_terms

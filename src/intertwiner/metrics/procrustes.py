@@ -50,6 +50,7 @@ from scipy.optimize import linear_sum_assignment
 
 from intertwiner import _validate
 from intertwiner.errors import NonFiniteError, UnsupportedGroupError
+from intertwiner.layouts import to_matrix
 from intertwiner.metrics._groups import declare, family_name, subgroups
 from intertwiner.metrics._prep import (
     check_finite,
@@ -57,7 +58,6 @@ from intertwiner.metrics._prep import (
     match_positions,
     scale_exponent,
     times_power_of_two,
-    to_matrix,
     validate,
 )
 from intertwiner.metrics.cka import CONSTANT_RATIO

@@ -18,9 +18,10 @@ import torch
 
 from intertwiner import _validate
 from intertwiner.errors import ShapeError
+from intertwiner.layouts import to_flat
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._groups import subgroups
-from intertwiner.metrics._prep import check_same_n, f64, to_flat, validate
+from intertwiner.metrics._prep import check_same_n, f64, validate
 from intertwiner.metrics.cka import LinearCKAStats, check_samples, value_range
 
 
