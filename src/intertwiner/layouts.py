@@ -27,6 +27,8 @@ from intertwiner.errors import ShapeError
 
 __all__ = [
     "LAYOUTS",
+    "block_samples",
+    "copies",
     "infer",
     "n_positions",
     "neuron_blocks",
@@ -41,7 +43,7 @@ LAYOUTS = ("dense", "conv", "tokens")
 _NDIM_TO_LAYOUT = {2: "dense", 3: "tokens", 4: "conv"}
 _LAYOUT_TO_NDIM = {v: k for k, v in _NDIM_TO_LAYOUT.items()}
 #: Bytes of one block of ``neuron_blocks`` (fits in a core's L2 cache with its partner).
-BLOCK_BYTES = 1 << 18
+BLOCK_BYTES = 1 << 19
 
 
 def _tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -122,6 +124,11 @@ def block_samples(
     return max(1, block_bytes // per_input)
 
 
+def copies(x: torch.Tensor, layout: str | None = None, dtype: torch.dtype | None = None) -> bool:
+    """Whether ``neuron_blocks(x, layout, dtype=dtype)`` copies (conv, or a dtype change)."""
+    return infer(x, layout) == "conv" or (dtype is not None and x.dtype != dtype)
+
+
 def neuron_blocks(
     x: torch.Tensor,
     layout: str | None = None,
@@ -140,7 +147,7 @@ def neuron_blocks(
     dtype = dtype or x.dtype
     n = x.shape[0]
     step = samples or block_samples(x, lay)
-    if lay != "conv" and x.dtype == dtype:
+    if not copies(x, lay, dtype):
         m = to_matrix(x, lay)
         s = n_positions(x, lay)
         for i in range(0, n, step):

@@ -102,7 +102,7 @@ class _Procrustes(Accumulator):
     def update(self, X: Any, Y: Any) -> None:
         x, y = _pr.prepare_rows(X, Y, upsample=self.upsample, layout=self.layout)
         self._check_widths(x, y)
-        self._state.update(x, y)
+        self._state.update(x, y, self.layout)
 
     def _check_ready(self) -> None:
         if self._state.n == 0:
