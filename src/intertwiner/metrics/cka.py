@@ -46,6 +46,9 @@ from intertwiner.metrics._prep import (
 )
 
 _ORTHOGONAL = subgroups("orthogonal")
+# Features with peaks within 2**+-SAFE_EXPONENT need no scaling (see _centred_scaled): CKA takes
+# fourth powers (squared Gram entries), which stay normal floats there.
+SAFE_EXPONENT = 200
 # A representation whose centred sum of squares is below this fraction of its raw sum of squares
 # is constant up to round-off (std/mean < 1e-10): what is left after centring is rounding noise.
 CONSTANT_RATIO = 1e-20
@@ -89,8 +92,7 @@ def hsic_gram(k: torch.Tensor, l: torch.Tensor, *, debiased: bool = False) -> fl
     check_samples(n, debiased)
     k, l = f64(k), f64(l)
     if not debiased:
-        kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
-        return float((kc * l).sum()) / (n - 1) ** 2
+        return float((_double_centred(k) * l).sum()) / (n - 1) ** 2
     kt = k.clone()
     lt = l.clone()
     kt.fill_diagonal_(0.0)
@@ -127,14 +129,42 @@ def gram_cka(
     psd: bool = True,
 ) -> float:
     """CKA of two N x N kernel matrices (``constant``: a representation is known constant;
-    ``psd``: both kernels positive semi-definite, so biased CKA is >= 0)."""
+    ``psd``: both kernels positive semi-definite, so biased CKA is >= 0). The same HSICs as
+    ``hsic_gram``, with each kernel's centred (or zero-diagonal) form made once."""
+    n = k.shape[0]
+    check_samples(n, debiased)
+    k, l = f64(k), f64(l)
+    if debiased:
+        kt, lt = k.clone(), l.clone()
+        kt.fill_diagonal_(0.0)
+        lt.fill_diagonal_(0.0)
+        rows = {"k": kt.sum(1), "l": lt.sum(1)}
+        mats = {"k": kt, "l": lt}
+
+        def hsic(a: str, b: str) -> float:
+            ra, rb = rows[a], rows[b]
+            tr = torch.vdot(mats[a].flatten(), mats[b].flatten())
+            return float(hsic1_from_terms(tr, ra.sum(), rb.sum(), ra @ rb, n))
+
+    else:
+        cent = {"k": _double_centred(k), "l": _double_centred(l)}
+        mats = {"k": k, "l": l}
+
+        def hsic(a: str, b: str) -> float:
+            return float(torch.vdot(cent[a].flatten(), mats[b].flatten())) / (n - 1) ** 2
+
     return cka_from_hsic(
-        hsic_gram(k, l, debiased=debiased),
-        hsic_gram(k, k, debiased=debiased),
-        hsic_gram(l, l, debiased=debiased),
+        hsic("k", "l"),
+        hsic("k", "k"),
+        hsic("l", "l"),
         constant,
         value_range(debiased)[0] if psd else -1.0,
     )
+
+
+def _double_centred(k: torch.Tensor) -> torch.Tensor:
+    """HKH for an N x N kernel K (H the centring matrix)."""
+    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
 @dataclass
@@ -163,9 +193,9 @@ class LinearCKAStats:
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows: x (b, p) and y (b, q), float64. The first batch fixes a power-of-two scale
         per side (CKA is scale-invariant) that keeps the squares clear of underflow/overflow."""
-        if self.exp_x is None:
-            self.exp_x, self.exp_y = scale_exponent(x), scale_exponent(y)
-        x, y = times_power_of_two(x, self.exp_x), times_power_of_two(y, self.exp_y)
+        if self.exp_x is None:  # no scaling needed (exact either way) near 1: see SAFE_EXPONENT
+            self.exp_x, self.exp_y = (_exponent_if_needed(scale_exponent(t)) for t in (x, y))
+        x, y = _scaled(x, self.exp_x), _scaled(y, self.exp_y)
         if self.shift_x is None:
             self.shift_x, self.shift_y = x.mean(0), y.mean(0)
             p, q = x.shape[1], y.shape[1]
@@ -184,18 +214,18 @@ class LinearCKAStats:
                 "ya": torch.zeros(q, **z),
                 "yb": torch.zeros(q, **z),
             }
-        self.scal["raw_x"] += float(x.square().sum())
-        self.scal["raw_y"] += float(y.square().sum())
+        self.scal["raw_x"] += float(torch.linalg.vector_norm(x)) ** 2
+        self.scal["raw_y"] += float(torch.linalg.vector_norm(y)) ** 2
         x = x - self.shift_x
         y = y - self.shift_y
         self.n += x.shape[0]
-        self.gxy += x.T @ y
-        self.gxx += x.T @ x
-        self.gyy += y.T @ y
+        self.gxy.addmm_(x.T, y)
+        self.gxx.addmm_(x.T, x)
+        self.gyy.addmm_(y.T, y)
         self.sx += x.sum(0)
         self.sy += y.sum(0)
-        a = (x * x).sum(1)
-        b = (y * y).sum(1)
+        a = torch.linalg.vector_norm(x, dim=1).square()
+        b = torch.linalg.vector_norm(y, dim=1).square()
         self.scal["a"] += float(a.sum())
         self.scal["b"] += float(b.sum())
         self.scal["aa"] += float(a @ a)
@@ -205,6 +235,20 @@ class LinearCKAStats:
         self.vec["xb"] += b @ x
         self.vec["ya"] += a @ y
         self.vec["yb"] += b @ y
+
+    @classmethod
+    def from_centred(cls, x: torch.Tensor, y: torch.Tensor, debiased: bool) -> LinearCKAStats:
+        """Statistics of float64 rows x (n, p), y (n, q) already centred and scaled (one-shot
+        ``cka``): no shift and no copies; the debiased per-row terms only when ``debiased``."""
+        st = cls(n=x.shape[0], gxy=x.T @ y, gxx=x.T @ x, gyy=y.T @ y, sx=x.sum(0), sy=y.sum(0))
+        sq_x, sq_y = float(st.gxx.diagonal().sum()), float(st.gyy.diagonal().sum())
+        st.scal = {"a": sq_x, "b": sq_y, "raw_x": sq_x, "raw_y": sq_y}
+        if debiased:
+            a = torch.linalg.vector_norm(x, dim=1).square()
+            b = torch.linalg.vector_norm(y, dim=1).square()
+            st.scal.update(aa=float(a @ a), bb=float(b @ b), ab=float(a @ b))
+            st.vec = {"xa": a @ x, "xb": b @ x, "ya": a @ y, "yb": b @ y}
+        return st
 
     def constant(self) -> bool:
         """Either representation constant up to round-off (see ``is_constant``)."""
@@ -254,24 +298,49 @@ class LinearCKAStats:
         return cka_from_hsic(xy, xx, yy, constant)
 
 
+def _exponent_if_needed(e: torch.Tensor) -> torch.Tensor:
+    """``e``, or 0 when features of that scale need none (see ``SAFE_EXPONENT``)."""
+    return torch.zeros_like(e) if abs(int(e)) <= SAFE_EXPONENT else e
+
+
+def _scaled(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    return x if int(e) == 0 else times_power_of_two(x, e)
+
+
 def _prepare(
     x: Any, y: Any, debiased: bool
 ) -> tuple[torch.Tensor, torch.Tensor, bool, tuple[float, float]]:
-    """Centred float64 (N, width) matrices scaled by powers of two to a largest magnitude near 1,
-    whether either is constant, and the two factors used."""
+    """Centred float64 (N, width) matrices (scaled by powers of two to a largest magnitude near 1
+    when far from it), whether either is constant, and the two factors used. One float64 copy of
+    each."""
     xt, yt = validate(x, "X"), validate(y, "Y")
     check_same_n(xt, yt)
     check_samples(xt.shape[0], debiased)
     out, constant, factors = [], False, []
     for t in (xt, yt):
-        f = f64(to_flat(t))
+        f = to_flat(t)
         e = scale_exponent(f)
-        f = times_power_of_two(f, e)
-        c = f - f.mean(0)
-        constant = constant or is_constant(float(c.square().sum()), float(f.square().sum()))
+        c, mean, e = _centred_scaled(f, e)
+        centred = float(torch.linalg.vector_norm(c)) ** 2
+        constant = constant or is_constant(centred, centred + f.shape[0] * float(mean @ mean))
         out.append(c)
         factors.append(math.ldexp(1.0, int(e)))
     return out[0], out[1], constant, (factors[0], factors[1])
+
+
+def _centred_scaled(
+    f: torch.Tensor, e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(f * 2**e' - mean) as a new float64 tensor, the mean, and e'. Every CKA statistic scales
+    with a power of two exactly (IEEE operations commute with it), so features whose peak lies
+    within 2**+-SAFE_EXPONENT are left unscaled (e' = 0): their squares and sums stay in range;
+    others are scaled by 2**e first (e' = e)."""
+    if abs(int(e)) <= SAFE_EXPONENT:
+        mean = f.mean(0, dtype=torch.float64)
+        return torch.sub(f64(f), mean), mean, torch.zeros_like(e)
+    f = times_power_of_two(f64(f), e)
+    mean = f.mean(0)
+    return f - mean, mean, e
 
 
 def _median_sigma(sq: torch.Tensor) -> float:
@@ -323,9 +392,7 @@ def cka(
         k, l = rbf_kernel(xc, sx), rbf_kernel(yc, sy)
         return gram_cka(k, l, debiased=debiased, constant=constant)
     if p * p + q * q + p * q <= n * (p + q):  # feature space is the cheaper form
-        stats = LinearCKAStats()
-        stats.update(xc, yc)
-        return stats.cka(debiased, constant)
+        return LinearCKAStats.from_centred(xc, yc, debiased).cka(debiased, constant)
     return gram_cka(xc @ xc.T, yc @ yc.T, debiased=debiased, constant=constant)
 
 
