@@ -189,6 +189,8 @@ class LinearCKAStats:
     # Debiased terms: a_i = |x_i|^2, b_i = |y_i|^2.
     scal: dict[str, float] = field(default_factory=dict)
     vec: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Per-row a and b, kept by ``from_centred`` (debiased) for ``cross``.
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows: x (b, p) and y (b, q), float64. The first batch fixes a power-of-two scale
@@ -248,6 +250,27 @@ class LinearCKAStats:
             b = torch.linalg.vector_norm(y, dim=1).square()
             st.scal.update(aa=float(a @ a), bb=float(b @ b), ab=float(a @ b))
             st.vec = {"xa": a @ x, "xb": b @ x, "ya": a @ y, "yb": b @ y}
+            st.rows = {"a": a, "b": b}
+        return st
+
+    @classmethod
+    def cross(
+        cls,
+        sx: LinearCKAStats,
+        sy: LinearCKAStats,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        debiased: bool,
+    ) -> LinearCKAStats:
+        """Statistics of the pair (x, y) from each side's own ``from_centred(t, t)`` statistics:
+        only the cross terms (X'Y, and for the debiased form two matrix-vector products) are new."""
+        st = cls(n=sx.n, gxy=x.T @ y, gxx=sx.gxx, gyy=sy.gxx, sx=sx.sx, sy=sy.sx)
+        st.scal = {"a": sx.scal["a"], "b": sy.scal["a"]}
+        st.scal.update(raw_x=sx.scal["raw_x"], raw_y=sy.scal["raw_x"])
+        if debiased:
+            a, b = sx.rows["a"], sy.rows["a"]
+            st.scal.update(aa=sx.scal["aa"], bb=sy.scal["aa"], ab=float(a @ b))
+            st.vec = {"xa": sx.vec["xa"], "xb": b @ x, "ya": a @ y, "yb": sy.vec["xa"]}
         return st
 
     def constant(self) -> bool:
@@ -316,16 +339,18 @@ def _prepare(
     xt, yt = validate(x, "X"), validate(y, "Y")
     check_same_n(xt, yt)
     check_samples(xt.shape[0], debiased)
-    out, constant, factors = [], False, []
-    for t in (xt, yt):
-        f = to_flat(t)
-        e = scale_exponent(f)
-        c, mean, e = _centred_scaled(f, e)
-        centred = float(torch.linalg.vector_norm(c)) ** 2
-        constant = constant or is_constant(centred, centred + f.shape[0] * float(mean @ mean))
-        out.append(c)
-        factors.append(math.ldexp(1.0, int(e)))
-    return out[0], out[1], constant, (factors[0], factors[1])
+    cx, const_x, fx = _prepare_one(xt)
+    cy, const_y, fy = _prepare_one(yt)
+    return cx, cy, const_x or const_y, (fx, fy)
+
+
+def _prepare_one(t: torch.Tensor) -> tuple[torch.Tensor, bool, float]:
+    """One validated representation: (centred float64 (N, width), constant?, scale factor)."""
+    f = to_flat(t)
+    c, mean, e = _centred_scaled(f, scale_exponent(f))
+    centred = float(torch.linalg.vector_norm(c)) ** 2
+    constant = is_constant(centred, centred + f.shape[0] * float(mean @ mean))
+    return c, constant, math.ldexp(1.0, int(e))
 
 
 def _centred_scaled(

@@ -191,6 +191,19 @@ def kernel_matrix(
     return out
 
 
+def kernel(
+    x: torch.Tensor,
+    group: Any = "positive_monomial",
+    *,
+    reduce: str = "max",
+    dtype: torch.dtype = torch.float64,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The full N x N kernel of validated features ``x`` (for ``pairwise``: once per model)."""
+    h = preprocess(x, group_cka_group(group) in _NORMALISED, dtype)
+    return kernel_matrix(h, reduce, chunk_size)
+
+
 def hsic_sums(
     hx: torch.Tensor,
     hy: torch.Tensor,

@@ -361,6 +361,18 @@ def distance_from_stats(
     return math.sqrt(max(2.0 - 2.0 * cos, 0.0))
 
 
+def value_of(
+    x: torch.Tensor, y: torch.Tensor, *, similarity: bool, options: dict[str, Any]
+) -> float:
+    """``procrustes_similarity`` (or ``_distance``) of validated features, with its options."""
+    g = procrustes_group(options.get("group", "orthogonal"))
+    center, layout = bool(options.get("center", False)), options.get("layout")
+    stats = stats_of(x, y, g, bool(options.get("upsample", False)), layout, center)
+    if similarity:
+        return similarity_from_stats(stats, g, center)
+    return distance_from_stats(stats, g, options.get("kind", "angular"), center)
+
+
 def similarity_from_stats(stats: ProcrustesStats, group: str, center: bool = False) -> float:
     gain, nx, ny, width = stats.alignment(group, center)
     if group in _PER_NEURON:
@@ -388,6 +400,15 @@ def _stats(
     X: Any, Y: Any, group: str, upsample: bool, layout: str | None, center: bool
 ) -> ProcrustesStats:
     x, y = prepare_rows(X, Y, upsample=upsample, layout=layout)
+    return stats_of(x, y, group, upsample, layout, center)
+
+
+def stats_of(
+    x: torch.Tensor, y: torch.Tensor, group: str, upsample: bool, layout: str | None, center: bool
+) -> ProcrustesStats:
+    """Statistics of validated features x, y (positions matched here: ``pairwise`` calls this
+    on features it validated once per model)."""
+    x, y = match_positions(x, y, upsample=upsample, layout_x=layout, layout_y=layout)
     stats = new_stats(group, center)
     stats.update(x, y, layout)  # unequal widths: best_alignment zero-pads the cross matrix
     return stats
