@@ -11,6 +11,10 @@ HSIC(L, L)) for N x N kernels K (of X) and L (of Y).
 
 Linear CKA with N larger than the widths uses the feature-space form (memory O(C^2), not O(N^2));
 the same sufficient statistics drive the streaming accumulator, so both agree to round-off.
+Floor (linear): the products of the cheaper exact form on the centred float64 (N, p) and (N, q)
+matrices, feature space X'X, Y'Y, X'Y (N (p^2 + q^2 + pq) multiply-adds) or Gram XX', YY'
+(N^2 (p + q)); besides them one centred float64 copy per side and O(N^2) or O(p^2) sums. RBF: the two
+N x N distance matrices.
 A constant representation has no variance, so CKA is 0/0: we warn and return 0.0, never NaN.
 
 Ranges: biased CKA (linear or RBF: positive semi-definite kernels) is in [0, 1]. The debiased
@@ -400,6 +404,7 @@ def cka(
     ``kernel="linear"`` (memory O(width^2) when N exceeds the widths) or ``"rbf"`` (N x N Gram
     matrices; ``sigma=None``: sqrt of the median squared distance between inputs).
     ``debiased=True`` uses the unbiased HSIC_1 and needs N >= 4. Computed in float64.
+    Floor (linear): the products of the cheaper of the feature-space and Gram forms (module doc).
 
     Range: [0, 1] biased; [-1, 1] debiased: the debiased estimator can be negative, its scatter
     around "no similarity" (see ``value_range``). Exactly scale-free; never NaN.

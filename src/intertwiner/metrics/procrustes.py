@@ -32,6 +32,12 @@ Ranges (``similarity_range(group)``): [1 - sqrt(2)/2, 1] for the groups that can
 alignment and the similarity reaches down to 0 (X = -Y). Distances: angular in [0, pi], euclidean
 in [0, 2].
 
+Floor: the float64 product X'Y over (positions, C) plus the C x C group step (singular values or
+one assignment). Dense and token features are multiplied as they are (views); conv features block by
+block in their own layout, each cache-sized block copied neuron-major once (never a channels-last
+copy of the whole tensor); float32 features are widened to float64 per block. Neuron norms come from
+the same blocks. ``center=True`` adds one centred float64 copy.
+
 Scale: every quantity here is invariant to scaling X or Y (and, for the monomial groups, to scaling
 each neuron). Inputs are multiplied by powers of two (per neuron for the monomial groups) that bring
 their largest magnitudes near 1 before anything is squared, so 1e-300 and 1e300 give the values of 1.
@@ -430,6 +436,7 @@ def procrustes_distance(
     X, Y: (N, C), (N, C, H, W) or (N, T, D) over the same N inputs. ``group``: a family name in
     ``GROUPS`` or an IntertwinerGroup (mapped to the family of phi(G)). 0 for identical inputs.
     Range: [0, pi] angular, [0, 2] euclidean. Exactly scale-free (1e-300 to 1e300 alike).
+    Floor: the float64 X'Y product over positions and the C x C group step (module docstring).
     Invariant to the group (see ``invariant_families(group)``); ``.invariant_to`` is for the default.
     """
     g = procrustes_group(group)
@@ -455,7 +462,7 @@ def procrustes_similarity(
 
     ``group="positive_monomial"`` is the paper's G_ReLU-Procrustes, ``"orthogonal"`` its orthogonal
     Procrustes; the other groups follow the same convention (isometry groups like orthogonal,
-    monomial like G_ReLU).
+    monomial like G_ReLU). Floor: as ``procrustes_distance``.
     """
     g = procrustes_group(group)
     return similarity_from_stats(_stats(X, Y, g, upsample, layout, center), g, center)

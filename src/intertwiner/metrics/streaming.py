@@ -7,7 +7,9 @@ result equals the one-shot function up to round-off (1e-8 in float64), for any b
   exactly (the unbiased HSIC_1 needs only Gram-type sums; see ``cka.LinearCKAStats``).
 - ``ProcrustesDistance`` / ``ProcrustesSimilarity``: O(C_x C_y), every group of ``procrustes``.
 
-Group CKA and RBF CKA need the N x N kernel and have no exact streaming form.
+Floors: the one-shot functions' products, batch by batch (Procrustes: X'Y in the native layout;
+``LinearCKA``: the feature-space products, its only form). Group CKA and RBF CKA need the N x N
+kernel and have no exact streaming form.
 """
 
 from __future__ import annotations
