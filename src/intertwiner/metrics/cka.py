@@ -220,8 +220,15 @@ class LinearCKAStats:
                 "ya": torch.zeros(q, **z),
                 "yb": torch.zeros(q, **z),
             }
-        self.scal["raw_x"] += float(torch.linalg.vector_norm(x)) ** 2
-        self.scal["raw_y"] += float(torch.linalg.vector_norm(y)) ** 2
+        raw_x, raw_y = (
+            float(torch.linalg.vector_norm(x)) ** 2,
+            float(torch.linalg.vector_norm(y)) ** 2,
+        )
+        if not math.isfinite(raw_x + raw_y):  # NaN/Inf raise here, before the state changes
+            _validate.check_finite(x, "X")
+            _validate.check_finite(y, "Y")
+        self.scal["raw_x"] += raw_x
+        self.scal["raw_y"] += raw_y
         x = x - self.shift_x
         y = y - self.shift_y
         self.n += x.shape[0]
@@ -237,10 +244,12 @@ class LinearCKAStats:
         self.scal["aa"] += float(a @ a)
         self.scal["bb"] += float(b @ b)
         self.scal["ab"] += float(a @ b)
-        self.vec["xa"] += a @ x
-        self.vec["xb"] += b @ x
-        self.vec["ya"] += a @ y
-        self.vec["yb"] += b @ y
+        ab = torch.stack([a, b])  # one pass over x and one over y for the four vectors
+        (xa, xb), (ya, yb) = ab @ x, ab @ y
+        self.vec["xa"] += xa
+        self.vec["xb"] += xb
+        self.vec["ya"] += ya
+        self.vec["yb"] += yb
 
     @classmethod
     def from_centred(cls, x: torch.Tensor, y: torch.Tensor, debiased: bool) -> LinearCKAStats:
@@ -253,7 +262,9 @@ class LinearCKAStats:
             a = torch.linalg.vector_norm(x, dim=1).square()
             b = torch.linalg.vector_norm(y, dim=1).square()
             st.scal.update(aa=float(a @ a), bb=float(b @ b), ab=float(a @ b))
-            st.vec = {"xa": a @ x, "xb": b @ x, "ya": a @ y, "yb": b @ y}
+            ab = torch.stack([a, b])  # one pass over x and one over y for the four vectors
+            (xa, xb), (ya, yb) = ab @ x, ab @ y
+            st.vec = {"xa": xa, "xb": xb, "ya": ya, "yb": yb}
             st.rows = {"a": a, "b": b}
         return st
 
@@ -336,25 +347,29 @@ def _scaled(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 def _prepare(
     x: Any, y: Any, debiased: bool
-) -> tuple[torch.Tensor, torch.Tensor, bool, tuple[float, float]]:
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float], tuple[float, float]]:
     """Centred float64 (N, width) matrices (scaled by powers of two to a largest magnitude near 1
-    when far from it), whether either is constant, and the two factors used. One float64 copy of
-    each."""
-    xt, yt = validate(x, "X"), validate(y, "Y")
+    when far from it), N |mean|^2 of each (for ``constant``), and the two factors used. One
+    float64 copy of each; NaN/Inf are caught by the scale's peak."""
+    xt, yt = validate(x, "X", finite=False), validate(y, "Y", finite=False)
     check_same_n(xt, yt)
     check_samples(xt.shape[0], debiased)
-    cx, const_x, fx = _prepare_one(xt)
-    cy, const_y, fy = _prepare_one(yt)
-    return cx, cy, const_x or const_y, (fx, fy)
+    cx, mx, fx = _prepare_one(xt, "X")
+    cy, my, fy = _prepare_one(yt, "Y")
+    return cx, cy, (mx, my), (fx, fy)
 
 
-def _prepare_one(t: torch.Tensor) -> tuple[torch.Tensor, bool, float]:
-    """One validated representation: (centred float64 (N, width), constant?, scale factor)."""
+def _prepare_one(t: torch.Tensor, name: str = "features") -> tuple[torch.Tensor, float, float]:
+    """One validated representation: (centred float64 (N, width), N |mean|^2, scale factor)."""
     f = to_flat(t)
-    c, mean, e = _centred_scaled(f, scale_exponent(f))
-    centred = float(torch.linalg.vector_norm(c)) ** 2
-    constant = is_constant(centred, centred + f.shape[0] * float(mean @ mean))
-    return c, constant, math.ldexp(1.0, int(e))
+    c, mean, e = _centred_scaled(f, scale_exponent(f, name=name))
+    return c, f.shape[0] * float(mean @ mean), math.ldexp(1.0, int(e))
+
+
+def constant(centred_sq: float, mean_term: float) -> bool:
+    """A representation whose centred sum of squares is round-off of its raw one (``is_constant``),
+    from the centred sum and N |mean|^2 (the raw sum is their sum)."""
+    return is_constant(centred_sq, centred_sq + mean_term)
 
 
 def _centred_scaled(
@@ -414,16 +429,22 @@ def cka(
         sigma = _validate.finite_number(
             sigma, "sigma", low=0.0, low_open=True, hint="or None for the median heuristic"
         )
-    xc, yc, constant, (fx, fy) = _prepare(X, Y, debiased)
+    xc, yc, (mx, my), (fx, fy) = _prepare(X, Y, debiased)
     n, p, q = xc.shape[0], xc.shape[1], yc.shape[1]
     if kernel == "rbf":
+        const = any(constant(float(torch.linalg.vector_norm(c)) ** 2, m)
+                    for c, m in ((xc, mx), (yc, my)))  # fmt: skip
         # sigma is in the units of the inputs: scale it with them (the median default is free).
         sx, sy = (None, None) if sigma is None else (sigma * fx, sigma * fy)
         k, l = rbf_kernel(xc, sx), rbf_kernel(yc, sy)
-        return gram_cka(k, l, debiased=debiased, constant=constant)
+        return gram_cka(k, l, debiased=debiased, constant=const)
     if p * p + q * q + p * q <= n * (p + q):  # feature space is the cheaper form
-        return LinearCKAStats.from_centred(xc, yc, debiased).cka(debiased, constant)
-    return gram_cka(xc @ xc.T, yc @ yc.T, debiased=debiased, constant=constant)
+        st = LinearCKAStats.from_centred(xc, yc, debiased)
+        const = constant(st.scal["a"], mx) or constant(st.scal["b"], my)
+        return st.cka(debiased, const)
+    k, l = xc @ xc.T, yc @ yc.T
+    const = constant(float(k.trace()), mx) or constant(float(l.trace()), my)
+    return gram_cka(k, l, debiased=debiased, constant=const)
 
 
 cka.value_range = VALUE_RANGE["biased"]

@@ -42,6 +42,7 @@ from intertwiner.metrics.cka import (
     LinearCKAStats,
     _prepare_one,
     check_samples,
+    constant,
     gram_cka,
     rbf_kernel,
 )
@@ -178,24 +179,24 @@ def _prepare_layer(m: Metric, x: Any, layer: str) -> _Prepared:
     debiased = bool(m.options.get("debiased", kind == "group_cka"))
     if kind == "procrustes":
         return _Prepared(validate(x, layer, m.options.get("layout"), finite=False))
-    t = validate(x, layer)
+    t = validate(x, layer, finite=kind == "group_cka")
     check_samples(t.shape[0], debiased)
     if kind == "group_cka":
         opts = {k: v for k, v in m.options.items() if k in ("reduce", "dtype", "chunk_size")}
         k = _gc.kernel(t, m.options.get("group", "positive_monomial"), **opts)
         return _Prepared(t, {"kernel": k, "constant": False})
-    c, constant, factor = _prepare_one(t)
+    c, mean_term, factor = _prepare_one(t, layer)
     if kind == "rbf":
         sigma = m.options.get("sigma")
         k = rbf_kernel(c, None if sigma is None else sigma * factor)
-        return _Prepared(t, {"kernel": k, "constant": constant})
+        const = constant(float(torch.linalg.vector_norm(c)) ** 2, mean_term)
+        return _Prepared(t, {"kernel": k, "constant": const})
     n, p = c.shape
-    prep = _Prepared(c, {"constant": constant})
     if p <= n:  # narrow: feature-space statistics, the covariance once
-        prep.extra["stats"] = LinearCKAStats.from_centred(c, c, debiased)
-    else:
-        prep.extra["kernel"] = c @ c.T
-    return prep
+        st = LinearCKAStats.from_centred(c, c, debiased)
+        return _Prepared(c, {"stats": st, "constant": constant(st.scal["a"], mean_term)})
+    k = c @ c.T
+    return _Prepared(c, {"kernel": k, "constant": constant(float(k.trace()), mean_term)})
 
 
 def _linear_pair(a: _Prepared, b: _Prepared, debiased: bool) -> float:

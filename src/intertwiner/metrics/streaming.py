@@ -74,7 +74,8 @@ class LinearCKA(Accumulator):
         return LinearCKAStats()
 
     def update(self, X: Any, Y: Any) -> None:
-        xt, yt = validate(X, "X"), validate(Y, "Y")
+        # NaN/Inf are caught by the state's sums of squares, before it changes.
+        xt, yt = validate(X, "X", finite=False), validate(Y, "Y", finite=False)
         check_same_n(xt, yt)
         self._check_widths(xt, yt)
         self._state.update(f64(to_flat(xt)), f64(to_flat(yt)))
