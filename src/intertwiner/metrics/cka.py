@@ -124,43 +124,60 @@ def cka_from_hsic(
     return float(min(max(xy / (math.sqrt(xx) * math.sqrt(yy)), low), 1.0))
 
 
+@dataclass
+class KernelTerms:
+    """What HSIC needs of one N x N kernel, made once: the double-centred kernel HKH (biased) or
+    the kernel with a zero diagonal K~ with its row sums and total (debiased), and HSIC(K, K)."""
+
+    matrix: torch.Tensor
+    rows: torch.Tensor | None
+    total: float
+    debiased: bool
+    self_hsic: float = math.nan
+
+    @classmethod
+    def of(cls, k: torch.Tensor, debiased: bool) -> KernelTerms:
+        k = f64(k)
+        if debiased:
+            kt = k.clone()
+            kt.fill_diagonal_(0.0)
+            rows = kt.sum(1)
+            t = cls(kt, rows, float(rows.sum()), True)
+        else:
+            t = cls(_double_centred(k), None, 0.0, False)
+        t.self_hsic = t.hsic(t)
+        return t
+
+    def hsic(self, other: KernelTerms) -> float:
+        """HSIC of this kernel with ``other`` (biased: tr(KHLH) / (n - 1)^2; debiased: HSIC_1)."""
+        n = self.matrix.shape[0]
+        tr = float(torch.vdot(self.matrix.flatten(), other.matrix.flatten()))
+        if not self.debiased:
+            return tr / (n - 1) ** 2
+        return float(
+            hsic1_from_terms(tr, self.total, other.total, float(self.rows @ other.rows), n)
+        )
+
+
 def gram_cka(
-    k: torch.Tensor,
-    l: torch.Tensor,
+    k: torch.Tensor | KernelTerms,
+    l: torch.Tensor | KernelTerms,
     *,
     debiased: bool = False,
     constant: bool = False,
     psd: bool = True,
 ) -> float:
-    """CKA of two N x N kernel matrices (``constant``: a representation is known constant;
-    ``psd``: both kernels positive semi-definite, so biased CKA is >= 0). The same HSICs as
-    ``hsic_gram``, with each kernel's centred (or zero-diagonal) form made once."""
-    n = k.shape[0]
+    """CKA of two N x N kernel matrices, or of their ``KernelTerms`` made once (``pairwise``)
+    (``constant``: a representation is known constant; ``psd``: both kernels positive
+    semi-definite, so biased CKA is >= 0). The HSICs of ``hsic_gram``."""
+    n = k.matrix.shape[0] if isinstance(k, KernelTerms) else k.shape[0]
     check_samples(n, debiased)
-    k, l = f64(k), f64(l)
-    if debiased:
-        kt, lt = k.clone(), l.clone()
-        kt.fill_diagonal_(0.0)
-        lt.fill_diagonal_(0.0)
-        rows = {"k": kt.sum(1), "l": lt.sum(1)}
-        mats = {"k": kt, "l": lt}
-
-        def hsic(a: str, b: str) -> float:
-            ra, rb = rows[a], rows[b]
-            tr = torch.vdot(mats[a].flatten(), mats[b].flatten())
-            return float(hsic1_from_terms(tr, ra.sum(), rb.sum(), ra @ rb, n))
-
-    else:
-        cent = {"k": _double_centred(k), "l": _double_centred(l)}
-        mats = {"k": k, "l": l}
-
-        def hsic(a: str, b: str) -> float:
-            return float(torch.vdot(cent[a].flatten(), mats[b].flatten())) / (n - 1) ** 2
-
+    tk = k if isinstance(k, KernelTerms) else KernelTerms.of(k, debiased)
+    tl = l if isinstance(l, KernelTerms) else KernelTerms.of(l, debiased)
     return cka_from_hsic(
-        hsic("k", "l"),
-        hsic("k", "k"),
-        hsic("l", "l"),
+        tk.hsic(tl),
+        tk.self_hsic,
+        tl.self_hsic,
         constant,
         value_range(debiased)[0] if psd else -1.0,
     )

@@ -5,9 +5,10 @@ layer or for every pair of several layers. Like netrep's ``pairwise_distances``,
 depends on one network only is done once per network, not once per pair:
 
 - CKA-type metrics (``cka``, ``cka_debiased``, ``rbf_cka``, ``group_cka``): each model's N x N kernel
-  (for linear CKA on narrow layers, its p x p covariance instead) is computed once and centred or
-  zero-diagonalled once; a pair then costs one inner product of N x N kernels (linear CKA in feature
-  space: one cross product). For G_ReLU-CKA this turns K^2 kernel computations into K.
+  (for linear CKA on narrow layers, its p x p covariance instead) is computed once, and centred or
+  zero-diagonalled once with its own HSIC (``KernelTerms``); a pair then costs one inner product of
+  N x N kernels (linear CKA in feature space: one cross product). For G_ReLU-CKA this turns K^2
+  kernel computations into K.
 - Procrustes metrics: each model's features are validated and converted to float64 once; a pair
   costs its X'Y product and the group step (SVD or assignment).
 
@@ -39,6 +40,7 @@ from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._plots import annotated_heatmap, save_png
 from intertwiner.metrics._prep import check_same_n, validate
 from intertwiner.metrics.cka import (
+    KernelTerms,
     LinearCKAStats,
     _prepare_one,
     check_samples,
@@ -184,29 +186,28 @@ def _prepare_layer(m: Metric, x: Any, layer: str) -> _Prepared:
     if kind == "group_cka":
         opts = {k: v for k, v in m.options.items() if k in ("reduce", "dtype", "chunk_size")}
         k = _gc.kernel(t, m.options.get("group", "positive_monomial"), **opts)
-        return _Prepared(t, {"kernel": k, "constant": False})
+        return _Prepared(t, {"kernel": KernelTerms.of(k, debiased), "constant": False})
     c, mean_term, factor = _prepare_one(t, layer)
     if kind == "rbf":
         sigma = m.options.get("sigma")
         k = rbf_kernel(c, None if sigma is None else sigma * factor)
         const = constant(float(torch.linalg.vector_norm(c)) ** 2, mean_term)
-        return _Prepared(t, {"kernel": k, "constant": const})
+        return _Prepared(t, {"kernel": KernelTerms.of(k, debiased), "constant": const})
     n, p = c.shape
     if p <= n:  # narrow: feature-space statistics, the covariance once
         st = LinearCKAStats.from_centred(c, c, debiased)
         return _Prepared(c, {"stats": st, "constant": constant(st.scal["a"], mean_term)})
     k = c @ c.T
-    return _Prepared(c, {"kernel": k, "constant": constant(float(k.trace()), mean_term)})
+    const = constant(float(k.trace()), mean_term)
+    return _Prepared(c, {"kernel": KernelTerms.of(k, debiased), "constant": const})
 
 
 def _linear_pair(a: _Prepared, b: _Prepared, debiased: bool) -> float:
     const = a.extra["constant"] or b.extra["constant"]
     sa, sb = a.extra.get("stats"), b.extra.get("stats")
-    if sa is None or sb is None:
-        ka = a.extra.get("kernel", None)
-        kb = b.extra.get("kernel", None)
-        ka = a.x @ a.x.T if ka is None else ka
-        kb = b.x @ b.x.T if kb is None else kb
+    if sa is None or sb is None:  # a narrow layer against a wide one: the Gram form
+        ka = a.extra.get("kernel") or KernelTerms.of(a.x @ a.x.T, debiased)
+        kb = b.extra.get("kernel") or KernelTerms.of(b.x @ b.x.T, debiased)
         return gram_cka(ka, kb, debiased=debiased, constant=const)
     st = LinearCKAStats.cross(sa, sb, a.x, b.x, debiased)
     return st.cka(debiased, const)
@@ -374,6 +375,8 @@ def _tensors(p: _Prepared) -> list[torch.Tensor]:
     for v in p.extra.values():
         if isinstance(v, torch.Tensor):
             out.append(v)
+        elif isinstance(v, KernelTerms):
+            out.append(v.matrix)
         elif isinstance(v, LinearCKAStats):
             out += [t for t in (v.gxx,) if t is not None]
     return out
