@@ -312,17 +312,21 @@ def _scaled_copy(t: torch.Tensor, exponent: torch.Tensor, layout: str | None) ->
 def _raw_exponents(
     t: torch.Tensor, sq: torch.Tensor, per_neuron: bool, layout: str | None
 ) -> torch.Tensor | None:
-    """Power-of-two exponents for unscaled statistics, or None when ``t`` needs scaled copies:
-    non-finite values, a peak outside 2**+-SAFE_EXPONENT, or (per neuron) a neuron so small that
-    its squares underflow. Per side: ``scale_exponent``'s. Per neuron: from the neuron norms."""
+    """Power-of-two exponents for unscaled statistics, or None when ``t`` needs scaled copies.
+
+    Read from the neuron sums of squares alone (no pass over ``t``): None for NaN/Inf, for a peak
+    that may lie outside 2**+-SAFE_EXPONENT (the largest sum of squares bounds the peak from
+    above, and from below over the ``rows`` terms), or, per neuron, for a neuron so small that
+    its squares underflow. Exponents: per side from the largest neuron norm, per neuron from each
+    norm (any power of two gives the same values; these keep the statistics near 1)."""
     if not bool(torch.isfinite(sq).all()):
         return None
-    lo, hi = torch.aminmax(t)
-    peak = torch.maximum(hi, -lo).to(torch.float64)
-    if peak > 2.0**SAFE_EXPONENT or 0 < peak < 2.0**-SAFE_EXPONENT:
+    top = float(sq.max())
+    rows = t.shape[0] * n_positions(t, layout)
+    if top > 2.0 ** (2 * SAFE_EXPONENT) or top < rows * 2.0 ** (-2 * SAFE_EXPONENT):
         return None
     if not per_neuron:
-        return -torch.frexp(peak).exponent.to(torch.int64)
+        return -torch.frexp(torch.tensor(top, dtype=torch.float64).sqrt()).exponent.to(torch.int64)
     if bool(((sq > 0) & (sq < 2.0 ** (-2 * SAFE_EXPONENT))).any()):
         return None
     dead = (sq == 0).nonzero().flatten()
