@@ -1125,7 +1125,7 @@ def compare_cmd(
 ) -> None:
     """Compare checkpoints (layer x layer for two, model x model for more) or saved features with
     representation metrics; print the tables, and with --out write JSON, CSV and heatmaps."""
-    from intertwiner.errors import IntertwinerError
+    from intertwiner.errors import IntertwinerError, InvalidInputError, InvalidOptionError
     from intertwiner.metrics import pairwise
 
     if len(inputs) < 2:
@@ -1138,13 +1138,15 @@ def compare_cmd(
         loaded = [_compare_input(p) for p in inputs]
         models = [m for m, meta in loaded if meta is not None]
         if models and len(models) != len(loaded):
-            raise ValueError("compare takes only checkpoints or only feature files, not both")
+            raise InvalidInputError(
+                "compare takes only checkpoints or only feature files, not both"
+            )
         kw: dict = {"layers": want, "cross_layers": cross_layers, "names": names,
                     "device": device, "progress": not quiet, "workers": workers}  # fmt: skip
         if models:
             splits = _pair_splits(loaded[0][1], data, data_dir, inputs[0])
             if split not in ("test", "val", "train"):
-                raise ValueError(f"--split {split!r}: choose test, val or train")
+                raise InvalidOptionError(f"--split {split!r}: choose test, val or train")
             kw.update(data=getattr(splits, split), max_samples=samples)
         items = models or [m for m, _ in loaded]
         results = {}

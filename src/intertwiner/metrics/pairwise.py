@@ -129,7 +129,9 @@ def classical_mds(d: np.ndarray, dim: int = 2) -> np.ndarray:
     return vecs[:, order] * np.sqrt(np.clip(vals[order], 0, None))
 
 
-def _figure(res: Pairwise, path: str | os.PathLike | None, layer: str | None, embedding: str):
+def _figure(
+    res: Pairwise, path: str | os.PathLike | None, layer: str | None, embedding: str
+) -> Any:
     from matplotlib.figure import Figure
 
     la = layer if layer is not None else res.layers[0]
