@@ -49,7 +49,8 @@ from intertwiner.metrics.cka import (
     rbf_kernel,
 )
 from intertwiner.metrics.compare import parse_bytes
-from intertwiner.metrics.registry import Metric, metric
+from intertwiner.metrics.registry import Metric
+from intertwiner.metrics.registry import metric as make_metric
 
 # The package exports a function named like this module; take the module itself.
 _gc = importlib.import_module("intertwiner.metrics.group_cka")
@@ -304,7 +305,7 @@ def _features_of(s: Any, layers: list[str], capture: dict[str, Any]) -> dict[str
 
 def pairwise(
     features_or_models: Sequence[Any] | Mapping[str, Any],
-    metric_spec: str | Metric = "cka",
+    metric: str | Metric = "cka",
     *,
     layers: Sequence[str] | None = None,
     cross_layers: bool = True,
@@ -317,7 +318,7 @@ def pairwise(
     workers: int = 0,
     memory_limit: int | float | str | None = None,
 ) -> Pairwise:
-    """K x K matrices of ``metric_spec`` over K models or feature sets (see the module docstring).
+    """K x K matrices of ``metric`` (a name such as ``"group_cka"`` or a ``Metric``) over K models or feature sets (see the module docstring).
 
     ``features_or_models``: a sequence (or ``{name: ...}`` mapping) of feature tensors (N, C, ...),
     ``{layer: tensor}`` dicts (every set with the same layers, same N inputs), or ``nn.Module``s,
@@ -328,7 +329,7 @@ def pairwise(
     """
     from tqdm.auto import tqdm
 
-    m = metric(metric_spec)
+    m = make_metric(metric)
     workers = int(workers)
     if workers < 0:
         raise InvalidOptionError(f"workers={workers} must be >= 0")
