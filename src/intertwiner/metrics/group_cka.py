@@ -60,7 +60,7 @@ _UNNORMALISED = {"permutation", "signed_permutation"}
 # Elements of one C x b x b block product (about 128 MiB in float64): bounds the median's buffer.
 _BLOCK_BUDGET = 1 << 24
 # Bytes of the per-neuron product buffer of max and sum reductions (a few neurons at a time).
-GROUP_BYTES = 1 << 20
+GROUP_BYTES = 1 << 21
 VALUE_RANGE = (-1.0, 1.0)
 DTYPES = (torch.float64, torch.float32)
 
@@ -170,13 +170,12 @@ class _Products:
 
 
 def _default_chunk(c: int, n: int, reduce: str = "max") -> int:
-    """Inputs per block: 128 below 4,096 inputs, else 256 (large enough for efficient products,
-    small enough that the diagonal blocks waste little of the upper triangle); fewer for very
-    wide layers under ``reduce="median"``."""
-    b = 128 if n < 4096 else 256
+    """Inputs per block: 256 (products large enough to run near the matmul rate, diagonal blocks
+    small enough to waste little of the upper triangle; measured best from N = 1,000 to 10,000),
+    fewer for very wide layers under ``reduce="median"``."""
     if reduce != "median":
-        return b
-    return max(16, min(b, int((_BLOCK_BUDGET / max(c, 1)) ** 0.5)))
+        return 256
+    return max(16, min(256, int((_BLOCK_BUDGET / max(c, 1)) ** 0.5)))
 
 
 def kernel_matrix(
