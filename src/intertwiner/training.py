@@ -163,6 +163,14 @@ def _batches(
         yield from data
 
 
+def _to_device(x: Any, dev: torch.device) -> Any:
+    """A batch's inputs on ``dev``: a tensor, or a tuple of tensors (and Nones) such as the cached
+    front-of-model features stitching evaluates from."""
+    if isinstance(x, tuple | list):
+        return type(x)(_to_device(t, dev) for t in x)
+    return x.to(dev) if torch.is_tensor(x) else x
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -172,6 +180,9 @@ def evaluate(
     batch_size: int = 512,
 ) -> dict[str, float]:
     """``{"accuracy", "loss", "n"}``: mean cross-entropy and accuracy *per example*, in eval mode.
+
+    ``dataset_or_loader``: a Dataset, a DataLoader or any iterable of ``(x, y)`` batches; ``x`` may
+    be a tuple of tensors, passed to the model as one argument.
 
     Loss is summed in float64 over examples and divided by their count, so a small last batch weighs
     as much as its size. The model's train/eval mode is restored afterwards. ``device=None`` uses
@@ -190,7 +201,7 @@ def evaluate(
     n = 0
     try:
         for x, y in _batches(dataset_or_loader, batch_size, shuffle=False, generator=None):
-            x, y = x.to(dev), y.to(dev)
+            x, y = _to_device(x, dev), torch.as_tensor(y).to(dev)
             logits = model(x)
             total_loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
             correct += int((logits.argmax(dim=1) == y).sum())

@@ -13,13 +13,11 @@ from intertwiner.stitching import (
     BirkhoffStitch,
     MonomialStitch,
     UnknownLayerKindError,
-    hungarian,
     kind_for_activation,
     make_layer,
     parse_kind,
-    sinkhorn,
 )
-from intertwiner.stitching.layers import LassoStitch
+from intertwiner.stitching.layers import LassoStitch, hungarian, sinkhorn
 
 KIND_FAMILY = {
     "full": "general_linear",

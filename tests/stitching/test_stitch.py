@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import (
+from tests._support.factories import (
     TinyMLP,
     TinyResMLP,
     digits_splits,

@@ -19,6 +19,7 @@ from intertwiner.groups.activations import (
 from intertwiner.groups.discovery import DiscoveryEvidence, discover
 from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
 from intertwiner.groups.families import (
+    ALIASES,
     FAMILIES,
     LARGER,
     Family,
@@ -28,6 +29,8 @@ from intertwiner.groups.families import (
     Permutation,
     PositiveMonomial,
     SignedPermutation,
+    UnknownFamilyError,
+    best_assignment,
     family,
     intersect,
     is_subgroup,
@@ -38,6 +41,7 @@ from intertwiner.groups.homogeneity import homogeneity_defect, homogeneity_profi
 from intertwiner.groups.verify import verify
 
 __all__ = [
+    "ALIASES",
     "Abs",
     "DenseElement",
     "DiscoveryEvidence",
@@ -59,10 +63,12 @@ __all__ = [
     "RBF",
     "SignedPermutation",
     "TABLE_ROWS",
+    "UnknownFamilyError",
     "activation_module",
     "fixed_point_family",
     "phi_preimage",
     "activation_name",
+    "best_assignment",
     "discover",
     "exponents",
     "family",

@@ -63,7 +63,7 @@ class IntertwinerGroup:
         if (
             isinstance(phi, tuple)
             and not float(phi[1]).is_integer()
-            and self.family.name != "positive_monomial"
+            and self.family.scales != "positive"
         ):
             raise UnsupportedGroupError(
                 f"a non-integer power phi (d = {phi[1]}) needs positive scales: family "
@@ -101,6 +101,12 @@ class IntertwinerGroup:
         if kind == "abs":
             return DenseElement(m.abs())
         return DenseElement(m ** kind[1])
+
+    @property
+    def phi_family(self) -> Family:
+        """The family of ``phi(A)``: how the activation *outputs* move (what a metric on
+        representations or a stitch after the activation must quotient out)."""
+        return self.family.image(self.phi_kind)
 
     @property
     def phi_label(self) -> str:

@@ -20,12 +20,10 @@ from intertwiner.stitching.layers import (
     OrthogonalStitch,
     StitchLayer,
     UnknownLayerKindError,
-    hungarian,
     kind_for_activation,
     make_layer,
     parse_kind,
     resolve_kind,
-    sinkhorn,
 )
 from intertwiner.stitching.solvers import FeatureStats
 from intertwiner.stitching.splice import (
@@ -55,11 +53,9 @@ __all__ = [
     "UnknownLayerKindError",
     "UnknownSiteError",
     "find_cut",
-    "hungarian",
     "kind_for_activation",
     "make_layer",
     "parse_kind",
     "resolve_kind",
-    "sinkhorn",
     "stitch",
 ]
