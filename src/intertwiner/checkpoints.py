@@ -36,8 +36,6 @@ import copy
 import datetime as _dt
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from intertwiner import _atomic
 from intertwiner._version import __version__
 from intertwiner.errors import CheckpointError
 
@@ -108,25 +107,10 @@ def sidecar(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _is_temporary(path: Path) -> bool:
-    """A temporary of ``_atomic_write``: ``.NAME.safetensors.RANDOM.tmp`` or ``.NAME.json.RANDOM.tmp``."""
+    """A temporary of ``_atomic.write_bytes``: ``.NAME.safetensors.RANDOM.tmp`` or ``.NAME.json.RANDOM.tmp``."""
     name = path.name
-    if not (name.startswith(".") and name.endswith(".tmp")):
-        return False
-    return ".safetensors." in name or ".json." in name
+    return _atomic.is_temporary(path) and (".safetensors." in name or ".json." in name)
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:
@@ -217,9 +201,9 @@ def save(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = N
         tensors={k: list(v.shape) for k, v in state.items()},
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, blob)
+    _atomic.write_bytes(path, blob)
     meta = seal(meta)
-    _atomic_write(sidecar(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    _atomic.write_bytes(sidecar(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 

@@ -631,6 +631,8 @@ def dissect(
     from intertwiner import dissection as dis
     from intertwiner.data.concepts import load_concepts
     from intertwiner.errors import IntertwinerError
+    from intertwiner.experiments.rotation_dissection import dissection_experiment
+    from intertwiner.report.rotation_curve import plot_rotation_curve
 
     if data != "concepts":
         raise fail("dissection needs concept masks: only --data concepts is available")
@@ -642,7 +644,7 @@ def dissect(
         options = dict(dm.get("generator") or {}) if meta.get("dataset") == "concepts" else {}
         options.setdefault("size", int(model.intertwiner_config.get("input_size", 32)))
         splits = load_concepts(seed=int(meta.get("split_seed", 0) or 0), **options)
-        exp = dis.dissection_experiment(
+        exp = dissection_experiment(
             model, layer, splits.test, n_orthogonal=n_orthogonal,
             powers=[float(p) for p in _csv(powers)], seed=seed, quantile=quantile,
             iou_threshold=iou_threshold, progress=not quiet,
@@ -656,7 +658,7 @@ def dissect(
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"dissection-{layer}.json").write_text(json.dumps(payload, indent=2))
-        figure = dis.plot_rotation_curve(exp, out_dir / f"dissection-{layer}.png")
+        figure = plot_rotation_curve(exp, out_dir / f"dissection-{layer}.png")
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from intertwiner import _validate
+from intertwiner.data.concept_source import ConceptSource
 from intertwiner.data.splits import (
     ArrayDataset,
     DataSplits,
@@ -216,6 +217,7 @@ def from_arrays(
 __all__ = [
     "random_subset",
     "ArrayDataset",
+    "ConceptSource",
     "DATASETS",
     "DataSplits",
     "UnknownDatasetError",
