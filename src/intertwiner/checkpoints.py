@@ -325,3 +325,38 @@ __all__ = [
     "sidecar",
     "verify_metadata",
 ]
+
+
+def data_splits(
+    metadata: dict[str, Any],
+    *,
+    dataset: str | None = None,
+    root: str | Path | None = None,
+    source: str | Path = "the checkpoint",
+    **defaults: Any,
+):
+    """The ``DataSplits`` a checkpoint was trained on, rebuilt from its metadata: the dataset,
+    its options (a reproduce checkpoint's ``data_options``, or the concept generator's settings
+    in ``data_meta``) and the split seed, so validation and test are the ones training used.
+
+    ``dataset`` overrides the recorded name (the recorded options are then not applied);
+    ``root`` is a data folder (CIFAR-10); ``defaults`` fill options the metadata lacks.
+    Raises ``InvalidOptionError`` when the metadata names no dataset and none is given.
+    """
+    from intertwiner import data as data_mod
+    from intertwiner.errors import InvalidOptionError
+
+    name = dataset or metadata.get("dataset")
+    if not name:
+        raise InvalidOptionError(f"{source} does not record its dataset; pass the dataset name")
+    options: dict[str, Any] = {}
+    if dataset is None:  # the recorded options; older checkpoints: read from the data's meta
+        recorded = metadata.get("data_options")
+        options.update(recorded or data_mod.options_from_meta(metadata.get("data_meta") or {}))
+    seed = metadata.get("split_seed", (metadata.get("data_meta") or {}).get("split_seed"))
+    options["seed"] = int(seed or 0)
+    if root is not None:
+        options["root"] = str(root)
+    for key, value in defaults.items():
+        options.setdefault(key, value)
+    return data_mod.load(name, **options)

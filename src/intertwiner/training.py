@@ -124,6 +124,35 @@ class TrainResult:
         }
 
 
+def checkpoint_metadata(
+    result: TrainResult,
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    data_options: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The one metadata schema of a trained checkpoint: what ``checkpoints.data_splits`` needs to
+    rebuild the exact splits (``dataset``, ``data_options``, ``split_seed``, ``data_meta``), the
+    seeds and training configuration, the history and ``result.summary()``; ``extra`` adds fields
+    (e.g. the zoo stage's ``zoo_config``)."""
+    from intertwiner.data import options_from_meta
+
+    meta = data.meta or {}
+    return {
+        "dataset": meta.get("name"),
+        "data_options": dict(data_options or options_from_meta(meta)),
+        "data_meta": meta,
+        "split_seed": meta.get("split_seed"),
+        "train_seed": config.seed,
+        "init_seed": config.seed,
+        "train_config": config.to_dict(),
+        "history": result.history,
+        **result.summary(),
+        **extra,
+    }
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> CUDA if available, else CPU."""
     if device is None:
@@ -248,6 +277,37 @@ def make_scheduler(
     return None
 
 
+def _train_epoch(
+    model: nn.Module,
+    data: DataSplits,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    epoch: int,
+) -> tuple[float, float]:
+    """One shuffled pass over ``data.train``: ``(mean loss, accuracy)`` per example."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = n = 0
+    for x, y in _batches(data.train, config.batch_size, shuffle=True, generator=generator):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"training loss became {loss.item()} at epoch {epoch}; lower lr "
+                f"(now {optimizer.param_groups[0]['lr']}) or check the data for NaN/Inf"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double().cpu() * len(y)
+        correct += int((logits.detach().argmax(dim=1) == y).sum())
+        n += len(y)
+    return float(loss_sum) / max(n, 1), correct / max(n, 1)
+
+
 def train(model: nn.Module, data: DataSplits, config: TrainConfig | None = None) -> TrainResult:
     """Train ``model`` on ``data.train``; keep the epoch with the best ``data.val`` accuracy.
 
@@ -277,32 +337,14 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig | None = None)
         for epoch in bar:
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            correct = n = 0
-            batches = _batches(data.train, config.batch_size, shuffle=True, generator=generator)
-            for x, y in batches:
-                x, y = x.to(device), y.to(device)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(
-                        f"training loss became {loss.item()} at epoch {epoch}; lower lr "
-                        f"(now {lr}) or check the data for NaN/Inf"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach().double().cpu() * len(y)
-                correct += int((logits.detach().argmax(dim=1) == y).sum())
-                n += len(y)
+            loss, acc = _train_epoch(model, data, optimizer, config, generator, device, epoch)
             if scheduler is not None:
                 scheduler.step()
             val = evaluate(model, data.val, device=device, batch_size=config.eval_batch_size)
             row = {
                 "epoch": epoch,
-                "train_loss": float(loss_sum) / max(n, 1),
-                "train_accuracy": correct / max(n, 1),
+                "train_loss": loss,
+                "train_accuracy": acc,
                 "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"],
                 "lr": lr,
@@ -456,19 +498,6 @@ def train_zoo(
             continue
         model = models.build(arch, seed=seed, **cfg)
         result = train(model, data, tc)
-        checkpoints.save(
-            result.model,
-            path,
-            {
-                "dataset": data.meta.get("name"),
-                "data_meta": data.meta,
-                "split_seed": data.meta.get("split_seed"),
-                "train_seed": seed,
-                "init_seed": seed,
-                "train_config": tc.to_dict(),
-                "history": result.history,
-                **result.summary(),
-            },
-        )
+        checkpoints.save(result.model, path, checkpoint_metadata(result, data, tc))
         bar.set_postfix(seed=seed, test=f"{result.test_accuracy:.4f}")
     return paths

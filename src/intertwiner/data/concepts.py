@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from intertwiner.data.splits import ArrayDataset, DataSplits, make_splits, stratified_split
-from intertwiner.errors import ShapeError
+from intertwiner.errors import InvalidInputError, InvalidOptionError, ShapeError
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
 COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -193,7 +193,7 @@ def concept_masks(dataset: Any, indices: Any = None) -> torch.Tensor:
     if isinstance(dataset, DataSplits):
         dataset = dataset.test
     if not isinstance(dataset, ConceptDataset):
-        raise TypeError(
+        raise InvalidInputError(
             f"{type(dataset).__name__} has no concept masks; load the data with "
             "intertwiner.data.load('concepts')"
         )
@@ -222,7 +222,7 @@ def load_concepts(
     if n_train < 2 or n_test < 1:
         raise ShapeError(f"need n_train >= 2 and n_test >= 1, got {n_train} and {n_test}")
     if noise < 0 or not math.isfinite(noise):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
+        raise InvalidOptionError(f"noise must be a finite number >= 0, got {noise}")
     g = torch.Generator().manual_seed(int(data_seed))
     scenes = render_scenes(n_train + n_test, size=size, max_objects=max_objects, generator=g)
     x = scenes.images

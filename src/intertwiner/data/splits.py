@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from intertwiner.data import transforms as tf
-from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
+from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 
 
 def stratified_split(
@@ -26,7 +26,7 @@ def stratified_split(
     """
     labels = np.asarray(labels)
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        raise InvalidOptionError(f"fraction must be in [0, 1), got {fraction}")
     if fraction == 0.0:
         return np.arange(len(labels)), np.arange(0)
     rng = np.random.default_rng(int(seed))

@@ -167,6 +167,54 @@ def _layer_batches(
             bar.close()
 
 
+def _thresholds(model, layer, source, bases, quantile, batch_size, device, progress):
+    """Pass 1: each unit's threshold (its k-th largest value) in every basis, by merging each
+    batch into a running exact top-k. Returns ``(elements by basis name, thresholds (C,))``."""
+    elements: dict[str, GroupElement | None] = {}
+    tops: dict[str, torch.Tensor] = {}
+    k = 0
+    for acts, _ in _layer_batches(
+        model, layer, source, batch_size, device, progress, "dissect: thresholds", False
+    ):
+        c, hw = acts.shape[1], acts.shape[2] * acts.shape[3]
+        if not elements:
+            elements = {name: _as_element(b, c) for name, b in bases.items()}
+            k = max(1, math.ceil(quantile * source.n * hw))
+        for name, el in elements.items():
+            vals = _apply(el, acts).transpose(0, 1).reshape(c, -1)
+            if name in tops:
+                vals = torch.cat([tops[name], vals], dim=1)
+            tops[name] = vals.topk(min(k, vals.shape[1]), dim=1).values
+    return elements, {name: top[:, -1].clone() for name, top in tops.items()}
+
+
+def _intersections(model, layer, source, elements, thresholds, batch_size, device, progress):
+    """Pass 2: binarise the upsampled maps and count, per basis, unit/mask intersections (C, K),
+    active pixels per unit (C,) and mask pixels per concept (K,)."""
+    inter: dict[str, torch.Tensor] = {}
+    act_count: dict[str, torch.Tensor] = {}
+    mask_count = None
+    for acts, masks in _layer_batches(
+        model, layer, source, batch_size, device, progress, "dissect: IoU", True
+    ):
+        c = acts.shape[1]
+        kk, size = masks.shape[1], masks.shape[2:]
+        flat_masks = masks.transpose(0, 1).reshape(kk, -1).to(torch.float32)
+        counts = flat_masks.sum(1).to(torch.float64)
+        mask_count = counts if mask_count is None else mask_count + counts
+        for name, el in elements.items():
+            a = _apply(el, acts)
+            if tuple(a.shape[2:]) != tuple(size):
+                a = F.interpolate(a, size=tuple(size), mode="bilinear", align_corners=False)
+            on = (a > thresholds[name].view(1, c, 1, 1)).transpose(0, 1).reshape(c, -1)
+            # 0/1 products summed over at most B*H*W < 2^24 terms: exact in float32.
+            hits = (on.to(torch.float32) @ flat_masks.T).to(torch.float64)
+            active = on.sum(1).to(torch.float64)
+            inter[name] = hits if name not in inter else inter[name] + hits
+            act_count[name] = active if name not in act_count else act_count[name] + active
+    return inter, act_count, mask_count
+
+
 def dissect_bases(
     model: nn.Module,
     layer: str,
@@ -192,48 +240,11 @@ def dissect_bases(
     source = ConceptSource.from_data(data, concept_names)
     if source.n < 1:
         raise TooFewSamplesError("dissection needs at least one image")
-    elements: dict[str, GroupElement | None] = {}
-    tops: dict[str, torch.Tensor] = {}
-    k = 0
-    # Pass 1: exact per-unit top-k by merging each batch into a running top-k.
-    for acts, _ in _layer_batches(
-        model, layer, source, batch_size, device, progress, "dissect: thresholds", False
-    ):
-        c, hw = acts.shape[1], acts.shape[2] * acts.shape[3]
-        if not elements:
-            elements = {name: _as_element(b, c) for name, b in bases.items()}
-            k = max(1, math.ceil(quantile * source.n * hw))
-        for name, el in elements.items():
-            vals = _apply(el, acts).transpose(0, 1).reshape(c, -1)
-            if name in tops:
-                vals = torch.cat([tops[name], vals], dim=1)
-            tops[name] = vals.topk(min(k, vals.shape[1]), dim=1).values
-    thresholds = {name: top[:, -1].clone() for name, top in tops.items()}
-    del tops
-    # Pass 2: binarise upsampled maps and count intersections with every concept mask.
-    inter: dict[str, torch.Tensor] = {}
-    act_count: dict[str, torch.Tensor] = {}
-    mask_count = None
-    for acts, masks in _layer_batches(
-        model, layer, source, batch_size, device, progress, "dissect: IoU", True
-    ):
-        assert masks is not None
-        b, c = acts.shape[:2]
-        kk, size = masks.shape[1], masks.shape[2:]
-        flat_masks = masks.transpose(0, 1).reshape(kk, -1).to(torch.float32)
-        counts = flat_masks.sum(1).to(torch.float64)
-        mask_count = counts if mask_count is None else mask_count + counts
-        for name, el in elements.items():
-            a = _apply(el, acts)
-            if tuple(a.shape[2:]) != tuple(size):
-                a = F.interpolate(a, size=tuple(size), mode="bilinear", align_corners=False)
-            on = (a > thresholds[name].view(1, c, 1, 1)).transpose(0, 1).reshape(c, -1)
-            # 0/1 products summed over at most B*H*W < 2^24 terms: exact in float32.
-            hits = (on.to(torch.float32) @ flat_masks.T).to(torch.float64)
-            active = on.sum(1).to(torch.float64)
-            inter[name] = hits if name not in inter else inter[name] + hits
-            act_count[name] = active if name not in act_count else act_count[name] + active
-    assert mask_count is not None
+    elements, thresholds = _thresholds(model, layer, source, bases, quantile, batch_size,
+                                       device, progress)  # fmt: skip
+    inter, act_count, mask_count = _intersections(
+        model, layer, source, elements, thresholds, batch_size, device, progress
+    )
     results = {}
     for name in elements:
         union = act_count[name].view(-1, 1) + mask_count.view(1, -1) - inter[name]

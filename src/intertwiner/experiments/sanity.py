@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from intertwiner.errors import IntertwinerError, ShapeError
+from intertwiner.errors import IntertwinerError, InvalidOptionError, ShapeError
 from intertwiner.groups import (
     FAMILIES,
     GroupElement,
@@ -297,7 +297,7 @@ def sanity_run(
 
     config = config or SanityConfig()
     if config.epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {config.epochs}")
+        raise InvalidOptionError(f"epochs must be >= 0, got {config.epochs}")
     start = time.perf_counter()
     model, _ = _load_model(checkpoint_or_model)
     example = _example(data)
@@ -481,7 +481,9 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
     model, meta = checkpoints.load(config["checkpoint"])
     name = config.get("data") or meta.get("dataset")
     if not name:
-        raise ValueError("the job config needs 'data' (the checkpoint does not name its dataset)")
+        raise InvalidOptionError(
+            "the job config needs 'data' (the checkpoint does not name its dataset)"
+        )
     options = dict(config.get("data_options") or {})
     data_meta = meta.get("data_meta") or {}
     if "split_seed" in meta:

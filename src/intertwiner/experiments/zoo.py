@@ -55,15 +55,15 @@ def train_job(config: dict) -> dict:
     path = zoo_checkpoint(config, config)
     path.parent.mkdir(parents=True, exist_ok=True)
     data_options = {k: v for k, v in config["data"].items() if k != "name" and v is not None}
-    meta = {
-        "zoo_config": {k: v for k, v in config.items() if k[0] != "_"},
-        # what `intertwiner stitch` (and anyone) needs to reload the exact data, without --data
-        "dataset": config["data"]["name"],
-        "data_options": data_options,
-        "split_seed": int(splits.meta.get("split_seed", data_options.get("seed", 0))),
-        "val_accuracy": float(val["accuracy"]),
-        "test_accuracy": float(test["accuracy"]),
-    }
+    meta = training.checkpoint_metadata(
+        result,
+        splits,
+        tcfg,
+        data_options=data_options,
+        zoo_config={k: v for k, v in config.items() if k[0] != "_"},
+        val_accuracy=float(val["accuracy"]),
+        test_accuracy=float(test["accuracy"]),
+    )
     checkpoints.save(model, path, meta)
     return {
         "test_accuracy": float(test["accuracy"]),

@@ -138,9 +138,10 @@ def fixed_point_family(phi: Any) -> str:
     return "signed_permutation" if int(d) % 2 else "permutation"
 
 
-def phi_preimage(phi: Any, target: str) -> str:
+def phi_preimage(phi: Any, target: str | Family) -> str:
     """The largest family of monomial A with phi(A) in ``target``: the restriction on a site whose
     activation outputs (moved by phi(A)) must be moved by a matrix of ``target``."""
+    target = family(target).name
     if phi in (None, "identity"):
         return target
     # Conditions on the scales s of A; phi acts on scales by |s| or s^d.

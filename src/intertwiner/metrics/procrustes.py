@@ -49,7 +49,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from intertwiner import _validate
-from intertwiner.errors import NonFiniteError, UnsupportedGroupError
+from intertwiner.errors import InvalidOptionError, NonFiniteError, UnsupportedGroupError
 from intertwiner.metrics._groups import declare, family_name, subgroups
 from intertwiner.metrics._prep import (
     check_finite,
@@ -158,7 +158,9 @@ class ProcrustesStats:
 
     def _centred(self, center: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if center != self.centering:
-            raise ValueError(f"these statistics were gathered with centering={self.centering}")
+            raise InvalidOptionError(
+                f"these statistics were gathered with centering={self.centering}"
+            )
         if not center:
             return self.gxy, self.xsq, self.ysq
         n = self.n

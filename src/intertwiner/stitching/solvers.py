@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import torch
 
-from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError, UnsupportedGroupError
+from intertwiner.errors import (
+    InvalidOptionError,
+    NonFiniteError,
+    ShapeError,
+    TooFewSamplesError,
+    UnsupportedGroupError,
+)
 from intertwiner.groups import Family, best_assignment, family
 
 
@@ -90,7 +96,7 @@ class FeatureStats:
     def require_cross_x(self, what: str) -> None:
         """Raise unless the full ``x^T x`` was kept (``what`` names the solver that needs it)."""
         if not self.cross_x:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"{what} needs the full x^T x, but these statistics keep only its diagonal "
                 "(cross_x=False); build them with cross_x=True"
             )
@@ -205,7 +211,7 @@ def _score_matrix(stats: FeatureStats, kind: str, *, bias: bool, score: str):
         # A family with signs matches a unit to its negation as well as to itself.
         gain = corr.abs() if _monomial(kind).flips_signs else corr
         return gain, float(corr.shape[0])
-    raise ValueError(f"score must be 'lsq' or 'corr', got {score!r}")
+    raise InvalidOptionError(f"score must be 'lsq' or 'corr', got {score!r}")
 
 
 def assignment(stats: FeatureStats, kind: str, *, bias: bool, score: str = "lsq"):
