@@ -165,7 +165,7 @@ def groups(
     from tqdm.auto import tqdm
 
     from intertwiner.errors import IntertwinerError
-    from intertwiner.groups.table import TABLE_ROWS, format_table, group_row
+    from intertwiner.groups._table import TABLE_ROWS, format_table, group_row
 
     names = [activation] if activation is not None else list(TABLE_ROWS)
     try:

@@ -162,8 +162,8 @@ def test_elements_are_checked_when_built_and_contains_rechecks_edits():
     import math
 
     from intertwiner.errors import InvalidElementError
-    from intertwiner.groups.elements import MonomialElement
-    from intertwiner.groups.families import FAMILIES
+    from intertwiner.groups._elements import MonomialElement
+    from intertwiner.groups._families import FAMILIES
 
     bad = [
         ([0, 0, 2], [1.0, 1.0, 1.0]),  # repeated index: singular (issue 17 saw f change by 0.77)

@@ -17,7 +17,7 @@ from intertwiner.stitching import (
     make_layer,
     parse_kind,
 )
-from intertwiner.stitching.layers import LassoStitch, hungarian, sinkhorn
+from intertwiner.stitching._layers import LassoStitch, hungarian, sinkhorn
 
 KIND_FAMILY = {
     "full": "general_linear",

@@ -20,14 +20,14 @@ sparsity and the fraction of near-zero values of each unit, in the neuron basis 
 
 Modules: ``_iou`` (the dissection itself), ``_alignment`` (label-free statistics). The concept
 data adapter is ``intertwiner.data.ConceptSource``, the rotations live in
-``intertwiner.groups.rotations``, the identity/G/orthogonal/rotation-power experiment in
+``intertwiner.groups._rotations``, the identity/G/orthogonal/rotation-power experiment in
 ``intertwiner.experiments.rotation_dissection`` and its figure in ``intertwiner.report``.
 """
 
 from intertwiner.data.concept_source import ConceptSource
 from intertwiner.dissection._alignment import alignment_stats, basis_alignment
 from intertwiner.dissection._iou import Basis, DissectionResult, dissect, dissect_bases
-from intertwiner.groups.rotations import random_rotation, random_rotation_powers, rotation_powers
+from intertwiner.groups._rotations import random_rotation, random_rotation_powers, rotation_powers
 
 __all__ = [
     "Basis",

@@ -13,7 +13,7 @@ from torch import nn
 from intertwiner.data.concept_source import ConceptSource
 from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups import for_activation
-from intertwiner.groups.rotations import random_rotation
+from intertwiner.groups._rotations import random_rotation
 
 __all__ = ["alignment_stats", "basis_alignment"]
 

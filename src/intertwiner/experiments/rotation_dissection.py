@@ -11,7 +11,7 @@ from torch import nn
 
 from intertwiner.dissection import Basis, ConceptSource, dissect_bases
 from intertwiner.groups import for_activation
-from intertwiner.groups.rotations import random_rotation, random_rotation_powers
+from intertwiner.groups._rotations import random_rotation, random_rotation_powers
 
 __all__ = ["dissection_experiment"]
 

@@ -8,8 +8,8 @@ eval mode), chooses the epoch on validation and reports test accuracies and
 (G_ReLU), ``"signed_perm"``, ``"monomial"`` and ``"auto"`` (the group of the site's activation).
 """
 
-from intertwiner.stitching.fit import StitchConfig, StitchResult, stitch
-from intertwiner.stitching.layers import (
+from intertwiner.stitching._fit import StitchConfig, StitchResult, stitch
+from intertwiner.stitching._layers import (
     KINDS,
     BirkhoffStitch,
     DiagonalStitch,
@@ -25,8 +25,8 @@ from intertwiner.stitching.layers import (
     parse_kind,
     resolve_kind,
 )
-from intertwiner.stitching.solvers import FeatureStats
-from intertwiner.stitching.splice import (
+from intertwiner.stitching._solvers import FeatureStats
+from intertwiner.stitching._splice import (
     Cut,
     ResidualSiteError,
     StitchedModel,

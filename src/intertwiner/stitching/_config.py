@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from intertwiner.errors import InvalidOptionError
-from intertwiner.stitching.layers import MONOMIAL_KINDS, StitchLayer
-from intertwiner.stitching.splice import StitchedModel
+from intertwiner.stitching._layers import MONOMIAL_KINDS, StitchLayer
+from intertwiner.stitching._splice import StitchedModel
 
 SOLVERS = ("match", "birkhoff")
 AUTO_INIT_MIN = 256  # first convergence check of init_samples="auto", in training inputs

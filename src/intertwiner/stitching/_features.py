@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from intertwiner.stitching._config import StitchConfig
-from intertwiner.stitching.splice import StitchedModel
+from intertwiner.stitching._splice import StitchedModel
 from intertwiner.training import evaluate
 
 

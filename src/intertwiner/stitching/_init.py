@@ -8,9 +8,9 @@ import time
 import torch
 from torch import nn
 
-from intertwiner.stitching import solvers
+from intertwiner.stitching import _solvers as solvers
 from intertwiner.stitching._config import AUTO_INIT_MIN, INITS, StitchConfig, needs_stats
-from intertwiner.stitching.layers import MONOMIAL_KINDS, StitchLayer
+from intertwiner.stitching._layers import MONOMIAL_KINDS, StitchLayer
 
 
 class InitStatistics:

@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 
 from intertwiner.stitching._config import StitchConfig, uses_birkhoff
 from intertwiner.stitching._features import FrontFeatures, evaluate_stitched
-from intertwiner.stitching.layers import BirkhoffStitch, StitchLayer
-from intertwiner.stitching.splice import StitchedModel
+from intertwiner.stitching._layers import BirkhoffStitch, StitchLayer
+from intertwiner.stitching._splice import StitchedModel
 
 
 def make_optimizer(

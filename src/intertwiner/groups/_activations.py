@@ -24,15 +24,15 @@ from intertwiner.errors import (
     SingularActivationError,
     UnknownActivationError,
 )
-from intertwiner.groups.families import (
+from intertwiner.groups._families import (
     GENERAL_LINEAR,
     MONOMIAL,
     PERMUTATION,
     POSITIVE_MONOMIAL,
     SIGNED_PERMUTATION,
 )
-from intertwiner.groups.group import IntertwinerGroup
-from intertwiner.groups.verify import as_function
+from intertwiner.groups._group import IntertwinerGroup
+from intertwiner.groups._verify import as_function
 
 # ------------------------------------------------------------------------------------------------
 # Modules for the paper's rows that torch lacks.

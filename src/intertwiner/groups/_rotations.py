@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from intertwiner.errors import ShapeError
-from intertwiner.groups.families import family
+from intertwiner.groups._families import family
 
 __all__ = ["random_rotation", "random_rotation_powers", "rotation_powers"]
 

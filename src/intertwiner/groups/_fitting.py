@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
-from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
-from intertwiner.groups.families import Family, best_assignment, family
+from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.groups._families import Family, best_assignment, family
 
 __all__ = ["FitTerm", "exponents", "fit_element", "pair_costs"]
 

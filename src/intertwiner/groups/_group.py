@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from intertwiner.errors import UnsupportedGroupError
-from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
-from intertwiner.groups.families import Family, family
+from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.groups._families import Family, family
 
 PhiKind = str | tuple[str, float]
 

@@ -33,7 +33,7 @@ from intertwiner.groups import (
     family,
     for_activation,
 )
-from intertwiner.stitching import solvers
+from intertwiner.stitching import _solvers as solvers
 
 # Stitch kinds are the group families, by their short names (``groups.Family.short_name``), plus
 # three kinds that are not groups: a rank constraint, an L1 penalty and a free diagonal.

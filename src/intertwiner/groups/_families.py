@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 
 from intertwiner import _validate
 from intertwiner.errors import InvalidElementError, UnsupportedGroupError
-from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
 
 # Smallest scale `project` returns for the monomial families when the nearest point lies on the
 # boundary (a zero or wrong-signed entry): the infimum is not attained inside the group.

@@ -42,15 +42,14 @@ from intertwiner.stitching._features import (
     to_input,
 )
 from intertwiner.stitching._init import InitStatistics, initialise
-from intertwiner.stitching._train import train_stitches
-from intertwiner.stitching.layers import (
+from intertwiner.stitching._layers import (
     MONOMIAL_KINDS,
     BirkhoffStitch,
     StitchLayer,
     make_layer,
     resolve_kind,
 )
-from intertwiner.stitching.splice import (
+from intertwiner.stitching._splice import (
     Cut,
     ResidualSiteError,
     StitchedModel,
@@ -59,6 +58,7 @@ from intertwiner.stitching.splice import (
     find_cut,
     trace,
 )
+from intertwiner.stitching._train import train_stitches
 
 __all__ = ["AUTO_INIT_MIN", "StitchConfig", "StitchResult", "resolve_config", "stitch"]
 
