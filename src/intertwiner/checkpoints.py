@@ -46,6 +46,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from intertwiner import _atomic
+from intertwiner._types import JSONDict
 from intertwiner._version import __version__
 from intertwiner.errors import CheckpointError
 
@@ -67,14 +68,14 @@ def _sha(value: Any) -> str:
     return hashlib.sha256(_canonical(value)).hexdigest()
 
 
-def seal(meta: dict[str, Any]) -> dict[str, Any]:
+def seal(meta: JSONDict) -> JSONDict:
     """``meta`` with a fresh ``integrity`` record over all its other fields (used by ``save``)."""
     body = {k: v for k, v in meta.items() if k != INTEGRITY}
     fields = {k: _sha(v) for k, v in body.items()}
     return {**body, INTEGRITY: {"algorithm": "sha256", "fields": fields, "sha256": _sha(fields)}}
 
 
-def verify_metadata(meta: dict[str, Any], where: str | Path) -> None:
+def verify_metadata(meta: JSONDict, where: str | Path) -> None:
     """Refuse metadata edited after saving (naming the fields); warn on unauthenticated format 1."""
     record = meta.get(INTEGRITY)
     if record is None and meta.get("format_version", 0) < 2:
@@ -136,7 +137,7 @@ def _sites_signature(model: nn.Module) -> list[tuple[str, str, str]]:
     return [(s, type(mods[s]).__name__, mods[s].extra_repr()) for s in sites(model)]
 
 
-def _rebuild(config: dict[str, Any]) -> nn.Module:
+def _rebuild(config: JSONDict) -> nn.Module:
     from intertwiner.models import build
 
     cfg = dict(config)
@@ -149,7 +150,7 @@ def _rebuild(config: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"cannot rebuild {arch} from the stored config {cfg}: {e}") from e
 
 
-def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
+def _jsonable(metadata: JSONDict) -> JSONDict:
     try:
         return json.loads(json.dumps(metadata, allow_nan=True))
     except TypeError as e:
@@ -158,7 +159,7 @@ def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
         ) from e
 
 
-def save(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save(model: nn.Module, path: str | Path, metadata: JSONDict | None = None) -> Path:
     """Write ``model``'s state to ``path`` (``.safetensors``) and metadata to ``path.json``.
 
     A model from ``models.build`` is saved with its ``intertwiner_config`` (what ``load``
@@ -225,7 +226,7 @@ def _check_state(state: dict[str, torch.Tensor], reference: nn.Module, *, what: 
             )
 
 
-def read_metadata(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+def read_metadata(path: str | Path, *, verify: bool = True) -> JSONDict:
     """The JSON metadata of checkpoint ``path``, refused if edited after saving (``verify``;
     the tensors' hash is checked by ``load``)."""
     meta_path = sidecar(path)
@@ -328,7 +329,7 @@ __all__ = [
 
 
 def data_splits(
-    metadata: dict[str, Any],
+    metadata: JSONDict,
     *,
     dataset: str | None = None,
     root: str | Path | None = None,
@@ -349,7 +350,7 @@ def data_splits(
     name = dataset or metadata.get("dataset")
     if not name:
         raise InvalidOptionError(f"{source} does not record its dataset; pass the dataset name")
-    options: dict[str, Any] = {}
+    options: JSONDict = {}
     if dataset is None:  # the recorded options; older checkpoints: read from the data's meta
         recorded = metadata.get("data_options")
         options.update(recorded or data_mod.options_from_meta(metadata.get("data_meta") or {}))

@@ -302,10 +302,10 @@ def train(
     """Train one model and save {arch}-{activation}-seed{seed}.safetensors (+ .json) in --out."""
     from pathlib import Path
 
-    from intertwiner import checkpoints, models
+    from intertwiner import models
     from intertwiner.errors import IntertwinerError
-    from intertwiner.training import checkpoint_metadata, zoo_filename
-    from intertwiner.training import train as fit
+    from intertwiner.groups import activation_name
+    from intertwiner.training import train_checkpoint, zoo_filename
 
     try:
         splits, cfg, tc = _fit_options(
@@ -313,11 +313,9 @@ def train(
             model_config, epochs, batch_size, optimizer, lr, weight_decay, schedule, threads, quiet,
         )  # fmt: skip
         tc.seed = seed
-        model = models.build(arch, seed=seed, **cfg)
-        result = fit(model, splits, tc)
-        act = model.intertwiner_config["activation"]
-        path = Path(out) / zoo_filename(model.intertwiner_config["arch"], act, seed)
-        checkpoints.save(result.model, path, checkpoint_metadata(result, splits, tc))
+        act = activation_name(cfg.get("activation", models.defaults(arch)["activation"]))
+        path = Path(out) / zoo_filename(arch, act, seed)
+        result = train_checkpoint(arch, cfg, splits, tc, path)
     except (IntertwinerError, ValueError) as e:
         raise fail(e) from None
     typer.echo(json.dumps({"checkpoint": str(path), **result.summary()}, indent=2))
@@ -556,8 +554,7 @@ def sanity(
     from intertwiner import data as data_mod
     from intertwiner.errors import IntertwinerError
     from intertwiner.experiments import sanity as san
-    from intertwiner.training import TrainConfig, checkpoint_metadata
-    from intertwiner.training import train as fit
+    from intertwiner.training import TrainConfig, train_checkpoint
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -581,11 +578,9 @@ def sanity(
                         cfg["batchnorm"] = batchnorm
                     if "width" in models.defaults(arch):
                         cfg["width"] = width
-                    model = models.build(arch, seed=seed, **cfg)
                     tc = TrainConfig(epochs=base_epochs, batch_size=batch_size, lr=lr, seed=seed,
                                      num_threads=threads, progress=not quiet)  # fmt: skip
-                    result = fit(model, splits, tc)
-                    checkpoints.save(model, path, checkpoint_metadata(result, splits, tc))
+                    model = train_checkpoint(arch, cfg, splits, tc, path).model
             site_list = _csv(sites) if sites else models.sites(model)[:-1]
             rows += san.sanity_test(model, site_list, _csv(kinds), repeats, splits, config,
                                     progress=not quiet)  # fmt: skip

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from intertwiner import _validate
+from intertwiner._types import JSONDict
 from intertwiner.data.splits import ArrayDataset, DataSplits
 from intertwiner.errors import ConfigMismatchError, InvalidOptionError, NonFiniteError
 
@@ -87,7 +88,7 @@ class TrainConfig:
         if self.device is not None:
             v.device(self.device)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """JSON-friendly copy (stored in checkpoint metadata)."""
         return dataclasses.asdict(self)
 
@@ -111,7 +112,7 @@ class TrainResult:
     seconds: float
     config: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> JSONDict:
         """Scalars only (no model or history), for tables and metadata."""
         return {
             "best_epoch": self.best_epoch,
@@ -129,9 +130,9 @@ def checkpoint_metadata(
     data: DataSplits,
     config: TrainConfig,
     *,
-    data_options: dict[str, Any] | None = None,
+    data_options: JSONDict | None = None,
     **extra: Any,
-) -> dict[str, Any]:
+) -> JSONDict:
     """The one metadata schema of a trained checkpoint: what ``checkpoints.data_splits`` needs to
     rebuild the exact splits (``dataset``, ``data_options``, ``split_seed``, ``data_meta``), the
     seeds and training configuration, the history and ``result.summary()``; ``extra`` adds fields
@@ -456,13 +457,35 @@ def _check_resumable(
         )
 
 
+def train_checkpoint(
+    arch: str,
+    model_config: JSONDict,
+    data: DataSplits,
+    config: TrainConfig,
+    path: str | Path,
+    *,
+    data_options: JSONDict | None = None,
+    **metadata: Any,
+) -> TrainResult:
+    """The one way a model of the zoo is made: build ``arch`` with ``model_config`` and initial
+    weights from ``config.seed``, ``train`` it, and save it at ``path`` with
+    ``checkpoint_metadata`` (plus ``metadata``). Returns the ``TrainResult``."""
+    from intertwiner import checkpoints, models
+
+    model = models.build(arch, seed=config.seed, **model_config)
+    result = train(model, data, config)
+    meta = checkpoint_metadata(result, data, config, data_options=data_options, **metadata)
+    checkpoints.save(result.model, path, meta)
+    return result
+
+
 def train_zoo(
     arch: str,
     seeds: Sequence[int] | str,
     data: DataSplits,
     out_dir: str | Path,
     *,
-    model_config: dict[str, Any] | None = None,
+    model_config: JSONDict | None = None,
     train_config: TrainConfig | None = None,
     progress: bool = True,
 ) -> list[Path]:
@@ -496,8 +519,6 @@ def train_zoo(
             _check_resumable(path, arch, cfg, tc, data.meta)
             bar.set_postfix(seed=seed, status="exists")
             continue
-        model = models.build(arch, seed=seed, **cfg)
-        result = train(model, data, tc)
-        checkpoints.save(result.model, path, checkpoint_metadata(result, data, tc))
+        result = train_checkpoint(arch, cfg, data, tc, path)
         bar.set_postfix(seed=seed, test=f"{result.test_accuracy:.4f}")
     return paths

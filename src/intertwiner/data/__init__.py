@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from intertwiner import _validate
 from intertwiner.data.concept_source import ConceptSource
@@ -129,7 +130,7 @@ def load(name: str, **options: Any) -> DataSplits:
     return fn(**check_options(key, fn, options))
 
 
-def random_subset(ds: Any, n: int | None, seed: int = 0) -> Any:
+def random_subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
     """``n`` examples of ``ds`` drawn with ``seed``, in random order (the splits are sorted by
     class: the first ``n`` would hold a few classes, and BN statistics need mixed batches);
     ``ds`` itself when ``n`` is None or covers it."""

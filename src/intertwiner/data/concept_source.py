@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
 from intertwiner.errors import InvalidInputError, ShapeError
 
-__all__ = ["ConceptSource"]
+if TYPE_CHECKING:
+    from intertwiner.data.concepts import ConceptDataset
+    from intertwiner.data.splits import DataSplits
+
+__all__ = ["ConceptData", "ConceptSource"]
+
+
+#: What dissection reads: a ``ConceptDataset``, ``DataSplits`` (its test split), a
+#: ``(images (N, C, H, W), masks (N, K, H', W'))`` pair, or a ``ConceptSource``.
+ConceptData: TypeAlias = (
+    "ConceptDataset | DataSplits | tuple[torch.Tensor, torch.Tensor] | ConceptSource"
+)
 
 
 @dataclass
@@ -28,7 +39,9 @@ class ConceptSource:
     concept_categories: tuple[str, ...] | None = None
 
     @classmethod
-    def from_data(cls, data: Any, concept_names: Sequence[str] | None = None) -> ConceptSource:
+    def from_data(
+        cls, data: ConceptData, concept_names: Sequence[str] | None = None
+    ) -> ConceptSource:
         from intertwiner.data.splits import DataSplits
 
         if isinstance(data, ConceptSource):

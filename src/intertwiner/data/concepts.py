@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from intertwiner._types import Indices
 from intertwiner.data.splits import ArrayDataset, DataSplits, make_splits, stratified_split
 from intertwiner.errors import InvalidInputError, InvalidOptionError, ShapeError
 
@@ -179,16 +179,16 @@ class ConceptDataset(ArrayDataset):
             raise ShapeError(f"{len(maps)} concept maps for {len(base)} images")
         self.maps = maps
 
-    def masks(self, indices: Any = None) -> torch.Tensor:
+    def masks(self, indices: Indices | None = None) -> torch.Tensor:
         """(B, K, S, S) bool concept masks of items ``indices`` (all items when None)."""
         return masks_from_maps(self.maps if indices is None else self.maps[indices])
 
-    def subset(self, indices: Any, *, augment: bool | None = None) -> ConceptDataset:
+    def subset(self, indices: Indices, *, augment: bool | None = None) -> ConceptDataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ConceptDataset(super().subset(idx, augment=augment), self.maps[idx])
 
 
-def concept_masks(dataset: Any, indices: Any = None) -> torch.Tensor:
+def concept_masks(dataset: ConceptDataset, indices: Indices | None = None) -> torch.Tensor:
     """The concept masks of a ``ConceptDataset`` (or of ``DataSplits.test`` when given splits)."""
     if isinstance(dataset, DataSplits):
         dataset = dataset.test

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from intertwiner._types import Indices, JSONDict
 from intertwiner.data import transforms as tf
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 
@@ -107,7 +108,7 @@ class ArrayDataset(Dataset):
         x, y = self.get_batch(torch.tensor([int(i)]))
         return x[0], y[0]
 
-    def subset(self, indices: Any, *, augment: bool | None = None) -> ArrayDataset:
+    def subset(self, indices: Indices, *, augment: bool | None = None) -> ArrayDataset:
         """A new dataset over ``indices`` with the same transform (``augment`` overridable)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ArrayDataset(
@@ -161,7 +162,7 @@ def make_splits(
     normalize: bool = True,
     flip: bool = False,
     num_classes: int | None = None,
-    extra_meta: dict[str, Any] | None = None,
+    extra_meta: JSONDict | None = None,
 ) -> DataSplits:
     """Carve a stratified validation set out of ``images`` and bundle train/val/test.
 

@@ -4,11 +4,12 @@ element of its intertwiner group, Haar rotations and fractional powers of one ro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
+from intertwiner._types import DeviceLike, JSONDict
+from intertwiner.data.concept_source import ConceptData
 from intertwiner.dissection import Basis, ConceptSource, dissect_bases
 from intertwiner.groups import for_activation
 from intertwiner.groups._rotations import random_rotation, random_rotation_powers
@@ -19,7 +20,7 @@ __all__ = ["dissection_experiment"]
 def dissection_experiment(
     model: nn.Module,
     layer: str,
-    data: Any,
+    data: ConceptData,
     *,
     n_orthogonal: int = 3,
     powers: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0),
@@ -27,9 +28,9 @@ def dissection_experiment(
     quantile: float = 0.005,
     iou_threshold: float = 0.04,
     batch_size: int = 128,
-    device: Any = None,
+    device: DeviceLike = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> JSONDict:
     """Dissect ``layer`` under identity, a random element of its group, orthogonal rotations and
     fractional powers of one rotation. Returns ``{"rows": [summary per basis], "powers": [...],
     "power_counts": [...], "results": {name: DissectionResult}}``.
@@ -68,7 +69,7 @@ def dissection_experiment(
     }
 
 
-def _layer_width(model: nn.Module, layer: str, data: Any, device: Any) -> int:
+def _layer_width(model: nn.Module, layer: str, data: ConceptData, device: DeviceLike) -> int:
     source = ConceptSource.from_data(data)
     x, _ = next(source.batches(2))
     from intertwiner.features import Capturer

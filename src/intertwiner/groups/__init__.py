@@ -42,7 +42,7 @@ from intertwiner.groups._families import (
     is_subgroup,
 )
 from intertwiner.groups._fitting import FitTerm, exponents, fit_element, pair_costs
-from intertwiner.groups._group import IntertwinerGroup, fixed_point_family, phi_preimage
+from intertwiner.groups._group import GroupLike, IntertwinerGroup, fixed_point_family, phi_preimage
 from intertwiner.groups._homogeneity import homogeneity_defect, homogeneity_profile
 from intertwiner.groups._verify import verify
 
@@ -63,6 +63,7 @@ __all__ = [
     "FitTerm",
     "GeneralLinear",
     "GroupElement",
+    "GroupLike",
     "IntertwinerGroup",
     "LARGER",
     "Monomial",

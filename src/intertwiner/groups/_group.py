@@ -127,6 +127,11 @@ class IntertwinerGroup:
         return {"name": self.name, "family": self.family.name, "phi": phi}
 
 
+#: What functions taking "a group" accept: a family name or alias, a ``Family``, or an
+#: ``IntertwinerGroup`` (whose phi-image family acts on representations).
+GroupLike = str | Family | IntertwinerGroup
+
+
 def fixed_point_family(phi: Any) -> str:
     """The largest family of A with phi(A) = A (``phi``: a phi kind; None means identity): what a
     residual stream needs where an activation output is added to a pre-activation tensor."""
