@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from intertwiner.data.concept_source import ConceptSource
+from intertwiner._types import DataLike, DeviceLike
+from intertwiner.data.concept_source import ConceptData, ConceptSource
 from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups import for_activation
 from intertwiner.groups._rotations import random_rotation
@@ -59,11 +60,11 @@ def alignment_stats(x: torch.Tensor, *, near_zero: float = 0.05) -> dict[str, fl
 def _positions(
     model: nn.Module,
     layer: str,
-    data: Any,
+    data: ConceptData | DataLike,
     max_positions: int,
     generator: torch.Generator,
     batch_size: int,
-    device: Any,
+    device: DeviceLike,
 ) -> torch.Tensor:
     """(positions, units) float64: activations at up to ``max_positions`` random (image, pixel)."""
     from intertwiner.features import capture
@@ -91,13 +92,13 @@ def _positions(
 def basis_alignment(
     model: nn.Module,
     layer: str,
-    data: Any,
+    data: ConceptData | DataLike,
     *,
     n_rotations: int = 4,
     seed: int = 0,
     max_positions: int = 100_000,
     batch_size: int = 256,
-    device: Any = None,
+    device: DeviceLike = None,
 ) -> list[dict[str, Any]]:
     """Label-free alignment rows for ``layer``: neuron basis, a G element, random rotations.
 

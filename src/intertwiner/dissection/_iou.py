@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from intertwiner.data.concept_source import ConceptSource
+from intertwiner.data.concept_source import ConceptData, ConceptSource
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups import DenseElement, GroupElement
 
@@ -218,7 +218,7 @@ def _intersections(model, layer, source, elements, thresholds, batch_size, devic
 def dissect_bases(
     model: nn.Module,
     layer: str,
-    data: Any,
+    data: ConceptData,
     bases: Mapping[str, Basis],
     *,
     quantile: float = 0.005,
@@ -266,7 +266,7 @@ def dissect_bases(
 def dissect(
     model: nn.Module,
     layer: str,
-    data: Any,
+    data: ConceptData,
     *,
     basis: Basis = None,
     quantile: float = 0.005,
