@@ -258,7 +258,9 @@ def test_fit_scales_is_the_best_allowed_scale_by_brute_force(name):
     second = torch.rand(40, generator=g, dtype=torch.float64) + 0.05
     second[0] = 0.0  # no information: gain 0, scale 1
     gain, s = fam.fit_scales(cross, second)
-    grid = torch.linspace(-30, 30, 600_001, dtype=torch.float64)
+    grid = torch.cat(
+        [torch.linspace(-30, 30, 600_001, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)]
+    )
     allowed = {
         "one": torch.ones(1, dtype=torch.float64),
         "sign": torch.tensor([-1.0, 1.0], dtype=torch.float64),
