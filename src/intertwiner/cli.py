@@ -13,6 +13,8 @@ import sys
 
 import typer
 
+from intertwiner.errors import InvalidOptionError
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -57,7 +59,9 @@ def _folder(value: str) -> str:
     from pathlib import Path
 
     if Path(value).exists() and not Path(value).is_dir():
-        raise ValueError(f"{value} is an existing file; --out names a folder (new or existing)")
+        raise InvalidOptionError(
+            f"{value} is an existing file; --out names a folder (new or existing)"
+        )
     return value
 
 
@@ -161,7 +165,7 @@ def groups(
     from tqdm.auto import tqdm
 
     from intertwiner.errors import IntertwinerError
-    from intertwiner.groups.table import TABLE_ROWS, format_table, group_row
+    from intertwiner.groups._table import TABLE_ROWS, format_table, group_row
 
     names = [activation] if activation is not None else list(TABLE_ROWS)
     try:
@@ -213,23 +217,27 @@ def _fit_options(
     try:
         cfg = json.loads(model_config) if model_config else {}
     except json.JSONDecodeError as e:
-        raise ValueError(
+        raise InvalidOptionError(
             f"--model-config is not valid JSON ({e}); write an object, e.g. '{{\"widths\": [64]}}'"
         ) from None
     if not isinstance(cfg, dict):
-        raise ValueError("--model-config must be a JSON object, e.g. '{\"widths\": [64, 32]}'")
+        raise InvalidOptionError(
+            "--model-config must be a JSON object, e.g. '{\"widths\": [64, 32]}'"
+        )
     if activation is not None:
         cfg["activation"] = activation
     if width is not None:
         key = {"vit": "dim"}.get(arch, "width")
         if key not in models.defaults(arch):
-            raise ValueError(f"{arch} has no single width; use --model-config (e.g. widths)")
+            raise InvalidOptionError(
+                f"{arch} has no single width; use --model-config (e.g. widths)"
+            )
         cfg[key] = width
     cfg = {**splits.model_config(), **cfg}
     try:  # a wrong type in --model-config surfaces here, with the option named
         models.build(arch, seed=0, **cfg)  # seeded: leaves the global RNG alone
     except TypeError as e:
-        raise ValueError(f"--model-config does not build {arch}: {e}") from None
+        raise InvalidOptionError(f"--model-config does not build {arch}: {e}") from None
     tc = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -294,10 +302,10 @@ def train(
     """Train one model and save {arch}-{activation}-seed{seed}.safetensors (+ .json) in --out."""
     from pathlib import Path
 
-    from intertwiner import checkpoints, models
+    from intertwiner import models
     from intertwiner.errors import IntertwinerError
-    from intertwiner.training import train as fit
-    from intertwiner.training import zoo_filename
+    from intertwiner.groups import activation_name
+    from intertwiner.training import train_checkpoint, zoo_filename
 
     try:
         splits, cfg, tc = _fit_options(
@@ -305,21 +313,9 @@ def train(
             model_config, epochs, batch_size, optimizer, lr, weight_decay, schedule, threads, quiet,
         )  # fmt: skip
         tc.seed = seed
-        model = models.build(arch, seed=seed, **cfg)
-        result = fit(model, splits, tc)
-        act = model.intertwiner_config["activation"]
-        path = Path(out) / zoo_filename(model.intertwiner_config["arch"], act, seed)
-        meta = {
-            "dataset": splits.meta["name"],
-            "data_meta": splits.meta,
-            "split_seed": split_seed,
-            "train_seed": seed,
-            "init_seed": seed,
-            "train_config": tc.to_dict(),
-            "history": result.history,
-            **result.summary(),
-        }
-        checkpoints.save(result.model, path, meta)
+        act = activation_name(cfg.get("activation", models.defaults(arch)["activation"]))
+        path = Path(out) / zoo_filename(arch, act, seed)
+        result = train_checkpoint(arch, cfg, splits, tc, path)
     except (IntertwinerError, ValueError) as e:
         raise fail(e) from None
     typer.echo(json.dumps({"checkpoint": str(path), **result.summary()}, indent=2))
@@ -558,8 +554,7 @@ def sanity(
     from intertwiner import data as data_mod
     from intertwiner.errors import IntertwinerError
     from intertwiner.experiments import sanity as san
-    from intertwiner.training import TrainConfig
-    from intertwiner.training import train as fit
+    from intertwiner.training import TrainConfig, train_checkpoint
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -583,12 +578,9 @@ def sanity(
                         cfg["batchnorm"] = batchnorm
                     if "width" in models.defaults(arch):
                         cfg["width"] = width
-                    model = models.build(arch, seed=seed, **cfg)
                     tc = TrainConfig(epochs=base_epochs, batch_size=batch_size, lr=lr, seed=seed,
                                      num_threads=threads, progress=not quiet)  # fmt: skip
-                    result = fit(model, splits, tc)
-                    checkpoints.save(model, path, {"dataset": splits.meta["name"],
-                                                   "split_seed": seed, **result.summary()})  # fmt: skip
+                    model = train_checkpoint(arch, cfg, splits, tc, path).model
             site_list = _csv(sites) if sites else models.sites(model)[:-1]
             rows += san.sanity_test(model, site_list, _csv(kinds), repeats, splits, config,
                                     progress=not quiet)  # fmt: skip
@@ -629,20 +621,24 @@ def dissect(
 
     from intertwiner import checkpoints
     from intertwiner import dissection as dis
-    from intertwiner.data.concepts import load_concepts
     from intertwiner.errors import IntertwinerError
+    from intertwiner.experiments.rotation_dissection import dissection_experiment
+    from intertwiner.report.rotation_curve import plot_rotation_curve
 
     if data != "concepts":
         raise fail("dissection needs concept masks: only --data concepts is available")
     try:
         model, meta = checkpoints.load(checkpoint)
         if int(model.intertwiner_config.get("in_channels", 3)) != 3:
-            raise ValueError("the concept scenes are RGB: dissect a model with in_channels=3")
-        dm = meta.get("data_meta") or {}
-        options = dict(dm.get("generator") or {}) if meta.get("dataset") == "concepts" else {}
-        options.setdefault("size", int(model.intertwiner_config.get("input_size", 32)))
-        splits = load_concepts(seed=int(meta.get("split_seed", 0) or 0), **options)
-        exp = dis.dissection_experiment(
+            raise InvalidOptionError(
+                "the concept scenes are RGB: dissect a model with in_channels=3"
+            )
+        recorded = meta.get("dataset") == "concepts"
+        splits = checkpoints.data_splits(
+            meta, dataset=None if recorded else "concepts", source=checkpoint,
+            size=int(model.intertwiner_config.get("input_size", 32)),
+        )  # fmt: skip
+        exp = dissection_experiment(
             model, layer, splits.test, n_orthogonal=n_orthogonal,
             powers=[float(p) for p in _csv(powers)], seed=seed, quantile=quantile,
             iou_threshold=iou_threshold, progress=not quiet,
@@ -656,7 +652,7 @@ def dissect(
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"dissection-{layer}.json").write_text(json.dumps(payload, indent=2))
-        figure = dis.plot_rotation_curve(exp, out_dir / f"dissection-{layer}.png")
+        figure = plot_rotation_curve(exp, out_dir / f"dissection-{layer}.png")
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return
@@ -740,7 +736,7 @@ def _init_samples(text: str | None) -> int | str | None:
     try:
         return positive_int(int(text), "--init-samples")
     except ValueError:
-        raise ValueError(
+        raise InvalidOptionError(
             f"--init-samples takes a number of inputs (>= 1) or 'auto', got {text!r}"
         ) from None
 
@@ -788,23 +784,13 @@ def stitch_command(
 ) -> None:
     """Stitch A's front into B's back at a site and print accuracies and the stitching penalty."""
     from intertwiner import checkpoints
-    from intertwiner import data as data_mod
     from intertwiner.errors import IntertwinerError
     from intertwiner.stitching import StitchConfig, stitch
 
     try:
         model_a, meta_a = checkpoints.load(checkpoint_a)
         model_b, _ = checkpoints.load(checkpoint_b)
-        name = data or meta_a.get("dataset")
-        if not name:
-            raise ValueError(f"{checkpoint_a} does not record its dataset; pass --data")
-        options: dict = {"seed": int(meta_a.get("split_seed") or 0)}
-        if data is None and isinstance(meta_a.get("data_options"), dict):
-            # a reproduce checkpoint: the same data options as its training run
-            options = {**meta_a["data_options"], **options}
-        if data_dir is not None:
-            options["root"] = data_dir
-        splits = data_mod.load(name, **options)
+        splits = checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)
         config = StitchConfig(
             solver=solver,
             epochs=epochs,
@@ -845,15 +831,9 @@ def _random_subset(ds, n):
 
 
 def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoint_a: str):
-    from intertwiner import data as data_mod
+    from intertwiner import checkpoints
 
-    name = data or meta_a.get("dataset")
-    if not name:
-        raise ValueError(f"{checkpoint_a} does not record its dataset; pass --data")
-    options: dict = {"seed": int(meta_a.get("split_seed") or 0)}
-    if data_dir is not None:
-        options["root"] = data_dir
-    return data_mod.load(name, **options)
+    return checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)
 
 
 _OPT_METHOD = typer.Option("weights", "--method", help="weights | activations")

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from intertwiner import _validate
+from intertwiner._types import DataLike
 from intertwiner.errors import (
     IntertwinerError,
     InvalidInputError,
@@ -59,7 +60,7 @@ def _inputs_of(batch: Any) -> torch.Tensor:
     )
 
 
-def iter_batches(data: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
+def iter_batches(data: DataLike, batch_size: int = 256) -> Iterator[torch.Tensor]:
     """Input batches from a DataLoader (or any iterable of batches), a Dataset, or a tensor."""
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
@@ -262,7 +263,7 @@ class Capturer:
 
 
 def limited_batches(
-    data: Any, batch_size: int, max_samples: int | None, progress: bool, desc: str = "features"
+    data: DataLike, batch_size: int, max_samples: int | None, progress: bool, desc: str = "features"
 ) -> Iterator[torch.Tensor]:
     """Input batches truncated to ``max_samples``, with an optional tqdm bar."""
     from tqdm.auto import tqdm
@@ -287,7 +288,7 @@ def limited_batches(
 
 def stream(
     model: nn.Module,
-    data: Any,
+    data: DataLike,
     layers: str | Sequence[str],
     *,
     layout: str | None = None,
@@ -309,7 +310,7 @@ def stream(
 
 def capture(
     model: nn.Module,
-    data: Any,
+    data: DataLike,
     layers: str | Sequence[str],
     *,
     layout: str | None = None,

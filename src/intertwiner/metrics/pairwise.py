@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from intertwiner import _validate
+from intertwiner._types import DataLike, DeviceLike, FeatureLike
 from intertwiner.errors import (
     IntertwinerError,
     InvalidInputError,
@@ -58,8 +59,12 @@ _gc = importlib.import_module("intertwiner.metrics.group_cka")
 #: Per-model preprocessing passes made so far (tests check that a call makes at most K).
 PREPARE_CALLS = {"count": 0}
 DEFAULT_MEMORY_LIMIT = 4 * 10**9
-Features = torch.Tensor | np.ndarray
-FeatureSet = Features | Mapping[str, Features]
+#: One model's features: one layer's tensor, or ``{layer: tensor}``.
+FeatureSet = FeatureLike | Mapping[str, FeatureLike]
+#: What ``pairwise`` compares: feature sets or models, as a sequence or a ``{name: ...}`` mapping.
+ModelsOrFeatures = (
+    Sequence[FeatureSet | torch.nn.Module] | Mapping[str, FeatureSet | torch.nn.Module]
+)
 
 
 @dataclass
@@ -179,7 +184,7 @@ def _kind(m: Metric) -> str:
     return "rbf" if m.options.get("kernel", "linear") == "rbf" else "linear"
 
 
-def _prepare_layer(m: Metric, x: Any, layer: str) -> _Prepared:
+def _prepare_layer(m: Metric, x: FeatureLike, layer: str) -> _Prepared:
     kind = _kind(m)
     debiased = bool(m.options.get("debiased", kind == "group_cka"))
     if kind == "procrustes":
@@ -304,14 +309,14 @@ def _features_of(s: Any, layers: list[str], capture: dict[str, Any]) -> dict[str
 
 
 def pairwise(
-    features_or_models: Sequence[Any] | Mapping[str, Any],
+    features_or_models: ModelsOrFeatures,
     metric: str | Metric = "cka",
     *,
     layers: Sequence[str] | None = None,
     cross_layers: bool = True,
     names: Sequence[str] | None = None,
-    data: Any = None,
-    device: torch.device | str | None = None,
+    data: DataLike | None = None,
+    device: DeviceLike = None,
     max_samples: int | None = None,
     batch_size: int = 256,
     progress: bool = True,

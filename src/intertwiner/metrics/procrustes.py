@@ -55,7 +55,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from intertwiner import _validate
-from intertwiner.errors import NonFiniteError, UnsupportedGroupError
+from intertwiner.errors import InvalidOptionError, NonFiniteError, UnsupportedGroupError
 from intertwiner.layouts import (
     block_samples,
     copies,
@@ -210,7 +210,9 @@ class ProcrustesStats:
 
     def _centred(self, center: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if center != self.centering:
-            raise ValueError(f"these statistics were gathered with centering={self.centering}")
+            raise InvalidOptionError(
+                f"these statistics were gathered with centering={self.centering}"
+            )
         if not center:
             return self.gxy, self.xsq, self.ysq
         n = self.n

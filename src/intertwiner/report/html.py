@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from intertwiner import _atomic
 from intertwiner.report import figures as F
 from intertwiner.report.compare import comparison
 from intertwiner.report.paper_numbers import SOURCE
@@ -330,9 +331,4 @@ def render(folder: str | os.PathLike) -> str:
 
 def build_report(folder: str | os.PathLike) -> Path:
     """Write ``folder/report.html`` atomically from the store and return its path."""
-    text = render(folder)
-    path = Path(folder) / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return _atomic.write_text(Path(folder) / "report.html", render(folder))
