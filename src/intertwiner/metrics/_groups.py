@@ -34,7 +34,7 @@ def family_name(group: Any) -> str:
     )
 
 
-def subgroups(name: str) -> tuple[str, ...]:
+def subgroups(name: str | Family) -> tuple[str, ...]:
     """Every family contained in ``name`` (itself included), in a fixed order."""
     return tuple(f.name for f in family(name).subgroups())
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from intertwiner import _validate
+from intertwiner._types import DataLike
 from intertwiner.errors import (
     IntertwinerError,
     InvalidInputError,
@@ -277,7 +278,7 @@ def _plan(
 def compare(
     model_a: nn.Module,
     model_b: nn.Module,
-    data: Any,
+    data: DataLike,
     layers_a: str | Sequence[str],
     layers_b: str | Sequence[str],
     metrics: str | Metric | Sequence[str | Metric] = ("cka", "procrustes_similarity"),
@@ -305,9 +306,41 @@ def compare(
     blocks of inputs, several passes over ``data``, which must then give the same batches each
     time); ``"auto"`` takes the cheaper form that fits. The plan is in ``Comparison.plan``.
     """
-    from intertwiner.features import Capturer, limited_batches
+    from intertwiner.features import limited_batches
 
     la, lb = _names(layers_a), _names(layers_b)
+    ms = _parse_metrics(metrics, upsample)
+    _validate.choice(form, "form", FORMS)
+    limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else parse_bytes(memory_limit)
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    one_shot = isinstance(data, Iterator)
+    # The first pass also gives the probe batch, so a single-pass run reads data once.
+    first_pass = limited_batches(data, batch_size, max_samples, progress, desc="compare")
+    probe = next(first_pass, None)
+    if probe is None:
+        check_samples(0, False)
+    run = _Run(model_a, model_b, la, lb, ms, device)
+    with run.capturing():
+        plan = run.plan(probe, _n_inputs(data, max_samples), batch_size, limit, form)
+        if plan.form == "gram" and one_shot and plan.passes > 1:
+            raise MemoryBudgetError(
+                f"{plan.message()}: data is a one-shot iterator, so it cannot be read "
+                f"{plan.passes} times; pass a Dataset, a tensor or a DataLoader"
+            )
+        if progress:
+            print(plan.message(), file=sys.stderr, flush=True)
+        for k in range(run.passes):
+            if k == 0:
+                batches = itertools.chain([probe], first_pass)
+            else:
+                desc = f"compare (pass {k + 1}/{run.passes})"
+                batches = limited_batches(data, batch_size, max_samples, progress, desc=desc)
+            run.read_pass(k, batches)
+    plan.n = run.n
+    return run.comparison(plan)
+
+
+def _parse_metrics(metrics: str | Metric | Sequence[str | Metric], upsample: bool) -> list[Metric]:
     specs = [metrics] if isinstance(metrics, (str, Metric)) else list(metrics)
     ms: list[Metric] = []
     for s in specs:
@@ -316,154 +349,162 @@ def compare(
     names = [m.name for m in ms]
     if len(set(names)) != len(names):
         raise InvalidOptionError(f"metrics repeat: {names}; list each metric once")
-    _validate.choice(form, "form", FORMS)
-    limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else parse_bytes(memory_limit)
-    batch_size = _validate.positive_int(batch_size, "batch_size")
+    return ms
 
-    one_shot = isinstance(data, Iterator)
-    # The first pass also gives the probe batch, so a single-pass run reads data once.
-    first_pass = limited_batches(data, batch_size, max_samples, progress, desc="compare")
-    probe = next(first_pass, None)
-    if probe is None:
-        check_samples(0, False)
 
-    same = model_a is model_b
-    key_a = {name: ("a", name) for name in la}
-    key_b = {name: ("a" if same else "b", name) for name in lb}
-    lin = [m for m in ms if _is_linear_cka(m)]
-    streamed = [m for m in ms if m.streaming and not _is_linear_cka(m)]
+class _Run:
+    """The state of one ``compare`` call: captures, per-pair accumulators, kept features (for
+    metrics without a streaming form) and the linear-CKA bank shared by every pair."""
 
-    acc: dict[tuple[str, int, int], Any] = {}
-    failed: dict[tuple[str, int, int], str] = {}
-    for m in streamed:
-        for i in range(len(la)):
-            for j in range(len(lb)):
-                acc[(m.name, i, j)] = m.accumulator()
-    keep = any(not m.streaming for m in ms)
-    kept_a: dict[str, list[torch.Tensor]] = {n: [] for n in la} if keep else {}
-    kept_b: dict[str, list[torch.Tensor]] = {n: [] for n in lb} if keep else {}
+    def __init__(self, model_a, model_b, la, lb, ms, device):
+        from intertwiner.features import Capturer
 
-    cap_a = Capturer(
-        model_a, list(dict.fromkeys(la + lb)) if same else la, device=device, call="compare"
-    )
-    cap_b = None if same else Capturer(model_b, lb, device=device, call="compare")
-    n = 0
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(cap_a)
-        if cap_b is not None:
-            stack.enter_context(cap_b)
+        self.la, self.lb, self.ms = la, lb, ms
+        same = model_a is model_b
+        self.key_a = {name: ("a", name) for name in la}
+        self.key_b = {name: ("a" if same else "b", name) for name in lb}
+        self.lin = [m for m in ms if _is_linear_cka(m)]
+        streamed = [m for m in ms if m.streaming and not _is_linear_cka(m)]
+        self.acc = {
+            (m.name, i, j): m.accumulator()
+            for m in streamed
+            for i in range(len(la))
+            for j in range(len(lb))
+        }
+        self.failed: dict[tuple[str, int, int], str] = {}
+        keep = any(not m.streaming for m in ms)
+        self.kept_a: dict[str, list[torch.Tensor]] = {n: [] for n in la} if keep else {}
+        self.kept_b: dict[str, list[torch.Tensor]] = {n: [] for n in lb} if keep else {}
+        names_a = list(dict.fromkeys(la + lb)) if same else la
+        self.cap_a = Capturer(model_a, names_a, device=device, call="compare")
+        self.cap_b = None if same else Capturer(model_b, lb, device=device, call="compare")
+        self.n, self.passes = 0, 1
+        self.bank: FeatureBank | GramBank | None = None
+        self.bank_error: str | None = None
+        self.checksums: list[tuple[tuple[int, ...], float]] = []
 
-        def features(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-            fa = cap_a.run(x)
-            return fa, (fa if cap_b is None else cap_b.run(x))
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.cap_a)
+            if self.cap_b is not None:
+                stack.enter_context(self.cap_b)
+            yield
 
-        pa, pb = features(probe[:2])
-        shapes = {key_a[k]: tuple(pa[k].shape[1:]) for k in la}
-        shapes.update({key_b[k]: tuple(pb[k].shape[1:]) for k in lb})
+    def features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        fa = self.cap_a.run(x)
+        return fa, (fa if self.cap_b is None else self.cap_b.run(x))
+
+    def plan(self, probe: torch.Tensor, n_est, batch_size: int, limit: float, form: str) -> _Plan:
+        """The memory plan from the layers' shapes on the probe batch; sets up the CKA bank."""
+        pa, pb = self.features(probe[:2])
+        shapes = {self.key_a[k]: tuple(pa[k].shape[1:]) for k in self.la}
+        shapes.update({self.key_b[k]: tuple(pb[k].shape[1:]) for k in self.lb})
         widths = {k: math.prod(s) for k, s in shapes.items()}
-        keys_a = list(dict.fromkeys(key_a[k] for k in la))
-        keys_b = list(dict.fromkeys(key_b[k] for k in lb))
-        n_est = _n_inputs(data, max_samples)
-        plan = _plan(widths, shapes, keys_a, keys_b, ms, n_est, batch_size, limit, form)
-        if plan.form == "gram" and one_shot and plan.passes > 1:
-            raise MemoryBudgetError(
-                f"{plan.message()}: data is a one-shot iterator, so it cannot be read "
-                f"{plan.passes} times; pass a Dataset, a tensor or a DataLoader"
-            )
-        if progress:
-            print(plan.message(), file=sys.stderr, flush=True)
-        bank: FeatureBank | GramBank | None = None
+        keys_a = list(dict.fromkeys(self.key_a[k] for k in self.la))
+        keys_b = list(dict.fromkeys(self.key_b[k] for k in self.lb))
+        plan = _plan(widths, shapes, keys_a, keys_b, self.ms, n_est, batch_size, limit, form)
         if plan.form == "feature":
-            bank = FeatureBank(keys_a, keys_b)
+            self.bank = FeatureBank(keys_a, keys_b)
         elif plan.form == "gram":
-            bank = GramBank(keys_a, keys_b, plan.block_batches)
-            bank.begin_pass(0)
-        bank_error: str | None = None
-        checksums: list[tuple[tuple[int, ...], float]] = []
-        passes = plan.passes if plan.form == "gram" else 1
-        for k in range(passes):
-            if k > 0:
-                bank.begin_pass(k)
+            self.bank = GramBank(keys_a, keys_b, plan.block_batches)
+            self.bank.begin_pass(0)
+            self.passes = plan.passes
+        return plan
+
+    def read_pass(self, k: int, batches: Iterator[torch.Tensor]) -> None:
+        """Pass ``k`` over the data: the bank on every pass; accumulators and kept features on
+        the first. Later passes must see the same batches (checked by shape and sum)."""
+        if k > 0:
+            self.bank.begin_pass(k)
+        for bi, x in enumerate(batches):
+            self._check_same_batch(k, bi, x)
+            if isinstance(self.bank, GramBank) and self.bank.block_of(bi) < k:
+                continue
+            fa, fb = self.features(x)
+            self._update_bank(bi, fa, fb)
             if k == 0:
-                batches = itertools.chain([probe], first_pass)
+                self.n += x.shape[0]
+                self._update_pairs(fa, fb)
+            fa = fb = None  # free this batch's features before the next forward
+
+    def _check_same_batch(self, k: int, bi: int, x: torch.Tensor) -> None:
+        stamp = (tuple(x.shape), float(x.double().sum()))
+        if k == 0:
+            self.checksums.append(stamp)
+        elif bi >= len(self.checksums) or self.checksums[bi] != stamp:
+            raise InvalidInputError(
+                f"data gave different batches on pass {k + 1} (batch {bi}); the Gram "
+                "form reads the data several times: pass an unshuffled DataLoader, a "
+                "Dataset without random augmentation, or a tensor"
+            )
+
+    def _update_bank(self, bi: int, fa: dict, fb: dict) -> None:
+        if self.bank is None or self.bank_error is not None:
+            return
+        feats = {self.key_a[name]: fa[name] for name in self.la}
+        feats.update({self.key_b[name]: fb[name] for name in self.lb})
+        try:
+            if isinstance(self.bank, GramBank):
+                self.bank.update(bi, feats)
             else:
-                desc = f"compare (pass {k + 1}/{passes})"
-                batches = limited_batches(data, batch_size, max_samples, progress, desc=desc)
-            for bi, x in enumerate(batches):
-                stamp = (tuple(x.shape), float(x.double().sum()))
-                if k == 0:
-                    checksums.append(stamp)
-                elif bi >= len(checksums) or checksums[bi] != stamp:
-                    raise InvalidInputError(
-                        f"data gave different batches on pass {k + 1} (batch {bi}); the Gram "
-                        "form reads the data several times: pass an unshuffled DataLoader, a "
-                        "Dataset without random augmentation, or a tensor"
-                    )
-                if isinstance(bank, GramBank) and bank.block_of(bi) < k:
-                    continue
-                fa, fb = features(x)
-                if bank is not None and bank_error is None:
-                    feats = {key_a[name]: fa[name] for name in la}
-                    feats.update({key_b[name]: fb[name] for name in lb})
-                    try:
-                        if isinstance(bank, GramBank):
-                            bank.update(bi, feats)
-                        else:
-                            bank.update(feats)
-                    except IntertwinerError as e:
-                        bank_error = str(e)
-                if k > 0:
-                    fa = fb = feats = None
-                    continue
-                n += x.shape[0]
-                for (name, i, j), a in acc.items():
-                    if (name, i, j) in failed:
+                self.bank.update(feats)
+        except IntertwinerError as e:
+            self.bank_error = str(e)
+
+    def _update_pairs(self, fa: dict, fb: dict) -> None:
+        la, lb = self.la, self.lb
+        for (name, i, j), a in self.acc.items():
+            if (name, i, j) in self.failed:
+                continue
+            try:
+                a.update(fa[la[i]], fb[lb[j]])
+            except IntertwinerError as e:
+                self.failed[(name, i, j)] = f"{name} {la[i]} vs {lb[j]}: {e}"
+        for key in self.kept_a:
+            self.kept_a[key].append(fa[key])
+        for key in self.kept_b:
+            self.kept_b[key].append(fb[key])
+
+    def _value(self, m: Metric, i: int, j: int, full_a: dict, full_b: dict) -> float:
+        la, lb = self.la, self.lb
+        if m in self.lin:
+            if self.bank_error is not None:
+                raise NonFiniteError(self.bank_error)
+            debiased = bool(m.options.get("debiased", False))
+            check_samples(self.n, debiased)
+            return self.bank.cka(self.key_a[la[i]], self.key_b[lb[j]], debiased)
+        if m.streaming:
+            return self.acc[(m.name, i, j)].compute()
+        return m(full_a[la[i]], full_b[lb[j]])
+
+    def comparison(self, plan: _Plan) -> Comparison:
+        """Every metric's layer x layer matrix (NaN, with a note, where a pair failed)."""
+        la, lb, ms = self.la, self.lb, self.ms
+        matrices: dict[str, np.ndarray] = {}
+        notes: list[str] = []
+        full_a = {k: torch.cat(v) for k, v in self.kept_a.items()}
+        full_b = {k: torch.cat(v) for k, v in self.kept_b.items()}
+        for m in ms:
+            out = np.full((len(la), len(lb)), np.nan)
+            for i in range(len(la)):
+                for j in range(len(lb)):
+                    if (m.name, i, j) in self.failed:
+                        notes.append(self.failed[(m.name, i, j)])
                         continue
                     try:
-                        a.update(fa[la[i]], fb[lb[j]])
+                        out[i, j] = self._value(m, i, j, full_a, full_b)
                     except IntertwinerError as e:
-                        failed[(name, i, j)] = f"{name} {la[i]} vs {lb[j]}: {e}"
-                for key in kept_a:
-                    kept_a[key].append(fa[key])
-                for key in kept_b:
-                    kept_b[key].append(fb[key])
-                fa = fb = feats = None  # free this batch's features before the next forward
-    plan.n = n
-
-    matrices: dict[str, np.ndarray] = {}
-    notes: list[str] = []
-    full_a = {k: torch.cat(v) for k, v in kept_a.items()}
-    full_b = {k: torch.cat(v) for k, v in kept_b.items()}
-    for m in ms:
-        out = np.full((len(la), len(lb)), np.nan)
-        for i in range(len(la)):
-            for j in range(len(lb)):
-                key = (m.name, i, j)
-                if key in failed:
-                    notes.append(failed[key])
-                    continue
-                try:
-                    if m in lin:
-                        if bank_error is not None:
-                            raise NonFiniteError(bank_error)
-                        debiased = bool(m.options.get("debiased", False))
-                        check_samples(n, debiased)
-                        out[i, j] = bank.cka(key_a[la[i]], key_b[lb[j]], debiased)
-                    elif m.streaming:
-                        out[i, j] = acc[key].compute()
-                    else:
-                        out[i, j] = m(full_a[la[i]], full_b[lb[j]])
-                except IntertwinerError as e:
-                    notes.append(f"{m.name} {la[i]} vs {lb[j]}: {e}")
-        matrices[m.name] = out
-    return Comparison(
-        layers_a=la,
-        layers_b=lb,
-        matrices=matrices,
-        n_samples=n,
-        invariant_to={m.name: list(m.invariant_to) for m in ms},
-        higher_is_similar={m.name: m.higher_is_similar for m in ms},
-        notes=notes,
-        value_range={m.name: tuple(m.value_range) for m in ms},
-        plan=plan.to_dict(),
-    )
+                        notes.append(f"{m.name} {la[i]} vs {lb[j]}: {e}")
+            matrices[m.name] = out
+        return Comparison(
+            layers_a=la,
+            layers_b=lb,
+            matrices=matrices,
+            n_samples=self.n,
+            invariant_to={m.name: list(m.invariant_to) for m in ms},
+            higher_is_similar={m.name: m.higher_is_similar for m in ms},
+            notes=notes,
+            value_range={m.name: tuple(m.value_range) for m in ms},
+            plan=plan.to_dict(),
+        )

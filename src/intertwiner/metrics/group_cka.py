@@ -43,6 +43,7 @@ import torch
 
 from intertwiner import _validate
 from intertwiner.errors import UnsupportedGroupError
+from intertwiner.groups import MONOMIAL, SIGNED_PERMUTATION, family
 from intertwiner.layouts import to_sites
 from intertwiner.metrics._groups import declare, family_name, subgroups
 from intertwiner.metrics._prep import (
@@ -55,8 +56,6 @@ from intertwiner.metrics._prep import (
 from intertwiner.metrics.cka import CONSTANT_RATIO, check_samples, cka_from_hsic, hsic1_from_terms
 
 REDUCTIONS = ("max", "median", "sum")
-_NORMALISED = {"positive_monomial", "monomial"}
-_UNNORMALISED = {"permutation", "signed_permutation"}
 # Elements of one C x b x b block product (about 128 MiB in float64): bounds the median's buffer.
 _BLOCK_BUDGET = 1 << 24
 # Bytes of the per-neuron product buffer of max and sum reductions (a few neurons at a time).
@@ -65,9 +64,14 @@ VALUE_RANGE = (-1.0, 1.0)
 DTYPES = (torch.float64, torch.float32)
 
 
+def _normalised(name: str) -> bool:
+    """Families with free positive scales: each neuron is normalised (its scale removed)."""
+    return family(name).free_scales
+
+
 def group_cka_group(group: Any) -> str:
     name = family_name(group)
-    if name in ("orthogonal", "general_linear"):
+    if not family(name).monomial:
         raise UnsupportedGroupError(
             f"group_cka is for monomial groups; for {name} use cka(...) (linear CKA is invariant "
             "to orthogonal maps; nothing sensible is invariant to all of GL(n) but CCA)"
@@ -78,7 +82,7 @@ def group_cka_group(group: Any) -> str:
 def invariant_families(group: Any) -> tuple[str, ...]:
     """Families group_cka(group=...) is invariant to (see the module docstring)."""
     name = group_cka_group(group)
-    return subgroups("monomial" if name in _NORMALISED else "signed_permutation")
+    return subgroups(MONOMIAL if _normalised(name) else SIGNED_PERMUTATION)
 
 
 def _peak_exponents(h: torch.Tensor, per_neuron: bool) -> torch.Tensor:
@@ -201,7 +205,7 @@ def kernel(
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """The full N x N kernel of validated features ``x`` (for ``pairwise``: once per model)."""
-    h = preprocess(x, group_cka_group(group) in _NORMALISED, dtype)
+    h = preprocess(x, _normalised(group_cka_group(group)), dtype)
     return kernel_matrix(h, reduce, chunk_size)
 
 
@@ -283,7 +287,7 @@ def group_cka(
     xt, yt = validate(X, "X"), validate(Y, "Y")
     check_same_n(xt, yt)
     check_samples(xt.shape[0], debiased)
-    normalise = name in _NORMALISED
+    normalise = _normalised(name)
     hx, hy = preprocess(xt, normalise, dtype), preprocess(yt, normalise, dtype)
     sums = hsic_sums(hx, hy, reduce=reduce, debiased=debiased, chunk_size=chunk_size)
     return cka_from_sums(sums, debiased)

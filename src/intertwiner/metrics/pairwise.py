@@ -18,8 +18,10 @@ layer, are checked against ``memory_limit`` before any work (``MemoryBudgetError
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
+import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -408,5 +410,12 @@ def _run_jobs(
             return [_worker_cell(j) for j in bar(jobs)]
         finally:
             _WORKER.clear()
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(m, prepared)) as pool:
+    # spawn, not fork: a forked child inherits torch's OpenMP pool in a state it can deadlock on.
+    # The workers need the metric's function and options only (its accumulator factory may be a
+    # lambda, which spawn cannot pickle).
+    ctx = multiprocessing.get_context("spawn")
+    sent = dataclasses.replace(m, make_accumulator=None)
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(sent, prepared)
+    ) as pool:
         return list(bar(pool.map(_worker_cell, jobs, chunksize=max(1, len(jobs) // (4 * workers)))))

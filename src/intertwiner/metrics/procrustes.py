@@ -52,10 +52,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from intertwiner import _validate
 from intertwiner.errors import InvalidOptionError, NonFiniteError, UnsupportedGroupError
+from intertwiner.groups import FAMILIES, GENERAL_LINEAR, ORTHOGONAL, best_assignment, family
 from intertwiner.layouts import (
     block_samples,
     copies,
@@ -76,11 +76,21 @@ from intertwiner.metrics._prep import (
 )
 from intertwiner.metrics.cka import CONSTANT_RATIO
 
-GROUPS = ("orthogonal", "permutation", "signed_permutation", "positive_monomial", "monomial")
-_PER_NEURON = {"positive_monomial", "monomial"}
-_SIGNED = {"signed_permutation", "monomial"}
+# Every family but GL: orthogonal first, then the monomial families.
+GROUPS = (ORTHOGONAL.name, *(f.name for f in FAMILIES.values() if f.monomial))
 KINDS = ("angular", "euclidean")
-_SIGN_FREE = {"permutation", "positive_monomial"}
+
+
+def _per_neuron(group: str) -> bool:
+    """Families with free per-neuron scales: the statistics are kept per neuron."""
+    return family(group).free_scales
+
+
+def _sign_free(group: str) -> bool:
+    """Families that cannot flip a neuron's sign (permutation, G_ReLU)."""
+    return family(group).monomial and not family(group).flips_signs
+
+
 #: Value ranges: of the distance per kind, of the similarity per group.
 DISTANCE_RANGE = {"angular": (0.0, math.pi), "euclidean": (0.0, 2.0)}
 
@@ -88,13 +98,13 @@ DISTANCE_RANGE = {"angular": (0.0, math.pi), "euclidean": (0.0, 2.0)}
 def similarity_range(group: Any = "orthogonal") -> tuple[float, float]:
     """[1 - sqrt(2)/2, 1] for groups that flip signs; [0, 1] for permutation and G_ReLU, which
     cannot undo an anti-correlated neuron (see the module docstring)."""
-    return (0.0, 1.0) if procrustes_group(group) in _SIGN_FREE else (1.0 - math.sqrt(0.5), 1.0)
+    return (0.0, 1.0) if _sign_free(procrustes_group(group)) else (1.0 - math.sqrt(0.5), 1.0)
 
 
 def procrustes_group(group: Any) -> str:
     """The family a Procrustes metric quotients out; a clear error for GL."""
     name = family_name(group)
-    if name == "general_linear":
+    if family(name) is GENERAL_LINEAR:
         raise UnsupportedGroupError(
             "Procrustes modulo GL(n) is degenerate (any full-rank representations align); the "
             "identity activation's group is GL(n), so compare such layers with cka(...) "
@@ -232,7 +242,7 @@ class ProcrustesStats:
         """(best <X, Y g>, |X|^2, |Y|^2, padded width) after per-neuron normalisation if needed."""
         m, xsq, ysq = self._centred(center)
         width = max(m.shape)
-        if group in _PER_NEURON:
+        if _per_neuron(group):
             # Unit-normalise each neuron; dead (zero) neurons stay zero vectors instead of NaN.
             xn, yn = xsq.sqrt(), ysq.sqrt()
             ix = torch.where(xn > 0, 1.0 / xn.clamp_min(1e-300), torch.zeros_like(xn))
@@ -339,15 +349,16 @@ def _raw_exponents(
 
 def best_alignment(m: torch.Tensor, group: str, width: int | None = None) -> float:
     """max over g in the group (zero-padded to ``width``) of <X, Y g> = tr(g' M)-type sums."""
-    if group == "orthogonal":
+    fam = family(group)
+    if fam is ORTHOGONAL:
         return float(torch.linalg.svdvals(m).sum())
     width = width or max(m.shape)
-    gain = m.abs() if group in _SIGNED else m
+    gain = m.abs() if fam.flips_signs else m
     # Pad to square, as the paper zero-pads neurons: a neuron may match a padded one with gain 0.
     g = np.zeros((width, width))
     g[: m.shape[0], : m.shape[1]] = gain.cpu().numpy()
-    rows, cols = linear_sum_assignment(g, maximize=True)
-    return float(g[rows, cols].sum())
+    perm = best_assignment(g).numpy()
+    return float(g[np.arange(width), perm].sum())
 
 
 def _degenerate(nx: float, ny: float) -> bool:
@@ -387,7 +398,7 @@ def value_of(
 
 def similarity_from_stats(stats: ProcrustesStats, group: str, center: bool = False) -> float:
     gain, nx, ny, width = stats.alignment(group, center)
-    if group in _PER_NEURON:
+    if _per_neuron(group):
         d2 = max(nx + ny - 2.0 * gain, 0.0)
         return 1.0 - math.sqrt(d2 / (4.0 * width))
     cos = 0.0 if _degenerate(nx, ny) else gain / math.sqrt(nx * ny)
@@ -405,7 +416,7 @@ def prepare_rows(
 
 def new_stats(group: str, center: bool) -> ProcrustesStats:
     """Empty statistics for ``group`` (per-neuron scaling for the monomial groups)."""
-    return ProcrustesStats(centering=center, per_neuron=group in _PER_NEURON)
+    return ProcrustesStats(centering=center, per_neuron=_per_neuron(group))
 
 
 def _stats(

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from intertwiner import _validate
 from intertwiner.errors import InvalidOptionError, ShapeError, TooFewSamplesError
 from intertwiner.groups import family
+from intertwiner.layouts import neuron_dim
 from intertwiner.stitching._config import (
     AUTO_INIT_MIN,
     StitchConfig,
@@ -67,13 +68,13 @@ __all__ = ["AUTO_INIT_MIN", "StitchConfig", "StitchResult", "resolve_config", "s
 
 
 def _channel_dim(t: torch.Tensor, override: int | None) -> int:
+    """The neuron axis: ``layouts.neuron_dim`` for dense, tokens and conv features; 1 for other
+    (N, C, ...) features (e.g. video)."""
     if override is not None:
         return override
-    if t.dim() == 3:  # tokens (N, T, D)
-        return 2
     if t.dim() < 2:
         raise ShapeError(f"cannot stitch a feature of shape {tuple(t.shape)}: need (N, C, ...)")
-    return 1  # (N, C) dense or (N, C, H, W) conv
+    return neuron_dim(t) if t.dim() <= 4 else 1
 
 
 def _check_shapes(fa: torch.Tensor, fb: torch.Tensor, cdim: int, name: str) -> None:
