@@ -373,8 +373,8 @@ def zoo(
 # ---- reproduce / results / report ---------------------------------------------------------------
 @app.command()
 def reproduce(
-    out: str = typer.Option(
-        ..., "--out", "-o", help="Run folder, e.g. runs/quick (resumes if it exists)."
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="Run folder, e.g. runs/quick (resumes if it exists)."
     ),
     preset: str = typer.Option(
         "quick",
@@ -410,6 +410,12 @@ def reproduce(
         "beside it instead of refusing.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print every job with its settings beside the paper's protocol; run nothing, "
+        "read no data, write nothing (--out not needed).",
+    ),
 ) -> None:
     """Run every experiment of a preset, store the results and write OUT/report.html.
 
@@ -418,6 +424,13 @@ def reproduce(
     """
     from intertwiner.errors import IntertwinerError
     from intertwiner.experiments.pipeline import reproduce as run
+
+    if dry_run:
+        _dry_run(preset, data, data_dir)
+        return
+    if not out:
+        typer.echo("error: --out is required (or pass --dry-run)", err=True)
+        raise typer.Exit(2)
 
     opts: dict = {}
     if executor == "ray":
@@ -447,6 +460,20 @@ def reproduce(
     _print_summary(summary)
     if summary["first_failure"]:
         raise typer.Exit(1)
+
+
+def _dry_run(preset: str, data: str | None, data_dir: str | None) -> None:
+    """``reproduce --dry-run``: the plan beside the paper's protocol (exit 2 on a bad option)."""
+    from intertwiner.errors import IntertwinerError
+    from intertwiner.experiments.dryrun import describe_plan
+    from intertwiner.experiments.pipeline import check_options
+
+    try:
+        check_options(preset, "local", None)
+        typer.echo(describe_plan(preset, data=data, data_dir=data_dir))
+    except (IntertwinerError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _print_summary(summary: dict) -> None:
