@@ -50,8 +50,7 @@ def sanity_job(config: dict) -> dict:
     from intertwiner.experiments import sanity
 
     extra = {"epochs": config["epochs"], "lr": config.get("lr", 1e-3)}
-    if "batch_size" in config:
-        extra["batch_size"] = config["batch_size"]
+    extra.update({k: config[k] for k in ("batch_size", "schedule") if k in config})
     return _job(config, sanity.run_job, extra)
 
 
@@ -96,11 +95,14 @@ def stage(
     lr: float = 1e-3,
     kinds: Sequence[str] = ("G_ReLU", "orthogonal"),
     batch_size: int | None = None,
+    schedule: str | None = None,
 ) -> Stage:
-    """Jobs over activation x layer (the first ``layers`` sites) x kinds x repeat."""
+    """Jobs over activation x layer (the first ``layers`` sites) x kinds x repeat; retraining
+    ``epochs`` (best on validation) at ``lr`` (``batch_size``, ``schedule``: SanityConfig's
+    defaults when None)."""
     extra: dict = {"epochs": epochs, "lr": lr}
-    if batch_size is not None:
-        extra["batch_size"] = batch_size
+    extra.update({k: v for k, v in (("batch_size", batch_size), ("schedule", schedule))
+                  if v is not None})  # fmt: skip
     return Stage(
         name="sanity",
         kind="sanity",
