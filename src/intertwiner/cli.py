@@ -490,6 +490,15 @@ def _print_summary(summary: dict) -> None:
     out = summary["out"]
     typer.echo(f"{summary['rows']} rows in {out}/results.sqlite; {summary['seconds']:.0f} s")
     typer.echo(f"report: {summary.get('report')}")
+    claims = summary.get("claims") or []
+    if claims:
+        counts = {v: sum(c["verdict"] == v for c in claims)
+                  for v in ("holds", "does not hold", "inconclusive")}  # fmt: skip
+        typer.echo(f"claims: {counts['holds']} hold, {counts['does not hold']} do not hold, "
+                   f"{counts['inconclusive']} inconclusive")  # fmt: skip
+        for c in claims:
+            if c["verdict"] != "holds":
+                typer.echo(f"  {c['verdict']}: {c['claim']} = {c['statistic']} {c['ci']}")
     first = summary.get("first_failure")
     if first:
         cfg = json.dumps(first["config"], sort_keys=True)
@@ -512,7 +521,8 @@ def results(
     ),
     kind: str | None = typer.Option(
         None,
-        help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, dissection.",
+        help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, absorb, "
+        "dissection, alignment.",
     ),
     output: str | None = typer.Option(None, "--output", help="Write to a file, not stdout."),
 ) -> None:

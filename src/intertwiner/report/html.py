@@ -9,9 +9,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from intertwiner.report import figures as F
+from intertwiner.report.claims import ci_text
 from intertwiner.report.compare import comparison
 from intertwiner.report.paper_numbers import SOURCE
+from intertwiner.stats import t_interval
 from intertwiner.store import Row, Store, open_existing
 
 CSS = """
@@ -100,6 +104,40 @@ def _zoo_table(rows: list[Row]) -> list[dict]:
     return out
 
 
+def _verdict_summary(table: list[dict]) -> str:
+    """One line: how many claims hold, fail, or cannot be told, naming the inconclusive ones."""
+    claims = [r for r in table if r.get("verdict") in ("holds", "does not hold", "inconclusive")]
+    if not claims:
+        return ""
+    count = {v: sum(r["verdict"] == v for r in claims) for v in ("holds", "does not hold",
+                                                                  "inconclusive")}  # fmt: skip
+    text = (f"{len(claims)} claims: {count['holds']} hold, {count['does not hold']} do not "
+            f"hold, {count['inconclusive']} inconclusive.")  # fmt: skip
+    unsure = [f"{r['experiment']}: {r['quantity'].split(' (')[0]}" for r in claims
+              if r["verdict"] == "inconclusive"]  # fmt: skip
+    if unsure:
+        text += " Inconclusive here (the interval straddles the decision): " + "; ".join(unsure)
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _absorb_rows(rows: list[Row]) -> list[dict]:
+    """Mean ± std over repeats of the drop and the residual per (activation, conv, map)."""
+    by: dict = defaultdict(list)
+    for r in rows:
+        c = r.config
+        by[(c["activation"], c["layer"], c["group"])].append(r.metrics)
+    out = []
+    for (act, layer, group), ms in sorted(by.items()):
+        drop, sd, n = F.mean_std([100 * m["drop"] for m in ms])
+        out.append({"activation": act, "conv": layer, "refit layer": ms[0].get("layer"),
+                    "map": group, "repeats": n,
+                    "base accuracy": f"{100 * ms[0]['base_accuracy']:.2f}",
+                    "before refit": f"{100 * np.mean([m['initial_accuracy'] for m in ms]):.2f}",
+                    "drop (points)": f"{drop:.3f} ± {sd:.3f}",
+                    "residual": f"{np.mean([m['residual'] for m in ms]):.2e}"})  # fmt: skip
+    return out
+
+
 def _stitch_rows(rows: list[Row]) -> list[dict]:
     out = []
     labels = F.site_labels(rows)
@@ -114,6 +152,7 @@ def _stitch_rows(rows: list[Row]) -> list[dict]:
                         "site": labels[arch].get(s, s),
                         "pairs": n,
                         "penalty (points)": f"{m:.2f} ± {sd:.2f}",
+                        "95% CI (t)": ci_text(t_interval(vals)) if n else "",
                     }
                 )
     return out
@@ -134,11 +173,25 @@ def _method_notes(rows_by_kind: dict[str, list[Row]]) -> str:
     met = rows_by_kind.get("metrics", [])
     if met:
         n = {r.metrics.get("n_samples") for r in met}
-        notes.append(f"Metrics on the first {_counts(n, 'test image')} (the paper: all 10,000).")
+        notes.append(
+            f"Metrics on {_counts(n, 'test image')} (the whole test split unless the preset caps "
+            "it; the paper: all 10,000 CIFAR-10 test images)."
+        )
     san = rows_by_kind.get("sanity", [])
     if san:
         ep = {r.config.get("epochs") for r in san}
-        notes.append(f"Sanity test: {_counts(ep, 'retraining epoch')} (the paper: 50).")
+        reps = {r.config.get("repeat") for r in san}
+        data = {r.config.get("model", {}).get("data", {}).get("name") for r in san}
+        notes.append(
+            f"Sanity test: {_counts(ep, 'retraining epoch')} with the epoch chosen on validation, "
+            f"{_counts({len(reps)}, 'repeat')} per (map, conv), on {', '.join(map(str, data))} "
+            "(the paper: 50 epochs, 10 repeats, CIFAR-10)."
+        )
+    if rows_by_kind.get("absorb"):
+        notes.append(
+            "Closed-form refit (not in the paper): only the layer after the activation is refit "
+            "by least squares from the frozen features to the base model's output of that layer."
+        )
     if not notes:
         return ""
     return "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
@@ -210,12 +263,20 @@ def render(folder: str | os.PathLike) -> str:
         )
     parts += ["<h2>Stages</h2>", _table(st_rows)]
 
+    table = comparison(rows_by_kind)
     parts += [
         "<h2>Our numbers beside the paper's</h2>",
         f"<p>Paper: {_e(SOURCE)}. mCNN = our <code>myrtle_cnn</code> (narrow, on MNIST). "
         "Difference = ours − paper, in the quantity's units (accuracy points or "
-        "similarity). Penalties = mean clean accuracy − stitched/rotated accuracy.</p>",
-        _table(comparison(rows_by_kind)),
+        "similarity). Penalties = mean clean accuracy − stitched/rotated accuracy. 95% CI: "
+        "Student t-interval of the mean over model pairs, repeats or seeds (Welch's for the "
+        "difference of two independent groups). Verdict of a claim: <b>holds</b> when the whole "
+        "interval lies on the claimed side, <b>does not hold</b> when it lies wholly on the other "
+        "side, <b>inconclusive</b> when it straddles the decision: this run cannot tell. d = "
+        "effect size (mean / std); <em>detectable</em> = the smallest true difference the test "
+        "would find with 80% power at these sizes.</p>",
+        _table(table),
+        _verdict_summary(table),
     ]
     parts.append(_method_notes(rows_by_kind))
     absent = [
@@ -281,6 +342,15 @@ def render(folder: str | os.PathLike) -> str:
             "<h2>Section 3.3: rotation sanity test</h2>",
             _img(F.sanity_figure(sa), "sanity test"),
         ]
+    ab = rows_by_kind.get("absorb", [])
+    if ab:
+        parts += [
+            "<h2>Section 3.3, sharpest form: closed-form refit of the next layer</h2>",
+            "<p>A fixed map before the activation; only the next layer refit by least squares "
+            "on frozen features. Drop = base − refit test accuracy (points); residual = relative "
+            "least-squares residual (0 = the layer absorbs the map exactly).</p>",
+            _table(_absorb_rows(ab)),
+        ]
     d = rows_by_kind.get("dissection", [])
     if d:
         parts += ["<h2>Section 6: dissection</h2>", _img(F.dissection_figure(d), "dissection")]
@@ -326,6 +396,18 @@ def render(folder: str | os.PathLike) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>intertwiner report</title><style>{CSS}</style></head><body>{body}</body></html>"
     )
+
+
+def claim_verdicts(folder: str | os.PathLike) -> list[dict]:
+    """The claims of the run in ``folder``: ``{"claim", "statistic", "ci", "verdict"}`` each."""
+    store = open_existing(folder)
+    rows_by_kind, _ = _run_rows(store, store.meta())
+    return [
+        {"claim": f"{r['experiment']}: {r['quantity'].split(' (')[0]}", "statistic": r["ours"],
+         "ci": r.get("95% CI", ""), "verdict": r["verdict"]}
+        for r in comparison(rows_by_kind)
+        if r.get("verdict") in ("holds", "does not hold", "inconclusive")
+    ]  # fmt: skip
 
 
 def build_report(folder: str | os.PathLike) -> Path:
