@@ -218,32 +218,9 @@ def _run_rows(store: Store, meta: dict) -> tuple[dict[str, list[Row]], int]:
     return {k: rs for k, rs in kept.items() if rs}, left_out
 
 
-def render(folder: str | os.PathLike) -> str:
-    """The report HTML of the run in ``folder`` (reads only the results store)."""
-    store = open_existing(folder)
-    meta = store.meta()
-    run = meta.get("run", {})
-    stages = meta.get("stages", [])
-    rows_by_kind, left_out = _run_rows(store, meta)
-    parts = [f"<h1>intertwiner reproduce: {_e(Path(folder).resolve().name)}</h1>"]
-    parts.append(
-        f"<p>Preset <b>{_e(run.get('preset'))}</b>, data <b>{_e(run.get('data') or 'preset default')}"
-        f"</b>, executor <b>{_e(_executor_text(run.get('executor')))}</b>. "
-        f"{sum(map(len, rows_by_kind.values()))} finished jobs. "
-        f"Report built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"
-    )
-    if left_out:
-        parts.append(
-            f'<p class="note">{left_out} stored rows are no job of this run\'s preset and '
-            "configuration (rows of an older run or library version); they are left out.</p>"
-        )
-    parts.append(
-        '<p class="note">Scale caveat: the CPU presets train small models for a few epochs on '
-        "5,000 MNIST images (or sklearn digits); the paper trains full-size models for 50 epochs "
-        "on CIFAR-10 (100 seeds, 16-32 pairs). Compare the <em>direction</em> of effects, not the "
-        "absolute numbers.</p>"
-    )
-    # Stage status, with every stage that did not run and why.
+def _stage_parts(stages: list[dict]) -> list[str]:
+    """The Stages table: every stage's status, with the notes saying why."""
+    parts: list[str] = []
     st_rows = []
     for s in stages:
         notes = list(s.get("notes", []))
@@ -262,11 +239,17 @@ def render(folder: str | os.PathLike) -> str:
             }
         )
     parts += ["<h2>Stages</h2>", _table(st_rows)]
+    return parts
 
+
+def _comparison_parts(rows_by_kind: dict[str, list[Row]]) -> list[str]:
+    """Our numbers beside the paper's, the claim verdicts and the method notes."""
+    parts: list[str] = []
     table = comparison(rows_by_kind)
     parts += [
         "<h2>Our numbers beside the paper's</h2>",
-        f"<p>Paper: {_e(SOURCE)}. mCNN = our <code>myrtle_cnn</code> (narrow, on MNIST). "
+        f"<p>Paper: {_e(SOURCE)}. mCNN = our <code>myrtle_cnn</code> (narrow, on MNIST; the sanity "
+        "test's on concept scenes). "
         "Difference = ours − paper, in the quantity's units (accuracy points or "
         "similarity). Penalties = mean clean accuracy − stitched/rotated accuracy. 95% CI: "
         "Student t-interval of the mean over model pairs, repeats or seeds (Welch's for the "
@@ -294,7 +277,12 @@ def render(folder: str | os.PathLike) -> str:
             f'<p class="note">Not measured in this run: {_e(", ".join(absent))} '
             "(see Stages for why).</p>"
         )
+    return parts
 
+
+def _section_parts(rows_by_kind: dict[str, list[Row]]) -> list[str]:
+    """One section per experiment: tables and figures."""
+    parts: list[str] = []
     g = rows_by_kind.get("group_table", [])
     if g:
         cols = {  # short headers: the table fits the page
@@ -368,6 +356,12 @@ def render(folder: str | os.PathLike) -> str:
             _table(alignment_table(al)),
         ]
 
+    return parts
+
+
+def _provenance_parts(rows_by_kind: dict[str, list[Row]], meta: dict, run: dict) -> list[str]:
+    """Job timings, zoo seeds, the run configuration."""
+    parts: list[str] = []
     # Provenance.
     timing = []
     for kind, rs in rows_by_kind.items():
@@ -380,6 +374,7 @@ def render(folder: str | os.PathLike) -> str:
                 "slowest job s": f"{max(secs):.1f}",
             }
         )
+    z = rows_by_kind.get("zoo", [])
     seeds = sorted({r.config["seed"] for r in z}) if z else []
     parts += [
         "<h2>Provenance</h2>",
@@ -390,6 +385,38 @@ def render(folder: str | os.PathLike) -> str:
         + _e(json.dumps(run, indent=1, default=str))
         + "</pre></details>",
     ]
+    return parts
+
+
+def render(folder: str | os.PathLike) -> str:
+    """The report HTML of the run in ``folder`` (reads only the results store)."""
+    store = open_existing(folder)
+    meta = store.meta()
+    run = meta.get("run", {})
+    stages = meta.get("stages", [])
+    rows_by_kind, left_out = _run_rows(store, meta)
+    parts = [f"<h1>intertwiner reproduce: {_e(Path(folder).resolve().name)}</h1>"]
+    parts.append(
+        f"<p>Preset <b>{_e(run.get('preset'))}</b>, data <b>{_e(run.get('data') or 'preset default')}"
+        f"</b>, executor <b>{_e(_executor_text(run.get('executor')))}</b>. "
+        f"{sum(map(len, rows_by_kind.values()))} finished jobs. "
+        f"Report built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"
+    )
+    if left_out:
+        parts.append(
+            f'<p class="note">{left_out} stored rows are no job of this run\'s preset and '
+            "configuration (rows of an older run or library version); they are left out.</p>"
+        )
+    parts.append(
+        '<p class="note">Scale caveat: the CPU presets train small models for a few epochs on '
+        "5,000 MNIST images (or sklearn digits); the paper trains full-size models for 50 epochs "
+        "on CIFAR-10 (100 seeds, 16-32 pairs). Compare the <em>direction</em> of effects, not the "
+        "absolute numbers.</p>"
+    )
+    parts += _stage_parts(stages)
+    parts += _comparison_parts(rows_by_kind)
+    parts += _section_parts(rows_by_kind)
+    parts += _provenance_parts(rows_by_kind, meta, run)
     body = "\n".join(p for p in parts if p)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
