@@ -586,6 +586,12 @@ def sanity(
     out: str = typer.Option(
         ..., "--out", callback=_FOLDER, help="Folder for checkpoints, rows and figure."
     ),
+    refit: bool = typer.Option(
+        False,
+        "--refit",
+        help="Instead of retraining, refit only the next layer in closed form (least squares "
+        "on frozen features): a map in the activation's group is absorbed exactly.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Rotation sanity test: fixed transform before an activation, retrain the rest, penalty."""
@@ -627,10 +633,24 @@ def sanity(
                     checkpoints.save(model, path, {"dataset": splits.meta["name"],
                                                    "split_seed": seed, **result.summary()})  # fmt: skip
             site_list = _csv(sites) if sites else models.sites(model)[:-1]
+            if refit:
+                from intertwiner.experiments import absorb
+
+                ac = absorb.AbsorbConfig(seed=seed, num_threads=threads)
+                rows += absorb.absorb_test(model, site_list, _csv(kinds), repeats, splits, ac,
+                                           progress=not quiet)  # fmt: skip
+                continue
             rows += san.sanity_test(model, site_list, _csv(kinds), repeats, splits, config,
                                     progress=not quiet)  # fmt: skip
     except (IntertwinerError, ValueError, KeyError) as e:
         raise fail(e) from None
+    if refit:
+        from intertwiner.experiments.absorb import format_table
+
+        (out_dir / "refit_rows.json").write_text(json.dumps(rows, indent=2))
+        typer.echo(format_table(rows))
+        typer.echo(f"(accuracies and drops in points; rows: {out_dir / 'refit_rows.json'})")
+        return
     summary = san.summarize(rows)
     (out_dir / "sanity_rows.json").write_text(json.dumps(rows, indent=2))
     (out_dir / "sanity_summary.json").write_text(json.dumps(summary, indent=2))

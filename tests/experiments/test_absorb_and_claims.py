@@ -177,3 +177,22 @@ def test_paper_preset_shrunk_runs_end_to_end_on_a_fake_cifar_folder(tmp_path, mo
     kinds = Store(tmp_path / "run").kinds()
     assert {"zoo", "metrics", "stitching", "sanity", "absorb", "dissection"} <= set(kinds)
     assert "verdict" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_cli_sanity_refit_prints_the_closed_form_table(tmp_path):
+    from intertwiner import checkpoints
+    from intertwiner.cli import app
+
+    ck = tmp_path / "m.safetensors"
+    model = models.build("myrtle_cnn", width=2, batchnorm=False, in_channels=1, input_size=16,
+                         seed=0)  # fmt: skip
+    checkpoints.save(model, ck, {"dataset": "synthetic"})
+    res = CliRunner().invoke(app, ["sanity", "--data", "synthetic", "--checkpoint", str(ck),
+                                   "--refit", "--sites", "block2.act", "--kinds",
+                                   "identity,group,orthogonal", "--repeats", "2", "--out",
+                                   str(tmp_path / "o"), "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[1]: ln for ln in res.output.splitlines() if ln.startswith("block2.act")}
+    assert set(lines) == {"identity", "group", "orthogonal"}
+    assert " 0.000 ± 0.000" in lines["group"] and "block3.conv" in lines["group"]
+    assert (tmp_path / "o" / "refit_rows.json").is_file()

@@ -18,19 +18,28 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from intertwiner.errors import ShapeError
-from intertwiner.experiments.sanity import _example, _load_model, _stable_seed, sample_transform
+from intertwiner.experiments.sanity import (
+    _example,
+    _load_model,
+    _stable_seed,
+    resolve_kind,
+    sample_transform,
+)
 from intertwiner.experiments.surgery import insert_transform, next_parametric, site_width
 from intertwiner.groups import activation_name
 
-__all__ = ["AbsorbConfig", "absorb_run", "fit_layer", "run_job"]
+__all__ = ["AbsorbConfig", "absorb_run", "absorb_test", "fit_layer", "format_table", "run_job"]
 
 
 @dataclass
@@ -181,6 +190,42 @@ def absorb_run(
         "transform_seed": t_seed,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def absorb_test(
+    model: nn.Module,
+    sites: Sequence[str],
+    kinds: Sequence[str],
+    repeats: int,
+    data: Any,
+    config: AbsorbConfig | None = None,
+    *,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """``absorb_run`` for every (site, kind, repeat), with one progress bar; returns the rows."""
+    for kind in kinds:  # fail early on a bad kind
+        resolve_kind(kind, model.get_submodule(sites[0]))
+    jobs = [(s, k, r) for s in sites for k in kinds for r in range(repeats)]
+    return [absorb_run(model, s, k, r, data, config)
+            for s, k, r in tqdm(jobs, desc="refit", disable=not progress)]  # fmt: skip
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Per (site, kind): repeats, base / refit accuracy, drop mean ± std (points), residual."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["site"], r["kind"]), []).append(r)
+    lines = [f"{'site':<12} {'kind':<12} {'refit layer':<12} {'n':>2} {'base':>6} {'refit':>6} "
+             f"{'drop':>15} {'residual':>9}"]  # fmt: skip
+    for (site, kind), rs in groups.items():
+        drop = np.array([100 * r["drop"] for r in rs])
+        sd = drop.std(ddof=1) if len(drop) > 1 else 0.0
+        lines.append(f"{site:<12} {kind:<12} {rs[0]['layer']:<12} {len(rs):>2} "
+                     f"{100 * rs[0]['base_accuracy']:6.2f} "
+                     f"{100 * np.mean([r['refit_accuracy'] for r in rs]):6.2f} "
+                     f"{drop.mean():7.3f} ± {sd:5.3f} "
+                     f"{np.mean([r['residual'] for r in rs]):9.2e}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def run_job(config: dict[str, Any]) -> dict[str, Any]:
