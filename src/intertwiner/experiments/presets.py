@@ -131,6 +131,7 @@ PRESETS: dict[str, dict] = {
             "train": {"epochs": 30, "batch_size": 64, "lr": 2e-3, "schedule": "cosine"},
             "layers": 3,
             "repeats": 5,
+            "kinds": ["G_ReLU", "permutation", "orthogonal"],
             "epochs": 10,
             "lr": 2e-3,
             "schedule": "cosine",

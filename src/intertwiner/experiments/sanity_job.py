@@ -17,7 +17,14 @@ from collections.abc import Callable, Sequence
 from intertwiner.experiments.base import Stage, run_relative
 from intertwiner.experiments.common import zoo_checkpoint
 
-GROUPS = {"identity": "identity", "G_ReLU": "positive_monomial", "orthogonal": "orthogonal"}
+# Row labels -> transform kinds. "permutation" is G_ReLU without its scaling: it separates what the
+# group membership costs from what badly scaled channels cost the optimiser.
+GROUPS = {
+    "identity": "identity",
+    "G_ReLU": "positive_monomial",
+    "permutation": "permutation",
+    "orthogonal": "orthogonal",
+}
 
 
 def _job(config: dict, run: Callable[[dict], dict], extra: dict) -> dict:
