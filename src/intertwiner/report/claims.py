@@ -75,33 +75,38 @@ def _weakest(ivs: dict[str, Interval], low: float) -> tuple[str, Interval]:
 
 
 def sanity_claims(rows: list[Row], activation: str = "relu") -> list[dict]:
-    """Orthogonal penalty > G_ReLU penalty, per layer and averaged over layers (Welch)."""
+    """Orthogonal penalty > G_ReLU penalty, per layer and averaged over layers (Welch); the same
+    against the permutation-only control when its rows exist."""
     by: dict = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         c = r.config
         if c.get("activation") == activation:
             by[c["group"]][c["layer"]][c["repeat"]] = _points(r.metrics["penalty"])
-    g, o = by.get("G_ReLU", {}), by.get("orthogonal", {})
+    out = []
+    for ref in ("G_ReLU", "permutation"):
+        if ref in by and "orthogonal" in by:
+            out += _penalty_claims(by[ref], by["orthogonal"], ref, activation)
+    return out
+
+
+def _penalty_claims(g: dict, o: dict, ref: str, activation: str) -> list[dict]:
+    """Claims ``orthogonal - ref penalty > 0`` per layer and for the mean over layers."""
     layers = sorted(set(g) & set(o))
-    if not layers:
-        return []
     exp = f"3.3 sanity test ({activation}, retrained)"
     out = []
+    units = {}
     for lay in layers:
-        iv = welch_interval(list(o[lay].values()), list(g[lay].values()))
+        units[f"conv {lay}"] = (list(o[lay].values()), list(g[lay].values()))
+    common_o = set.intersection(*(set(o[lay]) for lay in layers)) if layers else set()
+    common_g = set.intersection(*(set(g[lay]) for lay in layers)) if layers else set()
+    if len(layers) > 1 and common_o and common_g:
+        units["mean of convs"] = ([np.mean([o[lay][k] for lay in layers]) for k in common_o],
+                                  [np.mean([g[lay][k] for lay in layers]) for k in common_g])  # fmt: skip
+    for name, (ov, gv) in units.items():
+        iv = welch_interval(ov, gv)
         mde = detectable_effect(iv.sd, iv.n)
-        out.append(claim_row(exp, f"orthogonal − G_ReLU penalty > 0, conv {lay} (points; Welch; "
+        out.append(claim_row(exp, f"orthogonal − {ref} penalty > 0, {name} (points; Welch; "
                              f"{_d(iv)}; detectable ≥ {mde:.1f} at 80% power, n = {iv.n})", iv,
-                             verdict(iv, 0.0), 1))  # fmt: skip
-    mean_o = [np.mean([o[lay][k] for lay in layers]) for k in set.intersection(
-        *(set(o[lay]) for lay in layers))]  # fmt: skip
-    mean_g = [np.mean([g[lay][k] for lay in layers]) for k in set.intersection(
-        *(set(g[lay]) for lay in layers))]  # fmt: skip
-    if mean_o and mean_g:
-        iv = welch_interval(mean_o, mean_g)
-        mde = detectable_effect(iv.sd, iv.n)
-        out.append(claim_row(exp, f"orthogonal − G_ReLU penalty > 0, mean of convs (points; "
-                             f"Welch; {_d(iv)}; detectable ≥ {mde:.1f} at 80% power)", iv,
                              verdict(iv, 0.0), 1))  # fmt: skip
     return out
 
