@@ -107,21 +107,22 @@ class SanityConfig:
 def resolve_kind(kind: str, act: nn.Module) -> Family | None:
     """The group family a transform ``kind`` names at activation ``act`` (None for identity).
 
-    ``"group"``: the activation's own intertwiner family; otherwise a family name or alias
-    (``"g_relu"``, ``"gl"``, ``"o"``). The one place kind names are read.
+    ``"group"``: the activation's own intertwiner family; otherwise any family name or alias that
+    ``groups.family`` accepts (``ALIASES`` here only covers groups versions without aliases). The
+    one place kind names are read.
     """
     key = str(kind).strip().lower()
     if key == "identity":
         return None
     if key == "group":
         return for_activation(act).family
-    key = ALIASES.get(key, key)
-    if key in FAMILIES:
-        return family(key)
-    raise UnknownTransformKindError(
-        f"unknown transform kind {kind!r}; choose identity, group, or one of "
-        f"{', '.join(FAMILIES)} (aliases: {', '.join(ALIASES)})"
-    )
+    try:
+        return family(ALIASES.get(key, key))
+    except KeyError:
+        raise UnknownTransformKindError(
+            f"unknown transform kind {kind!r}; choose identity, group, or one of "
+            f"{', '.join(FAMILIES)} (aliases: {', '.join(ALIASES)})"
+        ) from None
 
 
 def sample_transform(
