@@ -564,6 +564,17 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _write_json(path, obj) -> None:
+    """Write ``obj`` as JSON atomically (a temporary beside ``path``, then a rename)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
 @app.command()
 def sanity(
     arch: str = typer.Option("myrtle_cnn", "--arch", help=_ARCH_HELP),
@@ -647,13 +658,13 @@ def sanity(
     if refit:
         from intertwiner.experiments.absorb import format_table
 
-        (out_dir / "refit_rows.json").write_text(json.dumps(rows, indent=2))
+        _write_json(out_dir / "refit_rows.json", rows)
         typer.echo(format_table(rows))
         typer.echo(f"(accuracies and drops in points; rows: {out_dir / 'refit_rows.json'})")
         return
     summary = san.summarize(rows)
-    (out_dir / "sanity_rows.json").write_text(json.dumps(rows, indent=2))
-    (out_dir / "sanity_summary.json").write_text(json.dumps(summary, indent=2))
+    _write_json(out_dir / "sanity_rows.json", rows)
+    _write_json(out_dir / "sanity_summary.json", summary)
     figure = san.plot_penalties(summary, out_dir / "sanity.png")
     typer.echo(san.format_table(summary))
     typer.echo(f"(accuracies and penalties in points; {repeats} repeats, {epochs} epochs)")
