@@ -89,7 +89,7 @@ PRESETS: dict[str, dict] = {
             "epochs": 2,
             "lr": 1e-3,
             "batch_size": 64,
-            "absorb": {"repeats": 3, "kinds": ["G_ReLU", "orthogonal"], "max_rows": 50_000},
+            "absorb": {"repeats": 5, "kinds": ["G_ReLU", "orthogonal"], "max_rows": 50_000},
         },
         "dissection": {
             "arch": "myrtle_cnn",

@@ -138,7 +138,7 @@ def absorb_claims(rows: list[Row], activation: str = "relu") -> list[dict]:
     return out
 
 
-def _per_pair(rows: list[Row], arch: str, metric: str) -> dict[int, np.ndarray]:
+def per_pair_diagonal(rows: list[Row], arch: str, metric: str) -> dict[int, np.ndarray]:
     """pair -> diagonal of the layer x layer matrix of ``metric``."""
     out = {}
     for r in rows:
@@ -155,7 +155,7 @@ def metric_claims(rows: list[Row], arch: str, sites: Sequence[str]) -> list[dict
         ("orthogonal_procrustes", "grelu_procrustes", "orthogonal − G_ReLU Procrustes > 0"),
         ("cka", "grelu_cka", "linear CKA − G_ReLU-CKA > 0"),
     ):
-        a, b = _per_pair(rows, arch, big), _per_pair(rows, arch, small)
+        a, b = per_pair_diagonal(rows, arch, big), per_pair_diagonal(rows, arch, small)
         keys = sorted(set(a) & set(b))
         if not keys:
             continue

@@ -117,7 +117,7 @@ def _metric_rows(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
     out: list[dict] = []
     rows = rows_by_kind.get("metrics", [])
     mm = metric_means(rows).get(MCNN, {})
-    per_pair = {name: C._per_pair(rows, MCNN, name) for name in mm}
+    per_pair = {name: C.per_pair_diagonal(rows, MCNN, name) for name in mm}
     tables = [(name, vals, 3) for name, vals in P.PROCRUSTES_MCNN.items()]
     tables += [(name, [mat[i][i] for i in range(len(mat))], 2) for name, mat in P.CKA_MCNN.items()]
     for name, vals, digits in tables:
