@@ -159,6 +159,8 @@ PRESETS: dict[str, dict] = {
     },
     "paper": {
         "data": "cifar10",
+        # The paper's training augmentation (flip + translate by 2 px), training split only.
+        "data_options": {"augment": True},
         "archs": {
             "myrtle_cnn": {"width": 64},
             "resnet20": {"width": 16},
@@ -255,12 +257,20 @@ def validate_data(spec: dict) -> None:
 
 
 def resolve_data(preset: str, data: str | None = None, data_dir: str | None = None) -> dict:
-    """The checked data spec of a run of ``preset`` (``data`` overrides the preset's dataset).
+    """The checked data spec of a run of ``preset`` (``data`` overrides the preset's dataset; the
+    preset's ``data_options`` apply to its own dataset only).
 
     Raises UnknownDatasetError or DataNotFoundError before anything runs.
     """
-    spec = data_spec(data or PRESETS[preset]["data"], data_dir)
+    spec = _with_options(preset, data_spec(data or PRESETS[preset]["data"], data_dir))
     validate_data(spec)
+    return spec
+
+
+def _with_options(preset: str, spec: dict) -> dict:
+    p = PRESETS[preset]
+    if spec["name"] == dataset_name(p["data"]):
+        spec = {**spec, **p.get("data_options", {})}
     return spec
 
 
@@ -340,6 +350,7 @@ def build_plan(
         dspec = {"name": dataset_name(data or p["data"])}
         if data_dir:
             dspec["root"] = os.path.abspath(data_dir)
+        dspec = _with_options(preset, dspec)
     stages = [group_table.stage(p["activations"], trials=p["group_trials"])]
     zoo_cfgs = _zoo_configs(p, dspec)
     sanity_models = _sanity_models(p, dspec)
