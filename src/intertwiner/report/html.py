@@ -409,9 +409,10 @@ def render(folder: str | os.PathLike) -> str:
         )
     parts.append(
         '<p class="note">Scale caveat: the CPU presets train small models for a few epochs on '
-        "5,000 MNIST images (or sklearn digits); the paper trains full-size models for 50 epochs "
-        "on CIFAR-10 (100 seeds, 16-32 pairs). Compare the <em>direction</em> of effects, not the "
-        "absolute numbers.</p>"
+        "5,000 MNIST images (or sklearn digits; the sanity test and dissection on procedural "
+        "concept scenes); the paper trains full-size models for 50 epochs on CIFAR-10 (100 seeds, "
+        "16-32 pairs). Compare the <em>direction</em> of effects, not the absolute numbers, and "
+        "read each claim's verdict with its interval.</p>"
     )
     parts += _stage_parts(stages)
     parts += _comparison_parts(rows_by_kind)
