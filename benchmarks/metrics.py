@@ -1,56 +1,191 @@
-"""Speed and memory of the representation metrics (not a test). Prints tables and ratios.
+"""Speed of the representation metrics against their floors (not a test). Prints tables and ratios.
 
-1. Procrustes variants on N = 10,000 rows x C = 512 neurons, timed against the one X'Y product
-   (float64) that each needs: the ratio should be at most 3.
-2. G_ReLU-CKA on N = 10,000 conv features 64 x 8 x 8: seconds and peak extra memory (resident set
-   size sampled by a thread; torch allocations are invisible to tracemalloc), memory against the
-   chunk size, and the speed-up over the reference implementation's Python loop over samples
-   (paper.md section 6 / section 8 item 10), re-implemented below. The loop is timed on a subset of
-   n_ref inputs and extrapolated by the number of (i, j) pairs, since its cost is one O(j C h w)
-   product per row i; both implementations are also timed on that same subset.
+1. Every metric on dense (10,000 x 512), conv (2,000 and 10,000 x 64 x 8 x 8) and tokens
+   (2,000 x 64 x 256) float64 features, timed against its floor, the work it cannot avoid, done by
+   plain torch on ready-made contiguous float64 matrices:
+   - Procrustes (every group): the X'Y product over (positions, C) plus the C x C group step
+     (singular values for orthogonal, linear_sum_assignment for the permutation groups);
+   - linear CKA (biased or debiased): the products of the form it uses, feature space
+     (X'X, Y'Y, X'Y over the centred (N, p) matrices) or Gram (XX', YY'), whichever is cheaper;
+   - streaming accumulators (batches of N/5 inputs): the floor of the same one-shot metric (linear
+     CKA streams in feature space, so only where that form is the cheaper one).
+   Target: ratio <= 1.5. Linear CKA also shows nanoseconds per input float.
+2. G_ReLU-CKA (float32 products, float64 sums) on conv features 64 x 8 x 8 at N = 1,000 and 10,000:
+   seconds, achieved GFLOP/s of its batched products (2 C S N (N + 1) / 2 multiply-adds per
+   representation) beside the machine's float32 matmul GFLOP/s (a 2048^3 product), the ratio to
+   that FLOP floor (target <= 2), peak extra memory, and the speed-up over the reference
+   implementation's Python loop over samples (paper.md sections 6 and 8, re-implemented below;
+   run in full at N = 1,000; at 10,000 estimated from 40 rows of its loop spread over [1, N), each
+   row's O(i C h w) product timed at full size, scaled by (N - 1) / 40).
 
-Run: ``python benchmarks/metrics.py [--quick]``. Procrustes: minima of 5 runs, wall and process
-CPU time (CPU time is less sensitive to other jobs on a shared machine); the rest: single runs.
+All timings interleave the compared runs in one process and take medians of ``--repeat`` runs of
+process CPU time with one torch thread (wall time on a GPU): the machine may be shared, and CPU time
+does not count the time another job holds the core. Run: ``python benchmarks/metrics.py [--device cuda] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import threading
 import time
+from collections.abc import Callable
 
 import torch
+from scipy.optimize import linear_sum_assignment
 
-from intertwiner.metrics import group_cka, procrustes_distance, procrustes_similarity
+from intertwiner.layouts import to_flat, to_matrix
+from intertwiner.metrics import (
+    LinearCKA,
+    ProcrustesSimilarity,
+    cka,
+    group_cka,
+    procrustes_distance,
+    procrustes_similarity,
+)
 from intertwiner.metrics.cka import hsic1_from_terms
 
+LAYOUTS = {
+    "dense": (10_000, 512),
+    "conv 2k": (2_000, 64, 8, 8),
+    "conv 10k": (10_000, 64, 8, 8),
+    "tokens": (2_000, 64, 256),
+}
+QUICK = {"dense": (2_000, 128), "conv 2k": (500, 32, 8, 8), "tokens": (500, 32, 64)}
 
-def timed(fn, repeat: int = 3) -> float:
-    """Minimum wall-clock seconds."""
-    return timed2(fn, repeat)[0]
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def timed2(fn, repeat: int = 5) -> tuple[float, float]:
-    """(minimum wall seconds, minimum process CPU seconds): minima resist a shared machine."""
-    wall, cpu = [], []
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int, device) -> dict[str, float]:
+    """Median seconds of each function, the functions run in turn ``repeat`` times. On the CPU
+    the seconds are this process's CPU time (one thread: time spent computing, not time spent
+    waiting for a core another job holds); on a GPU, wall time."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    return min(wall), min(cpu)
+        for name, fn in fns.items():
+            sync(device)
+            t = clock()
+            fn()
+            sync(device)
+            times[name].append(clock() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
+def features(shape: tuple[int, ...], device, dtype=torch.float64, seed: int = 0):
+    """ReLU features X and Y = relu(X + noise): correlated, like two layers or two seeds."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=dtype).relu()
+    y = (x + torch.randn(*shape, generator=g, dtype=dtype)).relu()
+    return x.to(device), y.to(device)
+
+
+def streamed(acc_factory, x, y, parts: int = 5) -> float:
+    acc = acc_factory()
+    step = -(-x.shape[0] // parts)
+    for i in range(0, x.shape[0], step):
+        acc.update(x[i : i + step], y[i : i + step])
+    return acc.compute()
+
+
+def floors(x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, Callable], str]:
+    """The floor functions of one layout, and the linear-CKA form."""
+    xm, ym = to_matrix(x).contiguous(), to_matrix(y).contiguous()
+    m = (xm.T @ ym).cpu().numpy()
+    xf, yf = to_flat(x), to_flat(y)
+    xc, yc = (xf - xf.mean(0)).contiguous(), (yf - yf.mean(0)).contiguous()
+    n, p = xc.shape
+    form = "feature" if 3 * p * p <= 2 * n * p else "gram"
+
+    def cka_floor():
+        if form == "feature":
+            return xc.T @ xc, yc.T @ yc, xc.T @ yc
+        return xc @ xc.T, yc @ yc.T
+
+    return {
+        "product": lambda: xm.T @ ym,
+        "svd": lambda: torch.linalg.svdvals(torch.from_numpy(m)),
+        "assignment": lambda: linear_sum_assignment(m, maximize=True),
+        "cka": cka_floor,
+    }, form
+
+
+def metric_rows(x, y, form: str) -> list[tuple[str, Callable, str]]:
+    """(name, function, floor) of every metric timed on one layout."""
+    pm = "positive_monomial"
+    rows = [
+        ("procrustes_distance[orthogonal]", lambda: procrustes_distance(x, y), "svd"),
+        (
+            "procrustes_distance[permutation]",
+            lambda: procrustes_distance(x, y, group="permutation"),
+            "assignment",
+        ),
+        ("procrustes_similarity[orthogonal]", lambda: procrustes_similarity(x, y), "svd"),
+        (
+            "procrustes_similarity[G_ReLU]",
+            lambda: procrustes_similarity(x, y, group=pm),
+            "assignment",
+        ),
+        (
+            "ProcrustesSimilarity[G_ReLU] streamed",
+            lambda: streamed(lambda: ProcrustesSimilarity(group=pm), x, y),
+            "assignment",
+        ),
+        ("cka (linear)", lambda: cka(x, y), "cka"),
+        ("cka (linear, debiased)", lambda: cka(x, y, debiased=True), "cka"),
+    ]
+    if form == "feature":
+        rows.append(("LinearCKA streamed", lambda: streamed(LinearCKA, x, y), "cka"))
+    return rows
+
+
+def layout_table(name: str, shape: tuple[int, ...], repeat: int, device) -> None:
+    x, y = features(shape, device)
+    fl, form = floors(x, y)
+    rows = metric_rows(x, y, form)
+    fns = {f"floor:{k}": f for k, f in fl.items()}
+    fns.update({r[0]: r[1] for r in rows})
+    for fn in fns.values():  # warm up (allocator, first-call costs)
+        if shape[0] <= 2000:
+            fn()
+    t = interleaved(fns, repeat if shape[0] * x[0].numel() < 10**7 else max(1, repeat - 2), device)
+    prod = t["floor:product"]
+    floor_of = {
+        "svd": prod + t["floor:svd"],
+        "assignment": prod + t["floor:assignment"],
+        "cka": t["floor:cka"],
+    }
+    floats = x.numel()
+    print(f"\n{name} {tuple(shape)} float64 on {device}; linear CKA form: {form}; "
+          f"X'Y product {prod:.3f} s, CPU-time medians")  # fmt: skip
+    print(f"{'metric':40s} {'seconds':>9s} {'floor s':>9s} {'ratio':>6s} {'ns/float':>9s}")
+    for label, _, floor in rows:
+        sec = t[label]
+        per = f"{1e9 * sec / floats:9.1f}" if floor == "cka" else ""
+        print(f"{label:40s} {sec:9.3f} {floor_of[floor]:9.3f} {sec / floor_of[floor]:6.2f} {per}")
+
+
+# ---- G_ReLU-CKA against the reference loop -------------------------------------------------------
 def _rss() -> int:
     with open(f"/proc/{os.getpid()}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class PeakRSS:
-    """Peak resident set size above the level at entry, sampled every 2 ms (Linux)."""
+class PeakMemory:
+    """Peak extra memory: resident set size sampled every 2 ms (CPU), or CUDA's allocator peak."""
 
-    def __enter__(self) -> PeakRSS:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = self.peak = torch.cuda.memory_allocated(self.device)
+            return self
         self.start = self.peak = _rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -63,6 +198,9 @@ class PeakRSS:
             time.sleep(0.002)
 
     def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            return
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, _rss())
@@ -70,43 +208,6 @@ class PeakRSS:
     @property
     def extra_mib(self) -> float:
         return (self.peak - self.start) / 2**20
-
-
-def procrustes_table(n: int, c: int, repeat: int) -> None:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, c, generator=g, dtype=torch.float64).relu()
-    y = (x @ torch.randn(c, c, generator=g, dtype=torch.float64) / c**0.5).relu()
-    base, base_cpu = timed2(lambda: x.T @ y, repeat)
-    print(
-        f"\nProcrustes, N = {n}, C = {c}, float64 inputs; X'Y alone: {base:.3f} s wall, "
-        f"{base_cpu:.3f} s CPU (minima of {repeat})"
-    )
-    print(f"{'metric':46s} {'wall s':>7s} {'ratio':>6s} {'CPU s':>7s} {'ratio':>6s}")
-    rows = [
-        (f"procrustes_distance[{grp}]", lambda grp=grp: procrustes_distance(x, y, group=grp))
-        for grp in (
-            "orthogonal",
-            "permutation",
-            "signed_permutation",
-            "positive_monomial",
-            "monomial",
-        )
-    ] + [
-        (
-            "procrustes_similarity[positive_monomial]",
-            lambda: procrustes_similarity(x, y, group="positive_monomial"),
-        ),
-    ]
-    xf, yf = x.float(), y.float()
-    rows.append(
-        (
-            "procrustes_distance[positive_monomial] f32 in",
-            lambda: procrustes_distance(xf, yf, group="positive_monomial"),
-        )
-    )
-    for name, fn in rows:
-        t, tc = timed2(fn, repeat)
-        print(f"{name:46s} {t:7.3f} {t / base:6.2f} {tc:7.3f} {tc / base_cpu:6.2f}")
 
 
 def preprocess_reference(h: torch.Tensor) -> torch.Tensor:
@@ -119,7 +220,7 @@ def preprocess_reference(h: torch.Tensor) -> torch.Tensor:
 def reference_kernel(h: torch.Tensor) -> torch.Tensor:
     """The reference loop: row i against rows j < i, one O(j C h w) product each, then max_c."""
     n = h.shape[0]
-    k = torch.zeros(n, n, dtype=h.dtype)
+    k = torch.zeros(n, n, dtype=h.dtype, device=h.device)
     for i in range(1, n):
         row = (h[i : i + 1] * h[:i]).sum(dim=(2, 3)).amax(dim=1)
         k[i, :i] = row
@@ -137,68 +238,82 @@ def reference_g_relu_cka(h1: torch.Tensor, h2: torch.Tensor) -> float:
     return hsic(k, l) / (hsic(k, k) * hsic(l, l)) ** 0.5
 
 
-def group_cka_table(n: int, n_ref: int) -> None:
-    g = torch.Generator().manual_seed(1)
-    h1 = torch.randn(n, 64, 8, 8, generator=g).relu()  # float32, as captured
-    h2 = (h1 + torch.randn(n, 64, 8, 8, generator=g)).relu()
-    mib = h1.numel() * 4 / 2**20
-    print(f"\nG_ReLU-CKA, N = {n}, conv features 64 x 8 x 8 (float32 inputs, {mib:.0f} MiB each)")
-    print(f"{'variant':40s} {'seconds':>8s} {'peak extra MiB':>15s} {'value':>10s}")
-    for label, kw in [
-        ("float64 products, default chunks", {}),
-        ("float32 products, default chunks", {"dtype": torch.float32}),
-    ]:
-        with PeakRSS() as mem:
-            t0 = time.perf_counter()
-            v = group_cka(h1, h2, **kw)
-            t = time.perf_counter() - t0
-        print(f"{label:40s} {t:8.2f} {mem.extra_mib:15.0f} {v:10.6f}")
+def reference_loop_estimate(h1: torch.Tensor, h2: torch.Tensor, device, rows: int = 40) -> float:
+    """CPU seconds of ``reference_g_relu_cka`` estimated by timing ``rows`` rows i of its loop,
+    evenly spread over [1, N), each with its O(i C h w) product at the real size (so cache
+    effects of large N count), scaled by (N - 1) / rows; preprocessing timed in full."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    total = 0.0
+    for h in (h1, h2):
+        t0 = clock()
+        hp = preprocess_reference(h)
+        total += clock() - t0
+        n = hp.shape[0]
+        idx = sorted({int(round(1 + k * (n - 2) / (rows - 1))) for k in range(rows)})
+        t0 = clock()
+        for i in idx:
+            (hp[i : i + 1] * hp[:i]).sum(dim=(2, 3)).amax(dim=1)
+        sync(device)
+        total += (clock() - t0) * (n - 1) / len(idx)
+    return total
 
-    small = min(n, 3000)
-    print(
-        f"\nmemory against chunk size (N = {small}; features alone: "
-        f"{2 * small * 64 * 64 * 8 / 2**20:.0f} MiB as float64)"
-    )
-    for chunk in (64, 256, 1024):
-        with PeakRSS() as mem:
-            t0 = time.perf_counter()
-            group_cka(h1[:small], h2[:small], chunk_size=chunk)
-            t = time.perf_counter() - t0
-        print(f"chunk_size = {chunk:5d}: {t:7.2f} s, peak extra {mem.extra_mib:6.0f} MiB")
 
-    a, b = h1[:n_ref], h2[:n_ref]
-    t_ref = timed(lambda: reference_g_relu_cka(a, b), 1)
-    t_ours_sub = timed(lambda: group_cka(a, b), 1)
-    v_ref, v_ours = reference_g_relu_cka(a, b), group_cka(a, b)
-    pairs = lambda m: m * (m - 1) / 2  # noqa: E731
-    t_ref_full = t_ref * pairs(n) / pairs(n_ref)
-    with PeakRSS():
-        t_full = timed(lambda: group_cka(h1, h2), 1)
-    print(f"\nreference Python loop vs group_cka (float64); loop timed on N = {n_ref}")
-    print(
-        f"same subset N = {n_ref}: loop {t_ref:.2f} s, group_cka {t_ours_sub:.2f} s, "
-        f"speed-up {t_ref / t_ours_sub:.1f}x, |difference| {abs(v_ref - v_ours):.1e}"
-    )
-    print(
-        f"N = {n}: loop extrapolated {t_ref_full:.0f} s, group_cka measured {t_full:.1f} s, "
-        f"speed-up {t_ref_full / t_full:.1f}x"
-    )
+def group_cka_table(sizes: tuple[int, ...], n_ref: int, repeat: int, device) -> None:
+    c, s = 64, 64
+    a = torch.randn(2048, 2048, device=device)
+    print(f"\nG_ReLU-CKA, conv features {c} x 8 x 8 (float32 inputs) on {device}; floor: the "
+          "batched products at the float32 matmul rate; medians of runs interleaved with a "
+          "2048^3 float32 matmul")  # fmt: skip
+    print(f"{'N':>6s} {'products':>9s} {'seconds':>8s} {'GFLOP/s':>8s} {'matmul':>8s} "
+          f"{'ratio':>6s} {'peak MiB':>9s} {'vs loop':>8s} {'value':>10s}")  # fmt: skip
+    ref_x, ref_y = features((n_ref, c, 8, 8), device, torch.float32, seed=1)
+    t_ref = interleaved({"ref": lambda: reference_g_relu_cka(ref_x, ref_y)}, 1, device)["ref"]
+    v_ref = reference_g_relu_cka(ref_x, ref_y)
+    for n in sizes:
+        x, y = features((n, c, 8, 8), device, torch.float32, seed=1)
+        flops = 2 * 2 * c * s * n * (n + 1) / 2
+        reps = repeat if n <= 2000 else 1
+        t_loop = t_ref if n == n_ref else reference_loop_estimate(x, y, device)
+        for dtype in (torch.float32, torch.float64):
+            fns = {
+                "matmul": lambda: a @ a,
+                "ours": lambda x=x, y=y, d=dtype: group_cka(x, y, dtype=d),
+            }
+            t = interleaved(fns, reps, device)
+            rate = 2 * 2048**3 / t["matmul"] / 1e9
+            with PeakMemory(device) as mem:
+                v = group_cka(x, y, dtype=dtype)
+            got = flops / t["ours"] / 1e9
+            print(f"{n:6d} {str(dtype)[6:]:>9s} {t['ours']:8.2f} {got:8.1f} {rate:8.1f} "
+                  f"{rate / got:6.2f} {mem.extra_mib:9.0f} {t_loop / t['ours']:7.0f}x {v:10.6f}")  # fmt: skip
+        what = "measured" if n == n_ref else "estimated from 40 sampled rows of its loop"
+        print(
+            f"{'':6s} reference loop at N = {n}: {t_loop:.1f} s ({what})"
+            + (f", value {v_ref:.6f} (|difference| {abs(v - v_ref):.1e})" if n == n_ref else "")
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--only", choices=["procrustes", "group_cka"], default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per timing (median)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", choices=["layouts", "group_cka"], default=None)
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated subset")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    n = 2000 if args.quick else 10_000
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    if args.only in (None, "procrustes"):
-        procrustes_table(n, 128 if args.quick else 512, repeat=5)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"device {device}")  # fmt: skip
+    shapes = QUICK if args.quick else LAYOUTS
+    if args.only in (None, "layouts"):
+        for name in args.layouts.split(","):
+            if name in shapes:
+                layout_table(name, shapes[name], args.repeat, device)
     if args.only in (None, "group_cka"):
-        group_cka_table(n, n_ref=300 if args.quick else 1000)
+        sizes = (300, 600) if args.quick else (1_000, 10_000)
+        group_cka_table(sizes, n_ref=sizes[0], repeat=args.repeat, device=device)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from intertwiner import checkpoints, data, errors
 from intertwiner.cli import app
 from intertwiner.features import LayerNotFoundError, capture
 from intertwiner.groups import discover, for_activation, verify
-from intertwiner.groups.elements import DenseElement, MonomialElement
-from intertwiner.groups.families import MONOMIAL, ORTHOGONAL, POSITIVE_MONOMIAL
+from intertwiner.groups._elements import DenseElement, MonomialElement
+from intertwiner.groups._families import MONOMIAL, ORTHOGONAL, POSITIVE_MONOMIAL
 from intertwiner.metrics import (
     LinearCKA,
     ProcrustesDistance,

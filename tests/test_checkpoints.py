@@ -247,3 +247,44 @@ def test_built_models_load_into_a_given_model_too(tmp_path):
     assert loaded is target
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("digits", {"seed": 3, "val_fraction": 0.2}),
+        ("synthetic", {"n_train": 80, "n_test": 20, "input_size": 8, "seed": 1}),
+        ("concepts", {"n_train": 40, "n_test": 10, "size": 16, "data_seed": 2}),
+    ],
+)
+def test_data_splits_rebuilds_the_training_splits(tmp_path, name, options):
+    """The one checkpoint -> data function: the schema written by ``checkpoint_metadata`` (and an
+    older one with only ``data_meta``) rebuilds the same train / val / test items."""
+    from intertwiner import data as data_mod
+    from intertwiner import models
+    from intertwiner.training import TrainConfig, TrainResult, checkpoint_metadata
+
+    splits = data_mod.load(name, **options)
+    model = models.build("mlp", widths=[4], **splits.model_config())
+    result = TrainResult(model, [], 0, 0.0, 0.0, 0.0, 0.0, 0.0, {})
+    meta = checkpoint_metadata(result, splits, TrainConfig(epochs=1))
+    path = checkpoints.save(model, tmp_path / "m.safetensors", meta)
+    _, saved = checkpoints.load(path)
+    older = {k: v for k, v in saved.items() if k not in ("data_options", "split_seed")}
+    for m in (saved, older):
+        rebuilt = checkpoints.data_splits(m)
+        pairs = zip(
+            (rebuilt.train, rebuilt.val, rebuilt.test), (splits.train, splits.val, splits.test)
+        )
+        for a, b in pairs:
+            assert len(a) == len(b)
+            idx = torch.arange(min(len(a), 5))
+            assert torch.equal(a.get_batch(idx)[0], b.get_batch(idx)[0])
+            assert torch.equal(a.get_batch(idx)[1], b.get_batch(idx)[1])
+
+
+def test_data_splits_names_what_is_missing():
+    from intertwiner.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="does not record its dataset"):
+        checkpoints.data_splits({}, source="x.safetensors")

@@ -18,14 +18,14 @@ from intertwiner.dissection import (
     basis_alignment,
     dissect,
     dissect_bases,
-    dissection_experiment,
-    plot_rotation_curve,
     random_rotation,
     random_rotation_powers,
     rotation_powers,
 )
 from intertwiner.errors import NonFiniteError, ShapeError
+from intertwiner.experiments.rotation_dissection import dissection_experiment
 from intertwiner.groups import MonomialElement, family, for_activation
+from intertwiner.report.rotation_curve import plot_rotation_curve
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,6 @@ import copy
 import datetime as _dt
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from intertwiner import _atomic
+from intertwiner._types import JSONDict
 from intertwiner._version import __version__
 from intertwiner.errors import CheckpointError
 
@@ -68,14 +68,14 @@ def _sha(value: Any) -> str:
     return hashlib.sha256(_canonical(value)).hexdigest()
 
 
-def seal(meta: dict[str, Any]) -> dict[str, Any]:
+def seal(meta: JSONDict) -> JSONDict:
     """``meta`` with a fresh ``integrity`` record over all its other fields (used by ``save``)."""
     body = {k: v for k, v in meta.items() if k != INTEGRITY}
     fields = {k: _sha(v) for k, v in body.items()}
     return {**body, INTEGRITY: {"algorithm": "sha256", "fields": fields, "sha256": _sha(fields)}}
 
 
-def verify_metadata(meta: dict[str, Any], where: str | Path) -> None:
+def verify_metadata(meta: JSONDict, where: str | Path) -> None:
     """Refuse metadata edited after saving (naming the fields); warn on unauthenticated format 1."""
     record = meta.get(INTEGRITY)
     if record is None and meta.get("format_version", 0) < 2:
@@ -108,25 +108,10 @@ def sidecar(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _is_temporary(path: Path) -> bool:
-    """A temporary of ``_atomic_write``: ``.NAME.safetensors.RANDOM.tmp`` or ``.NAME.json.RANDOM.tmp``."""
+    """A temporary of ``_atomic.write_bytes``: ``.NAME.safetensors.RANDOM.tmp`` or ``.NAME.json.RANDOM.tmp``."""
     name = path.name
-    if not (name.startswith(".") and name.endswith(".tmp")):
-        return False
-    return ".safetensors." in name or ".json." in name
+    return _atomic.is_temporary(path) and (".safetensors." in name or ".json." in name)
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:
@@ -152,7 +137,7 @@ def _sites_signature(model: nn.Module) -> list[tuple[str, str, str]]:
     return [(s, type(mods[s]).__name__, mods[s].extra_repr()) for s in sites(model)]
 
 
-def _rebuild(config: dict[str, Any]) -> nn.Module:
+def _rebuild(config: JSONDict) -> nn.Module:
     from intertwiner.models import build
 
     cfg = dict(config)
@@ -165,7 +150,7 @@ def _rebuild(config: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"cannot rebuild {arch} from the stored config {cfg}: {e}") from e
 
 
-def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
+def _jsonable(metadata: JSONDict) -> JSONDict:
     try:
         return json.loads(json.dumps(metadata, allow_nan=True))
     except TypeError as e:
@@ -174,7 +159,7 @@ def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
         ) from e
 
 
-def save(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save(model: nn.Module, path: str | Path, metadata: JSONDict | None = None) -> Path:
     """Write ``model``'s state to ``path`` (``.safetensors``) and metadata to ``path.json``.
 
     A model from ``models.build`` is saved with its ``intertwiner_config`` (what ``load``
@@ -217,9 +202,9 @@ def save(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = N
         tensors={k: list(v.shape) for k, v in state.items()},
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, blob)
+    _atomic.write_bytes(path, blob)
     meta = seal(meta)
-    _atomic_write(sidecar(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    _atomic.write_bytes(sidecar(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 
@@ -241,7 +226,7 @@ def _check_state(state: dict[str, torch.Tensor], reference: nn.Module, *, what: 
             )
 
 
-def read_metadata(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+def read_metadata(path: str | Path, *, verify: bool = True) -> JSONDict:
     """The JSON metadata of checkpoint ``path``, refused if edited after saving (``verify``;
     the tensors' hash is checked by ``load``)."""
     meta_path = sidecar(path)
@@ -341,3 +326,38 @@ __all__ = [
     "sidecar",
     "verify_metadata",
 ]
+
+
+def data_splits(
+    metadata: JSONDict,
+    *,
+    dataset: str | None = None,
+    root: str | Path | None = None,
+    source: str | Path = "the checkpoint",
+    **defaults: Any,
+):
+    """The ``DataSplits`` a checkpoint was trained on, rebuilt from its metadata: the dataset,
+    its options (a reproduce checkpoint's ``data_options``, or the concept generator's settings
+    in ``data_meta``) and the split seed, so validation and test are the ones training used.
+
+    ``dataset`` overrides the recorded name (the recorded options are then not applied);
+    ``root`` is a data folder (CIFAR-10); ``defaults`` fill options the metadata lacks.
+    Raises ``InvalidOptionError`` when the metadata names no dataset and none is given.
+    """
+    from intertwiner import data as data_mod
+    from intertwiner.errors import InvalidOptionError
+
+    name = dataset or metadata.get("dataset")
+    if not name:
+        raise InvalidOptionError(f"{source} does not record its dataset; pass the dataset name")
+    options: JSONDict = {}
+    if dataset is None:  # the recorded options; older checkpoints: read from the data's meta
+        recorded = metadata.get("data_options")
+        options.update(recorded or data_mod.options_from_meta(metadata.get("data_meta") or {}))
+    seed = metadata.get("split_seed", (metadata.get("data_meta") or {}).get("split_seed"))
+    options["seed"] = int(seed or 0)
+    if root is not None:
+        options["root"] = str(root)
+    for key, value in defaults.items():
+        options.setdefault(key, value)
+    return data_mod.load(name, **options)

@@ -13,6 +13,8 @@ import sys
 
 import typer
 
+from intertwiner.errors import InvalidOptionError
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -57,7 +59,9 @@ def _folder(value: str) -> str:
     from pathlib import Path
 
     if Path(value).exists() and not Path(value).is_dir():
-        raise ValueError(f"{value} is an existing file; --out names a folder (new or existing)")
+        raise InvalidOptionError(
+            f"{value} is an existing file; --out names a folder (new or existing)"
+        )
     return value
 
 
@@ -161,7 +165,7 @@ def groups(
     from tqdm.auto import tqdm
 
     from intertwiner.errors import IntertwinerError
-    from intertwiner.groups.table import TABLE_ROWS, format_table, group_row
+    from intertwiner.groups._table import TABLE_ROWS, format_table, group_row
 
     names = [activation] if activation is not None else list(TABLE_ROWS)
     try:
@@ -213,23 +217,27 @@ def _fit_options(
     try:
         cfg = json.loads(model_config) if model_config else {}
     except json.JSONDecodeError as e:
-        raise ValueError(
+        raise InvalidOptionError(
             f"--model-config is not valid JSON ({e}); write an object, e.g. '{{\"widths\": [64]}}'"
         ) from None
     if not isinstance(cfg, dict):
-        raise ValueError("--model-config must be a JSON object, e.g. '{\"widths\": [64, 32]}'")
+        raise InvalidOptionError(
+            "--model-config must be a JSON object, e.g. '{\"widths\": [64, 32]}'"
+        )
     if activation is not None:
         cfg["activation"] = activation
     if width is not None:
         key = {"vit": "dim"}.get(arch, "width")
         if key not in models.defaults(arch):
-            raise ValueError(f"{arch} has no single width; use --model-config (e.g. widths)")
+            raise InvalidOptionError(
+                f"{arch} has no single width; use --model-config (e.g. widths)"
+            )
         cfg[key] = width
     cfg = {**splits.model_config(), **cfg}
     try:  # a wrong type in --model-config surfaces here, with the option named
         models.build(arch, seed=0, **cfg)  # seeded: leaves the global RNG alone
     except TypeError as e:
-        raise ValueError(f"--model-config does not build {arch}: {e}") from None
+        raise InvalidOptionError(f"--model-config does not build {arch}: {e}") from None
     tc = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -294,10 +302,10 @@ def train(
     """Train one model and save {arch}-{activation}-seed{seed}.safetensors (+ .json) in --out."""
     from pathlib import Path
 
-    from intertwiner import checkpoints, models
+    from intertwiner import models
     from intertwiner.errors import IntertwinerError
-    from intertwiner.training import train as fit
-    from intertwiner.training import zoo_filename
+    from intertwiner.groups import activation_name
+    from intertwiner.training import train_checkpoint, zoo_filename
 
     try:
         splits, cfg, tc = _fit_options(
@@ -305,21 +313,9 @@ def train(
             model_config, epochs, batch_size, optimizer, lr, weight_decay, schedule, threads, quiet,
         )  # fmt: skip
         tc.seed = seed
-        model = models.build(arch, seed=seed, **cfg)
-        result = fit(model, splits, tc)
-        act = model.intertwiner_config["activation"]
-        path = Path(out) / zoo_filename(model.intertwiner_config["arch"], act, seed)
-        meta = {
-            "dataset": splits.meta["name"],
-            "data_meta": splits.meta,
-            "split_seed": split_seed,
-            "train_seed": seed,
-            "init_seed": seed,
-            "train_config": tc.to_dict(),
-            "history": result.history,
-            **result.summary(),
-        }
-        checkpoints.save(result.model, path, meta)
+        act = activation_name(cfg.get("activation", models.defaults(arch)["activation"]))
+        path = Path(out) / zoo_filename(arch, act, seed)
+        result = train_checkpoint(arch, cfg, splits, tc, path)
     except (IntertwinerError, ValueError) as e:
         raise fail(e) from None
     typer.echo(json.dumps({"checkpoint": str(path), **result.summary()}, indent=2))
@@ -612,8 +608,7 @@ def sanity(
     from intertwiner import data as data_mod
     from intertwiner.errors import IntertwinerError
     from intertwiner.experiments import sanity as san
-    from intertwiner.training import TrainConfig
-    from intertwiner.training import train as fit
+    from intertwiner.training import TrainConfig, train_checkpoint
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -637,12 +632,9 @@ def sanity(
                         cfg["batchnorm"] = batchnorm
                     if "width" in models.defaults(arch):
                         cfg["width"] = width
-                    model = models.build(arch, seed=seed, **cfg)
                     tc = TrainConfig(epochs=base_epochs, batch_size=batch_size, lr=lr, seed=seed,
                                      num_threads=threads, progress=not quiet)  # fmt: skip
-                    result = fit(model, splits, tc)
-                    checkpoints.save(model, path, {"dataset": splits.meta["name"],
-                                                   "split_seed": seed, **result.summary()})  # fmt: skip
+                    model = train_checkpoint(arch, cfg, splits, tc, path).model
             site_list = _csv(sites) if sites else models.sites(model)[:-1]
             if refit:
                 from intertwiner.experiments import absorb
@@ -697,20 +689,24 @@ def dissect(
 
     from intertwiner import checkpoints
     from intertwiner import dissection as dis
-    from intertwiner.data.concepts import load_concepts
     from intertwiner.errors import IntertwinerError
+    from intertwiner.experiments.rotation_dissection import dissection_experiment
+    from intertwiner.report.rotation_curve import plot_rotation_curve
 
     if data != "concepts":
         raise fail("dissection needs concept masks: only --data concepts is available")
     try:
         model, meta = checkpoints.load(checkpoint)
         if int(model.intertwiner_config.get("in_channels", 3)) != 3:
-            raise ValueError("the concept scenes are RGB: dissect a model with in_channels=3")
-        dm = meta.get("data_meta") or {}
-        options = dict(dm.get("generator") or {}) if meta.get("dataset") == "concepts" else {}
-        options.setdefault("size", int(model.intertwiner_config.get("input_size", 32)))
-        splits = load_concepts(seed=int(meta.get("split_seed", 0) or 0), **options)
-        exp = dis.dissection_experiment(
+            raise InvalidOptionError(
+                "the concept scenes are RGB: dissect a model with in_channels=3"
+            )
+        recorded = meta.get("dataset") == "concepts"
+        splits = checkpoints.data_splits(
+            meta, dataset=None if recorded else "concepts", source=checkpoint,
+            size=int(model.intertwiner_config.get("input_size", 32)),
+        )  # fmt: skip
+        exp = dissection_experiment(
             model, layer, splits.test, n_orthogonal=n_orthogonal,
             powers=[float(p) for p in _csv(powers)], seed=seed, quantile=quantile,
             iou_threshold=iou_threshold, progress=not quiet,
@@ -724,7 +720,7 @@ def dissect(
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"dissection-{layer}.json").write_text(json.dumps(payload, indent=2))
-        figure = dis.plot_rotation_curve(exp, out_dir / f"dissection-{layer}.png")
+        figure = plot_rotation_curve(exp, out_dir / f"dissection-{layer}.png")
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return
@@ -808,7 +804,7 @@ def _init_samples(text: str | None) -> int | str | None:
     try:
         return positive_int(int(text), "--init-samples")
     except ValueError:
-        raise ValueError(
+        raise InvalidOptionError(
             f"--init-samples takes a number of inputs (>= 1) or 'auto', got {text!r}"
         ) from None
 
@@ -856,23 +852,13 @@ def stitch_command(
 ) -> None:
     """Stitch A's front into B's back at a site and print accuracies and the stitching penalty."""
     from intertwiner import checkpoints
-    from intertwiner import data as data_mod
     from intertwiner.errors import IntertwinerError
     from intertwiner.stitching import StitchConfig, stitch
 
     try:
         model_a, meta_a = checkpoints.load(checkpoint_a)
         model_b, _ = checkpoints.load(checkpoint_b)
-        name = data or meta_a.get("dataset")
-        if not name:
-            raise ValueError(f"{checkpoint_a} does not record its dataset; pass --data")
-        options: dict = {"seed": int(meta_a.get("split_seed") or 0)}
-        if data is None and isinstance(meta_a.get("data_options"), dict):
-            # a reproduce checkpoint: the same data options as its training run
-            options = {**meta_a["data_options"], **options}
-        if data_dir is not None:
-            options["root"] = data_dir
-        splits = data_mod.load(name, **options)
+        splits = checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)
         config = StitchConfig(
             solver=solver,
             epochs=epochs,
@@ -913,15 +899,9 @@ def _random_subset(ds, n):
 
 
 def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoint_a: str):
-    from intertwiner import data as data_mod
+    from intertwiner import checkpoints
 
-    name = data or meta_a.get("dataset")
-    if not name:
-        raise ValueError(f"{checkpoint_a} does not record its dataset; pass --data")
-    options: dict = {"seed": int(meta_a.get("split_seed") or 0)}
-    if data_dir is not None:
-        options["root"] = data_dir
-    return data_mod.load(name, **options)
+    return checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)
 
 
 _OPT_METHOD = typer.Option("weights", "--method", help="weights | activations")
@@ -1051,6 +1031,185 @@ def interpolate_cmd(
                    f"{100 * mid['accuracy']:.2f}%")  # fmt: skip
     if plot:
         typer.echo(f"saved {plot}")
+
+
+# ---- compare -----------------------------------------------------------------------------------
+def _compare_input(path: str):
+    """A checkpoint (``.safetensors`` with its JSON sidecar) -> (model, metadata); a feature file
+    (``.npy``, or ``.safetensors`` without a sidecar: one tensor per layer) -> ({layer: array}, None).
+    Never pickle: ``np.load(allow_pickle=False)``."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from intertwiner import checkpoints
+    from intertwiner.errors import CheckpointError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    if p.suffix == ".npy":
+        return {"features": np.load(p, allow_pickle=False)}, None
+    if p.suffix != ".safetensors":
+        raise CheckpointError(
+            f"{path}: compare takes .safetensors checkpoints or feature files, or .npy"
+        )
+    if p.with_suffix(".json").is_file():
+        return checkpoints.load(p)
+    from safetensors.torch import load_file
+
+    return load_file(str(p)), None
+
+
+def _compare_tables(results: dict, two: bool) -> str:
+    """Two inputs: a layer x layer table per metric (A's layers down, B's across); more: a
+    model x model table per metric and layer pair."""
+    lines = []
+    for name, res in results.items():
+        if two:
+            lines.append(f"{name}  (rows: {res.names[0]} layers, columns: {res.names[1]} layers)")
+            lines.append("".ljust(16) + "".join(f"{lb[:11]:>12s}" for lb in res.layers))
+            for la in res.layers:
+                row = [
+                    res.matrices.get((la, lb), [[float("nan")] * 2] * 2)[0][1] for lb in res.layers
+                ]
+                lines.append(f"{la[:15]:16s}" + "".join(f"{v:12.4f}" for v in row))
+        else:
+            for (la, lb), m in res.matrices.items():
+                lines.append(f"{name}  {la}" + ("" if la == lb else f" vs {lb}"))
+                lines.append("".ljust(16) + "".join(f"{n[:11]:>12s}" for n in res.names))
+                for n, row in zip(res.names, m, strict=True):
+                    lines.append(f"{n[:15]:16s}" + "".join(f"{v:12.4f}" for v in row))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _compare_write(results: dict, out: str, two: bool) -> list[str]:
+    """compare.json, compare.csv and heatmap PNGs in ``out``; the paths written."""
+    import csv
+
+    os.makedirs(out, exist_ok=True)
+    written = [os.path.join(out, "compare.json"), os.path.join(out, "compare.csv")]
+    with open(written[0], "w") as f:
+        json.dump({name: res.to_dict() for name, res in results.items()}, f, indent=2)
+    with open(written[1], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["metric", "layer_a", "layer_b", "model_a", "model_b", "value"])
+        for name, res in results.items():
+            for (la, lb), m in res.matrices.items():
+                for i, a in enumerate(res.names):
+                    for j, b in enumerate(res.names):
+                        w.writerow([name, la, lb, a, b, repr(float(m[i, j]))])
+    if two:
+        import numpy as np
+
+        from intertwiner.metrics import Comparison
+
+        any_res = next(iter(results.values()))
+        lay = any_res.layers
+        mats = {n: np.array([[r.matrices[(a, b)][0, 1] for b in lay] for a in lay])
+                for n, r in results.items()}  # fmt: skip
+        comp = Comparison(lay, lay, mats, 0,
+                          higher_is_similar={n: r.higher_is_similar for n, r in results.items()})  # fmt: skip
+        written.append(os.path.join(out, "compare.png"))
+        comp.plot(written[-1])
+    else:
+        for name, res in results.items():
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+            for la in res.layers:
+                written.append(
+                    os.path.join(out, f"compare_{safe}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', la)}.png")
+                )
+                res.plot(written[-1], layer=la)
+    return written
+
+
+_ARG_INPUTS = typer.Argument(
+    ...,
+    help="Checkpoints (.safetensors + .json sidecar), or feature files (.npy, or .safetensors "
+    "without a sidecar: one tensor per layer) of shape (N, C, ...).",
+)
+
+
+@app.command("compare")
+def compare_cmd(
+    inputs: list[str] = _ARG_INPUTS,
+    layers: str | None = typer.Option(
+        None,
+        "--layers",
+        help="Comma-separated layers (module names; for feature files, tensor names). Needed for checkpoints.",
+    ),
+    metrics: str = typer.Option(
+        "cka,procrustes_similarity:positive_monomial",
+        "--metrics",
+        help="Comma-separated metrics, e.g. cka, cka_debiased, group_cka, procrustes_similarity:orthogonal.",
+    ),
+    cross_layers: bool = typer.Option(
+        True,
+        "--cross-layers/--same-layer",
+        help="Every layer pair, or each layer with itself (more than two inputs).",
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Dataset for checkpoints (default: the one in the first checkpoint's metadata).",
+    ),
+    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
+    split: str = typer.Option("test", "--split", help="Inputs to compare on: test | val | train."),
+    samples: int = typer.Option(
+        1000, "--samples", min=4, help="Inputs to compare on (checkpoints)."
+    ),
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        callback=_FOLDER,
+        help="Folder for compare.json, compare.csv and heatmap PNGs.",
+    ),
+    device: str | None = typer.Option(
+        None, callback=_DEVICE, help="cpu, cuda, ... (default: where the features are)."
+    ),
+    workers: int = typer.Option(0, min=0, help="Processes for the pairs (0: this one)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Compare checkpoints (layer x layer for two, model x model for more) or saved features with
+    representation metrics; print the tables, and with --out write JSON, CSV and heatmaps."""
+    from intertwiner.errors import IntertwinerError, InvalidInputError, InvalidOptionError
+    from intertwiner.metrics import pairwise
+
+    if len(inputs) < 2:
+        raise fail("compare needs at least two inputs")
+    names = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
+    if len(set(names)) != len(names):
+        names = list(inputs)
+    want = [la.strip() for la in layers.split(",")] if layers else None
+    try:
+        loaded = [_compare_input(p) for p in inputs]
+        models = [m for m, meta in loaded if meta is not None]
+        if models and len(models) != len(loaded):
+            raise InvalidInputError(
+                "compare takes only checkpoints or only feature files, not both"
+            )
+        kw: dict = {"layers": want, "cross_layers": cross_layers, "names": names,
+                    "device": device, "progress": not quiet, "workers": workers}  # fmt: skip
+        if models:
+            splits = _pair_splits(loaded[0][1], data, data_dir, inputs[0])
+            if split not in ("test", "val", "train"):
+                raise InvalidOptionError(f"--split {split!r}: choose test, val or train")
+            kw.update(data=getattr(splits, split), max_samples=samples)
+        items = models or [m for m, _ in loaded]
+        results = {}
+        for spec in [m.strip() for m in metrics.split(",") if m.strip()]:
+            res = pairwise(items, spec, **kw)
+            results[res.metric] = res
+        written = _compare_write(results, out, len(inputs) == 2) if out else []
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    typer.echo(_compare_tables(results, len(inputs) == 2))
+    for r in results.values():
+        for note in r.notes:
+            typer.echo(f"note: {note}", err=True)
+    for w in written:
+        typer.echo(f"saved {w}")
 
 
 if __name__ == "__main__":  # pragma: no cover

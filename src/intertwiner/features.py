@@ -5,7 +5,7 @@ k-th call of a module called several times in one forward, and the name of a fun
 the model's torch.fx graph (``"relu_1"``) captures its output: every site name that
 ``symmetry.trace`` gives (fx front end) can be captured. Captured layouts are the module outputs as
 produced: (N, C) dense, (N, C, H, W) conv (channels are the neurons), (N, T, D) tokens.
-``layout="matrix"`` converts each to (samples, neurons) with ``metrics.to_matrix``. A module that
+``layout="matrix"`` converts each to (samples, neurons) with ``layouts.to_matrix``. A module that
 returns a tuple contributes its first tensor; a module name alone means its first call.
 """
 
@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from intertwiner import _validate
+from intertwiner._types import DataLike
 from intertwiner.errors import (
     IntertwinerError,
     InvalidInputError,
@@ -28,6 +29,7 @@ from intertwiner.errors import (
     ShapeError,
     TooFewSamplesError,
 )
+from intertwiner.layouts import to_matrix
 
 __all__ = ["Capturer", "LayerNotFoundError", "capture", "iter_batches", "stream"]
 
@@ -58,7 +60,7 @@ def _inputs_of(batch: Any) -> torch.Tensor:
     )
 
 
-def iter_batches(data: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
+def iter_batches(data: DataLike, batch_size: int = 256) -> Iterator[torch.Tensor]:
     """Input batches from a DataLoader (or any iterable of batches), a Dataset, or a tensor."""
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
@@ -175,8 +177,6 @@ def _first_tensor(out: Any) -> torch.Tensor:
 def _convert(t: torch.Tensor, layout: str | None) -> torch.Tensor:
     if layout is None:
         return t
-    from intertwiner.metrics import to_matrix
-
     if t.dim() not in (2, 3, 4):
         raise ShapeError(f"cannot convert a {t.dim()}-d output to a matrix: {tuple(t.shape)}")
     return to_matrix(t)
@@ -263,7 +263,7 @@ class Capturer:
 
 
 def limited_batches(
-    data: Any, batch_size: int, max_samples: int | None, progress: bool, desc: str = "features"
+    data: DataLike, batch_size: int, max_samples: int | None, progress: bool, desc: str = "features"
 ) -> Iterator[torch.Tensor]:
     """Input batches truncated to ``max_samples``, with an optional tqdm bar."""
     from tqdm.auto import tqdm
@@ -288,7 +288,7 @@ def limited_batches(
 
 def stream(
     model: nn.Module,
-    data: Any,
+    data: DataLike,
     layers: str | Sequence[str],
     *,
     layout: str | None = None,
@@ -310,7 +310,7 @@ def stream(
 
 def capture(
     model: nn.Module,
-    data: Any,
+    data: DataLike,
     layers: str | Sequence[str],
     *,
     layout: str | None = None,

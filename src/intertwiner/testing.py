@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
-from intertwiner.groups import Family, GroupElement, IntertwinerGroup, family
-from intertwiner.metrics._prep import as_tensor, neuron_dim
+from intertwiner._types import FeatureLike
+from intertwiner._validate import real_tensor
+from intertwiner.groups import Family, GroupElement, GroupLike, IntertwinerGroup, family
+from intertwiner.layouts import neuron_dim
 
 __all__ = [
     "apply_to_neurons",
@@ -29,6 +31,10 @@ __all__ = [
 ]
 
 
+#: A metric: a registry name (``"cka"``, ...) or a function ``(X, Y) -> float``.
+MetricLike = str | Callable[[FeatureLike, FeatureLike], float]
+
+
 def _generator(generator: torch.Generator | int | None) -> torch.Generator:
     if isinstance(generator, torch.Generator):
         return generator
@@ -36,7 +42,7 @@ def _generator(generator: torch.Generator | int | None) -> torch.Generator:
 
 
 def sample_neuron_element(
-    group: Any, n: int, generator: torch.Generator | None = None
+    group: GroupLike, n: int, generator: torch.Generator | None = None
 ) -> GroupElement:
     """A random element acting on representations: phi(A) for an IntertwinerGroup, else A."""
     if isinstance(group, IntertwinerGroup):
@@ -45,13 +51,19 @@ def sample_neuron_element(
     return fam.sample(n, generator=generator, dtype=torch.float64)
 
 
-def apply_to_neurons(x: Any, element: GroupElement, layout: str | None = None) -> torch.Tensor:
+def _tensor(x: FeatureLike) -> torch.Tensor:
+    return real_tensor(x, "features")
+
+
+def apply_to_neurons(
+    x: FeatureLike, element: GroupElement, layout: str | None = None
+) -> torch.Tensor:
     """``element`` applied along the neuron axis of features x (any supported layout)."""
-    t = as_tensor(x)
+    t = _tensor(x)
     return element.apply(t, dim=neuron_dim(t, layout))
 
 
-def _metric(metric: Any) -> Callable[[Any, Any], float]:
+def _metric(metric: MetricLike) -> Callable[[Any, Any], float]:
     if isinstance(metric, str):
         from intertwiner.metrics.registry import metric as make
 
@@ -67,10 +79,10 @@ def _tolerances(dtype: torch.dtype, atol: float | None, rtol: float | None) -> t
 
 
 def invariance_gaps(
-    metric: Any,
-    group: Any,
-    X: Any,
-    Y: Any = None,
+    metric: MetricLike,
+    group: GroupLike,
+    X: FeatureLike,
+    Y: FeatureLike | None = None,
     *,
     n_samples: int = 3,
     dtype: torch.dtype | None = None,
@@ -80,9 +92,9 @@ def invariance_gaps(
     """(reference value, [transformed values]) as used by the two assertions."""
     fn = _metric(metric)
     gen = _generator(generator)
-    x = as_tensor(X)
+    x = _tensor(X)
     x = x.to(dtype) if dtype is not None else x
-    y = None if Y is None else as_tensor(Y)
+    y = None if Y is None else _tensor(Y)
     if y is not None and dtype is not None:
         y = y.to(dtype)
     nx = x.shape[neuron_dim(x, layout)]
@@ -102,19 +114,19 @@ def invariance_gaps(
     return ref, values
 
 
-def _name(metric: Any) -> str:
+def _name(metric: MetricLike) -> str:
     return getattr(metric, "name", getattr(metric, "__name__", repr(metric)))
 
 
-def _group_name(group: Any) -> str:
+def _group_name(group: GroupLike) -> str:
     return getattr(group, "name", str(group))
 
 
 def assert_invariant(
-    metric: Any,
-    group: Any,
-    X: Any,
-    Y: Any = None,
+    metric: MetricLike,
+    group: GroupLike,
+    X: FeatureLike,
+    Y: FeatureLike | None = None,
     *,
     n_samples: int = 3,
     dtype: torch.dtype | None = None,
@@ -129,7 +141,7 @@ def assert_invariant(
     ``"procrustes_distance:positive_monomial"``, ...). Default tolerances: atol 1e-7 / rtol 1e-7
     for float64 inputs, 1e-5 / 1e-4 otherwise. Raises AssertionError naming the worst sample.
     """
-    x_dtype = dtype or (as_tensor(X).dtype if as_tensor(X).is_floating_point() else torch.float64)
+    x_dtype = dtype or (_tensor(X).dtype if _tensor(X).is_floating_point() else torch.float64)
     a, r = _tolerances(x_dtype, atol, rtol)
     ref, values = invariance_gaps(
         metric, group, X, Y, n_samples=n_samples, dtype=dtype, generator=generator, layout=layout
@@ -145,10 +157,10 @@ def assert_invariant(
 
 
 def assert_not_invariant(
-    metric: Any,
-    group: Any,
-    X: Any,
-    Y: Any = None,
+    metric: MetricLike,
+    group: GroupLike,
+    X: FeatureLike,
+    Y: FeatureLike | None = None,
     *,
     n_samples: int = 3,
     dtype: torch.dtype | None = None,

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from intertwiner import _validate
+from intertwiner._types import JSONDict
 from intertwiner.data.splits import ArrayDataset, DataSplits
 from intertwiner.errors import ConfigMismatchError, InvalidOptionError, NonFiniteError
 
@@ -87,7 +88,7 @@ class TrainConfig:
         if self.device is not None:
             v.device(self.device)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """JSON-friendly copy (stored in checkpoint metadata)."""
         return dataclasses.asdict(self)
 
@@ -111,7 +112,7 @@ class TrainResult:
     seconds: float
     config: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> JSONDict:
         """Scalars only (no model or history), for tables and metadata."""
         return {
             "best_epoch": self.best_epoch,
@@ -122,6 +123,35 @@ class TrainResult:
             "seconds": round(self.seconds, 3),
             "epochs": len(self.history),
         }
+
+
+def checkpoint_metadata(
+    result: TrainResult,
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    data_options: JSONDict | None = None,
+    **extra: Any,
+) -> JSONDict:
+    """The one metadata schema of a trained checkpoint: what ``checkpoints.data_splits`` needs to
+    rebuild the exact splits (``dataset``, ``data_options``, ``split_seed``, ``data_meta``), the
+    seeds and training configuration, the history and ``result.summary()``; ``extra`` adds fields
+    (e.g. the zoo stage's ``zoo_config``)."""
+    from intertwiner.data import options_from_meta
+
+    meta = data.meta or {}
+    return {
+        "dataset": meta.get("name"),
+        "data_options": dict(data_options or options_from_meta(meta)),
+        "data_meta": meta,
+        "split_seed": meta.get("split_seed"),
+        "train_seed": config.seed,
+        "init_seed": config.seed,
+        "train_config": config.to_dict(),
+        "history": result.history,
+        **result.summary(),
+        **extra,
+    }
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -163,6 +193,14 @@ def _batches(
         yield from data
 
 
+def _to_device(x: Any, dev: torch.device) -> Any:
+    """A batch's inputs on ``dev``: a tensor, or a tuple of tensors (and Nones) such as the cached
+    front-of-model features stitching evaluates from."""
+    if isinstance(x, tuple | list):
+        return type(x)(_to_device(t, dev) for t in x)
+    return x.to(dev) if torch.is_tensor(x) else x
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -172,6 +210,9 @@ def evaluate(
     batch_size: int = 512,
 ) -> dict[str, float]:
     """``{"accuracy", "loss", "n"}``: mean cross-entropy and accuracy *per example*, in eval mode.
+
+    ``dataset_or_loader``: a Dataset, a DataLoader or any iterable of ``(x, y)`` batches; ``x`` may
+    be a tuple of tensors, passed to the model as one argument.
 
     Loss is summed in float64 over examples and divided by their count, so a small last batch weighs
     as much as its size. The model's train/eval mode is restored afterwards. ``device=None`` uses
@@ -190,7 +231,7 @@ def evaluate(
     n = 0
     try:
         for x, y in _batches(dataset_or_loader, batch_size, shuffle=False, generator=None):
-            x, y = x.to(dev), y.to(dev)
+            x, y = _to_device(x, dev), torch.as_tensor(y).to(dev)
             logits = model(x)
             total_loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
             correct += int((logits.argmax(dim=1) == y).sum())
@@ -237,6 +278,37 @@ def make_scheduler(
     return None
 
 
+def _train_epoch(
+    model: nn.Module,
+    data: DataSplits,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    epoch: int,
+) -> tuple[float, float]:
+    """One shuffled pass over ``data.train``: ``(mean loss, accuracy)`` per example."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = n = 0
+    for x, y in _batches(data.train, config.batch_size, shuffle=True, generator=generator):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"training loss became {loss.item()} at epoch {epoch}; lower lr "
+                f"(now {optimizer.param_groups[0]['lr']}) or check the data for NaN/Inf"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double().cpu() * len(y)
+        correct += int((logits.detach().argmax(dim=1) == y).sum())
+        n += len(y)
+    return float(loss_sum) / max(n, 1), correct / max(n, 1)
+
+
 def train(model: nn.Module, data: DataSplits, config: TrainConfig | None = None) -> TrainResult:
     """Train ``model`` on ``data.train``; keep the epoch with the best ``data.val`` accuracy.
 
@@ -266,32 +338,14 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig | None = None)
         for epoch in bar:
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            correct = n = 0
-            batches = _batches(data.train, config.batch_size, shuffle=True, generator=generator)
-            for x, y in batches:
-                x, y = x.to(device), y.to(device)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(
-                        f"training loss became {loss.item()} at epoch {epoch}; lower lr "
-                        f"(now {lr}) or check the data for NaN/Inf"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach().double().cpu() * len(y)
-                correct += int((logits.detach().argmax(dim=1) == y).sum())
-                n += len(y)
+            loss, acc = _train_epoch(model, data, optimizer, config, generator, device, epoch)
             if scheduler is not None:
                 scheduler.step()
             val = evaluate(model, data.val, device=device, batch_size=config.eval_batch_size)
             row = {
                 "epoch": epoch,
-                "train_loss": float(loss_sum) / max(n, 1),
-                "train_accuracy": correct / max(n, 1),
+                "train_loss": loss,
+                "train_accuracy": acc,
                 "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"],
                 "lr": lr,
@@ -403,13 +457,35 @@ def _check_resumable(
         )
 
 
+def train_checkpoint(
+    arch: str,
+    model_config: JSONDict,
+    data: DataSplits,
+    config: TrainConfig,
+    path: str | Path,
+    *,
+    data_options: JSONDict | None = None,
+    **metadata: Any,
+) -> TrainResult:
+    """The one way a model of the zoo is made: build ``arch`` with ``model_config`` and initial
+    weights from ``config.seed``, ``train`` it, and save it at ``path`` with
+    ``checkpoint_metadata`` (plus ``metadata``). Returns the ``TrainResult``."""
+    from intertwiner import checkpoints, models
+
+    model = models.build(arch, seed=config.seed, **model_config)
+    result = train(model, data, config)
+    meta = checkpoint_metadata(result, data, config, data_options=data_options, **metadata)
+    checkpoints.save(result.model, path, meta)
+    return result
+
+
 def train_zoo(
     arch: str,
     seeds: Sequence[int] | str,
     data: DataSplits,
     out_dir: str | Path,
     *,
-    model_config: dict[str, Any] | None = None,
+    model_config: JSONDict | None = None,
     train_config: TrainConfig | None = None,
     progress: bool = True,
 ) -> list[Path]:
@@ -443,21 +519,6 @@ def train_zoo(
             _check_resumable(path, arch, cfg, tc, data.meta)
             bar.set_postfix(seed=seed, status="exists")
             continue
-        model = models.build(arch, seed=seed, **cfg)
-        result = train(model, data, tc)
-        checkpoints.save(
-            result.model,
-            path,
-            {
-                "dataset": data.meta.get("name"),
-                "data_meta": data.meta,
-                "split_seed": data.meta.get("split_seed"),
-                "train_seed": seed,
-                "init_seed": seed,
-                "train_config": tc.to_dict(),
-                "history": result.history,
-                **result.summary(),
-            },
-        )
+        result = train_checkpoint(arch, cfg, data, tc, path)
         bar.set_postfix(seed=seed, test=f"{result.test_accuracy:.4f}")
     return paths

@@ -1,7 +1,8 @@
-"""Tiny zoo models (the symmetry tests' configs) and one intra-op thread."""
+"""Every alignment test runs on one thread; the tiny zoo: tests/_support/factories.py."""
 
-from __future__ import annotations
+import pytest
 
-from tests.symmetry.conftest import ZOO, _one_thread, build_zoo
 
-__all__ = ["ZOO", "_one_thread", "build_zoo"]  # _one_thread: the autouse fixture, shared
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test in this folder runs on one intra-op thread (tiny tensors)."""

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from tests.alignment.conftest import ZOO, build_zoo
+from tests._support.factories import ZOO, build_zoo
 
 from intertwiner import models
 from intertwiner.alignment import align, weight_distance

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.alignment.conftest import build_zoo
+from tests._support.factories import build_zoo
 
 from intertwiner.alignment import (
     align,

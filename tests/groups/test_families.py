@@ -162,8 +162,8 @@ def test_elements_are_checked_when_built_and_contains_rechecks_edits():
     import math
 
     from intertwiner.errors import InvalidElementError
-    from intertwiner.groups.elements import MonomialElement
-    from intertwiner.groups.families import FAMILIES
+    from intertwiner.groups._elements import MonomialElement
+    from intertwiner.groups._families import FAMILIES
 
     bad = [
         ([0, 0, 2], [1.0, 1.0, 1.0]),  # repeated index: singular (issue 17 saw f change by 0.77)
@@ -185,3 +185,115 @@ def test_elements_are_checked_when_built_and_contains_rechecks_edits():
     for name in ("positive_monomial", "monomial", "permutation", "signed_permutation"):
         assert not FAMILIES[name].contains(edited)
         assert not FAMILIES[name].contains(dup)
+
+
+# ---- group semantics owned by the families -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "alias, name",
+    [
+        ("perm_scale", "positive_monomial"),
+        ("G_ReLU", "positive_monomial"),
+        ("signed_perm", "signed_permutation"),
+        ("full", "general_linear"),
+        ("GL", "general_linear"),
+        (" Orthogonal ", "orthogonal"),
+        ("monomial", "monomial"),
+    ],
+)
+def test_aliases_resolve_case_insensitively(alias, name):
+    assert family(alias).name == name
+    assert family(family(alias).short_name) is family(name)  # short names round trip
+
+
+def test_unknown_alias_is_both_a_key_and_a_group_error():
+    from intertwiner.errors import UnsupportedGroupError
+    from intertwiner.groups import UnknownFamilyError
+
+    for exc in (KeyError, UnsupportedGroupError, UnknownFamilyError):
+        with pytest.raises(exc, match="perm_scale"):  # the message lists the aliases
+            family("g_tanh")
+
+
+# phi = identity on every family; abs and integer powers on monomial families; a non-integer
+# power needs positive scales.
+IMAGE_CASES = (
+    [(f, "identity") for f in sorted(FAMILIES)]
+    + [
+        (f, phi)
+        for f in sorted(FAMILIES)
+        if family(f).monomial
+        for phi in ("abs", ("power", 2), ("power", 3))
+    ]
+    + [("positive_monomial", ("power", 0.5))]
+)
+
+
+@pytest.mark.parametrize("name, phi", IMAGE_CASES)
+def test_image_holds_phi_of_every_sample_and_is_the_smallest_such(name, phi):
+    """``Family.image(phi)`` against samples: phi(A) lies in it for every sampled A, and for no
+    strictly smaller family (each smaller one misses some sample)."""
+    from intertwiner.groups import IntertwinerGroup
+
+    fam = family(name)
+    group = IntertwinerGroup(fam, phi)
+    g = torch.Generator().manual_seed(0)
+    images = [group.phi(fam.sample(5, generator=g)) for _ in range(6)]
+    target = group.phi_family
+    assert target is fam.image(phi)
+    assert all(target.contains(m, atol=1e-9) for m in images)
+    for smaller in target.subgroups():
+        if smaller is not target:
+            assert not all(smaller.contains(m, atol=1e-9) for m in images), smaller.name
+
+
+@pytest.mark.parametrize("name", [f for f in sorted(FAMILIES) if family(f).monomial])
+def test_fit_scales_is_the_best_allowed_scale_by_brute_force(name):
+    """gain = max over (the closure of) the family's scale set of 2 c s - q s^2, on a fine grid
+    (and over +-1, 1 exactly)."""
+    fam = family(name)
+    g = torch.Generator().manual_seed(1)
+    cross = torch.randn(40, generator=g, dtype=torch.float64)
+    second = torch.rand(40, generator=g, dtype=torch.float64) + 0.05
+    second[0] = 0.0  # no information: gain 0, scale 1
+    gain, s = fam.fit_scales(cross, second)
+    grid = torch.cat(
+        [torch.linspace(-30, 30, 600_001, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)]
+    )
+    allowed = {
+        "one": torch.ones(1, dtype=torch.float64),
+        "sign": torch.tensor([-1.0, 1.0], dtype=torch.float64),
+        "positive": grid[grid >= 0],  # the closure: the supremum at s -> 0+ is attained at 0
+        "any": grid,
+    }[fam.scales]
+    brute = (2 * cross[:, None] * allowed - second[:, None] * allowed**2).max(dim=1).values
+    assert torch.allclose(gain[1:], brute[1:], atol=1e-6)
+    assert torch.allclose((2 * cross * s - second * s * s)[1:], gain[1:])
+    assert gain[0] == 0 and s[0] == 1
+    assert fam.contains(torch.diag(torch.where(s == 0, torch.ones_like(s), s)), atol=0.0)
+
+
+def test_best_assignment_matches_brute_force_on_rectangular_gains():
+    import itertools
+
+    from intertwiner.groups import best_assignment
+
+    g = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        w = torch.randn(3, 5, generator=g, dtype=torch.float64)
+        best = max(
+            itertools.permutations(range(5), 3), key=lambda p: sum(w[i, p[i]] for i in range(3))
+        )
+        assert best_assignment(w).tolist() == list(best)
+
+
+def test_subgroups_and_larger_agree_with_is_subgroup():
+    from intertwiner.groups import is_subgroup
+
+    for fam in FAMILIES.values():
+        assert {f.name for f in fam.subgroups()} == {
+            f for f in FAMILIES if is_subgroup(f, fam.name)
+        }
+        for bigger in fam.larger():
+            assert is_subgroup(fam, bigger) and not is_subgroup(bigger, fam)

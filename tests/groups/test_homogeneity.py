@@ -8,7 +8,7 @@ import torch
 from scipy import integrate
 from scipy.stats import norm
 
-from intertwiner.groups.homogeneity import homogeneity_defect, homogeneity_profile
+from intertwiner.groups._homogeneity import homogeneity_defect, homogeneity_profile
 
 
 @pytest.mark.parametrize("lam", [0.1, 0.5, 2.0, 10.0])

@@ -13,13 +13,11 @@ from intertwiner.stitching import (
     BirkhoffStitch,
     MonomialStitch,
     UnknownLayerKindError,
-    hungarian,
     kind_for_activation,
     make_layer,
     parse_kind,
-    sinkhorn,
 )
-from intertwiner.stitching.layers import LassoStitch
+from intertwiner.stitching._layers import LassoStitch, hungarian, sinkhorn
 
 KIND_FAMILY = {
     "full": "general_linear",
@@ -190,3 +188,31 @@ def test_birkhoff_evaluates_to_its_hard_rounding():
     assert layer.regularization() < 0
     with pytest.raises(UnknownLayerKindError):
         BirkhoffStitch(5, kind="signed_perm")
+
+
+@pytest.mark.parametrize(
+    "spelling, kind",
+    [
+        ("g_relu", "perm_scale"),
+        ("positive_monomial", "perm_scale"),
+        ("GL", "full"),
+        ("general_linear", "full"),
+        ("signed_permutation", "signed_perm"),
+        ("Permutation", "permutation"),
+    ],
+)
+def test_group_kinds_accept_every_name_of_their_family(spelling, kind):
+    """Stitch kinds are names for group families: every alias of a family gives its kind."""
+    assert parse_kind(spelling) == (kind, None)
+    assert family(spelling) is family(kind)
+
+
+def test_monomial_layer_keeps_its_scales_in_its_family():
+    """After a step, ``project_`` moves the scales into the closure of the family's set."""
+    for kind, want in (("perm_scale", [0.0, 2.0]), ("monomial", [-1.0, 2.0])):
+        layer = MonomialStitch(2, 2, kind=kind)
+        with torch.no_grad():
+            layer.scale.copy_(torch.tensor([-1.0, 2.0]))
+        layer.project_(lr=0.1)
+        assert layer.scale.tolist() == want
+    assert not isinstance(MonomialStitch(2, 2, kind="signed_perm").scale, torch.nn.Parameter)

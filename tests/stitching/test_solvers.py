@@ -8,7 +8,8 @@ import scipy.linalg
 import torch
 
 from intertwiner.errors import NonFiniteError, TooFewSamplesError
-from intertwiner.stitching import FeatureStats, solvers
+from intertwiner.stitching import FeatureStats
+from intertwiner.stitching import _solvers as solvers
 
 
 def _stats(x, y, chunks=3):

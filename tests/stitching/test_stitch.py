@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import (
+from tests._support.factories import (
     TinyMLP,
     TinyResMLP,
     digits_splits,
@@ -27,7 +27,7 @@ from intertwiner.stitching import (
     UnknownSiteError,
     stitch,
 )
-from intertwiner.stitching.fit import AUTO_INIT_MIN
+from intertwiner.stitching._fit import AUTO_INIT_MIN
 
 QUIET = dict(progress=False, batch_size=256)
 
@@ -404,7 +404,7 @@ def test_channels_last_is_the_same_function():
 
 
 def test_default_recipes_resolve_per_kind():
-    from intertwiner.stitching.fit import resolve_config
+    from intertwiner.stitching._fit import resolve_config
 
     ours = resolve_config(StitchConfig(), "perm_scale")
     assert (ours.epochs, ours.lr) == (2, 1e-2)
@@ -427,7 +427,7 @@ def test_stitch_sites_named_like_symmetry_sites():
     """A stitch can sit at the k-th call of a reused module (``relu#2``) or at a functional call,
     as ``symmetry.trace`` and ``features.capture`` name them: with B = A the stitched model is A."""
     from intertwiner.models.reference import ReusedActivations
-    from intertwiner.stitching.splice import build_back, build_front, find_cut, trace
+    from intertwiner.stitching._splice import build_back, build_front, find_cut, trace
 
     torch.manual_seed(0)
     model = ReusedActivations().double()

@@ -253,7 +253,7 @@ def test_batchnorm_after_activation():
 
 
 def test_resnet20_option_a_ties_stages():
-    from .conftest import build_zoo
+    from tests._support.factories import build_zoo
 
     model, x = build_zoo("resnet20", "relu")
     spec = trace(model, x)

@@ -8,12 +8,11 @@ import copy
 
 import pytest
 import torch
+from tests._support.factories import ZOO, build_zoo
 
 from intertwiner.groups import LARGER, PAPER_ROWS, DenseElement, family
 from intertwiner.symmetry import apply, assert_function_preserved, hidden_errors, trace
 from intertwiner.symmetry.check import _run, capture
-
-from .conftest import ZOO, build_zoo
 
 
 @pytest.mark.parametrize("activation", PAPER_ROWS)

@@ -43,12 +43,13 @@ import torch
 from torch import nn
 
 from intertwiner.alignment._views import axis_rows, feature_rows, tensor_of
-from intertwiner.errors import ShapeError
+from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups import (
+    PERMUTATION,
     FitTerm,
     GroupElement,
     MonomialElement,
-    Permutation,
+    best_assignment,
     family,
     fit_element,
     pair_costs,
@@ -58,8 +59,6 @@ from intertwiner.symmetry.apply import restore, transform_site
 
 METHODS = ("weights", "activations")
 GROUPS = ("full", "permutation", "none")
-
-_PERMUTATION = Permutation()
 
 
 @dataclass
@@ -141,7 +140,7 @@ def _check_same(pa: dict, pb: dict) -> None:
 
 
 def _site_family(site: Site, group: str):
-    return _PERMUTATION if group == "permutation" else site.group.family
+    return PERMUTATION if group == "permutation" else site.group.family
 
 
 def _identity(site: Site, group: str) -> GroupElement:
@@ -319,12 +318,9 @@ class _Problem:
         if block.uncovered:
             acts = [hs.actions[k] for k in block.uncovered]
             tmp = Site(hs.name, hs.kind, hs.width, hs.group, actions=acts)
-            pc, _ = pair_costs(_PERMUTATION, "identity", _terms(tmp, self.a, self.b, False))
+            pc, _ = pair_costs(PERMUTATION, "identity", _terms(tmp, self.a, self.b, False))
             cost += pc
-        from scipy.optimize import linear_sum_assignment
-
-        rows, cols = linear_sum_assignment(cost.numpy())
-        perm = torch.as_tensor(cols[rows.argsort()], dtype=torch.long)
+        perm = best_assignment(-cost)  # the cheapest pairing
         dperm = MonomialElement(perm, torch.ones(n, dtype=torch.float64))
         names = _param_names([hs, *[s for x in block.subs for s in x]])
         before = _partial_distance(self.a, self.b, names)
@@ -371,7 +367,7 @@ def _example_input(model: nn.Module, data: Any, example_input: Any) -> Any:
         s = int(cfg["input_size"])
         dtype = next(model.parameters()).dtype
         return torch.randn(4, int(cfg["in_channels"]), s, s, generator=gen).to(dtype)
-    raise ValueError(
+    raise InvalidOptionError(
         "align needs an input to trace model B: pass example_input= (one batch) or data="
     )
 
@@ -471,18 +467,71 @@ def _activation_sites(
                     else:
                         stats[key] = new
     if seen == 0:
-        raise ValueError("no data: the data source yielded no batches")
+        raise TooFewSamplesError("no data: the data source yielded no batches")
     done = []
     for sname, acts in plan.items():
         site = by_name[sname]
         terms = [FitTerm(site.activation_axes[act].kind, *stats[(sname, act)]) for act in acts]
         if not all(torch.isfinite(t.cross).all() for t in terms):
-            raise ValueError(f"non-finite features at site {sname!r}")
+            raise NonFiniteError(f"non-finite features at site {sname!r}")
         delta, _ = _fit(site, prob.group, terms, scale="norm")
         transform_site(prob.b, site, delta)
         prob.elements[sname] = delta @ prob.elements[sname]
         done.append(site)
     return done
+
+
+def _search(
+    prob: _Problem,
+    model_a: nn.Module,
+    model_b: nn.Module,
+    spec: SymmetrySpec,
+    data: Any,
+    method: str,
+    group: str,
+    **options: Any,
+) -> tuple[list[float], int]:
+    """Fill ``prob.elements``: activation matching first where asked, then weight matching over
+    the remaining sites (and the scales activations cannot see). Returns (history, sweeps)."""
+    blocks, in_blocks = _heads_blocks(spec)
+    heads = {b.heads.name for b in blocks}
+    free = [s for s in spec.sites if s.name not in heads and s.name not in in_blocks]
+    scale_sites: list[Site] = []
+    if method == "activations":
+        done = _activation_sites(
+            prob, model_a, model_b, free, data, batch_size=options["batch_size"],
+            max_samples=options["max_samples"], progress=options["progress"],
+        )  # fmt: skip
+        fixed = {s.name for s in done}
+        free = [s for s in free if s.name not in fixed]
+        # Continuous scales come from the weights (see the module docstring).
+        scale_sites = [s for s in done if _site_family(s, group).free_scales]
+    return _weight_matching(
+        prob, free, blocks, max_sweeps=options["max_sweeps"], tol=options["tol"],
+        seed=options["seed"], progress=options["progress"], scale_sites=scale_sites,
+    )  # fmt: skip
+
+
+def _site_reports(
+    spec: SymmetrySpec, model_a: nn.Module, model_b: nn.Module, aligned: nn.Module, group: str
+) -> list[SiteReport]:
+    """Per site: the relative distance of the parameters it touches, before and after."""
+    reports = []
+    for s in spec.sites:
+        names = _param_names([s])
+        norm = sum(float((model_a.get_parameter(n).detach().double() ** 2).sum()) for n in names)
+        norm = max(norm, 1e-300)
+        reports.append(
+            SiteReport(
+                s.name,
+                s.kind,
+                s.group.name if group == "full" else ("P" if group == "permutation" else "1"),
+                s.width,
+                (_partial_distance(model_a, model_b, names) / norm) ** 0.5,
+                (_partial_distance(model_a, aligned, names) / norm) ** 0.5,
+            )
+        )
+    return reports
 
 
 def align(
@@ -512,11 +561,13 @@ def align(
     Returns an ``Alignment`` (unpacks as ``(aligned_b, elements)``); ``model_b`` is untouched.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise InvalidOptionError(f"method must be one of {METHODS}, got {method!r}")
     if group not in GROUPS:
-        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+        raise InvalidOptionError(f"group must be one of {GROUPS}, got {group!r}")
     if method == "activations" and data is None and group != "none":
-        raise ValueError("method='activations' needs data= (a DataLoader, Dataset or tensor)")
+        raise InvalidOptionError(
+            "method='activations' needs data= (a DataLoader, Dataset or tensor)"
+        )
     _check_same(dict(model_a.named_parameters()), dict(model_b.named_parameters()))
     start = time.perf_counter()
     if spec is None:
@@ -525,54 +576,12 @@ def align(
     history: list[float] = [weight_distance(prob.a, prob.b, relative=False)]
     sweeps = 0
     if group != "none":
-        blocks, in_blocks = _heads_blocks(spec)
-        heads = {b.heads.name for b in blocks}
-        free = [s for s in spec.sites if s.name not in heads and s.name not in in_blocks]
-        if method == "activations":
-            done = _activation_sites(
-                prob,
-                model_a,
-                model_b,
-                free,
-                data,
-                batch_size=batch_size,
-                max_samples=max_samples,
-                progress=progress,
-            )
-            fixed = {s.name for s in done}
-            free = [s for s in free if s.name not in fixed]
-            # Continuous scales come from the weights (see the module docstring).
-            scale_sites = [
-                s for s in done if _site_family(s, group).name in ("positive_monomial", "monomial")
-            ]
-        else:
-            scale_sites = []
-        history, sweeps = _weight_matching(
-            prob,
-            free,
-            blocks,
-            max_sweeps=max_sweeps,
-            tol=tol,
-            seed=seed,
-            progress=progress,
-            scale_sites=scale_sites,
-        )
+        history, sweeps = _search(
+            prob, model_a, model_b, spec, data, method, group, max_sweeps=max_sweeps, tol=tol,
+            seed=seed, batch_size=batch_size, max_samples=max_samples, progress=progress,
+        )  # fmt: skip
     aligned = apply(model_b, spec, prob.elements, validate=False)
-    reports = []
-    for s in spec.sites:
-        names = _param_names([s])
-        norm = sum(float((model_a.get_parameter(n).detach().double() ** 2).sum()) for n in names)
-        norm = max(norm, 1e-300)
-        reports.append(
-            SiteReport(
-                s.name,
-                s.kind,
-                s.group.name if group == "full" else ("P" if group == "permutation" else "1"),
-                s.width,
-                (_partial_distance(model_a, model_b, names) / norm) ** 0.5,
-                (_partial_distance(model_a, aligned, names) / norm) ** 0.5,
-            )
-        )
+    reports = _site_reports(spec, model_a, model_b, aligned, group)
     return Alignment(
         model=aligned,
         elements=prob.elements,

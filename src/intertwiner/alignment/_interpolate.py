@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from intertwiner.errors import ShapeError
+from intertwiner.errors import InvalidOptionError, ShapeError, TooFewSamplesError
 
 __all__ = ["Interpolation", "interpolate", "lerp", "merge", "reset_bn_statistics"]
 
@@ -92,7 +92,7 @@ def reset_bn_statistics(
             model(x.to(device=device, dtype=next(model.parameters()).dtype))
             seen += x.shape[0]
         if seen == 0:
-            raise ValueError("no data to re-estimate BatchNorm statistics")
+            raise TooFewSamplesError("no data to re-estimate BatchNorm statistics")
     finally:
         for m, f in flags.items():
             m.training = f
@@ -171,12 +171,12 @@ class Interpolation:
 def _alphas(alphas: int | Sequence[float]) -> list[float]:
     if isinstance(alphas, int):
         if alphas < 2:
-            raise ValueError("alphas as a count needs at least 2 points")
+            raise InvalidOptionError("alphas as a count needs at least 2 points")
         vals = [i / (alphas - 1) for i in range(alphas)]
     else:
         vals = sorted({float(a) for a in alphas} | {0.0, 1.0})
     if min(vals) < 0 or max(vals) > 1:
-        raise ValueError("alphas must lie in [0, 1]")
+        raise InvalidOptionError("alphas must lie in [0, 1]")
     return vals
 
 
@@ -239,14 +239,14 @@ def merge(
 
     models = list(models)
     if not models:
-        raise ValueError("merge needs at least one model")
+        raise InvalidOptionError("merge needs at least one model")
     if weights is None:
         weights = [1.0] * len(models)
     if len(weights) != len(models):
-        raise ValueError(f"got {len(weights)} weights for {len(models)} models")
+        raise InvalidOptionError(f"got {len(weights)} weights for {len(models)} models")
     total = float(sum(weights))
     if total == 0:
-        raise ValueError("merge weights sum to zero")
+        raise InvalidOptionError("merge weights sum to zero")
     weights = [float(w) / total for w in weights]
     ref = models[reference]
     aligned = []

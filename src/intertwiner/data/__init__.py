@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from intertwiner import _validate
+from intertwiner.data.concept_source import ConceptSource
 from intertwiner.data.splits import (
     ArrayDataset,
     DataSplits,
@@ -100,6 +102,24 @@ def check_options(name: str, fn: Callable[..., Any], options: dict[str, Any]) ->
     return out
 
 
+def options_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``load`` options that rebuild the splits described by ``DataSplits.meta``: its entries
+    that the dataset's loader takes (``val_fraction``, ``augment``, ``normalize``, ...; the
+    concept generator's settings) with the split seed as ``seed``."""
+    name = meta.get("name")
+    fn = _loader(str(name).strip().lower().replace("-", "_")) if name else None
+    if fn is None:
+        return {}
+    params = inspect.signature(fn).parameters
+    # Top-level counts (n_train, ...) are after the validation split: the generator's win.
+    found = {k: v for k, v in meta.items() if not k.startswith("n_")}
+    found.update(meta.get("generator") or {})
+    options = {k: v for k, v in found.items() if k in params and k not in ("root", "seed")}
+    if "split_seed" in meta:
+        options["seed"] = meta["split_seed"]
+    return options
+
+
 def load(name: str, **options: Any) -> DataSplits:
     """Load dataset ``name`` (see the module docstring) with ``options``; unknown options and
     values out of range raise ``InvalidOptionError`` listing what the dataset takes."""
@@ -110,7 +130,7 @@ def load(name: str, **options: Any) -> DataSplits:
     return fn(**check_options(key, fn, options))
 
 
-def random_subset(ds: Any, n: int | None, seed: int = 0) -> Any:
+def random_subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
     """``n`` examples of ``ds`` drawn with ``seed``, in random order (the splits are sorted by
     class: the first ``n`` would hold a few classes, and BN statistics need mixed batches);
     ``ds`` itself when ``n`` is None or covers it."""
@@ -216,11 +236,13 @@ def from_arrays(
 __all__ = [
     "random_subset",
     "ArrayDataset",
+    "ConceptSource",
     "DATASETS",
     "DataSplits",
     "UnknownDatasetError",
     "from_arrays",
     "load",
     "make_splits",
+    "options_from_meta",
     "stratified_split",
 ]

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from intertwiner._types import Indices
 from intertwiner.data.splits import ArrayDataset, DataSplits, make_splits, stratified_split
-from intertwiner.errors import ShapeError
+from intertwiner.errors import InvalidInputError, InvalidOptionError, ShapeError
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
 COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -179,21 +179,21 @@ class ConceptDataset(ArrayDataset):
             raise ShapeError(f"{len(maps)} concept maps for {len(base)} images")
         self.maps = maps
 
-    def masks(self, indices: Any = None) -> torch.Tensor:
+    def masks(self, indices: Indices | None = None) -> torch.Tensor:
         """(B, K, S, S) bool concept masks of items ``indices`` (all items when None)."""
         return masks_from_maps(self.maps if indices is None else self.maps[indices])
 
-    def subset(self, indices: Any, *, augment: bool | None = None) -> ConceptDataset:
+    def subset(self, indices: Indices, *, augment: bool | None = None) -> ConceptDataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ConceptDataset(super().subset(idx, augment=augment), self.maps[idx])
 
 
-def concept_masks(dataset: Any, indices: Any = None) -> torch.Tensor:
+def concept_masks(dataset: ConceptDataset, indices: Indices | None = None) -> torch.Tensor:
     """The concept masks of a ``ConceptDataset`` (or of ``DataSplits.test`` when given splits)."""
     if isinstance(dataset, DataSplits):
         dataset = dataset.test
     if not isinstance(dataset, ConceptDataset):
-        raise TypeError(
+        raise InvalidInputError(
             f"{type(dataset).__name__} has no concept masks; load the data with "
             "intertwiner.data.load('concepts')"
         )
@@ -222,7 +222,7 @@ def load_concepts(
     if n_train < 2 or n_test < 1:
         raise ShapeError(f"need n_train >= 2 and n_test >= 1, got {n_train} and {n_test}")
     if noise < 0 or not math.isfinite(noise):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
+        raise InvalidOptionError(f"noise must be a finite number >= 0, got {noise}")
     g = torch.Generator().manual_seed(int(data_seed))
     scenes = render_scenes(n_train + n_test, size=size, max_objects=max_objects, generator=g)
     x = scenes.images

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from intertwiner._types import Indices, JSONDict
 from intertwiner.data import transforms as tf
-from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
+from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 
 
 def stratified_split(
@@ -26,7 +27,7 @@ def stratified_split(
     """
     labels = np.asarray(labels)
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        raise InvalidOptionError(f"fraction must be in [0, 1), got {fraction}")
     if fraction == 0.0:
         return np.arange(len(labels)), np.arange(0)
     rng = np.random.default_rng(int(seed))
@@ -107,7 +108,7 @@ class ArrayDataset(Dataset):
         x, y = self.get_batch(torch.tensor([int(i)]))
         return x[0], y[0]
 
-    def subset(self, indices: Any, *, augment: bool | None = None) -> ArrayDataset:
+    def subset(self, indices: Indices, *, augment: bool | None = None) -> ArrayDataset:
         """A new dataset over ``indices`` with the same transform (``augment`` overridable)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ArrayDataset(
@@ -161,7 +162,7 @@ def make_splits(
     normalize: bool = True,
     flip: bool = False,
     num_classes: int | None = None,
-    extra_meta: dict[str, Any] | None = None,
+    extra_meta: JSONDict | None = None,
 ) -> DataSplits:
     """Carve a stratified validation set out of ``images`` and bundle train/val/test.
 

@@ -78,5 +78,9 @@ def load_synthetic(
         augment=augment,
         normalize=normalize,
         num_classes=num_classes,
-        extra_meta={"data_seed": int(data_seed), "noise": float(noise)},
+        extra_meta={
+            "data_seed": int(data_seed),
+            "noise": float(noise),
+            "generator": {"n_train": int(n_train), "n_test": int(n_test)},
+        },
     )

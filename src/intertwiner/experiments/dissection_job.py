@@ -2,7 +2,7 @@
 
 For a zoo model trained on the concept scenes, each job dissects one layer under the neuron basis,
 a random element of the layer's intertwiner group, random rotations and fractional powers of one
-rotation (``dissection.dissection_experiment``).
+rotation (``experiments.rotation_dissection.dissection_experiment``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from intertwiner.experiments.common import load_data, load_model
 
 def dissection_job(config: dict) -> dict:
     """Dissect one layer of one concept-trained zoo model under every basis."""
-    from intertwiner import dissection, models
+    from intertwiner import models
+    from intertwiner.experiments.rotation_dissection import dissection_experiment
 
     splits = load_data(config["model"]["data"])
     model = load_model(config, config["model"])
     layer = models.sites(model)[config["layer"]]
-    res = dissection.dissection_experiment(
+    res = dissection_experiment(
         model, layer, splits.test, n_orthogonal=config["n_orthogonal"],
         powers=config["rotations"], seed=config["seed"], progress=False,
     )  # fmt: skip
@@ -58,6 +59,9 @@ def stage(
         kind="dissection",
         fn=dissection_job,
         configs=configs,
-        requires=("intertwiner.dissection:dissection_experiment", "intertwiner.checkpoints:load"),
+        requires=(
+            "intertwiner.experiments.rotation_dissection:dissection_experiment",
+            "intertwiner.checkpoints:load",
+        ),
         description="section 6: interpretable units vs rotation of the neuron basis (concepts)",
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from intertwiner._version import __version__
+from intertwiner.errors import InvalidOptionError
 from intertwiner.experiments import runfolder
 from intertwiner.experiments.base import Stage, stored_config
 from intertwiner.experiments.presets import PRESETS, build_plan, resolve_data
@@ -102,7 +103,7 @@ def check_options(preset: str, executor: str, workers: int | None) -> None:
 
     if preset not in PRESETS:
         public = [p for p in PRESETS if p != "test"]  # "test" is for the test suite
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(public)}")
+        raise InvalidOptionError(f"unknown preset {preset!r}; choose one of {', '.join(public)}")
     if executor not in EXECUTORS:
         raise ExecutorError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     package = {"ray": "ray", "slurm": "submitit"}.get(executor)

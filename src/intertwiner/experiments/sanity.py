@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from intertwiner.errors import IntertwinerError
+from intertwiner.errors import IntertwinerError, InvalidOptionError
 from intertwiner.experiments.common import filtered
 from intertwiner.experiments.surgery import (
     FixedTransform,
@@ -186,7 +186,7 @@ def sanity_run(
 
     config = config or SanityConfig()
     if config.epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {config.epochs}")
+        raise InvalidOptionError(f"epochs must be >= 0, got {config.epochs}")
     start = time.perf_counter()
     model, _ = _load_model(checkpoint_or_model)
     example = _example(data)
@@ -321,17 +321,13 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
 
 def plot_penalties(summary: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Bar chart of the penalty (points, mean ± std) per site, one bar per (activation, kind)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from intertwiner.dissection import _atomic_savefig
+    from intertwiner import _atomic
+    from intertwiner.report.figures import subplots
 
     sites = list(dict.fromkeys(r["site"] for r in summary))
     series = list(dict.fromkeys((r["activation"], r["kind"]) for r in summary))
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(sites) * max(1, len(series) / 2), 3.6))
+    fig, ax = subplots(figsize=(1.6 + 1.4 * len(sites) * max(1, len(series) / 2), 3.6))
     for j, (act, kind) in enumerate(series):
         vals, errs = [], []
         for s in sites:
@@ -346,10 +342,7 @@ def plot_penalties(summary: Sequence[dict[str, Any]], path: str | Path) -> Path:
     ax.set_ylabel("penalty (accuracy points)")
     ax.set_title("sanity test: fixed transform before the activation, rest retrained")
     ax.legend(fontsize=8)
-    try:
-        return _atomic_savefig(fig, path)
-    finally:
-        plt.close(fig)
+    return _atomic.save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def run_job(config: dict[str, Any]) -> dict[str, Any]:
@@ -365,7 +358,9 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
     model, meta = checkpoints.load(config["checkpoint"])
     name = config.get("data") or meta.get("dataset")
     if not name:
-        raise ValueError("the job config needs 'data' (the checkpoint does not name its dataset)")
+        raise InvalidOptionError(
+            "the job config needs 'data' (the checkpoint does not name its dataset)"
+        )
     options = dict(config.get("data_options") or {})
     data_meta = meta.get("data_meta") or {}
     if "split_seed" in meta:

@@ -27,51 +27,36 @@ def zoo_config(
 
 def train_job(config: dict) -> dict:
     """Build, train (selecting on validation), evaluate on test and save one zoo model."""
-    import torch
-
-    from intertwiner import checkpoints, models, training
+    from intertwiner import training
 
     splits = load_data(config["data"])
     channels, size, num_classes = input_shape(splits)
-    torch.manual_seed(config["seed"])
-    model = models.build(
-        config["arch"],
-        activation=config["activation"],
-        in_channels=channels,
-        input_size=size,
-        num_classes=num_classes,
+    model_config = {
+        "activation": config["activation"],
+        "in_channels": channels,
+        "input_size": size,
+        "num_classes": num_classes,
         **config["model"],
-    )
+    }
     tcfg = filtered(
         training.TrainConfig, {**config["train"], "seed": config["seed"], "progress": False}
     )
-    t0 = time.perf_counter()
-    result = training.train(model, splits, config=tcfg)
-    seconds = time.perf_counter() - t0
-    model = getattr(result, "model", None) or model
-    model.eval()
-    test = training.evaluate(model, splits.test)
-    val = training.evaluate(model, splits.val)
     path = zoo_checkpoint(config, config)
     path.parent.mkdir(parents=True, exist_ok=True)
     data_options = {k: v for k, v in config["data"].items() if k != "name" and v is not None}
-    meta = {
-        "zoo_config": {k: v for k, v in config.items() if k[0] != "_"},
-        # what `intertwiner stitch` (and anyone) needs to reload the exact data, without --data
-        "dataset": config["data"]["name"],
-        "data_options": data_options,
-        "split_seed": int(splits.meta.get("split_seed", data_options.get("seed", 0))),
-        "val_accuracy": float(val["accuracy"]),
-        "test_accuracy": float(test["accuracy"]),
-    }
-    checkpoints.save(model, path, meta)
+    t0 = time.perf_counter()
+    result = training.train_checkpoint(
+        config["arch"], model_config, splits, tcfg, path, data_options=data_options,
+        zoo_config={k: v for k, v in config.items() if k[0] != "_"},
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
     return {
-        "test_accuracy": float(test["accuracy"]),
-        "test_loss": float(test["loss"]),
-        "val_accuracy": float(val["accuracy"]),
-        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "test_accuracy": float(result.test_accuracy),
+        "test_loss": float(result.test_loss),
+        "val_accuracy": float(result.val_accuracy),
+        "parameters": int(sum(p.numel() for p in result.model.parameters())),
         "train_seconds": seconds,
-        "best_epoch": getattr(result, "best_epoch", None),
+        "best_epoch": result.best_epoch,
         "checkpoint": run_relative(config, path),
     }
 

@@ -5,7 +5,7 @@ For an elementwise activation sigma, G_sigma is the group of invertible A with
 permutations; GELU: permutations; identity: GL(n).
 """
 
-from intertwiner.groups.activations import (
+from intertwiner.groups._activations import (
     PAPER_ROWS,
     RBF,
     TABLE_ROWS,
@@ -16,11 +16,18 @@ from intertwiner.groups.activations import (
     activation_name,
     for_activation,
 )
-from intertwiner.groups.discovery import DiscoveryEvidence, discover
-from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
-from intertwiner.groups.families import (
+from intertwiner.groups._discovery import DiscoveryEvidence, discover
+from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.groups._families import (
+    ALIASES,
     FAMILIES,
+    GENERAL_LINEAR,
     LARGER,
+    MONOMIAL,
+    ORTHOGONAL,
+    PERMUTATION,
+    POSITIVE_MONOMIAL,
+    SIGNED_PERMUTATION,
     Family,
     GeneralLinear,
     Monomial,
@@ -28,25 +35,35 @@ from intertwiner.groups.families import (
     Permutation,
     PositiveMonomial,
     SignedPermutation,
+    UnknownFamilyError,
+    best_assignment,
     family,
     intersect,
     is_subgroup,
 )
-from intertwiner.groups.fitting import FitTerm, exponents, fit_element, pair_costs
-from intertwiner.groups.group import IntertwinerGroup, fixed_point_family, phi_preimage
-from intertwiner.groups.homogeneity import homogeneity_defect, homogeneity_profile
-from intertwiner.groups.verify import verify
+from intertwiner.groups._fitting import FitTerm, exponents, fit_element, pair_costs
+from intertwiner.groups._group import GroupLike, IntertwinerGroup, fixed_point_family, phi_preimage
+from intertwiner.groups._homogeneity import homogeneity_defect, homogeneity_profile
+from intertwiner.groups._verify import verify
 
 __all__ = [
+    "ALIASES",
     "Abs",
     "DenseElement",
     "DiscoveryEvidence",
     "Elementwise",
     "FAMILIES",
+    "GENERAL_LINEAR",
+    "MONOMIAL",
+    "ORTHOGONAL",
+    "PERMUTATION",
+    "POSITIVE_MONOMIAL",
+    "SIGNED_PERMUTATION",
     "Family",
     "FitTerm",
     "GeneralLinear",
     "GroupElement",
+    "GroupLike",
     "IntertwinerGroup",
     "LARGER",
     "Monomial",
@@ -59,10 +76,12 @@ __all__ = [
     "RBF",
     "SignedPermutation",
     "TABLE_ROWS",
+    "UnknownFamilyError",
     "activation_module",
     "fixed_point_family",
     "phi_preimage",
     "activation_name",
+    "best_assignment",
     "discover",
     "exponents",
     "family",

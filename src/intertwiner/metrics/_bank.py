@@ -23,7 +23,8 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from intertwiner.metrics._prep import f64, scale_exponent, times_power_of_two, to_flat, validate
+from intertwiner.layouts import to_flat
+from intertwiner.metrics._prep import f64, scale_exponent, times_power_of_two, validate
 from intertwiner.metrics.cka import (
     LinearCKAStats,
     check_samples,

@@ -11,38 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 from intertwiner.errors import InvalidInputError, UnsupportedGroupError
-from intertwiner.groups import FAMILIES, Family, IntertwinerGroup, is_subgroup
-
-_UNSIGNED = {
-    "monomial": "positive_monomial",
-    "signed_permutation": "permutation",
-    "positive_monomial": "positive_monomial",
-    "permutation": "permutation",
-}
+from intertwiner.groups import FAMILIES, Family, IntertwinerGroup, family
 
 
 def family_name(group: Any) -> str:
     """Family name of the action on representations: a name, a ``Family`` or an IntertwinerGroup."""
     if isinstance(group, IntertwinerGroup):
-        name, phi = group.family.name, group.phi_kind
-        if phi == "identity":
-            return name
-        even = phi == "abs" or (
-            isinstance(phi, tuple) and float(phi[1]).is_integer() and int(phi[1]) % 2 == 0
-        )
-        non_integer = isinstance(phi, tuple) and not float(phi[1]).is_integer()
-        if (even or non_integer) and name in _UNSIGNED:
-            return _UNSIGNED[name]
-        return name
+        return group.phi_family.name
     if isinstance(group, Family):
         return group.name
     if isinstance(group, str):
-        if group not in FAMILIES:
+        try:
+            return family(group).name
+        except UnsupportedGroupError:
             raise UnsupportedGroupError(
                 f"unknown group {group!r}; choose one of {sorted(FAMILIES)} or pass an "
                 "IntertwinerGroup from intertwiner.groups.for_activation"
-            )
-        return group
+            ) from None
     raise InvalidInputError(
         f"group must be a family name, Family or IntertwinerGroup, got {group!r}; e.g. "
         "'positive_monomial' or intertwiner.groups.for_activation('relu')"
@@ -51,7 +36,7 @@ def family_name(group: Any) -> str:
 
 def subgroups(name: str) -> tuple[str, ...]:
     """Every family contained in ``name`` (itself included), in a fixed order."""
-    return tuple(f for f in FAMILIES if is_subgroup(f, name))
+    return tuple(f.name for f in family(name).subgroups())
 
 
 def declare(invariant_to: tuple[str, ...]):

@@ -1,15 +1,6 @@
-"""Input handling shared by every metric: layouts, validation, padding and upsampling.
-
-Layouts of a feature tensor (the neuron axis is the one a group element acts on):
-
-- ``"dense"``  (N, C): N samples, C neurons.
-- ``"conv"``   (N, C, H, W): channels are the neurons, the same at every pixel.
-- ``"tokens"`` (N, T, D): D is the neuron axis, the same at every token.
-
-``to_matrix`` turns any layout into a (samples, neurons) matrix with one row per sample *position*
-(conv: N*H*W rows; tokens: N*T rows); Procrustes metrics work on that matrix. ``to_flat`` gives one
-row per input (conv: (N, C*H*W)); CKA-type metrics compare N x N kernels over inputs, so layers with
-different spatial sizes can be compared.
+"""Input handling shared by every metric: validation, exact power-of-two scaling, padding and
+upsampling. Layouts ((N, C), (N, C, H, W), (N, T, D)) and their views live in ``intertwiner.layouts``:
+Procrustes metrics work on the (positions, neurons) matrix, CKA-type metrics on one row per input.
 """
 
 from __future__ import annotations
@@ -21,38 +12,7 @@ import torch.nn.functional as F
 
 from intertwiner import _validate
 from intertwiner.errors import ShapeError
-
-LAYOUTS = ("dense", "conv", "tokens")
-_NDIM_TO_LAYOUT = {2: "dense", 3: "tokens", 4: "conv"}
-
-
-def as_tensor(x: Any, name: str = "features") -> torch.Tensor:
-    """A real floating tensor from a tensor or numpy array (see ``_validate.real_tensor``)."""
-    return _validate.real_tensor(x, name)
-
-
-def infer_layout(x: torch.Tensor, layout: str | None = None) -> str:
-    """The layout of ``x``: given explicitly, or from its number of dimensions (2, 3 or 4)."""
-    if layout is not None:
-        if layout not in LAYOUTS:
-            raise ShapeError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
-        want = {v: k for k, v in _NDIM_TO_LAYOUT.items()}[layout]
-        if x.dim() != want:
-            raise ShapeError(
-                f"layout {layout!r} needs a {want}-d tensor, got shape {tuple(x.shape)}"
-            )
-        return layout
-    if x.dim() not in _NDIM_TO_LAYOUT:
-        raise ShapeError(
-            f"features must be (N, C), (N, T, D) or (N, C, H, W); got shape {tuple(x.shape)}. "
-            "Flatten other layouts yourself, keeping the neuron axis."
-        )
-    return _NDIM_TO_LAYOUT[x.dim()]
-
-
-def neuron_dim(x: torch.Tensor, layout: str | None = None) -> int:
-    """The axis of ``x`` that holds the neurons (1 for dense and conv, 2 for tokens)."""
-    return 2 if infer_layout(x, layout) == "tokens" else 1
+from intertwiner.layouts import infer as infer_layout
 
 
 def check_finite(x: torch.Tensor, name: str = "features") -> None:
@@ -73,22 +33,12 @@ def validate(
     return t
 
 
-def unit_scale(x: torch.Tensor, per_column: bool = False) -> torch.Tensor:
-    """``x`` times a power of two that brings its largest magnitude into [0.5, 1) (one power per
-    entry of the last axis with ``per_column=True``); all-zero parts are left alone.
-
-    Every metric here is scale-free, so this changes no value, but it keeps squares and products
-    away from float64 underflow and overflow (features of 1e-170 or 1e160 would otherwise square
-    to 0 or Inf). Multiplying by a power of two is exact, so ordinary inputs give the same values.
-    """
-    return times_power_of_two(x, scale_exponent(x, per_column))
-
-
 def scale_exponent(
     x: torch.Tensor, per_column: bool = False, name: str = "features"
 ) -> torch.Tensor:
-    """The exponents ``unit_scale`` uses (kept by streaming metrics for later batches): one, or one
-    per entry of the last axis. NaN/Inf in ``x`` raise ``NonFiniteError`` (the peak sees them)."""
+    """Exponents e with ``x * 2**e`` of largest magnitude in [0.5, 1) (kept by streaming metrics for
+    later batches): one, or one per entry of the last axis. Every metric is scale-free, so this
+    changes no value; it keeps squares clear of float64 underflow and overflow. NaN/Inf in ``x`` raise ``NonFiniteError`` (the peak sees them)."""
     if per_column and x.dim() > 1:
         dims = tuple(range(x.dim() - 1))
         peak = torch.maximum(x.amax(dim=dims), -x.amin(dim=dims))
@@ -116,35 +66,6 @@ def times_power_of_two(
         return torch.mul(x, power(e), out=out)
     half = torch.div(e, 2, rounding_mode="floor")
     return torch.mul(x * power(half), power(e - half), out=out)
-
-
-def to_matrix(features: Any, layout: str | None = None) -> torch.Tensor:
-    """(samples, neurons): dense (N, C) as is; conv (N*H*W, C); tokens (N*T, D). Dtype kept."""
-    x = as_tensor(features)
-    lay = infer_layout(x, layout)
-    if lay == "dense":
-        return x
-    if lay == "conv":
-        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    return x.reshape(-1, x.shape[2])
-
-
-def to_flat(features: Any, layout: str | None = None) -> torch.Tensor:
-    """(N, everything else): one row per input, for kernels over inputs (CKA)."""
-    x = as_tensor(features)
-    infer_layout(x, layout)
-    return x.reshape(x.shape[0], -1)
-
-
-def to_sites(features: Any, layout: str | None = None) -> torch.Tensor:
-    """(N, S, C): per input, S positions (pixels or tokens; 1 for dense) times C neurons."""
-    x = as_tensor(features)
-    lay = infer_layout(x, layout)
-    if lay == "dense":
-        return x.unsqueeze(1)
-    if lay == "conv":
-        return x.flatten(2).transpose(1, 2)
-    return x
 
 
 def check_same_n(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -199,13 +120,6 @@ def match_positions(
         return F.interpolate(src, size=big, mode="nearest")
 
     return up(x), up(y)
-
-
-def pad_columns(m: torch.Tensor, width: int) -> torch.Tensor:
-    """Zero-pad a (rows, C) matrix to ``width`` columns (the paper pads the smaller layer)."""
-    if m.shape[1] == width:
-        return m
-    return F.pad(m, (0, width - m.shape[1]))
 
 
 def f64(x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,10 @@ HSIC(L, L)) for N x N kernels K (of X) and L (of Y).
 
 Linear CKA with N larger than the widths uses the feature-space form (memory O(C^2), not O(N^2));
 the same sufficient statistics drive the streaming accumulator, so both agree to round-off.
+Floor (linear): the products of the cheaper exact form on the centred float64 (N, p) and (N, q)
+matrices, feature space X'X, Y'Y, X'Y (N (p^2 + q^2 + pq) multiply-adds) or Gram XX', YY'
+(N^2 (p + q)); besides them one centred float64 copy per side and O(N^2) or O(p^2) sums. RBF: the two
+N x N distance matrices.
 A constant representation has no variance, so CKA is 0/0: we warn and return 0.0, never NaN.
 
 Ranges: biased CKA (linear or RBF: positive semi-definite kernels) is in [0, 1]. The debiased
@@ -20,7 +24,7 @@ around 0 on both sides. A negative value means "no detectable similarity", not a
 ``VALUE_RANGE`` records both; the metric functions carry ``.value_range`` for their defaults.
 
 Scale: CKA is invariant to scaling X or Y. Inputs are multiplied by a power of two that brings their
-largest magnitude near 1 before anything is squared (``_prep.unit_scale``), so features of 1e-300 or
+largest magnitude near 1 before anything is squared (``_prep.scale_exponent``), so features of 1e-300 or
 1e300 give the same value as features of 1, in float64 and float32 alike.
 """
 
@@ -35,17 +39,20 @@ import torch
 
 from intertwiner import _validate
 from intertwiner.errors import NonFiniteError, TooFewSamplesError
+from intertwiner.layouts import to_flat
 from intertwiner.metrics._groups import declare, subgroups
 from intertwiner.metrics._prep import (
     check_same_n,
     f64,
     scale_exponent,
     times_power_of_two,
-    to_flat,
     validate,
 )
 
 _ORTHOGONAL = subgroups("orthogonal")
+# Features with peaks within 2**+-SAFE_EXPONENT need no scaling (see _centred_scaled): CKA takes
+# fourth powers (squared Gram entries), which stay normal floats there.
+SAFE_EXPONENT = 200
 # A representation whose centred sum of squares is below this fraction of its raw sum of squares
 # is constant up to round-off (std/mean < 1e-10): what is left after centring is rounding noise.
 CONSTANT_RATIO = 1e-20
@@ -89,8 +96,7 @@ def hsic_gram(k: torch.Tensor, l: torch.Tensor, *, debiased: bool = False) -> fl
     check_samples(n, debiased)
     k, l = f64(k), f64(l)
     if not debiased:
-        kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
-        return float((kc * l).sum()) / (n - 1) ** 2
+        return float((_double_centred(k) * l).sum()) / (n - 1) ** 2
     kt = k.clone()
     lt = l.clone()
     kt.fill_diagonal_(0.0)
@@ -118,23 +124,68 @@ def cka_from_hsic(
     return float(min(max(xy / (math.sqrt(xx) * math.sqrt(yy)), low), 1.0))
 
 
+@dataclass
+class KernelTerms:
+    """What HSIC needs of one N x N kernel, made once: the double-centred kernel HKH (biased) or
+    the kernel with a zero diagonal K~ with its row sums and total (debiased), and HSIC(K, K)."""
+
+    matrix: torch.Tensor
+    rows: torch.Tensor | None
+    total: float
+    debiased: bool
+    self_hsic: float = math.nan
+
+    @classmethod
+    def of(cls, k: torch.Tensor, debiased: bool) -> KernelTerms:
+        k = f64(k)
+        if debiased:
+            kt = k.clone()
+            kt.fill_diagonal_(0.0)
+            rows = kt.sum(1)
+            t = cls(kt, rows, float(rows.sum()), True)
+        else:
+            t = cls(_double_centred(k), None, 0.0, False)
+        t.self_hsic = t.hsic(t)
+        return t
+
+    def hsic(self, other: KernelTerms) -> float:
+        """HSIC of this kernel with ``other`` (biased: tr(KHLH) / (n - 1)^2; debiased: HSIC_1)."""
+        n = self.matrix.shape[0]
+        tr = float(torch.vdot(self.matrix.flatten(), other.matrix.flatten()))
+        if not self.debiased:
+            return tr / (n - 1) ** 2
+        return float(
+            hsic1_from_terms(tr, self.total, other.total, float(self.rows @ other.rows), n)
+        )
+
+
 def gram_cka(
-    k: torch.Tensor,
-    l: torch.Tensor,
+    k: torch.Tensor | KernelTerms,
+    l: torch.Tensor | KernelTerms,
     *,
     debiased: bool = False,
     constant: bool = False,
     psd: bool = True,
 ) -> float:
-    """CKA of two N x N kernel matrices (``constant``: a representation is known constant;
-    ``psd``: both kernels positive semi-definite, so biased CKA is >= 0)."""
+    """CKA of two N x N kernel matrices, or of their ``KernelTerms`` made once (``pairwise``)
+    (``constant``: a representation is known constant; ``psd``: both kernels positive
+    semi-definite, so biased CKA is >= 0). The HSICs of ``hsic_gram``."""
+    n = k.matrix.shape[0] if isinstance(k, KernelTerms) else k.shape[0]
+    check_samples(n, debiased)
+    tk = k if isinstance(k, KernelTerms) else KernelTerms.of(k, debiased)
+    tl = l if isinstance(l, KernelTerms) else KernelTerms.of(l, debiased)
     return cka_from_hsic(
-        hsic_gram(k, l, debiased=debiased),
-        hsic_gram(k, k, debiased=debiased),
-        hsic_gram(l, l, debiased=debiased),
+        tk.hsic(tl),
+        tk.self_hsic,
+        tl.self_hsic,
         constant,
         value_range(debiased)[0] if psd else -1.0,
     )
+
+
+def _double_centred(k: torch.Tensor) -> torch.Tensor:
+    """HKH for an N x N kernel K (H the centring matrix)."""
+    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
 @dataclass
@@ -159,13 +210,15 @@ class LinearCKAStats:
     # Debiased terms: a_i = |x_i|^2, b_i = |y_i|^2.
     scal: dict[str, float] = field(default_factory=dict)
     vec: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Per-row a and b, kept by ``from_centred`` (debiased) for ``cross``.
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows: x (b, p) and y (b, q), float64. The first batch fixes a power-of-two scale
         per side (CKA is scale-invariant) that keeps the squares clear of underflow/overflow."""
-        if self.exp_x is None:
-            self.exp_x, self.exp_y = scale_exponent(x), scale_exponent(y)
-        x, y = times_power_of_two(x, self.exp_x), times_power_of_two(y, self.exp_y)
+        if self.exp_x is None:  # no scaling needed (exact either way) near 1: see SAFE_EXPONENT
+            self.exp_x, self.exp_y = (_exponent_if_needed(scale_exponent(t)) for t in (x, y))
+        x, y = _scaled(x, self.exp_x), _scaled(y, self.exp_y)
         if self.shift_x is None:
             self.shift_x, self.shift_y = x.mean(0), y.mean(0)
             p, q = x.shape[1], y.shape[1]
@@ -184,27 +237,73 @@ class LinearCKAStats:
                 "ya": torch.zeros(q, **z),
                 "yb": torch.zeros(q, **z),
             }
-        self.scal["raw_x"] += float(x.square().sum())
-        self.scal["raw_y"] += float(y.square().sum())
+        raw_x, raw_y = (
+            float(torch.linalg.vector_norm(x)) ** 2,
+            float(torch.linalg.vector_norm(y)) ** 2,
+        )
+        if not math.isfinite(raw_x + raw_y):  # NaN/Inf raise here, before the state changes
+            _validate.check_finite(x, "X")
+            _validate.check_finite(y, "Y")
+        self.scal["raw_x"] += raw_x
+        self.scal["raw_y"] += raw_y
         x = x - self.shift_x
         y = y - self.shift_y
         self.n += x.shape[0]
-        self.gxy += x.T @ y
-        self.gxx += x.T @ x
-        self.gyy += y.T @ y
+        self.gxy.addmm_(x.T, y)
+        self.gxx.addmm_(x.T, x)
+        self.gyy.addmm_(y.T, y)
         self.sx += x.sum(0)
         self.sy += y.sum(0)
-        a = (x * x).sum(1)
-        b = (y * y).sum(1)
+        a = torch.linalg.vector_norm(x, dim=1).square()
+        b = torch.linalg.vector_norm(y, dim=1).square()
         self.scal["a"] += float(a.sum())
         self.scal["b"] += float(b.sum())
         self.scal["aa"] += float(a @ a)
         self.scal["bb"] += float(b @ b)
         self.scal["ab"] += float(a @ b)
-        self.vec["xa"] += a @ x
-        self.vec["xb"] += b @ x
-        self.vec["ya"] += a @ y
-        self.vec["yb"] += b @ y
+        ab = torch.stack([a, b])  # one pass over x and one over y for the four vectors
+        (xa, xb), (ya, yb) = ab @ x, ab @ y
+        self.vec["xa"] += xa
+        self.vec["xb"] += xb
+        self.vec["ya"] += ya
+        self.vec["yb"] += yb
+
+    @classmethod
+    def from_centred(cls, x: torch.Tensor, y: torch.Tensor, debiased: bool) -> LinearCKAStats:
+        """Statistics of float64 rows x (n, p), y (n, q) already centred and scaled (one-shot
+        ``cka``): no shift and no copies; the debiased per-row terms only when ``debiased``."""
+        st = cls(n=x.shape[0], gxy=x.T @ y, gxx=x.T @ x, gyy=y.T @ y, sx=x.sum(0), sy=y.sum(0))
+        sq_x, sq_y = float(st.gxx.diagonal().sum()), float(st.gyy.diagonal().sum())
+        st.scal = {"a": sq_x, "b": sq_y, "raw_x": sq_x, "raw_y": sq_y}
+        if debiased:
+            a = torch.linalg.vector_norm(x, dim=1).square()
+            b = torch.linalg.vector_norm(y, dim=1).square()
+            st.scal.update(aa=float(a @ a), bb=float(b @ b), ab=float(a @ b))
+            ab = torch.stack([a, b])  # one pass over x and one over y for the four vectors
+            (xa, xb), (ya, yb) = ab @ x, ab @ y
+            st.vec = {"xa": xa, "xb": xb, "ya": ya, "yb": yb}
+            st.rows = {"a": a, "b": b}
+        return st
+
+    @classmethod
+    def cross(
+        cls,
+        sx: LinearCKAStats,
+        sy: LinearCKAStats,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        debiased: bool,
+    ) -> LinearCKAStats:
+        """Statistics of the pair (x, y) from each side's own ``from_centred(t, t)`` statistics:
+        only the cross terms (X'Y, and for the debiased form two matrix-vector products) are new."""
+        st = cls(n=sx.n, gxy=x.T @ y, gxx=sx.gxx, gyy=sy.gxx, sx=sx.sx, sy=sy.sx)
+        st.scal = {"a": sx.scal["a"], "b": sy.scal["a"]}
+        st.scal.update(raw_x=sx.scal["raw_x"], raw_y=sy.scal["raw_x"])
+        if debiased:
+            a, b = sx.rows["a"], sy.rows["a"]
+            st.scal.update(aa=sx.scal["aa"], bb=sy.scal["aa"], ab=float(a @ b))
+            st.vec = {"xa": sx.vec["xa"], "xb": b @ x, "ya": a @ y, "yb": sy.vec["xa"]}
+        return st
 
     def constant(self) -> bool:
         """Either representation constant up to round-off (see ``is_constant``)."""
@@ -254,24 +353,55 @@ class LinearCKAStats:
         return cka_from_hsic(xy, xx, yy, constant)
 
 
+def _exponent_if_needed(e: torch.Tensor) -> torch.Tensor:
+    """``e``, or 0 when features of that scale need none (see ``SAFE_EXPONENT``)."""
+    return torch.zeros_like(e) if abs(int(e)) <= SAFE_EXPONENT else e
+
+
+def _scaled(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    return x if int(e) == 0 else times_power_of_two(x, e)
+
+
 def _prepare(
     x: Any, y: Any, debiased: bool
-) -> tuple[torch.Tensor, torch.Tensor, bool, tuple[float, float]]:
-    """Centred float64 (N, width) matrices scaled by powers of two to a largest magnitude near 1,
-    whether either is constant, and the two factors used."""
-    xt, yt = validate(x, "X"), validate(y, "Y")
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float], tuple[float, float]]:
+    """Centred float64 (N, width) matrices (scaled by powers of two to a largest magnitude near 1
+    when far from it), N |mean|^2 of each (for ``constant``), and the two factors used. One
+    float64 copy of each; NaN/Inf are caught by the scale's peak."""
+    xt, yt = validate(x, "X", finite=False), validate(y, "Y", finite=False)
     check_same_n(xt, yt)
     check_samples(xt.shape[0], debiased)
-    out, constant, factors = [], False, []
-    for t in (xt, yt):
-        f = f64(to_flat(t))
-        e = scale_exponent(f)
-        f = times_power_of_two(f, e)
-        c = f - f.mean(0)
-        constant = constant or is_constant(float(c.square().sum()), float(f.square().sum()))
-        out.append(c)
-        factors.append(math.ldexp(1.0, int(e)))
-    return out[0], out[1], constant, (factors[0], factors[1])
+    cx, mx, fx = _prepare_one(xt, "X")
+    cy, my, fy = _prepare_one(yt, "Y")
+    return cx, cy, (mx, my), (fx, fy)
+
+
+def _prepare_one(t: torch.Tensor, name: str = "features") -> tuple[torch.Tensor, float, float]:
+    """One validated representation: (centred float64 (N, width), N |mean|^2, scale factor)."""
+    f = to_flat(t)
+    c, mean, e = _centred_scaled(f, scale_exponent(f, name=name))
+    return c, f.shape[0] * float(mean @ mean), math.ldexp(1.0, int(e))
+
+
+def constant(centred_sq: float, mean_term: float) -> bool:
+    """A representation whose centred sum of squares is round-off of its raw one (``is_constant``),
+    from the centred sum and N |mean|^2 (the raw sum is their sum)."""
+    return is_constant(centred_sq, centred_sq + mean_term)
+
+
+def _centred_scaled(
+    f: torch.Tensor, e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(f * 2**e' - mean) as a new float64 tensor, the mean, and e'. Every CKA statistic scales
+    with a power of two exactly (IEEE operations commute with it), so features whose peak lies
+    within 2**+-SAFE_EXPONENT are left unscaled (e' = 0): their squares and sums stay in range;
+    others are scaled by 2**e first (e' = e)."""
+    if abs(int(e)) <= SAFE_EXPONENT:
+        mean = f.mean(0, dtype=torch.float64)
+        return torch.sub(f64(f), mean), mean, torch.zeros_like(e)
+    f = times_power_of_two(f64(f), e)
+    mean = f.mean(0)
+    return f - mean, mean, e
 
 
 def _median_sigma(sq: torch.Tensor) -> float:
@@ -306,6 +436,7 @@ def cka(
     ``kernel="linear"`` (memory O(width^2) when N exceeds the widths) or ``"rbf"`` (N x N Gram
     matrices; ``sigma=None``: sqrt of the median squared distance between inputs).
     ``debiased=True`` uses the unbiased HSIC_1 and needs N >= 4. Computed in float64.
+    Floor (linear): the products of the cheaper of the feature-space and Gram forms (module doc).
 
     Range: [0, 1] biased; [-1, 1] debiased: the debiased estimator can be negative, its scatter
     around "no similarity" (see ``value_range``). Exactly scale-free; never NaN.
@@ -315,18 +446,22 @@ def cka(
         sigma = _validate.finite_number(
             sigma, "sigma", low=0.0, low_open=True, hint="or None for the median heuristic"
         )
-    xc, yc, constant, (fx, fy) = _prepare(X, Y, debiased)
+    xc, yc, (mx, my), (fx, fy) = _prepare(X, Y, debiased)
     n, p, q = xc.shape[0], xc.shape[1], yc.shape[1]
     if kernel == "rbf":
+        const = any(constant(float(torch.linalg.vector_norm(c)) ** 2, m)
+                    for c, m in ((xc, mx), (yc, my)))  # fmt: skip
         # sigma is in the units of the inputs: scale it with them (the median default is free).
         sx, sy = (None, None) if sigma is None else (sigma * fx, sigma * fy)
         k, l = rbf_kernel(xc, sx), rbf_kernel(yc, sy)
-        return gram_cka(k, l, debiased=debiased, constant=constant)
+        return gram_cka(k, l, debiased=debiased, constant=const)
     if p * p + q * q + p * q <= n * (p + q):  # feature space is the cheaper form
-        stats = LinearCKAStats()
-        stats.update(xc, yc)
-        return stats.cka(debiased, constant)
-    return gram_cka(xc @ xc.T, yc @ yc.T, debiased=debiased, constant=constant)
+        st = LinearCKAStats.from_centred(xc, yc, debiased)
+        const = constant(st.scal["a"], mx) or constant(st.scal["b"], my)
+        return st.cka(debiased, const)
+    k, l = xc @ xc.T, yc @ yc.T
+    const = constant(float(k.trace()), mx) or constant(float(l.trace()), my)
+    return gram_cka(k, l, debiased=debiased, constant=const)
 
 
 cka.value_range = VALUE_RANGE["biased"]

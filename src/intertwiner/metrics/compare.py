@@ -35,6 +35,7 @@ from intertwiner.errors import (
     NonFiniteError,
 )
 from intertwiner.metrics._bank import FeatureBank, GramBank
+from intertwiner.metrics._plots import annotated_heatmap, save_png
 from intertwiner.metrics.cka import check_samples, cka
 from intertwiner.metrics.registry import Metric, metric
 
@@ -95,35 +96,20 @@ class Comparison:
         fig = Figure(figsize=(0.6 + (side + 0.4) * len(names), side))
         axes = fig.subplots(1, len(names), squeeze=False)
         for ax, name in zip(axes[0], names, strict=True):
-            m = self.matrices[name]
-            im = ax.imshow(m, cmap="viridis" if self.higher_is_similar.get(name, True) else "magma")
-            ax.set_title(name, fontsize=9)
-            ax.set_xticks(range(len(self.layers_b)), self.layers_b, rotation=45, ha="right")
-            ax.set_yticks(range(len(self.layers_a)), self.layers_a)
+            annotated_heatmap(
+                fig,
+                ax,
+                self.matrices[name],
+                self.layers_b,
+                self.layers_a,
+                title=name,
+                higher_is_similar=self.higher_is_similar.get(name, True),
+            )
             ax.set_xlabel("model b")
             ax.set_ylabel("model a")
-            finite = m[np.isfinite(m)]
-            mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-            for i in range(m.shape[0]):
-                for j in range(m.shape[1]):
-                    if np.isfinite(m[i, j]):
-                        ax.text(
-                            j,
-                            i,
-                            f"{m[i, j]:.2f}",
-                            ha="center",
-                            va="center",
-                            fontsize=9 if m.shape[0] <= 8 else 7,
-                            color="black" if m[i, j] > mid else "white",
-                        )
-            fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
         if path is not None:
-            path = os.fspath(path)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
-            os.close(fd)
-            fig.savefig(tmp, dpi=120, format="png")
-            os.replace(tmp, path)
+            save_png(fig, path)
         return fig
 
 

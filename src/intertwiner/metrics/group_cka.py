@@ -25,8 +25,14 @@ groups) that brings its largest magnitude near 1 before centring and squaring, s
 same for features of 1e-300, 1 or 1e300.
 
 The kernel is never stored: N x N is processed in blocks of ``chunk_size`` inputs (upper triangle
-only, since K is symmetric) with batched matrix products over neurons, and only the sums HSIC needs
-are kept (memory O(C * chunk_size^2 + N) besides the features).
+only, since K is symmetric) with batched matrix products over neurons, a few neurons at a time into
+a cache-sized buffer reduced at once, and only the sums HSIC needs are kept (memory
+O(GROUP_BYTES + chunk_size^2 + N) besides one preprocessed copy of each representation).
+
+Floor: the batched products, 2 C N (N + 1) / 2 S multiply-adds per representation (C neurons, S
+positions), at the machine's matrix-product rate; preprocessing is O(N C S) and the HSIC sums
+O(N^2). With ``dtype=torch.float32`` (products in float32, every sum in float64) this runs at
+about half the float32 matmul rate or better for N in the thousands (see benchmarks/metrics.py).
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ import torch
 
 from intertwiner import _validate
 from intertwiner.errors import UnsupportedGroupError
+from intertwiner.layouts import to_sites
 from intertwiner.metrics._groups import declare, family_name, subgroups
 from intertwiner.metrics._prep import (
+    check_finite,
     check_same_n,
     scale_exponent,
     times_power_of_two,
-    to_sites,
     validate,
 )
 from intertwiner.metrics.cka import CONSTANT_RATIO, check_samples, cka_from_hsic, hsic1_from_terms
@@ -50,8 +57,10 @@ from intertwiner.metrics.cka import CONSTANT_RATIO, check_samples, cka_from_hsic
 REDUCTIONS = ("max", "median", "sum")
 _NORMALISED = {"positive_monomial", "monomial"}
 _UNNORMALISED = {"permutation", "signed_permutation"}
-# Elements of one C x b x b block product (about 128 MiB in float64).
+# Elements of one C x b x b block product (about 128 MiB in float64): bounds the median's buffer.
 _BLOCK_BUDGET = 1 << 24
+# Bytes of the per-neuron product buffer of max and sum reductions (a few neurons at a time).
+GROUP_BYTES = 1 << 21
 VALUE_RANGE = (-1.0, 1.0)
 DTYPES = (torch.float64, torch.float32)
 
@@ -72,59 +81,101 @@ def invariant_families(group: Any) -> tuple[str, ...]:
     return subgroups("monomial" if name in _NORMALISED else "signed_permutation")
 
 
+def _peak_exponents(h: torch.Tensor, per_neuron: bool) -> torch.Tensor:
+    """``scale_exponent`` of (C, rows) ``h``: one per row, or one; NaN/Inf raise."""
+    if per_neuron:
+        peak = torch.maximum(h.amax(1), -h.amin(1))
+    else:
+        lo, hi = torch.aminmax(h)
+        peak = torch.maximum(hi, -lo)
+    if not bool(torch.isfinite(peak).all()):
+        check_finite(h, "features")
+    return -torch.frexp(peak).exponent.to(torch.int64)
+
+
 def preprocess(x: torch.Tensor, normalise: bool, dtype: torch.dtype) -> torch.Tensor:
     """(C, N, S): centred (and unit-normalised) per neuron over inputs and positions.
 
-    One copy of the features in ``dtype``; centring and scaling happen in place, with the means and
-    norms taken in float64.
+    One copy of the features in ``dtype``, then in place: centring, and a per-neuron factor; means
+    and norms are summed in float64. Power-of-two scales (per neuron when normalising: the metric
+    ignores them) keep squares and products in range; they are exact, so ordinary inputs are
+    unchanged. Float64 features narrowed to float32 are scaled while copying (values of 1e-300
+    survive), float64 ones in place; float32 squares cannot overflow a float64 sum, so float32
+    features are only scaled (when not normalised) by the final factor.
     """
     sites = to_sites(x)  # (N, S, C) view
     n, s, c = sites.shape
-    # Power-of-two scales (per neuron when normalising: the metric ignores them) keep the squares
-    # below in float64's range; exact, so ordinary inputs are unchanged. Applied while copying, so
-    # values of 1e-300 survive a float32 ``dtype``.
-    e = scale_exponent(sites, per_column=normalise)
     h = torch.empty((c, n, s), dtype=dtype, device=x.device)
-    times_power_of_two(sites.permute(2, 0, 1), e.view(-1, 1, 1) if normalise else e, out=h)
-    raw = torch.linalg.vector_norm(h, dim=(1, 2), keepdim=True, dtype=torch.float64)
-    h.sub_(h.mean(dim=(1, 2), keepdim=True, dtype=torch.float64).to(dtype))
-    norm = torch.linalg.vector_norm(h, dim=(1, 2), keepdim=True, dtype=torch.float64)
+    hv = h.view(c, n * s)
+    factor = torch.ones(c, dtype=torch.float64, device=x.device)
+    if x.dtype == torch.float64 and dtype != torch.float64:
+        e = scale_exponent(sites, per_column=normalise)
+        times_power_of_two(sites.permute(2, 0, 1), e.view(-1, 1, 1) if normalise else e, out=h)
+    else:
+        h.copy_(sites.permute(2, 0, 1))
+        if dtype == torch.float64:
+            e = _peak_exponents(hv, normalise)
+            times_power_of_two(hv, e.view(-1, 1) if normalise else e, out=hv)
+        elif not normalise:
+            factor = times_power_of_two(factor, _peak_exponents(hv, False))
+    # Sums over each input's S positions in ``dtype``, then over inputs in float64: as accurate
+    # as float64 throughout for float32 features (S terms), at the speed of a float32 pass.
+    mean = h.sum(2).sum(1, dtype=torch.float64) / (n * s)
+    hv.sub_(mean.to(dtype).view(-1, 1))
+    sq = torch.linalg.vector_norm(h, dim=2).double().square().sum(1)
     # A dead or constant neuron is (rounding noise around) zero after centring: make it exactly
     # zero, so that normalising cannot blow the noise up to a unit-norm neuron (and never NaN).
-    constant = norm.square() <= CONSTANT_RATIO * raw.square()
-    scale = 1.0 / norm.clamp_min(1e-300) if normalise else torch.ones_like(norm)
-    h.mul_(torch.where(constant, torch.zeros_like(scale), scale).to(dtype))
+    constant = sq <= CONSTANT_RATIO * (sq + (n * s) * mean.square())
+    if normalise:
+        factor = 1.0 / sq.sqrt().clamp_min(1e-300)
+    hv.mul_(torch.where(constant, torch.zeros_like(factor), factor).to(dtype).view(-1, 1))
     return h
 
 
 class _Products:
-    """Batched per-neuron products into one reused buffer (fresh 100 MiB allocations cost more
-    than the reduction that follows)."""
+    """Kernel blocks max_c (or sum_c, median_c) <H_i^c, H_j^c> from batched per-neuron products.
 
-    def __init__(self, h: torch.Tensor, b: int, buf: torch.Tensor | None = None) -> None:
-        self.h = h
-        size = h.shape[0] * b * b
-        if buf is None or buf.numel() < size:
-            buf = torch.empty(size, dtype=h.dtype, device=h.device)
-        self.buf = buf
+    The products of a few neurons at a time go into one reused buffer of about ``GROUP_BYTES``
+    and are reduced into the block at once, while still in cache (a buffer of every neuron's
+    products would leave the cache and cost more than the products themselves; the median needs
+    every neuron at once and takes the whole buffer)."""
 
-    def __call__(self, rows: slice, cols: slice, reduce: str) -> torch.Tensor:
+    def __init__(self, h: torch.Tensor, b: int, reduce: str) -> None:
+        self.h, self.reduce = h, reduce
+        c = h.shape[0]
+        per = b * b * h.element_size()
+        self.group = c if reduce == "median" else max(1, min(c, GROUP_BYTES // per))
+        self.buf = torch.empty(self.group * b * b, dtype=h.dtype, device=h.device)
+        self.acc = torch.empty(b * b, dtype=h.dtype, device=h.device)
+
+    def __call__(self, rows: slice, cols: slice) -> torch.Tensor:
+        """The (rows, cols) block of the kernel, float64."""
         a, bt = self.h[:, rows], self.h[:, cols].transpose(1, 2)
-        out = self.buf[: a.shape[0] * a.shape[1] * bt.shape[2]].view(a.shape[0], a.shape[1], -1)
-        torch.bmm(a, bt, out=out)
-        return _reduce(out, reduce).double()
+        ra, rb = a.shape[1], bt.shape[2]
+        acc = self.acc[: ra * rb].view(ra, rb)
+        for c in range(0, a.shape[0], self.group):
+            ac = a[c : c + self.group]
+            out = self.buf[: ac.shape[0] * ra * rb].view(ac.shape[0], ra, rb)
+            torch.bmm(ac, bt[c : c + self.group], out=out)
+            if self.reduce == "median":
+                return out.median(0).values.double()
+            part = out.amax(0) if self.reduce == "max" else out.sum(0)
+            if c == 0:
+                acc.copy_(part)
+            elif self.reduce == "max":
+                torch.maximum(acc, part, out=acc)
+            else:
+                acc.add_(part)
+        return acc.double()
 
 
-def _reduce(blk: torch.Tensor, reduce: str) -> torch.Tensor:
-    if reduce == "max":
-        return blk.amax(0)
-    if reduce == "sum":
-        return blk.sum(0)
-    return blk.median(0).values
-
-
-def _default_chunk(c: int) -> int:
-    return max(16, int((_BLOCK_BUDGET / max(c, 1)) ** 0.5))
+def _default_chunk(c: int, n: int, reduce: str = "max") -> int:
+    """Inputs per block: 256 (products large enough to run near the matmul rate, diagonal blocks
+    small enough to waste little of the upper triangle; measured best from N = 1,000 to 10,000),
+    fewer for very wide layers under ``reduce="median"``."""
+    if reduce != "median":
+        return 256
+    return max(16, min(256, int((_BLOCK_BUDGET / max(c, 1)) ** 0.5)))
 
 
 def kernel_matrix(
@@ -132,13 +183,26 @@ def kernel_matrix(
 ) -> torch.Tensor:
     """The full N x N kernel from preprocessed (C, N, S) features (for tests and small N)."""
     n = h.shape[1]
-    b = chunk_size or _default_chunk(h.shape[0])
+    b = chunk_size or _default_chunk(h.shape[0], n, reduce)
     out = torch.empty(n, n, dtype=torch.float64, device=h.device)
-    prod = _Products(h, b)
+    prod = _Products(h, b, reduce)
     for i in range(0, n, b):
         for j in range(0, n, b):
-            out[i : i + b, j : j + b] = prod(slice(i, i + b), slice(j, j + b), reduce)
+            out[i : i + b, j : j + b] = prod(slice(i, i + b), slice(j, j + b))
     return out
+
+
+def kernel(
+    x: torch.Tensor,
+    group: Any = "positive_monomial",
+    *,
+    reduce: str = "max",
+    dtype: torch.dtype = torch.float64,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The full N x N kernel of validated features ``x`` (for ``pairwise``: once per model)."""
+    h = preprocess(x, group_cka_group(group) in _NORMALISED, dtype)
+    return kernel_matrix(h, reduce, chunk_size)
 
 
 def hsic_sums(
@@ -151,16 +215,15 @@ def hsic_sums(
 ) -> dict[str, Any]:
     """Blockwise tr(KL), tr(KK), tr(LL) and kernel row sums, without storing K or L."""
     n = hx.shape[1]
-    b = chunk_size or _default_chunk(max(hx.shape[0], hy.shape[0]))
+    b = chunk_size or _default_chunk(max(hx.shape[0], hy.shape[0]), n, reduce)
     z = dict(dtype=torch.float64, device=hx.device)
     rk, rl = torch.zeros(n, **z), torch.zeros(n, **z)
     tr = {"kl": 0.0, "kk": 0.0, "ll": 0.0}
-    px = _Products(hx, b)
-    py = _Products(hy, b, px.buf)  # each block is reduced before the next product: share
+    px, py = _Products(hx, b, reduce), _Products(hy, b, reduce)
     for i in range(0, n, b):
         for j in range(i, n, b):
-            k = px(slice(i, i + b), slice(j, j + b), reduce)
-            l = py(slice(i, i + b), slice(j, j + b), reduce)
+            k = px(slice(i, i + b), slice(j, j + b))
+            l = py(slice(i, i + b), slice(j, j + b))
             if i == j and debiased:
                 k.fill_diagonal_(0.0)
                 l.fill_diagonal_(0.0)
@@ -208,6 +271,7 @@ def group_cka(
     X, Y: (N, C), (N, C, H, W) or (N, T, D); widths and spatial sizes may differ. ``chunk_size``:
     inputs per block (default: blocks of about 2^24 kernel entries). ``dtype``: of the batched
     products (float32 is about twice as fast); sums are float64. Debiased needs N >= 4.
+    Floor: the batched per-neuron products (see the module docstring); memory is bounded.
 
     Range [-1, 1]: the estimator can be negative (see the module docstring). Scale-free; never NaN.
     """

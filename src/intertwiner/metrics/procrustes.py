@@ -32,6 +32,12 @@ Ranges (``similarity_range(group)``): [1 - sqrt(2)/2, 1] for the groups that can
 alignment and the similarity reaches down to 0 (X = -Y). Distances: angular in [0, pi], euclidean
 in [0, 2].
 
+Floor: the float64 product X'Y over (positions, C) plus the C x C group step (singular values or
+one assignment). Dense and token features are multiplied as they are (views); conv features block by
+block in their own layout, each cache-sized block copied neuron-major once (never a channels-last
+copy of the whole tensor); float32 features are widened to float64 per block. Neuron norms come from
+the same blocks. ``center=True`` adds one centred float64 copy.
+
 Scale: every quantity here is invariant to scaling X or Y (and, for the monomial groups, to scaling
 each neuron). Inputs are multiplied by powers of two (per neuron for the monomial groups) that bring
 their largest magnitudes near 1 before anything is squared, so 1e-300 and 1e300 give the values of 1.
@@ -49,7 +55,16 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from intertwiner import _validate
-from intertwiner.errors import NonFiniteError, UnsupportedGroupError
+from intertwiner.errors import InvalidOptionError, NonFiniteError, UnsupportedGroupError
+from intertwiner.layouts import (
+    block_samples,
+    copies,
+    n_positions,
+    neuron_blocks,
+    neuron_dim,
+    to_matrix,
+    width,
+)
 from intertwiner.metrics._groups import declare, family_name, subgroups
 from intertwiner.metrics._prep import (
     check_finite,
@@ -57,7 +72,6 @@ from intertwiner.metrics._prep import (
     match_positions,
     scale_exponent,
     times_power_of_two,
-    to_matrix,
     validate,
 )
 from intertwiner.metrics.cka import CONSTANT_RATIO
@@ -115,11 +129,60 @@ class ProcrustesStats:
     raw_ysq: torch.Tensor | None = None
     shift: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add rows of x (b, p) and y (b, q), float64 (finiteness is checked here, cheaply).
+    def update(self, x: torch.Tensor, y: torch.Tensor, layout: str | None = None) -> None:
+        """Add the positions of x and y: features in their own layout ((N, C), (N, C, H, W) or
+        (N, T, D), any float dtype) with matching positions.
 
         The first batch fixes power-of-two scales (one per side, or one per neuron with
-        ``per_neuron=True``: the metric is invariant to them) that keep squares in range."""
+        ``per_neuron=True``: the metric is invariant to them) that keep squares in range. Ordinary
+        features are multiplied as they are, block by block in their own layout, and the scales
+        applied to the (C_x, C_y) results afterwards (exact: powers of two). Features near the
+        ends of float64's range are scaled first (a float64 copy) and then multiplied the same
+        way, so both give bit-identical values; ``centering`` takes the path through centred
+        float64 copies of the (positions, neurons) matrices.
+        """
+        if self.centering:
+            self._update_rows(f64(to_matrix(x, layout)), f64(to_matrix(y, layout)))
+            return
+        m, xsq, ysq = _raw_products(x, y, layout)
+        ex = _raw_exponents(x, xsq, self.per_neuron, layout)
+        ey = _raw_exponents(y, ysq, self.per_neuron, layout)
+        if ex is None or ey is None:  # scale copies first: the raw products lost range
+            if self.exps is None:  # also checks the first batch for NaN/Inf
+                self.exps = (
+                    _peak_exponents(x, self.per_neuron, layout, "X"),
+                    _peak_exponents(y, self.per_neuron, layout, "Y"),
+                )
+            xs = _scaled_copy(x, self.exps[0], layout)
+            ys = _scaled_copy(y, self.exps[1], layout)
+            m, xsq, ysq = _raw_products(xs, ys, layout)
+            parts = [m, xsq, ysq]
+        else:
+            if self.exps is None:
+                self.exps = (ex, ey)
+            ex, ey = self.exps
+            both = ex.view(-1, 1) + ey.view(1, -1) if self.per_neuron else ex + ey
+            parts = [
+                times_power_of_two(m, both),
+                times_power_of_two(xsq, 2 * ex),
+                times_power_of_two(ysq, 2 * ey),
+            ]
+        _check_finite_via_norms(x, parts[1], "X")
+        _check_finite_via_norms(y, parts[2], "Y")
+        self._add(parts, x.shape[0] * n_positions(x, layout))
+
+    def _add(self, parts: list[torch.Tensor], rows: int) -> None:
+        if self.gxy is None:
+            self.gxy, self.xsq, self.ysq = parts[:3]
+            if self.centering:
+                self.xsum, self.ysum = parts[3:]
+        else:
+            for name, part in zip(("gxy", "xsq", "ysq", "xsum", "ysum"), parts, strict=False):
+                getattr(self, name).add_(part)
+        self.n += rows
+
+    def _update_rows(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add rows of x (b, p) and y (b, q), float64, through copies scaled by the exponents."""
         if self.exps is None:  # also checks the first batch for NaN/Inf
             self.exps = (
                 scale_exponent(x, self.per_neuron, "X"),
@@ -143,22 +206,13 @@ class ProcrustesStats:
         parts = [x.T @ y, xsq, ysq]
         if self.centering:
             parts += [x.sum(0), y.sum(0)]
-        if self.gxy is None:
-            self.gxy, self.xsq, self.ysq = parts[:3]
-            if self.centering:
-                self.xsum, self.ysum = parts[3:]
-        else:
-            self.gxy += parts[0]
-            self.xsq += parts[1]
-            self.ysq += parts[2]
-            if self.centering:
-                self.xsum += parts[3]
-                self.ysum += parts[4]
-        self.n += x.shape[0]
+        self._add(parts, x.shape[0])
 
     def _centred(self, center: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if center != self.centering:
-            raise ValueError(f"these statistics were gathered with centering={self.centering}")
+            raise InvalidOptionError(
+                f"these statistics were gathered with centering={self.centering}"
+            )
         if not center:
             return self.gxy, self.xsq, self.ysq
         n = self.n
@@ -202,6 +256,87 @@ def _check_finite_via_norms(m: torch.Tensor, sq: torch.Tensor, name: str) -> Non
     )
 
 
+# Features whose peaks lie within 2**-SAFE_EXPONENT .. 2**SAFE_EXPONENT are multiplied unscaled:
+# their products and squares stay normal floats, so scaling the results afterwards is exact.
+SAFE_EXPONENT = 400
+
+
+def _sum_squares(blk: torch.Tensor) -> torch.Tensor:
+    """Per-neuron sums of squares of a neuron-major (C, rows) block, float64."""
+    if blk.stride(-1) == 1:
+        return torch.linalg.vector_norm(blk, dim=1).square()
+    return (blk * blk).sum(1)  # a transposed view: summing over its outer axis is the fast way
+
+
+def _raw_products(
+    x: torch.Tensor, y: torch.Tensor, layout: str | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unscaled float64 X'Y over positions (C_x, C_y) and both sides' neuron sums of squares.
+
+    Dense and token features of float64 are multiplied in one product of transposed views (the
+    floor itself) and squared in cache-sized blocks; conv features (and other dtypes) go through
+    cache-sized neuron-major copies, each multiplied and squared while in cache."""
+    kw = {"dtype": torch.float64}
+    if not (copies(x, layout, torch.float64) or copies(y, layout, torch.float64)):
+        (a,), (b,) = (
+            neuron_blocks(x, layout, samples=x.shape[0]),
+            neuron_blocks(y, layout, samples=y.shape[0]),
+        )
+        sq = [sum(_sum_squares(blk) for blk in neuron_blocks(t, layout)) for t in (x, y)]
+        return a @ b.T, sq[0], sq[1]
+    kw["samples"] = min(block_samples(x, layout), block_samples(y, layout))
+    m = torch.zeros(width(x, layout), width(y, layout), dtype=torch.float64, device=x.device)
+    sqx, sqy = torch.zeros_like(m[:, 0]), torch.zeros_like(m[0])
+    for a, b in zip(neuron_blocks(x, layout, **kw), neuron_blocks(y, layout, **kw), strict=True):
+        m.addmm_(a, b.T)
+        sqx += _sum_squares(a)
+        sqy += _sum_squares(b)
+    return m, sqx, sqy
+
+
+def _peak_exponents(
+    t: torch.Tensor, per_neuron: bool, layout: str | None, name: str
+) -> torch.Tensor:
+    """``scale_exponent`` of ``t`` in its own layout: one, or one per neuron."""
+    if not per_neuron:
+        return scale_exponent(t, False, name)
+    return scale_exponent(t.movedim(neuron_dim(t, layout), -1), True, name)
+
+
+def _scaled_copy(t: torch.Tensor, exponent: torch.Tensor, layout: str | None) -> torch.Tensor:
+    """float64 ``t * 2**exponent`` with per-neuron exponents broadcast along the neuron axis."""
+    e = exponent
+    if e.dim() == 1:
+        e = e.view(-1, *([1] * (t.dim() - 1 - neuron_dim(t, layout))))
+    return times_power_of_two(f64(t), e)
+
+
+def _raw_exponents(
+    t: torch.Tensor, sq: torch.Tensor, per_neuron: bool, layout: str | None
+) -> torch.Tensor | None:
+    """Power-of-two exponents for unscaled statistics, or None when ``t`` needs scaled copies.
+
+    Read from the neuron sums of squares alone (no pass over ``t``): None for NaN/Inf, for a peak
+    that may lie outside 2**+-SAFE_EXPONENT (the largest sum of squares bounds the peak from
+    above, and from below over the ``rows`` terms), or, per neuron, for a neuron so small that
+    its squares underflow. Exponents: per side from the largest neuron norm, per neuron from each
+    norm (any power of two gives the same values; these keep the statistics near 1)."""
+    if not bool(torch.isfinite(sq).all()):
+        return None
+    top = float(sq.max())
+    rows = t.shape[0] * n_positions(t, layout)
+    if top > 2.0 ** (2 * SAFE_EXPONENT) or top < rows * 2.0 ** (-2 * SAFE_EXPONENT):
+        return None
+    if not per_neuron:
+        return -torch.frexp(torch.tensor(top, dtype=torch.float64).sqrt()).exponent.to(torch.int64)
+    if bool(((sq > 0) & (sq < 2.0 ** (-2 * SAFE_EXPONENT))).any()):
+        return None
+    dead = (sq == 0).nonzero().flatten()
+    if dead.numel() and bool(t.index_select(neuron_dim(t, layout), dead).any()):
+        return None  # nonzero values whose squares underflowed to zero
+    return -torch.frexp(sq.sqrt()).exponent.to(torch.int64)
+
+
 def best_alignment(m: torch.Tensor, group: str, width: int | None = None) -> float:
     """max over g in the group (zero-padded to ``width``) of <X, Y g> = tr(g' M)-type sums."""
     if group == "orthogonal":
@@ -238,6 +373,18 @@ def distance_from_stats(
     return math.sqrt(max(2.0 - 2.0 * cos, 0.0))
 
 
+def value_of(
+    x: torch.Tensor, y: torch.Tensor, *, similarity: bool, options: dict[str, Any]
+) -> float:
+    """``procrustes_similarity`` (or ``_distance``) of validated features, with its options."""
+    g = procrustes_group(options.get("group", "orthogonal"))
+    center, layout = bool(options.get("center", False)), options.get("layout")
+    stats = stats_of(x, y, g, bool(options.get("upsample", False)), layout, center)
+    if similarity:
+        return similarity_from_stats(stats, g, center)
+    return distance_from_stats(stats, g, options.get("kind", "angular"), center)
+
+
 def similarity_from_stats(stats: ProcrustesStats, group: str, center: bool = False) -> float:
     gain, nx, ny, width = stats.alignment(group, center)
     if group in _PER_NEURON:
@@ -250,11 +397,10 @@ def similarity_from_stats(stats: ProcrustesStats, group: str, center: bool = Fal
 def prepare_rows(
     X: Any, Y: Any, *, upsample: bool = False, layout: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated float64 (rows, neurons) matrices of X and Y with matching rows."""
+    """Validated X and Y in their own layout with matching positions (no copy unless upsampled)."""
     # Finiteness is checked by ProcrustesStats.update.
     xt, yt = validate(X, "X", layout, finite=False), validate(Y, "Y", layout, finite=False)
-    xt, yt = match_positions(xt, yt, upsample=upsample, layout_x=layout, layout_y=layout)
-    return f64(to_matrix(xt, layout)), f64(to_matrix(yt, layout))
+    return match_positions(xt, yt, upsample=upsample, layout_x=layout, layout_y=layout)
 
 
 def new_stats(group: str, center: bool) -> ProcrustesStats:
@@ -266,8 +412,17 @@ def _stats(
     X: Any, Y: Any, group: str, upsample: bool, layout: str | None, center: bool
 ) -> ProcrustesStats:
     x, y = prepare_rows(X, Y, upsample=upsample, layout=layout)
+    return stats_of(x, y, group, upsample, layout, center)
+
+
+def stats_of(
+    x: torch.Tensor, y: torch.Tensor, group: str, upsample: bool, layout: str | None, center: bool
+) -> ProcrustesStats:
+    """Statistics of validated features x, y (positions matched here: ``pairwise`` calls this
+    on features it validated once per model)."""
+    x, y = match_positions(x, y, upsample=upsample, layout_x=layout, layout_y=layout)
     stats = new_stats(group, center)
-    stats.update(x, y)  # unequal widths: best_alignment zero-pads the cross matrix
+    stats.update(x, y, layout)  # unequal widths: best_alignment zero-pads the cross matrix
     return stats
 
 
@@ -287,6 +442,7 @@ def procrustes_distance(
     X, Y: (N, C), (N, C, H, W) or (N, T, D) over the same N inputs. ``group``: a family name in
     ``GROUPS`` or an IntertwinerGroup (mapped to the family of phi(G)). 0 for identical inputs.
     Range: [0, pi] angular, [0, 2] euclidean. Exactly scale-free (1e-300 to 1e300 alike).
+    Floor: the float64 X'Y product over positions and the C x C group step (module docstring).
     Invariant to the group (see ``invariant_families(group)``); ``.invariant_to`` is for the default.
     """
     g = procrustes_group(group)
@@ -312,7 +468,7 @@ def procrustes_similarity(
 
     ``group="positive_monomial"`` is the paper's G_ReLU-Procrustes, ``"orthogonal"`` its orthogonal
     Procrustes; the other groups follow the same convention (isometry groups like orthogonal,
-    monomial like G_ReLU).
+    monomial like G_ReLU). Floor: as ``procrustes_distance``.
     """
     g = procrustes_group(group)
     return similarity_from_stats(_stats(X, Y, g, upsample, layout, center), g, center)

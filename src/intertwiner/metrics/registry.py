@@ -58,7 +58,9 @@ class Metric:
 
     def accumulator(self) -> Accumulator:
         if self.make_accumulator is None:
-            raise ValueError(f"metric {self.name!r} has no streaming form; it needs all samples")
+            raise InvalidOptionError(
+                f"metric {self.name!r} has no streaming form; it needs all samples"
+            )
         return self.make_accumulator()
 
 

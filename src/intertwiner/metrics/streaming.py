@@ -7,7 +7,9 @@ result equals the one-shot function up to round-off (1e-8 in float64), for any b
   exactly (the unbiased HSIC_1 needs only Gram-type sums; see ``cka.LinearCKAStats``).
 - ``ProcrustesDistance`` / ``ProcrustesSimilarity``: O(C_x C_y), every group of ``procrustes``.
 
-Group CKA and RBF CKA need the N x N kernel and have no exact streaming form.
+Floors: the one-shot functions' products, batch by batch (Procrustes: X'Y in the native layout;
+``LinearCKA``: the feature-space products, its only form). Group CKA and RBF CKA need the N x N
+kernel and have no exact streaming form.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import torch
 
 from intertwiner import _validate
 from intertwiner.errors import ShapeError
+from intertwiner.layouts import to_flat
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._groups import subgroups
-from intertwiner.metrics._prep import check_same_n, f64, to_flat, validate
+from intertwiner.metrics._prep import check_same_n, f64, validate
 from intertwiner.metrics.cka import LinearCKAStats, check_samples, value_range
 
 
@@ -71,7 +74,8 @@ class LinearCKA(Accumulator):
         return LinearCKAStats()
 
     def update(self, X: Any, Y: Any) -> None:
-        xt, yt = validate(X, "X"), validate(Y, "Y")
+        # NaN/Inf are caught by the state's sums of squares, before it changes.
+        xt, yt = validate(X, "X", finite=False), validate(Y, "Y", finite=False)
         check_same_n(xt, yt)
         self._check_widths(xt, yt)
         self._state.update(f64(to_flat(xt)), f64(to_flat(yt)))
@@ -101,7 +105,7 @@ class _Procrustes(Accumulator):
     def update(self, X: Any, Y: Any) -> None:
         x, y = _pr.prepare_rows(X, Y, upsample=self.upsample, layout=self.layout)
         self._check_widths(x, y)
-        self._state.update(x, y)
+        self._state.update(x, y, self.layout)
 
     def _check_ready(self) -> None:
         if self._state.n == 0:

@@ -50,10 +50,10 @@ def alignment_figure(rows: list[Row]):
     """Mean test loss along alpha per alignment (BN re-estimated), one panel per architecture."""
     if not rows:
         return None
-    import matplotlib.pyplot as plt
+    from intertwiner.report.figures import subplots
 
     archs = sorted({r.config["arch"] for r in rows})
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(archs), figsize=(4.2 * len(archs), 3.2), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=True):
         by: dict = defaultdict(list)
         for r in rows:

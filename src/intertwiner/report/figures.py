@@ -10,13 +10,10 @@ import io
 import math
 from collections import defaultdict
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from intertwiner.store import Row  # noqa: E402
+from intertwiner.store import Row
 
 METRIC_LABELS = {
     "cka": "linear CKA",
@@ -27,11 +24,18 @@ METRIC_LABELS = {
 
 
 def to_png_base64(fig, dpi: int = 90) -> str:
-    """PNG bytes of ``fig``, base64 encoded; the figure is closed."""
+    """PNG bytes of ``fig``, base64 encoded."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def subplots(*grid: int, **kwargs) -> tuple[Figure, object]:
+    """``(figure, axes)`` like ``pyplot.subplots``, on a bare Figure (Agg canvas): no global
+    backend switch at import and no pyplot registry to close."""
+    figure_kw = {k: kwargs.pop(k) for k in ("figsize", "layout", "dpi") if k in kwargs}
+    fig = Figure(**figure_kw)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def mean_std(values: list[float]) -> tuple[float, float, int]:
@@ -122,7 +126,7 @@ def stitching_figure(rows: list[Row]):
         return None
     labels = site_labels(rows)
     archs = sorted(table)
-    fig, axes = plt.subplots(1, len(archs), figsize=(5.2 * len(archs), 4.0), squeeze=False)
+    fig, axes = subplots(1, len(archs), figsize=(5.2 * len(archs), 4.0), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         sites = sorted({s for k in table[arch] for s in table[arch][k]})
         names = [labels[arch].get(s, f"site {s}") for s in sites]
@@ -149,7 +153,7 @@ def heatmap_figure(arch: str, means: dict):
     # two panels a row: the page shows the figure at its natural size, numbers stay readable
     ncol = min(2, len(names))
     nrow = -(-len(names) // ncol)
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         nrow, ncol, figsize=(side * ncol + 1, side * nrow), squeeze=False, layout="constrained"
     )
     for ax in axes.flat[len(names) :]:
@@ -186,7 +190,7 @@ def diagonal_figure(all_means: dict):
     archs = sorted(all_means)
     if not archs:
         return None
-    fig, axes = plt.subplots(1, len(archs), figsize=(5.2 * len(archs), 4.0), squeeze=False)
+    fig, axes = subplots(1, len(archs), figsize=(5.2 * len(archs), 4.0), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         sites = next(iter(all_means[arch].values()))[0] if all_means[arch] else []
         for m, (_sites, mean, std, _) in all_means[arch].items():
@@ -212,7 +216,7 @@ def groups_figure(rows: list[Row]):
     names = [r.metrics["activation"] for r in rows]
     own = [max(r.metrics.get("verify_error_float64") or 0.0, 1e-17) for r in rows]
     larger = [r.metrics.get("larger_family_error") for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = subplots(figsize=(7, 3))
     x = np.arange(len(names))
     ax.bar(x - 0.2, own, 0.4, label="tabulated group (must be ~0)")
     ax.bar(x + 0.2, [v if v else np.nan for v in larger], 0.4, label="next larger family")
@@ -233,7 +237,7 @@ def sanity_figure(rows: list[Row]):
         c = r.config
         by[c["activation"]][c["group"]][c["layer"]].append(_points(r.metrics["penalty"]))
     acts = sorted(by)
-    fig, axes = plt.subplots(1, len(acts), figsize=(3.6 * len(acts), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(acts), figsize=(3.6 * len(acts), 3.2), squeeze=False)
     for ax, act in zip(axes[0], acts):
         layers = sorted({lay for g in by[act] for lay in by[act][g]})
         _grouped_bars(ax, by[act], layers, [f"conv {lay}" for lay in layers])
@@ -273,7 +277,7 @@ def dissection_figure(rows: list[Row]):
     table = dissection_table(rows)
     if not table:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    fig, ax = subplots(figsize=(5.5, 3.4))
     for j, (layer, d) in enumerate(sorted(table.items())):
         counts = np.array(d["power_counts"], dtype=float)
         color = f"C{j}"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from intertwiner import _atomic
 from intertwiner.report import figures as F
 from intertwiner.report.claims import ci_text
 from intertwiner.report.compare import comparison
@@ -440,9 +441,4 @@ def claim_verdicts(folder: str | os.PathLike) -> list[dict]:
 
 def build_report(folder: str | os.PathLike) -> Path:
     """Write ``folder/report.html`` atomically from the store and return its path."""
-    text = render(folder)
-    path = Path(folder) / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return _atomic.write_text(Path(folder) / "report.html", render(folder))

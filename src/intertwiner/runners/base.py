@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from intertwiner.errors import IntertwinerError
+from intertwiner.errors import IntertwinerError, InvalidInputError
 
 JobFn = Callable[[dict], dict]
 
@@ -43,7 +43,9 @@ def execute(fn: JobFn, config: dict) -> JobResult:
     try:
         value = fn(config)
         if not isinstance(value, dict):
-            raise TypeError(f"job function {fn!r} returned {type(value).__name__}, not a dict")
+            raise InvalidInputError(
+                f"job function {fn!r} returned {type(value).__name__}, not a dict"
+            )
         return JobResult(value, None, started, time.perf_counter() - t0)
     except Exception:  # noqa: BLE001 (reported per job; the run goes on)
         return JobResult(None, traceback.format_exc(), started, time.perf_counter() - t0)

@@ -8,8 +8,8 @@ eval mode), chooses the epoch on validation and reports test accuracies and
 (G_ReLU), ``"signed_perm"``, ``"monomial"`` and ``"auto"`` (the group of the site's activation).
 """
 
-from intertwiner.stitching.fit import StitchConfig, StitchResult, stitch
-from intertwiner.stitching.layers import (
+from intertwiner.stitching._fit import StitchConfig, StitchResult, stitch
+from intertwiner.stitching._layers import (
     KINDS,
     BirkhoffStitch,
     DiagonalStitch,
@@ -20,15 +20,13 @@ from intertwiner.stitching.layers import (
     OrthogonalStitch,
     StitchLayer,
     UnknownLayerKindError,
-    hungarian,
     kind_for_activation,
     make_layer,
     parse_kind,
     resolve_kind,
-    sinkhorn,
 )
-from intertwiner.stitching.solvers import FeatureStats
-from intertwiner.stitching.splice import (
+from intertwiner.stitching._solvers import FeatureStats
+from intertwiner.stitching._splice import (
     Cut,
     ResidualSiteError,
     StitchedModel,
@@ -55,11 +53,9 @@ __all__ = [
     "UnknownLayerKindError",
     "UnknownSiteError",
     "find_cut",
-    "hungarian",
     "kind_for_activation",
     "make_layer",
     "parse_kind",
     "resolve_kind",
-    "sinkhorn",
     "stitch",
 ]

@@ -23,7 +23,15 @@ import torch.fx as fx
 from torch import nn
 
 from intertwiner.errors import IntertwinerError, UnsupportedGroupError, UnsupportedModuleError
-from intertwiner.groups import IntertwinerGroup, discover, family
+from intertwiner.groups import (
+    GENERAL_LINEAR,
+    MONOMIAL,
+    ORTHOGONAL,
+    PERMUTATION,
+    POSITIVE_MONOMIAL,
+    IntertwinerGroup,
+    discover,
+)
 from intertwiner.groups import verify as verify_group
 from intertwiner.symmetry._activation_calls import activation_group
 from intertwiner.symmetry._attention import AttentionBlock, find_attention
@@ -353,7 +361,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
             for j in range(b.kv_heads)
         ):
             heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
-            an.sites[heads].family = family("permutation")
+            an.sites[heads].family = PERMUTATION
             for p, unit in ((b.q, rep * hd), (b.k, hd), (b.v, hdv)):
                 groups = tuple((p.offset + j * p.block) // unit for j in range(b.kv_heads))
                 on(heads, p, "A", groups, unit)
@@ -386,7 +394,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
         if name.startswith(("reflection", "replication")) or mode != "constant" or not value:
             return x
         for part in self.an.parts(x):
-            self.an.restrict_matrix(part, "permutation", f"{where}: padded with {value}")
+            self.an.restrict_matrix(part, PERMUTATION, f"{where}: padded with {value}")
         return x
 
     def group_norm(self, n: fx.Node, x: Info, ndim: int, where: str) -> Info:
@@ -399,7 +407,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
         self.an.need_channels(x, ndim, where)
         blocks = self.an.split_blocks(x, groups, f"GroupNorm {where} ({groups} groups)")
         for part in self.an.parts(blocks):
-            self.an.restrict_matrix(part, "permutation", f"GroupNorm {where}: centres and scales")
+            self.an.restrict_matrix(part, PERMUTATION, f"GroupNorm {where}: centres and scales")
         for pname in (w, b):
             if pname is not None:
                 self.an.act(blocks, pname, 0, "out")
@@ -413,7 +421,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
         where = _module_path(n) or n.name
         self.an.need_channels(x, ndim, where)
         for part in self.an.parts(x):
-            self.an.restrict_matrix(part, "monomial", f"depthwise convolution {where!r}")
+            self.an.restrict_matrix(part, MONOMIAL, f"depthwise convolution {where!r}")
         self.an.act(x, weight, 0, "P")
         if bias is not None:
             self.an.act(x, bias, 0, "out")
@@ -491,7 +499,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
         except _Frozen as e:  # the region's root is what the unknown function reads
             self.an.unify(x, None, f"{op_name(n)} in {self.where(n)}: {e}")
             return None
-        if group.family.name == "general_linear" and group.phi_kind == "identity":
+        if group.family is GENERAL_LINEAR and group.phi_kind == "identity":
             return x  # a linear function (a scalar multiple): commutes with every matrix
         ops = [m for m in nodes if op_name(m) not in IDENTITY] or nodes
         return self.an.activation(self.activation_name(ops[-1], ops), group, x)
@@ -522,7 +530,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
             except UnsupportedGroupError:
                 # Elementwise, with a group no family describes (2x + 1: {A : A 1 = 1}); every
                 # elementwise function commutes with permutations, a subgroup of it.
-                group = IntertwinerGroup("permutation", "identity", f"G_{label}|permutation")
+                group = IntertwinerGroup(PERMUTATION, "identity", f"G_{label}|permutation")
                 if verify_group(group, fn) > 1e-9:  # pragma: no cover (elementwise => holds)
                     raise self.frozen(f"an elementwise function {label} without a group") from None
             except IntertwinerError as e:
@@ -576,7 +584,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
             raise self.frozen("a reduction over the feature axis")
         if op_name(n) in ("amax", "amin"):
             for part in self.an.parts(x):
-                self.an.restrict_matrix(part, "positive_monomial", f"max over positions in {n}")
+                self.an.restrict_matrix(part, POSITIVE_MONOMIAL, f"max over positions in {n}")
         keep = value.dim() == ndim
         new = pos if keep else pos - sum(1 for d in dims if d < pos)
         return x.moved(dim=new - value.dim())
@@ -626,7 +634,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
             return x
         for part in self.an.parts(x):
             self.an.restrict_matrix(
-                part, "permutation", f"{where}: a constant is added to every feature"
+                part, PERMUTATION, f"{where}: a constant is added to every feature"
             )
         return x
 
@@ -651,7 +659,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
         """A product of two hidden tensors: the one whose site has the smaller group is the gate
         (moved by its permutation only), the other the value (any monomial)."""
         fam = {id(i): self.an.sites[self.an.find(self.an.parts(i)[0][0])].family for i in (a, b)}
-        gate, value = (a, b) if fam[id(a)].name == "permutation" else (b, a)
+        gate, value = (a, b) if fam[id(a)] is PERMUTATION else (b, a)
         return self.an.gate(gate, value, f"gated product in {where}")
 
     def row_stat(self, n: fx.Node, ndim: int) -> _RowStat:
@@ -662,7 +670,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
         keep = (n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)) is True
         if dims != [x.dim + ndim] or not keep or x.outer != 1 or x.inner != 1:
             raise self.frozen("a statistic over the feature axis other than mean(x^2, -1, keepdim)")
-        return _RowStat(x, "orthogonal")
+        return _RowStat(x, ORTHOGONAL)
 
     def normalise(self, a: Any, b: Any, where: str) -> Info:
         """``x * f(mean(x^2))`` (RMSNorm): ``x`` keeps its space, restricted to the matrices under
@@ -694,7 +702,7 @@ class AtenRunner(ShapeRules, fx.Interpreter):
             self.an.sites[parts[0][0]].folds.append(fold)
             return x
         for part in self.an.parts(x):
-            self.an.restrict_matrix(part, "monomial", f"{where}: scaled by {p.name} per feature")
+            self.an.restrict_matrix(part, MONOMIAL, f"{where}: scaled by {p.name} per feature")
         self.an.act(x, p.name, pd, "P", buffer=p.name not in self.an.params)
         return x
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from intertwiner.groups import IntertwinerGroup, family, intersect, is_subgroup
+from intertwiner.groups import (
+    GENERAL_LINEAR,
+    MONOMIAL,
+    IntertwinerGroup,
+    intersect,
+    is_subgroup,
+)
 from intertwiner.symmetry._spaces import Spaces, _SiteState
 from intertwiner.symmetry.spec import ActivationAxis, Fold, ParamAxis, Site, SymmetrySpec
 
@@ -103,13 +109,13 @@ def _group(s: _SiteState, acts: list) -> IntertwinerGroup:
         same = base.family == s.family and base.phi_kind == phi
         name = base.name if same else f"{base.name}|{s.family.name}"
     else:
-        name = "G_Identity" if s.family.name == "general_linear" else ""
+        name = "G_Identity" if s.family is GENERAL_LINEAR else ""
     return IntertwinerGroup(s.family, phi, name)
 
 
 def _reasons(s: _SiteState, acts: list) -> list[str]:
     """Restrictions worth showing: those the activations' own groups do not already imply."""
-    act_family = family("general_linear")
+    act_family = GENERAL_LINEAR
     for a in acts:
         act_family = intersect(act_family, a[3].family)
     return [r for r, fam in s.restrictions if not fam or not is_subgroup(act_family, fam)]
@@ -120,7 +126,7 @@ def _folds(s: _SiteState, candidates: list, actions: list[ParamAxis]) -> list[Fo
     monomial; a monomial element needs no fold: its permutation part moves the scale."""
     folds = []
     for (scale, axis, into, _, slope, offset), whole in candidates:
-        if whole and not is_subgroup(s.family, "monomial"):
+        if whole and not is_subgroup(s.family, MONOMIAL):
             folds.append(Fold(scale, into, slope, offset))
         else:
             actions.append(ParamAxis(scale, axis, "P", s.width))

@@ -45,9 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from intertwiner.errors import IntertwinerError, NotElementwiseError, UnsupportedModuleError
-from intertwiner.groups import (
-    for_activation,
-)
+from intertwiner.groups import ORTHOGONAL, PERMUTATION, for_activation
 from intertwiner.symmetry._activation_calls import activation_group
 from intertwiner.symmetry._rules import (
     _AVGPOOL,
@@ -240,7 +238,7 @@ class _Runner(ShapeRules, fx.Interpreter):
             if m.max_norm is not None:
                 for part in an.parts(out):
                     an.restrict_matrix(
-                        part, "orthogonal", f"{name!r}: max_norm renormalises rows (norms kept)"
+                        part, ORTHOGONAL, f"{name!r}: max_norm renormalises rows (norms kept)"
                     )
             return out
         if isinstance(m, _CONV):
@@ -378,7 +376,7 @@ class _Runner(ShapeRules, fx.Interpreter):
         # A number (or 0-d tensor): the same value on every feature commutes with permutations.
         for part in self.an.parts(x):
             self.an.restrict_matrix(
-                part, "permutation", f"{where!r}: a constant is added to every feature"
+                part, PERMUTATION, f"{where!r}: a constant is added to every feature"
             )
         return x
 

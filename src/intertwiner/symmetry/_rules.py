@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from intertwiner.errors import IntertwinerError, UnsupportedModuleError
-from intertwiner.groups import IntertwinerGroup, family, for_activation, intersect
+from intertwiner.groups import (
+    MONOMIAL,
+    PERMUTATION,
+    POSITIVE_MONOMIAL,
+    IntertwinerGroup,
+    for_activation,
+    intersect,
+)
 from intertwiner.symmetry._spaces import SUPPORTED, Info, ParamRef, Spaces
 from intertwiner.symmetry.spec import ActivationAxis
 
@@ -153,7 +160,7 @@ class Rules(Spaces):
             if sid == 0:
                 out_parts.append(part)
                 continue
-            self.restrict(sid, "monomial", "BatchNorm is a per-channel affine map: monomial only")
+            self.restrict(sid, MONOMIAL, "BatchNorm is a per-channel affine map: monomial only")
             if mode == "P":
                 if affine:  # the scale moves onto gamma/beta: exact in train and eval mode
                     self.act(one, names["weight"], 0, "A")
@@ -167,7 +174,7 @@ class Rules(Spaces):
             if not affine or not stats:
                 self.restrict_matrix(
                     part,
-                    "permutation",
+                    PERMUTATION,
                     "BatchNorm without affine parameters or running statistics after a "
                     "nonlinearity: only permutations pass through",
                 )
@@ -202,7 +209,7 @@ class Rules(Spaces):
         for part in self.parts(x):
             self.restrict_matrix(
                 part,
-                "permutation",
+                PERMUTATION,
                 "LayerNorm centres and normalises over features: only permutations commute",
             )
         if weight is not None:
@@ -228,7 +235,7 @@ class Rules(Spaces):
             if mode == "phi":
                 self.fixed_point(sid, f"{name} is applied to another activation's output")
             elif mode == "P":
-                self.restrict(sid, "permutation", f"{name} reads a pre-BatchNorm tensor")
+                self.restrict(sid, PERMUTATION, f"{name} reads a pre-BatchNorm tensor")
             for s2, _, ch2 in self.expand(sid, "A", ch):
                 s = self.sites[s2]
                 s.family = intersect(s.family, group.family)
@@ -243,7 +250,7 @@ class Rules(Spaces):
         for part in self.parts(x):
             self.restrict_matrix(
                 part,
-                "positive_monomial",
+                POSITIVE_MONOMIAL,
                 f"max pooling ({name}): positive scalings only (max does not commute with a sign "
                 "flip)",
             )
@@ -263,7 +270,7 @@ class Rules(Spaces):
         if pd < 0 or t.shape[pd] == 1:
             for part in self.parts(x):
                 self.restrict_matrix(
-                    part, "permutation", f"{reason}: the same value is added to every feature"
+                    part, PERMUTATION, f"{reason}: the same value is added to every feature"
                 )
             return
         if t.shape[pd] != x.n * x.outer * x.inner:  # pragma: no cover (broadcast would fail)
@@ -323,7 +330,7 @@ class Rules(Spaces):
                 self.act(x, pname, 1, "in")
         # Heads: one permutation of whole heads in q, k, v (rows) and in out (columns).
         hs = self.new_site(heads, name=f"{name}.heads", kind="attention_heads")
-        self.sites[hs].family = family("permutation")
+        self.sites[hs].family = PERMUTATION
         outer = 3 if packed is not None else 1
         for table in (rows, bias):
             for pname in dict.fromkeys(p for p, _ in table.values()):

@@ -12,7 +12,7 @@ from collections import defaultdict
 from torch import nn
 
 from intertwiner.errors import UnverifiedSymmetryError
-from intertwiner.groups import is_subgroup
+from intertwiner.groups import ORTHOGONAL, is_subgroup
 from intertwiner.symmetry.spec import ParamAxis, Site, SymmetrySpec
 
 # Kinds that name the same matrix when the site's group lies in the orthogonal group (A^-T = A).
@@ -77,4 +77,4 @@ def _agree(site: Site, actions: list[ParamAxis]) -> bool:
     kinds = {a.kind for a in actions}
     if len(kinds) == 1:
         return True  # every use asks for the same matrix: applying it once serves all
-    return kinds in _ORTHOGONAL_TWINS and is_subgroup(site.group.family, "orthogonal")
+    return kinds in _ORTHOGONAL_TWINS and is_subgroup(site.group.family, ORTHOGONAL)

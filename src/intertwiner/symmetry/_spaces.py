@@ -18,6 +18,10 @@ from torch import nn
 
 from intertwiner.errors import UnsupportedModuleError
 from intertwiner.groups import (
+    GENERAL_LINEAR,
+    MONOMIAL,
+    PERMUTATION,
+    Family,
     IntertwinerGroup,
     family,
     fixed_point_family,
@@ -76,7 +80,7 @@ class _SiteState:
     def __init__(self, sid: int, width: int, name: str | None = None, kind: str | None = None):
         self.id = sid
         self.width = width
-        self.family = family("general_linear")
+        self.family = GENERAL_LINEAR
         self.phi: Any = None
         self.needs_fixed = False
         self.restrictions: list[str] = []
@@ -158,7 +162,7 @@ class Spaces:
         self.order += 1
         return self.order
 
-    def restrict(self, sid: int, fam: str, reason: str) -> None:
+    def restrict(self, sid: int, fam: str | Family, reason: str) -> None:
         r = self.find(sid)
         s = self.sites[r]
         if r == 0:
@@ -247,8 +251,8 @@ class Spaces:
         if m1 != m2:
             if "P" in (m1, m2):
                 why = f"{reason}: a pre-BatchNorm tensor is tied to another one (permutations only)"
-                self.restrict(s1, "permutation", why)
-                self.restrict(s2, "permutation", why)
+                self.restrict(s1, PERMUTATION, why)
+                self.restrict(s2, PERMUTATION, why)
             else:
                 why = (
                     f"{reason}: an activation output is added to a pre-activation tensor, "
@@ -375,13 +379,13 @@ class Spaces:
         sv = pv[0]
         if self.find(sg) == self.find(sv) or 0 in (self.find(sg), self.find(sv)):
             raise UnsupportedModuleError(f"{reason}: a product of a space with itself")
-        self.restrict_matrix(pv, "monomial", f"{reason}: a per-feature gate commutes with D P only")
+        self.restrict_matrix(pv, MONOMIAL, f"{reason}: a per-feature gate commutes with D P only")
         g = self.sites[self.find(sg)]
         g.actions = [dataclasses.replace(a, kind="P") for a in g.actions]
         g.activations = [
             (o, name, dataclasses.replace(ax, kind="P"), grp) for o, name, ax, grp in g.activations
         ]
-        g.family, g.phi, g.needs_fixed, g.restrictions = family("general_linear"), None, False, []
+        g.family, g.phi, g.needs_fixed, g.restrictions = GENERAL_LINEAR, None, False, []
         g.gated = True  # actions recorded on a split parent are turned into "P" by ``expand``
         keep = self.sites[self.find(sv)]
         keep.needs_fixed = keep.needs_fixed or g.needs_fixed

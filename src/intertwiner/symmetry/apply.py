@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from intertwiner.errors import InvalidElementError, ShapeError, UnknownSiteError
+from intertwiner.errors import InvalidElementError, InvalidOptionError, ShapeError, UnknownSiteError
 from intertwiner.groups import DenseElement, GroupElement
 from intertwiner.symmetry.spec import (
     ParamAxis,
@@ -38,7 +38,7 @@ def _matrix_for(site: Site, kind: str, g: GroupElement) -> GroupElement:
         return g.inverse().transpose()
     if kind == "phi(A)^-T":
         return site.group.phi(g).inverse().transpose()
-    raise ValueError(f"unknown action kind {kind!r}")  # pragma: no cover
+    raise InvalidOptionError(f"unknown action kind {kind!r}")  # pragma: no cover
 
 
 def _tensor(model: nn.Module, a: ParamAxis) -> torch.Tensor:
@@ -128,7 +128,7 @@ def apply(
                 "transformed model could not compute the same function; pass an invertible matrix"
             )
         if validate and not site.group.contains(g, atol=1e-6):
-            raise ValueError(
+            raise InvalidElementError(
                 f"the element for site {site.name!r} is not in its group {site.group.name} "
                 f"({site.group.family.description}); pass validate=False to apply it anyway"
             )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import nn
 
+from intertwiner._types import ExampleInput
 from intertwiner.errors import NonFiniteError
 from intertwiner.groups import GroupElement
 from intertwiner.symmetry._forward import as_inputs, eval_mode, flat_output, run_flat
@@ -24,7 +24,7 @@ _run = run_flat
 def check(
     model: nn.Module,
     spec: SymmetrySpec,
-    example_input: Any,
+    example_input: ExampleInput,
     elements: dict[str, GroupElement] | None = None,
     generator: torch.Generator | None = None,
 ) -> float:
@@ -38,7 +38,7 @@ def check(
 def site_errors(
     model: nn.Module,
     spec: SymmetrySpec,
-    example_input: Any,
+    example_input: ExampleInput,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """Per site: relative max output change when only that site's random element is applied
@@ -53,7 +53,9 @@ def site_errors(
     return out
 
 
-def capture(model: nn.Module, names: list[str], example_input: Any) -> dict[str, torch.Tensor]:
+def capture(
+    model: nn.Module, names: list[str], example_input: ExampleInput
+) -> dict[str, torch.Tensor]:
     """Outputs of the modules ``names`` (eval mode) on ``example_input``."""
     mods = dict(model.named_modules())
     store: dict[str, torch.Tensor] = {}
@@ -77,7 +79,7 @@ def hidden_errors(
     new: nn.Module,
     spec: SymmetrySpec,
     elements: dict[str, GroupElement],
-    example_input: Any,
+    example_input: ExampleInput,
 ) -> dict[str, float]:
     """Per activation module: relative max |h_new - phi(g) h| (all sites' elements applied).
 
@@ -103,7 +105,7 @@ def hidden_errors(
 
 def assert_function_preserved(
     model: nn.Module,
-    example_input: Any,
+    example_input: ExampleInput,
     *,
     dtype: torch.dtype = torch.float64,
     rtol: float | None = None,

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from intertwiner.errors import InvalidInputError, UnknownSiteError
 from intertwiner.groups import GroupElement, IntertwinerGroup, MonomialElement
 
 KINDS = ("A", "P", "A^-T", "phi(A)^-T")
@@ -225,7 +226,7 @@ def apply_view_inplace(
 def permutation_part(element: GroupElement) -> MonomialElement:
     """P of a monomial element A = D P."""
     if not isinstance(element, MonomialElement):
-        raise TypeError(
+        raise InvalidInputError(
             "this site has actions of kind 'P' (permutation part), which needs a monomial element "
             f"(MonomialElement), got {type(element).__name__}"
         )
@@ -277,11 +278,11 @@ class SymmetrySpec:
         if len(full) == 1:
             return full[0]
         if covering:
-            raise KeyError(
+            raise UnknownSiteError(
                 f"activation {name!r} is moved by several sites, each on part of its channels: "
                 f"{[s.name for s in covering]}; use spec.sites_for({name!r})"
             )
-        raise KeyError(f"no site {name!r}; sites: {[s.name for s in self.sites]}")
+        raise UnknownSiteError(f"no site {name!r}; sites: {[s.name for s in self.sites]}")
 
     def sites_for(self, activation: str) -> list[Site]:
         """Every site whose element moves (some channels of) ``activation``'s output."""

@@ -10,11 +10,11 @@ site is verified numerically on a float64 copy (``_verify``).
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import nn
 
+from intertwiner._types import ExampleInput
 from intertwiner._validate import reraise_shape_errors
 from intertwiner.errors import InvalidOptionError, UnsupportedModuleError
 from intertwiner.groups import RBF, Abs, Elementwise, Power
@@ -30,7 +30,7 @@ from intertwiner.symmetry.spec import SymmetrySpec
 
 def trace(
     model: nn.Module,
-    example_input: Any,
+    example_input: ExampleInput,
     *,
     strict: bool = False,
     verify: bool = True,
@@ -85,7 +85,7 @@ def trace(
     return spec
 
 
-def _float64_copy(model: nn.Module, example_input: Any) -> tuple[nn.Module, tuple]:
+def _float64_copy(model: nn.Module, example_input: ExampleInput) -> tuple[nn.Module, tuple]:
     """A float64 eval-mode copy of ``model`` and the inputs, run once. Rules and verification use
     it: casts the model makes inside its forward (LLaMA's RMSNorm computes in float32) then show in
     the graph as what they are, and a wrong input fails here, named, before any graph is built."""

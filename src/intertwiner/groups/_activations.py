@@ -19,19 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from intertwiner.errors import (
+    InvalidOptionError,
     NotElementwiseError,
     SingularActivationError,
     UnknownActivationError,
 )
-from intertwiner.groups.families import (
+from intertwiner.groups._families import (
     GENERAL_LINEAR,
     MONOMIAL,
     PERMUTATION,
     POSITIVE_MONOMIAL,
     SIGNED_PERMUTATION,
 )
-from intertwiner.groups.group import IntertwinerGroup
-from intertwiner.groups.verify import as_function
+from intertwiner.groups._group import IntertwinerGroup
+from intertwiner.groups._verify import as_function
 
 # ------------------------------------------------------------------------------------------------
 # Modules for the paper's rows that torch lacks.
@@ -50,7 +51,7 @@ class Power(nn.Module):
     def __init__(self, d: int = 2):
         super().__init__()
         if int(d) != d or d < 1:
-            raise ValueError(f"Power needs an integer degree d >= 1, got {d!r}")
+            raise InvalidOptionError(f"Power needs an integer degree d >= 1, got {d!r}")
         self.d = int(d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +229,7 @@ def activation_module(act: Any) -> nn.Module:
         try:
             return act()
         except TypeError as e:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"{act.__name__} needs arguments; pass an instance such as {act.__name__}(...)"
             ) from e
     if isinstance(act, str):

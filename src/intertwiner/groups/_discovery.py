@@ -22,15 +22,15 @@ from intertwiner.errors import (
     SingularActivationError,
     UnsupportedGroupError,
 )
-from intertwiner.groups.families import (
+from intertwiner.groups._families import (
     GENERAL_LINEAR,
     MONOMIAL,
     PERMUTATION,
     POSITIVE_MONOMIAL,
     SIGNED_PERMUTATION,
 )
-from intertwiner.groups.group import IntertwinerGroup, PhiKind
-from intertwiner.groups.verify import as_function, verify
+from intertwiner.groups._group import IntertwinerGroup, PhiKind
+from intertwiner.groups._verify import as_function, verify
 
 POSITIVE_SCALINGS = (0.25, 0.5, 0.8, 1.25, 2.0, 3.0, 7.0)
 NEGATIVE_SCALINGS = (-1.0, -0.5, -2.0, -3.0)

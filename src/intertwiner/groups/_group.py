@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from intertwiner.errors import UnsupportedGroupError
-from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
-from intertwiner.groups.families import Family, family
+from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.groups._families import Family, family
 
 PhiKind = str | tuple[str, float]
 
@@ -63,7 +63,7 @@ class IntertwinerGroup:
         if (
             isinstance(phi, tuple)
             and not float(phi[1]).is_integer()
-            and self.family.name != "positive_monomial"
+            and self.family.scales != "positive"
         ):
             raise UnsupportedGroupError(
                 f"a non-integer power phi (d = {phi[1]}) needs positive scales: family "
@@ -103,6 +103,12 @@ class IntertwinerGroup:
         return DenseElement(m ** kind[1])
 
     @property
+    def phi_family(self) -> Family:
+        """The family of ``phi(A)``: how the activation *outputs* move (what a metric on
+        representations or a stitch after the activation must quotient out)."""
+        return self.family.image(self.phi_kind)
+
+    @property
     def phi_label(self) -> str:
         return phi_label(self.phi_kind)
 
@@ -121,6 +127,11 @@ class IntertwinerGroup:
         return {"name": self.name, "family": self.family.name, "phi": phi}
 
 
+#: What functions taking "a group" accept: a family name or alias, a ``Family``, or an
+#: ``IntertwinerGroup`` (whose phi-image family acts on representations).
+GroupLike = str | Family | IntertwinerGroup
+
+
 def fixed_point_family(phi: Any) -> str:
     """The largest family of A with phi(A) = A (``phi``: a phi kind; None means identity): what a
     residual stream needs where an activation output is added to a pre-activation tensor."""
@@ -132,9 +143,10 @@ def fixed_point_family(phi: Any) -> str:
     return "signed_permutation" if int(d) % 2 else "permutation"
 
 
-def phi_preimage(phi: Any, target: str) -> str:
+def phi_preimage(phi: Any, target: str | Family) -> str:
     """The largest family of monomial A with phi(A) in ``target``: the restriction on a site whose
     activation outputs (moved by phi(A)) must be moved by a matrix of ``target``."""
+    target = family(target).name
     if phi in (None, "identity"):
         return target
     # Conditions on the scales s of A; phi acts on scales by |s| or s^d.

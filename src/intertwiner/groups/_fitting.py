@@ -35,11 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
-from intertwiner.errors import ShapeError
-from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
-from intertwiner.groups.families import Family, family
+from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
+from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.groups._families import Family, best_assignment, family
 
 __all__ = ["FitTerm", "exponents", "fit_element", "pair_costs"]
 
@@ -86,7 +85,7 @@ def exponents(kind: str, phi_kind) -> tuple[float, int]:
         d = float(phi_kind[1])
         q = int(d) % 2 if d.is_integer() else 0
         return sgn * d, q
-    raise ValueError(f"unknown action kind {kind!r}")
+    raise InvalidOptionError(f"unknown action kind {kind!r}")
 
 
 def _grouped(terms: list[FitTerm], phi_kind) -> list[tuple[float, int, torch.Tensor, torch.Tensor]]:
@@ -175,7 +174,7 @@ def _norm_log_scale(terms: list[FitTerm], phi_kind, shape) -> torch.Tensor:
     if not ps:  # no term sees the scale (e.g. a gate moved by the permutation only): keep it
         return torch.zeros(shape, dtype=torch.float64)
     if len(ps) != 1:
-        raise ValueError("scale='norm' needs terms whose scale enters with one exponent")
+        raise InvalidOptionError("scale='norm' needs terms whose scale enters with one exponent")
     p = ps.pop()
     scaled = [t for t in terms if exponents(t.kind, phi_kind)[0] != 0.0]
     sa = sum(t.sq_a.double() for t in scaled).unsqueeze(1)
@@ -199,10 +198,10 @@ def pair_costs(
     equally exact when B's rows are a scaled copy of A's.
     """
     if scale not in ("least_squares", "norm"):
-        raise ValueError(f"scale must be 'least_squares' or 'norm', got {scale!r}")
+        raise InvalidOptionError(f"scale must be 'least_squares' or 'norm', got {scale!r}")
     fam = family(fam)
     if not fam.monomial:
-        raise ValueError(f"pair_costs needs a monomial family, got {fam.name}")
+        raise InvalidOptionError(f"pair_costs needs a monomial family, got {fam.name}")
     groups = _grouped(terms, phi_kind)
     shape = tuple(groups[0][2].shape)
     const = sum(t.sq_a.double() for t in terms).unsqueeze(1)
@@ -231,12 +230,12 @@ def pair_costs(
         um, vm = _best_log_scale(groups, -one, shape)
         neg = vm < vp
         return const + torch.where(neg, vm, vp), torch.where(neg, -torch.exp(um), torch.exp(up))
-    raise ValueError(f"no pair costs for family {name}")  # pragma: no cover
+    raise InvalidOptionError(f"no pair costs for family {name}")  # pragma: no cover
 
 
 def _check_terms(terms: list[FitTerm]) -> int:
     if not terms:
-        raise ValueError("fit_element needs at least one term")
+        raise TooFewSamplesError("fit_element needs at least one term")
     n = terms[0].cross.shape[0]
     for t in terms:
         if t.cross.shape != (n, n):
@@ -366,8 +365,7 @@ def fit_element(
     cost, scales = pair_costs(fam, phi_kind, terms, scale=scale)
     c = cost.numpy()
     if not np.isfinite(c).all():
-        raise ValueError("non-finite matching costs; check the weights or features for NaN/Inf")
-    rows, cols = linear_sum_assignment(c)
-    perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+        raise NonFiniteError("non-finite matching costs; check the weights or features for NaN/Inf")
+    perm = best_assignment(-c)  # the cheapest pairing
     idx = torch.arange(n)
     return MonomialElement(perm, scales[idx, perm].clone()), float(cost[idx, perm].sum())

@@ -10,7 +10,7 @@ from torch import nn
 
 from intertwiner import _validate
 from intertwiner.errors import InvalidInputError
-from intertwiner.groups.group import IntertwinerGroup
+from intertwiner.groups._group import IntertwinerGroup
 
 
 def verify(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 from scipy import integrate
 
-from intertwiner.groups.verify import as_function
+from intertwiner.groups._verify import as_function
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 

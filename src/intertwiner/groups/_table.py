@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from intertwiner.errors import IntertwinerError
-from intertwiner.groups.activations import TABLE_ROWS, activation_module, for_activation
-from intertwiner.groups.discovery import discover
-from intertwiner.groups.families import LARGER
-from intertwiner.groups.group import IntertwinerGroup
-from intertwiner.groups.verify import verify
+from intertwiner.groups._activations import TABLE_ROWS, activation_module, for_activation
+from intertwiner.groups._discovery import discover
+from intertwiner.groups._families import LARGER
+from intertwiner.groups._group import IntertwinerGroup
+from intertwiner.groups._verify import verify
 
 
 def group_row(name: str, trials: int = 16) -> dict:

@@ -17,34 +17,41 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from intertwiner.errors import IntertwinerError, InvalidElementError, ShapeError
-from intertwiner.groups import MonomialElement, for_activation
-
-SQUARE_KINDS = (
-    "orthogonal",
-    "diagonal",
-    "permutation",
-    "perm_scale",
-    "signed_perm",
-    "monomial",
+from intertwiner.errors import (
+    IntertwinerError,
+    InvalidElementError,
+    ShapeError,
+    UnsupportedGroupError,
 )
-MONOMIAL_KINDS = ("permutation", "perm_scale", "signed_perm", "monomial")
-KINDS = ("full", "orthogonal", "low_rank", "lasso", "diagonal", *MONOMIAL_KINDS, "auto")
+from intertwiner.groups import (
+    FAMILIES,
+    Family,
+    MonomialElement,
+    best_assignment,
+    family,
+    for_activation,
+)
+from intertwiner.stitching import _solvers as solvers
 
-# Family of the activation-side group phi(G_sigma) -> stitch kind. The stitch sits after the
-# activation, so it must live in phi(G), not G: for abs or an even power, phi forgets the signs.
-_FAMILY_TO_KIND = {
-    "general_linear": "full",
-    "orthogonal": "orthogonal",
-    "permutation": "permutation",
-    "signed_permutation": "signed_perm",
-    "positive_monomial": "perm_scale",
-    "monomial": "monomial",
-}
-_UNSIGNED = {"monomial": "positive_monomial", "signed_permutation": "permutation"}
+# Stitch kinds are the group families, by their short names (``groups.Family.short_name``), plus
+# three kinds that are not groups: a rank constraint, an L1 penalty and a free diagonal.
+GROUP_KINDS = tuple(f.short_name for f in FAMILIES.values())
+MONOMIAL_KINDS = tuple(f.short_name for f in FAMILIES.values() if f.monomial)
+STRUCTURAL_KINDS = ("low_rank", "lasso", "diagonal")
+KINDS = (*GROUP_KINDS, *STRUCTURAL_KINDS, "auto")
+# Kinds whose maps are square (c_in == c_out): every group but GL, and the diagonal.
+SQUARE_KINDS = (
+    *(f.short_name for f in FAMILIES.values() if f is not family("general_linear")),
+    "diagonal",
+)
+
+
+def kind_family(kind: str) -> Family | None:
+    """The group family a stitch kind names (``"perm_scale"`` -> PositiveMonomial); None for the
+    structural kinds."""
+    return None if kind in STRUCTURAL_KINDS else family(kind)
 
 
 class UnknownLayerKindError(IntertwinerError, ValueError):
@@ -71,8 +78,12 @@ def parse_kind(layer: Any) -> tuple[str, float | int | None]:
         )
     if isinstance(layer, str):
         name = layer.strip().lower()
-        if name in KINDS and name not in ("low_rank", "lasso"):
+        if name in ("diagonal", "auto"):
             return name, None
+        try:  # a group: any of its names or aliases ("g_relu", "positive_monomial", ...)
+            return family(name).short_name, None
+        except UnsupportedGroupError:
+            pass
     raise UnknownLayerKindError(
         f"unknown stitch layer kind {layer!r}; choose one of 'full', 'orthogonal', "
         "('low_rank', r), ('lasso', lam), 'diagonal', 'permutation', 'perm_scale', "
@@ -82,13 +93,8 @@ def parse_kind(layer: Any) -> tuple[str, float | int | None]:
 
 def kind_for_activation(activation: Any) -> str:
     """The stitch kind of the activation-side group ``phi(G_sigma)`` (ReLU -> ``"perm_scale"``)."""
-    group = for_activation(activation)
-    fam = group.family.name
-    phi = group.phi_kind
-    forgets_sign = phi == "abs" or (isinstance(phi, tuple) and int(phi[1]) % 2 == 0)
-    if forgets_sign:
-        fam = _UNSIGNED.get(fam, fam)
-    return _FAMILY_TO_KIND[fam]
+    # The stitch sits after the activation, so it lives in phi(G), not G.
+    return for_activation(activation).phi_family.short_name
 
 
 def resolve_kind(layer: Any, site_module: nn.Module | None) -> tuple[str, float | int | None]:
@@ -142,6 +148,19 @@ class StitchLayer(nn.Module):
         b = getattr(self, "bias", None)
         return None if b is None else b.detach()
 
+    #: Whether the closed-form fit reads the full ``x^T x`` (else its diagonal is enough).
+    needs_cross_moments = True
+
+    def init_identity_(self) -> None:
+        """Set the map to the identity (diagonal and monomial layers start there already)."""
+
+    def fit_(self, stats: solvers.FeatureStats, *, bias: bool, ridge: float, score: str) -> None:
+        """Set the map to its closed-form fit on the streamed statistics ``stats``."""
+        raise NotImplementedError(f"no closed form for {self.kind!r}")
+
+    def init_random_(self, generator: torch.Generator) -> None:
+        """Random initialisation; by default PyTorch's, which the constructor already drew."""
+
     def project_(self, lr: float, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Called after each optimiser step: keep the parameters inside the layer's set."""
 
@@ -170,6 +189,21 @@ def _bias_param(c_out: int, bias: bool, dtype: torch.dtype) -> nn.Parameter | No
     return nn.Parameter(torch.zeros(c_out, dtype=dtype)) if bias else None
 
 
+def _like(layer: StitchLayer, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """``tensors`` on the layer's device and dtype (None stays None)."""
+    dev, dt = layer._device(), layer._dtype()
+    return [None if t is None else t.to(device=dev, dtype=dt) for t in tensors]
+
+
+def _set_identity(layer: StitchLayer) -> None:
+    if layer.c_in != layer.c_out:
+        raise ShapeError(
+            f"identity init needs equal widths, got {layer.c_in} -> {layer.c_out}; use "
+            "init='closed_form'"
+        )
+    layer.set_(torch.eye(layer.c_in, dtype=layer._dtype(), device=layer._device()))
+
+
 class FullStitch(StitchLayer):
     """GL: a dense ``(c_out, c_in)`` weight (a 1x1 conv on conv features), optional bias."""
 
@@ -189,6 +223,12 @@ class FullStitch(StitchLayer):
             self.weight.copy_(weight)
             if self.bias is not None and bias is not None:
                 self.bias.copy_(bias)
+
+    def init_identity_(self) -> None:
+        _set_identity(self)
+
+    def fit_(self, stats, *, bias, ridge, score):
+        self.set_(*_like(self, *solvers.lstsq(stats, bias=bias, ridge=ridge)))
 
 
 class LassoStitch(FullStitch):
@@ -261,6 +301,15 @@ class LowRankStitch(StitchLayer):
             if self.bias is not None and bias is not None:
                 self.bias.copy_(bias)
 
+    def init_identity_(self) -> None:
+        raise UnknownLayerKindError(
+            "a low-rank layer cannot be the identity; use init='closed_form'"
+        )
+
+    def fit_(self, stats, *, bias, ridge, score):
+        fitted = solvers.reduced_rank(stats, self.rank, bias=bias, ridge=ridge)
+        self.set_(*_like(self, *fitted))
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", rank={self.rank}"
 
@@ -285,6 +334,12 @@ class OrthogonalStitch(StitchLayer):
             if self.bias is not None and bias is not None:
                 self.bias.copy_(bias)
 
+    def init_identity_(self) -> None:
+        _set_identity(self)
+
+    def fit_(self, stats, *, bias, ridge, score):
+        self.set_(*_like(self, *solvers.procrustes(stats, bias=bias)))
+
 
 class DiagonalStitch(StitchLayer):
     """``y = s * x (+ b)``: one free scale per unit, no mixing."""
@@ -300,11 +355,16 @@ class DiagonalStitch(StitchLayer):
         y = x * self.scale
         return y if self.bias is None else y + self.bias
 
+    needs_cross_moments = False
+
     def set_(self, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         with torch.no_grad():
             self.scale.copy_(scale)
             if self.bias is not None and bias is not None:
                 self.bias.copy_(bias)
+
+    def fit_(self, stats, *, bias, ridge, score):
+        self.set_(*_like(self, *solvers.diagonal(stats, bias=bias)))
 
 
 class MonomialStitch(StitchLayer):
@@ -321,9 +381,10 @@ class MonomialStitch(StitchLayer):
             raise UnknownLayerKindError(f"{kind!r} is not a monomial kind {MONOMIAL_KINDS}")
         dtype = dtype or torch.float32
         self.kind = kind
+        self.family = family(kind)
         self.register_buffer("perm", torch.arange(c_in))
         ones = torch.ones(c_in, dtype=dtype)
-        if kind in ("perm_scale", "monomial"):
+        if self.family.free_scales:
             self.scale = nn.Parameter(ones)
         else:
             self.register_buffer("scale", ones)
@@ -342,10 +403,21 @@ class MonomialStitch(StitchLayer):
             if self.bias is not None and bias is not None:
                 self.bias.copy_(bias)
 
+    needs_cross_moments = False
+
+    def fit_(self, stats, *, bias, ridge, score):
+        perm, scale, b = solvers.match(stats, self.kind, bias=bias, score=score)
+        self.set_(perm.to(self._device()), *_like(self, scale, b))
+
+    def init_random_(self, generator: torch.Generator) -> None:
+        """A random permutation with unit scales (the paper's random init of a monomial layer)."""
+        perm = torch.randperm(self.c_in, generator=generator)
+        self.set_(perm, torch.ones(self.c_in, dtype=self._dtype()))
+
     def project_(self, lr: float, optimizer: torch.optim.Optimizer | None = None) -> None:
-        if self.kind == "perm_scale":
+        if self.family.free_scales:
             with torch.no_grad():
-                self.scale.clamp_(min=0.0)
+                self.scale.copy_(self.family.clip_scales(self.scale))
 
     def element(self) -> MonomialElement:
         """The layer as a ``groups.MonomialElement`` (same convention).
@@ -383,11 +455,8 @@ def sinkhorn(w: torch.Tensor, iters: int) -> torch.Tensor:
 
 
 def hungarian(w: torch.Tensor) -> torch.Tensor:
-    """The permutation ``perm`` maximising ``sum_i w[i, perm[i]]`` (scipy linear_sum_assignment)."""
-    rows, cols = linear_sum_assignment(w.detach().double().cpu().numpy(), maximize=True)
-    perm = torch.empty(w.shape[0], dtype=torch.long)
-    perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
-    return perm.to(w.device)
+    """The permutation ``perm`` maximising ``sum_i w[i, perm[i]]``, on ``w``'s device."""
+    return best_assignment(w).to(w.device)
 
 
 class BirkhoffStitch(StitchLayer):
@@ -411,7 +480,7 @@ class BirkhoffStitch(StitchLayer):
         dtype=torch.float32,
     ):
         super().__init__(c, c, channel_dim)
-        if kind not in ("perm_scale", "permutation"):
+        if kind not in (family("perm_scale").short_name, family("permutation").short_name):
             raise UnknownLayerKindError(
                 f"the birkhoff solver handles 'perm_scale' and 'permutation', not {kind!r}; "
                 "use solver='match'"
@@ -425,7 +494,7 @@ class BirkhoffStitch(StitchLayer):
         self._hard: torch.Tensor | None = None
 
     def _s(self) -> torch.Tensor:
-        if self.use_scale and self.kind == "perm_scale":
+        if self.use_scale and family(self.kind).free_scales:
             return self.scale
         return torch.ones_like(self.scale)
 
@@ -486,16 +555,16 @@ def make_layer(
             f"model B {c_out}; use 'full', ('low_rank', r) or ('lasso', lam) between widths"
         )
     common = dict(bias=bias, dtype=dtype)
-    if kind == "full":
-        return FullStitch(c_in, c_out, channel_dim, **common)
     if kind == "lasso":
         return LassoStitch(c_in, c_out, channel_dim, lam=float(arg), **common)
     if kind == "low_rank":
         return LowRankStitch(c_in, c_out, channel_dim, rank=int(arg), **common)
-    if kind == "orthogonal":
-        return OrthogonalStitch(c_in, c_out, channel_dim, **common)
     if kind == "diagonal":
         return DiagonalStitch(c_in, c_out, channel_dim, **common)
-    if kind in MONOMIAL_KINDS:
+    if kind not in GROUP_KINDS:
+        raise UnknownLayerKindError(f"unknown resolved stitch kind {kind!r}")
+    fam = family(kind)
+    if fam.monomial:
         return MonomialStitch(c_in, c_out, channel_dim, kind=kind, **common)
-    raise UnknownLayerKindError(f"unknown resolved stitch kind {kind!r}")
+    dense = OrthogonalStitch if fam is family("orthogonal") else FullStitch
+    return dense(c_in, c_out, channel_dim, **common)

@@ -14,8 +14,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from intertwiner import _validate
-from intertwiner.errors import InvalidElementError
-from intertwiner.groups.elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.errors import InvalidElementError, UnsupportedGroupError
+from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
 
 # Smallest scale `project` returns for the monomial families when the nearest point lies on the
 # boundary (a zero or wrong-signed entry): the infimum is not attained inside the group.
@@ -35,6 +35,16 @@ def _atol(atol: float) -> float:
     return _validate.finite_number(atol, "atol", low=0.0)
 
 
+def best_assignment(gain: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``perm`` (n_rows,) maximising ``sum_i gain[i, perm[i]]``: the one linear-assignment solver
+    of the library (scipy's Hungarian method). ``gain`` is (n_rows, n_cols), n_rows <= n_cols."""
+    g = gain.detach().cpu().double().numpy() if isinstance(gain, torch.Tensor) else gain
+    rows, cols = linear_sum_assignment(np.asarray(g, dtype=np.float64), maximize=True)
+    perm = torch.empty(len(rows), dtype=torch.long)
+    perm[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(cols, dtype=torch.long)
+    return perm
+
+
 class Family:
     """A family of matrix groups, one group per size n."""
 
@@ -45,6 +55,86 @@ class Family:
     monomial: bool = False
     #: Continuous degrees of freedom of the size-n group, as a function of n.
     dof: str = ""
+    #: Other names accepted by ``family()``; the first is the short name stitching and reports use.
+    aliases: tuple[str, ...] = ()
+    #: Monomial families: the set the diagonal scales live in ("one", "sign", "positive", "any").
+    scales: str = ""
+    #: The family phi(G) falls in when phi forgets signs (abs, even or non-integer powers).
+    unsigned_name: str = ""
+
+    @property
+    def short_name(self) -> str:
+        """The name stitch kinds and reports use: ``"perm_scale"`` for G_ReLU's family, ``"full"``
+        for GL, ``"signed_perm"``, else the family name."""
+        return self.aliases[0] if self.aliases and self.aliases[0] != "o" else self.name
+
+    @property
+    def free_scales(self) -> bool:
+        """Monomial families whose diagonal scales vary continuously (trainable)."""
+        return self.scales in ("positive", "any")
+
+    @property
+    def flips_signs(self) -> bool:
+        """Monomial families whose scales can be negative (a unit may be matched to its negation)."""
+        return self.scales in ("sign", "any")
+
+    def clip_scales(self, scale: torch.Tensor) -> torch.Tensor:
+        """``scale`` moved into the closure of this monomial family's scale set (what a projected
+        gradient step keeps): positive scales clamp at 0; signs and ones are fixed sets."""
+        if self.scales == "positive":
+            return scale.clamp(min=0.0)
+        if self.scales == "sign":
+            return torch.where(scale < 0, -torch.ones_like(scale), torch.ones_like(scale))
+        if self.scales == "one":
+            return torch.ones_like(scale)
+        return scale
+
+    def image(self, phi_kind: object = "identity") -> Family:
+        """The family of ``phi(A)`` for A in this family: phi = abs, an even power or a non-integer
+        power (which needs positive scales) squares the signs away."""
+        if phi_kind in (None, "identity") or not self.unsigned_name:
+            return self
+        if phi_kind == "abs":
+            return FAMILIES[self.unsigned_name]
+        d = float(phi_kind[1])  # ("power", d)
+        even = d.is_integer() and int(d) % 2 == 0
+        return FAMILIES[self.unsigned_name] if even or not d.is_integer() else self
+
+    def subgroups(self) -> tuple[Family, ...]:
+        """Every family contained in this one (itself included), in ``FAMILIES`` order."""
+        return tuple(f for f in FAMILIES.values() if f.name in _SUBGROUPS[self.name])
+
+    def larger(self) -> tuple[Family, ...]:
+        """The smallest families strictly containing this one (empty for GL)."""
+        return tuple(FAMILIES[n] for n in LARGER[self.name])
+
+    def fit_scales(
+        self, cross: torch.Tensor, second: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per pair, the scale ``s`` in this monomial family's scale set minimising
+        ``second * s^2 - 2 * cross * s``: returns ``(gain, s)``, gain being the decrease from 0.
+
+        Broadcasts. A linear assignment on ``gain`` is the least-squares fit of ``y ~ s x[perm]``
+        (cross = E[x y], second = E[x^2]); with ``second = 1`` it is the nearest element of a
+        matrix. Where ``second`` is 0 the gain is 0 and the scale 1 (any scale is as good).
+        """
+        if not self.monomial:
+            raise UnsupportedGroupError(f"{self.name} is not a monomial family: no pair scales")
+        cross, second = torch.broadcast_tensors(cross, second)
+        ok = second > 0
+        safe = torch.where(ok, second, torch.ones_like(second))
+        one = torch.ones_like(cross)
+        if self.scales == "one":
+            s = one
+        elif self.scales == "sign":
+            s = torch.where(cross < 0, -one, one)
+        else:  # the least-squares scale, clipped to the closure of the allowed set
+            s = cross / safe
+            if self.scales == "positive":
+                s = s.clamp(min=0.0)
+        s = torch.where(ok, s, one)
+        gain = torch.where(ok, 2 * cross * s - second * s * s, torch.zeros_like(cross))
+        return gain, s
 
     def sample(
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
@@ -91,12 +181,13 @@ class _MonomialFamily(Family):
     def _scale_ok(self, scale: torch.Tensor, atol: float) -> bool:
         raise NotImplementedError
 
-    def _assignment_gain(self, m: np.ndarray) -> np.ndarray:
-        """Reduction of ||M - A||^2 from putting the best allowed scale at each entry."""
-        raise NotImplementedError
-
     def _best_scale(self, entries: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The nearest invertible scale to each matched entry (boundary points nudged inside)."""
+        s = self.fit_scales(entries, torch.ones_like(entries))[1]
+        if self.scales in ("positive", "any"):
+            sign = torch.where(s < 0, -torch.ones_like(s), torch.ones_like(s))
+            s = sign * s.abs().clamp_min(MIN_SCALE)
+        return s
 
     def sample(self, n, generator=None, dtype=torch.float64):
         n = _size(n)
@@ -121,9 +212,9 @@ class _MonomialFamily(Family):
 
     def project(self, matrix):
         m = _as_square(matrix)
-        gain = self._assignment_gain(m.detach().cpu().double().numpy())
-        rows, cols = linear_sum_assignment(gain, maximize=True)
-        perm = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+        md = m.detach().cpu().double()
+        # ||M - A||^2 = ||M||^2 - sum_i gain(M[i, perm[i]]): the best entries win the assignment.
+        perm = best_assignment(self.fit_scales(md, torch.ones_like(md))[0])
         entries = m[torch.arange(m.shape[0]), perm]
         return MonomialElement(perm, self._best_scale(entries).to(m.dtype))
 
@@ -132,6 +223,7 @@ class Permutation(_MonomialFamily):
     name = "permutation"
     description = "P"
     dof = "0"
+    scales = "one"
 
     def _sample_scale(self, n, generator, dtype):
         return torch.ones(n, dtype=dtype)
@@ -139,29 +231,20 @@ class Permutation(_MonomialFamily):
     def _scale_ok(self, scale, atol):
         return bool(((scale - 1).abs() <= atol).all())
 
-    def _assignment_gain(self, m):
-        return m  # ||M - P||^2 = ||M||^2 + n - 2 <M, P>
-
-    def _best_scale(self, entries):
-        return torch.ones_like(entries)
-
 
 class SignedPermutation(_MonomialFamily):
     name = "signed_permutation"
     description = "P D, D = diag(+-1)"
     dof = "0"
+    aliases = ("signed_perm",)
+    scales = "sign"
+    unsigned_name = "permutation"
 
     def _sample_scale(self, n, generator, dtype):
         return torch.randint(0, 2, (n,), generator=generator).to(dtype) * 2 - 1
 
     def _scale_ok(self, scale, atol):
         return bool(((scale.abs() - 1).abs() <= atol).all())
-
-    def _assignment_gain(self, m):
-        return np.abs(m)
-
-    def _best_scale(self, entries):
-        return torch.where(entries < 0, -torch.ones_like(entries), torch.ones_like(entries))
 
 
 class PositiveMonomial(_MonomialFamily):
@@ -170,6 +253,8 @@ class PositiveMonomial(_MonomialFamily):
     name = "positive_monomial"
     description = "P D, D > 0"
     dof = "n"
+    aliases = ("perm_scale", "g_relu", "grelu")
+    scales = "positive"
 
     def _sample_scale(self, n, generator, dtype):
         # Log-normal scales with mean 1, as the paper's sanity test draws them.
@@ -179,12 +264,6 @@ class PositiveMonomial(_MonomialFamily):
     def _scale_ok(self, scale, atol):
         return bool((scale > atol).all())
 
-    def _assignment_gain(self, m):
-        return np.maximum(m, 0.0) ** 2
-
-    def _best_scale(self, entries):
-        return entries.clamp_min(MIN_SCALE)
-
 
 class Monomial(_MonomialFamily):
     """Permutation times any invertible diagonal."""
@@ -192,6 +271,8 @@ class Monomial(_MonomialFamily):
     name = "monomial"
     description = "P D, D invertible"
     dof = "n"
+    scales = "any"
+    unsigned_name = "positive_monomial"
 
     def _sample_scale(self, n, generator, dtype):
         g = torch.randn(n, generator=generator, dtype=torch.float64)
@@ -200,13 +281,6 @@ class Monomial(_MonomialFamily):
 
     def _scale_ok(self, scale, atol):
         return bool((scale.abs() > atol).all())
-
-    def _assignment_gain(self, m):
-        return m**2
-
-    def _best_scale(self, entries):
-        sign = torch.where(entries < 0, -torch.ones_like(entries), torch.ones_like(entries))
-        return sign * entries.abs().clamp_min(MIN_SCALE)
 
 
 def _haar_orthogonal(n: int, generator: torch.Generator | None, dtype: torch.dtype) -> torch.Tensor:
@@ -222,6 +296,7 @@ class Orthogonal(Family):
     name = "orthogonal"
     description = "O(n)"
     dof = "n(n-1)/2"
+    aliases = ("o",)
 
     def sample(self, n, generator=None, dtype=torch.float64):
         return DenseElement(_haar_orthogonal(_size(n), generator, dtype))
@@ -242,6 +317,7 @@ class GeneralLinear(Family):
     name = "general_linear"
     description = "GL(n)"
     dof = "n^2"
+    aliases = ("full", "gl")
 
     def sample(self, n, generator=None, dtype=torch.float64):
         # U diag(s) V^T with singular values in [1/2, 2]: generic, yet well conditioned so that
@@ -306,14 +382,32 @@ _SUBGROUPS: dict[str, set[str]] = {
 }
 
 
+# Every accepted spelling of a family, lower case: names and aliases (``"perm_scale"``, ``"gl"``).
+ALIASES: dict[str, str] = {
+    **{f.name: f.name for f in FAMILIES.values()},
+    **{a: f.name for f in FAMILIES.values() for a in f.aliases},
+}
+
+
+class UnknownFamilyError(UnsupportedGroupError, KeyError):
+    """A family name or alias that ``family()`` does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def family(name: str | Family) -> Family:
-    """Look a family up by name (``"positive_monomial"``, ...) or pass one through."""
+    """Look a family up by name or alias, case-insensitively (``"positive_monomial"``,
+    ``"perm_scale"``, ``"G_ReLU"``, ``"full"``, ...), or pass a ``Family`` through."""
     if isinstance(name, Family):
         return name
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise KeyError(f"unknown group family {name!r}; choose one of {sorted(FAMILIES)}") from None
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key in ALIASES:
+        return FAMILIES[ALIASES[key]]
+    raise UnknownFamilyError(
+        f"unknown group family {name!r}; choose one of {sorted(FAMILIES)} or an alias "
+        f"({', '.join(sorted(set(ALIASES) - set(FAMILIES)))})"
+    )
 
 
 def is_subgroup(a: str | Family, b: str | Family) -> bool:

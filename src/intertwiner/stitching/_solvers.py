@@ -16,9 +16,22 @@ token counting as a sample. From them:
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 
-from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
+from intertwiner.errors import (
+    InvalidOptionError,
+    NonFiniteError,
+    ShapeError,
+    TooFewSamplesError,
+    UnsupportedGroupError,
+)
+from intertwiner.groups import Family, best_assignment, family
+
+
+def _monomial(kind: str) -> Family:
+    fam = family(kind)
+    if not fam.monomial:
+        raise UnsupportedGroupError(f"match handles monomial kinds only, got {kind!r}")
+    return fam
 
 
 def channels_last(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -83,7 +96,7 @@ class FeatureStats:
     def require_cross_x(self, what: str) -> None:
         """Raise unless the full ``x^T x`` was kept (``what`` names the solver that needs it)."""
         if not self.cross_x:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"{what} needs the full x^T x, but these statistics keep only its diagonal "
                 "(cross_x=False); build them with cross_x=True"
             )
@@ -184,16 +197,7 @@ def lsq_gain(stats: FeatureStats, kind: str, *, bias: bool) -> torch.Tensor:
     _, _, _, _, cxy = stats.moments(center=bias)
     xy = cxy.T  # (c_out, c_in): E[x_j y_i]
     xx = stats.var_x(center=bias).unsqueeze(0)  # E[x_j^2]
-    safe = xx.clamp(min=1e-300)
-    if kind == "perm_scale":
-        return torch.where(xx > 0, xy.clamp(min=0) ** 2 / safe, torch.zeros_like(xy))
-    if kind == "monomial":
-        return torch.where(xx > 0, xy**2 / safe, torch.zeros_like(xy))
-    if kind == "signed_perm":
-        return 2 * xy.abs() - xx
-    if kind == "permutation":
-        return 2 * xy - xx
-    raise ValueError(f"match handles monomial kinds only, got {kind!r}")
+    return _monomial(kind).fit_scales(xy, xx)[0]
 
 
 def _score_matrix(stats: FeatureStats, kind: str, *, bias: bool, score: str):
@@ -204,19 +208,17 @@ def _score_matrix(stats: FeatureStats, kind: str, *, bias: bool, score: str):
         return lsq_gain(stats, kind, bias=bias), float(cyy.sum())
     if score == "corr":
         corr = correlation(stats)
-        gain = corr.abs() if kind in ("signed_perm", "monomial") else corr
+        # A family with signs matches a unit to its negation as well as to itself.
+        gain = corr.abs() if _monomial(kind).flips_signs else corr
         return gain, float(corr.shape[0])
-    raise ValueError(f"score must be 'lsq' or 'corr', got {score!r}")
+    raise InvalidOptionError(f"score must be 'lsq' or 'corr', got {score!r}")
 
 
 def assignment(stats: FeatureStats, kind: str, *, bias: bool, score: str = "lsq"):
     """``(perm (c_out,), gain)``: the Hungarian assignment of ``match`` (B's unit i <- A's unit
     ``perm[i]``) and the score matrix it maximises."""
     gain, _ = _score_matrix(stats, kind, bias=bias, score=score)
-    rows, cols = linear_sum_assignment(gain.cpu().numpy(), maximize=True)
-    perm = torch.empty(gain.shape[0], dtype=torch.long)
-    perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
-    return perm, gain
+    return best_assignment(gain), gain
 
 
 def assignment_converged(
@@ -247,7 +249,7 @@ def match(stats: FeatureStats, kind: str, *, bias: bool, score: str = "lsq"):
     and ``monomial``), the classic unit matching. Scales are then the least-squares optimum of each
     matched pair under the kind's constraint.
     """
-    corr = correlation(stats)
+    fam = _monomial(kind)
     perm, _ = assignment(stats, kind, bias=bias, score=score)
     mx, my, _, _, cxy = stats.moments(center=bias)
     dev = cxy.device
@@ -255,17 +257,8 @@ def match(stats: FeatureStats, kind: str, *, bias: bool, score: str = "lsq"):
     p = perm.to(dev)
     var = stats.var_x(center=bias)[p]  # second moment of the matched A unit
     cov = cxy[p, idx]  # cross moment of (x_{perm[i]}, y_i)
-    ls = torch.where(var > 0, cov / var.clamp(min=1e-300), torch.ones_like(var))
-    if kind == "perm_scale":
-        scale = ls.clamp(min=0.0)
-    elif kind == "monomial":
-        scale = torch.where(ls == 0, torch.ones_like(ls), ls)  # keep the element invertible
-    elif kind == "signed_perm":
-        sign = torch.sign(corr[idx.cpu(), perm].to(dev))
-        scale = torch.where(sign == 0, torch.ones_like(sign), sign)
-    elif kind == "permutation":
-        scale = torch.ones_like(ls)
-    else:
-        raise ValueError(f"match handles monomial kinds only, got {kind!r}")
+    scale = fam.fit_scales(cov, var)[1]
+    if fam.flips_signs:  # a zero scale is the one boundary point of a signed family's set
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # keep it invertible
     b = (my - scale * mx[p]) if bias else None
     return perm, scale, b

@@ -1,0 +1,52 @@
+"""Figures of metric matrices (matplotlib, imported lazily; a bare Figure renders with the Agg
+canvas and leaves pyplot's global state alone, so nothing calls ``matplotlib.use``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def annotated_heatmap(
+    fig: Any,
+    ax: Any,
+    m: np.ndarray,
+    xlabels: Sequence[str],
+    ylabels: Sequence[str],
+    *,
+    title: str = "",
+    higher_is_similar: bool = True,
+) -> None:
+    """``m`` (rows x columns) as a heatmap with its values written in the cells and a colour bar."""
+    im = ax.imshow(m, cmap="viridis" if higher_is_similar else "magma")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(xlabels)), list(xlabels), rotation=45, ha="right")
+    ax.set_yticks(range(len(ylabels)), list(ylabels))
+    finite = m[np.isfinite(m)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if np.isfinite(m[i, j]):
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=9 if m.shape[0] <= 8 else 7,
+                    color="black" if m[i, j] > mid else "white",
+                )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+
+
+def save_png(fig: Any, path: str | os.PathLike) -> None:
+    """Write ``fig`` as a PNG atomically (a temporary file in the same folder, then a rename)."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120, format="png")
+    os.replace(tmp, path)

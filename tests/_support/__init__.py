@@ -1,0 +1,1 @@
+"""Test support: shared factories (the fixtures live in tests/conftest.py)."""
