@@ -45,6 +45,7 @@ from intertwiner.experiments.surgery import (
     site_width,
 )
 from intertwiner.groups import (
+    ALIASES,
     FAMILIES,
     Family,
     GroupElement,
@@ -70,7 +71,6 @@ __all__ = [
     "summarize",
 ]
 
-ALIASES = {"g_relu": "positive_monomial", "gl": "general_linear", "o": "orthogonal"}
 KINDS = ("identity", "group", *FAMILIES)
 
 
@@ -108,8 +108,7 @@ def resolve_kind(kind: str, act: nn.Module) -> Family | None:
     """The group family a transform ``kind`` names at activation ``act`` (None for identity).
 
     ``"group"``: the activation's own intertwiner family; otherwise any family name or alias that
-    ``groups.family`` accepts (``ALIASES`` here only covers groups versions without aliases). The
-    one place kind names are read.
+    ``groups.family`` accepts (``groups.ALIASES``). The one place kind names are read.
     """
     key = str(kind).strip().lower()
     if key == "identity":
@@ -117,11 +116,11 @@ def resolve_kind(kind: str, act: nn.Module) -> Family | None:
     if key == "group":
         return for_activation(act).family
     try:
-        return family(ALIASES.get(key, key))
+        return family(key)
     except KeyError:
         raise UnknownTransformKindError(
             f"unknown transform kind {kind!r}; choose identity, group, or one of "
-            f"{', '.join(FAMILIES)} (aliases: {', '.join(ALIASES)})"
+            f"{', '.join(FAMILIES)} (aliases: {', '.join(sorted(set(ALIASES) - set(FAMILIES)))})"
         ) from None
 
 
