@@ -369,8 +369,8 @@ def zoo(
 # ---- reproduce / results / report ---------------------------------------------------------------
 @app.command()
 def reproduce(
-    out: str = typer.Option(
-        ..., "--out", "-o", help="Run folder, e.g. runs/quick (resumes if it exists)."
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="Run folder, e.g. runs/quick (resumes if it exists)."
     ),
     preset: str = typer.Option(
         "quick",
@@ -406,6 +406,12 @@ def reproduce(
         "beside it instead of refusing.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print every job with its settings beside the paper's protocol; run nothing, "
+        "read no data, write nothing (--out not needed).",
+    ),
 ) -> None:
     """Run every experiment of a preset, store the results and write OUT/report.html.
 
@@ -414,6 +420,13 @@ def reproduce(
     """
     from intertwiner.errors import IntertwinerError
     from intertwiner.experiments.pipeline import reproduce as run
+
+    if dry_run:
+        _dry_run(preset, data, data_dir)
+        return
+    if not out:
+        typer.echo("error: --out is required (or pass --dry-run)", err=True)
+        raise typer.Exit(2)
 
     opts: dict = {}
     if executor == "ray":
@@ -445,6 +458,20 @@ def reproduce(
         raise typer.Exit(1)
 
 
+def _dry_run(preset: str, data: str | None, data_dir: str | None) -> None:
+    """``reproduce --dry-run``: the plan beside the paper's protocol (exit 2 on a bad option)."""
+    from intertwiner.errors import IntertwinerError
+    from intertwiner.experiments.dryrun import describe_plan
+    from intertwiner.experiments.pipeline import check_options
+
+    try:
+        check_options(preset, "local", None)
+        typer.echo(describe_plan(preset, data=data, data_dir=data_dir))
+    except (IntertwinerError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _print_summary(summary: dict) -> None:
     """Per-stage status lines, warnings, and the first failed job's error on stderr."""
     for w in summary.get("warnings", []):
@@ -459,6 +486,15 @@ def _print_summary(summary: dict) -> None:
     out = summary["out"]
     typer.echo(f"{summary['rows']} rows in {out}/results.sqlite; {summary['seconds']:.0f} s")
     typer.echo(f"report: {summary.get('report')}")
+    claims = summary.get("claims") or []
+    if claims:
+        counts = {v: sum(c["verdict"] == v for c in claims)
+                  for v in ("holds", "does not hold", "inconclusive")}  # fmt: skip
+        typer.echo(f"claims: {counts['holds']} hold, {counts['does not hold']} do not hold, "
+                   f"{counts['inconclusive']} inconclusive")  # fmt: skip
+        for c in claims:
+            if c["verdict"] != "holds":
+                typer.echo(f"  {c['verdict']}: {c['claim']} = {c['statistic']} {c['ci']}")
     first = summary.get("first_failure")
     if first:
         cfg = json.dumps(first["config"], sort_keys=True)
@@ -481,7 +517,8 @@ def results(
     ),
     kind: str | None = typer.Option(
         None,
-        help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, dissection.",
+        help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, absorb, "
+        "dissection, alignment.",
     ),
     output: str | None = typer.Option(None, "--output", help="Write to a file, not stdout."),
 ) -> None:
@@ -523,6 +560,17 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _write_json(path, obj) -> None:
+    """Write ``obj`` as JSON atomically (a temporary beside ``path``, then a rename)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
 @app.command()
 def sanity(
     arch: str = typer.Option("myrtle_cnn", "--arch", help=_ARCH_HELP),
@@ -544,6 +592,12 @@ def sanity(
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     out: str = typer.Option(
         ..., "--out", callback=_FOLDER, help="Folder for checkpoints, rows and figure."
+    ),
+    refit: bool = typer.Option(
+        False,
+        "--refit",
+        help="Instead of retraining, refit only the next layer in closed form (least squares "
+        "on frozen features): a map in the activation's group is absorbed exactly.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -582,13 +636,27 @@ def sanity(
                                      num_threads=threads, progress=not quiet)  # fmt: skip
                     model = train_checkpoint(arch, cfg, splits, tc, path).model
             site_list = _csv(sites) if sites else models.sites(model)[:-1]
+            if refit:
+                from intertwiner.experiments import absorb
+
+                ac = absorb.AbsorbConfig(seed=seed, num_threads=threads)
+                rows += absorb.absorb_test(model, site_list, _csv(kinds), repeats, splits, ac,
+                                           progress=not quiet)  # fmt: skip
+                continue
             rows += san.sanity_test(model, site_list, _csv(kinds), repeats, splits, config,
                                     progress=not quiet)  # fmt: skip
     except (IntertwinerError, ValueError, KeyError) as e:
         raise fail(e) from None
+    if refit:
+        from intertwiner.experiments.absorb import format_table
+
+        _write_json(out_dir / "refit_rows.json", rows)
+        typer.echo(format_table(rows))
+        typer.echo(f"(accuracies and drops in points; rows: {out_dir / 'refit_rows.json'})")
+        return
     summary = san.summarize(rows)
-    (out_dir / "sanity_rows.json").write_text(json.dumps(rows, indent=2))
-    (out_dir / "sanity_summary.json").write_text(json.dumps(summary, indent=2))
+    _write_json(out_dir / "sanity_rows.json", rows)
+    _write_json(out_dir / "sanity_summary.json", summary)
     figure = san.plot_penalties(summary, out_dir / "sanity.png")
     typer.echo(san.format_table(summary))
     typer.echo(f"(accuracies and penalties in points; {repeats} repeats, {epochs} epochs)")

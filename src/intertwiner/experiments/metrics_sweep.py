@@ -1,7 +1,7 @@
 """Stage "metrics": layer x layer CKA, G_ReLU-CKA and orthogonal / G_ReLU Procrustes per model pair.
 
-Features are the outputs of every activation site on the first ``n_samples`` test images (paper
-section 5 uses the 10,000 CIFAR-10 test images). Procrustes similarity is the paper's 1 - d; between
+Features are the outputs of every activation site on the whole test split (``n_samples=None``, as
+the paper's section 5 uses the 10,000 CIFAR-10 test images) or its first ``n_samples`` images. Procrustes similarity is the paper's 1 - d; between
 layers of different spatial size the smaller map is upsampled by nearest neighbour (the paper's
 choice) and the narrower layer zero-padded.
 """
@@ -42,7 +42,8 @@ def metrics_job(config: dict) -> dict:
     a = load_model(config, config["model_a"])
     b = load_model(config, config["model_b"])
     sites = models.sites(a)
-    n = min(int(config["n_samples"]), len(splits.test))
+    n_samples = config.get("n_samples")
+    n = len(splits.test) if n_samples is None else min(int(n_samples), len(splits.test))
     subset = Subset(splits.test, range(n))
     with torch.no_grad():
         fa = features.capture(a, subset, sites)
@@ -67,7 +68,7 @@ def metrics_job(config: dict) -> dict:
 
 def stage(
     model_pairs: dict[str, list[tuple[dict, dict]]],
-    n_samples: int = 256,
+    n_samples: int | None = None,
     metrics: tuple[str, ...] = METRICS,
     procrustes_diagonal_only: bool = False,
 ) -> Stage:

@@ -184,9 +184,10 @@ def reproduce(
         finally:
             ex.close()
         if report:
-            from intertwiner.report import build_report
+            from intertwiner.report import build_report, claim_verdicts
 
             summary["report"] = str(build_report(out))
+            summary["claims"] = claim_verdicts(out)
     return summary
 
 

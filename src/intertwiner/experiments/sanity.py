@@ -21,7 +21,6 @@ job function (config dict -> row).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -36,11 +35,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from intertwiner.errors import IntertwinerError, InvalidOptionError, ShapeError
+from intertwiner.errors import IntertwinerError, InvalidOptionError
+from intertwiner.experiments.common import filtered
+from intertwiner.experiments.surgery import (
+    FixedTransform,
+    PreTransformed,
+    SanityModel,
+    insert_transform,
+    site_width,
+)
 from intertwiner.groups import (
+    ALIASES,
     FAMILIES,
+    Family,
     GroupElement,
-    MonomialElement,
     activation_name,
     family,
     for_activation,
@@ -55,6 +63,7 @@ __all__ = [
     "format_table",
     "insert_transform",
     "plot_penalties",
+    "resolve_kind",
     "run_job",
     "sample_transform",
     "sanity_run",
@@ -62,7 +71,6 @@ __all__ = [
     "summarize",
 ]
 
-ALIASES = {"g_relu": "positive_monomial", "gl": "general_linear", "o": "orthogonal"}
 KINDS = ("identity", "group", *FAMILIES)
 
 
@@ -96,166 +104,35 @@ class SanityConfig:
         return dataclasses.asdict(self)
 
 
-class FixedTransform(nn.Module):
-    """A fixed (non-trainable) group element acting on the neuron axis: dim 1 for (N, C) and
-    (N, C, H, W) inputs, the last dim for tokens (N, T, D). Stored as buffers, so it round-trips
-    through ``state_dict``; a monomial element is applied as gather-and-scale (exact for identity).
+def resolve_kind(kind: str, act: nn.Module) -> Family | None:
+    """The group family a transform ``kind`` names at activation ``act`` (None for identity).
+
+    ``"group"``: the activation's own intertwiner family; otherwise any family name or alias that
+    ``groups.family`` accepts (``groups.ALIASES``). The one place kind names are read.
     """
-
-    def __init__(self, element: GroupElement, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.n = element.n
-        if isinstance(element, MonomialElement):
-            self.register_buffer("perm", element.perm.clone().long())
-            self.register_buffer("scale", element.scale.to(dtype).clone())
-            self.register_buffer("weight", None)
-        else:
-            self.register_buffer("perm", None)
-            self.register_buffer("scale", None)
-            self.register_buffer("weight", element.matrix().to(dtype).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dim = 1 if x.ndim in (2, 4) else x.ndim - 1
-        if x.shape[dim] != self.n:
-            raise ShapeError(f"transform of size {self.n} on a tensor of shape {tuple(x.shape)}")
-        if self.perm is not None:
-            shape = [1] * x.ndim
-            shape[dim] = self.n
-            return x.index_select(dim, self.perm) * self.scale.to(x.dtype).view(shape)
-        return (x.movedim(dim, -1) @ self.weight.to(x.dtype).T).movedim(-1, dim)
-
-
-class PreTransformed(nn.Module):
-    """``act(transform(x))``: the site's activation with a fixed map inserted before it."""
-
-    def __init__(self, transform: FixedTransform, act: nn.Module):
-        super().__init__()
-        self.transform = transform
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.transform(x))
-
-
-class SanityModel(nn.Module):
-    """Wraps the transformed model; the modules in ``frozen`` stay in eval mode whatever
-    ``train()`` is called with (frozen BatchNorm must not update its running statistics).
-    """
-
-    def __init__(self, model: nn.Module, frozen: Sequence[str]):
-        super().__init__()
-        self.model = model
-        self.frozen = list(frozen)
-
-    def train(self, mode: bool = True) -> SanityModel:
-        super().train(mode)
-        modules = dict(self.model.named_modules())
-        for name in self.frozen:
-            modules[name].eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
-
-
-def _resolve_family(kind: str, act: nn.Module):
-    key = ALIASES.get(kind.strip().lower(), kind.strip().lower())
+    key = str(kind).strip().lower()
+    if key == "identity":
+        return None
     if key == "group":
         return for_activation(act).family
-    if key in FAMILIES:
+    try:
         return family(key)
-    raise UnknownTransformKindError(
-        f"unknown transform kind {kind!r}; choose identity, group, or one of "
-        f"{', '.join(FAMILIES)} (aliases: {', '.join(ALIASES)})"
-    )
+    except KeyError:
+        raise UnknownTransformKindError(
+            f"unknown transform kind {kind!r}; choose identity, group, or one of "
+            f"{', '.join(FAMILIES)} (aliases: {', '.join(sorted(set(ALIASES) - set(FAMILIES)))})"
+        ) from None
 
 
 def sample_transform(
     kind: str, act: nn.Module, n: int, generator: torch.Generator | None = None
 ) -> tuple[GroupElement, str]:
-    """``(element, family name)`` of size n for ``kind`` at an activation ``act``."""
-    if kind.strip().lower() == "identity":
-        fam = for_activation(act).family
-        return fam.identity(n, dtype=torch.float64), "identity"
-    fam = _resolve_family(kind, act)
+    """``(element, family name)`` of size n for ``kind`` at an activation ``act``
+    (``"identity"`` for the identity element)."""
+    fam = resolve_kind(kind, act)
+    if fam is None:
+        return for_activation(act).family.identity(n, dtype=torch.float64), "identity"
     return fam.sample(n, generator=generator, dtype=torch.float64), fam.name
-
-
-def _site_width(model: nn.Module, site: str, example: torch.Tensor) -> int:
-    seen: dict[str, torch.Tensor] = {}
-    module = model.get_submodule(site)
-    handle = module.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0]))
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        handle.remove()
-        model.train(was)
-    if "x" not in seen:
-        raise ShapeError(f"site {site!r} was not called in the forward pass")
-    x = seen["x"]
-    return int(x.shape[1] if x.ndim in (2, 4) else x.shape[-1])
-
-
-def _execution_order(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Module names in the order of their first call (pre-hooks) during one forward pass."""
-    order: list[str] = []
-    handles = []
-    for name, mod in model.named_modules():
-        if name:
-            handles.append(
-                mod.register_forward_pre_hook(
-                    lambda _m, _a, name=name: order.append(name) if name not in order else None
-                )
-            )
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
-    return order
-
-
-def insert_transform(
-    model: nn.Module, site: str, element: GroupElement, example: torch.Tensor
-) -> SanityModel:
-    """A copy of ``model`` with ``element`` inserted before the activation ``site``, everything up
-    to and including it frozen (``requires_grad=False``, eval mode), wrapped in ``SanityModel``.
-    """
-    names = dict(model.named_modules())
-    if site not in names:
-        raise ShapeError(f"site {site!r} is not a module of {type(model).__name__}")
-    model = copy.deepcopy(model)
-    act = model.get_submodule(site)
-    parent, child = _parent(model, site)
-    p = next(model.parameters(), None)
-    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-    transform = FixedTransform(element, dtype=dtype).to(p.device if p is not None else "cpu")
-    setattr(parent, child, PreTransformed(transform, act))
-    order = _execution_order(model, example)
-    cut = order.index(f"{site}.transform")
-    frozen = []
-    for name in order[: cut + 1]:
-        mod = model.get_submodule(name)
-        own = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
-        if own:
-            frozen.append(name)
-            for p in mod.parameters(recurse=False):
-                p.requires_grad_(False)
-    wrapped = SanityModel(model, frozen)
-    wrapped.eval()
-    return wrapped
 
 
 def _stable_seed(*parts: Any) -> int:
@@ -277,6 +154,17 @@ def _example(data: Any) -> torch.Tensor:
     return torch.stack([ds[i][0] for i in range(min(2, len(ds)))])
 
 
+def _retrain(sane: nn.Module, data: Any, config: SanityConfig, seed: int, initial: float) -> dict:
+    """Retrain the unfrozen part (epoch chosen on validation): ``{"test", "val", "epoch"}``."""
+    from intertwiner.training import TrainConfig, evaluate, train
+
+    if config.epochs == 0:
+        return {"test": initial, "val": evaluate(sane, data.val)["accuracy"], "epoch": 0}
+    tc = filtered(TrainConfig, {**config.to_dict(), "seed": seed})
+    result = train(sane, data, tc)
+    return {"test": result.test_accuracy, "val": result.val_accuracy, "epoch": result.best_epoch}
+
+
 def sanity_run(
     checkpoint_or_model: Any,
     site: str,
@@ -293,7 +181,7 @@ def sanity_run(
     ``DataSplits`` (selection on ``val``, penalty on ``test``). ``base``: the base model's
     ``{"accuracy", "val_accuracy"}`` if already measured (saves two evaluations per repeat).
     """
-    from intertwiner.training import TrainConfig, evaluate, train
+    from intertwiner.training import evaluate
 
     config = config or SanityConfig()
     if config.epochs < 0:
@@ -307,7 +195,7 @@ def sanity_run(
             "val_accuracy": evaluate(model, data.val)["accuracy"],
         }
     act = model.get_submodule(site)
-    n = _site_width(model, site, example)
+    n = site_width(model, site, example)
     t_seed = _stable_seed(config.seed, site, transform_kind, repeat, "transform")
     element, fam = sample_transform(transform_kind, act, n, torch.Generator().manual_seed(t_seed))
     sane = insert_transform(model, site, element, example)
@@ -326,24 +214,13 @@ def sanity_run(
         "transform_seed": t_seed,
         "n_frozen_modules": len(sane.frozen),
     }
-    if config.epochs == 0:
-        retrained = {"test": initial, "val": evaluate(sane, data.val)["accuracy"], "epoch": 0}
-    else:
-        tc = TrainConfig(
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            optimizer=config.optimizer,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            schedule=config.schedule,
-            seed=_stable_seed(config.seed, site, transform_kind, repeat, "train"),
-            device=config.device,
-            progress=config.progress,
-            num_threads=config.num_threads,
-        )
-        result = train(sane, data, tc)
-        retrained = {"test": result.test_accuracy, "val": result.val_accuracy,
-                     "epoch": result.best_epoch}  # fmt: skip
+    retrained = _retrain(
+        sane,
+        data,
+        config,
+        _stable_seed(config.seed, site, transform_kind, repeat, "train"),
+        initial,
+    )
     row.update(
         retrained_accuracy=retrained["test"],
         retrained_val_accuracy=retrained["val"],
@@ -369,8 +246,7 @@ def sanity_test(
 
     config = config or SanityConfig()
     for kind in kinds:  # fail early on a bad kind, before any training
-        if kind.strip().lower() != "identity":
-            _resolve_family(kind, model.get_submodule(sites[0]))
+        resolve_kind(kind, model.get_submodule(sites[0]))
     base = {
         "accuracy": evaluate(model, data.test)["accuracy"],
         "val_accuracy": evaluate(model, data.val)["accuracy"],

@@ -1,44 +1,97 @@
-"""Stage "sanity": the paper's section 3.3 rotation sanity test on zoo models without BatchNorm.
+"""Stages "sanity" and "absorb": the paper's section 3.3 rotation sanity test, two ways.
 
-A fixed G_ReLU (permutation x positive scale) or orthogonal map is inserted before the activation
-at one of the first three sites, everything up to it is frozen and the rest retrained; the row is
-the ``experiments.sanity.run_job`` row (``penalty`` = base - retrained test accuracy).
+Both insert a fixed G_ReLU (permutation x positive scale) or orthogonal map before the activation at
+one of the first three sites of a model trained without BatchNorm (the paper's mCNN_k).
+
+- "sanity" (the paper's protocol): freeze everything up to the map and retrain the rest from the
+  trained weights, epoch chosen on validation; row = ``experiments.sanity.run_job``'s
+  (``penalty`` = base - retrained test accuracy).
+- "absorb" (the claim's sharpest form): refit only the next layer in closed form (least squares on
+  frozen features); row = ``experiments.absorb.run_job``'s (``drop`` = base - refit accuracy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from intertwiner.experiments.base import Stage, run_relative
 from intertwiner.experiments.common import zoo_checkpoint
 
-GROUPS = {"G_ReLU": "positive_monomial", "orthogonal": "orthogonal"}
+# Row labels -> transform kinds. "permutation" is G_ReLU without its scaling: it separates what the
+# group membership costs from what badly scaled channels cost the optimiser.
+GROUPS = {
+    "identity": "identity",
+    "G_ReLU": "positive_monomial",
+    "permutation": "permutation",
+    "orthogonal": "orthogonal",
+}
 
 
-def sanity_job(config: dict) -> dict:
-    """Run one (model, site, transform, repeat) of the sanity test (checkpoint path stored
-    relative to the run folder)."""
+def _job(config: dict, run: Callable[[dict], dict], extra: dict) -> dict:
+    """Load the zoo checkpoint, name the site, call ``run`` with the module-level job config."""
     from intertwiner import checkpoints, models
-    from intertwiner.experiments import sanity
 
     path = zoo_checkpoint(config, config["model"])
     model, _ = checkpoints.load(path)
     site = models.sites(model)[config["layer"]]
     data = dict(config["model"]["data"])
-    row = sanity.run_job(
+    row = run(
         {
             "checkpoint": str(path),
             "site": site,
             "kind": GROUPS[config["group"]],
             "repeat": config["repeat"],
-            "epochs": config["epochs"],
             "data": data.pop("name"),
             "data_options": data,
             "seed": config["model"]["seed"],
-            "lr": config.get("lr", 1e-3),
             "num_threads": None,
+            **extra,
         }
     )
     row["checkpoint"] = run_relative(config, path)
     return row
+
+
+def sanity_job(config: dict) -> dict:
+    """One (model, site, transform, repeat) of the retraining sanity test."""
+    from intertwiner.experiments import sanity
+
+    extra = {"epochs": config["epochs"], "lr": config.get("lr", 1e-3)}
+    extra.update({k: config[k] for k in ("batch_size", "schedule") if k in config})
+    return _job(config, sanity.run_job, extra)
+
+
+def absorb_job(config: dict) -> dict:
+    """One (model, site, transform, repeat) of the closed-form absorbability test."""
+    from intertwiner.experiments import absorb
+
+    return _job(config, absorb.run_job, {"max_rows": config.get("max_rows", 200_000)})
+
+
+def _configs(stage: str, models_by_activation: dict[str, dict], layers: int, kinds: Sequence[str],
+             repeats: int, extra: dict) -> list[dict]:  # fmt: skip
+    return [
+        {
+            "stage": stage,
+            "activation": act,
+            "model": zcfg,
+            "layer": layer,
+            "group": g,
+            "repeat": r,
+            **extra,
+        }  # fmt: skip
+        for act, zcfg in models_by_activation.items()
+        for layer in range(layers)
+        for g in kinds
+        for r in range(repeats)
+    ]
+
+
+def _notes(models_by_activation: dict[str, dict]) -> list[str]:
+    if any(m["model"].get("batchnorm") for m in models_by_activation.values()):
+        return ["the models have BatchNorm (frozen in eval mode up to the inserted map); the "
+                "paper's mCNN_k has none"]  # fmt: skip
+    return []
 
 
 def stage(
@@ -47,36 +100,44 @@ def stage(
     repeats: int = 2,
     epochs: int = 1,
     lr: float = 1e-3,
+    kinds: Sequence[str] = ("G_ReLU", "orthogonal"),
+    batch_size: int | None = None,
+    schedule: str | None = None,
 ) -> Stage:
-    """Jobs over activation x layer (the first ``layers`` sites) x {G_ReLU, orthogonal} x repeat."""
-    notes = []
-    if any(m["model"].get("batchnorm") for m in models_by_activation.values()):
-        notes.append(
-            "the models have BatchNorm (frozen in eval mode up to the inserted map); the paper's "
-            "mCNN_k has none, but without BN a sigmoid net does not train in a few epochs"
-        )
-    configs = [
-        {
-            "stage": "sanity",
-            "activation": act,
-            "model": zcfg,
-            "layer": layer,
-            "group": g,
-            "repeat": r,
-            "epochs": epochs,
-            "lr": lr,
-        }
-        for act, zcfg in models_by_activation.items()
-        for layer in range(layers)
-        for g in GROUPS
-        for r in range(repeats)
-    ]
+    """Jobs over activation x layer (the first ``layers`` sites) x kinds x repeat; retraining
+    ``epochs`` (best on validation) at ``lr`` (``batch_size``, ``schedule``: SanityConfig's
+    defaults when None)."""
+    extra: dict = {"epochs": epochs, "lr": lr}
+    extra.update({k: v for k, v in (("batch_size", batch_size), ("schedule", schedule))
+                  if v is not None})  # fmt: skip
     return Stage(
         name="sanity",
         kind="sanity",
         fn=sanity_job,
-        configs=configs,
+        configs=_configs("sanity", models_by_activation, layers, kinds, repeats, extra),
         requires=("intertwiner.experiments.sanity:run_job", "intertwiner.checkpoints:load"),
         description="section 3.3: fix a G_ReLU or orthogonal map before a layer, retrain the rest",
-        notes=notes,
+        notes=_notes(models_by_activation),
+    )
+
+
+def absorb_stage(
+    models_by_activation: dict[str, dict],
+    layers: int = 3,
+    repeats: int = 3,
+    kinds: Sequence[str] = ("identity", "G_ReLU", "orthogonal"),
+    max_rows: int = 200_000,
+) -> Stage:
+    """Jobs over activation x layer x kinds x repeat of the closed-form refit."""
+    return Stage(
+        name="absorb",
+        kind="absorb",
+        fn=absorb_job,
+        configs=_configs(
+            "absorb", models_by_activation, layers, kinds, repeats, {"max_rows": max_rows}
+        ),  # fmt: skip
+        requires=("intertwiner.experiments.absorb:run_job", "intertwiner.checkpoints:load"),
+        description="section 3.3, sharpest form: fix a map before a layer, refit only the next "
+        "layer in closed form (least squares)",
+        notes=_notes(models_by_activation),
     )

@@ -9,10 +9,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from intertwiner import _atomic
 from intertwiner.report import figures as F
+from intertwiner.report.claims import ci_text
 from intertwiner.report.compare import comparison
 from intertwiner.report.paper_numbers import SOURCE
+from intertwiner.stats import t_interval
 from intertwiner.store import Row, Store, open_existing
 
 CSS = """
@@ -101,6 +105,40 @@ def _zoo_table(rows: list[Row]) -> list[dict]:
     return out
 
 
+def _verdict_summary(table: list[dict]) -> str:
+    """One line: how many claims hold, fail, or cannot be told, naming the inconclusive ones."""
+    claims = [r for r in table if r.get("verdict") in ("holds", "does not hold", "inconclusive")]
+    if not claims:
+        return ""
+    count = {v: sum(r["verdict"] == v for r in claims) for v in ("holds", "does not hold",
+                                                                  "inconclusive")}  # fmt: skip
+    text = (f"{len(claims)} claims: {count['holds']} hold, {count['does not hold']} do not "
+            f"hold, {count['inconclusive']} inconclusive.")  # fmt: skip
+    unsure = [f"{r['experiment']}: {r['quantity'].split(' (')[0]}" for r in claims
+              if r["verdict"] == "inconclusive"]  # fmt: skip
+    if unsure:
+        text += " Inconclusive here (the interval straddles the decision): " + "; ".join(unsure)
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _absorb_rows(rows: list[Row]) -> list[dict]:
+    """Mean ± std over repeats of the drop and the residual per (activation, conv, map)."""
+    by: dict = defaultdict(list)
+    for r in rows:
+        c = r.config
+        by[(c["activation"], c["layer"], c["group"])].append(r.metrics)
+    out = []
+    for (act, layer, group), ms in sorted(by.items()):
+        drop, sd, n = F.mean_std([100 * m["drop"] for m in ms])
+        out.append({"activation": act, "conv": layer, "refit layer": ms[0].get("layer"),
+                    "map": group, "repeats": n,
+                    "base accuracy": f"{100 * ms[0]['base_accuracy']:.2f}",
+                    "before refit": f"{100 * np.mean([m['initial_accuracy'] for m in ms]):.2f}",
+                    "drop (points)": f"{drop:.3f} ± {sd:.3f}",
+                    "residual": f"{np.mean([m['residual'] for m in ms]):.2e}"})  # fmt: skip
+    return out
+
+
 def _stitch_rows(rows: list[Row]) -> list[dict]:
     out = []
     labels = F.site_labels(rows)
@@ -115,6 +153,7 @@ def _stitch_rows(rows: list[Row]) -> list[dict]:
                         "site": labels[arch].get(s, s),
                         "pairs": n,
                         "penalty (points)": f"{m:.2f} ± {sd:.2f}",
+                        "95% CI (t)": ci_text(t_interval(vals)) if n else "",
                     }
                 )
     return out
@@ -135,11 +174,25 @@ def _method_notes(rows_by_kind: dict[str, list[Row]]) -> str:
     met = rows_by_kind.get("metrics", [])
     if met:
         n = {r.metrics.get("n_samples") for r in met}
-        notes.append(f"Metrics on the first {_counts(n, 'test image')} (the paper: all 10,000).")
+        notes.append(
+            f"Metrics on {_counts(n, 'test image')} (the whole test split unless the preset caps "
+            "it; the paper: all 10,000 CIFAR-10 test images)."
+        )
     san = rows_by_kind.get("sanity", [])
     if san:
         ep = {r.config.get("epochs") for r in san}
-        notes.append(f"Sanity test: {_counts(ep, 'retraining epoch')} (the paper: 50).")
+        reps = {r.config.get("repeat") for r in san}
+        data = {r.config.get("model", {}).get("data", {}).get("name") for r in san}
+        notes.append(
+            f"Sanity test: {_counts(ep, 'retraining epoch')} with the epoch chosen on validation, "
+            f"{_counts({len(reps)}, 'repeat')} per (map, conv), on {', '.join(map(str, data))} "
+            "(the paper: 50 epochs, 10 repeats, CIFAR-10)."
+        )
+    if rows_by_kind.get("absorb"):
+        notes.append(
+            "Closed-form refit (not in the paper): only the layer after the activation is refit "
+            "by least squares from the frozen features to the base model's output of that layer."
+        )
     if not notes:
         return ""
     return "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
@@ -166,32 +219,9 @@ def _run_rows(store: Store, meta: dict) -> tuple[dict[str, list[Row]], int]:
     return {k: rs for k, rs in kept.items() if rs}, left_out
 
 
-def render(folder: str | os.PathLike) -> str:
-    """The report HTML of the run in ``folder`` (reads only the results store)."""
-    store = open_existing(folder)
-    meta = store.meta()
-    run = meta.get("run", {})
-    stages = meta.get("stages", [])
-    rows_by_kind, left_out = _run_rows(store, meta)
-    parts = [f"<h1>intertwiner reproduce: {_e(Path(folder).resolve().name)}</h1>"]
-    parts.append(
-        f"<p>Preset <b>{_e(run.get('preset'))}</b>, data <b>{_e(run.get('data') or 'preset default')}"
-        f"</b>, executor <b>{_e(_executor_text(run.get('executor')))}</b>. "
-        f"{sum(map(len, rows_by_kind.values()))} finished jobs. "
-        f"Report built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"
-    )
-    if left_out:
-        parts.append(
-            f'<p class="note">{left_out} stored rows are no job of this run\'s preset and '
-            "configuration (rows of an older run or library version); they are left out.</p>"
-        )
-    parts.append(
-        '<p class="note">Scale caveat: the CPU presets train small models for a few epochs on '
-        "5,000 MNIST images (or sklearn digits); the paper trains full-size models for 50 epochs "
-        "on CIFAR-10 (100 seeds, 16-32 pairs). Compare the <em>direction</em> of effects, not the "
-        "absolute numbers.</p>"
-    )
-    # Stage status, with every stage that did not run and why.
+def _stage_parts(stages: list[dict]) -> list[str]:
+    """The Stages table: every stage's status, with the notes saying why."""
+    parts: list[str] = []
     st_rows = []
     for s in stages:
         notes = list(s.get("notes", []))
@@ -210,13 +240,27 @@ def render(folder: str | os.PathLike) -> str:
             }
         )
     parts += ["<h2>Stages</h2>", _table(st_rows)]
+    return parts
 
+
+def _comparison_parts(rows_by_kind: dict[str, list[Row]]) -> list[str]:
+    """Our numbers beside the paper's, the claim verdicts and the method notes."""
+    parts: list[str] = []
+    table = comparison(rows_by_kind)
     parts += [
         "<h2>Our numbers beside the paper's</h2>",
-        f"<p>Paper: {_e(SOURCE)}. mCNN = our <code>myrtle_cnn</code> (narrow, on MNIST). "
+        f"<p>Paper: {_e(SOURCE)}. mCNN = our <code>myrtle_cnn</code> (narrow, on MNIST; the sanity "
+        "test's on concept scenes). "
         "Difference = ours − paper, in the quantity's units (accuracy points or "
-        "similarity). Penalties = mean clean accuracy − stitched/rotated accuracy.</p>",
-        _table(comparison(rows_by_kind)),
+        "similarity). Penalties = mean clean accuracy − stitched/rotated accuracy. 95% CI: "
+        "Student t-interval of the mean over model pairs, repeats or seeds (Welch's for the "
+        "difference of two independent groups). Verdict of a claim: <b>holds</b> when the whole "
+        "interval lies on the claimed side, <b>does not hold</b> when it lies wholly on the other "
+        "side, <b>inconclusive</b> when it straddles the decision: this run cannot tell. d = "
+        "effect size (mean / std); <em>detectable</em> = the smallest true difference the test "
+        "would find with 80% power at these sizes.</p>",
+        _table(table),
+        _verdict_summary(table),
     ]
     parts.append(_method_notes(rows_by_kind))
     absent = [
@@ -234,7 +278,12 @@ def render(folder: str | os.PathLike) -> str:
             f'<p class="note">Not measured in this run: {_e(", ".join(absent))} '
             "(see Stages for why).</p>"
         )
+    return parts
 
+
+def _section_parts(rows_by_kind: dict[str, list[Row]]) -> list[str]:
+    """One section per experiment: tables and figures."""
+    parts: list[str] = []
     g = rows_by_kind.get("group_table", [])
     if g:
         cols = {  # short headers: the table fits the page
@@ -282,6 +331,15 @@ def render(folder: str | os.PathLike) -> str:
             "<h2>Section 3.3: rotation sanity test</h2>",
             _img(F.sanity_figure(sa), "sanity test"),
         ]
+    ab = rows_by_kind.get("absorb", [])
+    if ab:
+        parts += [
+            "<h2>Section 3.3, sharpest form: closed-form refit of the next layer</h2>",
+            "<p>A fixed map before the activation; only the next layer refit by least squares "
+            "on frozen features. Drop = base − refit test accuracy (points); residual = relative "
+            "least-squares residual (0 = the layer absorbs the map exactly).</p>",
+            _table(_absorb_rows(ab)),
+        ]
     d = rows_by_kind.get("dissection", [])
     if d:
         parts += ["<h2>Section 6: dissection</h2>", _img(F.dissection_figure(d), "dissection")]
@@ -299,6 +357,12 @@ def render(folder: str | os.PathLike) -> str:
             _table(alignment_table(al)),
         ]
 
+    return parts
+
+
+def _provenance_parts(rows_by_kind: dict[str, list[Row]], meta: dict, run: dict) -> list[str]:
+    """Job timings, zoo seeds, the run configuration."""
+    parts: list[str] = []
     # Provenance.
     timing = []
     for kind, rs in rows_by_kind.items():
@@ -311,6 +375,7 @@ def render(folder: str | os.PathLike) -> str:
                 "slowest job s": f"{max(secs):.1f}",
             }
         )
+    z = rows_by_kind.get("zoo", [])
     seeds = sorted({r.config["seed"] for r in z}) if z else []
     parts += [
         "<h2>Provenance</h2>",
@@ -321,12 +386,57 @@ def render(folder: str | os.PathLike) -> str:
         + _e(json.dumps(run, indent=1, default=str))
         + "</pre></details>",
     ]
+    return parts
+
+
+def render(folder: str | os.PathLike) -> str:
+    """The report HTML of the run in ``folder`` (reads only the results store)."""
+    store = open_existing(folder)
+    meta = store.meta()
+    run = meta.get("run", {})
+    stages = meta.get("stages", [])
+    rows_by_kind, left_out = _run_rows(store, meta)
+    parts = [f"<h1>intertwiner reproduce: {_e(Path(folder).resolve().name)}</h1>"]
+    parts.append(
+        f"<p>Preset <b>{_e(run.get('preset'))}</b>, data <b>{_e(run.get('data') or 'preset default')}"
+        f"</b>, executor <b>{_e(_executor_text(run.get('executor')))}</b>. "
+        f"{sum(map(len, rows_by_kind.values()))} finished jobs. "
+        f"Report built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>"
+    )
+    if left_out:
+        parts.append(
+            f'<p class="note">{left_out} stored rows are no job of this run\'s preset and '
+            "configuration (rows of an older run or library version); they are left out.</p>"
+        )
+    parts.append(
+        '<p class="note">Scale caveat: the CPU presets train small models for a few epochs on '
+        "5,000 MNIST images (or sklearn digits; the sanity test and dissection on procedural "
+        "concept scenes); the paper trains full-size models for 50 epochs on CIFAR-10 (100 seeds, "
+        "16-32 pairs). Compare the <em>direction</em> of effects, not the absolute numbers, and "
+        "read each claim's verdict with its interval.</p>"
+    )
+    parts += _stage_parts(stages)
+    parts += _comparison_parts(rows_by_kind)
+    parts += _section_parts(rows_by_kind)
+    parts += _provenance_parts(rows_by_kind, meta, run)
     body = "\n".join(p for p in parts if p)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>intertwiner report</title><style>{CSS}</style></head><body>{body}</body></html>"
     )
+
+
+def claim_verdicts(folder: str | os.PathLike) -> list[dict]:
+    """The claims of the run in ``folder``: ``{"claim", "statistic", "ci", "verdict"}`` each."""
+    store = open_existing(folder)
+    rows_by_kind, _ = _run_rows(store, store.meta())
+    return [
+        {"claim": f"{r['experiment']}: {r['quantity'].split(' (')[0]}", "statistic": r["ours"],
+         "ci": r.get("95% CI", ""), "verdict": r["verdict"]}
+        for r in comparison(rows_by_kind)
+        if r.get("verdict") in ("holds", "does not hold", "inconclusive")
+    ]  # fmt: skip
 
 
 def build_report(folder: str | os.PathLike) -> Path:
