@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from conftest import fill
-
 from intertwiner.report import claim_verdicts, render
 from intertwiner.store import Store
 
