@@ -1,0 +1,5 @@
+"""``python -m intertwiner.cli``: the same command as ``intertwiner``."""
+
+from intertwiner.cli import app
+
+app()

@@ -1,0 +1,204 @@
+"""Symmetry commands: ``symmetries`` (trace and verify), ``align``, ``interpolate``."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from intertwiner.cli._app import (
+    _pair_splits,
+    app,
+    fail,
+)
+
+
+# ---- symmetries ---------------------------------------------------------------------------------
+@app.command()
+def symmetries(
+    checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by train/zoo."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    seed: int = typer.Option(0, min=0, help="Seed for the random input batch and elements."),
+    batch: int = typer.Option(8, min=1, help="Random inputs used to verify each site."),
+) -> None:
+    """Trace a checkpoint's weight-space symmetries and verify each site.
+
+    Errors are relative: max |f(x) - f_g(x)| / max |f(x)| with a random element g at one site,
+    in float64 (exactness of the symmetry) and in float32 (round-off at the model's precision).
+    """
+    import torch
+
+    from intertwiner.checkpoints import load
+    from intertwiner.errors import IntertwinerError
+    from intertwiner.symmetry import check, random_elements, site_errors, trace
+
+    try:
+        model, meta = load(checkpoint)
+        config = meta.get("config", {})
+        gen = torch.Generator().manual_seed(seed)
+        size = int(config.get("input_size", 32))
+        shape = (batch, int(config.get("in_channels", 3)), size, size)
+        x = torch.randn(shape, generator=gen)
+        model = model.float()
+        spec = trace(model, x)
+        err32 = site_errors(model, spec, x, generator=torch.Generator().manual_seed(seed))
+        m64, x64 = model.double(), x.double()
+        err64 = site_errors(m64, spec, x64, generator=torch.Generator().manual_seed(seed))
+        elements = random_elements(spec, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            ref = float(m64.eval()(x64).abs().max()) or 1.0
+        total64 = check(m64, spec, x64, elements=elements) / ref
+    except IntertwinerError as e:
+        raise fail(e) from None
+    if as_json:
+        out = spec.to_dict()
+        for s in out["sites"]:
+            s["error_float64"], s["error_float32"] = err64[s["name"]], err32[s["name"]]
+        out["all_sites_error_float64"] = total64
+        out["checkpoint"] = checkpoint
+        typer.echo(json.dumps(out, indent=2))
+        return
+    arch, act = meta.get("arch"), meta.get("activation")
+    typer.echo(f"{checkpoint}: {arch} ({act}), {len(spec.sites)} sites")
+    typer.echo(spec.table(errors=err64, error_label="err f64"))
+    typer.echo(
+        f"\nerr f64: relative output change with a random element at one site (float64); "
+        f"float32 max {max(err32.values(), default=0.0):.1e}; all sites at once (float64) "
+        f"{total64:.1e}."
+    )
+
+
+# ---- align / interpolate -----------------------------------------------------------------------
+def _random_subset(ds, n):
+    from intertwiner.data import random_subset
+
+    return random_subset(ds, n)
+
+
+_OPT_METHOD = typer.Option("weights", "--method", help="weights | activations")
+_OPT_GROUP = typer.Option(
+    "full", "--group", help="full (each site's intertwiner group) | permutation | none"
+)
+
+
+@app.command("align")
+def align_cmd(
+    checkpoint_a: str = typer.Argument(..., help="Reference model A (.safetensors)."),
+    checkpoint_b: str = typer.Argument(..., help="Model B to align to A (.safetensors)."),
+    out: str = typer.Option(..., "--out", help="Where to save aligned B (.safetensors)."),
+    method: str = _OPT_METHOD,
+    group: str = _OPT_GROUP,
+    data: str | None = typer.Option(
+        None, "--data", help="Dataset for activations (default: the one in A's metadata)."
+    ),
+    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
+    samples: int = typer.Option(4096, help="Training examples streamed for --method activations."),
+    seed: int = typer.Option(0, help="Seed of the site order in weight matching."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Align B to A modulo the intertwiner group of every traced site; save aligned B (same
+    function as B) and print, per site, B's relative weight distance to A before and after."""
+    from intertwiner import checkpoints
+    from intertwiner.alignment import align, weight_distance
+    from intertwiner.errors import IntertwinerError
+
+    try:
+        model_a, meta_a = checkpoints.load(checkpoint_a)
+        model_b, meta_b = checkpoints.load(checkpoint_b)
+        train = None
+        if method == "activations" or data is not None:
+            train = _random_subset(
+                _pair_splits(meta_a, data, data_dir, checkpoint_a).train, samples
+            )
+        res = align(
+            model_a, model_b, data=train, method=method, group=group, seed=seed,
+            progress=not quiet,
+        )  # fmt: skip
+        before, after = weight_distance(model_a, model_b), weight_distance(model_a, res.model)
+        meta = {
+            **{k: v for k, v in meta_b.items() if k != "alignment"},
+            "alignment": {
+                "reference": str(checkpoint_a),
+                "source": str(checkpoint_b),
+                "method": method,
+                "group": group,
+                "seed": seed,
+                "distance_before": before,
+                "distance_after": after,
+                "sweeps": res.sweeps,
+            },
+        }
+        checkpoints.save(res.model, out, meta)
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    if as_json:
+        typer.echo(json.dumps({**meta["alignment"], "out": out, "seconds": res.seconds,
+                               "sites": [vars(r) for r in res.sites]}, indent=2))  # fmt: skip
+        return
+    typer.echo(res.table())
+    typer.echo(f"\nweight distance to A (relative): {before:.4f} -> {after:.4f}  "
+               f"({method}, group {group}, {res.sweeps} sweeps, {res.seconds:.2f}s)")  # fmt: skip
+    typer.echo(f"saved {out}")
+
+
+@app.command("interpolate")
+def interpolate_cmd(
+    checkpoint_a: str = typer.Argument(..., help="Model A (.safetensors)."),
+    checkpoint_b: str = typer.Argument(..., help="Model B (.safetensors)."),
+    do_align: bool = typer.Option(
+        False, "--align/--no-align", help="Align B to A first (and show the unaligned line too)."
+    ),
+    method: str = _OPT_METHOD,
+    group: str = _OPT_GROUP,
+    alphas: int = typer.Option(11, help="Evenly spaced points from A (0) to B (1)."),
+    reset_bn: bool = typer.Option(
+        True, "--reset-bn/--no-reset-bn", help="Re-estimate BatchNorm statistics at each point."
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="Dataset (default: the one in A's metadata)."
+    ),
+    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
+    samples: int = typer.Option(4096, help="Training examples for BN statistics / activations."),
+    eval_samples: int | None = typer.Option(None, help="Test examples to evaluate (default all)."),
+    plot: str | None = typer.Option(None, "--plot", help="Save the barrier curves (PNG)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Loss and accuracy on the straight line from A to B (test split) and the loss barrier."""
+    from intertwiner import checkpoints
+    from intertwiner.alignment import align, interpolate, plot_curves
+    from intertwiner.errors import IntertwinerError
+
+    try:
+        model_a, meta_a = checkpoints.load(checkpoint_a)
+        model_b, _ = checkpoints.load(checkpoint_b)
+        splits = _pair_splits(meta_a, data, data_dir, checkpoint_a)
+        train, test = (
+            _random_subset(splits.train, samples),
+            _random_subset(splits.test, eval_samples),
+        )
+        opts = dict(reset_bn=reset_bn, bn_data=train, progress=not quiet)
+        curves = [interpolate(model_a, model_b, alphas, test, label="no alignment", **opts)]
+        if do_align:
+            res = align(model_a, model_b, data=train, method=method, group=group,
+                        progress=not quiet)  # fmt: skip
+            label = f"aligned ({method}, {group})"
+            curves.append(interpolate(model_a, res.model, alphas, test, label=label, **opts))
+        if plot:
+            plot_curves(curves, plot, title=f"{checkpoint_a} -> {checkpoint_b}")
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    if as_json:
+        typer.echo(json.dumps([c.to_dict() for c in curves], indent=2))
+        return
+    for c in curves:
+        typer.echo(f"{c.label}{' (BN re-estimated)' if c.reset_bn else ''}")
+        typer.echo("  alpha   loss     accuracy")
+        for a, loss, acc in zip(c.alphas, c.losses, c.accuracies, strict=True):
+            typer.echo(f"  {a:5.2f}  {loss:7.4f}  {100 * acc:6.2f}%")
+        mid = c.midpoint
+        typer.echo(f"  loss barrier {c.barrier:.4f}, accuracy at alpha={mid['alpha']:.2f} "
+                   f"{100 * mid['accuracy']:.2f}%")  # fmt: skip
+    if plot:
+        typer.echo(f"saved {plot}")

@@ -1,0 +1,172 @@
+"""The typer app of the ``intertwiner`` command, and what every command shares: ``fail``, the
+option checks, the log stream for non-terminals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+import typer
+
+from intertwiner.errors import InvalidOptionError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Symmetries of neural networks: intertwiner groups, weight-space symmetries, "
+    "representation metrics modulo symmetry, model stitching.",
+)
+
+_display_type_rich = typer.core.TyperOption.display_type_rich
+
+
+def _flag_type(self, ctx):
+    """A flag takes no value: show no ``<bool>`` placeholder in --help (typer shows one)."""
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_type
+
+
+def fail(error: Exception | str, code: int = 2) -> typer.Exit:
+    """Print ``error`` as a one-line message on stderr and return the Exit to raise."""
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(code)
+
+
+# ---- option checks (typer callbacks: bad input exits with code 2 and one line, no traceback) ----
+def _checked(check):
+    """A typer callback running ``check(value)`` (an ``intertwiner._validate`` function); its
+    error becomes typer's BadParameter (exit code 2, the option named, no traceback)."""
+
+    def callback(value):
+        if value is None:
+            return value
+        try:
+            return check(value)
+        except (ValueError, TypeError) as e:
+            raise typer.BadParameter(str(e)) from None
+
+    return callback
+
+
+def _folder(value: str) -> str:
+    from pathlib import Path
+
+    if Path(value).exists() and not Path(value).is_dir():
+        raise InvalidOptionError(
+            f"{value} is an existing file; --out names a folder (new or existing)"
+        )
+    return value
+
+
+def _device(value: str) -> str:
+    from intertwiner._validate import device
+
+    return str(device(value, "--device"))
+
+
+def _fraction(value: float) -> float:
+    from intertwiner._validate import finite_number
+
+    return finite_number(value, "the fraction", low=0.0, high=1.0, high_open=True)
+
+
+def _positive_number(value: float) -> float:
+    from intertwiner._validate import finite_number
+
+    return finite_number(value, "the value", low=0.0, low_open=True)
+
+
+def _nonnegative_number(value: float) -> float:
+    from intertwiner._validate import finite_number
+
+    return finite_number(value, "the value", low=0.0)
+
+
+def _seeds(value: str) -> str:
+    from intertwiner.training import parse_seeds
+
+    parse_seeds(value)
+    return value
+
+
+_FOLDER, _DEVICE, _FRACTION = _checked(_folder), _checked(_device), _checked(_fraction)
+_POSITIVE, _NONNEGATIVE = _checked(_positive_number), _checked(_nonnegative_number)
+
+
+class PlainLog:
+    """A text stream for logs: progress bars' carriage returns become line breaks, terminal
+    escape codes and the blank lines bars leave when they clear are dropped (stderr when it is
+    not a terminal, e.g. a file or a CI log)."""
+
+    _ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        clean = self._ESCAPE.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+        out = []
+        for k, line in enumerate(clean.split("\n")):
+            if k > 0 and not self._at_line_start:
+                out.append("\n")
+                self._at_line_start = True
+            line = line.rstrip() if k < clean.count("\n") else line
+            if line.strip():
+                out.append(line)
+                self._at_line_start = False
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@app.callback()
+def _main() -> None:
+    """intertwiner: symmetries of deep learning models and their internal representations."""
+    if not isinstance(sys.stderr, PlainLog) and not _isatty(sys.stderr):
+        sys.stderr = PlainLog(sys.stderr)
+        # one progress line every 10 s is plenty in a log
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _write_json(path, obj) -> None:
+    """Write ``obj`` as JSON atomically (a temporary beside ``path``, then a rename)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+_ARCH_HELP = "mlp | myrtle_cnn | resnet20 | resnet18 | vit"
+
+
+def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoint_a: str):
+    from intertwiner import checkpoints
+
+    return checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)

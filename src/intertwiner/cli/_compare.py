@@ -1,0 +1,197 @@
+"""``compare``: metrics between checkpoints or saved feature arrays."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import typer
+
+from intertwiner.cli._app import (
+    _DEVICE,
+    _FOLDER,
+    _pair_splits,
+    app,
+    fail,
+)
+from intertwiner.errors import InvalidOptionError
+
+
+# ---- compare -----------------------------------------------------------------------------------
+def _compare_input(path: str):
+    """A checkpoint (``.safetensors`` with its JSON sidecar) -> (model, metadata); a feature file
+    (``.npy``, or ``.safetensors`` without a sidecar: one tensor per layer) -> ({layer: array}, None).
+    Never pickle: ``np.load(allow_pickle=False)``."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from intertwiner import checkpoints
+    from intertwiner.errors import CheckpointError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    if p.suffix == ".npy":
+        return {"features": np.load(p, allow_pickle=False)}, None
+    if p.suffix != ".safetensors":
+        raise CheckpointError(
+            f"{path}: compare takes .safetensors checkpoints or feature files, or .npy"
+        )
+    if p.with_suffix(".json").is_file():
+        return checkpoints.load(p)
+    from safetensors.torch import load_file
+
+    return load_file(str(p)), None
+
+
+def _compare_tables(results: dict, two: bool) -> str:
+    """Two inputs: a layer x layer table per metric (A's layers down, B's across); more: a
+    model x model table per metric and layer pair."""
+    lines = []
+    for name, res in results.items():
+        if two:
+            lines.append(f"{name}  (rows: {res.names[0]} layers, columns: {res.names[1]} layers)")
+            lines.append("".ljust(16) + "".join(f"{lb[:11]:>12s}" for lb in res.layers))
+            for la in res.layers:
+                row = [
+                    res.matrices.get((la, lb), [[float("nan")] * 2] * 2)[0][1] for lb in res.layers
+                ]
+                lines.append(f"{la[:15]:16s}" + "".join(f"{v:12.4f}" for v in row))
+        else:
+            for (la, lb), m in res.matrices.items():
+                lines.append(f"{name}  {la}" + ("" if la == lb else f" vs {lb}"))
+                lines.append("".ljust(16) + "".join(f"{n[:11]:>12s}" for n in res.names))
+                for n, row in zip(res.names, m, strict=True):
+                    lines.append(f"{n[:15]:16s}" + "".join(f"{v:12.4f}" for v in row))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _compare_write(results: dict, out: str, two: bool) -> list[str]:
+    """compare.json, compare.csv and heatmap PNGs in ``out``; the paths written."""
+    import csv
+
+    os.makedirs(out, exist_ok=True)
+    written = [os.path.join(out, "compare.json"), os.path.join(out, "compare.csv")]
+    with open(written[0], "w") as f:
+        json.dump({name: res.to_dict() for name, res in results.items()}, f, indent=2)
+    with open(written[1], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["metric", "layer_a", "layer_b", "model_a", "model_b", "value"])
+        for name, res in results.items():
+            for (la, lb), m in res.matrices.items():
+                for i, a in enumerate(res.names):
+                    for j, b in enumerate(res.names):
+                        w.writerow([name, la, lb, a, b, repr(float(m[i, j]))])
+    if two:
+        import numpy as np
+
+        from intertwiner.metrics import Comparison
+
+        any_res = next(iter(results.values()))
+        lay = any_res.layers
+        mats = {n: np.array([[r.matrices[(a, b)][0, 1] for b in lay] for a in lay])
+                for n, r in results.items()}  # fmt: skip
+        comp = Comparison(lay, lay, mats, 0,
+                          higher_is_similar={n: r.higher_is_similar for n, r in results.items()})  # fmt: skip
+        written.append(os.path.join(out, "compare.png"))
+        comp.plot(written[-1])
+    else:
+        for name, res in results.items():
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+            for la in res.layers:
+                written.append(
+                    os.path.join(out, f"compare_{safe}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', la)}.png")
+                )
+                res.plot(written[-1], layer=la)
+    return written
+
+
+_ARG_INPUTS = typer.Argument(
+    ...,
+    help="Checkpoints (.safetensors + .json sidecar), or feature files (.npy, or .safetensors "
+    "without a sidecar: one tensor per layer) of shape (N, C, ...).",
+)
+
+
+@app.command("compare")
+def compare_cmd(
+    inputs: list[str] = _ARG_INPUTS,
+    layers: str | None = typer.Option(
+        None,
+        "--layers",
+        help="Comma-separated layers (module names; for feature files, tensor names). Needed for checkpoints.",
+    ),
+    metrics: str = typer.Option(
+        "cka,procrustes_similarity:positive_monomial",
+        "--metrics",
+        help="Comma-separated metrics, e.g. cka, cka_debiased, group_cka, procrustes_similarity:orthogonal.",
+    ),
+    cross_layers: bool = typer.Option(
+        True,
+        "--cross-layers/--same-layer",
+        help="Every layer pair, or each layer with itself (more than two inputs).",
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Dataset for checkpoints (default: the one in the first checkpoint's metadata).",
+    ),
+    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
+    split: str = typer.Option("test", "--split", help="Inputs to compare on: test | val | train."),
+    samples: int = typer.Option(
+        1000, "--samples", min=4, help="Inputs to compare on (checkpoints)."
+    ),
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        callback=_FOLDER,
+        help="Folder for compare.json, compare.csv and heatmap PNGs.",
+    ),
+    device: str | None = typer.Option(
+        None, callback=_DEVICE, help="cpu, cuda, ... (default: where the features are)."
+    ),
+    workers: int = typer.Option(0, min=0, help="Processes for the pairs (0: this one)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Compare checkpoints (layer x layer for two, model x model for more) or saved features with
+    representation metrics; print the tables, and with --out write JSON, CSV and heatmaps."""
+    from intertwiner.errors import IntertwinerError, InvalidInputError
+    from intertwiner.metrics import pairwise
+
+    if len(inputs) < 2:
+        raise fail("compare needs at least two inputs")
+    names = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
+    if len(set(names)) != len(names):
+        names = list(inputs)
+    want = [la.strip() for la in layers.split(",")] if layers else None
+    try:
+        loaded = [_compare_input(p) for p in inputs]
+        models = [m for m, meta in loaded if meta is not None]
+        if models and len(models) != len(loaded):
+            raise InvalidInputError(
+                "compare takes only checkpoints or only feature files, not both"
+            )
+        kw: dict = {"layers": want, "cross_layers": cross_layers, "names": names,
+                    "device": device, "progress": not quiet, "workers": workers}  # fmt: skip
+        if models:
+            splits = _pair_splits(loaded[0][1], data, data_dir, inputs[0])
+            if split not in ("test", "val", "train"):
+                raise InvalidOptionError(f"--split {split!r}: choose test, val or train")
+            kw.update(data=getattr(splits, split), max_samples=samples)
+        items = models or [m for m, _ in loaded]
+        results = {}
+        for spec in [m.strip() for m in metrics.split(",") if m.strip()]:
+            res = pairwise(items, spec, **kw)
+            results[res.metric] = res
+        written = _compare_write(results, out, len(inputs) == 2) if out else []
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    typer.echo(_compare_tables(results, len(inputs) == 2))
+    for r in results.values():
+        for note in r.notes:
+            typer.echo(f"note: {note}", err=True)
+    for w in written:
+        typer.echo(f"saved {w}")
