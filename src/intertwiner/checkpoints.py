@@ -334,14 +334,16 @@ def data_splits(
     dataset: str | None = None,
     root: str | Path | None = None,
     source: str | Path = "the checkpoint",
+    overrides: JSONDict | None = None,
     **defaults: Any,
 ):
     """The ``DataSplits`` a checkpoint was trained on, rebuilt from its metadata: the dataset,
     its options (a reproduce checkpoint's ``data_options``, or the concept generator's settings
     in ``data_meta``) and the split seed, so validation and test are the ones training used.
 
-    ``dataset`` overrides the recorded name (the recorded options are then not applied);
-    ``root`` is a data folder (CIFAR-10); ``defaults`` fill options the metadata lacks.
+    ``dataset`` overrides the recorded name (a different dataset gets none of its options);
+    ``root`` is a data folder (CIFAR-10); ``defaults`` fill options the metadata lacks and
+    ``overrides`` replace recorded ones (a job's explicit data options).
     Raises ``InvalidOptionError`` when the metadata names no dataset and none is given.
     """
     from intertwiner import data as data_mod
@@ -351,7 +353,7 @@ def data_splits(
     if not name:
         raise InvalidOptionError(f"{source} does not record its dataset; pass the dataset name")
     options: JSONDict = {}
-    if dataset is None:  # the recorded options; older checkpoints: read from the data's meta
+    if name == metadata.get("dataset"):  # its recorded options (older ones: the data's meta)
         recorded = metadata.get("data_options")
         options.update(recorded or data_mod.options_from_meta(metadata.get("data_meta") or {}))
     seed = metadata.get("split_seed", (metadata.get("data_meta") or {}).get("split_seed"))
@@ -360,4 +362,5 @@ def data_splits(
         options["root"] = str(root)
     for key, value in defaults.items():
         options.setdefault(key, value)
+    options.update(overrides or {})
     return data_mod.load(name, **options)

@@ -352,22 +352,17 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
     ``lr``, ``optimizer``, ``weight_decay``, ``schedule``, ``num_threads``, ``device``.
     """
     from intertwiner import checkpoints
-    from intertwiner import data as data_mod
 
     model, meta = checkpoints.load(config["checkpoint"])
-    name = config.get("data") or meta.get("dataset")
-    if not name:
+    if not (config.get("data") or meta.get("dataset")):
         raise InvalidOptionError(
             "the job config needs 'data' (the checkpoint does not name its dataset)"
         )
-    options = dict(config.get("data_options") or {})
-    data_meta = meta.get("data_meta") or {}
-    if "split_seed" in meta:
-        options.setdefault("seed", meta["split_seed"])
-    if name == "concepts" and "generator" in data_meta:
-        for k, v in data_meta["generator"].items():
-            options.setdefault(k, v)
-    splits = data_mod.load(name, **options)
+    # The checkpoint's own splits (dataset, options, split seed); the job's options win.
+    splits = checkpoints.data_splits(
+        meta, dataset=config.get("data"), source=config["checkpoint"],
+        overrides=config.get("data_options"),
+    )  # fmt: skip
     fields = {f.name for f in dataclasses.fields(SanityConfig)}
     sc = SanityConfig(**{k: v for k, v in config.items() if k in fields and k != "progress"})
     row = sanity_run(model, config["site"], config["kind"], int(config.get("repeat", 0)),
