@@ -88,6 +88,7 @@ def test_failed_jobs_are_reported_not_stored(tmp_path):
     assert status["skipped_done"] == 2 and len(status["failed"]) == 1
 
 
+@pytest.mark.slow
 def test_kill_minus_9_then_resume_gives_same_results(test_run, tmp_path):
     ref_out, _ = test_run
     out = tmp_path / "killed"
