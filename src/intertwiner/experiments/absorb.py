@@ -20,6 +20,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from intertwiner.data import DataSplits
 from intertwiner.errors import ShapeError
 from intertwiner.experiments.sanity import (
     _example,
@@ -98,7 +100,12 @@ def _capture(model: nn.Module, name: str, x: torch.Tensor, want: str) -> torch.T
 
 
 def fit_layer(
-    source: nn.Module, target: nn.Module, name: str, data: Any, config: AbsorbConfig, seed: int
+    source: nn.Module,
+    target: nn.Module,
+    name: str,
+    data: DataSplits,
+    config: AbsorbConfig,
+    seed: int,
 ) -> dict[str, Any]:
     """Least squares for module ``name``: its input in ``source`` -> its output in ``target``
     (both eval mode). Returns ``{"weight", "bias", "residual", "rows"}`` in the layer's shapes;
@@ -138,11 +145,11 @@ def _set_layer(model: nn.Module, name: str, fit: dict[str, Any]) -> None:
 
 
 def absorb_run(
-    checkpoint_or_model: Any,
+    checkpoint_or_model: str | Path | nn.Module,
     site: str,
     kind: str,
     repeat: int,
-    data: Any,
+    data: DataSplits,
     config: AbsorbConfig | None = None,
 ) -> dict[str, Any]:
     """One repeat: insert a ``kind`` map at ``site``, refit the next layer in closed form on the
@@ -197,7 +204,7 @@ def absorb_test(
     sites: Sequence[str],
     kinds: Sequence[str],
     repeats: int,
-    data: Any,
+    data: DataSplits,
     config: AbsorbConfig | None = None,
     *,
     progress: bool = True,

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from intertwiner.data import DataSplits
 from intertwiner.errors import IntertwinerError, InvalidOptionError
 from intertwiner.experiments.common import filtered
 from intertwiner.experiments.surgery import (
@@ -139,7 +140,7 @@ def _stable_seed(*parts: Any) -> int:
     return zlib.crc32("|".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
 
 
-def _load_model(checkpoint_or_model: Any) -> tuple[nn.Module, dict[str, Any]]:
+def _load_model(checkpoint_or_model: str | Path | nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     if isinstance(checkpoint_or_model, nn.Module):
         return checkpoint_or_model, {}
     from intertwiner import checkpoints
@@ -147,14 +148,16 @@ def _load_model(checkpoint_or_model: Any) -> tuple[nn.Module, dict[str, Any]]:
     return checkpoints.load(checkpoint_or_model)
 
 
-def _example(data: Any) -> torch.Tensor:
+def _example(data: DataSplits) -> torch.Tensor:
     ds = data.test
     if hasattr(ds, "get_batch"):
         return ds.get_batch(torch.arange(min(2, len(ds))))[0]
     return torch.stack([ds[i][0] for i in range(min(2, len(ds)))])
 
 
-def _retrain(sane: nn.Module, data: Any, config: SanityConfig, seed: int, initial: float) -> dict:
+def _retrain(
+    sane: nn.Module, data: DataSplits, config: SanityConfig, seed: int, initial: float
+) -> dict:
     """Retrain the unfrozen part (epoch chosen on validation): ``{"test", "val", "epoch"}``."""
     from intertwiner.training import TrainConfig, evaluate, train
 
@@ -166,11 +169,11 @@ def _retrain(sane: nn.Module, data: Any, config: SanityConfig, seed: int, initia
 
 
 def sanity_run(
-    checkpoint_or_model: Any,
+    checkpoint_or_model: str | Path | nn.Module,
     site: str,
     transform_kind: str,
     repeat: int,
-    data: Any,
+    data: DataSplits,
     config: SanityConfig | None = None,
     *,
     base: dict[str, float] | None = None,
@@ -236,7 +239,7 @@ def sanity_test(
     sites: Sequence[str],
     kinds: Sequence[str],
     repeats: int,
-    data: Any,
+    data: DataSplits,
     config: SanityConfig | None = None,
     *,
     progress: bool = True,

@@ -8,13 +8,11 @@ squared away (monomial -> positive_monomial, signed_permutation -> permutation).
 
 from __future__ import annotations
 
-from typing import Any
-
 from intertwiner.errors import InvalidInputError, UnsupportedGroupError
-from intertwiner.groups import FAMILIES, Family, IntertwinerGroup, family
+from intertwiner.groups import FAMILIES, Family, GroupLike, IntertwinerGroup, family
 
 
-def family_name(group: Any) -> str:
+def family_name(group: GroupLike) -> str:
     """Family name of the action on representations: a name, a ``Family`` or an IntertwinerGroup."""
     if isinstance(group, IntertwinerGroup):
         return group.phi_family.name

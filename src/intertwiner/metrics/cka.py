@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from intertwiner import _validate
+from intertwiner._types import FeatureLike
 from intertwiner.errors import NonFiniteError, TooFewSamplesError
 from intertwiner.layouts import to_flat
 from intertwiner.metrics._groups import declare, subgroups
@@ -424,8 +425,8 @@ def rbf_kernel(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
 
 @declare(_ORTHOGONAL)
 def cka(
-    X: Any,
-    Y: Any,
+    X: FeatureLike,
+    Y: FeatureLike,
     *,
     kernel: str = "linear",
     debiased: bool = False,

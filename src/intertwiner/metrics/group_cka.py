@@ -42,8 +42,9 @@ from typing import Any
 import torch
 
 from intertwiner import _validate
+from intertwiner._types import FeatureLike
 from intertwiner.errors import UnsupportedGroupError
-from intertwiner.groups import MONOMIAL, SIGNED_PERMUTATION, family
+from intertwiner.groups import MONOMIAL, SIGNED_PERMUTATION, GroupLike, family
 from intertwiner.layouts import to_sites
 from intertwiner.metrics._groups import declare, family_name, subgroups
 from intertwiner.metrics._prep import (
@@ -69,7 +70,7 @@ def _normalised(name: str) -> bool:
     return family(name).free_scales
 
 
-def group_cka_group(group: Any) -> str:
+def group_cka_group(group: GroupLike) -> str:
     name = family_name(group)
     if not family(name).monomial:
         raise UnsupportedGroupError(
@@ -79,7 +80,7 @@ def group_cka_group(group: Any) -> str:
     return name
 
 
-def invariant_families(group: Any) -> tuple[str, ...]:
+def invariant_families(group: GroupLike) -> tuple[str, ...]:
     """Families group_cka(group=...) is invariant to (see the module docstring)."""
     name = group_cka_group(group)
     return subgroups(MONOMIAL if _normalised(name) else SIGNED_PERMUTATION)
@@ -198,7 +199,7 @@ def kernel_matrix(
 
 def kernel(
     x: torch.Tensor,
-    group: Any = "positive_monomial",
+    group: GroupLike = "positive_monomial",
     *,
     reduce: str = "max",
     dtype: torch.dtype = torch.float64,
@@ -261,10 +262,10 @@ def cka_from_sums(s: dict[str, Any], debiased: bool) -> float:
 
 @declare(subgroups("monomial"))
 def group_cka(
-    X: Any,
-    Y: Any,
+    X: FeatureLike,
+    Y: FeatureLike,
     *,
-    group: Any = "positive_monomial",
+    group: GroupLike = "positive_monomial",
     debiased: bool = True,
     reduce: str = "max",
     chunk_size: int | None = None,

@@ -54,8 +54,16 @@ import numpy as np
 import torch
 
 from intertwiner import _validate
+from intertwiner._types import FeatureLike
 from intertwiner.errors import InvalidOptionError, NonFiniteError, UnsupportedGroupError
-from intertwiner.groups import FAMILIES, GENERAL_LINEAR, ORTHOGONAL, best_assignment, family
+from intertwiner.groups import (
+    FAMILIES,
+    GENERAL_LINEAR,
+    ORTHOGONAL,
+    GroupLike,
+    best_assignment,
+    family,
+)
 from intertwiner.layouts import (
     block_samples,
     copies,
@@ -95,13 +103,13 @@ def _sign_free(group: str) -> bool:
 DISTANCE_RANGE = {"angular": (0.0, math.pi), "euclidean": (0.0, 2.0)}
 
 
-def similarity_range(group: Any = "orthogonal") -> tuple[float, float]:
+def similarity_range(group: GroupLike = "orthogonal") -> tuple[float, float]:
     """[1 - sqrt(2)/2, 1] for groups that flip signs; [0, 1] for permutation and G_ReLU, which
     cannot undo an anti-correlated neuron (see the module docstring)."""
     return (0.0, 1.0) if _sign_free(procrustes_group(group)) else (1.0 - math.sqrt(0.5), 1.0)
 
 
-def procrustes_group(group: Any) -> str:
+def procrustes_group(group: GroupLike) -> str:
     """The family a Procrustes metric quotients out; a clear error for GL."""
     name = family_name(group)
     if family(name) is GENERAL_LINEAR:
@@ -115,7 +123,7 @@ def procrustes_group(group: Any) -> str:
     return name
 
 
-def invariant_families(group: Any) -> tuple[str, ...]:
+def invariant_families(group: GroupLike) -> tuple[str, ...]:
     """Families a Procrustes metric for ``group`` is invariant to (the group and its subgroups)."""
     return subgroups(procrustes_group(group))
 
@@ -406,7 +414,7 @@ def similarity_from_stats(stats: ProcrustesStats, group: str, center: bool = Fal
 
 
 def prepare_rows(
-    X: Any, Y: Any, *, upsample: bool = False, layout: str | None = None
+    X: FeatureLike, Y: FeatureLike, *, upsample: bool = False, layout: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated X and Y in their own layout with matching positions (no copy unless upsampled)."""
     # Finiteness is checked by ProcrustesStats.update.
@@ -420,7 +428,7 @@ def new_stats(group: str, center: bool) -> ProcrustesStats:
 
 
 def _stats(
-    X: Any, Y: Any, group: str, upsample: bool, layout: str | None, center: bool
+    X: FeatureLike, Y: FeatureLike, group: str, upsample: bool, layout: str | None, center: bool
 ) -> ProcrustesStats:
     x, y = prepare_rows(X, Y, upsample=upsample, layout=layout)
     return stats_of(x, y, group, upsample, layout, center)
@@ -439,10 +447,10 @@ def stats_of(
 
 @declare(subgroups("orthogonal"))
 def procrustes_distance(
-    X: Any,
-    Y: Any,
+    X: FeatureLike,
+    Y: FeatureLike,
     *,
-    group: Any = "orthogonal",
+    group: GroupLike = "orthogonal",
     kind: str = "angular",
     center: bool = False,
     upsample: bool = False,
@@ -463,10 +471,10 @@ def procrustes_distance(
 
 @declare(subgroups("orthogonal"))
 def procrustes_similarity(
-    X: Any,
-    Y: Any,
+    X: FeatureLike,
+    Y: FeatureLike,
     *,
-    group: Any = "orthogonal",
+    group: GroupLike = "orthogonal",
     center: bool = False,
     upsample: bool = False,
     layout: str | None = None,

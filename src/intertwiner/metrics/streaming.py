@@ -19,7 +19,9 @@ from typing import Any
 import torch
 
 from intertwiner import _validate
+from intertwiner._types import FeatureLike
 from intertwiner.errors import ShapeError
+from intertwiner.groups import GroupLike
 from intertwiner.layouts import to_flat
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._groups import subgroups
@@ -73,7 +75,7 @@ class LinearCKA(Accumulator):
     def _new_state(self) -> LinearCKAStats:
         return LinearCKAStats()
 
-    def update(self, X: Any, Y: Any) -> None:
+    def update(self, X: FeatureLike, Y: FeatureLike) -> None:
         # NaN/Inf are caught by the state's sums of squares, before it changes.
         xt, yt = validate(X, "X", finite=False), validate(Y, "Y", finite=False)
         check_same_n(xt, yt)
@@ -89,7 +91,7 @@ class _Procrustes(Accumulator):
     def __init__(
         self,
         *,
-        group: Any = "orthogonal",
+        group: GroupLike = "orthogonal",
         center: bool = False,
         upsample: bool = False,
         layout: str | None = None,
@@ -102,7 +104,7 @@ class _Procrustes(Accumulator):
     def _new_state(self) -> _pr.ProcrustesStats:
         return _pr.new_stats(self.group, self.center)
 
-    def update(self, X: Any, Y: Any) -> None:
+    def update(self, X: FeatureLike, Y: FeatureLike) -> None:
         x, y = _pr.prepare_rows(X, Y, upsample=self.upsample, layout=self.layout)
         self._check_widths(x, y)
         self._state.update(x, y, self.layout)
@@ -117,7 +119,7 @@ class ProcrustesDistance(_Procrustes):
 
     higher_is_similar = False
 
-    def __init__(self, *, group: Any = "orthogonal", kind: str = "angular", **options: Any):
+    def __init__(self, *, group: GroupLike = "orthogonal", kind: str = "angular", **options: Any):
         self.kind = _validate.choice(kind, "kind", _pr.KINDS)
         self.value_range = _pr.DISTANCE_RANGE[kind]
         super().__init__(group=group, **options)
@@ -131,7 +133,7 @@ class ProcrustesDistance(_Procrustes):
 class ProcrustesSimilarity(_Procrustes):
     """Streaming ``procrustes_similarity`` (the paper's 1 - d convention); exact."""
 
-    def __init__(self, *, group: Any = "orthogonal", **options: Any):
+    def __init__(self, *, group: GroupLike = "orthogonal", **options: Any):
         super().__init__(group=group, **options)
         self.name = f"procrustes_similarity[{self.group}]"
         self.value_range = _pr.similarity_range(self.group)
