@@ -19,7 +19,7 @@ def reproduce(
     ),
     preset: str = typer.Option(
         "quick",
-        help="quick (<= 15 min CPU) | full (~50 min on 2 cores) | paper (GPU/cluster) | test "
+        help="quick (<= 15 min CPU) | full (56 min on 2 cores) | paper (GPU/cluster) | test "
         "(a minute: a smoke test of the whole pipeline).",
     ),
     data: str | None = typer.Option(
