@@ -42,8 +42,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
-    """``fig.savefig`` into ``path`` atomically; the format comes from the suffix (PNG default)."""
-    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    """``fig.savefig`` into ``path`` atomically; the format is ``format=`` if given, else the
+    suffix's (PNG without one)."""
+    fmt = savefig_kwargs.pop("format", None) or Path(path).suffix.lstrip(".").lower() or "png"
     return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs))
 
 

@@ -153,14 +153,10 @@ def _csv(text: str) -> list[str]:
 
 
 def _write_json(path, obj) -> None:
-    """Write ``obj`` as JSON atomically (a temporary beside ``path``, then a rename)."""
-    import os
-    from pathlib import Path
+    """Write ``obj`` as JSON atomically (``intertwiner._atomic``)."""
+    from intertwiner import _atomic
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    _atomic.write_text(path, json.dumps(obj, indent=2))
 
 
 _ARCH_HELP = "mlp | myrtle_cnn | resnet20 | resnet18 | vit"

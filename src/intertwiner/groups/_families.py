@@ -123,16 +123,8 @@ class Family:
         cross, second = torch.broadcast_tensors(cross, second)
         ok = second > 0
         safe = torch.where(ok, second, torch.ones_like(second))
-        one = torch.ones_like(cross)
-        if self.scales == "one":
-            s = one
-        elif self.scales == "sign":
-            s = torch.where(cross < 0, -one, one)
-        else:  # the least-squares scale, clipped to the closure of the allowed set
-            s = cross / safe
-            if self.scales == "positive":
-                s = s.clamp(min=0.0)
-        s = torch.where(ok, s, one)
+        # The quadratic is minimised by the least-squares scale moved into the set's closure.
+        s = torch.where(ok, self.clip_scales(cross / safe), torch.ones_like(cross))
         gain = torch.where(ok, 2 * cross * s - second * s * s, torch.zeros_like(cross))
         return gain, s
 

@@ -4,11 +4,12 @@ canvas and leaves pyplot's global state alone, so nothing calls ``matplotlib.use
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from intertwiner import _atomic
 
 
 def annotated_heatmap(
@@ -45,8 +46,4 @@ def annotated_heatmap(
 
 def save_png(fig: Any, path: str | os.PathLike) -> None:
     """Write ``fig`` as a PNG atomically (a temporary file in the same folder, then a rename)."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, path)
+    _atomic.save_figure(fig, path, dpi=120, format="png")

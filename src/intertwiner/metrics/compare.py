@@ -16,7 +16,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from intertwiner import _validate
+from intertwiner import _atomic, _validate
 from intertwiner._types import DataLike
 from intertwiner.errors import (
     IntertwinerError,
@@ -81,11 +80,7 @@ class Comparison:
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write ``to_dict()`` atomically."""
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        _atomic.write_text(path, json.dumps(self.to_dict(), indent=2))
 
     def plot(self, path: str | os.PathLike | None = None):
         """One heatmap per metric (rows: model-a layers, columns: model-b layers); PNG if path."""
