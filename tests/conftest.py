@@ -20,6 +20,20 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+_SESSION_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _thread_count_is_left_as_found():
+    """A test (or a fixture it set up) that changes the torch thread count for good changes every
+    later result that depends on it; fail it where it happens, not in some later test."""
+    yield
+    leaked = torch.get_num_threads()
+    if leaked != _SESSION_THREADS:
+        torch.set_num_threads(_SESSION_THREADS)
+        pytest.fail(f"torch thread count left at {leaked} (was {_SESSION_THREADS}); restore it")
+
+
 @pytest.fixture(scope="session")
 def digits():
     return digits_splits()

@@ -131,8 +131,12 @@ def _trained_pair(seed_a=0, seed_b=1):
 
 @pytest.fixture(scope="module")
 def trained_pair():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return _trained_pair()
+    try:
+        return _trained_pair()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("group", ["full", "permutation"])

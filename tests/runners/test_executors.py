@@ -6,7 +6,12 @@ import pytest
 
 from intertwiner.experiments import group_table
 from intertwiner.runners import ExecutorError, get_executor
-from intertwiner.runners.probe import failing_probe_job, probe_job, thread_count_job
+from intertwiner.runners.probe import (
+    failing_probe_job,
+    global_rng_job,
+    probe_job,
+    thread_count_job,
+)
 
 CONFIGS = [{"seed": s} for s in range(5)]
 
@@ -80,11 +85,56 @@ def test_jobs_run_with_the_thread_count_that_describe_reports(workers):
     rows = _values(_rows(ex, thread_count_job, CONFIGS[:3]))
     assert {r["threads"] for r in rows.values()} == {ex.describe()["threads"]} == {want}
     assert torch.get_num_threads() == before  # running in-process restores this process's count
-    in_process = get_executor("local", workers=1)
-    assert in_process.describe()["threads"] == torch.get_num_threads()
-    assert {r["threads"] for r in _values(_rows(in_process, thread_count_job)).values()} == {
-        torch.get_num_threads()
-    }
+
+
+def test_in_process_jobs_do_not_inherit_the_callers_thread_count():
+    """``workers=1`` runs jobs with cores / 1 threads whatever this process was left with."""
+    import torch
+
+    from intertwiner.runners.base import available_cores
+
+    before = torch.get_num_threads()
+    try:
+        for left_behind in (1, 3):
+            torch.set_num_threads(left_behind)
+            ex = get_executor("local", workers=1)
+            rows = _values(_rows(ex, thread_count_job, CONFIGS[:2]))
+            assert {r["threads"] for r in rows.values()} == {available_cores()}
+            assert ex.describe()["threads"] == available_cores()
+            assert torch.get_num_threads() == left_behind
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_global_rng_draws_depend_on_the_config_only():
+    """A job drawing from the global RNGs gets a stream of its own config, in any process state,
+    and leaves the caller's RNG states as they were."""
+    import random
+
+    import numpy as np
+    import torch
+
+    def run(configs):
+        return _values(_rows(get_executor("local", workers=1), global_rng_job, configs))
+
+    first = run(CONFIGS[:3])
+    torch.manual_seed(123)
+    np.random.seed(7)  # noqa: NPY002 (the legacy global state is what the job must not see)
+    random.seed(9)
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()  # noqa: NPY002
+    again = run(list(reversed(CONFIGS[:3])))
+    assert again == first
+    assert first[0] != first[1]  # different configs, different streams
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1])  # noqa: NPY002
+    assert random.getstate() == states[2]
+    pool = _values(_rows(get_executor("local", workers=2), global_rng_job, CONFIGS[:3]))
+    assert pool == first  # a fresh worker process draws the same
+
+
+def test_thread_count_below_one_is_refused():
+    with pytest.raises(ExecutorError, match="at least 1"):
+        get_executor("local", workers=1, threads_per_worker=0)
 
 
 def test_slurm_without_a_cluster_refuses_instead_of_running_locally(tmp_path, monkeypatch):

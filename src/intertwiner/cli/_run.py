@@ -32,6 +32,11 @@ def reproduce(
     workers: int | None = typer.Option(
         None, help="Parallel jobs (local: processes, default one per core; 1 = in-process)."
     ),
+    threads: int | None = typer.Option(
+        None,
+        help="Torch threads per job (local: default cores / workers; ray, slurm: the CPUs each "
+        "job reserves, default 1). Rows are bit-identical between runs with the same count.",
+    ),
     address: str | None = typer.Option(
         None, help="Ray cluster address (ray executor; default: start a local Ray)."
     ),
@@ -73,7 +78,7 @@ def reproduce(
         typer.echo("error: --out is required (or pass --dry-run)", err=True)
         raise typer.Exit(2)
 
-    opts = _executor_options(executor, address, partition, slurm_cluster, time_min, gpus)
+    opts = _executor_options(executor, threads, address, partition, slurm_cluster, time_min, gpus)
     try:
         summary = run(out, preset=preset, data=data, data_dir=data_dir, executor=executor,
                       workers=workers, progress=not quiet, executor_options=opts,
@@ -88,24 +93,29 @@ def reproduce(
 
 def _executor_options(
     executor: str,
+    threads: int | None,
     address: str | None,
     partition: str | None,
     slurm_cluster: str | None,
     time_min: int,
     gpus: int,
 ) -> dict:
-    """The options of the chosen executor; --slurm-cluster without slurm exits with code 2."""
+    """The options of the chosen executor; --slurm-cluster without slurm, or --threads under 1,
+    exits with code 2."""
+    if threads is not None and threads < 1:
+        typer.echo(f"error: --threads must be at least 1, got {threads}", err=True)
+        raise typer.Exit(2)
     if executor == "ray":
-        return {"address": address, "gpus_per_job": gpus}
+        return {"address": address, "gpus_per_job": gpus, "cpus_per_job": threads or 1}
     if executor == "slurm":
-        opts = {"partition": partition, "time_min": time_min, "gpus": gpus}
+        opts = {"partition": partition, "time_min": time_min, "gpus": gpus, "cpus": threads or 1}
         if slurm_cluster is not None:
             opts["cluster"] = slurm_cluster
         return opts
     if slurm_cluster is not None:
         typer.echo("error: --slurm-cluster goes with --executor slurm", err=True)
         raise typer.Exit(2)
-    return {}
+    return {} if threads is None else {"threads_per_worker": threads}
 
 
 def _dry_run(preset: str, data: str | None, data_dir: str | None) -> None:

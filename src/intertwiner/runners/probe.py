@@ -31,3 +31,19 @@ def thread_count_job(config: dict) -> dict:
     import torch
 
     return {"seed": config["seed"], "threads": torch.get_num_threads()}
+
+
+def global_rng_job(config: dict) -> dict:
+    """Draws from the global torch, numpy and ``random`` RNGs, as careless model code does: the
+    executor's job environment must make these draws a function of the config."""
+    import random
+
+    import numpy as np
+    import torch
+
+    return {
+        "seed": config["seed"],
+        "torch": float(torch.rand(()).item()),
+        "numpy": float(np.random.random()),  # noqa: NPY002 (the point of this probe)
+        "random": random.random(),
+    }

@@ -8,7 +8,8 @@ from intertwiner.runners.base import Executor, ExecutorError, JobFn, JobResult, 
 
 
 class RayExecutor(Executor):
-    """Run each job as a Ray task (``num_cpus``/``num_gpus`` per task).
+    """Run each job as a Ray task (``num_cpus``/``num_gpus`` per task), with as many torch
+    threads as the CPUs it reserves.
 
     ``address=None`` starts a local Ray instance with ``workers`` CPUs (or joins one already
     initialised in this process); ``address="auto"`` or ``"ray://host:10001"`` joins a cluster.
@@ -31,6 +32,7 @@ class RayExecutor(Executor):
         self.address = address
         self.cpus_per_job = cpus_per_job
         self.gpus_per_job = gpus_per_job
+        self.threads = max(1, int(cpus_per_job))
         self._started_here = False
         if not ray.is_initialized():
             try:
@@ -48,7 +50,7 @@ class RayExecutor(Executor):
 
     def map(self, fn: JobFn, configs: Sequence[dict]) -> Iterator[tuple[dict, JobResult]]:
         ray = self._ray
-        refs = {self._remote.remote(fn, cfg): cfg for cfg in configs}
+        refs = {self._remote.remote(fn, cfg, self.threads): cfg for cfg in configs}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -67,4 +69,5 @@ class RayExecutor(Executor):
             "address": self.address,
             "cluster_cpus": res.get("CPU"),
             "cluster_gpus": res.get("GPU"),
+            "threads": self.threads,
         }

@@ -8,6 +8,7 @@ would silently fall back to running locally, so ``SlurmExecutor`` raises ``Execu
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -92,7 +93,8 @@ class SlurmExecutor(Executor):
         configs = list(configs)
         if not configs:
             return
-        jobs = self._ex.map_array(execute, [fn] * len(configs), configs)
+        run = functools.partial(execute, threads=self.params["cpus"])  # torch threads = CPUs
+        jobs = self._ex.map_array(run, [fn] * len(configs), configs)
         by_id = {id(j): c for j, c in zip(jobs, configs)}
         for job in submitit.helpers.as_completed(jobs, poll_frequency=1):
             try:
@@ -102,4 +104,5 @@ class SlurmExecutor(Executor):
             yield by_id[id(job)], res
 
     def describe(self) -> dict:
-        return {"executor": self.name, "cluster": self._ex.cluster, **self.params}
+        return {"executor": self.name, "cluster": self._ex.cluster, **self.params,
+                "threads": self.params["cpus"]}  # fmt: skip
