@@ -32,9 +32,12 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from threadpoolctl import threadpool_limits
 
+from intertwiner import _products as products
 from intertwiner.layouts import to_flat, to_matrix
 from intertwiner.metrics import (
     LinearCKA,
@@ -93,25 +96,78 @@ def streamed(acc_factory, x, y, parts: int = 5) -> float:
 
 
 def floors(x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, Callable], str]:
-    """The floor functions of one layout, and the linear-CKA form."""
+    """The floor functions of one layout, and the linear-CKA form. Two floors: torch's matmul
+    ("product", "cka") and the best product on the machine, numpy's BLAS with symmetric products
+    by syrk ("best product", "best cka")."""
     xm, ym = to_matrix(x).contiguous(), to_matrix(y).contiguous()
     m = (xm.T @ ym).cpu().numpy()
     xf, yf = to_flat(x), to_flat(y)
     xc, yc = (xf - xf.mean(0)).contiguous(), (yf - yf.mean(0)).contiguous()
     n, p = xc.shape
-    form = "feature" if 3 * p * p <= 2 * n * p else "gram"
+    # The rule of ``cka``: feature space costs N(p^2/2 + q^2/2 + pq), Gram N^2 (p + q)/2.
+    form = "feature" if 4 * p * p <= 2 * n * p else "gram"
+    xmn, ymn, xcn, ycn = (t.cpu().numpy() for t in (xm, ym, xc, yc))
 
     def cka_floor():
         if form == "feature":
             return xc.T @ xc, yc.T @ yc, xc.T @ yc
         return xc @ xc.T, yc @ yc.T
 
+    def best_cka_floor():
+        if form == "feature":
+            return xcn.T @ xcn, ycn.T @ ycn, xcn.T @ ycn
+        return xcn @ xcn.T, ycn @ ycn.T
+
     return {
         "product": lambda: xm.T @ ym,
+        "best product": lambda: xmn.T @ ymn,
         "svd": lambda: torch.linalg.svdvals(torch.from_numpy(m)),
         "assignment": lambda: linear_sum_assignment(m, maximize=True),
         "cka": cka_floor,
+        "best cka": best_cka_floor,
     }, form
+
+
+# ---- peers, re-implemented from their published algorithms (numpy / torch as they use) --------
+def netrep_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """netrep's LinearCKA.score: centre columns, then the angle between the Gram matrices
+    X X' and Y Y' (numpy; X X' is syrk there too)."""
+    xn, yn = to_flat(x).cpu().numpy(), to_flat(y).cpu().numpy()
+    xn, yn = xn - xn.mean(0), yn - yn.mean(0)
+    k, l = xn @ xn.T, yn @ yn.T
+    return float(np.arccos(np.clip(np.vdot(k, l) / (np.linalg.norm(k) * np.linalg.norm(l)), -1, 1)))
+
+
+def netrep_procrustes(x: torch.Tensor, y: torch.Tensor) -> float:
+    """netrep's LinearMetric(alpha=1).fit_score (orthogonal Procrustes, angular score): centre,
+    SVD of X'Y, rotate both sides into the shared frame, the angle between them (numpy)."""
+    xn, yn = to_matrix(x).cpu().numpy(), to_matrix(y).cpu().numpy()
+    xn, yn = xn - xn.mean(0), yn - yn.mean(0)
+    u, _, vt = np.linalg.svd(xn.T @ yn, full_matrices=False)
+    xw, yw = xn @ u, yn @ vt.T
+    cos = np.vdot(xw, yw) / (np.linalg.norm(xw) * np.linalg.norm(yw))
+    return float(np.arccos(np.clip(cos, -1, 1)))
+
+
+def modelsym_ortho_procrustes(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The reference code's ``ortho_procrustes`` (paper.md section 6): the whole tensor scaled to
+    unit norm, then 1 - sqrt(2 - 2 |H1'H2|_*) / 2 over (positions, C) matrices (torch)."""
+    h1, h2 = to_matrix(x), to_matrix(y)
+    h1, h2 = h1 / torch.linalg.vector_norm(h1), h2 / torch.linalg.vector_norm(h2)
+    nuc = torch.linalg.svdvals(h1.T @ h2).sum()
+    return float(1 - torch.sqrt((2 - 2 * nuc).clamp_min(0)) / 2)
+
+
+def modelsym_wreath_procrustes(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The reference code's ``wreath_procrustes`` (G_ReLU): each channel to unit norm, the
+    cross-correlations, Hungarian matching, 1 - sqrt(d^2 / 4C) (torch and scipy)."""
+    h1, h2 = to_matrix(x), to_matrix(y)
+    h1 = h1 / torch.linalg.vector_norm(h1, dim=0).clamp_min(1e-300)
+    h2 = h2 / torch.linalg.vector_norm(h2, dim=0).clamp_min(1e-300)
+    c = (h1.T @ h2).cpu().numpy()
+    r, k = linear_sum_assignment(c, maximize=True)
+    d2 = float((h1 * h1).sum() + (h2 * h2).sum()) - 2 * float(c[r, k].sum())
+    return 1 - (max(d2, 0.0) / (4 * c.shape[0])) ** 0.5
 
 
 def metric_rows(x, y, form: str) -> list[tuple[str, Callable, str]]:
@@ -143,30 +199,47 @@ def metric_rows(x, y, form: str) -> list[tuple[str, Callable, str]]:
     return rows
 
 
+PEERS = [
+    ("netrep LinearCKA", netrep_linear_cka, "cka (linear)"),
+    ("netrep LinearMetric(alpha=1)", netrep_procrustes, "procrustes_distance[orthogonal]"),
+    ("modelsym ortho_procrustes", modelsym_ortho_procrustes, "procrustes_similarity[orthogonal]"),
+    ("modelsym wreath_procrustes", modelsym_wreath_procrustes, "procrustes_similarity[G_ReLU]"),
+]
+
+
 def layout_table(name: str, shape: tuple[int, ...], repeat: int, device) -> None:
     x, y = features(shape, device)
     fl, form = floors(x, y)
     rows = metric_rows(x, y, form)
     fns = {f"floor:{k}": f for k, f in fl.items()}
     fns.update({r[0]: r[1] for r in rows})
+    if device.type == "cpu":
+        fns.update({label: (lambda f=f: f(x, y)) for label, f, _ in PEERS})
     for fn in fns.values():  # warm up (allocator, first-call costs)
         if shape[0] <= 2000:
             fn()
     t = interleaved(fns, repeat if shape[0] * x[0].numel() < 10**7 else max(1, repeat - 2), device)
-    prod = t["floor:product"]
+    prod, best = t["floor:product"], t["floor:best product"]
     floor_of = {
-        "svd": prod + t["floor:svd"],
-        "assignment": prod + t["floor:assignment"],
-        "cka": t["floor:cka"],
+        "svd": (prod + t["floor:svd"], best + t["floor:svd"]),
+        "assignment": (prod + t["floor:assignment"], best + t["floor:assignment"]),
+        "cka": (t["floor:cka"], t["floor:best cka"]),
     }
     floats = x.numel()
     print(f"\n{name} {tuple(shape)} float64 on {device}; linear CKA form: {form}; "
-          f"X'Y product {prod:.3f} s, CPU-time medians")  # fmt: skip
-    print(f"{'metric':40s} {'seconds':>9s} {'floor s':>9s} {'ratio':>6s} {'ns/float':>9s}")
+          f"X'Y product {prod:.3f} s torch, {best:.3f} s best; CPU-time medians")  # fmt: skip
+    print(f"{'metric':40s} {'seconds':>9s} {'torch fl':>9s} {'ratio':>6s} {'best fl':>9s} "
+          f"{'ratio':>6s} {'ns/float':>9s}")  # fmt: skip
     for label, _, floor in rows:
         sec = t[label]
         per = f"{1e9 * sec / floats:9.1f}" if floor == "cka" else ""
-        print(f"{label:40s} {sec:9.3f} {floor_of[floor]:9.3f} {sec / floor_of[floor]:6.2f} {per}")
+        ft, fb = floor_of[floor]
+        print(f"{label:40s} {sec:9.3f} {ft:9.3f} {sec / ft:6.2f} {fb:9.3f} {sec / fb:6.2f} {per}")
+    if device.type == "cpu":
+        print(f"{'peer (their algorithm, re-implemented)':40s} {'seconds':>9s} {'ours':>9s} "
+              f"{'ours/peer':>9s}")  # fmt: skip
+        for label, _, ours in PEERS:
+            print(f"{label:40s} {t[label]:9.3f} {t[ours]:9.3f} {t[ours] / t[label]:9.2f}")
 
 
 # ---- G_ReLU-CKA against the reference loop -------------------------------------------------------
@@ -305,15 +378,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"device {device}")  # fmt: skip
-    shapes = QUICK if args.quick else LAYOUTS
-    if args.only in (None, "layouts"):
-        for name in args.layouts.split(","):
-            if name in shapes:
-                layout_table(name, shapes[name], args.repeat, device)
-    if args.only in (None, "group_cka"):
-        sizes = (300, 600) if args.quick else (1_000, 10_000)
-        group_cka_table(sizes, n_ref=sizes[0], repeat=args.repeat, device=device)
+          f"device {device}, INTERTWINER_BLAS={products.backend()}")  # fmt: skip
+    # numpy's BLAS (floors, peers) with the same thread count as torch, as ours runs it.
+    with threadpool_limits(args.threads):
+        shapes = QUICK if args.quick else LAYOUTS
+        if args.only in (None, "layouts"):
+            for name in args.layouts.split(","):
+                if name in shapes:
+                    layout_table(name, shapes[name], args.repeat, device)
+        if args.only in (None, "group_cka"):
+            sizes = (300, 600) if args.quick else (1_000, 10_000)
+            group_cka_table(sizes, n_ref=sizes[0], repeat=args.repeat, device=device)
 
 
 if __name__ == "__main__":

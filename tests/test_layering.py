@@ -16,6 +16,7 @@ LAYERS = {
     "_version": 0,
     "_types": 1,
     "_atomic": 1,
+    "_products": 1,
     "layouts": 1,
     "_validate": 2,
     "stats": 2,

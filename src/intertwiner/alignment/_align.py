@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from intertwiner import _products as products
 from intertwiner.alignment._views import axis_rows, feature_rows, tensor_of
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups import (
@@ -183,8 +184,8 @@ def _terms(
         x = axis_rows(tensor_of(a, ax).detach(), ax).double().cpu()
         ch = None if shift is None else shift.get(k)
         y = axis_rows(tensor_of(b, ax).detach(), ax, ch).double().cpu()
-        gram = y @ y.T if dense else (y * y).sum(1)
-        terms.append(FitTerm(ax.kind, x @ y.T, gram, (x * x).sum(1)))
+        gram = products.gram(y) if dense else (y * y).sum(1)
+        terms.append(FitTerm(ax.kind, products.matmul(x, y.T), gram, (x * x).sum(1)))
     return terms
 
 
@@ -458,8 +459,8 @@ def _activation_sites(
                     ax = site.activation_axes[act]
                     xa = feature_rows(fa[act], ax).double()
                     xb = feature_rows(fb[act], ax).double()
-                    gram = xb.T @ xb if dense[sname] else (xb * xb).sum(0)
-                    new = [xa.T @ xb, gram, (xa * xa).sum(0)]
+                    gram = products.cov(xb) if dense[sname] else (xb * xb).sum(0)
+                    new = [products.matmul(xa.T, xb), gram, (xa * xa).sum(0)]
                     key = (sname, act)
                     if key in stats:
                         for t, d in zip(stats[key], new, strict=True):

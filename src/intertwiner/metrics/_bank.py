@@ -23,6 +23,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from intertwiner import _products as products
 from intertwiner.layouts import to_flat
 from intertwiner.metrics._prep import f64, scale_exponent, times_power_of_two, validate
 from intertwiner.metrics.cka import (
@@ -92,7 +93,7 @@ class FeatureBank:
                     "aa": 0.0,
                     "raw": 0.0,
                 }
-            st["g"].addmm_(x.T, x)
+            products.add_cov_(st["g"], x)
             st["s"] += x.sum(0)
             st["xa"] += a @ x
             st["a"] += float(a.sum())
@@ -110,7 +111,7 @@ class FeatureBank:
                         "ya": torch.zeros(y.shape[1], dtype=torch.float64),
                         "ab": 0.0,
                     }
-                pr["g"].addmm_(x.T, y)
+                products.add_matmul_(pr["g"], x.T, y)
                 pr["xb"] += b @ x
                 pr["ya"] += a @ y
                 pr["ab"] += float(a @ b)
@@ -192,12 +193,14 @@ class GramBank:
             parts = []
             if self._filled:
                 h = self._held[key][: self._filled]
-                g = h @ x.T  # (held rows, batch rows): an off-diagonal block, counted twice
+                g = products.matmul(
+                    h, x.T
+                )  # (held rows, batch rows): an off-diagonal block, counted twice
                 parts.append((g, 2.0))
                 self._add_row_sums(key, g)
                 self.rsum[key][batch_index] += g.sum(0)  # K is symmetric: the batch's rows
             if inside:
-                g = x @ x.T
+                g = products.gram(x)
                 parts.append((g, 1.0))
                 self.diag[key][batch_index] = g.diagonal().clone()
                 self.rsum[key][batch_index] += g.sum(1)

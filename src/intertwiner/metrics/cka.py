@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from intertwiner import _products as products
 from intertwiner import _validate
 from intertwiner._types import FeatureLike
 from intertwiner.errors import NonFiniteError, TooFewSamplesError
@@ -250,9 +251,9 @@ class LinearCKAStats:
         x = x - self.shift_x
         y = y - self.shift_y
         self.n += x.shape[0]
-        self.gxy.addmm_(x.T, y)
-        self.gxx.addmm_(x.T, x)
-        self.gyy.addmm_(y.T, y)
+        products.add_matmul_(self.gxy, x.T, y)
+        products.add_cov_(self.gxx, x)
+        products.add_cov_(self.gyy, y)
         self.sx += x.sum(0)
         self.sy += y.sum(0)
         a = torch.linalg.vector_norm(x, dim=1).square()
@@ -273,7 +274,12 @@ class LinearCKAStats:
     def from_centred(cls, x: torch.Tensor, y: torch.Tensor, debiased: bool) -> LinearCKAStats:
         """Statistics of float64 rows x (n, p), y (n, q) already centred and scaled (one-shot
         ``cka``): no shift and no copies; the debiased per-row terms only when ``debiased``."""
-        st = cls(n=x.shape[0], gxy=x.T @ y, gxx=x.T @ x, gyy=y.T @ y, sx=x.sum(0), sy=y.sum(0))
+        gxx = products.cov(x)
+        if y is x:  # one representation's own statistics (pairwise): one product, not three
+            gyy, gxy = gxx.clone(), gxx.clone()
+        else:
+            gyy, gxy = products.cov(y), products.matmul(x.T, y)
+        st = cls(n=x.shape[0], gxy=gxy, gxx=gxx, gyy=gyy, sx=x.sum(0), sy=y.sum(0))
         sq_x, sq_y = float(st.gxx.diagonal().sum()), float(st.gyy.diagonal().sum())
         st.scal = {"a": sq_x, "b": sq_y, "raw_x": sq_x, "raw_y": sq_y}
         if debiased:
@@ -297,7 +303,7 @@ class LinearCKAStats:
     ) -> LinearCKAStats:
         """Statistics of the pair (x, y) from each side's own ``from_centred(t, t)`` statistics:
         only the cross terms (X'Y, and for the debiased form two matrix-vector products) are new."""
-        st = cls(n=sx.n, gxy=x.T @ y, gxx=sx.gxx, gyy=sy.gxx, sx=sx.sx, sy=sy.sx)
+        st = cls(n=sx.n, gxy=products.matmul(x.T, y), gxx=sx.gxx, gyy=sy.gxx, sx=sx.sx, sy=sy.sx)
         st.scal = {"a": sx.scal["a"], "b": sy.scal["a"]}
         st.scal.update(raw_x=sx.scal["raw_x"], raw_y=sy.scal["raw_x"])
         if debiased:
@@ -456,11 +462,12 @@ def cka(
         sx, sy = (None, None) if sigma is None else (sigma * fx, sigma * fy)
         k, l = rbf_kernel(xc, sx), rbf_kernel(yc, sy)
         return gram_cka(k, l, debiased=debiased, constant=const)
-    if p * p + q * q + p * q <= n * (p + q):  # feature space is the cheaper form
+    # Multiply-adds of the two exact forms (symmetric products cost half a general one).
+    if p * p + q * q + 2 * p * q <= n * (p + q):  # feature space is the cheaper form
         st = LinearCKAStats.from_centred(xc, yc, debiased)
         const = constant(st.scal["a"], mx) or constant(st.scal["b"], my)
         return st.cka(debiased, const)
-    k, l = xc @ xc.T, yc @ yc.T
+    k, l = products.gram(xc), products.gram(yc)
     const = constant(float(k.trace()), mx) or constant(float(l.trace()), my)
     return gram_cka(k, l, debiased=debiased, constant=const)
 

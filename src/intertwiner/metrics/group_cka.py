@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from intertwiner import _products as products
 from intertwiner import _validate
 from intertwiner._types import FeatureLike
 from intertwiner.errors import UnsupportedGroupError
@@ -161,7 +162,7 @@ class _Products:
         for c in range(0, a.shape[0], self.group):
             ac = a[c : c + self.group]
             out = self.buf[: ac.shape[0] * ra * rb].view(ac.shape[0], ra, rb)
-            torch.bmm(ac, bt[c : c + self.group], out=out)
+            products.bmm(ac, bt[c : c + self.group], out=out)
             if self.reduce == "median":
                 return out.median(0).values.double()
             part = out.amax(0) if self.reduce == "max" else out.sum(0)

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from intertwiner import _products as products
 from intertwiner import _validate
 from intertwiner._types import FeatureLike
 from intertwiner.errors import InvalidOptionError, NonFiniteError, UnsupportedGroupError
@@ -221,7 +222,7 @@ class ProcrustesStats:
             x, y = x - self.shift[0], y - self.shift[1]
             xsq = torch.linalg.vector_norm(x, dim=0).square()
             ysq = torch.linalg.vector_norm(y, dim=0).square()
-        parts = [x.T @ y, xsq, ysq]
+        parts = [products.matmul(x.T, y), xsq, ysq]
         if self.centering:
             parts += [x.sum(0), y.sum(0)]
         self._add(parts, x.shape[0])
@@ -301,12 +302,12 @@ def _raw_products(
             neuron_blocks(y, layout, samples=y.shape[0]),
         )
         sq = [sum(_sum_squares(blk) for blk in neuron_blocks(t, layout)) for t in (x, y)]
-        return a @ b.T, sq[0], sq[1]
+        return products.matmul(a, b.T), sq[0], sq[1]
     kw["samples"] = min(block_samples(x, layout), block_samples(y, layout))
     m = torch.zeros(width(x, layout), width(y, layout), dtype=torch.float64, device=x.device)
     sqx, sqy = torch.zeros_like(m[:, 0]), torch.zeros_like(m[0])
     for a, b in zip(neuron_blocks(x, layout, **kw), neuron_blocks(y, layout, **kw), strict=True):
-        m.addmm_(a, b.T)
+        products.add_matmul_(m, a, b.T)
         sqx += _sum_squares(a)
         sqy += _sum_squares(b)
     return m, sqx, sqy

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from intertwiner import _products as products
 from intertwiner.errors import (
     InvalidOptionError,
     NonFiniteError,
@@ -90,8 +91,8 @@ class FeatureStats:
         for start in range(0, x.shape[0], step):
             xb, yb = x[start : start + step], y[start : start + step]
             if self.cross_x:
-                self.sxx += (xb.T @ xb).to(f64)
-            self.sxy += (xb.T @ yb).to(f64)
+                self.sxx += products.cov(xb).to(f64)
+            self.sxy += products.matmul(xb.T, yb).to(f64)
 
     def require_cross_x(self, what: str) -> None:
         """Raise unless the full ``x^T x`` was kept (``what`` names the solver that needs it)."""

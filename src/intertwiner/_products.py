@@ -1,0 +1,168 @@
+"""Large matrix products on the fastest kernels this machine has: the one home of every big
+product that a metric, a moment accumulator or a solver forms.
+
+On the CPU, for float32 and float64 tensors that need no gradient:
+
+- symmetric products, ``gram(x) = x x'`` and ``cov(x) = x' x``, run as BLAS's symmetric rank-k
+  update (numpy recognises ``a @ a.T`` and calls syrk: half the multiply-adds of a general
+  product, the other triangle mirrored);
+- general products, ``matmul(a, b)``, run on numpy's BLAS (OpenBLAS in numpy's wheels: 1-2x
+  faster than torch's MKL on AMD processors, where MKL takes slow paths) or on torch's when the
+  environment variable ``INTERTWINER_BLAS=torch`` says so (``python benchmarks/products.py``
+  measures both here and says which to use). The choice is a setting, never a timing race: a
+  job's numbers must not depend on which library won a measurement in its process.
+
+numpy's BLAS runs with torch's current thread count, so a job's thread setting governs both
+libraries (and results stay a function of it). Arrays cross between torch and numpy without
+copies. Products under ``SMALL`` multiply-adds, GPU tensors, other dtypes and tensors that need
+gradients use torch's own kernels. Results are torch tensors of the inputs' dtype and device.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import numpy as np
+import torch
+
+from intertwiner.errors import InvalidOptionError
+
+#: Values of ``INTERTWINER_BLAS``: the library of general CPU products (default numpy).
+BACKENDS = ("numpy", "torch")
+_FAST_DTYPES = (torch.float32, torch.float64)
+#: Below this many multiply-adds a product costs less than crossing into numpy and back.
+SMALL = 32_768
+
+
+def _on_numpy_blas(*ts: torch.Tensor) -> bool:
+    """Whether the tensors can go to numpy's BLAS: CPU, float32/float64, no autograd."""
+    t0 = ts[0]
+    return all(
+        t.device.type == "cpu" and t.dtype == t0.dtype and not t.requires_grad for t in ts
+    ) and (t0.dtype in _FAST_DTYPES)
+
+
+@cache
+def _openblas_controllers() -> tuple:
+    """threadpoolctl handles of the OpenBLAS libraries numpy and scipy loaded (may be empty)."""
+    import scipy.linalg  # noqa: F401  (load scipy's BLAS too, so its threads are set with numpy's)
+    from threadpoolctl import ThreadpoolController
+
+    return tuple(ThreadpoolController().select(internal_api="openblas").lib_controllers)
+
+
+_threads_set: list[int] = [0]  # numpy's BLAS thread count as last set here
+
+
+def _sync_threads() -> None:
+    """Give numpy's BLAS torch's thread count (cheap: a call only when the count changed)."""
+    n = torch.get_num_threads()
+    if _threads_set[0] != n:
+        for lib in _openblas_controllers():
+            lib.set_num_threads(n)
+        _threads_set[0] = n
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _run(product) -> torch.Tensor:
+    """A numpy product with torch's thread count, as a tensor (no copy). NaN/Inf propagate
+    silently, as in torch: callers check their inputs."""
+    _sync_threads()
+    with np.errstate(all="ignore"):
+        return torch.from_numpy(product())
+
+
+def backend() -> str:
+    """``INTERTWINER_BLAS`` (default "numpy"): the library of general CPU products. Raises
+    InvalidOptionError for another value."""
+    value = os.environ.get("INTERTWINER_BLAS", "numpy").strip().lower() or "numpy"
+    if value not in BACKENDS:
+        raise InvalidOptionError(
+            f"INTERTWINER_BLAS={value!r} is not one of {', '.join(BACKENDS)}; unset it for "
+            "numpy's BLAS, or run benchmarks/products.py to see which is faster here"
+        )
+    return value
+
+
+def _numpy_product(*ts: torch.Tensor, flops: int) -> bool:
+    """Whether a product of ``ts`` of ``flops`` multiply-adds goes to numpy's BLAS."""
+    return flops >= SMALL and _on_numpy_blas(*ts) and backend() == "numpy"
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """``x @ x.T`` for ``x`` (n, p): the (n, n) Gram matrix, by a symmetric rank-k update."""
+    n, p = x.shape
+    if not _numpy_product(x, flops=n * n * p // 2):
+        return x @ x.T
+    xn = _np(x)
+    return _run(lambda: xn @ xn.T)
+
+
+def cov(x: torch.Tensor) -> torch.Tensor:
+    """``x.T @ x`` for ``x`` (n, p): the (p, p) second-moment matrix, by a symmetric rank-k update."""
+    n, p = x.shape
+    if not _numpy_product(x, flops=n * p * p // 2):
+        return x.T @ x
+    xn = _np(x)
+    return _run(lambda: xn.T @ xn)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for 2-D ``a`` (m, k) and ``b`` (k, n) on the faster BLAS here. Transposed views
+    are passed as BLAS transposes, not copied. ``a is b.T`` (the same storage) is symmetric:
+    :func:`gram`/:func:`cov` handle it at half the cost."""
+    if a.dim() != 2 or b.dim() != 2:
+        return a @ b
+    if not _numpy_product(a, b, flops=a.shape[0] * a.shape[1] * b.shape[1]):
+        return a @ b
+    an, bn = _np(a), _np(b)
+    return _run(lambda: an @ bn)
+
+
+def add_matmul_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``out += a @ b`` in place (a moment accumulator's update); returns ``out``."""
+    if _numpy_product(out, a, b, flops=a.shape[0] * a.shape[1] * b.shape[1]):
+        out += matmul(a, b)
+        return out
+    return out.addmm_(a, b)
+
+
+def add_cov_(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out += x.T @ x`` in place, by a symmetric rank-k update; returns ``out``."""
+    n, p = x.shape
+    if _numpy_product(out, x, flops=n * p * p // 2):
+        out += cov(x)
+        return out
+    return out.addmm_(x.T, x)
+
+
+def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Batched ``a @ b`` for (g, m, k) and (g, k, n), into ``out`` (g, m, n) when given."""
+    g, m, k = a.shape
+    if not _numpy_product(a, b, flops=g * m * k * b.shape[2]) or (
+        out is not None and not (out.is_contiguous() and _on_numpy_blas(a, out))
+    ):
+        return torch.bmm(a, b, out=out)
+    an, bn = _np(a), _np(b)
+    if out is None:
+        return _run(lambda: np.matmul(an, bn))
+    on = _np(out)
+    _run(lambda: np.matmul(an, bn, out=on))
+    return out
+
+
+__all__ = [
+    "BACKENDS",
+    "SMALL",
+    "add_cov_",
+    "add_matmul_",
+    "backend",
+    "bmm",
+    "cov",
+    "gram",
+    "matmul",
+]
