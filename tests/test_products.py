@@ -66,17 +66,6 @@ def test_general_products_and_accumulators_equal_torch(route, dtype):
         _close(cov_acc, want)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batched_products_equal_torch_with_and_without_out(route, dtype):
-    gen = torch.Generator().manual_seed(2)
-    a = torch.randn(5, 12, 16, generator=gen, dtype=dtype)
-    b = torch.randn(5, 20, 16, generator=gen, dtype=dtype).transpose(1, 2)  # a transposed view
-    _close(products.bmm(a, b), torch.bmm(a, b))
-    out = torch.empty(5, 12, 20, dtype=dtype)
-    assert products.bmm(a, b, out=out) is out
-    _close(out, torch.bmm(a, b))
-
-
 def test_the_torch_setting_gives_torchs_own_numbers(monkeypatch):
     monkeypatch.setenv("INTERTWINER_BLAS", "torch")
     x = torch.randn(300, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(3))

@@ -140,28 +140,12 @@ def add_cov_(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.addmm_(x.T, x)
 
 
-def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Batched ``a @ b`` for (g, m, k) and (g, k, n), into ``out`` (g, m, n) when given."""
-    g, m, k = a.shape
-    if not _numpy_product(a, b, flops=g * m * k * b.shape[2]) or (
-        out is not None and not (out.is_contiguous() and _on_numpy_blas(a, out))
-    ):
-        return torch.bmm(a, b, out=out)
-    an, bn = _np(a), _np(b)
-    if out is None:
-        return _run(lambda: np.matmul(an, bn))
-    on = _np(out)
-    _run(lambda: np.matmul(an, bn, out=on))
-    return out
-
-
 __all__ = [
     "BACKENDS",
     "SMALL",
     "add_cov_",
     "add_matmul_",
     "backend",
-    "bmm",
     "cov",
     "gram",
     "matmul",

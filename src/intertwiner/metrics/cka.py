@@ -138,17 +138,28 @@ class KernelTerms:
     self_hsic: float = math.nan
 
     @classmethod
-    def of(cls, k: torch.Tensor, debiased: bool) -> KernelTerms:
+    def of(cls, k: torch.Tensor, debiased: bool, *, linear_of_centred: bool = False) -> KernelTerms:
+        """Terms of kernel ``k``. ``linear_of_centred``: ``k`` is the Gram matrix of centred rows,
+        made for this call (so already double-centred, HKH = K, and free to overwrite): no
+        centring and no copy, only the diagonal zeroed in place for the debiased form."""
         k = f64(k)
         if debiased:
-            kt = k.clone()
+            kt = k if linear_of_centred else k.clone()
             kt.fill_diagonal_(0.0)
             rows = kt.sum(1)
             t = cls(kt, rows, float(rows.sum()), True)
         else:
-            t = cls(_double_centred(k), None, 0.0, False)
+            t = cls(k if linear_of_centred else _double_centred(k), None, 0.0, False)
         t.self_hsic = t.hsic(t)
         return t
+
+    @classmethod
+    def linear(cls, centred: torch.Tensor, debiased: bool) -> tuple[KernelTerms, float]:
+        """Terms of the linear kernel of centred float64 rows (N, p) (the Gram matrix by a
+        symmetric rank-k update), and its trace (the centred sum of squares)."""
+        k = products.gram(centred)
+        trace = float(k.trace())
+        return cls.of(k, debiased, linear_of_centred=True), trace
 
     def hsic(self, other: KernelTerms) -> float:
         """HSIC of this kernel with ``other`` (biased: tr(KHLH) / (n - 1)^2; debiased: HSIC_1)."""
@@ -467,9 +478,12 @@ def cka(
         st = LinearCKAStats.from_centred(xc, yc, debiased)
         const = constant(st.scal["a"], mx) or constant(st.scal["b"], my)
         return st.cka(debiased, const)
-    k, l = products.gram(xc), products.gram(yc)
-    const = constant(float(k.trace()), mx) or constant(float(l.trace()), my)
-    return gram_cka(k, l, debiased=debiased, constant=const)
+    (tk, trace_k), (tl, trace_l) = (
+        KernelTerms.linear(xc, debiased),
+        KernelTerms.linear(yc, debiased),
+    )
+    const = constant(trace_k, mx) or constant(trace_l, my)
+    return gram_cka(tk, tl, debiased=debiased, constant=const)
 
 
 cka.value_range = VALUE_RANGE["biased"]

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from intertwiner import _products as products
 from intertwiner import _validate
 from intertwiner._types import DataLike, DeviceLike, FeatureLike
 from intertwiner.errors import (
@@ -208,17 +207,16 @@ def _prepare_layer(m: Metric, x: FeatureLike, layer: str) -> _Prepared:
     if p <= n:  # narrow: feature-space statistics, the covariance once
         st = LinearCKAStats.from_centred(c, c, debiased)
         return _Prepared(c, {"stats": st, "constant": constant(st.scal["a"], mean_term)})
-    k = products.gram(c)
-    const = constant(float(k.trace()), mean_term)
-    return _Prepared(c, {"kernel": KernelTerms.of(k, debiased), "constant": const})
+    terms, trace = KernelTerms.linear(c, debiased)
+    return _Prepared(c, {"kernel": terms, "constant": constant(trace, mean_term)})
 
 
 def _linear_pair(a: _Prepared, b: _Prepared, debiased: bool) -> float:
     const = a.extra["constant"] or b.extra["constant"]
     sa, sb = a.extra.get("stats"), b.extra.get("stats")
     if sa is None or sb is None:  # a narrow layer against a wide one: the Gram form
-        ka = a.extra.get("kernel") or KernelTerms.of(products.gram(a.x), debiased)
-        kb = b.extra.get("kernel") or KernelTerms.of(products.gram(b.x), debiased)
+        ka = a.extra.get("kernel") or KernelTerms.linear(a.x, debiased)[0]
+        kb = b.extra.get("kernel") or KernelTerms.linear(b.x, debiased)[0]
         return gram_cka(ka, kb, debiased=debiased, constant=const)
     st = LinearCKAStats.cross(sa, sb, a.x, b.x, debiased)
     return st.cka(debiased, const)
