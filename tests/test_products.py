@@ -110,3 +110,14 @@ def test_numpy_blas_runs_with_torchs_thread_count(monkeypatch):
     finally:
         torch.set_num_threads(before)
         products.cov(torch.randn(400, 300, dtype=torch.float64))  # back to this count
+
+
+def test_reproduce_refuses_a_bad_setting_before_anything_runs(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from intertwiner.cli import app
+
+    monkeypatch.setenv("INTERTWINER_BLAS", "mkl")
+    res = CliRunner().invoke(app, ["reproduce", "--out", str(tmp_path / "r"), "--preset", "test"])
+    assert res.exit_code == 2 and "INTERTWINER_BLAS" in res.output
+    assert not (tmp_path / "r").exists()

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from intertwiner import _products as products
 from intertwiner._version import __version__
 from intertwiner.errors import InvalidOptionError
 from intertwiner.experiments import runfolder
@@ -41,6 +42,7 @@ def versions() -> dict:
         "scipy": scipy.__version__,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "blas": products.backend(),  # the library of CPU products (INTERTWINER_BLAS)
     }
 
 
@@ -115,6 +117,7 @@ def check_options(preset: str, executor: str, workers: int | None) -> None:
         )
     if workers is not None and workers < 1:
         raise ExecutorError(f"--workers must be at least 1, got {workers}")
+    products.backend()  # a bad INTERTWINER_BLAS is refused here, not in the first job
 
 
 def first_failure(stages: list[dict]) -> dict | None:
