@@ -232,6 +232,25 @@ class Store:
         finally:
             con.close()
 
+    def close(self) -> None:
+        """Fold the write-ahead log into ``results.sqlite`` and leave WAL mode, so that a finished
+        run folder holds the one file, and read-only opens later create no ``-wal``/``-shm``.
+
+        Idempotent; the Store stays usable (the next write switches back to WAL). Best effort:
+        while another process has the file open (a reader), it stays in WAL mode, which is safe;
+        SQLite removes those files when the last writer closes."""
+        if self.readonly or not self.path.is_file():
+            return
+        con = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
+        try:
+            con.execute("PRAGMA busy_timeout = 1000")  # a reader is no reason to stall a run
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.execute("PRAGMA journal_mode = DELETE")
+        except sqlite3.OperationalError:  # busy: another connection holds the file
+            pass
+        finally:
+            con.close()
+
     @property
     def checkpoints(self) -> Path:
         """Folder for checkpoints, beside the database."""
