@@ -25,6 +25,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from intertwiner.errors import (
     InvalidInputError,
     InvalidOptionError,
     MemoryBudgetError,
+    WorkerDiedError,
 )
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._plots import annotated_heatmap, save_png
@@ -332,7 +334,8 @@ def pairwise(
     run once each over ``data`` (streamed in batches through ``features.capture``, at most
     ``max_samples`` inputs) at ``layers``. With several layers, every layer pair is compared
     (``cross_layers=False``: each layer with itself). ``workers > 0`` computes the pairs in a
-    process pool. A pair that cannot be computed is NaN, with the reason in ``notes``.
+    process pool; a worker that dies raises ``WorkerDiedError`` at once. A pair that cannot be
+    computed is NaN, with the reason in ``notes``.
     """
     from tqdm.auto import tqdm
 
@@ -415,7 +418,16 @@ def _run_jobs(
     # lambda, which spawn cannot pickle).
     ctx = multiprocessing.get_context("spawn")
     sent = dataclasses.replace(m, make_accumulator=None)
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(sent, prepared)
-    ) as pool:
-        return list(bar(pool.map(_worker_cell, jobs, chunksize=max(1, len(jobs) // (4 * workers)))))
+    chunks = max(1, len(jobs) // (4 * workers))
+    try:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(sent, prepared)
+        ) as pool:
+            return list(bar(pool.map(_worker_cell, jobs, chunksize=chunks)))
+    except BrokenProcessPool as e:  # raised as soon as a worker is gone: never a hang
+        raise WorkerDiedError(
+            f"a pairwise worker process died (killed, or out of memory: each of the {workers} "
+            "workers holds a copy of every model's prepared statistics), so no matrix was "
+            "made. Run again with fewer workers, or workers=0 to compute the pairs in this "
+            "process"
+        ) from e
