@@ -20,7 +20,10 @@ def probe_job(config: dict) -> dict:
 
 
 def failing_probe_job(config: dict) -> dict:
-    """Fails for ``config["fail"] == True``: checks that failures come back as JobResult errors."""
+    """Fails for ``config["fail"] == True``: checks that failures come back as JobResult errors.
+    With ``config["counter"]`` (a file path) every attempt is counted there, one byte each."""
+    if config.get("counter"):
+        _attempts(config["counter"])
     if config.get("fail"):
         raise ValueError(f"probe failure requested (pid {os.getpid()})")
     return {"ok": config["seed"]}
