@@ -93,6 +93,31 @@ def test_ray_worker_killed_mid_job_is_retried_bounded_and_a_rerun_loses_nothing(
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.sqlite"]
 
 
+@pytest.mark.slow
+def test_local_worker_killed_mid_job_is_recorded_and_a_rerun_loses_nothing(tmp_path, monkeypatch):
+    """SIGKILL of a local pool worker running seed 1: the pool breaks; the jobs it held are
+    recorded as failed with the reason, the others run in a new pool, the run finishes, and
+    the rerun completes the rows of a clean run, none duplicated."""
+    counters = {s: tmp_path / f"attempts-{s}" for s in range(6)}
+    configs = [{"seed": s, "crashes": int(s == 1), "counter": str(counters[s])} for s in range(6)]
+    counters[1].write_bytes(b".")  # a clean run: the crash used up beforehand
+    clean = _run(tmp_path / "clean", crash_probe_job, configs, "local", monkeypatch)
+    assert clean["first_failure"] is None and clean["rows"] == 6
+    for c in counters.values():
+        c.unlink(missing_ok=True)
+
+    first = _run(tmp_path / "run", crash_probe_job, configs, "local", monkeypatch)
+    failed = sorted(f["config"]["seed"] for f in _failed(first))
+    assert 1 in failed and len(failed) <= 4  # at most the 2 x 2 jobs the broken pool held
+    assert "worker process of the local pool died" in first["first_failure"]["error"]
+    assert sorted(_rows(tmp_path / "run")) == sorted(set(range(6)) - set(failed))
+
+    again = _run(tmp_path / "run", crash_probe_job, configs, "local", monkeypatch)
+    assert again["first_failure"] is None and again["stages"][0]["ran"] == len(failed)
+    assert _rows(tmp_path / "run") == _rows(tmp_path / "clean")  # 0 lost, 0 duplicated
+    assert _attempts(counters[1]) == 2
+
+
 @pytest.mark.parametrize(
     "executor", ["ray", pytest.param("slurm", marks=pytest.mark.slow)], ids=["ray", "submitit"]
 )
