@@ -56,6 +56,7 @@ from intertwiner.metrics.cka import (
 from intertwiner.metrics.compare import parse_bytes
 from intertwiner.metrics.registry import Metric
 from intertwiner.metrics.registry import metric as make_metric
+from intertwiner.runners.base import exit_with_parent
 
 # The package exports a function named like this module; take the module itself.
 _gc = importlib.import_module("intertwiner.metrics.group_cka")
@@ -246,8 +247,12 @@ def _pair_value(m: Metric, a: _Prepared, b: _Prepared) -> float:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(m: Metric, prepared: list[dict[str, _Prepared]]) -> None:
+def _init_worker(m: Metric, prepared: list[dict[str, _Prepared]], parent: int = 0) -> None:
+    """Keep what every pair needs; in a pool worker (``parent``: the caller's pid) also exit
+    when the caller dies, so that a killed caller leaves no orphans."""
     _WORKER["metric"], _WORKER["prepared"] = m, prepared
+    if parent:
+        exit_with_parent(parent)
 
 
 def _worker_cell(job: tuple[int, int, str, str]) -> tuple[float, str | None]:
@@ -421,7 +426,10 @@ def _run_jobs(
     chunks = max(1, len(jobs) // (4 * workers))
     try:
         with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(sent, prepared)
+            workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(sent, prepared, os.getpid()),
         ) as pool:
             return list(bar(pool.map(_worker_cell, jobs, chunksize=chunks)))
     except BrokenProcessPool as e:  # raised as soon as a worker is gone: never a hang

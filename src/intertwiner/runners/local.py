@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -17,6 +18,7 @@ from intertwiner.runners.base import (
     JobResult,
     available_cores,
     execute,
+    exit_with_parent,
 )
 
 
@@ -29,7 +31,8 @@ class LocalExecutor(Executor):
     this process alike: a row never depends on the thread count a caller happened to leave.
 
     Faults: a worker process that dies (killed, out of memory) breaks the pool; the jobs it held
-    come back as failed results saying so, and the remaining jobs go to a new pool.
+    come back as failed results saying so, and the remaining jobs go to a new pool. Workers exit
+    by themselves when this process dies, ``kill -9`` included (``exit_with_parent``).
     """
 
     name = "local"
@@ -44,7 +47,12 @@ class LocalExecutor(Executor):
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._pool
 
     def map(self, fn: JobFn, configs: Sequence[dict]) -> Iterator[tuple[dict, JobResult]]:
