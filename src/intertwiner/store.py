@@ -4,7 +4,8 @@ A run folder ``runs/NAME`` holds ``results.sqlite`` (this store) and ``checkpoin
 job is ``sha256`` of its canonical JSON config (sorted keys, no whitespace), so the same config
 always maps to the same row, and ``INSERT OR IGNORE`` makes re-running a finished job a no-op.
 WAL mode plus a busy timeout lets several worker processes write at the same time without
-corrupting the file; every write is one short transaction.
+corrupting the file; every write is one short transaction. ``close()`` (at the end of a run)
+folds the log back and leaves WAL mode, so a finished run folder holds the one file.
 
 The file is marked as ours: ``PRAGMA application_id`` is :data:`APPLICATION_ID` and
 ``PRAGMA user_version`` the schema version :data:`SCHEMA_VERSION`, both written before the file

@@ -197,8 +197,8 @@ class RunLock:
             self._lock(fd, fcntl)
             if self._is_current(fd):
                 break
-            # The holder we waited behind removed the file on release: our lock is on a file no
-            # one else will open again. Take the lock on the file now at the path instead.
+            # Its holder released and removed the file between our open and our lock: our lock
+            # is on a file no one else will open again. Lock the file now at the path instead.
             os.close(fd)
         else:  # pragma: no cover (100 releases in a row while we tried)
             raise RunLockedError(f"{self.path} keeps being replaced; try again")
