@@ -118,6 +118,22 @@ def test_local_worker_killed_mid_job_is_recorded_and_a_rerun_loses_nothing(tmp_p
     assert _attempts(counters[1]) == 2
 
 
+@pytest.mark.slow
+def test_submitit_task_killed_mid_job_is_recorded_and_a_rerun_completes(tmp_path, monkeypatch):
+    """SIGKILL of the process running a submitit task: recorded as failed with submitit's
+    reason (no retry in the run), the other row stored, the rerun adds the missing one."""
+    pytest.importorskip("submitit")
+    counter = tmp_path / "attempts"
+    configs = [{"seed": s, "crashes": int(s == 1), "counter": str(counter)} for s in (0, 1)]
+    configs[0]["counter"] = str(tmp_path / "attempts-0")
+    first = _run(tmp_path / "run", crash_probe_job, configs, "slurm", monkeypatch)
+    assert [f["config"]["seed"] for f in _failed(first)] == [1]
+    assert "has not produced any output" in first["first_failure"]["error"]
+    assert sorted(_rows(tmp_path / "run")) == [0] and _attempts(counter) == 1
+    again = _run(tmp_path / "run", crash_probe_job, configs, "slurm", monkeypatch)
+    assert again["first_failure"] is None and sorted(_rows(tmp_path / "run")) == [0, 1]
+
+
 @pytest.mark.parametrize(
     "executor", ["ray", pytest.param("slurm", marks=pytest.mark.slow)], ids=["ray", "submitit"]
 )
