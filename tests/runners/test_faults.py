@@ -154,6 +154,8 @@ def test_a_job_that_raises_on_every_try_is_recorded_once_and_the_others_rows_are
         failed = _failed(summary)
         assert [f["config"]["seed"] for f in failed] == [1]
         assert "probe failure requested" in failed[0]["error"]
+        stored = Store(tmp_path / "run", readonly=True).meta()["stages"][0]["failed"]
+        assert [f["config"]["seed"] for f in stored] == [1]  # the run's record: once
         assert _attempts(counter) == run  # one attempt per run, no retries
         assert _rows(tmp_path / "run") == {0: {"ok": 0}, 2: {"ok": 2}}
         assert summary["stages"][0]["skipped_done"] == (0 if run == 1 else 2)
