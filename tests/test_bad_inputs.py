@@ -241,7 +241,7 @@ API = [
     ("capture missing layer", lambda c: capture(mlp8(), torch.randn(4, 1, 8, 8), "nope"), LayerNotFoundError, "available module names"),
     ("capture input shape", lambda c: capture(mlp8(), torch.randn(4, 1, 7, 7), "act1"), E.ShapeError, "capture: the model could not run on the input of shape (4, 1, 7, 7)"),
     ("compare input shape", lambda c: compare(mlp8(), mlp8(), torch.randn(4, 1, 7, 7), "act1", "act1", progress=False), E.ShapeError, "compare: the model could not run"),
-    ("stitch input shape", lambda c: c.stitch(), E.ShapeError, "stitch: the model could not run on the input of shape (batch, 1, 16, 16)"),
+    ("stitch input shape", lambda c: c.stitch(), E.ShapeError, "stitch: model A could not run on the input of shape (batch, 1, 16, 16)"),
     ("stitch device", lambda c: c.stitch(device="quantum"), E.InvalidOptionError, "device"),
     # ---- checkpoints ----------------------------------------------------------------------------
     ("edited activation", lambda c: checkpoints.load(c.checkpoint(EDIT_ACT)), E.CheckpointError, "['config'] were edited after saving"),

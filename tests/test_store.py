@@ -209,3 +209,25 @@ def test_read_only_open_of_an_empty_file_says_so(tmp_path):
     (tmp_path / DB_NAME).write_bytes(b"")
     with pytest.raises(StoreError, match="holds no results"):
         open_existing(tmp_path)
+
+
+def test_close_leaves_one_file_that_reads_and_writes_again(tmp_path):
+    """A finished run's store is one file: no -wal/-shm beside it, none made by a later read-only
+    open; a later write goes back to WAL (issue 27)."""
+    s = Store(tmp_path)
+    for i in range(3):
+        s.put("k", {"i": i}, {"v": i})
+    Store(tmp_path, readonly=True).rows()  # a reader, as the report is
+    s.close()
+    s.close()  # idempotent
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DB_NAME]
+    assert [r.metrics["v"] for r in Store(tmp_path, readonly=True).rows()] == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DB_NAME]
+    con = sqlite3.connect(s.path)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    con.close()
+    assert s.put("k", {"i": 3}, {"v": 3}) and len(s) == 4
+    con = sqlite3.connect(s.path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()

@@ -3,12 +3,16 @@
 Each writer fills a temporary ``.NAME.RANDOM.tmp`` beside the target, flushes it to disk and
 renames it over the target with ``os.replace``, so a crash leaves the old file or none, never
 half a file. ``is_temporary`` recognises leftovers of an interrupted write.
+
+The temporary is created with mode 0666 less the process's umask, as ``open`` creates files (0644
+under the usual umask 022), so that colleagues can read reports and checkpoints on a shared
+machine; ``tempfile.mkstemp`` would make every result 0600.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -20,7 +24,7 @@ def atomic_write(path: str | os.PathLike, fill: Callable[[IO[bytes]], None]) -> 
     """Call ``fill(f)`` on a binary temporary file, then move it to ``path``; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
@@ -31,6 +35,20 @@ def atomic_write(path: str | os.PathLike, fill: Callable[[IO[bytes]], None]) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new ``.NAME.RANDOM.tmp`` beside ``path``, opened for writing: (descriptor, its path).
+
+    Mode 0o666 lets the kernel apply the umask (and a folder's default ACL) itself; reading the
+    umask instead would mean setting it, which races with other threads."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # a name another writer drew: draw again
+            continue
 
 
 def write_bytes(path: str | os.PathLike, payload: bytes) -> Path:

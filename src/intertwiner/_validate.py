@@ -269,7 +269,9 @@ def scales(scale: Any, name: str = "scale", n: int | None = None) -> torch.Tenso
 _SHAPE_MESSAGE = re.compile(
     r"shapes? cannot be|shape '\[|size mismatch|sizes? of tensors must match|must match the size|"
     r"expected input\[|input channels|to have \d+ channels|Expected .*\b(?:size|dim)\b|"
-    r"Given groups|Given normalized_shape|mat\d and mat\d|should contain \d+ elements",
+    r"Given groups|Given normalized_shape|mat\d and mat\d|should contain \d+ elements|"
+    # pooling and convolution windows larger than the (too small) input:
+    r"output size is too small|kernel size can't be greater than actual input size",
     re.IGNORECASE,
 )
 # A device or dtype clash is not the caller's input shape, even when the message mentions sizes.
@@ -301,9 +303,12 @@ def _expected(model: Any) -> str:
 
 
 @contextmanager
-def reraise_shape_errors(call: str, inputs: Any, model: Any = None) -> Iterator[None]:
-    """Re-raise torch's shape errors from inside a model as ``ShapeError`` naming ``call`` and
-    the shape of ``inputs`` (and, for models from ``intertwiner.models``, the shape expected).
+def reraise_shape_errors(
+    call: str, inputs: Any, model: Any = None, name: str = "the model"
+) -> Iterator[None]:
+    """Re-raise torch's shape errors from inside a model as ``ShapeError`` naming ``call``, the
+    model (``name``, e.g. "model A") and the shape of ``inputs`` (and, for models from
+    ``intertwiner.models``, the shape expected).
 
     ``inputs``: the tensor (or tensors) passed, a shape tuple, or a ready description.
 
@@ -316,6 +321,6 @@ def reraise_shape_errors(call: str, inputs: Any, model: Any = None) -> Iterator[
         if not _SHAPE_MESSAGE.search(str(e)) or _NOT_SHAPE.search(str(e)):
             raise
         raise ShapeError(
-            f"{call}: the model could not run on the input of {_describe(inputs)} "
+            f"{call}: {name} could not run on the input of {_describe(inputs)} "
             f"({first}){_expected(model)}; pass inputs of the shape the model was built for"
         ) from e

@@ -83,3 +83,7 @@ class UnknownSiteError(IntertwinerError, KeyError):
 
 class MemoryBudgetError(IntertwinerError, MemoryError):
     """Work whose estimated memory exceeds the limit it was given (checked before it starts)."""
+
+
+class WorkerDiedError(IntertwinerError, RuntimeError):
+    """A worker process that died in the middle of the work (killed, out of memory, crashed)."""

@@ -4,7 +4,8 @@ A run folder ``runs/NAME`` holds ``results.sqlite`` (this store) and ``checkpoin
 job is ``sha256`` of its canonical JSON config (sorted keys, no whitespace), so the same config
 always maps to the same row, and ``INSERT OR IGNORE`` makes re-running a finished job a no-op.
 WAL mode plus a busy timeout lets several worker processes write at the same time without
-corrupting the file; every write is one short transaction.
+corrupting the file; every write is one short transaction. ``close()`` (at the end of a run)
+folds the log back and leaves WAL mode, so a finished run folder holds the one file.
 
 The file is marked as ours: ``PRAGMA application_id`` is :data:`APPLICATION_ID` and
 ``PRAGMA user_version`` the schema version :data:`SCHEMA_VERSION`, both written before the file
@@ -229,6 +230,25 @@ class Store:
             con.execute("COMMIT")
             con.execute("PRAGMA journal_mode = WAL")
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            con.close()
+
+    def close(self) -> None:
+        """Fold the write-ahead log into ``results.sqlite`` and leave WAL mode, so that a finished
+        run folder holds the one file, and read-only opens later create no ``-wal``/``-shm``.
+
+        Idempotent; the Store stays usable (the next write switches back to WAL). Best effort:
+        while another process has the file open (a reader), it stays in WAL mode, which is safe;
+        SQLite removes those files when the last writer closes."""
+        if self.readonly or not self.path.is_file():
+            return
+        con = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
+        try:
+            con.execute("PRAGMA busy_timeout = 1000")  # a reader is no reason to stall a run
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.execute("PRAGMA journal_mode = DELETE")
+        except sqlite3.OperationalError:  # busy: another connection holds the file
+            pass
         finally:
             con.close()
 

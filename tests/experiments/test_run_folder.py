@@ -3,8 +3,10 @@ run-relative paths and a movable folder (issue 18)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -164,7 +166,7 @@ def test_a_second_run_is_refused_while_the_first_lives_and_runs_after_it_dies(pr
         os.kill(holder.pid, signal.SIGKILL)  # the stale lock of a killed process ...
         holder.wait()
     assert _run(tmp_path)["rows"] == 2  # ... is recovered by the next run
-    assert (tmp_path / runfolder.LOCK_NAME).read_text() == ""  # released: no holder recorded
+    assert not (tmp_path / runfolder.LOCK_NAME).exists()  # released and removed
 
 
 def test_lock_excludes_within_one_process_and_is_released(tmp_path):
@@ -175,6 +177,32 @@ def test_lock_excludes_within_one_process_and_is_released(tmp_path):
             RunLock(tmp_path).acquire()
     with RunLock(tmp_path):  # free again
         pass
+
+
+def test_a_lock_taken_on_a_file_its_releaser_removed_moves_to_the_new_file(tmp_path):
+    """B opened run.lock just before A released (and removed) it: B's flock succeeds on a file
+    nobody else will open, so B must notice and lock the file at the path, or C could run too."""
+    path = tmp_path / runfolder.LOCK_NAME
+    a = RunLock(tmp_path)
+    a.acquire()
+    stale = os.open(path, os.O_RDWR)  # B's open, before A releases
+    a.release()
+    assert not path.exists()
+    b = RunLock(tmp_path)
+    real_open, calls = b._open, []
+
+    def open_stale_first() -> int:
+        calls.append(1)
+        return stale if len(calls) == 1 else real_open()
+
+    b._open = open_stale_first
+    b.acquire()
+    assert len(calls) == 2  # the stale file was locked, noticed and given up
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    with pytest.raises(RunLockedError):  # C finds B's lock on the file at the path
+        RunLock(tmp_path).acquire()
+    b.release()
+    assert not path.exists()
 
 
 def test_a_file_system_without_locks_is_refused_not_run_unlocked(tmp_path, monkeypatch):
@@ -273,6 +301,21 @@ def test_cli_names_the_first_failed_job(tmp_path, monkeypatch):
     assert '"fail": true' in res.stderr and "probe failure requested" in res.stderr
 
 
+@pytest.mark.parametrize("where", [".", "sub"], ids=["the file", "inside the file"])
+def test_cli_refuses_an_out_that_is_a_file_with_one_line(probe, tmp_path, where):
+    """``--out results.txt`` naming an existing file: one line, exit code 2, the file untouched."""
+    existing = tmp_path / "results.txt"
+    existing.write_text("my results")
+    out = existing / where if where != "." else existing
+    res = CliRunner().invoke(app, ["reproduce", "--out", str(out), "--preset", "test", "-q"])
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "choose another --out" in lines[0]
+    assert "Traceback" not in res.output
+    assert existing.read_text() == "my results" and sorted(os.listdir(tmp_path)) == ["results.txt"]
+
+
 def test_cli_refuses_bad_data_and_a_busy_folder_with_exit_2(probe, tmp_path):
     res = CliRunner().invoke(app, ["reproduce", "--out", str(tmp_path / "a"), "--data", "imagenet"])
     assert res.exit_code == 2 and "unknown --data 'imagenet'" in res.stderr
@@ -293,6 +336,50 @@ def test_read_only_commands_refuse_a_foreign_store_and_write_nothing(tmp_path):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 2 and "not an intertwiner results store" in res.stderr
     assert _files(tmp_path) == before and sorted(os.listdir(tmp_path)) == [DB_NAME]
+
+
+# -- what a finished run folder holds ----------------------------------------------------------
+def _readme_files() -> list[tuple[str, bool]]:
+    """(glob pattern, required) for each row of the README's table of a finished folder's files;
+    CAPITALISED words are placeholders, ``...`` any path below, rows saying "only" optional."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("A finished run folder holds exactly these files")
+    table = readme[readme.index("| file | what |", start) :].split("\n\n")[0]
+    out = []
+    for line in table.splitlines()[2:]:
+        name, what = (c.strip() for c in line.strip("|").split("|", 1))
+        pattern = re.sub(r"[A-Z]+", "*", name.strip("`")).replace("...", "**")
+        out.append((pattern, "only" not in what))
+    return out
+
+
+def _matches(path: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(path, pattern.replace("**", "*"))
+
+
+def test_a_finished_run_folder_holds_exactly_the_files_the_readme_lists(test_run):
+    folder, summary = test_run
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    listed = _readme_files()
+    assert [p for p, _ in listed][:2] == ["results.sqlite", "report.html"]
+    unlisted = [f for f in files if not any(_matches(f, p) for p, _ in listed)]
+    assert unlisted == []  # no results.sqlite-wal/-shm, no run.lock
+    missing = [p for p, required in listed if required and not any(_matches(f, p) for f in files)]
+    assert missing == [] and summary["rows"] > 0
+
+
+def test_a_run_ended_by_an_error_leaves_no_lock_and_no_log(probe, tmp_path, monkeypatch):
+    import intertwiner.report
+
+    def broken(folder):
+        raise KeyboardInterrupt  # Ctrl-C while the report is written
+
+    monkeypatch.setattr(intertwiner.report, "build_report", broken)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [DB_NAME]
+    assert len(Store(tmp_path, readonly=True)) == 2
+    assert sorted(os.listdir(tmp_path)) == [DB_NAME]  # a read-only open creates no -wal/-shm
 
 
 # -- paths relative to the run folder; a moved folder reports and resumes ------------------------

@@ -154,3 +154,28 @@ def test_metrics_run_on_the_features_device(device, spec):
     assert metric(spec)(sets[0]["c"], sets[1]["c"]) == pytest.approx(want, rel=1e-9, abs=1e-12)
     res = pairwise(sets, spec, progress=False)
     assert res.matrix()[0, 1] == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.timeout(120)  # a hang fails here instead of stalling the suite
+def test_a_killed_worker_is_a_clear_error_within_seconds_never_a_hang(tmp_path):
+    """A pool worker killed (SIGKILL, as the OOM killer does) in the middle of a pair: a
+    WorkerDiedError saying what to do, a few seconds after the death (issue 27)."""
+    import dataclasses
+    import time
+
+    from intertwiner.errors import WorkerDiedError
+    from intertwiner.runners.probe import KillingOptions
+
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(20, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    stamp = tmp_path / "died"
+    m = dataclasses.replace(metric("cka"), options=KillingOptions(stamp=stamp))
+    with pytest.raises(WorkerDiedError, match="worker process died.*workers=0") as err:
+        pairwise(feats, m, workers=2, progress=False)
+    noticed = time.time()
+    died = min(float(t) for t in stamp.read_text().split())
+    print(f"error {noticed - died:.2f} s after the worker died")
+    assert noticed - died < 10.0, noticed - died
+    assert "BrokenProcessPool" in type(err.value.__cause__).__name__
+    # the same call without workers is fine: only the worker processes were killed
+    assert pairwise(feats, metric("cka"), workers=0, progress=False).matrix().shape == (3, 3)

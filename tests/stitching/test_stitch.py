@@ -450,3 +450,26 @@ def test_lasso_at_its_documented_lambda_makes_zeros(mlp, digits):
     lasso = stitch(mlp, mlp, "act2", layer=("lasso", 1e-3), data=digits, config=cfg)
     assert lasso.sparsity >= plain.sparsity + 0.1, (plain.sparsity, lasso.sparsity)
     assert lasso.penalty < 0.05  # still a good stitch
+
+
+@pytest.mark.parametrize(
+    ("sizes", "culprit"), [((16, 16), "model A"), ((8, 16), "model B")], ids=["A", "B"]
+)
+def test_data_of_the_wrong_size_is_refused_naming_the_model_and_the_shape(sizes, culprit):
+    """Models built for 16 x 16 inputs, data of 8 x 8: myrtle_cnn's convolutions run, its pooling
+    window does not fit; torch's RuntimeError from inside must become a ShapeError naming the
+    model that cannot take the data and the data's shape (issue 27)."""
+    from torch.utils.data import TensorDataset
+
+    a, b = (
+        models.build("myrtle_cnn", width=2, in_channels=1, input_size=s, seed=k)
+        for k, s in enumerate(sizes)
+    )
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(12, 1, 8, 8, generator=g), torch.arange(12) % 10)
+    with pytest.raises(ShapeError) as err:
+        stitch(a, b, models.sites(a)[0], layer="full", data=(ds, ds, ds), config=_cfg(epochs=0))
+    msg = str(err.value)
+    assert f"stitch: {culprit} could not run on the input of shape (batch, 1, 8, 8)" in msg
+    assert "expects (N, 1, 16, 16)" in msg and "Output size is too small" in msg
+    assert isinstance(err.value.__cause__, RuntimeError)  # torch's error is chained

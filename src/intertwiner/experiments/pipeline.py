@@ -25,7 +25,7 @@ from intertwiner.experiments import runfolder
 from intertwiner.experiments.base import Stage, stored_config
 from intertwiner.experiments.presets import PRESETS, build_plan, resolve_data
 from intertwiner.runners import EXECUTORS, ExecutorError, get_executor
-from intertwiner.store import Store, config_key
+from intertwiner.store import DB_NAME, Store, config_key
 
 
 def versions() -> dict:
@@ -171,6 +171,7 @@ def reproduce(
     dependency does not import are listed as "not run" with the reason.
     """
     check_options(preset, executor, workers)
+    runfolder.check_location(Path(out))
     ident = runfolder.identity(preset, PRESETS[preset], resolve_data(preset, data, data_dir))
     plan = build_plan(preset, data=data, data_dir=data_dir)
     plan_keys = {config_key(stored_config(c)) for st in plan for c in st.configs}
@@ -181,16 +182,38 @@ def reproduce(
         diffs = runfolder.conflicts(out, ident, plan_keys)  # again: another run may have begun
         if diffs:
             raise runfolder.refusal(out, diffs)
-        ex = get_executor(executor, **_executor_options(out, executor, workers, executor_options))
+        ex_options = _executor_options(out, executor, workers, executor_options)
         try:
-            summary = _run_stages(out, plan, plan_keys, ident, ex, run_info, progress)
-        finally:
-            ex.close()
-        if report:
-            from intertwiner.report import build_report, claim_verdicts
+            summary = _run_and_report(out, plan, plan_keys, ident, run_info, progress, report,
+                                      executor, ex_options)  # fmt: skip
+        finally:  # interrupted or not: leave the store as one file (Store.close)
+            if (out / DB_NAME).is_file():
+                Store(out).close()
+    return summary
 
-            summary["report"] = str(build_report(out))
-            summary["claims"] = claim_verdicts(out)
+
+def _run_and_report(
+    out: Path,
+    plan: list[Stage],
+    plan_keys: set[str],
+    ident: dict,
+    run_info: dict,
+    progress: bool,
+    report: bool,
+    executor: str,
+    executor_options: dict,
+) -> dict:
+    """Run the stages through a new ``executor`` (closed afterwards); write the report if asked."""
+    ex = get_executor(executor, **executor_options)
+    try:
+        summary = _run_stages(out, plan, plan_keys, ident, ex, run_info, progress)
+    finally:
+        ex.close()
+    if report:
+        from intertwiner.report import build_report, claim_verdicts
+
+        summary["report"] = str(build_report(out))
+        summary["claims"] = claim_verdicts(out)
     return summary
 
 

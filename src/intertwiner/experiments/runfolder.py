@@ -8,8 +8,10 @@ into the same folder must have the same identity, or it is refused with the diff
 The lock is an advisory ``flock`` on ``RUN/run.lock``, which also holds the holder's pid, host and
 start time for the message of :class:`RunLockedError`. The kernel drops a flock when its process
 dies (``kill -9`` included), so the lock of a dead run is recovered by the next one without any
-guessing from pids; the file itself is left in place (unlinking it would let two processes lock
-two different files).
+guessing from pids. A run that ends (normally or by an exception) removes ``run.lock`` while it
+still holds the lock; a process that locked the file just before it was removed sees that its file
+is no longer the one at the path and locks the new one, so two processes never hold two different
+files. Only a killed run leaves ``run.lock`` behind (unlocked, harmless).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from intertwiner._version import __version__
-from intertwiner.errors import IntertwinerError
+from intertwiner.errors import IntertwinerError, InvalidOptionError
 from intertwiner.store import DB_NAME, Store, identify
 
 LOCK_NAME = "run.lock"
@@ -34,6 +36,24 @@ class RunConflictError(IntertwinerError, ValueError):
 
 class RunLockedError(IntertwinerError, RuntimeError):
     """A run folder that another live ``reproduce`` process is writing to."""
+
+
+# -- location ---------------------------------------------------------------------------------
+def check_location(folder: Path) -> None:
+    """Refuse (InvalidOptionError) a run folder that is an existing file or lies inside one,
+    before any data is read; ``RunLock`` reports a folder that cannot be created."""
+    if folder.exists() and not folder.is_dir():
+        raise InvalidOptionError(
+            f"{folder} is an existing file, not a folder; a run goes in a folder (new or holding "
+            "a run): choose another --out"
+        )
+    parent = folder if folder.exists() else folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidOptionError(
+            f"{folder} lies inside {parent}, which is a file: choose another --out"
+        )
 
 
 # -- identity ---------------------------------------------------------------------------------
@@ -172,8 +192,34 @@ class RunLock:
                 "reproduce locks its run folder with POSIX file locks (fcntl), which this "
                 "platform lacks; run it on Linux or macOS (or WSL)"
             ) from None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        for _ in range(100):
+            fd = self._open()
+            self._lock(fd, fcntl)
+            if self._is_current(fd):
+                break
+            # Its holder released and removed the file between our open and our lock: our lock
+            # is on a file no one else will open again. Lock the file now at the path instead.
+            os.close(fd)
+        else:  # pragma: no cover (100 releases in a row while we tried)
+            raise RunLockedError(f"{self.path} keeps being replaced; try again")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # read-only file system, no permission, a file in the way
+            raise InvalidOptionError(
+                f"cannot create the run folder {self.path.parent} ({e.strerror or e}): choose "
+                "another --out"
+            ) from e
+
+    def _lock(self, fd: int, fcntl: Any) -> None:
+        """flock ``fd`` without waiting; closes it and raises RunLockedError when that fails."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -189,19 +235,28 @@ class RunLock:
                 f"cannot lock {self.path} ({e}); its file system does not support file locks. "
                 "Put the run folder on a local disk."
             ) from e
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file at the lock's path (not one a releaser removed)."""
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (mine.st_dev, mine.st_ino) == (at_path.st_dev, at_path.st_ino)
 
     def release(self) -> None:
-        """Clear the holder and drop the lock (idempotent)."""
+        """Remove the lock file and drop the lock (idempotent).
+
+        The file is removed while the lock is still held, and ``acquire`` checks after locking
+        that its file is still the one at the path, so two processes never hold locks on two
+        different files; a finished run folder keeps no ``run.lock``."""
         if self._fd is None:
             return
         import fcntl
 
-        os.ftruncate(self._fd, 0)
+        if self._is_current(self._fd):
+            self.path.unlink(missing_ok=True)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None

@@ -5,6 +5,7 @@ Procrustes metrics work on the (positions, neurons) matrix, CKA-type metrics on 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -124,3 +125,12 @@ def match_positions(
 
 def f64(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float64)
+
+
+def within(value: float, value_range: tuple[float, float]) -> float:
+    """``value`` clipped to its metric's documented ``value_range`` (low, high): the one place
+    every metric's result is held to its range. The bounds hold exactly in real arithmetic; only
+    round-off steps over them (-2.2e-16 for a similarity in [0, 1]). NaN passes through: it is a
+    bug to report, not a value to clip."""
+    low, high = value_range
+    return float(value) if math.isnan(value) else float(min(max(value, low), high))

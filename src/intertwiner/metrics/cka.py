@@ -49,6 +49,7 @@ from intertwiner.metrics._prep import (
     scale_exponent,
     times_power_of_two,
     validate,
+    within,
 )
 
 _ORTHOGONAL = subgroups("orthogonal")
@@ -123,7 +124,7 @@ def cka_from_hsic(
             stacklevel=3,
         )
         return 0.0
-    return float(min(max(xy / (math.sqrt(xx) * math.sqrt(yy)), low), 1.0))
+    return within(xy / (math.sqrt(xx) * math.sqrt(yy)), (low, 1.0))
 
 
 @dataclass

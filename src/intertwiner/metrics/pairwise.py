@@ -25,6 +25,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from intertwiner.errors import (
     InvalidInputError,
     InvalidOptionError,
     MemoryBudgetError,
+    WorkerDiedError,
 )
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._plots import annotated_heatmap, save_png
@@ -54,6 +56,7 @@ from intertwiner.metrics.cka import (
 from intertwiner.metrics.compare import parse_bytes
 from intertwiner.metrics.registry import Metric
 from intertwiner.metrics.registry import metric as make_metric
+from intertwiner.runners.base import exit_with_parent
 
 # The package exports a function named like this module; take the module itself.
 _gc = importlib.import_module("intertwiner.metrics.group_cka")
@@ -243,8 +246,12 @@ def _pair_value(m: Metric, a: _Prepared, b: _Prepared) -> float:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(m: Metric, prepared: list[dict[str, _Prepared]]) -> None:
+def _init_worker(m: Metric, prepared: list[dict[str, _Prepared]], parent: int = 0) -> None:
+    """Keep what every pair needs; in a pool worker (``parent``: the caller's pid) also exit
+    when the caller dies, so that a killed caller leaves no orphans."""
     _WORKER["metric"], _WORKER["prepared"] = m, prepared
+    if parent:
+        exit_with_parent(parent)
 
 
 def _worker_cell(job: tuple[int, int, str, str]) -> tuple[float, str | None]:
@@ -331,7 +338,8 @@ def pairwise(
     run once each over ``data`` (streamed in batches through ``features.capture``, at most
     ``max_samples`` inputs) at ``layers``. With several layers, every layer pair is compared
     (``cross_layers=False``: each layer with itself). ``workers > 0`` computes the pairs in a
-    process pool. A pair that cannot be computed is NaN, with the reason in ``notes``.
+    process pool; a worker that dies raises ``WorkerDiedError`` at once. A pair that cannot be
+    computed is NaN, with the reason in ``notes``.
     """
     from tqdm.auto import tqdm
 
@@ -414,7 +422,19 @@ def _run_jobs(
     # lambda, which spawn cannot pickle).
     ctx = multiprocessing.get_context("spawn")
     sent = dataclasses.replace(m, make_accumulator=None)
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(sent, prepared)
-    ) as pool:
-        return list(bar(pool.map(_worker_cell, jobs, chunksize=max(1, len(jobs) // (4 * workers)))))
+    chunks = max(1, len(jobs) // (4 * workers))
+    try:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(sent, prepared, os.getpid()),
+        ) as pool:
+            return list(bar(pool.map(_worker_cell, jobs, chunksize=chunks)))
+    except BrokenProcessPool as e:  # raised as soon as a worker is gone: never a hang
+        raise WorkerDiedError(
+            f"a pairwise worker process died (killed, or out of memory: each of the {workers} "
+            "workers holds a copy of every model's prepared statistics), so no matrix was "
+            "made. Run again with fewer workers, or workers=0 to compute the pairs in this "
+            "process"
+        ) from e

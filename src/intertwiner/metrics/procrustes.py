@@ -82,6 +82,7 @@ from intertwiner.metrics._prep import (
     scale_exponent,
     times_power_of_two,
     validate,
+    within,
 )
 from intertwiner.metrics.cka import CONSTANT_RATIO
 
@@ -388,9 +389,8 @@ def distance_from_stats(
     _validate.choice(kind, "kind", KINDS)
     gain, nx, ny, _ = stats.alignment(group, center)
     cos = 0.0 if _degenerate(nx, ny) else min(max(gain / math.sqrt(nx * ny), -1.0), 1.0)
-    if kind == "angular":
-        return math.acos(cos)
-    return math.sqrt(max(2.0 - 2.0 * cos, 0.0))
+    d = math.acos(cos) if kind == "angular" else math.sqrt(max(2.0 - 2.0 * cos, 0.0))
+    return within(d, DISTANCE_RANGE[kind])
 
 
 def value_of(
@@ -409,9 +409,12 @@ def similarity_from_stats(stats: ProcrustesStats, group: str, center: bool = Fal
     gain, nx, ny, width = stats.alignment(group, center)
     if _per_neuron(group):
         d2 = max(nx + ny - 2.0 * gain, 0.0)
-        return 1.0 - math.sqrt(d2 / (4.0 * width))
-    cos = 0.0 if _degenerate(nx, ny) else gain / math.sqrt(nx * ny)
-    return 1.0 - 0.5 * math.sqrt(max(2.0 - 2.0 * cos, 0.0))
+        sim = 1.0 - math.sqrt(d2 / (4.0 * width))
+    else:
+        cos = 0.0 if _degenerate(nx, ny) else gain / math.sqrt(nx * ny)
+        sim = 1.0 - 0.5 * math.sqrt(max(2.0 - 2.0 * cos, 0.0))
+    # An anti-correlated neuron's normalised product can round to -(1 + 2^-52): d2 > 4 width.
+    return within(sim, similarity_range(group))
 
 
 def prepare_rows(

@@ -87,6 +87,21 @@ def job_environment(config: dict, threads: int | None) -> Iterator[None]:
         torch.set_num_threads(threads_before)
 
 
+def exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """Make this worker process exit once ``parent`` (the pid that started it) is gone: a daemon
+    thread compares the parent pid every ``every`` seconds. Pool initializer of the process pools
+    here: a driver killed with SIGKILL runs no clean-up, and its spawned workers would otherwise
+    wait for work (or finish a long job) as orphans."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)  # no clean-up to run: the work of a dead driver has no one to go to
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def execute(fn: JobFn, config: dict, threads: int | None = None) -> JobResult:
     """Run ``fn(config)`` in :func:`job_environment` with ``threads`` torch threads (None: the
     process's own) and capture its result or traceback (runs inside the worker)."""

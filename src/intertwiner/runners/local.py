@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import multiprocessing as mp
-from collections.abc import Iterator, Sequence
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from intertwiner.runners.base import (
     Executor,
@@ -14,6 +18,7 @@ from intertwiner.runners.base import (
     JobResult,
     available_cores,
     execute,
+    exit_with_parent,
 )
 
 
@@ -24,6 +29,10 @@ class LocalExecutor(Executor):
     job function must be importable by name. ``workers=None`` uses one worker per core. Every job
     runs with ``threads_per_worker`` torch threads (default: cores / workers), in a worker or in
     this process alike: a row never depends on the thread count a caller happened to leave.
+
+    Faults: a worker process that dies (killed, out of memory) breaks the pool; the jobs it held
+    come back as failed results saying so, and the remaining jobs go to a new pool. Workers exit
+    by themselves when this process dies, ``kill -9`` included (``exit_with_parent``).
     """
 
     name = "local"
@@ -38,7 +47,12 @@ class LocalExecutor(Executor):
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._pool
 
     def map(self, fn: JobFn, configs: Sequence[dict]) -> Iterator[tuple[dict, JobResult]]:
@@ -48,22 +62,40 @@ class LocalExecutor(Executor):
             for cfg in configs:
                 yield cfg, run(cfg)
             return
-        pool = self._get_pool()
-        # Keep at most 2 jobs per worker queued so an interrupted run has little in flight.
+        todo: Iterator[dict] = iter(configs)
         pending: dict[Future, dict] = {}
-        it = iter(configs)
-        for cfg in it:
-            pending[pool.submit(run, cfg)] = cfg
-            if len(pending) >= 2 * self.workers:
-                break
-        while pending:
+        while True:
+            todo = self._submit_some(run, todo, pending)
+            if not pending:
+                return
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+                done, _ = wait(pending)  # a broken pool fails every job it holds at once
+                self._discard_pool()
             for fut in done:
-                cfg = pending.pop(fut)
-                yield cfg, fut.result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending[pool.submit(run, nxt)] = nxt
+                yield pending.pop(fut), _outcome(fut)
+
+    def _submit_some(
+        self, run: Callable[[dict], JobResult], todo: Iterator[dict], pending: dict[Future, dict]
+    ) -> Iterator[dict]:
+        """Submit jobs of ``todo`` until 2 per worker are pending (so an interrupted run has
+        little in flight); returns what is left of ``todo``. Every pending job is in the current
+        pool: one found broken is replaced once none of its jobs is pending any more."""
+        while len(pending) < 2 * self.workers and (cfg := next(todo, None)) is not None:
+            try:
+                pending[self._get_pool().submit(run, cfg)] = cfg
+            except BrokenProcessPool:  # it broke since the last wait
+                todo = itertools.chain([cfg], todo)
+                if pending:  # they fail in the next wait, which replaces the pool
+                    break
+                self._discard_pool()  # an idle worker died: nothing of it to report
+        return todo
+
+    def _discard_pool(self) -> None:
+        """Drop a pool that lost a worker (it takes no more jobs); the next job starts a new one."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def close(self) -> None:
         if self._pool is not None:
@@ -73,3 +105,17 @@ class LocalExecutor(Executor):
     def describe(self) -> dict:
         """Workers and the torch threads each job runs with (results depend on the latter)."""
         return {"executor": self.name, "workers": self.workers, "threads": self.threads}
+
+
+def _outcome(fut: Future) -> JobResult:
+    """The job's result, or a failed one when its worker process died (the pool broke)."""
+    if isinstance(fut.exception(), BrokenProcessPool):
+        return JobResult(
+            None,
+            "a worker process of the local pool died (killed, or out of memory) while this job "
+            "was running or queued in it; every job in that pool is reported failed, none is "
+            "retried in this run. Rerun to retry them (with fewer --workers if memory ran out).",
+            time.time(),
+            0.0,
+        )
+    return fut.result()

@@ -20,7 +20,10 @@ def probe_job(config: dict) -> dict:
 
 
 def failing_probe_job(config: dict) -> dict:
-    """Fails for ``config["fail"] == True``: checks that failures come back as JobResult errors."""
+    """Fails for ``config["fail"] == True``: checks that failures come back as JobResult errors.
+    With ``config["counter"]`` (a file path) every attempt is counted there, one byte each."""
+    if config.get("counter"):
+        _attempts(config["counter"])
     if config.get("fail"):
         raise ValueError(f"probe failure requested (pid {os.getpid()})")
     return {"ok": config["seed"]}
@@ -47,3 +50,54 @@ def global_rng_job(config: dict) -> dict:
         "numpy": float(np.random.random()),  # noqa: NPY002 (the point of this probe)
         "random": random.random(),
     }
+
+
+# -- fault injection: jobs whose process dies, for the executors' fault tests ----------------------
+def _attempts(counter: str | os.PathLike) -> int:
+    """Count one more attempt in the file ``counter`` (one byte per attempt, appended with
+    O_APPEND so that concurrent attempts never lose a count); returns the attempts before it."""
+    fd = os.open(counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        before = os.fstat(fd).st_size
+        os.write(fd, b".")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return before
+
+
+def crash_probe_job(config: dict) -> dict:
+    """``probe_job``, but on its first ``config["crashes"]`` attempts (counted in the file
+    ``config["counter"]``) the process running it kills itself with SIGKILL, as the OOM killer or
+    a lost node would: the executor sees a worker die in the middle of a job. ``config["sleep"]``
+    seconds of sleep first keep a job in flight long enough to kill its driver."""
+    import signal
+    import time
+
+    time.sleep(float(config.get("sleep", 0.0)))
+    crashes = int(config.get("crashes", 0))
+    if crashes and _attempts(config["counter"]) < crashes:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return probe_job(config)
+
+
+class KillingOptions(dict):
+    """Options of a metric (a dict) that kill, with SIGKILL, any process but the one that made
+    them the first time an option is read there: a ``pairwise(workers=...)`` worker dies in the
+    middle of its first pair. ``stamp``: a file where the dying process writes the time of death.
+    """
+
+    def __init__(self, *args: object, stamp: str | os.PathLike | None = None, **kw: object):
+        super().__init__(*args, **kw)
+        self.owner, self.stamp = os.getpid(), stamp  # pickled with the dict (its __dict__)
+
+    def get(self, key: object, default: object = None) -> object:
+        if os.getpid() != self.owner:
+            import signal
+            import time
+
+            if self.stamp is not None:
+                with open(self.stamp, "a") as fh:
+                    fh.write(f"{time.time()}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().get(key, default)

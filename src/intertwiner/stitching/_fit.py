@@ -184,10 +184,12 @@ def _setup(model_a, model_b, at, layer, cfg, train_ds, val_ds, device, gen) -> _
         raise InvalidOptionError(
             f"the birkhoff solver fits 'perm_scale' and 'permutation', not {kind!r}"
         )
-    front_a, front_b = build_front(gm_a, cut), build_front(gm_b, cut)
-    stitches, names, per_sample = _make_stitches(
-        front_a, front_b, cut, kind, arg, cfg, train_ds, device, gen
+    x0 = to_input(
+        next(iter(loader(train_ds, min(cfg.batch_size, 8))))[0], device, cfg.channels_last
     )
+    _check_models_run({"model A": (a, model_a), "model B": (b, model_b)}, x0)
+    front_a, front_b = build_front(gm_a, cut), build_front(gm_b, cut)
+    stitches, names, per_sample = _make_stitches(front_a, front_b, cut, kind, arg, cfg, x0, gen)
     if len(names) > 1 and cfg.residual == "error":
         raise ResidualSiteError(
             f"site {at!r} lies inside a residual branch: model B's remainder also reads "
@@ -198,11 +200,22 @@ def _setup(model_a, model_b, at, layer, cfg, train_ds, val_ds, device, gen) -> _
     return _Setup(a, b, cut, front_a, front_b, back, kind, arg, cfg, stitches, names, per_sample)
 
 
-def _make_stitches(front_a, front_b, cut, kind, arg, cfg, train_ds, device, gen):
-    """A stitch layer per cut stream that carries a representation (an identity elsewhere)."""
-    x0 = to_input(
-        next(iter(loader(train_ds, min(cfg.batch_size, 8))))[0], device, cfg.channels_last
-    )
+def _check_models_run(models: dict[str, tuple[nn.Module, nn.Module]], x0: torch.Tensor) -> None:
+    """Run each frozen model whole on the first inputs ``x0`` (a batch of up to 8), so that data
+    of a shape a model was not built for is reported naming that model ("model A") and the
+    shape. Without this the error surfaced later, inside B's back half of the stitched model, as
+    torch's own (a pooling window larger than A's 8 x 8 feature map, say), naming neither."""
+    shape = f"shape (batch, {', '.join(map(str, x0.shape[1:]))})"
+    with torch.no_grad():
+        for name, (frozen, original) in models.items():
+            with _validate.reraise_shape_errors("stitch", shape, original, name=name):
+                frozen(x0)
+
+
+def _make_stitches(front_a, front_b, cut, kind, arg, cfg, x0, gen):
+    """A stitch layer per cut stream that carries a representation (an identity elsewhere);
+    ``x0``: the first inputs, on the device, which fix every stream's width."""
+    device = x0.device
     with torch.no_grad():
         fa0, fb0 = front_a(x0), front_b(x0)
     names, stitches, per_sample = [], nn.ModuleDict(), 0
