@@ -151,7 +151,7 @@ API = [
     ("rbf sigma < 0", lambda c: cka(X, Y, kernel="rbf", sigma=-1.0), E.InvalidOptionError, "> 0"),
     ("rbf sigma NaN", lambda c: cka(X, Y, kernel="rbf", sigma=math.nan), E.InvalidOptionError, "median"),
     ("chunk_size -5", lambda c: group_cka(X, Y, chunk_size=-5), E.InvalidOptionError, "chunk_size"),
-    ("chunk_size 0", lambda c: group_cka(X, Y, chunk_size=0), E.InvalidOptionError, ">= 1"),
+    ("chunk_size 0", lambda c: group_cka(X, Y, chunk_size=0), E.InvalidOptionError, "at least 1, got 0"),
     ("chunk_size 2.5", lambda c: group_cka(X, Y, chunk_size=2.5), E.InvalidOptionError, "integer"),
     ("group_cka reduce", lambda c: group_cka(X, Y, reduce="mean"), E.InvalidOptionError, "'max'"),
     ("group_cka dtype", lambda c: group_cka(X, Y, dtype=torch.float16), E.InvalidOptionError, "dtype"),
@@ -180,7 +180,7 @@ API = [
     ("apply wrong size", lambda c: POSITIVE_MONOMIAL.sample(3).apply(X, dim=1), E.ShapeError, "size 4"),
     # ---- groups ---------------------------------------------------------------------------------
     ("sample(-3)", lambda c: for_activation("relu").sample(-3), E.InvalidOptionError, "number of neurons"),
-    ("sample(0)", lambda c: ORTHOGONAL.sample(0), E.InvalidOptionError, ">= 1"),
+    ("sample(0)", lambda c: ORTHOGONAL.sample(0), E.InvalidOptionError, "at least 1, got 0"),
     ("sample(2.5)", lambda c: MONOMIAL.sample(2.5), E.InvalidOptionError, "integer"),
     ("identity(-1)", lambda c: for_activation("tanh").identity(-1), E.InvalidOptionError, "group size"),
     ("project NaN", lambda c: for_activation("relu").project(torch.full((3, 3), math.nan)), E.NonFiniteError, "finite matrix"),
@@ -198,7 +198,7 @@ API = [
     ("lr NaN", lambda c: TrainConfig(lr=math.nan), E.InvalidOptionError, "lr must be a finite number > 0"),
     ("lr 0", lambda c: TrainConfig(lr=0.0), E.InvalidOptionError, "e.g. 1e-3"),
     ("lr Inf", lambda c: TrainConfig(lr=math.inf), E.InvalidOptionError, "lr"),
-    ("epochs 0", lambda c: TrainConfig(epochs=0), E.InvalidOptionError, "epochs must be an integer >= 1"),
+    ("epochs 0", lambda c: TrainConfig(epochs=0), E.InvalidOptionError, "epochs must be at least 1, got 0"),
     ("epochs 2.5", lambda c: TrainConfig(epochs=2.5), E.InvalidOptionError, "epochs"),
     ("batch_size -1", lambda c: TrainConfig(batch_size=-1), E.InvalidOptionError, "batch_size"),
     ("optimizer", lambda c: TrainConfig(optimizer="rmsprop"), E.InvalidOptionError, "'adam', 'sgd'"),
@@ -210,7 +210,7 @@ API = [
     ("device cuda:99", lambda c: TrainConfig(device="cuda:99"), E.InvalidOptionError, "CUDA"),
     ("threads 0", lambda c: TrainConfig(num_threads=0), E.InvalidOptionError, "num_threads"),
     ("max_seconds < 0", lambda c: TrainConfig(max_seconds=-1.0), E.InvalidOptionError, "max_seconds"),
-    ("seed -1", lambda c: TrainConfig(seed=-1), E.InvalidOptionError, ">= 0"),
+    ("seed -1", lambda c: TrainConfig(seed=-1), E.InvalidOptionError, "at least 0, got -1"),
     ("parse_seeds a", lambda c: parse_seeds("a"), E.InvalidOptionError, "'0-3'"),
     ("parse_seeds -3", lambda c: parse_seeds("-3"), E.InvalidOptionError, "not a seed"),
     ("parse_seeds 3-1", lambda c: parse_seeds("3-1"), E.InvalidOptionError, "empty seed range"),
@@ -219,7 +219,7 @@ API = [
     # ---- data options ---------------------------------------------------------------------------
     ("digits colour", lambda c: data.load("digits", colour=True), E.InvalidOptionError, "its options are"),
     ("val_fraction 1.5", lambda c: data.load("digits", val_fraction=1.5), E.InvalidOptionError, "< 1"),
-    ("split seed -1", lambda c: data.load("digits", seed=-1), E.InvalidOptionError, ">= 0"),
+    ("split seed -1", lambda c: data.load("digits", seed=-1), E.InvalidOptionError, "at least 0, got -1"),
     ("n_train 0", lambda c: data.load("synthetic", n_train=0), E.InvalidOptionError, "n_train"),
     ("noise NaN", lambda c: data.load("synthetic", noise=math.nan), E.InvalidOptionError, "noise"),
     ("augment 'yes'", lambda c: data.load("digits", augment="yes"), E.InvalidOptionError, "True or False"),
@@ -271,7 +271,7 @@ API = [
 
 CLI = [
     ("groups trials 0", ["groups", "--trials", "0"], "--trials"),
-    ("groups trials -3", ["groups", "--trials", "-3"], "greater than or equal to 1"),
+    ("groups trials -3", ["groups", "--trials", "-3"], "--trials must be at least 1, got -3"),
     ("groups unknown activation", ["groups", "--activation", "nope"], "discover"),
     ("train threads 0", ["train", "--arch", "mlp", "--threads", "0", "--out", "{tmp}"], "--threads"),
     ("train out is a file", ["train", "--arch", "mlp", "--out", "{file}"], "existing file"),

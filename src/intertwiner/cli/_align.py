@@ -9,6 +9,7 @@ import typer
 from intertwiner.cli._app import (
     _pair_splits,
     app,
+    count,
     fail,
 )
 
@@ -18,8 +19,10 @@ from intertwiner.cli._app import (
 def symmetries(
     checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by train/zoo."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    seed: int = typer.Option(0, min=0, help="Seed for the random input batch and elements."),
-    batch: int = typer.Option(8, min=1, help="Random inputs used to verify each site."),
+    seed: int = typer.Option(
+        0, callback=count(0), help="Seed for the random input batch and elements."
+    ),
+    batch: int = typer.Option(8, callback=count(1), help="Random inputs used to verify each site."),
 ) -> None:
     """Trace a checkpoint's weight-space symmetries and verify each site.
 
@@ -92,8 +95,12 @@ def align_cmd(
         None, "--data", help="Dataset for activations (default: the one in A's metadata)."
     ),
     data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    samples: int = typer.Option(4096, help="Training examples streamed for --method activations."),
-    seed: int = typer.Option(0, help="Seed of the site order in weight matching."),
+    samples: int = typer.Option(
+        4096, callback=count(1), help="Training examples streamed for --method activations."
+    ),
+    seed: int = typer.Option(
+        0, callback=count(0), help="Seed of the site order in weight matching."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -151,7 +158,9 @@ def interpolate_cmd(
     ),
     method: str = _OPT_METHOD,
     group: str = _OPT_GROUP,
-    alphas: int = typer.Option(11, help="Evenly spaced points from A (0) to B (1)."),
+    alphas: int = typer.Option(
+        11, callback=count(2), help="Evenly spaced points from A (0) to B (1)."
+    ),
     reset_bn: bool = typer.Option(
         True, "--reset-bn/--no-reset-bn", help="Re-estimate BatchNorm statistics at each point."
     ),
@@ -159,8 +168,12 @@ def interpolate_cmd(
         None, "--data", help="Dataset (default: the one in A's metadata)."
     ),
     data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    samples: int = typer.Option(4096, help="Training examples for BN statistics / activations."),
-    eval_samples: int | None = typer.Option(None, help="Test examples to evaluate (default all)."),
+    samples: int = typer.Option(
+        4096, callback=count(1), help="Training examples for BN statistics / activations."
+    ),
+    eval_samples: int | None = typer.Option(
+        None, callback=count(1), help="Test examples to evaluate (default all)."
+    ),
     plot: str | None = typer.Option(None, "--plot", help="Save the barrier curves (PNG)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),

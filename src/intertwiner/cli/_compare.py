@@ -13,6 +13,7 @@ from intertwiner.cli._app import (
     _FOLDER,
     _pair_splits,
     app,
+    count,
     fail,
 )
 from intertwiner.errors import InvalidOptionError
@@ -142,7 +143,7 @@ def compare_cmd(
     data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
     split: str = typer.Option("test", "--split", help="Inputs to compare on: test | val | train."),
     samples: int = typer.Option(
-        1000, "--samples", min=4, help="Inputs to compare on (checkpoints)."
+        1000, "--samples", callback=count(4), help="Inputs to compare on (checkpoints)."
     ),
     out: str | None = typer.Option(
         None,
@@ -153,7 +154,9 @@ def compare_cmd(
     device: str | None = typer.Option(
         None, callback=_DEVICE, help="cpu, cuda, ... (default: where the features are)."
     ),
-    workers: int = typer.Option(0, min=0, help="Processes for the pairs (0: this one)."),
+    workers: int = typer.Option(
+        0, callback=count(0), help="Processes for the pairs (0: this one)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Compare checkpoints (layer x layer for two, model x model for more) or saved features with

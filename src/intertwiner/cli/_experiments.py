@@ -15,6 +15,7 @@ from intertwiner.cli._app import (
     _csv,
     _write_json,
     app,
+    count,
     fail,
 )
 from intertwiner.errors import InvalidOptionError
@@ -71,18 +72,26 @@ def sanity(
     data: str = typer.Option("mnist", "--data", help="digits | mnist | concepts | synthetic"),
     sites: str | None = typer.Option(None, "--sites", help="Comma list; default: all but last."),
     kinds: str = typer.Option("group,orthogonal", "--kinds", help="identity,group,orthogonal,.."),
-    repeats: int = typer.Option(3, "--repeats", min=1),
-    epochs: int = typer.Option(2, "--epochs", min=0, help="Retraining epochs (0: no retraining)."),
-    base_epochs: int = typer.Option(6, "--base-epochs", min=1, help="Epochs for the base model."),
-    width: int = typer.Option(8, "--width", min=1, help="Width of the base model."),
+    repeats: int = typer.Option(3, "--repeats", callback=count(1)),
+    epochs: int = typer.Option(
+        2, "--epochs", callback=count(0), help="Retraining epochs (0: no retraining)."
+    ),
+    base_epochs: int = typer.Option(
+        6, "--base-epochs", callback=count(1), help="Epochs for the base model."
+    ),
+    width: int = typer.Option(8, "--width", callback=count(1), help="Width of the base model."),
     batchnorm: bool = typer.Option(False, "--batchnorm/--no-batchnorm", help="Paper: none."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Use this trained model."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Base model, transforms and retraining."),
+    seed: int = typer.Option(
+        0, "--seed", callback=count(0), help="Base model, transforms and retraining."
+    ),
     lr: float = typer.Option(1e-3, "--lr", callback=_POSITIVE),
     batch_size: int = typer.Option(
-        128, "--batch-size", min=1, help="Base training and retraining."
+        128, "--batch-size", callback=count(1), help="Base training and retraining."
     ),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    threads: int | None = typer.Option(
+        None, "--threads", callback=count(1), help="torch CPU threads."
+    ),
     out: str = typer.Option(
         ..., "--out", callback=_FOLDER, help="Folder for checkpoints, rows and figure."
     ),
@@ -134,16 +143,18 @@ def dissect(
     checkpoint: str = typer.Argument(..., help="A model checkpoint (.safetensors)."),
     layer: str = typer.Option(..., "--layer", help="A conv activation site, e.g. block2.act."),
     data: str = typer.Option("concepts", "--data", help="Only concepts (scenes with masks)."),
-    n_orthogonal: int = typer.Option(3, "--n-orthogonal", min=0, help="Random rotations."),
+    n_orthogonal: int = typer.Option(
+        3, "--n-orthogonal", callback=count(0), help="Random rotations."
+    ),
     powers: str = typer.Option("0,0.1,0.2,0.3,0.5,0.7,1", "--powers", help="Rotation powers."),
     quantile: float = typer.Option(
         0.005, "--quantile", callback=_FRACTION, help="Top fraction that is 'on'."
     ),
     iou_threshold: float = typer.Option(0.04, "--iou-threshold", callback=_FRACTION),
     n_rotations: int = typer.Option(
-        4, "--n-rotations", min=1, help="For the label-free statistics."
+        4, "--n-rotations", callback=count(1), help="For the label-free statistics."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Group element and rotations."),
+    seed: int = typer.Option(0, "--seed", callback=count(0), help="Group element and rotations."),
     out: str | None = typer.Option(
         None, "--out", callback=_FOLDER, help="Folder for JSON and the figure."
     ),
@@ -234,7 +245,7 @@ def stitch_command(
     solver: str = typer.Option("match", help="perm_scale/permutation solver: match | birkhoff."),
     epochs: int | None = typer.Option(
         None,
-        min=0,
+        callback=count(0),
         help="Training epochs of the stitch (0: initialisation only; default 2, or the paper's 20 "
         "for birkhoff).",
     ),
@@ -249,15 +260,17 @@ def stitch_command(
         help="Training inputs for the matching / closed-form statistics: N, or auto (stop when "
         "the assignment has converged); default all. Fewer is faster, usually a little worse.",
     ),
-    batch_size: int = typer.Option(128, min=1, help="Batch size."),
+    batch_size: int = typer.Option(128, callback=count(1), help="Batch size."),
     data: str | None = typer.Option(
         None, "--data", help="Dataset name (default: the one in A's checkpoint metadata)."
     ),
     data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the stitch's init and batch order."),
+    seed: int = typer.Option(
+        0, callback=count(0), help="Seed of the stitch's init and batch order."
+    ),
     residual: str = typer.Option("stitch", help="Residual-branch sites: stitch | error."),
     device: str | None = typer.Option(None, callback=_DEVICE, help="cpu, cuda, ... (default cpu)."),
-    threads: int | None = typer.Option(None, min=1, help="torch intra-op threads."),
+    threads: int | None = typer.Option(None, callback=count(1), help="torch intra-op threads."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

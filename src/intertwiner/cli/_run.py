@@ -8,6 +8,7 @@ import typer
 
 from intertwiner.cli._app import (
     app,
+    count,
 )
 
 
@@ -30,10 +31,13 @@ def reproduce(
     ),
     executor: str = typer.Option("local", help="local | ray | slurm"),
     workers: int | None = typer.Option(
-        None, help="Parallel jobs (local: processes, default one per core; 1 = in-process)."
+        None,
+        callback=count(1),
+        help="Parallel jobs (local: processes, default one per core; 1 = in-process).",
     ),
     threads: int | None = typer.Option(
         None,
+        callback=count(1),
         help="Torch threads per job (local: default cores / workers; ray, slurm: the CPUs each "
         "job reserves, default 1). Rows are bit-identical between runs with the same count.",
     ),
@@ -47,8 +51,10 @@ def reproduce(
         help="slurm (default: needs a SLURM cluster, else an error) | local | debug: run the "
         "submitit jobs on this machine, on purpose.",
     ),
-    time_min: int = typer.Option(60, "--time-min", help="SLURM time limit per job, minutes."),
-    gpus: int = typer.Option(0, help="GPUs per job (slurm/ray)."),
+    time_min: int = typer.Option(
+        60, "--time-min", callback=count(1), help="SLURM time limit per job, minutes."
+    ),
+    gpus: int = typer.Option(0, callback=count(0), help="GPUs per job (slurm/ray)."),
     new_run: bool = typer.Option(
         False,
         "--new-run",

@@ -133,7 +133,10 @@ def load(name: str, **options: Any) -> DataSplits:
 def random_subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
     """``n`` examples of ``ds`` drawn with ``seed``, in random order (the splits are sorted by
     class: the first ``n`` would hold a few classes, and BN statistics need mixed batches);
-    ``ds`` itself when ``n`` is None or covers it."""
+    ``ds`` itself when ``n`` is None or covers it. ``n`` below 1 is refused (a negative count
+    would otherwise slice from the end)."""
+    if n is not None:
+        n = _validate.positive_int(n, "n (the number of examples)")
     if n is None or n >= len(ds):
         return ds
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]

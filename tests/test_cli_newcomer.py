@@ -1,0 +1,96 @@
+"""The CLI and API as a newcomer meets them (issue 29): no quietly wrong output, no traceback, and
+one line saying what to do for a wrong path, wrong data, wrong kind or a bad count."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from intertwiner import checkpoints, models
+from intertwiner.cli import app
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Tiny models: one intra-op thread."""
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Two independently initialised BatchNorm CNNs recorded as trained on digits (8x8)."""
+    folder = tmp_path_factory.mktemp("newcomer")
+    cfg = dict(width=2, in_channels=1, input_size=8)
+    paths = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        paths[name] = folder / f"{name}.safetensors"
+        model = models.build("myrtle_cnn", seed=seed, **cfg)
+        checkpoints.save(model, paths[name], {"dataset": "digits", "split_seed": 0})
+    return paths
+
+
+def run(*args: str):
+    """``intertwiner ARGS`` through typer's runner (stderr kept apart)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(r, *words: str) -> None:
+    """Exit 2 with one ``error: ...`` line that holds ``words``, and no traceback."""
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+# ---- item 2: counts are validated everywhere the same way ---------------------------------------
+@pytest.mark.parametrize(
+    "args, option, value",
+    [
+        (["interpolate", "A", "B", "--eval-samples", "-10"], "--eval-samples", -10),
+        (["interpolate", "A", "B", "--samples", "0"], "--samples", 0),
+        (["interpolate", "A", "B", "--alphas", "1"], "--alphas", 1),
+        (["align", "A", "B", "--out", "x.safetensors", "--samples", "-5"], "--samples", -5),
+        (["compare", "A", "B", "--samples", "-3"], "--samples", -3),
+        (["train", "--epochs", "0"], "--epochs", 0),
+        (["symmetries", "A", "--batch", "0"], "--batch", 0),
+        (["reproduce", "--workers", "0"], "--workers", 0),
+    ],
+)
+def test_bad_counts_are_one_line_errors(ckpts, args, option, value, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing written in the worktree should a check fail to refuse
+    args = [str(ckpts["a"]) if a == "A" else str(ckpts["b"]) if a == "B" else a for a in args]
+    minimum = {"--alphas": 2}.get(option, 4 if args[0] == "compare" else 1)
+    r = run(*args)
+    one_line_error(r, f"{option} must be at least {minimum}, got {value}")
+
+
+def test_negative_count_in_the_api_is_refused_not_sliced(ckpts):
+    from intertwiner.data import load, random_subset
+    from intertwiner.errors import InvalidOptionError
+
+    splits = load("digits")
+    with pytest.raises(InvalidOptionError, match="at least 1, got -10"):
+        random_subset(splits.test, -10)
+
+
+# ---- item 4: interpolate's endpoints are the trained models --------------------------------------
+def test_interpolate_endpoints_are_the_models_themselves(ckpts):
+    from intertwiner.data import random_subset
+    from intertwiner.training import evaluate
+
+    r = run("interpolate", ckpts["a"], ckpts["b"], "--alphas", "3", "--samples", "200",
+            "--eval-samples", "150", "--json", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (curve,) = json.loads(r.stdout)
+    assert curve["reset_bn"] is True  # the midpoint's statistics are re-estimated
+    for k, name in ((0, "a"), (-1, "b")):
+        model, meta = checkpoints.load(ckpts[name])
+        test = random_subset(checkpoints.data_splits(meta).test, 150)
+        own = evaluate(model, test)
+        assert curve["accuracies"][k] == own["accuracy"]
+        assert curve["losses"][k] == pytest.approx(own["loss"], rel=1e-6)
