@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from intertwiner import checkpoints, models
@@ -94,3 +93,51 @@ def test_interpolate_endpoints_are_the_models_themselves(ckpts):
         own = evaluate(model, test)
         assert curve["accuracies"][k] == own["accuracy"]
         assert curve["losses"][k] == pytest.approx(own["loss"], rel=1e-6)
+
+
+# ---- item 1: feature files with different row counts --------------------------------------------
+def test_compare_refuses_feature_files_of_different_rows(tmp_path):
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", g.random((100, 6)))
+    np.save(tmp_path / "b.npy", g.random((80, 6)))
+    r = run("compare", tmp_path / "a.npy", tmp_path / "b.npy", "-q")
+    one_line_error(r, "a has 100 rows", "b has 80", "same inputs")
+    assert "nan" not in r.stdout
+
+
+def test_compare_never_exits_0_after_printing_nan(tmp_path):
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", g.random((30, 4, 3)))  # (N, T, D) against (N, C): no pairing
+    np.save(tmp_path / "b.npy", g.random((30, 5)))
+    r = run("compare", tmp_path / "a.npy", tmp_path / "b.npy", "--metrics",
+            "procrustes_similarity:orthogonal", "-q")  # fmt: skip
+    one_line_error(r, "could not be computed", "use CKA")
+
+
+# ---- item 5: foreign data is said; names are never cut ------------------------------------------
+def test_compare_on_foreign_data_says_so(ckpts, tmp_path):
+    layer = models.sites(checkpoints.load(ckpts["a"])[0])[0]
+    mnist_like = tmp_path / "m.safetensors"
+    model, _ = checkpoints.load(ckpts["a"])
+    checkpoints.save(model, mnist_like, {"dataset": "synthetic", "split_seed": 0})
+    r = run("compare", ckpts["a"], mnist_like, "--layers", layer, "--samples", "32",
+            "--metrics", "cka", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "not the training data of m (synthetic)" in r.stderr
+
+
+def test_compare_many_inputs_keeps_names_apart(tmp_path):
+    g = np.random.default_rng(0)
+    base = g.random((40, 5))
+    for run_dir in ("run_one", "run_two", "run_three"):
+        (tmp_path / run_dir).mkdir()
+        np.save(tmp_path / run_dir / "myrtle_cnn-relu-seed0.npy", base + g.random((40, 5)))
+    paths = [
+        tmp_path / d / "myrtle_cnn-relu-seed0.npy" for d in ("run_one", "run_two", "run_three")
+    ]
+    r = run("compare", *paths, "--metrics", "cka", "-q")
+    assert r.exit_code == 0, r.output
+    for d in ("run_one", "run_two", "run_three"):
+        label = f"{d}/myrtle_cnn-relu-seed0"
+        assert any(ln.startswith(label) for ln in r.stdout.splitlines()), r.stdout
+    assert str(tmp_path) not in r.stdout  # no absolute paths as labels

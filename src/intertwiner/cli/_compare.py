@@ -47,25 +47,44 @@ def _compare_input(path: str):
     return load_file(str(p)), None
 
 
+def _labels(paths: list[str]) -> list[str]:
+    """Short, distinct labels for the inputs: the file names without extension, with as many
+    parent folders as it takes to tell them apart (never a whole absolute path)."""
+    from pathlib import PurePath
+
+    parts = [PurePath(p).with_suffix("").parts for p in paths]
+    for depth in range(1, max(len(q) for q in parts) + 1):
+        labels = ["/".join(q[-depth:]) for q in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return list(paths)  # the same file twice: nothing shorter tells them apart
+
+
+def _table(title: str, rows: list[str], cols: list[str], value) -> list[str]:
+    """A text table wide enough for every label (no name is cut)."""
+    left = max(len(r) for r in rows) + 2
+    width = max(10, *(len(c) + 2 for c in cols))
+    lines = [title, "".ljust(left) + "".join(f"{c:>{width}s}" for c in cols)]
+    for r in rows:
+        lines.append(f"{r:{left}s}" + "".join(f"{value(r, c):{width}.4f}" for c in cols))
+    return lines
+
+
 def _compare_tables(results: dict, two: bool) -> str:
     """Two inputs: a layer x layer table per metric (A's layers down, B's across); more: a
     model x model table per metric and layer pair."""
     lines = []
     for name, res in results.items():
         if two:
-            lines.append(f"{name}  (rows: {res.names[0]} layers, columns: {res.names[1]} layers)")
-            lines.append("".ljust(16) + "".join(f"{lb[:11]:>12s}" for lb in res.layers))
-            for la in res.layers:
-                row = [
-                    res.matrices.get((la, lb), [[float("nan")] * 2] * 2)[0][1] for lb in res.layers
-                ]
-                lines.append(f"{la[:15]:16s}" + "".join(f"{v:12.4f}" for v in row))
+            title = f"{name}  (rows: {res.names[0]} layers, columns: {res.names[1]} layers)"
+            lines += _table(title, res.layers, res.layers,
+                            lambda la, lb, res=res: res.matrices[(la, lb)][0][1])  # fmt: skip
         else:
             for (la, lb), m in res.matrices.items():
-                lines.append(f"{name}  {la}" + ("" if la == lb else f" vs {lb}"))
-                lines.append("".ljust(16) + "".join(f"{n[:11]:>12s}" for n in res.names))
-                for n, row in zip(res.names, m, strict=True):
-                    lines.append(f"{n[:15]:16s}" + "".join(f"{v:12.4f}" for v in row))
+                title = f"{name}  {la}" + ("" if la == lb else f" vs {lb}")
+                idx = {n: i for i, n in enumerate(res.names)}
+                lines += _table(title, res.names, res.names,
+                                lambda a, b, m=m, idx=idx: m[idx[a], idx[b]])  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
@@ -108,6 +127,20 @@ def _compare_write(results: dict, out: str, two: bool) -> list[str]:
                 )
                 res.plot(written[-1], layer=la)
     return written
+
+
+def _note_foreign_data(metas: list[dict], names: list[str], data: str | None) -> None:
+    """Say so when the inputs are not the checkpoints' own data: ``--data`` other than what a
+    checkpoint was trained on, or checkpoints trained on different datasets (the first one's is
+    used). Representations on foreign inputs are a legitimate probe, but not the default one."""
+    used = data or metas[0].get("dataset")
+    foreign = [f"{n} ({m.get('dataset')})" for n, m in zip(names, metas, strict=True)
+               if m.get("dataset") and m.get("dataset") != used]  # fmt: skip
+    if foreign:
+        typer.echo(
+            f"note: comparing on {used}, which is not the training data of {', '.join(foreign)}",
+            err=True,
+        )
 
 
 _ARG_INPUTS = typer.Argument(
@@ -166,9 +199,7 @@ def compare_cmd(
 
     if len(inputs) < 2:
         raise fail("compare needs at least two inputs")
-    names = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
-    if len(set(names)) != len(names):
-        names = list(inputs)
+    names = _labels(inputs)
     want = [la.strip() for la in layers.split(",")] if layers else None
     try:
         loaded = [_compare_input(p) for p in inputs]
@@ -180,6 +211,7 @@ def compare_cmd(
         kw: dict = {"layers": want, "cross_layers": cross_layers, "names": names,
                     "device": device, "progress": not quiet, "workers": workers}  # fmt: skip
         if models:
+            _note_foreign_data([meta for _, meta in loaded], names, data)
             splits = _pair_splits(loaded[0][1], data, data_dir, inputs[0])
             if split not in ("test", "val", "train"):
                 raise InvalidOptionError(f"--split {split!r}: choose test, val or train")
@@ -193,8 +225,9 @@ def compare_cmd(
     except (IntertwinerError, ValueError, KeyError) as e:
         raise fail(e) from None
     typer.echo(_compare_tables(results, len(inputs) == 2))
-    for r in results.values():
-        for note in r.notes:
-            typer.echo(f"note: {note}", err=True)
     for w in written:
         typer.echo(f"saved {w}")
+    notes = list(dict.fromkeys(n for r in results.values() for n in r.notes))
+    if notes:  # a table with NaN cells is not a result: say why and exit non-zero
+        more = f" (and {len(notes) - 1} more reason(s))" if len(notes) > 1 else ""
+        raise fail(f"some values could not be computed (nan above): {notes[0]}{more}")

@@ -38,6 +38,7 @@ from intertwiner.errors import (
     InvalidInputError,
     InvalidOptionError,
     MemoryBudgetError,
+    ShapeError,
 )
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._plots import annotated_heatmap, save_png
@@ -346,8 +347,11 @@ def pairwise(
     if any(isinstance(s, torch.nn.Module) for s in sets) and data is None:
         raise InvalidOptionError("comparing models needs data= (inputs to run them on)")
     prepared: list[dict[str, _Prepared]] = []
-    for s in tqdm(sets, desc="pairwise: prepare", unit="model", disable=not progress):
+    rows: dict[str, int] = {}
+    for name, s in zip(names_, tqdm(sets, desc="pairwise: prepare", unit="model",
+                                    disable=not progress), strict=False):  # fmt: skip
         feats = _features_of(s, layers_, capture)
+        _check_rows(rows, feats, name, names_[0])
         PREPARE_CALLS["count"] += 1
         if device is not None:
             feats = {k: torch.as_tensor(v).to(device) for k, v in feats.items()}
@@ -364,6 +368,19 @@ def pairwise(
         if err is not None:
             notes.append(f"{names_[i]}:{a} vs {names_[j]}:{b}: {err}")
     return Pairwise(names_, layers_, m.name, matrices, m.higher_is_similar, m.value_range, notes)
+
+
+def _check_rows(rows: dict[str, int], feats: Mapping[str, Any], name: str, first: str) -> None:
+    """Every model's features must have the same rows (the same inputs, in the same order):
+    refuse a mismatch before any work, instead of a K x K matrix of NaN."""
+    for la, x in feats.items():
+        n = int(np.shape(x)[0]) if np.ndim(x) else 0
+        if rows.setdefault(la, n) != n:
+            raise ShapeError(
+                f"{first} has {rows[la]} rows (samples) at {la!r} and {name} has {n}: every "
+                "input must hold features of the same inputs, in the same order; capture them "
+                "on one dataset (or cut them to the same rows)"
+            )
 
 
 def _check_memory(prepared: list[dict[str, _Prepared]], k: int, limit: int) -> None:
