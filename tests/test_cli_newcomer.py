@@ -141,3 +141,55 @@ def test_compare_many_inputs_keeps_names_apart(tmp_path):
         label = f"{d}/myrtle_cnn-relu-seed0"
         assert any(ln.startswith(label) for ln in r.stdout.splitlines()), r.stdout
     assert str(tmp_path) not in r.stdout  # no absolute paths as labels
+
+
+# ---- items 3 and 6: results --kind and the long format -------------------------------------------
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run folder with one stitching row of a low-rank stitch, as the sweep writes it."""
+    from intertwiner.store import Store
+
+    config = {"arch": "mlp", "seed": 0, "pair": 0, "site_index": 1, "layer": ["low_rank", 2],
+              "layer_label": "low_rank_2", "epochs": 1, "stage": "stitching"}  # fmt: skip
+    metrics = {
+        "acc_stitched": 0.5,
+        "penalty": 0.1,
+        "site": "act2",
+        "solver": None,
+        "kind": "low_rank",
+    }
+    Store(tmp_path).put("stitching", config, metrics, seconds=1.0)
+    return tmp_path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "long", "json"])
+def test_results_unknown_kind_names_the_kinds(run_dir, fmt):
+    r = run("results", run_dir, "--kind", "stitch", "-f", fmt)
+    one_line_error(r, "unknown kind 'stitch'", "stitching", "alignment")
+    assert r.stdout == ""
+
+
+def test_results_kind_without_rows_is_an_error(run_dir):
+    one_line_error(
+        run("results", run_dir, "--kind", "dissection"), "no dissection rows", "stitching"
+    )
+
+
+def test_results_long_has_one_number_per_line_and_the_layer(run_dir):
+    import csv
+    import io
+
+    r = run("results", run_dir, "-f", "long", "--kind", "stitching")
+    assert r.exit_code == 0, r.output
+    lines = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert {ln["metric"] for ln in lines} == {"acc_stitched", "penalty", "seconds"}
+    for ln in lines:
+        float(ln["value"])  # every value is a number
+        assert ln["layer"] == "low_rank_2" and ln["site"] == "act2"
+
+
+def test_results_out_writes_the_file_and_a_missing_folder_is_one_line(run_dir):
+    r = run("results", run_dir, "--out", run_dir / "rows.csv")
+    assert r.exit_code == 0, r.output
+    assert (run_dir / "rows.csv").read_text().startswith("key,")
+    one_line_error(run("results", run_dir, "--out", run_dir / "nope" / "rows.csv"), "folder")

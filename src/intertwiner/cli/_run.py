@@ -9,6 +9,7 @@ import typer
 from intertwiner.cli._app import (
     app,
     count,
+    fail,
 )
 
 
@@ -183,10 +184,13 @@ def results(
     ),
     kind: str | None = typer.Option(
         None,
+        "--kind",
         help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, absorb, "
         "dissection, alignment.",
     ),
-    output: str | None = typer.Option(None, "--output", help="Write to a file, not stdout."),
+    output: str | None = typer.Option(
+        None, "--out", "--output", "-o", help="Write to this file, not stdout."
+    ),
 ) -> None:
     """Export the results store of a run as CSV (flat columns), tidy long CSV, or JSON."""
     from intertwiner.errors import IntertwinerError
@@ -202,8 +206,13 @@ def results(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if output:
-        with open(output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            with open(output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as e:
+            raise fail(
+                f"cannot write {output}: {e.strerror}; check that its folder exists"
+            ) from None
     else:
         typer.echo(text, nl=False)
 
