@@ -192,4 +192,63 @@ def test_results_out_writes_the_file_and_a_missing_folder_is_one_line(run_dir):
     r = run("results", run_dir, "--out", run_dir / "rows.csv")
     assert r.exit_code == 0, r.output
     assert (run_dir / "rows.csv").read_text().startswith("key,")
-    one_line_error(run("results", run_dir, "--out", run_dir / "nope" / "rows.csv"), "folder")
+    r = run("results", run_dir, "--out", run_dir / "new" / "rows.csv")  # made, like --out folders
+    assert r.exit_code == 0 and (run_dir / "new" / "rows.csv").is_file(), r.output
+    (run_dir / "a_file").write_text("x")
+    one_line_error(run("results", run_dir, "--out", run_dir / "a_file" / "rows.csv"), "--out")
+
+
+# ---- item 7: an output in a missing folder ------------------------------------------------------
+def test_interpolate_plot_in_a_missing_folder_is_made(ckpts, tmp_path):
+    png = tmp_path / "missing_dir" / "barrier.png"
+    r = run("interpolate", ckpts["a"], ckpts["b"], "--align", "--alphas", "3", "--samples", "100",
+            "--eval-samples", "50", "--plot", png, "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "loss barrier" in r.stdout and png.stat().st_size > 1000
+
+
+def test_interpolate_plot_that_cannot_be_written_fails_before_the_job(ckpts, tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = run("interpolate", ckpts["a"], ckpts["b"], "--plot", tmp_path / "file" / "b.png", "-q")
+    one_line_error(r, "--plot")
+
+
+# ---- item 8: a dataset the model cannot take -----------------------------------------------------
+@pytest.fixture(scope="module")
+def mnist_ckpts(tmp_path_factory):
+    """CNNs built for MNIST's 28x28 inputs (untrained: only their input shape matters here)."""
+    folder = tmp_path_factory.mktemp("mnist")
+    paths = []
+    for seed in (0, 1):
+        paths.append(folder / f"cnn{seed}.safetensors")
+        model = models.build("myrtle_cnn", seed=seed, width=2, in_channels=1, input_size=28)
+        checkpoints.save(model, paths[-1], {"dataset": "mnist", "split_seed": 0})
+    return paths
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["interpolate", "A", "B", "--data", "digits", "-q"],
+        ["align", "A", "B", "--method", "activations", "--data", "digits", "--out", "x", "-q"],
+        ["compare", "A", "B", "--data", "digits", "--layers", "block1.act", "-q"],
+    ],
+)
+def test_a_dataset_the_model_cannot_take_is_one_line(mnist_ckpts, command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [str(mnist_ckpts[0]) if a == "A" else str(mnist_ckpts[1]) if a == "B" else a
+            for a in command]  # fmt: skip
+    one_line_error(run(*args), "digits inputs are (1, 8, 8)", "takes (1, 28, 28)", "mnist")
+
+
+def test_trace_takes_a_dataset_and_names_a_wrong_shape():
+    from intertwiner.data import load
+    from intertwiner.errors import ShapeError
+    from intertwiner.symmetry import trace
+
+    splits = load("digits")
+    small = models.build("myrtle_cnn", width=2, in_channels=1, input_size=8)
+    assert len(trace(small, splits.test).sites) == len(trace(small, splits.test[0][0][None]).sites)
+    big = models.build("myrtle_cnn", width=2, in_channels=1, input_size=28)
+    with pytest.raises(ShapeError, match=r"expects \(N, 1, 28, 28\)"):
+        trace(big, splits.test)

@@ -278,7 +278,8 @@ def scales(scale: Any, name: str = "scale", n: int | None = None) -> torch.Tenso
 _SHAPE_MESSAGE = re.compile(
     r"shapes? cannot be|shape '\[|size mismatch|sizes? of tensors must match|must match the size|"
     r"expected input\[|input channels|to have \d+ channels|Expected .*\b(?:size|dim)\b|"
-    r"Given groups|Given normalized_shape|mat\d and mat\d|should contain \d+ elements",
+    r"Given groups|Given normalized_shape|mat\d and mat\d|should contain \d+ elements|"
+    r"Output size is too small|Kernel size can't be greater|padded input size",
     re.IGNORECASE,
 )
 # A device or dtype clash is not the caller's input shape, even when the message mentions sizes.

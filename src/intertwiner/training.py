@@ -232,7 +232,8 @@ def evaluate(
     try:
         for x, y in _batches(dataset_or_loader, batch_size, shuffle=False, generator=None):
             x, y = _to_device(x, dev), torch.as_tensor(y).to(dev)
-            logits = model(x)
+            with _validate.reraise_shape_errors("evaluate", x, model):
+                logits = model(x)
             total_loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
             correct += int((logits.argmax(dim=1) == y).sum())
             n += len(y)

@@ -7,6 +7,7 @@ import json
 import typer
 
 from intertwiner.cli._app import (
+    _FILE,
     _pair_splits,
     app,
     count,
@@ -174,7 +175,9 @@ def interpolate_cmd(
     eval_samples: int | None = typer.Option(
         None, callback=count(1), help="Test examples to evaluate (default all)."
     ),
-    plot: str | None = typer.Option(None, "--plot", help="Save the barrier curves (PNG)."),
+    plot: str | None = typer.Option(
+        None, "--plot", callback=_FILE, help="Save the barrier curves (PNG)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:

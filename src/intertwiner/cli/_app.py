@@ -89,6 +89,23 @@ def _folder(value: str, name: str) -> str:
     return value
 
 
+def _output_file(value: str, name: str) -> str:
+    """A file to write at the end of a command: its folder is made now (as ``--out`` folders
+    are), so a long job never ends in a traceback that loses its results."""
+    from pathlib import Path
+
+    path = Path(value)
+    if path.is_dir():
+        raise InvalidOptionError(
+            f"{value} is a folder; {name} names a file, e.g. {path / 'out.png'}"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidOptionError(f"{name} {value}: cannot make its folder ({e.strerror})") from None
+    return value
+
+
 def _device(value: str, name: str) -> str:
     from intertwiner._validate import device
 
@@ -121,6 +138,7 @@ def _seeds(value: str, name: str = "--seeds") -> str:
 
 
 _FOLDER, _DEVICE, _FRACTION = _checked(_folder), _checked(_device), _checked(_fraction)
+_FILE = _checked(_output_file)
 _POSITIVE, _NONNEGATIVE = _checked(_positive_number), _checked(_nonnegative_number)
 
 

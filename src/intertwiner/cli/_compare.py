@@ -211,8 +211,8 @@ def compare_cmd(
         kw: dict = {"layers": want, "cross_layers": cross_layers, "names": names,
                     "device": device, "progress": not quiet, "workers": workers}  # fmt: skip
         if models:
-            _note_foreign_data([meta for _, meta in loaded], names, data)
             splits = _pair_splits(loaded[0][1], data, data_dir, inputs[0])
+            _note_foreign_data([meta for _, meta in loaded], names, data)
             if split not in ("test", "val", "train"):
                 raise InvalidOptionError(f"--split {split!r}: choose test, val or train")
             kw.update(data=getattr(splits, split), max_samples=samples)

@@ -12,6 +12,7 @@ from intertwiner.cli._app import (
     _FOLDER,
     _FRACTION,
     _POSITIVE,
+    _checked,
     _csv,
     _write_json,
     app,
@@ -217,18 +218,19 @@ def dissect(
 
 
 # ---- stitch -------------------------------------------------------------------------------------
-def _init_samples(text: str | None) -> int | str | None:
-    """``--init-samples``: None, "auto" or a positive int."""
+def _init_samples(text: str | None, name: str = "--init-samples") -> int | str | None:
+    """``--init-samples``: None, "auto" or a positive int (checked as the option is read)."""
     if text is None or text == "auto":
         return text
     from intertwiner._validate import positive_int
 
     try:
-        return positive_int(int(text), "--init-samples")
+        number = int(text)
     except ValueError:
         raise InvalidOptionError(
-            f"--init-samples takes a number of inputs (>= 1) or 'auto', got {text!r}"
+            f"{name} takes a number of inputs (>= 1) or 'auto', got {text!r}"
         ) from None
+    return positive_int(number, name)
 
 
 @app.command("stitch")
@@ -257,6 +259,7 @@ def stitch_command(
     bias: bool = typer.Option(False, "--bias/--no-bias", help="Give the stitch a bias."),
     init_samples: str | None = typer.Option(
         None,
+        callback=_checked(_init_samples),
         help="Training inputs for the matching / closed-form statistics: N, or auto (stop when "
         "the assignment has converged); default all. Fewer is faster, usually a little worse.",
     ),
@@ -288,7 +291,7 @@ def stitch_command(
             epochs=epochs,
             lr=lr,
             bias=bias,
-            init_samples=_init_samples(init_samples),
+            init_samples=init_samples,
             batch_size=batch_size,
             seed=seed,
             residual=residual,

@@ -7,6 +7,7 @@ import json
 import typer
 
 from intertwiner.cli._app import (
+    _FILE,
     app,
     count,
     fail,
@@ -189,7 +190,7 @@ def results(
         "dissection, alignment.",
     ),
     output: str | None = typer.Option(
-        None, "--out", "--output", "-o", help="Write to this file, not stdout."
+        None, "--out", "--output", "-o", callback=_FILE, help="Write to this file, not stdout."
     ),
 ) -> None:
     """Export the results store of a run as CSV (flat columns), tidy long CSV, or JSON."""
