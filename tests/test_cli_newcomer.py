@@ -252,3 +252,46 @@ def test_trace_takes_a_dataset_and_names_a_wrong_shape():
     big = models.build("myrtle_cnn", width=2, in_channels=1, input_size=28)
     with pytest.raises(ShapeError, match=r"expects \(N, 1, 28, 28\)"):
         trace(big, splits.test)
+
+
+# ---- item 9: the CLI speaks CLI; unknown groups list the names ----------------------------------
+def test_compare_speaks_of_options_not_keywords(tmp_path, ckpts):
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", g.random((20, 4, 4, 4)))
+    np.save(tmp_path / "b.npy", g.random((20, 4, 2, 2)))
+    spec = ["--metrics", "procrustes_similarity:orthogonal", "-q"]
+    r = run("compare", tmp_path / "a.npy", tmp_path / "b.npy", *spec)
+    one_line_error(r, "pass --upsample")
+    assert "=True" not in r.stderr
+    r = run("compare", tmp_path / "a.npy", tmp_path / "b.npy", *spec, "--upsample")
+    assert r.exit_code == 0, r.output
+    r = run("compare", ckpts["a"], ckpts["b"], "-q")  # checkpoints without --layers
+    one_line_error(r, "needs --layers", "block1.act, block2.act")
+    r = run("compare", tmp_path / "a.npy", tmp_path / "b.npy", "--layers", "x", "-q")
+    one_line_error(r, "lacks layers ['x']", "it has ['features']")
+
+
+@pytest.mark.parametrize("group", ["relu", "tanh", "G_RELU_X"])
+def test_unknown_group_lists_the_names(tmp_path, group):
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((20, 4)))
+    r = run(
+        "compare",
+        tmp_path / "a.npy",
+        tmp_path / "a.npy",
+        "--metrics",
+        f"procrustes_similarity:{group}",
+    )
+    one_line_error(r, "positive_monomial", "perm_scale", "g_relu", "signed_perm")
+    if group == "relu":
+        assert "'relu' is an activation, whose intertwiner group is positive_monomial" in r.stderr
+
+
+def test_unknown_group_in_python_lists_the_names():
+    from intertwiner.errors import UnsupportedGroupError
+    from intertwiner.metrics import procrustes_similarity
+
+    x = np.random.default_rng(0).random((20, 4))
+    with pytest.raises(
+        UnsupportedGroupError, match="perm_scale.*'tanh' is an activation.*signed_perm"
+    ):
+        procrustes_similarity(x, x, group="tanh")

@@ -31,9 +31,40 @@ typer.core.TyperOption.display_type_rich = _flag_type
 
 
 def fail(error: Exception | str, code: int = 2) -> typer.Exit:
-    """Print ``error`` as a one-line message on stderr and return the Exit to raise."""
-    typer.echo(f"error: {error}", err=True)
+    """Print ``error`` as a one-line message on stderr and return the Exit to raise. The
+    library's Python words for an option the command has become the option (``cli_words``)."""
+    typer.echo(f"error: {cli_words(str(error))}", err=True)
     return typer.Exit(code)
+
+
+# A keyword argument in a library message: ``upsample=True``, ``layers=[...]``, ``layers=``.
+_KEYWORD = re.compile(r"\b([a-z][a-z0-9_]*)=(?:True\b|\[\.\.\.\]|(?=[\s;,.)]|$))")
+
+
+def _current_context():
+    """The running command's context (None outside a command). Typer >= 0.17 vendors its own
+    click, whose context stack is not ``click``'s."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # older typer runs on click itself
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
+def cli_words(text: str) -> str:
+    """``text`` with each Python keyword (``upsample=True``, ``layers=[...]``) that names an option
+    of the running command replaced by the option (``--upsample``, ``--layers``); keywords the
+    command has no option for are left as they are."""
+    ctx = _current_context()
+    if ctx is None:
+        return text
+    opts = {o for p in ctx.command.params for o in p.opts if o.startswith("--")}
+
+    def option(m: re.Match) -> str:
+        opt = "--" + m.group(1).replace("_", "-")
+        return opt if opt in opts else m.group(0)
+
+    return _KEYWORD.sub(option, text)
 
 
 # ---- option checks (typer callbacks: bad input exits with code 2 and one line, no traceback) ----

@@ -129,6 +129,13 @@ def _compare_write(results: dict, out: str, two: bool) -> list[str]:
     return written
 
 
+def _sites(model) -> list[str]:
+    """The activation sites of a checkpoint's model, as ``--layers`` takes them."""
+    from intertwiner import models
+
+    return list(models.sites(model))
+
+
 def _note_foreign_data(metas: list[dict], names: list[str], data: str | None) -> None:
     """Say so when the inputs are not the checkpoints' own data: ``--data`` other than what a
     checkpoint was trained on, or checkpoints trained on different datasets (the first one's is
@@ -190,12 +197,18 @@ def compare_cmd(
     workers: int = typer.Option(
         0, callback=count(0), help="Processes for the pairs (0: this one)."
     ),
+    upsample: bool = typer.Option(
+        False,
+        "--upsample",
+        help="Procrustes metrics: upsample the smaller of two conv maps (nearest neighbour) when "
+        "their spatial sizes differ.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Compare checkpoints (layer x layer for two, model x model for more) or saved features with
     representation metrics; print the tables, and with --out write JSON, CSV and heatmaps."""
     from intertwiner.errors import IntertwinerError, InvalidInputError
-    from intertwiner.metrics import pairwise
+    from intertwiner.metrics import metric, pairwise
 
     if len(inputs) < 2:
         raise fail("compare needs at least two inputs")
@@ -208,6 +221,11 @@ def compare_cmd(
             raise InvalidInputError(
                 "compare takes only checkpoints or only feature files, not both"
             )
+        if models and want is None:
+            raise InvalidOptionError(
+                f"comparing checkpoints needs --layers; {names[0]} has the sites "
+                f"{', '.join(_sites(models[0]))}"
+            )
         kw: dict = {"layers": want, "cross_layers": cross_layers, "names": names,
                     "device": device, "progress": not quiet, "workers": workers}  # fmt: skip
         if models:
@@ -219,7 +237,8 @@ def compare_cmd(
         items = models or [m for m, _ in loaded]
         results = {}
         for spec in [m.strip() for m in metrics.split(",") if m.strip()]:
-            res = pairwise(items, spec, **kw)
+            up = upsample and spec.startswith("procrustes")  # CKA compares inputs: no positions
+            res = pairwise(items, metric(spec, upsample=True) if up else spec, **kw)
             results[res.metric] = res
         written = _compare_write(results, out, len(inputs) == 2) if out else []
     except (IntertwinerError, ValueError, KeyError) as e:
