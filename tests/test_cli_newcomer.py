@@ -295,3 +295,77 @@ def test_unknown_group_in_python_lists_the_names():
         UnsupportedGroupError, match="perm_scale.*'tanh' is an activation.*signed_perm"
     ):
         procrustes_similarity(x, x, group="tanh")
+
+
+# ---- item 10: the sites `symmetries` prints are layers `compare` takes ----------------------------
+def test_compare_takes_every_site_symmetries_prints(tmp_path):
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"r{seed}.safetensors")
+        model = models.build("resnet20", seed=seed, width=4, in_channels=1, input_size=8)
+        checkpoints.save(model, paths[-1], {"dataset": "digits", "split_seed": 0})
+    r = run("symmetries", paths[0], "--json")
+    assert r.exit_code == 0, r.output
+    sites = [s["name"] for s in json.loads(r.stdout)["sites"]]
+    assert "layer2.0.shortcut.pad" in sites
+    r = run("compare", *paths, "--layers", ",".join(sites), "--same-layer", "--samples", "16",
+            "--metrics", "cka", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "layer2.0.shortcut.pad" in r.stdout
+
+
+# ---- item 14: each model runs once for all metrics ----------------------------------------------
+@pytest.mark.parametrize("n_inputs", [2, 3])
+def test_compare_runs_each_model_once_for_all_metrics(ckpts, tmp_path, n_inputs):
+    import torch
+
+    paths = [ckpts["a"], ckpts["b"]]
+    if n_inputs == 3:
+        paths.append(tmp_path / "c.safetensors")
+        checkpoints.save(checkpoints.load(ckpts["a"])[0], paths[-1], {"dataset": "digits"})
+    seen = {"samples": 0}
+    roots = {type(checkpoints.load(ckpts["a"])[0])}
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, a: (
+            seen.__setitem__("samples", seen["samples"] + a[0].shape[0])
+            if type(m) in roots and a
+            else None
+        )
+    )
+    try:
+        r = run("compare", *paths, "--layers", "block1.act,block2.act", "--samples", "40",
+                "--metrics", "cka,procrustes_similarity:perm_scale,group_cka", "-q")  # fmt: skip
+    finally:
+        handle.remove()
+    assert r.exit_code == 0, r.output
+    # one pass per model (compare() adds a probe of a few inputs to plan its memory), not one
+    # pass per metric (3 metrics: 3 x 40 per model before)
+    assert n_inputs * 40 <= seen["samples"] < n_inputs * 40 + 5 * n_inputs
+
+
+# ---- item 15 (second half): layers of different names in different inputs -----------------------
+def test_compare_pairs_layers_named_differently(tmp_path, ckpts):
+    from safetensors.torch import save_file
+
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", g.random((30, 5)))
+    save_file({"l1": torch_tensor(g.random((30, 4))), "l2": torch_tensor(g.random((30, 3)))},
+              str(tmp_path / "b.safetensors"))  # fmt: skip
+    r = run("compare", tmp_path / "a.npy", tmp_path / "b.safetensors", "--metrics", "cka", "-q")
+    assert r.exit_code == 0, r.output
+    header = [ln for ln in r.stdout.splitlines() if "l1" in ln][0]
+    assert header.split() == ["l1", "l2"]
+    r = run("compare", tmp_path / "a.npy", tmp_path / "b.safetensors", "--layers", "features",
+            "--layers", "l2", "--metrics", "cka", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert [ln.split()[0] for ln in r.stdout.splitlines()[1:3]] == ["l2", "features"]
+    r = run("compare", ckpts["a"], ckpts["b"], "--layers", "block1.act", "--layers", "block4.act",
+            "--samples", "32", "--metrics", "cka", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "block4.act" in r.stdout and "block1.act" in r.stdout
+
+
+def torch_tensor(a):
+    import torch
+
+    return torch.from_numpy(a).float()

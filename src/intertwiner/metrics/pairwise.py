@@ -347,11 +347,13 @@ def pairwise(
     if any(isinstance(s, torch.nn.Module) for s in sets) and data is None:
         raise InvalidOptionError("comparing models needs data= (inputs to run them on)")
     prepared: list[dict[str, _Prepared]] = []
-    rows: dict[str, int] = {}
+    first_rows: dict[str, np.ndarray] | None = None
     for name, s in zip(names_, tqdm(sets, desc="pairwise: prepare", unit="model",
                                     disable=not progress), strict=False):  # fmt: skip
         feats = _features_of(s, layers_, capture)
-        _check_rows(rows, feats, name, names_[0])
+        rows = {la: np.empty((int(np.shape(x)[0]), 0)) for la, x in feats.items()}  # shapes only
+        first_rows = rows if first_rows is None else first_rows
+        check_rows({names_[0]: first_rows, name: rows})
         PREPARE_CALLS["count"] += 1
         if device is not None:
             feats = {k: torch.as_tensor(v).to(device) for k, v in feats.items()}
@@ -370,17 +372,23 @@ def pairwise(
     return Pairwise(names_, layers_, m.name, matrices, m.higher_is_similar, m.value_range, notes)
 
 
-def _check_rows(rows: dict[str, int], feats: Mapping[str, Any], name: str, first: str) -> None:
-    """Every model's features must have the same rows (the same inputs, in the same order):
-    refuse a mismatch before any work, instead of a K x K matrix of NaN."""
-    for la, x in feats.items():
-        n = int(np.shape(x)[0]) if np.ndim(x) else 0
-        if rows.setdefault(la, n) != n:
-            raise ShapeError(
-                f"{first} has {rows[la]} rows (samples) at {la!r} and {name} has {n}: every "
-                "input must hold features of the same inputs, in the same order; capture them "
-                "on one dataset (or cut them to the same rows)"
-            )
+def check_rows(sets: Mapping[str, Mapping[str, Any]]) -> None:
+    """``{name: {layer: features}}``: every array must have the same rows (features of the same
+    inputs, in the same order); a mismatch is a ``ShapeError`` naming both, before any work,
+    never a matrix of NaN."""
+    first: tuple[str, str, int] | None = None
+    for name, feats in sets.items():
+        for la, x in feats.items():
+            n = int(np.shape(x)[0]) if np.ndim(x) else 0
+            if first is None:
+                first = (name, la, n)
+            elif n != first[2]:
+                where = "" if la == first[1] else f" at {la!r}"
+                raise ShapeError(
+                    f"{first[0]} has {first[2]} rows (samples) at {first[1]!r} and {name} has "
+                    f"{n}{where}: every input must hold features of the same inputs, in the same "
+                    "order; capture them on one dataset (or cut them to the same rows)"
+                )
 
 
 def _check_memory(prepared: list[dict[str, _Prepared]], k: int, limit: int) -> None:
