@@ -369,3 +369,47 @@ def torch_tensor(a):
     import torch
 
     return torch.from_numpy(a).float()
+
+
+# ---- item 11: align and merge on one's own modules, as the README shows them ---------------------
+def _own_models():
+    import torch
+    from torch import nn
+
+    class OwnMLP(nn.Module):
+        def __init__(self, seed):
+            torch.manual_seed(seed)
+            super().__init__()
+            self.l1, self.act, self.l2 = nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.l2(self.act(self.l1(x)))
+
+    class OwnCNN(nn.Module):
+        def __init__(self, seed):
+            torch.manual_seed(seed)
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU()
+            self.head = nn.Linear(6, 10)
+
+        def forward(self, x):
+            return self.head(self.act(self.bn(self.conv(x))).mean((2, 3)))
+
+    return OwnMLP, OwnCNN
+
+
+def test_align_and_merge_own_modules_without_example_input():
+    import torch
+
+    from intertwiner.alignment import align, merge, weight_distance
+
+    OwnMLP, OwnCNN = _own_models()
+    a, b = OwnMLP(0), OwnMLP(1)
+    aligned, elements = align(a, b)  # as in the README: no example_input
+    assert weight_distance(a, aligned) < weight_distance(a, b)
+    x = torch.randn(5, 10)
+    assert torch.allclose(aligned(x), b(x), atol=1e-5)
+    assert len(repr(align(a, b))) < 300
+    images = torch.randn(40, 1, 8, 8)
+    merged = merge([OwnCNN(0), OwnCNN(1)], bn_data=images)  # bn_data serves to trace them
+    assert merged(images[:2]).shape == (2, 10)

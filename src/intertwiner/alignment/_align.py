@@ -74,7 +74,7 @@ class SiteReport:
     after: float
 
 
-@dataclass
+@dataclass(repr=False)
 class Alignment:
     """Result of ``align``. Unpacks as ``model, elements = align(...)``.
 
@@ -95,6 +95,17 @@ class Alignment:
     def __iter__(self):
         yield self.model
         yield self.elements
+
+    def __repr__(self) -> str:
+        # The model, spec and elements would print thousands of characters: summarise them.
+        moved = ""
+        if self.history:
+            moved = f", distance^2 {self.history[0]:.4g} -> {self.history[-1]:.4g}"
+        return (
+            f"Alignment(method={self.method!r}, group={self.group!r}, sites={len(self.sites)}, "
+            f"sweeps={self.sweeps}{moved}, seconds={self.seconds:.2f}; .model, .elements, "
+            ".table())"
+        )
 
     def table(self) -> str:
         """Per site: relative weight distance to A before and after alignment."""
@@ -362,14 +373,30 @@ def _example_input(model: nn.Module, data: Any, example_input: Any) -> Any:
         for x in iter_batches(data, batch_size=8):
             return x[:8]
     cfg = getattr(model, "intertwiner_config", None)
+    gen = torch.Generator().manual_seed(0)
+    dtype = next(model.parameters()).dtype
     if cfg and "in_channels" in cfg and "input_size" in cfg:
-        gen = torch.Generator().manual_seed(0)
         s = int(cfg["input_size"])
-        dtype = next(model.parameters()).dtype
         return torch.randn(4, int(cfg["in_channels"]), s, s, generator=gen).to(dtype)
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))), None)
+    if isinstance(first, nn.Linear) and _runs(
+        model, x := torch.randn(4, first.in_features, generator=gen).to(dtype)
+    ):
+        return x  # a model whose first layer is Linear takes (N, in_features); trace verifies
     raise InvalidOptionError(
-        "align needs an input to trace model B: pass example_input= (one batch) or data="
+        f"align cannot tell the input of {type(model).__name__}: pass example_input= (one batch "
+        "the model takes) or data= (a Dataset, DataLoader or tensor of inputs)"
     )
+
+
+def _runs(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` takes ``x`` (a guessed input is used only if it does)."""
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _weight_matching(

@@ -252,6 +252,11 @@ def merge(
         raise InvalidOptionError("merge weights sum to zero")
     weights = [float(w) / total for w in weights]
     ref = models[reference]
+    if data is None and bn_data is not None and "example_input" not in align_options:
+        # weight matching needs only an input to trace the models: bn_data has inputs
+        from intertwiner.alignment._align import _example_input
+
+        align_options["example_input"] = _example_input(ref, bn_data, None)
     aligned = []
     for k, m in enumerate(models):
         if k == reference or method is None:
