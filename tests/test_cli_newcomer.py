@@ -413,3 +413,30 @@ def test_align_and_merge_own_modules_without_example_input():
     images = torch.randn(40, 1, 8, 8)
     merged = merge([OwnCNN(0), OwnCNN(1)], bn_data=images)  # bn_data serves to trace them
     assert merged(images[:2]).shape == (2, 10)
+
+
+# ---- item 12: one naming of checkpoints, the dataset in the name --------------------------------
+def test_train_and_reproduce_name_checkpoints_alike(tmp_path):
+    from intertwiner.experiments.common import model_name
+
+    r = run(
+        "train", "--arch", "mlp", "--data", "synthetic", "--epochs", "1", "--out", tmp_path, "-q"
+    )
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "mlp-relu-synthetic-seed0.safetensors").is_file()
+    zoo = {"arch": "myrtle_cnn", "activation": "relu", "seed": 0, "stage": "zoo", "role": "zoo"}
+    names = {d: model_name({**zoo, "data": {"name": d}}) for d in ("mnist", "digits", "concepts")}
+    for d, name in names.items():
+        assert name.startswith(f"zoo/myrtle_cnn-relu-{d}-seed0-"), name
+
+
+def test_a_run_with_the_older_names_still_finds_its_checkpoints(tmp_path):
+    from intertwiner.experiments.common import _legacy_name, model_name, zoo_checkpoint
+
+    zoo = {"arch": "mlp", "activation": "relu", "seed": 1, "data": {"name": "digits"}}
+    config = {"_run": str(tmp_path)}
+    old = tmp_path / "checkpoints" / f"{_legacy_name(zoo)}.safetensors"
+    assert zoo_checkpoint(config, zoo).name == model_name(zoo).split("/")[-1] + ".safetensors"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"")
+    assert zoo_checkpoint(config, zoo) == old

@@ -33,7 +33,8 @@ def _sanity_base(checkpoint: str | None, splits, out_dir, base: dict):
         return checkpoints.load(checkpoint)[0]
     arch, act = base["arch"], base["act"]
     bn = "-bn" if base["batchnorm"] else ""
-    path = out_dir / f"base-{arch}-{act}-w{base['width']}{bn}-seed{base['seed']}.safetensors"
+    ds = splits.meta.get("name", "data")
+    path = out_dir / f"base-{arch}-{act}-{ds}-w{base['width']}{bn}-seed{base['seed']}.safetensors"
     if checkpoints.is_valid(path):
         return checkpoints.load(path)[0]
     cfg = {**splits.model_config(), "activation": act}

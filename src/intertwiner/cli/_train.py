@@ -173,7 +173,8 @@ def train(
     out: str = typer.Option(..., "--out", callback=_FOLDER, help="Folder for the checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train one model and save {arch}-{activation}-seed{seed}.safetensors (+ .json) in --out."""
+    """Train one model and save {arch}-{activation}-{dataset}-seed{seed}.safetensors (+ .json) in
+    --out."""
     from pathlib import Path
 
     from intertwiner import models
@@ -188,7 +189,7 @@ def train(
         )  # fmt: skip
         tc.seed = seed
         act = activation_name(cfg.get("activation", models.defaults(arch)["activation"]))
-        path = Path(out) / zoo_filename(arch, act, seed)
+        path = Path(out) / zoo_filename(arch, act, seed, splits.meta.get("name"))
         result = train_checkpoint(arch, cfg, splits, tc, path)
     except (IntertwinerError, ValueError) as e:
         raise fail(e) from None
