@@ -440,3 +440,54 @@ def test_a_run_with_the_older_names_still_finds_its_checkpoints(tmp_path):
     old.parent.mkdir(parents=True)
     old.write_bytes(b"")
     assert zoo_checkpoint(config, zoo) == old
+
+
+# ---- item 13: labels and figures ----------------------------------------------------------------
+def test_figures_use_the_metric_range_and_the_names(tmp_path):
+    from intertwiner.metrics import pairwise
+
+    g = np.random.default_rng(0)
+    base = g.random((30, 6))
+    feats = [base + 0.01 * g.random((30, 6)) for _ in range(3)]  # CKA near 0.99 everywhere
+    np.save(tmp_path / "a.npy", feats[0])
+    np.save(tmp_path / "b.npy", feats[1])
+    r = run("compare", tmp_path / "a.npy", tmp_path / "b.npy", "--metrics", "cka", "-q", "--out",
+            tmp_path / "o")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert (saved["model_a"], saved["model_b"]) == ("a", "b")
+    from intertwiner.metrics import Comparison
+
+    comp = Comparison(["features"], ["features"], {"cka": np.array([[0.985]])}, 30,
+                      value_range={"cka": (0.0, 1.0)}, names=("a", "b"))  # fmt: skip
+    ax = comp.plot().axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("b", "a")
+    assert ax.images[0].get_clim() == (0.0, 1.0)
+    fig = pairwise(feats, "cka", progress=False).plot()
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)
+
+
+def test_interpolate_plot_title_is_not_clipped():
+    from intertwiner.alignment import Interpolation, plot_curves
+
+    curve = Interpolation([0.0, 0.5, 1.0], [0.3, 0.9, 0.35], [0.9, 0.5, 0.88], True, label="x")
+    title = "/a/very/long/absolute/path/to/runs/quick/checkpoints/zoo/" * 3 + " -> b"
+    fig = plot_curves([curve], title=title)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    box = fig.texts[0].get_window_extent(renderer)
+    fig_box = fig.bbox
+    assert fig_box.x0 <= box.x0 and box.x1 <= fig_box.x1 and box.y1 <= fig_box.y1
+    assert box.y0 >= max(ax.get_window_extent(renderer).y1 for ax in fig.axes)
+
+
+def test_align_says_1_sweep_and_a_pickled_npy_is_named(ckpts, tmp_path):
+    r = run("align", ckpts["a"], ckpts["a"], "--out", tmp_path / "x.safetensors", "-q")
+    assert r.exit_code == 0, r.output
+    assert " 1 sweeps" not in r.stdout and "sweep" in r.stdout
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "ok.npy", np.zeros((3, 2)))
+    r = run("compare", tmp_path / "obj.npy", tmp_path / "ok.npy")
+    one_line_error(r, "obj.npy", "pickled")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -145,8 +146,9 @@ def align_cmd(
                                "sites": [vars(r) for r in res.sites]}, indent=2))  # fmt: skip
         return
     typer.echo(res.table())
+    sweeps = f"{res.sweeps} sweep{'' if res.sweeps == 1 else 's'}"
     typer.echo(f"\nweight distance to A (relative): {before:.4f} -> {after:.4f}  "
-               f"({method}, group {group}, {res.sweeps} sweeps, {res.seconds:.2f}s)")  # fmt: skip
+               f"({method}, group {group}, {sweeps}, {res.seconds:.2f}s)")  # fmt: skip
     typer.echo(f"saved {out}")
 
 
@@ -202,7 +204,8 @@ def interpolate_cmd(
             label = f"aligned ({method}, {group})"
             curves.append(interpolate(model_a, res.model, alphas, test, label=label, **opts))
         if plot:
-            plot_curves(curves, plot, title=f"{checkpoint_a} -> {checkpoint_b}")
+            names = [Path(p).with_suffix("").name for p in (checkpoint_a, checkpoint_b)]
+            plot_curves(curves, plot, title=f"{names[0]} -> {names[1]}")
     except (IntertwinerError, ValueError, KeyError) as e:
         raise fail(e) from None
     if as_json:

@@ -30,13 +30,19 @@ def _compare_input(path: str):
     import numpy as np
 
     from intertwiner import checkpoints
-    from intertwiner.errors import CheckpointError
+    from intertwiner.errors import CheckpointError, InvalidInputError
 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{path} does not exist")
     if p.suffix == ".npy":
-        return {"features": np.load(p, allow_pickle=False)}, None
+        try:
+            return {"features": np.load(p, allow_pickle=False)}, None
+        except ValueError as e:  # a pickled (object) array: never unpickled here
+            raise InvalidInputError(
+                f"{path} holds a pickled object array ({e}); save plain numbers, e.g. "
+                "np.save(path, np.asarray(features, dtype=np.float32))"
+            ) from None
     if p.suffix != ".safetensors":
         raise CheckpointError(
             f"{path}: compare takes .safetensors checkpoints or feature files, or .npy"
@@ -125,6 +131,7 @@ def _compare_write(results, names: list[str], out: str) -> list[str]:
         w.writerow(["metric", "layer_a", "layer_b", "model_a", "model_b", "value"])
         w.writerows([*r[:5], repr(float(r[5]))] for r in rows)
     if not isinstance(results, Mapping):
+        results.names = (names[0], names[1])
         written.append(os.path.join(out, "compare.png"))
         results.plot(written[-1])
         return written

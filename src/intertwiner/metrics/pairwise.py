@@ -150,7 +150,8 @@ def _figure(
     ax_m, ax_e = fig.subplots(1, 2)
     title = f"{res.metric} at {la}" if len(res.layers) > 1 or la != "features" else res.metric
     annotated_heatmap(fig, ax_m, m, res.names, res.names, title=title,
-                      higher_is_similar=res.higher_is_similar)  # fmt: skip
+                      higher_is_similar=res.higher_is_similar,
+                      value_range=res.value_range)  # fmt: skip
     if embedding == "mds":
         xy = classical_mds(d)
         ax_e.scatter(xy[:, 0], xy[:, 1])
