@@ -491,3 +491,55 @@ def test_align_says_1_sweep_and_a_pickled_npy_is_named(ckpts, tmp_path):
     np.save(tmp_path / "ok.npy", np.zeros((3, 2)))
     r = run("compare", tmp_path / "obj.npy", tmp_path / "ok.npy")
     one_line_error(r, "obj.npy", "pickled")
+
+
+# ---- item 15 (first half): checkpoints of one's own modules from the CLI ------------------------
+NETS = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.l1, self.act, self.l2 = nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.l2(self.act(self.l1(self.flat(x))))
+
+
+def build():
+    return Net()
+"""
+
+
+def test_own_module_checkpoints_load_with_model_factory(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "issue29_nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    nets = importlib.import_module("issue29_nets")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        checkpoints.save(nets.build(), tmp_path / f"own{seed}.safetensors", {"dataset": "digits"})
+    one_line_error(run("symmetries", "own0.safetensors"), "--model package.module:factory")
+    r = run("symmetries", "own0.safetensors", "--model", "issue29_nets:build")
+    assert r.exit_code == 0, r.output
+    assert "issue29_nets.Net" in r.stdout and "G_ReLU" in r.stdout
+    r = run("compare", "own0.safetensors", "own1.safetensors", "--model", "issue29_nets:build",
+            "--layers", "act", "--metrics", "cka", "--samples", "32", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run("align", "own0.safetensors", "own1.safetensors", "--model", "issue29_nets.py:build",
+            "--out", "aligned.safetensors", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    one_line_error(
+        run("symmetries", "own0.safetensors", "--model", "issue29_nets:nope"), "no function 'nope'"
+    )
+    one_line_error(
+        run("symmetries", "own0.safetensors", "--model", "nowhere:build"), "cannot import nowhere"
+    )
+    sys.modules.pop("issue29_nets", None)

@@ -372,31 +372,15 @@ def _example_input(model: nn.Module, data: Any, example_input: Any) -> Any:
 
         for x in iter_batches(data, batch_size=8):
             return x[:8]
-    cfg = getattr(model, "intertwiner_config", None)
-    gen = torch.Generator().manual_seed(0)
-    dtype = next(model.parameters()).dtype
-    if cfg and "in_channels" in cfg and "input_size" in cfg:
-        s = int(cfg["input_size"])
-        return torch.randn(4, int(cfg["in_channels"]), s, s, generator=gen).to(dtype)
-    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))), None)
-    if isinstance(first, nn.Linear) and _runs(
-        model, x := torch.randn(4, first.in_features, generator=gen).to(dtype)
-    ):
-        return x  # a model whose first layer is Linear takes (N, in_features); trace verifies
+    from intertwiner.models import example_input as guess
+
+    x = guess(model)  # a zoo model's input, or (N, in_features) before a first Linear
+    if x is not None:
+        return x
     raise InvalidOptionError(
         f"align cannot tell the input of {type(model).__name__}: pass example_input= (one batch "
         "the model takes) or data= (a Dataset, DataLoader or tensor of inputs)"
     )
-
-
-def _runs(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` takes ``x`` (a guessed input is used only if it does)."""
-    try:
-        with torch.no_grad():
-            model(x)
-    except (RuntimeError, ValueError, TypeError):
-        return False
-    return True
 
 
 def _weight_matching(

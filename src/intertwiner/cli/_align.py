@@ -9,11 +9,15 @@ import typer
 
 from intertwiner.cli._app import (
     _FILE,
+    MODEL_HELP,
     _pair_splits,
     app,
     count,
     fail,
+    load_checkpoint,
 )
+
+_OPT_MODEL = typer.Option(None, "--model", help=MODEL_HELP)
 
 
 # ---- symmetries ---------------------------------------------------------------------------------
@@ -25,6 +29,13 @@ def symmetries(
         0, callback=count(0), help="Seed for the random input batch and elements."
     ),
     batch: int = typer.Option(8, callback=count(1), help="Random inputs used to verify each site."),
+    model_spec: str | None = _OPT_MODEL,
+    input_shape: str | None = typer.Option(
+        None,
+        "--input-shape",
+        help="Shape of one input without the batch axis, e.g. 3,32,32 or 784 (default: from the "
+        "checkpoint's config, or a first Linear layer's width).",
+    ),
 ) -> None:
     """Trace a checkpoint's weight-space symmetries and verify each site.
 
@@ -33,18 +44,13 @@ def symmetries(
     """
     import torch
 
-    from intertwiner.checkpoints import load
     from intertwiner.errors import IntertwinerError
     from intertwiner.symmetry import check, random_elements, site_errors, trace
 
     try:
-        model, meta = load(checkpoint)
-        config = meta.get("config", {})
-        gen = torch.Generator().manual_seed(seed)
-        size = int(config.get("input_size", 32))
-        shape = (batch, int(config.get("in_channels", 3)), size, size)
-        x = torch.randn(shape, generator=gen)
+        model, meta = load_checkpoint(checkpoint, model_spec)
         model = model.float()
+        x = _random_input(model, input_shape, batch, seed)
         spec = trace(model, x)
         err32 = site_errors(model, spec, x, generator=torch.Generator().manual_seed(seed))
         m64, x64 = model.double(), x.double()
@@ -63,14 +69,42 @@ def symmetries(
         out["checkpoint"] = checkpoint
         typer.echo(json.dumps(out, indent=2))
         return
-    arch, act = meta.get("arch"), meta.get("activation")
-    typer.echo(f"{checkpoint}: {arch} ({act}), {len(spec.sites)} sites")
+    arch = meta.get("arch") or meta.get("model_class") or type(model).__name__
+    act = f" ({meta['activation']})" if meta.get("activation") else ""
+    typer.echo(f"{checkpoint}: {arch}{act}, {len(spec.sites)} sites")
     typer.echo(spec.table(errors=err64, error_label="err f64"))
     typer.echo(
         f"\nerr f64: relative output change with a random element at one site (float64); "
         f"float32 max {max(err32.values(), default=0.0):.1e}; all sites at once (float64) "
         f"{total64:.1e}."
     )
+
+
+def _random_input(model, input_shape: str | None, batch: int, seed: int):
+    """A random batch for ``symmetries``: ``--input-shape``, else the zoo config's input, else
+    ``(batch, in_features)`` of a first Linear layer; else say to pass ``--input-shape``."""
+    import torch
+
+    from intertwiner import models
+    from intertwiner.errors import InvalidOptionError
+
+    if input_shape is not None:
+        try:
+            dims = tuple(int(d) for d in input_shape.split(","))
+        except ValueError:
+            dims = ()
+        if not dims or min(dims) < 1:
+            raise InvalidOptionError(
+                f"--input-shape {input_shape!r}: write the sizes of one input, e.g. 3,32,32 or 784"
+            )
+        return torch.randn((batch, *dims), generator=torch.Generator().manual_seed(seed))
+    x = models.example_input(model, batch=batch, seed=seed)
+    if x is None:
+        raise InvalidOptionError(
+            f"cannot tell the input of {type(model).__name__}: pass --input-shape (one input "
+            "without the batch axis, e.g. 3,32,32)"
+        )
+    return x.float()
 
 
 # ---- align / interpolate -----------------------------------------------------------------------
@@ -104,6 +138,7 @@ def align_cmd(
         0, callback=count(0), help="Seed of the site order in weight matching."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    model_spec: str | None = _OPT_MODEL,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Align B to A modulo the intertwiner group of every traced site; save aligned B (same
@@ -113,8 +148,8 @@ def align_cmd(
     from intertwiner.errors import IntertwinerError
 
     try:
-        model_a, meta_a = checkpoints.load(checkpoint_a)
-        model_b, meta_b = checkpoints.load(checkpoint_b)
+        model_a, meta_a = load_checkpoint(checkpoint_a, model_spec)
+        model_b, meta_b = load_checkpoint(checkpoint_b, model_spec)
         train = None
         if method == "activations" or data is not None:
             train = _random_subset(
@@ -181,16 +216,16 @@ def interpolate_cmd(
         None, "--plot", callback=_FILE, help="Save the barrier curves (PNG)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    model_spec: str | None = _OPT_MODEL,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Loss and accuracy on the straight line from A to B (test split) and the loss barrier."""
-    from intertwiner import checkpoints
     from intertwiner.alignment import align, interpolate, plot_curves
     from intertwiner.errors import IntertwinerError
 
     try:
-        model_a, meta_a = checkpoints.load(checkpoint_a)
-        model_b, _ = checkpoints.load(checkpoint_b)
+        model_a, meta_a = load_checkpoint(checkpoint_a, model_spec)
+        model_b, _ = load_checkpoint(checkpoint_b, model_spec)
         splits = _pair_splits(meta_a, data, data_dir, checkpoint_a)
         train, test = (
             _random_subset(splits.train, samples),

@@ -242,3 +242,78 @@ def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoin
     from intertwiner import checkpoints
 
     return checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)
+
+
+# ---- checkpoints of one's own modules (--model package.module:factory) --------------------------
+MODEL_HELP = (
+    "For weights checkpoints of your own nn.Module: package.module:factory (or file.py:factory), "
+    "a function called with no arguments that returns the model to load the weights into."
+)
+
+
+def model_factory(spec: str):
+    """The callable named by ``--model package.module:factory`` or ``path/file.py:factory``
+    (the current folder is searched first, as ``python -m`` would)."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise InvalidOptionError(
+            f"--model {spec!r}: write package.module:factory or file.py:factory, e.g. "
+            "--model mynets:build_cnn"
+        )
+    try:
+        if where.endswith(".py"):
+            loader = importlib.util.spec_from_file_location(Path(where).stem, where)
+            if loader is None or not Path(where).is_file():
+                raise ImportError(f"no file {where}")
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(where)
+    except ImportError as e:
+        raise InvalidOptionError(
+            f"--model {spec!r}: cannot import {where} ({e}); run from the folder that holds it, "
+            "install it, or name the file (path/to/nets.py:factory)"
+        ) from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise InvalidOptionError(f"--model {spec!r}: {where} has no function {name!r}")
+    return factory
+
+
+def load_checkpoint(path: str, factory: str | None = None):
+    """``checkpoints.load`` for the CLI: ``(model, metadata)``; a weights checkpoint of one's
+    own module is loaded into the model ``--model`` builds (refused, saying so, without it)."""
+    from pathlib import Path
+
+    from torch import nn
+
+    from intertwiner import checkpoints
+    from intertwiner.errors import CheckpointError
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"no checkpoint at {path}; check the path (a .safetensors file)")
+    model = None
+    if factory is not None:
+        try:
+            model = model_factory(factory)()
+        except TypeError as e:
+            raise InvalidOptionError(
+                f"--model {factory!r} could not be called with no arguments ({e})"
+            ) from None
+        if not isinstance(model, nn.Module):
+            raise InvalidOptionError(
+                f"--model {factory!r} returned a {type(model).__name__}, not an nn.Module"
+            )
+    elif checkpoints.read_metadata(path).get("kind") == "weights":
+        cls = checkpoints.read_metadata(path).get("model_class") or "model of your own"
+        raise CheckpointError(
+            f"{path} holds the weights of a {cls}, which intertwiner cannot rebuild: pass "
+            "--model package.module:factory (a function returning that model)"
+        )
+    return checkpoints.load(path, model=model)

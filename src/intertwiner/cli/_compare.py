@@ -12,16 +12,18 @@ import typer
 from intertwiner.cli._app import (
     _DEVICE,
     _FOLDER,
+    MODEL_HELP,
     _pair_splits,
     app,
     count,
     fail,
+    load_checkpoint,
 )
 from intertwiner.errors import InvalidOptionError
 
 
 # ---- compare -----------------------------------------------------------------------------------
-def _compare_input(path: str):
+def _compare_input(path: str, model_spec: str | None = None):
     """A checkpoint (``.safetensors`` with its JSON sidecar) -> (model, metadata); a feature file
     (``.npy``, or ``.safetensors`` without a sidecar: one tensor per layer) -> ({layer: array}, None).
     Never pickle: ``np.load(allow_pickle=False)``."""
@@ -29,7 +31,6 @@ def _compare_input(path: str):
 
     import numpy as np
 
-    from intertwiner import checkpoints
     from intertwiner.errors import CheckpointError, InvalidInputError
 
     p = Path(path)
@@ -48,7 +49,7 @@ def _compare_input(path: str):
             f"{path}: compare takes .safetensors checkpoints or feature files, or .npy"
         )
     if p.with_suffix(".json").is_file():
-        return checkpoints.load(p)
+        return load_checkpoint(str(p), model_spec)
     from safetensors.torch import load_file
 
     return load_file(str(p)), None
@@ -304,6 +305,7 @@ def compare_cmd(
         "their spatial sizes differ.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    model_spec: str | None = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:
     """Compare checkpoints (layer x layer for two, model x model for more) or saved features with
     representation metrics; print the tables, and with --out write JSON, CSV and heatmaps."""
@@ -316,7 +318,7 @@ def compare_cmd(
     try:
         lists = _layer_lists(layers, len(inputs))
         metric_list = _specs(metrics, upsample)
-        loaded = [_compare_input(p) for p in inputs]
+        loaded = [_compare_input(p, model_spec) for p in inputs]
         models = [m for m, meta in loaded if meta is not None]
         if models and len(models) != len(loaded):
             raise InvalidInputError(

@@ -12,12 +12,14 @@ from intertwiner.cli._app import (
     _FOLDER,
     _FRACTION,
     _POSITIVE,
+    MODEL_HELP,
     _checked,
     _csv,
     _write_json,
     app,
     count,
     fail,
+    load_checkpoint,
 )
 from intertwiner.errors import InvalidOptionError
 
@@ -277,6 +279,7 @@ def stitch_command(
     threads: int | None = typer.Option(None, callback=count(1), help="torch intra-op threads."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    model_spec: str | None = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:
     """Stitch A's front into B's back at a site and print accuracies and the stitching penalty."""
     from intertwiner import checkpoints
@@ -284,8 +287,8 @@ def stitch_command(
     from intertwiner.stitching import StitchConfig, stitch
 
     try:
-        model_a, meta_a = checkpoints.load(checkpoint_a)
-        model_b, _ = checkpoints.load(checkpoint_b)
+        model_a, meta_a = load_checkpoint(checkpoint_a, model_spec)
+        model_b, _ = load_checkpoint(checkpoint_b, model_spec)
         splits = checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)
         config = StitchConfig(
             solver=solver,
