@@ -543,3 +543,24 @@ def test_own_module_checkpoints_load_with_model_factory(tmp_path, monkeypatch):
         run("symmetries", "own0.safetensors", "--model", "nowhere:build"), "cannot import nowhere"
     )
     sys.modules.pop("issue29_nets", None)
+
+
+# ---- the newcomer's sweep: wrong kind, wrong path, wrong option -> one line ----------------------
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["interpolate", "A", "B", "--method", "nope"], ["unknown --method 'nope'", "'weights'"]),
+        (
+            ["align", "A", "B", "--group", "nope", "--out", "x.safetensors"],
+            ["unknown --group 'nope'"],
+        ),
+        (["results", ".", "-f", "nope"], ["unknown --format 'nope'", "long"]),
+        (["symmetries", "notes.txt"], ["notes.txt is not a checkpoint", ".safetensors"]),
+        (["symmetries", "missing.safetensors"], ["no checkpoint at missing.safetensors"]),
+    ],
+)
+def test_newcomer_mistakes_are_one_line(ckpts, tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    args = [str(ckpts["a"]) if a == "A" else str(ckpts["b"]) if a == "B" else a for a in args]
+    one_line_error(run(*args), *words)

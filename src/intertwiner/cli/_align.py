@@ -15,6 +15,7 @@ from intertwiner.cli._app import (
     count,
     fail,
     load_checkpoint,
+    one_of,
 )
 
 _OPT_MODEL = typer.Option(None, "--model", help=MODEL_HELP)
@@ -114,9 +115,14 @@ def _random_subset(ds, n):
     return random_subset(ds, n)
 
 
-_OPT_METHOD = typer.Option("weights", "--method", help="weights | activations")
+_OPT_METHOD = typer.Option(
+    "weights", "--method", callback=one_of("weights", "activations"), help="weights | activations"
+)
 _OPT_GROUP = typer.Option(
-    "full", "--group", help="full (each site's intertwiner group) | permutation | none"
+    "full",
+    "--group",
+    callback=one_of("full", "permutation", "none"),
+    help="full (each site's intertwiner group) | permutation | none",
 )
 
 
@@ -141,8 +147,10 @@ def align_cmd(
     model_spec: str | None = _OPT_MODEL,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Align B to A modulo the intertwiner group of every traced site; save aligned B (same
-    function as B) and print, per site, B's relative weight distance to A before and after."""
+    """Align B to A modulo the intertwiner group of every traced site and save aligned B.
+
+    Aligned B computes the same function as B; the table gives, per site, B's relative weight
+    distance to A before and after."""
     from intertwiner import checkpoints
     from intertwiner.alignment import align, weight_distance
     from intertwiner.errors import IntertwinerError

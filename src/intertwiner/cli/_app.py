@@ -170,6 +170,19 @@ def _seeds(value: str, name: str = "--seeds") -> str:
 
 _FOLDER, _DEVICE, _FRACTION = _checked(_folder), _checked(_device), _checked(_fraction)
 _FILE = _checked(_output_file)
+
+
+def one_of(*options: str):
+    """A typer callback: the value must be one of ``options`` (one line naming them, exit 2)."""
+
+    def check(value: str, name: str) -> str:
+        from intertwiner._validate import choice
+
+        return choice(value, name, options)
+
+    return _checked(check)
+
+
 _POSITIVE, _NONNEGATIVE = _checked(_positive_number), _checked(_nonnegative_number)
 
 
@@ -298,6 +311,11 @@ def load_checkpoint(path: str, factory: str | None = None):
 
     if not Path(path).is_file():
         raise CheckpointError(f"no checkpoint at {path}; check the path (a .safetensors file)")
+    if Path(path).suffix != ".safetensors":
+        raise CheckpointError(
+            f"{path} is not a checkpoint: pass a .safetensors file written by intertwiner train, "
+            "zoo or reproduce (or checkpoints.save)"
+        )
     model = None
     if factory is not None:
         try:

@@ -307,8 +307,10 @@ def compare_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     model_spec: str | None = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:
-    """Compare checkpoints (layer x layer for two, model x model for more) or saved features with
-    representation metrics; print the tables, and with --out write JSON, CSV and heatmaps."""
+    """Compare checkpoints or saved features with representation metrics.
+
+    Two inputs: a layer x layer table per metric; more: a model x model table per metric and layer
+    pair. With --out: JSON, CSV and heatmaps."""
     from intertwiner.errors import IntertwinerError, InvalidInputError
     from intertwiner.metrics.pairwise import check_rows
 

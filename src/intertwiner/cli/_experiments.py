@@ -164,6 +164,7 @@ def dissect(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    model_spec: str | None = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:
     """Network dissection of LAYER on the concept scenes under changes of basis."""
     from pathlib import Path
@@ -177,15 +178,16 @@ def dissect(
     if data != "concepts":
         raise fail("dissection needs concept masks: only --data concepts is available")
     try:
-        model, meta = checkpoints.load(checkpoint)
-        if int(model.intertwiner_config.get("in_channels", 3)) != 3:
+        model, meta = load_checkpoint(checkpoint, model_spec)
+        config = getattr(model, "intertwiner_config", None) or {}
+        if int(config.get("in_channels", 3)) != 3:
             raise InvalidOptionError(
                 "the concept scenes are RGB: dissect a model with in_channels=3"
             )
         recorded = meta.get("dataset") == "concepts"
         splits = checkpoints.data_splits(
             meta, dataset=None if recorded else "concepts", source=checkpoint,
-            size=int(model.intertwiner_config.get("input_size", 32)),
+            size=int(config.get("input_size", 32)),
         )  # fmt: skip
         exp = dissection_experiment(
             model, layer, splits.test, n_orthogonal=n_orthogonal,

@@ -198,7 +198,7 @@ def results(
     from intertwiner.store import open_existing
 
     if fmt not in ("csv", "long", "json"):
-        raise typer.BadParameter("--format must be csv, long or json")
+        raise fail(f"unknown --format {fmt!r}; choose one of csv, long, json")
     try:
         store = open_existing(run_dir)  # read-only; refuses a file that is not ours
         export = {"csv": store.to_csv, "long": store.to_long_csv, "json": store.to_json}[fmt]

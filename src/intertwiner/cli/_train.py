@@ -173,8 +173,9 @@ def train(
     out: str = typer.Option(..., "--out", callback=_FOLDER, help="Folder for the checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train one model and save {arch}-{activation}-{dataset}-seed{seed}.safetensors (+ .json) in
-    --out."""
+    """Train one model into --out.
+
+    Saved as {arch}-{activation}-{dataset}-seed{seed}.safetensors with its .json sidecar."""
     from pathlib import Path
 
     from intertwiner import models
