@@ -564,3 +564,21 @@ def test_newcomer_mistakes_are_one_line(ckpts, tmp_path, monkeypatch, args, word
     (tmp_path / "notes.txt").write_text("x")
     args = [str(ckpts["a"]) if a == "A" else str(ckpts["b"]) if a == "B" else a for a in args]
     one_line_error(run(*args), *words)
+
+
+@pytest.mark.parametrize("case", ["align max_sweeps", "interpolate bn_samples", "pairwise workers"])
+def test_api_counts_read_the_same(case):
+    from intertwiner.alignment import align, interpolate
+    from intertwiner.data import load
+    from intertwiner.errors import InvalidOptionError
+    from intertwiner.metrics import pairwise
+
+    a = models.build("mlp", widths=[8], in_channels=1, input_size=8, seed=0)
+    x = np.ones((5, 3))
+    call = {
+        "align max_sweeps": lambda: align(a, a, max_sweeps=-1),
+        "interpolate bn_samples": lambda: interpolate(a, a, 3, load("digits").test, bn_samples=-3),
+        "pairwise workers": lambda: pairwise([x, x], "cka", workers=-1, progress=False),
+    }[case]
+    with pytest.raises(InvalidOptionError, match=r"must be at least \d, got -\d"):
+        call()

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from intertwiner import _validate
 from intertwiner.alignment._views import axis_rows, feature_rows, tensor_of
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups import (
@@ -573,6 +574,7 @@ def align(
     """
     if method not in METHODS:
         raise InvalidOptionError(f"method must be one of {METHODS}, got {method!r}")
+    max_sweeps = _validate.positive_int(max_sweeps, "max_sweeps")
     if group not in GROUPS:
         raise InvalidOptionError(f"group must be one of {GROUPS}, got {group!r}")
     if method == "activations" and data is None and group != "none":

@@ -207,6 +207,8 @@ def interpolate(
     from intertwiner.training import evaluate
 
     vals = _alphas(alphas)
+    if bn_samples is not None:  # checked here even when no BatchNorm uses it
+        bn_samples = _validate.positive_int(bn_samples, "bn_samples", hint="or None for all")
     has_bn = bool(_bn_modules(model_a))
     losses, accs = [], []
     for a in tqdm(vals, disable=not progress, desc="interpolate"):

@@ -339,9 +339,7 @@ def pairwise(
     from tqdm.auto import tqdm
 
     m = make_metric(metric)
-    workers = int(workers)
-    if workers < 0:
-        raise InvalidOptionError(f"workers={workers} must be >= 0")
+    workers = _validate.positive_int(workers, "workers", minimum=0, hint="0 runs in this process")
     limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else parse_bytes(memory_limit)
     capture = {"data": data, "device": device, "max_samples": max_samples, "batch_size": batch_size}
     names_, sets, layers_ = _as_feature_sets(features_or_models, layers, names)
