@@ -582,3 +582,17 @@ def test_api_counts_read_the_same(case):
     }[case]
     with pytest.raises(InvalidOptionError, match=r"must be at least \d, got -\d"):
         call()
+
+
+def test_compare_many_feature_files_with_other_layers_asks_for_layers(tmp_path):
+    from safetensors.numpy import save_file
+
+    g = np.random.default_rng(0)
+    for name, keys in (("p", "xy"), ("q", "xy"), ("r", "xz")):
+        save_file({k: g.random((10, 3)) for k in keys}, str(tmp_path / f"{name}.safetensors"))
+    paths = [tmp_path / f"{n}.safetensors" for n in "pqr"]
+    one_line_error(run("compare", *paths, "--metrics", "cka", "-q"), "different layers", "--layers")
+    r = run("compare", *paths, "--layers", "x,y", "--layers", "x,y", "--layers", "x,z",
+            "--metrics", "cka", "--same-layer", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "cka  y|z" in r.stdout

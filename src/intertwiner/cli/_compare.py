@@ -68,16 +68,6 @@ def _labels(paths: list[str]) -> list[str]:
     return list(paths)  # the same file twice: nothing shorter tells them apart
 
 
-def _table(title: str, rows: list[str], cols: list[str], value) -> list[str]:
-    """A text table wide enough for every label (no name is cut)."""
-    left = max(len(r) for r in rows) + 2
-    width = max(10, *(len(c) + 2 for c in cols))
-    lines = [title, "".ljust(left) + "".join(f"{c:>{width}s}" for c in cols)]
-    for r in rows:
-        lines.append(f"{r:{left}s}" + "".join(f"{value(r, c):{width}.4f}" for c in cols))
-    return lines
-
-
 def _table(title: str, rows: list[str], cols: list[str], m) -> list[str]:
     """A text table of ``m[i][j]`` wide enough for every label (no name is cut)."""
     left = max(len(r) for r in rows) + 2
@@ -167,8 +157,17 @@ def _layer_lists(layers: list[str] | None, n: int) -> list[list[str]] | None:
 
 
 def _feature_layers(loaded: list[dict], lists: list[list[str]] | None) -> list[list[str]]:
-    """The layers of each feature file: as asked, else all of them."""
-    lists = lists or [list(feats) for feats in loaded]
+    """The layers of each feature file: as asked; else, for two files, all of each (every one
+    against every one), for more the layers they all hold under the same names."""
+    if lists is None and len(loaded) == 2:
+        lists = [list(feats) for feats in loaded]
+    elif lists is None:
+        if any(set(feats) != set(loaded[0]) for feats in loaded):
+            raise InvalidOptionError(
+                f"the feature files hold different layers ({'; '.join(map(str, map(list, loaded)))}"
+                "); pass --layers once (names they all hold) or once per input (paired in order)"
+            )
+        lists = [list(loaded[0])] * len(loaded)
     for feats, want in zip(loaded, lists, strict=True):
         missing = [la for la in want if la not in feats]
         if missing:
@@ -345,11 +344,6 @@ def compare_cmd(
             if len(feats) == 2:
                 results = _two_features(feats, lists, metric_list)
             else:
-                if lists is not None and len({len(x) for x in lists}) > 1:
-                    raise InvalidOptionError(
-                        "the feature files hold different layers; pass --layers once per input "
-                        "with as many layers each (they are paired in order)"
-                    )
                 sets, labels = _common_keys(feats, lists)
                 results = _pairwise(sets, labels, metric_list, names, device, cross_layers,
                                     workers, quiet)  # fmt: skip
