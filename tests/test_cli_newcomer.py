@@ -596,3 +596,10 @@ def test_compare_many_feature_files_with_other_layers_asks_for_layers(tmp_path):
             "--metrics", "cka", "--same-layer", "-q")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "cka  y|z" in r.stdout
+
+
+def test_results_of_a_run_without_rows_is_an_error(tmp_path):
+    from intertwiner.store import Store
+
+    Store(tmp_path)  # a run folder whose jobs have not finished yet
+    one_line_error(run("results", tmp_path), "no results yet", "reproduce")

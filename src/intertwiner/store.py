@@ -368,9 +368,14 @@ class Store:
         run has no rows of, is an error naming the kinds there are (never an empty export)."""
         from intertwiner.errors import DataNotFoundError, InvalidOptionError
 
+        present = self.kinds()
+        if not present:
+            raise DataNotFoundError(
+                f"{self.folder} has no results yet; run `intertwiner reproduce --out "
+                f"{self.folder}` (it resumes) and export when jobs have finished"
+            )
         if kind is None:
             return self.rows()
-        present = self.kinds()
         if kind in present:
             return self.rows(kind)
         has = ", ".join(present) or "no rows yet"
