@@ -603,3 +603,36 @@ def test_results_of_a_run_without_rows_is_an_error(tmp_path):
 
     Store(tmp_path)  # a run folder whose jobs have not finished yet
     one_line_error(run("results", tmp_path), "no results yet", "reproduce")
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (
+            ["compare", "f.npy", "f.npy", "--out", "file.txt/sub"],
+            ["--out file.txt/sub", "is a file"],
+        ),
+        (["train", "--arch", "mlp", "--out", "file.txt/sub"], ["--out file.txt/sub", "is a file"]),
+        (
+            ["align", "A", "B", "--out", "file.txt/x.safetensors"],
+            ["--out", "nothing can be written"],
+        ),
+        (["results", ".", "--out", "file.txt/x.csv"], ["--out file.txt/x.csv", "is a file"]),
+        (
+            ["interpolate", "A", "B", "--data", "digits", "--data-dir", "d"],
+            ["--data-dir is for", "cifar10"],
+        ),
+        (
+            ["train", "--arch", "mlp", "--data", "mnist", "--data-dir", "d", "--out", "o"],
+            ["--data-dir"],
+        ),
+    ],
+)
+def test_paths_under_a_file_and_a_data_dir_that_does_not_apply(
+    ckpts, tmp_path, monkeypatch, args, words
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("x")
+    np.save(tmp_path / "f.npy", np.zeros((4, 2)))
+    args = [str(ckpts["a"]) if a == "A" else str(ckpts["b"]) if a == "B" else a for a in args]
+    one_line_error(run(*args), *words)

@@ -130,7 +130,9 @@ _OPT_GROUP = typer.Option(
 def align_cmd(
     checkpoint_a: str = typer.Argument(..., help="Reference model A (.safetensors)."),
     checkpoint_b: str = typer.Argument(..., help="Model B to align to A (.safetensors)."),
-    out: str = typer.Option(..., "--out", help="Where to save aligned B (.safetensors)."),
+    out: str = typer.Option(
+        ..., "--out", callback=_FILE, help="Where to save aligned B (.safetensors)."
+    ),
     method: str = _OPT_METHOD,
     group: str = _OPT_GROUP,
     data: str | None = typer.Option(

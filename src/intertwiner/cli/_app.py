@@ -71,7 +71,7 @@ def cli_words(text: str) -> str:
 def _option_name(param: typer.CallbackParam) -> str:
     """The option as the user types it (``--eval-samples``), or the argument's name."""
     opts = [o for o in param.opts if o.startswith("--")]
-    return max(opts, key=len) if opts else str(param.name).upper()
+    return opts[0] if opts else str(param.name).upper()  # the first spelling: --out, not --output
 
 
 def _checked(check):
@@ -111,11 +111,18 @@ def count(minimum: int = 1):
 
 
 def _folder(value: str, name: str) -> str:
+    """A folder to write into, new or existing: not a file, and not under one."""
     from pathlib import Path
 
-    if Path(value).exists() and not Path(value).is_dir():
+    path = Path(value)
+    if path.exists() and not path.is_dir():
         raise InvalidOptionError(
             f"{value} is an existing file; {name} names a folder (new or existing)"
+        )
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InvalidOptionError(
+            f"{name} {value}: {above} is a file, so no folder can be made there; pick another path"
         )
     return value
 
@@ -129,6 +136,12 @@ def _output_file(value: str, name: str) -> str:
     if path.is_dir():
         raise InvalidOptionError(
             f"{value} is a folder; {name} names a file, e.g. {path / 'out.png'}"
+        )
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InvalidOptionError(
+            f"{name} {value}: {above} is a file, so nothing can be written under it; pick "
+            "another path"
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,9 +264,25 @@ def _write_json(path, obj) -> None:
 _ARCH_HELP = "mlp | myrtle_cnn | resnet20 | resnet18 | vit"
 
 
+def check_data_dir(dataset: str | None, data_dir: str | None) -> None:
+    """``--data-dir`` only for datasets read from a folder (cifar10); elsewhere say so."""
+    from intertwiner import data
+
+    if data_dir is None or not dataset or data.takes_option(dataset, "root"):
+        return
+    if dataset not in data.DATASETS:
+        return  # the unknown name is refused, listing the datasets, where it is loaded
+    folders = ", ".join(d for d in data.DATASETS if data.takes_option(d, "root"))
+    raise InvalidOptionError(
+        f"--data-dir is for datasets read from a folder ({folders}); {dataset} needs none, "
+        "leave --data-dir out"
+    )
+
+
 def _pair_splits(meta_a: dict, data: str | None, data_dir: str | None, checkpoint_a: str):
     from intertwiner import checkpoints
 
+    check_data_dir(data or meta_a.get("dataset"), data_dir)
     return checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)
 
 

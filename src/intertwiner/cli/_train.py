@@ -15,6 +15,7 @@ from intertwiner.cli._app import (
     _checked,
     _seeds,
     app,
+    check_data_dir,
     count,
     fail,
 )
@@ -82,6 +83,7 @@ def _fit_options(
 
     options: dict = {"seed": split_seed, "val_fraction": val_fraction, "augment": augment}
     if data_dir is not None:
+        check_data_dir(data, data_dir)
         options["root"] = data_dir
     elif data.lower().startswith("cifar"):
         options["root"] = None  # cifar10 explains where to get the data

@@ -120,6 +120,12 @@ def options_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def takes_option(name: str, option: str) -> bool:
+    """Whether dataset ``name``'s loader takes ``option`` (e.g. ``root``: read from a folder)."""
+    fn = _loader(str(name).strip().lower().replace("-", "_"))
+    return fn is not None and option in inspect.signature(fn).parameters
+
+
 def load(name: str, **options: Any) -> DataSplits:
     """Load dataset ``name`` (see the module docstring) with ``options``; unknown options and
     values out of range raise ``InvalidOptionError`` listing what the dataset takes."""
@@ -238,6 +244,7 @@ def from_arrays(
 
 __all__ = [
     "random_subset",
+    "takes_option",
     "ArrayDataset",
     "ConceptSource",
     "DATASETS",
