@@ -15,6 +15,7 @@ from intertwiner.cli._app import (
     MODEL_HELP,
     _checked,
     _csv,
+    _pair_splits,
     _write_json,
     app,
     count,
@@ -284,14 +285,13 @@ def stitch_command(
     model_spec: str | None = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:
     """Stitch A's front into B's back at a site and print accuracies and the stitching penalty."""
-    from intertwiner import checkpoints
     from intertwiner.errors import IntertwinerError
     from intertwiner.stitching import StitchConfig, stitch
 
     try:
         model_a, meta_a = load_checkpoint(checkpoint_a, model_spec)
         model_b, _ = load_checkpoint(checkpoint_b, model_spec)
-        splits = checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)
+        splits = _pair_splits(meta_a, data, data_dir, checkpoint_a)
         config = StitchConfig(
             solver=solver,
             epochs=epochs,
