@@ -295,7 +295,7 @@ def compare_cmd(
         None, callback=_DEVICE, help="cpu, cuda, ... (default: where the features are)."
     ),
     workers: int = typer.Option(
-        0, callback=count(0), help="Processes for the pairs (0: this one)."
+        0, callback=count(0), help="Processes for the pairs of more than two inputs (0: this one)."
     ),
     upsample: bool = typer.Option(
         False,
