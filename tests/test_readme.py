@@ -50,7 +50,7 @@ def test_readme_python_block_runs_as_written(code, tmp_path, monkeypatch):
     if "transformers" in code:
         pytest.importorskip("transformers")
     monkeypatch.chdir(tmp_path)
-    if "zoo/myrtle_cnn-relu-seed1" in code:
+    if "zoo/myrtle_cnn-relu-mnist-seed1" in code:
         from typer.testing import CliRunner
 
         from intertwiner.cli import app

@@ -126,7 +126,10 @@ def test_zoo_resumes_and_skips_valid_checkpoints(tmp_path, data, monkeypatch):
     mc = {"widths": [8]}
     paths = train_zoo("mlp", "0-1", data, tmp_path, model_config=mc, train_config=cfg,
                       progress=False)  # fmt: skip
-    assert [p.name for p in paths] == ["mlp-relu-seed0.safetensors", "mlp-relu-seed1.safetensors"]
+    assert [p.name for p in paths] == [
+        "mlp-relu-synthetic-seed0.safetensors",
+        "mlp-relu-synthetic-seed1.safetensors",
+    ]
     assert all(checkpoints.is_valid(p) for p in paths)
     meta = checkpoints.read_metadata(paths[1])
     assert meta["train_seed"] == 1 and meta["dataset"] == "synthetic"
@@ -151,7 +154,7 @@ def test_cli_train_and_zoo(tmp_path):
     r = runner.invoke(app, ["train", *args, "--activation", "tanh", "--seed", "3"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
-    assert out["checkpoint"].endswith("mlp-tanh-seed3.safetensors")
+    assert out["checkpoint"].endswith("mlp-tanh-synthetic-seed3.safetensors")
     model, meta = checkpoints.load(out["checkpoint"])
     assert meta["activation"] == "tanh" and meta["train_seed"] == 3
     r = runner.invoke(app, ["zoo", *args, "--seeds", "0-1"])
@@ -180,7 +183,7 @@ def test_zoo_resume_refuses_other_training_settings(tmp_path):
     args = ["zoo", "--arch", "mlp", "--data", "synthetic", "--seeds", "0", "--quiet",
             "--model-config", '{"widths": [4]}', "--out", str(tmp_path)]  # fmt: skip
     assert runner.invoke(app, [*args, "--epochs", "1"]).exit_code == 0
-    before = (tmp_path / "mlp-relu-seed0.safetensors").read_bytes()
+    before = (tmp_path / "mlp-relu-synthetic-seed0.safetensors").read_bytes()
     r = runner.invoke(app, [*args, "--epochs", "3", "--lr", "0.01"])
     assert r.exit_code == 2, r.output
     assert "train_config.epochs: saved 1, asked 3" in r.output
@@ -189,14 +192,16 @@ def test_zoo_resume_refuses_other_training_settings(tmp_path):
     assert r.exit_code == 2 and "data.split_seed: saved 0, asked 1" in r.output
     r = runner.invoke(app, [*args, "--epochs", "1", "--threads", "1"])  # run-only setting
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "mlp-relu-seed0.safetensors").read_bytes() == before
+    assert (tmp_path / "mlp-relu-synthetic-seed0.safetensors").read_bytes() == before
 
 
 def test_zoo_resume_refuses_a_checkpoint_without_training_config(tmp_path, data):
     from intertwiner.errors import ConfigMismatchError
 
     model = build("mlp", widths=[8], seed=0, **data.model_config())
-    checkpoints.save(model, tmp_path / "mlp-relu-seed0.safetensors", {"dataset": "synthetic"})
+    checkpoints.save(
+        model, tmp_path / "mlp-relu-synthetic-seed0.safetensors", {"dataset": "synthetic"}
+    )
     cfg = TrainConfig(epochs=1, batch_size=64, progress=False)
     with pytest.raises(ConfigMismatchError, match="records no training configuration"):
         train_zoo("mlp", [0], data, tmp_path, model_config={"widths": [8]}, train_config=cfg,

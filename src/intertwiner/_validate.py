@@ -133,15 +133,24 @@ def square_matrix(m: Any, name: str = "matrix") -> torch.Tensor:
 
 # ---- numbers and options ------------------------------------------------------------------------
 def positive_int(value: Any, name: str, *, minimum: int = 1, hint: str = "") -> int:
-    """``value`` as an int >= ``minimum``; bools, floats with a fraction and strings are refused."""
+    """``value`` as an int >= ``minimum``; bools, floats with a fraction and strings are refused.
+
+    The one check of every count (samples, epochs, repeats, ...) in the library and the CLI, so a
+    negative count is never taken as a Python slice and every refusal reads the same."""
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if isinstance(value, float) and value.is_integer():
         ok, value = True, int(value)
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
         ok, value = True, int(value)
-    if not ok or int(value) < minimum:
+    if not ok:
         raise InvalidOptionError(
-            f"{name} must be an integer >= {minimum}, got {value!r}" + (f"; {hint}" if hint else "")
+            f"{name} must be an integer of at least {minimum}, got {value!r}"
+            + (f"; {hint}" if hint else "")
+        )
+    if int(value) < minimum:
+        # the value as the user typed it (an int, not np.int64(-3)): the CLI shows this line as is
+        raise InvalidOptionError(
+            f"{name} must be at least {minimum}, got {int(value)}" + (f"; {hint}" if hint else "")
         )
     return int(value)
 
@@ -271,7 +280,7 @@ _SHAPE_MESSAGE = re.compile(
     r"expected input\[|input channels|to have \d+ channels|Expected .*\b(?:size|dim)\b|"
     r"Given groups|Given normalized_shape|mat\d and mat\d|should contain \d+ elements|"
     # pooling and convolution windows larger than the (too small) input:
-    r"output size is too small|kernel size can't be greater than actual input size",
+    r"output size is too small|kernel size can't be greater|padded input size",
     re.IGNORECASE,
 )
 # A device or dtype clash is not the caller's input shape, even when the message mentions sizes.

@@ -363,4 +363,26 @@ def data_splits(
     for key, value in defaults.items():
         options.setdefault(key, value)
     options.update(overrides or {})
-    return data_mod.load(name, **options)
+    splits = data_mod.load(name, **options)
+    _check_input_shape(metadata, splits, name, source)
+    return splits
+
+
+def _check_input_shape(metadata: JSONDict, splits: Any, name: str, source: str | Path) -> None:
+    """Refuse a dataset whose inputs the checkpoint's model cannot take (digits' 8x8 images for a
+    CNN built for MNIST's 28x28), before any work, instead of torch's error deep in the model."""
+    from intertwiner.errors import ShapeError
+
+    cfg = metadata.get("config") or {}
+    c, s = cfg.get("in_channels"), cfg.get("input_size")
+    if not (isinstance(c, int) and isinstance(s, int)) or cfg.get("in_features"):
+        return  # a model of one's own, or tabular inputs: nothing recorded to check against
+    x = splits.test[0][0]
+    want = (c, s, s)
+    flat_ok = cfg.get("arch") == "mlp" and x.numel() == c * s * s  # an MLP flattens its input
+    if tuple(x.shape) != want and not flat_ok:
+        trained = metadata.get("dataset")
+        raise ShapeError(
+            f"{name} inputs are {tuple(x.shape)} but {source} ({cfg.get('arch')}) takes {want}; "
+            f"use a dataset of that shape" + (f" (it was trained on {trained})" if trained else "")
+        )

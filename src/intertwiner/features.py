@@ -115,7 +115,8 @@ class _NodeTap:
                 f"layer(s) {names} are not modules of {type(model).__name__}, and its forward "
                 f"cannot be traced by torch.fx to find them as functional calls ({e})"
             ) from e
-        graph_names = {node.name for node in self.gm.graph.nodes}
+        graph_names = {node.name: node.name for node in self.gm.graph.nodes}
+        graph_names.update(_site_aliases(self.gm.graph))
         missing = [n for n in names if n not in graph_names]
         if missing:
             avail = ", ".join(repr(n) for n, _ in model.named_modules() if n) or "(none)"
@@ -124,7 +125,8 @@ class _NodeTap:
                 f"k-th call of one ('name#2'), nor a functional call in its torch.fx graph; "
                 f"available module names: {avail}"
             )
-        self.names = set(names)
+        # the node each requested name stands for; captured under the name the caller used
+        self.names = {graph_names[n]: n for n in names}
 
     def run(self, x: torch.Tensor, store: dict[str, torch.Tensor]) -> None:
         import torch.fx as fx
@@ -135,10 +137,28 @@ class _NodeTap:
             def run_node(self, n):
                 out = super().run_node(n)
                 if n.name in names:
-                    store[n.name] = _first_tensor(out).detach().clone()
+                    store[names[n.name]] = _first_tensor(out).detach().clone()
                 return out
 
         _Interp(self.gm).run(x)
+
+
+def _site_aliases(graph: Any) -> dict[str, str]:
+    """``{site name: node name}`` for functional calls inside submodules, named as
+    ``symmetry.trace`` names their sites: the module's path and the function
+    (``layer2.0.shortcut.pad`` for the node ``pad``), ``#k`` for the k-th call in one module."""
+    aliases: dict[str, str] = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op not in ("call_function", "call_method") or not stack:
+            continue
+        fn = getattr(node.target, "__name__", str(node.target))
+        alias = f"{list(stack)[-1]}.{fn}"
+        k = 1
+        while (alias if k == 1 else f"{alias}#{k}") in aliases:
+            k += 1
+        aliases[alias if k == 1 else f"{alias}#{k}"] = node.name
+    return aliases
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -37,6 +37,9 @@ from intertwiner.errors import IntertwinerError
 DB_NAME = "results.sqlite"
 APPLICATION_ID = 0x49545752  # "ITWR": PRAGMA application_id of every intertwiner results store
 SCHEMA_VERSION = 1  # PRAGMA user_version; bump (with a migration) when the tables change
+#: The kinds of row the reproduction stages write (``results --kind``).
+ROW_KINDS = ("group_table", "zoo", "metrics", "stitching", "sanity", "absorb", "dissection",
+             "alignment")  # fmt: skip
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _TABLES = {"results", "meta"}
 
@@ -380,6 +383,32 @@ class Store:
             con.close()
 
     # -- export -------------------------------------------------------------------------------
+    def exported(self, kind: str | None) -> list[Row]:
+        """The rows an export shows: all, or those of ``kind``; an unknown kind, or a kind this
+        run has no rows of, is an error naming the kinds there are (never an empty export)."""
+        from intertwiner.errors import DataNotFoundError, InvalidOptionError
+
+        present = self.kinds()
+        if not present:
+            raise DataNotFoundError(
+                f"{self.folder} has no results yet; run `intertwiner reproduce --out "
+                f"{self.folder}` (it resumes) and export when jobs have finished"
+            )
+        if kind is None:
+            return self.rows()
+        if kind in present:
+            return self.rows(kind)
+        has = ", ".join(present) or "no rows yet"
+        if kind not in ROW_KINDS:
+            known = ", ".join(dict.fromkeys([*ROW_KINDS, *present]))
+            raise InvalidOptionError(
+                f"unknown kind {kind!r}; choose one of {known} (this run has {has})"
+            )
+        raise DataNotFoundError(
+            f"this run has no {kind} rows; it has {has} (run `intertwiner reproduce` with a "
+            "preset that has that stage)"
+        )
+
     def to_json(self, kind: str | None = None) -> str:
         """Every row as a JSON list of objects (config and metrics nested)."""
         return json.dumps(
@@ -393,18 +422,18 @@ class Store:
                     "version": r.version,
                     "created": r.created,
                 }
-                for r in self.rows(kind)
+                for r in self.exported(kind)
             ],
             indent=2,
         )
 
     def to_csv(self, kind: str | None = None) -> str:
         """Rows as CSV with flattened ``config.*``/``metrics.*`` columns (union over rows)."""
-        return rows_to_csv([r.flat() for r in self.rows(kind)])
+        return rows_to_csv([r.flat() for r in self.exported(kind)])
 
     def to_long_csv(self, kind: str | None = None) -> str:
         """Tidy CSV: one line per number (see ``long_rows``), for pandas/R/spreadsheets."""
-        return rows_to_csv(long_rows(self.rows(kind)))
+        return rows_to_csv(long_rows(self.exported(kind)))
 
 
 #: Config fields kept as identifying columns in the long format (when scalar).
@@ -417,7 +446,10 @@ def long_rows(rows: Iterable[Row]) -> list[dict]:
 
     A scalar metric is one line (i, j empty); a vector one line per entry (i); a matrix one line
     per cell (i, j), with ``i_name``/``j_name`` from the row's ``sites`` (or ``layers``) list when
-    it has one. Strings stay values; nested dicts become ``metric.key`` names. Nothing is JSON."""
+    it has one. Text results (e.g. a stitch's ``site``) are identifying columns, not lines, and
+    missing values (None) are left out, so every line's value is a number; list-valued config
+    fields such as ``["low_rank", 2]`` read ``low_rank_2``; nested dicts become ``metric.key``
+    names. Nothing is JSON."""
     return [line for r in rows for line in _long_lines(r)]
 
 
@@ -425,9 +457,13 @@ def _long_lines(r: Row) -> list[dict]:
     out: list[dict] = []
     ident = {"kind": r.kind, "job": r.key[:12]}
     for f in _ID_FIELDS:
-        v = r.config.get(f)
-        if isinstance(v, str | int | float | bool):
+        v = _ident_value(r.config.get(f))
+        if v is not None:
             ident[f] = v
+    # Text results (a stitch's site, a solver's name) identify the numbers: columns, not lines.
+    for k, v in r.metrics.items():
+        if isinstance(v, str) and k not in ("sites", "layers"):
+            ident[k if ident.get(k, v) == v else f"{r.kind}_{k}"] = v
     names = r.metrics.get("sites") or r.metrics.get("layers")
     names = names if isinstance(names, list) else None
 
@@ -453,11 +489,21 @@ def _long_lines(r: Row) -> list[dict]:
             emit(metric, value)
 
     for k, v in r.metrics.items():
-        if k not in ("sites", "layers"):
+        if k not in ("sites", "layers") and not isinstance(v, str) and v is not None:
             walk(k, v)
     if r.seconds is not None:
         emit("seconds", r.seconds)
     return out
+
+
+def _ident_value(v: Any) -> str | int | float | bool | None:
+    """A config field as an identifying cell: scalars as they are, a flat list such as a stitch
+    kind ``["low_rank", 2]`` as ``low_rank_2`` (the report's label), anything else None."""
+    if isinstance(v, str | int | float | bool):
+        return v
+    if isinstance(v, list) and v and all(isinstance(x, str | int | float) for x in v):
+        return "_".join(str(x) for x in v)
+    return None
 
 
 def rows_to_csv(flat: Iterable[dict]) -> str:

@@ -232,7 +232,8 @@ def evaluate(
     try:
         for x, y in _batches(dataset_or_loader, batch_size, shuffle=False, generator=None):
             x, y = _to_device(x, dev), torch.as_tensor(y).to(dev)
-            logits = model(x)
+            with _validate.reraise_shape_errors("evaluate", x, model):
+                logits = model(x)
             total_loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
             correct += int((logits.argmax(dim=1) == y).sum())
             n += len(y)
@@ -386,9 +387,11 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig | None = None)
 # The zoo: one checkpoint per seed, resumable.
 
 
-def zoo_filename(arch: str, activation: str, seed: int) -> str:
-    """``{arch}-{activation}-seed{seed}.safetensors``."""
-    return f"{arch}-{activation}-seed{int(seed)}.safetensors"
+def zoo_filename(arch: str, activation: str, seed: int, dataset: str | None = None) -> str:
+    """``{arch}-{activation}-{dataset}-seed{seed}.safetensors`` (no dataset part when None): the
+    one naming of checkpoints, also ``reproduce``'s (which appends the config hash)."""
+    middle = f"{dataset}-" if dataset else ""
+    return f"{arch}-{activation}-{middle}seed{int(seed)}.safetensors"
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
@@ -489,7 +492,7 @@ def train_zoo(
     train_config: TrainConfig | None = None,
     progress: bool = True,
 ) -> list[Path]:
-    """Train one ``arch`` model per seed on ``data`` and save ``{arch}-{activation}-seed{s}``.
+    """Train one ``arch`` model per seed on ``data`` and save ``{arch}-{activation}-{dataset}-seed{s}``.
 
     The seed sets both the initial weights (``models.build(seed=s)``) and the training order
     (``TrainConfig.seed``); the data split is the one in ``data`` for every seed. ``in_channels``,
@@ -512,7 +515,7 @@ def train_zoo(
     seed_list = parse_seeds(seeds)
     bar = tqdm(seed_list, desc=f"zoo {arch}-{activation}", disable=not progress)
     for seed in bar:
-        path = out / zoo_filename(arch, activation, seed)
+        path = out / zoo_filename(arch, activation, seed, data.meta.get("name"))
         paths.append(path)
         tc = dataclasses.replace(base, seed=seed, progress=base.progress and progress)
         if checkpoints.is_valid(path):

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from intertwiner import _products as products
+from intertwiner import _validate
 from intertwiner.alignment._views import axis_rows, feature_rows, tensor_of
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups import (
@@ -75,7 +76,7 @@ class SiteReport:
     after: float
 
 
-@dataclass
+@dataclass(repr=False)
 class Alignment:
     """Result of ``align``. Unpacks as ``model, elements = align(...)``.
 
@@ -96,6 +97,17 @@ class Alignment:
     def __iter__(self):
         yield self.model
         yield self.elements
+
+    def __repr__(self) -> str:
+        # The model, spec and elements would print thousands of characters: summarise them.
+        moved = ""
+        if self.history:
+            moved = f", distance^2 {self.history[0]:.4g} -> {self.history[-1]:.4g}"
+        return (
+            f"Alignment(method={self.method!r}, group={self.group!r}, sites={len(self.sites)}, "
+            f"sweeps={self.sweeps}{moved}, seconds={self.seconds:.2f}; .model, .elements, "
+            ".table())"
+        )
 
     def table(self) -> str:
         """Per site: relative weight distance to A before and after alignment."""
@@ -362,14 +374,14 @@ def _example_input(model: nn.Module, data: Any, example_input: Any) -> Any:
 
         for x in iter_batches(data, batch_size=8):
             return x[:8]
-    cfg = getattr(model, "intertwiner_config", None)
-    if cfg and "in_channels" in cfg and "input_size" in cfg:
-        gen = torch.Generator().manual_seed(0)
-        s = int(cfg["input_size"])
-        dtype = next(model.parameters()).dtype
-        return torch.randn(4, int(cfg["in_channels"]), s, s, generator=gen).to(dtype)
+    from intertwiner.models import example_input as guess
+
+    x = guess(model)  # a zoo model's input, or (N, in_features) before a first Linear
+    if x is not None:
+        return x
     raise InvalidOptionError(
-        "align needs an input to trace model B: pass example_input= (one batch) or data="
+        f"align cannot tell the input of {type(model).__name__}: pass example_input= (one batch "
+        "the model takes) or data= (a Dataset, DataLoader or tensor of inputs)"
     )
 
 
@@ -563,6 +575,7 @@ def align(
     """
     if method not in METHODS:
         raise InvalidOptionError(f"method must be one of {METHODS}, got {method!r}")
+    max_sweeps = _validate.positive_int(max_sweeps, "max_sweeps")
     if group not in GROUPS:
         raise InvalidOptionError(f"group must be one of {GROUPS}, got {group!r}")
     if method == "activations" and data is None and group != "none":

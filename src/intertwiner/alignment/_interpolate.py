@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from intertwiner import _validate
 from intertwiner.errors import InvalidOptionError, ShapeError, TooFewSamplesError
 
 __all__ = ["Interpolation", "interpolate", "lerp", "merge", "reset_bn_statistics"]
@@ -170,8 +171,7 @@ class Interpolation:
 
 def _alphas(alphas: int | Sequence[float]) -> list[float]:
     if isinstance(alphas, int):
-        if alphas < 2:
-            raise InvalidOptionError("alphas as a count needs at least 2 points")
+        alphas = _validate.positive_int(alphas, "alphas (a count of points)", minimum=2)
         vals = [i / (alphas - 1) for i in range(alphas)]
     else:
         vals = sorted({float(a) for a in alphas} | {0.0, 1.0})
@@ -197,20 +197,25 @@ def interpolate(
     ``(x, y)``) for each alpha (a count of evenly spaced points, or values; 0 and 1 always added).
 
     Align B to A first (``align``) to measure the barrier modulo the symmetry group.
-    ``reset_bn``: re-estimate BatchNorm statistics of each interpolated model on ``bn_data``
-    (default ``data``; pass training data to keep evaluation data unseen), capped at
-    ``bn_samples``. No effect on models without BatchNorm.
+    ``reset_bn``: re-estimate BatchNorm statistics of each interpolated model strictly between
+    the endpoints on ``bn_data`` (default ``data``; pass training data to keep evaluation data
+    unseen), capped at ``bn_samples``; at alpha 0 and 1 the models are A and B exactly. No effect
+    on models without BatchNorm.
     """
     from tqdm.auto import tqdm
 
     from intertwiner.training import evaluate
 
     vals = _alphas(alphas)
+    if bn_samples is not None:  # checked here even when no BatchNorm uses it
+        bn_samples = _validate.positive_int(bn_samples, "bn_samples", hint="or None for all")
     has_bn = bool(_bn_modules(model_a))
     losses, accs = [], []
     for a in tqdm(vals, disable=not progress, desc="interpolate"):
         m = lerp(model_a, model_b, a)
-        if reset_bn and has_bn:
+        # The endpoints are the trained models themselves, their own statistics included:
+        # re-estimating them would shift the endpoints and the barrier measured from them.
+        if reset_bn and has_bn and 0.0 < a < 1.0:
             reset_bn_statistics(m, data if bn_data is None else bn_data, max_samples=bn_samples)
         r = evaluate(m, data, batch_size=batch_size)
         losses.append(r["loss"])
@@ -249,6 +254,11 @@ def merge(
         raise InvalidOptionError("merge weights sum to zero")
     weights = [float(w) / total for w in weights]
     ref = models[reference]
+    if data is None and bn_data is not None and "example_input" not in align_options:
+        # weight matching needs only an input to trace the models: bn_data has inputs
+        from intertwiner.alignment._align import _example_input
+
+        align_options["example_input"] = _example_input(ref, bn_data, None)
     aligned = []
     for k, m in enumerate(models):
         if k == reference or method is None:

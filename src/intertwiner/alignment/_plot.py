@@ -24,8 +24,14 @@ def plot_curves(curves: Sequence, path: str | os.PathLike | None = None, *, titl
     ax_a.set_ylabel("accuracy")
     ax_l.legend(fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        import textwrap
+
+        # tight_layout leaves no room for a suptitle: keep the top for it (wrapped when long)
+        wrapped = "\n".join(textwrap.wrap(title, 100))
+        fig.suptitle(wrapped, fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.07 * (wrapped.count("\n") + 1)))
+    else:
+        fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
 from intertwiner.cli._app import (
+    _FILE,
+    MODEL_HELP,
     _pair_splits,
     app,
+    count,
     fail,
+    load_checkpoint,
+    one_of,
 )
+
+_OPT_MODEL = typer.Option(None, "--model", help=MODEL_HELP)
 
 
 # ---- symmetries ---------------------------------------------------------------------------------
@@ -18,8 +26,17 @@ from intertwiner.cli._app import (
 def symmetries(
     checkpoint: str = typer.Argument(..., help="A .safetensors checkpoint written by train/zoo."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    seed: int = typer.Option(0, min=0, help="Seed for the random input batch and elements."),
-    batch: int = typer.Option(8, min=1, help="Random inputs used to verify each site."),
+    seed: int = typer.Option(
+        0, callback=count(0), help="Seed for the random input batch and elements."
+    ),
+    batch: int = typer.Option(8, callback=count(1), help="Random inputs used to verify each site."),
+    model_spec: str | None = _OPT_MODEL,
+    input_shape: str | None = typer.Option(
+        None,
+        "--input-shape",
+        help="Shape of one input without the batch axis, e.g. 3,32,32 or 784 (default: from the "
+        "checkpoint's config, or a first Linear layer's width).",
+    ),
 ) -> None:
     """Trace a checkpoint's weight-space symmetries and verify each site.
 
@@ -28,18 +45,13 @@ def symmetries(
     """
     import torch
 
-    from intertwiner.checkpoints import load
     from intertwiner.errors import IntertwinerError
     from intertwiner.symmetry import check, random_elements, site_errors, trace
 
     try:
-        model, meta = load(checkpoint)
-        config = meta.get("config", {})
-        gen = torch.Generator().manual_seed(seed)
-        size = int(config.get("input_size", 32))
-        shape = (batch, int(config.get("in_channels", 3)), size, size)
-        x = torch.randn(shape, generator=gen)
+        model, meta = load_checkpoint(checkpoint, model_spec)
         model = model.float()
+        x = _random_input(model, input_shape, batch, seed)
         spec = trace(model, x)
         err32 = site_errors(model, spec, x, generator=torch.Generator().manual_seed(seed))
         m64, x64 = model.double(), x.double()
@@ -58,14 +70,42 @@ def symmetries(
         out["checkpoint"] = checkpoint
         typer.echo(json.dumps(out, indent=2))
         return
-    arch, act = meta.get("arch"), meta.get("activation")
-    typer.echo(f"{checkpoint}: {arch} ({act}), {len(spec.sites)} sites")
+    arch = meta.get("arch") or meta.get("model_class") or type(model).__name__
+    act = f" ({meta['activation']})" if meta.get("activation") else ""
+    typer.echo(f"{checkpoint}: {arch}{act}, {len(spec.sites)} sites")
     typer.echo(spec.table(errors=err64, error_label="err f64"))
     typer.echo(
         f"\nerr f64: relative output change with a random element at one site (float64); "
         f"float32 max {max(err32.values(), default=0.0):.1e}; all sites at once (float64) "
         f"{total64:.1e}."
     )
+
+
+def _random_input(model, input_shape: str | None, batch: int, seed: int):
+    """A random batch for ``symmetries``: ``--input-shape``, else the zoo config's input, else
+    ``(batch, in_features)`` of a first Linear layer; else say to pass ``--input-shape``."""
+    import torch
+
+    from intertwiner import models
+    from intertwiner.errors import InvalidOptionError
+
+    if input_shape is not None:
+        try:
+            dims = tuple(int(d) for d in input_shape.split(","))
+        except ValueError:
+            dims = ()
+        if not dims or min(dims) < 1:
+            raise InvalidOptionError(
+                f"--input-shape {input_shape!r}: write the sizes of one input, e.g. 3,32,32 or 784"
+            )
+        return torch.randn((batch, *dims), generator=torch.Generator().manual_seed(seed))
+    x = models.example_input(model, batch=batch, seed=seed)
+    if x is None:
+        raise InvalidOptionError(
+            f"cannot tell the input of {type(model).__name__}: pass --input-shape (one input "
+            "without the batch axis, e.g. 3,32,32)"
+        )
+    return x.float()
 
 
 # ---- align / interpolate -----------------------------------------------------------------------
@@ -75,9 +115,14 @@ def _random_subset(ds, n):
     return random_subset(ds, n)
 
 
-_OPT_METHOD = typer.Option("weights", "--method", help="weights | activations")
+_OPT_METHOD = typer.Option(
+    "weights", "--method", callback=one_of("weights", "activations"), help="weights | activations"
+)
 _OPT_GROUP = typer.Option(
-    "full", "--group", help="full (each site's intertwiner group) | permutation | none"
+    "full",
+    "--group",
+    callback=one_of("full", "permutation", "none"),
+    help="full (each site's intertwiner group) | permutation | none",
 )
 
 
@@ -85,27 +130,36 @@ _OPT_GROUP = typer.Option(
 def align_cmd(
     checkpoint_a: str = typer.Argument(..., help="Reference model A (.safetensors)."),
     checkpoint_b: str = typer.Argument(..., help="Model B to align to A (.safetensors)."),
-    out: str = typer.Option(..., "--out", help="Where to save aligned B (.safetensors)."),
+    out: str = typer.Option(
+        ..., "--out", callback=_FILE, help="Where to save aligned B (.safetensors)."
+    ),
     method: str = _OPT_METHOD,
     group: str = _OPT_GROUP,
     data: str | None = typer.Option(
         None, "--data", help="Dataset for activations (default: the one in A's metadata)."
     ),
     data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    samples: int = typer.Option(4096, help="Training examples streamed for --method activations."),
-    seed: int = typer.Option(0, help="Seed of the site order in weight matching."),
+    samples: int = typer.Option(
+        4096, callback=count(1), help="Training examples streamed for --method activations."
+    ),
+    seed: int = typer.Option(
+        0, callback=count(0), help="Seed of the site order in weight matching."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    model_spec: str | None = _OPT_MODEL,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Align B to A modulo the intertwiner group of every traced site; save aligned B (same
-    function as B) and print, per site, B's relative weight distance to A before and after."""
+    """Align B to A modulo the intertwiner group of every traced site and save aligned B.
+
+    Aligned B computes the same function as B; the table gives, per site, B's relative weight
+    distance to A before and after."""
     from intertwiner import checkpoints
     from intertwiner.alignment import align, weight_distance
     from intertwiner.errors import IntertwinerError
 
     try:
-        model_a, meta_a = checkpoints.load(checkpoint_a)
-        model_b, meta_b = checkpoints.load(checkpoint_b)
+        model_a, meta_a = load_checkpoint(checkpoint_a, model_spec)
+        model_b, meta_b = load_checkpoint(checkpoint_b, model_spec)
         train = None
         if method == "activations" or data is not None:
             train = _random_subset(
@@ -137,8 +191,9 @@ def align_cmd(
                                "sites": [vars(r) for r in res.sites]}, indent=2))  # fmt: skip
         return
     typer.echo(res.table())
+    sweeps = f"{res.sweeps} sweep{'' if res.sweeps == 1 else 's'}"
     typer.echo(f"\nweight distance to A (relative): {before:.4f} -> {after:.4f}  "
-               f"({method}, group {group}, {res.sweeps} sweeps, {res.seconds:.2f}s)")  # fmt: skip
+               f"({method}, group {group}, {sweeps}, {res.seconds:.2f}s)")  # fmt: skip
     typer.echo(f"saved {out}")
 
 
@@ -151,7 +206,9 @@ def interpolate_cmd(
     ),
     method: str = _OPT_METHOD,
     group: str = _OPT_GROUP,
-    alphas: int = typer.Option(11, help="Evenly spaced points from A (0) to B (1)."),
+    alphas: int = typer.Option(
+        11, callback=count(2), help="Evenly spaced points from A (0) to B (1)."
+    ),
     reset_bn: bool = typer.Option(
         True, "--reset-bn/--no-reset-bn", help="Re-estimate BatchNorm statistics at each point."
     ),
@@ -159,20 +216,26 @@ def interpolate_cmd(
         None, "--data", help="Dataset (default: the one in A's metadata)."
     ),
     data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    samples: int = typer.Option(4096, help="Training examples for BN statistics / activations."),
-    eval_samples: int | None = typer.Option(None, help="Test examples to evaluate (default all)."),
-    plot: str | None = typer.Option(None, "--plot", help="Save the barrier curves (PNG)."),
+    samples: int = typer.Option(
+        4096, callback=count(1), help="Training examples for BN statistics / activations."
+    ),
+    eval_samples: int | None = typer.Option(
+        None, callback=count(1), help="Test examples to evaluate (default all)."
+    ),
+    plot: str | None = typer.Option(
+        None, "--plot", callback=_FILE, help="Save the barrier curves (PNG)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    model_spec: str | None = _OPT_MODEL,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Loss and accuracy on the straight line from A to B (test split) and the loss barrier."""
-    from intertwiner import checkpoints
     from intertwiner.alignment import align, interpolate, plot_curves
     from intertwiner.errors import IntertwinerError
 
     try:
-        model_a, meta_a = checkpoints.load(checkpoint_a)
-        model_b, _ = checkpoints.load(checkpoint_b)
+        model_a, meta_a = load_checkpoint(checkpoint_a, model_spec)
+        model_b, _ = load_checkpoint(checkpoint_b, model_spec)
         splits = _pair_splits(meta_a, data, data_dir, checkpoint_a)
         train, test = (
             _random_subset(splits.train, samples),
@@ -186,7 +249,8 @@ def interpolate_cmd(
             label = f"aligned ({method}, {group})"
             curves.append(interpolate(model_a, res.model, alphas, test, label=label, **opts))
         if plot:
-            plot_curves(curves, plot, title=f"{checkpoint_a} -> {checkpoint_b}")
+            names = [Path(p).with_suffix("").name for p in (checkpoint_a, checkpoint_b)]
+            plot_curves(curves, plot, title=f"{names[0]} -> {names[1]}")
     except (IntertwinerError, ValueError, KeyError) as e:
         raise fail(e) from None
     if as_json:

@@ -12,10 +12,15 @@ from intertwiner.cli._app import (
     _FOLDER,
     _FRACTION,
     _POSITIVE,
+    MODEL_HELP,
+    _checked,
     _csv,
+    _pair_splits,
     _write_json,
     app,
+    count,
     fail,
+    load_checkpoint,
 )
 from intertwiner.errors import InvalidOptionError
 
@@ -31,7 +36,8 @@ def _sanity_base(checkpoint: str | None, splits, out_dir, base: dict):
         return checkpoints.load(checkpoint)[0]
     arch, act = base["arch"], base["act"]
     bn = "-bn" if base["batchnorm"] else ""
-    path = out_dir / f"base-{arch}-{act}-w{base['width']}{bn}-seed{base['seed']}.safetensors"
+    ds = splits.meta.get("name", "data")
+    path = out_dir / f"base-{arch}-{act}-{ds}-w{base['width']}{bn}-seed{base['seed']}.safetensors"
     if checkpoints.is_valid(path):
         return checkpoints.load(path)[0]
     cfg = {**splits.model_config(), "activation": act}
@@ -71,18 +77,26 @@ def sanity(
     data: str = typer.Option("mnist", "--data", help="digits | mnist | concepts | synthetic"),
     sites: str | None = typer.Option(None, "--sites", help="Comma list; default: all but last."),
     kinds: str = typer.Option("group,orthogonal", "--kinds", help="identity,group,orthogonal,.."),
-    repeats: int = typer.Option(3, "--repeats", min=1),
-    epochs: int = typer.Option(2, "--epochs", min=0, help="Retraining epochs (0: no retraining)."),
-    base_epochs: int = typer.Option(6, "--base-epochs", min=1, help="Epochs for the base model."),
-    width: int = typer.Option(8, "--width", min=1, help="Width of the base model."),
+    repeats: int = typer.Option(3, "--repeats", callback=count(1)),
+    epochs: int = typer.Option(
+        2, "--epochs", callback=count(0), help="Retraining epochs (0: no retraining)."
+    ),
+    base_epochs: int = typer.Option(
+        6, "--base-epochs", callback=count(1), help="Epochs for the base model."
+    ),
+    width: int = typer.Option(8, "--width", callback=count(1), help="Width of the base model."),
     batchnorm: bool = typer.Option(False, "--batchnorm/--no-batchnorm", help="Paper: none."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Use this trained model."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Base model, transforms and retraining."),
+    seed: int = typer.Option(
+        0, "--seed", callback=count(0), help="Base model, transforms and retraining."
+    ),
     lr: float = typer.Option(1e-3, "--lr", callback=_POSITIVE),
     batch_size: int = typer.Option(
-        128, "--batch-size", min=1, help="Base training and retraining."
+        128, "--batch-size", callback=count(1), help="Base training and retraining."
     ),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    threads: int | None = typer.Option(
+        None, "--threads", callback=count(1), help="torch CPU threads."
+    ),
     out: str = typer.Option(
         ..., "--out", callback=_FOLDER, help="Folder for checkpoints, rows and figure."
     ),
@@ -134,21 +148,24 @@ def dissect(
     checkpoint: str = typer.Argument(..., help="A model checkpoint (.safetensors)."),
     layer: str = typer.Option(..., "--layer", help="A conv activation site, e.g. block2.act."),
     data: str = typer.Option("concepts", "--data", help="Only concepts (scenes with masks)."),
-    n_orthogonal: int = typer.Option(3, "--n-orthogonal", min=0, help="Random rotations."),
+    n_orthogonal: int = typer.Option(
+        3, "--n-orthogonal", callback=count(0), help="Random rotations."
+    ),
     powers: str = typer.Option("0,0.1,0.2,0.3,0.5,0.7,1", "--powers", help="Rotation powers."),
     quantile: float = typer.Option(
         0.005, "--quantile", callback=_FRACTION, help="Top fraction that is 'on'."
     ),
     iou_threshold: float = typer.Option(0.04, "--iou-threshold", callback=_FRACTION),
     n_rotations: int = typer.Option(
-        4, "--n-rotations", min=1, help="For the label-free statistics."
+        4, "--n-rotations", callback=count(1), help="For the label-free statistics."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Group element and rotations."),
+    seed: int = typer.Option(0, "--seed", callback=count(0), help="Group element and rotations."),
     out: str | None = typer.Option(
         None, "--out", callback=_FOLDER, help="Folder for JSON and the figure."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    model_spec: str | None = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:
     """Network dissection of LAYER on the concept scenes under changes of basis."""
     from pathlib import Path
@@ -162,15 +179,16 @@ def dissect(
     if data != "concepts":
         raise fail("dissection needs concept masks: only --data concepts is available")
     try:
-        model, meta = checkpoints.load(checkpoint)
-        if int(model.intertwiner_config.get("in_channels", 3)) != 3:
+        model, meta = load_checkpoint(checkpoint, model_spec)
+        config = getattr(model, "intertwiner_config", None) or {}
+        if int(config.get("in_channels", 3)) != 3:
             raise InvalidOptionError(
                 "the concept scenes are RGB: dissect a model with in_channels=3"
             )
         recorded = meta.get("dataset") == "concepts"
         splits = checkpoints.data_splits(
             meta, dataset=None if recorded else "concepts", source=checkpoint,
-            size=int(model.intertwiner_config.get("input_size", 32)),
+            size=int(config.get("input_size", 32)),
         )  # fmt: skip
         exp = dissection_experiment(
             model, layer, splits.test, n_orthogonal=n_orthogonal,
@@ -206,18 +224,19 @@ def dissect(
 
 
 # ---- stitch -------------------------------------------------------------------------------------
-def _init_samples(text: str | None) -> int | str | None:
-    """``--init-samples``: None, "auto" or a positive int."""
+def _init_samples(text: str | None, name: str = "--init-samples") -> int | str | None:
+    """``--init-samples``: None, "auto" or a positive int (checked as the option is read)."""
     if text is None or text == "auto":
         return text
     from intertwiner._validate import positive_int
 
     try:
-        return positive_int(int(text), "--init-samples")
+        number = int(text)
     except ValueError:
         raise InvalidOptionError(
-            f"--init-samples takes a number of inputs (>= 1) or 'auto', got {text!r}"
+            f"{name} takes a number of inputs (>= 1) or 'auto', got {text!r}"
         ) from None
+    return positive_int(number, name)
 
 
 @app.command("stitch")
@@ -234,7 +253,7 @@ def stitch_command(
     solver: str = typer.Option("match", help="perm_scale/permutation solver: match | birkhoff."),
     epochs: int | None = typer.Option(
         None,
-        min=0,
+        callback=count(0),
         help="Training epochs of the stitch (0: initialisation only; default 2, or the paper's 20 "
         "for birkhoff).",
     ),
@@ -246,36 +265,39 @@ def stitch_command(
     bias: bool = typer.Option(False, "--bias/--no-bias", help="Give the stitch a bias."),
     init_samples: str | None = typer.Option(
         None,
+        callback=_checked(_init_samples),
         help="Training inputs for the matching / closed-form statistics: N, or auto (stop when "
         "the assignment has converged); default all. Fewer is faster, usually a little worse.",
     ),
-    batch_size: int = typer.Option(128, min=1, help="Batch size."),
+    batch_size: int = typer.Option(128, callback=count(1), help="Batch size."),
     data: str | None = typer.Option(
         None, "--data", help="Dataset name (default: the one in A's checkpoint metadata)."
     ),
     data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the stitch's init and batch order."),
+    seed: int = typer.Option(
+        0, callback=count(0), help="Seed of the stitch's init and batch order."
+    ),
     residual: str = typer.Option("stitch", help="Residual-branch sites: stitch | error."),
     device: str | None = typer.Option(None, callback=_DEVICE, help="cpu, cuda, ... (default cpu)."),
-    threads: int | None = typer.Option(None, min=1, help="torch intra-op threads."),
+    threads: int | None = typer.Option(None, callback=count(1), help="torch intra-op threads."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    model_spec: str | None = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:
     """Stitch A's front into B's back at a site and print accuracies and the stitching penalty."""
-    from intertwiner import checkpoints
     from intertwiner.errors import IntertwinerError
     from intertwiner.stitching import StitchConfig, stitch
 
     try:
-        model_a, meta_a = checkpoints.load(checkpoint_a)
-        model_b, _ = checkpoints.load(checkpoint_b)
-        splits = checkpoints.data_splits(meta_a, dataset=data, root=data_dir, source=checkpoint_a)
+        model_a, meta_a = load_checkpoint(checkpoint_a, model_spec)
+        model_b, _ = load_checkpoint(checkpoint_b, model_spec)
+        splits = _pair_splits(meta_a, data, data_dir, checkpoint_a)
         config = StitchConfig(
             solver=solver,
             epochs=epochs,
             lr=lr,
             bias=bias,
-            init_samples=_init_samples(init_samples),
+            init_samples=init_samples,
             batch_size=batch_size,
             seed=seed,
             residual=residual,

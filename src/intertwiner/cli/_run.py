@@ -7,7 +7,10 @@ import json
 import typer
 
 from intertwiner.cli._app import (
+    _FILE,
     app,
+    count,
+    fail,
 )
 
 
@@ -30,10 +33,13 @@ def reproduce(
     ),
     executor: str = typer.Option("local", help="local | ray | slurm"),
     workers: int | None = typer.Option(
-        None, help="Parallel jobs (local: processes, default one per core; 1 = in-process)."
+        None,
+        callback=count(1),
+        help="Parallel jobs (local: processes, default one per core; 1 = in-process).",
     ),
     threads: int | None = typer.Option(
         None,
+        callback=count(1),
         help="Torch threads per job (local: default cores / workers; ray, slurm: the CPUs each "
         "job reserves, default 1). Rows are bit-identical between runs with the same count.",
     ),
@@ -47,8 +53,10 @@ def reproduce(
         help="slurm (default: needs a SLURM cluster, else an error) | local | debug: run the "
         "submitit jobs on this machine, on purpose.",
     ),
-    time_min: int = typer.Option(60, "--time-min", help="SLURM time limit per job, minutes."),
-    gpus: int = typer.Option(0, help="GPUs per job (slurm/ray)."),
+    time_min: int = typer.Option(
+        60, "--time-min", callback=count(1), help="SLURM time limit per job, minutes."
+    ),
+    gpus: int = typer.Option(0, callback=count(0), help="GPUs per job (slurm/ray)."),
     new_run: bool = typer.Option(
         False,
         "--new-run",
@@ -177,17 +185,20 @@ def results(
     ),
     kind: str | None = typer.Option(
         None,
+        "--kind",
         help="Only rows of one kind: group_table, zoo, metrics, stitching, sanity, absorb, "
         "dissection, alignment.",
     ),
-    output: str | None = typer.Option(None, "--output", help="Write to a file, not stdout."),
+    output: str | None = typer.Option(
+        None, "--out", "--output", "-o", callback=_FILE, help="Write to this file, not stdout."
+    ),
 ) -> None:
     """Export the results store of a run as CSV (flat columns), tidy long CSV, or JSON."""
     from intertwiner.errors import IntertwinerError
     from intertwiner.store import open_existing
 
     if fmt not in ("csv", "long", "json"):
-        raise typer.BadParameter("--format must be csv, long or json")
+        raise fail(f"unknown --format {fmt!r}; choose one of csv, long, json")
     try:
         store = open_existing(run_dir)  # read-only; refuses a file that is not ours
         export = {"csv": store.to_csv, "long": store.to_long_csv, "json": store.to_json}[fmt]
@@ -196,8 +207,13 @@ def results(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if output:
-        with open(output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            with open(output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as e:
+            raise fail(
+                f"cannot write {output}: {e.strerror}; check that its folder exists"
+            ) from None
     else:
         typer.echo(text, nl=False)
 

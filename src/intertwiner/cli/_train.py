@@ -15,6 +15,8 @@ from intertwiner.cli._app import (
     _checked,
     _seeds,
     app,
+    check_data_dir,
+    count,
     fail,
 )
 from intertwiner.errors import InvalidOptionError
@@ -27,7 +29,9 @@ def groups(
         None, "--activation", "-a", help="Print one row: an activation name such as relu."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    trials: int = typer.Option(16, min=1, help="Sampled group elements per verification."),
+    trials: int = typer.Option(
+        16, callback=count(1), help="Sampled group elements per verification."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Print the intertwiner group of every known activation, verified and rediscovered."""
@@ -79,6 +83,7 @@ def _fit_options(
 
     options: dict = {"seed": split_seed, "val_fraction": val_fraction, "augment": augment}
     if data_dir is not None:
+        check_data_dir(data, data_dir)
         options["root"] = data_dir
     elif data.lower().startswith("cifar"):
         options["root"] = None  # cifar10 explains where to get the data
@@ -124,24 +129,26 @@ def _fit_options(
 _OPT_ACTIVATION = typer.Option(None, "--activation", "-a", help="e.g. relu, tanh.")
 _OPT_DATA = typer.Option("mnist", "--data", help="mnist | digits | concepts | synthetic | cifar10")
 _OPT_DATA_DIR = typer.Option(None, "--data-dir", help="Has cifar-10-batches-py/.")
-_OPT_SPLIT_SEED = typer.Option(0, "--split-seed", min=0, help="Which examples form validation.")
+_OPT_SPLIT_SEED = typer.Option(
+    0, "--split-seed", callback=count(0), help="Which examples form validation."
+)
 _OPT_VAL_FRACTION = typer.Option(0.1, "--val-fraction", callback=_FRACTION)
 _OPT_AUGMENT = typer.Option(False, "--augment/--no-augment", help="Flip/translate train.")
 _OPT_WIDTH = typer.Option(
     None,
     "--width",
-    min=1,
+    callback=count(1),
     help="Channels of the first stage, a count, not a multiplier (myrtle_cnn, resnet: "
     "later stages double it; vit: the embedding dim).",
 )
 _OPT_MODEL_CONFIG = typer.Option(None, "--model-config", help="JSON of build() keys.")
-_OPT_EPOCHS = typer.Option(5, "--epochs", min=1)
-_OPT_BATCH_SIZE = typer.Option(128, "--batch-size", min=1)
+_OPT_EPOCHS = typer.Option(5, "--epochs", callback=count(1))
+_OPT_BATCH_SIZE = typer.Option(128, "--batch-size", callback=count(1))
 _OPT_OPTIMIZER = typer.Option("adam", "--optimizer", help="adam | sgd")
 _OPT_LR = typer.Option(1e-3, "--lr", callback=_POSITIVE)
 _OPT_WEIGHT_DECAY = typer.Option(1e-4, "--weight-decay", callback=_NONNEGATIVE)
 _OPT_SCHEDULE = typer.Option("step", "--schedule", help="none | step | cosine")
-_OPT_THREADS = typer.Option(None, "--threads", min=1, help="torch CPU threads.")
+_OPT_THREADS = typer.Option(None, "--threads", callback=count(1), help="torch CPU threads.")
 
 
 @app.command()
@@ -150,7 +157,9 @@ def train(
     activation: str | None = _OPT_ACTIVATION,
     data: str = _OPT_DATA,
     data_dir: str | None = _OPT_DATA_DIR,
-    seed: int = typer.Option(0, "--seed", min=0, help="Initial weights and batch order."),
+    seed: int = typer.Option(
+        0, "--seed", callback=count(0), help="Initial weights and batch order."
+    ),
     split_seed: int = _OPT_SPLIT_SEED,
     val_fraction: float = _OPT_VAL_FRACTION,
     augment: bool = _OPT_AUGMENT,
@@ -166,7 +175,9 @@ def train(
     out: str = typer.Option(..., "--out", callback=_FOLDER, help="Folder for the checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train one model and save {arch}-{activation}-seed{seed}.safetensors (+ .json) in --out."""
+    """Train one model into --out.
+
+    Saved as {arch}-{activation}-{dataset}-seed{seed}.safetensors with its .json sidecar."""
     from pathlib import Path
 
     from intertwiner import models
@@ -181,7 +192,7 @@ def train(
         )  # fmt: skip
         tc.seed = seed
         act = activation_name(cfg.get("activation", models.defaults(arch)["activation"]))
-        path = Path(out) / zoo_filename(arch, act, seed)
+        path = Path(out) / zoo_filename(arch, act, seed, splits.meta.get("name"))
         result = train_checkpoint(arch, cfg, splits, tc, path)
     except (IntertwinerError, ValueError) as e:
         raise fail(e) from None

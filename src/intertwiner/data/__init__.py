@@ -120,6 +120,12 @@ def options_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def takes_option(name: str, option: str) -> bool:
+    """Whether dataset ``name``'s loader takes ``option`` (e.g. ``root``: read from a folder)."""
+    fn = _loader(str(name).strip().lower().replace("-", "_"))
+    return fn is not None and option in inspect.signature(fn).parameters
+
+
 def load(name: str, **options: Any) -> DataSplits:
     """Load dataset ``name`` (see the module docstring) with ``options``; unknown options and
     values out of range raise ``InvalidOptionError`` listing what the dataset takes."""
@@ -133,7 +139,10 @@ def load(name: str, **options: Any) -> DataSplits:
 def random_subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
     """``n`` examples of ``ds`` drawn with ``seed``, in random order (the splits are sorted by
     class: the first ``n`` would hold a few classes, and BN statistics need mixed batches);
-    ``ds`` itself when ``n`` is None or covers it."""
+    ``ds`` itself when ``n`` is None or covers it. ``n`` below 1 is refused (a negative count
+    would otherwise slice from the end)."""
+    if n is not None:
+        n = _validate.positive_int(n, "n (the number of examples)")
     if n is None or n >= len(ds):
         return ds
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
@@ -235,6 +244,7 @@ def from_arrays(
 
 __all__ = [
     "random_subset",
+    "takes_option",
     "ArrayDataset",
     "ConceptSource",
     "DATASETS",

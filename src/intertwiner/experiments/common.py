@@ -40,8 +40,20 @@ def input_shape(splits: Any) -> tuple[int, int, int]:
 
 
 def model_name(zoo_config: dict) -> str:
-    """Checkpoint name of a zoo model: readable prefix plus the config hash (unique per config)."""
+    """Checkpoint name of a zoo model: the name ``intertwiner train`` gives,
+    ``{arch}-{activation}-{dataset}-seed{seed}``, plus the config hash (unique per config)."""
     zoo_config = stored_config(zoo_config)  # the run folder must not change the name
+    dataset = (zoo_config.get("data") or {}).get("name")
+    return (
+        f"zoo/{zoo_config['arch']}-{zoo_config['activation']}-"
+        + (f"{dataset}-" if dataset else "")
+        + f"seed{zoo_config['seed']}-{config_key(zoo_config)[:10]}"
+    )
+
+
+def _legacy_name(zoo_config: dict) -> str:
+    """The name runs made before intertwiner 0.x.y gave (``{arch}-{act}-s{seed}-{hash}``)."""
+    zoo_config = stored_config(zoo_config)
     return (
         f"zoo/{zoo_config['arch']}-{zoo_config['activation']}-s{zoo_config['seed']}-"
         f"{config_key(zoo_config)[:10]}"
@@ -49,8 +61,11 @@ def model_name(zoo_config: dict) -> str:
 
 
 def zoo_checkpoint(config: dict, zoo_config: dict):
-    """Path of the checkpoint written by the zoo job ``zoo_config`` in this run."""
-    return checkpoint_path(config, model_name(zoo_config))
+    """Path of the checkpoint written by the zoo job ``zoo_config`` in this run (the older name
+    where an earlier run wrote it, so such runs resume without retraining)."""
+    path = checkpoint_path(config, model_name(zoo_config))
+    legacy = checkpoint_path(config, _legacy_name(zoo_config))
+    return legacy if not path.exists() and legacy.exists() else path
 
 
 def load_model(config: dict, zoo_config: dict) -> torch.nn.Module:

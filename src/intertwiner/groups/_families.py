@@ -397,9 +397,23 @@ def family(name: str | Family) -> Family:
     if key in ALIASES:
         return FAMILIES[ALIASES[key]]
     raise UnknownFamilyError(
-        f"unknown group family {name!r}; choose one of {sorted(FAMILIES)} or an alias "
-        f"({', '.join(sorted(set(ALIASES) - set(FAMILIES)))})"
+        f"unknown group {name!r}; choose one of {', '.join(sorted(FAMILIES))} or an alias "
+        f"({', '.join(sorted(set(ALIASES) - set(FAMILIES)))}){_activation_hint(name)}"
     )
+
+
+def _activation_hint(name: object) -> str:
+    """For an activation's name given as a group ("relu", "tanh"): the family of its group."""
+    # _activations imports this module: import it when the hint is needed, not at load time
+    from intertwiner.groups._activations import for_activation
+
+    try:
+        group = for_activation(name)  # type: ignore[arg-type]
+    except (KeyError, ValueError, TypeError):
+        return ""
+    fam = group.family
+    alias = f" ({fam.aliases[0]})" if fam.aliases else ""
+    return f"; {name!r} is an activation, whose intertwiner group is {fam.name}{alias}"
 
 
 def is_subgroup(a: str | Family, b: str | Family) -> bool:

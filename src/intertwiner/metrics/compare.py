@@ -55,6 +55,8 @@ class Comparison:
     value_range: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: How it ran: linear-CKA form, passes, estimated working memory (see ``compare``).
     plan: dict[str, Any] = field(default_factory=dict)
+    #: The two models' names, for the figure's axes.
+    names: tuple[str, str] = ("model a", "model b")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN cells become None."""
@@ -100,9 +102,10 @@ class Comparison:
                 self.layers_a,
                 title=name,
                 higher_is_similar=self.higher_is_similar.get(name, True),
+                value_range=self.value_range.get(name),
             )
-            ax.set_xlabel("model b")
-            ax.set_ylabel("model a")
+            ax.set_xlabel(self.names[1])
+            ax.set_ylabel(self.names[0])
         fig.tight_layout()
         if path is not None:
             save_png(fig, path)

@@ -39,6 +39,7 @@ from intertwiner.errors import (
     InvalidInputError,
     InvalidOptionError,
     MemoryBudgetError,
+    ShapeError,
     WorkerDiedError,
 )
 from intertwiner.metrics import procrustes as _pr
@@ -152,7 +153,8 @@ def _figure(
     ax_m, ax_e = fig.subplots(1, 2)
     title = f"{res.metric} at {la}" if len(res.layers) > 1 or la != "features" else res.metric
     annotated_heatmap(fig, ax_m, m, res.names, res.names, title=title,
-                      higher_is_similar=res.higher_is_similar)  # fmt: skip
+                      higher_is_similar=res.higher_is_similar,
+                      value_range=res.value_range)  # fmt: skip
     if embedding == "mds":
         xy = classical_mds(d)
         ax_e.scatter(xy[:, 0], xy[:, 1])
@@ -344,17 +346,20 @@ def pairwise(
     from tqdm.auto import tqdm
 
     m = make_metric(metric)
-    workers = int(workers)
-    if workers < 0:
-        raise InvalidOptionError(f"workers={workers} must be >= 0")
+    workers = _validate.positive_int(workers, "workers", minimum=0, hint="0 runs in this process")
     limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else parse_bytes(memory_limit)
     capture = {"data": data, "device": device, "max_samples": max_samples, "batch_size": batch_size}
     names_, sets, layers_ = _as_feature_sets(features_or_models, layers, names)
     if any(isinstance(s, torch.nn.Module) for s in sets) and data is None:
         raise InvalidOptionError("comparing models needs data= (inputs to run them on)")
     prepared: list[dict[str, _Prepared]] = []
-    for s in tqdm(sets, desc="pairwise: prepare", unit="model", disable=not progress):
+    first_rows: dict[str, np.ndarray] | None = None
+    for name, s in zip(names_, tqdm(sets, desc="pairwise: prepare", unit="model",
+                                    disable=not progress), strict=False):  # fmt: skip
         feats = _features_of(s, layers_, capture)
+        rows = {la: np.empty((int(np.shape(x)[0]), 0)) for la, x in feats.items()}  # shapes only
+        first_rows = rows if first_rows is None else first_rows
+        check_rows({names_[0]: first_rows, name: rows})
         PREPARE_CALLS["count"] += 1
         if device is not None:
             feats = {k: torch.as_tensor(v).to(device) for k, v in feats.items()}
@@ -371,6 +376,25 @@ def pairwise(
         if err is not None:
             notes.append(f"{names_[i]}:{a} vs {names_[j]}:{b}: {err}")
     return Pairwise(names_, layers_, m.name, matrices, m.higher_is_similar, m.value_range, notes)
+
+
+def check_rows(sets: Mapping[str, Mapping[str, Any]]) -> None:
+    """``{name: {layer: features}}``: every array must have the same rows (features of the same
+    inputs, in the same order); a mismatch is a ``ShapeError`` naming both, before any work,
+    never a matrix of NaN."""
+    first: tuple[str, str, int] | None = None
+    for name, feats in sets.items():
+        for la, x in feats.items():
+            n = int(np.shape(x)[0]) if np.ndim(x) else 0
+            if first is None:
+                first = (name, la, n)
+            elif n != first[2]:
+                where = "" if la == first[1] else f" at {la!r}"
+                raise ShapeError(
+                    f"{first[0]} has {first[2]} rows (samples) at {first[1]!r} and {name} has "
+                    f"{n}{where}: every input must hold features of the same inputs, in the same "
+                    "order; capture them on one dataset (or cut them to the same rows)"
+                )
 
 
 def _check_memory(prepared: list[dict[str, _Prepared]], k: int, limit: int) -> None:

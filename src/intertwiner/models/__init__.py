@@ -135,7 +135,31 @@ def sites(model: nn.Module) -> list[str]:
     return found
 
 
+def example_input(model: nn.Module, batch: int = 4, seed: int = 0) -> torch.Tensor | None:
+    """A random batch ``model`` takes, when its input can be told without data: a zoo model's
+    ``(batch, in_channels, input_size, input_size)``, or ``(batch, in_features)`` for a model
+    whose first layer is ``nn.Linear`` (used only if the model runs on it). None otherwise."""
+    gen = torch.Generator().manual_seed(seed)
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None else torch.float32
+    cfg = getattr(model, "intertwiner_config", None)
+    if isinstance(cfg, dict) and "in_channels" in cfg and "input_size" in cfg:
+        s = int(cfg["input_size"])
+        return torch.randn(batch, int(cfg["in_channels"]), s, s, generator=gen).to(dtype)
+    first = next((m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)), None)
+    if not isinstance(first, nn.Linear):
+        return None  # a conv's spatial size cannot be told from its weights
+    x = torch.randn(batch, first.in_features, generator=gen).to(dtype)
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    return x
+
+
 __all__ = [
+    "example_input",
     "ARCHITECTURES",
     "BasicBlock",
     "MLP",

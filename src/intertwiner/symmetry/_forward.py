@@ -10,10 +10,21 @@ import torch
 from torch import nn
 
 from intertwiner._validate import reraise_shape_errors
+from intertwiner.errors import InvalidInputError
 
 
 def as_inputs(example_input: Any) -> tuple:
-    """``example_input`` as a tuple of positional inputs."""
+    """``example_input`` as a tuple of positional inputs. A Dataset or DataLoader of ``(x, y)``
+    (e.g. ``splits.test``) gives its first batch of inputs (at most 8): a model takes tensors."""
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(example_input, Dataset):
+        example_input = DataLoader(example_input, batch_size=8)
+    if isinstance(example_input, DataLoader):
+        batch = next(iter(example_input), None)
+        if batch is None:
+            raise InvalidInputError("the example data is empty; pass a batch the model accepts")
+        example_input = batch[0] if isinstance(batch, (tuple, list)) else batch
     return example_input if isinstance(example_input, tuple) else (example_input,)
 
 
