@@ -19,7 +19,7 @@ is among i's neighbours when ties are broken uniformly at random. Without ties w
   the pairs that are neighbours in both (mask wX wY), normalised by the same quantity of (K, K) and
   (L, L) (masks wX, wY). PRH adds 1e-6 to the denominator; we do not (it is not scale-free). The
   masked kernels are not symmetric, so this HSIC is not an inner product and the value is not
-  bounded by 1 in general (in practice it lies in [-1, 1]). A non-positive self-similarity (an
+  bounded by 1 in general (random small samples reach 1.008; in practice it lies near [-1, 1]). A non-positive self-similarity (an
   undefined normalisation) gives a warning and 0.0.
 
 Floor: the two N x N Gram products of the normalised rows, N^2 (p + q) multiply-adds, and a top-k
@@ -132,7 +132,7 @@ def cknna(X: FeatureLike, Y: FeatureLike, k: int = 10) -> float:
     """CKNNA (PRH): CKA restricted to mutual k-NN pairs (cosine kernels, unbiased HSIC).
 
     X, Y: any layouts over the same N inputs, N >= 4 and 2 <= k <= N - 1. Not bounded in general
-    (see the module; about [-1, 1] in practice); invariant to orthogonal maps. Memory O(N^2).
+    (see the module; near [-1, 1] in practice; 1 at X = Y); invariant to orthogonal maps. Memory O(N^2).
     """
     x, y = _pair(X, Y, k, least=2)
     if x.shape[0] < 4:
