@@ -73,8 +73,8 @@ def neighbour_weights(sim: torch.Tensor, k: int, first_row: int = 0) -> torch.Te
     kth = torch.topk(s, k, dim=1).values[:, -1:]
     above = s > kth + TIE_TOL
     tied = (s - kth).abs() <= TIE_TOL
-    places = k - above.sum(1, keepdim=True)
-    share = places / tied.sum(1, keepdim=True)
+    places = (k - above.sum(1, keepdim=True)).to(s.dtype)  # int / int would be float32
+    share = places / tied.sum(1, keepdim=True).to(s.dtype)
     return above.to(s.dtype) + tied.to(s.dtype) * share
 
 

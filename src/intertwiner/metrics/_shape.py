@@ -31,7 +31,8 @@ over the M positions), each side scaled so that its mean squared neuron norm is 
 the distance is sqrt(min_P sum_ij P_ij |x_i - y_j|^2) over transport plans with uniform marginals
 1/p and 1/q: an exact optimal transport (an assignment when p = q, or on lcm(p, q) replicated
 neurons when that is at most ``MAX_REPLICATED``, else scipy's linear program). Invariant to
-permutations; range [0, 2] (Cauchy-Schwarz on the cross term).
+permutations; range [0, 2] (Cauchy-Schwarz on the cross term). A constant side (no scale) warns and
+counts as zero neurons: distance 1 to any other representation, 0 to another constant one.
 
 Floors: the moment products (``_moments``) plus O(p^3 + q^3) (orthogonal: eigen- and singular value
 decompositions; soft matching: the assignment on the p x q cost).
@@ -40,6 +41,7 @@ decompositions; soft matching: the assignment on the p x q cost).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -205,8 +207,13 @@ def soft_matching_from_moments(m: CrossMoments) -> float:
     sx, sy = m.xx.diagonal(), m.yy.diagonal()
     p, q = sx.shape[0], sy.shape[0]
     tx, ty = float(sx.sum()) / p, float(sy.sum()) / q
-    if tx <= 0.0 or ty <= 0.0:
-        return undefined("the soft-matching distance of a constant representation is undefined")
+    if tx <= 0.0 or ty <= 0.0:  # a constant side: its centred neurons are zero vectors
+        warnings.warn(
+            "soft matching: a constant representation has no scale; its neurons count as zero",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        tx, ty = tx or 1.0, ty or 1.0
     cost = sx[:, None] / tx + sy[None, :] / ty - 2.0 * m.xy / math.sqrt(tx * ty)
     return clip(math.sqrt(max(transport_cost(cost.clamp_min(0.0).numpy()), 0.0)), *SOFT_RANGE)
 
