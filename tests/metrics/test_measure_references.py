@@ -329,3 +329,18 @@ def test_soft_matching_equals_linear_program(p, q, monkeypatch):
     assert metrics.soft_matching_distance(x, y) == pytest.approx(want, abs=1e-9)
     monkeypatch.setattr(_shape, "MAX_REPLICATED", 1)  # the library's linear-program path
     assert metrics.soft_matching_distance(x, y) == pytest.approx(want, abs=1e-9)
+
+
+def test_blockwise_rdm_and_neighbours_match_the_references(monkeypatch):
+    """Blocks of rows smaller than N: the same values as the references."""
+    from intertwiner.metrics import _knn, _rsa
+
+    monkeypatch.setattr(_rsa, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(_knn, "BLOCK_ROWS", 5)
+    x, y = _data(n=33, seed=15)
+    for rdm in ("euclidean", "correlation"):
+        want = spearmanr(pdist(x, rdm), pdist(y, rdm))[0]
+        assert metrics.rsa(x, y, rdm=rdm) == pytest.approx(want, abs=TOL)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    assert metrics.mutual_knn(x, y, k=4) == pytest.approx(prh_mutual_knn(tx, ty, 4)[0], abs=TOL)
+    assert metrics.cknna(x, y, k=4) == pytest.approx(prh_cknna(tx, ty, 4), abs=TOL)

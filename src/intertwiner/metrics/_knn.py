@@ -23,14 +23,14 @@ is among i's neighbours when ties are broken uniformly at random. Without ties w
   undefined normalisation) gives a warning and 0.0.
 
 Floor: the two N x N Gram products of the normalised rows, N^2 (p + q) multiply-adds, and a top-k
-per row. Mutual k-NN and Jaccard work in row blocks (memory O(block N)); CKNNA needs the whole
-masked kernels (memory O(N^2)).
+per row, done in blocks of rows; what is kept are the N k (plus ties) neighbour entries, so memory
+is O(block N + N k), and CKNNA's HSICs are sums over those sparse entries.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -78,12 +78,49 @@ def neighbour_weights(sim: torch.Tensor, k: int, first_row: int = 0) -> torch.Te
     return above.to(s.dtype) + tied.to(s.dtype) * share
 
 
-def _blocks(x: torch.Tensor, y: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
-    """Per block of rows, the overlaps o_i = sum_j wX_ij wY_ij."""
-    for i in range(0, x.shape[0], BLOCK_ROWS):
-        wx = neighbour_weights(products.matmul(x[i : i + BLOCK_ROWS], x.T), k, i)
-        wy = neighbour_weights(products.matmul(y[i : i + BLOCK_ROWS], y.T), k, i)
-        yield (wx * wy).sum(1)
+@dataclass(frozen=True)
+class Neighbours:
+    """The nonzero neighbour weights of one representation as sparse entries, row-major:
+    ``key = i * n + j``, weight ``w`` and cosine similarity ``sim`` of inputs i and j."""
+
+    n: int
+    key: torch.Tensor
+    w: torch.Tensor
+    sim: torch.Tensor
+
+    def rows(self) -> torch.Tensor:
+        return torch.div(self.key, self.n, rounding_mode="floor")
+
+    def cols(self) -> torch.Tensor:
+        return self.key % self.n
+
+
+def neighbours(u: torch.Tensor, k: int) -> Neighbours:
+    """``Neighbours`` of unit rows ``u``, one block of rows at a time (memory O(block N + N k))."""
+    n = u.shape[0]
+    keys, ws, sims = [], [], []
+    for i in range(0, n, BLOCK_ROWS):
+        s = products.matmul(u[i : i + BLOCK_ROWS], u.T)
+        w = neighbour_weights(s, k, i)
+        r, c = torch.nonzero(w, as_tuple=True)
+        keys.append((r + i) * n + c)
+        ws.append(w[r, c])
+        sims.append(s[r, c])
+    return Neighbours(n, torch.cat(keys), torch.cat(ws), torch.cat(sims))
+
+
+def _match(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (ia, ib) with a[ia] == b[ib], for ``a`` sorted and unique, ``b`` unique."""
+    idx = torch.searchsorted(a, b).clamp(max=max(a.numel() - 1, 0))
+    hit = a[idx] == b if a.numel() else torch.zeros_like(b, dtype=torch.bool)
+    return idx[hit], torch.nonzero(hit).flatten()
+
+
+def _overlaps(nx: Neighbours, ny: Neighbours) -> torch.Tensor:
+    """o_i = sum_j wX_ij wY_ij for every input i."""
+    ia, ib = _match(nx.key, ny.key)
+    o = torch.zeros(nx.n, dtype=torch.float64)
+    return o.index_add_(0, nx.rows()[ia], nx.w[ia] * ny.w[ib])
 
 
 def _pair(X: FeatureLike, Y: FeatureLike, k: int, least: int = 1) -> tuple[torch.Tensor, ...]:
@@ -96,7 +133,7 @@ def _pair(X: FeatureLike, Y: FeatureLike, k: int, least: int = 1) -> tuple[torch
 def overlaps(X: FeatureLike, Y: FeatureLike, k: int) -> torch.Tensor:
     """o_i for every input: the (expected) number of shared k nearest neighbours."""
     x, y = _pair(X, Y, k)
-    return torch.cat(list(_blocks(x, y, k)))
+    return _overlaps(neighbours(x, k), neighbours(y, k))
 
 
 @measure("orthogonal", (0.0, 1.0))
@@ -115,16 +152,38 @@ def knn_jaccard(X: FeatureLike, Y: FeatureLike, k: int = 10) -> float:
     return clip(float((o / (2 * k - o)).mean()), 0.0, 1.0)
 
 
-def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> float:
-    """PRH's ``hsic_unbiased`` of two (possibly asymmetric) N x N matrices."""
-    m = k.shape[0]
-    kt, lt = k.clone(), l.clone()
-    kt.fill_diagonal_(0.0)
-    lt.fill_diagonal_(0.0)
-    trace = float((kt * lt.T).sum())
-    sums = float(kt.sum()) * float(lt.sum()) / ((m - 1) * (m - 2))
-    cross = float(kt.sum(0) @ lt.sum(1))  # 1' K L 1
-    return (trace + sums - 2.0 * cross / (m - 2)) / (m * (m - 3))
+@dataclass(frozen=True)
+class Sparse:
+    """An n x n matrix with a zero diagonal as sorted unique row-major keys and values."""
+
+    n: int
+    key: torch.Tensor
+    val: torch.Tensor
+
+    def transposed_keys(self) -> torch.Tensor:
+        return (self.key % self.n) * self.n + torch.div(self.key, self.n, rounding_mode="floor")
+
+
+def hsic_unbiased(a: Sparse, b: Sparse) -> float:
+    """PRH's ``hsic_unbiased`` of two (possibly asymmetric) sparse matrices with zero diagonals:
+    [tr(AB) + 1'A1 1'B1 / ((m-1)(m-2)) - 2 1'AB1 / (m-2)] / (m (m-3))."""
+    m = a.n
+    order = torch.argsort(b.transposed_keys())
+    ia, ib = _match(a.key, b.transposed_keys()[order])
+    trace = float((a.val[ia] * b.val[order][ib]).sum())  # sum_ij A_ij B_ji
+    sums = float(a.val.sum()) * float(b.val.sum()) / ((m - 1) * (m - 2))
+    col_a = torch.zeros(m, dtype=torch.float64).index_add_(0, a.key % m, a.val)
+    row_b = torch.zeros(m, dtype=torch.float64).index_add_(
+        0, torch.div(b.key, m, rounding_mode="floor"), b.val
+    )
+    return (trace + sums - 2.0 * float(col_a @ row_b) / (m - 2)) / (m * (m - 3))
+
+
+def _round_off(a: Sparse) -> float:
+    """What cancellation leaves of a zero HSIC(A, A): its largest term, (1'|A|1)^2 / ((m-1)(m-2)),
+    over m (m - 3), times 1e-10 (a constant kernel gives 0 up to this)."""
+    m = a.n
+    return 1e-10 * float(a.val.abs().sum()) ** 2 / ((m - 1) * (m - 2) * m * (m - 3))
 
 
 @measure("orthogonal", (-math.inf, math.inf))
@@ -132,18 +191,22 @@ def cknna(X: FeatureLike, Y: FeatureLike, k: int = 10) -> float:
     """CKNNA (PRH): CKA restricted to mutual k-NN pairs (cosine kernels, unbiased HSIC).
 
     X, Y: any layouts over the same N inputs, N >= 4 and 2 <= k <= N - 1. Not bounded in general
-    (see the module; near [-1, 1] in practice; 1 at X = Y); invariant to orthogonal maps. Memory O(N^2).
+    (see the module; near [-1, 1] in practice; 1 at X = Y); invariant to orthogonal maps.
     """
     x, y = _pair(X, Y, k, least=2)
     if x.shape[0] < 4:
         raise TooFewSamplesError(f"CKNNA (unbiased HSIC) needs at least 4 inputs, got {x.shape[0]}")
-    kx, ly = products.gram(x), products.gram(y)
-    wx, wy = neighbour_weights(kx, k), neighbour_weights(ly, k)
-    kk = hsic_unbiased(wx * kx, wx * kx)
-    ll = hsic_unbiased(wy * ly, wy * ly)
-    if kk <= 0.0 or ll <= 0.0:
+    nx, ny = neighbours(x, k), neighbours(y, k)
+    n = nx.n
+    a, b = Sparse(n, nx.key, nx.w * nx.sim), Sparse(n, ny.key, ny.w * ny.sim)
+    kk, ll = hsic_unbiased(a, a), hsic_unbiased(b, b)
+    if kk <= _round_off(a) or ll <= _round_off(b):
         return undefined("CKNNA's normalisation HSIC(K, K) is not positive here")
-    value = hsic_unbiased(wx * wy * kx, wx * wy * ly) / math.sqrt(kk * ll)
+    ia, ib = _match(nx.key, ny.key)  # pairs that are neighbours in both
+    mask = nx.w[ia] * ny.w[ib]
+    both = nx.key[ia]
+    kl = hsic_unbiased(Sparse(n, both, mask * nx.sim[ia]), Sparse(n, both, mask * ny.sim[ib]))
+    value = kl / math.sqrt(kk * ll)
     if not math.isfinite(value):  # pragma: no cover - the terms above are finite
         raise AssertionError("non-finite CKNNA")
     return value

@@ -17,7 +17,7 @@ correlation: a warning and 0.0.
 Invariance: Euclidean and cosine RDMs are invariant to orthogonal maps of the features; correlation
 RDMs centre each input over its features, which only permutations of the neurons preserve. Range
 [-1, 1]. Floor: the two N x N Gram products, N^2 (p + q) multiply-adds; Spearman adds two sorts of the
-N (N - 1) / 2 distances. Memory O(N^2).
+N (N - 1) / 2 distances. Memory: the two condensed RDMs and their ranks, O(N^2), built in blocks.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ COMPARISONS = ("spearman", "pearson")
 VALUE_RANGE = (-1.0, 1.0)
 #: Squared distances below this many eps of |x_i|^2 + |x_j|^2 are round-off of a zero distance.
 ZERO_DISTANCE_EPS = 64
+#: Rows of the RDM computed at once.
+BLOCK_ROWS = 512
 
 
 def input_rows(x: torch.Tensor) -> torch.Tensor:
@@ -57,23 +59,33 @@ def _unit_rows(rows: torch.Tensor) -> torch.Tensor:
     return rows / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
+def _upper(block: torch.Tensor, first_row: int) -> torch.Tensor:
+    """The entries j > i of rows ``first_row``.. of an (rows, N) block, row-major."""
+    i = torch.arange(first_row, first_row + block.shape[0]).unsqueeze(1)
+    return block[torch.arange(block.shape[1]).unsqueeze(0) > i]
+
+
 def rdm(x: torch.Tensor, kind: str = "correlation") -> torch.Tensor:
-    """The condensed RDM (the N (N - 1) / 2 pairs i < j, row-major) of validated features ``x``."""
+    """The condensed RDM (the N (N - 1) / 2 pairs i < j, row-major, as ``pdist``) of validated
+    features ``x``, built in blocks of rows (memory: the result plus one block)."""
     check_choice(kind, "rdm", RDMS)
     rows = input_rows(x)
-    n = rows.shape[0]
-    iu = torch.triu_indices(n, n, 1)
-    if kind == "euclidean":
-        g = products.gram(rows)
-        sq = g.diagonal()
-        both = sq[:, None] + sq[None, :]
-        d2 = (both - 2.0 * g).clamp_min(0.0)
-        d2 = torch.where(d2 <= ZERO_DISTANCE_EPS * torch.finfo(d2.dtype).eps * both, 0.0, d2)
-        return d2[iu[0], iu[1]].sqrt()
     if kind == "correlation":
         rows = rows - rows.mean(1, keepdim=True)
-    u = _unit_rows(rows)
-    return 1.0 - products.gram(u)[iu[0], iu[1]]
+    if kind != "euclidean":
+        rows = _unit_rows(rows)
+    sq = (rows * rows).sum(1)
+    eps = ZERO_DISTANCE_EPS * torch.finfo(torch.float64).eps
+    parts = []
+    for i in range(0, rows.shape[0], BLOCK_ROWS):
+        g = products.matmul(rows[i : i + BLOCK_ROWS], rows.T)
+        if kind != "euclidean":
+            parts.append(_upper(1.0 - g, i))
+            continue
+        both = sq[i : i + BLOCK_ROWS, None] + sq[None, :]
+        d2 = (both - 2.0 * g).clamp_min(0.0)
+        parts.append(_upper(torch.where(d2 <= eps * both, 0.0, d2).sqrt(), i))
+    return torch.cat(parts)
 
 
 def average_ranks(v: torch.Tensor) -> torch.Tensor:
