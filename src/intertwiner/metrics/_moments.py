@@ -13,7 +13,10 @@ scale-free, so the scaling changes no value; it keeps squares clear of under- an
 mean, which centring removes exactly), so every measure on moments streams.
 
 Floor: the three products ``X'X``, ``Y'Y``, ``X'Y`` over the centred float64 (positions, neurons)
-matrices, M (p^2 + q^2 + pq) multiply-adds; one centred float64 copy per side.
+matrices, M (p^2 / 2 + q^2 / 2 + pq) multiply-adds (symmetric products by rank-k updates). The
+features are walked in cache-sized neuron-major blocks in their own layout (``neuron_blocks``:
+dense and token float64 features as views, conv features one small copy per block), each block
+scaled and shifted in cache: no whole-tensor copy.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from intertwiner import _products as products
 from intertwiner import _validate
 from intertwiner._types import FeatureLike
 from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
-from intertwiner.layouts import to_matrix
+from intertwiner.layouts import (
+    block_samples,
+    copies,
+    n_positions,
+    neuron_blocks,
+    to_matrix,
+    width,
+)
 from intertwiner.metrics._prep import (
     f64,
     match_positions,
@@ -34,6 +44,9 @@ from intertwiner.metrics._prep import (
     times_power_of_two,
     validate,
 )
+
+#: Fewest rows per block of the moment products.
+MIN_BLOCK_ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -61,9 +74,17 @@ def position_rows(
     X: FeatureLike, Y: FeatureLike, *, upsample: bool = False, layout: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated (positions, neurons) matrices of X and Y, positions matched."""
-    xt, yt = validate(X, "X", layout), validate(Y, "Y", layout)
-    xt, yt = match_positions(xt, yt, upsample=upsample, layout_x=layout, layout_y=layout)
+    xt, yt = matched(X, Y, upsample=upsample, layout=layout)
     return to_matrix(xt, layout), to_matrix(yt, layout)
+
+
+def matched(
+    X: FeatureLike, Y: FeatureLike, *, upsample: bool = False, layout: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated X and Y in their own layouts, positions matched (NaN/Inf are found by
+    ``scale_exponent``'s pass, not a separate one)."""
+    xt, yt = validate(X, "X", layout, finite=False), validate(Y, "Y", layout, finite=False)
+    return match_positions(xt, yt, upsample=upsample, layout_x=layout, layout_y=layout)
 
 
 def _scaled(m: torch.Tensor, exponent: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,63 +95,41 @@ def _scaled(m: torch.Tensor, exponent: torch.Tensor | None = None) -> torch.Tens
 def centred(m: torch.Tensor) -> torch.Tensor:
     """A power-of-two scaled, column-centred float64 copy of a (rows, neurons) matrix."""
     s = _scaled(m)
-    return s - s.mean(0, keepdim=True)
+    return s.sub_(s.mean(0, keepdim=True))
 
 
-def moments_of_rows(x: torch.Tensor, y: torch.Tensor) -> CrossMoments:
-    """``CrossMoments`` of two (positions, neurons) matrices with the same rows."""
-    xc, yc = centred(x), centred(y)
-    return CrossMoments(x.shape[0], products.cov(xc), products.cov(yc), products.matmul(xc.T, yc))
+class _Sums:
+    """Additive sums over rows given as neuron-major float64 blocks (C, rows), scaled by fixed powers
+    of two and shifted by the first block's mean (centring removes any shift exactly; this one keeps
+    the sums well conditioned)."""
 
-
-def cross_moments(
-    X: FeatureLike, Y: FeatureLike, *, upsample: bool = False, layout: str | None = None
-) -> CrossMoments:
-    """``CrossMoments`` of features X and Y (any layout; positions must match)."""
-    return moments_of_rows(*position_rows(X, Y, upsample=upsample, layout=layout))
-
-
-class MomentAccumulator:
-    """Additive ``CrossMoments``: ``update`` with batches of features, ``moments()`` at any time.
-
-    The first batch fixes each side's power-of-two scale and a shift (its mean); later batches are
-    scaled and shifted the same way, so sums stay well conditioned. Batches may differ in size but
-    not in per-sample shape."""
-
-    def __init__(self, *, upsample: bool = False, layout: str | None = None) -> None:
-        self.upsample, self.layout = upsample, layout
+    def __init__(self) -> None:
         self.n = 0
-        self._exp: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._shift: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._sums: list[torch.Tensor] = []
+        self.shift: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.parts: list[torch.Tensor] = []
 
-    def update(self, X: FeatureLike, Y: FeatureLike) -> None:
-        x, y = position_rows(X, Y, upsample=self.upsample, layout=self.layout)
-        if self._exp is None:
-            self._exp = (scale_exponent(x, name="X"), scale_exponent(y, name="Y"))
-        elif (x.shape[1], y.shape[1]) != tuple(s.shape[0] for s in self._shift):
-            raise ShapeError(
-                "neuron counts changed between batches; every batch must come from the same "
-                "layers (start a new accumulator for a new comparison)"
-            )
-        xs, ys = _scaled(x, self._exp[0]), _scaled(y, self._exp[1])
-        if self._shift is None:
-            self._shift = (xs.mean(0), ys.mean(0))
-        xs, ys = xs - self._shift[0], ys - self._shift[1]
-        parts = [xs.sum(0), ys.sum(0), products.cov(xs), products.cov(ys)]
-        parts.append(products.matmul(xs.T, ys))
-        if not self._sums:
-            self._sums = parts
-        else:
-            for total, part in zip(self._sums, parts, strict=True):
-                total.add_(part)
-        self.n += x.shape[0]
+    def add(self, bx: torch.Tensor, by: torch.Tensor) -> None:
+        """Add blocks; modifies them in place (they are scratch copies or fresh tensors)."""
+        if self.shift is None:
+            self.shift = (bx.mean(1, keepdim=True), by.mean(1, keepdim=True))
+            z = dict(dtype=torch.float64, device=bx.device)
+            p, q = bx.shape[0], by.shape[0]
+            self.parts = [torch.zeros(p, **z), torch.zeros(q, **z), torch.zeros(p, p, **z),
+                          torch.zeros(q, q, **z), torch.zeros(p, q, **z)]  # fmt: skip
+        bx.sub_(self.shift[0])
+        by.sub_(self.shift[1])
+        sx, sy, xx, yy, xy = self.parts
+        sx.add_(bx.sum(1))
+        sy.add_(by.sum(1))
+        products.add_cov_(xx, bx.T)
+        products.add_cov_(yy, by.T)
+        products.add_matmul_(xy, bx, by.T)
+        self.n += bx.shape[1]
 
     def moments(self) -> CrossMoments:
-        """The centred moments of every row seen so far."""
         if self.n == 0:
             raise TooFewSamplesError("no samples yet; call update(X, Y) with a batch first")
-        sx, sy, xx, yy, xy = self._sums
+        sx, sy, xx, yy, xy = self.parts
         mx, my = sx / self.n, sy / self.n
         out = CrossMoments(
             self.n,
@@ -144,6 +143,78 @@ class MomentAccumulator:
                 "rescale them to a common scale"
             )
         return out
+
+
+def _scaled_block(blk: torch.Tensor, exponent: torch.Tensor, copied: bool) -> torch.Tensor:
+    """A neuron-major block times 2**exponent: in place on a scratch copy, else a new tensor."""
+    return times_power_of_two(blk, exponent, out=blk if copied else None)
+
+
+def _add_features(
+    sums: _Sums, x: torch.Tensor, y: torch.Tensor, exps: tuple, layout: str | None
+) -> None:
+    """Walk X and Y in paired neuron-major blocks of the same rows, in their own layouts."""
+    # Cache-sized blocks, but at least MIN_BLOCK_ROWS rows: thinner rank-k updates lose BLAS speed.
+    step = max(
+        min(block_samples(x, layout), block_samples(y, layout)),
+        -(-MIN_BLOCK_ROWS // n_positions(x, layout)),
+    )
+    f64_ = torch.float64
+    cx, cy = copies(x, layout, f64_), copies(y, layout, f64_)
+    for bx, by in zip(
+        neuron_blocks(x, layout, dtype=f64_, samples=step),
+        neuron_blocks(y, layout, dtype=f64_, samples=step),
+        strict=True,
+    ):
+        sums.add(_scaled_block(bx, exps[0], cx), _scaled_block(by, exps[1], cy))
+
+
+def cross_moments(
+    X: FeatureLike, Y: FeatureLike, *, upsample: bool = False, layout: str | None = None
+) -> CrossMoments:
+    """``CrossMoments`` of features X and Y (any layout; positions must match), computed block by
+    block in the features' own layouts (no whole-tensor copy)."""
+    x, y = matched(X, Y, upsample=upsample, layout=layout)
+    sums = _Sums()
+    exps = (scale_exponent(x, name="X"), scale_exponent(y, name="Y"))
+    _add_features(sums, x, y, exps, layout)
+    return sums.moments()
+
+
+class MomentAccumulator:
+    """Additive ``CrossMoments``: ``update`` with batches of features, ``moments()`` at any time.
+
+    The first batch fixes each side's power-of-two scale and a shift (its first block's mean);
+    later batches are scaled and shifted the same way, so sums stay well conditioned. Batches may
+    differ in size but not in neuron counts."""
+
+    def __init__(self, *, upsample: bool = False, layout: str | None = None) -> None:
+        self.upsample, self.layout = upsample, layout
+        self._sums = _Sums()
+        self._exp: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def n(self) -> int:
+        return self._sums.n
+
+    def update(self, X: FeatureLike, Y: FeatureLike) -> None:
+        x, y = matched(X, Y, upsample=self.upsample, layout=self.layout)
+        if self._exp is None:
+            self._exp = (scale_exponent(x, name="X"), scale_exponent(y, name="Y"))
+        else:
+            for t, name in ((x, "X"), (y, "Y")):
+                scale_exponent(t, name=name)  # NaN/Inf raise here, before the sums change
+            widths = (width(x, self.layout), width(y, self.layout))
+            if widths != (self._sums.parts[0].shape[0], self._sums.parts[1].shape[0]):
+                raise ShapeError(
+                    "neuron counts changed between batches; every batch must come from the "
+                    "same layers (start a new accumulator for a new comparison)"
+                )
+        _add_features(self._sums, x, y, self._exp, self.layout)
+
+    def moments(self) -> CrossMoments:
+        """The centred moments of every row seen so far."""
+        return self._sums.moments()
 
 
 def check_choice(value: object, name: str, options: tuple) -> None:

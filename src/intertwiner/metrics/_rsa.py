@@ -59,15 +59,17 @@ def _unit_rows(rows: torch.Tensor) -> torch.Tensor:
     return rows / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
-def _upper(block: torch.Tensor, first_row: int) -> torch.Tensor:
-    """The entries j > i of rows ``first_row``.. of an (rows, N) block, row-major."""
-    i = torch.arange(first_row, first_row + block.shape[0]).unsqueeze(1)
+def _upper(block: torch.Tensor) -> torch.Tensor:
+    """The entries above the diagonal of a (rows, N - first) block whose first column is its
+    first row's own input, row-major."""
+    i = torch.arange(block.shape[0]).unsqueeze(1)
     return block[torch.arange(block.shape[1]).unsqueeze(0) > i]
 
 
 def rdm(x: torch.Tensor, kind: str = "correlation") -> torch.Tensor:
     """The condensed RDM (the N (N - 1) / 2 pairs i < j, row-major, as ``pdist``) of validated
-    features ``x``, built in blocks of rows (memory: the result plus one block)."""
+    features ``x``, built in blocks of rows against the later rows only (half the Gram product;
+    memory: the result plus one block)."""
     check_choice(kind, "rdm", RDMS)
     rows = input_rows(x)
     if kind == "correlation":
@@ -78,13 +80,13 @@ def rdm(x: torch.Tensor, kind: str = "correlation") -> torch.Tensor:
     eps = ZERO_DISTANCE_EPS * torch.finfo(torch.float64).eps
     parts = []
     for i in range(0, rows.shape[0], BLOCK_ROWS):
-        g = products.matmul(rows[i : i + BLOCK_ROWS], rows.T)
+        g = products.matmul(rows[i : i + BLOCK_ROWS], rows[i:].T)
         if kind != "euclidean":
-            parts.append(_upper(1.0 - g, i))
+            parts.append(_upper(1.0 - g))
             continue
-        both = sq[i : i + BLOCK_ROWS, None] + sq[None, :]
+        both = sq[i : i + BLOCK_ROWS, None] + sq[None, i:]
         d2 = (both - 2.0 * g).clamp_min(0.0)
-        parts.append(_upper(torch.where(d2 <= eps * both, 0.0, d2).sqrt(), i))
+        parts.append(_upper(torch.where(d2 <= eps * both, 0.0, d2).sqrt()))
     return torch.cat(parts)
 
 
