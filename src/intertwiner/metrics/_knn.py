@@ -23,8 +23,9 @@ is among i's neighbours when ties are broken uniformly at random. Without ties w
   undefined normalisation) gives a warning and 0.0.
 
 Floor: the two N x N Gram products of the normalised rows, N^2 (p + q) multiply-adds, and a top-k
-per row, done in blocks of rows; what is kept are the N k (plus ties) neighbour entries, so memory
-is O(block N + N k), and CKNNA's HSICs are sums over those sparse entries.
+per row. The Gram matrix is formed whole (symmetric product) up to ``GRAM_BYTES``, beyond that in
+blocks of rows (twice the multiply-adds, memory O(block N)); what is kept are the N k (plus ties)
+neighbour entries, and CKNNA's HSICs are sums over those sparse entries.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from intertwiner.metrics._rsa import input_rows
 TIE_TOL = 1e-12
 #: Rows per block of the blockwise measures (a block's similarities take about 32 MB at N = 4096).
 BLOCK_ROWS = 1024
+#: Largest N x N float64 Gram matrix formed whole (N up to about 11,500).
+GRAM_BYTES = 1 << 30
 
 
 def unit_rows(X: FeatureLike, name: str) -> torch.Tensor:
@@ -64,18 +67,24 @@ def _check_k(k: int, n: int, least: int = 1) -> None:
         )
 
 
-def neighbour_weights(sim: torch.Tensor, k: int, first_row: int = 0) -> torch.Tensor:
-    """Weights w (rows, N) of the k nearest neighbours of each row of ``sim`` (similarities of
-    rows ``first_row``.. against all N), ties at the k-th sharing the places left."""
-    s = sim.clone()
-    rows = torch.arange(s.shape[0])
+def _block_entries(
+    s: torch.Tensor, k: int, first_row: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, weights, similarities) of the nonzero neighbour weights of the rows of ``s``
+    (similarities of rows ``first_row``.. against all N; overwritten on the diagonal), ties at the
+    k-th sharing the places left. Only the few candidates at or above the k-th are touched."""
+    b = s.shape[0]
+    rows = torch.arange(b)
     s[rows, rows + first_row] = -math.inf  # never one's own neighbour
-    kth = torch.topk(s, k, dim=1).values[:, -1:]
-    above = s > kth + TIE_TOL
-    tied = (s - kth).abs() <= TIE_TOL
-    places = (k - above.sum(1, keepdim=True)).to(s.dtype)  # int / int would be float32
-    share = places / tied.sum(1, keepdim=True).to(s.dtype)
-    return above.to(s.dtype) + tied.to(s.dtype) * share
+    kth = torch.topk(s, k, dim=1).values[:, -1]
+    r, c = torch.nonzero(s >= (kth - TIE_TOL).unsqueeze(1), as_tuple=True)
+    v = s[r, c]
+    above = v > kth[r] + TIE_TOL
+    zero = torch.zeros(b, dtype=torch.float64)
+    n_above = zero.index_add(0, r, above.to(torch.float64))
+    n_tied = zero.index_add(0, r, (~above).to(torch.float64))  # the k-th itself is one of them
+    share = (k - n_above) / n_tied
+    return r, c, torch.where(above, 1.0, share[r]), v
 
 
 @dataclass(frozen=True)
@@ -96,16 +105,20 @@ class Neighbours:
 
 
 def neighbours(u: torch.Tensor, k: int) -> Neighbours:
-    """``Neighbours`` of unit rows ``u``, one block of rows at a time (memory O(block N + N k))."""
+    """``Neighbours`` of unit rows ``u``: from the whole Gram matrix (a symmetric product: half the
+    work) when it fits in ``GRAM_BYTES``, else one block of rows at a time."""
     n = u.shape[0]
+    gram = products.gram(u) if n * n * 8 <= GRAM_BYTES else None
     keys, ws, sims = [], [], []
     for i in range(0, n, BLOCK_ROWS):
-        s = products.matmul(u[i : i + BLOCK_ROWS], u.T)
-        w = neighbour_weights(s, k, i)
-        r, c = torch.nonzero(w, as_tuple=True)
+        if gram is None:
+            s = products.matmul(u[i : i + BLOCK_ROWS], u.T)
+        else:
+            s = gram[i : i + BLOCK_ROWS]
+        r, c, w, v = _block_entries(s, k, i)
         keys.append((r + i) * n + c)
-        ws.append(w[r, c])
-        sims.append(s[r, c])
+        ws.append(w)
+        sims.append(v)
     return Neighbours(n, torch.cat(keys), torch.cat(ws), torch.cat(sims))
 
 

@@ -92,8 +92,7 @@ def rdm(x: torch.Tensor, kind: str = "correlation") -> torch.Tensor:
 
 def average_ranks(v: torch.Tensor) -> torch.Tensor:
     """Ranks 1..n of ``v``, ties sharing their average rank (``scipy.stats.rankdata``'s default)."""
-    order = torch.argsort(v, stable=True)
-    sv = v[order]
+    sv, order = torch.sort(v, stable=True)
     starts = torch.ones_like(sv, dtype=torch.bool)
     starts[1:] = sv[1:] != sv[:-1]
     group = torch.cumsum(starts, 0) - 1
