@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from intertwiner import metrics
-from intertwiner.groups import family
+from intertwiner.groups import FAMILIES, family
 from intertwiner.testing import assert_invariant, assert_not_invariant
 
 # (spec, options): k = 5 so that the token fixture (N = 10) has enough inputs for k-NN.
@@ -116,3 +116,13 @@ def test_in_range_and_scale_free(name, options, layout_pair):
     identical = m(x, x)
     best = (hi if math.isfinite(hi) else 1.0) if m.higher_is_similar else lo  # CKNNA: 1 at X = Y
     assert identical == pytest.approx(best, abs=1e-7)
+
+
+@pytest.mark.parametrize(("name", "options"), TABLE, ids=IDS)
+def test_changes_under_every_family_not_declared(name, options, layout_pair):
+    """The whole README table: every family outside the declared one's subgroups changes it."""
+    _, x, y = layout_pair
+    m = _metric(name, options)
+    for fam in FAMILIES.values():
+        if fam.name not in m.invariant_to:
+            assert_not_invariant(m, fam, x, y, n_samples=3, generator=13)
