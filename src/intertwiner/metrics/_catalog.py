@@ -41,7 +41,7 @@ def _const(value: Any) -> Callable[..., Any]:
 
 
 def _shape_streams(group: Any = "orthogonal", **_: Any) -> bool:
-    return _shape.shape_group(group) == "orthogonal"
+    return _shape.moment_form(group)
 
 
 ENTRIES: dict[str, Entry] = {

@@ -50,7 +50,7 @@ from scipy.sparse import coo_matrix
 
 from intertwiner._types import FeatureLike
 from intertwiner.errors import InvalidOptionError
-from intertwiner.groups import GroupLike, family
+from intertwiner.groups import GENERAL_LINEAR, ORTHOGONAL, GroupLike, family
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._cca import REL_TOL
 from intertwiner.metrics._groups import family_name
@@ -128,7 +128,7 @@ def shape_group(group: GroupLike) -> str:
     """The family a shape distance quotients out: orthogonal or a monomial family."""
     name = family_name(group)
     fam = family(name)
-    if name != "orthogonal" and not fam.monomial:
+    if fam is not ORTHOGONAL and not fam.monomial:
         raise InvalidOptionError(
             f"shape_distance supports the orthogonal group and the monomial families, not "
             f"{name!r}; for GL use alpha=0 (full whitening), which is invariant to GL"
@@ -159,7 +159,7 @@ def shape_distance(
     g = shape_group(group)
     check_choice(score, "score", SCORES)
     a = _check_alpha(alpha)
-    if g == "orthogonal":
+    if not family(g).monomial:  # orthogonal: partial whitening and the best rotation
         return shape_from_moments(cross_moments(X, Y, upsample=upsample, layout=layout), a, score)
     x, y = position_rows(X, Y, upsample=upsample, layout=layout)
     xs, ys = _per_neuron_scaled(x, a), _per_neuron_scaled(y, a)
@@ -169,14 +169,19 @@ def shape_distance(
 def shape_invariance(alpha: float = 1.0, group: GroupLike = "orthogonal") -> str:
     """The family a shape distance with these options is invariant to."""
     g = shape_group(group)
-    if g == "orthogonal" and _check_alpha(alpha) == 0.0:
-        return "general_linear"
+    if not family(g).monomial and _check_alpha(alpha) == 0.0:  # full whitening quotients out GL
+        return GENERAL_LINEAR.name
     return g
+
+
+def moment_form(group: GroupLike = "orthogonal") -> bool:
+    """Whether the shape distance for ``group`` comes from second moments (it streams)."""
+    return not family(shape_group(group)).monomial
 
 
 def shape_range(score: str = "angular", group: GroupLike = "orthogonal") -> tuple[float, float]:
     check_choice(score, "score", SCORES)
-    if shape_group(group) == "orthogonal":
+    if not family(shape_group(group)).monomial:
         return SHAPE_RANGE[score]
     return _pr.DISTANCE_RANGE[score]
 
