@@ -345,3 +345,22 @@ def test_blockwise_rdm_and_neighbours_match_the_references(monkeypatch):
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     assert metrics.mutual_knn(x, y, k=4) == pytest.approx(prh_mutual_knn(tx, ty, 4)[0], abs=TOL)
     assert metrics.cknna(x, y, k=4) == pytest.approx(prh_cknna(tx, ty, 4), abs=TOL)
+
+
+def test_cca_family_equals_repsim_when_installed():
+    """The repsim package (PyPI, C++; optional): Yanai's R^2 and Pillai-normalised mean rho for
+    CCA, and PWCCA averaged over both directions (repsim symmetrises). Its SVCCA keeps every
+    direction on data where 99% of the variance (squared singular values, Raghu et al.) is in 3 of
+    12: its threshold is another one, so SVCCA is not compared."""
+    repsim = pytest.importorskip("repsim")
+    rng = np.random.default_rng(16)
+    z = rng.standard_normal((300, 3))
+    x = z @ rng.standard_normal((3, 12)) + 0.05 * rng.standard_normal((300, 12))
+    y = z @ rng.standard_normal((3, 8)) + 0.3 * rng.standard_normal((300, 8))
+    pairs = [
+        (repsim.cca([x, y])[0, 1], metrics.cca(x, y, statistic="yanai")),
+        (repsim.cca([x, y], "pillai")[0, 1], metrics.cca(x, y)),
+        (repsim.pwcca([x, y])[0, 1], (metrics.pwcca(x, y) + metrics.pwcca(y, x)) / 2),
+    ]
+    for theirs, ours in pairs:
+        assert ours == pytest.approx(theirs, abs=1e-10)

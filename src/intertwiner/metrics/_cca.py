@@ -125,11 +125,14 @@ def _check_variance(variance: float, dims: int | None) -> None:
         raise InvalidOptionError(f"dims must be a positive integer or None, got {dims!r}")
 
 
-def svcca_from_moments(m: CrossMoments, variance: float = 0.99, dims: int | None = None) -> float:
+def svcca_from_moments(
+    m: CrossMoments, variance: float = 0.99, dims: int | None = None, statistic: str = "mean"
+) -> float:
     _check_variance(variance, dims)
+    check_choice(statistic, "statistic", STATISTICS)
     m.require(2, "SVCCA")
     bx, by = principal(m.xx, variance, dims), principal(m.yy, variance, dims)
-    return _mean_rho(canonical(m, bx, by, "SVCCA"), "SVCCA")
+    return _mean_rho(canonical(m, bx, by, "SVCCA"), "SVCCA", squared=statistic == "yanai")
 
 
 def pwcca_from_moments(m: CrossMoments) -> float:
@@ -170,17 +173,19 @@ def svcca(
     *,
     variance: float = 0.99,
     dims: int | None = None,
+    statistic: str = "mean",
     upsample: bool = False,
     layout: str | None = None,
 ) -> float:
     """SVCCA (Raghu et al. 2017): keep each side's top principal directions explaining ``variance``
-    of its variance (or its top ``dims``), then the mean canonical correlation. Range [0, 1].
+    of its variance (or its top ``dims``), then the mean canonical correlation (``statistic=
+    "yanai"``: mean rho^2, as repsim's default summary). Range [0, 1].
 
     Invariant to orthogonal maps (``variance=1.0`` with ``dims=None``: to GL, as plain CCA). Layouts
     and sample needs as ``cca``.
     """
     m = cross_moments(X, Y, upsample=upsample, layout=layout)
-    return svcca_from_moments(m, variance, dims)
+    return svcca_from_moments(m, variance, dims, statistic)
 
 
 @measure("signed_permutation", VALUE_RANGE)
