@@ -42,6 +42,7 @@ from intertwiner.errors import (
     ShapeError,
     WorkerDiedError,
 )
+from intertwiner.metrics import _catalog
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._plots import annotated_heatmap, save_png
 from intertwiner.metrics._prep import check_same_n, validate
@@ -184,6 +185,8 @@ class _Prepared:
 
 
 def _kind(m: Metric) -> str:
+    if m.fn in _catalog.FUNCTIONS:  # the other measures take the features as they are
+        return "measure"
     if m.fn is _gc.group_cka:
         return "group_cka"
     if m.fn in (_pr.procrustes_distance, _pr.procrustes_similarity):
@@ -194,7 +197,7 @@ def _kind(m: Metric) -> str:
 def _prepare_layer(m: Metric, x: FeatureLike, layer: str) -> _Prepared:
     kind = _kind(m)
     debiased = bool(m.options.get("debiased", kind == "group_cka"))
-    if kind == "procrustes":
+    if kind in ("procrustes", "measure"):
         return _Prepared(validate(x, layer, m.options.get("layout"), finite=False))
     t = validate(x, layer, finite=kind == "group_cka")
     check_samples(t.shape[0], debiased)
@@ -230,6 +233,8 @@ def _linear_pair(a: _Prepared, b: _Prepared, debiased: bool) -> float:
 def _pair_value(m: Metric, a: _Prepared, b: _Prepared) -> float:
     kind = _kind(m)
     debiased = bool(m.options.get("debiased", kind == "group_cka"))
+    if kind == "measure":
+        return m(a.x, b.x)
     if kind == "procrustes":
         similarity = m.fn is _pr.procrustes_similarity
         return _pr.value_of(a.x, b.x, similarity=similarity, options=dict(m.options))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from intertwiner.errors import InvalidInputError, InvalidOptionError
+from intertwiner.metrics import _catalog
 from intertwiner.metrics import group_cka as _gc
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._groups import subgroups
@@ -33,6 +34,7 @@ NAMES = (
     "procrustes_distance",
     "procrustes_similarity",
     "group_cka",
+    *_catalog.NAMES,
 )
 
 
@@ -55,6 +57,11 @@ class Metric:
     @property
     def streaming(self) -> bool:
         return self.make_accumulator is not None
+
+    @property
+    def invariance(self) -> str:
+        """The largest family in ``invariant_to`` (they are listed smallest first)."""
+        return self.invariant_to[-1] if self.invariant_to else ""
 
     def accumulator(self) -> Accumulator:
         if self.make_accumulator is None:
@@ -119,6 +126,12 @@ def metric(spec: str | Metric, **options: Any) -> Metric:
             _gc.invariant_families(group),
             value_range=_gc.VALUE_RANGE,
         )
+    if name in _catalog.NAMES:
+        d = _catalog.describe(name, options)
+        return Metric(
+            d.label, d.fn, d.options, d.invariant_to, d.higher_is_similar, d.accumulator,
+            d.value_range,
+        )  # fmt: skip
     raise InvalidOptionError(
         f"unknown metric {spec!r}; choose one of {NAMES} (optionally 'name:group')"
     )
