@@ -16,6 +16,7 @@ from intertwiner.groups._activations import (
     activation_name,
     for_activation,
 )
+from intertwiner.groups._canonical import KeyTerm, canonical_element, orbit_invariants, stable_order
 from intertwiner.groups._discovery import DiscoveryEvidence, discover
 from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
 from intertwiner.groups._families import (
@@ -65,6 +66,7 @@ __all__ = [
     "GroupElement",
     "GroupLike",
     "IntertwinerGroup",
+    "KeyTerm",
     "LARGER",
     "Monomial",
     "MonomialElement",
@@ -82,6 +84,7 @@ __all__ = [
     "phi_preimage",
     "activation_name",
     "best_assignment",
+    "canonical_element",
     "discover",
     "exponents",
     "family",
@@ -92,5 +95,7 @@ __all__ = [
     "intersect",
     "pair_costs",
     "is_subgroup",
+    "orbit_invariants",
+    "stable_order",
     "verify",
 ]

@@ -6,6 +6,7 @@
 >>> check(model, spec, x, g)                # max |model(x) - model2(x)|
 """
 
+from intertwiner.symmetry._canonical import Canonical, SiteCanonical, canonicalize, fingerprint
 from intertwiner.symmetry.apply import apply, random_elements
 from intertwiner.symmetry.check import (
     assert_function_preserved,
@@ -19,12 +20,16 @@ from intertwiner.symmetry.trace import SUPPORTED, trace
 __all__ = [
     "SUPPORTED",
     "ActivationAxis",
+    "Canonical",
     "ParamAxis",
+    "SiteCanonical",
     "Site",
     "SymmetrySpec",
     "apply",
     "assert_function_preserved",
+    "canonicalize",
     "check",
+    "fingerprint",
     "hidden_errors",
     "random_elements",
     "site_errors",

@@ -223,6 +223,19 @@ def apply_view_inplace(
     v.index_copy_(cdim, idx, elem.apply(v.index_select(cdim, idx), cdim))
 
 
+def axis_rows(t: torch.Tensor, a: ParamAxis) -> torch.Tensor:
+    """``(a.width, -1)``: one row per channel of the site on parameter ``t`` (the slice the element
+    moves together: channel ``i`` of the ``(outer, n_total, inner)`` view, every other axis)."""
+    if a.within is not None:  # a grouped convolution's group: only its rows
+        t = t.narrow(*a.within)
+    shape = list(t.shape)
+    v = t.reshape(*shape[: a.axis], a.outer, a.n_total, a.inner, *shape[a.axis + 1 :])
+    v = v.movedim(a.axis + 1, 0)
+    if a.channels is not None:
+        v = v.index_select(0, torch.as_tensor(a.channels, dtype=torch.long, device=t.device))
+    return v.reshape(v.shape[0], -1)
+
+
 def permutation_part(element: GroupElement) -> MonomialElement:
     """P of a monomial element A = D P."""
     if not isinstance(element, MonomialElement):
