@@ -35,9 +35,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from intertwiner.errors import InvalidInputError, UnknownSiteError
 from intertwiner.groups import GroupElement, IntertwinerGroup, MonomialElement
+from intertwiner.symmetry._export import SCHEMA, permutation_spec
 
 KINDS = ("A", "P", "A^-T", "phi(A)^-T")
 SITE_KINDS = ("activation", "stream", "linear", "attention_heads", "attention_qk", "attention_vo")
@@ -346,7 +348,10 @@ class SymmetrySpec:
         return self.table()
 
     def to_dict(self) -> dict:
+        """Plain JSON description of every site, its group and the parameter axes it acts on
+        (schema ``intertwiner.symmetry-spec/1``, documented in ``symmetry/_export.py``)."""
         return {
+            "schema": SCHEMA,
             "model": self.model_name,
             "sites": [s.to_dict() for s in self.sites],
             "frozen": [{"space": n, "reason": r} for n, r in self.frozen],
@@ -354,6 +359,14 @@ class SymmetrySpec:
             "verified_error": self.verified_error,
             "verified_tolerance": self.verified_tolerance,
         }
+
+    def to_permutation_spec(self, model: nn.Module | None = None) -> dict:
+        """The spec in Git Re-Basin's format: ``{"perm_to_axes": {perm: [[param, axis], ...]},
+        "axes_to_perm": {param: [perm or None per axis]}, "skipped": {site: reason}}``, one
+        permutation per site that acts on whole axes (others are listed under ``skipped`` and
+        stay the identity). Pass ``model`` to list every state-dict tensor in ``axes_to_perm``.
+        See ``symmetry/_export.py``."""
+        return permutation_spec(self, model)
 
 
 def _truncate(text: str, n: int) -> str:
