@@ -429,6 +429,30 @@ def _function_error(model: nn.Module, work: nn.Module, x: Any, spec: SymmetrySpe
     return err
 
 
+#: Projections of the canonical weights that the fingerprint quantises and hashes.
+_SKETCH = 16
+_CHUNK = 1 << 20
+
+
+def _sketch(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """``(projections, norm)``: ``_SKETCH`` projections of the unit vector of all entries on fixed
+    directions ``r_k(i) = cos(w_k i + c_k)`` (computed in chunks, never stored), and the norm."""
+    k = torch.arange(1, _SKETCH + 1, dtype=torch.float64)
+    w, c = 0.7548776662466927 * k + 0.5 * torch.sqrt(k), 0.5698402909980532 * k
+    acc = torch.zeros(_SKETCH, dtype=torch.float64)
+    sq, offset = 0.0, 0
+    for t in tensors:
+        v = t.detach().double().cpu().flatten()
+        sq += float((v * v).sum())
+        for start in range(0, v.numel(), _CHUNK):
+            part = v[start : start + _CHUNK]
+            i = torch.arange(part.numel(), dtype=torch.float64) + (offset + start)
+            acc += torch.cos(w.unsqueeze(1) * i.unsqueeze(0) + c.unsqueeze(1)) @ part
+        offset += v.numel()
+    norm = sq**0.5
+    return acc / (norm or 1.0), norm
+
+
 def fingerprint(
     model: nn.Module,
     spec: SymmetrySpec | None = None,
@@ -437,14 +461,18 @@ def fingerprint(
     decimals: int | None = None,
     canonical: Canonical | None = None,
 ) -> str:
-    """A hex hash of ``model``'s canonical weights (parameters and floating buffers), each tensor
-    quantised to ``decimals`` digits relative to its largest entry (default: 8 for float64
-    models, 4 otherwise): equal for models in one orbit, different for different trainings.
+    """A hex hash of ``model``'s canonical weights (parameters and floating buffers): equal for
+    models in one orbit, different for different trainings.
 
-    Quantisation makes the hash robust to round-off except when an entry lies within round-off of
-    a rounding boundary (rare with these defaults; lower ``decimals`` for noisier copies). Sites
-    that could not be canonicalised (``canonicalize(...).not_canonical``) make orbit copies hash
-    differently; a warning says so. ``canonical``: a ``canonicalize`` result to reuse.
+    What is hashed: the names and shapes of the tensors, the norm of all canonical entries to
+    ``decimals`` significant digits and 16 projections of their unit vector on fixed directions
+    (each of order 1), rounded to ``decimals`` places (default: 8 for float64 models, 3
+    otherwise). Projections average round-off over every entry, so copies of one orbit that differ
+    by the model's own round-off hash alike unless a projection lies within round-off of a rounding
+    boundary (about ``16 * 2 * noise * 10^decimals``: below 1e-5 for float64 models, below 1% for
+    float32 copies with the default). Sites that could not be canonicalised
+    (``canonicalize(...).not_canonical``) make orbit copies hash differently; a warning says so.
+    ``canonical``: a ``canonicalize`` result to reuse.
     """
     if canonical is None:
         canonical = canonicalize(model, spec, example_input)
@@ -454,16 +482,14 @@ def fingerprint(
             "one orbit may get different fingerprints (equal ones still mean equal weights)",
             stacklevel=2,
         )
-    tensors = [(n, t) for n, t in _tensors(canonical.model) if torch.is_floating_point(t)]
+    named = [(n, t) for n, t in _tensors(canonical.model) if torch.is_floating_point(t)]
     if decimals is None:
-        decimals = 8 if all(t.dtype == torch.float64 for _, t in tensors) else 4
+        decimals = 8 if all(t.dtype == torch.float64 for _, t in named) else 3
     if not 0 <= int(decimals) <= 15:
         raise InvalidOptionError(f"decimals must be in 0..15, got {decimals}")
+    proj, norm = _sketch([t for _, t in named])
     h = hashlib.sha256()
-    for name, t in tensors:
-        v = t.detach().double().cpu().flatten()
-        top = float(v.abs().max()) if v.numel() else 0.0
-        q = torch.round(v / (top or 1.0) * 10.0**decimals).to(torch.int64)
-        h.update(f"{name}:{tuple(t.shape)}:{top:.{decimals}e};".encode())
-        h.update(q.numpy().tobytes())
+    h.update(";".join(f"{n}:{tuple(t.shape)}" for n, t in named).encode())
+    h.update(f"|{norm:.{decimals}e}|".encode())
+    h.update(torch.round(proj * 10.0**decimals).to(torch.int64).numpy().tobytes())
     return h.hexdigest()[:32]
