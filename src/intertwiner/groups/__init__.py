@@ -45,6 +45,7 @@ from intertwiner.groups._families import (
 from intertwiner.groups._fitting import FitTerm, exponents, fit_element, pair_costs
 from intertwiner.groups._group import GroupLike, IntertwinerGroup, fixed_point_family, phi_preimage
 from intertwiner.groups._homogeneity import homogeneity_defect, homogeneity_profile
+from intertwiner.groups._lie import exp_element, exp_tensor, lie_shape
 from intertwiner.groups._verify import verify
 
 __all__ = [
@@ -86,6 +87,8 @@ __all__ = [
     "best_assignment",
     "canonical_element",
     "discover",
+    "exp_element",
+    "exp_tensor",
     "exponents",
     "family",
     "fit_element",
@@ -95,6 +98,7 @@ __all__ = [
     "intersect",
     "pair_costs",
     "is_subgroup",
+    "lie_shape",
     "orbit_invariants",
     "stable_order",
     "verify",

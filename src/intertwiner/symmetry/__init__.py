@@ -7,6 +7,7 @@
 """
 
 from intertwiner.symmetry._canonical import Canonical, SiteCanonical, canonicalize, fingerprint
+from intertwiner.symmetry._teleport import Objective, Teleport, gradient_norm, teleport
 from intertwiner.symmetry.apply import apply, random_elements
 from intertwiner.symmetry.check import (
     assert_function_preserved,
@@ -21,17 +22,21 @@ __all__ = [
     "SUPPORTED",
     "ActivationAxis",
     "Canonical",
+    "Objective",
     "ParamAxis",
     "SiteCanonical",
     "Site",
     "SymmetrySpec",
+    "Teleport",
     "apply",
     "assert_function_preserved",
     "canonicalize",
     "check",
     "fingerprint",
+    "gradient_norm",
     "hidden_errors",
     "random_elements",
     "site_errors",
+    "teleport",
     "trace",
 ]
