@@ -431,14 +431,14 @@ def _function_error(model: nn.Module, work: nn.Module, x: Any, spec: SymmetrySpe
 
 #: Projections of the canonical weights that the fingerprint quantises and hashes.
 _SKETCH = 16
-_CHUNK = 1 << 20
+_CHUNK = 1 << 22
 
 
 def _sketch(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
-    """``(projections, norm)``: ``_SKETCH`` projections of the unit vector of all entries on fixed
-    directions ``r_k(i) = cos(w_k i + c_k)`` (computed in chunks, never stored), and the norm."""
-    k = torch.arange(1, _SKETCH + 1, dtype=torch.float64)
-    w, c = 0.7548776662466927 * k + 0.5 * torch.sqrt(k), 0.5698402909980532 * k
+    """``(projections, norm)``: a count sketch of the unit vector of all entries (entry ``i``
+    adds ``+-v_i`` to projection ``h(i) mod 16``, sign and bucket from a fixed integer hash of
+    ``i``: one pass, O(entries)), and the norm. Each projection is a sum over ~1/16 of the
+    entries, of order 1/4, so round-off averages out."""
     acc = torch.zeros(_SKETCH, dtype=torch.float64)
     sq, offset = 0.0, 0
     for t in tensors:
@@ -446,8 +446,10 @@ def _sketch(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
         sq += float((v * v).sum())
         for start in range(0, v.numel(), _CHUNK):
             part = v[start : start + _CHUNK]
-            i = torch.arange(part.numel(), dtype=torch.float64) + (offset + start)
-            acc += torch.cos(w.unsqueeze(1) * i.unsqueeze(0) + c.unsqueeze(1)) @ part
+            i = torch.arange(offset + start, offset + start + part.numel(), dtype=torch.int64)
+            h = (i * 0x9E3779B1 + 0x7F4A7C15) & 0x7FFFFFFF
+            sign = ((h >> 8) & 1).to(torch.float64) * 2.0 - 1.0
+            acc += torch.bincount(h % _SKETCH, weights=part * sign, minlength=_SKETCH)
         offset += v.numel()
     norm = sq**0.5
     return acc / (norm or 1.0), norm
@@ -465,8 +467,8 @@ def fingerprint(
     models in one orbit, different for different trainings.
 
     What is hashed: the names and shapes of the tensors, the norm of all canonical entries to
-    ``decimals`` significant digits and 16 projections of their unit vector on fixed directions
-    (each of order 1), rounded to ``decimals`` places (default: 8 for float64 models, 3
+    ``decimals`` significant digits and 16 fixed projections of their unit vector (a count
+    sketch, each of order 1/4), rounded to ``decimals`` places (default: 8 for float64 models, 3
     otherwise). Projections average round-off over every entry, so copies of one orbit that differ
     by the model's own round-off hash alike unless a projection lies within round-off of a rounding
     boundary (about ``16 * 2 * noise * 10^decimals``: below 1e-5 for float64 models, below 1% for
