@@ -53,10 +53,10 @@ class KeyTerm:
     rows: torch.Tensor
 
 
-def _directions(m: int, k: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``(m, k)`` fixed pseudo-random directions (the same for every call with the same m)."""
-    gen = torch.Generator().manual_seed(_SEED + m)
-    return torch.randn(m, k, generator=gen, dtype=torch.float64).to(dtype)
+def _directions(m: int, k: int, salt: int = 0) -> torch.Tensor:
+    """``(m, k)`` fixed pseudo-random directions (the same for every call with the same m, salt)."""
+    gen = torch.Generator().manual_seed(_SEED + m + 1_000_003 * salt)
+    return torch.randn(m, k, generator=gen, dtype=torch.float64)
 
 
 def stable_order(keys: torch.Tensor, tol: float = 1e-9) -> tuple[torch.Tensor, list[list[int]]]:
@@ -66,6 +66,10 @@ def stable_order(keys: torch.Tensor, tol: float = 1e-9) -> tuple[torch.Tensor, l
     n, c = keys.shape
     scale = keys.abs().amax(0).clamp_min(torch.finfo(torch.float64).tiny) if n else keys
     ties: list[list[int]] = []
+    if n > 1 and c:
+        first = torch.argsort(keys[:, 0], stable=True)
+        if bool((keys[first[1:], 0] - keys[first[:-1], 0] > tol * scale[0]).all()):
+            return first, ties  # the first column separates every row (the usual case)
 
     def order(group: list[int], col: int) -> list[int]:
         if len(group) <= 1:
@@ -116,24 +120,35 @@ def _monomial(group, terms, complete, tol) -> tuple[GroupElement, list[str]]:
         if not complete and not bool(assigned.all()):
             free = torch.nonzero(~assigned).flatten().tolist()
             issues.append(f"units {free[:8]} have no key rows that see their scale")
-    scaled = [r * torch.exp(p * u).unsqueeze(1) for r, (p, _) in zip(rows, ex, strict=True)]
+    # Per term, row i of the normalised key is factor[i] * rows[i]: statistics are taken from
+    # the rows and rescaled, so the (possibly huge) key is never built.
+    factors = [torch.exp(p * u) for p, _ in ex]
     sign = torch.ones(n, dtype=torch.float64)
     if fam.flips_signs:
-        signed = [r for r, (_, q) in zip(scaled, ex, strict=True) if q == 1]
-        if signed:
-            sign, unsure = _cube_signs(torch.cat(signed, 1), tol)
-            zero = torch.cat(signed, 1).abs().amax(1) == 0
-            bad = unsure & ~(zero & torch.tensor(complete))
+        odd = [k for k, (_, q) in enumerate(ex) if q == 1]
+        if odd:
+            cubes = sum(factors[k] ** 3 * (rows[k] ** 3).sum(1) for k in odd)
+            size = sum(factors[k] ** 3 * (rows[k].abs() ** 3).sum(1) for k in odd)
+            zero = size == 0
+            sign = torch.where(cubes < 0, -1.0, 1.0).to(torch.float64)
+            bad = (cubes.abs() <= tol * size) & ~(zero & torch.tensor(complete))
             if bool(bad.any()):
                 issues.append(f"units {torch.nonzero(bad).flatten().tolist()[:8]}: sign undefined")
         elif not complete:
             issues.append("no key rows see the signs")
-    key = torch.cat([r * (sign**q).unsqueeze(1) for r, (_, q) in zip(scaled, ex, strict=True)], 1)
-    perm, ties = stable_order(key @ _directions(key.shape[1], N_DIRECTIONS), tol)
-    for tie in ties:
-        same = (key[tie] - key[tie[0]]).abs().amax() <= tol * key.abs().amax()
-        if not (complete and bool(same)):
-            issues.append(f"units {tie[:8]} have equal keys: their order is undefined")
+    for k, (_, q) in enumerate(ex):
+        factors[k] = factors[k] * sign**q
+    proj = sum(
+        factors[k].unsqueeze(1) * (r @ _directions(r.shape[1], N_DIRECTIONS, salt=k))
+        for k, r in enumerate(rows)
+    )
+    perm, ties = stable_order(proj, tol)
+    if ties:
+        key = torch.cat([f.unsqueeze(1) * r for f, r in zip(factors, rows, strict=True)], 1)
+        for tie in ties:
+            same = (key[tie] - key[tie[0]]).abs().amax() <= tol * key.abs().amax()
+            if not (complete and bool(same)):
+                issues.append(f"units {tie[:8]} have equal keys: their order is undefined")
     scale = sign * torch.exp(u)
     return MonomialElement(perm, scale[perm]), issues
 
