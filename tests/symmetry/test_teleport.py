@@ -58,3 +58,25 @@ def test_bad_options(batch):
         teleport(model, gradient_norm(), b, steps=2, lr=0.0)
     with pytest.raises(UnknownSiteError, match="fc9"):
         teleport(model, gradient_norm(), b, steps=1, sites=["fc9"])
+
+
+def test_llama_orthogonal_stream():
+    """An RMSNorm stream moves by rotations (its norm weights folded first); gradient_norm needs a
+    double backward, which SDPA's CPU kernel lacks: eager attention."""
+    pytest.importorskip("transformers")
+    from tests.symmetry.test_hf_models import MODELS
+
+    torch.manual_seed(0)
+    model, x = MODELS["llama"]()
+    model = model.double().eval()
+    model.set_attn_implementation("eager")
+    y = torch.randint(0, 50, x.shape, generator=torch.Generator().manual_seed(1))
+
+    def ce(logits, target):
+        return CE(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+    out = teleport(model, gradient_norm(ce), (x, y), steps=3, loss_fn=ce)
+    assert "stream:model.embed_tokens" in out.sites
+    assert len(out.objective) == 4 and out.objective[-1] > out.objective[0]
+    # LLaMA's RMSNorm computes in float32 whatever the model's dtype: its round-off bounds this.
+    assert max(abs(v - out.loss[0]) for v in out.loss) <= 1e-6 * out.loss[0]
