@@ -86,3 +86,12 @@ def test_bad_input_is_one_line(ckpts, tmp_path, args):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+
+
+def test_symmetries_json_carries_the_schema(ckpts):
+    paths, _ = ckpts
+    result = CliRunner().invoke(app, ["symmetries", str(paths["a"]), "--json", "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["schema"] == "intertwiner.symmetry-spec/1"
+    assert all({"group", "actions"} <= set(s) for s in doc["sites"])

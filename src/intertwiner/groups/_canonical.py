@@ -100,7 +100,9 @@ def _cube_signs(rows: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Ten
     return sign, cubes.abs() <= tol * size
 
 
-def _monomial(group, terms, complete, tol) -> tuple[GroupElement, list[str]]:
+def _monomial(
+    group: IntertwinerGroup, terms: list[KeyTerm], complete: bool, tol: float
+) -> tuple[GroupElement, list[str]]:
     fam, phi = group.family, group.phi_kind
     n = terms[0].rows.shape[0]
     rows = [t.rows.double() for t in terms]
@@ -162,7 +164,9 @@ def _spectrum_issues(s: torch.Tensor, n: int, tol: float) -> list[str]:
     return []
 
 
-def _orthogonal(group, terms, tol) -> tuple[GroupElement, list[str]]:
+def _orthogonal(
+    group: IntertwinerGroup, terms: list[KeyTerm], tol: float
+) -> tuple[GroupElement, list[str]]:
     n = terms[0].rows.shape[0]
     if group.phi_kind != "identity" or any(t.kind == "P" for t in terms):
         return group.identity(n), ["this orthogonal site has actions other than Q"]
@@ -177,7 +181,9 @@ def _orthogonal(group, terms, tol) -> tuple[GroupElement, list[str]]:
     return DenseElement(q), issues
 
 
-def _general_linear(group, terms, tol) -> tuple[GroupElement, list[str]]:
+def _general_linear(
+    group: IntertwinerGroup, terms: list[KeyTerm], tol: float
+) -> tuple[GroupElement, list[str]]:
     n = terms[0].rows.shape[0]
     fwd = [t.rows.double() for t in terms if exponents(t.kind, "identity")[0] > 0]
     inv = [t.rows.double() for t in terms if exponents(t.kind, "identity")[0] < 0]
