@@ -12,7 +12,7 @@ import torch
 from tests._support.factories import ZOO, TinyMLP, build_zoo, digits_splits, train_quick
 
 from intertwiner import models
-from intertwiner.errors import InvalidOptionError, UnverifiedSymmetryError
+from intertwiner.errors import InvalidOptionError, ShapeError, UnverifiedSymmetryError
 from intertwiner.groups import (
     GENERAL_LINEAR,
     ORTHOGONAL,
@@ -201,3 +201,10 @@ def test_orthogonal_and_gl_keys():
     # Repeated singular values (an orthonormal key) leave the basis undefined: reported.
     _, issues = canonical_element(og, [KeyTerm("A", torch.eye(5, 9, dtype=F64))])
     assert issues
+
+
+def test_a_spec_of_another_model_is_refused():
+    x = torch.randn(5, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(0))
+    spec = trace(TinyMLP(widths=(4, 3), dtype=F64), x)
+    with pytest.raises(ShapeError, match="another model"):
+        canonicalize(TinyMLP(widths=(5, 3), dtype=F64), spec, x)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from intertwiner.errors import InvalidOptionError, UnverifiedSymmetryError
+from intertwiner.errors import InvalidOptionError, ShapeError, UnverifiedSymmetryError
 from intertwiner.groups import (
     GroupElement,
     KeyTerm,
@@ -124,6 +124,21 @@ def _tensor(model: nn.Module, a: ParamAxis) -> torch.Tensor:
     return model.get_buffer(a.name) if a.buffer else model.get_parameter(a.name)
 
 
+def _fitting_tensor(model: nn.Module, a: ParamAxis, site: Site) -> torch.Tensor:
+    """The tensor of action ``a``; a spec traced from another model is refused, named."""
+    try:
+        t = _tensor(model, a)
+    except AttributeError:
+        t = None
+    size = a.outer * a.n_total * a.inner
+    if t is None or t.dim() <= a.axis or t.shape[a.axis] != size:
+        raise ShapeError(
+            f"site {site.name!r} acts on {a.describe()}, which {type(model).__name__} does not "
+            "have (or not with that size): the spec was traced from another model; trace this one"
+        )
+    return t
+
+
 class _Board:
     """The regions of every action and which sites are finished: answers "is this row ready"."""
 
@@ -132,7 +147,7 @@ class _Board:
         self.by_tensor: dict[int, list[_Region]] = {}
         for s in spec.sites:
             for k, a in enumerate(s.actions):
-                t = _tensor(model, a)
+                t = _fitting_tensor(model, a, s)
                 r = _Region(s.name, id(t), a.axis, _mask(a, t.shape[a.axis]))
                 self.regions[(s.name, k)] = r
                 self.by_tensor.setdefault(r.tensor, []).append(r)
