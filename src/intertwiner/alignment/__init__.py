@@ -22,6 +22,7 @@ from intertwiner.alignment._interpolate import (
     merge,
     reset_bn_statistics,
 )
+from intertwiner.alignment._orbit import OrbitDistance, orbit_distance, weight_space_pairwise
 from intertwiner.alignment._plot import plot_curves
 
 __all__ = [
@@ -29,12 +30,15 @@ __all__ = [
     "METHODS",
     "Alignment",
     "Interpolation",
+    "OrbitDistance",
     "SiteReport",
     "align",
     "interpolate",
     "lerp",
     "merge",
+    "orbit_distance",
     "plot_curves",
     "reset_bn_statistics",
     "weight_distance",
+    "weight_space_pairwise",
 ]

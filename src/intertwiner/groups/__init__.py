@@ -16,6 +16,7 @@ from intertwiner.groups._activations import (
     activation_name,
     for_activation,
 )
+from intertwiner.groups._canonical import KeyTerm, canonical_element, orbit_invariants, stable_order
 from intertwiner.groups._discovery import DiscoveryEvidence, discover
 from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
 from intertwiner.groups._families import (
@@ -44,6 +45,7 @@ from intertwiner.groups._families import (
 from intertwiner.groups._fitting import FitTerm, exponents, fit_element, pair_costs
 from intertwiner.groups._group import GroupLike, IntertwinerGroup, fixed_point_family, phi_preimage
 from intertwiner.groups._homogeneity import homogeneity_defect, homogeneity_profile
+from intertwiner.groups._lie import exp_element, exp_tensor, lie_shape
 from intertwiner.groups._verify import verify
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "GroupElement",
     "GroupLike",
     "IntertwinerGroup",
+    "KeyTerm",
     "LARGER",
     "Monomial",
     "MonomialElement",
@@ -82,7 +85,10 @@ __all__ = [
     "phi_preimage",
     "activation_name",
     "best_assignment",
+    "canonical_element",
     "discover",
+    "exp_element",
+    "exp_tensor",
     "exponents",
     "family",
     "fit_element",
@@ -92,5 +98,8 @@ __all__ = [
     "intersect",
     "pair_costs",
     "is_subgroup",
+    "lie_shape",
+    "orbit_invariants",
+    "stable_order",
     "verify",
 ]

@@ -6,6 +6,8 @@
 >>> check(model, spec, x, g)                # max |model(x) - model2(x)|
 """
 
+from intertwiner.symmetry._canonical import Canonical, SiteCanonical, canonicalize, fingerprint
+from intertwiner.symmetry._teleport import Objective, Teleport, gradient_norm, teleport
 from intertwiner.symmetry.apply import apply, random_elements
 from intertwiner.symmetry.check import (
     assert_function_preserved,
@@ -19,14 +21,22 @@ from intertwiner.symmetry.trace import SUPPORTED, trace
 __all__ = [
     "SUPPORTED",
     "ActivationAxis",
+    "Canonical",
+    "Objective",
     "ParamAxis",
+    "SiteCanonical",
     "Site",
     "SymmetrySpec",
+    "Teleport",
     "apply",
     "assert_function_preserved",
+    "canonicalize",
     "check",
+    "fingerprint",
+    "gradient_norm",
     "hidden_errors",
     "random_elements",
     "site_errors",
+    "teleport",
     "trace",
 ]

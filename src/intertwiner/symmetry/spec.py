@@ -35,9 +35,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from intertwiner.errors import InvalidInputError, UnknownSiteError
 from intertwiner.groups import GroupElement, IntertwinerGroup, MonomialElement
+from intertwiner.symmetry._export import SCHEMA, permutation_spec
 
 KINDS = ("A", "P", "A^-T", "phi(A)^-T")
 SITE_KINDS = ("activation", "stream", "linear", "attention_heads", "attention_qk", "attention_vo")
@@ -223,6 +225,19 @@ def apply_view_inplace(
     v.index_copy_(cdim, idx, elem.apply(v.index_select(cdim, idx), cdim))
 
 
+def axis_rows(t: torch.Tensor, a: ParamAxis) -> torch.Tensor:
+    """``(a.width, -1)``: one row per channel of the site on parameter ``t`` (the slice the element
+    moves together: channel ``i`` of the ``(outer, n_total, inner)`` view, every other axis)."""
+    if a.within is not None:  # a grouped convolution's group: only its rows
+        t = t.narrow(*a.within)
+    shape = list(t.shape)
+    v = t.reshape(*shape[: a.axis], a.outer, a.n_total, a.inner, *shape[a.axis + 1 :])
+    v = v.movedim(a.axis + 1, 0)
+    if a.channels is not None:
+        v = v.index_select(0, torch.as_tensor(a.channels, dtype=torch.long, device=t.device))
+    return v.reshape(v.shape[0], -1)
+
+
 def permutation_part(element: GroupElement) -> MonomialElement:
     """P of a monomial element A = D P."""
     if not isinstance(element, MonomialElement):
@@ -333,7 +348,10 @@ class SymmetrySpec:
         return self.table()
 
     def to_dict(self) -> dict:
+        """Plain JSON description of every site, its group and the parameter axes it acts on
+        (schema ``intertwiner.symmetry-spec/1``, documented in ``symmetry/_export.py``)."""
         return {
+            "schema": SCHEMA,
             "model": self.model_name,
             "sites": [s.to_dict() for s in self.sites],
             "frozen": [{"space": n, "reason": r} for n, r in self.frozen],
@@ -341,6 +359,14 @@ class SymmetrySpec:
             "verified_error": self.verified_error,
             "verified_tolerance": self.verified_tolerance,
         }
+
+    def to_permutation_spec(self, model: nn.Module | None = None) -> dict:
+        """The spec in Git Re-Basin's format: ``{"perm_to_axes": {perm: [[param, axis], ...]},
+        "axes_to_perm": {param: [perm or None per axis]}, "skipped": {site: reason}}``, one
+        permutation per site that acts on whole axes (others are listed under ``skipped`` and
+        stay the identity). Pass ``model`` to list every state-dict tensor in ``axes_to_perm``.
+        See ``symmetry/_export.py``."""
+        return permutation_spec(self, model)
 
 
 def _truncate(text: str, n: int) -> str:
