@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import typer
 
@@ -110,6 +111,15 @@ def count(minimum: int = 1):
     return callback
 
 
+def _no_file_above(path: Path, value: str, name: str, consequence: str) -> None:
+    """Refuse a path whose nearest existing parent is a file (``consequence``: why it matters)."""
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InvalidOptionError(
+            f"{name} {value}: {above} is a file, so {consequence}; pick another path"
+        )
+
+
 def _folder(value: str, name: str) -> str:
     """A folder to write into, new or existing: not a file, and not under one."""
     from pathlib import Path
@@ -119,11 +129,7 @@ def _folder(value: str, name: str) -> str:
         raise InvalidOptionError(
             f"{value} is an existing file; {name} names a folder (new or existing)"
         )
-    above = next((p for p in path.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise InvalidOptionError(
-            f"{name} {value}: {above} is a file, so no folder can be made there; pick another path"
-        )
+    _no_file_above(path, value, name, "no folder can be made there")
     return value
 
 
@@ -137,12 +143,7 @@ def _output_file(value: str, name: str) -> str:
         raise InvalidOptionError(
             f"{value} is a folder; {name} names a file, e.g. {path / 'out.png'}"
         )
-    above = next((p for p in path.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise InvalidOptionError(
-            f"{name} {value}: {above} is a file, so nothing can be written under it; pick "
-            "another path"
-        )
+    _no_file_above(path, value, name, "nothing can be written under it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
