@@ -44,6 +44,7 @@ from torch import nn
 
 from intertwiner import _products as products
 from intertwiner import _validate
+from intertwiner._types import DataLike, ExampleInput
 from intertwiner.alignment._views import axis_rows, feature_rows, tensor_of
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups import (
@@ -432,7 +433,7 @@ def _activation_sites(
     model_a: nn.Module,
     model_b: nn.Module,
     sites: list[Site],
-    data: Any,
+    data: DataLike,
     *,
     batch_size: int,
     max_samples: int | None,
@@ -499,7 +500,7 @@ def _search(
     model_a: nn.Module,
     model_b: nn.Module,
     spec: SymmetrySpec,
-    data: Any,
+    data: DataLike,
     method: str,
     group: str,
     **options: Any,
@@ -551,11 +552,11 @@ def align(
     model_a: nn.Module,
     model_b: nn.Module,
     *,
-    data: Any = None,
+    data: DataLike | None = None,
     method: str = "weights",
     group: str = "full",
     spec: SymmetrySpec | None = None,
-    example_input: Any = None,
+    example_input: ExampleInput | None = None,
     max_sweeps: int = 100,
     tol: float = 1e-9,
     seed: int = 0,

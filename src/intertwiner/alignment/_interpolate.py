@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from intertwiner import _validate
+from intertwiner._types import DataLike
 from intertwiner.errors import InvalidOptionError, ShapeError, TooFewSamplesError
 
 __all__ = ["Interpolation", "interpolate", "lerp", "merge", "reset_bn_statistics"]
@@ -61,7 +62,7 @@ def _average(models: Sequence[nn.Module], weights: Sequence[float]) -> nn.Module
 @torch.no_grad()
 def reset_bn_statistics(
     model: nn.Module,
-    data: Any,
+    data: DataLike,
     *,
     batch_size: int = 256,
     max_samples: int | None = None,
@@ -184,10 +185,10 @@ def interpolate(
     model_a: nn.Module,
     model_b: nn.Module,
     alphas: int | Sequence[float],
-    data: Any,
+    data: DataLike,
     *,
     reset_bn: bool = True,
-    bn_data: Any = None,
+    bn_data: DataLike | None = None,
     bn_samples: int | None = None,
     batch_size: int = 512,
     label: str = "",
@@ -230,8 +231,8 @@ def merge(
     reference: int = 0,
     method: str | None = "weights",
     group: str = "full",
-    data: Any = None,
-    bn_data: Any = None,
+    data: DataLike | None = None,
+    bn_data: DataLike | None = None,
     **align_options: Any,
 ) -> nn.Module:
     """A weighted average of ``models`` after aligning each to ``models[reference]``.

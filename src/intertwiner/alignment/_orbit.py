@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from intertwiner._types import ExampleInput
 from intertwiner.alignment._align import Alignment, align, weight_distance
 from intertwiner.errors import InvalidInputError
 from intertwiner.groups import GroupElement
@@ -53,7 +54,7 @@ def orbit_distance(
     model_b: nn.Module,
     *,
     spec: SymmetrySpec | None = None,
-    example_input: Any = None,
+    example_input: ExampleInput | None = None,
     group: str = "full",
     max_sweeps: int = 200,
     tol: float = 1e-12,
@@ -77,7 +78,7 @@ def orbit_distance(
 def weight_space_pairwise(
     models: list[nn.Module],
     *,
-    example_input: Any = None,
+    example_input: ExampleInput | None = None,
     specs: list[SymmetrySpec] | None = None,
     group: str = "full",
     naive: bool = False,

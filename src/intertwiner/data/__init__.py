@@ -27,6 +27,7 @@ from intertwiner.data.concept_source import ConceptSource
 from intertwiner.data.splits import (
     ArrayDataset,
     DataSplits,
+    SplitsLike,
     make_splits,
     square_side,
     stratified_split,
@@ -249,6 +250,7 @@ __all__ = [
     "ConceptSource",
     "DATASETS",
     "DataSplits",
+    "SplitsLike",
     "UnknownDatasetError",
     "from_arrays",
     "load",

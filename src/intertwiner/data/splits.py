@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -228,3 +229,8 @@ def square_side(d: int) -> int:
     if side * side != d:
         raise ShapeError(f"cannot reshape {d} features into a square image; pass (N, C, H, W)")
     return side
+
+
+#: What stitching and the experiments accept as splits: a ``DataSplits``, a ``{"train", "val",
+#: "test"}`` mapping of datasets, or a ``(train, val, test)`` tuple (``val`` may be None).
+SplitsLike: TypeAlias = DataSplits | Mapping[str, Dataset] | tuple[Dataset, Dataset | None, Dataset]

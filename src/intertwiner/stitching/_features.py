@@ -10,12 +10,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from intertwiner.data import SplitsLike
 from intertwiner.stitching._config import StitchConfig
 from intertwiner.stitching._splice import StitchedModel
 from intertwiner.training import evaluate
 
 
-def splits(data: Any) -> tuple[Dataset, Dataset | None, Dataset]:
+def splits(data: SplitsLike) -> tuple[Dataset, Dataset | None, Dataset]:
+    """(train, val or None, test) of any ``SplitsLike``."""
     if isinstance(data, dict):
         return data["train"], data.get("val"), data["test"]
     if isinstance(data, tuple | list) and len(data) >= 3 and not hasattr(data, "train"):

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from intertwiner import _validate
+from intertwiner.data import SplitsLike
 from intertwiner.errors import InvalidOptionError, ShapeError, TooFewSamplesError
 from intertwiner.groups import family
 from intertwiner.layouts import neuron_dim
@@ -116,7 +117,7 @@ def stitch(
     at: str,
     *,
     layer: Any,
-    data: Any,
+    data: SplitsLike,
     config: StitchConfig | None = None,
 ) -> StitchResult:
     """Stitch the front of ``model_a`` (up to and including module ``at``) into the back of
