@@ -42,8 +42,12 @@ def zoo(k=K, layers=LAYERS):
 @pytest.mark.parametrize("spec", SPECS)
 def test_pairwise_equals_every_pair_and_prepares_each_model_once(spec, monkeypatch):
     sets = zoo()
-    calls = {"layer": 0, "kernel": 0}
-    prep, kern = pw_module._prepare_layer, gc_module.kernel
+    calls = {"model": 0, "layer": 0, "kernel": 0}
+    feats_of, prep, kern = pw_module._features_of, pw_module._prepare_layer, gc_module.kernel
+
+    def counted_features(*a, **kw):  # one model's features: its one preprocessing pass
+        calls["model"] += 1
+        return feats_of(*a, **kw)
 
     def counted_prep(*a, **kw):
         calls["layer"] += 1
@@ -53,11 +57,11 @@ def test_pairwise_equals_every_pair_and_prepares_each_model_once(spec, monkeypat
         calls["kernel"] += 1
         return kern(*a, **kw)
 
+    monkeypatch.setattr(pw_module, "_features_of", counted_features)
     monkeypatch.setattr(pw_module, "_prepare_layer", counted_prep)
     monkeypatch.setattr(gc_module, "kernel", counted_kernel)
-    before = pw_module.PREPARE_CALLS["count"]
     res = pairwise(sets, spec, progress=False)
-    assert pw_module.PREPARE_CALLS["count"] - before == K  # one preprocessing pass per model
+    assert calls["model"] == K  # one preprocessing pass per model
     assert calls["layer"] == K * len(LAYERS)
     assert calls["kernel"] == (K * len(LAYERS) if spec == "group_cka" else 0)
     m = metric(spec)

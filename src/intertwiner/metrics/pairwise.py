@@ -63,8 +63,6 @@ from intertwiner.runners.base import exit_with_parent
 # The package exports a function named like this module; take the module itself.
 _gc = importlib.import_module("intertwiner.metrics.group_cka")
 
-#: Per-model preprocessing passes made so far (tests check that a call makes at most K).
-PREPARE_CALLS = {"count": 0}
 DEFAULT_MEMORY_LIMIT = 4 * 10**9
 #: One model's features: one layer's tensor, or ``{layer: tensor}``.
 FeatureSet = FeatureLike | Mapping[str, FeatureLike]
@@ -365,7 +363,6 @@ def pairwise(
         rows = {la: np.empty((int(np.shape(x)[0]), 0)) for la, x in feats.items()}  # shapes only
         first_rows = rows if first_rows is None else first_rows
         check_rows({names_[0]: first_rows, name: rows})
-        PREPARE_CALLS["count"] += 1
         if device is not None:
             feats = {k: torch.as_tensor(v).to(device) for k, v in feats.items()}
         prepared.append({la: _prepare_layer(m, feats[la], la) for la in layers_})
