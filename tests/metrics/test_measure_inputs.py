@@ -24,7 +24,7 @@ from .conftest import relu_features
 
 MOMENT_MEASURES = ["cca", "cca_yanai", "svcca", "pwcca", "linear_regression", "shape_distance",
                    "soft_matching_distance"]  # fmt: skip
-ALL = [*MOMENT_MEASURES, "rsa", "mutual_knn", "knn_jaccard", "cknna"]
+ALL = [*MOMENT_MEASURES, "rsa", "mutual_knn", "knn_jaccard", "cknna", "linear_predictivity"]
 
 
 def _pair(n=60, p=6, q=5, seed=0):
@@ -80,7 +80,7 @@ def test_rank_deficient_features_are_their_column_space():
     ("name", "value"),
     [("cca", 0.0), ("svcca", 0.0), ("pwcca", 0.0), ("linear_regression", 0.0),
      ("shape_distance", math.pi / 2), ("soft_matching_distance", 1.0), ("rsa", 0.0),
-     ("cknna", 0.0)],
+     ("cknna", 0.0), ("linear_predictivity", 0.0)],
 )  # fmt: skip
 def test_constant_representation_warns_and_gives_documented_value(name, value):
     x, _ = _pair()
