@@ -205,3 +205,13 @@ def test_command_trains_a_tiny_zoo_and_ranks(tmp_path):
         t = s["tests"]["layer_identification"]
         assert 0.0 <= t["interval"]["mean"] <= 1.0 and len(t["per_seed"]) == 2
     assert "99.3" in r.output  # Kornblith's published linear CKA value beside ours
+
+
+def test_command_refuses_an_out_folder_under_a_file_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = CliRunner().invoke(
+        app, ["benchmark-measures", "--quick", "-q", "--out", str(blocker / "o")]
+    )
+    assert r.exit_code != 0 and "is a file" in r.output
+    assert "zoo:" not in r.output  # refused before any training

@@ -9,7 +9,8 @@ import os
 
 import typer
 
-from intertwiner.cli._app import app, fail
+from intertwiner import _atomic
+from intertwiner.cli._app import _FOLDER, app, fail
 
 
 @app.command("benchmark-measures")
@@ -31,7 +32,9 @@ def benchmark_measures_cmd(
     quick: bool = typer.Option(
         False, "--quick", help="A tiny zoo (3 seeds, 3x16, 2 epochs, 100 inputs): a smoke run."
     ),
-    out: str | None = typer.Option(None, "--out", help="Folder for measures.json."),
+    out: str | None = typer.Option(
+        None, "--out", callback=_FOLDER, help="Folder for measures.json (checked before training)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No training progress."),
 ) -> None:
     """Train an MLP zoo on digits from several seeds (and models on permuted labels) and score every
@@ -69,6 +72,5 @@ def benchmark_measures_cmd(
     if out:
         os.makedirs(out, exist_ok=True)
         path = os.path.join(out, "measures.json")
-        with open(path, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
+        _atomic.write_text(path, json.dumps(report.to_dict(), indent=2))
         typer.echo(f"saved {path}")

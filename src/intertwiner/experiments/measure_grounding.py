@@ -401,7 +401,9 @@ def run(config: GroundingConfig, progress: bool = False) -> GroundingReport:
     """Train the zoo and score every measure in every test."""
     zoo = train_zoo(config, progress)
     report = GroundingReport(config, zoo.test_accuracy, zoo.random_label_accuracy)
-    for spec in config.measures:
+    from tqdm.auto import tqdm
+
+    for spec in tqdm(config.measures, desc="grounding", unit="measure", disable=not progress):
         report.scores.append(
             score(
                 zoo.features,
