@@ -24,7 +24,7 @@ from .conftest import relu_features
 
 MOMENT_MEASURES = ["cca", "cca_yanai", "svcca", "pwcca", "linear_regression", "shape_distance",
                    "soft_matching_distance"]  # fmt: skip
-ALL = [*MOMENT_MEASURES, "rsa", "mutual_knn", "knn_jaccard", "cknna"]
+ALL = [*MOMENT_MEASURES, "rsa", "mutual_knn", "knn_jaccard", "cknna", "linear_predictivity"]
 
 
 def _pair(n=60, p=6, q=5, seed=0):
@@ -80,7 +80,7 @@ def test_rank_deficient_features_are_their_column_space():
     ("name", "value"),
     [("cca", 0.0), ("svcca", 0.0), ("pwcca", 0.0), ("linear_regression", 0.0),
      ("shape_distance", math.pi / 2), ("soft_matching_distance", 1.0), ("rsa", 0.0),
-     ("cknna", 0.0)],
+     ("cknna", 0.0), ("linear_predictivity", 0.0)],
 )  # fmt: skip
 def test_constant_representation_warns_and_gives_documented_value(name, value):
     x, _ = _pair()
@@ -215,7 +215,7 @@ class _Tiny(nn.Module):
 def test_compare_takes_new_measures():
     data = [torch.randn(16, 4, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     a, b = _Tiny(0), _Tiny(1)
-    specs = ["cca", "pwcca", "rsa", "soft_matching_distance"]
+    specs = ["cca", "pwcca", "rsa", "soft_matching_distance", "linear_predictivity"]
     res = metrics.compare(a, b, data, ["fc1"], ["fc1", "fc2"], specs, progress=False)
     x = torch.cat(data)
     with torch.no_grad():
@@ -236,7 +236,7 @@ def test_cli_compare_with_new_measures(tmp_path):
         paths.append(tmp_path / f"m{i}.npy")
         np.save(paths[-1], np.maximum(base + 0.5 * g.standard_normal(base.shape), 0))
     out = tmp_path / "out"
-    spec = "svcca,shape_distance:positive_monomial,mutual_knn"
+    spec = "svcca,shape_distance:positive_monomial,mutual_knn,linear_predictivity"
     r = CliRunner().invoke(app, ["compare", *map(str, paths), "--metrics", spec, "-q", "--out",
                                  str(out)])  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -247,3 +247,4 @@ def test_cli_compare_with_new_measures(tmp_path):
         want = metrics.pairwise(arrays, "svcca", progress=False).matrix()
     assert np.allclose(np.array(saved["svcca"]["matrices"][0]["values"]), want, rtol=1e-12)
     assert "shape_distance[group=positive_monomial]" in saved
+    assert "linear_predictivity" in saved

@@ -1,5 +1,6 @@
-"""``benchmark-measures``: which similarity measure identifies corresponding layers (Kornblith's
-test) on a zoo trained here from several seeds."""
+"""``benchmark-measures``: which similarity measure to trust, by four grounding tests (layer
+identification, specificity to a random-label model, monotonicity over depth, agreement with the
+models' predictions) on a zoo trained here from several seeds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 
 import typer
 
-from intertwiner.cli._app import app, fail
+from intertwiner import _atomic
+from intertwiner.cli._app import _FOLDER, app, fail
 
 
 @app.command("benchmark-measures")
@@ -17,16 +19,31 @@ def benchmark_measures_cmd(
     depth: int = typer.Option(8, min=2, help="Hidden layers of each MLP."),
     width: int = typer.Option(64, min=1, help="Neurons per hidden layer."),
     epochs: int = typer.Option(20, min=1, help="Training epochs per model (digits)."),
-    inputs: int = typer.Option(500, min=8, help="Training images the layers are compared on."),
+    inputs: int = typer.Option(300, min=8, help="Training images the layers are compared on."),
     measures: str | None = typer.Option(
         None, "--measures", help="Comma-separated metric specs (default: every measure)."
     ),
-    out: str | None = typer.Option(None, "--out", help="Folder for measures.json."),
+    random_labels: int = typer.Option(
+        2, "--random-labels", min=0, help="Models trained on permuted labels (specificity test)."
+    ),
+    tests: str | None = typer.Option(
+        None, "--tests", help="Comma-separated tests (default: all four; see --help text)."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="A tiny zoo (3 seeds, 3x16, 2 epochs, 100 inputs): a smoke run."
+    ),
+    out: str | None = typer.Option(
+        None, "--out", callback=_FOLDER, help="Folder for measures.json (checked before training)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No training progress."),
 ) -> None:
-    """Train an MLP zoo on digits from several seeds and score every similarity measure by how often
-    it finds the corresponding layer of another seed's model (Kornblith et al. 2019, Table 2);
-    print the ranking with 95% intervals over seeds beside Kornblith's published values."""
+    """Train an MLP zoo on digits from several seeds (and models on permuted labels) and score every
+    similarity measure in four tests: layer identification (Kornblith et al. 2019, Table 2: does
+    it find the corresponding layer of another seed's model), specificity (are seed pairs more
+    similar than seed vs random-label pairs), monotonicity (does similarity to the first layer
+    fall with depth) and prediction (does similarity of the last hidden layers rank model pairs
+    as their agreement on test images does). Print each score with a 95% interval over seeds and
+    the ranking, beside Kornblith's published values."""
     import warnings
 
     from intertwiner.errors import IntertwinerError
@@ -34,19 +51,26 @@ def benchmark_measures_cmd(
 
     try:
         chosen = tuple(m.strip() for m in measures.split(",") if m.strip()) if measures else None
-        config = mg.GroundingConfig(seeds=seeds, depth=depth, width=width, epochs=epochs,
-                                    n_inputs=inputs, **({"measures": chosen} if chosen else {}))  # fmt: skip
+        picked = tuple(t.strip() for t in tests.split(",") if t.strip()) if tests else None
+        sizes = dict(seeds=seeds, depth=depth, width=width, epochs=epochs, n_inputs=inputs,
+                     random_labels=random_labels)  # fmt: skip
+        if quick:
+            sizes.update(mg.QUICK)
+        config = mg.GroundingConfig(**sizes, **({"measures": chosen} if chosen else {}),
+                                    **({"tests": picked} if picked else {}))  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # constant layers: documented values
             report = mg.run(config, progress=not quiet)
     except (IntertwinerError, ValueError, KeyError) as e:
         raise fail(e) from None
     accs = ", ".join(f"{a:.3f}" for a in report.test_accuracy)
-    typer.echo(f"zoo: {seeds} x mlp {depth}x{width} on digits, test accuracy {accs}")
+    rand = ", ".join(f"{a:.3f}" for a in report.random_label_accuracy)
+    c = report.config
+    typer.echo(f"zoo: {c.seeds} x mlp {c.depth}x{c.width} on digits, test accuracy {accs}"
+               + (f"; {c.random_labels} on permuted labels, test accuracy {rand}" if rand else ""))  # fmt: skip
     typer.echo(report.table())
     if out:
         os.makedirs(out, exist_ok=True)
         path = os.path.join(out, "measures.json")
-        with open(path, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
+        _atomic.write_text(path, json.dumps(report.to_dict(), indent=2))
         typer.echo(f"saved {path}")

@@ -1,28 +1,45 @@
-"""Which similarity measure to trust: Kornblith et al. 2019's layer-identification test on our zoo.
+"""Which similarity measure to trust: four grounding tests on a zoo trained here (issue 25).
 
-Several models of one architecture are trained from different seeds. For every ordered pair of
-different models (A, B) and every layer i of A, a measure identifies the layer of B most similar to
-A's layer i (largest similarity, or smallest distance); it is right when that is layer i. A
-measure's score is the fraction of right identifications. Kornblith et al. (Table 2: ten 10-layer
-CNNs on CIFAR-10) found linear CKA 99.3%, RBF CKA 99.1%, linear regression 45.4%, PWCCA 11.1%,
-SVCCA 9.9-15.1%, CCA 1.4-10.6% (``KORNBLITH``).
+The zoo: ``seeds`` MLPs of one architecture trained on digits from seeds 0..seeds-1, and
+``random_labels`` more trained the same way on a random permutation of the training labels (a
+model that learned something else: memorising noise). Features are the hidden layers on
+``n_inputs`` training images. For a measure, "similarity" below is its value when it is a
+similarity and minus its value when it is a distance; asymmetric measures (regression,
+predictivity) take the first-named model or layer as X.
 
-Units: each model's score against all the others (one number per seed); the interval is the
-Student t-interval over seeds (``stats.t_interval``; the seeds share partners, so it is optimistic).
-Ties in a measure's values count as a miss unless the right layer is the only best one.
+1. **Layer identification** (Kornblith et al. 2019): for every ordered pair of different seed models
+   (A, B) and every layer i of A, is layer i the layer of B most similar to it? Ties count as a
+   miss unless layer i is the only best one. Score: the fraction right. Kornblith et al. (Table 2:
+   ten 10-layer CNNs on CIFAR-10) found linear CKA 99.3%, RBF CKA 99.1%, linear regression 45.4%,
+   PWCCA 11.1%, SVCCA 9.9-15.1%, CCA 1.4-10.6% (``KORNBLITH``).
+2. **Specificity** (ReSi's random-label test, Klabunde et al. 2024): for seed model A, every other
+   seed model B, every random-label model R and every layer l, is sim(A_l, B_l) > sim(A_l, R_l)
+   (a tie counts one half)? Score: the fraction of such comparisons, 0.5 is chance.
+3. **Monotonicity over depth**: within seed model A, the similarity of layer 1 to layer j, j = 2..L,
+   should fall as j moves away. Score: minus the Spearman correlation of sim(layer 1, layer j) with
+   j (1: strictly falling; 0 when every similarity is equal).
+4. **Prediction agreement** (ReSi's output test): for seed model A and every other model B of the
+   zoo (seeds and random-label models), the similarity of their last hidden layers against the
+   fraction of held-out test images on which A and B predict the same class. Score: their Spearman
+   correlation over the partners B (0 when either side is constant).
 
-Only the layer-identification test is implemented here; the issue's specificity, monotonicity and
-prediction tests are not (yet).
+Units: every test gives one number per seed model (against its partners); the interval is the
+Student t-interval over seeds (``stats.t_interval``; seeds share partners, so it is optimistic),
+its ends clipped to the score's range.
+The report ranks the measures by their mean rank over the tests run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats as _st
 
 from intertwiner import data as _data
 from intertwiner import features as _features
@@ -43,6 +60,7 @@ MEASURES = (
     "svcca",
     "pwcca",
     "linear_regression",
+    "linear_predictivity",
     "rsa",
     "mutual_knn",
     "knn_jaccard",
@@ -63,20 +81,36 @@ KORNBLITH = {
 }
 
 
+#: The grounding tests, in the order of the module docstring.
+TESTS = ("layer_identification", "specificity", "monotonicity", "prediction")
+#: Column titles of the report.
+TITLES = {
+    "layer_identification": "layer id %",
+    "specificity": "specificity %",
+    "monotonicity": "monotonicity rho",
+    "prediction": "prediction rho",
+}
+#: Tests reported in percent.
+PERCENT = ("layer_identification", "specificity")
+
+
 @dataclass(frozen=True)
 class GroundingConfig:
     """A zoo of ``seeds`` MLPs (``depth`` hidden ReLU layers of ``width``) trained on digits for
-    ``epochs`` (Adam, ``batch_size``, cosine schedule; about 90% test accuracy at the defaults),
-    compared on ``n_inputs`` training images at every hidden layer."""
+    ``epochs`` (Adam, ``batch_size``, cosine schedule; about 90% test accuracy at the defaults) and
+    ``random_labels`` more trained on permuted labels, compared on ``n_inputs`` training images at
+    every hidden layer by ``measures`` in the grounding ``tests``."""
 
     seeds: int = 5
     depth: int = 8
     width: int = 64
     epochs: int = 20
     batch_size: int = 32
-    n_inputs: int = 500
+    n_inputs: int = 300
     measures: tuple[str, ...] = MEASURES
     threads: int = 1
+    random_labels: int = 2
+    tests: tuple[str, ...] = TESTS
 
     def __post_init__(self) -> None:
         if self.seeds < 2:
@@ -87,38 +121,89 @@ class GroundingConfig:
                         ("batch_size", self.batch_size), ("n_inputs", self.n_inputs), ("threads", self.threads)):  # fmt: skip
             if v < 1:
                 raise InvalidOptionError(f"{name} must be a positive integer, got {v}")
+        bad = [t for t in self.tests if t not in TESTS]
+        if bad or not self.tests:
+            raise InvalidOptionError(f"unknown or no tests {bad}; choose from {TESTS}")
+        if self.random_labels < 0:
+            raise InvalidOptionError(f"random_labels must be >= 0, got {self.random_labels}")
+        if "specificity" in self.tests and self.random_labels < 1:
+            raise InvalidOptionError("the specificity test needs random_labels >= 1")
+        if "monotonicity" in self.tests and self.depth < 3:
+            raise InvalidOptionError("the monotonicity test needs depth >= 3 (two distances)")
+
+
+#: ``--quick``: a tiny zoo for tests and smoke runs (seconds; the numbers mean little).
+QUICK = {"seeds": 3, "depth": 3, "width": 16, "epochs": 2, "n_inputs": 100, "random_labels": 1}
+
+
+@dataclass
+class TestInterval:
+    """One measure in one test: the interval over seeds and the per-seed scores."""
+
+    interval: stats.Interval
+    per_seed: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"interval": self.interval.to_dict(), "per_seed": self.per_seed}
 
 
 @dataclass
 class MeasureScore:
     name: str
-    accuracy: stats.Interval
-    per_seed: list[float]
+    tests: dict[str, TestInterval] = field(default_factory=dict)
     published: str = ""
+    rank: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "accuracy": self.accuracy.to_dict(),
-                "per_seed": self.per_seed, "published": self.published}  # fmt: skip
+        return {"name": self.name, "published": self.published, "mean_rank": self.rank,
+                "tests": {t: s.to_dict() for t, s in self.tests.items()}}  # fmt: skip
 
 
 @dataclass
 class GroundingReport:
     config: GroundingConfig
     test_accuracy: list[float]
+    random_label_accuracy: list[float] = field(default_factory=list)
     scores: list[MeasureScore] = field(default_factory=list)
 
+    def rank(self) -> None:
+        """Set each score's mean rank over the tests (1 = best; ties share their average rank)."""
+        if not self.scores:
+            return
+        ranks = np.zeros(len(self.scores))
+        tests = [t for t in TESTS if all(t in s.tests for s in self.scores)]
+        for t in tests:
+            means = np.array([s.tests[t].interval.mean for s in self.scores])
+            ranks += _st.rankdata(-np.nan_to_num(means, nan=-np.inf))
+        for s, r in zip(self.scores, ranks / max(len(tests), 1), strict=True):
+            s.rank = float(r)
+
     def ranked(self) -> list[MeasureScore]:
-        return sorted(self.scores, key=lambda s: -s.accuracy.mean)
+        self.rank()
+        return sorted(self.scores, key=lambda s: s.rank)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "test_accuracy": self.test_accuracy,
+                "random_label_accuracy": self.random_label_accuracy,
                 "scores": [s.to_dict() for s in self.ranked()]}  # fmt: skip
 
     def table(self) -> str:
-        lines = [f"{'measure':44s} {'layer identification % [95% CI over seeds]':44s} Kornblith"]
+        tests = [t for t in TESTS if t in self.config.tests]
+        head = f"{'measure':46s} " + " ".join(f"{TITLES[t]:22s}" for t in tests)
+        lines = [head + " rank  Kornblith"]
         for s in self.ranked():
-            lines.append(f"{s.name:44s} {s.accuracy.scaled(100).format(1):44s} {s.published}")
+            cells = []
+            for t in tests:
+                iv = s.tests[t].interval
+                cells.append(
+                    f"{(iv.scaled(100) if t in PERCENT else iv).format(1 if t in PERCENT else 2):22s}"
+                )
+            lines.append(f"{s.name:46s} " + " ".join(cells) + f" {s.rank:4.1f}  {s.published}")
         return "\n".join(lines)
+
+
+def _similarity(values: np.ndarray, higher_is_similar: bool) -> np.ndarray:
+    return values if higher_is_similar else -values
 
 
 def layer_identification(values: np.ndarray, higher_is_similar: bool) -> np.ndarray:
@@ -126,7 +211,7 @@ def layer_identification(values: np.ndarray, higher_is_similar: bool) -> np.ndar
 
     ``values[i, j, a, b]``: the measure between layer i of model a and layer j of model b."""
     n_layers, _, k, _ = values.shape
-    v = values if higher_is_similar else -values
+    v = _similarity(values, higher_is_similar)
     right = np.zeros((k, k))
     for a in range(k):
         for b in range(k):
@@ -140,44 +225,192 @@ def layer_identification(values: np.ndarray, higher_is_similar: bool) -> np.ndar
     return np.array([right[a][off[a]].mean() / n_layers for a in range(k)])
 
 
-def score(feature_sets: Sequence[dict[str, torch.Tensor]], spec: str) -> MeasureScore:
-    """Layer identification of one measure over models given as ``{layer: features}``."""
-    m = metric(spec)
-    layers = list(feature_sets[0])
-    res = pairwise(list(feature_sets), m, layers=layers, progress=False)
-    k = len(feature_sets)
-    values = np.empty((len(layers), len(layers), k, k))
+def specificity(same_layer: np.ndarray, n_seeds: int, higher_is_similar: bool) -> np.ndarray:
+    """Per seed model a, the fraction of (other seed b, random-label model r, layer l) with
+    sim(a_l, b_l) > sim(a_l, r_l), ties one half.
+
+    ``same_layer[l, a, b]``: the measure between layer l of models a and b; models 0..n_seeds-1
+    are the seeds, the rest random-label models."""
+    v = _similarity(same_layer, higher_is_similar)
+    k = v.shape[1]
+    if not 2 <= n_seeds < k:
+        raise InvalidOptionError(
+            f"specificity needs >= 2 seed models and >= 1 random-label model, got {n_seeds} of {k}"
+        )
+    out = np.empty(n_seeds)
+    for a in range(n_seeds):
+        seeds = v[:, a, [b for b in range(n_seeds) if b != a]][:, :, None]  # (L, seeds-1, 1)
+        rand = v[:, a, n_seeds:][:, None, :]  # (L, 1, R)
+        out[a] = float(((seeds > rand) + 0.5 * (seeds == rand)).mean())
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation; 0 when either side is constant (no order to agree with)."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(_st.spearmanr(a, b).statistic)
+
+
+def monotonicity(values: np.ndarray, higher_is_similar: bool) -> np.ndarray:
+    """Per model a, minus the Spearman correlation of sim(layer 1, layer j) with j = 2..L.
+
+    ``values[i, j, a, b]`` as for ``layer_identification`` (only a == b is used)."""
+    n_layers, _, k, _ = values.shape
+    if n_layers < 3:
+        raise InvalidOptionError(f"monotonicity needs at least 3 layers, got {n_layers}")
+    v = _similarity(values, higher_is_similar)
+    depth = np.arange(1, n_layers, dtype=np.float64)
+    return np.array([-_spearman(v[0, 1:, a, a], depth) for a in range(k)])
+
+
+def prediction_agreement(
+    last: np.ndarray, agreement: np.ndarray, n_seeds: int, higher_is_similar: bool
+) -> np.ndarray:
+    """Per seed model a, the Spearman correlation over its partners b != a (every model) of
+    sim(a, b) at the last hidden layer and the agreement of their predictions.
+
+    ``last[a, b]``: the measure between the models' last hidden layers; ``agreement[a, b]``: the
+    fraction of test inputs the two models classify alike (both (K, K), seeds first)."""
+    v = _similarity(last, higher_is_similar)
+    k = v.shape[0]
+    if k < 3:
+        raise InvalidOptionError(f"prediction agreement needs at least 3 models, got {k}")
+    out = np.empty(n_seeds)
+    for a in range(n_seeds):
+        others = [b for b in range(k) if b != a]
+        out[a] = _spearman(v[a, others], agreement[a, others])
+    return out
+
+
+def agreement_matrix(predictions: Sequence[torch.Tensor]) -> np.ndarray:
+    """(K, K): the fraction of inputs on which models a and b predict the same class."""
+    p = torch.stack([torch.as_tensor(x) for x in predictions])
+    return (p[:, None, :] == p[None, :, :]).double().mean(-1).numpy()
+
+
+def _test_score(per_seed: np.ndarray, low: float) -> TestInterval:
+    """The t-interval over seeds, its ends clipped to the score's range [low, 1]."""
+    iv = stats.t_interval(per_seed.tolist())
+    iv = dataclasses.replace(iv, low=max(iv.low, low), high=min(iv.high, 1.0))
+    return TestInterval(iv, per_seed.tolist())
+
+
+def _values(res: Any, layers: Sequence[str]) -> np.ndarray:
+    n = len(res.matrix(layers[0], layers[0]))
+    out = np.empty((len(layers), len(layers), n, n))
     for i, la in enumerate(layers):
         for j, lb in enumerate(layers):
-            values[i, j] = res.matrix(la, lb)
-    per_seed = layer_identification(values, m.higher_is_similar)
-    return MeasureScore(m.name, stats.t_interval(per_seed.tolist()), per_seed.tolist(),
-                        KORNBLITH.get(spec, ""))  # fmt: skip
+            out[i, j] = res.matrix(la, lb)
+    return out
 
 
-def train_zoo(config: GroundingConfig, progress: bool = False) -> tuple[list, list[float]]:
-    """The zoo's hidden-layer features on ``n_inputs`` training images, and test accuracies."""
+def score(
+    feature_sets: Sequence[dict[str, torch.Tensor]],
+    spec: str,
+    *,
+    random_sets: Sequence[dict[str, torch.Tensor]] = (),
+    predictions: Sequence[torch.Tensor] | None = None,
+    tests: Sequence[str] = ("layer_identification",),
+) -> MeasureScore:
+    """One measure in the grounding ``tests`` over seed models given as ``{layer: features}``
+    (``random_sets``: the random-label models; ``predictions``: every model's predicted classes on
+    held-out inputs, seeds then random-label models, for the prediction test)."""
+    m = metric(spec)
+    layers = list(feature_sets[0])
+    k = len(feature_sets)
+    out = MeasureScore(m.name, published=KORNBLITH.get(spec, ""))
+    if "layer_identification" in tests or "monotonicity" in tests:
+        values = _values(pairwise(list(feature_sets), m, layers=layers, progress=False), layers)
+        if "layer_identification" in tests:
+            out.tests["layer_identification"] = _test_score(
+                layer_identification(values, m.higher_is_similar), 0.0
+            )
+        if "monotonicity" in tests:
+            out.tests["monotonicity"] = _test_score(monotonicity(values, m.higher_is_similar), -1.0)
+    if "specificity" in tests or "prediction" in tests:
+        everyone = [*feature_sets, *random_sets]
+        needed = layers if "specificity" in tests else layers[-1:]
+        res = pairwise(everyone, m, layers=needed, cross_layers=False, progress=False)
+        same = np.stack([res.matrix(la, la) for la in needed])
+        if "specificity" in tests:
+            out.tests["specificity"] = _test_score(specificity(same, k, m.higher_is_similar), 0.0)
+        if "prediction" in tests:
+            if predictions is None or len(predictions) != len(everyone):
+                raise InvalidOptionError("the prediction test needs every model's predictions")
+            agree = agreement_matrix(predictions)
+            out.tests["prediction"] = _test_score(
+                prediction_agreement(same[-1], agree, k, m.higher_is_similar), -1.0
+            )
+    return out
+
+
+@dataclass
+class Zoo:
+    """Hidden-layer features ``{layer: (n_inputs, width)}`` of the seed and random-label models,
+    every model's predicted classes on the test split (seeds first), and test accuracies."""
+
+    features: list[dict[str, torch.Tensor]]
+    random_features: list[dict[str, torch.Tensor]]
+    predictions: list[torch.Tensor]
+    test_accuracy: list[float]
+    random_label_accuracy: list[float]
+
+
+def _random_label_splits(splits: Any, seed: int) -> Any:
+    """The splits with training labels permuted (``seed``) and no validation split (so the last
+    epoch is kept: validation accuracy on true labels would pick an arbitrary epoch)."""
+    train = splits.train.subset(torch.arange(len(splits.train)))
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    train.labels = train.labels[perm]
+    return dataclasses.replace(splits, train=train, val=train.subset(torch.arange(0)))
+
+
+def train_zoo(config: GroundingConfig, progress: bool = False) -> Zoo:
+    """Train the zoo; capture its hidden layers on ``n_inputs`` training images and its test
+    predictions."""
     splits = _data.load("digits")
     x = torch.stack([splits.train[i][0] for i in range(min(config.n_inputs, len(splits.train)))])
+    x_test = torch.stack([splits.test[i][0] for i in range(len(splits.test))])
+    y_test = torch.stack([splits.test[i][1] for i in range(len(splits.test))])
     layers = [f"act{i}" for i in range(1, config.depth + 1)]
-    sets, accs = [], []
-    for seed in range(config.seeds):
+    zoo = Zoo([], [], [], [], [])
+    runs = [(s, False) for s in range(config.seeds)]
+    runs += [(1000 + r, True) for r in range(config.random_labels)]
+    for seed, shuffled in runs:
+        data = _random_label_splits(splits, seed) if shuffled else splits
         model = models.build("mlp", seed=seed, widths=[config.width] * config.depth,
                              **splits.model_config())  # fmt: skip
         cfg = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
                                    schedule="cosine", seed=seed, progress=progress,
                                    num_threads=config.threads, device="cpu")  # fmt: skip
-        result = training.train(model, splits, cfg)
-        accs.append(float(training.evaluate(result.model, splits.test)["accuracy"]))
-        feats = _features.capture(result.model, x, layers)
-        sets.append({la: feats[la].double() for la in layers})
-    return sets, accs
+        trained = training.train(model, data, cfg).model.eval()
+        feats = _features.capture(trained, x, layers)
+        with torch.no_grad():
+            pred = trained(x_test).argmax(-1)
+        acc = float((pred == y_test).double().mean())
+        (zoo.random_features if shuffled else zoo.features).append(
+            {la: feats[la].double() for la in layers}
+        )
+        (zoo.random_label_accuracy if shuffled else zoo.test_accuracy).append(acc)
+        zoo.predictions.append(pred)
+    return zoo
 
 
 def run(config: GroundingConfig, progress: bool = False) -> GroundingReport:
-    """Train the zoo and score every measure."""
-    sets, accs = train_zoo(config, progress)
-    report = GroundingReport(config, accs)
-    for spec in config.measures:
-        report.scores.append(score(sets, spec))
+    """Train the zoo and score every measure in every test."""
+    zoo = train_zoo(config, progress)
+    report = GroundingReport(config, zoo.test_accuracy, zoo.random_label_accuracy)
+    from tqdm.auto import tqdm
+
+    for spec in tqdm(config.measures, desc="grounding", unit="measure", disable=not progress):
+        report.scores.append(
+            score(
+                zoo.features,
+                spec,
+                random_sets=zoo.random_features,
+                predictions=zoo.predictions,
+                tests=config.tests,
+            )  # fmt: skip
+        )
     return report

@@ -1,5 +1,5 @@
 """Representation metrics modulo intertwiner groups: CKA, Procrustes, group CKA, the CCA family
-(cca, svcca, pwcca), RSA, linear regression, k-NN measures (mutual_knn, cknna, knn_jaccard), shape
+(cca, svcca, pwcca), RSA, linear regression and linear predictivity, k-NN measures (mutual_knn, cknna, knn_jaccard), shape
 metrics (shape_distance, soft_matching_distance), streaming, compare, pairwise over many models.
 
 Every metric takes features (N, C), (N, C, H, W) or (N, T, D) (tensors or numpy arrays), computes in
@@ -10,6 +10,7 @@ from intertwiner.layouts import to_matrix
 from intertwiner.metrics._catalog import MomentStream
 from intertwiner.metrics._cca import cca, pwcca, svcca
 from intertwiner.metrics._knn import cknna, knn_jaccard, mutual_knn
+from intertwiner.metrics._predictivity import linear_predictivity
 from intertwiner.metrics._regression import linear_regression
 from intertwiner.metrics._rsa import rsa
 from intertwiner.metrics._shape import shape_distance, soft_matching_distance
@@ -43,6 +44,7 @@ __all__ = [
     "group_cka",
     "hsic_gram",
     "knn_jaccard",
+    "linear_predictivity",
     "linear_regression",
     "metric",
     "mutual_knn",

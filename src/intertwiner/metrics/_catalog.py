@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from intertwiner.errors import InvalidOptionError
-from intertwiner.metrics import _cca, _knn, _regression, _rsa, _shape
+from intertwiner.metrics import _cca, _knn, _predictivity, _regression, _rsa, _shape
 from intertwiner.metrics._groups import subgroups
 from intertwiner.metrics._moments import MomentAccumulator
 from intertwiner.metrics.streaming import Accumulator
@@ -58,6 +58,10 @@ ENTRIES: dict[str, Entry] = {
         _regression.linear_regression,
         lambda average="variance_weighted", **_: _regression.regression_invariance(average),
         _const(_regression.VALUE_RANGE), True, _regression.regression_from_moments,
+    ),
+    "linear_predictivity": Entry(
+        _predictivity.linear_predictivity, _const("signed_permutation"),
+        _const(_predictivity.VALUE_RANGE),
     ),
     "rsa": Entry(_rsa.rsa, lambda rdm="correlation", **_: _rsa.rsa_invariance(rdm),
                  _const(_rsa.VALUE_RANGE)),
