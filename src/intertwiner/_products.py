@@ -115,9 +115,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for 2-D ``a`` (m, k) and ``b`` (k, n) on the faster BLAS here. Transposed views
     are passed as BLAS transposes, not copied. ``a is b.T`` (the same storage) is symmetric:
     :func:`gram`/:func:`cov` handle it at half the cost."""
-    if a.dim() != 2 or b.dim() != 2:
-        return a @ b
-    if not _numpy_product(a, b, flops=a.shape[0] * a.shape[1] * b.shape[1]):
+    if a.dim() != 2 or b.dim() != 2 or not _numpy_product(a, b, flops=_flops(a, b)):
         return a @ b
     an, bn = _np(a), _np(b)
     return _run(lambda: an @ bn)
@@ -125,19 +123,26 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def add_matmul_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``out += a @ b`` in place (a moment accumulator's update); returns ``out``."""
-    if _numpy_product(out, a, b, flops=a.shape[0] * a.shape[1] * b.shape[1]):
-        out += matmul(a, b)
-        return out
-    return out.addmm_(a, b)
+    if not _numpy_product(out, a, b, flops=_flops(a, b)):
+        return out.addmm_(a, b)
+    an, bn = _np(a), _np(b)
+    out += _run(lambda: an @ bn)
+    return out
 
 
 def add_cov_(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``out += x.T @ x`` in place, by a symmetric rank-k update; returns ``out``."""
     n, p = x.shape
-    if _numpy_product(out, x, flops=n * p * p // 2):
-        out += cov(x)
-        return out
-    return out.addmm_(x.T, x)
+    if not _numpy_product(out, x, flops=n * p * p // 2):
+        return out.addmm_(x.T, x)
+    xn = _np(x)
+    out += _run(lambda: xn.T @ xn)
+    return out
+
+
+def _flops(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Multiply-adds of the 2-D product ``a @ b``."""
+    return a.shape[0] * a.shape[1] * b.shape[1]
 
 
 __all__ = [

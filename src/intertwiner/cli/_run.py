@@ -108,11 +108,8 @@ def _executor_options(
     time_min: int,
     gpus: int,
 ) -> dict:
-    """The options of the chosen executor; --slurm-cluster without slurm, or --threads under 1,
-    exits with code 2."""
-    if threads is not None and threads < 1:
-        typer.echo(f"error: --threads must be at least 1, got {threads}", err=True)
-        raise typer.Exit(2)
+    """The options of the chosen executor (``threads`` was checked by its option's callback);
+    --slurm-cluster without slurm exits with code 2."""
     if executor == "ray":
         return {"address": address, "gpus_per_job": gpus, "cpus_per_job": threads or 1}
     if executor == "slurm":

@@ -193,9 +193,8 @@ class GramBank:
             parts = []
             if self._filled:
                 h = self._held[key][: self._filled]
-                g = products.matmul(
-                    h, x.T
-                )  # (held rows, batch rows): an off-diagonal block, counted twice
+                # (held rows, batch rows): an off-diagonal block, counted twice
+                g = products.matmul(h, x.T)
                 parts.append((g, 2.0))
                 self._add_row_sums(key, g)
                 self.rsum[key][batch_index] += g.sum(0)  # K is symmetric: the batch's rows
