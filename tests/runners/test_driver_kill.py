@@ -53,7 +53,9 @@ def _marked(mark: str) -> list[tuple[int, str]]:
         try:
             env = Path(f"/proc/{entry}/environ").read_bytes()
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")[:80]
+            # The whole command line: where the interpreter lives (the clone's path) decides how
+            # far in "spawn_main" or "raylet" stands, so any cut would make the test path-dependent.
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:  # gone meanwhile, or not ours to read
             continue
         if mark.encode() in env and state != "Z":
