@@ -14,6 +14,7 @@ ROOT = Path(intertwiner.__file__).parent
 LAYERS = {
     "errors": 0,
     "_version": 0,
+    "_allocator": 0,
     "_types": 1,
     "_atomic": 1,
     "_products": 1,

@@ -5,6 +5,11 @@ models), ``metrics`` (representation metrics modulo groups), ``stitching``, ``di
 ``experiments`` and the ``intertwiner`` command line.
 """
 
-from intertwiner._version import __version__
+from intertwiner import _allocator
+
+# Before anything here allocates a tensor: torch reads the setting at its first allocation.
+_allocator.request()
+
+from intertwiner._version import __version__  # noqa: E402
 
 __all__ = ["__version__"]

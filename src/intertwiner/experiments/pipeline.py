@@ -22,6 +22,7 @@ from intertwiner import _products as products
 from intertwiner._version import __version__
 from intertwiner.errors import InvalidOptionError
 from intertwiner.experiments import runfolder
+from intertwiner import _allocator
 from intertwiner.experiments.base import Stage, stored_config
 from intertwiner.experiments.presets import PRESETS, build_plan, resolve_data
 from intertwiner.runners import EXECUTORS, ExecutorError, get_executor
@@ -43,6 +44,7 @@ def versions() -> dict:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "blas": products.backend(),  # the library of CPU products (INTERTWINER_BLAS)
+        "huge_pages": _allocator.active(),  # torch's large tensors on 2 MiB pages
     }
 
 
