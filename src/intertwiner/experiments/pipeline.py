@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from intertwiner import _allocator
 from intertwiner import _products as products
 from intertwiner._version import __version__
 from intertwiner.errors import InvalidOptionError
 from intertwiner.experiments import runfolder
-from intertwiner import _allocator
 from intertwiner.experiments.base import Stage, stored_config
 from intertwiner.experiments.presets import PRESETS, build_plan, resolve_data
 from intertwiner.runners import EXECUTORS, ExecutorError, get_executor
