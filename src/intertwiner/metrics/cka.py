@@ -417,10 +417,13 @@ def _centred_scaled(
     others are scaled by 2**e first (e' = e)."""
     if abs(int(e)) <= SAFE_EXPONENT:
         mean = f.mean(0, dtype=torch.float64)
-        return torch.sub(f64(f), mean), mean, torch.zeros_like(e)
-    f = times_power_of_two(f64(f), e)
+        # One new float64 matrix: a float64 input is subtracted into it, any other cast into it
+        # and centred in place (a mixed-dtype subtraction is several times slower).
+        c = torch.sub(f, mean) if f.dtype == torch.float64 else f64(f).sub_(mean)
+        return c, mean, torch.zeros_like(e)
+    f = times_power_of_two(f64(f), e)  # a new float64 matrix (f64 of a float64 f is f itself)
     mean = f.mean(0)
-    return f - mean, mean, e
+    return f.sub_(mean), mean, e
 
 
 def _median_sigma(sq: torch.Tensor) -> float:
