@@ -101,3 +101,17 @@ def test_metric_objects_expose_matching_accumulators():
         assert m.accumulator().invariant_to == m.invariant_to
     assert not metric("group_cka").streaming
     assert not metric("rbf_cka").streaming
+
+
+def test_biased_stream_skips_the_debiased_terms_and_refuses_to_give_them():
+    from intertwiner.errors import InvalidOptionError
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(64, 7, generator=g), torch.randn(64, 5, generator=g)
+    biased = LinearCKA()
+    for i in range(0, 64, 16):
+        biased.update(x[i : i + 16], y[i : i + 16])
+    assert biased.compute() == pytest.approx(cka(x, y), rel=1e-12, abs=1e-14)
+    assert not biased._state.vec  # the three extra passes were not made
+    with pytest.raises(InvalidOptionError, match="debiased=True"):
+        biased._state.cka(debiased=True)

@@ -40,7 +40,7 @@ import torch
 from intertwiner import _products as products
 from intertwiner import _validate
 from intertwiner._types import FeatureLike
-from intertwiner.errors import NonFiniteError, TooFewSamplesError
+from intertwiner.errors import InvalidOptionError, NonFiniteError, TooFewSamplesError
 from intertwiner.layouts import to_flat
 from intertwiner.metrics._groups import declare, subgroups
 from intertwiner.metrics._prep import (
@@ -226,6 +226,9 @@ class LinearCKAStats:
     vec: dict[str, torch.Tensor] = field(default_factory=dict)
     # Per-row a and b, kept by ``from_centred`` (debiased) for ``cross``.
     rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Whether ``update`` gathers the debiased terms (``scal`` aa/bb/ab, ``vec``): three passes
+    #: over each batch that the biased estimator never reads.
+    debiased_terms: bool = True
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows: x (b, p) and y (b, q), float64. The first batch fixes a power-of-two scale
@@ -245,12 +248,16 @@ class LinearCKAStats:
             self.sx, self.sy = torch.zeros(p, **z), torch.zeros(q, **z)
             for k in ("a", "b", "aa", "bb", "ab", "raw_x", "raw_y"):
                 self.scal[k] = 0.0
-            self.vec = {
-                "xa": torch.zeros(p, **z),
-                "xb": torch.zeros(p, **z),
-                "ya": torch.zeros(q, **z),
-                "yb": torch.zeros(q, **z),
-            }
+            self.vec = (
+                {}
+                if not self.debiased_terms
+                else {
+                    "xa": torch.zeros(p, **z),
+                    "xb": torch.zeros(p, **z),
+                    "ya": torch.zeros(q, **z),
+                    "yb": torch.zeros(q, **z),
+                }
+            )
         raw_x, raw_y = (
             float(torch.linalg.vector_norm(x)) ** 2,
             float(torch.linalg.vector_norm(y)) ** 2,
@@ -268,6 +275,8 @@ class LinearCKAStats:
         products.add_cov_(self.gyy, y)
         self.sx += x.sum(0)
         self.sy += y.sum(0)
+        if not self.debiased_terms:
+            return
         a = torch.linalg.vector_norm(x, dim=1).square()
         b = torch.linalg.vector_norm(y, dim=1).square()
         self.scal["a"] += float(a.sum())
@@ -291,7 +300,15 @@ class LinearCKAStats:
             gyy, gxy = gxx.clone(), gxx.clone()
         else:
             gyy, gxy = products.cov(y), products.matmul(x.T, y)
-        st = cls(n=x.shape[0], gxy=gxy, gxx=gxx, gyy=gyy, sx=x.sum(0), sy=y.sum(0))
+        st = cls(
+            n=x.shape[0],
+            gxy=gxy,
+            gxx=gxx,
+            gyy=gyy,
+            sx=x.sum(0),
+            sy=y.sum(0),
+            debiased_terms=debiased,
+        )
         sq_x, sq_y = float(st.gxx.diagonal().sum()), float(st.gyy.diagonal().sum())
         st.scal = {"a": sq_x, "b": sq_y, "raw_x": sq_x, "raw_y": sq_y}
         if debiased:
@@ -315,7 +332,10 @@ class LinearCKAStats:
     ) -> LinearCKAStats:
         """Statistics of the pair (x, y) from each side's own ``from_centred(t, t)`` statistics:
         only the cross terms (X'Y, and for the debiased form two matrix-vector products) are new."""
-        st = cls(n=sx.n, gxy=products.matmul(x.T, y), gxx=sx.gxx, gyy=sy.gxx, sx=sx.sx, sy=sy.sx)
+        st = cls(
+            n=sx.n, gxy=products.matmul(x.T, y), gxx=sx.gxx, gyy=sy.gxx, sx=sx.sx, sy=sy.sx,
+            debiased_terms=debiased,
+        )  # fmt: skip
         st.scal = {"a": sx.scal["a"], "b": sy.scal["a"]}
         st.scal.update(raw_x=sx.scal["raw_x"], raw_y=sy.scal["raw_x"])
         if debiased:
@@ -345,6 +365,11 @@ class LinearCKAStats:
                 float((cyy * cyy).sum()),
                 constant,
                 0.0,
+            )
+        if not self.debiased_terms:
+            raise InvalidOptionError(
+                "these statistics were gathered without the debiased terms; accumulate with "
+                "LinearCKA(debiased=True) for the debiased estimator"
             )
         s, v = self.scal, self.vec
         sx, sy = self.sx, self.sy

@@ -73,7 +73,7 @@ class LinearCKA(Accumulator):
         super().__init__()
 
     def _new_state(self) -> LinearCKAStats:
-        return LinearCKAStats()
+        return LinearCKAStats(debiased_terms=self.debiased)
 
     def update(self, X: FeatureLike, Y: FeatureLike) -> None:
         # NaN/Inf are caught by the state's sums of squares, before it changes.
