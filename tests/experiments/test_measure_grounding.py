@@ -252,13 +252,13 @@ def test_cnn_zoo_config_and_plain_cnn_layers():
 def test_command_cnn_zoo_trains_once_then_reads_its_cache(tmp_path, monkeypatch):
     args = ["benchmark-measures", "--zoo", "cnn", "--quick", "--measures",
             "cka,procrustes_distance:positive_monomial", "--tests", "layer_identification",
-            "--random-labels", "0", "-q", "--cache", str(tmp_path / "cache"),
+            "-q", "--cache", str(tmp_path / "cache"),
             "--out", str(tmp_path / "a")]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "plain_cnn 3x8 on mnist" in r.output
     cached = sorted((tmp_path / "cache").glob("*.safetensors"))
-    assert len(cached) == mg.QUICK_CNN["seeds"]
+    assert len(cached) == mg.QUICK_CNN["seeds"] + mg.QUICK_CNN["random_labels"]
     first = json.loads((tmp_path / "a" / "measures.json").read_text())
 
     def refuse(*a, **k):
