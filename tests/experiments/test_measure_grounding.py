@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from intertwiner import stats as stats_mod
 from intertwiner.cli import app
-from intertwiner.errors import InvalidOptionError
+from intertwiner.errors import InvalidInputError, InvalidOptionError
 from intertwiner.experiments import measure_grounding as mg
 
 
@@ -269,3 +269,11 @@ def test_command_cnn_zoo_trains_once_then_reads_its_cache(tmp_path, monkeypatch)
     assert r.exit_code == 0, r.output
     second = json.loads((tmp_path / "b" / "measures.json").read_text())
     assert second["scores"] == first["scores"] and second["test_accuracy"] == first["test_accuracy"]
+
+
+def test_a_pair_the_measure_cannot_compare_is_an_error_not_a_miss(monkeypatch):
+    """Without upsampling, Procrustes cannot compare a 3x3 layer with a 6x6 one: the pairwise
+    matrix has NaN cells, which the tests must refuse rather than count as misses."""
+    monkeypatch.setattr(mg, "_spatial_sizes_differ", lambda sets: False)
+    with pytest.raises(InvalidInputError, match="could not compare"):
+        mg.score(_conv_sets(), "procrustes_distance")

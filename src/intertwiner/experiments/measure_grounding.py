@@ -55,7 +55,7 @@ from scipy import stats as _st
 from intertwiner import checkpoints, models, stats, training
 from intertwiner import data as _data
 from intertwiner import features as _features
-from intertwiner.errors import InvalidOptionError
+from intertwiner.errors import InvalidInputError, InvalidOptionError
 from intertwiner.metrics import metric, pairwise
 from intertwiner.store import config_key
 
@@ -345,7 +345,19 @@ def _test_score(per_seed: np.ndarray, low: float) -> TestInterval:
     return TestInterval(iv, per_seed.tolist())
 
 
+def _complete(res: Any) -> Any:
+    """``res`` (a ``Pairwise``) when every pair has a value; a pair the measure could not compute
+    would otherwise count as a silent miss in every test."""
+    if res.notes:
+        raise InvalidInputError(
+            f"{res.metric} could not compare {len(res.notes)} pairs of layers, e.g. "
+            f"{res.notes[0]}; the grounding tests need every pair (choose another measure or zoo)"
+        )
+    return res
+
+
 def _values(res: Any, layers: Sequence[str]) -> np.ndarray:
+    _complete(res)
     n = len(res.matrix(layers[0], layers[0]))
     out = np.empty((len(layers), len(layers), n, n))
     for i, la in enumerate(layers):
@@ -387,7 +399,7 @@ def score(
     if "specificity" in tests or "prediction" in tests:
         everyone = [*feature_sets, *random_sets]
         needed = layers if "specificity" in tests else layers[-1:]
-        res = pairwise(everyone, m, layers=needed, cross_layers=False, progress=False)
+        res = _complete(pairwise(everyone, m, layers=needed, cross_layers=False, progress=False))
         same = np.stack([res.matrix(la, la) for la in needed])
         if "specificity" in tests:
             out.tests["specificity"] = _test_score(specificity(same, k, m.higher_is_similar), 0.0)

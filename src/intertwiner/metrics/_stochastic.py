@@ -112,25 +112,33 @@ def gaussian_stats(samples: Any) -> GaussianStats:
     return GaussianStats(mean, 0.5 * (cov + cov.transpose(1, 2)))
 
 
-def _as_stats(x: Any, rows: torch.Tensor | None, name: str) -> GaussianStats:
+Side = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _side(x: Any, rows: torch.Tensor | None) -> Side:
+    """(means, covariances or None for deterministic features: no (M, C, C) zeros are made)."""
+    if isinstance(x, tuple) and not isinstance(x, GaussianStats):
+        x = GaussianStats(*(torch.as_tensor(t) for t in x))
     if isinstance(x, GaussianStats):
-        return x
-    if isinstance(x, tuple) and len(x) == 2:
-        return GaussianStats(*(torch.as_tensor(t) for t in x))
-    if rows is None:  # pragma: no cover (callers pass the rows of every tensor input)
-        raise InvalidInputError(f"{name}: no features")
-    c = rows.shape[1]
-    return GaussianStats(rows, torch.zeros(rows.shape[0], c, c, dtype=rows.dtype))
+        return x.means, x.covariances
+    assert rows is not None  # callers pass the rows of every tensor input
+    if rows.shape[0] < 2:
+        raise TooFewSamplesError(
+            f"a stochastic shape distance needs at least 2 conditions, got {rows.shape[0]}"
+        )
+    return rows, None
 
 
-def _padded(s: GaussianStats, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(side: Side, width: int) -> Side:
     """float64 means and covariances, zero-padded to ``width`` neurons."""
-    m, c = s.means.to(torch.float64), s.covariances.to(torch.float64)
-    c = 0.5 * (c + c.transpose(1, 2))  # symmetric up to round-off (checked): exactly so
+    m, c = side[0].to(torch.float64), side[1]
+    if c is not None:
+        c = c.to(torch.float64)
+        c = 0.5 * (c + c.transpose(1, 2))  # symmetric up to round-off (checked): exactly so
     extra = width - m.shape[1]
     if extra:
         m = torch.nn.functional.pad(m, (0, extra))
-        c = torch.nn.functional.pad(c, (0, extra, 0, extra))
+        c = None if c is None else torch.nn.functional.pad(c, (0, extra, 0, extra))
     return m, c
 
 
@@ -144,21 +152,28 @@ def _sqrtm(c: torch.Tensor) -> torch.Tensor:
     return (v * lam.clamp_min(0.0).sqrt().unsqueeze(-2)) @ v.transpose(-1, -2)
 
 
-def _normalised(
-    m: torch.Tensor, c: torch.Tensor, alpha: float
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Centred means and covariance square roots scaled to unit total; the total before."""
+def _normalised(side: Side, alpha: float) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Centred means and covariance square roots (None: deterministic, or alpha = 0) scaled to
+    unit total; the total before."""
+    m, c = side
     m = m - m.mean(0, keepdim=True)
     # largest magnitudes near 1 first: sums of squares stay clear of under- and overflow
-    peak = max(float(m.abs().max()), math.sqrt(float(c.diagonal(dim1=1, dim2=2).abs().max())))
+    peak = float(m.abs().max())
+    if c is not None:
+        peak = max(peak, math.sqrt(float(c.diagonal(dim1=1, dim2=2).abs().max())))
     if peak > 0:
         e = -math.frexp(peak)[1]
-        m, c = torch.ldexp(m, torch.tensor(e)), torch.ldexp(c, torch.tensor(2 * e))
-    root = _sqrtm(c) if alpha > 0 else torch.zeros_like(c)
-    total = float(((2.0 - alpha) * (m * m).sum() + alpha * (root * root).sum()) / m.shape[0])
+        m = torch.ldexp(m, torch.tensor(e))
+        c = None if c is None else torch.ldexp(c, torch.tensor(2 * e))
+    root = _sqrtm(c) if alpha > 0 and c is not None else None
+    total = (2.0 - alpha) * float((m * m).sum())
+    if root is not None:
+        total += alpha * float((root * root).sum())
+    total /= m.shape[0]
     if total <= 0.0:
         return m, root, 0.0
-    return m / math.sqrt(total), root / math.sqrt(total), total
+    k = 1.0 / math.sqrt(total)
+    return m * k, None if root is None else root * k, total
 
 
 def _polar(a: torch.Tensor) -> torch.Tensor:
@@ -236,15 +251,15 @@ def stochastic_shape_distance(
     else:
         rows = [position_rows(v, v, layout=layout)[0] if t else None
                 for v, t in zip((X, Y), tensors, strict=True)]  # fmt: skip
-    sx, sy = _as_stats(X, rows[0], "X"), _as_stats(Y, rows[1], "Y")
-    if sx.means.shape[0] != sy.means.shape[0]:
+    sx, sy = _side(X, rows[0]), _side(Y, rows[1])
+    if sx[0].shape[0] != sy[0].shape[0]:
         raise ShapeError(
-            f"X has {sx.means.shape[0]} conditions and Y has {sy.means.shape[0]}: both must come "
+            f"X has {sx[0].shape[0]} conditions and Y has {sy[0].shape[0]}: both must come "
             "from the same inputs, in the same order"
         )
-    width = max(sx.means.shape[1], sy.means.shape[1])
-    mx, ax, tx = _normalised(*_padded(sx, width), a)
-    my, by, ty = _normalised(*_padded(sy, width), a)
+    width = max(sx[0].shape[1], sy[0].shape[1])
+    mx, ax, tx = _normalised(_padded(sx, width), a)
+    my, by, ty = _normalised(_padded(sy, width), a)
     if tx == 0.0 or ty == 0.0:
         return undefined(
             "stochastic shape distance: a representation with no spread (under this alpha) "
@@ -252,7 +267,7 @@ def stochastic_shape_distance(
         )  # fmt: skip
     n = mx.shape[0]
     cross = mx.T @ my
-    if a == 0.0:  # means only: orthogonal Procrustes, exact
+    if ax is None or by is None:  # alpha = 0 or a deterministic side: Procrustes, exact
         g = (2.0 - a) * float(torch.linalg.svdvals(cross).sum())
     else:
         gen = torch.Generator().manual_seed(int(seed))
