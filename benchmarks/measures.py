@@ -11,7 +11,15 @@ ready-made float64 matrices with the project's product kernels:
   singular values (shape at alpha = 1), a p x q assignment (soft matching);
 - RSA: the two N x N Gram products over one row per input (symmetric: N^2 p / 2 multiply-adds each)
   and, for Spearman, sorting the two N (N - 1) / 2 distance vectors;
-- k-NN measures: the two Gram products (symmetric) and a top-k per row.
+- k-NN measures: the two Gram products (symmetric) and a top-k per row;
+- linear predictivity (5 folds, 8 penalties): per fold the SVD of the centred training predictor
+  and, per penalty, the fitted values U (d * U'Y) (M r q) and the leave-one-out residuals (conv:
+  one (S, S) block of the hat matrix and its solve per training input and penalty, S pixels);
+- stochastic shape distance: the M (C, C) covariance square roots per side (batched
+  eigendecompositions) and one evaluation of the objective (M products A_i T B_i and their
+  singular values); the measure does this for 34 starts times the iterations each takes, which the
+  ratio shows. Its inputs are Gaussian statistics of 10 repeats of M conditions (``STOCHASTIC``);
+  on deterministic dense or conv features it is the closed-form Procrustes step (moment floor).
 
 The ratio measure / floor says what the implementation adds (copies, centring, scaling, blocks).
 Timings take the median of ``--repeat`` runs of process CPU time with one thread (the machine may be
@@ -37,7 +45,10 @@ from intertwiner.layouts import to_flat, to_matrix
 
 FULL = {"dense": (10_000, 512), "conv": (2_000, 64, 8, 8)}
 QUICK = {"dense": (2_000, 128), "conv": (500, 32, 8, 8)}
+#: (repeats, conditions, neurons) of the stochastic inputs, full and quick.
+STOCHASTIC = {"full": (10, 500, 32), "quick": (10, 200, 16)}
 K = 10
+FOLDS, PENALTIES = 5, 8
 
 
 def cpu_time(fn: Callable[[], object], repeat: int) -> float:
@@ -94,6 +105,66 @@ def gram_floor(spearman: bool = False, topk: bool = False):
     return make
 
 
+def predictivity_floor(positions: int):
+    """``positions``: rows per input (1 dense, H*W conv)."""
+
+    def make(xm: torch.Tensor, ym: torch.Tensor) -> Callable[[], None]:
+        n = xm.shape[0] // positions
+        held = torch.tensor_split(torch.arange(n), FOLDS)
+
+        def run() -> None:
+            for fold in held:
+                keep = torch.ones(n, dtype=torch.bool)
+                keep[fold] = False
+                rows = keep.repeat_interleave(positions)
+                xt, yt = xm[rows], ym[rows]
+                xt, yt = xt - xt.mean(0), yt - yt.mean(0)
+                u, sv, _ = torch.linalg.svd(xt, full_matrices=False)
+                uy = u.T @ yt
+                for a in range(PENALTIES):
+                    d = sv**2 / (sv**2 + 10.0 ** (a - 6) * sv[0] ** 2)
+                    fitted = u @ (d[:, None] * uy)
+                    if positions == 1:
+                        (yt - fitted) / (1 - (u * u * d).sum(1, keepdim=True))
+                    else:
+                        ug = u.view(-1, positions, u.shape[1])
+                        h = (ug * d) @ ug.transpose(1, 2)  # (inputs, S, S) hat blocks
+                        eye = torch.eye(positions, dtype=h.dtype)
+                        r = (yt - fitted).view(-1, positions, yt.shape[1])
+                        torch.linalg.solve(eye - h, r)
+
+        return run
+
+    return make
+
+
+def stochastic_floor(make_stats: Callable[[], tuple]) -> Callable[..., Callable[[], None]]:
+    def make(*_: object) -> Callable[[], None]:
+        sx, sy = make_stats()
+
+        def run() -> None:
+            roots = []
+            for st in (sx, sy):
+                lam, v = torch.linalg.eigh(st.covariances)
+                roots.append((v * lam.clamp_min(0).sqrt().unsqueeze(-2)) @ v.transpose(-1, -2))
+            t = torch.eye(roots[0].shape[-1], dtype=torch.float64)
+            torch.linalg.svdvals(roots[0] @ t @ roots[1])
+
+        return run
+
+    return make
+
+
+def stochastic_inputs(shape: tuple[int, int, int]) -> tuple:
+    g = torch.Generator().manual_seed(5)
+    r, m, c = shape
+    base = torch.randn(1, m, c, generator=g, dtype=torch.float64)
+    mix = torch.randn(c, c, generator=g, dtype=torch.float64) / c**0.5
+    x = base + 0.5 * torch.randn(r, m, c, generator=g, dtype=torch.float64)
+    y = (base + 0.5 * torch.randn(r, m, c, generator=g, dtype=torch.float64)) @ mix
+    return metrics.gaussian_stats(x), metrics.gaussian_stats(y)
+
+
 # name, options, floor maker, view of the features the floor works on ("matrix" or "flat")
 MEASURES = [
     ("cca", {}, moment_floor("cca"), "matrix"),
@@ -109,6 +180,8 @@ MEASURES = [
     ("mutual_knn", {}, gram_floor(topk=True), "flat"),
     ("knn_jaccard", {}, gram_floor(topk=True), "flat"),
     ("cknna", {}, gram_floor(topk=True), "flat"),
+    ("linear_predictivity", {}, "predictivity", "matrix"),
+    ("stochastic_shape_distance", {}, moment_floor("shape"), "matrix"),
 ]
 
 
@@ -134,9 +207,19 @@ def main() -> None:
                     continue
                 m = metrics.metric(name, **options)
                 t = cpu_time(lambda m=m, x=x, y=y: m(x, y), args.repeat)
+                if floor == "predictivity":
+                    floor = predictivity_floor(1 if layout == "dense" else shape[2] * shape[3])
                 f = cpu_time(floor(*views[view]), args.repeat)
                 print(f"{m.name:44s} {layout:7s} {str(tuple(shape)):>20s} {t:9.3f} {f:9.3f} "
                       f"{t / f:6.2f}", flush=True)  # fmt: skip
+        if not only or "stochastic_shape_distance" in only:
+            rmc = STOCHASTIC["quick" if args.quick else "full"]
+            stats = stochastic_inputs(rmc)
+            m = metrics.metric("stochastic_shape_distance")
+            t = cpu_time(lambda: m(*stats), args.repeat)
+            f = cpu_time(stochastic_floor(lambda: stats)(), args.repeat)
+            print(f"{m.name:44s} {'gauss':7s} {str(rmc):>20s} {t:9.3f} {f:9.3f} {t / f:6.2f}",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

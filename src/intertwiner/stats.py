@@ -31,6 +31,7 @@ __all__ = [
     "Interval",
     "bootstrap_interval",
     "detectable_effect",
+    "mean_ranks",
     "t_interval",
     "verdict",
     "welch_interval",
@@ -96,6 +97,18 @@ def t_interval(values: Sequence[float | None], level: float = LEVEL) -> Interval
     sd = float(v.std(ddof=1))
     half = float(_st.t.ppf(0.5 + level / 2, v.size - 1)) * sd / math.sqrt(v.size)
     return Interval(m, m - half, m + half, int(v.size), sd, "t", level)
+
+
+def mean_ranks(scores: Sequence[Sequence[float]]) -> np.ndarray:
+    """Mean rank of each row of ``scores`` (rows: candidates, columns: criteria; higher is
+    better) over the columns: 1 = best, ties share their average rank, NaN ranks last."""
+    a = np.asarray(scores, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise TooFewSamplesError(f"mean_ranks needs a (candidates, criteria) array, got {a.shape}")
+    if a.shape[1] == 0:
+        return np.full(a.shape[0], math.nan)
+    ranks = np.stack([_st.rankdata(-np.nan_to_num(col, nan=-np.inf)) for col in a.T], axis=1)
+    return ranks.mean(axis=1)
 
 
 def welch_interval(

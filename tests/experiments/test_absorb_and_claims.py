@@ -140,7 +140,8 @@ def test_reproduce_dry_run_prints_jobs_beside_the_protocol(tmp_path, monkeypatch
     res = CliRunner().invoke(app, ["reproduce", "--preset", "paper", "--dry-run"])
     assert res.exit_code == 0, res.output
     for text in ("== zoo", "== sanity", "== absorb", "== stitching", "paper: Section 3.3",
-                 "StepLR", "32 pairs", "job 1:", "cifar10"):  # fmt: skip
+                 "StepLR", "32 pairs", "job 1:", "cifar10", "== grounding",
+                 "Kornblith et al. 2019"):  # fmt: skip
         assert text in res.output, text
     assert list(tmp_path.iterdir()) == []  # nothing written
     bad = CliRunner().invoke(app, ["reproduce", "--preset", "nope", "--dry-run"])
@@ -173,7 +174,8 @@ def test_paper_preset_shrunk_runs_end_to_end_on_a_fake_cifar_folder(tmp_path, mo
     assert summary["first_failure"] is None, summary["first_failure"]
     status = {s["stage"]: s["status"] for s in summary["stages"]}
     assert status == {s: "done" for s in ("groups", "zoo", "metrics", "stitching", "sanity",
-                                           "absorb", "dissection")}  # fmt: skip
+                                           "absorb", "dissection", "grounding_zoo",
+                                           "grounding")}  # fmt: skip
     kinds = Store(tmp_path / "run").kinds()
     assert {"zoo", "metrics", "stitching", "sanity", "absorb", "dissection"} <= set(kinds)
     assert "verdict" in (tmp_path / "run" / "report.html").read_text()

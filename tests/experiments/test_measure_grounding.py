@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from intertwiner import stats as stats_mod
 from intertwiner.cli import app
-from intertwiner.errors import InvalidOptionError
+from intertwiner.errors import InvalidInputError, InvalidOptionError
 from intertwiner.experiments import measure_grounding as mg
 
 
@@ -168,7 +168,7 @@ def test_config_checks_tests():
 
 def test_command_quick_runs_every_test(tmp_path):
     args = ["benchmark-measures", "--quick", "--measures", "cka,linear_predictivity", "-q",
-            "--out", str(tmp_path)]  # fmt: skip
+            "--out", str(tmp_path), "--no-cache"]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     saved = json.loads((tmp_path / "measures.json").read_text())
@@ -194,7 +194,7 @@ def test_command_quick_runs_every_test(tmp_path):
 def test_command_trains_a_tiny_zoo_and_ranks(tmp_path):
     args = ["benchmark-measures", "--seeds", "2", "--depth", "2", "--width", "8", "--epochs", "1",
             "--inputs", "40", "--measures", "cka,svcca", "--tests", "layer_identification",
-            "--random-labels", "0", "-q", "--out", str(tmp_path)]  # fmt: skip
+            "--random-labels", "0", "-q", "--out", str(tmp_path), "--no-cache"]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     saved = json.loads((tmp_path / "measures.json").read_text())
@@ -215,3 +215,65 @@ def test_command_refuses_an_out_folder_under_a_file_before_training(tmp_path):
     )
     assert r.exit_code != 0 and "is a file" in r.output
     assert "zoo:" not in r.output  # refused before any training
+
+
+def _conv_sets(seeds=3, n=30, width=4):
+    """Identical 'seed' models with conv layers of two spatial sizes (6x6 then 3x3)."""
+    g = torch.Generator().manual_seed(1)
+    layers = {}
+    for i in range(4):
+        size = 6 if i < 2 else 3
+        layers[f"l{i}"] = torch.randn(n, width, size, size, generator=g, dtype=torch.float64).relu()
+    return [dict(layers) for _ in range(seeds)]
+
+
+@pytest.mark.parametrize(
+    "spec", ["cka", "group_cka", "procrustes_distance:positive_monomial", "cca", "rsa",
+             "shape_distance:positive_monomial", "soft_matching_distance", "mutual_knn"],
+)  # fmt: skip
+def test_conv_layers_of_different_sizes_enter_every_measure(spec):
+    """Position-wise measures compare a 3x3 layer with a 6x6 one by upsampling (the paper's
+    choice); identical models then identify every layer."""
+    s = mg.score(_conv_sets(), spec).tests["layer_identification"]
+    assert s.per_seed == [1.0, 1.0, 1.0], spec
+
+
+def test_cnn_zoo_config_and_plain_cnn_layers():
+    cfg = mg.GroundingConfig.for_zoo("cnn")
+    assert (cfg.depth, cfg.width, cfg.zoo) == (10, 16, "cnn")
+    assert "linear_predictivity" not in cfg.measures  # too slow on conv layers (documented)
+    assert mg.GroundingConfig.for_zoo("cnn", depth=4).depth == 4
+    with pytest.raises(InvalidOptionError):
+        mg.GroundingConfig.for_zoo("transformer")
+    with pytest.raises(InvalidOptionError):
+        mg.GroundingConfig(lr=0.0)
+
+
+def test_command_cnn_zoo_trains_once_then_reads_its_cache(tmp_path, monkeypatch):
+    args = ["benchmark-measures", "--zoo", "cnn", "--quick", "--measures",
+            "cka,procrustes_distance:positive_monomial", "--tests", "layer_identification",
+            "-q", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "a")]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "plain_cnn 3x8 on mnist" in r.output
+    cached = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(cached) == mg.QUICK_CNN["seeds"] + mg.QUICK_CNN["random_labels"]
+    first = json.loads((tmp_path / "a" / "measures.json").read_text())
+
+    def refuse(*a, **k):
+        raise AssertionError("trained although every model is cached")
+
+    monkeypatch.setattr(mg.training, "train", refuse)
+    r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    second = json.loads((tmp_path / "b" / "measures.json").read_text())
+    assert second["scores"] == first["scores"] and second["test_accuracy"] == first["test_accuracy"]
+
+
+def test_a_pair_the_measure_cannot_compare_is_an_error_not_a_miss(monkeypatch):
+    """Without upsampling, Procrustes cannot compare a 3x3 layer with a 6x6 one: the pairwise
+    matrix has NaN cells, which the tests must refuse rather than count as misses."""
+    monkeypatch.setattr(mg, "_spatial_sizes_differ", lambda sets: False)
+    with pytest.raises(InvalidInputError, match="could not compare"):
+        mg.score(_conv_sets(), "procrustes_distance")

@@ -55,6 +55,54 @@ def test_run_stores_every_stage(test_run):
     assert (out / "report.html").is_file()
 
 
+def test_grounding_stage_ranks_the_measures_in_the_report(test_run):
+    """The grounding stages: one job per zoo model (checkpoints in the run folder, reused by the
+    measure jobs), one row per measure with every test's interval, and the ranked report table."""
+    out, summary = test_run
+    by_stage = {s["stage"]: s for s in summary["stages"]}
+    assert (
+        by_stage["grounding_zoo"]["status"] == "done" and by_stage["grounding"]["status"] == "done"
+    )
+    spec = PRESETS["test"]["grounding"][0]
+    zoo = Store(out).rows("grounding_zoo")
+    assert len(zoo) == spec["seeds"] + spec["random_labels"]
+    assert len(list((out / "checkpoints" / "grounding").glob("*.safetensors"))) == len(zoo)
+    rows = Store(out).rows("grounding")
+    assert sorted(r.config["measure"] for r in rows) == sorted(spec["measures"])
+    for r in rows:
+        tests = r.metrics["score"]["tests"]
+        assert set(tests) == {"layer_identification", "specificity", "monotonicity", "prediction"}
+        for t in tests.values():
+            iv = t["interval"]
+            assert len(t["per_seed"]) == spec["seeds"] and iv["low"] <= iv["mean"] <= iv["high"]
+        # the zoo accuracies the measure job saw are the zoo stage's
+        seeds = sorted(z.metrics["test_accuracy"] for z in zoo if not z.config["random_labels"])
+        assert sorted(r.metrics["test_accuracy"]) == seeds
+    html = (out / "report.html").read_text()
+    assert "which similarity measure to trust" in html and "mean rank" in html
+    assert "99.3" in html  # Kornblith's linear CKA value beside ours
+
+
+def test_grounding_report_ranks_by_mean_rank():
+    from intertwiner.report.grounding import grounding_tables
+    from intertwiner.store import Row
+
+    def row(name, means):
+        tests = {t: {"interval": {"mean": m, "low": m - 0.1, "high": m + 0.1, "n": 3, "sd": 0.1},
+                     "per_seed": [m] * 3}
+                 for t, m in zip(["layer_identification", "monotonicity"], means, strict=True)}  # fmt: skip
+        cfg = {"grounding": {"zoo": "mlp", "seeds": 3, "depth": 3, "width": 8, "epochs": 1,
+                             "n_inputs": 40}, "measure": name}  # fmt: skip
+        return Row("k" + name, "grounding", cfg, {"score": {"name": name, "tests": tests,
+                                                             "published": ""},
+                                                   "test_accuracy": [0.9]}, 0.0, 0.0, "0", 0.0)  # fmt: skip
+
+    (table,) = grounding_tables([row("a", [0.2, 0.9]), row("b", [0.9, 0.95]),
+                                 row("c", [0.1, 0.1])]).values()  # fmt: skip
+    assert [r["measure"] for r in table] == ["b", "a", "c"]
+    assert table[0]["layer id %"] == "90.0 [80.0, 100.0]" and table[0]["mean rank"] == "1.0"
+
+
 def test_rerun_redoes_nothing(test_run):
     out, _ = test_run
     before = {r.key: r.created for r in Store(out).rows()}

@@ -24,7 +24,8 @@ from .conftest import relu_features
 
 MOMENT_MEASURES = ["cca", "cca_yanai", "svcca", "pwcca", "linear_regression", "shape_distance",
                    "soft_matching_distance"]  # fmt: skip
-ALL = [*MOMENT_MEASURES, "rsa", "mutual_knn", "knn_jaccard", "cknna", "linear_predictivity"]
+ALL = [*MOMENT_MEASURES, "rsa", "mutual_knn", "knn_jaccard", "cknna", "linear_predictivity",
+       "stochastic_shape_distance"]  # fmt: skip
 
 
 def _pair(n=60, p=6, q=5, seed=0):
@@ -59,7 +60,8 @@ def test_every_measure_refuses_bad_inputs(name):
         m(bad, y)
     with pytest.raises(TooFewSamplesError):
         m(x[:1], y[:1])
-    if name not in ("shape_distance", "soft_matching_distance"):  # two points have a shape
+    if name not in ("shape_distance", "soft_matching_distance", "stochastic_shape_distance"):
+        # two points have a shape
         with pytest.raises(TooFewSamplesError):
             m(x[:2], y[:2])
 
@@ -80,7 +82,7 @@ def test_rank_deficient_features_are_their_column_space():
     ("name", "value"),
     [("cca", 0.0), ("svcca", 0.0), ("pwcca", 0.0), ("linear_regression", 0.0),
      ("shape_distance", math.pi / 2), ("soft_matching_distance", 1.0), ("rsa", 0.0),
-     ("cknna", 0.0), ("linear_predictivity", 0.0)],
+     ("cknna", 0.0), ("linear_predictivity", 0.0), ("stochastic_shape_distance", 1.0)],
 )  # fmt: skip
 def test_constant_representation_warns_and_gives_documented_value(name, value):
     x, _ = _pair()

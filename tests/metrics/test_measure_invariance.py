@@ -43,6 +43,9 @@ TABLE = [
     ("shape_distance", {"group": "positive_monomial"}),
     ("shape_distance", {"group": "permutation", "alpha": 0.5}),
     ("soft_matching_distance", {}),
+    # deterministic features: Gaussians with zero covariance (alpha < 2 sees their means)
+    ("stochastic_shape_distance", {}),
+    ("stochastic_shape_distance", {"alpha": 0.5}),
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in o.items()) for name, o in TABLE]
 
@@ -71,6 +74,8 @@ DECLARED = {
     "shape_distance-group=positive_monomial": "positive_monomial",
     "shape_distance-group=permutation-alpha=0.5": "permutation",
     "soft_matching_distance": "permutation",
+    "stochastic_shape_distance": "orthogonal",
+    "stochastic_shape_distance-alpha=0.5": "orthogonal",
 }
 
 

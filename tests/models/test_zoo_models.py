@@ -22,11 +22,12 @@ from intertwiner.models import (
 TINY = {
     "mlp": {"widths": [6, 5]},
     "myrtle_cnn": {"width": 2},
+    "plain_cnn": {"width": 2, "depth": 3, "strided": [1, 3]},
     "resnet20": {"width": 2, "blocks_per_stage": 1},
     "resnet18": {"width": 2},
     "vit": {"dim": 8, "depth": 2, "heads": 2, "mlp_ratio": 2},
 }
-N_SITES = {"mlp": 2, "myrtle_cnn": 4, "resnet20": 7, "resnet18": 17, "vit": 2}
+N_SITES = {"mlp": 2, "myrtle_cnn": 4, "plain_cnn": 3, "resnet20": 7, "resnet18": 17, "vit": 2}
 SHAPES = [(1, 28), (3, 32)]
 
 

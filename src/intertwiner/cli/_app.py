@@ -262,7 +262,7 @@ def _write_json(path, obj) -> None:
     _atomic.write_text(path, json.dumps(obj, indent=2))
 
 
-_ARCH_HELP = "mlp | myrtle_cnn | resnet20 | resnet18 | vit"
+_ARCH_HELP = "mlp | myrtle_cnn | plain_cnn | resnet20 | resnet18 | vit"
 
 
 def check_data_dir(dataset: str | None, data_dir: str | None) -> None:

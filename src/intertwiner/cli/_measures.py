@@ -1,6 +1,7 @@
 """``benchmark-measures``: which similarity measure to trust, by four grounding tests (layer
 identification, specificity to a random-label model, monotonicity over depth, agreement with the
-models' predictions) on a zoo trained here from several seeds."""
+models' predictions) on a zoo trained here from several seeds (MLPs on digits, or Kornblith et
+al.'s setting: plain 10-layer CNNs on MNIST, ``--zoo cnn``)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,19 @@ from intertwiner.cli._app import _FOLDER, app, fail
 
 @app.command("benchmark-measures")
 def benchmark_measures_cmd(
+    zoo: str = typer.Option(
+        "mlp",
+        "--zoo",
+        help="mlp (digits, 8x64) or cnn (plain 10-layer CNNs on MNIST, Kornblith's "
+        "layer-identification setting).",
+    ),
     seeds: int = typer.Option(5, min=2, help="Models trained from seeds 0..seeds-1."),
-    depth: int = typer.Option(8, min=2, help="Hidden layers of each MLP."),
-    width: int = typer.Option(64, min=1, help="Neurons per hidden layer."),
-    epochs: int = typer.Option(20, min=1, help="Training epochs per model (digits)."),
-    inputs: int = typer.Option(300, min=8, help="Training images the layers are compared on."),
+    depth: int | None = typer.Option(None, min=2, help="Hidden layers (mlp 8, cnn 10)."),
+    width: int | None = typer.Option(None, min=1, help="Neurons/channels (mlp 64, cnn 16)."),
+    epochs: int | None = typer.Option(None, min=1, help="Training epochs (mlp 20, cnn 6)."),
+    inputs: int | None = typer.Option(
+        None, min=8, help="Training images the layers are compared on (mlp 300, cnn 200)."
+    ),
     measures: str | None = typer.Option(
         None, "--measures", help="Comma-separated metric specs (default: every measure)."
     ),
@@ -35,6 +44,13 @@ def benchmark_measures_cmd(
     out: str | None = typer.Option(
         None, "--out", callback=_FOLDER, help="Folder for measures.json (checked before training)."
     ),
+    cache: str | None = typer.Option(
+        None,
+        "--cache",
+        help="Folder of trained zoo checkpoints, reused by later runs "
+        "(default: $XDG_CACHE_HOME or ~/.cache, /intertwiner/grounding).",
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Train every model, save nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No training progress."),
 ) -> None:
     """Train an MLP zoo on digits from several seeds (and models on permuted labels) and score every
@@ -54,19 +70,23 @@ def benchmark_measures_cmd(
         picked = tuple(t.strip() for t in tests.split(",") if t.strip()) if tests else None
         sizes = dict(seeds=seeds, depth=depth, width=width, epochs=epochs, n_inputs=inputs,
                      random_labels=random_labels)  # fmt: skip
+        sizes = {k: v for k, v in sizes.items() if v is not None}  # None: the zoo's default
         if quick:
-            sizes.update(mg.QUICK)
-        config = mg.GroundingConfig(**sizes, **({"measures": chosen} if chosen else {}),
-                                    **({"tests": picked} if picked else {}))  # fmt: skip
+            sizes.update(mg.QUICK_CNN if zoo == "cnn" else mg.QUICK)
+        config = mg.GroundingConfig.for_zoo(zoo, **sizes,
+                                            **({"measures": chosen} if chosen else {}),
+                                            **({"tests": picked} if picked else {}))  # fmt: skip
+        folder = None if no_cache else (cache or mg.default_cache())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # constant layers: documented values
-            report = mg.run(config, progress=not quiet)
+            report = mg.run(config, progress=not quiet, cache=folder)
     except (IntertwinerError, ValueError, KeyError) as e:
         raise fail(e) from None
     accs = ", ".join(f"{a:.3f}" for a in report.test_accuracy)
     rand = ", ".join(f"{a:.3f}" for a in report.random_label_accuracy)
     c = report.config
-    typer.echo(f"zoo: {c.seeds} x mlp {c.depth}x{c.width} on digits, test accuracy {accs}"
+    arch, dataset = mg.ZOOS[c.zoo]["arch"], mg.ZOOS[c.zoo]["data"]
+    typer.echo(f"zoo: {c.seeds} x {arch} {c.depth}x{c.width} on {dataset}, test accuracy {accs}"
                + (f"; {c.random_labels} on permuted labels, test accuracy {rand}" if rand else ""))  # fmt: skip
     typer.echo(report.table())
     if out:

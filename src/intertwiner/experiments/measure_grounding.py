@@ -1,9 +1,17 @@
 """Which similarity measure to trust: four grounding tests on a zoo trained here (issue 25).
 
-The zoo: ``seeds`` MLPs of one architecture trained on digits from seeds 0..seeds-1, and
+The zoo (``zoo``): ``"mlp"``, ``seeds`` MLPs of one architecture trained on digits, or ``"cnn"``
+(Kornblith et al.'s setting), ``seeds`` plain 10-layer CNNs (``models.plain_cnn``: 3x3 conv,
+BatchNorm, ReLU; stride 2 at layers 1 and 6) trained on MNIST; seeds 0..seeds-1, and
 ``random_labels`` more trained the same way on a random permutation of the training labels (a
 model that learned something else: memorising noise). Features are the hidden layers on
-``n_inputs`` training images. For a measure, "similarity" below is its value when it is a
+``n_inputs`` training images. Conv layers enter every measure in their documented layout handling:
+CKA, RSA and the k-NN measures take one row per input (C*H*W features), G_ReLU-CKA one kernel over
+inputs from every pixel, and the position-wise measures (Procrustes, the CCA family, regression,
+predictivity, shape and soft matching) one row per input and pixel, with the 7x7 layers upsampled
+to 14x14 by nearest neighbour (``upsample=True``, the paper's choice) when compared with the first
+half. Trained models are cached (``cache=``: one safetensors checkpoint per model and training
+config), so a second run only recomputes features and measures. For a measure, "similarity" below is its value when it is a
 similarity and minus its value when it is a distance; asymmetric measures (regression,
 predictivity) take the first-named model or layer as X.
 
@@ -32,20 +40,24 @@ The report ranks the measures by their mean rank over the tests run.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats as _st
 
+from intertwiner import checkpoints, models, stats, training
 from intertwiner import data as _data
 from intertwiner import features as _features
-from intertwiner import models, stats, training
-from intertwiner.errors import InvalidOptionError
+from intertwiner.errors import InvalidInputError, InvalidOptionError
 from intertwiner.metrics import metric, pairwise
+from intertwiner.store import config_key
 
 #: Measures compared by default (registry specs).
 MEASURES = (
@@ -94,12 +106,37 @@ TITLES = {
 PERCENT = ("layer_identification", "specificity")
 
 
+#: The zoos: architecture, data and per-zoo defaults of the sizes (``GroundingConfig.for_zoo``).
+ZOOS: dict[str, dict[str, Any]] = {
+    "mlp": {"arch": "mlp", "data": "digits", "defaults": {}},
+    "cnn": {
+        "arch": "plain_cnn",
+        "data": "mnist",
+        # about 97% test accuracy; 200 inputs x 196 pixels keep every measure to seconds a pair
+        "defaults": {
+            "depth": 10,
+            "width": 16,
+            "epochs": 6,
+            "batch_size": 64,
+            "lr": 3e-3,
+            "n_inputs": 200,
+            # linear_predictivity's exact leave-one-input-out on conv layers solves a
+            # (pixels x pixels) system per input and penalty: about 10 s a pair here,
+            # hours for the zoo. Ask for it with measures=... on fewer inputs.
+            "measures": tuple(m for m in MEASURES if m != "linear_predictivity"),
+        },
+    },
+}
+
+
 @dataclass(frozen=True)
 class GroundingConfig:
-    """A zoo of ``seeds`` MLPs (``depth`` hidden ReLU layers of ``width``) trained on digits for
-    ``epochs`` (Adam, ``batch_size``, cosine schedule; about 90% test accuracy at the defaults) and
-    ``random_labels`` more trained on permuted labels, compared on ``n_inputs`` training images at
-    every hidden layer by ``measures`` in the grounding ``tests``."""
+    """A zoo of ``seeds`` models trained for ``epochs`` (Adam at ``lr`` (None: ``TrainConfig``'s
+    default), ``batch_size``, cosine schedule) and ``random_labels`` more trained on permuted
+    labels, compared on ``n_inputs`` training images at every hidden layer by ``measures`` in the
+    grounding ``tests``. ``zoo="mlp"``: MLPs of ``depth`` hidden ReLU layers of ``width`` on digits
+    (about 90% test accuracy at the defaults); ``zoo="cnn"``: plain CNNs of ``depth`` conv layers of
+    ``width`` channels on MNIST (use ``for_zoo("cnn")`` for its defaults)."""
 
     seeds: int = 5
     depth: int = 8
@@ -111,8 +148,21 @@ class GroundingConfig:
     threads: int = 1
     random_labels: int = 2
     tests: tuple[str, ...] = TESTS
+    zoo: str = "mlp"
+    lr: float | None = None
+
+    @classmethod
+    def for_zoo(cls, zoo: str = "mlp", **sizes: Any) -> GroundingConfig:
+        """The config of ``zoo`` with its defaults, overridden by ``sizes``."""
+        if zoo not in ZOOS:
+            raise InvalidOptionError(f"unknown zoo {zoo!r}; choose one of {tuple(ZOOS)}")
+        return cls(**{**ZOOS[zoo]["defaults"], **sizes, "zoo": zoo})
 
     def __post_init__(self) -> None:
+        if self.zoo not in ZOOS:
+            raise InvalidOptionError(f"unknown zoo {self.zoo!r}; choose one of {tuple(ZOOS)}")
+        if self.lr is not None and not self.lr > 0:
+            raise InvalidOptionError(f"lr must be positive, got {self.lr}")
         if self.seeds < 2:
             raise InvalidOptionError(
                 f"seeds must be at least 2 (pairs of models), got {self.seeds}"
@@ -134,6 +184,8 @@ class GroundingConfig:
 
 #: ``--quick``: a tiny zoo for tests and smoke runs (seconds; the numbers mean little).
 QUICK = {"seeds": 3, "depth": 3, "width": 16, "epochs": 2, "n_inputs": 100, "random_labels": 1}
+#: ``--quick`` for the CNN zoo (its layers need 2 strides in 3 layers: 14x14, 14x14, 7x7).
+QUICK_CNN = {**QUICK, "width": 8, "epochs": 1, "n_inputs": 40}
 
 
 @dataclass
@@ -170,12 +222,9 @@ class GroundingReport:
         """Set each score's mean rank over the tests (1 = best; ties share their average rank)."""
         if not self.scores:
             return
-        ranks = np.zeros(len(self.scores))
         tests = [t for t in TESTS if all(t in s.tests for s in self.scores)]
-        for t in tests:
-            means = np.array([s.tests[t].interval.mean for s in self.scores])
-            ranks += _st.rankdata(-np.nan_to_num(means, nan=-np.inf))
-        for s, r in zip(self.scores, ranks / max(len(tests), 1), strict=True):
+        means = [[s.tests[t].interval.mean for t in tests] for s in self.scores]
+        for s, r in zip(self.scores, stats.mean_ranks(means), strict=True):
             s.rank = float(r)
 
     def ranked(self) -> list[MeasureScore]:
@@ -296,13 +345,29 @@ def _test_score(per_seed: np.ndarray, low: float) -> TestInterval:
     return TestInterval(iv, per_seed.tolist())
 
 
+def _complete(res: Any) -> Any:
+    """``res`` (a ``Pairwise``) when every pair has a value; a pair the measure could not compute
+    would otherwise count as a silent miss in every test."""
+    if res.notes:
+        raise InvalidInputError(
+            f"{res.metric} could not compare {len(res.notes)} pairs of layers, e.g. "
+            f"{res.notes[0]}; the grounding tests need every pair (choose another measure or zoo)"
+        )
+    return res
+
+
 def _values(res: Any, layers: Sequence[str]) -> np.ndarray:
+    _complete(res)
     n = len(res.matrix(layers[0], layers[0]))
     out = np.empty((len(layers), len(layers), n, n))
     for i, la in enumerate(layers):
         for j, lb in enumerate(layers):
             out[i, j] = res.matrix(la, lb)
     return out
+
+
+def _spatial_sizes_differ(feature_sets: Sequence[dict[str, torch.Tensor]]) -> bool:
+    return len({tuple(x.shape[2:]) for x in feature_sets[0].values() if x.dim() == 4}) > 1
 
 
 def score(
@@ -315,11 +380,14 @@ def score(
 ) -> MeasureScore:
     """One measure in the grounding ``tests`` over seed models given as ``{layer: features}``
     (``random_sets``: the random-label models; ``predictions``: every model's predicted classes on
-    held-out inputs, seeds then random-label models, for the prediction test)."""
+    held-out inputs, seeds then random-label models, for the prediction test). Conv layers of
+    different spatial sizes are compared with ``upsample=True`` by the measures that take it."""
     m = metric(spec)
+    out = MeasureScore(m.name, published=KORNBLITH.get(spec, ""))
+    if _spatial_sizes_differ(feature_sets) and "upsample" in inspect.signature(m.fn).parameters:
+        m = metric(spec, upsample=True)  # position-wise: the smaller map upsampled (the paper)
     layers = list(feature_sets[0])
     k = len(feature_sets)
-    out = MeasureScore(m.name, published=KORNBLITH.get(spec, ""))
     if "layer_identification" in tests or "monotonicity" in tests:
         values = _values(pairwise(list(feature_sets), m, layers=layers, progress=False), layers)
         if "layer_identification" in tests:
@@ -331,7 +399,7 @@ def score(
     if "specificity" in tests or "prediction" in tests:
         everyone = [*feature_sets, *random_sets]
         needed = layers if "specificity" in tests else layers[-1:]
-        res = pairwise(everyone, m, layers=needed, cross_layers=False, progress=False)
+        res = _complete(pairwise(everyone, m, layers=needed, cross_layers=False, progress=False))
         same = np.stack([res.matrix(la, la) for la in needed])
         if "specificity" in tests:
             out.tests["specificity"] = _test_score(specificity(same, k, m.higher_is_similar), 0.0)
@@ -366,40 +434,101 @@ def _random_label_splits(splits: Any, seed: int) -> Any:
     return dataclasses.replace(splits, train=train, val=train.subset(torch.arange(0)))
 
 
-def train_zoo(config: GroundingConfig, progress: bool = False) -> Zoo:
-    """Train the zoo; capture its hidden layers on ``n_inputs`` training images and its test
-    predictions."""
-    splits = _data.load("digits")
+def default_cache() -> Path:
+    """Where ``benchmark-measures`` keeps trained zoo models: ``$XDG_CACHE_HOME`` (or ``~/.cache``)
+    ``/intertwiner/grounding``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "intertwiner" / "grounding"
+
+
+def _model_config(config: GroundingConfig, splits: Any) -> dict[str, Any]:
+    if config.zoo == "mlp":
+        return {"widths": [config.width] * config.depth, **splits.model_config()}
+    strided = sorted({1, config.depth // 2 + 1} & set(range(1, config.depth + 1)))
+    return {"width": config.width, "depth": config.depth, "strided": strided,
+            **splits.model_config()}  # fmt: skip
+
+
+def trained_model(
+    config: GroundingConfig,
+    splits: Any,
+    seed: int,
+    shuffled: bool,
+    cache: Path | None,
+    progress: bool = False,
+) -> torch.nn.Module:
+    """Model ``seed`` of the zoo (on permuted labels if ``shuffled``), trained or read from the
+    checkpoint ``cache`` holds for exactly this model and training config."""
+    arch = ZOOS[config.zoo]["arch"]
+    mcfg = _model_config(config, splits)
+    train = {"epochs": config.epochs, "batch_size": config.batch_size, "schedule": "cosine",
+             "seed": seed, **({"lr": config.lr} if config.lr is not None else {})}  # fmt: skip
+    ident = {"arch": arch, "model": mcfg, "train": train, "data": ZOOS[config.zoo]["data"],
+             "random_labels": shuffled}  # fmt: skip
+    path = None
+    if cache is not None:
+        path = cache / f"{arch}-seed{seed}-{config_key(ident)[:16]}.safetensors"
+        if path.is_file():
+            model, meta = checkpoints.load(path)
+            if meta.get("grounding") == ident:
+                return model.eval()
+    data = _random_label_splits(splits, seed) if shuffled else splits
+    model = models.build(arch, seed=seed, **mcfg)
+    cfg = training.TrainConfig(**train, progress=progress, num_threads=config.threads,
+                               device="cpu")  # fmt: skip
+    trained = training.train(model, data, cfg).model.eval()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoints.save(trained, path, {"grounding": ident})
+    return trained
+
+
+def model_runs(config: GroundingConfig) -> list[tuple[int, bool]]:
+    """(seed, trained on permuted labels) of every model of the zoo: seeds first."""
+    return [(s, False) for s in range(config.seeds)] + [
+        (1000 + r, True) for r in range(config.random_labels)
+    ]
+
+
+def test_accuracy(model: torch.nn.Module, splits: Any) -> float:
+    """Accuracy of ``model`` on the whole test split."""
+    x = torch.stack([splits.test[i][0] for i in range(len(splits.test))])
+    y = torch.stack([splits.test[i][1] for i in range(len(splits.test))])
+    with torch.no_grad():
+        return float((model(x).argmax(-1) == y).double().mean())
+
+
+def train_zoo(
+    config: GroundingConfig, progress: bool = False, cache: str | Path | None = None
+) -> Zoo:
+    """Train the zoo (or read it from ``cache``); capture its hidden layers on ``n_inputs``
+    training images and its test predictions."""
+    splits = _data.load(ZOOS[config.zoo]["data"])
     x = torch.stack([splits.train[i][0] for i in range(min(config.n_inputs, len(splits.train)))])
     x_test = torch.stack([splits.test[i][0] for i in range(len(splits.test))])
     y_test = torch.stack([splits.test[i][1] for i in range(len(splits.test))])
-    layers = [f"act{i}" for i in range(1, config.depth + 1)]
     zoo = Zoo([], [], [], [], [])
-    runs = [(s, False) for s in range(config.seeds)]
-    runs += [(1000 + r, True) for r in range(config.random_labels)]
-    for seed, shuffled in runs:
-        data = _random_label_splits(splits, seed) if shuffled else splits
-        model = models.build("mlp", seed=seed, widths=[config.width] * config.depth,
-                             **splits.model_config())  # fmt: skip
-        cfg = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
-                                   schedule="cosine", seed=seed, progress=progress,
-                                   num_threads=config.threads, device="cpu")  # fmt: skip
-        trained = training.train(model, data, cfg).model.eval()
+    folder = Path(cache) if cache is not None else None
+    for seed, shuffled in model_runs(config):
+        trained = trained_model(config, splits, seed, shuffled, folder, progress)
+        layers = models.sites(trained)
         feats = _features.capture(trained, x, layers)
         with torch.no_grad():
             pred = trained(x_test).argmax(-1)
         acc = float((pred == y_test).double().mean())
-        (zoo.random_features if shuffled else zoo.features).append(
-            {la: feats[la].double() for la in layers}
-        )
+        # dense layers in float64; conv layers stay float32 (measures compute in float64 anyway)
+        keep = {la: feats[la].double() if feats[la].dim() == 2 else feats[la] for la in layers}
+        (zoo.random_features if shuffled else zoo.features).append(keep)
         (zoo.random_label_accuracy if shuffled else zoo.test_accuracy).append(acc)
         zoo.predictions.append(pred)
     return zoo
 
 
-def run(config: GroundingConfig, progress: bool = False) -> GroundingReport:
-    """Train the zoo and score every measure in every test."""
-    zoo = train_zoo(config, progress)
+def run(
+    config: GroundingConfig, progress: bool = False, cache: str | Path | None = None
+) -> GroundingReport:
+    """Train the zoo (or read it from ``cache``) and score every measure in every test."""
+    zoo = train_zoo(config, progress, cache)
     report = GroundingReport(config, zoo.test_accuracy, zoo.random_label_accuracy)
     from tqdm.auto import tqdm
 

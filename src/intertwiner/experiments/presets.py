@@ -19,6 +19,7 @@ from intertwiner.errors import DataNotFoundError, IntertwinerError
 from intertwiner.experiments import (
     alignment_job,
     dissection_job,
+    grounding_job,
     group_table,
     metrics_sweep,
     sanity_job,
@@ -31,6 +32,10 @@ from intertwiner.groups import PAPER_ROWS
 
 # The rows of the paper's Table 1, as the group table knows them.
 PAPER_ACTIVATIONS = list(PAPER_ROWS)
+
+# Measure grounding in the quick preset: a small MLP zoo on digits, every measure, all four tests.
+GROUNDING_QUICK = {"zoo": "mlp", "seeds": 4, "depth": 5, "width": 32, "epochs": 10,
+                   "n_inputs": 200, "random_labels": 1}  # fmt: skip
 
 # Each preset: data, zoo sizes, and the per-stage sizes. Widths are small on CPU presets; the
 # paper preset uses the paper's architectures and counts (100 seeds, 32 pairs, 50 epochs).
@@ -48,6 +53,19 @@ PRESETS: dict[str, dict] = {
         "sanity": None,
         "dissection": None,
         "alignment": {"alphas": 3, "eval_samples": 100, "bn_samples": 200},
+        # measure grounding (issue 25): a tiny MLP zoo, two measures (seconds)
+        "grounding": [
+            {
+                "zoo": "mlp",
+                "seeds": 2,
+                "depth": 3,
+                "width": 8,
+                "epochs": 1,
+                "n_inputs": 40,
+                "random_labels": 1,
+                "measures": ["cka", "group_cka"],
+            },
+        ],  # fmt: skip
     },
     "quick": {
         "data": "mnist",
@@ -100,6 +118,7 @@ PRESETS: dict[str, dict] = {
             "rotations": [0.0, 0.25, 0.5, 0.75, 1.0],
         },
         "alignment": {"alphas": 5, "eval_samples": 500, "bn_samples": 1000},
+        "grounding": [GROUNDING_QUICK],
     },
     "full": {
         "data": "mnist",
@@ -155,6 +174,7 @@ PRESETS: dict[str, dict] = {
             "rotations": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
         },
         "alignment": {"alphas": 11, "eval_samples": 1000, "bn_samples": 2000},
+        "grounding": [{"zoo": "mlp"}, {"zoo": "cnn", "random_labels": 1}],
     },
     "paper": {
         "data": "cifar10",
@@ -197,6 +217,18 @@ PRESETS: dict[str, dict] = {
             "layers": [1, 2, 3],
             "rotations": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
         },
+        # Kornblith et al.'s layer-identification setting: ten plain 10-layer CNNs (on MNIST,
+        # whatever the preset's data: the grounding zoo has its own).
+        "grounding": [
+            {
+                "zoo": "cnn",
+                "seeds": 10,
+                "width": 64,
+                "epochs": 20,
+                "n_inputs": 500,
+                "random_labels": 2,
+            }
+        ],  # fmt: skip
     },
 }
 
@@ -377,6 +409,8 @@ def build_plan(
         stages.append(dissection_job.stage(dis_models, dp["layers"], dp["rotations"]))
     if p.get("alignment"):
         stages.append(alignment_job.stage(model_pairs, **p["alignment"]))
+    if p.get("grounding"):
+        stages += grounding_job.stages(p["grounding"])
     return stages
 
 
@@ -414,4 +448,7 @@ def shrink(config: dict) -> dict:
                   data={**dp["data"], "n_train": 100, "n_test": 40})  # fmt: skip
     if c.get("alignment"):
         c["alignment"] = {"alphas": 3, "eval_samples": 40, "bn_samples": 40}
+    if c.get("grounding"):
+        c["grounding"] = [{**g, "seeds": 2, "depth": 3, "width": 4, "epochs": 1, "n_inputs": 40,
+                           "random_labels": 1, "measures": ["cka"]} for g in c["grounding"]]  # fmt: skip
     return c

@@ -1,6 +1,6 @@
 """Representation metrics modulo intertwiner groups: CKA, Procrustes, group CKA, the CCA family
 (cca, svcca, pwcca), RSA, linear regression and linear predictivity, k-NN measures (mutual_knn, cknna, knn_jaccard), shape
-metrics (shape_distance, soft_matching_distance), streaming, compare, pairwise over many models.
+metrics (shape_distance, soft_matching_distance, stochastic_shape_distance), streaming, compare, pairwise over many models.
 
 Every metric takes features (N, C), (N, C, H, W) or (N, T, D) (tensors or numpy arrays), computes in
 float64 and carries ``.invariant_to``: the group families it is invariant to.
@@ -14,6 +14,7 @@ from intertwiner.metrics._predictivity import linear_predictivity
 from intertwiner.metrics._regression import linear_regression
 from intertwiner.metrics._rsa import rsa
 from intertwiner.metrics._shape import shape_distance, soft_matching_distance
+from intertwiner.metrics._stochastic import GaussianStats, gaussian_stats, stochastic_shape_distance
 from intertwiner.metrics.cka import cka, hsic_gram
 from intertwiner.metrics.compare import Comparison, compare
 from intertwiner.metrics.group_cka import group_cka
@@ -31,6 +32,7 @@ __all__ = [
     "NAMES",
     "Accumulator",
     "Comparison",
+    "GaussianStats",
     "LinearCKA",
     "Metric",
     "MomentStream",
@@ -41,6 +43,7 @@ __all__ = [
     "cka",
     "cknna",
     "compare",
+    "gaussian_stats",
     "group_cka",
     "hsic_gram",
     "knn_jaccard",
@@ -55,6 +58,7 @@ __all__ = [
     "rsa",
     "shape_distance",
     "soft_matching_distance",
+    "stochastic_shape_distance",
     "svcca",
     "to_matrix",
 ]

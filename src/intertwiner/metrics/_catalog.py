@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from intertwiner.errors import InvalidOptionError
-from intertwiner.metrics import _cca, _knn, _predictivity, _regression, _rsa, _shape
+from intertwiner.metrics import _cca, _knn, _predictivity, _regression, _rsa, _shape, _stochastic
 from intertwiner.metrics._groups import subgroups
 from intertwiner.metrics._moments import MomentAccumulator
 from intertwiner.metrics.streaming import Accumulator
@@ -79,6 +79,10 @@ ENTRIES: dict[str, Entry] = {
     "soft_matching_distance": Entry(
         _shape.soft_matching_distance, _const("permutation"), _const(_shape.SOFT_RANGE), False,
         _shape.soft_matching_from_moments,
+    ),
+    "stochastic_shape_distance": Entry(
+        _stochastic.stochastic_shape_distance, _const("orthogonal"),
+        _const(_stochastic.VALUE_RANGE), False,
     ),
 }  # fmt: skip
 #: Names that are another entry with an option set.

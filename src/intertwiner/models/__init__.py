@@ -1,4 +1,4 @@
-"""The model zoo: mlp, myrtle_cnn, resnet20, resnet18 and vit, each with ``activation=``.
+"""The model zoo: mlp, myrtle_cnn, plain_cnn, resnet20, resnet18 and vit, each with ``activation=``.
 
 ``build(name, **config)`` returns a fresh ``nn.Module`` and records
 ``model.intertwiner_config = {"arch": name, **resolved_config}`` (JSON-serialisable; the
@@ -14,7 +14,8 @@ and are ``torch.fx.symbolic_trace``-able. Module names are documented in each ar
 Common config: ``activation`` (anything ``groups.activation_module`` accepts; default ``"relu"``,
 ``"gelu"`` for the ViT), ``num_classes=10``, ``in_channels=3`` and ``input_size=32``
 (any size works, e.g. 1 and 28 for MNIST). Per architecture: mlp ``widths=(256, 128)``; myrtle_cnn
-``width=64, batchnorm=True``; resnet20 ``width=16, blocks_per_stage=3``; resnet18 ``width=64``;
+``width=64, batchnorm=True``; plain_cnn ``width=16, depth=10, strided=(1, 6),
+batchnorm=True``; resnet20 ``width=16, blocks_per_stage=3``; resnet18 ``width=64``;
 vit ``patch_size=4, dim=64, depth=4, heads=4, mlp_ratio=2``.
 """
 
@@ -33,6 +34,7 @@ from intertwiner.models._common import SITES_ATTR, canonical_activation
 from intertwiner.models._resnet import BasicBlock, OptionAShortcut
 from intertwiner.models.mlp import MLP
 from intertwiner.models.myrtle_cnn import MyrtleCNN
+from intertwiner.models.plain_cnn import PlainCNN
 from intertwiner.models.resnet18 import ResNet18
 from intertwiner.models.resnet20 import ResNet20
 from intertwiner.models.vit import PositionEmbedding, ViT
@@ -52,6 +54,7 @@ class ModelConfigError(IntertwinerError, TypeError):
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "myrtle_cnn": MyrtleCNN,
+    "plain_cnn": PlainCNN,
     "resnet20": ResNet20,
     "resnet18": ResNet18,
     "vit": ViT,
@@ -165,6 +168,7 @@ __all__ = [
     "MLP",
     "ModelConfigError",
     "MyrtleCNN",
+    "PlainCNN",
     "OptionAShortcut",
     "PositionEmbedding",
     "ResNet18",

@@ -356,6 +356,23 @@ def _section_parts(rows_by_kind: dict[str, list[Row]]) -> list[str]:
             _img(alignment_figure(al), "barrier curves"),
             _table(alignment_table(al)),
         ]
+    gr = rows_by_kind.get("grounding", [])
+    if gr:
+        from intertwiner.report.grounding import accuracy_text, grounding_tables
+
+        parts += [
+            "<h2>Beyond the paper: which similarity measure to trust</h2>",
+            "<p>The grounding tests of <code>intertwiner benchmark-measures</code> on zoos "
+            "trained from several seeds: layer identification (Kornblith et al. 2019: is the "
+            "corresponding layer of another seed's model the most similar one), specificity "
+            "(seed pairs more similar than seed vs random-label pairs; 50% is chance), "
+            "monotonicity (similarity to the first layer falls with depth) and prediction "
+            "(similarity of the last hidden layers ranks model pairs as their agreement on "
+            "test images does). Mean [95% t-interval over seed models]; measures ranked by "
+            f"their mean rank over the tests. {_e(accuracy_text(gr))}.</p>",
+        ]
+        for label, table in grounding_tables(gr).items():
+            parts += [f"<h3>{_e(label)}</h3>", _table(table)]
 
     return parts
 
