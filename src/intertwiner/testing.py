@@ -12,6 +12,7 @@ change by phi(A), as hidden representations do when the weights change by A.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -23,12 +24,54 @@ from intertwiner.layouts import neuron_dim
 
 __all__ = [
     "apply_to_neurons",
+    "import_timm",
+    "import_torchvision",
     "assert_function_preserved",
     "assert_invariant",
     "assert_not_invariant",
     "invariance_gaps",
     "sample_neuron_element",
 ]
+
+
+#: The ``torchvision`` operator schemas defined here when its compiled ops did not load (kept
+#: alive: a ``Library`` removes its definitions when collected).
+_TORCHVISION_SHIM: list[torch.library.Library] = []
+
+
+def import_torchvision() -> ModuleType:
+    """``import torchvision`` where its compiled ops cannot load (a wheel built for a CUDA torch
+    next to a CPU torch): ``import torchvision`` registers fake kernels for ``torchvision::nms``
+    and ``torchvision::qnms`` and fails when those operators do not exist. Their schemas are
+    defined first (only where not already defined; no kernels: calling them raises), which is
+    enough for every model that does not call them (classification models). Nothing on disk is
+    changed. Raises ``ImportError`` when torchvision is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError("torchvision is not installed: pip install -c constraints.txt '.[zoo]'")
+    missing = [op for op in ("nms", "qnms") if not hasattr(torch.ops.torchvision, op)]
+    if missing:
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        for op in missing:
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_SHIM.append(lib)
+    import torchvision
+
+    return torchvision
+
+
+def import_timm() -> ModuleType:
+    """``import timm`` (which imports torchvision) through ``import_torchvision``."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        raise ImportError("timm is not installed: pip install -c constraints.txt '.[zoo]'")
+    if importlib.util.find_spec("torchvision") is not None:
+        import_torchvision()
+    import timm
+
+    return timm
 
 
 #: A metric: a registry name (``"cka"``, ...) or a function ``(X, Y) -> float``.

@@ -39,6 +39,7 @@ from torch import nn
 
 from intertwiner.errors import InvalidInputError, UnknownSiteError
 from intertwiner.groups import GroupElement, IntertwinerGroup, MonomialElement
+from intertwiner.symmetry._coverage import Coverage, coverage
 from intertwiner.symmetry._export import SCHEMA, permutation_spec
 
 KINDS = ("A", "P", "A^-T", "phi(A)^-T")
@@ -275,6 +276,9 @@ class SymmetrySpec:
     #: changed the function (numerical verification), or a parameter is shared between two uses
     #: that one element cannot satisfy.
     dropped: list[tuple[str, str]] = field(default_factory=list)
+    #: Parameters each frozen space (by its label on ``frozen``) would have moved: ``coverage``
+    #: says why a tensor stays unmoved from these.
+    frozen_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Largest relative output change seen when verifying the returned sites together (None when
     #: the spec was not verified).
     verified_error: float | None = None
@@ -359,6 +363,14 @@ class SymmetrySpec:
             "verified_error": self.verified_error,
             "verified_tolerance": self.verified_tolerance,
         }
+
+    def coverage(self, model: nn.Module) -> Coverage:
+        """Shares of ``model``'s parameter tensors and scalars that some site moves, in all and
+        without the outermost output side (the head's bias, recorded on ``frozen`` as "the model
+        output"; the input side leaves no tensor unmoved), and per module what no site moves and
+        the reason trace recorded for it. ``model``: the model the spec was traced from. See
+        ``symmetry/_coverage.py``."""
+        return coverage(self, model)
 
     def to_permutation_spec(self, model: nn.Module | None = None) -> dict:
         """The spec in Git Re-Basin's format: ``{"perm_to_axes": {perm: [[param, axis], ...]},

@@ -1,0 +1,384 @@
+"""Sweep ``symmetry.trace`` over the timm and torchvision model zoos (not a test).
+
+Models: the smallest variant of every timm family (names grouped by their prefix, see ``family``;
+parameters counted on the meta device, families whose smallest variant has more than
+``--max-params`` are skipped and listed) and every torchvision classification model
+(``torchvision.models.list_models(module=torchvision.models)``). Random weights (never downloads),
+float64, random BatchNorm statistics, random per-feature parameters (norm weights, layer scales,
+biases: the zoo's zero/one initialisations would hide broken symmetries), one small input.
+
+For each model: family, parameters, sites, coverage (``SymmetrySpec.coverage``: tensors, scalars,
+without the output side), the function change (max relative output change under one random element
+of the whole spec, on the example input and on a fresh one: ~1e-12 when the spec is sound), heads
+found, what stays frozen (per module, with the op and the module class) and the time.
+
+Resumable: one JSON line per model in ``--out`` (the file is rewritten atomically after each
+model; done models are skipped). Each model runs in a worker process with ``torch.set_num_threads
+(1)`` and a timeout (``--timeout``); a worker that times out or dies is replaced.
+
+Run: ``python benchmarks/trace_zoo.py`` (hours on a loaded 2-core machine), then
+``python benchmarks/trace_zoo.py --report`` for the summary and ``benchmarks/results/trace_zoo.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import re
+import statistics
+import time
+import traceback
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+OUT = RESULTS / "trace_zoo.jsonl"
+SELECTION = RESULTS / "trace_zoo_timm_params.json"
+SIZES = (64, 96, 128, 160, 224)
+#: First tokens that name a variant of a family rather than a family (``tf_efficientnet``).
+_TWO_TOKENS = {"tf", "gluon", "legacy", "test", "dm", "tiny", "wide", "nf", "ese", "eca", "gc"}
+
+
+def family(name: str) -> str:
+    """timm family of a model name: its first ``_`` token (two for ``tf_``, ``nf_``, ...), less a
+    trailing size (``resnet50d`` -> ``resnet``; versions stay: ``mobilenetv3``)."""
+    tokens = name.split("_")
+    head = "_".join(tokens[:2]) if tokens[0] in _TWO_TOKENS and len(tokens) > 1 else tokens[0]
+    return re.sub(r"(?<![v.])\d+[a-z]{0,2}$", "", head) or head
+
+
+# ---- selection ----------------------------------------------------------------------------------
+def timm_params(refresh: bool = False) -> dict[str, int | None]:
+    """Parameters of every timm model (meta device; None: fails to build), cached on disk."""
+    import torch
+
+    from intertwiner._atomic import write_text
+    from intertwiner.testing import import_timm
+
+    timm = import_timm()
+    cache = {} if refresh or not SELECTION.exists() else json.loads(SELECTION.read_text())
+    names = [n for n in timm.list_models() if n not in cache]
+    if names:
+        from tqdm import tqdm
+
+        for n in tqdm(names, desc="counting timm parameters (meta)"):
+            try:
+                with torch.device("meta"):
+                    m = timm.create_model(n, pretrained=False)
+                cache[n] = sum(p.numel() for p in m.parameters())
+            except Exception:  # noqa: BLE001 (a model that does not build is listed as such)
+                cache[n] = None
+        write_text(SELECTION, json.dumps(cache, indent=0, sort_keys=True))
+    return cache
+
+
+def select(max_params: float, max_tv: float) -> tuple[list[dict], list[dict]]:
+    """(jobs, skipped): the smallest timm model per family, then torchvision's models (those over
+    ``max_tv`` parameters skipped: their float64 copies would not fit a shared 2-core machine)."""
+    import torch
+
+    from intertwiner.testing import import_torchvision
+
+    params = timm_params()
+    fams: dict[str, list[tuple[int, str]]] = {}
+    for n, p in params.items():
+        fams.setdefault(family(n), []).append((p if p is not None else 1 << 62, n))
+    jobs, skipped = [], []
+    for fam, members in sorted(fams.items()):
+        p, n = min(members)
+        if p == 1 << 62:
+            skipped.append({"family": fam, "model": n, "why": "no variant builds"})
+        elif p > max_params:
+            skipped.append(
+                {"family": fam, "model": n, "why": f"smallest has {p / 1e6:.0f}M params"}
+            )
+        else:
+            jobs.append({"source": "timm", "name": n, "family": fam, "params": p})
+    tv = import_torchvision()
+    for n in tv.models.list_models(module=tv.models):
+        with torch.device("meta"):
+            p = sum(q.numel() for q in tv.models.get_model(n, weights=None).parameters())
+        fam = tv.models.get_model_builder(n).__module__.rsplit(".", 1)[-1]
+        job = {"source": "torchvision", "name": n, "family": fam, "params": p}
+        if p > max_tv:
+            skipped.append({**job, "model": n, "why": f"{p / 1e6:.0f}M params"})
+        else:
+            jobs.append(job)
+    return jobs, skipped
+
+
+# ---- one model (in the worker) ------------------------------------------------------------------
+def _build(job: dict):
+    """(model, input) with the smallest input size in ``SIZES`` that the model runs on."""
+    import torch
+
+    from intertwiner.testing import import_timm, import_torchvision
+
+    last = None
+    for size in SIZES:
+        for kwargs in ({"img_size": size}, {}) if job["source"] == "timm" else ({},):
+            try:
+                if job["source"] == "timm":
+                    model = import_timm().create_model(job["name"], pretrained=False, **kwargs)
+                else:
+                    tv = import_torchvision()
+                    extra = {"image_size": size} if job["name"].startswith("vit_") else {}
+                    model = tv.models.get_model(job["name"], weights=None, **extra)
+                model.eval()
+                x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+                with torch.no_grad():
+                    model(x)
+                return model, x
+            except Exception as e:  # noqa: BLE001 (next size, else the last error is reported)
+                last = e
+    raise RuntimeError(f"no input size in {SIZES} works: {type(last).__name__}: {last}")
+
+
+def _randomise(model, seed: int) -> None:
+    """Random BN statistics, per-feature parameters and any all-zero parameter."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            mean, var = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+            if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
+                mean.copy_(0.2 * torch.randn(mean.shape, generator=g))
+                var.copy_(0.5 + torch.rand(var.shape, generator=g))
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                base = 0.0 if name.endswith("bias") else 1.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
+            elif not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+
+
+def _rel_change(model, spec, x, seed: int) -> float:
+    import torch
+
+    from intertwiner.symmetry import check, random_elements
+
+    with torch.no_grad():
+        ref = float(model(x).abs().max()) or 1.0
+    els = random_elements(spec, generator=torch.Generator().manual_seed(seed))
+    return check(model, spec, x, elements=els) / ref
+
+
+def gap(reason: str) -> str:
+    """A reason with module names, node ids and line numbers taken out, for grouping."""
+    r = re.sub(r"'[^']*'", "<m>", reason.replace("e.g.", "eg"))
+    r = re.sub(r"\b\w+(?:\.\w+)+(?: \(\w+\))?", lambda m: m[0] if ".py" in m[0] else "<m>", r)
+    r = re.sub(r"\(\w+\)", "", r)
+    r = re.sub(r":\d+", "", r)
+    return re.sub(r"\s+", " ", r).strip()
+
+
+def run_one(job: dict) -> dict:
+    """Trace one model and measure it; a row for the JSON-lines file."""
+    import torch
+
+    from intertwiner.symmetry import trace
+
+    t0 = time.perf_counter()
+    model, x = _build(job)
+    _randomise(model, seed=0)
+    model = model.double().eval()
+    x = x.double()
+    row = {**job, "input": list(x.shape[1:]), "params": sum(p.numel() for p in model.parameters())}
+    t1 = time.perf_counter()
+    spec = trace(model, x)
+    row["trace_s"] = time.perf_counter() - t1
+    cov = spec.coverage(model)
+    fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    row["change"] = max(_rel_change(model, spec, x, 2), _rel_change(model, spec, fresh, 3))
+    row["verified_error"] = spec.verified_error
+    row["sites"] = len(spec.sites)
+    row["dropped"] = len(spec.dropped)
+    row["heads"] = sum(s.kind == "attention_heads" for s in spec.sites)
+    row["attention_modules"] = sum(
+        "attention" in type(m).__name__.lower() or isinstance(m, torch.nn.MultiheadAttention)
+        for m in model.modules()
+    )
+    row |= {k: v for k, v in cov.to_dict().items() if k != "frozen"}
+    frozen = []
+    for f in cov.frozen:
+        try:
+            cls = type(model.get_submodule(f.module)).__name__
+        except AttributeError:
+            cls = ""
+        frozen.append({"module": f.module, "class": cls, "tensors": [t.rsplit(".", 1)[-1] for t in f.tensors],
+                       "scalars": f.scalars, "reason": f.reason[:300], "gap": gap(f.reason),
+                       "output_side": f.output_side})  # fmt: skip
+    row["frozen"] = frozen
+    reasons = cov.reasons()
+    row["top_reason"] = gap(reasons[0][0]) if reasons else ""
+    row["status"] = "ok"
+    row["time_s"] = time.perf_counter() - t0
+    return row
+
+
+def _worker(conn) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        try:
+            row = run_one(job)
+        except Exception as e:  # noqa: BLE001 (recorded on the row)
+            row = {**job, "status": "error", "error": f"{type(e).__name__}: {str(e)[:400]}",
+                   "where": traceback.format_exc(limit=-3)[-600:]}  # fmt: skip
+        conn.send(row)
+
+
+class _Pool:
+    """One worker process, replaced after a timeout or a crash."""
+
+    def __init__(self):
+        self.ctx = mp.get_context("spawn")
+        self.proc = None
+
+    def _start(self):
+        self.conn, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=_worker, args=(child,), daemon=True)
+        self.proc.start()
+
+    def run(self, job: dict, timeout: float) -> dict:
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        t0 = time.perf_counter()
+        self.conn.send(job)
+        if self.conn.poll(timeout):
+            try:
+                return self.conn.recv()
+            except EOFError:
+                pass
+        died = self.proc.is_alive() is False
+        self.proc.kill()
+        self.proc.join()
+        self.proc = None
+        status = "died" if died else "timeout"
+        return {**job, "status": status, "time_s": time.perf_counter() - t0}
+
+    def close(self):
+        if self.proc is not None and self.proc.is_alive():
+            self.conn.send(None)
+            self.proc.join(10)
+
+
+# ---- results ------------------------------------------------------------------------------------
+def load(path: Path) -> list[dict]:
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
+
+
+def save(path: Path, rows: list[dict]) -> None:
+    from intertwiner._atomic import write_text
+
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def sweep(args) -> None:
+    from tqdm import tqdm
+
+    jobs, skipped = select(args.max_params, args.max_params_torchvision)
+    if args.only:
+        jobs = [j for j in jobs if j["source"] == args.only]
+    rows = load(args.out)
+    done = {(r["source"], r["name"]) for r in rows if r["status"] != "error" or not args.retry}
+    rows = [r for r in rows if (r["source"], r["name"]) in done]
+    todo = [j for j in jobs if (j["source"], j["name"]) not in done][: args.limit]
+    print(f"{len(jobs)} models ({len(skipped)} timm families skipped), {len(todo)} to do")
+    pool = _Pool()
+    bar = tqdm(todo, desc="trace zoo")
+    try:
+        for job in bar:
+            bar.set_postfix_str(f"{job['source']}:{job['name']}")
+            rows.append(pool.run(job, args.timeout))
+            save(args.out, rows)
+    finally:
+        pool.close()
+    save(args.out.with_suffix(".skipped.json"), skipped)
+
+
+def report(args) -> None:
+    """Summary on stdout, per-model table (markdown) beside the JSON lines."""
+    rows = load(args.out)
+    ok = [r for r in rows if r["status"] == "ok"]
+    cov = [r["interior_tensors"] for r in ok]
+    print(f"models: {len(rows)} ({sum(r['source'] == 'timm' for r in rows)} timm, "
+          f"{sum(r['source'] == 'torchvision' for r in rows)} torchvision); traced {len(ok)}; "
+          + ", ".join(f"{s} {sum(r['status'] == s for r in rows)}" for s in ("error", "timeout", "died")))  # fmt: skip
+    if ok:
+        print(f"max function change {max(r['change'] for r in ok):.1e}; "
+              f"coverage of tensors without the output side: median {statistics.median(cov):.3f}, "
+              f"< 0.9: {sum(c < 0.9 for c in cov)}, < 0.75: {sum(c < 0.75 for c in cov)}, "
+              f"< 0.5: {sum(c < 0.5 for c in cov)}; scalars: median "
+              f"{statistics.median(r['interior_scalars'] for r in ok):.3f}")  # fmt: skip
+    lines = ["| source | model | family | params (M) | input | sites | heads | coverage tensors "
+             "(interior) | scalars (interior) | function change | time (s) | top frozen reason |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: (r["status"] != "ok", r.get("interior_tensors", 0))):
+        if r["status"] != "ok":
+            why = r.get("error", r["status"])
+            lines.append(f"| {r['source']} | {r['name']} | {r['family']} | | | | | | | | "
+                         f"{r.get('time_s', 0):.0f} | {r['status']}: {_cell(why)} |")  # fmt: skip
+            continue
+        lines.append(
+            f"| {r['source']} | {r['name']} | {r['family']} | {r['params'] / 1e6:.1f} | "
+            f"{r['input'][-1]} | {r['sites']} | {r['heads']}/{r['attention_modules']} | "
+            f"{r['tensors']:.3f} ({r['interior_tensors']:.3f}) | {r['scalars']:.3f} "
+            f"({r['interior_scalars']:.3f}) | {r['change']:.0e} | {r['time_s']:.0f} | "
+            f"{_cell(_where(r))} |"
+        )
+    md = args.out.with_suffix(".md")
+    md.write_text("\n".join(lines) + "\n")
+    print(f"per-model table: {md}")
+    print("\nworst 20 (interior tensor coverage; top frozen reason with module class):")
+    for r in sorted(ok, key=lambda r: r["interior_tensors"])[:20]:
+        print(f"  {r['interior_tensors']:.3f}  {r['source']}:{r['name']}  {_where(r)[:160]}")
+    att = [r for r in ok if r["attention_modules"]]
+    print(f"\nmodels with attention modules: {len(att)}; heads found in "
+          f"{sum(r['heads'] > 0 for r in att)}: " + ", ".join(r["name"] for r in att if r["heads"]))  # fmt: skip
+
+
+def _where(r: dict) -> str:
+    """The interior frozen reason leaving most scalars unmoved, with its module classes."""
+    inner = [f for f in r["frozen"] if not f["output_side"]]
+    if not inner:
+        return ""
+    by: dict[str, list] = {}
+    for f in inner:
+        by.setdefault(f["gap"], []).append(f)
+    g, fs = max(by.items(), key=lambda kv: sum(f["scalars"] for f in kv[1]))
+    classes = sorted({f["class"] for f in fs if f["class"]})
+    return f"{len(fs)} modules ({', '.join(classes[:3])}): {g}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "/").replace("\n", " ")[:200]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
+    ap.add_argument("--max-params", type=float, default=30e6)
+    ap.add_argument("--max-params-torchvision", type=float, default=100e6)
+    ap.add_argument("--only", choices=("timm", "torchvision"))
+    ap.add_argument("--limit", type=int, default=None, help="at most this many new models")
+    ap.add_argument("--retry", action="store_true", help="run models that failed again")
+    ap.add_argument("--report", action="store_true", help="summarise --out; run nothing")
+    args = ap.parse_args()
+    if not args.report:
+        sweep(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
