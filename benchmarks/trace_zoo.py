@@ -26,7 +26,9 @@ import argparse
 import json
 import multiprocessing as mp
 import re
+import signal
 import statistics
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -48,38 +50,53 @@ def family(name: str) -> str:
 
 
 # ---- selection ----------------------------------------------------------------------------------
+#: Name parts of large variants: never a family's smallest when the family has other names.
+_LARGE = re.compile(
+    r"large|huge|giant|gigantic|enormous|_base|base_|_[hgl]_|_[0-9.]+b_|so400m|so150m"
+)
+
+
 def timm_params(refresh: bool = False) -> dict[str, int | None]:
-    """Parameters of every timm model (meta device; None: fails to build), cached on disk."""
+    """Parameters of the timm models that may be the smallest of their family (meta device; None:
+    fails to build), cached on disk. Names of large variants (``_LARGE``) are counted only in a
+    family that has no other name."""
     import torch
+    from tqdm import tqdm
 
     from intertwiner._atomic import write_text
     from intertwiner.testing import import_timm
 
     timm = import_timm()
     cache = {} if refresh or not SELECTION.exists() else json.loads(SELECTION.read_text())
-    names = [n for n in timm.list_models() if n not in cache]
-    if names:
-        from tqdm import tqdm
-
-        for n in tqdm(names, desc="counting timm parameters (meta)"):
-            try:
-                with torch.device("meta"):
-                    m = timm.create_model(n, pretrained=False)
-                cache[n] = sum(p.numel() for p in m.parameters())
-            except Exception:  # noqa: BLE001 (a model that does not build is listed as such)
-                cache[n] = None
-        write_text(SELECTION, json.dumps(cache, indent=0, sort_keys=True))
+    fams: dict[str, list[str]] = {}
+    for n in timm.list_models():
+        fams.setdefault(family(n), []).append(n)
+    names = []
+    for members in fams.values():
+        small = [n for n in members if not _LARGE.search(n)] or members
+        names += [n for n in small if n not in cache]
+    for i, n in enumerate(tqdm(names, desc="counting timm parameters (meta)")):
+        try:
+            with torch.device("meta"):
+                m = timm.create_model(n, pretrained=False)
+            cache[n] = sum(p.numel() for p in m.parameters())
+        except Exception:  # noqa: BLE001 (a model that does not build is listed as such)
+            cache[n] = None
+        if i % 50 == 49 or i == len(names) - 1:
+            write_text(SELECTION, json.dumps(cache, indent=0, sort_keys=True))
     return cache
 
 
-def select(max_params: float, max_tv: float) -> tuple[list[dict], list[dict]]:
+def select(
+    max_params: float, max_tv: float, sources: tuple[str, ...] = ("timm", "torchvision")
+) -> tuple[list[dict], list[dict]]:
     """(jobs, skipped): the smallest timm model per family, then torchvision's models (those over
     ``max_tv`` parameters skipped: their float64 copies would not fit a shared 2-core machine)."""
     import torch
 
     from intertwiner.testing import import_torchvision
 
-    params = timm_params()
+    params = timm_params() if "timm" in sources else {}
     fams: dict[str, list[tuple[int, str]]] = {}
     for n, p in params.items():
         fams.setdefault(family(n), []).append((p if p is not None else 1 << 62, n))
@@ -95,9 +112,12 @@ def select(max_params: float, max_tv: float) -> tuple[list[dict], list[dict]]:
         else:
             jobs.append({"source": "timm", "name": n, "family": fam, "params": p})
     tv = import_torchvision()
-    for n in tv.models.list_models(module=tv.models):
-        with torch.device("meta"):
-            p = sum(q.numel() for q in tv.models.get_model(n, weights=None).parameters())
+    for n in tv.models.list_models(module=tv.models) if "torchvision" in sources else []:
+        try:  # the weights' metadata (nothing downloaded), else a build on the meta device
+            p = next(iter(tv.models.get_model_weights(n))).meta["num_params"]
+        except (ValueError, KeyError, StopIteration):
+            with torch.device("meta"):
+                p = sum(q.numel() for q in tv.models.get_model(n, weights=None).parameters())
         fam = tv.models.get_model_builder(n).__module__.rsplit(".", 1)[-1]
         job = {"source": "torchvision", "name": n, "family": fam, "params": p}
         if p > max_tv:
@@ -134,25 +154,6 @@ def _build(job: dict):
     raise RuntimeError(f"no input size in {SIZES} works: {type(last).__name__}: {last}")
 
 
-def _randomise(model, seed: int) -> None:
-    """Random BN statistics, per-feature parameters and any all-zero parameter."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            mean, var = getattr(m, "running_mean", None), getattr(m, "running_var", None)
-            if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
-                mean.copy_(0.2 * torch.randn(mean.shape, generator=g))
-                var.copy_(0.5 + torch.rand(var.shape, generator=g))
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                base = 0.0 if name.endswith("bias") else 1.0
-                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
-            elif not p.any():
-                p.copy_(0.02 * torch.randn(p.shape, generator=g))
-
-
 def _rel_change(model, spec, x, seed: int) -> float:
     import torch
 
@@ -178,10 +179,11 @@ def run_one(job: dict) -> dict:
     import torch
 
     from intertwiner.symmetry import trace
+    from intertwiner.testing import randomize_model
 
     t0 = time.perf_counter()
     model, x = _build(job)
-    _randomise(model, seed=0)
+    randomize_model(model, 0)
     model = model.double().eval()
     x = x.double()
     row = {**job, "input": list(x.shape[1:]), "params": sum(p.numel() for p in model.parameters())}
@@ -263,9 +265,10 @@ class _Pool:
         return {**job, "status": status, "time_s": time.perf_counter() - t0}
 
     def close(self):
+        """End the worker (it may be inside a model: killed, not asked)."""
         if self.proc is not None and self.proc.is_alive():
-            self.conn.send(None)
-            self.proc.join(10)
+            self.proc.kill()
+            self.proc.join()
 
 
 # ---- results ------------------------------------------------------------------------------------
@@ -286,15 +289,20 @@ def save(path: Path, rows: list[dict]) -> None:
 def sweep(args) -> None:
     from tqdm import tqdm
 
-    jobs, skipped = select(args.max_params, args.max_params_torchvision)
-    if args.only:
-        jobs = [j for j in jobs if j["source"] == args.only]
+    sources = (args.only,) if args.only else ("timm", "torchvision")
+    jobs, skipped = select(args.max_params, args.max_params_torchvision, sources)
     rows = load(args.out)
     done = {(r["source"], r["name"]) for r in rows if r["status"] != "error" or not args.retry}
     rows = [r for r in rows if (r["source"], r["name"]) in done]
-    todo = [j for j in jobs if (j["source"], j["name"]) not in done][: args.limit]
-    print(f"{len(jobs)} models ({len(skipped)} timm families skipped), {len(todo)} to do")
+    # Smallest first: the sweep gives most rows per hour, the large models come last.
+    todo = sorted(
+        (j for j in jobs if (j["source"], j["name"]) not in done), key=lambda j: j["params"]
+    )
+    todo = todo[: args.limit]
+    print(f"{len(jobs)} models ({len(skipped)} skipped, see .skipped.json), {len(todo)} to do")
     pool = _Pool()
+    # A plain ``kill`` of the sweep ends its worker too (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bar = tqdm(todo, desc="trace zoo")
     try:
         for job in bar:

@@ -24,6 +24,7 @@ from intertwiner.layouts import neuron_dim
 
 __all__ = [
     "apply_to_neurons",
+    "randomize_model",
     "import_timm",
     "import_torchvision",
     "assert_function_preserved",
@@ -59,6 +60,27 @@ def import_torchvision() -> ModuleType:
     import torchvision
 
     return torchvision
+
+
+def randomize_model(model: torch.nn.Module, generator: torch.Generator | int | None = None) -> None:
+    """Random weights where model zoos initialise constants, in place: BatchNorm running
+    statistics (means ~ N(0, 0.2^2), variances ~ U(0.5, 1.5)), every 1-D parameter (biases ~
+    N(0, 0.2^2); norm weights, layer scales ~ N(1, 0.2^2)) and any all-zero parameter (N(0,
+    0.02^2)). Zero or unit initialisations (zero-init residual branches, layer scale 1e-6) make a
+    model blind to a wrong symmetry: checks of invariance need a model that uses all its weights."""
+    g = _generator(generator)
+    with torch.no_grad():
+        for m in model.modules():
+            mean, var = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+            if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
+                mean.copy_(0.2 * torch.randn(mean.shape, generator=g))
+                var.copy_(0.5 + torch.rand(var.shape, generator=g))
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                base = 0.0 if name.endswith("bias") else 1.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
+            elif not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
 
 
 def import_timm() -> ModuleType:
