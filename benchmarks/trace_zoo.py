@@ -34,7 +34,9 @@ import traceback
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-OUT = RESULTS / "trace_zoo.jsonl"
+#: Results: ``<OUT>_<source>.jsonl`` (one per source, so that two sweeps can run side by side),
+#: ``<OUT>_<source>.skipped.json``, and the per-model table ``<OUT>.md``.
+OUT = RESULTS / "trace_zoo"
 SELECTION = RESULTS / "trace_zoo_timm_params.json"
 SIZES = (64, 96, 128, 160, 224)
 #: First tokens that name a variant of a family rather than a family (``tf_efficientnet``).
@@ -104,10 +106,17 @@ def select(
     for fam, members in sorted(fams.items()):
         p, n = min(members)
         if p == 1 << 62:
-            skipped.append({"family": fam, "model": n, "why": "no variant builds"})
+            skipped.append(
+                {"source": "timm", "family": fam, "model": n, "why": "no variant builds"}
+            )
         elif p > max_params:
             skipped.append(
-                {"family": fam, "model": n, "why": f"smallest has {p / 1e6:.0f}M params"}
+                {
+                    "source": "timm",
+                    "family": fam,
+                    "model": n,
+                    "why": f"smallest has {p / 1e6:.0f}M params",
+                }
             )
         else:
             jobs.append({"source": "timm", "name": n, "family": fam, "params": p})
@@ -190,7 +199,7 @@ def run_one(job: dict) -> dict:
     t1 = time.perf_counter()
     spec = trace(model, x)
     row["trace_s"] = time.perf_counter() - t1
-    cov = spec.coverage(model)
+    cov = spec.coverage(model, x)
     fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
     row["change"] = max(_rel_change(model, spec, x, 2), _rel_change(model, spec, fresh, 3))
     row["verified_error"] = spec.verified_error
@@ -286,12 +295,20 @@ def save(path: Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def _file(stem: Path, source: str, suffix: str = ".jsonl") -> Path:
+    return stem.with_name(f"{stem.name}_{source}{suffix}")
+
+
 def sweep(args) -> None:
     from tqdm import tqdm
 
     sources = (args.only,) if args.only else ("timm", "torchvision")
     jobs, skipped = select(args.max_params, args.max_params_torchvision, sources)
-    rows = load(args.out)
+    for source in sources:
+        save(
+            _file(args.out, source, ".skipped.jsonl"), [s for s in skipped if s["source"] == source]
+        )
+    rows = [r for source in sources for r in load(_file(args.out, source))]
     done = {(r["source"], r["name"]) for r in rows if r["status"] != "error" or not args.retry}
     rows = [r for r in rows if (r["source"], r["name"]) in done]
     # Smallest first: the sweep gives most rows per hour, the large models come last.
@@ -299,7 +316,7 @@ def sweep(args) -> None:
         (j for j in jobs if (j["source"], j["name"]) not in done), key=lambda j: j["params"]
     )
     todo = todo[: args.limit]
-    print(f"{len(jobs)} models ({len(skipped)} skipped, see .skipped.json), {len(todo)} to do")
+    print(f"{len(jobs)} models ({len(skipped)} skipped, see .skipped.jsonl), {len(todo)} to do")
     pool = _Pool()
     # A plain ``kill`` of the sweep ends its worker too (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -308,15 +325,14 @@ def sweep(args) -> None:
         for job in bar:
             bar.set_postfix_str(f"{job['source']}:{job['name']}")
             rows.append(pool.run(job, args.timeout))
-            save(args.out, rows)
+            save(_file(args.out, job["source"]), [r for r in rows if r["source"] == job["source"]])
     finally:
         pool.close()
-    save(args.out.with_suffix(".skipped.json"), skipped)
 
 
 def report(args) -> None:
     """Summary on stdout, per-model table (markdown) beside the JSON lines."""
-    rows = load(args.out)
+    rows = [r for source in ("timm", "torchvision") for r in load(_file(args.out, source))]
     ok = [r for r in rows if r["status"] == "ok"]
     cov = [r["interior_tensors"] for r in ok]
     print(f"models: {len(rows)} ({sum(r['source'] == 'timm' for r in rows)} timm, "
@@ -345,6 +361,11 @@ def report(args) -> None:
             f"{_cell(_where(r))} |"
         )
     md = args.out.with_suffix(".md")
+    for source in ("timm", "torchvision"):
+        path = _file(args.out, source, ".skipped.jsonl")
+        for sk in load(path):
+            lines.append(f"| {source} | {sk['model']} | {sk.get('family', '')} | | | | | | | | | "
+                         f"skipped: {sk['why']} |")  # fmt: skip
     md.write_text("\n".join(lines) + "\n")
     print(f"per-model table: {md}")
     print("\nworst 20 (interior tensor coverage; top frozen reason with module class):")
@@ -374,7 +395,7 @@ def _cell(text: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=OUT, help="stem of the result files")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     ap.add_argument("--max-params", type=float, default=30e6)
     ap.add_argument("--max-params-torchvision", type=float, default=100e6)

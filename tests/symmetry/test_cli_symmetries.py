@@ -47,7 +47,10 @@ def test_coverage_is_printed_and_in_json(ckpt):
     result = CliRunner().invoke(app, ["symmetries", str(ckpt), "--batch", "4"])
     assert result.exit_code == 0, result.output
     # Every parameter of this ResNet moves but the head's bias (the outermost output side).
-    assert "without the output side: tensors 1.000, scalars 1.000" in result.output
+    assert (
+        "interior (without the output side and unused parameters): tensors 1.000, scalars 1.000"
+        in result.output
+    )
     assert "head (bias): the model output" in result.output
     data = json.loads(
         CliRunner().invoke(app, ["symmetries", str(ckpt), "--json", "--batch", "4"]).output

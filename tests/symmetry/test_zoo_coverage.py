@@ -125,3 +125,27 @@ def test_wrong_model_is_refused():
     spec = trace(model, torch.randn(4, 3))
     with pytest.raises(InvalidInputError, match="pass the model the spec was traced from"):
         spec.coverage(nn.Sequential(nn.Linear(3, 2)))
+
+
+class _Aux(nn.Module):
+    """An auxiliary head the forward never calls (GoogLeNet's in eval mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head, self.aux = nn.Linear(3, 6), nn.Linear(6, 2), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_unused_parameters_are_named_and_left_out_of_the_interior():
+    model = _Aux().train()
+    x = torch.randn(4, 3)
+    spec = trace(model, x)
+    plain, told = spec.coverage(model), spec.coverage(model, x)
+    # Without the input nothing tells aux from a frozen module; with it, aux is unused.
+    assert plain.interior_tensors == 3 / 5 and told.interior_tensors == 1.0
+    assert (told.moved_tensors, told.n_tensors) == (plain.moved_tensors, plain.n_tensors) == (3, 6)
+    aux = [f for f in told.frozen if f.module == "aux"]
+    assert len(aux) == 1 and aux[0].reason.startswith("not used by the forward")
+    assert model.training and all(p.requires_grad for p in model.parameters())

@@ -134,7 +134,7 @@ def _check_model(build, size: int, floor: float, heads: int) -> None:
             ref = float(model(inp).abs().max())
         els = random_elements(spec, generator=torch.Generator().manual_seed(10 + k))
         assert check(model, spec, inp, elements=els) <= 1e-10 * ref
-    cov = spec.coverage(model)
+    cov = spec.coverage(model, x)
     assert cov.interior_tensors >= floor, cov.summary()
     assert sum(s.kind == "attention_heads" for s in spec.sites) >= heads
 

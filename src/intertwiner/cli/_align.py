@@ -62,7 +62,7 @@ def symmetries(
         with torch.no_grad():
             ref = float(m64.eval()(x64).abs().max()) or 1.0
         total64 = check(m64, spec, x64, elements=elements) / ref
-        cov = spec.coverage(model)
+        cov = spec.coverage(m64, x64)
     except IntertwinerError as e:
         raise fail(e) from None
     if as_json:

@@ -12,9 +12,11 @@ tensor unmoved when the first layer is linear (its weight moves along its output
 as moved), so nothing is excluded there. On the output side it leaves the head's bias (and any
 per-feature parameter written straight to the output) unmoved: ``trace`` records those spaces on
 ``spec.frozen`` with the reason ``"the model output"`` (a head's weight that no site moves reads
-a frozen space: it counts as interior). ``tensors`` / ``scalars`` count every
-parameter; ``interior_tensors`` / ``interior_scalars`` leave out the unmoved tensors of modules so
-recorded, and reach 1.0 when every other parameter moves.
+a frozen space: it counts as interior). Parameters the forward does not use (GoogLeNet's auxiliary
+classifiers in eval mode) have no symmetry to find; given the example input, ``coverage`` finds
+them (no gradient path to the output) and lists them as such. ``tensors`` / ``scalars`` count every
+parameter; ``interior_tensors`` / ``interior_scalars`` leave out the output side and the unused
+parameters, and reach 1.0 when every other parameter moves.
 
 Unmoved tensors are listed per module with the reason ``trace`` recorded for them: the frozen space
 that would have moved the tensor (``spec.frozen`` with ``spec.frozen_params``), else the nearest
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 #: The reason ``trace`` records for a space that is the model's output.
 OUTPUT = "the model output"
 NO_REASON = "no site acts on it and trace recorded no reason for this module"
+UNUSED = "not used by the forward on the example input"
 READS_FIXED = "writes the model output and reads a space no site moves (frozen, or the input)"
 
 __all__ = ["Coverage", "FrozenModule", "coverage"]
@@ -69,9 +72,10 @@ class Coverage:
     moved_tensors: int
     n_scalars: int
     moved_scalars: int
-    #: Unmoved tensors and scalars on the model's outermost output side.
-    output_tensors: int
-    output_scalars: int
+    #: Unmoved tensors and scalars left out of the ``interior_*`` shares: the model's outermost
+    #: output side, and parameters the forward does not use (known with an example input).
+    outside_tensors: int
+    outside_scalars: int
     frozen: tuple[FrozenModule, ...]
 
     @property
@@ -84,18 +88,18 @@ class Coverage:
 
     @property
     def interior_tensors(self) -> float:
-        return _share(self.moved_tensors, self.n_tensors - self.output_tensors)
+        return _share(self.moved_tensors, self.n_tensors - self.outside_tensors)
 
     @property
     def interior_scalars(self) -> float:
-        return _share(self.moved_scalars, self.n_scalars - self.output_scalars)
+        return _share(self.moved_scalars, self.n_scalars - self.outside_scalars)
 
     def reasons(self) -> list[tuple[str, int]]:
         """Distinct reasons of the interior frozen modules with the scalars each leaves unmoved,
         most first."""
         count: dict[str, int] = {}
         for f in self.frozen:
-            if not f.output_side:
+            if not f.output_side and f.reason != UNUSED:
                 count[f.reason] = count.get(f.reason, 0) + f.scalars
         return sorted(count.items(), key=lambda kv: -kv[1])
 
@@ -103,10 +107,11 @@ class Coverage:
         """A few lines: the shares, then up to ``limit`` frozen modules (interior ones first)."""
         out = [
             f"coverage: tensors {self.tensors:.3f} ({self.moved_tensors}/{self.n_tensors}), "
-            f"scalars {self.scalars:.3f}; without the output side: tensors "
+            f"scalars {self.scalars:.3f}; interior (without the output side and unused parameters): "
+            f"tensors "
             f"{self.interior_tensors:.3f}, scalars {self.interior_scalars:.3f}"
         ]
-        rows = sorted(self.frozen, key=lambda f: f.output_side)
+        rows = sorted(self.frozen, key=lambda f: f.output_side or f.reason == UNUSED)
         if rows:
             out.append("not moved by any site:")
         for f in rows[:limit]:
@@ -140,8 +145,10 @@ class Coverage:
         }
 
 
-def coverage(spec: SymmetrySpec, model: nn.Module) -> Coverage:
-    """The coverage of ``spec`` on ``model`` (the model ``spec`` was traced from)."""
+def coverage(spec: SymmetrySpec, model: nn.Module, example_input=None) -> Coverage:
+    """The coverage of ``spec`` on ``model`` (the model ``spec`` was traced from); with
+    ``example_input``, parameters the forward does not use are told apart (see ``unused``)."""
+    unused = set() if example_input is None else unused_parameters(model, example_input)
     aliases = dict(model.named_parameters(remove_duplicate=False))
     canonical: dict[int, str] = {}  # id(tensor) -> first name
     for name, p in aliases.items():
@@ -182,7 +189,9 @@ def coverage(spec: SymmetrySpec, model: nn.Module) -> Coverage:
             continue
         module = name.rpartition(".")[0]
         where, reason, output = _recorded(names_of[name], spec, entries) or _reason(module, entries)
-        if output and m.dim() > 1:
+        if name in unused:
+            where, reason, output = "", UNUSED, False
+        elif output and m.dim() > 1:
             # A weight of a module that writes the output still has an input side: unmoved, it
             # reads a space no site moves (frozen, or the model input itself).
             where, reason, output = where, READS_FIXED, False
@@ -191,10 +200,50 @@ def coverage(spec: SymmetrySpec, model: nn.Module) -> Coverage:
     out_t = out_s = 0
     for (module, reason, where, output), names in groups.items():
         scalars = sum(masks[n].numel() for n in names)
-        if output:
+        if output or reason == UNUSED:
             out_t, out_s = out_t + len(names), out_s + scalars
         frozen.append(FrozenModule(module, tuple(names), scalars, reason, where, output))
     return Coverage(len(masks), moved_t, n_s, moved_s, out_t, out_s, tuple(frozen))
+
+
+def unused_parameters(model: nn.Module, example_input) -> set[str]:
+    """Names of the parameters that the forward on ``example_input`` does not use (no gradient
+    path to any floating output): GoogLeNet's auxiliary classifiers in eval mode, ... The model
+    runs once in eval mode; its modes and ``requires_grad`` flags are restored."""
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    named = dict(model.named_parameters())
+    modes = {m: m.training for m in model.modules()}
+    flags = {n: p.requires_grad for n, p in named.items()}
+    try:
+        model.eval()
+        for p in named.values():
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            outs = [
+                t for t in _tensors(model(*inputs)) if t.is_floating_point() and t.requires_grad
+            ]
+            if not outs:
+                return set(named)
+            grads = torch.autograd.grad(
+                sum(t.sum() for t in outs), list(named.values()), allow_unused=True
+            )
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+        for n, p in named.items():
+            p.requires_grad_(flags[n])
+    return {n for n, g in zip(named, grads) if g is None}
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a model output (a tensor, tuple, list, dict or Hugging Face ModelOutput)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
 
 
 def _mark(mask: torch.Tensor, a) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from intertwiner._types import ExampleInput
 from intertwiner.errors import InvalidInputError, UnknownSiteError
 from intertwiner.groups import GroupElement, IntertwinerGroup, MonomialElement
 from intertwiner.symmetry._coverage import Coverage, coverage
@@ -364,13 +365,14 @@ class SymmetrySpec:
             "verified_tolerance": self.verified_tolerance,
         }
 
-    def coverage(self, model: nn.Module) -> Coverage:
+    def coverage(self, model: nn.Module, example_input: ExampleInput | None = None) -> Coverage:
         """Shares of ``model``'s parameter tensors and scalars that some site moves, in all and
-        without the outermost output side (the head's bias, recorded on ``frozen`` as "the model
-        output"; the input side leaves no tensor unmoved), and per module what no site moves and
-        the reason trace recorded for it. ``model``: the model the spec was traced from. See
-        ``symmetry/_coverage.py``."""
-        return coverage(self, model)
+        in the interior: without the outermost output side (the head's bias, recorded on
+        ``frozen`` as "the model output"; the input side leaves no tensor unmoved) and, given
+        ``example_input``, without parameters the forward does not use. Per module: what no site
+        moves and the reason trace recorded for it. ``model``: the model the spec was traced
+        from. See ``symmetry/_coverage.py``."""
+        return coverage(self, model, example_input)
 
     def to_permutation_spec(self, model: nn.Module | None = None) -> dict:
         """The spec in Git Re-Basin's format: ``{"perm_to_axes": {perm: [[param, axis], ...]},
