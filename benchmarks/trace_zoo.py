@@ -309,7 +309,11 @@ def sweep(args) -> None:
             _file(args.out, source, ".skipped.jsonl"), [s for s in skipped if s["source"] == source]
         )
     rows = [r for source in sources for r in load(_file(args.out, source))]
-    done = {(r["source"], r["name"]) for r in rows if r["status"] != "error" or not args.retry}
+    done = {
+        (r["source"], r["name"])
+        for r in rows
+        if (r["status"] != "error" or not args.retry) and r["name"] not in args.redo
+    }
     rows = [r for r in rows if (r["source"], r["name"]) in done]
     # Smallest first: the sweep gives most rows per hour, the large models come last.
     todo = sorted(
@@ -358,7 +362,7 @@ def report(args) -> None:
             f"{r['input'][-1]} | {r['sites']} | {r['heads']}/{r['attention_modules']} | "
             f"{r['tensors']:.3f} ({r['interior_tensors']:.3f}) | {r['scalars']:.3f} "
             f"({r['interior_scalars']:.3f}) | {r['change']:.0e} | {r['time_s']:.0f} | "
-            f"{_cell(_where(r))} |"
+            f"{_cell(', '.join(c for c, _ in classify(r)[:3]))}; {_cell(_where(r))} |"
         )
     md = args.out.with_suffix(".md")
     for source in ("timm", "torchvision"):
@@ -371,20 +375,85 @@ def report(args) -> None:
     print("\nworst 20 (interior tensor coverage; top frozen reason with module class):")
     for r in sorted(ok, key=lambda r: r["interior_tensors"])[:20]:
         print(f"  {r['interior_tensors']:.3f}  {r['source']}:{r['name']}  {_where(r)[:160]}")
+    low = [r for r in ok if r["interior_tensors"] < 0.9]
+    print(
+        f"\ngap classes of the {len(low)} models under 0.9 (models where the class freezes "
+        "anything; the first class listed per model leaves most scalars unmoved):"
+    )
+    classes: dict[str, list[str]] = {}
+    for r in low:
+        for c, _ in classify(r):
+            classes.setdefault(c, []).append(r["name"])
+    for c, names in sorted(classes.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {len(names):3d}  {c}: {', '.join(names)}")
     att = [r for r in ok if r["attention_modules"]]
     print(f"\nmodels with attention modules: {len(att)}; heads found in "
           f"{sum(r['heads'] > 0 for r in att)}: " + ", ".join(r["name"] for r in att if r["heads"]))  # fmt: skip
 
 
+#: Gap classes, first match wins: (label, test on a frozen entry). Consequences (a head that
+#: reads a frozen space, a module with no recorded reason) come last.
+GAPS = [
+    ("unused parameters", lambda f: f["reason"].startswith("not used by the forward")),
+    ("weight standardisation (StdConv)", lambda f: "StdConv" in f["class"]),
+    ("relative position bias table", lambda f: "RelPos" in f["class"]
+     or any("relative_position" in t or "rel_pos" in t or "pos_bias" in t for t in f["tensors"])),
+    ("layer scale / per-channel gamma", lambda f: "LayerScale" in f["class"]
+     or any(t.startswith(("gamma", "ls", "layer_scale")) for t in f["tensors"])),
+    ("head split (packed qkv or per-head reshape)", lambda f: "splits the feature axis" in f["reason"]),
+    ("token-mixing layer (feature axis not last)", lambda f: "not its last dim" in f["reason"]),
+    ("residual add of an input-dependent tensor", lambda f: "added to a tensor computed" in f["reason"]),
+    ("residual addition frozen", lambda f: "residual addition" in f["reason"]),
+    ("gating / attention product (x * f(x))", lambda f: "product with a tensor computed" in f["reason"]
+     or "product of two hidden" in f["reason"]),
+    ("norm over more than the feature axis", lambda f: "must normalise exactly" in f["reason"]
+     or "GroupNorm" in f["reason"] or "statistic over the feature axis" in f["reason"]),
+    ("op without a rule", lambda f: "has no rule for" in f["reason"]),
+    ("slicing / padding / unbinding the feature axis", lambda f: any(
+        w in f["reason"] for w in ("slicing", "padding the feature", "unbinding", "changes the size"))),
+    ("dropped at verification or sharing", lambda f: f["reason"].startswith("dropped")),
+    ("head reads a frozen space", lambda f: f["reason"].startswith("writes the model output")),
+    ("no reason recorded", lambda f: True),
+]  # fmt: skip
+
+
+def gap_class(f: dict) -> str:
+    """The class of a frozen entry (``GAPS``); ``other: ...`` when only the catch-all fits."""
+    for label, test in GAPS:
+        if test(f):
+            if (
+                label == "no reason recorded"
+                and f["reason"] != ""
+                and not f["reason"].startswith("no site")
+            ):
+                return f"other: {f['gap'][:80]}"
+            return label
+    raise AssertionError  # pragma: no cover (the last class takes everything)
+
+
+def classify(r: dict) -> list[tuple[str, int]]:
+    """(gap class, unmoved scalars) of a row's interior frozen entries, most scalars first."""
+    count: dict[str, int] = {}
+    for f in r["frozen"]:
+        if not f["output_side"]:
+            c = gap_class(f)
+            count[c] = count.get(c, 0) + f["scalars"]
+    return sorted(count.items(), key=lambda kv: -kv[1])
+
+
 def _where(r: dict) -> str:
-    """The interior frozen reason leaving most scalars unmoved, with its module classes."""
+    """The interior frozen reason leaving most scalars unmoved, with its module classes (causes
+    before consequences: a head reading a frozen space, no recorded reason)."""
     inner = [f for f in r["frozen"] if not f["output_side"]]
     if not inner:
         return ""
     by: dict[str, list] = {}
     for f in inner:
         by.setdefault(f["gap"], []).append(f)
-    g, fs = max(by.items(), key=lambda kv: sum(f["scalars"] for f in kv[1]))
+    late = ("writes the model output", "no site acts", "not used by")
+    g, fs = max(
+        by.items(), key=lambda kv: (not kv[0].startswith(late), sum(f["scalars"] for f in kv[1]))
+    )
     classes = sorted({f["class"] for f in fs if f["class"]})
     return f"{len(fs)} modules ({', '.join(classes[:3])}): {g}"
 
@@ -402,6 +471,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("timm", "torchvision"))
     ap.add_argument("--limit", type=int, default=None, help="at most this many new models")
     ap.add_argument("--retry", action="store_true", help="run models that failed again")
+    ap.add_argument("--redo", nargs="*", default=[], help="run these models again")
     ap.add_argument("--report", action="store_true", help="summarise --out; run nothing")
     args = ap.parse_args()
     if not args.report:

@@ -285,7 +285,9 @@ def _reason(module: str, entries: list[tuple[str, str, bool]]) -> tuple[str, str
         [_module_of(label) for label, _, _ in entries],
         [_op_module(r) for _, r, _ in entries],
     ):
-        for base, (label, reason, _) in zip(labels, entries):
+        for base, (label, reason, output) in zip(labels, entries):
+            if output:  # the output side explains only its own module's tensors
+                continue
             up = base.rpartition(".")[0]
             if base and (module == base or module.startswith(base + ".")):
                 return label, reason, False
