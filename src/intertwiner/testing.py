@@ -12,6 +12,7 @@ change by phi(A), as hidden representations do when the weights change by A.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -23,12 +24,76 @@ from intertwiner.layouts import neuron_dim
 
 __all__ = [
     "apply_to_neurons",
+    "randomize_model",
+    "import_timm",
+    "import_torchvision",
     "assert_function_preserved",
     "assert_invariant",
     "assert_not_invariant",
     "invariance_gaps",
     "sample_neuron_element",
 ]
+
+
+#: The ``torchvision`` operator schemas defined here when its compiled ops did not load (kept
+#: alive: a ``Library`` removes its definitions when collected).
+_TORCHVISION_SHIM: list[torch.library.Library] = []
+
+
+def import_torchvision() -> ModuleType:
+    """``import torchvision`` where its compiled ops cannot load (a wheel built for a CUDA torch
+    next to a CPU torch): ``import torchvision`` registers fake kernels for ``torchvision::nms``
+    and ``torchvision::qnms`` and fails when those operators do not exist. Their schemas are
+    defined first (only where not already defined; no kernels: calling them raises), which is
+    enough for every model that does not call them (classification models). Nothing on disk is
+    changed. Raises ``ImportError`` when torchvision is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError("torchvision is not installed: pip install -c constraints.txt '.[zoo]'")
+    missing = [op for op in ("nms", "qnms") if not hasattr(torch.ops.torchvision, op)]
+    if missing:
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        for op in missing:
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_SHIM.append(lib)
+    import torchvision
+
+    return torchvision
+
+
+def randomize_model(model: torch.nn.Module, generator: torch.Generator | int | None = None) -> None:
+    """Random weights where model zoos initialise constants, in place: BatchNorm running
+    statistics (means ~ N(0, 0.2^2), variances ~ U(0.5, 1.5)), every 1-D parameter (biases ~
+    N(0, 0.2^2); norm weights, layer scales ~ N(1, 0.2^2)) and any all-zero parameter (N(0,
+    0.02^2)). Zero or unit initialisations (zero-init residual branches, layer scale 1e-6) make a
+    model blind to a wrong symmetry: checks of invariance need a model that uses all its weights."""
+    g = _generator(generator)
+    with torch.no_grad():
+        for m in model.modules():
+            mean, var = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+            if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
+                mean.copy_(0.2 * torch.randn(mean.shape, generator=g))
+                var.copy_(0.5 + torch.rand(var.shape, generator=g))
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                base = 0.0 if name.endswith("bias") else 1.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
+            elif not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+
+
+def import_timm() -> ModuleType:
+    """``import timm`` (which imports torchvision) through ``import_torchvision``."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        raise ImportError("timm is not installed: pip install -c constraints.txt '.[zoo]'")
+    if importlib.util.find_spec("torchvision") is not None:
+        import_torchvision()
+    import timm
+
+    return timm
 
 
 #: A metric: a registry name (``"cka"``, ...) or a function ``(X, Y) -> float``.

@@ -41,3 +41,20 @@ def test_missing_checkpoint_is_a_clean_error(tmp_path):
     result = CliRunner().invoke(app, ["symmetries", str(tmp_path / "nope.safetensors")])
     assert result.exit_code == 2
     assert "error:" in result.output
+
+
+def test_coverage_is_printed_and_in_json(ckpt):
+    result = CliRunner().invoke(app, ["symmetries", str(ckpt), "--batch", "4"])
+    assert result.exit_code == 0, result.output
+    # Every parameter of this ResNet moves but the head's bias (the outermost output side).
+    assert (
+        "interior (without the output side and unused parameters): tensors 1.000, scalars 1.000"
+        in result.output
+    )
+    assert "head (bias): the model output" in result.output
+    data = json.loads(
+        CliRunner().invoke(app, ["symmetries", str(ckpt), "--json", "--batch", "4"]).output
+    )
+    cov = data["coverage"]
+    assert cov["interior_tensors"] == 1.0 and cov["moved_tensors"] == cov["n_tensors"] - 1
+    assert [f["tensors"] for f in cov["frozen"]] == [["head.bias"]]

@@ -42,6 +42,8 @@ def symmetries(
 
     Errors are relative: max |f(x) - f_g(x)| / max |f(x)| with a random element g at one site,
     in float64 (exactness of the symmetry) and in float32 (round-off at the model's precision).
+    Coverage: the share of parameter tensors (and scalars) some site moves, in all and without
+    the output side (the head's bias), then what no site moves, per module, and why.
     """
     import torch
 
@@ -60,6 +62,7 @@ def symmetries(
         with torch.no_grad():
             ref = float(m64.eval()(x64).abs().max()) or 1.0
         total64 = check(m64, spec, x64, elements=elements) / ref
+        cov = spec.coverage(m64, x64)
     except IntertwinerError as e:
         raise fail(e) from None
     if as_json:
@@ -67,6 +70,7 @@ def symmetries(
         for s in out["sites"]:
             s["error_float64"], s["error_float32"] = err64[s["name"]], err32[s["name"]]
         out["all_sites_error_float64"] = total64
+        out["coverage"] = cov.to_dict()
         out["checkpoint"] = checkpoint
         typer.echo(json.dumps(out, indent=2))
         return
@@ -79,6 +83,7 @@ def symmetries(
         f"float32 max {max(err32.values(), default=0.0):.1e}; all sites at once (float64) "
         f"{total64:.1e}."
     )
+    typer.echo(cov.summary())
 
 
 def _random_input(model, input_shape: str | None, batch: int, seed: int):

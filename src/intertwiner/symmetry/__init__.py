@@ -7,6 +7,7 @@
 """
 
 from intertwiner.symmetry._canonical import Canonical, SiteCanonical, canonicalize, fingerprint
+from intertwiner.symmetry._coverage import Coverage, FrozenModule
 from intertwiner.symmetry._teleport import Objective, Teleport, gradient_norm, teleport
 from intertwiner.symmetry.apply import apply, random_elements
 from intertwiner.symmetry.check import (
@@ -22,6 +23,8 @@ __all__ = [
     "SUPPORTED",
     "ActivationAxis",
     "Canonical",
+    "Coverage",
+    "FrozenModule",
     "Objective",
     "ParamAxis",
     "SiteCanonical",

@@ -24,7 +24,16 @@ def build_spec(an: Spaces, model_name: str) -> SymmetrySpec:
     leaves = _collect(an)
     used: set[str] = set()
     sites = [_site(an.sites[r], leaves[r], r, used) for r in sorted(leaves) if r != 0]
-    return SymmetrySpec(sites=sites, frozen=_frozen(an), model_name=model_name)
+    frozen = _frozen(an)
+    params: dict[str, tuple[str, ...]] = {}
+    for label, _, names in frozen:
+        params[label] = tuple(dict.fromkeys(params.get(label, ()) + names))
+    return SymmetrySpec(
+        sites=sites,
+        frozen=[(label, reason) for label, reason, _ in frozen],
+        model_name=model_name,
+        frozen_params={label: names for label, names in params.items() if names},
+    )
 
 
 def _collect(an: Spaces) -> Leaves:
@@ -133,13 +142,15 @@ def _folds(s: _SiteState, candidates: list, actions: list[ParamAxis]) -> list[Fo
     return folds
 
 
-def _frozen(an: Spaces) -> list[tuple[str, str]]:
-    """(space label, reason) of every space that was frozen and touched something."""
+def _frozen(an: Spaces) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(space label, reason, parameters it would have moved) of every space that was frozen and
+    touched something."""
     out = []
     for s in an.sites[1:]:
         if s.frozen_reason and (s.actions or s.activations):
             label = (s.activations[0][1] if s.activations else None) or (
                 s.writers[0][1] if s.writers else f"space {s.id}"
             )
-            out.append((label, s.frozen_reason))
+            params = tuple(dict.fromkeys(a.name for a in s.actions if not a.buffer))
+            out.append((label, s.frozen_reason, params))
     return out

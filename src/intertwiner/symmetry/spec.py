@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from intertwiner._types import ExampleInput
 from intertwiner.errors import InvalidInputError, UnknownSiteError
 from intertwiner.groups import GroupElement, IntertwinerGroup, MonomialElement
+from intertwiner.symmetry._coverage import Coverage, coverage
 from intertwiner.symmetry._export import SCHEMA, permutation_spec
 
 KINDS = ("A", "P", "A^-T", "phi(A)^-T")
@@ -275,6 +277,9 @@ class SymmetrySpec:
     #: changed the function (numerical verification), or a parameter is shared between two uses
     #: that one element cannot satisfy.
     dropped: list[tuple[str, str]] = field(default_factory=list)
+    #: Parameters each frozen space (by its label on ``frozen``) would have moved: ``coverage``
+    #: says why a tensor stays unmoved from these.
+    frozen_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Largest relative output change seen when verifying the returned sites together (None when
     #: the spec was not verified).
     verified_error: float | None = None
@@ -359,6 +364,15 @@ class SymmetrySpec:
             "verified_error": self.verified_error,
             "verified_tolerance": self.verified_tolerance,
         }
+
+    def coverage(self, model: nn.Module, example_input: ExampleInput | None = None) -> Coverage:
+        """Shares of ``model``'s parameter tensors and scalars that some site moves, in all and
+        in the interior: without the outermost output side (the head's bias, recorded on
+        ``frozen`` as "the model output"; the input side leaves no tensor unmoved) and, given
+        ``example_input``, without parameters the forward does not use. Per module: what no site
+        moves and the reason trace recorded for it. ``model``: the model the spec was traced
+        from. See ``symmetry/_coverage.py``."""
+        return coverage(self, model, example_input)
 
     def to_permutation_spec(self, model: nn.Module | None = None) -> dict:
         """The spec in Git Re-Basin's format: ``{"perm_to_axes": {perm: [[param, axis], ...]},
