@@ -19,6 +19,14 @@ so D never increases. An attention-heads site is solved jointly with its per-hea
 of pairing head i of A with head j of B is the residual after the best per-head maps (qk, vo),
 and the permutation of heads is the assignment on those residuals.
 
+Continuous scales (``group="full"`` at sites such as ReLU's, whose positive scalings leave the
+function unchanged) are by default not searched at all: both models are first moved to a
+representative of their scaling orbits (``scales="balanced"``: the least-norm point, see
+``alignment._scales``), only the discrete part (permutations, signs) is searched between the
+representatives, and the element found is mapped back to A's frame (``c_A^-1 P c_B``). Scales
+chosen to minimise D (``scales="distance"``, the earlier rule) shrink or inflate units to fit
+A's weights, which the midpoint of the merge pays for (README, "Alignment and merging").
+
 Activation matching (``method="activations"``) streams, in one pass over ``data``, the cross and
 second moments of both models' features at every site (``Site.activations``: a residual stream
 pools all its activation outputs; memory O(width^2) per site, never N x C) and solves per site
