@@ -543,8 +543,16 @@ def _search(
         )  # fmt: skip
         fixed = {s.name for s in done}
         free = [s for s in free if s.name not in fixed]
-        # Continuous scales come from the weights (see the module docstring).
-        scale_sites = [s for s in done if _site_family(s, group).free_scales]
+        # Continuous scales come from the weights (see the module docstring); between scale
+        # representatives only signs are left, which features that move by the permutation
+        # alone (a gated unit) cannot see either.
+        scale_sites = [
+            s
+            for s in done
+            if _site_family(s, group).free_scales
+            or (group == "discrete" and family(s.group.family).free_scales
+                and _site_family(s, group).flips_signs)
+        ]  # fmt: skip
     return _weight_matching(
         prob, free, blocks, max_sweeps=options["max_sweeps"], tol=options["tol"],
         seed=options["seed"], progress=options["progress"], scale_sites=scale_sites,
