@@ -142,7 +142,9 @@ def trained_pair():
 @pytest.mark.parametrize("group", ["full", "permutation"])
 def test_weight_matching_never_increases_distance(trained_pair, group):
     (a, b), _ = trained_pair
-    res = align(a, b, group=group, seed=1)
+    # The distance rule descends D itself (the representatives' rules descend it between the
+    # representatives: test_representative_history_is_their_distance).
+    res = align(a, b, group=group, seed=1, scales="distance")
     h = res.history
     assert len(h) >= 2
     assert all(h[i + 1] <= h[i] * (1 + 1e-12) for i in range(len(h) - 1))
@@ -154,7 +156,7 @@ def test_full_group_at_least_as_close_as_permutations_on_trained_pair(trained_pa
     (a, b), _ = trained_pair
     # Start the full-group descent from the permutation solution: it can only go lower.
     p = align(a, b, group="permutation")
-    f = align(a, p.model, group="full")
+    f = align(a, p.model, group="full", scales="distance")
     assert weight_distance(a, f.model) <= weight_distance(a, p.model) + 1e-12
 
 
@@ -193,6 +195,8 @@ def test_bad_inputs():
         align(a, a, group="orthogonal")
     with pytest.raises(ValueError, match="method"):
         align(a, a, method="gradients")
+    with pytest.raises(ValueError, match="scales"):
+        align(a, a, scales="smallest")
 
 
 def test_table_lists_every_site():
@@ -276,3 +280,85 @@ def test_activation_matching_is_one_pass():
     data = _CountingBatches(_inputs(x, 96), 32)
     align(a, b, data=data, method="activations", example_input=x)
     assert data.passes == 1
+
+
+# -- the scale rules ---------------------------------------------------------------------------
+def _plain(kind: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A plain nn.Sequential (no zoo config) in float64, with its input."""
+    from torch import nn
+
+    torch.manual_seed(4)
+    if kind == "mlp":
+        m = nn.Sequential(
+            nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)
+        )
+        return m.double(), _inputs(torch.zeros(1, 5, dtype=torch.float64), 256)
+    m = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-1, 1)
+        m[1].running_var.uniform_(0.5, 2.0)
+        m[1].weight.uniform_(0.5, 2.0)
+    return m.eval(), _inputs(torch.zeros(1, 1, 6, 6, dtype=torch.float64), 128)
+
+
+@pytest.mark.parametrize("scales", ["balanced", "unit_norm"])
+@pytest.mark.parametrize("kind", ["mlp", "bn_cnn"])
+def test_full_group_recovers_permuted_and_rescaled_copy_with_no_barrier(kind, scales):
+    """B = A with its units permuted and positively rescaled: the full group gives back A exactly
+    (barrier 0); permutations alone cannot undo the scales (a positive barrier)."""
+    from intertwiner.alignment import interpolate
+
+    a, x = _plain(kind)
+    b, spec = _copy(a, x, seed=6)
+    y = a(x).argmax(1).detach()
+    data = torch.utils.data.TensorDataset(x, y)
+    full = align(a, b, spec=spec, scales=scales)
+    perm = align(a, b, spec=spec, group="permutation")
+    assert _max_rel_diff(a, full.model) < 1e-6
+    assert _max_rel_diff(a, perm.model) > 1e-2
+    flat = interpolate(a, full.model, 5, data, reset_bn=False)
+    bent = interpolate(a, perm.model, 5, data, reset_bn=False)
+    assert flat.barrier == pytest.approx(0.0, abs=1e-9)
+    assert flat.losses == pytest.approx([flat.losses[0]] * 5, abs=1e-9)
+    # Random weights give a flat-ish loss either way; the midpoint's function tells them apart.
+    from intertwiner.alignment import lerp
+
+    with torch.no_grad():
+        ref = float(a(x).abs().max())
+        assert float((lerp(a, full.model, 0.5)(x) - a(x)).abs().max()) < 1e-9 * ref
+        assert float((lerp(a, perm.model, 0.5)(x) - a(x)).abs().max()) > 1e-2 * ref
+    assert bent.losses != pytest.approx(flat.losses, abs=1e-6)
+
+
+def test_balanced_representative_is_least_norm_and_balanced():
+    """Every ReLU unit of the balanced model has equal incoming and outgoing energy, the norm did
+    not grow, and the function is unchanged."""
+    from intertwiner.alignment._scales import balance
+
+    a, x = _plain("mlp")
+    b, spec = _copy(a, x, seed=2)
+    rep, _ = balance(b, spec)
+    with torch.no_grad():
+        assert torch.allclose(rep(x), b(x), atol=1e-10)
+    w = [rep[i] for i in (0, 2, 4)]
+    for inc, out in zip(w[:-1], w[1:], strict=False):
+        e_in = (inc.weight**2).sum(1) + inc.bias**2
+        e_out = (out.weight**2).sum(0)
+        assert torch.allclose(e_in, e_out, rtol=1e-9)
+    norm = sum(float((p.detach() ** 2).sum()) for p in rep.parameters())
+    assert norm <= sum(float((p.detach() ** 2).sum()) for p in b.parameters()) + 1e-9
+
+
+def test_representative_history_is_their_distance(trained_pair):
+    from intertwiner.alignment._scales import balance
+
+    (a, b), _ = trained_pair
+    res = align(a, b)
+    ra, _ = balance(a, res.spec)
+    rb, _ = balance(res.model, res.spec)
+    # B aligned, balanced, is the representative B matched to A's: the recorded distance.
+    assert weight_distance(ra, rb, relative=False) == pytest.approx(res.history[-1], rel=1e-6)
+    assert all(h1 <= h0 * (1 + 1e-12) for h0, h1 in zip(res.history, res.history[1:]))

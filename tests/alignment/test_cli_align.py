@@ -86,3 +86,36 @@ def test_align_mismatched_models_is_a_clean_error(ckpts, tmp_path):
     )
     assert r.exit_code == 2
     assert "error:" in r.output
+
+
+def test_interpolate_repair_json(ckpts):
+    paths, _ = ckpts
+    args = ["interpolate", str(paths["a"]), str(paths["c"]), "--alphas", "3", "--repair",
+            "--samples", "200", "--eval-samples", "100", "--json", "-q"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    (curve,) = json.loads(r.output)
+    assert curve["repair"] is True and curve["alphas"] == [0.0, 0.5, 1.0]
+    plain = ["interpolate", str(paths["a"]), str(paths["c"]), "--alphas", "3",
+             "--samples", "200", "--eval-samples", "100", "--json", "-q"]  # fmt: skip
+    (base,) = json.loads(CliRunner().invoke(app, plain).output)
+    assert curve["losses"][0] == base["losses"][0] and curve["losses"][2] == base["losses"][2]
+    assert curve["losses"][1] != base["losses"][1]  # the midpoint was repaired
+
+
+def test_merge_of_a_model_and_its_transformed_copy_is_the_model(ckpts):
+    paths, folder = ckpts
+    out = folder / "merged.safetensors"
+    args = ["merge", str(paths["a"]), str(paths["b"]), "--out", str(out), "--repair",
+            "--samples", "200", "--eval-samples", "100", "-q"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "merge (weights, REPAIR)" in r.output
+    merged, meta = checkpoints.load(out)
+    a, _ = checkpoints.load(paths["a"])
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(merged(x), a(x), rtol=1e-4, atol=1e-4)
+    assert meta["merge"]["repair"] is True and len(meta["merge"]["source_accuracies"]) == 2
+    r = CliRunner().invoke(app, ["merge", str(paths["a"]), "--out", str(out)])
+    assert r.exit_code == 2 and "at least two" in r.output

@@ -36,6 +36,8 @@ def _fill(folder) -> Store:
                     "losses_no_reset": losses,
                     "accuracies_no_reset": [0.98, 0.1, 0.97],
                     "has_bn": True,
+                    # the second pair is an older run, made before REPAIR was measured
+                    **({"barrier_repair": 0.05, "mid_accuracy_repair": 0.95} if pair else {}),
                 },
             )
     return s
@@ -46,6 +48,10 @@ def test_alignment_section(tmp_path):
     table = alignment_table(store.rows("alignment"))
     assert [r["alignment"] for r in table] == [a[0] for a in ALIGNMENTS]
     assert table[2]["barrier (BN reset)"].startswith("0.333")
+    assert (
+        table[2]["barrier (REPAIR)"].startswith("0.050")
+        and "95.0" in table[2]["acc @ 0.5 % (REPAIR)"]
+    )
     text = render(tmp_path)
     assert "alignment and loss barriers" in text
     assert "full/activations" in text and "data:image/png;base64" in text

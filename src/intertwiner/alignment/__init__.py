@@ -5,11 +5,14 @@
 >>> curve = interpolate(model_a, aligned_b, alphas, test_data, bn_data=train_data)
 >>> curve.barrier, curve.accuracies
 >>> merged = merge([m0, m1, m2])                                    # aligned to m0, then averaged
+>>> curve = interpolate(model_a, aligned_b, 11, test_data, bn_data=train_data, repair=True)
+>>> merged = merge([m0, m1], bn_data=train_data, repair=True)       # REPAIR the average
 """
 
 from intertwiner.alignment._align import (
     GROUPS,
     METHODS,
+    SCALES,
     Alignment,
     SiteReport,
     align,
@@ -24,10 +27,12 @@ from intertwiner.alignment._interpolate import (
 )
 from intertwiner.alignment._orbit import OrbitDistance, orbit_distance, weight_space_pairwise
 from intertwiner.alignment._plot import plot_curves
+from intertwiner.alignment._repair import repair
 
 __all__ = [
     "GROUPS",
     "METHODS",
+    "SCALES",
     "Alignment",
     "Interpolation",
     "OrbitDistance",
@@ -38,6 +43,7 @@ __all__ = [
     "merge",
     "orbit_distance",
     "plot_curves",
+    "repair",
     "reset_bn_statistics",
     "weight_distance",
     "weight_space_pairwise",

@@ -19,6 +19,14 @@ so D never increases. An attention-heads site is solved jointly with its per-hea
 of pairing head i of A with head j of B is the residual after the best per-head maps (qk, vo),
 and the permutation of heads is the assignment on those residuals.
 
+Continuous scales (``group="full"`` at sites such as ReLU's, whose positive scalings leave the
+function unchanged) are by default not searched at all: both models are first moved to a
+representative of their scaling orbits (``scales="balanced"``: the least-norm point, see
+``alignment._scales``), only the discrete part (permutations, signs) is searched between the
+representatives, and the element found is mapped back to A's frame (``c_A^-1 P c_B``). Scales
+chosen to minimise D (``scales="distance"``, the earlier rule) shrink or inflate units to fit
+A's weights, which the midpoint of the merge pays for (README, "Alignment and merging").
+
 Activation matching (``method="activations"``) streams, in one pass over ``data``, the cross and
 second moments of both models' features at every site (``Site.activations``: a residual stream
 pools all its activation outputs; memory O(width^2) per site, never N x C) and solves per site
@@ -45,10 +53,12 @@ from torch import nn
 from intertwiner import _products as products
 from intertwiner import _validate
 from intertwiner._types import DataLike, ExampleInput
+from intertwiner.alignment._scales import representatives
 from intertwiner.alignment._views import axis_rows, feature_rows, tensor_of
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups import (
     PERMUTATION,
+    SIGNED_PERMUTATION,
     FitTerm,
     GroupElement,
     MonomialElement,
@@ -62,6 +72,7 @@ from intertwiner.symmetry.apply import restore, transform_site
 
 METHODS = ("weights", "activations")
 GROUPS = ("full", "permutation", "none")
+SCALES = ("balanced", "unit_norm", "distance")
 
 
 @dataclass
@@ -154,7 +165,13 @@ def _check_same(pa: dict, pb: dict) -> None:
 
 
 def _site_family(site: Site, group: str):
-    return PERMUTATION if group == "permutation" else site.group.family
+    if group == "permutation":
+        return PERMUTATION
+    fam = family(site.group.family)
+    if group == "discrete" and fam.free_scales:
+        # The canonical forms fixed the continuous scales: only the discrete part is searched.
+        return SIGNED_PERMUTATION if fam.flips_signs else PERMUTATION
+    return site.group.family
 
 
 def _identity(site: Site, group: str) -> GroupElement:
@@ -367,6 +384,14 @@ class _ScalesOnly:
     site: Site
 
 
+def _in_frame(
+    c_a: GroupElement | None, found: GroupElement, c_b: GroupElement | None
+) -> GroupElement:
+    """``c_a^-1 @ found @ c_b`` (a missing canonical element is the identity)."""
+    out = found if c_b is None else found @ c_b.to(torch.float64)
+    return out if c_a is None else c_a.to(torch.float64).inverse() @ out
+
+
 def _example_input(model: nn.Module, data: Any, example_input: Any) -> Any:
     if example_input is not None:
         return example_input
@@ -518,8 +543,16 @@ def _search(
         )  # fmt: skip
         fixed = {s.name for s in done}
         free = [s for s in free if s.name not in fixed]
-        # Continuous scales come from the weights (see the module docstring).
-        scale_sites = [s for s in done if _site_family(s, group).free_scales]
+        # Continuous scales come from the weights (see the module docstring); between scale
+        # representatives only signs are left, which features that move by the permutation
+        # alone (a gated unit) cannot see either.
+        scale_sites = [
+            s
+            for s in done
+            if _site_family(s, group).free_scales
+            or (group == "discrete" and family(s.group.family).free_scales
+                and _site_family(s, group).flips_signs)
+        ]  # fmt: skip
     return _weight_matching(
         prob, free, blocks, max_sweeps=options["max_sweeps"], tol=options["tol"],
         seed=options["seed"], progress=options["progress"], scale_sites=scale_sites,
@@ -563,6 +596,7 @@ def align(
     batch_size: int = 256,
     max_samples: int | None = None,
     progress: bool = False,
+    scales: str = "balanced",
 ) -> Alignment:
     """B transformed by one element per site of ``trace(B)``, chosen to bring B close to A.
 
@@ -572,6 +606,14 @@ def align(
     permutations only: Git Re-Basin) or ``"none"`` (identity everywhere). ``spec``: a traced spec
     of B to reuse; otherwise B is traced on ``example_input`` (default: a batch of ``data``, or a
     random input shaped from the zoo config). ``seed`` orders the sites of each sweep.
+    ``scales`` (``group="full"``, sites with continuous scales such as ReLU's): ``"balanced"``
+    (default) moves both models to the least-norm point of their scaling orbits (each unit's
+    incoming and outgoing energies balanced), ``"unit_norm"`` to ``symmetry.canonicalize``'s
+    representative (incoming norms 1); then only the discrete part (permutations, signs) is
+    searched between the representatives and the result is mapped back to A's frame.
+    ``"distance"`` optimises the scales for the weight distance itself (the earlier rule, which
+    makes worse merges; see the README and ``alignment._scales``). With a representative, the
+    ``history`` is the distance between the representatives.
     Returns an ``Alignment`` (unpacks as ``(aligned_b, elements)``); ``model_b`` is untouched.
     """
     if method not in METHODS:
@@ -583,23 +625,43 @@ def align(
         raise InvalidOptionError(
             "method='activations' needs data= (a DataLoader, Dataset or tensor)"
         )
+    if scales not in SCALES:
+        raise InvalidOptionError(f"scales must be one of {SCALES}, got {scales!r}")
     _check_same(dict(model_a.named_parameters()), dict(model_b.named_parameters()))
     start = time.perf_counter()
     if spec is None:
         spec = trace(model_b, _example_input(model_b, data, example_input))
-    prob = _Problem(model_a, model_b, spec, group)
+    canonical = (
+        group == "full"
+        and scales != "distance"
+        and any(family(s.group.family).free_scales for s in spec.sites)
+    )
+    if canonical:
+        # Scales are fixed by the orbit representatives, not searched (see the README for why).
+        src_a, src_b, to_a, to_b = representatives(model_a, model_b, spec, scales)
+        search_group = "discrete"
+    else:
+        src_a, src_b, search_group = model_a, model_b, group
+    prob = _Problem(src_a, src_b, spec, search_group)
     history: list[float] = [weight_distance(prob.a, prob.b, relative=False)]
     sweeps = 0
     if group != "none":
         history, sweeps = _search(
-            prob, model_a, model_b, spec, data, method, group, max_sweeps=max_sweeps, tol=tol,
-            seed=seed, batch_size=batch_size, max_samples=max_samples, progress=progress,
+            prob, src_a, src_b, spec, data, method, search_group, max_sweeps=max_sweeps,
+            tol=tol, seed=seed, batch_size=batch_size, max_samples=max_samples, progress=progress,
         )  # fmt: skip
-    aligned = apply(model_b, spec, prob.elements, validate=False)
+    elements = prob.elements
+    if canonical:
+        # B' = c_A^-1 . P . c_B . B: the element found between the canonical forms, in A's frame.
+        elements = {
+            s.name: _in_frame(to_a.get(s.name), elements[s.name], to_b.get(s.name))
+            for s in spec.sites
+        }
+    aligned = apply(model_b, spec, elements, validate=False)
     reports = _site_reports(spec, model_a, model_b, aligned, group)
     return Alignment(
         model=aligned,
-        elements=prob.elements,
+        elements=elements,
         spec=spec,
         method=method,
         group=group,

@@ -188,6 +188,7 @@ def interpolate(
     data: DataLike,
     *,
     reset_bn: bool = True,
+    repair: bool = False,
     bn_data: DataLike | None = None,
     bn_samples: int | None = None,
     batch_size: int = 512,
@@ -201,7 +202,9 @@ def interpolate(
     ``reset_bn``: re-estimate BatchNorm statistics of each interpolated model strictly between
     the endpoints on ``bn_data`` (default ``data``; pass training data to keep evaluation data
     unseen), capped at ``bn_samples``; at alpha 0 and 1 the models are A and B exactly. No effect
-    on models without BatchNorm.
+    on models without BatchNorm. ``repair``: REPAIR (``alignment.repair``) every interpolated
+    model strictly between the endpoints, after any BN reset: each traced pre-activation channel
+    gets ``(1 - alpha)`` A's plus ``alpha`` B's mean and std on ``bn_data`` (B aligned to A).
     """
     from tqdm.auto import tqdm
 
@@ -211,17 +214,26 @@ def interpolate(
     if bn_samples is not None:  # checked here even when no BatchNorm uses it
         bn_samples = _validate.positive_int(bn_samples, "bn_samples", hint="or None for all")
     has_bn = bool(_bn_modules(model_a))
+    fit = data if bn_data is None else bn_data
+    repairer = None
+    if repair:
+        from intertwiner.alignment._repair import _Repairer
+
+        repairer = _Repairer([model_a, model_b], fit, max_samples=bn_samples)
     losses, accs = [], []
     for a in tqdm(vals, disable=not progress, desc="interpolate"):
         m = lerp(model_a, model_b, a)
         # The endpoints are the trained models themselves, their own statistics included:
         # re-estimating them would shift the endpoints and the barrier measured from them.
         if reset_bn and has_bn and 0.0 < a < 1.0:
-            reset_bn_statistics(m, data if bn_data is None else bn_data, max_samples=bn_samples)
+            reset_bn_statistics(m, fit, max_samples=bn_samples)
+        if repairer is not None and 0.0 < a < 1.0:
+            repairer.apply(m, [1.0 - a, a])
         r = evaluate(m, data, batch_size=batch_size)
         losses.append(r["loss"])
         accs.append(r["accuracy"])
-    return Interpolation(vals, losses, accs, bool(reset_bn and has_bn), label=label)
+    extra = {"repair": bool(repair)}
+    return Interpolation(vals, losses, accs, bool(reset_bn and has_bn), label=label, extra=extra)
 
 
 def merge(
@@ -233,19 +245,24 @@ def merge(
     group: str = "full",
     data: DataLike | None = None,
     bn_data: DataLike | None = None,
+    repair: bool = False,
     **align_options: Any,
 ) -> nn.Module:
     """A weighted average of ``models`` after aligning each to ``models[reference]``.
 
     ``weights``: one per model (default: equal), normalised to sum 1. ``method``: ``"weights"``,
     ``"activations"`` (needs ``data``) or None (plain averaging, no alignment). ``bn_data``:
-    when given, the merged model's BatchNorm statistics are re-estimated on it.
+    when given, the merged model's BatchNorm statistics are re-estimated on it. ``repair``:
+    then REPAIR the merge on ``bn_data`` (needed): every traced pre-activation channel gets the
+    weighted mean and std of the aligned models' (``alignment.repair``).
     """
     from intertwiner.alignment._align import align
 
     models = list(models)
     if not models:
         raise InvalidOptionError("merge needs at least one model")
+    if repair and bn_data is None:
+        raise InvalidOptionError("merge(repair=True) needs bn_data= (inputs to measure on)")
     if weights is None:
         weights = [1.0] * len(models)
     if len(weights) != len(models):
@@ -271,4 +288,9 @@ def merge(
     out = _average(aligned, weights)
     if bn_data is not None:
         reset_bn_statistics(out, bn_data)
+    if repair:
+        from intertwiner.alignment._repair import _Repairer
+
+        example = align_options.get("example_input")
+        _Repairer(aligned, bn_data, example_input=example).apply(out, weights)
     return out

@@ -1,4 +1,4 @@
-"""Symmetry commands: ``symmetries`` (trace and verify), ``align``, ``interpolate``."""
+"""Symmetry commands: ``symmetries`` (trace and verify), ``align``, ``interpolate``, ``merge``."""
 
 from __future__ import annotations
 
@@ -130,6 +130,14 @@ _OPT_GROUP = typer.Option(
     help="full (each site's intertwiner group) | permutation | none",
 )
 
+_OPT_SCALES = typer.Option(
+    "balanced",
+    "--scales",
+    callback=one_of("balanced", "unit_norm", "distance"),
+    help="ReLU-type scales with --group full: balanced (least-norm representatives) | unit_norm "
+    "| distance (scales that minimise the weight distance; worse merges)",
+)
+
 
 @app.command("align")
 def align_cmd(
@@ -140,6 +148,7 @@ def align_cmd(
     ),
     method: str = _OPT_METHOD,
     group: str = _OPT_GROUP,
+    scales: str = _OPT_SCALES,
     data: str | None = typer.Option(
         None, "--data", help="Dataset for activations (default: the one in A's metadata)."
     ),
@@ -172,7 +181,7 @@ def align_cmd(
             )
         res = align(
             model_a, model_b, data=train, method=method, group=group, seed=seed,
-            progress=not quiet,
+            progress=not quiet, scales=scales,
         )  # fmt: skip
         before, after = weight_distance(model_a, model_b), weight_distance(model_a, res.model)
         meta = {
@@ -182,6 +191,7 @@ def align_cmd(
                 "source": str(checkpoint_b),
                 "method": method,
                 "group": group,
+                "scales": scales,
                 "seed": seed,
                 "distance_before": before,
                 "distance_after": after,
@@ -211,11 +221,18 @@ def interpolate_cmd(
     ),
     method: str = _OPT_METHOD,
     group: str = _OPT_GROUP,
+    scales: str = _OPT_SCALES,
     alphas: int = typer.Option(
         11, callback=count(2), help="Evenly spaced points from A (0) to B (1)."
     ),
     reset_bn: bool = typer.Option(
         True, "--reset-bn/--no-reset-bn", help="Re-estimate BatchNorm statistics at each point."
+    ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="REPAIR each point: every pre-activation channel gets the interpolated mean and std "
+        "of A's and B's on the --samples training examples.",
     ),
     data: str | None = typer.Option(
         None, "--data", help="Dataset (default: the one in A's metadata)."
@@ -246,11 +263,11 @@ def interpolate_cmd(
             _random_subset(splits.train, samples),
             _random_subset(splits.test, eval_samples),
         )
-        opts = dict(reset_bn=reset_bn, bn_data=train, progress=not quiet)
+        opts = dict(reset_bn=reset_bn, repair=repair, bn_data=train, progress=not quiet)
         curves = [interpolate(model_a, model_b, alphas, test, label="no alignment", **opts)]
         if do_align:
             res = align(model_a, model_b, data=train, method=method, group=group,
-                        progress=not quiet)  # fmt: skip
+                        progress=not quiet, scales=scales)  # fmt: skip
             label = f"aligned ({method}, {group})"
             curves.append(interpolate(model_a, res.model, alphas, test, label=label, **opts))
         if plot:
@@ -262,7 +279,10 @@ def interpolate_cmd(
         typer.echo(json.dumps([c.to_dict() for c in curves], indent=2))
         return
     for c in curves:
-        typer.echo(f"{c.label}{' (BN re-estimated)' if c.reset_bn else ''}")
+        notes = ", ".join(
+            n for n, on in (("BN re-estimated", c.reset_bn), ("REPAIR", repair)) if on
+        )
+        typer.echo(f"{c.label} ({notes})" if notes else c.label)
         typer.echo("  alpha   loss     accuracy")
         for a, loss, acc in zip(c.alphas, c.losses, c.accuracies, strict=True):
             typer.echo(f"  {a:5.2f}  {loss:7.4f}  {100 * acc:6.2f}%")
@@ -271,3 +291,88 @@ def interpolate_cmd(
                    f"{100 * mid['accuracy']:.2f}%")  # fmt: skip
     if plot:
         typer.echo(f"saved {plot}")
+
+
+_ARG_MODELS = typer.Argument(
+    ...,
+    metavar="CHECKPOINT...",
+    help="Two or more models of one architecture (.safetensors); the first is the reference the "
+    "others are aligned to.",
+)
+
+
+@app.command("merge")
+def merge_cmd(
+    checkpoints_in: list[str] = _ARG_MODELS,
+    out: str = typer.Option(..., "--out", callback=_FILE, help="Where to save the merge."),
+    method: str = _OPT_METHOD,
+    group: str = _OPT_GROUP,
+    scales: str = _OPT_SCALES,
+    no_align: bool = typer.Option(False, "--no-align", help="Average without aligning."),
+    repair: bool = typer.Option(
+        False, "--repair", help="REPAIR the merge (channel statistics of the aligned inputs)."
+    ),
+    reset_bn: bool = typer.Option(
+        True, "--reset-bn/--no-reset-bn", help="Re-estimate the merge's BatchNorm statistics."
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="Dataset (default: the one in the first model's metadata)."
+    ),
+    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
+    samples: int = typer.Option(
+        4096, callback=count(1), help="Training examples for BN statistics / REPAIR / activations."
+    ),
+    eval_samples: int | None = typer.Option(
+        None, callback=count(1), help="Test examples to evaluate (default all)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    model_spec: str | None = _OPT_MODEL,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Align every model to the first, average them (equal weights) and save the merge; prints
+    the test accuracy of each input and of the merge."""
+    from intertwiner import checkpoints
+    from intertwiner.alignment import merge
+    from intertwiner.errors import IntertwinerError, InvalidOptionError
+    from intertwiner.training import evaluate
+
+    try:
+        if len(checkpoints_in) < 2:
+            raise InvalidOptionError("merge needs at least two checkpoints")
+        loaded = [load_checkpoint(p, model_spec) for p in checkpoints_in]
+        models_in = [m for m, _ in loaded]
+        meta0 = loaded[0][1]
+        splits = _pair_splits(meta0, data, data_dir, checkpoints_in[0])
+        train = _random_subset(splits.train, samples)
+        test = _random_subset(splits.test, eval_samples)
+        merged = merge(
+            models_in, method=None if no_align else method, group=group, scales=scales,
+            data=train if method == "activations" else None,
+            bn_data=train if (reset_bn or repair) else None, repair=repair, progress=not quiet,
+        )  # fmt: skip
+        accs = [evaluate(m, test)["accuracy"] for m in models_in]
+        acc = evaluate(merged, test)["accuracy"]
+        meta = {
+            **{k: v for k, v in meta0.items() if k not in ("alignment", "merge")},
+            "merge": {
+                "sources": [str(p) for p in checkpoints_in],
+                "method": None if no_align else method,
+                "group": group,
+                "scales": scales,
+                "repair": repair,
+                "reset_bn": reset_bn,
+                "accuracy": acc,
+                "source_accuracies": accs,
+            },
+        }
+        checkpoints.save(merged, out, meta)
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    if as_json:
+        typer.echo(json.dumps({**meta["merge"], "out": out}, indent=2))
+        return
+    for p, a in zip(checkpoints_in, accs, strict=True):
+        typer.echo(f"  {100 * a:6.2f}%  {p}")
+    typer.echo(f"  {100 * acc:6.2f}%  merge ({'no alignment' if no_align else method}"
+               f"{', REPAIR' if repair else ''})")  # fmt: skip
+    typer.echo(f"saved {out}")

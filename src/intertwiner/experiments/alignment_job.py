@@ -4,7 +4,8 @@ For each pair of independently trained zoo models and each alignment (none; perm
 the Git Re-Basin baseline; each site's full intertwiner group; by weights or by activations), B is
 aligned to A and the straight line between them is evaluated on the test split, with BatchNorm
 statistics re-estimated on training images at every point (and once without, to show the spurious
-barrier that averaging BN statistics creates).
+barrier that averaging BN statistics creates), and once more with REPAIR (every pre-activation
+channel given the interpolated endpoint statistics, ``interpolate(repair=True)``).
 """
 
 from __future__ import annotations
@@ -47,9 +48,14 @@ def alignment_job(config: dict) -> dict:
         "distance_before": weight_distance(a, b),
         "distance_after": weight_distance(a, aligned),
     }
-    for reset in (True, False):
-        c = interpolate(a, aligned, config["alphas"], test, reset_bn=reset, bn_data=train)
-        tag = "bn_reset" if reset else "no_reset"
+    for tag, reset, repair in (
+        ("bn_reset", True, False),
+        ("no_reset", False, False),
+        ("repair", True, True),
+    ):
+        c = interpolate(
+            a, aligned, config["alphas"], test, reset_bn=reset, repair=repair, bn_data=train
+        )
         out[f"barrier_{tag}"] = c.barrier
         out[f"mid_accuracy_{tag}"] = c.midpoint["accuracy"]
         out[f"alphas_{tag}"] = c.alphas

@@ -16,9 +16,13 @@ def _order(label: str) -> int:
     return ORDER.index(label) if label in ORDER else len(ORDER)
 
 
+def _has(rows: list[Row], key: str) -> bool:
+    return any(key in r.metrics for r in rows)
+
+
 def alignment_table(rows: list[Row]) -> list[dict]:
-    """Per architecture and alignment: loss barrier (BN re-estimated / not), accuracy at the
-    midpoint, relative weight distance to A and the time to align (mean +- std over pairs)."""
+    """Per architecture and alignment: loss barrier (BN re-estimated / not / REPAIR), accuracy at
+    the midpoint, relative weight distance to A and the time to align (mean +- std over pairs)."""
     by: dict = defaultdict(list)
     for r in rows:
         by[(r.config["arch"], r.config["alignment"])].append(r)
@@ -39,6 +43,11 @@ def alignment_table(rows: list[Row]) -> list[dict]:
                 "barrier (no reset)": ms("barrier_no_reset"),
                 "acc @ 0.5 % (BN reset)": ms("mid_accuracy_bn_reset", 100.0) if has_bn else "no BN",
                 "acc @ 0.5 % (no reset)": ms("mid_accuracy_no_reset", 100.0),
+                # Rows of runs made before REPAIR was measured have no such metric.
+                "barrier (REPAIR)": ms("barrier_repair") if _has(rs, "barrier_repair") else "-",
+                "acc @ 0.5 % (REPAIR)": (
+                    ms("mid_accuracy_repair", 100.0) if _has(rs, "mid_accuracy_repair") else "-"
+                ),
                 "distance to A": ms("distance_after"),
                 "align s": f"{mean_std([r.metrics['align_seconds'] for r in rs])[0]:.2f}",
             }

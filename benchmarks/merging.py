@@ -1,0 +1,223 @@
+"""Merging benchmark (issue 23): loss barrier and midpoint accuracy of plain ``nn.Sequential`` models.
+
+A new user's models, not the zoo's: an MLP, a CNN without BatchNorm and the same CNN with it,
+trained on the offline MNIST subset (Adam, lr 2e-3, cosine schedule, ``--epochs`` epochs,
+``--seeds`` seeds, every pair). For each
+pair B is aligned to A in each way:
+
+- ``naive``: no alignment,
+- ``rebasin``: the ``rebasin`` package (Git Re-Basin's permutation coordinate descent), if installed,
+- ``perm/weights``, ``perm/activations``: our alignment restricted to permutations,
+- ``full/weights``, ``full/activations``: each site's full intertwiner group with the default
+  scale rule (``scales="balanced"``: both models at the least-norm point of their scaling orbit),
+- ``... (unit norm)``: ``scales="unit_norm"`` (canonical forms: incoming norms 1),
+- ``... (distance)``: the old rule (``scales="distance"``: scales that minimise the weight
+  distance),
+
+and the line from A to aligned B is evaluated at ``--alphas`` points on the test split, once with
+BatchNorm statistics re-estimated (``reset_bn``; nothing to do without BN) and once with REPAIR
+(``repair=True``), both fitted on ``--bn-samples`` training images. Prints, per architecture and
+method, the mean over pairs of the loss barrier and of the accuracy at alpha = 0.5.
+
+    python benchmarks/merging.py                              # 3 archs, seeds 0-2, 10 epochs
+    python benchmarks/merging.py --archs mlp --json out.json
+    python benchmarks/merging.py --report out.json            # the table of a saved run
+
+Trained checkpoints are cached under ``--cache`` (safetensors state dicts), so reruns only align
+and evaluate. Single thread (``torch.set_num_threads(1)``); times are of a shared CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from intertwiner import data
+from intertwiner.alignment import align, interpolate
+from intertwiner.data import random_subset
+from intertwiner.training import TrainConfig, train
+
+ARCHS = ("mlp", "cnn", "cnn_bn")
+
+#: (label, method, group, scales); method None: no alignment; "rebasin": the rebasin package.
+METHODS = (
+    ("naive", None, "none", None),
+    ("rebasin", "rebasin", "permutation", None),
+    ("perm/weights", "weights", "permutation", None),
+    ("perm/activations", "activations", "permutation", None),
+    ("full/weights", "weights", "full", "balanced"),
+    ("full/activations", "activations", "full", "balanced"),
+    ("full/weights (unit norm)", "weights", "full", "unit_norm"),
+    ("full/activations (unit norm)", "activations", "full", "unit_norm"),
+    ("full/weights (distance)", "weights", "full", "distance"),
+    ("full/activations (distance)", "activations", "full", "distance"),
+)
+
+
+def build(arch: str, seed: int) -> nn.Module:
+    """A plain ``nn.Sequential`` (no zoo config): what a new user would write."""
+    torch.manual_seed(seed)
+    if arch == "mlp":
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, 128),
+            nn.ReLU(),
+            nn.Linear(128, 128),
+            nn.ReLU(),
+            nn.Linear(128, 10),
+        )
+    bn = arch == "cnn_bn"
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not bn)
+        return [conv, *([nn.BatchNorm2d(cout)] if bn else []), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(1, 16),
+        nn.MaxPool2d(2),
+        *block(16, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.AdaptiveAvgPool2d(3),
+        nn.Flatten(),
+        nn.Linear(576, 10),
+    )
+
+
+def trained(arch: str, seed: int, splits, epochs: int, cache: Path) -> nn.Module:
+    path = cache / f"{arch}-seed{seed}-e{epochs}.safetensors"
+    model = build(arch, seed)
+    if path.exists():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    config = TrainConfig(
+        epochs=epochs, lr=2e-3, schedule="cosine", num_threads=1, progress=False, seed=seed
+    )
+    t0 = time.perf_counter()
+    model = train(model, splits, config).model.cpu().eval()
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    print(f"trained {arch} seed {seed} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return model
+
+
+def rebasin_align(a: nn.Module, b: nn.Module, example: torch.Tensor) -> nn.Module | None:
+    try:
+        from rebasin import PermutationCoordinateDescent
+    except ImportError:
+        return None
+    b = copy.deepcopy(b)
+    pcd = PermutationCoordinateDescent(copy.deepcopy(a), b, example)
+    pcd.rebasin()
+    return b
+
+
+def run(args) -> list[dict]:
+    torch.set_num_threads(1)
+    splits = data.load("mnist")
+    fit = random_subset(splits.train, args.bn_samples)
+    test = random_subset(splits.test, args.eval_samples)
+    example = torch.stack([fit[i][0] for i in range(8)])
+    cache = Path(args.cache)
+    rows = []
+    methods = [m for m in METHODS if args.methods is None or m[0] in args.methods.split(",")]
+    for arch in args.archs.split(","):
+        models = [trained(arch, s, splits, args.epochs, cache) for s in range(args.seeds)]
+        for ia, ib in itertools.combinations(range(len(models)), 2):
+            a, b = models[ia], models[ib]
+            for label, method, group, scales in methods:
+                t0 = time.perf_counter()
+                if method is None:
+                    aligned = b
+                elif method == "rebasin":
+                    aligned = rebasin_align(a, b, example)
+                    if aligned is None:
+                        continue
+                else:
+                    opts = {} if scales is None else {"scales": scales}
+                    aligned = align(
+                        a, b, data=fit, method=method, group=group, example_input=example, **opts
+                    ).model
+                seconds = time.perf_counter() - t0
+                with torch.no_grad():
+                    change = float((aligned(example) - b(example)).abs().max()) / float(
+                        b(example).abs().max()
+                    )
+                row = {"arch": arch, "pair": [ia, ib], "method": label, "seconds": seconds,
+                       "function_change": change}  # fmt: skip
+                for key, opts in (("reset", {}), ("repair", {"repair": True})):
+                    curve = interpolate(a, aligned, args.alphas, test, bn_data=fit, **opts)
+                    row[key] = {
+                        "barrier": curve.barrier,
+                        "mid_accuracy": curve.midpoint["accuracy"],
+                        "ends": [curve.accuracies[0], curve.accuracies[-1]],
+                    }
+                rows.append(row)
+                r, p = row["reset"], row["repair"]
+                print(
+                    f"{arch:7s} {ia}-{ib} {label:28s} barrier {r['barrier']:.3f} "
+                    f"mid {100 * r['mid_accuracy']:5.1f}% | repair {p['barrier']:.3f} "
+                    f"mid {100 * p['mid_accuracy']:5.1f}% | {seconds:.2f}s, "
+                    f"f change {change:.1e}",
+                    flush=True,
+                )
+    return rows
+
+
+def report(rows: list[dict]) -> str:
+    out = [
+        "| model (endpoints) | method | barrier, BN reset | mid acc. (%), BN reset | "
+        "barrier, repair | mid acc. (%), repair | align (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = list(dict.fromkeys((r["arch"], r["method"]) for r in rows))
+    for arch, method in keys:
+        sel = [r for r in rows if (r["arch"], r["method"]) == (arch, method)]
+        ends = [100 * e for r in sel for e in r["reset"]["ends"]]
+
+        def m(key, field, scale=1.0, sel=sel):
+            return statistics.mean(scale * r[key][field] for r in sel)
+
+        out.append(
+            f"| {arch} ({statistics.mean(ends):.1f}%) | {method} | {m('reset', 'barrier'):.3f} | "
+            f"{m('reset', 'mid_accuracy', 100):.1f} | {m('repair', 'barrier'):.3f} | "
+            f"{m('repair', 'mid_accuracy', 100):.1f} | "
+            f"{statistics.mean(r['seconds'] for r in sel):.2f} |"
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--archs", default=",".join(ARCHS))
+    p.add_argument("--methods", default=None, help="comma-separated labels (default all)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--alphas", type=int, default=11)
+    p.add_argument("--bn-samples", type=int, default=1000)
+    p.add_argument("--eval-samples", type=int, default=1000)
+    p.add_argument("--cache", default=".cache/merging")
+    p.add_argument("--json", default=None, help="write the rows here")
+    p.add_argument("--report", default=None, help="print the table of a saved --json run")
+    args = p.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return
+    rows = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    print()
+    print(report(rows))
+
+
+if __name__ == "__main__":
+    main()
