@@ -4,7 +4,8 @@
 >>> aligned_b, _ = align(model_a, model_b, data=loader, method="activations")
 >>> curve = interpolate(model_a, aligned_b, alphas, test_data, bn_data=train_data)
 >>> curve.barrier, curve.accuracies
->>> merged = merge([m0, m1, m2])                                    # aligned to m0, then averaged
+>>> merged = merge([m0, m1, m2])                      # each aligned to the mean of the others
+>>> merge_report(merged, [m0, m1, m2], test_data).table()       # vs each input and the ensemble
 """
 
 from intertwiner.alignment._align import (
@@ -22,6 +23,13 @@ from intertwiner.alignment._interpolate import (
     merge,
     reset_bn_statistics,
 )
+from intertwiner.alignment._many import (
+    Ensemble,
+    ManyAlignment,
+    MergeReport,
+    align_to_mean,
+    merge_report,
+)
 from intertwiner.alignment._orbit import OrbitDistance, orbit_distance, weight_space_pairwise
 from intertwiner.alignment._plot import plot_curves
 
@@ -29,13 +37,18 @@ __all__ = [
     "GROUPS",
     "METHODS",
     "Alignment",
+    "Ensemble",
     "Interpolation",
+    "ManyAlignment",
+    "MergeReport",
     "OrbitDistance",
     "SiteReport",
     "align",
+    "align_to_mean",
     "interpolate",
     "lerp",
     "merge",
+    "merge_report",
     "orbit_distance",
     "plot_curves",
     "reset_bn_statistics",
