@@ -6,6 +6,7 @@
 >>> curve.barrier, curve.accuracies
 >>> merged = merge([m0, m1, m2])                      # each aligned to the mean of the others
 >>> merge_report(merged, [m0, m1, m2], test_data).table()       # vs each input and the ensemble
+>>> zipped = zip_models(mlp_a, mlp_b, train_inputs, k=1).model   # ZipIt!: shared trunk, two heads
 """
 
 from intertwiner.alignment._align import (
@@ -32,9 +33,11 @@ from intertwiner.alignment._many import (
 )
 from intertwiner.alignment._orbit import OrbitDistance, orbit_distance, weight_space_pairwise
 from intertwiner.alignment._plot import plot_curves
+from intertwiner.alignment._zip import MATCHES, ZippedModel, ZipResult, ZipSite, zip_models
 
 __all__ = [
     "GROUPS",
+    "MATCHES",
     "METHODS",
     "Alignment",
     "Ensemble",
@@ -43,6 +46,9 @@ __all__ = [
     "MergeReport",
     "OrbitDistance",
     "SiteReport",
+    "ZipResult",
+    "ZipSite",
+    "ZippedModel",
     "align",
     "align_to_mean",
     "interpolate",
@@ -54,4 +60,5 @@ __all__ = [
     "reset_bn_statistics",
     "weight_distance",
     "weight_space_pairwise",
+    "zip_models",
 ]
