@@ -79,7 +79,7 @@ def test_greedy_pairs_match_the_textbook_loop():
     for _ in range(5):
         z = torch.randn(40, 10, generator=gen, dtype=torch.float64)
         c = torch.corrcoef(z.T)
-        got = sorted(_greedy_pairs(c, 5, within=True))
+        got = sorted(_greedy_pairs(c, 5, max_within=5))
         # textbook: take the largest remaining off-diagonal entry, strike its rows and columns
         m, want = c.clone(), []
         m.fill_diagonal_(-float("inf"))
@@ -89,8 +89,12 @@ def test_greedy_pairs_match_the_textbook_loop():
             m[[i, j], :] = -float("inf")
             m[:, [i, j]] = -float("inf")
         assert got == sorted(want)
-        cross = _greedy_pairs(c, 5, within=False)
-        assert all((i < 5) != (j < 5) for i, j in cross)
+        cross = _greedy_pairs(c, 5, max_within=0)
+        assert all((i < 5) != (j < 5) for i, j in cross) and len(cross) == 5
+        for budget in (1, 2):
+            some = _greedy_pairs(c, 5, max_within=budget)
+            assert sorted(i for p in some for i in p) == list(range(10))
+            assert sum((i < 5) == (j < 5) for i, j in some) <= 2 * budget
 
 
 def test_same_model_features_are_merged_within():
@@ -148,5 +152,7 @@ def test_unsupported_models_are_refused():
         zip_models(a, b, x)
     with pytest.raises(InvalidOptionError, match="k=3"):
         zip_models(a, a, x, k=3)
+    with pytest.raises(InvalidOptionError, match="max_within"):
+        zip_models(a, a, x, max_within=1.5)
     with pytest.raises(InvalidOptionError, match="match"):
         zip_models(a, a, x, match="optimal")

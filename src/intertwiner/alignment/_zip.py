@@ -227,32 +227,36 @@ def _site_moments(
     return [tuple(m) for m in moments]
 
 
-def _greedy_pairs(corr: torch.Tensor, n: int, within: bool) -> list[tuple[int, int]]:
-    """ZipIt's greedy matching: repeatedly the most correlated pair of unmatched features."""
+def _greedy_pairs(corr: torch.Tensor, n: int, max_within: int) -> list[tuple[int, int]]:
+    """ZipIt's greedy matching: repeatedly the most correlated pair of unmatched features, at
+    most ``max_within`` of them joining two features of one model (ZipIt's alpha). A same-model
+    pair in one model leaves two features of the other without a partner across: those
+    leftovers (all of one model) are then paired among themselves, so a budget of w gives at most
+    2 w same-model pairs."""
     c = corr.clone()
     c.fill_diagonal_(-float("inf"))
-    if not within:
-        c[:n, :n] = -float("inf")
-        c[n:, n:] = -float("inf")
     iu = torch.triu_indices(2 * n, 2 * n, offset=1)
-    vals = c[iu[0], iu[1]]
-    order = torch.argsort(vals, descending=True, stable=True)
+    order = torch.argsort(c[iu[0], iu[1]], descending=True, stable=True).tolist()
     used = torch.zeros(2 * n, dtype=torch.bool)
-    pairs = []
-    for t in order.tolist():
-        i, j = int(iu[0, t]), int(iu[1, t])
-        if used[i] or used[j]:
-            continue
-        used[i] = used[j] = True
-        pairs.append((i, j))
-        if len(pairs) == n:
-            break
-    return pairs
+    pairs: list[tuple[int, int]] = []
+    for budget in (max_within, n):  # the second pass pairs the leftovers of one model
+        within = 0
+        for t in order:
+            i, j = int(iu[0, t]), int(iu[1, t])
+            same = (i < n) == (j < n)
+            if used[i] or used[j] or (same and within >= budget):
+                continue
+            within += same
+            used[i] = used[j] = True
+            pairs.append((i, j))
+            if len(pairs) == n:
+                return pairs
+    return pairs  # pragma: no cover (the second pass always finishes)
 
 
-def _pairs(corr: torch.Tensor, n: int, match: str) -> list[tuple[int, int]]:
+def _pairs(corr: torch.Tensor, n: int, match: str, max_within: int) -> list[tuple[int, int]]:
     if match == "greedy":
-        return _greedy_pairs(corr, n, within=True)
+        return _greedy_pairs(corr, n, max_within)
     if match == "permutation":  # across models only, the best one-to-one (Hungarian)
         perm = best_assignment(corr[:n, n:])
         return [(i, n + int(perm[i])) for i in range(n)]
@@ -310,6 +314,7 @@ def zip_models(
     match: str = "greedy",
     heads: str = "concat",
     scales: bool = True,
+    max_within: float = 1.0,
     example_input: torch.Tensor | None = None,
     batch_size: int = 256,
     max_samples: int | None = None,
@@ -323,7 +328,9 @@ def zip_models(
     models only, one-to-one: activation matching) or ``"identity"`` (unit i with unit i: weight
     averaging of models aligned beforehand). ``heads``: ``"concat"`` (outputs side by side: two
     label sets) or ``"average"`` (one label set). ``scales``: use the site group's scales and signs
-    in the merge (see the module docstring). A and B need equal hidden widths and one input size.
+    in the merge (see the module docstring). ``max_within``: the largest fraction of a site's pairs
+    that may join two features of one model (greedy matching; ZipIt's alpha; 0: across models
+    only). A and B need equal hidden widths and one input size.
     """
     from intertwiner.alignment._align import _example_input
 
@@ -331,6 +338,8 @@ def zip_models(
         raise InvalidOptionError(f"match must be one of {MATCHES}, got {match!r}")
     if heads not in HEADS:
         raise InvalidOptionError(f"heads must be one of {HEADS}, got {heads!r}")
+    if not 0.0 <= float(max_within) <= 1.0:
+        raise InvalidOptionError(f"max_within is a fraction in [0, 1], got {max_within!r}")
     x = _example_input(model_a, data, example_input)
     chains = []
     for m in (model_a, model_b):
@@ -367,7 +376,7 @@ def zip_models(
         group = ca.groups[layer]
         fam = family(group.family)
         score = corr.abs() if scales and fam.flips_signs else corr
-        pairs = _pairs(score, n, match)
+        pairs = _pairs(score, n, match, int(max_within * n))
         M, U = _merge_unmerge(pairs, rms, corr, group, scales)
         la, lb = ca.linears[layer], cb.linears[layer]
         wa, wb = la.weight.detach().double(), lb.weight.detach().double()
