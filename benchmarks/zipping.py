@@ -151,7 +151,7 @@ def main() -> None:
     p.add_argument("--seeds", type=lambda s: [int(w) for w in s.split(",")], default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--zip-samples", type=int, default=2000)
-    p.add_argument("--zoo-dir", default="benchmarks/.zoo_zipping")
+    p.add_argument("--zoo-dir", default="runs/zoo_zipping")
     p.add_argument("--json", default=None)
     p.add_argument("--report", default=None, help="print the table of a saved --json run")
     args = p.parse_args()
