@@ -9,7 +9,12 @@ from torch import nn
 
 from intertwiner.alignment import zip_models
 from intertwiner.alignment._zip import _greedy_pairs
-from intertwiner.errors import InvalidOptionError, ShapeError, UnsupportedModuleError
+from intertwiner.errors import (
+    InvalidOptionError,
+    ShapeError,
+    TooFewSamplesError,
+    UnsupportedModuleError,
+)
 from intertwiner.symmetry import apply, random_elements, trace
 
 
@@ -137,21 +142,42 @@ class _Scaled(nn.Module):
         return self.head(2 * self.act(self.fc1(x.flatten(1))))
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_zipping_a_cnn_with_a_transformed_copy_gives_the_cnn(act):
+    """Convolutions, pooling and a Flatten -> Linear head, zipped whole through the spec."""
+    cnn, x = build_zoo("myrtle_cnn_nobn", act)
+    x = torch.randn(64, *x.shape[1:], generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    spec = trace(cnn, x[:4])
+    other = apply(cnn, spec, random_elements(spec, torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        res = zip_models(cnn, other, x, heads="average")
+        assert res.k == res.depth == len(spec.sites)
+        assert _rel(res.model(x), cnn(x)) < 1e-9
+        for s in res.sites:
+            torch.testing.assert_close(s.merge @ s.unmerge, torch.eye(s.merge.shape[0]).double())
+        both = zip_models(cnn, build_zoo("myrtle_cnn_nobn", act, seed=1)[0], x)
+        assert both.model(x).shape == (64, 2 * cnn(x).shape[1])
+    with pytest.raises(UnsupportedModuleError, match="k=1"):
+        zip_models(cnn, other, x, k=1)
+
+
 def test_unsupported_models_are_refused():
-    cnn, xc = build_zoo("myrtle_cnn_nobn", "relu")
-    with pytest.raises(UnsupportedModuleError, match="zip_models supports chains"):
-        zip_models(cnn, cnn, xc)
+    bn, xb = build_zoo("myrtle_cnn", "relu")
+    with pytest.raises(UnsupportedModuleError, match="BatchNorm"):
+        zip_models(bn, bn, xb)
     x = _inputs(torch.float32)
     ln = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 2))
-    with pytest.raises(UnsupportedModuleError, match="other than nn.Linear"):
+    with pytest.raises(UnsupportedModuleError, match="LayerNorm"):
         zip_models(ln, ln, x)
     with pytest.raises(UnsupportedModuleError, match="rebuilt chain"):
-        zip_models(_Scaled(), _Scaled(), x)
+        zip_models(_Scaled(), _Scaled(), x, k=0)  # partial: needs the chain
     a, b = TinyMLP(seed=1), TinyMLP(seed=2, widths=(24, 8))
     with pytest.raises(ShapeError, match="hidden widths"):
         zip_models(a, b, x)
     with pytest.raises(InvalidOptionError, match="k=3"):
         zip_models(a, a, x, k=3)
+    with pytest.raises(TooFewSamplesError):
+        zip_models(a, a, x[:1])
     with pytest.raises(InvalidOptionError, match="max_within"):
         zip_models(a, a, x, max_within=1.5)
     with pytest.raises(InvalidOptionError, match="match"):

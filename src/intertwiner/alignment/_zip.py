@@ -23,9 +23,13 @@ different label sets; the joint prediction is the argmax over all logits) or ave
 (``heads="average"``: one label set).
 
 Supported: chains of ``nn.Linear`` and elementwise activation modules (an optional Flatten
-first), as a traced spec sees them (every hidden site an activation between two Linear layers);
-the chain is rebuilt and checked to compute the model's outputs. Anything else (convolutions,
-normalisation, residual connections) is refused with ``UnsupportedModuleError``.
+first), as a traced spec sees them (every hidden site an activation between two Linear layers),
+at any ``k``: the chain is rebuilt as a ``ZippedModel`` and checked to compute the model's
+outputs. Other models whose every traced site is an elementwise activation between layers with
+weights (``nn.Conv*d``, ``nn.Linear``; parameter-free pooling and flattening in between) are
+zipped whole (``k=None``): the result is A's architecture with merged weights and its output
+Linear widened to both models' outputs (or averaged). Anything else (normalisation layers,
+residual streams, attention, grouped convolutions) is refused with ``UnsupportedModuleError``.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ class ZipSite:
 class ZipResult:
     """Result of ``zip_models``: the zipped ``model``, the ``k`` zipped sites, the options."""
 
-    model: ZippedModel
+    model: nn.Module
     sites: list[ZipSite] = field(default_factory=list)
     k: int = 0
     depth: int = 0
@@ -215,14 +219,22 @@ def _site_moments(
         for layer in range(k):
             ha = chain_a.acts[layer](chain_a.linears[layer](ha))
             hb = chain_b.acts[layer](chain_b.linears[layer](hb))
-            z = torch.cat([ha.double(), hb.double()], dim=1)
-            if not torch.isfinite(z).all():
-                raise NonFiniteError(f"non-finite features at site {chain_a.names[layer]!r}")
-            m = moments[layer]
-            m[0] = m[0] + z.sum(0)
-            m[1] = m[1] + z.T @ z
-            m[2] += z.shape[0]
-    if k and moments[0][2] < 2:
+            _add(moments[layer], torch.cat([ha, hb], dim=1), chain_a.names[layer])
+    return _finish(moments)
+
+
+def _add(m: list, z: torch.Tensor, site: str) -> None:
+    """Accumulate the sum, ``z^T z`` and count of one batch of features ``z`` into ``m``."""
+    z = z.double()
+    if not torch.isfinite(z).all():
+        raise NonFiniteError(f"non-finite features at site {site!r}")
+    m[0] = m[0] + z.sum(0)
+    m[1] = m[1] + z.T @ z
+    m[2] += z.shape[0]
+
+
+def _finish(moments: list[list]) -> list[tuple]:
+    if moments and moments[0][2] < 2:
         raise TooFewSamplesError("zip_models needs at least 2 samples of data to correlate")
     return [tuple(m) for m in moments]
 
@@ -341,10 +353,20 @@ def zip_models(
     if not 0.0 <= float(max_within) <= 1.0:
         raise InvalidOptionError(f"max_within is a fraction in [0, 1], got {max_within!r}")
     x = _example_input(model_a, data, example_input)
-    chains = []
-    for m in (model_a, model_b):
-        chains.append(_chain(m, trace(m, x), x))
-    ca, cb = chains
+    spec_a, spec_b = trace(model_a, x), trace(model_b, x)
+    try:
+        ca, cb = _chain(model_a, spec_a, x), _chain(model_b, spec_b, x)
+    except UnsupportedModuleError as e:
+        if k is not None and k != len(spec_a.sites):
+            raise UnsupportedModuleError(
+                f"{e}. Partial zipping (k={k}) needs such a chain; other models (convolutions, "
+                "pooling) are zipped whole: k=None"
+            ) from None
+        return _zip_spec(
+            model_a, model_b, spec_a, data, heads=heads, batch_size=batch_size,
+            max_samples=max_samples, progress=progress,
+            opts=dict(match=match, scales=scales, max_within=max_within),
+        )  # fmt: skip
     widths_a = [lin.weight.shape for lin in ca.linears[:-1]] + [ca.linears[-1].weight.shape[1:]]
     widths_b = [lin.weight.shape for lin in cb.linears[:-1]] + [cb.linears[-1].weight.shape[1:]]
     if widths_a != widths_b:
@@ -361,23 +383,14 @@ def zip_models(
     if k > depth:
         raise InvalidOptionError(f"k={k} but the models have {depth} hidden sites (k <= {depth})")
     moments = _site_moments(ca, cb, k, data, batch_size, max_samples, progress)
+    opts = dict(match=match, scales=scales, max_within=max_within)
     sites: list[ZipSite] = []
     trunk: list[nn.Module] = [nn.Flatten()]
     ua = ub = None  # unmerge of the previous site, A's and B's rows
     for layer in range(k):
-        total, gram, count = moments[layer]
-        mean = total / count
-        cov = gram / count - torch.outer(mean, mean)
-        std = cov.diagonal().clamp(min=0).sqrt()
-        corr = torch.nan_to_num(cov / torch.outer(std, std).clamp(min=1e-300), nan=0.0)
-        corr = torch.where(torch.outer(std, std) > 0, corr, torch.zeros_like(corr))
-        rms = (gram.diagonal() / count).clamp(min=0).sqrt()
         n = ca.linears[layer].weight.shape[0]
-        group = ca.groups[layer]
-        fam = family(group.family)
-        score = corr.abs() if scales and fam.flips_signs else corr
-        pairs = _pairs(score, n, match, int(max_within * n))
-        M, U = _merge_unmerge(pairs, rms, corr, group, scales)
+        site = _zip_site(ca.names[layer], ca.groups[layer], n, moments[layer], **opts)
+        M = site.merge
         la, lb = ca.linears[layer], cb.linears[layer]
         wa, wb = la.weight.detach().double(), lb.weight.detach().double()
         if ua is not None:
@@ -389,8 +402,148 @@ def zip_models(
         elif la.bias is not None or lb.bias is not None:
             raise ShapeError(f"only one of A and B has a bias at {ca.names[layer]!r}")
         trunk += [_linear(w, b, la), copy.deepcopy(ca.acts[layer])]
-        ua, ub = U[:n], U[n:]
-        within = sum(1 for i, j in pairs if (i < n) == (j < n))
-        sites.append(ZipSite(ca.names[layer], M, U, pairs, within))
+        ua, ub = site.unmerge[:n], site.unmerge[n:]
+        sites.append(site)
     model = ZippedModel(nn.Sequential(*trunk), _head(ca, k, ua), _head(cb, k, ub), heads)
     return ZipResult(model.eval(), sites, k, depth, match, heads)
+
+
+def _zip_site(
+    name: str, group, n: int, moments: tuple, *, match: str, scales: bool, max_within: float
+) -> ZipSite:
+    """Pairs, merge and unmerge of one site from the moments of ``z = [h_A; h_B]``."""
+    total, gram, count = moments
+    mean = total / count
+    cov = gram / count - torch.outer(mean, mean)
+    std = cov.diagonal().clamp(min=0).sqrt()
+    live = torch.outer(std, std) > 0  # a unit constant on the data correlates with nothing
+    corr = torch.where(live, cov / torch.outer(std, std).clamp(min=1e-300), torch.zeros_like(cov))
+    rms = (gram.diagonal() / count).clamp(min=0).sqrt()
+    fam = family(group.family)
+    score = corr.abs() if scales and fam.flips_signs else corr
+    pairs = _pairs(score, n, match, int(max_within * n))
+    M, U = _merge_unmerge(pairs, rms, corr, group, scales)
+    within = sum(1 for i, j in pairs if (i < n) == (j < n))
+    return ZipSite(name, M, U, pairs, within)
+
+
+# -- whole models through their spec (convolutions, pooling) -------------------------------------
+def _along(t: torch.Tensor, ax, mat: torch.Tensor) -> torch.Tensor:
+    """``mat`` (m x n_total) applied to the channels of ``t`` along ``ax``'s view."""
+    shape = list(t.shape)
+    v = t.reshape(*shape[: ax.axis], ax.outer, ax.n_total, ax.inner, *shape[ax.axis + 1 :])
+    d = ax.axis + 1
+    out = torch.movedim(torch.tensordot(mat, v, dims=([1], [d])), 0, d)
+    return out.reshape(*shape[: ax.axis], -1, *shape[ax.axis + 1 :])
+
+
+def _spec_plan(model: nn.Module, spec: SymmetrySpec) -> tuple[dict, dict, str]:
+    """``{param: (site, producer axis)}``, ``{param: (site, consumer axis)}`` and the output
+    module's name; refuses what zipping through the spec cannot merge linearly."""
+
+    def refuse(why: str) -> UnsupportedModuleError:
+        return UnsupportedModuleError(
+            f"zip_models merges models whose every hidden site is an elementwise activation "
+            f"between layers with weights (Linear, Conv); {type(model).__name__}: {why}"
+        )
+
+    weighted = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    other = [
+        f"{n} ({type(m).__name__})"
+        for n, m in model.named_modules()
+        if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, weighted)
+    ]
+    if other:  # a normalisation's statistics span features: merged features change them
+        raise refuse(f"modules with parameters other than Linear/Conv: {other[:4]}")
+    if spec.dropped:
+        raise refuse(f"sites the tracer could not verify: {spec.dropped[:3]}")
+    if not spec.sites:
+        raise refuse("no hidden site was traced")
+    prod: dict[str, tuple] = {}
+    cons: dict[str, tuple] = {}
+    for s in spec.sites:
+        if s.kind != "activation" or not family(s.group.family).monomial or s.folds:
+            raise refuse(f"site {s.name!r} is a {s.kind} site of group {s.group.name}")
+        for a in s.actions:
+            if a.buffer or a.kind not in ("A", "phi(A)^-T") or a.channels is not None or a.within:
+                raise refuse(
+                    f"site {s.name!r} moves {a.describe()} (BatchNorm statistics, grouped or "
+                    "partial channels do not merge linearly)"
+                )
+            book = prod if a.kind == "A" else cons
+            if a.name in book:
+                raise refuse(f"{a.name} is moved by two sites on one side")
+            book[a.name] = (s, a)
+    params = dict(model.named_parameters())
+    outputs = [n for n in params if n not in prod]
+    modules = {n.rsplit(".", 1)[0] for n in outputs}
+    if len(modules) != 1 or not isinstance(model.get_submodule(next(iter(modules))), nn.Linear):
+        raise refuse(f"parameters outside the sites' producers, not one output Linear: {outputs}")
+    return prod, cons, modules.pop()
+
+
+@torch.no_grad()
+def _spec_moments(
+    model_a: nn.Module, model_b: nn.Module, spec: SymmetrySpec, data: DataLike,
+    batch_size: int, max_samples: int | None, progress: bool,
+) -> list[tuple]:  # fmt: skip
+    from intertwiner.alignment._views import feature_rows
+    from intertwiner.features import Capturer, limited_batches
+
+    layers = sorted({a for s in spec.sites for a in s.activations})
+    moments: list[list[Any]] = [[0.0, 0.0, 0] for _ in spec.sites]
+    with Capturer(model_a, layers) as cap_a, Capturer(model_b, layers) as cap_b:
+        for x in limited_batches(data, batch_size, max_samples, progress, desc="zip features"):
+            fa, fb = cap_a.run(x), cap_b.run(x)
+            for m, s in zip(moments, spec.sites, strict=True):
+                for act in s.activations:
+                    ax = s.activation_axes[act]
+                    za, zb = feature_rows(fa[act], ax), feature_rows(fb[act], ax)
+                    _add(m, torch.cat([za, zb], dim=1), s.name)
+    return _finish(moments)
+
+
+def _zip_spec(
+    model_a: nn.Module, model_b: nn.Module, spec: SymmetrySpec, data: DataLike, *, heads: str,
+    batch_size: int, max_samples: int | None, progress: bool, opts: dict,
+) -> ZipResult:  # fmt: skip
+    """Every site zipped: A's architecture with merged weights, the output Linear widened to
+    both models' outputs (``"concat"``) or averaged."""
+    prod, cons, out_name = _spec_plan(model_a, spec)
+    pa, pb = dict(model_a.named_parameters()), dict(model_b.named_parameters())
+    out_params = [n for n in pa if n not in prod]
+    if pa.keys() != pb.keys() or any(pa[n].shape != pb[n].shape for n in pa if n not in out_params):
+        raise ShapeError("zip_models needs A and B of one architecture (outputs may differ)")
+    if heads == "average" and any(pa[n].shape != pb[n].shape for n in out_params):
+        raise ShapeError("heads='average' needs outputs of one size; use heads='concat'")
+    moments = _spec_moments(model_a, model_b, spec, data, batch_size, max_samples, progress)
+    sites = {
+        s.name: _zip_site(s.name, s.group, s.width, m, **opts)
+        for s, m in zip(spec.sites, moments, strict=True)
+    }
+    merged: dict[str, torch.Tensor] = {}
+    for name in pa:
+        ta, tb = pa[name].detach().double(), pb[name].detach().double()
+        if name in cons:
+            s, ax = cons[name]
+            u = sites[s.name].unmerge
+            ta, tb = _along(ta, ax, u[: s.width].T), _along(tb, ax, u[s.width :].T)
+        if name in prod:
+            s, ax = prod[name]
+            m = sites[s.name].merge
+            merged[name] = _along(ta, ax, m[:, : s.width]) + _along(tb, ax, m[:, s.width :])
+        else:
+            merged[name] = (ta + tb) / 2 if heads == "average" else torch.cat([ta, tb])
+    model = copy.deepcopy(model_a)
+    old = model.get_submodule(out_name)
+    if heads == "concat":
+        new = nn.Linear(
+            old.in_features, merged[f"{out_name}.weight"].shape[0], bias=old.bias is not None
+        )
+        parent, _, leaf = out_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, new.to(old.weight.dtype))
+    with torch.no_grad():
+        for name, t in merged.items():
+            model.get_parameter(name).copy_(t)
+    out = list(sites.values())
+    return ZipResult(model.eval(), out, len(out), len(out), opts["match"], heads)
