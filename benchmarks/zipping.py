@@ -20,6 +20,7 @@ Features for zipping: ``--zip-samples`` training images of all ten digits. One t
 
     python benchmarks/zipping.py                      # 3 pairs, widths 128,128,128
     python benchmarks/zipping.py --json zipping.json
+    python benchmarks/zipping.py --arch cnn           # Myrtle CNN without BatchNorm, zipped whole
 """
 
 from __future__ import annotations
@@ -49,25 +50,24 @@ def _task(x: torch.Tensor, y: torch.Tensor, lo: int) -> TensorDataset:
     return TensorDataset(x[keep], y[keep] - lo)
 
 
-def _model(widths: list[int], seed: int):
-    return models.build(
-        "mlp", widths=widths, in_channels=1, input_size=28, num_classes=5, seed=seed
-    )
+def _model(args, seed: int):
+    common = dict(in_channels=1, input_size=28, num_classes=5, seed=seed)
+    if args.arch == "cnn":  # BatchNorm statistics do not merge linearly: zip refuses them
+        return models.build("myrtle_cnn", width=args.cnn_width, batchnorm=False, **common)
+    return models.build("mlp", widths=args.widths, **common)
 
 
 def trained(splits, tensors, lo: int, seed: int, args) -> torch.nn.Module:
-    """The MLP for digits lo..lo+4 with ``seed``, from the cache or trained now."""
-    tag = "x".join(map(str, args.widths))
-    path = (
-        Path(args.zoo_dir) / f"mlp{tag}_digits{lo}-{lo + 4}_seed{seed}_e{args.epochs}.safetensors"
-    )
+    """The model for digits lo..lo+4 with ``seed``, from the cache or trained now."""
+    tag = f"mlp{'x'.join(map(str, args.widths))}" if args.arch == "mlp" else f"cnn{args.cnn_width}"
+    path = Path(args.zoo_dir) / f"{tag}_digits{lo}-{lo + 4}_seed{seed}_e{args.epochs}.safetensors"
     if path.exists():
         return checkpoints.load(path)[0].eval()
     (xtr, ytr), (xva, yva), (xte, yte) = tensors
     task = DataSplits(
         _task(xtr, ytr, lo), _task(xva, yva, lo), _task(xte, yte, lo), dict(splits.meta)
     )
-    model = _model(args.widths, seed)
+    model = _model(args, seed)
     cfg = TrainConfig(epochs=args.epochs, seed=seed, num_threads=1, progress=False)
     res = train(model, task, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def run(args) -> list[dict]:
             : args.zip_samples
         ]
     ]
-    depth = len(args.widths)
+    depth = len(args.widths) if args.arch == "mlp" else None  # a CNN is zipped whole
     rows = []
     for seed in args.seeds:
         a = trained(splits, tensors, 0, seed, args)
@@ -108,13 +108,14 @@ def run(args) -> list[dict]:
             bb = align(a, b, group=group, example_input=zip_x[:8], seed=0).model
             tag = "perm" if group == "permutation" else "full"
             methods[f"avg/{tag}"] = (a, bb, dict(match="identity", scales=False))
-        for k in range(1, depth + 1):
-            methods[f"zip k={k}"] = (a, b, dict(k=k))
+        for k in range(1, depth + 1) if depth else (None,):
+            methods[f"zip k={k or 'all'}"] = (a, b, dict(k=k))
+        full = depth or "all"
         for frac in (0.0, 0.25, 0.5):
-            methods[f"zip within<={frac:g} k={depth}"] = (a, b, dict(max_within=frac))
-        methods[f"zip/noscale k={depth}"] = (a, b, dict(scales=False))
-        methods[f"zip/noscale within<=0 k={depth}"] = (a, b, dict(scales=False, max_within=0.0))
-        methods[f"zip/perm k={depth}"] = (a, b, dict(match="permutation"))
+            methods[f"zip within<={frac:g} k={full}"] = (a, b, dict(max_within=frac))
+        methods[f"zip/noscale k={full}"] = (a, b, dict(scales=False))
+        methods[f"zip/noscale within<=0 k={full}"] = (a, b, dict(scales=False, max_within=0.0))
+        methods[f"zip/perm k={full}"] = (a, b, dict(match="permutation"))
         for name, (ma, mb, opts) in methods.items():
             t0 = time.perf_counter()
             z = zip_models(ma, mb, zip_x, **opts)
@@ -147,6 +148,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="mlp", choices=["mlp", "cnn"])
+    p.add_argument("--cnn-width", type=int, default=16)
     p.add_argument("--widths", type=lambda s: [int(w) for w in s.split(",")], default=[128] * 3)
     p.add_argument("--seeds", type=lambda s: [int(w) for w in s.split(",")], default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=10)

@@ -137,9 +137,10 @@ class _Scaled(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc1, self.act, self.head = nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4)
+        self.fc2, self.act2 = nn.Linear(8, 8), nn.ReLU()
 
     def forward(self, x):
-        return self.head(2 * self.act(self.fc1(x.flatten(1))))
+        return self.head(2 * self.act2(self.fc2(self.act(self.fc1(x.flatten(1))))))
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh"])
@@ -159,6 +160,9 @@ def test_zipping_a_cnn_with_a_transformed_copy_gives_the_cnn(act):
         assert both.model(x).shape == (64, 2 * cnn(x).shape[1])
     with pytest.raises(UnsupportedModuleError, match="k=1"):
         zip_models(cnn, other, x, k=1)
+    with torch.no_grad():  # k=0 is the ensemble for any model
+        pair = zip_models(cnn, other, x, k=0).model(x)
+        assert torch.equal(pair, torch.cat([cnn(x), other(x)], dim=1))
 
 
 def test_unsupported_models_are_refused():
@@ -170,7 +174,10 @@ def test_unsupported_models_are_refused():
     with pytest.raises(UnsupportedModuleError, match="LayerNorm"):
         zip_models(ln, ln, x)
     with pytest.raises(UnsupportedModuleError, match="rebuilt chain"):
-        zip_models(_Scaled(), _Scaled(), x, k=0)  # partial: needs the chain
+        zip_models(_Scaled(), _Scaled(), x, k=1)  # partial: needs the chain
+    scaled = _Scaled().eval()
+    with torch.no_grad():  # whole, through the spec, it is zipped (the doubling is linear)
+        assert _rel(zip_models(scaled, scaled, x, heads="average").model(x), scaled(x)) < 1e-5
     a, b = TinyMLP(seed=1), TinyMLP(seed=2, widths=(24, 8))
     with pytest.raises(ShapeError, match="hidden widths"):
         zip_models(a, b, x)

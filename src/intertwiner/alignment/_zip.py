@@ -357,6 +357,9 @@ def zip_models(
     try:
         ca, cb = _chain(model_a, spec_a, x), _chain(model_b, spec_b, x)
     except UnsupportedModuleError as e:
+        if k == 0:  # nothing zipped: the two models side by side, whatever they are
+            pair = ZippedModel(nn.Identity(), copy.deepcopy(model_a), copy.deepcopy(model_b), heads)
+            return ZipResult(pair.eval(), [], 0, len(spec_a.sites), match, heads)
         if k is not None and k != len(spec_a.sites):
             raise UnsupportedModuleError(
                 f"{e}. Partial zipping (k={k}) needs such a chain; other models (convolutions, "
