@@ -110,12 +110,12 @@ def test_merge_of_a_model_and_its_transformed_copy_is_the_model(ckpts):
             "--samples", "200", "--eval-samples", "100", "-q"]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert "merge (weights, REPAIR)" in r.output
+    assert "merged by weights, group full, REPAIR" in r.output
     merged, meta = checkpoints.load(out)
     a, _ = checkpoints.load(paths["a"])
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.allclose(merged(x), a(x), rtol=1e-4, atol=1e-4)
-    assert meta["merge"]["repair"] is True and len(meta["merge"]["source_accuracies"]) == 2
+    assert meta["merge"]["repair"] is True and len(meta["merge"]["inputs"]) == 2
     r = CliRunner().invoke(app, ["merge", str(paths["a"]), "--out", str(out)])
-    assert r.exit_code == 2 and "at least two" in r.output
+    assert r.exit_code == 2 and "two or more" in r.output

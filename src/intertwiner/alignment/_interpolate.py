@@ -240,16 +240,20 @@ def merge(
     models: Sequence[nn.Module],
     weights: Sequence[float] | None = None,
     *,
-    reference: int = 0,
+    reference: int | str = "mean",
     method: str | None = "weights",
     group: str = "full",
     data: DataLike | None = None,
     bn_data: DataLike | None = None,
     repair: bool = False,
+    max_iter: int = 20,
     **align_options: Any,
 ) -> nn.Module:
-    """A weighted average of ``models`` after aligning each to ``models[reference]``.
+    """A weighted average of ``models`` after aligning them to one another.
 
+    ``reference``: ``"mean"`` (default: each model aligned to the mean of the others, iterated to
+    a fixed point; Git Re-Basin's MergeMany, see ``align_to_mean``; at most ``max_iter`` rounds),
+    or a model index (``"first"`` = 0): every model aligned to that one.
     ``weights``: one per model (default: equal), normalised to sum 1. ``method``: ``"weights"``,
     ``"activations"`` (needs ``data``) or None (plain averaging, no alignment). ``bn_data``:
     when given, the merged model's BatchNorm statistics are re-estimated on it. ``repair``:
@@ -257,34 +261,35 @@ def merge(
     weighted mean and std of the aligned models' (``alignment.repair``).
     """
     from intertwiner.alignment._align import align
+    from intertwiner.alignment._many import _normalised, align_to_mean, reference_index
 
     models = list(models)
     if not models:
         raise InvalidOptionError("merge needs at least one model")
     if repair and bn_data is None:
         raise InvalidOptionError("merge(repair=True) needs bn_data= (inputs to measure on)")
-    if weights is None:
-        weights = [1.0] * len(models)
-    if len(weights) != len(models):
-        raise InvalidOptionError(f"got {len(weights)} weights for {len(models)} models")
-    total = float(sum(weights))
-    if total == 0:
-        raise InvalidOptionError("merge weights sum to zero")
-    weights = [float(w) / total for w in weights]
-    ref = models[reference]
+    weights = _normalised(weights, len(models))
+    reference = reference_index(reference, len(models))
+    ref = models[0 if reference is None else reference]
     if data is None and bn_data is not None and "example_input" not in align_options:
         # weight matching needs only an input to trace the models: bn_data has inputs
         from intertwiner.alignment._align import _example_input
 
         align_options["example_input"] = _example_input(ref, bn_data, None)
-    aligned = []
-    for k, m in enumerate(models):
-        if k == reference or method is None:
-            aligned.append(m)
-        else:
-            aligned.append(
-                align(ref, m, data=data, method=method, group=group, **align_options).model
-            )
+    if method is None or len(models) == 1:
+        aligned = models
+    elif reference is None:
+        aligned = align_to_mean(
+            models, weights, method=method, group=group, data=data, max_iter=max_iter,
+            **align_options,
+        ).models  # fmt: skip
+    else:
+        aligned = [
+            m
+            if k == reference
+            else align(ref, m, data=data, method=method, group=group, **align_options).model
+            for k, m in enumerate(models)
+        ]
     out = _average(aligned, weights)
     if bn_data is not None:
         reset_bn_statistics(out, bn_data)

@@ -13,6 +13,7 @@ from intertwiner.cli import _train  # noqa: F401, E402
 from intertwiner.cli import _run  # noqa: F401, E402
 from intertwiner.cli import _experiments  # noqa: F401, E402
 from intertwiner.cli import _align  # noqa: F401, E402
+from intertwiner.cli import _merge  # noqa: F401, E402
 from intertwiner.cli import _compare  # noqa: F401, E402
 from intertwiner.cli import _measures  # noqa: F401, E402
 from intertwiner.cli import _weightspace  # noqa: F401, E402

@@ -1,4 +1,5 @@
-"""Symmetry commands: ``symmetries`` (trace and verify), ``align``, ``interpolate``, ``merge``."""
+"""Symmetry commands: ``symmetries`` (trace and verify), ``align``, ``interpolate`` (``merge``
+lives in ``_merge``)."""
 
 from __future__ import annotations
 
@@ -291,88 +292,3 @@ def interpolate_cmd(
                    f"{100 * mid['accuracy']:.2f}%")  # fmt: skip
     if plot:
         typer.echo(f"saved {plot}")
-
-
-_ARG_MODELS = typer.Argument(
-    ...,
-    metavar="CHECKPOINT...",
-    help="Two or more models of one architecture (.safetensors); the first is the reference the "
-    "others are aligned to.",
-)
-
-
-@app.command("merge")
-def merge_cmd(
-    checkpoints_in: list[str] = _ARG_MODELS,
-    out: str = typer.Option(..., "--out", callback=_FILE, help="Where to save the merge."),
-    method: str = _OPT_METHOD,
-    group: str = _OPT_GROUP,
-    scales: str = _OPT_SCALES,
-    no_align: bool = typer.Option(False, "--no-align", help="Average without aligning."),
-    repair: bool = typer.Option(
-        False, "--repair", help="REPAIR the merge (channel statistics of the aligned inputs)."
-    ),
-    reset_bn: bool = typer.Option(
-        True, "--reset-bn/--no-reset-bn", help="Re-estimate the merge's BatchNorm statistics."
-    ),
-    data: str | None = typer.Option(
-        None, "--data", help="Dataset (default: the one in the first model's metadata)."
-    ),
-    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    samples: int = typer.Option(
-        4096, callback=count(1), help="Training examples for BN statistics / REPAIR / activations."
-    ),
-    eval_samples: int | None = typer.Option(
-        None, callback=count(1), help="Test examples to evaluate (default all)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    model_spec: str | None = _OPT_MODEL,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-) -> None:
-    """Align every model to the first, average them (equal weights) and save the merge; prints
-    the test accuracy of each input and of the merge."""
-    from intertwiner import checkpoints
-    from intertwiner.alignment import merge
-    from intertwiner.errors import IntertwinerError, InvalidOptionError
-    from intertwiner.training import evaluate
-
-    try:
-        if len(checkpoints_in) < 2:
-            raise InvalidOptionError("merge needs at least two checkpoints")
-        loaded = [load_checkpoint(p, model_spec) for p in checkpoints_in]
-        models_in = [m for m, _ in loaded]
-        meta0 = loaded[0][1]
-        splits = _pair_splits(meta0, data, data_dir, checkpoints_in[0])
-        train = _random_subset(splits.train, samples)
-        test = _random_subset(splits.test, eval_samples)
-        merged = merge(
-            models_in, method=None if no_align else method, group=group, scales=scales,
-            data=train if method == "activations" else None,
-            bn_data=train if (reset_bn or repair) else None, repair=repair, progress=not quiet,
-        )  # fmt: skip
-        accs = [evaluate(m, test)["accuracy"] for m in models_in]
-        acc = evaluate(merged, test)["accuracy"]
-        meta = {
-            **{k: v for k, v in meta0.items() if k not in ("alignment", "merge")},
-            "merge": {
-                "sources": [str(p) for p in checkpoints_in],
-                "method": None if no_align else method,
-                "group": group,
-                "scales": scales,
-                "repair": repair,
-                "reset_bn": reset_bn,
-                "accuracy": acc,
-                "source_accuracies": accs,
-            },
-        }
-        checkpoints.save(merged, out, meta)
-    except (IntertwinerError, ValueError, KeyError) as e:
-        raise fail(e) from None
-    if as_json:
-        typer.echo(json.dumps({**meta["merge"], "out": out}, indent=2))
-        return
-    for p, a in zip(checkpoints_in, accs, strict=True):
-        typer.echo(f"  {100 * a:6.2f}%  {p}")
-    typer.echo(f"  {100 * acc:6.2f}%  merge ({'no alignment' if no_align else method}"
-               f"{', REPAIR' if repair else ''})")  # fmt: skip
-    typer.echo(f"saved {out}")

@@ -1,0 +1,170 @@
+"""``merge``: average two or more checkpoints after aligning them (to their mean by default)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from intertwiner.cli._align import _OPT_GROUP, _OPT_METHOD, _OPT_SCALES, _random_subset
+from intertwiner.cli._app import (
+    _FILE,
+    MODEL_HELP,
+    _pair_splits,
+    app,
+    count,
+    fail,
+    load_checkpoint,
+)
+
+
+def _reference(value: str) -> str | int:
+    """``--reference``: ``mean``, ``first`` or a checkpoint's position (0-based)."""
+    from intertwiner.errors import InvalidOptionError
+
+    if value in ("mean", "first"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidOptionError(
+            f"--reference {value!r}: write mean, first or the position of a checkpoint (0, 1, ...)"
+        ) from None
+
+
+def _weights(value: str | None, n: int) -> list[float] | None:
+    from intertwiner.errors import InvalidOptionError
+
+    if value is None:
+        return None
+    try:
+        out = [float(w) for w in value.split(",")]
+    except ValueError:
+        out = []
+    if len(out) != n:
+        raise InvalidOptionError(
+            f"--weights {value!r}: write one number per checkpoint ({n}), e.g. "
+            f"{','.join(['1'] * n)}"
+        )
+    return out
+
+
+_ARG_CHECKPOINTS = typer.Argument(
+    ..., metavar="A B [C ...]", help="Two or more checkpoints of one architecture."
+)
+
+
+@app.command("merge")
+def merge_cmd(
+    checkpoints_in: list[str] = _ARG_CHECKPOINTS,
+    out: str = typer.Option(
+        ..., "--out", callback=_FILE, help="Where to save the merged model (.safetensors)."
+    ),
+    reference: str = typer.Option(
+        "mean",
+        "--reference",
+        help="mean (each model aligned to the mean of the others, to a fixed point), first, or "
+        "the position of the checkpoint to align to (0-based).",
+    ),
+    weights: str | None = typer.Option(
+        None, "--weights", help="One weight per checkpoint, e.g. 1,1,2 (default equal)."
+    ),
+    method: str = _OPT_METHOD,
+    group: str = _OPT_GROUP,
+    scales: str = _OPT_SCALES,
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="REPAIR the merge: each traced channel gets the weighted mean and "
+        "std of the aligned inputs' (measured on --samples training examples).",
+    ),
+    reset_bn: bool = typer.Option(
+        True, "--reset-bn/--no-reset-bn", help="Re-estimate the merge's BatchNorm statistics."
+    ),
+    max_iter: int = typer.Option(
+        20, "--max-iter", callback=count(1), help="Rounds of alignment to the mean at most."
+    ),
+    report: bool = typer.Option(
+        True,
+        "--report/--no-report",
+        help="Accuracy of the merge, each input and their ensemble on the test split.",
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="Dataset (default: the one in A's metadata)."
+    ),
+    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
+    samples: int = typer.Option(
+        4096, callback=count(1), help="Training examples for BN statistics / activations."
+    ),
+    eval_samples: int | None = typer.Option(
+        None, callback=count(1), help="Test examples for the report (default all)."
+    ),
+    seed: int = typer.Option(0, callback=count(0), help="Seed of the alignment orders."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    model_spec: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Merge checkpoints: align them modulo the intertwiner group of every traced site, average
+    the weights, re-estimate BatchNorm statistics on training data (and REPAIR the channels with
+    --repair, which re-estimates them too), save the merge.
+
+    With --report (default), prints the test accuracy of the merge, of each input and of their
+    ensemble (averaged probabilities)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from intertwiner import checkpoints
+    from intertwiner.alignment import merge, merge_report
+    from intertwiner.errors import IntertwinerError, InvalidOptionError
+    from intertwiner.features import iter_batches
+
+    try:
+        if len(checkpoints_in) < 2:
+            raise InvalidOptionError(
+                f"merge needs two or more checkpoints, got {len(checkpoints_in)}"
+            )
+        ref = _reference(reference)
+        w = _weights(weights, len(checkpoints_in))
+        loaded = [load_checkpoint(p, model_spec) for p in checkpoints_in]
+        models = [m for m, _ in loaded]
+        meta_a = loaded[0][1]
+        has_bn = any(isinstance(m, _BatchNorm) for m in models[0].modules())
+        splits = train = None
+        options = {}
+        measure = repair or (has_bn and reset_bn)
+        if method == "activations" or measure or report or data is not None:
+            splits = _pair_splits(meta_a, data, data_dir, checkpoints_in[0])
+            train = _random_subset(splits.train, samples)
+            options["example_input"] = next(iter_batches(train, batch_size=8))
+        merged = merge(
+            models, w, reference=ref, method=None if group == "none" else method, group=group,
+            scales=scales, data=train if method == "activations" else None,
+            bn_data=train if measure else None, repair=repair, max_iter=max_iter, seed=seed,
+            progress=not quiet, **options,
+        )  # fmt: skip
+        rep = None
+        if report:
+            rep = merge_report(merged, models, _random_subset(splits.test, eval_samples))
+        info = {
+            "inputs": [str(p) for p in checkpoints_in],
+            "reference": ref,
+            "weights": w,
+            "method": method,
+            "group": group,
+            "scales": scales,
+            "repair": repair,
+            "reset_bn": reset_bn or repair,
+            "seed": seed,
+        }
+        meta = {**{k: v for k, v in meta_a.items() if k not in ("alignment", "merge")}}
+        meta["merge"] = info
+        checkpoints.save(merged, out, meta)
+    except (IntertwinerError, ValueError, KeyError) as e:
+        raise fail(e) from None
+    if as_json:
+        typer.echo(json.dumps({**info, "out": out, "report": rep and rep.to_dict()}, indent=2))
+        return
+    if rep is not None:
+        typer.echo(rep.table())
+        typer.echo(f"\nmerge / ensemble accuracy: {rep.fraction_of_ensemble:.3f}")
+    typer.echo(f"merged by {'averaging only' if group == 'none' else method}, group {group}"
+               f"{', REPAIR' if repair else ''}; saved {out}")  # fmt: skip
