@@ -315,9 +315,13 @@ def sweep(args) -> None:
         if (r["status"] != "error" or not args.retry) and r["name"] not in args.redo
     }
     rows = [r for r in rows if (r["source"], r["name"]) in done]
+    if args.models:  # these models only, in this order
+        order = {n: i for i, n in enumerate(args.models)}
+        jobs = sorted((j for j in jobs if j["name"] in order), key=lambda j: order[j["name"]])
     # Smallest first: the sweep gives most rows per hour, the large models come last.
     todo = sorted(
-        (j for j in jobs if (j["source"], j["name"]) not in done), key=lambda j: j["params"]
+        (j for j in jobs if (j["source"], j["name"]) not in done),
+        key=lambda j: 0 if args.models else j["params"],
     )
     todo = todo[: args.limit]
     print(f"{len(jobs)} models ({len(skipped)} skipped, see .skipped.jsonl), {len(todo)} to do")
@@ -471,6 +475,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("timm", "torchvision"))
     ap.add_argument("--limit", type=int, default=None, help="at most this many new models")
     ap.add_argument("--retry", action="store_true", help="run models that failed again")
+    ap.add_argument("--models", nargs="*", default=[], help="run only these (in this order)")
     ap.add_argument("--redo", nargs="*", default=[], help="run these models again")
     ap.add_argument("--report", action="store_true", help="summarise --out; run nothing")
     args = ap.parse_args()
