@@ -38,7 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 #: ``<OUT>_<source>.skipped.json``, and the per-model table ``<OUT>.md``.
 OUT = RESULTS / "trace_zoo"
 SELECTION = RESULTS / "trace_zoo_timm_params.json"
-SIZES = (64, 96, 128, 160, 224)
+SIZES = (64, 96, 128, 160, 224, 256)
 #: First tokens that name a variant of a family rather than a family (``tf_efficientnet``).
 _TWO_TOKENS = {"tf", "gluon", "legacy", "test", "dm", "tiny", "wide", "nf", "ese", "eca", "gc"}
 
@@ -390,6 +390,7 @@ def report(args) -> None:
             classes.setdefault(c, []).append(r["name"])
     for c, names in sorted(classes.items(), key=lambda kv: -len(kv[1])):
         print(f"  {len(names):3d}  {c}: {', '.join(names)}")
+    print("\n" + summary_table(rows))
     att = [r for r in ok if r["attention_modules"]]
     print(f"\nmodels with attention modules: {len(att)}; heads found in "
           f"{sum(r['heads'] > 0 for r in att)}: " + ", ".join(r["name"] for r in att if r["heads"]))  # fmt: skip
@@ -443,6 +444,38 @@ def classify(r: dict) -> list[tuple[str, int]]:
             c = gap_class(f)
             count[c] = count.get(c, 0) + f["scalars"]
     return sorted(count.items(), key=lambda kv: -kv[1])
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The README's summary: one column per source and one for both."""
+    cols = {"timm": [r for r in rows if r["source"] == "timm"],
+            "torchvision": [r for r in rows if r["source"] == "torchvision"], "all": rows}  # fmt: skip
+
+    def stat(rs: list[dict]) -> list[str]:
+        ok = [r for r in rs if r["status"] == "ok"]
+        cov = [r["interior_tensors"] for r in ok]
+        att = [r for r in ok if r["attention_modules"]]
+        return [
+            f"{len(ok)} of {len(rs)}",
+            f"{max((r['change'] for r in ok), default=0):.1e}",
+            f"{statistics.median(cov):.3f}" if cov else "-",
+            f"{statistics.median([r['interior_scalars'] for r in ok]):.3f}" if ok else "-",
+            f"{statistics.median([r['tensors'] for r in ok]):.3f}" if ok else "-",
+            str(sum(c < 0.9 for c in cov)),
+            str(sum(c < 0.75 for c in cov)),
+            str(sum(c < 0.5 for c in cov)),
+            f"{sum(r['heads'] > 0 for r in att)} of {len(att)}",
+        ]
+
+    names = ["models traced", "largest function change (relative, float64)",
+             "median interior tensor coverage", "median interior scalar coverage",
+             "median tensor coverage (all parameters)", "models under 0.9", "under 0.75",
+             "under 0.5", "attention heads found (models with attention modules)"]  # fmt: skip
+    stats = {c: stat(rs) for c, rs in cols.items()}
+    out = ["| | timm | torchvision | all |", "|---|---|---|---|"]
+    for i, n in enumerate(names):
+        out.append(f"| {n} | " + " | ".join(stats[c][i] for c in cols) + " |")
+    return "\n".join(out)
 
 
 def _where(r: dict) -> str:
