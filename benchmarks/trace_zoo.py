@@ -414,6 +414,13 @@ GAPS = [
     ("norm over more than the feature axis", lambda f: "must normalise exactly" in f["reason"]
      or "GroupNorm" in f["reason"] or "statistic over the feature axis" in f["reason"]),
     ("op without a rule", lambda f: "has no rule for" in f["reason"]),
+    ("gates or channel groups split over several sites (SE, mixed kernels, grouped conv)",
+     lambda f: "split over several sites" in f["reason"] or "already split between sites" in f["reason"]),
+    ("computed weight (re-parameterised, weight-normalised)", lambda f: "is computed, not a parameter" in f["reason"]),
+    ("concatenation (cls token, joined with an input-derived tensor)", lambda f: "concatenating" in f["reason"]),
+    ("attention layout not recognised", lambda f: "an attention block wh" in f["reason"]),
+    ("reduction over the feature axis", lambda f: "reduction over the feature axis" in f["reason"]),
+    ("feature axis not where the layer reads it", lambda f: "needs the feature axis" in f["reason"]),
     ("slicing / padding / unbinding the feature axis", lambda f: any(
         w in f["reason"] for w in ("slicing", "padding the feature", "unbinding", "changes the size"))),
     ("dropped at verification or sharing", lambda f: f["reason"].startswith("dropped")),
