@@ -176,8 +176,8 @@ def run(args) -> list[dict]:
 def report(rows: list[dict]) -> str:
     out = [
         "| model (endpoints) | method | barrier, BN reset | mid acc. (%), BN reset | "
-        "barrier, repair | mid acc. (%), repair | align (s) |",
-        "|---|---|---|---|---|---|---|",
+        "barrier, repair | mid acc. (%), repair | align (s) | aligned B's output change |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     keys = list(dict.fromkeys((r["arch"], r["method"]) for r in rows))
     for arch, method in keys:
@@ -191,9 +191,40 @@ def report(rows: list[dict]) -> str:
             f"| {arch} ({statistics.mean(ends):.1f}%) | {method} | {m('reset', 'barrier'):.3f} | "
             f"{m('reset', 'mid_accuracy', 100):.1f} | {m('repair', 'barrier'):.3f} | "
             f"{m('repair', 'mid_accuracy', 100):.1f} | "
-            f"{statistics.mean(r['seconds'] for r in sel):.2f} |"
+            f"{statistics.mean(r['seconds'] for r in sel):.2f} | "
+            f"{max(r['function_change'] for r in sel):.1e} |"
         )
+    out.append("")
+    out += _goals(rows)
     return "\n".join(out)
+
+
+def _goals(rows: list[dict]) -> list[str]:
+    """Per architecture: pairs where the full group's barrier is at most permutations' (each
+    method, BN reset and REPAIR), and the REPAIRed midpoint against the endpoints' mean."""
+    out = []
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        by = {(r["method"], tuple(r["pair"])): r for r in rows if r["arch"] == arch}
+        pairs = sorted({p for _, p in by})
+        for method in ("weights", "activations"):
+            for key in ("reset", "repair"):
+                full = [by.get((f"full/{method}", p)) for p in pairs]
+                perm = [by.get((f"perm/{method}", p)) for p in pairs]
+                ok = [f[key]["barrier"] <= q[key]["barrier"] + 1e-9
+                      for f, q in zip(full, perm, strict=True) if f and q]  # fmt: skip
+                if ok:
+                    out.append(f"{arch}: full/{method} barrier <= perm/{method} ({key}) on "
+                               f"{sum(ok)} of {len(ok)} pairs")  # fmt: skip
+        for method in ("perm/weights", "full/weights", "full/activations"):
+            sel = [r for (m, _), r in by.items() if m == method]
+            if sel:
+                gap = statistics.mean(
+                    100 * (statistics.mean(r["repair"]["ends"]) - r["repair"]["mid_accuracy"])
+                    for r in sel
+                )
+                out.append(f"{arch}: {method} with REPAIR, midpoint {gap:.1f} points below "
+                           "the endpoints' mean accuracy")  # fmt: skip
+    return out
 
 
 def main() -> None:

@@ -37,12 +37,14 @@ def _resnet50():
 
 
 def _gpt2():
+    _torchvision_shim()
     import transformers as T
 
     return T.GPT2LMHeadModel(T.GPT2Config()).eval(), torch.randint(0, 50257, (1, 16))
 
 
 def _llama():
+    _torchvision_shim()
     import transformers as T
 
     cfg = T.LlamaConfig(
@@ -55,6 +57,16 @@ def _llama():
         max_position_embeddings=256,
     )
     return T.LlamaForCausalLM(cfg).eval(), torch.randint(0, 32000, (1, 16))
+
+
+def _torchvision_shim():
+    """transformers imports torchvision where installed; on a CPU torch that needs the shim."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        from intertwiner.testing import import_torchvision
+
+        import_torchvision()
 
 
 MODELS = {"resnet50": _resnet50, "gpt2": _gpt2, "llama": _llama}

@@ -38,7 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 #: ``<OUT>_<source>.skipped.json``, and the per-model table ``<OUT>.md``.
 OUT = RESULTS / "trace_zoo"
 SELECTION = RESULTS / "trace_zoo_timm_params.json"
-SIZES = (64, 96, 128, 160, 224)
+SIZES = (64, 96, 128, 160, 224, 256)
 #: First tokens that name a variant of a family rather than a family (``tf_efficientnet``).
 _TWO_TOKENS = {"tf", "gluon", "legacy", "test", "dm", "tiny", "wide", "nf", "ese", "eca", "gc"}
 
@@ -315,9 +315,13 @@ def sweep(args) -> None:
         if (r["status"] != "error" or not args.retry) and r["name"] not in args.redo
     }
     rows = [r for r in rows if (r["source"], r["name"]) in done]
+    if args.models:  # these models only, in this order
+        order = {n: i for i, n in enumerate(args.models)}
+        jobs = sorted((j for j in jobs if j["name"] in order), key=lambda j: order[j["name"]])
     # Smallest first: the sweep gives most rows per hour, the large models come last.
     todo = sorted(
-        (j for j in jobs if (j["source"], j["name"]) not in done), key=lambda j: j["params"]
+        (j for j in jobs if (j["source"], j["name"]) not in done),
+        key=lambda j: 0 if args.models else j["params"],
     )
     todo = todo[: args.limit]
     print(f"{len(jobs)} models ({len(skipped)} skipped, see .skipped.jsonl), {len(todo)} to do")
@@ -386,6 +390,7 @@ def report(args) -> None:
             classes.setdefault(c, []).append(r["name"])
     for c, names in sorted(classes.items(), key=lambda kv: -len(kv[1])):
         print(f"  {len(names):3d}  {c}: {', '.join(names)}")
+    print("\n" + summary_table(rows))
     att = [r for r in ok if r["attention_modules"]]
     print(f"\nmodels with attention modules: {len(att)}; heads found in "
           f"{sum(r['heads'] > 0 for r in att)}: " + ", ".join(r["name"] for r in att if r["heads"]))  # fmt: skip
@@ -409,6 +414,13 @@ GAPS = [
     ("norm over more than the feature axis", lambda f: "must normalise exactly" in f["reason"]
      or "GroupNorm" in f["reason"] or "statistic over the feature axis" in f["reason"]),
     ("op without a rule", lambda f: "has no rule for" in f["reason"]),
+    ("gates or channel groups split over several sites (SE, mixed kernels, grouped conv)",
+     lambda f: "split over several sites" in f["reason"] or "already split between sites" in f["reason"]),
+    ("computed weight (re-parameterised, weight-normalised)", lambda f: "is computed, not a parameter" in f["reason"]),
+    ("concatenation (cls token, joined with an input-derived tensor)", lambda f: "concatenating" in f["reason"]),
+    ("attention layout not recognised", lambda f: "an attention block wh" in f["reason"]),
+    ("reduction over the feature axis", lambda f: "reduction over the feature axis" in f["reason"]),
+    ("feature axis not where the layer reads it", lambda f: "needs the feature axis" in f["reason"]),
     ("slicing / padding / unbinding the feature axis", lambda f: any(
         w in f["reason"] for w in ("slicing", "padding the feature", "unbinding", "changes the size"))),
     ("dropped at verification or sharing", lambda f: f["reason"].startswith("dropped")),
@@ -441,6 +453,38 @@ def classify(r: dict) -> list[tuple[str, int]]:
     return sorted(count.items(), key=lambda kv: -kv[1])
 
 
+def summary_table(rows: list[dict]) -> str:
+    """The README's summary: one column per source and one for both."""
+    cols = {"timm": [r for r in rows if r["source"] == "timm"],
+            "torchvision": [r for r in rows if r["source"] == "torchvision"], "all": rows}  # fmt: skip
+
+    def stat(rs: list[dict]) -> list[str]:
+        ok = [r for r in rs if r["status"] == "ok"]
+        cov = [r["interior_tensors"] for r in ok]
+        att = [r for r in ok if r["attention_modules"]]
+        return [
+            f"{len(ok)} of {len(rs)}",
+            f"{max((r['change'] for r in ok), default=0):.1e}",
+            f"{statistics.median(cov):.3f}" if cov else "-",
+            f"{statistics.median([r['interior_scalars'] for r in ok]):.3f}" if ok else "-",
+            f"{statistics.median([r['tensors'] for r in ok]):.3f}" if ok else "-",
+            str(sum(c < 0.9 for c in cov)),
+            str(sum(c < 0.75 for c in cov)),
+            str(sum(c < 0.5 for c in cov)),
+            f"{sum(r['heads'] > 0 for r in att)} of {len(att)}",
+        ]
+
+    names = ["models traced", "largest function change (relative, float64)",
+             "median interior tensor coverage", "median interior scalar coverage",
+             "median tensor coverage (all parameters)", "models under 0.9", "under 0.75",
+             "under 0.5", "attention heads found (models with attention modules)"]  # fmt: skip
+    stats = {c: stat(rs) for c, rs in cols.items()}
+    out = ["| | timm | torchvision | all |", "|---|---|---|---|"]
+    for i, n in enumerate(names):
+        out.append(f"| {n} | " + " | ".join(stats[c][i] for c in cols) + " |")
+    return "\n".join(out)
+
+
 def _where(r: dict) -> str:
     """The interior frozen reason leaving most scalars unmoved, with its module classes (causes
     before consequences: a head reading a frozen space, no recorded reason)."""
@@ -471,6 +515,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("timm", "torchvision"))
     ap.add_argument("--limit", type=int, default=None, help="at most this many new models")
     ap.add_argument("--retry", action="store_true", help="run models that failed again")
+    ap.add_argument("--models", nargs="*", default=[], help="run only these (in this order)")
     ap.add_argument("--redo", nargs="*", default=[], help="run these models again")
     ap.add_argument("--report", action="store_true", help="summarise --out; run nothing")
     args = ap.parse_args()

@@ -6,9 +6,18 @@ one-thread fixture on for all its tests with a two-line autouse wrapper.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from tests._support.factories import TinyMLP, TinyResMLP, digits_splits, train_quick
+
+from intertwiner.testing import import_torchvision
+
+# The [zoo] extra's torchvision wheel is built for a CUDA torch; transformers and timm import it,
+# and the import fails on the CPU torch unless its operator schemas exist: define them first.
+if importlib.util.find_spec("torchvision") is not None:
+    import_torchvision()
 
 
 @pytest.fixture

@@ -93,7 +93,8 @@ class Alignment:
     """Result of ``align``. Unpacks as ``model, elements = align(...)``.
 
     ``model``: B transformed by ``elements`` (B itself is untouched). ``history``: total squared
-    weight distance D before alignment and after each sweep (weight matching; non-increasing).
+    weight distance D before alignment and after each sweep (weight matching; non-increasing),
+    between the scale representatives of A and B when ``scales`` chose them.
     """
 
     model: nn.Module

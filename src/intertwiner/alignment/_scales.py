@@ -12,6 +12,11 @@ discrete part (permutations, signs) between the representatives:
   weight decay converges to. The objective is convex in the log-scales; it is minimised exactly per
   site and swept to a fixed point, so two models of one orbit land on the same point up to a
   permutation (up to ``tol``).
+  A unit behind a normalisation (BatchNorm: its incoming weights are only permuted, its scale
+  multiplies the norm's affine) gets instead an affine of norm 1 (as ``"unit_norm"``): the rows
+  its scale divides feed the next normalised layer, whose incoming scale is arbitrary (not a
+  traced symmetry: BN's epsilon breaks it), so balancing against them is no canonical choice; on
+  the benchmark's BN CNN it also merged worse (README).
 - ``"unit_norm"``: ``symmetry.canonicalize``, whose key rows (the incoming weights, or a norm's
   affine) get norm 1.
 
@@ -49,6 +54,24 @@ def _energies(model: nn.Module, site, phi_kind) -> dict[float, torch.Tensor]:
     return out
 
 
+def normalised(site, model: nn.Module) -> bool:
+    """A unit behind a normalisation: some weight matrix feeding it is only permuted (kind
+    ``"P"``), its scale acting on the norm's affine instead."""
+    return any(
+        ax.kind == "P" and not ax.buffer and tensor_of(model, ax).dim() >= 2 for ax in site.actions
+    )
+
+
+def _unit_log_scale(energies: dict[float, torch.Tensor], width: int) -> torch.Tensor:
+    """Per unit, the log-scale giving the rows of the smallest positive exponent (a norm's
+    affine) energy 1; 0 where they have none."""
+    ps = sorted(p for p in energies if p > 0)
+    if not ps:
+        return torch.zeros(width, dtype=torch.float64)
+    p, g = ps[0], energies[ps[0]]
+    return torch.where(g > 0, -torch.log(torch.where(g > 0, g, 1.0)) / (2.0 * p), 0.0)
+
+
 def _least_norm_log_scale(energies: dict[float, torch.Tensor], width: int) -> torch.Tensor:
     """Per unit, ``argmin_u sum_p g_p exp(2 p u)`` (convex); 0 where a side has no energy."""
     u = torch.zeros(width, dtype=torch.float64)
@@ -74,11 +97,16 @@ def balance(
     of ``model``'s orbit under the continuous scales of its sites (module docstring)."""
     work = copy.deepcopy(model).double().eval()
     sites = [s for s in spec.sites if family(s.group.family).free_scales]
+    behind_norm = {s.name for s in sites if normalised(s, work)}
     total = {s.name: torch.zeros(s.width, dtype=torch.float64) for s in sites}
     for _ in range(max_sweeps):
         moved = 0.0
         for s in sites:
-            u = _least_norm_log_scale(_energies(work, s, s.group.phi_kind), s.width)
+            energies = _energies(work, s, s.group.phi_kind)
+            if s.name in behind_norm:
+                u = _unit_log_scale(energies, s.width)
+            else:
+                u = _least_norm_log_scale(energies, s.width)
             if not bool(u.abs().max() > 0):
                 continue
             el = MonomialElement(torch.arange(s.width), torch.exp(u))

@@ -544,7 +544,11 @@ def _zip_spec(
             old.in_features, merged[f"{out_name}.weight"].shape[0], bias=old.bias is not None
         )
         parent, _, leaf = out_name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, new.to(old.weight.dtype))
+        setattr(
+            model.get_submodule(parent) if parent else model,
+            leaf,
+            new.to(old.weight.device, old.weight.dtype),
+        )
     with torch.no_grad():
         for name, t in merged.items():
             model.get_parameter(name).copy_(t)

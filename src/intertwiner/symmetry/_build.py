@@ -144,13 +144,33 @@ def _folds(s: _SiteState, candidates: list, actions: list[ParamAxis]) -> list[Fo
 
 def _frozen(an: Spaces) -> list[tuple[str, str, tuple[str, ...]]]:
     """(space label, reason, parameters it would have moved) of every space that was frozen and
-    touched something."""
-    out = []
+    touched something, its own or through the spaces merged into it before it froze."""
+    members: dict[int, list[_SiteState]] = {}
     for s in an.sites[1:]:
-        if s.frozen_reason and (s.actions or s.activations):
-            label = (s.activations[0][1] if s.activations else None) or (
-                s.writers[0][1] if s.writers else f"space {s.id}"
-            )
-            params = tuple(dict.fromkeys(a.name for a in s.actions if not a.buffer))
-            out.append((label, s.frozen_reason, params))
+        r = _frozen_root(an, s)
+        if r is not None:
+            members.setdefault(r.id, []).append(s)
+    out = []
+    for rid, tree in members.items():
+        root = an.sites[rid]
+        acts = [a for t in tree for a in t.activations]
+        writers = [w for t in tree for w in t.writers]
+        actions = [a for t in tree for a in t.actions]
+        if not (actions or acts):
+            continue
+        own = root.activations or root.writers
+        first = (root.activations or root.writers) if own else (acts or writers)
+        label = first[0][1] if first else f"space {rid}"
+        params = tuple(dict.fromkeys(a.name for a in actions if not a.buffer))
+        out.append((label, root.frozen_reason, params))
     return out
+
+
+def _frozen_root(an: Spaces, s: _SiteState) -> _SiteState | None:
+    """The frozen space whose union-find tree holds ``s`` (None: ``s`` is not frozen)."""
+    while True:
+        if s.frozen_reason:
+            return s
+        if s.merged_into is None or s.merged_into == 0:
+            return None
+        s = an.sites[s.merged_into]
