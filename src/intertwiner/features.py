@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from intertwiner import _validate
-from intertwiner._types import DataLike
+from intertwiner._types import DataLike, SiteName
 from intertwiner.errors import (
     IntertwinerError,
     InvalidInputError,
@@ -93,9 +93,9 @@ def _resolve(
     targets: dict[str, tuple[nn.Module, int]] = {}
     nodes: list[str] = []
     for n in dict.fromkeys(names):
-        base, _, call = n.rpartition("#") if "#" in n else (n, "", "1")
-        if base in modules and call.isdigit() and int(call) >= 1:
-            targets[n] = (modules[base], int(call))
+        site = SiteName.parse(n)
+        if site.base in modules:
+            targets[n] = (modules[site.base], site.k)
         else:
             nodes.append(n)
     return targets, nodes
@@ -155,9 +155,9 @@ def _site_aliases(graph: Any) -> dict[str, str]:
         fn = getattr(node.target, "__name__", str(node.target))
         alias = f"{list(stack)[-1]}.{fn}"
         k = 1
-        while (alias if k == 1 else f"{alias}#{k}") in aliases:
+        while str(SiteName(alias, k)) in aliases:
             k += 1
-        aliases[alias if k == 1 else f"{alias}#{k}"] = node.name
+        aliases[str(SiteName(alias, k))] = node.name
     return aliases
 
 

@@ -16,7 +16,7 @@ from intertwiner.groups import IntertwinerGroup
 from intertwiner.symmetry import apply, random_elements, trace
 from intertwiner.symmetry.check import _run
 
-trace_module = importlib.import_module("intertwiner.symmetry._fx")
+trace_module = importlib.import_module("intertwiner.symmetry._rules_elementwise")
 
 F64 = torch.float64
 

@@ -45,10 +45,13 @@ from intertwiner.groups._families import (
 from intertwiner.groups._fitting import FitTerm, exponents, fit_element, pair_costs
 from intertwiner.groups._group import GroupLike, IntertwinerGroup, fixed_point_family, phi_preimage
 from intertwiner.groups._homogeneity import homogeneity_defect, homogeneity_profile
+from intertwiner.groups._kinds import ActionKind, Mode
 from intertwiner.groups._lie import exp_element, exp_tensor, lie_shape
 from intertwiner.groups._verify import verify
 
 __all__ = [
+    "ActionKind",
+    "Mode",
     "ALIASES",
     "Abs",
     "DenseElement",

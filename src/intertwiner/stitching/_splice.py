@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from intertwiner._types import SiteName
 from intertwiner.errors import IntertwinerError, UnsupportedModuleError
 from intertwiner.groups import activation_name
 
@@ -59,8 +60,7 @@ class _SiteTracer(fx.Tracer):
 
 def _module_of(at: str) -> str:
     """The module behind a site name: ``relu#2`` (the second call of ``relu``) -> ``relu``."""
-    base, _, call = at.rpartition("#")
-    return base if base and call.isdigit() else at
+    return SiteName.parse(at).base
 
 
 def trace(model: nn.Module, at: str) -> fx.GraphModule:
@@ -98,8 +98,8 @@ def _site_node(gm: fx.GraphModule, at: str) -> fx.Node:
         if by_name:
             return by_name[0]
         raise UnknownSiteError(f"module {at!r} is never called in the forward pass")
-    if module != at:  # name#k
-        k = int(at.rpartition("#")[2])
+    k = SiteName.parse(at).call
+    if k is not None:  # name#k
         if k > len(found):
             raise UnknownSiteError(f"module {module!r} is called {len(found)} times, not {k}")
         return found[k - 1]

@@ -1,12 +1,17 @@
-"""Attention blocks in ATen graphs: ``scaled_dot_product_attention`` with its projections.
+"""Attention blocks in ATen graphs: ``scaled_dot_product_attention`` (or the same computation
+written out: ``softmax(q @ k^T * scale + mask) @ v``) with its projections.
 
-For each SDPA node the q, k and v arguments are followed back through head-shaping ops (views,
-transposes, a split of a packed projection, GQA's repeat, rotary embeddings) to the Linear /
-Conv1D that produced them, and the output forward to the projection that reads it. When the
-layout is the standard one (channel ``c`` of a projection is dim ``c % head_dim`` of head
-``c // head_dim``), the block's symmetries are (Hk = key/value heads, rep = query heads per kv head):
+For each block the q, k and v arguments are followed back through head-shaping ops (views,
+transposes, a split or ``select`` of a packed projection, GQA's repeat, a scalar scale, rotary
+embeddings) to the Linear / Conv1D that produced them, and the output forward to the projection
+that reads it. Which projection channel lands at which (head, head dim) is not guessed from the
+shapes: the shaping ops are replayed on a tensor that holds each channel's index (``_replay``), so
+every layout that views and permutes channels is read exactly (``nn.MultiheadAttention``'s
+unflatten/select, timm's ``reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)``, GPT-NeoX's per-head
+packing). With Hk key/value heads and rep = query heads per kv head the block's symmetries are:
 
-- ``<attn>.heads``: a permutation of the Hk kv-head groups (query heads move with their group);
+- ``<attn>.heads``: a permutation of the Hk kv-head groups (query heads move with their group),
+  when each group's channels are one aligned block of every projection;
 - ``<attn>.vo<j>``: GL(head_dim_v) per kv head j: ``v_j <- G v_j``, ``W_o[:, head h] <- W_o G^-1``
   for every query head h of group j;
 - ``<attn>.qk<j>``: GL(head_dim) per kv head j when no rotary embedding sits between the
@@ -20,44 +25,44 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx as fx
 
-from intertwiner.symmetry._regions import op_name
+from intertwiner.symmetry._regions import IDENTITY, op_name
 
 _SHAPING = {"view", "reshape", "_unsafe_view", "transpose", "permute", "contiguous", "clone"}
-_SHAPING |= {"expand", "unsqueeze", "to", "_to_copy", "alias", "detach", "dropout", "flatten"}
+_SHAPING |= {"expand", "unsqueeze", "squeeze", "to", "_to_copy", "alias", "detach", "dropout"}
+_SHAPING |= {"flatten", "unflatten", "select", "slice"}
 _ROTARY = {"mul", "add", "sub", "neg", "cat", "slice", "select", "stack", "unflatten"}
 _PROJECTIONS = {"linear", "addmm"}
 _SPLITS = {"split", "split_with_sizes", "chunk", "unbind"}
+#: Between ``q @ k^T`` and the softmax: a scale, an additive mask or bias, casts.
+_SCORES = {"mul", "div", "add", "sub", "masked_fill"} | IDENTITY
 
 
 @dataclass
 class Projection:
-    """Where one of q, k, v (or the output) lives in a projection's weight."""
+    """One of q, k, v (or the output) in a projection's weight."""
 
     node: fx.Node
     weight: str
     bias: str | None
     out_axis: int  # weight axis of the projection's outputs (0: linear, 1: Conv1D addmm)
-    offset: int  # first output channel of this slot (packed q|k|v)
-    width: int  # output channels of this slot
     total: int  # all output channels of the projection
-    #: Channels from one kv-head group's start to the next; None until known: ``rep * head_dim``
-    #: (q) or ``head_dim`` (k, v) for the usual layout, ``3 * head_dim`` for a q|k|v packed per
-    #: head (GPT-NeoX / Pythia: a view to (heads, 3 * head_dim), then a split of the last dim).
-    block: int | None = None
+    #: Per head (of the attention's tensor), the projection channels of its head-dim entries.
+    heads: list[tuple[int, ...]] = field(default_factory=list)
 
 
 @dataclass
 class AttentionBlock:
-    sdpa: fx.Node
+    sdpa: fx.Node  # the SDPA node, or the ``probs @ v`` matmul of a written-out attention
     name: str
     q: Projection
     k: Projection
     v: Projection
-    out: Projection  # ``offset``/``width`` describe its *input* channels
+    out: Projection  # ``heads``: the *input* channels of each query head's output
     heads: int
     kv_heads: int
     head_dim: int
@@ -68,40 +73,48 @@ class AttentionBlock:
     #: permuting heads would then need the bias permuted too.
     heads_permutable: bool = True
 
+    def group(self, h: int) -> int:
+        """The kv head that query head ``h`` reads."""
+        return h // (self.heads // self.kv_heads)
 
-def _val(n: fx.Node):
-    return n.meta.get("val")
+
+def _val(n: Any):
+    return n.meta.get("val") if isinstance(n, fx.Node) else None
 
 
-def _param_name(a, names: dict[fx.Node, str]) -> str | None:
-    return names.get(a) if isinstance(a, fx.Node) else None
+def _is_number(a: Any) -> bool:
+    return isinstance(a, (int, float)) and not isinstance(a, bool)
 
 
 def _projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
     name = op_name(node)
     if name == "linear":
-        w = _param_name(node.args[1], names)
-        b = _param_name(node.args[2], names) if len(node.args) > 2 else None
+        w, b = names.get(node.args[1]), names.get(node.args[2]) if len(node.args) > 2 else None
         axis = 0
     elif name == "addmm":
-        w, b, axis = _param_name(node.args[2], names), _param_name(node.args[0], names), 1
+        w, b, axis = names.get(node.args[2]), names.get(node.args[0]), 1
     else:
         return None
     if w is None:
         return None
     total = int(_val(node.args[1] if name == "linear" else node.args[2]).shape[axis])
-    return Projection(node, w, b, axis, 0, total, total)
+    return Projection(node, w, b, axis, total)
+
+
+def _scalar_scale(n: fx.Node) -> bool:
+    """``x * c`` or ``x / c`` with a number ``c``: moves no channel."""
+    return op_name(n) in ("mul", "div") and len(n.args) == 2 and _is_number(n.args[1])
 
 
 def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, bool] | None:
-    """The projection feeding ``start`` (an SDPA argument), the nodes on the way, and whether a
-    rotary-style elementwise op was on the way."""
+    """The projection feeding ``start``, the nodes on the way, and whether a rotary-style
+    elementwise op was on the way."""
     seen: set[fx.Node] = set()
     found: list[Projection] = []
     rotary = False
-    stack: list[tuple[fx.Node, tuple[int, int, int | None] | None]] = [(start, None)]
+    stack = [start]
     while stack:
-        n, slot = stack.pop()
+        n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
@@ -112,60 +125,90 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
             p = _projection(n, names)
             if p is None:
                 return None
-            if slot is not None:
-                p.offset, p.width, p.block = slot
-                if p.block is not None:  # per-head packing: the slot recurs in every head block
-                    p.width = (p.total // p.block) * p.width
             found.append(p)
             continue
         if n.target is operator.getitem and op_name(n.args[0]) in _SPLITS:
-            split = n.args[0]
-            sizes = [int(t.shape[_split_dim(split)]) for t in _val(split)]
-            i = int(n.args[1])
-            seen.add(split)
-            stack.append((split.args[0], (sum(sizes[:i]), sizes[i], None)))
-            continue
-        if name in _SHAPING:
-            stack.append((n.args[0], _through_view(n, slot)))
+            stack.append(n.args[0])
+        elif name in _SPLITS or name in _SHAPING or _scalar_scale(n):
+            stack.append(n.args[0])
         elif name in _ROTARY:
             rotary = True
-            for a in n.all_input_nodes:
-                if isinstance(_val(a), torch.Tensor):
-                    stack.append((a, slot))
+            stack.extend(a for a in n.all_input_nodes if isinstance(_val(a), torch.Tensor))
         # anything else (cos/sin tables, masks, positions) cannot lead to a projection
-    if len({id(p.node) for p in found}) != 1 or len({(p.offset, p.width) for p in found}) != 1:
+    if len({id(p.node) for p in found}) != 1:
         return None
     return found[0], seen, rotary
 
 
-def _through_view(n: fx.Node, slot):
-    """A slot taken from the last dim of a tensor viewed as (..., heads, X) out of (..., heads * X)
-    recurs in every head's block of X channels (GPT-NeoX packs q|k|v per head)."""
-    if slot is None or slot[2] is not None or op_name(n) not in ("view", "reshape", "_unsafe_view"):
-        return slot
-    src, out = _val(n.args[0]), _val(n)
-    if src is None or out is None or src.dim() < 1 or out.dim() < 2:
-        return slot
-    width = int(src.shape[-1])
-    for k in range(out.dim() - 2, -1, -1):  # out = (..., heads, *X) with prod(heads, *X) = width
-        block = 1
-        for v in out.shape[k + 1 :]:
-            block *= int(v)
-        if block * int(out.shape[k]) == width:
-            return (slot[0], slot[1], block) if block != width else slot
-        if block * int(out.shape[k]) > width:
-            break
-    return slot
+def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dict) -> dict:
+    """Run the ops of ``nodes`` that descend from ``start`` on ``codes`` in place of ``start``'s
+    value. Casts are skipped (the codes are exact integers in float64), and an elementwise op
+    with a tensor from elsewhere (rotary's cos and sin, a scale) passes its own operand on: the
+    result says which channel each entry *came from*, which is what the head layout needs."""
+    env: dict[fx.Node, Any] = {start: codes}
+    for n in sorted(nodes, key=order.__getitem__):
+        if n is start or n.op != "call_function":
+            continue
+        if not any(a in env for a in n.all_input_nodes):
+            continue  # cos/sin tables, masks: not from the projection
+        name = op_name(n)
+        if n.target is operator.getitem:
+            env[n] = env[n.args[0]][n.args[1]]
+            continue
+        if name in IDENTITY or name in ("mul", "div", "add", "sub", "neg"):
+            env[n] = next(env[a] for a in n.args if isinstance(a, fx.Node) and a in env)
+            env[n] = env[n].contiguous()  # ``contiguous`` and ``clone`` let a ``view`` follow
+            continue
+
+        def get(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                if a in env:
+                    return env[a]
+                raise KeyError(a)
+            if isinstance(a, (list, tuple)):
+                return type(a)(get(b) for b in a)
+            return a
+
+        try:
+            env[n] = n.target(*get(n.args), **{k: get(v) for k, v in n.kwargs.items()})
+        except Exception:  # noqa: BLE001 (an op that needs a tensor from elsewhere)
+            continue
+    return env
 
 
-def _split_dim(split: fx.Node) -> int:
-    if op_name(split) == "unbind":
-        return int(split.args[1]) if len(split.args) > 1 else 0
-    dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
-    return int(dim) % _val(split.args[0]).dim()
+def _heads_of(codes: Any, shape: torch.Size, total: int) -> list[tuple[int, ...]] | None:
+    """Per head, the channel of each head-dim entry of a (B, H, T, D) tensor of channel codes
+    (or (B * H, T, D), batch-major, as ``nn.MultiheadAttention`` computes with weights); None
+    unless every batch row and position reads the same channels."""
+    if not isinstance(codes, torch.Tensor) or codes.shape != shape or codes.dim() not in (3, 4):
+        return None
+    if codes.dim() == 4:
+        codes = codes.transpose(0, 1).flatten(1, 2)  # (H, B * T, D)
+        rows = codes[:, :1, :]
+        if not torch.equal(codes, rows.expand_as(codes)):
+            return None
+        table = rows[:, 0, :]
+    else:
+        rows = codes[:, :1, :]
+        if not torch.equal(codes, rows.expand_as(codes)):
+            return None
+        per_row = [tuple(r) for r in rows[:, 0, :].tolist()]
+        heads = list(dict.fromkeys(per_row))
+        if len(per_row) % len(heads) or any(
+            r != heads[i % len(heads)] for i, r in enumerate(per_row)
+        ):
+            return None
+        table = torch.tensor(heads, dtype=torch.float64)
+    if not torch.equal(table, table.round()) or table.min() < 0 or table.max() >= total:
+        return None
+    return [tuple(int(c) for c in row) for row in table.long()]
 
 
-def _forward(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set] | None:
+def _forward(
+    start: fx.Node, heads: int, names: dict[fx.Node, str], order: dict
+) -> Projection | None:
+    """The projection that reads the attention output ``start`` ((B, H, T, Dv) or (B * H, T, Dv))
+    through shaping ops only, with the input channels of each head (read by replaying them)."""
     seen = {start}
     n = start
     while True:
@@ -173,69 +216,153 @@ def _forward(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set
         if len(users) != 1:
             return None
         n = users[0]
-        seen.add(n)
         if op_name(n) in _PROJECTIONS:
             p = _projection(n, names)
             x = n.args[0] if op_name(n) == "linear" else n.args[1]
             if p is None or x not in seen:
                 return None
-            return p, seen
+            break
         if op_name(n) not in _SHAPING:
             return None
+        seen.add(n)
+    shape = _val(start).shape
+    d = int(shape[-1])
+    if len(shape) == 4:
+        head = torch.arange(int(shape[1])).view(1, -1, 1, 1)
+    else:
+        head = (torch.arange(int(shape[0])) % heads).view(-1, 1, 1)
+    codes = (head * d + torch.arange(d)).to(torch.float64).expand(shape).contiguous()
+    got = _replay(start, codes, seen, order).get(x)
+    width = int(_val(n.args[1] if op_name(n) == "linear" else n.args[2]).shape[1 - p.out_axis])
+    if not isinstance(got, torch.Tensor) or got.shape[-1] != width or width != heads * d:
+        return None
+    rows = got.reshape(-1, width)
+    if not torch.equal(rows, rows[:1].expand_as(rows)):
+        return None
+    where = {int(code): c for c, code in enumerate(rows[0].tolist())}
+    if sorted(where) != list(range(heads * d)):
+        return None
+    p.heads = [tuple(where[j * d + k] for k in range(d)) for j in range(heads)]
+    return p
+
+
+def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None] | None:
+    """``softmax(q @ k^T * c + mask, -1) @ v`` ending at ``mm``: (q, k, v, mask) or None."""
+    if op_name(mm) not in ("matmul", "bmm") or len(mm.args) != 2:
+        return None
+    p, v = mm.args
+    while isinstance(p, fx.Node) and op_name(p) in IDENTITY:
+        p = p.args[0]
+    if not isinstance(p, fx.Node) or op_name(p) not in ("softmax", "_softmax"):
+        return None
+    if p.args[1] not in (-1, _val(p).dim() - 1):
+        return None
+    s, mask = p.args[0], None
+    while isinstance(s, fx.Node) and op_name(s) in _SCORES:
+        if op_name(s) in IDENTITY or _scalar_scale(s):
+            s = s.args[0]
+        elif op_name(s) in ("add", "sub", "masked_fill") and mask is None:
+            s, mask = s.args[0], s.args[1]
+        else:
+            return None
+    if not isinstance(s, fx.Node) or op_name(s) not in ("matmul", "bmm"):
+        return None
+    q, kt = s.args
+    nd = _val(kt).dim() if isinstance(_val(kt), torch.Tensor) else 0
+    if op_name(kt) != "transpose" or {a % nd for a in kt.args[1:3]} != {nd - 2, nd - 1}:
+        return None
+    return q, kt.args[0], v, mask if isinstance(mask, fx.Node) else None
+
+
+def _reads_any(node: fx.Node, targets: set[fx.Node]) -> bool:
+    """Does ``node`` depend on any of ``targets``?"""
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in targets:
+            return True
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    return False
 
 
 def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
-    """Every SDPA block of ``graph`` whose projections and head layout this module understands."""
+    """Every attention block of ``graph`` whose projections and head layout this module reads."""
     names = {n: str(n.target) for n in graph.nodes if n.op == "get_attr"}
+    order = {n: i for i, n in enumerate(graph.nodes)}
     blocks = []
     for n in graph.nodes:
-        if n.op != "call_function" or op_name(n) != "scaled_dot_product_attention":
+        if n.op != "call_function":
             continue
-        block = _match(n, names)
+        if op_name(n) == "scaled_dot_product_attention":
+            mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
+            qkv = (*n.args[:3], mask if isinstance(mask, fx.Node) else None)
+        else:
+            qkv = _written_out(n)
+            if qkv is None:
+                continue
+        block = _match(n, qkv, names, order)
         if block is not None:
             blocks.append(block)
     return blocks
 
 
-def _match(sdpa: fx.Node, names: dict[fx.Node, str]) -> AttentionBlock | None:
-    q_node, k_node, v_node = sdpa.args[:3]
+def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBlock | None:
+    q_node, k_node, v_node, mask = qkv
+    vals = [_val(a) for a in (q_node, k_node, v_node)]
+    if any(not isinstance(t, torch.Tensor) or t.dim() not in (3, 4) for t in vals):
+        return None
     found = [_back(a, names) for a in (q_node, k_node, v_node)]
-    out = _forward(sdpa, names)
-    if any(f is None for f in found) or out is None:
+    if any(f is None for f in found):
         return None
-    (q, q_seen, q_rot), (k, k_seen, k_rot), (v, v_seen, _) = found
-    o, o_seen = out
-    qv, kv, vv = (_val(a) for a in (q_node, k_node, v_node))
-    if qv.dim() != 4 or kv.dim() != 4 or vv.dim() != 4:
+    projections = []
+    for node, val, (p, seen, _) in zip((q_node, k_node, v_node), vals, found, strict=True):
+        shape = _val(p.node).shape
+        codes = torch.arange(p.total, dtype=torch.float64).expand(shape).contiguous()
+        heads = _heads_of(_replay(p.node, codes, seen, order).get(node), val.shape, p.total)
+        if heads is None:
+            return None
+        p.heads = heads
+        projections.append(p)
+    out = _forward(sdpa, len(projections[0].heads), names, order)
+    if out is None:
         return None
-    heads, head_dim, head_dim_v = int(qv.shape[1]), int(qv.shape[3]), int(vv.shape[3])
-    kv_heads = k.width // head_dim if k.width % head_dim == 0 else 0
-    if not kv_heads or heads % kv_heads or q.width != heads * head_dim:
+    q, k, v = projections
+    heads, head_dim, head_dim_v = len(q.heads), vals[0].shape[-1], vals[2].shape[-1]
+    # GQA written with repeat_kv: k and v come with every query head; keep one per kv head
+    k_rows, v_rows = k.heads, v.heads
+    if len(k.heads) == heads and len(v.heads) == heads:
+        k.heads, v.heads = list(dict.fromkeys(k.heads)), list(dict.fromkeys(v.heads))
+    kv_heads = len(k.heads)
+    if not kv_heads or heads % kv_heads or len(v.heads) != kv_heads or len(out.heads) != heads:
         return None
-    if v.width != kv_heads * head_dim_v or o.total != heads * head_dim_v:
-        return None
-    packed = len({id(p.node) for p in (q, k, v)}) == 1
-    if packed and not (kv_heads == heads and head_dim == head_dim_v):
-        return None  # a packed q|k|v with unequal blocks: not handled
     rep = heads // kv_heads
-    per_head = [p.block is not None for p in (q, k, v)]
-    if any(per_head) and (
-        not all(per_head)
-        or rep != 1
-        or len({p.block for p in (q, k, v)}) != 1
-        or q.total // q.block != heads
-    ):
-        return None  # per-head packing of only some of q, k, v, with grouped queries, or blocks
-        # that are not one per head (CodeGen's model-parallel packing)
-    for p, block in ((q, rep * head_dim), (k, head_dim), (v, head_dim_v)):
-        p.block = block if p.block is None else p.block
+    for rows, kept in ((k_rows, k.heads), (v_rows, v.heads)):
+        if len(rows) == heads and any(rows[h] != kept[h // rep] for h in range(heads)):
+            return None  # query heads do not read their kv heads in groups of rep
+    used = [(id(p.node), c) for p in (q, k, v) for row in p.heads for c in row]
+    if len(set(used)) != len(used):
+        return None  # two slots read one channel: not a plain head layout
+    if isinstance(mask, fx.Node) and _reads_any(mask, {q.node, k.node, v.node}):
+        return None  # a bias computed from q, k or v (decomposed relative positions): not a mask
     stack = sdpa.meta.get("nn_module_stack") or {}
     name = list(stack.values())[-1][0] if stack else sdpa.name
-    owned = {q.node, k.node, v.node}
-    rotary = q_rot or k_rot
-    mask = sdpa.args[3] if len(sdpa.args) > 3 else sdpa.kwargs.get("attn_mask")
-    mask_val = _val(mask) if isinstance(mask, fx.Node) else None
-    per_head = isinstance(mask_val, torch.Tensor) and mask_val.dim() == 4 and mask_val.shape[1] > 1
+    rotary = found[0][2] or found[1][2]
+    mask_val = _val(mask)
+    per_head = isinstance(mask_val, torch.Tensor) and mask_val.dim() >= 3 and mask_val.shape[-3] > 1
     return AttentionBlock(
-        sdpa, name, q, k, v, o, heads, kv_heads, head_dim, head_dim_v, rotary, owned, not per_head
+        sdpa,
+        name,
+        q,
+        k,
+        v,
+        out,
+        heads,
+        kv_heads,
+        int(head_dim),
+        int(head_dim_v),
+        rotary,
+        {q.node, k.node, v.node},
+        not per_head,
     )

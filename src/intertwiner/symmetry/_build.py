@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from intertwiner._types import SiteName
 from intertwiner.groups import (
     GENERAL_LINEAR,
     MONOMIAL,
@@ -100,7 +101,7 @@ def _unique(name: str, used: set[str]) -> str:
     """``name``, or ``name#2``, ``name#3``... if taken."""
     base, k = name, 2
     while name in used:
-        name, k = f"{base}#{k}", k + 1
+        name, k = str(SiteName(base, k)), k + 1
     used.add(name)
     return name
 

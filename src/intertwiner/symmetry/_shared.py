@@ -46,7 +46,8 @@ def drop_shared_parameters(model: nn.Module, spec: SymmetrySpec, *, strict: bool
     bad: dict[str, str] = {}
     redundant: set[int] = set()
     for (pname, axis), group in uses.items():
-        names = sorted({a.name for _, a in group})
+        # every name of the tensor: torch.export may report all uses under one alias
+        names = sorted({a.name for _, a in group} | {n for n, c in canon.items() if c == pname})
         calls = sorted({(a.name, a.use) for _, a in group})
         if len(calls) < 2:
             continue  # one use (several sites may act on one use's axis: heads, channel blocks)
@@ -57,8 +58,9 @@ def drop_shared_parameters(model: nn.Module, spec: SymmetrySpec, *, strict: bool
             continue
         for name in sites:
             bad[name] = (
-                f"parameter {pname!r} (axis {axis}) is shared by {', '.join(names)}: one element "
-                "cannot satisfy every use; untie the parameters to get this symmetry"
+                f"parameter {pname!r} (axis {axis}) is shared by {', '.join(names)} (a module "
+                "called more than once, or one Parameter in several modules): one element cannot "
+                "satisfy every use; untie the parameters to get this symmetry"
             )
     if bad and strict:
         lines = "\n".join(f"  {n}: {r}" for n, r in bad.items())

@@ -21,8 +21,10 @@ from intertwiner.groups import (
     GENERAL_LINEAR,
     MONOMIAL,
     PERMUTATION,
+    ActionKind,
     Family,
     IntertwinerGroup,
+    Mode,
     family,
     fixed_point_family,
     intersect,
@@ -31,13 +33,13 @@ from intertwiner.groups import (
 from intertwiner.symmetry.spec import ActivationAxis, ParamAxis
 
 SUPPORTED = (
-    "nn.Linear, nn.Conv1d/2d/3d (groups=1), nn.BatchNorm1d/2d/3d, nn.LayerNorm (last dim), "
-    "elementwise activations (modules, F./torch. functionals, tensor methods), "
-    "nn.MaxPool*/AdaptiveMaxPool*, nn.AvgPool*/AdaptiveAvgPool*, nn.Flatten/Unflatten, "
-    "nn.Dropout*, nn.Identity, nn.MultiheadAttention (self-attention, packed in_proj), "
-    "nn.TransformerEncoderLayer/TransformerEncoder, the zoo ViT Attention, residual +/-, "
-    "adding a parameter (position embeddings), scalar * and /, reshape/flatten/view/transpose/"
-    "permute/getitem slicing and mean/sum over non-feature dims, F.pad (zero channels)"
+    "linear maps (nn.Linear, Conv1D, x @ W.T), convolutions (plain, transposed, grouped, "
+    "depthwise), embeddings, BatchNorm (eval), LayerNorm (last dim), GroupNorm, RMSNorm, "
+    "elementwise activations (any elementwise function), max/average pooling, resampling, "
+    "views/transpose/permute/slicing, cat/stack/split, mean/sum over non-feature dims, padding, "
+    "dropout, residual +/-, adding or scaling by a parameter, gated products, attention "
+    "(scaled_dot_product_attention or softmax(q k^T) v: nn.MultiheadAttention self-attention, "
+    "nn.TransformerEncoderLayer, Hugging Face and zoo attention)"
 )
 
 Part = tuple[int, str, tuple[int, ...] | None]  # (site id, mode, channels in the tensor's frame)
@@ -180,9 +182,9 @@ class Spaces:
     def restrict_matrix(self, part: Part, target: str, reason: str) -> None:
         """Restrict so that the matrix moving this part (in its mode) lies in ``target``."""
         sid, mode, _ = part
-        if mode == "P":
+        if mode == Mode.P:
             return  # a permutation lies in every family
-        phi = self.sites[self.find(sid)].phi if mode == "phi" else None
+        phi = self.sites[self.find(sid)].phi if mode == Mode.PHI else None
         self.restrict(sid, phi_preimage(phi, target), reason)
 
     def fixed_point(self, sid: int, reason: str) -> None:
@@ -398,11 +400,11 @@ class Spaces:
             if sid == 0:
                 continue
             if role == "out":
-                kind = {"A": "A", "P": "P", "phi": "phi(A)"}[mode]
+                kind = ActionKind.writing(mode)
             elif role == "in":
-                kind = {"A": "A^-T", "P": "P", "phi": "phi(A)^-T"}[mode]
+                kind = ActionKind.reading(mode)
             else:
-                kind = role  # explicit kind
+                kind = ActionKind(role)  # explicit kind
             self.sites[sid].actions.append(
                 ParamAxis(
                     pname, axis, kind, info.n, info.outer, info.inner, ch, buffer, self.current_use
@@ -419,30 +421,9 @@ class Spaces:
             raise UnsupportedModuleError(f"{pname!r} is not a parameter or buffer of the model")
         return tuple(t.shape)
 
-    def writer(self, name: str, width: int, mode: str = "A") -> Info:
+    def writer(self, name: str, width: int, mode: Mode = Mode.A) -> Info:
         sid = self.new_site(width)
         self.sites[sid].writers.append((self.tick(), name))
         return Info(((sid, mode, None),), width, -1)
-
-    def once(self, name: str, module: nn.Module) -> None:
-        from torch.nn.utils import parametrize
-
-        if parametrize.is_parametrized(module):
-            raise UnsupportedModuleError(
-                f"{type(module).__name__} {name!r} is parametrized (weight_norm, spectral_norm, "
-                "...): its weight is computed from other tensors, which the element would have to "
-                "move instead; remove the parametrization (torch.nn.utils.parametrize."
-                "remove_parametrizations) to get its symmetries"
-            )
-        if any(True for _ in module.parameters(recurse=True)) or any(
-            True for _ in module.buffers(recurse=True)
-        ):
-            if name in self.called:
-                raise UnsupportedModuleError(
-                    f"module {name!r} ({type(module).__name__}) is called more than once; shared "
-                    "weights would need one element to satisfy two places at once. Supported: "
-                    f"{SUPPORTED}"
-                )
-            self.called.add(name)
 
     # -- rules ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from intertwiner.errors import InvalidElementError, InvalidOptionError, ShapeError, UnknownSiteError
-from intertwiner.groups import DenseElement, GroupElement
+from intertwiner.groups import ActionKind, DenseElement, GroupElement
 from intertwiner.symmetry.spec import (
     ParamAxis,
     Site,
@@ -28,17 +28,14 @@ def random_elements(
 
 
 def _matrix_for(site: Site, kind: str, g: GroupElement) -> GroupElement:
-    if kind == "A":
-        return g
-    if kind == "P":
+    try:
+        kind = ActionKind(kind)
+    except ValueError:  # pragma: no cover (specs are built from ActionKind)
+        raise InvalidOptionError(f"unknown action kind {kind!r}") from None
+    if kind is ActionKind.P:
         return permutation_part(g)
-    if kind == "phi(A)":
-        return site.group.phi(g)
-    if kind == "A^-T":
-        return g.inverse().transpose()
-    if kind == "phi(A)^-T":
-        return site.group.phi(g).inverse().transpose()
-    raise InvalidOptionError(f"unknown action kind {kind!r}")  # pragma: no cover
+    m = site.group.phi(g) if kind in (ActionKind.PHI, ActionKind.PHI_INV_T) else g
+    return m.inverse().transpose() if kind.inverse else m
 
 
 def _tensor(model: nn.Module, a: ParamAxis) -> torch.Tensor:

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from intertwiner._types import ExampleInput
+from intertwiner._types import ExampleInput, SiteName
 from intertwiner.errors import NonFiniteError
 from intertwiner.groups import GroupElement
 from intertwiner.symmetry._forward import as_inputs, eval_mode, flat_output, run_flat
@@ -87,7 +87,7 @@ def hidden_errors(
     later calls are named ``name#2``, ...; a hook cannot tell the calls apart) are skipped."""
     modules = dict(model.named_modules())
     every = [a for s in spec.sites for a in s.activations]
-    reused = {a.split("#")[0] for a in every if "#" in a}
+    reused = {SiteName.parse(a).base for a in every if SiteName.parse(a).k > 1}
     acts = list(dict.fromkeys(a for a in every if a in modules and a not in reused))
     h_old = capture(model, acts, example_input)
     h_new = capture(new, acts, example_input)

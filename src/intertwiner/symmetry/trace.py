@@ -1,27 +1,34 @@
 """``trace``: a model and an example input -> a verified SymmetrySpec.
 
-Two front ends fill the same bookkeeping (``_spaces``) with the same rules (``_rules``): torch.fx
-symbolic tracing (``_fx``; exact names, an unsupported op raises) and torch.export ATen graphs
-(``_aten``; Hugging Face models, ``**kwargs``; an unsupported op freezes only the spaces it reads).
-The spec is then assembled (``_build``), shared parameters are reconciled (``_shared``) and every
-site is verified numerically on a float64 copy (``_verify``).
+One graph form: every model is captured by ``torch.export`` (``strict=False``) as an ATen graph,
+and one interpreter (``_aten``) runs the rules registered per ATen op (``_registry``, rules by
+topic in ``_rules_*``) over it, filling the bookkeeping of ``_spaces`` / ``_rules``. What export
+alone would not show is lowered to the same form on the traced copy first: a bare layer is wrapped
+in a module (names come out un-prefixed), an activation kept as a plain function attribute
+(``TransformerEncoderLayer.activation``) becomes a parameter-free module named after it, and an
+``nn.Identity`` that a model names as an activation site becomes one custom op
+(``intertwiner::identity_activation``). The spec is then assembled (``_build``), shared
+parameters are reconciled (``_shared``) and every site is verified numerically on a float64 copy
+(``_verify``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
 
 from intertwiner._types import ExampleInput
 from intertwiner._validate import reraise_shape_errors
-from intertwiner.errors import InvalidOptionError, UnsupportedModuleError
-from intertwiner.groups import RBF, Abs, Elementwise, Power
+from intertwiner.errors import IntertwinerError, InvalidOptionError, UnsupportedModuleError
+from intertwiner.groups import RBF, Abs, Elementwise, Power, for_activation
+from intertwiner.symmetry._aten import AtenRunner
 from intertwiner.symmetry._build import build_spec
 from intertwiner.symmetry._forward import to_float64
-from intertwiner.symmetry._fx import _Root1, _Root3, _Tracer, _unwrap, _zoo_attention, fx_rules
 from intertwiner.symmetry._rules import Rules
+from intertwiner.symmetry._rules_elementwise import identity_activation
 from intertwiner.symmetry._shared import drop_shared_parameters
 from intertwiner.symmetry._spaces import SUPPORTED
 from intertwiner.symmetry._verify import RTOL, verify_spec
@@ -50,30 +57,30 @@ def trace(
     reason on ``spec.dropped``; with ``strict=True`` they raise ``UnverifiedSymmetryError``.
     ``generator`` seeds the sampled elements (default: seed 0).
 
-    ``frontend``: ``"fx"`` (torch.fx symbolic tracing; an unsupported op raises), ``"export"``
-    (``torch.export`` ATen graphs; an unsupported op freezes the spaces it reads, listed on
-    ``spec.frozen``) or ``"auto"``: fx, and export where fx cannot trace the model (Hugging Face
-    ``transformers`` models, ``**kwargs`` forwards, Python control flow) or its rules refuse an
-    op (then only the spaces that op reads lose their symmetry).
+    ``frontend`` (kept for compatibility; every value uses the one ATen graph): ``"auto"`` or
+    ``"export"``: an op without a rule freezes only the spaces it reads (listed with the reason
+    on ``spec.frozen``); ``"fx"``: such an op, or a parameter that one element cannot serve at all
+    its uses, raises ``UnsupportedModuleError`` instead (what the former torch.fx front end did).
     """
     if frontend not in ("auto", "fx", "export"):
         raise InvalidOptionError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
     work, inputs = _float64_copy(model, example_input)
-    zoo = _zoo_attention()
-    tracer = _Tracer(((zoo,) if zoo is not None else ()) + (RBF, Power, Abs, Elementwise))
-    wrapped = tracer.is_leaf_module(work, "")
-    if wrapped:  # a bare leaf (an attention or activation module): trace it inside a wrapper
+    wrapped = _is_bare_leaf(work)
+    if wrapped:
         if len(inputs) not in (1, 3):
             raise UnsupportedModuleError(
                 f"a bare {type(model).__name__} must take 1 (or 3: query, key, value) inputs"
             )
         work = (_Root1 if len(inputs) == 1 else _Root3)(work)
-    an = _run_rules(work, inputs, tracer, zoo, frontend, wrapped)
+    an = _export_rules(work, inputs, refuse=frontend == "fx")
     spec = build_spec(an, type(model).__name__)
     if wrapped:
         spec = _unwrap(spec)
         work = work.root
     drop_shared_parameters(work, spec, strict=strict)
+    if frontend == "fx" and spec.dropped:
+        name, reason = spec.dropped[0]
+        raise UnsupportedModuleError(f"{name}: {reason}; supported: {SUPPORTED}")
     if an.cast_to is not None and torch.finfo(an.cast_to).eps > torch.finfo(torch.float64).eps:
         # The model computes part of its forward in a lower precision whatever its own dtype,
         # so the float64 check can only resolve that dtype's round-off.
@@ -91,44 +98,57 @@ def _float64_copy(model: nn.Module, example_input: ExampleInput) -> tuple[nn.Mod
     the graph as what they are, and a wrong input fails here, named, before any graph is built."""
     work = copy.deepcopy(model).double().eval()
     _disable_kv_cache(work)
+    _name_activation_attributes(work)
+    _mark_identity_sites(work)
     inputs = to_float64(example_input)
     with torch.no_grad(), reraise_shape_errors("trace", inputs, model):
         work(*inputs)
     return work, inputs
 
 
-def _run_rules(
-    work: nn.Module, inputs: tuple, tracer: _Tracer, zoo: type | None, frontend: str, wrapped: bool
-) -> Rules:
-    """The rules run by the chosen front end (``trace``'s ``frontend``)."""
-    graph, fx_error = None, None
-    if frontend != "export":
+class _Call(nn.Module):
+    """An activation function kept as a plain attribute (``TransformerEncoderLayer.activation =
+    F.relu``), made a parameter-free module on the traced copy so that its calls are named after
+    the attribute (``layers.0.activation``) like any activation module's."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def _name_activation_attributes(model: nn.Module) -> None:
+    for m in list(model.modules()):
+        if not any(True for _ in m.parameters()):
+            continue  # a parameter-free module already names the activations it calls
+        for attr, value in list(vars(m).items()):
+            if attr.startswith("_") or isinstance(value, (nn.Module, type)) or not callable(value):
+                continue
+            try:
+                for_activation(value)
+            except IntertwinerError:
+                continue
+            setattr(m, attr, _Call(value))
+
+
+class _IdentitySite(nn.Module):
+    """An ``nn.Identity`` that the model names as an activation site, as one graph op."""
+
+    def forward(self, x):
+        return identity_activation(x)
+
+
+def _mark_identity_sites(model: nn.Module) -> None:
+    for name in getattr(model, "intertwiner_sites", None) or []:
+        parent, _, attr = name.rpartition(".")
         try:
-            graph = tracer.trace(work)
-        except Exception as e:  # noqa: BLE001 (fx raises many types; report one)
-            fx_error = e
-            if frontend == "fx":
-                raise UnsupportedModuleError(
-                    f"torch.fx could not trace {type(work).__name__}: {e}. Use "
-                    "frontend='export' (or 'auto') for models fx cannot follow."
-                ) from e
-    if graph is None:
-        if wrapped:
-            raise UnsupportedModuleError(
-                f"a bare {type(work).__name__} is traced with torch.fx only; wrap it in a module"
-            ) from fx_error
-        return _export_rules(work, inputs, fx_error)
-    try:
-        return fx_rules(work, graph, inputs, zoo)
-    except UnsupportedModuleError as e:
-        if frontend == "fx" or wrapped:
-            raise
-        # The fx rules refuse the whole model at the first op they do not know; the export
-        # rules freeze only the spaces such an op reads.
-        try:
-            return _export_rules(work, inputs, e)
-        except UnsupportedModuleError:
-            raise e from None
+            holder = model.get_submodule(parent)
+        except AttributeError:
+            continue
+        if isinstance(getattr(holder, attr, None), nn.Identity):
+            setattr(holder, attr, _IdentitySite())
 
 
 def _disable_kv_cache(model: nn.Module) -> None:
@@ -140,24 +160,80 @@ def _disable_kv_cache(model: nn.Module) -> None:
             config.use_cache = False
 
 
-def _export_rules(work: nn.Module, inputs: tuple, fx_error: Exception | None) -> Rules:
-    """Run the ATen rules over ``torch.export``'s graph of ``work``."""
-    from intertwiner.symmetry._aten import AtenRunner
-
+def _export_rules(work: nn.Module, inputs: tuple, *, refuse: bool) -> Rules:
+    """Run the rules over ``torch.export``'s ATen graph of ``work`` (``refuse``: an op without a
+    rule raises instead of freezing the spaces it reads)."""
     try:
         exported = torch.export.export(work, inputs, strict=False)
     except Exception as e:  # noqa: BLE001 (export raises many types; report one)
-        fx_note = f" (torch.fx also failed: {fx_error})" if fx_error is not None else ""
         raise UnsupportedModuleError(
             f"torch.export could not capture {type(work).__name__}: {type(e).__name__}: "
-            f"{str(e)[:500]}{fx_note}. Pass example inputs the forward accepts as positional "
+            f"{str(e)[:500]}. Pass example inputs the forward accepts as positional "
             "tensors; wrap models that need keyword arguments (e.g. use_cache=False) or return "
             "non-tensor objects in a module whose forward returns the logits."
         ) from e
     an = Rules(work)
-    with torch.no_grad():
-        AtenRunner(exported.module(), an, work).run(*inputs)
+    runner = AtenRunner(exported.module(), an, work, refuse=refuse)
+    try:
+        with torch.no_grad():
+            runner.run(*inputs)
+    except UnsupportedModuleError:
+        if runner.error is None:
+            raise
+        raise UnsupportedModuleError(runner.error) from None
     return an
+
+
+def _is_bare_leaf(model: nn.Module) -> bool:
+    """A model that is one torch.nn layer or one activation module (no container of its own):
+    traced inside ``_Root1``/``_Root3`` so that its names come out un-prefixed like any other
+    model's submodules."""
+    if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return False
+    torch_layer = type(model).__module__.startswith(("torch.nn", "torch.ao.nn"))
+    return torch_layer or isinstance(model, (RBF, Power, Abs, Elementwise, *_zoo_leaves()))
+
+
+def _zoo_leaves() -> tuple[type, ...]:
+    try:
+        from intertwiner.models.vit import Attention
+    except Exception:  # noqa: BLE001 (the zoo is optional for tracing)
+        return ()
+    return (Attention,)
+
+
+class _Root1(nn.Module):
+    """Holds a bare layer (e.g. one nn.TransformerEncoderLayer) as ``root``; names are
+    un-prefixed after tracing."""
+
+    def __init__(self, root: nn.Module):
+        super().__init__()
+        self.root = root
+
+    def forward(self, x):
+        return self.root(x)
+
+
+class _Root3(_Root1):
+    def forward(self, q, k, v):
+        return self.root(q, k, v)
+
+
+def _strip(name: str) -> str:
+    if name == "root":
+        return ""
+    return name[5:] if name.startswith("root.") else name
+
+
+def _unwrap(spec: SymmetrySpec) -> SymmetrySpec:
+    for s in spec.sites:
+        s.name = _strip(s.name)
+        s.actions = [dataclasses.replace(a, name=_strip(a.name)) for a in s.actions]
+        s.activation_axes = {_strip(k): v for k, v in s.activation_axes.items()}
+        s.activations = [_strip(a) for a in s.activations]
+        s.writers = [_strip(w) for w in s.writers]
+    spec.frozen = [(_strip(a), b) for a, b in spec.frozen]
+    return spec
 
 
 __all__ = ["SUPPORTED", "trace"]

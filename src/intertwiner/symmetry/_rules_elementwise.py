@@ -1,0 +1,265 @@
+"""Rules for elementwise ops: sums (residual streams, biases, constants), products (scalars,
+per-feature scales, gates, RMS normalisation) and activations (regions of elementwise ops, see
+``_regions``, classified by the activation table or ``groups.discover``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+
+from intertwiner.errors import IntertwinerError, UnsupportedGroupError
+from intertwiner.groups import (
+    GENERAL_LINEAR,
+    MONOMIAL,
+    PERMUTATION,
+    ActionKind,
+    IntertwinerGroup,
+    discover,
+    for_activation,
+)
+from intertwiner.groups import verify as verify_group
+from intertwiner.symmetry._activation_calls import activation_group
+from intertwiner.symmetry._regions import IDENTITY, ancestors_within, op_name
+from intertwiner.symmetry._registry import Frozen, rule
+from intertwiner.symmetry._rules_norms import RowStat, normalise
+from intertwiner.symmetry._spaces import Info, ParamRef
+
+if TYPE_CHECKING:
+    from intertwiner.symmetry._aten import AtenRunner
+
+
+def _operands(r: AtenRunner, n: fx.Node) -> tuple[Any, Any, Any, Any]:
+    """Infos and values of a binary op's two operands (``other`` may be a keyword)."""
+    a_node = n.args[0]
+    b_node = n.args[1] if len(n.args) > 1 else n.kwargs.get("other")
+    return r.info(a_node), r.info(b_node), r.val(a_node), r.val(b_node)
+
+
+@rule("add", "sub", "rsub")
+def binary(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    where = r.where(n)
+    a, b, va, vb = _operands(r, n)
+    if isinstance(a, Info) and isinstance(b, Info):
+        r.an.unify(a, b, f"residual addition in {where}")
+        return a
+    x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
+    if not isinstance(x, Info):
+        raise Frozen("a sum with a row statistic")
+    if isinstance(other, ParamRef) and other.plain:
+        r.an.add_param(x, other, f"adding parameter {other.name} in {where}")
+        return x
+    if isinstance(other, ParamRef):
+        raise Frozen("adding a transposed parameter or a function of one")
+    if isinstance(vo, torch.Tensor) and vo.dim() > 0 and vo.numel() > 1:
+        r.an.unify(x, None, f"{where}: added to a tensor computed from the input")
+        return x
+    for part in r.an.parts(x):
+        r.an.restrict_matrix(part, PERMUTATION, f"{where}: a constant is added to every feature")
+    return x
+
+
+@rule("mul", "div")
+def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    where = r.where(n)
+    a, b, va, vb = _operands(r, n)
+    if isinstance(a, Info) and isinstance(b, Info):
+        if op_name(n) == "div":
+            raise Frozen("dividing by a hidden tensor")
+        return _gate(r, a, b, where)
+    if isinstance(a, RowStat) or isinstance(b, RowStat):
+        return normalise(r, a, b, where)
+    x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
+    if op_name(n) == "div" and not isinstance(a, Info):
+        raise Frozen("dividing by a hidden tensor")
+    if not isinstance(x, Info):
+        raise Frozen("a product with a statistic of the features")
+    if not isinstance(vo, torch.Tensor) or vo.numel() == 1:
+        return x  # a number: commutes with every matrix
+    if isinstance(other, ParamRef) and not other.transposed:
+        return _scale_by_param(r, x, other, where, n)
+    raise Frozen("a product with a tensor computed from the input")
+
+
+def _gate(r: AtenRunner, a: Info, b: Info, where: str) -> Info:
+    """A product of two hidden tensors: the one whose site has the smaller group is the gate
+    (moved by its permutation only), the other the value (any monomial)."""
+    an = r.an
+    fam = {id(i): an.sites[an.find(an.parts(i)[0][0])].family for i in (a, b)}
+    gate, value = (a, b) if fam[id(a)] is PERMUTATION else (b, a)
+    return an.gate(gate, value, f"gated product in {where}")
+
+
+def _scale_by_param(r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node) -> Info:
+    """``h * w`` with a per-feature parameter ``w`` (layer scale, an RMSNorm weight): only
+    monomial matrices commute with a diagonal map, and ``w`` takes their permutation part. When
+    only Linear layers read the product, ``w`` may instead be folded into them (see
+    ``spec.Fold``): the decision waits until the site's group is known (``_build``)."""
+    an = r.an
+    t = an.params.get(p.name, an.buffers.get(p.name))
+    pd = t.dim() + x.dim
+    full = x.n * x.outer * x.inner
+    if pd < 0 or t.shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
+        raise Frozen(f"a product with parameter {p.name} that is not one per feature")
+    into = _foldable_readers(r, n) if t.dim() == 1 else None
+    parts = an.parts(x)
+    if into and len(parts) == 1 and parts[0][2] is None and parts[0][0] != 0:
+        reason = f"{where}: scaled by {p.name} per feature"
+        fold = (p.name, pd, into, reason, *p.affine)
+        an.sites[parts[0][0]].folds.append(fold)
+        return x
+    for part in parts:
+        an.restrict_matrix(part, MONOMIAL, f"{where}: scaled by {p.name} per feature")
+    an.act(x, p.name, pd, ActionKind.P, buffer=p.name not in an.params)
+    return x
+
+
+def _foldable_readers(r: AtenRunner, n: fx.Node) -> tuple[tuple[str, int], ...] | None:
+    """The (weight, input axis) of every Linear / Conv1D that reads ``n`` (through casts and
+    views that keep the last dim), or None if anything else reads it or a weight is shared."""
+    out: list[tuple[str, int]] = []
+    stack = [n]
+    while stack:
+        cur = stack.pop()
+        for u in cur.users:
+            name = op_name(u)
+            if name in IDENTITY or (
+                name in ("view", "reshape", "_unsafe_view")
+                and u.meta.get("val") is not None
+                and u.meta["val"].shape[-1] == cur.meta["val"].shape[-1]
+            ):
+                stack.append(u)
+                continue
+            w = u.args[1] if name == "linear" else u.args[2] if name == "addmm" else None
+            x = u.args[0] if name == "linear" else u.args[1] if name == "addmm" else None
+            info = r.info(w) if isinstance(w, fx.Node) else None
+            if x is not cur or not isinstance(info, ParamRef) or not info.plain:
+                return None
+            out.append((info.name, 1 if name == "linear" else 0))
+    ids = [id(r.an.params[w]) for w, _ in out if w in r.an.params]
+    shared = sum(1 for t in r.an.params.values() if id(t) in ids) != len(ids)
+    return tuple(out) if out and not shared else None
+
+
+# -- activations --------------------------------------------------------------------------------
+@torch.library.custom_op("intertwiner::identity_activation", mutates_args=())
+def identity_activation(x: torch.Tensor) -> torch.Tensor:
+    """The identity as one op the graph keeps: ``trace`` puts it where a model names an
+    ``nn.Identity`` as an activation site (the zoo's ``activation="identity"``), which export
+    would otherwise leave no node for."""
+    return x.clone()
+
+
+@identity_activation.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@rule("identity_activation")
+def marked_identity(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
+    group = for_activation(torch.nn.Identity())
+    return r.an.activation(r.module_path(n) or n.name, group, r.first(n))
+
+
+def region(r: AtenRunner, n: fx.Node) -> Any:
+    """The rule of every node of an elementwise region (``_regions``): an output of the region
+    is one activation of the region's root (or the identity, or a scalar multiple)."""
+    if r.regions.interior(n):
+        return None
+    reg = r.regions.region_of[n]
+    x = r.info(reg.root)
+    if isinstance(x, RowStat):
+        return x  # a function of a row statistic is one too
+    if isinstance(x, ParamRef):
+        return _affine_of_param(x, reg.function(n))
+    if not isinstance(x, Info):
+        return None
+    within = ancestors_within(n, set(reg.nodes))
+    nodes = [m for m in reg.nodes if m in within]
+    if all(op_name(m) in IDENTITY for m in nodes):
+        return x
+    try:
+        group = _region_group(r, reg, n, nodes)
+    except Frozen as e:  # the region's root is what the unknown function reads
+        r.an.unify(x, None, f"{op_name(n)} in {r.where(n)}: {e}")
+        return None
+    if group.family is GENERAL_LINEAR and group.phi_kind == "identity":
+        return x  # a linear function (a scalar multiple): commutes with every matrix
+    ops = [m for m in nodes if op_name(m) not in IDENTITY] or nodes
+    return r.an.activation(_activation_name(r, ops[-1], ops), group, x)
+
+
+def _region_group(r: AtenRunner, reg, n: fx.Node, nodes: list[fx.Node]) -> IntertwinerGroup:
+    key = reg.signature(n)
+    if key in r.groups:
+        return r.groups[key]
+    ops = [m for m in nodes if op_name(m) not in IDENTITY]
+    group = None
+    if len(ops) == 1 and ops[0].args and ops[0].args[0] is not None:
+        fn = getattr(torch.nn.functional, op_name(ops[0]), None) or getattr(
+            torch, op_name(ops[0]), None
+        )
+        if fn is not None and op_name(ops[0]) not in ("add", "sub", "mul", "div", "pow"):
+            try:
+                group = activation_group(
+                    fn, ops[0].args[1:], ops[0].kwargs, r.where(n), method=False
+                )
+            except IntertwinerError:
+                group = None
+    if group is None:
+        label = r.module_type(n) or op_name(n)
+        fn = _named(reg.function(n), label)
+        try:
+            found = discover(fn)
+            group = IntertwinerGroup(found.family, found.phi_kind, f"G_{label}", found.evidence)
+        except UnsupportedGroupError:
+            # Elementwise, with a group no family describes (2x + 1: {A : A 1 = 1}); every
+            # elementwise function commutes with permutations, a subgroup of it.
+            group = IntertwinerGroup(PERMUTATION, "identity", f"G_{label}|permutation")
+            if verify_group(group, fn) > 1e-9:  # pragma: no cover (elementwise => holds)
+                raise Frozen(f"an elementwise function {label} without a group") from None
+        except IntertwinerError as e:
+            raise Frozen(f"an elementwise function without an intertwiner group ({e})") from e
+    r.groups[key] = group
+    return group
+
+
+def _activation_name(r: AtenRunner, n: fx.Node, nodes: list[fx.Node]) -> str:
+    """The activation module's name when every op of the region ran inside one parameter-free
+    module (``h.0.mlp.act``); else the graph node's name."""
+    paths = {r.module_path(m) for m in nodes}
+    if len(paths) == 1:
+        path = paths.pop()
+        if path:
+            try:
+                mod = r.model.get_submodule(path)
+            except AttributeError:
+                return n.name
+            if not any(True for _ in mod.parameters()):
+                return path
+    return n.name
+
+
+def _affine_of_param(p: ParamRef, fn) -> ParamRef | None:
+    """``fn(param)`` as a ParamRef when ``fn`` is affine (``1 + w``), else None (untracked)."""
+    if p.transposed:
+        return None
+    probe = torch.tensor([-1.5, 0.0, 0.5, 2.0], dtype=torch.float64)
+    try:
+        out = fn(probe)
+    except Exception:  # noqa: BLE001 (an op that needs the parameter's own shape)
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+        return None
+    slope = float(out[3] - out[1]) / 2.0
+    offset = float(out[1])
+    if slope == 0.0 or not torch.allclose(out, slope * probe + offset, rtol=0, atol=1e-12):
+        return None
+    a, b = p.affine
+    return ParamRef(p.name, affine=(slope * a, slope * b + offset))
+
+
+def _named(fn, name: str):
+    fn.__name__ = name
+    return fn

@@ -1,0 +1,157 @@
+"""Rules for layers that write a fresh space: embeddings, linear maps (``linear``, GPT-2's
+Conv1D ``addmm``, ``x @ W.T``) and convolutions (plain, transposed, grouped, depthwise)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch.fx as fx
+
+from intertwiner.groups import MONOMIAL, ActionKind, Mode
+from intertwiner.symmetry._registry import Frozen, rule
+from intertwiner.symmetry._spaces import Info, ParamRef
+
+if TYPE_CHECKING:
+    from intertwiner.symmetry._aten import AtenRunner
+
+_BN = ("batch_norm", "_native_batch_norm_legit_no_training")
+
+
+def bn_users(n: fx.Node) -> bool:
+    """Is ``n`` read only by affine BatchNorms (which then absorb its scale: mode ``P``)?"""
+    from intertwiner.symmetry._regions import op_name
+
+    users = list(n.users)
+    return bool(users) and all(
+        u.op == "call_function" and op_name(u) in _BN and u.args[1] is not None for u in users
+    )
+
+
+@rule("embedding", always=True)
+def embedding(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """A lookup table writes a fresh space: row i of the table is the feature vector of index i,
+    so the element acts on the table's columns (``weight[:, j]``, axis 1)."""
+    weight = r.pname(n.args[0])
+    out = r.an.writer(r.module_path(n) or n.name, r.an.shape_of(weight)[1])
+    r.an.act(out, weight, 1, "out")
+    return out
+
+
+@rule("linear", "addmm", "mm", "matmul", always=True)
+def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
+    name = r.op(n)
+    if name == "linear":
+        x_node, w_node = n.args[0], n.args[1]
+        b_node = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
+        out_axis = 0
+    elif name == "addmm":
+        b_node, x_node, w_node = n.args[0], n.args[1], n.args[2]
+        out_axis = 1
+    else:
+        x_node, w_node, b_node, out_axis = n.args[0], n.args[1], None, 1
+    w_info = r.info(w_node)
+    if isinstance(w_info, ParamRef) and w_info.transposed:  # x @ W.T: W's rows are outputs
+        w_node, out_axis = None, 1 - out_axis
+    if w_node is None:
+        weight, bias = w_info.name, r.pname(b_node)
+    elif not isinstance(w_info, ParamRef) and r.module_type(n) == "MultiheadAttention":
+        raise Frozen(
+            "nn.MultiheadAttention cross-attention (different query, key and value tensors) "
+            "is not supported: its projections are slices of in_proj_weight"
+        )
+    elif not isinstance(w_info, ParamRef):
+        raise Frozen(
+            "a product whose weight is computed, not a parameter (parametrized: weight_norm "
+            "or another parametrization; attention scores, ...)"
+        )
+    else:
+        weight, bias = r.pname(w_node), r.pname(b_node)
+    shape = r.an.shape_of(weight)
+    if len(shape) != 2:
+        raise Frozen(f"a product with a {len(shape)}-d parameter")
+    x = r.info(x_node)
+    return r.an.linear(
+        x if isinstance(x, Info) else None,
+        weight,
+        bias,
+        shape[out_axis],
+        shape[1 - out_axis],
+        Mode.P if bn_users(n) else Mode.A,
+        where=r.module_path(n) or n.name,
+        out_axis=out_axis,
+        read_only=n in r.owned,
+    )
+
+
+@rule("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
+      "conv_transpose3d", always=True)  # fmt: skip
+def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
+    args, name = list(n.args), r.op(n)
+    x, weight = r.info(args[0]), r.pname(args[1])
+    bias = r.pname(args[2]) if len(args) > 2 else None
+    if name == "convolution":
+        transposed, groups = bool(args[6]), int(args[8])
+    else:
+        transposed = name.startswith("conv_transpose")
+        groups = int(args[6]) if len(args) > 6 else 1  # conv{k}d and conv_transpose{k}d
+    shape = r.an.shape_of(weight)
+    out_ch = shape[1] * groups if transposed else shape[0]
+    ndim = r.val(args[0]).dim()
+    if groups > 1 and not transposed and groups == out_ch and shape[1] == 1:
+        return _depthwise(r, n, x, weight, bias, ndim)
+    if groups > 1 and not transposed:
+        return _grouped(r, n, x, weight, bias, groups, ndim)
+    return r.an.conv(
+        x if isinstance(x, Info) else None,
+        weight,
+        bias,
+        out_ch,
+        groups,
+        ndim,
+        Mode.P if bn_users(n) else Mode.A,
+        where=r.module_path(n) or n.name,
+        transposed=transposed,
+    )
+
+
+def _depthwise(r: AtenRunner, n, x: Any, weight: str, bias: str | None, ndim: int) -> Any:
+    """A depthwise convolution filters each channel on its own: like a per-channel affine map it
+    passes a monomial element through (filters permuted, the bias moved like the input)."""
+    if not isinstance(x, Info):
+        return None
+    where = r.module_path(n) or n.name
+    r.an.need_channels(x, ndim, where)
+    for part in r.an.parts(x):
+        r.an.restrict_matrix(part, MONOMIAL, f"depthwise convolution {where!r}")
+    r.an.act(x, weight, 0, ActionKind.P)
+    if bias is not None:
+        r.an.act(x, bias, 0, "out")
+    return x
+
+
+def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: int, ndim: int):
+    """A grouped convolution: group j's outputs read only group j's inputs, so the input and the
+    output spaces split into ``groups`` blocks, each with an element of its own (any element
+    within a block; none across blocks)."""
+    an, where = r.an, r.module_path(n) or n.name
+    out_ch, per_group_in = an.shape_of(weight)[0], an.shape_of(weight)[1]
+    per_group_out = out_ch // groups
+    if isinstance(x, Info):
+        an.need_channels(x, ndim, where)
+        blocks = an.split_blocks(x, groups, f"grouped convolution {where!r}")
+        for j, (sid, mode, _) in enumerate(blocks.parts):
+            if sid == 0:
+                continue
+            an.act_raw(
+                sid,
+                weight,
+                1,
+                ActionKind.reading(mode),
+                per_group_in,
+                within=(0, j * per_group_out, per_group_out),
+            )
+    out = an.writer(where, out_ch, Mode.P if bn_users(n) else Mode.A).moved(dim=1 - ndim)
+    an.act(out, weight, 0, "out")
+    if bias is not None:
+        an.act(out, bias, 0, "out")
+    return an.split_blocks(out, groups, f"grouped convolution {where!r} (outputs)")

@@ -1,0 +1,257 @@
+"""Rules that follow the feature axis through views, joins, splits, reductions, padding,
+pooling and resampling."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+
+from intertwiner.groups import PERMUTATION, POSITIVE_MONOMIAL
+from intertwiner.symmetry._regions import IDENTITY, op_name
+from intertwiner.symmetry._registry import Frozen, rule
+from intertwiner.symmetry._rules_norms import Square, row_stat
+from intertwiner.symmetry._spaces import Info, ParamRef
+
+if TYPE_CHECKING:
+    from intertwiner.symmetry._aten import AtenRunner
+
+#: Ops that read a tensor's metadata, not its values.
+NO_FEATURES = ("_assert_tensor_metadata", "sym_size", "sym_numel", "size", "dim", "sym_stride")
+
+
+@rule(*NO_FEATURES, always=True)
+def no_features(r: AtenRunner, n: fx.Node, value: Any) -> None:
+    return None
+
+
+# -- views --------------------------------------------------------------------------------------
+def reshaped(x: Info, s_in, s_out, where: str) -> Info:
+    """The feature axis after a view: the output dim whose block of elements holds it whole
+    (``inner``: the positions merged behind it, ``outer``: those merged in front)."""
+    s_in, s_out = list(s_in), list(s_out)
+    pos = x.dim + len(s_in)
+    after = 1
+    for v in s_in[pos + 1 :]:
+        after *= v
+    st = x.inner * after
+    span = x.n * st
+    cands = []
+    for d in range(len(s_out)):
+        p = 1
+        for v in s_out[d + 1 :]:
+            p *= v
+        big = p * s_out[d]
+        if st % p == 0 and big % span == 0:
+            cands.append((s_out[d] == 1, d, p, big))
+    if not cands:
+        raise Frozen(
+            f"a reshape in {where!r} that splits the feature axis over several dims "
+            "(e.g. into heads)"
+        )
+    _, d, p, big = min(cands)
+    return x.moved(dim=d - len(s_out), inner=st // p, outer=big // span)
+
+
+@rule("view", "reshape", "_unsafe_view", "view_as", "flatten", "unflatten", "squeeze")
+def view(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    return reshaped(r.first(n), r.val(n.args[0]).shape, value.shape, r.where(n))
+
+
+def transposed(x: Info, ndim: int, a: int, b: int) -> Info:
+    pos = x.dim + ndim
+    a, b = a % ndim, b % ndim
+    new = b if pos == a else a if pos == b else pos
+    return x.moved(dim=new - ndim)
+
+
+@rule("transpose", "swapaxes", "t")
+def transpose(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    a, b = (0, 1) if op_name(n) == "t" else (n.args[1], n.args[2])
+    return transposed(r.first(n), r.ndim(n), a, b)
+
+
+@rule("permute")
+def permute(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    x, ndim = r.first(n), r.ndim(n)
+    dims = [d % ndim for d in n.args[1]]
+    return x.moved(dim=dims.index(x.dim + ndim) - ndim)
+
+
+@rule("unsqueeze")
+def unsqueeze(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    x, ndim = r.first(n), r.ndim(n)
+    pos, d = x.dim + ndim, n.args[1] % (ndim + 1)
+    return x.moved(dim=x.dim - 1 if d > pos else x.dim)
+
+
+@rule(*IDENTITY, "native_dropout", "expand", "expand_as")
+def same_features(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """Casts, copies, eval-mode dropout, broadcasts: the feature axis stays where it is."""
+    x, ndim = r.first(n), r.ndim(n)
+    out = value[0] if isinstance(value, (tuple, list)) else value
+    width = x.n * x.outer * x.inner
+    if ndim is not None and isinstance(out, torch.Tensor) and out.shape[x.dim] != width:
+        raise Frozen("an op that changes the size of the feature axis")
+    return x
+
+
+@rule("slice", "select", "narrow")
+def slice_(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    x, ndim, name = r.first(n), r.ndim(n), op_name(n)
+    pos = x.dim + ndim
+    d = (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)) % ndim
+    if d != pos:
+        return x if name != "select" else x.moved(dim=x.dim + 1 if d > pos else x.dim)
+    if name != "select" and value.shape[d] == r.val(n.args[0]).shape[d]:
+        return x  # a full slice
+    raise Frozen("slicing the feature axis")
+
+
+@rule("split", "split_with_sizes", "chunk", "unbind")
+def split(r: AtenRunner, n: fx.Node, value: Any) -> tuple:
+    x, ndim = r.first(n), r.ndim(n)
+    dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
+    if op_name(n) == "unbind":
+        dim = n.args[1] if len(n.args) > 1 else 0
+    d, pos = dim % ndim, x.dim + ndim
+    if d == pos:
+        if op_name(n) == "unbind":
+            raise Frozen("unbinding the feature axis")
+        sizes = [int(v.shape[d]) for v in value]
+        blocks = r.an.split_blocks(x, sizes, f"split of the feature axis in {r.where(n)}")
+        return tuple(
+            x.moved(parts=((sid, mode, None),), n=z)
+            for (sid, mode, _), z in zip(blocks.parts, sizes, strict=True)
+        )
+    out = []
+    for v in value:
+        drop = op_name(n) == "unbind"
+        out.append(x.moved(dim=x.dim + 1 if drop and d > pos else x.dim) if v.dim() else None)
+    return tuple(out)
+
+
+# -- joins and reductions -----------------------------------------------------------------------
+@rule("cat", "concat", "stack")
+def concatenate(r: AtenRunner, n: fx.Node, value: torch.Tensor) -> Info | None:
+    """``cat`` / ``stack``: along the feature axis the output's channels are the inputs'
+    channels side by side (block-structured elements; untracked inputs' channels stay fixed);
+    along any other axis every input must be moved by the same matrix."""
+    stack = op_name(n) == "stack"
+    tensors = n.args[0] if n.args else n.kwargs["tensors"]
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    infos = [r.info(a) for a in tensors]
+    vals = [r.val(a) for a in tensors]
+    if not any(isinstance(i, Info) for i in infos):
+        return None
+    where = r.where(n)
+    ndim = vals[0].dim()
+    first = next(i for i in infos if isinstance(i, Info))
+    pos = first.dim + ndim
+    d = dim % (ndim + 1 if stack else ndim)
+    if stack or d != pos:
+        reason = f"{'stacking' if stack else 'concatenating'} tensors in {where!r}"
+        for info in infos:
+            if isinstance(info, Info):
+                if info.dim != first.dim:
+                    raise Frozen(f"{reason} whose feature axes do not line up")
+                r.an.unify(first, info, reason)
+            elif isinstance(info, ParamRef) and info.plain:
+                r.an.add_param(first, info, reason)
+            else:
+                r.an.unify(first, None, f"{reason}: joined with a tensor from the input")
+        new_pos = pos + (1 if stack and d <= pos else 0)
+        return first.moved(dim=new_pos - value.dim())
+    parts, offset = [], 0
+    for info, v in zip(infos, vals, strict=True):
+        if isinstance(info, Info):
+            if info.dim != first.dim or info.outer != 1 or info.inner != 1:
+                raise Frozen(f"concatenating flattened feature axes in {where!r}")
+            for sid, mode, ch in info.parts:
+                chans = range(info.n) if ch is None else ch
+                parts.append((sid, mode, tuple(offset + c for c in chans)))
+        offset += v.shape[d]
+    return Info(tuple(parts), offset, first.dim)
+
+
+@rule("mean", "sum", "amax", "amin")
+def reduce(r: AtenRunner, n: fx.Node, value: Any) -> Any:
+    ndim = r.ndim(n)
+    if op_name(n) == "mean" and isinstance(r.info(n.args[0]), Square):
+        return row_stat(r, n, ndim)
+    x = r.first(n)
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    if dims is None:
+        raise Frozen("a reduction over all dims")
+    dims = [d % ndim for d in ((dims,) if isinstance(dims, int) else dims)]
+    pos = x.dim + ndim
+    if pos in dims:
+        raise Frozen("a reduction over the feature axis")
+    if op_name(n) in ("amax", "amin"):
+        for part in r.an.parts(x):
+            r.an.restrict_matrix(part, POSITIVE_MONOMIAL, f"max over positions in {n}")
+    keep = value.dim() == ndim
+    new = pos if keep else pos - sum(1 for d in dims if d < pos)
+    return x.moved(dim=new - value.dim())
+
+
+# -- padding, pooling, resampling ---------------------------------------------------------------
+@rule("pad", "constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
+      "replication_pad1d", "replication_pad2d", "replication_pad3d")  # fmt: skip
+def pad(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """Padding of positions: zeros, reflections and copies commute with every channel matrix; a
+    nonzero constant on every feature with permutations only. Zero channels (ResNet-20's option-A
+    shortcut) are a site of their own (``Rules.pad``)."""
+    x, ndim, where = r.first(n), r.ndim(n), r.where(n)
+    widths = list(n.args[1])
+    pos = x.dim + ndim
+    padded = {ndim - 1 - i // 2 for i, p in enumerate(widths) if p}
+    name = op_name(n)
+    mode = n.args[2] if name == "pad" and len(n.args) > 2 else n.kwargs.get("mode", "constant")
+    value_ = n.args[-1] if name == "constant_pad_nd" and len(n.args) > 2 else None
+    if name == "pad":
+        value_ = n.args[3] if len(n.args) > 3 else n.kwargs.get("value")
+    if name.startswith(("reflection", "replication")):
+        mode = name.split("_")[0]
+    if pos in padded:
+        return r.an.pad(x, tuple(widths), mode, value_, ndim, r.module_path(n) or n.name)
+    if mode != "constant" or not value_:
+        return x
+    for part in r.an.parts(x):
+        r.an.restrict_matrix(part, PERMUTATION, f"{where}: padded with {value_}")
+    return x
+
+
+def _pool_ndim(name: str, ndim: int) -> int:
+    for k in (1, 2, 3):
+        if f"{k}d" in name:
+            return k + 2
+    return ndim
+
+
+@rule("max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices",
+      "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d",
+      "adaptive_max_pool3d")  # fmt: skip
+def max_pool(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    x, ndim = r.first(n), r.ndim(n)
+    return r.an.maxpool(x, ndim, r.where(n), _pool_ndim(op_name(n), ndim))
+
+
+@rule("avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+      "adaptive_avg_pool3d")  # fmt: skip
+def avg_pool(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """Average pooling commutes with every channel map (on a batched input)."""
+    x, ndim = r.first(n), r.ndim(n)
+    r.an.need_channels(x, ndim, r.where(n), _pool_ndim(op_name(n), ndim))
+    return x
+
+
+@rule("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d",
+      "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d",
+      "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "pixel_shuffle_spatial")  # fmt: skip
+def resample(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """Spatial resampling acts on each channel alike: it commutes with every channel matrix."""
+    x = r.first(n)
+    r.an.need_channels(x, r.ndim(n), r.where(n))
+    return x
