@@ -56,12 +56,9 @@ def test_merge_of_k_transformed_copies_is_the_model(dtype, act, keep):
             assert _relative(merged(x), model(x)) < (1e-6 if dtype == torch.float64 else 1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="weight matching with free ReLU scales stops in a local optimum on randomly rescaled "
-    "copies (relative distance 18/248 left); the scale rule of issue 23 part A addresses it",
-)
 def test_merge_of_rescaled_relu_copies_is_the_model():
+    """Copies with random permutations *and* positive scales: the balanced scale rule moves every
+    copy to its orbit's least-norm point, so only the permutations are left to match."""
     model = TinyMLP(act=nn.ReLU, seed=3, dtype=torch.float64).eval()
     x = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     copies, spec = _copies(model, x, 4)
