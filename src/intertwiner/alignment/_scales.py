@@ -56,10 +56,12 @@ def _energies(model: nn.Module, site, phi_kind) -> dict[float, torch.Tensor]:
 
 def normalised(site, model: nn.Module) -> bool:
     """A unit behind a normalisation: some weight matrix feeding it is only permuted (kind
-    ``"P"``), its scale acting on the norm's affine instead."""
-    return any(
-        ax.kind == "P" and not ax.buffer and tensor_of(model, ax).dim() >= 2 for ax in site.actions
-    )
+    ``"P"``) and every row its scale multiplies is a vector (the norm's affine); a gated unit,
+    whose gate rows are only permuted but whose up-projection rows are scaled, is not one."""
+    params = [ax for ax in site.actions if not ax.buffer]
+    permuted = any(ax.kind == "P" and tensor_of(model, ax).dim() >= 2 for ax in params)
+    scaled = [ax for ax in params if exponents(ax.kind, site.group.phi_kind)[0] > 0]
+    return permuted and bool(scaled) and all(tensor_of(model, ax).dim() == 1 for ax in scaled)
 
 
 def _unit_log_scale(energies: dict[float, torch.Tensor], width: int) -> torch.Tensor:
