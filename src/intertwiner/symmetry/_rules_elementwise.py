@@ -226,19 +226,24 @@ def _region_group(r: AtenRunner, reg, n: fx.Node, nodes: list[fx.Node]) -> Inter
 
 
 def _activation_name(r: AtenRunner, n: fx.Node, nodes: list[fx.Node]) -> str:
-    """The activation module's name when every op of the region ran inside one parameter-free
-    module (``h.0.mlp.act``); else the graph node's name."""
-    paths = {r.module_path(m) for m in nodes}
-    if len(paths) == 1:
-        path = paths.pop()
-        if path:
-            try:
-                mod = r.model.get_submodule(path)
-            except AttributeError:
-                return n.name
-            if not any(True for _ in mod.parameters()):
-                return path
+    """The activation module's name when the region's ops ran inside one parameter-free module
+    (``h.0.mlp.act``), possibly with functional ops of its enclosing modules around it (``2 *
+    self.act(h)`` is the site ``act``, as a hook on ``act`` sees it); else the graph node's name."""
+    paths = {r.module_path(m) or "" for m in nodes}
+    inner = [p for p in paths if p and _parameter_free(r, p)]
+    if len(inner) == 1:
+        path = inner[0]
+        if all(q == path or q == "" or path.startswith(q + ".") for q in paths):
+            return path
     return n.name
+
+
+def _parameter_free(r: AtenRunner, path: str) -> bool:
+    try:
+        mod = r.model.get_submodule(path)
+    except AttributeError:
+        return False
+    return not any(True for _ in mod.parameters())
 
 
 def _affine_of_param(p: ParamRef, fn) -> ParamRef | None:
