@@ -25,3 +25,11 @@ def test_kinds_are_their_strings():
     assert ActionKind("phi(A)") is ActionKind.PHI
     with pytest.raises(ValueError):
         Mode("B")
+
+
+def test_linear_groups_are_those_of_scalar_multiples():
+    from intertwiner.groups import discover, for_activation
+
+    assert for_activation("identity").linear
+    assert discover(lambda z: 3.0 * z).linear
+    assert not for_activation("relu").linear and not for_activation("tanh").linear

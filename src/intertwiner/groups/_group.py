@@ -14,7 +14,7 @@ import torch
 
 from intertwiner.errors import UnsupportedGroupError
 from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
-from intertwiner.groups._families import Family, family
+from intertwiner.groups._families import GENERAL_LINEAR, Family, family
 
 PhiKind = str | tuple[str, float]
 
@@ -111,6 +111,12 @@ class IntertwinerGroup:
     @property
     def phi_label(self) -> str:
         return phi_label(self.phi_kind)
+
+    @property
+    def linear(self) -> bool:
+        """The group of a linear function (a scalar multiple): every invertible matrix, with
+        phi the identity, so the function commutes with every map of its input."""
+        return self.family is GENERAL_LINEAR and self.phi_kind == "identity"
 
     def same_as(self, other: IntertwinerGroup) -> bool:
         """Same family and same phi (names may differ)."""

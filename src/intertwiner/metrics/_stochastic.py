@@ -44,7 +44,8 @@ positions, as for ``shape_distance``; covariances zero). Repeated samples (R, M,
 token layout. Invariant to orthogonal maps of the neurons (applied to means and covariances alike).
 For deterministic features with alpha < 2 it equals ``shape_distance(score="euclidean")``.
 
-Floor: the M (C, C) square roots (eigendecompositions) per side, the (C, C) cross product of the
+Deterministic X and Y take the moment path (``_moments``: X'X, Y'Y, X'Y in blocks of the
+features' own layout) and one singular value decomposition. Floor of stochastic inputs: the M (C, C) square roots (eigendecompositions) per side, the (C, C) cross product of the
 means, and per iteration M products A_i T B_i with their SVDs: O(M C^3) per iteration.
 """
 
@@ -60,7 +61,7 @@ import torch
 from intertwiner._types import FeatureLike
 from intertwiner.errors import InvalidInputError, InvalidOptionError, ShapeError, TooFewSamplesError
 from intertwiner.metrics._measures import clip, measure, undefined
-from intertwiner.metrics._moments import position_rows
+from intertwiner.metrics._moments import CrossMoments, cross_moments, position_rows
 from intertwiner.metrics._prep import check_finite, validate
 
 VALUE_RANGE = (0.0, math.sqrt(2.0))
@@ -222,6 +223,21 @@ def _check(alpha: Any, max_iter: Any, tol: Any, n_init: Any) -> float:
     return float(alpha)
 
 
+def _deterministic(m: CrossMoments, alpha: float) -> float:
+    """Both sides deterministic (zero covariances): sqrt(2 - 2 |X'Y|_* / (|X| |Y|)) for centred
+    X, Y (the (2 - alpha) weights cancel in the normalisation), or the no-spread conventions."""
+    m.require(2, "a stochastic shape distance")
+    tx, ty = float(m.xx.trace()), float(m.yy.trace())
+    if alpha == 2.0 or tx <= 0.0 or ty <= 0.0:
+        same = alpha == 2.0 or (tx <= 0.0 and ty <= 0.0)
+        return undefined(
+            "stochastic shape distance: a representation with no spread (under this alpha) "
+            "counts as zero", 0.0 if same else 1.0,
+        )  # fmt: skip
+    cos = clip(float(torch.linalg.svdvals(m.xy).sum()) / math.sqrt(tx * ty), 0.0, 1.0)
+    return clip(math.sqrt(max(2.0 - 2.0 * cos, 0.0)), *VALUE_RANGE)
+
+
 @measure("orthogonal", VALUE_RANGE, higher_is_similar=False)
 def stochastic_shape_distance(
     X: GaussianStats | tuple | FeatureLike,
@@ -246,8 +262,8 @@ def stochastic_shape_distance(
     a = _check(alpha, max_iter, tol, n_init)
     tensors = [not isinstance(v, (GaussianStats, tuple)) for v in (X, Y)]
     rows: list[torch.Tensor | None] = [None, None]
-    if all(tensors):
-        rows = list(position_rows(X, Y, upsample=upsample, layout=layout))
+    if all(tensors):  # deterministic: the Euclidean shape distance, from the second moments
+        return _deterministic(cross_moments(X, Y, upsample=upsample, layout=layout), a)
     else:
         rows = [position_rows(v, v, layout=layout)[0] if t else None
                 for v, t in zip((X, Y), tensors, strict=True)]  # fmt: skip

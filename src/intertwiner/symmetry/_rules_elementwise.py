@@ -11,7 +11,6 @@ import torch.fx as fx
 
 from intertwiner.errors import IntertwinerError, UnsupportedGroupError
 from intertwiner.groups import (
-    GENERAL_LINEAR,
     MONOMIAL,
     PERMUTATION,
     ActionKind,
@@ -184,7 +183,7 @@ def region(r: AtenRunner, n: fx.Node) -> Any:
     except Frozen as e:  # the region's root is what the unknown function reads
         r.an.unify(x, None, f"{op_name(n)} in {r.where(n)}: {e}")
         return None
-    if group.family is GENERAL_LINEAR and group.phi_kind == "identity":
+    if group.linear:
         return x  # a linear function (a scalar multiple): commutes with every matrix
     ops = [m for m in nodes if op_name(m) not in IDENTITY] or nodes
     return r.an.activation(_activation_name(r, ops[-1], ops), group, x)
