@@ -7,7 +7,8 @@ README's own ``intertwiner train`` commands, with one epoch instead of twelve.
 Shown output is compared with what the block prints: a ``print(...)`` line whose comment reads
 ``# -> EXPECTED  (prose)`` must print EXPECTED (up to the first double space), and a plain
 fenced block right after a Python block must equal everything the block printed, line by line
-(a line ``...`` stands for any number of lines). See ``output_matches`` for how numbers and
+(a line ``...`` stands for any number of lines; a block that starts with ``$ `` is a shell
+session, not the block's output). See ``output_matches`` for how numbers and
 ``...`` inside a line compare.
 """
 
@@ -38,7 +39,10 @@ def blocks() -> list:
         tag = m.group("tag") or ""
         line = README[: m.start("code")].count("\n") + 1
         marks = [pytest.mark.slow] if tag.startswith("slow") else []
-        out.append(pytest.param(m.group("code"), m.group("shown"), id=f"line{line}", marks=marks))
+        shown = m.group("shown")
+        if shown is not None and shown.startswith("$ "):
+            shown = None  # a shell session shown beside the block, not what the block prints
+        out.append(pytest.param(m.group("code"), shown, id=f"line{line}", marks=marks))
     return out
 
 
