@@ -20,6 +20,12 @@ from intertwiner.cli._app import (
 )
 
 _OPT_MODEL = typer.Option(None, "--model", help=MODEL_HELP)
+# Options of the commands that read two or more checkpoints (interpolate, merge).
+_OPT_PAIR_DATA = typer.Option(None, "--data", help="Dataset (default: the one in A's metadata).")
+_OPT_DATA_DIR = typer.Option(None, help="Data folder (cifar10).")
+_OPT_SAMPLES = typer.Option(
+    4096, callback=count(1), help="Training examples for BN statistics / activations."
+)
 
 
 # ---- symmetries ---------------------------------------------------------------------------------
@@ -235,13 +241,9 @@ def interpolate_cmd(
         help="REPAIR each point: every pre-activation channel gets the interpolated mean and std "
         "of A's and B's on the --samples training examples.",
     ),
-    data: str | None = typer.Option(
-        None, "--data", help="Dataset (default: the one in A's metadata)."
-    ),
-    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    samples: int = typer.Option(
-        4096, callback=count(1), help="Training examples for BN statistics / activations."
-    ),
+    data: str | None = _OPT_PAIR_DATA,
+    data_dir: str | None = _OPT_DATA_DIR,
+    samples: int = _OPT_SAMPLES,
     eval_samples: int | None = typer.Option(
         None, callback=count(1), help="Test examples to evaluate (default all)."
     ),

@@ -6,10 +6,18 @@ import json
 
 import typer
 
-from intertwiner.cli._align import _OPT_GROUP, _OPT_METHOD, _OPT_SCALES, _random_subset
+from intertwiner.cli._align import (
+    _OPT_DATA_DIR,
+    _OPT_GROUP,
+    _OPT_METHOD,
+    _OPT_MODEL,
+    _OPT_PAIR_DATA,
+    _OPT_SAMPLES,
+    _OPT_SCALES,
+    _random_subset,
+)
 from intertwiner.cli._app import (
     _FILE,
-    MODEL_HELP,
     _pair_splits,
     app,
     count,
@@ -89,19 +97,15 @@ def merge_cmd(
         "--report/--no-report",
         help="Accuracy of the merge, each input and their ensemble on the test split.",
     ),
-    data: str | None = typer.Option(
-        None, "--data", help="Dataset (default: the one in A's metadata)."
-    ),
-    data_dir: str | None = typer.Option(None, help="Data folder (cifar10)."),
-    samples: int = typer.Option(
-        4096, callback=count(1), help="Training examples for BN statistics / activations."
-    ),
+    data: str | None = _OPT_PAIR_DATA,
+    data_dir: str | None = _OPT_DATA_DIR,
+    samples: int = _OPT_SAMPLES,
     eval_samples: int | None = typer.Option(
         None, callback=count(1), help="Test examples for the report (default all)."
     ),
     seed: int = typer.Option(0, callback=count(0), help="Seed of the alignment orders."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    model_spec: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    model_spec: str | None = _OPT_MODEL,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Merge checkpoints: align them modulo the intertwiner group of every traced site, average
