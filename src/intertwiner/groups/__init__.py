@@ -47,9 +47,29 @@ from intertwiner.groups._group import GroupLike, IntertwinerGroup, fixed_point_f
 from intertwiner.groups._homogeneity import homogeneity_defect, homogeneity_profile
 from intertwiner.groups._kinds import ActionKind, Mode
 from intertwiner.groups._lie import exp_element, exp_tensor, lie_shape
+from intertwiner.groups._phi import (
+    ABS_PHI,
+    IDENTITY_PHI,
+    PHI_NAMES,
+    AbsPhi,
+    IdentityPhi,
+    Phi,
+    PhiLike,
+    PowerPhi,
+    as_phi,
+)
 from intertwiner.groups._verify import verify
 
 __all__ = [
+    "ABS_PHI",
+    "AbsPhi",
+    "IDENTITY_PHI",
+    "IdentityPhi",
+    "PHI_NAMES",
+    "Phi",
+    "PhiLike",
+    "PowerPhi",
+    "as_phi",
     "ActionKind",
     "Mode",
     "ALIASES",

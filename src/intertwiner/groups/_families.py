@@ -89,16 +89,42 @@ class Family:
             return torch.ones_like(scale)
         return scale
 
-    def image(self, phi_kind: object = "identity") -> Family:
-        """The family of ``phi(A)`` for A in this family: phi = abs, an even power or a non-integer
-        power (which needs positive scales) squares the signs away."""
-        if phi_kind in (None, "identity") or not self.unsigned_name:
-            return self
-        if phi_kind == "abs":
+    def image(self, phi: object = None) -> Family:
+        """The family of ``phi(A)`` for A in this family (``phi``: a ``Phi`` or its stored form):
+        phi = abs, an even power or a non-integer power (which needs positive scales) squares the
+        signs away."""
+        from intertwiner.groups._phi import as_phi  # _phi builds on this module
+
+        if self.unsigned_name and as_phi(phi).forgets_signs:
             return FAMILIES[self.unsigned_name]
-        d = float(phi_kind[1])  # ("power", d)
-        even = d.is_integer() and int(d) % 2 == 0
-        return FAMILIES[self.unsigned_name] if even or not d.is_integer() else self
+        return self
+
+    @property
+    def preserves_inner_products(self) -> bool:
+        """Every element is orthogonal (permutations, signed permutations, O(n)): norms, inner
+        products and Gram matrices are invariant."""
+        return self <= ORTHOGONAL
+
+    def __le__(self, other: object) -> bool:
+        """Subgroup order: ``a <= b`` when family ``a`` is contained in family ``b``."""
+        if not isinstance(other, Family):
+            return NotImplemented
+        return self.name in _SUBGROUPS[other.name]
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Family):
+            return NotImplemented
+        return self <= other and self != other
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Family):
+            return NotImplemented
+        return other <= self
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Family):
+            return NotImplemented
+        return other < self
 
     def subgroups(self) -> tuple[Family, ...]:
         """Every family contained in this one (itself included), in ``FAMILIES`` order."""
@@ -417,8 +443,8 @@ def _activation_hint(name: object) -> str:
 
 
 def is_subgroup(a: str | Family, b: str | Family) -> bool:
-    """True when family ``a`` is contained in family ``b``."""
-    return family(a).name in _SUBGROUPS[family(b).name]
+    """True when family ``a`` is contained in family ``b`` (``family(a) <= family(b)``)."""
+    return family(a) <= family(b)
 
 
 def intersect(a: str | Family, b: str | Family) -> Family:

@@ -39,6 +39,7 @@ import torch
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
 from intertwiner.groups._families import Family, best_assignment, family
+from intertwiner.groups._phi import as_phi
 
 __all__ = ["FitTerm", "exponents", "fit_element", "pair_costs"]
 
@@ -78,13 +79,8 @@ def exponents(kind: str, phi_kind) -> tuple[float, int]:
         return -1.0, 1
     if kind in ("phi(A)", "phi(A)^-T"):
         sgn = -1.0 if kind == "phi(A)^-T" else 1.0
-        if phi_kind == "identity":
-            return sgn, 1
-        if phi_kind == "abs":
-            return sgn, 0
-        d = float(phi_kind[1])
-        q = int(d) % 2 if d.is_integer() else 0
-        return sgn * d, q
+        p, q = as_phi(phi_kind).exponents()
+        return sgn * p, q
     raise InvalidOptionError(f"unknown action kind {kind!r}")
 
 

@@ -1,8 +1,9 @@
 """IntertwinerGroup: a matrix group family coupled with the homomorphism phi.
 
 For an activation sigma with intertwiner group G, every A in G satisfies
-``sigma(A x) = phi(A) sigma(x)``. phi kinds: ``"identity"`` (phi(A) = A), ``"abs"`` (entrywise
-absolute value) and ``("power", d)`` (entrywise d-th power).
+``sigma(A x) = phi(A) sigma(x)``. phi is a ``Phi`` (``groups._phi``):
+``IdentityPhi`` (phi(A) = A), ``AbsPhi`` (entrywise absolute value) and ``PowerPhi(d)`` (entrywise
+d-th power).
 """
 
 from __future__ import annotations
@@ -12,33 +13,22 @@ from typing import Any
 
 import torch
 
-from intertwiner.errors import UnsupportedGroupError
-from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
+from intertwiner.groups._elements import GroupElement
 from intertwiner.groups._families import GENERAL_LINEAR, Family, family
+from intertwiner.groups._phi import IDENTITY_PHI, Phi, as_phi
 
+#: The old in-memory phi forms, still accepted wherever a phi is (``as_phi`` reads them).
 PhiKind = str | tuple[str, float]
 
 
-def normalize_phi(phi: Any) -> PhiKind:
-    """Canonical phi kind: ``"identity"``, ``"abs"`` or ``("power", d)``; power 1 is identity."""
-    if phi in ("identity", "abs"):
-        return phi
-    if isinstance(phi, (tuple, list)) and len(phi) == 2 and phi[0] == "power":
-        d = float(phi[1])
-        if d == 1.0:
-            return "identity"
-        if d == 0.0:
-            raise UnsupportedGroupError("phi = A^0 is not invertible; a power phi needs d != 0")
-        return ("power", int(d) if d.is_integer() else d)
-    raise UnsupportedGroupError(f"unknown phi kind {phi!r}; use 'identity', 'abs' or ('power', d)")
+def normalize_phi(phi: Any) -> Phi:
+    """Canonical phi: a ``Phi`` (equal to its stored form ``"identity"``, ``"abs"`` or
+    ``("power", d)``); power 1 is the identity."""
+    return as_phi(phi)
 
 
-def phi_label(phi: PhiKind) -> str:
-    if phi == "identity":
-        return "A"
-    if phi == "abs":
-        return "abs(A)"
-    return f"A.^{phi[1]}"
+def phi_label(phi: Any) -> str:
+    return as_phi(phi).label
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,31 +36,19 @@ class IntertwinerGroup:
     """A group family together with phi; ``name`` is e.g. ``"G_ReLU"``."""
 
     family: Family
-    phi_kind: PhiKind = "identity"
+    #: A ``Phi`` (a stored form given here is read by ``as_phi``).
+    phi_kind: Phi = IDENTITY_PHI
     name: str = ""
     #: For groups made by ``discover``: the numerical evidence used to classify the function.
     evidence: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "family", family(self.family))
-        phi = normalize_phi(self.phi_kind)
+        phi = as_phi(self.phi_kind)
         object.__setattr__(self, "phi_kind", phi)
-        if isinstance(phi, tuple) and not self.family.monomial:
-            raise UnsupportedGroupError(
-                f"phi = {phi_label(phi)} is only defined for monomial families, not "
-                f"{self.family.name}"
-            )
-        if (
-            isinstance(phi, tuple)
-            and not float(phi[1]).is_integer()
-            and self.family.scales != "positive"
-        ):
-            raise UnsupportedGroupError(
-                f"a non-integer power phi (d = {phi[1]}) needs positive scales: family "
-                f"positive_monomial, not {self.family.name}"
-            )
+        phi.check_family(self.family)
         if not self.name:
-            object.__setattr__(self, "name", f"G[{self.family.name}, {phi_label(phi)}]")
+            object.__setattr__(self, "name", f"G[{self.family.name}, {phi.label}]")
 
     # -- delegation to the family ------------------------------------------------------------
     def sample(
@@ -90,17 +68,7 @@ class IntertwinerGroup:
     # -- phi --------------------------------------------------------------------------------
     def phi(self, element: GroupElement) -> GroupElement:
         """The matrix phi(A) that acts on the activation side: sigma(A x) = phi(A) sigma(x)."""
-        kind = self.phi_kind
-        if kind == "identity":
-            return element
-        if isinstance(element, MonomialElement):
-            if kind == "abs":
-                return MonomialElement(element.perm, element.scale.abs())
-            return MonomialElement(element.perm, element.scale ** kind[1])
-        m = element.matrix()
-        if kind == "abs":
-            return DenseElement(m.abs())
-        return DenseElement(m ** kind[1])
+        return self.phi_kind.apply(element)
 
     @property
     def phi_family(self) -> Family:
@@ -110,13 +78,13 @@ class IntertwinerGroup:
 
     @property
     def phi_label(self) -> str:
-        return phi_label(self.phi_kind)
+        return self.phi_kind.label
 
     @property
     def linear(self) -> bool:
         """The group of a linear function (a scalar multiple): every invertible matrix, with
         phi the identity, so the function commutes with every map of its input."""
-        return self.family is GENERAL_LINEAR and self.phi_kind == "identity"
+        return self.family is GENERAL_LINEAR and self.phi_kind.is_identity
 
     def same_as(self, other: IntertwinerGroup) -> bool:
         """Same family and same phi (names may differ)."""
@@ -129,8 +97,7 @@ class IntertwinerGroup:
         return hash((self.family.name, self.phi_kind))
 
     def to_dict(self) -> dict:
-        phi = self.phi_kind if isinstance(self.phi_kind, str) else list(self.phi_kind)
-        return {"name": self.name, "family": self.family.name, "phi": phi}
+        return {"name": self.name, "family": self.family.name, "phi": self.phi_kind.to_json()}
 
 
 #: What functions taking "a group" accept: a family name or alias, a ``Family``, or an
@@ -139,34 +106,12 @@ GroupLike = str | Family | IntertwinerGroup
 
 
 def fixed_point_family(phi: Any) -> str:
-    """The largest family of A with phi(A) = A (``phi``: a phi kind; None means identity): what a
-    residual stream needs where an activation output is added to a pre-activation tensor."""
-    if phi in (None, "identity"):
-        return "general_linear"
-    if phi == "abs":
-        return "positive_monomial"
-    d = phi[1]
-    return "signed_permutation" if int(d) % 2 else "permutation"
+    """Name of the largest family of A with phi(A) = A (``phi``: a ``Phi`` or stored form; None
+    means identity). Objects: ``as_phi(phi).fixed_points()``."""
+    return as_phi(phi).fixed_points().name
 
 
 def phi_preimage(phi: Any, target: str | Family) -> str:
-    """The largest family of monomial A with phi(A) in ``target``: the restriction on a site whose
-    activation outputs (moved by phi(A)) must be moved by a matrix of ``target``."""
-    target = family(target).name
-    if phi in (None, "identity"):
-        return target
-    # Conditions on the scales s of A; phi acts on scales by |s| or s^d.
-    want = {
-        "permutation": "one",
-        "signed_permutation": "abs_one",
-        "orthogonal": "abs_one",
-        "positive_monomial": "positive",
-    }.get(target)
-    if want is None:  # monomial, general_linear: every monomial phi(A) qualifies
-        return "monomial"
-    if want == "abs_one":
-        return "signed_permutation"
-    even = phi == "abs" or int(phi[1]) % 2 == 0
-    if want == "one":
-        return "signed_permutation" if even else "permutation"
-    return "monomial" if even else "positive_monomial"  # positive scales
+    """Name of the largest family of monomial A with phi(A) in ``target``. Objects:
+    ``as_phi(phi).preimage(target)``."""
+    return as_phi(phi).preimage(target).name
