@@ -39,6 +39,7 @@ from intertwiner.groups._families import (
     UnknownFamilyError,
     best_assignment,
     family,
+    find_family,
     intersect,
     is_subgroup,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "exp_tensor",
     "exponents",
     "family",
+    "find_family",
     "fit_element",
     "for_activation",
     "homogeneity_defect",

@@ -428,6 +428,16 @@ def family(name: str | Family) -> Family:
     )
 
 
+def find_family(name: object) -> Family | None:
+    """The family a label names (any name or alias, case-insensitively), or None for a label that
+    names no family (``"identity"``, ``"low_rank_2"``): for reading stored rows whose labels mix
+    families with other kinds."""
+    if isinstance(name, Family):
+        return name
+    key = name.strip().lower() if isinstance(name, str) else None
+    return FAMILIES[ALIASES[key]] if key in ALIASES else None
+
+
 def _activation_hint(name: object) -> str:
     """For an activation's name given as a group ("relu", "tanh"): the family of its group."""
     # _activations imports this module: import it when the hint is needed, not at load time

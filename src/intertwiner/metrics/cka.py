@@ -41,6 +41,7 @@ from intertwiner import _products as products
 from intertwiner import _validate
 from intertwiner._types import FeatureLike
 from intertwiner.errors import InvalidOptionError, NonFiniteError, TooFewSamplesError
+from intertwiner.groups import ORTHOGONAL
 from intertwiner.layouts import to_flat
 from intertwiner.metrics._groups import declare, subgroups
 from intertwiner.metrics._prep import (
@@ -52,7 +53,7 @@ from intertwiner.metrics._prep import (
     within,
 )
 
-_ORTHOGONAL = subgroups("orthogonal")
+_ORTHOGONAL = subgroups(ORTHOGONAL)
 # Features with peaks within 2**+-SAFE_EXPONENT need no scaling (see _centred_scaled): CKA takes
 # fourth powers (squared Gram entries), which stay normal floats there.
 SAFE_EXPONENT = 200

@@ -262,7 +262,7 @@ def cka_from_sums(s: dict[str, Any], debiased: bool) -> float:
     return cka_from_hsic(xy, xx, yy)
 
 
-@declare(subgroups("monomial"))
+@declare(subgroups(MONOMIAL))
 def group_cka(
     X: FeatureLike,
     Y: FeatureLike,

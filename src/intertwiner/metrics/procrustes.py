@@ -397,7 +397,7 @@ def value_of(
     x: torch.Tensor, y: torch.Tensor, *, similarity: bool, options: dict[str, Any]
 ) -> float:
     """``procrustes_similarity`` (or ``_distance``) of validated features, with its options."""
-    g = procrustes_group(options.get("group", "orthogonal"))
+    g = procrustes_group(options.get("group", ORTHOGONAL))
     center, layout = bool(options.get("center", False)), options.get("layout")
     stats = stats_of(x, y, g, bool(options.get("upsample", False)), layout, center)
     if similarity:
@@ -449,7 +449,7 @@ def stats_of(
     return stats
 
 
-@declare(subgroups("orthogonal"))
+@declare(subgroups(ORTHOGONAL))
 def procrustes_distance(
     X: FeatureLike,
     Y: FeatureLike,
@@ -473,7 +473,7 @@ def procrustes_distance(
     return distance_from_stats(_stats(X, Y, g, upsample, layout, center), g, kind, center)
 
 
-@declare(subgroups("orthogonal"))
+@declare(subgroups(ORTHOGONAL))
 def procrustes_similarity(
     X: FeatureLike,
     Y: FeatureLike,
@@ -498,4 +498,4 @@ def procrustes_similarity(
 
 
 procrustes_distance.value_range = DISTANCE_RANGE["angular"]
-procrustes_similarity.value_range = similarity_range("orthogonal")
+procrustes_similarity.value_range = similarity_range(ORTHOGONAL)

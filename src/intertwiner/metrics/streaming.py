@@ -21,7 +21,7 @@ import torch
 from intertwiner import _validate
 from intertwiner._types import FeatureLike
 from intertwiner.errors import ShapeError
-from intertwiner.groups import GroupLike
+from intertwiner.groups import ORTHOGONAL, GroupLike
 from intertwiner.layouts import to_flat
 from intertwiner.metrics import procrustes as _pr
 from intertwiner.metrics._groups import subgroups
@@ -67,7 +67,7 @@ class LinearCKA(Accumulator):
 
     def __init__(self, *, debiased: bool = False) -> None:
         self.debiased = debiased
-        self.invariant_to = subgroups("orthogonal")
+        self.invariant_to = subgroups(ORTHOGONAL)
         self.name = "cka_debiased" if debiased else "cka"
         self.value_range = value_range(debiased)
         super().__init__()

@@ -17,6 +17,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from intertwiner.groups import (
+    GENERAL_LINEAR,
+    ORTHOGONAL,
+    PERMUTATION,
+    POSITIVE_MONOMIAL,
+    find_family,
+)
 from intertwiner.report.figures import _points, dissection_table
 from intertwiner.stats import (
     FAILS,
@@ -77,15 +84,20 @@ def _weakest(ivs: dict[str, Interval], low: float) -> tuple[str, Interval]:
 def sanity_claims(rows: list[Row], activation: str = "relu") -> list[dict]:
     """Orthogonal penalty > G_ReLU penalty, per layer and averaged over layers (Welch); the same
     against the permutation-only control when its rows exist."""
+    # Row labels become families once, here; the identity control rows name none.
     by: dict = defaultdict(lambda: defaultdict(dict))
+    label = {}
     for r in rows:
         c = r.config
-        if c.get("activation") == activation:
-            by[c["group"]][c["layer"]][c["repeat"]] = _points(r.metrics["penalty"])
+        fam = find_family(c["group"]) if c.get("activation") == activation else None
+        if fam is not None:
+            by[fam][c["layer"]][c["repeat"]] = _points(r.metrics["penalty"])
+            label[fam] = c["group"]
     out = []
-    for ref in ("G_ReLU", "permutation"):
-        if ref in by and "orthogonal" in by:
-            out += _penalty_claims(by[ref], by["orthogonal"], ref, activation)
+    # Groups an absorbing refit can undo (G_ReLU, its permutation part) against orthogonal maps.
+    for ref in (POSITIVE_MONOMIAL, PERMUTATION):
+        if ref in by and ORTHOGONAL in by:
+            out += _penalty_claims(by[ref], by[ORTHOGONAL], label[ref], activation)
     return out
 
 
@@ -171,12 +183,14 @@ def metric_claims(rows: list[Row], arch: str, sites: Sequence[str]) -> list[dict
 
 def stitching_claims(rows: list[Row], arch: str) -> list[dict]:
     """G_ReLU − full stitching penalty > 0, mean over sites per pair (paired t over pairs)."""
+    # Stitch-kind labels become families once, here (low_rank_2 and the like name none).
     by: dict = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         c = r.config
-        if c.get("arch") == arch:
-            by[c["layer_label"]][c["pair"]][c["site_index"]] = _points(r.metrics["penalty"])
-    f, g = by.get("full", {}), by.get("perm_scale", {})
+        fam = find_family(c["layer_label"]) if c.get("arch") == arch else None
+        if fam is not None:
+            by[fam][c["pair"]][c["site_index"]] = _points(r.metrics["penalty"])
+    f, g = by.get(GENERAL_LINEAR, {}), by.get(POSITIVE_MONOMIAL, {})
     keys = sorted(set(f) & set(g))
     if not keys:
         return []

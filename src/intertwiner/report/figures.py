@@ -13,6 +13,7 @@ from collections import defaultdict
 import numpy as np
 from matplotlib.figure import Figure
 
+from intertwiner.groups import ORTHOGONAL, find_family
 from intertwiner.store import Row
 
 METRIC_LABELS = {
@@ -268,7 +269,10 @@ def dissection_table(rows: list[Row]) -> dict:
         d["power_counts"].append(m["power_counts"])
         d["identity"].append(m["counts"].get("identity"))
         d["group"].append(m["counts"].get(m["group"]))
-        d["orthogonal"] += [v for k, v in m["counts"].items() if k.startswith("orthogonal")]
+        # Haar rotations are stored as bases "orthogonal0", "orthogonal1", ...
+        d["orthogonal"] += [
+            v for k, v in m["counts"].items() if find_family(k.rstrip("0123456789")) is ORTHOGONAL
+        ]
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from intertwiner import _atomic
+from intertwiner.groups import ORTHOGONAL, find_family
 
 __all__ = ["plot_rotation_curve"]
 
@@ -29,11 +30,14 @@ def plot_rotation_curve(
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.subplots()
     ax.plot(experiment["powers"], experiment["power_counts"], "o-", label="rotation power p")
-    styles = {"identity": ("k", "--"), "orthogonal": ("tab:red", ":")}
+    # Reference lines: the neuron basis, the Haar rotations (family orthogonal), the site's group.
     for kind, counts in by_kind.items():
-        if kind == "power":
+        if kind == "power":  # the rotation-power curve, plotted above
             continue
-        colour, ls = styles.get(kind, ("tab:green", "-."))
+        if find_family(kind) is ORTHOGONAL:
+            colour, ls = "tab:red", ":"
+        else:
+            colour, ls = ("k", "--") if kind == "identity" else ("tab:green", "-.")
         ax.axhline(
             float(np.mean(counts)), color=colour, ls=ls, label=f"{kind} ({np.mean(counts):g})"
         )

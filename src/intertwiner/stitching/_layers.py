@@ -27,6 +27,9 @@ from intertwiner.errors import (
 )
 from intertwiner.groups import (
     FAMILIES,
+    GENERAL_LINEAR,
+    ORTHOGONAL,
+    POSITIVE_MONOMIAL,
     Family,
     MonomialElement,
     best_assignment,
@@ -43,7 +46,7 @@ STRUCTURAL_KINDS = ("low_rank", "lasso", "diagonal")
 KINDS = (*GROUP_KINDS, *STRUCTURAL_KINDS, "auto")
 # Kinds whose maps are square (c_in == c_out): every group but GL, and the diagonal.
 SQUARE_KINDS = (
-    *(f.short_name for f in FAMILIES.values() if f is not family("general_linear")),
+    *(f.short_name for f in FAMILIES.values() if f is not GENERAL_LINEAR),
     "diagonal",
 )
 
@@ -480,7 +483,8 @@ class BirkhoffStitch(StitchLayer):
         dtype=torch.float32,
     ):
         super().__init__(c, c, channel_dim)
-        if kind not in (family("perm_scale").short_name, family("permutation").short_name):
+        # Sinkhorn relaxes a permutation; the optional scale is positive: groups inside G_ReLU.
+        if kind not in GROUP_KINDS or not family(kind) <= POSITIVE_MONOMIAL:
             raise UnknownLayerKindError(
                 f"the birkhoff solver handles 'perm_scale' and 'permutation', not {kind!r}; "
                 "use solver='match'"
@@ -566,5 +570,5 @@ def make_layer(
     fam = family(kind)
     if fam.monomial:
         return MonomialStitch(c_in, c_out, channel_dim, kind=kind, **common)
-    dense = OrthogonalStitch if fam is family("orthogonal") else FullStitch
+    dense = OrthogonalStitch if fam is ORTHOGONAL else FullStitch
     return dense(c_in, c_out, channel_dim, **common)
