@@ -11,6 +11,7 @@ from intertwiner.groups import (
     GENERAL_LINEAR,
     MONOMIAL,
     IntertwinerGroup,
+    as_phi,
     intersect,
     is_subgroup,
 )
@@ -113,7 +114,7 @@ def _all_is_none(ch: tuple[int, ...] | None, n: int) -> tuple[int, ...] | None:
 def _group(s: _SiteState, acts: list) -> IntertwinerGroup:
     """The site's family and phi, named after its first activation (``G_ReLU``), marked with the
     family when restrictions made it smaller (``G_SiLU|monomial``)."""
-    phi = s.phi or "identity"
+    phi = as_phi(s.phi)  # None: no activation set one
     if acts:
         base = acts[0][3]
         same = base.family == s.family and base.phi_kind == phi

@@ -11,6 +11,7 @@ import torch.fx as fx
 
 from intertwiner.errors import IntertwinerError, UnsupportedGroupError
 from intertwiner.groups import (
+    IDENTITY_PHI,
     MONOMIAL,
     PERMUTATION,
     ActionKind,
@@ -215,7 +216,7 @@ def _region_group(r: AtenRunner, reg, n: fx.Node, nodes: list[fx.Node]) -> Inter
         except UnsupportedGroupError:
             # Elementwise, with a group no family describes (2x + 1: {A : A 1 = 1}); every
             # elementwise function commutes with permutations, a subgroup of it.
-            group = IntertwinerGroup(PERMUTATION, "identity", f"G_{label}|permutation")
+            group = IntertwinerGroup(PERMUTATION, IDENTITY_PHI, f"G_{label}|permutation")
             if verify_group(group, fn) > 1e-9:  # pragma: no cover (elementwise => holds)
                 raise Frozen(f"an elementwise function {label} without a group") from None
         except IntertwinerError as e:

@@ -19,16 +19,17 @@ from torch import nn
 from intertwiner.errors import UnsupportedModuleError
 from intertwiner.groups import (
     GENERAL_LINEAR,
+    IDENTITY_PHI,
     MONOMIAL,
     PERMUTATION,
     ActionKind,
     Family,
     IntertwinerGroup,
     Mode,
+    Phi,
+    as_phi,
     family,
-    fixed_point_family,
     intersect,
-    phi_preimage,
 )
 from intertwiner.symmetry.spec import ActivationAxis, ParamAxis
 
@@ -83,7 +84,7 @@ class _SiteState:
         self.id = sid
         self.width = width
         self.family = GENERAL_LINEAR
-        self.phi: Any = None
+        self.phi: Phi | None = None  # set by the first activation writing the site
         self.needs_fixed = False
         self.restrictions: list[str] = []
         self.actions: list[ParamAxis] = []
@@ -185,7 +186,7 @@ class Spaces:
         if mode == Mode.P:
             return  # a permutation lies in every family
         phi = self.sites[self.find(sid)].phi if mode == Mode.PHI else None
-        self.restrict(sid, phi_preimage(phi, target), reason)
+        self.restrict(sid, as_phi(phi).preimage(target), reason)
 
     def fixed_point(self, sid: int, reason: str) -> None:
         r = self.find(sid)
@@ -198,18 +199,19 @@ class Spaces:
             return
         s.needs_fixed = True
         if s.phi is not None:
-            self.restrict(r, fixed_point_family(s.phi), reason)
+            self.restrict(r, s.phi.fixed_points(), reason)
 
     def set_phi(self, sid: int, phi: Any, reason: str) -> None:
         s = self.sites[sid]
+        phi = as_phi(phi)
         if s.phi is None:
             s.phi = phi
         elif s.phi != phi:
-            self.restrict(sid, fixed_point_family(s.phi), reason)
-            self.restrict(sid, fixed_point_family(phi), reason)
-            s.phi = "identity"
+            self.restrict(sid, s.phi.fixed_points(), reason)
+            self.restrict(sid, phi.fixed_points(), reason)
+            s.phi = IDENTITY_PHI
         if s.needs_fixed:
-            self.restrict(sid, fixed_point_family(s.phi), "residual stream: phi(A) = A needed")
+            self.restrict(sid, s.phi.fixed_points(), "residual stream: phi(A) = A needed")
 
     def freeze(self, sid: int, reason: str) -> None:
         r = self.find(sid)
