@@ -37,6 +37,7 @@ from intertwiner.groups._elements import DenseElement, GroupElement, MonomialEle
 from intertwiner.groups._families import GeneralLinear, Orthogonal
 from intertwiner.groups._fitting import exponents
 from intertwiner.groups._group import IntertwinerGroup
+from intertwiner.groups._phi import IDENTITY_PHI
 
 __all__ = ["KeyTerm", "canonical_element", "orbit_invariants", "stable_order"]
 
@@ -168,7 +169,7 @@ def _orthogonal(
     group: IntertwinerGroup, terms: list[KeyTerm], tol: float
 ) -> tuple[GroupElement, list[str]]:
     n = terms[0].rows.shape[0]
-    if group.phi_kind != "identity" or any(t.kind == "P" for t in terms):
+    if not group.phi_kind.is_identity or any(t.kind == "P" for t in terms):
         return group.identity(n), ["this orthogonal site has actions other than Q"]
     z = torch.cat([t.rows.double() for t in terms], 1)
     u, s, _ = torch.linalg.svd(z, full_matrices=False)
@@ -185,9 +186,9 @@ def _general_linear(
     group: IntertwinerGroup, terms: list[KeyTerm], tol: float
 ) -> tuple[GroupElement, list[str]]:
     n = terms[0].rows.shape[0]
-    fwd = [t.rows.double() for t in terms if exponents(t.kind, "identity")[0] > 0]
-    inv = [t.rows.double() for t in terms if exponents(t.kind, "identity")[0] < 0]
-    if group.phi_kind != "identity" or not fwd or not inv:
+    fwd = [t.rows.double() for t in terms if exponents(t.kind, IDENTITY_PHI)[0] > 0]
+    inv = [t.rows.double() for t in terms if exponents(t.kind, IDENTITY_PHI)[0] < 0]
+    if not group.phi_kind.is_identity or not fwd or not inv:
         why = "a GL site needs key rows of both kinds A and A^-T (its invariant is X^T Y)"
         return group.identity(n), [why]
     x, y = torch.cat(fwd, 1), torch.cat(inv, 1)
@@ -234,13 +235,13 @@ def orbit_invariants(group: IntertwinerGroup, terms: list[KeyTerm], k: int) -> t
     family has none here): bilinear projections ``r^T X^T Y r'`` of GL's invariant ``X^T Y``, or
     ``r^T Z^T Z r'`` for orthogonal sites; fixed pseudo-random ``r``."""
     fam = group.family
-    if group.phi_kind != "identity" or fam.monomial:
+    if not group.phi_kind.is_identity or fam.monomial:
         return None
     if isinstance(fam, Orthogonal):
         x = y = torch.cat([t.rows.double() for t in terms], 1)
     else:
-        fwd = [t.rows.double() for t in terms if exponents(t.kind, "identity")[0] > 0]
-        inv = [t.rows.double() for t in terms if exponents(t.kind, "identity")[0] < 0]
+        fwd = [t.rows.double() for t in terms if exponents(t.kind, IDENTITY_PHI)[0] > 0]
+        inv = [t.rows.double() for t in terms if exponents(t.kind, IDENTITY_PHI)[0] < 0]
         if not fwd or not inv:
             return None
         x, y = torch.cat(fwd, 1), torch.cat(inv, 1)
