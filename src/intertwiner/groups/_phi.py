@@ -115,7 +115,8 @@ class Phi:
         return f"{type(self).__name__}()"
 
     def __str__(self) -> str:
-        return self.label
+        # printed as the stored form ("abs", ('power', 2)), as phi kinds always printed
+        return str(self.legacy())
 
 
 class IdentityPhi(Phi):

@@ -13,7 +13,6 @@ from intertwiner.groups import (
     IntertwinerGroup,
     as_phi,
     intersect,
-    is_subgroup,
 )
 from intertwiner.symmetry._spaces import Spaces, _SiteState
 from intertwiner.symmetry.spec import ActivationAxis, Fold, ParamAxis, Site, SymmetrySpec
@@ -129,7 +128,7 @@ def _reasons(s: _SiteState, acts: list) -> list[str]:
     act_family = GENERAL_LINEAR
     for a in acts:
         act_family = intersect(act_family, a[3].family)
-    return [r for r, fam in s.restrictions if not fam or not is_subgroup(act_family, fam)]
+    return [r for r, fam in s.restrictions if fam is None or not act_family <= fam]
 
 
 def _folds(s: _SiteState, candidates: list, actions: list[ParamAxis]) -> list[Fold]:
@@ -137,7 +136,7 @@ def _folds(s: _SiteState, candidates: list, actions: list[ParamAxis]) -> list[Fo
     monomial; a monomial element needs no fold: its permutation part moves the scale."""
     folds = []
     for (scale, axis, into, _, slope, offset), whole in candidates:
-        if whole and not is_subgroup(s.family, MONOMIAL):
+        if whole and not s.family <= MONOMIAL:
             folds.append(Fold(scale, into, slope, offset))
         else:
             actions.append(ParamAxis(scale, axis, "P", s.width))

@@ -12,7 +12,6 @@ from collections import defaultdict
 from torch import nn
 
 from intertwiner.errors import UnverifiedSymmetryError
-from intertwiner.groups import ORTHOGONAL, is_subgroup
 from intertwiner.symmetry.spec import ParamAxis, Site, SymmetrySpec
 
 # Kinds that name the same matrix when the site's group lies in the orthogonal group (A^-T = A).
@@ -79,4 +78,4 @@ def _agree(site: Site, actions: list[ParamAxis]) -> bool:
     kinds = {a.kind for a in actions}
     if len(kinds) == 1:
         return True  # every use asks for the same matrix: applying it once serves all
-    return kinds in _ORTHOGONAL_TWINS and is_subgroup(site.group.family, ORTHOGONAL)
+    return kinds in _ORTHOGONAL_TWINS and site.group.family.preserves_inner_products

@@ -86,7 +86,8 @@ class _SiteState:
         self.family = GENERAL_LINEAR
         self.phi: Phi | None = None  # set by the first activation writing the site
         self.needs_fixed = False
-        self.restrictions: list[str] = []
+        # (reason, the family it restricts to; None for a block structure no family describes)
+        self.restrictions: list[tuple[str, Family | None]] = []
         self.actions: list[ParamAxis] = []
         self.activations: list[tuple[int, str, ActivationAxis, IntertwinerGroup]] = []
         self.writers: list[tuple[int, str]] = []
@@ -178,7 +179,7 @@ class Spaces:
         if new != s.family:
             s.family = new
             if reason not in [r for r, _ in s.restrictions]:
-                s.restrictions.append((reason, family(fam).name))
+                s.restrictions.append((reason, family(fam)))
 
     def restrict_matrix(self, part: Part, target: str, reason: str) -> None:
         """Restrict so that the matrix moving this part (in its mode) lies in ``target``."""
@@ -313,7 +314,7 @@ class Spaces:
             cs.residual = True
             if not s.family.monomial:
                 cs.restrictions.append(
-                    ("zero-padded shortcut: block diagonal on carried vs padded channels", "")
+                    ("zero-padded shortcut: block diagonal on carried vs padded channels", None)
                 )
             children.append((c, ch))
         s.split = children
@@ -346,7 +347,7 @@ class Spaces:
             c = self.new_site(size)
             cs = self.sites[c]
             cs.family, cs.phi, cs.needs_fixed = s.family, s.phi, s.needs_fixed
-            cs.restrictions = list(s.restrictions) + [(reason + ": block diagonal", "")]
+            cs.restrictions = list(s.restrictions) + [(reason + ": block diagonal", None)]
             cs.residual = s.residual
             children.append((c, chans))
         s.split = children
