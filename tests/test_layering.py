@@ -78,8 +78,25 @@ def _imported_units(tree: ast.AST, path: Path) -> set[str]:
         elif isinstance(node, ast.Call) and _is_dynamic_import(node.func):
             arg = node.args[0] if node.args else None
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                found |= _units_of(arg.value, [])
+                found |= _units_of(_absolute(arg.value, _package_arg(node)), [])
     return found
+
+
+def _package_arg(call: ast.Call) -> str | None:
+    """The literal ``package`` of ``import_module(name, package)`` (positional or keyword)."""
+    args = [*call.args[1:2], *(k.value for k in call.keywords if k.arg == "package")]
+    arg = args[0] if args else None
+    return arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
+
+
+def _absolute(name: str, package: str | None) -> str:
+    """``import_module``'s name made absolute: ``(".report", "intertwiner")`` ->
+    ``"intertwiner.report"`` (a relative name without a literal package stays as it is)."""
+    level = len(name) - len(name.lstrip("."))
+    if not level or package is None:
+        return name
+    base = package.split(".")[: len(package.split(".")) - (level - 1)]
+    return ".".join(base + ([name[level:]] if name[level:] else []))
 
 
 def _is_dynamic_import(func: ast.expr) -> bool:
@@ -100,6 +117,18 @@ def test_the_import_scan_sees_relative_and_dynamic_imports():
     )
     found = _imported_units(ast.parse(src), ROOT / "metrics" / "x.py")
     assert found == {"groups", "metrics", "report", "cli"}
+
+
+def test_the_import_scan_resolves_relative_import_module_names():
+    """``import_module(".x", package)`` with literal names resolves as importlib does."""
+    src = (
+        "import importlib\n"
+        "importlib.import_module('.stitching', 'intertwiner')\n"
+        "importlib.import_module('..alignment', package='intertwiner.experiments')\n"
+        "importlib.import_module('.x', package=name)\n"  # not literal: cannot be resolved
+    )
+    found = _imported_units(ast.parse(src), ROOT / "metrics" / "x.py")
+    assert found == {"stitching", "alignment"}
 
 
 def test_every_unit_has_a_layer():
