@@ -3,7 +3,9 @@ sampled elements and against the stored forms they replace."""
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 
 import pytest
 import torch
@@ -50,6 +52,9 @@ def test_phi_round_trips_through_its_stored_form_and_json(stored):
     assert phi == stored and hash(phi) == hash(stored)  # old code and dict keys read the same
     assert as_phi(json.loads(json.dumps(phi.to_json()))) == phi
     assert as_phi(phi) is phi
+    assert pickle.loads(pickle.dumps(phi)) == phi and copy.deepcopy(phi) == phi
+    if not isinstance(phi, PowerPhi):
+        assert pickle.loads(pickle.dumps(phi)) is phi  # singletons stay singletons
 
 
 def test_phi_parsing_edges():

@@ -111,6 +111,10 @@ class Phi:
     def __hash__(self) -> int:
         return hash(self.legacy())
 
+    def __reduce__(self):
+        # pickles and deep copies come back through as_phi: the identity and abs stay singletons
+        return as_phi, (self.legacy(),)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
