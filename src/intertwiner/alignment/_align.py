@@ -52,6 +52,7 @@ from torch import nn
 
 from intertwiner import _products as products
 from intertwiner import _validate
+from intertwiner._paired import PairedMoments
 from intertwiner._types import DataLike, ExampleInput
 from intertwiner.alignment._scales import representatives
 from intertwiner.alignment._views import axis_rows, feature_rows, tensor_of
@@ -486,7 +487,9 @@ def _activation_sites(
     by_name = {s.name: s for s in sites}
     dense = {n: not family(_site_family(by_name[n], prob.group)).monomial for n in plan}
     layers = sorted({a for acts in plan.values() for a in acts})
-    stats: dict[tuple[str, str], list[torch.Tensor]] = {}
+    # Per (site, activation): x'y, B's second moments (full for dense sites, else the diagonal)
+    # and A's squared norms, in float64 products (the fit compares small residuals).
+    stats: dict[tuple[str, str], PairedMoments] = {}
     seen = 0
     with Capturer(model_a, layers) as cap_a, Capturer(model_b, layers) as cap_b:
         for x in limited_batches(data, batch_size, max_samples, progress, desc="activations"):
@@ -496,24 +499,28 @@ def _activation_sites(
                 site = by_name[sname]
                 for act in acts:
                     ax = site.activation_axes[act]
-                    xa = feature_rows(fa[act], ax).double()
-                    xb = feature_rows(fb[act], ax).double()
-                    gram = products.cov(xb) if dense[sname] else (xb * xb).sum(0)
-                    new = [products.matmul(xa.T, xb), gram, (xa * xa).sum(0)]
+                    xa, xb = feature_rows(fa[act], ax), feature_rows(fb[act], ax)
                     key = (sname, act)
-                    if key in stats:
-                        for t, d in zip(stats[key], new, strict=True):
-                            t += d
-                    else:
-                        stats[key] = new
+                    if key not in stats:
+                        stats[key] = PairedMoments(
+                            xa.shape[1], xb.shape[1], xa.device, full_x=False,
+                            full_y=dense[sname], exact=True,
+                        )  # fmt: skip
+                    try:
+                        stats[key].update(xa, xb)
+                    except NonFiniteError as e:
+                        raise NonFiniteError(f"non-finite features at site {sname!r}") from e
     if seen == 0:
         raise TooFewSamplesError("no data: the data source yielded no batches")
     done = []
     for sname, acts in plan.items():
         site = by_name[sname]
-        terms = [FitTerm(site.activation_axes[act].kind, *stats[(sname, act)]) for act in acts]
-        if not all(torch.isfinite(t.cross).all() for t in terms):
-            raise NonFiniteError(f"non-finite features at site {sname!r}")
+        terms = []
+        for act in acts:
+            sq_a, gram_b, cross = stats[(sname, act)].raw()
+            if not torch.isfinite(cross).all():  # finite features whose products overflowed
+                raise NonFiniteError(f"non-finite feature products at site {sname!r}")
+            terms.append(FitTerm(site.activation_axes[act].kind, cross, gram_b, sq_a))
         delta, _ = _fit(site, prob.group, terms, scale="norm")
         transform_site(prob.b, site, delta)
         prob.elements[sname] = delta @ prob.elements[sname]
