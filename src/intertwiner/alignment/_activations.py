@@ -12,9 +12,7 @@ from intertwiner._types import DataLike
 from intertwiner.alignment._views import feature_rows
 from intertwiner.alignment._weights import _fit, _Problem
 from intertwiner.errors import NonFiniteError, TooFewSamplesError
-from intertwiner.groups import (
-    FitTerm,
-)
+from intertwiner.groups import FitTerm
 from intertwiner.symmetry import Site
 from intertwiner.symmetry.apply import transform_site
 

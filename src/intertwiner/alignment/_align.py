@@ -38,6 +38,11 @@ by weight matching with the permutations held fixed: activations choose *which* 
 *how much* (a scaled copy is recovered either way). Sites without captured activations (e.g. a
 pre-LN transformer's stream, attention maps, a functional activation that no module hook can see)
 are then aligned by weight matching with the others fixed.
+
+This module holds ``align`` and the search order; the parts live beside it, one job each:
+``_extent`` (how much of each group is searched), ``_weights`` (coordinate descent),
+``_heads`` (attention-heads blocks), ``_activations`` (the streamed pass) and ``_report`` (the
+``Alignment`` result and weight distances).
 """
 
 from __future__ import annotations
@@ -63,10 +68,7 @@ from intertwiner.alignment._report import (
 from intertwiner.alignment._scales import representatives
 from intertwiner.alignment._weights import _Problem, _weight_matching
 from intertwiner.errors import InvalidOptionError
-from intertwiner.groups import (
-    GroupElement,
-    family,
-)
+from intertwiner.groups import GroupElement, family
 from intertwiner.symmetry import Site, SymmetrySpec, apply, trace
 
 METHODS = ("weights", "activations")

@@ -11,13 +11,7 @@ from __future__ import annotations
 import enum
 
 from intertwiner.errors import InvalidOptionError
-from intertwiner.groups import (
-    PERMUTATION,
-    SIGNED_PERMUTATION,
-    Family,
-    GroupElement,
-    family,
-)
+from intertwiner.groups import PERMUTATION, SIGNED_PERMUTATION, Family, GroupElement, family
 from intertwiner.symmetry import Site
 
 

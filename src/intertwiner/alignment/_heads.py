@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from intertwiner.groups import (
-    family,
-)
+from intertwiner.groups import family
 from intertwiner.symmetry import Site, SymmetrySpec
 
 

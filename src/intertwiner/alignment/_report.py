@@ -9,9 +9,7 @@ from torch import nn
 
 from intertwiner.alignment._extent import Extent
 from intertwiner.errors import ShapeError
-from intertwiner.groups import (
-    GroupElement,
-)
+from intertwiner.groups import GroupElement
 from intertwiner.symmetry import Site, SymmetrySpec
 
 
