@@ -12,7 +12,9 @@ depends on one network only is done once per network, not once per pair:
 - Procrustes metrics: each model's features are validated and converted to float64 once; a pair
   costs its X'Y product and the group step (SVD or assignment).
 
-Values equal the K^2 one-shot calls up to round-off. Memory: the kept kernels, K N^2 float64 per
+What is kept per model and how a pair is computed is the metric's registered ``Measure``
+(``prepare`` and ``pair``; see ``_metric``), so a new metric needs no change here. Values equal
+the K^2 one-shot calls up to round-off. Memory: the kept kernels, K N^2 float64 per
 layer, are checked against ``memory_limit`` before any work (``MemoryBudgetError``).
 """
 
