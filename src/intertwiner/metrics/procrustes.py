@@ -144,6 +144,13 @@ class ProcrustesStats:
     sums: PairedMoments | None = None
     raw_xsq: torch.Tensor | None = None
     raw_ysq: torch.Tensor | None = None
+    #: The accumulator's own tensors under their Procrustes names (views, updated in place):
+    #: X'Y, the neuron sums of squares and, centring, the neuron sums.
+    gxy: torch.Tensor | None = None
+    xsq: torch.Tensor | None = None
+    ysq: torch.Tensor | None = None
+    xsum: torch.Tensor | None = None
+    ysum: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -194,6 +201,9 @@ class ProcrustesStats:
                 widths[0], widths[1], device, full_x=False, full_y=False,
                 shift=self.centering, exact=True,
             )  # fmt: skip
+            self.gxy, self.xsq, self.ysq = self.sums.sxy, self.sums.sxx, self.sums.syy
+            if self.centering:
+                self.xsum, self.ysum = self.sums.sx, self.sums.sy
         return self.sums
 
     def _update_rows(self, x: torch.Tensor, y: torch.Tensor) -> None:
