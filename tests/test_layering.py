@@ -21,6 +21,7 @@ LAYERS = {
     "layouts": 1,
     "_validate": 2,
     "stats": 2,
+    "_paired": 2,
     "groups": 3,
     "store": 3,
     "runners": 3,

@@ -38,351 +38,44 @@ by weight matching with the permutations held fixed: activations choose *which* 
 *how much* (a scaled copy is recovered either way). Sites without captured activations (e.g. a
 pre-LN transformer's stream, attention maps, a functional activation that no module hook can see)
 are then aligned by weight matching with the others fixed.
+
+This module holds ``align`` and the search order; the parts live beside it, one job each:
+``_extent`` (how much of each group is searched), ``_weights`` (coordinate descent),
+``_heads`` (attention-heads blocks), ``_activations`` (the streamed pass) and ``_report`` (the
+``Alignment`` result and weight distances).
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from intertwiner import _products as products
 from intertwiner import _validate
 from intertwiner._types import DataLike, ExampleInput
-from intertwiner.alignment._scales import representatives
-from intertwiner.alignment._views import axis_rows, feature_rows, tensor_of
-from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
-from intertwiner.groups import (
-    PERMUTATION,
-    SIGNED_PERMUTATION,
-    FitTerm,
-    GroupElement,
-    MonomialElement,
-    best_assignment,
-    family,
-    fit_element,
-    pair_costs,
+from intertwiner.alignment._activations import _activation_sites
+from intertwiner.alignment._extent import GROUPS, Extent
+from intertwiner.alignment._heads import _heads_blocks
+from intertwiner.alignment._report import (
+    Alignment,
+    SiteReport,
+    _check_same,
+    _site_reports,
+    weight_distance,
 )
+from intertwiner.alignment._scales import representatives
+from intertwiner.alignment._weights import _Problem, _weight_matching
+from intertwiner.errors import InvalidOptionError
+from intertwiner.groups import GroupElement, family
 from intertwiner.symmetry import Site, SymmetrySpec, apply, trace
-from intertwiner.symmetry.apply import restore, transform_site
 
 METHODS = ("weights", "activations")
-GROUPS = ("full", "permutation", "none")
 SCALES = ("balanced", "unit_norm", "distance")
-
-
-@dataclass
-class SiteReport:
-    """How far B moved toward A at one site: relative weight distance over the parameters the
-    site's element touches, before and after alignment."""
-
-    name: str
-    kind: str
-    group: str
-    width: int
-    before: float
-    after: float
-
-
-@dataclass(repr=False)
-class Alignment:
-    """Result of ``align``. Unpacks as ``model, elements = align(...)``.
-
-    ``model``: B transformed by ``elements`` (B itself is untouched). ``history``: total squared
-    weight distance D before alignment and after each sweep (weight matching; non-increasing),
-    between the scale representatives of A and B when ``scales`` chose them.
-    """
-
-    model: nn.Module
-    elements: dict[str, GroupElement]
-    spec: SymmetrySpec
-    method: str
-    group: str
-    history: list[float] = field(default_factory=list)
-    sites: list[SiteReport] = field(default_factory=list)
-    seconds: float = 0.0
-    sweeps: int = 0
-
-    def __iter__(self):
-        yield self.model
-        yield self.elements
-
-    def __repr__(self) -> str:
-        # The model, spec and elements would print thousands of characters: summarise them.
-        moved = ""
-        if self.history:
-            moved = f", distance^2 {self.history[0]:.4g} -> {self.history[-1]:.4g}"
-        return (
-            f"Alignment(method={self.method!r}, group={self.group!r}, sites={len(self.sites)}, "
-            f"sweeps={self.sweeps}{moved}, seconds={self.seconds:.2f}; .model, .elements, "
-            ".table())"
-        )
-
-    def table(self) -> str:
-        """Per site: relative weight distance to A before and after alignment."""
-        head = ["site", "kind", "group", "width", "before", "after"]
-        rows = [
-            [s.name, s.kind, s.group, str(s.width), f"{s.before:.4f}", f"{s.after:.4f}"]
-            for s in self.sites
-        ]
-        widths = [
-            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
-        ]
-        out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-        out.append("  ".join("-" * w for w in widths))
-        out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        return "\n".join(line.rstrip() for line in out)
-
-
-# -- helpers -----------------------------------------------------------------------------------
-def weight_distance(model_a: nn.Module, model_b: nn.Module, *, relative: bool = True) -> float:
-    """``||theta_A - theta_B|| / ||theta_A||`` over all parameters (``relative=False``: the squared
-    distance D itself). Buffers are not counted."""
-    pa, pb = dict(model_a.named_parameters()), dict(model_b.named_parameters())
-    _check_same(pa, pb)
-    d = sum(float(((pa[k].detach().double() - pb[k].detach().double()) ** 2).sum()) for k in pa)
-    if not relative:
-        return d
-    n = sum(float((pa[k].detach().double() ** 2).sum()) for k in pa)
-    return (d / n) ** 0.5 if n > 0 else 0.0
-
-
-def _check_same(pa: dict, pb: dict) -> None:
-    if pa.keys() != pb.keys():
-        raise ShapeError(
-            "models A and B have different parameters; alignment needs two models of one "
-            f"architecture (only in A: {sorted(set(pa) - set(pb))[:5]}, only in B: "
-            f"{sorted(set(pb) - set(pa))[:5]})"
-        )
-    bad = [k for k in pa if pa[k].shape != pb[k].shape]
-    if bad:
-        raise ShapeError(
-            f"models A and B differ in shape at {bad[:5]}; alignment needs equal architectures"
-        )
-
-
-def _site_family(site: Site, group: str):
-    if group == "permutation":
-        return PERMUTATION
-    fam = family(site.group.family)
-    if group == "discrete" and fam.free_scales:
-        # The canonical forms fixed the continuous scales: only the discrete part is searched.
-        return SIGNED_PERMUTATION if fam.flips_signs else PERMUTATION
-    return site.group.family
-
-
-def _identity(site: Site, group: str) -> GroupElement:
-    return family(_site_family(site, group)).identity(site.width)
-
-
-def _param_names(sites: list[Site]) -> list[str]:
-    names: list[str] = []
-    for s in sites:
-        for a in s.actions:
-            if not a.buffer and a.name not in names:
-                names.append(a.name)
-    return names
-
-
-def _partial_distance(a: nn.Module, b: nn.Module, names: list[str]) -> float:
-    return sum(
-        float(
-            (
-                (a.get_parameter(n).detach().double() - b.get_parameter(n).detach().double()) ** 2
-            ).sum()
-        )
-        for n in names
-    )
-
-
-def _terms(
-    site: Site,
-    a: nn.Module,
-    b: nn.Module,
-    dense: bool,
-    shift: dict[int, tuple[int, ...]] | None = None,
-) -> list[FitTerm]:
-    """Weight statistics of one site: A's rows vs B's rows on every parameter axis it acts on.
-    ``shift[k]``: channels to read from B for action k instead of the action's own."""
-    terms = []
-    for k, ax in enumerate(site.actions):
-        if ax.buffer:
-            continue
-        x = axis_rows(tensor_of(a, ax).detach(), ax).double().cpu()
-        ch = None if shift is None else shift.get(k)
-        y = axis_rows(tensor_of(b, ax).detach(), ax, ch).double().cpu()
-        gram = products.gram(y) if dense else (y * y).sum(1)
-        terms.append(FitTerm(ax.kind, products.matmul(x, y.T), gram, (x * x).sum(1)))
-    return terms
-
-
-def _fit(site: Site, group: str, terms: list[FitTerm], scale: str = "least_squares"):
-    fam = family(_site_family(site, group))
-    return fit_element(fam, site.group.phi_kind, terms, scale=scale)
-
-
-# -- attention heads: a permutation of blocks solved with the per-head maps -------------------
-@dataclass
-class _HeadsBlock:
-    heads: Site
-    #: subs[h] = the per-head sites at head position h, in spec order (qk, vo, ...)
-    subs: list[list[Site]]
-    inner: dict[tuple[str, int], int]  # (param, axis) -> channels per head in the sub-site view
-    uncovered: list[int]  # indices of heads actions no per-head site touches
-
-
-def _heads_blocks(spec: SymmetrySpec) -> tuple[list[_HeadsBlock], set[str]]:
-    """Attention-heads sites with their per-head sites (found structurally: a site whose every
-    action lies inside one head's block of a heads action)."""
-    blocks, used = [], set()
-    for hs in spec.sites:
-        if hs.kind != "attention_heads" or not family(hs.group.family).monomial:
-            continue
-        # A packed q|k|v projection gives the heads site several actions on one tensor axis,
-        # one per slot (channel blocks); a per-head action belongs to the slot holding its block.
-        views: dict[tuple[str, int], list] = {}
-        for a in hs.actions:
-            views.setdefault((a.name, a.axis), []).append(a)
-        subs: list[list[Site]] = [[] for _ in range(hs.width)]
-        inner: dict[tuple[str, int], int] = {}
-        covered: set[tuple[str, int]] = set()
-        for s in spec.sites:
-            if s is hs or s.name in used:
-                continue
-            pos = set()
-            ok = bool(s.actions)
-            for a in s.actions:
-                h = _slot_of(a, views.get((a.name, a.axis), []))
-                if h is None:
-                    ok = False
-                    break
-                slots = list(h.channels) if h.channels is not None else list(range(h.n_total))
-                pos |= {slots.index(c // h.inner) for c in a.channels}
-                inner[(a.name, a.axis)] = h.inner
-            if not ok or len(pos) != 1:
-                continue
-            p = pos.pop()
-            subs[p].append(s)
-            covered.update((a.name, a.axis) for a in s.actions)
-        if not any(subs) or len({len(x) for x in subs}) != 1:
-            continue
-        for x in subs:
-            used.update(s.name for s in x)
-        uncovered = [k for k, a in enumerate(hs.actions) if (a.name, a.axis) not in covered]
-        blocks.append(_HeadsBlock(hs, subs, inner, uncovered))
-    return blocks, used
-
-
-def _slot_of(a, candidates: list):
-    """The heads action (of ``candidates``, on ``a``'s tensor axis) whose head blocks hold every
-    channel of the per-head action ``a``; None if there is none."""
-    if a.channels is None or a.inner != 1:
-        return None
-    for h in candidates:
-        slots = set(h.channels) if h.channels is not None else set(range(h.n_total))
-        fits = a.outer == h.outer and a.n_total == h.n_total * h.inner
-        if fits and {c // h.inner for c in a.channels} <= slots:
-            return h
-    return None
-
-
-def _shifted(sub: Site, block: _HeadsBlock, i: int, j: int) -> dict[int, tuple[int, ...]]:
-    out = {}
-    for k, a in enumerate(sub.actions):
-        step = block.inner[(a.name, a.axis)]
-        out[k] = tuple(c + (j - i) * step for c in a.channels)
-    return out
-
-
-class _Problem:
-    """Coordinate descent state: A, the working copy of B (float64) and the elements so far."""
-
-    def __init__(self, a: nn.Module, b: nn.Module, spec: SymmetrySpec, group: str):
-        self.a = copy.deepcopy(a).double().eval()
-        self.b = copy.deepcopy(b).double().eval()
-        self.spec, self.group = spec, group
-        self.elements = {s.name: _identity(s, group) for s in spec.sites}
-
-    def _guarded(self, sites: list[Site], deltas: dict[str, GroupElement], compose) -> bool:
-        names = _param_names(sites)
-        before = _partial_distance(self.a, self.b, names)
-        saved: dict = {}
-        for s in sites:
-            if s.name in deltas:
-                transform_site(self.b, s, deltas[s.name], saved)
-        after = _partial_distance(self.a, self.b, names)
-        if after > before * (1 + 1e-12) + 1e-300:
-            restore(saved)
-            return False
-        compose()
-        return True
-
-    def step_site(self, site: Site, scales_only: bool = False) -> bool:
-        fam = family(_site_family(site, self.group))
-        terms = _terms(site, self.a, self.b, dense=not fam.monomial)
-        if not terms:
-            return False
-        if scales_only:
-            # The permutation stays; each unit gets its best scale (the diagonal pair costs).
-            _, scales = pair_costs(fam, site.group.phi_kind, terms)
-            delta = MonomialElement(torch.arange(site.width), torch.diagonal(scales).clone())
-        else:
-            delta, _ = _fit(site, self.group, terms)
-
-        def compose():
-            self.elements[site.name] = delta @ self.elements[site.name]
-
-        return self._guarded([site], {site.name: delta}, compose)
-
-    def step_heads(self, block: _HeadsBlock) -> bool:
-        hs, n = block.heads, block.heads.width
-        cost = torch.zeros(n, n, dtype=torch.float64)
-        for i in range(n):
-            for j in range(n):
-                for sub in block.subs[i]:
-                    dense = not family(_site_family(sub, self.group)).monomial
-                    terms = _terms(sub, self.a, self.b, dense, _shifted(sub, block, i, j))
-                    cost[i, j] += _fit(sub, self.group, terms)[1]
-        if block.uncovered:
-            acts = [hs.actions[k] for k in block.uncovered]
-            tmp = Site(hs.name, hs.kind, hs.width, hs.group, actions=acts)
-            pc, _ = pair_costs(PERMUTATION, "identity", _terms(tmp, self.a, self.b, False))
-            cost += pc
-        perm = best_assignment(-cost)  # the cheapest pairing
-        dperm = MonomialElement(perm, torch.ones(n, dtype=torch.float64))
-        names = _param_names([hs, *[s for x in block.subs for s in x]])
-        before = _partial_distance(self.a, self.b, names)
-        saved: dict = {}
-        transform_site(self.b, hs, dperm, saved)
-        sub_deltas = {}
-        for h in range(n):
-            for sub in block.subs[h]:
-                dense = not family(_site_family(sub, self.group)).monomial
-                d, _ = _fit(sub, self.group, _terms(sub, self.a, self.b, dense))
-                transform_site(self.b, sub, d, saved)
-                sub_deltas[sub.name] = d
-        after = _partial_distance(self.a, self.b, names)
-        if after > before * (1 + 1e-12) + 1e-300:
-            restore(saved)
-            return False
-        old = dict(self.elements)
-        self.elements[hs.name] = dperm @ old[hs.name]
-        for h in range(n):
-            src = int(perm[h])
-            for k, sub in enumerate(block.subs[h]):
-                self.elements[sub.name] = sub_deltas[sub.name] @ old[block.subs[src][k].name]
-        return True
-
-
-@dataclass
-class _ScalesOnly:
-    """A site whose permutation is settled (by activations): only its scales are descended."""
-
-    site: Site
+#: What other modules of the package import from here.
+__all__ = ["GROUPS", "METHODS", "SCALES", "Alignment", "Extent", "SiteReport", "align",
+           "weight_distance"]  # fmt: skip
 
 
 def _in_frame(
@@ -393,7 +86,9 @@ def _in_frame(
     return out if c_a is None else c_a.to(torch.float64).inverse() @ out
 
 
-def _example_input(model: nn.Module, data: Any, example_input: Any) -> Any:
+def _example_input(
+    model: nn.Module, data: DataLike | None, example_input: ExampleInput | None
+) -> ExampleInput:
     if example_input is not None:
         return example_input
     if data is not None:
@@ -412,115 +107,6 @@ def _example_input(model: nn.Module, data: Any, example_input: Any) -> Any:
     )
 
 
-def _weight_matching(
-    prob: _Problem,
-    sites: list[Site],
-    blocks: list[_HeadsBlock],
-    *,
-    max_sweeps: int,
-    tol: float,
-    seed: int,
-    progress: bool,
-    scale_sites: list[Site] = (),
-) -> tuple[list[float], int]:
-    units: list[Any] = [*sites, *blocks, *[_ScalesOnly(s) for s in scale_sites]]
-    gen = torch.Generator().manual_seed(int(seed))
-    history = [weight_distance(prob.a, prob.b, relative=False)]
-    sweeps = 0
-    if not units:
-        return history, sweeps
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=max_sweeps, disable=not progress, desc="align", unit="sweep")
-    try:
-        for _ in range(max_sweeps):
-            order = torch.randperm(len(units), generator=gen).tolist()
-            for k in order:
-                u = units[k]
-                if isinstance(u, _HeadsBlock):
-                    prob.step_heads(u)
-                elif isinstance(u, _ScalesOnly):
-                    prob.step_site(u.site, scales_only=True)
-                else:
-                    prob.step_site(u)
-            sweeps += 1
-            history.append(weight_distance(prob.a, prob.b, relative=False))
-            bar.update(1)
-            bar.set_postfix(distance=f"{history[-1]:.4g}")
-            if history[-2] - history[-1] <= tol * history[-2]:
-                break
-    finally:
-        bar.close()
-    return history, sweeps
-
-
-def _activation_sites(
-    prob: _Problem,
-    model_a: nn.Module,
-    model_b: nn.Module,
-    sites: list[Site],
-    data: DataLike,
-    *,
-    batch_size: int,
-    max_samples: int | None,
-    progress: bool,
-) -> list[Site]:
-    """Fit every site with captured activations from one streamed pass; returns those sites."""
-    from intertwiner.features import Capturer, LayerNotFoundError, limited_batches
-
-    def capturable(name: str) -> bool:
-        """A module, the k-th call of one (``relu#2``) or a functional call torch.fx can find."""
-        try:
-            Capturer(model_a, [name]), Capturer(model_b, [name])
-        except LayerNotFoundError:
-            return False
-        return bool(name)
-
-    plan: dict[str, list[str]] = {}
-    for s in sites:
-        acts = [n for n in s.activations if capturable(n)]
-        if acts:
-            plan[s.name] = acts
-    if not plan:
-        return []
-    by_name = {s.name: s for s in sites}
-    dense = {n: not family(_site_family(by_name[n], prob.group)).monomial for n in plan}
-    layers = sorted({a for acts in plan.values() for a in acts})
-    stats: dict[tuple[str, str], list[torch.Tensor]] = {}
-    seen = 0
-    with Capturer(model_a, layers) as cap_a, Capturer(model_b, layers) as cap_b:
-        for x in limited_batches(data, batch_size, max_samples, progress, desc="activations"):
-            fa, fb = cap_a.run(x), cap_b.run(x)
-            seen += x.shape[0]
-            for sname, acts in plan.items():
-                site = by_name[sname]
-                for act in acts:
-                    ax = site.activation_axes[act]
-                    xa = feature_rows(fa[act], ax).double()
-                    xb = feature_rows(fb[act], ax).double()
-                    gram = products.cov(xb) if dense[sname] else (xb * xb).sum(0)
-                    new = [products.matmul(xa.T, xb), gram, (xa * xa).sum(0)]
-                    key = (sname, act)
-                    if key in stats:
-                        for t, d in zip(stats[key], new, strict=True):
-                            t += d
-                    else:
-                        stats[key] = new
-    if seen == 0:
-        raise TooFewSamplesError("no data: the data source yielded no batches")
-    done = []
-    for sname, acts in plan.items():
-        site = by_name[sname]
-        terms = [FitTerm(site.activation_axes[act].kind, *stats[(sname, act)]) for act in acts]
-        if not all(torch.isfinite(t.cross).all() for t in terms):
-            raise NonFiniteError(f"non-finite features at site {sname!r}")
-        delta, _ = _fit(site, prob.group, terms, scale="norm")
-        transform_site(prob.b, site, delta)
-        prob.elements[sname] = delta @ prob.elements[sname]
-        done.append(site)
-    return done
-
-
 def _search(
     prob: _Problem,
     model_a: nn.Module,
@@ -528,7 +114,7 @@ def _search(
     spec: SymmetrySpec,
     data: DataLike,
     method: str,
-    group: str,
+    extent: Extent,
     **options: Any,
 ) -> tuple[list[float], int]:
     """Fill ``prob.elements``: activation matching first where asked, then weight matching over
@@ -550,36 +136,14 @@ def _search(
         scale_sites = [
             s
             for s in done
-            if _site_family(s, group).free_scales
-            or (group == "discrete" and family(s.group.family).free_scales
-                and _site_family(s, group).flips_signs)
+            if extent.family_at(s).free_scales
+            or (extent is Extent.DISCRETE and family(s.group.family).free_scales
+                and extent.family_at(s).flips_signs)
         ]  # fmt: skip
     return _weight_matching(
         prob, free, blocks, max_sweeps=options["max_sweeps"], tol=options["tol"],
         seed=options["seed"], progress=options["progress"], scale_sites=scale_sites,
     )  # fmt: skip
-
-
-def _site_reports(
-    spec: SymmetrySpec, model_a: nn.Module, model_b: nn.Module, aligned: nn.Module, group: str
-) -> list[SiteReport]:
-    """Per site: the relative distance of the parameters it touches, before and after."""
-    reports = []
-    for s in spec.sites:
-        names = _param_names([s])
-        norm = sum(float((model_a.get_parameter(n).detach().double() ** 2).sum()) for n in names)
-        norm = max(norm, 1e-300)
-        reports.append(
-            SiteReport(
-                s.name,
-                s.kind,
-                s.group.name if group == "full" else ("P" if group == "permutation" else "1"),
-                s.width,
-                (_partial_distance(model_a, model_b, names) / norm) ** 0.5,
-                (_partial_distance(model_a, aligned, names) / norm) ** 0.5,
-            )
-        )
-    return reports
 
 
 def align(
@@ -588,7 +152,7 @@ def align(
     *,
     data: DataLike | None = None,
     method: str = "weights",
-    group: str = "full",
+    group: Extent | str = Extent.SITE_GROUP,
     spec: SymmetrySpec | None = None,
     example_input: ExampleInput | None = None,
     max_sweeps: int = 100,
@@ -603,8 +167,9 @@ def align(
 
     ``method``: ``"weights"`` (coordinate descent on the parameter distance; no data needed) or
     ``"activations"`` (one streamed pass over ``data``; see the module docstring for both
-    objectives). ``group``: ``"full"`` (each site's intertwiner group), ``"permutation"`` (its
-    permutations only: Git Re-Basin) or ``"none"`` (identity everywhere). ``spec``: a traced spec
+    objectives). ``group``: an ``Extent`` or its name: ``"full"`` (``Extent.SITE_GROUP``: each
+    site's intertwiner group), ``"permutation"`` (``Extent.PERMUTATION``: its permutations only,
+    Git Re-Basin) or ``"none"`` (``Extent.IDENTITY``: identity everywhere). ``spec``: a traced spec
     of B to reuse; otherwise B is traced on ``example_input`` (default: a batch of ``data``, or a
     random input shaped from the zoo config). ``seed`` orders the sites of each sweep.
     ``scales`` (``group="full"``, sites with continuous scales such as ReLU's): ``"balanced"``
@@ -620,9 +185,8 @@ def align(
     if method not in METHODS:
         raise InvalidOptionError(f"method must be one of {METHODS}, got {method!r}")
     max_sweeps = _validate.positive_int(max_sweeps, "max_sweeps")
-    if group not in GROUPS:
-        raise InvalidOptionError(f"group must be one of {GROUPS}, got {group!r}")
-    if method == "activations" and data is None and group != "none":
+    extent = Extent.parse(group)
+    if method == "activations" and data is None and extent is not Extent.IDENTITY:
         raise InvalidOptionError(
             "method='activations' needs data= (a DataLoader, Dataset or tensor)"
         )
@@ -633,22 +197,22 @@ def align(
     if spec is None:
         spec = trace(model_b, _example_input(model_b, data, example_input))
     canonical = (
-        group == "full"
+        extent is Extent.SITE_GROUP
         and scales != "distance"
         and any(family(s.group.family).free_scales for s in spec.sites)
     )
     if canonical:
         # Scales are fixed by the orbit representatives, not searched (see the README for why).
         src_a, src_b, to_a, to_b = representatives(model_a, model_b, spec, scales)
-        search_group = "discrete"
+        search = Extent.DISCRETE
     else:
-        src_a, src_b, search_group = model_a, model_b, group
-    prob = _Problem(src_a, src_b, spec, search_group)
+        src_a, src_b, search = model_a, model_b, extent
+    prob = _Problem(src_a, src_b, spec, search)
     history: list[float] = [weight_distance(prob.a, prob.b, relative=False)]
     sweeps = 0
-    if group != "none":
+    if extent is not Extent.IDENTITY:
         history, sweeps = _search(
-            prob, src_a, src_b, spec, data, method, search_group, max_sweeps=max_sweeps,
+            prob, src_a, src_b, spec, data, method, search, max_sweeps=max_sweeps,
             tol=tol, seed=seed, batch_size=batch_size, max_samples=max_samples, progress=progress,
         )  # fmt: skip
     elements = prob.elements
@@ -659,13 +223,13 @@ def align(
             for s in spec.sites
         }
     aligned = apply(model_b, spec, elements, validate=False)
-    reports = _site_reports(spec, model_a, model_b, aligned, group)
+    reports = _site_reports(spec, model_a, model_b, aligned, extent)
     return Alignment(
         model=aligned,
         elements=elements,
         spec=spec,
         method=method,
-        group=group,
+        group=extent.value,
         history=history,
         sites=reports,
         seconds=time.perf_counter() - start,

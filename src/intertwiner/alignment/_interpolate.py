@@ -103,7 +103,7 @@ def reset_bn_statistics(
     return model
 
 
-def _shuffled(data: Any, seed: int) -> Any:
+def _shuffled(data: DataLike, seed: int) -> DataLike:
     from torch.utils.data import Dataset, IterableDataset, Subset
 
     gen = torch.Generator().manual_seed(int(seed))

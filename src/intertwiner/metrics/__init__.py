@@ -20,7 +20,7 @@ from intertwiner.metrics.compare import Comparison, compare
 from intertwiner.metrics.group_cka import group_cka
 from intertwiner.metrics.pairwise import Pairwise, pairwise
 from intertwiner.metrics.procrustes import procrustes_distance, procrustes_similarity
-from intertwiner.metrics.registry import NAMES, Metric, metric
+from intertwiner.metrics.registry import NAMES, Measure, Metric, metric, register, unregister
 from intertwiner.metrics.streaming import (
     Accumulator,
     LinearCKA,
@@ -34,6 +34,7 @@ __all__ = [
     "Comparison",
     "GaussianStats",
     "LinearCKA",
+    "Measure",
     "Metric",
     "MomentStream",
     "Pairwise",
@@ -55,10 +56,12 @@ __all__ = [
     "procrustes_distance",
     "procrustes_similarity",
     "pwcca",
+    "register",
     "rsa",
     "shape_distance",
     "soft_matching_distance",
     "stochastic_shape_distance",
     "svcca",
     "to_matrix",
+    "unregister",
 ]

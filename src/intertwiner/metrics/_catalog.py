@@ -4,7 +4,7 @@ sufficient statistics allow (the second moments: the CCA family, regression, the
 metric and soft matching).
 
 ``describe(name, options)`` checks the options against the function's signature and answers what
-``registry.metric`` needs to build a ``Metric``.
+``registry.metric`` needs to build a ``Metric``; each entry is registered as a ``CatalogMeasure``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from intertwiner.errors import InvalidOptionError
 from intertwiner.metrics import _cca, _knn, _predictivity, _regression, _rsa, _shape, _stochastic
 from intertwiner.metrics._groups import subgroups
+from intertwiner.metrics._metric import Measure, Metric, register
 from intertwiner.metrics._moments import MomentAccumulator
 from intertwiner.metrics.streaming import Accumulator
 
@@ -88,8 +89,6 @@ ENTRIES: dict[str, Entry] = {
 #: Names that are another entry with an option set.
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {"cca_yanai": ("cca", {"statistic": "yanai"})}
 NAMES = (*ENTRIES, *ALIASES)
-#: The measure functions (``pairwise`` hands them the validated features as they are).
-FUNCTIONS = tuple(e.fn for e in ENTRIES.values())
 
 
 class MomentStream(Accumulator):
@@ -153,3 +152,21 @@ def describe(name: str, options: Mapping[str, Any]) -> Described:
     return Described(
         label, entry.fn, opts, inv, entry.higher_is_similar, entry.value_range(**opts), acc
     )
+
+
+class CatalogMeasure(Measure):
+    """A catalog entry as a registered metric; ``pairwise`` hands it the validated features."""
+
+    def __init__(self, name: str) -> None:
+        self.names = (name, *(a for a, (target, _) in ALIASES.items() if target == name))
+
+    def bind(self, name: str, options: dict[str, Any]) -> Metric:
+        d = describe(name, options)
+        return Metric(
+            d.label, d.fn, d.options, d.invariant_to, d.higher_is_similar, d.accumulator,
+            d.value_range, measure=self,
+        )  # fmt: skip
+
+
+for _name in ENTRIES:
+    register(CatalogMeasure(_name))

@@ -9,8 +9,9 @@ this way). X and Y need the same positions (``upsample=True`` upsamples the smal
 ``CrossMoments`` holds ``xx = Xc'Xc``, ``yy = Yc'Yc`` and ``xy = Xc'Yc`` for the column-centred
 matrices, in float64, after an exact power-of-two scaling per side (every measure built on them is
 scale-free, so the scaling changes no value; it keeps squares clear of under- and overflow).
-``MomentAccumulator`` builds the same statistics batch by batch (rows shifted by the first batch's
-mean, which centring removes exactly), so every measure on moments streams.
+``MomentAccumulator`` builds the same statistics batch by batch in the one paired-moment
+accumulator, ``intertwiner._paired.PairedMoments`` (rows shifted by the first batch's mean, which
+centring removes exactly), so every measure on moments streams.
 
 Floor: the three products ``X'X``, ``Y'Y``, ``X'Y`` over the centred float64 (positions, neurons)
 matrices, M (p^2 / 2 + q^2 / 2 + pq) multiply-adds (symmetric products by rank-k updates). The
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from intertwiner import _products as products
 from intertwiner import _validate
+from intertwiner._paired import PairedMoments
 from intertwiner._types import FeatureLike
 from intertwiner.errors import NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.layouts import (
@@ -98,51 +99,23 @@ def centred(m: torch.Tensor) -> torch.Tensor:
     return s.sub_(s.mean(0, keepdim=True))
 
 
-class _Sums:
-    """Additive sums over rows given as neuron-major float64 blocks (C, rows), scaled by fixed powers
-    of two and shifted by the first block's mean (centring removes any shift exactly; this one keeps
-    the sums well conditioned)."""
+def _sums(x: torch.Tensor, y: torch.Tensor, layout: str | None) -> PairedMoments:
+    """Empty full, shifted float64 paired moments for features x and y: the one accumulator
+    (rows shifted by the first block's mean, which centring removes exactly; it keeps the sums
+    well conditioned)."""
+    return PairedMoments(width(x, layout), width(y, layout), x.device, shift=True, exact=True)
 
-    def __init__(self) -> None:
-        self.n = 0
-        self.shift: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.parts: list[torch.Tensor] = []
 
-    def add(self, bx: torch.Tensor, by: torch.Tensor) -> None:
-        """Add blocks; modifies them in place (they are scratch copies or fresh tensors)."""
-        if self.shift is None:
-            self.shift = (bx.mean(1, keepdim=True), by.mean(1, keepdim=True))
-            z = dict(dtype=torch.float64, device=bx.device)
-            p, q = bx.shape[0], by.shape[0]
-            self.parts = [torch.zeros(p, **z), torch.zeros(q, **z), torch.zeros(p, p, **z),
-                          torch.zeros(q, q, **z), torch.zeros(p, q, **z)]  # fmt: skip
-        bx.sub_(self.shift[0])
-        by.sub_(self.shift[1])
-        sx, sy, xx, yy, xy = self.parts
-        sx.add_(bx.sum(1))
-        sy.add_(by.sum(1))
-        products.add_cov_(xx, bx.T)
-        products.add_cov_(yy, by.T)
-        products.add_matmul_(xy, bx, by.T)
-        self.n += bx.shape[1]
-
-    def moments(self) -> CrossMoments:
-        if self.n == 0:
-            raise TooFewSamplesError("no samples yet; call update(X, Y) with a batch first")
-        sx, sy, xx, yy, xy = self.parts
-        mx, my = sx / self.n, sy / self.n
-        out = CrossMoments(
-            self.n,
-            xx - self.n * torch.outer(mx, mx),
-            yy - self.n * torch.outer(my, my),
-            xy - self.n * torch.outer(mx, my),
+def _moments_of(sums: PairedMoments) -> CrossMoments:
+    if sums.n == 0:
+        raise TooFewSamplesError("no samples yet; call update(X, Y) with a batch first")
+    out = CrossMoments(sums.n, *sums.centred())
+    if not all(bool(torch.isfinite(t).all()) for t in (out.xx, out.yy, out.xy)):
+        raise NonFiniteError(
+            "moment sums overflowed; the batches differ in scale by more than about 1e150: "
+            "rescale them to a common scale"
         )
-        if not all(bool(torch.isfinite(t).all()) for t in (out.xx, out.yy, out.xy)):
-            raise NonFiniteError(
-                "moment sums overflowed; the batches differ in scale by more than about 1e150: "
-                "rescale them to a common scale"
-            )
-        return out
+    return out
 
 
 def _scaled_block(blk: torch.Tensor, exponent: torch.Tensor, copied: bool) -> torch.Tensor:
@@ -151,7 +124,7 @@ def _scaled_block(blk: torch.Tensor, exponent: torch.Tensor, copied: bool) -> to
 
 
 def _add_features(
-    sums: _Sums, x: torch.Tensor, y: torch.Tensor, exps: tuple, layout: str | None
+    sums: PairedMoments, x: torch.Tensor, y: torch.Tensor, exps: tuple, layout: str | None
 ) -> None:
     """Walk X and Y in paired neuron-major blocks of the same rows, in their own layouts."""
     # Cache-sized blocks, but at least MIN_BLOCK_ROWS rows: thinner rank-k updates lose BLAS speed.
@@ -166,7 +139,9 @@ def _add_features(
         neuron_blocks(y, layout, dtype=f64_, samples=step),
         strict=True,
     ):
-        sums.add(_scaled_block(bx, exps[0], cx), _scaled_block(by, exps[1], cy))
+        # neuron-major (C, rows) blocks, scratch copies or fresh tensors: given as row views
+        sx, sy = _scaled_block(bx, exps[0], cx), _scaled_block(by, exps[1], cy)
+        sums.update(sx.T, sy.T, scratch=True)
 
 
 def cross_moments(
@@ -175,10 +150,10 @@ def cross_moments(
     """``CrossMoments`` of features X and Y (any layout; positions must match), computed block by
     block in the features' own layouts (no whole-tensor copy)."""
     x, y = matched(X, Y, upsample=upsample, layout=layout)
-    sums = _Sums()
+    sums = _sums(x, y, layout)
     exps = (scale_exponent(x, name="X"), scale_exponent(y, name="Y"))
     _add_features(sums, x, y, exps, layout)
-    return sums.moments()
+    return _moments_of(sums)
 
 
 class MomentAccumulator:
@@ -190,22 +165,23 @@ class MomentAccumulator:
 
     def __init__(self, *, upsample: bool = False, layout: str | None = None) -> None:
         self.upsample, self.layout = upsample, layout
-        self._sums = _Sums()
+        self._sums: PairedMoments | None = None
         self._exp: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def n(self) -> int:
-        return self._sums.n
+        return 0 if self._sums is None else self._sums.n
 
     def update(self, X: FeatureLike, Y: FeatureLike) -> None:
         x, y = matched(X, Y, upsample=self.upsample, layout=self.layout)
-        if self._exp is None:
+        if self._exp is None or self._sums is None:
             self._exp = (scale_exponent(x, name="X"), scale_exponent(y, name="Y"))
+            self._sums = _sums(x, y, self.layout)
         else:
             for t, name in ((x, "X"), (y, "Y")):
                 scale_exponent(t, name=name)  # NaN/Inf raise here, before the sums change
             widths = (width(x, self.layout), width(y, self.layout))
-            if widths != (self._sums.parts[0].shape[0], self._sums.parts[1].shape[0]):
+            if widths != self._sums.widths:
                 raise ShapeError(
                     "neuron counts changed between batches; every batch must come from the "
                     "same layers (start a new accumulator for a new comparison)"
@@ -214,7 +190,9 @@ class MomentAccumulator:
 
     def moments(self) -> CrossMoments:
         """The centred moments of every row seen so far."""
-        return self._sums.moments()
+        if self._sums is None:
+            raise TooFewSamplesError("no samples yet; call update(X, Y) with a batch first")
+        return _moments_of(self._sums)
 
 
 def check_choice(value: object, name: str, options: tuple) -> None:

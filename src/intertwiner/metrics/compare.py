@@ -36,7 +36,7 @@ from intertwiner.errors import (
 )
 from intertwiner.metrics._bank import FeatureBank, GramBank
 from intertwiner.metrics._plots import annotated_heatmap, save_png
-from intertwiner.metrics.cka import check_samples, cka
+from intertwiner.metrics.cka import check_samples
 from intertwiner.metrics.registry import Metric, metric
 
 
@@ -152,7 +152,7 @@ def _gb(b: float) -> str:
 
 
 def _is_linear_cka(m: Metric) -> bool:
-    return m.fn is cka and m.options.get("kernel", "linear") == "linear" and m.streaming
+    return m.linear_cka and m.streaming
 
 
 def _n_inputs(data: Any, max_samples: int | None) -> int | None:

@@ -12,14 +12,15 @@ depends on one network only is done once per network, not once per pair:
 - Procrustes metrics: each model's features are validated and converted to float64 once; a pair
   costs its X'Y product and the group step (SVD or assignment).
 
-Values equal the K^2 one-shot calls up to round-off. Memory: the kept kernels, K N^2 float64 per
+What is kept per model and how a pair is computed is the metric's registered ``Measure``
+(``prepare`` and ``pair``; see ``_metric``), so a new metric needs no change here. Values equal
+the K^2 one-shot calls up to round-off. Memory: the kept kernels, K N^2 float64 per
 layer, are checked against ``memory_limit`` before any work (``MemoryBudgetError``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import multiprocessing
 import os
@@ -42,26 +43,13 @@ from intertwiner.errors import (
     ShapeError,
     WorkerDiedError,
 )
-from intertwiner.metrics import _catalog
-from intertwiner.metrics import procrustes as _pr
+from intertwiner.metrics._metric import Prepared
 from intertwiner.metrics._plots import annotated_heatmap, save_png
-from intertwiner.metrics._prep import check_same_n, validate
-from intertwiner.metrics.cka import (
-    KernelTerms,
-    LinearCKAStats,
-    _prepare_one,
-    check_samples,
-    constant,
-    gram_cka,
-    rbf_kernel,
-)
+from intertwiner.metrics.cka import KernelTerms, LinearCKAStats
 from intertwiner.metrics.compare import parse_bytes
 from intertwiner.metrics.registry import Metric
 from intertwiner.metrics.registry import metric as make_metric
 from intertwiner.runners.base import exit_with_parent
-
-# The package exports a function named like this module; take the module itself.
-_gc = importlib.import_module("intertwiner.metrics.group_cka")
 
 DEFAULT_MEMORY_LIMIT = 4 * 10**9
 #: One model's features: one layer's tensor, or ``{layer: tensor}``.
@@ -174,78 +162,16 @@ def _figure(
 
 
 # ---- per-model preparation and per-pair values ------------------------------------------------
-@dataclass
-class _Prepared:
-    """One model's one layer, ready for pairs: validated features and what depends on them only."""
-
-    x: torch.Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
+#: One model's one layer, ready for pairs (the metric's ``Measure`` says what it keeps).
+_Prepared = Prepared
 
 
-def _kind(m: Metric) -> str:
-    if m.fn in _catalog.FUNCTIONS:  # the other measures take the features as they are
-        return "measure"
-    if m.fn is _gc.group_cka:
-        return "group_cka"
-    if m.fn in (_pr.procrustes_distance, _pr.procrustes_similarity):
-        return "procrustes"
-    return "rbf" if m.options.get("kernel", "linear") == "rbf" else "linear"
+def _prepare_layer(m: Metric, x: FeatureLike, layer: str) -> Prepared:
+    return m.measure.prepare(m, x, layer)
 
 
-def _prepare_layer(m: Metric, x: FeatureLike, layer: str) -> _Prepared:
-    kind = _kind(m)
-    debiased = bool(m.options.get("debiased", kind == "group_cka"))
-    if kind in ("procrustes", "measure"):
-        return _Prepared(validate(x, layer, m.options.get("layout"), finite=False))
-    t = validate(x, layer, finite=kind == "group_cka")
-    check_samples(t.shape[0], debiased)
-    if kind == "group_cka":
-        opts = {k: v for k, v in m.options.items() if k in ("reduce", "dtype", "chunk_size")}
-        k = _gc.kernel(t, m.options.get("group", "positive_monomial"), **opts)
-        return _Prepared(t, {"kernel": KernelTerms.of(k, debiased), "constant": False})
-    c, mean_term, factor = _prepare_one(t, layer)
-    if kind == "rbf":
-        sigma = m.options.get("sigma")
-        k = rbf_kernel(c, None if sigma is None else sigma * factor)
-        const = constant(float(torch.linalg.vector_norm(c)) ** 2, mean_term)
-        return _Prepared(t, {"kernel": KernelTerms.of(k, debiased), "constant": const})
-    n, p = c.shape
-    if p <= n:  # narrow: feature-space statistics, the covariance once
-        st = LinearCKAStats.from_centred(c, c, debiased)
-        return _Prepared(c, {"stats": st, "constant": constant(st.scal["a"], mean_term)})
-    terms, trace = KernelTerms.linear(c, debiased)
-    return _Prepared(c, {"kernel": terms, "constant": constant(trace, mean_term)})
-
-
-def _linear_pair(a: _Prepared, b: _Prepared, debiased: bool) -> float:
-    const = a.extra["constant"] or b.extra["constant"]
-    sa, sb = a.extra.get("stats"), b.extra.get("stats")
-    if sa is None or sb is None:  # a narrow layer against a wide one: the Gram form
-        ka = a.extra.get("kernel") or KernelTerms.linear(a.x, debiased)[0]
-        kb = b.extra.get("kernel") or KernelTerms.linear(b.x, debiased)[0]
-        return gram_cka(ka, kb, debiased=debiased, constant=const)
-    st = LinearCKAStats.cross(sa, sb, a.x, b.x, debiased)
-    return st.cka(debiased, const)
-
-
-def _pair_value(m: Metric, a: _Prepared, b: _Prepared) -> float:
-    kind = _kind(m)
-    debiased = bool(m.options.get("debiased", kind == "group_cka"))
-    if kind == "measure":
-        return m(a.x, b.x)
-    if kind == "procrustes":
-        similarity = m.fn is _pr.procrustes_similarity
-        return _pr.value_of(a.x, b.x, similarity=similarity, options=dict(m.options))
-    check_same_n(a.x, b.x)
-    if kind == "linear":
-        return _linear_pair(a, b, debiased)
-    return gram_cka(
-        a.extra["kernel"],
-        b.extra["kernel"],
-        debiased=debiased,
-        constant=a.extra["constant"] or b.extra["constant"],
-        psd=kind == "rbf",
-    )
+def _pair_value(m: Metric, a: Prepared, b: Prepared) -> float:
+    return m.measure.pair(m, a, b)
 
 
 _WORKER: dict[str, Any] = {}

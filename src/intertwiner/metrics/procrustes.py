@@ -55,6 +55,7 @@ import torch
 
 from intertwiner import _products as products
 from intertwiner import _validate
+from intertwiner._paired import PairedMoments
 from intertwiner._types import FeatureLike
 from intertwiner.errors import InvalidOptionError, NonFiniteError, UnsupportedGroupError
 from intertwiner.groups import (
@@ -134,20 +135,26 @@ def invariant_families(group: GroupLike) -> tuple[str, ...]:
 class ProcrustesStats:
     """Additive sufficient statistics: M = X'Y, neuron sums of squares, row count; with
     ``centering=True`` also neuron sums, all taken on rows shifted by the first batch's mean
-    (centring is shift invariant, and the shift keeps round-off small)."""
+    (centring is shift invariant, and the shift keeps round-off small). The sums live in the
+    one paired-moment accumulator (``intertwiner._paired.PairedMoments``, diagonal forms)."""
 
     centering: bool = False
     per_neuron: bool = False
-    n: int = 0
     exps: tuple[torch.Tensor, torch.Tensor] | None = None
+    sums: PairedMoments | None = None
+    raw_xsq: torch.Tensor | None = None
+    raw_ysq: torch.Tensor | None = None
+    #: The accumulator's own tensors under their Procrustes names (views, updated in place):
+    #: X'Y, the neuron sums of squares and, centring, the neuron sums.
     gxy: torch.Tensor | None = None
     xsq: torch.Tensor | None = None
     ysq: torch.Tensor | None = None
     xsum: torch.Tensor | None = None
     ysum: torch.Tensor | None = None
-    raw_xsq: torch.Tensor | None = None
-    raw_ysq: torch.Tensor | None = None
-    shift: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def n(self) -> int:
+        return 0 if self.sums is None else self.sums.n
 
     def update(self, x: torch.Tensor, y: torch.Tensor, layout: str | None = None) -> None:
         """Add the positions of x and y: features in their own layout ((N, C), (N, C, H, W) or
@@ -176,30 +183,28 @@ class ProcrustesStats:
             xs = _scaled_copy(x, self.exps[0], layout)
             ys = _scaled_copy(y, self.exps[1], layout)
             m, xsq, ysq = _raw_products(xs, ys, layout)
-            parts = [m, xsq, ysq]
         else:
             if self.exps is None:
                 self.exps = (ex, ey)
             ex, ey = self.exps
             both = ex.view(-1, 1) + ey.view(1, -1) if self.per_neuron else ex + ey
-            parts = [
-                times_power_of_two(m, both),
-                times_power_of_two(xsq, 2 * ex),
-                times_power_of_two(ysq, 2 * ey),
-            ]
-        _check_finite_via_norms(x, parts[1], "X")
-        _check_finite_via_norms(y, parts[2], "Y")
-        self._add(parts, x.shape[0] * n_positions(x, layout))
+            m = times_power_of_two(m, both)
+            xsq, ysq = times_power_of_two(xsq, 2 * ex), times_power_of_two(ysq, 2 * ey)
+        _check_finite_via_norms(x, xsq, "X")
+        _check_finite_via_norms(y, ysq, "Y")
+        # the products were walked in the features' own layout: add them as sums
+        self._sums_for(m.shape, m.device).add(x.shape[0] * n_positions(x, layout), xsq, ysq, m)
 
-    def _add(self, parts: list[torch.Tensor], rows: int) -> None:
-        if self.gxy is None:
-            self.gxy, self.xsq, self.ysq = parts[:3]
+    def _sums_for(self, widths: tuple[int, ...], device: torch.device) -> PairedMoments:
+        if self.sums is None:
+            self.sums = PairedMoments(
+                widths[0], widths[1], device, full_x=False, full_y=False,
+                shift=self.centering, exact=True,
+            )  # fmt: skip
+            self.gxy, self.xsq, self.ysq = self.sums.sxy, self.sums.sxx, self.sums.syy
             if self.centering:
-                self.xsum, self.ysum = parts[3:]
-        else:
-            for name, part in zip(("gxy", "xsq", "ysq", "xsum", "ysum"), parts, strict=False):
-                getattr(self, name).add_(part)
-        self.n += rows
+                self.xsum, self.ysum = self.sums.sx, self.sums.sy
+        return self.sums
 
     def _update_rows(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows of x (b, p) and y (b, q), float64, through copies scaled by the exponents."""
@@ -214,39 +219,28 @@ class ProcrustesStats:
         ysq = torch.linalg.vector_norm(y, dim=0).square()
         _check_finite_via_norms(x0, xsq, "X")
         _check_finite_via_norms(y0, ysq, "Y")
-        if self.centering:
-            if self.shift is None:
-                self.shift = (x.mean(0), y.mean(0))
-                self.raw_xsq, self.raw_ysq = torch.zeros_like(xsq), torch.zeros_like(ysq)
-            self.raw_xsq += xsq
-            self.raw_ysq += ysq
-            x, y = x - self.shift[0], y - self.shift[1]
-            xsq = torch.linalg.vector_norm(x, dim=0).square()
-            ysq = torch.linalg.vector_norm(y, dim=0).square()
-        parts = [products.matmul(x.T, y), xsq, ysq]
-        if self.centering:
-            parts += [x.sum(0), y.sum(0)]
-        self._add(parts, x.shape[0])
+        # The uncentred squares: the scale a constant neuron's centred rounding noise is read at.
+        if self.raw_xsq is None:
+            self.raw_xsq, self.raw_ysq = torch.zeros_like(xsq), torch.zeros_like(ysq)
+        self.raw_xsq += xsq
+        self.raw_ysq += ysq
+        self._sums_for((x.shape[1], y.shape[1]), x.device).update(x, y, scratch=True)
 
     def _centred(self, center: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if center != self.centering:
             raise InvalidOptionError(
                 f"these statistics were gathered with centering={self.centering}"
             )
+        assert self.sums is not None  # callers check for samples first
         if not center:
-            return self.gxy, self.xsq, self.ysq
-        n = self.n
+            return self.sums.sxy, self.sums.sxx, self.sums.syy
 
-        def centred_sq(sq: torch.Tensor, total: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-            c = sq - total.square() / n
+        def no_noise(c: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
             # A constant neuron leaves only rounding noise: make it exactly zero (a dead neuron).
             return torch.where(c <= CONSTANT_RATIO * raw, torch.zeros_like(c), c)
 
-        return (
-            self.gxy - torch.outer(self.xsum, self.ysum) / n,
-            centred_sq(self.xsq, self.xsum, self.raw_xsq),
-            centred_sq(self.ysq, self.ysum, self.raw_ysq),
-        )
+        xx, yy, xy = self.sums.centred()
+        return xy, no_noise(xx, self.raw_xsq), no_noise(yy, self.raw_ysq)
 
     def alignment(self, group: str, center: bool = False) -> tuple[float, float, float, int]:
         """(best <X, Y g>, |X|^2, |Y|^2, padded width) after per-neuron normalisation if needed."""

@@ -4,12 +4,12 @@ cached when they fit in memory so that an epoch costs only the stitch and B's ba
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from intertwiner._types import DeviceLike
 from intertwiner.data import SplitsLike
 from intertwiner.stitching._config import StitchConfig
 from intertwiner.stitching._splice import StitchedModel
@@ -103,7 +103,7 @@ def evaluate_stitched(model: StitchedModel, feats: FrontFeatures) -> tuple[float
     return out["accuracy"], out["loss"]
 
 
-def evaluate_model(model: nn.Module, ds: Dataset, cfg: StitchConfig, device: Any) -> float:
+def evaluate_model(model: nn.Module, ds: Dataset, cfg: StitchConfig, device: DeviceLike) -> float:
     """Test accuracy of a whole model, inputs in the layout the stitch run uses."""
     batches = ((to_input(x, device, cfg.channels_last), y) for x, y in loader(ds, cfg.batch_size))
     return evaluate(model, batches, device=device)["accuracy"]

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from intertwiner import _products as products
+from intertwiner._paired import PairedMoments
 from intertwiner.errors import (
     InvalidOptionError,
-    NonFiniteError,
-    ShapeError,
     TooFewSamplesError,
     UnsupportedGroupError,
 )
@@ -40,15 +38,13 @@ def channels_last(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
     return x.movedim(channel_dim, -1).reshape(-1, x.shape[channel_dim])
 
 
-class FeatureStats:
+class FeatureStats(PairedMoments):
     """Streaming float64 moments of paired features; ``update(x, y)`` takes ``(M, c_in), (M, c_out)``.
 
-    ``cross_x=False`` keeps only the diagonal of ``x^T x``: enough for ``match``, ``diagonal`` and
-    the residual of monomial or diagonal maps, and half the work of the full moments.
-    Precision: float64 features are multiplied in float64. Lower-precision features are multiplied
-    in float32 over blocks of at most ``block_rows`` samples, each block's product added to the
-    float64 totals (float64 products run several times slower on CPU, and the features carry
-    only float32 precision anyway); sums and squares are accumulated in float64 directly.
+    The one paired-moment accumulator (``intertwiner._paired.PairedMoments``, its precision rules
+    included) with only the diagonal of ``y^T y``. ``cross_x=False`` keeps only the diagonal of
+    ``x^T x`` too: enough for ``match``, ``diagonal`` and the residual of monomial or diagonal
+    maps, and half the work of the full moments.
     """
 
     def __init__(
@@ -60,39 +56,11 @@ class FeatureStats:
         cross_x: bool = True,
         block_rows: int = 4096,
     ):
-        kw = dict(dtype=torch.float64, device=device)
-        self.n = 0
-        self.cross_x = bool(cross_x)
-        self.block_rows = int(block_rows)
-        self.sx, self.sy = torch.zeros(c_in, **kw), torch.zeros(c_out, **kw)
-        # the full x^T x, or only its diagonal (then a (c_in,) vector)
-        self.sxx = torch.zeros(c_in, c_in, **kw) if cross_x else torch.zeros(c_in, **kw)
-        self.syy = torch.zeros(c_out, **kw)  # only the diagonal of y^T y is ever needed
-        self.sxy = torch.zeros(c_in, c_out, **kw)
+        super().__init__(c_in, c_out, device, full_x=cross_x, full_y=False, block_rows=block_rows)
 
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if x.shape[0] != y.shape[0]:
-            raise ShapeError(f"paired features need equal sample counts, got {x.shape}, {y.shape}")
-        f64 = torch.float64
-        exact = x.dtype == f64 or y.dtype == f64
-        work = f64 if exact else torch.float32
-        x, y = x.to(device=self.sx.device, dtype=work), y.to(device=self.sy.device, dtype=work)
-        sx, sy = x.sum(0, dtype=f64), y.sum(0, dtype=f64)
-        # A NaN or Inf anywhere makes its column sum non-finite: O(C) check instead of O(size).
-        if not (torch.isfinite(sx).all() and torch.isfinite(sy).all()):
-            raise NonFiniteError("features contain NaN or Inf; check the models and the data")
-        self.n += x.shape[0]
-        self.sx += sx
-        self.sy += sy
-        self.syy += (y * y).sum(0, dtype=f64)
-        if not self.cross_x:
-            self.sxx += (x * x).sum(0, dtype=f64)
-        step = max(x.shape[0] if exact else self.block_rows, 1)
-        for start in range(0, x.shape[0], step):
-            xb, yb = x[start : start + step], y[start : start + step]
-            if self.cross_x:
-                self.sxx += products.cov(xb).to(f64)
-            self.sxy += products.matmul(xb.T, yb).to(f64)
+    @property
+    def cross_x(self) -> bool:
+        return self.full_x
 
     def require_cross_x(self, what: str) -> None:
         """Raise unless the full ``x^T x`` was kept (``what`` names the solver that needs it)."""
