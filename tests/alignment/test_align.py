@@ -362,3 +362,29 @@ def test_representative_history_is_their_distance(trained_pair):
     # B aligned, balanced, is the representative B matched to A's: the recorded distance.
     assert weight_distance(ra, rb, relative=False) == pytest.approx(res.history[-1], rel=1e-6)
     assert all(h1 <= h0 * (1 + 1e-12) for h0, h1 in zip(res.history, res.history[1:]))
+
+
+def test_batched_head_costs_equal_per_pair_fits(monkeypatch):
+    """The costs of all head pairs from one product per action and one batched fit (GPT-2's
+    per-head qk/vo maps) equal the per-pair fits, and so do the per-head maps."""
+    from intertwiner.alignment import _align
+
+    tr = pytest.importorskip("transformers")
+    cfg = tr.GPT2Config(
+        n_embd=16, n_layer=1, n_head=4, vocab_size=11, n_positions=8, use_cache=False,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    a, b = tr.GPT2LMHeadModel(cfg).double().eval(), tr.GPT2LMHeadModel(cfg).double().eval()
+    spec = trace(b, torch.randint(0, 11, (1, 6)))
+    prob = _align._Problem(a, b, spec, "full")
+    (block,), _ = _align._heads_blocks(spec)
+    assert prob._batched_slots(block)
+    cost, fits = prob._head_costs(block), prob._head_fits(block)
+    monkeypatch.setattr(_align._Problem, "_batched_slots", lambda self, blk: False)
+    loop_cost, loop_fits = prob._head_costs(block), prob._head_fits(block)
+    # The loop polishes every pair's GL fit; the batched ranking uses the closed-form candidates.
+    assert (cost >= loop_cost - 1e-9).all()
+    assert torch.equal(_align.best_assignment(-cost), _align.best_assignment(-loop_cost))
+    for name, g in fits.items():
+        assert torch.allclose(g.matrix(), loop_fits[name].matrix(), atol=1e-9)
