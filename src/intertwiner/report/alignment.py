@@ -55,6 +55,38 @@ def alignment_table(rows: list[Row]) -> list[dict]:
     return out
 
 
+def is_merge(row: Row) -> bool:
+    """A many-model merge row of the stage (its config lists ``models``), not a pair's."""
+    return "models" in row.config
+
+
+def merge_table(rows: list[Row]) -> list[dict]:
+    """Per architecture and reference (mean: MergeMany; first: every model aligned to the first):
+    test accuracy (%) of the inputs (mean), their ensemble, the merge with BN re-estimated and
+    REPAIRed, the merge as a share of the ensemble, rounds and seconds to align."""
+    out = []
+    merges = sorted((r for r in rows if is_merge(r)), key=lambda r: (r.config["arch"],
+                                                                     r.config["alignment"]))  # fmt: skip
+    for r in merges:
+        m = r.metrics
+        ens = m["ensemble_accuracy"]
+        out.append(
+            {
+                "arch": r.config["arch"],
+                "merge": r.config["alignment"],
+                "models": len(r.config["models"]),
+                "inputs %": f"{100 * float(np.mean(m['input_accuracies'])):.1f}",
+                "ensemble %": f"{100 * ens:.1f}",
+                "merged % (BN reset)": f"{100 * m['merged_accuracy']:.1f}",
+                "merged % (REPAIR)": f"{100 * m['repair_accuracy']:.1f}",
+                "REPAIR / ensemble": f"{m['repair_accuracy'] / ens:.2f}" if ens > 0 else "-",
+                "rounds": str(m["rounds"]),
+                "align s": f"{m['align_seconds']:.2f}",
+            }
+        )
+    return out
+
+
 def alignment_figure(rows: list[Row]):
     """Mean test loss along alpha per alignment (BN re-estimated), one panel per architecture."""
     if not rows:
