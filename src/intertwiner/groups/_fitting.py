@@ -216,7 +216,7 @@ def pair_costs(
         neg = vm < vp
         return const + torch.minimum(vp, vm), torch.where(neg, -torch.exp(u), torch.exp(u))
     if name == "permutation":  # every scale is 1: J - |x|^2 = |y_j|^2 - 2 <x_i, y_j> per group
-        return const + sum(g.unsqueeze(0) - 2.0 * c for _p, _q, c, g in groups), one
+        return const + sum(torch.add(g.unsqueeze(0), c, alpha=-2.0) for _p, _q, c, g in groups), one
     if name == "signed_permutation":
         zero = torch.zeros(shape, dtype=torch.float64)
         plus, minus = _objective(groups, one, zero), _objective(groups, -one, zero)
@@ -340,8 +340,12 @@ def _fit_dense(fam: Family, terms: list[FitTerm], n: int) -> tuple[GroupElement,
 
 def _refine_gl(m: torch.Tensor, val: torch.Tensor, terms: list[FitTerm], steps: int = 30):
     """Safeguarded gradient descent on J(M) over GL (A and A^-T terms together), every batch
-    entry with its own step size: a step is taken only where it lowers J and keeps M invertible;
-    an entry stops when 20 shrinking tries in a row fail to lower it."""
+    entry with its own step size: a step is taken only where it lowers J (a singular M scores
+    +inf, a nearly singular one the large J of its inverse); an entry stops when 20 shrinking
+    tries in a row fail to lower it. An entry that ends nearly singular (smallest singular value
+    under 1e-12, checked once at the end: an SVD per try cost more than the descent) keeps its
+    start."""
+    m0, val0 = m, val
     n = m.shape[-1]
     # The first step size: 1 / (mean absolute B moment per row), as for a single problem.
     size = sum(t.gram.double().abs().flatten(t.cross.dim() - 2).sum(-1) for t in terms)
@@ -356,9 +360,8 @@ def _refine_gl(m: torch.Tensor, val: torch.Tensor, terms: list[FitTerm], steps: 
             if not pending.any():
                 break
             cand = m - lr[..., None, None] * grad
-            ok = _invertible(cand)
-            v = _dense_objective(torch.where(ok[..., None, None], cand, m), terms).detach()
-            take = pending & ok & (v < val)
+            v = _dense_objective(cand, terms).detach()
+            take = pending & (v < val)  # NaN and +inf never lower J
             m = torch.where(take[..., None, None], cand, m)
             val = torch.where(take, v, val)
             lr = torch.where(take, lr * 2.0, torch.where(pending, lr / 4.0, lr))
@@ -366,7 +369,8 @@ def _refine_gl(m: torch.Tensor, val: torch.Tensor, terms: list[FitTerm], steps: 
         active = active & ~pending  # no improving step found: this entry stops
         if not active.any():
             break
-    return m, val
+    ok = _invertible(m)
+    return torch.where(ok[..., None, None], m, m0), torch.where(ok, val, val0)
 
 
 def fit_element(
