@@ -106,3 +106,9 @@ def test_merge_rows_of_the_stage(tmp_path):
     assert all(is_merge(r) for r in rows)
     table = merge_table(rows)
     assert [r["merge"] for r in table] == ["merge3/first", "merge3/mean"]
+    assert table[0]["merged % (BN reset)"] == table[0]["inputs %"]
+    # Beside pair rows, the merges get their own section and stay out of the barrier table.
+    _fill(tmp_path)
+    assert len(alignment_table(store.rows("alignment"))) == len(ALIGNMENTS)
+    text = render(tmp_path)
+    assert "merging many models" in text and "merge3/mean" in text

@@ -20,11 +20,17 @@ def _has(rows: list[Row], key: str) -> bool:
     return any(key in r.metrics for r in rows)
 
 
+def is_merge(row: Row) -> bool:
+    """A many-model merge row of the stage (its config lists ``models``), not a pair's."""
+    return "models" in row.config
+
+
 def alignment_table(rows: list[Row]) -> list[dict]:
     """Per architecture and alignment: loss barrier (BN re-estimated / not / REPAIR), accuracy at
-    the midpoint, relative weight distance to A and the time to align (mean +- std over pairs)."""
+    the midpoint, relative weight distance to A and the time to align (mean +- std over pairs).
+    Many-model merge rows are left to ``merge_table``."""
     by: dict = defaultdict(list)
-    for r in rows:
+    for r in (r for r in rows if not is_merge(r)):
         by[(r.config["arch"], r.config["alignment"])].append(r)
     out = []
     for (arch, label), rs in sorted(by.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
@@ -53,11 +59,6 @@ def alignment_table(rows: list[Row]) -> list[dict]:
             }
         )
     return out
-
-
-def is_merge(row: Row) -> bool:
-    """A many-model merge row of the stage (its config lists ``models``), not a pair's."""
-    return "models" in row.config
 
 
 def merge_table(rows: list[Row]) -> list[dict]:
@@ -98,7 +99,7 @@ def alignment_figure(rows: list[Row]):
     for ax, arch in zip(axes[0], archs, strict=True):
         by: dict = defaultdict(list)
         for r in rows:
-            if r.config["arch"] == arch and "losses_bn_reset" in r.metrics:
+            if r.config["arch"] == arch and "losses_bn_reset" in r.metrics and not is_merge(r):
                 by[r.config["alignment"]].append(r)
         for label in sorted(by, key=_order):
             rs = by[label]
