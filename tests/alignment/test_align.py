@@ -388,3 +388,32 @@ def test_batched_head_costs_equal_per_pair_fits(monkeypatch):
     assert torch.equal(_align.best_assignment(-cost), _align.best_assignment(-loop_cost))
     for name, g in fits.items():
         assert torch.allclose(g.matrix(), loop_fits[name].matrix(), atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet20"])
+def test_large_model_path_recovers_and_undoes_exactly(arch, monkeypatch):
+    """The path of models above LARGE (float32 working copy, rejected steps undone with the
+    inverse element instead of a saved copy), forced on small models: a transformed copy is
+    still recovered, and a rejected step leaves B where it was."""
+    from intertwiner.alignment import _align
+
+    monkeypatch.setattr(_align, "LARGE", 0)
+    monkeypatch.setattr(_align, "_SAVE_BYTES", 0)
+    a, x = build_zoo(arch, "relu")
+    a = a.float()
+    x = x.float()
+    b, spec = _copy(a, x)
+    res = align(a, b, example_input=x)
+    assert _max_rel_diff(a, res.model) < 1e-5
+    with torch.no_grad():
+        assert _rel_out(res.model(x), b(x)) < 1e-5  # B's function, exactly (float32)
+    prob = _align._Problem(a, copy.deepcopy(a), spec, "full")
+    assert prob.dtype == torch.float32
+    site = next(s for s in spec.sites if not s.folds)
+    delta = random_elements(spec, torch.Generator().manual_seed(7))[site.name]
+    assert not prob._guarded([site], {site.name: delta}, lambda: None)  # moves B off A: rejected
+    assert _max_rel_diff(a, prob.b) < 1e-5
+
+
+def _rel_out(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
