@@ -21,6 +21,7 @@ Features for zipping: ``--zip-samples`` training images of all ten digits. One t
     python benchmarks/zipping.py                      # 3 pairs, widths 128,128,128
     python benchmarks/zipping.py --json zipping.json
     python benchmarks/zipping.py --arch cnn           # Myrtle CNN without BatchNorm, zipped whole
+    python benchmarks/zipping.py --arch cnn_bn        # with BatchNorm (folded into the convs)
 """
 
 from __future__ import annotations
@@ -52,14 +53,19 @@ def _task(x: torch.Tensor, y: torch.Tensor, lo: int) -> TensorDataset:
 
 def _model(args, seed: int):
     common = dict(in_channels=1, input_size=28, num_classes=5, seed=seed)
-    if args.arch == "cnn":  # BatchNorm statistics do not merge linearly: zip refuses them
-        return models.build("myrtle_cnn", width=args.cnn_width, batchnorm=False, **common)
+    if args.arch in ("cnn", "cnn_bn"):  # zip folds BatchNorm into the conv before it
+        bn = args.arch == "cnn_bn"
+        return models.build("myrtle_cnn", width=args.cnn_width, batchnorm=bn, **common)
     return models.build("mlp", widths=args.widths, **common)
 
 
 def trained(splits, tensors, lo: int, seed: int, args) -> torch.nn.Module:
     """The model for digits lo..lo+4 with ``seed``, from the cache or trained now."""
-    tag = f"mlp{'x'.join(map(str, args.widths))}" if args.arch == "mlp" else f"cnn{args.cnn_width}"
+    tag = (
+        f"mlp{'x'.join(map(str, args.widths))}"
+        if args.arch == "mlp"
+        else f"{args.arch.replace('_', '')}{args.cnn_width}"
+    )
     path = Path(args.zoo_dir) / f"{tag}_digits{lo}-{lo + 4}_seed{seed}_e{args.epochs}.safetensors"
     if path.exists():
         return checkpoints.load(path)[0].eval()
@@ -148,7 +154,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--arch", default="mlp", choices=["mlp", "cnn"])
+    p.add_argument("--arch", default="mlp", choices=["mlp", "cnn", "cnn_bn"])
     p.add_argument("--cnn-width", type=int, default=16)
     p.add_argument("--widths", type=lambda s: [int(w) for w in s.split(",")], default=[128] * 3)
     p.add_argument("--seeds", type=lambda s: [int(w) for w in s.split(",")], default=[0, 1, 2])

@@ -41,7 +41,6 @@ VOCABULARY = FAMILY_WORDS | PHI_WORDS
 
 SKIP = {
     ROOT / "groups",  # the owner of the vocabulary: names become objects here
-    ROOT / "alignment",  # TODO(i28metric): remove this line at merge (i28metric cleans alignment/)
 }
 
 # (file relative to src/intertwiner, word): edges the scan cannot tell from a switch. Keep this

@@ -362,3 +362,58 @@ def test_representative_history_is_their_distance(trained_pair):
     # B aligned, balanced, is the representative B matched to A's: the recorded distance.
     assert weight_distance(ra, rb, relative=False) == pytest.approx(res.history[-1], rel=1e-6)
     assert all(h1 <= h0 * (1 + 1e-12) for h0, h1 in zip(res.history, res.history[1:]))
+
+
+def test_batched_head_costs_equal_per_pair_fits(monkeypatch):
+    """The costs of all head pairs from one product per action and one batched fit (GPT-2's
+    per-head qk/vo maps) equal the per-pair fits, and so do the per-head maps."""
+    from intertwiner.alignment import Extent, _heads, _weights
+
+    tr = pytest.importorskip("transformers")
+    cfg = tr.GPT2Config(
+        n_embd=16, n_layer=1, n_head=4, vocab_size=11, n_positions=8, use_cache=False,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    a, b = tr.GPT2LMHeadModel(cfg).double().eval(), tr.GPT2LMHeadModel(cfg).double().eval()
+    spec = trace(b, torch.randint(0, 11, (1, 6)))
+    prob = _weights._Problem(a, b, spec, Extent.SITE_GROUP)
+    (block,), _ = _heads._heads_blocks(spec)
+    assert prob._batched_slots(block)
+    cost, fits = prob._head_costs(block), prob._head_fits(block)
+    monkeypatch.setattr(_weights._Problem, "_batched_slots", lambda self, blk: False)
+    loop_cost, loop_fits = prob._head_costs(block), prob._head_fits(block)
+    # The loop polishes every pair's GL fit; the batched ranking uses the closed-form candidates.
+    assert (cost >= loop_cost - 1e-9).all()
+    assert torch.equal(_weights.best_assignment(-cost), _weights.best_assignment(-loop_cost))
+    for name, g in fits.items():
+        assert torch.allclose(g.matrix(), loop_fits[name].matrix(), atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet20"])
+def test_large_model_path_recovers_and_undoes_exactly(arch, monkeypatch):
+    """The path of models above LARGE (float32 working copy, rejected steps undone with the
+    inverse element instead of a saved copy), forced on small models: a transformed copy is
+    still recovered, and a rejected step leaves B where it was."""
+    from intertwiner.alignment import Extent, _weights
+
+    monkeypatch.setattr(_weights, "LARGE", 0)
+    monkeypatch.setattr(_weights, "_SAVE_BYTES", 0)
+    a, x = build_zoo(arch, "relu")
+    a = a.float()
+    x = x.float()
+    b, spec = _copy(a, x)
+    res = align(a, b, example_input=x)
+    assert _max_rel_diff(a, res.model) < 1e-5
+    with torch.no_grad():
+        assert _rel_out(res.model(x), b(x)) < 1e-5  # B's function, exactly (float32)
+    prob = _weights._Problem(a, copy.deepcopy(a), spec, Extent.SITE_GROUP)
+    assert prob.dtype == torch.float32
+    site = next(s for s in spec.sites if not s.folds)
+    delta = random_elements(spec, torch.Generator().manual_seed(7))[site.name]
+    assert not prob._guarded([site], {site.name: delta}, lambda: None)  # moves B off A: rejected
+    assert _max_rel_diff(a, prob.b) < 1e-5
+
+
+def _rel_out(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from intertwiner.experiments.alignment_job import ALIGNMENTS
 from intertwiner.report import render
 from intertwiner.report.alignment import alignment_table
@@ -55,3 +57,58 @@ def test_alignment_section(tmp_path):
     text = render(tmp_path)
     assert "alignment and loss barriers" in text
     assert "full/activations" in text and "data:image/png;base64" in text
+
+
+def test_merge_rows_of_the_stage(tmp_path):
+    """The stage adds K=3 merge jobs per architecture (to the mean and to the first) when its
+    pairs hold 3 distinct models, none with 2; a merge of a model with two randomly transformed
+    copies of itself is that model (its accuracy), and the report shows the merges apart."""
+    import torch
+
+    from intertwiner import checkpoints, models
+    from intertwiner.data import load
+    from intertwiner.experiments import alignment_job
+    from intertwiner.experiments.common import zoo_checkpoint
+    from intertwiner.experiments.zoo import zoo_config
+    from intertwiner.report.alignment import is_merge, merge_table
+    from intertwiner.symmetry import apply, random_elements, trace
+
+    data = {"name": "digits"}
+    cfgs = [zoo_config("mlp", "relu", s, {"widths": [16]}, {"epochs": 1}, data) for s in range(3)]
+    two = alignment_job.stage({"mlp": [(cfgs[0], cfgs[1])]}, eval_samples=60, bn_samples=60)
+    assert not any("models" in c for c in two.configs)
+    st = alignment_job.stage(
+        {"mlp": [(cfgs[0], cfgs[1]), (cfgs[0], cfgs[2])]}, eval_samples=60, bn_samples=60
+    )
+    merges = [c for c in st.configs if "models" in c]
+    assert [c["reference"] for c in merges] == ["mean", "first"]
+    assert all(c["models"] == cfgs for c in merges)
+
+    splits = load("digits", seed=0)
+    torch.manual_seed(0)
+    base = models.build("mlp", widths=(16,), seed=0, **splits.model_config())
+    x = torch.stack([splits.train[i][0] for i in range(4)])
+    spec = trace(base, x)
+    gen = torch.Generator().manual_seed(0)
+    run = {"_run": str(tmp_path)}
+    for k, c in enumerate(cfgs):
+        m = base if k == 0 else apply(base, spec, random_elements(spec, generator=gen))
+        checkpoints.save(m, zoo_checkpoint(run, c))
+    store = Store(tmp_path)
+    for c in merges:
+        out = alignment_job.alignment_job({**c, **run})
+        accs = out["input_accuracies"]
+        assert accs == [accs[0]] * 3
+        assert out["merged_accuracy"] == pytest.approx(accs[0], abs=1e-9)
+        assert out["ensemble_accuracy"] == pytest.approx(accs[0], abs=1e-9)
+        store.put("alignment", c, out)
+    rows = store.rows("alignment")
+    assert all(is_merge(r) for r in rows)
+    table = merge_table(rows)
+    assert [r["merge"] for r in table] == ["merge3/first", "merge3/mean"]
+    assert table[0]["merged % (BN reset)"] == table[0]["inputs %"]
+    # Beside pair rows, the merges get their own section and stay out of the barrier table.
+    _fill(tmp_path)
+    assert len(alignment_table(store.rows("alignment"))) == len(ALIGNMENTS)
+    text = render(tmp_path)
+    assert "merging many models" in text and "merge3/mean" in text

@@ -165,11 +165,34 @@ def test_zipping_a_cnn_with_a_transformed_copy_gives_the_cnn(act):
         assert torch.equal(pair, torch.cat([cnn(x), other(x)], dim=1))
 
 
+def test_zipping_a_batchnorm_cnn_folds_it_first():
+    """BatchNorm after each conv is folded into the conv (running statistics): a BN CNN zipped
+    with a transformed copy of itself computes the CNN's function (eval mode), without BN."""
+    cnn, x = build_zoo("myrtle_cnn", "relu")
+    x = torch.randn(64, *x.shape[1:], generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    cnn.train()
+    with torch.no_grad():
+        cnn(x)  # running statistics other than (0, 1), so the folding has something to do
+    cnn.eval()
+    spec = trace(cnn, x[:4])
+    other = apply(cnn, spec, random_elements(spec, torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        res = zip_models(cnn, other, x, heads="average")
+        assert res.k == res.depth == len(spec.sites)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in res.model.modules())
+        assert _rel(res.model(x), cnn(x)) < 1e-9
+        both = zip_models(cnn, build_zoo("myrtle_cnn", "relu", seed=1)[0], x)
+        assert both.model(x).shape == (64, 2 * cnn(x).shape[1])
+    assert any(isinstance(m, nn.BatchNorm2d) for m in cnn.modules())  # inputs untouched
+
+
 def test_unsupported_models_are_refused():
-    bn, xb = build_zoo("myrtle_cnn", "relu")
-    with pytest.raises(UnsupportedModuleError, match="BatchNorm"):
-        zip_models(bn, bn, xb)
     x = _inputs(torch.float32)
+    after_act = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 2)
+    ).eval()
+    with pytest.raises(UnsupportedModuleError, match="BatchNorm"):
+        zip_models(after_act, after_act, x)  # BN after the ReLU: nothing to fold it into
     ln = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 2))
     with pytest.raises(UnsupportedModuleError, match="LayerNorm"):
         zip_models(ln, ln, x)

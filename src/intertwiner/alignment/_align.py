@@ -216,6 +216,7 @@ def align(
             tol=tol, seed=seed, batch_size=batch_size, max_samples=max_samples, progress=progress,
         )  # fmt: skip
     elements = prob.elements
+    prob.b = None  # the working copy goes before the aligned copy is made (peak memory)
     if canonical:
         # B' = c_A^-1 . P . c_B . B: the element found between the canonical forms, in A's frame.
         elements = {

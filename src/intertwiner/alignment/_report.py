@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from intertwiner.alignment._extent import Extent
@@ -82,11 +83,32 @@ def weight_distance(model_a: nn.Module, model_b: nn.Module, *, relative: bool = 
     distance D itself). Buffers are not counted."""
     pa, pb = dict(model_a.named_parameters()), dict(model_b.named_parameters())
     _check_same(pa, pb)
-    d = sum(float(((pa[k].detach().double() - pb[k].detach().double()) ** 2).sum()) for k in pa)
+    d = sum(_sq_diff(pa[k], pb[k]) for k in pa)
     if not relative:
         return d
-    n = sum(float((pa[k].detach().double() ** 2).sum()) for k in pa)
+    n = sum(_sq_diff(pa[k], None) for k in pa)
     return (d / n) ** 0.5 if n > 0 else 0.0
+
+
+#: Elements per chunk of a float64 reduction: a 124M-parameter model is never copied whole.
+_CHUNK = 1 << 22
+
+
+def _sq_diff(x: torch.Tensor, y: torch.Tensor | None) -> float:
+    """``sum((x - y)^2)`` (``y=None``: ``sum(x^2)``) chunk by chunk, the chunk sums added in
+    float64. Two float32 tensors are subtracted and squared in float32 (relative error ~1e-7:
+    a ``LARGE`` model's search runs in float32 anyway), anything else in float64."""
+    xf = x.detach().reshape(-1)
+    yf = None if y is None else y.detach().reshape(-1)
+    single = xf.dtype == torch.float32 and (yf is None or yf.dtype == torch.float32)
+    dt = torch.float32 if single else torch.float64
+    total = 0.0
+    for start in range(0, xf.numel(), _CHUNK):
+        d = xf[start : start + _CHUNK].to(dt)
+        if yf is not None:
+            d = d - yf[start : start + _CHUNK].to(dt)
+        total += float(torch.dot(d, d))
+    return total
 
 
 def _check_same(pa: dict, pb: dict) -> None:
@@ -113,14 +135,7 @@ def _param_names(sites: list[Site]) -> list[str]:
 
 
 def _partial_distance(a: nn.Module, b: nn.Module, names: list[str]) -> float:
-    return sum(
-        float(
-            (
-                (a.get_parameter(n).detach().double() - b.get_parameter(n).detach().double()) ** 2
-            ).sum()
-        )
-        for n in names
-    )
+    return sum(_sq_diff(a.get_parameter(n), b.get_parameter(n)) for n in names)
 
 
 def _site_reports(
@@ -130,7 +145,7 @@ def _site_reports(
     reports = []
     for s in spec.sites:
         names = _param_names([s])
-        norm = sum(float((model_a.get_parameter(n).detach().double() ** 2).sum()) for n in names)
+        norm = sum(_sq_diff(model_a.get_parameter(n), None) for n in names)
         norm = max(norm, 1e-300)
         reports.append(
             SiteReport(

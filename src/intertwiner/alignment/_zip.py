@@ -28,13 +28,17 @@ at any ``k``: the chain is rebuilt as a ``ZippedModel`` and checked to compute t
 outputs. Other models whose every traced site is an elementwise activation between layers with
 weights (``nn.Conv*d``, ``nn.Linear``; parameter-free pooling and flattening in between) are
 zipped whole (``k=None``): the result is A's architecture with merged weights and its output
-Linear widened to both models' outputs (or averaged). Anything else (normalisation layers,
-residual streams, attention, grouped convolutions) is refused with ``UnsupportedModuleError``.
+Linear widened to both models' outputs (or averaged). BatchNorm after a Conv or Linear is first
+folded into it with its running statistics (``torch.fx``'s ``fuse``: the same function in eval
+mode), so a CNN with BatchNorm is zipped as its BN-free equivalent (the result has no BatchNorm).
+Anything else (other normalisation layers, BatchNorm not right after a Conv/Linear, residual
+streams, attention, grouped convolutions) is refused with ``UnsupportedModuleError``.
 """
 
 from __future__ import annotations
 
 import copy
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +59,18 @@ from intertwiner.symmetry import SymmetrySpec, trace
 
 __all__ = ["MATCHES", "ZipResult", "ZipSite", "ZippedModel", "zip_models"]
 
-MATCHES = ("greedy", "permutation", "identity")
+
+class ZipMatch(str, enum.Enum):
+    """How units are paired: ZipIt!'s greedy pairing over both models (``GREEDY``, within a model
+    too), a one-to-one pairing across models (``PERMUTATION``, Hungarian) or unit i with unit i
+    (``IDENTITY``). A matching method, not a group: the merge itself is ``M``/``U`` below."""
+
+    GREEDY = "greedy"
+    PERMUTATION = "permutation"
+    IDENTITY = "identity"
+
+
+MATCHES = tuple(m.value for m in ZipMatch)
 HEADS = ("concat", "average")
 
 
@@ -267,9 +282,9 @@ def _greedy_pairs(corr: torch.Tensor, n: int, max_within: int) -> list[tuple[int
 
 
 def _pairs(corr: torch.Tensor, n: int, match: str, max_within: int) -> list[tuple[int, int]]:
-    if match == "greedy":
+    if match == ZipMatch.GREEDY:
         return _greedy_pairs(corr, n, max_within)
-    if match == "permutation":  # across models only, the best one-to-one (Hungarian)
+    if match == ZipMatch.PERMUTATION:  # across models only, the best one-to-one (Hungarian)
         perm = best_assignment(corr[:n, n:])
         return [(i, n + int(perm[i])) for i in range(n)]
     return [(i, n + i) for i in range(n)]  # identity: unit i of A with unit i of B
@@ -317,6 +332,35 @@ def _head(chain: _Chain, k: int, unmerge: torch.Tensor | None) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _fold_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` itself when it has no BatchNorm; else an eval-mode copy (a ``torch.fx``
+    GraphModule) with every BatchNorm folded into the Conv/Linear before it, its running
+    statistics and affine becoming that layer's weights and bias. Raises UnsupportedModuleError
+    when a BatchNorm is left (not right after a Conv/Linear, or one the model cannot be traced)."""
+    if not any(isinstance(m, _BATCHNORMS) for m in model.modules()):
+        return model
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        folded = fuse(copy.deepcopy(model).eval())
+    except Exception as e:  # noqa: BLE001 (any torch.fx tracing failure: say what to do)
+        raise UnsupportedModuleError(
+            f"zip_models folds BatchNorm into the layer before it, but {type(model).__name__} "
+            f"cannot be traced by torch.fx ({e}); fold it yourself or zip a model without it"
+        ) from None
+    left = [n for n, m in folded.named_modules() if isinstance(m, _BATCHNORMS)]
+    if left:
+        raise UnsupportedModuleError(
+            f"zip_models folds BatchNorm into the Conv/Linear right before it; in "
+            f"{type(model).__name__} {left[:3]} follow something else (BatchNorm statistics do "
+            "not merge linearly): zip a model without them"
+        )
+    return folded.eval()
+
+
 def zip_models(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -342,7 +386,8 @@ def zip_models(
     label sets) or ``"average"`` (one label set). ``scales``: use the site group's scales and signs
     in the merge (see the module docstring). ``max_within``: the largest fraction of a site's pairs
     that may join two features of one model (greedy matching; ZipIt's alpha; 0: across models
-    only). A and B need equal hidden widths and one input size.
+    only). A and B need equal hidden widths and one input size. BatchNorm is folded into the
+    layer before it first (running statistics, eval mode; module docstring).
     """
     from intertwiner.alignment._align import _example_input
 
@@ -353,6 +398,8 @@ def zip_models(
     if not 0.0 <= float(max_within) <= 1.0:
         raise InvalidOptionError(f"max_within is a fraction in [0, 1], got {max_within!r}")
     x = _example_input(model_a, data, example_input)
+    if k != 0:  # k=0 keeps the models as they are: nothing is merged
+        model_a, model_b = _fold_batchnorm(model_a), _fold_batchnorm(model_b)
     spec_a, spec_b = trace(model_a, x), trace(model_b, x)
     try:
         ca, cb = _chain(model_a, spec_a, x), _chain(model_b, spec_b, x)

@@ -6,6 +6,12 @@ aligned to A and the straight line between them is evaluated on the test split, 
 statistics re-estimated on training images at every point (and once without, to show the spurious
 barrier that averaging BN statistics creates), and once more with REPAIR (every pre-activation
 channel given the interpolated endpoint statistics, ``interpolate(repair=True)``).
+
+Many-model merges ride in the same stage (new rows, not a new stage, so the presets and the
+identity of existing run folders are unchanged: a resumed run adds just these jobs): per
+architecture the first ``MERGE_K`` distinct models of its pairs are aligned (weights, full group)
+to their common mean (``reference="mean"``, MergeMany) or to the first (``"first"``), averaged
+with BN re-estimated, then REPAIRed; each merge is scored against every input and their ensemble.
 """
 
 from __future__ import annotations
@@ -26,10 +32,21 @@ ALIGNMENTS = [
 ]
 
 
+#: Models per many-model merge, and the references each is merged to (one job each).
+MERGE_K = 3
+MERGE_REFERENCES = ("mean", "first")
+#: Rounds of alignment to the mean at most (``merge``'s default is 20): keeps a quick run cheap;
+#: the row records the rounds taken.
+MERGE_MAX_ITER = 5
+
+
 def alignment_job(config: dict) -> dict:
-    """Align B to A one way, interpolate (with and without BN re-estimation); the barriers."""
+    """Align B to A one way, interpolate (with and without BN re-estimation); the barriers.
+    A config with ``models`` is a many-model merge instead (``merge_job``)."""
     from intertwiner.alignment import align, interpolate, weight_distance
 
+    if "models" in config:
+        return merge_job(config)
     splits = load_data(config["data"])
     a = load_model(config, config["model_a"])
     b = load_model(config, config["model_b"])
@@ -65,13 +82,81 @@ def alignment_job(config: dict) -> dict:
     return out
 
 
+def merge_job(config: dict) -> dict:
+    """Merge ``config["models"]`` (aligned to ``config["reference"]``); accuracy of the merge (BN
+    re-estimated, then REPAIRed) against each input and their ensemble on the test split."""
+    import torch
+
+    from intertwiner.alignment import align, align_to_mean, merge, merge_report
+    from intertwiner.training import evaluate
+
+    splits = load_data(config["data"])
+    models = [load_model(config, c) for c in config["models"]]
+    train = _subset(splits.train, config["bn_samples"])
+    test = _subset(splits.test, config["eval_samples"])
+    example = torch.stack([torch.as_tensor(train[i][0]) for i in range(min(8, len(train)))])
+    t0 = time.perf_counter()
+    rounds = 0
+    if config["reference"] == "mean":
+        many = align_to_mean(models, example_input=example, max_iter=config["max_iter"], seed=0)
+        aligned, rounds = many.models, many.rounds
+    else:
+        aligned = [models[0]] + [
+            align(models[0], m, example_input=example, seed=0).model for m in models[1:]
+        ]
+    seconds = time.perf_counter() - t0
+    # The aligned copies are averaged as they are (method=None); BN re-estimated on train.
+    merged = merge(aligned, method=None, bn_data=train, example_input=example)
+    repaired = merge(aligned, method=None, bn_data=train, repair=True, example_input=example)
+    rep = merge_report(merged, models, test)
+    return {
+        "align_seconds": seconds,
+        "rounds": rounds,
+        "input_accuracies": [r["accuracy"] for r in rep.inputs],
+        "ensemble_accuracy": rep.ensemble["accuracy"],
+        "merged_accuracy": rep.merged["accuracy"],
+        "merged_loss": rep.merged["loss"],
+        "repair_accuracy": evaluate(repaired, test)["accuracy"],
+    }
+
+
+def _merge_configs(
+    model_pairs: dict[str, list[tuple[dict, dict]]], eval_samples: int, bn_samples: int
+) -> list[dict]:
+    """One merge job per architecture with ``MERGE_K`` distinct models and reference."""
+    configs = []
+    for arch, ps in model_pairs.items():
+        distinct: list[dict] = []
+        for pair in ps:
+            for m in pair:
+                if m not in distinct:
+                    distinct.append(m)
+        if len(distinct) < MERGE_K:
+            continue  # e.g. a preset of 2 seeds: no K-model merge
+        for ref in MERGE_REFERENCES:
+            configs.append(
+                {
+                    "stage": "alignment",
+                    "arch": arch,
+                    "models": distinct[:MERGE_K],
+                    "data": distinct[0]["data"],
+                    "alignment": f"merge{MERGE_K}/{ref}",
+                    "reference": ref,
+                    "max_iter": MERGE_MAX_ITER,
+                    "eval_samples": eval_samples,
+                    "bn_samples": bn_samples,
+                }
+            )
+    return configs
+
+
 def stage(
     model_pairs: dict[str, list[tuple[dict, dict]]],
     alphas: int = 5,
     eval_samples: int = 500,
     bn_samples: int = 1000,
 ) -> Stage:
-    """Jobs over arch x pair x alignment (see ``ALIGNMENTS``)."""
+    """Jobs over arch x pair x alignment (see ``ALIGNMENTS``), then the many-model merges."""
     configs = []
     for arch, ps in model_pairs.items():
         for p, (a, b) in enumerate(ps):
@@ -92,11 +177,15 @@ def stage(
                         "bn_samples": bn_samples,
                     }
                 )
+    configs += _merge_configs(model_pairs, eval_samples, bn_samples)
     return Stage(
         name="alignment",
         kind="alignment",
         fn=alignment_job,
         configs=configs,
-        requires=("intertwiner.alignment:align,interpolate", "intertwiner.checkpoints:load"),
+        requires=(
+            "intertwiner.alignment:align,interpolate,align_to_mean,merge,merge_report",
+            "intertwiner.checkpoints:load",
+        ),
         description="beyond the paper: loss barriers between zoo pairs aligned modulo the group",
     )

@@ -43,7 +43,13 @@ from intertwiner.groups._families import (
     intersect,
     is_subgroup,
 )
-from intertwiner.groups._fitting import FitTerm, exponents, fit_element, pair_costs
+from intertwiner.groups._fitting import (
+    FitTerm,
+    exponents,
+    fit_dense_batch,
+    fit_element,
+    pair_costs,
+)
 from intertwiner.groups._group import GroupLike, IntertwinerGroup, fixed_point_family, phi_preimage
 from intertwiner.groups._homogeneity import homogeneity_defect, homogeneity_profile
 from intertwiner.groups._kinds import ActionKind, Mode
@@ -116,6 +122,7 @@ __all__ = [
     "exponents",
     "family",
     "find_family",
+    "fit_dense_batch",
     "fit_element",
     "for_activation",
     "homogeneity_defect",

@@ -41,7 +41,7 @@ from intertwiner.groups._elements import DenseElement, GroupElement, MonomialEle
 from intertwiner.groups._families import Family, best_assignment, family
 from intertwiner.groups._phi import as_phi
 
-__all__ = ["FitTerm", "exponents", "fit_element", "pair_costs"]
+__all__ = ["FitTerm", "exponents", "fit_dense_batch", "fit_element", "pair_costs"]
 
 #: Range of log-scales searched on the grid (polishing may step beyond it).
 LOG_SCALE_RANGE = 9.0
@@ -211,8 +211,8 @@ def pair_costs(
         vm = _objective(groups, -one, u)
         neg = vm < vp
         return const + torch.minimum(vp, vm), torch.where(neg, -torch.exp(u), torch.exp(u))
-    if name == "permutation":
-        return const + _objective(groups, one, torch.zeros(shape, dtype=torch.float64)), one
+    if name == "permutation":  # every scale is 1: J - |x|^2 = |y_j|^2 - 2 <x_i, y_j> per group
+        return const + sum(torch.add(g.unsqueeze(0), c, alpha=-2.0) for _p, _q, c, g in groups), one
     if name == "signed_permutation":
         zero = torch.zeros(shape, dtype=torch.float64)
         plus, minus = _objective(groups, one, zero), _objective(groups, -one, zero)
@@ -241,22 +241,30 @@ def _check_terms(terms: list[FitTerm]) -> int:
     return n
 
 
-def _dense_objective(m: torch.Tensor, terms: list[FitTerm]) -> float:
-    """J(M) for a dense element from statistics (inverse kinds use M^-T)."""
-    total = 0.0
+def _gram_matrix(t: FitTerm) -> torch.Tensor:
+    """A term's B moments as (..., n, n) (a diagonal, one dimension fewer than ``cross``,
+    expanded)."""
+    g = t.gram.double()
+    return torch.diag_embed(g) if g.dim() < t.cross.dim() else g
+
+
+def _dense_objective(m: torch.Tensor, terms: list[FitTerm]) -> torch.Tensor:
+    """J(M) per batch entry for dense elements ``m`` (..., n, n) from statistics with the same
+    leading dimensions (inverse kinds use M^-T; a singular M scores +inf). Differentiable."""
+    total = m.new_zeros(m.shape[:-2])
     inv_t = None
     for t in terms:
         if t.kind in INVERSE_KINDS:
             if inv_t is None:
-                inv_t = torch.linalg.inv(m).T
+                inv, info = torch.linalg.inv_ex(m)
+                inv_t = inv.transpose(-1, -2)
+                total = total.masked_fill(info != 0, math.inf)
             mk = inv_t
         else:
             mk = m
-        g = t.gram.double()
-        gm = torch.diag(g) if g.dim() == 1 else g
-        total += float(
-            t.sq_a.double().sum() - 2.0 * (mk * t.cross.double()).sum() + (mk @ gm * mk).sum()
-        )
+        gm = _gram_matrix(t)
+        total = total + t.sq_a.double().sum(-1) - 2.0 * (mk * t.cross.double()).sum((-2, -1))
+        total = total + (mk @ gm * mk).sum((-2, -1))
     return total
 
 
@@ -265,84 +273,100 @@ def _procrustes(c: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
-def _lstsq(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
-    """M = C G^-1 (ridge-free; None when G is singular)."""
-    if g.dim() == 1:
-        g = torch.diag(g)
-    try:
-        return torch.linalg.solve(g.T, c.T).T
-    except RuntimeError:
-        return None
+def _lstsq(c: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """M = C G^-1 per batch entry (ridge-free; NaN where G is singular)."""
+    m, info = torch.linalg.solve_ex(g.transpose(-1, -2), c.transpose(-1, -2))
+    m = m.transpose(-1, -2)
+    return m.masked_fill((info != 0)[..., None, None], math.nan)
 
 
-def _fit_dense(fam: Family, terms: list[FitTerm], n: int) -> tuple[GroupElement, float]:
+def _invertible(m: torch.Tensor) -> torch.Tensor:
+    """Per batch entry: finite with smallest singular value above 1e-12."""
+    ok = torch.isfinite(m).all(-1).all(-1)
+    sv = torch.linalg.svdvals(torch.where(ok[..., None, None], m, torch.eye(m.shape[-1])))
+    return ok & (sv.min(-1).values > 1e-12)
+
+
+def fit_dense_batch(
+    fam: Family | str, terms: list[FitTerm], *, refine: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best dense element of ``fam`` (orthogonal or general linear) for a batch of problems
+    at once: every tensor of ``terms`` carries the same leading dimensions (``cross`` (..., n, n),
+    ``gram`` (..., n) or (..., n, n), ``sq_a`` (..., n)). Returns the matrices (..., n, n) and
+    J there (...); each entry is what ``fit_element`` returns for that problem alone (one batched
+    pass instead of many small ones: the per-head-pair costs of attention). ``refine=False``
+    skips the gradient polish of general linear fits (the best closed-form candidate: enough to
+    rank many candidate pairs, at a fraction of the cost)."""
+    fam = family(fam)
+    n = terms[0].cross.shape[-1]
     total_c = sum(t.cross.double() for t in terms)
-    cands = [torch.eye(n, dtype=torch.float64), _procrustes(total_c)]
-    if fam.name == "general_linear":
+    eye = torch.eye(n, dtype=torch.float64).expand_as(total_c)
+    cands = [eye, _procrustes(total_c)]
+    gl = fam.name == "general_linear"
+    if gl:
         fwd = [t for t in terms if t.kind not in INVERSE_KINDS and t.kind != "P"]
         inv = [t for t in terms if t.kind in INVERSE_KINDS]
         for group, inverse in ((fwd, False), (inv, True)):
             if not group:
                 continue
-            m = _lstsq(
-                sum(t.cross.double() for t in group),
-                sum(
-                    (torch.diag(t.gram.double()) if t.gram.dim() == 1 else t.gram.double())
-                    for t in group
-                ),
-            )
-            if m is None or not torch.isfinite(m).all():
-                continue
+            m = _lstsq(sum(t.cross.double() for t in group), sum(_gram_matrix(t) for t in group))
             if inverse:
-                if torch.linalg.svdvals(m).min() < 1e-12:
-                    continue
-                m = torch.linalg.inv(m).T
+                ok = _invertible(m)
+                m = torch.linalg.inv_ex(torch.where(ok[..., None, None], m, eye))[0]
+                m = m.transpose(-1, -2).masked_fill(~ok[..., None, None], math.nan)
             cands.append(m)
-    scored = []
-    for m in cands:
-        if fam.name == "general_linear" and torch.linalg.svdvals(m).min() < 1e-12:
-            continue
-        scored.append((_dense_objective(m, terms), m))
-    val, m = min(scored, key=lambda vm: vm[0])
-    if fam.name == "general_linear" and any(t.kind in INVERSE_KINDS for t in terms):
-        m, val = _refine_gl(m, val, terms)
-    return DenseElement(m), val
+    best_m, best_v = eye.clone(), _dense_objective(eye, terms)
+    for m in cands[1:]:
+        ok = _invertible(m) if gl else torch.isfinite(m).all(-1).all(-1)
+        safe = torch.where(ok[..., None, None], m, eye)
+        v = _dense_objective(safe, terms).masked_fill(~ok, math.inf)
+        better = v < best_v
+        best_m = torch.where(better[..., None, None], safe, best_m)
+        best_v = torch.where(better, v, best_v)
+    if refine and gl and any(t.kind in INVERSE_KINDS for t in terms):
+        best_m, best_v = _refine_gl(best_m, best_v, terms)
+    return best_m, best_v
 
 
-def _refine_gl(m: torch.Tensor, val: float, terms: list[FitTerm], steps: int = 30):
-    """Safeguarded gradient descent on J(M) over GL (A and A^-T terms together)."""
-    lr = 1.0 / max(
-        1e-12, float(sum(t.gram.double().abs().sum() for t in terms)) / max(1, m.shape[0])
-    )
+def _fit_dense(fam: Family, terms: list[FitTerm], n: int) -> tuple[GroupElement, float]:
+    one = [FitTerm(t.kind, t.cross[None], t.gram[None], t.sq_a[None]) for t in terms]
+    m, val = fit_dense_batch(fam, one)
+    return DenseElement(m[0]), float(val[0])
+
+
+def _refine_gl(m: torch.Tensor, val: torch.Tensor, terms: list[FitTerm], steps: int = 30):
+    """Safeguarded gradient descent on J(M) over GL (A and A^-T terms together), every batch
+    entry with its own step size: a step is taken only where it lowers J (a singular M scores
+    +inf, a nearly singular one the large J of its inverse); an entry stops when 20 shrinking
+    tries in a row fail to lower it. An entry that ends nearly singular (smallest singular value
+    under 1e-12, checked once at the end: an SVD per try cost more than the descent) keeps its
+    start."""
+    m0, val0 = m, val
+    n = m.shape[-1]
+    # The first step size: 1 / (mean absolute B moment per row), as for a single problem.
+    size = sum(t.gram.double().abs().flatten(t.cross.dim() - 2).sum(-1) for t in terms)
+    lr = 1.0 / (size / max(1, n)).clamp_min(1e-12)
+    lr = lr.expand(val.shape).clone()
+    active = torch.ones_like(val, dtype=torch.bool)
     for _ in range(steps):
         x = m.clone().requires_grad_(True)
-        j = _dense_objective_t(x, terms)
-        (grad,) = torch.autograd.grad(j, x)
-        improved = False
+        (grad,) = torch.autograd.grad(_dense_objective(x, terms).sum(), x)
+        pending = active.clone()
         for _half in range(20):
-            cand = (m - lr * grad).detach()
-            if torch.linalg.svdvals(cand).min() > 1e-12:
-                v = _dense_objective(cand, terms)
-                if v < val:
-                    m, val, improved = cand, v, True
-                    lr *= 2.0
-                    break
-            lr /= 4.0
-        if not improved:
+            if not pending.any():
+                break
+            cand = m - lr[..., None, None] * grad
+            v = _dense_objective(cand, terms).detach()
+            take = pending & (v < val)  # NaN and +inf never lower J
+            m = torch.where(take[..., None, None], cand, m)
+            val = torch.where(take, v, val)
+            lr = torch.where(take, lr * 2.0, torch.where(pending, lr / 4.0, lr))
+            pending = pending & ~take
+        active = active & ~pending  # no improving step found: this entry stops
+        if not active.any():
             break
-    return m, val
-
-
-def _dense_objective_t(m: torch.Tensor, terms: list[FitTerm]) -> torch.Tensor:
-    total = m.new_zeros(())
-    inv_t = torch.linalg.inv(m).T
-    for t in terms:
-        mk = inv_t if t.kind in INVERSE_KINDS else m
-        g = t.gram.double()
-        gm = torch.diag(g) if g.dim() == 1 else g
-        total = total + t.sq_a.double().sum() - 2.0 * (mk * t.cross.double()).sum()
-        total = total + (mk @ gm * mk).sum()
-    return total
+    ok = _invertible(m)
+    return torch.where(ok[..., None, None], m, m0), torch.where(ok, val, val0)
 
 
 def fit_element(

@@ -20,11 +20,17 @@ def _has(rows: list[Row], key: str) -> bool:
     return any(key in r.metrics for r in rows)
 
 
+def is_merge(row: Row) -> bool:
+    """A many-model merge row of the stage (its config lists ``models``), not a pair's."""
+    return "models" in row.config
+
+
 def alignment_table(rows: list[Row]) -> list[dict]:
     """Per architecture and alignment: loss barrier (BN re-estimated / not / REPAIR), accuracy at
-    the midpoint, relative weight distance to A and the time to align (mean +- std over pairs)."""
+    the midpoint, relative weight distance to A and the time to align (mean +- std over pairs).
+    Many-model merge rows are left to ``merge_table``."""
     by: dict = defaultdict(list)
-    for r in rows:
+    for r in (r for r in rows if not is_merge(r)):
         by[(r.config["arch"], r.config["alignment"])].append(r)
     out = []
     for (arch, label), rs in sorted(by.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
@@ -55,6 +61,33 @@ def alignment_table(rows: list[Row]) -> list[dict]:
     return out
 
 
+def merge_table(rows: list[Row]) -> list[dict]:
+    """Per architecture and reference (mean: MergeMany; first: every model aligned to the first):
+    test accuracy (%) of the inputs (mean), their ensemble, the merge with BN re-estimated and
+    REPAIRed, the merge as a share of the ensemble, rounds and seconds to align."""
+    out = []
+    merges = sorted((r for r in rows if is_merge(r)), key=lambda r: (r.config["arch"],
+                                                                     r.config["alignment"]))  # fmt: skip
+    for r in merges:
+        m = r.metrics
+        ens = m["ensemble_accuracy"]
+        out.append(
+            {
+                "arch": r.config["arch"],
+                "merge": r.config["alignment"],
+                "models": len(r.config["models"]),
+                "inputs %": f"{100 * float(np.mean(m['input_accuracies'])):.1f}",
+                "ensemble %": f"{100 * ens:.1f}",
+                "merged % (BN reset)": f"{100 * m['merged_accuracy']:.1f}",
+                "merged % (REPAIR)": f"{100 * m['repair_accuracy']:.1f}",
+                "REPAIR / ensemble": f"{m['repair_accuracy'] / ens:.2f}" if ens > 0 else "-",
+                "rounds": str(m["rounds"]),
+                "align s": f"{m['align_seconds']:.2f}",
+            }
+        )
+    return out
+
+
 def alignment_figure(rows: list[Row]):
     """Mean test loss along alpha per alignment (BN re-estimated), one panel per architecture."""
     if not rows:
@@ -66,7 +99,7 @@ def alignment_figure(rows: list[Row]):
     for ax, arch in zip(axes[0], archs, strict=True):
         by: dict = defaultdict(list)
         for r in rows:
-            if r.config["arch"] == arch and "losses_bn_reset" in r.metrics:
+            if r.config["arch"] == arch and "losses_bn_reset" in r.metrics and not is_merge(r):
                 by[r.config["alignment"]].append(r)
         for label in sorted(by, key=_order):
             rs = by[label]

@@ -343,7 +343,10 @@ def _section_parts(rows_by_kind: dict[str, list[Row]]) -> list[str]:
     d = rows_by_kind.get("dissection", [])
     if d:
         parts += ["<h2>Section 6: dissection</h2>", _img(F.dissection_figure(d), "dissection")]
-    al = rows_by_kind.get("alignment", [])
+    from intertwiner.report.alignment import is_merge, merge_table
+
+    al = [r for r in rows_by_kind.get("alignment", []) if not is_merge(r)]
+    merges = merge_table(rows_by_kind.get("alignment", []))
     if al:
         from intertwiner.report.alignment import alignment_figure, alignment_table
 
@@ -355,6 +358,15 @@ def _section_parts(rows_by_kind: dict[str, list[Row]]) -> list[str]:
             "the endpoint losses. Mean ± std over pairs.</p>",
             _img(alignment_figure(al), "barrier curves"),
             _table(alignment_table(al)),
+        ]
+    if merges:
+        parts += [
+            "<h2>Beyond the paper: merging many models</h2>",
+            "<p>Three models of one architecture aligned (weights, full group) to their common "
+            "mean (MergeMany) or to the first, averaged with BatchNorm re-estimated, then "
+            "REPAIRed; test accuracy against the inputs and their ensemble (averaged "
+            "probabilities).</p>",
+            _table(merges),
         ]
     gr = rows_by_kind.get("grounding", [])
     if gr:
