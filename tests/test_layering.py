@@ -21,6 +21,7 @@ LAYERS = {
     "layouts": 1,
     "_validate": 2,
     "stats": 2,
+    "rows": 2,  # the result-row schema: experiments write it, report reads it
     "groups": 3,
     "store": 3,
     "runners": 3,

@@ -15,6 +15,7 @@ import time
 from intertwiner.data import random_subset as _subset
 from intertwiner.experiments.base import Stage
 from intertwiner.experiments.common import load_data, load_model
+from intertwiner.rows import AlignmentJob, AlignmentResult
 
 #: (label, method, group)
 ALIGNMENTS = [
@@ -62,36 +63,25 @@ def alignment_job(config: dict) -> dict:
         out[f"losses_{tag}"] = c.losses
         out[f"accuracies_{tag}"] = c.accuracies
         out["has_bn"] = c.reset_bn or out.get("has_bn", False)
-    return out
+    return AlignmentResult.from_json(out).to_json()
 
 
 def stage(
     model_pairs: dict[str, list[tuple[dict, dict]]],
-    alphas: int = 5,
-    eval_samples: int = 500,
-    bn_samples: int = 1000,
+    alphas: int,
+    eval_samples: int,
+    bn_samples: int,
 ) -> Stage:
     """Jobs over arch x pair x alignment (see ``ALIGNMENTS``)."""
     configs = []
     for arch, ps in model_pairs.items():
         for p, (a, b) in enumerate(ps):
             for label, method, group in ALIGNMENTS:
-                configs.append(
-                    {
-                        "stage": "alignment",
-                        "arch": arch,
-                        "pair": p,
-                        "model_a": a,
-                        "model_b": b,
-                        "data": a["data"],
-                        "alignment": label,
-                        "method": method,
-                        "group": group,
-                        "alphas": alphas,
-                        "eval_samples": eval_samples,
-                        "bn_samples": bn_samples,
-                    }
-                )
+                job = AlignmentJob(stage="alignment", arch=arch, pair=p, model_a=a, model_b=b,
+                                   data=a["data"], alignment=label, method=method, group=group,
+                                   alphas=alphas, eval_samples=eval_samples,
+                                   bn_samples=bn_samples)  # fmt: skip
+                configs.append(job.to_json())
     return Stage(
         name="alignment",
         kind="alignment",

@@ -7,6 +7,7 @@ from collections import defaultdict
 import numpy as np
 
 from intertwiner.report.figures import mean_std
+from intertwiner.rows import AlignmentJob, AlignmentResult, TypedRow, read
 from intertwiner.store import Row
 
 ORDER = ["none", "perm/weights", "full/weights", "perm/activations", "full/activations"]
@@ -16,24 +17,25 @@ def _order(label: str) -> int:
     return ORDER.index(label) if label in ORDER else len(ORDER)
 
 
-def _has(rows: list[Row], key: str) -> bool:
-    return any(key in r.metrics for r in rows)
+def _has(rows: list[TypedRow], key: str) -> bool:
+    return any(getattr(r.result, key) is not None for r in rows)
 
 
 def alignment_table(rows: list[Row]) -> list[dict]:
     """Per architecture and alignment: loss barrier (BN re-estimated / not / REPAIR), accuracy at
     the midpoint, relative weight distance to A and the time to align (mean +- std over pairs)."""
     by: dict = defaultdict(list)
-    for r in rows:
-        by[(r.config["arch"], r.config["alignment"])].append(r)
+    for r in read(rows, "alignment"):
+        by[(r.job.arch, r.job.alignment)].append(r)
     out = []
     for (arch, label), rs in sorted(by.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
 
         def ms(key, scale=1.0, rs=rs):
-            m, s, _ = mean_std([scale * r.metrics[key] for r in rs if key in r.metrics])
+            values = [getattr(r.result, key) for r in rs]
+            m, s, _ = mean_std([scale * v for v in values if v is not None])
             return f"{m:.3f} ± {s:.3f}"
 
-        has_bn = any(r.metrics.get("has_bn") for r in rs)
+        has_bn = any(r.result.has_bn for r in rs)
         out.append(
             {
                 "arch": arch,
@@ -49,7 +51,7 @@ def alignment_table(rows: list[Row]) -> list[dict]:
                     ms("mid_accuracy_repair", 100.0) if _has(rs, "mid_accuracy_repair") else "-"
                 ),
                 "distance to A": ms("distance_after"),
-                "align s": f"{mean_std([r.metrics['align_seconds'] for r in rs])[0]:.2f}",
+                "align s": f"{mean_std([r.result.align_seconds for r in rs])[0]:.2f}",
             }
         )
     return out
@@ -61,17 +63,18 @@ def alignment_figure(rows: list[Row]):
         return None
     from intertwiner.report.figures import subplots
 
-    archs = sorted({r.config["arch"] for r in rows})
+    typed: list[TypedRow[AlignmentJob, AlignmentResult]] = read(rows, "alignment")
+    archs = sorted({r.job.arch for r in typed})
     fig, axes = subplots(1, len(archs), figsize=(4.2 * len(archs), 3.2), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=True):
         by: dict = defaultdict(list)
-        for r in rows:
-            if r.config["arch"] == arch and "losses_bn_reset" in r.metrics:
-                by[r.config["alignment"]].append(r)
+        for r in typed:
+            if r.job.arch == arch and r.result.losses_bn_reset is not None:
+                by[r.job.alignment].append(r)
         for label in sorted(by, key=_order):
             rs = by[label]
-            alphas = rs[0].metrics["alphas_bn_reset"]
-            losses = np.mean([r.metrics["losses_bn_reset"] for r in rs], axis=0)
+            alphas = rs[0].result.alphas_bn_reset
+            losses = np.mean([r.result.losses_bn_reset for r in rs], axis=0)
             ax.plot(alphas, losses, marker="o", ms=3, label=label)
         ax.set_title(arch, fontsize=9)
         ax.set_xlabel("alpha (0 = A, 1 = aligned B)")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from intertwiner.report.figures import _points, dissection_table
+from intertwiner.rows import read
 from intertwiner.stats import (
     FAILS,
     HOLDS,
@@ -78,10 +79,9 @@ def sanity_claims(rows: list[Row], activation: str = "relu") -> list[dict]:
     """Orthogonal penalty > G_ReLU penalty, per layer and averaged over layers (Welch); the same
     against the permutation-only control when its rows exist."""
     by: dict = defaultdict(lambda: defaultdict(dict))
-    for r in rows:
-        c = r.config
-        if c.get("activation") == activation:
-            by[c["group"]][c["layer"]][c["repeat"]] = _points(r.metrics["penalty"])
+    for r in read(rows, "sanity"):
+        if r.job.activation == activation:
+            by[r.job.group][r.job.layer][r.job.repeat] = _points(r.result.penalty)
     out = []
     for ref in ("G_ReLU", "permutation"):
         if ref in by and "orthogonal" in by:
@@ -114,9 +114,9 @@ def _penalty_claims(g: dict, o: dict, ref: str, activation: str) -> list[dict]:
 def absorb_claims(rows: list[Row], activation: str = "relu") -> list[dict]:
     """Closed-form refit: G_ReLU drop within ±0.1 point, orthogonal drop above 0.1 point (t)."""
     by: dict = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r.config.get("activation") == activation:
-            by[r.config["group"]][r.config["layer"]].append(_points(r.metrics["drop"]))
+    for r in read(rows, "absorb"):
+        if r.job.activation == activation:
+            by[r.job.group][r.job.layer].append(_points(r.result.drop))
     exp = f"3.3 sanity test ({activation}, closed-form refit)"
     out = []
     for group, low, high, text in (
@@ -141,10 +141,11 @@ def absorb_claims(rows: list[Row], activation: str = "relu") -> list[dict]:
 def per_pair_diagonal(rows: list[Row], arch: str, metric: str) -> dict[int, np.ndarray]:
     """pair -> diagonal of the layer x layer matrix of ``metric``."""
     out = {}
-    for r in rows:
-        if r.config.get("arch") == arch and metric in r.metrics:
-            mat = np.array([[np.nan if v is None else v for v in row] for row in r.metrics[metric]])
-            out[r.config["pair"]] = np.diag(mat)
+    for r in read(rows, "metrics"):
+        values = r.result.matrix(metric) if r.job.arch == arch else None
+        if values is not None:
+            mat = np.array([[np.nan if v is None else v for v in row] for row in values])
+            out[r.job.pair] = np.diag(mat)
     return out
 
 
@@ -172,10 +173,10 @@ def metric_claims(rows: list[Row], arch: str, sites: Sequence[str]) -> list[dict
 def stitching_claims(rows: list[Row], arch: str) -> list[dict]:
     """G_ReLU − full stitching penalty > 0, mean over sites per pair (paired t over pairs)."""
     by: dict = defaultdict(lambda: defaultdict(dict))
-    for r in rows:
-        c = r.config
-        if c.get("arch") == arch:
-            by[c["layer_label"]][c["pair"]][c["site_index"]] = _points(r.metrics["penalty"])
+    for r in read(rows, "stitching"):
+        c = r.job
+        if c.arch == arch:
+            by[c.layer_label][c.pair][c.site_index] = _points(r.result.penalty)
     f, g = by.get("full", {}), by.get("perm_scale", {})
     keys = sorted(set(f) & set(g))
     if not keys:
