@@ -58,6 +58,7 @@ __all__ = [
     "TypedRow",
     "ZooJob",
     "ZooResult",
+    "check_type",
     "optional",
     "StoredRow",
     "nullable",
