@@ -27,7 +27,7 @@ import functools
 import numbers
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -82,9 +82,33 @@ def nullable() -> Any:
 
 
 # -- the checking machinery ---------------------------------------------------------------------
+Checker = Callable[[Any, str], None]
+
+
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _layout(cls: type) -> tuple[tuple[str, Checker, bool, bool], ...]:
+    """(name, check, required, omitted when None) of each declared field of a Record."""
+    hints = _hints(cls)
+    return tuple(
+        (
+            f.name,
+            _checker(hints[f.name]),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            bool(f.metadata.get("omit_none")),
+        )
+        for f in dataclasses.fields(cls)
+        if f.name != "extra"
+    )
+
+
+@functools.cache
+def _names(cls: type) -> frozenset[str]:
+    return frozenset(name for name, *_ in _layout(cls))
 
 
 def _describe(value: Any) -> str:
@@ -94,59 +118,94 @@ def _describe(value: Any) -> str:
 
 def check_type(value: Any, tp: Any, where: str) -> None:
     """Raise RowSchemaError naming ``where`` when the JSON value ``value`` is not of type ``tp``
-    (str, int, float (ints accepted), bool, None, ``list[X]``, ``dict[str, X]``, unions,
-    ``Literal``, ``Any``, or a Record subclass given as a plain dict or an instance)."""
-    if not _fits(value, tp):
-        name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        raise RowSchemaError(f"{where}: expected {name}, got {_describe(value)}")
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple) and isinstance(value, list | tuple):
-        (arg, *_) = typing.get_args(tp) or (Any,)
-        for i, v in enumerate(value):
-            check_type(v, arg, f"{where}[{i}]")
-    elif origin is dict and isinstance(value, dict):
-        _, arg = typing.get_args(tp) or (str, Any)
-        for k, v in value.items():
-            check_type(v, arg, f"{where}.{k}")
+    (str, int, float (ints accepted), bool, None, ``list[X]``, ``dict[str, X]``, unions (the
+    first arm whose outer type fits decides), ``Literal``, ``Any``)."""
+    _checker(tp)(value, where)
 
 
-def _fits(value: Any, tp: Any) -> bool:
-    """Whether ``value`` has the outer type ``tp`` (containers' items are checked by the caller)."""
+@functools.cache
+def _checker(tp: Any) -> Checker:
+    """The check of annotation ``tp``, built once per annotation (rows are read by thousands)."""
     if tp is Any:
-        return True
-    if tp is None or tp is type(None):
-        return value is None
-    origin = typing.get_origin(tp)
+        return lambda value, where: None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) and _items_fit(value, a) for a in typing.get_args(tp))
+        arms = [(_outer(a), _checker(a)) for a in args]
+
+        def union(value: Any, where: str) -> None:
+            for fits, check in arms:
+                if fits(value):
+                    return check(value, where)
+            _mismatch(value, tp, where)
+
+        return union
+    fits = _outer(tp)
+    if origin in (list, tuple) and args and args[0] is not Any:
+        item = _checker(args[0])
+
+        def sequence(value: Any, where: str) -> None:
+            if not fits(value):
+                _mismatch(value, tp, where)
+            for i, v in enumerate(value):
+                item(v, f"{where}[{i}]")
+
+        return sequence
+    if origin is dict and len(args) == 2 and args[1] is not Any:
+        entry = _checker(args[1])
+
+        def mapping(value: Any, where: str) -> None:
+            if not fits(value):
+                _mismatch(value, tp, where)
+            for k, v in value.items():
+                entry(v, f"{where}.{k}")
+
+        return mapping
+
+    def plain(value: Any, where: str) -> None:
+        if not fits(value):
+            _mismatch(value, tp, where)
+
+    return plain
+
+
+def _mismatch(value: Any, tp: Any, where: str) -> typing.NoReturn:
+    name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    raise RowSchemaError(f"{where}: expected {name}, got {_describe(value)}")
+
+
+def _outer(tp: Any) -> Callable[[Any], bool]:
+    """Whether a value has the outer type ``tp`` (containers' items are checked apart)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return lambda v: True
+    if tp is None or tp is type(None):
+        return lambda v: v is None
+    if origin in (typing.Union, types.UnionType):
+        arms = [_outer(a) for a in typing.get_args(tp)]
+        return lambda v: any(f(v) for f in arms)
     if origin is Literal:
-        return value in typing.get_args(tp)
+        allowed = typing.get_args(tp)
+        return lambda v: v in allowed
     if origin in (list, tuple) or tp in (list, tuple):
-        return isinstance(value, list | tuple)
+        return lambda v: isinstance(v, list | tuple)
     if origin is dict or tp is dict:
-        return isinstance(value, dict)
+        return lambda v: isinstance(v, dict)
     # numpy scalars count (the store writes them as JSON numbers); a bool is no number here
     if tp is bool:
-        return _is_bool(value)
+        return _is_bool
     if tp is int:
-        return isinstance(value, numbers.Integral) and not _is_bool(value)
+        return lambda v: isinstance(v, numbers.Integral) and not _is_bool(v)
     if tp is float:
-        return isinstance(value, numbers.Real) and not _is_bool(value)
+        return lambda v: isinstance(v, numbers.Real) and not _is_bool(v)
+    if tp is str:
+        return lambda v: isinstance(v, str)
     if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True  # pragma: no cover (an annotation this checker does not know: no claim made)
+        return lambda v: isinstance(v, tp)
+    return lambda v: True  # pragma: no cover (an annotation this checker does not know)
 
 
 def _is_bool(value: Any) -> bool:
     return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy.bool_
-
-
-def _items_fit(value: Any, tp: Any) -> bool:
-    try:
-        check_type(value, tp, "")
-    except RowSchemaError:
-        return False
-    return True
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -160,28 +219,23 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict, kw_only=True, repr=False)
 
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for f in dataclasses.fields(self):
-            if f.name != "extra":
-                check_type(getattr(self, f.name), hints[f.name], f"{self.LABEL} field {f.name}")
-        clash = sorted(self.extra.keys() & self._names())
+        for name, check, _, _ in _layout(type(self)):
+            check(getattr(self, name), f"{self.LABEL} field {name}")
+        clash = self.extra.keys() & self._names() if self.extra else ()
         if clash:
-            raise RowSchemaError(f"{self.LABEL}: extra keys {clash} are declared fields")
+            raise RowSchemaError(f"{self.LABEL}: extra keys {sorted(clash)} are declared fields")
 
     @classmethod
-    def _names(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    def _names(cls) -> frozenset[str]:
+        return _names(cls)
 
     def to_json(self) -> dict[str, Any]:
         """The plain JSON object (declared fields, then ``extra``); nested values as given."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            if value is None and f.metadata.get("omit_none"):
-                continue
-            out[f.name] = value
+        for name, _, _, omit_none in _layout(type(self)):
+            value = getattr(self, name)
+            if value is not None or not omit_none:
+                out[name] = value
         return {**out, **self.extra}
 
     @classmethod
@@ -190,16 +244,14 @@ class Record:
         where = where or cls.LABEL
         if not isinstance(data, Mapping):
             raise RowSchemaError(f"{where}: expected a JSON object, got {_describe(data)}")
-        names = cls._names()
-        for f in dataclasses.fields(cls):
-            required = f.default is dataclasses.MISSING and (
-                f.default_factory is dataclasses.MISSING
-            )
-            if f.name in names and required and f.name not in data:
+        layout = _layout(cls)
+        for name, _, required, _ in layout:
+            if required and name not in data:
                 raise RowSchemaError(
-                    f"{where}: field {f.name!r} is missing (it has {sorted(data)}); the row was "
+                    f"{where}: field {name!r} is missing (it has {sorted(data)}); the row was "
                     "not written by this stage kind, or by a version that did not record it"
                 )
+        names = _names(cls)
         try:
             return cls(
                 **{k: v for k, v in data.items() if k in names},
