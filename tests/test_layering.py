@@ -22,6 +22,7 @@ LAYERS = {
     "_validate": 2,
     "stats": 2,
     "_paired": 2,
+    "rows": 2,  # the result-row schema: experiments write it, report reads it
     "groups": 3,
     "store": 3,
     "runners": 3,

@@ -13,8 +13,17 @@ from intertwiner.cli._app import (
     fail,
 )
 
-
 # ---- reproduce / results / report ---------------------------------------------------------------
+# A list option: declared once here (a call in the signature would be a mutable default).
+_SET = typer.Option(
+    None,
+    "--set",
+    help="Change one setting of the preset, KEY=VALUE with a dotted key (stitch.epochs=3, "
+    "sanity.absorb.max_rows=50000, alignment=null); repeatable. Part of the run's "
+    "configuration: a run folder made without it refuses it (see --new-run).",
+)
+
+
 @app.command()
 def reproduce(
     out: str | None = typer.Option(
@@ -64,6 +73,7 @@ def reproduce(
         "beside it instead of refusing.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    settings: list[str] | None = _SET,
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
@@ -80,7 +90,7 @@ def reproduce(
     from intertwiner.experiments.pipeline import reproduce as run
 
     if dry_run:
-        _dry_run(preset, data, data_dir)
+        _dry_run(preset, data, data_dir, settings)
         return
     if not out:
         typer.echo("error: --out is required (or pass --dry-run)", err=True)
@@ -90,7 +100,7 @@ def reproduce(
     try:
         summary = run(out, preset=preset, data=data, data_dir=data_dir, executor=executor,
                       workers=workers, progress=not quiet, executor_options=opts,
-                      new_run=new_run)  # fmt: skip
+                      new_run=new_run, overrides=settings)  # fmt: skip
     except (IntertwinerError, ValueError) as e:  # bad option / data / folder held by another run
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -123,7 +133,9 @@ def _executor_options(
     return {} if threads is None else {"threads_per_worker": threads}
 
 
-def _dry_run(preset: str, data: str | None, data_dir: str | None) -> None:
+def _dry_run(
+    preset: str, data: str | None, data_dir: str | None, settings: list[str] | None
+) -> None:
     """``reproduce --dry-run``: the plan beside the paper's protocol (exit 2 on a bad option)."""
     from intertwiner.errors import IntertwinerError
     from intertwiner.experiments.dryrun import describe_plan
@@ -131,7 +143,7 @@ def _dry_run(preset: str, data: str | None, data_dir: str | None) -> None:
 
     try:
         check_options(preset, "local", None)
-        typer.echo(describe_plan(preset, data=data, data_dir=data_dir))
+        typer.echo(describe_plan(preset, data=data, data_dir=data_dir, overrides=settings))
     except (IntertwinerError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

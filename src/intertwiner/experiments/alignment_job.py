@@ -21,6 +21,7 @@ import time
 from intertwiner.data import random_subset as _subset
 from intertwiner.experiments.base import Stage
 from intertwiner.experiments.common import load_data, load_model
+from intertwiner.rows import AlignmentJob, AlignmentResult, MergeJob, MergeResult, is_merge
 
 #: (label, method, group)
 ALIGNMENTS = [
@@ -45,7 +46,7 @@ def alignment_job(config: dict) -> dict:
     A config with ``models`` is a many-model merge instead (``merge_job``)."""
     from intertwiner.alignment import align, interpolate, weight_distance
 
-    if "models" in config:
+    if is_merge(config):
         return merge_job(config)
     splits = load_data(config["data"])
     a = load_model(config, config["model_a"])
@@ -79,7 +80,7 @@ def alignment_job(config: dict) -> dict:
         out[f"losses_{tag}"] = c.losses
         out[f"accuracies_{tag}"] = c.accuracies
         out["has_bn"] = c.reset_bn or out.get("has_bn", False)
-    return out
+    return AlignmentResult.from_json(out).to_json()
 
 
 def merge_job(config: dict) -> dict:
@@ -109,15 +110,15 @@ def merge_job(config: dict) -> dict:
     merged = merge(aligned, method=None, bn_data=train, example_input=example)
     repaired = merge(aligned, method=None, bn_data=train, repair=True, example_input=example)
     rep = merge_report(merged, models, test)
-    return {
-        "align_seconds": seconds,
-        "rounds": rounds,
-        "input_accuracies": [r["accuracy"] for r in rep.inputs],
-        "ensemble_accuracy": rep.ensemble["accuracy"],
-        "merged_accuracy": rep.merged["accuracy"],
-        "merged_loss": rep.merged["loss"],
-        "repair_accuracy": evaluate(repaired, test)["accuracy"],
-    }
+    return MergeResult(
+        align_seconds=seconds,
+        rounds=rounds,
+        input_accuracies=[r["accuracy"] for r in rep.inputs],
+        ensemble_accuracy=rep.ensemble["accuracy"],
+        merged_accuracy=rep.merged["accuracy"],
+        merged_loss=rep.merged["loss"],
+        repair_accuracy=evaluate(repaired, test)["accuracy"],
+    ).to_json()
 
 
 def _merge_configs(
@@ -134,49 +135,30 @@ def _merge_configs(
         if len(distinct) < MERGE_K:
             continue  # e.g. a preset of 2 seeds: no K-model merge
         for ref in MERGE_REFERENCES:
-            configs.append(
-                {
-                    "stage": "alignment",
-                    "arch": arch,
-                    "models": distinct[:MERGE_K],
-                    "data": distinct[0]["data"],
-                    "alignment": f"merge{MERGE_K}/{ref}",
-                    "reference": ref,
-                    "max_iter": MERGE_MAX_ITER,
-                    "eval_samples": eval_samples,
-                    "bn_samples": bn_samples,
-                }
-            )
+            job = MergeJob(stage="alignment", arch=arch, models=distinct[:MERGE_K],
+                           data=distinct[0]["data"], alignment=f"merge{MERGE_K}/{ref}",
+                           reference=ref, max_iter=MERGE_MAX_ITER, eval_samples=eval_samples,
+                           bn_samples=bn_samples)  # fmt: skip
+            configs.append(job.to_json())
     return configs
 
 
 def stage(
     model_pairs: dict[str, list[tuple[dict, dict]]],
-    alphas: int = 5,
-    eval_samples: int = 500,
-    bn_samples: int = 1000,
+    alphas: int,
+    eval_samples: int,
+    bn_samples: int,
 ) -> Stage:
     """Jobs over arch x pair x alignment (see ``ALIGNMENTS``), then the many-model merges."""
     configs = []
     for arch, ps in model_pairs.items():
         for p, (a, b) in enumerate(ps):
             for label, method, group in ALIGNMENTS:
-                configs.append(
-                    {
-                        "stage": "alignment",
-                        "arch": arch,
-                        "pair": p,
-                        "model_a": a,
-                        "model_b": b,
-                        "data": a["data"],
-                        "alignment": label,
-                        "method": method,
-                        "group": group,
-                        "alphas": alphas,
-                        "eval_samples": eval_samples,
-                        "bn_samples": bn_samples,
-                    }
-                )
+                job = AlignmentJob(stage="alignment", arch=arch, pair=p, model_a=a, model_b=b,
+                                   data=a["data"], alignment=label, method=method, group=group,
+                                   alphas=alphas, eval_samples=eval_samples,
+                                   bn_samples=bn_samples)  # fmt: skip
+                configs.append(job.to_json())
     configs += _merge_configs(model_pairs, eval_samples, bn_samples)
     return Stage(
         name="alignment",

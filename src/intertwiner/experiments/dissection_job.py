@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from intertwiner.experiments.base import Stage
 from intertwiner.experiments.common import load_data, load_model
+from intertwiner.rows import DissectionJob, DissectionResult
 
 
 def dissection_job(config: dict) -> dict:
@@ -24,15 +25,9 @@ def dissection_job(config: dict) -> dict:
         powers=config["rotations"], seed=config["seed"], progress=False,
     )  # fmt: skip
     counts = {r["basis"]: r["n_interpretable"] for r in res["rows"]}
-    return {
-        "layer": layer,
-        "group": res["group"],
-        "powers": res["powers"],
-        "power_counts": res["power_counts"],
-        "counts": counts,
-        "n_units": res["rows"][0]["n_units"],
-        "rows": res["rows"],
-    }
+    return DissectionResult(layer=layer, group=res["group"], powers=res["powers"],
+                            power_counts=res["power_counts"], counts=counts,
+                            n_units=res["rows"][0]["n_units"], rows=res["rows"]).to_json()  # fmt: skip
 
 
 def stage(
@@ -43,14 +38,14 @@ def stage(
     seed: int = 0,
 ) -> Stage:
     configs = [
-        {
-            "stage": "dissection",
-            "model": m,
-            "layer": lay,
-            "rotations": list(rotations),
-            "n_orthogonal": n_orthogonal,
-            "seed": seed,
-        }
+        DissectionJob(
+            stage="dissection",
+            model=m,
+            layer=lay,
+            rotations=list(rotations),
+            n_orthogonal=n_orthogonal,
+            seed=seed,
+        ).to_json()  # fmt: skip
         for m in models
         for lay in layers
     ]

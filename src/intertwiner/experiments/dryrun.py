@@ -9,9 +9,12 @@ the settings that vary between its jobs.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
+from intertwiner.experiments import presets
 from intertwiner.experiments.base import Stage, stored_config
 from intertwiner.experiments.presets import build_plan
+from intertwiner.experiments.settings import override
 
 __all__ = ["PAPER_PROTOCOL", "describe_plan"]
 
@@ -103,10 +106,14 @@ def describe_stage(stage: Stage, max_jobs: int | None = None) -> list[str]:
 
 def describe_plan(
     preset: str, data: str | None = None, data_dir: str | None = None,
-    max_jobs: int | None = None,
+    max_jobs: int | None = None, overrides: Sequence[str] | None = None,
 ) -> str:  # fmt: skip
-    """The dry-run text of ``preset`` (no data read, nothing written)."""
-    stages = build_plan(preset, data=data, data_dir=data_dir, check_data=False)
+    """The dry-run text of ``preset`` (no data read, nothing written), with ``overrides``
+    (``settings.override``) applied."""
+    settings = presets.get(preset)
+    if overrides:
+        settings = override(settings, overrides)
+    stages = build_plan(settings, data=data, data_dir=data_dir, check_data=False)
     total = sum(len(s.configs) for s in stages)
     lines = [f"preset {preset}: {len(stages)} stages, {total} jobs (dry run: nothing is run)"]
     for st in stages:

@@ -17,6 +17,7 @@ import warnings
 from typing import Any
 
 from intertwiner.experiments.base import Stage, run_dir
+from intertwiner.rows import GroundingJob, GroundingResult, GroundingZooJob, GroundingZooResult
 
 CACHE = "checkpoints/grounding"
 
@@ -37,7 +38,7 @@ def zoo_job(config: dict) -> dict:
     splits = data.load(mg.ZOOS[cfg.zoo]["data"])
     model = mg.trained_model(cfg, splits, config["seed"], config["random_labels"],
                              run_dir(config) / CACHE)  # fmt: skip
-    return {"test_accuracy": mg.test_accuracy(model, splits)}
+    return GroundingZooResult(test_accuracy=mg.test_accuracy(model, splits)).to_json()
 
 
 def measure_job(config: dict) -> dict:
@@ -49,8 +50,8 @@ def measure_job(config: dict) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)  # constant layers: documented values
         report = mg.run(cfg, cache=run_dir(config) / CACHE)
     (score,) = report.scores
-    return {"score": score.to_dict(), "test_accuracy": report.test_accuracy,
-            "random_label_accuracy": report.random_label_accuracy}  # fmt: skip
+    return GroundingResult(score=score.to_dict(), test_accuracy=report.test_accuracy,
+                           random_label_accuracy=report.random_label_accuracy).to_json()  # fmt: skip
 
 
 def stages(specs: list[dict]) -> list[Stage]:
@@ -64,9 +65,10 @@ def stages(specs: list[dict]) -> list[Stage]:
         stored = {k: list(v) if isinstance(v, tuple) else v
                   for k, v in dataclasses.asdict(cfg).items() if k != "measures"}  # fmt: skip
         runs = mg.model_runs(cfg)
-        zoo_configs += [{"stage": "grounding_zoo", "grounding": stored, "seed": s,
-                         "random_labels": shuffled} for s, shuffled in runs]  # fmt: skip
-        measure_configs += [{"stage": "grounding", "grounding": stored, "measure": m}
+        zoo_configs += [GroundingZooJob(stage="grounding_zoo", grounding=stored, seed=s,
+                                        random_labels=shuffled).to_json()
+                        for s, shuffled in runs]  # fmt: skip
+        measure_configs += [GroundingJob(stage="grounding", grounding=stored, measure=m).to_json()
                             for m in cfg.measures]  # fmt: skip
     requires = ("intertwiner.metrics:pairwise", "intertwiner.features:capture",
                 "intertwiner.checkpoints:load")  # fmt: skip

@@ -12,6 +12,7 @@ import math
 
 from intertwiner.experiments.base import Stage
 from intertwiner.experiments.common import load_data, load_model
+from intertwiner.rows import MetricsJob, MetricsResult
 
 METRICS = ("cka", "grelu_cka", "orthogonal_procrustes", "grelu_procrustes")
 
@@ -49,7 +50,7 @@ def metrics_job(config: dict) -> dict:
         fa = features.capture(a, subset, sites)
         fb = features.capture(b, subset, sites)
     fns = _metric_fns()
-    out: dict = {"sites": sites, "n_samples": n}
+    mats: dict = {}
     for name in config["metrics"]:
         fn = fns[name]
         mat = []
@@ -62,8 +63,8 @@ def metrics_job(config: dict) -> dict:
                 v = float(fn(fa[sa], fb[sb]))
                 row.append(v if math.isfinite(v) else None)
             mat.append(row)
-        out[name] = mat
-    return out
+        mats[name] = mat
+    return MetricsResult(sites=sites, n_samples=n, extra=mats).to_json()
 
 
 def stage(
@@ -74,17 +75,17 @@ def stage(
 ) -> Stage:
     diag = {m: procrustes_diagonal_only for m in metrics if m.endswith("procrustes")}
     configs = [
-        {
-            "stage": "metrics",
-            "arch": arch,
-            "pair": i,
-            "model_a": a,
-            "model_b": b,
-            "data": a["data"],
-            "n_samples": n_samples,
-            "metrics": list(metrics),
-            "diagonal_only": diag,
-        }
+        MetricsJob(
+            stage="metrics",
+            arch=arch,
+            pair=i,
+            model_a=a,
+            model_b=b,
+            data=a["data"],
+            n_samples=n_samples,
+            metrics=list(metrics),
+            diagonal_only=diag,
+        ).to_json()  # fmt: skip
         for arch, ps in model_pairs.items()
         for i, (a, b) in enumerate(ps)
     ]

@@ -15,16 +15,17 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from intertwiner import _allocator
 from intertwiner import _products as products
 from intertwiner._version import __version__
-from intertwiner.errors import InvalidOptionError
-from intertwiner.experiments import runfolder
+from intertwiner.experiments import presets, runfolder
 from intertwiner.experiments.base import Stage, stored_config
-from intertwiner.experiments.presets import PRESETS, build_plan, resolve_data
+from intertwiner.experiments.presets import build_plan, resolve_data
+from intertwiner.experiments.settings import override
 from intertwiner.runners import EXECUTORS, ExecutorError, get_executor
 from intertwiner.store import DB_NAME, Store, config_key
 
@@ -105,9 +106,7 @@ def check_options(preset: str, executor: str, workers: int | None) -> None:
     count below 1, before anything is created or run."""
     import importlib.util
 
-    if preset not in PRESETS:
-        public = [p for p in PRESETS if p != "test"]  # "test" is for the test suite
-        raise InvalidOptionError(f"unknown preset {preset!r}; choose one of {', '.join(public)}")
+    presets.get(preset)  # an unknown preset, or one that does not fit its schema, is refused
     if executor not in EXECUTORS:
         raise ExecutorError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     package = {"ray": "ray", "slurm": "submitit"}.get(executor)
@@ -162,24 +161,33 @@ def reproduce(
     executor_options: dict | None = None,
     report: bool = True,
     new_run: bool = False,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
 ) -> dict:
     """Run (or resume) the experiments of ``preset`` into ``out`` and write ``out/report.html``.
 
     Every option is checked before anything runs. ``out`` holds one run: if it already holds a run
     of another preset, configuration or data, this raises RunConflictError listing the
     differences, or with ``new_run=True`` writes to ``out-2`` (``out-3``, ...) beside it instead.
+    ``overrides`` change settings of the preset (``["stitch.epochs=3"]``, ``settings.override``);
+    they are part of the run's configuration.
     A second process on the same folder gets RunLockedError. Returns the run summary (per-stage
     status, ``out``: the folder used, ``warnings``, ``first_failure``); stages whose library
     dependency does not import are listed as "not run" with the reason.
     """
     check_options(preset, executor, workers)
+    settings = presets.get(preset)
+    if overrides:
+        settings = override(settings, overrides)  # PresetError naming a bad key
     runfolder.check_location(Path(out))
-    ident = runfolder.identity(preset, PRESETS[preset], resolve_data(preset, data, data_dir))
-    plan = build_plan(preset, data=data, data_dir=data_dir)
+    # the preset's JSON holds the settings it names, never defaults: the identity of a run made
+    # before a default was added or moved does not change (and an override is part of it)
+    config = settings.to_json()
+    ident = runfolder.identity(preset, config, resolve_data(settings, data, data_dir))
+    plan = build_plan(settings, data=data, data_dir=data_dir)
     plan_keys = {config_key(stored_config(c)) for st in plan for c in st.configs}
     out = _target(Path(out), ident, plan_keys, new_run)
     run_info = {"preset": preset, "data": data, "data_dir": data_dir, "argv": sys.argv,
-                "preset_config": PRESETS[preset]}  # fmt: skip
+                "preset_config": config}  # fmt: skip
     with runfolder.RunLock(out):
         diffs = runfolder.conflicts(out, ident, plan_keys)  # again: another run may have begun
         if diffs:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from intertwiner.experiments.base import Stage, run_relative
 from intertwiner.experiments.common import zoo_checkpoint
+from intertwiner.rows import AbsorbJob, AbsorbResult, Record, SanityJob, SanityResult
 
 # Row labels -> transform kinds. "permutation" is G_ReLU without its scaling: it separates what the
 # group membership costs from what badly scaled channels cost the optimiser.
@@ -27,7 +28,7 @@ GROUPS = {
 }
 
 
-def _job(config: dict, run: Callable[[dict], dict], extra: dict) -> dict:
+def _job(config: dict, run: Callable[[dict], dict], extra: dict, result: type[Record]) -> dict:
     """Load the zoo checkpoint, name the site, call ``run`` with the module-level job config."""
     from intertwiner import checkpoints, models
 
@@ -49,37 +50,32 @@ def _job(config: dict, run: Callable[[dict], dict], extra: dict) -> dict:
         }
     )
     row["checkpoint"] = run_relative(config, path)
-    return row
+    return result.from_json(row).to_json()
 
 
 def sanity_job(config: dict) -> dict:
     """One (model, site, transform, repeat) of the retraining sanity test."""
     from intertwiner.experiments import sanity
 
-    extra = {"epochs": config["epochs"], "lr": config.get("lr", 1e-3)}
-    extra.update({k: config[k] for k in ("batch_size", "schedule") if k in config})
-    return _job(config, sanity.run_job, extra)
+    # settings the config leaves out take SanityConfig's defaults
+    extra = {k: config[k] for k in ("epochs", "lr", "batch_size", "schedule") if k in config}
+    return _job(config, sanity.run_job, extra, SanityResult)
 
 
 def absorb_job(config: dict) -> dict:
     """One (model, site, transform, repeat) of the closed-form absorbability test."""
     from intertwiner.experiments import absorb
 
-    return _job(config, absorb.run_job, {"max_rows": config.get("max_rows", 200_000)})
+    extra = {"max_rows": config["max_rows"]} if "max_rows" in config else {}  # else AbsorbConfig's
+    return _job(config, absorb.run_job, extra, AbsorbResult)
 
 
-def _configs(stage: str, models_by_activation: dict[str, dict], layers: int, kinds: Sequence[str],
-             repeats: int, extra: dict) -> list[dict]:  # fmt: skip
+def _configs(job: type[SanityJob | AbsorbJob], stage: str, models_by_activation: dict[str, dict],
+             layers: int, kinds: Sequence[str], repeats: int, extra: dict) -> list[dict]:  # fmt: skip
     return [
-        {
-            "stage": stage,
-            "activation": act,
-            "model": zcfg,
-            "layer": layer,
-            "group": g,
-            "repeat": r,
-            **extra,
-        }  # fmt: skip
+        job(
+            stage=stage, activation=act, model=zcfg, layer=layer, group=g, repeat=r, **extra
+        ).to_json()  # fmt: skip
         for act, zcfg in models_by_activation.items()
         for layer in range(layers)
         for g in kinds
@@ -96,25 +92,24 @@ def _notes(models_by_activation: dict[str, dict]) -> list[str]:
 
 def stage(
     models_by_activation: dict[str, dict],
-    layers: int = 3,
-    repeats: int = 2,
-    epochs: int = 1,
-    lr: float = 1e-3,
-    kinds: Sequence[str] = ("G_ReLU", "orthogonal"),
+    *,
+    layers: int,
+    repeats: int,
+    epochs: int,
+    lr: float,
+    kinds: Sequence[str],
     batch_size: int | None = None,
     schedule: str | None = None,
 ) -> Stage:
     """Jobs over activation x layer (the first ``layers`` sites) x kinds x repeat; retraining
     ``epochs`` (best on validation) at ``lr`` (``batch_size``, ``schedule``: SanityConfig's
-    defaults when None)."""
-    extra: dict = {"epochs": epochs, "lr": lr}
-    extra.update({k: v for k, v in (("batch_size", batch_size), ("schedule", schedule))
-                  if v is not None})  # fmt: skip
+    defaults when None). The preset's defaults: ``settings.SanitySettings``."""
+    extra = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "schedule": schedule}
     return Stage(
         name="sanity",
         kind="sanity",
         fn=sanity_job,
-        configs=_configs("sanity", models_by_activation, layers, kinds, repeats, extra),
+        configs=_configs(SanityJob, "sanity", models_by_activation, layers, kinds, repeats, extra),
         requires=("intertwiner.experiments.sanity:run_job", "intertwiner.checkpoints:load"),
         description="section 3.3: fix a G_ReLU or orthogonal map before a layer, retrain the rest",
         notes=_notes(models_by_activation),
@@ -123,18 +118,26 @@ def stage(
 
 def absorb_stage(
     models_by_activation: dict[str, dict],
-    layers: int = 3,
-    repeats: int = 3,
-    kinds: Sequence[str] = ("identity", "G_ReLU", "orthogonal"),
-    max_rows: int = 200_000,
+    *,
+    layers: int,
+    repeats: int,
+    kinds: Sequence[str],
+    max_rows: int,
 ) -> Stage:
-    """Jobs over activation x layer x kinds x repeat of the closed-form refit."""
+    """Jobs over activation x layer x kinds x repeat of the closed-form refit (the preset's
+    defaults: ``settings.AbsorbSettings``)."""
     return Stage(
         name="absorb",
         kind="absorb",
         fn=absorb_job,
         configs=_configs(
-            "absorb", models_by_activation, layers, kinds, repeats, {"max_rows": max_rows}
+            AbsorbJob,
+            "absorb",
+            models_by_activation,
+            layers,
+            kinds,
+            repeats,
+            {"max_rows": max_rows},
         ),  # fmt: skip
         requires=("intertwiner.experiments.absorb:run_job", "intertwiner.checkpoints:load"),
         description="section 3.3, sharpest form: fix a map before a layer, refit only the next "

@@ -10,6 +10,7 @@ import dataclasses
 
 from intertwiner.experiments.base import Stage
 from intertwiner.experiments.common import filtered, load_data, load_model
+from intertwiner.rows import StitchingJob, StitchingResult
 
 
 def kind_label(kind) -> str:
@@ -59,14 +60,14 @@ def stitch_job(config: dict) -> dict:
     # a site inside a residual branch also stitched the block's input stream (report marks it)
     out["in_residual_branch"] = bool(getattr(res, "residual_streams", None))
     out["penalty"] = float(res.penalty)
-    return out
+    return StitchingResult.from_json(out).to_json()
 
 
 def stage(
     model_pairs: dict[str, list[tuple[dict, dict]]],
-    kinds: list = ("full", "perm_scale"),
-    epochs: int = 1,
-    sites: int = 4,
+    kinds: list,
+    epochs: int,
+    sites: int,
     stitch_config: dict | None = None,
 ) -> Stage:
     """Jobs over arch x pair x site x layer kind; ``sites`` caps the number of sites per arch,
@@ -85,22 +86,11 @@ def stage(
         for p, (a, b) in enumerate(ps):
             for s in idx:
                 for kind in kinds:
-                    configs.append(
-                        {
-                            "stage": "stitching",
-                            "arch": arch,
-                            "pair": p,
-                            "model_a": a,
-                            "model_b": b,
-                            "data": a["data"],
-                            "site_index": s,
-                            "layer": kind,
-                            "layer_label": kind_label(kind),
-                            "epochs": epochs,
-                            "seed": p,
-                            "stitch_config": dict(stitch_config or {}),
-                        }
-                    )
+                    job = StitchingJob(stage="stitching", arch=arch, pair=p, model_a=a, model_b=b,
+                                       data=a["data"], site_index=s, layer=kind,
+                                       layer_label=kind_label(kind), epochs=epochs, seed=p,
+                                       stitch_config=dict(stitch_config or {}))  # fmt: skip
+                    configs.append(job.to_json())
     return Stage(
         name="stitching",
         kind="stitching",

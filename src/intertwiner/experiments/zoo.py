@@ -6,6 +6,7 @@ import time
 
 from intertwiner.experiments.base import Stage, run_relative
 from intertwiner.experiments.common import filtered, input_shape, load_data, zoo_checkpoint
+from intertwiner.rows import ZooJob, ZooResult
 
 
 def zoo_config(
@@ -13,16 +14,8 @@ def zoo_config(
 ) -> dict:
     """The JSON config of one zoo model (its hash names the checkpoint). ``role``: what the model
     is for ("zoo" for metrics/stitching pairs, "sanity", "dissection")."""
-    return {
-        "stage": "zoo",
-        "role": role,
-        "arch": arch,
-        "activation": activation,
-        "seed": int(seed),
-        "model": dict(model),
-        "train": dict(train),
-        "data": dict(data),
-    }
+    return ZooJob(stage="zoo", role=role, arch=arch, activation=activation, seed=int(seed),
+                  model=dict(model), train=dict(train), data=dict(data)).to_json()  # fmt: skip
 
 
 def train_job(config: dict) -> dict:
@@ -50,15 +43,15 @@ def train_job(config: dict) -> dict:
         zoo_config={k: v for k, v in config.items() if k[0] != "_"},
     )  # fmt: skip
     seconds = time.perf_counter() - t0
-    return {
-        "test_accuracy": float(result.test_accuracy),
-        "test_loss": float(result.test_loss),
-        "val_accuracy": float(result.val_accuracy),
-        "parameters": int(sum(p.numel() for p in result.model.parameters())),
-        "train_seconds": seconds,
-        "best_epoch": result.best_epoch,
-        "checkpoint": run_relative(config, path),
-    }
+    return ZooResult(
+        test_accuracy=float(result.test_accuracy),
+        test_loss=float(result.test_loss),
+        val_accuracy=float(result.val_accuracy),
+        parameters=int(sum(p.numel() for p in result.model.parameters())),
+        train_seconds=seconds,
+        best_epoch=result.best_epoch,
+        checkpoint=run_relative(config, path),
+    ).to_json()
 
 
 def stage(configs: list[dict]) -> Stage:

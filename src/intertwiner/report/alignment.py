@@ -7,6 +7,8 @@ from collections import defaultdict
 import numpy as np
 
 from intertwiner.report.figures import mean_std
+from intertwiner.rows import AlignmentJob, AlignmentResult, TypedRow, read
+from intertwiner.rows import is_merge as rows_is_merge
 from intertwiner.store import Row
 
 ORDER = ["none", "perm/weights", "full/weights", "perm/activations", "full/activations"]
@@ -16,13 +18,13 @@ def _order(label: str) -> int:
     return ORDER.index(label) if label in ORDER else len(ORDER)
 
 
-def _has(rows: list[Row], key: str) -> bool:
-    return any(key in r.metrics for r in rows)
+def _has(rows: list[TypedRow], key: str) -> bool:
+    return any(getattr(r.result, key) is not None for r in rows)
 
 
 def is_merge(row: Row) -> bool:
     """A many-model merge row of the stage (its config lists ``models``), not a pair's."""
-    return "models" in row.config
+    return rows_is_merge(row.config)
 
 
 def alignment_table(rows: list[Row]) -> list[dict]:
@@ -30,16 +32,17 @@ def alignment_table(rows: list[Row]) -> list[dict]:
     the midpoint, relative weight distance to A and the time to align (mean +- std over pairs).
     Many-model merge rows are left to ``merge_table``."""
     by: dict = defaultdict(list)
-    for r in (r for r in rows if not is_merge(r)):
-        by[(r.config["arch"], r.config["alignment"])].append(r)
+    for r in read((r for r in rows if not is_merge(r)), "alignment"):
+        by[(r.job.arch, r.job.alignment)].append(r)
     out = []
     for (arch, label), rs in sorted(by.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]))):
 
         def ms(key, scale=1.0, rs=rs):
-            m, s, _ = mean_std([scale * r.metrics[key] for r in rs if key in r.metrics])
+            values = [getattr(r.result, key) for r in rs]
+            m, s, _ = mean_std([scale * v for v in values if v is not None])
             return f"{m:.3f} ± {s:.3f}"
 
-        has_bn = any(r.metrics.get("has_bn") for r in rs)
+        has_bn = any(r.result.has_bn for r in rs)
         out.append(
             {
                 "arch": arch,
@@ -55,7 +58,7 @@ def alignment_table(rows: list[Row]) -> list[dict]:
                     ms("mid_accuracy_repair", 100.0) if _has(rs, "mid_accuracy_repair") else "-"
                 ),
                 "distance to A": ms("distance_after"),
-                "align s": f"{mean_std([r.metrics['align_seconds'] for r in rs])[0]:.2f}",
+                "align s": f"{mean_std([r.result.align_seconds for r in rs])[0]:.2f}",
             }
         )
     return out
@@ -66,23 +69,23 @@ def merge_table(rows: list[Row]) -> list[dict]:
     test accuracy (%) of the inputs (mean), their ensemble, the merge with BN re-estimated and
     REPAIRed, the merge as a share of the ensemble, rounds and seconds to align."""
     out = []
-    merges = sorted((r for r in rows if is_merge(r)), key=lambda r: (r.config["arch"],
-                                                                     r.config["alignment"]))  # fmt: skip
+    merges = sorted(read((r for r in rows if is_merge(r)), "alignment"),
+                    key=lambda r: (r.job.arch, r.job.alignment))  # fmt: skip
     for r in merges:
-        m = r.metrics
-        ens = m["ensemble_accuracy"]
+        m = r.result
+        ens = m.ensemble_accuracy
         out.append(
             {
-                "arch": r.config["arch"],
-                "merge": r.config["alignment"],
-                "models": len(r.config["models"]),
-                "inputs %": f"{100 * float(np.mean(m['input_accuracies'])):.1f}",
+                "arch": r.job.arch,
+                "merge": r.job.alignment,
+                "models": len(r.job.models),
+                "inputs %": f"{100 * float(np.mean(m.input_accuracies)):.1f}",
                 "ensemble %": f"{100 * ens:.1f}",
-                "merged % (BN reset)": f"{100 * m['merged_accuracy']:.1f}",
-                "merged % (REPAIR)": f"{100 * m['repair_accuracy']:.1f}",
-                "REPAIR / ensemble": f"{m['repair_accuracy'] / ens:.2f}" if ens > 0 else "-",
-                "rounds": str(m["rounds"]),
-                "align s": f"{m['align_seconds']:.2f}",
+                "merged % (BN reset)": f"{100 * m.merged_accuracy:.1f}",
+                "merged % (REPAIR)": f"{100 * m.repair_accuracy:.1f}",
+                "REPAIR / ensemble": f"{m.repair_accuracy / ens:.2f}" if ens > 0 else "-",
+                "rounds": str(m.rounds),
+                "align s": f"{m.align_seconds:.2f}",
             }
         )
     return out
@@ -94,17 +97,20 @@ def alignment_figure(rows: list[Row]):
         return None
     from intertwiner.report.figures import subplots
 
-    archs = sorted({r.config["arch"] for r in rows})
+    typed: list[TypedRow[AlignmentJob, AlignmentResult]] = read(
+        (r for r in rows if not is_merge(r)), "alignment"
+    )
+    archs = sorted({r.job.arch for r in typed})
     fig, axes = subplots(1, len(archs), figsize=(4.2 * len(archs), 3.2), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=True):
         by: dict = defaultdict(list)
-        for r in rows:
-            if r.config["arch"] == arch and "losses_bn_reset" in r.metrics and not is_merge(r):
-                by[r.config["alignment"]].append(r)
+        for r in typed:
+            if r.job.arch == arch and r.result.losses_bn_reset is not None:
+                by[r.job.alignment].append(r)
         for label in sorted(by, key=_order):
             rs = by[label]
-            alphas = rs[0].metrics["alphas_bn_reset"]
-            losses = np.mean([r.metrics["losses_bn_reset"] for r in rs], axis=0)
+            alphas = rs[0].result.alphas_bn_reset
+            losses = np.mean([r.result.losses_bn_reset for r in rs], axis=0)
             ax.plot(alphas, losses, marker="o", ms=3, label=label)
         ax.set_title(arch, fontsize=9)
         ax.set_xlabel("alpha (0 = A, 1 = aligned B)")

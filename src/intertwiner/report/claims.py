@@ -25,6 +25,7 @@ from intertwiner.groups import (
     find_family,
 )
 from intertwiner.report.figures import _points, dissection_table
+from intertwiner.rows import read
 from intertwiner.stats import (
     FAILS,
     HOLDS,
@@ -87,12 +88,12 @@ def sanity_claims(rows: list[Row], activation: str = "relu") -> list[dict]:
     # Row labels become families once, here; the identity control rows name none.
     by: dict = defaultdict(lambda: defaultdict(dict))
     label = {}
-    for r in rows:
-        c = r.config
-        fam = find_family(c["group"]) if c.get("activation") == activation else None
+    for r in read(rows, "sanity"):
+        c = r.job
+        fam = find_family(c.group) if c.activation == activation else None
         if fam is not None:
-            by[fam][c["layer"]][c["repeat"]] = _points(r.metrics["penalty"])
-            label[fam] = c["group"]
+            by[fam][c.layer][c.repeat] = _points(r.result.penalty)
+            label[fam] = c.group
     out = []
     # Groups an absorbing refit can undo (G_ReLU, its permutation part) against orthogonal maps.
     for ref in (POSITIVE_MONOMIAL, PERMUTATION):
@@ -126,9 +127,9 @@ def _penalty_claims(g: dict, o: dict, ref: str, activation: str) -> list[dict]:
 def absorb_claims(rows: list[Row], activation: str = "relu") -> list[dict]:
     """Closed-form refit: G_ReLU drop within ±0.1 point, orthogonal drop above 0.1 point (t)."""
     by: dict = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r.config.get("activation") == activation:
-            by[r.config["group"]][r.config["layer"]].append(_points(r.metrics["drop"]))
+    for r in read(rows, "absorb"):
+        if r.job.activation == activation:
+            by[r.job.group][r.job.layer].append(_points(r.result.drop))
     exp = f"3.3 sanity test ({activation}, closed-form refit)"
     out = []
     for group, low, high, text in (
@@ -153,10 +154,11 @@ def absorb_claims(rows: list[Row], activation: str = "relu") -> list[dict]:
 def per_pair_diagonal(rows: list[Row], arch: str, metric: str) -> dict[int, np.ndarray]:
     """pair -> diagonal of the layer x layer matrix of ``metric``."""
     out = {}
-    for r in rows:
-        if r.config.get("arch") == arch and metric in r.metrics:
-            mat = np.array([[np.nan if v is None else v for v in row] for row in r.metrics[metric]])
-            out[r.config["pair"]] = np.diag(mat)
+    for r in read(rows, "metrics"):
+        values = r.result.matrix(metric) if r.job.arch == arch else None
+        if values is not None:
+            mat = np.array([[np.nan if v is None else v for v in row] for row in values])
+            out[r.job.pair] = np.diag(mat)
     return out
 
 
@@ -185,11 +187,11 @@ def stitching_claims(rows: list[Row], arch: str) -> list[dict]:
     """G_ReLU − full stitching penalty > 0, mean over sites per pair (paired t over pairs)."""
     # Stitch-kind labels become families once, here (low_rank_2 and the like name none).
     by: dict = defaultdict(lambda: defaultdict(dict))
-    for r in rows:
-        c = r.config
-        fam = find_family(c["layer_label"]) if c.get("arch") == arch else None
+    for r in read(rows, "stitching"):
+        c = r.job
+        fam = find_family(c.layer_label) if c.arch == arch else None
         if fam is not None:
-            by[fam][c["pair"]][c["site_index"]] = _points(r.metrics["penalty"])
+            by[fam][c.pair][c.site_index] = _points(r.result.penalty)
     f, g = by.get(GENERAL_LINEAR, {}), by.get(POSITIVE_MONOMIAL, {})
     keys = sorted(set(f) & set(g))
     if not keys:

@@ -15,6 +15,7 @@ from intertwiner.report.figures import (
     site_labels,
     stitch_table,
 )
+from intertwiner.rows import read
 from intertwiner.stats import FAILS, HOLDS, t_interval
 from intertwiner.store import Row
 
@@ -76,9 +77,9 @@ def _sanity_rows(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
     out: list[dict] = []
     sanity = rows_by_kind.get("sanity", [])
     san: dict = defaultdict(lambda: defaultdict(list))
-    for r in sanity:
-        if r.config.get("activation") == "relu":
-            san[r.config["group"]][r.config["layer"]].append(_points(r.metrics["penalty"]))
+    for r in read(sanity, "sanity"):
+        if r.job.activation == "relu":
+            san[r.job.group][r.job.layer].append(_points(r.result.penalty))
     layers = sorted({lay for g in san.values() for lay in g})
     for i, (gp, op) in P.SANITY_PENALTY.items() if san else ():
         lay = layers[i] if i < len(layers) else None
@@ -139,9 +140,9 @@ def _table1_rows(rows_by_kind: dict[str, list[Row]]) -> list[dict]:
     if not groups:
         return []
     agree = [
-        r.metrics.get("family") == P.TABLE1[r.metrics["activation"]][0]
-        for r in groups
-        if r.metrics.get("activation") in P.TABLE1
+        g.family == P.TABLE1[g.activation][0]
+        for g in (r.result for r in read(groups, "group_table"))
+        if g.activation in P.TABLE1
     ]
     return [_claim("Table 1 groups",
                    f"tabulated family matches the paper ({sum(agree)}/{len(agree)} rows)", "—",

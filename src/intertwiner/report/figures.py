@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from intertwiner.groups import ORTHOGONAL, find_family
+from intertwiner.rows import read
 from intertwiner.store import Row
 
 METRIC_LABELS = {
@@ -50,10 +51,8 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
 def stitch_table(rows: list[Row]) -> dict:
     """arch -> layer label -> site index -> list of penalties (accuracy points)."""
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in rows:
-        out[r.config["arch"]][r.config["layer_label"]][r.config["site_index"]].append(
-            _points(r.metrics["penalty"])
-        )
+    for r in read(rows, "stitching"):
+        out[r.job.arch][r.job.layer_label][r.job.site_index].append(_points(r.result.penalty))
     return out
 
 
@@ -61,13 +60,12 @@ def site_labels(rows: list[Row]) -> dict:
     """arch -> site index -> module name (``*`` appended inside a residual branch); the index
     itself for rows stored before the name was recorded."""
     out: dict = defaultdict(dict)
-    for r in rows:
-        i = r.config["site_index"]
-        name = r.metrics.get("site")
+    for r in read(rows, "stitching"):
+        i, name = r.job.site_index, r.result.site
         label = str(name) if name else f"site {i}"
-        if r.metrics.get("in_residual_branch"):
+        if r.result.in_residual_branch:
             label += "*"
-        out[r.config["arch"]][i] = label
+        out[r.job.arch][i] = label
     return out
 
 
@@ -79,17 +77,17 @@ def _points(x: float | None) -> float | None:
 def metric_means(rows: list[Row]) -> dict:
     """arch -> metric -> (sites, mean matrix, std matrix, n pairs) averaged over pairs."""
     by: dict = defaultdict(list)
-    for r in rows:
-        by[r.config["arch"]].append(r)
+    for r in read(rows, "metrics"):
+        by[r.job.arch].append(r)
     out: dict = {}
     for arch, rs in by.items():
-        sites = rs[0].metrics["sites"]
+        sites = rs[0].result.sites
         out[arch] = {}
-        for m in rs[0].config["metrics"]:
+        for m in rs[0].job.metrics:
             mats = [
-                np.array([[np.nan if v is None else v for v in row] for row in r.metrics[m]], float)
-                for r in rs
-                if m in r.metrics
+                np.array([[np.nan if v is None else v for v in row] for row in mat], float)
+                for mat in (r.result.matrix(m) for r in rs)
+                if mat is not None
             ]
             if not mats:
                 continue
@@ -214,9 +212,10 @@ def groups_figure(rows: list[Row]):
     """Relative verification error of each activation's group against the next larger family."""
     if not rows:
         return None
-    names = [r.metrics["activation"] for r in rows]
-    own = [max(r.metrics.get("verify_error_float64") or 0.0, 1e-17) for r in rows]
-    larger = [r.metrics.get("larger_family_error") for r in rows]
+    results = [r.result for r in read(rows, "group_table")]
+    names = [g.activation for g in results]
+    own = [max(g.verify_error_float64 or 0.0, 1e-17) for g in results]
+    larger = [g.larger_family_error for g in results]
     fig, ax = subplots(figsize=(7, 3))
     x = np.arange(len(names))
     ax.bar(x - 0.2, own, 0.4, label="tabulated group (must be ~0)")
@@ -234,9 +233,9 @@ def sanity_figure(rows: list[Row]):
     if not rows:
         return None
     by: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in rows:
-        c = r.config
-        by[c["activation"]][c["group"]][c["layer"]].append(_points(r.metrics["penalty"]))
+    for r in read(rows, "sanity"):
+        c = r.job
+        by[c.activation][c.group][c.layer].append(_points(r.result.penalty))
     acts = sorted(by)
     fig, axes = subplots(1, len(acts), figsize=(3.6 * len(acts), 3.2), squeeze=False)
     for ax, act in zip(axes[0], acts):
@@ -252,26 +251,26 @@ def sanity_figure(rows: list[Row]):
 def dissection_table(rows: list[Row]) -> dict:
     """layer -> {"powers", "power_counts" (list per model), "identity", "group", "orthogonal"}."""
     out: dict = {}
-    for r in rows:
-        m = r.metrics
+    for r in read(rows, "dissection"):
+        m = r.result
         d = out.setdefault(
-            m["layer"],
+            m.layer,
             {
-                "powers": m["powers"],
+                "powers": m.powers,
                 "power_counts": [],
                 "identity": [],
                 "group": [],
                 "orthogonal": [],
-                "n_units": m["n_units"],
-                "group_name": m["group"],
+                "n_units": m.n_units,
+                "group_name": m.group,
             },
         )
-        d["power_counts"].append(m["power_counts"])
-        d["identity"].append(m["counts"].get("identity"))
-        d["group"].append(m["counts"].get(m["group"]))
+        d["power_counts"].append(m.power_counts)
+        d["identity"].append(m.counts.get("identity"))
+        d["group"].append(m.counts.get(m.group))
         # Haar rotations are stored as bases "orthogonal0", "orthogonal1", ...
         d["orthogonal"] += [
-            v for k, v in m["counts"].items() if find_family(k.rstrip("0123456789")) is ORTHOGONAL
+            v for k, v in m.counts.items() if find_family(k.rstrip("0123456789")) is ORTHOGONAL
         ]
     return out
 

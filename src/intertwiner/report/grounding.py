@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from intertwiner.rows import GroundingJob, GroundingResult, TypedRow, read
 from intertwiner.stats import Interval, mean_ranks
 from intertwiner.store import Row
 
@@ -34,12 +35,12 @@ def _interval(d: dict) -> Interval:
 
 def grounding_tables(rows: list[Row]) -> dict[str, list[dict]]:
     """Zoo label -> the table rows (dicts of cells), best mean rank first."""
-    by_zoo: dict[str, list[Row]] = defaultdict(list)
-    for r in rows:
-        by_zoo[zoo_label(r.config["grounding"])].append(r)
+    by_zoo: dict[str, list[TypedRow]] = defaultdict(list)
+    for r in read(rows, "grounding"):
+        by_zoo[zoo_label(r.job.grounding)].append(r)
     out = {}
     for label, rs in sorted(by_zoo.items()):
-        scores = [r.metrics["score"] for r in rs]
+        scores = [r.result.score for r in rs]
         tests = [t for t in TESTS if all(t in s["tests"] for s in scores)]
         ranks = mean_ranks([[s["tests"][t]["interval"]["mean"] for t in tests] for s in scores])
         table = []
@@ -59,9 +60,10 @@ def grounding_tables(rows: list[Row]) -> dict[str, list[dict]]:
 def accuracy_text(rows: list[Row]) -> str:
     """The zoo's test accuracies (seed models; random-label models), from any of its rows."""
     parts = []
-    for label in sorted({zoo_label(r.config["grounding"]) for r in rows}):
-        r = next(r for r in rows if zoo_label(r.config["grounding"]) == label)
-        acc = ", ".join(f"{a:.3f}" for a in r.metrics["test_accuracy"])
-        rand = ", ".join(f"{a:.3f}" for a in r.metrics.get("random_label_accuracy", []))
+    typed: list[TypedRow[GroundingJob, GroundingResult]] = read(rows, "grounding")
+    for label in sorted({zoo_label(r.job.grounding) for r in typed}):
+        r = next(r for r in typed if zoo_label(r.job.grounding) == label)
+        acc = ", ".join(f"{a:.3f}" for a in r.result.test_accuracy)
+        rand = ", ".join(f"{a:.3f}" for a in r.result.random_label_accuracy or [])
         parts.append(f"{label}: test accuracy {acc}" + (f"; random labels {rand}" if rand else ""))
     return "; ".join(parts)

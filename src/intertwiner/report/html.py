@@ -16,6 +16,7 @@ from intertwiner.report import figures as F
 from intertwiner.report.claims import ci_text
 from intertwiner.report.compare import comparison
 from intertwiner.report.paper_numbers import SOURCE
+from intertwiner.rows import read
 from intertwiner.stats import t_interval
 from intertwiner.store import Row, Store, open_existing
 
@@ -79,15 +80,13 @@ def _img(fig, alt: str) -> str:
 
 def _zoo_table(rows: list[Row]) -> list[dict]:
     by: dict = defaultdict(list)
-    for r in rows:
-        c = r.config
-        by[
-            (c.get("role", "zoo"), c["arch"], c["activation"], c.get("data", {}).get("name", ""))
-        ].append(r)
+    for r in read(rows, "zoo"):
+        c = r.job
+        by[(c.role or "zoo", c.arch, c.activation, (c.data or {}).get("name", ""))].append(r)
     out = []
     for (role, arch, act, data), rs in sorted(by.items()):
-        te = F.mean_std([100 * r.metrics["test_accuracy"] for r in rs])
-        va = F.mean_std([100 * r.metrics["val_accuracy"] for r in rs])
+        te = F.mean_std([100 * r.result.test_accuracy for r in rs])
+        va = F.mean_std([100 * r.result.val_accuracy for r in rs])
         out.append(
             {
                 "role": role,
@@ -97,9 +96,9 @@ def _zoo_table(rows: list[Row]) -> list[dict]:
                 "models": len(rs),
                 "test acc % (mean ± std)": f"{te[0]:.2f} ± {te[1]:.2f}",
                 "val acc %": f"{va[0]:.2f} ± {va[1]:.2f}",
-                "parameters": rs[0].metrics.get("parameters"),
-                "epochs": rs[0].config["train"].get("epochs"),
-                "train s (mean)": f"{F.mean_std([r.metrics['train_seconds'] for r in rs])[0]:.1f}",
+                "parameters": rs[0].result.parameters,
+                "epochs": rs[0].job.train.get("epochs"),
+                "train s (mean)": f"{F.mean_std([r.result.train_seconds for r in rs])[0]:.1f}",
             }
         )
     return out
@@ -124,18 +123,18 @@ def _verdict_summary(table: list[dict]) -> str:
 def _absorb_rows(rows: list[Row]) -> list[dict]:
     """Mean ± std over repeats of the drop and the residual per (activation, conv, map)."""
     by: dict = defaultdict(list)
-    for r in rows:
-        c = r.config
-        by[(c["activation"], c["layer"], c["group"])].append(r.metrics)
+    for r in read(rows, "absorb"):
+        c = r.job
+        by[(c.activation, c.layer, c.group)].append(r.result)
     out = []
     for (act, layer, group), ms in sorted(by.items()):
-        drop, sd, n = F.mean_std([100 * m["drop"] for m in ms])
-        out.append({"activation": act, "conv": layer, "refit layer": ms[0].get("layer"),
+        drop, sd, n = F.mean_std([100 * m.drop for m in ms])
+        out.append({"activation": act, "conv": layer, "refit layer": ms[0].layer,
                     "map": group, "repeats": n,
-                    "base accuracy": f"{100 * ms[0]['base_accuracy']:.2f}",
-                    "before refit": f"{100 * np.mean([m['initial_accuracy'] for m in ms]):.2f}",
+                    "base accuracy": f"{100 * ms[0].base_accuracy:.2f}",
+                    "before refit": f"{100 * np.mean([m.initial_accuracy for m in ms]):.2f}",
                     "drop (points)": f"{drop:.3f} ± {sd:.3f}",
-                    "residual": f"{np.mean([m['residual'] for m in ms]):.2e}"})  # fmt: skip
+                    "residual": f"{np.mean([m.residual for m in ms]):.2e}"})  # fmt: skip
     return out
 
 
@@ -164,7 +163,7 @@ def _method_notes(rows_by_kind: dict[str, list[Row]]) -> str:
     notes = []
     st = rows_by_kind.get("stitching", [])
     if st:
-        ep = {r.config.get("epochs") for r in st}
+        ep = {r.job.epochs for r in read(st, "stitching")}
         notes.append(
             f"Stitching: {_counts(ep, 'epoch')} per stitch; the epoch is chosen on a validation split and "
             "the penalty measured on test data (the paper takes the best test accuracy over "
@@ -173,16 +172,17 @@ def _method_notes(rows_by_kind: dict[str, list[Row]]) -> str:
         )
     met = rows_by_kind.get("metrics", [])
     if met:
-        n = {r.metrics.get("n_samples") for r in met}
+        n = {r.result.n_samples for r in read(met, "metrics")}
         notes.append(
             f"Metrics on {_counts(n, 'test image')} (the whole test split unless the preset caps "
             "it; the paper: all 10,000 CIFAR-10 test images)."
         )
     san = rows_by_kind.get("sanity", [])
     if san:
-        ep = {r.config.get("epochs") for r in san}
-        reps = {r.config.get("repeat") for r in san}
-        data = {r.config.get("model", {}).get("data", {}).get("name") for r in san}
+        jobs = [r.job for r in read(san, "sanity")]
+        ep = {j.epochs for j in jobs}
+        reps = {j.repeat for j in jobs}
+        data = {(j.model or {}).get("data", {}).get("name") for j in jobs}
         notes.append(
             f"Sanity test: {_counts(ep, 'retraining epoch')} with the epoch chosen on validation, "
             f"{_counts({len(reps)}, 'repeat')} per (map, conv), on {', '.join(map(str, data))} "
@@ -299,7 +299,12 @@ def _section_parts(rows_by_kind: dict[str, list[Row]]) -> list[str]:
         }
         parts += [
             "<h2>Table 1: intertwiner groups</h2>",
-            _table([{h: r.metrics.get(c) for c, h in cols.items()} for r in g]),
+            _table(
+                [
+                    {h: r.result.to_json().get(c) for c, h in cols.items()}
+                    for r in read(g, "group_table")
+                ]
+            ),  # fmt: skip
             _img(F.groups_figure(g), "group verification errors"),
         ]
     z = rows_by_kind.get("zoo", [])
@@ -405,7 +410,7 @@ def _provenance_parts(rows_by_kind: dict[str, list[Row]], meta: dict, run: dict)
             }
         )
     z = rows_by_kind.get("zoo", [])
-    seeds = sorted({r.config["seed"] for r in z}) if z else []
+    seeds = sorted({r.job.seed for r in read(z, "zoo")})
     parts += [
         "<h2>Provenance</h2>",
         _table(timing),
