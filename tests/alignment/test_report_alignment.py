@@ -75,10 +75,12 @@ def test_merge_rows_of_the_stage(tmp_path):
 
     data = {"name": "digits"}
     cfgs = [zoo_config("mlp", "relu", s, {"widths": [16]}, {"epochs": 1}, data) for s in range(3)]
-    two = alignment_job.stage({"mlp": [(cfgs[0], cfgs[1])]}, eval_samples=60, bn_samples=60)
+    two = alignment_job.stage(
+        {"mlp": [(cfgs[0], cfgs[1])]}, alphas=5, eval_samples=60, bn_samples=60
+    )
     assert not any("models" in c for c in two.configs)
     st = alignment_job.stage(
-        {"mlp": [(cfgs[0], cfgs[1]), (cfgs[0], cfgs[2])]}, eval_samples=60, bn_samples=60
+        {"mlp": [(cfgs[0], cfgs[1]), (cfgs[0], cfgs[2])]}, alphas=5, eval_samples=60, bn_samples=60
     )
     merges = [c for c in st.configs if "models" in c]
     assert [c["reference"] for c in merges] == ["mean", "first"]
