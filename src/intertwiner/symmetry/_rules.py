@@ -68,9 +68,11 @@ class Rules(Spaces):
         *,
         where: str,
         transposed: bool = False,
-    ) -> Info:
+        read_only: bool = False,
+    ) -> Info | None:
         """A convolution: input channels (weight axis 1; 0 when ``transposed``) read ``x``'s
-        space, output channels and the bias write a fresh one."""
+        space, output channels and the bias write a fresh one (``read_only``: the caller owns the
+        output, e.g. an attention projection)."""
         if groups != 1:
             raise UnsupportedModuleError(
                 f"convolution {where!r} has groups={groups}; grouped/depthwise "
@@ -80,6 +82,8 @@ class Rules(Spaces):
         if x is not None:
             self.need_channels(x, ndim, where, batched=k + 2)
             self.act(x, weight, 0 if transposed else 1, "in")
+        if read_only:
+            return None
         out = self.writer(where, out_channels, mode)
         out = out.moved(dim=1 - ndim)
         self.act(out, weight, 1 if transposed else 0, "out")
@@ -150,7 +154,9 @@ class Rules(Spaces):
         name = where
         if x is None:
             return None
-        if n_dims != 1 or x.dim != -1 or x.outer != 1 or x.inner != 1:
+        # The feature axis may be a block of the last dim ((outer, n, inner): Swin's patch merging
+        # normalises 4C = (2, 2, C)): a permutation of n in every block permutes the whole dim.
+        if n_dims != 1 or x.dim != -1:
             raise UnsupportedModuleError(
                 f"LayerNorm {name!r} must normalise exactly the feature axis (the last dim); "
                 f"supported: {SUPPORTED}"

@@ -111,6 +111,7 @@ def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
         Mode.P if bn_users(n) else Mode.A,
         where=r.module_path(n) or n.name,
         transposed=transposed,
+        read_only=n in r.owned,
     )
 
 

@@ -132,6 +132,21 @@ def split(r: AtenRunner, n: fx.Node, value: Any) -> tuple:
     return tuple(out)
 
 
+@rule("roll", "flip")
+def roll(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """Shifted windows (Swin's ``roll``) and flips move positions only: the feature axis passes
+    through when it is not among the rolled dims (no dims: the flattened tensor rolls, which
+    mixes channels)."""
+    x, ndim = r.first(n), r.ndim(n)
+    dims = n.args[2] if op_name(n) == "roll" and len(n.args) > 2 else n.kwargs.get("dims", ())
+    if op_name(n) == "flip":
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dims", ())
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims or (x.dim + ndim) in {d % ndim for d in dims}:
+        raise Frozen("rolling or flipping the feature axis")
+    return x
+
+
 # -- joins and reductions -----------------------------------------------------------------------
 @rule("cat", "concat", "stack")
 def concatenate(r: AtenRunner, n: fx.Node, value: torch.Tensor) -> Info | None:
