@@ -281,3 +281,36 @@ def test_five_dim_attention_with_strided_output_heads():
     (out,) = [a for a in spec.site("0.heads").actions if a.name == "0.proj.weight"]
     assert (out.outer, out.n_total, out.inner) == (4, 2, 1)  # c = d * H + h
     assert {"0.qk0", "0.vo1"} <= set(spec.names)
+
+
+class ComputedBias(nn.Module):
+    """EVA's packed qkv with a computed bias ``cat(q_bias, zeros, v_bias)``: the projection's
+    bias is not a parameter, so no head map may act on "the bias" (it has none to move)."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.h = heads
+        self.embed, self.qkv, self.proj = (
+            nn.Linear(3, dim),
+            nn.Linear(dim, 3 * dim, bias=False),
+            nn.Linear(dim, dim),
+        )
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(dim)), nn.Parameter(torch.randn(dim))
+        self.register_buffer("k_bias", torch.zeros(dim))
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, n, c = h.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = F.linear(h, self.qkv.weight, bias).reshape(b, n, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(*qkv.unbind(0)).transpose(1, 2).reshape(b, n, c)
+        return self.head(torch.relu(h + self.proj(a)))
+
+
+def test_a_computed_projection_bias_is_not_ignored():
+    model = nn.Sequential(ComputedBias()).double()
+    x = torch.randn(2, 5, 3, dtype=F64, generator=_gen())
+    spec = assert_function_preserved(model, x, generator=_gen(9))
+    assert not [s for s in spec.names if s.startswith("0.") and ("heads" in s or "qk" in s)]
+    assert not spec.dropped  # not proposed and refuted at verification: not proposed at all

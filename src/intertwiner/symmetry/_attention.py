@@ -101,6 +101,9 @@ def _is_number(a: Any) -> bool:
 
 def _projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
     name = op_name(node)
+    bias = node.args[0] if name == "addmm" else node.args[2] if len(node.args) > 2 else None
+    if isinstance(bias, fx.Node) and bias not in names:
+        return None  # a computed bias (EVA's cat(q_bias, 0, v_bias)) no head map may ignore
     if name == "linear":
         w, b = names.get(node.args[1]), names.get(node.args[2]) if len(node.args) > 2 else None
         axis = 0
