@@ -45,3 +45,37 @@ def test_a_scale_along_positions_is_not_a_layer_scale():
     model = ScaledBranch("positions").double()
     spec = assert_function_preserved(model, _x(), generator=torch.Generator().manual_seed(3))
     assert not [a for s in spec.sites for a in s.actions if a.name == "gamma"]
+
+
+class LinearNorm(nn.Module):
+    """LeViT's ``LinearNorm``: Linear, then BatchNorm1d over the flattened tokens, then
+    ``reshape_as`` back to (B, N, C)."""
+
+    def __init__(self, a: int, b: int):
+        super().__init__()
+        self.linear, self.bn = nn.Linear(a, b, bias=False), nn.BatchNorm1d(b)
+
+    def forward(self, x):
+        x = self.linear(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
+
+
+class LeViTStyle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = LinearNorm(3, 6), LinearNorm(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.head(h + self.b(h))
+
+
+def test_reshape_as_keeps_the_feature_axis():
+    model = LeViTStyle().double().eval()
+    g = torch.Generator().manual_seed(4)
+    for bn in (model.a.bn, model.b.bn):
+        bn.running_mean.copy_(torch.randn(6, generator=g))
+        bn.running_var.copy_(torch.rand(6, generator=g) + 0.5)
+    x = torch.randn(2, 5, 3, dtype=F64, generator=g)
+    spec = assert_function_preserved(model, x, generator=torch.Generator().manual_seed(5))
+    assert spec.coverage(model, x).interior_tensors == 1.0

@@ -54,7 +54,7 @@ def reshaped(x: Info, s_in, s_out, where: str) -> Info:
     return x.moved(dim=d - len(s_out), inner=st // p, outer=big // span)
 
 
-@rule("view", "reshape", "_unsafe_view", "view_as", "flatten", "unflatten", "squeeze")
+@rule("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "unflatten", "squeeze")
 def view(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     return reshaped(r.first(n), r.val(n.args[0]).shape, value.shape, r.where(n))
 
