@@ -152,7 +152,7 @@ def _head_table(
     def fixed(n: Any) -> bool:  # not from a parameter or the input
         return not any(m.op == "placeholder" or m in params for m in _ancestors(n))
 
-    node = mask
+    node, chain = mask, [mask]
     while op_name(node) == "add" and len(node.args) == 2 and not node.kwargs:
         a, c = node.args
         free = [x for x in (a, c) if isinstance(x, fx.Node) and fixed(x)]
@@ -162,14 +162,17 @@ def _head_table(
         if not torch.equal(v, v.narrow(-3, 0, 1).expand_as(v)):
             return None  # differs between heads
         node = c if free[0] is a else a
+        chain.append(node)
+    if any(len(m.users) != 1 for m in chain):
+        return None  # one bias read by several blocks (BEiT's shared table): one table, many heads
     above = _ancestors(node)
     sources = above & params
     if len(sources) != 1 or any(m.op == "placeholder" for m in above):
         return None
     (src,) = sources
-    if any(u not in above for u in src.users):
-        return None  # the table is read elsewhere too (a table shared between blocks)
     derived = {m for m in above if m is not src and src in _ancestors(m)}
+    if any(u not in above for m in (derived | {src}) - {node} for u in m.users):
+        return None  # the table (or a tensor made of it) is read elsewhere too: shared by blocks
     for m in derived:
         name, rest = op_name(m), [*m.args[1:], *m.kwargs.values()]
         if m.op != "call_function" or not m.args or not _reads(m.args[0], derived | {src}):
