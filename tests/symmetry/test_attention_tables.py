@@ -319,3 +319,24 @@ def test_a_computed_projection_bias_is_not_ignored():
     spec = assert_function_preserved(model, x, generator=_gen(9))
     assert not [s for s in spec.names if s.startswith("0.") and ("heads" in s or "qk" in s)]
     assert not spec.dropped  # not proposed and refuted at verification: not proposed at all
+
+
+class FreshLike(nn.Module):
+    """torchvision Swin builds its shifted-window mask with ``x.new_zeros``: a tensor shaped like
+    a hidden one whose values do not depend on it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.h = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        z = h.new_zeros((h.shape[1], h.shape[1])) + torch.ones_like(h)[..., 0].sum()
+        return self.h(h + self.b(h) + z.sum())
+
+
+def test_new_zeros_and_ones_like_are_fixed_tensors():
+    model = FreshLike().double()
+    x = torch.randn(2, 5, 3, dtype=F64, generator=_gen())
+    spec = assert_function_preserved(model, x, generator=_gen(10))
+    assert spec.coverage(model, x).interior_tensors == 1.0

@@ -79,3 +79,31 @@ def test_reshape_as_keeps_the_feature_axis():
     x = torch.randn(2, 5, 3, dtype=F64, generator=g)
     spec = assert_function_preserved(model, x, generator=torch.Generator().manual_seed(5))
     assert spec.coverage(model, x).interior_tensors == 1.0
+
+
+class ClassToken(nn.Module):
+    """CaiT's class token: joined to the patch tokens (``cat`` along tokens) and also the residual
+    stream of a class-attention-like block (``cls + f(cat(cls, x))``); one parameter added to two
+    tensors ties them to one site."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.mix, self.head = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.cls_token = nn.Parameter(
+            torch.randn(1, 1, 6, generator=torch.Generator().manual_seed(6))
+        )
+
+    def forward(self, x):  # (B, N, 3)
+        h = self.embed(x)
+        cls = self.cls_token.expand(h.shape[0], -1, -1)
+        u = torch.cat((cls, h), dim=1)
+        cls = cls + self.mix(torch.relu(u)).mean(1, keepdim=True)
+        return self.head(torch.cat((cls, h), dim=1)[:, 0])
+
+
+def test_a_class_token_added_twice_ties_its_two_streams():
+    model = ClassToken().double()
+    x = torch.randn(2, 5, 3, dtype=F64, generator=torch.Generator().manual_seed(7))
+    spec = assert_function_preserved(model, x, generator=torch.Generator().manual_seed(8))
+    assert [a for s in spec.sites for a in s.actions if a.name == "cls_token"]
+    assert spec.coverage(model, x).interior_tensors == 1.0

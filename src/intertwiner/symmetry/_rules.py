@@ -230,9 +230,25 @@ class Rules(Spaces):
         if t.shape[pd] != x.n * x.outer * x.inner:  # pragma: no cover (broadcast would fail)
             raise UnsupportedModuleError(f"{reason}: parameter {p.name} does not line up")
         if p.name in self.called:
+            first = self.added_to.get(p.name)
+            # CaiT's cls token joins the patch tokens (cat) and is also the residual stream of
+            # its class-attention blocks: one parameter added to two tensors is moved once, so
+            # both tensors must be moved by the same element (and in the same mode).
+            if first is not None and first[1] == pd and self._plain_part(first[0]) is not None:
+                if self._plain_part(first[0]) == self._plain_part(x):
+                    self.unify(first[0], x, f"{reason}: {p.name!r} is added here too")
+                    return
             raise UnsupportedModuleError(f"parameter {p.name!r} is used more than once")
         self.called.add(p.name)
+        self.added_to[p.name] = (x, pd)
         self.act(x, p.name, pd, "out", buffer=p.name not in self.params)
+
+    def _plain_part(self, x: Info) -> tuple | None:
+        """``(mode, n, outer, inner, dim)`` of a tensor one whole site moves, else None."""
+        parts = self.parts(x)
+        if len(parts) != 1 or parts[0][2] is not None or parts[0][0] == 0:
+            return None
+        return parts[0][1], x.n, x.outer, x.inner, x.dim
 
     def pad(self, x: Info, pad: tuple, mode: str, value: Any, ndim: int, where: str) -> Info:
         pos = x.dim + ndim

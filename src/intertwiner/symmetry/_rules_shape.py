@@ -26,6 +26,16 @@ def no_features(r: AtenRunner, n: fx.Node, value: Any) -> None:
     return None
 
 
+@rule("new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like",
+      "empty_like")  # fmt: skip
+def fresh_like(r: AtenRunner, n: fx.Node, value: Any) -> None:
+    """A new tensor shaped (or typed) like a hidden one (torchvision Swin's ``x.new_zeros`` for
+    its shifted-window mask): its values do not depend on the hidden tensor's, so it is fixed."""
+    if op_name(n) == "full_like" and isinstance(n.args[1] if len(n.args) > 1 else None, fx.Node):
+        raise Frozen("full_like with a tensor fill value")
+    return None
+
+
 # -- views --------------------------------------------------------------------------------------
 def reshaped(x: Info, s_in, s_out, where: str) -> Info:
     """The feature axis after a view: the output dim whose block of elements holds it whole

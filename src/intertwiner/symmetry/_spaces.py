@@ -119,6 +119,8 @@ class Spaces:
         self.buffers = dict(model.named_buffers(remove_duplicate=False))
         self.zoo_sites = set(getattr(model, "intertwiner_sites", []) or [])
         self.called: set[str] = set()
+        #: The tensor (and its axis) each parameter in ``called`` was first added to.
+        self.added_to: dict[str, tuple[Info, int]] = {}
         #: The graph node whose rule is running: recorded on each ParamAxis as its ``use``, so
         #: that two uses of one shared tensor can be told apart.
         self.current_use = ""
