@@ -319,6 +319,9 @@ def test_a_computed_projection_bias_is_not_ignored():
     spec = assert_function_preserved(model, x, generator=_gen(9))
     assert not [s for s in spec.names if s.startswith("0.") and ("heads" in s or "qk" in s)]
     assert not spec.dropped  # not proposed and refuted at verification: not proposed at all
+    # the stream the projection reads keeps its site (the computed bias fixes only the output)
+    (qkv,) = [a for s in spec.sites for a in s.actions if a.name == "0.qkv.weight"]
+    assert qkv.axis == 1
 
 
 class FreshLike(nn.Module):
