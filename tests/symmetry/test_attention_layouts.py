@@ -95,11 +95,13 @@ def test_interleaved_heads_get_per_head_sites_but_no_head_permutation():
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_a_per_head_bias_on_the_scores_keeps_heads_in_place(fused):
+def test_a_per_head_bias_on_the_scores_moves_with_its_head(fused):
     model = Block(fused=fused, bias_table=True).double()
     x = torch.randn(3, 5, 4, dtype=F64, generator=_gen())
     spec = assert_function_preserved(model, x, generator=_gen(3))
-    assert "attn.heads" not in spec.names and "attn.vo0" in spec.names
+    assert "attn.vo0" in spec.names
+    (table,) = [a for a in spec.site("attn.heads").actions if a.name == "attn.bias"]
+    assert table.axis == 0 and table.channels in (None, (0, 1))  # None: all, in order
 
 
 def test_a_wrong_head_layout_would_change_the_function():

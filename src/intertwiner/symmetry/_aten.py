@@ -19,6 +19,7 @@ that remains is then verified numerically like any other. With ``refuse=True``
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Any
 
@@ -163,7 +164,7 @@ class AtenRunner(fx.Interpreter):
                 return (out, *([None] * (len(value) - 1)))  # (values, indices), (out, mask), ...
             return out
         if not tracked:
-            return self.param_view(n, value, args)
+            return self.param_view(n, value, args) or self.unit_view(n, value, args)
         raise Frozen("an op the symmetry tracer has no rule for")
 
     def param_view(self, n: fx.Node, value: Any, args: list) -> ParamRef | None:
@@ -185,6 +186,19 @@ class AtenRunner(fx.Interpreter):
         if name in ("slice", "select") and n.args[1] % t.dim() == t.dim() - 1:
             return None
         return args[0]
+
+    def unit_view(self, n: fx.Node, value: Any, args: list) -> ParamRef | None:
+        """A parameter viewed with size-1 dims added or dropped keeps its values in order
+        (``gamma.view(1, -1, 1, 1)``): remembered with the shape it is seen in."""
+        ref = args[0] if args else None
+        if not isinstance(ref, ParamRef) or ref.transposed or not isinstance(value, torch.Tensor):
+            return None
+        if op_name(n) not in ("view", "reshape", "_unsafe_view", "unsqueeze", "squeeze"):
+            return None
+        t = self.an.params.get(ref.name, self.an.buffers.get(ref.name))
+        if t is None or [s for s in value.shape if s != 1] != [s for s in t.shape if s != 1]:
+            return None
+        return dataclasses.replace(ref, view=tuple(value.shape))
 
 
 def nested_infos(infos: dict[fx.Node, Any], n: fx.Node) -> list[Info]:

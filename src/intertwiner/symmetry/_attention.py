@@ -36,10 +36,15 @@ _SHAPING = {"view", "reshape", "_unsafe_view", "transpose", "permute", "contiguo
 _SHAPING |= {"expand", "unsqueeze", "squeeze", "to", "_to_copy", "alias", "detach", "dropout"}
 _SHAPING |= {"flatten", "unflatten", "select", "slice"}
 _ROTARY = {"mul", "add", "sub", "neg", "cat", "slice", "select", "stack", "unflatten"}
-_PROJECTIONS = {"linear", "addmm"}
+#: Convolutions (ungrouped, not transposed) project channels too: CoAtNet's and MaxViT's
+#: ``Attention2d`` computes q, k, v with a 1 x 1 conv over (B, C, H, W).
+_CONVS = {"conv1d", "conv2d", "conv3d", "convolution"}
+_PROJECTIONS = {"linear", "addmm"} | _CONVS
 _SPLITS = {"split", "split_with_sizes", "chunk", "unbind"}
 #: Between ``q @ k^T`` and the softmax: a scale, an additive mask or bias, casts.
 _SCORES = {"mul", "div", "add", "sub", "masked_fill"} | IDENTITY
+_VIEWS = {"view", "reshape", "_unsafe_view"}
+_SCORES |= _VIEWS
 
 
 @dataclass
@@ -51,6 +56,12 @@ class Projection:
     bias: str | None
     out_axis: int  # weight axis of the projection's outputs (0: linear, 1: Conv1D addmm)
     total: int  # all output channels of the projection
+    #: Input channels of the projection (the output projection's heads live there; it need not
+    #: equal ``total``: EfficientFormer's values are wider than the stream).
+    width: int
+    #: The dim of the projection's output (and of its input) that holds the channels: -1 for a
+    #: Linear, 1 for a convolution.
+    channel_dim: int = -1
     #: Per head (of the attention's tensor), the projection channels of its head-dim entries.
     heads: list[tuple[int, ...]] = field(default_factory=list)
 
@@ -72,6 +83,8 @@ class AttentionBlock:
     #: False when the additive mask differs between heads (T5's relative position bias, ALiBi):
     #: permuting heads would then need the bias permuted too.
     heads_permutable: bool = True
+    #: The additive masks or biases on the scores, each broadcast against (..., H, T, S).
+    masks: tuple[fx.Node, ...] = ()
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -88,17 +101,29 @@ def _is_number(a: Any) -> bool:
 
 def _projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
     name = op_name(node)
+    bias = node.args[0] if name == "addmm" else node.args[2] if len(node.args) > 2 else None
+    if isinstance(bias, fx.Node) and bias not in names:
+        return None  # a computed bias (EVA's cat(q_bias, 0, v_bias)) no head map may ignore
     if name == "linear":
         w, b = names.get(node.args[1]), names.get(node.args[2]) if len(node.args) > 2 else None
         axis = 0
     elif name == "addmm":
         w, b, axis = names.get(node.args[2]), names.get(node.args[0]), 1
+    elif name in _CONVS:
+        groups = node.args[8] if name == "convolution" else (node.args + (1,) * 7)[6]
+        if name == "convolution" and node.args[6] or groups != 1:
+            return None  # transposed or grouped: channels are not a plain projection
+        w, b = names.get(node.args[1]), names.get(node.args[2]) if len(node.args) > 2 else None
+        if w is None:
+            return None
+        shape = _val(node.args[1]).shape
+        return Projection(node, w, b, 0, int(shape[0]), int(shape[1]), channel_dim=1)
     else:
         return None
     if w is None:
         return None
-    total = int(_val(node.args[1] if name == "linear" else node.args[2]).shape[axis])
-    return Projection(node, w, b, axis, total)
+    shape = _val(node.args[1] if name == "linear" else node.args[2]).shape
+    return Projection(node, w, b, axis, int(shape[axis]), int(shape[1 - axis]))
 
 
 def _scalar_scale(n: fx.Node) -> bool:
@@ -180,10 +205,10 @@ def _heads_of(codes: Any, shape: torch.Size, total: int) -> list[tuple[int, ...]
     """Per head, the channel of each head-dim entry of a (B, H, T, D) tensor of channel codes
     (or (B * H, T, D), batch-major, as ``nn.MultiheadAttention`` computes with weights); None
     unless every batch row and position reads the same channels."""
-    if not isinstance(codes, torch.Tensor) or codes.shape != shape or codes.dim() not in (3, 4):
+    if not isinstance(codes, torch.Tensor) or codes.shape != shape or codes.dim() < 3:
         return None
-    if codes.dim() == 4:
-        codes = codes.transpose(0, 1).flatten(1, 2)  # (H, B * T, D)
+    if codes.dim() >= 4:  # (B, H, ..., T, D): NesT attends within blocks, (B, H, blocks, T, D)
+        codes = codes.transpose(0, 1).flatten(1, -2)  # (H, B * ... * T, D)
         rows = codes[:, :1, :]
         if not torch.equal(codes, rows.expand_as(codes)):
             return None
@@ -218,7 +243,7 @@ def _forward(
         n = users[0]
         if op_name(n) in _PROJECTIONS:
             p = _projection(n, names)
-            x = n.args[0] if op_name(n) == "linear" else n.args[1]
+            x = n.args[1] if op_name(n) == "addmm" else n.args[0]
             if p is None or x not in seen:
                 return None
             break
@@ -227,16 +252,16 @@ def _forward(
         seen.add(n)
     shape = _val(start).shape
     d = int(shape[-1])
-    if len(shape) == 4:
-        head = torch.arange(int(shape[1])).view(1, -1, 1, 1)
+    if len(shape) >= 4:
+        head = torch.arange(int(shape[1])).view(1, -1, *[1] * (len(shape) - 2))
     else:
         head = (torch.arange(int(shape[0])) % heads).view(-1, 1, 1)
     codes = (head * d + torch.arange(d)).to(torch.float64).expand(shape).contiguous()
     got = _replay(start, codes, seen, order).get(x)
-    width = int(_val(n.args[1] if op_name(n) == "linear" else n.args[2]).shape[1 - p.out_axis])
-    if not isinstance(got, torch.Tensor) or got.shape[-1] != width or width != heads * d:
+    width = p.width
+    if not isinstance(got, torch.Tensor) or got.shape[p.channel_dim] != width or width != heads * d:
         return None
-    rows = got.reshape(-1, width)
+    rows = got.movedim(p.channel_dim, -1).reshape(-1, width)
     if not torch.equal(rows, rows[:1].expand_as(rows)):
         return None
     where = {int(code): c for c, code in enumerate(rows[0].tolist())}
@@ -247,7 +272,9 @@ def _forward(
 
 
 def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None] | None:
-    """``softmax(q @ k^T * c + mask, -1) @ v`` ending at ``mm``: (q, k, v, mask) or None."""
+    """``softmax(q @ k^T * c + mask, -1) @ v`` ending at ``mm``: (q, k, v, masks) or None. Views
+    that keep the last three dims (H, T, S) may sit between the terms (Swin adds its shifted-window
+    mask to the scores viewed as (B, windows, H, T, S)): every term's dim -3 is then the head."""
     if op_name(mm) not in ("matmul", "bmm") or len(mm.args) != 2:
         return None
     p, v = mm.args
@@ -257,12 +284,16 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
         return None
     if p.args[1] not in (-1, _val(p).dim() - 1):
         return None
-    s, mask = p.args[0], None
+    s, masks = p.args[0], []
     while isinstance(s, fx.Node) and op_name(s) in _SCORES:
         if op_name(s) in IDENTITY or _scalar_scale(s):
             s = s.args[0]
-        elif op_name(s) in ("add", "sub", "masked_fill") and mask is None:
+        elif op_name(s) in ("add", "sub", "masked_fill"):
             s, mask = s.args[0], s.args[1]
+            if isinstance(mask, fx.Node):
+                masks.append(mask)
+        elif op_name(s) in _VIEWS and _keeps_heads(s):
+            s = s.args[0]
         else:
             return None
     if not isinstance(s, fx.Node) or op_name(s) not in ("matmul", "bmm"):
@@ -271,7 +302,14 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
     nd = _val(kt).dim() if isinstance(_val(kt), torch.Tensor) else 0
     if op_name(kt) != "transpose" or {a % nd for a in kt.args[1:3]} != {nd - 2, nd - 1}:
         return None
-    return q, kt.args[0], v, mask if isinstance(mask, fx.Node) else None
+    return q, kt.args[0], v, tuple(masks)
+
+
+def _keeps_heads(n: fx.Node) -> bool:
+    a, b = _val(n.args[0]), _val(n)
+    return all(isinstance(t, torch.Tensor) and t.dim() >= 3 for t in (a, b)) and (
+        a.shape[-3:] == b.shape[-3:]
+    )
 
 
 def _reads_any(node: fx.Node, targets: set[fx.Node]) -> bool:
@@ -297,7 +335,7 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
             continue
         if op_name(n) == "scaled_dot_product_attention":
             mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
-            qkv = (*n.args[:3], mask if isinstance(mask, fx.Node) else None)
+            qkv = (*n.args[:3], (mask,) if isinstance(mask, fx.Node) else ())
         else:
             qkv = _written_out(n)
             if qkv is None:
@@ -309,9 +347,9 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
 
 
 def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBlock | None:
-    q_node, k_node, v_node, mask = qkv
+    q_node, k_node, v_node, masks = qkv
     vals = [_val(a) for a in (q_node, k_node, v_node)]
-    if any(not isinstance(t, torch.Tensor) or t.dim() not in (3, 4) for t in vals):
+    if any(not isinstance(t, torch.Tensor) or t.dim() < 3 for t in vals):
         return None
     found = [_back(a, names) for a in (q_node, k_node, v_node)]
     if any(f is None for f in found):
@@ -319,7 +357,9 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     projections = []
     for node, val, (p, seen, _) in zip((q_node, k_node, v_node), vals, found, strict=True):
         shape = _val(p.node).shape
-        codes = torch.arange(p.total, dtype=torch.float64).expand(shape).contiguous()
+        at = [1] * len(shape)
+        at[p.channel_dim] = p.total
+        codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
         heads = _heads_of(_replay(p.node, codes, seen, order).get(node), val.shape, p.total)
         if heads is None:
             return None
@@ -344,13 +384,12 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     used = [(id(p.node), c) for p in (q, k, v) for row in p.heads for c in row]
     if len(set(used)) != len(used):
         return None  # two slots read one channel: not a plain head layout
-    if isinstance(mask, fx.Node) and _reads_any(mask, {q.node, k.node, v.node}):
+    if any(_reads_any(mask, {q.node, k.node, v.node}) for mask in masks):
         return None  # a bias computed from q, k or v (decomposed relative positions): not a mask
     stack = sdpa.meta.get("nn_module_stack") or {}
     name = list(stack.values())[-1][0] if stack else sdpa.name
     rotary = found[0][2] or found[1][2]
-    mask_val = _val(mask)
-    per_head = isinstance(mask_val, torch.Tensor) and mask_val.dim() >= 3 and mask_val.shape[-3] > 1
+    per_head = any(_per_head(mask) for mask in masks)
     return AttentionBlock(
         sdpa,
         name,
@@ -365,4 +404,11 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         rotary,
         {q.node, k.node, v.node},
         not per_head,
+        masks,
     )
+
+
+def _per_head(mask: fx.Node) -> bool:
+    """Can the mask differ between heads (its dim -3 is not broadcast)?"""
+    v = _val(mask)
+    return isinstance(v, torch.Tensor) and v.dim() >= 3 and v.shape[-3] > 1

@@ -68,9 +68,11 @@ class Rules(Spaces):
         *,
         where: str,
         transposed: bool = False,
-    ) -> Info:
+        read_only: bool = False,
+    ) -> Info | None:
         """A convolution: input channels (weight axis 1; 0 when ``transposed``) read ``x``'s
-        space, output channels and the bias write a fresh one."""
+        space, output channels and the bias write a fresh one (``read_only``: the caller owns the
+        output, e.g. an attention projection)."""
         if groups != 1:
             raise UnsupportedModuleError(
                 f"convolution {where!r} has groups={groups}; grouped/depthwise "
@@ -80,6 +82,8 @@ class Rules(Spaces):
         if x is not None:
             self.need_channels(x, ndim, where, batched=k + 2)
             self.act(x, weight, 0 if transposed else 1, "in")
+        if read_only:
+            return None
         out = self.writer(where, out_channels, mode)
         out = out.moved(dim=1 - ndim)
         self.act(out, weight, 1 if transposed else 0, "out")
@@ -150,7 +154,9 @@ class Rules(Spaces):
         name = where
         if x is None:
             return None
-        if n_dims != 1 or x.dim != -1 or x.outer != 1 or x.inner != 1:
+        # The feature axis may be a block of the last dim ((outer, n, inner): Swin's patch merging
+        # normalises 4C = (2, 2, C)): a permutation of n in every block permutes the whole dim.
+        if n_dims != 1 or x.dim != -1:
             raise UnsupportedModuleError(
                 f"LayerNorm {name!r} must normalise exactly the feature axis (the last dim); "
                 f"supported: {SUPPORTED}"
@@ -224,9 +230,25 @@ class Rules(Spaces):
         if t.shape[pd] != x.n * x.outer * x.inner:  # pragma: no cover (broadcast would fail)
             raise UnsupportedModuleError(f"{reason}: parameter {p.name} does not line up")
         if p.name in self.called:
+            first = self.added_to.get(p.name)
+            # CaiT's cls token joins the patch tokens (cat) and is also the residual stream of
+            # its class-attention blocks: one parameter added to two tensors is moved once, so
+            # both tensors must be moved by the same element (and in the same mode).
+            if first is not None and first[1] == pd and self._plain_part(first[0]) is not None:
+                if self._plain_part(first[0]) == self._plain_part(x):
+                    self.unify(first[0], x, f"{reason}: {p.name!r} is added here too")
+                    return
             raise UnsupportedModuleError(f"parameter {p.name!r} is used more than once")
         self.called.add(p.name)
+        self.added_to[p.name] = (x, pd)
         self.act(x, p.name, pd, "out", buffer=p.name not in self.params)
+
+    def _plain_part(self, x: Info) -> tuple | None:
+        """``(mode, n, outer, inner, dim)`` of a tensor one whole site moves, else None."""
+        parts = self.parts(x)
+        if len(parts) != 1 or parts[0][2] is not None or parts[0][0] == 0:
+            return None
+        return parts[0][1], x.n, x.outer, x.inner, x.dim
 
     def pad(self, x: Info, pad: tuple, mode: str, value: Any, ndim: int, where: str) -> Info:
         pos = x.dim + ndim

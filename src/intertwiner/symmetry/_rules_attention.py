@@ -1,14 +1,25 @@
 """Rules for attention: the sites of each block that ``_attention.find_attention`` matched
-(``<attn>.heads``, ``<attn>.qk<j>``, ``<attn>.vo<j>``; see there for the symmetries)."""
+(``<attn>.heads``, ``<attn>.qk<j>``, ``<attn>.vo<j>``; see there for the symmetries).
+
+A per-head bias on the scores (relative position tables: BEiT, Swin; LeViT's and
+EfficientFormer's attention biases) does not stop the head permutation when it is read from one
+parameter by ops that only move entries (index by a fixed buffer, view, permute, expand, casts)
+or map them one by one (``16 * sigmoid``): ``head_tables`` replays those ops on the index of each
+slice of the table and, if head h reads slice c_h of one axis (a different slice per head), the
+permutation of heads moves those slices with the heads. A head-constant addition (Swin's shifted
+window mask, which is the same for every head) is peeled off first.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.fx as fx
 
 from intertwiner.groups import PERMUTATION, ActionKind
 from intertwiner.symmetry._attention import AttentionBlock, Projection
+from intertwiner.symmetry._regions import IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
 
 if TYPE_CHECKING:
@@ -26,16 +37,14 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     """The sites of one attention block (its output node, SDPA or ``probs @ v``, is the hook)."""
     an, rep = r.an, b.heads // b.kv_heads
 
-    def on(sid: int, p: Projection, kind: ActionKind, channels: tuple[int, ...], unit: int = 1):
-        n_total = p.total // unit
-        an.act_raw(sid, p.weight, p.out_axis, kind, n_total, inner=unit, channels=channels)
+    def on(sid: int, p: Projection, kind: ActionKind, channels: tuple[int, ...]) -> None:
+        an.act_raw(sid, p.weight, p.out_axis, kind, p.total, channels=channels)
         if p.bias is not None:
-            an.act_raw(sid, p.bias, 0, kind, n_total, inner=unit, channels=channels)
+            an.act_raw(sid, p.bias, 0, kind, p.total, channels=channels)
 
-    def into_out(sid: int, kind: ActionKind, channels: tuple[int, ...], unit: int = 1) -> None:
+    def into_out(sid: int, kind: ActionKind, channels: tuple[int, ...]) -> None:
         o = b.out
-        an.act_raw(sid, o.weight, 1 - o.out_axis, kind, o.total // unit, inner=unit,
-                   channels=channels)  # fmt: skip
+        an.act_raw(sid, o.weight, 1 - o.out_axis, kind, o.width, channels=channels)
 
     def per_group(rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         """Query-head rows joined per kv group (rep heads each)."""
@@ -44,13 +53,23 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     # Per kv group j, its channels in q (rep heads), k, v and the output projection's input.
     groups = {"q": per_group(b.q.heads), "k": b.k.heads, "v": b.v.heads}
     groups["out"] = per_group(b.out.heads)
-    blocks = {key: _aligned(rows) for key, rows in groups.items()}
-    if b.heads_permutable and all(v is not None for v in blocks.values()):
+    sizes = {"q": b.q.total, "k": b.k.total, "v": b.v.total, "out": b.out.width}
+    blocks = {key: _head_blocks(rows, sizes[key]) for key, rows in groups.items()}
+    tables = [] if b.heads_permutable else head_tables(r, b)
+    if tables is not None and all(v is not None for v in blocks.values()):
         heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
         an.sites[heads].family = PERMUTATION
         for key, p in (("q", b.q), ("k", b.k), ("v", b.v)):
-            on(heads, p, ActionKind.A, blocks[key], len(groups[key][0]))
-        into_out(heads, ActionKind.A_INV_T, blocks["out"], len(groups["out"][0]))
+            channels, n_total, outer, inner = blocks[key]
+            for t, axis in ((p.weight, p.out_axis), (p.bias, 0)):
+                if t is not None:
+                    an.act_raw(heads, t, axis, ActionKind.A, n_total, outer=outer, inner=inner,
+                               channels=channels)  # fmt: skip
+        channels, n_total, outer, inner = blocks["out"]
+        an.act_raw(heads, b.out.weight, 1 - b.out.out_axis, ActionKind.A_INV_T, n_total,
+                   outer=outer, inner=inner, channels=channels)  # fmt: skip
+        for name, axis, columns in tables:
+            an.act_raw(heads, name, axis, ActionKind.A, an.shape_of(name)[axis], channels=columns)
     for j in range(b.kv_heads):
         # rotary embeddings rotate q and k per position: no GL(head_dim) on them
         if not b.rotary:
@@ -64,13 +83,161 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             into_out(vo, ActionKind.A_INV_T, b.out.heads[h])
 
 
-def _aligned(rows: list[tuple[int, ...]]) -> tuple[int, ...] | None:
-    """Each row as the index of the aligned block of ``len(row)`` channels it fills in order
-    (what a permutation of whole blocks moves), or None if some row is not such a block."""
-    out = []
-    for row in rows:
-        unit = len(row)
-        if row[0] % unit or row != tuple(range(row[0], row[0] + unit)):
+def _head_blocks(
+    rows: list[tuple[int, ...]], total: int
+) -> tuple[tuple[int, ...], int, int, int] | None:
+    """How a permutation of the rows (heads) acts on an axis of ``total`` channels, as
+    ``(channels, n_total, outer, inner)`` of a ``ParamAxis``: every row an aligned block of
+    ``len(row)`` channels in order (timm: channel c in head c // D), or every row strided by
+    ``total // len(row)`` (NesT's ``permute(..., D, H)``: channel c in head c % H). None when
+    the rows are neither (a head permutation would move channels no view describes)."""
+    unit = len(rows[0])
+    if any(len(row) != unit for row in rows) or total % unit:
+        return None
+    stride = total // unit
+    if all(row[0] % unit == 0 and row == tuple(range(row[0], row[0] + unit)) for row in rows):
+        return tuple(row[0] // unit for row in rows), stride, 1, unit
+    if all(row[0] < stride and row == tuple(range(row[0], total, stride)) for row in rows):
+        return tuple(row[0] for row in rows), stride, unit, 1
+    return None
+
+
+#: Ops that only move (or copy) entries of their first argument; other tensor arguments are fixed
+#: indices.
+_MOVES = {"view", "reshape", "_unsafe_view", "permute", "transpose", "unsqueeze", "squeeze"}
+_MOVES |= {"expand", "flatten", "unflatten", "index", "index_select", "slice", "select", "repeat"}
+_MOVES |= IDENTITY
+#: Maps applied to each entry alone (their other arguments must be numbers).
+_ENTRYWISE = {"sigmoid", "tanh", "mul", "div", "add", "sub", "neg", "exp", "relu"}
+
+
+def _ancestors(n: fx.Node) -> set[fx.Node]:
+    seen, stack = set(), [n]
+    while stack:
+        m = stack.pop()
+        if m not in seen:
+            seen.add(m)
+            stack.extend(m.all_input_nodes)
+    return seen
+
+
+def head_tables(r: AtenRunner, b: AttentionBlock) -> list[tuple[str, int, tuple[int, ...]]] | None:
+    """The parameters the per-head biases on the scores read, as ``[(name, axis, columns)]``:
+    head h reads slice ``columns[h]`` of ``axis`` and nothing else of it. None when some bias that
+    differs between heads is not of that form (the heads then stay in place)."""
+    out = b.sdpa.meta.get("val")  # (B, H, T, Dv): each mask's dim -3 is the head
+    if b.kv_heads != b.heads or not isinstance(out, torch.Tensor) or out.dim() != 4:
+        return None
+    params = {n for n in r.graph.nodes if n.op == "get_attr" and str(n.target) in r.an.params}
+    order = {n: i for i, n in enumerate(r.graph.nodes)}
+    tables = []
+    for mask in b.masks:
+        full = mask.meta.get("val")
+        if not isinstance(full, torch.Tensor) or full.dim() < 3 or full.shape[-3] == 1:
+            continue  # the same for every head
+        found = _head_table(r, mask, b.heads, params, order)
+        if found is None or any(t[0] == found[0] for t in tables):
             return None
-        out.append(row[0] // unit)
-    return tuple(out)
+        tables.append(found)
+    return tables
+
+
+def _head_table(
+    r: AtenRunner, mask: fx.Node, heads: int, params: set[fx.Node], order: dict
+) -> tuple[str, int, tuple[int, ...]] | None:
+    full = mask.meta["val"]
+    if full.shape[-3] != heads:
+        return None
+
+    def fixed(n: Any) -> bool:  # not from a parameter or the input
+        return not any(m.op == "placeholder" or m in params for m in _ancestors(n))
+
+    node, chain = mask, [mask]
+    while op_name(node) == "add" and len(node.args) == 2 and not node.kwargs:
+        a, c = node.args
+        free = [x for x in (a, c) if isinstance(x, fx.Node) and fixed(x)]
+        if len(free) != 1:
+            break
+        v = torch.broadcast_to(_evaluate(r, free[0], {}, order), full.shape)
+        if not torch.equal(v, v.narrow(-3, 0, 1).expand_as(v)):
+            return None  # differs between heads
+        node = c if free[0] is a else a
+        chain.append(node)
+    if any(len(m.users) != 1 for m in chain):
+        return None  # one bias read by several blocks (BEiT's shared table): one table, many heads
+    above = _ancestors(node)
+    sources = above & params
+    if len(sources) != 1 or any(m.op == "placeholder" for m in above):
+        return None
+    (src,) = sources
+    derived = {m for m in above if m is not src and src in _ancestors(m)}
+    if any(u not in above for m in (derived | {src}) - {node} for u in m.users):
+        return None  # the table (or a tensor made of it) is read elsewhere too: shared by blocks
+    for m in derived:
+        name, rest = op_name(m), [*m.args[1:], *m.kwargs.values()]
+        if m.op != "call_function" or not m.args or not _reads(m.args[0], derived | {src}):
+            return None
+        if name in _ENTRYWISE:
+            if any(not isinstance(a, (int, float)) or isinstance(a, bool) for a in rest):
+                return None
+        elif name not in _MOVES or any(_reads(a, derived | {src}) for a in rest):
+            return None
+    table = r.fetch_attr(str(src.target))
+    for axis in range(table.dim()):
+        if table.shape[axis] != heads:
+            continue
+        shape = [1] * table.dim()
+        shape[axis] = heads
+        codes = torch.arange(heads, dtype=torch.float64).view(shape).expand(table.shape)
+        try:
+            got = _evaluate(r, node, {src: codes}, order, entrywise=derived)
+            got = torch.broadcast_to(got, full.shape).movedim(-3, 0).reshape(heads, -1)
+        except (RuntimeError, IndexError):
+            continue
+        if torch.equal(got, got[:, :1].expand_as(got)):
+            columns = tuple(int(c) for c in got[:, 0].tolist())
+            if sorted(columns) == list(range(heads)):
+                return str(src.target), axis, columns
+    return None
+
+
+def _evaluate(
+    r: AtenRunner, node: fx.Node, env: dict, order: dict, entrywise: set[fx.Node] = frozenset()
+) -> Any:
+    """``node``'s value computed again from the parameters and buffers (the interpreter has freed
+    the intermediate values), with the values in ``env`` in place of those nodes; the entrywise
+    ops among ``entrywise`` pass their first argument on unchanged (codes say where an entry
+    came from, not its value)."""
+    env = dict(env)
+    for m in sorted(_ancestors(node), key=order.__getitem__):
+        if m in env:
+            continue
+        if m.op == "get_attr":
+            env[m] = r.fetch_attr(str(m.target))
+        elif m in entrywise and op_name(m) in _ENTRYWISE:
+            env[m] = env[m.args[0]]
+        elif m.op == "call_function":
+            env[m] = m.target(*_subst(m.args, env), **_subst(m.kwargs, env))
+        else:
+            raise RuntimeError(f"cannot evaluate {m.op} {m.name}")
+    return env[node]
+
+
+def _reads(a: Any, nodes: set[fx.Node]) -> bool:
+    if isinstance(a, fx.Node):
+        return a in nodes
+    if isinstance(a, (list, tuple)):
+        return any(_reads(x, nodes) for x in a)
+    if isinstance(a, dict):
+        return any(_reads(x, nodes) for x in a.values())
+    return False
+
+
+def _subst(a: Any, env: dict) -> Any:
+    if isinstance(a, fx.Node):
+        return env[a]
+    if isinstance(a, (list, tuple)):
+        return type(a)(_subst(x, env) for x in a)
+    if isinstance(a, dict):
+        return {k: _subst(v, env) for k, v in a.items()}
+    return a

@@ -98,10 +98,13 @@ def _scale_by_param(r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node)
     ``spec.Fold``): the decision waits until the site's group is known (``_build``)."""
     an = r.an
     t = an.params.get(p.name, an.buffers.get(p.name))
-    pd = t.dim() + x.dim
+    shape = tuple(t.shape) if p.view is None else p.view  # as the product sees it
+    pd = len(shape) + x.dim
     full = x.n * x.outer * x.inner
-    if pd < 0 or t.shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
+    if pd < 0 or shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
         raise Frozen(f"a product with parameter {p.name} that is not one per feature")
+    if p.view is not None:  # the parameter's own axis of the features (its other dims are 1)
+        pd = next(i for i, s in enumerate(t.shape) if s == full)
     into = _foldable_readers(r, n) if t.dim() == 1 else None
     parts = an.parts(x)
     if into and len(parts) == 1 and parts[0][2] is None and parts[0][0] != 0:
@@ -262,7 +265,7 @@ def _affine_of_param(p: ParamRef, fn) -> ParamRef | None:
     if slope == 0.0 or not torch.allclose(out, slope * probe + offset, rtol=0, atol=1e-12):
         return None
     a, b = p.affine
-    return ParamRef(p.name, affine=(slope * a, slope * b + offset))
+    return ParamRef(p.name, affine=(slope * a, slope * b + offset), view=p.view)
 
 
 def _named(fn, name: str):

@@ -49,6 +49,12 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
         out_axis = 1
     else:
         x_node, w_node, b_node, out_axis = n.args[0], n.args[1], None, 1
+    # A bias computed from parameters (EVA's ``cat(q_bias, 0, v_bias)``) cannot move: the output
+    # is then a fixed tensor (x W^T is unchanged when W's input axis absorbs x's map), and the
+    # input stream keeps its site instead of being frozen with the op.
+    fixed_out = isinstance(b_node, fx.Node) and r.info(b_node) is None
+    if fixed_out:
+        b_node = None
     w_info = r.info(w_node)
     if isinstance(w_info, ParamRef) and w_info.transposed:  # x @ W.T: W's rows are outputs
         w_node, out_axis = None, 1 - out_axis
@@ -79,7 +85,7 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
         Mode.P if bn_users(n) else Mode.A,
         where=r.module_path(n) or n.name,
         out_axis=out_axis,
-        read_only=n in r.owned,
+        read_only=n in r.owned or fixed_out,
     )
 
 
@@ -111,6 +117,7 @@ def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
         Mode.P if bn_users(n) else Mode.A,
         where=r.module_path(n) or n.name,
         transposed=transposed,
+        read_only=n in r.owned,
     )
 
 

@@ -26,6 +26,16 @@ def no_features(r: AtenRunner, n: fx.Node, value: Any) -> None:
     return None
 
 
+@rule("new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like",
+      "empty_like")  # fmt: skip
+def fresh_like(r: AtenRunner, n: fx.Node, value: Any) -> None:
+    """A new tensor shaped (or typed) like a hidden one (torchvision Swin's ``x.new_zeros`` for
+    its shifted-window mask): its values do not depend on the hidden tensor's, so it is fixed."""
+    if op_name(n) == "full_like" and isinstance(n.args[1] if len(n.args) > 1 else None, fx.Node):
+        raise Frozen("full_like with a tensor fill value")
+    return None
+
+
 # -- views --------------------------------------------------------------------------------------
 def reshaped(x: Info, s_in, s_out, where: str) -> Info:
     """The feature axis after a view: the output dim whose block of elements holds it whole
@@ -54,7 +64,7 @@ def reshaped(x: Info, s_in, s_out, where: str) -> Info:
     return x.moved(dim=d - len(s_out), inner=st // p, outer=big // span)
 
 
-@rule("view", "reshape", "_unsafe_view", "view_as", "flatten", "unflatten", "squeeze")
+@rule("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "unflatten", "squeeze")
 def view(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     return reshaped(r.first(n), r.val(n.args[0]).shape, value.shape, r.where(n))
 
@@ -130,6 +140,21 @@ def split(r: AtenRunner, n: fx.Node, value: Any) -> tuple:
         drop = op_name(n) == "unbind"
         out.append(x.moved(dim=x.dim + 1 if drop and d > pos else x.dim) if v.dim() else None)
     return tuple(out)
+
+
+@rule("roll", "flip")
+def roll(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """Shifted windows (Swin's ``roll``) and flips move positions only: the feature axis passes
+    through when it is not among the rolled dims (no dims: the flattened tensor rolls, which
+    mixes channels)."""
+    x, ndim = r.first(n), r.ndim(n)
+    dims = n.args[2] if op_name(n) == "roll" and len(n.args) > 2 else n.kwargs.get("dims", ())
+    if op_name(n) == "flip":
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dims", ())
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims or (x.dim + ndim) in {d % ndim for d in dims}:
+        raise Frozen("rolling or flipping the feature axis")
+    return x
 
 
 # -- joins and reductions -----------------------------------------------------------------------

@@ -72,11 +72,14 @@ class ParamRef:
     transposed: bool = False
     #: ``(slope, offset)``: the tensor is ``slope * param + offset`` (Gemma's ``1 + weight``).
     affine: tuple[float, float] = (1.0, 0.0)
+    #: The shape it is seen in when a view added or dropped size-1 dims (LayerScale2d's
+    #: ``gamma.view(1, -1, 1, 1)``), which only a per-feature product reads; None: its own.
+    view: tuple[int, ...] | None = None
 
     @property
     def plain(self) -> bool:
-        """The parameter itself, not a transpose or an affine function of it."""
-        return not self.transposed and self.affine == (1.0, 0.0)
+        """The parameter itself, not a transpose, a view or an affine function of it."""
+        return not self.transposed and self.affine == (1.0, 0.0) and self.view is None
 
 
 class _SiteState:
@@ -118,6 +121,8 @@ class Spaces:
         self.buffers = dict(model.named_buffers(remove_duplicate=False))
         self.zoo_sites = set(getattr(model, "intertwiner_sites", []) or [])
         self.called: set[str] = set()
+        #: The tensor (and its axis) each parameter in ``called`` was first added to.
+        self.added_to: dict[str, tuple[Info, int]] = {}
         #: The graph node whose rule is running: recorded on each ParamAxis as its ``use``, so
         #: that two uses of one shared tensor can be told apart.
         self.current_use = ""

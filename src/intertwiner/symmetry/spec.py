@@ -190,8 +190,7 @@ def _apply_view(
 ) -> torch.Tensor:
     """Apply ``element`` along ``dim`` of ``t`` viewed as ``(outer, n_total, inner)``."""
     shape = list(t.shape)
-    v = t.reshape(*shape[:dim], view.outer, view.n_total, view.inner, *shape[dim + 1 :])
-    cdim = dim + 1
+    v, cdim = _split_axis(t, dim, view, t.reshape)
     elem = element.to(dtype=t.dtype, device=t.device)
     if channels is None:
         out = elem.apply(v, cdim)
@@ -200,6 +199,16 @@ def _apply_view(
         out = v.clone()
         out.index_copy_(cdim, idx, elem.apply(v.index_select(cdim, idx), cdim))
     return out.reshape(shape)
+
+
+def _split_axis(t: torch.Tensor, dim: int, view: ParamAxis | ActivationAxis, how) -> tuple:
+    """``t`` with ``dim`` split into ``(outer, n_total, inner)`` and the dim of ``n_total``; an
+    outer or inner of 1 is left out: a gather along a dim followed by size-1 dims took 4.5 times
+    as long as the same gather on the 2-d tensor (GPT-2's 50257 x 768 embedding: 12.6 s vs 2.8 s)."""
+    shape = list(t.shape)
+    pre = [view.outer] if view.outer != 1 else []
+    post = [view.inner] if view.inner != 1 else []
+    return how(*shape[:dim], *pre, view.n_total, *post, *shape[dim + 1 :]), dim + len(pre)
 
 
 def apply_view_inplace(
@@ -214,9 +223,7 @@ def apply_view_inplace(
     if channels is None or not t.is_contiguous():
         t.copy_(_apply_view(t, dim, view, element, channels))
         return
-    shape = list(t.shape)
-    v = t.view(*shape[:dim], view.outer, view.n_total, view.inner, *shape[dim + 1 :])
-    cdim = dim + 1
+    v, cdim = _split_axis(t, dim, view, t.view)
     elem = element.to(dtype=t.dtype, device=t.device)
     start = channels[0]
     if channels == tuple(range(start, start + len(channels))):  # a contiguous block: no gather
