@@ -135,7 +135,7 @@ class _NodeTap:
                     f"exported graph (the names symmetry.trace gives). Sites without an "
                     f"activation ('stream:...', 'linear:...', attention '.heads', '.qk0', '.vo0') "
                     f"name a space of the weights, no single tensor: capture the modules that "
-                    f"write them (Site.writers). Available module names: {avail}"
+                    f"write them (Site.writers); available module names: {avail}"
                 )
             self.graphs[key] = graph
         return self.graphs[key]
