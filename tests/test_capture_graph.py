@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests._support.factories import GPT2Logits
 from torch import nn
 
 from intertwiner.features import LayerNotFoundError, capture
@@ -117,23 +118,8 @@ def test_a_bare_layer_with_an_activation_attribute():
 
 
 def test_a_hugging_face_model_from_a_tiny_config():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.GPT2Config(
-        vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config).double().eval()
-
-    class Logits(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids):
-            return self.m(ids, use_cache=False).logits
-
-    wrapped = Logits(model)
+    pytest.importorskip("transformers")
+    wrapped = GPT2Logits()
     ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
     with pytest.raises(Exception):  # noqa: B017 (torch.fx cannot follow GPT-2's forward)
         torch.fx.symbolic_trace(wrapped)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests._support.factories import GPT2Logits
 from torch import nn
 
 from intertwiner.stitching import StitchConfig, StitchedModel, UnknownSiteError, stitch
@@ -105,23 +106,8 @@ def test_stitch_end_to_end_on_a_model_fx_refuses(digits64):
 
 
 def test_a_hugging_face_model_splices_exactly_and_its_masks_pass_through():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.GPT2Config(
-        vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    gpt2 = transformers.GPT2LMHeadModel(config).double().eval()
-
-    class Logits(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids):
-            return self.m(ids, use_cache=False).logits
-
-    model = Logits(gpt2)
+    pytest.importorskip("transformers")
+    model = GPT2Logits()
     g = torch.Generator().manual_seed(0)
     at = "m.transformer.h.0.mlp.act"
     spliced = _identity_splice(model, at, torch.randint(0, 50, (2, 7), generator=g))
