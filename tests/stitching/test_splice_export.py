@@ -116,3 +116,11 @@ def test_a_hugging_face_model_splices_exactly_and_its_masks_pass_through():
     cut = find_cut(export_trace(model, at, ids), at)
     streams = [n for n, p in zip(cut.names, cut.passthrough) if not p]
     assert len(streams) == 2 and cut.residual  # the site and the residual stream, no mask
+
+
+def test_trace_with_an_example_is_the_export_path():
+    from intertwiner.stitching._splice import trace
+
+    model = ControlFlowRes().eval()
+    x = torch.randn(4, 64, dtype=torch.float64)
+    assert find_cut(trace(model, "act", x), "act").names[0] == "tanh"  # an ATen node name

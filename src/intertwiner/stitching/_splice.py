@@ -76,12 +76,16 @@ def _module_of(at: str) -> str:
     return SiteName.parse(at).base
 
 
-def trace(model: nn.Module, at: str) -> fx.GraphModule:
-    """``model`` traced with the module ``at`` as a leaf; raises ``UnknownSiteError``.
+def trace(model: nn.Module, at: str, example: torch.Tensor | None = None) -> fx.GraphModule:
+    """``model``'s graph for a splice at ``at``; raises ``UnknownSiteError``.
 
-    ``at`` is a module name, ``name#k`` (the k-th call of a module used several times) or the
-    name of a functional call in the traced graph (``relu_2``), as ``symmetry.trace`` names sites.
+    With ``example`` (inputs of the shape the model takes; any batch size later) the exported
+    ATen graph ``stitch`` uses (``export_trace``). Without it (no input to export with) the
+    torch.fx graph, ``at`` kept as a leaf module: ``at`` is then a module name, ``name#k`` (the
+    k-th call of a module used several times) or the name of a functional call in that fx graph.
     """
+    if example is not None:
+        return export_trace(model, at, example)
     names = dict(model.named_modules())
     module = _module_of(at)
     tracer = _SiteTracer({module} if module in names else set())
