@@ -2,8 +2,9 @@
 
 Layers are named as in ``model.named_modules()`` (``""`` is the whole model); ``"name#k"`` is the
 k-th call of a module called several times in one forward, and the name of a functional call in
-the model's torch.fx graph (``"relu_1"``) captures its output: every site name that
-``symmetry.trace`` gives (fx front end) can be captured. Captured layouts are the module outputs as
+the model's exported ATen graph (``"relu_1"``, the graph ``symmetry.trace`` reads) captures its
+output: every activation site name that ``symmetry.trace`` gives can be captured, on every model
+it traces (Hugging Face models and data-dependent Python included). Captured layouts are the module outputs as
 produced: (N, C) dense, (N, C, H, W) conv (channels are the neurons), (N, T, D) tokens.
 ``layout="matrix"`` converts each to (samples, neurons) with ``layouts.to_matrix``. A module that
 returns a tuple contributes its first tensor; a module name alone means its first call.
@@ -28,6 +29,7 @@ from intertwiner.errors import (
     InvalidOptionError,
     ShapeError,
     TooFewSamplesError,
+    UnsupportedModuleError,
 )
 from intertwiner.layouts import to_matrix
 
@@ -102,63 +104,45 @@ def _resolve(
 
 
 class _NodeTap:
-    """The outputs of named nodes of the model's torch.fx graph (functional calls that no hook
-    can see). Submodules still run as themselves, so module hooks fire as usual."""
+    """The outputs of named nodes of the model's ATen graph (functional calls that no hook can
+    see): the graph ``symmetry.trace`` runs its rules on (``symmetry._graph.SiteGraph``), so
+    every name ``trace`` gives a functional site is found the same way. The graph is exported on
+    the first batch of each input shape (export fixes shapes) and run with the nodes' outputs
+    recorded; models torch.fx cannot follow (Hugging Face, data-dependent Python) export too."""
 
     def __init__(self, model: nn.Module, names: list[str]):
-        import torch.fx as fx
+        self.model, self.names = model, names
+        self.graphs: dict[tuple, Any] = {}
 
-        try:
-            self.gm = fx.symbolic_trace(model)
-        except Exception as e:  # noqa: BLE001 (fx raises many types)
-            raise LayerNotFoundError(
-                f"layer(s) {names} are not modules of {type(model).__name__}, and its forward "
-                f"cannot be traced by torch.fx to find them as functional calls ({e})"
-            ) from e
-        graph_names = {node.name: node.name for node in self.gm.graph.nodes}
-        graph_names.update(_site_aliases(self.gm.graph))
-        missing = [n for n in names if n not in graph_names]
-        if missing:
-            avail = ", ".join(repr(n) for n, _ in model.named_modules() if n) or "(none)"
-            raise LayerNotFoundError(
-                f"layer(s) {missing} not found in {type(model).__name__}: neither a module, the "
-                f"k-th call of one ('name#2'), nor a functional call in its torch.fx graph; "
-                f"available module names: {avail}"
-            )
-        # the node each requested name stands for; captured under the name the caller used
-        self.names = {graph_names[n]: n for n in names}
+    def _graph(self, x: torch.Tensor):
+        from intertwiner.symmetry._graph import SiteGraph
+
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self.graphs:
+            try:
+                graph = SiteGraph(self.model, (x,))
+            except UnsupportedModuleError as e:
+                raise LayerNotFoundError(
+                    f"layer(s) {self.names} are not modules of {type(self.model).__name__}, and "
+                    f"its forward cannot be exported to find them as functional calls ({e})"
+                ) from e
+            missing = [n for n in self.names if n not in graph.names]
+            if missing:
+                avail = ", ".join(repr(n) for n, _ in self.model.named_modules() if n) or "(none)"
+                raise LayerNotFoundError(
+                    f"layer(s) {missing} not found in {type(self.model).__name__}: neither a "
+                    f"module, the k-th call of one ('name#2'), nor a functional call in its "
+                    f"exported graph (the names symmetry.trace gives). Sites without an "
+                    f"activation ('stream:...', 'linear:...', attention '.heads', '.qk0', '.vo0') "
+                    f"name a space of the weights, no single tensor: capture the modules that "
+                    f"write them (Site.writers); available module names: {avail}"
+                )
+            self.graphs[key] = graph
+        return self.graphs[key]
 
     def run(self, x: torch.Tensor, store: dict[str, torch.Tensor]) -> None:
-        import torch.fx as fx
-
-        names = self.names
-
-        class _Interp(fx.Interpreter):
-            def run_node(self, n):
-                out = super().run_node(n)
-                if n.name in names:
-                    store[names[n.name]] = _first_tensor(out).detach().clone()
-                return out
-
-        _Interp(self.gm).run(x)
-
-
-def _site_aliases(graph: Any) -> dict[str, str]:
-    """``{site name: node name}`` for functional calls inside submodules, named as
-    ``symmetry.trace`` names their sites: the module's path and the function
-    (``layer2.0.shortcut.pad`` for the node ``pad``), ``#k`` for the k-th call in one module."""
-    aliases: dict[str, str] = {}
-    for node in graph.nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        if node.op not in ("call_function", "call_method") or not stack:
-            continue
-        fn = getattr(node.target, "__name__", str(node.target))
-        alias = f"{list(stack)[-1]}.{fn}"
-        k = 1
-        while str(SiteName(alias, k)) in aliases:
-            k += 1
-        aliases[str(SiteName(alias, k))] = node.name
-    return aliases
+        graph = self._graph(x)
+        graph.run((x,), {graph.names[n]: n for n in self.names}, store)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -242,22 +226,28 @@ class Capturer:
             if name is not None and name not in self._captured:
                 # Clone: a later in-place op (ReLU(inplace=True)) would otherwise overwrite it.
                 self._captured[name] = _first_tensor(output).detach().clone()
-                if len(self._captured) == len(self.targets) and self._tap is None:
+                if all(n in self._captured for n in self._modules):
                     raise _StopForward
 
         return hook
 
-    def __enter__(self) -> Capturer:
+    def _add_hooks(self) -> None:
         unique = {id(m): m for m, _ in self._modules.values()}
         self._handles = [m.register_forward_hook(self._hook_for(m)) for m in unique.values()]
+
+    def _remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> Capturer:
+        self._add_hooks()
         self._mode = _eval_mode(self.model)
         self._mode.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._remove_hooks()
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None
@@ -269,8 +259,13 @@ class Capturer:
         with torch.no_grad(), _validate.reraise_shape_errors(self.call, x, self.model):
             try:
                 if self._tap is not None:
-                    self._tap.run(x.to(self.device), self._captured)
-                else:
+                    # without our hooks: the graph is exported from a copy, which would keep them
+                    self._remove_hooks()
+                    try:
+                        self._tap.run(x.to(self.device), self._captured)
+                    finally:
+                        self._add_hooks()
+                if self._modules:  # module outputs: forward hooks (the graph calls no module)
                     self.model(x.to(self.device))
             except _StopForward:
                 pass

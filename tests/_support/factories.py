@@ -205,3 +205,22 @@ def build_zoo(key: str, activation: str, seed: int = 0) -> tuple[torch.nn.Module
         for h in hooks:
             h.remove()
     return model, x
+
+
+class GPT2Logits(nn.Module):
+    """A tiny random GPT-2 (2 layers, width 16, vocab 50, float64, eval) returning the logits
+    only, no key/value cache: torch.fx cannot trace it, torch.export can. Needs transformers."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        import transformers
+
+        config = transformers.GPT2Config(
+            vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
+            embd_pdrop=0.0, attn_pdrop=0.0,
+        )  # fmt: skip
+        torch.manual_seed(seed)
+        self.m = transformers.GPT2LMHeadModel(config).double().eval()
+
+    def forward(self, ids):
+        return self.m(ids, use_cache=False).logits

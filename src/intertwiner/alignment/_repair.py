@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from intertwiner._types import DataLike, ExampleInput
+from intertwiner._types import DataLike, ExampleInput, SiteName
 from intertwiner.errors import InvalidOptionError, NonFiniteError, TooFewSamplesError
 from intertwiner.symmetry import SymmetrySpec, trace
 
@@ -67,8 +67,8 @@ class _Stop(Exception):
 
 
 def _split(name: str) -> tuple[str, int]:
-    base, _, k = name.rpartition("#") if "#" in name else (name, "", "1")
-    return base, int(k) if k.isdigit() else 1
+    site = SiteName.parse(name)
+    return site.base, site.k
 
 
 def _channel_dim(producer: nn.Module) -> int | None:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from intertwiner import _validate
+from intertwiner._types import SiteName
 from intertwiner.data import SplitsLike
 from intertwiner.errors import InvalidOptionError, ShapeError, TooFewSamplesError
 from intertwiner.groups import family
@@ -57,8 +58,8 @@ from intertwiner.stitching._splice import (
     StitchedModel,
     build_back,
     build_front,
+    export_trace,
     find_cut,
-    trace,
 )
 from intertwiner.stitching._train import train_stitches
 
@@ -175,9 +176,14 @@ def _setup(model_a, model_b, at, layer, cfg, train_ds, val_ds, device, gen) -> _
     a, b = _frozen_copy(model_a, device), _frozen_copy(model_b, device)
     if cfg.channels_last:  # converts 4-d weights only; the copies' function is unchanged
         a, b = a.to(memory_format=torch.channels_last), b.to(memory_format=torch.channels_last)
-    gm_a, gm_b = trace(a, at), trace(b, at)
+    x0 = to_input(
+        next(iter(loader(train_ds, min(cfg.batch_size, 8))))[0], device, cfg.channels_last
+    )
+    _check_models_run({"model A": (a, model_a), "model B": (b, model_b)}, x0)
+    # the graph trace and capture read (torch.export; models torch.fx refuses too)
+    gm_a, gm_b = export_trace(a, at, x0), export_trace(b, at, x0)
     cut = find_cut(gm_b, at)
-    kind, arg = resolve_kind(layer, dict(b.named_modules())[at])
+    kind, arg = resolve_kind(layer, dict(b.named_modules()).get(SiteName.parse(at).base))
     cfg = resolve_config(cfg, kind)
     if cfg.epochs > 0 and (val_ds is None or len(val_ds) == 0):
         raise TooFewSamplesError("training a stitch needs a validation split to choose the epoch")
@@ -185,10 +191,6 @@ def _setup(model_a, model_b, at, layer, cfg, train_ds, val_ds, device, gen) -> _
         raise InvalidOptionError(
             f"the birkhoff solver fits 'perm_scale' and 'permutation', not {kind!r}"
         )
-    x0 = to_input(
-        next(iter(loader(train_ds, min(cfg.batch_size, 8))))[0], device, cfg.channels_last
-    )
-    _check_models_run({"model A": (a, model_a), "model B": (b, model_b)}, x0)
     front_a, front_b = build_front(gm_a, cut), build_front(gm_b, cut)
     stitches, names, per_sample = _make_stitches(front_a, front_b, cut, kind, arg, cfg, x0, gen)
     if len(names) > 1 and cfg.residual == "error":

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from intertwiner._types import SiteName
 from intertwiner.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ def _module_of(label: str) -> str:
     label = label.split(":", 1)[1] if ":" in label and not label.startswith("space ") else label
     if label.startswith("space "):
         return "\0"
-    return label.split("#", 1)[0].strip()
+    return SiteName.parse(label.strip()).base
 
 
 def _share(k: int, n: int) -> float:
