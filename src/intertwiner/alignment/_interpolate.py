@@ -24,6 +24,7 @@ from torch import nn
 
 from intertwiner import _validate
 from intertwiner._types import DataLike
+from intertwiner.alignment._extent import Extent
 from intertwiner.errors import InvalidOptionError, ShapeError, TooFewSamplesError
 
 __all__ = ["Interpolation", "interpolate", "lerp", "merge", "reset_bn_statistics"]
@@ -242,7 +243,7 @@ def merge(
     *,
     reference: int | str = "mean",
     method: str | None = "weights",
-    group: str = "full",
+    group: Extent | str = Extent.SITE_GROUP,
     data: DataLike | None = None,
     bn_data: DataLike | None = None,
     repair: bool = False,

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from intertwiner import _validate
-from intertwiner._types import DataLike
+from intertwiner._types import DataLike, ExampleInput
+from intertwiner.alignment._extent import Extent
 from intertwiner.errors import InvalidOptionError, ShapeError
 from intertwiner.groups import GroupElement, MonomialElement
 from intertwiner.symmetry import SymmetrySpec, trace
@@ -107,10 +108,10 @@ def align_to_mean(
     weights: Sequence[float] | None = None,
     *,
     method: str = "weights",
-    group: str = "full",
+    group: Extent | str = Extent.SITE_GROUP,
     data: DataLike | None = None,
     spec: SymmetrySpec | None = None,
-    example_input: Any = None,
+    example_input: ExampleInput | None = None,
     max_iter: int = 20,
     tol: float = 1e-6,
     seed: int = 0,

@@ -27,7 +27,6 @@ import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -96,7 +95,7 @@ def _scale_shift_params(producer: nn.Module, name: str) -> tuple[torch.Tensor, t
     return weight, bias
 
 
-def _points(model: nn.Module, spec: SymmetrySpec, example: Any) -> list[_Point]:
+def _points(model: nn.Module, spec: SymmetrySpec, example: ExampleInput) -> list[_Point]:
     """Every site activation that is a module call, with the module producing its input, in the
     order of the forward pass."""
     named = dict(model.named_modules())
