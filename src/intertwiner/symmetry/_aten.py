@@ -19,6 +19,7 @@ that remains is then verified numerically like any other. With ``refuse=True``
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Any
 
@@ -172,6 +173,9 @@ class AtenRunner(fx.Interpreter):
         name = op_name(n)
         if not args or not isinstance(args[0], ParamRef) or not isinstance(value, torch.Tensor):
             return None
+        broadcast = self.broadcast_view(name, value, args[0])
+        if broadcast is not None:
+            return broadcast
         if not args[0].plain:
             return args[0] if name in IDENTITY else None
         if name in ("t", "transpose", "permute", "numpy_T") and value.dim() == 2:
@@ -185,6 +189,20 @@ class AtenRunner(fx.Interpreter):
         if name in ("slice", "select") and n.args[1] % t.dim() == t.dim() - 1:
             return None
         return args[0]
+
+    def broadcast_view(self, name: str, value: torch.Tensor, p: ParamRef) -> ParamRef | None:
+        """A 1-d parameter (or an affine function of one) reshaped to ``(1, C, 1, 1)`` and the
+        like: a per-channel scale or bias of an NCHW tensor (timm's layer scale, MetaFormer's
+        ``Scale``). Remembered with the dim its one axis lands on (``ParamRef.at``)."""
+        views = IDENTITY | {"view", "reshape", "_unsafe_view", "unsqueeze", "expand"}
+        t = self.an.params.get(p.name, self.an.buffers.get(p.name))
+        if name not in views or p.transposed or t is None or t.dim() != 1 or t.numel() < 2:
+            return None
+        sizes = [d for d, z in enumerate(value.shape) if z != 1]
+        if value.numel() != t.numel() or len(sizes) != 1:
+            return None  # expanded over other dims too, or not one axis
+        at = sizes[0] - value.dim()
+        return dataclasses.replace(p, at=None if at == -1 else at)
 
 
 def nested_infos(infos: dict[fx.Node, Any], n: fx.Node) -> list[Info]:

@@ -4,6 +4,7 @@ per-feature scales, gates, RMS normalisation) and activations (regions of elemen
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -46,7 +47,7 @@ def binary(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
     if not isinstance(x, Info):
         raise Frozen("a sum with a row statistic")
-    if isinstance(other, ParamRef) and other.plain:
+    if isinstance(other, ParamRef) and dataclasses.replace(other, at=None).plain:
         r.an.add_param(x, other, f"adding parameter {other.name} in {where}")
         return x
     if isinstance(other, ParamRef):
@@ -97,7 +98,7 @@ def _scale_by_param(r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node)
     ``spec.Fold``): the decision waits until the site's group is known (``_build``)."""
     an = r.an
     t = an.params.get(p.name, an.buffers.get(p.name))
-    pd = t.dim() + x.dim
+    pd = p.axis_for(t.dim(), x.dim)
     full = x.n * x.outer * x.inner
     if pd < 0 or t.shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
         raise Frozen(f"a product with parameter {p.name} that is not one per feature")
@@ -261,7 +262,7 @@ def _affine_of_param(p: ParamRef, fn) -> ParamRef | None:
     if slope == 0.0 or not torch.allclose(out, slope * probe + offset, rtol=0, atol=1e-12):
         return None
     a, b = p.affine
-    return ParamRef(p.name, affine=(slope * a, slope * b + offset))
+    return dataclasses.replace(p, affine=(slope * a, slope * b + offset))
 
 
 def _named(fn, name: str):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 
-from intertwiner.groups import MONOMIAL, ActionKind, Mode
+from intertwiner.groups import MONOMIAL, PERMUTATION, ActionKind, Mode
 from intertwiner.symmetry._registry import Frozen, rule
 from intertwiner.symmetry._spaces import Info, ParamRef
 
@@ -87,6 +87,9 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
       "conv_transpose3d", always=True)  # fmt: skip
 def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     args, name = list(n.args), r.op(n)
+    std = standardised_weight(r, args[1])
+    if std is not None:
+        return _standardised_conv(r, n, std)
     x, weight = r.info(args[0]), r.pname(args[1])
     bias = r.pname(args[2]) if len(args) > 2 else None
     if name == "convolution":
@@ -155,3 +158,106 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
     if bias is not None:
         an.act(out, bias, 0, "out")
     return an.split_blocks(out, groups, f"grouped convolution {where!r} (outputs)")
+
+
+# -- weight standardisation (NF-ResNet / NFNet: timm's StdConv2d, ScaledStdConv2d) ----------------
+_VIEWS = ("view", "reshape", "_unsafe_view", "reshape_as", "view_as", "flatten")
+
+
+def _through(n: Any, ops: tuple[str, ...]) -> Any:
+    """Follow ``n`` back through ``ops`` (first argument) and products with plain numbers."""
+    from intertwiner.symmetry._regions import IDENTITY, op_name
+
+    while isinstance(n, fx.Node) and n.op == "call_function":
+        name = op_name(n)
+        numeric = name in ("mul", "div") and len(n.args) > 1
+        numeric = (
+            numeric and isinstance(n.args[1], (int, float)) and not isinstance(n.args[1], bool)
+        )
+        if name not in ops and name not in IDENTITY and not numeric:
+            break
+        n = n.args[0]
+    return n
+
+
+def _shape(n: Any) -> tuple[int, ...] | None:
+    val = n.meta.get("val") if isinstance(n, fx.Node) else None
+    return tuple(val.shape) if hasattr(val, "shape") else None
+
+
+def standardised_weight(r: AtenRunner, w: Any) -> tuple[str, str | None, int] | None:
+    """``(weight, gain, gain axis)`` when the convolution weight ``w`` is ``W`` standardised per
+    output channel: ``batch_norm(W.reshape(1, O, -1), weight=gain, training=True)`` viewed back
+    (timm's ``StdConv2d`` / ``ScaledStdConv2d``, optionally with a per-output-channel gain times
+    a number); None for any other computed weight."""
+    from intertwiner.symmetry._regions import op_name
+
+    bn = _through(w, ("reshape_as", "view_as", "view", "reshape", "_unsafe_view"))
+    if not isinstance(bn, fx.Node) or op_name(bn) != "batch_norm":
+        return None
+    a = list(bn.args) + [None] * 9
+    src = _through(a[0], _VIEWS)
+    if a[3] is not None or a[4] is not None or a[5] is not True or not isinstance(src, fx.Node):
+        return None
+    info = r.info(src)
+    if not isinstance(info, ParamRef) or not info.plain or src.op != "get_attr":
+        return None
+    shape = r.an.shape_of(info.name)
+    flat, back = _shape(a[0]), _shape(w)  # (the interpreter has freed the values by now)
+    if (
+        flat is None
+        or len(flat) != 3
+        or flat[:2] != (1, shape[0])
+        or back != shape
+        or a[2] is not None  # a per-channel shift after standardisation: not handled
+    ):
+        return None
+    gain, axis = None, 0
+    if a[1] is not None:
+        g = _through(a[1], _VIEWS)
+        g_info = r.info(g) if isinstance(g, fx.Node) else None
+        if not isinstance(g_info, ParamRef) or not g_info.plain or g.op != "get_attr":
+            return None
+        g_shape = r.an.shape_of(g_info.name)
+        big = [d for d, z in enumerate(g_shape) if z != 1]
+        if len(big) != 1 or g_shape[big[0]] != shape[0]:
+            return None
+        gain, axis = g_info.name, big[0]
+    return info.name, gain, axis
+
+
+def _standardised_conv(r: AtenRunner, n: fx.Node, std: tuple[str, str | None, int]) -> Info:
+    """A convolution with a standardised weight: each output channel's filter is normalised to
+    zero mean and unit variance over its input channels and kernel positions, then scaled by its
+    gain. Permuting output channels permutes the filters and gains; permuting input channels
+    permutes each filter's entries and leaves its mean and variance alone. Scalings of either
+    side are normalised away: both spaces are restricted to permutations."""
+    weight, gain, axis = std
+    args, where = list(n.args), r.module_path(n) or n.name
+    name = r.op(n)
+    groups = int(args[8]) if name == "convolution" else int(args[6]) if len(args) > 6 else 1
+    if (name == "convolution" and bool(args[6])) or name.startswith("conv_transpose"):
+        raise Frozen("a transposed convolution with a standardised weight")
+    if groups != 1:
+        raise Frozen("a grouped convolution with a standardised weight")
+    x = r.info(args[0])
+    bias = r.pname(args[2]) if len(args) > 2 else None
+    why = f"weight standardisation in {where!r}: the filter statistics undo scalings"
+    if isinstance(x, Info):
+        for part in r.an.parts(x):
+            r.an.restrict_matrix(part, PERMUTATION, why)
+    out = r.an.conv(
+        x if isinstance(x, Info) else None,
+        weight,
+        bias,
+        r.an.shape_of(weight)[0],
+        1,
+        r.val(args[0]).dim(),
+        Mode.A,
+        where=where,
+    )
+    for sid, _, _ in r.an.parts(out):
+        r.an.restrict(sid, PERMUTATION, why)
+    if gain is not None:
+        r.an.act(out, gain, axis, ActionKind.P)
+    return out

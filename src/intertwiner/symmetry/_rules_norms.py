@@ -86,7 +86,11 @@ def group_norm(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     w = r.pname(n.args[2]) if len(n.args) > 2 else None
     b = r.pname(n.args[3]) if len(n.args) > 3 else None
     r.an.need_channels(x, ndim, where)
-    blocks = r.an.split_blocks(x, groups, f"GroupNorm {where} ({groups} groups)")
+    # One group: statistics over every channel and position, unchanged by any permutation of the
+    # channels, so channels split between sites (a zero-padded shortcut) need no new blocks.
+    blocks = (
+        x if groups == 1 else r.an.split_blocks(x, groups, f"GroupNorm {where} ({groups} groups)")
+    )
     for part in r.an.parts(blocks):
         r.an.restrict_matrix(part, PERMUTATION, f"GroupNorm {where}: centres and scales")
     for pname in (w, b):

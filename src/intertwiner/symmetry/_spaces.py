@@ -71,11 +71,22 @@ class ParamRef:
     transposed: bool = False
     #: ``(slope, offset)``: the tensor is ``slope * param + offset`` (Gemma's ``1 + weight``).
     affine: tuple[float, float] = (1.0, 0.0)
+    #: A 1-d parameter viewed for broadcasting with its one axis at dim ``at`` (negative) of a
+    #: shape like ``(1, C, 1, 1)`` (layer scales and biases of NCHW models); None: not such a view.
+    at: int | None = None
 
     @property
     def plain(self) -> bool:
-        """The parameter itself, not a transpose or an affine function of it."""
-        return not self.transposed and self.affine == (1.0, 0.0)
+        """The parameter itself, not a transpose, a broadcast view or an affine function of it."""
+        return not self.transposed and self.affine == (1.0, 0.0) and self.at is None
+
+    def axis_for(self, t_dim: int, x_dim: int) -> int:
+        """The parameter's axis that lines up with a hidden tensor's feature dim ``x_dim``
+        (negative) under broadcasting, or -1 when none does (the parameter has ``t_dim`` dims)."""
+        if self.at is not None:
+            return 0 if self.at == x_dim else -1
+        pd = t_dim + x_dim
+        return pd if pd >= 0 else -1
 
 
 class _SiteState:
