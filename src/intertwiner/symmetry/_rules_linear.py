@@ -141,8 +141,7 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
     per_group_out = out_ch // groups
     if isinstance(x, Info):
         an.need_channels(x, ndim, where)
-        blocks = an.split_blocks(x, groups, f"grouped convolution {where!r}")
-        for j, (sid, mode, _) in enumerate(blocks.parts):
+        for sid, mode, j, local in _input_groups(an, x, groups, where):
             if sid == 0:
                 continue
             an.act_raw(
@@ -152,12 +151,37 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
                 ActionKind.reading(mode),
                 per_group_in,
                 within=(0, j * per_group_out, per_group_out),
+                channels=local,
             )
     out = an.writer(where, out_ch, Mode.P if bn_users(n) else Mode.A).moved(dim=1 - ndim)
     an.act(out, weight, 0, "out")
     if bias is not None:
         an.act(out, bias, 0, "out")
     return an.split_blocks(out, groups, f"grouped convolution {where!r} (outputs)")
+
+
+def _input_groups(an, x: Info, groups: int, where: str) -> list[tuple[int, str, int, Any]]:
+    """``(site, mode, group j, channels within group j)`` of a grouped convolution's input: an
+    unsplit space is cut into ``groups`` blocks; one already cut into blocks (by an earlier
+    grouped convolution, a split, a concatenation) is kept when each block lies within one group
+    (a finer block-diagonal element still never mixes groups)."""
+    parts = an.parts(x)
+    if len(parts) == 1 and parts[0][2] is None:
+        blocks = an.split_blocks(x, groups, f"grouped convolution {where!r}")
+        return [(sid, mode, j, None) for j, (sid, mode, _) in enumerate(blocks.parts)]
+    size = x.n // groups
+    out = []
+    for sid, mode, ch in parts:
+        chans = tuple(range(x.n)) if ch is None else ch
+        j = chans[0] // size
+        if any(c // size != j for c in chans):
+            raise Frozen(
+                f"grouped convolution {where!r}: channels already split between sites across "
+                "its groups"
+            )
+        local = tuple(c - j * size for c in chans)
+        out.append((sid, mode, j, None if local == tuple(range(size)) else local))
+    return out
 
 
 # -- weight standardisation (NF-ResNet / NFNet: timm's StdConv2d, ScaledStdConv2d) ----------------
@@ -226,38 +250,34 @@ def standardised_weight(r: AtenRunner, w: Any) -> tuple[str, str | None, int] | 
     return info.name, gain, axis
 
 
-def _standardised_conv(r: AtenRunner, n: fx.Node, std: tuple[str, str | None, int]) -> Info:
+def _standardised_conv(r: AtenRunner, n: fx.Node, std: tuple[str, str | None, int]) -> Any:
     """A convolution with a standardised weight: each output channel's filter is normalised to
     zero mean and unit variance over its input channels and kernel positions, then scaled by its
     gain. Permuting output channels permutes the filters and gains; permuting input channels
-    permutes each filter's entries and leaves its mean and variance alone. Scalings of either
-    side are normalised away: both spaces are restricted to permutations."""
+    (within a group) permutes each filter's entries and leaves its mean and variance alone.
+    Scalings of either side are normalised away: both spaces are restricted to permutations."""
     weight, gain, axis = std
-    args, where = list(n.args), r.module_path(n) or n.name
-    name = r.op(n)
-    groups = int(args[8]) if name == "convolution" else int(args[6]) if len(args) > 6 else 1
+    args, name, where = list(n.args), r.op(n), r.module_path(n) or n.name
     if (name == "convolution" and bool(args[6])) or name.startswith("conv_transpose"):
         raise Frozen("a transposed convolution with a standardised weight")
-    if groups != 1:
-        raise Frozen("a grouped convolution with a standardised weight")
-    x = r.info(args[0])
+    groups = int(args[8]) if name == "convolution" else int(args[6]) if len(args) > 6 else 1
+    x, ndim = r.info(args[0]), r.val(args[0]).dim()
     bias = r.pname(args[2]) if len(args) > 2 else None
     why = f"weight standardisation in {where!r}: the filter statistics undo scalings"
     if isinstance(x, Info):
         for part in r.an.parts(x):
             r.an.restrict_matrix(part, PERMUTATION, why)
-    out = r.an.conv(
-        x if isinstance(x, Info) else None,
-        weight,
-        bias,
-        r.an.shape_of(weight)[0],
-        1,
-        r.val(args[0]).dim(),
-        Mode.A,
-        where=where,
-    )
-    for sid, _, _ in r.an.parts(out):
-        r.an.restrict(sid, PERMUTATION, why)
-    if gain is not None:
-        r.an.act(out, gain, axis, ActionKind.P)
+    shape = r.an.shape_of(weight)
+    if groups > 1 and groups == shape[0] and shape[1] == 1:
+        out = _depthwise(r, n, x, weight, bias, ndim)
+    elif groups > 1:
+        out = _grouped(r, n, x, weight, bias, groups, ndim)
+    else:
+        x = x if isinstance(x, Info) else None
+        out = r.an.conv(x, weight, bias, shape[0], 1, ndim, Mode.A, where=where)
+    if isinstance(out, Info):
+        for sid, _, _ in r.an.parts(out):
+            r.an.restrict(sid, PERMUTATION, why)
+        if gain is not None:
+            r.an.act(out, gain, axis, ActionKind.P)
     return out
