@@ -9,6 +9,7 @@ import torch.fx as fx
 
 from intertwiner.groups import MONOMIAL, PERMUTATION, ActionKind, Mode
 from intertwiner.symmetry._registry import Frozen, rule
+from intertwiner.symmetry._rules_shape import regroup
 from intertwiner.symmetry._spaces import Info, ParamRef
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
     per_group_out = out_ch // groups
     if isinstance(x, Info):
         an.need_channels(x, ndim, where)
-        for sid, mode, j, local in _input_groups(an, x, groups, where):
+        for sid, mode, j, local in _input_groups(r, x, groups, where):
             if sid == 0:
                 continue
             an.act_raw(
@@ -160,27 +161,16 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
     return an.split_blocks(out, groups, f"grouped convolution {where!r} (outputs)")
 
 
-def _input_groups(an, x: Info, groups: int, where: str) -> list[tuple[int, str, int, Any]]:
-    """``(site, mode, group j, channels within group j)`` of a grouped convolution's input: an
-    unsplit space is cut into ``groups`` blocks; one already cut into blocks (by an earlier
-    grouped convolution, a split, a concatenation) is kept when each block lies within one group
-    (a finer block-diagonal element still never mixes groups)."""
-    parts = an.parts(x)
-    if len(parts) == 1 and parts[0][2] is None:
-        blocks = an.split_blocks(x, groups, f"grouped convolution {where!r}")
-        return [(sid, mode, j, None) for j, (sid, mode, _) in enumerate(blocks.parts)]
+def _input_groups(r: AtenRunner, x: Info, groups: int, where: str) -> list[tuple]:
+    """``(site, mode, group j, channels within group j)`` of a grouped convolution's input, cut
+    into its groups by ``regroup`` (blocks already finer than the groups are kept: a finer
+    block-diagonal element still never mixes groups)."""
     size = x.n // groups
+    chunks = regroup(r, x, [size] * groups, f"grouped convolution {where!r}")
     out = []
-    for sid, mode, ch in parts:
-        chans = tuple(range(x.n)) if ch is None else ch
-        j = chans[0] // size
-        if any(c // size != j for c in chans):
-            raise Frozen(
-                f"grouped convolution {where!r}: channels already split between sites across "
-                "its groups"
-            )
-        local = tuple(c - j * size for c in chans)
-        out.append((sid, mode, j, None if local == tuple(range(size)) else local))
+    for j, chunk in enumerate(chunks):
+        for sid, mode, ch in chunk.parts:
+            out.append((sid, mode, j, None if ch in (None, tuple(range(size))) else ch))
     return out
 
 

@@ -89,7 +89,7 @@ def group_norm(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     # One group: statistics over every channel and position, unchanged by any permutation of the
     # channels, so channels split between sites (a zero-padded shortcut) need no new blocks.
     blocks = (
-        x if groups == 1 else r.an.split_blocks(x, groups, f"GroupNorm {where} ({groups} groups)")
+        x if groups == 1 else _group_blocks(r, x, groups, f"GroupNorm {where} ({groups} groups)")
     )
     for part in r.an.parts(blocks):
         r.an.restrict_matrix(part, PERMUTATION, f"GroupNorm {where}: centres and scales")
@@ -97,6 +97,20 @@ def group_norm(r: AtenRunner, n: fx.Node, value: Any) -> Info:
         if pname is not None:
             r.an.act(blocks, pname, 0, "out")
     return blocks
+
+
+def _group_blocks(r: AtenRunner, x: Info, groups: int, reason: str) -> Info:
+    """``x`` cut into ``groups`` blocks of channels (or finer ones already there), in ``x``'s
+    frame: each group is normalised on its own."""
+    from intertwiner.symmetry._rules_shape import regroup  # (it imports this module)
+
+    size = x.n // groups
+    chunks = regroup(r, x, [size] * groups, reason)
+    parts = []
+    for j, chunk in enumerate(chunks):
+        for sid, mode, ch in chunk.parts:
+            parts.append((sid, mode, tuple(j * size + c for c in (ch or range(size)))))
+    return x.moved(parts=tuple(parts))
 
 
 def row_stat(r: AtenRunner, n: fx.Node, ndim: int) -> RowStat:

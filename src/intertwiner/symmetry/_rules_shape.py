@@ -26,6 +26,38 @@ def no_features(r: AtenRunner, n: fx.Node, value: Any) -> None:
     return None
 
 
+def regroup(r: AtenRunner, x: Info, sizes: list[int], reason: str) -> list[Info]:
+    """``x``'s feature axis cut into consecutive chunks of ``sizes`` channels, one Info each (in
+    the chunk's own frame). An unsplit space is cut into one site per chunk (block-diagonal
+    elements, ``Spaces.split_blocks``); a space already cut into blocks (an earlier split, a
+    grouped convolution, a concatenation) is kept when each block lies within one chunk, else
+    ``Frozen``: a block across two chunks would move channels between them."""
+    parts = r.an.parts(x)
+    if len(parts) == 1 and parts[0][2] is None:
+        if parts[0][0] == 0:  # the fixed space: every chunk stays fixed
+            return [x.moved(parts=((0, parts[0][1], None),), n=z) for z in sizes]
+        blocks = r.an.split_blocks(x, sizes, reason)
+        return [
+            x.moved(parts=((sid, mode, None),), n=z)
+            for (sid, mode, _), z in zip(blocks.parts, sizes, strict=True)
+        ]
+    if x.outer != 1 or x.inner != 1 or sum(sizes) != x.n:
+        raise Frozen(f"{reason}: a flattened feature axis already split between sites")
+    out, start = [], 0
+    for size in sizes:
+        chunk = []
+        for sid, mode, ch in parts:
+            chans = tuple(range(x.n)) if ch is None else ch
+            inside = [start <= c < start + size for c in chans]
+            if any(inside) and not all(inside):
+                raise Frozen(f"{reason}: channels split between sites across its blocks")
+            if all(inside):
+                chunk.append((sid, mode, tuple(c - start for c in chans)))
+        out.append(x.moved(parts=tuple(chunk), n=size))
+        start += size
+    return out
+
+
 # -- views --------------------------------------------------------------------------------------
 def reshaped(x: Info, s_in, s_out, where: str) -> Info:
     """The feature axis after a view: the output dim whose block of elements holds it whole
@@ -120,11 +152,7 @@ def split(r: AtenRunner, n: fx.Node, value: Any) -> tuple:
         if op_name(n) == "unbind":
             raise Frozen("unbinding the feature axis")
         sizes = [int(v.shape[d]) for v in value]
-        blocks = r.an.split_blocks(x, sizes, f"split of the feature axis in {r.where(n)}")
-        return tuple(
-            x.moved(parts=((sid, mode, None),), n=z)
-            for (sid, mode, _), z in zip(blocks.parts, sizes, strict=True)
-        )
+        return tuple(regroup(r, x, sizes, f"split of the feature axis in {r.where(n)}"))
     out = []
     for v in value:
         drop = op_name(n) == "unbind"

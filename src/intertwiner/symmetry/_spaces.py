@@ -407,6 +407,9 @@ class Spaces:
     # -- actions ----------------------------------------------------------------------------
     def act(self, info: Info, pname: str, axis: int, role: str, *, buffer: bool = False) -> None:
         """Record that ``info``'s elements act on ``pname[axis]`` as writer (out) or reader (in)."""
+        # A buffer used as a weight (BlurPool's fixed filter ``filt`` in a depthwise conv) moves
+        # like a parameter but is stored as a buffer.
+        buffer = buffer or (pname not in self.params and pname in self.buffers)
         for sid, mode, ch in self.parts(info):
             if sid == 0:
                 continue
