@@ -219,3 +219,54 @@ def test_grouped_conv_reading_blocks_across_its_groups_is_frozen():
     model, spec = _traced(TwoGrouped(2, 4), torch.randn(2, 3, 5, 5, generator=_gen()))
     assert not any(a.name == "a.weight" and a.axis == 0 for s in spec.sites for a in s.actions)
     assert any("across its blocks" in why for _, why in spec.frozen)
+
+
+# -- gating: squeeze-excitation, ECA ------------------------------------------------------------
+class SEBlock(nn.Module):
+    """``h * sigmoid(fc2(relu(fc1(mean(h)))))`` after a convolution with ``groups`` groups;
+    ``eca=True``: the gate is ECA's conv1d over the channel axis instead (the fool)."""
+
+    def __init__(self, c: int = 8, groups: int = 1, eca: bool = False, act=torch.relu):
+        super().__init__()
+        self.act = act
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=groups)
+        self.fc1, self.fc2 = nn.Conv2d(c, 4, 1), nn.Conv2d(4, c, 1)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1) if eca else None
+        self.head = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        h = self.act(self.conv(self.act(self.stem(x))))
+        s = h.mean((2, 3), keepdim=True)
+        if self.eca is not None:
+            g = self.eca(s.flatten(2).transpose(1, 2)).transpose(1, 2).unsqueeze(-1)
+        else:
+            g = self.fc2(torch.relu(self.fc1(s)))
+        return self.head(h * torch.sigmoid(g))
+
+
+@pytest.mark.parametrize("act", [torch.relu, F.gelu])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_squeeze_excitation_gate_rows_move_with_the_channels(groups, act):
+    """With GELU both factors are permutation-only: the unsplit sigmoid output must still be the
+    gate when the grouped convolution cut the value into blocks (MixNet)."""
+    x = torch.randn(2, 3, 5, 5, generator=_gen())
+    model, spec = _traced(SEBlock(groups=groups, act=act), x)
+    assert spec.dropped == []
+    rows = [a for s in spec.sites for a in s.actions if a.name == "fc2.weight" and a.axis == 0]
+    covered = {c for a in rows for c in (a.channels or range(a.n_total))}
+    assert covered == set(range(8))
+    for site in spec.sites:  # through the sigmoid the gate rows are only permuted
+        for a in site.actions:
+            if (a.name, a.axis) == ("fc2.weight", 0):
+                assert a.kind == "P" or site.group.family.name == "permutation"
+    gated = [s for s in spec.sites if any((a.name, a.axis) == ("fc2.weight", 0) for a in s.actions)]
+    assert all(any(a.name == "conv.weight" and a.axis == 0 for a in s.actions) for s in gated)
+
+
+def test_eca_conv_over_channels_freezes_the_gated_channels():
+    """Fool: ECA's conv1d slides over the channel axis; a permutation of the channels would
+    change which channels are neighbours, so the gated space is frozen with that reason."""
+    model, spec = _traced(SEBlock(eca=True), torch.randn(2, 3, 5, 5, generator=_gen()))
+    assert not any(a.name == "conv.weight" and a.axis == 0 for s in spec.sites for a in s.actions)
+    assert any("along the feature axis" in why for _, why in spec.frozen)

@@ -88,6 +88,10 @@ def _gate(r: AtenRunner, a: Info, b: Info, where: str) -> Info:
     an = r.an
     fam = {id(i): an.sites[an.find(an.parts(i)[0][0])].family for i in (a, b)}
     gate, value = (a, b) if fam[id(a)] is PERMUTATION else (b, a)
+    if len(an.parts(gate)) > 1 and len(an.parts(value)) == 1 and fam[id(value)] is PERMUTATION:
+        # both permutation-only: the unsplit one is the gate (``Spaces.gate`` cuts it into the
+        # value's blocks): squeeze-excitation after a grouped or mixed convolution
+        gate, value = value, gate
     return an.gate(gate, value, f"gated product in {where}")
 
 

@@ -88,6 +88,7 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
       "conv_transpose3d", always=True)  # fmt: skip
 def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     args, name = list(n.args), r.op(n)
+    _not_along_features(r, n)
     std = standardised_weight(r, args[1])
     if std is not None:
         return _standardised_conv(r, n, std)
@@ -116,6 +117,18 @@ def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
         where=r.module_path(n) or n.name,
         transposed=transposed,
     )
+
+
+def _not_along_features(r: AtenRunner, n: fx.Node) -> None:
+    """A convolution whose kernel slides along the feature axis (ECA's ``conv1d`` over the
+    channels of a pooled ``(B, 1, C)`` tensor) mixes neighbouring features: no permutation or
+    scaling of them commutes with it."""
+    x, ndim = r.info(n.args[0]), r.ndim(n)
+    if isinstance(x, Info) and ndim is not None and x.dim + ndim >= 2:
+        raise Frozen(
+            "a convolution along the feature axis (ECA-style conv1d over channels) mixes "
+            "neighbouring features: no permutation of them commutes with it"
+        )
 
 
 def _depthwise(r: AtenRunner, n, x: Any, weight: str, bias: str | None, ndim: int) -> Any:
