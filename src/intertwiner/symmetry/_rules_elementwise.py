@@ -86,6 +86,8 @@ def _gate(r: AtenRunner, a: Info, b: Info, where: str) -> Info:
     """A product of two hidden tensors: the one whose site has the smaller group is the gate
     (moved by its permutation only), the other the value (any monomial)."""
     an = r.an
+    if [(s, ch) for s, _, ch in an.parts(a)] == [(s, ch) for s, _, ch in an.parts(b)]:
+        return _square(r, a, b, where)
     fam = {id(i): an.sites[an.find(an.parts(i)[0][0])].family for i in (a, b)}
     gate, value = (a, b) if fam[id(a)] is PERMUTATION else (b, a)
     if len(an.parts(gate)) > 1 and len(an.parts(value)) == 1 and fam[id(value)] is PERMUTATION:
@@ -95,7 +97,22 @@ def _gate(r: AtenRunner, a: Info, b: Info, where: str) -> Info:
     return an.gate(gate, value, f"gated product in {where}")
 
 
-def _scale_by_param(r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node) -> Info:
+def _square(r: AtenRunner, a: Info, b: Info, where: str) -> Info:
+    """``f(x) * g(x)`` of two tensors moved by one site (GLU halves cut along another axis, a
+    token-mixing GLU): a permutation P moves both and their product alike (phi(P) = P for every
+    phi), a scaling would be squared: permutations only."""
+    if (a.dim, a.outer, a.inner) != (b.dim, b.outer, b.inner):
+        raise Frozen("a product of two tensors of one space with different layouts")
+    for part in r.an.parts(a):
+        r.an.restrict_matrix(
+            (part[0], "A", part[2]), PERMUTATION, f"{where}: a product of a space with itself"
+        )
+    return a
+
+
+def _scale_by_param(
+    r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node, *, fold: bool = True
+) -> Info:
     """``h * w`` with a per-feature parameter ``w`` (layer scale, an RMSNorm weight): only
     monomial matrices commute with a diagonal map, and ``w`` takes their permutation part. When
     only Linear layers read the product, ``w`` may instead be folded into them (see
@@ -106,7 +123,7 @@ def _scale_by_param(r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node)
     full = x.n * x.outer * x.inner
     if pd < 0 or t.shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
         raise Frozen(f"a product with parameter {p.name} that is not one per feature")
-    into = _foldable_readers(r, n) if t.dim() == 1 else None
+    into = _foldable_readers(r, n) if t.dim() == 1 and fold else None
     parts = an.parts(x)
     if into and len(parts) == 1 and parts[0][2] is None and parts[0][0] != 0:
         reason = f"{where}: scaled by {p.name} per feature"
@@ -116,6 +133,28 @@ def _scale_by_param(r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node)
     for part in parts:
         an.restrict_matrix(part, MONOMIAL, f"{where}: scaled by {p.name} per feature")
     an.act(x, p.name, pd, ActionKind.P, buffer=p.name not in an.params)
+    return x
+
+
+@rule("addcmul")
+def addcmul(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """``beta + value * alpha * x`` with per-feature parameters ``alpha`` and ``beta`` (ResMLP's
+    ``Affine`` as ``torch.addcmul(beta, alpha, x)``): ``alpha`` takes the permutation part of a
+    monomial element (never folded into the readers: ``beta`` is added after the scale) and
+    ``beta`` moves like the output."""
+    base, t1, t2 = n.args[:3]
+    number = n.args[3] if len(n.args) > 3 else n.kwargs.get("value", 1)
+    infos = [r.info(a) for a in (t1, t2)]
+    x = next((i for i in infos if isinstance(i, Info)), None)
+    p = next((i for i in infos if isinstance(i, ParamRef)), None)
+    b = r.info(base)
+    if x is None or p is None or p.transposed or not isinstance(number, (int, float)):
+        raise Frozen("addcmul other than a per-feature parameter times a hidden tensor")
+    if not isinstance(b, ParamRef) or not dataclasses.replace(b, at=None).plain:
+        raise Frozen("addcmul whose added term is not a parameter")
+    where = r.where(n)
+    _scale_by_param(r, x, p, where, n, fold=False)
+    r.an.add_param(x, b, f"adding parameter {b.name} in {where}")
     return x
 
 

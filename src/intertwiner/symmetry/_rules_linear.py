@@ -71,6 +71,8 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     if len(shape) != 2:
         raise Frozen(f"a product with a {len(shape)}-d parameter")
     x = r.info(x_node)
+    if isinstance(x, Info) and x.dim != -1 and name == "linear" and w_node is not None:
+        return across_positions(r, n, x, weight, bias)
     return r.an.linear(
         x if isinstance(x, Info) else None,
         weight,
@@ -284,3 +286,57 @@ def _standardised_conv(r: AtenRunner, n: fx.Node, std: tuple[str, str | None, in
         if gain is not None:
             r.an.act(out, gain, axis, ActionKind.P)
     return out
+
+
+# -- Linear layers over positions (MLP-Mixer, ResMLP, gMLP token mixing) -------------------------
+def across_positions(r: AtenRunner, n: fx.Node, x: Info, weight: str, bias: str | None) -> Info:
+    """``x^T W^T + b`` where the last dim of ``x`` is not its feature axis (a token-mixing
+    Linear over ``norm(x).transpose(1, 2)``): the map acts on positions, each feature alike, so
+    it commutes with every matrix on the features, which keep their dim. Its bias adds the same
+    value to every feature: with a bias only permutations of them pass. The hidden units of a
+    token-mixing MLP are a site of their own (``_hidden_units``)."""
+    where = r.where(n)
+    if x.outer != 1 or x.inner != 1:
+        raise Frozen("a Linear over positions of a flattened feature axis")
+    if bias is not None:
+        why = f"{where}: the bias of a Linear over positions adds the same value to every feature"
+        for part in r.an.parts(x):
+            r.an.restrict_matrix(part, PERMUTATION, why)
+    _hidden_units(r, n, weight, bias)
+    return x
+
+
+def _hidden_units(r: AtenRunner, n: fx.Node, weight: str, bias: str | None) -> None:
+    """``fc2(act(fc1(z)))`` over the last dim, where only elementwise ops (with plain numbers)
+    and dropout lie between the two Linear layers and nothing else reads them: permuting fc1's
+    rows (and bias) and fc2's columns alike keeps the function, whatever the elementwise
+    function (scalings are not claimed). A site of width fc1's outputs, ``<mlp>.hidden``."""
+    from intertwiner.symmetry._regions import ELEMENTWISE, IDENTITY, op_name
+
+    cur = n
+    while True:
+        users = list(cur.users)
+        if len(users) != 1 or not users[0].args or users[0].args[0] is not cur:
+            return
+        u = users[0]
+        if op_name(u) == "linear":
+            break
+        others = (*u.args[1:], *u.kwargs.values())
+        if op_name(u) not in ELEMENTWISE | IDENTITY or any(isinstance(a, fx.Node) for a in others):
+            return
+        cur = u
+    w2 = u.args[1]
+    if not isinstance(w2, fx.Node) or w2.op != "get_attr" or str(w2.target) not in r.an.params:
+        return
+    width = r.an.shape_of(weight)[0]
+    if r.an.shape_of(str(w2.target))[1:] != (width,):
+        return
+    p1, p2 = (r.module_path(m).split(".") for m in (n, u))
+    k = next((i for i, (a, b) in enumerate(zip(p1, p2, strict=False)) if a != b), len(p1))
+    name = ".".join(p1[:k]) or r.module_path(n) or n.name  # the MLP holding both layers
+    sid = r.an.new_site(width, name=f"{name}.hidden")
+    r.an.sites[sid].family = PERMUTATION
+    r.an.act_raw(sid, weight, 0, ActionKind.A, width)
+    if bias is not None:
+        r.an.act_raw(sid, bias, 0, ActionKind.A, width)
+    r.an.act_raw(sid, str(w2.target), 1, ActionKind.A_INV_T, width)
