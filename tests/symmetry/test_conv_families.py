@@ -270,3 +270,52 @@ def test_eca_conv_over_channels_freezes_the_gated_channels():
     model, spec = _traced(SEBlock(eca=True), torch.randn(2, 3, 5, 5, generator=_gen()))
     assert not any(a.name == "conv.weight" and a.axis == 0 for s in spec.sites for a in s.actions)
     assert any("along the feature axis" in why for _, why in spec.frozen)
+
+
+# -- statistics over features or positions: GRN, SimpleNorm, a hand-written LayerNorm -----------
+class GRNBlock(nn.Module):
+    """timm's SimpleNorm (x / std over the features), ConvNeXt-V2's global response norm
+    (channels last) and a LayerNorm written out as ``(x - mean) / sqrt(var + eps)``; ``fool``:
+    the channel mean of another space is subtracted instead."""
+
+    def __init__(self, c: int = 6, fool: bool = False):
+        super().__init__()
+        self.inp, self.other = nn.Linear(3, c), nn.Linear(3, c)
+        self.w = nn.Parameter(torch.ones(c))
+        self.fc1, self.fc2 = nn.Linear(c, 8), nn.Linear(8, c)
+        self.grn_w, self.grn_b = nn.Parameter(torch.ones(8)), nn.Parameter(torch.zeros(8))
+        self.head = nn.Linear(c, 2)
+        self.fool = fool
+
+    def forward(self, x):  # x: (B, H, W, 3)
+        h = self.inp(x)
+        h = h * torch.rsqrt(h.var(-1, keepdim=True) + 1e-5) * self.w  # SimpleNorm
+        y = F.gelu(self.fc1(h))
+        g = torch.linalg.vector_norm(y, 2, dim=(1, 2), keepdim=True)  # GRN
+        n = g / (g.mean(-1, keepdim=True) + 1e-6)
+        y = y + torch.addcmul(self.grn_b.view(1, 1, 1, -1), self.grn_w.view(1, 1, 1, -1), y * n)
+        h = h + self.fc2(y)
+        m = self.other(x) if self.fool else h
+        h = (h - m.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, keepdim=True) + 1e-5)
+        return self.head(h.mean((1, 2)))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_grn_simple_norm_and_written_out_layernorm_keep_permutations(dtype):
+    model, spec = _traced(GRNBlock(), torch.randn(2, 4, 4, 3, generator=_gen()), dtype)
+    assert spec.dropped == []
+    (hidden,) = [s for s in spec.sites if any(a.name == "grn_w" for a in s.actions)]
+    assert any((a.name, a.axis) == ("fc1.weight", 0) for a in hidden.actions)
+    assert any(a.name == "grn_b" for a in hidden.actions)
+    (stream,) = [s for s in spec.sites if any(a.name == "w" for a in s.actions)]
+    assert any((a.name, a.axis) == ("inp.weight", 0) for a in stream.actions)
+    for site in (hidden, stream):  # normalised: no scalings
+        assert site.group.family.name == "permutation"
+
+
+def test_statistic_of_another_space_freezes():
+    """Fool: ``h - mean(other)``: the subtracted mean is not constant under h's permutations
+    unless both spaces move together, which nothing ties: h's stream is frozen."""
+    model, spec = _traced(GRNBlock(fool=True), torch.randn(2, 4, 4, 3, generator=_gen()))
+    assert not any(a.name == "w" for s in spec.sites for a in s.actions)
+    assert any("a statistic of one space added to another" in why for _, why in spec.frozen)

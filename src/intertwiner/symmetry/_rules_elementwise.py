@@ -47,6 +47,10 @@ def binary(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
     if not isinstance(x, Info):
         raise Frozen("a sum with a row statistic")
+    if isinstance(other, RowStat) and other.family is PERMUTATION:
+        if r.an.parts(other.x) == r.an.parts(x):  # x - mean(x): constant over the features
+            return x
+        raise Frozen("a statistic of one space added to another")
     if isinstance(other, ParamRef) and dataclasses.replace(other, at=None).plain:
         r.an.add_param(x, other, f"adding parameter {other.name} in {where}")
         return x

@@ -11,7 +11,7 @@ import torch.fx as fx
 from intertwiner.groups import PERMUTATION, POSITIVE_MONOMIAL
 from intertwiner.symmetry._regions import IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
-from intertwiner.symmetry._rules_norms import Square, row_stat
+from intertwiner.symmetry._rules_norms import Square, feature_stat, row_stat
 from intertwiner.symmetry._spaces import Info, ParamRef
 
 if TYPE_CHECKING:
@@ -215,7 +215,10 @@ def reduce(r: AtenRunner, n: fx.Node, value: Any) -> Any:
     dims = [d % ndim for d in ((dims,) if isinstance(dims, int) else dims)]
     pos = x.dim + ndim
     if pos in dims:
-        raise Frozen("a reduction over the feature axis")
+        if dims != [pos] or value.dim() != ndim or (x.outer, x.inner) != (1, 1):
+            raise Frozen("a reduction over the feature axis")
+        # mean/sum/max over the features alone, kept as a size-1 dim (GRN's channel mean)
+        return feature_stat(r, x, PERMUTATION, f"{op_name(n)} over the features in {r.where(n)}")
     if op_name(n) in ("amax", "amin"):
         for part in r.an.parts(x):
             r.an.restrict_matrix(part, POSITIVE_MONOMIAL, f"max over positions in {n}")
