@@ -31,7 +31,12 @@ from intertwiner.errors import UnsupportedModuleError
 from intertwiner.groups import IntertwinerGroup
 
 # The rule modules register their rules on import.
-from intertwiner.symmetry import _rules_attention, _rules_linear, _rules_shape  # noqa: F401
+from intertwiner.symmetry import (  # noqa: F401
+    _rules_attention,
+    _rules_linear,
+    _rules_recurrent,
+    _rules_shape,
+)
 from intertwiner.symmetry._attention import find_attention
 from intertwiner.symmetry._regions import IDENTITY, Regions, find_regions, op_name
 from intertwiner.symmetry._registry import RULES, Frozen
