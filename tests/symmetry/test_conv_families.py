@@ -8,36 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests._support.traced import gen as _gen
+from tests._support.traced import traced
 from torch import nn
-
-from intertwiner.symmetry import check, trace
 
 F64 = torch.float64
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random values everywhere (ones and zeros would hide a broken scale or shift)."""
-    g = _gen(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5 + 0.3)
-    return model
-
-
-def _traced(model: nn.Module, x: torch.Tensor, dtype=F64):
-    model = _randomize(model.to(dtype).eval())
-    x = x.to(dtype)
-    spec = trace(model, x)
-    tol = 1e-10 if dtype == F64 else 1e-3
-    with torch.no_grad():
-        ref = float(model(x).abs().max())
-    for seed in (1, 2, 3):
-        assert check(model, spec, x, generator=_gen(seed)) <= tol * ref
-    return model, spec
+def _traced(model, x, dtype=F64):
+    return traced(model, x, dtype)
 
 
 def _moved(spec) -> set[str]:

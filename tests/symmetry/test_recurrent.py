@@ -6,30 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests._support.traced import gen as _gen
+from tests._support.traced import traced
 from torch import nn
-
-from intertwiner.symmetry import check, trace
 
 F64 = torch.float64
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _traced(model: nn.Module, x: torch.Tensor, dtype=F64):
-    g = _gen(0)
-    model = model.to(dtype).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.5)
-        x = x.to(dtype)
-        ref = float(model(x).abs().max())
-    spec = trace(model, x)
-    tol = 1e-10 if dtype == F64 else 1e-3
-    for seed in (1, 2, 3):
-        assert check(model, spec, x, generator=_gen(seed)) <= tol * ref
-    return model, spec
+def _traced(model, x, dtype=F64):
+    return traced(model, x, dtype, shift=0.0)
 
 
 class Seq(nn.Module):
