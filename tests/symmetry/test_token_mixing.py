@@ -141,3 +141,26 @@ def test_product_of_one_space_with_itself_keeps_permutations():
     model, spec = _traced(TokenGLU(), torch.randn(2, 4, 3, generator=_gen()))
     (site,) = _movers(spec, "inp.weight", 0)
     assert site.group.family.name == "permutation" and site.width == 6
+
+
+class ScaledTokenMix(nn.Module):
+    """A per-channel scale viewed as (C, 1) on (B, C, N) right before a Linear over positions,
+    with N == C: folding the scale into that Linear would scale positions, not channels."""
+
+    def __init__(self, c: int = 5):
+        super().__init__()
+        self.inp = nn.Linear(3, c)
+        self.gamma = nn.Parameter(torch.ones(c))
+        self.tok = nn.Linear(c, c, bias=False)
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):  # x: (B, N=5, 3)
+        h = self.inp(x).transpose(1, 2)  # no activation: a GL site, where a fold is tempting
+        return self.head(self.tok(h * self.gamma.view(-1, 1)).transpose(1, 2))
+
+
+def test_a_scale_before_a_linear_over_positions_is_not_folded_into_it():
+    model, spec = _traced(ScaledTokenMix(), torch.randn(2, 5, 3, generator=_gen()))
+    assert spec.dropped == []
+    (site,) = _movers(spec, "inp.weight", 0)
+    assert _movers(spec, "gamma", 0) == [site] and not site.folds

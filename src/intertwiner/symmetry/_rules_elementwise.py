@@ -127,7 +127,9 @@ def _scale_by_param(
     full = x.n * x.outer * x.inner
     if pd < 0 or t.shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
         raise Frozen(f"a product with parameter {p.name} that is not one per feature")
-    into = _foldable_readers(r, n) if t.dim() == 1 and fold else None
+    # folding into the readers' input axis needs the features last (a broadcast view of the
+    # parameter on another dim would meet the readers' positions instead)
+    into = _foldable_readers(r, n) if t.dim() == 1 and fold and x.dim == -1 else None
     parts = an.parts(x)
     if into and len(parts) == 1 and parts[0][2] is None and parts[0][0] != 0:
         reason = f"{where}: scaled by {p.name} per feature"
