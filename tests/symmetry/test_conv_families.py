@@ -192,12 +192,14 @@ def test_grouped_conv_reads_finer_blocks():
     assert spec.dropped == []
 
 
-def test_grouped_conv_reading_blocks_across_its_groups_is_frozen():
-    """Fool: 2 blocks from ``a`` fed to a 4-group ``b``: a block spans two of b's groups, and a
-    permutation within it would move channels between groups."""
+def test_grouped_conv_cuts_coarser_blocks_at_its_groups():
+    """2 blocks from ``a`` fed to a 4-group ``b``: a permutation within a block would move
+    channels between b's groups, so each block is cut in two (a block-diagonal subgroup)."""
     model, spec = _traced(TwoGrouped(2, 4), torch.randn(2, 3, 5, 5, generator=_gen()))
-    assert not any(a.name == "a.weight" and a.axis == 0 for s in spec.sites for a in s.actions)
-    assert any("across its blocks" in why for _, why in spec.frozen)
+    blocks = [s for s in spec.sites if any((a.name, a.axis) == ("a.weight", 0) for a in s.actions)]
+    assert sorted(s.width for s in blocks) == [2, 2, 2, 2]
+    assert all(any((a.name, a.axis) == ("b.weight", 1) for a in s.actions) for s in blocks)
+    assert spec.dropped == []
 
 
 # -- gating: squeeze-excitation, ECA ------------------------------------------------------------
