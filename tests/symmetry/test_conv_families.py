@@ -300,3 +300,39 @@ def test_statistic_of_another_space_freezes():
     model, spec = _traced(GRNBlock(fool=True), torch.randn(2, 4, 4, 3, generator=_gen()))
     assert not any(a.name == "w" for s in spec.sites for a in s.actions)
     assert any("a statistic of one space added to another" in why for _, why in spec.frozen)
+
+
+class ValueRatioAttention(nn.Module):
+    """Attention whose values are wider than the model (EfficientFormer's ``attn_ratio``): the
+    output projection reads 2 heads x 4 = 8 channels and writes 6; exposed once layer scale no
+    longer froze the space around it."""
+
+    def __init__(self, d: int = 6, heads: int = 2, dk: int = 2, dv: int = 4):
+        super().__init__()
+        self.h, self.dk, self.dv = heads, dk, dv
+        self.inp = nn.Linear(3, d)
+        self.q, self.k, self.v = (
+            nn.Linear(d, heads * dk),
+            nn.Linear(d, heads * dk),
+            nn.Linear(d, heads * dv),
+        )
+        self.proj = nn.Linear(heads * dv, d)
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        h = self.inp(x)
+
+        def split(t, dim):
+            return t.view(b, n, self.h, dim).transpose(1, 2)
+
+        a = F.scaled_dot_product_attention(split(self.q(h), self.dk), split(self.k(h), self.dk),
+                                           split(self.v(h), self.dv))  # fmt: skip
+        return self.head(h + self.proj(a.transpose(1, 2).reshape(b, n, self.h * self.dv)))
+
+
+def test_attention_with_wider_values_than_the_model():
+    model, spec = _traced(ValueRatioAttention(), torch.randn(2, 5, 3, generator=_gen()))
+    assert spec.dropped == []
+    vo = [s for s in spec.sites if any((a.name, a.axis) == ("proj.weight", 1) for a in s.actions)]
+    assert vo and all(any((a.name, a.axis) == ("v.weight", 0) for a in s.actions) for s in vo)

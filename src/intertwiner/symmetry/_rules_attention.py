@@ -33,8 +33,9 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             an.act_raw(sid, p.bias, 0, kind, n_total, inner=unit, channels=channels)
 
     def into_out(sid: int, kind: ActionKind, channels: tuple[int, ...], unit: int = 1) -> None:
-        o = b.out
-        an.act_raw(sid, o.weight, 1 - o.out_axis, kind, o.total // unit, inner=unit,
+        o = b.out  # its *input* axis (o.total counts its outputs: 448 for a 1024 -> 448 proj)
+        n_in = an.shape_of(o.weight)[1 - o.out_axis]
+        an.act_raw(sid, o.weight, 1 - o.out_axis, kind, n_in // unit, inner=unit,
                    channels=channels)  # fmt: skip
 
     def per_group(rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
