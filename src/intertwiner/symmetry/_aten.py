@@ -31,7 +31,12 @@ from intertwiner.errors import UnsupportedModuleError
 from intertwiner.groups import IntertwinerGroup
 
 # The rule modules register their rules on import.
-from intertwiner.symmetry import _rules_attention, _rules_linear, _rules_shape  # noqa: F401
+from intertwiner.symmetry import (  # noqa: F401
+    _rules_attention,
+    _rules_linear,
+    _rules_recurrent,
+    _rules_shape,
+)
 from intertwiner.symmetry._attention import find_attention
 from intertwiner.symmetry._regions import IDENTITY, Regions, find_regions, op_name
 from intertwiner.symmetry._registry import RULES, Frozen
@@ -164,7 +169,7 @@ class AtenRunner(fx.Interpreter):
                 return (out, *([None] * (len(value) - 1)))  # (values, indices), (out, mask), ...
             return out
         if not tracked:
-            return self.param_view(n, value, args) or self.unit_view(n, value, args)
+            return self.param_view(n, value, args)
         raise Frozen("an op the symmetry tracer has no rule for")
 
     def param_view(self, n: fx.Node, value: Any, args: list) -> ParamRef | None:
@@ -173,6 +178,9 @@ class AtenRunner(fx.Interpreter):
         name = op_name(n)
         if not args or not isinstance(args[0], ParamRef) or not isinstance(value, torch.Tensor):
             return None
+        broadcast = self.broadcast_view(name, value, args[0])
+        if broadcast is not None:
+            return broadcast
         if not args[0].plain:
             return args[0] if name in IDENTITY else None
         if name in ("t", "transpose", "permute", "numpy_T") and value.dim() == 2:
@@ -187,18 +195,19 @@ class AtenRunner(fx.Interpreter):
             return None
         return args[0]
 
-    def unit_view(self, n: fx.Node, value: Any, args: list) -> ParamRef | None:
-        """A parameter viewed with size-1 dims added or dropped keeps its values in order
-        (``gamma.view(1, -1, 1, 1)``): remembered with the shape it is seen in."""
-        ref = args[0] if args else None
-        if not isinstance(ref, ParamRef) or ref.transposed or not isinstance(value, torch.Tensor):
+    def broadcast_view(self, name: str, value: torch.Tensor, p: ParamRef) -> ParamRef | None:
+        """A 1-d parameter (or an affine function of one) reshaped to ``(1, C, 1, 1)`` and the
+        like: a per-channel scale or bias of an NCHW tensor (timm's layer scale, MetaFormer's
+        ``Scale``). Remembered with the dim its one axis lands on (``ParamRef.at``)."""
+        views = IDENTITY | {"view", "reshape", "_unsafe_view", "unsqueeze", "expand"}
+        t = self.an.params.get(p.name, self.an.buffers.get(p.name))
+        if name not in views or p.transposed or t is None or t.dim() != 1 or t.numel() < 2:
             return None
-        if op_name(n) not in ("view", "reshape", "_unsafe_view", "unsqueeze", "squeeze"):
-            return None
-        t = self.an.params.get(ref.name, self.an.buffers.get(ref.name))
-        if t is None or [s for s in value.shape if s != 1] != [s for s in t.shape if s != 1]:
-            return None
-        return dataclasses.replace(ref, view=tuple(value.shape))
+        sizes = [d for d, z in enumerate(value.shape) if z != 1]
+        if value.numel() != t.numel() or len(sizes) != 1:
+            return None  # expanded over other dims too, or not one axis
+        at = sizes[0] - value.dim()
+        return dataclasses.replace(p, at=None if at == -1 else at)
 
 
 def nested_infos(infos: dict[fx.Node, Any], n: fx.Node) -> list[Info]:

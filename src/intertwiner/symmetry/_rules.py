@@ -220,7 +220,7 @@ class Rules(Spaces):
                 "which apply cannot transform; register it with register_buffer to keep a symmetry",
             )
             return
-        pd = t.dim() + x.dim
+        pd = p.axis_for(t.dim(), x.dim)
         if pd < 0 or t.shape[pd] == 1:
             for part in self.parts(x):
                 self.restrict_matrix(

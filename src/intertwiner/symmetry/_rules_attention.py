@@ -42,9 +42,11 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
         if p.bias is not None:
             an.act_raw(sid, p.bias, 0, kind, p.total, channels=channels)
 
-    def into_out(sid: int, kind: ActionKind, channels: tuple[int, ...]) -> None:
-        o = b.out
-        an.act_raw(sid, o.weight, 1 - o.out_axis, kind, o.width, channels=channels)
+    def into_out(sid: int, kind: ActionKind, channels: tuple[int, ...], unit: int = 1) -> None:
+        o = b.out  # its *input* axis (o.total counts its outputs: 448 for a 1024 -> 448 proj)
+        n_in = an.shape_of(o.weight)[1 - o.out_axis]
+        an.act_raw(sid, o.weight, 1 - o.out_axis, kind, n_in // unit, inner=unit,
+                   channels=channels)  # fmt: skip
 
     def per_group(rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         """Query-head rows joined per kv group (rep heads each)."""

@@ -4,6 +4,7 @@ per-feature scales, gates, RMS normalisation) and activations (regions of elemen
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,7 +48,11 @@ def binary(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     x, other, vo = (a, b, vb) if isinstance(a, Info) else (b, a, va)
     if not isinstance(x, Info):
         raise Frozen("a sum with a row statistic")
-    if isinstance(other, ParamRef) and other.plain:
+    if isinstance(other, RowStat) and other.family is PERMUTATION:
+        if r.an.parts(other.x) == r.an.parts(x):  # x - mean(x): constant over the features
+            return x
+        raise Frozen("a statistic of one space added to another")
+    if isinstance(other, ParamRef) and dataclasses.replace(other, at=None).plain:
         r.an.add_param(x, other, f"adding parameter {other.name} in {where}")
         return x
     if isinstance(other, ParamRef):
@@ -86,26 +91,46 @@ def _gate(r: AtenRunner, a: Info, b: Info, where: str) -> Info:
     """A product of two hidden tensors: the one whose site has the smaller group is the gate
     (moved by its permutation only), the other the value (any monomial)."""
     an = r.an
+    if [(s, ch) for s, _, ch in an.parts(a)] == [(s, ch) for s, _, ch in an.parts(b)]:
+        return _square(r, a, b, where)
     fam = {id(i): an.sites[an.find(an.parts(i)[0][0])].family for i in (a, b)}
     gate, value = (a, b) if fam[id(a)] is PERMUTATION else (b, a)
+    if len(an.parts(gate)) > 1 and len(an.parts(value)) == 1 and fam[id(value)] is PERMUTATION:
+        # both permutation-only: the unsplit one is the gate (``Spaces.gate`` cuts it into the
+        # value's blocks): squeeze-excitation after a grouped or mixed convolution
+        gate, value = value, gate
     return an.gate(gate, value, f"gated product in {where}")
 
 
-def _scale_by_param(r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node) -> Info:
+def _square(r: AtenRunner, a: Info, b: Info, where: str) -> Info:
+    """``f(x) * g(x)`` of two tensors moved by one site (GLU halves cut along another axis, a
+    token-mixing GLU): a permutation P moves both and their product alike (phi(P) = P for every
+    phi), a scaling would be squared: permutations only."""
+    if (a.dim, a.outer, a.inner) != (b.dim, b.outer, b.inner):
+        raise Frozen("a product of two tensors of one space with different layouts")
+    for part in r.an.parts(a):
+        r.an.restrict_matrix(
+            (part[0], "A", part[2]), PERMUTATION, f"{where}: a product of a space with itself"
+        )
+    return a
+
+
+def _scale_by_param(
+    r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node, *, fold: bool = True
+) -> Info:
     """``h * w`` with a per-feature parameter ``w`` (layer scale, an RMSNorm weight): only
     monomial matrices commute with a diagonal map, and ``w`` takes their permutation part. When
     only Linear layers read the product, ``w`` may instead be folded into them (see
     ``spec.Fold``): the decision waits until the site's group is known (``_build``)."""
     an = r.an
     t = an.params.get(p.name, an.buffers.get(p.name))
-    shape = tuple(t.shape) if p.view is None else p.view  # as the product sees it
-    pd = len(shape) + x.dim
+    pd = p.axis_for(t.dim(), x.dim)
     full = x.n * x.outer * x.inner
-    if pd < 0 or shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
+    if pd < 0 or t.shape[pd] != full or t.numel() != full or x.outer != 1 or x.inner != 1:
         raise Frozen(f"a product with parameter {p.name} that is not one per feature")
-    if p.view is not None:  # the parameter's own axis of the features (its other dims are 1)
-        pd = next(i for i, s in enumerate(t.shape) if s == full)
-    into = _foldable_readers(r, n) if t.dim() == 1 else None
+    # folding into the readers' input axis needs the features last (a broadcast view of the
+    # parameter on another dim would meet the readers' positions instead)
+    into = _foldable_readers(r, n) if t.dim() == 1 and fold and x.dim == -1 else None
     parts = an.parts(x)
     if into and len(parts) == 1 and parts[0][2] is None and parts[0][0] != 0:
         reason = f"{where}: scaled by {p.name} per feature"
@@ -115,6 +140,28 @@ def _scale_by_param(r: AtenRunner, x: Info, p: ParamRef, where: str, n: fx.Node)
     for part in parts:
         an.restrict_matrix(part, MONOMIAL, f"{where}: scaled by {p.name} per feature")
     an.act(x, p.name, pd, ActionKind.P, buffer=p.name not in an.params)
+    return x
+
+
+@rule("addcmul")
+def addcmul(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """``beta + value * alpha * x`` with per-feature parameters ``alpha`` and ``beta`` (ResMLP's
+    ``Affine`` as ``torch.addcmul(beta, alpha, x)``): ``alpha`` takes the permutation part of a
+    monomial element (never folded into the readers: ``beta`` is added after the scale) and
+    ``beta`` moves like the output."""
+    base, t1, t2 = n.args[:3]
+    number = n.args[3] if len(n.args) > 3 else n.kwargs.get("value", 1)
+    infos = [r.info(a) for a in (t1, t2)]
+    x = next((i for i in infos if isinstance(i, Info)), None)
+    p = next((i for i in infos if isinstance(i, ParamRef)), None)
+    b = r.info(base)
+    if x is None or p is None or p.transposed or not isinstance(number, (int, float)):
+        raise Frozen("addcmul other than a per-feature parameter times a hidden tensor")
+    if not isinstance(b, ParamRef) or not dataclasses.replace(b, at=None).plain:
+        raise Frozen("addcmul whose added term is not a parameter")
+    where = r.where(n)
+    _scale_by_param(r, x, p, where, n, fold=False)
+    r.an.add_param(x, b, f"adding parameter {b.name} in {where}")
     return x
 
 
@@ -265,7 +312,7 @@ def _affine_of_param(p: ParamRef, fn) -> ParamRef | None:
     if slope == 0.0 or not torch.allclose(out, slope * probe + offset, rtol=0, atol=1e-12):
         return None
     a, b = p.affine
-    return ParamRef(p.name, affine=(slope * a, slope * b + offset), view=p.view)
+    return dataclasses.replace(p, affine=(slope * a, slope * b + offset))
 
 
 def _named(fn, name: str):

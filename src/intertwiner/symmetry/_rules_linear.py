@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
 
-from intertwiner.groups import MONOMIAL, ActionKind, Mode
+from intertwiner.groups import MONOMIAL, PERMUTATION, ActionKind, Mode
 from intertwiner.symmetry._registry import Frozen, rule
+from intertwiner.symmetry._rules_shape import regroup
 from intertwiner.symmetry._spaces import Info, ParamRef
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     if len(shape) != 2:
         raise Frozen(f"a product with a {len(shape)}-d parameter")
     x = r.info(x_node)
+    if isinstance(x, Info) and x.dim != -1 and name == "linear" and w_node is not None:
+        return across_positions(r, n, x, weight, bias)
     return r.an.linear(
         x if isinstance(x, Info) else None,
         weight,
@@ -93,6 +96,10 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
       "conv_transpose3d", always=True)  # fmt: skip
 def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     args, name = list(n.args), r.op(n)
+    _not_along_features(r, n)
+    std = standardised_weight(r, args[1])
+    if std is not None:
+        return _standardised_conv(r, n, std)
     x, weight = r.info(args[0]), r.pname(args[1])
     bias = r.pname(args[2]) if len(args) > 2 else None
     if name == "convolution":
@@ -121,6 +128,18 @@ def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     )
 
 
+def _not_along_features(r: AtenRunner, n: fx.Node) -> None:
+    """A convolution whose kernel slides along the feature axis (ECA's ``conv1d`` over the
+    channels of a pooled ``(B, 1, C)`` tensor) mixes neighbouring features: no permutation or
+    scaling of them commutes with it."""
+    x, ndim = r.info(n.args[0]), r.ndim(n)
+    if isinstance(x, Info) and ndim is not None and x.dim + ndim >= 2:
+        raise Frozen(
+            "a convolution along the feature axis (ECA-style conv1d over channels) mixes "
+            "neighbouring features: no permutation of them commutes with it"
+        )
+
+
 def _depthwise(r: AtenRunner, n, x: Any, weight: str, bias: str | None, ndim: int) -> Any:
     """A depthwise convolution filters each channel on its own: like a per-channel affine map it
     passes a monomial element through (filters permuted, the bias moved like the input)."""
@@ -145,8 +164,7 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
     per_group_out = out_ch // groups
     if isinstance(x, Info):
         an.need_channels(x, ndim, where)
-        blocks = an.split_blocks(x, groups, f"grouped convolution {where!r}")
-        for j, (sid, mode, _) in enumerate(blocks.parts):
+        for sid, mode, j, local in _input_groups(r, x, groups, where):
             if sid == 0:
                 continue
             an.act_raw(
@@ -156,9 +174,176 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
                 ActionKind.reading(mode),
                 per_group_in,
                 within=(0, j * per_group_out, per_group_out),
+                channels=local,
             )
     out = an.writer(where, out_ch, Mode.P if bn_users(n) else Mode.A).moved(dim=1 - ndim)
     an.act(out, weight, 0, "out")
     if bias is not None:
         an.act(out, bias, 0, "out")
     return an.split_blocks(out, groups, f"grouped convolution {where!r} (outputs)")
+
+
+def _input_groups(r: AtenRunner, x: Info, groups: int, where: str) -> list[tuple]:
+    """``(site, mode, group j, channels within group j)`` of a grouped convolution's input, cut
+    into its groups by ``regroup`` (blocks already finer than the groups are kept: a finer
+    block-diagonal element still never mixes groups)."""
+    size = x.n // groups
+    chunks = regroup(r, x, [size] * groups, f"grouped convolution {where!r}")
+    out = []
+    for j, chunk in enumerate(chunks):
+        for sid, mode, ch in chunk.parts:
+            out.append((sid, mode, j, None if ch in (None, tuple(range(size))) else ch))
+    return out
+
+
+# -- weight standardisation (NF-ResNet / NFNet: timm's StdConv2d, ScaledStdConv2d) ----------------
+_VIEWS = ("view", "reshape", "_unsafe_view", "reshape_as", "view_as", "flatten")
+
+
+def _through(n: Any, ops: tuple[str, ...]) -> Any:
+    """Follow ``n`` back through ``ops`` (first argument) and products with plain numbers."""
+    from intertwiner.symmetry._regions import IDENTITY, op_name
+
+    while isinstance(n, fx.Node) and n.op == "call_function":
+        name = op_name(n)
+        numeric = name in ("mul", "div") and len(n.args) > 1
+        numeric = (
+            numeric and isinstance(n.args[1], (int, float)) and not isinstance(n.args[1], bool)
+        )
+        if name not in ops and name not in IDENTITY and not numeric:
+            break
+        n = n.args[0]
+    return n
+
+
+def _shape(n: Any) -> tuple[int, ...] | None:
+    val = n.meta.get("val") if isinstance(n, fx.Node) else None
+    return tuple(val.shape) if hasattr(val, "shape") else None
+
+
+def standardised_weight(r: AtenRunner, w: Any) -> tuple[str, str | None, int] | None:
+    """``(weight, gain, gain axis)`` when the convolution weight ``w`` is ``W`` standardised per
+    output channel: ``batch_norm(W.reshape(1, O, -1), weight=gain, training=True)`` viewed back
+    (timm's ``StdConv2d`` / ``ScaledStdConv2d``, optionally with a per-output-channel gain times
+    a number); None for any other computed weight."""
+    from intertwiner.symmetry._regions import op_name
+
+    bn = _through(w, ("reshape_as", "view_as", "view", "reshape", "_unsafe_view"))
+    if not isinstance(bn, fx.Node) or op_name(bn) != "batch_norm":
+        return None
+    a = list(bn.args) + [None] * 9
+    src = _through(a[0], _VIEWS)
+    if a[3] is not None or a[4] is not None or a[5] is not True or not isinstance(src, fx.Node):
+        return None
+    info = r.info(src)
+    if not isinstance(info, ParamRef) or not info.plain or src.op != "get_attr":
+        return None
+    shape = r.an.shape_of(info.name)
+    flat, back = _shape(a[0]), _shape(w)  # (the interpreter has freed the values by now)
+    if (
+        flat is None
+        or len(flat) != 3
+        or flat[:2] != (1, shape[0])
+        or back != shape
+        or a[2] is not None  # a per-channel shift after standardisation: not handled
+    ):
+        return None
+    gain, axis = None, 0
+    if a[1] is not None:
+        g = _through(a[1], _VIEWS)
+        g_info = r.info(g) if isinstance(g, fx.Node) else None
+        if not isinstance(g_info, ParamRef) or not g_info.plain or g.op != "get_attr":
+            return None
+        g_shape = r.an.shape_of(g_info.name)
+        big = [d for d, z in enumerate(g_shape) if z != 1]
+        if len(big) != 1 or g_shape[big[0]] != shape[0]:
+            return None
+        gain, axis = g_info.name, big[0]
+    return info.name, gain, axis
+
+
+def _standardised_conv(r: AtenRunner, n: fx.Node, std: tuple[str, str | None, int]) -> Any:
+    """A convolution with a standardised weight: each output channel's filter is normalised to
+    zero mean and unit variance over its input channels and kernel positions, then scaled by its
+    gain. Permuting output channels permutes the filters and gains; permuting input channels
+    (within a group) permutes each filter's entries and leaves its mean and variance alone.
+    Scalings of either side are normalised away: both spaces are restricted to permutations."""
+    weight, gain, axis = std
+    args, name, where = list(n.args), r.op(n), r.module_path(n) or n.name
+    if (name == "convolution" and bool(args[6])) or name.startswith("conv_transpose"):
+        raise Frozen("a transposed convolution with a standardised weight")
+    groups = int(args[8]) if name == "convolution" else int(args[6]) if len(args) > 6 else 1
+    x, ndim = r.info(args[0]), r.val(args[0]).dim()
+    bias = r.pname(args[2]) if len(args) > 2 else None
+    why = f"weight standardisation in {where!r}: the filter statistics undo scalings"
+    if isinstance(x, Info):
+        for part in r.an.parts(x):
+            r.an.restrict_matrix(part, PERMUTATION, why)
+    shape = r.an.shape_of(weight)
+    if groups > 1 and groups == shape[0] and shape[1] == 1:
+        out = _depthwise(r, n, x, weight, bias, ndim)
+    elif groups > 1:
+        out = _grouped(r, n, x, weight, bias, groups, ndim)
+    else:
+        x = x if isinstance(x, Info) else None
+        out = r.an.conv(x, weight, bias, shape[0], 1, ndim, Mode.A, where=where)
+    if isinstance(out, Info):
+        for sid, _, _ in r.an.parts(out):
+            r.an.restrict(sid, PERMUTATION, why)
+        if gain is not None:
+            r.an.act(out, gain, axis, ActionKind.P)
+    return out
+
+
+# -- Linear layers over positions (MLP-Mixer, ResMLP, gMLP token mixing) -------------------------
+def across_positions(r: AtenRunner, n: fx.Node, x: Info, weight: str, bias: str | None) -> Info:
+    """``x^T W^T + b`` where the last dim of ``x`` is not its feature axis (a token-mixing
+    Linear over ``norm(x).transpose(1, 2)``): the map acts on positions, each feature alike, so
+    it commutes with every matrix on the features, which keep their dim. Its bias adds the same
+    value to every feature: with a bias only permutations of them pass. The hidden units of a
+    token-mixing MLP are a site of their own (``_hidden_units``)."""
+    where = r.where(n)
+    if x.outer != 1 or x.inner != 1:
+        raise Frozen("a Linear over positions of a flattened feature axis")
+    if bias is not None:
+        why = f"{where}: the bias of a Linear over positions adds the same value to every feature"
+        for part in r.an.parts(x):
+            r.an.restrict_matrix(part, PERMUTATION, why)
+    _hidden_units(r, n, weight, bias)
+    return x
+
+
+def _hidden_units(r: AtenRunner, n: fx.Node, weight: str, bias: str | None) -> None:
+    """``fc2(act(fc1(z)))`` over the last dim, where only elementwise ops (with plain numbers)
+    and dropout lie between the two Linear layers and nothing else reads them: permuting fc1's
+    rows (and bias) and fc2's columns alike keeps the function, whatever the elementwise
+    function (scalings are not claimed). A site of width fc1's outputs, ``<mlp>.hidden``."""
+    from intertwiner.symmetry._regions import ELEMENTWISE, IDENTITY, op_name
+
+    cur = n
+    while True:
+        users = list(cur.users)
+        if len(users) != 1 or not users[0].args or users[0].args[0] is not cur:
+            return
+        u = users[0]
+        if op_name(u) == "linear":
+            break
+        others = (*u.args[1:], *u.kwargs.values())
+        if op_name(u) not in ELEMENTWISE | IDENTITY or any(isinstance(a, fx.Node) for a in others):
+            return
+        cur = u
+    w2 = u.args[1]
+    if not isinstance(w2, fx.Node) or w2.op != "get_attr" or str(w2.target) not in r.an.params:
+        return
+    width = r.an.shape_of(weight)[0]
+    if r.an.shape_of(str(w2.target))[1:] != (width,):
+        return
+    p1, p2 = (r.module_path(m).split(".") for m in (n, u))
+    k = next((i for i, (a, b) in enumerate(zip(p1, p2, strict=False)) if a != b), len(p1))
+    name = ".".join(p1[:k]) or r.module_path(n) or n.name  # the MLP holding both layers
+    sid = r.an.new_site(width, name=f"{name}.hidden")
+    r.an.sites[sid].family = PERMUTATION
+    r.an.act_raw(sid, weight, 0, ActionKind.A, width)
+    if bias is not None:
+        r.an.act_raw(sid, bias, 0, ActionKind.A, width)
+    r.an.act_raw(sid, str(w2.target), 1, ActionKind.A_INV_T, width)

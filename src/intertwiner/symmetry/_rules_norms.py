@@ -86,13 +86,31 @@ def group_norm(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     w = r.pname(n.args[2]) if len(n.args) > 2 else None
     b = r.pname(n.args[3]) if len(n.args) > 3 else None
     r.an.need_channels(x, ndim, where)
-    blocks = r.an.split_blocks(x, groups, f"GroupNorm {where} ({groups} groups)")
+    # One group: statistics over every channel and position, unchanged by any permutation of the
+    # channels, so channels split between sites (a zero-padded shortcut) need no new blocks.
+    blocks = (
+        x if groups == 1 else _group_blocks(r, x, groups, f"GroupNorm {where} ({groups} groups)")
+    )
     for part in r.an.parts(blocks):
         r.an.restrict_matrix(part, PERMUTATION, f"GroupNorm {where}: centres and scales")
     for pname in (w, b):
         if pname is not None:
             r.an.act(blocks, pname, 0, "out")
     return blocks
+
+
+def _group_blocks(r: AtenRunner, x: Info, groups: int, reason: str) -> Info:
+    """``x`` cut into ``groups`` blocks of channels (or finer ones already there), in ``x``'s
+    frame: each group is normalised on its own."""
+    from intertwiner.symmetry._rules_shape import regroup  # (it imports this module)
+
+    size = x.n // groups
+    chunks = regroup(r, x, [size] * groups, reason)
+    parts = []
+    for j, chunk in enumerate(chunks):
+        for sid, mode, ch in chunk.parts:
+            parts.append((sid, mode, tuple(j * size + c for c in (ch or range(size)))))
+    return x.moved(parts=tuple(parts))
 
 
 def row_stat(r: AtenRunner, n: fx.Node, ndim: int) -> RowStat:
@@ -115,3 +133,47 @@ def normalise(r: AtenRunner, a: Any, b: Any, where: str) -> Info:
     for part in r.an.parts(x):
         r.an.restrict_matrix(part, stat.family, f"{where}: RMS normalisation over features")
     return x
+
+
+# -- statistics over the feature axis or over positions (GRN, SimpleNorm, ...) --------------------
+def feature_stat(r: AtenRunner, x: Info, fam: Family, why: str) -> RowStat:
+    """A statistic of ``x`` over its feature axis (kept as a size-1 dim) that is unchanged when
+    ``x`` moves by a matrix of ``fam``: ``x``'s sites are restricted to ``fam`` here, so the
+    statistic is a fixed tensor wherever it goes (a normalisation reads it as ``RowStat``)."""
+    if x.outer != 1 or x.inner != 1:
+        raise Frozen("a statistic over a flattened feature axis")
+    for part in r.an.parts(x):
+        r.an.restrict_matrix(part, fam, why)
+    return RowStat(x, fam)
+
+
+def _dims(n: fx.Node, ndim: int, at: int) -> list[int] | None:
+    dims = n.args[at] if len(n.args) > at else n.kwargs.get("dim")
+    if dims is None:
+        return None
+    return sorted(d % ndim for d in ((dims,) if isinstance(dims, int) else dims))
+
+
+@rule("var", "std", "linalg_vector_norm")
+def statistic(r: AtenRunner, n: fx.Node, value: Any) -> Info | RowStat:
+    """Variance, standard deviation or vector norm over some dims. Over the feature axis alone
+    (keepdim): a row statistic, permutation invariant (a 2-norm: orthogonal invariant). Over
+    positions only: one value per feature, moved by the permutation that moves the features
+    (a scaling would be squared or made absolute: permutations only)."""
+    x, ndim, where = r.first(n), r.ndim(n), r.where(n)
+    norm = op_name(n) == "linalg_vector_norm"
+    dims = _dims(n, ndim, 2 if norm else 1)
+    pos = x.dim + ndim
+    keep = value.dim() == ndim
+    if dims is None:
+        raise Frozen("a statistic over all dims")
+    if pos in dims:
+        order = n.args[1] if norm and len(n.args) > 1 else n.kwargs.get("ord", 2)
+        if dims != [pos] or not keep:
+            raise Frozen("a statistic over the feature axis and other dims")
+        fam = ORTHOGONAL if norm and order == 2 else PERMUTATION
+        return feature_stat(r, x, fam, f"{where}: {op_name(n)} over the features")
+    for part in r.an.parts(x):
+        r.an.restrict_matrix(part, PERMUTATION, f"{where}: {op_name(n)} over positions per feature")
+    new = pos if keep else pos - sum(1 for d in dims if d < pos)
+    return x.moved(dim=new - value.dim())

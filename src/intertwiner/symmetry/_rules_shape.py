@@ -11,7 +11,7 @@ import torch.fx as fx
 from intertwiner.groups import PERMUTATION, POSITIVE_MONOMIAL
 from intertwiner.symmetry._regions import IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
-from intertwiner.symmetry._rules_norms import Square, row_stat
+from intertwiner.symmetry._rules_norms import Square, feature_stat, row_stat
 from intertwiner.symmetry._spaces import Info, ParamRef
 
 if TYPE_CHECKING:
@@ -34,6 +34,60 @@ def fresh_like(r: AtenRunner, n: fx.Node, value: Any) -> None:
     if op_name(n) == "full_like" and isinstance(n.args[1] if len(n.args) > 1 else None, fx.Node):
         raise Frozen("full_like with a tensor fill value")
     return None
+
+
+def regroup(r: AtenRunner, x: Info, sizes: list[int], reason: str) -> list[Info]:
+    """``x``'s feature axis cut into consecutive chunks of ``sizes`` channels, one Info each (in
+    the chunk's own frame). An unsplit space is cut into one site per chunk (block-diagonal
+    elements, ``Spaces.split_blocks``); a space already cut into blocks (an earlier split, a
+    grouped convolution, a concatenation) is kept when each block lies within one chunk; a block
+    across chunks is cut at their boundaries (a finer block-diagonal element: a subgroup) when
+    its channels are in order, else ``Frozen``: it would move channels between chunks."""
+    parts = r.an.parts(x)
+    if len(parts) == 1 and parts[0][2] is None:
+        if parts[0][0] == 0:  # the fixed space: every chunk stays fixed
+            return [x.moved(parts=((0, parts[0][1], None),), n=z) for z in sizes]
+        blocks = r.an.split_blocks(x, sizes, reason)
+        return [
+            x.moved(parts=((sid, mode, None),), n=z)
+            for (sid, mode, _), z in zip(blocks.parts, sizes, strict=True)
+        ]
+    if x.outer != 1 or x.inner != 1 or sum(sizes) != x.n:
+        raise Frozen(f"{reason}: a flattened feature axis already split between sites")
+    bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    for sid, mode, ch in parts:
+        _cut_at(r, x, sid, mode, tuple(range(x.n)) if ch is None else ch, bounds, reason)
+    parts = r.an.parts(x)
+    out = []
+    for start, size in zip(bounds, sizes, strict=False):
+        chunk = []
+        for sid, mode, ch in parts:
+            chans = tuple(range(x.n)) if ch is None else ch
+            inside = [start <= c < start + size for c in chans]
+            if any(inside) and not all(inside) and sid != 0:  # pragma: no cover (cut above)
+                raise Frozen(f"{reason}: channels split between sites across its blocks")
+            if any(inside):
+                chunk.append((sid, mode, tuple(c - start for c, i in zip(chans, inside) if i)))
+        out.append(x.moved(parts=tuple(chunk), n=size))
+    return out
+
+
+def _cut_at(r: AtenRunner, x: Info, sid: int, mode, chans: tuple, bounds: list[int], reason: str):
+    """Cut site ``sid`` (holding ``chans`` of ``x``) where the chunk ``bounds`` cross it."""
+    if sid == 0:
+        return
+    runs, prev = [], None
+    for c in chans:
+        k = next(i for i in range(len(bounds) - 1) if bounds[i] <= c < bounds[i + 1])
+        if k != prev:
+            runs.append(0)
+            prev = k
+        runs[-1] += 1
+    if len(runs) == 1:
+        return
+    if chans != tuple(range(chans[0], chans[0] + len(chans))):
+        raise Frozen(f"{reason}: channels split between sites across its blocks, out of order")
+    r.an.split_blocks(Info(((sid, mode, None),), len(chans), x.dim), runs, reason)
 
 
 # -- views --------------------------------------------------------------------------------------
@@ -130,11 +184,7 @@ def split(r: AtenRunner, n: fx.Node, value: Any) -> tuple:
         if op_name(n) == "unbind":
             raise Frozen("unbinding the feature axis")
         sizes = [int(v.shape[d]) for v in value]
-        blocks = r.an.split_blocks(x, sizes, f"split of the feature axis in {r.where(n)}")
-        return tuple(
-            x.moved(parts=((sid, mode, None),), n=z)
-            for (sid, mode, _), z in zip(blocks.parts, sizes, strict=True)
-        )
+        return tuple(regroup(r, x, sizes, f"split of the feature axis in {r.where(n)}"))
     out = []
     for v in value:
         drop = op_name(n) == "unbind"
@@ -212,7 +262,10 @@ def reduce(r: AtenRunner, n: fx.Node, value: Any) -> Any:
     dims = [d % ndim for d in ((dims,) if isinstance(dims, int) else dims)]
     pos = x.dim + ndim
     if pos in dims:
-        raise Frozen("a reduction over the feature axis")
+        if dims != [pos] or value.dim() != ndim or (x.outer, x.inner) != (1, 1):
+            raise Frozen("a reduction over the feature axis")
+        # mean/sum/max over the features alone, kept as a size-1 dim (GRN's channel mean)
+        return feature_stat(r, x, PERMUTATION, f"{op_name(n)} over the features in {r.where(n)}")
     if op_name(n) in ("amax", "amin"):
         for part in r.an.parts(x):
             r.an.restrict_matrix(part, POSITIVE_MONOMIAL, f"max over positions in {n}")

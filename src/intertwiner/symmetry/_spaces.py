@@ -72,14 +72,22 @@ class ParamRef:
     transposed: bool = False
     #: ``(slope, offset)``: the tensor is ``slope * param + offset`` (Gemma's ``1 + weight``).
     affine: tuple[float, float] = (1.0, 0.0)
-    #: The shape it is seen in when a view added or dropped size-1 dims (LayerScale2d's
-    #: ``gamma.view(1, -1, 1, 1)``), which only a per-feature product reads; None: its own.
-    view: tuple[int, ...] | None = None
+    #: A 1-d parameter viewed for broadcasting with its one axis at dim ``at`` (negative) of a
+    #: shape like ``(1, C, 1, 1)`` (layer scales and biases of NCHW models); None: not such a view.
+    at: int | None = None
 
     @property
     def plain(self) -> bool:
-        """The parameter itself, not a transpose, a view or an affine function of it."""
-        return not self.transposed and self.affine == (1.0, 0.0) and self.view is None
+        """The parameter itself, not a transpose, a broadcast view or an affine function of it."""
+        return not self.transposed and self.affine == (1.0, 0.0) and self.at is None
+
+    def axis_for(self, t_dim: int, x_dim: int) -> int:
+        """The parameter's axis that lines up with a hidden tensor's feature dim ``x_dim``
+        (negative) under broadcasting, or -1 when none does (the parameter has ``t_dim`` dims)."""
+        if self.at is not None:
+            return 0 if self.at == x_dim else -1
+        pd = t_dim + x_dim
+        return pd if pd >= 0 else -1
 
 
 class _SiteState:
@@ -404,6 +412,9 @@ class Spaces:
     # -- actions ----------------------------------------------------------------------------
     def act(self, info: Info, pname: str, axis: int, role: str, *, buffer: bool = False) -> None:
         """Record that ``info``'s elements act on ``pname[axis]`` as writer (out) or reader (in)."""
+        # A buffer used as a weight (BlurPool's fixed filter ``filt`` in a depthwise conv) moves
+        # like a parameter but is stored as a buffer.
+        buffer = buffer or (pname not in self.params and pname in self.buffers)
         for sid, mode, ch in self.parts(info):
             if sid == 0:
                 continue
