@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from intertwiner.groups import PERMUTATION, family
 from intertwiner.models import reference as R
 from intertwiner.symmetry import apply, random_elements, trace
 from intertwiner.symmetry.check import _run
@@ -111,10 +112,14 @@ def test_groupnorm_splits_the_space_into_blocks(specs):
     assert all(s.group.family.name == "permutation" for s in blocks)
 
 
-def test_lstm_is_frozen_by_name(specs):
+def test_lstm_hidden_units_are_a_permutation_site(specs):
+    """The LSTM's hidden units permute (all four gate blocks together: ``_rules_recurrent``), its
+    input ReLU keeps G_ReLU (W_ih reads it linearly), and the MLP after it keeps its symmetry."""
     spec = specs["lstm"][2]
-    assert any("lstm in rnn" in reason for _, reason in spec.frozen)
-    assert spec.names == ["relu_1"]  # the MLP after the LSTM keeps its symmetry
+    assert spec.names == ["relu", "rnn.hidden_l0", "relu_1"]
+    hidden = next(s for s in spec.sites if s.name == "rnn.hidden_l0")
+    assert family(hidden.group.family) is PERMUTATION and hidden.width == 8
+    assert not any("rnn" in name for name, _ in spec.frozen)
 
 
 def test_grouped_convolution_splits_both_sides_into_groups(specs):
