@@ -22,18 +22,20 @@ from typer.testing import CliRunner
 from intertwiner.cli import app
 from intertwiner.data import UnknownDatasetError
 from intertwiner.errors import DataNotFoundError
-from intertwiner.experiments import pipeline, runfolder
+from intertwiner.experiments import pipeline, presets, runfolder
 from intertwiner.experiments.base import Stage, resolve_stored_path, run_relative
 from intertwiner.experiments.presets import PRESETS
 from intertwiner.experiments.runfolder import RunConflictError, RunLock, RunLockedError
+from intertwiner.experiments.settings import Preset
 from intertwiner.runners import ExecutorError
 from intertwiner.runners.probe import failing_probe_job, probe_job
 from intertwiner.store import DB_NAME, Store, config_key
 
 
-def _probe_plan(preset: str, data: str | None = None, data_dir: str | None = None) -> list[Stage]:
-    """A fast stand-in for a preset's stages: one probe job per seed of the preset."""
-    n = PRESETS[preset]["seeds"]
+def _probe_plan(preset, data: str | None = None, data_dir: str | None = None) -> list[Stage]:
+    """A fast stand-in for a preset's stages (``build_plan`` takes a name or a typed ``Preset``):
+    one probe job per seed of the preset."""
+    n = (preset if isinstance(preset, Preset) else presets.get(preset)).seeds
     return [Stage("probe", "probe", probe_job, [{"seed": s} for s in range(n)])]
 
 

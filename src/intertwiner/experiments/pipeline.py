@@ -183,8 +183,7 @@ def reproduce(
     # before a default was added or moved does not change (and an override is part of it)
     config = settings.to_json()
     ident = runfolder.identity(preset, config, resolve_data(settings, data, data_dir))
-    # By name when nothing is overridden (build_plan's plain form, the one tests stand in for).
-    plan = build_plan(settings if overrides else preset, data=data, data_dir=data_dir)
+    plan = build_plan(settings, data=data, data_dir=data_dir)
     plan_keys = {config_key(stored_config(c)) for st in plan for c in st.configs}
     out = _target(Path(out), ident, plan_keys, new_run)
     run_info = {"preset": preset, "data": data, "data_dir": data_dir, "argv": sys.argv,
