@@ -390,10 +390,7 @@ def report(args) -> None:
             classes.setdefault(c, []).append(r["name"])
     for c, names in sorted(classes.items(), key=lambda kv: -len(kv[1])):
         print(f"  {len(names):3d}  {c}: {', '.join(names)}")
-    print("\n" + summary_table(rows))
-    att = [r for r in ok if r["attention_modules"]]
-    print(f"\nmodels with attention modules: {len(att)}; heads found in "
-          f"{sum(r['heads'] > 0 for r in att)}: " + ", ".join(r["name"] for r in att if r["heads"]))  # fmt: skip
+    print("\n" + readme_block(rows))
 
 
 #: Gap classes, first match wins: (label, test on a frozen entry). Consequences (a head that
@@ -482,6 +479,32 @@ def summary_table(rows: list[dict]) -> str:
     out = ["| | timm | torchvision | all |", "|---|---|---|---|"]
     for i, n in enumerate(names):
         out.append(f"| {n} | " + " | ".join(stats[c][i] for c in cols) + " |")
+    return "\n".join(out)
+
+
+def readme_block(rows: list[dict], least: int = 20) -> str:
+    """The README's sweep block (between its ``trace-zoo-summary`` markers): the summary table,
+    the ``least`` covered models with the gap classes that leave most scalars unmoved and the sites
+    dropped at verification, and which models with attention have their heads found."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    out = [summary_table(rows), "", f"The {least} least covered (interior tensor coverage; the gap "
+           "classes that leave most scalars unmoved first):", "",
+           "| model | coverage | sites | what stays frozen |", "|---|---|---|---|"]  # fmt: skip
+    for r in sorted(ok, key=lambda r: r["interior_tensors"])[:least]:
+        by: dict[str, int] = {}
+        for f in r["frozen"]:
+            if not f["output_side"]:
+                by[f["gap"]] = by.get(f["gap"], 0) + f["scalars"]
+        gaps = ", ".join(g[:90] for g, _ in sorted(by.items(), key=lambda kv: -kv[1])[:3])
+        dropped = r["dropped"] if isinstance(r["dropped"], int) else len(r["dropped"] or [])
+        extra = f" ({dropped} sites dropped at verification)" if dropped else ""
+        out.append(f"| {r['source']} {r['name']} | {r['interior_tensors']:.2f} | {r['sites']} | "
+                   f"{gaps}{extra} |")  # fmt: skip
+    att = [r for r in ok if r["attention_modules"]]
+    found = [r["name"] for r in att if r["heads"] > 0]
+    missing = [r["name"] for r in att if r["heads"] == 0]
+    out += ["", f"Attention heads are found in {len(found)} of the {len(att)} models with attention "
+            f"modules: {', '.join(found)}; not in {', '.join(missing)}."]  # fmt: skip
     return "\n".join(out)
 
 
