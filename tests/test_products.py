@@ -49,6 +49,27 @@ def test_symmetric_products_equal_torch_and_are_exactly_symmetric(route, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [1, 7, 41])  # one block, blocks that do not divide N, many
+def test_positions_product_and_channel_squares_equal_the_channels_last_products(
+    route, dtype, n, monkeypatch
+):
+    """sum_n x[n] y[n]' over (N, C, S) equals the product of the channels-last (N S, C)
+    matrices, for C_x != C_y, a non-contiguous input and block sizes that leave a remainder."""
+    monkeypatch.setattr(products, "POSITION_BLOCK_BYTES", 3 * 9 * 16 * 8)  # 3 inputs per block
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 9, 16, generator=gen, dtype=dtype)
+    y = torch.randn(n, 16, 6, generator=gen, dtype=dtype).transpose(1, 2)  # (n, 6, 16) strided
+    got = products.positions_product(x, y)
+    want = x.transpose(1, 2).reshape(-1, 9).T @ y.transpose(1, 2).reshape(-1, 6)
+    if route == "torch":
+        assert got is None  # the caller's torch kernels take it
+    else:
+        _close(got, want)
+    _close(products.channel_squares(x), (x * x).sum((0, 2)))
+    _close(products.channel_squares(y), (y * y).sum((0, 2)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_general_products_and_accumulators_equal_torch(route, dtype):
     gen = torch.Generator().manual_seed(1)
     ops = _operands(dtype, gen)

@@ -232,3 +232,38 @@ def test_paper_range_holds_for_relu_outputs_without_centring():
             x[0], y[1] = 1.0, 1.0  # no dead neurons
             for group in GROUPS:
                 assert low - 1e-12 <= procrustes_similarity(x, y, group=group) <= 1.0
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_cka_is_the_centred_value_for_offsets_of_any_size(debiased):
+    """One-shot linear CKA in feature space centres after the products while the mean is at
+    most MEAN_DOMINANCE times the spread, and centres a copy first beyond it: either way the value
+    is the textbook one computed on explicitly centred rows of the same (offset) input."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(400, 12, generator=gen, dtype=torch.float64)
+    y = x[:, :8] @ torch.randn(8, 9, generator=gen, dtype=torch.float64)
+    y = y + torch.randn(400, 9, generator=gen, dtype=torch.float64)
+
+    def textbook(a: torch.Tensor, b: torch.Tensor) -> float:
+        a, b = a - a.mean(0), b - b.mean(0)
+        k, l = a @ a.T, b @ b.T  # the Gram form's HSIC estimators, independent of the code's
+        n = a.shape[0]
+        if not debiased:
+            return float((k * l).sum() / torch.sqrt((k * k).sum() * (l * l).sum()))
+
+        def hsic1(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+            k, l = k - torch.diag(k.diagonal()), l - torch.diag(l.diagonal())
+            one = torch.ones(n, dtype=k.dtype)
+            return (
+                (k * l).sum()
+                + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+                - 2 * (one @ k @ l @ one) / (n - 2)
+            ) / (n * (n - 3))
+
+        return float(hsic1(k, l) / torch.sqrt(hsic1(k, k) * hsic1(l, l)))
+
+    for offset in (0.0, 0.7, 3.0, 1e3, 1e7):  # r = n|mu|^2 / centred from 0 to about 1e14
+        xo, yo = x + offset, y - 2 * offset
+        assert cka(xo, yo, debiased=debiased) == pytest.approx(
+            textbook(xo, yo), rel=1e-11, abs=1e-13
+        ), offset

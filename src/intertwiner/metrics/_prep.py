@@ -59,14 +59,24 @@ def times_power_of_two(
     One multiplication when every 2**e is a normal float64, else two halves (|e| may exceed 1023
     for subnormal or huge inputs)."""
     e = exponent.to(x.device)
-
-    def power(k: torch.Tensor) -> torch.Tensor:  # 2**k, exact
-        return torch.ldexp(torch.ones(k.shape, dtype=torch.float64, device=k.device), k)
-
     if bool((e.abs() <= 1020).all()):
-        return torch.mul(x, power(e), out=out)
+        return torch.mul(x, _power(e), out=out)
     half = torch.div(e, 2, rounding_mode="floor")
-    return torch.mul(x * power(half), power(e - half), out=out)
+    return torch.mul(x * _power(half), _power(e - half), out=out)
+
+
+def times_outer_power_of_two(m: torch.Tensor, ex: torch.Tensor, ey: torch.Tensor) -> torch.Tensor:
+    """``m * 2**(ex[:, None] + ey[None, :])`` exactly, for ``m`` (C_x, C_y): one multiplication
+    by the outer product of the two power vectors (each entry 2**(ex_i + ey_j), exact while
+    every |ex_i| + |ey_j| <= 1020) instead of a (C_x, C_y) exponent matrix."""
+    if int(ex.abs().max()) + int(ey.abs().max()) > 1020:
+        return times_power_of_two(m, ex.view(-1, 1) + ey.view(1, -1))
+    return m * torch.outer(_power(ex.to(m.device)), _power(ey.to(m.device)))
+
+
+def _power(k: torch.Tensor) -> torch.Tensor:
+    """2**k as float64, exact for |k| <= 1022."""
+    return torch.ldexp(torch.ones(k.shape, dtype=torch.float64, device=k.device), k)
 
 
 def check_same_n(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -60,6 +60,11 @@ SAFE_EXPONENT = 200
 # A representation whose centred sum of squares is below this fraction of its raw sum of squares
 # is constant up to round-off (std/mean < 1e-10): what is left after centring is rounding noise.
 CONSTANT_RATIO = 1e-20
+# Centring after the products (X'X - n mu mu') loses about log2(1 + 2 r) bits of the centred
+# statistics, r = n |mu|^2 / (centred sum of squares); their relative error is then near
+# eps sqrt(p) (1 + 2 r), 1e-13 at p = 512 and r = 16. Beyond r, one-shot linear CKA centres
+# a float64 copy of the rows first.
+MEAN_DOMINANCE = 16.0
 KERNELS = ("linear", "rbf")
 #: (low, high) of the value: biased CKA (PSD kernels) and the debiased estimator.
 VALUE_RANGE = {"biased": (0.0, 1.0), "debiased": (-1.0, 1.0)}
@@ -230,6 +235,9 @@ class LinearCKAStats:
     #: Whether ``update`` gathers the debiased terms (``scal`` aa/bb/ab, ``vec``): three passes
     #: over each batch that the biased estimator never reads.
     debiased_terms: bool = True
+    # One batch-sized buffer per side, reused by ``update`` for the shifted rows: subtracting
+    # into fresh memory cost 6x the subtraction itself (page faults), 2,000 x 512 float64.
+    _scratch: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows: x (b, p) and y (b, q), float64. The first batch fixes a power-of-two scale
@@ -268,8 +276,8 @@ class LinearCKAStats:
             _validate.check_finite(y, "Y")
         self.scal["raw_x"] += raw_x
         self.scal["raw_y"] += raw_y
-        x = x - self.shift_x
-        y = y - self.shift_y
+        x = _minus_into(x, self.shift_x, self._scratch, "x")
+        y = _minus_into(y, self.shift_y, self._scratch, "y")
         self.n += x.shape[0]
         products.add_matmul_(self.gxy, x.T, y)
         products.add_cov_(self.gxx, x)
@@ -294,8 +302,9 @@ class LinearCKAStats:
 
     @classmethod
     def from_centred(cls, x: torch.Tensor, y: torch.Tensor, debiased: bool) -> LinearCKAStats:
-        """Statistics of float64 rows x (n, p), y (n, q) already centred and scaled (one-shot
-        ``cka``): no shift and no copies; the debiased per-row terms only when ``debiased``."""
+        """Statistics of float64 rows x (n, p), y (n, q) in range (one-shot ``cka``), centred or
+        not (the sums ``sx``, ``sy`` centre them afterwards): no shift and no copies; the
+        debiased per-row terms only when ``debiased``."""
         gxx = products.cov(x)
         if y is x:  # one representation's own statistics (pairwise): one product, not three
             gyy, gxy = gxx.clone(), gxx.clone()
@@ -398,6 +407,16 @@ class LinearCKAStats:
         return cka_from_hsic(xy, xx, yy, constant)
 
 
+def _minus_into(
+    t: torch.Tensor, v: torch.Tensor, scratch: dict[str, torch.Tensor], key: str
+) -> torch.Tensor:
+    """``t - v`` (rows minus a vector) written into ``scratch[key]``, grown when too small."""
+    buf = scratch.get(key)
+    if buf is None or buf.numel() < t.numel() or buf.dtype != t.dtype or buf.device != t.device:
+        buf = scratch[key] = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+    return torch.sub(t, v, out=buf[: t.numel()].view(t.shape))
+
+
 def _exponent_if_needed(e: torch.Tensor) -> torch.Tensor:
     """``e``, or 0 when features of that scale need none (see ``SAFE_EXPONENT``)."""
     return torch.zeros_like(e) if abs(int(e)) <= SAFE_EXPONENT else e
@@ -413,12 +432,38 @@ def _prepare(
     """Centred float64 (N, width) matrices (scaled by powers of two to a largest magnitude near 1
     when far from it), N |mean|^2 of each (for ``constant``), and the two factors used. One
     float64 copy of each; NaN/Inf are caught by the scale's peak."""
-    xt, yt = validate(x, "X", finite=False), validate(y, "Y", finite=False)
-    check_same_n(xt, yt)
-    check_samples(xt.shape[0], debiased)
+    xt, yt = _validated(x, y, debiased)
     cx, mx, fx = _prepare_one(xt, "X")
     cy, my, fy = _prepare_one(yt, "Y")
     return cx, cy, (mx, my), (fx, fy)
+
+
+def _validated(x: Any, y: Any, debiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """X and Y as tensors with the same N, enough of it for the estimator (NaN/Inf: later)."""
+    xt, yt = validate(x, "X", finite=False), validate(y, "Y", finite=False)
+    check_same_n(xt, yt)
+    check_samples(xt.shape[0], debiased)
+    return xt, yt
+
+
+def _uncentred_feature_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool) -> float | None:
+    """Linear CKA in feature space from the float64 rows x (N, p), y (N, q) as they are: the
+    products of the raw rows, centred afterwards (X'X - n mu mu', ...), without the two centred
+    copies. None where that is not exact to round-off: other dtypes, or a mean that dominates
+    the spread (``MEAN_DOMINANCE``); the caller then centres first."""
+    if x.dtype != torch.float64 or y.dtype != torch.float64:
+        return None
+    # Features far from 1 are scaled (a copy) as ``_centred_scaled`` does: powers of two keep
+    # every value bit-identical; scale_exponent also raises NonFiniteError on NaN/Inf.
+    x, y = (
+        _scaled(t, _exponent_if_needed(scale_exponent(t, name=k))) for t, k in ((x, "X"), (y, "Y"))
+    )
+    st = LinearCKAStats.from_centred(x, y, debiased)
+    for g, s in ((st.gxx, st.sx), (st.gyy, st.sy)):
+        mean_term = float(s @ s) / st.n
+        if not float(g.diagonal().sum()) - mean_term > mean_term / MEAN_DOMINANCE:
+            return None
+    return st.cka(debiased)
 
 
 def _prepare_one(t: torch.Tensor, name: str = "features") -> tuple[torch.Tensor, float, float]:
@@ -494,8 +539,15 @@ def cka(
         sigma = _validate.finite_number(
             sigma, "sigma", low=0.0, low_open=True, hint="or None for the median heuristic"
         )
-    xc, yc, (mx, my), (fx, fy) = _prepare(X, Y, debiased)
-    n, p, q = xc.shape[0], xc.shape[1], yc.shape[1]
+    xt, yt = _validated(X, Y, debiased)
+    n, p, q = xt.shape[0], to_flat(xt).shape[1], to_flat(yt).shape[1]
+    # Multiply-adds of the two exact forms (symmetric products cost half a general one).
+    feature_form = p * p + q * q + 2 * p * q <= n * (p + q)
+    if kernel == "linear" and feature_form:
+        value = _uncentred_feature_cka(to_flat(xt), to_flat(yt), debiased)
+        if value is not None:
+            return value
+    xc, yc, (mx, my), (fx, fy) = _prepare(xt, yt, debiased)
     if kernel == "rbf":
         const = any(constant(float(torch.linalg.vector_norm(c)) ** 2, m)
                     for c, m in ((xc, mx), (yc, my)))  # fmt: skip
@@ -503,8 +555,7 @@ def cka(
         sx, sy = (None, None) if sigma is None else (sigma * fx, sigma * fy)
         k, l = rbf_kernel(xc, sx), rbf_kernel(yc, sy)
         return gram_cka(k, l, debiased=debiased, constant=const)
-    # Multiply-adds of the two exact forms (symmetric products cost half a general one).
-    if p * p + q * q + 2 * p * q <= n * (p + q):  # feature space is the cheaper form
+    if feature_form:
         st = LinearCKAStats.from_centred(xc, yc, debiased)
         const = constant(st.scal["a"], mx) or constant(st.scal["b"], my)
         return st.cka(debiased, const)

@@ -69,6 +69,7 @@ from intertwiner.groups import (
 from intertwiner.layouts import (
     block_samples,
     copies,
+    infer,
     n_positions,
     neuron_blocks,
     neuron_dim,
@@ -81,6 +82,7 @@ from intertwiner.metrics._prep import (
     f64,
     match_positions,
     scale_exponent,
+    times_outer_power_of_two,
     times_power_of_two,
     validate,
     within,
@@ -187,8 +189,11 @@ class ProcrustesStats:
             if self.exps is None:
                 self.exps = (ex, ey)
             ex, ey = self.exps
-            both = ex.view(-1, 1) + ey.view(1, -1) if self.per_neuron else ex + ey
-            m = times_power_of_two(m, both)
+            m = (
+                times_outer_power_of_two(m, ex, ey)
+                if self.per_neuron
+                else times_power_of_two(m, ex + ey)
+            )
             xsq, ysq = times_power_of_two(xsq, 2 * ex), times_power_of_two(ysq, 2 * ey)
         _check_finite_via_norms(x, xsq, "X")
         _check_finite_via_norms(y, ysq, "Y")
@@ -296,8 +301,12 @@ def _raw_products(
             neuron_blocks(x, layout, samples=x.shape[0]),
             neuron_blocks(y, layout, samples=y.shape[0]),
         )
-        sq = [sum(_sum_squares(blk) for blk in neuron_blocks(t, layout)) for t in (x, y)]
-        return products.matmul(a, b.T), sq[0], sq[1]
+        return products.matmul(a, b.T), products.column_squares(a.T), products.column_squares(b.T)
+    if infer(x, layout) == "conv" and x.dtype == y.dtype == torch.float64:
+        xs, ys = x.flatten(2), y.flatten(2)  # (N, C, H W) views
+        m = products.positions_product(xs, ys)
+        if m is not None:
+            return m, products.channel_squares(xs), products.channel_squares(ys)
     kw["samples"] = min(block_samples(x, layout), block_samples(y, layout))
     m = torch.zeros(width(x, layout), width(y, layout), dtype=torch.float64, device=x.device)
     sqx, sqy = torch.zeros_like(m[:, 0]), torch.zeros_like(m[0])
