@@ -235,14 +235,18 @@ def test_paper_range_holds_for_relu_outputs_without_centring():
 
 
 @pytest.mark.parametrize("debiased", [False, True])
-def test_linear_cka_is_the_centred_value_for_offsets_of_any_size(debiased):
-    """One-shot linear CKA in feature space centres after the products while the mean is at
-    most MEAN_DOMINANCE times the spread, and centres a copy first beyond it: either way the value
-    is the textbook one computed on explicitly centred rows of the same (offset) input."""
+@pytest.mark.parametrize("n, p", [(400, 12), (30, 50)])  # the feature-space and the Gram form
+def test_linear_cka_is_the_centred_value_for_offsets_of_any_size(debiased, n, p):
+    """One-shot linear CKA centres after the products (X'X - n mu mu', or HKH of the raw Gram
+    matrix) while the mean is at most MEAN_DOMINANCE times the spread, and centres a copy first
+    beyond it: either way the value is the textbook one computed on explicitly centred rows of
+    the same (offset) input."""
     gen = torch.Generator().manual_seed(5)
-    x = torch.randn(400, 12, generator=gen, dtype=torch.float64)
+    x = torch.randn(n, p, generator=gen, dtype=torch.float64)
     y = x[:, :8] @ torch.randn(8, 9, generator=gen, dtype=torch.float64)
-    y = y + torch.randn(400, 9, generator=gen, dtype=torch.float64)
+    y = y + torch.randn(n, 9, generator=gen, dtype=torch.float64)
+    if n < p:
+        y = y @ torch.randn(9, p, generator=gen, dtype=torch.float64)  # wide: the Gram form
 
     def textbook(a: torch.Tensor, b: torch.Tensor) -> float:
         a, b = a - a.mean(0), b - b.mean(0)

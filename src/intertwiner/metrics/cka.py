@@ -13,8 +13,11 @@ Linear CKA with N larger than the widths uses the feature-space form (memory O(C
 the same sufficient statistics drive the streaming accumulator, so both agree to round-off.
 Floor (linear): the products of the cheaper exact form on the centred float64 (N, p) and (N, q)
 matrices, feature space X'X, Y'Y, X'Y (N (p^2 + q^2 + pq) multiply-adds) or Gram XX', YY'
-(N^2 (p + q)); besides them one centred float64 copy per side and O(N^2) or O(p^2) sums. RBF: the two
-N x N distance matrices.
+(N^2 (p + q)); besides them O(N^2) or O(p^2) sums. float64 rows are multiplied as they are and
+centred afterwards (X'X - N mu mu', or HKH from K), no copy, while the mean is at most
+``MEAN_DOMINANCE`` times the spread; other dtypes, and larger means (where centring after the
+products would cancel digits), take one centred float64 copy per side first. RBF: the two N x N
+distance matrices.
 A constant representation has no variance, so CKA is 0/0: we warn and return 0.0, never NaN.
 
 Ranges: biased CKA (linear or RBF: positive semi-definite kernels) is in [0, 1]. The debiased
@@ -446,6 +449,28 @@ def _validated(x: Any, y: Any, debiased: bool) -> tuple[torch.Tensor, torch.Tens
     return xt, yt
 
 
+def _uncentred_gram_terms(
+    f: torch.Tensor, name: str, debiased: bool
+) -> tuple[KernelTerms, float, float] | None:
+    """``KernelTerms`` of the linear kernel of float64 rows f (N, p) as they are, double-centred
+    afterwards (HKH = K - r 1'/N - 1 r'/N + 1'K1/N^2, r = K 1: O(N^2) instead of a centred
+    (N, p) copy), with the centred sum of squares and N |mean|^2. None where that is not exact
+    to round-off (see ``_uncentred_feature_cka``)."""
+    if f.dtype != torch.float64:
+        return None
+    f = _scaled(f, _exponent_if_needed(scale_exponent(f, name=name)))
+    k = products.gram(f)
+    n = k.shape[0]
+    rows = k.sum(1)
+    total = float(rows.sum())
+    mean_term = total / n
+    centred = float(k.trace()) - mean_term
+    if not centred > mean_term / MEAN_DOMINANCE:
+        return None
+    k.sub_(rows.view(-1, 1) / n).sub_(rows.view(1, -1) / n).add_(total / (n * n))
+    return KernelTerms.of(k, debiased, linear_of_centred=True), centred, mean_term
+
+
 def _uncentred_feature_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool) -> float | None:
     """Linear CKA in feature space from the float64 rows x (N, p), y (N, q) as they are: the
     products of the raw rows, centred afterwards (X'X - n mu mu', ...), without the two centred
@@ -547,6 +572,13 @@ def cka(
         value = _uncentred_feature_cka(to_flat(xt), to_flat(yt), debiased)
         if value is not None:
             return value
+    if kernel == "linear" and not feature_form:
+        terms = [_uncentred_gram_terms(to_flat(t), k, debiased) for t, k in ((xt, "X"), (yt, "Y"))]
+        if terms[0] is not None and terms[1] is not None:
+            (tk, ck, mk), (tl, cl, ml) = terms
+            return gram_cka(
+                tk, tl, debiased=debiased, constant=constant(ck, mk) or constant(cl, ml)
+            )
     xc, yc, (mx, my), (fx, fy) = _prepare(xt, yt, debiased)
     if kernel == "rbf":
         const = any(constant(float(torch.linalg.vector_norm(c)) ** 2, m)
