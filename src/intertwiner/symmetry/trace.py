@@ -58,8 +58,10 @@ def trace(
 
     Every returned site is verified numerically (``verify=True``, the default): random elements of
     its group are applied to a float64 copy and must leave the outputs on the example input and on a
-    perturbed one unchanged to ``rtol`` (relative to ``max |f|``). Sites that fail, and sites whose
-    parameters are shared in a way one element cannot satisfy, are left out and listed with the
+    perturbed one unchanged to ``rtol`` (relative to ``max |f|``; for a model that amplifies
+    round-off, scaled by its measured round-off up to a hard ceiling of 1e-5, recorded on
+    ``spec.verified_roundoff`` and ``spec.verified_tolerance``: ``_verify``). Sites that fail,
+    and sites whose parameters are shared in a way one element cannot satisfy, are left out and listed with the
     reason on ``spec.dropped``; with ``strict=True`` they raise ``UnverifiedSymmetryError``.
     ``generator`` seeds the sampled elements (default: seed 0).
 
