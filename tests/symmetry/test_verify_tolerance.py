@@ -176,3 +176,66 @@ def test_roundoff_measurement_restores_the_model_bit_exactly_and_is_lazy():
     assert first > 1e-10  # the cancellation amplifies 4-ulp noise far beyond 1e-15
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+# ---- the copy-free path of verification (``transform_site(..., swap=True)``) ----------------
+
+
+class GroupedMLP(nn.Module):
+    """Whole-axis actions (fc1, fc2), a grouped convolution (actions within a slice) and a
+    non-contiguous parameter: every branch of ``transform_site``'s swap mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 1, groups=2)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 3)
+        with torch.no_grad():
+            self.fc2.weight = nn.Parameter(
+                torch.randn(3, 12, generator=_gen(3)).t().contiguous().t()
+            )
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x.unsqueeze(-1)).squeeze(-1))
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_swap_mode_matches_in_place_mode_and_restores_bit_exactly(dtype):
+    from intertwiner.symmetry.apply import restore, transform_site
+
+    model = GroupedMLP().to(dtype)
+    x = torch.randn(5, 4, generator=_gen(2), dtype=dtype)
+    spec = trace(model, x)
+    assert len(spec.sites) >= 2, spec.table()
+    elements = random_elements(spec, generator=_gen(4))
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    saved_a: dict = {}
+    saved_b: dict = {}
+    for s in spec.sites:
+        transform_site(a, s, elements[s.name], saved_a, swap=True)
+        transform_site(b, s, elements[s.name], saved_b)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert torch.allclose(run_flat(a, x), run_flat(model, x), rtol=0, atol=1e-5)
+    restore(saved_a)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_storage_shared_by_two_parameters_turns_swap_off():
+    """Two Parameters over one storage: a write through one reaches the other, so verification
+    keeps copying in place there (a swap would verify another model and keep a wrong site)."""
+    from intertwiner.symmetry.apply import shares_no_storage
+
+    model = LeakyMLP().double()
+    x = _x()
+    spec = trace(model, x)
+    site = _hidden_site(spec)
+    assert shares_no_storage(model)
+    with torch.no_grad():  # fc2's bias becomes a view of fc1's: permuting fc1's rows moves it
+        model.fc2.bias = nn.Parameter(model.fc1.bias.data[:3])
+    assert not shares_no_storage(model)
+    out = verify_spec(model, copy.deepcopy(spec), (x,))
+    assert site in dict(out.dropped)
