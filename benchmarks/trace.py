@@ -122,7 +122,8 @@ def main() -> None:
             if target is None
             else f"{target:9.0f}  {total[1] / target:10.2f}"
         )
-        ro = "-" if spec.verified_roundoff is None else f"{spec.verified_roundoff:.1e}"
+        roundoff = getattr(spec, "verified_roundoff", None)  # (also runs against older trees)
+        ro = "-" if roundoff is None else f"{roundoff:.1e}"
         print(
             f"{name:<11} {params:9.1f}  {n:5d}  {dropped:7d}  {rules[0]:8.1f} / {rules[1]:6.1f}  "
             f"{total[0]:14.1f} / {total[1]:7.1f}  {goal}  {checks:6d}  "

@@ -191,6 +191,7 @@ def run_one(job: dict) -> dict:
     from intertwiner.testing import randomize_model
 
     t0 = time.perf_counter()
+    torch.manual_seed(0)  # the registries initialise from the global generator: same model each run
     model, x = _build(job)
     randomize_model(model, 0)
     model = model.double().eval()
