@@ -1,14 +1,16 @@
 """Numerical verification of traced sites: ``trace`` returns only sites that preserve the function.
 
-Each check samples one element per site under test, applies them in place to a float64 copy of the
-model, compares the outputs on the example input and on a perturbed one with the untransformed
-outputs, and restores the parameters bit-exactly. Sites are tested as a group and bisected only
+Each check samples one element per site under test, applies them to a float64 copy of the model
+(in place, or as new storage where no two tensors share storage: ``transform_site(swap=True)``),
+compares the outputs on the example input and on a perturbed one with the untransformed outputs,
+and restores the parameters bit-exactly. Sites are tested as a group and bisected only
 where the group fails, so a model whose sites all verify costs a handful of forward passes.
 
 Tolerance. A check passes when the relative change is at most ``rtol`` (``RTOL = 1e-9``). Some
 models amplify float64 round-off far beyond that (timm's efficientnetv2_rw_t with random weights:
-a relative noise of 1e-15 on its weights moves the output by 8e-9), so an element that only
-reorders sums fails the fixed tolerance although it is a true symmetry. For such models the
+relative noise of 4 ulps on its parameters moves the output by 3.8e-7 to 2.8e-4 depending on the
+draw of its weights), so an element that only reorders sums fails the fixed tolerance although it
+is a true symmetry. For such models the
 tolerance is scaled by the model's own measured round-off: ``roundoff`` is the largest relative
 output change when every floating parameter and buffer is multiplied by ``1 + e`` with
 ``e ~ N(0, (ROUNDOFF_ULPS * eps)^2)`` (``ROUNDOFF_DRAWS`` draws, each on every probe input), and
@@ -39,7 +41,7 @@ from intertwiner.symmetry.spec import Site, SymmetrySpec
 RTOL = 1e-9
 #: Hard ceiling of the tolerance scaled by measured round-off (a ``rtol`` above it is kept as is):
 #: as loose as a float32 cast inside the model already makes it (64 float32 ulps = 7.6e-6), four
-#: orders of magnitude under the change a wrong rule makes on random weights (1e-2 to 1).
+#: orders of magnitude under the change a wrong rule typically makes on random weights (1e-2 to 1).
 RTOL_CEILING = 1e-5
 #: Tolerance = ``SAFETY`` x the output change under ulp-sized parameter noise. A sampled element
 #: rounds every weight it scales and reorders sums it permutes: on timm's efficientnetv2_rw_t
