@@ -191,6 +191,7 @@ def run_one(job: dict) -> dict:
     from intertwiner.testing import randomize_model
 
     t0 = time.perf_counter()
+    torch.manual_seed(0)  # the registries initialise from the global generator: same model each run
     model, x = _build(job)
     randomize_model(model, 0)
     model = model.double().eval()
@@ -203,6 +204,9 @@ def run_one(job: dict) -> dict:
     fresh = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
     row["change"] = max(_rel_change(model, spec, x, 2), _rel_change(model, spec, fresh, 3))
     row["verified_error"] = spec.verified_error
+    # the tolerance and the round-off that scaled it (None: every check passed at 1e-9)
+    row["verified_tolerance"] = spec.verified_tolerance
+    row["verified_roundoff"] = spec.verified_roundoff
     row["sites"] = len(spec.sites)
     row["dropped"] = len(spec.dropped)
     row["heads"] = sum(s.kind == "attention_heads" for s in spec.sites)

@@ -27,7 +27,8 @@ JSON description (``SymmetrySpec.to_dict``, schema ``SCHEMA``)::
                              "buffer": bool, "within": [axis, start, length] or null}],
                 "folds": [{"scale", "into": [[parameter, axis]], "slope", "offset"}]}],
      "frozen": [{"space", "reason"}], "dropped": [{"site", "reason"}],
-     "verified_error": float or null, "verified_tolerance": float or null}
+     "verified_error": float or null, "verified_tolerance": float or null,
+     "verified_roundoff": float or null}   # round-off that scaled the tolerance (_verify.py)
 
 The element ``A`` of a site acts on an action's axis viewed as ``(outer, n_total, inner)``: on
 the ``channels`` (in that order) of the middle dimension, by ``kind`` (``spec.py``'s docstring).

@@ -291,8 +291,13 @@ class SymmetrySpec:
     #: the spec was not verified).
     verified_error: float | None = None
     #: The tolerance the sites were verified to (``rtol``, raised to the round-off of any lower
-    #: precision the model casts to inside its forward, e.g. float32 in LLaMA's RMSNorm).
+    #: precision the model casts to inside its forward, e.g. float32 in LLaMA's RMSNorm, and
+    #: scaled by ``verified_roundoff`` where that was measured: ``symmetry/_verify.py``).
     verified_tolerance: float | None = None
+    #: The model's measured round-off: the largest relative output change when every parameter
+    #: and buffer gets relative noise of a few ulps (None when no check needed it: every check
+    #: passed at ``rtol``). Divided by the noise size it is the round-off amplification.
+    verified_roundoff: float | None = None
 
     def site(self, name: str) -> Site:
         """The site called ``name``; an activation module name also finds the one site whose
@@ -354,6 +359,13 @@ class SymmetrySpec:
             out.append("")
             out.append("dropped (not returned):")
             out += [f"  {n}: {r}" for n, r in self.dropped]
+        if self.verified_roundoff is not None:  # say why the tolerance is not the default
+            out.append("")
+            out.append(
+                f"verified to {self.verified_tolerance:.1e} (relative): the model's round-off "
+                f"({self.verified_roundoff:.1e} under ulp-sized parameter noise) scales the "
+                "tolerance"
+            )
         return "\n".join(out)
 
     def __str__(self) -> str:
@@ -370,6 +382,7 @@ class SymmetrySpec:
             "dropped": [{"site": n, "reason": r} for n, r in self.dropped],
             "verified_error": self.verified_error,
             "verified_tolerance": self.verified_tolerance,
+            "verified_roundoff": self.verified_roundoff,
         }
 
     def coverage(self, model: nn.Module, example_input: ExampleInput | None = None) -> Coverage:

@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from intertwiner._types import ExampleInput
-from intertwiner._validate import reraise_shape_errors
 from intertwiner.errors import InvalidOptionError, UnsupportedModuleError
 from intertwiner.symmetry._aten import AtenRunner
 from intertwiner.symmetry._build import build_spec
-from intertwiner.symmetry._forward import to_float64
+from intertwiner.symmetry._forward import run_flat, to_float64
 from intertwiner.symmetry._graph import (
     export_graph,
     is_bare_leaf,
@@ -58,8 +57,10 @@ def trace(
 
     Every returned site is verified numerically (``verify=True``, the default): random elements of
     its group are applied to a float64 copy and must leave the outputs on the example input and on a
-    perturbed one unchanged to ``rtol`` (relative to ``max |f|``). Sites that fail, and sites whose
-    parameters are shared in a way one element cannot satisfy, are left out and listed with the
+    perturbed one unchanged to ``rtol`` (relative to ``max |f|``; for a model that amplifies
+    round-off, scaled by its measured round-off up to a hard ceiling of 1e-5, recorded on
+    ``spec.verified_roundoff`` and ``spec.verified_tolerance``: ``_verify``). Sites that fail,
+    and sites whose parameters are shared in a way one element cannot satisfy, are left out and listed with the
     reason on ``spec.dropped``; with ``strict=True`` they raise ``UnverifiedSymmetryError``.
     ``generator`` seeds the sampled elements (default: seed 0).
 
@@ -70,7 +71,7 @@ def trace(
     """
     if frontend not in ("auto", "fx", "export"):
         raise InvalidOptionError(f"frontend must be 'auto', 'fx' or 'export', got {frontend!r}")
-    work, inputs = _float64_copy(model, example_input)
+    work, inputs, reference = _float64_copy(model, example_input)
     wrapped = is_bare_leaf(work)
     work = wrap_bare(work, len(inputs))
     an = _export_rules(work, inputs, refuse=frontend == "fx")
@@ -89,20 +90,31 @@ def trace(
     spec.verified_tolerance = rtol if verify else None
     if verify:
         with torch.no_grad():
-            verify_spec(work, spec, inputs, rtol=rtol, strict=strict, generator=generator)
+            verify_spec(
+                work,
+                spec,
+                inputs,
+                rtol=rtol,
+                strict=strict,
+                generator=generator,
+                reference=reference,
+            )
     return spec
 
 
-def _float64_copy(model: nn.Module, example_input: ExampleInput) -> tuple[nn.Module, tuple]:
-    """A float64 eval-mode copy of ``model`` and the inputs, run once. Rules and verification use
-    it: casts the model makes inside its forward (LLaMA's RMSNorm computes in float32) then show in
-    the graph as what they are, and a wrong input fails here, named, before any graph is built."""
+def _float64_copy(
+    model: nn.Module, example_input: ExampleInput
+) -> tuple[nn.Module, tuple, torch.Tensor]:
+    """A float64 eval-mode copy of ``model``, the inputs, and its flattened output on them (the
+    reference verification compares with: the rules and export do not change the copy). Rules and
+    verification use the copy: casts the model makes inside its forward (LLaMA's RMSNorm computes
+    in float32) then show in the graph as what they are, and a wrong input fails here, named,
+    before any graph is built."""
     work = copy.deepcopy(model).double().eval()
     lower(work)
     inputs = to_float64(example_input)
-    with torch.no_grad(), reraise_shape_errors("trace", inputs, model):
-        work(*inputs)
-    return work, inputs
+    reference = run_flat(work, inputs, "trace")  # shape errors re-raised naming the model
+    return work, inputs, reference
 
 
 def _export_rules(work: nn.Module, inputs: tuple, *, refuse: bool) -> Rules:
