@@ -64,6 +64,10 @@ class Projection:
     channel_dim: int = -1
     #: Per head (of the attention's tensor), the projection channels of its head-dim entries.
     heads: list[tuple[int, ...]] = field(default_factory=list)
+    #: Bias channels the model sets to zero before the product (torchvision's Swin V2 zeroes the
+    #: key third of a clone of ``qkv.bias``): a site may only act on channels all zeroed or all
+    #: kept (a linear map keeps zero at zero).
+    zeroed: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -83,8 +87,12 @@ class AttentionBlock:
     #: False when the additive mask differs between heads (T5's relative position bias, ALiBi):
     #: permuting heads would then need the bias permuted too.
     heads_permutable: bool = True
-    #: The additive masks or biases on the scores, each broadcast against (..., H, T, S).
+    #: The additive masks or biases on the scores and the factors that scale them (Swin V2's
+    #: ``logit_scale``), each broadcast against (..., H, T, S).
     masks: tuple[fx.Node, ...] = ()
+    #: Which of "q", "k", "v" are L2-normalised over each head's entries (Swin V2's cosine
+    #: attention): only orthogonal maps commute with that, so their per-head sites are O(d).
+    normalized: frozenset[str] = frozenset()
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -102,8 +110,56 @@ def _is_number(a: Any) -> bool:
 def _projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
     name = op_name(node)
     bias = node.args[0] if name == "addmm" else node.args[2] if len(node.args) > 2 else None
+    zeroed: frozenset[int] = frozenset()
     if isinstance(bias, fx.Node) and bias not in names:
-        return None  # a computed bias (EVA's cat(q_bias, 0, v_bias)) no head map may ignore
+        found = _zeroed_clone(bias, node, names)
+        if found is None:
+            return None  # a computed bias (EVA's cat(q_bias, 0, v_bias)) no head map may ignore
+        names = {**names, bias: found[0]}
+        zeroed = found[1]
+    p = _plain_projection(node, names)
+    if p is not None:
+        p.zeroed = zeroed
+    return p
+
+
+def _zeroed_clone(
+    bias: fx.Node, reader: fx.Node, names: dict[fx.Node, str]
+) -> tuple[str, frozenset[int]] | None:
+    """``b = param.clone(); b[i:j].zero_()`` (torchvision's Swin V2 key bias): the parameter's
+    name and the zeroed channels, or None when the clone is used any other way."""
+    if op_name(bias) != "clone" or bias.args[0] not in names or bias.kwargs.get("memory_format"):
+        return None
+    size = _val(bias).shape
+    if len(size) != 1:
+        return None
+    zeroed: set[int] = set()
+    for user in bias.users:
+        if user is reader:
+            continue
+        bad = user.kwargs or user.args[1:2] not in ((0,), ())
+        if op_name(user) != "slice" or len(user.users) != 1 or bad:
+            return None
+        (zero,) = user.users
+        in_place = str(zero.target).startswith("aten.zero_.")  # op_name drops the "_"
+        if not in_place or zero.users or reader not in _after(zero):
+            return None  # a zeroing after the product would not change what it read
+        start, end = (*user.args[2:4], None, None)[:2]
+        zeroed |= set(range(int(size[0]))[slice(start, end, (user.args + (1,) * 5)[4])])
+    return names[bias.args[0]], frozenset(zeroed)
+
+
+def _after(n: fx.Node) -> set[fx.Node]:
+    """The nodes that come after ``n`` in its graph."""
+    out, m = set(), n.next
+    while m.op != "root":
+        out.add(m)
+        m = m.next
+    return out
+
+
+def _plain_projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
+    name = op_name(node)
     if name == "linear":
         w, b = names.get(node.args[1]), names.get(node.args[2]) if len(node.args) > 2 else None
         axis = 0
@@ -131,11 +187,13 @@ def _scalar_scale(n: fx.Node) -> bool:
     return op_name(n) in ("mul", "div") and len(n.args) == 2 and _is_number(n.args[1])
 
 
-def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, bool] | None:
-    """The projection feeding ``start``, the nodes on the way, and whether a rotary-style
-    elementwise op was on the way."""
+def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, bool, list] | None:
+    """The projection feeding ``start``, the nodes on the way, whether a rotary-style
+    elementwise op was on the way, and the L2 normalisations on the way as ``(div, input, dim)``
+    (``F.normalize``: ``x / norm(x, dim).clamp_min(eps)``)."""
     seen: set[fx.Node] = set()
     found: list[Projection] = []
+    norms: list[tuple[fx.Node, fx.Node, int]] = []
     rotary = False
     stack = [start]
     while stack:
@@ -146,6 +204,11 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
         if n.op != "call_function":
             continue
         name = op_name(n)
+        normalized = _l2_normalized(n)
+        if normalized is not None:
+            norms.append((n, *normalized))
+            stack.append(normalized[0])
+            continue
         if name in _PROJECTIONS:
             p = _projection(n, names)
             if p is None:
@@ -162,7 +225,30 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
         # anything else (cos/sin tables, masks, positions) cannot lead to a projection
     if len({id(p.node) for p in found}) != 1:
         return None
-    return found[0], seen, rotary
+    return found[0], seen, rotary, norms
+
+
+def _l2_normalized(n: fx.Node) -> tuple[fx.Node, int] | None:
+    """``F.normalize(x, dim=d)`` ending at ``n`` (``x / norm(x, 2, [d], keepdim).clamp_min(eps)
+    .expand_as(x)``): ``(x, d)`` with ``d`` negative, or None."""
+    if op_name(n) != "div" or len(n.args) != 2 or n.kwargs or not isinstance(n.args[1], fx.Node):
+        return None
+    x, m = n.args
+    while op_name(m) in ("expand_as", "expand", "clamp_min", "clamp") and not m.kwargs:
+        if op_name(m).startswith("clamp") and not all(
+            a is None or _is_number(a) for a in m.args[1:]
+        ):
+            return None  # a bound read from a tensor: not a norm
+        m = m.args[0]
+    if op_name(m) != "linalg_vector_norm" or m.args[0] is not x or m.kwargs:
+        return None
+    args = (*m.args, 2, None, False)[:4]
+    dims, x_val = args[2], _val(x)
+    if args[1] != 2 or args[3] is not True or not isinstance(x_val, torch.Tensor):
+        return None
+    if not isinstance(dims, (list, tuple)) or len(dims) != 1:
+        return None
+    return x, int(dims[0]) % x_val.dim() - x_val.dim()
 
 
 def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dict) -> dict:
@@ -288,6 +374,9 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
     while isinstance(s, fx.Node) and op_name(s) in _SCORES:
         if op_name(s) in IDENTITY or _scalar_scale(s):
             s = s.args[0]
+        elif op_name(s) in ("mul", "div") and _factor(s) is not None:
+            s, factor = _factor(s)
+            masks.append(factor)  # checked like a mask: same for every head, or a head table
         elif op_name(s) in ("add", "sub", "masked_fill"):
             s, mask = s.args[0], s.args[1]
             if isinstance(mask, fx.Node):
@@ -303,6 +392,32 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
     if op_name(kt) != "transpose" or {a % nd for a in kt.args[1:3]} != {nd - 2, nd - 1}:
         return None
     return q, kt.args[0], v, tuple(masks)
+
+
+def _factor(n: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """``scores * f`` (either order) or ``scores / f`` with ``f`` computed from parameters and
+    buffers only (Swin V2's ``logit_scale.clamp(max=log 100).exp()``): ``(scores, f)``."""
+    if len(n.args) != 2 or n.kwargs or not all(isinstance(a, fx.Node) for a in n.args):
+        return None
+    a, b = n.args
+    if _fixed(b):
+        return a, b
+    if op_name(n) == "mul" and _fixed(a):
+        return b, a
+    return None
+
+
+def _fixed(n: fx.Node) -> bool:
+    """Is ``n`` computed without the model input (from parameters, buffers, constants)?"""
+    seen, stack = set(), [n]
+    while stack:
+        m = stack.pop()
+        if m.op == "placeholder":
+            return False
+        if m not in seen:
+            seen.add(m)
+            stack.extend(m.all_input_nodes)
+    return True
 
 
 def _keeps_heads(n: fx.Node) -> bool:
@@ -354,15 +469,20 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     found = [_back(a, names) for a in (q_node, k_node, v_node)]
     if any(f is None for f in found):
         return None
-    projections = []
-    for node, val, (p, seen, _) in zip((q_node, k_node, v_node), vals, found, strict=True):
+    projections, normalized = [], set()
+    for key, node, val, (p, seen, _, norms) in zip("qkv", (q_node, k_node, v_node), vals, found,
+                                                  strict=True):  # fmt: skip
         shape = _val(p.node).shape
         at = [1] * len(shape)
         at[p.channel_dim] = p.total
         codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
-        heads = _heads_of(_replay(p.node, codes, seen, order).get(node), val.shape, p.total)
-        if heads is None:
+        env = _replay(p.node, codes, seen, order)
+        heads = _heads_of(env.get(node), val.shape, p.total)
+        if heads is None or not _whole(p.zeroed, heads):
             return None
+        if norms and not all(_per_head_norm(env.get(x), dim, heads) for _, x, dim in norms):
+            return None  # normalised over tokens (XCiT) or across heads: no head map keeps it
+        normalized |= {key} if norms else set()
         p.heads = heads
         projections.append(p)
     out = _forward(sdpa, len(projections[0].heads), names, order)
@@ -405,7 +525,25 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         {q.node, k.node, v.node},
         not per_head,
         masks,
+        frozenset(normalized),
     )
+
+
+def _whole(zeroed: frozenset[int], heads: list[tuple[int, ...]]) -> bool:
+    """Are the zeroed bias channels among ``heads`` none or all of them?"""
+    used = {c for row in heads for c in row}
+    return not (used & zeroed) or used <= zeroed
+
+
+def _per_head_norm(codes: Any, dim: int, heads: list[tuple[int, ...]]) -> bool:
+    """Does every vector that the normalisation divides by its norm (along ``dim`` of the channel
+    ``codes``) hold exactly the channels of one head? Then a permutation of heads and an
+    orthogonal map per head keep each norm."""
+    if not isinstance(codes, torch.Tensor) or codes.dim() < 1:
+        return False
+    rows = codes.movedim(dim, -1).reshape(-1, codes.shape[dim])
+    own = {tuple(sorted(row)) for row in heads}
+    return all(tuple(sorted(r)) in own for r in {tuple(r) for r in rows.long().tolist()})
 
 
 def _per_head(mask: fx.Node) -> bool:
