@@ -93,6 +93,9 @@ class AttentionBlock:
     #: Which of "q", "k", "v" are L2-normalised over each head's entries (Swin V2's cosine
     #: attention): only orthogonal maps commute with that, so their per-head sites are O(d).
     normalized: frozenset[str] = frozenset()
+    #: The dim (negative) of q, k, v and the scores that holds the heads: -3, or -4 for NesT's
+    #: (B, H, blocks, T, D).
+    head_axis: int = -3
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -287,14 +290,18 @@ def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dic
     return env
 
 
-def _heads_of(codes: Any, shape: torch.Size, total: int) -> list[tuple[int, ...]] | None:
+def _heads_of(
+    codes: Any, shape: torch.Size, total: int, axis: int = 1
+) -> list[tuple[int, ...]] | None:
     """Per head, the channel of each head-dim entry of a (B, H, T, D) tensor of channel codes
-    (or (B * H, T, D), batch-major, as ``nn.MultiheadAttention`` computes with weights); None
-    unless every batch row and position reads the same channels."""
+    (or (B * H, T, D), batch-major, as ``nn.MultiheadAttention`` computes with weights; with
+    more dims, the heads on ``axis``); None unless every batch row and position reads the same
+    channels."""
     if not isinstance(codes, torch.Tensor) or codes.shape != shape or codes.dim() < 3:
         return None
-    if codes.dim() >= 4:  # (B, H, ..., T, D): NesT attends within blocks, (B, H, blocks, T, D)
-        codes = codes.transpose(0, 1).flatten(1, -2)  # (H, B * ... * T, D)
+    if codes.dim() >= 4:  # NesT attends within blocks, (B, H, blocks, T, D): heads on dim 1;
+        # MaxViT's grid attention (B, grid, H, T, D): heads on dim -3
+        codes = codes.movedim(axis, 0).flatten(1, -2)  # (H, B * ... * T, D)
         rows = codes[:, :1, :]
         if not torch.equal(codes, rows.expand_as(codes)):
             return None
@@ -316,7 +323,7 @@ def _heads_of(codes: Any, shape: torch.Size, total: int) -> list[tuple[int, ...]
 
 
 def _forward(
-    start: fx.Node, heads: int, names: dict[fx.Node, str], order: dict
+    start: fx.Node, heads: int, names: dict[fx.Node, str], order: dict, axis: int = 1
 ) -> Projection | None:
     """The projection that reads the attention output ``start`` ((B, H, T, Dv) or (B * H, T, Dv))
     through shaping ops only, with the input channels of each head (read by replaying them)."""
@@ -339,7 +346,9 @@ def _forward(
     shape = _val(start).shape
     d = int(shape[-1])
     if len(shape) >= 4:
-        head = torch.arange(int(shape[1])).view(1, -1, *[1] * (len(shape) - 2))
+        at = [1] * len(shape)
+        at[axis] = int(shape[axis])
+        head = torch.arange(int(shape[axis])).view(at)
     else:
         head = (torch.arange(int(shape[0])) % heads).view(-1, 1, 1)
     codes = (head * d + torch.arange(d)).to(torch.float64).expand(shape).contiguous()
@@ -361,9 +370,10 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
     """``softmax(q @ k^T * c + mask, -1) @ v`` ending at ``mm``: (q, k, v, masks) or None. Views
     that keep the last three dims (H, T, S) may sit between the terms (Swin adds its shifted-window
     mask to the scores viewed as (B, windows, H, T, S)): every term's dim -3 is then the head."""
-    if op_name(mm) not in ("matmul", "bmm") or len(mm.args) != 2:
+    pv = _product(mm, "pv")
+    if pv is None:
         return None
-    p, v = mm.args
+    p, v = pv
     while isinstance(p, fx.Node) and op_name(p) in IDENTITY:
         p = p.args[0]
     if not isinstance(p, fx.Node) or op_name(p) not in ("softmax", "_softmax"):
@@ -385,13 +395,44 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
             s = s.args[0]
         else:
             return None
-    if not isinstance(s, fx.Node) or op_name(s) not in ("matmul", "bmm"):
+    qk = _product(s, "qk") if isinstance(s, fx.Node) else None
+    if qk is None:
         return None
-    q, kt = s.args
-    nd = _val(kt).dim() if isinstance(_val(kt), torch.Tensor) else 0
-    if op_name(kt) != "transpose" or {a % nd for a in kt.args[1:3]} != {nd - 2, nd - 1}:
+    return qk[0], qk[1], v, tuple(masks)
+
+
+def _product(n: fx.Node, form: str) -> tuple[fx.Node, fx.Node] | None:
+    """``q @ k^T`` (``form="qk"``: returns (q, k)) or ``p @ v`` (``"pv"``: (p, v)), as a
+    ``matmul`` / ``bmm`` or an ``einsum`` over batch letters (torchvision's MaxViT:
+    ``"B G H I D, B G H J D -> B G H I J"``)."""
+    name = op_name(n)
+    if name in ("matmul", "bmm") and len(n.args) == 2 and not n.kwargs:
+        a, b = n.args
+        if form == "pv":
+            return a, b
+        nd = _val(b).dim() if isinstance(_val(b), torch.Tensor) else 0
+        if op_name(b) != "transpose" or {x % nd for x in b.args[1:3]} != {nd - 2, nd - 1}:
+            return None
+        return a, b.args[0]
+    if name != "einsum" or len(n.args) != 2 or n.kwargs or len(n.args[1]) != 2:
         return None
-    return q, kt.args[0], v, tuple(masks)
+    eq = n.args[0].replace(" ", "")
+    if "." in eq or "->" not in eq or eq.count(",") != 1:
+        return None
+    (x, y), out = eq.split("->")[0].split(","), eq.split("->")[1]
+    batch = out[:-2]
+    i, j = out[-2:]
+    if len(set(out)) != len(out) or x[:-2] != batch or y[:-2] != batch:
+        return None
+    if form == "qk":  # (..., i, d), (..., j, d) -> (..., i, j)
+        ok = x[-2] == i and y[-2] == j and x[-1] == y[-1] and x[-1] not in out
+    else:  # (..., i, j), (..., j, d) -> (..., i, d): here out[-1] is d
+        ok = x[-2] == i and x[-1] == y[-2] and y[-1] == j and x[-1] not in out
+    return (
+        (n.args[1][0], n.args[1][1])
+        if ok and all(isinstance(a, fx.Node) for a in n.args[1])
+        else None
+    )
 
 
 def _factor(n: fx.Node) -> tuple[fx.Node, fx.Node] | None:
@@ -470,6 +511,9 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     if any(f is None for f in found):
         return None
     projections, normalized = [], set()
+    axis = _head_axis(found[0], q_node, vals[0], order)
+    if axis is None or any(t.dim() != vals[0].dim() for t in vals):
+        return None
     for key, node, val, (p, seen, _, norms) in zip("qkv", (q_node, k_node, v_node), vals, found,
                                                   strict=True):  # fmt: skip
         shape = _val(p.node).shape
@@ -477,7 +521,7 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         at[p.channel_dim] = p.total
         codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
         env = _replay(p.node, codes, seen, order)
-        heads = _heads_of(env.get(node), val.shape, p.total)
+        heads = _heads_of(env.get(node), val.shape, p.total, axis)
         if heads is None or not _whole(p.zeroed, heads):
             return None
         if norms and not all(_per_head_norm(env.get(x), dim, heads) for _, x, dim in norms):
@@ -485,7 +529,7 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         normalized |= {key} if norms else set()
         p.heads = heads
         projections.append(p)
-    out = _forward(sdpa, len(projections[0].heads), names, order)
+    out = _forward(sdpa, len(projections[0].heads), names, order, axis)
     if out is None:
         return None
     q, k, v = projections
@@ -509,7 +553,10 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     stack = sdpa.meta.get("nn_module_stack") or {}
     name = list(stack.values())[-1][0] if stack else sdpa.name
     rotary = found[0][2] or found[1][2]
-    per_head = any(_per_head(mask) for mask in masks)
+    head_axis = axis - vals[0].dim() if vals[0].dim() >= 4 else -3
+    # masks are read with heads on dim -3 (``head_tables``): with heads elsewhere (NesT) a mask
+    # keeps the heads in place
+    per_head = any(_per_head(mask, head_axis) for mask in masks) or bool(masks and head_axis != -3)
     return AttentionBlock(
         sdpa,
         name,
@@ -526,6 +573,7 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         not per_head,
         masks,
         frozenset(normalized),
+        head_axis,
     )
 
 
@@ -546,7 +594,28 @@ def _per_head_norm(codes: Any, dim: int, heads: list[tuple[int, ...]]) -> bool:
     return all(tuple(sorted(r)) in own for r in {tuple(r) for r in rows.long().tolist()})
 
 
-def _per_head(mask: fx.Node) -> bool:
-    """Can the mask differ between heads (its dim -3 is not broadcast)?"""
+def _per_head(mask: fx.Node, axis: int = -3) -> bool:
+    """Can the mask differ between heads (its dim ``axis``, negative, is not broadcast)?"""
     v = _val(mask)
-    return isinstance(v, torch.Tensor) and v.dim() >= 3 and v.shape[-3] > 1
+    return isinstance(v, torch.Tensor) and v.dim() >= -axis and v.shape[axis] > 1
+
+
+def _head_axis(found: tuple, node: fx.Node, val: torch.Tensor, order: dict) -> int | None:
+    """The dim of the (..., T, D) attention tensors that holds the heads: 1 (B, H, ..., T, D),
+    else -3 as a positive dim (MaxViT's (B, grid, H, T, D)), whichever the query's channel
+    codes fit; 1 for 3-d tensors (the (B * H, T, D) layout has no head dim)."""
+    if val.dim() < 5:
+        return 1
+    p, seen = found[0], found[1]
+    shape = _val(p.node).shape
+    at = [1] * len(shape)
+    at[p.channel_dim] = p.total
+    codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
+    got = _replay(p.node, codes, seen, order).get(node)
+    for axis in (1, val.dim() - 3):
+        heads = _heads_of(got, val.shape, p.total, axis)
+        if heads is not None and len({c for row in heads for c in row}) == len(heads[0]) * len(
+            heads
+        ):
+            return axis  # each head its own channels (a grid dim repeats them)
+    return None

@@ -58,6 +58,8 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     sizes = {"q": b.q.total, "k": b.k.total, "v": b.v.total, "out": b.out.width}
     blocks = {key: _head_blocks(rows, sizes[key]) for key, rows in groups.items()}
     tables = [] if b.heads_permutable else head_tables(r, b)
+    if b.heads == 1:
+        _single_head(r, b)
     if tables is not None and all(v is not None for v in blocks.values()):
         heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
         an.sites[heads].family = PERMUTATION
@@ -87,6 +89,22 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
         on(vo, b.v, ActionKind.A, b.v.heads[j])
         for h in range(j * rep, (j + 1) * rep):
             into_out(vo, ActionKind.A_INV_T, b.out.heads[h])
+
+
+def _single_head(r: AtenRunner, b: AttentionBlock) -> None:
+    """With one head, a per-head bias table (MaxViT's first stage) has nothing to move with:
+    record that on the parameters the masks read, so coverage gives the reason."""
+    params = set(r.an.params)
+    for mask in b.masks:
+        for m in _ancestors(mask):
+            name = str(m.target)
+            if m.op != "get_attr" or name not in params:
+                continue
+            shape = r.an.shape_of(name)
+            sid = r.an.new_site(shape[-1])
+            r.an.act_raw(sid, name, len(shape) - 1, ActionKind.A, shape[-1])
+            r.an.freeze(sid, f"{b.name} has a single attention head: no head permutation moves "
+                        "its per-head bias")  # fmt: skip
 
 
 def _head_blocks(
@@ -133,7 +151,9 @@ def head_tables(r: AtenRunner, b: AttentionBlock) -> list[tuple[str, int, tuple[
     head h reads slice ``columns[h]`` of ``axis`` and nothing else of it. None when some bias that
     differs between heads is not of that form (the heads then stay in place)."""
     out = b.sdpa.meta.get("val")  # (B, H, T, Dv): each mask's dim -3 is the head
-    if b.kv_heads != b.heads or not isinstance(out, torch.Tensor) or out.dim() != 4:
+    if b.kv_heads != b.heads or not isinstance(out, torch.Tensor) or out.dim() < 4:
+        return None
+    if b.head_axis != -3:
         return None
     params = {n for n in r.graph.nodes if n.op == "get_attr" and str(n.target) in r.an.params}
     order = {n: i for i, n in enumerate(r.graph.nodes)}
