@@ -60,6 +60,8 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     tables = [] if b.heads_permutable else head_tables(r, b)
     if b.heads == 1:
         _single_head(r, b)
+    if tables is None:
+        _cached_tables(r, b)
     if tables is not None and all(v is not None for v in blocks.values()):
         heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
         an.sites[heads].family = PERMUTATION
@@ -105,6 +107,27 @@ def _single_head(r: AtenRunner, b: AttentionBlock) -> None:
             r.an.act_raw(sid, name, len(shape) - 1, ActionKind.A, shape[-1])
             r.an.freeze(sid, f"{b.name} has a single attention head: no head permutation moves "
                         "its per-head bias")  # fmt: skip
+
+
+def _cached_tables(r: AtenRunner, b: AttentionBlock) -> None:
+    """A per-head bias that the graph reads as a constant (timm's ``attention_bias_cache``, filled
+    by an eval-mode forward before the trace) while a parameter of the block's module goes unread:
+    the model computes its bias from a cache, so moving that parameter with the heads would not
+    move the bias. Recorded on those parameters as the reason the heads stay."""
+    params = r.an.params
+    if not any(m.op == "get_attr" and str(m.target) not in params and
+               str(m.target) not in r.an.buffers for m in b.masks):  # fmt: skip
+        return
+    read = {str(n.target) for n in r.graph.nodes if n.op == "get_attr" and n.users}
+    for name in params:
+        if name.startswith(f"{b.name}.") and name.count(".") == b.name.count(".") + 1:
+            if name not in read:
+                shape = r.an.shape_of(name)
+                sid = r.an.new_site(shape[0])
+                r.an.act_raw(sid, name, 0, ActionKind.A, shape[0])
+                r.an.freeze(sid, f"{b.name} reads its per-head bias from a cache (a constant filled "
+                            f"by an earlier forward, not {name!r}): moving the heads would leave "
+                            "the cached bias in place")  # fmt: skip
 
 
 def _head_blocks(
