@@ -80,3 +80,29 @@ def test_a_single_head_records_why_its_table_stays():
     assert {"attn.qk0", "attn.vo0"} <= set(spec.names)
     reasons = {f.module: f.reason for f in spec.coverage(model, x).frozen}
     assert "single attention head" in reasons["attn"]
+
+
+class ContiguousKeys(nn.Module):
+    """GCViT's ``q @ k.transpose(-2, -1).contiguous()``; ``fool``: ``q @ k.contiguous()`` with
+    head dim == tokens (a product over tokens, not over the head dim), which must be refused."""
+
+    def __init__(self, fool=False):
+        super().__init__()
+        self.fool, self.qkv, self.proj = fool, nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x):  # (B, 4, 8): 2 heads of 4, 4 tokens
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        kt = k.contiguous() if self.fool else k.transpose(-2, -1).contiguous()
+        out = (q @ kt).softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("fool", [False, True])
+def test_contiguous_keys(fool):
+    model = nn.Sequential(nn.Linear(3, 8), ContiguousKeys(fool), nn.ReLU(), nn.Linear(8, 2))
+    model = model.double()
+    x = torch.randn(2, 4, 3, dtype=F64, generator=_gen())
+    spec = assert_function_preserved(model, x, generator=_gen(4))
+    assert ("1.heads" in spec.names) is not fool
+    assert not spec.dropped

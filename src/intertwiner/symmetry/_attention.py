@@ -410,6 +410,8 @@ def _product(n: fx.Node, form: str) -> tuple[fx.Node, fx.Node] | None:
         a, b = n.args
         if form == "pv":
             return a, b
+        while op_name(b) in ("contiguous", "clone") and not b.kwargs:
+            b = b.args[0]  # GCViT: ``q @ k.transpose(-2, -1).contiguous()``
         nd = _val(b).dim() if isinstance(_val(b), torch.Tensor) else 0
         if op_name(b) != "transpose" or {x % nd for x in b.args[1:3]} != {nd - 2, nd - 1}:
             return None
