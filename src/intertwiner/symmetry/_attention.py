@@ -528,6 +528,11 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
             return None
         if norms and not all(_per_head_norm(env.get(x), dim, heads) for _, x, dim in norms):
             return None  # normalised over tokens (XCiT) or across heads: no head map keeps it
+        outside = _outside_operands(seen, env, {d for d, _, _ in norms})
+        if outside is None or (key == "v" and outside):
+            return None  # v mixed with a tensor from elsewhere: no v map leaves that in place
+        if not all(_head_constant(env[n], _val(o), heads) for n, o in outside):
+            return None  # q or k times a per-head tensor that no head permutation moves
         normalized |= {key} if norms else set()
         p.heads = heads
         projections.append(p)
@@ -577,6 +582,43 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         frozenset(normalized),
         head_axis,
     )
+
+
+def _outside_operands(
+    seen: set[fx.Node], env: dict, norms: set[fx.Node]
+) -> list[tuple[fx.Node, fx.Node]] | None:
+    """The elementwise ops on the way from a projection to q, k or v that also read a tensor
+    from elsewhere (rotary's cos and sin, a parameter), as ``(op, operand)``; None when such an
+    op could not be replayed."""
+    out = []
+    for n in seen:
+        if n.op != "call_function" or n in norms or op_name(n) not in _ROTARY:
+            continue
+        if op_name(n) in _SHAPING or op_name(n) in _SPLITS or _scalar_scale(n):
+            continue
+        others = [
+            a for a in n.all_input_nodes if a not in env and isinstance(_val(a), torch.Tensor)
+        ]
+        if others and n not in env:
+            return None
+        out += [(n, a) for a in others]
+    return out
+
+
+def _head_constant(codes: Any, operand: Any, heads: list[tuple[int, ...]]) -> bool:
+    """Is ``operand``, broadcast against the channel ``codes`` of the op's output, the same for
+    every head (it has size 1 along every dim along which the codes change head)?"""
+    if not isinstance(codes, torch.Tensor) or not isinstance(operand, torch.Tensor):
+        return False
+    head_of = {c: h for h, row in enumerate(heads) for c in row}
+    ids = torch.tensor([head_of.get(int(c), -1 - int(c)) for c in codes.flatten().tolist()])
+    ids = ids.view(codes.shape)
+    if operand.dim() > ids.dim():
+        return False
+    for i in range(1, operand.dim() + 1):
+        if operand.shape[-i] > 1 and not torch.equal(ids, ids.narrow(-i, 0, 1).expand_as(ids)):
+            return False
+    return True
 
 
 def _whole(zeroed: frozenset[int], heads: list[tuple[int, ...]]) -> bool:
