@@ -103,6 +103,8 @@ def _single_head(r: AtenRunner, b: AttentionBlock) -> None:
             if m.op != "get_attr" or name not in params:
                 continue
             shape = r.an.shape_of(name)
+            if shape[-1] != 1:
+                continue  # not a one-head table (an MLP's weights have sites of their own)
             sid = r.an.new_site(shape[-1])
             r.an.act_raw(sid, name, len(shape) - 1, ActionKind.A, shape[-1])
             r.an.freeze(sid, f"{b.name} has a single attention head: no head permutation moves "
