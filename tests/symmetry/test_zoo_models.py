@@ -49,6 +49,15 @@ def _tv_class(module: str, cls: str, **kwargs):
     return build
 
 
+def _swin_v2():
+    tv = import_torchvision()
+    swin = tv.models.swin_transformer
+    return swin.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[4, 4],
+        block=swin.SwinTransformerBlockV2, downsample_layer=swin.PatchMergingV2, num_classes=5,
+    )  # fmt: skip
+
+
 #: name -> (builder, input size, floor of the interior tensor coverage, heads expected).
 #: Floors: the coverage measured when the test was written (timm 1.0.31, torchvision 0.28), less
 #: < 0.01; what the tracer freezes in each is listed in benchmarks/results/trace_zoo.md.
@@ -111,6 +120,7 @@ TORCHVISION = {
         0,
     ),
     "shufflenet_v2_x0_5": (_tv("shufflenet_v2_x0_5"), 32, 0.72, 0),
+    "swin_v2": (_swin_v2, 32, 1.0, 2),  # cosine attention: heads with logit scale and cpb MLP
 }
 SLOW = {
     ("timm", "efficientnet_b0"): (_timm("efficientnet_b0"), 32, 1.0, 0),

@@ -152,6 +152,10 @@ class AtenRunner(fx.Interpreter):
         if n.target is operator.getitem:
             base = self.info(n.args[0])
             return base[n.args[1]] if isinstance(base, tuple) else None
+        if op_name(n) == "clone" and _mutated(n):  # ``b = bias.clone(); b[:k].zero_()``
+            if self.nested(n):
+                raise Frozen("a copy written in place afterwards: the rules do not follow it")
+            return None  # no longer the parameter: a fixed tensor
         if n in self.blocks:  # an attention block's output (SDPA, or a written-out ``p @ v``)
             _rules_attention.attention(self, self.blocks[n])
             return None
@@ -208,6 +212,24 @@ class AtenRunner(fx.Interpreter):
             return None  # expanded over other dims too, or not one axis
         at = sizes[0] - value.dim()
         return dataclasses.replace(p, at=None if at == -1 else at)
+
+
+_ALIASES = {"slice", "select", "view", "narrow", "unsqueeze", "squeeze", "transpose", "permute",
+            "expand", "as_strided", "diagonal", "t", "alias"}  # fmt: skip
+
+
+def _mutated(n: fx.Node) -> bool:
+    """Is ``n`` (or a view of it) written in place by a later op (``zero_``, ``mul_``, ...)?
+    ``op_name`` drops the trailing ``_``, so the overload packet's own name is read."""
+    stack = [n]
+    while stack:
+        for u in stack.pop().users:
+            packet = getattr(getattr(u.target, "overloadpacket", None), "__name__", "")
+            if packet.endswith("_") and not packet.startswith("_"):
+                return True
+            if op_name(u) in _ALIASES:
+                stack.append(u)
+    return False
 
 
 def nested_infos(infos: dict[fx.Node, Any], n: fx.Node) -> list[Info]:

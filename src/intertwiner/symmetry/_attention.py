@@ -64,6 +64,10 @@ class Projection:
     channel_dim: int = -1
     #: Per head (of the attention's tensor), the projection channels of its head-dim entries.
     heads: list[tuple[int, ...]] = field(default_factory=list)
+    #: Bias channels the model sets to zero before the product (torchvision's Swin V2 zeroes the
+    #: key third of a clone of ``qkv.bias``): a site may only act on channels all zeroed or all
+    #: kept (a linear map keeps zero at zero).
+    zeroed: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -83,8 +87,15 @@ class AttentionBlock:
     #: False when the additive mask differs between heads (T5's relative position bias, ALiBi):
     #: permuting heads would then need the bias permuted too.
     heads_permutable: bool = True
-    #: The additive masks or biases on the scores, each broadcast against (..., H, T, S).
+    #: The additive masks or biases on the scores and the factors that scale them (Swin V2's
+    #: ``logit_scale``), each broadcast against (..., H, T, S).
     masks: tuple[fx.Node, ...] = ()
+    #: Which of "q", "k", "v" are L2-normalised over each head's entries (Swin V2's cosine
+    #: attention): only orthogonal maps commute with that, so their per-head sites are O(d).
+    normalized: frozenset[str] = frozenset()
+    #: The dim (negative) of q, k, v and the scores that holds the heads: -3, or -4 for NesT's
+    #: (B, H, blocks, T, D).
+    head_axis: int = -3
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -102,8 +113,56 @@ def _is_number(a: Any) -> bool:
 def _projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
     name = op_name(node)
     bias = node.args[0] if name == "addmm" else node.args[2] if len(node.args) > 2 else None
+    zeroed: frozenset[int] = frozenset()
     if isinstance(bias, fx.Node) and bias not in names:
-        return None  # a computed bias (EVA's cat(q_bias, 0, v_bias)) no head map may ignore
+        found = _zeroed_clone(bias, node, names)
+        if found is None:
+            return None  # a computed bias (EVA's cat(q_bias, 0, v_bias)) no head map may ignore
+        names = {**names, bias: found[0]}
+        zeroed = found[1]
+    p = _plain_projection(node, names)
+    if p is not None:
+        p.zeroed = zeroed
+    return p
+
+
+def _zeroed_clone(
+    bias: fx.Node, reader: fx.Node, names: dict[fx.Node, str]
+) -> tuple[str, frozenset[int]] | None:
+    """``b = param.clone(); b[i:j].zero_()`` (torchvision's Swin V2 key bias): the parameter's
+    name and the zeroed channels, or None when the clone is used any other way."""
+    if op_name(bias) != "clone" or bias.args[0] not in names or bias.kwargs.get("memory_format"):
+        return None
+    size = _val(bias).shape
+    if len(size) != 1:
+        return None
+    zeroed: set[int] = set()
+    for user in bias.users:
+        if user is reader:
+            continue
+        bad = user.kwargs or user.args[1:2] not in ((0,), ())
+        if op_name(user) != "slice" or len(user.users) != 1 or bad:
+            return None
+        (zero,) = user.users
+        in_place = str(zero.target).startswith("aten.zero_.")  # op_name drops the "_"
+        if not in_place or zero.users or reader not in _after(zero):
+            return None  # a zeroing after the product would not change what it read
+        start, end = (*user.args[2:4], None, None)[:2]
+        zeroed |= set(range(int(size[0]))[slice(start, end, (user.args + (1,) * 5)[4])])
+    return names[bias.args[0]], frozenset(zeroed)
+
+
+def _after(n: fx.Node) -> set[fx.Node]:
+    """The nodes that come after ``n`` in its graph."""
+    out, m = set(), n.next
+    while m.op != "root":
+        out.add(m)
+        m = m.next
+    return out
+
+
+def _plain_projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
+    name = op_name(node)
     if name == "linear":
         w, b = names.get(node.args[1]), names.get(node.args[2]) if len(node.args) > 2 else None
         axis = 0
@@ -131,11 +190,13 @@ def _scalar_scale(n: fx.Node) -> bool:
     return op_name(n) in ("mul", "div") and len(n.args) == 2 and _is_number(n.args[1])
 
 
-def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, bool] | None:
-    """The projection feeding ``start``, the nodes on the way, and whether a rotary-style
-    elementwise op was on the way."""
+def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, bool, list] | None:
+    """The projection feeding ``start``, the nodes on the way, whether a rotary-style
+    elementwise op was on the way, and the L2 normalisations on the way as ``(div, input, dim)``
+    (``F.normalize``: ``x / norm(x, dim).clamp_min(eps)``)."""
     seen: set[fx.Node] = set()
     found: list[Projection] = []
+    norms: list[tuple[fx.Node, fx.Node, int]] = []
     rotary = False
     stack = [start]
     while stack:
@@ -146,6 +207,11 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
         if n.op != "call_function":
             continue
         name = op_name(n)
+        normalized = _l2_normalized(n)
+        if normalized is not None:
+            norms.append((n, *normalized))
+            stack.append(normalized[0])
+            continue
         if name in _PROJECTIONS:
             p = _projection(n, names)
             if p is None:
@@ -162,7 +228,30 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
         # anything else (cos/sin tables, masks, positions) cannot lead to a projection
     if len({id(p.node) for p in found}) != 1:
         return None
-    return found[0], seen, rotary
+    return found[0], seen, rotary, norms
+
+
+def _l2_normalized(n: fx.Node) -> tuple[fx.Node, int] | None:
+    """``F.normalize(x, dim=d)`` ending at ``n`` (``x / norm(x, 2, [d], keepdim).clamp_min(eps)
+    .expand_as(x)``): ``(x, d)`` with ``d`` negative, or None."""
+    if op_name(n) != "div" or len(n.args) != 2 or n.kwargs or not isinstance(n.args[1], fx.Node):
+        return None
+    x, m = n.args
+    while op_name(m) in ("expand_as", "expand", "clamp_min", "clamp") and not m.kwargs:
+        if op_name(m).startswith("clamp") and not all(
+            a is None or _is_number(a) for a in m.args[1:]
+        ):
+            return None  # a bound read from a tensor: not a norm
+        m = m.args[0]
+    if op_name(m) != "linalg_vector_norm" or m.args[0] is not x or m.kwargs:
+        return None
+    args = (*m.args, 2, None, False)[:4]
+    dims, x_val = args[2], _val(x)
+    if args[1] != 2 or args[3] is not True or not isinstance(x_val, torch.Tensor):
+        return None
+    if not isinstance(dims, (list, tuple)) or len(dims) != 1:
+        return None
+    return x, int(dims[0]) % x_val.dim() - x_val.dim()
 
 
 def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dict) -> dict:
@@ -201,14 +290,18 @@ def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dic
     return env
 
 
-def _heads_of(codes: Any, shape: torch.Size, total: int) -> list[tuple[int, ...]] | None:
+def _heads_of(
+    codes: Any, shape: torch.Size, total: int, axis: int = 1
+) -> list[tuple[int, ...]] | None:
     """Per head, the channel of each head-dim entry of a (B, H, T, D) tensor of channel codes
-    (or (B * H, T, D), batch-major, as ``nn.MultiheadAttention`` computes with weights); None
-    unless every batch row and position reads the same channels."""
+    (or (B * H, T, D), batch-major, as ``nn.MultiheadAttention`` computes with weights; with
+    more dims, the heads on ``axis``); None unless every batch row and position reads the same
+    channels."""
     if not isinstance(codes, torch.Tensor) or codes.shape != shape or codes.dim() < 3:
         return None
-    if codes.dim() >= 4:  # (B, H, ..., T, D): NesT attends within blocks, (B, H, blocks, T, D)
-        codes = codes.transpose(0, 1).flatten(1, -2)  # (H, B * ... * T, D)
+    if codes.dim() >= 4:  # NesT attends within blocks, (B, H, blocks, T, D): heads on dim 1;
+        # MaxViT's grid attention (B, grid, H, T, D): heads on dim -3
+        codes = codes.movedim(axis, 0).flatten(1, -2)  # (H, B * ... * T, D)
         rows = codes[:, :1, :]
         if not torch.equal(codes, rows.expand_as(codes)):
             return None
@@ -230,7 +323,7 @@ def _heads_of(codes: Any, shape: torch.Size, total: int) -> list[tuple[int, ...]
 
 
 def _forward(
-    start: fx.Node, heads: int, names: dict[fx.Node, str], order: dict
+    start: fx.Node, heads: int, names: dict[fx.Node, str], order: dict, axis: int = 1
 ) -> Projection | None:
     """The projection that reads the attention output ``start`` ((B, H, T, Dv) or (B * H, T, Dv))
     through shaping ops only, with the input channels of each head (read by replaying them)."""
@@ -253,7 +346,9 @@ def _forward(
     shape = _val(start).shape
     d = int(shape[-1])
     if len(shape) >= 4:
-        head = torch.arange(int(shape[1])).view(1, -1, *[1] * (len(shape) - 2))
+        at = [1] * len(shape)
+        at[axis] = int(shape[axis])
+        head = torch.arange(int(shape[axis])).view(at)
     else:
         head = (torch.arange(int(shape[0])) % heads).view(-1, 1, 1)
     codes = (head * d + torch.arange(d)).to(torch.float64).expand(shape).contiguous()
@@ -275,9 +370,10 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
     """``softmax(q @ k^T * c + mask, -1) @ v`` ending at ``mm``: (q, k, v, masks) or None. Views
     that keep the last three dims (H, T, S) may sit between the terms (Swin adds its shifted-window
     mask to the scores viewed as (B, windows, H, T, S)): every term's dim -3 is then the head."""
-    if op_name(mm) not in ("matmul", "bmm") or len(mm.args) != 2:
+    pv = _product(mm, "pv")
+    if pv is None:
         return None
-    p, v = mm.args
+    p, v = pv
     while isinstance(p, fx.Node) and op_name(p) in IDENTITY:
         p = p.args[0]
     if not isinstance(p, fx.Node) or op_name(p) not in ("softmax", "_softmax"):
@@ -288,6 +384,9 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
     while isinstance(s, fx.Node) and op_name(s) in _SCORES:
         if op_name(s) in IDENTITY or _scalar_scale(s):
             s = s.args[0]
+        elif op_name(s) in ("mul", "div") and _factor(s) is not None:
+            s, factor = _factor(s)
+            masks.append(factor)  # checked like a mask: same for every head, or a head table
         elif op_name(s) in ("add", "sub", "masked_fill"):
             s, mask = s.args[0], s.args[1]
             if isinstance(mask, fx.Node):
@@ -296,13 +395,72 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
             s = s.args[0]
         else:
             return None
-    if not isinstance(s, fx.Node) or op_name(s) not in ("matmul", "bmm"):
+    qk = _product(s, "qk") if isinstance(s, fx.Node) else None
+    if qk is None:
         return None
-    q, kt = s.args
-    nd = _val(kt).dim() if isinstance(_val(kt), torch.Tensor) else 0
-    if op_name(kt) != "transpose" or {a % nd for a in kt.args[1:3]} != {nd - 2, nd - 1}:
+    return qk[0], qk[1], v, tuple(masks)
+
+
+def _product(n: fx.Node, form: str) -> tuple[fx.Node, fx.Node] | None:
+    """``q @ k^T`` (``form="qk"``: returns (q, k)) or ``p @ v`` (``"pv"``: (p, v)), as a
+    ``matmul`` / ``bmm`` or an ``einsum`` over batch letters (torchvision's MaxViT:
+    ``"B G H I D, B G H J D -> B G H I J"``)."""
+    name = op_name(n)
+    if name in ("matmul", "bmm") and len(n.args) == 2 and not n.kwargs:
+        a, b = n.args
+        if form == "pv":
+            return a, b
+        while op_name(b) in ("contiguous", "clone") and not b.kwargs:
+            b = b.args[0]  # GCViT: ``q @ k.transpose(-2, -1).contiguous()``
+        nd = _val(b).dim() if isinstance(_val(b), torch.Tensor) else 0
+        if op_name(b) != "transpose" or {x % nd for x in b.args[1:3]} != {nd - 2, nd - 1}:
+            return None
+        return a, b.args[0]
+    if name != "einsum" or len(n.args) != 2 or n.kwargs or len(n.args[1]) != 2:
         return None
-    return q, kt.args[0], v, tuple(masks)
+    eq = n.args[0].replace(" ", "")
+    if "." in eq or "->" not in eq or eq.count(",") != 1:
+        return None
+    (x, y), out = eq.split("->")[0].split(","), eq.split("->")[1]
+    batch = out[:-2]
+    i, j = out[-2:]
+    if len(set(out)) != len(out) or x[:-2] != batch or y[:-2] != batch:
+        return None
+    if form == "qk":  # (..., i, d), (..., j, d) -> (..., i, j)
+        ok = x[-2] == i and y[-2] == j and x[-1] == y[-1] and x[-1] not in out
+    else:  # (..., i, j), (..., j, d) -> (..., i, d): here out[-1] is d
+        ok = x[-2] == i and x[-1] == y[-2] and y[-1] == j and x[-1] not in out
+    return (
+        (n.args[1][0], n.args[1][1])
+        if ok and all(isinstance(a, fx.Node) for a in n.args[1])
+        else None
+    )
+
+
+def _factor(n: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """``scores * f`` (either order) or ``scores / f`` with ``f`` computed from parameters and
+    buffers only (Swin V2's ``logit_scale.clamp(max=log 100).exp()``): ``(scores, f)``."""
+    if len(n.args) != 2 or n.kwargs or not all(isinstance(a, fx.Node) for a in n.args):
+        return None
+    a, b = n.args
+    if _fixed(b):
+        return a, b
+    if op_name(n) == "mul" and _fixed(a):
+        return b, a
+    return None
+
+
+def _fixed(n: fx.Node) -> bool:
+    """Is ``n`` computed without the model input (from parameters, buffers, constants)?"""
+    seen, stack = set(), [n]
+    while stack:
+        m = stack.pop()
+        if m.op == "placeholder":
+            return False
+        if m not in seen:
+            seen.add(m)
+            stack.extend(m.all_input_nodes)
+    return True
 
 
 def _keeps_heads(n: fx.Node) -> bool:
@@ -354,18 +512,31 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     found = [_back(a, names) for a in (q_node, k_node, v_node)]
     if any(f is None for f in found):
         return None
-    projections = []
-    for node, val, (p, seen, _) in zip((q_node, k_node, v_node), vals, found, strict=True):
+    projections, normalized = [], set()
+    axis = _head_axis(found[0], q_node, vals[0], order)
+    if axis is None or any(t.dim() != vals[0].dim() for t in vals):
+        return None
+    for key, node, val, (p, seen, _, norms) in zip("qkv", (q_node, k_node, v_node), vals, found,
+                                                  strict=True):  # fmt: skip
         shape = _val(p.node).shape
         at = [1] * len(shape)
         at[p.channel_dim] = p.total
         codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
-        heads = _heads_of(_replay(p.node, codes, seen, order).get(node), val.shape, p.total)
-        if heads is None:
+        env = _replay(p.node, codes, seen, order)
+        heads = _heads_of(env.get(node), val.shape, p.total, axis)
+        if heads is None or not _whole(p.zeroed, heads):
             return None
+        if norms and not all(_per_head_norm(env.get(x), dim, heads) for _, x, dim in norms):
+            return None  # normalised over tokens (XCiT) or across heads: no head map keeps it
+        outside = _outside_operands(seen, env, {d for d, _, _ in norms})
+        if outside is None or (key == "v" and outside):
+            return None  # v mixed with a tensor from elsewhere: no v map leaves that in place
+        if not all(_head_constant(env[n], _val(o), heads) for n, o in outside):
+            return None  # q or k times a per-head tensor that no head permutation moves
+        normalized |= {key} if norms else set()
         p.heads = heads
         projections.append(p)
-    out = _forward(sdpa, len(projections[0].heads), names, order)
+    out = _forward(sdpa, len(projections[0].heads), names, order, axis)
     if out is None:
         return None
     q, k, v = projections
@@ -389,7 +560,10 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     stack = sdpa.meta.get("nn_module_stack") or {}
     name = list(stack.values())[-1][0] if stack else sdpa.name
     rotary = found[0][2] or found[1][2]
-    per_head = any(_per_head(mask) for mask in masks)
+    head_axis = axis - vals[0].dim() if vals[0].dim() >= 4 else -3
+    # masks are read with heads on dim -3 (``head_tables``): with heads elsewhere (NesT) a mask
+    # keeps the heads in place
+    per_head = any(_per_head(mask, head_axis) for mask in masks) or bool(masks and head_axis != -3)
     return AttentionBlock(
         sdpa,
         name,
@@ -405,10 +579,87 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         {q.node, k.node, v.node},
         not per_head,
         masks,
+        frozenset(normalized),
+        head_axis,
     )
 
 
-def _per_head(mask: fx.Node) -> bool:
-    """Can the mask differ between heads (its dim -3 is not broadcast)?"""
+def _outside_operands(
+    seen: set[fx.Node], env: dict, norms: set[fx.Node]
+) -> list[tuple[fx.Node, fx.Node]] | None:
+    """The elementwise ops on the way from a projection to q, k or v that also read a tensor
+    from elsewhere (rotary's cos and sin, a parameter), as ``(op, operand)``; None when such an
+    op could not be replayed."""
+    out = []
+    for n in seen:
+        if n.op != "call_function" or n in norms or op_name(n) not in _ROTARY:
+            continue
+        if op_name(n) in _SHAPING or op_name(n) in _SPLITS or _scalar_scale(n):
+            continue
+        others = [
+            a for a in n.all_input_nodes if a not in env and isinstance(_val(a), torch.Tensor)
+        ]
+        if others and n not in env:
+            return None
+        out += [(n, a) for a in others]
+    return out
+
+
+def _head_constant(codes: Any, operand: Any, heads: list[tuple[int, ...]]) -> bool:
+    """Is ``operand``, broadcast against the channel ``codes`` of the op's output, the same for
+    every head (it has size 1 along every dim along which the codes change head)?"""
+    if not isinstance(codes, torch.Tensor) or not isinstance(operand, torch.Tensor):
+        return False
+    head_of = {c: h for h, row in enumerate(heads) for c in row}
+    ids = torch.tensor([head_of.get(int(c), -1 - int(c)) for c in codes.flatten().tolist()])
+    ids = ids.view(codes.shape)
+    if operand.dim() > ids.dim():
+        return False
+    for i in range(1, operand.dim() + 1):
+        if operand.shape[-i] > 1 and not torch.equal(ids, ids.narrow(-i, 0, 1).expand_as(ids)):
+            return False
+    return True
+
+
+def _whole(zeroed: frozenset[int], heads: list[tuple[int, ...]]) -> bool:
+    """Are the zeroed bias channels among ``heads`` none or all of them?"""
+    used = {c for row in heads for c in row}
+    return not (used & zeroed) or used <= zeroed
+
+
+def _per_head_norm(codes: Any, dim: int, heads: list[tuple[int, ...]]) -> bool:
+    """Does every vector that the normalisation divides by its norm (along ``dim`` of the channel
+    ``codes``) hold exactly the channels of one head? Then a permutation of heads and an
+    orthogonal map per head keep each norm."""
+    if not isinstance(codes, torch.Tensor) or codes.dim() < 1:
+        return False
+    rows = codes.movedim(dim, -1).reshape(-1, codes.shape[dim])
+    own = {tuple(sorted(row)) for row in heads}
+    return all(tuple(sorted(r)) in own for r in {tuple(r) for r in rows.long().tolist()})
+
+
+def _per_head(mask: fx.Node, axis: int = -3) -> bool:
+    """Can the mask differ between heads (its dim ``axis``, negative, is not broadcast)?"""
     v = _val(mask)
-    return isinstance(v, torch.Tensor) and v.dim() >= 3 and v.shape[-3] > 1
+    return isinstance(v, torch.Tensor) and v.dim() >= -axis and v.shape[axis] > 1
+
+
+def _head_axis(found: tuple, node: fx.Node, val: torch.Tensor, order: dict) -> int | None:
+    """The dim of the (..., T, D) attention tensors that holds the heads: 1 (B, H, ..., T, D),
+    else -3 as a positive dim (MaxViT's (B, grid, H, T, D)), whichever the query's channel
+    codes fit; 1 for 3-d tensors (the (B * H, T, D) layout has no head dim)."""
+    if val.dim() < 5:
+        return 1
+    p, seen = found[0], found[1]
+    shape = _val(p.node).shape
+    at = [1] * len(shape)
+    at[p.channel_dim] = p.total
+    codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
+    got = _replay(p.node, codes, seen, order).get(node)
+    for axis in (1, val.dim() - 3):
+        heads = _heads_of(got, val.shape, p.total, axis)
+        if heads is not None and len({c for row in heads for c in row}) == len(heads[0]) * len(
+            heads
+        ):
+            return axis  # each head its own channels (a grid dim repeats them)
+    return None

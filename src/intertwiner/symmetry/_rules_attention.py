@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
-from intertwiner.groups import PERMUTATION, ActionKind
+from intertwiner.groups import ORTHOGONAL, PERMUTATION, ActionKind
 from intertwiner.symmetry._attention import AttentionBlock, Projection
 from intertwiner.symmetry._regions import IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
@@ -58,6 +58,10 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     sizes = {"q": b.q.total, "k": b.k.total, "v": b.v.total, "out": b.out.width}
     blocks = {key: _head_blocks(rows, sizes[key]) for key, rows in groups.items()}
     tables = [] if b.heads_permutable else head_tables(r, b)
+    if b.heads == 1:
+        _single_head(r, b)
+    if tables is None:
+        _cached_tables(r, b)
     if tables is not None and all(v is not None for v in blocks.values()):
         heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
         an.sites[heads].family = PERMUTATION
@@ -76,13 +80,56 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
         # rotary embeddings rotate q and k per position: no GL(head_dim) on them
         if not b.rotary:
             qk = an.new_site(b.head_dim, name=f"{b.name}.qk{j}", kind="attention_qk")
+            if b.normalized & {"q", "k"}:  # cosine attention: only maps that keep norms
+                an.sites[qk].family = ORTHOGONAL
             for h in range(j * rep, (j + 1) * rep):
                 on(qk, b.q, ActionKind.A, b.q.heads[h])
             on(qk, b.k, ActionKind.A_INV_T, b.k.heads[j])
         vo = an.new_site(b.head_dim_v, name=f"{b.name}.vo{j}", kind="attention_vo")
+        if "v" in b.normalized:
+            an.sites[vo].family = ORTHOGONAL
         on(vo, b.v, ActionKind.A, b.v.heads[j])
         for h in range(j * rep, (j + 1) * rep):
             into_out(vo, ActionKind.A_INV_T, b.out.heads[h])
+
+
+def _single_head(r: AtenRunner, b: AttentionBlock) -> None:
+    """With one head, a per-head bias table (MaxViT's first stage) has nothing to move with:
+    record that on the parameters the masks read, so coverage gives the reason."""
+    params = set(r.an.params)
+    for mask in b.masks:
+        for m in _ancestors(mask):
+            name = str(m.target)
+            if m.op != "get_attr" or name not in params:
+                continue
+            shape = r.an.shape_of(name)
+            if shape[-1] != 1:
+                continue  # not a one-head table (an MLP's weights have sites of their own)
+            sid = r.an.new_site(shape[-1])
+            r.an.act_raw(sid, name, len(shape) - 1, ActionKind.A, shape[-1])
+            r.an.freeze(sid, f"{b.name} has a single attention head: no head permutation moves "
+                        "its per-head bias")  # fmt: skip
+
+
+def _cached_tables(r: AtenRunner, b: AttentionBlock) -> None:
+    """A per-head bias that the graph reads as a constant (timm's ``attention_bias_cache``, filled
+    by an eval-mode forward before the trace) while a parameter of the block's module goes unread:
+    the model computes its bias from a cache, so moving that parameter with the heads would not
+    move the bias. Recorded on those parameters as the reason the heads stay."""
+    params = r.an.params
+    if not any(m.op == "get_attr" and str(m.target) not in params and
+               str(m.target) not in r.an.buffers for m in b.masks):  # fmt: skip
+        return
+    read = {str(n.target) for n in r.graph.nodes if n.op == "get_attr" and n.users}
+    for name in params:
+        if name.startswith(f"{b.name}.") and name.count(".") == b.name.count(".") + 1:
+            if name not in read:
+                shape = r.an.shape_of(name)
+                sid = r.an.new_site(shape[0])
+                r.an.act_raw(sid, name, 0, ActionKind.A, shape[0])
+                r.an.freeze(sid, f"{b.name} reads its per-head bias from a cache (a constant filled "
+                            f"by an earlier forward, not {name!r}): moving the heads would leave "
+                            "the cached bias in place")  # fmt: skip
 
 
 def _head_blocks(
@@ -111,6 +158,7 @@ _MOVES |= {"expand", "flatten", "unflatten", "index", "index_select", "slice", "
 _MOVES |= IDENTITY
 #: Maps applied to each entry alone (their other arguments must be numbers).
 _ENTRYWISE = {"sigmoid", "tanh", "mul", "div", "add", "sub", "neg", "exp", "relu"}
+_ENTRYWISE |= {"clamp", "clamp_min", "clamp_max", "reciprocal"}  # Swin V2's logit scale
 
 
 def _ancestors(n: fx.Node) -> set[fx.Node]:
@@ -128,7 +176,9 @@ def head_tables(r: AtenRunner, b: AttentionBlock) -> list[tuple[str, int, tuple[
     head h reads slice ``columns[h]`` of ``axis`` and nothing else of it. None when some bias that
     differs between heads is not of that form (the heads then stay in place)."""
     out = b.sdpa.meta.get("val")  # (B, H, T, Dv): each mask's dim -3 is the head
-    if b.kv_heads != b.heads or not isinstance(out, torch.Tensor) or out.dim() != 4:
+    if b.kv_heads != b.heads or not isinstance(out, torch.Tensor) or out.dim() < 4:
+        return None
+    if b.head_axis != -3:
         return None
     params = {n for n in r.graph.nodes if n.op == "get_attr" and str(n.target) in r.an.params}
     order = {n: i for i, n in enumerate(r.graph.nodes)}
@@ -138,15 +188,15 @@ def head_tables(r: AtenRunner, b: AttentionBlock) -> list[tuple[str, int, tuple[
         if not isinstance(full, torch.Tensor) or full.dim() < 3 or full.shape[-3] == 1:
             continue  # the same for every head
         found = _head_table(r, mask, b.heads, params, order)
-        if found is None or any(t[0] == found[0] for t in tables):
+        if found is None or {t[0] for t in tables} & {t[0] for t in found}:
             return None
-        tables.append(found)
+        tables += found
     return tables
 
 
 def _head_table(
     r: AtenRunner, mask: fx.Node, heads: int, params: set[fx.Node], order: dict
-) -> tuple[str, int, tuple[int, ...]] | None:
+) -> list[tuple[str, int, tuple[int, ...]]] | None:
     full = mask.meta["val"]
     if full.shape[-3] != heads:
         return None
@@ -169,9 +219,16 @@ def _head_table(
         return None  # one bias read by several blocks (BEiT's shared table): one table, many heads
     above = _ancestors(node)
     sources = above & params
-    if len(sources) != 1 or any(m.op == "placeholder" for m in above):
+    if any(m.op == "placeholder" for m in above):
         return None
-    (src,) = sources
+    if len(sources) == 1:
+        (src,) = sources
+        moved = []
+    else:
+        found = _table_mlp(above, sources)
+        if found is None:
+            return None
+        src, moved = found
     derived = {m for m in above if m is not src and src in _ancestors(m)}
     if any(u not in above for m in (derived | {src}) - {node} for u in m.users):
         return None  # the table (or a tensor made of it) is read elsewhere too: shared by blocks
@@ -180,11 +237,13 @@ def _head_table(
         if m.op != "call_function" or not m.args or not _reads(m.args[0], derived | {src}):
             return None
         if name in _ENTRYWISE:
-            if any(not isinstance(a, (int, float)) or isinstance(a, bool) for a in rest):
+            if any(
+                not isinstance(a, (int, float, type(None))) or isinstance(a, bool) for a in rest
+            ):
                 return None
         elif name not in _MOVES or any(_reads(a, derived | {src}) for a in rest):
             return None
-    table = r.fetch_attr(str(src.target))
+    table = r.fetch_attr(str(src.target)) if src.op == "get_attr" else src.meta["val"]
     for axis in range(table.dim()):
         if table.shape[axis] != heads:
             continue
@@ -199,8 +258,35 @@ def _head_table(
         if torch.equal(got, got[:, :1].expand_as(got)):
             columns = tuple(int(c) for c in got[:, 0].tolist())
             if sorted(columns) == list(range(heads)):
-                return str(src.target), axis, columns
+                if src.op == "get_attr":
+                    return [(str(src.target), axis, columns)]
+                return [(name, 0, columns) for name, _ in moved]  # the MLP's output rows
     return None
+
+
+def _table_mlp(
+    above: set[fx.Node], sources: set[fx.Node]
+) -> tuple[fx.Node, list[tuple[str, int]]] | None:
+    """Swin V2's continuous position bias: the per-head table is the output of a Linear (the
+    last of a small MLP over fixed coordinates, ``cpb_mlp``) whose every parameter comes before
+    it. That Linear's output node and its weight and bias, whose rows (one per head) move with
+    the heads; None unless one such Linear reads every parameter above the bias."""
+    found = []
+    for m in above:
+        if (
+            op_name(m) != "linear"
+            or m.kwargs
+            or not all(
+                isinstance(a, fx.Node) and a in sources and a.op == "get_attr" for a in m.args[1:]
+            )
+        ):
+            continue
+        if sources <= _ancestors(m) and all(len(a.users) == 1 for a in m.args[1:]):
+            found.append(m)
+    if len(found) != 1:
+        return None
+    (mlp,) = found
+    return mlp, [(str(a.target), 0) for a in mlp.args[1:]]
 
 
 def _evaluate(

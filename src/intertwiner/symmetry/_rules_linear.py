@@ -72,7 +72,8 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
             "or another parametrization; attention scores, ...)"
         )
     else:
-        weight, bias = r.pname(w_node), r.pname(b_node)
+        # an attention projection's bias is the block's (it may be a clone with a zeroed part)
+        weight, bias = r.pname(w_node), None if n in r.owned else r.pname(b_node)
     shape = r.an.shape_of(weight)
     if len(shape) != 2:
         raise Frozen(f"a product with a {len(shape)}-d parameter")
