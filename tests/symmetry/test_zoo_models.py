@@ -110,7 +110,7 @@ TORCHVISION = {
         0.88,
         0,
     ),
-    "shufflenet_v2_x0_5": (_tv("shufflenet_v2_x0_5"), 32, 0.72, 0),
+    "shufflenet_v2_x0_5": (_tv("shufflenet_v2_x0_5"), 32, 1.0, 0),
 }
 SLOW = {
     ("timm", "efficientnet_b0"): (_timm("efficientnet_b0"), 32, 1.0, 0),

@@ -41,8 +41,8 @@ def regroup(r: AtenRunner, x: Info, sizes: list[int], reason: str) -> list[Info]
     the chunk's own frame). An unsplit space is cut into one site per chunk (block-diagonal
     elements, ``Spaces.split_blocks``); a space already cut into blocks (an earlier split, a
     grouped convolution, a concatenation) is kept when each block lies within one chunk; a block
-    across chunks is cut at their boundaries (a finer block-diagonal element: a subgroup) when
-    its channels are in order, else ``Frozen``: it would move channels between chunks."""
+    across chunks is cut into runs of its elements that lie in one chunk each (a finer
+    block-diagonal element: a subgroup), so no element moves channels between chunks."""
     parts = r.an.parts(x)
     if len(parts) == 1 and parts[0][2] is None:
         if parts[0][0] == 0:  # the fixed space: every chunk stays fixed
@@ -85,8 +85,8 @@ def _cut_at(r: AtenRunner, x: Info, sid: int, mode, chans: tuple, bounds: list[i
         runs[-1] += 1
     if len(runs) == 1:
         return
-    if chans != tuple(range(chans[0], chans[0] + len(chans))):
-        raise Frozen(f"{reason}: channels split between sites across its blocks, out of order")
+    # ``runs`` follows the site's own element order, so each block lies in one chunk whatever
+    # the channel order (a channel shuffle interleaves sites)
     r.an.split_blocks(Info(((sid, mode, None),), len(chans), x.dim), runs, reason)
 
 
@@ -118,9 +118,72 @@ def reshaped(x: Info, s_in, s_out, where: str) -> Info:
     return x.moved(dim=d - len(s_out), inner=st // p, outer=big // span)
 
 
-@rule("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "unflatten", "squeeze")
-def view(r: AtenRunner, n: fx.Node, value: Any) -> Info:
-    return reshaped(r.first(n), r.val(n.args[0]).shape, value.shape, r.where(n))
+_VIEWS = ("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "unflatten")
+
+
+@rule(*_VIEWS, "squeeze")
+def view(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
+    x = r.first(n)
+    try:
+        return reshaped(x, r.val(n.args[0]).shape, value.shape, r.where(n))
+    except Frozen:
+        found = channel_shuffle(r, n, x)
+        if found is None:
+            raise
+        last, out = found
+        r.pending[last] = out  # the chain's last node gets the permuted space
+        return None  # the chain's inner nodes have one user each: the next node of the chain
+
+
+def channel_shuffle(r: AtenRunner, n: fx.Node, x: Info) -> tuple[fx.Node, Info] | None:
+    """A view that splits the feature axis, followed by transposes and views (each node used only
+    by the next) that give back the input's shape with the channels in another fixed order
+    (ShuffleNet's ``view(b, g, c // g, h, w).transpose(1, 2).view(b, c, h, w)``): the chain is a
+    fixed permutation S of the channels, so a site's element M moves the output by S M S^-1
+    (conjugation): each part keeps its site, its channels renamed by S. The permutation is found
+    by running the chain on a tensor of element indices; None when the chain is not one."""
+    chain, cur = [n], n
+    src = r.val(n.args[0])
+    while len(chain) <= 8:
+        users = list(cur.users)
+        if len(users) != 1 or users[0].op != "call_function" or users[0].args[:1] != (cur,):
+            return None
+        cur = users[0]
+        name = op_name(cur)
+        if name not in (*IDENTITY, *_VIEWS, "transpose", "permute", "swapaxes"):
+            return None
+        chain.append(cur)
+        out = cur.meta.get("val")
+        if name in _VIEWS and out is not None and tuple(out.shape) == tuple(src.shape):
+            break
+    else:
+        return None
+    shape, ndim = tuple(src.shape), src.dim()
+    pos = x.dim + ndim
+    if x.outer != 1 or x.inner != 1 or shape[pos] != x.n:
+        return None
+    t = torch.arange(src.numel(), dtype=torch.float64).reshape(shape)
+    for m in chain:  # the chain's own ops, on indices instead of values
+        t = m.target(t, *fx.node.map_arg(m.args[1:], r.val), **fx.node.map_arg(m.kwargs, r.val))
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+        return None
+    # where each output element came from, as coordinates: positions must stay, channels move
+    came = torch.stack(torch.unravel_index(t.reshape(-1).long(), shape)).reshape(ndim, *shape)
+    here = torch.stack(torch.meshgrid(*(torch.arange(z) for z in shape), indexing="ij"))
+    if any(not torch.equal(came[d], here[d]) for d in range(ndim) if d != pos):
+        return None
+    per_channel = came[pos].movedim(pos, 0).reshape(x.n, -1)
+    perm = per_channel[:, 0]  # output channel c' holds input channel perm[c']
+    if not torch.equal(per_channel, perm[:, None].expand_as(per_channel)):
+        return None
+    if not torch.equal(torch.sort(perm).values, torch.arange(x.n)):  # pragma: no cover
+        return None
+    new_at = torch.argsort(perm).tolist()  # input channel c lands on output channel new_at[c]
+    parts = tuple(
+        (sid, mode, tuple(new_at[c] for c in (range(x.n) if ch is None else ch)))
+        for sid, mode, ch in r.an.parts(x)
+    )
+    return chain[-1], x.moved(parts=parts)
 
 
 def transposed(x: Info, ndim: int, a: int, b: int) -> Info:

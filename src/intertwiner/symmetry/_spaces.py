@@ -139,6 +139,9 @@ class Spaces:
         self.cast_to = None
         self.act_calls: dict[str, int] = {}
         self.frozen: list[tuple[str, str]] = []
+        #: (label, reason, parameters) of parameters no element can move, whatever the sites
+        #: (a scalar shared by every feature): recorded so that ``coverage`` says why.
+        self.fixed_params: list[tuple[str, str, tuple[str, ...]]] = []
 
     # -- sites ------------------------------------------------------------------------------
     def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:
