@@ -342,3 +342,182 @@ def test_token_glu_halves_must_move_together():
             out[name] = float((model(x) - ref).abs().max() / ref.abs().max())
     assert out["same"] <= 1e-12
     assert out["crossed"] > 1e-4
+
+
+# -- softmax over branches (SK-Net) and attention pooling over positions (GCNet) ----------------
+class SelectiveKernel(nn.Module):
+    """timm's ``SelectiveKernel`` written out: two branches (3x3, dilated 3x3) stacked on a new
+    dim K, ``fc_select`` writes K * C logits viewed as ``(B, K, C, 1, 1)``, softmax over K, the
+    branches weighted and summed. ``fool``: the logits are also read after the view by another
+    convolution (``proj``), which must keep the space from being re-cut into K blocks."""
+
+    def __init__(self, c: int = 6, fool: bool = False):
+        super().__init__()
+        self.fool = fool
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.paths = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, padding=d, dilation=d), nn.BatchNorm2d(c), nn.ReLU())
+            for d in (1, 2)
+        )
+        self.fc_reduce, self.fc_select = nn.Conv2d(c, 4, 1), nn.Conv2d(4, 2 * c, 1)
+        self.proj = nn.Conv2d(2 * c, c, 1) if fool else None
+        self.head = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        xs = torch.stack([p(h) for p in self.paths], dim=1)  # (B, K, C, H, W)
+        s = F.relu(self.fc_reduce(xs.sum(1).mean((2, 3), keepdim=True)))
+        z = self.fc_select(s)
+        b, kc = z.shape[:2]
+        a = torch.softmax(z.view(b, 2, kc // 2, 1, 1), dim=1)
+        y = (xs * a).sum(1)
+        if self.fool:
+            y = y + self.proj(z)
+        return self.head(F.relu(h + y))
+
+
+class GlobalContext(nn.Module):
+    """timm's ``GlobalContext`` (``fuse_add``): attention pooling over positions with weights
+    from a one-channel conv, an MLP on the context added to every position. Fools: ``heads=2``,
+    two-channel pooling weights (a space of two features the product cannot keep fixed as a
+    whole); ``over_channels``: a softmax over the channels of the stream."""
+
+    def __init__(self, c: int = 6, heads: int = 1, over_channels: bool = False):
+        super().__init__()
+        self.heads, self.over_channels = heads, over_channels
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.conv_attn = nn.Conv2d(c, heads, 1)
+        self.fc1, self.fc2 = nn.Conv2d(c * heads, 4, 1), nn.Conv2d(4, c, 1)
+        self.head = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        if self.over_channels:
+            h = torch.softmax(h, dim=1)
+        b, c, hh, ww = h.shape
+        attn = torch.softmax(self.conv_attn(h).reshape(b, self.heads, hh * ww), dim=-1)
+        if self.heads == 1:
+            context = h.reshape(b, c, hh * ww).unsqueeze(1) @ attn.unsqueeze(3)  # (B, 1, C, 1)
+        else:
+            context = h.reshape(b, c, hh * ww) @ attn.transpose(1, 2)  # (B, C, heads)
+        context = context.reshape(b, c * self.heads, 1, 1)
+        return self.head(F.relu(h + self.fc2(F.relu(self.fc1(context)))))
+
+
+def _rows(spec, name: str) -> list:
+    return [a for s in spec.sites for a in s.actions if (a.name, a.axis) == (name, 0)]
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_selective_kernel_softmax_over_branches_keeps_the_channels(dtype):
+    model = _bn_stats(SelectiveKernel())
+    model, spec = traced(model, torch.randn(2, 3, 6, 6, generator=_gen()), dtype)
+    assert spec.dropped == []
+    cov = spec.coverage(model)
+    assert cov.interior_tensors == 1.0, cov.summary()
+    (sel,) = _rows(spec, "fc_select.weight")  # seen as (K, C): one permutation in each branch
+    assert (sel.outer, sel.n_total) == (2, 6)
+    site = next(s for s in spec.sites if sel in s.actions)
+    assert any(a.name == "paths.0.0.weight" for a in site.actions)
+    assert any(a.name == "paths.1.0.weight" for a in site.actions)
+
+
+def test_selective_kernel_logits_read_elsewhere_are_not_recut():
+    model = _bn_stats(SelectiveKernel(fool=True))
+    model, spec = traced(model, torch.randn(2, 3, 6, 6, generator=_gen()))
+    assert _rows(spec, "fc_select.weight") == []
+    assert _rows(spec, "paths.0.0.weight") == []
+
+
+def test_selective_kernel_branches_must_move_together():
+    """Non-invariance: the element that a per-branch rule would allow, P on one branch (its conv
+    rows, BN and fc_select's block of logits) and the identity on the other, changes the
+    function; the traced site (one P for both branches and every block) keeps it (``traced``)."""
+    model = _bn_stats(SelectiveKernel()).double().eval()
+    x = torch.randn(2, 3, 6, 6, generator=_gen(), dtype=F64)
+    p = torch.tensor([1, 2, 0, 4, 5, 3])
+    with torch.no_grad():
+        ref = model(x)
+        conv, bn = model.paths[0][0], model.paths[0][1]
+        for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            t.copy_(t[p])
+        rows = torch.cat([p, torch.arange(6, 12)])
+        model.fc_select.weight.copy_(model.fc_select.weight[rows])
+        model.fc_select.bias.copy_(model.fc_select.bias[rows])
+        changed = float((model(x) - ref).abs().max() / ref.abs().max())
+    assert changed > 1e-4
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_global_context_pooling_keeps_the_stream(dtype):
+    model, spec = traced(GlobalContext(), torch.randn(2, 3, 5, 5, generator=_gen()), dtype)
+    assert spec.dropped == []
+    cov = spec.coverage(model)
+    unmoved = [t for f in cov.frozen if not f.output_side for t in f.tensors]
+    assert unmoved == ["conv_attn.bias"], cov.summary()  # the one-channel logits stay fixed
+    stream = next(s for s in spec.sites if any(a.name == "stem.weight" for a in s.actions))
+    names = {(a.name, a.axis) for a in stream.actions}
+    assert {("conv_attn.weight", 1), ("fc1.weight", 1), ("fc2.weight", 0)} <= names
+    assert stream.group.family.name == "positive_monomial"
+
+
+@pytest.mark.parametrize("fool", [{"heads": 2}, {"over_channels": True}])
+def test_global_context_fools_freeze_the_stream(fool):
+    model, spec = traced(GlobalContext(**fool), torch.randn(2, 3, 5, 5, generator=_gen()))
+    assert _rows(spec, "stem.weight") == []
+
+
+def test_softmax_over_positions_admits_no_scaling():
+    """A softmax over positions of a space of several channels keeps permutations only.
+    Non-invariance: a positive per-channel scaling (stem rows by D, head columns by D^-1), which
+    a rule that let scalings through would allow, changes the function."""
+
+    class SoftPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            h = self.stem(x)
+            b, c = h.shape[:2]
+            return self.head(torch.softmax(h.flatten(2), -1).view_as(h))
+
+    model, spec = traced(SoftPool(), torch.randn(2, 3, 3, 3, generator=_gen()))
+    (site,) = [s for s in spec.sites if any(a.name == "stem.weight" for a in s.actions)]
+    assert site.group.family.name == "permutation"
+    x = torch.randn(2, 3, 3, 3, generator=_gen(), dtype=F64)
+    d = torch.tensor([0.5, 2.0, 1.5, 0.8], dtype=F64)
+    with torch.no_grad():
+        ref = model(x)
+        model.stem.weight.mul_(d[:, None, None, None])
+        model.stem.bias.mul_(d)
+        model.head.weight.div_(d[None, :, None, None])
+        changed = float((model(x) - ref).abs().max() / ref.abs().max())
+    assert changed > 1e-4
+
+
+class BlockSum(nn.Module):
+    """``b(a(x).unflatten(-1, (2, 3)).sum(1))``: a's six outputs cut into two blocks of three and
+    summed: one matrix M on both blocks (diag(M, M) on a's rows) is taken back by b's columns.
+    ``act``: a ReLU before the cut (not re-cut: the space was activated at width 6)."""
+
+    def __init__(self, act: bool = False):
+        super().__init__()
+        self.act = act
+        self.a, self.b, self.inp = nn.Linear(4, 6), nn.Linear(3, 2), nn.Linear(3, 4)
+
+    def forward(self, x):
+        h = self.a(torch.tanh(self.inp(x)))
+        h = torch.relu(h) if self.act else h
+        return self.b(h.unflatten(-1, (2, 3)).sum(1))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_a_fresh_space_cut_into_blocks_acts_on_every_block(dtype):
+    model, spec = traced(BlockSum(), torch.randn(5, 3, generator=_gen()), dtype)
+    (rows,) = _rows(spec, "a.weight")
+    assert (rows.outer, rows.n_total) == (2, 3)
+    site = next(s for s in spec.sites if rows in s.actions)
+    assert site.width == 3 and site.group.family.name == "general_linear"
+    model, spec = traced(BlockSum(act=True), torch.randn(5, 3, generator=_gen()), dtype)
+    assert _rows(spec, "a.weight") == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.fx as fx
 
 from intertwiner.groups import MONOMIAL, PERMUTATION, ActionKind, Mode
@@ -68,6 +69,9 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
             "is not supported: its projections are slices of in_proj_weight"
         )
     elif not isinstance(w_info, ParamRef):
+        mixed = _mix_positions(r, n) if name in ("matmul", "mm") else None
+        if mixed is not None:
+            return mixed
         raise Frozen(
             "a product whose weight is computed, not a parameter (parametrized: weight_norm "
             "or another parametrization; attention scores, ...)"
@@ -294,6 +298,36 @@ def _standardised_conv(r: AtenRunner, n: fx.Node, std: tuple[str, str | None, in
         if gain is not None:
             r.an.act(out, gain, axis, ActionKind.P)
     return out
+
+
+def _mix_positions(r: AtenRunner, n: fx.Node) -> Info | None:
+    """``a @ b`` where one factor ``x`` has its feature axis off the contracted dim and the other,
+    ``w``, is a tensor of one feature or none (GCNet's ``x.view(B, 1, C, HW) @ softmax(conv(x))
+    .view(B, 1, HW, 1)``: attention pooling over positions with weights from a one-channel
+    conv): each feature is mixed over positions by the same ``w``, so any matrix on the features
+    commutes with the product when ``w`` stays fixed; ``w``'s spaces are frozen to keep it so.
+    A feature axis among the batch dims needs ``w`` broadcast there (one ``w`` for every
+    feature). None when the product is not of this form."""
+    a, b = n.args[0], n.args[1]
+    va, vb = r.val(a), r.val(b)
+    if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)):
+        return None
+    if va.dim() < 2 or vb.dim() < 2:
+        return None
+    for x_node, w_node, free in ((a, b, -2), (b, a, -1)):
+        x, w, vw = r.info(x_node), r.info(w_node), r.val(w_node)
+        contracted = -1 if free == -2 else -2
+        if not isinstance(x, Info) or x.dim == contracted:
+            continue
+        # ``w`` must be a tracked tensor of one feature (frozen below); an untracked one may be
+        # a function of hidden spaces this rule cannot see
+        if not isinstance(w, Info) or w.n != 1:
+            continue
+        if x.dim != free and not (vw.dim() < -x.dim or vw.shape[x.dim] == 1):
+            continue  # a batch dim of features with a different w per feature
+        r.an.unify(w, None, f"{r.where(n)}: the weights that mix positions")
+        return x
+    return None
 
 
 # -- Linear layers over positions (MLP-Mixer, ResMLP, gMLP token mixing) -------------------------

@@ -127,12 +127,43 @@ def view(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     try:
         return reshaped(x, r.val(n.args[0]).shape, value.shape, r.where(n))
     except Frozen:
+        folded = radix_split(r, n, x, value)
+        if folded is not None:
+            return folded
         found = channel_shuffle(r, n, x)
         if found is None:
             raise
         last, out = found
         r.pending[last] = out  # the chain's last node gets the permuted space
         return None  # the chain's inner nodes have one user each: the next node of the chain
+
+
+def radix_split(r: AtenRunner, n: fx.Node, x: Info, value: Any) -> Info | None:
+    """A view that cuts a fresh space of K * C features into (K, C) on two neighbouring dims
+    (SK-Net's ``fc_select`` output viewed as ``(B, K, C, 1, 1)`` for its softmax over the K
+    branches): the space becomes a site of width C whose element M acts as diag(M, ..., M) on
+    the K blocks (``Spaces.fold_blocks``), so the softmax over K and the product with the
+    branches' channels see the same M in every branch. Only for a site that nothing else has
+    read in a way that still matters: its actions are on whole axes, it has no activation yet,
+    and every other tensor of it has been read by all its users already. None otherwise."""
+    s_in, s_out = tuple(r.val(n.args[0]).shape), tuple(value.shape)
+    pos = x.dim + len(s_in)
+    parts = r.an.parts(x)
+    if len(parts) != 1 or parts[0][2] is not None or parts[0][0] == 0:
+        return None
+    if x.outer != 1 or x.inner != 1 or len(s_out) != len(s_in) + 1:
+        return None
+    k, c = s_out[pos : pos + 2]
+    if s_out[:pos] != s_in[:pos] or s_out[pos + 2 :] != s_in[pos + 1 :] or k * c != x.n or k < 2:
+        return None
+    sid = parts[0][0]
+    for m, info in r.infos.items():  # every tensor of the site is read up already
+        if isinstance(info, Info) and any(p[0] == sid for p in r.an.parts(info)):
+            if any(u is not n and u not in r.infos for u in m.users):
+                return None
+    if not r.an.fold_blocks(sid, k):
+        return None
+    return Info(((sid, parts[0][1], None),), c, pos + 1 - len(s_out))
 
 
 def channel_shuffle(r: AtenRunner, n: fx.Node, x: Info) -> tuple[fx.Node, Info] | None:
@@ -335,6 +366,21 @@ def reduce(r: AtenRunner, n: fx.Node, value: Any) -> Any:
     keep = value.dim() == ndim
     new = pos if keep else pos - sum(1 for d in dims if d < pos)
     return x.moved(dim=new - value.dim())
+
+
+@rule("softmax", "_softmax", "log_softmax", "_log_softmax")
+def softmax(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """A softmax along a dim that is not the feature axis (SK-Net's softmax over its branches,
+    GCNet's attention pooling over positions): each feature is normalised on its own, so a
+    permutation of the features commutes with it and a scaling does not (it would change the
+    exponents): permutations only. Along the feature axis: ``Frozen``."""
+    x, ndim = r.first(n), r.ndim(n)
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    if dim is None or dim % ndim == x.dim + ndim:
+        raise Frozen("a softmax over the feature axis")
+    for part in r.an.parts(x):
+        r.an.restrict_matrix(part, PERMUTATION, f"softmax over positions in {r.where(n)}")
+    return x
 
 
 # -- padding, pooling, resampling ---------------------------------------------------------------

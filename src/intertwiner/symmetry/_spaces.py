@@ -369,6 +369,29 @@ class Spaces:
         s.split = children
         return x.moved(parts=tuple((c, mode, chans) for c, chans in children))
 
+    def fold_blocks(self, sid: int, k: int) -> bool:
+        """Make the unsplit root site ``sid`` (width K * C) a site of width C whose element M
+        acts as diag(M, ..., M) on its K consecutive blocks: every action on a whole axis is
+        then seen as (K, C, inner). False (nothing changed) for a site that has been merged,
+        split, activated, folded or acted on a channel subset or slice."""
+        s = self.sites[sid]
+        if s.merged_into is not None or s.split is not None or s.width % k:
+            return False
+        if s.activations or s.folds or s.residual or s.gated:
+            return False
+        if any(self.sites[t].merged_into == sid for t in range(1, len(self.sites))):
+            return False
+        whole = all(
+            a.outer == 1 and a.inner == 1 and a.channels is None and a.within is None
+            and a.n_total == s.width
+            for a in s.actions
+        )  # fmt: skip
+        if not whole:
+            return False
+        s.width //= k
+        s.actions = [dataclasses.replace(a, n_total=s.width, outer=k) for a in s.actions]
+        return True
+
     def gate(self, gate: Info, value: Info, reason: str) -> Info:
         """``gate * value`` of two hidden tensors with one shared permutation (LLaMA's
         ``act(gate_proj(x)) * up_proj(x)``, squeeze-excitation's ``h * sigmoid(...)``): the gate's
