@@ -521,3 +521,19 @@ def test_a_fresh_space_cut_into_blocks_acts_on_every_block(dtype):
     assert site.width == 3 and site.group.family.name == "general_linear"
     model, spec = traced(BlockSum(act=True), torch.randn(5, 3, generator=_gen()), dtype)
     assert _rows(spec, "a.weight") == []
+
+
+def test_eca_reversal_with_a_flipped_kernel_is_the_exception_the_reason_names():
+    """The recorded reason names one exception; check that it is one: reversing the gated
+    channels (conv rows, head columns) with ECA's kernel flipped keeps the function."""
+    model = ECABlock().double().eval()
+    x = torch.randn(2, 3, 5, 5, generator=_gen(), dtype=F64)
+    rev = torch.arange(7, -1, -1)
+    with torch.no_grad():
+        ref = model(x)
+        model.conv.weight.copy_(model.conv.weight[rev])
+        model.conv.bias.copy_(model.conv.bias[rev])
+        model.head.weight.copy_(model.head.weight[:, rev])
+        model.gate.weight.copy_(model.gate.weight.flip(-1))
+        out = model(x)
+    assert float((out - ref).abs().max()) <= 1e-12 * float(ref.abs().max())

@@ -141,7 +141,9 @@ def _not_along_features(r: AtenRunner, n: fx.Node) -> None:
     if isinstance(x, Info) and ndim is not None and x.dim + ndim >= 2:
         raise Frozen(
             "a convolution along the feature axis (ECA-style conv1d over channels) mixes "
-            "neighbouring features: no permutation of them commutes with it"
+            "neighbouring features: no permutation of them commutes with it (reversing their "
+            "order with the kernel flipped is the one exception, a two-element symmetry that "
+            "no site family represents)"
         )
 
 

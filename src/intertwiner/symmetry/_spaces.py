@@ -37,8 +37,9 @@ SUPPORTED = (
     "linear maps (nn.Linear, Conv1D, x @ W.T), convolutions (plain, transposed, grouped, "
     "depthwise), embeddings, BatchNorm (eval), LayerNorm (last dim), GroupNorm, RMSNorm, "
     "elementwise activations (any elementwise function), max/average pooling, resampling, "
-    "views/transpose/permute/slicing, cat/stack/split, mean/sum over non-feature dims, padding, "
-    "dropout, residual +/-, adding or scaling by a parameter, gated products, attention "
+    "views/transpose/permute/slicing, channel shuffles, cat/stack/split, mean/sum/softmax over "
+    "non-feature dims, padding, dropout, residual +/-, adding or scaling by a parameter, gated "
+    "products, attention "
     "(scaled_dot_product_attention or softmax(q k^T) v: nn.MultiheadAttention self-attention, "
     "nn.TransformerEncoderLayer, Hugging Face and zoo attention)"
 )
