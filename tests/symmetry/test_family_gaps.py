@@ -537,3 +537,70 @@ def test_eca_reversal_with_a_flipped_kernel_is_the_exception_the_reason_names():
         model.gate.weight.copy_(model.gate.weight.flip(-1))
         out = model(x)
     assert float((out - ref).abs().max()) <= 1e-12 * float(ref.abs().max())
+
+
+# -- ResNeSt's split attention: radix groups of a grouped conv, softmax over the radix ----------
+class SplitAttn(nn.Module):
+    """timm's ``SplitAttn`` (radix 2, cardinality 1) written out: a grouped conv writes 2 * C
+    channels (one block per radix group) viewed as (B, 2, C, H, W); the logits go through
+    ``view(B, 1, 2, C).transpose(1, 2)``, a softmax over the radix, ``reshape(B, -1)`` and back
+    to (B, 2, C, 1, 1). ``fool``: the radix blocks are read crossed (``flip(1)``) before the
+    weighted sum, so block j's channels meet the other block's weights: kept only because
+    every block is moved by the one element."""
+
+    def __init__(self, c: int = 4, fool: bool = False):
+        super().__init__()
+        self.c, self.fool = c, fool
+        self.stem = nn.Conv2d(3, c, 1)
+        self.conv = nn.Conv2d(c, 2 * c, 3, padding=1, groups=2)
+        self.bn0 = nn.BatchNorm2d(2 * c)
+        self.fc1, self.fc2 = nn.Conv2d(c, 3, 1), nn.Conv2d(3, 2 * c, 1)
+        self.head = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        h = F.relu(self.bn0(self.conv(F.relu(self.stem(x)))))
+        b, rc, hh, ww = h.shape
+        h = h.reshape(b, 2, rc // 2, hh, ww)
+        gap = F.relu(self.fc1(h.sum(1).mean((2, 3), keepdim=True)))
+        a = self.fc2(gap).view(b, 1, 2, -1).transpose(1, 2)
+        a = torch.softmax(a, dim=1).reshape(b, -1).view(b, -1, 1, 1)
+        if self.fool:
+            h = h.flip(1)
+        return self.head((h * a.reshape(b, 2, rc // 2, 1, 1)).sum(1))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_split_attention_ties_the_radix_groups(dtype):
+    model = _bn_stats(SplitAttn())
+    model, spec = traced(model, torch.randn(2, 3, 4, 4, generator=_gen()), dtype)
+    assert spec.dropped == []
+    cov = spec.coverage(model)
+    assert cov.interior_tensors == 1.0, cov.summary()
+    (sel,) = _rows(spec, "fc2.weight")  # the logits seen as (radix, C)
+    assert (sel.outer, sel.n_total) == (2, 4)
+    site = next(s for s in spec.sites if sel in s.actions)
+    conv_rows = [a for a in site.actions if (a.name, a.axis) == ("conv.weight", 0)]
+    assert sorted(c for a in conv_rows for c in a.channels) == list(range(8))
+
+
+def test_split_attention_one_radix_group_alone_changes_the_function():
+    """Non-invariance: P on radix group 0 only (its conv rows and BN, fc2's block 0 of logits),
+    the element a rule giving each group its own site would allow, changes the function."""
+    model = _bn_stats(SplitAttn()).double().eval()
+    x = torch.randn(2, 3, 4, 4, generator=_gen(), dtype=F64)
+    p = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        ref = model(x)
+        rows = torch.cat([p, torch.arange(4, 8)])
+        for t in (model.conv.weight, model.conv.bias, model.bn0.weight, model.bn0.bias,
+                  model.bn0.running_mean, model.bn0.running_var, model.fc2.weight, model.fc2.bias):  # fmt: skip
+            t.copy_(t[rows])
+        changed = float((model(x) - ref).abs().max() / ref.abs().max())
+    assert changed > 1e-4
+
+
+def test_split_attention_crossed_blocks_keep_the_function():
+    """The fool reads the radix blocks crossed: whatever the tracer keeps must still leave the
+    function unchanged (``traced`` checks three sampled elements)."""
+    model = _bn_stats(SplitAttn(fool=True))
+    traced(model, torch.randn(2, 3, 4, 4, generator=_gen()))

@@ -127,34 +127,65 @@ def view(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     try:
         return reshaped(x, r.val(n.args[0]).shape, value.shape, r.where(n))
     except Frozen:
+        found = channel_shuffle(r, n, x)  # an exact permutation first; tying blocks is coarser
+        if found is not None:
+            last, out = found
+            r.pending[last] = out  # the chain's last node gets the permuted space
+            return None  # the chain's inner nodes have one user each: the next of the chain
         folded = radix_split(r, n, x, value)
-        if folded is not None:
-            return folded
-        found = channel_shuffle(r, n, x)
-        if found is None:
+        if folded is None:
             raise
-        last, out = found
-        r.pending[last] = out  # the chain's last node gets the permuted space
-        return None  # the chain's inner nodes have one user each: the next node of the chain
+        return folded
+
+
+def _block_dims(s_in, s_out, pos: int, n: int) -> tuple[int, int] | None:
+    """The output dims (i, j) that a view cuts feature dim ``pos`` (``n`` features, nothing else
+    merged into it) into, as (K, C) with only size-1 dims between them, or None."""
+
+    def prod(v) -> int:
+        out = 1
+        for z in v:
+            out *= z
+        return out
+
+    before, after = prod(s_in[:pos]), prod(s_in[pos + 1 :])
+    for i in range(len(s_out)):
+        for j in range(i + 1, len(s_out)):
+            if any(z != 1 for z in s_out[i + 1 : j]):
+                break
+            k, c = s_out[i], s_out[j]
+            if k >= 2 and c >= 2 and k * c == n and prod(s_out[:i]) == before:
+                if prod(s_out[j + 1 :]) == after:
+                    return i, j
+    return None
 
 
 def radix_split(r: AtenRunner, n: fx.Node, x: Info, value: Any) -> Info | None:
-    """A view that cuts a fresh space of K * C features into (K, C) on two neighbouring dims
-    (SK-Net's ``fc_select`` output viewed as ``(B, K, C, 1, 1)`` for its softmax over the K
-    branches): the space becomes a site of width C whose element M acts as diag(M, ..., M) on
-    the K blocks (``Spaces.fold_blocks``), so the softmax over K and the product with the
-    branches' channels see the same M in every branch. Only for a site that nothing else has
-    read in a way that still matters: its actions are on whole axes, it has no activation yet,
-    and every other tensor of it has been read by all its users already. None otherwise."""
+    """A view that cuts a space of K * C features into (K, C) on two dims (size-1 dims aside):
+    SK-Net's ``fc_select`` logits viewed as ``(B, K, C, 1, 1)`` for its softmax over the K
+    branches, ResNeSt's radix groups. A fresh site becomes a site of width C whose element M
+    acts as diag(M, ..., M) on the K blocks (``Spaces.fold_blocks``; only when nothing else has
+    read the site in a way that still matters: its actions are on whole axes, it has no
+    activation yet, every other tensor of it has been read by all its users already); a space
+    already cut into K sites of C channels in order (a grouped convolution's blocks) has them
+    tied to one element (a subgroup). None otherwise."""
     s_in, s_out = tuple(r.val(n.args[0]).shape), tuple(value.shape)
     pos = x.dim + len(s_in)
+    found = _block_dims(s_in, s_out, pos, x.n)
+    if found is None or x.outer != 1 or x.inner != 1:
+        return None
+    k, c = s_out[found[0]], s_out[found[1]]
+    out_dim = found[1] - len(s_out)
     parts = r.an.parts(x)
+    if len(parts) == k and all(p[0] != 0 for p in parts):
+        blocks = [tuple(range(b * c, (b + 1) * c)) for b in range(k)]
+        if [p[2] for p in parts] != blocks or any(r.an.sites[p[0]].width != c for p in parts):
+            return None
+        for p in parts[1:]:  # one element for every block
+            r.an.unify_parts((parts[0][0], parts[0][1], None), (p[0], p[1], None),
+                             f"{r.where(n)}: blocks of channels viewed as one axis")  # fmt: skip
+        return Info(((parts[0][0], parts[0][1], None),), c, out_dim)
     if len(parts) != 1 or parts[0][2] is not None or parts[0][0] == 0:
-        return None
-    if x.outer != 1 or x.inner != 1 or len(s_out) != len(s_in) + 1:
-        return None
-    k, c = s_out[pos : pos + 2]
-    if s_out[:pos] != s_in[:pos] or s_out[pos + 2 :] != s_in[pos + 1 :] or k * c != x.n or k < 2:
         return None
     sid = parts[0][0]
     for m, info in r.infos.items():  # every tensor of the site is read up already
@@ -163,7 +194,7 @@ def radix_split(r: AtenRunner, n: fx.Node, x: Info, value: Any) -> Info | None:
                 return None
     if not r.an.fold_blocks(sid, k):
         return None
-    return Info(((sid, parts[0][1], None),), c, pos + 1 - len(s_out))
+    return Info(((sid, parts[0][1], None),), c, out_dim)
 
 
 def channel_shuffle(r: AtenRunner, n: fx.Node, x: Info) -> tuple[fx.Node, Info] | None:
