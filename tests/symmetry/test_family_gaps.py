@@ -408,16 +408,21 @@ def _rows(spec, name: str) -> list:
     return [a for s in spec.sites for a in s.actions if (a.name, a.axis) == (name, 0)]
 
 
-@pytest.mark.parametrize("dtype", [F64, torch.float32])
-def test_selective_kernel_softmax_over_branches_keeps_the_channels(dtype):
-    model = _bn_stats(SelectiveKernel())
-    model, spec = traced(model, torch.randn(2, 3, 6, 6, generator=_gen()), dtype)
+def _blocked_logits(model: nn.Module, shape: tuple, logits: str, dtype):
+    """Trace ``model``, check full interior coverage and return the one action on the rows of
+    ``logits`` (the K * C logits of a softmax over K) and its site."""
+    model, spec = traced(_bn_stats(model), torch.randn(*shape, generator=_gen()), dtype)
     assert spec.dropped == []
     cov = spec.coverage(model)
     assert cov.interior_tensors == 1.0, cov.summary()
-    (sel,) = _rows(spec, "fc_select.weight")  # seen as (K, C): one permutation in each branch
-    assert (sel.outer, sel.n_total) == (2, 6)
-    site = next(s for s in spec.sites if sel in s.actions)
+    (sel,) = _rows(spec, logits)
+    return sel, next(s for s in spec.sites if sel in s.actions)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_selective_kernel_softmax_over_branches_keeps_the_channels(dtype):
+    sel, site = _blocked_logits(SelectiveKernel(), (2, 3, 6, 6), "fc_select.weight", dtype)
+    assert (sel.outer, sel.n_total) == (2, 6)  # seen as (K, C): one permutation in each branch
     assert any(a.name == "paths.0.0.weight" for a in site.actions)
     assert any(a.name == "paths.1.0.weight" for a in site.actions)
 
@@ -571,14 +576,8 @@ class SplitAttn(nn.Module):
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 def test_split_attention_ties_the_radix_groups(dtype):
-    model = _bn_stats(SplitAttn())
-    model, spec = traced(model, torch.randn(2, 3, 4, 4, generator=_gen()), dtype)
-    assert spec.dropped == []
-    cov = spec.coverage(model)
-    assert cov.interior_tensors == 1.0, cov.summary()
-    (sel,) = _rows(spec, "fc2.weight")  # the logits seen as (radix, C)
-    assert (sel.outer, sel.n_total) == (2, 4)
-    site = next(s for s in spec.sites if sel in s.actions)
+    sel, site = _blocked_logits(SplitAttn(), (2, 3, 4, 4), "fc2.weight", dtype)
+    assert (sel.outer, sel.n_total) == (2, 4)  # the logits seen as (radix, C)
     conv_rows = [a for a in site.actions if (a.name, a.axis) == ("conv.weight", 0)]
     assert sorted(c for a in conv_rows for c in a.channels) == list(range(8))
 
