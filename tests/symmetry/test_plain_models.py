@@ -322,7 +322,9 @@ class _Split(nn.Module):
         self.a, self.b = nn.Linear(4, 6), nn.Linear(3, 2)
 
     def forward(self, x):
-        return self.b(self.a(x).unflatten(-1, (2, 3)).sum(1))
+        # after an activation (unflattened straight from ``a`` it is SK-Net's radix split, a
+        # site of width 3 acting on both blocks: tests/symmetry/test_family_gaps.py)
+        return self.b(torch.relu(self.a(x)).unflatten(-1, (2, 3)).sum(1))
 
 
 class _Gate(nn.Module):

@@ -58,6 +58,15 @@ def _swin_v2():
     )  # fmt: skip
 
 
+def _gmixer():
+    """gMixer (``gmixer_12_224``'s block: GluMlp token and channel MLPs with SiLU), 2 blocks."""
+    timm = import_timm()
+    return timm.models.mlp_mixer.MlpMixer(
+        num_classes=5, num_blocks=2, embed_dim=32, img_size=32, patch_size=8,
+        mlp_ratio=(1.0, 4.0), mlp_layer=timm.layers.GluMlp, act_layer=torch.nn.SiLU,
+    )  # fmt: skip
+
+
 #: name -> (builder, input size, floor of the interior tensor coverage, heads expected).
 #: Floors: the coverage measured when the test was written (timm 1.0.31, torchvision 0.28), less
 #: < 0.01; what the tracer freezes in each is listed in benchmarks/results/trace_zoo.md.
@@ -72,6 +81,10 @@ TIMM = {
         0,
     ),
     "test_efficientnet": (_timm("test_efficientnet"), 32, 1.0, 0),
+    # softmax over branches (SK), attention pooling over positions (GC), a token-mixing GLU
+    "skresnet18": (_timm("skresnet18"), 32, 1.0, 0),
+    "gcresnet33ts": (_timm("gcresnet33ts"), 32, 0.94, 0),
+    "gmixer": (_gmixer, 32, 0.93, 0),
     "mobilenetv3_small_050": (_timm("mobilenetv3_small_050"), 32, 1.0, 0),
     "swin": (
         _timm_class(
@@ -119,7 +132,7 @@ TORCHVISION = {
         0.88,
         0,
     ),
-    "shufflenet_v2_x0_5": (_tv("shufflenet_v2_x0_5"), 32, 0.72, 0),
+    "shufflenet_v2_x0_5": (_tv("shufflenet_v2_x0_5"), 32, 1.0, 0),
     "swin_v2": (_swin_v2, 32, 1.0, 2),  # cosine attention: heads with logit scale and cpb MLP
 }
 SLOW = {

@@ -63,6 +63,8 @@ class AtenRunner(fx.Interpreter):
         self.regions: Regions = find_regions(gm.graph, exclude=self.squares)
         #: Groups of elementwise regions already classified, by the region's signature.
         self.groups: dict[tuple, IntertwinerGroup] = {}
+        #: Infos decided by a rule of an earlier node for a later one (a channel shuffle's end).
+        self.pending: dict[fx.Node, Any] = {}
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def run_node(self, n: fx.Node) -> Any:
@@ -149,6 +151,8 @@ class AtenRunner(fx.Interpreter):
             return None
         if n.op != "call_function":
             return None
+        if n in self.pending:
+            return self.pending.pop(n)
         if n.target is operator.getitem:
             base = self.info(n.args[0])
             return base[n.args[1]] if isinstance(base, tuple) else None

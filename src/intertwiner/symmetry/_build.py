@@ -25,7 +25,7 @@ def build_spec(an: Spaces, model_name: str) -> SymmetrySpec:
     leaves = _collect(an)
     used: set[str] = set()
     sites = [_site(an.sites[r], leaves[r], r, used) for r in sorted(leaves) if r != 0]
-    frozen = _frozen(an)
+    frozen = _frozen(an) + an.fixed_params
     params: dict[str, tuple[str, ...]] = {}
     for label, _, names in frozen:
         params[label] = tuple(dict.fromkeys(params.get(label, ()) + names))

@@ -53,6 +53,7 @@ def binary(r: AtenRunner, n: fx.Node, value: Any) -> Info:
             return x
         raise Frozen("a statistic of one space added to another")
     if isinstance(other, ParamRef) and dataclasses.replace(other, at=None).plain:
+        shared_scalar(r, other, x, where, scale=False)
         r.an.add_param(x, other, f"adding parameter {other.name} in {where}")
         return x
     if isinstance(other, ParamRef):
@@ -81,6 +82,8 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     if not isinstance(x, Info):
         raise Frozen("a product with a statistic of the features")
     if not isinstance(vo, torch.Tensor) or vo.numel() == 1:
+        if isinstance(other, ParamRef):
+            shared_scalar(r, other, x, where, scale=True)
         return x  # a number: commutes with every matrix
     if isinstance(other, ParamRef) and not other.transposed:
         return _scale_by_param(r, x, other, where, n)
@@ -141,6 +144,32 @@ def _scale_by_param(
         an.restrict_matrix(part, MONOMIAL, f"{where}: scaled by {p.name} per feature")
     an.act(x, p.name, pd, ActionKind.P, buffer=p.name not in an.params)
     return x
+
+
+def shared_scalar(r: AtenRunner, p: ParamRef, x: Info, where: str, *, scale: bool) -> None:
+    """Record why a one-number parameter that multiplies (``scale``) or is added to every
+    feature of ``x`` stays where it is (MetaFormer's StarReLU ``s * relu(x)^2 + b``, HGNetV2's
+    ``LearnableAffineBlock``): the sites' elements act on features, and every such element
+    that keeps the function leaves one number shared by all features unchanged (a
+    permutation does; the scalings of a site do not reach it). What could move it is outside
+    the sites' groups: a common factor c > 0 of the features taken back as s / c^k where the
+    function before it is positively homogeneous of degree k, or a shift of an added number
+    taken back by the next layer's bias (an affine, not a linear, action)."""
+    t = r.an.params.get(p.name)
+    if t is None or t.numel() != 1 or x.n * x.outer * x.inner < 2:
+        return
+    if any(p.name in names for _, _, names in r.an.fixed_params):
+        return
+    what = (
+        "multiplying every feature; the sites' elements (permutations, and scalings only "
+        "where this product keeps them) leave it unchanged, and a common factor c > 0 it could "
+        "take back is a one-parameter scaling outside the sites' groups"
+        if scale
+        else "added to every feature; the sites' elements (permutations) leave it unchanged, "
+        "and shifting it would need an affine action on the next layer's bias"
+    )
+    reason = f"scalar parameter {p.name} in {where}: one number {what}"
+    r.an.fixed_params.append((p.name, reason, (p.name,)))
 
 
 @rule("addcmul")
@@ -234,6 +263,11 @@ def region(r: AtenRunner, n: fx.Node) -> Any:
     except Frozen as e:  # the region's root is what the unknown function reads
         r.an.unify(x, None, f"{op_name(n)} in {r.where(n)}: {e}")
         return None
+    for m in nodes:
+        for a in m.args:
+            p = r.info(a) if isinstance(a, fx.Node) else None
+            if isinstance(p, ParamRef):
+                shared_scalar(r, p, x, r.where(m), scale=op_name(m) in ("mul", "div"))
     if group.linear:
         return x  # a linear function (a scalar multiple): commutes with every matrix
     ops = [m for m in nodes if op_name(m) not in IDENTITY] or nodes

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.fx as fx
 
 from intertwiner.groups import MONOMIAL, PERMUTATION, ActionKind, Mode
+from intertwiner.symmetry._regions import ELEMENTWISE, IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
 from intertwiner.symmetry._rules_shape import regroup
 from intertwiner.symmetry._spaces import Info, ParamRef
@@ -67,6 +69,9 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
             "is not supported: its projections are slices of in_proj_weight"
         )
     elif not isinstance(w_info, ParamRef):
+        mixed = _mix_positions(r, n) if name in ("matmul", "mm") else None
+        if mixed is not None:
+            return mixed
         raise Frozen(
             "a product whose weight is computed, not a parameter (parametrized: weight_norm "
             "or another parametrization; attention scores, ...)"
@@ -137,7 +142,9 @@ def _not_along_features(r: AtenRunner, n: fx.Node) -> None:
     if isinstance(x, Info) and ndim is not None and x.dim + ndim >= 2:
         raise Frozen(
             "a convolution along the feature axis (ECA-style conv1d over channels) mixes "
-            "neighbouring features: no permutation of them commutes with it"
+            "neighbouring features: no permutation of them commutes with it (reversing their "
+            "order with the kernel flipped is the one exception, a two-element symmetry that "
+            "no site family represents)"
         )
 
 
@@ -296,6 +303,36 @@ def _standardised_conv(r: AtenRunner, n: fx.Node, std: tuple[str, str | None, in
     return out
 
 
+def _mix_positions(r: AtenRunner, n: fx.Node) -> Info | None:
+    """``a @ b`` where one factor ``x`` has its feature axis off the contracted dim and the other,
+    ``w``, is a tensor of one feature or none (GCNet's ``x.view(B, 1, C, HW) @ softmax(conv(x))
+    .view(B, 1, HW, 1)``: attention pooling over positions with weights from a one-channel
+    conv): each feature is mixed over positions by the same ``w``, so any matrix on the features
+    commutes with the product when ``w`` stays fixed; ``w``'s spaces are frozen to keep it so.
+    A feature axis among the batch dims needs ``w`` broadcast there (one ``w`` for every
+    feature). None when the product is not of this form."""
+    a, b = n.args[0], n.args[1]
+    va, vb = r.val(a), r.val(b)
+    if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)):
+        return None
+    if va.dim() < 2 or vb.dim() < 2:
+        return None
+    for x_node, w_node, free in ((a, b, -2), (b, a, -1)):
+        x, w, vw = r.info(x_node), r.info(w_node), r.val(w_node)
+        contracted = -1 if free == -2 else -2
+        if not isinstance(x, Info) or x.dim == contracted:
+            continue
+        # ``w`` must be a tracked tensor of one feature (frozen below); an untracked one may be
+        # a function of hidden spaces this rule cannot see
+        if not isinstance(w, Info) or w.n != 1:
+            continue
+        if x.dim != free and not (vw.dim() < -x.dim or vw.shape[x.dim] == 1):
+            continue  # a batch dim of features with a different w per feature
+        r.an.unify(w, None, f"{r.where(n)}: the weights that mix positions")
+        return x
+    return None
+
+
 # -- Linear layers over positions (MLP-Mixer, ResMLP, gMLP token mixing) -------------------------
 def across_positions(r: AtenRunner, n: fx.Node, x: Info, weight: str, bias: str | None) -> Info:
     """``x^T W^T + b`` where the last dim of ``x`` is not its feature axis (a token-mixing
@@ -318,33 +355,85 @@ def _hidden_units(r: AtenRunner, n: fx.Node, weight: str, bias: str | None) -> N
     """``fc2(act(fc1(z)))`` over the last dim, where only elementwise ops (with plain numbers)
     and dropout lie between the two Linear layers and nothing else reads them: permuting fc1's
     rows (and bias) and fc2's columns alike keeps the function, whatever the elementwise
-    function (scalings are not claimed). A site of width fc1's outputs, ``<mlp>.hidden``."""
-    from intertwiner.symmetry._regions import ELEMENTWISE, IDENTITY, op_name
+    function (scalings are not claimed). A site of width fc1's outputs, ``<mlp>.hidden``.
 
-    cur = n
-    while True:
-        users = list(cur.users)
-        if len(users) != 1 or not users[0].args or users[0].args[0] is not cur:
-            return
-        u = users[0]
-        if op_name(u) == "linear":
-            break
-        others = (*u.args[1:], *u.kwargs.values())
-        if op_name(u) not in ELEMENTWISE | IDENTITY or any(isinstance(a, fx.Node) for a in others):
-            return
-        cur = u
+    A gated MLP (timm's ``GluMlp`` over tokens: ``a, b = fc1(z).chunk(2, -1)``, ``fc2(a *
+    act(b))``) has hidden units of half fc1's width: one permutation P of both halves' rows
+    (fc1's rows seen as (2, h)) and of fc2's columns keeps it, since ``(P a) * act(P b) = P (a
+    * act(b))``. Without such a second layer the Linear's outputs are positions again: no site
+    moves it, and the reason is recorded (``_positions_only``)."""
+    width, outer = r.an.shape_of(weight)[0], 1
+    prev, u = _follow(n)
+    if u is not None and op_name(u) in ("split", "split_with_sizes", "chunk"):
+        prev, u = _glu_product(u, width)
+        width, outer = width // 2, 2
+    if u is None or op_name(u) != "linear" or u.args[0] is not prev:
+        return _positions_only(r, n, weight, bias)
     w2 = u.args[1]
     if not isinstance(w2, fx.Node) or w2.op != "get_attr" or str(w2.target) not in r.an.params:
-        return
-    width = r.an.shape_of(weight)[0]
+        return _positions_only(r, n, weight, bias)
     if r.an.shape_of(str(w2.target))[1:] != (width,):
-        return
+        return _positions_only(r, n, weight, bias)
     p1, p2 = (r.module_path(m).split(".") for m in (n, u))
     k = next((i for i, (a, b) in enumerate(zip(p1, p2, strict=False)) if a != b), len(p1))
     name = ".".join(p1[:k]) or r.module_path(n) or n.name  # the MLP holding both layers
     sid = r.an.new_site(width, name=f"{name}.hidden")
     r.an.sites[sid].family = PERMUTATION
-    r.an.act_raw(sid, weight, 0, ActionKind.A, width)
+    r.an.act_raw(sid, weight, 0, ActionKind.A, width, outer=outer)
     if bias is not None:
-        r.an.act_raw(sid, bias, 0, ActionKind.A, width)
+        r.an.act_raw(sid, bias, 0, ActionKind.A, width, outer=outer)
     r.an.act_raw(sid, str(w2.target), 1, ActionKind.A_INV_T, width)
+
+
+def _follow(cur: fx.Node) -> tuple[fx.Node, fx.Node | None]:
+    """Along a chain of single users through elementwise ops that read only ``cur`` (and plain
+    numbers): the chain's last node and the one user after it (None: the chain branches)."""
+    while True:
+        users = list(cur.users)
+        if len(users) != 1:
+            return cur, None
+        u = users[0]
+        others = (*u.args[1:], *u.kwargs.values())
+        plain = not any(isinstance(a, fx.Node) for a in others)
+        if u.args and u.args[0] is cur and op_name(u) in ELEMENTWISE | IDENTITY and plain:
+            cur = u
+            continue
+        return cur, u
+
+
+def _glu_product(split: fx.Node, width: int) -> tuple[fx.Node, fx.Node | None]:
+    """A split of fc1's output into two equal halves along its last dim whose halves meet (through
+    elementwise ops of one tensor each) in one product: ``_follow`` from that product. Else
+    ``(split, None)``."""
+    none = (split, None)
+    src, val = split.args[0].meta.get("val"), split.meta.get("val")
+    dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+    if src is None or not isinstance(val, (tuple, list)) or len(val) != 2 or width % 2:
+        return none
+    if dim % src.dim() != src.dim() - 1 or any(v.shape[-1] != width // 2 for v in val):
+        return none
+    items = list(split.users)
+    if len(items) != 2 or any(op_name(g) != "getitem" for g in items):
+        return none
+    if sorted(g.args[1] for g in items) != [0, 1]:
+        return none
+    (a, pa), (b, pb) = (_follow(g) for g in items)
+    if pa is None or pa is not pb or op_name(pa) != "mul" or a is b:
+        return none
+    if len(pa.args) != 2 or set(pa.args) != {a, b} or pa.kwargs:
+        return none
+    return _follow(pa)
+
+
+def _positions_only(r: AtenRunner, n: fx.Node, weight: str, bias: str | None) -> None:
+    """Record why a Linear over positions that no token-mixing MLP's hidden units follow stays:
+    its outputs are the positions again (ResMLP's ``linear_tokens``, gMLP's spatial gate)."""
+    reason = (
+        f"{r.where(n)}: a Linear over token positions whose outputs are positions again (no "
+        "second Linear over positions follows through elementwise ops alone): positions are "
+        "fixed by the input's layout, so no element moves its rows or bias, and its columns "
+        "read positions too"
+    )
+    names = (weight,) if bias is None else (weight, bias)
+    if not any(names[0] in ps for _, _, ps in r.an.fixed_params):
+        r.an.fixed_params.append((r.module_path(n) or n.name, reason, names))

@@ -41,8 +41,8 @@ def regroup(r: AtenRunner, x: Info, sizes: list[int], reason: str) -> list[Info]
     the chunk's own frame). An unsplit space is cut into one site per chunk (block-diagonal
     elements, ``Spaces.split_blocks``); a space already cut into blocks (an earlier split, a
     grouped convolution, a concatenation) is kept when each block lies within one chunk; a block
-    across chunks is cut at their boundaries (a finer block-diagonal element: a subgroup) when
-    its channels are in order, else ``Frozen``: it would move channels between chunks."""
+    across chunks is cut into runs of its elements that lie in one chunk each (a finer
+    block-diagonal element: a subgroup), so no element moves channels between chunks."""
     parts = r.an.parts(x)
     if len(parts) == 1 and parts[0][2] is None:
         if parts[0][0] == 0:  # the fixed space: every chunk stays fixed
@@ -85,8 +85,8 @@ def _cut_at(r: AtenRunner, x: Info, sid: int, mode, chans: tuple, bounds: list[i
         runs[-1] += 1
     if len(runs) == 1:
         return
-    if chans != tuple(range(chans[0], chans[0] + len(chans))):
-        raise Frozen(f"{reason}: channels split between sites across its blocks, out of order")
+    # ``runs`` follows the site's own element order, so each block lies in one chunk whatever
+    # the channel order (a channel shuffle interleaves sites)
     r.an.split_blocks(Info(((sid, mode, None),), len(chans), x.dim), runs, reason)
 
 
@@ -118,9 +118,134 @@ def reshaped(x: Info, s_in, s_out, where: str) -> Info:
     return x.moved(dim=d - len(s_out), inner=st // p, outer=big // span)
 
 
-@rule("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "unflatten", "squeeze")
-def view(r: AtenRunner, n: fx.Node, value: Any) -> Info:
-    return reshaped(r.first(n), r.val(n.args[0]).shape, value.shape, r.where(n))
+_VIEWS = ("view", "reshape", "_unsafe_view", "view_as", "reshape_as", "flatten", "unflatten")
+
+
+@rule(*_VIEWS, "squeeze")
+def view(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
+    x = r.first(n)
+    try:
+        return reshaped(x, r.val(n.args[0]).shape, value.shape, r.where(n))
+    except Frozen:
+        found = channel_shuffle(r, n, x)  # an exact permutation first; tying blocks is coarser
+        if found is not None:
+            last, out = found
+            r.pending[last] = out  # the chain's last node gets the permuted space
+            return None  # the chain's inner nodes have one user each: the next of the chain
+        folded = radix_split(r, n, x, value)
+        if folded is None:
+            raise
+        return folded
+
+
+def _block_dims(s_in, s_out, pos: int, n: int) -> tuple[int, int] | None:
+    """The output dims (i, j) that a view cuts feature dim ``pos`` (``n`` features, nothing else
+    merged into it) into, as (K, C) with only size-1 dims between them, or None."""
+
+    def prod(v) -> int:
+        out = 1
+        for z in v:
+            out *= z
+        return out
+
+    before, after = prod(s_in[:pos]), prod(s_in[pos + 1 :])
+    for i in range(len(s_out)):
+        for j in range(i + 1, len(s_out)):
+            if any(z != 1 for z in s_out[i + 1 : j]):
+                break
+            k, c = s_out[i], s_out[j]
+            if k >= 2 and c >= 2 and k * c == n and prod(s_out[:i]) == before:
+                if prod(s_out[j + 1 :]) == after:
+                    return i, j
+    return None
+
+
+def radix_split(r: AtenRunner, n: fx.Node, x: Info, value: Any) -> Info | None:
+    """A view that cuts a space of K * C features into (K, C) on two dims (size-1 dims aside):
+    SK-Net's ``fc_select`` logits viewed as ``(B, K, C, 1, 1)`` for its softmax over the K
+    branches, ResNeSt's radix groups. A fresh site becomes a site of width C whose element M
+    acts as diag(M, ..., M) on the K blocks (``Spaces.fold_blocks``; only when nothing else has
+    read the site in a way that still matters: its actions are on whole axes, it has no
+    activation yet, every other tensor of it has been read by all its users already); a space
+    already cut into K sites of C channels in order (a grouped convolution's blocks) has them
+    tied to one element (a subgroup). None otherwise."""
+    s_in, s_out = tuple(r.val(n.args[0]).shape), tuple(value.shape)
+    pos = x.dim + len(s_in)
+    found = _block_dims(s_in, s_out, pos, x.n)
+    if found is None or x.outer != 1 or x.inner != 1:
+        return None
+    k, c = s_out[found[0]], s_out[found[1]]
+    out_dim = found[1] - len(s_out)
+    parts = r.an.parts(x)
+    if len(parts) == k and all(p[0] != 0 for p in parts):
+        blocks = [tuple(range(b * c, (b + 1) * c)) for b in range(k)]
+        if [p[2] for p in parts] != blocks or any(r.an.sites[p[0]].width != c for p in parts):
+            return None
+        for p in parts[1:]:  # one element for every block
+            r.an.unify_parts((parts[0][0], parts[0][1], None), (p[0], p[1], None),
+                             f"{r.where(n)}: blocks of channels viewed as one axis")  # fmt: skip
+        return Info(((parts[0][0], parts[0][1], None),), c, out_dim)
+    if len(parts) != 1 or parts[0][2] is not None or parts[0][0] == 0:
+        return None
+    sid = parts[0][0]
+    for m, info in r.infos.items():  # every tensor of the site is read up already
+        if isinstance(info, Info) and any(p[0] == sid for p in r.an.parts(info)):
+            if any(u is not n and u not in r.infos for u in m.users):
+                return None
+    if not r.an.fold_blocks(sid, k):
+        return None
+    return Info(((sid, parts[0][1], None),), c, out_dim)
+
+
+def channel_shuffle(r: AtenRunner, n: fx.Node, x: Info) -> tuple[fx.Node, Info] | None:
+    """A view that splits the feature axis, followed by transposes and views (each node used only
+    by the next) that give back the input's shape with the channels in another fixed order
+    (ShuffleNet's ``view(b, g, c // g, h, w).transpose(1, 2).view(b, c, h, w)``): the chain is a
+    fixed permutation S of the channels, so a site's element M moves the output by S M S^-1
+    (conjugation): each part keeps its site, its channels renamed by S. The permutation is found
+    by running the chain on a tensor of element indices; None when the chain is not one."""
+    chain, cur = [n], n
+    src = r.val(n.args[0])
+    while len(chain) <= 8:
+        users = list(cur.users)
+        if len(users) != 1 or users[0].op != "call_function" or users[0].args[:1] != (cur,):
+            return None
+        cur = users[0]
+        name = op_name(cur)
+        if name not in (*IDENTITY, *_VIEWS, "transpose", "permute", "swapaxes"):
+            return None
+        chain.append(cur)
+        out = cur.meta.get("val")
+        if name in _VIEWS and out is not None and tuple(out.shape) == tuple(src.shape):
+            break
+    else:
+        return None
+    shape, ndim = tuple(src.shape), src.dim()
+    pos = x.dim + ndim
+    if x.outer != 1 or x.inner != 1 or shape[pos] != x.n:
+        return None
+    t = torch.arange(src.numel(), dtype=torch.float64).reshape(shape)
+    for m in chain:  # the chain's own ops, on indices instead of values
+        t = m.target(t, *fx.node.map_arg(m.args[1:], r.val), **fx.node.map_arg(m.kwargs, r.val))
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+        return None
+    # where each output element came from, as coordinates: positions must stay, channels move
+    came = torch.stack(torch.unravel_index(t.reshape(-1).long(), shape)).reshape(ndim, *shape)
+    here = torch.stack(torch.meshgrid(*(torch.arange(z) for z in shape), indexing="ij"))
+    if any(not torch.equal(came[d], here[d]) for d in range(ndim) if d != pos):
+        return None
+    per_channel = came[pos].movedim(pos, 0).reshape(x.n, -1)
+    perm = per_channel[:, 0]  # output channel c' holds input channel perm[c']
+    if not torch.equal(per_channel, perm[:, None].expand_as(per_channel)):
+        return None
+    if not torch.equal(torch.sort(perm).values, torch.arange(x.n)):  # pragma: no cover
+        return None
+    new_at = torch.argsort(perm).tolist()  # input channel c lands on output channel new_at[c]
+    parts = tuple(
+        (sid, mode, tuple(new_at[c] for c in (range(x.n) if ch is None else ch)))
+        for sid, mode, ch in r.an.parts(x)
+    )
+    return chain[-1], x.moved(parts=parts)
 
 
 def transposed(x: Info, ndim: int, a: int, b: int) -> Info:
@@ -272,6 +397,21 @@ def reduce(r: AtenRunner, n: fx.Node, value: Any) -> Any:
     keep = value.dim() == ndim
     new = pos if keep else pos - sum(1 for d in dims if d < pos)
     return x.moved(dim=new - value.dim())
+
+
+@rule("softmax", "_softmax", "log_softmax", "_log_softmax")
+def softmax(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """A softmax along a dim that is not the feature axis (SK-Net's softmax over its branches,
+    GCNet's attention pooling over positions): each feature is normalised on its own, so a
+    permutation of the features commutes with it and a scaling does not (it would change the
+    exponents): permutations only. Along the feature axis: ``Frozen``."""
+    x, ndim = r.first(n), r.ndim(n)
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    if dim is None or dim % ndim == x.dim + ndim:
+        raise Frozen("a softmax over the feature axis")
+    for part in r.an.parts(x):
+        r.an.restrict_matrix(part, PERMUTATION, f"softmax over positions in {r.where(n)}")
+    return x
 
 
 # -- padding, pooling, resampling ---------------------------------------------------------------

@@ -37,8 +37,9 @@ SUPPORTED = (
     "linear maps (nn.Linear, Conv1D, x @ W.T), convolutions (plain, transposed, grouped, "
     "depthwise), embeddings, BatchNorm (eval), LayerNorm (last dim), GroupNorm, RMSNorm, "
     "elementwise activations (any elementwise function), max/average pooling, resampling, "
-    "views/transpose/permute/slicing, cat/stack/split, mean/sum over non-feature dims, padding, "
-    "dropout, residual +/-, adding or scaling by a parameter, gated products, attention "
+    "views/transpose/permute/slicing, channel shuffles, cat/stack/split, mean/sum/softmax over "
+    "non-feature dims, padding, dropout, residual +/-, adding or scaling by a parameter, gated "
+    "products, attention "
     "(scaled_dot_product_attention or softmax(q k^T) v: nn.MultiheadAttention self-attention, "
     "nn.TransformerEncoderLayer, Hugging Face and zoo attention)"
 )
@@ -139,6 +140,9 @@ class Spaces:
         self.cast_to = None
         self.act_calls: dict[str, int] = {}
         self.frozen: list[tuple[str, str]] = []
+        #: (label, reason, parameters) of parameters no element can move, whatever the sites
+        #: (a scalar shared by every feature): recorded so that ``coverage`` says why.
+        self.fixed_params: list[tuple[str, str, tuple[str, ...]]] = []
 
     # -- sites ------------------------------------------------------------------------------
     def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:
@@ -365,6 +369,29 @@ class Spaces:
             children.append((c, chans))
         s.split = children
         return x.moved(parts=tuple((c, mode, chans) for c, chans in children))
+
+    def fold_blocks(self, sid: int, k: int) -> bool:
+        """Make the unsplit root site ``sid`` (width K * C) a site of width C whose element M
+        acts as diag(M, ..., M) on its K consecutive blocks: every action on a whole axis is
+        then seen as (K, C, inner). False (nothing changed) for a site that has been merged,
+        split, activated, folded or acted on a channel subset or slice."""
+        s = self.sites[sid]
+        if s.merged_into is not None or s.split is not None or s.width % k:
+            return False
+        if s.activations or s.folds or s.residual or s.gated:
+            return False
+        if any(self.sites[t].merged_into == sid for t in range(1, len(self.sites))):
+            return False
+        whole = all(
+            a.outer == 1 and a.inner == 1 and a.channels is None and a.within is None
+            and a.n_total == s.width
+            for a in s.actions
+        )  # fmt: skip
+        if not whole:
+            return False
+        s.width //= k
+        s.actions = [dataclasses.replace(a, n_total=s.width, outer=k) for a in s.actions]
+        return True
 
     def gate(self, gate: Info, value: Info, reason: str) -> Info:
         """``gate * value`` of two hidden tensors with one shared permutation (LLaMA's
