@@ -116,3 +116,148 @@ def test_pos_embed_read_twice_is_refused():
 
     model, spec = traced(Twice(), torch.randn(2, 3, 6, 6, generator=_gen()))
     assert "pos_embed" not in _moved(spec) and spec.dropped == []
+
+
+# -- EVA / DINOv3 attention: qkv bias = cat(q_bias, zero k_bias buffer, v_bias), rotary ---------
+def _rotate_half(x):
+    return torch.stack([-x[..., 1::2], x[..., ::2]], -1).reshape(x.shape)
+
+
+class EvaAttention(nn.Module):
+    """timm's ``EvaAttention``: a fused ``qkv`` Linear without a bias of its own, the bias
+    ``cat(q_bias, k_bias, v_bias)`` with ``k_bias`` a zero buffer, rotary embeddings on every
+    token but the first (the class token), ``type_as`` casts, SDPA, ``proj``.
+
+    ``fool``: "k_bias" makes the buffer nonzero (the heads would need it moved), "rope" rotates
+    each head by a different table (the heads are no longer alike)."""
+
+    def __init__(self, c: int = 8, heads: int = 2, n: int = 5, fool: str | None = None):
+        super().__init__()
+        self.h, self.d = heads, c // heads
+        self.qkv = nn.Linear(c, 3 * c, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(c)), nn.Parameter(torch.zeros(c))
+        k_bias = torch.randn(c, generator=_gen(3)) if fool == "k_bias" else torch.zeros(c)
+        self.register_buffer("k_bias", k_bias)
+        self.proj = nn.Linear(c, c)
+        shape = (heads, n - 1, self.d) if fool == "rope" else (n - 1, self.d)
+        self.register_buffer("sin", torch.rand(shape, generator=_gen(4)))
+        self.register_buffer("cos", torch.rand(shape, generator=_gen(5)))
+
+    def rope(self, t):
+        return torch.cat(
+            [t[:, :, :1], t[:, :, 1:] * self.cos + _rotate_half(t[:, :, 1:]) * self.sin], 2
+        )
+
+    def forward(self, x):
+        b, n, c = x.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.h, self.d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.rope(q).type_as(v), self.rope(k).type_as(v)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(a)
+
+
+class EvaNet(nn.Module):
+    def __init__(self, fool: str | None = None):
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(4, 8), EvaAttention(fool=fool), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.attn(self.embed(x))))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_eva_attention_heads_move_the_pieces_of_a_computed_qkv_bias(dtype):
+    model, spec = traced(EvaNet(), torch.randn(2, 5, 4, generator=_gen()), dtype)
+    heads = [s for s in spec.sites if s.kind == "attention_heads"]
+    assert len(heads) == 1 and spec.dropped == []
+    names = {a.name for a in heads[0].actions}
+    assert {"attn.qkv.weight", "attn.q_bias", "attn.v_bias", "attn.proj.weight"} <= names
+    assert "attn.k_bias" not in _moved(spec)  # a zero buffer: fixed by every map
+    # rotary embeddings rotate q and k per position: no GL(head_dim) on them, GL on v and o stays
+    kinds = {s.kind for s in spec.sites}
+    assert "attention_qk" not in kinds and "attention_vo" in kinds
+    vo = next(s for s in spec.sites if s.kind == "attention_vo")
+    assert "attn.v_bias" in {a.name for a in vo.actions}
+
+
+@pytest.mark.parametrize("fool", ["k_bias", "rope"])
+def test_eva_attention_fooled_keeps_its_heads_in_place(fool):
+    model, spec = traced(EvaNet(fool=fool), torch.randn(2, 5, 4, generator=_gen()))
+    assert not any(s.kind == "attention_heads" for s in spec.sites)
+    assert spec.dropped == []  # refused by the rule, not left for verification to catch
+
+
+# -- LeViT attention: Linear + BatchNorm q/k/v split by a view, k^T by one permute --------------
+class LinearBN(nn.Module):
+    """LeViT's ``LinearNorm``: Linear without bias, BatchNorm1d over the flattened tokens (eval,
+    random running statistics so that a wrong channel map shows). ``shuffle``: the channels
+    interleaved between the two by views and a transpose (the fool: the norm's channel c is not
+    projection row c, though only shaping ops sit between them)."""
+
+    def __init__(self, a: int, b: int, shuffle: bool = False):
+        super().__init__()
+        self.linear, self.bn = nn.Linear(a, b, bias=False), nn.BatchNorm1d(b)
+        self.bn.running_mean.copy_(torch.randn(b, generator=_gen(7)))
+        self.bn.running_var.copy_(torch.rand(b, generator=_gen(8)) + 0.5)
+        self.shuffle = shuffle
+
+    def forward(self, x):
+        y = self.linear(x)
+        if self.shuffle:
+            y = y.view(*y.shape[:-1], 2, -1).transpose(-1, -2).reshape(y.shape)
+        return self.bn(y.flatten(0, 1)).reshape_as(y)
+
+
+class LevitAttention(nn.Module):
+    def __init__(
+        self, c: int = 8, heads: int = 2, d: int = 2, dv: int = 4, n: int = 5, shuffle=False
+    ):
+        super().__init__()
+        self.h, self.d, self.dv = heads, d, dv
+        self.qkv = LinearBN(c, heads * (2 * d + dv), shuffle)
+        self.proj = nn.Linear(heads * dv, c)
+        self.attention_biases = nn.Parameter(torch.zeros(heads, n))
+        pos = torch.arange(n)
+        self.register_buffer("idxs", (pos[:, None] - pos[None, :]).abs())
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.h, -1).split([self.d, self.d, self.dv], dim=3)
+        q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 3, 1), v.permute(0, 2, 1, 3)
+        attn = (q @ k) * self.d**-0.5 + self.attention_biases[:, self.idxs]
+        a = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, self.h * self.dv)
+        return self.proj(F.hardswish(a))
+
+
+class LevitNet(nn.Module):
+    def __init__(self, shuffle: bool = False):
+        super().__init__()
+        self.embed, self.attn = nn.Linear(4, 8), LevitAttention(shuffle=shuffle)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.attn(self.embed(x))))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_levit_attention_heads_move_the_batch_norm_and_the_bias_table(dtype):
+    model, spec = traced(LevitNet(), torch.randn(2, 5, 4, generator=_gen()), dtype)
+    (heads,) = [s for s in spec.sites if s.kind == "attention_heads"]
+    names = {a.name for a in heads.actions}
+    bn = "attn.qkv.bn."
+    assert {bn + "weight", bn + "bias", bn + "running_mean", bn + "running_var"} <= names
+    assert {"attn.qkv.linear.weight", "attn.proj.weight", "attn.attention_biases"} <= names
+    # within a head: a per-channel BatchNorm on q, k, v and hardswish on the output leave
+    # permutations (with the norm's vectors moved), not GL(head_dim)
+    inner = [s for s in spec.sites if s.kind in ("attention_qk", "attention_vo")]
+    assert len(inner) == 4 and all(s.group.family.name == "permutation" for s in inner)
+    assert spec.dropped == []
+
+
+def test_levit_attention_with_the_norm_off_its_rows_is_refused():
+    """Fool: the BatchNorm's channel c normalises another projection row than row c."""
+    model, spec = traced(LevitNet(shuffle=True), torch.randn(2, 5, 4, generator=_gen()))
+    assert not any(s.kind.startswith("attention") for s in spec.sites)
+    assert spec.dropped == []

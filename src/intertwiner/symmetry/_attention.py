@@ -34,7 +34,14 @@ from intertwiner.symmetry._regions import IDENTITY, op_name
 
 _SHAPING = {"view", "reshape", "_unsafe_view", "transpose", "permute", "contiguous", "clone"}
 _SHAPING |= {"expand", "unsqueeze", "squeeze", "to", "_to_copy", "alias", "detach", "dropout"}
-_SHAPING |= {"flatten", "unflatten", "select", "slice"}
+_SHAPING |= {
+    "flatten",
+    "unflatten",
+    "select",
+    "slice",
+    "type_as",
+    "reshape_as",
+}  # type_as: its first argument
 _ROTARY = {"mul", "add", "sub", "neg", "cat", "slice", "select", "stack", "unflatten"}
 #: Convolutions (ungrouped, not transposed) project channels too: CoAtNet's and MaxViT's
 #: ``Attention2d`` computes q, k, v with a 1 x 1 conv over (B, C, H, W).
@@ -45,6 +52,11 @@ _SPLITS = {"split", "split_with_sizes", "chunk", "unbind"}
 _SCORES = {"mul", "div", "add", "sub", "masked_fill"} | IDENTITY
 _VIEWS = {"view", "reshape", "_unsafe_view"}
 _SCORES |= _VIEWS
+#: A BatchNorm (eval) right after a projection (LeViT's ``LinearNorm``): per-channel affine.
+_BATCH_NORMS = {"batch_norm", "_native_batch_norm_legit_no_training"}
+#: Elementwise activations between the attention output and its projection (LeViT's
+#: ``hardswish``): they commute with permutations of the channels (only).
+_OUT_ACTIVATIONS = {"hardswish", "relu", "gelu", "silu", "hardsigmoid", "sigmoid", "tanh"}
 
 
 @dataclass
@@ -64,6 +76,15 @@ class Projection:
     channel_dim: int = -1
     #: Per head (of the attention's tensor), the projection channels of its head-dim entries.
     heads: list[tuple[int, ...]] = field(default_factory=list)
+    #: A bias computed as ``cat(q_bias, k_bias, v_bias)`` of 1-d parameters or buffers (EVA's
+    #: fused qkv with a zero ``k_bias`` buffer): ``(name, offset, length)`` per piece, ``bias``
+    #: then None. The rule moves the parameter pieces and accepts only zero buffers.
+    bias_parts: tuple[tuple[str, int, int], ...] = ()
+    #: The BatchNorm after the projection (LeViT): weight, bias, running mean and var (names;
+    #: None where absent), moved with the projection's channels.
+    norm: tuple[str | None, ...] = ()
+    #: An output projection that reads the heads through an elementwise activation.
+    activated: bool = False
 
 
 @dataclass
@@ -85,6 +106,9 @@ class AttentionBlock:
     heads_permutable: bool = True
     #: The additive masks or biases on the scores, each broadcast against (..., H, T, S).
     masks: tuple[fx.Node, ...] = ()
+    #: An elementwise activation between the output and its projection (LeViT): the values'
+    #: maps are then permutations only.
+    out_activation: bool = False
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -99,11 +123,28 @@ def _is_number(a: Any) -> bool:
     return isinstance(a, (int, float)) and not isinstance(a, bool)
 
 
+def _bias_parts(bias: fx.Node, names: dict[fx.Node, str]) -> tuple | None:
+    """``cat([a, b, ...])`` of 1-d parameters or buffers as ``((name, offset, length), ...)``."""
+    if op_name(bias) not in ("cat", "concat") or (bias.args[1:] or (0,))[0] not in (0, -1):
+        return None
+    parts, offset = [], 0
+    for a in bias.args[0]:
+        v = _val(a)
+        if a not in names or not isinstance(v, torch.Tensor) or v.dim() != 1:
+            return None
+        parts.append((names[a], offset, int(v.shape[0])))
+        offset += int(v.shape[0])
+    return tuple(parts)
+
+
 def _projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
     name = op_name(node)
     bias = node.args[0] if name == "addmm" else node.args[2] if len(node.args) > 2 else None
+    parts = ()
     if isinstance(bias, fx.Node) and bias not in names:
-        return None  # a computed bias (EVA's cat(q_bias, 0, v_bias)) no head map may ignore
+        parts = _bias_parts(bias, names) if name == "linear" else None
+        if not parts:
+            return None  # a computed bias no head map may ignore
     if name == "linear":
         w, b = names.get(node.args[1]), names.get(node.args[2]) if len(node.args) > 2 else None
         axis = 0
@@ -123,7 +164,9 @@ def _projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
     if w is None:
         return None
     shape = _val(node.args[1] if name == "linear" else node.args[2]).shape
-    return Projection(node, w, b, axis, int(shape[axis]), int(shape[1 - axis]))
+    p = Projection(node, w, b, axis, int(shape[axis]), int(shape[1 - axis]))
+    p.bias_parts = parts
+    return p
 
 
 def _scalar_scale(n: fx.Node) -> bool:
@@ -136,6 +179,7 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
     elementwise op was on the way."""
     seen: set[fx.Node] = set()
     found: list[Projection] = []
+    norms: set[fx.Node] = set()
     rotary = False
     stack = [start]
     while stack:
@@ -154,15 +198,36 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
             continue
         if n.target is operator.getitem and op_name(n.args[0]) in _SPLITS:
             stack.append(n.args[0])
+        elif name in _BATCH_NORMS:
+            norms.add(n)
+            stack.append(n.args[0])
         elif name in _SPLITS or name in _SHAPING or _scalar_scale(n):
             stack.append(n.args[0])
         elif name in _ROTARY:
             rotary = True
             stack.extend(a for a in n.all_input_nodes if isinstance(_val(a), torch.Tensor))
         # anything else (cos/sin tables, masks, positions) cannot lead to a projection
-    if len({id(p.node) for p in found}) != 1:
+    if len({id(p.node) for p in found}) != 1 or len(norms) > 1:
         return None
+    if norms:
+        (bn,) = norms
+        if not _eval_norm(bn, names, found[0].total):
+            return None
+        found[0].norm = tuple(
+            names.get(a) if isinstance(a, fx.Node) else None for a in bn.args[1:5]
+        )
     return found[0], seen, rotary
+
+
+def _eval_norm(bn: fx.Node, names: dict[fx.Node, str], total: int) -> bool:
+    """An eval-mode BatchNorm with parameters and running statistics over ``total`` channels."""
+    if op_name(bn) == "batch_norm" and (len(bn.args) < 6 or bn.args[5]):
+        return False  # training: batch statistics mix the positions' values
+    stats = bn.args[1:5]
+    if any(isinstance(a, fx.Node) and a not in names for a in stats):
+        return False
+    v = _val(bn.args[0])
+    return isinstance(v, torch.Tensor) and v.dim() >= 2 and int(v.shape[1]) == total
 
 
 def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dict) -> dict:
@@ -179,6 +244,18 @@ def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dic
         name = op_name(n)
         if n.target is operator.getitem:
             env[n] = env[n.args[0]][n.args[1]]
+            continue
+        if name in _OUT_ACTIVATIONS and n.args[0] in env:  # elementwise: moves no channel
+            env[n] = env[n.args[0]]
+            continue
+        if name in _BATCH_NORMS:  # per channel: passes the codes on if they are in order
+            x = env.get(n.args[0])
+            at = [1] * x.dim() if isinstance(x, torch.Tensor) else []
+            if at:
+                at[1] = -1
+                ramp = torch.arange(x.shape[1], dtype=x.dtype).view(at).expand_as(x)
+                if torch.equal(x, ramp):
+                    env[n] = x
             continue
         if name in IDENTITY or name in ("mul", "div", "add", "sub", "neg"):
             env[n] = next(env[a] for a in n.args if isinstance(a, fx.Node) and a in env)
@@ -233,9 +310,11 @@ def _forward(
     start: fx.Node, heads: int, names: dict[fx.Node, str], order: dict
 ) -> Projection | None:
     """The projection that reads the attention output ``start`` ((B, H, T, Dv) or (B * H, T, Dv))
-    through shaping ops only, with the input channels of each head (read by replaying them)."""
+    through shaping ops (and at most one elementwise activation: ``Projection.activated``),
+    with the input channels of each head (read by replaying them)."""
     seen = {start}
     n = start
+    act = None
     while True:
         users = list(n.users)
         if len(users) != 1:
@@ -247,7 +326,9 @@ def _forward(
             if p is None or x not in seen:
                 return None
             break
-        if op_name(n) not in _SHAPING:
+        if op_name(n) in _OUT_ACTIVATIONS and act is None and len(n.all_input_nodes) == 1:
+            act = n  # replayed as the identity: it moves no channel
+        elif op_name(n) not in _SHAPING:
             return None
         seen.add(n)
     shape = _val(start).shape
@@ -268,11 +349,13 @@ def _forward(
     if sorted(where) != list(range(heads * d)):
         return None
     p.heads = [tuple(where[j * d + k] for k in range(d)) for j in range(heads)]
+    p.activated = act is not None
     return p
 
 
-def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None] | None:
-    """``softmax(q @ k^T * c + mask, -1) @ v`` ending at ``mm``: (q, k, v, masks) or None. Views
+def _written_out(mm: fx.Node) -> tuple | None:
+    """``softmax(q @ k^T * c + mask, -1) @ v`` ending at ``mm``: (q, k, v, masks, whether ``k``
+    is k^T itself, made by a permute) or None. Views
     that keep the last three dims (H, T, S) may sit between the terms (Swin adds its shifted-window
     mask to the scores viewed as (B, windows, H, T, S)): every term's dim -3 is then the head."""
     if op_name(mm) not in ("matmul", "bmm") or len(mm.args) != 2:
@@ -300,9 +383,11 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
         return None
     q, kt = s.args
     nd = _val(kt).dim() if isinstance(_val(kt), torch.Tensor) else 0
+    if op_name(kt) == "permute" and nd >= 3:
+        return q, kt, v, tuple(masks), True  # k^T made by one permute (LeViT): ``_match`` reads it
     if op_name(kt) != "transpose" or {a % nd for a in kt.args[1:3]} != {nd - 2, nd - 1}:
         return None
-    return q, kt.args[0], v, tuple(masks)
+    return q, kt.args[0], v, tuple(masks), False
 
 
 def _keeps_heads(n: fx.Node) -> bool:
@@ -335,7 +420,7 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
             continue
         if op_name(n) == "scaled_dot_product_attention":
             mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
-            qkv = (*n.args[:3], (mask,) if isinstance(mask, fx.Node) else ())
+            qkv = (*n.args[:3], (mask,) if isinstance(mask, fx.Node) else (), False)
         else:
             qkv = _written_out(n)
             if qkv is None:
@@ -347,10 +432,12 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
 
 
 def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBlock | None:
-    q_node, k_node, v_node, masks = qkv
+    q_node, k_node, v_node, masks, k_t = qkv
     vals = [_val(a) for a in (q_node, k_node, v_node)]
     if any(not isinstance(t, torch.Tensor) or t.dim() < 3 for t in vals):
         return None
+    if k_t:  # k^T given by a permute (``_written_out``): its codes are read transposed back
+        vals[1] = vals[1].transpose(-1, -2)
     found = [_back(a, names) for a in (q_node, k_node, v_node)]
     if any(f is None for f in found):
         return None
@@ -360,11 +447,19 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         at = [1] * len(shape)
         at[p.channel_dim] = p.total
         codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
-        heads = _heads_of(_replay(p.node, codes, seen, order).get(node), val.shape, p.total)
+        got = _replay(p.node, codes, seen, order).get(node)
+        if k_t and node is k_node and isinstance(got, torch.Tensor):
+            got = got.transpose(-1, -2)
+        heads = _heads_of(got, val.shape, p.total)
         if heads is None:
             return None
         p.heads = heads
         projections.append(p)
+    for p in projections:  # a head must not straddle two pieces of a computed bias
+        if p.bias_parts and any(
+            len({_piece(p, c) for c in row}) != 1 for row in p.heads
+        ):  # fmt: skip
+            return None
     out = _forward(sdpa, len(projections[0].heads), names, order)
     if out is None:
         return None
@@ -389,6 +484,8 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     stack = sdpa.meta.get("nn_module_stack") or {}
     name = list(stack.values())[-1][0] if stack else sdpa.name
     rotary = found[0][2] or found[1][2]
+    if rotary and any(_per_head_rotary(f[1], f[0].node, heads) for f in found[:2]):
+        return None  # a rotary table that differs between heads: they cannot be permuted
     per_head = any(_per_head(mask) for mask in masks)
     return AttentionBlock(
         sdpa,
@@ -405,7 +502,40 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         {q.node, k.node, v.node},
         not per_head,
         masks,
+        out.activated,
     )
+
+
+def _piece(p: Projection, c: int) -> int:
+    """The index of the piece of ``p``'s computed bias that holds channel ``c``."""
+    return next(i for i, (_, off, n) in enumerate(p.bias_parts) if off <= c < off + n)
+
+
+def _per_head_rotary(nodes: set[fx.Node], proj: fx.Node, heads: int) -> bool:
+    """Does a rotary op on the way from ``proj`` multiply or add a tensor from elsewhere (cos,
+    sin) that can differ along the heads' dim? Rotary embeddings keep the head permutation only
+    when every head is rotated alike (the table broadcasts over heads); the heads' dim is taken
+    as -3 ((B, H, T, D)), or -2 where only that dim has H entries ((B, T, H, D))."""
+    path, stack = {proj}, [proj]  # the nodes of ``nodes`` computed from the projection
+    while stack:
+        for u in stack.pop().users:
+            if u in nodes and u not in path:
+                path.add(u)
+                stack.append(u)
+    for m in path:
+        v = _val(m)
+        if m.op != "call_function" or op_name(m) not in _ROTARY or not isinstance(v, torch.Tensor):
+            continue
+        if v.dim() < 3:
+            continue
+        dims = [-3] if v.shape[-3] == heads else [-2] if v.shape[-2] == heads else []
+        for a in m.all_input_nodes:
+            t = _val(a)
+            if not isinstance(t, torch.Tensor) or a in path:
+                continue
+            if any(t.dim() >= -d and t.shape[d] != 1 for d in dims):
+                return True
+    return False
 
 
 def _per_head(mask: fx.Node) -> bool:
