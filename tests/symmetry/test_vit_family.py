@@ -261,3 +261,61 @@ def test_levit_attention_with_the_norm_off_its_rows_is_refused():
     model, spec = traced(LevitNet(shuffle=True), torch.randn(2, 5, 4, generator=_gen()))
     assert not any(s.kind.startswith("attention") for s in spec.sites)
     assert spec.dropped == []
+
+
+# -- CaiT's talking heads: Linear maps over the heads of the scores and the probabilities --------
+class TalkingHeads(nn.Module):
+    """``proj_l`` mixes the heads of the scores, ``proj_w`` those of the probabilities. ``fool``:
+    "mask" adds a per-head table to the scores before the mix (a head's bias is then spread over
+    every head), "positions" mixes along the key positions instead of the heads."""
+
+    def __init__(self, c: int = 8, heads: int = 2, n: int = 5, fool: str | None = None):
+        super().__init__()
+        self.h, self.fool = heads, fool
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.proj_l, self.proj_w = nn.Linear(heads, heads), nn.Linear(heads, heads)
+        self.mix_n = nn.Linear(n, n)
+        self.table = nn.Parameter(torch.zeros(heads, 1, 1))
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+        attn = (q * 0.5) @ k.transpose(-2, -1)
+        if self.fool == "mask":
+            attn = attn + self.table
+        if self.fool == "positions":
+            attn = self.mix_n(attn)
+        else:
+            attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        attn = self.proj_w(attn.softmax(dim=-1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class TalkingNet(nn.Module):
+    def __init__(self, fool: str | None = None):
+        super().__init__()
+        self.embed, self.attn = nn.Linear(4, 8), TalkingHeads(fool=fool)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.attn(self.embed(x))))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_talking_heads_move_their_mixing_maps_with_the_heads(dtype):
+    model, spec = traced(TalkingNet(), torch.randn(2, 5, 4, generator=_gen()), dtype)
+    (heads,) = [s for s in spec.sites if s.kind == "attention_heads"]
+    acts = {(a.name, a.axis, a.kind) for a in heads.actions}
+    for w in ("attn.proj_l", "attn.proj_w"):  # W <- P W P^-1, b <- P b
+        assert {(w + ".weight", 0, "A"), (w + ".weight", 1, "A^-T"), (w + ".bias", 0, "A")} <= acts
+    # within a head: q_h^T k_h and A_h v_h are kept, so GL(head_dim) on q/k and on v/o stays
+    kinds = [s.kind for s in spec.sites]
+    assert kinds.count("attention_qk") == 2 and kinds.count("attention_vo") == 2
+    assert spec.dropped == []
+
+
+@pytest.mark.parametrize("fool", ["mask", "positions"])
+def test_talking_heads_fooled_keep_their_heads_in_place(fool):
+    model, spec = traced(TalkingNet(fool=fool), torch.randn(2, 5, 4, generator=_gen()))
+    assert not any(s.kind == "attention_heads" for s in spec.sites)
+    assert spec.dropped == []

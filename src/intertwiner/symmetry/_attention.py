@@ -109,6 +109,10 @@ class AttentionBlock:
     #: An elementwise activation between the output and its projection (LeViT): the values'
     #: maps are then permutations only.
     out_activation: bool = False
+    #: Linear maps over the heads (CaiT's talking heads ``proj_l`` on the scores, ``proj_w`` on
+    #: the probabilities) as (weight, bias): a head permutation P moves them to ``P W P^-1``,
+    #: ``P b``; the maps within a head survive (each head's q_h^T k_h and A_h v_h are kept).
+    mixes: tuple[tuple[str, str | None], ...] = ()
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -361,13 +365,22 @@ def _written_out(mm: fx.Node) -> tuple | None:
     if op_name(mm) not in ("matmul", "bmm") or len(mm.args) != 2:
         return None
     p, v = mm.args
+    mixes = []
     while isinstance(p, fx.Node) and op_name(p) in IDENTITY:
         p = p.args[0]
+    if _head_mix(p) is not None:  # CaiT's talking heads mix the probabilities (proj_w) ...
+        p, mix = _head_mix(p)
+        mixes.append(mix)
+        while isinstance(p, fx.Node) and op_name(p) in IDENTITY:
+            p = p.args[0]
     if not isinstance(p, fx.Node) or op_name(p) not in ("softmax", "_softmax"):
         return None
     if p.args[1] not in (-1, _val(p).dim() - 1):
         return None
     s, masks = p.args[0], []
+    if _head_mix(s) is not None:  # ... and the scores (proj_l)
+        s, mix = _head_mix(s)
+        mixes.append(mix)
     while isinstance(s, fx.Node) and op_name(s) in _SCORES:
         if op_name(s) in IDENTITY or _scalar_scale(s):
             s = s.args[0]
@@ -379,15 +392,29 @@ def _written_out(mm: fx.Node) -> tuple | None:
             s = s.args[0]
         else:
             return None
-    if not isinstance(s, fx.Node) or op_name(s) not in ("matmul", "bmm"):
-        return None
+    if not isinstance(s, fx.Node) or op_name(s) not in ("matmul", "bmm") or (masks and mixes):
+        return None  # (a per-head mask under a mix of heads is not a per-head bias)
     q, kt = s.args
     nd = _val(kt).dim() if isinstance(_val(kt), torch.Tensor) else 0
     if op_name(kt) == "permute" and nd >= 3:
-        return q, kt, v, tuple(masks), True  # k^T made by one permute (LeViT): ``_match`` reads it
+        return q, kt, v, tuple(masks), True, tuple(mixes)  # k^T by one permute (LeViT)
     if op_name(kt) != "transpose" or {a % nd for a in kt.args[1:3]} != {nd - 2, nd - 1}:
         return None
-    return q, kt.args[0], v, tuple(masks), False
+    return q, kt.args[0], v, tuple(masks), False, tuple(mixes)
+
+
+def _head_mix(n: Any) -> tuple[fx.Node, fx.Node] | None:
+    """``linear(s.permute(0, 2, 3, 1), W, b).permute(0, 3, 1, 2)``: a Linear over the heads of
+    (B, H, T, S) scores (CaiT's talking heads): (s, the linear node) or None."""
+    if not isinstance(n, fx.Node) or op_name(n) != "permute" or list(n.args[1]) != [0, 3, 1, 2]:
+        return None
+    lin = n.args[0]
+    if op_name(lin) != "linear" or len(lin.users) != 1 or len(n.users) != 1:
+        return None
+    inner = lin.args[0]
+    if op_name(inner) != "permute" or list(inner.args[1]) != [0, 2, 3, 1] or len(inner.users) != 1:
+        return None
+    return inner.args[0], lin
 
 
 def _keeps_heads(n: fx.Node) -> bool:
@@ -420,7 +447,7 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
             continue
         if op_name(n) == "scaled_dot_product_attention":
             mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
-            qkv = (*n.args[:3], (mask,) if isinstance(mask, fx.Node) else (), False)
+            qkv = (*n.args[:3], (mask,) if isinstance(mask, fx.Node) else (), False, ())
         else:
             qkv = _written_out(n)
             if qkv is None:
@@ -432,7 +459,7 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
 
 
 def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBlock | None:
-    q_node, k_node, v_node, masks, k_t = qkv
+    q_node, k_node, v_node, masks, k_t, mix_nodes = qkv
     vals = [_val(a) for a in (q_node, k_node, v_node)]
     if any(not isinstance(t, torch.Tensor) or t.dim() < 3 for t in vals):
         return None
@@ -481,6 +508,15 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         return None  # two slots read one channel: not a plain head layout
     if any(_reads_any(mask, {q.node, k.node, v.node}) for mask in masks):
         return None  # a bias computed from q, k or v (decomposed relative positions): not a mask
+    mixes = []
+    for lin in mix_nodes:  # talking heads: (H, H) weights (and (H,) biases) that are parameters
+        w, b = lin.args[1], lin.args[2] if len(lin.args) > 2 else None
+        shapes = [tuple(_val(a).shape) for a in (w, b) if isinstance(a, fx.Node)]
+        if w not in names or (b is not None and b not in names) or shapes[0] != (heads, heads):
+            return None
+        mixes.append((names[w], names.get(b)))
+    if mixes and kv_heads != heads:
+        return None  # a mix over query heads that share kv heads: not one permutation of groups
     stack = sdpa.meta.get("nn_module_stack") or {}
     name = list(stack.values())[-1][0] if stack else sdpa.name
     rotary = found[0][2] or found[1][2]
@@ -499,10 +535,11 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         int(head_dim),
         int(head_dim_v),
         rotary,
-        {q.node, k.node, v.node},
+        {q.node, k.node, v.node, *mix_nodes},
         not per_head,
         masks,
         out.activated,
+        tuple(mixes),
     )
 
 

@@ -97,6 +97,11 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
                    outer=outer, inner=inner, channels=channels)  # fmt: skip
         for name, axis, columns in tables:
             an.act_raw(heads, name, axis, ActionKind.A, an.shape_of(name)[axis], channels=columns)
+        for weight, bias in b.mixes:  # talking heads: W <- P W P^-1, b <- P b
+            an.act_raw(heads, weight, 0, ActionKind.A, b.heads)
+            an.act_raw(heads, weight, 1, ActionKind.A_INV_T, b.heads)
+            if bias is not None:
+                an.act_raw(heads, bias, 0, ActionKind.A, b.heads)
     for j in range(b.kv_heads):
         # rotary embeddings rotate q and k per position: no GL(head_dim) on them
         if not b.rotary:
