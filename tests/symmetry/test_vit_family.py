@@ -118,6 +118,17 @@ def test_pos_embed_read_twice_is_refused():
     assert "pos_embed" not in _moved(spec) and spec.dropped == []
 
 
+class Net(nn.Module):
+    """An attention module between a Linear embedding and a ReLU + Linear head."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(4, 8), attn, nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.attn(self.embed(x))))
+
+
 # -- EVA / DINOv3 attention: qkv bias = cat(q_bias, zero k_bias buffer, v_bias), rotary ---------
 def _rotate_half(x):
     return torch.stack([-x[..., 1::2], x[..., ::2]], -1).reshape(x.shape)
@@ -158,18 +169,9 @@ class EvaAttention(nn.Module):
         return self.proj(a)
 
 
-class EvaNet(nn.Module):
-    def __init__(self, fool: str | None = None):
-        super().__init__()
-        self.embed, self.attn, self.head = nn.Linear(4, 8), EvaAttention(fool=fool), nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.attn(self.embed(x))))
-
-
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 def test_eva_attention_heads_move_the_pieces_of_a_computed_qkv_bias(dtype):
-    model, spec = traced(EvaNet(), torch.randn(2, 5, 4, generator=_gen()), dtype)
+    model, spec = traced(Net(EvaAttention()), torch.randn(2, 5, 4, generator=_gen()), dtype)
     heads = [s for s in spec.sites if s.kind == "attention_heads"]
     assert len(heads) == 1 and spec.dropped == []
     names = {a.name for a in heads[0].actions}
@@ -184,7 +186,7 @@ def test_eva_attention_heads_move_the_pieces_of_a_computed_qkv_bias(dtype):
 
 @pytest.mark.parametrize("fool", ["k_bias", "rope"])
 def test_eva_attention_fooled_keeps_its_heads_in_place(fool):
-    model, spec = traced(EvaNet(fool=fool), torch.randn(2, 5, 4, generator=_gen()))
+    model, spec = traced(Net(EvaAttention(fool=fool)), torch.randn(2, 5, 4, generator=_gen()))
     assert not any(s.kind == "attention_heads" for s in spec.sites)
     assert spec.dropped == []  # refused by the rule, not left for verification to catch
 
@@ -231,19 +233,9 @@ class LevitAttention(nn.Module):
         return self.proj(F.hardswish(a))
 
 
-class LevitNet(nn.Module):
-    def __init__(self, shuffle: bool = False):
-        super().__init__()
-        self.embed, self.attn = nn.Linear(4, 8), LevitAttention(shuffle=shuffle)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.attn(self.embed(x))))
-
-
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 def test_levit_attention_heads_move_the_batch_norm_and_the_bias_table(dtype):
-    model, spec = traced(LevitNet(), torch.randn(2, 5, 4, generator=_gen()), dtype)
+    model, spec = traced(Net(LevitAttention()), torch.randn(2, 5, 4, generator=_gen()), dtype)
     (heads,) = [s for s in spec.sites if s.kind == "attention_heads"]
     names = {a.name for a in heads.actions}
     bn = "attn.qkv.bn."
@@ -258,7 +250,7 @@ def test_levit_attention_heads_move_the_batch_norm_and_the_bias_table(dtype):
 
 def test_levit_attention_with_the_norm_off_its_rows_is_refused():
     """Fool: the BatchNorm's channel c normalises another projection row than row c."""
-    model, spec = traced(LevitNet(shuffle=True), torch.randn(2, 5, 4, generator=_gen()))
+    model, spec = traced(Net(LevitAttention(shuffle=True)), torch.randn(2, 5, 4, generator=_gen()))
     assert not any(s.kind.startswith("attention") for s in spec.sites)
     assert spec.dropped == []
 
@@ -291,19 +283,9 @@ class TalkingHeads(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
-class TalkingNet(nn.Module):
-    def __init__(self, fool: str | None = None):
-        super().__init__()
-        self.embed, self.attn = nn.Linear(4, 8), TalkingHeads(fool=fool)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.attn(self.embed(x))))
-
-
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 def test_talking_heads_move_their_mixing_maps_with_the_heads(dtype):
-    model, spec = traced(TalkingNet(), torch.randn(2, 5, 4, generator=_gen()), dtype)
+    model, spec = traced(Net(TalkingHeads()), torch.randn(2, 5, 4, generator=_gen()), dtype)
     (heads,) = [s for s in spec.sites if s.kind == "attention_heads"]
     acts = {(a.name, a.axis, a.kind) for a in heads.actions}
     for w in ("attn.proj_l", "attn.proj_w"):  # W <- P W P^-1, b <- P b
@@ -316,6 +298,6 @@ def test_talking_heads_move_their_mixing_maps_with_the_heads(dtype):
 
 @pytest.mark.parametrize("fool", ["mask", "positions"])
 def test_talking_heads_fooled_keep_their_heads_in_place(fool):
-    model, spec = traced(TalkingNet(fool=fool), torch.randn(2, 5, 4, generator=_gen()))
+    model, spec = traced(Net(TalkingHeads(fool=fool)), torch.randn(2, 5, 4, generator=_gen()))
     assert not any(s.kind == "attention_heads" for s in spec.sites)
     assert spec.dropped == []
