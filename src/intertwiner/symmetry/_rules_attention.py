@@ -103,7 +103,10 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             if bias is not None:
                 an.act_raw(heads, bias, 0, ActionKind.A, b.heads)
     for j in range(b.kv_heads):
-        # rotary embeddings rotate q and k per position: no GL(head_dim) on them
+        # rotary embeddings rotate q and k per position: no GL(head_dim) on them. What survives
+        # is smaller and not written: per rotation pair (2 dims, one frequency) q -> c R q,
+        # k -> R k / c with R a plane rotation (it commutes with every position's rotation),
+        # and swaps of pairs only between pairs of equal frequency.
         if not b.rotary:
             qk = an.new_site(b.head_dim, name=f"{b.name}.qk{j}", kind="attention_qk")
             if b.q.norm or b.k.norm:  # GL would not commute with the per-channel BatchNorm

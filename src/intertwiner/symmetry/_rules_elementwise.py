@@ -74,8 +74,11 @@ def param_function(r: AtenRunner, node: fx.Node, x: Info, where: str) -> bool:
     grid: slice, reshape, permute, ``interpolate``, ``cat``). Checked numerically on the
     parameter's value and a random one, with a cyclic shift and a swap of two features (they
     generate every permutation) and a random permutation; the site is then restricted to
-    permutations (a scaling or a general matrix need not commute with ``f``: a LayerNorm'd
-    residual stream is permutation-only anyway). False (nothing recorded) when it does not hold,
+    permutations (a scaling or a general matrix need not commute with ``f``; a ViT's residual
+    stream is permutation-only anyway: its LayerNorms subtract the mean over the features, which
+    only maps that fix the all-ones vector keep, and then scale each feature by its own weight,
+    which leaves monomial maps; a scaling changes the variance the norm divides by, so of the
+    monomial maps only permutations remain). False (nothing recorded) when it does not hold,
     when ``f`` reads the input, several parameters, or ``p`` (or a tensor made of it) is read
     anywhere else."""
     from intertwiner.symmetry._rules_attention import _ancestors, _evaluate
