@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tests._support.traced import gen as _gen
 from tests._support.traced import traced
+from tests.symmetry.test_zoo_models import _check_model, _timm, needs_timm
 from torch import nn
 
 F64 = torch.float64
@@ -301,3 +302,18 @@ def test_talking_heads_fooled_keep_their_heads_in_place(fool):
     model, spec = traced(Net(TalkingHeads(fool=fool)), torch.randn(2, 5, 4, generator=_gen()))
     assert not any(s.kind == "attention_heads" for s in spec.sites)
     assert spec.dropped == []
+
+
+# -- the same patterns in timm's code (extra [zoo]) ------------------------------------------------
+_VIT_ZOO = {  # name -> (kwargs, input size, floor of the interior tensor coverage, heads)
+    "test_vit": ({}, 32, 1.0, 6),  # dynamic_img_size: pos_embed resampled from 14 x 14 to 2 x 2
+    "eva02_tiny_patch14_224": ({"depth": 2, "img_size": 28}, 28, 0.99, 2),  # cat bias, rope
+    "cait_xxs24_224": ({"depth": 2, "depth_token_only": 1, "img_size": 32}, 32, 0.99, 3),
+}
+
+
+@needs_timm
+@pytest.mark.parametrize("name", list(_VIT_ZOO))
+def test_timm_vit_family(name):
+    kwargs, size, floor, heads = _VIT_ZOO[name]
+    _check_model(_timm(name, **kwargs), size, floor, heads)
