@@ -140,12 +140,15 @@ class EvaAttention(nn.Module):
     ``cat(q_bias, k_bias, v_bias)`` with ``k_bias`` a zero buffer, rotary embeddings on every
     token but the first (the class token), ``type_as`` casts, SDPA, ``proj``.
 
-    ``fool``: "k_bias" makes the buffer nonzero (the heads would need it moved), "rope" rotates
-    each head by a different table (the heads are no longer alike)."""
+    ``sub_ln``: a LayerNorm over the heads' outputs before ``proj`` (EVA-CLIP's
+    ``scale_attn_inner``). ``fool``: "k_bias" makes the buffer nonzero (the heads would need it
+    moved), "rope" rotates each head by a different table (the heads are no longer alike),
+    "head_ln" normalises each head alone with one weight shared by the heads."""
 
-    def __init__(self, c: int = 8, heads: int = 2, n: int = 5, fool: str | None = None):
+    def __init__(self, c=8, heads=2, n=5, fool: str | None = None, sub_ln: bool = False):
         super().__init__()
-        self.h, self.d = heads, c // heads
+        self.h, self.d, self.fool = heads, c // heads, fool
+        self.norm = nn.LayerNorm(self.d if fool == "head_ln" else c) if sub_ln else nn.Identity()
         self.qkv = nn.Linear(c, 3 * c, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(c)), nn.Parameter(torch.zeros(c))
         k_bias = torch.randn(c, generator=_gen(3)) if fool == "k_bias" else torch.zeros(c)
@@ -166,8 +169,10 @@ class EvaAttention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.h, self.d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.rope(q).type_as(v), self.rope(k).type_as(v)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
-        return self.proj(a)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        if self.fool == "head_ln":
+            return self.proj(self.norm(a).reshape(b, n, c))
+        return self.proj(self.norm(a.reshape(b, n, c)))
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -185,9 +190,23 @@ def test_eva_attention_heads_move_the_pieces_of_a_computed_qkv_bias(dtype):
     assert "attn.v_bias" in {a.name for a in vo.actions}
 
 
-@pytest.mark.parametrize("fool", ["k_bias", "rope"])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_a_sub_layer_norm_before_the_output_projection_moves_with_the_heads(dtype):
+    model, spec = traced(
+        Net(EvaAttention(sub_ln=True)), torch.randn(2, 5, 4, generator=_gen()), dtype
+    )
+    (heads,) = [s for s in spec.sites if s.kind == "attention_heads"]
+    assert {"attn.norm.weight", "attn.norm.bias"} <= {a.name for a in heads.actions}
+    vo = [s for s in spec.sites if s.kind == "attention_vo"]  # LayerNorm: permutations only
+    assert len(vo) == 2 and all(s.group.family.name == "permutation" for s in vo)
+    assert all("attn.norm.weight" in {a.name for a in s.actions} for s in vo)
+    assert spec.dropped == []
+
+
+@pytest.mark.parametrize("fool", ["k_bias", "rope", "head_ln"])
 def test_eva_attention_fooled_keeps_its_heads_in_place(fool):
-    model, spec = traced(Net(EvaAttention(fool=fool)), torch.randn(2, 5, 4, generator=_gen()))
+    attn = EvaAttention(fool=fool, sub_ln=fool == "head_ln")
+    model, spec = traced(Net(attn), torch.randn(2, 5, 4, generator=_gen()))
     assert not any(s.kind == "attention_heads" for s in spec.sites)
     assert spec.dropped == []  # refused by the rule, not left for verification to catch
 

@@ -85,6 +85,9 @@ class Projection:
     norm: tuple[str | None, ...] = ()
     #: An output projection that reads the heads through an elementwise activation.
     activated: bool = False
+    #: A LayerNorm over the heads' outputs right before the output projection (EVA-CLIP's
+    #: ``scale_attn_inner`` sub-LN): (weight, bias) names, its channels the projection's inputs.
+    sub_norm: tuple[str | None, str | None] | None = None
 
 
 @dataclass
@@ -249,7 +252,7 @@ def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dic
         if n.target is operator.getitem:
             env[n] = env[n.args[0]][n.args[1]]
             continue
-        if name in _OUT_ACTIVATIONS and n.args[0] in env:  # elementwise: moves no channel
+        if (name in _OUT_ACTIVATIONS or name == "layer_norm") and n.args[0] in env:
             env[n] = env[n.args[0]]
             continue
         if name in _BATCH_NORMS:  # per channel: passes the codes on if they are in order
@@ -318,7 +321,7 @@ def _forward(
     with the input channels of each head (read by replaying them)."""
     seen = {start}
     n = start
-    act = None
+    act = norm = None
     while True:
         users = list(n.users)
         if len(users) != 1:
@@ -330,8 +333,12 @@ def _forward(
             if p is None or x not in seen:
                 return None
             break
+        if norm is not None and op_name(n) not in IDENTITY:
+            return None  # the norm's channel c must be the projection's input channel c
         if op_name(n) in _OUT_ACTIVATIONS and act is None and len(n.all_input_nodes) == 1:
             act = n  # replayed as the identity: it moves no channel
+        elif op_name(n) == "layer_norm" and _sub_norm(n, names) is not None:
+            norm = n  # per channel after statistics over all of them: replayed as the identity
         elif op_name(n) not in _SHAPING:
             return None
         seen.add(n)
@@ -354,7 +361,20 @@ def _forward(
         return None
     p.heads = [tuple(where[j * d + k] for k in range(d)) for j in range(heads)]
     p.activated = act is not None
+    p.sub_norm = _sub_norm(norm, names) if norm is not None else None
     return p
+
+
+def _sub_norm(n: fx.Node, names: dict[fx.Node, str]) -> tuple[str | None, str | None] | None:
+    """(weight, bias) of a LayerNorm over the last dim alone whose affine tensors (if any) are
+    parameters, else None."""
+    shape, v = n.args[1], _val(n.args[0])
+    affine = [n.args[k] if len(n.args) > k else None for k in (2, 3)]
+    if not isinstance(v, torch.Tensor) or list(shape) != [int(v.shape[-1])]:
+        return None
+    if any(a is not None and a not in names for a in affine):
+        return None
+    return tuple(names.get(a) if a is not None else None for a in affine)
 
 
 def _written_out(mm: fx.Node) -> tuple | None:

@@ -95,6 +95,10 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
         channels, n_total, outer, inner = blocks["out"]
         an.act_raw(heads, b.out.weight, 1 - b.out.out_axis, ActionKind.A_INV_T, n_total,
                    outer=outer, inner=inner, channels=channels)  # fmt: skip
+        for name in b.out.sub_norm or ():  # the sub-LN's weight and bias move with the heads
+            if name is not None:
+                an.act_raw(heads, name, 0, ActionKind.A, n_total, outer=outer, inner=inner,
+                           channels=channels)  # fmt: skip
         for name, axis, columns in tables:
             an.act_raw(heads, name, axis, ActionKind.A, an.shape_of(name)[axis], channels=columns)
         for weight, bias in b.mixes:  # talking heads: W <- P W P^-1, b <- P b
@@ -115,11 +119,16 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
                 on(qk, b.q, ActionKind.A, b.q.heads[h])
             on(qk, b.k, ActionKind.A_INV_T, b.k.heads[j])
         vo = an.new_site(b.head_dim_v, name=f"{b.name}.vo{j}", kind="attention_vo")
-        if b.v.norm or b.out_activation:  # a per-channel map on v, or an activation on the output
+        if b.v.norm or b.out_activation or b.out.sub_norm:
+            # a per-channel map on v, an activation or a LayerNorm (mean and variance over the
+            # channels, then a weight per channel) on the output: permutations only
             an.sites[vo].family = PERMUTATION
         on(vo, b.v, ActionKind.A, b.v.heads[j])
         for h in range(j * rep, (j + 1) * rep):
             into_out(vo, ActionKind.A_INV_T, b.out.heads[h])
+            for name in b.out.sub_norm or ():
+                if name is not None:
+                    an.act_raw(vo, name, 0, ActionKind.A, b.out.width, channels=b.out.heads[h])
 
 
 def _bias_axes(
