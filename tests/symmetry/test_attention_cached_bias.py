@@ -66,3 +66,15 @@ def test_a_cached_bias_keeps_the_heads_in_place(cache):
     assert ("attn.heads" in spec.names) is not cache
     assert not spec.dropped
     assert any("from a cache" in reason for _, reason in spec.frozen) is cache
+
+
+def test_a_table_beside_a_cache_of_tensors_keeps_the_heads_in_place():
+    """timm's LeViT gathers its bias from the table under export (the graph reads the parameter)
+    but keeps ``attention_bias_cache``, which an eval-mode forward fills and then reads instead:
+    moving the table with the heads would leave that cached bias stale, so the heads stay."""
+    model = Net(cache=False).double()
+    model.attn.attention_bias_cache = {}
+    x = torch.randn(3, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    spec = assert_function_preserved(model, x, generator=torch.Generator().manual_seed(1))
+    assert {"attn.qk0", "attn.vo1"} <= set(spec.names) and "attn.heads" not in spec.names
+    assert any("cache of tensors" in reason for _, reason in spec.frozen)

@@ -34,7 +34,14 @@ from intertwiner.symmetry._regions import IDENTITY, op_name
 
 _SHAPING = {"view", "reshape", "_unsafe_view", "transpose", "permute", "contiguous", "clone"}
 _SHAPING |= {"expand", "unsqueeze", "squeeze", "to", "_to_copy", "alias", "detach", "dropout"}
-_SHAPING |= {"flatten", "unflatten", "select", "slice"}
+_SHAPING |= {
+    "flatten",
+    "unflatten",
+    "select",
+    "slice",
+    "type_as",
+    "reshape_as",
+}  # type_as: its first argument
 _ROTARY = {"mul", "add", "sub", "neg", "cat", "slice", "select", "stack", "unflatten"}
 #: Convolutions (ungrouped, not transposed) project channels too: CoAtNet's and MaxViT's
 #: ``Attention2d`` computes q, k, v with a 1 x 1 conv over (B, C, H, W).
@@ -45,6 +52,11 @@ _SPLITS = {"split", "split_with_sizes", "chunk", "unbind"}
 _SCORES = {"mul", "div", "add", "sub", "masked_fill"} | IDENTITY
 _VIEWS = {"view", "reshape", "_unsafe_view"}
 _SCORES |= _VIEWS
+#: A BatchNorm (eval) right after a projection (LeViT's ``LinearNorm``): per-channel affine.
+_BATCH_NORMS = {"batch_norm", "_native_batch_norm_legit_no_training"}
+#: Elementwise activations between the attention output and its projection (LeViT's
+#: ``hardswish``): they commute with permutations of the channels (only).
+_OUT_ACTIVATIONS = {"hardswish", "relu", "gelu", "silu", "hardsigmoid", "sigmoid", "tanh"}
 
 
 @dataclass
@@ -68,6 +80,18 @@ class Projection:
     #: key third of a clone of ``qkv.bias``): a site may only act on channels all zeroed or all
     #: kept (a linear map keeps zero at zero).
     zeroed: frozenset[int] = frozenset()
+    #: A bias computed as ``cat(q_bias, k_bias, v_bias)`` of 1-d parameters or buffers (EVA's
+    #: fused qkv with a zero ``k_bias`` buffer): ``(name, offset, length)`` per piece, ``bias``
+    #: then None. The rule moves the parameter pieces and accepts only zero buffers.
+    bias_parts: tuple[tuple[str, int, int], ...] = ()
+    #: The BatchNorm after the projection (LeViT): weight, bias, running mean and var (names;
+    #: None where absent), moved with the projection's channels.
+    norm: tuple[str | None, ...] = ()
+    #: An output projection that reads the heads through an elementwise activation.
+    activated: bool = False
+    #: A LayerNorm over the heads' outputs right before the output projection (EVA-CLIP's
+    #: ``scale_attn_inner`` sub-LN): (weight, bias) names, its channels the projection's inputs.
+    sub_norm: tuple[str | None, str | None] | None = None
 
 
 @dataclass
@@ -96,6 +120,13 @@ class AttentionBlock:
     #: The dim (negative) of q, k, v and the scores that holds the heads: -3, or -4 for NesT's
     #: (B, H, blocks, T, D).
     head_axis: int = -3
+    #: An elementwise activation between the output and its projection (LeViT): the values'
+    #: maps are then permutations only.
+    out_activation: bool = False
+    #: Linear maps over the heads (CaiT's talking heads ``proj_l`` on the scores, ``proj_w`` on
+    #: the probabilities) as (weight, bias): a head permutation P moves them to ``P W P^-1``,
+    #: ``P b``; the maps within a head survive (each head's q_h^T k_h and A_h v_h are kept).
+    mixes: tuple[tuple[str, str | None], ...] = ()
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -110,19 +141,37 @@ def _is_number(a: Any) -> bool:
     return isinstance(a, (int, float)) and not isinstance(a, bool)
 
 
+def _bias_parts(bias: fx.Node, names: dict[fx.Node, str]) -> tuple | None:
+    """``cat([a, b, ...])`` of 1-d parameters or buffers as ``((name, offset, length), ...)``."""
+    if op_name(bias) not in ("cat", "concat") or (bias.args[1:] or (0,))[0] not in (0, -1):
+        return None
+    parts, offset = [], 0
+    for a in bias.args[0]:
+        v = _val(a)
+        if a not in names or not isinstance(v, torch.Tensor) or v.dim() != 1:
+            return None
+        parts.append((names[a], offset, int(v.shape[0])))
+        offset += int(v.shape[0])
+    return tuple(parts)
+
+
 def _projection(node: fx.Node, names: dict[fx.Node, str]) -> Projection | None:
     name = op_name(node)
     bias = node.args[0] if name == "addmm" else node.args[2] if len(node.args) > 2 else None
     zeroed: frozenset[int] = frozenset()
+    parts: tuple[tuple[str, int, int], ...] = ()
     if isinstance(bias, fx.Node) and bias not in names:
         found = _zeroed_clone(bias, node, names)
-        if found is None:
-            return None  # a computed bias (EVA's cat(q_bias, 0, v_bias)) no head map may ignore
-        names = {**names, bias: found[0]}
-        zeroed = found[1]
+        if found is not None:  # Swin V2: a parameter's clone with whole ranges zeroed
+            names = {**names, bias: found[0]}
+            zeroed = found[1]
+        else:  # EVA: cat(q_bias, zero k_bias buffer, v_bias)
+            parts = (_bias_parts(bias, names) if name == "linear" else None) or ()
+            if not parts:
+                return None  # a computed bias no head map may ignore
     p = _plain_projection(node, names)
     if p is not None:
-        p.zeroed = zeroed
+        p.zeroed, p.bias_parts = zeroed, parts
     return p
 
 
@@ -197,6 +246,7 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
     seen: set[fx.Node] = set()
     found: list[Projection] = []
     norms: list[tuple[fx.Node, fx.Node, int]] = []
+    batch_norms: set[fx.Node] = set()  # LeViT's BatchNorm after the projection
     rotary = False
     stack = [start]
     while stack:
@@ -220,14 +270,24 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
             continue
         if n.target is operator.getitem and op_name(n.args[0]) in _SPLITS:
             stack.append(n.args[0])
+        elif name in _BATCH_NORMS:
+            batch_norms.add(n)
+            stack.append(n.args[0])
         elif name in _SPLITS or name in _SHAPING or _scalar_scale(n):
             stack.append(n.args[0])
         elif name in _ROTARY:
             rotary = True
             stack.extend(a for a in n.all_input_nodes if isinstance(_val(a), torch.Tensor))
         # anything else (cos/sin tables, masks, positions) cannot lead to a projection
-    if len({id(p.node) for p in found}) != 1:
+    if len({id(p.node) for p in found}) != 1 or len(batch_norms) > 1:
         return None
+    if batch_norms:
+        (bn,) = batch_norms
+        if not _eval_norm(bn, names, found[0].total):
+            return None
+        found[0].norm = tuple(
+            names.get(a) if isinstance(a, fx.Node) else None for a in bn.args[1:5]
+        )
     return found[0], seen, rotary, norms
 
 
@@ -254,6 +314,17 @@ def _l2_normalized(n: fx.Node) -> tuple[fx.Node, int] | None:
     return x, int(dims[0]) % x_val.dim() - x_val.dim()
 
 
+def _eval_norm(bn: fx.Node, names: dict[fx.Node, str], total: int) -> bool:
+    """An eval-mode BatchNorm with parameters and running statistics over ``total`` channels."""
+    if op_name(bn) == "batch_norm" and (len(bn.args) < 6 or bn.args[5]):
+        return False  # training: batch statistics mix the positions' values
+    stats = bn.args[1:5]
+    if any(isinstance(a, fx.Node) and a not in names for a in stats):
+        return False
+    v = _val(bn.args[0])
+    return isinstance(v, torch.Tensor) and v.dim() >= 2 and int(v.shape[1]) == total
+
+
 def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dict) -> dict:
     """Run the ops of ``nodes`` that descend from ``start`` on ``codes`` in place of ``start``'s
     value. Casts are skipped (the codes are exact integers in float64), and an elementwise op
@@ -268,6 +339,18 @@ def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dic
         name = op_name(n)
         if n.target is operator.getitem:
             env[n] = env[n.args[0]][n.args[1]]
+            continue
+        if (name in _OUT_ACTIVATIONS or name == "layer_norm") and n.args[0] in env:
+            env[n] = env[n.args[0]]
+            continue
+        if name in _BATCH_NORMS:  # per channel: passes the codes on if they are in order
+            x = env.get(n.args[0])
+            at = [1] * x.dim() if isinstance(x, torch.Tensor) else []
+            if at:
+                at[1] = -1
+                ramp = torch.arange(x.shape[1], dtype=x.dtype).view(at).expand_as(x)
+                if torch.equal(x, ramp):
+                    env[n] = x
             continue
         if name in IDENTITY or name in ("mul", "div", "add", "sub", "neg"):
             env[n] = next(env[a] for a in n.args if isinstance(a, fx.Node) and a in env)
@@ -326,9 +409,12 @@ def _forward(
     start: fx.Node, heads: int, names: dict[fx.Node, str], order: dict, axis: int = 1
 ) -> Projection | None:
     """The projection that reads the attention output ``start`` ((B, H, T, Dv) or (B * H, T, Dv))
-    through shaping ops only, with the input channels of each head (read by replaying them)."""
+    through shaping ops (and at most one elementwise activation, ``Projection.activated``, and
+    a sub-LayerNorm right before it, ``Projection.sub_norm``), with the input channels of each
+    head (read by replaying them); ``axis``: the heads' dim of a >= 4-d ``start``."""
     seen = {start}
     n = start
+    act = norm = None
     while True:
         users = list(n.users)
         if len(users) != 1:
@@ -340,7 +426,13 @@ def _forward(
             if p is None or x not in seen:
                 return None
             break
-        if op_name(n) not in _SHAPING:
+        if norm is not None and op_name(n) not in IDENTITY:
+            return None  # the norm's channel c must be the projection's input channel c
+        if op_name(n) in _OUT_ACTIVATIONS and act is None and len(n.all_input_nodes) == 1:
+            act = n  # replayed as the identity: it moves no channel
+        elif op_name(n) == "layer_norm" and _sub_norm(n, names) is not None:
+            norm = n  # per channel after statistics over all of them: replayed as the identity
+        elif op_name(n) not in _SHAPING:
             return None
         seen.add(n)
     shape = _val(start).shape
@@ -363,24 +455,47 @@ def _forward(
     if sorted(where) != list(range(heads * d)):
         return None
     p.heads = [tuple(where[j * d + k] for k in range(d)) for j in range(heads)]
+    p.activated = act is not None
+    p.sub_norm = _sub_norm(norm, names) if norm is not None else None
     return p
 
 
-def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None] | None:
-    """``softmax(q @ k^T * c + mask, -1) @ v`` ending at ``mm``: (q, k, v, masks) or None. Views
-    that keep the last three dims (H, T, S) may sit between the terms (Swin adds its shifted-window
+def _sub_norm(n: fx.Node, names: dict[fx.Node, str]) -> tuple[str | None, str | None] | None:
+    """(weight, bias) of a LayerNorm over the last dim alone whose affine tensors (if any) are
+    parameters, else None."""
+    shape, v = n.args[1], _val(n.args[0])
+    affine = [n.args[k] if len(n.args) > k else None for k in (2, 3)]
+    if not isinstance(v, torch.Tensor) or list(shape) != [int(v.shape[-1])]:
+        return None
+    if any(a is not None and a not in names for a in affine):
+        return None
+    return tuple(names.get(a) if a is not None else None for a in affine)
+
+
+def _written_out(mm: fx.Node) -> tuple | None:
+    """``softmax(q @ k^T * c + mask, -1) @ v`` ending at ``mm``: (q, k, v, masks, whether ``k``
+    is k^T itself (made by a permute), the talking-heads Linears) or None. Views that keep the last three dims (H, T, S) may sit between the terms (Swin adds its shifted-window
     mask to the scores viewed as (B, windows, H, T, S)): every term's dim -3 is then the head."""
     pv = _product(mm, "pv")
     if pv is None:
         return None
-    p, v = pv
+    p, v, _ = pv
+    mixes = []
     while isinstance(p, fx.Node) and op_name(p) in IDENTITY:
         p = p.args[0]
+    if _head_mix(p) is not None:  # CaiT's talking heads mix the probabilities (proj_w) ...
+        p, mix = _head_mix(p)
+        mixes.append(mix)
+        while isinstance(p, fx.Node) and op_name(p) in IDENTITY:
+            p = p.args[0]
     if not isinstance(p, fx.Node) or op_name(p) not in ("softmax", "_softmax"):
         return None
     if p.args[1] not in (-1, _val(p).dim() - 1):
         return None
     s, masks = p.args[0], []
+    if _head_mix(s) is not None:  # ... and the scores (proj_l)
+        s, mix = _head_mix(s)
+        mixes.append(mix)
     while isinstance(s, fx.Node) and op_name(s) in _SCORES:
         if op_name(s) in IDENTITY or _scalar_scale(s):
             s = s.args[0]
@@ -396,26 +511,29 @@ def _written_out(mm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, fx.Node | None
         else:
             return None
     qk = _product(s, "qk") if isinstance(s, fx.Node) else None
-    if qk is None:
-        return None
-    return qk[0], qk[1], v, tuple(masks)
+    if qk is None or (masks and mixes):
+        return None  # (a per-head mask under a mix of heads is not a per-head bias)
+    q, k, k_t = qk
+    return q, k, v, tuple(masks), k_t, tuple(mixes)
 
 
-def _product(n: fx.Node, form: str) -> tuple[fx.Node, fx.Node] | None:
-    """``q @ k^T`` (``form="qk"``: returns (q, k)) or ``p @ v`` (``"pv"``: (p, v)), as a
-    ``matmul`` / ``bmm`` or an ``einsum`` over batch letters (torchvision's MaxViT:
-    ``"B G H I D, B G H J D -> B G H I J"``)."""
+def _product(n: fx.Node, form: str) -> tuple[fx.Node, fx.Node, bool] | None:
+    """``q @ k^T`` (``form="qk"``: returns (q, k, whether ``k`` is k^T itself, made by one
+    permute: LeViT)) or ``p @ v`` (``"pv"``: (p, v, False)), as a ``matmul`` / ``bmm`` or an
+    ``einsum`` over batch letters (torchvision's MaxViT: ``"B G H I D, B G H J D -> B G H I J"``)."""
     name = op_name(n)
     if name in ("matmul", "bmm") and len(n.args) == 2 and not n.kwargs:
         a, b = n.args
         if form == "pv":
-            return a, b
+            return a, b, False
         while op_name(b) in ("contiguous", "clone") and not b.kwargs:
             b = b.args[0]  # GCViT: ``q @ k.transpose(-2, -1).contiguous()``
         nd = _val(b).dim() if isinstance(_val(b), torch.Tensor) else 0
+        if op_name(b) == "permute" and nd >= 3:
+            return a, b, True  # k^T by one permute (LeViT): ``_match`` reads it transposed back
         if op_name(b) != "transpose" or {x % nd for x in b.args[1:3]} != {nd - 2, nd - 1}:
             return None
-        return a, b.args[0]
+        return a, b.args[0], False
     if name != "einsum" or len(n.args) != 2 or n.kwargs or len(n.args[1]) != 2:
         return None
     eq = n.args[0].replace(" ", "")
@@ -431,7 +549,7 @@ def _product(n: fx.Node, form: str) -> tuple[fx.Node, fx.Node] | None:
     else:  # (..., i, j), (..., j, d) -> (..., i, d): here out[-1] is d
         ok = x[-2] == i and x[-1] == y[-2] and y[-1] == j and x[-1] not in out
     return (
-        (n.args[1][0], n.args[1][1])
+        (n.args[1][0], n.args[1][1], False)
         if ok and all(isinstance(a, fx.Node) for a in n.args[1])
         else None
     )
@@ -461,6 +579,20 @@ def _fixed(n: fx.Node) -> bool:
             seen.add(m)
             stack.extend(m.all_input_nodes)
     return True
+
+
+def _head_mix(n: Any) -> tuple[fx.Node, fx.Node] | None:
+    """``linear(s.permute(0, 2, 3, 1), W, b).permute(0, 3, 1, 2)``: a Linear over the heads of
+    (B, H, T, S) scores (CaiT's talking heads): (s, the linear node) or None."""
+    if not isinstance(n, fx.Node) or op_name(n) != "permute" or list(n.args[1]) != [0, 3, 1, 2]:
+        return None
+    lin = n.args[0]
+    if op_name(lin) != "linear" or len(lin.users) != 1 or len(n.users) != 1:
+        return None
+    inner = lin.args[0]
+    if op_name(inner) != "permute" or list(inner.args[1]) != [0, 2, 3, 1] or len(inner.users) != 1:
+        return None
+    return inner.args[0], lin
 
 
 def _keeps_heads(n: fx.Node) -> bool:
@@ -493,7 +625,7 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
             continue
         if op_name(n) == "scaled_dot_product_attention":
             mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
-            qkv = (*n.args[:3], (mask,) if isinstance(mask, fx.Node) else ())
+            qkv = (*n.args[:3], (mask,) if isinstance(mask, fx.Node) else (), False, ())
         else:
             qkv = _written_out(n)
             if qkv is None:
@@ -505,10 +637,12 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
 
 
 def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBlock | None:
-    q_node, k_node, v_node, masks = qkv
+    q_node, k_node, v_node, masks, k_t, mix_nodes = qkv
     vals = [_val(a) for a in (q_node, k_node, v_node)]
     if any(not isinstance(t, torch.Tensor) or t.dim() < 3 for t in vals):
         return None
+    if k_t:  # k^T given by a permute (``_written_out``): its codes are read transposed back
+        vals[1] = vals[1].transpose(-1, -2)
     found = [_back(a, names) for a in (q_node, k_node, v_node)]
     if any(f is None for f in found):
         return None
@@ -523,9 +657,12 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         at[p.channel_dim] = p.total
         codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
         env = _replay(p.node, codes, seen, order)
-        heads = _heads_of(env.get(node), val.shape, p.total, axis)
-        if heads is None or not _whole(p.zeroed, heads):
-            return None
+        got = env.get(node)
+        if k_t and key == "k" and isinstance(got, torch.Tensor):
+            got = got.transpose(-1, -2)  # k^T given by a permute: read back as k
+        heads = _heads_of(got, val.shape, p.total, axis)
+        if heads is None or not _whole(p.zeroed, heads) or not _within_pieces(p, heads):
+            return None  # a head with zeroed and kept bias, or across two pieces of a cat bias
         if norms and not all(_per_head_norm(env.get(x), dim, heads) for _, x, dim in norms):
             return None  # normalised over tokens (XCiT) or across heads: no head map keeps it
         outside = _outside_operands(seen, env, {d for d, _, _ in norms})
@@ -557,6 +694,15 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         return None  # two slots read one channel: not a plain head layout
     if any(_reads_any(mask, {q.node, k.node, v.node}) for mask in masks):
         return None  # a bias computed from q, k or v (decomposed relative positions): not a mask
+    mixes = []
+    for lin in mix_nodes:  # talking heads: (H, H) weights (and (H,) biases) that are parameters
+        w, b = lin.args[1], lin.args[2] if len(lin.args) > 2 else None
+        shapes = [tuple(_val(a).shape) for a in (w, b) if isinstance(a, fx.Node)]
+        if w not in names or (b is not None and b not in names) or shapes[0] != (heads, heads):
+            return None
+        mixes.append((names[w], names.get(b)))
+    if mixes and kv_heads != heads:
+        return None  # a mix over query heads that share kv heads: not one permutation of groups
     stack = sdpa.meta.get("nn_module_stack") or {}
     name = list(stack.values())[-1][0] if stack else sdpa.name
     rotary = found[0][2] or found[1][2]
@@ -576,11 +722,13 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         int(head_dim),
         int(head_dim_v),
         rotary,
-        {q.node, k.node, v.node},
+        {q.node, k.node, v.node, *mix_nodes},
         not per_head,
         masks,
-        frozenset(normalized),
-        head_axis,
+        normalized=frozenset(normalized),
+        head_axis=head_axis,
+        out_activation=out.activated,
+        mixes=tuple(mixes),
     )
 
 
@@ -596,6 +744,8 @@ def _outside_operands(
             continue
         if op_name(n) in _SHAPING or op_name(n) in _SPLITS or _scalar_scale(n):
             continue
+        if not any(a in env for a in n.all_input_nodes):
+            continue  # a table computed beside the path (DINOv3's rotary cat(sin, sin))
         others = [
             a for a in n.all_input_nodes if a not in env and isinstance(_val(a), torch.Tensor)
         ]
@@ -621,6 +771,11 @@ def _head_constant(codes: Any, operand: Any, heads: list[tuple[int, ...]]) -> bo
     return True
 
 
+def _within_pieces(p: Projection, heads: list[tuple[int, ...]]) -> bool:
+    """Does every head read channels of one piece of ``p``'s computed bias (if it has one)?"""
+    return all(len({_piece(p, c) for c in row}) == 1 for row in heads) if p.bias_parts else True
+
+
 def _whole(zeroed: frozenset[int], heads: list[tuple[int, ...]]) -> bool:
     """Are the zeroed bias channels among ``heads`` none or all of them?"""
     used = {c for row in heads for c in row}
@@ -636,6 +791,11 @@ def _per_head_norm(codes: Any, dim: int, heads: list[tuple[int, ...]]) -> bool:
     rows = codes.movedim(dim, -1).reshape(-1, codes.shape[dim])
     own = {tuple(sorted(row)) for row in heads}
     return all(tuple(sorted(r)) in own for r in {tuple(r) for r in rows.long().tolist()})
+
+
+def _piece(p: Projection, c: int) -> int:
+    """The index of the piece of ``p``'s computed bias that holds channel ``c``."""
+    return next(i for i, (_, off, n) in enumerate(p.bias_parts) if off <= c < off + n)
 
 
 def _per_head(mask: fx.Node, axis: int = -3) -> bool:

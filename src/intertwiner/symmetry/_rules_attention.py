@@ -36,11 +36,30 @@ def sdpa(r: AtenRunner, n: fx.Node, value: Any) -> None:
 def attention(r: AtenRunner, b: AttentionBlock) -> None:
     """The sites of one attention block (its output node, SDPA or ``probs @ v``, is the hook)."""
     an, rep = r.an, b.heads // b.kv_heads
+    for p in (b.q, b.k, b.v):
+        for name, _, _ in p.bias_parts:
+            if name not in an.params and bool(an.buffers[name].any()):
+                raise Frozen(
+                    f"the qkv bias of {b.name} is a cat of pieces, one of them {name!r}, a fixed "
+                    "buffer that is not zero: moving the heads would need it moved; make it a "
+                    "Parameter or zero to keep the heads' symmetries"
+                )
 
     def on(sid: int, p: Projection, kind: ActionKind, channels: tuple[int, ...]) -> None:
         an.act_raw(sid, p.weight, p.out_axis, kind, p.total, channels=channels)
-        if p.bias is not None:
-            an.act_raw(sid, p.bias, 0, kind, p.total, channels=channels)
+        for name, n_total, _, inner, chans in _bias_axes(an, p, p.total, 1, 1, channels) or ():
+            an.act_raw(sid, name, 0, kind, n_total, inner=inner, channels=chans)
+        normed(sid, p, kind, p.total, 1, 1, channels)
+
+    def normed(sid: int, p: Projection, kind: ActionKind, n_total: int, outer: int, inner: int,
+               channels: tuple[int, ...]) -> None:  # fmt: skip
+        """The projection's BatchNorm (LeViT) moves with its channels: parameters and running
+        statistics (the sites that reach it are permutations: a permutation commutes with
+        a per-channel affine map once its vectors are permuted alike)."""
+        for name in p.norm:
+            if name is not None:
+                an.act_raw(sid, name, 0, kind, n_total, outer=outer, inner=inner,
+                           channels=channels, buffer=name not in an.params)  # fmt: skip
 
     def into_out(sid: int, kind: ActionKind, channels: tuple[int, ...], unit: int = 1) -> None:
         o = b.out  # its *input* axis (o.total counts its outputs: 448 for a 1024 -> 448 proj)
@@ -62,35 +81,91 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
         _single_head(r, b)
     if tables is None:
         _cached_tables(r, b)
-    if tables is not None and all(v is not None for v in blocks.values()):
+    elif any(_tensor_cache(r, name) for name, _, _ in tables):
+        for name, _, _ in tables:  # LeViT: an eval forward may read the cache, not the table
+            _freeze_table(r, name, f"{b.name} keeps its per-head bias in a cache of tensors "
+                          f"({_tensor_cache(r, name)!r}) that its eval-mode forward reads instead "
+                          f"of {name!r}: moving the heads would leave the cached bias in place")  # fmt: skip
+        tables = None
+    biases = {key: None for key in ("q", "k", "v")}
+    if all(v is not None for v in blocks.values()):
+        for key, p in (("q", b.q), ("k", b.k), ("v", b.v)):
+            channels, n_total, outer, inner = blocks[key]
+            biases[key] = _bias_axes(an, p, n_total, outer, inner, channels)
+    if tables is not None and all(v is not None for v in (*blocks.values(), *biases.values())):
         heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
         an.sites[heads].family = PERMUTATION
         for key, p in (("q", b.q), ("k", b.k), ("v", b.v)):
             channels, n_total, outer, inner = blocks[key]
-            for t, axis in ((p.weight, p.out_axis), (p.bias, 0)):
-                if t is not None:
-                    an.act_raw(heads, t, axis, ActionKind.A, n_total, outer=outer, inner=inner,
-                               channels=channels)  # fmt: skip
+            an.act_raw(heads, p.weight, p.out_axis, ActionKind.A, n_total, outer=outer,
+                       inner=inner, channels=channels)  # fmt: skip
+            for name, n_t, o, i, chans in biases[key]:
+                an.act_raw(heads, name, 0, ActionKind.A, n_t, outer=o, inner=i, channels=chans)
+            normed(heads, p, ActionKind.A, n_total, outer, inner, channels)
         channels, n_total, outer, inner = blocks["out"]
         an.act_raw(heads, b.out.weight, 1 - b.out.out_axis, ActionKind.A_INV_T, n_total,
                    outer=outer, inner=inner, channels=channels)  # fmt: skip
+        for name in b.out.sub_norm or ():  # the sub-LN's weight and bias move with the heads
+            if name is not None:
+                an.act_raw(heads, name, 0, ActionKind.A, n_total, outer=outer, inner=inner,
+                           channels=channels)  # fmt: skip
         for name, axis, columns in tables:
             an.act_raw(heads, name, axis, ActionKind.A, an.shape_of(name)[axis], channels=columns)
+        for weight, bias in b.mixes:  # talking heads: W <- P W P^-1, b <- P b
+            an.act_raw(heads, weight, 0, ActionKind.A, b.heads)
+            an.act_raw(heads, weight, 1, ActionKind.A_INV_T, b.heads)
+            if bias is not None:
+                an.act_raw(heads, bias, 0, ActionKind.A, b.heads)
     for j in range(b.kv_heads):
-        # rotary embeddings rotate q and k per position: no GL(head_dim) on them
+        # rotary embeddings rotate q and k per position: no GL(head_dim) on them. What survives
+        # is smaller and not written: per rotation pair (2 dims, one frequency) q -> c R q,
+        # k -> R k / c with R a plane rotation (it commutes with every position's rotation),
+        # and swaps of pairs only between pairs of equal frequency.
         if not b.rotary:
             qk = an.new_site(b.head_dim, name=f"{b.name}.qk{j}", kind="attention_qk")
-            if b.normalized & {"q", "k"}:  # cosine attention: only maps that keep norms
+            if b.q.norm or b.k.norm:  # GL would not commute with the per-channel BatchNorm
+                an.sites[qk].family = PERMUTATION
+            elif b.normalized & {"q", "k"}:  # cosine attention: only maps that keep norms
                 an.sites[qk].family = ORTHOGONAL
             for h in range(j * rep, (j + 1) * rep):
                 on(qk, b.q, ActionKind.A, b.q.heads[h])
             on(qk, b.k, ActionKind.A_INV_T, b.k.heads[j])
         vo = an.new_site(b.head_dim_v, name=f"{b.name}.vo{j}", kind="attention_vo")
-        if "v" in b.normalized:
+        if b.v.norm or b.out_activation or b.out.sub_norm:
+            # a per-channel map on v, an activation or a LayerNorm (mean and variance over the
+            # channels, then a weight per channel) on the output: permutations only
+            an.sites[vo].family = PERMUTATION
+        elif "v" in b.normalized:  # L2-normalised v: only maps that keep norms
             an.sites[vo].family = ORTHOGONAL
         on(vo, b.v, ActionKind.A, b.v.heads[j])
         for h in range(j * rep, (j + 1) * rep):
             into_out(vo, ActionKind.A_INV_T, b.out.heads[h])
+            for name in b.out.sub_norm or ():
+                if name is not None:
+                    an.act_raw(vo, name, 0, ActionKind.A, b.out.width, channels=b.out.heads[h])
+
+
+def _bias_axes(
+    an: Any, p: Projection, n_total: int, outer: int, inner: int, channels: tuple[int, ...]
+) -> list[tuple[str, int, int, int, tuple[int, ...]]] | None:
+    """The actions on ``p``'s bias of an action ``(n_total, outer, inner, channels)`` on its
+    outputs, as ``[(name, n_total, outer, inner, channels)]``. A computed bias (``cat`` of
+    pieces, ``Projection.bias_parts``) gets one action per parameter piece that holds moved
+    blocks, in the piece's own frame; zero buffers are skipped (every linear map fixes zero;
+    ``attention`` has checked that they are zero). None when a moved block is not inside one
+    piece or the layout is strided (``outer`` > 1)."""
+    if p.bias is not None:
+        return [(p.bias, n_total, outer, inner, channels)]
+    out = []
+    for name, off, length in p.bias_parts:
+        local = tuple(c - off // inner for c in channels if off <= c * inner < off + length)
+        if not local:
+            continue
+        if outer != 1 or off % inner or length % inner:
+            return None
+        if name in an.params:
+            out.append((name, length // inner, 1, inner, local))
+    return out
 
 
 def _single_head(r: AtenRunner, b: AttentionBlock) -> None:
@@ -124,12 +199,36 @@ def _cached_tables(r: AtenRunner, b: AttentionBlock) -> None:
     for name in params:
         if name.startswith(f"{b.name}.") and name.count(".") == b.name.count(".") + 1:
             if name not in read:
-                shape = r.an.shape_of(name)
-                sid = r.an.new_site(shape[0])
-                r.an.act_raw(sid, name, 0, ActionKind.A, shape[0])
-                r.an.freeze(sid, f"{b.name} reads its per-head bias from a cache (a constant filled "
-                            f"by an earlier forward, not {name!r}): moving the heads would leave "
-                            "the cached bias in place")  # fmt: skip
+                _freeze_table(r, name, f"{b.name} reads its per-head bias from a cache (a constant "
+                              f"filled by an earlier forward, not {name!r}): moving the heads "
+                              "would leave the cached bias in place")  # fmt: skip
+
+
+def _freeze_table(r: AtenRunner, name: str, reason: str) -> None:
+    """Record ``reason`` on the per-head table ``name`` (its dim 0, the heads)."""
+    shape = r.an.shape_of(name)
+    sid = r.an.new_site(shape[0])
+    r.an.act_raw(sid, name, 0, ActionKind.A, shape[0])
+    r.an.freeze(sid, reason)
+
+
+def _tensor_cache(r: AtenRunner, name: str) -> str | None:
+    """The attribute of the module holding parameter ``name`` that caches tensors: a dict that
+    holds tensors or is named ``*bias_cache`` (timm's LeViT ``attention_bias_cache``: filled by an
+    eval-mode forward with the bias gathered from the table, then read instead of the table;
+    empty on the traced copy, as export leaves it), or None. The exported graph gathers the bias
+    from the table while the eager model may read the cache: a head permutation of the table
+    would leave the cached bias stale."""
+    try:
+        module = r.model.get_submodule(name.rpartition(".")[0])
+    except AttributeError:
+        return None
+    for attr, value in vars(module).items():  # (not ``_parameters``, ``_buffers``)
+        if attr.startswith("_") or not isinstance(value, dict):
+            continue
+        if attr.endswith("bias_cache") or any(isinstance(v, torch.Tensor) for v in value.values()):
+            return attr
+    return None
 
 
 def _head_blocks(

@@ -59,11 +59,78 @@ def binary(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     if isinstance(other, ParamRef):
         raise Frozen("adding a transposed parameter or a function of one")
     if isinstance(vo, torch.Tensor) and vo.dim() > 0 and vo.numel() > 1:
-        r.an.unify(x, None, f"{where}: added to a tensor computed from the input")
+        node = n.args[1] if x is a else n.args[0]
+        if not (isinstance(node, fx.Node) and param_function(r, node, x, where)):
+            r.an.unify(x, None, f"{where}: added to a tensor computed from the input")
         return x
     for part in r.an.parts(x):
         r.an.restrict_matrix(part, PERMUTATION, f"{where}: a constant is added to every feature")
     return x
+
+
+def param_function(r: AtenRunner, node: fx.Node, x: Info, where: str) -> bool:
+    """Move the one parameter ``p`` that ``node`` is computed from with ``x``'s site, when
+    ``node = f(p)`` reads no input and commutes with permutations of one axis of ``p``:
+    ``f(P p) = P f(p)`` along ``x``'s feature dim (timm's ``pos_embed`` resampled to the input's
+    grid: slice, reshape, permute, ``interpolate``, ``cat``). Checked numerically on the
+    parameter's value and a random one, with a cyclic shift and a swap of two features (they
+    generate every permutation) and a random permutation; the site is then restricted to
+    permutations (a scaling or a general matrix need not commute with ``f``; a ViT's residual
+    stream is permutation-only anyway: its LayerNorms subtract the mean over the features, which
+    only maps that fix the all-ones vector keep, and then scale each feature by its own weight,
+    which leaves monomial maps; a scaling changes the variance the norm divides by, so of the
+    monomial maps only permutations remain). False (nothing recorded) when it does not hold,
+    when ``f`` reads the input, several parameters, or ``p`` (or a tensor made of it) is read
+    anywhere else."""
+    from intertwiner.symmetry._rules_attention import _ancestors, _evaluate
+
+    an = r.an
+    above = _ancestors(node)
+    sources = [m for m in above if m.op == "get_attr" and str(m.target) in an.params]
+    if any(m.op == "placeholder" for m in above) or len(sources) != 1:
+        return False
+    (src,) = sources
+    chain = {m for m in above if src in _ancestors(m)}
+
+    def reads(u: fx.Node) -> bool:  # export's ``_assert_tensor_metadata`` checks read nothing
+        return u not in chain and not op_name(u).startswith("_assert")
+
+    if any(reads(u) for m in chain - {node} for u in m.users) or len(node.users) != 1:
+        return False  # p or a tensor made of it is read elsewhere too
+    name, fx_val = str(src.target), node.meta.get("val")
+    p = an.params[name]
+    if name in an.called or x.outer != 1 or x.inner != 1 or not isinstance(fx_val, torch.Tensor):
+        return False
+    if fx_val.dim() < -x.dim or fx_val.shape[x.dim] != x.n or x.n < 2:
+        return False
+    order = {m: i for i, m in enumerate(r.graph.nodes)}
+    gen = torch.Generator().manual_seed(0)
+    perms = [torch.arange(x.n).roll(1), torch.tensor([1, 0, *range(2, x.n)])]
+    perms.append(torch.randperm(x.n, generator=gen))
+    values = [p.detach(), torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)]
+    tol = 64 * torch.finfo(p.dtype).eps if p.is_floating_point() else 0.0
+    for axis in (a for a in range(p.dim()) if p.shape[a] == x.n):
+        try:
+            ok = True
+            for v in values:
+                fv = _evaluate(r, node, {src: v}, order)
+                for perm in perms:
+                    moved = _evaluate(r, node, {src: v.index_select(axis, perm)}, order)
+                    want = fv.index_select(fv.dim() + x.dim, perm)
+                    scale = float(want.abs().max()) or 1.0
+                    if moved.shape != want.shape or float((moved - want).abs().max()) > tol * scale:
+                        ok = False
+        except (RuntimeError, IndexError, TypeError):
+            continue
+        if ok:
+            reason = f"{where}: {name} is added through a function of it that commutes with "
+            for part in an.parts(x):
+                an.restrict_matrix(part, PERMUTATION, reason + "permutations of its features")
+            an.called.add(name)
+            an.added_to[name] = (x, axis)
+            an.act(x, name, axis, "out")
+            return True
+    return False
 
 
 @rule("mul", "div")
