@@ -496,6 +496,9 @@ def _zip_spec(
             parent, _, leaf = mod.rpartition(".")
             new = _resized(old, merged[f"{mod}.weight"].shape)
             setattr(model.get_submodule(parent) if parent else model, leaf, new)
+            # A's build config no longer rebuilds this model: checkpoints.save must save it
+            # as a weights checkpoint, not as a models.build one that loads A's widths
+            model.__dict__.pop("intertwiner_config", None)
     with torch.no_grad():
         for name, t in merged.items():
             model.get_parameter(name).copy_(t)
