@@ -184,14 +184,20 @@ def merge_cmd(
         checkpoints.save(merged, out, meta)
     except (IntertwinerError, ValueError, KeyError) as e:
         raise fail(e) from None
+    _echo(info, out, rep, as_json, "merge",
+          f"merged by {'averaging only' if group == 'none' else method}, group {group}"
+          f"{', REPAIR' if repair else ''}; saved {out}")  # fmt: skip
+
+
+def _echo(info: dict, out: str, rep, as_json: bool, what: str, last: str) -> None:
+    """Print the JSON record, or the report's table and ``last``."""
     if as_json:
         typer.echo(json.dumps({**info, "out": out, "report": rep and rep.to_dict()}, indent=2))
         return
     if rep is not None:
         typer.echo(rep.table())
-        typer.echo(f"\nmerge / ensemble accuracy: {rep.fraction_of_ensemble:.3f}")
-    typer.echo(f"merged by {'averaging only' if group == 'none' else method}, group {group}"
-               f"{', REPAIR' if repair else ''}; saved {out}")  # fmt: skip
+        typer.echo(f"\n{what} / ensemble accuracy: {rep.fraction_of_ensemble:.3f}")
+    typer.echo(last)
 
 
 def _zip_k(value: str) -> int | None:
@@ -231,12 +237,7 @@ def _zip_cmd(paths, models, meta_a, out, zip_k, heads, repair, report, data, dat
     meta = {key: v for key, v in meta_a.items() if key not in ("alignment", "merge")}
     meta["merge"] = info
     checkpoints.save(res.model, out, meta)
-    if as_json:
-        typer.echo(json.dumps({**info, "out": out, "report": rep and rep.to_dict()}, indent=2))
-        return
-    if rep is not None:
-        typer.echo(rep.table())
-        typer.echo(f"\nzip / ensemble accuracy: {rep.fraction_of_ensemble:.3f}")
-    typer.echo(f"zipped {res.k} of {res.depth} sites{', REPAIR' if repair else ''}; saved {out} "
-               "(a weights checkpoint: the layers after the zipped sites are wider; load it "
-               "with checkpoints.load(path, model=...))")  # fmt: skip
+    _echo(info, out, rep, as_json, "zip",
+          f"zipped {res.k} of {res.depth} sites{', REPAIR' if repair else ''}; saved {out} "
+          "(a weights checkpoint: the layers after the zipped sites are wider; load it "
+          "with checkpoints.load(path, model=...))")  # fmt: skip
