@@ -85,7 +85,8 @@ HEADS = ("concat", "average")
 
 class ZippedModel(nn.Module):
     """A shared ``trunk`` and two ``heads``: ``combine(head_a(trunk(x)), head_b(trunk(x)))`` with
-    ``combine`` concatenation along the last axis (``"concat"``) or the mean (``"average"``)."""
+    ``combine`` concatenation along the last axis (``"concat"``) or the mean (``"average"``).
+    ``zip_models(k=0)`` returns the two models as heads of an identity trunk: the ensemble."""
 
     def __init__(self, trunk: nn.Module, head_a: nn.Module, head_b: nn.Module, combine: str):
         super().__init__()
@@ -118,7 +119,8 @@ class ZipSite:
 
 @dataclass(repr=False)
 class ZipResult:
-    """Result of ``zip_models``: the zipped ``model``, the ``k`` zipped sites, the options."""
+    """Result of ``zip_models``: the zipped ``model`` (a plain model of A's architecture, wider
+    after site k; ``k=0``: a ``ZippedModel``), the ``k`` zipped sites of ``depth``, the options."""
 
     model: nn.Module
     sites: list[ZipSite] = field(default_factory=list)
@@ -265,7 +267,7 @@ def zip_models(
     use the site group's scales and signs in the merge. ``max_within``: the largest fraction of a
     site's pairs that may join two features of one model (greedy matching; ZipIt's alpha; 0:
     across models only). ``repair``: REPAIR after zipping (module docstring), statistics from
-    ``data``. A and B need one architecture (output sizes may differ with ``"concat"``).
+    ``data``; nothing to repair at ``k=0``. A and B need one architecture (output sizes may differ with ``"concat"``).
     BatchNorm is folded into the layer before it first (running statistics, eval mode).
     """
     from intertwiner.alignment._align import _example_input
