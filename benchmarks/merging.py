@@ -22,6 +22,7 @@ method, the mean over pairs of the loss barrier and of the accuracy at alpha = 0
     python benchmarks/merging.py                              # 3 archs, seeds 0-2, 10 epochs
     python benchmarks/merging.py --archs mlp --json out.json
     python benchmarks/merging.py --report out.json            # the table of a saved run
+    python benchmarks/merging.py --archs resnet20_x1,resnet20_x2 --epochs 3   # the zoo's ResNet-20
 
 Trained checkpoints are cached under ``--cache`` (safetensors state dicts), so reruns only align
 and evaluate. Single thread (``torch.set_num_threads(1)``); times are of a shared CPU.
@@ -64,8 +65,16 @@ METHODS = (
 
 
 def build(arch: str, seed: int) -> nn.Module:
-    """A plain ``nn.Sequential`` (no zoo config): what a new user would write."""
+    """A plain ``nn.Sequential`` (no zoo config): what a new user would write; ``resnet20_xW``:
+    the zoo's ResNet-20 (BatchNorm, residual streams) at W times the base width 16."""
     torch.manual_seed(seed)
+    if arch.startswith("resnet20_x"):
+        from intertwiner import models
+
+        width = 16 * int(arch.removeprefix("resnet20_x"))
+        return models.build(
+            "resnet20", width=width, in_channels=1, input_size=28, num_classes=10, seed=seed
+        )
     if arch == "mlp":
         return nn.Sequential(
             nn.Flatten(),

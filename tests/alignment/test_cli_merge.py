@@ -65,3 +65,33 @@ def test_merge_table_and_bad_options(tmp_path):
         assert r.exit_code == 2 and word in r.output, r.output
     r = CliRunner().invoke(app, ["merge", paths[0], "--out", out])
     assert r.exit_code == 2 and "two or more" in r.output
+
+
+def test_merge_zip_partial_with_repair(tmp_path):
+    """``--zip K``: a CNN zipped with a transformed copy of itself at K sites (the rest two
+    heads, averaged) and REPAIRed scores what the CNN scores; the saved weights load back."""
+    cfg = dict(width=4, in_channels=1, input_size=8, batchnorm=False)
+    a = models.build("myrtle_cnn", seed=0, **cfg)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    spec = trace(a, x)
+    b = apply(a, spec, random_elements(spec, torch.Generator().manual_seed(1)))
+    paths = [_save(tmp_path, "a", a), _save(tmp_path, "b", b)]
+    out = tmp_path / "zipped.safetensors"
+    args = ["merge", *paths, "--out", str(out), "--zip", "2", "--repair", "--eval-samples",
+            "100", "--samples", "300", "--json", "-q"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["zip"]["k"] == 2 and d["zip"]["depth"] == len(spec.sites) and d["zip"]["repair"]
+    rep = d["report"]
+    assert abs(rep["merged"]["accuracy"] - rep["inputs"][0]["accuracy"]) < 0.02
+    meta = checkpoints.read_metadata(out)
+    assert meta["merge"]["zip"]["heads"] == "average"
+    for bad, word in ((["--zip", "two"], "--zip"), (["--zip", "-1"], "--zip")):
+        r = CliRunner().invoke(app, ["merge", *paths, "--out", str(out), "--no-report", *bad])
+        assert r.exit_code == 2 and word in r.output, r.output
+    r = CliRunner().invoke(app, ["merge", *paths, paths[0], "--out", str(out), "--zip", "all"])
+    assert r.exit_code == 2 and "two checkpoints" in r.output, r.output
+    r = CliRunner().invoke(app, ["merge", *paths, "--out", str(out), "--zip", "all",
+                                 "--zip-heads", "concat", "-q"])  # fmt: skip
+    assert r.exit_code == 0 and "zipped 4 of 4 sites" in r.output, r.output

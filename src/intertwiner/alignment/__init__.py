@@ -8,7 +8,7 @@
 >>> merged = merge([m0, m1, m2])                      # each aligned to the mean of the others
 >>> merged = merge([m0, m1], bn_data=train_data, repair=True)       # REPAIR the average
 >>> merge_report(merged, [m0, m1, m2], test_data).table()       # vs each input and the ensemble
->>> zipped = zip_models(mlp_a, mlp_b, train_inputs, k=1).model   # ZipIt!: shared trunk, two heads
+>>> zipped = zip_models(cnn_a, cnn_b, train_inputs, k=1, repair=True).model  # ZipIt!, 2 heads
 """
 
 from intertwiner.alignment._align import (

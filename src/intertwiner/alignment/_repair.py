@@ -285,10 +285,24 @@ class _Repairer:
         """Repair ``model`` in place to ``sum_k weights[k] * stats_k`` at every point."""
         if len(weights) != len(self.stats):
             raise InvalidOptionError(f"{len(weights)} weights for {len(self.stats)} sources")
-        for k, p in enumerate(self.points):
+        targets = []
+        for k in range(len(self.points)):
             mean_t = sum(float(w) * st[k][0] for w, st in zip(weights, self.stats, strict=True))
             std_t = sum(float(w) * st[k][1] for w, st in zip(weights, self.stats, strict=True))
+            targets.append((mean_t, std_t))
+        return self.apply_targets(model, targets)
+
+    def apply_targets(
+        self, model: nn.Module, targets: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> nn.Module:
+        """Repair ``model`` in place to the (mean, std) ``targets[k]`` at point k (in the order
+        of ``self.points``; zipping computes them from its merge matrices)."""
+        for p, (mean_t, std_t) in zip(self.points, targets, strict=True):
             ((mean, std),) = self._measure(model, [p])
+            if mean.shape != mean_t.shape:
+                raise InvalidOptionError(
+                    f"repair: {p.site} has {mean.numel()} channels, the target {mean_t.numel()}"
+                )
             live = std > _DEAD * std_t.clamp_min(1.0)
             scale = torch.where(live, std_t / torch.where(live, std, 1.0), 1.0)
             _fold(model, p, scale, mean_t - scale * mean)

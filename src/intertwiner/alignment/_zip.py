@@ -13,26 +13,35 @@ recovered exactly), ``s_j`` signed by the correlation when the group flips signs
 ``s = c = 1`` otherwise (ZipIt's plain average; ``scales=False`` forces it everywhere). This
 defines the *merge* matrix ``M`` (n x 2n) and the *unmerge* matrix ``U`` (2n x n) with ``M U = I``.
 Layer l of the zipped model is ``W = M_l [W_A U_A,l-1 ; W_B U_B,l-1]``, ``b = M_l [b_A; b_B]``,
-with ``U_0 = [I; I]`` (the input is shared).
+with ``U_0 = [I; I]`` (the input is shared; for a Conv, along its channel axes).
 
-Partial zipping (``k`` < number of sites) zips the first ``k`` sites into a shared trunk and keeps
-the rest as two heads: head A is A's layers after site k with its first layer reading
-``U_A,k`` of the trunk's features (likewise B). ``k=0`` is the two models side by side (the
-ensemble, exactly). The heads' outputs are concatenated (``heads="concat"``: models trained on
-different label sets; the joint prediction is the argmax over all logits) or averaged
-(``heads="average"``: one label set).
+Partial zipping (ZipIt's): only the first ``k`` sites in forward order are zipped; every layer
+after site k keeps A's and B's units side by side (A's channels first, block-diagonal weights),
+the first of them reading A's and B's features back from the merged ones through ``U_A`` and
+``U_B``. So the result is a plain model of A's architecture: the layers up to site k at one
+model's width, the ones after it twice as wide (two heads in one), the output Linear giving both
+models' outputs side by side (``heads="concat"``: models trained on different label sets; the
+joint prediction over the two label sets is the argmax over all of them, A's logits first) or
+their mean (``heads="average"``: one label set). ``k`` = the number of sites (the default) zips
+everything but the output layer; ``k=0`` is the two models side by side (``ZippedModel``, the
+ensemble exactly: the same outputs, for any models).
 
-Supported: chains of ``nn.Linear`` and elementwise activation modules (an optional Flatten
-first), as a traced spec sees them (every hidden site an activation between two Linear layers),
-at any ``k``: the chain is rebuilt as a ``ZippedModel`` and checked to compute the model's
-outputs. Other models whose every traced site is an elementwise activation between layers with
-weights (``nn.Conv*d``, ``nn.Linear``; parameter-free pooling and flattening in between) are
-zipped whole (``k=None``): the result is A's architecture with merged weights and its output
-Linear widened to both models' outputs (or averaged). BatchNorm after a Conv or Linear is first
-folded into it with its running statistics (``torch.fx``'s ``fuse``: the same function in eval
-mode), so a CNN with BatchNorm is zipped as its BN-free equivalent (the result has no BatchNorm).
-Anything else (other normalisation layers, BatchNorm not right after a Conv/Linear, residual
-streams, attention, grouped convolutions) is refused with ``UnsupportedModuleError``.
+REPAIR after zipping (``repair=True``; Jordan et al. 2023, through ``_repair``'s folding): a
+merged channel ``m = M z`` of a site's pre-activations has less spread than the features it
+merges when they are not perfectly correlated, and the loss compounds with depth. Each
+pre-activation channel is re-normalised, on ``data`` and site after site in forward order, to
+mean ``M @ [mean_A; mean_B]`` and std ``|M| @ [std_A; std_B]`` (what a perfectly correlated pair
+would give; REPAIR's midpoint target when M averages one unit of A with one of B), and channels
+kept side by side to A's and B's own statistics; the correction is folded into the bias and rows
+of the Conv/Linear that produces the channel, so the result is the same plain model.
+
+Supported: models whose every traced site is an elementwise activation between layers with
+weights (``nn.Conv*d``, ``nn.Linear``; parameter-free pooling and flattening in between), one
+output Linear. BatchNorm after a Conv or Linear is first folded into it with its running
+statistics (``torch.fx``'s ``fuse``: the same function in eval mode), so a CNN with BatchNorm is
+zipped as its BN-free equivalent (the result has no BatchNorm). Anything else (other
+normalisation layers, BatchNorm not right after a Conv/Linear, residual streams, attention,
+grouped convolutions) is refused with ``UnsupportedModuleError``.
 """
 
 from __future__ import annotations
@@ -76,7 +85,8 @@ HEADS = ("concat", "average")
 
 class ZippedModel(nn.Module):
     """A shared ``trunk`` and two ``heads``: ``combine(head_a(trunk(x)), head_b(trunk(x)))`` with
-    ``combine`` concatenation along the last axis (``"concat"``) or the mean (``"average"``)."""
+    ``combine`` concatenation along the last axis (``"concat"``) or the mean (``"average"``).
+    ``zip_models(k=0)`` returns the two models as heads of an identity trunk: the ensemble."""
 
     def __init__(self, trunk: nn.Module, head_a: nn.Module, head_b: nn.Module, combine: str):
         super().__init__()
@@ -109,7 +119,8 @@ class ZipSite:
 
 @dataclass(repr=False)
 class ZipResult:
-    """Result of ``zip_models``: the zipped ``model``, the ``k`` zipped sites, the options."""
+    """Result of ``zip_models``: the zipped ``model`` (a plain model of A's architecture, wider
+    after site k; ``k=0``: a ``ZippedModel``), the ``k`` zipped sites of ``depth``, the options."""
 
     model: nn.Module
     sites: list[ZipSite] = field(default_factory=list)
@@ -126,118 +137,7 @@ class ZipResult:
         )
 
 
-# -- the chain of a model ----------------------------------------------------------------------
-@dataclass
-class _Chain:
-    linears: list[nn.Linear]  # d layers
-    acts: list[nn.Module]  # d - 1 activations, acts[l] after linears[l]
-    groups: list[Any]  # the site's IntertwinerGroup per activation
-    names: list[str]  # site names
-
-    def layers(self, start: int = 0) -> list[nn.Module]:
-        """Linear, act, Linear, ... from Linear ``start`` to the last one."""
-        out: list[nn.Module] = []
-        for i in range(start, len(self.linears)):
-            out.append(self.linears[i])
-            if i < len(self.acts):
-                out.append(self.acts[i])
-        return out
-
-
-def _refuse(model: nn.Module, why: str) -> UnsupportedModuleError:
-    return UnsupportedModuleError(
-        f"zip_models supports chains of nn.Linear layers and elementwise activation modules "
-        f"(optionally a Flatten first); {type(model).__name__} is not one: {why}"
-    )
-
-
-def _chain(model: nn.Module, spec: SymmetrySpec, x: torch.Tensor) -> _Chain:
-    """The Linear/activation chain of ``model`` as its spec sees it, checked on ``x``."""
-    bad = [
-        n
-        for n, m in model.named_modules()
-        if len(list(m.children())) == 0
-        and any(True for _ in m.parameters(recurse=False))
-        and not isinstance(m, nn.Linear)
-    ]
-    if bad:
-        raise _refuse(model, f"modules with parameters other than nn.Linear: {bad[:4]}")
-    if spec.dropped:
-        raise _refuse(model, f"sites the tracer could not verify: {spec.dropped[:3]}")
-    producer, consumer = {}, {}
-    for s in spec.sites:
-        kinds = sorted((a.name, a.axis, a.kind) for a in s.actions)
-        lin = {a.name.rsplit(".", 1)[0] for a in s.actions}
-        ok = (
-            s.kind == "activation"
-            and family(s.group.family).monomial
-            and len(s.actions) == 3
-            and all(a.channels is None and a.outer == a.inner == 1 for a in s.actions)
-            and len(s.activations) == 1
-            and len(lin) == 2
-        )
-        if ok:
-            prod = [a.name.rsplit(".", 1)[0] for a in s.actions if a.kind == "A"]
-            cons = [a.name.rsplit(".", 1)[0] for a in s.actions if a.kind == "phi(A)^-T"]
-            ok = len(prod) == 2 and len(set(prod)) == 1 and len(cons) == 1
-            ok = ok and sorted(k[2] for k in kinds) == ["A", "A", "phi(A)^-T"]
-        if not ok:
-            raise _refuse(model, f"site {s.name!r} ({s.kind}) is not an activation between two "
-                          f"Linear layers (it acts on {s.acts_on()})")  # fmt: skip
-        producer[prod[0]], consumer[s.name] = s, cons[0]
-    first = [p for p in producer if p not in consumer.values()]
-    linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not spec.sites or len(first) != 1:
-        raise _refuse(model, "no hidden activation site between Linear layers was traced")
-    order, sites = [first[0]], []
-    while order[-1] in producer:
-        s = producer[order[-1]]
-        sites.append(s)
-        order.append(consumer[s.name])
-    if sorted(order) != sorted(linear_names) or len(sites) != len(spec.sites):
-        raise _refuse(model, f"the Linear layers {linear_names} do not form one chain")
-    try:
-        acts = [model.get_submodule(s.activations[0]) for s in sites]
-    except AttributeError:
-        raise _refuse(model, "an activation is a function call, not a module") from None
-    chain = _Chain(
-        [model.get_submodule(n) for n in order], acts, [s.group for s in sites],
-        [s.name for s in sites],
-    )  # fmt: skip
-    rebuilt = nn.Sequential(nn.Flatten(), *chain.layers()).eval()
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        ref, out = model(x), rebuilt(x)
-        model.train(was)
-    if ref.shape != out.shape or not torch.allclose(
-        out, ref, rtol=1e-5, atol=1e-6 * (1 + float(ref.abs().max()))
-    ):
-        raise _refuse(model, "its forward is not Flatten -> Linear -> activation -> ... -> Linear "
-                      "(the rebuilt chain computes other outputs)")  # fmt: skip
-    return chain
-
-
 # -- statistics and matching -------------------------------------------------------------------
-@torch.no_grad()
-def _site_moments(
-    chain_a: _Chain, chain_b: _Chain, k: int, data: DataLike, batch_size: int,
-    max_samples: int | None, progress: bool,
-) -> list[tuple[torch.Tensor, torch.Tensor, int]]:  # fmt: skip
-    """Per site l < k: (sum of z, sum of z z^T, count) of ``z = [h_A; h_B]`` in float64."""
-    from intertwiner.features import limited_batches
-
-    moments: list[list[Any]] = [[0.0, 0.0, 0] for _ in range(k)]
-    for x in limited_batches(data, batch_size, max_samples, progress, desc="zip features"):
-        x = x.to(chain_a.linears[0].weight.dtype).flatten(1)
-        ha, hb = x, x
-        for layer in range(k):
-            ha = chain_a.acts[layer](chain_a.linears[layer](ha))
-            hb = chain_b.acts[layer](chain_b.linears[layer](hb))
-            _add(moments[layer], torch.cat([ha, hb], dim=1), chain_a.names[layer])
-    return _finish(moments)
-
-
 def _add(m: list, z: torch.Tensor, site: str) -> None:
     """Accumulate the sum, ``z^T z`` and count of one batch of features ``z`` into ``m``."""
     z = z.double()
@@ -310,28 +210,7 @@ def _merge_unmerge(
     return M, U
 
 
-# -- building the zipped model -----------------------------------------------------------------
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    out = out.to(dtype=like.weight.dtype, device=like.weight.device)
-    with torch.no_grad():
-        out.weight.copy_(weight)
-        if bias is not None:
-            out.bias.copy_(bias)
-    return out
-
-
-def _head(chain: _Chain, k: int, unmerge: torch.Tensor | None) -> nn.Sequential:
-    """Layers of ``chain`` after site k; the first reads the trunk through ``unmerge``."""
-    layers = [copy.deepcopy(m) for m in chain.layers(k)]
-    if unmerge is not None:
-        first = chain.linears[k]
-        w = first.weight.detach().double() @ unmerge
-        b = None if first.bias is None else first.bias.detach()
-        layers[0] = _linear(w, b, first)
-    return nn.Sequential(*layers)
-
-
+# -- BatchNorm -----------------------------------------------------------------------------------
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -371,23 +250,25 @@ def zip_models(
     heads: str = "concat",
     scales: bool = True,
     max_within: float = 1.0,
+    repair: bool = False,
     example_input: torch.Tensor | None = None,
     batch_size: int = 256,
     max_samples: int | None = None,
     progress: bool = False,
 ) -> ZipResult:
-    """Zip A and B (see the module docstring): the first ``k`` hidden sites (default all) merged
-    from the correlations of their features on ``data`` (a Dataset, DataLoader or tensor of
-    inputs), the rest kept as two heads.
+    """Zip A and B (see the module docstring): the first ``k`` hidden sites in forward order
+    (default all) merged from the correlations of their features on ``data`` (a Dataset,
+    DataLoader or tensor of inputs), the rest kept as two heads side by side.
 
     ``match``: ``"greedy"`` (ZipIt: pairs within and across models), ``"permutation"`` (across
     models only, one-to-one: activation matching) or ``"identity"`` (unit i with unit i: weight
     averaging of models aligned beforehand). ``heads``: ``"concat"`` (outputs side by side: two
-    label sets) or ``"average"`` (one label set). ``scales``: use the site group's scales and signs
-    in the merge (see the module docstring). ``max_within``: the largest fraction of a site's pairs
-    that may join two features of one model (greedy matching; ZipIt's alpha; 0: across models
-    only). A and B need equal hidden widths and one input size. BatchNorm is folded into the
-    layer before it first (running statistics, eval mode; module docstring).
+    label sets, predict the argmax over all of them) or ``"average"`` (one label set). ``scales``:
+    use the site group's scales and signs in the merge. ``max_within``: the largest fraction of a
+    site's pairs that may join two features of one model (greedy matching; ZipIt's alpha; 0:
+    across models only). ``repair``: REPAIR after zipping (module docstring), statistics from
+    ``data``; nothing to repair at ``k=0``. A and B need one architecture (output sizes may differ with ``"concat"``).
+    BatchNorm is folded into the layer before it first (running statistics, eval mode).
     """
     from intertwiner.alignment._align import _example_input
 
@@ -397,65 +278,31 @@ def zip_models(
         raise InvalidOptionError(f"heads must be one of {HEADS}, got {heads!r}")
     if not 0.0 <= float(max_within) <= 1.0:
         raise InvalidOptionError(f"max_within is a fraction in [0, 1], got {max_within!r}")
+    if k is not None:
+        k = _validate.positive_int(k, "k", minimum=0)
     x = _example_input(model_a, data, example_input)
-    if k != 0:  # k=0 keeps the models as they are: nothing is merged
-        model_a, model_b = _fold_batchnorm(model_a), _fold_batchnorm(model_b)
-    spec_a, spec_b = trace(model_a, x), trace(model_b, x)
-    try:
-        ca, cb = _chain(model_a, spec_a, x), _chain(model_b, spec_b, x)
-    except UnsupportedModuleError as e:
-        if k == 0:  # nothing zipped: the two models side by side, whatever they are
-            pair = ZippedModel(nn.Identity(), copy.deepcopy(model_a), copy.deepcopy(model_b), heads)
-            return ZipResult(pair.eval(), [], 0, len(spec_a.sites), match, heads)
-        if k is not None and k != len(spec_a.sites):
-            raise UnsupportedModuleError(
-                f"{e}. Partial zipping (k={k}) needs such a chain; other models (convolutions, "
-                "pooling) are zipped whole: k=None"
-            ) from None
-        return _zip_spec(
-            model_a, model_b, spec_a, data, heads=heads, batch_size=batch_size,
-            max_samples=max_samples, progress=progress,
-            opts=dict(match=match, scales=scales, max_within=max_within),
-        )  # fmt: skip
-    widths_a = [lin.weight.shape for lin in ca.linears[:-1]] + [ca.linears[-1].weight.shape[1:]]
-    widths_b = [lin.weight.shape for lin in cb.linears[:-1]] + [cb.linears[-1].weight.shape[1:]]
-    if widths_a != widths_b:
+    if k == 0:  # nothing merged: the two models side by side, whatever they are (exactly)
+        if heads == "average":
+            _same_outputs(model_a, model_b, x)
+        depth = len(trace(model_a, x).sites)
+        pair = ZippedModel(nn.Identity(), copy.deepcopy(model_a), copy.deepcopy(model_b), heads)
+        return ZipResult(pair.eval(), [], 0, depth, match, heads)
+    model_a, model_b = _fold_batchnorm(model_a), _fold_batchnorm(model_b)
+    return _zip_spec(
+        model_a, model_b, trace(model_a, x), data, k=k, heads=heads, repair=repair, example=x,
+        batch_size=batch_size, max_samples=max_samples, progress=progress,
+        opts=dict(match=match, scales=scales, max_within=max_within),
+    )  # fmt: skip
+
+
+def _same_outputs(model_a: nn.Module, model_b: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        sa, sb = model_a.eval()(x).shape, model_b.eval()(x).shape
+    if sa != sb:
         raise ShapeError(
-            "zip_models needs A and B with equal input and hidden widths (outputs may differ), "
-            f"got {[tuple(w) for w in widths_a]} and {[tuple(w) for w in widths_b]}"
+            f"heads='average' needs outputs of one size, got {tuple(sa)} and {tuple(sb)}; "
+            "use heads='concat'"
         )
-    if heads == "average" and ca.linears[-1].weight.shape != cb.linears[-1].weight.shape:
-        raise ShapeError("heads='average' needs outputs of one size; use heads='concat'")
-    if [type(a) for a in ca.acts] != [type(b) for b in cb.acts]:
-        raise ShapeError("A and B have different activations at some site; zip needs equal ones")
-    depth = len(ca.acts)
-    k = depth if k is None else _validate.positive_int(k, "k", minimum=0)
-    if k > depth:
-        raise InvalidOptionError(f"k={k} but the models have {depth} hidden sites (k <= {depth})")
-    moments = _site_moments(ca, cb, k, data, batch_size, max_samples, progress)
-    opts = dict(match=match, scales=scales, max_within=max_within)
-    sites: list[ZipSite] = []
-    trunk: list[nn.Module] = [nn.Flatten()]
-    ua = ub = None  # unmerge of the previous site, A's and B's rows
-    for layer in range(k):
-        n = ca.linears[layer].weight.shape[0]
-        site = _zip_site(ca.names[layer], ca.groups[layer], n, moments[layer], **opts)
-        M = site.merge
-        la, lb = ca.linears[layer], cb.linears[layer]
-        wa, wb = la.weight.detach().double(), lb.weight.detach().double()
-        if ua is not None:
-            wa, wb = wa @ ua, wb @ ub
-        w = M @ torch.cat([wa, wb])
-        b = None
-        if la.bias is not None and lb.bias is not None:
-            b = M @ torch.cat([la.bias.detach().double(), lb.bias.detach().double()])
-        elif la.bias is not None or lb.bias is not None:
-            raise ShapeError(f"only one of A and B has a bias at {ca.names[layer]!r}")
-        trunk += [_linear(w, b, la), copy.deepcopy(ca.acts[layer])]
-        ua, ub = site.unmerge[:n], site.unmerge[n:]
-        sites.append(site)
-    model = ZippedModel(nn.Sequential(*trunk), _head(ca, k, ua), _head(cb, k, ub), heads)
-    return ZipResult(model.eval(), sites, k, depth, match, heads)
 
 
 def _zip_site(
@@ -534,18 +381,19 @@ def _spec_plan(model: nn.Module, spec: SymmetrySpec) -> tuple[dict, dict, str]:
 
 @torch.no_grad()
 def _spec_moments(
-    model_a: nn.Module, model_b: nn.Module, spec: SymmetrySpec, data: DataLike,
+    model_a: nn.Module, model_b: nn.Module, sites: list, data: DataLike,
     batch_size: int, max_samples: int | None, progress: bool,
 ) -> list[tuple]:  # fmt: skip
+    """Per site: (sum of z, sum of z z^T, count) of ``z = [h_A; h_B]`` in float64."""
     from intertwiner.alignment._views import feature_rows
     from intertwiner.features import Capturer, limited_batches
 
-    layers = sorted({a for s in spec.sites for a in s.activations})
-    moments: list[list[Any]] = [[0.0, 0.0, 0] for _ in spec.sites]
+    layers = sorted({a for s in sites for a in s.activations})
+    moments: list[list[Any]] = [[0.0, 0.0, 0] for _ in sites]
     with Capturer(model_a, layers) as cap_a, Capturer(model_b, layers) as cap_b:
         for x in limited_batches(data, batch_size, max_samples, progress, desc="zip features"):
             fa, fb = cap_a.run(x), cap_b.run(x)
-            for m, s in zip(moments, spec.sites, strict=True):
+            for m, s in zip(moments, sites, strict=True):
                 for act in s.activations:
                     ax = s.activation_axes[act]
                     za, zb = feature_rows(fa[act], ax), feature_rows(fb[act], ax)
@@ -553,12 +401,49 @@ def _spec_moments(
     return _finish(moments)
 
 
+def _cat_along(ta: torch.Tensor, tb: torch.Tensor, ax) -> torch.Tensor:
+    """``ta`` and ``tb`` side by side along the channels of ``ax``'s view (A's first)."""
+    shape_a, shape_b = list(ta.shape), list(tb.shape)
+    d = ax.axis
+    va = ta.reshape(*shape_a[:d], ax.outer, -1, ax.inner, *shape_a[d + 1 :])
+    vb = tb.reshape(*shape_b[:d], ax.outer, -1, ax.inner, *shape_b[d + 1 :])
+    return torch.cat([va, vb], dim=d + 1).reshape(*shape_a[:d], -1, *shape_a[d + 1 :])
+
+
+def _forward_order(model: nn.Module, spec: SymmetrySpec, prod: dict) -> list:
+    """The sites in the order of their producers' parameters (forward order of a chain)."""
+    position = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    first = {s.name: min(position[n] for n, (t, _) in prod.items() if t.name == s.name)
+             for s in spec.sites}  # fmt: skip
+    return sorted(spec.sites, key=lambda s: first[s.name])
+
+
+def _resized(old: nn.Module, shape: torch.Size) -> nn.Module:
+    """A Linear/Conv like ``old`` whose weight has ``shape`` (wider heads)."""
+    bias = old.bias is not None
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(shape[1], shape[0], bias=bias)
+    else:
+        if old.groups != 1:
+            raise UnsupportedModuleError(
+                f"zip_models keeps unzipped layers side by side; grouped {type(old).__name__} "
+                "cannot be widened: zip every site (k=None)"
+            )
+        new = type(old)(
+            shape[1], shape[0], old.kernel_size, stride=old.stride, padding=old.padding,
+            dilation=old.dilation, bias=bias, padding_mode=old.padding_mode,
+        )  # fmt: skip
+    return new.to(device=old.weight.device, dtype=old.weight.dtype)
+
+
 def _zip_spec(
-    model_a: nn.Module, model_b: nn.Module, spec: SymmetrySpec, data: DataLike, *, heads: str,
-    batch_size: int, max_samples: int | None, progress: bool, opts: dict,
+    model_a: nn.Module, model_b: nn.Module, spec: SymmetrySpec, data: DataLike, *,
+    k: int | None, heads: str, repair: bool, example: torch.Tensor, batch_size: int,
+    max_samples: int | None, progress: bool, opts: dict,
 ) -> ZipResult:  # fmt: skip
-    """Every site zipped: A's architecture with merged weights, the output Linear widened to
-    both models' outputs (``"concat"``) or averaged."""
+    """The first ``k`` sites zipped, the rest side by side: A's architecture with merged weights
+    up to site k, wider layers after it (A's channels, then B's; block-diagonal weights) and the
+    output Linear widened to both models' outputs (``"concat"``) or averaged."""
     prod, cons, out_name = _spec_plan(model_a, spec)
     pa, pb = dict(model_a.named_parameters()), dict(model_b.named_parameters())
     out_params = [n for n in pa if n not in prod]
@@ -566,38 +451,85 @@ def _zip_spec(
         raise ShapeError("zip_models needs A and B of one architecture (outputs may differ)")
     if heads == "average" and any(pa[n].shape != pb[n].shape for n in out_params):
         raise ShapeError("heads='average' needs outputs of one size; use heads='concat'")
-    moments = _spec_moments(model_a, model_b, spec, data, batch_size, max_samples, progress)
+    order = _forward_order(model_a, spec, prod)
+    depth = len(order)
+    k = depth if k is None else k
+    if k > depth:
+        raise InvalidOptionError(f"k={k} but the models have {depth} hidden sites (k <= {depth})")
+    zipped = {s.name for s in order[:k]}
+    for name in cons:  # a zipped site must not read an unzipped one: k covers a prefix
+        if name in prod and prod[name][0].name in zipped and cons[name][0].name not in zipped:
+            raise UnsupportedModuleError(
+                f"zip_models: {name} reads site {cons[name][0].name!r} (kept side by side) and "
+                f"makes {prod[name][0].name!r} (zipped); the first k={k} sites in parameter "
+                "order are not a prefix of the forward pass: use k=None"
+            )
+    moments = _spec_moments(model_a, model_b, order[:k], data, batch_size, max_samples, progress)
     sites = {
         s.name: _zip_site(s.name, s.group, s.width, m, **opts)
-        for s, m in zip(spec.sites, moments, strict=True)
+        for s, m in zip(order[:k], moments, strict=True)
     }
     merged: dict[str, torch.Tensor] = {}
     for name in pa:
         ta, tb = pa[name].detach().double(), pb[name].detach().double()
         if name in cons:
             s, ax = cons[name]
-            u = sites[s.name].unmerge
-            ta, tb = _along(ta, ax, u[: s.width].T), _along(tb, ax, u[s.width :].T)
+            if s.name in sites:  # reads merged features: through A's and B's unmerge
+                u = sites[s.name].unmerge
+                ta, tb = _along(ta, ax, u[: s.width].T), _along(tb, ax, u[s.width :].T)
+            else:  # reads [A's features; B's features]: each its own half
+                ta, tb = (
+                    _cat_along(ta, torch.zeros_like(ta), ax),
+                    _cat_along(torch.zeros_like(tb), tb, ax),
+                )
         if name in prod:
             s, ax = prod[name]
-            m = sites[s.name].merge
-            merged[name] = _along(ta, ax, m[:, : s.width]) + _along(tb, ax, m[:, s.width :])
+            if s.name in sites:
+                m = sites[s.name].merge
+                merged[name] = _along(ta, ax, m[:, : s.width]) + _along(tb, ax, m[:, s.width :])
+            else:
+                merged[name] = _cat_along(ta, tb, ax)
         else:
             merged[name] = (ta + tb) / 2 if heads == "average" else torch.cat([ta, tb])
     model = copy.deepcopy(model_a)
-    old = model.get_submodule(out_name)
-    if heads == "concat":
-        new = nn.Linear(
-            old.in_features, merged[f"{out_name}.weight"].shape[0], bias=old.bias is not None
-        )
-        parent, _, leaf = out_name.rpartition(".")
-        setattr(
-            model.get_submodule(parent) if parent else model,
-            leaf,
-            new.to(old.weight.device, old.weight.dtype),
-        )
+    for mod in {n.rsplit(".", 1)[0] for n in merged}:
+        old = model.get_submodule(mod)
+        if old.weight.shape != merged[f"{mod}.weight"].shape:
+            parent, _, leaf = mod.rpartition(".")
+            new = _resized(old, merged[f"{mod}.weight"].shape)
+            setattr(model.get_submodule(parent) if parent else model, leaf, new)
+            # A's build config no longer rebuilds this model: checkpoints.save must save it
+            # as a weights checkpoint, not as a models.build one that loads A's widths
+            model.__dict__.pop("intertwiner_config", None)
     with torch.no_grad():
         for name, t in merged.items():
             model.get_parameter(name).copy_(t)
+    model.eval()
+    if repair:
+        _repair_zip(model, model_a, model_b, spec, sites, data, example, batch_size, max_samples)
     out = list(sites.values())
-    return ZipResult(model.eval(), out, len(out), len(out), opts["match"], heads)
+    return ZipResult(model, out, k, depth, opts["match"], heads)
+
+
+def _repair_zip(
+    model: nn.Module, model_a: nn.Module, model_b: nn.Module, spec: SymmetrySpec, sites: dict,
+    data: DataLike, example: torch.Tensor, batch_size: int, max_samples: int | None,
+) -> None:  # fmt: skip
+    """REPAIR in place: every pre-activation channel of ``model`` gets, on ``data``, the mean
+    ``M @ [mean_A; mean_B]`` and std ``|M| @ [std_A; std_B]`` of the features it merges (a
+    zipped site with merge matrix M), or A's and B's own statistics side by side (a site kept
+    side by side)."""
+    from intertwiner.alignment._repair import _Repairer
+
+    rep = _Repairer(
+        [model_a, model_b], data, spec=spec, example_input=example, batch_size=batch_size,
+        max_samples=max_samples,
+    )  # fmt: skip
+    targets = []
+    for p, (mean_a, std_a), (mean_b, std_b) in zip(rep.points, *rep.stats, strict=True):
+        mean, std = torch.cat([mean_a, mean_b]), torch.cat([std_a, std_b])
+        if p.site in sites:
+            m = sites[p.site].merge
+            mean, std = m @ mean, m.abs() @ std
+        targets.append((mean, std))
+    rep.apply_targets(model, targets)

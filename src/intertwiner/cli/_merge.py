@@ -97,6 +97,19 @@ def merge_cmd(
         "--report/--no-report",
         help="Accuracy of the merge, each input and their ensemble on the test split.",
     ),
+    zip_k: str | None = typer.Option(
+        None,
+        "--zip",
+        help="Zip A and B instead (ZipIt!: features merged within and across the two models "
+        "by correlation on --samples training examples): 'all' sites, or the first K sites "
+        "with the rest kept side by side as two heads (0: the ensemble). Takes --repair.",
+    ),
+    zip_heads: str = typer.Option(
+        "average",
+        "--zip-heads",
+        help="With --zip: average the two heads' outputs (one label set) or concat them "
+        "(models trained on different label sets: predict the argmax over both).",
+    ),
     data: str | None = _OPT_PAIR_DATA,
     data_dir: str | None = _OPT_DATA_DIR,
     samples: int = _OPT_SAMPLES,
@@ -113,7 +126,10 @@ def merge_cmd(
     --repair, which re-estimates them too), save the merge.
 
     With --report (default), prints the test accuracy of the merge, of each input and of their
-    ensemble (averaged probabilities)."""
+    ensemble (averaged probabilities).
+
+    With --zip K (or all), zips two checkpoints instead (ZipIt!: the first K sites merged, the
+    rest kept side by side as two heads; --repair re-normalises every channel afterwards)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
     from intertwiner import checkpoints
@@ -131,6 +147,10 @@ def merge_cmd(
         loaded = [load_checkpoint(p, model_spec) for p in checkpoints_in]
         models = [m for m, _ in loaded]
         meta_a = loaded[0][1]
+        if zip_k is not None:
+            _zip_cmd(checkpoints_in, models, meta_a, out, zip_k, zip_heads, repair, report,
+                     data, data_dir, samples, eval_samples, as_json, quiet)  # fmt: skip
+            return
         has_bn = any(isinstance(m, _BatchNorm) for m in models[0].modules())
         splits = train = None
         options = {}
@@ -164,11 +184,60 @@ def merge_cmd(
         checkpoints.save(merged, out, meta)
     except (IntertwinerError, ValueError, KeyError) as e:
         raise fail(e) from None
+    _echo(info, out, rep, as_json, "merge",
+          f"merged by {'averaging only' if group == 'none' else method}, group {group}"
+          f"{', REPAIR' if repair else ''}; saved {out}")  # fmt: skip
+
+
+def _echo(info: dict, out: str, rep, as_json: bool, what: str, last: str) -> None:
+    """Print the JSON record, or the report's table and ``last``."""
     if as_json:
         typer.echo(json.dumps({**info, "out": out, "report": rep and rep.to_dict()}, indent=2))
         return
     if rep is not None:
         typer.echo(rep.table())
-        typer.echo(f"\nmerge / ensemble accuracy: {rep.fraction_of_ensemble:.3f}")
-    typer.echo(f"merged by {'averaging only' if group == 'none' else method}, group {group}"
-               f"{', REPAIR' if repair else ''}; saved {out}")  # fmt: skip
+        typer.echo(f"\n{what} / ensemble accuracy: {rep.fraction_of_ensemble:.3f}")
+    typer.echo(last)
+
+
+def _zip_k(value: str) -> int | None:
+    """``--zip``: ``all`` (None) or a number of sites."""
+    from intertwiner.errors import InvalidOptionError
+
+    if value == "all":
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise InvalidOptionError(f"--zip {value!r}: write all or a number of sites (0, 1, ...)")
+    return k
+
+
+def _zip_cmd(paths, models, meta_a, out, zip_k, heads, repair, report, data, data_dir, samples,
+             eval_samples, as_json, quiet) -> None:  # fmt: skip
+    """``merge --zip``: ``zip_models`` of two checkpoints, saved as a weights checkpoint."""
+    from intertwiner import checkpoints
+    from intertwiner.alignment import merge_report, zip_models
+    from intertwiner.errors import InvalidOptionError
+
+    if len(paths) != 2:
+        raise InvalidOptionError(f"--zip zips two checkpoints, got {len(paths)}")
+    k = _zip_k(zip_k)
+    splits = _pair_splits(meta_a, data, data_dir, paths[0])
+    train = _random_subset(splits.train, samples)
+    res = zip_models(models[0], models[1], train, k=k, heads=heads, repair=repair,
+                     progress=not quiet)  # fmt: skip
+    rep = None
+    if report and heads == "average":  # concatenated heads: the label sets are the user's
+        rep = merge_report(res.model, models, _random_subset(splits.test, eval_samples))
+    info = {"inputs": [str(p) for p in paths], "zip": {"k": res.k, "depth": res.depth,
+            "heads": heads, "repair": repair, "same_model_pairs": [s.within for s in res.sites]}}  # fmt: skip
+    meta = {key: v for key, v in meta_a.items() if key not in ("alignment", "merge")}
+    meta["merge"] = info
+    checkpoints.save(res.model, out, meta)
+    _echo(info, out, rep, as_json, "zip",
+          f"zipped {res.k} of {res.depth} sites{', REPAIR' if repair else ''}; saved {out} "
+          "(a weights checkpoint: the layers after the zipped sites are wider; load it "
+          "with checkpoints.load(path, model=...))")  # fmt: skip
