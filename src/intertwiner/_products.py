@@ -141,7 +141,7 @@ def add_cov_(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 #: Inputs per neuron-major block of ``positions_product``: small enough that both sides' copies
-#: stay in the core's L2 cache while the product reads them (measured: 4-8 conv inputs of 64 x 64
+#: stay in cache while the product reads them (measured: 4-8 conv inputs of 64 x 64
 #: float64 ran at the ready-made product's speed, 32 and more 20-40% slower).
 POSITION_BLOCK_BYTES = 1 << 17
 
