@@ -62,6 +62,11 @@ def _collect(an: Spaces) -> Leaves:
     return leaves
 
 
+def collect_actions(an: Spaces) -> dict[int, list[tuple[ParamAxis, tuple[int, ...] | None]]]:
+    """Each root site's parameter actions with their channels (``_collect``'s ``actions``)."""
+    return {r: data["actions"] for r, data in _collect(an).items()}
+
+
 def _as_p(axis):
     return dataclasses.replace(axis, kind="P")
 

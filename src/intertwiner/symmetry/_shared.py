@@ -1,8 +1,12 @@
-"""Parameters used in more than one place (tied embeddings, a Parameter assigned to two modules).
+"""Parameters used in more than one place (tied embeddings, a Parameter assigned to two modules,
+a module called on several branches).
 
-The rules record one action per use. Two uses of one tensor axis are consistent only when they ask
-the same site for the same matrix: then one action is kept. Otherwise no single element satisfies
-both, and every site involved is dropped with the reason.
+The rules record one action per use. Uses that ask for the same matrix of the same tensor axis
+from different sites (CoaT applies one MLP to three branches: each branch's hidden units are a
+site) are first tied into one site (``tie_shared_uses``): one element then serves every use. Two
+uses of one tensor axis are consistent only when they ask the same site for the same matrix: then
+one action is kept. Otherwise no single element satisfies both, and every site involved is
+dropped with the reason.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections import defaultdict
 from torch import nn
 
 from intertwiner.errors import UnverifiedSymmetryError
+from intertwiner.symmetry._build import collect_actions
+from intertwiner.symmetry._spaces import Spaces
 from intertwiner.symmetry.spec import ParamAxis, Site, SymmetrySpec
 
 # Kinds that name the same matrix when the site's group lies in the orthogonal group (A^-T = A).
@@ -32,6 +38,84 @@ def canonical_names(model: nn.Module) -> dict[str, str]:
 
 def _key(a: ParamAxis, canon: dict[str, str]) -> tuple:
     return (canon.get(a.name, a.name), a.axis)
+
+
+def tie_shared_uses(an: Spaces, model: nn.Module) -> None:
+    """Tie root sites that a shared tensor links: when every use of the tensor acts on the same
+    axes, and on each axis asks for the same matrix (same kind, layout and channels), one element
+    on all the uses' sites keeps each use's function, so those sites become one (its group the
+    intersection of theirs). A tie stands only if, after it, every shared tensor that touches the
+    tied sites is consistent the same way (a module applied to its own output ties its bias's
+    spaces but its weight reads the input in one call and the tied space in the other: no tie).
+    Everything else is left for ``drop_shared_parameters``; verification still checks the site."""
+    canon = canonical_names(model)
+    # tensor -> use -> axis -> [(root, view)]
+    uses: dict[str, dict[str, dict[int, list]]] = defaultdict(lambda: defaultdict(dict))
+    for root, actions in collect_actions(an).items():
+        for a, ch in actions:
+            view = (a.kind, a.outer, a.n_total, a.inner, ch)
+            uses[canon.get(a.name, a.name)][a.use].setdefault(a.axis, []).append((root, view))
+    shared = [list(by_use.values()) for by_use in uses.values() if len(by_use) > 1]
+    unions = [u for calls in shared for u in _tie_pairs(an, calls)]
+    while unions:
+        parent = _union_find(unions)
+        bad = {
+            parent(r) for calls in shared if not _consistent(calls, parent) for r in _roots(calls)
+        }
+        kept = [(x, y) for x, y in unions if parent(x) not in bad]
+        if len(kept) == len(unions):
+            break
+        unions = kept
+    for x, y in unions:
+        residual = an.sites[an.find(x)].residual or an.sites[an.find(y)].residual
+        an.merge(x, y)
+        an.sites[an.find(x)].residual = residual  # a tie is not a residual stream
+
+
+def _tie_pairs(an: Spaces, calls: list[dict[int, list]]) -> list[tuple[int, int]]:
+    """The root pairs to tie for one shared tensor's uses, or none when they differ."""
+    if len({frozenset(c) for c in calls}) != 1 or any(
+        len(v) != 1 for c in calls for v in c.values()
+    ):
+        return []
+    pairs = []
+    for axis in calls[0]:
+        found = [c[axis][0] for c in calls]
+        roots = sorted({r for r, _ in found})
+        if len({v for _, v in found}) != 1 or 0 in roots:
+            return []
+        if len({an.sites[r].width for r in roots}) != 1:
+            return []
+        pairs += [(roots[0], r) for r in roots[1:]]
+    return pairs
+
+
+def _union_find(pairs: list[tuple[int, int]]):
+    up: dict[int, int] = {}
+
+    def find(r: int) -> int:
+        while up.get(r, r) != r:
+            r = up[r]
+        return r
+
+    for x, y in pairs:
+        rx, ry = find(x), find(y)
+        if rx != ry:
+            up[max(rx, ry)] = min(rx, ry)
+    return find
+
+
+def _roots(calls: list[dict[int, list]]) -> set[int]:
+    return {r for c in calls for v in c.values() for r, _ in v}
+
+
+def _consistent(calls: list[dict[int, list]], find) -> bool:
+    """Every use acts on the same axes, each axis once, with one view and one (tied) root."""
+    if len({frozenset(c) for c in calls}) != 1 or any(
+        len(v) != 1 for c in calls for v in c.values()
+    ):
+        return False
+    return all(len({(find(c[axis][0][0]), c[axis][0][1]) for c in calls}) == 1 for axis in calls[0])
 
 
 def drop_shared_parameters(model: nn.Module, spec: SymmetrySpec, *, strict: bool = False) -> None:

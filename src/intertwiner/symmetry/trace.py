@@ -34,7 +34,7 @@ from intertwiner.symmetry._graph import (
     wrap_bare,
 )
 from intertwiner.symmetry._rules import Rules
-from intertwiner.symmetry._shared import drop_shared_parameters
+from intertwiner.symmetry._shared import drop_shared_parameters, tie_shared_uses
 from intertwiner.symmetry._spaces import SUPPORTED
 from intertwiner.symmetry._verify import RTOL, verify_spec
 from intertwiner.symmetry.spec import SymmetrySpec
@@ -75,6 +75,7 @@ def trace(
     wrapped = is_bare_leaf(work)
     work = wrap_bare(work, len(inputs))
     an = _export_rules(work, inputs, refuse=frontend == "fx")
+    tie_shared_uses(an, work)
     spec = build_spec(an, type(model).__name__)
     if wrapped:
         spec = _unwrap(spec)
