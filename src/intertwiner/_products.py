@@ -187,11 +187,6 @@ def channel_squares(x: torch.Tensor) -> torch.Tensor:
     return x.square().sum((0, 2))
 
 
-def column_squares(m: torch.Tensor) -> torch.Tensor:
-    """Per-column sums of squares of ``m`` (rows, C), any strides: (C,), one streaming pass."""
-    return channel_squares(m.T.unsqueeze(0))
-
-
 def _flops(a: torch.Tensor, b: torch.Tensor) -> int:
     """Multiply-adds of the 2-D product ``a @ b``."""
     return a.shape[0] * a.shape[1] * b.shape[1]
@@ -204,7 +199,6 @@ __all__ = [
     "add_matmul_",
     "backend",
     "channel_squares",
-    "column_squares",
     "cov",
     "gram",
     "matmul",

@@ -465,7 +465,7 @@ def _uncentred_gram_terms(
     total = float(rows.sum())
     mean_term = total / n
     centred = float(k.trace()) - mean_term
-    if not centred > mean_term / MEAN_DOMINANCE:
+    if not _centre_afterwards(centred, mean_term):
         return None
     k.sub_(rows.view(-1, 1) / n).sub_(rows.view(1, -1) / n).add_(total / (n * n))
     return KernelTerms.of(k, debiased, linear_of_centred=True), centred, mean_term
@@ -486,9 +486,15 @@ def _uncentred_feature_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool) -> 
     st = LinearCKAStats.from_centred(x, y, debiased)
     for g, s in ((st.gxx, st.sx), (st.gyy, st.sy)):
         mean_term = float(s @ s) / st.n
-        if not float(g.diagonal().sum()) - mean_term > mean_term / MEAN_DOMINANCE:
+        if not _centre_afterwards(float(g.diagonal().sum()) - mean_term, mean_term):
             return None
     return st.cka(debiased)
+
+
+def _centre_afterwards(centred_sq: float, mean_term: float) -> bool:
+    """Whether statistics centred after the products are exact to round-off: the mean term
+    N |mu|^2 is at most ``MEAN_DOMINANCE`` times the centred sum of squares (False for NaN)."""
+    return centred_sq > mean_term / MEAN_DOMINANCE
 
 
 def _prepare_one(t: torch.Tensor, name: str = "features") -> tuple[torch.Tensor, float, float]:
@@ -565,15 +571,16 @@ def cka(
             sigma, "sigma", low=0.0, low_open=True, hint="or None for the median heuristic"
         )
     xt, yt = _validated(X, Y, debiased)
-    n, p, q = xt.shape[0], to_flat(xt).shape[1], to_flat(yt).shape[1]
+    xf, yf = to_flat(xt), to_flat(yt)
+    n, p, q = xf.shape[0], xf.shape[1], yf.shape[1]
     # Multiply-adds of the two exact forms (symmetric products cost half a general one).
     feature_form = p * p + q * q + 2 * p * q <= n * (p + q)
     if kernel == "linear" and feature_form:
-        value = _uncentred_feature_cka(to_flat(xt), to_flat(yt), debiased)
+        value = _uncentred_feature_cka(xf, yf, debiased)
         if value is not None:
             return value
-    if kernel == "linear" and not feature_form:
-        terms = [_uncentred_gram_terms(to_flat(t), k, debiased) for t, k in ((xt, "X"), (yt, "Y"))]
+    elif kernel == "linear":
+        terms = [_uncentred_gram_terms(f, k, debiased) for f, k in ((xf, "X"), (yf, "Y"))]
         if terms[0] is not None and terms[1] is not None:
             (tk, ck, mk), (tl, cl, ml) = terms
             return gram_cka(

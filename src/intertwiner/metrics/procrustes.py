@@ -301,7 +301,12 @@ def _raw_products(
             neuron_blocks(x, layout, samples=x.shape[0]),
             neuron_blocks(y, layout, samples=y.shape[0]),
         )
-        return products.matmul(a, b.T), products.column_squares(a.T), products.column_squares(b.T)
+        # a, b: neuron-major (C, rows) views, i.e. one input of (1, C, rows)
+        return (
+            products.matmul(a, b.T),
+            products.channel_squares(a[None]),
+            products.channel_squares(b[None]),
+        )
     if infer(x, layout) == "conv" and x.dtype == y.dtype == torch.float64:
         xs, ys = x.flatten(2), y.flatten(2)  # (N, C, H W) views
         m = products.positions_product(xs, ys)

@@ -74,9 +74,7 @@ def tie_shared_uses(an: Spaces, model: nn.Module) -> None:
 
 def _tie_pairs(an: Spaces, calls: list[dict[int, list]]) -> list[tuple[int, int]]:
     """The root pairs to tie for one shared tensor's uses, or none when they differ."""
-    if len({frozenset(c) for c in calls}) != 1 or any(
-        len(v) != 1 for c in calls for v in c.values()
-    ):
+    if not _same_axes_once(calls):
         return []
     pairs = []
     for axis in calls[0]:
@@ -105,15 +103,20 @@ def _union_find(pairs: list[tuple[int, int]]):
     return find
 
 
+def _same_axes_once(calls: list[dict[int, list]]) -> bool:
+    """Every use acts on the same axes of the tensor, each axis with one action."""
+    return len({frozenset(c) for c in calls}) == 1 and all(
+        len(v) == 1 for c in calls for v in c.values()
+    )
+
+
 def _roots(calls: list[dict[int, list]]) -> set[int]:
     return {r for c in calls for v in c.values() for r, _ in v}
 
 
 def _consistent(calls: list[dict[int, list]], find) -> bool:
     """Every use acts on the same axes, each axis once, with one view and one (tied) root."""
-    if len({frozenset(c) for c in calls}) != 1 or any(
-        len(v) != 1 for c in calls for v in c.values()
-    ):
+    if not _same_axes_once(calls):
         return False
     return all(len({(find(c[axis][0][0]), c[axis][0][1]) for c in calls}) == 1 for axis in calls[0])
 
