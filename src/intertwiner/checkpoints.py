@@ -11,6 +11,10 @@ two moves leaves a hash mismatch, which ``load`` and ``is_valid`` detect.
 ``load(path)`` rebuilds the model with ``models.build``, checks the hash, the tensor names, shapes
 and dtypes, and raises ``CheckpointError`` for anything missing, truncated, tampered or mismatched.
 
+A built model some of whose layers are wider than its config (a partial zip, which records
+``models.WIDENED_ATTR``) is saved the same way with ``widened``: {layer: weight shape}; ``load``
+rebuilds the architecture and widens those layers before filling them in.
+
 Any other ``nn.Module`` is saved as a *weights* checkpoint (``kind: "weights"``, ``arch`` and
 ``config`` null, ``model_class`` recorded for the reader): its state dict and your metadata, with the
 same hashes and integrity record. Load it into a model you construct yourself:
@@ -137,17 +141,43 @@ def _sites_signature(model: nn.Module) -> list[tuple[str, str, str]]:
     return [(s, type(mods[s]).__name__, mods[s].extra_repr()) for s in sites(model)]
 
 
-def _rebuild(config: JSONDict) -> nn.Module:
-    from intertwiner.models import build
+def _rebuild(config: JSONDict, widened: JSONDict | None = None) -> nn.Module:
+    """``models.build`` from a stored config; ``widened`` ({layer: weight shape}, a partially
+    zipped model) widens those layers and records them as ``models.WIDENED_ATTR``."""
+    from intertwiner.models import WIDENED_ATTR, build, widen
 
     cfg = dict(config)
     arch = cfg.pop("arch", None)
     if arch is None:
         raise CheckpointError("checkpoint config has no 'arch'; it was not written by intertwiner")
     try:
-        return build(arch, **cfg)
+        model = build(arch, **cfg)
+        if widened:
+            widen(model, widened)
     except Exception as e:  # noqa: BLE001 (any failure to rebuild is a checkpoint problem)
-        raise CheckpointError(f"cannot rebuild {arch} from the stored config {cfg}: {e}") from e
+        more = f" with layers widened to {widened}" if widened else ""
+        raise CheckpointError(
+            f"cannot rebuild {arch} from the stored config {cfg}{more}: {e}"
+        ) from e
+    if widened:
+        # the config alone no longer builds it: keep the record a re-save needs, as zip does
+        config = model.__dict__.pop("intertwiner_config")
+        setattr(model, WIDENED_ATTR, {"config": config, "layers": dict(widened)})
+    return model
+
+
+def _build_record(model: nn.Module) -> tuple[JSONDict | None, JSONDict | None]:
+    """(build config, widened layers or None) of a ``models.build`` model, possibly widened by
+    a partial zip; (None, None) for any other module."""
+    from intertwiner.models import WIDENED_ATTR
+
+    config = getattr(model, "intertwiner_config", None)
+    if isinstance(config, dict):
+        return config, None
+    record = getattr(model, WIDENED_ATTR, None)
+    if isinstance(record, dict) and isinstance(record.get("config"), dict):
+        return record["config"], {k: list(v) for k, v in record["layers"].items()}
+    return None, None
 
 
 def _jsonable(metadata: JSONDict) -> JSONDict:
@@ -170,9 +200,9 @@ def save(model: nn.Module, path: str | Path, metadata: JSONDict | None = None) -
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"checkpoint paths end in .safetensors, got {path.name}")
-    config = getattr(model, "intertwiner_config", None)
+    config, widened = _build_record(model)
     if isinstance(config, dict):
-        reference = _rebuild(config)
+        reference = _rebuild(config, widened)
         if _sites_signature(reference) != _sites_signature(model):
             raise CheckpointError(
                 f"the model's activations {_sites_signature(model)[:1]} differ from what its "
@@ -194,6 +224,7 @@ def save(model: nn.Module, path: str | Path, metadata: JSONDict | None = None) -
         model_class=f"{type(model).__module__}.{type(model).__qualname__}",
         arch=config["arch"] if built else None,
         config=_jsonable(config) if built else None,
+        widened=widened,
         activation=config.get("activation") if built else None,
         library_version=__version__,
         torch_version=torch.__version__,
@@ -285,7 +316,7 @@ def load(
                     "checkpoints.load(path, model=YourModel(...))"
                 )
             raise CheckpointError(f"{sidecar(path)} has no model config")
-        model = _rebuild(config)
+        model = _rebuild(config, meta.get("widened"))
     elif not isinstance(model, nn.Module):
         raise CheckpointError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_state(state, model, what=str(path))

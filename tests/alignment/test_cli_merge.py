@@ -86,7 +86,10 @@ def test_merge_zip_partial_with_repair(tmp_path):
     rep = d["report"]
     assert abs(rep["merged"]["accuracy"] - rep["inputs"][0]["accuracy"]) < 0.02
     meta = checkpoints.read_metadata(out)
-    assert meta["merge"]["zip"]["heads"] == "average"
+    assert meta["merge"]["zip"]["heads"] == "average" and meta["widened"]
+    zipped, _ = checkpoints.load(out)  # rebuilt from the config, the wider layers included
+    with torch.no_grad():
+        assert zipped(x).shape == a(x).shape
     for bad, word in ((["--zip", "two"], "--zip"), (["--zip", "-1"], "--zip")):
         r = CliRunner().invoke(app, ["merge", *paths, "--out", str(out), "--no-report", *bad])
         assert r.exit_code == 2 and word in r.output, r.output
@@ -95,3 +98,4 @@ def test_merge_zip_partial_with_repair(tmp_path):
     r = CliRunner().invoke(app, ["merge", *paths, "--out", str(out), "--zip", "all",
                                  "--zip-heads", "concat", "-q"])  # fmt: skip
     assert r.exit_code == 0 and "zipped 4 of 4 sites" in r.output, r.output
+    assert "checkpoints.load rebuilds it" in r.output, r.output

@@ -192,3 +192,38 @@ def test_partial_zip_refusals():
     c = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 3)).eval()
     with pytest.raises(ShapeError, match="average"):
         zip_models(c, a, x, k=0, heads="average")
+
+
+def test_partially_zipped_zoo_model_round_trips_through_a_checkpoint(tmp_path):
+    """A zoo CNN zipped at k < depth has wider layers than its config builds: the checkpoint
+    records them, ``load`` rebuilds the architecture with those layers widened (same outputs,
+    bit for bit), a re-save of the loaded model works, and editing the record is refused."""
+    import json
+
+    from intertwiner import checkpoints, models
+    from intertwiner.errors import CheckpointError
+
+    x = _cnn_inputs().float()
+    a = models.build("myrtle_cnn", width=4, in_channels=2, input_size=8, batchnorm=False, seed=0)
+    b = models.build("myrtle_cnn", width=4, in_channels=2, input_size=8, batchnorm=False, seed=1)
+    res = zip_models(a, b, x, k=2, heads="concat")
+    assert not hasattr(res.model, "intertwiner_config")
+    path = checkpoints.save(res.model, tmp_path / "z.safetensors", {"dataset": "none"})
+    meta = checkpoints.read_metadata(path)
+    assert meta["kind"] == "built" and meta["widened"], meta
+    loaded, _ = checkpoints.load(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), res.model(x))
+    assert loaded(x).shape[-1] == 20  # two heads of 10, concatenated
+    again = checkpoints.save(loaded, tmp_path / "again.safetensors")
+    assert checkpoints.read_metadata(again)["widened"] == meta["widened"]
+    # a widened record that does not match the tensors, or an edited one, is refused
+    side = checkpoints.sidecar(path)
+    edited = json.loads(side.read_text())
+    edited["widened"] = {}
+    side.write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError):
+        checkpoints.load(path)
+    plain = models.build("myrtle_cnn", width=4, in_channels=2, input_size=8, batchnorm=False)
+    with pytest.raises(CheckpointError, match="tensor"):
+        checkpoints.load(again, model=plain)

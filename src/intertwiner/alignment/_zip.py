@@ -64,6 +64,7 @@ from intertwiner.errors import (
     UnsupportedModuleError,
 )
 from intertwiner.groups import best_assignment, family
+from intertwiner.models import WIDENED_ATTR, widen
 from intertwiner.symmetry import SymmetrySpec, trace
 
 __all__ = ["MATCHES", "ZipResult", "ZipSite", "ZippedModel", "zip_models"]
@@ -418,24 +419,6 @@ def _forward_order(model: nn.Module, spec: SymmetrySpec, prod: dict) -> list:
     return sorted(spec.sites, key=lambda s: first[s.name])
 
 
-def _resized(old: nn.Module, shape: torch.Size) -> nn.Module:
-    """A Linear/Conv like ``old`` whose weight has ``shape`` (wider heads)."""
-    bias = old.bias is not None
-    if isinstance(old, nn.Linear):
-        new = nn.Linear(shape[1], shape[0], bias=bias)
-    else:
-        if old.groups != 1:
-            raise UnsupportedModuleError(
-                f"zip_models keeps unzipped layers side by side; grouped {type(old).__name__} "
-                "cannot be widened: zip every site (k=None)"
-            )
-        new = type(old)(
-            shape[1], shape[0], old.kernel_size, stride=old.stride, padding=old.padding,
-            dilation=old.dilation, bias=bias, padding_mode=old.padding_mode,
-        )  # fmt: skip
-    return new.to(device=old.weight.device, dtype=old.weight.dtype)
-
-
 def _zip_spec(
     model_a: nn.Module, model_b: nn.Module, spec: SymmetrySpec, data: DataLike, *,
     k: int | None, heads: str, repair: bool, example: torch.Tensor, batch_size: int,
@@ -492,15 +475,18 @@ def _zip_spec(
         else:
             merged[name] = (ta + tb) / 2 if heads == "average" else torch.cat([ta, tb])
     model = copy.deepcopy(model_a)
-    for mod in {n.rsplit(".", 1)[0] for n in merged}:
-        old = model.get_submodule(mod)
-        if old.weight.shape != merged[f"{mod}.weight"].shape:
-            parent, _, leaf = mod.rpartition(".")
-            new = _resized(old, merged[f"{mod}.weight"].shape)
-            setattr(model.get_submodule(parent) if parent else model, leaf, new)
-            # A's build config no longer rebuilds this model: checkpoints.save must save it
-            # as a weights checkpoint, not as a models.build one that loads A's widths
-            model.__dict__.pop("intertwiner_config", None)
+    layers = {
+        mod: list(merged[f"{mod}.weight"].shape)
+        for mod in sorted({n.rsplit(".", 1)[0] for n in merged})
+        if model.get_submodule(mod).weight.shape != merged[f"{mod}.weight"].shape
+    }
+    if layers:
+        widen(model, layers)
+        # A's build config alone no longer rebuilds this model: record it with the widened
+        # layers, which checkpoints save and load rebuilds (a weights checkpoint otherwise)
+        config = model.__dict__.pop("intertwiner_config", None)
+        if isinstance(config, dict):
+            setattr(model, WIDENED_ATTR, {"config": config, "layers": layers})
     with torch.no_grad():
         for name, t in merged.items():
             model.get_parameter(name).copy_(t)

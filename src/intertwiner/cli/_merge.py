@@ -217,7 +217,8 @@ def _zip_k(value: str) -> int | None:
 
 def _zip_cmd(paths, models, meta_a, out, zip_k, heads, repair, report, data, data_dir, samples,
              eval_samples, as_json, quiet) -> None:  # fmt: skip
-    """``merge --zip``: ``zip_models`` of two checkpoints, saved as a weights checkpoint."""
+    """``merge --zip``: ``zip_models`` of two checkpoints, saved as a checkpoint that ``load``
+    rebuilds (widened layers recorded) when the inputs are zoo models, else as weights."""
     from intertwiner import checkpoints
     from intertwiner.alignment import merge_report, zip_models
     from intertwiner.errors import InvalidOptionError
@@ -238,6 +239,18 @@ def _zip_cmd(paths, models, meta_a, out, zip_k, heads, repair, report, data, dat
     meta["merge"] = info
     checkpoints.save(res.model, out, meta)
     _echo(info, out, rep, as_json, "zip",
-          f"zipped {res.k} of {res.depth} sites{', REPAIR' if repair else ''}; saved {out} "
-          "(a weights checkpoint: the layers after the zipped sites are wider; load it "
-          "with checkpoints.load(path, model=...))")  # fmt: skip
+          f"zipped {res.k} of {res.depth} sites{', REPAIR' if repair else ''}; saved {out}"
+          + _zip_load_hint(res.model))  # fmt: skip
+
+
+def _zip_load_hint(model) -> str:
+    """How the zipped checkpoint loads: rebuilt by ``checkpoints.load`` (zoo models, widened
+    layers recorded) or as weights into a model the user builds (anything else)."""
+    from intertwiner.models import WIDENED_ATTR
+
+    if hasattr(model, WIDENED_ATTR) or hasattr(model, "intertwiner_config"):
+        return " (checkpoints.load rebuilds it, wider layers included)"
+    return (
+        " (a weights checkpoint: the layers after the zipped sites are wider; load it "
+        "with checkpoints.load(path, model=...))"
+    )

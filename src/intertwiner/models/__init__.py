@@ -32,6 +32,7 @@ from intertwiner.errors import IntertwinerError
 from intertwiner.groups import activation_module, activation_name
 from intertwiner.models._common import SITES_ATTR, canonical_activation
 from intertwiner.models._resnet import BasicBlock, OptionAShortcut
+from intertwiner.models._widen import WIDENED_ATTR, widen, widened_layer
 from intertwiner.models.mlp import MLP
 from intertwiner.models.myrtle_cnn import MyrtleCNN
 from intertwiner.models.plain_cnn import PlainCNN
@@ -175,7 +176,10 @@ __all__ = [
     "ResNet20",
     "UnknownArchitectureError",
     "ViT",
+    "WIDENED_ATTR",
     "build",
     "defaults",
     "sites",
+    "widen",
+    "widened_layer",
 ]
