@@ -147,6 +147,48 @@ def test_near_symmetry_on_ill_conditioned_model_is_refused(dtype):
         assert out.verified_tolerance <= RTOL_CEILING
 
 
+class TwoParts(nn.Module):
+    """An ill-conditioned LeakyMLP (``cancel``) and a well-conditioned one side by side on the
+    same input, outputs concatenated: the first part's round-off is no excuse for the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad = LeakyMLP(cancel=2e-7)  # outputs of size 1e-7, from two of size 1
+        self.good = LeakyMLP()
+        with torch.no_grad():  # outputs of the same size, without cancellation
+            self.good.fc2.weight.mul_(1e-7)
+            self.good.fc2.bias.mul_(1e-7)
+
+    def forward(self, x):
+        return torch.cat([self.bad(x), self.good(x)], dim=-1)
+
+
+def test_roundoff_of_one_part_does_not_loosen_checks_elsewhere():
+    """A near-symmetry (1e-8 relative, 10x rtol) in the well-conditioned part is refused although
+    the ill-conditioned part's round-off would excuse 100x more; the true symmetries of the
+    ill-conditioned part are kept under their own, scaled tolerance."""
+    model = TwoParts().double()
+    x = _x()
+    spec = trace(model, x)
+    bad_site = next(s.name for s in spec.sites if "bad.fc1.weight" in s.acts_on())
+    good_site = next(s.name for s in spec.sites if "good.fc1.weight" in s.acts_on())
+    assert spec.verified_tolerance > 100 * RTOL, spec.verified_tolerance  # scaled, by "bad"
+    # the leak: 1e-8 of the whole output (the good part's output is of the same size)
+    with torch.no_grad():
+        h = torch.relu(model.good.fc1(x))
+        model.good.leak = (
+            1e-8 * float(model(x).abs().max()) / float((h @ model.good.mix).abs().max())
+        )
+    out = verify_spec(model, copy.deepcopy(spec), (x,))
+    assert good_site in dict(out.dropped), out.verified_tolerance
+    assert bad_site in out.names
+    assert "tolerance 1.0e-09" in dict(out.dropped)[good_site]
+    # with the whole model's round-off as every check's tolerance (the old rule) it was kept
+    probe = _verify._Probe(model, (x,), _gen(0))
+    whole = probe.tolerance_for(probe.measure_roundoff())
+    assert whole > 1e-8, whole
+
+
 def test_tolerance_is_clamped_between_rtol_and_ceiling():
     m = LeakyMLP().double()
     probe = _verify._Probe(m, (_x(),), _gen(0))
