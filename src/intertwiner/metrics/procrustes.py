@@ -63,7 +63,6 @@ from intertwiner.groups import (
     GENERAL_LINEAR,
     ORTHOGONAL,
     GroupLike,
-    best_assignment,
     family,
 )
 from intertwiner.layouts import (
@@ -371,11 +370,17 @@ def best_alignment(m: torch.Tensor, group: str, width: int | None = None) -> flo
     if fam is ORTHOGONAL:
         return float(torch.linalg.svdvals(m).sum())
     width = width or max(m.shape)
+    if not fam.any_permutation and not (m.shape[0] == m.shape[1] == width):
+        raise UnsupportedGroupError(
+            f"{fam.name} Procrustes compares two representations of one width (its elements "
+            f"reverse the unit order), got widths {m.shape[0]} and {m.shape[1]} (padded to "
+            f"{width}); use permutation, or representations of one width"
+        )
     gain = m.abs() if fam.flips_signs else m
     # Pad to square, as the paper zero-pads neurons: a neuron may match a padded one with gain 0.
     g = np.zeros((width, width))
     g[: m.shape[0], : m.shape[1]] = gain.cpu().numpy()
-    perm = best_assignment(g).numpy()
+    perm = fam.best_perm(g).numpy()
     return float(g[np.arange(width), perm].sum())
 
 

@@ -202,7 +202,11 @@ class Spaces:
         """Restrict so that the matrix moving this part (in its mode) lies in ``target``."""
         sid, mode, _ = part
         if mode == Mode.P:
-            return  # a permutation lies in every family
+            # the permutation part lies in every family that holds every permutation; a smaller
+            # one (the reversal) holds it only when the element is itself in that family
+            if not PERMUTATION <= family(target):
+                self.restrict(sid, intersect(PERMUTATION, target), reason)
+            return
         phi = self.sites[self.find(sid)].phi if mode == Mode.PHI else None
         self.restrict(sid, as_phi(phi).preimage(target), reason)
 
