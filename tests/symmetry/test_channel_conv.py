@@ -263,3 +263,46 @@ def _site_of(spec, param: str):
     sites = [s for s in spec.sites if any(a.name == param for a in s.actions)]
     assert len(sites) == 1, spec
     return sites[0]
+
+
+def test_align_and_canonicalize_choose_between_i_and_j():
+    """Weight matching on a reversal site picks I or J (the kernel flipped with it): B reversed
+    by hand is aligned back onto A exactly; canonical forms of A and of J.A are one model."""
+    from intertwiner.alignment import align
+    from intertwiner.symmetry import canonicalize
+
+    a = _net(ACCEPTED[0][1]).double()
+    b = _net(ACCEPTED[0][1]).double()
+    _reverse_by_hand(b)
+    x = _x()
+    spec = trace(b, x)
+    for group in ("full", "permutation"):
+        aligned, elements = align(a, b, spec=spec, group=group)
+        assert is_reversal(elements[_eca_site(spec).name])
+        assert _rel_change(b, aligned, x) < 1e-12
+        for (name, pa), pb in zip(a.named_parameters(), aligned.parameters(), strict=True):
+            assert torch.allclose(pa, pb, atol=1e-12), name
+    ca = canonicalize(a, example_input=x)
+    cb = canonicalize(b, example_input=x)
+    assert ca.error < 1e-12 and cb.error < 1e-12 and not ca.not_canonical
+    for pa, pb in zip(ca.model.parameters(), cb.model.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-10)
+
+
+def test_alignment_never_uses_a_permutation_the_site_does_not_allow():
+    """B = A with a non-reversal permutation P written on the ECA'd space (another function):
+    the best permutation of B's units is P^-1, which would change B's function; aligning with
+    ``group="permutation"`` must search {I, J} only and keep B's function."""
+    from intertwiner.alignment import align
+
+    a = _net(ACCEPTED[0][1]).double()
+    x = _x()
+    spec_a = trace(a, x)
+    site = _eca_site(spec_a)
+    p = MonomialElement(torch.tensor([1, 0, 3, 2, 5, 4, 7, 6]), torch.ones(C, dtype=torch.float64))
+    b = apply(a, spec_a, _elements(spec_a, site, p), validate=False)
+    spec_b = trace(b, x)
+    for group in ("full", "permutation"):
+        aligned, elements = align(a, b, spec=spec_b, group=group)
+        assert REVERSAL.contains(elements[_eca_site(spec_b).name])
+        assert _rel_change(b, aligned, x) < 1e-12

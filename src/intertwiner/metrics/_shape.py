@@ -131,7 +131,7 @@ def shape_group(group: GroupLike) -> str:
     if fam.monomial and not fam.any_permutation:
         raise InvalidOptionError(
             f"shape_distance matches units by any permutation; {name} allows two orders only: "
-            "use procrustes_distance(..., group='reversal') or group='permutation'"
+            "use group='permutation'"
         )
     if fam is not ORTHOGONAL and not fam.monomial:
         raise InvalidOptionError(

@@ -75,7 +75,7 @@ def group_cka_group(group: GroupLike) -> str:
     if family(name).monomial and not family(name).any_permutation:
         raise UnsupportedGroupError(
             f"group_cka quotients out every permutation of the units; {name} allows two "
-            "orders only: use procrustes_distance(..., group='reversal') or group='permutation'"
+            "orders only: use group='permutation'"
         )
     if not family(name).monomial:
         raise UnsupportedGroupError(

@@ -88,8 +88,13 @@ from intertwiner.metrics._prep import (
 )
 from intertwiner.metrics.cka import CONSTANT_RATIO
 
-# Every family but GL: orthogonal first, then the monomial families.
-GROUPS = (ORTHOGONAL.name, *(f.name for f in FAMILIES.values() if f.monomial))
+# Every family but GL: orthogonal first, then the monomial families. Not the reversal {I, J}:
+# representations of different widths are zero-padded, and reversing a padded width is no
+# symmetry of the narrower one (``procrustes_group`` refuses it).
+GROUPS = (
+    ORTHOGONAL.name,
+    *(f.name for f in FAMILIES.values() if f.monomial and f.any_permutation),
+)
 KINDS = ("angular", "euclidean")
 
 
@@ -370,12 +375,6 @@ def best_alignment(m: torch.Tensor, group: str, width: int | None = None) -> flo
     if fam is ORTHOGONAL:
         return float(torch.linalg.svdvals(m).sum())
     width = width or max(m.shape)
-    if not fam.any_permutation and not (m.shape[0] == m.shape[1] == width):
-        raise UnsupportedGroupError(
-            f"{fam.name} Procrustes compares two representations of one width (its elements "
-            f"reverse the unit order), got widths {m.shape[0]} and {m.shape[1]} (padded to "
-            f"{width}); use permutation, or representations of one width"
-        )
     gain = m.abs() if fam.flips_signs else m
     # Pad to square, as the paper zero-pads neurons: a neuron may match a padded one with gain 0.
     g = np.zeros((width, width))
