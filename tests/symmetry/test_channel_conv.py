@@ -306,3 +306,63 @@ def test_alignment_never_uses_a_permutation_the_site_does_not_allow():
         aligned, elements = align(a, b, spec=spec_b, group=group)
         assert REVERSAL.contains(elements[_eca_site(spec_b).name])
         assert _rel_change(b, aligned, x) < 1e-12
+
+
+class GateNet(nn.Module):
+    """A gate computed through an ECA conv from another space: ``c1(x) * sigmoid(conv(c2(x)))``:
+    the gate moves by the value's permutation part, so the value is restricted to reversal too
+    (and the kernel flips with it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, C, 3, padding=1)
+        self.c2 = nn.Conv2d(3, C, 3, padding=1)
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.head = nn.Linear(C, 4)
+
+    def forward(self, x):
+        y = self.c2(x).mean((2, 3)).view(x.shape[0], 1, -1)
+        y = self.conv(y).sigmoid().view(x.shape[0], -1, 1, 1)
+        return self.head((self.c1(x) * y).relu().mean((2, 3)))
+
+
+class SplitNet(nn.Module):
+    """ECA, then the space cut in two halves with different activations: a reversal of the
+    whole space maps one half onto the other, so no site may claim it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, C, 3, padding=1)
+        self.eca = ChannelConv(_conv(3, 1))
+        self.head = nn.Linear(C, 4)
+
+    def forward(self, x):
+        a, b = self.eca(self.c1(x)).chunk(2, dim=1)
+        return self.head(torch.cat([a.relu(), b.tanh()], 1).mean((2, 3)))
+
+
+def test_a_gate_through_a_channel_conv_restricts_its_value():
+    torch.manual_seed(0)
+    net = GateNet().double().eval()
+    x = _x()
+    spec = trace(net, x)
+    site = _site_of(spec, "c1.weight")
+    assert site.group.family is REVERSAL
+    assert "c2.weight" in {a.name for a in site.actions}
+    j = MonomialElement(reversal_perm(C), torch.ones(C, dtype=torch.float64))
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        model = net.to(dtype)
+        moved = apply(model, spec, _elements(spec, site, j))
+        assert _rel_change(model, moved, x.to(dtype)) < tol
+    assert check(net.double(), spec, x) < 1e-9
+
+
+def test_a_reversal_space_is_not_cut_into_blocks():
+    torch.manual_seed(0)
+    net = SplitNet().double().eval()
+    x = _x()
+    spec = trace(net, x)
+    assert not any(s.group.family is REVERSAL for s in spec.sites)
+    assert "eca.conv.weight" not in {a.name for s in spec.sites for a in s.actions}
+    assert any("cannot be cut into blocks" in r for _, r in spec.frozen)
+    assert check(net, spec, x) < 1e-9

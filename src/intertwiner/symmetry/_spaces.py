@@ -326,6 +326,7 @@ class Spaces:
                 self.freeze(s, reason)
             return
         s = self.sites[sid]
+        self._splittable(s, reason)
         children = []
         for _, _, ch in other:
             c = self.new_site(len(ch))
@@ -361,6 +362,7 @@ class Spaces:
         if sid == 0:
             return x
         s = self.sites[sid]
+        self._splittable(s, reason)
         children, start = [], 0
         for size in sizes:
             chans = tuple(range(start, start + size))
@@ -373,6 +375,16 @@ class Spaces:
             children.append((c, chans))
         s.split = children
         return x.moved(parts=tuple((c, mode, chans) for c, chans in children))
+
+    def _splittable(self, s: _SiteState, reason: str) -> None:
+        """Refuse to cut a site whose family holds fewer than every permutation (the reversal of
+        an ECA conv): a block-diagonal element cannot reverse the whole space, and its kernel
+        flips act on the whole space's element."""
+        if not PERMUTATION <= s.family:
+            raise UnsupportedModuleError(
+                f"{reason}: a space restricted to {s.family.description} cannot be cut into "
+                "blocks (the reversal maps the first block onto the last)"
+            )
 
     def fold_blocks(self, sid: int, k: int) -> bool:
         """Make the unsplit root site ``sid`` (width K * C) a site of width C whose element M
@@ -430,7 +442,16 @@ class Spaces:
             raise UnsupportedModuleError(f"{reason}: a product of a space with itself")
         self.restrict_matrix(pv, MONOMIAL, f"{reason}: a per-feature gate commutes with D P only")
         g = self.sites[self.find(sg)]
-        g.actions = [dataclasses.replace(a, kind="P") for a in g.actions]
+        if not PERMUTATION <= g.family:
+            # the gate moves by the value's permutation part, which must stay in the gate's
+            # smaller family (the reversal of an ECA conv): the value's element must then lie in
+            # it too (the largest family whose elements are their own permutation part)
+            why = f"{reason}: the gate allows {g.family.description} only"
+            self.restrict(sv, intersect(g.family, PERMUTATION), why)
+        # a kernel flip follows the permutation part already (it is J or I with it)
+        g.actions = [
+            a if a.kind == ActionKind.FLIP else dataclasses.replace(a, kind="P") for a in g.actions
+        ]
         g.activations = [
             (o, name, dataclasses.replace(ax, kind="P"), grp) for o, name, ax, grp in g.activations
         ]
