@@ -366,3 +366,13 @@ def test_a_reversal_space_is_not_cut_into_blocks():
     assert "eca.conv.weight" not in {a.name for s in spec.sites for a in s.actions}
     assert any("cannot be cut into blocks" in r for _, r in spec.frozen)
     assert check(net, spec, x) < 1e-9
+
+
+def test_permutation_spec_export_skips_reversal_sites():
+    """Git Re-Basin searches every permutation: a reversal site is listed as skipped."""
+    net = _net(ACCEPTED[0][1])
+    spec = trace(net, _x(torch.float32))
+    site = _eca_site(spec)
+    out = spec.to_permutation_spec(net)
+    assert site.name not in out["perm_to_axes"]
+    assert "not every permutation" in out["skipped"][site.name]
