@@ -245,12 +245,17 @@ def test_squeeze_excitation_gate_rows_move_with_the_channels(groups, act):
     assert all(any(a.name == "conv.weight" and a.axis == 0 for a in s.actions) for s in gated)
 
 
-def test_eca_conv_over_channels_freezes_the_gated_channels():
+def test_eca_conv_over_channels_leaves_only_the_reversal():
     """Fool: ECA's conv1d slides over the channel axis; a permutation of the channels would
-    change which channels are neighbours, so the gated space is frozen with that reason."""
+    change which channels are neighbours, so the gated space keeps only the reversal {I, J}
+    (with the kernel flipped; ``test_channel_conv.py`` has the details)."""
     model, spec = _traced(SEBlock(eca=True), torch.randn(2, 3, 5, 5, generator=_gen()))
-    assert not any(a.name == "conv.weight" and a.axis == 0 for s in spec.sites for a in s.actions)
-    assert any("along the feature axis" in why for _, why in spec.frozen)
+    gated = [
+        s for s in spec.sites if any((a.name, a.axis) == ("conv.weight", 0) for a in s.actions)
+    ]
+    assert gated and all(s.group.family.name == "reversal" for s in gated)
+    assert all(any(a.name == "eca.weight" and a.kind == "flip" for a in s.actions) for s in gated)
+    assert spec.dropped == []
 
 
 # -- statistics over features or positions: GRN, SimpleNorm, a hand-written LayerNorm -----------

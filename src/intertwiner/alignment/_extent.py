@@ -11,7 +11,14 @@ from __future__ import annotations
 import enum
 
 from intertwiner.errors import InvalidOptionError
-from intertwiner.groups import PERMUTATION, SIGNED_PERMUTATION, Family, GroupElement, family
+from intertwiner.groups import (
+    PERMUTATION,
+    SIGNED_PERMUTATION,
+    Family,
+    GroupElement,
+    family,
+    intersect,
+)
 from intertwiner.symmetry import Site
 
 
@@ -45,7 +52,8 @@ class Extent(str, enum.Enum):
         """The family searched at ``site``."""
         fam = family(site.group.family)
         if self is Extent.PERMUTATION:
-            return PERMUTATION
+            # the permutations the site allows: all of them, or fewer (the reversal family)
+            return intersect(fam, PERMUTATION)
         if self is Extent.DISCRETE and fam.free_scales:
             # The canonical forms fixed the continuous scales: only the discrete part is searched.
             return SIGNED_PERMUTATION if fam.flips_signs else PERMUTATION

@@ -18,6 +18,7 @@ from intertwiner.alignment._report import _param_names, _partial_distance, weigh
 from intertwiner.alignment._views import axis_rows, tensor_of
 from intertwiner.groups import (
     PERMUTATION,
+    ActionKind,
     DenseElement,
     FitTerm,
     GroupElement,
@@ -45,8 +46,8 @@ def _terms(
     float64."""
     terms = []
     for k, ax in enumerate(site.actions):
-        if ax.buffer:
-            continue
+        if ax.buffer or not ActionKind(ax.kind).on_site_axis:
+            continue  # buffers follow; a kernel flip (reversal sites) follows the element
         x = axis_rows(tensor_of(a, ax).detach(), ax).to(dtype).cpu()
         ch = None if shift is None else shift.get(k)
         y = axis_rows(tensor_of(b, ax).detach(), ax, ch).to(dtype).cpu()

@@ -360,7 +360,9 @@ def _spec_plan(model: nn.Module, spec: SymmetrySpec) -> tuple[dict, dict, str]:
     prod: dict[str, tuple] = {}
     cons: dict[str, tuple] = {}
     for s in spec.sites:
-        if s.kind != "activation" or not family(s.group.family).monomial or s.folds:
+        fam = family(s.group.family)
+        # zipping matches units freely: a site whose permutation part is fixed (reversal) cannot
+        if s.kind != "activation" or not fam.monomial or not fam.any_permutation or s.folds:
             raise refuse(f"site {s.name!r} is a {s.kind} site of group {s.group.name}")
         for a in s.actions:
             if a.buffer or a.kind not in ("A", "phi(A)^-T") or a.channels is not None or a.within:

@@ -13,6 +13,8 @@ of ``terms``: for every ``h`` in the group, ``canonical(h . terms) . (h . terms)
   (sign-flipping families): the sum of cubes of the signed rows is made positive; then the units are
   ordered by the projections of their normalised key on fixed pseudo-random directions (seed 0),
   a near-tie (within ``tol`` of the largest projection) broken by the next direction.
+- Reversal ({I, J}): the key or its reversal, whichever has a positive centred-position moment
+  of its projections (the first direction that tells them apart).
 - Orthogonal: the rows ``Z`` (every kind acts by ``Q``) are put in their singular basis,
   ``Q Z = S V^T``, each row's sign chosen so that its sum of cubes is positive.
 - General linear with both ``A`` rows ``X`` and ``A^-T`` rows ``Y``: the invariant ``M = X^T Y`` is
@@ -145,6 +147,8 @@ def _monomial(
         factors[k].unsqueeze(1) * (r @ _directions(r.shape[1], N_DIRECTIONS, salt=k))
         for k, r in enumerate(rows)
     )
+    if not fam.any_permutation:
+        return _reversal_choice(proj, terms, complete, tol, issues)
     perm, ties = stable_order(proj, tol)
     if ties:
         key = torch.cat([f.unsqueeze(1) * r for f, r in zip(factors, rows, strict=True)], 1)
@@ -154,6 +158,29 @@ def _monomial(
                 issues.append(f"units {tie[:8]} have equal keys: their order is undefined")
     scale = sign * torch.exp(u)
     return MonomialElement(perm, scale[perm]), issues
+
+
+def _reversal_choice(
+    proj: torch.Tensor, terms: list[KeyTerm], complete: bool, tol: float, issues: list[str]
+) -> tuple[GroupElement, list[str]]:
+    """The reversal family {I, J}: of the key and its reversal, the one whose projections weighted
+    by the centred positions ``i - (n - 1) / 2`` sum to a positive number on the first direction
+    that tells them apart (J negates each such sum, so both members of an orbit choose alike)."""
+    n = proj.shape[0]
+    pos = torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0
+    score = pos @ proj
+    size = pos.abs() @ proj.abs()
+    perm = torch.arange(n)
+    for c in range(score.shape[0]):
+        if float(score[c].abs()) > tol * float(size[c]):
+            if float(score[c]) < 0:
+                perm = torch.arange(n - 1, -1, -1)
+            return MonomialElement(perm, torch.ones(n, dtype=torch.float64)), issues
+    rows = torch.cat([t.rows.double() for t in terms], 1)
+    same = (rows - rows.flip(0)).abs().amax() <= tol * rows.abs().amax()
+    if n > 1 and not (complete and bool(same)):
+        issues.append("the key reads the same reversed: the choice of I or J is undefined")
+    return MonomialElement(perm, torch.ones(n, dtype=torch.float64)), issues
 
 
 def _spectrum_issues(s: torch.Tensor, n: int, tol: float) -> list[str]:

@@ -4,7 +4,9 @@ Each family samples elements, tests membership and projects a matrix onto its ne
 Frobenius norm. Families are stateless singletons; ``FAMILIES[name]`` looks one up by name.
 Subgroup order (each contained in the next where an arrow is drawn):
 ``Permutation -> SignedPermutation -> Monomial -> GeneralLinear``,
-``Permutation -> PositiveMonomial -> Monomial``, ``SignedPermutation -> Orthogonal -> GeneralLinear``.
+``Permutation -> PositiveMonomial -> Monomial``, ``SignedPermutation -> Orthogonal -> GeneralLinear``;
+``Reversal -> Permutation``: the two-element group {I, J} of the identity and the order reversal
+is contained in every family (the lattice's bottom).
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class Family:
     scales: str = ""
     #: The family phi(G) falls in when phi forgets signs (abs, even or non-integer powers).
     unsigned_name: str = ""
+    #: Monomial families: whether the permutation part ranges over every permutation (False for
+    #: ``Reversal``, whose permutation part is the identity or the order reversal). Consumers that
+    #: match units freely (a linear assignment, a trained permutation) need it, or ``best_perm``.
+    any_permutation: bool = True
 
     @property
     def short_name(self) -> str:
@@ -154,6 +160,11 @@ class Family:
         gain = torch.where(ok, 2 * cross * s - second * s * s, torch.zeros_like(cross))
         return gain, s
 
+    def best_perm(self, gain: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Monomial families: the permutation part ``perm`` (n,) allowed in this family that
+        maximises ``sum_i gain[i, perm[i]]`` (every permutation: the Hungarian method)."""
+        return best_assignment(gain)
+
     def sample(
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
     ) -> GroupElement:
@@ -232,7 +243,7 @@ class _MonomialFamily(Family):
         m = _as_square(matrix)
         md = m.detach().cpu().double()
         # ||M - A||^2 = ||M||^2 - sum_i gain(M[i, perm[i]]): the best entries win the assignment.
-        perm = best_assignment(self.fit_scales(md, torch.ones_like(md))[0])
+        perm = self.best_perm(self.fit_scales(md, torch.ones_like(md))[0])
         entries = m[torch.arange(m.shape[0]), perm]
         return MonomialElement(perm, self._best_scale(entries).to(m.dtype))
 
@@ -299,6 +310,73 @@ class Monomial(_MonomialFamily):
 
     def _scale_ok(self, scale, atol):
         return bool((scale.abs() > atol).all())
+
+
+def reversal_perm(n: int) -> torch.Tensor:
+    """The order reversal J of size n as a permutation index: ``(J x)_i = x[n - 1 - i]``."""
+    return torch.arange(n - 1, -1, -1)
+
+
+def is_reversal(element: GroupElement) -> bool:
+    """Whether ``element`` is the reversal J (and not the identity: for n = 1, J = I is not)."""
+    perm = getattr(element, "perm", None)
+    if perm is None or element.n < 2:
+        return False
+    return bool(torch.equal(perm.cpu(), reversal_perm(element.n)))
+
+
+class Reversal(_MonomialFamily):
+    """{I, J}: the identity and the reversal of the feature order, ``(J x)_i = x[n - 1 - i]``.
+
+    What survives a convolution that slides along the feature axis (ECA's ``conv1d`` over the
+    channels) with symmetric zero padding: ``conv_k(J a) = J conv_flip(k)(a)``. A permutation,
+    hence contained in every family; sampling draws I or J with probability 1/2 each."""
+
+    name = "reversal"
+    description = "I or J (J reverses the order)"
+    dof = "0"
+    scales = "one"
+    any_permutation = False
+
+    def _sample_scale(self, n, generator, dtype):
+        return torch.ones(n, dtype=dtype)
+
+    def _scale_ok(self, scale, atol):
+        return bool(((scale - 1).abs() <= atol).all())
+
+    def sample(self, n, generator=None, dtype=torch.float64):
+        n = _size(n)
+        flip = bool(torch.randint(0, 2, (1,), generator=generator))
+        perm = reversal_perm(n) if flip else torch.arange(n)
+        return MonomialElement(perm, torch.ones(n, dtype=dtype))
+
+    def contains(self, matrix, atol=1e-8):
+        if not super().contains(matrix, atol):
+            return False
+        m = matrix if isinstance(matrix, GroupElement) else None
+        if m is None:
+            mat = _as_square(matrix)
+            perm = (mat.abs() > _atol(atol)).to(torch.int8).argmax(1)
+        else:
+            perm = m.perm if isinstance(m, MonomialElement) else m.matrix().abs().argmax(1)
+        n = int(perm.shape[0])
+        return bool(torch.equal(perm.cpu(), torch.arange(n))) or bool(
+            torch.equal(perm.cpu(), reversal_perm(n))
+        )
+
+    def best_perm(self, gain):
+        """The better of I (the diagonal's sum) and J (the anti-diagonal's): ties keep I."""
+        g = torch.as_tensor(gain).detach().cpu().double()
+        if g.dim() != 2 or g.shape[0] != g.shape[1]:
+            raise UnsupportedGroupError(
+                f"the reversal family matches two spaces of one width (a square gain), got "
+                f"{tuple(g.shape)}: pad or cut the features to one width, or use permutation"
+            )
+        n = g.shape[0]
+        rev = reversal_perm(n)
+        keep = float(torch.diagonal(g).sum())
+        flip = float(g[torch.arange(n), rev].sum())
+        return rev if flip > keep else torch.arange(n)
 
 
 def _haar_orthogonal(n: int, generator: torch.Generator | None, dtype: torch.dtype) -> torch.Tensor:
@@ -399,6 +477,20 @@ _SUBGROUPS: dict[str, set[str]] = {
     "general_linear": set(FAMILIES),
 }
 
+# -- the reversal family {I, J} (issue 24: ECA's conv1d over channels). Its own block: it is
+# contained in every family (a permutation), so it joins every subgroup set and is the bottom.
+REVERSAL = Reversal()
+# First in FAMILIES, which lists families smallest first (``subgroups`` keeps that order; the
+# largest of a metric's invariance families is its last).
+_others = dict(FAMILIES)
+FAMILIES.clear()
+FAMILIES.update({REVERSAL.name: REVERSAL, **_others})
+LARGER[REVERSAL.name] = (PERMUTATION.name,)
+for _contained in _SUBGROUPS.values():
+    _contained.add(REVERSAL.name)
+_SUBGROUPS[REVERSAL.name] = {REVERSAL.name}
+BOTTOM = REVERSAL  # the family contained in every other: what ``intersect`` always finds
+
 
 # Every accepted spelling of a family, lower case: names and aliases (``"perm_scale"``, ``"gl"``).
 ALIASES: dict[str, str] = {
@@ -464,4 +556,4 @@ def intersect(a: str | Family, b: str | Family) -> Family:
     for name in common:
         if common <= _SUBGROUPS[name]:
             return FAMILIES[name]
-    raise AssertionError("unreachable: permutation is a subgroup of every family")
+    raise AssertionError(f"unreachable: {BOTTOM.name} is a subgroup of every family")

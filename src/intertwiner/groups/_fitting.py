@@ -38,7 +38,7 @@ import torch
 
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
-from intertwiner.groups._families import Family, best_assignment, family
+from intertwiner.groups._families import Family, family
 from intertwiner.groups._phi import as_phi
 
 __all__ = ["FitTerm", "exponents", "fit_dense_batch", "fit_element", "pair_costs"]
@@ -211,7 +211,8 @@ def pair_costs(
         vm = _objective(groups, -one, u)
         neg = vm < vp
         return const + torch.minimum(vp, vm), torch.where(neg, -torch.exp(u), torch.exp(u))
-    if name == "permutation":  # every scale is 1: J - |x|^2 = |y_j|^2 - 2 <x_i, y_j> per group
+    if fam.scales == "one":
+        # permutation, reversal: every scale is 1: J - |x|^2 = |y_j|^2 - 2 <x_i, y_j> per group
         return const + sum(torch.add(g.unsqueeze(0), c, alpha=-2.0) for _p, _q, c, g in groups), one
     if name == "signed_permutation":
         zero = torch.zeros(shape, dtype=torch.float64)
@@ -386,6 +387,6 @@ def fit_element(
     c = cost.numpy()
     if not np.isfinite(c).all():
         raise NonFiniteError("non-finite matching costs; check the weights or features for NaN/Inf")
-    perm = best_assignment(-c)  # the cheapest pairing
+    perm = fam.best_perm(-c)  # the cheapest pairing the family allows
     idx = torch.arange(n)
     return MonomialElement(perm, scales[idx, perm].clone()), float(cost[idx, perm].sum())

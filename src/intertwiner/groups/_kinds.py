@@ -6,7 +6,10 @@ absorbs the scale, the gate of a gated product) or ``phi(A)`` (an activation out
 
 ``ActionKind``: what moves a *parameter axis*: the writer of a tensor in mode m moves its output
 axis like the tensor (``ActionKind.writing(m)``), a reader moves its input axis by the inverse
-transpose (``ActionKind.reading(m)``; ``P^-T = P``).
+transpose (``ActionKind.reading(m)``; ``P^-T = P``). ``FLIP`` is the one kind whose axis is not
+the site's: a kernel axis (of its own length) reversed when the site's element is the order
+reversal J of the reversal family, left alone when it is I (a convolution sliding along the
+feature axis: ``conv_k(J a) = J conv_flip(k)(a)``).
 
 Both are ``StrEnum`` s: a member equals its string (``ActionKind.A_INV_T == "A^-T"``), so specs
 written as JSON and older code that compares strings read the same values.
@@ -29,6 +32,7 @@ class ActionKind(StrEnum):
     PHI = "phi(A)"
     A_INV_T = "A^-T"
     PHI_INV_T = "phi(A)^-T"
+    FLIP = "flip"
 
     @staticmethod
     def writing(mode: str) -> ActionKind:
@@ -44,6 +48,12 @@ class ActionKind(StrEnum):
     def inverse(self) -> bool:
         """Moved by the inverse transpose (an input axis)."""
         return self in (ActionKind.A_INV_T, ActionKind.PHI_INV_T)
+
+    @property
+    def on_site_axis(self) -> bool:
+        """The axis moved is one of the site's width (row i moves with unit i): every kind but
+        ``FLIP``, whose axis is a kernel's. Fitting and canonical keys read only these."""
+        return self is not ActionKind.FLIP
 
 
 _WRITING = {Mode.A: ActionKind.A, Mode.P: ActionKind.P, Mode.PHI: ActionKind.PHI}

@@ -78,6 +78,11 @@ class Phi:
         target = family(target)
         if self.is_identity:
             return target
+        if target.monomial and not target.any_permutation:
+            # the reversal family: phi(J) = J for every phi (scales 1); signs that phi forgets
+            # would give a "signed reversal", which no family is: the target itself is the
+            # largest family contained in the preimage
+            return target
         if not target.monomial:
             # orthogonal: |phi(s)| = 1 needs |s| = 1; GL: every monomial phi(A) qualifies
             return SIGNED_PERMUTATION if target <= ORTHOGONAL else MONOMIAL

@@ -128,6 +128,11 @@ def shape_group(group: GroupLike) -> str:
     """The family a shape distance quotients out: orthogonal or a monomial family."""
     name = family_name(group)
     fam = family(name)
+    if fam.monomial and not fam.any_permutation:
+        raise InvalidOptionError(
+            f"shape_distance matches units by any permutation; {name} allows two orders only: "
+            "use group='permutation'"
+        )
     if fam is not ORTHOGONAL and not fam.monomial:
         raise InvalidOptionError(
             f"shape_distance supports the orthogonal group and the monomial families, not "

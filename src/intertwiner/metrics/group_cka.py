@@ -72,6 +72,11 @@ def _normalised(name: str) -> bool:
 
 def group_cka_group(group: GroupLike) -> str:
     name = family_name(group)
+    if family(name).monomial and not family(name).any_permutation:
+        raise UnsupportedGroupError(
+            f"group_cka quotients out every permutation of the units; {name} allows two "
+            "orders only: use group='permutation'"
+        )
     if not family(name).monomial:
         raise UnsupportedGroupError(
             f"group_cka is for monomial groups; for {name} use cka(...) (linear CKA is invariant "

@@ -63,7 +63,6 @@ from intertwiner.groups import (
     GENERAL_LINEAR,
     ORTHOGONAL,
     GroupLike,
-    best_assignment,
     family,
 )
 from intertwiner.layouts import (
@@ -89,8 +88,13 @@ from intertwiner.metrics._prep import (
 )
 from intertwiner.metrics.cka import CONSTANT_RATIO
 
-# Every family but GL: orthogonal first, then the monomial families.
-GROUPS = (ORTHOGONAL.name, *(f.name for f in FAMILIES.values() if f.monomial))
+# Every family but GL: orthogonal first, then the monomial families. Not the reversal {I, J}:
+# representations of different widths are zero-padded, and reversing a padded width is no
+# symmetry of the narrower one (``procrustes_group`` refuses it).
+GROUPS = (
+    ORTHOGONAL.name,
+    *(f.name for f in FAMILIES.values() if f.monomial and f.any_permutation),
+)
 KINDS = ("angular", "euclidean")
 
 
@@ -375,7 +379,7 @@ def best_alignment(m: torch.Tensor, group: str, width: int | None = None) -> flo
     # Pad to square, as the paper zero-pads neurons: a neuron may match a padded one with gain 0.
     g = np.zeros((width, width))
     g[: m.shape[0], : m.shape[1]] = gain.cpu().numpy()
-    perm = best_assignment(g).numpy()
+    perm = fam.best_perm(g).numpy()
     return float(g[np.arange(width), perm].sum())
 
 

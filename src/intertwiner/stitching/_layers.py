@@ -40,13 +40,16 @@ from intertwiner.stitching import _solvers as solvers
 
 # Stitch kinds are the group families, by their short names (``groups.Family.short_name``), plus
 # three kinds that are not groups: a rank constraint, an L1 penalty and a free diagonal.
-GROUP_KINDS = tuple(f.short_name for f in FAMILIES.values())
-MONOMIAL_KINDS = tuple(f.short_name for f in FAMILIES.values() if f.monomial)
+# Families whose permutation part is not free (the reversal {I, J}) are no stitch kinds: a stitch
+# layer learns which units match, and two fixed matchings leave nothing to learn.
+_STITCH_FAMILIES = tuple(f for f in FAMILIES.values() if f.any_permutation)
+GROUP_KINDS = tuple(f.short_name for f in _STITCH_FAMILIES)
+MONOMIAL_KINDS = tuple(f.short_name for f in _STITCH_FAMILIES if f.monomial)
 STRUCTURAL_KINDS = ("low_rank", "lasso", "diagonal")
 KINDS = (*GROUP_KINDS, *STRUCTURAL_KINDS, "auto")
 # Kinds whose maps are square (c_in == c_out): every group but GL, and the diagonal.
 SQUARE_KINDS = (
-    *(f.short_name for f in FAMILIES.values() if f is not GENERAL_LINEAR),
+    *(f.short_name for f in _STITCH_FAMILIES if f is not GENERAL_LINEAR),
     "diagonal",
 )
 
@@ -84,9 +87,16 @@ def parse_kind(layer: Any) -> tuple[str, float | int | None]:
         if name in ("diagonal", "auto"):
             return name, None
         try:  # a group: any of its names or aliases ("g_relu", "positive_monomial", ...)
-            return family(name).short_name, None
+            fam = family(name)
         except UnsupportedGroupError:
-            pass
+            fam = None
+        if fam is not None and fam.short_name in GROUP_KINDS:
+            return fam.short_name, None
+        if fam is not None:
+            raise UnknownLayerKindError(
+                f"{fam.name!r} is no stitch layer kind: its permutation part is fixed "
+                f"({fam.description}), so there is no matching to learn; use 'permutation'"
+            )
     raise UnknownLayerKindError(
         f"unknown stitch layer kind {layer!r}; choose one of 'full', 'orthogonal', "
         "('low_rank', r), ('lasso', lam), 'diagonal', 'permutation', 'perm_scale', "

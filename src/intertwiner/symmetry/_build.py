@@ -10,6 +10,7 @@ from intertwiner._types import SiteName
 from intertwiner.groups import (
     GENERAL_LINEAR,
     MONOMIAL,
+    ActionKind,
     IntertwinerGroup,
     as_phi,
     intersect,
@@ -68,7 +69,8 @@ def collect_actions(an: Spaces) -> dict[int, list[tuple[ParamAxis, tuple[int, ..
 
 
 def _as_p(axis):
-    return dataclasses.replace(axis, kind="P")
+    # a kernel flip already follows the permutation part (J or I with it): it stays a flip
+    return axis if axis.kind == ActionKind.FLIP else dataclasses.replace(axis, kind="P")
 
 
 def _site(s: _SiteState, data: dict[str, list], r: int, used: set[str]) -> Site:

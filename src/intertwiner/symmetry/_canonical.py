@@ -34,6 +34,7 @@ from torch import nn
 
 from intertwiner.errors import InvalidOptionError, ShapeError, UnverifiedSymmetryError
 from intertwiner.groups import (
+    ActionKind,
     GroupElement,
     KeyTerm,
     MonomialElement,
@@ -258,6 +259,8 @@ class _Canonicaliser:
     def _terms(self, site: Site, only_ready: bool, group: set[str]) -> tuple[list[KeyTerm], list]:
         terms, used = [], []
         for k, a in enumerate(site.actions):
+            if not ActionKind(a.kind).on_site_axis:
+                continue  # a kernel flip (reversal sites) follows the element; no key rows
             if only_ready and not self.board.ready(site, k, group):
                 continue
             rows = axis_rows(_tensor(self.work, a).detach(), a).double()
@@ -279,7 +282,7 @@ class _Canonicaliser:
     def _solve(self, site: Site) -> tuple[GroupElement, list[str], list]:
         terms, key = self._terms(site, True, {site.name})
         g, issues = canonical_element(
-            site.group, terms, complete=len(key) == len(site.actions), tol=self.tol
+            site.group, terms, complete=len(key) == _on_site(site), tol=self.tol
         )
         return g, issues, key
 
@@ -510,3 +513,8 @@ def fingerprint(
     h.update(f"|{norm:.{decimals}e}|".encode())
     h.update(torch.round(proj * 10.0**decimals).to(torch.int64).numpy().tobytes())
     return h.hexdigest()[:32]
+
+
+def _on_site(site: Site) -> int:
+    """The number of ``site``'s actions whose rows move with its units (key terms)."""
+    return sum(ActionKind(a.kind).on_site_axis for a in site.actions)

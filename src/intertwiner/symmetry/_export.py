@@ -48,6 +48,9 @@ SCHEMA = "intertwiner.symmetry-spec/1"
 
 def _unrepresentable(site: Site) -> str | None:
     """Why ``site`` cannot be one permutation of whole axes (None when it can)."""
+    if not site.group.family.any_permutation:
+        # Git Re-Basin searches every permutation; this site allows a few (I or J) only
+        return f"its group allows {site.group.family.description} only, not every permutation"
     for a in site.actions:
         if a.channels is not None:
             return f"{a.describe()}: acts on part of the axis"

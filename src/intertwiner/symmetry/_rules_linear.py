@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
-from intertwiner.groups import MONOMIAL, PERMUTATION, ActionKind, Mode
+from intertwiner.groups import MONOMIAL, PERMUTATION, REVERSAL, ActionKind, Mode
 from intertwiner.symmetry._regions import ELEMENTWISE, IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
 from intertwiner.symmetry._rules_shape import regroup
@@ -102,7 +102,9 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
       "conv_transpose3d", always=True)  # fmt: skip
 def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     args, name = list(n.args), r.op(n)
-    _not_along_features(r, n)
+    along = _along_features(r, n)
+    if along is not None:
+        return along
     std = standardised_weight(r, args[1])
     if std is not None:
         return _standardised_conv(r, n, std)
@@ -134,18 +136,94 @@ def conv(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     )
 
 
-def _not_along_features(r: AtenRunner, n: fx.Node) -> None:
+def _conv_options(r: AtenRunner, n: fx.Node) -> tuple[str | None, list, Any, list, bool, int]:
+    """``(bias, stride, padding, dilation, transposed, groups)`` of a convolution node, defaults
+    filled in (``convolution``, ``conv{k}d`` and ``conv_transpose{k}d`` order their options
+    differently; ``padding`` may be a list of ints or the string ``"same"`` / ``"valid"``)."""
+    name, a = r.op(n), list(n.args)
+    if name == "convolution":
+        keys = ("input", "weight", "bias", "stride", "padding", "dilation", "transposed", "_",
+                "groups")  # fmt: skip
+        defaults = {"stride": [1], "padding": [0], "dilation": [1], "transposed": False}
+    elif name.startswith("conv_transpose"):
+        keys = ("input", "weight", "bias", "stride", "padding", "_", "groups", "dilation")
+        defaults = {"stride": [1], "padding": [0], "dilation": [1], "transposed": True}
+    else:
+        keys = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        defaults = {"stride": [1], "padding": [0], "dilation": [1], "transposed": False}
+    got = {**defaults, "groups": 1, "bias": None, **dict(zip(keys, a, strict=False))}
+    got.update(n.kwargs)
+    bias = got["bias"]
+    bias = r.pname(bias) if isinstance(bias, fx.Node) else None
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
+    pad = got["padding"] if isinstance(got["padding"], str) else as_list(got["padding"])
+    return (bias, as_list(got["stride"]), pad, as_list(got["dilation"]),
+            bool(got["transposed"]), int(got["groups"]))  # fmt: skip
+
+
+def _along_features(r: AtenRunner, n: fx.Node) -> Info | None:
     """A convolution whose kernel slides along the feature axis (ECA's ``conv1d`` over the
-    channels of a pooled ``(B, 1, C)`` tensor) mixes neighbouring features: no permutation or
-    scaling of them commutes with it."""
+    channels of a pooled ``(B, 1, C)`` tensor; CoaT's ``Conv1d(3, 1, 1)`` over three stacked
+    class tokens ``(B, 3, C)``). None when the feature axis is the channel axis (a plain
+    convolution, the other rules).
+
+    With ``a`` the input (B, c_in, C), a stride-1 ``conv1d`` with kernel ``w`` (c_out, c_in, k),
+    dilation d and zero padding p on both ends computes ``y[o, i] = b[o] + sum_{c, t} w[o, c, t]
+    a[c, i + t d - p]``. Reversing the features, ``(J a)[c, i] = a[c, C - 1 - i]``, gives
+    ``conv_w(J a) = J conv_flip(w)(a)`` exactly when ``2 p = d (k - 1)`` (the kernel's window is
+    centred, so the output has C features too): the features may be reversed with the kernel
+    flipped (``ActionKind.FLIP``), and no other permutation commutes with a kernel that mixes
+    neighbours (the site is restricted to ``REVERSAL``). The bias adds one number to every
+    feature of a channel, which reversal keeps. A kernel of one tap (``d (k - 1) = 0``) mixes
+    no neighbours: it is a map over c_in applied to each feature alike, like a Linear over
+    positions (``across_positions``): any matrix on the features commutes with it, only
+    permutations when a bias adds the same number to every feature. Anything else (strides,
+    uneven or one-sided padding, 2-d and 3-d kernels, transposed or grouped convolutions along
+    the features) is refused: the fooling variants shift or drop features at the ends."""
     x, ndim = r.info(n.args[0]), r.ndim(n)
-    if isinstance(x, Info) and ndim is not None and x.dim + ndim >= 2:
+    if not isinstance(x, Info) or ndim is None or x.dim + ndim < 2:
+        return None
+    where = r.where(n)
+    bias, stride, padding, dilation, transposed, groups = _conv_options(r, n)
+    weight = r.pname(n.args[1])
+    shape = r.an.shape_of(weight)
+    why = f"{where}: a convolution along the feature axis"
+    if ndim != 3 or x.dim != -1 or x.outer != 1 or x.inner != 1:
+        raise Frozen(f"{why} that is not a conv1d over the last dim (2-d or 3-d kernels)")
+    if transposed or groups != 1:
+        raise Frozen(f"{why} that is transposed or grouped")
+    k, d = shape[2], dilation[0]
+    span = d * (k - 1)  # how far the kernel's window reaches
+    if isinstance(padding, str):
+        # "same" pads span // 2 on the left and the rest on the right: centred when span is even
+        pad = {"valid": 0, "same": span // 2 if span % 2 == 0 else None}.get(padding)
+    else:
+        pad = padding[0]
+    if stride[0] != 1 or pad is None or 2 * pad != span:
         raise Frozen(
-            "a convolution along the feature axis (ECA-style conv1d over channels) mixes "
-            "neighbouring features: no permutation of them commutes with it (reversing their "
-            "order with the kernel flipped is the one exception, a two-element symmetry that "
-            "no site family represents)"
+            f"{why} (kernel {k}, dilation {d}, padding {padding}, stride {stride[0]}) whose "
+            "window is not centred (2 * padding != dilation * (kernel - 1), or a stride): the "
+            "features at the two ends are padded differently, so not even their reversal "
+            "commutes with it; every feature stays"
         )
+    parts = r.an.parts(x)
+    if span == 0:
+        if bias is not None:
+            for part in parts:
+                r.an.restrict_matrix(part, PERMUTATION, f"{why} with one tap: its bias adds the "
+                                     "same value to every feature")  # fmt: skip
+        return x
+    if len(parts) != 1 or parts[0][2] is not None:
+        raise Frozen(f"{why} over features split between sites (reversal mixes the blocks)")
+    sid, mode, _ = parts[0]
+    r.an.restrict_matrix(
+        parts[0], REVERSAL,
+        f"{why} (kernel {k}): it mixes neighbouring features; only reversing their order, with "
+        "the kernel flipped, commutes with it",
+    )  # fmt: skip
+    if sid != 0:
+        r.an.act_raw(sid, weight, 2, ActionKind.FLIP, k)
+    return x
 
 
 def _depthwise(r: AtenRunner, n, x: Any, weight: str, bias: str | None, ndim: int) -> Any:

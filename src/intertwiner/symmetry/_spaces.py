@@ -202,7 +202,11 @@ class Spaces:
         """Restrict so that the matrix moving this part (in its mode) lies in ``target``."""
         sid, mode, _ = part
         if mode == Mode.P:
-            return  # a permutation lies in every family
+            # the permutation part lies in every family that holds every permutation; a smaller
+            # one (the reversal) holds it only when the element is itself in that family
+            if not PERMUTATION <= family(target):
+                self.restrict(sid, intersect(PERMUTATION, target), reason)
+            return
         phi = self.sites[self.find(sid)].phi if mode == Mode.PHI else None
         self.restrict(sid, as_phi(phi).preimage(target), reason)
 
@@ -322,6 +326,7 @@ class Spaces:
                 self.freeze(s, reason)
             return
         s = self.sites[sid]
+        self._splittable(s, reason)
         children = []
         for _, _, ch in other:
             c = self.new_site(len(ch))
@@ -357,6 +362,7 @@ class Spaces:
         if sid == 0:
             return x
         s = self.sites[sid]
+        self._splittable(s, reason)
         children, start = [], 0
         for size in sizes:
             chans = tuple(range(start, start + size))
@@ -369,6 +375,16 @@ class Spaces:
             children.append((c, chans))
         s.split = children
         return x.moved(parts=tuple((c, mode, chans) for c, chans in children))
+
+    def _splittable(self, s: _SiteState, reason: str) -> None:
+        """Refuse to cut a site whose family holds fewer than every permutation (the reversal of
+        an ECA conv): a block-diagonal element cannot reverse the whole space, and its kernel
+        flips act on the whole space's element."""
+        if not PERMUTATION <= s.family:
+            raise UnsupportedModuleError(
+                f"{reason}: a space restricted to {s.family.description} cannot be cut into "
+                "blocks (the reversal maps the first block onto the last)"
+            )
 
     def fold_blocks(self, sid: int, k: int) -> bool:
         """Make the unsplit root site ``sid`` (width K * C) a site of width C whose element M
@@ -426,7 +442,16 @@ class Spaces:
             raise UnsupportedModuleError(f"{reason}: a product of a space with itself")
         self.restrict_matrix(pv, MONOMIAL, f"{reason}: a per-feature gate commutes with D P only")
         g = self.sites[self.find(sg)]
-        g.actions = [dataclasses.replace(a, kind="P") for a in g.actions]
+        if not PERMUTATION <= g.family:
+            # the gate moves by the value's permutation part, which must stay in the gate's
+            # smaller family (the reversal of an ECA conv): the value's element must then lie in
+            # it too (the largest family whose elements are their own permutation part)
+            why = f"{reason}: the gate allows {g.family.description} only"
+            self.restrict(sv, intersect(g.family, PERMUTATION), why)
+        # a kernel flip follows the permutation part already (it is J or I with it)
+        g.actions = [
+            a if a.kind == ActionKind.FLIP else dataclasses.replace(a, kind="P") for a in g.actions
+        ]
         g.activations = [
             (o, name, dataclasses.replace(ax, kind="P"), grp) for o, name, ax, grp in g.activations
         ]

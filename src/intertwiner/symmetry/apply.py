@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from intertwiner.errors import InvalidElementError, InvalidOptionError, ShapeError, UnknownSiteError
-from intertwiner.groups import ActionKind, DenseElement, GroupElement
+from intertwiner.groups import (
+    ActionKind,
+    DenseElement,
+    GroupElement,
+    MonomialElement,
+    is_reversal,
+    reversal_perm,
+)
 from intertwiner.symmetry.spec import (
     ParamAxis,
     Site,
@@ -35,8 +42,18 @@ def _matrix_for(site: Site, kind: str, g: GroupElement) -> GroupElement:
         raise InvalidOptionError(f"unknown action kind {kind!r}") from None
     if kind is ActionKind.P:
         return permutation_part(g)
+    if kind is ActionKind.FLIP:
+        raise InvalidOptionError("a flip acts on a kernel axis: use _flip_for")  # pragma: no cover
     m = site.group.phi(g) if kind in (ActionKind.PHI, ActionKind.PHI_INV_T) else g
     return m.inverse().transpose() if kind.inverse else m
+
+
+def _flip_for(a: ParamAxis, g: GroupElement) -> GroupElement:
+    """The kernel axis' element of a ``FLIP`` action: reversed when ``g`` is J, else the
+    identity (of the kernel's length ``a.n_total``)."""
+    ones = torch.ones(a.n_total, dtype=torch.float64)
+    perm = reversal_perm(a.n_total) if is_reversal(g) else torch.arange(a.n_total)
+    return MonomialElement(perm, ones)
 
 
 def _tensor(model: nn.Module, a: ParamAxis) -> torch.Tensor:
@@ -66,7 +83,7 @@ def transform_site(
     through one would no longer reach the other): ``shares_no_storage``.
     """
     g64 = element.to(torch.float64)
-    cache: dict[str, GroupElement] = {}
+    cache: dict[object, GroupElement] = {}
 
     def own(t: torch.Tensor) -> None:
         """Record ``t``'s original before its first write (swap: give ``t`` a private copy)."""
@@ -95,8 +112,10 @@ def transform_site(
                 t.mul_(factor.reshape(shape).to(t.dtype))
             w.fill_((1.0 - fold.offset) / fold.slope)
         for a in site.actions:
-            if a.kind not in cache:
-                cache[a.kind] = _matrix_for(site, a.kind, g64)
+            key = (a.kind, a.n_total) if a.kind == ActionKind.FLIP else a.kind
+            if key not in cache:
+                flip = a.kind == ActionKind.FLIP
+                cache[key] = _flip_for(a, g64) if flip else _matrix_for(site, a.kind, g64)
             t = _tensor(model, a)
             whole = a.channels is None and a.within is None and t.is_contiguous()
             if swap and saved is not None and whole:
@@ -104,12 +123,12 @@ def transform_site(
                 # (contiguous only: a new layout could change the kernels' summation order)
                 if id(t) not in saved:
                     saved[id(t)] = (t, t.data, True)
-                t.data = _apply_view(t.data, a.axis, a, cache[a.kind], None)
+                t.data = _apply_view(t.data, a.axis, a, cache[key], None)
                 continue
             own(t)
             if a.within is not None:
                 t = t.narrow(*a.within)  # a view: the update lands in the parameter
-            apply_view_inplace(t, a.axis, a, cache[a.kind], a.channels)
+            apply_view_inplace(t, a.axis, a, cache[key], a.channels)
 
 
 def restore(saved: Saved) -> None:
