@@ -45,7 +45,7 @@ def _terms(
     float64."""
     terms = []
     for k, ax in enumerate(site.actions):
-        if ax.buffer:
+        if ax.buffer or ax.scalar:  # a one-number parameter has no row per unit to match
             continue
         x = axis_rows(tensor_of(a, ax).detach(), ax).to(dtype).cpu()
         ch = None if shift is None else shift.get(k)

@@ -40,13 +40,15 @@ from intertwiner.stitching import _solvers as solvers
 
 # Stitch kinds are the group families, by their short names (``groups.Family.short_name``), plus
 # three kinds that are not groups: a rank constraint, an L1 penalty and a free diagonal.
-GROUP_KINDS = tuple(f.short_name for f in FAMILIES.values())
-MONOMIAL_KINDS = tuple(f.short_name for f in FAMILIES.values() if f.monomial)
+# c P (one common scale, ``ScaledPermutation``) is not a stitch kind: ``parse_kind`` refuses it.
+_STITCH_FAMILIES = tuple(f for f in FAMILIES.values() if not f.common_scale)
+GROUP_KINDS = tuple(f.short_name for f in _STITCH_FAMILIES)
+MONOMIAL_KINDS = tuple(f.short_name for f in _STITCH_FAMILIES if f.monomial)
 STRUCTURAL_KINDS = ("low_rank", "lasso", "diagonal")
 KINDS = (*GROUP_KINDS, *STRUCTURAL_KINDS, "auto")
 # Kinds whose maps are square (c_in == c_out): every group but GL, and the diagonal.
 SQUARE_KINDS = (
-    *(f.short_name for f in FAMILIES.values() if f is not GENERAL_LINEAR),
+    *(f.short_name for f in _STITCH_FAMILIES if f is not GENERAL_LINEAR),
     "diagonal",
 )
 
@@ -84,9 +86,17 @@ def parse_kind(layer: Any) -> tuple[str, float | int | None]:
         if name in ("diagonal", "auto"):
             return name, None
         try:  # a group: any of its names or aliases ("g_relu", "positive_monomial", ...)
-            return family(name).short_name, None
+            fam = family(name)
         except UnsupportedGroupError:
-            pass
+            fam = None
+        if fam is not None and fam.common_scale:
+            raise UnknownLayerKindError(
+                f"stitch layers constrained to {fam.name} (c P, one common scale) are not "
+                "supported: a stitch layer's global scale is absorbed by the next layer anyway; "
+                "use 'permutation', or 'perm_scale' for per-unit scales"
+            )
+        if fam is not None:
+            return fam.short_name, None
     raise UnknownLayerKindError(
         f"unknown stitch layer kind {layer!r}; choose one of 'full', 'orthogonal', "
         "('low_rank', r), ('lasso', lam), 'diagonal', 'permutation', 'perm_scale', "

@@ -258,6 +258,8 @@ class _Canonicaliser:
     def _terms(self, site: Site, only_ready: bool, group: set[str]) -> tuple[list[KeyTerm], list]:
         terms, used = [], []
         for k, a in enumerate(site.actions):
+            if a.scalar:  # one number: no row per unit (the common factor moves it along)
+                continue
             if only_ready and not self.board.ready(site, k, group):
                 continue
             rows = axis_rows(_tensor(self.work, a).detach(), a).double()
@@ -279,7 +281,10 @@ class _Canonicaliser:
     def _solve(self, site: Site) -> tuple[GroupElement, list[str], list]:
         terms, key = self._terms(site, True, {site.name})
         g, issues = canonical_element(
-            site.group, terms, complete=len(key) == len(site.actions), tol=self.tol
+            site.group,
+            terms,
+            complete=len(key) == sum(not a.scalar for a in site.actions),
+            tol=self.tol,
         )
         return g, issues, key
 
