@@ -422,13 +422,14 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         PERMUTATION,
+        # i24scalar: c P between permutation and positive monomial (FAMILIES lists every family
+        # after its subgroups: ``subgroups()`` keeps this order and its last entry is the family)
+        SCALED_PERMUTATION,
         SIGNED_PERMUTATION,
         POSITIVE_MONOMIAL,
         MONOMIAL,
         ORTHOGONAL,
         GENERAL_LINEAR,
-        # i24scalar: c P between permutation and positive monomial
-        SCALED_PERMUTATION,
     )
 }
 
