@@ -104,6 +104,8 @@ def _brute_force_distance(name: str, m: np.ndarray) -> float:
             s = np.where(entries < 0, -1.0, 1.0)
         elif name == "positive_monomial":
             s = np.maximum(entries, 0.0)  # infimum over s > 0
+        elif name == "scaled_permutation":  # one c for all: the clamped mean (infimum over c > 0)
+            s = np.full(n, max(entries.mean(), 0.0))
         else:
             s = entries
         a = np.zeros((n, n))
@@ -113,7 +115,8 @@ def _brute_force_distance(name: str, m: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize(
-    "name", ["permutation", "signed_permutation", "positive_monomial", "monomial"]
+    "name",
+    ["permutation", "signed_permutation", "positive_monomial", "monomial", "scaled_permutation"],
 )
 @given(seed=seeds, n=st.integers(1, 5))
 @settings(max_examples=20, deadline=None)
@@ -248,7 +251,9 @@ def test_image_holds_phi_of_every_sample_and_is_the_smallest_such(name, phi):
             assert not all(smaller.contains(m, atol=1e-9) for m in images), smaller.name
 
 
-@pytest.mark.parametrize("name", [f for f in sorted(FAMILIES) if family(f).monomial])
+@pytest.mark.parametrize(
+    "name", [f for f in sorted(FAMILIES) if family(f).monomial and not family(f).common_scale]
+)
 def test_fit_scales_is_the_best_allowed_scale_by_brute_force(name):
     """gain = max over (the closure of) the family's scale set of 2 c s - q s^2, on a fine grid
     (and over +-1, 1 exactly)."""
@@ -297,3 +302,20 @@ def test_subgroups_and_larger_agree_with_is_subgroup():
         }
         for bigger in fam.larger():
             assert is_subgroup(fam, bigger) and not is_subgroup(bigger, fam)
+
+
+def test_scaled_permutation_shares_one_factor_and_refuses_per_pair_scales():
+    """c P: samples have one factor for every unit; a per-unit scaling (the next larger family)
+    is not a member; a per-pair scale fit is refused (the scale is shared)."""
+    from intertwiner.errors import UnsupportedGroupError
+    from intertwiner.groups import SCALED_PERMUTATION, intersect
+
+    a = SCALED_PERMUTATION.sample(6, generator=gen(4))
+    assert torch.allclose(a.scale, a.scale[0].expand(6)) and float(a.scale[0]) != 1.0
+    d = family("positive_monomial").sample(6, generator=gen(4))
+    assert not SCALED_PERMUTATION.contains(d)
+    assert intersect(SCALED_PERMUTATION, "signed_permutation").name == "permutation"
+    assert intersect(SCALED_PERMUTATION, "orthogonal").name == "permutation"
+    assert not SCALED_PERMUTATION.preserves_inner_products
+    with pytest.raises(UnsupportedGroupError, match="shares one scale"):
+        SCALED_PERMUTATION.fit_scales(torch.ones(3), torch.ones(3))

@@ -150,3 +150,39 @@ def test_dense_batch_equals_one_fit_per_problem(fam):
             direct = ((x1[i, 0] - mk @ y1[0, j]) ** 2).sum()
             direct += ((x2[i, 0] - torch.linalg.inv(mk).T @ y2[0, j]) ** 2).sum()
             assert float(direct) == pytest.approx(val, rel=1e-9)
+
+
+def test_fit_element_for_c_p_matches_brute_force_over_perms_and_a_grid_of_c():
+    """``c P``: Hungarian on the assignment and the best common factor, with rows moved by A and
+    by A^-T (two exponents); equal to brute force over every permutation and a fine grid of c."""
+    import itertools
+
+    from intertwiner.groups import SCALED_PERMUTATION, FitTerm, fit_element
+
+    g = torch.Generator().manual_seed(11)
+    n = 4
+    y = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    r = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    perm, c = torch.randperm(n, generator=g), 1.7
+    x = c * y[perm] + 0.05 * torch.randn(n, 6, generator=g, dtype=torch.float64)
+    xr = r[perm] / c + 0.05 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    terms = [
+        FitTerm("A", x @ y.T, (y * y).sum(1), (x * x).sum(1)),
+        FitTerm("A^-T", xr @ r.T, (r * r).sum(1), (xr * xr).sum(1)),
+    ]
+    e, cost = fit_element(SCALED_PERMUTATION, "identity", terms)
+    assert SCALED_PERMUTATION.contains(e)
+    got = float(
+        ((x - e.apply(y, 0)) ** 2).sum() + ((xr - e.inverse().transpose().apply(r, 0)) ** 2).sum()
+    )
+    assert got == pytest.approx(cost, rel=1e-9)
+    grid = torch.linspace(0.5, 3.0, 5001, dtype=torch.float64)
+    brute = min(
+        float(
+            (((x.unsqueeze(0) - grid[:, None, None] * y[list(p)]) ** 2).sum((1, 2))
+             + ((xr.unsqueeze(0) - r[list(p)] / grid[:, None, None]) ** 2).sum((1, 2))).min()
+        )
+        for p in itertools.permutations(range(n))
+    )  # fmt: skip
+    assert cost <= brute + 1e-9 and cost == pytest.approx(brute, rel=1e-5)
+    assert e.perm.tolist() == perm.tolist()

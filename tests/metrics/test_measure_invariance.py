@@ -105,7 +105,7 @@ def test_changes_under_next_larger_family(name, options, dtype, layout_pair):
     _, x, y = layout_pair
     m = _metric(name, options)
     larger = family(m.invariance).larger()
-    for fam in larger:
+    for fam in (f for f in larger if not f.common_scale):  # c P: see the test at the end
         assert fam.name not in m.invariant_to
         assert_not_invariant(m, fam, x, y, dtype=dtype, n_samples=3, generator=12)
     if not larger:  # GL: no larger group; the measure still sees nonlinear changes
@@ -133,5 +133,18 @@ def test_changes_under_every_family_not_declared(name, options, layout_pair):
     _, x, y = layout_pair
     m = _metric(name, options)
     for fam in FAMILIES.values():
-        if fam.name not in m.invariant_to:
+        if fam.name not in m.invariant_to and not fam.common_scale:  # c P: see the next test
             assert_not_invariant(m, fam, x, y, n_samples=3, generator=13)
+
+
+@pytest.mark.parametrize(("name", "options"), TABLE, ids=IDS)
+def test_every_measure_is_invariant_to_one_common_scale_times_a_permutation(
+    name, options, layout_pair
+):
+    """``c P`` (``scaled_permutation``, issue 24): every measure is scale free
+    (``test_in_range_and_scale_free``) and invariant to permutations, hence to ``c P``, also
+    where ``c P`` is not a subgroup of the declared family (orthogonal, signed permutations):
+    ``invariant_to`` lists the declared family's subgroups only."""
+    _, x, y = layout_pair
+    m = _metric(name, options)
+    assert_invariant(m, "scaled_permutation", x, y, n_samples=2, generator=14)

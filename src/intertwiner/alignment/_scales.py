@@ -43,7 +43,7 @@ def _energies(model: nn.Module, site, phi_kind) -> dict[float, torch.Tensor]:
     """Per exponent p != 0: the (width,) energy of the rows the unit's scale multiplies by s^p."""
     out: dict[float, torch.Tensor] = {}
     for ax in site.actions:
-        if ax.buffer:  # running statistics are moved with the unit but carry no norm
+        if ax.buffer or ax.scalar:  # running statistics / one number: no norm per unit
             continue
         p, _ = exponents(ax.kind, phi_kind)
         if p == 0:
@@ -58,7 +58,7 @@ def normalised(site, model: nn.Module) -> bool:
     """A unit behind a normalisation: some weight matrix feeding it is only permuted (kind
     ``"P"``) and every row its scale multiplies is a vector (the norm's affine); a gated unit,
     whose gate rows are only permuted but whose up-projection rows are scaled, is not one."""
-    params = [ax for ax in site.actions if not ax.buffer]
+    params = [ax for ax in site.actions if not ax.buffer and not ax.scalar]
     permuted = any(ax.kind == "P" and tensor_of(model, ax).dim() >= 2 for ax in params)
     scaled = [ax for ax in params if exponents(ax.kind, site.group.phi_kind)[0] > 0]
     return permuted and bool(scaled) and all(tensor_of(model, ax).dim() == 1 for ax in scaled)

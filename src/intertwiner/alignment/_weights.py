@@ -47,7 +47,9 @@ def _terms(
     terms = []
     for k, ax in enumerate(site.actions):
         if ax.buffer or not ActionKind(ax.kind).on_site_axis:
-            continue  # buffers follow; a kernel flip (reversal sites) follows the element
+            # buffers follow; a kernel flip (reversal sites) follows the element; a one-number
+            # parameter (c P sites) has no row per unit to match
+            continue
         x = axis_rows(tensor_of(a, ax).detach(), ax).to(dtype).cpu()
         ch = None if shift is None else shift.get(k)
         y = axis_rows(tensor_of(b, ax).detach(), ax, ch).to(dtype).cpu()

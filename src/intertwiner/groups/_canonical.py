@@ -15,6 +15,8 @@ of ``terms``: for every ``h`` in the group, ``canonical(h . terms) . (h . terms)
   a near-tie (within ``tol`` of the largest projection) broken by the next direction.
 - Reversal ({I, J}): the key or its reversal, whichever has a positive centred-position moment
   of its projections (the first direction that tells them apart).
+- ``c P`` (one common factor): as above with the total energy of the first class over all units
+  made 1, then the units ordered.
 - Orthogonal: the rows ``Z`` (every kind acts by ``Q``) are put in their singular basis,
   ``Q Z = S V^T``, each row's sign chosen so that its sum of cubes is positive.
 - General linear with both ``A`` rows ``X`` and ``A^-T`` rows ``Y``: the invariant ``M = X^T Y`` is
@@ -30,6 +32,7 @@ equal keys (or all-zero keys) are interchangeable and are not an issue.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +128,18 @@ def _monomial(
         if not complete and not bool(assigned.all()):
             free = torch.nonzero(~assigned).flatten().tolist()
             issues.append(f"units {free[:8]} have no key rows that see their scale")
+    elif fam.common_scale:  # c P: one factor for all units, set by the total energy of a class
+        classes = sorted({p for p, _ in ex if p > 0}) + sorted(
+            {p for p, _ in ex if p < 0}, reverse=True
+        )
+        for p in classes:
+            e = sum(float((r * r).sum()) for r, (pk, _) in zip(rows, ex, strict=True) if pk == p)
+            if e > 0:
+                u[:] = -math.log(e) / (2.0 * p)
+                break
+        else:
+            if not complete:
+                issues.append("no key rows see the common scale")
     # Per term, row i of the normalised key is factor[i] * rows[i]: statistics are taken from
     # the rows and rescaled, so the (possibly huge) key is never built.
     factors = [torch.exp(p * u) for p, _ in ex]

@@ -4,7 +4,8 @@ Each family samples elements, tests membership and projects a matrix onto its ne
 Frobenius norm. Families are stateless singletons; ``FAMILIES[name]`` looks one up by name.
 Subgroup order (each contained in the next where an arrow is drawn):
 ``Permutation -> SignedPermutation -> Monomial -> GeneralLinear``,
-``Permutation -> PositiveMonomial -> Monomial``, ``SignedPermutation -> Orthogonal -> GeneralLinear``;
+``Permutation -> PositiveMonomial -> Monomial``, ``SignedPermutation -> Orthogonal -> GeneralLinear``,
+``Permutation -> ScaledPermutation -> PositiveMonomial`` (``c P``, one common factor c > 0);
 ``Reversal -> Permutation``: the two-element group {I, J} of the identity and the order reversal
 is contained in every family (the lattice's bottom).
 """
@@ -59,7 +60,8 @@ class Family:
     dof: str = ""
     #: Other names accepted by ``family()``; the first is the short name stitching and reports use.
     aliases: tuple[str, ...] = ()
-    #: Monomial families: the set the diagonal scales live in ("one", "sign", "positive", "any").
+    #: Monomial families: the set the diagonal scales live in ("one", "sign", "positive", "any",
+    #: or "common": one positive number shared by every unit).
     scales: str = ""
     #: The family phi(G) falls in when phi forgets signs (abs, even or non-integer powers).
     unsigned_name: str = ""
@@ -80,6 +82,12 @@ class Family:
         return self.scales in ("positive", "any")
 
     @property
+    def common_scale(self) -> bool:
+        """A monomial family whose elements scale every unit by one common factor c > 0 (``c P``):
+        one continuous degree of freedom, not one per unit (``free_scales`` is False)."""
+        return self.scales == "common"
+
+    @property
     def flips_signs(self) -> bool:
         """Monomial families whose scales can be negative (a unit may be matched to its negation)."""
         return self.scales in ("sign", "any")
@@ -93,6 +101,8 @@ class Family:
             return torch.where(scale < 0, -torch.ones_like(scale), torch.ones_like(scale))
         if self.scales == "one":
             return torch.ones_like(scale)
+        if self.scales == "common":  # the nearest vector c 1 with c >= 0 (L2): the clamped mean
+            return scale.mean().clamp(min=0.0).expand_as(scale).clone()
         return scale
 
     def image(self, phi: object = None) -> Family:
@@ -152,6 +162,12 @@ class Family:
         """
         if not self.monomial:
             raise UnsupportedGroupError(f"{self.name} is not a monomial family: no pair scales")
+        if self.common_scale:
+            raise UnsupportedGroupError(
+                f"{self.name} shares one scale between all units, so no scale is fitted per "
+                "pair: use project (one matrix) or groups.fit_element (statistics), which fit the "
+                "permutation and the common scale together"
+            )
         cross, second = torch.broadcast_tensors(cross, second)
         ok = second > 0
         safe = torch.where(ok, second, torch.ones_like(second))
@@ -292,6 +308,40 @@ class PositiveMonomial(_MonomialFamily):
 
     def _scale_ok(self, scale, atol):
         return bool((scale > atol).all())
+
+
+# -- i24scalar: positive scalar times permutation (issue 24) ------------------------------------
+class ScaledPermutation(_MonomialFamily):
+    """``c P`` with one c > 0 for every unit: what survives where a one-number parameter (a
+    scalar bias, StarReLU's ``s relu(x)^2 + b``, HGNetV2's ``LearnableAffineBlock``) must move with
+    the features: the number takes the common factor (``b -> c b``, ``s -> s / c``). Not
+    orthogonal; its intersection with signed permutations (or O(n)) is the permutations."""
+
+    name = "scaled_permutation"
+    description = "c P, c > 0"
+    dof = "1"
+    aliases = ("scaled_perm", "c_perm")
+    scales = "common"
+
+    def _sample_scale(self, n, generator, dtype):
+        # one log-normal factor with mean 1, as PositiveMonomial draws each of its scales
+        g = torch.randn(1, generator=generator, dtype=torch.float64)
+        return torch.exp(g - 0.5).expand(n).clone().to(dtype)
+
+    def _scale_ok(self, scale, atol):
+        if not bool((scale > atol).all()):
+            return False
+        return bool(((scale - scale[0]).abs() <= atol * scale[0].clamp_min(1.0)).all())
+
+    def project(self, matrix):
+        # ||M - c P||^2 = ||M||^2 - 2 c sum_i M[i, perm i] + c^2 n: for every c > 0 the best perm
+        # maximises the matched sum (Hungarian on M), then c = that sum / n (the closed form),
+        # nudged inside (c > 0) when the sum is not positive.
+        m = _as_square(matrix)
+        perm = best_assignment(m.detach().cpu().double())
+        entries = m[torch.arange(m.shape[0]), perm]
+        c = entries.mean().clamp_min(MIN_SCALE)
+        return MonomialElement(perm, c.expand(m.shape[0]).clone())
 
 
 class Monomial(_MonomialFamily):
@@ -444,11 +494,15 @@ POSITIVE_MONOMIAL = PositiveMonomial()
 MONOMIAL = Monomial()
 ORTHOGONAL = Orthogonal()
 GENERAL_LINEAR = GeneralLinear()
+SCALED_PERMUTATION = ScaledPermutation()  # i24scalar
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         PERMUTATION,
+        # i24scalar: c P between permutation and positive monomial (FAMILIES lists every family
+        # after its subgroups: ``subgroups()`` keeps this order and its last entry is the family)
+        SCALED_PERMUTATION,
         SIGNED_PERMUTATION,
         POSITIVE_MONOMIAL,
         MONOMIAL,
@@ -466,6 +520,9 @@ LARGER: dict[str, tuple[str, ...]] = {
     "orthogonal": ("general_linear",),
     "general_linear": (),
 }
+# i24scalar: c P sits between permutation and positive monomial.
+LARGER["permutation"] = (*LARGER["permutation"], "scaled_permutation")
+LARGER["scaled_permutation"] = ("positive_monomial",)
 
 # Subgroup relation (reflexive, transitive), for intersections of restrictions.
 _SUBGROUPS: dict[str, set[str]] = {
@@ -476,6 +533,10 @@ _SUBGROUPS: dict[str, set[str]] = {
     "orthogonal": {"permutation", "signed_permutation", "orthogonal"},
     "general_linear": set(FAMILIES),
 }
+# i24scalar: c P contains the permutations and lies in the (positive) monomial families and GL.
+_SUBGROUPS["scaled_permutation"] = {"permutation", "scaled_permutation"}
+for _big in ("positive_monomial", "monomial"):
+    _SUBGROUPS[_big].add("scaled_permutation")
 
 # -- the reversal family {I, J} (issue 24: ECA's conv1d over channels). Its own block: it is
 # contained in every family (a permutation), so it joins every subgroup set and is the bottom.

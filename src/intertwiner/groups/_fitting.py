@@ -38,7 +38,7 @@ import torch
 
 from intertwiner.errors import InvalidOptionError, NonFiniteError, ShapeError, TooFewSamplesError
 from intertwiner.groups._elements import DenseElement, GroupElement, MonomialElement
-from intertwiner.groups._families import Family, family
+from intertwiner.groups._families import Family, best_assignment, family
 from intertwiner.groups._phi import as_phi
 
 __all__ = ["FitTerm", "exponents", "fit_dense_batch", "fit_element", "pair_costs"]
@@ -81,6 +81,12 @@ def exponents(kind: str, phi_kind) -> tuple[float, int]:
         sgn = -1.0 if kind == "phi(A)^-T" else 1.0
         p, q = as_phi(phi_kind).exponents()
         return sgn * p, q
+    # one-number parameters of a c P site (c > 0: no sign): c, c^k, c^(1-k)
+    if kind == "c(A)":
+        return 1.0, 0
+    if kind in ("c(phi(A))", "c(A)/c(phi(A))"):
+        p = as_phi(phi_kind).exponents()[0]
+        return (p, 0) if kind == "c(phi(A))" else (1.0 - p, 0)
     raise InvalidOptionError(f"unknown action kind {kind!r}")
 
 
@@ -211,6 +217,11 @@ def pair_costs(
         vm = _objective(groups, -one, u)
         neg = vm < vp
         return const + torch.minimum(vp, vm), torch.where(neg, -torch.exp(u), torch.exp(u))
+    if fam.common_scale:
+        raise InvalidOptionError(
+            f"{name} shares one scale between all units: pair costs depend on the other pairs' "
+            "scale; use fit_element, which fits the permutation and the common scale together"
+        )
     if fam.scales == "one":
         # permutation, reversal: every scale is 1: J - |x|^2 = |y_j|^2 - 2 <x_i, y_j> per group
         return const + sum(torch.add(g.unsqueeze(0), c, alpha=-2.0) for _p, _q, c, g in groups), one
@@ -383,6 +394,8 @@ def fit_element(
     n = _check_terms(terms)
     if not fam.monomial:
         return _fit_dense(fam, terms, n)
+    if fam.common_scale:
+        return _fit_common(phi_kind, terms, n, scale)
     cost, scales = pair_costs(fam, phi_kind, terms, scale=scale)
     c = cost.numpy()
     if not np.isfinite(c).all():
@@ -390,3 +403,45 @@ def fit_element(
     perm = fam.best_perm(-c)  # the cheapest pairing the family allows
     idx = torch.arange(n)
     return MonomialElement(perm, scales[idx, perm].clone()), float(cost[idx, perm].sum())
+
+
+def _fit_common(phi_kind, terms: list[FitTerm], n: int, scale: str) -> tuple[GroupElement, float]:
+    """``c P`` (``ScaledPermutation``) minimising J: alternate the assignment at the current c
+    (Hungarian on the pair costs) and the best c for that assignment (J is a sum over matched
+    pairs, so the 1-d problem in c uses the summed statistics: closed form for one exponent, the
+    log-grid search with Newton polishing otherwise). J never increases; where every term has
+    exponent 1 (kind ``"A"``) the assignment does not depend on c > 0 and one round is exact.
+    ``scale="norm"``: c matches the energies of all scaled rows (it does not depend on P)."""
+    groups = _grouped(terms, phi_kind)
+    const = sum(t.sq_a.double() for t in terms).unsqueeze(1)
+    shape = tuple(groups[0][2].shape)
+    one = torch.ones(shape, dtype=torch.float64)
+    u = torch.zeros((1, 1), dtype=torch.float64)
+    if scale == "norm":  # the per-pair rule on the totals: B's scaled rows get A's energy
+        total = [
+            FitTerm(t.kind, t.cross.sum().reshape(1, 1), t.diag().sum().reshape(1), t.sq_a.sum())
+            for t in terms
+        ]
+        u = _norm_log_scale(total, phi_kind, (1, 1))
+    elif scale != "least_squares":
+        raise InvalidOptionError(f"scale must be 'least_squares' or 'norm', got {scale!r}")
+    idx = torch.arange(n)
+    perm = None
+    for _ in range(20):
+        cost = const + _objective(groups, one, u.expand(shape))
+        if not bool(torch.isfinite(cost).all()):
+            raise NonFiniteError("non-finite matching costs; check the weights or features")
+        new = best_assignment(-cost)
+        if perm is not None and bool((new == perm).all()):
+            break
+        perm = new
+        if scale == "norm":
+            continue
+        matched = [
+            (p, q, c[idx, perm].sum().reshape(1, 1), g[perm].sum().reshape(1))
+            for p, q, c, g in groups
+        ]
+        u = _best_log_scale(matched, torch.ones(1, 1, dtype=torch.float64), (1, 1))[0]
+    cost = const + _objective(groups, one, u.expand(shape))
+    c = torch.exp(u.reshape(())).expand(n).clone()
+    return MonomialElement(perm, c), float(cost[idx, perm].sum())

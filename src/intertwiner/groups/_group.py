@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
-from intertwiner.groups._elements import GroupElement
+from intertwiner.errors import UnsupportedGroupError
+from intertwiner.groups._elements import GroupElement, MonomialElement
 from intertwiner.groups._families import GENERAL_LINEAR, Family, family
+from intertwiner.groups._kinds import ActionKind
 from intertwiner.groups._phi import IDENTITY_PHI, Phi, as_phi
 
 #: The old in-memory phi forms, still accepted wherever a phi is (``as_phi`` reads them).
@@ -69,6 +71,29 @@ class IntertwinerGroup:
     def phi(self, element: GroupElement) -> GroupElement:
         """The matrix phi(A) that acts on the activation side: sigma(A x) = phi(A) sigma(x)."""
         return self.phi_kind.apply(element)
+
+    def scalar_factor(self, kind: Any, element: GroupElement) -> float:
+        """The number a scalar action ``kind`` (``ActionKind.SCALAR_*``) multiplies a one-number
+        parameter by under ``element``: a power of its common factor c (``A = c P``). For a
+        monomial element whose scales differ (outside ``c P``, applied on purpose to show that it
+        changes the function) c is their geometric mean; a dense element has no such factor."""
+        kind = ActionKind(kind)
+        if not kind.scalar:
+            raise UnsupportedGroupError(f"action kind {kind.value!r} does not move a number")
+        if not isinstance(element, MonomialElement):
+            raise UnsupportedGroupError(
+                f"a scalar action ({kind.value}) needs a monomial element c P with one factor "
+                f"c > 0; got a dense {element.n} x {element.n} matrix"
+            )
+
+        def common(m: MonomialElement) -> float:
+            return float(torch.exp(torch.log(m.scale.double().abs()).mean()))
+
+        c = common(element)
+        if kind is ActionKind.SCALAR_A:
+            return c
+        c_phi = common(self.phi(element))
+        return c_phi if kind is ActionKind.SCALAR_PHI else c / c_phi
 
     @property
     def phi_family(self) -> Family:

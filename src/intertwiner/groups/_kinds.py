@@ -11,6 +11,13 @@ the site's: a kernel axis (of its own length) reversed when the site's element i
 reversal J of the reversal family, left alone when it is I (a convolution sliding along the
 feature axis: ``conv_k(J a) = J conv_flip(k)(a)``).
 
+Three kinds move a *one-number parameter* (a tensor with one entry) by the common factor ``c``
+of a ``c P`` element (``ScaledPermutation``) instead of along an axis: ``"c(A)"`` (``t <- c t``:
+a number added to a tensor moved by ``A``), ``"c(phi(A))"`` (``t <- c^k t`` for phi = x^k: a
+number added to an activation output) and ``"c(A)/c(phi(A))"`` (``t <- c^(1-k) t``: a number
+multiplying an activation output, whose product is then moved by ``A``). A permutation has
+``c = 1``: it leaves them unchanged.
+
 Both are ``StrEnum`` s: a member equals its string (``ActionKind.A_INV_T == "A^-T"``), so specs
 written as JSON and older code that compares strings read the same values.
 """
@@ -33,6 +40,10 @@ class ActionKind(StrEnum):
     A_INV_T = "A^-T"
     PHI_INV_T = "phi(A)^-T"
     FLIP = "flip"
+    # i24scalar: one-number parameters moved by the common factor of a c P element
+    SCALAR_A = "c(A)"
+    SCALAR_PHI = "c(phi(A))"
+    SCALAR_A_OVER_PHI = "c(A)/c(phi(A))"
 
     @staticmethod
     def writing(mode: str) -> ActionKind:
@@ -44,6 +55,17 @@ class ActionKind(StrEnum):
         """The kind on the input axis of a layer that reads a tensor moved in ``mode``."""
         return _READING[Mode(mode)]
 
+    @staticmethod
+    def scalar_added(mode: str) -> ActionKind | None:
+        """The kind on a one-number parameter added to a tensor moved in ``mode`` (None for
+        ``"P"``: the permutation part leaves the number unchanged)."""
+        return _SCALAR_ADDED[Mode(mode)]
+
+    @property
+    def scalar(self) -> bool:
+        """Moves a one-number parameter by a power of the element's common factor c."""
+        return self in _SCALAR
+
     @property
     def inverse(self) -> bool:
         """Moved by the inverse transpose (an input axis)."""
@@ -52,9 +74,12 @@ class ActionKind(StrEnum):
     @property
     def on_site_axis(self) -> bool:
         """The axis moved is one of the site's width (row i moves with unit i): every kind but
-        ``FLIP``, whose axis is a kernel's. Fitting and canonical keys read only these."""
-        return self is not ActionKind.FLIP
+        ``FLIP``, whose axis is a kernel's, and the scalar kinds, which move one number by the
+        common factor. Fitting and canonical keys read only these."""
+        return self is not ActionKind.FLIP and not self.scalar
 
 
 _WRITING = {Mode.A: ActionKind.A, Mode.P: ActionKind.P, Mode.PHI: ActionKind.PHI}
 _READING = {Mode.A: ActionKind.A_INV_T, Mode.P: ActionKind.P, Mode.PHI: ActionKind.PHI_INV_T}
+_SCALAR_ADDED = {Mode.A: ActionKind.SCALAR_A, Mode.P: None, Mode.PHI: ActionKind.SCALAR_PHI}
+_SCALAR = frozenset((ActionKind.SCALAR_A, ActionKind.SCALAR_PHI, ActionKind.SCALAR_A_OVER_PHI))

@@ -25,6 +25,7 @@ from intertwiner.groups._families import (
     ORTHOGONAL,
     PERMUTATION,
     POSITIVE_MONOMIAL,
+    SCALED_PERMUTATION,
     SIGNED_PERMUTATION,
     Family,
     family,
@@ -91,6 +92,11 @@ class Phi:
             return PERMUTATION if signs else SIGNED_PERMUTATION
         if target.scales == "sign":
             return SIGNED_PERMUTATION
+        if target.scales == "common":
+            # phi(s_i) one positive number c': |s_i| all equal (and s_i > 0 when phi keeps signs);
+            # where phi forgets signs, c P and the signed permutations both qualify and neither
+            # holds the other: c P, the one that keeps the scale (i24scalar)
+            return SCALED_PERMUTATION
         if target.scales == "positive":  # phi(s) > 0: s > 0 when phi keeps signs
             return POSITIVE_MONOMIAL if signs else MONOMIAL
         return MONOMIAL
@@ -215,7 +221,7 @@ class PowerPhi(_MonomialPhi):
 
     def check_family(self, fam: Family) -> None:
         super().check_family(fam)
-        if not self.integer and fam.scales != "positive":
+        if not self.integer and fam.scales not in ("positive", "common"):
             raise UnsupportedGroupError(
                 f"a non-integer power phi (d = {self.d}) needs positive scales: family "
                 f"positive_monomial, not {fam.name}"

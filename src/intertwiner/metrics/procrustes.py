@@ -13,6 +13,8 @@ Everything reduces to the neuron cross matrix M = X'Y and the neuron norms:
 - ``positive_monomial`` (G_ReLU): each neuron unit-normalised first (this quotients out the
   positive scales), then a permutation assignment; the paper's G_ReLU-Procrustes.
 - ``monomial``: unit-normalised neurons, then a signed assignment.
+- ``scaled_permutation`` (c P): the permutation assignment; the common factor c is quotiented out
+  by the unit Frobenius norms below, so the value equals the permutation one.
 
 With X^, Y^ the normalised matrices (unit Frobenius norm; monomial groups: unit neurons, then unit
 Frobenius norm) and g* the best group element, ``procrustes_distance`` is

@@ -41,8 +41,11 @@ from intertwiner.stitching import _solvers as solvers
 # Stitch kinds are the group families, by their short names (``groups.Family.short_name``), plus
 # three kinds that are not groups: a rank constraint, an L1 penalty and a free diagonal.
 # Families whose permutation part is not free (the reversal {I, J}) are no stitch kinds: a stitch
-# layer learns which units match, and two fixed matchings leave nothing to learn.
-_STITCH_FAMILIES = tuple(f for f in FAMILIES.values() if f.any_permutation)
+# layer learns which units match, and two fixed matchings leave nothing to learn. Nor is c P (one
+# common scale, ``ScaledPermutation``): ``parse_kind`` refuses it.
+_STITCH_FAMILIES = tuple(
+    f for f in FAMILIES.values() if f.any_permutation and not f.common_scale
+)
 GROUP_KINDS = tuple(f.short_name for f in _STITCH_FAMILIES)
 MONOMIAL_KINDS = tuple(f.short_name for f in _STITCH_FAMILIES if f.monomial)
 STRUCTURAL_KINDS = ("low_rank", "lasso", "diagonal")
@@ -90,6 +93,12 @@ def parse_kind(layer: Any) -> tuple[str, float | int | None]:
             fam = family(name)
         except UnsupportedGroupError:
             fam = None
+        if fam is not None and fam.common_scale:
+            raise UnknownLayerKindError(
+                f"stitch layers constrained to {fam.name} (c P, one common scale) are not "
+                "supported: a stitch layer's global scale is absorbed by the next layer anyway; "
+                "use 'permutation', or 'perm_scale' for per-unit scales"
+            )
         if fam is not None and fam.short_name in GROUP_KINDS:
             return fam.short_name, None
         if fam is not None:

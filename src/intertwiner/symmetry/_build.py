@@ -10,6 +10,7 @@ from intertwiner._types import SiteName
 from intertwiner.groups import (
     GENERAL_LINEAR,
     MONOMIAL,
+    SCALED_PERMUTATION,
     ActionKind,
     IntertwinerGroup,
     as_phi,
@@ -26,7 +27,9 @@ def build_spec(an: Spaces, model_name: str) -> SymmetrySpec:
     leaves = _collect(an)
     used: set[str] = set()
     sites = [_site(an.sites[r], leaves[r], r, used) for r in sorted(leaves) if r != 0]
-    frozen = _frozen(an) + an.fixed_params
+    moved = {a.name for s in sites for a in s.actions}
+    fixed = [f for f in an.fixed_params if not set(f[2]) <= moved]
+    frozen = _frozen(an) + fixed
     params: dict[str, tuple[str, ...]] = {}
     for label, _, names in frozen:
         params[label] = tuple(dict.fromkeys(params.get(label, ()) + names))
@@ -81,7 +84,11 @@ def _site(s: _SiteState, data: dict[str, list], r: int, used: set[str]) -> Site:
     name = _unique(s.explicit_name or (act_names[0] if act_names else None)
                    or f"{kind}:{writers[0] if writers else r}", used)  # fmt: skip
     actions = [
-        dataclasses.replace(a, channels=_all_is_none(ch, a.n_total)) for a, ch in data["actions"]
+        dataclasses.replace(a, channels=_all_is_none(ch, a.n_total))
+        for a, ch in data["actions"]
+        # a number moved by a power of the common factor c of A = c P stays put where the
+        # site's group has no such factor (c = 1): not an action that moves anything
+        if not ActionKind(a.kind).scalar or SCALED_PERMUTATION <= s.family
     ]
     folds = _folds(s, data["folds"], actions)
     axes = {

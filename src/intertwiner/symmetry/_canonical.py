@@ -260,7 +260,9 @@ class _Canonicaliser:
         terms, used = [], []
         for k, a in enumerate(site.actions):
             if not ActionKind(a.kind).on_site_axis:
-                continue  # a kernel flip (reversal sites) follows the element; no key rows
+                # a kernel flip (reversal sites) follows the element, a one-number parameter
+                # (c P sites) the common factor: no key rows
+                continue
             if only_ready and not self.board.ready(site, k, group):
                 continue
             rows = axis_rows(_tensor(self.work, a).detach(), a).double()

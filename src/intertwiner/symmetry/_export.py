@@ -21,7 +21,8 @@ JSON description (``SymmetrySpec.to_dict``, schema ``SCHEMA``)::
                 "group": {"name", "family", "phi"},       # family: see groups.FAMILIES
                 "restrictions": [str], "activations": [module name], "writers": [module name],
                 "actions": [{"name": parameter or buffer, "axis": int,
-                             "kind": "A" | "P" | "A^-T" | "phi(A)^-T",
+                             "kind": "A" | "P" | "A^-T" | "phi(A)^-T" | "c(A)" | "c(phi(A))"
+                                     | "c(A)/c(phi(A))",
                              "n_total", "outer", "inner": view of the axis as (outer, n_total, inner),
                              "channels": [int] or null (all n_total channels),
                              "buffer": bool, "within": [axis, start, length] or null}],
@@ -52,6 +53,8 @@ def _unrepresentable(site: Site) -> str | None:
         # Git Re-Basin searches every permutation; this site allows a few (I or J) only
         return f"its group allows {site.group.family.description} only, not every permutation"
     for a in site.actions:
+        if a.scalar:  # a permutation leaves a one-number parameter unchanged
+            continue
         if a.channels is not None:
             return f"{a.describe()}: acts on part of the axis"
         if a.outer != 1 or a.inner != 1:
@@ -72,7 +75,7 @@ def permutation_spec(spec: SymmetrySpec, model: nn.Module | None = None) -> dict
     claimed: dict[tuple[str, int], str] = {}
     for site in spec.sites:
         why = _unrepresentable(site)
-        axes = list(dict.fromkeys((a.name, a.axis) for a in site.actions))
+        axes = list(dict.fromkeys((a.name, a.axis) for a in site.actions if not a.scalar))
         taken = [claimed[x] for x in axes if x in claimed]
         if why is None and taken:
             why = f"shares an axis with site {taken[0]}"

@@ -13,6 +13,7 @@ from intertwiner.groups import (
     MONOMIAL,
     PERMUTATION,
     POSITIVE_MONOMIAL,
+    SCALED_PERMUTATION,
     ActionKind,
     IntertwinerGroup,
     Mode,
@@ -221,6 +222,8 @@ class Rules(Spaces):
             )
             return
         pd = p.axis_for(t.dim(), x.dim)
+        if t.numel() == 1 and self.scalar_moves(x, p.name, ActionKind.scalar_added, reason):
+            return
         if pd < 0 or t.shape[pd] == 1:
             for part in self.parts(x):
                 self.restrict_matrix(
@@ -242,6 +245,38 @@ class Rules(Spaces):
         self.called.add(p.name)
         self.added_to[p.name] = (x, pd)
         self.act(x, p.name, pd, "out", buffer=p.name not in self.params)
+
+    def scalar_moves(self, x: Info, name: str, kind_of, reason: str) -> bool:
+        """A one-number parameter ``name`` met by every feature of ``x`` (added, or multiplying
+        it): when one whole site moves ``x`` and the number is not used elsewhere, restrict the
+        site to ``c P`` (one common factor c > 0 times a permutation) and let the number take a
+        power of c (``kind_of(mode)``: an ``ActionKind.SCALAR_*``, None where the mode's matrix has
+        no factor to take). False (nothing recorded) otherwise: the caller keeps its fallback."""
+        t = self.params.get(name, self.buffers.get(name))
+        parts = self.parts(x)
+        if name in self.scalar_sites:  # used twice: one factor cannot serve both uses
+            self.restrict(self.scalar_sites[name], PERMUTATION, f"{reason}: {name} is used twice")
+            return False
+        if t is None or t.dim() == 0 or name in self.called or len(parts) != 1:
+            return False
+        sid, mode, ch = parts[0]
+        if sid == 0 or ch is not None:
+            return False
+        kind = kind_of(mode)
+        if kind is None and mode != Mode.P:
+            return False
+        self.called.add(name)
+        self.scalar_sites[name] = sid
+        if kind is None:  # moved by P only: the number stays and the site keeps its group
+            return True
+        self.restrict_matrix(
+            parts[0],
+            SCALED_PERMUTATION,
+            f"{reason}: one number for every feature moves only with a common factor c > 0 of the "
+            "features (c P)",
+        )
+        self.act_raw(sid, name, 0, kind, 1, buffer=name not in self.params)
+        return True
 
     def _plain_part(self, x: Info) -> tuple | None:
         """``(mode, n, outer, inner, dim)`` of a tensor one whole site moves, else None."""

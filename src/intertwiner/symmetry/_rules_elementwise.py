@@ -17,6 +17,8 @@ from intertwiner.groups import (
     PERMUTATION,
     ActionKind,
     IntertwinerGroup,
+    Mode,
+    as_phi,
     discover,
     for_activation,
 )
@@ -150,6 +152,10 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
         raise Frozen("a product with a statistic of the features")
     if not isinstance(vo, torch.Tensor) or vo.numel() == 1:
         if isinstance(other, ParamRef):
+            if op_name(n) == "mul" and other.plain:
+                moved = _scalar_multiplier(r, other, x, where)
+                if moved is not None:
+                    return moved
             shared_scalar(r, other, x, where, scale=True)
         return x  # a number: commutes with every matrix
     if isinstance(other, ParamRef) and not other.transposed:
@@ -213,27 +219,48 @@ def _scale_by_param(
     return x
 
 
+def _scalar_multiplier(r: AtenRunner, p: ParamRef, x: Info, where: str) -> Info | None:
+    """``s * h`` with a one-number parameter ``s`` and ``h`` an activation output moved by
+    ``phi(A)`` where phi is a power x^k, k != 1 (StarReLU's ``s * relu(x)^2``): with ``A = c P``,
+    ``s -> s c^(1-k)`` makes the product move by ``A`` itself, so that a number added next moves
+    too (``b -> c b``). None (nothing recorded) where ``h`` is not such an output."""
+    parts = r.an.parts(x)
+    if len(parts) != 1 or parts[0][1] != Mode.PHI or parts[0][0] == 0:
+        return None
+    phi = as_phi(r.an.sites[r.an.find(parts[0][0])].phi)
+    if phi.exponents()[0] == 1.0:
+        return None  # phi(c P) = c P: the product already moves like A, s has no factor to take
+
+    def kind_of(mode: str) -> ActionKind | None:
+        return ActionKind.SCALAR_A_OVER_PHI if mode == Mode.PHI else None
+
+    if not r.an.scalar_moves(x, p.name, kind_of, f"scaled by {p.name} in {where}"):
+        return None
+    return x.moved(parts=((parts[0][0], Mode.A, None),))
+
+
 def shared_scalar(r: AtenRunner, p: ParamRef, x: Info, where: str, *, scale: bool) -> None:
     """Record why a one-number parameter that multiplies (``scale``) or is added to every
-    feature of ``x`` stays where it is (MetaFormer's StarReLU ``s * relu(x)^2 + b``, HGNetV2's
-    ``LearnableAffineBlock``): the sites' elements act on features, and every such element
-    that keeps the function leaves one number shared by all features unchanged (a
-    permutation does; the scalings of a site do not reach it). What could move it is outside
-    the sites' groups: a common factor c > 0 of the features taken back as s / c^k where the
-    function before it is positively homogeneous of degree k, or a shift of an added number
-    taken back by the next layer's bias (an affine, not a linear, action)."""
+    feature of ``x`` may stay where it is (MetaFormer's StarReLU ``s * relu(x)^2 + b``, HGNetV2's
+    ``LearnableAffineBlock``). Where a site moves it (``Rules.scalar_moves``: an added number takes
+    the common factor c of ``A = c P``, a multiplier after a power x^k takes c^(1-k)), ``trace``
+    drops this entry (``_build``); it stays where the site's group has no common factor (a
+    permutation leaves the number unchanged) or nothing can move it."""
     t = r.an.params.get(p.name)
     if t is None or t.numel() != 1 or x.n * x.outer * x.inner < 2:
         return
     if any(p.name in names for _, _, names in r.an.fixed_params):
         return
     what = (
-        "multiplying every feature; the sites' elements (permutations, and scalings only "
-        "where this product keeps them) leave it unchanged, and a common factor c > 0 it could "
-        "take back is a one-parameter scaling outside the sites' groups"
+        "multiplying every feature: it commutes with every element, and taking a common factor "
+        "c > 0 of the features (s -> s c^(1-k)) needs the map before it positively homogeneous "
+        "of a degree k != 1 (a power of ReLU); after a map of degree 1 the factor would have to "
+        "come from a second common scaling of the product, which no site holds"
         if scale
-        else "added to every feature; the sites' elements (permutations) leave it unchanged, "
-        "and shifting it would need an affine action on the next layer's bias"
+        else "added to every feature: only a common factor c > 0 of the features (c P) moves it "
+        "(b -> c b); the site's group has none here (permutations only: a LayerNorm, an "
+        "activation that is not positively homogeneous, a number used twice) or the features "
+        "are split between sites"
     )
     reason = f"scalar parameter {p.name} in {where}: one number {what}"
     r.an.fixed_params.append((p.name, reason, (p.name,)))

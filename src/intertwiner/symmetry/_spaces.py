@@ -143,6 +143,8 @@ class Spaces:
         #: (label, reason, parameters) of parameters no element can move, whatever the sites
         #: (a scalar shared by every feature): recorded so that ``coverage`` says why.
         self.fixed_params: list[tuple[str, str, tuple[str, ...]]] = []
+        #: One-number parameters a site moves by its common factor (``Rules.scalar_moves``).
+        self.scalar_sites: dict[str, int] = {}
 
     # -- sites ------------------------------------------------------------------------------
     def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:

@@ -199,7 +199,8 @@ def teleport(
         for _half in range(7):
             saved: dict = {}
             elements = {
-                s.name: exp_element(s.group.family, sign * size * step[s.name]) for s in movable
+                s.name: exp_element(s.group.family, sign * size * step[s.name], s.width)
+                for s in movable
             }
             for s in movable:
                 transform_site(work, s, elements[s.name], saved)

@@ -112,6 +112,11 @@ def transform_site(
                 t.mul_(factor.reshape(shape).to(t.dtype))
             w.fill_((1.0 - fold.offset) / fold.slope)
         for a in site.actions:
+            if ActionKind(a.kind).scalar:  # a one-number parameter: times a power of c (A = c P)
+                t = _tensor(model, a)
+                own(t)
+                t.mul_(site.group.scalar_factor(a.kind, g64))
+                continue
             key = (a.kind, a.n_total) if a.kind == ActionKind.FLIP else a.kind
             if key not in cache:
                 flip = a.kind == ActionKind.FLIP

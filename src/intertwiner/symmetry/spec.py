@@ -10,6 +10,9 @@ parameter axes in one of these ways (``ParamAxis.kind``)::
                                      before a BatchNorm that absorbs the scale, running statistics)
     "A^-T"        t <- A^-T t        input axis of a consumer of a pre-activation tensor (W <- W A^-1)
     "phi(A)^-T"   t <- phi(A)^-T t   input axis of a consumer of an activation output (W <- W phi(A)^-1)
+    "c(A)", "c(phi(A))", "c(A)/c(phi(A))"
+                  t <- c^k t         a one-number parameter, for A = c P (``ScaledPermutation``): a
+                                     number added to every feature, or multiplying a power of ReLU
 
 An axis of size ``outer * n_total * inner`` is viewed as ``(outer, n_total, inner)`` (``inner`` is
 the block of H*W positions per channel after a Flatten; ``outer`` counts positions merged in front);
@@ -39,11 +42,11 @@ from torch import nn
 
 from intertwiner._types import ExampleInput
 from intertwiner.errors import InvalidInputError, UnknownSiteError
-from intertwiner.groups import GroupElement, IntertwinerGroup, MonomialElement
+from intertwiner.groups import ActionKind, GroupElement, IntertwinerGroup, MonomialElement
 from intertwiner.symmetry._coverage import Coverage, coverage
 from intertwiner.symmetry._export import SCHEMA, permutation_spec
 
-KINDS = ("A", "P", "A^-T", "phi(A)^-T")
+KINDS = ("A", "P", "A^-T", "phi(A)^-T", "c(A)", "c(phi(A))", "c(A)/c(phi(A))")
 SITE_KINDS = ("activation", "stream", "linear", "attention_heads", "attention_qk", "attention_vo")
 
 
@@ -69,6 +72,13 @@ class ParamAxis:
     @property
     def width(self) -> int:
         return self.n_total if self.channels is None else len(self.channels)
+
+    @property
+    def scalar(self) -> bool:
+        """A one-number parameter moved by a power of the common factor c of ``A = c P`` (kinds
+        ``c(A)``, ``c(phi(A))``, ``c(A)/c(phi(A))``), not along an axis of the site's units:
+        consumers that read one row per unit skip it (it holds no unit's information)."""
+        return ActionKind(self.kind).scalar
 
     def describe(self) -> str:
         block = ""
