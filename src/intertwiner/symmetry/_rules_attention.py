@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
-from intertwiner.groups import ORTHOGONAL, PERMUTATION, ActionKind
+from intertwiner.groups import ORTHOGONAL, PERMUTATION, POSITIVE_MONOMIAL, ActionKind
 from intertwiner.symmetry._attention import AttentionBlock, Projection
+from intertwiner.symmetry._attention import ancestors as _ancestors
 from intertwiner.symmetry._regions import IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
 
@@ -116,6 +117,9 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             an.act_raw(heads, weight, 1, ActionKind.A_INV_T, b.heads)
             if bias is not None:
                 an.act_raw(heads, bias, 0, ActionKind.A, b.heads)
+    if b.channels:
+        _channel_sites(r, b, on, into_out)
+        return
     for j in range(b.kv_heads):
         # rotary embeddings rotate q and k per position: no GL(head_dim) on them. What survives
         # is smaller and not written: per rotation pair (2 dims, one frequency) q -> c R q,
@@ -143,6 +147,47 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             for name in b.out.sub_norm or ():
                 if name is not None:
                     an.act_raw(vo, name, 0, ActionKind.A, b.out.width, channels=b.out.heads[h])
+
+
+def _channel_sites(r: AtenRunner, b: AttentionBlock, on: Any, into_out: Any) -> None:
+    """The maps within each head j of a cross-covariance attention (XCiT's XCA,
+    ``AttentionBlock.channels``): ``A = softmax(tau_h q^ k^T)`` between the head's channels, q^
+    and k^ normalised over the tokens per channel, ``out = A v`` (one row per q channel).
+
+    - ``<attn>.qo<j>`` (positive monomial D P): q's channels move by D P (the normalisation
+      divides D out; P permutes A's rows, the softmax is per row) and the output projection's
+      columns by P (out's rows follow A's);
+    - ``<attn>.kv<j>`` (positive monomial): k's channels by D P, v's by P: A becomes A P^T
+      (the softmax commutes with permuting a row's entries) and ``A P^T P v = A v``;
+    - ``<attn>.vo<j>`` (GL(1): one number c != 0): v's channels times c, the output projection's
+      columns of the head times 1/c. A mixes v's channels, so no other map of v survives.
+
+    A negative scale on q or k flips the sign of a row or column of the scores: not kept. (As in
+    ``F.normalize``, a channel whose norm over the tokens is under its ``eps`` is not rescaled
+    away: verification covers the example input.)"""
+    an, o = r.an, b.out
+    for j in range(b.heads):
+        qo = an.new_site(len(b.q.heads[j]), name=f"{b.name}.qo{j}", kind="attention_channels")
+        an.sites[qo].family = POSITIVE_MONOMIAL
+        on(qo, b.q, ActionKind.A, b.q.heads[j])
+        into_out(qo, ActionKind.P, o.heads[j])
+        kv = an.new_site(len(b.k.heads[j]), name=f"{b.name}.kv{j}", kind="attention_channels")
+        an.sites[kv].family = POSITIVE_MONOMIAL
+        on(kv, b.k, ActionKind.A, b.k.heads[j])
+        on(kv, b.v, ActionKind.P, b.v.heads[j])
+        v_block = _head_blocks([b.v.heads[j]], b.v.total)
+        o_block = _head_blocks([o.heads[j]], o.width)
+        if v_block is None or o_block is None:
+            continue  # the head's channels are not one block or stride: no one-number view
+        vo = an.new_site(1, name=f"{b.name}.vo{j}", kind="attention_vo")
+        channels, n_total, outer, inner = v_block
+        an.act_raw(vo, b.v.weight, b.v.out_axis, ActionKind.A, n_total, outer=outer, inner=inner,
+                   channels=channels)  # fmt: skip
+        for name, n_t, out_, in_, chans in _bias_axes(an, b.v, n_total, outer, inner, channels):
+            an.act_raw(vo, name, 0, ActionKind.A, n_t, outer=out_, inner=in_, channels=chans)
+        channels, n_total, outer, inner = o_block
+        an.act_raw(vo, o.weight, 1 - o.out_axis, ActionKind.A_INV_T, n_total, outer=outer,
+                   inner=inner, channels=channels)  # fmt: skip
 
 
 def _bias_axes(
@@ -258,16 +303,6 @@ _MOVES |= IDENTITY
 #: Maps applied to each entry alone (their other arguments must be numbers).
 _ENTRYWISE = {"sigmoid", "tanh", "mul", "div", "add", "sub", "neg", "exp", "relu"}
 _ENTRYWISE |= {"clamp", "clamp_min", "clamp_max", "reciprocal"}  # Swin V2's logit scale
-
-
-def _ancestors(n: fx.Node) -> set[fx.Node]:
-    seen, stack = set(), [n]
-    while stack:
-        m = stack.pop()
-        if m not in seen:
-            seen.add(m)
-            stack.extend(m.all_input_nodes)
-    return seen
 
 
 def head_tables(r: AtenRunner, b: AttentionBlock) -> list[tuple[str, int, tuple[int, ...]]] | None:
