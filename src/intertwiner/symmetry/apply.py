@@ -9,6 +9,7 @@ from torch import nn
 
 from intertwiner.errors import InvalidElementError, InvalidOptionError, ShapeError, UnknownSiteError
 from intertwiner.groups import ActionKind, DenseElement, GroupElement
+from intertwiner.symmetry._forward import clear_caches
 from intertwiner.symmetry.spec import (
     ParamAxis,
     Site,
@@ -110,6 +111,7 @@ def transform_site(
             if a.within is not None:
                 t = t.narrow(*a.within)  # a view: the update lands in the parameter
             apply_view_inplace(t, a.axis, a, cache[a.kind], a.channels)
+    clear_caches(model)  # a bias cached from the old parameters must not outlive them
 
 
 def restore(saved: Saved) -> None:
