@@ -12,13 +12,16 @@ is not known to be a cache: the heads stay in place, with the reason recorded.""
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from intertwiner.symmetry import apply, assert_function_preserved, check, trace
+from intertwiner.symmetry import apply, assert_function_preserved, check, random_elements, trace
+from intertwiner.symmetry.check import _run
+from intertwiner.testing import import_timm, randomize_model
 
 F64 = torch.float64
 
@@ -128,8 +131,6 @@ def test_a_stale_cache_never_hides_a_change():
         fresh.load_state_dict(changed.state_dict())
         real = float((fresh(x) - model(x)).abs().max())
     assert real > 1e-6
-    from intertwiner.symmetry.check import _run
-
     assert float((_run(changed, x) - _run(model, x)).abs().max()) == pytest.approx(real)
 
 
@@ -141,3 +142,26 @@ def test_a_dict_of_tensors_that_is_not_named_a_cache_keeps_the_heads_in_place():
     assert {"attn.qk0", "attn.vo1"} <= set(spec.names) and "attn.heads" not in spec.names
     assert any("from a cache" in reason for _, reason in spec.frozen)
     assert not spec.dropped
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed ([zoo])")
+def test_timm_levit_heads_move_their_cached_tables():
+    """timm's LeViT: every attention (and attention-downsample, whose ``kv`` packs 16 key and
+    64 value rows per head) moves its heads with ``attention_biases``, past a filled cache."""
+    torch.manual_seed(0)
+    timm = import_timm()
+    model = timm.create_model("levit_128s", pretrained=False, num_classes=5, img_size=64).eval()
+    randomize_model(model, 0)
+    model = model.double()
+    x = torch.randn(2, 3, 64, 64, generator=_gen(1), dtype=F64)
+    with torch.no_grad():
+        model(x)  # fills every attention_bias_cache
+    spec = trace(model, x)
+    assert not spec.dropped
+    heads = [s for s in spec.sites if s.kind == "attention_heads"]
+    assert len(heads) == 11
+    assert all(any(a.name.endswith("attention_biases") for a in s.actions) for s in heads)
+    ref = float(_run(model, x).abs().max())
+    assert check(model, spec, x, elements=random_elements(spec, generator=_gen(2))) < 1e-10 * ref
+    assert spec.coverage(model, x).interior_tensors == 1.0
