@@ -81,13 +81,15 @@ def test_timm_packed_qkv_heads_are_found_and_sound(fused):
     assert q1.channels == (4, 5, 6, 7)
 
 
-def test_interleaved_heads_get_per_head_sites_but_no_head_permutation():
-    """Head h reads channels h, h + H, ...: the per-head maps are read exactly; a permutation of
-    heads would have to move strided channels, which no aligned block describes: left out."""
+def test_interleaved_heads_get_per_head_sites_and_permute_as_one_stride():
+    """Head h reads channels h, h + H, ...: the per-head maps are read exactly. Within q (or k,
+    or v) alone a head is no aligned block or stride of the packed projection, but q, k and v of
+    a head together are channels h, h + H, ... of all of it: the heads permute as that stride."""
     model = Block(layout="interleaved").double()
     x = torch.randn(3, 5, 4, dtype=F64, generator=_gen())
     spec = assert_function_preserved(model, x, generator=_gen(2))
-    assert "attn.heads" not in spec.names
+    (on_qkv,) = [a for a in spec.site("attn.heads").actions if a.name == "attn.qkv.weight"]
+    assert (on_qkv.n_total, on_qkv.outer, on_qkv.inner) == (2, 12, 1)
     (q0,) = [
         a for a in spec.site("attn.qk0").actions if a.name == "attn.qkv.weight" and a.kind == "A"
     ]
@@ -118,3 +120,48 @@ def test_a_wrong_head_layout_would_change_the_function():
     assert (_run(apply(good, spec, {"attn.heads": swap}), x) - _run(good, x)).abs().max() < 1e-12
     moved = apply(bad, spec, {"attn.heads": swap})
     assert (_run(moved, x) - _run(bad, x)).abs().max() > 1e-6
+
+
+class KVAttention(nn.Module):
+    """LeViT's ``AttentionDownsample``: q from its own Linear, k and v from one ``kv`` Linear
+    packed per head as (k: 2 rows, v: 3 rows), ``kv(x).view(B, N, H, 5).split([2, 3], 3)``.
+    ``packing="split"``: all keys first, then all values (``[k_0 k_1 | v_0 v_1]``, viewed as
+    ``(B, N, 2 * H + 3 * H)`` and cut at 2 * H): a head's k and v rows are then no block."""
+
+    def __init__(self, heads=2, packing="levit"):
+        super().__init__()
+        self.h, self.packing = heads, packing
+        self.q, self.kv = nn.Linear(8, 2 * heads), nn.Linear(8, 5 * heads)
+        self.proj = nn.Linear(3 * heads, 8)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        if self.packing == "levit":
+            k, v = self.kv(x).view(b, n, self.h, 5).split([2, 3], dim=3)
+        else:
+            k, v = self.kv(x).split([2 * self.h, 3 * self.h], dim=-1)
+            k, v = k.reshape(b, n, self.h, 2), v.reshape(b, n, self.h, 3)
+        q = self.q(x).view(b, n, self.h, 2).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2))
+        return self.proj(out.transpose(1, 2).reshape(b, n, 3 * self.h))
+
+
+class KVBlock(Block):
+    def __init__(self, **kw):
+        super().__init__()
+        self.attn = KVAttention(**kw)
+
+
+@pytest.mark.parametrize("packing", ["levit", "split"])
+def test_heads_of_a_packed_kv_move_its_key_and_value_rows_together(packing):
+    """Per head, k's 2 rows alone are aligned blocks of ``kv`` but v's 3 rows (at 5 h + 2) are
+    not; the 5 rows of a head together are. Split packing: no such block, heads stay."""
+    model = KVBlock(packing=packing).double()
+    x = torch.randn(3, 5, 4, dtype=F64, generator=_gen())
+    spec = assert_function_preserved(model, x, generator=_gen(4))
+    assert {"attn.qk0", "attn.vo1"} <= set(spec.names) and not spec.dropped
+    if packing == "split":
+        assert "attn.heads" not in spec.names
+        return
+    (on_kv,) = [a for a in spec.site("attn.heads").actions if a.name == "attn.kv.weight"]
+    assert (on_kv.n_total, on_kv.outer, on_kv.inner) == (2, 1, 5)

@@ -127,6 +127,10 @@ class AttentionBlock:
     #: the probabilities) as (weight, bias): a head permutation P moves them to ``P W P^-1``,
     #: ``P b``; the maps within a head survive (each head's q_h^T k_h and A_h v_h are kept).
     mixes: tuple[tuple[str, str | None], ...] = ()
+    #: Cross-covariance attention (XCiT's XCA, ``_match_channels``): q, k, v are (B, H, D, N),
+    #: q and k L2-normalised over the N tokens, and the softmax attends between the D channels
+    #: of a head; ``head_dim`` / ``head_dim_v`` then count those channels.
+    channels: bool = False
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -325,6 +329,14 @@ def _eval_norm(bn: fx.Node, names: dict[fx.Node, str], total: int) -> bool:
     return isinstance(v, torch.Tensor) and v.dim() >= 2 and int(v.shape[1]) == total
 
 
+def _channel_codes(p: Projection) -> torch.Tensor:
+    """A tensor shaped like ``p``'s output that holds each entry's channel index (float64)."""
+    shape = _val(p.node).shape
+    at = [1] * len(shape)
+    at[p.channel_dim] = p.total
+    return torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
+
+
 def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dict) -> dict:
     """Run the ops of ``nodes`` that descend from ``start`` on ``codes`` in place of ``start``'s
     value. Casts are skipped (the codes are exact integers in float64), and an elementwise op
@@ -406,12 +418,18 @@ def _heads_of(
 
 
 def _forward(
-    start: fx.Node, heads: int, names: dict[fx.Node, str], order: dict, axis: int = 1
+    start: fx.Node,
+    heads: int,
+    names: dict[fx.Node, str],
+    order: dict,
+    axis: int = 1,
+    within: int = -1,
 ) -> Projection | None:
     """The projection that reads the attention output ``start`` ((B, H, T, Dv) or (B * H, T, Dv))
     through shaping ops (and at most one elementwise activation, ``Projection.activated``, and
     a sub-LayerNorm right before it, ``Projection.sub_norm``), with the input channels of each
-    head (read by replaying them); ``axis``: the heads' dim of a >= 4-d ``start``."""
+    head (read by replaying them); ``axis``: the heads' dim of a >= 4-d ``start``; ``within``:
+    the dim of a head's entries (-2 for XCiT's (B, H, D, N))."""
     seen = {start}
     n = start
     act = norm = None
@@ -436,14 +454,15 @@ def _forward(
             return None
         seen.add(n)
     shape = _val(start).shape
-    d = int(shape[-1])
+    d = int(shape[within])
     if len(shape) >= 4:
         at = [1] * len(shape)
         at[axis] = int(shape[axis])
         head = torch.arange(int(shape[axis])).view(at)
     else:
         head = (torch.arange(int(shape[0])) % heads).view(-1, 1, 1)
-    codes = (head * d + torch.arange(d)).to(torch.float64).expand(shape).contiguous()
+    entry = torch.arange(d).view(d, *[1] * (-within - 1))
+    codes = (head * d + entry).to(torch.float64).expand(shape).contiguous()
     got = _replay(start, codes, seen, order).get(x)
     width = p.width
     if not isinstance(got, torch.Tensor) or got.shape[p.channel_dim] != width or width != heads * d:
@@ -602,6 +621,17 @@ def _keeps_heads(n: fx.Node) -> bool:
     )
 
 
+def ancestors(n: fx.Node) -> set[fx.Node]:
+    """``n`` and every node it is computed from."""
+    seen, stack = set(), [n]
+    while stack:
+        m = stack.pop()
+        if m not in seen:
+            seen.add(m)
+            stack.extend(m.all_input_nodes)
+    return seen
+
+
 def _reads_any(node: fx.Node, targets: set[fx.Node]) -> bool:
     """Does ``node`` depend on any of ``targets``?"""
     seen, stack = set(), [node]
@@ -630,7 +660,7 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
             qkv = _written_out(n)
             if qkv is None:
                 continue
-        block = _match(n, qkv, names, order)
+        block = _match(n, qkv, names, order) or _match_channels(n, qkv, names, order)
         if block is not None:
             blocks.append(block)
     return blocks
@@ -652,10 +682,7 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         return None
     for key, node, val, (p, seen, _, norms) in zip("qkv", (q_node, k_node, v_node), vals, found,
                                                   strict=True):  # fmt: skip
-        shape = _val(p.node).shape
-        at = [1] * len(shape)
-        at[p.channel_dim] = p.total
-        codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
+        codes = _channel_codes(p)
         env = _replay(p.node, codes, seen, order)
         got = env.get(node)
         if k_t and key == "k" and isinstance(got, torch.Tensor):
@@ -730,6 +757,127 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         out_activation=out.activated,
         mixes=tuple(mixes),
     )
+
+
+def _match_channels(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBlock | None:
+    """XCiT's cross-covariance attention (XCA): ``softmax(tau_h * q^ k^T) @ v`` with q, k, v of
+    shape (B, H, D, N) (a head's D channels on dim -2, the N tokens on dim -1), q^ and k^ L2
+    normalised over the tokens (``F.normalize(q, dim=-1)``: every normalised vector one channel
+    of one sample) and a per-head factor ``tau`` on the scores (or on q^, timm's fused form).
+    What this accepts between a projection and q, k or v: shaping ops, a split of a packed
+    projection, number scales, one normalisation over the tokens (q and k; none on v) and, right
+    after it, a factor computed from parameters alone that is the same for every channel pair
+    of a head (its last two dims 1). Masks and factors on the scores must be of that form too.
+    Anything else (a normalisation over channels, a per-channel temperature, a tensor from
+    elsewhere): None, and the ordinary rules freeze what they do not follow."""
+    q_node, k_node, v_node, masks, k_t, mix_nodes = qkv
+    vals = [_val(a) for a in (q_node, k_node, v_node)]
+    if k_t or mix_nodes or any(not isinstance(t, torch.Tensor) or t.dim() != 4 for t in vals):
+        return None
+    if op_name(sdpa) == "scaled_dot_product_attention":
+        causal = sdpa.args[5] if len(sdpa.args) > 5 else sdpa.kwargs.get("is_causal", False)
+        if causal:
+            return None  # a causal mask over the channels: no permutation of them keeps it
+    found = [_back(a, names) for a in (q_node, k_node, v_node)]
+    if any(f is None for f in found):
+        return None
+    factors = list(masks)
+    projections = []
+    for key, node, val, (p, seen, _, norms) in zip("qkv", (q_node, k_node, v_node), vals, found,
+                                                  strict=True):  # fmt: skip
+        if p.norm or p.zeroed or p.bias_parts or len(norms) != (key != "v"):
+            return None  # (v must not be normalised; q and k exactly once)
+        divs = {d for d, _, _ in norms}
+        if any(dim != -1 for _, _, dim in norms):
+            return None  # normalised over the channels, not the tokens: not XCA
+        odd = [
+            n
+            for n in seen
+            if n.op == "call_function"
+            and n is not p.node
+            and n not in divs
+            and n.target is not operator.getitem
+            and op_name(n) not in _SHAPING | _SPLITS
+            and not _scalar_scale(n)
+        ]
+        taus = {n: _tau(n, divs) for n in odd if _tau(n, divs) is not None}
+        beside = set().union(*(ancestors(f) for f in taus.values()))  # the factors' own ops
+        if (taus and key == "v") or any(n not in beside for n in odd if n not in taus):
+            return None  # an op that may mix channels or reads a tensor from elsewhere
+        factors += taus.values()
+        codes = _channel_codes(p)
+        env = _replay(p.node, codes, seen, order)
+        heads = _channel_heads(env.get(node), val.shape, p.total)
+        if heads is None or any(not _per_channel(env.get(x)) for _, x, _ in norms):
+            return None
+        p.heads = heads
+        projections.append(p)
+    q, k, v = projections
+    heads = len(q.heads)
+    if len(k.heads) != heads or len(v.heads) != heads:
+        return None
+    used = [(id(p.node), c) for p in (q, k, v) for row in p.heads for c in row]
+    if len(set(used)) != len(used):
+        return None  # two slots read one channel: not a plain head layout
+    for f in factors:
+        fv = _val(f)
+        if not _fixed(f) or not isinstance(fv, torch.Tensor) or any(z != 1 for z in fv.shape[-2:]):
+            return None  # a per-channel temperature or bias, or one computed from the input
+    out = _forward(sdpa, heads, names, order, axis=1, within=-2)
+    if out is None or len(out.heads) != heads or out.activated or out.sub_norm:
+        return None
+    stack = sdpa.meta.get("nn_module_stack") or {}
+    return AttentionBlock(
+        sdpa,
+        list(stack.values())[-1][0] if stack else sdpa.name,
+        q,
+        k,
+        v,
+        out,
+        heads,
+        heads,
+        int(vals[0].shape[-2]),
+        int(vals[2].shape[-2]),
+        False,
+        {q.node, k.node, v.node},
+        not any(_per_head(f) for f in factors),
+        tuple(factors),
+        normalized=frozenset("qk"),
+        channels=True,
+    )
+
+
+def _tau(n: fx.Node, divs: set[fx.Node]) -> fx.Node | None:
+    """``normalize(x) * f`` (either order), right after a normalisation in ``divs``: ``f``."""
+    if op_name(n) != "mul" or len(n.args) != 2 or n.kwargs:
+        return None
+    a, b = n.args
+    if a in divs and isinstance(b, fx.Node):
+        return b
+    return a if b in divs and isinstance(a, fx.Node) else None
+
+
+def _channel_heads(codes: Any, shape: torch.Size, total: int) -> list[tuple[int, ...]] | None:
+    """Per head, the projection channel of each of its D entries of a (B, H, D, N) tensor of
+    channel codes (XCA's layout), or None unless every sample and token reads the same
+    channels."""
+    if not isinstance(codes, torch.Tensor) or codes.shape != shape or codes.dim() != 4:
+        return None
+    table = codes[..., 0]
+    if not torch.equal(codes, table.unsqueeze(-1).expand_as(codes)):
+        return None  # a token axis that also holds channels
+    if not torch.equal(table, table[:1].expand_as(table)):
+        return None
+    table = table[0]
+    if not torch.equal(table, table.round()) or table.min() < 0 or table.max() >= total:
+        return None
+    return [tuple(int(c) for c in row) for row in table.long()]
+
+
+def _per_channel(codes: Any) -> bool:
+    """Does every vector along the last dim of the channel ``codes`` hold one channel (then a
+    per-channel positive scale divides out of its normalisation)?"""
+    return isinstance(codes, torch.Tensor) and torch.equal(codes, codes[..., :1].expand_as(codes))
 
 
 def _outside_operands(
@@ -811,10 +959,7 @@ def _head_axis(found: tuple, node: fx.Node, val: torch.Tensor, order: dict) -> i
     if val.dim() < 5:
         return 1
     p, seen = found[0], found[1]
-    shape = _val(p.node).shape
-    at = [1] * len(shape)
-    at[p.channel_dim] = p.total
-    codes = torch.arange(p.total, dtype=torch.float64).view(at).expand(shape).contiguous()
+    codes = _channel_codes(p)
     got = _replay(p.node, codes, seen, order).get(node)
     for axis in (1, val.dim() - 3):
         heads = _heads_of(got, val.shape, p.total, axis)

@@ -54,10 +54,38 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was)
 
 
+def is_tensor_cache(attr: str, value: Any) -> bool:
+    """Is attribute ``attr`` of a module a cache of tensors: a dict named ``*cache`` holding only
+    tensors (timm's ``attention_bias_cache``: LeViT, TinyViT, EfficientFormer and EfficientViT
+    gather their per-head attention bias from the table on an eval-mode forward, store it there
+    and read it on later forwards instead of the table)?"""
+    return (
+        not attr.startswith("_")
+        and attr.endswith("cache")
+        and isinstance(value, dict)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
+
+
+def clear_caches(model: nn.Module) -> None:
+    """Empty every cache of tensors (``is_tensor_cache``) of ``model``'s modules, so that the
+    next forward computes from the parameters. A cache filled before the parameters changed
+    (a transformed copy, a site's element written in place, a checked element undone) would
+    otherwise hide the change: every forward here (``run_flat``), every write of an element
+    (``apply.transform_site``) and the export that ``trace`` reads clear them first."""
+    for m in model.modules():
+        for attr, value in vars(m).items():
+            if is_tensor_cache(attr, value):
+                value.clear()
+
+
 def run_flat(model: nn.Module, example_input: Any, call: str = "check") -> torch.Tensor:
     """``model(*inputs)`` in eval mode without gradients, flattened by ``flat_output``; a shape
-    error inside the model is re-raised as ``ShapeError`` naming ``call`` and the input shape."""
+    error inside the model is re-raised as ``ShapeError`` naming ``call`` and the input shape.
+    Caches of tensors are emptied first (``clear_caches``): the output is computed from the
+    parameters as they are now."""
     inputs = as_inputs(example_input)
+    clear_caches(model)
     with eval_mode(model), torch.no_grad(), reraise_shape_errors(call, inputs, model):
         return flat_output(model(*inputs))
 

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
-from intertwiner.groups import ORTHOGONAL, PERMUTATION, ActionKind
+from intertwiner.groups import ORTHOGONAL, PERMUTATION, POSITIVE_MONOMIAL, ActionKind
 from intertwiner.symmetry._attention import AttentionBlock, Projection
+from intertwiner.symmetry._attention import ancestors as _ancestors
+from intertwiner.symmetry._forward import is_tensor_cache
 from intertwiner.symmetry._regions import IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
 
@@ -73,36 +75,32 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
 
     # Per kv group j, its channels in q (rep heads), k, v and the output projection's input.
     groups = {"q": per_group(b.q.heads), "k": b.k.heads, "v": b.v.heads}
-    groups["out"] = per_group(b.out.heads)
-    sizes = {"q": b.q.total, "k": b.k.total, "v": b.v.total, "out": b.out.width}
-    blocks = {key: _head_blocks(rows, sizes[key]) for key, rows in groups.items()}
+    units = _head_units(b, groups)  # (projection, blocks): what a head permutation moves
+    out_blocks = _head_blocks(per_group(b.out.heads), b.out.width)
     tables = [] if b.heads_permutable else head_tables(r, b)
     if b.heads == 1:
         _single_head(r, b)
     if tables is None:
         _cached_tables(r, b)
     elif any(_tensor_cache(r, name) for name, _, _ in tables):
-        for name, _, _ in tables:  # LeViT: an eval forward may read the cache, not the table
-            _freeze_table(r, name, f"{b.name} keeps its per-head bias in a cache of tensors "
-                          f"({_tensor_cache(r, name)!r}) that its eval-mode forward reads instead "
-                          f"of {name!r}: moving the heads would leave the cached bias in place")  # fmt: skip
+        for name, _, _ in tables:  # an eval forward may read the dict, not the table
+            _freeze_table(r, name, f"{b.name} keeps its per-head bias in a dict of tensors "
+                          f"({_tensor_cache(r, name)!r}) that its eval-mode forward may read instead "
+                          f"of {name!r}: moving the heads would leave that bias in place")  # fmt: skip
         tables = None
-    biases = {key: None for key in ("q", "k", "v")}
-    if all(v is not None for v in blocks.values()):
-        for key, p in (("q", b.q), ("k", b.k), ("v", b.v)):
-            channels, n_total, outer, inner = blocks[key]
-            biases[key] = _bias_axes(an, p, n_total, outer, inner, channels)
-    if tables is not None and all(v is not None for v in (*blocks.values(), *biases.values())):
+    biases = None
+    if out_blocks is not None and all(blocks is not None for _, blocks in units):
+        biases = [_bias_axes(an, p, n, o, i, c) for p, (c, n, o, i) in units]
+    if tables is not None and biases is not None and all(x is not None for x in biases):
         heads = an.new_site(b.kv_heads, name=f"{b.name}.heads", kind="attention_heads")
         an.sites[heads].family = PERMUTATION
-        for key, p in (("q", b.q), ("k", b.k), ("v", b.v)):
-            channels, n_total, outer, inner = blocks[key]
+        for (p, (channels, n_total, outer, inner)), bias in zip(units, biases, strict=True):
             an.act_raw(heads, p.weight, p.out_axis, ActionKind.A, n_total, outer=outer,
                        inner=inner, channels=channels)  # fmt: skip
-            for name, n_t, o, i, chans in biases[key]:
+            for name, n_t, o, i, chans in bias:
                 an.act_raw(heads, name, 0, ActionKind.A, n_t, outer=o, inner=i, channels=chans)
             normed(heads, p, ActionKind.A, n_total, outer, inner, channels)
-        channels, n_total, outer, inner = blocks["out"]
+        channels, n_total, outer, inner = out_blocks
         an.act_raw(heads, b.out.weight, 1 - b.out.out_axis, ActionKind.A_INV_T, n_total,
                    outer=outer, inner=inner, channels=channels)  # fmt: skip
         for name in b.out.sub_norm or ():  # the sub-LN's weight and bias move with the heads
@@ -116,6 +114,9 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             an.act_raw(heads, weight, 1, ActionKind.A_INV_T, b.heads)
             if bias is not None:
                 an.act_raw(heads, bias, 0, ActionKind.A, b.heads)
+    if b.channels:
+        _channel_sites(r, b, on, into_out)
+        return
     for j in range(b.kv_heads):
         # rotary embeddings rotate q and k per position: no GL(head_dim) on them. What survives
         # is smaller and not written: per rotation pair (2 dims, one frequency) q -> c R q,
@@ -143,6 +144,72 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             for name in b.out.sub_norm or ():
                 if name is not None:
                     an.act_raw(vo, name, 0, ActionKind.A, b.out.width, channels=b.out.heads[h])
+
+
+def _channel_sites(r: AtenRunner, b: AttentionBlock, on: Any, into_out: Any) -> None:
+    """The maps within each head j of a cross-covariance attention (XCiT's XCA,
+    ``AttentionBlock.channels``): ``A = softmax(tau_h q^ k^T)`` between the head's channels, q^
+    and k^ normalised over the tokens per channel, ``out = A v`` (one row per q channel).
+
+    - ``<attn>.qo<j>`` (positive monomial D P): q's channels move by D P (the normalisation
+      divides D out; P permutes A's rows, the softmax is per row) and the output projection's
+      columns by P (out's rows follow A's);
+    - ``<attn>.kv<j>`` (positive monomial): k's channels by D P, v's by P: A becomes A P^T
+      (the softmax commutes with permuting a row's entries) and ``A P^T P v = A v``;
+    - ``<attn>.vo<j>`` (GL(1): one number c != 0): v's channels times c, the output projection's
+      columns of the head times 1/c. A mixes v's channels, so no other map of v survives.
+
+    A negative scale on q or k flips the sign of a row or column of the scores: not kept. (As in
+    ``F.normalize``, a channel whose norm over the tokens is under its ``eps`` is not rescaled
+    away: verification covers the example input.)"""
+    an, o = r.an, b.out
+    for j in range(b.heads):
+        qo = an.new_site(len(b.q.heads[j]), name=f"{b.name}.qo{j}", kind="attention_channels")
+        an.sites[qo].family = POSITIVE_MONOMIAL
+        on(qo, b.q, ActionKind.A, b.q.heads[j])
+        into_out(qo, ActionKind.P, o.heads[j])
+        kv = an.new_site(len(b.k.heads[j]), name=f"{b.name}.kv{j}", kind="attention_channels")
+        an.sites[kv].family = POSITIVE_MONOMIAL
+        on(kv, b.k, ActionKind.A, b.k.heads[j])
+        on(kv, b.v, ActionKind.P, b.v.heads[j])
+        v_block = _head_blocks([b.v.heads[j]], b.v.total)
+        o_block = _head_blocks([o.heads[j]], o.width)
+        if v_block is None or o_block is None:
+            continue  # the head's channels are not one block or stride: no one-number view
+        vo = an.new_site(1, name=f"{b.name}.vo{j}", kind="attention_vo")
+        channels, n_total, outer, inner = v_block
+        an.act_raw(vo, b.v.weight, b.v.out_axis, ActionKind.A, n_total, outer=outer, inner=inner,
+                   channels=channels)  # fmt: skip
+        for name, n_t, out_, in_, chans in _bias_axes(an, b.v, n_total, outer, inner, channels):
+            an.act_raw(vo, name, 0, ActionKind.A, n_t, outer=out_, inner=in_, channels=chans)
+        channels, n_total, outer, inner = o_block
+        an.act_raw(vo, o.weight, 1 - o.out_axis, ActionKind.A_INV_T, n_total, outer=outer,
+                   inner=inner, channels=channels)  # fmt: skip
+
+
+def _head_units(
+    b: AttentionBlock, groups: dict[str, list[tuple[int, ...]]]
+) -> list[tuple[Projection, tuple[tuple[int, ...], int, int, int] | None]]:
+    """The projections whose output rows a head permutation moves, each with the blocks it moves
+    (``_head_blocks``; None: no view describes them): q, k and v on their own where each one's
+    rows of a head form one block (or stride); else, for those read from one projection, the
+    rows of a head of all of them together (LeViT's ``kv``: per head 16 key rows, then 64 value
+    rows: neither alone is an aligned block, the 80 rows are)."""
+    by_node: dict[fx.Node, list[tuple[str, Projection]]] = {}
+    for key, p in (("q", b.q), ("k", b.k), ("v", b.v)):
+        by_node.setdefault(p.node, []).append((key, p))
+    units: list = []
+    for members in by_node.values():
+        single = [(p, _head_blocks(groups[key], p.total)) for key, p in members]
+        if len(members) == 1 or all(blocks is not None for _, blocks in single):
+            units += single
+            continue
+        merged = [
+            tuple(sorted(c for key, _ in members for c in groups[key][j]))
+            for j in range(b.kv_heads)
+        ]
+        units.append((members[0][1], _head_blocks(merged, members[0][1].total)))
+    return units
 
 
 def _bias_axes(
@@ -213,20 +280,20 @@ def _freeze_table(r: AtenRunner, name: str, reason: str) -> None:
 
 
 def _tensor_cache(r: AtenRunner, name: str) -> str | None:
-    """The attribute of the module holding parameter ``name`` that caches tensors: a dict that
-    holds tensors or is named ``*bias_cache`` (timm's LeViT ``attention_bias_cache``: filled by an
-    eval-mode forward with the bias gathered from the table, then read instead of the table;
-    empty on the traced copy, as export leaves it), or None. The exported graph gathers the bias
-    from the table while the eager model may read the cache: a head permutation of the table
-    would leave the cached bias stale."""
+    """The attribute of the module holding parameter ``name`` that may keep tensors computed
+    from it: a dict holding tensors that is not a cache the library empties (``_forward.
+    is_tensor_cache``: timm's ``attention_bias_cache`` is emptied before every forward, export
+    and write of an element, so the bias is gathered again from the moved table), or None. The
+    exported graph gathers the bias from the table while the eager model may read such a dict: a
+    head permutation of the table would leave what it holds stale."""
     try:
         module = r.model.get_submodule(name.rpartition(".")[0])
     except AttributeError:
         return None
     for attr, value in vars(module).items():  # (not ``_parameters``, ``_buffers``)
-        if attr.startswith("_") or not isinstance(value, dict):
+        if attr.startswith("_") or not isinstance(value, dict) or is_tensor_cache(attr, value):
             continue
-        if attr.endswith("bias_cache") or any(isinstance(v, torch.Tensor) for v in value.values()):
+        if any(isinstance(v, torch.Tensor) for v in value.values()):
             return attr
     return None
 
@@ -258,16 +325,6 @@ _MOVES |= IDENTITY
 #: Maps applied to each entry alone (their other arguments must be numbers).
 _ENTRYWISE = {"sigmoid", "tanh", "mul", "div", "add", "sub", "neg", "exp", "relu"}
 _ENTRYWISE |= {"clamp", "clamp_min", "clamp_max", "reciprocal"}  # Swin V2's logit scale
-
-
-def _ancestors(n: fx.Node) -> set[fx.Node]:
-    seen, stack = set(), [n]
-    while stack:
-        m = stack.pop()
-        if m not in seen:
-            seen.add(m)
-            stack.extend(m.all_input_nodes)
-    return seen
 
 
 def head_tables(r: AtenRunner, b: AttentionBlock) -> list[tuple[str, int, tuple[int, ...]]] | None:

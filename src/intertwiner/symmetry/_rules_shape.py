@@ -275,9 +275,11 @@ def unsqueeze(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     return x.moved(dim=x.dim - 1 if d > pos else x.dim)
 
 
-@rule(*IDENTITY, "native_dropout", "expand", "expand_as")
+@rule(*IDENTITY, "native_dropout", "expand", "expand_as", "repeat")
 def same_features(r: AtenRunner, n: fx.Node, value: Any) -> Info:
-    """Casts, copies, eval-mode dropout, broadcasts: the feature axis stays where it is."""
+    """Casts, copies, eval-mode dropout, broadcasts, ``repeat`` along other dims (XCiT repeats
+    its position encoding over the batch): the feature axis stays where it is (new leading dims
+    leave its negative dim as it is; repeating the feature axis itself changes its size)."""
     x, ndim = r.first(n), r.ndim(n)
     out = value[0] if isinstance(value, (tuple, list)) else value
     width = x.n * x.outer * x.inner

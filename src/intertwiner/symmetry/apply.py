@@ -16,6 +16,7 @@ from intertwiner.groups import (
     is_reversal,
     reversal_perm,
 )
+from intertwiner.symmetry._forward import clear_caches
 from intertwiner.symmetry.spec import (
     ParamAxis,
     Site,
@@ -134,6 +135,7 @@ def transform_site(
             if a.within is not None:
                 t = t.narrow(*a.within)  # a view: the update lands in the parameter
             apply_view_inplace(t, a.axis, a, cache[key], a.channels)
+    clear_caches(model)  # a bias cached from the old parameters must not outlive them
 
 
 def restore(saved: Saved) -> None:

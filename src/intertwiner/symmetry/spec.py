@@ -31,6 +31,8 @@ Site names and kinds (``Site.kind``):
 - ``"linear"``: a space between two linear maps with no activation: ``linear:<writer>`` (GL).
 - ``"attention_heads"`` (``<attn>.heads``, permutations of heads), ``"attention_qk"``
   (``<attn>.qk<h>``, GL(head_dim)) and ``"attention_vo"`` (``<attn>.vo<h>``, GL(head_dim)).
+  Cross-covariance attention (XCiT) has ``"attention_channels"`` sites instead (``<attn>.qo<h>``,
+  ``<attn>.kv<h>``: positive monomial maps of a head's channels) and a one-number ``vo<h>``.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ from intertwiner.groups import ActionKind, GroupElement, IntertwinerGroup, Monom
 from intertwiner.symmetry._coverage import Coverage, coverage
 from intertwiner.symmetry._export import SCHEMA, permutation_spec
 
-KINDS = ("A", "P", "A^-T", "phi(A)^-T", "c(A)", "c(phi(A))", "c(A)/c(phi(A))")
-SITE_KINDS = ("activation", "stream", "linear", "attention_heads", "attention_qk", "attention_vo")
+KINDS = ("A", "P", "A^-T", "phi(A)^-T", "flip", "c(A)", "c(phi(A))", "c(A)/c(phi(A))")
+SITE_KINDS = ("activation", "stream", "linear", "attention_heads", "attention_qk", "attention_vo",
+              "attention_channels")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from intertwiner._types import ExampleInput
 from intertwiner.errors import InvalidOptionError, UnsupportedModuleError
 from intertwiner.symmetry._aten import AtenRunner
 from intertwiner.symmetry._build import build_spec
-from intertwiner.symmetry._forward import run_flat, to_float64
+from intertwiner.symmetry._forward import clear_caches, run_flat, to_float64
 from intertwiner.symmetry._graph import (
     export_graph,
     is_bare_leaf,
@@ -121,7 +121,9 @@ def _float64_copy(
 def _export_rules(work: nn.Module, inputs: tuple, *, refuse: bool) -> Rules:
     """Run the rules over ``torch.export``'s ATen graph of ``work`` (``refuse``: an op without a
     rule raises instead of freezing the spaces it reads)."""
+    clear_caches(work)  # the graph then reads the parameters, not a bias an earlier forward cached
     gm = export_graph(work, inputs)
+    clear_caches(work)  # (export's forward may have cached a tensor of its own)
     an = Rules(work)
     runner = AtenRunner(gm, an, work, refuse=refuse)
     try:
