@@ -13,6 +13,7 @@ from intertwiner.groups import (
     FAMILIES,
     PERMUTATION,
     REVERSAL,
+    DenseElement,
     FitTerm,
     IntertwinerGroup,
     KeyTerm,
@@ -55,6 +56,8 @@ def test_samples_are_i_or_j_and_both_occur():
     assert seen == {True, False}
     assert is_reversal(_j()) and not is_reversal(_i())
     assert not is_reversal(_j(1))  # for one unit J is the identity
+    assert is_reversal(DenseElement(torch.eye(N, dtype=torch.float64).flip(0)))
+    assert not is_reversal(DenseElement(torch.eye(N, dtype=torch.float64)))
 
 
 def test_membership_of_other_permutations_and_matrices():

@@ -376,3 +376,31 @@ def test_permutation_spec_export_skips_reversal_sites():
     out = spec.to_permutation_spec(net)
     assert site.name not in out["perm_to_axes"]
     assert "not every permutation" in out["skipped"][site.name]
+
+
+class TokenConv(nn.Module):
+    """``fc2(tanh(conv(fc1(x))))`` with the conv over the features of a (B, 1, C) tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, C), nn.Linear(C, 3)
+        self.conv = nn.Conv1d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.fc2(self.conv(self.fc1(x).unsqueeze(1)).tanh().sum(1))
+
+
+def test_a_dense_j_flips_the_kernel_too():
+    """``apply`` accepts any member of the site's group: J given as a dense matrix must flip the
+    kernel as the structured J does (two output channels, a bias)."""
+    from intertwiner.groups import DenseElement
+
+    torch.manual_seed(0)
+    net = TokenConv().double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    spec = trace(net, x)
+    site = _site_of(spec, "fc1.weight")
+    assert site.group.family is REVERSAL
+    dense_j = DenseElement(torch.eye(C, dtype=torch.float64).flip(0))
+    assert _rel_change(net, apply(net, spec, _elements(spec, site, dense_j)), x) < 1e-12
+    assert check(net, spec, x) < 1e-9

@@ -367,12 +367,16 @@ def reversal_perm(n: int) -> torch.Tensor:
     return torch.arange(n - 1, -1, -1)
 
 
-def is_reversal(element: GroupElement) -> bool:
-    """Whether ``element`` is the reversal J (and not the identity: for n = 1, J = I is not)."""
-    perm = getattr(element, "perm", None)
-    if perm is None or element.n < 2:
+def is_reversal(element: GroupElement, atol: float = 1e-6) -> bool:
+    """Whether ``element`` is the reversal J (and not the identity: for n = 1, J = I is not); a
+    dense element counts when its matrix is within ``atol`` of J's."""
+    if element.n < 2:
         return False
-    return bool(torch.equal(perm.cpu(), reversal_perm(element.n)))
+    rev = reversal_perm(element.n)
+    if isinstance(element, MonomialElement):
+        return bool(torch.equal(element.perm.cpu(), rev))
+    m = element.matrix().detach().cpu().double()
+    return bool((m - torch.eye(element.n, dtype=torch.float64)[rev]).abs().max() <= atol)
 
 
 class Reversal(_MonomialFamily):

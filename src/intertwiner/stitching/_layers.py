@@ -43,9 +43,7 @@ from intertwiner.stitching import _solvers as solvers
 # Families whose permutation part is not free (the reversal {I, J}) are no stitch kinds: a stitch
 # layer learns which units match, and two fixed matchings leave nothing to learn. Nor is c P (one
 # common scale, ``ScaledPermutation``): ``parse_kind`` refuses it.
-_STITCH_FAMILIES = tuple(
-    f for f in FAMILIES.values() if f.any_permutation and not f.common_scale
-)
+_STITCH_FAMILIES = tuple(f for f in FAMILIES.values() if f.any_permutation and not f.common_scale)
 GROUP_KINDS = tuple(f.short_name for f in _STITCH_FAMILIES)
 MONOMIAL_KINDS = tuple(f.short_name for f in _STITCH_FAMILIES if f.monomial)
 STRUCTURAL_KINDS = ("low_rank", "lasso", "diagonal")

@@ -222,7 +222,7 @@ def _along_features(r: AtenRunner, n: fx.Node) -> Info | None:
         "the kernel flipped, commutes with it",
     )  # fmt: skip
     if sid != 0:
-        r.an.act_raw(sid, weight, 2, ActionKind.FLIP, k)
+        r.an.act_raw(sid, weight, 2, ActionKind.FLIP, k, buffer=weight not in r.an.params)
     return x
 
 
