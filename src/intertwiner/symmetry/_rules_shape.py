@@ -332,6 +332,25 @@ def roll(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     return x
 
 
+@rule("repeat_interleave")
+def repeat_interleave(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """``x.repeat_interleave(k, dim)`` along a dim that is not the feature axis (GCViT's global
+    query repeated once per window along the batch/window dim): each output slice along ``dim``
+    is a copy of an input slice, so every channel matrix commutes with it. Along the feature
+    axis (each feature repeated k times: a new layout of the axis), over the flattened tensor
+    (no ``dim``) or with hidden repeat counts: ``Frozen``."""
+    x, ndim = r.first(n), r.ndim(n)
+    repeats = n.args[1] if len(n.args) > 1 else n.kwargs.get("repeats")
+    if isinstance(r.info(repeats), Info):
+        raise Frozen("repeat counts computed from a hidden tensor")
+    dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim")
+    if dim is None:
+        raise Frozen("repeat_interleave over the flattened tensor (no dim) mixes the feature axis")
+    if dim % ndim == x.dim + ndim:
+        raise Frozen("repeat_interleave along the feature axis")
+    return x
+
+
 # -- joins and reductions -----------------------------------------------------------------------
 @rule("cat", "concat", "stack")
 def concatenate(r: AtenRunner, n: fx.Node, value: torch.Tensor) -> Info | None:
@@ -446,6 +465,26 @@ def _pool_ndim(name: str, ndim: int) -> int:
         if f"{k}d" in name:
             return k + 2
     return ndim
+
+
+@rule("im2col")
+def im2col(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """``nn.Unfold`` / ``F.unfold`` on (B, C, H, W) (or unbatched (C, H, W)) gives (B, C * k, L)
+    with k = kh * kw kernel positions, channel-major: row ``c * k + p`` holds channel c at
+    kernel position p (zero where the window reaches the padding). Each row copies one channel
+    (or a zero), so a channel matrix M moves the rows by M kron I_k: the feature axis of C
+    channels with k positions behind each (``inner``). TNT's pixel embedding unfolds its conv's
+    channels this way. The feature axis on a spatial dim: ``Frozen``."""
+    x, ndim = r.first(n), r.ndim(n)
+    if ndim not in (3, 4) or x.dim != -3:
+        raise Frozen("im2col whose feature axis is not the channel dim of (B, C, H, W)")
+    k = 1
+    for z in n.args[1]:
+        k *= int(z)
+    out = value.shape[-2]
+    if out != x.n * x.outer * x.inner * k:  # pragma: no cover (im2col's contract)
+        raise Frozen(f"im2col output rows {out} are not channels x kernel positions")
+    return x.moved(dim=-2, inner=x.inner * k)
 
 
 @rule("max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices",

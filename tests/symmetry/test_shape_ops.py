@@ -1,0 +1,175 @@
+"""Shape and indexing ops that move positions, not features (issue 24's sweep: GCViT's
+``repeat_interleave`` of a global query, TNT's ``nn.Unfold``): the feature axis passes through,
+and every channel matrix commutes with the op. Variants that do touch the feature axis must be
+refused by the rule itself (checked with ``verify=False``: a wrong rule would change the
+function before verification could drop it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from intertwiner.symmetry import check, random_elements, trace
+
+F64 = torch.float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _unverified(model: nn.Module, x: torch.Tensor, seeds=(0, 1, 2)):
+    """The spec the rules propose (no verification) and its largest relative function change
+    over a few sampled elements, in float64."""
+    spec = trace(model, x, verify=False)
+    with torch.no_grad():
+        scale = float(model(x).abs().max())
+    change = max(
+        check(model, spec, x, elements=random_elements(spec, generator=_gen(s))) / scale
+        for s in seeds
+    )
+    return spec, change
+
+
+def _moved(spec) -> set[str]:
+    return {a.name for s in spec.sites for a in s.actions}
+
+
+def _frozen_by(spec, op: str) -> bool:
+    return any(op in reason for _, reason in spec.frozen)
+
+
+# -- repeat_interleave ----------------------------------------------------------------------------
+class Repeated(nn.Module):
+    """A global token set (B, T, C) repeated per window along the batch dim, as GCViT repeats
+    its global query; ``how`` puts the repeat elsewhere to fool the rule."""
+
+    def __init__(self, how: str = "batch"):
+        super().__init__()
+        self.how = how
+        self.fc1, self.fc2 = nn.Linear(3, 6), nn.Linear(12 if how == "features" else 6, 2)
+
+    def forward(self, x):  # (B, T, 3)
+        h = torch.relu(self.fc1(x))
+        if self.how == "batch":
+            h = h.repeat_interleave(3, dim=0)
+        elif self.how == "tensor_repeats":
+            h = h.repeat_interleave(torch.tensor([1, 3]), dim=0)
+        elif self.how == "features":  # each feature twice: (B, T, 12)
+            h = h.repeat_interleave(2, dim=-1)
+        elif self.how == "flat":  # over the flattened tensor, then back to (B, T, 6)
+            h = h.repeat_interleave(2).reshape(-1, h.shape[1], h.shape[2])
+        return self.fc2(h)
+
+
+def _tokens() -> torch.Tensor:
+    return torch.randn(2, 5, 3, dtype=F64, generator=_gen(7))
+
+
+@pytest.mark.parametrize("how", ["batch", "tensor_repeats"])
+def test_repeat_interleave_along_positions_keeps_the_features(how):
+    model = Repeated(how).double()
+    spec, change = _unverified(model, _tokens())
+    assert change < 1e-12
+    assert {"fc1.weight", "fc1.bias", "fc2.weight"} <= _moved(spec)
+    assert not _frozen_by(spec, "repeat_interleave")
+    verified = trace(model, _tokens())
+    assert not verified.dropped and verified.names == spec.names
+
+
+@pytest.mark.parametrize("how", ["features", "flat"])
+def test_repeat_interleave_of_the_features_is_refused(how):
+    model = Repeated(how).double()
+    spec, change = _unverified(model, _tokens())
+    assert change < 1e-12
+    assert _frozen_by(spec, "repeat_interleave")
+    assert not {"fc1.weight", "fc1.bias", "fc2.weight"} & _moved(spec)
+
+
+# -- im2col (nn.Unfold) -----------------------------------------------------------------------------
+class Unfolded(nn.Module):
+    """TNT's pixel embedding: a conv, then ``nn.Unfold`` into (B, C * k, L) (channel-major rows),
+    tokens of C * k features read by a Linear and a per-channel parameter added per pixel.
+    ``how``: ``"plain"``, ``"padded"`` (padding and dilation), ``"channel_minor"`` (the rows
+    regrouped as (k, C): a per-"channel" parameter on the wrong grouping), ``"spatial"``
+    (features moved to the last dim first, so the op would unfold across them)."""
+
+    def __init__(self, how: str = "plain"):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pos = nn.Parameter(torch.randn(1, 4, 2, 2, generator=_gen(3)))
+        self.fc = nn.Linear(4 * 4, 5)
+        self.per_slot = nn.Parameter(torch.randn(1, 1, 4, 1, generator=_gen(4)))
+        widths = {"spatial": 4 * 4, "channel_minor": 4 * 2, "kernel_slots": 4 * 4}
+        self.head = nn.Linear(widths.get(how, 1), 2)
+
+    def forward(self, x):  # (B, 3, 6, 6)
+        h = torch.relu(self.conv(x))
+        b = h.shape[0]
+        if self.how == "spatial":  # (B, H, C, W): H read as channels, (C, W) as the image
+            u = F.unfold(h.permute(0, 2, 1, 3), kernel_size=2, stride=2)
+            return self.head(u.mean(-1))
+        if self.how in ("channel_minor", "kernel_slots"):
+            # rows c * k + p; "channel_minor" reads them as (k, C) = (2, 4) (the per-"channel"
+            # parameter then meets rows of several channels), "kernel_slots" as (C, k) = (4, 4)
+            # with a parameter per kernel position (the same for every channel)
+            k = 2 if self.how == "channel_minor" else 4
+            u = F.unfold(h, kernel_size=(k // 2, 2), stride=2)  # (B, 4 * k, L)
+            u = u.reshape(b, k, 4, -1) + self.per_slot
+            return self.head(u.reshape(b, 4 * k, -1).mean(-1))
+        if self.how == "padded":
+            u = F.unfold(h, kernel_size=2, dilation=2, padding=1, stride=2)  # (B, 16, 9)
+        else:
+            u = F.unfold(h, kernel_size=2, stride=2)  # (B, 16, 9)
+        pixels = u.transpose(1, 2).reshape(-1, 4, 2, 2) + self.pos  # TNT: + pixel_pos
+        tokens = pixels.reshape(b, -1, 16)
+        return self.fc(torch.relu(tokens)).mean(1)
+
+
+def _image(h: int = 6) -> torch.Tensor:
+    """(2, 3, h, 6); h = 4 gives the spatial variant as many rows as channels (4)."""
+    return torch.randn(2, 3, h, 6, dtype=F64, generator=_gen(8))
+
+
+@pytest.mark.parametrize("how", ["plain", "padded"])
+def test_unfold_moves_channel_blocks(how):
+    model = Unfolded(how).double()
+    spec, change = _unverified(model, _image())
+    assert change < 1e-12
+    assert {"conv.weight", "conv.bias", "pos", "fc.weight"} <= _moved(spec)
+    assert not _frozen_by(spec, "im2col")
+    (fc_in,) = [a for s in spec.sites for a in s.actions if a.name == "fc.weight" and a.axis == 1]
+    assert (fc_in.n_total, fc_in.inner) == (4, 4)  # channel-major: M kron I_k
+    verified = trace(model, _image())
+    assert not verified.dropped
+    assert verified.coverage(model, _image()).interior_tensors == 1.0
+
+
+@pytest.mark.parametrize("how", ["channel_minor", "spatial"])
+def test_unfold_read_across_its_channel_blocks_is_refused(how):
+    model = Unfolded(how).double()
+    spec, change = _unverified(model, _image(4 if how == "spatial" else 6))
+    assert change < 1e-12
+    assert not {"conv.weight", "conv.bias", "per_slot"} & _moved(spec)
+
+
+def test_a_parameter_per_kernel_position_keeps_channel_permutations_only():
+    model = Unfolded("kernel_slots").double()
+    spec, change = _unverified(model, _image())
+    assert change < 1e-12
+    assert {"conv.weight", "conv.bias"} <= _moved(spec) and "per_slot" not in _moved(spec)
+    (site,) = [s for s in spec.sites if any(a.name == "conv.weight" for a in s.actions)]
+    assert site.group.family.name == "permutation"
+
+
+def test_unfold_on_float32_keeps_the_function():
+    model = Unfolded("padded")
+    x = _image().float()
+    spec = trace(model, x)
+    assert not spec.dropped and spec.sites
+    with torch.no_grad():
+        scale = float(model(x).abs().max())
+    assert check(model, spec, x, elements=random_elements(spec, generator=_gen(5))) < 1e-5 * scale
