@@ -173,3 +173,52 @@ def test_unfold_on_float32_keeps_the_function():
     with torch.no_grad():
         scale = float(model(x).abs().max())
     assert check(model, spec, x, elements=random_elements(spec, generator=_gen(5))) < 1e-5 * scale
+
+
+# -- a product with a fixed per-position map ----------------------------------------------------------
+class SpatialGate(nn.Module):
+    """CBAM / CSATv2 spatial attention: ``h * map`` with a (B, 1, H, W) map computed from the
+    channel mean and max of ``h`` (``"stats"``) or from the input alone (``"input"``); a map
+    that differs between features (``"per_feature"``) must be refused; ``"divide"``: ``h / map``."""
+
+    def __init__(self, how: str = "stats"):
+        super().__init__()
+        self.how = how
+        self.conv1, self.conv2 = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(5, 5, 1)
+        self.spatial = nn.Conv2d(2, 1, 3, padding=1)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):  # (B, 3, H, W)
+        h = torch.relu(self.conv1(x))
+        if self.how in ("stats", "divide"):
+            stats = torch.cat([h.mean(1, keepdim=True), h.amax(1, keepdim=True)], dim=1)
+        else:
+            stats = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+        m = torch.sigmoid(self.spatial(stats))  # (B, 1, H, W)
+        if self.how == "per_feature":  # a different factor for each feature
+            m = m * torch.arange(1.0, 6.0, dtype=m.dtype).view(1, 5, 1, 1)
+        g = h / (m + 0.5) if self.how == "divide" else h * m
+        h = h + self.conv2(g)
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["stats", "divide", "input"])
+def test_a_map_shared_by_every_feature_keeps_the_channels(how):
+    model = SpatialGate(how).double()
+    spec, change = _unverified(model, _image())
+    assert change < 1e-12
+    assert {"conv1.weight", "conv2.weight", "conv2.bias"} <= _moved(spec)
+    (site,) = [s for s in spec.sites if any(a.name == "conv1.weight" for a in s.actions)]
+    # the channel mean and max keep permutations only; a map from the input keeps ReLU's group
+    want = "positive_monomial" if how == "input" else "permutation"
+    assert site.group.family.name == want
+    verified = trace(model, _image())
+    assert not verified.dropped and verified.names == spec.names
+
+
+def test_a_map_that_differs_between_features_is_refused():
+    model = SpatialGate("per_feature").double()
+    spec, change = _unverified(model, _image())
+    assert change < 1e-12
+    assert not {"conv1.weight", "conv2.weight"} & _moved(spec)
+    assert any("a product with a tensor computed from the input" in r for _, r in spec.frozen)

@@ -138,8 +138,12 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     where = r.where(n)
     a, b, va, vb = _operands(r, n)
     if isinstance(a, Info) and isinstance(b, Info):
+        if _one_feature_map(r, a, b, vb, where):
+            return a
         if op_name(n) == "div":
             raise Frozen("dividing by a hidden tensor")
+        if _one_feature_map(r, b, a, va, where):
+            return b
         return _gate(r, a, b, where)
     if isinstance(a, RowStat) or isinstance(b, RowStat):
         return normalise(r, a, b, where)
@@ -154,7 +158,27 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
         return x  # a number: commutes with every matrix
     if isinstance(other, ParamRef) and not other.transposed:
         return _scale_by_param(r, x, other, where, n)
+    if other is None and vo.dim() >= -x.dim and vo.shape[x.dim] == 1:
+        # A fixed tensor (no site moves it: computed from the input, or from statistics that
+        # the sites keep, such as CSATv2's spatial attention map from the channel mean and max)
+        # broadcast over the feature axis: one factor per position, the same for every
+        # feature, so every channel matrix commutes with it (M x) * s = M (x * s).
+        return x
     raise Frozen("a product with a tensor computed from the input")
+
+
+def _one_feature_map(r: AtenRunner, x: Info, m: Info, vm: Any, where: str) -> bool:
+    """``x * m`` with ``m`` a hidden tensor of one feature broadcast over ``x``'s features (a
+    spatial attention map from a conv with one output channel, CBAM's and CSATv2's): ``m``'s
+    space is frozen (its only elements scale that one feature, which the product would pass on
+    to ``x``'s features), so ``m`` is a fixed factor per position, the same for every feature
+    of ``x``: every channel matrix of ``x`` commutes with it. False (nothing recorded) when
+    ``m`` has more than one feature or varies along ``x``'s feature dim."""
+    one = m.dim == x.dim and m.n * m.outer * m.inner == 1
+    if not one or not isinstance(vm, torch.Tensor) or vm.dim() < -x.dim or vm.shape[x.dim] != 1:
+        return False
+    r.an.unify(m, None, f"{where}: a one-feature map that scales every feature of a tensor")
+    return True
 
 
 def _gate(r: AtenRunner, a: Info, b: Info, where: str) -> Info:
