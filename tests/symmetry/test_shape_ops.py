@@ -195,6 +195,16 @@ class SpatialGate(nn.Module):
         else:
             stats = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
         m = torch.sigmoid(self.spatial(stats))  # (B, 1, H, W)
+        if self.how == "stats_direct":  # no conv: the statistics themselves, untracked
+            m = torch.sigmoid(torch.cat([h.mean(1, keepdim=True), h.amax(1, keepdim=True)], 1))
+            m = m.mean(1, keepdim=True)
+        elif self.how == "indices":  # where channel 0 peaks: moves when the channels do
+            idx = F.max_pool2d(h, 2, return_indices=True)[1][:, :1].to(h.dtype)
+            m = F.interpolate(idx, size=h.shape[2:]) / h.shape[2:].numel()
+        elif self.how in ("moved_param", "moved_number"):  # from conv1's bias (the site moves it)
+            m = torch.sigmoid(self.conv1.bias).view(1, 5, 1, 1).amax(1, keepdim=True)
+            if self.how == "moved_param":  # one value per position rather than one number
+                m = m * torch.linspace(0.5, 1.5, h.shape[-1], dtype=h.dtype)
         if self.how == "per_feature":  # a different factor for each feature
             m = m * torch.arange(1.0, 6.0, dtype=m.dtype).view(1, 5, 1, 1)
         g = h / (m + 0.5) if self.how == "divide" else h * m
@@ -202,7 +212,7 @@ class SpatialGate(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
-@pytest.mark.parametrize("how", ["stats", "divide", "input"])
+@pytest.mark.parametrize("how", ["stats", "divide", "input", "stats_direct"])
 def test_a_map_shared_by_every_feature_keeps_the_channels(how):
     model = SpatialGate(how).double()
     spec, change = _unverified(model, _image())
@@ -216,9 +226,123 @@ def test_a_map_shared_by_every_feature_keeps_the_channels(how):
     assert not verified.dropped and verified.names == spec.names
 
 
-def test_a_map_that_differs_between_features_is_refused():
-    model = SpatialGate("per_feature").double()
+@pytest.mark.parametrize("how", ["per_feature", "indices", "moved_param", "moved_number"])
+def test_a_map_that_differs_between_features_or_moves_is_refused(how):
+    """A factor per feature, or an untracked map that the sites do move (max pooling's indices
+    of one channel; a function of a parameter a site moves, even one number), is not a fixed
+    per-position one."""
+    model = SpatialGate(how).double()
     spec, change = _unverified(model, _image())
     assert change < 1e-12
     assert not {"conv1.weight", "conv2.weight"} & _moved(spec)
-    assert any("a product with a tensor computed from the input" in r for _, r in spec.frozen)
+    assert any("a product with a" in r for _, r in spec.frozen)
+
+
+# -- heads cut from a space that is not a fresh projection (GCViT's global query) ---------------------
+class GlobalQuery(nn.Module):
+    """GCViT's ``WindowAttentionGlobal``: the query is the (normalised) residual stream itself,
+    repeated once per window and viewed as heads; keys and values come from a packed ``kv``
+    Linear viewed as (B, N, 2, H, D); a relative position table per head is added to the scores.
+    ``how``: ``"plain"``; ``"no_norm"`` (no LayerNorm holds the stream to permutations: only orthogonal maps keep
+    q^T k); ``"head_minor"`` (the query's heads are read as (D, H): its channels meet the
+    keys' in another order); ``"moved_probs"`` (the "probabilities" are a function of a bias that
+    the stream's site moves)."""
+
+    def __init__(self, how: str = "plain"):
+        super().__init__()
+        self.how, self.heads, self.d = how, 2, 4
+        c = self.heads * self.d
+        self.embed, self.kv, self.proj = nn.Linear(3, c), nn.Linear(c, 2 * c), nn.Linear(c, c)
+        self.norm_q, self.norm_k, self.norm_out = nn.LayerNorm(c), nn.LayerNorm(c), nn.LayerNorm(c)
+        self.table = nn.Parameter(torch.randn(self.heads, 5, 5, generator=_gen(6)))
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):  # (B, 5, 3)
+        h = self.embed(x)
+        b, n, c = h.shape
+        norm = self.how != "no_norm"
+        win = (self.norm_k(h) if norm else h).repeat_interleave(2, dim=0).flip(1)  # 2 windows
+        q = (self.norm_q(h) if norm else h).repeat_interleave(2, dim=0)
+        kv = self.kv(win).reshape(2 * b, n, 2, self.heads, self.d).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        if self.how == "head_minor":
+            q = q.reshape(2 * b, n, self.d, self.heads).transpose(-1, -2).permute(0, 2, 1, 3)
+        else:
+            q = q.reshape(2 * b, n, self.heads, self.d).permute(0, 2, 1, 3)
+        attn = (q * self.d**-0.5) @ k.transpose(-2, -1) + self.table
+        if self.how == "moved_probs":
+            attn = self.embed.bias[:n].view(1, 1, 1, n).expand(2 * b, self.heads, n, n)
+        o = (attn.softmax(-1) @ v).transpose(1, 2).reshape(2 * b, n, c)
+        h = h.repeat_interleave(2, dim=0) + self.proj(o)
+        return self.head((self.norm_out(h) if norm else h).mean(1))
+
+
+@pytest.mark.parametrize("how", ["plain", "no_norm"])
+def test_a_query_from_the_stream_ties_its_heads_to_the_keys(how):
+    model = GlobalQuery(how).double()
+    spec, change = _unverified(model, _tokens())
+    assert change < 1e-12
+    assert {"embed.weight", "kv.weight", "proj.weight"} <= _moved(spec)
+    assert [r for _, r in spec.frozen] == ["the model output"]
+    (stream,) = [s for s in spec.sites if any(a.name == "embed.weight" for a in s.actions)]
+    assert stream.width == 4  # one map for both heads: diag(M, M)
+    want = "orthogonal" if how == "no_norm" else "permutation"
+    assert stream.group.family.name == want  # q^T M^T M k = q^T k
+    verified = trace(model, _tokens())
+    assert not verified.dropped and verified.names == spec.names
+
+
+def test_a_query_from_the_stream_in_float32():
+    model = GlobalQuery("no_norm")
+    x = _tokens().float()
+    spec = trace(model, x)
+    assert not spec.dropped and "embed.weight" in _moved(spec)
+    with torch.no_grad():
+        scale = float(model(x).abs().max())
+    assert check(model, spec, x, elements=random_elements(spec, generator=_gen(5))) < 1e-5 * scale
+
+
+@pytest.mark.parametrize("how", ["head_minor", "moved_probs"])
+def test_queries_and_keys_that_do_not_meet_channel_by_channel_are_refused(how):
+    model = GlobalQuery(how).double()
+    spec, change = _unverified(model, _tokens())
+    assert change < 1e-12
+    if how == "head_minor":  # the stream's channels meet the keys' in another order
+        assert "embed.weight" not in _moved(spec)
+    else:  # the values are mixed by a tensor that moves: their rows stay
+        assert not [
+            a for s in spec.sites for a in s.actions if (a.name, a.axis) == ("kv.weight", 0)
+        ]
+
+
+class HeadView(nn.Module):
+    """A stream viewed as (B, N, 2, 4) and scaled per head-dim entry (``"shared"``: one (4,)
+    parameter for both heads, which the tied map's permutation moves) or per head and entry
+    (``"per_head"``: (2, 4), which one map for both heads cannot move)."""
+
+    def __init__(self, how: str = "shared"):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 8), nn.Linear(8, 2)
+        shape = (4,) if how == "shared" else (2, 4)
+        self.w = nn.Parameter(torch.rand(shape, generator=_gen(9)) + 0.5)
+
+    def forward(self, x):  # (B, T, 3)
+        h = torch.relu(self.fc1(x))
+        b, t, _ = h.shape
+        return self.fc2((h.reshape(b, t, 2, 4) * self.w).reshape(b, t, 8))
+
+
+def test_a_view_into_heads_ties_the_heads():
+    model = HeadView("shared").double()
+    spec, change = _unverified(model, _tokens())
+    assert change < 1e-12
+    (site,) = spec.sites
+    assert site.width == 4 and {"fc1.weight", "w", "fc2.weight"} <= _moved(spec)
+    assert [a.kind for a in site.actions if a.name == "w"] == ["P"]
+
+
+def test_a_parameter_per_head_is_not_moved_by_one_map_for_all_heads():
+    model = HeadView("per_head").double()
+    spec, change = _unverified(model, _tokens())
+    assert change < 1e-12
+    assert not {"fc1.weight", "w"} & _moved(spec)

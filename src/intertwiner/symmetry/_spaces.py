@@ -143,6 +143,9 @@ class Spaces:
         #: (label, reason, parameters) of parameters no element can move, whatever the sites
         #: (a scalar shared by every feature): recorded so that ``coverage`` says why.
         self.fixed_params: list[tuple[str, str, tuple[str, ...]]] = []
+        #: Graph nodes with no hidden feature axis whose value a rule has shown unchanged by
+        #: every element (``q @ k^T`` of two spaces tied to one orthogonal map).
+        self.invariant: set[Any] = set()
 
     # -- sites ------------------------------------------------------------------------------
     def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:
