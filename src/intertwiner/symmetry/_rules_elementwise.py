@@ -173,13 +173,13 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     raise Frozen("a product with a tensor computed from the input")
 
 
-def _untouched(r: AtenRunner, node: fx.Node) -> bool:
+def _untouched(r: AtenRunner, node: fx.Node, params: list[str] | None = None) -> bool:
     """Is the untracked tensor ``node`` unchanged by every element of the spec? An untracked
     tensor need not be fixed (the attention sites move their projections' outputs, max
     pooling's indices move with the channels), so its ancestors are read back to tensors known
     to be fixed: the input, a frozen space, a statistic over the features of spaces held to
     permutations (a mean or max of the features is the same for every order of them), or a
-    parameter that no site moves and no later node reads."""
+    parameter that no site moves and no later node reads (their names are added to ``params``)."""
     sites = r.an.sites
 
     def root(sid: int) -> _SiteState:
@@ -208,6 +208,8 @@ def _untouched(r: AtenRunner, node: fx.Node) -> bool:
         if m.op == "get_attr":
             if any(u not in r.infos for u in m.users) or moved(str(m.target)):
                 return False
+            if params is not None:
+                params.append(str(m.target))
             continue
         if m in r.an.invariant:
             continue
@@ -258,9 +260,24 @@ def fixed_mix(r: AtenRunner, n: fx.Node) -> Info | None:
             continue
         if not isinstance(vp, torch.Tensor) or vp.dim() < 2 or vx.dim() < 2:
             continue
-        if isinstance(p_node, fx.Node) and _untouched(r, p_node):
+        params: list[str] = []
+        if isinstance(p_node, fx.Node) and _untouched(r, p_node, params):
+            _record_fixed(r, params, r.where(n))
             return x
     return None
+
+
+def _record_fixed(r: AtenRunner, params: list[str], where: str) -> None:
+    """Say why the parameters behind fixed mixing weights stay (GCViT's relative position
+    table on the scores of a global query): coverage then lists the reason."""
+    for name in dict.fromkeys(params):
+        if name not in r.an.params or any(name in ps for _, _, ps in r.an.fixed_params):
+            continue
+        reason = (
+            f"{name} in {where}: it shapes mixing weights that the sites keep fixed (scores of "
+            "a query and key tied to one map for all heads, which keeps the heads in place)"
+        )
+        r.an.fixed_params.append((name, reason, (name,)))
 
 
 def _one_feature_map(r: AtenRunner, x: Info, m: Info, vm: Any, where: str) -> bool:
