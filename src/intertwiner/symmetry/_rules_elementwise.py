@@ -274,8 +274,9 @@ def _record_fixed(r: AtenRunner, params: list[str], where: str) -> None:
         if name not in r.an.params or any(name in ps for _, _, ps in r.an.fixed_params):
             continue
         reason = (
-            f"{name} in {where}: it shapes mixing weights that the sites keep fixed (scores of "
-            "a query and key tied to one map for all heads, which keeps the heads in place)"
+            f"{name} in {where}: it shapes mixing weights that the sites keep fixed (scores "
+            "of a query and key tied to one orthogonal map); moving it would need a "
+            "permutation of the heads, and these sites keep the heads in place"
         )
         r.an.fixed_params.append((name, reason, (name,)))
 
