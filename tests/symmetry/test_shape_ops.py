@@ -285,7 +285,7 @@ def test_a_query_from_the_stream_ties_its_heads_to_the_keys(how):
     assert {"embed.weight", "kv.weight", "proj.weight"} <= _moved(spec)
     # the output, and the per-head table on the fixed scores (with its reason)
     assert [label for label, _ in spec.frozen] == ["head", "table"]
-    assert "keeps the heads in place" in dict(spec.frozen)["table"]
+    assert "a permutation of the heads" in dict(spec.frozen)["table"]
     (stream,) = [s for s in spec.sites if any(a.name == "embed.weight" for a in s.actions)]
     assert stream.width == 4  # one map for both heads: diag(M, M)
     want = "orthogonal" if how == "no_norm" else "permutation"
