@@ -12,6 +12,8 @@ from tests._support.traced import gen as _gen
 from tests._support.traced import traced
 from torch import nn
 
+from intertwiner.symmetry import check, trace
+
 F64 = torch.float64
 
 
@@ -104,11 +106,13 @@ def test_channel_shuffle_passes_sites_through(dtype, groups):
 @pytest.mark.parametrize("reuse", [False, True])
 def test_channel_shuffle_fools_stay_frozen(reuse):
     """Trading channels with rows, or a split view read outside the chain: c1's channels are
-    frozen with the split-view reason (the checked spec keeps the function either way)."""
+    frozen, with the reason recorded (the split view ties its two blocks to one map; c2 then
+    meets the channels on a spatial dim, or interleaved with the blocks, and freezes them; the
+    checked spec keeps the function either way)."""
     model = ShuffleFool(swap=not reuse, reuse=reuse)
     model, spec = traced(model, torch.randn(2, 3, 4, 5, generator=_gen()))
     assert "c1.weight" not in _moved(spec)
-    assert any("splits the feature axis" in why for _, why in spec.frozen)
+    assert [label for label, _ in spec.frozen] == ["relu"]
 
 
 def test_channel_shuffle_is_not_the_identity():
@@ -429,11 +433,18 @@ def test_selective_kernel_softmax_over_branches_keeps_the_channels(dtype):
     assert any(a.name == "paths.1.0.weight" for a in site.actions)
 
 
-def test_selective_kernel_logits_read_elsewhere_are_not_recut():
+def test_selective_kernel_logits_read_elsewhere_are_tied_not_folded():
+    """Logits read after the view too (``proj``) cannot be folded to width C in place; they are
+    cut into K blocks tied to one map (diag(M, M) on every reader, ``tied_split``): each block of
+    fc_select's rows is moved by the same site, and the proposed spec keeps the function."""
     model = _bn_stats(SelectiveKernel(fool=True))
     model, spec = traced(model, torch.randn(2, 3, 6, 6, generator=_gen()))
-    assert _rows(spec, "fc_select.weight") == []
-    assert _rows(spec, "paths.0.0.weight") == []
+    rows = _rows(spec, "fc_select.weight")
+    assert sorted(a.channels for a in rows) == [tuple(range(6)), tuple(range(6, 12))]
+    assert len({s.name for s in spec.sites for a in s.actions if a in rows}) == 1
+    x = torch.randn(2, 3, 6, 6, generator=_gen(1), dtype=F64)
+    proposed = trace(model, x, verify=False)
+    assert check(model, proposed, x, generator=_gen(4)) <= 1e-10 * float(model(x).abs().max())
 
 
 def test_selective_kernel_branches_must_move_together():
@@ -526,8 +537,11 @@ def test_a_fresh_space_cut_into_blocks_acts_on_every_block(dtype):
     assert (rows.outer, rows.n_total) == (2, 3)
     site = next(s for s in spec.sites if rows in s.actions)
     assert site.width == 3 and site.group.family.name == "general_linear"
+    # activated at width 6: not folded in place, but cut into two blocks tied to one map
     model, spec = traced(BlockSum(act=True), torch.randn(5, 3, generator=_gen()), dtype)
-    assert _rows(spec, "a.weight") == []
+    rows = _rows(spec, "a.weight")
+    assert sorted(a.channels for a in rows) == [(0, 1, 2), (3, 4, 5)]
+    assert {s.width for s in spec.sites for a in s.actions if a in rows} == {3}
 
 
 def test_eca_reversal_with_a_flipped_kernel_is_the_exception_the_reason_names():

@@ -186,6 +186,9 @@ def _frozen_root(an: Spaces, s: _SiteState) -> _SiteState | None:
     while True:
         if s.frozen_reason:
             return s
+        if s.split is not None:  # cut into blocks (a view into heads): frozen when they all are
+            roots = [_frozen_root(an, an.sites[c]) for c, _ in s.split]
+            return roots[0] if all(r is not None for r in roots) else None
         if s.merged_into is None or s.merged_into == 0:
             return None
         s = an.sites[s.merged_into]

@@ -14,6 +14,7 @@ from intertwiner.errors import IntertwinerError, UnsupportedGroupError
 from intertwiner.groups import (
     IDENTITY_PHI,
     MONOMIAL,
+    ORTHOGONAL,
     PERMUTATION,
     ActionKind,
     IntertwinerGroup,
@@ -26,8 +27,8 @@ from intertwiner.groups import verify as verify_group
 from intertwiner.symmetry._activation_calls import activation_group
 from intertwiner.symmetry._regions import IDENTITY, ancestors_within, op_name
 from intertwiner.symmetry._registry import Frozen, rule
-from intertwiner.symmetry._rules_norms import RowStat, normalise
-from intertwiner.symmetry._spaces import Info, ParamRef
+from intertwiner.symmetry._rules_norms import RowStat, Square, normalise
+from intertwiner.symmetry._spaces import Info, ParamRef, _SiteState
 
 if TYPE_CHECKING:
     from intertwiner.symmetry._aten import AtenRunner
@@ -140,8 +141,12 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     where = r.where(n)
     a, b, va, vb = _operands(r, n)
     if isinstance(a, Info) and isinstance(b, Info):
+        if _one_feature_map(r, a, b, vb, where):
+            return a
         if op_name(n) == "div":
             raise Frozen("dividing by a hidden tensor")
+        if _one_feature_map(r, b, a, va, where):
+            return b
         return _gate(r, a, b, where)
     if isinstance(a, RowStat) or isinstance(b, RowStat):
         return normalise(r, a, b, where)
@@ -150,6 +155,7 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
         raise Frozen("dividing by a hidden tensor")
     if not isinstance(x, Info):
         raise Frozen("a product with a statistic of the features")
+    node = n.args[1] if x is a else n.args[0]
     if not isinstance(vo, torch.Tensor) or vo.numel() == 1:
         if isinstance(other, ParamRef):
             if op_name(n) == "mul" and other.plain:
@@ -157,10 +163,142 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
                 if moved is not None:
                     return moved
             shared_scalar(r, other, x, where, scale=True)
+        elif isinstance(node, fx.Node) and not _untouched(r, node):
+            # a number computed from something a site moves (a parameter's max) changes with it
+            raise Frozen("a product with a number computed from tensors that the sites move")
         return x  # a number: commutes with every matrix
     if isinstance(other, ParamRef) and not other.transposed:
         return _scale_by_param(r, x, other, where, n)
+    broadcast = vo.dim() < -x.dim or vo.shape[x.dim] == 1
+    if other is None and broadcast and isinstance(node, fx.Node) and _untouched(r, node):
+        # A fixed tensor (computed from the input, or from statistics that the sites keep, such
+        # as CSATv2's spatial attention map from the channel mean and max) broadcast over the
+        # feature axis: one factor per position, the same for every feature, so every channel
+        # matrix commutes with it: (M x) * s = M (x * s).
+        return x
     raise Frozen("a product with a tensor computed from the input")
+
+
+def _untouched(r: AtenRunner, node: fx.Node, params: list[str] | None = None) -> bool:
+    """Is the untracked tensor ``node`` unchanged by every element of the spec? An untracked
+    tensor need not be fixed (the attention sites move their projections' outputs, max
+    pooling's indices move with the channels), so its ancestors are read back to tensors known
+    to be fixed: the input, a frozen space, a statistic over the features of spaces held to
+    permutations (a mean or max of the features is the same for every order of them), or a
+    parameter that no site moves and no later node reads (their names are added to ``params``)."""
+    sites = r.an.sites
+
+    def root(sid: int) -> _SiteState:
+        return sites[r.an.find(sid)]
+
+    def frozen(x: Info) -> bool:
+        return all(sid == 0 for sid, _, _ in r.an.parts(x))
+
+    def kept(stat: RowStat) -> bool:
+        return all(sid == 0 or root(sid).family <= PERMUTATION for sid, _, _ in r.an.parts(stat.x))
+
+    def moved(name: str) -> bool:
+        t = r.an.params.get(name, r.an.buffers.get(name))
+        return any(
+            r.an.find(s.id) != 0
+            and any(r.an.params.get(a.name, r.an.buffers.get(a.name)) is t for a in s.actions)
+            for s in sites[1:]
+        )
+
+    stack, seen = [node], set()
+    while stack:
+        m = stack.pop()
+        if m in seen or m.op == "placeholder":
+            continue
+        seen.add(m)
+        if m.op == "get_attr":
+            if any(u not in r.infos for u in m.users) or moved(str(m.target)):
+                return False
+            if params is not None:
+                params.append(str(m.target))
+            continue
+        if m in r.an.invariant:
+            continue
+        if m in r.blocks or m in r.owned or m not in r.infos:
+            return False
+        info = r.infos[m]
+        infos = [i for i in (info if isinstance(info, tuple) else (info,)) if i is not None]
+        if any(isinstance(i, Square) for i in infos):
+            return False
+        if any(isinstance(i, Info) and not frozen(i) for i in infos):
+            return False
+        if any(isinstance(i, RowStat) and not kept(i) for i in infos):
+            return False
+        if any(isinstance(i, (Info, RowStat)) for i in infos):
+            continue  # fixed, whatever came before it
+        stack.extend(m.all_input_nodes)
+    return True
+
+
+def contract_features(r: AtenRunner, n: fx.Node) -> bool:
+    """``q @ k^T`` of two hidden tensors that meet on their feature axes (q's last dim, k^T's
+    second-to-last; GCViT's global query, a residual stream, against its window keys, when no
+    attention block claims them): the scores ``q^T k`` are unchanged when q and k are moved by
+    one orthogonal matrix M (``q^T M^T M k``), so the two spaces are tied and held to orthogonal
+    maps (permutations where a LayerNorm holds them already); the scores are then fixed
+    (``Spaces.invariant``). False (nothing recorded) for any other product."""
+    q, k = r.info(n.args[0]), r.info(n.args[1])
+    if not (isinstance(q, Info) and isinstance(k, Info)) or q.dim != -1 or k.dim != -2:
+        return False
+    if (q.n, q.outer, q.inner) != (k.n, 1, 1) or (q.outer, q.inner) != (1, 1):
+        return False
+    where = r.where(n)
+    r.an.unify(q, k.moved(dim=-1), f"{where}: q @ k^T of two hidden tensors")
+    for part in r.an.parts(q):
+        r.an.restrict_matrix(part, ORTHOGONAL, f"{where}: q^T k is kept by orthogonal maps only")
+    r.an.invariant.add(n)
+    return True
+
+
+def fixed_mix(r: AtenRunner, n: fx.Node) -> Info | None:
+    """``p @ v`` with ``p`` a fixed tensor (attention probabilities from scores that
+    ``contract_features`` fixed) and ``v``'s feature axis on its last dim (or ``x @ p`` with
+    ``x``'s on its rows): each feature is mixed over positions by the same ``p``, so the
+    product moves like ``v`` (``x``). None when the other factor is not known to be fixed."""
+    for x_node, p_node, dim in ((n.args[1], n.args[0], -1), (n.args[0], n.args[1], -2)):
+        x, vx, vp = r.info(x_node), r.val(x_node), r.val(p_node)
+        if not isinstance(x, Info) or x.dim != dim or r.info(p_node) is not None:
+            continue
+        if not isinstance(vp, torch.Tensor) or vp.dim() < 2 or vx.dim() < 2:
+            continue
+        params: list[str] = []
+        if isinstance(p_node, fx.Node) and _untouched(r, p_node, params):
+            _record_fixed(r, params, r.where(n))
+            return x
+    return None
+
+
+def _record_fixed(r: AtenRunner, params: list[str], where: str) -> None:
+    """Say why the parameters behind fixed mixing weights stay (GCViT's relative position
+    table on the scores of a global query): coverage then lists the reason."""
+    for name in dict.fromkeys(params):
+        if name not in r.an.params or any(name in ps for _, _, ps in r.an.fixed_params):
+            continue
+        reason = (
+            f"{name} in {where}: it shapes mixing weights that the sites keep fixed (scores "
+            "of a query and key tied to one orthogonal map); moving it would need a "
+            "permutation of the heads, and these sites keep the heads in place"
+        )
+        r.an.fixed_params.append((name, reason, (name,)))
+
+
+def _one_feature_map(r: AtenRunner, x: Info, m: Info, vm: Any, where: str) -> bool:
+    """``x * m`` with ``m`` a hidden tensor of one feature broadcast over ``x``'s features (a
+    spatial attention map from a conv with one output channel, CBAM's and CSATv2's): ``m``'s
+    space is frozen (its only elements scale that one feature, which the product would pass on
+    to ``x``'s features), so ``m`` is a fixed factor per position, the same for every feature
+    of ``x``: every channel matrix of ``x`` commutes with it. False (nothing recorded) when
+    ``m`` has more than one feature or varies along ``x``'s feature dim."""
+    one = m.dim == x.dim and m.n * m.outer * m.inner == 1
+    if not one or not isinstance(vm, torch.Tensor) or vm.dim() < -x.dim or vm.shape[x.dim] != 1:
+        return False
+    r.an.unify(m, None, f"{where}: a one-feature map that scales every feature of a tensor")
+    return True
 
 
 def _gate(r: AtenRunner, a: Info, b: Info, where: str) -> Info:

@@ -11,6 +11,7 @@ import torch.fx as fx
 from intertwiner.groups import MONOMIAL, PERMUTATION, REVERSAL, ActionKind, Mode
 from intertwiner.symmetry._regions import ELEMENTWISE, IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
+from intertwiner.symmetry._rules_elementwise import contract_features, fixed_mix
 from intertwiner.symmetry._rules_shape import regroup
 from intertwiner.symmetry._spaces import Info, ParamRef
 
@@ -70,6 +71,11 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
         )
     elif not isinstance(w_info, ParamRef):
         mixed = _mix_positions(r, n) if name in ("matmul", "mm") else None
+        if mixed is not None:
+            return mixed
+        if name in ("matmul", "mm") and contract_features(r, n):
+            return None  # the scores: fixed (``Spaces.invariant``)
+        mixed = fixed_mix(r, n) if name in ("matmul", "mm") else None
         if mixed is not None:
             return mixed
         raise Frozen(

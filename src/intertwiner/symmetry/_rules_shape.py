@@ -3,6 +3,7 @@ pooling and resampling."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -134,6 +135,8 @@ def view(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
             return None  # the chain's inner nodes have one user each: the next of the chain
         folded = radix_split(r, n, x, value)
         if folded is None:
+            folded = tied_split(r, n, x, value)
+        if folded is None:
             raise
         return folded
 
@@ -142,20 +145,14 @@ def _block_dims(s_in, s_out, pos: int, n: int) -> tuple[int, int] | None:
     """The output dims (i, j) that a view cuts feature dim ``pos`` (``n`` features, nothing else
     merged into it) into, as (K, C) with only size-1 dims between them, or None."""
 
-    def prod(v) -> int:
-        out = 1
-        for z in v:
-            out *= z
-        return out
-
-    before, after = prod(s_in[:pos]), prod(s_in[pos + 1 :])
+    before, after = math.prod(s_in[:pos]), math.prod(s_in[pos + 1 :])
     for i in range(len(s_out)):
         for j in range(i + 1, len(s_out)):
             if any(z != 1 for z in s_out[i + 1 : j]):
                 break
             k, c = s_out[i], s_out[j]
-            if k >= 2 and c >= 2 and k * c == n and prod(s_out[:i]) == before:
-                if prod(s_out[j + 1 :]) == after:
+            if k >= 2 and c >= 2 and k * c == n and math.prod(s_out[:i]) == before:
+                if math.prod(s_out[j + 1 :]) == after:
                     return i, j
     return None
 
@@ -195,6 +192,43 @@ def radix_split(r: AtenRunner, n: fx.Node, x: Info, value: Any) -> Info | None:
     if not r.an.fold_blocks(sid, k):
         return None
     return Info(((sid, parts[0][1], None),), c, out_dim)
+
+
+def _split_run(s_in, s_out, pos: int, n: int) -> tuple[int, int] | None:
+    """The output dims (i, j) of a view whose run ``s_out[i : j + 1]`` holds feature dim ``pos``
+    (``n`` features, nothing else merged into it) cut into (K1, ..., C) with C = ``s_out[j]``
+    >= 2 and K = n // C >= 2 blocks, or None."""
+
+    before, after = math.prod(s_in[:pos]), math.prod(s_in[pos + 1 :])
+    for i in range(len(s_out)):
+        if math.prod(s_out[:i]) != before:
+            continue
+        for j in range(i, len(s_out)):
+            size = math.prod(s_out[i : j + 1])
+            if size == n and s_out[j] >= 2 and n // s_out[j] >= 2:
+                return (i, j) if math.prod(s_out[j + 1 :]) == after else None
+            if size >= n:
+                break
+    return None
+
+
+def tied_split(r: AtenRunner, n: fx.Node, x: Info, value: Any) -> Info | None:
+    """A view that cuts the feature axis into (K1, ..., Km, C) (heads: GCViT's global query,
+    a residual stream, viewed as (B, N, H, D); its keys and values as (B, N, 2, H, D)): the
+    space is cut into K = K1 * ... * Km consecutive blocks of C channels, all tied to one element
+    M (the subgroup diag(M, ..., M)), so the output's feature axis is C on the last dim of the
+    run and the K dims are positions that M moves alike. Blocks already there (an earlier view
+    of the same space) are tied the same way. None when the view is not such a cut."""
+    s_in, s_out = tuple(r.val(n.args[0]).shape), tuple(value.shape)
+    found = _split_run(s_in, s_out, x.dim + len(s_in), x.n)
+    if found is None or x.outer != 1 or x.inner != 1:
+        return None
+    c = s_out[found[1]]
+    reason = f"{r.where(n)}: the feature axis viewed as {x.n // c} blocks of {c}, one map for all"
+    chunks = regroup(r, x, [c] * (x.n // c), reason)
+    for chunk in chunks[1:]:
+        r.an.unify(chunks[0], chunk, reason)
+    return chunks[0].moved(dim=found[1] - len(s_out))
 
 
 def channel_shuffle(r: AtenRunner, n: fx.Node, x: Info) -> tuple[fx.Node, Info] | None:
@@ -334,6 +368,25 @@ def roll(r: AtenRunner, n: fx.Node, value: Any) -> Info:
     return x
 
 
+@rule("repeat_interleave")
+def repeat_interleave(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """``x.repeat_interleave(k, dim)`` along a dim that is not the feature axis (GCViT's global
+    query repeated once per window along the batch/window dim): each output slice along ``dim``
+    is a copy of an input slice, so every channel matrix commutes with it. Along the feature
+    axis (each feature repeated k times: a new layout of the axis), over the flattened tensor
+    (no ``dim``) or with hidden repeat counts: ``Frozen``."""
+    x, ndim = r.first(n), r.ndim(n)
+    repeats = n.args[1] if len(n.args) > 1 else n.kwargs.get("repeats")
+    if isinstance(r.info(repeats), Info):
+        raise Frozen("repeat counts computed from a hidden tensor")
+    dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim")
+    if dim is None:
+        raise Frozen("repeat_interleave over the flattened tensor (no dim) mixes the feature axis")
+    if dim % ndim == x.dim + ndim:
+        raise Frozen("repeat_interleave along the feature axis")
+    return x
+
+
 # -- joins and reductions -----------------------------------------------------------------------
 @rule("cat", "concat", "stack")
 def concatenate(r: AtenRunner, n: fx.Node, value: torch.Tensor) -> Info | None:
@@ -448,6 +501,26 @@ def _pool_ndim(name: str, ndim: int) -> int:
         if f"{k}d" in name:
             return k + 2
     return ndim
+
+
+@rule("im2col")
+def im2col(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """``nn.Unfold`` / ``F.unfold`` on (B, C, H, W) (or unbatched (C, H, W)) gives (B, C * k, L)
+    with k = kh * kw kernel positions, channel-major: row ``c * k + p`` holds channel c at
+    kernel position p (zero where the window reaches the padding). Each row copies one channel
+    (or a zero), so a channel matrix M moves the rows by M kron I_k: the feature axis of C
+    channels with k positions behind each (``inner``). TNT's pixel embedding unfolds its conv's
+    channels this way. The feature axis on a spatial dim: ``Frozen``."""
+    x, ndim = r.first(n), r.ndim(n)
+    if ndim not in (3, 4) or x.dim != -3:
+        raise Frozen("im2col whose feature axis is not the channel dim of (B, C, H, W)")
+    k = 1
+    for z in n.args[1]:
+        k *= int(z)
+    out = value.shape[-2]
+    if out != x.n * x.outer * x.inner * k:  # pragma: no cover (im2col's contract)
+        raise Frozen(f"im2col output rows {out} are not channels x kernel positions")
+    return x.moved(dim=-2, inner=x.inner * k)
 
 
 @rule("max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices",

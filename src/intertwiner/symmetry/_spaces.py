@@ -145,6 +145,9 @@ class Spaces:
         self.fixed_params: list[tuple[str, str, tuple[str, ...]]] = []
         #: One-number parameters a site moves by its common factor (``Rules.scalar_moves``).
         self.scalar_sites: dict[str, int] = {}
+        #: Graph nodes with no hidden feature axis whose value a rule has shown unchanged by
+        #: every element (``q @ k^T`` of two spaces tied to one orthogonal map).
+        self.invariant: set[Any] = set()
 
     # -- sites ------------------------------------------------------------------------------
     def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:
