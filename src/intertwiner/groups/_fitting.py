@@ -338,7 +338,9 @@ def fit_dense_batch(
     rank many candidate pairs, at a fraction of the cost)."""
     fam = family(fam)
     n = terms[0].cross.shape[-1]
-    total_c = sum(t.cross.double() for t in terms)
+    # float64 and full B moments once: the objective is evaluated hundreds of times below.
+    terms = [FitTerm(t.kind, t.cross.double(), _gram_matrix(t), t.sq_a.double()) for t in terms]
+    total_c = sum(t.cross for t in terms)
     eye = torch.eye(n, dtype=torch.float64).expand_as(total_c)
     cands = [eye, _procrustes(total_c)]
     gl = fam.name == "general_linear"
