@@ -17,7 +17,8 @@ Monomial families (``g = diag(s) P``): for a monomial element every kind acts on
 problem (closed form for signs; for positive or free scales a log-grid search polished by
 safeguarded Newton steps, which handles every phi, e.g. the ReLU objective
 ``a s^2 - 2 b s + c / s^2 - 2 d / s`` whose stationarity condition is a quartic), and the
-permutation is a linear assignment on the per-pair minima (scipy's Hungarian solver). The result
+permutation is a linear assignment on the per-pair minima (scipy's Hungarian solver, on the
+costs less their row and column offsets, which change no assignment but slow the solver). The result
 is the exact minimiser of J over the family (up to the grid's range, scales in ``exp(+-U)`` before
 polishing).
 
