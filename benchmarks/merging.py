@@ -13,6 +13,8 @@ pair B is aligned to A in each way:
 - ``... (unit norm)``: ``scales="unit_norm"`` (canonical forms: incoming norms 1),
 - ``... (distance)``: the old rule (``scales="distance"``: scales that minimise the weight
   distance),
+- ``full/weights (from perm)``: the full-group search (balanced) started from ``perm/weights``'s
+  solution (B aligned by permutations, then aligned again with the full group),
 
 and the line from A to aligned B is evaluated at ``--alphas`` points on the test split, once with
 BatchNorm statistics re-estimated (``reset_bn``; nothing to do without BN) and once with REPAIR
@@ -60,6 +62,7 @@ METHODS = (
     ("full/weights (unit norm)", "weights", "full", "unit_norm"),
     ("full/activations (unit norm)", "activations", "full", "unit_norm"),
     ("full/weights (distance)", "weights", "full", "distance"),
+    ("full/weights (from perm)", "weights", "full", "from_perm"),
     ("full/activations (distance)", "activations", "full", "distance"),
 )
 
@@ -151,6 +154,9 @@ def run(args) -> list[dict]:
                     aligned = rebasin_align(a, b, example)
                     if aligned is None:
                         continue
+                elif scales == "from_perm":  # the full-group search started at perm/weights'
+                    start = align(a, b, group="permutation", example_input=example).model
+                    aligned = align(a, start, example_input=example).model
                 else:
                     opts = {} if scales is None else {"scales": scales}
                     aligned = align(

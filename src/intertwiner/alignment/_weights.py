@@ -39,11 +39,15 @@ def _terms(
     dense: bool,
     shift: dict[int, tuple[int, ...]] | None = None,
     dtype: torch.dtype = torch.float64,
+    summed: bool = False,
 ) -> list[FitTerm]:
     """Weight statistics of one site: A's rows vs B's rows on every parameter axis it acts on.
     ``shift[k]``: channels to read from B for action k instead of the action's own. The products
     are formed in ``dtype`` (float32 for large models: half the time and memory) and returned in
-    float64."""
+    float64. ``summed`` (a permutation search, where every kind acts on a row as the permutation
+    itself): one term of kind ``"P"`` with the statistics summed over the axes (the same J;
+    GPT-2's 3,072 units: one (width, width) matrix to convert and assign from instead of three,
+    one of them the bias's outer product)."""
     terms = []
     for k, ax in enumerate(site.actions):
         if ax.buffer or not ActionKind(ax.kind).on_site_axis:
@@ -55,8 +59,14 @@ def _terms(
         y = axis_rows(tensor_of(b, ax).detach(), ax, ch).to(dtype).cpu()
         gram = products.gram(y) if dense else (y * y).sum(1)
         cross = products.matmul(x, y.T)
-        terms.append(FitTerm(ax.kind, cross.double(), gram.double(), (x * x).sum(1).double()))
-    return terms
+        if summed and terms:  # one term: every kind moves rows alike under a permutation
+            t = terms[0]
+            t.cross += cross
+            t.gram, t.sq_a = t.gram + gram, t.sq_a + (x * x).sum(1)
+        else:
+            terms.append(FitTerm("P" if summed else ax.kind, cross, gram, (x * x).sum(1)))
+    # (in float64 once, after the sums: one conversion of the (width, width) cross moments)
+    return [FitTerm(t.kind, t.cross.double(), t.gram.double(), t.sq_a.double()) for t in terms]
 
 
 def _fit(site: Site, extent: Extent, terms: list[FitTerm], scale: str = "least_squares"):
@@ -86,8 +96,8 @@ class _Problem:
         self.spec, self.extent = spec, extent
         self.elements = {s.name: extent.identity(s) for s in spec.sites}
 
-    def terms(self, site: Site, dense: bool, shift=None) -> list[FitTerm]:
-        return _terms(site, self.a, self.b, dense, shift, self.dtype)
+    def terms(self, site: Site, dense: bool, shift=None, summed: bool = False) -> list[FitTerm]:
+        return _terms(site, self.a, self.b, dense, shift, self.dtype, summed)
 
     def _guarded(self, sites: list[Site], deltas: dict[str, GroupElement], compose) -> bool:
         names = _param_names(sites)
@@ -112,7 +122,7 @@ class _Problem:
 
     def step_site(self, site: Site, scales_only: bool = False) -> bool:
         fam = self.extent.family_at(site)
-        terms = self.terms(site, dense=not fam.monomial)
+        terms = self.terms(site, dense=not fam.monomial, summed=fam.name == "permutation")
         if not terms:
             return False
         if scales_only:
@@ -213,7 +223,7 @@ class _Problem:
         if block.uncovered:
             acts = [hs.actions[k] for k in block.uncovered]
             tmp = Site(hs.name, hs.kind, hs.width, hs.group, actions=acts)
-            pc, _ = pair_costs(PERMUTATION, "identity", self.terms(tmp, False))
+            pc, _ = pair_costs(PERMUTATION, "identity", self.terms(tmp, False, summed=True))
             cost += pc
         perm = best_assignment(-cost)  # the cheapest pairing
         dperm = MonomialElement(perm, torch.ones(n, dtype=torch.float64))

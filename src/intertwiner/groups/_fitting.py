@@ -17,7 +17,8 @@ Monomial families (``g = diag(s) P``): for a monomial element every kind acts on
 problem (closed form for signs; for positive or free scales a log-grid search polished by
 safeguarded Newton steps, which handles every phi, e.g. the ReLU objective
 ``a s^2 - 2 b s + c / s^2 - 2 d / s`` whose stationarity condition is a quartic), and the
-permutation is a linear assignment on the per-pair minima (scipy's Hungarian solver). The result
+permutation is a linear assignment on the per-pair minima (scipy's Hungarian solver, on the
+costs less their row and column offsets, which change no assignment but slow the solver). The result
 is the exact minimiser of J over the family (up to the grid's range, scales in ``exp(+-U)`` before
 polishing).
 
@@ -188,6 +189,61 @@ def _norm_log_scale(terms: list[FitTerm], phi_kind, shape) -> torch.Tensor:
     return (torch.log(ratio) / (2.0 * p)).expand(shape).clone()
 
 
+def _discrete_costs(fam: Family, groups) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Permutations, the reversal and signed permutations (every |scale| is 1): ``(cost - |y_j|^2 terms,
+    signs or None)``. Their pair cost is ``|x_i|^2 + g_j - 2 <x_i, +-y_j>`` summed over terms:
+    the column part ``g_j`` is added by the caller, or left out of an assignment, which it
+    cannot change (every column is used once)."""
+    zero = torch.zeros((), dtype=torch.float64)
+    plain = sum((c for _p, q, c, _g in groups if q == 0), zero)
+    signed = [c for _p, q, c, _g in groups if q != 0]
+    if fam.scales == "one" or not signed:
+        return -2.0 * (plain + sum(signed, zero)), None
+    s = sum(signed[1:], signed[0])
+    sign = torch.where(s < 0, -1.0, 1.0).to(torch.float64)
+    return -2.0 * (plain + s.abs()), sign
+
+
+def _costs(
+    fam: Family, phi_kind, terms: list[FitTerm], scale: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(cost, column part, scales)``: ``pair_costs``'s cost is ``cost + column part`` (a
+    (1, n_B) row, or 0-d where nothing is left out; the per-row ``|x_i|^2`` is in neither);
+    ``scales`` None means all ones."""
+    if fam.common_scale:
+        raise InvalidOptionError(
+            f"{fam.name} shares one scale between all units: pair costs depend on the other "
+            "pairs' scale; use fit_element, which fits the permutation and the common scale "
+            "together"
+        )
+    groups = _grouped(terms, phi_kind)
+    shape = tuple(groups[0][2].shape)
+    name = fam.name
+    none = torch.zeros((), dtype=torch.float64)
+    if fam.scales in ("one", "sign"):  # permutation, reversal, signed permutation
+        cost, sign = _discrete_costs(fam, groups)
+        col = sum(g for _p, _q, _c, g in groups).unsqueeze(0)
+        return cost, col, sign
+    one = torch.ones(shape, dtype=torch.float64)
+    if scale == "norm":
+        u = _norm_log_scale(terms, phi_kind, shape)
+        vp = _objective(groups, one, u)
+        if name == "positive_monomial":
+            return vp, none, torch.exp(u)
+        vm = _objective(groups, -one, u)
+        neg = vm < vp
+        return torch.minimum(vp, vm), none, torch.where(neg, -torch.exp(u), torch.exp(u))
+    if name == "positive_monomial":
+        u, val = _best_log_scale(groups, one, shape)
+        return val, none, torch.exp(u)
+    if name == "monomial":
+        up, vp = _best_log_scale(groups, one, shape)
+        um, vm = _best_log_scale(groups, -one, shape)
+        neg = vm < vp
+        return torch.where(neg, vm, vp), none, torch.where(neg, -torch.exp(um), torch.exp(up))
+    raise InvalidOptionError(f"no pair costs for family {name}")  # pragma: no cover
+
+
 def pair_costs(
     fam: Family | str, phi_kind, terms: list[FitTerm], *, scale: str = "least_squares"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,46 +255,30 @@ def pair_costs(
     to 0 for a pair whose rows are uncorrelated; norm scales never degenerate, and they are
     equally exact when B's rows are a scaled copy of A's.
     """
+    fam = _monomial_family(fam, scale)
+    cost, col, scales = _costs(fam, phi_kind, terms, scale)
+    const = sum(t.sq_a.double() for t in terms).unsqueeze(1)
+    cost = const + cost + col
+    return cost, torch.ones_like(cost) if scales is None else scales
+
+
+def _monomial_family(fam: Family | str, scale: str) -> Family:
     if scale not in ("least_squares", "norm"):
         raise InvalidOptionError(f"scale must be 'least_squares' or 'norm', got {scale!r}")
     fam = family(fam)
     if not fam.monomial:
         raise InvalidOptionError(f"pair_costs needs a monomial family, got {fam.name}")
-    groups = _grouped(terms, phi_kind)
-    shape = tuple(groups[0][2].shape)
-    const = sum(t.sq_a.double() for t in terms).unsqueeze(1)
-    name = fam.name
-    one = torch.ones(shape, dtype=torch.float64)
-    if scale == "norm" and name in ("positive_monomial", "monomial"):
-        u = _norm_log_scale(terms, phi_kind, shape)
-        vp = _objective(groups, one, u)
-        if name == "positive_monomial":
-            return const + vp, torch.exp(u)
-        vm = _objective(groups, -one, u)
-        neg = vm < vp
-        return const + torch.minimum(vp, vm), torch.where(neg, -torch.exp(u), torch.exp(u))
-    if fam.common_scale:
-        raise InvalidOptionError(
-            f"{name} shares one scale between all units: pair costs depend on the other pairs' "
-            "scale; use fit_element, which fits the permutation and the common scale together"
-        )
-    if fam.scales == "one":
-        # permutation, reversal: every scale is 1: J - |x|^2 = |y_j|^2 - 2 <x_i, y_j> per group
-        return const + sum(torch.add(g.unsqueeze(0), c, alpha=-2.0) for _p, _q, c, g in groups), one
-    if name == "signed_permutation":
-        zero = torch.zeros(shape, dtype=torch.float64)
-        plus, minus = _objective(groups, one, zero), _objective(groups, -one, zero)
-        sign = torch.where(minus < plus, -one, one)
-        return const + torch.minimum(plus, minus), sign
-    if name == "positive_monomial":
-        u, val = _best_log_scale(groups, one, shape)
-        return const + val, torch.exp(u)
-    if name == "monomial":
-        up, vp = _best_log_scale(groups, one, shape)
-        um, vm = _best_log_scale(groups, -one, shape)
-        neg = vm < vp
-        return const + torch.where(neg, vm, vp), torch.where(neg, -torch.exp(um), torch.exp(up))
-    raise InvalidOptionError(f"no pair costs for family {name}")  # pragma: no cover
+    return fam
+
+
+def _reduced(cost: torch.Tensor) -> np.ndarray:
+    """A square cost matrix less its row minima, then its column minima: every assignment's
+    total moves by the same constant, so the optimal assignments are the same, but scipy's
+    shortest-augmenting-path solver (which starts from zero duals) finds them far sooner when
+    rows and columns carry offsets (|x_i|^2, |y_j|^2: 2.5 s -> 0.6 s on GPT-2's 3,072 units)."""
+    c = cost.numpy()
+    c = c - c.min(1, keepdims=True)
+    return c - c.min(0, keepdims=True)
 
 
 def _check_terms(terms: list[FitTerm]) -> int:
@@ -311,7 +351,9 @@ def fit_dense_batch(
     rank many candidate pairs, at a fraction of the cost)."""
     fam = family(fam)
     n = terms[0].cross.shape[-1]
-    total_c = sum(t.cross.double() for t in terms)
+    # float64 and full B moments once: the objective is evaluated hundreds of times below.
+    terms = [FitTerm(t.kind, t.cross.double(), _gram_matrix(t), t.sq_a.double()) for t in terms]
+    total_c = sum(t.cross for t in terms)
     eye = torch.eye(n, dtype=torch.float64).expand_as(total_c)
     cands = [eye, _procrustes(total_c)]
     gl = fam.name == "general_linear"
@@ -394,15 +436,23 @@ def fit_element(
     n = _check_terms(terms)
     if not fam.monomial:
         return _fit_dense(fam, terms, n)
+    fam = _monomial_family(fam, scale)
     if fam.common_scale:
         return _fit_common(phi_kind, terms, n, scale)
-    cost, scales = pair_costs(fam, phi_kind, terms, scale=scale)
-    c = cost.numpy()
-    if not np.isfinite(c).all():
+    # The assignment is solved on the costs less their row and column offsets (the same
+    # minimiser; see ``_reduced``), which are added back to J.
+    cost, col, scales = _costs(fam, phi_kind, terms, scale)
+    const = sum(t.sq_a.double() for t in terms)
+    if not (
+        torch.isfinite(cost).all() and torch.isfinite(col).all() and torch.isfinite(const).all()
+    ):
         raise NonFiniteError("non-finite matching costs; check the weights or features for NaN/Inf")
-    perm = fam.best_perm(-c)  # the cheapest pairing the family allows
+    # the cheapest pairing the family allows (every one, or I or J for the reversal)
+    perm = fam.best_perm(-torch.from_numpy(_reduced(cost)))
     idx = torch.arange(n)
-    return MonomialElement(perm, scales[idx, perm].clone()), float(cost[idx, perm].sum())
+    scale_of = torch.ones(n, dtype=torch.float64) if scales is None else scales[idx, perm].clone()
+    value = float(cost[idx, perm].sum() + col.sum() + const.sum())  # perm uses every column once
+    return MonomialElement(perm, scale_of), value
 
 
 def _fit_common(phi_kind, terms: list[FitTerm], n: int, scale: str) -> tuple[GroupElement, float]:
