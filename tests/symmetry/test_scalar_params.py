@@ -270,3 +270,39 @@ def test_c_p_is_refused_as_a_stitch_kind():
 
     with pytest.raises(UnknownLayerKindError, match="one common scale"):
         parse_kind("scaled_perm")
+
+
+class GatedDepthwise(nn.Module):
+    """EfficientViM's pattern: a per-channel gate ``sigmoid(alpha)`` (a function of a parameter)
+    freezes the stream; a depthwise conv + BatchNorm then reads the frozen stream; the heads'
+    logits are mixed by ``softmax(weights)[i]`` (numbers computed from a parameter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 1)
+        self.alpha = nn.Parameter(torch.linspace(-1.0, 1.0, 8))
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.heads = nn.ModuleList([nn.Linear(8, 3), nn.Linear(8, 3)])
+        self.weights = nn.Parameter(torch.tensor([0.3, -0.2]))
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        y = h + h * torch.sigmoid(self.alpha).view(1, -1, 1, 1)  # as x + alpha * (f(x) - x)
+        z = (y + self.bn(self.dw(y))).mean((2, 3))
+        w = self.weights.softmax(-1)
+        return w[0] * self.heads[0](z) + w[1] * self.heads[1](z)
+
+
+def test_parameters_on_frozen_spaces_and_numbers_of_parameters_say_why():
+    from intertwiner.symmetry._coverage import NO_REASON
+
+    model = GatedDepthwise().double().eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    spec = trace(model, x)
+    cov = spec.coverage(model, x)
+    reasons = {t: f.reason for f in cov.frozen for t in f.tensors}
+    assert NO_REASON not in reasons.values(), reasons
+    for t in ("dw.weight", "bn.weight", "bn.bias", "alpha"):
+        assert "computed from parameter alpha" in reasons[t], (t, reasons[t])
+    assert "one number computed from parameter weights (softmax" in reasons["weights"]

@@ -113,6 +113,11 @@ class Rules(Spaces):
         to parameter and buffer names."""
         name = where
         self.need_channels(x, ndim, name)
+        if affine:  # on a space frozen before: the reason it froze explains gamma and beta
+            for osid, omode, och in x.parts:
+                if any(s == 0 for s, _, _ in self.expand(osid, omode, och)):
+                    for p in (names["weight"], names["bias"]):
+                        self._frozen_action(osid, p, 0, x, False)
         out_parts = []
         for part in self.parts(x):
             sid, mode, ch = part

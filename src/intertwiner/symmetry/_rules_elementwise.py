@@ -157,9 +157,20 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
                 if moved is not None:
                     return moved
             shared_scalar(r, other, x, where, scale=True)
+        else:
+            _number_of_params(r, n.args[1] if x is a else n.args[0], where)
         return x  # a number: commutes with every matrix
     if isinstance(other, ParamRef) and not other.transposed:
         return _scale_by_param(r, x, other, where, n)
+    names = _param_sources(r, n.args[1] if x is a else n.args[0])
+    if names:  # EfficientViM's sigmoid(alpha)[k] * branch: a function of parameters, per feature
+        why = (
+            f"a product with a tensor computed from parameter {', '.join(names)} (not the "
+            "parameter itself, which would take the permutation part of a monomial element)"
+        )
+        if not any(names[0] in ps for _, _, ps in r.an.fixed_params):
+            r.an.fixed_params.append((names[0], f"{where}: {why}", names))
+        raise Frozen(why)
     raise Frozen("a product with a tensor computed from the input")
 
 
@@ -237,6 +248,44 @@ def _scalar_multiplier(r: AtenRunner, p: ParamRef, x: Info, where: str) -> Info 
     if not r.an.scalar_moves(x, p.name, kind_of, f"scaled by {p.name} in {where}"):
         return None
     return x.moved(parts=((parts[0][0], Mode.A, None),))
+
+
+def _ancestors_in_order(r: AtenRunner, node: Any) -> list[fx.Node]:
+    from intertwiner.symmetry._rules_attention import _ancestors
+
+    if not isinstance(node, fx.Node):
+        return []
+    order = {m: i for i, m in enumerate(r.graph.nodes)}
+    return sorted(_ancestors(node), key=lambda m: order.get(m, -1))
+
+
+def _param_sources(r: AtenRunner, node: Any) -> tuple[str, ...]:
+    """The parameters a tensor is computed from when it reads no input (else ``()``)."""
+    above = _ancestors_in_order(r, node)
+    if any(m.op == "placeholder" for m in above):
+        return ()
+    return tuple(
+        str(m.target) for m in above if m.op == "get_attr" and str(m.target) in r.an.params
+    )
+
+
+def _number_of_params(r: AtenRunner, node: Any, where: str) -> None:
+    """Record why parameters that reach a product only as one number computed from them stay
+    (EfficientViM's ``weights.softmax(-1)[i] * head_i(x)``): the number commutes with every
+    element, and a function of a parameter does not take a common factor the way the parameter
+    itself does (``shared_scalar``)."""
+    names = _param_sources(r, node)
+    if not names or any(names[0] in ps for _, _, ps in r.an.fixed_params):
+        return
+    ops = ", ".join(
+        dict.fromkeys(op_name(m) for m in _ancestors_in_order(r, node) if m.op == "call_function")
+    )
+    reason = (
+        f"{where}: one number computed from parameter {', '.join(names)} ({ops}) multiplies every "
+        "feature: it commutes with every element and stays; a function of a parameter does not "
+        "follow a common factor of the features the way a parameter itself would"
+    )
+    r.an.fixed_params.append((names[0], reason, names))
 
 
 def shared_scalar(r: AtenRunner, p: ParamRef, x: Info, where: str, *, scale: bool) -> None:
