@@ -162,8 +162,11 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
         return x  # a number: commutes with every matrix
     if isinstance(other, ParamRef) and not other.transposed:
         return _scale_by_param(r, x, other, where, n)
-    names = _param_sources(r, n.args[1] if x is a else n.args[0])
-    if names:  # EfficientViM's sigmoid(alpha)[k] * branch: a function of parameters, per feature
+    node = n.args[1] if x is a else n.args[0]
+    if _param_multiplier(r, node, x, where):
+        return x
+    names = _param_sources(r, node)
+    if names:  # a function of several parameters, or one that does not commute with permutations
         why = (
             f"a product with a tensor computed from parameter {', '.join(names)} (not the "
             "parameter itself, which would take the permutation part of a monomial element)"
@@ -267,6 +270,59 @@ def _param_sources(r: AtenRunner, node: Any) -> tuple[str, ...]:
     return tuple(
         str(m.target) for m in above if m.op == "get_attr" and str(m.target) in r.an.params
     )
+
+
+def _param_multiplier(r: AtenRunner, node: Any, x: Info, where: str) -> bool:
+    """``f(p) * h`` with ``f(p)`` one factor per feature of ``h`` computed from one parameter
+    ``p`` alone (EfficientViM's ``sigmoid(alpha).view(4, -1, 1, 1)[k] * branch``): when ``f``
+    commutes with permutations of an axis of ``p`` (``f(P p) = P f(p)`` along ``h``'s features,
+    checked numerically on ``p``'s value and a random one with a cyclic shift, a swap and a random
+    permutation), the site takes monomial elements D P (a per-feature factor commutes with D) and
+    ``p``'s axis moves by P. Every use of ``p`` records its own action: uses on one site agree,
+    uses on different sites are tied or dropped like any shared tensor (``_shared``). False
+    (nothing recorded) otherwise."""
+    from intertwiner.symmetry._rules_attention import _evaluate
+
+    an = r.an
+    names = _param_sources(r, node)
+    parts = an.parts(x)
+    if len(names) != 1 or len(parts) != 1 or parts[0][2] is not None or parts[0][0] == 0:
+        return False
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    if x.outer != 1 or x.inner != 1 or x.n < 2 or not isinstance(val, torch.Tensor):
+        return False
+    fd = val.dim() + x.dim  # the factor's dim that lines up with the features
+    if fd < 0 or val.shape[fd] != x.n or val.numel() != x.n:
+        return False
+    (name,) = names
+    src = next(m for m in _ancestors_in_order(r, node) if m.op == "get_attr")
+    p = an.params[name]
+    order = {m: i for i, m in enumerate(r.graph.nodes)}
+    gen = torch.Generator().manual_seed(0)
+    perms = [torch.arange(x.n).roll(1), torch.tensor([1, 0, *range(2, x.n)])]
+    perms.append(torch.randperm(x.n, generator=gen))
+    values = [p.detach(), torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)]
+    tol = 64 * torch.finfo(p.dtype).eps if p.is_floating_point() else 0.0
+    for axis in (d for d in range(p.dim()) if p.shape[d] == x.n):
+        try:
+            ok = True
+            for v in values:
+                fv = _evaluate(r, node, {src: v}, order)
+                for perm in perms:
+                    moved = _evaluate(r, node, {src: v.index_select(axis, perm)}, order)
+                    want = fv.index_select(fd, perm)
+                    scale = float(want.abs().max()) or 1.0
+                    if moved.shape != want.shape or float((moved - want).abs().max()) > tol * scale:
+                        ok = False
+        except (RuntimeError, IndexError, TypeError):
+            continue
+        if ok:
+            an.restrict_matrix(
+                parts[0], MONOMIAL, f"{where}: scaled per feature by a function of {name}"
+            )
+            an.act(x, name, axis, ActionKind.P)
+            return True
+    return False
 
 
 def _number_of_params(r: AtenRunner, node: Any, where: str) -> None:
