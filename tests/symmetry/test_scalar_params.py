@@ -356,3 +356,21 @@ def test_a_function_of_a_parameter_that_mixes_features_stays_frozen():
     assert any("computed from parameter alpha" in r for _, r in spec.frozen)
     g = random_elements(spec, generator=torch.Generator().manual_seed(0))
     assert float((apply(model, spec, g)(x) - model(x)).abs().max()) < 1e-10
+
+
+def test_zero_dim_numbers_move_too_and_canonicalise():
+    """``nn.Parameter(torch.tensor(0.8))`` (shape ()) like shape (1,): moved, counted, canonical."""
+    act = StarReLU()
+    act.scale, act.bias = nn.Parameter(torch.tensor(0.8)), nn.Parameter(torch.tensor(-0.3))
+    model = Mlp(act).double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    spec = trace(model, x)
+    assert _scalar_moved(spec) == {"act.scale", "act.bias"}
+    assert spec.coverage(model, x).interior_tensors == 1.0
+    g = random_elements(spec, generator=torch.Generator().manual_seed(2))
+    moved = apply(model, spec, g)
+    torch.testing.assert_close(moved(x), model(x))
+    a, b = canonicalize(model, spec, x), canonicalize(moved, spec, x)
+    assert a.complete
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(b.model.state_dict()[k], v, rtol=1e-9, atol=1e-12)

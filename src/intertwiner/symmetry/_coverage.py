@@ -170,6 +170,9 @@ def coverage(spec: SymmetrySpec, model: nn.Module, example_input=None) -> Covera
                     "pass the model the spec was traced from"
                 )
             mask = masks[canonical[id(aliases[a.name])]]
+            if a.scalar and mask.numel() == 1:  # one number moved by a power of c (A = c P)
+                mask.fill_(True)
+                continue
             if a.axis >= mask.dim() or mask.shape[a.axis] != a.outer * a.n_total * a.inner:
                 raise InvalidInputError(
                     f"site {site.name!r} acts on axis {a.axis} of {a.name!r} as "

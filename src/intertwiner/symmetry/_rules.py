@@ -262,7 +262,7 @@ class Rules(Spaces):
         if name in self.scalar_sites:  # used twice: one factor cannot serve both uses
             self.restrict(self.scalar_sites[name], PERMUTATION, f"{reason}: {name} is used twice")
             return False
-        if t is None or t.dim() == 0 or name in self.called or len(parts) != 1:
+        if t is None or t.numel() != 1 or name in self.called or len(parts) != 1:
             return False
         sid, mode, ch = parts[0]
         if sid == 0 or ch is not None:
