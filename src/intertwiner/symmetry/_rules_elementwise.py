@@ -84,7 +84,7 @@ def param_function(r: AtenRunner, node: fx.Node, x: Info, where: str) -> bool:
     monomial maps only permutations remain). False (nothing recorded) when it does not hold,
     when ``f`` reads the input, several parameters, or ``p`` (or a tensor made of it) is read
     anywhere else."""
-    from intertwiner.symmetry._rules_attention import _ancestors, _evaluate
+    from intertwiner.symmetry._rules_attention import _ancestors
 
     an = r.an
     above = _ancestors(node)
@@ -105,6 +105,25 @@ def param_function(r: AtenRunner, node: fx.Node, x: Info, where: str) -> bool:
         return False
     if fx_val.dim() < -x.dim or fx_val.shape[x.dim] != x.n or x.n < 2:
         return False
+    axis = _commuting_axis(r, node, src, p, x)
+    if axis is None:
+        return False
+    reason = f"{where}: {name} is added through a function of it that commutes with "
+    for part in an.parts(x):
+        an.restrict_matrix(part, PERMUTATION, reason + "permutations of its features")
+    an.called.add(name)
+    an.added_to[name] = (x, axis)
+    an.act(x, name, axis, "out")
+    return True
+
+
+def _commuting_axis(r: AtenRunner, node: fx.Node, src: fx.Node, p: torch.Tensor, x: Info):
+    """The first axis of parameter ``p`` (read by ``src``) along which ``node = f(p)`` commutes
+    with permutations of ``x``'s features (``f(P p) = P f(p)``), or None: checked on ``p``'s value
+    and a random one, with a cyclic shift and a swap of two features (they generate every
+    permutation) and a random permutation."""
+    from intertwiner.symmetry._rules_attention import _evaluate
+
     order = {m: i for i, m in enumerate(r.graph.nodes)}
     gen = torch.Generator().manual_seed(0)
     perms = [torch.arange(x.n).roll(1), torch.tensor([1, 0, *range(2, x.n)])]
@@ -125,14 +144,8 @@ def param_function(r: AtenRunner, node: fx.Node, x: Info, where: str) -> bool:
         except (RuntimeError, IndexError, TypeError):
             continue
         if ok:
-            reason = f"{where}: {name} is added through a function of it that commutes with "
-            for part in an.parts(x):
-                an.restrict_matrix(part, PERMUTATION, reason + "permutations of its features")
-            an.called.add(name)
-            an.added_to[name] = (x, axis)
-            an.act(x, name, axis, "out")
-            return True
-    return False
+            return axis
+    return None
 
 
 @rule("mul", "div")
@@ -281,8 +294,6 @@ def _param_multiplier(r: AtenRunner, node: Any, x: Info, where: str) -> bool:
     ``p``'s axis moves by P. Every use of ``p`` records its own action: uses on one site agree,
     uses on different sites are tied or dropped like any shared tensor (``_shared``). False
     (nothing recorded) otherwise."""
-    from intertwiner.symmetry._rules_attention import _evaluate
-
     an = r.an
     names = _param_sources(r, node)
     parts = an.parts(x)
@@ -296,33 +307,12 @@ def _param_multiplier(r: AtenRunner, node: Any, x: Info, where: str) -> bool:
         return False
     (name,) = names
     src = next(m for m in _ancestors_in_order(r, node) if m.op == "get_attr")
-    p = an.params[name]
-    order = {m: i for i, m in enumerate(r.graph.nodes)}
-    gen = torch.Generator().manual_seed(0)
-    perms = [torch.arange(x.n).roll(1), torch.tensor([1, 0, *range(2, x.n)])]
-    perms.append(torch.randperm(x.n, generator=gen))
-    values = [p.detach(), torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)]
-    tol = 64 * torch.finfo(p.dtype).eps if p.is_floating_point() else 0.0
-    for axis in (d for d in range(p.dim()) if p.shape[d] == x.n):
-        try:
-            ok = True
-            for v in values:
-                fv = _evaluate(r, node, {src: v}, order)
-                for perm in perms:
-                    moved = _evaluate(r, node, {src: v.index_select(axis, perm)}, order)
-                    want = fv.index_select(fd, perm)
-                    scale = float(want.abs().max()) or 1.0
-                    if moved.shape != want.shape or float((moved - want).abs().max()) > tol * scale:
-                        ok = False
-        except (RuntimeError, IndexError, TypeError):
-            continue
-        if ok:
-            an.restrict_matrix(
-                parts[0], MONOMIAL, f"{where}: scaled per feature by a function of {name}"
-            )
-            an.act(x, name, axis, ActionKind.P)
-            return True
-    return False
+    axis = _commuting_axis(r, node, src, an.params[name], x)
+    if axis is None:
+        return False
+    an.restrict_matrix(parts[0], MONOMIAL, f"{where}: scaled per feature by a function of {name}")
+    an.act(x, name, axis, ActionKind.P)
+    return True
 
 
 def _number_of_params(r: AtenRunner, node: Any, where: str) -> None:
