@@ -270,3 +270,107 @@ def test_c_p_is_refused_as_a_stitch_kind():
 
     with pytest.raises(UnknownLayerKindError, match="one common scale"):
         parse_kind("scaled_perm")
+
+
+class GatedDepthwise(nn.Module):
+    """EfficientViM's pattern: a per-channel gate ``sigmoid(alpha)`` (a function of a parameter)
+    freezes the stream; a depthwise conv + BatchNorm then reads the frozen stream; the heads'
+    logits are mixed by ``softmax(weights)[i]`` (numbers computed from a parameter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 1)
+        self.alpha = nn.Parameter(torch.linspace(-1.0, 1.0, 8))
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.heads = nn.ModuleList([nn.Linear(8, 3), nn.Linear(8, 3)])
+        self.weights = nn.Parameter(torch.tensor([0.3, -0.2]))
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        # a gate that is a function of alpha not commuting with permutations (cumsum)
+        y = h + h * torch.sigmoid(self.alpha.cumsum(0)).view(1, -1, 1, 1)
+        z = (y + self.bn(self.dw(y))).mean((2, 3))
+        w = self.weights.softmax(-1)
+        return w[0] * self.heads[0](z) + w[1] * self.heads[1](z)
+
+
+def test_parameters_on_frozen_spaces_and_numbers_of_parameters_say_why():
+    from intertwiner.symmetry._coverage import NO_REASON
+
+    model = GatedDepthwise().double().eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    spec = trace(model, x)
+    cov = spec.coverage(model, x)
+    reasons = {t: f.reason for f in cov.frozen for t in f.tensors}
+    assert NO_REASON not in reasons.values(), reasons
+    for t in ("dw.weight", "bn.weight", "bn.bias", "alpha"):
+        assert "computed from parameter alpha" in reasons[t], (t, reasons[t])
+    assert "one number computed from parameter weights (softmax" in reasons["weights"]
+
+
+class ParamGate(nn.Module):
+    """EfficientViM's ``x + sigmoid(alpha).view(2, -1, 1, 1)[k] * (branch_k(x) - x)``: per-channel
+    factors computed from one parameter, rows used on one stream."""
+
+    def __init__(self, f=torch.sigmoid):
+        super().__init__()
+        self.f = f
+        self.c1 = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.alpha = nn.Parameter(torch.linspace(-1.0, 1.5, 16).reshape(2, 8))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        a = self.f(self.alpha).view(2, -1, 1, 1)
+        h = torch.relu(self.c1(x))
+        h = h + a[0] * (self.dw(h) - h)
+        h = h + a[1] * (torch.relu(self.pw(h)) - h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_per_feature_function_of_a_parameter_moves_with_the_permutation(dtype):
+    model = ParamGate().to(dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(2, 3, 5, 5, dtype=dtype)
+    spec = trace(model, x)
+    moved = {a.name: a for s in spec.sites for a in s.actions}
+    assert moved["alpha"].axis == 1 and str(moved["alpha"].kind) == "P"
+    ref = model(x)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for seed in range(3):
+        g = random_elements(spec, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        new = apply(model, spec, g)
+        assert float((new(x) - ref).abs().max()) <= tol * (1 + float(ref.abs().max()))
+
+
+def test_a_function_of_a_parameter_that_mixes_features_stays_frozen():
+    """The fooling variant: ``sigmoid(cumsum(alpha))`` does not commute with permutations."""
+    model = ParamGate(lambda t: torch.sigmoid(t.cumsum(-1))).double().eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    spec = trace(model, x)
+    assert "alpha" not in {a.name for s in spec.sites for a in s.actions}
+    assert any("computed from parameter alpha" in r for _, r in spec.frozen)
+    g = random_elements(spec, generator=torch.Generator().manual_seed(0))
+    assert float((apply(model, spec, g)(x) - model(x)).abs().max()) < 1e-10
+
+
+def test_zero_dim_numbers_move_too_and_canonicalise():
+    """``nn.Parameter(torch.tensor(0.8))`` (shape ()) like shape (1,): moved, counted, canonical."""
+    act = StarReLU()
+    act.scale, act.bias = nn.Parameter(torch.tensor(0.8)), nn.Parameter(torch.tensor(-0.3))
+    model = Mlp(act).double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    spec = trace(model, x)
+    assert _scalar_moved(spec) == {"act.scale", "act.bias"}
+    assert spec.coverage(model, x).interior_tensors == 1.0
+    g = random_elements(spec, generator=torch.Generator().manual_seed(2))
+    moved = apply(model, spec, g)
+    torch.testing.assert_close(moved(x), model(x))
+    a, b = canonicalize(model, spec, x), canonicalize(moved, spec, x)
+    assert a.complete
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(b.model.state_dict()[k], v, rtol=1e-9, atol=1e-12)

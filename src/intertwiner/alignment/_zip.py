@@ -368,7 +368,7 @@ def _spec_plan(model: nn.Module, spec: SymmetrySpec) -> tuple[dict, dict, str]:
             if a.buffer or a.kind not in ("A", "phi(A)^-T") or a.channels is not None or a.within:
                 raise refuse(
                     f"site {s.name!r} moves {a.describe()} (BatchNorm statistics, grouped or "
-                    "partial channels do not merge linearly)"
+                    "partial channels and one-number parameters do not merge linearly)"
                 )
             book = prod if a.kind == "A" else cons
             if a.name in book:

@@ -5,7 +5,7 @@ group orbit (teleportation) are parameterised by.
 discrete families: permutations, signed permutations); ``exp_element(family, xi)`` the element
 ``exp(xi)``: ``diag(exp(xi))`` for the monomial families with continuous scales (the permutation
 stays the identity, signs stay +), ``matrix_exp(xi - xi^T)`` for orthogonal and
-``matrix_exp(xi)`` for GL (invertible for every ``xi``). ``exp_tensor`` is the same as a plain
+``matrix_exp(xi)`` for GL (invertible for every ``xi``); ``c P`` has one number, ``exp(xi) 1``. ``exp_tensor`` is the same as a plain
 tensor that keeps ``xi``'s autograd graph (elements store detached tensors): the scale vector for
 monomial families, the matrix otherwise.
 """

@@ -132,6 +132,8 @@ def _fitting_tensor(model: nn.Module, a: ParamAxis, site: Site) -> torch.Tensor:
     except AttributeError:
         t = None
     size = a.outer * a.n_total * a.inner
+    if t is not None and a.scalar and t.numel() == 1:
+        return t
     if t is None or t.dim() <= a.axis or t.shape[a.axis] != size:
         raise ShapeError(
             f"site {site.name!r} acts on {a.describe()}, which {type(model).__name__} does not "
@@ -149,7 +151,10 @@ class _Board:
         for s in spec.sites:
             for k, a in enumerate(s.actions):
                 t = _fitting_tensor(model, a, s)
-                r = _Region(s.name, id(t), a.axis, _mask(a, t.shape[a.axis]))
+                # a one-number parameter (c P's scalar actions, 0-d tensors too): the whole tensor
+                size = t.shape[a.axis] if t.dim() else 1
+                mask = torch.ones(1, dtype=torch.bool) if a.scalar else _mask(a, size)
+                r = _Region(s.name, id(t), a.axis, mask)
                 self.regions[(s.name, k)] = r
                 self.by_tensor.setdefault(r.tensor, []).append(r)
         self.done: set[str] = set()

@@ -170,6 +170,9 @@ def coverage(spec: SymmetrySpec, model: nn.Module, example_input=None) -> Covera
                     "pass the model the spec was traced from"
                 )
             mask = masks[canonical[id(aliases[a.name])]]
+            if a.scalar and mask.numel() == 1:  # one number moved by a power of c (A = c P)
+                mask.fill_(True)
+                continue
             if a.axis >= mask.dim() or mask.shape[a.axis] != a.outer * a.n_total * a.inner:
                 raise InvalidInputError(
                     f"site {site.name!r} acts on axis {a.axis} of {a.name!r} as "
@@ -179,6 +182,9 @@ def coverage(spec: SymmetrySpec, model: nn.Module, example_input=None) -> Covera
             _mark(mask, a)
     entries = [(n, OUTPUT if r == OUTPUT else f"frozen: {r}", r == OUTPUT) for n, r in spec.frozen]
     entries += [(n, f"dropped: {r}", False) for n, r in spec.dropped]
+    # An entry labelled by the parameters it lists (a one-number parameter that stays) explains
+    # those alone (``_recorded``), not the other tensors of its module's neighbours.
+    nearby = [e for e in entries if e[0] not in spec.frozen_params.get(e[0], ())]
     groups: dict[tuple[str, str, str, bool], list[str]] = {}
     moved_t = moved_s = n_s = 0
     for name, m in masks.items():
@@ -189,7 +195,7 @@ def coverage(spec: SymmetrySpec, model: nn.Module, example_input=None) -> Covera
             moved_t += 1
             continue
         module = name.rpartition(".")[0]
-        where, reason, output = _recorded(names_of[name], spec, entries) or _reason(module, entries)
+        where, reason, output = _recorded(names_of[name], spec, entries) or _reason(module, nearby)
         if name in unused:
             where, reason, output = "", UNUSED, False
         elif output and m.dim() > 1:

@@ -113,6 +113,11 @@ class Rules(Spaces):
         to parameter and buffer names."""
         name = where
         self.need_channels(x, ndim, name)
+        if affine:  # on a space frozen before: the reason it froze explains gamma and beta
+            for osid, omode, och in x.parts:
+                if any(s == 0 for s, _, _ in self.expand(osid, omode, och)):
+                    for p in (names["weight"], names["bias"]):
+                        self._frozen_action(osid, p, 0, x, False)
         out_parts = []
         for part in self.parts(x):
             sid, mode, ch = part
@@ -257,7 +262,7 @@ class Rules(Spaces):
         if name in self.scalar_sites:  # used twice: one factor cannot serve both uses
             self.restrict(self.scalar_sites[name], PERMUTATION, f"{reason}: {name} is used twice")
             return False
-        if t is None or t.dim() == 0 or name in self.called or len(parts) != 1:
+        if t is None or t.numel() != 1 or name in self.called or len(parts) != 1:
             return False
         sid, mode, ch = parts[0]
         if sid == 0 or ch is not None:

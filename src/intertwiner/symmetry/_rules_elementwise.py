@@ -85,7 +85,7 @@ def param_function(r: AtenRunner, node: fx.Node, x: Info, where: str) -> bool:
     monomial maps only permutations remain). False (nothing recorded) when it does not hold,
     when ``f`` reads the input, several parameters, or ``p`` (or a tensor made of it) is read
     anywhere else."""
-    from intertwiner.symmetry._rules_attention import _ancestors, _evaluate
+    from intertwiner.symmetry._rules_attention import _ancestors
 
     an = r.an
     above = _ancestors(node)
@@ -106,6 +106,25 @@ def param_function(r: AtenRunner, node: fx.Node, x: Info, where: str) -> bool:
         return False
     if fx_val.dim() < -x.dim or fx_val.shape[x.dim] != x.n or x.n < 2:
         return False
+    axis = _commuting_axis(r, node, src, p, x)
+    if axis is None:
+        return False
+    reason = f"{where}: {name} is added through a function of it that commutes with "
+    for part in an.parts(x):
+        an.restrict_matrix(part, PERMUTATION, reason + "permutations of its features")
+    an.called.add(name)
+    an.added_to[name] = (x, axis)
+    an.act(x, name, axis, "out")
+    return True
+
+
+def _commuting_axis(r: AtenRunner, node: fx.Node, src: fx.Node, p: torch.Tensor, x: Info):
+    """The first axis of parameter ``p`` (read by ``src``) along which ``node = f(p)`` commutes
+    with permutations of ``x``'s features (``f(P p) = P f(p)``), or None: checked on ``p``'s value
+    and a random one, with a cyclic shift and a swap of two features (they generate every
+    permutation) and a random permutation."""
+    from intertwiner.symmetry._rules_attention import _evaluate
+
     order = {m: i for i, m in enumerate(r.graph.nodes)}
     gen = torch.Generator().manual_seed(0)
     perms = [torch.arange(x.n).roll(1), torch.tensor([1, 0, *range(2, x.n)])]
@@ -126,14 +145,8 @@ def param_function(r: AtenRunner, node: fx.Node, x: Info, where: str) -> bool:
         except (RuntimeError, IndexError, TypeError):
             continue
         if ok:
-            reason = f"{where}: {name} is added through a function of it that commutes with "
-            for part in an.parts(x):
-                an.restrict_matrix(part, PERMUTATION, reason + "permutations of its features")
-            an.called.add(name)
-            an.added_to[name] = (x, axis)
-            an.act(x, name, axis, "out")
-            return True
-    return False
+            return axis
+    return None
 
 
 @rule("mul", "div")
@@ -166,6 +179,8 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
         elif isinstance(node, fx.Node) and not _untouched(r, node):
             # a number computed from something a site moves (a parameter's max) changes with it
             raise Frozen("a product with a number computed from tensors that the sites move")
+        else:
+            _number_of_params(r, node, where)
         return x  # a number: commutes with every matrix
     if isinstance(other, ParamRef) and not other.transposed:
         return _scale_by_param(r, x, other, where, n)
@@ -176,6 +191,17 @@ def product(r: AtenRunner, n: fx.Node, value: Any) -> Info:
         # feature axis: one factor per position, the same for every feature, so every channel
         # matrix commutes with it: (M x) * s = M (x * s).
         return x
+    if _param_multiplier(r, node, x, where):
+        return x
+    names = _param_sources(r, node)
+    if names:  # a function of several parameters, or one that does not commute with permutations
+        why = (
+            f"a product with a tensor computed from parameter {', '.join(names)} (not the "
+            "parameter itself, which would take the permutation part of a monomial element)"
+        )
+        if not any(names[0] in ps for _, _, ps in r.an.fixed_params):
+            r.an.fixed_params.append((names[0], f"{where}: {why}", names))
+        raise Frozen(why)
     raise Frozen("a product with a tensor computed from the input")
 
 
@@ -375,6 +401,74 @@ def _scalar_multiplier(r: AtenRunner, p: ParamRef, x: Info, where: str) -> Info 
     if not r.an.scalar_moves(x, p.name, kind_of, f"scaled by {p.name} in {where}"):
         return None
     return x.moved(parts=((parts[0][0], Mode.A, None),))
+
+
+def _ancestors_in_order(r: AtenRunner, node: Any) -> list[fx.Node]:
+    from intertwiner.symmetry._rules_attention import _ancestors
+
+    if not isinstance(node, fx.Node):
+        return []
+    order = {m: i for i, m in enumerate(r.graph.nodes)}
+    return sorted(_ancestors(node), key=lambda m: order.get(m, -1))
+
+
+def _param_sources(r: AtenRunner, node: Any) -> tuple[str, ...]:
+    """The parameters a tensor is computed from when it reads no input (else ``()``)."""
+    above = _ancestors_in_order(r, node)
+    if any(m.op == "placeholder" for m in above):
+        return ()
+    return tuple(
+        str(m.target) for m in above if m.op == "get_attr" and str(m.target) in r.an.params
+    )
+
+
+def _param_multiplier(r: AtenRunner, node: Any, x: Info, where: str) -> bool:
+    """``f(p) * h`` with ``f(p)`` one factor per feature of ``h`` computed from one parameter
+    ``p`` alone (EfficientViM's ``sigmoid(alpha).view(4, -1, 1, 1)[k] * branch``): when ``f``
+    commutes with permutations of an axis of ``p`` (``f(P p) = P f(p)`` along ``h``'s features,
+    checked numerically on ``p``'s value and a random one with a cyclic shift, a swap and a random
+    permutation), the site takes monomial elements D P (a per-feature factor commutes with D) and
+    ``p``'s axis moves by P. Every use of ``p`` records its own action: uses on one site agree,
+    uses on different sites are tied or dropped like any shared tensor (``_shared``). False
+    (nothing recorded) otherwise."""
+    an = r.an
+    names = _param_sources(r, node)
+    parts = an.parts(x)
+    if len(names) != 1 or len(parts) != 1 or parts[0][2] is not None or parts[0][0] == 0:
+        return False
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    if x.outer != 1 or x.inner != 1 or x.n < 2 or not isinstance(val, torch.Tensor):
+        return False
+    fd = val.dim() + x.dim  # the factor's dim that lines up with the features
+    if fd < 0 or val.shape[fd] != x.n or val.numel() != x.n:
+        return False
+    (name,) = names
+    src = next(m for m in _ancestors_in_order(r, node) if m.op == "get_attr")
+    axis = _commuting_axis(r, node, src, an.params[name], x)
+    if axis is None:
+        return False
+    an.restrict_matrix(parts[0], MONOMIAL, f"{where}: scaled per feature by a function of {name}")
+    an.act(x, name, axis, ActionKind.P)
+    return True
+
+
+def _number_of_params(r: AtenRunner, node: Any, where: str) -> None:
+    """Record why parameters that reach a product only as one number computed from them stay
+    (EfficientViM's ``weights.softmax(-1)[i] * head_i(x)``): the number commutes with every
+    element, and a function of a parameter does not take a common factor the way the parameter
+    itself does (``shared_scalar``)."""
+    names = _param_sources(r, node)
+    if not names or any(names[0] in ps for _, _, ps in r.an.fixed_params):
+        return
+    ops = ", ".join(
+        dict.fromkeys(op_name(m) for m in _ancestors_in_order(r, node) if m.op == "call_function")
+    )
+    reason = (
+        f"{where}: one number computed from parameter {', '.join(names)} ({ops}) multiplies every "
+        "feature: it commutes with every element and stays; a function of a parameter does not "
+        "follow a common factor of the features the way a parameter itself would"
+    )
+    r.an.fixed_params.append((names[0], reason, names))
 
 
 def shared_scalar(r: AtenRunner, p: ParamRef, x: Info, where: str, *, scale: bool) -> None:

@@ -472,20 +472,34 @@ class Spaces:
         # A buffer used as a weight (BlurPool's fixed filter ``filt`` in a depthwise conv) moves
         # like a parameter but is stored as a buffer.
         buffer = buffer or (pname not in self.params and pname in self.buffers)
-        for sid, mode, ch in self.parts(info):
-            if sid == 0:
-                continue
-            if role == "out":
-                kind = ActionKind.writing(mode)
-            elif role == "in":
-                kind = ActionKind.reading(mode)
-            else:
-                kind = ActionKind(role)  # explicit kind
-            self.sites[sid].actions.append(
-                ParamAxis(
-                    pname, axis, kind, info.n, info.outer, info.inner, ch, buffer, self.current_use
-                )
-            )
+        for osid, omode, och in info.parts:
+            for sid, mode, ch in self.expand(osid, omode, och):
+                if sid == 0:
+                    self._frozen_action(osid, pname, axis, info, buffer)
+                    continue
+                if role == "out":
+                    kind = ActionKind.writing(mode)
+                elif role == "in":
+                    kind = ActionKind.reading(mode)
+                else:
+                    kind = ActionKind(role)  # explicit kind
+                self.sites[sid].actions.append(
+                    ParamAxis(pname, axis, kind, info.n, info.outer, info.inner, ch, buffer,
+                              self.current_use)
+                )  # fmt: skip
+
+    def _frozen_action(self, sid: int, pname: str, axis: int, info: Info, buffer: bool) -> None:
+        """A parameter axis met on a space that was frozen before (a depthwise convolution on a
+        frozen stream): recorded on the frozen space, so that ``spec.frozen`` names the tensor
+        with the reason the space froze (nothing acts on it)."""
+        s = self.sites[sid]
+        while not s.frozen_reason:
+            if s.merged_into in (None, 0):
+                return  # the model input (site 0 itself): fixed by definition, no reason to give
+            s = self.sites[s.merged_into]
+        s.actions.append(
+            ParamAxis(pname, axis, ActionKind.P, info.n, buffer=buffer, use=self.current_use)
+        )
 
     def act_raw(self, sid: int, pname: str, axis: int, kind: str, n_total: int, **kw) -> None:
         kw.setdefault("use", self.current_use)
