@@ -183,7 +183,7 @@ def test_scalar_parameters_say_why_they_stay(conv, dtype):
     assert {"fc1.weight", "fc2.weight"} <= _moved(spec)
     cov = spec.coverage(model)
     why = {t: f.reason for f in cov.frozen for t in f.tensors}
-    # i24scalar: the sites keep c P and the numbers take its factor (test_scalar_params.py):
+    # the sites keep c P and the numbers take its factor (test_scalar_params.py):
     # the bias always, StarReLU's scale too (relu^2 has degree 2); LAB's scale (degree 1) stays
     assert "act.bias" in _moved(spec) and "act.bias" not in why
     if conv:

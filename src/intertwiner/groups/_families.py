@@ -310,7 +310,7 @@ class PositiveMonomial(_MonomialFamily):
         return bool((scale > atol).all())
 
 
-# -- i24scalar: positive scalar times permutation (issue 24) ------------------------------------
+# -- positive scalar times permutation (issue 24) ----------------------------------------------
 class ScaledPermutation(_MonomialFamily):
     """``c P`` with one c > 0 for every unit: what survives where a one-number parameter (a
     scalar bias, StarReLU's ``s relu(x)^2 + b``, HGNetV2's ``LearnableAffineBlock``) must move with
@@ -498,13 +498,13 @@ POSITIVE_MONOMIAL = PositiveMonomial()
 MONOMIAL = Monomial()
 ORTHOGONAL = Orthogonal()
 GENERAL_LINEAR = GeneralLinear()
-SCALED_PERMUTATION = ScaledPermutation()  # i24scalar
+SCALED_PERMUTATION = ScaledPermutation()
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         PERMUTATION,
-        # i24scalar: c P between permutation and positive monomial (FAMILIES lists every family
+        # c P between permutation and positive monomial (FAMILIES lists every family
         # after its subgroups: ``subgroups()`` keeps this order and its last entry is the family)
         SCALED_PERMUTATION,
         SIGNED_PERMUTATION,
@@ -524,7 +524,7 @@ LARGER: dict[str, tuple[str, ...]] = {
     "orthogonal": ("general_linear",),
     "general_linear": (),
 }
-# i24scalar: c P sits between permutation and positive monomial.
+# c P sits between permutation and positive monomial.
 LARGER["permutation"] = (*LARGER["permutation"], "scaled_permutation")
 LARGER["scaled_permutation"] = ("positive_monomial",)
 
@@ -537,7 +537,7 @@ _SUBGROUPS: dict[str, set[str]] = {
     "orthogonal": {"permutation", "signed_permutation", "orthogonal"},
     "general_linear": set(FAMILIES),
 }
-# i24scalar: c P contains the permutations and lies in the (positive) monomial families and GL.
+# c P contains the permutations and lies in the (positive) monomial families and GL.
 _SUBGROUPS["scaled_permutation"] = {"permutation", "scaled_permutation"}
 for _big in ("positive_monomial", "monomial"):
     _SUBGROUPS[_big].add("scaled_permutation")

@@ -40,7 +40,7 @@ class ActionKind(StrEnum):
     A_INV_T = "A^-T"
     PHI_INV_T = "phi(A)^-T"
     FLIP = "flip"
-    # i24scalar: one-number parameters moved by the common factor of a c P element
+    # one-number parameters moved by the common factor of a c P element
     SCALAR_A = "c(A)"
     SCALAR_PHI = "c(phi(A))"
     SCALAR_A_OVER_PHI = "c(A)/c(phi(A))"

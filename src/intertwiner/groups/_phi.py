@@ -95,7 +95,7 @@ class Phi:
         if target.scales == "common":
             # phi(s_i) one positive number c': |s_i| all equal (and s_i > 0 when phi keeps signs);
             # where phi forgets signs, c P and the signed permutations both qualify and neither
-            # holds the other: c P, the one that keeps the scale (i24scalar)
+            # holds the other: c P, the one that keeps the scale
             return SCALED_PERMUTATION
         if target.scales == "positive":  # phi(s) > 0: s > 0 when phi keeps signs
             return POSITIVE_MONOMIAL if signs else MONOMIAL
