@@ -23,6 +23,8 @@ method, the mean over pairs of the loss barrier and of the accuracy at alpha = 0
     python benchmarks/merging.py --archs mlp --json out.json
     python benchmarks/merging.py --report out.json            # the table of a saved run
     python benchmarks/merging.py --archs resnet20_x1,resnet20_x2 --epochs 3   # the zoo's ResNet-20
+    python benchmarks/merging.py --data concepts --epochs 5   # the procedural concept scenes
+    python benchmarks/merging.py --archs resnet20_x4 --epochs 1 --train-samples 1000  # a subset
 
 Trained checkpoints are cached under ``--cache`` (safetensors state dicts), so reruns only align
 and evaluate. Single thread (``torch.set_num_threads(1)``); times are of a shared CPU.
@@ -183,7 +185,8 @@ def run(args) -> list[dict]:
                     )
                 row = {"arch": arch, "pair": [ia, ib], "method": label, "seconds": seconds,
                        "function_change": change}  # fmt: skip
-                for key, opts in (("reset", {}), ("repair", {"repair": True})):
+                row["residual"] = args.residual
+                for key, opts in (("reset", {}), ("repair", {"repair": args.residual})):
                     curve = interpolate(a, aligned, args.alphas, test, bn_data=fit, **opts)
                     row[key] = {
                         "barrier": curve.barrier,
@@ -267,6 +270,10 @@ def main() -> None:
     p.add_argument("--eval-samples", type=int, default=1000)
     p.add_argument("--data", choices=sorted(DATA), default="mnist")
     p.add_argument("--train-samples", type=int, default=None, help="train on a subset")
+    p.add_argument(
+        "--residual", choices=("summands", "sum"), default="summands",
+        help="how REPAIR treats a residual add (alignment.RESIDUAL)",
+    )  # fmt: skip
     p.add_argument("--cache", default=".cache/merging")
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--report", default=None, help="print the table of a saved --json run")

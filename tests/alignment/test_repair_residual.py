@@ -9,6 +9,7 @@ from torch import nn
 
 from intertwiner.alignment import RepairWarning, interpolate, lerp
 from intertwiner.alignment._repair import _measure, _Repairer, _scale_for, _Stats
+from intertwiner.errors import InvalidOptionError
 from intertwiner.symmetry import trace
 
 
@@ -76,9 +77,36 @@ def _assert_interpolated(rep, m, x, alpha, atol):
 
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("alpha", [0.3, 0.5])
+def test_summands_of_residual_adds_get_interpolated_statistics(inplace, alpha):
+    a, b, x = _pair(lambda: _Res(inplace))
+    rep = _Repairer([a, b], x, batch_size=24)  # default residual="summands"
+    assert [(p.activation, p.output_of, p.producers) for p in rep.points] == [
+        ("act0", None, ("bn0",)),
+        ("act1", None, ("bn1",)),
+        ("act2", "bn2", ("bn2",)),  # the identity summand h is not folded
+        ("act3", "bn3", ("bn3",)),
+        ("act3", "short", ("short",)),
+    ]
+    m = rep.apply(lerp(a, b, alpha), [1 - alpha, alpha])
+    _assert_interpolated(rep, m, x, alpha, atol=1e-9)
+    # Independent check of a summand: textbook moments of bn2's output (before the add).
+    seen = []
+    handle = m.bn2.register_forward_hook(lambda _m, _i, out: seen.append(out.clone()))
+    with torch.no_grad():
+        m(x)
+    handle.remove()
+    z = seen[0].transpose(0, 1).reshape(4, -1)
+    (ma, sa), (mb, sb) = rep.stats[0][2], rep.stats[1][2]
+    assert torch.allclose(z.std(1, unbiased=False), (1 - alpha) * sa + alpha * sb, atol=1e-9)
+    assert torch.allclose(z.mean(1), (1 - alpha) * ma + alpha * mb, atol=1e-9)
+    assert m.state_dict().keys() == a.state_dict().keys()
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("alpha", [0.3, 0.5])
 def test_residual_adds_get_interpolated_statistics(inplace, alpha):
     a, b, x = _pair(lambda: _Res(inplace))
-    rep = _Repairer([a, b], x, batch_size=24)  # several batches: streaming sums
+    rep = _Repairer([a, b], x, batch_size=24, residual="sum")  # several batches: streaming
     described = {p.activation: (p.producers, p.fixed) for p in rep.points}
     assert described == {
         "act0": (("bn0",), ()),
@@ -106,16 +134,17 @@ def test_residual_adds_get_interpolated_statistics(inplace, alpha):
     assert float((std0 - ((1 - alpha) * sa + alpha * sb)).abs().max()) > 1e-3
 
 
-def test_residual_repair_float32_and_endpoints_unchanged():
+@pytest.mark.parametrize("residual", ["summands", "sum"])
+def test_residual_repair_float32_and_endpoints_unchanged(residual):
     a, b, x = _pair(_Res, dtype=torch.float32)
-    rep = _Repairer([a, b], x)
+    rep = _Repairer([a, b], x, residual=residual)
     m = rep.apply(lerp(a, b, 0.5), [0.5, 0.5])
     assert next(m.parameters()).dtype == torch.float32
     _assert_interpolated(rep, m, x, 0.5, atol=1e-4)
     y = torch.randint(0, 3, (x.shape[0],), generator=torch.Generator().manual_seed(3))
     data = torch.utils.data.TensorDataset(x, y)
     plain = interpolate(a, b, 3, data, reset_bn=False)
-    fixed = interpolate(a, b, 3, data, reset_bn=False, repair=True, bn_data=x)
+    fixed = interpolate(a, b, 3, data, reset_bn=False, repair=residual, bn_data=x)
     assert fixed.losses[0] == plain.losses[0] and fixed.losses[-1] == plain.losses[-1]
     assert fixed.losses[1] != plain.losses[1]
 
@@ -191,13 +220,14 @@ class _MovesEarlier(nn.Module):
         (_MovesEarlier, "act2", ["act1"], "would also change act1"),
     ],
 )
+@pytest.mark.parametrize("residual", ["summands", "sum"])
 def test_models_written_to_fool_provenance_are_skipped_with_a_named_warning(
-    build, skipped, kept, why
+    build, skipped, kept, why, residual
 ):
     a, b, x = _pair(build, n=16)
     spec = trace(_Shared(shared=False).double(), x[:4]) if build is _Shared else None
     with pytest.warns(RepairWarning, match=rf"{skipped}: .*{why}"):
-        rep = _Repairer([a, b], x, spec=spec)
+        rep = _Repairer([a, b], x, spec=spec, residual=residual)
     assert [p.activation for p in rep.points] == kept
     assert any(why in s for s in rep.skipped)
     m = rep.apply(lerp(a, b, 0.5), [0.5, 0.5])
@@ -220,11 +250,15 @@ class _FixedFunctional(nn.Module):
         return self.head(self.act(z).mean((2, 3)))
 
 
-def test_a_functional_summand_independent_of_the_fold_is_kept_fixed():
+@pytest.mark.parametrize("residual", ["summands", "sum"])
+def test_a_functional_summand_independent_of_the_fold_is_kept_fixed(residual):
     a, b, x = _pair(_FixedFunctional)
-    rep = _Repairer([a, b], x)
+    rep = _Repairer([a, b], x, residual=residual)
     (p,) = rep.points
-    assert p.producers == ("bn",) and p.fixed == ("op mul",)
+    if residual == "sum":
+        assert p.producers == ("bn",) and p.fixed == ("op mul",)
+    else:
+        assert p.output_of == "bn" and not p.fixed
     m = rep.apply(lerp(a, b, 0.5), [0.5, 0.5])
     assert rep.unreached == {}
     _assert_interpolated(rep, m, x, 0.5, atol=1e-9)
@@ -248,3 +282,12 @@ def test_scale_for_solves_the_quadratic_or_flags_the_channel():
     stds = (grid[:, None, None] * a[None, :, 1:2] + b[None, :, 1:2]).std(1, unbiased=False)[:, 0]
     hits = grid[(stds - target[1]).abs() < 2e-4]
     assert float((hits - 1).abs().min()) >= float((s[1] - 1).abs()) - 1e-3
+
+
+def test_unknown_residual_mode_is_refused():
+    a, b, x = _pair(_Res, n=8)
+    with pytest.raises(InvalidOptionError, match="residual"):
+        _Repairer([a, b], x, residual="stream")
+    with pytest.raises(InvalidOptionError, match="repair="):
+        interpolate(a, b, 3, torch.utils.data.TensorDataset(x, torch.zeros(8).long()),
+                    repair="both", bn_data=x)  # fmt: skip

@@ -17,14 +17,19 @@ pass each. Statistics are over every position but the channel (batch, space, tok
 with population variance; models are evaluated in eval mode.
 
 **Residual streams.** Where the pre-activation is a sum (a ResNet's ``act(bn2(...) + x)``), the
-sum is repaired, not its parts: the summands that are foldable module outputs (``a``: the branch's
-last BN/conv, a shortcut conv or BN) take one common per-channel scale ``s`` and the shift; the
-other summands (``b``: an identity shortcut, a parameter-free module such as option-A padding,
-a functional op) cannot be rescaled and are measured instead. ``s`` solves ``s^2 var(a) + 2 s
-cov(a, b) + var(b) = target std^2`` (the positive root nearest 1), the shift then gives the target
-mean, so the add's output has the interpolated statistics exactly. A channel that no positive
-scale reaches (its fixed summands alone are spread more than the target, say) is only shifted; a
-``RepairWarning`` names the add and counts such channels (``_Repairer.unreached``).
+summands that are foldable module outputs (``a``: the branch's last BN/conv, a shortcut conv or
+BN) are what REPAIR can change; the others (``b``: an identity shortcut, a parameter-free module
+such as option-A padding, a functional op) cannot be rescaled. ``residual="summands"`` (default;
+Jordan et al.'s ResNet recipe) gives each module summand the interpolated statistics of that
+module's output in the sources (an identity summand is left as the sites before made it).
+``residual="sum"`` repairs the add's output instead: the module summands take one common
+per-channel scale ``s`` and the shift, ``s`` solving ``s^2 var(a) + 2 s cov(a, b) + var(b) =
+target std^2`` (the positive root nearest 1) with ``b`` measured, so the add's output has the
+interpolated statistics exactly. A channel that no positive scale reaches (its fixed summands
+alone are spread more than the target, say) is only shifted; a ``RepairWarning`` names the add
+and counts such channels (``_Repairer.unreached``). On the BN ResNet-20 of the merging benchmark
+``"sum"`` hurts: BN reset already leaves no variance collapse there, and forcing the add's
+per-channel spread through the branch alone shifts the branch/stream balance (README).
 
 Where each pre-activation comes from is recorded in one forward pass on the example input (leaf
 module hooks and a ``TorchFunctionMode`` that sees every tensor op, in-place adds included). A
@@ -51,7 +56,12 @@ from intertwiner._types import DataLike, ExampleInput, SiteName
 from intertwiner.errors import InvalidOptionError, NonFiniteError, TooFewSamplesError
 from intertwiner.symmetry import SymmetrySpec, trace
 
-__all__ = ["RepairWarning", "repair"]
+__all__ = ["RESIDUAL", "RepairWarning", "repair"]
+
+#: How a pre-activation that is a residual add is repaired: ``"summands"`` (default; Jordan et
+#: al.'s ResNet recipe) gives each module summand its own interpolated statistics, ``"sum"`` the
+#: add's output (module docstring).
+RESIDUAL = ("summands", "sum")
 
 #: Modules whose output channels REPAIR can rescale and shift: (channel dim of the output,
 #: names of the scale and shift parameters).
@@ -73,7 +83,9 @@ class _Point:
     """One pre-activation: the activation module (call ``call``) and the modules whose outputs
     it sums. ``producers``: the summands REPAIR folds into (one for a plain pre-activation, the
     module summands of a residual add); ``fixed``: the add also has summands it cannot change
-    (an identity shortcut, a parameter-free module, a functional op), measured, not folded."""
+    (an identity shortcut, a parameter-free module, a functional op), measured, not folded.
+    ``output_of``: a point of ``residual="summands"``: the statistics are of this module's
+    output, one summand of the add that feeds ``activation``."""
 
     site: str
     activation: str
@@ -83,12 +95,15 @@ class _Point:
     fixed: tuple[str, ...]
     dim: int  # channel dim of the pre-activation (1 or -1)
     width: int
+    output_of: str | None = None
 
     @property
     def producer(self) -> str:
         return self.producers[0]
 
     def describe(self) -> str:
+        if self.output_of is not None:
+            return f"{self.site} ({self.output_of}, a summand of {self.activation})"
         parts = " + ".join([*self.producers, *self.fixed])
         return f"{self.site} ({self.activation} <- {parts})"
 
@@ -221,11 +236,12 @@ def _classify(
 
 
 def _points(
-    model: nn.Module, spec: SymmetrySpec, example: ExampleInput
+    model: nn.Module, spec: SymmetrySpec, example: ExampleInput, residual: str = "summands"
 ) -> tuple[list[_Point], list[str]]:
     """Every site activation that is a module call whose input is a foldable module's output or
-    a sum of such outputs and other tensors, in the order of the forward pass; and the sites left
-    out, each with the reason (what :func:`_warn_skipped` reports)."""
+    a sum of such outputs and other tensors, in the order of the forward pass (a sum: one point,
+    or with ``residual="summands"`` one point per foldable summand); and the sites left out,
+    each with the reason (what :func:`_warn_skipped` reports)."""
     named = dict(model.named_modules())
     wanted: dict[tuple[str, int], tuple[str, str]] = {}
     skipped: list[str] = []
@@ -281,8 +297,16 @@ def _points(
             skipped.append(f"{site} ({act}: {why})")
             continue
         dim = _channel_dim(named[producers[0]])
-        found.append(_Point(site, act, name, call, producers, fixed, dim, int(z.shape[dim])))
-        found_deps.append(node.deps)
+        width = int(z.shape[dim])
+        if residual == "sum" or len(_summands(node)) == 1:
+            found.append(_Point(site, act, name, call, producers, fixed, dim, width))
+            found_deps.append(node.deps)
+            continue
+        for leaf in _summands(node):
+            if leaf.kind == "module" and leaf.name in producers:
+                point = _Point(site, act, name, call, (leaf.name,), (), dim, width, leaf.name)
+                found.append(point)
+                found_deps.append(leaf.deps)
     return found, skipped
 
 
@@ -352,16 +376,29 @@ def _collect(
     named = dict(model.named_modules())
     stats = [_Stats() for _ in points]
     calls: dict[str, int] = {}
-    by_call = {(p.module, p.call): k for k, p in enumerate(points)}
-    last = len(points) - 1
+    at_input = [p for p in points if p.output_of is None]
+    by_call = {(p.module, p.call): k for k, p in enumerate(points) if p.output_of is None}
+    # A producer is called once (_classify), so its output needs no call count.
+    outputs = {p.output_of: k for k, p in enumerate(points) if p.output_of is not None}
     parts: dict[int, torch.Tensor] = {}  # point -> its foldable summands' sum in this batch
     owner = {m: k for k, p in enumerate(points) if split and p.fixed for m in p.producers}
+    done: set[int] = set()
+
+    def seen(k: int) -> None:
+        done.add(k)
+        if len(done) == len(points):
+            raise _Stop  # nothing later is measured
 
     def out_hook(name):
         def hook(_m, _inp, out):
-            k = owner[name]  # a producer is called once (_classify), so no call count here
-            rows = _rows(out, points[k].dim)  # a copy: a later in-place add does not reach it
-            parts[k] = parts[k] + rows if k in parts else rows
+            if name in outputs:
+                k = outputs[name]  # a copy below: a later in-place add does not reach it
+                stats[k].add(_rows(out, points[k].dim))
+                seen(k)
+            if name in owner:
+                k = owner[name]
+                rows = _rows(out, points[k].dim)
+                parts[k] = parts[k] + rows if k in parts else rows
 
         return hook
 
@@ -371,13 +408,14 @@ def _collect(
             k = by_call.get((name, calls[name]))
             if k is not None:
                 stats[k].add(_rows(inp[0], points[k].dim), parts.pop(k, None))
-                if k == last:
-                    raise _Stop  # nothing later is measured
+                seen(k)
 
         return hook
 
-    handles = [named[m].register_forward_pre_hook(pre_hook(m)) for m in {p.module for p in points}]
-    handles += [named[m].register_forward_hook(out_hook(m)) for m in owner]
+    handles = [
+        named[m].register_forward_pre_hook(pre_hook(m)) for m in {p.module for p in at_input}
+    ]
+    handles += [named[m].register_forward_hook(out_hook(m)) for m in {*owner, *outputs}]
     device = _model_device(model)
     dtype = next(model.parameters()).dtype
     try:
@@ -385,6 +423,7 @@ def _collect(
             for x in limited_batches(data, batch_size, max_samples, False):
                 calls.clear()
                 parts.clear()
+                done.clear()
                 try:
                     model(x.to(device=device, dtype=dtype))
                 except _Stop:
@@ -442,6 +481,15 @@ def _scale_for(st: _Stats, std_t: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return best, found
 
 
+def _residual(repair: bool | str) -> str:
+    """The ``residual`` mode of an ``interpolate``/``merge`` ``repair=`` option (True: default)."""
+    if repair is True:
+        return RESIDUAL[0]
+    if repair in RESIDUAL:
+        return str(repair)
+    raise InvalidOptionError(f"repair={repair!r}; use True, False or one of {RESIDUAL}")
+
+
 class _Repairer:
     """The points of one architecture and the statistics of its source models."""
 
@@ -454,15 +502,18 @@ class _Repairer:
         example_input: ExampleInput | None = None,
         batch_size: int = 256,
         max_samples: int | None = None,
+        residual: str = "summands",
     ) -> None:
         from intertwiner.alignment._align import _example_input
 
         if not sources:
             raise InvalidOptionError("repair needs at least one source model")
+        if residual not in RESIDUAL:
+            raise InvalidOptionError(f"repair: residual={residual!r}; use one of {RESIDUAL}")
         example = _example_input(sources[0], data, example_input)
         if spec is None:
             spec = trace(sources[0], example)
-        self.points, self.skipped = _points(copy.deepcopy(sources[0]), spec, example)
+        self.points, self.skipped = _points(copy.deepcopy(sources[0]), spec, example, residual)
         _warn_skipped(self.skipped)
         self.data, self.batch_size, self.max_samples = data, batch_size, max_samples
         self.stats = [self._measure(m) for m in sources]
@@ -536,17 +587,19 @@ def repair(
     example_input: ExampleInput | None = None,
     batch_size: int = 256,
     max_samples: int | None = None,
+    residual: str = "summands",
 ) -> nn.Module:
     """A copy of ``model`` (a merge of the aligned ``sources``, one architecture) whose every
     traced pre-activation channel has, on ``data``, the mean and std ``sum_k weights[k] *
     (mean_k, std_k)`` of the sources (module docstring). ``weights``: one per source, default
-    equal, normalised to sum 1 (``interpolate`` passes ``(1 - alpha, alpha)``)."""
+    equal, normalised to sum 1 (``interpolate`` passes ``(1 - alpha, alpha)``). ``residual``:
+    at a residual add, repair each module summand (``"summands"``) or the sum (``"sum"``)."""
     weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
     total = sum(weights)
     if total == 0:
         raise InvalidOptionError("repair weights sum to zero")
     rep = _Repairer(
         sources, data, spec=spec, example_input=example_input, batch_size=batch_size,
-        max_samples=max_samples,
+        max_samples=max_samples, residual=residual,
     )  # fmt: skip
     return rep.apply(copy.deepcopy(model), [w / total for w in weights])
