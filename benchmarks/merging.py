@@ -16,7 +16,8 @@ pair B is aligned to A in each way:
 
 and the line from A to aligned B is evaluated at ``--alphas`` points on the test split, once with
 BatchNorm statistics re-estimated (``reset_bn``; nothing to do without BN) and once with REPAIR
-(``repair=True``), both fitted on ``--bn-samples`` training images. Prints, per architecture and
+(``repair=True``; ``--residual sum`` repairs a residual add's output instead of its module
+summands), both fitted on ``--bn-samples`` training images. Prints, per architecture and
 method, the mean over pairs of the loss barrier and of the accuracy at alpha = 0.5.
 
     python benchmarks/merging.py                              # 3 archs, seeds 0-2, 10 epochs
