@@ -177,6 +177,14 @@ class _Shared(nn.Module):
         return self.head(self.act2(self.lin2(self.act1(self.lin(x.flatten(1)[:, :4])))))
 
 
+class _Tied(_Shared):
+    """Two Linears holding one weight Parameter (tied weights): a fold into one reaches both."""
+
+    def __init__(self):
+        super().__init__(shared=False)
+        self.lin2.weight = self.lin.weight
+
+
 class _DependentSummands(nn.Module):
     """``act2(conv2(act1(y)) + y)``: both summands are modules, but the first is computed from
     the second (``bn1``), so a fold into ``bn1`` moves both."""
@@ -216,6 +224,7 @@ class _MovesEarlier(nn.Module):
     [
         (_FunctionalSummand, "act", [], "depends on bn"),
         (_Shared, "act1", [], "lin is called 2 times"),  # and act2: lin2 is lin
+        (_Tied, "act1", [], "lin shares a parameter with lin2"),
         (_DependentSummands, "act2", ["act1"], "'conv2' depends on bn1"),
         (_MovesEarlier, "act2", ["act1"], "would also change act1"),
     ],
@@ -225,7 +234,8 @@ def test_models_written_to_fool_provenance_are_skipped_with_a_named_warning(
     build, skipped, kept, why, residual
 ):
     a, b, x = _pair(build, n=16)
-    spec = trace(_Shared(shared=False).double(), x[:4]) if build is _Shared else None
+    twin = build in (_Shared, _Tied)
+    spec = trace(_Shared(shared=False).double(), x[:4]) if twin else None
     with pytest.warns(RepairWarning, match=rf"{skipped}: .*{why}"):
         rep = _Repairer([a, b], x, spec=spec, residual=residual)
     assert [p.activation for p in rep.points] == kept

@@ -35,9 +35,9 @@ Where each pre-activation comes from is recorded in one forward pass on the exam
 module hooks and a ``TorchFunctionMode`` that sees every tensor op, in-place adds included). A
 site is left as it is, with a ``RepairWarning`` naming it and the reason, when its activation is
 not a module call, when no summand is a Linear/Conv/norm output, when a module to fold into is
-called more than once (a shared module: the fold would change its other calls), when a summand
-depends on a module being folded (``bn(x) + f(bn(x))``), or when the fold would change a site
-repaired before it. A foldable module without a bias to take the shift is refused.
+called more than once or shares a parameter (a shared module or tied weights: the fold would
+change its other uses), when a summand depends on a module being folded (``bn(x) + f(bn(x))``),
+or when the fold would change a site repaired before it. A foldable module without a bias to take the shift is refused.
 """
 
 from __future__ import annotations
@@ -218,6 +218,11 @@ def _classify(
     shared = [m for m in foldable if calls.get(m, 0) > 1]
     if shared:
         return (), (), f"{shared[0]} is called {calls[shared[0]]} times (a shared module)"
+    for m in foldable:  # one Parameter in several modules: the fold would reach the others
+        own = {id(t) for t in named[m].parameters(recurse=False)}
+        for other, mod in named.items():
+            if other != m and own & {id(t) for t in mod.parameters(recurse=False)}:
+                return (), (), f"{m} shares a parameter with {other} (tied weights)"
     if len(set(foldable)) < len(foldable):
         return (), (), "a module output is summed more than once"
     for m in foldable:
