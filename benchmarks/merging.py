@@ -18,13 +18,16 @@ pair B is aligned to A in each way:
 
 and the line from A to aligned B is evaluated at ``--alphas`` points on the test split, once with
 BatchNorm statistics re-estimated (``reset_bn``; nothing to do without BN) and once with REPAIR
-(``repair=True``), both fitted on ``--bn-samples`` training images. Prints, per architecture and
+(``repair=True``; ``--residual sum`` repairs a residual add's output instead of its module
+summands), both fitted on ``--bn-samples`` training images. Prints, per architecture and
 method, the mean over pairs of the loss barrier and of the accuracy at alpha = 0.5.
 
     python benchmarks/merging.py                              # 3 archs, seeds 0-2, 10 epochs
     python benchmarks/merging.py --archs mlp --json out.json
     python benchmarks/merging.py --report out.json            # the table of a saved run
     python benchmarks/merging.py --archs resnet20_x1,resnet20_x2 --epochs 3   # the zoo's ResNet-20
+    python benchmarks/merging.py --data concepts --epochs 5   # the procedural concept scenes
+    python benchmarks/merging.py --archs resnet20_x4 --epochs 1 --train-samples 1000  # a subset
 
 Trained checkpoints are cached under ``--cache`` (safetensors state dicts), so reruns only align
 and evaluate. Single thread (``torch.set_num_threads(1)``); times are of a shared CPU.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import statistics
@@ -67,25 +71,32 @@ METHODS = (
 )
 
 
-def build(arch: str, seed: int) -> nn.Module:
+#: ``--data``: (channels, side, classes) of the images: the MNIST subset (3,600 training
+#: images) or the procedural concept scenes (``intertwiner.data.concepts``: RGB 32x32, 5 shapes).
+DATA = {"mnist": (1, 28, 10), "concepts": (3, 32, 5)}
+
+
+def build(arch: str, seed: int, dataset: str = "mnist") -> nn.Module:
     """A plain ``nn.Sequential`` (no zoo config): what a new user would write; ``resnet20_xW``:
     the zoo's ResNet-20 (BatchNorm, residual streams) at W times the base width 16."""
     torch.manual_seed(seed)
+    channels, side, classes = DATA[dataset]
     if arch.startswith("resnet20_x"):
         from intertwiner import models
 
         width = 16 * int(arch.removeprefix("resnet20_x"))
         return models.build(
-            "resnet20", width=width, in_channels=1, input_size=28, num_classes=10, seed=seed
-        )
+            "resnet20", width=width, in_channels=channels, input_size=side, num_classes=classes,
+            seed=seed,
+        )  # fmt: skip
     if arch == "mlp":
         return nn.Sequential(
             nn.Flatten(),
-            nn.Linear(784, 128),
+            nn.Linear(channels * side * side, 128),
             nn.ReLU(),
             nn.Linear(128, 128),
             nn.ReLU(),
-            nn.Linear(128, 10),
+            nn.Linear(128, classes),
         )
     bn = arch == "cnn_bn"
 
@@ -94,20 +105,27 @@ def build(arch: str, seed: int) -> nn.Module:
         return [conv, *([nn.BatchNorm2d(cout)] if bn else []), nn.ReLU()]
 
     return nn.Sequential(
-        *block(1, 16),
+        *block(channels, 16),
         nn.MaxPool2d(2),
         *block(16, 32),
         nn.MaxPool2d(2),
         *block(32, 64),
         nn.AdaptiveAvgPool2d(3),
         nn.Flatten(),
-        nn.Linear(576, 10),
+        nn.Linear(576, classes),
     )
 
 
-def trained(arch: str, seed: int, splits, epochs: int, cache: Path) -> nn.Module:
-    path = cache / f"{arch}-seed{seed}-e{epochs}.safetensors"
-    model = build(arch, seed)
+def trained(
+    arch: str, seed: int, splits, epochs: int, cache: Path, dataset: str = "mnist",
+    train_samples: int | None = None,
+) -> nn.Module:  # fmt: skip
+    """Train (or load from ``cache``) one model; ``train_samples``: a subset of the training
+    split (the first ones of a seeded permutation), to keep wide models affordable."""
+    tag = "" if dataset == "mnist" else f"{dataset}-"
+    tag += "" if train_samples is None else f"n{train_samples}-"
+    path = cache / f"{tag}{arch}-seed{seed}-e{epochs}.safetensors"
+    model = build(arch, seed, dataset)
     if path.exists():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
@@ -115,6 +133,8 @@ def trained(arch: str, seed: int, splits, epochs: int, cache: Path) -> nn.Module
         epochs=epochs, lr=2e-3, schedule="cosine", num_threads=1, progress=False, seed=seed
     )
     t0 = time.perf_counter()
+    if train_samples is not None:
+        splits = dataclasses.replace(splits, train=random_subset(splits.train, train_samples))
     model = train(model, splits, config).model.cpu().eval()
     cache.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -135,7 +155,7 @@ def rebasin_align(a: nn.Module, b: nn.Module, example: torch.Tensor) -> nn.Modul
 
 def run(args) -> list[dict]:
     torch.set_num_threads(1)
-    splits = data.load("mnist")
+    splits = data.load(args.data)
     fit = random_subset(splits.train, args.bn_samples)
     test = random_subset(splits.test, args.eval_samples)
     example = torch.stack([fit[i][0] for i in range(8)])
@@ -143,7 +163,10 @@ def run(args) -> list[dict]:
     rows = []
     methods = [m for m in METHODS if args.methods is None or m[0] in args.methods.split(",")]
     for arch in args.archs.split(","):
-        models = [trained(arch, s, splits, args.epochs, cache) for s in range(args.seeds)]
+        models = [
+            trained(arch, s, splits, args.epochs, cache, args.data, args.train_samples)
+            for s in range(args.seeds)
+        ]
         for ia, ib in itertools.combinations(range(len(models)), 2):
             a, b = models[ia], models[ib]
             for label, method, group, scales in methods:
@@ -169,7 +192,8 @@ def run(args) -> list[dict]:
                     )
                 row = {"arch": arch, "pair": [ia, ib], "method": label, "seconds": seconds,
                        "function_change": change}  # fmt: skip
-                for key, opts in (("reset", {}), ("repair", {"repair": True})):
+                row["residual"] = args.residual
+                for key, opts in (("reset", {}), ("repair", {"repair": args.residual})):
                     curve = interpolate(a, aligned, args.alphas, test, bn_data=fit, **opts)
                     row[key] = {
                         "barrier": curve.barrier,
@@ -251,6 +275,12 @@ def main() -> None:
     p.add_argument("--alphas", type=int, default=11)
     p.add_argument("--bn-samples", type=int, default=1000)
     p.add_argument("--eval-samples", type=int, default=1000)
+    p.add_argument("--data", choices=sorted(DATA), default="mnist")
+    p.add_argument("--train-samples", type=int, default=None, help="train on a subset")
+    p.add_argument(
+        "--residual", choices=("summands", "sum"), default="summands",
+        help="how REPAIR treats a residual add (alignment.RESIDUAL)",
+    )  # fmt: skip
     p.add_argument("--cache", default=".cache/merging")
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--report", default=None, help="print the table of a saved --json run")

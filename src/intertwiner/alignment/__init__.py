@@ -37,13 +37,14 @@ from intertwiner.alignment._many import (
 )
 from intertwiner.alignment._orbit import OrbitDistance, orbit_distance, weight_space_pairwise
 from intertwiner.alignment._plot import plot_curves
-from intertwiner.alignment._repair import repair
+from intertwiner.alignment._repair import RESIDUAL, RepairWarning, repair
 from intertwiner.alignment._zip import MATCHES, ZippedModel, ZipResult, ZipSite, zip_models
 
 __all__ = [
     "GROUPS",
     "MATCHES",
     "METHODS",
+    "RESIDUAL",
     "SCALES",
     "Alignment",
     "Ensemble",
@@ -52,6 +53,7 @@ __all__ = [
     "ManyAlignment",
     "MergeReport",
     "OrbitDistance",
+    "RepairWarning",
     "SiteReport",
     "ZipResult",
     "ZipSite",

@@ -189,7 +189,7 @@ def interpolate(
     data: DataLike,
     *,
     reset_bn: bool = True,
-    repair: bool = False,
+    repair: bool | str = False,
     bn_data: DataLike | None = None,
     bn_samples: int | None = None,
     batch_size: int = 512,
@@ -205,7 +205,8 @@ def interpolate(
     unseen), capped at ``bn_samples``; at alpha 0 and 1 the models are A and B exactly. No effect
     on models without BatchNorm. ``repair``: REPAIR (``alignment.repair``) every interpolated
     model strictly between the endpoints, after any BN reset: each traced pre-activation channel
-    gets ``(1 - alpha)`` A's plus ``alpha`` B's mean and std on ``bn_data`` (B aligned to A).
+    gets ``(1 - alpha)`` A's plus ``alpha`` B's mean and std on ``bn_data`` (B aligned to A);
+    ``"sum"`` or ``"summands"`` (= True) picks how a residual add is repaired (``RESIDUAL``).
     """
     from tqdm.auto import tqdm
 
@@ -218,9 +219,11 @@ def interpolate(
     fit = data if bn_data is None else bn_data
     repairer = None
     if repair:
-        from intertwiner.alignment._repair import _Repairer
+        from intertwiner.alignment._repair import _Repairer, _residual
 
-        repairer = _Repairer([model_a, model_b], fit, max_samples=bn_samples)
+        repairer = _Repairer(
+            [model_a, model_b], fit, max_samples=bn_samples, residual=_residual(repair)
+        )
     losses, accs = [], []
     for a in tqdm(vals, disable=not progress, desc="interpolate"):
         m = lerp(model_a, model_b, a)
@@ -246,7 +249,7 @@ def merge(
     group: Extent | str = Extent.SITE_GROUP,
     data: DataLike | None = None,
     bn_data: DataLike | None = None,
-    repair: bool = False,
+    repair: bool | str = False,
     max_iter: int = 20,
     **align_options: Any,
 ) -> nn.Module:
@@ -259,7 +262,8 @@ def merge(
     ``"activations"`` (needs ``data``) or None (plain averaging, no alignment). ``bn_data``:
     when given, the merged model's BatchNorm statistics are re-estimated on it. ``repair``:
     then REPAIR the merge on ``bn_data`` (needed): every traced pre-activation channel gets the
-    weighted mean and std of the aligned models' (``alignment.repair``).
+    weighted mean and std of the aligned models' (``alignment.repair``; ``"sum"`` or
+    ``"summands"`` as in ``interpolate``).
     """
     from intertwiner.alignment._align import align
     from intertwiner.alignment._many import _normalised, align_to_mean, reference_index
@@ -295,8 +299,10 @@ def merge(
     if bn_data is not None:
         reset_bn_statistics(out, bn_data)
     if repair:
-        from intertwiner.alignment._repair import _Repairer
+        from intertwiner.alignment._repair import _Repairer, _residual
 
         example = align_options.get("example_input")
-        _Repairer(aligned, bn_data, example_input=example).apply(out, weights)
+        _Repairer(aligned, bn_data, example_input=example, residual=_residual(repair)).apply(
+            out, weights
+        )
     return out
