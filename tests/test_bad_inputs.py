@@ -157,7 +157,7 @@ API = [
     ("group_cka dtype", lambda c: group_cka(X, Y, dtype=torch.float16), E.InvalidOptionError, "dtype"),
     ("group_cka orthogonal", lambda c: group_cka(X, Y, group="orthogonal"), E.UnsupportedGroupError, "cka(...)"),
     ("procrustes GL", lambda c: procrustes_distance(X, Y, group="general_linear"), E.UnsupportedGroupError, "cka("),
-    ("procrustes unknown group", lambda c: procrustes_distance(X, Y, group="nope"), E.UnsupportedGroupError, "or an alias (full, g_relu"),
+    ("procrustes unknown group", lambda c: procrustes_distance(X, Y, group="nope"), E.UnsupportedGroupError, "full, g_relu, gl"),
     ("procrustes kind", lambda c: procrustes_distance(X, Y, kind="manhattan"), E.InvalidOptionError, "'angular'"),
     ("streaming kind", lambda c: ProcrustesDistance(kind="manhattan"), E.InvalidOptionError, "kind"),
     ("streaming shape change", lambda c: updated(LinearCKA(), (X, Y), (X[:, :2], Y)), E.ShapeError, "reset()"),

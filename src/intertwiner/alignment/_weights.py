@@ -122,7 +122,8 @@ class _Problem:
 
     def step_site(self, site: Site, scales_only: bool = False) -> bool:
         fam = self.extent.family_at(site)
-        terms = self.terms(site, dense=not fam.monomial, summed=fam.name == "permutation")
+        # every scale 1 (permutations, the reversal): all axes' statistics add into one term
+        terms = self.terms(site, dense=not fam.monomial, summed=fam <= PERMUTATION)
         if not terms:
             return False
         if scales_only:
