@@ -16,6 +16,7 @@ from intertwiner.groups import (
     as_phi,
     intersect,
 )
+from intertwiner.symmetry._block_reversal import resolve as resolve_block_reversals
 from intertwiner.symmetry._spaces import Spaces, _SiteState
 from intertwiner.symmetry.spec import ActivationAxis, Fold, ParamAxis, Site, SymmetrySpec
 
@@ -25,11 +26,16 @@ Leaves = dict[int, dict[str, list]]
 def build_spec(an: Spaces, model_name: str) -> SymmetrySpec:
     """The spec of the root sites of ``an`` (site 0, the fixed space, excluded)."""
     leaves = _collect(an)
+    left_out, refused = resolve_block_reversals(an, leaves)  # ECA over a grouped conv's blocks
     used: set[str] = set()
-    sites = [_site(an.sites[r], leaves[r], r, used) for r in sorted(leaves) if r != 0]
+    sites = [
+        _site(an.sites[r], leaves[r], r, used)
+        for r in sorted(leaves)
+        if r != 0 and r not in left_out
+    ]
     moved = {a.name for s in sites for a in s.actions}
     fixed = [f for f in an.fixed_params if not set(f[2]) <= moved]
-    frozen = _frozen(an) + fixed
+    frozen = _frozen(an) + refused + fixed
     params: dict[str, tuple[str, ...]] = {}
     for label, _, names in frozen:
         params[label] = tuple(dict.fromkeys(params.get(label, ()) + names))

@@ -9,6 +9,7 @@ import torch
 import torch.fx as fx
 
 from intertwiner.groups import MONOMIAL, PERMUTATION, REVERSAL, ActionKind, Mode
+from intertwiner.symmetry._block_reversal import GroupedConv, reverse_blocks
 from intertwiner.symmetry._regions import ELEMENTWISE, IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
 from intertwiner.symmetry._rules_elementwise import contract_features, fixed_mix
@@ -220,7 +221,8 @@ def _along_features(r: AtenRunner, n: fx.Node) -> Info | None:
                                      "same value to every feature")  # fmt: skip
         return x
     if len(parts) != 1 or parts[0][2] is not None:
-        raise Frozen(f"{why} over features split between sites (reversal mixes the blocks)")
+        reverse_blocks(r.an, parts, weight, k, why)  # a grouped convolution's blocks, or Frozen
+        return x
     sid, mode, _ = parts[0]
     r.an.restrict_matrix(
         parts[0], REVERSAL,
@@ -254,9 +256,12 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
     an, where = r.an, r.module_path(n) or n.name
     out_ch, per_group_in = an.shape_of(weight)[0], an.shape_of(weight)[1]
     per_group_out = out_ch // groups
+    inputs: list[tuple[int, int]] | None = None
     if isinstance(x, Info):
         an.need_channels(x, ndim, where)
+        inputs = []
         for sid, mode, j, local in _input_groups(r, x, groups, where):
+            inputs.append((j, sid if local is None else 0))
             if sid == 0:
                 continue
             an.act_raw(
@@ -272,6 +277,10 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
     an.act(out, weight, 0, "out")
     if bias is not None:
         an.act(out, bias, 0, "out")
+    # one whole site per group (else None): what a reversal across the blocks needs
+    one = inputs is not None and [j for j, _ in inputs] == list(range(groups))
+    sids = tuple(s for _, s in inputs) if one and inputs else None
+    an.grouped[out.parts[0][0]] = GroupedConv(weight, groups, sids, where)
     return an.split_blocks(out, groups, f"grouped convolution {where!r} (outputs)")
 
 

@@ -148,6 +148,10 @@ class Spaces:
         #: Graph nodes with no hidden feature axis whose value a rule has shown unchanged by
         #: every element (``q @ k^T`` of two spaces tied to one orthogonal map).
         self.invariant: set[Any] = set()
+        #: Grouped convolutions by the site their output was cut from, and the reversals across
+        #: their blocks that ECA asked for (``_block_reversal``).
+        self.grouped: dict[int, Any] = {}
+        self.block_reversals: list[Any] = []
 
     # -- sites ------------------------------------------------------------------------------
     def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:
