@@ -42,9 +42,11 @@ class Net(nn.Module):
     """stem -> [c1 1x1 -> BN -> ReLU -> (feed) -> c2 grouped -> BN -> ReLU -> ECA -> c3 1x1 -> BN]
     + shortcut -> ReLU -> pooled head (timm's ByobNet bottleneck with ECA after conv2_kxk)."""
 
-    def __init__(self, groups: int, k: int = 3, feed=None, pad=None, tap: int = 0, split=None):
+    def __init__(
+        self, groups: int, k: int = 3, feed=None, pad=None, tap: int = 0, split=None, after=None
+    ):
         super().__init__()
-        self.groups, self.feed = groups, feed
+        self.groups, self.feed, self.after = groups, feed, after
         self.stem = nn.Conv2d(3, C, 3, padding=1)
         self.c1, self.b1 = nn.Conv2d(C, C, 1, bias=False), nn.BatchNorm2d(C)
         # ``split`` = (a, b): c1's rows written by two convs of a and b rows instead
@@ -67,12 +69,21 @@ class Net(nn.Module):
         if self.feed is not None:
             h = self.feed(h)
         h = self.eca(self.b2(self.c2(h)).relu())
+        if self.after is not None:
+            h = self.after(h)
         return self.head((s + self.b3(self.c3(h))).relu().mean((2, 3))) + extra
 
 
 def _shuffle(h, groups=2):
     b, c, hh, ww = h.shape
     return h.view(b, groups, c // groups, hh, ww).transpose(1, 2).reshape(b, c, hh, ww)
+
+
+def _scale_first_half(h):
+    """The first half of the channels doubled: a cut that follows the blocks of groups 2 (each
+    block inside one chunk, so no site is cut), then one block treated unlike the other."""
+    a, b = h.chunk(2, dim=1)
+    return torch.cat([2 * a, b], dim=1)
 
 
 def _net(groups: int, k: int = 3, **kw) -> Net:
@@ -175,10 +186,14 @@ FOOLING = [
     ("unequal_writers", dict(groups=2, split=(3, 5))),
     # two convs of 4 rows: each block its own weights, so the blocks cannot trade places
     ("two_writers", dict(groups=2, split=(4, 4))),
-    # c2's first input block is cut between two sites (a second reader of 3 of its 4 channels)
+    # a second reader of 3 of c2's input channels (a slice: the feeding space is frozen)
     ("unequal_blocks", dict(groups=2, tap=3)),
     # a channel shuffle between c1 and c2: c2's input blocks interleave c1's rows
     ("channel_shuffle", dict(groups=2, feed=_shuffle)),
+    # the input blocks told apart after the grouped conv's cut: the first one doubled
+    ("scaled_input_block", dict(groups=2, feed=_scale_first_half)),
+    # the ECA'd blocks told apart after ECA: the first one doubled before c3
+    ("scaled_output_block", dict(groups=2, after=_scale_first_half)),
     # ECA's kernel with padding on one side only: not even the plain reversal survives
     ("asymmetric_pad", dict(groups=2, pad=(2, 0))),
 ]
@@ -188,8 +203,10 @@ FOOLING = [
 def test_fooling_variants_are_refused(name, kw):
     net = _net(**kw)
     x = _x()
+    # the rules refuse these themselves: verification is not what drops them
+    assert not any(s.group.family is REVERSAL for s in trace(net, x, verify=False).sites)
     spec = trace(net, x)
-    assert not any(s.group.family is REVERSAL for s in spec.sites)
+    assert not any(s.group.family is REVERSAL for s in spec.sites) and not spec.dropped
     moved = {a.name for s in spec.sites for a in s.actions}
     assert "eca.conv.weight" not in moved and "b2.weight" not in moved
     assert any("eca.conv" in reason for _, reason in spec.frozen)
@@ -200,4 +217,43 @@ def test_fooling_variants_are_refused(name, kw):
     with torch.no_grad():
         ref = net(x)
         _reverse_by_hand(net)
+        assert float((net(x) - ref).abs().max() / ref.abs().max()) > 1e-3
+
+
+class Stacked(nn.Module):
+    """Two grouped convolutions with ECA, the second reading the first's ECA'd blocks: J on the
+    first space alone would need the second convolution's outputs block-reversed, which its
+    ECA does not allow (only J on both at once, with c4's columns reversed, is a symmetry: not
+    claimed). Neither reversal may be returned on its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, C, 3, padding=1)
+        self.c2 = nn.Conv2d(C, C, 3, padding=1, groups=2, bias=False)
+        self.c4 = nn.Conv2d(C, C, 3, padding=1, groups=2, bias=False)
+        self.eca1, self.eca2 = ECA(), ECA()
+        self.head = nn.Linear(C, 5)
+
+    def forward(self, x):
+        h = self.eca1(self.c2(self.stem(x).relu()).relu())
+        return self.head(self.eca2(self.c4(h).relu()).mean((2, 3)))
+
+
+def test_stacked_grouped_ecas_are_refused():
+    torch.manual_seed(0)
+    net = Stacked().double().eval()
+    x = _x()
+    unverified = trace(net, x, verify=False)
+    assert not any(s.group.family is REVERSAL for s in unverified.sites)
+    assert any("another such reversal" in r for _, r in unverified.frozen)
+    spec = trace(net, x)
+    assert not spec.dropped and check(net, spec, x) < 1e-9
+    # the premise: J on the first ECA'd space (c2's rows, eca1's kernel, c4's input blocks and
+    # stem's rows reversed as the block reversal would) changes the function
+    with torch.no_grad():
+        ref = net(x)
+        net.c2.weight.copy_(net.c2.weight.flip(0))
+        net.eca1.conv.weight.copy_(net.eca1.conv.weight.flip(2))
+        for t in (net.stem.weight, net.stem.bias):
+            t.copy_(t.reshape(2, C // 2, -1).flip(0).reshape(t.shape))
         assert float((net(x) - ref).abs().max() / ref.abs().max()) > 1e-3

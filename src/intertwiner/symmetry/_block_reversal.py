@@ -113,7 +113,7 @@ def resolve(an: Spaces, leaves: Leaves) -> tuple[set[int], list[Refusal]]:
         left_out |= set(rs)
         why = _join(an, leaves, br, rs, claimed)
         if why is not None:
-            left_out.add(br.site)
+            left_out.add(an.find(br.site))
             moved = [a.name for r in rs for a, _ in leaves.get(r, {}).get("actions", [])]
             refused.append((br.where, f"{br.where}: {why}", tuple(dict.fromkeys(moved))))
     left_out.discard(0)
@@ -135,6 +135,17 @@ def _join(
     bad = _bad_roots(an, leaves, rs, "output") or _bad_roots(an, leaves, ss, "input")
     if bad is None and any(claimed[r] > 1 for r in rs):
         bad = "its blocks are the blocks of another such reversal too"
+    if bad is None and any(s in claimed for s in ss):
+        # those blocks move by J of another reversal site, with which B does not commute
+        bad = "the input blocks are the output blocks of another such reversal"
+    # a cut of the axis that follows the blocks records nothing but this count: beyond the
+    # convolution's own cut of its input, one may have sent blocks different ways
+    cuts = _cuts(an)
+    if bad is None and (any(cuts.get(r, 0) for r in rs) or any(cuts.get(s, 0) > 1 for s in ss)):
+        bad = (
+            "a split, chunk or group norm cuts the blocks' channels (other than the grouped "
+            "convolution's own), so an op may treat one block unlike another"
+        )
     if bad is not None:
         return bad
     out_actions = _coalesce([_actions(leaves, r) for r in rs])
@@ -160,13 +171,12 @@ def _join(
         inner = a.n_total // g * a.inner
         flips.append((ParamAxis(a.name, a.axis, ActionKind.FLIP, g, a.outer, inner, None,
                                 a.buffer, a.use, a.within), None))  # fmt: skip
-    slot = leaves.setdefault(
-        br.site, {"actions": [], "activations": [], "writers": [], "folds": []}
-    )
+    site = an.find(br.site)  # a shared ECA conv may have tied two such sites into one
+    slot = leaves.setdefault(site, {"actions": [], "activations": [], "writers": [], "folds": []})
     slot["actions"] += [(a, ch) for a, ch in out_actions] + flips
     slot["activations"] += [(o, name, ax, grp, ch) for (o, name, ax, grp), ch in acts]
     slot["writers"] += [w for r in rs for w in leaves.get(r, {}).get("writers", [])]
-    an.sites[br.site].phi = an.sites[rs[0]].phi
+    an.sites[site].phi = an.sites[rs[0]].phi
     return None
 
 
@@ -183,6 +193,16 @@ def _bad_roots(an: Spaces, leaves: Leaves, roots: tuple[int, ...], side: str) ->
                 f"{s.family.description} or cut further, so its blocks cannot trade places"
             )
     return None
+
+
+def _cuts(an: Spaces) -> dict[int, int]:
+    """Each root site's ``chunked`` count, summed over the sites merged into it."""
+    out: dict[int, int] = {}
+    for s in an.sites[1:]:
+        if s.chunked:
+            r = an.find(s.id)
+            out[r] = out.get(r, 0) + s.chunked
+    return out
 
 
 def _reads(a: ParamAxis, conv: GroupedConv) -> bool:

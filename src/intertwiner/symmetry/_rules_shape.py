@@ -38,6 +38,18 @@ def fresh_like(r: AtenRunner, n: fx.Node, value: Any) -> None:
 
 
 def regroup(r: AtenRunner, x: Info, sizes: list[int], reason: str) -> list[Info]:
+    """``_regroup``, counting on each site in a chunk that a cut of the axis sent it one way
+    (``_SiteState.chunked``): chunks that follow existing blocks record nothing else, and a
+    reversal across the blocks (``_block_reversal``) holds only where no op told them apart."""
+    out = _regroup(r, x, sizes, reason)
+    if len(sizes) > 1:
+        for chunk in out:
+            for sid, _, _ in chunk.parts:
+                r.an.sites[sid].chunked += 1
+    return out
+
+
+def _regroup(r: AtenRunner, x: Info, sizes: list[int], reason: str) -> list[Info]:
     """``x``'s feature axis cut into consecutive chunks of ``sizes`` channels, one Info each (in
     the chunk's own frame). An unsplit space is cut into one site per chunk (block-diagonal
     elements, ``Spaces.split_blocks``); a space already cut into blocks (an earlier split, a

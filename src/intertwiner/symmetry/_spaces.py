@@ -110,6 +110,7 @@ class _SiteState:
         self.kind = kind
         self.frozen_reason: str | None = None
         self.gated = False  # merged into a gated product's site; moved by its permutation part
+        self.chunked = 0  # how many cuts of a feature axis sent this site into one chunk
         #: (scale parameter, its axis, consumers ((param, axis), ...), reason) that may be folded
         self.folds: list[tuple[str, int, tuple[tuple[str, int], ...], str]] = []
 
