@@ -257,3 +257,16 @@ def test_stacked_grouped_ecas_are_refused():
         for t in (net.stem.weight, net.stem.bias):
             t.copy_(t.reshape(2, C // 2, -1).flip(0).reshape(t.shape))
         assert float((net(x) - ref).abs().max() / ref.abs().max()) > 1e-3
+
+
+def test_canonical_forms_see_the_block_reversal():
+    """B = A with J and the input's block reversal written out by hand: the canonical forms of
+    A and B are one model (the reversal site picks I or J, the input blocks their order)."""
+    from intertwiner.symmetry import canonicalize
+
+    a, b, x = _net(2), _net(2), _x()
+    _reverse_by_hand(b)
+    ca, cb = canonicalize(a, example_input=x), canonicalize(b, example_input=x)
+    assert ca.error < 1e-12 and cb.error < 1e-12 and not ca.not_canonical
+    for pa, pb in zip(ca.model.parameters(), cb.model.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-10)

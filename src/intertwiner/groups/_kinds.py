@@ -9,7 +9,9 @@ axis like the tensor (``ActionKind.writing(m)``), a reader moves its input axis 
 transpose (``ActionKind.reading(m)``; ``P^-T = P``). ``FLIP`` is the one kind whose axis is not
 the site's: a kernel axis (of its own length) reversed when the site's element is the order
 reversal J of the reversal family, left alone when it is I (a convolution sliding along the
-feature axis: ``conv_k(J a) = J conv_flip(k)(a)``).
+feature axis: ``conv_k(J a) = J conv_flip(k)(a)``). The same reversal of another axis moves the
+input of a grouped convolution under ECA: that axis viewed as ``(outer, G, C / G * inner)`` has
+its G blocks reversed, their insides kept (``symmetry/_block_reversal.py``).
 
 Three kinds move a *one-number parameter* (a tensor with one entry) by the common factor ``c``
 of a ``c P`` element (``ScaledPermutation``) instead of along an axis: ``"c(A)"`` (``t <- c t``:
