@@ -152,7 +152,9 @@ def _join(
     acts = _coalesce([_activations(leaves, r) for r in rs])
     ins = [[x for x in _actions(leaves, s) if not _reads(x[1], conv)] for s in ss]
     in_actions = _coalesce(ins)
-    if out_actions is None or acts is None or in_actions is None:
+    # (the input's activations are not the ECA site's to list, but must match block by block)
+    in_acts = _coalesce([_activations(leaves, s) for s in ss])
+    if None in (out_actions, acts, in_actions, in_acts):
         return (
             f"the blocks of grouped convolution {conv.where!r} do not move the same parameters "
             "block by block (other weights, other layers), so no action on parameter axes reverses "
@@ -211,7 +213,8 @@ def _reads(a: ParamAxis, conv: GroupedConv) -> bool:
 
 
 def _actions(leaves: Leaves, r: int) -> list[tuple[Any, tuple[int, ...] | None]]:
-    """``(key, item, channels)`` of each action of root ``r``."""
+    """``(key, item, channels)`` of each action of root ``r``: actions of one key in two blocks
+    differ only in their channels."""
     out = []
     for a, ch in leaves.get(r, {}).get("actions", []):
         key = (a.name, a.axis, a.kind, a.n_total, a.outer, a.inner, a.buffer, a.within, a.use)
