@@ -136,8 +136,17 @@ def _join(
     if bad is None and any(claimed[r] > 1 for r in rs):
         bad = "its blocks are the blocks of another such reversal too"
     if bad is None and any(s in claimed for s in ss):
-        # those blocks move by J of another reversal site, with which B does not commute
-        bad = "the input blocks are the output blocks of another such reversal"
+        # those blocks move by J of a reversal site (another's, or this one's through a residual
+        # addition), with which B does not commute
+        bad = "the input blocks are the output blocks of such a reversal"
+    # a grouped convolution's output rows read only their own group's inputs: B (or J) on them
+    # would need that convolution's input blocks reversed as well, which nothing here does
+    bound = _grouped_outputs(an, but=br.conv)
+    if bad is None and (any(r in bound for r in rs) or any(s in bound for s in ss)):
+        bad = (
+            "its blocks are tied to the output blocks of another grouped convolution (in a row, "
+            "or added), whose input blocks would have to be reversed too"
+        )
     # a cut of the axis that follows the blocks records nothing but this count: beyond the
     # convolution's own cut of its input, one may have sent blocks different ways
     cuts = _cuts(an)
@@ -195,6 +204,16 @@ def _bad_roots(an: Spaces, leaves: Leaves, roots: tuple[int, ...], side: str) ->
                 f"{s.family.description} or cut further, so its blocks cannot trade places"
             )
     return None
+
+
+def _grouped_outputs(an: Spaces, but: GroupedConv) -> set[int]:
+    """The root sites holding an output block of a grouped convolution other than ``but``."""
+    return {
+        an.find(c)
+        for p, conv in an.grouped.items()
+        if conv is not but
+        for c, _ in an.sites[p].split or []
+    }
 
 
 def _cuts(an: Spaces) -> dict[int, int]:
