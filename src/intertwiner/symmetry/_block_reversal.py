@@ -198,10 +198,14 @@ def _bad_roots(an: Spaces, leaves: Leaves, roots: tuple[int, ...], side: str) ->
         return f"two {side} blocks of the grouped convolution share a site"
     for r in roots:
         s = an.sites[r]
-        if s.split is not None or not PERMUTATION <= s.family or leaves.get(r, {}).get("folds"):
+        # an attention site (heads, per-head maps) ties its channels to per-head scores that no
+        # parameter axis records: not a space whose blocks may trade places
+        odd = s.kind is not None or leaves.get(r, {}).get("folds")
+        if odd or s.split is not None or not PERMUTATION <= s.family:
             return (
                 f"an {side} block of the grouped convolution is restricted to "
-                f"{s.family.description} or cut further, so its blocks cannot trade places"
+                f"{s.family.description}, cut further or an attention site, so its blocks "
+                "cannot trade places"
             )
     return None
 
