@@ -256,12 +256,12 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
     an, where = r.an, r.module_path(n) or n.name
     out_ch, per_group_in = an.shape_of(weight)[0], an.shape_of(weight)[1]
     per_group_out = out_ch // groups
-    inputs: list[tuple[int, int]] | None = None
+    inputs: list[tuple[int, int, Any]] | None = None
     if isinstance(x, Info):
         an.need_channels(x, ndim, where)
         inputs = []
         for sid, mode, j, local in _input_groups(r, x, groups, where):
-            inputs.append((j, sid if local is None else 0))
+            inputs.append((j, sid, local))
             if sid == 0:
                 continue
             an.act_raw(
@@ -278,8 +278,9 @@ def _grouped(r: AtenRunner, n, x: Any, weight: str, bias: str | None, groups: in
     if bias is not None:
         an.act(out, bias, 0, "out")
     # one whole site per group (else None): what a reversal across the blocks needs
-    one = inputs is not None and [j for j, _ in inputs] == list(range(groups))
-    sids = tuple(s for _, s in inputs) if one and inputs else None
+    one = inputs is not None and [j for j, _, _ in inputs] == list(range(groups))
+    one = one and all(local is None for _, _, local in inputs or [])
+    sids = tuple(s for _, s, _ in inputs) if one and inputs else None
     an.grouped[out.parts[0][0]] = GroupedConv(weight, groups, sids, where)
     return an.split_blocks(out, groups, f"grouped convolution {where!r} (outputs)")
 
