@@ -54,6 +54,10 @@ _VIEWS = {"view", "reshape", "_unsafe_view"}
 _SCORES |= _VIEWS
 #: A BatchNorm (eval) right after a projection (LeViT's ``LinearNorm``): per-channel affine.
 _BATCH_NORMS = {"batch_norm", "_native_batch_norm_legit_no_training"}
+#: Resampling of a (B, C, H, W) output over space alone, channel by channel (EfficientFormerV2's
+#: strided attention upsamples its heads' output before the projection): linear in each channel's
+#: map and the same for every channel, so it commutes with any map of the channels.
+_SPATIAL = {"upsample_bilinear2d", "upsample_nearest2d"}
 #: Elementwise activations between the attention output and its projection (LeViT's
 #: ``hardswish``): they commute with permutations of the channels (only).
 _OUT_ACTIVATIONS = {"hardswish", "relu", "gelu", "silu", "hardsigmoid", "sigmoid", "tanh"}
@@ -89,6 +93,11 @@ class Projection:
     norm: tuple[str | None, ...] = ()
     #: An output projection that reads the heads through an elementwise activation.
     activated: bool = False
+    #: A per-channel branch from v's projection added to the heads' output before this
+    #: projection (EfficientFormerV2's ``v_local``, ``_side_branch``): ``(start node, names of
+    #: its per-channel tensors, {head * d + entry: channel of start})``; ``_match`` checks that
+    #: the entry's channel is the v channel of that entry, and the rule moves the tensors with v.
+    side: tuple | None = None
     #: A LayerNorm over the heads' outputs right before the output projection (EVA-CLIP's
     #: ``scale_attn_inner`` sub-LN): (weight, bias) names, its channels the projection's inputs.
     sub_norm: tuple[str | None, str | None] | None = None
@@ -355,6 +364,13 @@ def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dic
         if (name in _OUT_ACTIVATIONS or name == "layer_norm") and n.args[0] in env:
             env[n] = env[n.args[0]]
             continue
+        if name in _SPATIAL:  # over space alone: a channel constant over space stays so
+            x, out = env.get(n.args[0]), _val(n)
+            if isinstance(x, torch.Tensor) and x.dim() == 4 and isinstance(out, torch.Tensor):
+                first = x[:, :, :1, :1]
+                if torch.equal(x, first.expand_as(x)):
+                    env[n] = first.expand(out.shape).contiguous()
+            continue
         if name in _BATCH_NORMS:  # per channel: passes the codes on if they are in order
             x = env.get(n.args[0])
             at = [1] * x.dim() if isinstance(x, torch.Tensor) else []
@@ -432,12 +448,20 @@ def _forward(
     the dim of a head's entries (-2 for XCiT's (B, H, D, N))."""
     seen = {start}
     n = start
-    act = norm = None
+    act = norm = side = None
     while True:
         users = list(n.users)
         if len(users) != 1:
             return None
-        n = users[0]
+        prev, n = n, users[0]
+        if op_name(n) == "add" and side is None and act is None and norm is None:
+            other = _other_operand(n, prev)
+            side = _side_branch(other, names) if other is not None else None
+            if side is None:
+                return None  # added to a tensor the value maps would not move alike
+            side = (*side, n, prev)
+            seen.add(n)
+            continue
         if op_name(n) in _PROJECTIONS:
             p = _projection(n, names)
             x = n.args[1] if op_name(n) == "addmm" else n.args[0]
@@ -450,6 +474,8 @@ def _forward(
             act = n  # replayed as the identity: it moves no channel
         elif op_name(n) == "layer_norm" and _sub_norm(n, names) is not None:
             norm = n  # per channel after statistics over all of them: replayed as the identity
+        elif op_name(n) in _SPATIAL and n.args[0] is prev and _val(prev).dim() == 4:
+            pass  # replayed as: each channel's codes, over the new positions
         elif op_name(n) not in _SHAPING:
             return None
         seen.add(n)
@@ -474,9 +500,101 @@ def _forward(
     if sorted(where) != list(range(heads * d)):
         return None
     p.heads = [tuple(where[j * d + k] for k in range(d)) for j in range(heads)]
+    if side is not None:
+        env = _replay(start, codes, seen, order)
+        found = _side_codes(side, env.get(side[-1]))
+        if found is None:
+            return None
+        p.side = found
     p.activated = act is not None
     p.sub_norm = _sub_norm(norm, names) if norm is not None else None
     return p
+
+
+def _other_operand(add: fx.Node, chain: fx.Node) -> fx.Node | None:
+    """The operand of ``add`` (two tensors, no alpha) that is not ``chain``."""
+    if len(add.args) != 2 or add.kwargs or not all(isinstance(a, fx.Node) for a in add.args):
+        return None
+    a, b = add.args
+    return b if a is chain and b is not chain else a if b is chain and a is not chain else None
+
+
+def _side_branch(n: fx.Node, names: dict[fx.Node, str]) -> tuple | None:
+    """A per-channel function of a (B, C, ...) tensor added to the attention output
+    (EfficientFormerV2's ``v_local``: a depthwise conv and an eval BatchNorm of v's projection):
+    ``(start, params)`` with ``params`` the ``(name, is_param)`` of every tensor indexed by
+    channel on its dim 0 (conv weight and bias, norm weight, bias and running statistics), or
+    None when an op on the way may mix channels or reads a tensor that is not a parameter or
+    buffer. Each op maps channel c to channel c alone, so a permutation of v's channels commutes
+    with the branch once these tensors are permuted alike (and nothing larger: the kernel and
+    the norm's affine map are per channel, not per head)."""
+    params: list[str] = []
+    while isinstance(n, fx.Node) and n.op == "call_function" and len(n.users) == 1:
+        name = op_name(n)
+        if name in IDENTITY:
+            n = n.args[0]
+            continue
+        if name in _BATCH_NORMS:
+            if not _eval_norm(n, names, int(_val(n.args[0]).shape[1])):
+                return None
+            params += [names[a] for a in n.args[1:5] if isinstance(a, fx.Node)]
+            n = n.args[0]
+            continue
+        if name not in ("conv1d", "conv2d", "conv3d") or n.kwargs:
+            break
+        w, x = _val(n.args[1]), _val(n.args[0])
+        groups = (*n.args, *[1] * 7)[6]
+        channels = int(x.shape[1]) if isinstance(x, torch.Tensor) and x.dim() >= 3 else -1
+        if n.args[1] not in names or groups != channels or tuple(w.shape[:2]) != (channels, 1):
+            return None  # not depthwise: a channel would read its neighbours
+        bias = n.args[2] if len(n.args) > 2 else None
+        if bias is not None and bias not in names:
+            return None
+        params += [names[a] for a in (n.args[1], bias) if a is not None]
+        n = n.args[0]
+    else:
+        if not isinstance(n, fx.Node) or n.op != "call_function":
+            return None
+    return (n, tuple(params)) if params else None
+
+
+def _side_codes(side: tuple, attn: Any) -> tuple | None:
+    """``Projection.side`` from a side branch ``(start, params, add, chain)`` and the codes
+    (``head * d + entry``) of the attention output at the add: per code, the channel of
+    ``start`` (the branch keeps channels in place on dim 1) added to it there; None unless each
+    code meets one channel everywhere."""
+    start, params, add, _ = side
+    out = _val(add)
+    if not isinstance(attn, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    if attn.shape != out.shape or out.dim() < 3 or _val(start).shape[1] != out.shape[1]:
+        return None
+    at = [1] * out.dim()
+    at[1] = -1
+    chan = torch.arange(out.shape[1], dtype=torch.float64).view(at).expand(out.shape)
+    pairs = {(int(a), int(c)) for a, c in zip(attn.flatten().tolist(), chan.flatten().tolist(),
+                                               strict=True)}  # fmt: skip
+    where = dict(pairs)
+    if len(where) != len(pairs):
+        return None  # one code added to two channels
+    return start, params, where
+
+
+def _side_reads_v(side: tuple, v: Projection, heads: int, kv_heads: int, names: dict) -> bool:
+    """Does the side branch start at v's projection output (a convolution's, or its eval
+    BatchNorm's: ``Projection.norm``), and is entry e of head h added to v's channel of that
+    entry? Then every map of v's channels moves the branch's input and output alike."""
+    start, _, where = side
+    if kv_heads != heads or v.channel_dim != 1:
+        return False
+    if start is not v.node:
+        stats = tuple(names.get(a) if isinstance(a, fx.Node) else None for a in start.args[1:5])
+        if op_name(start) not in _BATCH_NORMS or start.args[0] is not v.node or stats != v.norm:
+            return False
+    d = len(v.heads[0])
+    return all(
+        where.get(h * d + e) == c for h, row in enumerate(v.heads) for e, c in enumerate(row)
+    )
 
 
 def _sub_norm(n: fx.Node, names: dict[fx.Node, str]) -> tuple[str | None, str | None] | None:
@@ -530,8 +648,10 @@ def _written_out(mm: fx.Node) -> tuple | None:
         else:
             return None
     qk = _product(s, "qk") if isinstance(s, fx.Node) else None
-    if qk is None or (masks and mixes):
-        return None  # (a per-head mask under a mix of heads is not a per-head bias)
+    if qk is None:
+        return None
+    # (a mask sits below every mix: head h's bias row is added to head h's scores before the
+    # mix reads them, so a head permutation moves the rows and conjugates the mix)
     q, k, k_t = qk
     return q, k, v, tuple(masks), k_t, tuple(mixes)
 
@@ -548,11 +668,11 @@ def _product(n: fx.Node, form: str) -> tuple[fx.Node, fx.Node, bool] | None:
         while op_name(b) in ("contiguous", "clone") and not b.kwargs:
             b = b.args[0]  # GCViT: ``q @ k.transpose(-2, -1).contiguous()``
         nd = _val(b).dim() if isinstance(_val(b), torch.Tensor) else 0
-        if op_name(b) == "permute" and nd >= 3:
-            return a, b, True  # k^T by one permute (LeViT): ``_match`` reads it transposed back
-        if op_name(b) != "transpose" or {x % nd for x in b.args[1:3]} != {nd - 2, nd - 1}:
-            return None
-        return a, b.args[0], False
+        if op_name(b) == "transpose" and {x % nd for x in b.args[1:3]} == {nd - 2, nd - 1}:
+            return a, b.args[0], False
+        if nd >= 3:  # k^T by a permute (LeViT) or a reshape (EfficientFormerV2's (B, H, D, N)):
+            return a, b, True  # ``_match`` reads its channel codes transposed back
+        return None
     if name != "einsum" or len(n.args) != 2 or n.kwargs or len(n.args[1]) != 2:
         return None
     eq = n.args[0].replace(" ", "")
@@ -602,7 +722,27 @@ def _fixed(n: fx.Node) -> bool:
 
 def _head_mix(n: Any) -> tuple[fx.Node, fx.Node] | None:
     """``linear(s.permute(0, 2, 3, 1), W, b).permute(0, 3, 1, 2)``: a Linear over the heads of
-    (B, H, T, S) scores (CaiT's talking heads): (s, the linear node) or None."""
+    (B, H, T, S) scores (CaiT's talking heads), or ``conv2d(s, W, b)`` with a 1 x 1 kernel, no
+    stride, padding or dilation and one group (EfficientFormerV2's ``talking_head1/2``: the heads
+    are the channels): (s, the linear or conv node) or None. A grouped conv (block-diagonal W)
+    is not a mix that every head permutation conjugates: None."""
+    if isinstance(n, fx.Node) and op_name(n) == "conv2d" and len(n.users) == 1 and not n.kwargs:
+        w, v = _val(n.args[1]) if len(n.args) > 1 else None, _val(n.args[0])
+        options = (*n.args[3:], *[None] * 4)[:4]
+        plain = [list(x) if isinstance(x, (list, tuple)) else x for x in options]
+        if (
+            isinstance(w, torch.Tensor)
+            and isinstance(v, torch.Tensor)
+            and v.dim() == 4
+            and w.dim() == 4
+            and tuple(w.shape[1:]) == (int(v.shape[1]), 1, 1)
+            and plain[0] in (None, [1, 1], [1])
+            and plain[1] in (None, [0, 0], [0], 0)
+            and plain[2] in (None, [1, 1], [1])
+            and plain[3] in (None, 1)
+        ):
+            return n.args[0], n
+        return None
     if not isinstance(n, fx.Node) or op_name(n) != "permute" or list(n.args[1]) != [0, 3, 1, 2]:
         return None
     lin = n.args[0]
@@ -712,6 +852,8 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     kv_heads = len(k.heads)
     if not kv_heads or heads % kv_heads or len(v.heads) != kv_heads or len(out.heads) != heads:
         return None
+    if out.side is not None and not _side_reads_v(out.side, v, heads, kv_heads, names):
+        return None  # a branch added to the output that v's maps would not move alike
     rep = heads // kv_heads
     for rows, kept in ((k_rows, k.heads), (v_rows, v.heads)):
         if len(rows) == heads and any(rows[h] != kept[h // rep] for h in range(heads)):
@@ -725,8 +867,8 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     for lin in mix_nodes:  # talking heads: (H, H) weights (and (H,) biases) that are parameters
         w, b = lin.args[1], lin.args[2] if len(lin.args) > 2 else None
         shapes = [tuple(_val(a).shape) for a in (w, b) if isinstance(a, fx.Node)]
-        if w not in names or (b is not None and b not in names) or shapes[0] != (heads, heads):
-            return None
+        if w not in names or (b is not None and b not in names) or shapes[0][:2] != (heads, heads):
+            return None  # (a conv's (H, H, 1, 1) weight: ``_head_mix`` checked the kernel)
         mixes.append((names[w], names.get(b)))
     if mixes and kv_heads != heads:
         return None  # a mix over query heads that share kv heads: not one permutation of groups

@@ -57,8 +57,10 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
                channels: tuple[int, ...]) -> None:  # fmt: skip
         """The projection's BatchNorm (LeViT) moves with its channels: parameters and running
         statistics (the sites that reach it are permutations: a permutation commutes with
-        a per-channel affine map once its vectors are permuted alike)."""
-        for name in p.norm:
+        a per-channel affine map once its vectors are permuted alike); so do the per-channel
+        tensors of a branch from v added to the output (EfficientFormerV2's ``v_local``)."""
+        side = b.out.side[1] if p is b.v and b.out.side is not None else ()
+        for name in (*p.norm, *side):
             if name is not None:
                 an.act_raw(sid, name, 0, kind, n_total, outer=outer, inner=inner,
                            channels=channels, buffer=name not in an.params)  # fmt: skip
@@ -132,7 +134,7 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
                 on(qk, b.q, ActionKind.A, b.q.heads[h])
             on(qk, b.k, ActionKind.A_INV_T, b.k.heads[j])
         vo = an.new_site(b.head_dim_v, name=f"{b.name}.vo{j}", kind="attention_vo")
-        if b.v.norm or b.out_activation or b.out.sub_norm:
+        if b.v.norm or b.out_activation or b.out.sub_norm or b.out.side:
             # a per-channel map on v, an activation or a LayerNorm (mean and variance over the
             # channels, then a weight per channel) on the output: permutations only
             an.sites[vo].family = PERMUTATION
