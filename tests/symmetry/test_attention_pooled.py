@@ -162,3 +162,48 @@ def test_a_wider_map_changes_the_function():
 def test_fooling_variants_get_no_entry_sites_and_keep_the_function(fool):
     spec = assert_function_preserved(Net(fool=fool).double(), _x(), generator=_gen(3))
     assert not {"attn.qkv", "attn.qk", "attn.vo"} & set(spec.names)
+
+
+class EinsumMix(nn.Module):
+    """A hidden (B, N, C) tensor through ``einsum(eq, [h, w])`` with a parameter ``w``: "mix"
+    (``bnc,nm->bmc``: positions mixed, the same for every feature: the features pass), and
+    variants the einsum rule must freeze: "linear" (``bnc,cd->bnd``: the features summed with a
+    weight), "per_feature" (``bnc,nc->bnc``: a weight per feature), "bilinear" (``bnc,bmc->bnm``
+    of two hidden tensors)."""
+
+    def __init__(self, eq="mix"):
+        super().__init__()
+        self.eq = eq
+        self.fc1, self.fc2 = nn.Linear(5, 6), nn.Linear(6 if eq != "bilinear" else 4, 3)
+        shapes = {"mix": (4, 4), "linear": (6, 6), "per_feature": (4, 6), "bilinear": (1,)}
+        self.w = nn.Parameter(torch.randn(*shapes[eq], generator=_gen(5)))
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        equation = {"mix": "bnc,nm->bmc", "linear": "bnc,cd->bnd", "per_feature": "bnc,nc->bnc"}
+        if self.eq == "bilinear":
+            return self.fc2(torch.einsum("bnc,bmc->bnm", h, h))
+        return self.fc2(torch.einsum(equation[self.eq], h, self.w))
+
+
+def test_einsum_passes_the_features_when_it_mixes_positions_alone():
+    model, x = EinsumMix().double(), torch.randn(2, 4, 5, generator=_gen(1), dtype=F64)
+    spec = assert_function_preserved(model, x, generator=_gen(2))
+    (site,) = [s for s in spec.sites if ("fc2.weight", 1) in {(a.name, a.axis) for a in s.actions}]
+    assert site.width == 6 and ("fc1.weight", 0) in {(a.name, a.axis) for a in site.actions}
+
+
+@pytest.mark.parametrize(
+    ("eq", "why"),
+    [
+        ("linear", "sums over the feature axis"),
+        ("per_feature", "varies along the feature axis"),
+        ("bilinear", "a product of computed tensors"),
+    ],  # fmt: skip
+)
+def test_einsum_freezes_other_equations_with_the_reason(eq, why):
+    model, x = EinsumMix(eq).double(), torch.randn(2, 4, 5, generator=_gen(1), dtype=F64)
+    spec = assert_function_preserved(model, x, generator=_gen(2))
+    assert not any(("fc1.weight", 0) in {(a.name, a.axis) for a in s.actions} for s in spec.sites)
+    reasons = " ".join(f.reason for f in spec.coverage(model, x).frozen)
+    assert "einsum" in reasons and why in reasons

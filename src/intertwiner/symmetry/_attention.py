@@ -329,13 +329,16 @@ def _shared_entries(codes: Any, op: fx.Node, heads: list[tuple[int, ...]]) -> bo
     moves its per-channel tensors."""
     if not isinstance(codes, torch.Tensor) or codes.dim() < 2:
         return False
-    dim = -1 if op_name(op) == "layer_norm" else 1
-    rows = codes.movedim(dim, 0).reshape(codes.shape[dim], -1)
-    if rows.shape[0] != len(heads[0]):
-        return False
-    return all(
-        set(rows[e].long().tolist()) == {row[e] for row in heads} for e in range(rows.shape[0])
-    )
+    if op_name(op) == "layer_norm":  # one vector per position: each must be one head's entries
+        vectors = codes.reshape(1, -1, codes.shape[-1])
+    else:  # (rows, D, *space): a kernel mixes the positions of a row, all of one head
+        vectors = codes.movedim(1, -1).flatten(1, -2)
+        if not torch.equal(vectors, vectors[:, :1].expand_as(vectors)):
+            return False
+        vectors = vectors[:, :1]
+    own = set(heads)
+    rows = {tuple(v) for v in vectors.reshape(-1, vectors.shape[-1]).long().tolist()}
+    return vectors.shape[-1] == len(heads[0]) and rows <= own
 
 
 def _rel_tables(
@@ -823,7 +826,13 @@ def _rel_term(n: Any) -> tuple[fx.Node, fx.Node, fx.Node, str] | None:
     letter, the last of x and of the gathered table, every other letter of both is kept, x's
     dim 1 (the heads, checked in ``_match``) is the output's dim 1 and the table has no letter
     of it, and the index is a fixed tensor over the table's dim 0. Else None."""
+    mask = _val(n) if isinstance(n, fx.Node) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 6:
+        return None
     while isinstance(n, fx.Node) and op_name(n) == "unsqueeze" and len(n.users) == 1:
+        k = _val(n).dim()
+        if n.args[1] % k < 2:
+            return None  # a dim inserted before the heads: dim 1 would no longer be q's heads
         n = n.args[0]
     if not isinstance(n, fx.Node) or op_name(n) != "einsum" or len(n.users) != 1 or n.kwargs:
         return None
@@ -1146,7 +1155,7 @@ def _match_channels(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> Atte
     projections = []
     for key, node, val, (p, seen, _, norms) in zip("qkv", (q_node, k_node, v_node), vals, found,
                                                   strict=True):  # fmt: skip
-        if p.norm or p.zeroed or p.bias_parts or len(norms) != (key != "v"):
+        if p.norm or p.pools or p.zeroed or p.bias_parts or len(norms) != (key != "v"):
             return None  # (v must not be normalised; q and k exactly once)
         divs = {d for d, _, _ in norms}
         if any(dim != -1 for _, _, dim in norms):
