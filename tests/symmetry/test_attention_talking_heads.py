@@ -139,7 +139,7 @@ def _changed(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     "kept",
     [
         ("talking_head1.weight",),
-        ("talking_head2.weight",),
+        ("talking_head2.bias",),
         ("attention_biases",),
         ("v_local.0.weight", "v_local.0.bias"),
     ],  # fmt: skip
