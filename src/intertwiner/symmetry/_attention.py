@@ -17,6 +17,13 @@ packing). With Hk key/value heads and rep = query heads per kv head the block's 
 - ``<attn>.qk<j>``: GL(head_dim) per kv head j when no rotary embedding sits between the
   projections and the product: ``q_h <- G q_h`` for the group's query heads, ``k_j <- G^-T k_j``.
 
+Ops shared by every head on each head-dim entry (MViTv2's depthwise pooling and LayerNorms,
+``_pool_op``; its relative-position einsums, ``_rel_term``; residual pooling ``A v + q``,
+``Projection.residual``) replace the per-head maps by one permutation of the entries
+(``_rules_attention._shared_sites``). Talking heads (Linear or 1 x 1 conv over the heads) and a
+per-channel branch of v added to the output (EfficientFormerV2's ``v_local``,
+``Projection.side``) move with the heads.
+
 The projections' outputs are then not hidden spaces of their own (their input axes still read the
 stream). A block that does not match leaves the graph to the ordinary rules.
 """
