@@ -287,8 +287,9 @@ def test_levit_attention_with_the_norm_off_its_rows_is_refused():
 # -- CaiT's talking heads: Linear maps over the heads of the scores and the probabilities --------
 class TalkingHeads(nn.Module):
     """``proj_l`` mixes the heads of the scores, ``proj_w`` those of the probabilities. ``fool``:
-    "mask" adds a per-head table to the scores before the mix (a head's bias is then spread over
-    every head), "positions" mixes along the key positions instead of the heads."""
+    "mask" adds a per-head table to the scores before the mix (EfficientFormerV2's attention
+    biases: a head permutation then moves the table's rows and conjugates the mix, so it is
+    kept), "positions" mixes along the key positions instead of the heads."""
 
     def __init__(self, c: int = 8, heads: int = 2, n: int = 5, fool: str | None = None):
         super().__init__()
@@ -325,10 +326,17 @@ def test_talking_heads_move_their_mixing_maps_with_the_heads(dtype):
     assert spec.dropped == []
 
 
-@pytest.mark.parametrize("fool", ["mask", "positions"])
+@pytest.mark.parametrize("fool", ["positions"])
 def test_talking_heads_fooled_keep_their_heads_in_place(fool):
     model, spec = traced(Net(TalkingHeads(fool=fool)), torch.randn(2, 5, 4, generator=_gen()))
     assert not any(s.kind == "attention_heads" for s in spec.sites)
+    assert spec.dropped == []
+
+
+def test_a_per_head_table_below_talking_heads_moves_with_the_heads():
+    model, spec = traced(Net(TalkingHeads(fool="mask")), torch.randn(2, 5, 4, generator=_gen()))
+    (heads,) = [s for s in spec.sites if s.kind == "attention_heads"]
+    assert any(a.name.endswith("table") for a in heads.actions)
     assert spec.dropped == []
 
 

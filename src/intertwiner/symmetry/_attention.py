@@ -17,6 +17,13 @@ packing). With Hk key/value heads and rep = query heads per kv head the block's 
 - ``<attn>.qk<j>``: GL(head_dim) per kv head j when no rotary embedding sits between the
   projections and the product: ``q_h <- G q_h`` for the group's query heads, ``k_j <- G^-T k_j``.
 
+Ops shared by every head on each head-dim entry (MViTv2's depthwise pooling and LayerNorms,
+``_pool_op``; its relative-position einsums, ``_rel_term``; residual pooling ``A v + q``,
+``Projection.residual``) replace the per-head maps by one permutation of the entries
+(``_rules_attention._shared_sites``). Talking heads (Linear or 1 x 1 conv over the heads) and a
+per-channel branch of v added to the output (EfficientFormerV2's ``v_local``,
+``Projection.side``) move with the heads.
+
 The projections' outputs are then not hidden spaces of their own (their input axes still read the
 stream). A block that does not match leaves the graph to the ordinary rules.
 """
@@ -54,6 +61,10 @@ _VIEWS = {"view", "reshape", "_unsafe_view"}
 _SCORES |= _VIEWS
 #: A BatchNorm (eval) right after a projection (LeViT's ``LinearNorm``): per-channel affine.
 _BATCH_NORMS = {"batch_norm", "_native_batch_norm_legit_no_training"}
+#: Resampling of a (B, C, H, W) output over space alone, channel by channel (EfficientFormerV2's
+#: strided attention upsamples its heads' output before the projection): linear in each channel's
+#: map and the same for every channel, so it commutes with any map of the channels.
+_SPATIAL = {"upsample_bilinear2d", "upsample_nearest2d"}
 #: Elementwise activations between the attention output and its projection (LeViT's
 #: ``hardswish``): they commute with permutations of the channels (only).
 _OUT_ACTIVATIONS = {"hardswish", "relu", "gelu", "silu", "hardsigmoid", "sigmoid", "tanh"}
@@ -89,6 +100,20 @@ class Projection:
     norm: tuple[str | None, ...] = ()
     #: An output projection that reads the heads through an elementwise activation.
     activated: bool = False
+    #: Ops between the projection and q, k or v that act on each head-dim entry alone and are
+    #: shared by the heads (MViTv2's depthwise ``pool_q`` and ``norm_q``, ``_pool_op``).
+    pools: tuple[fx.Node, ...] = ()
+    #: Their tensors indexed by head-dim entry on dim 0 (one permutation of the entries, shared
+    #: by all heads, moves them).
+    pool_params: tuple[str, ...] = ()
+    #: ``out = A v + r`` before the output projection with ``r`` on q's path (MViTv2's residual
+    #: pooling): (r, the output's codes there); ``_match`` checks r is q entry for entry.
+    residual: tuple | None = None
+    #: A per-channel branch from v's projection added to the heads' output before this
+    #: projection (EfficientFormerV2's ``v_local``, ``_side_branch``): ``(start node, names of
+    #: its per-channel tensors, {head * d + entry: channel of start})``; ``_match`` checks that
+    #: the entry's channel is the v channel of that entry, and the rule moves the tensors with v.
+    side: tuple | None = None
     #: A LayerNorm over the heads' outputs right before the output projection (EVA-CLIP's
     #: ``scale_attn_inner`` sub-LN): (weight, bias) names, its channels the projection's inputs.
     sub_norm: tuple[str | None, str | None] | None = None
@@ -131,6 +156,9 @@ class AttentionBlock:
     #: q and k L2-normalised over the N tokens, and the softmax attends between the D channels
     #: of a head; ``head_dim`` / ``head_dim_v`` then count those channels.
     channels: bool = False
+    #: MViTv2's decomposed relative-position tables (``_rel_term``): (R, head_dim) parameters
+    #: shared by the heads whose columns meet q's entries; they move with q's entries.
+    rels: tuple[str, ...] = ()
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -251,6 +279,7 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
     found: list[Projection] = []
     norms: list[tuple[fx.Node, fx.Node, int]] = []
     batch_norms: set[fx.Node] = set()  # LeViT's BatchNorm after the projection
+    pools: list[fx.Node] = []
     rotary = False
     stack = [start]
     while stack:
@@ -265,6 +294,10 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
         if normalized is not None:
             norms.append((n, *normalized))
             stack.append(normalized[0])
+            continue
+        if _pool_op(n, names) is not None:  # MViTv2's pooling of q, k, v: per head-dim entry
+            pools.append(n)
+            stack.append(n.args[0])
             continue
         if name in _PROJECTIONS:
             p = _projection(n, names)
@@ -292,7 +325,107 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
         found[0].norm = tuple(
             names.get(a) if isinstance(a, fx.Node) else None for a in bn.args[1:5]
         )
+    found[0].pools = tuple(pools)
     return found[0], seen, rotary, norms
+
+
+def _shared_entries(codes: Any, op: fx.Node, heads: list[tuple[int, ...]]) -> bool:
+    """Does channel e of the pooling op ``op`` (dim 1 of a convolution's input, the last dim of
+    a LayerNorm's) hold entry e of every head and nothing else (read from the channel
+    ``codes`` of its input)? Then one permutation of the entries, the same for every head,
+    moves its per-channel tensors."""
+    if not isinstance(codes, torch.Tensor) or codes.dim() < 2:
+        return False
+    if op_name(op) == "layer_norm":  # one vector per position: each must be one head's entries
+        vectors = codes.reshape(1, -1, codes.shape[-1])
+    else:  # (rows, D, *space): a kernel mixes the positions of a row, all of one head
+        vectors = codes.movedim(1, -1).flatten(1, -2)
+        if not torch.equal(vectors, vectors[:, :1].expand_as(vectors)):
+            return False
+        vectors = vectors[:, :1]
+    own = set(heads)
+    rows = {tuple(v) for v in vectors.reshape(-1, vectors.shape[-1]).long().tolist()}
+    return vectors.shape[-1] == len(heads[0]) and rows <= own
+
+
+def _rel_tables(
+    rels: tuple[fx.Node, ...], q: Projection, env_seen: tuple[dict, set], order: dict
+) -> tuple[str, ...] | None:
+    """The tables of MViTv2's relative-position terms (``_rel_term``): each einsum must read
+    q's entries on its operand's last dim and q's heads on its dim 1 (replayed from q's
+    projection through shaping ops from a tensor on q's path); each table read by that einsum
+    alone. None when one does not."""
+    env, seen = env_seen
+    out = []
+    for rel in rels:
+        found = _rel_term(rel)
+        if found is None:
+            return None
+        _, x, table, _ = found
+        chain, m = set(), x
+        while m not in seen and isinstance(m, fx.Node) and op_name(m) in _SHAPING:
+            chain.add(m)
+            m = m.args[0]
+        if m not in seen or len(table.users) != 1:
+            return None
+        got = (
+            _replay(q.node, _channel_codes(q), seen | chain, order).get(x) if chain else env.get(x)
+        )
+        xv = _val(x)
+        if _heads_of(got, xv.shape, q.total, 1) != q.heads:
+            return None
+        out.append(str(table.target))
+    return tuple(out)
+
+
+def _residual_reads_q(residual: tuple, q: Projection, env: dict) -> bool:
+    """``out = A v + q`` (MViTv2's residual pooling): is the tensor added, entry for entry, q's
+    channel of that head and entry (``residual``: (the tensor, the output's codes ``h * d + e``
+    there), the tensor on q's path)?"""
+    other, codes = residual
+    got = env.get(other)
+    d = len(q.heads[0])
+    if not isinstance(got, torch.Tensor) or not isinstance(codes, torch.Tensor):
+        return False
+    if got.shape != codes.shape or int(codes.max()) >= len(q.heads) * d:
+        return False
+    table = torch.tensor([c for row in q.heads for c in row], dtype=torch.float64)
+    return torch.equal(table[codes.long()], got)
+
+
+def _depthwise(n: fx.Node) -> bool:
+    v, w = _val(n.args[0]), _val(n.args[1])
+    groups = (*n.args, *[1] * 7)[6] if op_name(n) != "convolution" else n.args[8]
+    if op_name(n) == "convolution" and n.args[6]:
+        return False
+    ok = isinstance(v, torch.Tensor) and isinstance(w, torch.Tensor) and v.dim() >= 3
+    return ok and groups == int(v.shape[1]) and tuple(w.shape[:2]) == (groups, 1)
+
+
+def _pool_op(n: fx.Node, names: dict[fx.Node, str]) -> tuple[str, ...] | None:
+    """A depthwise convolution (one input channel per output channel, groups = channels) or a
+    LayerNorm over the last dim alone, whose tensors are parameters: the names of its tensors
+    indexed by channel on dim 0 (MViTv2's ``pool_q`` and ``norm_q``; ``_match`` checks that
+    channel e holds entry e of every head). Else None."""
+    name, v = op_name(n), _val(n.args[0]) if n.args else None
+    if not isinstance(v, torch.Tensor) or n.kwargs:
+        return None
+    if name == "layer_norm":
+        affine = [n.args[k] if len(n.args) > k else None for k in (2, 3)]
+        if list(n.args[1]) != [int(v.shape[-1])] or any(
+            a is not None and a not in names for a in affine
+        ):
+            return None
+        return tuple(names[a] for a in affine if a is not None)
+    if name not in ("conv1d", "conv2d", "conv3d") or v.dim() < 3:
+        return None
+    w, bias = n.args[1], n.args[2] if len(n.args) > 2 else None
+    groups, wv = (*n.args, *[1] * 7)[6], _val(n.args[1])
+    if w not in names or (bias is not None and bias not in names) or groups != int(v.shape[1]):
+        return None
+    if tuple(wv.shape[:2]) != (groups, 1):
+        return None  # a channel multiplier: not one output per channel
+    return tuple(names[a] for a in (w, bias) if a is not None)
 
 
 def _l2_normalized(n: fx.Node) -> tuple[fx.Node, int] | None:
@@ -354,6 +487,19 @@ def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dic
             continue
         if (name in _OUT_ACTIVATIONS or name == "layer_norm") and n.args[0] in env:
             env[n] = env[n.args[0]]
+            continue
+        if name in _SPATIAL or (name in _CONVS and n in nodes and _depthwise(n)):
+            # over space alone (a depthwise kernel: channel by channel): a channel that holds
+            # one code over space keeps it at the new positions
+            x, out = env.get(n.args[0]), _val(n)
+            if isinstance(x, torch.Tensor) and x.dim() >= 3 and isinstance(out, torch.Tensor):
+                first = x.flatten(2)[:, :, :1]
+                if torch.equal(x.flatten(2), first.expand_as(x.flatten(2))):
+                    env[n] = (
+                        first.view(*first.shape[:2], *[1] * (out.dim() - 2))
+                        .expand(out.shape)
+                        .contiguous()
+                    )
             continue
         if name in _BATCH_NORMS:  # per channel: passes the codes on if they are in order
             x = env.get(n.args[0])
@@ -432,12 +578,21 @@ def _forward(
     the dim of a head's entries (-2 for XCiT's (B, H, D, N))."""
     seen = {start}
     n = start
-    act = norm = None
+    act = norm = side = None
     while True:
         users = list(n.users)
         if len(users) != 1:
             return None
-        n = users[0]
+        prev, n = n, users[0]
+        if op_name(n) == "add" and side is None and act is None and norm is None:
+            other = _other_operand(n, prev)
+            if other is None:
+                return None  # added to a tensor the value maps would not move alike
+            # a per-channel branch of v (EfficientFormerV2), else q's residual (MViTv2; the
+            # caller checks which tensor it is)
+            side = (*(_side_branch(other, names) or (other, None)), n, prev)
+            seen.add(n)
+            continue
         if op_name(n) in _PROJECTIONS:
             p = _projection(n, names)
             x = n.args[1] if op_name(n) == "addmm" else n.args[0]
@@ -450,6 +605,8 @@ def _forward(
             act = n  # replayed as the identity: it moves no channel
         elif op_name(n) == "layer_norm" and _sub_norm(n, names) is not None:
             norm = n  # per channel after statistics over all of them: replayed as the identity
+        elif op_name(n) in _SPATIAL and n.args[0] is prev and _val(prev).dim() == 4:
+            pass  # replayed as: each channel's codes, over the new positions
         elif op_name(n) not in _SHAPING:
             return None
         seen.add(n)
@@ -474,9 +631,103 @@ def _forward(
     if sorted(where) != list(range(heads * d)):
         return None
     p.heads = [tuple(where[j * d + k] for k in range(d)) for j in range(heads)]
+    if side is not None and side[1] is None:
+        p.residual = (side[0], _replay(start, codes, seen, order).get(side[-1]))
+    elif side is not None:
+        env = _replay(start, codes, seen, order)
+        found = _side_codes(side, env.get(side[-1]))
+        if found is None:
+            return None
+        p.side = found
     p.activated = act is not None
     p.sub_norm = _sub_norm(norm, names) if norm is not None else None
     return p
+
+
+def _other_operand(add: fx.Node, chain: fx.Node) -> fx.Node | None:
+    """The operand of ``add`` (two tensors, no alpha) that is not ``chain``."""
+    if len(add.args) != 2 or add.kwargs or not all(isinstance(a, fx.Node) for a in add.args):
+        return None
+    a, b = add.args
+    return b if a is chain and b is not chain else a if b is chain and a is not chain else None
+
+
+def _side_branch(n: fx.Node, names: dict[fx.Node, str]) -> tuple | None:
+    """A per-channel function of a (B, C, ...) tensor added to the attention output
+    (EfficientFormerV2's ``v_local``: a depthwise conv and an eval BatchNorm of v's projection):
+    ``(start, params)`` with ``params`` the ``(name, is_param)`` of every tensor indexed by
+    channel on its dim 0 (conv weight and bias, norm weight, bias and running statistics), or
+    None when an op on the way may mix channels or reads a tensor that is not a parameter or
+    buffer. Each op maps channel c to channel c alone, so a permutation of v's channels commutes
+    with the branch once these tensors are permuted alike (and nothing larger: the kernel and
+    the norm's affine map are per channel, not per head)."""
+    params: list[str] = []
+    while isinstance(n, fx.Node) and n.op == "call_function" and len(n.users) == 1:
+        name = op_name(n)
+        if name in IDENTITY:
+            n = n.args[0]
+            continue
+        if name in _BATCH_NORMS:
+            if not _eval_norm(n, names, int(_val(n.args[0]).shape[1])):
+                return None
+            params += [names[a] for a in n.args[1:5] if isinstance(a, fx.Node)]
+            n = n.args[0]
+            continue
+        if name not in ("conv1d", "conv2d", "conv3d") or n.kwargs:
+            break
+        w, x = _val(n.args[1]), _val(n.args[0])
+        groups = (*n.args, *[1] * 7)[6]
+        channels = int(x.shape[1]) if isinstance(x, torch.Tensor) and x.dim() >= 3 else -1
+        if n.args[1] not in names or groups != channels or tuple(w.shape[:2]) != (channels, 1):
+            return None  # not depthwise: a channel would read its neighbours
+        bias = n.args[2] if len(n.args) > 2 else None
+        if bias is not None and bias not in names:
+            return None
+        params += [names[a] for a in (n.args[1], bias) if a is not None]
+        n = n.args[0]
+    else:
+        if not isinstance(n, fx.Node) or n.op != "call_function":
+            return None
+    return (n, tuple(params)) if params else None
+
+
+def _side_codes(side: tuple, attn: Any) -> tuple | None:
+    """``Projection.side`` from a side branch ``(start, params, add, chain)`` and the codes
+    (``head * d + entry``) of the attention output at the add: per code, the channel of
+    ``start`` (the branch keeps channels in place on dim 1) added to it there; None unless each
+    code meets one channel everywhere."""
+    start, params, add, _ = side
+    out = _val(add)
+    if not isinstance(attn, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    if attn.shape != out.shape or out.dim() < 3 or _val(start).shape[1] != out.shape[1]:
+        return None
+    at = [1] * out.dim()
+    at[1] = -1
+    chan = torch.arange(out.shape[1], dtype=torch.float64).view(at).expand(out.shape)
+    pairs = {(int(a), int(c)) for a, c in zip(attn.flatten().tolist(), chan.flatten().tolist(),
+                                               strict=True)}  # fmt: skip
+    where = dict(pairs)
+    if len(where) != len(pairs):
+        return None  # one code added to two channels
+    return start, params, where
+
+
+def _side_reads_v(side: tuple, v: Projection, heads: int, kv_heads: int, names: dict) -> bool:
+    """Does the side branch start at v's projection output (a convolution's, or its eval
+    BatchNorm's: ``Projection.norm``), and is entry e of head h added to v's channel of that
+    entry? Then every map of v's channels moves the branch's input and output alike."""
+    start, _, where = side
+    if kv_heads != heads or v.channel_dim != 1:
+        return False
+    if start is not v.node:
+        stats = tuple(names.get(a) if isinstance(a, fx.Node) else None for a in start.args[1:5])
+        if op_name(start) not in _BATCH_NORMS or start.args[0] is not v.node or stats != v.norm:
+            return False
+    d = len(v.heads[0])
+    return all(
+        where.get(h * d + e) == c for h, row in enumerate(v.heads) for e, c in enumerate(row)
+    )
 
 
 def _sub_norm(n: fx.Node, names: dict[fx.Node, str]) -> tuple[str | None, str | None] | None:
@@ -511,12 +762,24 @@ def _written_out(mm: fx.Node) -> tuple | None:
         return None
     if p.args[1] not in (-1, _val(p).dim() - 1):
         return None
-    s, masks = p.args[0], []
+    s, masks, rels = p.args[0], [], []
     if _head_mix(s) is not None:  # ... and the scores (proj_l)
         s, mix = _head_mix(s)
         mixes.append(mix)
-    while isinstance(s, fx.Node) and op_name(s) in _SCORES:
-        if op_name(s) in IDENTITY or _scalar_scale(s):
+    copied, split = None, False
+    while isinstance(s, fx.Node) and (op_name(s) in _SCORES or _whole_copy(s)):
+        if _whole_copy(s):  # MViTv2's ``attn[:, :, 0:, 0:] = ...``: every entry written over
+            copied, s = s.args[0], s.args[1]
+        elif _split_view(s) and not split:  # (B, H, T, S) viewed as (B, H, qh, qw, kh, kw) ...
+            s, split = s.args[0], True
+        elif op_name(s) == "add" and split and _rel_term(s.args[1]) is not None:
+            rels.append(s.args[1])  # ... with q's decomposed relative positions added
+            s = s.args[0]
+        elif split and op_name(s) in _VIEWS and _split_view(s, back=True):
+            s, split = s.args[0], None  # the view back: ends the section
+        elif split:
+            return None  # any other term in the split section: its head dim is not -3
+        elif op_name(s) in IDENTITY or _scalar_scale(s):
             s = s.args[0]
         elif op_name(s) in ("mul", "div") and _factor(s) is not None:
             s, factor = _factor(s)
@@ -530,10 +793,86 @@ def _written_out(mm: fx.Node) -> tuple | None:
         else:
             return None
     qk = _product(s, "qk") if isinstance(s, fx.Node) else None
-    if qk is None or (masks and mixes):
-        return None  # (a per-head mask under a mix of heads is not a per-head bias)
+    if qk is None or split or (copied is not None and copied is not s) or (rels and mixes):
+        return None  # (a copy over a tensor other than the product: not the scores)
+    # (a mask sits below every mix: head h's bias row is added to head h's scores before the
+    # mix reads them, so a head permutation moves the rows and conjugates the mix)
     q, k, k_t = qk
-    return q, k, v, tuple(masks), k_t, tuple(mixes)
+    return q, k, v, tuple(masks), k_t, tuple(mixes), tuple(rels)
+
+
+def _whole_copy(n: fx.Node) -> bool:
+    """``copy_(dst, src)`` that writes every entry of ``dst`` (same shape, no broadcast)."""
+    if not str(n.target).startswith("aten.copy_.") or len(n.args) != 2 or n.kwargs:
+        return False
+    a, b = (_val(x) for x in n.args)
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+
+
+def _split_view(n: fx.Node, back: bool = False) -> bool:
+    """A view of (B, H, T, S) scores as (B, H, qh, qw, kh, kw) with qh * qw = T, kh * kw = S
+    (``back``: the view from 4-d to 6-d, else from 6-d back to 4-d): B and H stay dims 0, 1."""
+    if op_name(n) not in _VIEWS:
+        return False
+    a, b = _val(n.args[0]), _val(n)
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return False
+    four, six = (a, b) if back else (b, a)
+    return (
+        four.dim() == 4
+        and six.dim() == 6
+        and four.shape[:2] == six.shape[:2]
+        and six.shape[2] * six.shape[3] == four.shape[2]
+        and six.shape[4] * six.shape[5] == four.shape[3]
+    )
+
+
+def _rel_term(n: Any) -> tuple[fx.Node, fx.Node, fx.Node, str] | None:
+    """``einsum(eq, [x, index(table, [idx])]).unsqueeze(...)`` (MViTv2's decomposed relative
+    positions): (the einsum, x, the table's get_attr, eq) when ``eq`` contracts exactly one
+    letter, the last of x and of the gathered table, every other letter of both is kept, x's
+    dim 1 (the heads, checked in ``_match``) is the output's dim 1 and the table has no letter
+    of it, and the index is a fixed tensor over the table's dim 0. Else None."""
+    mask = _val(n) if isinstance(n, fx.Node) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 6:
+        return None
+    while isinstance(n, fx.Node) and op_name(n) == "unsqueeze" and len(n.users) == 1:
+        k = _val(n).dim()
+        if n.args[1] % k < 2:
+            return None  # a dim inserted before the heads: dim 1 would no longer be q's heads
+        n = n.args[0]
+    if not isinstance(n, fx.Node) or op_name(n) != "einsum" or len(n.users) != 1 or n.kwargs:
+        return None
+    eq, operands = n.args[0], n.args[1]
+    if not isinstance(eq, str) or len(operands) != 2 or "." in eq or eq.count("->") != 1:
+        return None
+    ins, out = eq.replace(" ", "").split("->")
+    if ins.count(",") != 1:
+        return None
+    xs, ts = ins.split(",")
+    if any(len(set(w)) != len(w) for w in (xs, ts, out)) or len(xs) < 3 or len(ts) < 2:
+        return None
+    c = xs[-1]
+    if ts[-1] != c or c in out or (set(xs) | set(ts)) - {c} != set(out) or out[1] != xs[1]:
+        return None
+    if xs[1] in ts:
+        return None  # a table per head: it would have to move with the heads
+    x, t = operands
+    while isinstance(t, fx.Node) and op_name(t) in IDENTITY:
+        t = t.args[0]
+    if not isinstance(t, fx.Node) or op_name(t) != "index" or len(t.args) != 2:
+        return None
+    table, idx = t.args
+    if not isinstance(table, fx.Node) or table.op != "get_attr" or len(idx) != 1:
+        return None
+    if not isinstance(idx[0], fx.Node) or any(
+        m.op in ("placeholder", "get_attr") for m in ancestors(idx[0])
+    ):
+        return None  # an index read from the input or a parameter: not a fixed gather
+    tv = _val(table)
+    if not isinstance(tv, torch.Tensor) or tv.dim() != 2 or not isinstance(x, fx.Node):
+        return None
+    return n, x, table, eq
 
 
 def _product(n: fx.Node, form: str) -> tuple[fx.Node, fx.Node, bool] | None:
@@ -548,11 +887,11 @@ def _product(n: fx.Node, form: str) -> tuple[fx.Node, fx.Node, bool] | None:
         while op_name(b) in ("contiguous", "clone") and not b.kwargs:
             b = b.args[0]  # GCViT: ``q @ k.transpose(-2, -1).contiguous()``
         nd = _val(b).dim() if isinstance(_val(b), torch.Tensor) else 0
-        if op_name(b) == "permute" and nd >= 3:
-            return a, b, True  # k^T by one permute (LeViT): ``_match`` reads it transposed back
-        if op_name(b) != "transpose" or {x % nd for x in b.args[1:3]} != {nd - 2, nd - 1}:
-            return None
-        return a, b.args[0], False
+        if op_name(b) == "transpose" and {x % nd for x in b.args[1:3]} == {nd - 2, nd - 1}:
+            return a, b.args[0], False
+        if nd >= 3:  # k^T by a permute (LeViT) or a reshape (EfficientFormerV2's (B, H, D, N)):
+            return a, b, True  # ``_match`` reads its channel codes transposed back
+        return None
     if name != "einsum" or len(n.args) != 2 or n.kwargs or len(n.args[1]) != 2:
         return None
     eq = n.args[0].replace(" ", "")
@@ -602,7 +941,27 @@ def _fixed(n: fx.Node) -> bool:
 
 def _head_mix(n: Any) -> tuple[fx.Node, fx.Node] | None:
     """``linear(s.permute(0, 2, 3, 1), W, b).permute(0, 3, 1, 2)``: a Linear over the heads of
-    (B, H, T, S) scores (CaiT's talking heads): (s, the linear node) or None."""
+    (B, H, T, S) scores (CaiT's talking heads), or ``conv2d(s, W, b)`` with a 1 x 1 kernel, no
+    stride, padding or dilation and one group (EfficientFormerV2's ``talking_head1/2``: the heads
+    are the channels): (s, the linear or conv node) or None. A grouped conv (block-diagonal W)
+    is not a mix that every head permutation conjugates: None."""
+    if isinstance(n, fx.Node) and op_name(n) == "conv2d" and len(n.users) == 1 and not n.kwargs:
+        w, v = _val(n.args[1]) if len(n.args) > 1 else None, _val(n.args[0])
+        options = (*n.args[3:], *[None] * 4)[:4]
+        plain = [list(x) if isinstance(x, (list, tuple)) else x for x in options]
+        if (
+            isinstance(w, torch.Tensor)
+            and isinstance(v, torch.Tensor)
+            and v.dim() == 4
+            and w.dim() == 4
+            and tuple(w.shape[1:]) == (int(v.shape[1]), 1, 1)
+            and plain[0] in (None, [1, 1], [1])
+            and plain[1] in (None, [0, 0], [0], 0)
+            and plain[2] in (None, [1, 1], [1])
+            and plain[3] in (None, 1)
+        ):
+            return n.args[0], n
+        return None
     if not isinstance(n, fx.Node) or op_name(n) != "permute" or list(n.args[1]) != [0, 3, 1, 2]:
         return None
     lin = n.args[0]
@@ -655,7 +1014,7 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
             continue
         if op_name(n) == "scaled_dot_product_attention":
             mask = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
-            qkv = (*n.args[:3], (mask,) if isinstance(mask, fx.Node) else (), False, ())
+            qkv = (*n.args[:3], (mask,) if isinstance(mask, fx.Node) else (), False, (), ())
         else:
             qkv = _written_out(n)
             if qkv is None:
@@ -667,7 +1026,8 @@ def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
 
 
 def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBlock | None:
-    q_node, k_node, v_node, masks, k_t, mix_nodes = qkv
+    q_node, k_node, v_node, masks, k_t, mix_nodes, rel_nodes = qkv
+    envs: dict[str, tuple[dict, set]] = {}
     vals = [_val(a) for a in (q_node, k_node, v_node)]
     if any(not isinstance(t, torch.Tensor) or t.dim() < 3 for t in vals):
         return None
@@ -698,12 +1058,21 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         if not all(_head_constant(env[n], _val(o), heads) for n, o in outside):
             return None  # q or k times a per-head tensor that no head permutation moves
         normalized |= {key} if norms else set()
+        if p.pools and not all(_shared_entries(env.get(m.args[0]), m, heads) for m in p.pools):
+            return None  # a pooling op whose channel e is not entry e of every head
+        p.pool_params = tuple(t for m in p.pools for t in _pool_op(m, names) or ())
         p.heads = heads
         projections.append(p)
+        envs[key] = (env, seen)
     out = _forward(sdpa, len(projections[0].heads), names, order, axis)
     if out is None:
         return None
     q, k, v = projections
+    tables = _rel_tables(rel_nodes, q, envs["q"], order)
+    if tables is None:
+        return None  # a relative-position term that does not read q's entries as it should
+    if out.residual is not None and not _residual_reads_q(out.residual, q, envs["q"][0]):
+        return None  # added to the output: not q, entry for entry
     heads, head_dim, head_dim_v = len(q.heads), vals[0].shape[-1], vals[2].shape[-1]
     # GQA written with repeat_kv: k and v come with every query head; keep one per kv head
     k_rows, v_rows = k.heads, v.heads
@@ -712,6 +1081,8 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     kv_heads = len(k.heads)
     if not kv_heads or heads % kv_heads or len(v.heads) != kv_heads or len(out.heads) != heads:
         return None
+    if out.side is not None and not _side_reads_v(out.side, v, heads, kv_heads, names):
+        return None  # a branch added to the output that v's maps would not move alike
     rep = heads // kv_heads
     for rows, kept in ((k_rows, k.heads), (v_rows, v.heads)):
         if len(rows) == heads and any(rows[h] != kept[h // rep] for h in range(heads)):
@@ -725,8 +1096,8 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     for lin in mix_nodes:  # talking heads: (H, H) weights (and (H,) biases) that are parameters
         w, b = lin.args[1], lin.args[2] if len(lin.args) > 2 else None
         shapes = [tuple(_val(a).shape) for a in (w, b) if isinstance(a, fx.Node)]
-        if w not in names or (b is not None and b not in names) or shapes[0] != (heads, heads):
-            return None
+        if w not in names or (b is not None and b not in names) or shapes[0][:2] != (heads, heads):
+            return None  # (a conv's (H, H, 1, 1) weight: ``_head_mix`` checked the kernel)
         mixes.append((names[w], names.get(b)))
     if mixes and kv_heads != heads:
         return None  # a mix over query heads that share kv heads: not one permutation of groups
@@ -756,6 +1127,7 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         head_axis=head_axis,
         out_activation=out.activated,
         mixes=tuple(mixes),
+        rels=tables,
     )
 
 
@@ -770,9 +1142,14 @@ def _match_channels(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> Atte
     of a head (its last two dims 1). Masks and factors on the scores must be of that form too.
     Anything else (a normalisation over channels, a per-channel temperature, a tensor from
     elsewhere): None, and the ordinary rules freeze what they do not follow."""
-    q_node, k_node, v_node, masks, k_t, mix_nodes = qkv
+    q_node, k_node, v_node, masks, k_t, mix_nodes, rels = qkv
     vals = [_val(a) for a in (q_node, k_node, v_node)]
-    if k_t or mix_nodes or any(not isinstance(t, torch.Tensor) or t.dim() != 4 for t in vals):
+    if (
+        k_t
+        or mix_nodes
+        or rels
+        or any(not isinstance(t, torch.Tensor) or t.dim() != 4 for t in vals)
+    ):
         return None
     if op_name(sdpa) == "scaled_dot_product_attention":
         causal = sdpa.args[5] if len(sdpa.args) > 5 else sdpa.kwargs.get("is_causal", False)
@@ -785,7 +1162,7 @@ def _match_channels(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> Atte
     projections = []
     for key, node, val, (p, seen, _, norms) in zip("qkv", (q_node, k_node, v_node), vals, found,
                                                   strict=True):  # fmt: skip
-        if p.norm or p.zeroed or p.bias_parts or len(norms) != (key != "v"):
+        if p.norm or p.pools or p.zeroed or p.bias_parts or len(norms) != (key != "v"):
             return None  # (v must not be normalised; q and k exactly once)
         divs = {d for d, _, _ in norms}
         if any(dim != -1 for _, _, dim in norms):

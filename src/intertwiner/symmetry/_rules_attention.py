@@ -57,8 +57,10 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
                channels: tuple[int, ...]) -> None:  # fmt: skip
         """The projection's BatchNorm (LeViT) moves with its channels: parameters and running
         statistics (the sites that reach it are permutations: a permutation commutes with
-        a per-channel affine map once its vectors are permuted alike)."""
-        for name in p.norm:
+        a per-channel affine map once its vectors are permuted alike); so do the per-channel
+        tensors of a branch from v added to the output (EfficientFormerV2's ``v_local``)."""
+        side = b.out.side[1] if p is b.v and b.out.side is not None else ()
+        for name in (*p.norm, *side):
             if name is not None:
                 an.act_raw(sid, name, 0, kind, n_total, outer=outer, inner=inner,
                            channels=channels, buffer=name not in an.params)  # fmt: skip
@@ -117,12 +119,13 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     if b.channels:
         _channel_sites(r, b, on, into_out)
         return
+    shared_qk, shared_v = _shared_sites(r, b, on, into_out)
     for j in range(b.kv_heads):
         # rotary embeddings rotate q and k per position: no GL(head_dim) on them. What survives
         # is smaller and not written: per rotation pair (2 dims, one frequency) q -> c R q,
         # k -> R k / c with R a plane rotation (it commutes with every position's rotation),
         # and swaps of pairs only between pairs of equal frequency.
-        if not b.rotary:
+        if not b.rotary and not shared_qk:
             qk = an.new_site(b.head_dim, name=f"{b.name}.qk{j}", kind="attention_qk")
             if b.q.norm or b.k.norm:  # GL would not commute with the per-channel BatchNorm
                 an.sites[qk].family = PERMUTATION
@@ -131,8 +134,10 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             for h in range(j * rep, (j + 1) * rep):
                 on(qk, b.q, ActionKind.A, b.q.heads[h])
             on(qk, b.k, ActionKind.A_INV_T, b.k.heads[j])
+        if shared_v:
+            continue
         vo = an.new_site(b.head_dim_v, name=f"{b.name}.vo{j}", kind="attention_vo")
-        if b.v.norm or b.out_activation or b.out.sub_norm:
+        if b.v.norm or b.out_activation or b.out.sub_norm or b.out.side:
             # a per-channel map on v, an activation or a LayerNorm (mean and variance over the
             # channels, then a weight per channel) on the output: permutations only
             an.sites[vo].family = PERMUTATION
@@ -144,6 +149,67 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             for name in b.out.sub_norm or ():
                 if name is not None:
                     an.act_raw(vo, name, 0, ActionKind.A, b.out.width, channels=b.out.heads[h])
+
+
+def _shared_sites(r: AtenRunner, b: AttentionBlock, on: Any, into_out: Any) -> tuple[bool, bool]:
+    """The maps within the heads when ops shared by all heads act on each head-dim entry
+    (MViTv2: depthwise pooling convs and LayerNorms over head_dim on q, k, v, relative-position
+    tables (R, head_dim) read by q, residual pooling ``out = A v + q``). A kernel or an affine
+    map per entry commutes with permutations of the entries only, and one shared by all heads
+    with the same permutation in every head; the tables' columns meet q's entries, and
+    ``A v + q`` adds q's entry e to v's entry e. What survives:
+
+    - ``<attn>.qk`` (permutation, head_dim): one permutation of the entries of q and k in every
+      head, moving the pooling tensors of q and k and the tables' columns;
+    - ``<attn>.vo`` (permutation): the same for v and the output projection's columns, when v
+      is pooled; with residual pooling v is tied to q: one site ``<attn>.qkv`` for all three.
+
+    Returns (whether q and k got a shared site, whether v did): the per-head sites of the
+    caller are then not made. With rotary embeddings and residual pooling nothing within a
+    head is kept."""
+    an = r.an
+    q_pooled, v_pooled = bool(b.q.pools or b.k.pools or b.rels), bool(b.v.pools)
+    tied = b.out.residual is not None
+    if not (q_pooled or v_pooled or tied):
+        return False, False
+    if tied and (b.rotary or b.head_dim != b.head_dim_v):
+        return True, True  # q's maps would need v's and v's q's: none kept
+
+    def entries(sid: int, p: Projection) -> None:
+        for name in p.pool_params:
+            an.act_raw(sid, name, 0, ActionKind.A, b.head_dim_v if p is b.v else b.head_dim)
+
+    def values(sid: int) -> None:
+        for j in range(b.kv_heads):
+            on(sid, b.v, ActionKind.A, b.v.heads[j])
+        for h in range(b.heads):
+            into_out(sid, ActionKind.A_INV_T, b.out.heads[h])
+            for name in b.out.sub_norm or ():
+                if name is not None:
+                    an.act_raw(sid, name, 0, ActionKind.A, b.out.width, channels=b.out.heads[h])
+        entries(sid, b.v)
+
+    shared_qk = (q_pooled or tied) and not b.rotary
+    if shared_qk:
+        qk = an.new_site(b.head_dim, name=f"{b.name}.{'qkv' if tied else 'qk'}",
+                         kind="attention_qk")  # fmt: skip
+        an.sites[qk].family = PERMUTATION
+        for h in range(b.heads):
+            on(qk, b.q, ActionKind.A, b.q.heads[h])
+        for j in range(b.kv_heads):
+            on(qk, b.k, ActionKind.A_INV_T, b.k.heads[j])
+        entries(qk, b.q)
+        entries(qk, b.k)
+        for name in b.rels:  # (R, head_dim): column e meets q's entry e
+            an.act_raw(qk, name, 1, ActionKind.A, b.head_dim)
+        if tied:
+            values(qk)
+            return True, True
+    if v_pooled:
+        vo = an.new_site(b.head_dim_v, name=f"{b.name}.vo", kind="attention_vo")
+        an.sites[vo].family = PERMUTATION
+        values(vo)
+    return q_pooled or tied, v_pooled
 
 
 def _channel_sites(r: AtenRunner, b: AttentionBlock, on: Any, into_out: Any) -> None:

@@ -9,6 +9,7 @@ import torch
 import torch.fx as fx
 
 from intertwiner.groups import MONOMIAL, PERMUTATION, REVERSAL, ActionKind, Mode
+from intertwiner.symmetry._attention import ancestors
 from intertwiner.symmetry._block_reversal import GroupedConv, reverse_blocks
 from intertwiner.symmetry._regions import ELEMENTWISE, IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
@@ -425,6 +426,49 @@ def _mix_positions(r: AtenRunner, n: fx.Node) -> Info | None:
         r.an.unify(w, None, f"{r.where(n)}: the weights that mix positions")
         return x
     return None
+
+
+@rule("einsum")
+def einsum(r: AtenRunner, n: fx.Node, value: Any) -> Info:
+    """``einsum(eq, [x, w, ...])`` with one hidden operand ``x`` whose feature letter is kept in
+    the output and appears in no other operand, the others fixed (parameters or constants, none
+    computed from the input: ``"bnc,nm->bmc"``, positions mixed by a parameter ``w``, the same
+    for every feature). The output is linear in ``x`` and each
+    feature's slice is mapped by the same ``w``, so every map of the features commutes with it:
+    the feature axis passes on to the output letter's dim. Anything else is frozen with the
+    equation named: two hidden operands (a product of computed tensors), a feature letter that
+    is summed over or that another operand also carries (a weight per feature: a Linear written
+    as an einsum, a per-head table), repeated letters or ``...``."""
+    eq, operands = n.args[0], n.args[1]
+    if not isinstance(eq, str) or "." in eq or eq.count("->") != 1 or n.kwargs:
+        raise Frozen(f"einsum {eq!r}: only explicit equations ('ab,bc->ac') are read")
+    ins, out = eq.replace(" ", "").split("->")
+    letters = ins.split(",")
+    if len(letters) != len(operands) or any(len(set(w)) != len(w) for w in (*letters, out)):
+        raise Frozen(f"einsum {eq!r}: a repeated letter (a diagonal or trace) is not read")
+    infos = [r.info(a) for a in operands]
+    if any(x is not None and not isinstance(x, (Info, ParamRef)) for x in infos):
+        raise Frozen(f"einsum {eq!r}: an operand that is a statistic of a hidden tensor")
+    hidden = [i for i, x in enumerate(infos) if isinstance(x, Info)]
+    if len(hidden) != 1 or len(r.nested(n)) != 1:
+        raise Frozen(f"einsum {eq!r}: a product of computed tensors, not one hidden tensor "
+                     "and fixed ones")  # fmt: skip
+    (i,) = hidden
+    for j, a in enumerate(operands):
+        if j != i and isinstance(a, fx.Node) and any(m.op == "placeholder" for m in ancestors(a)):
+            raise Frozen(f"einsum {eq!r}: a product of a hidden tensor with one computed from "
+                         "the input (attention probabilities, ...), not a fixed tensor")  # fmt: skip
+    x, xs = infos[i], letters[i]
+    if -x.dim > len(xs):
+        raise Frozen(f"einsum {eq!r}: the hidden operand has fewer dims than its letters")
+    f = xs[x.dim]
+    if f not in out:
+        raise Frozen(f"einsum {eq!r} sums over the feature axis {f!r}: a weight per feature "
+                     "(a Linear written as an einsum) is not read")  # fmt: skip
+    if any(f in w for j, w in enumerate(letters) if j != i):
+        raise Frozen(f"einsum {eq!r}: another operand varies along the feature axis {f!r}, so "
+                     "moving the features would need it moved")  # fmt: skip
+    return x.moved(dim=out.index(f) - len(out))
 
 
 # -- Linear layers over positions (MLP-Mixer, ResMLP, gMLP token mixing) -------------------------

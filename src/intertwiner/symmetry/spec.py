@@ -33,6 +33,9 @@ Site names and kinds (``Site.kind``):
   (``<attn>.qk<h>``, GL(head_dim)) and ``"attention_vo"`` (``<attn>.vo<h>``, GL(head_dim)).
   Cross-covariance attention (XCiT) has ``"attention_channels"`` sites instead (``<attn>.qo<h>``,
   ``<attn>.kv<h>``: positive monomial maps of a head's channels) and a one-number ``vo<h>``.
+  Ops shared by all heads on each head-dim entry (MViTv2's pooling and norms, relative-position
+  tables) make one permutation of the entries for every head instead: ``<attn>.qk`` and
+  ``<attn>.vo``, or ``<attn>.qkv`` (kind ``"attention_qk"``) when residual pooling ties v to q.
 """
 
 from __future__ import annotations
