@@ -78,6 +78,9 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
         mixed = fixed_mix(r, n) if name in ("matmul", "mm") else None
         if mixed is not None:
             return mixed
+        mixed = _free_product(r, n) if name in ("matmul", "mm") else None
+        if mixed is not None:
+            return mixed
         raise Frozen(
             "a product whose weight is computed, not a parameter (parametrized: weight_norm "
             "or another parametrization; attention scores, ...)"
@@ -387,34 +390,68 @@ def _standardised_conv(r: AtenRunner, n: fx.Node, std: tuple[str, str | None, in
     return out
 
 
+def _free_factors(r: AtenRunner, n: fx.Node) -> list[tuple[Info, Info]]:
+    """``(x, w)`` for each way of reading the product ``a @ b`` as a factor ``x`` whose feature
+    axis is a free index of the product (rows of the left factor, columns of the right one, or a
+    batch dim where ``w`` is broadcast: one ``w`` for every feature) and a tracked other factor
+    ``w`` (an untracked one may be a function of hidden spaces these rules cannot see)."""
+    a, b = n.args[0], n.args[1]
+    va, vb = r.val(a), r.val(b)
+    if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)):
+        return []
+    if va.dim() < 2 or vb.dim() < 2:
+        return []
+    found = []
+    for x_node, w_node, free in ((a, b, -2), (b, a, -1)):
+        x, w, vw = r.info(x_node), r.info(w_node), r.val(w_node)
+        contracted = -1 if free == -2 else -2
+        if not isinstance(x, Info) or not isinstance(w, Info) or x.dim == contracted:
+            continue
+        if x.dim != free and not (vw.dim() < -x.dim or vw.shape[x.dim] == 1):
+            continue  # a batch dim of features with a different w per feature
+        found.append((x, w))
+    return found
+
+
 def _mix_positions(r: AtenRunner, n: fx.Node) -> Info | None:
     """``a @ b`` where one factor ``x`` has its feature axis off the contracted dim and the other,
     ``w``, is a tensor of one feature or none (GCNet's ``x.view(B, 1, C, HW) @ softmax(conv(x))
     .view(B, 1, HW, 1)``: attention pooling over positions with weights from a one-channel
     conv): each feature is mixed over positions by the same ``w``, so any matrix on the features
     commutes with the product when ``w`` stays fixed; ``w``'s spaces are frozen to keep it so.
-    A feature axis among the batch dims needs ``w`` broadcast there (one ``w`` for every
-    feature). None when the product is not of this form."""
-    a, b = n.args[0], n.args[1]
-    va, vb = r.val(a), r.val(b)
-    if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)):
-        return None
-    if va.dim() < 2 or vb.dim() < 2:
-        return None
-    for x_node, w_node, free in ((a, b, -2), (b, a, -1)):
-        x, w, vw = r.info(x_node), r.info(w_node), r.val(w_node)
-        contracted = -1 if free == -2 else -2
-        if not isinstance(x, Info) or x.dim == contracted:
-            continue
-        # ``w`` must be a tracked tensor of one feature (frozen below); an untracked one may be
-        # a function of hidden spaces this rule cannot see
-        if not isinstance(w, Info) or w.n != 1:
-            continue
-        if x.dim != free and not (vw.dim() < -x.dim or vw.shape[x.dim] == 1):
-            continue  # a batch dim of features with a different w per feature
-        r.an.unify(w, None, f"{r.where(n)}: the weights that mix positions")
-        return x
+    None when the product is not of this form (``_free_factors``)."""
+    for x, w in _free_factors(r, n):
+        if w.n == 1:
+            r.an.unify(w, None, f"{r.where(n)}: the weights that mix positions")
+            return x
     return None
+
+
+def _free_product(r: AtenRunner, n: fx.Node) -> Info | None:
+    """``x @ w`` of two computed tensors where ``x``'s feature axis is a free index of the
+    product and ``w`` is a hidden tensor of any width (EfficientViM's HSM-SSD: ``h = x @ (a *
+    b)^T`` mixes the positions of the stream ``x`` into a hidden state, ``y = h @ c`` reads it
+    back): with ``w`` held fixed, ``(M x) @ w = M (x @ w)`` for every matrix M on ``x``'s
+    features, so the product moves like ``x``; ``w``'s spaces are frozen to hold it fixed (it is
+    computed from the input through maps whose output rows then stay). Where both factors have
+    their features on free axes, the factor whose site is older (the stream that the other was
+    computed from comes first in the graph) keeps its site. None when neither factor is of this
+    form (``_free_factors``)."""
+
+    def age(x: Info) -> int:  # a frozen factor (site 0) has nothing to keep: it comes last
+        return min(r.an.find(sid) or len(r.an.sites) for sid, _, _ in r.an.parts(x))
+
+    found = _free_factors(r, n)
+    if not found:
+        return None
+    x, w = min(found, key=lambda f: age(f[0]))
+    r.an.unify(
+        w, None,
+        f"{r.where(n)}: the other factor of a product of two computed tensors, held fixed so "
+        "that the features of the first pass through (its own axis would have to move with "
+        "the first factor's other index, which one feature axis per tensor cannot say)",
+    )  # fmt: skip
+    return x
 
 
 # -- Linear layers over positions (MLP-Mixer, ResMLP, gMLP token mixing) -------------------------
