@@ -75,6 +75,10 @@ def test_the_map_tensors_stay_with_a_reason():
     frozen = {t: f.reason for f in cov.frozen if not f.output_side for t in f.tensors}
     assert {"conv.weight", "conv.bias", "qkv.weight", "norm1.weight"} <= set(frozen)
     assert all(frozen[t] for t in ("conv.weight", "qkv.weight"))
+    # LayerNorm over one element outputs its bias whatever the input: fixed, with that reason
+    assert (
+        "outputs its bias" in frozen["norm1.weight"] and "outputs its bias" in frozen["norm2.bias"]
+    )
 
 
 def test_a_common_positive_scale_of_map_and_branch_exists_but_no_negative_one():
