@@ -1,8 +1,10 @@
 """Products of two computed tensors (issue 24, EfficientViM's HSM-SSD): ``h = x @ (a * b)^T``
 mixes the positions of a stream ``x`` into a hidden state and ``y = h @ c`` reads it back. With
 the other factor held fixed, every matrix on a factor's free feature axis passes through the
-product; a fool whose mixing weights differ per feature keeps nothing, and elements a wider rule
-would claim change the function."""
+product, and the state axis written by one product and contracted by the other permutes when
+every op between acts alike on each state index. Fools (mixing weights that differ per feature,
+a map that mixes states, states that reach the output) are refused by the rules, and elements a
+wider rule would claim change the function."""
 
 from __future__ import annotations
 
@@ -19,19 +21,25 @@ class StateMixer(nn.Module):
     """A small HSM-SSD: B, C and dt projections of the stream (one conv, a depthwise conv), a
     softmax over positions, ``h = x @ (a b)^T`` (B, C, S), a gated map of the hidden state's
     channels, ``y = h @ c``. ``per_feature``: each channel i of the stream is mixed by its own
-    computed weights ``v_i`` (``x_i . v_i``, the channels on a batch dim of the product)."""
+    computed weights ``v_i`` (``x_i . v_i``, the channels on a batch dim of the product);
+    ``kernel=3``: the hidden map mixes neighbouring states; ``state_out``: the hidden state
+    reaches the output flattened (its order matters there)."""
 
-    def __init__(self, c: int = 6, s: int = 4, per_feature: bool = False):
+    def __init__(
+        self, c: int = 6, s: int = 4, per_feature: bool = False, kernel: int = 1,
+        state_out: bool = False,
+    ):  # fmt: skip
         super().__init__()
-        self.s, self.per_feature = s, per_feature
+        self.s, self.per_feature, self.state_out = s, per_feature, state_out
         self.stem = nn.Conv2d(3, c, 3, padding=1)
         self.proj = nn.Conv1d(c, 3 * s, 1, bias=False)
         self.dw = nn.Conv2d(3 * s, 3 * s, 3, padding=1, groups=3 * s, bias=False)
         self.A = nn.Parameter(torch.zeros(s))
-        self.hz = nn.Conv1d(c, 2 * c, 1, bias=False)
+        self.hz = nn.Conv1d(c, 2 * c, kernel, padding=kernel // 2, bias=False)
         self.out = nn.Conv1d(c, c, 1, bias=False)
         self.v = nn.Conv1d(c, c, 1)
         self.head = nn.Linear(c, 2)
+        self.state_head = nn.Linear(c * s, 2)
 
     def forward(self, x):
         x = F.relu(self.stem(x))
@@ -46,7 +54,8 @@ class StateMixer(nn.Module):
         h, z = torch.split(self.hz(h), [ch, ch], dim=1)
         h = self.out(h * F.silu(z) + h)
         y = (h @ c).reshape(bsz, -1, hh, ww)  # (B, C, L)
-        return self.head((x + y).mean((2, 3)))
+        out = self.head((x + y).mean((2, 3)))
+        return out + self.state_head(h.flatten(1)) if self.state_out else out
 
 
 def _x() -> torch.Tensor:
@@ -62,8 +71,11 @@ def _unmoved(spec, model) -> list[str]:
 def test_the_stream_and_the_state_channels_pass_through_the_products(dtype):
     model, spec = traced(StateMixer(), _x(), dtype)  # three sampled elements keep the function
     assert spec.dropped == []
-    # the state axis (the rows of b, c and dt) is held fixed: its depthwise filters and A stay
-    assert _unmoved(spec, model) == ["A", "dw.weight", "v.bias", "v.weight"]
+    # every used tensor moves (v and state_head are not used here)
+    assert _unmoved(spec, model) == ["state_head.bias", "state_head.weight", "v.bias", "v.weight"]
+    state = next(s for s in spec.sites if ("A", 0) in {(a.name, a.axis) for a in s.actions})
+    assert state.group.family.name == "permutation"
+    assert {("proj.weight", 0), ("dw.weight", 0)} <= {(a.name, a.axis) for a in state.actions}
     stream = next(
         s for s in spec.sites if ("stem.weight", 0) in {(a.name, a.axis) for a in s.actions}
     )
@@ -72,6 +84,13 @@ def test_the_stream_and_the_state_channels_pass_through_the_products(dtype):
     assert stream.group.family.name == "positive_monomial"
     gated = next(s for s in spec.sites if ("hz.weight", 0) in {(a.name, a.axis) for a in s.actions})
     assert ("out.weight", 1) in {(a.name, a.axis) for a in gated.actions}
+
+
+@pytest.mark.parametrize("fool", [{"kernel": 3}, {"state_out": True}])
+def test_states_mixed_or_read_in_order_stay(fool):
+    model, spec = traced(StateMixer(**fool), _x())
+    assert spec.dropped == []  # refused by the rule, not caught later by the verification
+    assert {"A", "dw.weight"} <= set(_unmoved(spec, model))
 
 
 def test_mixing_weights_that_differ_per_feature_freeze_the_stream():
@@ -103,11 +122,10 @@ def _changed(perm: torch.Tensor, scale: torch.Tensor) -> float:
 
 
 def test_the_state_axis_permutes_but_does_not_scale():
-    """What stays frozen, and why: one permutation of the state (the rows of b, c and dt, the
+    """The state element by hand: one permutation of the state (the rows of b, c and dt, the
     depthwise filters, A) keeps the function (the state is contracted between ``h`` and ``c``
-    after maps that treat each state index alike), but the rule holds the state fixed, since the
-    hidden state ``h`` would need two feature axes at once. Non-invariance: scaling the state
-    (b by D, c by D^-1) changes the function, because h passes through the SiLU gate."""
+    after maps that treat each state index alike). Non-invariance: scaling the state (b by D,
+    c by D^-1), which the rule does not claim, changes it: h passes through the SiLU gate."""
     perm = torch.tensor([2, 0, 3, 1])
     ones = torch.ones(4, dtype=F64)
     assert _changed(perm, ones) < 1e-12
