@@ -453,8 +453,9 @@ def _free_product(r: AtenRunner, n: fx.Node) -> Info | None:
     r.an.unify(
         w, None,
         f"{r.where(n)}: the other factor of a product of two computed tensors, held fixed so "
-        "that the features of the first pass through (its own axis would have to move with "
-        "the first factor's other index, which one feature axis per tensor cannot say)",
+        "that the features of the first pass through (its own axis is not contracted by a "
+        "later product after ops that act alike on each of its indices, which would let one "
+        "permutation move it)",
     )  # fmt: skip
     return x
 
@@ -465,7 +466,7 @@ def _state_pair(r: AtenRunner, n: fx.Node, w: Info) -> bool:
     b)^T``, ``h' = out_proj(gate(hz_proj(h)))``): one permutation P of S moving ``w``'s columns
     and ``c``'s rows gives ``h P^T``, then ``h' P^T`` (every op between acts alike on each
     state index), then ``h' P^T P c = y``. The ops from ``h`` to ``h'`` are read structurally
-    (``_along_state``): convolutions with a one-tap kernel over S, splits and views that keep
+    (``_along_state``): convolutions with a one-tap kernel over S, splits and casts that keep
     S, elementwise ops with operands constant along S, transposes, LayerNorm over other dims,
     and reductions over S (the end of a branch: a mean over the states is the same for every
     order of them). Anything else, two readers ``h' @ c``, or S reaching the output keeps the
