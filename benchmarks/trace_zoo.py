@@ -415,6 +415,8 @@ GAPS = [
     ("norm over more than the feature axis", lambda f: "must normalise exactly" in f["reason"]
      or "GroupNorm" in f["reason"] or "statistic over the feature axis" in f["reason"]),
     ("op without a rule", lambda f: "has no rule for" in f["reason"]),
+    ("second axis of a computed product (HSM-SSD state)",
+     lambda f: "the other factor of a product of two computed" in f["reason"]),
     ("gates or channel groups split over several sites (SE, mixed kernels, grouped conv)",
      lambda f: "split over several sites" in f["reason"] or "already split between sites" in f["reason"]),
     ("computed weight (re-parameterised, weight-normalised)", lambda f: "is computed, not a parameter" in f["reason"]),

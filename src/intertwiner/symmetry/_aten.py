@@ -65,6 +65,9 @@ class AtenRunner(fx.Interpreter):
         self.groups: dict[tuple, IntertwinerGroup] = {}
         #: Infos decided by a rule of an earlier node for a later one (a channel shuffle's end).
         self.pending: dict[fx.Node, Any] = {}
+        #: Second products ``h @ c`` whose contracted state axis an earlier ``x @ w`` paired with
+        #: ``w``'s (``_rules_linear._state_pair``): ``c`` keeps its site there.
+        self.state_pairs: set[fx.Node] = set()
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def run_node(self, n: fx.Node) -> Any:

@@ -3,6 +3,7 @@ Conv1D ``addmm``, ``x @ W.T``) and convolutions (plain, transposed, grouped, dep
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -78,6 +79,9 @@ def linear(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
         if name in ("matmul", "mm") and contract_features(r, n):
             return None  # the scores: fixed (``Spaces.invariant``)
         mixed = fixed_mix(r, n) if name in ("matmul", "mm") else None
+        if mixed is not None:
+            return mixed
+        mixed = _free_product(r, n) if name in ("matmul", "mm") else None
         if mixed is not None:
             return mixed
         raise Frozen(
@@ -398,33 +402,40 @@ def _standardised_conv(r: AtenRunner, n: fx.Node, std: tuple[str, str | None, in
     return out
 
 
+def _free_factors(r: AtenRunner, n: fx.Node) -> list[tuple[Info, Info]]:
+    """``(x, w)`` for each way of reading the product ``a @ b`` as a factor ``x`` whose feature
+    axis is a free index of the product (rows of the left factor, columns of the right one, or a
+    batch dim where ``w`` is broadcast: one ``w`` for every feature) and a tracked other factor
+    ``w`` (an untracked one may be a function of hidden spaces these rules cannot see)."""
+    a, b = n.args[0], n.args[1]
+    va, vb = r.val(a), r.val(b)
+    if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)):
+        return []
+    if va.dim() < 2 or vb.dim() < 2:
+        return []
+    found = []
+    for x_node, w_node, free in ((a, b, -2), (b, a, -1)):
+        x, w, vw = r.info(x_node), r.info(w_node), r.val(w_node)
+        contracted = -1 if free == -2 else -2
+        if not isinstance(x, Info) or not isinstance(w, Info) or x.dim == contracted:
+            continue
+        if x.dim != free and not (vw.dim() < -x.dim or vw.shape[x.dim] == 1):
+            continue  # a batch dim of features with a different w per feature
+        found.append((x, w))
+    return found
+
+
 def _mix_positions(r: AtenRunner, n: fx.Node) -> Info | None:
     """``a @ b`` where one factor ``x`` has its feature axis off the contracted dim and the other,
     ``w``, is a tensor of one feature or none (GCNet's ``x.view(B, 1, C, HW) @ softmax(conv(x))
     .view(B, 1, HW, 1)``: attention pooling over positions with weights from a one-channel
     conv): each feature is mixed over positions by the same ``w``, so any matrix on the features
     commutes with the product when ``w`` stays fixed; ``w``'s spaces are frozen to keep it so.
-    A feature axis among the batch dims needs ``w`` broadcast there (one ``w`` for every
-    feature). None when the product is not of this form."""
-    a, b = n.args[0], n.args[1]
-    va, vb = r.val(a), r.val(b)
-    if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)):
-        return None
-    if va.dim() < 2 or vb.dim() < 2:
-        return None
-    for x_node, w_node, free in ((a, b, -2), (b, a, -1)):
-        x, w, vw = r.info(x_node), r.info(w_node), r.val(w_node)
-        contracted = -1 if free == -2 else -2
-        if not isinstance(x, Info) or x.dim == contracted:
-            continue
-        # ``w`` must be a tracked tensor of one feature (frozen below); an untracked one may be
-        # a function of hidden spaces this rule cannot see
-        if not isinstance(w, Info) or w.n != 1:
-            continue
-        if x.dim != free and not (vw.dim() < -x.dim or vw.shape[x.dim] == 1):
-            continue  # a batch dim of features with a different w per feature
-        r.an.unify(w, None, f"{r.where(n)}: the weights that mix positions")
-        return x
+    None when the product is not of this form (``_free_factors``)."""
+    for x, w in _free_factors(r, n):
+        if w.n == 1:
+            r.an.unify(w, None, f"{r.where(n)}: the weights that mix positions")
+            return x
     return None
 
 
@@ -469,6 +480,185 @@ def einsum(r: AtenRunner, n: fx.Node, value: Any) -> Info:
         raise Frozen(f"einsum {eq!r}: another operand varies along the feature axis {f!r}, so "
                      "moving the features would need it moved")  # fmt: skip
     return x.moved(dim=out.index(f) - len(out))
+
+
+def _free_product(r: AtenRunner, n: fx.Node) -> Info | None:
+    """``x @ w`` of two computed tensors where ``x``'s feature axis is a free index of the
+    product and ``w`` is a hidden tensor of any width (EfficientViM's HSM-SSD: ``h = x @ (a *
+    b)^T`` mixes the positions of the stream ``x`` into a hidden state, ``y = h @ c`` reads it
+    back): with ``w`` held fixed, ``(M x) @ w = M (x @ w)`` for every matrix M on ``x``'s
+    features, so the product moves like ``x``; ``w``'s spaces are frozen to hold it fixed (it is
+    computed from the input through maps whose output rows then stay). Where both factors have
+    their features on free axes, the factor whose site is older (the stream that the other was
+    computed from comes first in the graph) keeps its site. None when neither factor is of this
+    form (``_free_factors``)."""
+
+    def age(x: Info) -> int:  # a frozen factor (site 0) has nothing to keep: it comes last
+        return min(r.an.find(sid) or len(r.an.sites) for sid, _, _ in r.an.parts(x))
+
+    found = _free_factors(r, n)
+    if not found:
+        return None
+    x, w = min(found, key=lambda f: age(f[0]))
+    if n in r.state_pairs and x is r.info(n.args[0]):
+        return x  # ``c`` keeps the state site an earlier product tied to its own
+    if x is r.info(n.args[0]) and _state_pair(r, n, w):
+        return x
+    r.an.unify(
+        w, None,
+        f"{r.where(n)}: the other factor of a product of two computed tensors, held fixed so "
+        "that the features of the first pass through (its own axis is not contracted by a "
+        "later product after ops that act alike on each of its indices, which would let one "
+        "permutation move it)",
+    )  # fmt: skip
+    return x
+
+
+def _state_pair(r: AtenRunner, n: fx.Node, w: Info) -> bool:
+    """``h = x @ w`` with ``w``'s features (a state axis S) on its last dim, later contracted in
+    ``y = h' @ c`` against ``c``'s features on its rows (EfficientViM's HSM-SSD: ``w = (a *
+    b)^T``, ``h' = out_proj(gate(hz_proj(h)))``): one permutation P of S moving ``w``'s columns
+    and ``c``'s rows gives ``h P^T``, then ``h' P^T`` (every op between acts alike on each
+    state index), then ``h' P^T P c = y``. The ops from ``h`` to ``h'`` are read structurally
+    (``_along_state``): convolutions with a one-tap kernel over S, splits and casts that keep
+    S, elementwise ops with operands constant along S, transposes, LayerNorm over other dims,
+    and reductions over S (the end of a branch: a mean over the states is the same for every
+    order of them). Anything else, two readers ``h' @ c``, or S reaching the output keeps the
+    state fixed (False, nothing recorded). Scalings of S are not claimed (a gate such as SiLU
+    between the two products does not pass them), so ``w``'s and ``c``'s sites are tied and
+    held to permutations."""
+    s = w.n
+    if w.dim != -1 or (w.outer, w.inner) != (1, 1) or s < 2:
+        return False
+    ends = _along_state(r, n)
+    if ends is None or len(ends) != 1:
+        return False
+    (end,) = ends
+    c = r.info(end.args[1])
+    vc = _meta(end.args[1])
+    if not isinstance(c, Info) or c.dim != -2 or (c.n, c.outer, c.inner) != (s, 1, 1):
+        return False
+    if not isinstance(vc, torch.Tensor) or vc.shape[-2] != s:
+        return False
+    why = (
+        f"{r.where(n)} and {r.where(end)}: a state axis written by one product and contracted "
+        "by the other, every op between acting alike on each state index: one permutation "
+        "moves both factors (scalings do not pass the maps between)"
+    )
+    r.an.unify(w, c.moved(dim=w.dim), why)
+    for part in r.an.parts(w):
+        r.an.restrict_matrix(part, PERMUTATION, why)
+    r.state_pairs.add(end)
+    return True
+
+
+_UNARY_STATE = ELEMENTWISE - {"add", "sub", "rsub", "mul", "div", "pow"}
+
+
+def _meta(a: Any) -> Any:
+    """A node's value as recorded at export (later nodes have not run yet), or ``a`` itself."""
+    return a.meta.get("val") if isinstance(a, fx.Node) else a
+
+
+def _along_state(r: AtenRunner, start: fx.Node) -> list[fx.Node] | None:
+    """The products ``h' @ c`` that contract the state axis (the last dim of ``start``) after
+    ops that each act alike on every state index; None when some reader of a tensor carrying
+    the state does anything else (see ``_state_pair``). The graph is read in order, so both
+    operands of a sum or product are known by then."""
+    ends: list[fx.Node] = []
+    tracked: dict[fx.Node, int] = {start: -1}
+    after = False
+    for u in r.graph.nodes:
+        if u is start:
+            after = True
+            continue
+        inputs = [a for a in u.all_input_nodes if a in tracked] if after else []
+        if not inputs:
+            continue
+        if u.op != "call_function":
+            return None  # the state reaches the output
+        step = _state_step(u, inputs, tracked)
+        if step is None:
+            return None
+        if step == "end":
+            ends.append(u)
+        elif step != "done":
+            tracked[u] = step
+    return ends
+
+
+def _state_step(u: fx.Node, inputs: list[fx.Node], tracked: dict[fx.Node, int]) -> Any:
+    """Where the state axis lies in ``u``, which reads the state-carrying ``inputs``: a dim
+    (negative), ``"end"`` (a product contracting it), ``"done"`` (reduced away) or None."""
+    name, val = op_name(u), _meta(u)
+    node, sd = inputs[0], tracked[inputs[0]]
+    binary = name in ("add", "sub", "mul", "div") and len(u.args) == 2 and not u.kwargs
+    if name.startswith("_assert"):
+        return "done"  # export's shape checks read nothing
+    if not binary and (len(inputs) != 1 or u.args[0] is not node):
+        return None  # the state in a position the step below does not read
+    if u.target is operator.getitem:
+        return sd
+    if name in ("matmul", "bmm"):
+        return "end" if sd == -1 else None
+    if name in ("split", "split_with_sizes", "chunk"):
+        dim = u.args[2] if len(u.args) > 2 else u.kwargs.get("dim", 0)
+        nd = _meta(node).dim()
+        return sd if dim % nd != sd % nd else None
+    if not isinstance(val, torch.Tensor):
+        return None
+    if name in IDENTITY:
+        return sd
+    if name in ("conv1d", "convolution"):
+        return sd if sd == -1 and _one_tap(u) else None
+    if name in ("transpose", "permute"):
+        nd = val.dim()
+        order = list(range(nd))
+        if name == "transpose":
+            a, b = u.args[1] % nd, u.args[2] % nd
+            order[a], order[b] = order[b], order[a]
+        else:
+            order = [d % nd for d in u.args[1]]
+        return order.index(sd % nd) - nd
+    if name == "layer_norm":
+        return sd if sd < -len(u.args[1]) else None
+    if name in ("mean", "sum"):
+        nd = _meta(node).dim()
+        dims = u.args[1] if len(u.args) > 1 else None
+        dims = [d % nd for d in ([dims] if isinstance(dims, int) else dims or range(nd))]
+        if sd % nd in dims:
+            return "done"  # a reduction over the states: the same for every order of them
+        keep = len(u.args) > 2 and u.args[2]
+        return sd if keep else sd + sum(1 for d in dims if d > sd % nd)
+    if name in _UNARY_STATE:
+        others = (*u.args[1:], *u.kwargs.values())
+        return None if any(isinstance(a, fx.Node) for a in others) else sd
+    if binary:
+        for a in u.args:
+            va = _meta(a)
+            if isinstance(a, fx.Node) and a in tracked:
+                if tracked[a] != sd or va.shape != _meta(node).shape:
+                    return None
+                continue
+            if isinstance(va, torch.Tensor) and va.dim() >= -sd and va.shape[sd] != 1:
+                return None  # varies along the states without carrying them
+        return sd
+    return None
+
+
+def _one_tap(u: fx.Node) -> bool:
+    """A 1-d convolution whose kernel has one tap, stride 1 and no padding: a map over the
+    channels applied to each position alike (``conv1d`` or ``convolution``)."""
+    a = list(u.args) + [None] * 9
+    w = _meta(a[1])
+    if op_name(u) == "convolution":
+        stride, padding, transposed = a[3], a[4], a[6]
+    else:
+        stride, padding, transposed = a[3] or [1], a[4] or [0], False
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
+    one = isinstance(w, torch.Tensor) and w.dim() == 3 and w.shape[-1] == 1
+    flat = padding == "valid" or as_list(padding) == [0]
+    return one and not transposed and as_list(stride) == [1] and flat
 
 
 # -- Linear layers over positions (MLP-Mixer, ResMLP, gMLP token mixing) -------------------------

@@ -74,7 +74,28 @@ def batch_norm(r: AtenRunner, n: fx.Node, value: Any) -> Info:
 @rule("layer_norm")
 def layer_norm(r: AtenRunner, n: fx.Node, value: Any) -> Info | None:
     shape, w, b = (list(n.args) + [None, None, None])[1:4]
+    if list(shape) == [1]:
+        return _one_element(r, n, w, b)
     return r.an.layernorm(r.first(n), r.pname(w), r.pname(b), len(shape), where=r.where(n))
+
+
+def _one_element(r: AtenRunner, n: fx.Node, w: Any, b: Any) -> None:
+    """LayerNorm over one element (CSATv2's ``nn.LayerNorm(1)`` on a one-channel map): ``x -
+    mean(x)`` is exactly 0, so the output is the bias (0 without one) whatever the input: a
+    fixed tensor, and the input's spaces are not restricted. The weight multiplies 0: no
+    element can be said to move it, and the reason is recorded. Where the bias is read by
+    another node too (a site there might move it), the input's spaces freeze instead."""
+    if isinstance(b, fx.Node) and len(b.users) != 1:
+        raise Frozen("a LayerNorm over one element whose bias is read elsewhere too")
+    names = tuple(r.pname(a) for a in (w, b) if a is not None)
+    if names and not any(names[0] in ps for _, _, ps in r.an.fixed_params):
+        reason = (
+            f"{r.where(n)}: LayerNorm over one element outputs its bias whatever the input "
+            "(x - mean(x) = 0): its weight multiplies 0 and its output is fixed, so no site "
+            "reaches these parameters"
+        )
+        r.an.fixed_params.append((r.module_path(n) or n.name, reason, names))
+    return None
 
 
 @rule("group_norm")
