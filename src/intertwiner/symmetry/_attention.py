@@ -123,6 +123,8 @@ class Merge:
     #: the node that reads it)`` for each BatchNorm vector (axis 0) and the projection's weight
     #: (its input axis); None: no head permutation.
     downstream: tuple[tuple[str, int, str], ...] | None
+    #: The names of the chain's nodes (its activations' outputs move with the heads too).
+    chain: tuple[str, ...] = ()
 
 
 @dataclass
@@ -572,13 +574,14 @@ def _merge(
         for dim in range(val.dim()):
             layout = _channel_layout(got, dim, heads, int(shape[-1]))
             if layout is not None:
-                rest = _downstream(n, dim, names)
-                return Merge(n, dim - val.dim(), tuple(layout), rest)
+                rest, nodes = _downstream(n, dim, names) or (None, ())
+                return Merge(n, dim - val.dim(), tuple(layout), rest, nodes)
 
 
 #: Per-channel ops between a merged attention output and the next projection that a head
 #: permutation passes (its BatchNorm vectors permuted with the heads).
-_PER_CHANNEL = _OUT_ACTIVATIONS | IDENTITY | {"dropout", "avg_pool2d", "adaptive_avg_pool2d"}
+_POOLS = {f"{a}avg_pool{k}d": k for a in ("", "adaptive_") for k in (1, 2, 3)}
+_PER_CHANNEL = _OUT_ACTIVATIONS | IDENTITY | {"dropout"} | set(_POOLS)
 
 
 def _downstream(n: fx.Node, dim: int, names: dict[fx.Node, str]) -> tuple | None:
@@ -588,10 +591,11 @@ def _downstream(n: fx.Node, dim: int, names: dict[fx.Node, str]) -> tuple | None
     for anything else (then no head permutation is claimed: a channel
     mixed, normalised across heads, or read twice)."""
     v = _val(n)
-    nchw = v.dim() == 4 and dim == 1
+    nchw = v.dim() >= 3 and dim == 1  # channels first: (B, C, L), (B, C, H, W), ...
     if not nchw and dim != v.dim() - 1:
         return None
     norms: list[tuple[str, int, str]] = []
+    chain: list[str] = []
     while True:
         users = list(n.users)
         if len(users) != 1 or users[0].args[:1] != (n,):
@@ -611,12 +615,15 @@ def _downstream(n: fx.Node, dim: int, names: dict[fx.Node, str]) -> tuple | None
                 or nchw != (name in _CONVS)
             ):
                 return None
-            return (*norms, (p.weight, 1, u.name))
-        elif name not in _PER_CHANNEL or (name.startswith("avg_pool") and not nchw):
+            return (*norms, (p.weight, 1, u.name)), tuple(chain)
+        elif name not in _PER_CHANNEL or (
+            name in _POOLS and (not nchw or v.dim() != _POOLS[name] + 2)
+        ):
             return None
         elif len(u.all_input_nodes) != 1:
             return None  # an op that reads a second tensor (a per-channel operand)
         n = u  # (a BatchNorm too: its vectors are recorded above)
+        chain.append(u.name)
 
 
 def _output_codes(shape: torch.Size, heads: int, axis: int, within: int) -> torch.Tensor:

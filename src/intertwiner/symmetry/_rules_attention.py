@@ -24,6 +24,7 @@ from intertwiner.symmetry._forward import is_tensor_cache
 from intertwiner.symmetry._regions import IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
 from intertwiner.symmetry._spaces import Info
+from intertwiner.symmetry.spec import ActivationAxis
 
 if TYPE_CHECKING:
     from intertwiner.symmetry._aten import AtenRunner
@@ -117,6 +118,9 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
                            channels=channels, buffer=name not in an.params, use=bn)  # fmt: skip
             an.act_raw(heads, weight, axis, ActionKind.A_INV_T, n_total, outer=outer,
                        inner=inner, channels=channels, use=use)  # fmt: skip
+            ax = ActivationAxis(merged.dim, n_total, outer, inner, channels, kind=ActionKind.P)
+            for node in merged.chain:  # the activations on the way permute with the heads
+                an.also_moved.setdefault(node, []).append((heads, ax))
         else:
             an.act_raw(heads, b.out.weight, 1 - b.out.out_axis, ActionKind.A_INV_T, n_total,
                        outer=outer, inner=inner, channels=channels)  # fmt: skip

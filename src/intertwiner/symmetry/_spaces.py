@@ -148,6 +148,10 @@ class Spaces:
         #: Graph nodes with no hidden feature axis whose value a rule has shown unchanged by
         #: every element (``q @ k^T`` of two spaces tied to one orthogonal map).
         self.invariant: set[Any] = set()
+        #: Graph nodes (by name) whose activation output a site moves besides the sites of its
+        #: input: a head permutation past a merged attention output (``_rules_attention``), as
+        #: ``node -> [(site, ActivationAxis)]`` (recorded by ``Rules.activation`` under its name).
+        self.also_moved: dict[str, list[tuple[int, ActivationAxis]]] = {}
 
     # -- sites ------------------------------------------------------------------------------
     def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:
