@@ -13,12 +13,15 @@ fool the rules must be refused by the rules (nothing dropped by verification).""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from intertwiner.symmetry import apply, assert_function_preserved, random_elements, trace
+from intertwiner.testing import import_timm, randomize_model
 
 F64 = torch.float64
 L, H, D = 5, 2, 4  # positions, heads, head dim
@@ -66,7 +69,10 @@ class RelAttn(nn.Module):
         if self.fool == "roll":
             logits = logits.roll(1, 0)
         attn = ((q @ k) * D**-0.5 + logits).softmax(-1)
-        return (attn @ v).transpose(-1, -2).reshape(b, c, n)
+        out = (attn @ v).transpose(-1, -2).reshape(b, c, n)
+        if self.fool == "q_leak":
+            return out + q.mean()  # q read outside the attention too
+        return out + logits.sum((0, 1))[None, None] if self.fool == "leak" else out
 
 
 def _model(fool: str | None = None) -> nn.Module:
@@ -145,6 +151,8 @@ def test_a_different_qk_map_per_head_changes_the_function():
         ("channel_pad", set()),  # a pad that shifts the channels: no head layout
         ("head_major", set()),  # q's heads folded in another order than k's and v's
         ("roll", {"2.qk", "2.vo0", "2.vo1"}),  # logits exchanged between heads: no permutation
+        ("leak", set()),  # the logits also read outside the attention
+        ("q_leak", set()),  # q also read outside the attention
     ],
 )
 def test_fooling_variants_are_refused_or_restricted(fool, found):
@@ -183,3 +191,25 @@ def test_halo_windows_with_a_zero_pad_keep_heads_and_maps():
     spec = assert_function_preserved(model.double(), x, generator=_gen(2))
     assert set(_sites(spec)) == {"2.heads", "2.qk0", "2.qk1", "2.vo0", "2.vo1"}
     assert not spec.dropped
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed ([zoo])")
+@pytest.mark.parametrize("layer", ["BottleneckAttn", "HaloAttn"])
+def test_timm_bottleneck_and_halo_attention(layer):
+    """timm's own layers (random weights, nothing downloaded) between a conv and BatchNorm ->
+    ReLU -> conv, as in its BoTNet and HaloNet blocks."""
+    timm = import_timm()
+    if layer == "BottleneckAttn":
+        attn = timm.layers.bottleneck_attn.BottleneckAttn(16, 16, feat_size=(4, 4), num_heads=2)
+    else:
+        attn = timm.layers.halo_attn.HaloAttn(16, 16, num_heads=2, block_size=2, halo_size=1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(), attn, nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 2, 1))  # fmt: skip
+    randomize_model(model, generator=_gen(6))
+    x = torch.randn(2, 3, 4, 4, dtype=F64, generator=_gen(1))
+    spec = assert_function_preserved(model.eval(), x, generator=_gen(2))
+    assert set(_sites(spec)) == {"2.heads", "2.qk", "2.vo0", "2.vo1"} and not spec.dropped
+    assert {"2.pos_embed.height_rel", "2.pos_embed.width_rel"} <= {
+        a.name for a in _sites(spec)["2.qk"].actions
+    }

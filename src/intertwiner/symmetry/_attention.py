@@ -796,6 +796,23 @@ def ancestors(n: fx.Node) -> set[fx.Node]:
     return seen
 
 
+def _escapes(out: fx.Node, sources: set[fx.Node]) -> bool:
+    """Is a tensor computed from ``sources`` (the projections) read by anything that does not
+    lead to ``out`` (the attention output)? Then moving the projections' channels would change
+    that reader too, which no site accounts for."""
+    before = ancestors(out) - {out}
+    stack, seen = list(sources), set()
+    while stack:
+        n = stack.pop()
+        if n in seen or n not in before:
+            continue
+        seen.add(n)
+        if any(u is not out and u not in before for u in n.users):
+            return True
+        stack.extend(n.users)
+    return False
+
+
 def _reads_any(node: fx.Node, targets: set[fx.Node]) -> bool:
     """Does ``node`` depend on any of ``targets``?"""
     seen, stack = set(), [node]
@@ -1049,6 +1066,8 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
             return None  # decomposed relative positions of another form, a bias from k or v
         rel.append(found_rel)
     masks = tuple(plain)
+    if (merged is not None or rel or axis == 0) and _escapes(sdpa, {q.node, k.node, v.node}):
+        return None
     mixes = []
     for lin in mix_nodes:  # talking heads: (H, H) weights (and (H,) biases) that are parameters
         w, b = lin.args[1], lin.args[2] if len(lin.args) > 2 else None
