@@ -858,7 +858,8 @@ def _rel_logits(
     for m in sorted(above, key=order.__getitem__):
         if m is not q and any(a in down for a in m.all_input_nodes):
             down.add(m)
-    if any(a not in down and not _fixed(a) for m in down - {q} for a in m.all_input_nodes):
+    live = _live(above, order)
+    if any(a not in down and a in live for m in down - {q} for a in m.all_input_nodes):
         return None  # the mask reads the input past ``q`` (k, v, the stream)
     products = [
         m for m in down if op_name(m) == "matmul" and m.args[0] in down and m.args[1] not in down
@@ -895,6 +896,16 @@ def _rel_logits(
     per_head = _moves_within_heads(mask, q, products, post, env, scores, order)
     names_ = tuple(dict.fromkeys(t for t in tables if t is not None))
     return RelLogits(mask, tuple(products), names_, per_head)
+
+
+def _live(nodes: set[fx.Node], order: dict) -> set[fx.Node]:
+    """The nodes of ``nodes`` (closed under inputs) computed from the model input (``_fixed``'s
+    complement, for many nodes at once)."""
+    live: set[fx.Node] = set()
+    for m in sorted(nodes, key=order.__getitem__):
+        if m.op == "placeholder" or any(a in live for a in m.all_input_nodes):
+            live.add(m)
+    return live
 
 
 def _rel_table(b: Any, names: dict[fx.Node, str]) -> str | None:
