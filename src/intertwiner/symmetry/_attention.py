@@ -19,6 +19,14 @@ packing). With Hk key/value heads and rep = query heads per kv head the block's 
 
 The projections' outputs are then not hidden spaces of their own (their input axes still read the
 stream). A block that does not match leaves the graph to the ordinary rules.
+
+BoTNet's and HaloNet's attention (timm's ``BottleneckAttn``, ``HaloAttn``) are read too: heads
+folded into the batch dim of 3-d or 4-d tensors (``(B * H, [blocks,] T, D)``), k^T laid out by a
+view, k and v cut into windows by a zero pad and ``unfold`` (pads replayed as ``_PAD_CODE``),
+relative position logits from tables shared by every head (``_rel_logits``: then one
+``<attn>.qk`` for every head, the tables moving with it) and no output projection (``_merge``:
+the heads' output channels are handed to the ordinary rules; ``_downstream``: the chain that a
+head permutation follows to the next convolution).
 """
 
 from __future__ import annotations
