@@ -163,6 +163,26 @@ def test_fooling_variants_are_refused_or_restricted(fool, found):
     assert not [a for s in spec.sites for a in s.actions if a.name == "2.rel" and fool != "roll"]
 
 
+class Projected(RelAttn):
+    """``RelAttn`` with an output projection after the merged heads (the usual attention layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv1d(H * D, H * D, 1)
+
+    def forward(self, x):
+        return self.proj(super().forward(x))
+
+
+def test_relative_logits_with_an_output_projection():
+    model = nn.Sequential(nn.Conv1d(3, H * D, 1), nn.ReLU(), Projected(), nn.Conv1d(H * D, 2, 1))
+    spec = assert_function_preserved(model.double(), _x(), generator=_gen(2))
+    sites = _sites(spec)
+    assert set(sites) == {"2.heads", "2.qk", "2.vo0", "2.vo1"} and not spec.dropped
+    assert sites["2.vo0"].group.family.name == "general_linear"  # the projection absorbs GL
+    assert "2.rel" in {a.name for a in sites["2.qk"].actions}
+
+
 class Halo(nn.Module):
     """HaloNet's layout in one dim: q in blocks of ``bs`` positions, k and v in windows of
     ``bs + 2 halo`` cut by a zero pad and ``unfold``, heads folded into the batch dim, each head's
