@@ -26,6 +26,14 @@ per-channel branch of v added to the output (EfficientFormerV2's ``v_local``,
 
 The projections' outputs are then not hidden spaces of their own (their input axes still read the
 stream). A block that does not match leaves the graph to the ordinary rules.
+
+BoTNet's and HaloNet's attention (timm's ``BottleneckAttn``, ``HaloAttn``) are read too: heads
+folded into the batch dim of 3-d or 4-d tensors (``(B * H, [blocks,] T, D)``), k^T laid out by a
+view, k and v cut into windows by a zero pad and ``unfold`` (pads replayed as ``_PAD_CODE``),
+relative position logits from tables shared by every head (``_rel_logits``: then one
+``<attn>.qk`` for every head, the tables moving with it) and no output projection (``_merge``:
+the heads' output channels are handed to the ordinary rules; ``_downstream``: the chain that a
+head permutation follows to the next convolution).
 """
 
 from __future__ import annotations
@@ -48,7 +56,13 @@ _SHAPING |= {
     "slice",
     "type_as",
     "reshape_as",
+    "unfold",  # Tensor.unfold: HaloAttn's overlapping windows of positions (a view)
 }  # type_as: its first argument
+#: Padding of positions (HaloAttn pads its keys' and values' map by the halo): followed back only
+#: with zeros, reflections or copies, and replayed with ``_PAD_CODE`` so that the channel codes
+#: prove that no padded entry shares a vector with a real channel (``_heads_of``).
+_PADS = {"pad", "constant_pad_nd"}
+_PAD_CODE = -1.0
 _ROTARY = {"mul", "add", "sub", "neg", "cat", "slice", "select", "stack", "unflatten"}
 #: Convolutions (ungrouped, not transposed) project channels too: CoAtNet's and MaxViT's
 #: ``Attention2d`` computes q, k, v with a 1 x 1 conv over (B, C, H, W).
@@ -119,6 +133,33 @@ class Projection:
     sub_norm: tuple[str | None, str | None] | None = None
 
 
+@dataclass(frozen=True)
+class RelLogits:
+    """One relative-position bias on the scores computed from the queries (``_rel_logits``)."""
+
+    mask: fx.Node
+    products: tuple[fx.Node, ...]  # the ``q' @ table^T`` matmuls
+    tables: tuple[str, ...]  # their (T, head_dim) parameters, the head dim on axis 1
+    #: Proven: the logits of a query row read that row's own leading index (batch and head)
+    #: only, in the same pattern for every one: a head permutation moves them with the heads.
+    per_head: bool
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Where the attention output's heads meet again on one channel dim."""
+
+    node: fx.Node
+    dim: int  # negative
+    channels: tuple[tuple[int, ...], ...]  # per query head, its Dv channels there
+    #: The per-channel chain from ``node`` to the projection that reads it: ``(tensor, axis,
+    #: the node that reads it)`` for each BatchNorm vector (axis 0) and the projection's weight
+    #: (its input axis); None: no head permutation.
+    downstream: tuple[tuple[str, int, str], ...] | None
+    #: The names of the chain's nodes (its activations' outputs move with the heads too).
+    chain: tuple[str, ...] = ()
+
+
 @dataclass
 class AttentionBlock:
     sdpa: fx.Node  # the SDPA node, or the ``probs @ v`` matmul of a written-out attention
@@ -126,7 +167,7 @@ class AttentionBlock:
     q: Projection
     k: Projection
     v: Projection
-    out: Projection  # ``heads``: the *input* channels of each query head's output
+    out: Projection | None  # ``heads``: the *input* channels of each query head's output
     heads: int
     kv_heads: int
     head_dim: int
@@ -159,6 +200,15 @@ class AttentionBlock:
     #: MViTv2's decomposed relative-position tables (``_rel_term``): (R, head_dim) parameters
     #: shared by the heads whose columns meet q's entries; they move with q's entries.
     rels: tuple[str, ...] = ()
+    #: Relative position logits added to the scores (BoTNet's and HaloNet's ``PosEmbedRel``):
+    #: ``q' @ table^T`` with 2-d tables shared by every head, then moves over positions
+    #: (``_rel_logits``); the qk map is then one GL(head_dim) for every head, the tables' columns
+    #: moving by its inverse transpose.
+    rel: tuple[RelLogits, ...] = ()
+    #: No output projection (BoTNet, HaloNet): where the heads' outputs meet again on one channel
+    #: dim (``_merge``), the chain from there to the next projection (``_downstream``; None: no
+    #: head permutation) and ``out`` is None.
+    merged: Merge | None = None
 
     def group(self, h: int) -> int:
         """The kv head that query head ``h`` reads."""
@@ -310,7 +360,7 @@ def _back(start: fx.Node, names: dict[fx.Node, str]) -> tuple[Projection, set, b
         elif name in _BATCH_NORMS:
             batch_norms.add(n)
             stack.append(n.args[0])
-        elif name in _SPLITS or name in _SHAPING or _scalar_scale(n):
+        elif name in _SPLITS or name in _SHAPING or _scalar_scale(n) or _zero_pad(n):
             stack.append(n.args[0])
         elif name in _ROTARY:
             rotary = True
@@ -428,6 +478,18 @@ def _pool_op(n: fx.Node, names: dict[fx.Node, str]) -> tuple[str, ...] | None:
     return tuple(names[a] for a in (w, bias) if a is not None)
 
 
+def _zero_pad(n: fx.Node) -> bool:
+    """A pad with zeros (or reflections, copies): every linear map of the channels commutes with
+    it on the dims it pads, which the replayed codes must show are not the channels'."""
+    if op_name(n) not in _PADS or n.kwargs:
+        return False
+    if op_name(n) == "constant_pad_nd":
+        return (n.args + (0,))[2] in (0, 0.0)
+    rest = [*n.args[2:], None, None]
+    mode, value = rest[0] or "constant", rest[1]
+    return mode in ("reflect", "replicate") or (mode == "constant" and value in (None, 0, 0.0))
+
+
 def _l2_normalized(n: fx.Node) -> tuple[fx.Node, int] | None:
     """``F.normalize(x, dim=d)`` ending at ``n`` (``x / norm(x, 2, [d], keepdim).clamp_min(eps)
     .expand_as(x)``): ``(x, d)`` with ``d`` negative, or None."""
@@ -510,6 +572,9 @@ def _replay(start: fx.Node, codes: torch.Tensor, nodes: set[fx.Node], order: dic
                 if torch.equal(x, ramp):
                     env[n] = x
             continue
+        if name in _PADS and n.args[0] in env:  # entries that hold no channel: ``_PAD_CODE``
+            env[n] = torch.nn.functional.pad(env[n.args[0]], list(n.args[1]), value=_PAD_CODE)
+            continue
         if name in IDENTITY or name in ("mul", "div", "add", "sub", "neg"):
             env[n] = next(env[a] for a in n.args if isinstance(a, fx.Node) and a in env)
             env[n] = env[n].contiguous()  # ``contiguous`` and ``clone`` let a ``view`` follow
@@ -540,14 +605,16 @@ def _heads_of(
     channels."""
     if not isinstance(codes, torch.Tensor) or codes.shape != shape or codes.dim() < 3:
         return None
-    if codes.dim() >= 4:  # NesT attends within blocks, (B, H, blocks, T, D): heads on dim 1;
-        # MaxViT's grid attention (B, grid, H, T, D): heads on dim -3
-        codes = codes.movedim(axis, 0).flatten(1, -2)  # (H, B * ... * T, D)
+    if codes.dim() >= 4 and axis != 0:  # NesT attends within blocks, (B, H, blocks, T, D): heads
+        # on dim 1; MaxViT's grid attention (B, grid, H, T, D): heads on dim -3
+        codes = _fill_pads(codes.movedim(axis, 0).flatten(1, -2))  # (H, B * ... * T, D)
         rows = codes[:, :1, :]
         if not torch.equal(codes, rows.expand_as(codes)):
             return None
         table = rows[:, 0, :]
-    else:
+    else:  # heads folded into dim 0, batch-major: (B * H, ..., T, D) (HaloNet: (B * H, blocks,
+        # T, D)); padded positions (``_PAD_CODE`` rows) read as their head's channels
+        codes = _fill_pads(codes.flatten(1, -2))
         rows = codes[:, :1, :]
         if not torch.equal(codes, rows.expand_as(codes)):
             return None
@@ -561,6 +628,19 @@ def _heads_of(
     if not torch.equal(table, table.round()) or table.min() < 0 or table.max() >= total:
         return None
     return [tuple(int(c) for c in row) for row in table.long()]
+
+
+def _fill_pads(codes: torch.Tensor) -> torch.Tensor:
+    """(G, X, D) channel codes with every vector that is all ``_PAD_CODE`` (a padded position:
+    zeros, which every linear map of the channels keeps) replaced by the first real vector of its
+    group; a vector padded only in part keeps its ``_PAD_CODE`` entries (no channel map keeps
+    it, and the callers' range checks fail on them)."""
+    pad = (codes == _PAD_CODE).all(-1)
+    if not pad.any():
+        return codes
+    real = (~pad).float().argmax(1)  # the first real vector of each group (0 when none)
+    first = codes[torch.arange(codes.shape[0]), real].unsqueeze(1).expand_as(codes)
+    return torch.where(pad.unsqueeze(-1), first, codes)
 
 
 def _forward(
@@ -612,25 +692,12 @@ def _forward(
         seen.add(n)
     shape = _val(start).shape
     d = int(shape[within])
-    if len(shape) >= 4:
-        at = [1] * len(shape)
-        at[axis] = int(shape[axis])
-        head = torch.arange(int(shape[axis])).view(at)
-    else:
-        head = (torch.arange(int(shape[0])) % heads).view(-1, 1, 1)
-    entry = torch.arange(d).view(d, *[1] * (-within - 1))
-    codes = (head * d + entry).to(torch.float64).expand(shape).contiguous()
+    codes = _output_codes(shape, heads, axis, within)
     got = _replay(start, codes, seen, order).get(x)
-    width = p.width
-    if not isinstance(got, torch.Tensor) or got.shape[p.channel_dim] != width or width != heads * d:
+    layout = _channel_layout(got, p.channel_dim, heads, d) if p.width == heads * d else None
+    if layout is None:
         return None
-    rows = got.movedim(p.channel_dim, -1).reshape(-1, width)
-    if not torch.equal(rows, rows[:1].expand_as(rows)):
-        return None
-    where = {int(code): c for c, code in enumerate(rows[0].tolist())}
-    if sorted(where) != list(range(heads * d)):
-        return None
-    p.heads = [tuple(where[j * d + k] for k in range(d)) for j in range(heads)]
+    p.heads = layout
     if side is not None and side[1] is None:
         p.residual = (side[0], _replay(start, codes, seen, order).get(side[-1]))
     elif side is not None:
@@ -642,6 +709,109 @@ def _forward(
     p.activated = act is not None
     p.sub_norm = _sub_norm(norm, names) if norm is not None else None
     return p
+
+
+def _channel_layout(got: Any, dim: int, heads: int, d: int) -> list[tuple[int, ...]] | None:
+    """Per head, the channels (along ``dim``) that hold its d entries, read from replayed
+    ``_output_codes``; None unless every position holds all heads * d codes once, in one order."""
+    width = heads * d
+    if not isinstance(got, torch.Tensor) or got.dim() == 0 or got.shape[dim] != width:
+        return None
+    rows = got.movedim(dim, -1).reshape(-1, width)
+    if not torch.equal(rows, rows[:1].expand_as(rows)):
+        return None
+    where = {int(code): c for c, code in enumerate(rows[0].tolist())}
+    if sorted(where) != list(range(width)) or not torch.equal(rows[0], rows[0].round()):
+        return None
+    return [tuple(where[j * d + k] for k in range(d)) for j in range(heads)]
+
+
+def _merge(
+    start: fx.Node, heads: int, names: dict[fx.Node, str], order: dict, axis: int
+) -> Merge | None:
+    """An attention output that no projection reads (BoTNet, HaloNet: it goes on to a BatchNorm):
+    the first node, along single users through shaping ops, whose one dim holds every head's
+    channels (each position the same layout, read by replaying ``_output_codes``)."""
+    chain, n = [], start
+    while True:
+        users = list(n.users)
+        if len(users) != 1 or op_name(users[0]) not in _SHAPING or users[0].args[:1] != (n,):
+            return None
+        n = users[0]
+        chain.append(n)
+        shape, val = _val(start).shape, _val(n)
+        if not isinstance(val, torch.Tensor):
+            return None
+        codes = _output_codes(shape, heads, axis, -1)
+        got = _replay(start, codes, {start, *chain}, order).get(n)
+        for dim in range(val.dim()):
+            layout = _channel_layout(got, dim, heads, int(shape[-1]))
+            if layout is not None:
+                rest, nodes = _downstream(n, dim, names) or (None, ())
+                return Merge(n, dim - val.dim(), tuple(layout), rest, nodes)
+
+
+#: Per-channel ops between a merged attention output and the next projection that a head
+#: permutation passes (its BatchNorm vectors permuted with the heads).
+_POOLS = {f"{a}avg_pool{k}d": k for a in ("", "adaptive_") for k in (1, 2, 3)}
+_PER_CHANNEL = _OUT_ACTIVATIONS | IDENTITY | {"dropout"} | set(_POOLS)
+
+
+def _downstream(n: fx.Node, dim: int, names: dict[fx.Node, str]) -> tuple | None:
+    """The chain from the merged output ``n`` (channels on ``dim``) along single users through
+    elementwise activations, average pooling and eval-mode BatchNorms to an ungrouped
+    convolution (or a Linear over the last dim) that reads it: ``Merge.downstream``, or None
+    for anything else (then no head permutation is claimed: a channel
+    mixed, normalised across heads, or read twice)."""
+    v = _val(n)
+    nchw = v.dim() >= 3 and dim == 1  # channels first: (B, C, L), (B, C, H, W), ...
+    if not nchw and dim != v.dim() - 1:
+        return None
+    norms: list[tuple[str, int, str]] = []
+    chain: list[str] = []
+    while True:
+        users = list(n.users)
+        if len(users) != 1 or users[0].args[:1] != (n,):
+            return None
+        u = users[0]
+        name = op_name(u)
+        if name in _BATCH_NORMS and nchw:
+            if not _eval_norm(u, names, int(v.shape[1])):
+                return None
+            norms += [(names[a], 0, u.name) for a in u.args[1:5] if isinstance(a, fx.Node)]
+        elif name in _PROJECTIONS:
+            p = _plain_projection(u, names)
+            if (
+                p is None
+                or p.width != int(v.shape[dim])
+                or (name == "addmm")
+                or nchw != (name in _CONVS)
+            ):
+                return None
+            return (*norms, (p.weight, 1, u.name)), tuple(chain)
+        elif name not in _PER_CHANNEL or (
+            name in _POOLS and (not nchw or v.dim() != _POOLS[name] + 2)
+        ):
+            return None
+        elif len(u.all_input_nodes) != 1:
+            return None  # an op that reads a second tensor (a per-channel operand)
+        n = u  # (a BatchNorm too: its vectors are recorded above)
+        chain.append(u.name)
+
+
+def _output_codes(shape: torch.Size, heads: int, axis: int, within: int) -> torch.Tensor:
+    """A tensor shaped like an attention output whose entry holds ``head * d + k`` for entry k
+    of head ``head`` (d entries per head along ``within``): heads on ``axis`` of a >= 4-d output,
+    else folded batch-major into dim 0 (``(B * H, ..., T, Dv)``)."""
+    d = int(shape[within])
+    if len(shape) >= 4 and axis != 0:
+        at = [1] * len(shape)
+        at[axis] = int(shape[axis])
+        head = torch.arange(int(shape[axis])).view(at)
+    else:
+        head = (torch.arange(int(shape[0])) % heads).view(-1, *[1] * (len(shape) - 1))
+    entry = torch.arange(d).view(d, *[1] * (-within - 1))
+    return (head * d + entry).to(torch.float64).expand(shape).contiguous()
 
 
 def _other_operand(add: fx.Node, chain: fx.Node) -> fx.Node | None:
@@ -991,6 +1161,23 @@ def ancestors(n: fx.Node) -> set[fx.Node]:
     return seen
 
 
+def _escapes(out: fx.Node, sources: set[fx.Node]) -> bool:
+    """Is a tensor computed from ``sources`` (the projections) read by anything that does not
+    lead to ``out`` (the attention output)? Then moving the projections' channels would change
+    that reader too, which no site accounts for."""
+    before = ancestors(out) - {out}
+    stack, seen = list(sources), set()
+    while stack:
+        n = stack.pop()
+        if n in seen or n not in before:
+            continue
+        seen.add(n)
+        if any(u is not out and u not in before for u in n.users):
+            return True
+        stack.extend(n.users)
+    return False
+
+
 def _reads_any(node: fx.Node, targets: set[fx.Node]) -> bool:
     """Does ``node`` depend on any of ``targets``?"""
     seen, stack = set(), [node]
@@ -1002,6 +1189,168 @@ def _reads_any(node: fx.Node, targets: set[fx.Node]) -> bool:
             seen.add(n)
             stack.extend(n.all_input_nodes)
     return False
+
+
+#: Ops on relative logits that only move entries (a zero pad writes zeros): with them alone the
+#: logits of each query row can be read off replayed codes (``_rel_logits``).
+_LOGIT_MOVES = _VIEWS | IDENTITY | {"flatten", "unflatten", "transpose", "permute", "expand"}
+_LOGIT_MOVES |= {"slice", "select", "unsqueeze", "squeeze", "contiguous", "clone"}
+
+
+def _rel_logits(
+    mask: fx.Node, q: fx.Node, scores: tuple[int, ...], names: dict[fx.Node, str], order: dict
+) -> RelLogits | None:
+    """A bias on the scores computed from the queries ``q`` (..., T, D) by relative position
+    tables (BoTNet's and HaloNet's ``PosEmbedRel``: ``rel_logits_1d``), or None. What is proven:
+
+    - the mask reads the model input only through ``q``, and ``q`` only through products
+      ``q' @ R^T`` (``products``) where ``q'`` is ``q`` moved by shaping ops and number scales
+      (each row of ``q'`` one row of ``q``, its D entries in order: replayed codes) and ``R`` a
+      2-d parameter (T_R, D) transposed, read nowhere else. For any M in GL(D), ``q -> q M^T``
+      with ``R -> R M^-1`` keeps every entry of every product (``(M q_i) . (M^-T r_t) = q_i .
+      r_t``), hence the mask, whatever happens after the products;
+    - ``per_head``: the ops after the products only move entries, pad with zeros and add two
+      such tensors, and the replayed codes show that the mask entry at (lead, i, j) (lead: the
+      dims before (T, S), batch and heads) reads a product entry of a row of ``q`` with the same
+      lead, in a pattern the same for every lead. Permuting the heads of ``q`` then permutes
+      the mask's heads alike. (Per-head tables would differ between heads: refused above.)
+
+    Nothing between the products and the mask may be read outside the mask."""
+    above = ancestors(mask)
+    if q not in above:
+        return None
+    down: set[fx.Node] = {q}
+    for m in sorted(above, key=order.__getitem__):
+        if m is not q and any(a in down for a in m.all_input_nodes):
+            down.add(m)
+    live = _live(above, order)
+    if any(a not in down and a in live for m in down - {q} for a in m.all_input_nodes):
+        return None  # the mask reads the input past ``q`` (k, v, the stream)
+    products = [
+        m for m in down if op_name(m) == "matmul" and m.args[0] in down and m.args[1] not in down
+    ]
+    tables = [_rel_table(m.args[1], names) for m in products]
+    if not products or any(t is None for t in tables):
+        return None
+    feeding = set().union(*(ancestors(p.args[0]) for p in products))
+    pre = {q} | (down & feeding)
+    if any(op_name(m) not in _SHAPING and not _scalar_scale(m) for m in pre - {q}):
+        return None
+    if any(a in pre - {q} or a is q for m in down - pre - set(products)
+           for a in m.all_input_nodes):  # fmt: skip
+        return None  # the bias reads q past the products
+    inner = (down - {q, mask}) | {m.args[1] for m in products}
+    if any(u not in above for m in inner for u in m.users):
+        return None  # a product or a table read elsewhere too
+    tables_read = {m.args[1].args[0] for m in products}
+    if any(u not in above for t in tables_read for u in t.users):
+        return None  # a table shared with another block
+    qv = _val(q)
+    dim = int(qv.shape[-1])
+    env = _replay(q, torch.arange(qv.numel(), dtype=torch.float64).view(qv.shape), pre, order)
+    for m in products:
+        left = env.get(m.args[0])
+        if not isinstance(left, torch.Tensor) or left.shape != _val(m.args[0]).shape:
+            return None
+        ramp = torch.arange(dim, dtype=torch.float64).expand_as(left)
+        if left.shape[-1] != dim or not torch.equal(left % dim, ramp):
+            return None
+        if not torch.equal(left - left[..., :1], ramp):
+            return None  # a row of q' that is not one row of q
+    post = down - pre - set(products)
+    per_head = _moves_within_heads(mask, q, products, post, env, scores, order)
+    names_ = tuple(dict.fromkeys(t for t in tables if t is not None))
+    return RelLogits(mask, tuple(products), names_, per_head)
+
+
+def _live(nodes: set[fx.Node], order: dict) -> set[fx.Node]:
+    """The nodes of ``nodes`` (closed under inputs) computed from the model input (``_fixed``'s
+    complement, for many nodes at once)."""
+    live: set[fx.Node] = set()
+    for m in sorted(nodes, key=order.__getitem__):
+        if m.op == "placeholder" or any(a in live for a in m.all_input_nodes):
+            live.add(m)
+    return live
+
+
+def _rel_table(b: Any, names: dict[fx.Node, str]) -> str | None:
+    """``R^T`` of a 2-d parameter ``R`` (T, D): the parameter's name, or None."""
+    if not isinstance(b, fx.Node) or op_name(b) not in ("transpose", "t", "permute"):
+        return None
+    table = b.args[0]
+    v = _val(table)
+    if table not in names or not isinstance(v, torch.Tensor) or v.dim() != 2:
+        return None
+    if op_name(b) == "permute" and [d % 2 for d in b.args[1]] != [1, 0]:
+        return None
+    if op_name(b) == "transpose" and {d % 2 for d in b.args[1:3]} != {0, 1}:
+        return None
+    return names[table]
+
+
+def _moves_within_heads(
+    mask: fx.Node, q: fx.Node, products: list, post: set, env: dict, scores: tuple, order: dict
+) -> bool:
+    """``RelLogits.per_head``: replay the ops after the products on codes, one product at a time
+    (the others zero): a product entry of q's row r (of ``rows`` per lead) and table row t gets
+    ``r * T_R + t + 1``, zeros stay zeros, two addends may not both hold a code at one entry."""
+    for m in post:
+        name = op_name(m)
+        if name in _PADS:
+            if not _zero_pad(m) or (*m.args[2:], "constant")[0] != "constant":
+                return False
+        elif name == "add":
+            if len(m.args) != 2 or m.kwargs or not all(a in post | set(products) for a in m.args):
+                return False
+        elif name not in _LOGIT_MOVES:
+            return False
+    qv = _val(q)
+    t, d = int(qv.shape[-2]), int(qv.shape[-1])
+    lead = qv.numel() // (t * d)
+    total = None
+    for m in products:
+        rows = env[m.args[0]][..., 0] // d  # the row of q (lead * T + i) of each row of q'
+        width = int(_val(m).shape[-1])
+        codes = rows.unsqueeze(-1) * width + torch.arange(width) + 1
+        got = _replay_logits(m, codes, [p for p in products if p is not m], post, mask, order)
+        if got is None or tuple(scores[:-2]) != tuple(qv.shape[:-2]):
+            return False
+        try:
+            got = torch.broadcast_to(got, scores).reshape(lead, t, -1)
+        except RuntimeError:
+            return False
+        at = torch.arange(lead, dtype=torch.float64).view(-1, 1, 1)
+        held = got > 0
+        if not torch.equal((got - 1) // (width * t) * held, at * held):
+            return False  # an entry reads a query row of another lead (another head)
+        rel = torch.where(held, got - at * (t * width), 0.0)
+        if not torch.equal(rel, rel[:1].expand_as(rel)):
+            return False  # a pattern that differs between heads
+        total = held if total is None else total | held
+    return total is not None
+
+
+def _replay_logits(
+    start: fx.Node, codes: torch.Tensor, others: list, post: set, mask: fx.Node, order: dict
+) -> torch.Tensor | None:
+    """The ops of ``post`` run on ``codes`` in place of ``start`` (``others`` zero); None when
+    two codes meet in one entry."""
+    env: dict[fx.Node, Any] = {start: codes}
+    env.update({p: torch.zeros(_val(p).shape, dtype=torch.float64) for p in others})
+    for m in sorted(post, key=order.__getitem__):
+        try:
+            args = fx.node.map_arg(m.args, env.__getitem__)
+            kwargs = fx.node.map_arg(m.kwargs, env.__getitem__)
+            if op_name(m) in IDENTITY:  # casts would round the codes: they move nothing
+                env[m] = args[0]
+                continue
+            if op_name(m) == "add" and bool(((args[0] != 0) & (args[1] != 0)).any()):
+                return None
+            env[m] = m.target(*args, **kwargs)
+        except (KeyError, RuntimeError, TypeError, IndexError):
+            return None
+    got = env.get(mask)
+    return got if isinstance(got, torch.Tensor) else None
 
 
 def find_attention(graph: fx.Graph) -> list[AttentionBlock]:
@@ -1065,13 +1414,22 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         projections.append(p)
         envs[key] = (env, seen)
     out = _forward(sdpa, len(projections[0].heads), names, order, axis)
-    if out is None:
-        return None
+    merged = None
+    if out is None:  # no output projection: the heads must meet again on one channel dim
+        merged = _merge(sdpa, len(projections[0].heads), names, order, axis)
+        if merged is None or len(projections[1].heads) != len(projections[0].heads):
+            return None
     q, k, v = projections
     tables = _rel_tables(rel_nodes, q, envs["q"], order)
     if tables is None:
         return None  # a relative-position term that does not read q's entries as it should
-    if out.residual is not None and not _residual_reads_q(out.residual, q, envs["q"][0]):
+    if merged is not None and (tables or any(p.pools for p in projections)):
+        return None  # pooled heads without an output projection: not a layout read here
+    if (
+        out is not None
+        and out.residual is not None
+        and not _residual_reads_q(out.residual, q, envs["q"][0])
+    ):
         return None  # added to the output: not q, entry for entry
     heads, head_dim, head_dim_v = len(q.heads), vals[0].shape[-1], vals[2].shape[-1]
     # GQA written with repeat_kv: k and v come with every query head; keep one per kv head
@@ -1079,9 +1437,14 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     if len(k.heads) == heads and len(v.heads) == heads:
         k.heads, v.heads = list(dict.fromkeys(k.heads)), list(dict.fromkeys(v.heads))
     kv_heads = len(k.heads)
-    if not kv_heads or heads % kv_heads or len(v.heads) != kv_heads or len(out.heads) != heads:
+    n_out = len(out.heads) if out is not None else len(merged.channels)
+    if not kv_heads or heads % kv_heads or len(v.heads) != kv_heads or n_out != heads:
         return None
-    if out.side is not None and not _side_reads_v(out.side, v, heads, kv_heads, names):
+    if (
+        out is not None
+        and out.side is not None
+        and not _side_reads_v(out.side, v, heads, kv_heads, names)
+    ):
         return None  # a branch added to the output that v's maps would not move alike
     rep = heads // kv_heads
     for rows, kept in ((k_rows, k.heads), (v_rows, v.heads)):
@@ -1090,8 +1453,21 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     used = [(id(p.node), c) for p in (q, k, v) for row in p.heads for c in row]
     if len(set(used)) != len(used):
         return None  # two slots read one channel: not a plain head layout
-    if any(_reads_any(mask, {q.node, k.node, v.node}) for mask in masks):
-        return None  # a bias computed from q, k or v (decomposed relative positions): not a mask
+    rel, plain = [], []
+    for mask in masks:  # a bias computed from q: relative position logits, else not a mask
+        if not _reads_any(mask, {q.node, k.node, v.node}):
+            plain.append(mask)
+            continue
+        scores = (*vals[0].shape[:-1], int(vals[1].shape[-2]))
+        found_rel = _rel_logits(mask, q_node, scores, names, order)
+        if found_rel is None:
+            return None  # decomposed relative positions of another form, a bias from k or v
+        rel.append(found_rel)
+    masks = tuple(plain)
+    if rel and tables:
+        return None  # relative logits of both forms on one block: no rule reads them together
+    if (merged is not None or rel or axis == 0) and _escapes(sdpa, {q.node, k.node, v.node}):
+        return None
     mixes = []
     for lin in mix_nodes:  # talking heads: (H, H) weights (and (H,) biases) that are parameters
         w, b = lin.args[1], lin.args[2] if len(lin.args) > 2 else None
@@ -1104,7 +1480,7 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
     stack = sdpa.meta.get("nn_module_stack") or {}
     name = list(stack.values())[-1][0] if stack else sdpa.name
     rotary = found[0][2] or found[1][2]
-    head_axis = axis - vals[0].dim() if vals[0].dim() >= 4 else -3
+    head_axis = axis - vals[0].dim() if vals[0].dim() >= 4 and axis != 0 else -vals[0].dim()
     # masks are read with heads on dim -3 (``head_tables``): with heads elsewhere (NesT) a mask
     # keeps the heads in place
     per_head = any(_per_head(mask, head_axis) for mask in masks) or bool(masks and head_axis != -3)
@@ -1120,14 +1496,16 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         int(head_dim),
         int(head_dim_v),
         rotary,
-        {q.node, k.node, v.node, *mix_nodes},
+        {q.node, k.node, v.node, *mix_nodes, *(m for r in rel for m in r.products)},
         not per_head,
         masks,
         normalized=frozenset(normalized),
         head_axis=head_axis,
-        out_activation=out.activated,
+        out_activation=out is not None and out.activated,
         mixes=tuple(mixes),
         rels=tables,
+        rel=tuple(rel),
+        merged=merged,
     )
 
 
@@ -1332,16 +1710,17 @@ def _per_head(mask: fx.Node, axis: int = -3) -> bool:
 def _head_axis(found: tuple, node: fx.Node, val: torch.Tensor, order: dict) -> int | None:
     """The dim of the (..., T, D) attention tensors that holds the heads: 1 (B, H, ..., T, D),
     else -3 as a positive dim (MaxViT's (B, grid, H, T, D)), whichever the query's channel
-    codes fit; 1 for 3-d tensors (the (B * H, T, D) layout has no head dim)."""
-    if val.dim() < 5:
+    codes fit; 1 for 3-d tensors (the (B * H, T, D) layout has no head dim); 0 for heads folded
+    into the batch dim of a 4-d tensor (HaloNet's (B * H, blocks, T, D))."""
+    if val.dim() < 4:
         return 1
     p, seen = found[0], found[1]
     codes = _channel_codes(p)
     got = _replay(p.node, codes, seen, order).get(node)
-    for axis in (1, val.dim() - 3):
+    for axis in (1, val.dim() - 3) if val.dim() >= 5 else (1, 0):
         heads = _heads_of(got, val.shape, p.total, axis)
         if heads is not None and len({c for row in heads for c in row}) == len(heads[0]) * len(
             heads
         ):
             return axis  # each head its own channels (a grid dim repeats them)
-    return None
+    return None if val.dim() >= 5 else 1

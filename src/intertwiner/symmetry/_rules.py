@@ -186,6 +186,8 @@ class Rules(Spaces):
         # for its later calls: each call is its own site, and hooks can only see the last one.
         self.act_calls[name] = self.act_calls.get(name, 0) + 1
         name = str(SiteName(name, self.act_calls[name]))
+        for sid, ax in self.also_moved.get(self.current_use, ()):
+            self.sites[sid].activations.append((self.tick(), name, ax, group))
         out = []
         for part in self.parts(x):
             sid, mode, ch = part

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
-from intertwiner.groups import ORTHOGONAL, PERMUTATION, POSITIVE_MONOMIAL, ActionKind
+from intertwiner.groups import ORTHOGONAL, PERMUTATION, POSITIVE_MONOMIAL, ActionKind, Mode
 from intertwiner.symmetry._attention import AttentionBlock, Projection
 from intertwiner.symmetry._attention import ancestors as _ancestors
 from intertwiner.symmetry._forward import is_tensor_cache
 from intertwiner.symmetry._regions import IDENTITY, op_name
 from intertwiner.symmetry._registry import Frozen, rule
+from intertwiner.symmetry._spaces import Info
+from intertwiner.symmetry.spec import ActivationAxis
 
 if TYPE_CHECKING:
     from intertwiner.symmetry._aten import AtenRunner
@@ -78,11 +80,19 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     # Per kv group j, its channels in q (rep heads), k, v and the output projection's input.
     groups = {"q": per_group(b.q.heads), "k": b.k.heads, "v": b.v.heads}
     units = _head_units(b, groups)  # (projection, blocks): what a head permutation moves
-    out_blocks = _head_blocks(per_group(b.out.heads), b.out.width)
+    merged = b.merged
+    if merged is not None:  # no output projection: the chain after the merged heads
+        width = len(merged.channels) * len(merged.channels[0])
+        out_blocks = _head_blocks(per_group(list(merged.channels)), width)
+        out_blocks = out_blocks if merged.downstream is not None else None
+    else:
+        out_blocks = _head_blocks(per_group(b.out.heads), b.out.width)
     tables = [] if b.heads_permutable else head_tables(r, b)
     if b.heads == 1:
         _single_head(r, b)
-    if tables is None:
+    if not all(rel.per_head for rel in b.rel):
+        tables = None  # relative logits not proven to move with their heads
+    elif tables is None:
         _cached_tables(r, b)
     elif any(_tensor_cache(r, name) for name, _, _ in tables):
         for name, _, _ in tables:  # an eval forward may read the dict, not the table
@@ -103,9 +113,21 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
                 an.act_raw(heads, name, 0, ActionKind.A, n_t, outer=o, inner=i, channels=chans)
             normed(heads, p, ActionKind.A, n_total, outer, inner, channels)
         channels, n_total, outer, inner = out_blocks
-        an.act_raw(heads, b.out.weight, 1 - b.out.out_axis, ActionKind.A_INV_T, n_total,
-                   outer=outer, inner=inner, channels=channels)  # fmt: skip
-        for name in b.out.sub_norm or ():  # the sub-LN's weight and bias move with the heads
+        if merged is not None:  # per-channel BatchNorm vectors, then the projection's columns
+            *norms, (weight, axis, use) = merged.downstream
+            for name, _, bn in norms:
+                an.act_raw(heads, name, 0, ActionKind.A, n_total, outer=outer, inner=inner,
+                           channels=channels, buffer=name not in an.params, use=bn)  # fmt: skip
+            an.act_raw(heads, weight, axis, ActionKind.A_INV_T, n_total, outer=outer,
+                       inner=inner, channels=channels, use=use)  # fmt: skip
+            ax = ActivationAxis(merged.dim, n_total, outer, inner, channels, kind=ActionKind.P)
+            for node in merged.chain:  # the activations on the way permute with the heads
+                an.also_moved.setdefault(node, []).append((heads, ax))
+        else:
+            an.act_raw(heads, b.out.weight, 1 - b.out.out_axis, ActionKind.A_INV_T, n_total,
+                       outer=outer, inner=inner, channels=channels)  # fmt: skip
+        sub_norm = b.out.sub_norm if b.out is not None else None
+        for name in sub_norm or ():  # the sub-LN's weight and bias move with the heads
             if name is not None:
                 an.act_raw(heads, name, 0, ActionKind.A, n_total, outer=outer, inner=inner,
                            channels=channels)  # fmt: skip
@@ -119,21 +141,42 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     if b.channels:
         _channel_sites(r, b, on, into_out)
         return
-    shared_qk, shared_v = _shared_sites(r, b, on, into_out)
-    for j in range(b.kv_heads):
-        # rotary embeddings rotate q and k per position: no GL(head_dim) on them. What survives
-        # is smaller and not written: per rotation pair (2 dims, one frequency) q -> c R q,
-        # k -> R k / c with R a plane rotation (it commutes with every position's rotation),
-        # and swaps of pairs only between pairs of equal frequency.
-        if not b.rotary and not shared_qk:
-            qk = an.new_site(b.head_dim, name=f"{b.name}.qk{j}", kind="attention_qk")
-            if b.q.norm or b.k.norm:  # GL would not commute with the per-channel BatchNorm
-                an.sites[qk].family = PERMUTATION
-            elif b.normalized & {"q", "k"}:  # cosine attention: only maps that keep norms
-                an.sites[qk].family = ORTHOGONAL
+
+    def qk_site(name: str, kv: range) -> int:
+        """GL(head_dim) on q (A) of the query heads of kv groups ``kv`` and on their k (A^-T)."""
+        qk = an.new_site(b.head_dim, name=name, kind="attention_qk")
+        if b.q.norm or b.k.norm:  # GL would not commute with the per-channel BatchNorm
+            an.sites[qk].family = PERMUTATION
+        elif b.normalized & {"q", "k"}:  # cosine attention: only maps that keep norms
+            an.sites[qk].family = ORTHOGONAL
+        for j in kv:
             for h in range(j * rep, (j + 1) * rep):
                 on(qk, b.q, ActionKind.A, b.q.heads[h])
             on(qk, b.k, ActionKind.A_INV_T, b.k.heads[j])
+        return qk
+
+    # ops shared by the heads on each head-dim entry (MViTv2's pooling): ``_shared_sites``
+    shared_qk, shared_v = (
+        (False, False) if merged is not None else _shared_sites(r, b, on, into_out)
+    )
+    # rotary embeddings rotate q and k per position: no GL(head_dim) on them. What survives
+    # is smaller and not written: per rotation pair (2 dims, one frequency) q -> c R q,
+    # k -> R k / c with R a plane rotation (it commutes with every position's rotation),
+    # and swaps of pairs only between pairs of equal frequency.
+    if b.rel and not b.rotary and not shared_qk:
+        # relative logits q_i . r_t with tables shared by every head (``_attention.
+        # _rel_logits``): q -> M q, k -> M^-T k keeps q . k, and r -> M^-T r keeps q . r only
+        # with one M for every head, the tables' columns moving by M^-T (a different M per
+        # head would need a different table per head)
+        qk = qk_site(f"{b.name}.qk", range(b.kv_heads))
+        for table in dict.fromkeys(t for rel in b.rel for t in rel.tables):
+            an.act_raw(qk, table, 1, ActionKind.A_INV_T, b.head_dim)
+    if merged is not None:
+        _merged_values(r, b, on)
+        return
+    for j in range(b.kv_heads):
+        if not b.rotary and not b.rel and not shared_qk:
+            qk_site(f"{b.name}.qk{j}", range(j, j + 1))
         if shared_v:
             continue
         vo = an.new_site(b.head_dim_v, name=f"{b.name}.vo{j}", kind="attention_vo")
@@ -210,6 +253,27 @@ def _shared_sites(r: AtenRunner, b: AttentionBlock, on: Any, into_out: Any) -> t
         an.sites[vo].family = PERMUTATION
         values(vo)
     return q_pooled or tied, v_pooled
+
+
+def _merged_values(r: AtenRunner, b: AttentionBlock, on: Any) -> None:
+    """The maps of the values of a block without an output projection (``AttentionBlock.
+    merged``): ``<attn>.vo<j>`` acts on head j's v rows (A), so head j's output channels move by
+    the same matrix (``out_j = A_j v_j``); where the heads meet again (``merged.node``) the output
+    is handed to the ordinary rules as a tensor moved by these sites, one per head's channels,
+    and whatever follows (a BatchNorm, an activation, the next convolution, a residual sum)
+    restricts them and moves its parameters as for any other tensor."""
+    an, merged = r.an, b.merged
+    parts = []
+    for j in range(b.kv_heads):  # (``_match``: one query head per kv head here)
+        vo = an.new_site(b.head_dim_v, name=f"{b.name}.vo{j}", kind="attention_vo")
+        if b.v.norm:  # a per-channel BatchNorm on v commutes with monomial maps at most
+            an.sites[vo].family = PERMUTATION
+        elif "v" in b.normalized:  # L2-normalised v: only maps that keep norms
+            an.sites[vo].family = ORTHOGONAL
+        on(vo, b.v, ActionKind.A, b.v.heads[j])
+        parts.append((vo, Mode.A, merged.channels[j]))
+    width = sum(len(ch) for ch in merged.channels)
+    r.pending[merged.node] = Info(tuple(parts), width, merged.dim)
 
 
 def _channel_sites(r: AtenRunner, b: AttentionBlock, on: Any, into_out: Any) -> None:

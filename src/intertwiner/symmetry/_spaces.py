@@ -153,6 +153,10 @@ class Spaces:
         #: their blocks that ECA asked for (``_block_reversal``).
         self.grouped: dict[int, Any] = {}
         self.block_reversals: list[Any] = []
+        #: Graph nodes (by name) whose activation output a site moves besides the sites of its
+        #: input: a head permutation past a merged attention output (``_rules_attention``), as
+        #: ``node -> [(site, ActivationAxis)]`` (recorded by ``Rules.activation`` under its name).
+        self.also_moved: dict[str, list[tuple[int, ActivationAxis]]] = {}
 
     # -- sites ------------------------------------------------------------------------------
     def new_site(self, width: int, name: str | None = None, kind: str | None = None) -> int:
