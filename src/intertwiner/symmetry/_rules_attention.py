@@ -61,7 +61,7 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
         statistics (the sites that reach it are permutations: a permutation commutes with
         a per-channel affine map once its vectors are permuted alike); so do the per-channel
         tensors of a branch from v added to the output (EfficientFormerV2's ``v_local``)."""
-        side = b.out.side[1] if p is b.v and b.out.side is not None else ()
+        side = b.out.side[1] if p is b.v and b.out is not None and b.out.side is not None else ()
         for name in (*p.norm, *side):
             if name is not None:
                 an.act_raw(sid, name, 0, kind, n_total, outer=outer, inner=inner,
