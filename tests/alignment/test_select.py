@@ -13,7 +13,7 @@ from torch.utils.data import Subset, TensorDataset
 import intertwiner.training
 from intertwiner.alignment import align, lerp, merge
 from intertwiner.errors import InvalidOptionError
-from intertwiner.symmetry import apply, trace
+from intertwiner.symmetry import apply, random_elements, trace
 
 # Seeds of the tiny MLP pairs below (found by running all three searches): on pair 6 the
 # permutations-only search has the lower midpoint loss (0.9925 against the full search's 0.9983),
@@ -110,10 +110,27 @@ def test_selection_reads_only_the_data_it_was_given(monkeypatch):
     monkeypatch.setattr(intertwiner.training, "evaluate", spy)
     res = align(a, b, data=ds, max_samples=16, seed=3, spec=spec)
     assert res.selection is not None and res.selection.samples == 16
-    assert len(seen) == len(res.selection.losses)
+    assert len(seen) == len(res.selection.losses) + 2  # every midpoint, then A and B
     picked = torch.randperm(64, generator=torch.Generator().manual_seed(3))[:16].tolist()
     for d in seen:  # a seeded draw of the given data, nothing else
         assert isinstance(d, Subset) and d.dataset is ds and list(d.indices) == picked
+
+
+def test_a_transformed_copy_keeps_the_exact_recovery():
+    """B = A permuted and rescaled: the full search recovers A (midpoint = A, barrier 0), and the
+    selection keeps it even where a permutation's midpoint fits the data better than A does."""
+    a, _, x, ds, spec = _pair(PERM_WINS)
+    b = apply(a, spec, random_elements(spec, torch.Generator().manual_seed(1)))
+    res = align(a, b, data=ds, spec=spec)
+    assert res.selection is not None and res.selection.chosen == "full"
+    assert res.selection.barriers["full"] == 0.0
+    # the case this guards: a permutation's midpoint fits these labels better than A itself
+    assert res.selection.losses["permutation"] < res.selection.losses["full"] - 1e-3
+    for k, t in a.state_dict().items():
+        torch.testing.assert_close(res.model.state_dict()[k], t, rtol=1e-9, atol=1e-9)
+    merged = merge([a, b], bn_data=ds, spec=spec)
+    for k, t in a.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[k], t, rtol=1e-9, atol=1e-9)
 
 
 def test_selection_is_deterministic_with_a_seed():
@@ -165,5 +182,6 @@ def test_merge_selects_by_the_loss_on_its_fitting_data():
         full = merge([a, b], bn_data=ds, reference=reference, select=None, spec=spec)
         perm = merge([a, b], bn_data=ds, reference=reference, group="permutation", spec=spec)
         with torch.no_grad():
-            losses = [float(F.cross_entropy(m(x), y)) for m in (got, full, perm)]
-        assert losses[0] <= min(losses[1:]) + 1e-12  # never worse than either search alone
+            ends = (float(F.cross_entropy(a(x), y)) + float(F.cross_entropy(b(x), y))) / 2
+            excess = [max(0.0, float(F.cross_entropy(m(x), y)) - ends) for m in (got, full, perm)]
+        assert excess[0] <= min(excess[1:]) + 1e-12  # never worse than either search alone

@@ -74,8 +74,10 @@ from intertwiner.alignment._scales import representatives
 from intertwiner.alignment._select import (
     Selection,
     check_select,
+    choose,
     has_labels,
     limited,
+    loss,
     midpoint_loss,
 )
 from intertwiner.alignment._weights import _Problem, _weight_matching
@@ -275,8 +277,9 @@ def align(
     ``select`` (``group="full"`` with ``data`` of labelled ``(x, y)`` pairs): ``"midpoint"``
     (default) runs several searches whose results are all elements of the full group (the full
     search, the permutations-only search and, by weights, the full search started from the
-    permutations' solution) and keeps the one whose midpoint with A has the lowest loss on
-    ``data`` (BN re-estimated there; REPAIRed when ``select_repair`` is True, ``"summands"`` or
+    permutations' solution) and keeps the one with the lowest loss barrier at alpha 1/2 on
+    ``data`` (``max(0, midpoint loss - endpoints' mean loss)``, a tie keeping the full search;
+    the midpoint's BN re-estimated there; REPAIRed when ``select_repair`` is True, ``"summands"`` or
     ``"sum"``; at most ``max_samples`` examples, drawn with ``seed``); the choice and the losses
     are on ``Alignment.selection`` (see ``alignment._select``). Without labelled data, with
     another ``group`` or with ``select=None``: the full search alone (``selection`` is None).
@@ -316,10 +319,11 @@ def align(
             losses[name], samples = midpoint_loss(
                 model_a, cand.model, fit, repair=select_repair, seed=seed
             )
-        chosen = min(losses, key=losses.__getitem__)  # a tie keeps the first: the full search
+        ends = (loss(model_a, fit)[0] + loss(model_b, fit)[0]) / 2
+        chosen = choose(losses, ends)  # a tie keeps the first: the full search
         res = found[chosen]
         res.group = extent.value  # every candidate is an element of the full group
-        selection = Selection(chosen, losses, samples, select_repair)
+        selection = Selection(chosen, losses, ends, samples, select_repair)
     else:
         res = _align_once(model_a, model_b, spec, data, method, extent, scales, **options)
     res.sites = _site_reports(spec, model_a, model_b, res.model, extent)

@@ -267,10 +267,11 @@ def merge(
     ``"summands"`` as in ``interpolate``).
     ``select`` (``group="full"``, with labelled ``(x, y)`` fitting data: ``data``, else
     ``bn_data``): ``"midpoint"`` (default) chooses among elements of the full group by the loss
-    of the merge on that data (BN reset, REPAIR when ``repair``): with a reference model, each
-    ``align`` selects (``align(select=...)``); aligned to the mean, the merge of the full-group
-    alignment and the merge of the permutations-only alignment are both made and the one with the
-    lower loss is returned. None: the full-group search alone, as before.
+    barrier of the merge on that data (BN reset, REPAIR when ``repair``): with a reference model,
+    each ``align`` selects (``align(select=...)``); aligned to the mean, the merge of the
+    full-group alignment and the merge of the permutations-only alignment are both made and the
+    one with the lower ``max(0, loss - weighted mean of the inputs' losses)`` is returned (a tie
+    keeps the full group's). None: the full-group search alone, as before.
     """
     from intertwiner.alignment._align import align
     from intertwiner.alignment._many import _normalised, align_to_mean, reference_index
@@ -322,12 +323,12 @@ def merge(
         ]
         if len(candidates) == 1:
             return candidates[0]
-        from intertwiner.alignment._select import limited
-        from intertwiner.training import evaluate
+        from intertwiner.alignment._select import choose, limited, loss
 
         scored = limited(fit, align_options.get("max_samples"), align_options.get("seed", 0))
-        losses = [evaluate(c, scored)["loss"] for c in candidates]
-        return candidates[min(range(len(candidates)), key=losses.__getitem__)]
+        ends = sum(w * loss(m, scored)[0] for w, m in zip(weights, models, strict=True))
+        losses = {str(k): loss(c, scored)[0] for k, c in enumerate(candidates)}
+        return candidates[int(choose(losses, ends))]
     sel = {"select": select, "select_repair": repair} if selecting else {"select": None}
     aligned = [
         m

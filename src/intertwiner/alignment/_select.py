@@ -14,11 +14,16 @@ function exactly):
   permutations' solution (activation matching solves each site globally from the features, so
   its start does not matter and this candidate would repeat ``"full"``),
 
-and keeps the candidate whose midpoint ``lerp(A, B', 1/2)`` (BatchNorm statistics re-estimated
-on the data where the model has BatchNorm; then REPAIRed when ``select_repair`` asks for it) has
-the lowest mean cross-entropy on that data. The endpoints compute A's and B's functions for every
-candidate, so the lowest midpoint loss is the lowest barrier at alpha 1/2. The data is the data
-``align`` was given (training data: never pass the test split); nothing else is read.
+and keeps the candidate with the lowest loss barrier at alpha 1/2 on that data,
+``max(0, L(lerp(A, B', 1/2)) - (L(A) + L(B)) / 2)`` with L the mean cross-entropy (BatchNorm
+statistics of the midpoint re-estimated on the data where the model has BatchNorm; then REPAIRed
+when ``select_repair`` asks for it). The endpoints compute A's and B's functions for every
+candidate, so the ranking is that of the midpoint losses, except that every midpoint at or below
+the endpoints' mean has barrier 0 (the barrier is a maximum over alphas that include the endpoints)
+and a tie keeps the first candidate, the full search: a permuted and rescaled copy of A, which
+the full search recovers exactly (midpoint = A, barrier 0), is never traded for a permutation
+whose midpoint happens to fit the data better than A itself. The data is the data ``align`` was
+given (training data: never pass the test split); nothing else is read.
 """
 
 from __future__ import annotations
@@ -32,7 +37,17 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 from intertwiner._types import DataLike
 from intertwiner.errors import InvalidOptionError
 
-__all__ = ["SELECTS", "Selection", "check_select", "has_labels", "limited", "midpoint_loss"]
+__all__ = [
+    "SELECTS",
+    "Selection",
+    "barrier",
+    "check_select",
+    "choose",
+    "has_labels",
+    "limited",
+    "loss",
+    "midpoint_loss",
+]
 
 #: ``align(select=...)``: ``"midpoint"`` (the default; runs only with labelled ``data`` and the
 #: full group) or None (the search from the representatives alone, as before).
@@ -45,17 +60,39 @@ class Selection:
 
     ``chosen``: the candidate's name (``"full"``, ``"permutation"`` or
     ``"full_from_permutation"``); ``losses``: each candidate's midpoint loss (mean cross-entropy
-    at alpha 1/2 on the fitting data, BN re-estimated, REPAIRed when ``repair``); ``samples``: how
-    many examples the losses are over; ``repair``: the REPAIR mode used (False for none)."""
+    at alpha 1/2 on the fitting data, BN re-estimated, REPAIRed when ``repair``);
+    ``endpoint_loss``: the mean of A's and B's losses there; ``samples``: how many examples the
+    losses are over; ``repair``: the REPAIR mode used (False for none)."""
 
     chosen: str
     losses: dict[str, float] = field(default_factory=dict)
+    endpoint_loss: float = 0.0
     samples: int = 0
     repair: bool | str = False
 
+    @property
+    def barriers(self) -> dict[str, float]:
+        """Each candidate's barrier at alpha 1/2, the quantity minimised (``barrier``)."""
+        return {k: barrier(v, self.endpoint_loss) for k, v in self.losses.items()}
+
     def __str__(self) -> str:
         parts = ", ".join(f"{k} {v:.4f}" for k, v in self.losses.items())
-        return f"selected {self.chosen!r} by midpoint loss on {self.samples} samples ({parts})"
+        return (
+            f"selected {self.chosen!r} by the barrier at 1/2 on {self.samples} samples "
+            f"(midpoint losses: {parts}; endpoints' mean {self.endpoint_loss:.4f})"
+        )
+
+
+def barrier(loss: float, endpoint_loss: float) -> float:
+    """``max(0, loss - endpoint_loss)``, with differences within float noise of the losses (a
+    relative 1e-6) counted as 0, so that an exact recovery ties with any other zero barrier."""
+    excess = loss - endpoint_loss
+    return 0.0 if excess <= 1e-6 * max(1.0, abs(endpoint_loss)) else excess
+
+
+def choose(losses: dict[str, float], endpoint_loss: float) -> str:
+    """The candidate with the lowest ``barrier``; a tie keeps the first listed."""
+    return min(losses, key=lambda k: barrier(losses[k], endpoint_loss))
 
 
 def has_labels(data: DataLike | None) -> bool:
@@ -92,6 +129,14 @@ def limited(data: DataLike, max_samples: int | None, seed: int) -> DataLike:
     return Subset(data, torch.randperm(n, generator=gen)[:max_samples].tolist())
 
 
+def loss(model: nn.Module, data: DataLike, batch_size: int = 512) -> tuple[float, int]:
+    """(mean cross-entropy, examples) of ``model`` on ``data`` in eval mode."""
+    from intertwiner.training import evaluate
+
+    r = evaluate(model, data, batch_size=batch_size)
+    return float(r["loss"]), int(r["n"])
+
+
 def midpoint_loss(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -105,7 +150,6 @@ def midpoint_loss(
     re-estimated on ``data`` first, then REPAIR (the statistics of A and B on ``data``) when
     ``repair`` (True, ``"summands"`` or ``"sum"``)."""
     from intertwiner.alignment._interpolate import _bn_modules, lerp, reset_bn_statistics
-    from intertwiner.training import evaluate
 
     mid = lerp(model_a, model_b, 0.5)
     if _bn_modules(mid):
@@ -114,8 +158,7 @@ def midpoint_loss(
         from intertwiner.alignment._repair import _Repairer, _residual
 
         _Repairer([model_a, model_b], data, residual=_residual(repair)).apply(mid, [0.5, 0.5])
-    r = evaluate(mid, data, batch_size=batch_size)
-    return float(r["loss"]), int(r["n"])
+    return loss(mid, data, batch_size)
 
 
 def check_select(select: str | None) -> None:
