@@ -57,7 +57,7 @@ from torch import nn
 from intertwiner import data
 from intertwiner.alignment import align, interpolate
 from intertwiner.data import random_subset
-from intertwiner.training import TrainConfig, train
+from intertwiner.training import TrainConfig, evaluate, train
 
 ARCHS = ("mlp", "cnn", "cnn_bn")
 
@@ -178,6 +178,14 @@ def run(args) -> list[dict]:
             trained(arch, s, splits, args.epochs, cache, args.data, args.train_samples)
             for s in range(args.seeds)
         ]
+        chance = 100 / DATA[args.data][2]
+        acc = statistics.mean(100 * evaluate(m, test)["accuracy"] for m in models)
+        if acc < chance + args.min_over_chance:
+            # A model that has not learned (the MLP on the concept scenes memorises its training
+            # scenes and stays at chance on test) has flat lines: its barriers say nothing.
+            print(f"skipping {arch}: endpoints at {acc:.1f}% on test, chance {chance:.1f}% "
+                  f"(< {args.min_over_chance} points above: it did not learn)", flush=True)  # fmt: skip
+            continue
         for ia, ib in itertools.combinations(range(len(models)), 2):
             a, b = models[ia], models[ib]
             for label, method, group, scales in methods:
@@ -317,6 +325,10 @@ def main() -> None:
     p.add_argument(
         "--residual", choices=("summands", "sum"), default="summands",
         help="how REPAIR treats a residual add (alignment.RESIDUAL)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-over-chance", type=float, default=5.0,
+        help="skip an architecture whose endpoints are less than this many points above chance",
     )  # fmt: skip
     p.add_argument("--cache", default=".cache/merging")
     p.add_argument("--json", default=None, help="write the rows here")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, IterableDataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from intertwiner._types import DataLike
 from intertwiner.errors import InvalidOptionError
@@ -98,18 +98,18 @@ def choose(losses: dict[str, float], endpoint_loss: float) -> str:
 def has_labels(data: DataLike | None) -> bool:
     """Whether ``data`` yields ``(x, y)`` pairs with integer class labels (a loss can be taken).
 
-    A tensor or array is inputs only; a Dataset is asked for its first item, a DataLoader or
-    other iterable for its first batch."""
-    if data is None or isinstance(data, torch.Tensor) or hasattr(data, "__array__"):
+    Asked of a map-style Dataset's first item (a DataLoader's dataset too); a tensor or array is
+    inputs only, and any other iterable is not read here (a pass over a stream would cost a pass
+    of its own), so it counts as unlabelled."""
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if not isinstance(data, Dataset) or isinstance(data, IterableDataset):
         return False
     try:
-        if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-            if len(data) == 0:  # type: ignore[arg-type]
-                return False
-            item = data[0]
-        else:
-            item = next(iter(data))  # type: ignore[call-overload]
-    except (TypeError, StopIteration, IndexError):
+        if len(data) == 0:  # type: ignore[arg-type]
+            return False
+        item = data[0]
+    except (TypeError, IndexError, NotImplementedError):
         return False
     if not isinstance(item, tuple | list) or len(item) != 2:
         return False
