@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import intertwiner.training
 from intertwiner.alignment import align, lerp, merge
@@ -91,8 +91,11 @@ def test_no_labelled_data_no_selection():
         align(a, b, example_input=x, spec=spec),  # no data
         align(a, b, data=x, spec=spec),  # inputs only: no loss to take
         align(a, b, data=ds, group="permutation", spec=spec),  # nothing to choose between
+        align(a, b, data=iter(DataLoader(ds, batch_size=16)), spec=spec),  # a stream: one pass
     ):
         assert res.selection is None
+    loader = align(a, b, data=DataLoader(ds, batch_size=16), spec=spec)  # its dataset has labels
+    assert loader.selection is not None and loader.selection.samples == 64
     new = align(a, b, data=x, spec=spec).model.state_dict()
     for k, t in old.model.state_dict().items():  # select=None is the search alone
         torch.testing.assert_close(new[k], t, rtol=0, atol=0)
