@@ -9,7 +9,13 @@ pair B is aligned to A in each way:
 - ``rebasin``: the ``rebasin`` package (Git Re-Basin's permutation coordinate descent), if installed,
 - ``perm/weights``, ``perm/activations``: our alignment restricted to permutations,
 - ``full/weights``, ``full/activations``: each site's full intertwiner group with the default
-  scale rule (``scales="balanced"``: both models at the least-norm point of their scaling orbit),
+  scale rule (``scales="balanced"``: both models at the least-norm point of their scaling orbit)
+  and the default barrier-aware selection (``select="midpoint"``: among the full search, the
+  permutations-only search and, by weights, the full search started from the permutations'
+  solution, the element whose midpoint has the lowest loss on the fitting images; for the
+  REPAIR columns the midpoints are REPAIRed in the selection too),
+- ``full/weights (no select)``, ``full/activations (no select)``: ``select=None``, the full
+  search alone (the default before the selection),
 - ``... (unit norm)``: ``scales="unit_norm"`` (canonical forms: incoming norms 1),
 - ``... (distance)``: the old rule (``scales="distance"``: scales that minimise the weight
   distance),
@@ -51,7 +57,7 @@ from torch import nn
 from intertwiner import data
 from intertwiner.alignment import align, interpolate
 from intertwiner.data import random_subset
-from intertwiner.training import TrainConfig, train
+from intertwiner.training import TrainConfig, evaluate, train
 
 ARCHS = ("mlp", "cnn", "cnn_bn")
 
@@ -68,7 +74,12 @@ METHODS = (
     ("full/weights (distance)", "weights", "full", "distance"),
     ("full/weights (from perm)", "weights", "full", "from_perm"),
     ("full/activations (distance)", "activations", "full", "distance"),
+    ("full/weights (no select)", "weights", "full", "balanced"),
+    ("full/activations (no select)", "activations", "full", "balanced"),
 )
+#: The labels whose alignment selects by midpoint loss (``align``'s default with labelled data);
+#: every other row is one search (``select=None``), as measured before the selection existed.
+SELECTING = ("full/weights", "full/activations")
 
 
 #: ``--data``: (channels, side, classes) of the images: the MNIST subset (3,600 training
@@ -167,10 +178,19 @@ def run(args) -> list[dict]:
             trained(arch, s, splits, args.epochs, cache, args.data, args.train_samples)
             for s in range(args.seeds)
         ]
+        chance = 100 / DATA[args.data][2]
+        acc = statistics.mean(100 * evaluate(m, test)["accuracy"] for m in models)
+        if acc < chance + args.min_over_chance:
+            # A model that has not learned (the MLP on the concept scenes memorises its training
+            # scenes and stays at chance on test) has flat lines: its barriers say nothing.
+            print(f"skipping {arch}: endpoints at {acc:.1f}% on test, chance {chance:.1f}% "
+                  f"(< {args.min_over_chance} points above: it did not learn)", flush=True)  # fmt: skip
+            continue
         for ia, ib in itertools.combinations(range(len(models)), 2):
             a, b = models[ia], models[ib]
             for label, method, group, scales in methods:
                 t0 = time.perf_counter()
+                chosen = {}
                 if method is None:
                     aligned = b
                 elif method == "rebasin":
@@ -182,9 +202,11 @@ def run(args) -> list[dict]:
                     aligned = align(a, start, example_input=example).model
                 else:
                     opts = {} if scales is None else {"scales": scales}
-                    aligned = align(
+                    opts["select"] = "midpoint" if label in SELECTING else None
+                    res = align(
                         a, b, data=fit, method=method, group=group, example_input=example, **opts
-                    ).model
+                    )
+                    aligned, chosen = res.model, _chosen(res)
                 seconds = time.perf_counter() - t0
                 with torch.no_grad():
                     change = float((aligned(example) - b(example)).abs().max()) / float(
@@ -194,12 +216,22 @@ def run(args) -> list[dict]:
                        "function_change": change}  # fmt: skip
                 row["residual"] = args.residual
                 for key, opts in (("reset", {}), ("repair", {"repair": args.residual})):
-                    curve = interpolate(a, aligned, args.alphas, test, bn_data=fit, **opts)
+                    end = aligned
+                    if key == "repair" and label in SELECTING:
+                        # the selection REPAIRs its candidate midpoints as this column does
+                        res = align(
+                            a, b, data=fit, method=method, group=group, example_input=example,
+                            select_repair=args.residual,
+                        )  # fmt: skip
+                        end, chosen = res.model, {**chosen, **_chosen(res, key)}
+                    curve = interpolate(a, end, args.alphas, test, bn_data=fit, **opts)
                     row[key] = {
                         "barrier": curve.barrier,
                         "mid_accuracy": curve.midpoint["accuracy"],
                         "ends": [curve.accuracies[0], curve.accuracies[-1]],
                     }
+                if chosen:
+                    row["selection"] = chosen
                 rows.append(row)
                 r, p = row["reset"], row["repair"]
                 print(
@@ -210,6 +242,12 @@ def run(args) -> list[dict]:
                     flush=True,
                 )
     return rows
+
+
+def _chosen(res, key: str = "reset") -> dict:
+    """The selection of an ``align`` result as a row entry ({} when none ran)."""
+    sel = res.selection
+    return {} if sel is None else {key: {"chosen": sel.chosen, "losses": sel.losses}}
 
 
 def report(rows: list[dict]) -> str:
@@ -254,6 +292,13 @@ def _goals(rows: list[dict]) -> list[str]:
                 if ok:
                     out.append(f"{arch}: full/{method} barrier <= perm/{method} ({key}) on "
                                f"{sum(ok)} of {len(ok)} pairs")  # fmt: skip
+        for method in SELECTING:
+            for key in ("reset", "repair"):
+                won = [r["selection"][key]["chosen"] for (m, _), r in by.items()
+                       if m == method and key in r.get("selection", {})]  # fmt: skip
+                if won:
+                    counts = ", ".join(f"{c} {won.count(c)}" for c in dict.fromkeys(won))
+                    out.append(f"{arch}: {method} ({key}) selected {counts}")
         for method in ("perm/weights", "full/weights", "full/activations"):
             sel = [r for (m, _), r in by.items() if m == method]
             if sel:
@@ -280,6 +325,10 @@ def main() -> None:
     p.add_argument(
         "--residual", choices=("summands", "sum"), default="summands",
         help="how REPAIR treats a residual add (alignment.RESIDUAL)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-over-chance", type=float, default=5.0,
+        help="skip an architecture whose endpoints are less than this many points above chance",
     )  # fmt: skip
     p.add_argument("--cache", default=".cache/merging")
     p.add_argument("--json", default=None, help="write the rows here")

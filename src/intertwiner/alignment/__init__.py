@@ -2,6 +2,7 @@
 
 >>> aligned_b, elements = align(model_a, model_b)                  # weight matching, full groups
 >>> aligned_b, _ = align(model_a, model_b, data=loader, method="activations")
+>>> align(model_a, model_b, data=train_data).selection   # barrier-aware choice of the element
 >>> curve = interpolate(model_a, aligned_b, alphas, test_data, bn_data=train_data)
 >>> curve.barrier, curve.accuracies
 >>> curve = interpolate(model_a, aligned_b, 11, test_data, bn_data=train_data, repair=True)
@@ -38,6 +39,7 @@ from intertwiner.alignment._many import (
 from intertwiner.alignment._orbit import OrbitDistance, orbit_distance, weight_space_pairwise
 from intertwiner.alignment._plot import plot_curves
 from intertwiner.alignment._repair import RESIDUAL, RepairWarning, repair
+from intertwiner.alignment._select import SELECTS, Selection
 from intertwiner.alignment._zip import MATCHES, ZippedModel, ZipResult, ZipSite, zip_models
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "METHODS",
     "RESIDUAL",
     "SCALES",
+    "SELECTS",
     "Alignment",
     "Ensemble",
     "Extent",
@@ -54,6 +57,7 @@ __all__ = [
     "MergeReport",
     "OrbitDistance",
     "RepairWarning",
+    "Selection",
     "SiteReport",
     "ZipResult",
     "ZipSite",

@@ -39,6 +39,11 @@ by weight matching with the permutations held fixed: activations choose *which* 
 pre-LN transformer's stream, attention maps, a functional activation that no module hook can see)
 are then aligned by weight matching with the others fixed.
 
+Barrier-aware selection (``select="midpoint"``, the default when ``data`` has labels and the
+group is the full group): the weight distance is not the barrier, so ``align`` runs several
+searches whose results are all elements of the full group and keeps the one whose midpoint with
+A has the lowest loss on ``data`` (``_select``).
+
 This module holds ``align`` and the search order; the parts live beside it, one job each:
 ``_extent`` (how much of each group is searched), ``_weights`` (coordinate descent),
 ``_heads`` (attention-heads blocks), ``_activations`` (the streamed pass) and ``_report`` (the
@@ -66,6 +71,15 @@ from intertwiner.alignment._report import (
     weight_distance,
 )
 from intertwiner.alignment._scales import representatives
+from intertwiner.alignment._select import (
+    Selection,
+    check_select,
+    choose,
+    has_labels,
+    limited,
+    loss,
+    midpoint_loss,
+)
 from intertwiner.alignment._weights import _Problem, _weight_matching
 from intertwiner.errors import InvalidOptionError
 from intertwiner.groups import GroupElement, family
@@ -146,6 +160,84 @@ def _search(
     )  # fmt: skip
 
 
+def _align_once(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    spec: SymmetrySpec,
+    data: DataLike | None,
+    method: str,
+    extent: Extent,
+    scales: str,
+    **options: Any,
+) -> Alignment:
+    """One search (no selection): B aligned to A within ``extent`` (``align``'s docstring)."""
+    start = time.perf_counter()
+    canonical = (
+        extent is Extent.SITE_GROUP
+        and scales != "distance"
+        and any(family(s.group.family).free_scales for s in spec.sites)
+    )
+    if canonical:
+        # Scales are fixed by the orbit representatives, not searched (see the README for why).
+        src_a, src_b, to_a, to_b = representatives(model_a, model_b, spec, scales)
+        search = Extent.DISCRETE
+    else:
+        src_a, src_b, search = model_a, model_b, extent
+    prob = _Problem(src_a, src_b, spec, search)
+    history: list[float] = [weight_distance(prob.a, prob.b, relative=False)]
+    sweeps = 0
+    if extent is not Extent.IDENTITY:
+        history, sweeps = _search(prob, src_a, src_b, spec, data, method, search, **options)
+    elements = prob.elements
+    prob.b = None  # the working copy goes before the aligned copy is made (peak memory)
+    if canonical:
+        # B' = c_A^-1 . P . c_B . B: the element found between the canonical forms, in A's frame.
+        elements = {
+            s.name: _in_frame(to_a.get(s.name), elements[s.name], to_b.get(s.name))
+            for s in spec.sites
+        }
+    aligned = apply(model_b, spec, elements, validate=False)
+    return Alignment(
+        model=aligned,
+        elements=elements,
+        spec=spec,
+        method=method,
+        group=extent.value,
+        history=history,
+        seconds=time.perf_counter() - start,
+        sweeps=sweeps,
+    )
+
+
+def _candidates(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    spec: SymmetrySpec,
+    data: DataLike,
+    method: str,
+    scales: str,
+    **options: Any,
+) -> dict[str, Alignment]:
+    """The elements of B's full group that ``select="midpoint"`` chooses among (``_select``)."""
+    full = _align_once(model_a, model_b, spec, data, method, Extent.SITE_GROUP, scales, **options)
+    perm = _align_once(model_a, model_b, spec, data, method, Extent.PERMUTATION, scales, **options)
+    out = {"full": full, "permutation": perm}
+    if method == "weights":
+        # The full search started from the permutations' solution: g = g_full(perm B) . g_perm.
+        again = _align_once(
+            model_a, perm.model, spec, data, method, Extent.SITE_GROUP, scales, **options
+        )
+        again.elements = {
+            s.name: again.elements[s.name].to(torch.float64)
+            @ perm.elements[s.name].to(torch.float64)
+            for s in spec.sites
+        }
+        again.sweeps += perm.sweeps
+        again.seconds += perm.seconds
+        out["full_from_permutation"] = again
+    return out
+
+
 def align(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -162,6 +254,8 @@ def align(
     max_samples: int | None = None,
     progress: bool = False,
     scales: str = "balanced",
+    select: str | None = "midpoint",
+    select_repair: bool | str = False,
 ) -> Alignment:
     """B transformed by one element per site of ``trace(B)``, chosen to bring B close to A.
 
@@ -180,6 +274,16 @@ def align(
     ``"distance"`` optimises the scales for the weight distance itself (the earlier rule, which
     makes worse merges; see the README and ``alignment._scales``). With a representative, the
     ``history`` is the distance between the representatives.
+    ``select`` (``group="full"`` with ``data`` of labelled ``(x, y)`` pairs): ``"midpoint"``
+    (default) runs several searches whose results are all elements of the full group (the full
+    search, the permutations-only search and, by weights, the full search started from the
+    permutations' solution) and keeps the one with the lowest loss barrier at alpha 1/2 on
+    ``data`` (``max(0, midpoint loss - endpoints' mean loss)``, a tie keeping the full search;
+    the midpoint's BN re-estimated there; REPAIRed when ``select_repair`` is True, ``"summands"`` or
+    ``"sum"``; at most ``max_samples`` examples, drawn with ``seed``); the choice and the losses
+    are on ``Alignment.selection`` (see ``alignment._select``). Without labelled data, with
+    another ``group`` or with ``select=None``: the full search alone (``selection`` is None).
+    Pass training data, never the test split: the selection fits to it.
     Returns an ``Alignment`` (unpacks as ``(aligned_b, elements)``); ``model_b`` is untouched.
     """
     if method not in METHODS:
@@ -192,47 +296,37 @@ def align(
         )
     if scales not in SCALES:
         raise InvalidOptionError(f"scales must be one of {SCALES}, got {scales!r}")
+    check_select(select)
+    if select_repair:
+        from intertwiner.alignment._repair import _residual
+
+        _residual(select_repair)  # refuse a bad mode before any search runs
     _check_same(dict(model_a.named_parameters()), dict(model_b.named_parameters()))
     start = time.perf_counter()
     if spec is None:
         spec = trace(model_b, _example_input(model_b, data, example_input))
-    canonical = (
-        extent is Extent.SITE_GROUP
-        and scales != "distance"
-        and any(family(s.group.family).free_scales for s in spec.sites)
-    )
-    if canonical:
-        # Scales are fixed by the orbit representatives, not searched (see the README for why).
-        src_a, src_b, to_a, to_b = representatives(model_a, model_b, spec, scales)
-        search = Extent.DISCRETE
+    options = dict(
+        max_sweeps=max_sweeps, tol=tol, seed=seed, batch_size=batch_size,
+        max_samples=max_samples, progress=progress,
+    )  # fmt: skip
+    selection = None
+    if select == "midpoint" and extent is Extent.SITE_GROUP and has_labels(data):
+        assert data is not None  # has_labels is False for None
+        found = _candidates(model_a, model_b, spec, data, method, scales, **options)
+        fit = limited(data, max_samples, seed)
+        losses, samples = {}, 0
+        for name, cand in found.items():
+            losses[name], samples = midpoint_loss(
+                model_a, cand.model, fit, repair=select_repair, seed=seed
+            )
+        ends = (loss(model_a, fit)[0] + loss(model_b, fit)[0]) / 2
+        chosen = choose(losses, ends)  # a tie keeps the first: the full search
+        res = found[chosen]
+        res.group = extent.value  # every candidate is an element of the full group
+        selection = Selection(chosen, losses, ends, samples, select_repair)
     else:
-        src_a, src_b, search = model_a, model_b, extent
-    prob = _Problem(src_a, src_b, spec, search)
-    history: list[float] = [weight_distance(prob.a, prob.b, relative=False)]
-    sweeps = 0
-    if extent is not Extent.IDENTITY:
-        history, sweeps = _search(
-            prob, src_a, src_b, spec, data, method, search, max_sweeps=max_sweeps,
-            tol=tol, seed=seed, batch_size=batch_size, max_samples=max_samples, progress=progress,
-        )  # fmt: skip
-    elements = prob.elements
-    prob.b = None  # the working copy goes before the aligned copy is made (peak memory)
-    if canonical:
-        # B' = c_A^-1 . P . c_B . B: the element found between the canonical forms, in A's frame.
-        elements = {
-            s.name: _in_frame(to_a.get(s.name), elements[s.name], to_b.get(s.name))
-            for s in spec.sites
-        }
-    aligned = apply(model_b, spec, elements, validate=False)
-    reports = _site_reports(spec, model_a, model_b, aligned, extent)
-    return Alignment(
-        model=aligned,
-        elements=elements,
-        spec=spec,
-        method=method,
-        group=extent.value,
-        history=history,
-        sites=reports,
-        seconds=time.perf_counter() - start,
-        sweeps=sweeps,
-    )
+        res = _align_once(model_a, model_b, spec, data, method, extent, scales, **options)
+    res.sites = _site_reports(spec, model_a, model_b, res.model, extent)
+    res.seconds = time.perf_counter() - start
+    res.selection = selection
+    return res

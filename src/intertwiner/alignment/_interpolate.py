@@ -251,6 +251,7 @@ def merge(
     bn_data: DataLike | None = None,
     repair: bool | str = False,
     max_iter: int = 20,
+    select: str | None = "midpoint",
     **align_options: Any,
 ) -> nn.Module:
     """A weighted average of ``models`` after aligning them to one another.
@@ -264,15 +265,24 @@ def merge(
     then REPAIR the merge on ``bn_data`` (needed): every traced pre-activation channel gets the
     weighted mean and std of the aligned models' (``alignment.repair``; ``"sum"`` or
     ``"summands"`` as in ``interpolate``).
+    ``select`` (``group="full"``, with labelled ``(x, y)`` fitting data: ``data``, else
+    ``bn_data``): ``"midpoint"`` (default) chooses among elements of the full group by the loss
+    barrier of the merge on that data (BN reset, REPAIR when ``repair``): with a reference model,
+    each ``align`` selects (``align(select=...)``); aligned to the mean, the merge of the
+    full-group alignment and the merge of the permutations-only alignment are both made and the
+    one with the lower ``max(0, loss - weighted mean of the inputs' losses)`` is returned (a tie
+    keeps the full group's). None: the full-group search alone, as before.
     """
     from intertwiner.alignment._align import align
     from intertwiner.alignment._many import _normalised, align_to_mean, reference_index
+    from intertwiner.alignment._select import check_select, has_labels
 
     models = list(models)
     if not models:
         raise InvalidOptionError("merge needs at least one model")
     if repair and bn_data is None:
         raise InvalidOptionError("merge(repair=True) needs bn_data= (inputs to measure on)")
+    check_select(select)
     weights = _normalised(weights, len(models))
     reference = reference_index(reference, len(models))
     ref = models[0 if reference is None else reference]
@@ -281,20 +291,70 @@ def merge(
         from intertwiner.alignment._align import _example_input
 
         align_options["example_input"] = _example_input(ref, bn_data, None)
+    fit = data if data is not None else bn_data
+    selecting = (
+        select == "midpoint"
+        and method is not None
+        and len(models) > 1
+        and Extent.parse(group) is Extent.SITE_GROUP
+        and has_labels(fit)
+    )
     if method is None or len(models) == 1:
-        aligned = models
-    elif reference is None:
-        aligned = align_to_mean(
-            models, weights, method=method, group=group, data=data, max_iter=max_iter,
-            **align_options,
-        ).models  # fmt: skip
-    else:
-        aligned = [
-            m
-            if k == reference
-            else align(ref, m, data=data, method=method, group=group, **align_options).model
-            for k, m in enumerate(models)
+        return _finish(models, weights, bn_data, repair, align_options)
+    if reference is None:
+        extents = [group] + ([Extent.PERMUTATION] if selecting else [])
+        candidates = [
+            _finish(
+                align_to_mean(
+                    models,
+                    weights,
+                    method=method,
+                    group=g,
+                    data=data,
+                    max_iter=max_iter,
+                    **align_options,
+                ).models,
+                weights,
+                bn_data,
+                repair,
+                align_options,
+            )  # fmt: skip
+            for g in extents
         ]
+        if len(candidates) == 1:
+            return candidates[0]
+        from intertwiner.alignment._select import choose, limited, loss
+
+        scored = limited(fit, align_options.get("max_samples"), align_options.get("seed", 0))
+        ends = sum(w * loss(m, scored)[0] for w, m in zip(weights, models, strict=True))
+        losses = {str(k): loss(c, scored)[0] for k, c in enumerate(candidates)}
+        return candidates[int(choose(losses, ends))]
+    sel = {"select": select, "select_repair": repair} if selecting else {"select": None}
+    aligned = [
+        m
+        if k == reference
+        else align(
+            ref,
+            m,
+            data=fit if selecting else data,
+            method=method,
+            group=group,
+            **sel,
+            **align_options,
+        ).model  # fmt: skip
+        for k, m in enumerate(models)
+    ]
+    return _finish(aligned, weights, bn_data, repair, align_options)
+
+
+def _finish(
+    aligned: Sequence[nn.Module],
+    weights: Sequence[float],
+    bn_data: DataLike | None,
+    repair: bool | str,
+    align_options: dict,
+) -> nn.Module:
+    """The weighted average of aligned models, BN re-estimated and REPAIRed on ``bn_data``."""
     out = _average(aligned, weights)
     if bn_data is not None:
         reset_bn_statistics(out, bn_data)

@@ -133,6 +133,9 @@ def align_to_mean(
     weights = _normalised(weights, len(models))
     if spec is None:
         spec = trace(models[0], _example_input(models[0], data, example_input))
+    # Each step aligns to a moving mean: a barrier-aware selection per step would switch between
+    # candidates from round to round (no fixed point); ``merge`` selects among whole merges.
+    align_options.setdefault("select", None)
     opts = dict(method=method, group=group, data=data, spec=spec, seed=seed, **align_options)
 
     def step(ref: nn.Module, m: nn.Module) -> tuple[nn.Module, dict[str, GroupElement]]:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from intertwiner.alignment._extent import Extent
+from intertwiner.alignment._select import Selection
 from intertwiner.errors import ShapeError
 from intertwiner.groups import GroupElement
 from intertwiner.symmetry import Site, SymmetrySpec
@@ -33,7 +34,8 @@ class Alignment:
 
     ``model``: B transformed by ``elements`` (B itself is untouched). ``history``: total squared
     weight distance D before alignment and after each sweep (weight matching; non-increasing),
-    between the scale representatives of A and B when ``scales`` chose them.
+    between the scale representatives of A and B when ``scales`` chose them (with a
+    ``selection``: the chosen candidate's). ``selection``: see ``align(select=...)``.
     """
 
     model: nn.Module
@@ -45,6 +47,9 @@ class Alignment:
     sites: list[SiteReport] = field(default_factory=list)
     seconds: float = 0.0
     sweeps: int = 0
+    #: ``align(select="midpoint")``'s choice among candidate elements and their midpoint losses;
+    #: None when no selection ran.
+    selection: Selection | None = None
 
     def __iter__(self):
         yield self.model
@@ -55,6 +60,8 @@ class Alignment:
         moved = ""
         if self.history:
             moved = f", distance^2 {self.history[0]:.4g} -> {self.history[-1]:.4g}"
+        if self.selection is not None:
+            moved += f", selected {self.selection.chosen!r}"
         return (
             f"Alignment(method={self.method!r}, group={self.group!r}, sites={len(self.sites)}, "
             f"sweeps={self.sweeps}{moved}, seconds={self.seconds:.2f}; .model, .elements, "

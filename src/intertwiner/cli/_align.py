@@ -203,6 +203,7 @@ def align_cmd(
                 "distance_before": before,
                 "distance_after": after,
                 "sweeps": res.sweeps,
+                **({} if res.selection is None else {"selection": vars(res.selection)}),
             },
         }
         checkpoints.save(res.model, out, meta)
@@ -216,6 +217,8 @@ def align_cmd(
     sweeps = f"{res.sweeps} sweep{'' if res.sweeps == 1 else 's'}"
     typer.echo(f"\nweight distance to A (relative): {before:.4f} -> {after:.4f}  "
                f"({method}, group {group}, {sweeps}, {res.seconds:.2f}s)")  # fmt: skip
+    if res.selection is not None:
+        typer.echo(str(res.selection))
     typer.echo(f"saved {out}")
 
 
@@ -270,7 +273,7 @@ def interpolate_cmd(
         curves = [interpolate(model_a, model_b, alphas, test, label="no alignment", **opts)]
         if do_align:
             res = align(model_a, model_b, data=train, method=method, group=group,
-                        progress=not quiet, scales=scales)  # fmt: skip
+                        progress=not quiet, scales=scales, select_repair=repair)  # fmt: skip
             label = f"aligned ({method}, {group})"
             curves.append(interpolate(model_a, res.model, alphas, test, label=label, **opts))
         if plot:
