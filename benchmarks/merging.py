@@ -205,6 +205,8 @@ def run(args) -> list[dict]:
                         "ends": [curve.accuracies[0], curve.accuracies[-1]],
                     }
                 rows.append(row)
+                if args.json:  # after every row: an interrupted run keeps what it measured
+                    Path(args.json).write_text(json.dumps(rows, indent=1))
                 r, p = row["reset"], row["repair"]
                 print(
                     f"{arch:7s} {ia}-{ib} {label:28s} barrier {r['barrier']:.3f} "
