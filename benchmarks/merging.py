@@ -165,6 +165,8 @@ def rebasin_align(a: nn.Module, b: nn.Module, example: torch.Tensor) -> nn.Modul
 
 
 def run(args) -> list[dict]:
+    from metrics import PeakMemory  # benchmarks/metrics.py: resident set size sampled every 2 ms
+
     torch.set_num_threads(1)
     splits = data.load(args.data)
     fit = random_subset(splits.train, args.bn_samples)
@@ -189,31 +191,33 @@ def run(args) -> list[dict]:
         for ia, ib in itertools.combinations(range(len(models)), 2):
             a, b = models[ia], models[ib]
             for label, method, group, scales in methods:
-                t0 = time.perf_counter()
                 chosen = {}
-                if method is None:
-                    aligned = b
-                elif method == "rebasin":
-                    aligned = rebasin_align(a, b, example)
-                    if aligned is None:
-                        continue
-                elif scales == "from_perm":  # the full-group search started at perm/weights'
-                    start = align(a, b, group="permutation", example_input=example).model
-                    aligned = align(a, start, example_input=example).model
-                else:
-                    opts = {} if scales is None else {"scales": scales}
-                    opts["select"] = "midpoint" if label in SELECTING else None
-                    res = align(
-                        a, b, data=fit, method=method, group=group, example_input=example, **opts
-                    )
-                    aligned, chosen = res.model, _chosen(res)
-                seconds = time.perf_counter() - t0
+                with PeakMemory(torch.device("cpu")) as memory:  # peak extra RSS of the align step
+                    t0 = time.perf_counter()
+                    if method is None:
+                        aligned = b
+                    elif method == "rebasin":
+                        aligned = rebasin_align(a, b, example)
+                        if aligned is None:
+                            continue
+                    elif scales == "from_perm":  # the full-group search started at perm/weights'
+                        start = align(a, b, group="permutation", example_input=example).model
+                        aligned = align(a, start, example_input=example).model
+                    else:
+                        opts = {} if scales is None else {"scales": scales}
+                        opts["select"] = "midpoint" if label in SELECTING else None
+                        res = align(
+                            a, b, data=fit, method=method, group=group, example_input=example,
+                            **opts,
+                        )  # fmt: skip
+                        aligned, chosen = res.model, _chosen(res)
+                    seconds = time.perf_counter() - t0
                 with torch.no_grad():
                     change = float((aligned(example) - b(example)).abs().max()) / float(
                         b(example).abs().max()
                     )
                 row = {"arch": arch, "pair": [ia, ib], "method": label, "seconds": seconds,
-                       "function_change": change}  # fmt: skip
+                       "function_change": change, "peak_mib": memory.extra_mib}  # fmt: skip
                 row["residual"] = args.residual
                 for key, opts in (("reset", {}), ("repair", {"repair": args.residual})):
                     end = aligned
@@ -233,6 +237,8 @@ def run(args) -> list[dict]:
                 if chosen:
                     row["selection"] = chosen
                 rows.append(row)
+                if args.json:  # after every row: an interrupted run keeps what it measured
+                    Path(args.json).write_text(json.dumps(rows, indent=1))
                 r, p = row["reset"], row["repair"]
                 print(
                     f"{arch:7s} {ia}-{ib} {label:28s} barrier {r['barrier']:.3f} "
@@ -253,8 +259,9 @@ def _chosen(res, key: str = "reset") -> dict:
 def report(rows: list[dict]) -> str:
     out = [
         "| model (endpoints) | method | barrier, BN reset | mid acc. (%), BN reset | "
-        "barrier, repair | mid acc. (%), repair | align (s) | aligned B's output change |",
-        "|---|---|---|---|---|---|---|---|",
+        "barrier, repair | mid acc. (%), repair | align (s) | align peak (MiB) | "
+        "aligned B's output change |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     keys = list(dict.fromkeys((r["arch"], r["method"]) for r in rows))
     for arch, method in keys:
@@ -268,12 +275,18 @@ def report(rows: list[dict]) -> str:
             f"| {arch} ({statistics.mean(ends):.1f}%) | {method} | {m('reset', 'barrier'):.3f} | "
             f"{m('reset', 'mid_accuracy', 100):.1f} | {m('repair', 'barrier'):.3f} | "
             f"{m('repair', 'mid_accuracy', 100):.1f} | "
-            f"{statistics.mean(r['seconds'] for r in sel):.2f} | "
+            f"{statistics.mean(r['seconds'] for r in sel):.2f} | {_peak(sel)} | "
             f"{max(r['function_change'] for r in sel):.1e} |"
         )
     out.append("")
     out += _goals(rows)
     return "\n".join(out)
+
+
+def _peak(rows: list[dict]) -> str:
+    """Largest peak extra RSS of the align step over ``rows`` (rows saved before it: blank)."""
+    peaks = [r["peak_mib"] for r in rows if "peak_mib" in r]
+    return f"{max(peaks):.0f}" if peaks else ""
 
 
 def _goals(rows: list[dict]) -> list[str]:
