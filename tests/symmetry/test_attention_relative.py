@@ -64,6 +64,8 @@ class RelAttn(nn.Module):
         if self.fool == "per_head_table":
             table = self.rel.roll(-1, 0).repeat(b, 1, 1)  # (B * H, 2L - 1, D)
             logits = rel_to_abs(q @ table.transpose(-1, -2))
+        elif self.fool == "no_rel":  # plain scores: no relative logits at all
+            logits = torch.zeros((), dtype=q.dtype)
         else:
             logits = rel_to_abs(q @ self.rel.transpose(-1, -2))
         if self.fool == "roll":
@@ -233,3 +235,19 @@ def test_timm_bottleneck_and_halo_attention(layer):
     assert {"2.pos_embed.height_rel", "2.pos_embed.width_rel"} <= {
         a.name for a in _sites(spec)["2.qk"].actions
     }
+
+
+def test_merged_heads_without_relative_logits_keep_one_qk_map_per_head():
+    """No output projection and no relative logits: each head keeps its own GL(D) on q / k
+    (nothing shared ties the heads' maps), besides the head permutation and the values."""
+    model = _model("no_rel")
+    spec = assert_function_preserved(model, _x(), generator=_gen(2))
+    sites = _sites(spec)
+    assert {"2.heads", "2.qk0", "2.qk1", "2.vo0", "2.vo1"} <= set(sites) and not spec.dropped
+    assert sites["2.qk0"].group.family.name == "general_linear"
+    for dtype in (torch.float32, F64):
+        m = model.to(dtype)
+        ref = m(_x(dtype))
+        new = apply(m, spec, random_elements(spec, _gen(3)))(_x(dtype))
+        tol = 1e-4 if dtype == torch.float32 else 1e-10
+        assert float((new - ref).abs().max()) <= tol * float(ref.abs().max())

@@ -172,6 +172,9 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
         for table in dict.fromkeys(t for rel in b.rel for t in rel.tables):
             an.act_raw(qk, table, 1, ActionKind.A_INV_T, b.head_dim)
     if merged is not None:
+        if not b.rotary and not b.rel and not shared_qk:  # q . k per head, whatever follows
+            for j in range(b.kv_heads):
+                qk_site(f"{b.name}.qk{j}", range(j, j + 1))
         _merged_values(r, b, on)
         return
     for j in range(b.kv_heads):
