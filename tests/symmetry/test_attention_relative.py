@@ -251,3 +251,21 @@ def test_merged_heads_without_relative_logits_keep_one_qk_map_per_head():
         new = apply(m, spec, random_elements(spec, _gen(3)))(_x(dtype))
         tol = 1e-4 if dtype == torch.float32 else 1e-10
         assert float((new - ref).abs().max()) <= tol * float(ref.abs().max())
+
+
+def test_merged_heads_permute_into_a_transposed_convolution():
+    """The heads' merged output read by an ungrouped transposed convolution (LowFormer's fused
+    output projection): the head permutation moves the rows of its (in, out, k) weight; a
+    grouped one keeps the heads in place."""
+    for groups, heads_found in ((1, True), (2, False)):
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv1d(3, H * D, 1), nn.ReLU(), RelAttn("no_rel"),
+            nn.ConvTranspose1d(H * D, 2 * groups, 3, stride=2, groups=groups),
+        ).double().eval()  # fmt: skip
+        spec = assert_function_preserved(model, _x(), generator=_gen(2))
+        sites = _sites(spec)
+        assert ("2.heads" in sites) is heads_found and not spec.dropped
+        if heads_found:
+            moved = {(a.name, a.axis) for a in sites["2.heads"].actions}
+            assert ("3.weight", 0) in moved

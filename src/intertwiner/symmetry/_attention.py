@@ -779,6 +779,12 @@ def _downstream(n: fx.Node, dim: int, names: dict[fx.Node, str]) -> tuple | None
             if not _eval_norm(u, names, int(v.shape[1])):
                 return None
             norms += [(names[a], 0, u.name) for a in u.args[1:5] if isinstance(a, fx.Node)]
+        elif name in _TRANSPOSED_CONVS and nchw:
+            weight = _transposed_weight(u, names, int(v.shape[dim]))
+            if weight is None:
+                return None
+            # (in, out, *kernel): input channel c is row c, so the heads move its dim 0
+            return (*norms, (weight, 0, u.name)), tuple(chain)
         elif name in _PROJECTIONS:
             p = _plain_projection(u, names)
             if (
@@ -797,6 +803,23 @@ def _downstream(n: fx.Node, dim: int, names: dict[fx.Node, str]) -> tuple | None
             return None  # an op that reads a second tensor (a per-channel operand)
         n = u  # (a BatchNorm too: its vectors are recorded above)
         chain.append(u.name)
+
+
+#: Transposed convolutions as the projection after merged heads (LowFormer's fused output
+#: projection ``ConvTranspose2d``), as ATen calls them.
+_TRANSPOSED_CONVS = {f"conv_transpose{k}d" for k in (1, 2, 3)}
+
+
+def _transposed_weight(n: fx.Node, names: dict[fx.Node, str], channels: int) -> str | None:
+    """The weight's name of an ungrouped transposed convolution ``n`` (weight (in, out,
+    *kernel), args ``(x, weight, bias, stride, padding, output_padding, groups, dilation)``)
+    over ``channels`` input channels; None for a grouped one, a computed weight or another
+    width."""
+    groups = (*n.args, *[1] * 7)[6]
+    w = n.args[1] if len(n.args) > 1 else None
+    if n.kwargs or groups != 1 or w not in names or not isinstance(_val(w), torch.Tensor):
+        return None
+    return names[w] if int(_val(w).shape[0]) == channels else None
 
 
 def _output_codes(shape: torch.Size, heads: int, axis: int, within: int) -> torch.Tensor:
