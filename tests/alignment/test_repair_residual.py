@@ -92,6 +92,14 @@ def test_summands_of_residual_adds_get_interpolated_statistics(inplace, alpha):
     # Independent check of a summand: textbook moments of bn2's output (before the add).
     seen = []
     handle = m.bn2.register_forward_hook(lambda _m, _i, out: seen.append(out.clone()))
+    _assert_textbook_moments(rep, m, x, alpha, seen, handle)
+    assert m.state_dict().keys() == a.state_dict().keys()
+
+
+def _assert_textbook_moments(rep, m, x, alpha, seen, handle):
+    """Run ``m`` on ``x`` with ``handle``'s hook filling ``seen`` (one (N, 4, ...) tensor): its
+    per-channel mean and population std equal the interpolation of the sources' statistics at
+    the third repaired point (``rep.stats[k][2]``). Returns the two sources' stds."""
     with torch.no_grad():
         m(x)
     handle.remove()
@@ -99,7 +107,7 @@ def test_summands_of_residual_adds_get_interpolated_statistics(inplace, alpha):
     (ma, sa), (mb, sb) = rep.stats[0][2], rep.stats[1][2]
     assert torch.allclose(z.std(1, unbiased=False), (1 - alpha) * sa + alpha * sb, atol=1e-9)
     assert torch.allclose(z.mean(1), (1 - alpha) * ma + alpha * mb, atol=1e-9)
-    assert m.state_dict().keys() == a.state_dict().keys()
+    return sa, sb
 
 
 @pytest.mark.parametrize("inplace", [False, True])
@@ -121,13 +129,7 @@ def test_residual_adds_get_interpolated_statistics(inplace, alpha):
     # Independent check after the identity add: textbook moments of act2's captured input.
     seen = []
     handle = m.act2.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].clone()))
-    with torch.no_grad():
-        m(x)
-    handle.remove()
-    z = seen[0].transpose(0, 1).reshape(4, -1)
-    (ma, sa), (mb, sb) = rep.stats[0][2], rep.stats[1][2]
-    assert torch.allclose(z.std(1, unbiased=False), (1 - alpha) * sa + alpha * sb, atol=1e-9)
-    assert torch.allclose(z.mean(1), (1 - alpha) * ma + alpha * mb, atol=1e-9)
+    sa, sb = _assert_textbook_moments(rep, m, x, alpha, seen, handle)
     # A plain model of the same architecture, and the unrepaired line is really off at the add.
     assert m.state_dict().keys() == a.state_dict().keys()
     ((_, std0),) = _measure(lerp(a, b, alpha), rep.points[2:3], x, batch_size=64, max_samples=None)
