@@ -206,3 +206,50 @@ def test_zoo_resume_refuses_a_checkpoint_without_training_config(tmp_path, data)
     with pytest.raises(ConfigMismatchError, match="records no training configuration"):
         train_zoo("mlp", [0], data, tmp_path, model_config={"widths": [8]}, train_config=cfg,
                   progress=False)  # fmt: skip
+
+
+class _TinyLM(torch.nn.Module):
+    """Token ids (N, T) -> next-token logits (N, T, V): an embedding, a ReLU layer, a readout."""
+
+    def __init__(self, vocab: int = 11, width: int = 8):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.fc = torch.nn.Linear(width, width)
+        self.out = torch.nn.Linear(width, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.fc(self.embed(ids))))
+
+
+def test_evaluate_and_train_sequence_outputs_per_token():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 11, (37, 5), generator=g)
+    y = torch.randint(0, 11, (37, 5), generator=g)
+    ds = torch.utils.data.TensorDataset(x, y)
+    torch.manual_seed(0)
+    lm = _TinyLM().eval()
+    with torch.no_grad():
+        logits = lm(x)  # (N, T, V): classes last
+    # Textbook: the mean over all N * T tokens of -log softmax at the target.
+    expected = -logits.double().log_softmax(-1).gather(-1, y.unsqueeze(-1)).mean().item()
+    for bs in (4, 37):
+        r = evaluate(lm, ds, batch_size=bs)
+        assert r["n"] == 37 * 5
+        assert r["loss"] == pytest.approx(expected, rel=1e-6)
+        assert r["accuracy"] == pytest.approx((logits.argmax(-1) == y).double().mean().item())
+    # Classes in dim 1 (torch's (N, C, d) layout) read the same.
+    moved = training.per_target(logits.transpose(1, 2), y)
+    assert torch.equal(moved[0], logits.reshape(-1, 11)) and torch.equal(moved[1], y.reshape(-1))
+    splits = DataSplits(ds, ds, ds, {"name": "tokens"})
+    before = evaluate(lm, ds)["loss"]
+    train(lm, splits, TrainConfig(epochs=5, batch_size=8, lr=1e-2, progress=False))
+    assert evaluate(lm, ds)["loss"] < before
+
+
+def test_per_target_refuses_ambiguous_or_mismatched_shapes():
+    from intertwiner.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="dims 1 and -1 both fit"):
+        training.per_target(torch.zeros(2, 4, 4), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ShapeError, match="do not fit"):
+        training.per_target(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))

@@ -153,6 +153,15 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``x`` on ``model``'s device; floating inputs in its parameters' dtype, integer inputs
+    (token ids) left integers."""
+    p = next(model.parameters(), None)
+    if p is None:
+        return x
+    return x.to(device=p.device, dtype=p.dtype) if x.is_floating_point() else x.to(p.device)
+
+
 @contextmanager
 def _eval_mode(model: nn.Module):
     """Eval mode for every submodule; each module's own train flag is restored afterwards."""

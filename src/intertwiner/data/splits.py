@@ -140,7 +140,13 @@ class DataSplits:
 
     def model_config(self) -> dict[str, int]:
         """``in_channels``, ``input_size`` and ``num_classes`` for ``models.build``; for tabular
-        data (``meta["layout"] == "tabular"``) ``in_features`` and ``num_classes`` (an ``mlp``)."""
+        data (``meta["layout"] == "tabular"``) ``in_features`` and ``num_classes`` (an ``mlp``); for
+        token sequences (``"tokens"``) ``vocab_size`` and ``seq_len``."""
+        if self.meta.get("layout") == "tokens":  # a language model's (vocabulary, context)
+            return {
+                "vocab_size": int(self.meta["vocab_size"]),
+                "seq_len": int(self.meta["seq_len"]),
+            }
         if self.meta.get("layout") == "tabular":
             return {
                 "in_features": int(self.meta["in_features"]),
