@@ -32,6 +32,7 @@ __all__ = [
     "assert_not_invariant",
     "invariance_gaps",
     "sample_neuron_element",
+    "sample_non_identity",
 ]
 
 
@@ -114,6 +115,22 @@ def sample_neuron_element(
         return group.phi(group.sample(n, generator=generator, dtype=torch.float64))
     fam = group if isinstance(group, Family) else family(group)
     return fam.sample(n, generator=generator, dtype=torch.float64)
+
+
+def sample_non_identity(
+    group: GroupLike, n: int, generator: torch.Generator | int | None = None, tries: int = 100
+) -> GroupElement:
+    """A float64 element of ``group`` on ``n`` units that is not the identity (a permutation of
+    two heads draws the identity half the time), for tests that show a tensor must move with it.
+    ``group``: an ``IntertwinerGroup``, a ``Family`` or a family name."""
+    fam = group if isinstance(group, Family | IntertwinerGroup) else family(group)
+    g = _generator(generator)
+    eye = torch.eye(n, dtype=torch.float64)
+    for _ in range(tries):
+        element = fam.sample(n, generator=g, dtype=torch.float64)
+        if not torch.equal(element.matrix(), eye):
+            return element
+    raise AssertionError(f"{tries} draws of {n}-unit {group} elements were all the identity")
 
 
 def _tensor(x: FeatureLike) -> torch.Tensor:

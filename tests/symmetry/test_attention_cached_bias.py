@@ -21,7 +21,7 @@ from torch import nn
 
 from intertwiner.symmetry import apply, assert_function_preserved, check, random_elements, trace
 from intertwiner.symmetry.check import _run
-from intertwiner.testing import import_timm, randomize_model
+from intertwiner.testing import import_timm, randomize_model, sample_non_identity
 
 F64 = torch.float64
 
@@ -103,8 +103,7 @@ def test_a_transformed_copy_computes_from_its_moved_table():
     x = _x()
     spec = trace(model, x)
     heads = spec.site("attn.heads")
-    draws = (heads.group.sample(2, generator=_gen(s)) for s in range(100))
-    swap = next(g for g in draws if not torch.equal(g.matrix(), torch.eye(2, dtype=F64)))
+    swap = sample_non_identity(heads.group, 2)
     new = apply(model, spec, {"attn.heads": swap})
     with torch.no_grad():
         assert (new(x) - model(x)).abs().max() < 1e-12

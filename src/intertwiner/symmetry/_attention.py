@@ -199,12 +199,12 @@ class AttentionBlock:
     channels: bool = False
     #: MViTv2's decomposed relative-position tables (``_rel_term``): (R, head_dim) parameters
     #: shared by the heads whose columns meet q's entries; they move with q's entries.
-    rels: tuple[str, ...] = ()
+    decomposed_tables: tuple[str, ...] = ()
     #: Relative position logits added to the scores (BoTNet's and HaloNet's ``PosEmbedRel``):
     #: ``q' @ table^T`` with 2-d tables shared by every head, then moves over positions
     #: (``_rel_logits``); the qk map is then one GL(head_dim) for every head, the tables' columns
     #: moving by its inverse transpose.
-    rel: tuple[RelLogits, ...] = ()
+    rel_logits: tuple[RelLogits, ...] = ()
     #: No output projection (BoTNet, HaloNet): where the heads' outputs meet again on one channel
     #: dim (``_merge``), the chain from there to the next projection (``_downstream``; None: no
     #: head permutation) and ``out`` is None.
@@ -1526,8 +1526,8 @@ def _match(sdpa: fx.Node, qkv: tuple, names: dict, order: dict) -> AttentionBloc
         head_axis=head_axis,
         out_activation=out is not None and out.activated,
         mixes=tuple(mixes),
-        rels=tables,
-        rel=tuple(rel),
+        decomposed_tables=tables,
+        rel_logits=tuple(rel),
         merged=merged,
     )
 

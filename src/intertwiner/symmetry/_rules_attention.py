@@ -90,7 +90,7 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     tables = [] if b.heads_permutable else head_tables(r, b)
     if b.heads == 1:
         _single_head(r, b)
-    if not all(rel.per_head for rel in b.rel):
+    if not all(rel.per_head for rel in b.rel_logits):
         tables = None  # relative logits not proven to move with their heads
     elif tables is None:
         _cached_tables(r, b)
@@ -163,24 +163,18 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
     # is smaller and not written: per rotation pair (2 dims, one frequency) q -> c R q,
     # k -> R k / c with R a plane rotation (it commutes with every position's rotation),
     # and swaps of pairs only between pairs of equal frequency.
-    if b.rel and not b.rotary and not shared_qk:
+    if b.rel_logits and not b.rotary and not shared_qk:
         # relative logits q_i . r_t with tables shared by every head (``_attention.
         # _rel_logits``): q -> M q, k -> M^-T k keeps q . k, and r -> M^-T r keeps q . r only
         # with one M for every head, the tables' columns moving by M^-T (a different M per
         # head would need a different table per head)
         qk = qk_site(f"{b.name}.qk", range(b.kv_heads))
-        for table in dict.fromkeys(t for rel in b.rel for t in rel.tables):
+        for table in dict.fromkeys(t for rel in b.rel_logits for t in rel.tables):
             an.act_raw(qk, table, 1, ActionKind.A_INV_T, b.head_dim)
-    if merged is not None:
-        if not b.rotary and not b.rel and not shared_qk:  # q . k per head, whatever follows
-            for j in range(b.kv_heads):
-                qk_site(f"{b.name}.qk{j}", range(j, j + 1))
-        _merged_values(r, b, on)
-        return
     for j in range(b.kv_heads):
-        if not b.rotary and not b.rel and not shared_qk:
+        if not b.rotary and not b.rel_logits and not shared_qk:  # q . k per head, whatever follows
             qk_site(f"{b.name}.qk{j}", range(j, j + 1))
-        if shared_v:
+        if shared_v or merged is not None:  # merged heads: their values below
             continue
         vo = an.new_site(b.head_dim_v, name=f"{b.name}.vo{j}", kind="attention_vo")
         if b.v.norm or b.out_activation or b.out.sub_norm or b.out.side:
@@ -195,6 +189,8 @@ def attention(r: AtenRunner, b: AttentionBlock) -> None:
             for name in b.out.sub_norm or ():
                 if name is not None:
                     an.act_raw(vo, name, 0, ActionKind.A, b.out.width, channels=b.out.heads[h])
+    if merged is not None:
+        _merged_values(r, b, on)
 
 
 def _shared_sites(r: AtenRunner, b: AttentionBlock, on: Any, into_out: Any) -> tuple[bool, bool]:
@@ -214,7 +210,7 @@ def _shared_sites(r: AtenRunner, b: AttentionBlock, on: Any, into_out: Any) -> t
     caller are then not made. With rotary embeddings and residual pooling nothing within a
     head is kept."""
     an = r.an
-    q_pooled, v_pooled = bool(b.q.pools or b.k.pools or b.rels), bool(b.v.pools)
+    q_pooled, v_pooled = bool(b.q.pools or b.k.pools or b.decomposed_tables), bool(b.v.pools)
     tied = b.out.residual is not None
     if not (q_pooled or v_pooled or tied):
         return False, False
@@ -246,7 +242,7 @@ def _shared_sites(r: AtenRunner, b: AttentionBlock, on: Any, into_out: Any) -> t
             on(qk, b.k, ActionKind.A_INV_T, b.k.heads[j])
         entries(qk, b.q)
         entries(qk, b.k)
-        for name in b.rels:  # (R, head_dim): column e meets q's entry e
+        for name in b.decomposed_tables:  # (R, head_dim): column e meets q's entry e
             an.act_raw(qk, name, 1, ActionKind.A, b.head_dim)
         if tied:
             values(qk)
