@@ -4,7 +4,10 @@ residual stream by an orthogonal map, GELU units permuted).
 
 Trains (or reuses) two seeds under ``--zoo-dir``, aligns B to A by weight matching (full group
 and permutations only) and by activations (full group), and prints the loss barrier and the
-accuracy at alpha = 0.5 on the test split. One thread; the ViT has LayerNorm, no BatchNorm.
+accuracy at alpha = 0.5 on the test split, as it is and with REPAIR (statistics on the
+``--act-samples`` training images). The full-group rows select by midpoint loss on those images
+(``select="midpoint"``, the default with labelled data); ``(no select)``: the full search alone.
+One thread; the ViT has LayerNorm, no BatchNorm.
 
     python benchmarks/transformer_barrier.py              # 20 epochs, lr 3e-3, cosine
 """
@@ -47,27 +50,36 @@ def main() -> None:
     a, b = (checkpoints.load(q)[0].eval() for q in paths)
     act_data = random_subset(splits.train, args.act_samples)
     rows = []
-    for label, method, group in (
-        ("none", None, None),
-        ("perm/weights", "weights", "permutation"),
-        ("full/weights", "weights", "full"),
-        ("full/activations", "activations", "full"),
+    for label, method, group, select in (
+        ("none", None, None, None),
+        ("perm/weights", "weights", "permutation", None),
+        ("perm/activations", "activations", "permutation", None),
+        ("full/weights", "weights", "full", "midpoint"),
+        ("full/activations", "activations", "full", "midpoint"),
+        ("full/weights (no select)", "weights", "full", None),
+        ("full/activations (no select)", "activations", "full", None),
     ):
         t0 = time.perf_counter()
-        bb = b if method is None else align(a, b, data=act_data, method=method, group=group).model
+        bb = b
+        if method is not None:
+            bb = align(a, b, data=act_data, method=method, group=group, select=select).model
         secs = time.perf_counter() - t0
         c = interpolate(a, bb, args.alphas, splits.test)
+        r = interpolate(a, bb, args.alphas, splits.test, repair=True, bn_data=act_data)
         rows.append({"alignment": label, "barrier": c.barrier, "midpoint": c.midpoint["accuracy"],
+                     "barrier_repair": r.barrier, "midpoint_repair": r.midpoint["accuracy"],
                      "endpoints": [c.accuracies[0], c.accuracies[-1]], "seconds": secs})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     print(f"\nViT dim {args.dim}, depth {args.depth}, 4 heads, patch 7, {args.epochs} epochs "
           f"(Adam lr {args.lr:g}, cosine) on "
           f"MNIST; endpoints {100 * rows[0]['endpoints'][0]:.1f}% / "
           f"{100 * rows[0]['endpoints'][1]:.1f}%\n")  # fmt: skip
-    print("| alignment | loss barrier | accuracy at alpha 0.5 | seconds to align |")
-    print("|---|---|---|---|")
+    print("| alignment | loss barrier | accuracy at alpha 0.5 | barrier, REPAIR | accuracy at "
+          "alpha 0.5, REPAIR | seconds to align |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['alignment']} | {r['barrier']:.3f} | {100 * r['midpoint']:.1f}% | "
+              f"{r['barrier_repair']:.3f} | {100 * r['midpoint_repair']:.1f}% | "
               f"{r['seconds']:.1f} |")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
