@@ -25,6 +25,7 @@ from intertwiner import checkpoints, data
 from intertwiner.alignment import align, interpolate
 from intertwiner.data import random_subset
 from intertwiner.training import TrainConfig, train_zoo
+from lm_barrier import METHODS  # benchmarks/lm_barrier.py: the same rows for both transformers
 
 
 def main() -> None:
@@ -50,15 +51,7 @@ def main() -> None:
     a, b = (checkpoints.load(q)[0].eval() for q in paths)
     act_data = random_subset(splits.train, args.act_samples)
     rows = []
-    for label, method, group, select in (
-        ("none", None, None, None),
-        ("perm/weights", "weights", "permutation", None),
-        ("perm/activations", "activations", "permutation", None),
-        ("full/weights", "weights", "full", "midpoint"),
-        ("full/activations", "activations", "full", "midpoint"),
-        ("full/weights (no select)", "weights", "full", None),
-        ("full/activations (no select)", "activations", "full", None),
-    ):
+    for label, method, group, select in METHODS:
         t0 = time.perf_counter()
         bb = b
         if method is not None:
