@@ -188,3 +188,28 @@ def test_merge_selects_by_the_loss_on_its_fitting_data():
             ends = (float(F.cross_entropy(a(x), y)) + float(F.cross_entropy(b(x), y))) / 2
             excess = [max(0.0, float(F.cross_entropy(m(x), y)) - ends) for m in (got, full, perm)]
         assert excess[0] <= min(excess[1:]) + 1e-12  # never worse than either search alone
+
+
+def test_a_causal_lm_on_next_token_targets_is_aligned_selected_and_interpolated():
+    """A Hugging Face GPT-2 on token ids with (N, T) next-token targets: the selection scores
+    midpoints per token, every candidate computes B's function, the chosen midpoint loss is the
+    lowest, and interpolate's endpoints are A's and B's per-token losses."""
+    pytest.importorskip("transformers")
+    from tests._support.factories import GPT2Logits
+
+    from intertwiner.alignment import interpolate
+    from intertwiner.training import evaluate
+
+    a, b = GPT2Logits(seed=0), GPT2Logits(seed=1)
+    ids = torch.randint(0, 50, (12, 8), generator=torch.Generator().manual_seed(0))
+    data = TensorDataset(ids[:, :-1], ids[:, 1:])
+    res = align(a, b, data=data)
+    assert res.selection is not None and res.selection.samples == 12 * 7  # tokens
+    assert res.selection.losses[res.selection.chosen] == min(res.selection.losses.values())
+    x = ids[:, :-1]
+    with torch.no_grad():
+        assert torch.allclose(res.model(x), b(x), atol=1e-9)
+    curve = interpolate(a, res.model, 3, data)
+    assert curve.losses[0] == pytest.approx(evaluate(a, data)["loss"], abs=1e-12)
+    assert curve.losses[-1] == pytest.approx(evaluate(b, data)["loss"], abs=1e-9)
+    assert evaluate(a, data)["n"] == 12 * 7  # every position is a target
