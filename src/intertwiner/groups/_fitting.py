@@ -481,7 +481,7 @@ def _fit_common(phi_kind, terms: list[FitTerm], n: int, scale: str) -> tuple[Gro
         cost = const + _objective(groups, one, u.expand(shape))
         if not bool(torch.isfinite(cost).all()):
             raise NonFiniteError("non-finite matching costs; check the weights or features")
-        new = best_assignment(-cost)
+        new = best_assignment(-torch.from_numpy(_reduced(cost)))  # same minimiser, sooner
         if perm is not None and bool((new == perm).all()):
             break
         perm = new
