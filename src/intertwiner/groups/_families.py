@@ -264,9 +264,9 @@ class _MonomialFamily(Family):
         return MonomialElement(perm, self._best_scale(entries).to(m.dtype))
 
 
-class Permutation(_MonomialFamily):
-    name = "permutation"
-    description = "P"
+class _UnitScales(_MonomialFamily):
+    """A family of permutation matrices: every scale is 1."""
+
     dof = "0"
     scales = "one"
 
@@ -275,6 +275,11 @@ class Permutation(_MonomialFamily):
 
     def _scale_ok(self, scale, atol):
         return bool(((scale - 1).abs() <= atol).all())
+
+
+class Permutation(_UnitScales):
+    name = "permutation"
+    description = "P"
 
 
 class SignedPermutation(_MonomialFamily):
@@ -379,7 +384,7 @@ def is_reversal(element: GroupElement, atol: float = 1e-6) -> bool:
     return bool((m - torch.eye(element.n, dtype=torch.float64)[rev]).abs().max() <= atol)
 
 
-class Reversal(_MonomialFamily):
+class Reversal(_UnitScales):
     """{I, J}: the identity and the reversal of the feature order, ``(J x)_i = x[n - 1 - i]``.
 
     What survives a convolution that slides along the feature axis (ECA's ``conv1d`` over the
@@ -388,15 +393,7 @@ class Reversal(_MonomialFamily):
 
     name = "reversal"
     description = "I or J (J reverses the order)"
-    dof = "0"
-    scales = "one"
     any_permutation = False
-
-    def _sample_scale(self, n, generator, dtype):
-        return torch.ones(n, dtype=dtype)
-
-    def _scale_ok(self, scale, atol):
-        return bool(((scale - 1).abs() <= atol).all())
 
     def sample(self, n, generator=None, dtype=torch.float64):
         n = _size(n)
