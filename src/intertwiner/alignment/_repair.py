@@ -13,8 +13,9 @@ s_c mean``), folded into the module that produces the pre-activation: the rows a
 Linear or Conv (the columns of a transformers ``Conv1D``), or the affine of a BatchNorm, LayerNorm
 or GroupNorm. The result is a plain model of the same architecture (same state-dict keys and
 shapes). Sites are repaired in forward order, one streamed pass each (a correction changes the
-input of every later site); the sources take one pass each. Statistics are over every position but the channel (batch, space, tokens), in float64,
-with population variance; models are evaluated in eval mode.
+input of every later site); the sources take one pass each. Statistics are over every position
+but the channel (batch, space, tokens), in float64, with population variance; models are evaluated
+in eval mode.
 
 **Residual streams.** Where the pre-activation is a sum (a ResNet's ``act(bn2(...) + x)``), the
 summands that are foldable module outputs (``a``: the branch's last BN/conv, a shortcut conv or

@@ -62,7 +62,8 @@ class Selection:
     ``"full_from_permutation"``); ``losses``: each candidate's midpoint loss (mean cross-entropy
     at alpha 1/2 on the fitting data, BN re-estimated, REPAIRed when ``repair``);
     ``endpoint_loss``: the mean of A's and B's losses there; ``samples``: how many targets the
-    losses are over (examples; every position of a sequence output, ``training.per_target``); ``repair``: the REPAIR mode used (False for none)."""
+    losses are over (examples; every position of a sequence output, ``training.per_target``);
+    ``repair``: the REPAIR mode used (False for none)."""
 
     chosen: str
     losses: dict[str, float] = field(default_factory=dict)

@@ -79,7 +79,8 @@ def sentences(n_tokens: int, seed: int) -> list[str]:
 
 
 def encode(words: list[str]) -> torch.Tensor:
-    """Token ids (int64) of ``words``; a word outside ``VOCABULARY`` raises ``InvalidOptionError``."""
+    """Token ids (int64) of ``words``; a word outside ``VOCABULARY`` raises
+    ``InvalidOptionError``."""
     unknown = sorted({w for w in words if w not in _ID})
     if unknown:
         raise InvalidOptionError(f"words {unknown[:5]} are not in grammar.VOCABULARY")
