@@ -140,7 +140,8 @@ def run(args) -> list[dict]:
             if args.json:  # after every row: an interrupted run keeps what it measured
                 Path(args.json).write_text(json.dumps(rows, indent=1))
             p, q = row["plain"], row["repair"]
-            print(f"{ia}-{ib} {label:30s} barrier {p['barrier']:.4f} mid {100 * p['mid_accuracy']:5.1f}% "
+            print(f"{ia}-{ib} {label:30s} barrier {p['barrier']:.4f} "
+                  f"mid {100 * p['mid_accuracy']:5.1f}% "
                   f"| repair {q['barrier']:.4f} mid {100 * q['mid_accuracy']:5.1f}% | "
                   f"{seconds:.1f}s, f change {change:.1e}", flush=True)  # fmt: skip
     return rows

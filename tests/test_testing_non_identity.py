@@ -1,4 +1,4 @@
-"""``testing.sample_non_identity``: never the identity, and refuses a group that has no other element."""
+"""``testing.sample_non_identity``: never the identity; a group with no other element is refused."""
 
 from __future__ import annotations
 
