@@ -189,6 +189,8 @@ def run(args) -> list[dict]:
                   f"(< {args.min_over_chance} points above: it did not learn)", flush=True)  # fmt: skip
             continue
         for ia, ib in itertools.combinations(range(len(models)), 2):
+            if args.pairs is not None and f"{ia}-{ib}" not in args.pairs.split(","):
+                continue
             a, b = models[ia], models[ib]
             for label, method, group, scales in methods:
                 chosen = {}
@@ -344,6 +346,10 @@ def main() -> None:
         help="skip an architecture whose endpoints are less than this many points above chance",
     )  # fmt: skip
     p.add_argument("--cache", default=".cache/merging")
+    p.add_argument(
+        "--pairs", default=None,
+        help="comma-separated pairs of seeds to run, e.g. 0-2,1-2 (default every pair)",
+    )  # fmt: skip
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--report", default=None, help="print the table of a saved --json run")
     args = p.parse_args()
