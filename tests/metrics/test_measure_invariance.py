@@ -49,7 +49,9 @@ TABLE = [
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in o.items()) for name, o in TABLE]
 
-# The declared family per row: the README's measure x group table says the same.
+# The declared family per row: the README's measure x group table says the same. Every measure is
+# scale free and invariant to permutations, so one declared invariant to permutations only is
+# invariant to ``c P`` (scaled_permutation), its largest family.
 DECLARED = {
     "cca": "general_linear",
     "cca_yanai": "general_linear",
@@ -62,7 +64,7 @@ DECLARED = {
     "linear_regression-average=uniform": "monomial",
     "linear_predictivity": "signed_permutation",
     "linear_predictivity-average=mean-folds=3": "signed_permutation",
-    "rsa": "permutation",
+    "rsa": "scaled_permutation",
     "rsa-rdm=euclidean": "orthogonal",
     "rsa-rdm=cosine-compare=pearson": "orthogonal",
     "mutual_knn-k=5": "orthogonal",
@@ -72,8 +74,8 @@ DECLARED = {
     "shape_distance-alpha=0.0": "general_linear",
     "shape_distance-alpha=0.5-score=euclidean": "orthogonal",
     "shape_distance-group=positive_monomial": "positive_monomial",
-    "shape_distance-group=permutation-alpha=0.5": "permutation",
-    "soft_matching_distance": "permutation",
+    "shape_distance-group=permutation-alpha=0.5": "scaled_permutation",
+    "soft_matching_distance": "scaled_permutation",
     "stochastic_shape_distance": "orthogonal",
     "stochastic_shape_distance-alpha=0.5": "orthogonal",
 }
@@ -88,7 +90,10 @@ def test_declared_family(name, options):
     row = name + "".join(f"-{k}={v}" for k, v in options.items())
     m = _metric(name, options)
     assert m.invariance == DECLARED[row]
-    assert m.invariant_to == tuple(f.name for f in family(DECLARED[row]).subgroups())
+    # the declared family's subgroups and c P, smallest first (FAMILIES' order)
+    expected = {f.name for f in family(DECLARED[row]).subgroups()} | {"scaled_permutation"}
+    assert set(m.invariant_to) == expected
+    assert list(m.invariant_to) == [f for f in FAMILIES if f in expected]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -105,7 +110,7 @@ def test_changes_under_next_larger_family(name, options, dtype, layout_pair):
     _, x, y = layout_pair
     m = _metric(name, options)
     larger = family(m.invariance).larger()
-    for fam in (f for f in larger if not f.common_scale):  # c P: see the test at the end
+    for fam in larger:
         assert fam.name not in m.invariant_to
         assert_not_invariant(m, fam, x, y, dtype=dtype, n_samples=3, generator=12)
     if not larger:  # GL: no larger group; the measure still sees nonlinear changes
@@ -133,7 +138,7 @@ def test_changes_under_every_family_not_declared(name, options, layout_pair):
     _, x, y = layout_pair
     m = _metric(name, options)
     for fam in FAMILIES.values():
-        if fam.name not in m.invariant_to and not fam.common_scale:  # c P: see the next test
+        if fam.name not in m.invariant_to:
             assert_not_invariant(m, fam, x, y, n_samples=3, generator=13)
 
 
@@ -143,8 +148,9 @@ def test_every_measure_is_invariant_to_one_common_scale_times_a_permutation(
 ):
     """``c P`` (``scaled_permutation``, issue 24): every measure is scale free
     (``test_in_range_and_scale_free``) and invariant to permutations, hence to ``c P``, also
-    where ``c P`` is not a subgroup of the declared family (orthogonal, signed permutations):
-    ``invariant_to`` lists the declared family's subgroups only."""
+    where ``c P`` is not a subgroup of the declared family (orthogonal, signed permutations),
+    and ``invariant_to`` says so."""
     _, x, y = layout_pair
     m = _metric(name, options)
+    assert "scaled_permutation" in m.invariant_to
     assert_invariant(m, "scaled_permutation", x, y, n_samples=2, generator=14)

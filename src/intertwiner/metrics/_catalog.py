@@ -16,7 +16,7 @@ from typing import Any
 
 from intertwiner.errors import InvalidOptionError
 from intertwiner.metrics import _cca, _knn, _predictivity, _regression, _rsa, _shape, _stochastic
-from intertwiner.metrics._groups import subgroups
+from intertwiner.metrics._groups import invariances
 from intertwiner.metrics._metric import Measure, Metric, register
 from intertwiner.metrics._moments import MomentAccumulator
 from intertwiner.metrics.streaming import Accumulator
@@ -144,7 +144,7 @@ def describe(name: str, options: Mapping[str, Any]) -> Described:
     entry = ENTRIES[name]
     opts = dict(options)
     _check_options(name, entry.fn, opts)
-    inv = subgroups(entry.invariance(**opts))
+    inv = invariances(entry.invariance(**opts))
     label = name + ("[" + ",".join(f"{k}={opts[k]}" for k in sorted(opts)) + "]" if opts else "")
     acc = None
     if entry.from_moments is not None and entry.streams(**opts):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from intertwiner._types import FeatureLike
-from intertwiner.metrics._groups import subgroups
+from intertwiner.metrics._groups import invariances
 from intertwiner.metrics._metric import Measure, Metric, Prepared, register
 from intertwiner.metrics._prep import check_same_n, validate
 from intertwiner.metrics.cka import (
@@ -39,7 +39,7 @@ class CKAMeasure(Measure):
         label = ("cka" if linear else "rbf_cka") + ("_debiased" if debiased else "")
         acc = (lambda: LinearCKA(debiased=debiased)) if linear else None
         return Metric(
-            label, cka, options, subgroups("orthogonal"), True, acc, value_range(debiased),
+            label, cka, options, invariances("orthogonal"), True, acc, value_range(debiased),
             measure=self, linear_cka=linear,
         )  # fmt: skip
 

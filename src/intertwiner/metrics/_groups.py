@@ -9,7 +9,14 @@ squared away (monomial -> positive_monomial, signed_permutation -> permutation).
 from __future__ import annotations
 
 from intertwiner.errors import InvalidInputError
-from intertwiner.groups import Family, GroupLike, IntertwinerGroup, family
+from intertwiner.groups import (
+    FAMILIES,
+    SCALED_PERMUTATION,
+    Family,
+    GroupLike,
+    IntertwinerGroup,
+    family,
+)
 
 
 def family_name(group: GroupLike) -> str:
@@ -26,9 +33,16 @@ def family_name(group: GroupLike) -> str:
     )
 
 
-def subgroups(name: str | Family) -> tuple[str, ...]:
-    """Every family contained in ``name`` (itself included), in a fixed order."""
-    return tuple(f.name for f in family(name).subgroups())
+def invariances(name: str | Family) -> tuple[str, ...]:
+    """The families a measure declared invariant to ``name`` is invariant to, smallest first.
+
+    ``name``'s subgroups and ``c P`` (``scaled_permutation``), also where ``c P`` is not a
+    subgroup of ``name`` (O(n), ±P): every measure here is invariant to permutations and scale
+    free (one factor c on all features), so its group holds ``c P`` (the group is then c·O(n) or
+    c·±P, which no family names). The last entry is the largest family: ``name`` itself, or
+    ``c P`` for a measure declared invariant to permutations only (RSA, soft matching)."""
+    names = {f.name for f in family(name).subgroups()} | {SCALED_PERMUTATION.name}
+    return tuple(f for f in FAMILIES if f in names)
 
 
 def declare(invariant_to: tuple[str, ...]):

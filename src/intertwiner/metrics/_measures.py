@@ -1,8 +1,8 @@
 """Declarations shared by the similarity measures: the group a measure is invariant to, its range.
 
 Each measure function carries ``.invariance`` (the name of the largest group family it is
-invariant to, for its default options), ``.invariant_to`` (that family and its subgroups, as the
-other metrics declare), ``.value_range`` and ``.higher_is_similar``. Options that change the group
+invariant to, for its default options), ``.invariant_to`` (that family, its subgroups and ``c P``: see
+``_groups.invariances``, as the other metrics declare), ``.value_range`` and ``.higher_is_similar``. Options that change the group
 (e.g. ``svcca(variance=1.0)``, which keeps every direction and so is invariant to GL) are answered
 by the registry's ``Metric``, whose ``invariant_to`` follows the options.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from intertwiner.groups import Family, family
-from intertwiner.metrics._groups import subgroups
+from intertwiner.metrics._groups import invariances
 
 F = TypeVar("F", bound=Callable)
 
@@ -27,8 +27,8 @@ def measure(
     fam = family(invariance)
 
     def wrap(fn: F) -> F:
-        fn.invariance = fam.name  # type: ignore[attr-defined]
-        fn.invariant_to = subgroups(fam)  # type: ignore[attr-defined]
+        fn.invariant_to = invariances(fam)  # type: ignore[attr-defined]
+        fn.invariance = fn.invariant_to[-1]  # type: ignore[attr-defined]
         fn.value_range = tuple(value_range)  # type: ignore[attr-defined]
         fn.higher_is_similar = higher_is_similar  # type: ignore[attr-defined]
         return fn

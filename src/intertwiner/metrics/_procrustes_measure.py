@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from intertwiner.metrics import procrustes as _pr
-from intertwiner.metrics._groups import subgroups
+from intertwiner.metrics._groups import invariances
 from intertwiner.metrics._metric import Measure, Metric, Prepared, register
 from intertwiner.metrics.streaming import ProcrustesDistance, ProcrustesSimilarity
 
@@ -18,7 +18,7 @@ class ProcrustesMeasure(Measure):
 
     def bind(self, name: str, options: dict[str, Any]) -> Metric:
         g = _pr.procrustes_group(options.get("group", "orthogonal"))
-        inv = subgroups(g)
+        inv = invariances(g)
         stream = {k: v for k, v in options.items() if k != "group"}
         if name == "procrustes_distance":
             kind = options.get("kind", "angular")

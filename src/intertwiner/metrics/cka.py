@@ -46,7 +46,7 @@ from intertwiner._types import FeatureLike
 from intertwiner.errors import InvalidOptionError, NonFiniteError, TooFewSamplesError
 from intertwiner.groups import ORTHOGONAL
 from intertwiner.layouts import to_flat
-from intertwiner.metrics._groups import declare, subgroups
+from intertwiner.metrics._groups import declare, invariances
 from intertwiner.metrics._prep import (
     check_same_n,
     f64,
@@ -56,7 +56,7 @@ from intertwiner.metrics._prep import (
     within,
 )
 
-_ORTHOGONAL = subgroups(ORTHOGONAL)
+_ORTHOGONAL = invariances(ORTHOGONAL)
 # Features with peaks within 2**+-SAFE_EXPONENT need no scaling (see _centred_scaled): CKA takes
 # fourth powers (squared Gram entries), which stay normal floats there.
 SAFE_EXPONENT = 200

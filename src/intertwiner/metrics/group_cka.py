@@ -46,7 +46,7 @@ from intertwiner._types import FeatureLike
 from intertwiner.errors import UnsupportedGroupError
 from intertwiner.groups import MONOMIAL, SIGNED_PERMUTATION, GroupLike, family
 from intertwiner.layouts import to_sites
-from intertwiner.metrics._groups import declare, family_name, subgroups
+from intertwiner.metrics._groups import declare, family_name, invariances
 from intertwiner.metrics._prep import (
     check_finite,
     check_same_n,
@@ -88,7 +88,7 @@ def group_cka_group(group: GroupLike) -> str:
 def invariant_families(group: GroupLike) -> tuple[str, ...]:
     """Families group_cka(group=...) is invariant to (see the module docstring)."""
     name = group_cka_group(group)
-    return subgroups(MONOMIAL if _normalised(name) else SIGNED_PERMUTATION)
+    return invariances(MONOMIAL if _normalised(name) else SIGNED_PERMUTATION)
 
 
 def _peak_exponents(h: torch.Tensor, per_neuron: bool) -> torch.Tensor:
@@ -267,7 +267,7 @@ def cka_from_sums(s: dict[str, Any], debiased: bool) -> float:
     return cka_from_hsic(xy, xx, yy)
 
 
-@declare(subgroups(MONOMIAL))
+@declare(invariances(MONOMIAL))
 def group_cka(
     X: FeatureLike,
     Y: FeatureLike,

@@ -77,7 +77,7 @@ from intertwiner.layouts import (
     to_matrix,
     width,
 )
-from intertwiner.metrics._groups import declare, family_name, subgroups
+from intertwiner.metrics._groups import declare, family_name, invariances
 from intertwiner.metrics._prep import (
     check_finite,
     f64,
@@ -135,8 +135,8 @@ def procrustes_group(group: GroupLike) -> str:
 
 
 def invariant_families(group: GroupLike) -> tuple[str, ...]:
-    """Families a Procrustes metric for ``group`` is invariant to (the group and its subgroups)."""
-    return subgroups(procrustes_group(group))
+    """Families a Procrustes metric for ``group`` is invariant to (the group, its subgroups, c P)."""
+    return invariances(procrustes_group(group))
 
 
 @dataclass
@@ -463,7 +463,7 @@ def stats_of(
     return stats
 
 
-@declare(subgroups(ORTHOGONAL))
+@declare(invariances(ORTHOGONAL))
 def procrustes_distance(
     X: FeatureLike,
     Y: FeatureLike,
@@ -487,7 +487,7 @@ def procrustes_distance(
     return distance_from_stats(_stats(X, Y, g, upsample, layout, center), g, kind, center)
 
 
-@declare(subgroups(ORTHOGONAL))
+@declare(invariances(ORTHOGONAL))
 def procrustes_similarity(
     X: FeatureLike,
     Y: FeatureLike,

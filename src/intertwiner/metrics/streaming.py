@@ -24,7 +24,7 @@ from intertwiner.errors import ShapeError
 from intertwiner.groups import ORTHOGONAL, GroupLike
 from intertwiner.layouts import to_flat
 from intertwiner.metrics import procrustes as _pr
-from intertwiner.metrics._groups import subgroups
+from intertwiner.metrics._groups import invariances
 from intertwiner.metrics._prep import check_same_n, f64, validate
 from intertwiner.metrics.cka import LinearCKAStats, check_samples, value_range
 
@@ -67,7 +67,7 @@ class LinearCKA(Accumulator):
 
     def __init__(self, *, debiased: bool = False) -> None:
         self.debiased = debiased
-        self.invariant_to = subgroups(ORTHOGONAL)
+        self.invariant_to = invariances(ORTHOGONAL)
         self.name = "cka_debiased" if debiased else "cka"
         self.value_range = value_range(debiased)
         super().__init__()
@@ -98,7 +98,7 @@ class _Procrustes(Accumulator):
     ) -> None:
         self.group = _pr.procrustes_group(group)
         self.center, self.upsample, self.layout = center, upsample, layout
-        self.invariant_to = subgroups(self.group)
+        self.invariant_to = invariances(self.group)
         super().__init__()
 
     def _new_state(self) -> _pr.ProcrustesStats:
