@@ -1,10 +1,11 @@
 """Declarations shared by the similarity measures: the group a measure is invariant to, its range.
 
 Each measure function carries ``.invariance`` (the name of the largest group family it is
-invariant to, for its default options), ``.invariant_to`` (that family, its subgroups and ``c P``: see
-``_groups.invariances``, as the other metrics declare), ``.value_range`` and ``.higher_is_similar``. Options that change the group
-(e.g. ``svcca(variance=1.0)``, which keeps every direction and so is invariant to GL) are answered
-by the registry's ``Metric``, whose ``invariant_to`` follows the options.
+invariant to, for its default options), ``.invariant_to`` (that family, its subgroups and ``c P``,
+as the other metrics declare: ``_groups.invariances``), ``.value_range`` and
+``.higher_is_similar``. Options that change the group (e.g. ``svcca(variance=1.0)``, which keeps
+every direction and so is invariant to GL) are answered by the registry's ``Metric``, whose
+``invariant_to`` follows the options.
 """
 
 from __future__ import annotations
