@@ -188,8 +188,12 @@ def run(args) -> list[dict]:
             print(f"skipping {arch}: endpoints at {acc:.1f}% on test, chance {chance:.1f}% "
                   f"(< {args.min_over_chance} points above: it did not learn)", flush=True)  # fmt: skip
             continue
+        every = [f"{ia}-{ib}" for ia, ib in itertools.combinations(range(len(models)), 2)]
+        wanted = every if args.pairs is None else args.pairs.split(",")
+        if set(wanted) - set(every):
+            raise SystemExit(f"--pairs {args.pairs}: no such pair of seeds; pairs are {every}")
         for ia, ib in itertools.combinations(range(len(models)), 2):
-            if args.pairs is not None and f"{ia}-{ib}" not in args.pairs.split(","):
+            if f"{ia}-{ib}" not in wanted:
                 continue
             a, b = models[ia], models[ib]
             for label, method, group, scales in methods:
